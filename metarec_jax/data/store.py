@@ -1,0 +1,252 @@
+"""The task store: per-user rating lists on disk, memory-mapped.
+
+Layout of a store folder (all arrays are `.npy`, opened with `mmap_mode="r"`
+so that training, evaluation and export never load more than they touch):
+
+    manifest.json            format version, counts, rating scale, schema
+    user_ids.npy   [U]       external user ids (int64 or unicode)
+    item_ids.npy   [I]       external item ids
+    offsets.npy    [U+1]     int64 CSR offsets of each user's ratings
+    items.npy      [R]       int32 item index of each rating
+    ratings.npy    [R]       float32 rating
+    timestamps.npy [R]       int64 (only when the source has them)
+    item_new.npy   [I]       bool: the item is "new" in the cold-start protocol
+    user/NAME.npy  [U] or [U, L]   int32 user feature indices (0 = missing)
+    item/NAME.npy  [I] or [I, L]   int32 item feature indices (0 = missing)
+    vocab/NAME.json          the category of each index of a feature
+
+A store is written into a temporary sibling folder and renamed into place
+as the last step, so a reader never sees a half-written store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from typing import Any
+
+import numpy as np
+
+from metarec_jax.data.schema import FeatureSpec
+from metarec_jax.errors import InputError
+
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class TaskStore:
+  """A read-only, memory-mapped task store."""
+
+  path: str
+  manifest: dict[str, Any]
+  user_ids: np.ndarray
+  item_ids: np.ndarray
+  offsets: np.ndarray
+  items: np.ndarray
+  ratings: np.ndarray
+  timestamps: np.ndarray | None
+  item_new: np.ndarray
+  user_features: dict[str, np.ndarray]
+  item_features: dict[str, np.ndarray]
+
+  @property
+  def features(self) -> tuple[FeatureSpec, ...]:
+    return tuple(FeatureSpec.from_json(f) for f in self.manifest["features"])
+
+  @property
+  def num_users(self) -> int:
+    return len(self.user_ids)
+
+  @property
+  def num_items(self) -> int:
+    return len(self.item_ids)
+
+  @property
+  def num_ratings(self) -> int:
+    return len(self.items)
+
+  @property
+  def rating_range(self) -> tuple[float, float]:
+    return (float(self.manifest["rating_min"]),
+            float(self.manifest["rating_max"]))
+
+  def counts(self) -> np.ndarray:
+    """Number of ratings of every user, int64 [U]."""
+    return np.diff(self.offsets)
+
+  def vocab(self, name: str) -> list[str]:
+    with open(os.path.join(self.path, "vocab", f"{name}.json")) as f:
+      return json.load(f)
+
+  def user_index(self) -> dict:
+    """External user id -> user index."""
+    return {u: i for i, u in enumerate(self.user_ids.tolist())}
+
+  def item_index(self) -> dict:
+    """External item id -> item index."""
+    return {v: i for i, v in enumerate(self.item_ids.tolist())}
+
+
+def open_store(path: str | os.PathLike) -> TaskStore:
+  """Opens a store folder written by `StoreWriter`.
+
+  Raises:
+    InputError: the folder is not a complete store of a known format.
+  """
+  path = os.fspath(path)
+  manifest_path = os.path.join(path, "manifest.json")
+  if not os.path.exists(manifest_path):
+    raise InputError("not a task store (no manifest.json); build one with"
+                     " `metarec data prepare`", path=path)
+  try:
+    with open(manifest_path) as f:
+      manifest = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise InputError(f"unreadable manifest: {e}", path=manifest_path) from e
+  if manifest.get("format") != FORMAT_VERSION:
+    raise InputError(
+        f"store format {manifest.get('format')!r}, this version reads"
+        f" {FORMAT_VERSION}; rebuild it with `metarec data prepare`",
+        path=manifest_path)
+
+  def load(name):
+    file = os.path.join(path, name)
+    try:
+      return np.load(file, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+      raise InputError(f"unreadable store array: {e}", path=file) from e
+
+  specs = [FeatureSpec.from_json(f) for f in manifest["features"]]
+  has_ts = os.path.exists(os.path.join(path, "timestamps.npy"))
+  return TaskStore(
+      path=path, manifest=manifest,
+      user_ids=load("user_ids.npy"), item_ids=load("item_ids.npy"),
+      offsets=load("offsets.npy"), items=load("items.npy"),
+      ratings=load("ratings.npy"),
+      timestamps=load("timestamps.npy") if has_ts else None,
+      item_new=load("item_new.npy"),
+      user_features={s.name: load(f"user/{s.name}.npy")
+                     for s in specs if s.side == "user"},
+      item_features={s.name: load(f"item/{s.name}.npy")
+                     for s in specs if s.side == "item"})
+
+
+class StoreWriter:
+  """Writes a store into a temporary folder and renames it into place.
+
+  Usage:
+
+      with StoreWriter(out) as w:
+        w.save("items.npy", items)
+        ratings = w.open("ratings.npy", np.float32, (n,))   # fill in place
+        ...
+        w.finish(manifest)
+
+  Leaving the block without `finish` (an exception, a kill) leaves `out`
+  untouched; the temporary folder is removed on exceptions and named
+  `.NAME.tmp-*` so that a later writer cleans up after a killed one.
+  """
+
+  def __init__(self, out: str | os.PathLike):
+    self.out = os.path.abspath(os.fspath(out))
+    parent, name = os.path.split(self.out)
+    os.makedirs(parent, exist_ok=True)
+    self._prefix = os.path.join(parent, f".{name}.tmp-")
+    self.tmp = self._prefix + uuid.uuid4().hex[:8]
+    self._finished = False
+
+  def __enter__(self) -> "StoreWriter":
+    for entry in os.listdir(os.path.dirname(self.out)):
+      stale = os.path.join(os.path.dirname(self.out), entry)
+      if stale.startswith(self._prefix):
+        shutil.rmtree(stale, ignore_errors=True)
+    os.makedirs(os.path.join(self.tmp, "user"))
+    os.makedirs(os.path.join(self.tmp, "item"))
+    os.makedirs(os.path.join(self.tmp, "vocab"))
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if not self._finished:
+      shutil.rmtree(self.tmp, ignore_errors=True)
+    return False
+
+  def save(self, name: str, array: np.ndarray) -> None:
+    np.save(os.path.join(self.tmp, name), np.asarray(array),
+            allow_pickle=False)
+
+  def open(self, name: str, dtype, shape) -> np.ndarray:
+    return np.lib.format.open_memmap(os.path.join(self.tmp, name), mode="w+",
+                                     dtype=dtype, shape=tuple(shape))
+
+  def save_vocab(self, name: str, categories: list[str]) -> None:
+    with open(os.path.join(self.tmp, "vocab", f"{name}.json"), "w") as f:
+      json.dump(list(categories), f, ensure_ascii=False)
+
+  def finish(self, manifest: dict[str, Any]) -> None:
+    """Writes the manifest and swaps the folder into place."""
+    manifest = {"format": FORMAT_VERSION, **manifest}
+    with open(os.path.join(self.tmp, "manifest.json"), "w") as f:
+      json.dump(manifest, f, indent=1, ensure_ascii=False)
+      f.flush()
+      os.fsync(f.fileno())
+    old = None
+    if os.path.exists(self.out):
+      old = self._prefix + "old-" + uuid.uuid4().hex[:8]
+      os.rename(self.out, old)
+    os.rename(self.tmp, self.out)
+    self._finished = True
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
+
+
+def write_store(out: str | os.PathLike, *, dataset: str,
+                user_ids: np.ndarray, item_ids: np.ndarray,
+                offsets: np.ndarray, items: np.ndarray, ratings: np.ndarray,
+                timestamps: np.ndarray | None, item_new: np.ndarray,
+                features: list[tuple[FeatureSpec, np.ndarray, list[str]]],
+                rating_range: tuple[float, float],
+                extra: dict[str, Any] | None = None) -> None:
+  """Writes a whole in-memory dataset as a store (loaders use this).
+
+  Args:
+    features: (spec, index array of the side's rows, vocabulary) per field.
+    extra: more manifest entries (source files, notes, item class rule).
+  """
+  with StoreWriter(out) as w:
+    w.save("user_ids.npy", user_ids)
+    w.save("item_ids.npy", item_ids)
+    w.save("offsets.npy", np.asarray(offsets, np.int64))
+    w.save("items.npy", np.asarray(items, np.int32))
+    w.save("ratings.npy", np.asarray(ratings, np.float32))
+    if timestamps is not None:
+      w.save("timestamps.npy", np.asarray(timestamps, np.int64))
+    w.save("item_new.npy", np.asarray(item_new, bool))
+    for spec, array, vocab in features:
+      w.save(f"{spec.side}/{spec.name}.npy", np.asarray(array, np.int32))
+      w.save_vocab(spec.name, vocab)
+    w.finish(manifest_for(dataset=dataset, num_users=len(user_ids),
+                          num_items=len(item_ids), ratings=ratings,
+                          features=[f[0] for f in features],
+                          rating_range=rating_range, extra=extra))
+
+
+def manifest_for(*, dataset: str, num_users: int, num_items: int,
+                 ratings: np.ndarray, features: list[FeatureSpec],
+                 rating_range: tuple[float, float],
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+  ratings = np.asarray(ratings)
+  return {
+      "dataset": dataset,
+      "num_users": int(num_users),
+      "num_items": int(num_items),
+      "num_ratings": int(len(ratings)),
+      "rating_min": float(rating_range[0]),
+      "rating_max": float(rating_range[1]),
+      "rating_mean": float(ratings.mean(dtype=np.float64))
+                     if len(ratings) else float(np.mean(rating_range)),
+      "features": [f.to_json() for f in features],
+      **(extra or {}),
+  }

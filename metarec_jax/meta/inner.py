@@ -1,0 +1,110 @@
+"""The inner-loop optimizer, built from optax inside the core.
+
+The optimizer is `chain(direction, rates)`: the direction is the optax
+preconditioner named by `MetaConfig.inner_optimizer` (identity for SGD), the
+rates are the fixed `inner_lr` (MAML, Reptile) or learned rates held in
+`inner` (Meta-SGD: one per element; MAML++: one per step and leaf).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metarec_jax.meta import paths
+from metarec_jax.meta.config import MetaConfig
+
+PyTree = Any
+
+
+class ScaleByRatesState(NamedTuple):
+  """The inner step counter (selects the rate of the step in MAML++)."""
+  count: jax.Array
+
+
+def scale_by_rates(rates: dict[str, jax.Array], *,
+                   per_step: bool) -> optax.GradientTransformation:
+  """Multiplies each update by minus its learned rate.
+
+  Args:
+    rates: path -> rate array, the shape of the leaf (`per_step=False`) or
+      one rate per inner step (`per_step=True`, shape `[inner_steps]`).
+    per_step: pick `rates[path][step]` for the current step.
+  """
+
+  def init_fn(params):
+    del params
+    return ScaleByRatesState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    del params
+    if per_step:
+      step_rates = {p: r[state.count] for p, r in rates.items()}
+    else:
+      step_rates = rates
+    updates = {p: -step_rates[p] * u for p, u in updates.items()}
+    return updates, ScaleByRatesState(count=state.count + 1)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def direction(config: MetaConfig) -> optax.GradientTransformation:
+  """The rate-free part of the inner optimizer."""
+  if config.inner_optimizer == "sgd":
+    return optax.identity()
+  if config.inner_optimizer == "momentum":
+    return optax.trace(decay=config.momentum)
+  return optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2,
+                             eps=config.adam_eps,
+                             eps_root=config.adam_eps_root)
+
+
+def inner_optimizer(config: MetaConfig,
+                    inner: PyTree | None) -> optax.GradientTransformation:
+  """The optax transformation the inner loop applies to adapted leaves."""
+  if config.algorithm in ("metasgd", "mamlpp"):
+    if inner is None:
+      raise ValueError(
+          f"meta.algorithm={config.algorithm} learns inner rates: pass"
+          " inner=init_inner(params, config=config)")
+    rates = paths.flatten(inner)
+    scale = scale_by_rates(rates, per_step=config.algorithm == "mamlpp")
+  else:
+    scale = optax.scale(-config.inner_lr)
+  return optax.chain(direction(config), scale)
+
+
+def step_rates(config: MetaConfig, inner: PyTree | None, path: str,
+               dtype) -> jax.Array:
+  """The SGD rate of one leaf at every inner step, shape `[inner_steps]`.
+
+  Only meaningful where the rate is a scalar per step (MAML, MAML++); used
+  by the dual form, which needs the rates explicitly.
+  """
+  if config.algorithm == "mamlpp":
+    return paths.flatten(inner)[path]
+  return jnp.full((config.inner_steps,), config.inner_lr, dtype)
+
+
+def init_inner(params: PyTree, *, config: MetaConfig) -> PyTree | None:
+  """The learned inner-loop parameters of `config.algorithm`, or None.
+
+  Meta-SGD: one rate per element of every adapted leaf; MAML++: one rate per
+  inner step for every adapted leaf; both start at `config.inner_lr`. The
+  result is a nested dict mirroring the adapted leaves' paths.
+  """
+  if not config.learns_inner:
+    return None
+  part = paths.partition(params, config.adapt)
+  out = {}
+  for path, leaf in part.adapted.items():
+    if config.algorithm == "metasgd":
+      out[path] = jnp.full(jnp.shape(leaf), config.inner_lr,
+                           jnp.result_type(leaf))
+    else:
+      out[path] = jnp.full((config.inner_steps,), config.inner_lr,
+                           jnp.result_type(leaf))
+  return paths.nest(out)

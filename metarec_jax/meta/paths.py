@@ -1,0 +1,119 @@
+"""Parameter paths and the split of a pytree into adapted and frozen leaves.
+
+The inner loop differentiates only the leaves it adapts (MeLU adapts its
+decision layers, not its embedding tables), so the gradient of a frozen
+embedding table is never formed inside the inner loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from typing import Any
+
+import jax
+
+PyTree = Any
+
+
+def _key_name(key) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def leaf_paths(tree: PyTree) -> list[str]:
+  """The '/'-joined path of every leaf of `tree`, in flatten order."""
+  with_path, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return ["/".join(_key_name(k) for k in path) for path, _ in with_path]
+
+
+def adapt_mask(tree: PyTree, patterns: tuple[str, ...]) -> tuple[bool, ...]:
+  """Which leaves the inner loop adapts: those whose path matches a pattern.
+
+  Raises:
+    ValueError: a pattern matches no leaf (almost always a typo).
+  """
+  paths = leaf_paths(tree)
+  if not patterns:
+    return tuple(True for _ in paths)
+  mask = [False] * len(paths)
+  for pattern in patterns:
+    regex = re.compile(pattern)
+    hits = [i for i, p in enumerate(paths) if regex.search(p)]
+    if not hits:
+      raise ValueError(
+          f"meta.adapt pattern {pattern!r} matches no parameter; the"
+          f" parameters are: {', '.join(paths)}")
+    for i in hits:
+      mask[i] = True
+  return tuple(mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+  """A pytree split into a flat dict of adapted leaves and the frozen rest.
+
+  `adapted` maps each adapted leaf's path to the leaf; `merge(adapted)` puts
+  (possibly updated) adapted leaves back into the full tree.
+  """
+
+  treedef: Any
+  paths: tuple[str, ...]
+  mask: tuple[bool, ...]
+  leaves: tuple[Any, ...]
+
+  @property
+  def adapted(self) -> dict[str, jax.Array]:
+    return {p: l for p, l, m in zip(self.paths, self.leaves, self.mask) if m}
+
+  def merge(self, adapted: dict[str, jax.Array]) -> PyTree:
+    leaves = [adapted[p] if m else l
+              for p, l, m in zip(self.paths, self.leaves, self.mask)]
+    return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+def partition(tree: PyTree, patterns: tuple[str, ...]) -> Partition:
+  """Splits `tree` by the `adapt` patterns of a `MetaConfig`."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  return Partition(treedef, tuple(leaf_paths(tree)),
+                   adapt_mask(tree, patterns), tuple(leaves))
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+  """{'a/b': x} -> {'a': {'b': x}}: the storable form of a path dict."""
+  out: dict[str, Any] = {}
+  for path, value in flat.items():
+    node = out
+    *head, last = path.split("/")
+    for name in head:
+      node = node.setdefault(name, {})
+    node[last] = value
+  return out
+
+
+def flatten(nested: dict[str, Any]) -> dict[str, Any]:
+  """Inverse of `nest`."""
+  out: dict[str, Any] = {}
+
+  def walk(node, prefix):
+    for name, value in node.items():
+      path = f"{prefix}/{name}" if prefix else str(name)
+      if isinstance(value, dict):
+        walk(value, path)
+      else:
+        out[path] = value
+
+  walk(nested, "")
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def compile_patterns(patterns: tuple[str, ...]) -> tuple[re.Pattern, ...]:
+  return tuple(re.compile(p) for p in patterns)
+
+
+def matches_any(path: str, patterns: tuple[str, ...]) -> bool:
+  return any(r.search(path) for r in compile_patterns(patterns))

@@ -1,0 +1,51 @@
+"""Models: flax modules wrapped as `Recommender`s, built by `model.name`."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import jax.numpy as jnp
+
+from metarec_jax.data.schema import FeatureSpec, select
+from metarec_jax.models.melu import MeLU
+from metarec_jax.models.recommender import (Recommender, linear_head_loss,
+                                            masked_mse, plain_loss)
+
+MODELS = ("melu",)
+
+
+def example_features(fields: Iterable[FeatureSpec]) -> dict[str, Any]:
+  """A one-row batch of feature indices (all padding) for `init`."""
+  return {f.name: jnp.zeros((1, f.max_len) if f.kind == "list" else (1,),
+                            jnp.int32) for f in fields}
+
+
+def build(model_config, features: Iterable[FeatureSpec], *,
+          rating_mean: float = 0.0) -> Recommender:
+  """The model named by `model_config.name` over the data's features.
+
+  Args:
+    model_config: the `model` section of a config (`name`, `features`,
+      `embed_dim`, `hidden`).
+    features: the data's feature schema.
+    rating_mean: the output bias starts here, so training starts from the
+      global mean instead of spending its first steps finding it.
+  """
+  name = model_config.name
+  fields = select(features, model_config.get("features", ()))
+  if name == "melu":
+    module = MeLU(fields=fields, embed_dim=int(model_config.embed_dim),
+                  hidden=tuple(int(h) for h in model_config.hidden),
+                  output_bias=float(rating_mean))
+    loss = linear_head_loss(module, kernel="decision/fc1/kernel",
+                            bias="decision/fc1/bias",
+                            featurize_reads=("^embed/",))
+    return Recommender(name=name, module=module, loss_fn=loss,
+                       adapt=("^decision/",),
+                       example_features=example_features(fields))
+  raise ValueError(f"model.name must be one of {', '.join(MODELS)}, got"
+                   f" {name!r}")
+
+
+__all__ = ["MODELS", "MeLU", "Recommender", "build", "example_features",
+           "masked_mse", "plain_loss"]
