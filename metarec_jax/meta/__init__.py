@@ -12,6 +12,7 @@ from metarec_jax.meta.config import ALGORITHMS, INNER_OPTIMIZERS, MetaConfig
 from metarec_jax.meta.core import adapt, meta_grad, meta_loss, task_loss
 from metarec_jax.meta.inner import init_inner, inner_optimizer
 from metarec_jax.meta.linear_head import LinearHead
+from metarec_jax.meta import paths
 from metarec_jax.meta.paths import adapt_mask, leaf_paths
 
 __all__ = [

@@ -1,0 +1,87 @@
+"""Quickstart: MeLU meta-trained with second-order MAML on built-in synthetic data.
+
+Run:
+
+    metarec train --config=configs/default.py --workdir=/tmp/metarec-default
+    metarec eval --workdir=/tmp/metarec-default
+
+Expect: about two minutes on a 2-core laptop CPU (store build, compile,
+training and the final evaluation), and a query MAE after adaptation well
+below the MAE of the meta-parameters before adaptation (`mae` against
+`mae_unadapted` in every scenario of `metarec eval`).
+
+Every other config imports this one and overrides only what changes; every
+key is documented in the README's config reference.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "melu"
+  c.model.features = ()  # feature fields the model reads; () = all
+  c.model.embed_dim = 32
+  c.model.hidden = (64, 64)  # decision MLP widths (then one output unit)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "synthetic"
+  c.data.root = ""  # folder of the dataset's files (real datasets)
+  c.data.store = ""  # prepared task store; "" = WORKDIR/store
+  c.data.max_support = 32
+  c.data.min_support = 3
+  c.data.query_size = 10
+  c.data.support_sampling = "max"  # or "uniform" support sizes in training
+  c.data.buckets = (8, 16, 32, 64, 128)
+  c.data.list_pad = ml_collections.ConfigDict(
+      {"genre": 4, "director": 2, "actor": 4})
+  c.data.synthetic = ml_collections.ConfigDict({
+      "num_users": 6000, "num_items": 2000, "min_ratings": 20,
+      "max_ratings": 100, "seed": 0, "personal_scale": 1.0, "noise": 0.3,
+      "new_item_fraction": 0.2,
+  })
+
+  c.meta = ml_collections.ConfigDict()
+  c.meta.algorithm = "maml"
+  c.meta.inner_steps = 3
+  c.meta.inner_lr = 0.1
+  c.meta.second_order = True
+  c.meta.adapt = ()  # () = the model's default (MeLU: the decision MLP)
+  c.meta.inner_optimizer = "sgd"
+  c.meta.remat = False
+  c.meta.dual_form = True
+  c.meta.unroll = 1
+  c.meta.msl_weights = ()
+
+  c.train = ml_collections.ConfigDict()
+  c.train.seed = 0
+  c.train.num_steps = 1500
+  c.train.tasks_per_step = 64
+  c.train.chunk_tasks = 0  # tasks per device per chunk; 0 = auto
+  c.train.lr = 2e-3
+  c.train.warmup_steps = 100
+  c.train.end_lr_factor = 0.05
+  c.train.grad_clip = 1.0
+  c.train.eval_every_steps = 500
+  c.train.max_nonfinite = 10
+  c.train.prefetch = 2
+  c.train.cpu_devices = 0  # CPU only: fake devices; 0 = one per core
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.seed = 0
+  c.eval.new_user_fraction = 0.2
+  c.eval.val_fraction = 0.1
+  c.eval.min_ratings = 13
+  c.eval.max_ratings = 100
+  c.eval.max_tasks = 1000  # per scenario; 0 = all
+  c.eval.batch_tasks = 128
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 500
+  c.checkpoint.keep = 3
+
+  c.log = ml_collections.ConfigDict()
+  c.log.every_steps = 100
+  return c

@@ -1,0 +1,240 @@
+"""`metarec`: the command line. Thin: parse flags, call one function.
+
+    metarec train  --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE ...]
+    metarec eval   --workdir=DIR [--step=N]
+
+Flags are `--name=value` (absl); `--config.KEY=VALUE` overrides any config
+key. Logs go to stderr; `eval` (like `bench` and `export`) ends its stdout
+with one JSON line. A mistake in a flag, a config or a data file is one line
+on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+from typing import Callable
+
+from absl import flags
+
+from metarec_jax import config_io
+from metarec_jax.errors import InputError
+
+log = logging.getLogger("metarec")
+
+
+@dataclasses.dataclass
+class Invocation:
+  """A parsed command line."""
+
+  flags: flags.FlagValues
+  config_file: str | None
+  overrides: list[tuple[str, str]]
+
+
+@dataclasses.dataclass
+class Command:
+  summary: str
+  description: str
+  define: Callable[[flags.FlagValues], None]
+  run: Callable[[Invocation], int]
+  takes_config: bool = False
+
+
+def _define_train(fv):
+  flags.DEFINE_string("workdir", None, "Work directory: config.json,"
+                      " checkpoints/, tensorboard/, metrics.jsonl. Training"
+                      " resumes from its newest checkpoint.", flag_values=fv)
+
+
+def _define_eval(fv):
+  flags.DEFINE_string("workdir", None, "Work directory of a `metarec train`"
+                      " run.", flag_values=fv)
+  flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default:"
+                       " the newest).", flag_values=fv)
+
+
+def _setup_runtime(config) -> None:
+  """CPU device split; must run before JAX starts its backends."""
+  from metarec_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.configure_cpu_devices(int(config.train.cpu_devices),
+                                int(config.train.tasks_per_step))
+
+
+def _require(fv, name: str) -> str:
+  value = fv[name].value
+  if not value:
+    raise InputError(f"--{name} is required")
+  return value
+
+
+def _run_train(inv: Invocation) -> int:
+  workdir = _require(inv.flags, "workdir")
+  if inv.config_file:
+    config = config_io.load_config_file(inv.config_file)
+  elif os.path.exists(os.path.join(workdir, config_io.WORKDIR_CONFIG)):
+    config = config_io.read_workdir_config(workdir)
+    log.info("no --config: using %s", os.path.join(workdir, "config.json"))
+  else:
+    raise InputError("--config is required (the work directory has no"
+                     " config.json to resume from)")
+  config_io.apply_overrides(config, inv.overrides)
+  _setup_runtime(config)
+  from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  summary = train_and_evaluate(config, workdir)
+  val = summary.get("val") or {}
+  if val:
+    log.info("final validation: MAE %s, unadapted %s", val.get("mae"),
+             val.get("mae_unadapted"))
+  return 0
+
+
+def _run_eval(inv: Invocation) -> int:
+  workdir = _require(inv.flags, "workdir")
+  config = config_io.apply_overrides(config_io.read_workdir_config(workdir),
+                                     inv.overrides)
+  _setup_runtime(config)
+  from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  report = eval_lib.evaluate_workdir(workdir, step=inv.flags["step"].value,
+                                     overrides=inv.overrides)
+  print(eval_lib.format_table(report))
+  print_json(report)
+  return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(
+        "meta-train a model (resumes from the newest checkpoint)",
+        "Meta-trains the config's model on its data in --workdir. With a"
+        " checkpoint in --workdir it resumes, and --config may be omitted.",
+        _define_train, _run_train, takes_config=True),
+    "eval": Command(
+        "evaluate a checkpoint on the cold-start scenarios",
+        "Adapts the meta-parameters to every task's support set and reports"
+        " MAE, RMSE, nDCG@1 and nDCG@3 of the query ratings per scenario (W,"
+        " UC, IC, UIC), beside the unadapted model and two model-free"
+        " baselines. The last line of stdout is the JSON report.",
+        _define_eval, _run_eval, takes_config=True),
+}
+
+
+def _json_safe(value):
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  return value
+
+
+def print_json(obj) -> None:
+  """The machine-readable last line of stdout (NaN/inf become null)."""
+  sys.stdout.flush()
+  print(json.dumps(_json_safe(obj), allow_nan=False))
+  sys.stdout.flush()
+
+
+def usage() -> str:
+  lines = ["usage: metarec COMMAND [--flag=value ...]", "",
+           "Meta-trains personalised recommenders (MAML family) with JAX.",
+           "", "commands:"]
+  for name, cmd in COMMANDS.items():
+    lines.append(f"  {name:<8} {cmd.summary}")
+  lines += ["", "`metarec COMMAND --help` describes a command's flags."]
+  return "\n".join(lines)
+
+
+def _command_help(name: str, cmd: Command, fv: flags.FlagValues) -> str:
+  text = [f"usage: metarec {name} [--flag=value ...]", "", cmd.description,
+          "", "flags:"]
+  if cmd.takes_config:
+    text.append("  --config: config file `path.py[:arg]` defining"
+                " get_config().")
+    text.append("  --config.KEY=VALUE: override one config key (e.g."
+                " --config.train.num_steps=100).")
+  for flag in fv.get_flags_for_module(sys.modules[__name__]):
+    text.append(f"  --{flag.name}: {flag.help}")
+  return "\n".join(text)
+
+
+def _split_config_args(args: list[str]):
+  """Pulls `--config=...` and `--config.KEY=VALUE` out of `args`."""
+  config_file, overrides, rest = None, [], []
+  for arg in args:
+    if arg.startswith("--config="):
+      config_file = arg[len("--config="):]
+    elif arg.startswith("--config."):
+      key, eq, value = arg[len("--config."):].partition("=")
+      if not eq:
+        raise InputError("expected --config.KEY=VALUE", path=arg)
+      overrides.append((key, value))
+    else:
+      rest.append(arg)
+  return config_file, overrides, rest
+
+
+def _configure_logging() -> None:
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s"
+                                         " %(message)s", "%H:%M:%S"))
+  log.handlers[:] = [handler]
+  log.setLevel(logging.INFO)
+  log.propagate = False
+  # orbax and absl log every checkpoint file at INFO; keep their warnings.
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Entry point of the `metarec` console script; returns the exit status."""
+  args = list(sys.argv[1:] if argv is None else argv)
+  if not args or args[0] in ("-h", "--help", "help"):
+    print(usage())
+    return 0 if args else 2
+  name, args = args[0], args[1:]
+  prog = f"metarec {name}"
+  if name not in COMMANDS:
+    print(f"metarec: error: unknown command {name!r}; commands:"
+          f" {', '.join(COMMANDS)}", file=sys.stderr)
+    return 2
+  cmd = COMMANDS[name]
+  fv = flags.FlagValues()
+  cmd.define(fv)
+  if any(a in ("-h", "--help", "--helpfull") for a in args):
+    print(_command_help(name, cmd, fv))
+    return 0
+  try:
+    config_file, overrides, rest = _split_config_args(args)
+    if (config_file or overrides) and not cmd.takes_config:
+      raise InputError(f"{prog} takes no --config flags")
+    try:
+      leftover = fv([prog] + rest)
+    except flags.Error as e:
+      raise InputError(str(e).splitlines()[0]) from None
+    if len(leftover) > 1:
+      raise InputError(f"unexpected argument {leftover[1]!r} (flags are"
+                       " --name=value)")
+    _configure_logging()
+    return cmd.run(Invocation(fv, config_file, overrides))
+  except InputError as e:
+    print(f"{prog}: error: {e.message}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f"{prog}: interrupted", file=sys.stderr)
+    return 130
+  except Exception as e:  # pylint: disable=broad-except
+    from metarec_jax.train import TrainingError  # pylint: disable=g-import-not-at-top
+    if isinstance(e, TrainingError):
+      print(f"{prog}: error: {e}", file=sys.stderr)
+      return 1
+    raise
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,223 @@
+"""Configs: load `configs/*.py`, apply `--config.KEY=VALUE`, round-trip JSON.
+
+A config file defines `get_config()` returning an `ml_collections`
+ConfigDict (`--config=path.py:arg` passes `arg` to it). Overrides follow
+ml_collections' syntax: the new value is parsed according to the type of the
+value it replaces (tuples as Python literals, a bare word as a one-element
+tuple), and an unknown key is an error that names the nearest known keys.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Iterable
+
+import ml_collections
+
+from metarec_jax.errors import InputError
+
+WORKDIR_CONFIG = "config.json"
+CONFIG_FORMAT = 1
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Imports `path.py[:arg]` and returns its `get_config([arg])`."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise InputError("no such config file", path=path)
+  module_name = "metarec_config_" + os.path.splitext(
+      os.path.basename(path))[0].replace("-", "_")
+  loader = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(loader)
+  # Variants import their base (`from configs import default`): make the
+  # config's own folder's parent importable.
+  parent = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  sys.path.insert(0, parent)
+  try:
+    loader.loader.exec_module(module)
+  except SyntaxError as e:
+    raise InputError(f"syntax error: {e.msg}", path=path, line=e.lineno) from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise InputError(f"error while loading: {type(e).__name__}: {e}",
+                     path=path) from e
+  finally:
+    sys.path.remove(parent)
+  if not hasattr(module, "get_config"):
+    raise InputError("defines no get_config()", path=path)
+  config = module.get_config(arg) if arg else module.get_config()
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise InputError("get_config() must return an ml_collections.ConfigDict",
+                     path=path)
+  return config
+
+
+def all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every leaf key of `config`, dotted."""
+  keys = []
+  for name, value in config.items():
+    key = f"{prefix}{name}"
+    if isinstance(value, ml_collections.ConfigDict):
+      keys.extend(all_keys(value, key + "."))
+    else:
+      keys.append(key)
+  return keys
+
+
+def _parse(key: str, text: str, current: Any) -> Any:
+  flag = f"--config.{key}"
+  if isinstance(current, bool):
+    low = text.strip().lower()
+    if low in ("true", "1", "yes"):
+      return True
+    if low in ("false", "0", "no"):
+      return False
+    raise InputError(f"expected true or false, got {text!r}", path=flag)
+  if isinstance(current, int):
+    try:
+      return int(text)
+    except ValueError:
+      raise InputError(f"expected an integer, got {text!r}", path=flag) from None
+  if isinstance(current, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise InputError(f"expected a number, got {text!r}", path=flag) from None
+  if isinstance(current, (tuple, list)):
+    if not text.strip():
+      return ()
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      return tuple(v.strip() for v in text.split(","))
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+  if isinstance(current, str):
+    return text
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Iterable[tuple[str, str]]
+                    ) -> ml_collections.ConfigDict:
+  """Applies `(dotted key, text)` overrides in order; returns `config`."""
+  known = all_keys(config)
+  for key, text in overrides:
+    node = config
+    *path, last = key.split(".")
+    try:
+      for name in path:
+        node = node[name]
+        if not isinstance(node, ml_collections.ConfigDict):
+          raise KeyError(name)
+      current = node[last]
+    except (KeyError, AttributeError):
+      near = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+      hint = f"; did you mean {' or '.join(near)}?" if near else ""
+      raise InputError(f"unknown config key {key!r}{hint}",
+                       path=f"--config.{key}") from None
+    if isinstance(current, ml_collections.ConfigDict):
+      raise InputError(f"{key!r} is a section; set one of its keys",
+                       path=f"--config.{key}")
+    value = _parse(key, text, current)
+    with node.ignore_type():
+      node[last] = value
+  return config
+
+
+def _plain(value: Any) -> Any:
+  if isinstance(value, ml_collections.ConfigDict):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (tuple, list)):
+    return [_plain(v) for v in value]
+  return value
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict:
+  """JSON-ready dict (tuples become lists)."""
+  return _plain(config)
+
+
+def _tuples(value: Any) -> Any:
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def from_dict(d: dict) -> ml_collections.ConfigDict:
+  """Inverse of `to_dict` (lists become tuples again)."""
+  return ml_collections.ConfigDict(_tuples(d))
+
+
+def _versions() -> dict[str, str]:
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  out = {"python": sys.version.split()[0]}
+  for pkg in ("metarec-jax", "jax", "jaxlib", "flax", "optax", "numpy",
+              "orbax-checkpoint", "tensorboard", "ml_collections"):
+    try:
+      out[pkg] = metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+      out[pkg] = None
+  return out
+
+
+def _git_revision() -> str | None:
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"],
+                         capture_output=True, text=True, timeout=5,
+                         check=False)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  if out.returncode != 0:
+    return None
+  dirty = subprocess.run(["git", "-C", here, "status", "--porcelain",
+                          "--untracked-files=no"], capture_output=True,
+                         text=True, timeout=5, check=False).stdout.strip()
+  return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file and a rename."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def write_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """Writes `WORKDIR/config.json`: the resolved config and where it ran."""
+  path = os.path.join(workdir, WORKDIR_CONFIG)
+  record = {"format": CONFIG_FORMAT, "config": to_dict(config),
+            "versions": _versions(), "git_revision": _git_revision(),
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+  atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+  return path
+
+
+def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config of a workdir written by `metarec train`."""
+  path = os.path.join(workdir, WORKDIR_CONFIG)
+  if not os.path.exists(path):
+    raise InputError("no config.json: not a metarec work directory (run"
+                     " `metarec train` there first)", path=workdir)
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except json.JSONDecodeError as e:
+    raise InputError(f"invalid JSON: {e.msg}", path=path, line=e.lineno) from e
+  if not isinstance(record, dict) or "config" not in record:
+    raise InputError("not a metarec config.json", path=path)
+  return from_dict(record["config"])

@@ -1,0 +1,151 @@
+"""The training sampler: step -> padded batch, a pure function of (seed, step).
+
+Each epoch visits every training user once. Users are grouped by bucket
+(their support-set size, capped at `max_support`, rounded up to a bucket
+width), shuffled within the bucket and cut into batches of
+`tasks_per_step`; the batches of all buckets are then shuffled. A batch is
+padded only to its bucket's width, so each bucket's shape is compiled once
+and short users do not pay for long ones.
+
+Within a batch each task draws its query and support ratings from the
+user's training ratings by hashing (seed, step, task index, rating), so the
+global batch of a step is the same whatever the number of processes or
+devices, and a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from metarec_jax.data import hashing
+from metarec_jax.data.splits import Split, _ragged_arange
+from metarec_jax.data.tasks import FeatureTables, bucket_widths, scatter_rows
+from metarec_jax.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+  """How training tasks are drawn.
+
+  Attributes:
+    seed: the data seed.
+    tasks_per_step: tasks in a global batch.
+    query_size: query ratings per task.
+    max_support: support ratings per task at most.
+    min_support: users need `query_size + min_support` training ratings.
+    support_sampling: `max` (as many support ratings as the user has, up to
+      `max_support`) or `uniform` (a uniformly drawn size between
+      `min_support` and that).
+    buckets: support widths batches are padded to (`max_support` is always
+      one).
+  """
+
+  seed: int
+  tasks_per_step: int
+  query_size: int
+  max_support: int
+  min_support: int = 3
+  support_sampling: str = "max"
+  buckets: tuple[int, ...] = ()
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    return tuple(sorted({b for b in self.buckets if b < self.max_support}
+                        | {self.max_support}))
+
+
+class TrainSampler:
+  """Training batches of one process (its slice of every global batch)."""
+
+  def __init__(self, split: Split, tables: FeatureTables, store_items,
+               store_ratings, spec: SamplerSpec, *, process_index: int = 0,
+               process_count: int = 1):
+    if spec.support_sampling not in ("max", "uniform"):
+      raise InputError("data.support_sampling must be 'max' or 'uniform',"
+                       f" got {spec.support_sampling!r}")
+    if spec.tasks_per_step % process_count:
+      raise InputError(f"train.tasks_per_step={spec.tasks_per_step} is not"
+                       f" divisible by the {process_count} processes")
+    self.split, self.tables, self.spec = split, tables, spec
+    self.items, self.ratings = store_items, store_ratings
+    counts = split.train_counts()
+    self.users = np.flatnonzero(counts >= spec.query_size + spec.min_support)
+    if not len(self.users):
+      raise InputError(
+          "no training user has the"
+          f" {spec.query_size + spec.min_support} ratings a task needs"
+          " (data.query_size + data.min_support)")
+    cap = np.minimum(counts[self.users] - spec.query_size, spec.max_support)
+    self.user_width = bucket_widths(cap, spec.widths)
+    local = spec.tasks_per_step // process_count
+    self.local = slice(process_index * local, (process_index + 1) * local)
+    self.steps_per_epoch = int(sum(
+        -(-np.count_nonzero(self.user_width == w) // spec.tasks_per_step)
+        for w in np.unique(self.user_width)))
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    """The support widths of the batches this sampler produces."""
+    return tuple(int(w) for w in np.unique(self.user_width))
+
+  @functools.lru_cache(maxsize=2)
+  def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(width per batch [B], user index per batch and slot [B, T])."""
+    t = self.spec.tasks_per_step
+    widths, batches = [], []
+    for w in np.unique(self.user_width):
+      members = self.users[self.user_width == w]
+      members = members[np.argsort(
+          hashing.uniform(self.spec.seed, members, epoch, 5), kind="stable")]
+      n = -(-len(members) // t)
+      batches.append(np.resize(members, n * t).reshape(n, t))
+      widths.append(np.full(n, w))
+    widths, batches = np.concatenate(widths), np.concatenate(batches)
+    order = np.argsort(hashing.uniform(self.spec.seed, epoch,
+                                       np.arange(len(widths)), 6),
+                       kind="stable")
+    return widths[order], batches[order]
+
+  def width(self, step: int) -> int:
+    epoch, i = divmod(step, self.steps_per_epoch)
+    return int(self._plan(epoch)[0][i])
+
+  def batch(self, step: int) -> dict:
+    """This process's slice of the global batch of `step` (numpy)."""
+    spec = self.spec
+    epoch, i = divmod(step, self.steps_per_epoch)
+    widths, plan = self._plan(epoch)
+    width = int(widths[i])
+    users = plan[i, self.local]
+    slot_ids = np.arange(self.local.start, self.local.stop)
+    n = len(users)
+    counts = self.split.train_counts()[users]
+    rows = _ragged_arange(self.split.train_offsets[users], counts)
+    positions = self.split.train_positions[rows]
+    task = np.repeat(np.arange(n), counts)
+    rand = hashing.uniform(spec.seed, step, slot_ids[task], positions, 7)
+    order = np.lexsort((rand, task))
+    positions, task = positions[order], task[order]
+    rank = np.arange(len(task)) - np.searchsorted(task, task, side="left")
+    cap = np.minimum(counts - spec.query_size, spec.max_support)
+    if spec.support_sampling == "uniform":
+      low = np.minimum(spec.min_support, cap)
+      draw = hashing.uniform(spec.seed, step, slot_ids, 8)
+      size = low + np.floor(draw * (cap - low + 1)).astype(np.int64)
+    else:
+      size = cap
+    q = spec.query_size
+    out = {}
+    for name, sel, offset, w in (
+        ("query", rank < q, 0, q),
+        ("support", (rank >= q) & (rank < q + size[task]), q, width)):
+      t, p = task[sel], positions[sel]
+      slot = rank[sel] - offset
+      items = scatter_rows(t, slot, np.asarray(self.items[p], np.int32), n, w)
+      ratings = scatter_rows(t, slot, np.asarray(self.ratings[p]), n, w)
+      mask = scatter_rows(t, slot, np.ones(len(t), bool), n, w, False)
+      out[name] = self.tables.rows(users, items, ratings, mask)
+    return out

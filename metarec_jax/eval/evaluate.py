@@ -1,0 +1,151 @@
+"""Evaluation on the cold-start protocol's scenarios.
+
+For every task: adapt the meta-parameters to the support set (the same
+inner loop as training), predict the query ratings, and compare with the
+meta-parameters' own predictions (`mae_unadapted`) and the model-free
+baselines on the same tasks. Predictions are clipped to the rating scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from metarec_jax import meta
+from metarec_jax.data.splits import SCENARIOS, TaskSet
+from metarec_jax.data.tasks import taskset_batches
+from metarec_jax.eval import metrics as metrics_lib
+from metarec_jax.eval.baselines import BaselineStats
+from metarec_jax.experiment import Experiment
+from metarec_jax.runtime import AXIS, CompiledByShape
+
+PyTree = Any
+
+
+def place(batch: PyTree, sharding: NamedSharding) -> PyTree:
+  """Host arrays every process holds in full -> global sharded arrays."""
+  return jax.tree.map(
+      lambda a: jax.make_array_from_callback(a.shape, sharding,
+                                             lambda idx: a[idx]), batch)
+
+
+@dataclasses.dataclass
+class Predictions:
+  """Per-task query predictions of one scenario, `[N, Q]` arrays."""
+
+  adapted: np.ndarray
+  unadapted: np.ndarray
+  true: np.ndarray
+  mask: np.ndarray
+  items: np.ndarray
+  support_items: np.ndarray
+  support_ratings: np.ndarray
+  support_mask: np.ndarray
+
+
+class Evaluator:
+  """Adapts and predicts task batches on the mesh; computes the metrics."""
+
+  def __init__(self, exp: Experiment, mesh: Mesh, *,
+               batch_tasks: int | None = None):
+    self.exp = exp
+    n_dev = mesh.devices.size
+    want = int(batch_tasks or exp.config.eval.batch_tasks)
+    self.batch_tasks = max(n_dev, math.ceil(want / n_dev) * n_dev)
+    self.query_width = int(exp.config.data.query_size)
+    self.buckets = tuple(int(b) for b in exp.config.data.buckets)
+    self.baselines = BaselineStats.from_split(exp.store, exp.split)
+    self.lo, self.hi = exp.store.rating_range
+    self.task_sharding = NamedSharding(mesh, P(AXIS))
+    replicated = NamedSharding(mesh, P())
+    model, config = exp.model, exp.meta_config
+
+    def predict_task(params, inner, task):
+      adapted = meta.adapt(model.loss_fn, params, task["support"],
+                           config=config, inner=inner)
+      features = task["query"]["features"]
+      return model.predict(adapted, features), model.predict(params, features)
+
+    per_device = jax.shard_map(
+        jax.vmap(predict_task, in_axes=(None, None, 0)), mesh=mesh,
+        in_specs=(P(), P(), P(AXIS)), out_specs=P(AXIS), check_vma=False)
+    fn = jax.jit(per_device, out_shardings=replicated)
+    self.predict = CompiledByShape(fn, name="eval")
+
+  def predictions(self, meta_params: PyTree, tasks: TaskSet,
+                  should_stop: Callable[[], bool] | None = None
+                  ) -> Predictions | None:
+    """Predictions for every task of `tasks` (None if stopped early)."""
+    n, q = len(tasks), self.query_width
+    out = {k: np.zeros((n, q), np.float32)
+           for k in ("adapted", "unadapted", "true")}
+    out["mask"] = np.zeros((n, q), bool)
+    out["items"] = np.zeros((n, q), np.int64)
+    support = {"support_items": [], "support_ratings": [], "support_mask": []}
+    order = []
+    params, inner = meta_params["model"], meta_params.get("inner")
+    for index, batch, items in taskset_batches(tasks, self.exp.tables,
+                                        batch_tasks=self.batch_tasks,
+                                        buckets=self.buckets,
+                                        query_width=q):
+      if should_stop is not None and should_stop():
+        return None
+      device_batch = place(batch, self.task_sharding)
+      adapted, unadapted = self.predict(params, inner, device_batch)
+      k = len(index)
+      out["adapted"][index] = np.asarray(adapted)[:k]
+      out["unadapted"][index] = np.asarray(unadapted)[:k]
+      out["true"][index] = batch["query"]["rating"][:k]
+      out["mask"][index] = batch["query"]["mask"][:k]
+      order.append(index)
+      out["items"][index] = items["query"][:k]
+      support["support_items"].append(items["support"][:k])
+      support["support_ratings"].append(batch["support"]["rating"][:k])
+      support["support_mask"].append(batch["support"]["mask"][:k])
+    width = max([a.shape[1] for a in support["support_items"]], default=1)
+    order = np.concatenate(order) if order else np.zeros(0, np.int64)
+    inverse = np.argsort(order)
+    for key, parts in support.items():
+      padded = [np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in parts]
+      stacked = (np.concatenate(padded) if padded else
+                 np.zeros((0, width), bool if key == "support_mask" else
+                          np.float32))
+      out[key] = stacked[inverse]
+    for key in ("adapted", "unadapted"):
+      out[key] = np.clip(out[key], self.lo, self.hi)
+    return Predictions(**out)
+
+  def scenario_metrics(self, p: Predictions, num_tasks: int) -> dict:
+    """The JSON of one scenario (values None when there are no tasks)."""
+    result = metrics_lib.summary(p.adapted, p.true, p.mask, p.items)
+    result["mae_unadapted"] = metrics_lib.mae(p.unadapted, p.true, p.mask)
+    result["tasks"] = int(num_tasks)
+    base = self.baselines.predict(p.support_items.astype(np.int64),
+                                  p.support_ratings, p.support_mask,
+                                  p.items)
+    result["baselines"] = {
+        name: metrics_lib.summary(pred, p.true, p.mask, p.items)
+        for name, pred in base.items()}
+    return result
+
+  def evaluate(self, meta_params: PyTree,
+               scenarios: tuple[str, ...] = SCENARIOS,
+               tasksets: dict[str, TaskSet] | None = None,
+               should_stop: Callable[[], bool] | None = None
+               ) -> dict[str, dict] | None:
+    """Metrics of every scenario (None if `should_stop` said stop)."""
+    tasksets = tasksets or self.exp.split.scenarios
+    results = {}
+    for name in scenarios:
+      tasks = tasksets[name]
+      p = self.predictions(meta_params, tasks, should_stop)
+      if p is None:
+        return None
+      results[name] = self.scenario_metrics(p, len(tasks))
+    return results
+

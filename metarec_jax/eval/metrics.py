@@ -1,0 +1,59 @@
+"""Rating-prediction and ranking metrics over padded query sets (numpy).
+
+All functions take `[N, Q]` arrays: N tasks of up to Q query ratings, with
+`mask` marking the real ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def mae(pred: np.ndarray, true: np.ndarray, mask: np.ndarray) -> float | None:
+  """Mean absolute error over all real query ratings (None if there are none)."""
+  n = int(mask.sum())
+  return float(np.abs(pred - true)[mask].sum() / n) if n else None
+
+
+def rmse(pred: np.ndarray, true: np.ndarray, mask: np.ndarray) -> float | None:
+  """Root mean squared error over all real query ratings."""
+  n = int(mask.sum())
+  return float(np.sqrt(((pred - true) ** 2)[mask].sum() / n)) if n else None
+
+
+def ndcg_per_task(pred: np.ndarray, true: np.ndarray, mask: np.ndarray,
+                  item_ids: np.ndarray, k: int) -> np.ndarray:
+  """nDCG@k of each task's query items ranked by predicted rating.
+
+  Ties in the prediction are broken by item id (ascending); the gain of a
+  rating r is 2^r - 1 and the discount of rank i (1-based) log2(i + 1); the
+  ideal ranking orders by true rating. Padding sorts last with gain 0.
+  Tasks without real query ratings give NaN.
+  """
+  pred = np.where(mask, pred, -np.inf)
+  gain = np.where(mask, 2.0 ** true - 1.0, 0.0)
+  big = np.iinfo(np.int64).max
+  ids = np.where(mask, item_ids, big)
+  # lexsort: last key is primary -> sort by -pred, then item id.
+  order = np.lexsort((ids, -pred), axis=-1)
+  ranked = np.take_along_axis(gain, order, axis=-1)[:, :k]
+  ideal = -np.sort(-gain, axis=-1)[:, :k]
+  discount = 1.0 / np.log2(np.arange(2, ranked.shape[1] + 2))
+  dcg = (ranked * discount).sum(-1)
+  idcg = (ideal * discount).sum(-1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(idcg > 0, dcg / idcg, np.where(mask.any(-1), 1.0, np.nan))
+
+
+def ndcg(pred, true, mask, item_ids, k: int) -> float | None:
+  """Mean nDCG@k over the tasks that have query ratings."""
+  values = ndcg_per_task(pred, true, mask, item_ids, k)
+  values = values[~np.isnan(values)]
+  return float(values.mean()) if len(values) else None
+
+
+def summary(pred, true, mask, item_ids) -> dict:
+  """MAE, RMSE, nDCG@1 and nDCG@3 as a JSON-ready dict."""
+  return {"mae": mae(pred, true, mask), "rmse": rmse(pred, true, mask),
+          "ndcg@1": ndcg(pred, true, mask, item_ids, 1),
+          "ndcg@3": ndcg(pred, true, mask, item_ids, 3)}

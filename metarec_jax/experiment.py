@@ -1,0 +1,97 @@
+"""A config resolved into the parts every command needs.
+
+`train`, `eval`, `export` and `bench` all start here, so the store, the
+protocol split, the model and the algorithm are built the same way
+everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import jax
+
+from metarec_jax import meta, models
+from metarec_jax.data import prepare, splits
+from metarec_jax.data.sampler import SamplerSpec
+from metarec_jax.data.store import TaskStore
+from metarec_jax.data.tasks import FeatureTables
+from metarec_jax.errors import InputError
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: object
+  store: TaskStore
+  split: splits.Split
+  tables: FeatureTables
+  model: models.Recommender
+  meta_config: meta.MetaConfig
+
+  def sampler_spec(self) -> SamplerSpec:
+    c = self.config
+    return SamplerSpec(seed=int(c.train.seed),
+                       tasks_per_step=int(c.train.tasks_per_step),
+                       query_size=int(c.data.query_size),
+                       max_support=int(c.data.max_support),
+                       min_support=int(c.data.min_support),
+                       support_sampling=c.data.support_sampling,
+                       buckets=tuple(int(b) for b in c.data.buckets))
+
+
+def protocol_spec(config) -> splits.ProtocolSpec:
+  e = config.eval
+  return splits.ProtocolSpec(seed=int(e.seed),
+                             new_user_fraction=float(e.new_user_fraction),
+                             val_fraction=float(e.val_fraction),
+                             min_ratings=int(e.min_ratings),
+                             max_ratings=int(e.max_ratings),
+                             query_size=int(config.data.query_size),
+                             max_tasks=int(e.max_tasks))
+
+
+def meta_config(config, model: models.Recommender) -> meta.MetaConfig:
+  """The `meta` section as a `MetaConfig`; empty `adapt` = model default."""
+  m = config.meta
+  unroll = m.unroll
+  try:
+    return _meta_config(m, unroll, model)
+  except ValueError as e:
+    raise InputError(str(e)) from None
+
+
+def _meta_config(m, unroll, model):
+  return meta.MetaConfig(
+      algorithm=m.algorithm, inner_steps=int(m.inner_steps),
+      inner_lr=float(m.inner_lr), second_order=bool(m.second_order),
+      adapt=tuple(m.adapt) or model.adapt,
+      inner_optimizer=m.inner_optimizer, remat=bool(m.remat),
+      dual_form=bool(m.dual_form),
+      unroll=unroll if isinstance(unroll, bool) else int(unroll),
+      msl_weights=tuple(float(w) for w in m.msl_weights))
+
+
+def build(config, workdir: str | os.PathLike, *,
+          log: Callable[[str], None] | None = None) -> Experiment:
+  """Opens (building on first use) the store and resolves the config."""
+  store = prepare.ensure_store(config.data, workdir, log=log)
+  split = splits.split(store, protocol_spec(config))
+  try:
+    tables = FeatureTables.from_store(store, tuple(config.model.features))
+  except ValueError as e:
+    raise InputError(str(e)) from None
+  try:
+    model = models.build(config.model, tables.specs,
+                         rating_mean=float(store.manifest["rating_mean"]))
+  except ValueError as e:
+    raise InputError(str(e)) from None
+  mc = meta_config(config, model)
+  try:  # a typo in meta.adapt must fail here, not deep inside a jit trace
+    meta.adapt_mask(jax.eval_shape(model.init, jax.random.PRNGKey(0)),
+                    mc.adapt)
+  except ValueError as e:
+    raise InputError(str(e)) from None
+  return Experiment(config=config, store=store, split=split, tables=tables,
+                    model=model, meta_config=mc)

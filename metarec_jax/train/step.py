@@ -1,0 +1,108 @@
+"""The meta-step: sharded meta-gradient, chunked accumulation, outer update.
+
+The task axis of a batch is sharded over the mesh axis `tasks`; parameters
+are replicated. Inside `shard_map` each device computes the meta-gradient
+of its own tasks, `chunk_tasks` at a time (a `lax.scan` accumulates the
+chunks, so memory is bounded by the chunk, not the meta-batch), and the
+devices average with `pmean`. A non-finite meta-gradient skips the update
+and is counted; the loop decides when too many in a row end the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from metarec_jax import meta
+from metarec_jax.runtime import AXIS
+from metarec_jax.train.state import TrainState
+
+PyTree = Any
+
+
+def chunked_meta_grad(loss_fn, meta_config: meta.MetaConfig, meta_params,
+                      tasks, *, chunk_tasks: int):
+  """Meta-loss, unadapted query loss and meta-gradient of `tasks`,
+  `chunk_tasks` tasks at a time (0 or >= the tasks: all at once).
+
+  Equal to the unchunked values: every chunk has the same number of tasks,
+  so the mean of the chunk means is the mean.
+  """
+  num_tasks = jax.tree.leaves(tasks)[0].shape[0]
+  chunk = chunk_tasks if 0 < chunk_tasks < num_tasks else num_tasks
+  if num_tasks % chunk:
+    raise ValueError(f"{num_tasks} tasks per device is not a multiple of"
+                     f" train.chunk_tasks={chunk}")
+
+  def one(chunk_of_tasks):
+    loss, grads = meta.meta_grad(loss_fn, meta_params, chunk_of_tasks,
+                                 config=meta_config)
+    unadapted = jnp.mean(jax.vmap(
+        lambda q: loss_fn(meta_params["model"], q))(chunk_of_tasks["query"]))
+    return loss, jax.lax.stop_gradient(unadapted), grads
+
+  num_chunks = num_tasks // chunk
+  if num_chunks == 1:
+    return one(tasks)
+  chunks = jax.tree.map(
+      lambda a: a.reshape(num_chunks, chunk, *a.shape[1:]), tasks)
+  shapes = jax.eval_shape(one, jax.tree.map(lambda a: a[0], chunks))
+
+  def zeros(s):
+    return jnp.zeros(s.shape, s.dtype)
+
+  def body(acc, chunk_of_tasks):
+    return jax.tree.map(jnp.add, acc, one(chunk_of_tasks)), None
+
+  total, _ = jax.lax.scan(body, jax.tree.map(zeros, shapes), chunks)
+  return jax.tree.map(lambda x: x / num_chunks, total)
+
+
+def make_train_step(loss_fn, meta_config: meta.MetaConfig,
+                    optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, mesh: Mesh, *,
+                    chunk_tasks: int) -> Callable:
+  """`(state, batch) -> (state, metrics)`, to be jitted by the caller."""
+
+  def local(meta_params, tasks):
+    out = chunked_meta_grad(loss_fn, meta_config, meta_params, tasks,
+                            chunk_tasks=chunk_tasks)
+    return jax.lax.pmean(out, AXIS)
+
+  # check_vma=False: the core is written for plain arrays and knows nothing
+  # of shard_map's varying-axis types; the only collective is the pmean.
+  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS)),
+                          out_specs=P(), check_vma=False)
+
+  def train_step(state: TrainState, batch: PyTree):
+    loss, unadapted, grads = sharded(state.params, batch)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = optimizer.update(grads, state.opt_state,
+                                          state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    def keep(new, old):
+      return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    new_state = state.replace(
+        step=state.step + 1, params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
+        nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+    metrics = {
+        "train/loss": loss,
+        "train/query_loss_unadapted": unadapted,
+        "train/grad_norm": grad_norm,
+        "train/param_norm": optax.tree.norm(new_state.params["model"]),
+        "train/lr": schedule(state.step),
+        "train/nonfinite_total": new_state.nonfinite_total,
+        "train/nonfinite_streak": new_state.nonfinite_streak,
+    }
+    return new_state, metrics
+
+  return train_step

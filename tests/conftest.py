@@ -1,0 +1,61 @@
+"""Shared test setup: fake CPU devices, quiet logs, paths to data.
+
+Several fake CPU devices make every test session exercise the sharded code
+paths. Real data comes from `METAREC_TEST_DATA` (default `../shared/data`
+beside the project); with `CI=true` a missing folder fails instead of
+skipping.
+"""
+
+import contextlib
+import logging
+import os
+import sys
+
+import jax
+
+NUM_DEVICES = 4
+jax.config.update("jax_num_cpu_devices", NUM_DEVICES)
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+from absl import logging as absl_logging  # noqa: E402
+
+absl_logging.set_verbosity(absl_logging.WARNING)
+logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def config_path(name: str) -> str:
+  return os.path.join(ROOT, "configs", f"{name}.py")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> str:
+  """The folder of real test data (MovieLens-1M with MeLU features)."""
+  path = os.environ.get("METAREC_TEST_DATA",
+                        os.path.join(ROOT, "..", "shared", "data"))
+  if not os.path.isdir(os.path.join(path, "ml-1m")):
+    if os.environ.get("CI", "").lower() == "true":
+      pytest.fail(f"test data not found at {path} (set METAREC_TEST_DATA)")
+    pytest.skip(f"test data not found at {path}")
+  return path
+
+
+@contextlib.contextmanager
+def count_compiles():
+  """Counts XLA backend compilations inside the block: `with ... as n: n[0]`."""
+  counter = [0]
+
+  def listener(event, duration, **kwargs):
+    del duration, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      counter[0] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield counter
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)

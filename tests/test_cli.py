@@ -1,0 +1,85 @@
+"""End to end: the `metarec` command line on a tiny config."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, config_path
+
+
+def metarec(*args, timeout=600):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  return subprocess.run([sys.executable, "-m", "metarec_jax.cli", *args],
+                        capture_output=True, text=True, cwd=ROOT,
+                        timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  out = metarec("train", f"--config={config_path('tiny')}",
+                f"--workdir={workdir}")
+  assert out.returncode == 0, out.stderr
+  return workdir, out
+
+
+def test_train_writes_the_work_directory(trained):
+  workdir, out = trained
+  assert out.stdout == ""  # logs go to stderr
+  assert "step 6/6" in out.stderr
+  with open(os.path.join(workdir, "config.json")) as f:
+    record = json.load(f)
+  assert record["config"]["train"]["num_steps"] == 6
+  assert record["versions"]["jax"]
+  assert "git_revision" in record
+  lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
+  steps = [json.loads(l)["step"] for l in lines]
+  assert 6 in steps and "train/loss" in json.loads(lines[0])
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert "6" in os.listdir(os.path.join(workdir, "checkpoints"))
+
+
+def test_eval_prints_the_json_report_last(trained):
+  workdir, _ = trained
+  out = metarec("eval", f"--workdir={workdir}")
+  assert out.returncode == 0, out.stderr
+  report = json.loads(out.stdout.strip().splitlines()[-1])
+  assert report["step"] == 6
+  assert set(report["scenarios"]) == {"W", "UC", "IC", "UIC"}
+  uc = report["scenarios"]["UC"]
+  assert uc["tasks"] > 0
+  for key in ("mae", "rmse", "ndcg@1", "ndcg@3", "mae_unadapted"):
+    assert isinstance(uc[key], float)
+  assert set(uc["baselines"]) == {"global_mean", "item_mean_user_bias"}
+  assert "NaN" not in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--workdir=/tmp/x", "--bogus=1"], "Unknown command line flag"),
+    (["train", f"--config={config_path('tiny')}", "--workdir=/tmp/x",
+      "--config.train.nosuch=1"], "unknown config key 'train.nosuch'"),
+    (["train", f"--config={config_path('tiny')}", "--workdir=/tmp/x",
+      "--config.train.num_steps=many"], "expected an integer"),
+    (["train", "--config=configs/missing.py", "--workdir=/tmp/x"],
+     "no such config file"),
+    (["eval", "--workdir=/nonexistent"], "not a metarec work directory"),
+    (["frobnicate"], "unknown command"),
+])
+def test_bad_input_is_one_line_with_status_2(args, message):
+  out = metarec(*args)
+  assert out.returncode == 2
+  assert message in out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1
+  assert "Traceback" not in out.stderr
+
+
+def test_help_explains_itself():
+  out = metarec("--help")
+  assert out.returncode == 0 and "train" in out.stdout and "eval" in out.stdout
+  out = metarec("train", "--help")
+  assert out.returncode == 0 and "--workdir" in out.stdout
+  assert "--config.KEY=VALUE" in out.stdout

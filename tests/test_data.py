@@ -1,0 +1,194 @@
+"""Synthetic data, the task store, the protocol splits and the sampler."""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+from metarec_jax.data import splits, store as store_lib, synthetic
+from metarec_jax.data.sampler import SamplerSpec, TrainSampler
+from metarec_jax.data.tasks import FeatureTables, taskset_batches
+
+SPEC = synthetic.SyntheticSpec(num_users=700, num_items=300, min_ratings=10,
+                               max_ratings=60, director_vocab=50,
+                               actor_vocab=80, zip_vocab=40, chunk_users=256)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("data") / "store")
+  synthetic.generate(SPEC, path)
+  return store_lib.open_store(path)
+
+
+@pytest.fixture(scope="module")
+def split(store):
+  return splits.split(store, splits.ProtocolSpec(seed=3))
+
+
+def test_synthetic_store_round_trip(store, tmp_path):
+  assert store.num_users == 700 and store.num_items == 300
+  counts = store.counts()
+  assert counts.min() >= 1 and counts.max() <= 60 and len(set(counts)) > 10
+  assert store.num_ratings == counts.sum() == store.manifest["num_ratings"]
+  assert set(np.unique(store.ratings)) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+  assert isinstance(store.items, np.memmap)
+  for u in range(0, 700, 97):  # a user's items are distinct
+    items = store.items[store.offsets[u]:store.offsets[u + 1]]
+    assert len(set(items.tolist())) == len(items)
+  names = {f.name for f in store.features}
+  assert names == {"rate", "genre", "director", "actor", "gender", "age",
+                   "occupation", "zip"}
+  genre = store.item_features["genre"]
+  assert genre.shape == (300, 4) and (genre[:, 0] > 0).all()
+  assert store.vocab("genre")[0] == "<pad>"
+  # Same seed, same data; another seed, other data.
+  again = str(tmp_path / "again")
+  synthetic.generate(SPEC, again)
+  other = store_lib.open_store(again)
+  np.testing.assert_array_equal(other.items, store.items)
+  np.testing.assert_array_equal(other.ratings, store.ratings)
+  reseeded = str(tmp_path / "reseeded")
+  synthetic.generate(dataclasses.replace(SPEC, seed=1), reseeded)
+  assert not np.array_equal(store_lib.open_store(reseeded).ratings[:500],
+                            store.ratings[:500])
+
+
+def test_store_writer_leaves_nothing_when_interrupted(tmp_path):
+  out = str(tmp_path / "store")
+  with pytest.raises(RuntimeError):
+    with store_lib.StoreWriter(out) as w:
+      w.save("items.npy", np.arange(3))
+      raise RuntimeError("killed")
+  assert os.listdir(tmp_path) == []
+
+
+def test_user_split_is_exact_and_disjoint(store, split):
+  g = split.user_group
+  rated = int((store.counts() > 0).sum())
+  assert (g == splits.NEW).sum() == round(0.2 * rated)
+  existing = (g == splits.EXISTING).sum() + (g == splits.VALIDATION).sum()
+  assert (g == splits.VALIDATION).sum() == round(0.1 * existing)
+  # Another protocol seed gives another split.
+  other = splits.split(store, splits.ProtocolSpec(seed=4))
+  assert not np.array_equal(other.user_group, g)
+
+
+def test_scenario_tasks_follow_the_protocol(store, split):
+  g = split.user_group
+  expected_group = {"W": splits.EXISTING, "UC": splits.NEW,
+                    "IC": splits.EXISTING, "UIC": splits.NEW,
+                    "val": splits.VALIDATION}
+  users_of = {}
+  for name, tasks in split.scenarios.items():
+    assert len(tasks) > 0, name
+    sizes = np.diff(tasks.offsets)
+    assert sizes.min() >= 13 and sizes.max() <= 100
+    assert (g[tasks.users] == expected_group[name]).all()
+    new = store.item_new[tasks.items]
+    assert new.all() if name in ("IC", "UIC") else not new.any()
+    for t in range(len(tasks)):
+      rows = slice(tasks.offsets[t], tasks.offsets[t + 1])
+      q = tasks.is_query[rows]
+      assert q.sum() == 10
+      items = tasks.items[rows]
+      assert not set(items[q]) & set(items[~q])  # no query item in support
+      u = tasks.users[t]
+      own = store.items[store.offsets[u]:store.offsets[u + 1]]
+      assert set(items.tolist()) <= set(own.tolist())
+    users_of[name] = set(tasks.users.tolist())
+  assert not users_of["W"] & users_of["UC"]
+  assert not users_of["val"] & (users_of["W"] | users_of["UC"])
+
+
+def test_training_never_sees_held_out_ratings(store, split):
+  pos = split.train_positions
+  user_of = np.repeat(np.arange(store.num_users), store.counts())
+  assert not store.item_new[store.items[pos]].any()
+  assert np.isin(split.user_group[user_of[pos]],
+                 (splits.EXISTING, splits.VALIDATION)).all()
+  for name in ("W", "val"):
+    tasks = split.scenarios[name]
+    task_of_row = np.repeat(np.arange(len(tasks)), np.diff(tasks.offsets))
+    q_user = tasks.users[task_of_row][tasks.is_query]
+    q_item = tasks.items[tasks.is_query]
+    train = set(zip(user_of[pos].tolist(), store.items[pos].tolist()))
+    assert not train & set(zip(q_user.tolist(), q_item.tolist()))
+
+
+def sampler_for(store, split, **kw):
+  spec = SamplerSpec(seed=5, tasks_per_step=8, query_size=10, max_support=16,
+                     min_support=3, buckets=(8, 16))
+  spec = dataclasses.replace(spec, **kw)
+  tables = FeatureTables.from_store(store)
+  return TrainSampler(split, tables, store.items, store.ratings, spec), spec
+
+
+def test_sampler_batches_are_pure_functions_of_the_step(store, split):
+  s, spec = sampler_for(store, split)
+  a, b = s.batch(3), s.batch(3)
+  for x, y in zip(_leaves(a), _leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  # Two processes' slices make up the one-process batch.
+  tables = FeatureTables.from_store(store)
+  halves = [TrainSampler(split, tables, store.items, store.ratings, spec,
+                         process_index=p, process_count=2).batch(3)
+            for p in (0, 1)]
+  for whole, h0, h1 in zip(_leaves(a), _leaves(halves[0]), _leaves(halves[1])):
+    np.testing.assert_array_equal(whole, np.concatenate([h0, h1]))
+
+
+def _leaves(batch):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree.leaves(batch)
+
+
+def test_sampler_draws_disjoint_training_ratings_padded_to_a_bucket(
+    store, split):
+  s, _ = sampler_for(store, split)
+  assert set(s.widths) <= {8, 16}
+  for step in range(6):
+    b = s.batch(step)
+    width = b["support"]["mask"].shape[1]
+    assert width == s.width(step) and width in (8, 16)
+    assert b["query"]["mask"].shape == (8, 10)
+    assert b["query"]["mask"].all()
+    n_support = b["support"]["mask"].sum(1)
+    assert (n_support >= 3).all() and (n_support <= width).all()
+    assert (b["support"]["rating"][~b["support"]["mask"]] == 0).all()
+
+
+def test_an_epoch_visits_every_training_user(store, split):
+  s, _ = sampler_for(store, split)
+  widths, plan = s._plan(0)  # pylint: disable=protected-access
+  assert set(plan.ravel().tolist()) == set(s.users.tolist())
+  assert len(widths) == s.steps_per_epoch
+
+
+def test_uniform_support_sizes_vary(store, split):
+  s, _ = sampler_for(store, split, support_sampling="uniform")
+  sizes = np.concatenate([s.batch(t)["support"]["mask"].sum(1)
+                          for t in range(8)])
+  assert sizes.min() >= 3 and len(set(sizes.tolist())) > 4
+
+
+def test_task_set_batches_cover_every_task_once(store, split):
+  tables = FeatureTables.from_store(store)
+  tasks = split.scenarios["UC"]
+  seen = []
+  for index, batch, items in taskset_batches(tasks, tables, batch_tasks=16,
+                                             buckets=(32, 64),
+                                             query_width=10):
+    width = batch["support"]["mask"].shape[1]
+    assert width in (32, 64, 96)
+    assert batch["query"]["mask"][:len(index)].sum() == 10 * len(index)
+    assert not batch["support"]["mask"][len(index):].any()
+    sizes = tasks.support_sizes()[index]
+    np.testing.assert_array_equal(batch["support"]["mask"][:len(index)].sum(1),
+                                  sizes)
+    np.testing.assert_array_equal(
+        tables.item["genre"][items["query"][:len(index)]],
+        batch["query"]["features"]["genre"][:len(index)])
+    seen.extend(index.tolist())
+  assert sorted(seen) == list(range(len(tasks)))

@@ -1,0 +1,98 @@
+"""The dual (Gram) form and feature hoisting equal the plain formulation."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from metarec_jax import meta, models
+from metarec_jax.data import synthetic
+
+
+@pytest.fixture(autouse=True)
+def float64():
+  jax.config.update("jax_enable_x64", True)
+  yield
+  jax.config.update("jax_enable_x64", False)
+
+
+def melu_and_tasks(num_tasks=3, n_support=7, n_query=4, seed=0):
+  spec = synthetic.SyntheticSpec(director_vocab=20, actor_vocab=30,
+                                 zip_vocab=10)
+  fields = spec.features()
+  cfg = ml_collections.ConfigDict({"name": "melu", "features": (),
+                                   "embed_dim": 6, "hidden": (8, 5)})
+  model = models.build(cfg, fields, rating_mean=3.5)
+  params = jax.tree.map(lambda x: x.astype(jnp.float64),
+                        model.init(jax.random.PRNGKey(seed)))
+  r = np.random.default_rng(seed)
+
+  def rows(n):
+    feats = {f.name: r.integers(0, f.vocab, (num_tasks, n, f.max_len)
+                                if f.kind == "list" else (num_tasks, n))
+             for f in fields}
+    return {"features": feats,
+            "rating": r.integers(1, 6, (num_tasks, n)).astype(np.float64),
+            "mask": r.random((num_tasks, n)) < 0.8}
+
+  return model, params, {"support": rows(n_support), "query": rows(n_query)}
+
+
+def grads_of(loss_fn, params, tasks, config):
+  mp = {"model": params, "inner": meta.init_inner(params, config=config)}
+  return jax.jit(lambda mp, t: meta.meta_grad(loss_fn, mp, t, config=config)
+                 )(mp, tasks)
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "mamlpp"])
+@pytest.mark.parametrize("second_order", [True, False])
+def test_dual_form_and_hoisting_equal_the_plain_meta_gradient(
+    algorithm, second_order):
+  model, params, tasks = melu_and_tasks()
+  assert isinstance(model.loss_fn, meta.LinearHead)
+  plain_loss = models.plain_loss(model.module)
+  base = meta.MetaConfig(algorithm=algorithm, inner_steps=3, inner_lr=0.05,
+                         second_order=second_order, adapt=model.adapt,
+                         dual_form=False)
+  ref_loss, ref = grads_of(plain_loss, params, tasks, base)
+  for config in (base, base.replace(dual_form=True)):
+    loss, grads = grads_of(model.loss_fn, params, tasks, config)
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-12)
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(grads)):
+      np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+
+
+def test_dual_adapt_materialises_the_plain_adapted_parameters():
+  model, params, tasks = melu_and_tasks()
+  support = jax.tree.map(lambda a: a[0], tasks["support"])
+  config = meta.MetaConfig(inner_steps=4, inner_lr=0.1, adapt=model.adapt)
+  plain = meta.adapt(models.plain_loss(model.module), params, support,
+                     config=config)
+  dual = meta.adapt(model.loss_fn, params, support, config=config)
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(dual)):
+    np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+
+
+def test_dual_form_is_not_used_where_it_does_not_apply():
+  model, params, _ = melu_and_tasks()
+  part = meta.paths.partition(params, model.adapt)
+  lh = model.loss_fn
+  assert lh.dual_applies(meta.MetaConfig(adapt=model.adapt), part)
+  assert not lh.dual_applies(
+      meta.MetaConfig(adapt=model.adapt, inner_optimizer="adam"), part)
+  assert not lh.dual_applies(
+      meta.MetaConfig(adapt=model.adapt, algorithm="metasgd"), part)
+  everything = meta.paths.partition(params, ())
+  assert not lh.features_fixed(everything)
+  assert not lh.dual_applies(meta.MetaConfig(), everything)
+
+
+def test_adapting_the_embeddings_falls_back_to_the_plain_computation():
+  model, params, tasks = melu_and_tasks()
+  config = meta.MetaConfig(inner_steps=2, inner_lr=0.05, adapt=(".*",))
+  loss_a, ga = grads_of(models.plain_loss(model.module), params, tasks, config)
+  loss_b, gb = grads_of(model.loss_fn, params, tasks, config)
+  assert float(loss_a) == pytest.approx(float(loss_b), rel=1e-12)
+  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)

@@ -1,0 +1,51 @@
+"""Metrics against hand-computed values."""
+
+import math
+
+import numpy as np
+import pytest
+
+from metarec_jax.eval import metrics
+from metarec_jax.eval.baselines import BaselineStats
+
+
+def test_mae_and_rmse_skip_padding():
+  pred = np.array([[3.0, 4.0, 0.0], [2.0, 9.0, 9.0]])
+  true = np.array([[4.0, 4.0, 5.0], [4.0, 1.0, 1.0]])
+  mask = np.array([[True, True, False], [True, False, False]])
+  assert metrics.mae(pred, true, mask) == pytest.approx((1 + 0 + 2) / 3)
+  assert metrics.rmse(pred, true, mask) == pytest.approx(math.sqrt(5 / 3))
+  assert metrics.mae(pred, true, np.zeros_like(mask)) is None
+
+
+def test_ndcg_by_hand_with_ties_broken_by_item_id():
+  # Items 7, 3, 5 with true ratings 5, 3, 4; predictions tie 7 and 3.
+  pred = np.array([[4.0, 4.0, 2.0]])
+  true = np.array([[5.0, 3.0, 4.0]])
+  items = np.array([[7, 3, 5]])
+  mask = np.ones((1, 3), bool)
+  # Ranking: item 3 (tie, lower id) first, then 7, then 5.
+  g = lambda r: 2 ** r - 1
+  dcg3 = g(3) / math.log2(2) + g(5) / math.log2(3) + g(4) / math.log2(4)
+  idcg3 = g(5) / math.log2(2) + g(4) / math.log2(3) + g(3) / math.log2(4)
+  assert metrics.ndcg(pred, true, mask, items, 3) == pytest.approx(dcg3 / idcg3)
+  assert metrics.ndcg(pred, true, mask, items, 1) == pytest.approx(g(3) / g(5))
+  # A perfect ranking scores 1; padding never ranks.
+  pred2 = np.array([[5.0, 3.0, 4.0, 9.0]])
+  true2 = np.array([[5.0, 3.0, 4.0, 1.0]])
+  mask2 = np.array([[True, True, True, False]])
+  items2 = np.array([[1, 2, 3, 4]])
+  assert metrics.ndcg(pred2, true2, mask2, items2, 3) == pytest.approx(1.0)
+
+
+def test_item_mean_user_bias_baseline_by_hand():
+  stats = BaselineStats(global_mean=3.0,
+                        item_mean=np.array([4.0, 2.0, 3.5]),
+                        rating_range=(1.0, 5.0))
+  # Support: item 0 rated 5 (residual +1), item 1 rated 3 (residual +1).
+  pred = stats.predict(np.array([[0, 1]]), np.array([[5.0, 3.0]]),
+                       np.array([[True, True]]), np.array([[2, 0]]))
+  bias = 2.0 / (2 + 3)
+  np.testing.assert_allclose(pred["item_mean_user_bias"],
+                             [[3.5 + bias, 4.0 + bias]])
+  np.testing.assert_allclose(pred["global_mean"], [[3.0, 3.0]])

@@ -1,0 +1,33 @@
+"""The README's commands and example stay true."""
+
+import os
+import re
+
+import numpy as np
+
+from conftest import ROOT
+
+
+def readme():
+  with open(os.path.join(ROOT, "README.md")) as f:
+    return f.read()
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_second():
+  blocks = re.findall(r"```bash\n(.*?)\n```", readme(), re.S)
+  train, test = blocks[0].strip(), blocks[1].strip()
+  assert "metarec train --config=configs/default.py" in train
+  assert "pip install" in train and "pip install" in test
+  assert "pytest" in test
+  with open(os.path.join(ROOT, ".ci", "run")) as f:
+    ci = [l for l in f.read().splitlines() if l and not l.startswith("#")]
+  assert ci[-1] == test
+
+
+def test_the_python_example_runs():
+  code = re.findall(r"```python\n(.*?)\n```", readme(), re.S)[0]
+  scope = {}
+  exec(compile(code, "README.md", "exec"), scope)  # pylint: disable=exec-used
+  assert np.isfinite(float(scope["loss"]))
+  assert scope["grads"]["w1"].shape == (4, 8)
+  assert float(np.abs(scope["grads"]["w1"]).sum()) > 0
