@@ -65,7 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.end_lr_factor = 0.05
   c.train.grad_clip = 1.0
   c.train.eval_every_steps = 500
-  c.train.max_nonfinite = 10
+  c.train.max_nonfinite = 10  # consecutive skipped updates that stop the run
+  c.train.preempt_exit_code = 0  # exit status after SIGTERM/SIGINT + save
   c.train.prefetch = 2
   c.train.cpu_devices = 0  # CPU only: fake devices; 0 = one per core
 

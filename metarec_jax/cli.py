@@ -63,6 +63,7 @@ def _setup_runtime(config) -> None:
   from metarec_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.configure_cpu_devices(int(config.train.cpu_devices),
                                 int(config.train.tasks_per_step))
+  runtime.enable_compilation_cache()
 
 
 def _require(fv, name: str) -> str:
@@ -86,6 +87,8 @@ def _run_train(inv: Invocation) -> int:
   _setup_runtime(config)
   from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   summary = train_and_evaluate(config, workdir)
+  if summary.get("preempted"):
+    return int(config.train.preempt_exit_code)
   val = summary.get("val") or {}
   if val:
     log.info("final validation: MAE %s, unadapted %s", val.get("mae"),

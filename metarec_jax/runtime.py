@@ -19,6 +19,30 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 AXIS = "tasks"
 
 
+def enable_compilation_cache(path: str | None = None) -> str | None:
+  """Turns on JAX's persistent compilation cache, so restarts skip compiling.
+
+  `path` defaults to `$METAREC_COMPILATION_CACHE`, else
+  `$XDG_CACHE_HOME/metarec_jax/xla` (`~/.cache/...`); an empty
+  `METAREC_COMPILATION_CACHE` turns the cache off. Returns the folder used.
+  """
+  if path is None:
+    path = os.environ.get("METAREC_COMPILATION_CACHE")
+    if path is None:
+      base = os.environ.get("XDG_CACHE_HOME",
+                            os.path.join(os.path.expanduser("~"), ".cache"))
+      path = os.path.join(base, "metarec_jax", "xla")
+  if not path:
+    return None
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  # The meta-step compiles in seconds; cache everything that takes longer
+  # than a blink.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path
+
+
 def make_mesh() -> Mesh:
   """A 1-D mesh over every device of every process, axis `tasks`."""
   return jax.make_mesh((jax.device_count(),), (AXIS,),

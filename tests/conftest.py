@@ -10,11 +10,16 @@ import contextlib
 import logging
 import os
 import sys
+import tempfile
 
 import jax
 
 NUM_DEVICES = 4
 jax.config.update("jax_num_cpu_devices", NUM_DEVICES)
+# One persistent compilation cache per test session, shared by the `metarec`
+# processes the end-to-end tests start: their second start skips compiling.
+os.environ.setdefault("METAREC_COMPILATION_CACHE",
+                      tempfile.mkdtemp(prefix="metarec-xla-"))
 
 import pytest  # noqa: E402
 

@@ -2,9 +2,11 @@
 
 Layout: `WORKDIR/checkpoints/<step>/` with two items, `state` (the whole
 `TrainState`, `StandardSave`) and `config` (`JsonSave` of the resolved
-config with a format version). Saves are asynchronous; orbax writes each
-step into a temporary folder and commits it by rename, so a folder without
-its commit marker is an interrupted save, never a restorable one.
+config with a format version). Saves are asynchronous. Orbax writes each
+step into a temporary folder and commits it by rename, so a save killed
+half-way leaves a temporary folder (removed at the next start), never a
+checkpoint that looks complete. A complete checkpoint that cannot be read
+(a truncated or deleted file) is skipped for the previous one, loudly.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
+import time
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
+
+from metarec_jax.meta import paths
 
 FORMAT_VERSION = 1
 log = logging.getLogger("metarec")
@@ -23,6 +28,11 @@ log = logging.getLogger("metarec")
 
 class CheckpointError(Exception):
   """No usable checkpoint where one was expected."""
+
+
+def _handlers():
+  return {"state": ocp.StandardCheckpointHandler(),
+          "config": ocp.JsonCheckpointHandler()}
 
 
 class Checkpointer:
@@ -35,11 +45,18 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max(int(keep), 1), create=not read_only,
         read_only=read_only, enable_async_checkpointing=async_save,
+        # Removes the temporary folders of saves that were killed.
         cleanup_tmp_directories=not read_only)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    if read_only and not os.path.isdir(self.directory):
+      self.manager = None
+    else:
+      self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                           item_handlers=_handlers())
 
   def steps(self) -> list[int]:
-    """Steps of the complete checkpoints, oldest first."""
+    """Steps of the committed checkpoints, oldest first."""
+    if self.manager is None:
+      return []
     self.manager.reload()
     return sorted(self.manager.all_steps())
 
@@ -58,13 +75,34 @@ class Checkpointer:
         state=ocp.args.StandardSave(state),
         config=ocp.args.JsonSave(record)), force=True)
 
-  def restore(self, abstract_state: Any, step: int | None = None
-              ) -> tuple[Any, dict, int]:
-    """Restores `step` (default: the newest complete checkpoint).
+  def _read_record(self, step: int) -> dict:
+    record = self.manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))["config"]
+    if not isinstance(record, dict) or "format_version" not in record:
+      raise CheckpointError(f"step {step}: config item without a format"
+                            " version")
+    if record["format_version"] > FORMAT_VERSION:
+      raise CheckpointError(
+          f"step {step}: checkpoint format {record['format_version']} is"
+          f" newer than this version of metarec ({FORMAT_VERSION})")
+    return record
+
+  def restore(self, abstract_state: Any, step: int | None = None, *,
+              check=None) -> tuple[Any, dict, int]:
+    """Restores `step`, or the newest checkpoint that can be read.
+
+    Without `step`, an unreadable newest checkpoint (truncated or missing
+    files) is reported with a warning naming it and the one tried next, and
+    moved aside; when none can be read it is an error, never a silent fresh
+    start.
 
     Args:
-      abstract_state: the state's structure, `jax.ShapeDtypeStruct`s with
-        the target shardings (so N-device checkpoints restore on M devices).
+      abstract_state: the state's structure as `jax.ShapeDtypeStruct`s with
+        the target shardings (so a checkpoint of N devices restores on M).
+      step: the step to restore (default: the newest readable one).
+      check: `check(step, config_record, saved_param_shapes)`, called before
+        any array is read; what it raises propagates (e.g. a refused config
+        change) instead of counting as an unreadable checkpoint.
 
     Returns:
       (state, saved config record, step).
@@ -72,37 +110,97 @@ class Checkpointer:
     steps = self.steps()
     if not steps:
       raise CheckpointError(f"no checkpoint in {self.directory}")
-    step = steps[-1] if step is None else int(step)
-    if step not in steps:
+    _quiet_aborted_reads()
+    candidates = [int(step)] if step is not None else list(reversed(steps))
+    if step is not None and int(step) not in steps:
       raise CheckpointError(
           f"no checkpoint at step {step} in {self.directory}; there are:"
           f" {', '.join(map(str, steps))}")
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        config=ocp.args.JsonRestore()))
-    return restored["state"], restored["config"], step
+    failures, unreadable = [], []
+    for i, candidate in enumerate(candidates):
+      try:
+        record = self._read_record(candidate)
+        shapes = self.saved_param_shapes(candidate)
+      except Exception as e:  # pylint: disable=broad-except
+        error = e
+      else:
+        if check is not None:
+          check(candidate, record, shapes)
+        try:
+          state = self.manager.restore(candidate, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state)))["state"]
+        except Exception as e:  # pylint: disable=broad-except
+          error = e
+        else:
+          self._move_aside(unreadable)
+          return state, record, candidate
+      unreadable.append(candidate)
+      failures.append(f"step {candidate}: {type(error).__name__}: {error}")
+      older = candidates[i + 1] if i + 1 < len(candidates) else None
+      if older is not None:
+        log.warning("the checkpoint of step %d in %s cannot be read (%s);"
+                    " falling back to the checkpoint of step %d", candidate,
+                    self.directory, str(error).splitlines()[0][:200], older)
+    raise CheckpointError(
+        f"no readable checkpoint in {self.directory} (tried "
+        + "; ".join(f[:300] for f in failures) + "); refusing to start from"
+        " scratch over it: move the folder away to start anew")
 
-  def read_config(self, step: int) -> dict:
-    """The config record saved with `step` (no arrays are read)."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))
-    return restored["config"]
+  def _move_aside(self, steps: list[int]) -> None:
+    """Moves unreadable checkpoints out of the way of new saves of the same
+    steps, into `WORKDIR/checkpoints-unreadable/` (kept for inspection)."""
+    if not steps:
+      return
+    dest = os.path.join(os.path.dirname(self.directory),
+                        "checkpoints-unreadable")
+    os.makedirs(dest, exist_ok=True)
+    for step in steps:
+      target = os.path.join(dest, f"{step}-{int(time.time())}")
+      shutil.move(os.path.join(self.directory, str(step)), target)
+      log.warning("moved the unreadable checkpoint of step %d to %s", step,
+                  target)
+    self.manager.reload()
+
+  def saved_param_shapes(self, step: int) -> dict[str, tuple]:
+    """`{path: (shape, dtype)}` of the saved `params` (no array is read)."""
+    meta = self.manager.item_metadata(step)["state"]
+    tree = getattr(meta, "tree", meta)
+    params = tree["params"]
+    return {p: (tuple(l.shape), str(l.dtype)) for p, l in
+            zip(paths.leaf_paths(params), _leaves(params))}
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    if self.manager is not None:
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    if self.manager is not None:
+      self.manager.wait_until_finished()
+      self.manager.close()
 
 
-def abstract(state: Any) -> Any:
-  """`jax.ShapeDtypeStruct`s (with shardings) of a state or its eval_shape."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                     sharding=getattr(x, "sharding", None)),
-      state)
+def _quiet_aborted_reads() -> None:
+  """Drops the "Event loop is closed" noise of an aborted orbax read.
+
+  When a restore fails half-way (a truncated file), tensorstore callbacks of
+  the abandoned reads arrive after orbax closed its event loop and each
+  prints a traceback through `sys.unraisablehook`. The real error has been
+  reported already; everything else still reaches the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "_metarec_filter", False):
+    return
+
+  def hook(args):
+    if (isinstance(args.exc_value, RuntimeError)
+        and "Event loop is closed" in str(args.exc_value)):
+      return
+    previous(args)
+
+  hook._metarec_filter = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
 
 
-def remove(workdir: str) -> None:
-  shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
+def _leaves(tree):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree.leaves(tree)

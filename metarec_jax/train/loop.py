@@ -2,7 +2,9 @@
 
 One readable loop in the big_vision manner: build the state with a jitted
 init, compile the meta-step for every batch shape ahead of time, then step,
-log, evaluate and checkpoint. Metrics reach the host only on log steps.
+log, evaluate and checkpoint. Metrics reach the host only on log steps; the
+non-finite counter of each step is read one step late so the device never
+idles waiting for it.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import functools
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -25,42 +25,19 @@ from metarec_jax.data.sampler import TrainSampler
 from metarec_jax.data.tasks import batch_shapes
 from metarec_jax.errors import InputError
 from metarec_jax.eval.evaluate import Evaluator
+from metarec_jax.meta import paths
 from metarec_jax.train import checkpoint as ckpt_lib
-from metarec_jax.train import optim, reporting
+from metarec_jax.train import optim, reporting, resume
 from metarec_jax.train import state as state_lib
+from metarec_jax.train.preemption import StopRequest
 from metarec_jax.train.step import make_train_step
 
 log = logging.getLogger("metarec")
 
 
 class TrainingError(Exception):
-  """The run cannot go on (e.g. persistent non-finite meta-gradients)."""
-
-
-class StopSignal:
-  """Remembers SIGTERM/SIGINT so the loop can finish the step and save."""
-
-  def __init__(self):
-    self.received: int | None = None
-    self._previous = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.received = signum
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-    return False
-
-  def __call__(self) -> bool:
-    return self.received is not None
+  """The run cannot go on (persistent non-finite meta-gradients, no
+  readable checkpoint)."""
 
 
 def resolve_chunk(config, num_devices: int) -> int:
@@ -96,8 +73,8 @@ def check_batch_size(config, num_devices: int) -> int:
 class Trainer:
   """Everything the loop needs, built once (also used by `metarec bench`)."""
 
-  def __init__(self, config, workdir: str, *, exp: experiment.Experiment
-               | None = None):
+  def __init__(self, config, workdir: str, *,
+               exp: experiment.Experiment | None = None):
     self.config = config
     self.workdir = workdir
     self.mesh = runtime.make_mesh()
@@ -133,130 +110,38 @@ class Trainer:
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
                                        sharding=self.replicated), shapes)
 
+  def param_shapes(self) -> dict[str, tuple]:
+    params = self.abstract_state().params
+    return {p: (tuple(l.shape), str(l.dtype)) for p, l in
+            zip(paths.leaf_paths(params), jax.tree.leaves(params))}
+
   def abstract_batch(self, width: int):
     return batch_shapes(self.exp.tables.specs,
                         int(self.config.train.tasks_per_step), width,
                         int(self.config.data.query_size), self.task_sharding)
 
-  def compile_all(self) -> float:
-    """Compiles the meta-step for every bucket; returns the seconds spent."""
+  def compile_all(self, should_stop=lambda: False) -> bool:
+    """Compiles the meta-step for every bucket, checking `should_stop`
+    between compilations. Returns False if it stopped early."""
     state = self.abstract_state()
     for width in self.sampler.widths:
+      if should_stop():
+        return False
       self.step.compile(state, self.abstract_batch(width))
-    return self.step.compile_seconds
+    return True
 
 
 def _metrics_to_host(metrics: dict) -> dict[str, float]:
   return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
 
 
-def _eval_metrics(results: dict, prefix: str) -> dict[str, float]:
+def _eval_metrics(results: dict, prefix: str = "") -> dict[str, float]:
   out = {}
   for scenario, m in results.items():
     for key in ("mae", "rmse", "ndcg@1", "ndcg@3", "mae_unadapted"):
       if m.get(key) is not None:
         out[f"{prefix}{scenario}/{key}"] = m[key]
   return out
-
-
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-  """Meta-trains as `config` says in `workdir`, resuming if possible.
-
-  Returns:
-    A summary: the final step, the last training metrics and the final
-    validation metrics.
-  """
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  is_lead = jax.process_index() == 0
-  if is_lead:
-    config_io.write_workdir_config(workdir, config)
-  trainer = Trainer(config, workdir)
-  exp, tc = trainer.exp, config.train
-  num_steps = int(tc.num_steps)
-  reporter = reporting.Reporter(workdir, active=is_lead)
-  checkpointer = ckpt_lib.Checkpointer(
-      workdir, keep=int(config.checkpoint.keep),
-      every_steps=int(config.checkpoint.every_steps))
-  config_record = config_io.to_dict(config)
-  evaluator = Evaluator(exp, trainer.mesh)
-  summary: dict[str, Any] = {}
-
-  with StopSignal() as stop:
-    # Resume order: (1) the newest complete checkpoint holds the state, the
-    # step and therefore the sampler position; (2) without one, a fresh
-    # jitted init from train.seed.
-    if checkpointer.latest_step() is not None:
-      state, _, start = checkpointer.restore(trainer.abstract_state())
-      log.info("resumed from the checkpoint of step %d in %s", start,
-               checkpointer.directory)
-    else:
-      state = trainer.init(trainer.rng())
-      start = 0
-    start = int(jax.device_get(state.step))
-
-    t0 = time.perf_counter()
-    trainer.compile_all()
-    log.info("compiled the meta-step for %d support widths %s in %.1fs",
-             len(trainer.sampler.widths), trainer.sampler.widths,
-             time.perf_counter() - t0)
-
-    pipeline = Prefetcher(trainer.sampler, trainer.task_sharding,
-                          start=start, stop=num_steps, depth=int(tc.prefetch))
-    tasks_per_step = int(tc.tasks_per_step)
-    last_log_time, last_log_step = time.perf_counter(), start
-    pending = None  # (step, metrics) of the previous step, read one late
-    step = start
-    try:
-      for step_index, batch in pipeline:
-        state, metrics = trainer.step(state, batch)
-        step = step_index + 1
-        if pending is not None:
-          _check_finite(*pending, max_nonfinite=int(tc.max_nonfinite))
-        pending = (step, metrics)
-        if step % int(config.log.every_steps) == 0 or step == num_steps:
-          values = _metrics_to_host(metrics)
-          now = time.perf_counter()
-          values["train/tasks_per_sec"] = (
-              (step - last_log_step) * tasks_per_step / (now - last_log_time))
-          last_log_time, last_log_step = now, step
-          reporter.scalars(step, values)
-          summary["train"] = values
-          log.info("step %d/%d  loss %.4f  unadapted %.4f  %.0f tasks/s",
-                   step, num_steps, values["train/loss"],
-                   values["train/query_loss_unadapted"],
-                   values["train/tasks_per_sec"])
-        if (int(tc.eval_every_steps) > 0
-            and step % int(tc.eval_every_steps) == 0) or step == num_steps:
-          results = evaluator.evaluate(state.params, ("val",),
-                                       should_stop=stop)
-          if results is not None:
-            values = _eval_metrics(results, "")
-            reporter.scalars(step, values)
-            summary["val"] = results["val"]
-            log.info("step %d  validation MAE %s (unadapted %s)", step,
-                     _fmt(results["val"]["mae"]),
-                     _fmt(results["val"]["mae_unadapted"]))
-        if checkpointer.should_save(step) or step == num_steps or stop():
-          checkpointer.save(step, state, config_record)
-        if stop():
-          log.warning(
-              "received signal %d: saved step %d; resume with `metarec train"
-              " --workdir=%s`", stop.received, step, workdir)
-          summary["preempted"] = True
-          break
-      if pending is not None:
-        _check_finite(*pending, max_nonfinite=int(tc.max_nonfinite))
-    finally:
-      pipeline.close()
-      checkpointer.close()
-      reporter.close()
-  summary["step"] = step
-  return summary
-
-
-def _fmt(x):
-  return "n/a" if x is None else f"{x:.4f}"
 
 
 def _check_finite(step: int, metrics: dict, *, max_nonfinite: int) -> None:
@@ -268,5 +153,133 @@ def _check_finite(step: int, metrics: dict, *, max_nonfinite: int) -> None:
   if streak >= max(max_nonfinite, 1):
     raise TrainingError(
         f"step {step}: {streak} consecutive non-finite meta-gradients"
-        f" (train.max_nonfinite={max_nonfinite}); the last good state is in"
-        " the newest checkpoint")
+        f" (train.max_nonfinite={max_nonfinite}); the newest checkpoint holds"
+        " the last finite state")
+
+
+def _restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
+                     config_record: dict):
+  """Resume order: (1) the newest readable checkpoint gives the state, its
+  step and therefore the sampler position, after checking that the config
+  did not change shapes; (2) without any checkpoint, a fresh jitted init
+  from `train.seed`."""
+  steps = checkpointer.steps()
+  if not steps:
+    return trainer.init(trainer.rng()), None
+  current_shapes = trainer.param_shapes()
+
+  def check(step, record, saved_shapes):
+    resume.check_resume(record["config"], config_record, saved_shapes,
+                        current_shapes, step=step)
+
+  try:
+    state, _, step = checkpointer.restore(trainer.abstract_state(),
+                                          check=check)
+  except ckpt_lib.CheckpointError as e:
+    raise TrainingError(str(e)) from None
+  log.info("resumed from the checkpoint of step %d in %s", step,
+           checkpointer.directory)
+  return state, step
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  """Meta-trains as `config` says in `workdir`, resuming if possible.
+
+  Returns:
+    A summary: `step`, the last training metrics (`train`), the final
+    validation metrics (`val`) and `preempted` if a signal stopped the run.
+  """
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  is_lead = jax.process_index() == 0
+  tc = config.train
+  num_steps = int(tc.num_steps)
+  config_record = config_io.to_dict(config)
+  summary: dict[str, Any] = {}
+
+  with StopRequest() as stop:
+    trainer = Trainer(config, workdir)
+    exp = trainer.exp
+    checkpointer = ckpt_lib.Checkpointer(
+        workdir, keep=int(config.checkpoint.keep),
+        every_steps=int(config.checkpoint.every_steps))
+    reporter = reporting.Reporter(workdir, active=is_lead)
+    try:
+      state, restored_step = _restore_or_init(trainer, checkpointer,
+                                              config_record)
+      if is_lead:
+        config_io.write_workdir_config(workdir, config)
+      step = int(jax.device_get(state.step))
+      evaluator = Evaluator(exp, trainer.mesh)
+
+      def save_and_report_stop(step):
+        if step != restored_step and step > 0:
+          checkpointer.save(step, state, config_record)
+        log.warning("stopped by a signal at step %d (saved); resume with"
+                    " `metarec train --workdir=%s`", step, workdir)
+        summary["preempted"] = True
+
+      t0 = time.perf_counter()
+      if not trainer.compile_all(should_stop=stop.now):
+        save_and_report_stop(step)
+        return {**summary, "step": step}
+      log.info("compiled the meta-step for support widths %s in %.1fs",
+               trainer.sampler.widths, time.perf_counter() - t0)
+
+      pipeline = Prefetcher(trainer.sampler, trainer.task_sharding,
+                            start=step, stop=num_steps,
+                            depth=int(tc.prefetch))
+      tasks_per_step = int(tc.tasks_per_step)
+      last_time, last_step = time.perf_counter(), step
+      pending = None  # (step, metrics) of the previous step, read one late
+      try:
+        for step_index, batch in pipeline:
+          state, metrics = trainer.step(state, batch)
+          step = step_index + 1
+          if pending is not None:
+            _check_finite(*pending, max_nonfinite=int(tc.max_nonfinite))
+          pending = (step, metrics)
+          if step % int(config.log.every_steps) == 0 or step == num_steps:
+            values = _metrics_to_host(metrics)
+            now = time.perf_counter()
+            values["train/tasks_per_sec"] = (
+                (step - last_step) * tasks_per_step / (now - last_time))
+            last_time, last_step = now, step
+            reporter.scalars(step, values)
+            summary["train"] = values
+            log.info("step %d/%d  loss %.4f  unadapted %.4f  %.0f tasks/s",
+                     step, num_steps, values["train/loss"],
+                     values["train/query_loss_unadapted"],
+                     values["train/tasks_per_sec"])
+          eval_every = int(tc.eval_every_steps)
+          if (eval_every > 0 and step % eval_every == 0) or step == num_steps:
+            results = evaluator.evaluate(state.params, ("val",),
+                                         should_stop=stop.now)
+            if results is not None:
+              reporter.scalars(step, _eval_metrics(results))
+              summary["val"] = results["val"]
+              log.info("step %d  validation MAE %s (unadapted %s)", step,
+                       _fmt(results["val"]["mae"]),
+                       _fmt(results["val"]["mae_unadapted"]))
+          if stop(step):
+            if pending is not None:
+              _check_finite(*pending, max_nonfinite=int(tc.max_nonfinite))
+            save_and_report_stop(step)
+            break
+          if checkpointer.should_save(step) or step == num_steps:
+            _check_finite(*pending, max_nonfinite=int(tc.max_nonfinite))
+            checkpointer.save(step, state, config_record)
+        else:
+          if pending is not None:
+            _check_finite(*pending, max_nonfinite=int(tc.max_nonfinite))
+      finally:
+        pipeline.close()
+    finally:
+      checkpointer.close()
+      reporter.close()
+  summary["step"] = step
+  return summary
+
+
+def _fmt(x):
+  return "n/a" if x is None else f"{x:.4f}"

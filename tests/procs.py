@@ -1,0 +1,62 @@
+"""Running `metarec` as real processes in tests."""
+
+import os
+import subprocess
+import sys
+import time
+
+from conftest import ROOT
+
+
+def env_with(devices: int | None = None) -> dict:
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  if devices:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["PYTHONUNBUFFERED"] = "1"
+  return env
+
+
+def metarec(*args, devices: int | None = None, timeout: int = 600):
+  """Runs `metarec ARGS` to completion; returns the CompletedProcess."""
+  return subprocess.run([sys.executable, "-m", "metarec_jax.cli", *args],
+                        capture_output=True, text=True, cwd=ROOT,
+                        timeout=timeout, env=env_with(devices))
+
+
+def start(*args, devices: int | None = None, stderr_path=None):
+  """Starts `metarec ARGS` in the background."""
+  err = open(stderr_path, "w") if stderr_path else subprocess.PIPE
+  return subprocess.Popen([sys.executable, "-m", "metarec_jax.cli", *args],
+                          stdout=subprocess.PIPE, stderr=err, text=True,
+                          cwd=ROOT, env=env_with(devices))
+
+
+def wait_for(predicate, *, timeout: float = 300, interval: float = 0.005,
+             proc=None):
+  """Polls `predicate()` until true; fails if `proc` exits first."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    value = predicate()
+    if value:
+      return value
+    if proc is not None and proc.poll() is not None:
+      raise AssertionError(f"process exited ({proc.returncode}) before the"
+                           " condition held")
+    time.sleep(interval)
+  raise AssertionError("timed out")
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Committed checkpoint steps (folders named by a bare integer)."""
+  d = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(d):
+    return []
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit())
+
+
+def tmp_checkpoints(workdir: str) -> list[str]:
+  d = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(d):
+    return []
+  return [n for n in os.listdir(d) if "tmp" in n]
