@@ -63,8 +63,9 @@ def tiny_ml1m(dest: str) -> str:
         "10::Toy Story::1995::G::22 Nov 1995::Animation, Adventure, Comedy,"
         " Family, Fantasy::John Lasseter::W::Tom Hanks, Tim Allen, Don"
         " Rickles, Jim Varney, Wallace Shawn::plot::poster\n"
-        "20::Caf\u00e9 Society::1999::N/A::N/A::Drama::Ash Brannon(co-director),"
-        " John Lasseter, Lee Unkrich (co-director)::W::N/A::plot::N/A\n",
+        "20::Caf\u00e9 Society::1999::N/A::N/A::Drama::"
+        "Ash Brannon(co-director), John Lasseter, Lee Unkrich (co-director)"
+        "::W::N/A::plot::N/A\n",
         newline="\r\n")  # movie 30 has no extra infos
   write(os.path.join(dest, "ratings.dat"),
         "1::20::4::300\n"

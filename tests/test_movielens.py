@@ -175,8 +175,9 @@ def test_melu_runs_on_movielens_100k(tmp_path):
   exp = experiment.build(config, str(tmp_path / "work"))
   assert {f.name for f in exp.tables.specs} == {
       "genre", "year", "gender", "age", "occupation", "zip"}
-  import jax  # pylint: disable=g-import-not-at-top
-  from metarec_jax.data.sampler import TrainSampler  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from metarec_jax.data.sampler import TrainSampler
   sampler = TrainSampler(exp.split, exp.tables, exp.store.items,
                          exp.store.ratings, exp.sampler_spec())
   batch = jax.tree.map(lambda a: a[0], sampler.batch(0))

@@ -10,7 +10,6 @@ Shared rules, so that every dataset is stored alike:
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, Callable
 
@@ -19,8 +18,6 @@ import numpy as np
 from metarec_jax.data import store as store_lib
 from metarec_jax.data.features import Feature
 from metarec_jax.data.ratings_io import RatingsFormat, keep_last
-
-log = logging.getLogger("metarec")
 
 DUPLICATE_RULE = ("a (user, item) pair rated more than once keeps its last"
                   " rating in file order")

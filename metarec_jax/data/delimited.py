@@ -31,12 +31,15 @@ class Table:
     header: the column names when the file has a header line, else None.
     rows: the fields of every data line.
     lines: int64 [N], the 1-based line number of every row.
+    header_line: the line number of the header (1 unless blank lines
+      precede it).
   """
 
   path: str
   header: list[str] | None
   rows: list[list[str]]
   lines: np.ndarray
+  header_line: int = 1
 
   def __len__(self) -> int:
     return len(self.rows)
@@ -52,7 +55,8 @@ class Table:
     except ValueError:
       raise InputError(
           f"no column {name!r} in the header (columns: "
-          f"{', '.join(self.header)})", path=self.path, line=1) from None
+          f"{', '.join(self.header)})", path=self.path,
+          line=self.header_line) from None
 
 
 def read_text(path: str | os.PathLike, encoding: str) -> str:
@@ -121,7 +125,7 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
     rows = _csv_rows(lines, numbers, delimiter, path)
   else:
     rows = [line.split(delimiter) for line in lines]
-  names = None
+  names, first = None, int(numbers[0])
   if header:
     names = [n.strip() for n in rows[0]]
     rows, numbers = rows[1:], numbers[1:]
@@ -132,16 +136,14 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
   if num_fields and expected not in num_fields:
     raise InputError(
         f"{expected} field(s) separated by {delimiter!r}, expected"
-        f" {' or '.join(map(str, num_fields))}", path=path,
-        line=int(numbers[0]))
+        f" {' or '.join(map(str, num_fields))}", path=path, line=first)
   bad = np.flatnonzero(counts != expected)
   if len(bad):
     i = int(bad[0])
     raise InputError(
         f"{counts[i]} field(s) separated by {delimiter!r}, expected"
-        f" {expected} like line {numbers[0] if names is None else 1}",
-        path=path, line=int(numbers[i]))
-  return Table(path, names, rows, numbers)
+        f" {expected} like line {first}", path=path, line=int(numbers[i]))
+  return Table(path, names, rows, numbers, first)
 
 
 def _csv_rows(lines, numbers, delimiter, path) -> list[list[str]]:

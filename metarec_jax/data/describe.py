@@ -53,8 +53,8 @@ def format_summary(s: dict) -> str:
       f"  items    {s['items']:,} ({s['new_items']:,} new ="
       f" {share(s['new_item_share'])}; {share(s['new_item_rating_share'])}"
       " of the ratings)",
-      f"  ratings  {s['ratings']:,} on {s['rating_min']:g}..{s['rating_max']:g},"
-      f" mean {s['rating_mean']:.3f}"
+      f"  ratings  {s['ratings']:,} on {s['rating_min']:g}.."
+      f"{s['rating_max']:g}, mean {s['rating_mean']:.3f}"
       + (", with timestamps" if s["timestamps"] else ""),
       "  ratings per user (users with ratings): "
       + ", ".join(f"{k} {v:g}" for k, v in q.items() if v is not None),

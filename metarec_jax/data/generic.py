@@ -207,8 +207,9 @@ def _item_new(spec: GenericSpec, items: _SideTable | None, rows, num_items):
   flags = np.asarray(values, dtype=str)
   bad = np.flatnonzero((flags != "0") & (flags != "1"))
   if len(bad):
-    raise InputError(f"{spec.new_item_col} {flags[bad[0]]!r} is not 0 or 1",
-                     path=table.path, line=int(table.lines[bad[0]]))
+    raise InputError(
+        f"{spec.new_item_col} {str(flags[bad[0]])!r} is not 0 or 1",
+        path=table.path, line=int(table.lines[bad[0]]))
   new[rows] = flags == "1"
   return new, f"new = {spec.new_item_col} of the item table is 1"
 

@@ -117,7 +117,7 @@ def _items(root: str, genre_names: list[str], genre_len: int):
   bad = np.argwhere((flags != "0") & (flags != "1"))
   if len(bad):
     row, col = bad[0]
-    raise InputError(f"genre flag {flags[row, col]!r} of"
+    raise InputError(f"genre flag {str(flags[row, col])!r} of"
                      f" {genre_names[col]} is not 0 or 1", path=table.path,
                      line=int(table.lines[row]))
   names = np.asarray(genre_names, dtype=object)
