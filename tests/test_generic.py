@@ -144,3 +144,37 @@ def test_ratings_files_round_trip_in_the_store_format(shop, tmp_path):
 def test_a_config_dict_without_generic_section_uses_the_defaults():
   spec = generic.spec_of(ml_collections.ConfigDict({"name": "generic"}))
   assert spec == generic.GenericSpec()
+
+
+def test_melu_trains_on_string_ids(tmp_path):
+  rng = np.random.default_rng(0)
+  root = tmp_path / "log"
+  rows = ["who;what;stars"]
+  for u in range(24):
+    for i in rng.choice(60, 45, replace=False):
+      rows.append(f"user-{u};item-{i};{rng.integers(1, 11)}")
+  datafiles.write(str(root / "log.txt"), "\n".join(rows) + "\n")
+  datafiles.write(str(root / "items.txt"), "id;tags;new\n" + "".join(
+      f"item-{i};t{i % 3}/t{i % 5};{int(i >= 50)}\n" for i in range(60)))
+  config = config_io.load_config_file(config_path("tiny"))
+  config.data.name = "generic"
+  config.data.root = str(root)
+  config.data.generic.update(dict(
+      ratings="log.txt", delimiter=";", user_col="who", item_col="what",
+      rating_col="stars", rating_min=1.0, rating_max=10.0,
+      item_features="items.txt", lists=("tags",), list_sep="/",
+      new_item_col="new", id_features=True))
+  config.train.tasks_per_step = 4
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from metarec_jax import experiment
+  from metarec_jax.data.sampler import TrainSampler
+  exp = experiment.build(config, str(tmp_path / "work"))
+  assert exp.store.rating_range == (1.0, 10.0)
+  assert exp.store.item_new.sum() == 10
+  assert {f.name for f in exp.tables.specs} == {"tags", "user_id", "item_id"}
+  sampler = TrainSampler(exp.split, exp.tables, exp.store.items,
+                         exp.store.ratings, exp.sampler_spec())
+  batch = jax.tree.map(lambda a: a[0], sampler.batch(0))
+  params = exp.model.init(jax.random.PRNGKey(0))
+  assert np.isfinite(float(exp.model.loss_fn(params, batch["query"])))

@@ -190,3 +190,19 @@ def test_prepare_needs_a_data_root(tmp_path):
   config = config_io.load_config_file(config_path("melu_ml1m"))
   with pytest.raises(InputError, match="data.root is required"):
     prepare.prepare(config.data, tmp_path / "store")
+
+
+@pytest.mark.parametrize("name", ["melu_ml1m", "melu_ml100k"])
+def test_movielens_configs_pad_the_protocol_supports(name, tmp_path):
+  config = config_io.load_config_file(config_path(name))
+  longest = config.eval.max_ratings - config.data.query_size
+  assert config.data.max_support >= longest
+  assert max(config.data.buckets) == config.data.max_support
+  assert config.eval.max_tasks == 0 and config.data.root == ""
+  if name == "melu_ml1m":
+    root = datafiles.tiny_ml1m(str(tmp_path / "ml"))
+  else:
+    root = datafiles.tiny_ml100k(str(tmp_path / "ml"))
+  config.data.root = root
+  exp = experiment.build(config, str(tmp_path / "work"))
+  assert exp.store.manifest["dataset"] == config.data.name
