@@ -148,11 +148,12 @@ def _define_data(fv):
                        flag_values=fv)
 
 
-DATA_ACTIONS = {
+_SYNTH_SPEC_FLAGS = ("num_users", "num_items", "min_ratings", "max_ratings",
+                     "seed")
+DATA_ACTIONS = {  # action -> the flags it takes
     "fetch": ("dataset", "dest", "url", "md5"),
     "prepare": ("dataset", "root", "out"),
-    "synth": ("out", "num_users", "num_items", "min_ratings", "max_ratings",
-              "seed"),
+    "synth": ("out",) + _SYNTH_SPEC_FLAGS,
     "inspect": ("store",),
 }
 
@@ -193,7 +194,7 @@ def _data_synth(inv: Invocation) -> dict:
   from metarec_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   fv = inv.flags
   out = _require(fv, "out")
-  given = {k: fv[k].value for k in DATA_ACTIONS["synth"][1:]
+  given = {k: fv[k].value for k in _SYNTH_SPEC_FLAGS
            if fv[k].value is not None}
   if "num_users" not in given:
     raise InputError("--num_users is required")
@@ -260,7 +261,9 @@ COMMANDS: dict[str, Command] = {
         "Adapts the meta-parameters to every task's support set and reports"
         " MAE, RMSE, nDCG@1 and nDCG@3 of the query ratings per scenario (W,"
         " UC, IC, UIC), beside the unadapted model and two model-free"
-        " baselines. The last line of stdout is the JSON report.",
+        " baselines. With --ratings=FILE the users of that file are"
+        " evaluated as new users. The last line of stdout is the JSON"
+        " report.",
         _define_eval, _run_eval, takes_config=True),
     "data": Command(
         "fetch, prepare, synthesise or inspect a dataset's task store",

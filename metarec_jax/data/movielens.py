@@ -19,7 +19,8 @@ Store:
   are `, `-separated; a director's parenthesised note ("(co-director)") is
   dropped; `N/A` is missing (index 0), never a category; lists keep their
   first `data.list_pad[name]` distinct entries (genre 4, director 2,
-  actor 4 by default).
+  actor 4 by default). Movies without a movies_extrainfos.dat line have
+  missing features; a line for a movie that movies.dat lacks is an error.
 - Without movies_extrainfos.dat (the official GroupLens zip lacks it) the
   item features are `genre` (the `|` list of movies.dat) and `year` (from
   the title); the loader logs a warning and notes it in the manifest.
@@ -27,7 +28,9 @@ Store:
   1998 or later (MeLU's protocol).
 - ratings: a (user, movie) pair rated twice keeps its LAST rating in file
   order (recorded in the manifest); each user's ratings stay in file order,
-  or timestamp order when ratings.dat has the 4-field form.
+  or timestamp order when ratings.dat has the 4-field form (every line must
+  have the same form). Ratings are whole stars 1 to 5; a rating of a user
+  or movie missing from users.dat or movies.dat is an error.
 """
 
 from __future__ import annotations
