@@ -42,6 +42,34 @@ def get_config() -> ml_collections.ConfigDict:
       "max_ratings": 100, "seed": 0, "personal_scale": 1.0, "noise": 0.3,
       "new_item_fraction": 0.2,
   })
+  # data.name = "generic": your own files in data.root (see
+  # metarec_jax/data/generic.py). Paths are relative to data.root.
+  c.data.generic = ml_collections.ConfigDict({
+      "ratings": "ratings.csv",  # the ratings file: one rating per line
+      "delimiter": ",",  # field separator of every file ("\t" = tab, "::")
+      "header": True,  # the ratings file's first line names its columns
+      "encoding": "utf-8",  # text encoding of every file
+      # Columns of the ratings file: header names, or 0-based positions
+      # ("0", "1", ...) when header is False.
+      "user_col": "user",
+      "item_col": "item",
+      "rating_col": "rating",
+      "timestamp_col": "",  # integer timestamps ordering each user's; "" = none
+      "rating_min": 1.0,  # the rating scale: a rating outside it is an error
+      "rating_max": 5.0,
+      # Feature tables ("" = none): a header line, the id in the first
+      # column, then feature columns (fields may be "quoted").
+      "user_features": "",
+      "item_features": "",
+      "feature_delimiter": "",  # "" = the same as delimiter
+      "categorical": (),  # feature columns holding one category per row
+      "lists": (),  # feature columns holding lists (padded to list_pad[name])
+      "list_sep": "|",  # separator of a list column's entries
+      "missing": ("",),  # values meaning "missing" (index 0)
+      "new_item_col": "",  # item table column marking new items; "" = none
+      "new_item_year": 0,  # 0: new_item_col is 0/1; else a year, new if >= it
+      "id_features": False,  # also use user and item ids as features
+  })
 
   c.meta = ml_collections.ConfigDict()
   c.meta.algorithm = "maml"

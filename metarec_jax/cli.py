@@ -1,7 +1,8 @@
 """`metarec`: the command line. Thin: parse flags, call one function.
 
     metarec train  --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE ...]
-    metarec eval   --workdir=DIR [--step=N]
+    metarec eval   --workdir=DIR [--step=N] [--ratings=FILE] [--write_tasks=DIR]
+    metarec data   fetch|prepare|synth|inspect --flag=VALUE ...
 
 Flags are `--name=value` (absl); `--config.KEY=VALUE` overrides any config
 key. Logs go to stderr; `eval` (like `bench` and `export`) ends its stdout
@@ -34,6 +35,7 @@ class Invocation:
   flags: flags.FlagValues
   config_file: str | None
   overrides: list[tuple[str, str]]
+  args: list[str] = dataclasses.field(default_factory=list)  # positional words
 
 
 @dataclasses.dataclass
@@ -43,6 +45,7 @@ class Command:
   define: Callable[[flags.FlagValues], None]
   run: Callable[[Invocation], int]
   takes_config: bool = False
+  positional: bool = False  # takes words besides flags (`data ACTION`)
 
 
 def _define_train(fv):
@@ -56,6 +59,15 @@ def _define_eval(fv):
                       " run.", flag_values=fv)
   flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default:"
                        " the newest).", flag_values=fv)
+  flags.DEFINE_string("ratings", None, "A ratings file in the dataset's input"
+                      " format: its users (of the dataset's user table) are"
+                      " evaluated as new users (scenarios UC and UIC; W and IC"
+                      " are empty). Unknown users or items are errors.",
+                      flag_values=fv)
+  flags.DEFINE_string("write_tasks", None, "Write each scenario's support and"
+                      " query ratings to DIR/<scenario>/support.EXT and"
+                      " query.EXT, in the dataset's input format.",
+                      flag_values=fv)
 
 
 def _setup_runtime(config) -> None:
@@ -102,10 +114,142 @@ def _run_eval(inv: Invocation) -> int:
                                      inv.overrides)
   _setup_runtime(config)
   from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
-  report = eval_lib.evaluate_workdir(workdir, step=inv.flags["step"].value,
-                                     overrides=inv.overrides)
+  report = eval_lib.evaluate_workdir(
+      workdir, step=inv.flags["step"].value, overrides=inv.overrides,
+      ratings=inv.flags["ratings"].value,
+      write_tasks=inv.flags["write_tasks"].value)
   print(eval_lib.format_table(report))
   print_json(report)
+  return 0
+
+
+def _define_data(fv):
+  flags.DEFINE_string("dataset", None, "fetch: movielens-1m or movielens-100k;"
+                      " prepare: the data.name to build (movielens-1m,"
+                      " movielens-100k, generic, synthetic).", flag_values=fv)
+  flags.DEFINE_string("dest", None, "fetch: the folder to create; it becomes"
+                      " the dataset's data.root.", flag_values=fv)
+  flags.DEFINE_string("url", None, "fetch: download from this address"
+                      " instead of GroupLens (needs --md5).", flag_values=fv)
+  flags.DEFINE_string("md5", None, "fetch: the zip's expected MD5.",
+                      flag_values=fv)
+  flags.DEFINE_string("root", None, "prepare: the folder of the dataset's"
+                      " files (data.root).", flag_values=fv)
+  flags.DEFINE_string("out", None, "prepare, synth: the task store folder to"
+                      " write.", flag_values=fv)
+  flags.DEFINE_string("store", None, "inspect: a task store folder.",
+                      flag_values=fv)
+  flags.DEFINE_integer("num_users", None, "synth: number of users.",
+                       flag_values=fv)
+  flags.DEFINE_integer("num_items", None, "synth: number of items.",
+                       flag_values=fv)
+  flags.DEFINE_integer("min_ratings", None, "synth: fewest ratings per user.",
+                       flag_values=fv)
+  flags.DEFINE_integer("max_ratings", None, "synth: most ratings per user.",
+                       flag_values=fv)
+  flags.DEFINE_integer("seed", None, "synth: the generator's seed.",
+                       flag_values=fv)
+
+
+_SYNTH_SPEC_FLAGS = ("num_users", "num_items", "min_ratings", "max_ratings",
+                     "seed")
+DATA_ACTIONS = {  # action -> the flags it takes
+    "fetch": ("dataset", "dest", "url", "md5"),
+    "prepare": ("dataset", "root", "out"),
+    "synth": ("out",) + _SYNTH_SPEC_FLAGS,
+    "inspect": ("store",),
+}
+
+
+def _data_fetch(inv: Invocation) -> dict:
+  from metarec_jax.data import fetch  # pylint: disable=g-import-not-at-top
+  fv = inv.flags
+  dest = fetch.fetch(_require(fv, "dataset"), _require(fv, "dest"),
+                     url=fv["url"].value, md5=fv["md5"].value, log=log.info)
+  print(f"{fv['dataset'].value} files are in {dest}")
+  print(f"next: metarec data prepare --dataset={fv['dataset'].value}"
+        f" --root={dest} --out=STORE")
+  return {"dataset": fv["dataset"].value, "dest": dest}
+
+
+def _data_prepare(inv: Invocation) -> dict:
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from metarec_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  fv = inv.flags
+  out = _require(fv, "out")
+  if inv.config_file:
+    data = config_io.load_config_file(inv.config_file)
+    data = config_io.apply_overrides(data, inv.overrides).data
+  elif inv.overrides:
+    raise InputError("--config.KEY=VALUE needs --config=FILE")
+  else:
+    data = ml_collections.ConfigDict({"name": _require(fv, "dataset"),
+                                      "root": _require(fv, "root")})
+  if fv["dataset"].value:
+    data.name = fv["dataset"].value
+  if fv["root"].value:
+    data.root = fv["root"].value
+  prepare.prepare(data, out, log=log.info)
+  return _data_inspect_path(out, quiet=True)
+
+
+def _data_synth(inv: Invocation) -> dict:
+  from metarec_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  fv = inv.flags
+  out = _require(fv, "out")
+  given = {k: fv[k].value for k in _SYNTH_SPEC_FLAGS
+           if fv[k].value is not None}
+  if "num_users" not in given:
+    raise InputError("--num_users is required")
+  try:
+    spec = synthetic.SyntheticSpec(**given)
+  except ValueError as e:
+    raise InputError(str(e)) from None
+  if spec.num_users < 1 or spec.num_items < 1 or not (
+      1 <= spec.min_ratings <= spec.max_ratings):
+    raise InputError("--num_users and --num_items must be positive and"
+                     " 1 <= --min_ratings <= --max_ratings")
+  synthetic.generate(spec, out, log=log.info)
+  return _data_inspect_path(out, quiet=True)
+
+
+def _data_inspect_path(path: str, quiet: bool = False) -> dict:
+  # pylint: disable=g-import-not-at-top
+  from metarec_jax.data import describe, store as store_lib
+  summary = describe.summary(store_lib.open_store(path))
+  if quiet:
+    print(f"wrote the {summary['dataset']} task store to {summary['store']}:"
+          f" {summary['users']:,} users, {summary['items']:,} items,"
+          f" {summary['ratings']:,} ratings")
+  else:
+    print(describe.format_summary(summary))
+  return summary
+
+
+def _run_data(inv: Invocation) -> int:
+  if len(inv.args) != 1 or inv.args[0] not in DATA_ACTIONS:
+    got = " ".join(inv.args) or "nothing"
+    raise InputError(f"expected one action, {' | '.join(DATA_ACTIONS)}; got"
+                     f" {got}")
+  action = inv.args[0]
+  allowed = DATA_ACTIONS[action]
+  for name in ("dataset", "dest", "url", "md5", "root", "out", "store",
+               "num_users", "num_items", "min_ratings", "max_ratings",
+               "seed"):
+    if inv.flags[name].present and name not in allowed:
+      raise InputError(f"--{name} does not apply to `metarec data {action}`"
+                       f" (it takes {', '.join('--' + a for a in allowed)})")
+  if (inv.config_file or inv.overrides) and action != "prepare":
+    raise InputError(f"`metarec data {action}` takes no --config flags")
+  if action == "fetch":
+    result = _data_fetch(inv)
+  elif action == "prepare":
+    result = _data_prepare(inv)
+  elif action == "synth":
+    result = _data_synth(inv)
+  else:
+    result = _data_inspect_path(_require(inv.flags, "store"))
+  print_json(result)
   return 0
 
 
@@ -120,8 +264,28 @@ COMMANDS: dict[str, Command] = {
         "Adapts the meta-parameters to every task's support set and reports"
         " MAE, RMSE, nDCG@1 and nDCG@3 of the query ratings per scenario (W,"
         " UC, IC, UIC), beside the unadapted model and two model-free"
-        " baselines. The last line of stdout is the JSON report.",
+        " baselines. With --ratings=FILE the users of that file are"
+        " evaluated as new users. The last line of stdout is the JSON"
+        " report.",
         _define_eval, _run_eval, takes_config=True),
+    "data": Command(
+        "fetch, prepare, synthesise or inspect a dataset's task store",
+        "metarec data ACTION --flag=value ...\n\n"
+        "  fetch   --dataset=movielens-1m|movielens-100k --dest=DIR"
+        " [--url=URL --md5=HEX]\n"
+        "          download the GroupLens zip, check its MD5, unpack it into"
+        " DIR\n"
+        "  prepare --dataset=NAME --root=DIR --out=STORE, or --config=FILE"
+        " [--config.KEY=VALUE ...] --out=STORE\n"
+        "          build the task store of a dataset's files (the config's"
+        " data section)\n"
+        "  synth   --out=STORE --num_users=N [--num_items --min_ratings"
+        " --max_ratings --seed]\n"
+        "          build a synthetic task store\n"
+        "  inspect --store=STORE\n"
+        "          summarise a task store\n\n"
+        "The last line of stdout is a JSON object.",
+        _define_data, _run_data, takes_config=True, positional=True),
 }
 
 
@@ -153,7 +317,9 @@ def usage() -> str:
 
 
 def _command_help(name: str, cmd: Command, fv: flags.FlagValues) -> str:
-  text = [f"usage: metarec {name} [--flag=value ...]", "", cmd.description,
+  words = " ACTION" if cmd.positional else ""
+  text = [f"usage: metarec {name}{words} [--flag=value ...]", "",
+          cmd.description,
           "", "flags:"]
   if cmd.takes_config:
     text.append("  --config: config file `path.py[:arg]` defining"
@@ -220,11 +386,14 @@ def main(argv: list[str] | None = None) -> int:
       leftover = fv([prog] + rest)
     except flags.Error as e:
       raise InputError(str(e).splitlines()[0]) from None
+    positional = []
+    if cmd.positional:
+      leftover, positional = leftover[:1], leftover[1:]
     if len(leftover) > 1:
       raise InputError(f"unexpected argument {leftover[1]!r} (flags are"
                        " --name=value)")
     _configure_logging()
-    return cmd.run(Invocation(fv, config_file, overrides))
+    return cmd.run(Invocation(fv, config_file, overrides, positional))
   except InputError as e:
     print(f"{prog}: error: {e.message}", file=sys.stderr)
     return 2

@@ -7,10 +7,10 @@ import os
 from typing import Callable
 
 from metarec_jax.data import store as store_lib
-from metarec_jax.data import synthetic
+from metarec_jax.data import generic, movielens, movielens100k, synthetic
 from metarec_jax.errors import InputError
 
-DATASETS = ("synthetic",)
+DATASETS = ("synthetic", "movielens-1m", "movielens-100k", "generic")
 
 
 def synthetic_spec(data_config) -> synthetic.SyntheticSpec:
@@ -35,8 +35,24 @@ def prepare(data_config, out: str | os.PathLike,
   if name == "synthetic":
     synthetic.generate(synthetic_spec(data_config), out, log=log)
     return
-  raise InputError(f"data.name must be one of {', '.join(DATASETS)}, got"
-                   f" {name!r}")
+  if name not in DATASETS:
+    raise InputError(f"data.name must be one of {', '.join(DATASETS)}, got"
+                     f" {name!r}")
+  root = data_config.get("root", "")
+  if not root:
+    raise InputError(f"data.root is required for {name}: the folder of its"
+                     " files (--config.data.root=DIR; `metarec data fetch`"
+                     " downloads MovieLens)")
+  if not os.path.isdir(root):
+    raise InputError("data.root is not a folder", path=root)
+  pad = {k: int(v) for k, v in dict(data_config.get("list_pad", {})).items()}
+  if name == "movielens-1m":
+    movielens.load(root, out, list_pad=pad, log_fn=log)
+  elif name == "movielens-100k":
+    movielens100k.load(root, out, list_pad=pad, log_fn=log)
+  else:
+    generic.load(generic.spec_of(data_config), root, out, list_pad=pad,
+                 log_fn=log)
 
 
 def store_path(data_config, workdir: str | os.PathLike) -> str:

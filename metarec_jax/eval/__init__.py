@@ -12,24 +12,53 @@ log = logging.getLogger("metarec")
 
 
 def evaluate_workdir(workdir: str, *, step: int | None = None,
-                     overrides: Iterable[tuple[str, str]] = ()) -> dict:
+                     overrides: Iterable[tuple[str, str]] = (),
+                     ratings: str | None = None,
+                     write_tasks: str | None = None) -> dict:
   """Evaluates a work directory's checkpoint on the protocol's scenarios.
+
+  Args:
+    workdir: a `metarec train` work directory.
+    step: the checkpoint step (default: the newest).
+    overrides: `(dotted key, text)` config overrides.
+    ratings: a ratings file in the dataset's input format; its users are
+      evaluated as new users (scenarios UC and UIC; W and IC are empty)
+      instead of the store's own scenarios.
+    write_tasks: a folder to write each scenario's support and query
+      ratings to, in the dataset's input format.
 
   Returns:
     `{"step": N, "scenarios": {"W": {...}, "UC": ..., "IC": ..., "UIC": ...}}`
     with the keys of DESIGN.md; an empty scenario has `tasks: 0` and null
     metrics.
+
+  Raises:
+    InputError: a bad work directory, config, checkpoint or ratings file.
   """
   # pylint: disable=g-import-not-at-top
   import jax
+  from metarec_jax.data import ratings_io
   from metarec_jax.eval.evaluate import Evaluator
+  from metarec_jax.eval.user_file import new_user_tasks
   from metarec_jax.train.restore import load_state
   config = config_io.apply_overrides(
       config_io.read_workdir_config(workdir), overrides)
   exp = experiment.build(config, workdir, log=log.info)
+  if ratings:  # read before the checkpoint: a bad file fails fast
+    tasksets = new_user_tasks(exp.store, ratings,
+                              experiment.protocol_spec(config))
+    log.info("%s: %d UC and %d UIC tasks of new users", ratings,
+             len(tasksets["UC"]), len(tasksets["UIC"]))
+  else:
+    tasksets = {name: exp.split.scenarios[name] for name in SCENARIOS}
   mesh = runtime.make_mesh()
   state = load_state(exp, workdir, mesh, step=step)
-  results = Evaluator(exp, mesh).evaluate(state.params, SCENARIOS)
+  results = Evaluator(exp, mesh).evaluate(state.params, SCENARIOS,
+                                          tasksets=tasksets)
+  if write_tasks:
+    ratings_io.write_tasks(write_tasks, tasksets, exp.store,
+                           extra={"ratings": ratings})
+    log.info("wrote the tasks' support and query ratings to %s", write_tasks)
   return {"step": int(jax.device_get(state.step)), "scenarios": results}
 
 

@@ -1,0 +1,214 @@
+"""Strict reading of delimited text files (the loaders' only parser).
+
+Every problem is an `InputError` naming the file and the 1-based line:
+undecodable bytes, a wrong number of fields, a value that is not a number.
+The happy path is bulk string and numpy work; only when a conversion fails
+do we walk the values one by one to find the line to blame.
+
+Conventions of every reader here: `\\r\\n` and `\\n` both end a line, a
+UTF-8 byte order mark is dropped, and blank lines are skipped (line numbers
+still count them).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+
+import numpy as np
+
+from metarec_jax.errors import InputError
+
+
+@dataclasses.dataclass
+class Table:
+  """The rows of a delimited file.
+
+  Attributes:
+    path: the file.
+    header: the column names when the file has a header line, else None.
+    rows: the fields of every data line.
+    lines: int64 [N], the 1-based line number of every row.
+    header_line: the line number of the header (1 unless blank lines
+      precede it).
+  """
+
+  path: str
+  header: list[str] | None
+  rows: list[list[str]]
+  lines: np.ndarray
+  header_line: int = 1
+
+  def __len__(self) -> int:
+    return len(self.rows)
+
+  def column(self, index: int) -> list[str]:
+    return [r[index] for r in self.rows]
+
+  def position(self, name: str) -> int:
+    """The index of the header column `name`."""
+    assert self.header is not None
+    try:
+      return self.header.index(name)
+    except ValueError:
+      raise InputError(
+          f"no column {name!r} in the header (columns: "
+          f"{', '.join(self.header)})", path=self.path,
+          line=self.header_line) from None
+
+
+def read_text(path: str | os.PathLike, encoding: str) -> str:
+  """The decoded text of `path`.
+
+  Raises:
+    InputError: the file is missing, unreadable, empty (blank) or holds
+      bytes that are not valid `encoding`.
+  """
+  path = os.fspath(path)
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except FileNotFoundError:
+    raise InputError("no such file", path=path) from None
+  except OSError as e:
+    raise InputError(f"cannot read: {e.strerror}", path=path) from None
+  try:
+    text = raw.decode(encoding)
+  except UnicodeDecodeError as e:
+    line = raw.count(b"\n", 0, e.start) + 1
+    column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+    raise InputError(
+        f"byte 0x{raw[e.start]:02x} at column {column} is not valid"
+        f" {encoding} text", path=path, line=line) from None
+  except LookupError:
+    raise InputError(f"unknown text encoding {encoding!r}", path=path) from None
+  if text.startswith("\ufeff"):
+    text = text[1:]
+  if not text.strip():
+    raise InputError("empty file", path=path)
+  return text
+
+
+def _lines(text: str) -> tuple[list[str], np.ndarray]:
+  """Non-blank lines and their 1-based numbers."""
+  lines = text.replace("\r\n", "\n").split("\n")
+  keep = [i for i, line in enumerate(lines) if line.strip()]
+  return [lines[i] for i in keep], np.asarray(keep, np.int64) + 1
+
+
+def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
+               header: bool = False, num_fields: tuple[int, ...] = (),
+               quoting: bool = False) -> Table:
+  """Reads a delimited file whose lines all have the same number of fields.
+
+  Args:
+    path: the file.
+    delimiter: the field separator (any string; `quoting` needs one char).
+    encoding: the text encoding.
+    header: the first non-blank line names the columns.
+    num_fields: the allowed field counts (the first line picks one, the
+      others must match it); empty = whatever the first line (or header)
+      has.
+    quoting: fields may be quoted with `"` (CSV style: a quoted field may
+      hold the delimiter; `""` is a quote inside one).
+
+  Raises:
+    InputError: as `read_text`, or a line with another number of fields,
+      or a header without data lines.
+  """
+  path = os.fspath(path)
+  text = read_text(path, encoding)
+  lines, numbers = _lines(text)
+  if quoting and len(delimiter) == 1:
+    rows = _csv_rows(lines, numbers, delimiter, path)
+  else:
+    rows = [line.split(delimiter) for line in lines]
+  names, first = None, int(numbers[0])
+  if header:
+    names = [n.strip() for n in rows[0]]
+    rows, numbers = rows[1:], numbers[1:]
+    if not rows:
+      raise InputError("no data lines after the header", path=path)
+  counts = np.fromiter(map(len, rows), np.int64, len(rows))
+  expected = len(names) if names is not None else int(counts[0])
+  if num_fields and expected not in num_fields:
+    raise InputError(
+        f"{expected} field(s) separated by {delimiter!r}, expected"
+        f" {' or '.join(map(str, num_fields))}", path=path, line=first)
+  bad = np.flatnonzero(counts != expected)
+  if len(bad):
+    i = int(bad[0])
+    raise InputError(
+        f"{counts[i]} field(s) separated by {delimiter!r}, expected"
+        f" {expected} like line {first}", path=path, line=int(numbers[i]))
+  return Table(path, names, rows, numbers, first)
+
+
+def _csv_rows(lines, numbers, delimiter, path) -> list[list[str]]:
+  # One line, one record: a quoted field may hold the delimiter but not a
+  # line break, which keeps line numbers exact.
+  rows = []
+  for line, number in zip(lines, numbers):
+    try:
+      rows.append(next(csv.reader(io.StringIO(line), delimiter=delimiter,
+                                  strict=True)))
+    except csv.Error as e:
+      raise InputError(f"malformed quoting: {e}", path=path,
+                       line=int(number)) from None
+  return rows
+
+
+def ints(table: Table, values: list[str], what: str) -> np.ndarray:
+  """`values` (one per row of `table`) as int64.
+
+  Raises:
+    InputError: naming the first line whose value is not an integer.
+  """
+  try:
+    return np.fromiter(map(int, values), np.int64, len(values))
+  except (ValueError, OverflowError):
+    pass
+  for i, v in enumerate(values):
+    try:
+      ok = -2 ** 63 <= int(v) < 2 ** 63
+    except ValueError:
+      ok = False
+    if not ok:
+      raise InputError(f"{what} {v.strip()!r} is not an integer",
+                       path=table.path, line=int(table.lines[i]))
+  raise AssertionError("unreachable")
+
+
+def floats(table: Table, values: list[str], what: str) -> np.ndarray:
+  """`values` (one per row of `table`) as finite float64.
+
+  Raises:
+    InputError: naming the first line whose value is not a finite number.
+  """
+  try:
+    out = np.fromiter(map(float, values), np.float64, len(values))
+    bad = np.flatnonzero(~np.isfinite(out))
+  except ValueError:
+    out, bad = None, None
+  if out is not None and not len(bad):
+    return out
+  for i, v in enumerate(values):
+    try:
+      if not np.isfinite(float(v)):
+        raise ValueError
+    except ValueError:
+      raise InputError(f"{what} {v.strip()!r} is not a finite number",
+                       path=table.path, line=int(table.lines[i])) from None
+  raise AssertionError("unreachable")
+
+
+def unique_ids(table: Table, ids: np.ndarray, what: str) -> None:
+  """Raises InputError at the second line of the first repeated id."""
+  order = np.argsort(ids, kind="stable")
+  dup = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+  if len(dup):
+    i = int(np.min(order[dup + 1]))
+    raise InputError(f"{what} {ids[i]} appears twice", path=table.path,
+                     line=int(table.lines[i]))

@@ -1,0 +1,71 @@
+"""`metarec data inspect`: what a task store holds, for people and scripts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from metarec_jax.data.store import TaskStore
+
+QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
+
+
+def summary(store: TaskStore) -> dict:
+  """Counts, rating scale and mean, features, ratings per user, new items."""
+  counts = store.counts()
+  rated = counts[counts > 0]
+  item_new = np.asarray(store.item_new)
+  items = np.asarray(store.items)
+  m = store.manifest
+  return {
+      "store": store.path,
+      "dataset": m["dataset"],
+      "users": store.num_users,
+      "users_with_ratings": int(len(rated)),
+      "items": store.num_items,
+      "ratings": store.num_ratings,
+      "rating_min": float(m["rating_min"]),
+      "rating_max": float(m["rating_max"]),
+      "rating_mean": float(m["rating_mean"]),
+      "timestamps": store.timestamps is not None,
+      "features": [{"name": f.name, "side": f.side, "kind": f.kind,
+                    "vocab": f.vocab, "max_len": f.max_len}
+                   for f in store.features],
+      "ratings_per_user": {
+          f"q{int(q * 100)}": (float(np.quantile(rated, q)) if len(rated)
+                               else None) for q in QUANTILES},
+      "new_items": int(item_new.sum()),
+      "new_item_share": float(item_new.mean()) if len(item_new) else None,
+      "new_item_rating_share": (float(item_new[items].mean()) if len(items)
+                                else None),
+      "item_class_rule": m.get("item_class_rule"),
+      "notes": m.get("notes", []),
+  }
+
+
+def format_summary(s: dict) -> str:
+  """The human-readable form of `summary`."""
+  def share(x):
+    return "-" if x is None else f"{100 * x:.1f}%"
+  q = s["ratings_per_user"]
+  lines = [
+      f"{s['dataset']} task store at {s['store']}",
+      f"  users    {s['users']:,} ({s['users_with_ratings']:,} with ratings)",
+      f"  items    {s['items']:,} ({s['new_items']:,} new ="
+      f" {share(s['new_item_share'])}; {share(s['new_item_rating_share'])}"
+      " of the ratings)",
+      f"  ratings  {s['ratings']:,} on {s['rating_min']:g}.."
+      f"{s['rating_max']:g}, mean {s['rating_mean']:.3f}"
+      + (", with timestamps" if s["timestamps"] else ""),
+      "  ratings per user (users with ratings): "
+      + ", ".join(f"{k} {v:g}" for k, v in q.items() if v is not None),
+      "  features:",
+  ]
+  for f in s["features"]:
+    shape = f" x{f['max_len']}" if f["kind"] == "list" else ""
+    lines.append(f"    {f['side']:<4} {f['name']:<14} {f['kind']:<11}"
+                 f" vocab {f['vocab']:,}{shape}")
+  if s["item_class_rule"]:
+    lines.append(f"  item classes: {s['item_class_rule']}")
+  for note in s["notes"]:
+    lines.append(f"  note: {note}")
+  return "\n".join(lines)

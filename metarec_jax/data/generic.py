@@ -1,0 +1,268 @@
+"""Your own interaction log -> task store (`data.name = "generic"`).
+
+Files (paths relative to `data.root`, set in `data.generic`):
+
+- the ratings file: one rating per line, fields separated by `delimiter`,
+  with or without a header line; the user, item, rating (and optional
+  integer timestamp) columns are named by `user_col`, `item_col`,
+  `rating_col`, `timestamp_col` (header names, or 0-based positions when
+  `header` is false). Fields cannot be quoted.
+- optional user and item feature tables: a header line, the id in the first
+  column, feature columns after it (fields may be quoted CSV-style). The
+  columns named in `categorical` become one-category features and those in
+  `lists` list features (entries separated by `list_sep`, padded to
+  `data.list_pad[name]`, or to the longest list when that has no entry);
+  other columns are ignored. Values in `missing` are index 0.
+
+Ids may be any strings; when every id of a side is an integer the store
+keeps them as integers (and sorts them numerically). Users and items are
+the union of the ratings file and the feature tables, in ascending id
+order; a user or item absent from its feature table has missing features.
+
+An item is new in the cold-start protocol when its `new_item_col` (an item
+table column) is 1, or, with `new_item_year` > 0, when that column holds a
+year of at least `new_item_year`; without `new_item_col` no item is new.
+Duplicated (user, item) ratings keep the LAST one in file order; each
+user's ratings stay in file order, or timestamp order when there is one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Callable
+
+import numpy as np
+
+from metarec_jax.data import delimited, features
+from metarec_jax.data.assemble import assemble
+from metarec_jax.data.ratings_io import RatingsFormat, lookup, parse_ratings
+from metarec_jax.errors import InputError
+
+NAME = "generic"
+_INT = re.compile(r"^-?(0|[1-9][0-9]*)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenericSpec:
+  """The `data.generic` config section (see configs/default.py)."""
+
+  ratings: str = "ratings.csv"
+  delimiter: str = ","
+  header: bool = True
+  encoding: str = "utf-8"
+  user_col: str = "user"
+  item_col: str = "item"
+  rating_col: str = "rating"
+  timestamp_col: str = ""
+  rating_min: float = 1.0
+  rating_max: float = 5.0
+  user_features: str = ""
+  item_features: str = ""
+  feature_delimiter: str = ""
+  categorical: tuple[str, ...] = ()
+  lists: tuple[str, ...] = ()
+  list_sep: str = "|"
+  missing: tuple[str, ...] = ("",)
+  new_item_col: str = ""
+  new_item_year: int = 0
+  id_features: bool = False
+
+
+def _unescape(text: str) -> str:
+  """`\\t` in a config or flag is a tab."""
+  return text.replace("\\t", "\t")
+
+
+def spec_of(data_config) -> GenericSpec:
+  """The `GenericSpec` of a `data` config section."""
+  fields = {f.name: f for f in dataclasses.fields(GenericSpec)}
+  given = dict(data_config.get("generic", {}))
+  unknown = sorted(set(given) - set(fields))
+  if unknown:
+    raise InputError(f"unknown key(s) data.generic.{', '.join(unknown)};"
+                     f" known: {', '.join(sorted(fields))}")
+  for key in ("categorical", "lists", "missing"):
+    if key in given:
+      given[key] = tuple(str(v) for v in given[key])
+  spec = GenericSpec(**given)
+  spec = dataclasses.replace(
+      spec, delimiter=_unescape(spec.delimiter),
+      feature_delimiter=_unescape(spec.feature_delimiter),
+      list_sep=_unescape(spec.list_sep))
+  if not spec.delimiter:
+    raise InputError("data.generic.delimiter must not be empty")
+  if not spec.rating_min < spec.rating_max:
+    raise InputError("data.generic.rating_min must be below rating_max")
+  both = set(spec.categorical) & set(spec.lists)
+  if both:
+    raise InputError(f"data.generic: {', '.join(sorted(both))} is in both"
+                     " categorical and lists")
+  return spec
+
+
+def _column(spec: GenericSpec, key: str) -> str | int:
+  value = str(getattr(spec, key))
+  if spec.header:
+    return value
+  try:
+    return int(value)
+  except ValueError:
+    raise InputError(f"data.generic.{key}={value!r}: without a header a"
+                     " column is its 0-based position") from None
+
+
+def ratings_format(spec: GenericSpec) -> RatingsFormat:
+  """The format of the ratings file (ids as strings until they are seen)."""
+  ext = os.path.splitext(spec.ratings)[1].lstrip(".") or "csv"
+  return RatingsFormat(
+      delimiter=spec.delimiter, rating_min=float(spec.rating_min),
+      rating_max=float(spec.rating_max), encoding=spec.encoding,
+      header=bool(spec.header), user=_column(spec, "user_col"),
+      item=_column(spec, "item_col"), rating=_column(spec, "rating_col"),
+      timestamp=(_column(spec, "timestamp_col") if spec.timestamp_col
+                 else None),
+      user_id_type="str", item_id_type="str", extension=ext)
+
+
+@dataclasses.dataclass
+class _SideTable:
+  """A feature table: its ids (as strings) and its parsed table."""
+
+  side: str
+  ids: np.ndarray
+  table: delimited.Table
+
+
+def _read_side(spec: GenericSpec, root: str, side: str) -> _SideTable | None:
+  name = getattr(spec, f"{side}_features")
+  if not name:
+    return None
+  table = delimited.read_table(
+      os.path.join(root, name), delimiter=spec.feature_delimiter
+      or spec.delimiter, encoding=spec.encoding, header=True, quoting=True)
+  ids = np.asarray([v.strip() for v in table.column(0)], dtype=str)
+  empty = np.flatnonzero(ids == "")
+  if len(empty):
+    raise InputError(f"empty {side} id", path=table.path,
+                     line=int(table.lines[empty[0]]))
+  delimited.unique_ids(table, ids, f"{side} id")
+  return _SideTable(side, ids, table)
+
+
+def _typed_ids(ids: np.ndarray) -> np.ndarray:
+  """Sorted unique ids: int64 when every id is a canonical integer."""
+  uniq = np.unique(ids)
+  if len(uniq) and all(_INT.match(v) for v in uniq.tolist()):
+    return np.sort(uniq.astype(np.int64))
+  return uniq
+
+
+def _as_type(ids: np.ndarray, like: np.ndarray) -> np.ndarray:
+  return ids.astype(np.int64) if like.dtype.kind == "i" else ids
+
+
+def _features(spec, tables, index_of, sizes, list_pad):
+  """The configured feature columns of the side tables, by side index."""
+  out = []
+  for name in (*spec.categorical, *spec.lists):
+    owners = [t for t in tables if t is not None and name in
+              (t.table.header[1:])]
+    if not owners:
+      raise InputError(f"data.generic: feature column {name!r} is in no"
+                       " feature table's header")
+    if len(owners) > 1:
+      raise InputError(f"data.generic: feature column {name!r} is in both"
+                       " the user and the item table")
+    t = owners[0]
+    values = t.table.column(t.table.position(name))
+    if name in spec.categorical:
+      feat = features.categorical(name, t.side, values, missing=spec.missing)
+    else:
+      pad = list_pad.get(name)
+      feat = features.lists(name, t.side,
+                            [v.split(spec.list_sep) for v in values],
+                            int(pad) if pad else None, missing=spec.missing)
+    out.append(features.reindex(feat, index_of[t.side], sizes[t.side]))
+  return out
+
+
+def _item_new(spec: GenericSpec, items: _SideTable | None, rows, num_items):
+  new = np.zeros(num_items, bool)
+  if not spec.new_item_col:
+    return new, "no item is new (data.generic.new_item_col is empty)"
+  if items is None:
+    raise InputError("data.generic.new_item_col needs"
+                     " data.generic.item_features")
+  table = items.table
+  values = [v.strip() for v in table.column(table.position(spec.new_item_col))]
+  if spec.new_item_year:
+    # An empty year is unknown: not new.
+    years = delimited.ints(table, [v or "0" for v in values],
+                           spec.new_item_col)
+    new[rows] = years >= spec.new_item_year
+    return new, (f"new = {spec.new_item_col} of the item table is"
+                 f" {spec.new_item_year} or later")
+  flags = np.asarray(values, dtype=str)
+  bad = np.flatnonzero((flags != "0") & (flags != "1"))
+  if len(bad):
+    raise InputError(
+        f"{spec.new_item_col} {str(flags[bad[0]])!r} is not 0 or 1",
+        path=table.path, line=int(table.lines[bad[0]]))
+  new[rows] = flags == "1"
+  return new, f"new = {spec.new_item_col} of the item table is 1"
+
+
+def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
+         list_pad: dict | None = None,
+         log_fn: Callable[[str], None] | None = None) -> dict:
+  """Builds the task store of a generic dataset in `root` at `out`.
+
+  Returns:
+    The store's manifest.
+
+  Raises:
+    InputError: a missing or malformed file, or an inconsistent config.
+  """
+  root = os.path.abspath(os.fspath(root))
+  fmt = ratings_format(spec)
+  path = os.path.join(root, spec.ratings)
+  r = parse_ratings(path, fmt, require_timestamp=bool(spec.timestamp_col))
+  tables = {side: _read_side(spec, root, side) for side in ("user", "item")}
+  ids, index_of = {}, {}
+  for side, column in (("user", r.users), ("item", r.items)):
+    t = tables[side]
+    ids[side] = _typed_ids(np.concatenate(
+        [column] + ([t.ids] if t is not None else [])))
+    if t is not None:
+      index_of[side] = lookup(ids[side], _as_type(t.ids, ids[side]))
+  sizes = {side: len(v) for side, v in ids.items()}
+  feats = _features(spec, tables.values(), index_of, sizes, list_pad or {})
+  if spec.id_features:
+    for side in ("user", "item"):
+      feats.append(features.categorical(f"{side}_id", side,
+                                        ids[side].astype(str)))
+  if not feats:
+    raise InputError("the generic data has no feature fields: name feature"
+                     " columns in data.generic.categorical or"
+                     " data.generic.lists, or set data.generic.id_features"
+                     "=true")
+  names = [f[0].name for f in feats]
+  if len(set(names)) != len(names):
+    raise InputError(f"data.generic: feature names {names} are not unique")
+  item_new, rule = _item_new(spec, tables["item"], index_of.get("item"),
+                             sizes["item"])
+  users = lookup(ids["user"], _as_type(r.users, ids["user"]))
+  items = lookup(ids["item"], _as_type(r.items, ids["item"]))
+  fmt = dataclasses.replace(
+      fmt, user_id_type="int" if ids["user"].dtype.kind == "i" else "str",
+      item_id_type="int" if ids["item"].dtype.kind == "i" else "str")
+  return assemble(
+      out, dataset=NAME, user_ids=ids["user"], item_ids=ids["item"],
+      users=users, items=items, ratings=r.ratings, timestamps=r.timestamps,
+      item_new=item_new, features=feats, fmt=fmt, log_fn=log_fn,
+      extra={"source": {"root": root, "generic": {
+          k: list(v) if isinstance(v, tuple) else v
+          for k, v in dataclasses.asdict(spec).items()}},
+             "item_class_rule": rule})

@@ -1,0 +1,353 @@
+"""Ratings files in a dataset's own input format: parse, read, write.
+
+Every store built from files records how its ratings file is laid out
+(`manifest["ratings_format"]`, a `RatingsFormat`), so that `metarec eval
+--ratings=FILE` reads new users' ratings in the very format the dataset came
+in, and `--write_tasks` writes the tasks it used back in that format.
+Stores without a recorded format (synthetic data) use `DEFAULT_FORMAT`
+(CSV with a `user,item,rating` header) with the store's rating scale.
+
+Parsing is strict: a malformed line, a non-numeric id where the dataset has
+integer ids, a rating off the declared scale or undecodable bytes is an
+`InputError` naming the file and the line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from typing import Any
+
+import numpy as np
+
+from metarec_jax.data import delimited
+from metarec_jax.data.splits import TaskSet
+from metarec_jax.data.store import TaskStore
+from metarec_jax.errors import InputError
+
+ROLES = ("user", "item", "rating", "timestamp")
+
+
+@dataclasses.dataclass(frozen=True)
+class RatingsFormat:
+  """The layout of a ratings file.
+
+  Attributes:
+    delimiter: the field separator.
+    encoding: the text encoding.
+    header: the first line names the columns.
+    user, item, rating: the column of each: its header name when `header`,
+      else its 0-based position.
+    timestamp: the timestamp column (integers), or None. It is optional in
+      a file: absent from the header, or beyond a line's last field.
+    num_fields: allowed field counts of a line (no header); empty = every
+      line as many as the first.
+    user_id_type, item_id_type: `int` (ids must be integers) or `str`.
+    integer_ratings: ratings must be whole numbers.
+    rating_min, rating_max: the rating scale; other ratings are errors.
+    extension: file name extension used when writing (`dat`, `csv`, ...).
+  """
+
+  delimiter: str
+  rating_min: float
+  rating_max: float
+  encoding: str = "utf-8"
+  header: bool = False
+  user: str | int = 0
+  item: str | int = 1
+  rating: str | int = 2
+  timestamp: str | int | None = None
+  num_fields: tuple[int, ...] = ()
+  user_id_type: str = "int"
+  item_id_type: str = "int"
+  integer_ratings: bool = False
+  extension: str = "csv"
+
+  def to_json(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["num_fields"] = list(self.num_fields)
+    return d
+
+  @classmethod
+  def from_json(cls, d: dict[str, Any]) -> "RatingsFormat":
+    d = dict(d)
+    d["num_fields"] = tuple(d.get("num_fields", ()))
+    return cls(**d)
+
+  def describe(self) -> str:
+    cols = [f"{r}={getattr(self, r)}" for r in ROLES
+            if getattr(self, r) is not None]
+    return (f"{'header, ' if self.header else ''}fields separated by"
+            f" {self.delimiter!r} ({', '.join(cols)}), {self.encoding}")
+
+
+DEFAULT_FORMAT = dict(delimiter=",", header=True, user="user", item="item",
+                      rating="rating", extension="csv")
+
+
+def store_format(store: TaskStore) -> RatingsFormat:
+  """The ratings format of `store` (DEFAULT_FORMAT when none is recorded)."""
+  if "ratings_format" in store.manifest:
+    return RatingsFormat.from_json(store.manifest["ratings_format"])
+  lo, hi = store.rating_range
+  kind = lambda ids: "int" if ids.dtype.kind in "iu" else "str"
+  return RatingsFormat(rating_min=lo, rating_max=hi,
+                       user_id_type=kind(store.user_ids),
+                       item_id_type=kind(store.item_ids), **DEFAULT_FORMAT)
+
+
+@dataclasses.dataclass
+class Ratings:
+  """The parsed rows of a ratings file, in file order."""
+
+  users: np.ndarray             # external ids: int64 or str
+  items: np.ndarray
+  ratings: np.ndarray           # float64
+  timestamps: np.ndarray | None  # int64
+  lines: np.ndarray             # int64 1-based line numbers
+
+
+def _ids(table, values, id_type, what) -> np.ndarray:
+  if id_type == "int":
+    return delimited.ints(table, values, what)
+  ids = np.asarray([v.strip() for v in values], dtype=str)
+  empty = np.flatnonzero(ids == "")
+  if len(empty):
+    raise InputError(f"empty {what}", path=table.path,
+                     line=int(table.lines[empty[0]]))
+  return ids
+
+
+def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
+                  require_timestamp: bool = False) -> Ratings:
+  """Parses a ratings file of format `fmt`.
+
+  Raises:
+    InputError: naming the file and line of the first problem.
+  """
+  path = os.fspath(path)
+  table = delimited.read_table(path, delimiter=fmt.delimiter,
+                               encoding=fmt.encoding, header=fmt.header,
+                               num_fields=fmt.num_fields)
+  width = len(table.rows[0])
+  if fmt.header:
+    pos = {r: table.position(getattr(fmt, r)) for r in ROLES[:3]}
+    if fmt.timestamp is not None and fmt.timestamp in table.header:
+      pos["timestamp"] = table.position(fmt.timestamp)
+  else:
+    pos = {r: int(getattr(fmt, r)) for r in ROLES[:3]}
+    need = max(pos.values()) + 1
+    if width < need:
+      raise InputError(f"{width} field(s) separated by {fmt.delimiter!r},"
+                       f" expected at least {need}", path=path,
+                       line=int(table.lines[0]))
+    if fmt.timestamp is not None and int(fmt.timestamp) < width:
+      pos["timestamp"] = int(fmt.timestamp)
+  if require_timestamp and "timestamp" not in pos:
+    raise InputError(f"no timestamp column {fmt.timestamp!r}", path=path,
+                     line=int(table.lines[0]))
+  users = _ids(table, table.column(pos["user"]), fmt.user_id_type, "user id")
+  items = _ids(table, table.column(pos["item"]), fmt.item_id_type, "item id")
+  ratings = delimited.floats(table, table.column(pos["rating"]), "rating")
+  bad = np.flatnonzero((ratings < fmt.rating_min) | (ratings > fmt.rating_max)
+                       | (fmt.integer_ratings & (ratings != np.round(ratings))))
+  if len(bad):
+    i = int(bad[0])
+    kind = "whole-number " if fmt.integer_ratings else ""
+    raise InputError(
+        f"rating {table.column(pos['rating'])[i].strip()} is not a {kind}"
+        f"rating on the scale {fmt.rating_min:g} to {fmt.rating_max:g}",
+        path=path, line=int(table.lines[i]))
+  timestamps = None
+  if "timestamp" in pos:
+    timestamps = delimited.ints(table, table.column(pos["timestamp"]),
+                                "timestamp")
+  return Ratings(users, items, ratings, timestamps, table.lines)
+
+
+def read_ratings(path: str | os.PathLike, store: TaskStore):
+  """Reads a ratings file in `store`'s input format.
+
+  Returns:
+    (user_ids, item_ids, ratings, line_numbers): external ids as in the
+    store, float64 ratings and the 1-based line of every row, in file order.
+  """
+  r = parse_ratings(path, store_format(store))
+  return r.users, r.items, r.ratings, r.lines
+
+
+def lookup(known_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+  """The index of every id in `known_ids`, -1 for unknown ids."""
+  known_ids = np.asarray(known_ids)
+  ids = np.asarray(ids)
+  if not len(known_ids) or not len(ids):
+    return np.full(len(ids), -1, np.int64)
+  if (known_ids.dtype.kind in "iu") != (ids.dtype.kind in "iu"):
+    return np.full(len(ids), -1, np.int64)
+  order = np.argsort(known_ids, kind="stable")
+  pos = np.minimum(np.searchsorted(known_ids[order], ids), len(order) - 1)
+  found = known_ids[order][pos] == ids
+  return np.where(found, order[pos], -1).astype(np.int64)
+
+
+def strict_indices(path: str | os.PathLike, lines: np.ndarray,
+                   *lookups: tuple[np.ndarray, np.ndarray, str, str]
+                   ) -> list[np.ndarray]:
+  """External ids -> indices; every id must be known.
+
+  Args:
+    lookups: `(known_ids, ids, what, where)` per id column, e.g.
+      `(store.user_ids, users, "user", "the dataset's user table")`.
+
+  Raises:
+    InputError: at the first line with an unknown id.
+  """
+  found = [lookup(known, ids) for known, ids, _, _ in lookups]
+  bad = np.zeros(len(lines), bool)
+  for f in found:
+    bad |= f < 0
+  if bad.any():
+    i = int(np.flatnonzero(bad)[0])
+    for f, (_, ids, what, where) in zip(found, lookups):
+      if f[i] < 0:
+        raise InputError(f"unknown {what} {ids[i]} (not in {where})",
+                         path=path, line=int(lines[i]))
+  return found
+
+
+def to_indices(path: str | os.PathLike, store: TaskStore, user_ids, item_ids,
+               lines) -> tuple[np.ndarray, np.ndarray]:
+  """External ids of a ratings file -> store indices, strictly.
+
+  Raises:
+    InputError: at the first line with a user or item the store lacks.
+  """
+  where = f"the {store.manifest['dataset']} data"
+  users, items = strict_indices(
+      path, lines, (store.user_ids, user_ids, "user", where),
+      (store.item_ids, item_ids, "item", where))
+  return users, items
+
+
+def keep_last(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+  """Mask of the rows to keep: the last row of every (user, item) pair."""
+  n = len(users)
+  order = np.lexsort((np.arange(n), items, users))
+  u, i = users[order], items[order]
+  last = np.ones(n, bool)
+  last[:-1] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
+  keep = np.zeros(n, bool)
+  keep[order[last]] = True
+  return keep
+
+
+def _text(values: np.ndarray) -> np.ndarray:
+  return np.asarray(values).astype(str)
+
+
+def format_ratings(users, items, ratings, fmt: RatingsFormat,
+                   timestamps=None) -> str:
+  """The text of a ratings file of format `fmt` (ids are external ids)."""
+  n = len(users)
+  ratings = np.asarray(ratings, np.float64)
+  rating_text = (_text(np.round(ratings).astype(np.int64))
+                 if fmt.integer_ratings else np.char.mod("%.7g", ratings))
+  roles = {"user": _text(users), "item": _text(items), "rating": rating_text}
+  if timestamps is not None and fmt.timestamp is not None:
+    roles["timestamp"] = _text(np.asarray(timestamps, np.int64))
+  if fmt.header:
+    names = [str(getattr(fmt, r)) for r in roles]
+    columns = list(roles.values())
+    head = fmt.delimiter.join(names) + "\n"
+  else:
+    width = max(int(getattr(fmt, r)) for r in roles) + 1
+    if fmt.num_fields and width not in fmt.num_fields:
+      width = min(w for w in fmt.num_fields if w >= width)
+    columns = [np.full(n, "", dtype="U1")] * width
+    for r, values in roles.items():
+      columns[int(getattr(fmt, r))] = values
+    head = ""
+  line = columns[0]
+  for col in columns[1:]:
+    line = np.char.add(np.char.add(line, fmt.delimiter), col)
+  body = "\n".join(line.tolist())
+  return head + body + ("\n" if n else "")
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_ratings(path: str | os.PathLike, users, items, ratings,
+                  store: TaskStore, timestamps=None) -> None:
+  """Writes ratings (external ids) in `store`'s input format, atomically."""
+  fmt = store_format(store)
+  text = format_ratings(users, items, ratings, fmt, timestamps)
+  _atomic_write_bytes(os.fspath(path), text.encode(fmt.encoding))
+
+
+TASKS_MANIFEST = "tasks.json"
+
+
+def write_tasks(out: str | os.PathLike, tasksets: dict[str, TaskSet],
+                store: TaskStore, extra: dict[str, Any] | None = None) -> None:
+  """Writes the support and query ratings of every scenario's tasks.
+
+  `OUT/<scenario>/support.<ext>` and `query.<ext>` hold the ratings in the
+  store's input format (support rows of a task, then the next task's), and
+  `OUT/tasks.json` the counts. The folder is built beside `out` and renamed
+  into place; an existing `out` is replaced only if it holds an earlier
+  `tasks.json`.
+
+  Raises:
+    InputError: `out` exists and is not an earlier task folder.
+  """
+  out = os.path.abspath(os.fspath(out))
+  if os.path.exists(out) and os.listdir(out) and not os.path.exists(
+      os.path.join(out, TASKS_MANIFEST)):
+    raise InputError("exists and is not a task folder written by --write_tasks"
+                     "; choose another folder", path=out)
+  fmt = store_format(store)
+  parent, name = os.path.split(out)
+  os.makedirs(parent, exist_ok=True)
+  tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+  summary = {"format": fmt.to_json(), "scenarios": {}, **(extra or {})}
+  try:
+    for scenario, tasks in tasksets.items():
+      os.makedirs(os.path.join(tmp, scenario))
+      task_of_row = np.repeat(np.arange(len(tasks)), np.diff(tasks.offsets))
+      users = np.asarray(store.user_ids)[tasks.users[task_of_row]]
+      items = np.asarray(store.item_ids)[tasks.items]
+      for part, rows in (("support", ~tasks.is_query),
+                         ("query", tasks.is_query)):
+        text = format_ratings(users[rows], items[rows], tasks.ratings[rows],
+                              fmt)
+        with open(os.path.join(tmp, scenario, f"{part}.{fmt.extension}"),
+                  "wb") as f:
+          f.write(text.encode(fmt.encoding))
+      summary["scenarios"][scenario] = {
+          "tasks": len(tasks), "support": int((~tasks.is_query).sum()),
+          "query": int(tasks.is_query.sum())}
+    with open(os.path.join(tmp, TASKS_MANIFEST), "w") as f:
+      json.dump(summary, f, indent=1, ensure_ascii=False)
+    old = None
+    if os.path.exists(out):
+      old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+      os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)

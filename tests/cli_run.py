@@ -1,0 +1,33 @@
+"""Running the real `metarec` command line in a subprocess (for tests)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def metarec(*args, timeout=600, cwd=ROOT):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  env["PYTHONPATH"] = os.pathsep.join(
+      [ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+  return subprocess.run([sys.executable, "-m", "metarec_jax.cli", *args],
+                        capture_output=True, text=True, cwd=cwd,
+                        timeout=timeout, env=env)
+
+
+def last_json(out) -> dict:
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def assert_one_line_error(out, message):
+  """Exit status 2, no traceback, and the error as the one last line of
+  stderr (log lines of the work done before may precede it)."""
+  assert out.returncode == 2, (out.stdout, out.stderr)
+  assert "Traceback" not in out.stderr
+  lines = out.stderr.strip().splitlines()
+  errors = [l for l in lines if ": error: " in l]
+  assert errors == lines[-1:], out.stderr
+  assert message in lines[-1], lines[-1]

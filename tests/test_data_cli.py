@@ -1,0 +1,162 @@
+"""`metarec data prepare|synth|inspect` and bad data files, through the CLI."""
+
+import os
+
+import pytest
+
+import datafiles
+from cli_run import assert_one_line_error, last_json, metarec
+from conftest import config_path
+
+
+def no_store_left(parent, name="store"):
+  """Nothing of a failed store build remains: no folder, no temp folder."""
+  return not [e for e in os.listdir(parent) if e == name or
+              e.startswith(f".{name}.tmp-")]
+
+
+def test_prepare_then_inspect(tmp_path):
+  root = datafiles.tiny_ml1m(str(tmp_path / "ml"))
+  out = metarec("data", "prepare", "--dataset=movielens-1m", f"--root={root}",
+                f"--out={tmp_path / 'store'}")
+  assert out.returncode == 0, out.stderr
+  report = last_json(out)
+  assert (report["users"], report["items"], report["ratings"]) == (3, 3, 4)
+  out = metarec("data", "inspect", f"--store={tmp_path / 'store'}")
+  assert out.returncode == 0, out.stderr
+  report = last_json(out)
+  assert report["dataset"] == "movielens-1m"
+  assert report["users_with_ratings"] == 2
+  assert report["rating_mean"] == pytest.approx((5 + 3 + 1 + 2) / 4)
+  assert report["ratings_per_user"]["q0"] == 1.0
+  assert report["ratings_per_user"]["q100"] == 3.0
+  assert report["new_item_share"] == pytest.approx(1 / 3)
+  assert {f["name"]: f["vocab"] for f in report["features"]}["gender"] == 3
+  assert "movielens-1m task store" in out.stdout
+  assert "director" in out.stdout
+
+
+def test_prepare_from_a_config_with_overrides(tmp_path):
+  root = datafiles.tiny_ml100k(str(tmp_path / "ml"))
+  out = metarec("data", "prepare", f"--config={config_path('melu_ml100k')}",
+                f"--config.data.root={root}", "--config.data.list_pad.genre=2",
+                f"--out={tmp_path / 'store'}")
+  assert out.returncode == 0, out.stderr
+  report = last_json(out)
+  assert report["dataset"] == "movielens-100k" and report["users"] == 30
+  assert {f["name"]: f["max_len"] for f in report["features"]}["genre"] == 2
+
+
+def test_synth_builds_a_synthetic_store(tmp_path):
+  out = metarec("data", "synth", f"--out={tmp_path / 's'}",
+                "--num_users=300", "--num_items=50", "--seed=2")
+  assert out.returncode == 0, out.stderr
+  report = last_json(out)
+  assert (report["dataset"], report["users"], report["items"]) == (
+      "synthetic", 300, 50)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["data"], "expected one action"),
+    (["data", "fetch", "--store=x"], "--store does not apply"),
+    (["data", "inspect", "--config=configs/default.py", "--store=x"],
+     "takes no --config"),
+    (["data", "synth", "--out=/tmp/x"], "--num_users is required"),
+    (["data", "inspect", "--store=/nonexistent"], "not a task store"),
+    (["data", "prepare", "--dataset=netflix", "--root=/tmp", "--out=/tmp/x"],
+     "data.name must be one of"),
+])
+def test_bad_data_command_lines(args, message):
+  assert_one_line_error(metarec(*args), message)
+
+
+def _replace(path, old, new):
+  data = open(path, "rb").read()
+  assert old in data
+  with open(path, "wb") as f:
+    f.write(data.replace(old, new))
+
+
+# (file, bytes to replace, replacement, expected message)
+BAD_ML1M = {
+    "malformed_line": ("ratings.dat", b"3::10::2::50", b"3::10",
+                       "ratings.dat:3: 2 field(s) separated by '::'"),
+    "non_numeric_user": ("users.dat", b"1::F", b"one::F",
+                         "users.dat:2: user id 'one' is not an integer"),
+    "non_numeric_movie": ("ratings.dat", b"3::10::", b"3::1O::",
+                          "ratings.dat:3: item id '1O' is not an integer"),
+    "rating_off_scale": ("ratings.dat", b"1::30::3", b"1::30::7",
+                         "ratings.dat:4: rating 7 is not a whole-number"
+                         " rating on the scale 1 to 5"),
+    "unknown_user": ("ratings.dat", b"3::10::2", b"9::10::2",
+                     "ratings.dat:3: unknown user 9 (not in users.dat)"),
+    "unknown_movie": ("ratings.dat", b"1::30::3", b"1::31::3",
+                      "ratings.dat:4: unknown movie 31 (not in movies.dat)"),
+    "empty_file": ("users.dat", None, b"", "users.dat: empty file"),
+    "latin1_in_utf8": ("movies_extrainfos.dat", "Caf\u00e9".encode(),
+                       b"Caf\xe9", "movies_extrainfos.dat:2: byte 0xe9 at"
+                                   " column 8 is not valid utf-8 text"),
+    "title_without_year": ("movies.dat", b"Old Film (1950)", b"Old Film",
+                           "movies.dat:3: title 'Old Film' does not end"
+                           " with the (year)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ML1M))
+def test_bad_movielens_files_fail_prepare_cleanly(case, tmp_path):
+  root = datafiles.tiny_ml1m(str(tmp_path / "ml"))
+  name, old, new, message = BAD_ML1M[case]
+  if old is None:
+    open(os.path.join(root, name), "wb").close()
+  else:
+    _replace(os.path.join(root, name), old, new)
+  out = metarec("data", "prepare", "--dataset=movielens-1m", f"--root={root}",
+                f"--out={tmp_path / 'store'}")
+  assert_one_line_error(out, message)
+  assert no_store_left(tmp_path)
+
+
+def test_a_missing_file_fails_prepare_cleanly(tmp_path):
+  root = datafiles.tiny_ml1m(str(tmp_path / "ml"))
+  os.remove(os.path.join(root, "ratings.dat"))
+  out = metarec("data", "prepare", "--dataset=movielens-1m", f"--root={root}",
+                f"--out={tmp_path / 'store'}")
+  assert_one_line_error(out, "ratings.dat: no such file")
+  assert no_store_left(tmp_path)
+
+
+def test_bad_movielens_100k_files_fail_prepare_cleanly(tmp_path):
+  root = datafiles.tiny_ml100k(str(tmp_path / "ml"))
+  _replace(os.path.join(root, "u.item"), b"|0|0|1|0|0\n", b"|0|0|2|0|0\n")
+  out = metarec("data", "prepare", "--dataset=movielens-100k",
+                f"--root={root}", f"--out={tmp_path / 'store'}")
+  assert_one_line_error(out, "genre flag '2' of Comedy is not 0 or 1")
+  assert "u.item:" in out.stderr
+  assert no_store_left(tmp_path)
+
+
+def test_a_previous_store_survives_a_failed_rebuild(tmp_path):
+  root = datafiles.tiny_ml1m(str(tmp_path / "ml"))
+  store = tmp_path / "store"
+  args = ("data", "prepare", "--dataset=movielens-1m", f"--root={root}",
+          f"--out={store}")
+  assert metarec(*args).returncode == 0
+  before = open(store / "manifest.json").read()
+  _replace(os.path.join(root, "ratings.dat"), b"1::10::5", b"1::10::9")
+  assert_one_line_error(metarec(*args), "rating 9")
+  assert open(store / "manifest.json").read() == before
+  assert sorted(os.listdir(tmp_path)) == ["ml", "store"]
+
+
+@pytest.mark.parametrize("case", ["malformed_line", "latin1_in_utf8"])
+def test_bad_files_fail_train_cleanly(case, tmp_path):
+  root = datafiles.tiny_ml1m(str(tmp_path / "ml"))
+  name, old, new, message = BAD_ML1M[case]
+  _replace(os.path.join(root, name), old, new)
+  workdir = tmp_path / "work"
+  out = metarec("train", f"--config={config_path('tiny')}",
+                f"--workdir={workdir}", "--config.data.name=movielens-1m",
+                f"--config.data.root={root}")
+  assert_one_line_error(out, message)
+  assert no_store_left(workdir)
+  assert not os.path.exists(workdir / "checkpoints")

@@ -1,0 +1,134 @@
+"""`metarec eval --ratings=FILE --write_tasks=DIR` on a tiny MovieLens run."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import datafiles
+from cli_run import assert_one_line_error, last_json, metarec
+from conftest import config_path
+from metarec_jax.data import ratings_io
+from metarec_jax.data import store as store_lib
+
+TRAIN_USERS = 120
+NEW_USERS = range(121, 171)
+
+
+@pytest.fixture(scope="module")
+def trained(shared_data, tmp_path_factory):
+  """Three meta-steps of the tiny model on the first 120 ML-1M users."""
+  tmp = tmp_path_factory.mktemp("ml")
+  root = datafiles.ml1m_subset(shared_data, str(tmp / "ml-1m"), TRAIN_USERS)
+  workdir = str(tmp / "work")
+  out = metarec("train", f"--config={config_path('tiny')}",
+                f"--workdir={workdir}", "--config.data.name=movielens-1m",
+                f"--config.data.root={root}", "--config.train.num_steps=3",
+                "--config.data.buckets=(16,32,64,96)")
+  assert out.returncode == 0, out.stderr
+  ratings = tmp / "new_users.dat"
+  ratings.write_text(datafiles.ml1m_ratings_of(shared_data, NEW_USERS))
+  return workdir, str(ratings)
+
+
+def file_rows(path, store):
+  users, items, ratings, _ = ratings_io.read_ratings(path, store)
+  return set(zip(users.tolist(), items.tolist(), ratings.tolist()))
+
+
+def test_eval_treats_the_users_of_a_ratings_file_as_new(trained, tmp_path):
+  workdir, ratings = trained
+  tasks_dir = tmp_path / "tasks"
+  out = metarec("eval", f"--workdir={workdir}", f"--ratings={ratings}",
+                f"--write_tasks={tasks_dir}", "--config.eval.max_tasks=0")
+  assert out.returncode == 0, out.stderr
+  report = last_json(out)
+  assert report["step"] == 3
+  scenarios = report["scenarios"]
+  for name in ("W", "IC"):
+    assert scenarios[name]["tasks"] == 0
+    assert scenarios[name]["mae"] is None
+    assert scenarios[name]["baselines"]["global_mean"]["mae"] is None
+  store = store_lib.open_store(os.path.join(workdir, "store"))
+  given = file_rows(ratings, store)
+  # One UC task per new user with 13..100 ratings of existing items.
+  item_new = dict(zip(store.item_ids.tolist(), store.item_new.tolist()))
+  old = {u: sum(1 for uu, i, _ in given if uu == u and not item_new[i])
+         for u in NEW_USERS}
+  expected_uc = sorted(u for u, n in old.items() if 13 <= n <= 100)
+  assert scenarios["UC"]["tasks"] == len(expected_uc) > 0
+  for name in ("UC", "UIC"):
+    m = scenarios[name]
+    if not m["tasks"]:
+      continue
+    for key in ("mae", "rmse", "ndcg@1", "ndcg@3", "mae_unadapted"):
+      assert isinstance(m[key], float)
+    support = file_rows(tasks_dir / name / "support.dat", store)
+    query = file_rows(tasks_dir / name / "query.dat", store)
+    assert len(query) == 10 * m["tasks"]
+    assert support | query <= given and not support & query
+    assert {i for _, i, _ in query} <= {
+        i for i, new in item_new.items() if new == (name == "UIC")}
+    if name == "UC":
+      assert sorted({u for u, _, _ in query}) == expected_uc
+  summary = json.load(open(tasks_dir / "tasks.json"))
+  assert summary["ratings"] == ratings
+  assert summary["scenarios"]["UC"]["tasks"] == scenarios["UC"]["tasks"]
+  assert open(tasks_dir / "W" / "query.dat").read() == ""
+  assert sorted(os.listdir(tmp_path)) == ["tasks"]
+
+
+def test_write_tasks_of_the_protocol_scenarios(trained, tmp_path):
+  workdir, _ = trained
+  out = metarec("eval", f"--workdir={workdir}",
+                f"--write_tasks={tmp_path / 'tasks'}")
+  assert out.returncode == 0, out.stderr
+  report = last_json(out)
+  store = store_lib.open_store(os.path.join(workdir, "store"))
+  for name in ("W", "UC", "IC", "UIC"):
+    n = report["scenarios"][name]["tasks"]
+    path = tmp_path / "tasks" / name / "query.dat"
+    if n:
+      users, _, _, _ = ratings_io.read_ratings(path, store)
+      assert len(users) == 10 * n
+      assert set(users.tolist()) <= set(range(1, TRAIN_USERS + 1))
+  assert report["scenarios"]["W"]["tasks"] > 0
+
+
+BAD_RATINGS = {
+    "malformed_line": (b"121::1::5\n121::2\n", "new.dat:2: 2 field(s)"),
+    "non_numeric_id": (b"121::1::5\nabc::2::3\n",
+                       "new.dat:2: user id 'abc' is not an integer"),
+    "rating_off_scale": (b"121::1::5\n121::2::0\n",
+                         "new.dat:2: rating 0 is not a whole-number rating"),
+    "unknown_user": (b"121::1::5\n7000::2::3\n",
+                     "new.dat:2: unknown user 7000 (not in the movielens-1m"
+                     " data)"),
+    "unknown_item": (b"121::1::5\n121::4000::3\n",
+                     "new.dat:2: unknown item 4000"),
+    "empty_file": (b"", "new.dat: empty file"),
+    "latin1_bytes": (b"121::1::5\n121::2::3\xe9\n",
+                     "new.dat:2: byte 0xe9 at column 10 is not valid utf-8"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RATINGS))
+def test_bad_ratings_files_fail_eval_cleanly(trained, tmp_path, case):
+  workdir, _ = trained
+  content, message = BAD_RATINGS[case]
+  path = tmp_path / "new.dat"
+  path.write_bytes(content)
+  out = metarec("eval", f"--workdir={workdir}", f"--ratings={path}",
+                f"--write_tasks={tmp_path / 'tasks'}")
+  assert_one_line_error(out, message)
+  assert out.stdout == ""
+  assert sorted(os.listdir(tmp_path)) == ["new.dat"]
+
+
+def test_new_user_tasks_need_only_known_users(trained):
+  workdir, _ = trained
+  store = store_lib.open_store(os.path.join(workdir, "store"))
+  # The new users are in the user table but have no ratings in the store.
+  index = ratings_io.lookup(store.user_ids, np.array(list(NEW_USERS)))
+  assert (index >= 0).all() and (store.counts()[index] == 0).all()

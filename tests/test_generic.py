@@ -1,0 +1,180 @@
+"""The generic loader: your own delimited files, string ids, list features."""
+
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+import datafiles
+from conftest import config_path
+from metarec_jax import config_io
+from metarec_jax.data import generic, prepare, ratings_io
+from metarec_jax.data import store as store_lib
+from metarec_jax.errors import InputError
+
+
+def data_config(root, **generic_keys):
+  data = config_io.load_config_file(config_path("default")).data
+  data.name = "generic"
+  data.root = str(root)
+  data.generic.update(generic_keys)
+  return data
+
+
+def vocab_of(store, name, row):
+  vocab = store.vocab(name)
+  return [vocab[i] for i in np.atleast_1d(row) if i]
+
+
+@pytest.fixture
+def shop(tmp_path):
+  """String ids, a header, timestamps, quoted list columns, a duplicate."""
+  root = tmp_path / "shop"
+  datafiles.write(str(root / "ratings.csv"),
+                  "user,item,rating,ts\n"
+                  "alice,mug,4,10\n"
+                  "bob,pen,3.5,5\n"
+                  "alice,pen,2,3\n"
+                  "\n"
+                  "alice,mug,5,20\n"
+                  "carol,ink,1,1\n")
+  datafiles.write(str(root / "items.csv"),
+                  'item,tags,maker,new\n'
+                  'mug,"kitchen|gift|blue|big",Acme,1\n'
+                  'pen,office,"Pens, Inc.",0\n'
+                  'lamp,,Acme,1\n')  # lamp: nobody rated it
+  datafiles.write(str(root / "users.csv"),
+                  "user,country\nalice,FR\nbob,\ndave,US\n")
+  return root
+
+
+def test_string_ids_lists_and_new_items(shop, tmp_path):
+  data = data_config(shop, timestamp_col="ts", item_features="items.csv",
+                     user_features="users.csv", categorical=("maker",
+                                                             "country"),
+                     lists=("tags",), new_item_col="new")
+  data.list_pad.tags = 3
+  prepare.prepare(data, tmp_path / "store")
+  s = store_lib.open_store(tmp_path / "store")
+  assert s.user_ids.tolist() == ["alice", "bob", "carol", "dave"]
+  assert s.item_ids.tolist() == ["ink", "lamp", "mug", "pen"]
+  assert s.counts().tolist() == [2, 1, 1, 0]
+  # alice: by timestamp (pen at 3, mug at 20); the duplicate keeps 5 stars.
+  assert s.item_ids[s.items[:2]].tolist() == ["pen", "mug"]
+  assert s.ratings[:2].tolist() == [2.0, 5.0]
+  assert s.ratings[2] == 3.5  # non-integer ratings are fine here
+  tags = {f.name: f for f in s.features}["tags"]
+  assert tags.kind == "list" and tags.max_len == 3
+  assert vocab_of(s, "tags", s.item_features["tags"][2]) == [
+      "kitchen", "gift", "blue"]
+  assert vocab_of(s, "maker", s.item_features["maker"][3]) == ["Pens, Inc."]
+  assert s.item_features["maker"][0] == 0  # ink is in no table
+  assert vocab_of(s, "country", s.user_features["country"]) == ["FR", "US"]
+  assert s.user_features["country"].tolist()[1:3] == [0, 0]
+  assert s.item_new.tolist() == [False, True, True, False]
+  fmt = ratings_io.store_format(s)
+  assert fmt.user_id_type == "str" and fmt.header and fmt.timestamp == "ts"
+
+
+def test_no_header_positions_tabs_integer_ids_and_years(tmp_path):
+  root = tmp_path / "log"
+  datafiles.write(str(root / "r.tsv"), "x\t10\t7\t2\n"
+                                       "x\t9\t2\t10\n"
+                                       "x\t10\t7\t5\n")
+  datafiles.write(str(root / "items.tsv"), "id\tyear\tgenres\n"
+                                           "7\t2001\ta;b\n"
+                                           "2\t\tb\n"
+                                           "11\t1990\t\n")
+  data = data_config(root, ratings="r.tsv", delimiter="\\t", header=False,
+                     user_col="1", item_col="2", rating_col="3",
+                     rating_min=0.0, rating_max=10.0, item_features="items.tsv",
+                     lists=("genres",), list_sep=";", new_item_col="year",
+                     new_item_year=2000)
+  prepare.prepare(data, tmp_path / "store")
+  s = store_lib.open_store(tmp_path / "store")
+  assert s.user_ids.dtype == np.int64 and s.user_ids.tolist() == [9, 10]
+  assert s.item_ids.tolist() == [2, 7, 11]  # numeric order
+  assert s.item_new.tolist() == [False, True, False]
+  assert {f.name: f.max_len for f in s.features} == {"genres": 2}
+  assert s.counts().tolist() == [1, 1]  # (10, 7) twice: the last stays
+  assert s.ratings.tolist() == [10.0, 5.0]
+  fmt = ratings_io.store_format(s)
+  assert (fmt.delimiter, fmt.user, fmt.extension) == ("\t", 1, "tsv")
+
+
+def test_id_features_and_configuration_errors(shop, tmp_path):
+  with pytest.raises(InputError, match="no feature fields"):
+    prepare.prepare(data_config(shop), tmp_path / "a")
+  with pytest.raises(InputError, match="'colour' is in no feature table"):
+    prepare.prepare(data_config(shop, item_features="items.csv",
+                                categorical=("colour",)), tmp_path / "b")
+  with pytest.raises(InputError, match="unknown key"):
+    data = data_config(shop)
+    data.generic.nosuch = 1
+    generic.spec_of(data)
+  with pytest.raises(InputError, match="no timestamp column 'when'"):
+    prepare.prepare(data_config(shop, timestamp_col="when",
+                                id_features=True), tmp_path / "c")
+  prepare.prepare(data_config(shop, id_features=True), tmp_path / "d")
+  s = store_lib.open_store(tmp_path / "d")
+  assert [f.name for f in s.features] == ["user_id", "item_id"]
+  assert s.vocab("item_id")[1:] == ["ink", "mug", "pen"]
+  assert not os.path.exists(tmp_path / "a")  # failed builds leave nothing
+
+
+def test_ratings_files_round_trip_in_the_store_format(shop, tmp_path):
+  prepare.prepare(data_config(shop, id_features=True), tmp_path / "store")
+  s = store_lib.open_store(tmp_path / "store")
+  path = str(tmp_path / "out.csv")
+  ratings_io.write_ratings(path, np.array(["bob", "alice"]),
+                           np.array(["mug", "ink"]), np.array([4.5, 1.0]), s)
+  assert open(path).read() == "user,item,rating\nbob,mug,4.5\nalice,ink,1\n"
+  users, items, ratings, lines = ratings_io.read_ratings(path, s)
+  assert users.tolist() == ["bob", "alice"] and items.tolist() == ["mug", "ink"]
+  assert ratings.tolist() == [4.5, 1.0] and lines.tolist() == [2, 3]
+  u, i = ratings_io.to_indices(path, s, users, items, lines)
+  assert s.user_ids[u].tolist() == ["bob", "alice"]
+  datafiles.write(path, "user,item,rating\nbob,mug,4\nzoe,ink,1\n")
+  with pytest.raises(InputError, match=r"out.csv:3: unknown user zoe"):
+    ratings_io.to_indices(path, s, *ratings_io.read_ratings(path, s)[:2],
+                          ratings_io.read_ratings(path, s)[3])
+
+
+def test_a_config_dict_without_generic_section_uses_the_defaults():
+  spec = generic.spec_of(ml_collections.ConfigDict({"name": "generic"}))
+  assert spec == generic.GenericSpec()
+
+
+def test_melu_trains_on_string_ids(tmp_path):
+  rng = np.random.default_rng(0)
+  root = tmp_path / "log"
+  rows = ["who;what;stars"]
+  for u in range(24):
+    for i in rng.choice(60, 45, replace=False):
+      rows.append(f"user-{u};item-{i};{rng.integers(1, 11)}")
+  datafiles.write(str(root / "log.txt"), "\n".join(rows) + "\n")
+  datafiles.write(str(root / "items.txt"), "id;tags;new\n" + "".join(
+      f"item-{i};t{i % 3}/t{i % 5};{int(i >= 50)}\n" for i in range(60)))
+  config = config_io.load_config_file(config_path("tiny"))
+  config.data.name = "generic"
+  config.data.root = str(root)
+  config.data.generic.update(dict(
+      ratings="log.txt", delimiter=";", user_col="who", item_col="what",
+      rating_col="stars", rating_min=1.0, rating_max=10.0,
+      item_features="items.txt", lists=("tags",), list_sep="/",
+      new_item_col="new", id_features=True))
+  config.train.tasks_per_step = 4
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from metarec_jax import experiment
+  from metarec_jax.data.sampler import TrainSampler
+  exp = experiment.build(config, str(tmp_path / "work"))
+  assert exp.store.rating_range == (1.0, 10.0)
+  assert exp.store.item_new.sum() == 10
+  assert {f.name for f in exp.tables.specs} == {"tags", "user_id", "item_id"}
+  sampler = TrainSampler(exp.split, exp.tables, exp.store.items,
+                         exp.store.ratings, exp.sampler_spec())
+  batch = jax.tree.map(lambda a: a[0], sampler.batch(0))
+  params = exp.model.init(jax.random.PRNGKey(0))
+  assert np.isfinite(float(exp.model.loss_fn(params, batch["query"])))
