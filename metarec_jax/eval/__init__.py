@@ -12,8 +12,13 @@ log = logging.getLogger("metarec")
 
 
 def evaluate_workdir(workdir: str, *, step: int | None = None,
-                     overrides: Iterable[tuple[str, str]] = ()) -> dict:
+                     overrides: Iterable[tuple[str, str]] = (),
+                     support_curve: bool = True) -> dict:
   """Evaluates a work directory's checkpoint on the protocol's scenarios.
+
+  With `support_curve`, also writes the query MAE against support-set size
+  of every scenario to `WORKDIR/eval/support_curve.json` (see
+  `eval.support_curve`).
 
   Returns:
     `{"step": N, "scenarios": {"W": {...}, "UC": ..., "IC": ..., "UIC": ...}}`
@@ -22,6 +27,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   """
   # pylint: disable=g-import-not-at-top
   import jax
+  from metarec_jax.eval import support_curve as curves
   from metarec_jax.eval.evaluate import Evaluator
   from metarec_jax.train.restore import load_state
   config = config_io.apply_overrides(
@@ -29,8 +35,15 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   exp = experiment.build(config, workdir, log=log.info)
   mesh = runtime.make_mesh()
   state = load_state(exp, workdir, mesh, step=step)
-  results = Evaluator(exp, mesh).evaluate(state.params, SCENARIOS)
-  return {"step": int(jax.device_get(state.step)), "scenarios": results}
+  evaluator = Evaluator(exp, mesh)
+  results = evaluator.evaluate(state.params, SCENARIOS)
+  step = int(jax.device_get(state.step))
+  if support_curve:
+    curves.evaluate_and_write(
+        workdir, evaluator, state.params,
+        {name: exp.split.scenarios[name] for name in SCENARIOS}, step=step,
+        seed=int(config.eval.seed), write=jax.process_index() == 0)
+  return {"step": step, "scenarios": results}
 
 
 def format_table(report: dict) -> str:
