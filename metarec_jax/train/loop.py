@@ -19,15 +19,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from metarec_jax import config_io, experiment, runtime
+from metarec_jax import config_io, config_reference, experiment, runtime
 from metarec_jax.data.pipeline import Prefetcher
 from metarec_jax.data.sampler import TrainSampler
 from metarec_jax.data.tasks import batch_shapes
 from metarec_jax.errors import InputError
+from metarec_jax.eval import support_curve
 from metarec_jax.eval.evaluate import Evaluator
 from metarec_jax.train import checkpoint as ckpt_lib
-from metarec_jax.train import optim, reporting
+from metarec_jax.train import optim, progress as progress_lib, reporting
 from metarec_jax.train import state as state_lib
+from metarec_jax.train import telemetry
 from metarec_jax.train.step import make_train_step
 
 log = logging.getLogger("metarec")
@@ -179,6 +181,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       workdir, keep=int(config.checkpoint.keep),
       every_steps=int(config.checkpoint.every_steps))
   config_record = config_io.to_dict(config)
+  # Observability (issue 8): HParams once per start, a bar or log lines.
+  reporter.hparams(reporting.flat_hparams(config_record),
+                   telemetry.HPARAM_METRICS,
+                   descriptions=config_reference.MEANINGS)
+  progress = progress_lib.Progress(bar=is_lead)
+  per_step_rates = exp.meta_config.algorithm == "mamlpp"
   evaluator = Evaluator(exp, trainer.mesh)
   summary: dict[str, Any] = {}
 
@@ -207,6 +215,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     last_log_time, last_log_step = time.perf_counter(), start
     pending = None  # (step, metrics) of the previous step, read one late
     step = start
+    progress.start(num_steps, start)
     try:
       for step_index, batch in pipeline:
         state, metrics = trainer.step(state, batch)
@@ -220,12 +229,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           values["train/tasks_per_sec"] = (
               (step - last_log_step) * tasks_per_step / (now - last_log_time))
           last_log_time, last_log_step = now, step
+          values.update(telemetry.inner_rate_scalars(
+              state.params.get("inner"), per_step=per_step_rates))
           reporter.scalars(step, values)
           summary["train"] = values
-          log.info("step %d/%d  loss %.4f  unadapted %.4f  %.0f tasks/s",
-                   step, num_steps, values["train/loss"],
-                   values["train/query_loss_unadapted"],
-                   values["train/tasks_per_sec"])
+          progress.advance(step, values)
+        else:
+          progress.advance(step)
+        if is_lead and telemetry.histograms_due(
+            step, every=int(config.log.histogram_every_steps),
+            num_steps=num_steps):
+          reporter.histograms(step, telemetry.parameter_histograms(
+              state.params))
         if (int(tc.eval_every_steps) > 0
             and step % int(tc.eval_every_steps) == 0) or step == num_steps:
           results = evaluator.evaluate(state.params, ("val",),
@@ -237,6 +252,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             log.info("step %d  validation MAE %s (unadapted %s)", step,
                      _fmt(results["val"]["mae"]),
                      _fmt(results["val"]["mae_unadapted"]))
+          if results is not None and step == num_steps:
+            support_curve.evaluate_and_write(
+                workdir, evaluator, state.params,
+                {"val": exp.split.scenarios["val"]}, step=step,
+                seed=int(config.eval.seed), write=is_lead, should_stop=stop)
         if checkpointer.should_save(step) or step == num_steps or stop():
           checkpointer.save(step, state, config_record)
         if stop():
@@ -248,6 +268,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       if pending is not None:
         _check_finite(*pending, max_nonfinite=int(tc.max_nonfinite))
     finally:
+      progress.close()
       pipeline.close()
       checkpointer.close()
       reporter.close()
