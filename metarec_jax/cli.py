@@ -2,6 +2,7 @@
 
     metarec train  --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE ...]
     metarec eval   --workdir=DIR [--step=N]
+    metarec plot   --workdir=DIR
 
 Flags are `--name=value` (absl); `--config.KEY=VALUE` overrides any config
 key. Logs go to stderr; `eval` (like `bench` and `export`) ends its stdout
@@ -56,6 +57,17 @@ def _define_eval(fv):
                       " run.", flag_values=fv)
   flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default:"
                        " the newest).", flag_values=fv)
+  flags.DEFINE_boolean("support_curve", True, "Also write the query MAE"
+                       " against support-set size of every scenario to"
+                       " WORKDIR/eval/support_curve.json (re-evaluates each"
+                       " scenario with its support sets cut to 1, 2, 4, ..."
+                       " ratings).", flag_values=fv)
+
+
+def _define_plot(fv):
+  flags.DEFINE_string("workdir", None, "Work directory of a `metarec train`"
+                      " run; the figures go to WORKDIR/plots/.",
+                      flag_values=fv)
 
 
 def _setup_runtime(config) -> None:
@@ -99,10 +111,21 @@ def _run_eval(inv: Invocation) -> int:
                                      inv.overrides)
   _setup_runtime(config)
   from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
-  report = eval_lib.evaluate_workdir(workdir, step=inv.flags["step"].value,
-                                     overrides=inv.overrides)
+  report = eval_lib.evaluate_workdir(
+      workdir, step=inv.flags["step"].value, overrides=inv.overrides,
+      support_curve=inv.flags["support_curve"].value)
   print(eval_lib.format_table(report))
   print_json(report)
+  return 0
+
+
+def _run_plot(inv: Invocation) -> int:
+  workdir = _require(inv.flags, "workdir")
+  from metarec_jax import plot  # pylint: disable=g-import-not-at-top
+  paths = plot.plot_workdir(workdir)
+  for path in paths:
+    print(path)
+  print_json({"plots": paths})
   return 0
 
 
@@ -119,6 +142,15 @@ COMMANDS: dict[str, Command] = {
         " UC, IC, UIC), beside the unadapted model and two model-free"
         " baselines. The last line of stdout is the JSON report.",
         _define_eval, _run_eval, takes_config=True),
+    "plot": Command(
+        "draw learning and support-size curves of a run as PNGs",
+        "Writes WORKDIR/plots/learning_curves.png (training loss and"
+        " validation MAE before and after adaptation against the step, from"
+        " metrics.jsonl) and WORKDIR/plots/support_curve.png (query MAE"
+        " against support-set size, from eval/support_curve.json). Needs"
+        " matplotlib: pip install 'metarec-jax[plot]'. The last line of"
+        " stdout is JSON: {\"plots\": [paths]}.",
+        _define_plot, _run_plot),
 }
 
 
