@@ -1,4 +1,4 @@
-"""Every config key is documented, and the README's table is the generated one."""
+"""Every config key is documented; the README's table is the generated one."""
 
 import os
 import subprocess

@@ -24,9 +24,10 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def describe(metrics: Mapping[str, float]) -> str:
   """`loss 0.8123  unadapted 0.9456  5120 tasks/s` from the step metrics."""
-  return (f"loss {_fmt(metrics.get('train/loss'), '.4f')}"
-          f"  unadapted {_fmt(metrics.get('train/query_loss_unadapted'), '.4f')}"
-          f"  {_fmt(metrics.get('train/tasks_per_sec'), '.0f')} tasks/s")
+  loss = _fmt(metrics.get("train/loss"), ".4f")
+  unadapted = _fmt(metrics.get("train/query_loss_unadapted"), ".4f")
+  speed = _fmt(metrics.get("train/tasks_per_sec"), ".0f")
+  return f"loss {loss}  unadapted {unadapted}  {speed} tasks/s"
 
 
 class Progress:
