@@ -113,4 +113,5 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.log = ml_collections.ConfigDict()
   c.log.every_steps = 100
+  c.log.histogram_every_steps = 500  # 0 = no histograms
   return c

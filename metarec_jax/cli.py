@@ -3,6 +3,7 @@
     metarec train  --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE ...]
     metarec eval   --workdir=DIR [--step=N] [--ratings=FILE] [--write_tasks=DIR]
     metarec data   fetch|prepare|synth|inspect --flag=VALUE ...
+    metarec plot   --workdir=DIR
 
 Flags are `--name=value` (absl); `--config.KEY=VALUE` overrides any config
 key. Logs go to stderr; `eval` (like `bench` and `export`) ends its stdout
@@ -68,6 +69,17 @@ def _define_eval(fv):
                       " query ratings to DIR/<scenario>/support.EXT and"
                       " query.EXT, in the dataset's input format.",
                       flag_values=fv)
+  flags.DEFINE_boolean("support_curve", True, "Also write the query MAE"
+                       " against support-set size of every scenario to"
+                       " WORKDIR/eval/support_curve.json (re-evaluates each"
+                       " scenario with its support sets cut to 1, 2, 4, ..."
+                       " ratings).", flag_values=fv)
+
+
+def _define_plot(fv):
+  flags.DEFINE_string("workdir", None, "Work directory of a `metarec train`"
+                      " run; the figures go to WORKDIR/plots/.",
+                      flag_values=fv)
 
 
 def _setup_runtime(config) -> None:
@@ -117,7 +129,8 @@ def _run_eval(inv: Invocation) -> int:
   report = eval_lib.evaluate_workdir(
       workdir, step=inv.flags["step"].value, overrides=inv.overrides,
       ratings=inv.flags["ratings"].value,
-      write_tasks=inv.flags["write_tasks"].value)
+      write_tasks=inv.flags["write_tasks"].value,
+      support_curve=inv.flags["support_curve"].value)
   print(eval_lib.format_table(report))
   print_json(report)
   return 0
@@ -253,6 +266,16 @@ def _run_data(inv: Invocation) -> int:
   return 0
 
 
+def _run_plot(inv: Invocation) -> int:
+  workdir = _require(inv.flags, "workdir")
+  from metarec_jax import plot  # pylint: disable=g-import-not-at-top
+  paths = plot.plot_workdir(workdir)
+  for path in paths:
+    print(path)
+  print_json({"plots": paths})
+  return 0
+
+
 COMMANDS: dict[str, Command] = {
     "train": Command(
         "meta-train a model (resumes from the newest checkpoint)",
@@ -286,6 +309,15 @@ COMMANDS: dict[str, Command] = {
         "          summarise a task store\n\n"
         "The last line of stdout is a JSON object.",
         _define_data, _run_data, takes_config=True, positional=True),
+    "plot": Command(
+        "draw learning and support-size curves of a run as PNGs",
+        "Writes WORKDIR/plots/learning_curves.png (training loss and"
+        " validation MAE before and after adaptation against the step, from"
+        " metrics.jsonl) and WORKDIR/plots/support_curve.png (query MAE"
+        " against support-set size, from eval/support_curve.json). Needs"
+        " matplotlib: pip install 'metarec-jax[plot]'. The last line of"
+        " stdout is JSON: {\"plots\": [paths]}.",
+        _define_plot, _run_plot),
 }
 
 

@@ -64,3 +64,20 @@ def count_compiles():
     yield counter
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.fixture(scope="session")
+def tiny_metasgd_run(tmp_path_factory) -> str:
+  """A finished `configs/tiny.py` run with Meta-SGD (learned inner rates).
+
+  Trained once per session, in process, and shared by the tests that read
+  a run's outputs (TensorBoard events, metrics.jsonl, support curve, plots).
+  """
+  from metarec_jax import config_io  # pylint: disable=g-import-not-at-top
+  from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("tiny_metasgd"))
+  config = config_io.apply_overrides(
+      config_io.load_config_file(config_path("tiny")),
+      [("meta.algorithm", "metasgd"), ("log.histogram_every_steps", "4")])
+  train_and_evaluate(config, workdir)
+  return workdir

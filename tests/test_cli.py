@@ -56,6 +56,11 @@ def test_eval_prints_the_json_report_last(trained):
     assert isinstance(uc[key], float)
   assert set(uc["baselines"]) == {"global_mean", "item_mean_user_bias"}
   assert "NaN" not in out.stdout
+  with open(os.path.join(workdir, "eval", "support_curve.json")) as f:
+    curve = json.load(f)
+  assert curve["step"] == 6
+  assert set(curve["scenarios"]) == {"W", "UC", "IC", "UIC"}
+  assert curve["scenarios"]["UC"]["k"][:2] == [1, 2]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -80,6 +85,7 @@ def test_bad_input_is_one_line_with_status_2(args, message):
 def test_help_explains_itself():
   out = metarec("--help")
   assert out.returncode == 0 and "train" in out.stdout and "eval" in out.stdout
+  assert "plot" in out.stdout
   out = metarec("train", "--help")
   assert out.returncode == 0 and "--workdir" in out.stdout
   assert "--config.KEY=VALUE" in out.stdout

@@ -14,7 +14,8 @@ log = logging.getLogger("metarec")
 def evaluate_workdir(workdir: str, *, step: int | None = None,
                      overrides: Iterable[tuple[str, str]] = (),
                      ratings: str | None = None,
-                     write_tasks: str | None = None) -> dict:
+                     write_tasks: str | None = None,
+                     support_curve: bool = True) -> dict:
   """Evaluates a work directory's checkpoint on the protocol's scenarios.
 
   Args:
@@ -26,6 +27,9 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
       instead of the store's own scenarios.
     write_tasks: a folder to write each scenario's support and query
       ratings to, in the dataset's input format.
+    support_curve: also write the query MAE against support-set size of
+      every scenario to `WORKDIR/eval/support_curve.json` (see
+      `eval.support_curve`).
 
   Returns:
     `{"step": N, "scenarios": {"W": {...}, "UC": ..., "IC": ..., "UIC": ...}}`
@@ -38,6 +42,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   # pylint: disable=g-import-not-at-top
   import jax
   from metarec_jax.data import ratings_io
+  from metarec_jax.eval import support_curve as curves
   from metarec_jax.eval.evaluate import Evaluator
   from metarec_jax.eval.user_file import new_user_tasks
   from metarec_jax.train.restore import load_state
@@ -53,13 +58,18 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     tasksets = {name: exp.split.scenarios[name] for name in SCENARIOS}
   mesh = runtime.make_mesh()
   state = load_state(exp, workdir, mesh, step=step)
-  results = Evaluator(exp, mesh).evaluate(state.params, SCENARIOS,
-                                          tasksets=tasksets)
+  evaluator = Evaluator(exp, mesh)
+  results = evaluator.evaluate(state.params, SCENARIOS, tasksets=tasksets)
+  step = int(jax.device_get(state.step))
   if write_tasks:
     ratings_io.write_tasks(write_tasks, tasksets, exp.store,
                            extra={"ratings": ratings})
     log.info("wrote the tasks' support and query ratings to %s", write_tasks)
-  return {"step": int(jax.device_get(state.step)), "scenarios": results}
+  if support_curve:
+    curves.evaluate_and_write(
+        workdir, evaluator, state.params, tasksets, step=step,
+        seed=int(config.eval.seed), write=jax.process_index() == 0)
+  return {"step": step, "scenarios": results}
 
 
 def format_table(report: dict) -> str:

@@ -19,15 +19,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from metarec_jax import config_io, experiment, runtime
+from metarec_jax import config_io, config_reference, experiment, runtime
 from metarec_jax.data.pipeline import Prefetcher
 from metarec_jax.data.sampler import TrainSampler
 from metarec_jax.data.tasks import batch_shapes
 from metarec_jax.errors import InputError
+from metarec_jax.eval import support_curve
 from metarec_jax.eval.evaluate import Evaluator
 from metarec_jax.meta import paths
 from metarec_jax.train import checkpoint as ckpt_lib
-from metarec_jax.train import optim, reporting, resume
+from metarec_jax.train import optim, reporting, resume, telemetry
+from metarec_jax.train import progress as progress_lib
 from metarec_jax.train import state as state_lib
 from metarec_jax.train.preemption import StopRequest
 from metarec_jax.train.step import make_train_step
@@ -204,9 +206,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         workdir, keep=int(config.checkpoint.keep),
         every_steps=int(config.checkpoint.every_steps))
     reporter = reporting.Reporter(workdir, active=is_lead)
+    progress = progress_lib.Progress(bar=is_lead)
+    per_step_rates = exp.meta_config.algorithm == "mamlpp"
     try:
       state, restored_step = _restore_or_init(trainer, checkpointer,
                                               config_record)
+      # HParams once per start (TensorBoard keeps the first).
+      reporter.hparams(reporting.flat_hparams(config_record),
+                       telemetry.HPARAM_METRICS,
+                       descriptions=config_reference.MEANINGS)
       if is_lead:
         config_io.write_workdir_config(workdir, config)
       step = int(jax.device_get(state.step))
@@ -232,6 +240,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       tasks_per_step = int(tc.tasks_per_step)
       last_time, last_step = time.perf_counter(), step
       pending = None  # (step, metrics) of the previous step, read one late
+      progress.start(num_steps, step)
       try:
         for step_index, batch in pipeline:
           state, metrics = trainer.step(state, batch)
@@ -245,12 +254,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             values["train/tasks_per_sec"] = (
                 (step - last_step) * tasks_per_step / (now - last_time))
             last_time, last_step = now, step
+            values.update(telemetry.inner_rate_scalars(
+                state.params.get("inner"), per_step=per_step_rates))
             reporter.scalars(step, values)
             summary["train"] = values
-            log.info("step %d/%d  loss %.4f  unadapted %.4f  %.0f tasks/s",
-                     step, num_steps, values["train/loss"],
-                     values["train/query_loss_unadapted"],
-                     values["train/tasks_per_sec"])
+            progress.advance(step, values)
+          else:
+            progress.advance(step)
+          if is_lead and telemetry.histograms_due(
+              step, every=int(config.log.histogram_every_steps),
+              num_steps=num_steps):
+            reporter.histograms(step, telemetry.parameter_histograms(
+                state.params))
           eval_every = int(tc.eval_every_steps)
           if (eval_every > 0 and step % eval_every == 0) or step == num_steps:
             results = evaluator.evaluate(state.params, ("val",),
@@ -261,6 +276,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
               log.info("step %d  validation MAE %s (unadapted %s)", step,
                        _fmt(results["val"]["mae"]),
                        _fmt(results["val"]["mae_unadapted"]))
+            if results is not None and step == num_steps:
+              support_curve.evaluate_and_write(
+                  workdir, evaluator, state.params,
+                  {"val": exp.split.scenarios["val"]}, step=step,
+                  seed=int(config.eval.seed), write=is_lead,
+                  should_stop=stop.now)
           if stop(step):
             if pending is not None:
               _check_finite(*pending, max_nonfinite=int(tc.max_nonfinite))
@@ -273,6 +294,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           if pending is not None:
             _check_finite(*pending, max_nonfinite=int(tc.max_nonfinite))
       finally:
+        progress.close()
         pipeline.close()
     finally:
       checkpointer.close()

@@ -1,18 +1,33 @@
 """Where a run's metrics go: `metrics.jsonl` and TensorBoard event files.
 
 Only process 0 writes (`active=False` elsewhere). TensorBoard files are
-written with the `tensorboard` package alone (no TensorFlow).
+written with the `tensorboard` package alone (no TensorFlow): its
+`EventFileWriter` and summary protos. `tensorboard.summary.Writer` only
+knows scalars, so the histogram and HParams summaries are built here from
+the plugins' own protos and metadata helpers (the ones that need no
+TensorFlow), in the same tensor format TensorBoard's own writers produce.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-from typing import Mapping
+import time
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-from tensorboard.summary import Writer
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.histogram import metadata as histogram_metadata
+from tensorboard.plugins.hparams import api_pb2
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.plugins.hparams import plugin_data_pb2
+from tensorboard.plugins.scalar import metadata as scalar_metadata
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.util import tensor_util
+
+HISTOGRAM_BINS = 30  # TensorBoard's own default
 
 
 def _json_value(v):
@@ -20,26 +35,191 @@ def _json_value(v):
   return v if math.isfinite(v) else None
 
 
+def scalar_summary(tag: str, value: float) -> summary_pb2.Summary.Value:
+  """A scalar in the tensor format of `tensorboard.summary.Writer`."""
+  meta = scalar_metadata.create_summary_metadata(display_name=None,
+                                                 description=None)
+  meta.data_class = summary_pb2.DATA_CLASS_SCALAR
+  return summary_pb2.Summary.Value(
+      tag=tag, metadata=meta,
+      tensor=tensor_util.make_tensor_proto(np.float32(value)))
+
+
+def histogram_buckets(values: np.ndarray,
+                      bins: int = HISTOGRAM_BINS) -> np.ndarray:
+  """`[bins, 3]` rows `(left edge, right edge, count)` of the finite values.
+
+  The layout of TensorBoard's histogram plugin; like its writers, constant
+  data is one spike (every edge at the value, the count in the last bucket)
+  rather than a unit-wide spread, so a constant learned rate reads as one.
+  """
+  data = np.asarray(values, np.float64).ravel()
+  data = data[np.isfinite(data)]
+  if data.size == 0:
+    return np.zeros((bins, 3))
+  lo, hi = float(data.min()), float(data.max())
+  if lo == hi:
+    counts = np.zeros(bins)
+    counts[-1] = data.size
+    return np.stack([np.full(bins, lo), np.full(bins, lo), counts], axis=1)
+  counts, edges = np.histogram(data, bins=bins, range=(lo, hi))
+  return np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
+
+
+def histogram_summary(tag: str, values: np.ndarray,
+                      bins: int = HISTOGRAM_BINS) -> summary_pb2.Summary.Value:
+  """A histogram summary in the histogram plugin's tensor format."""
+  meta = histogram_metadata.create_summary_metadata(display_name=None,
+                                                    description=None)
+  meta.data_class = summary_pb2.DATA_CLASS_TENSOR
+  return summary_pb2.Summary.Value(
+      tag=tag, metadata=meta,
+      tensor=tensor_util.make_tensor_proto(histogram_buckets(values, bins),
+                                           dtype=np.float64))
+
+
+def hparam_value(value: Any) -> bool | float | str:
+  """A config value as an HParams value: bool, number or string.
+
+  Tuples and lists (and anything else) become their Python text, so
+  `data.buckets` reads `(8, 16, 32)` in the HParams table.
+  """
+  if isinstance(value, (bool, np.bool_)):
+    return bool(value)
+  if isinstance(value, (int, float, np.integer, np.floating)):
+    return float(value)
+  if isinstance(value, str):
+    return value
+  if isinstance(value, list):
+    value = tuple(value)
+  return str(value)
+
+
+def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict:
+  """A nested config (ConfigDict or dict) as `{dotted key: hparam value}`."""
+  out = {}
+  for name, value in config.items():
+    key = f"{prefix}{name}"
+    if hasattr(value, "items"):  # a section (dict or ConfigDict)
+      out.update(flat_hparams(value, key + "."))
+    else:
+      out[key] = hparam_value(value)
+  return out
+
+
+def _hparams_value(tag: str, data: plugin_data_pb2.HParamsPluginData
+                   ) -> summary_pb2.Summary.Value:
+  meta = hparams_metadata.create_summary_metadata(data)
+  meta.data_class = summary_pb2.DATA_CLASS_TENSOR
+  return summary_pb2.Summary.Value(tag=tag, metadata=meta,
+                                   tensor=hparams_metadata.NULL_TENSOR)
+
+
+def hparams_summaries(hparams: Mapping[str, bool | float | str],
+                      metric_tags: Sequence[str], *,
+                      descriptions: Mapping[str, str] | None = None,
+                      start_time: float | None = None
+                      ) -> list[summary_pb2.Summary.Value]:
+  """The HParams plugin's experiment and session-start summaries of one run.
+
+  Args:
+    hparams: flat `{name: bool | float | str}` (see `flat_hparams`).
+    metric_tags: scalar tags the HParams table shows as metric columns.
+    descriptions: optional `{name: text}` shown as the hparams' tooltips.
+    start_time: the session's start (seconds since the epoch).
+
+  The session's group name is a hash of the values (as TensorBoard's own
+  `hparams_pb` does), so runs with equal hyperparameters group together.
+  """
+  descriptions = descriptions or {}
+  types = {bool: api_pb2.DATA_TYPE_BOOL, float: api_pb2.DATA_TYPE_FLOAT64,
+           str: api_pb2.DATA_TYPE_STRING}
+  experiment = api_pb2.Experiment(
+      hparam_infos=[api_pb2.HParamInfo(
+          name=name, type=types[type(value)],
+          description=descriptions.get(name, ""))
+                    for name, value in sorted(hparams.items())],
+      metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag))
+                    for tag in metric_tags],
+      time_created_secs=start_time)
+  group = json.dumps(dict(sorted(hparams.items())), separators=(",", ":"))
+  session = plugin_data_pb2.SessionStartInfo(
+      group_name=hashlib.sha256(group.encode()).hexdigest(),
+      start_time_secs=start_time)
+  for name, value in sorted(hparams.items()):
+    if isinstance(value, bool):
+      session.hparams[name].bool_value = value
+    elif isinstance(value, float):
+      session.hparams[name].number_value = value
+    else:
+      session.hparams[name].string_value = value
+  return [
+      _hparams_value(hparams_metadata.EXPERIMENT_TAG,
+                     plugin_data_pb2.HParamsPluginData(experiment=experiment)),
+      _hparams_value(hparams_metadata.SESSION_START_INFO_TAG,
+                     plugin_data_pb2.HParamsPluginData(
+                         session_start_info=session)),
+  ]
+
+
 class Reporter:
-  """Appends one JSON object per log step and the same scalars to TensorBoard."""
+  """Appends one JSON object per log step and writes TensorBoard events.
+
+  `scalars` go to both `metrics.jsonl` and TensorBoard; `histograms` and
+  `hparams` only to TensorBoard (they are not scalars).
+  """
 
   def __init__(self, workdir: str, *, active: bool = True):
     self.active = active
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._tb = Writer(os.path.join(workdir, "tensorboard")) if active else None
+    self._events = (EventFileWriter(os.path.join(workdir, "tensorboard"))
+                    if active else None)
+
+  def _write(self, step: int, values: list[summary_pb2.Summary.Value]
+             ) -> None:
+    if values:
+      event = event_pb2.Event(wall_time=time.time(), step=int(step),
+                              summary=summary_pb2.Summary(value=values))
+      self._events.add_event(event)
+    self._events.flush()
 
   def scalars(self, step: int, metrics: Mapping[str, float]) -> None:
+    """Writes the scalar metrics of `step` (non-finite: null / skipped)."""
     if not self.active:
       return
     flat = {k: _json_value(v) for k, v in metrics.items()
-            if np.ndim(v) == 0 and v is not None}
+            if v is not None and np.ndim(v) == 0}
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": int(step), **flat}) + "\n")
-    for tag, value in flat.items():
-      if value is not None:
-        self._tb.add_scalar(tag, value, int(step))
-    self._tb.flush()
+    self._write(step, [scalar_summary(tag, value)
+                       for tag, value in flat.items() if value is not None])
+
+  def histograms(self, step: int, arrays: Mapping[str, np.ndarray], *,
+                 bins: int = HISTOGRAM_BINS) -> None:
+    """Writes one histogram per `{tag: array}` (finite values only)."""
+    if not self.active:
+      return
+    self._write(step, [histogram_summary(tag, np.asarray(a), bins)
+                       for tag, a in arrays.items()])
+
+  def hparams(self, hparams: Mapping[str, Any], metric_tags: Sequence[str],
+              *, descriptions: Mapping[str, str] | None = None) -> None:
+    """Records the run's hyperparameters for TensorBoard's HParams tab.
+
+    Args:
+      hparams: flat `{dotted key: value}`; values that are not bool, number
+        or string are written as their text (see `flat_hparams`).
+      metric_tags: scalar tags shown as the table's metric columns.
+      descriptions: optional `{dotted key: meaning}`.
+    """
+    if not self.active:
+      return
+    values = {k: hparam_value(v) for k, v in hparams.items()}
+    self._write(0, hparams_summaries(values, metric_tags,
+                                     descriptions=descriptions,
+                                     start_time=time.time()))
 
   def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
+    if self._events is not None:
+      self._events.close()
+      self._events = None

@@ -1,0 +1,158 @@
+"""Query MAE against support-set size: what each extra rating buys a user.
+
+Every evaluation task's support set is cut to k = 1, 2, 4, 8, ... of its
+ratings (a seeded random choice, nested: the k ratings kept are among the
+2k kept at the next size) and evaluated again: the adapted model, the
+unadapted meta-parameters and the item-mean + user-bias baseline, on the
+same query ratings. At size k the tasks are those with at least k support
+ratings, the same users at every k up to the smallest support size of the
+scenario; the unadapted MAE (which ignores the support set) shows how much
+the population changes beyond that.
+
+Cutting the same users' support sets, rather than binning tasks by their
+natural support size, keeps the curve free of the difference between
+light and heavy raters; it measures the gain of an extra rating itself.
+The curve is written to `WORKDIR/eval/support_curve.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from metarec_jax import config_io
+from metarec_jax.data import hashing
+from metarec_jax.data.splits import TaskSet
+
+PyTree = Any
+log = logging.getLogger("metarec")
+FILENAME = os.path.join("eval", "support_curve.json")
+_HASH_STREAM = 5  # distinct from the streams the protocol split draws
+
+
+def sizes_for(tasks: TaskSet) -> tuple[int, ...]:
+  """k = 1, 2, 4, ... up to the largest support set of `tasks`."""
+  largest = int(tasks.support_sizes().max()) if len(tasks) else 0
+  out, k = [], 1
+  while k <= largest:
+    out.append(k)
+    k *= 2
+  return tuple(out)
+
+
+def truncate_support(tasks: TaskSet, k: int, *, seed: int) -> TaskSet:
+  """The tasks with at least `k` support ratings, each cut to `k` of them.
+
+  The support ratings kept are the `k` with the smallest hash of (seed,
+  user, item), so the cut is reproducible and nested across `k`; query
+  ratings are untouched, and rows keep their order.
+  """
+  tasks = tasks.subset(np.flatnonzero(tasks.support_sizes() >= k))
+  task = np.repeat(np.arange(len(tasks)), np.diff(tasks.offsets))
+  key = hashing.uniform(seed, tasks.users[task], tasks.items, _HASH_STREAM)
+  # Within each task: support rows first, in key order.
+  order = np.lexsort((key, tasks.is_query, task))
+  sorted_task = task[order]
+  rank = np.arange(len(order)) - np.searchsorted(sorted_task, sorted_task)
+  keep = np.zeros(len(task), bool)
+  keep[order] = tasks.is_query[order] | (rank < k)
+  counts = np.bincount(task[keep], minlength=len(tasks))
+  return TaskSet(users=tasks.users,
+                 offsets=np.concatenate([[0], np.cumsum(counts)]).astype(
+                     np.int64),
+                 items=tasks.items[keep], ratings=tasks.ratings[keep],
+                 is_query=tasks.is_query[keep])
+
+
+def curve(evaluator, meta_params: PyTree, tasks: TaskSet, *, seed: int,
+          sizes: Iterable[int] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> dict | None:
+  """The support curve of one scenario (None if `should_stop` said stop).
+
+  Args:
+    evaluator: an `eval.evaluate.Evaluator`.
+    meta_params: `{"model": ..., "inner": ...}`.
+    tasks: the scenario's tasks.
+    seed: the seed of the cut (the protocol's `eval.seed`).
+    sizes: the support sizes k (default `sizes_for(tasks)`).
+
+  Returns:
+    `{"k": [...], "tasks": [...], "mae": [...], "mae_unadapted": [...],
+    "item_mean_user_bias": [...]}`, one entry per k (MAE None where a
+    size has no query ratings).
+  """
+  out = {"k": [], "tasks": [], "mae": [], "mae_unadapted": [],
+         "item_mean_user_bias": []}
+  for k in (sizes_for(tasks) if sizes is None else sizes):
+    cut = truncate_support(tasks, int(k), seed=seed)
+    if not len(cut):
+      continue
+    p = evaluator.predictions(meta_params, cut, should_stop)
+    if p is None:
+      return None
+    m = evaluator.scenario_metrics(p, len(cut))
+    out["k"].append(int(k))
+    out["tasks"].append(len(cut))
+    out["mae"].append(m["mae"])
+    out["mae_unadapted"].append(m["mae_unadapted"])
+    out["item_mean_user_bias"].append(
+        m["baselines"]["item_mean_user_bias"]["mae"])
+  return out
+
+
+def evaluate(evaluator, meta_params: PyTree, tasksets: dict[str, TaskSet], *,
+             step: int, seed: int,
+             should_stop: Callable[[], bool] | None = None) -> dict | None:
+  """The support curves of several scenarios as the JSON record."""
+  scenarios = {}
+  for name, tasks in tasksets.items():
+    c = curve(evaluator, meta_params, tasks, seed=seed,
+              should_stop=should_stop)
+    if c is None:
+      return None
+    scenarios[name] = c
+  return {"step": int(step), "method": "support cut to k seeded random"
+          " ratings (nested); tasks with at least k support ratings",
+          "scenarios": scenarios}
+
+
+def write_record(workdir: str, record: dict) -> str:
+  """Writes `record` to `WORKDIR/eval/support_curve.json` atomically."""
+  path = os.path.join(workdir, FILENAME)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  config_io.atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+  return path
+
+
+def read(workdir: str) -> dict | None:
+  """The record `write_record` left in `workdir`, or None."""
+  path = os.path.join(workdir, FILENAME)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def evaluate_and_write(workdir: str, evaluator, meta_params: PyTree,
+                       tasksets: dict[str, TaskSet], *, step: int, seed: int,
+                       write: bool = True,
+                       should_stop: Callable[[], bool] | None = None
+                       ) -> str | None:
+  """`evaluate`, then `write_record` where `write` (process 0).
+
+  Every process must call it (the evaluation runs on the whole mesh).
+
+  Returns:
+    The path written, or None (not this process's job, or stopped).
+  """
+  record = evaluate(evaluator, meta_params, tasksets, step=step, seed=seed,
+                    should_stop=should_stop)
+  if record is None or not write:
+    return None
+  path = write_record(workdir, record)
+  log.info("wrote %s", path)
+  return path

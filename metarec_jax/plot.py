@@ -1,0 +1,164 @@
+"""`metarec plot`: PNG figures of a work directory, in `WORKDIR/plots/`.
+
+- `learning_curves.png`: from `metrics.jsonl`, the meta-training loss
+  after adaptation and the query loss before it, and the validation MAE
+  after and before adaptation, against the step.
+- `support_curve.png`: from `eval/support_curve.json` (written by the
+  final evaluation of `metarec train` and by `metarec eval`), the query MAE
+  against the number of support ratings, one panel per scenario: the
+  adapted model, the unadapted meta-parameters and the item-mean +
+  user-bias baseline.
+
+matplotlib is an optional dependency (`pip install 'metarec-jax[plot]'`),
+imported only here and only when plotting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from metarec_jax.errors import InputError
+from metarec_jax.eval import support_curve
+
+PLOTS = "plots"
+
+# (panel title, y label, ((tag, legend label), ...))
+LEARNING_PANELS = (
+    ("meta-training", "query loss (MSE)",
+     (("train/loss", "after adaptation (meta-loss)"),
+      ("train/query_loss_unadapted", "before adaptation"))),
+    ("validation", "query MAE",
+     (("val/mae", "after adaptation"),
+      ("val/mae_unadapted", "before adaptation"))),
+)
+SUPPORT_LINES = (("mae", "adapted"), ("mae_unadapted", "unadapted"),
+                 ("item_mean_user_bias", "item mean + user bias"))
+
+
+def read_metrics(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """`{tag: (steps, values)}` from a `metrics.jsonl`, sorted by step.
+
+  A step logged twice (a resumed run repeats the steps after its last
+  checkpoint) keeps its last value; nulls (non-finite values) are dropped.
+
+  Raises:
+    InputError: the file is missing or a line is not a JSON object.
+  """
+  if not os.path.exists(path):
+    raise InputError("no metrics.jsonl: not a metarec work directory, or"
+                     " training has not logged yet", path=path)
+  points: dict[str, dict[int, float]] = {}
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        step = int(record["step"])
+      except (ValueError, KeyError, TypeError):
+        raise InputError("not a JSON object with a step", path=path,
+                         line=number) from None
+      for tag, value in record.items():
+        if tag != "step" and isinstance(value, (int, float)):
+          points.setdefault(tag, {})[step] = float(value)
+  out = {}
+  for tag, by_step in points.items():
+    steps = np.array(sorted(by_step), np.int64)
+    out[tag] = (steps, np.array([by_step[s] for s in steps], np.float64))
+  return out
+
+
+def _figure_class():
+  try:
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise InputError("plotting needs matplotlib: pip install"
+                     " 'metarec-jax[plot]'") from None
+  return Figure
+
+
+def _save(fig, path: str) -> str:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  fig.savefig(tmp, format="png", dpi=110)
+  os.replace(tmp, path)
+  return path
+
+
+def plot_learning_curves(series: dict, path: str) -> str | None:
+  """Writes the learning curves of `read_metrics` output (None: nothing)."""
+  panels = [(title, ylabel, [(tag, label) for tag, label in lines
+                             if tag in series])
+            for title, ylabel, lines in LEARNING_PANELS]
+  panels = [p for p in panels if p[2]]
+  if not panels:
+    return None
+  fig = _figure_class()(figsize=(5.5 * len(panels), 4), layout="constrained")
+  for ax, (title, ylabel, lines) in zip(fig.subplots(1, len(panels),
+                                                     squeeze=False)[0],
+                                        panels):
+    for tag, label in lines:
+      steps, values = series[tag]
+      ax.plot(steps, values, marker="o" if len(steps) < 30 else None,
+              markersize=3, label=label)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  return _save(fig, path)
+
+
+def plot_support_curve(record: dict, path: str) -> str | None:
+  """Writes the support-size curves of a `support_curve` record."""
+  scenarios = {name: c for name, c in record.get("scenarios", {}).items()
+               if c.get("k")}
+  if not scenarios:
+    return None
+  fig = _figure_class()(figsize=(4.5 * len(scenarios), 4),
+                        layout="constrained")
+  axes = fig.subplots(1, len(scenarios), squeeze=False, sharey=True)[0]
+  for ax, (name, c) in zip(axes, scenarios.items()):
+    k = np.asarray(c["k"], np.float64)
+    for key, label in SUPPORT_LINES:
+      values = np.array([np.nan if v is None else v for v in c[key]],
+                        np.float64)
+      ax.plot(k, values, marker="o", markersize=4, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(k)
+    ax.set_xticklabels([f"{int(x)}\n({n})" for x, n in zip(k, c["tasks"])])
+    ax.set_title(name)
+    ax.set_xlabel("support ratings (tasks)")
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("query MAE")
+  axes[0].legend()
+  fig.suptitle(f"query MAE against support size, step {record.get('step')}")
+  return _save(fig, path)
+
+
+def plot_workdir(workdir: str) -> list[str]:
+  """Writes every figure the work directory has data for; returns paths.
+
+  Raises:
+    InputError: no `metrics.jsonl`, a malformed input file, or matplotlib
+      is not installed.
+  """
+  series = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  _figure_class()  # fail early, before any output, without matplotlib
+  out_dir = os.path.join(workdir, PLOTS)
+  os.makedirs(out_dir, exist_ok=True)
+  written = [plot_learning_curves(series,
+                                  os.path.join(out_dir, "learning_curves.png"))]
+  try:
+    record = support_curve.read(workdir)
+  except json.JSONDecodeError as e:
+    raise InputError(f"invalid JSON: {e.msg}",
+                     path=os.path.join(workdir, support_curve.FILENAME),
+                     line=e.lineno) from None
+  if record is not None:
+    written.append(plot_support_curve(
+        record, os.path.join(out_dir, "support_curve.png")))
+  return [p for p in written if p]

@@ -1,0 +1,113 @@
+"""Training progress on stderr: a rich bar on a terminal, log lines elsewhere.
+
+On a terminal the bar shows the step, the ETA, tasks/s and the latest
+losses; log records of the `metarec` logger are printed above it while it
+is shown. Anywhere else (CI, a log file, a pipe) a bar would be noise, so
+each log step is one plain log line instead:
+
+    step 200/1500  loss 0.8123  unadapted 0.9456  5120 tasks/s
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+from rich import progress as rich_progress
+from rich.console import Console
+from rich.file_proxy import FileProxy
+
+
+def _fmt(value: float | None, spec: str) -> str:
+  return "n/a" if value is None else format(value, spec)
+
+
+def describe(metrics: Mapping[str, float]) -> str:
+  """`loss 0.8123  unadapted 0.9456  5120 tasks/s` from the step metrics."""
+  loss = _fmt(metrics.get("train/loss"), ".4f")
+  unadapted = _fmt(metrics.get("train/query_loss_unadapted"), ".4f")
+  speed = _fmt(metrics.get("train/tasks_per_sec"), ".0f")
+  return f"loss {loss}  unadapted {unadapted}  {speed} tasks/s"
+
+
+class Progress:
+  """`start(total, initial)`, `advance(step, metrics)`, `close()`.
+
+  Args:
+    console: where the bar goes (default: stderr).
+    bar: allow a bar (False: log lines even on a terminal, e.g. in the
+      processes other than the first of a multi-process run). The bar is
+      shown iff allowed and `console` is a terminal.
+    log: the logger of the plain lines and the one whose records are
+      routed above the bar.
+  """
+
+  def __init__(self, *, console: Console | None = None,
+               bar: bool = True,
+               log: logging.Logger | None = None):
+    self.console = console or Console(stderr=True)
+    self.log = log or logging.getLogger("metarec")
+    self.plain = (not bar or not self.console.is_terminal
+                  or self.console.is_dumb_terminal)
+    self.total = 0
+    self._bar: rich_progress.Progress | None = None
+    self._task = None
+    self._swapped: list[tuple[logging.StreamHandler, object]] = []
+
+  @property
+  def uses_bar(self) -> bool:
+    return not self.plain
+
+  def start(self, total: int, initial: int = 0) -> None:
+    """Shows progress towards step `total`, starting at step `initial`."""
+    self.total = int(total)
+    if self.plain:
+      return
+    self._bar = rich_progress.Progress(
+        rich_progress.TextColumn("step {task.completed}/{task.total}"),
+        rich_progress.BarColumn(),
+        rich_progress.TextColumn("ETA"),
+        rich_progress.TimeRemainingColumn(),
+        rich_progress.TextColumn("{task.fields[stats]}"),
+        console=self.console, transient=False)
+    self._task = self._bar.add_task("train", total=self.total,
+                                    completed=int(initial), stats="")
+    self._route_logs()
+    self._bar.start()
+
+  def advance(self, step: int, metrics: Mapping[str, float] | None = None
+              ) -> None:
+    """Step `step` is done; `metrics` (on log steps) are its host values."""
+    if self.plain:
+      if metrics is not None:
+        self.log.info("step %d/%d  %s", step, self.total, describe(metrics))
+      return
+    fields = {} if metrics is None else {"stats": describe(metrics)}
+    self._bar.update(self._task, completed=int(step), **fields)
+
+  def close(self) -> None:
+    """Stops the bar (it stays on screen) and restores the log handlers."""
+    if self._bar is not None:
+      self._bar.stop()
+      self._bar = None
+    for handler, stream in self._swapped:
+      handler.setStream(stream)
+    self._swapped = []
+
+  def _route_logs(self) -> None:
+    # A log record written straight to the terminal would tear the live
+    # bar; rich's FileProxy prints whole lines above it instead.
+    target = self.console.file
+    for handler in self.log.handlers:
+      if (isinstance(handler, logging.StreamHandler)
+          and not isinstance(handler, logging.FileHandler)
+          and handler.stream is target):
+        proxy = FileProxy(self.console, handler.stream)
+        self._swapped.append((handler, handler.setStream(proxy)))
+
+  def __enter__(self) -> "Progress":
+    return self
+
+  def __exit__(self, *exc) -> bool:
+    self.close()
+    return False

@@ -1,0 +1,71 @@
+"""What the loop reports about the meta-parameters themselves.
+
+The meta-step's own metrics (losses, norms, the outer learning rate) come
+from the jitted step; this module adds, on the host and only on log steps,
+the learned inner-loop rates (Meta-SGD: one per element, MAML++: one per
+inner step and leaf) as per-leaf scalars, and histograms of every model
+parameter and learned rate. Tags:
+
+    inner_lr/<leaf path>              mean learned inner rate of the leaf
+    inner_lr/<leaf path>/step_<i>     MAML++: the rate of inner step i
+    inner_lr_hist/<leaf path>         histogram of the leaf's learned rates
+    params/<leaf path>                histogram of a model parameter
+
+A tag is either a scalar or a histogram, never both: TensorBoard keeps the
+first summary kind it sees under a tag.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from metarec_jax.meta import paths
+
+PyTree = Any
+
+# The HParams table's metric columns: what a hyperparameter search compares.
+HPARAM_METRICS = ("val/mae", "val/mae_unadapted", "val/rmse", "val/ndcg@3",
+                  "train/loss", "train/query_loss_unadapted",
+                  "train/tasks_per_sec")
+
+
+def _leaves_to_host(tree: PyTree | None) -> dict[str, np.ndarray]:
+  if not tree:
+    return {}
+  values = jax.device_get(jax.tree.leaves(tree))
+  return {p: np.asarray(v) for p, v in zip(paths.leaf_paths(tree), values)}
+
+
+def inner_rate_scalars(inner: PyTree | None, *,
+                       per_step: bool) -> dict[str, float]:
+  """Scalars of the learned inner rates (empty when nothing is learned).
+
+  Args:
+    inner: `meta_params["inner"]` (None for MAML, Reptile).
+    per_step: the rates are one per inner step (MAML++): also report each
+      step's rate, the thing MAML++ learns.
+  """
+  out = {}
+  for path, rates in _leaves_to_host(inner).items():
+    out[f"inner_lr/{path}"] = float(rates.mean())
+    if per_step:
+      for i, rate in enumerate(rates.ravel()):
+        out[f"inner_lr/{path}/step_{i}"] = float(rate)
+  return out
+
+
+def parameter_histograms(meta_params: PyTree) -> dict[str, np.ndarray]:
+  """`{tag: values}` of every model parameter and learned inner rate."""
+  out = {f"params/{p}": v
+         for p, v in _leaves_to_host(meta_params["model"]).items()}
+  out.update({f"inner_lr_hist/{p}": v
+              for p, v in _leaves_to_host(meta_params.get("inner")).items()})
+  return out
+
+
+def histograms_due(step: int, *, every: int, num_steps: int) -> bool:
+  """Whether `step` writes histograms (`every` <= 0: never)."""
+  return every > 0 and (step % every == 0 or step == num_steps)

@@ -1,0 +1,71 @@
+"""`metarec plot`: learning and support-size curves as PNG files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from metarec_jax import plot
+from metarec_jax.errors import InputError
+from conftest import ROOT
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def metarec(*args, prelude="pass"):
+  code = (f"import sys; {prelude}; from metarec_jax.cli import main;"
+          " sys.exit(main(sys.argv[1:]))")
+  return subprocess.run([sys.executable, "-c", code, *args],
+                        capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_plot_draws_both_figures_of_a_finished_run(tiny_metasgd_run):
+  pytest.importorskip("matplotlib")
+  out = metarec("plot", f"--workdir={tiny_metasgd_run}")
+  assert out.returncode == 0, out.stderr
+  written = json.loads(out.stdout.strip().splitlines()[-1])["plots"]
+  plots = os.path.join(tiny_metasgd_run, "plots")
+  assert written == [os.path.join(plots, "learning_curves.png"),
+                     os.path.join(plots, "support_curve.png")]
+  for path in written:
+    with open(path, "rb") as f:
+      data = f.read()
+    assert data.startswith(PNG) and len(data) > 5000, path
+  assert sorted(os.listdir(plots)) == ["learning_curves.png",
+                                       "support_curve.png"]  # no temp files
+
+
+def test_without_matplotlib_plot_says_how_to_install_it(tiny_metasgd_run):
+  out = metarec("plot", f"--workdir={tiny_metasgd_run}",
+                prelude="sys.modules['matplotlib'] = None")
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [
+      "metarec plot: error: plotting needs matplotlib: pip install"
+      " 'metarec-jax[plot]'"]
+
+
+def test_plot_of_a_directory_without_metrics_is_an_input_error(tmp_path):
+  out = metarec("plot", f"--workdir={tmp_path}")
+  assert out.returncode == 2
+  assert "no metrics.jsonl" in out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_read_metrics_keeps_the_last_value_of_a_repeated_step(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text(
+      '{"step": 2, "train/loss": 3.0}\n'
+      '{"step": 4, "train/loss": 2.0, "val/mae": null}\n'
+      '{"step": 2, "train/loss": 2.5}\n'  # a resumed run repeats step 2
+      '{"step": 4, "val/mae": 0.9}\n\n')
+  series = plot.read_metrics(str(path))
+  np.testing.assert_array_equal(series["train/loss"][0], [2, 4])
+  np.testing.assert_array_equal(series["train/loss"][1], [2.5, 2.0])
+  np.testing.assert_array_equal(series["val/mae"][0], [4])
+  path.write_text('{"step": 2}\nnot json\n')
+  with pytest.raises(InputError) as e:
+    plot.read_metrics(str(path))
+  assert e.value.line == 2

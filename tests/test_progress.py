@@ -1,0 +1,68 @@
+"""Progress: a rich bar on a terminal, plain log lines elsewhere."""
+
+import io
+import logging
+
+from rich.console import Console
+
+from metarec_jax.train import progress as progress_lib
+
+METRICS = {"train/loss": 0.5, "train/query_loss_unadapted": 0.75,
+           "train/tasks_per_sec": 1234.4}
+
+
+def make_logger(name, stream):
+  logger = logging.getLogger(name)
+  handler = logging.StreamHandler(stream)
+  handler.setFormatter(logging.Formatter("%(message)s"))
+  logger.handlers[:] = [handler]
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+  return logger, handler
+
+
+def test_not_a_terminal_logs_plain_lines_on_log_steps_only():
+  out = io.StringIO()
+  console = Console(file=out)  # a StringIO is not a terminal
+  logger, _ = make_logger("metarec.test.plain", out)
+  p = progress_lib.Progress(console=console, log=logger)
+  assert not p.uses_bar
+  p.start(10, 2)
+  p.advance(3)
+  p.advance(4, METRICS)
+  p.advance(5)
+  p.close()
+  assert out.getvalue().splitlines() == [
+      "step 4/10  loss 0.5000  unadapted 0.7500  1234 tasks/s"]
+
+
+def test_terminal_renders_the_bar_and_keeps_log_records():
+  out = io.StringIO()
+  console = Console(file=out, force_terminal=True, width=120)
+  logger, handler = make_logger("metarec.test.bar", out)
+  p = progress_lib.Progress(console=console, log=logger)
+  assert p.uses_bar
+  p.start(10, 2)
+  p.advance(3)
+  logger.info("validation MAE 0.8")  # printed above the live bar
+  p.advance(10, METRICS)
+  p.close()
+  text = out.getvalue()
+  assert "step 10/10" in text and "ETA" in text
+  assert "loss 0.5000" in text and "unadapted 0.7500" in text
+  assert "1234 tasks/s" in text
+  assert "validation MAE 0.8" in text
+  assert handler.stream is out  # the log handler is restored after close
+  logger.info("after")
+  assert out.getvalue().endswith("after\n")
+
+
+def test_bar_can_be_refused_on_a_terminal():
+  out = io.StringIO()
+  console = Console(file=out, force_terminal=True)
+  logger, _ = make_logger("metarec.test.refused", out)
+  p = progress_lib.Progress(console=console, log=logger, bar=False)
+  p.start(4)
+  p.advance(4, {"train/loss": 1.0})
+  p.close()
+  assert out.getvalue() == "step 4/4  loss 1.0000  unadapted n/a  n/a tasks/s\n"

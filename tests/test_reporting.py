@@ -1,0 +1,232 @@
+"""TensorBoard output, read back with TensorBoard's own reader."""
+
+import json
+import math
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import plugin_event_accumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.util import tensor_util
+
+from metarec_jax import config_io, config_reference
+from metarec_jax.meta import paths
+from metarec_jax.train import reporting, telemetry
+from metarec_jax.train import state as state_lib
+from conftest import config_path
+
+
+def load_events(workdir):
+  acc = plugin_event_accumulator.EventAccumulator(
+      os.path.join(workdir, "tensorboard"),
+      size_guidance={plugin_event_accumulator.TENSORS: 0})
+  acc.Reload()
+  return acc
+
+
+def series(acc, tag):
+  return {e.step: tensor_util.make_ndarray(e.tensor_proto)
+          for e in acc.Tensors(tag)}
+
+
+def trained_params(workdir):
+  """Leaf paths of the run's model parameters and learned inner rates."""
+  from metarec_jax import experiment  # pylint: disable=g-import-not-at-top
+  from metarec_jax.train import optim  # pylint: disable=g-import-not-at-top
+  config = config_io.read_workdir_config(workdir)
+  exp = experiment.build(config, workdir)
+  shapes = jax.eval_shape(
+      lambda rng: state_lib.create(exp.model, exp.meta_config,
+                                   optim.outer_optimizer(config.train), rng),
+      jax.random.PRNGKey(0)).params
+  model = dict(zip(paths.leaf_paths(shapes["model"]),
+                   jax.tree.leaves(shapes["model"])))
+  inner = dict(zip(paths.leaf_paths(shapes["inner"]),
+                   jax.tree.leaves(shapes["inner"])))
+  return model, inner
+
+
+def test_every_training_tag_is_written_and_finite(tiny_metasgd_run):
+  acc = load_events(tiny_metasgd_run)
+  scalars = set(acc.PluginTagToContent("scalars"))
+  _, inner = trained_params(tiny_metasgd_run)
+  assert inner, "Meta-SGD learns inner rates"
+  wanted = ["train/loss", "train/query_loss_unadapted", "train/grad_norm",
+            "train/param_norm", "train/lr", "train/tasks_per_sec",
+            "val/mae", "val/mae_unadapted", "val/rmse", "val/ndcg@1",
+            "val/ndcg@3"] + [f"inner_lr/{p}" for p in inner]
+  for tag in wanted:
+    assert tag in scalars, tag
+    values = series(acc, tag)
+    assert values, tag
+    assert all(np.isfinite(v).all() for v in values.values()), tag
+  assert sorted(series(acc, "train/loss")) == [2, 4, 6]  # log.every_steps=2
+  assert sorted(series(acc, "val/mae")) == [3, 6]  # eval_every_steps=3
+  # The learned rates start at meta.inner_lr and move with training.
+  rates = [float(series(acc, f"inner_lr/{p}")[6]) for p in inner]
+  assert all(0 < r < 1 for r in rates)
+  assert any(r != pytest.approx(0.1, abs=1e-7) for r in rates)
+
+
+def test_histograms_of_parameters_and_inner_rates(tiny_metasgd_run):
+  acc = load_events(tiny_metasgd_run)
+  histograms = set(acc.PluginTagToContent("histograms"))
+  model, inner = trained_params(tiny_metasgd_run)
+  expected = ({f"params/{p}" for p in model}
+              | {f"inner_lr_hist/{p}" for p in inner})
+  assert histograms == expected
+  for tag in expected:
+    shape = (model.get(tag[len("params/"):])
+             or inner[tag[len("inner_lr_hist/"):]]).shape
+    by_step = series(acc, tag)
+    assert sorted(by_step) == [4, 6]  # log.histogram_every_steps=4 and last
+    buckets = by_step[6]
+    assert buckets.shape == (reporting.HISTOGRAM_BINS, 3)
+    assert np.isfinite(buckets).all()
+    assert buckets[:, 2].sum() == int(np.prod(shape))  # every element counted
+  # A scalar tag is never also a histogram tag (TensorBoard keeps one kind).
+  assert not histograms & set(acc.PluginTagToContent("scalars"))
+
+
+def test_hparams_hold_the_flat_config_and_metric_columns(tiny_metasgd_run):
+  acc = load_events(tiny_metasgd_run)
+  content = acc.PluginTagToContent("hparams")
+  session = hparams_metadata.parse_session_start_info_plugin_data(
+      content[hparams_metadata.SESSION_START_INFO_TAG])
+  experiment = hparams_metadata.parse_experiment_plugin_data(
+      content[hparams_metadata.EXPERIMENT_TAG])
+  hp = session.hparams
+  config = config_io.read_workdir_config(tiny_metasgd_run)
+  assert set(hp) == set(config_io.all_keys(config))
+  assert hp["meta.algorithm"].string_value == "metasgd"
+  assert hp["train.num_steps"].number_value == 6
+  assert hp["meta.second_order"].bool_value is True
+  assert hp["data.buckets"].string_value == "(8, 16)"
+  assert hp["data.list_pad.genre"].number_value == 4
+  metric_tags = [m.name.tag for m in experiment.metric_infos]
+  assert metric_tags == list(telemetry.HPARAM_METRICS)
+  infos = {i.name: i for i in experiment.hparam_infos}
+  assert set(infos) == set(hp)
+  assert (infos["meta.inner_lr"].description
+          == config_reference.MEANINGS["meta.inner_lr"])
+  assert "tensorflow" not in sys.modules
+
+
+def test_metrics_jsonl_has_the_inner_rates(tiny_metasgd_run):
+  _, inner = trained_params(tiny_metasgd_run)
+  with open(os.path.join(tiny_metasgd_run, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  last_train = [r for r in records if "train/loss" in r][-1]
+  assert last_train["step"] == 6
+  for p in inner:
+    assert math.isfinite(last_train[f"inner_lr/{p}"])
+
+
+def test_histogram_buckets():
+  b = reporting.histogram_buckets(np.array([0.0, 1.0, 1.0, np.nan, np.inf]),
+                                  bins=4)
+  assert b.shape == (4, 3)
+  np.testing.assert_allclose(b[:, 0], [0, 0.25, 0.5, 0.75])
+  np.testing.assert_allclose(b[:, 1], [0.25, 0.5, 0.75, 1.0])
+  np.testing.assert_array_equal(b[:, 2], [1, 0, 0, 2])  # non-finite dropped
+  spike = reporting.histogram_buckets(np.full(7, 0.1), bins=3)
+  np.testing.assert_array_equal(spike, [[0.1, 0.1, 0], [0.1, 0.1, 0],
+                                        [0.1, 0.1, 7]])
+  assert not reporting.histogram_buckets(np.array([np.nan]), bins=2).any()
+
+
+def test_reporter_round_trip(tmp_path):
+  reporter = reporting.Reporter(str(tmp_path))
+  reporter.hparams({"a.b": (1, 2), "c": "x", "d": True, "e": 3},
+                   ["loss"])
+  reporter.scalars(1, {"loss": 0.5, "bad": float("nan")})
+  reporter.histograms(1, {"w": np.arange(10.0)})
+  reporter.close()
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert json.loads(f.read()) == {"step": 1, "loss": 0.5, "bad": None}
+  acc = load_events(str(tmp_path))
+  assert set(acc.PluginTagToContent("scalars")) == {"loss"}  # NaN skipped
+  assert float(series(acc, "loss")[1]) == 0.5
+  assert series(acc, "w")[1][:, 2].sum() == 10
+  session = hparams_metadata.parse_session_start_info_plugin_data(
+      acc.PluginTagToContent("hparams")[
+          hparams_metadata.SESSION_START_INFO_TAG])
+  assert session.hparams["a.b"].string_value == "(1, 2)"
+  assert session.hparams["c"].string_value == "x"
+  assert session.hparams["d"].bool_value is True
+  assert session.hparams["e"].number_value == 3
+
+
+def test_inactive_reporter_writes_nothing(tmp_path):
+  reporter = reporting.Reporter(str(tmp_path), active=False)
+  reporter.hparams({"a": 1}, ["loss"])
+  reporter.scalars(1, {"loss": 0.5})
+  reporter.histograms(1, {"w": np.ones(3)})
+  reporter.close()
+  assert not os.listdir(tmp_path)
+
+
+def test_flat_hparams_of_a_config():
+  config = config_io.load_config_file(config_path("tiny"))
+  flat = reporting.flat_hparams(config)
+  assert set(flat) == set(config_io.all_keys(config))
+  assert flat["model.hidden"] == "(16, 16)"
+  assert flat["model.features"] == "()"
+  # to_dict turns tuples into lists; they read the same.
+  assert reporting.flat_hparams(config_io.to_dict(config)) == flat
+
+
+def test_inner_rate_scalars_per_leaf_and_per_step():
+  inner = {"decision": {"fc1": {"kernel": np.array([[0.1, 0.3]]),
+                                "bias": np.array([0.2, 0.2])}}}
+  assert telemetry.inner_rate_scalars(inner, per_step=False) == {
+      "inner_lr/decision/fc1/bias": pytest.approx(0.2),
+      "inner_lr/decision/fc1/kernel": pytest.approx(0.2)}
+  steps = {"out": {"kernel": np.array([0.1, 0.05, 0.02])}}  # MAML++
+  assert telemetry.inner_rate_scalars(steps, per_step=True) == {
+      "inner_lr/out/kernel": pytest.approx(0.17 / 3),
+      "inner_lr/out/kernel/step_0": pytest.approx(0.1),
+      "inner_lr/out/kernel/step_1": pytest.approx(0.05),
+      "inner_lr/out/kernel/step_2": pytest.approx(0.02)}
+  assert telemetry.inner_rate_scalars(None, per_step=False) == {}
+
+
+def test_histograms_due():
+  due = [s for s in range(1, 13)
+         if telemetry.histograms_due(s, every=5, num_steps=12)]
+  assert due == [5, 10, 12]
+  assert not any(telemetry.histograms_due(s, every=0, num_steps=12)
+                 for s in range(1, 13))
+
+
+def test_tensorboards_hparams_tab_lists_the_run_with_its_metrics(
+    tiny_metasgd_run):
+  # What the HParams dashboard asks the plugin's backend for.
+  from tensorboard import context  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import data_provider  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import plugin_event_multiplexer  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins import base_plugin  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.hparams import api_pb2, backend_context  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.hparams import list_session_groups  # pylint: disable=g-import-not-at-top
+  logdir = os.path.join(tiny_metasgd_run, "tensorboard")
+  mux = plugin_event_multiplexer.EventMultiplexer()
+  mux.AddRunsFromDirectory(logdir)
+  mux.Reload()
+  backend = backend_context.Context(base_plugin.TBContext(
+      data_provider=data_provider.MultiplexerDataProvider(mux, logdir),
+      logdir=logdir))
+  request = api_pb2.ListSessionGroupsRequest(
+      allowed_statuses=[api_pb2.STATUS_UNKNOWN], start_index=0,
+      slice_size=10)
+  groups = list_session_groups.Handler(context.RequestContext(), backend, "",
+                                       request).run().session_groups
+  assert len(groups) == 1
+  assert groups[0].hparams["meta.algorithm"].string_value == "metasgd"
+  metrics = {m.name.tag: m.value for m in groups[0].metric_values}
+  assert set(metrics) == set(telemetry.HPARAM_METRICS)
+  with open(os.path.join(tiny_metasgd_run, "metrics.jsonl")) as f:
+    last_val = [json.loads(l) for l in f if '"val/mae"' in l][-1]
+  assert metrics["val/mae"] == pytest.approx(last_val["val/mae"])

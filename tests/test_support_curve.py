@@ -1,0 +1,85 @@
+"""Query MAE against support size: the cut of support sets and the record."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from metarec_jax.data.splits import TaskSet
+from metarec_jax.eval import support_curve
+
+
+def tasks_with(support_sizes, query=2):
+  """Tasks whose support rows come first, then `query` query rows."""
+  users, offsets, items, ratings, is_query = [], [0], [], [], []
+  for t, n in enumerate(support_sizes):
+    users.append(10 + t)
+    items += list(range(100 * t, 100 * t + n + query))
+    ratings += [float(1 + i % 5) for i in range(n + query)]
+    is_query += [False] * n + [True] * query
+    offsets.append(offsets[-1] + n + query)
+  return TaskSet(np.array(users, np.int32), np.array(offsets, np.int64),
+                 np.array(items, np.int32), np.array(ratings, np.float32),
+                 np.array(is_query))
+
+
+def rows(tasks, i):
+  lo, hi = tasks.offsets[i], tasks.offsets[i + 1]
+  return (tasks.items[lo:hi], tasks.ratings[lo:hi], tasks.is_query[lo:hi])
+
+
+def test_cut_keeps_k_support_ratings_and_every_query_rating():
+  tasks = tasks_with([3, 5, 9])
+  cut = support_curve.truncate_support(tasks, 4, seed=0)
+  np.testing.assert_array_equal(cut.users, [11, 12])  # support >= 4 only
+  np.testing.assert_array_equal(cut.support_sizes(), [4, 4])
+  for new, old in ((0, 1), (1, 2)):
+    items, ratings, is_query = rows(cut, new)
+    o_items, o_ratings, o_query = rows(tasks, old)
+    np.testing.assert_array_equal(items[is_query], o_items[o_query])
+    assert set(items[~is_query]) <= set(o_items[~o_query])
+    rating_of = dict(zip(o_items, o_ratings))
+    assert all(rating_of[i] == r for i, r in zip(items, ratings))
+
+
+def test_cuts_are_nested_seeded_and_random():
+  tasks = tasks_with([40] * 6)
+  def support(k, seed):
+    cut = support_curve.truncate_support(tasks, k, seed=seed)
+    return [set(rows(cut, i)[0][~rows(cut, i)[2]]) for i in range(len(cut))]
+  for small, big in zip(support(4, 0), support(8, 0)):
+    assert small < big
+  assert support(8, 0) == support(8, 0)
+  assert support(8, 0) != support(8, 1)
+  # Not simply the first ratings in item order.
+  firsts = [set(rows(tasks, i)[0][:8]) for i in range(len(tasks))]
+  assert support(8, 0) != firsts
+
+
+def test_sizes_are_powers_of_two_up_to_the_largest_support():
+  assert support_curve.sizes_for(tasks_with([3, 9])) == (1, 2, 4, 8)
+  assert support_curve.sizes_for(tasks_with([16])) == (1, 2, 4, 8, 16)
+  assert support_curve.sizes_for(tasks_with([])) == ()
+  assert not len(support_curve.truncate_support(tasks_with([3]), 4, seed=0))
+
+
+def test_training_writes_the_validation_curve(tiny_metasgd_run):
+  path = os.path.join(tiny_metasgd_run, "eval", "support_curve.json")
+  with open(path) as f:
+    record = json.load(f)
+  assert record["step"] == 6
+  assert list(record["scenarios"]) == ["val"]
+  c = record["scenarios"]["val"]
+  assert c["k"][:3] == [1, 2, 4]
+  assert c["tasks"] == sorted(c["tasks"], reverse=True)
+  for key in ("mae", "mae_unadapted", "item_mean_user_bias"):
+    assert len(c[key]) == len(c["k"])
+    assert all(0 < v < 5 for v in c[key]), key
+  # The unadapted model ignores the support set: at k=1 and k=2 the tasks
+  # are the same (every task has >= 3 support ratings), so is its MAE.
+  assert c["tasks"][0] == c["tasks"][1]
+  assert c["mae_unadapted"][0] == pytest.approx(c["mae_unadapted"][1])
+  # The adapted model and the baseline's user bias see the cut support.
+  assert c["mae"][0] != c["mae"][1]
+  assert c["item_mean_user_bias"][0] != c["item_mean_user_bias"][1]

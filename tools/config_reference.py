@@ -1,0 +1,49 @@
+"""Prints the markdown table of every config key (the README's reference).
+
+    python tools/config_reference.py            # print the table
+    python tools/config_reference.py --write    # update README.md in place
+
+The keys and defaults come from `configs/default.py`, the meanings from
+`metarec_jax/config_reference.py` (`MEANINGS`); a key without a meaning is
+an error (status 1) that names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from metarec_jax import config_io, config_reference  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--write", action="store_true",
+                      help="replace the table between the README's markers")
+  parser.add_argument("--readme", default=os.path.join(ROOT, "README.md"))
+  args = parser.parse_args(argv)
+  config = config_io.load_config_file(
+      os.path.join(ROOT, "configs", "default.py"))
+  problems = config_reference.check(config)
+  if problems:
+    for problem in problems:
+      print(f"config_reference: {problem}", file=sys.stderr)
+    return 1
+  table = config_reference.markdown_table(config)
+  if not args.write:
+    print(table)
+    return 0
+  with open(args.readme) as f:
+    text = f.read()
+  config_io.atomic_write_text(args.readme,
+                              config_reference.replace_section(text, table))
+  print(f"updated {args.readme}", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
