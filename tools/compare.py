@@ -53,6 +53,7 @@ import time
 from typing import Any, Sequence
 
 from absl import flags
+from absl import logging as absl_logging
 
 from metarec_jax import config_io
 from metarec_jax.errors import InputError
@@ -419,7 +420,6 @@ def _configure_logging() -> None:
   log.handlers[:] = [handler]
   log.setLevel(logging.INFO)
   log.propagate = False
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)
 
 
