@@ -21,10 +21,12 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "melu"
+  c.model.name = "melu"  # or "idemb" (item IDs + a meta-learned user vector)
   c.model.features = ()  # feature fields the model reads; () = all
   c.model.embed_dim = 32
-  c.model.hidden = (64, 64)  # decision MLP widths (then one output unit)
+  c.model.hidden = (64, 64)  # MLP widths: melu decision, idemb "mlp"
+  c.model.interaction = "dot"  # idemb: "dot" (+ biases) or "mlp"
+  c.model.item_features = True  # idemb: item features beside item IDs
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "synthetic"
@@ -72,11 +74,14 @@ def get_config() -> ml_collections.ConfigDict:
   })
 
   c.meta = ml_collections.ConfigDict()
+  # maml, fomaml, reptile, metasgd, mamlpp, or pretrain (no meta-learning:
+  # plain training, then per-user fine-tuning with the same inner loop)
   c.meta.algorithm = "maml"
   c.meta.inner_steps = 3
   c.meta.inner_lr = 0.1
   c.meta.second_order = True
-  c.meta.adapt = ()  # () = the model's default (MeLU: the decision MLP)
+  c.meta.adapt = ()  # () = the model's default (melu: the decision MLP;
+  #                     idemb: the user embedding and bias)
   c.meta.inner_optimizer = "sgd"
   c.meta.remat = False
   c.meta.dual_form = True

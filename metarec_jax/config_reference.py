@@ -24,7 +24,14 @@ END = "<!-- config-reference:end -->"
 
 MEANINGS: dict[str, str] = {
     # model
-    "model.name": "Model family: `melu`.",
+    "model.name": "Model family: `melu` (feature embeddings + decision MLP)"
+                  " or `idemb` (item ID embeddings and one meta-learned user"
+                  " embedding).",
+    "model.interaction": "`idemb` only: `dot` (user . item + biases) or `mlp`"
+                         " (an MLP of `model.hidden` on both embeddings).",
+    "model.item_features": "`idemb` only: add the item's feature embeddings"
+                           " to its ID embedding, so new items are not"
+                           " blind.",
     "model.features": "Feature fields the model reads (names of the data's"
                       " schema); `()` = all of them.",
     "model.embed_dim": "Width of every feature embedding.",
@@ -99,11 +106,14 @@ MEANINGS: dict[str, str] = {
     "data.generic.new_item_year": "Generic data: 0 = `new_item_col` is 0/1;"
                                   " else a year, the item is new if >= it.",
     "data.generic.id_features": "Generic data: also use the user and item ids"
-                                " as categorical features.",
+                                " as categorical features (`user_key`,"
+                                " `item_key`).",
     # meta
     "meta.algorithm": "`maml`, `fomaml` (first-order MAML), `reptile`,"
-                      " `metasgd` (learned per-element inner rates) or"
-                      " `mamlpp` (learned per-step, per-leaf inner rates).",
+                      " `metasgd` (learned per-element inner rates), `mamlpp`"
+                      " (learned per-step, per-leaf inner rates) or"
+                      " `pretrain` (no meta-learning: joint training,"
+                      " fine-tuned per user at evaluation).",
     "meta.inner_steps": "Inner-loop gradient steps on the support set.",
     "meta.inner_lr": "Inner learning rate (the initial value of the learned"
                      " rates of `metasgd` and `mamlpp`).",

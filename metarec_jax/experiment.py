@@ -79,7 +79,9 @@ def build(config, workdir: str | os.PathLike, *,
   store = prepare.ensure_store(config.data, workdir, log=log)
   split = splits.split(store, protocol_spec(config))
   try:
-    tables = FeatureTables.from_store(store, tuple(config.model.features))
+    tables = FeatureTables.from_store(
+        store, tuple(config.model.features),
+        item_id=models.needs_item_id(config.model))
   except ValueError as e:
     raise InputError(str(e)) from None
   try:

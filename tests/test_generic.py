@@ -118,8 +118,8 @@ def test_id_features_and_configuration_errors(shop, tmp_path):
                                 id_features=True), tmp_path / "c")
   prepare.prepare(data_config(shop, id_features=True), tmp_path / "d")
   s = store_lib.open_store(tmp_path / "d")
-  assert [f.name for f in s.features] == ["user_id", "item_id"]
-  assert s.vocab("item_id")[1:] == ["ink", "mug", "pen"]
+  assert [f.name for f in s.features] == ["user_key", "item_key"]
+  assert s.vocab("item_key")[1:] == ["ink", "mug", "pen"]
   assert not os.path.exists(tmp_path / "a")  # failed builds leave nothing
 
 
@@ -172,7 +172,7 @@ def test_melu_trains_on_string_ids(tmp_path):
   exp = experiment.build(config, str(tmp_path / "work"))
   assert exp.store.rating_range == (1.0, 10.0)
   assert exp.store.item_new.sum() == 10
-  assert {f.name for f in exp.tables.specs} == {"tags", "user_id", "item_id"}
+  assert {f.name for f in exp.tables.specs} == {"tags", "user_key", "item_key"}
   sampler = TrainSampler(exp.split, exp.tables, exp.store.items,
                          exp.store.ratings, exp.sampler_spec())
   batch = jax.tree.map(lambda a: a[0], sampler.batch(0))

@@ -241,7 +241,7 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
   feats = _features(spec, tables.values(), index_of, sizes, list_pad or {})
   if spec.id_features:
     for side in ("user", "item"):
-      feats.append(features.categorical(f"{side}_id", side,
+      feats.append(features.categorical(f"{side}_key", side,
                                         ids[side].astype(str)))
   if not feats:
     raise InputError("the generic data has no feature fields: name feature"

@@ -49,6 +49,19 @@ class FeatureSpec:
     return cls(**d)
 
 
+ITEM_ID = "item_id"
+
+
+def item_id_spec(num_items: int) -> FeatureSpec:
+  """The virtual feature `item_id`: item index + 1 (0 is padding).
+
+  Not stored (it is the item index itself); `FeatureTables` provides it to
+  models that learn one embedding per item (`idemb`).
+  """
+  return FeatureSpec(name=ITEM_ID, side="item", kind="categorical",
+                     vocab=int(num_items) + 1)
+
+
 def select(specs: Iterable[FeatureSpec],
            names: Iterable[str] | None) -> tuple[FeatureSpec, ...]:
   """The specs named in `names` (all of them when `names` is empty)."""

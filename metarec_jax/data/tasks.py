@@ -14,28 +14,51 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from metarec_jax.data.schema import FeatureSpec, select
+from metarec_jax.data.schema import (ITEM_ID, FeatureSpec, item_id_spec,
+                                      select)
 from metarec_jax.data.splits import TaskSet, _ragged_arange
 from metarec_jax.data.store import TaskStore
 
 
 @dataclasses.dataclass
 class FeatureTables:
-  """The feature index tables of the fields a model reads, held in memory."""
+  """The feature index tables of the fields a model reads, held in memory.
+
+  Besides the store's fields it can provide the virtual categorical field
+  `item_id` (item index + 1, 0 on padded rows; see `schema.item_id_spec`)
+  for models that learn one embedding per item.
+  """
 
   specs: tuple[FeatureSpec, ...]
   user: dict[str, np.ndarray]
   item: dict[str, np.ndarray]
 
   @classmethod
-  def from_store(cls, store: TaskStore,
-                 names: tuple[str, ...] = ()) -> "FeatureTables":
-    specs = select(store.features, names)
+  def from_store(cls, store: TaskStore, names: tuple[str, ...] = (), *,
+                 item_id: bool = False) -> "FeatureTables":
+    """The tables of the fields `names` (all stored fields when empty).
+
+    Args:
+      store: the task store.
+      names: field names; `item_id` may be among them.
+      item_id: also provide `item_id` (whether or not `names` has it).
+    """
+    names = tuple(names)
+    stored = tuple(n for n in names if n != ITEM_ID)
+    if ITEM_ID in {s.name for s in store.features}:
+      raise ValueError(f"the store has a feature named {ITEM_ID!r}, which is"
+                       " reserved for the item index")
+    # Only `item_id` asked for: no stored field (an empty selection would
+    # otherwise mean all of them).
+    specs = () if names and not stored else select(store.features, stored)
+    item = {s.name: np.asarray(store.item_features[s.name])
+            for s in specs if s.side == "item"}
+    if item_id or ITEM_ID in names:
+      specs += (item_id_spec(store.num_items),)
+      item[ITEM_ID] = np.arange(1, store.num_items + 1, dtype=np.int32)
     return cls(specs,
                {s.name: np.asarray(store.user_features[s.name])
-                for s in specs if s.side == "user"},
-               {s.name: np.asarray(store.item_features[s.name])
-                for s in specs if s.side == "item"})
+                for s in specs if s.side == "user"}, item)
 
   def rows(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray,
            mask: np.ndarray) -> dict:
@@ -43,7 +66,10 @@ class FeatureTables:
     items = np.where(mask, items, 0)
     features = {}
     for spec in self.specs:
-      if spec.side == "item":
+      if spec.name == ITEM_ID:  # padding must be 0, not item 0's index
+        features[ITEM_ID] = np.where(mask, self.item[ITEM_ID][items],
+                                     0).astype(np.int32)
+      elif spec.side == "item":
         features[spec.name] = self.item[spec.name][items]
       else:
         per_task = self.user[spec.name][users]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "mamlpp")
+ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "mamlpp", "pretrain")
 INNER_OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
@@ -19,8 +19,20 @@ class MetaConfig:
   Attributes:
     algorithm: `maml` (second-order unless `second_order=False`), `fomaml`
       (normalised to `maml` with `second_order=False`), `reptile`, `metasgd`
-      (learned per-element inner rates) or `mamlpp` (learned per-step,
-      per-leaf inner rates and the multi-step query loss).
+      (learned per-element inner rates), `mamlpp` (learned per-step,
+      per-leaf inner rates and the multi-step query loss) or `pretrain`.
+      `reptile`: the update direction of the adapted leaves is the mean of
+      `params - adapted` (Nichol et al., 2018); leaves that `adapt` leaves
+      frozen (e.g. MeLU's embeddings) would never move under that rule, so
+      they get the gradient of the query loss at the adapted parameters
+      (the first-order MAML gradient of those leaves).
+      `pretrain` is the baseline without meta-learning: training minimises
+      the plain loss of the unadapted model, `0.5 * (support loss + query
+      loss)` averaged over tasks (no inner loop); evaluation (`adapt`)
+      fine-tunes it per task with the same inner loop as MAML
+      (`inner_steps` steps of `inner_optimizer` at `inner_lr`), so it is
+      "pretrained on all training ratings, then fine-tuned per user with
+      the same number of steps".
     inner_steps: number of inner gradient steps on the support set.
     inner_lr: inner learning rate; the initial value of the learned rates of
       `metasgd` and `mamlpp`.

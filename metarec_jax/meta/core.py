@@ -58,8 +58,12 @@ def _run_inner(support_loss: Callable[[dict], jax.Array], fast: dict,
 
   if config.remat:
     step = jax.checkpoint(step)
+  # The weights take the parameters' precision: float32 weights would round
+  # a float64 multi-step loss (and its gradient) to float32's precision.
+  leaves = jax.tree.leaves(fast)
+  dtype = jnp.result_type(*leaves) if leaves else jnp.float32
   weights = jnp.asarray(config.msl_weights if msl else
-                        [0.0] * config.inner_steps, jnp.float32)
+                        [0.0] * config.inner_steps, dtype)
   (fast, _), per_step = jax.lax.scan(step, (fast, opt.init(fast)), weights,
                                      unroll=config.unroll)
   return fast, (jnp.sum(per_step) if msl else None)
@@ -133,26 +137,21 @@ def meta_grad(loss_fn: LossFn, meta_params: PyTree, tasks: PyTree, *,
 
   Returns:
     `(loss, grads)` with `grads` shaped like `meta_params`. For the
-    gradient-based algorithms `grads` is `jax.grad` of `meta_loss`; for
-    Reptile, which has no such loss, it is the mean of `params - adapted`
-    (so that a descent step moves towards the adapted parameters) and `loss`
-    is the mean query loss after adaptation.
+    gradient-based algorithms (`maml`, `metasgd`, `mamlpp`) `grads` is
+    `jax.grad` of `meta_loss`. For Reptile, which has no such loss, the
+    adapted leaves' direction is the mean of `params - adapted` (so that a
+    descent step moves towards the adapted parameters), the frozen leaves'
+    is the gradient of the query loss at the adapted parameters, and `loss`
+    is the mean query loss after adaptation. For `pretrain` it is the
+    gradient of the unadapted joint loss (see `MetaConfig`).
   """
   if config.learns_inner and meta_params.get("inner") is None:
     raise ValueError(f"meta.algorithm={config.algorithm} needs"
                      " meta_params['inner'] = init_inner(params, config=...)")
   if config.algorithm == "reptile":
-    params = meta_params["model"]
-
-    def per_task(task):
-      adapted = adapt(loss_fn, params, task["support"], config=config)
-      loss = loss_fn(adapted, task["query"])
-      return loss, jax.tree.map(jnp.subtract, params, adapted)
-
-    losses, deltas = jax.vmap(per_task)(tasks)
-    grads = jax.tree.map(lambda d: jnp.mean(d, axis=0), deltas)
-    grads = jax.lax.stop_gradient(grads)
-    return jnp.mean(losses), {"model": grads, "inner": None}
+    return _reptile(loss_fn, meta_params["model"], tasks, config)
+  if config.algorithm == "pretrain":
+    return _pretrain(loss_fn, meta_params["model"], tasks)
 
   def objective(mp):
     return meta_loss(loss_fn, mp["model"], tasks, config=config,
@@ -160,3 +159,47 @@ def meta_grad(loss_fn: LossFn, meta_params: PyTree, tasks: PyTree, *,
 
   return jax.value_and_grad(objective)(
       {"model": meta_params["model"], "inner": meta_params.get("inner")})
+
+
+def _reptile(loss_fn: LossFn, params: PyTree, tasks: PyTree,
+             config: MetaConfig) -> tuple[jax.Array, PyTree]:
+  """Reptile's direction; see `meta_grad`."""
+  part = paths.partition(params, config.adapt)
+
+  def adapted_leaves(support):
+    # Only the adapted leaves leave the vmap: a frozen leaf returned from it
+    # would be broadcast to one copy per task.
+    adapted = adapt(loss_fn, params, support, config=config)
+    return paths.partition(adapted, config.adapt).adapted
+
+  # Reptile differentiates nothing through the inner loop.
+  adapted = jax.lax.stop_gradient(jax.vmap(adapted_leaves)(tasks["support"]))
+  deltas = {p: v - jnp.mean(adapted[p], axis=0)
+            for p, v in part.adapted.items()}
+
+  # The frozen leaves are shared by every task (not vmapped), so the
+  # vmap's transpose sums their per-task gradients in place instead of
+  # materialising one gradient of a large embedding table per task.
+  def query_loss(frozen):
+    losses = jax.vmap(lambda fast, query: loss_fn(
+        part.merge(fast, frozen), query))(adapted, tasks["query"])
+    return jnp.mean(losses)
+
+  if part.frozen:
+    loss, frozen_grads = jax.value_and_grad(query_loss)(part.frozen)
+  else:
+    loss, frozen_grads = query_loss({}), {}
+  return loss, {"model": part.merge(deltas, frozen_grads), "inner": None}
+
+
+def _pretrain(loss_fn: LossFn, params: PyTree,
+              tasks: PyTree) -> tuple[jax.Array, PyTree]:
+  """The plain gradient of the unadapted support and query losses."""
+
+  def joint(p):
+    losses = jax.vmap(lambda task: 0.5 * (loss_fn(p, task["support"])
+                                          + loss_fn(p, task["query"])))(tasks)
+    return jnp.mean(losses)
+
+  loss, grads = jax.value_and_grad(joint)(params)
+  return loss, {"model": grads, "inner": None}

@@ -83,7 +83,7 @@ class LinearHead:
   def dual_applies(self, config: MetaConfig, part: paths.Partition) -> bool:
     adapted = part.adapted
     return (config.dual_form and config.inner_optimizer == "sgd"
-            and config.algorithm in ("maml", "mamlpp", "reptile")
+            and config.algorithm in ("maml", "mamlpp", "reptile", "pretrain")
             and self.kernel in adapted and self.bias in adapted
             and self.features_fixed(part))
 

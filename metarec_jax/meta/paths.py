@@ -69,8 +69,16 @@ class Partition:
   def adapted(self) -> dict[str, jax.Array]:
     return {p: l for p, l, m in zip(self.paths, self.leaves, self.mask) if m}
 
-  def merge(self, adapted: dict[str, jax.Array]) -> PyTree:
-    leaves = [adapted[p] if m else l
+  @property
+  def frozen(self) -> dict[str, jax.Array]:
+    """The leaves the inner loop does not adapt, by path."""
+    return {p: l for p, l, m in zip(self.paths, self.leaves, self.mask)
+            if not m}
+
+  def merge(self, adapted: dict[str, jax.Array],
+            frozen: dict[str, jax.Array] | None = None) -> PyTree:
+    """The full tree from `adapted` leaves (and, if given, `frozen` ones)."""
+    leaves = [adapted[p] if m else (l if frozen is None else frozen[p])
               for p, l, m in zip(self.paths, self.leaves, self.mask)]
     return jax.tree_util.tree_unflatten(self.treedef, leaves)
 

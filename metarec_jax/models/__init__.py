@@ -6,12 +6,19 @@ from typing import Any, Iterable
 
 import jax.numpy as jnp
 
-from metarec_jax.data.schema import FeatureSpec, select
+from metarec_jax.data.schema import ITEM_ID, FeatureSpec, select
+from metarec_jax.models.idemb import INTERACTIONS, IDEmb
 from metarec_jax.models.melu import MeLU
 from metarec_jax.models.recommender import (Recommender, linear_head_loss,
                                             masked_mse, plain_loss)
 
-MODELS = ("melu",)
+MODELS = ("melu", "idemb")
+
+
+def needs_item_id(model_config) -> bool:
+  """Whether the model reads the virtual `item_id` feature."""
+  return (model_config.name == "idemb"
+          or ITEM_ID in tuple(model_config.get("features", ())))
 
 
 def example_features(fields: Iterable[FeatureSpec]) -> dict[str, Any]:
@@ -26,8 +33,9 @@ def build(model_config, features: Iterable[FeatureSpec], *,
 
   Args:
     model_config: the `model` section of a config (`name`, `features`,
-      `embed_dim`, `hidden`).
-    features: the data's feature schema.
+      `embed_dim`, `hidden`; `idemb` also `interaction`, `item_features`).
+    features: the data's feature schema (with `item_id` for `idemb`, see
+      `needs_item_id`).
     rating_mean: the output bias starts here, so training starts from the
       global mean instead of spending its first steps finding it.
   """
@@ -43,9 +51,30 @@ def build(model_config, features: Iterable[FeatureSpec], *,
     return Recommender(name=name, module=module, loss_fn=loss,
                        adapt=("^decision/",),
                        example_features=example_features(fields))
+  if name == "idemb":
+    ids = [f for f in fields if f.name == ITEM_ID]
+    if not ids:
+      raise ValueError("model.name=idemb needs the item_id feature (add it"
+                       " to model.features or leave model.features empty)")
+    interaction = model_config.get("interaction", "dot")
+    if interaction not in INTERACTIONS:
+      raise ValueError(f"model.interaction must be one of"
+                       f" {', '.join(INTERACTIONS)}, got {interaction!r}")
+    item_fields = ()
+    if model_config.get("item_features", True):
+      item_fields = tuple(f for f in fields
+                          if f.side == "item" and f.name != ITEM_ID)
+    module = IDEmb(num_items=ids[0].vocab, item_fields=item_fields,
+                   embed_dim=int(model_config.embed_dim),
+                   interaction=interaction,
+                   hidden=tuple(int(h) for h in model_config.hidden),
+                   output_bias=float(rating_mean))
+    return Recommender(name=name, module=module, loss_fn=plain_loss(module),
+                       adapt=("^user/",),
+                       example_features=example_features(fields))
   raise ValueError(f"model.name must be one of {', '.join(MODELS)}, got"
                    f" {name!r}")
 
 
-__all__ = ["MODELS", "MeLU", "Recommender", "build", "example_features",
-           "masked_mse", "plain_loss"]
+__all__ = ["IDEmb", "MODELS", "MeLU", "Recommender", "build",
+           "example_features", "masked_mse", "needs_item_id", "plain_loss"]
