@@ -85,7 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.meta.inner_optimizer = "sgd"
   c.meta.remat = False
   c.meta.dual_form = True
-  c.meta.unroll = 1
+  c.meta.unroll = 0  # inner-loop scan unroll factor; 0 = fully unrolled
   c.meta.msl_weights = ()
 
   c.train = ml_collections.ConfigDict()

@@ -53,6 +53,16 @@ def _define_train(fv):
   flags.DEFINE_string("workdir", None, "Work directory: config.json,"
                       " checkpoints/, tensorboard/, metrics.jsonl. Training"
                       " resumes from its newest checkpoint.", flag_values=fv)
+  flags.DEFINE_string("coordinator_address", None, "Multi-process runs:"
+                      " HOST:PORT of process 0 (jax.distributed.initialize)."
+                      " Without it a SLURM job of several tasks or a"
+                      " multi-host TPU slice is joined automatically.",
+                      flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "Multi-process runs: the number"
+                       " of processes.", flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "Multi-process runs: this"
+                       " process's index, 0 .. num_processes-1.",
+                       flag_values=fv)
 
 
 def _define_eval(fv):
@@ -76,18 +86,59 @@ def _define_eval(fv):
                        " ratings).", flag_values=fv)
 
 
+def _define_bench(fv):
+  flags.DEFINE_integer("steps", 20, "Timed meta-steps.", flag_values=fv)
+  flags.DEFINE_integer("warmup", 3, "Untimed meta-steps first (after"
+                       " compilation).", flag_values=fv)
+  flags.DEFINE_string("workdir", None, "Where the synthetic store is built"
+                      " (default: a cache folder per data config).",
+                      flag_values=fv)
+
+
+def _run_bench(inv: Invocation) -> int:
+  if not inv.config_file:
+    raise InputError("--config is required (e.g. configs/melu_ref.py)")
+  config = config_io.apply_overrides(
+      config_io.load_config_file(inv.config_file), inv.overrides)
+  # No persistent compilation cache: compile_seconds must be the real cost.
+  _setup_runtime(config, compilation_cache=False)
+  from metarec_jax import bench  # pylint: disable=g-import-not-at-top
+  result = bench.run(config, workdir=inv.flags["workdir"].value,
+                     steps=inv.flags["steps"].value,
+                     warmup=inv.flags["warmup"].value)
+  w = result["workload"]
+  print(f"{w['tasks_per_step']} tasks/step, {w['devices']} {w['backend']}"
+        f" device(s), chunk {w['chunk_tasks']}, support {w['support_width']},"
+        f" {w['inner_steps']} inner steps,"
+        f" {'second' if w['second_order'] else 'first'} order")
+  print(f"  {result['tasks_per_sec']:.0f} tasks/s,"
+        f" {result['step_seconds'] * 1e3:.1f} ms/step,"
+        f" {w['flops_per_task'] / 1e6:.1f} MFLOP/task"
+        f" (plain formulation {w['plain_flops_per_task'] / 1e6:.1f})")
+  print(f"  {result['achieved_gflops']:.1f} GFLOP/s of"
+        f" {result['peak_gflops']:.1f} peak: utilization"
+        f" {result['utilization']:.1%}; compile"
+        f" {result['compile_seconds']:.1f}s; input wait"
+        f" {result['input_wait_fraction']:.1%}; peak RSS"
+        f" {result['peak_rss_mb']:.0f} MB")
+  print_json(result)
+  return 0
+
+
 def _define_plot(fv):
   flags.DEFINE_string("workdir", None, "Work directory of a `metarec train`"
                       " run; the figures go to WORKDIR/plots/.",
                       flag_values=fv)
 
 
-def _setup_runtime(config) -> None:
-  """CPU device split; must run before JAX starts its backends."""
+def _setup_runtime(config, *, compilation_cache: bool = True) -> None:
+  """CPU device split and compilation cache; must run before JAX starts its
+  backends."""
   from metarec_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.configure_cpu_devices(int(config.train.cpu_devices),
                                 int(config.train.tasks_per_step))
-  runtime.enable_compilation_cache()
+  if compilation_cache:
+    runtime.enable_compilation_cache()
 
 
 def _require(fv, name: str) -> str:
@@ -109,6 +160,16 @@ def _run_train(inv: Invocation) -> int:
                      " config.json to resume from)")
   config_io.apply_overrides(config, inv.overrides)
   _setup_runtime(config)
+  from metarec_jax import runtime  # pylint: disable=g-import-not-at-top
+  fv = inv.flags
+  if runtime.init_distributed(fv["coordinator_address"].value,
+                              fv["num_processes"].value,
+                              fv["process_id"].value):
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_index() != 0:  # only process 0 logs progress
+      log.setLevel(logging.WARNING)
+    log.info("joined a run of %d processes, %d devices", jax.process_count(),
+             jax.device_count())
   from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   summary = train_and_evaluate(config, workdir)
   if summary.get("preempted"):
@@ -309,6 +370,15 @@ COMMANDS: dict[str, Command] = {
         "          summarise a task store\n\n"
         "The last line of stdout is a JSON object.",
         _define_data, _run_data, takes_config=True, positional=True),
+    "bench": Command(
+        "measure meta-step throughput and utilisation",
+        "Runs the config's real meta-step (input pipeline, sharding,"
+        " chunking) for --warmup then --steps timed steps and reports"
+        " tasks/s, XLA's FLOPs of the step, achieved GFLOP/s against the"
+        " dense float32 matmul rate measured in the same process, compile"
+        " time, input wait and peak memory. Try"
+        " --config=configs/melu_ref.py. The last line of stdout is JSON.",
+        _define_bench, _run_bench, takes_config=True),
     "plot": Command(
         "draw learning and support-size curves of a run as PNGs",
         "Writes WORKDIR/plots/learning_curves.png (training loss and"

@@ -130,7 +130,9 @@ MEANINGS: dict[str, str] = {
                       " inner optimizer plain SGD, run its first layer in"
                       " the exact dual (Gram) form: same values, less"
                       " arithmetic.",
-    "meta.unroll": "Unroll factor of the inner `lax.scan` (true = fully).",
+    "meta.unroll": "Unroll factor of the inner `lax.scan`; 0 = fully"
+                   " unrolled (fastest for a few inner steps; 1 bounds the"
+                   " compile time of many).",
     "meta.msl_weights": "MAML++ multi-step loss: weight of the query loss"
                         " after each inner step; `()` = final step only.",
     # train
@@ -139,7 +141,8 @@ MEANINGS: dict[str, str] = {
     "train.tasks_per_step": "Tasks in a global meta-batch (a multiple of"
                             " the device count and the chunk size).",
     "train.chunk_tasks": "Tasks per device per accumulation chunk (bounds"
-                         " memory); 0 = automatic.",
+                         " memory); 0 = automatic (16 on CPU, the whole"
+                         " per-device batch on accelerators).",
     "train.lr": "Peak outer (Adam) learning rate.",
     "train.warmup_steps": "Linear warm-up steps of the outer learning"
                           " rate.",

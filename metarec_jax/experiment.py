@@ -69,13 +69,21 @@ def _meta_config(m, unroll, model):
       adapt=tuple(m.adapt) or model.adapt,
       inner_optimizer=m.inner_optimizer, remat=bool(m.remat),
       dual_form=bool(m.dual_form),
-      unroll=unroll if isinstance(unroll, bool) else int(unroll),
+      # 0: fully unrolled (XLA then fuses across inner steps and keeps no
+      # per-step residual stacks; measured 7% faster on melu-ref).
+      unroll=True if int(unroll) == 0 else int(unroll),
       msl_weights=tuple(float(w) for w in m.msl_weights))
 
 
 def build(config, workdir: str | os.PathLike, *,
           log: Callable[[str], None] | None = None) -> Experiment:
   """Opens (building on first use) the store and resolves the config."""
+  if jax.process_count() > 1:
+    # One process builds a missing store; the others wait and open it.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    if jax.process_index() == 0:
+      prepare.ensure_store(config.data, workdir, log=log)
+    multihost_utils.sync_global_devices("metarec: task store ready")
   store = prepare.ensure_store(config.data, workdir, log=log)
   split = splits.split(store, protocol_spec(config))
   try:

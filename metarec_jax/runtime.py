@@ -43,6 +43,47 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
   return path
 
 
+def cluster_detected() -> bool:
+  """Whether the environment is a multi-process job JAX can join by itself
+  (SLURM with several tasks, a multi-host Cloud TPU slice, Open MPI)."""
+  env = os.environ
+  if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env:
+    return True
+  if len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
+    return True
+  return int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
+
+
+def init_distributed(coordinator_address: str | None = None,
+                     num_processes: int | None = None,
+                     process_id: int | None = None) -> bool:
+  """Joins a multi-process run (`jax.distributed.initialize`).
+
+  With explicit arguments they are used as given; without, a cluster JAX
+  recognises (`cluster_detected`) is joined with auto-detection; otherwise
+  the run stays single-process. CPU processes exchange collectives through
+  gloo. Returns whether the process joined a multi-process run.
+  """
+  explicit = coordinator_address is not None or num_processes is not None
+  if not explicit and not cluster_detected():
+    return False
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {}
+  if explicit:
+    kwargs = {"coordinator_address": coordinator_address,
+              "num_processes": num_processes, "process_id": process_id}
+  jax.distributed.initialize(**kwargs)
+  return True
+
+
+def to_host(x):
+  """A replicated (or local) array as numpy, also across processes."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(x)
+
+
 def make_mesh() -> Mesh:
   """A 1-D mesh over every device of every process, axis `tasks`."""
   return jax.make_mesh((jax.device_count(),), (AXIS,),
@@ -85,6 +126,38 @@ def configure_cpu_devices(count: int, tasks_per_step: int) -> None:
     jax.config.update("jax_num_cpu_devices", int(count))
   except RuntimeError:  # backends already started (e.g. inside a notebook)
     pass
+
+
+class CompileCounter:
+  """Counts XLA backend compilations while active (a context manager).
+
+  The training loop counts from the end of its warm-up: any compilation
+  after it is a shape that escaped the buckets, and is reported.
+  """
+
+  _EVENT = "/jax/core/compile/backend_compile_duration"
+
+  def __init__(self):
+    self.count = 0
+
+  def _listener(self, event, duration, **kwargs):
+    del duration, kwargs
+    if event == self._EVENT:
+      self.count += 1
+
+  def start(self) -> "CompileCounter":
+    jax.monitoring.register_event_duration_secs_listener(self._listener)
+    return self
+
+  def stop(self) -> None:
+    jax.monitoring.unregister_event_duration_listener(self._listener)
+
+  def __enter__(self):
+    return self.start()
+
+  def __exit__(self, *exc):
+    self.stop()
+    return False
 
 
 def _signature(args) -> tuple:

@@ -53,3 +53,16 @@ def test_chunked_meta_gradient_equals_unchunked(trainer):
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(chunked)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-5,
                                atol=1e-6)
+
+
+def test_nothing_compiles_after_warmup_over_a_long_run(tmp_path):
+  """Every support bucket and the validation are compiled ahead; a run that
+  meets every bucket many times and evaluates twice compiles nothing more."""
+  from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  config = config_io.load_config_file(config_path("tiny"))
+  config.train.num_steps = 40
+  config.train.eval_every_steps = 20
+  config.checkpoint.every_steps = 0
+  summary = train_and_evaluate(config, str(tmp_path))
+  assert summary["step"] == 40 and "val" in summary
+  assert summary["compiles_after_warmup"] == 0

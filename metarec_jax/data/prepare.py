@@ -76,4 +76,15 @@ def ensure_store(data_config, workdir: str | os.PathLike,
     raise InputError(
         f"the store holds {store.manifest['dataset']!r} data but data.name is"
         f" {data_config.name!r}", path=path)
+  if data_config.name == "synthetic":
+    wanted = dataclasses.asdict(synthetic_spec(data_config))
+    built = store.manifest.get("synthetic", {})
+    differ = sorted(k for k in wanted if k != "chunk_users"
+                    and built.get(k) != wanted[k])
+    if differ:
+      raise InputError(
+          "the synthetic store was generated with other settings ("
+          + ", ".join(f"{k}: {built.get(k)!r} there, {wanted[k]!r} now"
+                      for k in differ[:4])
+          + "); use another data.store or work directory", path=path)
   return store

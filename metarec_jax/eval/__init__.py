@@ -60,7 +60,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   state = load_state(exp, workdir, mesh, step=step)
   evaluator = Evaluator(exp, mesh)
   results = evaluator.evaluate(state.params, SCENARIOS, tasksets=tasksets)
-  step = int(jax.device_get(state.step))
+  step = int(runtime.to_host(state.step))
   if write_tasks:
     ratings_io.write_tasks(write_tasks, tasksets, exp.store,
                            extra={"ratings": ratings})

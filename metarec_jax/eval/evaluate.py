@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from metarec_jax import meta
 from metarec_jax.data.splits import SCENARIOS, TaskSet
-from metarec_jax.data.tasks import taskset_batches
+from metarec_jax.data.tasks import batch_shapes, bucket_widths, taskset_batches
 from metarec_jax.eval import metrics as metrics_lib
 from metarec_jax.eval.baselines import BaselineStats
 from metarec_jax.experiment import Experiment
@@ -76,6 +76,16 @@ class Evaluator:
         in_specs=(P(), P(), P(AXIS)), out_specs=P(AXIS), check_vma=False)
     fn = jax.jit(per_device, out_shardings=replicated)
     self.predict = CompiledByShape(fn, name="eval")
+
+  def compile_for(self, meta_params: PyTree, tasks: TaskSet) -> None:
+    """Compiles the adapt-and-predict step for every bucket of `tasks`
+    ahead of time (`meta_params` may be abstract)."""
+    widths = np.unique(bucket_widths(tasks.support_sizes(), self.buckets))
+    for width in widths:
+      batch = batch_shapes(self.exp.tables.specs, self.batch_tasks,
+                           int(width), self.query_width, self.task_sharding)
+      self.predict.compile(meta_params["model"], meta_params.get("inner"),
+                           batch)
 
   def predictions(self, meta_params: PyTree, tasks: TaskSet,
                   should_stop: Callable[[], bool] | None = None

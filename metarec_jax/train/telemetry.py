@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from metarec_jax import runtime
 from metarec_jax.meta import paths
 
 PyTree = Any
@@ -35,8 +36,8 @@ HPARAM_METRICS = ("val/mae", "val/mae_unadapted", "val/rmse", "val/ndcg@3",
 def _leaves_to_host(tree: PyTree | None) -> dict[str, np.ndarray]:
   if not tree:
     return {}
-  values = jax.device_get(jax.tree.leaves(tree))
-  return {p: np.asarray(v) for p, v in zip(paths.leaf_paths(tree), values)}
+  values = [runtime.to_host(v) for v in jax.tree.leaves(tree)]
+  return dict(zip(paths.leaf_paths(tree), values))
 
 
 def inner_rate_scalars(inner: PyTree | None, *,

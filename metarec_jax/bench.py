@@ -1,0 +1,154 @@
+"""`metarec bench`: throughput and utilisation of the real meta-step.
+
+Runs the training step of a config (the same `Trainer` the loop uses: input
+pipeline, sharding, chunking, compiled executables) for a few warm-up steps
+and then `steps` timed ones, and reports:
+
+- `tasks_per_sec`, `step_seconds`: of full meta-steps after compilation;
+- `step_flops`: XLA's count (`compiled.cost_analysis()`) for the step as it
+  runs (dual form where it applies) in a lowering with the inner loop
+  unrolled, unchunked and without remat, over all devices (XLA counts a
+  rolled `while` body once, and per device);
+- `achieved_gflops`, `peak_gflops` (the best of 5 jitted 2048x2048 float32
+  matmuls in the same process), `utilization` = achieved / peak;
+- `compile_seconds` (all buckets), `input_wait_fraction` (share of the time
+  the step loop waited for the input pipeline), `peak_rss_mb`.
+
+`workload.plain_step_flops` is the same count for the plain formulation
+(`meta.dual_form=False`), so the arithmetic the dual form saves is visible.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import resource
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metarec_jax import config_io, experiment
+from metarec_jax.data.pipeline import Prefetcher
+from metarec_jax.train.loop import Trainer
+
+log = logging.getLogger("metarec")
+
+
+def peak_matmul_gflops(repeats: int = 5, n: int = 2048) -> float:
+  """Best rate of `repeats` jitted n x n float32 matmuls on device 0."""
+  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(k1, (n, n), jnp.float32)
+  b = jax.random.normal(k2, (n, n), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a, b).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    matmul(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n ** 3 / best / 1e9
+
+
+def _counted_flops(config, workdir: str, exp, width: int) -> float:
+  """XLA's FLOPs of the unrolled, unchunked, non-remat step (all devices)."""
+  flat = copy.deepcopy(config)
+  flat.meta.unroll = 0  # fully unrolled
+  flat.meta.remat = False
+  trainer = Trainer(flat, workdir, exp=experiment.Experiment(
+      config=flat, store=exp.store, split=exp.split, tables=exp.tables,
+      model=exp.model, meta_config=experiment.meta_config(flat, exp.model)),
+                    chunk_tasks=-1)
+  compiled = trainer.step.jitted.lower(
+      trainer.abstract_state(), trainer.abstract_batch(width)).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # The program is one device's share of a shard_map over all devices.
+  return float(cost["flops"]) * trainer.num_devices
+
+
+def default_workdir(config) -> str:
+  """A cache folder per data config, so the store is built once."""
+  key = hashlib.sha1(json.dumps(config_io.to_dict(config.data),
+                                sort_keys=True).encode()).hexdigest()[:12]
+  return os.path.join(tempfile.gettempdir(), "metarec-bench", key)
+
+
+def run(config, *, workdir: str | None = None, steps: int = 20,
+        warmup: int = 3) -> dict:
+  """Benchmarks the meta-step of `config`; returns the JSON of DESIGN.md."""
+  workdir = workdir or default_workdir(config)
+  os.makedirs(workdir, exist_ok=True)
+  peak = peak_matmul_gflops()
+  log.info("dense float32 matmul: %.1f GFLOP/s", peak)
+  t0 = time.perf_counter()
+  trainer = Trainer(config, workdir)
+  log.info("experiment ready in %.1fs", time.perf_counter() - t0)
+  exp = trainer.exp
+  state = trainer.init(trainer.rng())
+  t0 = time.perf_counter()
+  trainer.compile_all()
+  compile_seconds = time.perf_counter() - t0
+  log.info("compiled %d bucket(s) in %.1fs", len(trainer.sampler.widths),
+           compile_seconds)
+
+  tasks = int(config.train.tasks_per_step)
+  pipeline = Prefetcher(trainer.sampler, trainer.task_sharding, start=0,
+                        stop=warmup + steps, depth=int(config.train.prefetch))
+  widths = []
+  try:
+    for i, (step, batch) in enumerate(pipeline):
+      if i == warmup:
+        jax.block_until_ready(state)
+        pipeline.wait_seconds = 0.0
+        t0 = time.perf_counter()
+      state, metrics = trainer.step(state, batch)
+      if i >= warmup:
+        widths.append(trainer.sampler.width(step))
+    jax.block_until_ready((state, metrics))
+    elapsed = time.perf_counter() - t0
+  finally:
+    pipeline.close()
+  step_seconds = elapsed / steps
+  width = max(set(widths), key=widths.count)
+  step_flops = _counted_flops(config, workdir, exp, width)
+  plain = copy.deepcopy(config)
+  plain.meta.dual_form = False
+  plain_flops = _counted_flops(plain, workdir, exp, width)
+  achieved = step_flops / step_seconds / 1e9
+  return {
+      "tasks_per_sec": tasks / step_seconds,
+      "step_seconds": step_seconds,
+      "step_flops": step_flops,
+      "achieved_gflops": achieved,
+      "peak_gflops": peak,
+      "utilization": achieved / peak,
+      "compile_seconds": compile_seconds,
+      "input_wait_fraction": pipeline.wait_seconds / elapsed,
+      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      "workload": {
+          "model": config.model.name,
+          "algorithm": exp.meta_config.algorithm,
+          "second_order": exp.meta_config.second_order,
+          "inner_steps": exp.meta_config.inner_steps,
+          "dual_form": exp.meta_config.dual_form,
+          "remat": exp.meta_config.remat,
+          "tasks_per_step": tasks,
+          "chunk_tasks": trainer.chunk,
+          "support_width": width,
+          "query_size": int(config.data.query_size),
+          "devices": trainer.num_devices,
+          "backend": jax.default_backend(),
+          "device_kind": jax.devices()[0].device_kind,
+          "steps_timed": steps,
+          "flops_per_task": step_flops / tasks,
+          "plain_step_flops": plain_flops,
+          "plain_flops_per_task": plain_flops / tasks,
+          "final_loss": float(np.asarray(metrics["train/loss"])),
+      },
+  }

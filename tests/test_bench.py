@@ -1,0 +1,47 @@
+"""`metarec bench`: the JSON of DESIGN.md and an honest FLOP count."""
+
+import json
+
+import pytest
+
+from conftest import config_path
+from procs import metarec
+from metarec_jax import bench, config_io, experiment
+
+KEYS = {"tasks_per_sec", "step_seconds", "step_flops", "achieved_gflops",
+        "peak_gflops", "utilization", "compile_seconds",
+        "input_wait_fraction", "peak_rss_mb", "workload"}
+
+
+def test_bench_prints_the_design_json_last(tmp_path):
+  out = metarec("bench", f"--config={config_path('tiny')}", "--steps=3",
+                "--warmup=1", f"--workdir={tmp_path}")
+  assert out.returncode == 0, out.stderr
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert set(result) == KEYS
+  for key in KEYS - {"workload"}:
+    assert result[key] >= 0
+  assert result["tasks_per_sec"] == pytest.approx(
+      16 / result["step_seconds"])
+  assert result["achieved_gflops"] == pytest.approx(
+      result["step_flops"] / result["step_seconds"] / 1e9)
+  assert result["utilization"] == pytest.approx(
+      result["achieved_gflops"] / result["peak_gflops"])
+  w = result["workload"]
+  assert w["tasks_per_step"] == 16 and w["second_order"] is True
+  assert w["plain_flops_per_task"] > 0 and w["steps_timed"] == 3
+
+
+def test_flop_count_grows_by_the_same_amount_per_inner_step(tmp_path):
+  """XLA counts a rolled `while` body once; the bench counts an unrolled
+  lowering, so every inner step adds the same FLOPs."""
+  per_task = []
+  for steps in (1, 2, 3):
+    config = config_io.load_config_file(config_path("tiny"))
+    config.meta.inner_steps = steps
+    config.meta.unroll = 1  # the config's own unroll must not matter
+    exp = experiment.build(config, str(tmp_path))
+    per_task.append(bench._counted_flops(config, str(tmp_path), exp, 16) / 16)  # pylint: disable=protected-access
+  first, second = per_task[1] - per_task[0], per_task[2] - per_task[1]
+  assert first > 0
+  assert second == pytest.approx(first, rel=0.05)
