@@ -25,6 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.features = ()  # feature fields the model reads; () = all
   c.model.embed_dim = 32
   c.model.hidden = (64, 64)  # MLP widths: melu decision, idemb "mlp"
+  c.model.embed_std = 1.0  # melu: initial std of the feature embeddings
+  c.model.item_id = False  # melu: also embed the item's ID (zero-init)
   c.model.interaction = "dot"  # idemb: "dot" (+ biases) or "mlp"
   c.model.item_features = True  # idemb: item features beside item IDs
 
@@ -37,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.query_size = 10
   c.data.support_sampling = "max"  # or "uniform" support sizes in training
   c.data.buckets = (8, 16, 32, 64, 128)
+  c.data.item_id_dropout = 0.0  # share of training rows with a hidden item_id
   c.data.list_pad = ml_collections.ConfigDict(
       {"genre": 4, "director": 2, "actor": 4})
   c.data.synthetic = ml_collections.ConfigDict({

@@ -35,6 +35,11 @@ MEANINGS: dict[str, str] = {
     "model.features": "Feature fields the model reads (names of the data's"
                       " schema); `()` = all of them.",
     "model.embed_dim": "Width of every feature embedding.",
+    "model.embed_std": "`melu`: standard deviation of the initial feature"
+                       " embeddings (the paper's PyTorch default is 1).",
+    "model.item_id": "`melu`: also embed each item's ID (zero-initialised,"
+                     " so items unseen in training add nothing); lets the"
+                     " model learn item-specific quality.",
     "model.hidden": "Widths of the decision MLP's hidden layers (one output"
                     " unit follows).",
     # data
@@ -43,6 +48,10 @@ MEANINGS: dict[str, str] = {
     "data.root": "Folder of the dataset's input files (real datasets).",
     "data.store": "Prepared task store; `\"\"` = `WORKDIR/store`, built on"
                   " first use when missing.",
+    "data.item_id_dropout": "Share of training rows whose `item_id` feature"
+                             " is hidden, so a model that embeds item IDs"
+                             " also learns to rate from item features alone"
+                             " (as it must for new items).",
     "data.max_support": "Support ratings per training task at most.",
     "data.min_support": "Training users need `query_size + min_support`"
                         " training ratings.",

@@ -38,6 +38,8 @@ class Experiment:
                        max_support=int(c.data.max_support),
                        min_support=int(c.data.min_support),
                        support_sampling=c.data.support_sampling,
+                       item_id_dropout=float(c.data.get("item_id_dropout",
+                                                        0.0)),
                        buckets=tuple(int(b) for b in c.data.buckets))
 
 

@@ -21,6 +21,7 @@ import functools
 import numpy as np
 
 from metarec_jax.data import hashing
+from metarec_jax.data.schema import ITEM_ID
 from metarec_jax.data.splits import Split, _ragged_arange
 from metarec_jax.data.tasks import FeatureTables, bucket_widths, scatter_rows
 from metarec_jax.errors import InputError
@@ -41,6 +42,10 @@ class SamplerSpec:
       `min_support` and that).
     buckets: support widths batches are padded to (`max_support` is always
       one).
+    item_id_dropout: share of training rows whose `item_id` feature is
+      hidden (set to 0, the index of an item without an embedding), so a
+      model that embeds item IDs also learns to predict from the item's
+      features alone, as it must for new items.
   """
 
   seed: int
@@ -50,6 +55,7 @@ class SamplerSpec:
   min_support: int = 3
   support_sampling: str = "max"
   buckets: tuple[int, ...] = ()
+  item_id_dropout: float = 0.0
 
   @property
   def widths(self) -> tuple[int, ...]:
@@ -147,5 +153,12 @@ class TrainSampler:
       items = scatter_rows(t, slot, np.asarray(self.items[p], np.int32), n, w)
       ratings = scatter_rows(t, slot, np.asarray(self.ratings[p]), n, w)
       mask = scatter_rows(t, slot, np.ones(len(t), bool), n, w, False)
-      out[name] = self.tables.rows(users, items, ratings, mask)
+      rows = self.tables.rows(users, items, ratings, mask)
+      if spec.item_id_dropout and ITEM_ID in rows["features"]:
+        hide = hashing.uniform(spec.seed, step, slot_ids[t], p, 9)
+        hidden = scatter_rows(t, slot, hide < spec.item_id_dropout, n, w,
+                              False)
+        rows["features"][ITEM_ID] = np.where(hidden, 0,
+                                             rows["features"][ITEM_ID])
+      out[name] = rows
     return out

@@ -18,6 +18,7 @@ MODELS = ("melu", "idemb")
 def needs_item_id(model_config) -> bool:
   """Whether the model reads the virtual `item_id` feature."""
   return (model_config.name == "idemb"
+          or bool(model_config.get("item_id", False))
           or ITEM_ID in tuple(model_config.get("features", ())))
 
 
@@ -44,7 +45,8 @@ def build(model_config, features: Iterable[FeatureSpec], *,
   if name == "melu":
     module = MeLU(fields=fields, embed_dim=int(model_config.embed_dim),
                   hidden=tuple(int(h) for h in model_config.hidden),
-                  output_bias=float(rating_mean))
+                  output_bias=float(rating_mean),
+                  embed_std=float(model_config.get("embed_std", 1.0)))
     loss = linear_head_loss(module, kernel="decision/fc1/kernel",
                             bias="decision/fc1/bias",
                             featurize_reads=("^embed/",))

@@ -23,23 +23,36 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metarec_jax.data.schema import FeatureSpec
+from metarec_jax.data.schema import ITEM_ID, FeatureSpec
 
 
 class Embedder(nn.Module):
-  """Feature indices -> concatenated field embeddings `[..., F * dim]`."""
+  """Feature indices -> concatenated field embeddings `[..., F * dim]`.
+
+  Tables start as N(0, std^2) (MeLU used 1). The `item_id` table starts at
+  zero: an item never rated in training (a new item) then contributes
+  nothing rather than a random vector that was never trained.
+  """
 
   fields: tuple[FeatureSpec, ...]
   dim: int
+  std: float = 1.0
 
   @nn.compact
   def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
     parts = []
     for spec in self.fields:
+      init = (nn.initializers.zeros if spec.name == ITEM_ID
+              else nn.initializers.normal(stddev=self.std))
       table = nn.Embed(spec.vocab, self.dim, name=spec.name,
-                       embedding_init=nn.initializers.normal(stddev=1.0))
+                       embedding_init=init)
       idx = features[spec.name]
-      if spec.kind == "list":
+      if spec.name == ITEM_ID:
+        # Index 0 (padding, a hidden ID) embeds to zero, like an item that
+        # never had training ratings.
+        parts.append(table(idx) * (idx > 0)[..., None].astype(
+            table.embedding.dtype))
+      elif spec.kind == "list":
         mask = (idx > 0)[..., None].astype(table.embedding.dtype)
         pooled = jnp.sum(table(idx) * mask, axis=-2)
         parts.append(pooled / jnp.maximum(jnp.sum(mask, axis=-2), 1.0))
@@ -75,9 +88,10 @@ class MeLU(nn.Module):
   embed_dim: int = 32
   hidden: Sequence[int] = (64, 64)
   output_bias: float = 0.0
+  embed_std: float = 1.0
 
   def setup(self):
-    self.embed = Embedder(tuple(self.fields), self.embed_dim)
+    self.embed = Embedder(tuple(self.fields), self.embed_dim, self.embed_std)
     self.decision = Decision(tuple(self.hidden), self.output_bias)
 
   def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
