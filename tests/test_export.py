@@ -142,6 +142,22 @@ def test_predictions_equal_the_core_adapted_model(run, exported):
     assert loaded.user(user).known and loaded.user(user).source == "export"
 
 
+def test_chunks_compile_once_per_support_bucket(run, tmp_path):
+  workdir, exp, _ = run
+  users, items, ratings = store_rows(exp, USERS)
+  short = np.isin(users, [3, 4, 5])  # a second bucket: 5 ratings (tiny: 8)
+  rank = np.arange(len(users)) - np.searchsorted(users, users)
+  keep = ~short | (rank < 5)
+  path = write_file(tmp_path / "r.csv", exp, users[keep], items[keep],
+                    ratings[keep])
+  summary = export.export_workdir(workdir, path, str(tmp_path / "e"),
+                                  chunk_users=4)  # 8 chunks of 4 users
+  assert summary["chunk_users"] == 4 and summary["users"] == 30
+  assert summary["compiles"] == 2  # widths 8 and 16
+  loaded = export.load(str(tmp_path / "e"))
+  assert sorted(set(loaded.support_sizes.tolist()) - {15, 16}) == [5]
+
+
 def test_the_folder_format(run, exported):
   _, exp, meta_params = run
   _, out, summary, loaded = exported
@@ -383,6 +399,35 @@ def test_learned_inner_rates_are_exported(tiny_metasgd_run, tmp_path):
   np.testing.assert_allclose(
       loaded.adapt(pairs, user_id=4).predict(exp.store.item_ids[:30]), want,
       rtol=1e-5, atol=1e-5)
+
+
+def test_idemb_exports_its_user_embedding(tmp_path):
+  """IDEmb: scalar and vector adapted leaves, the virtual item_id feature."""
+  workdir = str(tmp_path / "idemb")
+  config = config_io.apply_overrides(
+      config_io.load_config_file(config_path("tiny")),
+      [("model.name", "idemb"), ("train.num_steps", "2"),
+       ("train.eval_every_steps", "0"), ("log.histogram_every_steps", "0"),
+       ("checkpoint.every_steps", "2")])
+  train_and_evaluate(config, workdir)
+  exp = experiment.build(config_io.read_workdir_config(workdir), workdir)
+  meta_params = jax.device_get(
+      load_state(exp, workdir, runtime.make_mesh()).params)
+  path = write_file(tmp_path / "r.csv", exp, *store_rows(exp, [8, 9]))
+  out = str(tmp_path / "export")
+  export.export_workdir(workdir, path, out, top_k=4)
+  loaded = export.load(out)
+  assert loaded.manifest["params"]["adapted"] == {"user/bias": [],
+                                                  "user/embedding": [8]}
+  assert loaded.adapted["user/bias"].shape == (2,)
+  items, ratings = file_support(path, exp, 9)
+  query = np.arange(exp.store.num_items)
+  want = core_predictions(exp, meta_params, 9, items, ratings, query)
+  np.testing.assert_allclose(loaded.predict(9, exp.store.item_ids), want,
+                             rtol=1e-5, atol=1e-5)
+  line = json.loads(open(os.path.join(out, "topk.jsonl")).readlines()[1])
+  assert line["user"] == 9
+  assert line["items"] == [i for i, _ in loaded.recommend(9, 4)]
 
 
 # ---------------------------------------------------------------- the CLI

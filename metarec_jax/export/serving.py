@@ -45,6 +45,7 @@ import numpy as np
 from metarec_jax import config_io, meta, models
 from metarec_jax.data.schema import FeatureSpec
 from metarec_jax.data.tasks import FeatureTables, bucket_widths
+from metarec_jax.errors import InputError
 from metarec_jax.export import compute, layout
 from metarec_jax.export import users as users_lib
 from metarec_jax.meta import paths
@@ -68,9 +69,10 @@ def _sorted_index(ids: np.ndarray):
   return order, np.asarray(ids)[order]
 
 
-def _lookup(order: np.ndarray, sorted_ids: np.ndarray,
+def _lookup(order: np.ndarray | None, sorted_ids: np.ndarray,
             ids: np.ndarray) -> np.ndarray:
-  """Positions of `ids` in the unsorted array (-1 for unknown ids)."""
+  """Positions of `ids` in the array that `order` sorts into `sorted_ids`
+  (None: `sorted_ids` itself); -1 for unknown ids."""
   ids = np.asarray(ids)
   if not len(sorted_ids) or not ids.size:
     return np.full(ids.shape, -1, np.int64)
@@ -82,7 +84,8 @@ def _lookup(order: np.ndarray, sorted_ids: np.ndarray,
   elif sorted_ids.dtype.kind not in "iu":
     ids = ids.astype(str)
   pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-  return np.where(sorted_ids[pos] == ids, order[pos], -1).astype(np.int64)
+  found = pos if order is None else order[pos]
+  return np.where(sorted_ids[pos] == ids, found, -1).astype(np.int64)
 
 
 def _bucket(n: int) -> int:
@@ -168,8 +171,13 @@ class Export:
     manifest: its manifest.json.
     user_ids: `[U]` the exported users' external ids (sorted).
     item_ids: `[I]` the catalogue.
-    flags: `[U]` uint8 export flags per user.
+    flags: `[U]` uint8 export flags per user (`layout.FLAGS`).
     dtype: the adapted leaves' storage dtype (`float32` or `bfloat16`).
+    adapted: `{path: [U, ...]}` the stored adapted leaves (memory-mapped;
+      `layout.decode` turns a row into float32).
+    meta_params, inner: the meta-parameters and learned inner-loop
+      parameters (None for plain MAML), memory-mapped.
+    model, meta_config: the rebuilt `Recommender` and `MetaConfig`.
   """
 
   def __init__(self, path: str):
@@ -233,7 +241,6 @@ class Export:
     try:
       return np.load(file, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
-      from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
       raise InputError(f"unreadable export array: {e}", path=file) from e
 
   @property
@@ -248,7 +255,7 @@ class Export:
 
   def user_row(self, user_id) -> int:
     """The row of an exported user, -1 if the user is not in the export."""
-    return int(_lookup(np.arange(self.num_users), self.user_ids,
+    return int(_lookup(None, self.user_ids,
                        np.asarray([_scalar(user_id)]))[0])
 
   def is_known(self, user_id) -> bool:
