@@ -36,6 +36,7 @@ from metarec_jax.export import compute, layout, topk
 from metarec_jax.export import users as users_lib
 from metarec_jax.export.progress import UserProgress
 from metarec_jax.meta import paths
+from metarec_jax.train.restore import load_state
 
 log = logging.getLogger("metarec")
 
@@ -106,9 +107,10 @@ def export_workdir(workdir: str, ratings: str, out: str, *, top_k: int = 0,
   log.info("%s: %d ratings of %d users to export (%d skipped), %d ratings"
            " of unknown items skipped", ratings, len(rows.users), len(users),
            users.counts["skipped_users"], users.counts["skipped_items"])
+  has_timestamps = rows.timestamps is not None
+  del rows  # only `users` is needed from here on
   writer = layout.ExportWriter(out)  # refuses a foreign `out` early
   mesh = runtime.make_mesh()
-  from metarec_jax.train.restore import load_state  # pylint: disable=g-import-not-at-top
   state = load_state(exp, workdir, mesh, step=step)
   step = int(jax.device_get(state.step))
   with writer as w:
@@ -121,7 +123,7 @@ def export_workdir(workdir: str, ratings: str, out: str, *, top_k: int = 0,
     summary.update(step=step, seconds=None, out=writer.out)
     w.finish(job.manifest(config, summary, workdir=workdir, ratings=ratings,
                           unknown_users=unknown_users,
-                          timestamps=rows.timestamps is not None))
+                          timestamps=has_timestamps))
   summary["seconds"] = round(time.perf_counter() - t0, 3)
   summary["peak_rss_mb"] = _peak_rss_mb()
   return summary
