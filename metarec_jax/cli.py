@@ -2,6 +2,8 @@
 
     metarec train  --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE ...]
     metarec eval   --workdir=DIR [--step=N] [--ratings=FILE] [--write_tasks=DIR]
+    metarec export --workdir=DIR --ratings=FILE --out=DIR [--top_k=K]
+                   [--dtype=float32|bfloat16] [--step=N] [--chunk_users=N]
     metarec data   fetch|prepare|synth|inspect --flag=VALUE ...
     metarec plot   --workdir=DIR
 
@@ -125,6 +127,33 @@ def _run_bench(inv: Invocation) -> int:
   return 0
 
 
+def _define_export(fv):
+  flags.DEFINE_string("workdir", None, "Work directory of a `metarec train`"
+                      " run (its config and newest checkpoint).",
+                      flag_values=fv)
+  flags.DEFINE_string("ratings", None, "A ratings file in the dataset's input"
+                      " format: every user in it is adapted on its ratings"
+                      " (the most recent data.max_support of them) and"
+                      " exported.", flag_values=fv)
+  flags.DEFINE_string("out", None, "The export folder to write (.npy arrays"
+                      " and manifest.json); an earlier export there is"
+                      " replaced atomically.", flag_values=fv)
+  flags.DEFINE_integer("top_k", 0, "Also write each user's K best unrated"
+                       " items to OUT/topk.jsonl (0: none).", flag_values=fv)
+  flags.DEFINE_string("dtype", "float32", "Storage dtype of the per-user"
+                      " adapted parameters: float32 or bfloat16.",
+                      flag_values=fv)
+  flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the"
+                       " newest).", flag_values=fv)
+  flags.DEFINE_integer("chunk_users", 256, "Users adapted per device call"
+                       " (bounds memory; rounded up to a multiple of the"
+                       " device count).", flag_values=fv)
+  flags.DEFINE_string("unknown_users", "serve", "Users not in the dataset's"
+                      " user table: serve (export them with missing user"
+                      " features, flagged) or skip (leave them out, counted"
+                      " in skipped_users).", flag_values=fv)
+
+
 def _define_plot(fv):
   flags.DEFINE_string("workdir", None, "Work directory of a `metarec train`"
                       " run; the figures go to WORKDIR/plots/.",
@@ -194,6 +223,32 @@ def _run_eval(inv: Invocation) -> int:
       support_curve=inv.flags["support_curve"].value)
   print(eval_lib.format_table(report))
   print_json(report)
+  return 0
+
+
+def _run_export(inv: Invocation) -> int:
+  fv = inv.flags
+  workdir = _require(fv, "workdir")
+  ratings = _require(fv, "ratings")
+  out = _require(fv, "out")
+  if inv.config_file:
+    raise InputError("export reads the work directory's config; use"
+                     " --config.KEY=VALUE to override keys", path="--config")
+  config = config_io.apply_overrides(config_io.read_workdir_config(workdir),
+                                     inv.overrides)
+  _setup_runtime(config)
+  from metarec_jax import export  # pylint: disable=g-import-not-at-top
+  summary = export.export_workdir(
+      workdir, ratings, out, top_k=fv["top_k"].value, dtype=fv["dtype"].value,
+      step=fv["step"].value, chunk_users=fv["chunk_users"].value,
+      unknown_users=fv["unknown_users"].value, overrides=inv.overrides)
+  print(f"exported {summary['users']:,} users to {summary['out']} in"
+        f" {summary['seconds']:.1f} s ({summary['dtype']},"
+        f" {summary['bytes_per_user'] or 0:,.0f} bytes per user);"
+        f" {summary['flagged_users']:,} flagged, {summary['skipped_users']:,}"
+        f" users and {summary['skipped_items']:,} ratings of unknown items"
+        " skipped")
+  print_json(summary)
   return 0
 
 
@@ -352,6 +407,20 @@ COMMANDS: dict[str, Command] = {
         " evaluated as new users. The last line of stdout is the JSON"
         " report.",
         _define_eval, _run_eval, takes_config=True),
+    "export": Command(
+        "adapt every user of a ratings file and write the parameters",
+        "Adapts the meta-parameters of --workdir's checkpoint to every user"
+        " of --ratings (each on its most recent data.max_support ratings, in"
+        " chunks of --chunk_users users) and writes --out: memory-mappable"
+        " .npy arrays and manifest.json, built beside --out and renamed into"
+        " place. Serve it with metarec_jax.export.load(DIR). Ratings of"
+        " items not in the catalogue are skipped, users not in the user"
+        " table are served with missing features (or skipped), and users"
+        " with no rating left keep the meta-parameters; all are flagged and"
+        " counted. --config.KEY=VALUE overrides the work directory's config"
+        " (e.g. --config.data.max_support=100). The last line of stdout is"
+        " the JSON summary.",
+        _define_export, _run_export, takes_config=True),
     "data": Command(
         "fetch, prepare, synthesise or inspect a dataset's task store",
         "metarec data ACTION --flag=value ...\n\n"

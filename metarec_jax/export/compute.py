@@ -1,0 +1,143 @@
+"""The device side of export: adapt a chunk of users, rank the catalogue.
+
+Both functions are written for one user and vmapped over a fixed-size chunk
+of users, sharded over the mesh's devices; they compile once per support
+width bucket (and per excluded-items width for the ranking), so memory is
+bounded by the chunk size however many users there are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from metarec_jax import meta
+from metarec_jax.meta import paths
+from metarec_jax.models import Recommender
+from metarec_jax.runtime import AXIS, CompiledByShape
+
+PyTree = Any
+
+
+def with_leaves(params: PyTree, fast: dict[str, jax.Array]) -> PyTree:
+  """`params` with the leaves named in `fast` (by path) replaced."""
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  names = paths.leaf_paths(params)
+  return jax.tree_util.tree_unflatten(
+      treedef, [fast.get(n, leaf) for n, leaf in zip(names, leaves)])
+
+
+def adapt_leaves(model: Recommender, config: meta.MetaConfig, params: PyTree,
+                 inner: PyTree | None, support: PyTree) -> dict[str, jax.Array]:
+  """One user's adapted leaves (`{path: leaf}`) from its support batch."""
+  adapted = meta.adapt(model.loss_fn, params, support, config=config,
+                       inner=inner)
+  return paths.partition(adapted, config.adapt).adapted
+
+
+def cast(leaves: dict[str, jax.Array], dtype: str) -> dict[str, jax.Array]:
+  """float32 leaves -> the stored dtype (bfloat16 as uint16 bit patterns)."""
+  if dtype == "bfloat16":
+    return {p: jax.lax.bitcast_convert_type(v.astype(jnp.bfloat16), jnp.uint16)
+            for p, v in leaves.items()}
+  return leaves
+
+
+def score_items(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
+                user_features: dict[str, jax.Array],
+                item_features: dict[str, jax.Array]) -> jax.Array:
+  """Predicted ratings of one user (`fast` leaves) for a block of items.
+
+  Args:
+    user_features: `{name: int32[] or [L]}`: the user's own feature row.
+    item_features: `{name: int32[B] or [B, L]}`: the items' rows.
+  """
+  n = next(iter(item_features.values())).shape[0]
+  features = dict(item_features)
+  for name, value in user_features.items():
+    features[name] = jnp.broadcast_to(value, (n,) + value.shape)
+  return model.predict(with_leaves(params, fast), features)
+
+
+def top_k_one(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
+              user_features: dict[str, jax.Array], rated: jax.Array,
+              item_blocks: dict[str, jax.Array], block_index: jax.Array,
+              k: int) -> tuple[jax.Array, jax.Array]:
+  """The user's k best items, excluding `rated` (item indices, -1 = pad).
+
+  `item_blocks[name]` is `[num_blocks, B(, L)]`, `block_index` the item
+  index of each slot `[num_blocks, B]` (-1: padding past the catalogue).
+  A `lax.scan` over blocks keeps a running top-k, so the scores of the whole
+  catalogue never sit in memory at once. Ties keep the lower item index.
+
+  Returns:
+    (scores f32[k], item indices int32[k]); -inf and -1 where the user has
+    fewer than k candidates.
+  """
+
+  def block(carry, xs):
+    best, best_idx = carry
+    feats, idx = xs
+    scores = score_items(model, params, fast, user_features, feats)
+    excluded = (idx < 0) | jnp.any(rated[:, None] == idx[None, :], axis=0)
+    scores = jnp.where(excluded, -jnp.inf, scores.astype(jnp.float32))
+    both = jnp.concatenate([best, scores])
+    both_idx = jnp.concatenate([best_idx, idx])
+    top, pos = jax.lax.top_k(both, k)
+    top_idx = jnp.where(jnp.isfinite(top), both_idx[pos], -1)
+    return (top, top_idx), None
+
+  init = (jnp.full((k,), -jnp.inf, jnp.float32), jnp.full((k,), -1, jnp.int32))
+  (top, top_idx), _ = jax.lax.scan(block, init, (item_blocks, block_index))
+  return top, top_idx
+
+
+class ChunkFunctions:
+  """The compiled chunk functions of one export.
+
+  Attributes:
+    adapt: `(params, inner, support [C, W]) -> {path: [C, ...]}` in the
+      export dtype, plus the float32 leaves for the ranking.
+    top_k: `(params, fast [C, ...], user_features [C], rated [C, R],
+      item_blocks, block_index) -> (scores [C, k], items [C, k])`.
+  """
+
+  def __init__(self, model: Recommender, config: meta.MetaConfig, mesh: Mesh,
+               *, dtype: str, k: int):
+    self.task_sharding = NamedSharding(mesh, P(AXIS))
+    self.replicated = NamedSharding(mesh, P())
+
+    def adapt_chunk(params, inner, support):
+      fast = jax.vmap(lambda s: adapt_leaves(model, config, params, inner, s)
+                      )(support)
+      return cast(fast, dtype), fast
+
+    adapt_sharded = jax.shard_map(
+        adapt_chunk, mesh=mesh, in_specs=(P(), P(), P(AXIS)),
+        out_specs=P(AXIS), check_vma=False)
+    self.adapt = CompiledByShape(jax.jit(adapt_sharded), name="export_adapt")
+    self.top_k = None
+    if k:
+      def rank_chunk(params, fast, user_features, rated, blocks, index):
+        return jax.vmap(
+            lambda f, u, r: top_k_one(model, params, f, u, r, blocks, index,
+                                      k))(fast, user_features, rated)
+
+      rank_sharded = jax.shard_map(
+          rank_chunk, mesh=mesh,
+          in_specs=(P(), P(AXIS), P(AXIS), P(AXIS), P(), P()),
+          out_specs=P(AXIS), check_vma=False)
+      self.top_k = CompiledByShape(jax.jit(rank_sharded),
+                                   name="export_top_k")
+
+  @property
+  def compiles(self) -> int:
+    return self.adapt.compiles + (self.top_k.compiles if self.top_k else 0)
+
+  @property
+  def compile_seconds(self) -> float:
+    return self.adapt.compile_seconds + (
+        self.top_k.compile_seconds if self.top_k else 0.0)

@@ -1,0 +1,216 @@
+"""The export folder: file names, per-user flags, dtypes, the atomic writer.
+
+Layout of `metarec export --out=DIR` (every array a `.npy` file, opened
+with `mmap_mode="r"` by `export.load`):
+
+    manifest.json                 format name and version, counts, dtype,
+                                  the config, the model's feature schema,
+                                  the parameter leaves, the flag bits
+    users.npy          [U]        external user ids, sorted (int64 or str)
+    flags.npy          [U] uint8  per-user FLAGS bits
+    user/NAME.npy      [U(, L)]   int32 user feature indices each user is
+                                  served with (0 = missing)
+    rated_offsets.npy  [U+1]      int64 CSR offsets into rated_*
+    rated_items.npy    [R] int32  item index (row of items.npy) of each of
+                                  the user's known ratings: the support set
+                                  first (oldest to newest), then the older
+                                  ratings left out by data.max_support
+    rated_ratings.npy  [R]        float32 ratings
+    support_sizes.npy  [U]        int32: the first support_sizes[u] rated
+                                  rows of user u are its support set
+    items.npy          [I]        external item ids: the catalogue
+    item/NAME.npy      [I(, L)]   int32 item feature indices
+    user_table/ids.npy [T]        the dataset's user table (external ids)
+    user_table/NAME.npy [T(, L)]  its user feature indices, for serving-time
+                                  adaptation of users that were not exported
+    params/meta/PATH.npy          float32 meta-parameters: every leaf once
+    params/inner/PATH.npy         float32 learned inner-loop parameters
+                                  (metasgd, mamlpp)
+    params/adapted/PATH.npy [U, ...]  each user's adapted leaves, stacked:
+                                  float32, or bfloat16 stored as its uint16
+                                  bit patterns (numpy has no bfloat16;
+                                  `decode` views them back through ml_dtypes)
+    topk.jsonl                    with --top_k: one JSON object per user
+
+PATH is a parameter's '/'-joined path (`decision/fc1/kernel`), so a leaf's
+file sits in nested folders. Only the per-user adapted leaves take the
+requested dtype; the meta-parameters stay float32 so that unknown users and
+serving-time adaptation are exact.
+
+The folder is built as a hidden sibling `.NAME.tmp-*` and renamed into
+place as the last step: a killed export leaves `--out` absent or holding the
+previous complete export, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from metarec_jax.errors import InputError
+
+FORMAT_NAME = "metarec-export"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOPK_FILE = "topk.jsonl"
+DTYPES = ("float32", "bfloat16")
+
+# Per-user flag bits (flags.npy).
+NOT_IN_USER_TABLE = 1  # not in the dataset's user table: missing features
+NO_RATINGS = 2         # no known rating: the adapted leaves are the meta ones
+TRUNCATED = 4          # more than max_support ratings: the most recent used
+SKIPPED_ITEMS = 8      # some ratings were of items not in the catalogue
+FLAGS = {"not_in_user_table": NOT_IN_USER_TABLE, "no_ratings": NO_RATINGS,
+         "truncated": TRUNCATED, "skipped_items": SKIPPED_ITEMS}
+# The flags of users whose parameters are not a personal adaptation on
+# their own features and ratings: `flagged_users` counts these. The other
+# two bits are informational (the user is adapted on its known ratings).
+ODD = NOT_IN_USER_TABLE | NO_RATINGS
+
+
+def leaf_file(group: str, path: str) -> str:
+  """`params/<group>/<path>.npy` (group: meta, inner or adapted)."""
+  return f"params/{group}/{path}.npy"
+
+
+def encode(values: np.ndarray, dtype: str) -> np.ndarray:
+  """float32 values -> the stored array of `dtype` (bf16 as uint16 bits)."""
+  if dtype == "bfloat16":
+    return np.asarray(values, np.float32).astype(
+        ml_dtypes.bfloat16).view(np.uint16)
+  return np.asarray(values, np.float32)
+
+
+def decode(stored: np.ndarray, dtype: str) -> np.ndarray:
+  """A stored array (or a row of one) -> float32 values."""
+  if dtype == "bfloat16":
+    return np.asarray(stored).view(ml_dtypes.bfloat16).astype(np.float32)
+  return np.asarray(stored, np.float32)
+
+
+def storage_dtype(dtype: str):
+  """The numpy dtype of the stored adapted leaves."""
+  return np.uint16 if dtype == "bfloat16" else np.float32
+
+
+def is_export(path: str) -> bool:
+  """Whether `path` holds a complete export folder."""
+  try:
+    with open(os.path.join(path, MANIFEST)) as f:
+      return json.load(f).get("format") == FORMAT_NAME
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+  """The manifest of the export folder `path`.
+
+  Raises:
+    InputError: not an export folder, or one of another format version.
+  """
+  file = os.path.join(path, MANIFEST)
+  try:
+    with open(file) as f:
+      manifest = json.load(f)
+  except FileNotFoundError:
+    raise InputError("not a metarec export (no manifest.json)",
+                     path=path) from None
+  except (OSError, ValueError) as e:
+    raise InputError(f"unreadable manifest: {e}", path=file) from None
+  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+    raise InputError("not a metarec export manifest", path=file)
+  if manifest.get("version") != FORMAT_VERSION:
+    raise InputError(f"export format version {manifest.get('version')!r};"
+                     f" this version reads {FORMAT_VERSION}: export again",
+                     path=file)
+  return manifest
+
+
+class ExportWriter:
+  """Builds an export folder beside `out` and renames it into place.
+
+  Usage:
+
+      with ExportWriter(out) as w:
+        w.save("users.npy", ids)
+        adapted = w.open("params/adapted/x.npy", np.float32, (n, 4))
+        ...
+        w.finish(manifest)
+
+  Leaving the block without `finish` removes the temporary folder; one left
+  by a killed process (`.NAME.tmp-*`) is removed by the next writer.
+
+  Raises:
+    InputError: `out` exists and is neither empty nor an earlier export
+      (so an export never replaces somebody's other folder).
+  """
+
+  def __init__(self, out: str | os.PathLike):
+    self.out = os.path.abspath(os.fspath(out))
+    if os.path.isfile(self.out) or (
+        os.path.isdir(self.out) and os.listdir(self.out)
+        and not is_export(self.out)):
+      raise InputError("exists and is not an earlier export; choose another"
+                       " --out", path=self.out)
+    parent, name = os.path.split(self.out)
+    self.parent = parent
+    self._prefix = os.path.join(parent, f".{name}.tmp-")
+    self.tmp = self._prefix + uuid.uuid4().hex[:8]
+    self._finished = False
+
+  def __enter__(self) -> "ExportWriter":
+    os.makedirs(self.parent, exist_ok=True)
+    for entry in os.listdir(self.parent):
+      stale = os.path.join(self.parent, entry)
+      if stale.startswith(self._prefix):
+        shutil.rmtree(stale, ignore_errors=True)
+    os.makedirs(self.tmp)
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if not self._finished:
+      shutil.rmtree(self.tmp, ignore_errors=True)
+    return False
+
+  def path(self, name: str) -> str:
+    """The temporary path of the file `name`, its folders created."""
+    path = os.path.join(self.tmp, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+  def save(self, name: str, array: np.ndarray) -> None:
+    np.save(self.path(name), np.asarray(array), allow_pickle=False)
+
+  def open(self, name: str, dtype, shape) -> np.ndarray:
+    """A writable memory-mapped `.npy` file (filled in place)."""
+    return np.lib.format.open_memmap(self.path(name), mode="w+", dtype=dtype,
+                                     shape=tuple(shape))
+
+  def size(self) -> int:
+    """Bytes written so far."""
+    total = 0
+    for root, _, files in os.walk(self.tmp):
+      total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
+
+  def finish(self, manifest: dict[str, Any]) -> None:
+    """Writes the manifest and swaps the folder into place."""
+    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **manifest}
+    with open(os.path.join(self.tmp, MANIFEST), "w") as f:
+      json.dump(manifest, f, indent=1, ensure_ascii=False)
+      f.flush()
+      os.fsync(f.fileno())
+    old = None
+    if os.path.exists(self.out):
+      old = self._prefix + "old-" + uuid.uuid4().hex[:8]
+      os.rename(self.out, old)
+    os.rename(self.tmp, self.out)
+    self._finished = True
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,414 @@
+"""Serving an export folder: `load(DIR)` -> predict, recommend, adapt.
+
+    export = load("/models/melu-2024-06")
+    export.predict(42, [1193, 661])             # float32 predicted ratings
+    export.recommend(42, 10)                    # [(item_id, score), ...]
+    user = export.adapt([(1193, 5), (661, 3)], user_id=9001)
+    user.recommend(10)
+
+Everything comes from the folder: the model is rebuilt from the config and
+feature schema in its manifest, the parameters and feature tables are
+memory-mapped `.npy` arrays; no work directory, checkpoint or task store is
+read. Predictions and serving-time adaptation are jitted and batched over
+items (padded to power-of-two sizes, so a handful of programs serve every
+request size).
+
+Users: `export.user(user_id)` is a `UserModel` whose `source` says where
+its parameters come from, for a serving system to check:
+
+- `"export"`: an exported user (`known` is True; `flags` are its export
+  flags, `layout.FLAGS`);
+- `"meta"`: a user who is not in the export, served from the
+  meta-parameters, i.e. the model before adaptation (`known` is False;
+  `Export.predict` and `Export.recommend` also log a warning). Its user
+  features come from the dataset's user table when the id is there, else
+  the "missing" index 0;
+- `"adapted"`: the result of `Export.adapt`, adapted at serving time.
+
+Item ids are the dataset's external ids; an id not in the catalogue is a
+`KeyError` (`known_items` tests ids first). Predictions are the model's raw
+outputs; `clip=True` clips them to the rating scale as `metarec eval` does.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import numbers
+import os
+from typing import Any, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metarec_jax import config_io, meta, models
+from metarec_jax.data.schema import FeatureSpec
+from metarec_jax.data.tasks import FeatureTables, bucket_widths
+from metarec_jax.errors import InputError
+from metarec_jax.export import compute, layout
+from metarec_jax.export import users as users_lib
+from metarec_jax.meta import paths
+
+log = logging.getLogger("metarec")
+
+MAX_BLOCK = 4096  # items per device call of `predict`
+
+
+def load(path: str | os.PathLike) -> "Export":
+  """Opens an export folder written by `metarec export`.
+
+  Raises:
+    InputError: not a complete export of a known format version.
+  """
+  return Export(os.fspath(path))
+
+
+def _sorted_index(ids: np.ndarray):
+  order = np.argsort(ids, kind="stable")
+  return order, np.asarray(ids)[order]
+
+
+def _lookup(order: np.ndarray | None, sorted_ids: np.ndarray,
+            ids: np.ndarray) -> np.ndarray:
+  """Positions of `ids` in the array that `order` sorts into `sorted_ids`
+  (None: `sorted_ids` itself); -1 for unknown ids."""
+  ids = np.asarray(ids)
+  if not len(sorted_ids) or not ids.size:
+    return np.full(ids.shape, -1, np.int64)
+  if sorted_ids.dtype.kind in "iu" and ids.dtype.kind not in "iu":
+    try:
+      ids = ids.astype(np.int64)
+    except (ValueError, TypeError):
+      return np.full(ids.shape, -1, np.int64)
+  elif sorted_ids.dtype.kind not in "iu":
+    ids = ids.astype(str)
+  pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+  found = pos if order is None else order[pos]
+  return np.where(sorted_ids[pos] == ids, found, -1).astype(np.int64)
+
+
+def _bucket(n: int) -> int:
+  """Padded size of a request of `n` items: a power of two, at least 16."""
+  return max(16, 1 << max(n - 1, 0).bit_length())
+
+
+class UserModel:
+  """One user's model: `predict(item_ids)` and `recommend(k)`.
+
+  Attributes:
+    user_id: the user's external id (None for an anonymous `adapt`).
+    source: `export`, `meta` or `adapted` (see the module docstring).
+    known: the user was exported (`source == "export"`).
+    flags: `layout.FLAGS` bits (for `adapted`: those the same ratings would
+      get at export time).
+    support_size: ratings the parameters were adapted on.
+    skipped_items: `adapt`'s ratings of items not in the catalogue.
+    fast: `{path: float32 array}`, the user's adapted leaves.
+  """
+
+  def __init__(self, export: "Export", user_id: Any, *, source: str,
+               fast: dict[str, np.ndarray],
+               user_features: dict[str, np.ndarray], rated: np.ndarray,
+               flags: int = 0, support_size: int = 0, skipped_items: int = 0):
+    self.export = export
+    self.user_id = user_id
+    self.source = source
+    self.fast = fast
+    self.user_features = user_features
+    self.rated = np.asarray(rated, np.int64)
+    self.flags = int(flags)
+    self.support_size = int(support_size)
+    self.skipped_items = int(skipped_items)
+
+  @property
+  def known(self) -> bool:
+    return self.source == "export"
+
+  def predict(self, item_ids: Sequence, *, clip: bool = False) -> np.ndarray:
+    """Predicted ratings `float32[len(item_ids)]` of the items.
+
+    Raises:
+      KeyError: an item id is not in the catalogue.
+    """
+    scores = self.export._scores(self, self.export.item_index(item_ids))  # pylint: disable=protected-access
+    if clip:
+      lo, hi = self.export.rating_range
+      scores = np.clip(scores, lo, hi)
+    return scores
+
+  def recommend(self, k: int, candidates: Sequence | None = None
+                ) -> list[tuple[Any, float]]:
+    """The `k` best items not rated by the user, best first.
+
+    Args:
+      k: how many (fewer when there are fewer candidates).
+      candidates: item ids to choose from (default: the whole catalogue).
+
+    Returns:
+      `[(item_id, score), ...]`; ties go to the item listed first in the
+      catalogue.
+    """
+    e = self.export
+    if candidates is None:
+      index = np.arange(e.num_items, dtype=np.int64)
+    else:
+      index = np.unique(e.item_index(candidates))
+    index = index[~np.isin(index, self.rated)]
+    if not len(index) or k <= 0:
+      return []
+    scores = e._scores(self, index)  # pylint: disable=protected-access
+    best = np.lexsort((index, -scores))[:k]
+    ids = e.item_ids[index[best]].tolist()
+    return list(zip(ids, scores[best].astype(float).tolist()))
+
+
+class Export:
+  """A loaded export folder (see `load` and the module docstring).
+
+  Attributes:
+    path: the folder.
+    manifest: its manifest.json.
+    user_ids: `[U]` the exported users' external ids (sorted).
+    item_ids: `[I]` the catalogue.
+    flags: `[U]` uint8 export flags per user (`layout.FLAGS`).
+    dtype: the adapted leaves' storage dtype (`float32` or `bfloat16`).
+    adapted: `{path: [U, ...]}` the stored adapted leaves (memory-mapped;
+      `layout.decode` turns a row into float32).
+    meta_params, inner: the meta-parameters and learned inner-loop
+      parameters (None for plain MAML), memory-mapped.
+    model, meta_config: the rebuilt `Recommender` and `MetaConfig`.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    self.manifest = m = layout.read_manifest(path)
+    self.dtype = m["dtype"]
+    self.rating_range = (float(m["rating_min"]), float(m["rating_max"]))
+    config = config_io.from_dict(m["config"])
+    specs = tuple(FeatureSpec.from_json(f) for f in m["features"])
+    self.model = models.build(config.model, specs,
+                              rating_mean=float(m["rating_mean"]))
+    mc = dict(m["meta_config"])
+    mc["adapt"] = tuple(mc["adapt"])
+    mc["msl_weights"] = tuple(mc["msl_weights"])
+    self.meta_config = meta.MetaConfig(**mc)
+    self.max_support = int(m["max_support"])
+    self.buckets = tuple(int(b) for b in m["buckets"])
+
+    self.user_ids = self._load("users.npy")
+    self.flags = self._load("flags.npy")
+    self.rated_offsets = self._load("rated_offsets.npy")
+    self.rated_items = self._load("rated_items.npy")
+    self.support_sizes = self._load("support_sizes.npy")
+    self.item_ids = self._load("items.npy")
+    self._item_order, self._item_sorted = _sorted_index(self.item_ids)
+    self.user_features = {n: self._load(f"user/{n}.npy")
+                          for n in m["user_features"]}
+    self.table_ids = self._load("user_table/ids.npy")
+    self._table_order, self._table_sorted = _sorted_index(self.table_ids)
+    self.table_features = {n: self._load(f"user_table/{n}.npy")
+                           for n in m["user_features"]}
+    item_tables = {n: self._load(f"item/{n}.npy") for n in m["item_features"]}
+    self._tables = FeatureTables(specs, {}, item_tables)
+    self.meta_params = paths.nest({p: self._load(layout.leaf_file("meta", p))
+                                   for p in m["params"]["meta"]})
+    self.adapted = {p: self._load(layout.leaf_file("adapted", p))
+                    for p in m["params"]["adapted"]}
+    self._meta_fast = {p: np.asarray(v, np.float32) for p, v in
+                       paths.flatten(self.meta_params).items()
+                       if p in self.adapted}
+    self.inner = None
+    if m["params"]["inner"]:
+      self.inner = paths.nest({p: self._load(layout.leaf_file("inner", p))
+                               for p in m["params"]["inner"]})
+    # Device copies of what every request reads.
+    self._params = jax.device_put(self.meta_params)
+    self._inner = jax.device_put(self.inner)
+    self._item_tables = jax.device_put(item_tables)
+    model, config = self.model, self.meta_config
+
+    def predict(params, fast, user_features, item_tables, index):
+      items = {n: t[index] for n, t in item_tables.items()}
+      return compute.score_items(model, params, fast, user_features, items)
+
+    self._predict = jax.jit(predict)
+    self._adapt = jax.jit(functools.partial(compute.adapt_leaves, model,
+                                            config))
+
+  def _load(self, name: str) -> np.ndarray:
+    file = os.path.join(self.path, name)
+    try:
+      return np.load(file, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+      raise InputError(f"unreadable export array: {e}", path=file) from e
+
+  @property
+  def num_users(self) -> int:
+    return len(self.user_ids)
+
+  @property
+  def num_items(self) -> int:
+    return len(self.item_ids)
+
+  # ---------------------------------------------------------------- lookup
+
+  def user_row(self, user_id) -> int:
+    """The row of an exported user, -1 if the user is not in the export."""
+    return int(_lookup(None, self.user_ids,
+                       np.asarray([_scalar(user_id)]))[0])
+
+  def is_known(self, user_id) -> bool:
+    return self.user_row(user_id) >= 0
+
+  def item_index(self, item_ids: Sequence) -> np.ndarray:
+    """Catalogue positions of item ids.
+
+    Raises:
+      KeyError: naming the ids that are not in the catalogue.
+    """
+    ids = np.asarray(item_ids).reshape(-1)
+    index = _lookup(self._item_order, self._item_sorted, ids)
+    if (index < 0).any():
+      bad = ids[index < 0][:5].tolist()
+      raise KeyError(f"item ids not in the export's catalogue: {bad}"
+                     f"{' ...' if (index < 0).sum() > 5 else ''}")
+    return index
+
+  def known_items(self, item_ids: Sequence) -> np.ndarray:
+    """bool mask: which ids are in the catalogue."""
+    return _lookup(self._item_order, self._item_sorted,
+                   np.asarray(item_ids).reshape(-1)) >= 0
+
+  def _table_features(self, user_id) -> tuple[dict[str, np.ndarray], bool]:
+    """The user table's feature row of `user_id` (zeros if absent)."""
+    row = -1
+    if user_id is not None:
+      row = int(_lookup(self._table_order, self._table_sorted,
+                        np.asarray([_scalar(user_id)]))[0])
+    if row < 0:
+      return {n: np.zeros(t.shape[1:], np.int32)
+              for n, t in self.table_features.items()}, False
+    return {n: np.asarray(t[row]) for n, t in self.table_features.items()}, True
+
+  # ----------------------------------------------------------------- users
+
+  def user(self, user_id) -> UserModel:
+    """The model of `user_id`: exported, or the meta-parameters if unknown."""
+    row = self.user_row(user_id)
+    if row < 0:
+      features, in_table = self._table_features(user_id)
+      return UserModel(self, user_id, source="meta", fast=self._meta_fast,
+                       user_features=features, rated=np.zeros(0, np.int64),
+                       flags=(0 if in_table else layout.NOT_IN_USER_TABLE)
+                       | layout.NO_RATINGS)
+    fast = {p: layout.decode(v[row], self.dtype)
+            for p, v in self.adapted.items()}
+    lo, hi = self.rated_offsets[row], self.rated_offsets[row + 1]
+    return UserModel(self, user_id, source="export", fast=fast,
+                     user_features={n: np.asarray(t[row]) for n, t in
+                                    self.user_features.items()},
+                     rated=self.rated_items[lo:hi], flags=self.flags[row],
+                     support_size=self.support_sizes[row])
+
+  def _served(self, user_id) -> UserModel:
+    user = self.user(user_id)
+    if not user.known:
+      log.warning("user %r is not in the export %s: served from the"
+                  " meta-parameters", user_id, self.path)
+    return user
+
+  def predict(self, user_id, item_ids: Sequence, *,
+              clip: bool = False) -> np.ndarray:
+    """Predicted ratings `float32[len(item_ids)]` of a user for items."""
+    return self._served(user_id).predict(item_ids, clip=clip)
+
+  def recommend(self, user_id, k: int, candidates: Sequence | None = None
+                ) -> list[tuple[Any, float]]:
+    """A user's `k` best unrated items, `[(item_id, score)]`, best first."""
+    return self._served(user_id).recommend(k, candidates)
+
+  def adapt(self, ratings: Iterable[tuple[Any, float]], *,
+            user_id=None) -> UserModel:
+    """Adapts the meta-parameters to a user who was not exported.
+
+    The same rules as export: unknown items are skipped (`skipped_items`),
+    a repeated item keeps its last rating, and of more than `max_support`
+    ratings the last ones are used (`ratings` is taken as oldest first).
+
+    Args:
+      ratings: `(item_id, rating)` pairs.
+      user_id: the user's id in the dataset's user table, for its features
+        (None or an id not there: the "missing" features).
+
+    Raises:
+      ValueError: a rating outside the rating scale.
+    """
+    pairs = list(ratings)
+    items = np.asarray([p[0] for p in pairs])
+    values = np.asarray([p[1] for p in pairs], np.float64)
+    lo, hi = self.rating_range
+    if ((values < lo) | (values > hi) | ~np.isfinite(values)).any():
+      raise ValueError(f"ratings must lie on the scale {lo:g} to {hi:g}")
+    features, in_table = self._table_features(user_id)
+    index = _lookup(self._item_order, self._item_sorted, items)
+    known = index >= 0
+    skipped = int((~known).sum())
+    flags = 0 if in_table else layout.NOT_IN_USER_TABLE
+    if skipped:
+      flags |= layout.SKIPPED_ITEMS
+    # The export's own grouping rules, on this one user's ratings.
+    catalogue = np.unique(index[known])
+    u = users_lib.collect(
+        np.zeros(int(known.sum()), np.int64), index[known], values[known],
+        None, known_users=np.zeros(0, np.int64), known_items=catalogue,
+        max_support=self.max_support)
+    if len(u) == 0:
+      return UserModel(self, user_id, source="adapted", fast=self._meta_fast,
+                       user_features=features, rated=np.zeros(0, np.int64),
+                       flags=flags | layout.NO_RATINGS, skipped_items=skipped)
+    flags |= int(u.flags[0]) & layout.TRUNCATED
+    rated = catalogue[u.items].astype(np.int64)
+    size = int(u.support_sizes[0])
+    width = int(bucket_widths(np.array([size]), self.buckets)[0])
+    mask = np.arange(width) < size
+    support_items = np.zeros(width, np.int64)
+    support_items[:size] = rated[:size]
+    support_ratings = np.zeros(width, np.float32)
+    support_ratings[:size] = u.ratings[:size]
+    tables = FeatureTables(self._tables.specs,
+                           {n: v[None] for n, v in features.items()},
+                           self._tables.item)
+    batch = tables.rows(np.zeros(1, np.int64), support_items[None],
+                        support_ratings[None], mask[None])
+    batch = jax.tree.map(lambda a: a[0], batch)
+    fast = jax.device_get(self._adapt(self._params, self._inner, batch))
+    return UserModel(self, user_id, source="adapted",
+                     fast={p: np.asarray(v) for p, v in fast.items()},
+                     user_features=features, rated=rated, flags=flags,
+                     support_size=size, skipped_items=skipped)
+
+  # ----------------------------------------------------------------- device
+
+  def _scores(self, user: UserModel, index: np.ndarray) -> np.ndarray:
+    """The user's predicted ratings of catalogue positions `index`."""
+    index = np.asarray(index, np.int64)
+    out = np.empty(len(index), np.float32)
+    fast = jax.device_put(user.fast)
+    features = jax.device_put(user.user_features)
+    for lo in range(0, len(index), MAX_BLOCK):
+      part = index[lo:lo + MAX_BLOCK]
+      padded = np.zeros(min(_bucket(len(part)), MAX_BLOCK), np.int32)
+      padded[:len(part)] = part
+      scores = self._predict(self._params, fast, features, self._item_tables,
+                             jnp.asarray(padded))
+      out[lo:lo + len(part)] = np.asarray(scores)[:len(part)]
+    return out
+
+
+def _scalar(value):
+  """A user id as a numpy-comparable scalar (numbers stay numbers)."""
+  if isinstance(value, (numbers.Integral, np.integer)):
+    return int(value)
+  return value
+

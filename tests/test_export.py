@@ -1,0 +1,536 @@
+"""`metarec export` and `metarec_jax.export.load` on a tiny trained run.
+
+One tiny MeLU run per module (trained in process); each test exports a
+ratings file written from the run's synthetic store and checks the folder
+and the serving API against the functional core's own adaptation.
+"""
+
+import json
+import logging
+import os
+import shutil
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from cli_run import assert_one_line_error, last_json, metarec
+from conftest import config_path
+from procs import start, wait_for
+from metarec_jax import config_io, experiment, export, meta, runtime
+from metarec_jax.data import ratings_io
+from metarec_jax.data.tasks import FeatureTables
+from metarec_jax.export import layout
+from metarec_jax.train import train_and_evaluate
+from metarec_jax.train.restore import load_state
+
+MAX_SUPPORT = 16  # configs/tiny.py
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A 6-step tiny MeLU run, its experiment and restored meta-parameters."""
+  workdir = str(tmp_path_factory.mktemp("export_run"))
+  config = config_io.apply_overrides(
+      config_io.load_config_file(config_path("tiny")),
+      [("train.eval_every_steps", "0"), ("log.histogram_every_steps", "0")])
+  train_and_evaluate(config, workdir)
+  exp = experiment.build(config_io.read_workdir_config(workdir), workdir)
+  state = load_state(exp, workdir, runtime.make_mesh())
+  return workdir, exp, jax.device_get(state.params)
+
+
+def store_rows(exp, user_ids):
+  """(users, items, ratings) external ids of the store's ratings of users."""
+  store = exp.store
+  index = ratings_io.lookup(store.user_ids, np.asarray(user_ids))
+  counts = store.counts()
+  rows = np.concatenate([np.arange(store.offsets[i], store.offsets[i + 1])
+                         for i in index])
+  users = np.repeat(np.asarray(store.user_ids)[index], counts[index])
+  return (users, np.asarray(store.item_ids)[store.items[rows]],
+          np.asarray(store.ratings)[rows])
+
+
+def write_file(path, exp, users, items, ratings, *, shuffle_seed=0):
+  """A ratings file in the store's format, lines interleaved at random
+  (`shuffle_seed=None`: in the order given)."""
+  order = (np.arange(len(users)) if shuffle_seed is None else
+           np.random.default_rng(shuffle_seed).permutation(len(users)))
+  ratings_io.write_ratings(path, np.asarray(users)[order],
+                           np.asarray(items)[order],
+                           np.asarray(ratings)[order], exp.store)
+  return str(path)
+
+
+def file_support(path, exp, user_id):
+  """The user's support set by the documented rule, computed here: known
+  items, the last line of a repeated item, then the last max_support lines
+  (the synthetic format has no timestamps)."""
+  users, items, ratings, _ = ratings_io.read_ratings(path, exp.store)
+  item_index = ratings_io.lookup(exp.store.item_ids, items)
+  mine = np.flatnonzero((users == user_id) & (item_index >= 0))
+  last = {}
+  for row in mine:  # file order: a later line replaces an earlier one
+    last.pop(int(item_index[row]), None)
+    last[int(item_index[row])] = float(ratings[row])
+  pairs = list(last.items())[-MAX_SUPPORT:]
+  return (np.array([p[0] for p in pairs], np.int64),
+          np.array([p[1] for p in pairs], np.float32))
+
+
+def core_predictions(exp, meta_params, user_id, support_items,
+                     support_ratings, query_items):
+  """Adapt with `meta.adapt` on one unpadded task, predict with the model."""
+  row = int(ratings_io.lookup(exp.store.user_ids, np.array([user_id]))[0])
+  user = {n: (np.asarray(t)[[row]] if row >= 0 else np.zeros_like(t[:1]))
+          for n, t in exp.tables.user.items()}
+  tables = FeatureTables(exp.tables.specs, user, exp.tables.item)
+  n = len(support_items)
+  support = tables.rows(np.zeros(1, np.int64), support_items[None],
+                        support_ratings[None], np.ones((1, n), bool))
+  support = jax.tree.map(lambda a: a[0], support)
+  params, inner = meta_params["model"], meta_params["inner"]
+  adapted = jax.jit(lambda p, i, s: meta.adapt(
+      exp.model.loss_fn, p, s, config=exp.meta_config, inner=i))(
+          params, inner, support)
+  q = len(query_items)
+  query = tables.rows(np.zeros(1, np.int64), query_items[None],
+                      np.zeros((1, q), np.float32), np.ones((1, q), bool))
+  return np.asarray(exp.model.predict(
+      adapted, jax.tree.map(lambda a: a[0], query["features"])))
+
+
+def arrays(folder):
+  """{relative path: array} of every .npy file of a folder."""
+  out = {}
+  for root, _, files in os.walk(folder):
+    for f in files:
+      if f.endswith(".npy"):
+        path = os.path.join(root, f)
+        out[os.path.relpath(path, folder)] = np.load(path)
+  return out
+
+
+USERS = list(range(1, 31))
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+  """30 users' store ratings exported (float32, top 5) and loaded."""
+  workdir, exp, _ = run
+  tmp = tmp_path_factory.mktemp("exported")
+  path = write_file(tmp / "ratings.csv", exp, *store_rows(exp, USERS))
+  out = str(tmp / "export")
+  summary = export.export_workdir(workdir, path, out, top_k=5)
+  return path, out, summary, export.load(out)
+
+
+def test_predictions_equal_the_core_adapted_model(run, exported):
+  _, exp, meta_params = run
+  path, _, summary, loaded = exported
+  assert summary["users"] == len(USERS) and summary["flagged_users"] == 0
+  assert summary["flags"]["truncated"] > 0  # tiny users have 15..40 ratings
+  query = np.arange(exp.store.num_items)
+  for user in (1, 2, 7, 30):
+    items, ratings = file_support(path, exp, user)
+    want = core_predictions(exp, meta_params, user, items, ratings, query)
+    got = loaded.predict(user, np.asarray(exp.store.item_ids)[query])
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert loaded.user(user).known and loaded.user(user).source == "export"
+
+
+def test_chunks_compile_once_per_support_bucket(run, tmp_path):
+  workdir, exp, _ = run
+  users, items, ratings = store_rows(exp, USERS)
+  short = np.isin(users, [3, 4, 5])  # a second bucket: 5 ratings (tiny: 8)
+  rank = np.arange(len(users)) - np.searchsorted(users, users)
+  keep = ~short | (rank < 5)
+  path = write_file(tmp_path / "r.csv", exp, users[keep], items[keep],
+                    ratings[keep])
+  summary = export.export_workdir(workdir, path, str(tmp_path / "e"),
+                                  chunk_users=4)  # 8 chunks of 4 users
+  assert summary["chunk_users"] == 4 and summary["users"] == 30
+  assert summary["compiles"] == 2  # widths 8 and 16
+  loaded = export.load(str(tmp_path / "e"))
+  assert sorted(set(loaded.support_sizes.tolist()) - {15, 16}) == [5]
+
+
+def test_the_folder_format(run, exported):
+  _, exp, meta_params = run
+  _, out, summary, loaded = exported
+  manifest = json.load(open(os.path.join(out, "manifest.json")))
+  assert manifest["format"] == "metarec-export" and manifest["version"] == 1
+  assert manifest["dtype"] == "float32" and manifest["num_users"] == 30
+  np.testing.assert_array_equal(loaded.user_ids, USERS)
+  assert isinstance(loaded.user_ids, np.memmap)
+  adapted = manifest["params"]["adapted"]
+  assert sorted(adapted) == sorted(
+      p for p in meta.leaf_paths(meta_params["model"])
+      if p.startswith("decision/"))
+  for p, shape in adapted.items():
+    stored = np.load(os.path.join(out, "params", "adapted", p + ".npy"),
+                     mmap_mode="r")
+    assert stored.shape == (30, *shape) and stored.dtype == np.float32
+  for p, leaf in zip(meta.leaf_paths(meta_params["model"]),
+                     jax.tree.leaves(meta_params["model"])):
+    np.testing.assert_array_equal(
+        np.load(os.path.join(out, "params", "meta", p + ".npy")), leaf)
+  np.testing.assert_array_equal(np.load(os.path.join(out, "items.npy")),
+                                exp.store.item_ids)
+  assert summary["bytes_per_user"] > summary["adapted_bytes_per_user"] > 0
+  assert not [n for n in os.listdir(os.path.dirname(out)) if "tmp" in n]
+
+
+def test_a_second_export_writes_identical_arrays(run, exported, tmp_path):
+  workdir, _, _ = run
+  path, out, _, _ = exported
+  again = str(tmp_path / "again")
+  export.export_workdir(workdir, path, again, top_k=5)
+  first, second = arrays(out), arrays(again)
+  assert sorted(first) == sorted(second)
+  for name in first:
+    np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+  assert (open(os.path.join(out, "topk.jsonl")).read()
+          == open(os.path.join(again, "topk.jsonl")).read())
+
+
+def test_top_k_excludes_rated_items_sorted_k_entries(run, exported):
+  _, exp, _ = run
+  path, out, _, loaded = exported
+  users, items, _, _ = ratings_io.read_ratings(path, exp.store)
+  lines = open(os.path.join(out, "topk.jsonl")).read().splitlines()
+  assert [json.loads(l)["user"] for l in lines] == USERS
+  for line in lines:
+    rec = json.loads(line)
+    rated = set(items[users == rec["user"]].tolist())
+    assert len(rec["items"]) == len(rec["scores"]) == 5
+    assert not rated & set(rec["items"])
+    assert rec["scores"] == sorted(rec["scores"], reverse=True)
+    np.testing.assert_allclose(loaded.predict(rec["user"], rec["items"]),
+                               rec["scores"], rtol=1e-5, atol=1e-5)
+    best = loaded.recommend(rec["user"], 5)
+    assert [i for i, _ in best] == rec["items"]
+    # Brute force: the best unrated items of the whole catalogue.
+    scores = loaded.predict(rec["user"], exp.store.item_ids)
+    unrated = [(s, i) for i, s in zip(exp.store.item_ids.tolist(), scores)
+               if i not in rated]
+    assert min(rec["scores"]) >= max(
+        s for s, i in unrated if i not in rec["items"]) - 1e-5
+
+
+def test_recommend_among_candidates(exported):
+  _, _, _, loaded = exported
+  rated = set(loaded.item_ids[loaded.rated_items[
+      loaded.rated_offsets[0]:loaded.rated_offsets[1]]].tolist())
+  candidates = [i for i in range(1, 40) if i not in rated][:6]
+  candidates += sorted(rated)[:3]
+  best = loaded.recommend(1, 4, candidates=candidates)
+  assert len(best) == 4 and not {i for i, _ in best} & rated
+  assert {i for i, _ in best} <= set(candidates)
+  scores = dict(zip(candidates, loaded.predict(1, candidates)))
+  assert [s for _, s in best] == sorted(
+      [float(scores[i]) for i in candidates if i not in rated],
+      reverse=True)[:4]
+  with pytest.raises(KeyError, match="not in the export's catalogue"):
+    loaded.predict(1, [1, 99999])
+
+
+def test_bfloat16_export_is_close_to_float32(run, exported, tmp_path):
+  workdir, exp, _ = run
+  path, _, _, f32 = exported
+  out = str(tmp_path / "bf16")
+  summary = export.export_workdir(workdir, path, out, dtype="bfloat16")
+  bf16 = export.load(out)
+  assert summary["dtype"] == "bfloat16" and bf16.dtype == "bfloat16"
+  for p, stored in bf16.adapted.items():
+    assert stored.dtype == np.uint16
+    want = np.asarray(f32.adapted[p])
+    got = layout.decode(stored, "bfloat16")
+    np.testing.assert_allclose(got, want, rtol=2**-8, atol=1e-30)
+  assert summary["adapted_bytes_per_user"] * 2 == pytest.approx(
+      f32.manifest["summary"]["adapted_bytes_per_user"])
+  items = exp.store.item_ids
+  for user in (1, 30):
+    np.testing.assert_allclose(bf16.predict(user, items),
+                               f32.predict(user, items), atol=0.05)
+
+
+def test_unknown_user_is_served_from_the_meta_parameters(run, exported,
+                                                         caplog):
+  _, exp, meta_params = run
+  _, _, _, loaded = exported
+  user = loaded.user(123)  # in the user table, not in the export
+  assert not user.known and user.source == "meta"
+  query = np.arange(20)
+  with caplog.at_level(logging.WARNING, logger="metarec"):
+    got = loaded.predict(123, exp.store.item_ids[query])
+  assert "not in the export" in caplog.text
+  tables = exp.tables
+  features = tables.rows(np.array([122]), query[None],
+                         np.zeros((1, 20), np.float32),
+                         np.ones((1, 20), bool))["features"]
+  want = exp.model.predict(meta_params["model"],
+                           jax.tree.map(lambda a: a[0], features))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  stranger = loaded.user(10**6)  # nowhere: the "missing" user features
+  assert stranger.source == "meta"
+  assert stranger.flags & layout.NOT_IN_USER_TABLE
+  assert all((v == 0).all() for v in stranger.user_features.values())
+
+
+def test_adapt_a_new_user_equals_exporting_that_user(run, exported,
+                                                     tmp_path):
+  workdir, exp, _ = run
+  _, _, _, without = exported  # users 1..30
+  newcomer = 31
+  users, items, ratings = store_rows(exp, [newcomer])
+  assert len(users) > MAX_SUPPORT  # also checks the max_support rule
+  path = write_file(tmp_path / "r.csv", exp, users, items, ratings)
+  export.export_workdir(workdir, path, str(tmp_path / "one"))
+  exported_user = export.load(str(tmp_path / "one")).user(newcomer)
+  pairs = list(zip(*ratings_io.read_ratings(path, exp.store)[1:3]))
+  pairs.append((99999, 4.0))  # an unknown item is skipped
+  adapted = without.adapt(pairs, user_id=newcomer)
+  assert adapted.source == "adapted" and not adapted.known
+  assert adapted.skipped_items == 1 and adapted.support_size == MAX_SUPPORT
+  assert adapted.flags & layout.TRUNCATED
+  for p, value in exported_user.fast.items():
+    np.testing.assert_allclose(adapted.fast[p], value, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(adapted.predict(exp.store.item_ids),
+                             exported_user.predict(exp.store.item_ids),
+                             rtol=1e-5, atol=1e-5)
+  assert ([i for i, _ in adapted.recommend(5)]
+          == [i for i, _ in exported_user.recommend(5)])
+  nothing = without.adapt([(99999, 3.0)])
+  assert nothing.flags & layout.NO_RATINGS
+  np.testing.assert_array_equal(nothing.predict([1, 2]),
+                                without.user(10**6).predict([1, 2]))
+  with pytest.raises(ValueError, match="scale"):
+    without.adapt([(1, 9.0)])
+
+
+def test_odd_users_and_items(run, tmp_path):
+  workdir, exp, meta_params = run
+  users, items, ratings = store_rows(exp, [1, 2])
+  rows = [(int(u), int(i), float(r)) for u, i, r in zip(users, items, ratings)]
+  rows += [(9000, 1, 4.0), (9000, 2, 2.0), (9000, 3, 5.0)]  # no user row
+  rows += [(3, 99991, 4.0), (3, 99992, 1.0)]  # only unknown items
+  rows += [(2, 99993, 3.0)]  # one unknown item among known ones
+  rows += [(1, int(items[0]), 1.0)]  # a repeated (user, item): last wins
+  u, i, r = (np.array(c) for c in zip(*rows))
+  path = write_file(tmp_path / "odd.csv", exp, u, i, r, shuffle_seed=None)
+  out = str(tmp_path / "odd")
+  summary = export.export_workdir(workdir, path, out)
+  assert summary["users"] == 4
+  assert summary["skipped_items"] == 3 and summary["skipped_users"] == 0
+  assert summary["duplicate_ratings"] == 1
+  assert summary["flagged_users"] == 2  # 9000 and 3
+  loaded = export.load(out)
+  flags = dict(zip(loaded.user_ids.tolist(), loaded.flags.tolist()))
+  assert flags[9000] == layout.NOT_IN_USER_TABLE
+  assert flags[3] == layout.NO_RATINGS | layout.SKIPPED_ITEMS
+  assert flags[2] & layout.SKIPPED_ITEMS and flags[1] & layout.TRUNCATED
+  # No rating left: exactly the meta-parameters.
+  user3 = loaded.user(3)
+  for p, value in user3.fast.items():
+    np.testing.assert_array_equal(
+        value, np.asarray(meta.paths.flatten(meta_params["model"])[p]))
+  assert user3.support_size == 0 and len(user3.rated) == 0
+  # Not in the user table: missing features, adapted on its ratings.
+  stranger = loaded.user(9000)
+  assert all((v == 0).all() for v in stranger.user_features.values())
+  want = core_predictions(exp, meta_params, 9000,
+                          np.array([0, 1, 2]), np.array([4.0, 2.0, 5.0],
+                                                        np.float32),
+                          np.arange(10))
+  np.testing.assert_allclose(stranger.predict(exp.store.item_ids[:10]), want,
+                             rtol=1e-5, atol=1e-5)
+  # The repeated item keeps its last rating, in user 1's support set.
+  sup, sup_r = file_support(path, exp, 1)
+  first_item = int(ratings_io.lookup(exp.store.item_ids, items[:1])[0])
+  assert sup[-1] == first_item and sup_r[-1] == 1.0
+  np.testing.assert_allclose(
+      loaded.predict(1, exp.store.item_ids),
+      core_predictions(exp, meta_params, 1, sup, sup_r,
+                       np.arange(exp.store.num_items)), rtol=1e-5, atol=1e-5)
+  # --unknown_users=skip leaves 9000 out and counts it.
+  skipped = export.export_workdir(workdir, path, str(tmp_path / "skip"),
+                                  unknown_users="skip")
+  assert skipped["users"] == 3 and skipped["skipped_users"] == 1
+  assert 9000 not in export.load(str(tmp_path / "skip")).user_ids
+
+
+def test_served_without_the_work_directory(run, exported, tmp_path):
+  workdir, exp, _ = run
+  path, _, _, reference = exported
+  copy = str(tmp_path / "work")
+  shutil.copytree(workdir, copy)
+  out = str(tmp_path / "export")
+  export.export_workdir(copy, path, out, top_k=3)
+  shutil.rmtree(copy)
+  loaded = export.load(out)
+  items = exp.store.item_ids[:25]
+  np.testing.assert_array_equal(loaded.predict(5, items),
+                                reference.predict(5, items))
+  assert len(loaded.recommend(5, 3)) == 3
+  assert loaded.adapt([(1, 5.0), (2, 1.0)], user_id=5).support_size == 2
+
+
+def test_learned_inner_rates_are_exported(tiny_metasgd_run, tmp_path):
+  """Meta-SGD: export and serving-time adaptation use the learned rates."""
+  workdir = tiny_metasgd_run
+  exp = experiment.build(config_io.read_workdir_config(workdir), workdir)
+  meta_params = jax.device_get(
+      load_state(exp, workdir, runtime.make_mesh()).params)
+  assert meta_params["inner"] is not None
+  path = write_file(tmp_path / "r.csv", exp, *store_rows(exp, [4, 5]))
+  out = str(tmp_path / "export")
+  export.export_workdir(workdir, path, out)
+  loaded = export.load(out)
+  assert loaded.manifest["params"]["inner"]
+  items, ratings = file_support(path, exp, 4)
+  want = core_predictions(exp, meta_params, 4, items, ratings, np.arange(30))
+  np.testing.assert_allclose(loaded.predict(4, exp.store.item_ids[:30]), want,
+                             rtol=1e-5, atol=1e-5)
+  pairs = list(zip(exp.store.item_ids[items].tolist(), ratings.tolist()))
+  np.testing.assert_allclose(
+      loaded.adapt(pairs, user_id=4).predict(exp.store.item_ids[:30]), want,
+      rtol=1e-5, atol=1e-5)
+
+
+def test_idemb_exports_its_user_embedding(tmp_path):
+  """IDEmb: scalar and vector adapted leaves, the virtual item_id feature."""
+  workdir = str(tmp_path / "idemb")
+  config = config_io.apply_overrides(
+      config_io.load_config_file(config_path("tiny")),
+      [("model.name", "idemb"), ("train.num_steps", "2"),
+       ("train.eval_every_steps", "0"), ("log.histogram_every_steps", "0"),
+       ("checkpoint.every_steps", "2")])
+  train_and_evaluate(config, workdir)
+  exp = experiment.build(config_io.read_workdir_config(workdir), workdir)
+  meta_params = jax.device_get(
+      load_state(exp, workdir, runtime.make_mesh()).params)
+  path = write_file(tmp_path / "r.csv", exp, *store_rows(exp, [8, 9]))
+  out = str(tmp_path / "export")
+  export.export_workdir(workdir, path, out, top_k=4)
+  loaded = export.load(out)
+  assert loaded.manifest["params"]["adapted"] == {"user/bias": [],
+                                                  "user/embedding": [8]}
+  assert loaded.adapted["user/bias"].shape == (2,)
+  items, ratings = file_support(path, exp, 9)
+  query = np.arange(exp.store.num_items)
+  want = core_predictions(exp, meta_params, 9, items, ratings, query)
+  np.testing.assert_allclose(loaded.predict(9, exp.store.item_ids), want,
+                             rtol=1e-5, atol=1e-5)
+  line = json.loads(open(os.path.join(out, "topk.jsonl")).readlines()[1])
+  assert line["user"] == 9
+  assert line["items"] == [i for i, _ in loaded.recommend(9, 4)]
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def test_cli_prints_the_json_summary_last(run, exported, tmp_path):
+  workdir, _, _ = run
+  path, _, _, _ = exported
+  out = metarec("export", f"--workdir={workdir}", f"--ratings={path}",
+                f"--out={tmp_path / 'e'}", "--top_k=2", "--dtype=bfloat16",
+                "--chunk_users=8")
+  assert out.returncode == 0, out.stderr
+  summary = last_json(out)
+  for key in ("users", "seconds", "bytes_per_user", "out", "flagged_users",
+              "skipped_users", "skipped_items"):
+    assert key in summary
+  assert summary["users"] == 30 and summary["out"] == str(tmp_path / "e")
+  assert summary["dtype"] == "bfloat16" and summary["top_k"] == 2
+  assert "exported 30 users" in out.stdout
+  assert "exported 30/30 users" in out.stderr  # plain progress, no terminal
+  assert len(open(tmp_path / "e" / "topk.jsonl").readlines()) == 30
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dtype=float16"], "--dtype: must be one of float32, bfloat16"),
+    (["--top_k=-1"], "--top_k: must be >= 0"),
+    (["--unknown_users=maybe"], "--unknown_users: must be one of"),
+    (["--config.data.nosuch=1"], "unknown config key 'data.nosuch'"),
+])
+def test_cli_bad_flags_are_one_line_errors(run, exported, tmp_path, args,
+                                           message):
+  workdir, _, _ = run
+  path, _, _, _ = exported
+  out = metarec("export", f"--workdir={workdir}", f"--ratings={path}",
+                f"--out={tmp_path / 'e'}", *args)
+  assert_one_line_error(out, message)
+  assert not os.path.exists(tmp_path / "e")
+
+
+def test_cli_refuses_a_foreign_out_and_bad_files(run, exported, tmp_path):
+  workdir, _, _ = run
+  path, _, _, _ = exported
+  foreign = tmp_path / "mine"
+  foreign.mkdir()
+  (foreign / "notes.txt").write_text("keep me")
+  out = metarec("export", f"--workdir={workdir}", f"--ratings={path}",
+                f"--out={foreign}")
+  assert_one_line_error(out, "is not an earlier export")
+  assert os.listdir(foreign) == ["notes.txt"]
+  bad = tmp_path / "bad.csv"
+  bad.write_text("user,item,rating\n1,2,3\n1,x,4\n")
+  out = metarec("export", f"--workdir={workdir}", f"--ratings={bad}",
+                f"--out={tmp_path / 'e'}")
+  assert_one_line_error(out, "bad.csv:3: item id 'x' is not an integer")
+  out = metarec("export", f"--workdir={workdir}", f"--out={tmp_path / 'e'}")
+  assert_one_line_error(out, "--ratings is required")
+  assert not os.path.exists(tmp_path / "e")
+
+
+def big_ratings_file(path, exp, num_users=20000):
+  """Many users (ids beyond the user table) rating the tiny catalogue."""
+  rng = np.random.default_rng(1)
+  per_user = 12
+  users = np.repeat(np.arange(10**5, 10**5 + num_users), per_user)
+  items = rng.integers(0, exp.store.num_items, len(users))
+  ratings = rng.integers(1, 6, len(users)).astype(np.float64)
+  ratings_io.write_ratings(path, users, exp.store.item_ids[items], ratings,
+                           exp.store)
+  return str(path)
+
+
+def test_a_killed_export_leaves_no_partial_folder(run, exported, tmp_path):
+  workdir, exp, _ = run
+  small, _, _, _ = exported
+  big = big_ratings_file(tmp_path / "big.csv", exp)
+  out = tmp_path / "export"
+
+  def kill_midway():
+    err = tmp_path / "stderr.txt"
+    proc = start("export", f"--workdir={workdir}", f"--ratings={big}",
+                 f"--out={out}", "--chunk_users=8", stderr_path=err)
+    wait_for(lambda: "exported " in err.read_text(), proc=proc, timeout=120)
+    assert proc.poll() is None, "the export finished before the kill"
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".export.tmp-")]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+  kill_midway()
+  assert not os.path.exists(out)  # nothing, not half a folder
+  done = metarec("export", f"--workdir={workdir}", f"--ratings={small}",
+                 f"--out={out}")
+  assert done.returncode == 0, done.stderr
+  before = arrays(out)
+  manifest = open(out / "manifest.json").read()
+  kill_midway()
+  assert open(out / "manifest.json").read() == manifest  # still the old one
+  after = arrays(out)
+  assert sorted(after) == sorted(before)
+  for name in before:
+    np.testing.assert_array_equal(after[name], before[name])
+  # The next export cleans up what the killed one left beside `out`.
+  done = metarec("export", f"--workdir={workdir}", f"--ratings={small}",
+                 f"--out={out}")
+  assert done.returncode == 0, done.stderr
+  assert sorted(os.listdir(tmp_path)) == ["big.csv", "export", "stderr.txt"]

@@ -1,0 +1,108 @@
+"""Export on real MovieLens-1M users agrees with `metarec eval`."""
+
+
+import jax
+import numpy as np
+import pytest
+
+import datafiles
+from cli_run import last_json, metarec
+from conftest import config_path
+from metarec_jax import config_io, experiment, export, meta, runtime
+from metarec_jax.data import ratings_io
+from metarec_jax.train.restore import load_state
+
+TRAIN_USERS = 120
+NEW_USERS = range(121, 171)
+
+
+@pytest.fixture(scope="module")
+def trained(shared_data, tmp_path_factory):
+  """Three meta-steps of the tiny model on the first 120 ML-1M users."""
+  tmp = tmp_path_factory.mktemp("ml_export")
+  root = datafiles.ml1m_subset(shared_data, str(tmp / "ml-1m"), TRAIN_USERS)
+  workdir = str(tmp / "work")
+  out = metarec("train", f"--config={config_path('tiny')}",
+                f"--workdir={workdir}", "--config.data.name=movielens-1m",
+                f"--config.data.root={root}", "--config.train.num_steps=3",
+                "--config.train.eval_every_steps=0",
+                "--config.data.buckets=(16,32,64,96)")
+  assert out.returncode == 0, out.stderr
+  ratings = tmp / "new_users.dat"
+  ratings.write_text(datafiles.ml1m_ratings_of(shared_data, NEW_USERS))
+  return workdir, str(ratings)
+
+
+def test_export_predictions_reproduce_the_eval_mae(trained, tmp_path):
+  workdir, ratings = trained
+  tasks = tmp_path / "tasks"
+  out = metarec("eval", f"--workdir={workdir}", f"--ratings={ratings}",
+                f"--write_tasks={tasks}", "--config.eval.max_tasks=0",
+                "--support_curve=false")
+  assert out.returncode == 0, out.stderr
+  uc = last_json(out)["scenarios"]["UC"]
+  assert uc["tasks"] > 10
+  # Eval adapts each UC task on all of its support ratings (up to 90).
+  summary = export.export_workdir(
+      workdir, str(tasks / "UC" / "support.dat"), str(tmp_path / "export"),
+      overrides=[("data.max_support", "100")])
+  assert summary["users"] == uc["tasks"]
+  assert summary["flagged_users"] == 0 and summary["skipped_items"] == 0
+  assert summary["flags"]["truncated"] == 0
+  loaded = export.load(str(tmp_path / "export"))
+  config = config_io.read_workdir_config(workdir)
+  exp = experiment.build(config, workdir)
+  users, items, true, _ = ratings_io.read_ratings(tasks / "UC" / "query.dat",
+                                                  exp.store)
+  errors = []
+  for user in np.unique(users):
+    mine = users == user
+    pred = loaded.predict(user, items[mine], clip=True)
+    errors.append(np.abs(pred - true[mine]))
+  mae = float(np.concatenate(errors).mean())
+  assert mae == pytest.approx(uc["mae"], abs=1e-4)
+  # The gain of adaptation is there: the unadapted MAE differs.
+  assert abs(uc["mae_unadapted"] - mae) > 1e-3
+
+
+def test_most_recent_ratings_by_timestamp_form_the_support(trained,
+                                                           tmp_path):
+  workdir, plain = trained
+  # The ML-1M format's optional 4th field, in an order unlike the lines'.
+  lines = open(plain).read().splitlines()
+  stamps = np.random.default_rng(0).permutation(len(lines)) // 3  # ties too
+  ratings = tmp_path / "stamped.dat"
+  ratings.write_text("".join(f"{l}::{978300000 + t}\n"
+                             for l, t in zip(lines, stamps)))
+  out = str(tmp_path / "export")
+  summary = export.export_workdir(workdir, ratings, out)  # max_support 16
+  loaded = export.load(out)
+  exp = experiment.build(config_io.read_workdir_config(workdir), workdir)
+  rows = ratings_io.parse_ratings(ratings, ratings_io.store_format(exp.store))
+  assert summary["users"] == len(np.unique(rows.users)) > 40
+  assert summary["flags"]["truncated"] > 0
+  assert rows.timestamps is not None
+  user = 150
+  mine = np.flatnonzero(rows.users == user)
+  assert len(mine) > 16
+  recent = mine[np.lexsort((mine, rows.timestamps[mine]))][-16:]
+  want_items = ratings_io.lookup(exp.store.item_ids, rows.items[recent])
+  row = loaded.user_row(user)
+  lo = loaded.rated_offsets[row]
+  np.testing.assert_array_equal(loaded.rated_items[lo:lo + 16], want_items)
+  assert loaded.support_sizes[row] == 16
+  assert loaded.rated_offsets[row + 1] - lo == len(mine)
+  # ...and the exported parameters are the core's adaptation on them.
+  meta_params = jax.device_get(
+      load_state(exp, workdir, runtime.make_mesh()).params)
+  user_index = ratings_io.lookup(exp.store.user_ids, np.array([user]))
+  support = exp.tables.rows(user_index, want_items[None],
+                            rows.ratings[recent][None].astype(np.float32),
+                            np.ones((1, 16), bool))
+  adapted = meta.adapt(exp.model.loss_fn, meta_params["model"],
+                       jax.tree.map(lambda a: a[0], support),
+                       config=exp.meta_config)
+  for path, value in meta.paths.partition(adapted,
+                                          exp.meta_config.adapt).adapted.items():
+    np.testing.assert_allclose(loaded.user(user).fast[path], value,
+                               rtol=1e-5, atol=1e-6)
