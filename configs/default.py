@@ -23,10 +23,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = "melu"  # or "idemb" (item IDs + a meta-learned user vector)
   c.model.features = ()  # feature fields the model reads; () = all
+  c.model.exclude_features = ()  # ... except these
   c.model.embed_dim = 32
   c.model.hidden = (64, 64)  # MLP widths: melu decision, idemb "mlp"
   c.model.embed_std = 1.0  # melu: initial std of the feature embeddings
   c.model.item_id = False  # melu: also embed the item's ID (zero-init)
+  c.model.loss = "mse"  # rating loss, inner and outer: "mse" or "huber"
+  c.model.query_loss = ""  # the meta-objective's loss; "" = model.loss
+  c.model.huber_delta = 1.0  # "huber": quadratic within delta, then linear
   c.model.interaction = "dot"  # idemb: "dot" (+ biases) or "mlp"
   c.model.item_features = True  # idemb: item features beside item IDs
 

@@ -31,5 +31,24 @@ def get_config():
   # () = every feature of the store: gender, age, occupation, zip, rate,
   # genre, director, actor (genre and year without movies_extrainfos.dat).
   c.model.features = ()
+  # What moved the numbers (3 seeds each, MAE relative to the item-mean +
+  # user-bias baseline on the same tasks; see the README):
+  # - embeddings initialised at std 0.1 instead of MeLU's 1: the inner
+  #   loop's first-layer Gram matrix scales with their square, and the
+  #   never-trained rows of the directors and actors of new movies stay
+  #   near zero instead of adding noise (W MAE 0.719 -> 0.708, one seed);
+  # - a zero-initialised item-ID embedding beside the item features: the
+  #   item quality that the features cannot tell apart (W 0.708 -> 0.704,
+  #   IC 0.902 -> 0.881, one seed);
+  # - no zip code or occupation: for new users they are noise (the zip is
+  #   nearly unique per user); W -3.3% -> -3.5%, UC -2.5% -> -2.8%;
+  # - 1500 steps of 64 tasks (validation MAE flattens by then).
+  # A Huber loss (model.loss=huber) helps IC/UIC and hurts W/UC.
+  c.model.exclude_features = ("zip", "occupation")
+  c.model.embed_std = 0.1
+  c.model.item_id = True
+  c.train.num_steps = 1500
+  c.train.eval_every_steps = 250
+  c.checkpoint.every_steps = 250
   c.eval.max_tasks = 0  # all tasks
   return c

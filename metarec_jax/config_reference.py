@@ -34,7 +34,18 @@ MEANINGS: dict[str, str] = {
                            " blind.",
     "model.features": "Feature fields the model reads (names of the data's"
                       " schema); `()` = all of them.",
+    "model.exclude_features": "Feature fields left out of `model.features`"
+                              " (e.g. a near-unique `zip`).",
     "model.embed_dim": "Width of every feature embedding.",
+    "model.loss": "Rating loss of the inner and the outer loop: `mse` or"
+                  " `huber` (quadratic within `huber_delta`, linear beyond:"
+                  " predictions nearer the median, which MAE rewards).",
+    "model.query_loss": "Loss of the query sets, the meta-objective (`mse` or"
+                        " `huber`); `\"\"` = `model.loss`. `huber` here with"
+                        " `mse` inside adapts by least squares but"
+                        " meta-learns for MAE.",
+    "model.huber_delta": "`model.loss=huber`: where the loss turns from"
+                         " quadratic to linear.",
     "model.embed_std": "`melu`: standard deviation of the initial feature"
                        " embeddings (the paper's PyTorch default is 1).",
     "model.item_id": "`melu`: also embed each item's ID (zero-initialised,"

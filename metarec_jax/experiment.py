@@ -90,7 +90,7 @@ def build(config, workdir: str | os.PathLike, *,
   split = splits.split(store, protocol_spec(config))
   try:
     tables = FeatureTables.from_store(
-        store, tuple(config.model.features),
+        store, models.feature_names(config.model, store.features),
         item_id=models.needs_item_id(config.model))
   except ValueError as e:
     raise InputError(str(e)) from None

@@ -136,21 +136,30 @@ class CompileCounter:
   """
 
   _EVENT = "/jax/core/compile/backend_compile_duration"
+  _CACHE_HIT = "/jax/compilation_cache/cache_hits"
 
   def __init__(self):
     self.count = 0
+    self.cache_hits = 0  # programs loaded from the persistent cache
 
   def _listener(self, event, duration, **kwargs):
     del duration, kwargs
     if event == self._EVENT:
       self.count += 1
 
+  def _hit_listener(self, event, **kwargs):
+    del kwargs
+    if event == self._CACHE_HIT:
+      self.cache_hits += 1
+
   def start(self) -> "CompileCounter":
     jax.monitoring.register_event_duration_secs_listener(self._listener)
+    jax.monitoring.register_event_listener(self._hit_listener)
     return self
 
   def stop(self) -> None:
     jax.monitoring.unregister_event_duration_listener(self._listener)
+    jax.monitoring.unregister_event_listener(self._hit_listener)
 
   def __enter__(self):
     return self.start()

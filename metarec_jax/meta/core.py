@@ -94,26 +94,45 @@ def adapt(loss_fn: LossFn, params: PyTree, support: PyTree, *,
   return part.merge(fast)
 
 
+def _dual_query_head(loss_fn, query_loss_fn, config, part):
+  """The query head when the dual form can run the task, else None."""
+  if not (isinstance(loss_fn, linear_head.LinearHead)
+          and loss_fn.dual_applies(config, part)):
+    return None
+  if query_loss_fn is None:
+    return loss_fn.head
+  if (isinstance(query_loss_fn, linear_head.LinearHead)
+      and query_loss_fn.featurize is loss_fn.featurize
+      and (query_loss_fn.kernel, query_loss_fn.bias)
+      == (loss_fn.kernel, loss_fn.bias)):
+    return query_loss_fn.head
+  return None
+
+
 def task_loss(loss_fn: LossFn, params: PyTree, task: PyTree, *,
-              config: MetaConfig, inner: PyTree | None = None) -> jax.Array:
+              config: MetaConfig, inner: PyTree | None = None,
+              query_loss_fn: LossFn | None = None) -> jax.Array:
   """Query loss of one task after adapting on its support set.
 
   With `config.msl_weights` (MAML++) it is the weighted sum of the query
-  losses after every inner step.
+  losses after every inner step. `query_loss_fn` (default `loss_fn`) scores
+  the query set, so the inner loop and the meta-objective may use different
+  losses (e.g. squared error to adapt, an MAE-like loss to meta-learn).
   """
   part = paths.partition(params, config.adapt)
-  if (isinstance(loss_fn, linear_head.LinearHead)
-      and loss_fn.dual_applies(config, part)):
+  query_head = _dual_query_head(loss_fn, query_loss_fn, config, part)
+  if query_head is not None:
     return linear_head.task_loss_dual(loss_fn, part, task, config=config,
-                                      inner=inner)
-  query_loss = _batch_loss(loss_fn, part, task["query"])
+                                      inner=inner, query_head=query_head)
+  query_loss = _batch_loss(query_loss_fn or loss_fn, part, task["query"])
   fast, msl = _run_inner(_batch_loss(loss_fn, part, task["support"]),
                          part.adapted, config, inner, query_loss)
   return msl if msl is not None else query_loss(fast)
 
 
 def meta_loss(loss_fn: LossFn, params: PyTree, tasks: PyTree, *,
-              config: MetaConfig, inner: PyTree | None = None) -> jax.Array:
+              config: MetaConfig, inner: PyTree | None = None,
+              query_loss_fn: LossFn | None = None) -> jax.Array:
   """Mean `task_loss` over the leading task axis of `tasks` (vmapped).
 
   `jax.grad(meta_loss, argnums=1)` is the exact meta-gradient: with
@@ -121,12 +140,13 @@ def meta_loss(loss_fn: LossFn, params: PyTree, tasks: PyTree, *,
   """
   losses = jax.vmap(
       lambda task: task_loss(loss_fn, params, task, config=config,
-                             inner=inner))(tasks)
+                             inner=inner, query_loss_fn=query_loss_fn))(tasks)
   return jnp.mean(losses)
 
 
 def meta_grad(loss_fn: LossFn, meta_params: PyTree, tasks: PyTree, *,
-              config: MetaConfig) -> tuple[jax.Array, PyTree]:
+              config: MetaConfig, query_loss_fn: LossFn | None = None
+              ) -> tuple[jax.Array, PyTree]:
   """The meta-loss and the update direction of `meta_params`.
 
   Args:
@@ -134,6 +154,7 @@ def meta_grad(loss_fn: LossFn, meta_params: PyTree, tasks: PyTree, *,
     meta_params: `{"model": params, "inner": inner}`.
     tasks: a batch of tasks (leading task axis on every leaf).
     config: the algorithm.
+    query_loss_fn: the loss of the query sets (default `loss_fn`).
 
   Returns:
     `(loss, grads)` with `grads` shaped like `meta_params`. For the
@@ -148,21 +169,24 @@ def meta_grad(loss_fn: LossFn, meta_params: PyTree, tasks: PyTree, *,
   if config.learns_inner and meta_params.get("inner") is None:
     raise ValueError(f"meta.algorithm={config.algorithm} needs"
                      " meta_params['inner'] = init_inner(params, config=...)")
+  query_loss_fn = query_loss_fn or loss_fn
   if config.algorithm == "reptile":
-    return _reptile(loss_fn, meta_params["model"], tasks, config)
+    return _reptile(loss_fn, meta_params["model"], tasks, config,
+                    query_loss_fn)
   if config.algorithm == "pretrain":
-    return _pretrain(loss_fn, meta_params["model"], tasks)
+    return _pretrain(loss_fn, meta_params["model"], tasks, query_loss_fn)
 
   def objective(mp):
     return meta_loss(loss_fn, mp["model"], tasks, config=config,
-                     inner=mp["inner"])
+                     inner=mp["inner"], query_loss_fn=query_loss_fn)
 
   return jax.value_and_grad(objective)(
       {"model": meta_params["model"], "inner": meta_params.get("inner")})
 
 
 def _reptile(loss_fn: LossFn, params: PyTree, tasks: PyTree,
-             config: MetaConfig) -> tuple[jax.Array, PyTree]:
+             config: MetaConfig, query_loss_fn: LossFn
+             ) -> tuple[jax.Array, PyTree]:
   """Reptile's direction; see `meta_grad`."""
   part = paths.partition(params, config.adapt)
 
@@ -181,7 +205,7 @@ def _reptile(loss_fn: LossFn, params: PyTree, tasks: PyTree,
   # vmap's transpose sums their per-task gradients in place instead of
   # materialising one gradient of a large embedding table per task.
   def query_loss(frozen):
-    losses = jax.vmap(lambda fast, query: loss_fn(
+    losses = jax.vmap(lambda fast, query: query_loss_fn(
         part.merge(fast, frozen), query))(adapted, tasks["query"])
     return jnp.mean(losses)
 
@@ -192,13 +216,13 @@ def _reptile(loss_fn: LossFn, params: PyTree, tasks: PyTree,
   return loss, {"model": part.merge(deltas, frozen_grads), "inner": None}
 
 
-def _pretrain(loss_fn: LossFn, params: PyTree,
-              tasks: PyTree) -> tuple[jax.Array, PyTree]:
+def _pretrain(loss_fn: LossFn, params: PyTree, tasks: PyTree,
+              query_loss_fn: LossFn) -> tuple[jax.Array, PyTree]:
   """The plain gradient of the unadapted support and query losses."""
 
   def joint(p):
-    losses = jax.vmap(lambda task: 0.5 * (loss_fn(p, task["support"])
-                                          + loss_fn(p, task["query"])))(tasks)
+    losses = jax.vmap(lambda task: 0.5 * (
+        loss_fn(p, task["support"]) + query_loss_fn(p, task["query"])))(tasks)
     return jnp.mean(losses)
 
   loss, grads = jax.value_and_grad(joint)(params)

@@ -90,7 +90,7 @@ class LinearHead:
 
 def _dual_loop(lh: LinearHead, part: paths.Partition, support: PyTree,
                config: MetaConfig, inner: PyTree | None,
-               query: PyTree | None):
+               query: PyTree | None, query_head=None):
   """Runs the inner loop in dual form.
 
   Returns:
@@ -138,7 +138,8 @@ def _dual_loop(lh: LinearHead, part: paths.Partition, support: PyTree,
     rest = optax.apply_updates(rest, updates)
     out = None
     if msl:
-      out = weight * lh.head(merged(rest), aq0 - cross @ d_w - d_b, query)
+      out = weight * (query_head or lh.head)(merged(rest),
+                                             aq0 - cross @ d_w - d_b, query)
     return (a, rest, opt_state, d_w, d_b), out
 
   if config.remat:
@@ -162,15 +163,20 @@ def adapt_dual(lh: LinearHead, part: paths.Partition, support: PyTree, *,
 
 
 def task_loss_dual(lh: LinearHead, part: paths.Partition, task: PyTree, *,
-                   config: MetaConfig, inner: PyTree | None) -> jax.Array:
-  """`task_loss` in dual form: never materialises the adapted kernel."""
+                   config: MetaConfig, inner: PyTree | None,
+                   query_head=None) -> jax.Array:
+  """`task_loss` in dual form: never materialises the adapted kernel.
+
+  `query_head` scores the query set (default: `lh.head`)."""
+  query_head = query_head or lh.head
   query = task["query"]
   rest, xs, d_w, d_b, msl = _dual_loop(lh, part, task["support"], config,
-                                       inner, query)
+                                       inner, query, query_head)
   if msl is not None:
     return msl
   params = part.merge(part.adapted)
   w, b = part.adapted[lh.kernel], part.adapted[lh.bias]
   xq = lh.featurize(params, query)
   aq = xq @ w + b - (xq @ xs.T) @ d_w - d_b
-  return lh.head(part.merge({**rest, lh.kernel: w, lh.bias: b}), aq, query)
+  return query_head(part.merge({**rest, lh.kernel: w, lh.bias: b}), aq,
+                    query)

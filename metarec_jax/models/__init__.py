@@ -9,8 +9,10 @@ import jax.numpy as jnp
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec, select
 from metarec_jax.models.idemb import INTERACTIONS, IDEmb
 from metarec_jax.models.melu import MeLU
-from metarec_jax.models.recommender import (Recommender, linear_head_loss,
-                                            masked_mse, plain_loss)
+from metarec_jax.models.recommender import (LOSSES, Recommender,
+                                            linear_head_loss, masked_loss,
+                                            masked_mse, plain_loss,
+                                            with_loss)
 
 MODELS = ("melu", "idemb")
 
@@ -20,6 +22,26 @@ def needs_item_id(model_config) -> bool:
   return (model_config.name == "idemb"
           or bool(model_config.get("item_id", False))
           or ITEM_ID in tuple(model_config.get("features", ())))
+
+
+def feature_names(model_config, specs: Iterable[FeatureSpec], *,
+                  strict: bool = True) -> tuple[str, ...]:
+  """The stored feature fields the model reads: `model.features` (empty =
+  all of them) without `model.exclude_features`.
+
+  Raises:
+    ValueError: (`strict`) an excluded name is not a feature of the data.
+  """
+  names = tuple(model_config.get("features", ()))
+  exclude = tuple(model_config.get("exclude_features", ()))
+  if not exclude:
+    return names
+  known = [s.name for s in specs]
+  unknown = [n for n in exclude if n not in known]
+  if unknown and strict:
+    raise ValueError(f"model.exclude_features names unknown feature(s)"
+                     f" {', '.join(unknown)}; the data has: {', '.join(known)}")
+  return tuple(n for n in (names or known) if n not in exclude)
 
 
 def example_features(fields: Iterable[FeatureSpec]) -> dict[str, Any]:
@@ -41,7 +63,22 @@ def build(model_config, features: Iterable[FeatureSpec], *,
       global mean instead of spending its first steps finding it.
   """
   name = model_config.name
-  fields = select(features, model_config.get("features", ()))
+  features = tuple(features)
+  # `features` may already be narrowed (FeatureTables): exclusions of
+  # fields that are no longer there are fine here.
+  names = feature_names(model_config,
+                        [f for f in features if f.name != ITEM_ID],
+                        strict=False)
+  if names and needs_item_id(model_config) and ITEM_ID not in names:
+    names += (ITEM_ID,)
+  fields = select(features, names)
+  kind = model_config.get("loss", "mse")
+  query_kind = model_config.get("query_loss", "") or kind
+  delta = float(model_config.get("huber_delta", 1.0))
+  for key, value in (("loss", kind), ("query_loss", query_kind)):
+    if value not in LOSSES:
+      raise ValueError(f"model.{key} must be one of {', '.join(LOSSES)},"
+                       f" got {value!r}")
   if name == "melu":
     module = MeLU(fields=fields, embed_dim=int(model_config.embed_dim),
                   hidden=tuple(int(h) for h in model_config.hidden),
@@ -49,10 +86,14 @@ def build(model_config, features: Iterable[FeatureSpec], *,
                   embed_std=float(model_config.get("embed_std", 1.0)))
     loss = linear_head_loss(module, kernel="decision/fc1/kernel",
                             bias="decision/fc1/bias",
-                            featurize_reads=("^embed/",))
+                            featurize_reads=("^embed/",), loss=kind,
+                            delta=delta)
+    query_loss = (None if query_kind == kind
+                  else with_loss(loss, module, query_kind, delta))
     return Recommender(name=name, module=module, loss_fn=loss,
                        adapt=("^decision/",),
-                       example_features=example_features(fields))
+                       example_features=example_features(fields),
+                       query_loss_fn=query_loss)
   if name == "idemb":
     ids = [f for f in fields if f.name == ITEM_ID]
     if not ids:
@@ -71,12 +112,15 @@ def build(model_config, features: Iterable[FeatureSpec], *,
                    interaction=interaction,
                    hidden=tuple(int(h) for h in model_config.hidden),
                    output_bias=float(rating_mean))
-    return Recommender(name=name, module=module, loss_fn=plain_loss(module),
+    return Recommender(name=name, module=module,
+                       loss_fn=plain_loss(module, kind, delta),
                        adapt=("^user/",),
-                       example_features=example_features(fields))
+                       example_features=example_features(fields),
+                       query_loss_fn=(None if query_kind == kind else
+                                      plain_loss(module, query_kind, delta)))
   raise ValueError(f"model.name must be one of {', '.join(MODELS)}, got"
                    f" {name!r}")
 
 
 __all__ = ["IDEmb", "MODELS", "MeLU", "Recommender", "build",
-           "example_features", "masked_mse", "needs_item_id", "plain_loss"]
+           "example_features", "feature_names", "masked_loss", "masked_mse", "needs_item_id", "plain_loss"]

@@ -13,10 +13,14 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from metarec_jax.meta import LinearHead
 
 PyTree = Any
+
+
+LOSSES = ("mse", "huber")
 
 
 def masked_mse(pred: jax.Array, batch: PyTree) -> jax.Array:
@@ -25,8 +29,29 @@ def masked_mse(pred: jax.Array, batch: PyTree) -> jax.Array:
   The denominator is at least 1, so an all-padding batch has loss 0 and
   gradient 0 (an empty support set adapts nothing and makes no NaN).
   """
+  return masked_loss(pred, batch)
+
+
+def masked_loss(pred: jax.Array, batch: PyTree, kind: str = "mse",
+                delta: float = 1.0) -> jax.Array:
+  """Mean rating loss over the rows where `batch["mask"]` is set.
+
+  `mse` is the squared error; `huber` is quadratic within `delta` of the
+  rating and linear beyond (times 2, so that it equals `mse` for small
+  errors): a small `delta` makes the model predict nearer the median
+  rating, which is what MAE rewards, while keeping the gradient smooth
+  enough for the inner loop. The denominator is at least 1, so an
+  all-padding batch has loss 0 and gradient 0.
+  """
   mask = batch["mask"].astype(pred.dtype)
-  err = (pred - batch["rating"].astype(pred.dtype)) ** 2
+  diff = pred - batch["rating"].astype(pred.dtype)
+  if kind == "mse":
+    err = diff ** 2
+  elif kind == "huber":
+    err = 2.0 * optax.huber_loss(diff, delta=delta)
+  else:
+    raise ValueError(f"model.loss must be one of {', '.join(LOSSES)}, got"
+                     f" {kind!r}")
   return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
@@ -40,6 +65,8 @@ class Recommender:
       returns predicted ratings.
     loss_fn: `(params, batch) -> scalar` for the functional core (a
       `LinearHead` where the model has that structure).
+    query_loss_fn: the loss of the query sets, when it differs (None: the
+      same as `loss_fn`).
     adapt: the default `meta.adapt` patterns (what the paper adapts).
     example_features: a one-row feature dict used to initialise.
   """
@@ -49,6 +76,7 @@ class Recommender:
   loss_fn: Callable[[PyTree, PyTree], jax.Array]
   adapt: tuple[str, ...]
   example_features: dict[str, jax.Array]
+  query_loss_fn: Callable[[PyTree, PyTree], jax.Array] | None = None
 
   def init(self, rng: jax.Array) -> PyTree:
     """Fresh parameters (the `params` collection)."""
@@ -59,26 +87,38 @@ class Recommender:
 
 
 def linear_head_loss(module: nn.Module, *, kernel: str, bias: str,
-                     featurize_reads: tuple[str, ...]) -> LinearHead:
+                     featurize_reads: tuple[str, ...], loss: str = "mse",
+                     delta: float = 1.0) -> LinearHead:
   """The `LinearHead` loss of a module with `featurize`/`from_preactivation`."""
 
   def featurize(params, batch):
     return module.apply({"params": params}, batch["features"],
                         method="featurize")
 
+  return LinearHead(featurize=featurize, head=_head(module, loss, delta),
+                    kernel=kernel, bias=bias, featurize_reads=featurize_reads)
+
+
+def _head(module: nn.Module, loss: str, delta: float):
   def head(params, a, batch):
     pred = module.apply({"params": params}, a, method="from_preactivation")
-    return masked_mse(pred, batch)
-
-  return LinearHead(featurize=featurize, head=head, kernel=kernel, bias=bias,
-                    featurize_reads=featurize_reads)
+    return masked_loss(pred, batch, loss, delta)
+  return head
 
 
-def plain_loss(module: nn.Module) -> Callable[[PyTree, PyTree], jax.Array]:
-  """`(params, batch) -> masked MSE of module.apply(params, features)`."""
+def with_loss(lh: LinearHead, module: nn.Module, loss: str,
+              delta: float) -> LinearHead:
+  """The same `LinearHead` (same features: the dual form still applies) with
+  another rating loss."""
+  return dataclasses.replace(lh, head=_head(module, loss, delta))
+
+
+def plain_loss(module: nn.Module, loss: str = "mse", delta: float = 1.0
+               ) -> Callable[[PyTree, PyTree], jax.Array]:
+  """`(params, batch) -> masked loss of module.apply(params, features)`."""
 
   def loss_fn(params, batch):
-    return masked_mse(module.apply({"params": params}, batch["features"]),
-                      batch)
+    return masked_loss(module.apply({"params": params}, batch["features"]),
+                       batch, loss, delta)
 
   return loss_fn

@@ -103,7 +103,8 @@ class Trainer:
     self.init = jax.jit(init, out_shardings=self.replicated)
     step = make_train_step(self.exp.model.loss_fn, self.exp.meta_config,
                            self.optimizer, self.schedule, self.mesh,
-                           chunk_tasks=self.chunk)
+                           chunk_tasks=self.chunk,
+                           query_loss_fn=self.exp.model.query_loss_fn)
     self.step = runtime.CompiledByShape(
         jax.jit(step, donate_argnums=(0,),
                 out_shardings=(self.replicated, self.replicated)),
@@ -237,15 +238,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       # meta-step per support bucket, the validation per bucket), so the
       # loop itself never compiles; a signal is honoured between compiles.
       t0 = time.perf_counter()
-      if not trainer.compile_all(should_stop=stop.now):
-        save_and_report_stop(step)
-        return {**summary, "step": step}
-      if int(tc.eval_every_steps) >= 0 and not stop.now():
-        evaluator.compile_for(trainer.abstract_state().params,
-                              exp.split.scenarios["val"])
+      with runtime.CompileCounter() as warmup:
+        if not trainer.compile_all(should_stop=stop.now):
+          save_and_report_stop(step)
+          return {**summary, "step": step}
+        if int(tc.eval_every_steps) >= 0 and not stop.now():
+          evaluator.compile_for(trainer.abstract_state().params,
+                                exp.split.scenarios["val"])
       log.info("compiled the meta-step for support widths %s and the"
-               " validation in %.1fs", trainer.sampler.widths,
-               time.perf_counter() - t0)
+               " validation in %.1fs (%d program(s) from the persistent"
+               " compilation cache)", trainer.sampler.widths,
+               time.perf_counter() - t0, warmup.cache_hits)
+      summary["warmup_cache_hits"] = warmup.cache_hits
       compiles = runtime.CompileCounter().start()
 
       pipeline = Prefetcher(trainer.sampler, trainer.task_sharding,

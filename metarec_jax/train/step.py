@@ -25,7 +25,7 @@ PyTree = Any
 
 
 def chunked_meta_grad(loss_fn, meta_config: meta.MetaConfig, meta_params,
-                      tasks, *, chunk_tasks: int):
+                      tasks, *, chunk_tasks: int, query_loss_fn=None):
   """Meta-loss, unadapted query loss and meta-gradient of `tasks`,
   `chunk_tasks` tasks at a time (0 or >= the tasks: all at once).
 
@@ -38,11 +38,14 @@ def chunked_meta_grad(loss_fn, meta_config: meta.MetaConfig, meta_params,
     raise ValueError(f"{num_tasks} tasks per device is not a multiple of"
                      f" train.chunk_tasks={chunk}")
 
+  query_loss_fn = query_loss_fn or loss_fn
+
   def one(chunk_of_tasks):
     loss, grads = meta.meta_grad(loss_fn, meta_params, chunk_of_tasks,
-                                 config=meta_config)
-    unadapted = jnp.mean(jax.vmap(
-        lambda q: loss_fn(meta_params["model"], q))(chunk_of_tasks["query"]))
+                                 config=meta_config,
+                                 query_loss_fn=query_loss_fn)
+    unadapted = jnp.mean(jax.vmap(lambda q: query_loss_fn(
+        meta_params["model"], q))(chunk_of_tasks["query"]))
     return loss, jax.lax.stop_gradient(unadapted), grads
 
   num_chunks = num_tasks // chunk
@@ -65,12 +68,13 @@ def chunked_meta_grad(loss_fn, meta_config: meta.MetaConfig, meta_params,
 def make_train_step(loss_fn, meta_config: meta.MetaConfig,
                     optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh: Mesh, *,
-                    chunk_tasks: int) -> Callable:
+                    chunk_tasks: int, query_loss_fn=None) -> Callable:
   """`(state, batch) -> (state, metrics)`, to be jitted by the caller."""
 
   def local(meta_params, tasks):
     out = chunked_meta_grad(loss_fn, meta_config, meta_params, tasks,
-                            chunk_tasks=chunk_tasks)
+                            chunk_tasks=chunk_tasks,
+                            query_loss_fn=query_loss_fn)
     return jax.lax.pmean(out, AXIS)
 
   # check_vma=False: the core is written for plain arrays and knows nothing
