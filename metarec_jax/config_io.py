@@ -42,6 +42,12 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   sys.path.insert(0, parent)
   try:
     loader.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+      raise InputError("defines no get_config()", path=path)
+    # get_config may import sibling configs lazily: keep the path set.
+    config = module.get_config(arg) if arg else module.get_config()
+  except InputError:
+    raise
   except SyntaxError as e:
     raise InputError(f"syntax error: {e.msg}", path=path, line=e.lineno) from e
   except Exception as e:  # pylint: disable=broad-except
@@ -49,9 +55,6 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
                      path=path) from e
   finally:
     sys.path.remove(parent)
-  if not hasattr(module, "get_config"):
-    raise InputError("defines no get_config()", path=path)
-  config = module.get_config(arg) if arg else module.get_config()
   if not isinstance(config, ml_collections.ConfigDict):
     raise InputError("get_config() must return an ml_collections.ConfigDict",
                      path=path)
