@@ -174,7 +174,7 @@ def test_melu_runs_on_movielens_100k(tmp_path):
       ("train.tasks_per_step", "4")])
   exp = experiment.build(config, str(tmp_path / "work"))
   assert {f.name for f in exp.tables.specs} == {
-      "genre", "year", "gender", "age", "occupation", "zip"}
+      "genre", "year", "gender", "age", "occupation", "zip", "item_id"}
   # pylint: disable=g-import-not-at-top
   import jax
   from metarec_jax.data.sampler import TrainSampler
