@@ -230,3 +230,29 @@ def test_tensorboards_hparams_tab_lists_the_run_with_its_metrics(
   with open(os.path.join(tiny_metasgd_run, "metrics.jsonl")) as f:
     last_val = [json.loads(l) for l in f if '"val/mae"' in l][-1]
   assert metrics["val/mae"] == pytest.approx(last_val["val/mae"])
+
+
+def test_eval_writes_every_scenario_to_tensorboard(tiny_metasgd_run):
+  from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  report = eval_lib.evaluate_workdir(tiny_metasgd_run, support_curve=False)
+  acc = plugin_event_accumulator.EventAccumulator(
+      os.path.join(tiny_metasgd_run, "tensorboard", "eval"),
+      size_guidance={plugin_event_accumulator.TENSORS: 0})
+  acc.Reload()
+  scalars = set(acc.PluginTagToContent("scalars"))
+  scenarios = [s for s, m in report["scenarios"].items() if m["tasks"]]
+  assert {"W", "UC"} <= set(scenarios)
+  for scenario, m in report["scenarios"].items():
+    if not m["tasks"]:  # an empty scenario has null metrics: no scalar
+      assert f"{scenario}/mae" not in scalars
+      continue
+    for tag, want in [
+        (f"{scenario}/mae", m["mae"]),
+        (f"{scenario}/mae_unadapted", m["mae_unadapted"]),
+        (f"{scenario}/ndcg@3", m["ndcg@3"]),
+        (f"{scenario}/item_mean_user_bias/mae",
+         m["baselines"]["item_mean_user_bias"]["mae"]),
+        (f"{scenario}/global_mean/mae", m["baselines"]["global_mean"]["mae"])]:
+      assert tag in scalars, tag
+      assert series(acc, tag) == pytest.approx({report["step"]: want},
+                                               rel=1e-6), tag

@@ -65,11 +65,46 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     ratings_io.write_tasks(write_tasks, tasksets, exp.store,
                            extra={"ratings": ratings})
     log.info("wrote the tasks' support and query ratings to %s", write_tasks)
+  if not ratings:
+    write_tensorboard(workdir, step, results,
+                      active=jax.process_index() == 0)
   if support_curve:
     curves.evaluate_and_write(
         workdir, evaluator, state.params, tasksets, step=step,
         seed=int(config.eval.seed), write=jax.process_index() == 0)
   return {"step": step, "scenarios": results}
+
+
+def scalar_metrics(results: dict) -> dict[str, float]:
+  """`{"W/mae": .., "W/item_mean_user_bias/mae": .., ...}` of a report."""
+  out = {}
+  for scenario, m in results.items():
+    for key, value in m.items():
+      if key == "baselines":
+        for name, metrics in value.items():
+          for metric, v in metrics.items():
+            if v is not None:
+              out[f"{scenario}/{name}/{metric}"] = v
+      elif key != "tasks" and isinstance(value, (int, float)):
+        out[f"{scenario}/{key}"] = value
+  return out
+
+
+def write_tensorboard(workdir: str, step: int, results: dict, *,
+                      active: bool = True) -> None:
+  """Adds an evaluation's metrics to the run's TensorBoard, run `eval`.
+
+  Every scenario's metrics and baselines at the checkpoint's step, beside
+  the training curves (`tensorboard --logdir=WORKDIR/tensorboard`).
+  """
+  # pylint: disable=g-import-not-at-top
+  from metarec_jax.train import reporting
+  reporter = reporting.Reporter(workdir, active=active, run="eval",
+                                jsonl=False)
+  try:
+    reporter.scalars(step, scalar_metrics(results))
+  finally:
+    reporter.close()
 
 
 def format_table(report: dict) -> str:

@@ -169,10 +169,18 @@ class Reporter:
   `hparams` only to TensorBoard (they are not scalars).
   """
 
-  def __init__(self, workdir: str, *, active: bool = True):
+  def __init__(self, workdir: str, *, active: bool = True, run: str = "",
+               jsonl: bool = True):
+    """Args:
+      workdir: the run's work directory.
+      active: False writes nothing (every process but the first).
+      run: a TensorBoard run below `WORKDIR/tensorboard` ("" = the training
+        run itself; `metarec eval` writes to "eval").
+      jsonl: also append the scalars to `WORKDIR/metrics.jsonl`.
+    """
     self.active = active
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self._events = (EventFileWriter(os.path.join(workdir, "tensorboard"))
+    self.path = os.path.join(workdir, "metrics.jsonl") if jsonl else None
+    self._events = (EventFileWriter(os.path.join(workdir, "tensorboard", run))
                     if active else None)
 
   def _write(self, step: int, values: list[summary_pb2.Summary.Value]
@@ -189,8 +197,9 @@ class Reporter:
       return
     flat = {k: _json_value(v) for k, v in metrics.items()
             if v is not None and np.ndim(v) == 0}
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": int(step), **flat}) + "\n")
+    if self.path:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": int(step), **flat}) + "\n")
     self._write(step, [scalar_summary(tag, value)
                        for tag, value in flat.items() if value is not None])
 
