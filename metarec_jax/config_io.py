@@ -26,6 +26,10 @@ from metarec_jax.errors import InputError
 WORKDIR_CONFIG = "config.json"
 CONFIG_FORMAT = 1
 
+# Sections keyed by names of the user's data (a feature of their own files),
+# so an override may add a key: its value's type.
+OPEN_SECTIONS = {"data.list_pad": int}
+
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """Imports `path.py[:arg]` and returns its `get_config([arg])`."""
@@ -121,7 +125,8 @@ def apply_overrides(config: ml_collections.ConfigDict,
         node = node[name]
         if not isinstance(node, ml_collections.ConfigDict):
           raise KeyError(name)
-      current = node[last]
+      open_type = OPEN_SECTIONS.get(".".join(path))
+      current = open_type() if open_type and last not in node else node[last]
     except (KeyError, AttributeError):
       near = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
       hint = f"; did you mean {' or '.join(near)}?" if near else ""

@@ -178,3 +178,13 @@ def test_melu_trains_on_string_ids(tmp_path):
   batch = jax.tree.map(lambda a: a[0], sampler.batch(0))
   params = exp.model.init(jax.random.PRNGKey(0))
   assert np.isfinite(float(exp.model.loss_fn(params, batch["query"])))
+
+
+def test_a_list_pad_for_a_feature_of_ones_own_files_is_a_valid_override():
+  config = config_io.load_config_file(config_path("default"))
+  config_io.apply_overrides(config, [("data.list_pad.tags", "3")])
+  assert config.data.list_pad.tags == 3
+  with pytest.raises(InputError, match="expected an integer"):
+    config_io.apply_overrides(config, [("data.list_pad.colours", "many")])
+  with pytest.raises(InputError, match="unknown config key"):
+    config_io.apply_overrides(config, [("data.generic.tags", "3")])
