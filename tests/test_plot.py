@@ -23,7 +23,6 @@ def metarec(*args, prelude="pass"):
 
 
 def test_plot_draws_both_figures_of_a_finished_run(tiny_metasgd_run):
-  pytest.importorskip("matplotlib")
   out = metarec("plot", f"--workdir={tiny_metasgd_run}")
   assert out.returncode == 0, out.stderr
   written = json.loads(out.stdout.strip().splitlines()[-1])["plots"]
