@@ -534,3 +534,18 @@ def test_a_killed_export_leaves_no_partial_folder(run, exported, tmp_path):
                  f"--out={out}")
   assert done.returncode == 0, done.stderr
   assert sorted(os.listdir(tmp_path)) == ["big.csv", "export", "stderr.txt"]
+
+
+def test_mapped_array_keeps_what_was_written_after_releasing_its_pages(
+    tmp_path):
+  from metarec_jax.export import layout  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "a.npy")
+  mapped = layout.MappedArray(path, np.float32, (1000, 7))
+  want = np.arange(7000, dtype=np.float32).reshape(1000, 7)
+  mapped.array[:500] = want[:500]
+  mapped.release()  # the written rows leave memory, not the file
+  mapped.array[500:] = want[500:]
+  assert (mapped.array[:500] == want[:500]).all()
+  mapped.close()
+  mapped.close()  # idempotent
+  assert (np.load(path) == want).all()

@@ -41,6 +41,7 @@ from metarec_jax.train.restore import load_state
 log = logging.getLogger("metarec")
 
 ITEM_BLOCK = 1024  # items scored per step of the top-k scan
+RELEASE_BYTES = 64 << 20  # written bytes between page releases
 
 
 def check_options(*, top_k: int, dtype: str, chunk_users: int,
@@ -153,6 +154,7 @@ class _Job:
 
   def __post_init__(self):
     self.per_user_files: list[str] = []
+    self.unreleased = 0
     n_dev = self.mesh.devices.size
     self.chunk = max(n_dev, math.ceil(self.chunk_users / n_dev) * n_dev)
     self.k = min(self.top_k, self.exp.store.num_items)
@@ -286,31 +288,37 @@ class _Job:
         pending = (index, stored, top)
       if pending is not None:
         progress.advance(self._write(*pending))
-    for array in self.adapted.values():
-      array.flush()
+    self.writer.release()
     self.adapt_seconds = time.perf_counter() - self.adapt_seconds
     if self.k:
-      self.top_items.flush()
-      self.top_scores.flush()
       topk.write_jsonl(self.writer.path(layout.TOPK_FILE), self.users.ids,
                        np.asarray(self.exp.store.item_ids), self.top_scores,
                        self.top_items)
       self.per_user_files.append(layout.TOPK_FILE)
+    # The writer closes the mapped files: hold no view of them.
+    self.adapted_bytes = sum(a.nbytes for a in self.adapted.values())
+    self.adapted = self.top_items = self.top_scores = None
 
   def _write(self, index, stored, top) -> int:
     n = len(index)
     for path, value in jax.device_get(stored).items():
       self.adapted[path][index] = value[:n]
+      self.unreleased += value[:n].nbytes
     if top is not None:
       scores, items = jax.device_get(top)
       self.top_scores[index] = scores[:n]
       self.top_items[index] = items[:n]
+    # Memory bounded by the chunk, not the export: hand the written pages
+    # back to the kernel every RELEASE_BYTES.
+    if self.unreleased >= RELEASE_BYTES:
+      self.writer.release()
+      self.unreleased = 0
     return n
 
   def summary(self) -> dict:
     u = self.users
     n = len(u)
-    adapted_bytes = sum(a.nbytes for a in self.adapted.values())
+    adapted_bytes = self.adapted_bytes
     per_user = sum(os.path.getsize(os.path.join(self.writer.tmp, f))
                    for f in self.per_user_files)
     return {
