@@ -9,9 +9,11 @@ and the benchmark.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -142,6 +144,11 @@ class CompileCounter:
     self.count = 0
     self.cache_hits = 0  # programs loaded from the persistent cache
 
+  @property
+  def programs(self) -> int:
+    """Programs obtained: compiled, or loaded from the persistent cache."""
+    return self.count + self.cache_hits
+
   def _listener(self, event, duration, **kwargs):
     del duration, kwargs
     if event == self._EVENT:
@@ -176,6 +183,31 @@ def _signature(args) -> tuple:
       for x in leaves)
 
 
+def compile_in_parallel(jobs: Sequence[Callable[[], Any]], *,
+                        should_stop: Callable[[], bool] = lambda: False,
+                        workers: int | None = None) -> bool:
+  """Runs compile jobs side by side on a thread pool.
+
+  XLA compiles without holding the GIL, so the programs of several buckets
+  compile at once, one per core. A job not yet started is skipped once
+  `should_stop()` is true (a signal during the warm-up). Returns False if
+  any job was skipped.
+  """
+  stopped = threading.Event()
+
+  def run(job):
+    if stopped.is_set() or should_stop():
+      stopped.set()
+      return
+    job()
+
+  workers = max(1, min(workers or cpu_cores(), len(jobs)))
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    for future in [pool.submit(run, job) for job in jobs]:
+      future.result()  # re-raises a job's error
+  return not stopped.is_set()
+
+
 class CompiledByShape:
   """Calls `jitted` through one compiled executable per input signature."""
 
@@ -185,15 +217,22 @@ class CompiledByShape:
     self.executables: dict[tuple, Any] = {}
     self.compiles = 0
     self.compile_seconds = 0.0
+    self._lock = threading.Lock()
 
   def compile(self, *args) -> Any:
-    """Compiles for `args` (arrays or `jax.ShapeDtypeStruct`s) if needed."""
+    """Compiles for `args` (arrays or `jax.ShapeDtypeStruct`s) if needed.
+
+    Safe to call from several threads (`compile_in_parallel`) for different
+    signatures.
+    """
     key = _signature(args)
     if key not in self.executables:
       t0 = time.perf_counter()
-      self.executables[key] = self.jitted.lower(*args).compile()
-      self.compile_seconds += time.perf_counter() - t0
-      self.compiles += 1
+      executable = self.jitted.lower(*args).compile()
+      with self._lock:
+        self.executables[key] = executable
+        self.compile_seconds += time.perf_counter() - t0
+        self.compiles += 1
     return self.executables[key]
 
   def __call__(self, *args):

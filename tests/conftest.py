@@ -20,6 +20,10 @@ jax.config.update("jax_num_cpu_devices", NUM_DEVICES)
 # processes the end-to-end tests start: their second start skips compiling.
 os.environ.setdefault("METAREC_COMPILATION_CACHE",
                       tempfile.mkdtemp(prefix="metarec-xla-"))
+# ... and by the tests that train in this process: the same small programs
+# are built by many of them.
+from metarec_jax import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
+runtime.enable_compilation_cache()
 
 import pytest  # noqa: E402
 
@@ -51,7 +55,8 @@ def shared_data() -> str:
 
 @contextlib.contextmanager
 def count_compiles():
-  """Counts XLA backend compilations inside the block: `with ... as n: n[0]`."""
+  """Counts the programs XLA compiled inside the block, or loaded from the
+  persistent compilation cache: `with ... as n: n[0]`."""
   counter = [0]
 
   def listener(event, duration, **kwargs):
@@ -59,11 +64,18 @@ def count_compiles():
     if event == "/jax/core/compile/backend_compile_duration":
       counter[0] += 1
 
+  def hit_listener(event, **kwargs):
+    del kwargs
+    if event == "/jax/compilation_cache/cache_hits":
+      counter[0] += 1
+
   jax.monitoring.register_event_duration_secs_listener(listener)
+  jax.monitoring.register_event_listener(hit_listener)
   try:
     yield counter
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
+    jax.monitoring.unregister_event_listener(hit_listener)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -91,26 +90,3 @@ def test_help_explains_itself():
   assert out.returncode == 0 and "--workdir" in out.stdout
   assert "--config.KEY=VALUE" in out.stdout
 
-
-def test_a_restart_loads_its_programs_from_the_persistent_cache(tmp_path):
-  """The second start of a run compiles nothing: every warm-up program
-  comes from the persistent compilation cache."""
-  env = dict(os.environ, METAREC_COMPILATION_CACHE=str(tmp_path / "xla"))
-  env.pop("XLA_FLAGS", None)
-  workdir = str(tmp_path / "run")
-
-  def train(steps):
-    out = subprocess.run(
-        [sys.executable, "-m", "metarec_jax.cli", "train",
-         f"--config={config_path('tiny')}", f"--workdir={workdir}",
-         f"--config.train.num_steps={steps}"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
-    assert out.returncode == 0, out.stderr
-    hits = re.findall(r"\((\d+) program\(s\) from the persistent"
-                      r" compilation cache\)", out.stderr)
-    assert len(hits) == 1, out.stderr
-    return int(hits[0])
-
-  assert train(4) == 0  # an empty cache
-  assert os.listdir(tmp_path / "xla")
-  assert train(8) > 0   # the restart resumes at step 4, from the cache

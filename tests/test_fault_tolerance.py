@@ -5,6 +5,7 @@ Every test runs `metarec train` as real processes on real orbax folders.
 
 import json
 import os
+import re
 import shutil
 import signal
 
@@ -89,6 +90,11 @@ def test_sigterm_saves_the_step_reached_and_resumes(tmp_path):
   assert out.returncode == 0, out.stderr
   assert f"resumed from the checkpoint of step {step}" in out.stderr
   assert step + 3 in checkpoint_steps(workdir)
+  # The restart compiled nothing: its warm-up programs came from the
+  # persistent compilation cache the first process filled.
+  hits = re.findall(r"\((\d+) program\(s\) from the persistent"
+                    r" compilation cache\)", out.stderr)
+  assert len(hits) == 1 and int(hits[0]) > 0, out.stderr
 
 
 def test_preemption_exit_status_is_configurable(tmp_path):

@@ -9,6 +9,7 @@ baselines on the same tasks. Predictions are clipped to the rating scale.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -16,7 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from metarec_jax import meta
+from metarec_jax import meta, runtime
 from metarec_jax.data.splits import SCENARIOS, TaskSet
 from metarec_jax.data.tasks import batch_shapes, bucket_widths, taskset_batches
 from metarec_jax.eval import metrics as metrics_lib
@@ -77,15 +78,20 @@ class Evaluator:
     fn = jax.jit(per_device, out_shardings=replicated)
     self.predict = CompiledByShape(fn, name="eval")
 
+  def compile_jobs(self, meta_params: PyTree, tasks: TaskSet) -> list:
+    """One job per bucket of `tasks` that compiles the adapt-and-predict
+    step for it (`meta_params` may be abstract)."""
+    widths = np.unique(bucket_widths(tasks.support_sizes(), self.buckets))
+    return [functools.partial(
+        self.predict.compile, meta_params["model"], meta_params.get("inner"),
+        batch_shapes(self.exp.tables.specs, self.batch_tasks, int(width),
+                     self.query_width, self.task_sharding))
+            for width in widths]
+
   def compile_for(self, meta_params: PyTree, tasks: TaskSet) -> None:
     """Compiles the adapt-and-predict step for every bucket of `tasks`
-    ahead of time (`meta_params` may be abstract)."""
-    widths = np.unique(bucket_widths(tasks.support_sizes(), self.buckets))
-    for width in widths:
-      batch = batch_shapes(self.exp.tables.specs, self.batch_tasks,
-                           int(width), self.query_width, self.task_sharding)
-      self.predict.compile(meta_params["model"], meta_params.get("inner"),
-                           batch)
+    ahead of time, side by side (`meta_params` may be abstract)."""
+    runtime.compile_in_parallel(self.compile_jobs(meta_params, tasks))
 
   def predictions(self, meta_params: PyTree, tasks: TaskSet,
                   should_stop: Callable[[], bool] | None = None

@@ -129,15 +129,18 @@ class Trainer:
                         int(self.config.train.tasks_per_step), width,
                         int(self.config.data.query_size), self.task_sharding)
 
-  def compile_all(self, should_stop=lambda: False) -> bool:
-    """Compiles the meta-step for every bucket, checking `should_stop`
-    between compilations. Returns False if it stopped early."""
+  def compile_jobs(self) -> list:
+    """One job per bucket that compiles the meta-step for it."""
     state = self.abstract_state()
-    for width in self.sampler.widths:
-      if should_stop():
-        return False
-      self.step.compile(state, self.abstract_batch(width))
-    return True
+    return [functools.partial(self.step.compile, state,
+                              self.abstract_batch(width))
+            for width in self.sampler.widths]
+
+  def compile_all(self, should_stop=lambda: False) -> bool:
+    """Compiles the meta-step for every bucket, side by side, skipping the
+    rest once `should_stop()`. Returns False if it stopped early."""
+    return runtime.compile_in_parallel(self.compile_jobs(),
+                                       should_stop=should_stop)
 
 
 def _metrics_to_host(metrics: dict) -> dict[str, float]:
@@ -238,13 +241,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       # meta-step per support bucket, the validation per bucket), so the
       # loop itself never compiles; a signal is honoured between compiles.
       t0 = time.perf_counter()
+      jobs = trainer.compile_jobs()
+      if int(tc.eval_every_steps) >= 0:
+        jobs += evaluator.compile_jobs(trainer.abstract_state().params,
+                                       exp.split.scenarios["val"])
       with runtime.CompileCounter() as warmup:
-        if not trainer.compile_all(should_stop=stop.now):
+        if not runtime.compile_in_parallel(jobs, should_stop=stop.now):
           save_and_report_stop(step)
           return {**summary, "step": step}
-        if int(tc.eval_every_steps) >= 0 and not stop.now():
-          evaluator.compile_for(trainer.abstract_state().params,
-                                exp.split.scenarios["val"])
       log.info("compiled the meta-step for support widths %s and the"
                " validation in %.1fs (%d program(s) from the persistent"
                " compilation cache)", trainer.sampler.widths,
@@ -313,10 +317,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         progress.close()
         pipeline.close()
         compiles.stop()
-      summary["compiles_after_warmup"] = compiles.count
-      if compiles.count:
+      summary["compiles_after_warmup"] = compiles.programs
+      if compiles.programs:
         log.warning("%d compilation(s) after the warm-up: a batch shape"
-                    " escaped the buckets", compiles.count)
+                    " escaped the buckets", compiles.programs)
       if step == num_steps and "val" in summary and not stop.now():
         support_curve.evaluate_and_write(
             workdir, evaluator, state.params,
