@@ -169,7 +169,8 @@ MEANINGS: dict[str, str] = {
     "train.end_lr_factor": "The cosine decay ends at `lr * end_lr_factor`.",
     "train.grad_clip": "Clip the meta-gradient to this global norm.",
     "train.eval_every_steps": "Validation every this many steps (and at the"
-                              " end); 0 = only at the end.",
+                              " end); 0 = only at the end; -1 = never (no"
+                              " validation programs are compiled).",
     "train.max_nonfinite": "Stop after this many consecutive non-finite"
                            " meta-gradients (each one skips its update).",
     "train.preempt_exit_code": "Exit status after a SIGTERM/SIGINT stopped"

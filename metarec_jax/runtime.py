@@ -9,9 +9,7 @@ and the benchmark.
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
-import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -183,29 +181,19 @@ def _signature(args) -> tuple:
       for x in leaves)
 
 
-def compile_in_parallel(jobs: Sequence[Callable[[], Any]], *,
-                        should_stop: Callable[[], bool] = lambda: False,
-                        workers: int | None = None) -> bool:
-  """Runs compile jobs side by side on a thread pool.
+def run_compile_jobs(jobs: Sequence[Callable[[], Any]], *,
+                     should_stop: Callable[[], bool] = lambda: False) -> bool:
+  """Runs compile jobs in order, checking `should_stop()` before each (a
+  signal during the warm-up). Returns False if it stopped early.
 
-  XLA compiles without holding the GIL, so the programs of several buckets
-  compile at once, one per core. A job not yet started is skipped once
-  `should_stop()` is true (a signal during the warm-up). Returns False if
-  any job was skipped.
+  (Compiling them side by side on threads gained nothing on a 2-core CPU:
+  XLA's CPU compiler already uses the cores.)
   """
-  stopped = threading.Event()
-
-  def run(job):
-    if stopped.is_set() or should_stop():
-      stopped.set()
-      return
+  for job in jobs:
+    if should_stop():
+      return False
     job()
-
-  workers = max(1, min(workers or cpu_cores(), len(jobs)))
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    for future in [pool.submit(run, job) for job in jobs]:
-      future.result()  # re-raises a job's error
-  return not stopped.is_set()
+  return True
 
 
 class CompiledByShape:
@@ -217,22 +205,15 @@ class CompiledByShape:
     self.executables: dict[tuple, Any] = {}
     self.compiles = 0
     self.compile_seconds = 0.0
-    self._lock = threading.Lock()
 
   def compile(self, *args) -> Any:
-    """Compiles for `args` (arrays or `jax.ShapeDtypeStruct`s) if needed.
-
-    Safe to call from several threads (`compile_in_parallel`) for different
-    signatures.
-    """
+    """Compiles for `args` (arrays or `jax.ShapeDtypeStruct`s) if needed."""
     key = _signature(args)
     if key not in self.executables:
       t0 = time.perf_counter()
-      executable = self.jitted.lower(*args).compile()
-      with self._lock:
-        self.executables[key] = executable
-        self.compile_seconds += time.perf_counter() - t0
-        self.compiles += 1
+      self.executables[key] = self.jitted.lower(*args).compile()
+      self.compile_seconds += time.perf_counter() - t0
+      self.compiles += 1
     return self.executables[key]
 
   def __call__(self, *args):

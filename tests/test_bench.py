@@ -15,6 +15,7 @@ KEYS = {"tasks_per_sec", "step_seconds", "step_flops", "achieved_gflops",
 
 def test_bench_prints_the_design_json_last(tmp_path):
   out = metarec("bench", f"--config={config_path('tiny')}", "--steps=3",
+                "--config.data.buckets=(16,)",
                 "--warmup=1", f"--workdir={tmp_path}")
   assert out.returncode == 0, out.stderr
   result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -12,7 +12,8 @@ from conftest import config_path
 from procs import metarec, start
 
 ARGS = [f"--config={config_path('tiny')}", "--config.train.num_steps=4",
-        "--config.train.eval_every_steps=0", "--config.checkpoint.every_steps=2"]
+        "--config.train.eval_every_steps=-1", "--config.data.buckets=(16,)",
+        "--config.checkpoint.every_steps=2"]
 
 
 def free_port() -> int:

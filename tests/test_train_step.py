@@ -66,3 +66,18 @@ def test_nothing_compiles_after_warmup_over_a_long_run(tmp_path):
   summary = train_and_evaluate(config, str(tmp_path))
   assert summary["step"] == 40 and "val" in summary
   assert summary["compiles_after_warmup"] == 0
+
+
+def test_eval_every_minus_one_never_validates_nor_compiles_for_it(tmp_path):
+  from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  config = config_io.load_config_file(config_path("tiny"))
+  config.train.num_steps = 4
+  config.train.eval_every_steps = -1
+  config.checkpoint.every_steps = 0
+  summary = train_and_evaluate(config, str(tmp_path))
+  assert summary["step"] == 4 and "val" not in summary
+  # A validation at the end would have compiled after the warm-up.
+  assert summary["compiles_after_warmup"] == 0
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert not any("val/" in line for line in f)
+  assert not (tmp_path / "eval" / "support_curve.json").exists()

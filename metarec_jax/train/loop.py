@@ -137,9 +137,9 @@ class Trainer:
             for width in self.sampler.widths]
 
   def compile_all(self, should_stop=lambda: False) -> bool:
-    """Compiles the meta-step for every bucket, side by side, skipping the
-    rest once `should_stop()`. Returns False if it stopped early."""
-    return runtime.compile_in_parallel(self.compile_jobs(),
+    """Compiles the meta-step for every bucket, checking `should_stop`
+    between compilations. Returns False if it stopped early."""
+    return runtime.run_compile_jobs(self.compile_jobs(),
                                        should_stop=should_stop)
 
 
@@ -246,12 +246,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         jobs += evaluator.compile_jobs(trainer.abstract_state().params,
                                        exp.split.scenarios["val"])
       with runtime.CompileCounter() as warmup:
-        if not runtime.compile_in_parallel(jobs, should_stop=stop.now):
+        if not runtime.run_compile_jobs(jobs, should_stop=stop.now):
           save_and_report_stop(step)
           return {**summary, "step": step}
-      log.info("compiled the meta-step for support widths %s and the"
-               " validation in %.1fs (%d program(s) from the persistent"
-               " compilation cache)", trainer.sampler.widths,
+      log.info("compiled the meta-step for support widths %s%s in %.1fs"
+               " (%d program(s) from the persistent compilation cache)",
+               trainer.sampler.widths,
+               " and the validation" if int(tc.eval_every_steps) >= 0 else "",
                time.perf_counter() - t0, warmup.cache_hits)
       summary["warmup_cache_hits"] = warmup.cache_hits
       compiles = runtime.CompileCounter().start()
@@ -289,7 +290,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             reporter.histograms(step, telemetry.parameter_histograms(
                 state.params))
           eval_every = int(tc.eval_every_steps)
-          if (eval_every > 0 and step % eval_every == 0) or step == num_steps:
+          if eval_every >= 0 and (
+              (eval_every > 0 and step % eval_every == 0)
+              or step == num_steps):
             results = evaluator.evaluate(state.params, ("val",),
                                          should_stop=stop.now)
             if results is not None:
