@@ -180,12 +180,15 @@ class Checkpointer:
 
 
 def _quiet_aborted_reads() -> None:
-  """Drops the "Event loop is closed" noise of an aborted orbax read.
+  """Drops the noise of an aborted orbax read.
 
-  When a restore fails half-way (a truncated file), tensorstore callbacks of
-  the abandoned reads arrive after orbax closed its event loop and each
-  prints a traceback through `sys.unraisablehook`. The real error has been
-  reported already; everything else still reaches the previous hook.
+  When a restore fails half-way (a truncated file), orbax abandons the
+  sibling reads: their failures surface later as asyncio's "Task exception
+  was never retrieved" log records and, for tensorstore callbacks that
+  arrive after orbax closed its event loop, as "Event loop is closed"
+  tracebacks through `sys.unraisablehook`. The real error has been reported
+  already (a fallback warning or the error that stops the run); everything
+  else still reaches the previous hook and the asyncio logger.
   """
   previous = sys.unraisablehook
   if getattr(previous, "_metarec_filter", False):
@@ -199,6 +202,16 @@ def _quiet_aborted_reads() -> None:
 
   hook._metarec_filter = True  # pylint: disable=protected-access
   sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(_abandoned_read_failures)
+
+
+def _abandoned_read_failures(record: logging.LogRecord) -> bool:
+  """False for an unretrieved failure of a tensorstore read (see above)."""
+  if not record.getMessage().startswith("Task exception was never retrieved"):
+    return True
+  error = record.exc_info[1] if record.exc_info else None
+  text = str(error) if error is not None else record.getMessage()
+  return not any(mark in text for mark in ("OCDBT", "zarr", "tensorstore"))
 
 
 def _leaves(tree):
