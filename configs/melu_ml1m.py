@@ -15,8 +15,9 @@ tasks of every scenario (W, UC, IC, UIC); compare `mae` with the
 `item_mean_user_bias` baseline printed beside it on the same tasks.
 
 Expect (measured on a 2-core CPU, 3 seeds `--config.train.seed=S
---config.eval.seed=S` for S = 0, 1, 2; mean +- std): training takes 57-65 s
-per seed including the store build, and `metarec eval` prints query MAE
+--config.eval.seed=S` for S = 0, 1, 2; mean +- std): training takes about a
+minute per seed (63-67 s including the store build), and `metarec eval`
+prints query MAE
 
     W 0.7008 +- 0.0030   UC 0.7181 +- 0.0084
     IC 0.8711 +- 0.0101  UIC 0.8693 +- 0.0197
