@@ -75,12 +75,17 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   return {"step": step, "scenarios": results}
 
 
-def scalar_metrics(results: dict) -> dict[str, float]:
-  """`{"W/mae": .., "W/item_mean_user_bias/mae": .., ...}` of a report."""
+def scalar_metrics(results: dict, *, baselines: bool = True
+                   ) -> dict[str, float]:
+  """`{"W/mae": .., "W/item_mean_user_bias/mae": .., ...}` of a report's
+  `{scenario: metrics}`: every numeric metric (not the task count), and
+  the baselines' unless `baselines=False`; null metrics are left out."""
   out = {}
   for scenario, m in results.items():
     for key, value in m.items():
       if key == "baselines":
+        if not baselines:
+          continue
         for name, metrics in value.items():
           for metric, v in metrics.items():
             if v is not None:

@@ -88,11 +88,6 @@ class Evaluator:
                      self.query_width, self.task_sharding))
             for width in widths]
 
-  def compile_for(self, meta_params: PyTree, tasks: TaskSet) -> None:
-    """Compiles the adapt-and-predict step for every bucket of `tasks`
-    ahead of time (`meta_params` may be abstract)."""
-    runtime.run_compile_jobs(self.compile_jobs(meta_params, tasks))
-
   def predictions(self, meta_params: PyTree, tasks: TaskSet,
                   should_stop: Callable[[], bool] | None = None
                   ) -> Predictions | None:

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from metarec_jax import config_io, config_reference, experiment, runtime
+from metarec_jax import eval as eval_lib
 from metarec_jax.data.pipeline import Prefetcher
 from metarec_jax.data.sampler import TrainSampler
 from metarec_jax.data.tasks import batch_shapes
@@ -147,15 +148,6 @@ def _metrics_to_host(metrics: dict) -> dict[str, float]:
   return {k: float(runtime.to_host(v)) for k, v in metrics.items()}
 
 
-def _eval_metrics(results: dict, prefix: str = "") -> dict[str, float]:
-  out = {}
-  for scenario, m in results.items():
-    for key in ("mae", "rmse", "ndcg@1", "ndcg@3", "mae_unadapted"):
-      if m.get(key) is not None:
-        out[f"{prefix}{scenario}/{key}"] = m[key]
-  return out
-
-
 def _check_finite(step: int, metrics: dict, *, max_nonfinite: int) -> None:
   streak = int(runtime.to_host(metrics["train/nonfinite_streak"]))
   if streak:
@@ -240,9 +232,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       # Warm-up: every shape the loop will meet is compiled now (the
       # meta-step per support bucket, the validation per bucket), so the
       # loop itself never compiles; a signal is honoured between compiles.
+      eval_every = int(tc.eval_every_steps)
+      validates = eval_every >= 0  # -1: never, not even at the end
       t0 = time.perf_counter()
       jobs = trainer.compile_jobs()
-      if int(tc.eval_every_steps) >= 0:
+      if validates:
         jobs += evaluator.compile_jobs(trainer.abstract_state().params,
                                        exp.split.scenarios["val"])
       with runtime.CompileCounter() as warmup:
@@ -252,7 +246,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       log.info("compiled the meta-step for support widths %s%s in %.1fs"
                " (%d program(s) from the persistent compilation cache)",
                trainer.sampler.widths,
-               " and the validation" if int(tc.eval_every_steps) >= 0 else "",
+               " and the validation" if validates else "",
                time.perf_counter() - t0, warmup.cache_hits)
       summary["warmup_cache_hits"] = warmup.cache_hits
       compiles = runtime.CompileCounter().start()
@@ -289,14 +283,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
               num_steps=num_steps):
             reporter.histograms(step, telemetry.parameter_histograms(
                 state.params))
-          eval_every = int(tc.eval_every_steps)
-          if eval_every >= 0 and (
-              (eval_every > 0 and step % eval_every == 0)
-              or step == num_steps):
+          if validates and (step == num_steps
+                            or (eval_every > 0 and step % eval_every == 0)):
             results = evaluator.evaluate(state.params, ("val",),
                                          should_stop=stop.now)
             if results is not None:
-              reporter.scalars(step, _eval_metrics(results))
+              reporter.scalars(step, eval_lib.scalar_metrics(
+                  results, baselines=False))
               summary["val"] = results["val"]
               log.info("step %d  validation MAE %s (unadapted %s)", step,
                        _fmt(results["val"]["mae"]),
