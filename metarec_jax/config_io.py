@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from metarec_jax import atomic
 from metarec_jax.errors import InputError
 
 WORKDIR_CONFIG = "config.json"
@@ -195,23 +196,13 @@ def _git_revision() -> str | None:
   return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file and a rename."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def write_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> str:
   """Writes `WORKDIR/config.json`: the resolved config and where it ran."""
   path = os.path.join(workdir, WORKDIR_CONFIG)
   record = {"format": CONFIG_FORMAT, "config": to_dict(config),
             "versions": _versions(), "git_revision": _git_revision(),
             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-  atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+  atomic.write_text(path, json.dumps(record, indent=1) + "\n")
   return path
 
 

@@ -15,11 +15,13 @@ imported only here and only when plotting.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
 import numpy as np
 
+from metarec_jax import atomic
 from metarec_jax.errors import InputError
 from metarec_jax.eval import support_curve
 
@@ -81,9 +83,9 @@ def _figure_class():
 
 
 def _save(fig, path: str) -> str:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  fig.savefig(tmp, format="png", dpi=110)
-  os.replace(tmp, path)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=110)
+  atomic.write_bytes(path, png.getvalue())
   return path
 
 

@@ -55,7 +55,7 @@ from typing import Any, Sequence
 from absl import flags
 from absl import logging as absl_logging
 
-from metarec_jax import config_io
+from metarec_jax import atomic, config_io
 from metarec_jax.errors import InputError
 
 log = logging.getLogger("metarec")
@@ -199,7 +199,7 @@ def run_one(run: Run, config, workdir: str, *, force: bool) -> dict:
             "seed": int(config.train.seed), "workdir": workdir,
             "train_seconds": seconds, "resumed": resumed,
             "train_summary": summary, "eval": report, "config": record}
-  config_io.atomic_write_text(path, json.dumps(_json_safe(result), indent=1)
+  atomic.write_text(path, json.dumps(_json_safe(result), indent=1)
                               + "\n")
   return result
 
@@ -335,9 +335,9 @@ def compare(runs: Sequence[Run], out: str, *,
   table = make_table(results)
   record = {"seeds": list(seeds) if seeds else None, "runs": results,
             "table": table}
-  config_io.atomic_write_text(os.path.join(out, "results.json"),
+  atomic.write_text(os.path.join(out, "results.json"),
                               json.dumps(_json_safe(record), indent=1) + "\n")
-  config_io.atomic_write_text(os.path.join(out, "table.md"), table)
+  atomic.write_text(os.path.join(out, "table.md"), table)
   return record
 
 

@@ -17,7 +17,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from metarec_jax import config_io, config_reference  # noqa: E402
+from metarec_jax import atomic, config_io, config_reference  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   with open(args.readme) as f:
     text = f.read()
-  config_io.atomic_write_text(args.readme,
+  atomic.write_text(args.readme,
                               config_reference.replace_section(text, table))
   print(f"updated {args.readme}", file=sys.stderr)
   return 0

@@ -15,14 +15,12 @@ integer ids, a rating off the declared scale or undecodable bytes is an
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
-import uuid
 from typing import Any
 
 import numpy as np
 
+from metarec_jax import atomic
 from metarec_jax.data import delimited
 from metarec_jax.data.splits import TaskSet
 from metarec_jax.data.store import TaskStore
@@ -277,25 +275,12 @@ def format_ratings(users, items, ratings, fmt: RatingsFormat,
   return head + body + ("\n" if n else "")
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-  try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def write_ratings(path: str | os.PathLike, users, items, ratings,
                   store: TaskStore, timestamps=None) -> None:
   """Writes ratings (external ids) in `store`'s input format, atomically."""
   fmt = store_format(store)
   text = format_ratings(users, items, ratings, fmt, timestamps)
-  _atomic_write_bytes(os.fspath(path), text.encode(fmt.encoding))
+  atomic.write_bytes(path, text.encode(fmt.encoding))
 
 
 TASKS_MANIFEST = "tasks.json"
@@ -320,13 +305,9 @@ def write_tasks(out: str | os.PathLike, tasksets: dict[str, TaskSet],
     raise InputError("exists and is not a task folder written by --write_tasks"
                      "; choose another folder", path=out)
   fmt = store_format(store)
-  parent, name = os.path.split(out)
-  os.makedirs(parent, exist_ok=True)
-  tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
   summary = {"format": fmt.to_json(), "scenarios": {}, **(extra or {})}
-  try:
+  with atomic.Folder(out) as folder:
     for scenario, tasks in tasksets.items():
-      os.makedirs(os.path.join(tmp, scenario))
       task_of_row = np.repeat(np.arange(len(tasks)), np.diff(tasks.offsets))
       users = np.asarray(store.user_ids)[tasks.users[task_of_row]]
       items = np.asarray(store.item_ids)[tasks.items]
@@ -334,20 +315,10 @@ def write_tasks(out: str | os.PathLike, tasksets: dict[str, TaskSet],
                          ("query", tasks.is_query)):
         text = format_ratings(users[rows], items[rows], tasks.ratings[rows],
                               fmt)
-        with open(os.path.join(tmp, scenario, f"{part}.{fmt.extension}"),
+        with open(folder.path(f"{scenario}/{part}.{fmt.extension}"),
                   "wb") as f:
           f.write(text.encode(fmt.encoding))
       summary["scenarios"][scenario] = {
           "tasks": len(tasks), "support": int((~tasks.is_query).sum()),
           "query": int(tasks.is_query.sum())}
-    with open(os.path.join(tmp, TASKS_MANIFEST), "w") as f:
-      json.dump(summary, f, indent=1, ensure_ascii=False)
-    old = None
-    if os.path.exists(out):
-      old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
-      os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+    folder.finish(TASKS_MANIFEST, summary)

@@ -24,12 +24,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import uuid
 from typing import Any
 
 import numpy as np
 
+from metarec_jax import atomic
 from metarec_jax.data.schema import FeatureSpec
 from metarec_jax.errors import InputError
 
@@ -134,7 +133,7 @@ def open_store(path: str | os.PathLike) -> TaskStore:
                      for s in specs if s.side == "item"})
 
 
-class StoreWriter:
+class StoreWriter(atomic.Folder):
   """Writes a store into a temporary folder and renames it into place.
 
   Usage:
@@ -150,28 +149,11 @@ class StoreWriter:
   `.NAME.tmp-*` so that a later writer cleans up after a killed one.
   """
 
-  def __init__(self, out: str | os.PathLike):
-    self.out = os.path.abspath(os.fspath(out))
-    parent, name = os.path.split(self.out)
-    os.makedirs(parent, exist_ok=True)
-    self._prefix = os.path.join(parent, f".{name}.tmp-")
-    self.tmp = self._prefix + uuid.uuid4().hex[:8]
-    self._finished = False
-
   def __enter__(self) -> "StoreWriter":
-    for entry in os.listdir(os.path.dirname(self.out)):
-      stale = os.path.join(os.path.dirname(self.out), entry)
-      if stale.startswith(self._prefix):
-        shutil.rmtree(stale, ignore_errors=True)
-    os.makedirs(os.path.join(self.tmp, "user"))
-    os.makedirs(os.path.join(self.tmp, "item"))
-    os.makedirs(os.path.join(self.tmp, "vocab"))
+    super().__enter__()
+    for folder in ("user", "item", "vocab"):
+      os.makedirs(os.path.join(self.tmp, folder))
     return self
-
-  def __exit__(self, exc_type, exc, tb):
-    if not self._finished:
-      shutil.rmtree(self.tmp, ignore_errors=True)
-    return False
 
   def save(self, name: str, array: np.ndarray) -> None:
     np.save(os.path.join(self.tmp, name), np.asarray(array),
@@ -187,19 +169,7 @@ class StoreWriter:
 
   def finish(self, manifest: dict[str, Any]) -> None:
     """Writes the manifest and swaps the folder into place."""
-    manifest = {"format": FORMAT_VERSION, **manifest}
-    with open(os.path.join(self.tmp, "manifest.json"), "w") as f:
-      json.dump(manifest, f, indent=1, ensure_ascii=False)
-      f.flush()
-      os.fsync(f.fileno())
-    old = None
-    if os.path.exists(self.out):
-      old = self._prefix + "old-" + uuid.uuid4().hex[:8]
-      os.rename(self.out, old)
-    os.rename(self.tmp, self.out)
-    self._finished = True
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
+    super().finish("manifest.json", {"format": FORMAT_VERSION, **manifest})
 
 
 def write_store(out: str | os.PathLike, *, dataset: str,

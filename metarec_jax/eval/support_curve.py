@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from metarec_jax import config_io
+from metarec_jax import atomic
 from metarec_jax.data import hashing
 from metarec_jax.data.splits import TaskSet
 
@@ -124,7 +124,7 @@ def write_record(workdir: str, record: dict) -> str:
   """Writes `record` to `WORKDIR/eval/support_curve.json` atomically."""
   path = os.path.join(workdir, FILENAME)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  config_io.atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+  atomic.write_text(path, json.dumps(record, indent=1) + "\n")
   return path
 
 

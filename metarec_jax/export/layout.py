@@ -47,13 +47,12 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import shutil
-import uuid
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
+from metarec_jax import atomic
 from metarec_jax.errors import InputError
 
 FORMAT_NAME = "metarec-export"
@@ -133,7 +132,7 @@ def read_manifest(path: str) -> dict[str, Any]:
   return manifest
 
 
-class ExportWriter:
+class ExportWriter(atomic.Folder):
   """Builds an export folder beside `out` and renames it into place.
 
   Usage:
@@ -153,39 +152,17 @@ class ExportWriter:
   """
 
   def __init__(self, out: str | os.PathLike):
-    self.out = os.path.abspath(os.fspath(out))
+    super().__init__(out)
     if os.path.isfile(self.out) or (
         os.path.isdir(self.out) and os.listdir(self.out)
         and not is_export(self.out)):
       raise InputError("exists and is not an earlier export; choose another"
                        " --out", path=self.out)
-    parent, name = os.path.split(self.out)
-    self.parent = parent
-    self._prefix = os.path.join(parent, f".{name}.tmp-")
-    self.tmp = self._prefix + uuid.uuid4().hex[:8]
-    self._finished = False
     self._mapped: list[MappedArray] = []
-
-  def __enter__(self) -> "ExportWriter":
-    os.makedirs(self.parent, exist_ok=True)
-    for entry in os.listdir(self.parent):
-      stale = os.path.join(self.parent, entry)
-      if stale.startswith(self._prefix):
-        shutil.rmtree(stale, ignore_errors=True)
-    os.makedirs(self.tmp)
-    return self
 
   def __exit__(self, exc_type, exc, tb):
     self.close_mapped()
-    if not self._finished:
-      shutil.rmtree(self.tmp, ignore_errors=True)
-    return False
-
-  def path(self, name: str) -> str:
-    """The temporary path of the file `name`, its folders created."""
-    path = os.path.join(self.tmp, name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return path
+    return super().__exit__(exc_type, exc, tb)
 
   def save(self, name: str, array: np.ndarray) -> None:
     np.save(self.path(name), np.asarray(array), allow_pickle=False)
@@ -222,19 +199,8 @@ class ExportWriter:
   def finish(self, manifest: dict[str, Any]) -> None:
     """Writes the manifest and swaps the folder into place."""
     self.close_mapped()
-    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **manifest}
-    with open(os.path.join(self.tmp, MANIFEST), "w") as f:
-      json.dump(manifest, f, indent=1, ensure_ascii=False)
-      f.flush()
-      os.fsync(f.fileno())
-    old = None
-    if os.path.exists(self.out):
-      old = self._prefix + "old-" + uuid.uuid4().hex[:8]
-      os.rename(self.out, old)
-    os.rename(self.tmp, self.out)
-    self._finished = True
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
+    super().finish(MANIFEST, {"format": FORMAT_NAME,
+                              "version": FORMAT_VERSION, **manifest})
 
 
 class MappedArray:

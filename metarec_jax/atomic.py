@@ -1,0 +1,95 @@
+"""Writes that are all or nothing: a file or a folder appears complete, or not.
+
+Every file or folder the engine writes for a user (config.json, metrics
+summaries, ratings files, task stores, exports, task folders, plots) is
+built at a temporary path beside its destination and renamed into place, so
+a killed process never leaves a half-written one behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from typing import Any
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+  """Writes `data` to `path` through a temporary file, fsync and a rename."""
+  path = os.fspath(path)
+  tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  """`write_bytes` of UTF-8 text."""
+  write_bytes(path, text.encode("utf-8"))
+
+
+class Folder:
+  """Builds a folder beside `out` and renames it into place.
+
+  Usage:
+
+      with Folder(out) as folder:
+        with open(folder.path("part/a.txt"), "w") as f:
+          ...
+        folder.finish("manifest.json", record)
+
+  Leaving the block without `finish` (an exception) removes the temporary
+  folder; one left by a killed process (`.NAME.tmp-*`) is removed by the
+  next writer of the same `out`. `finish` writes the record that marks the
+  folder complete, then swaps the folder in: an existing `out` is moved
+  aside first and removed only after the rename.
+  """
+
+  def __init__(self, out: str | os.PathLike):
+    self.out = os.path.abspath(os.fspath(out))
+    self.parent, name = os.path.split(self.out)
+    self._prefix = os.path.join(self.parent, f".{name}.tmp-")
+    self.tmp = self._prefix + uuid.uuid4().hex[:8]
+    self._finished = False
+
+  def __enter__(self):
+    os.makedirs(self.parent, exist_ok=True)
+    for entry in os.listdir(self.parent):
+      stale = os.path.join(self.parent, entry)
+      if stale.startswith(self._prefix):
+        shutil.rmtree(stale, ignore_errors=True)
+    os.makedirs(self.tmp)
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if not self._finished:
+      shutil.rmtree(self.tmp, ignore_errors=True)
+    return False
+
+  def path(self, name: str) -> str:
+    """The temporary path of the file `name`, its folders created."""
+    path = os.path.join(self.tmp, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+  def finish(self, name: str, record: dict[str, Any]) -> None:
+    """Writes `record` as the JSON file `name` and swaps the folder in."""
+    with open(os.path.join(self.tmp, name), "w") as f:
+      json.dump(record, f, indent=1, ensure_ascii=False)
+      f.flush()
+      os.fsync(f.fileno())
+    old = None
+    if os.path.exists(self.out):
+      old = self._prefix + "old-" + uuid.uuid4().hex[:8]
+      os.rename(self.out, old)
+    os.rename(self.tmp, self.out)
+    self._finished = True
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
