@@ -13,7 +13,8 @@ import time
 
 from rich import progress as rich_progress
 from rich.console import Console
-from rich.file_proxy import FileProxy
+
+from metarec_jax.train.progress import show_bar
 
 
 class UserProgress:
@@ -31,7 +32,7 @@ class UserProgress:
     self._start = time.perf_counter()
     self._last_line = None
     self._bar = None
-    self._swapped = []
+    self._stop = None
     if not self.plain:
       self._bar = rich_progress.Progress(
           rich_progress.TextColumn("export {task.completed}/{task.total}"
@@ -40,8 +41,7 @@ class UserProgress:
           rich_progress.TimeRemainingColumn(),
           console=self.console, transient=False)
       self._task = self._bar.add_task("export", total=self.total)
-      self._route_logs()
-      self._bar.start()
+      self._stop = show_bar(self._bar, self.log)
 
   def advance(self, n: int) -> None:
     self.done += int(n)
@@ -57,22 +57,9 @@ class UserProgress:
                     self.total, rate)
 
   def close(self) -> None:
-    if self._bar is not None:
-      self._bar.stop()
-      self._bar = None
-    for handler, stream in self._swapped:
-      handler.setStream(stream)
-    self._swapped = []
-
-  def _route_logs(self) -> None:
-    # A log record written straight to the terminal would tear the live
-    # bar; rich's FileProxy prints whole lines above it instead.
-    for handler in self.log.handlers:
-      if (isinstance(handler, logging.StreamHandler)
-          and not isinstance(handler, logging.FileHandler)
-          and handler.stream is self.console.file):
-        proxy = FileProxy(self.console, handler.stream)
-        self._swapped.append((handler, handler.setStream(proxy)))
+    if self._stop is not None:
+      self._stop()
+      self._stop = self._bar = None
 
   def __enter__(self) -> "UserProgress":
     return self

@@ -11,7 +11,7 @@ each log step is one plain log line instead:
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from typing import Callable, Mapping
 
 from rich import progress as rich_progress
 from rich.console import Console
@@ -28,6 +28,31 @@ def describe(metrics: Mapping[str, float]) -> str:
   unadapted = _fmt(metrics.get("train/query_loss_unadapted"), ".4f")
   speed = _fmt(metrics.get("train/tasks_per_sec"), ".0f")
   return f"loss {loss}  unadapted {unadapted}  {speed} tasks/s"
+
+
+def show_bar(bar: rich_progress.Progress,
+             log: logging.Logger) -> Callable[[], None]:
+  """Starts `bar`; returns the function that stops it.
+
+  While it is shown, the records of `log`'s handlers that write to the
+  bar's terminal go through rich's FileProxy, which prints whole lines
+  above the bar (a record written straight to the terminal would tear it).
+  """
+  swapped = []
+  for handler in log.handlers:
+    if (isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+        and handler.stream is bar.console.file):
+      proxy = FileProxy(bar.console, handler.stream)
+      swapped.append((handler, handler.setStream(proxy)))
+  bar.start()
+
+  def stop() -> None:
+    bar.stop()  # it stays on screen
+    for handler, stream in swapped:
+      handler.setStream(stream)
+
+  return stop
 
 
 class Progress:
@@ -52,7 +77,7 @@ class Progress:
     self.total = 0
     self._bar: rich_progress.Progress | None = None
     self._task = None
-    self._swapped: list[tuple[logging.StreamHandler, object]] = []
+    self._stop: Callable[[], None] | None = None
 
   @property
   def uses_bar(self) -> bool:
@@ -72,8 +97,7 @@ class Progress:
         console=self.console, transient=False)
     self._task = self._bar.add_task("train", total=self.total,
                                     completed=int(initial), stats="")
-    self._route_logs()
-    self._bar.start()
+    self._stop = show_bar(self._bar, self.log)
 
   def advance(self, step: int, metrics: Mapping[str, float] | None = None
               ) -> None:
@@ -87,23 +111,9 @@ class Progress:
 
   def close(self) -> None:
     """Stops the bar (it stays on screen) and restores the log handlers."""
-    if self._bar is not None:
-      self._bar.stop()
-      self._bar = None
-    for handler, stream in self._swapped:
-      handler.setStream(stream)
-    self._swapped = []
-
-  def _route_logs(self) -> None:
-    # A log record written straight to the terminal would tear the live
-    # bar; rich's FileProxy prints whole lines above it instead.
-    target = self.console.file
-    for handler in self.log.handlers:
-      if (isinstance(handler, logging.StreamHandler)
-          and not isinstance(handler, logging.FileHandler)
-          and handler.stream is target):
-        proxy = FileProxy(self.console, handler.stream)
-        self._swapped.append((handler, handler.setStream(proxy)))
+    if self._stop is not None:
+      self._stop()
+      self._stop = self._bar = None
 
   def __enter__(self) -> "Progress":
     return self
