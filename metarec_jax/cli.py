@@ -518,7 +518,8 @@ def _split_config_args(args: list[str]):
   return config_file, overrides, rest
 
 
-def _configure_logging() -> None:
+def configure_logging() -> None:
+  """The `metarec` logger to stderr, one short line per record."""
   handler = logging.StreamHandler(sys.stderr)
   handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s"
                                          " %(message)s", "%H:%M:%S"))
@@ -563,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(leftover) > 1:
       raise InputError(f"unexpected argument {leftover[1]!r} (flags are"
                        " --name=value)")
-    _configure_logging()
+    configure_logging()
     return cmd.run(Invocation(fv, config_file, overrides, positional))
   except InputError as e:
     print(f"{prog}: error: {e.message}", file=sys.stderr)

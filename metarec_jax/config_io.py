@@ -32,25 +32,25 @@ CONFIG_FORMAT = 1
 OPEN_SECTIONS = {"data.list_pad": int}
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """Imports `path.py[:arg]` and returns its `get_config([arg])`."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise InputError("no such config file", path=path)
-  module_name = "metarec_config_" + os.path.splitext(
+def call_python_file(path: str, function: str, arg: str = "") -> Any:
+  """Imports the Python file `path` and returns `function([arg])` of it.
+
+  The parent of the file's folder is importable while it loads and while
+  the function runs (lazily, too), so that a variant imports its base
+  (`from configs import default`). Errors are `InputError`s naming the file.
+  """
+  module_name = "metarec_file_" + os.path.splitext(
       os.path.basename(path))[0].replace("-", "_")
   loader = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(loader)
-  # Variants import their base (`from configs import default`): make the
-  # config's own folder's parent importable.
   parent = os.path.dirname(os.path.dirname(os.path.abspath(path)))
   sys.path.insert(0, parent)
   try:
     loader.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-      raise InputError("defines no get_config()", path=path)
-    # get_config may import sibling configs lazily: keep the path set.
-    config = module.get_config(arg) if arg else module.get_config()
+    if not hasattr(module, function):
+      raise InputError(f"defines no {function}()", path=path)
+    fn = getattr(module, function)
+    return fn(arg) if arg else fn()
   except InputError:
     raise
   except SyntaxError as e:
@@ -60,6 +60,14 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
                      path=path) from e
   finally:
     sys.path.remove(parent)
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Imports `path.py[:arg]` and returns its `get_config([arg])`."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise InputError("no such config file", path=path)
+  config = call_python_file(path, "get_config", arg)
   if not isinstance(config, ml_collections.ConfigDict):
     raise InputError("get_config() must return an ml_collections.ConfigDict",
                      path=path)

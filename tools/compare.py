@@ -41,7 +41,6 @@ pass `--config.data.store=PATH`.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import logging
 import math
@@ -53,9 +52,8 @@ import time
 from typing import Any, Sequence
 
 from absl import flags
-from absl import logging as absl_logging
 
-from metarec_jax import atomic, config_io
+from metarec_jax import atomic, cli, config_io
 from metarec_jax.errors import InputError
 
 log = logging.getLogger("metarec")
@@ -102,28 +100,6 @@ def _overrides_of(value: Any, where: str) -> list[tuple[str, str]]:
                    " KEY=VALUE strings", path=where)
 
 
-def _load_python_spec(path: str, arg: str) -> Any:
-  module_name = "metarec_compare_" + os.path.splitext(
-      os.path.basename(path))[0].replace("-", "_")
-  loader = importlib.util.spec_from_file_location(module_name, path)
-  module = importlib.util.module_from_spec(loader)
-  # Like config files: `from configs import default` must resolve.
-  parent = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  sys.path.insert(0, parent)
-  try:
-    loader.loader.exec_module(module)
-  except SyntaxError as e:
-    raise InputError(f"syntax error: {e.msg}", path=path, line=e.lineno) from e
-  except Exception as e:  # pylint: disable=broad-except
-    raise InputError(f"error while loading: {type(e).__name__}: {e}",
-                     path=path) from e
-  finally:
-    sys.path.remove(parent)
-  if not hasattr(module, "get_runs"):
-    raise InputError("defines no get_runs()", path=path)
-  return module.get_runs(arg) if arg else module.get_runs()
-
-
 def load_spec(spec: str) -> tuple[list[Run], list[tuple[str, str]],
                                   list[int] | None]:
   """Runs, common overrides and seeds of a JSON or Python spec file."""
@@ -131,7 +107,7 @@ def load_spec(spec: str) -> tuple[list[Run], list[tuple[str, str]],
   if not os.path.isfile(path):
     raise InputError("no such spec file", path=path)
   if path.endswith(".py"):
-    data = _load_python_spec(path, arg)
+    data = config_io.call_python_file(path, "get_runs", arg)
   else:
     try:
       with open(path) as f:
@@ -401,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       except ValueError:
         raise InputError(f"expected integers, got {fv.seeds}",
                          path="--seeds") from None
-    _configure_logging()
+    cli.configure_logging()
     record = compare(runs, fv.out, common=common, seeds=seeds,
                      force=fv.force)
   except InputError as e:
@@ -411,16 +387,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(json.dumps({"table": os.path.join(fv.out, "table.md"),
                     "results": os.path.join(fv.out, "results.json")}))
   return 0
-
-
-def _configure_logging() -> None:
-  handler = logging.StreamHandler(sys.stderr)
-  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s"
-                                         " %(message)s", "%H:%M:%S"))
-  log.handlers[:] = [handler]
-  log.setLevel(logging.INFO)
-  log.propagate = False
-  absl_logging.set_verbosity(absl_logging.WARNING)
 
 
 if __name__ == "__main__":
