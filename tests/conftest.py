@@ -53,6 +53,34 @@ def shared_data() -> str:
   return path
 
 
+# The tiny-model run on real MovieLens-1M users shared by the eval and
+# export tests: trained on the first ML1M_TRAIN_USERS, evaluated and
+# exported on ML1M_NEW_USERS.
+ML1M_TRAIN_USERS = 120
+ML1M_NEW_USERS = range(121, 171)
+
+
+@pytest.fixture(scope="session")
+def ml1m_tiny_run(shared_data, tmp_path_factory):
+  """(work directory, ratings file of the new users): three meta-steps of
+  `configs/tiny.py` on the first ML1M_TRAIN_USERS users of ML-1M."""
+  import datafiles  # pylint: disable=g-import-not-at-top
+  from cli_run import metarec  # pylint: disable=g-import-not-at-top
+  tmp = tmp_path_factory.mktemp("ml1m_tiny")
+  root = datafiles.ml1m_subset(shared_data, str(tmp / "ml-1m"),
+                               ML1M_TRAIN_USERS)
+  workdir = str(tmp / "work")
+  out = metarec("train", f"--config={config_path('tiny')}",
+                f"--workdir={workdir}", "--config.data.name=movielens-1m",
+                f"--config.data.root={root}", "--config.train.num_steps=3",
+                "--config.train.eval_every_steps=0",
+                "--config.data.buckets=(16,32,64,96)")
+  assert out.returncode == 0, out.stderr
+  ratings = tmp / "new_users.dat"
+  ratings.write_text(datafiles.ml1m_ratings_of(shared_data, ML1M_NEW_USERS))
+  return workdir, str(ratings)
+
+
 @contextlib.contextmanager
 def count_compiles():
   """Counts the programs XLA compiled inside the block, or loaded from the

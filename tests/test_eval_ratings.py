@@ -6,30 +6,10 @@ import os
 import numpy as np
 import pytest
 
-import datafiles
 from cli_run import assert_one_line_error, last_json, metarec
-from conftest import config_path
+from conftest import ML1M_NEW_USERS, ML1M_TRAIN_USERS
 from metarec_jax.data import ratings_io
 from metarec_jax.data import store as store_lib
-
-TRAIN_USERS = 120
-NEW_USERS = range(121, 171)
-
-
-@pytest.fixture(scope="module")
-def trained(shared_data, tmp_path_factory):
-  """Three meta-steps of the tiny model on the first 120 ML-1M users."""
-  tmp = tmp_path_factory.mktemp("ml")
-  root = datafiles.ml1m_subset(shared_data, str(tmp / "ml-1m"), TRAIN_USERS)
-  workdir = str(tmp / "work")
-  out = metarec("train", f"--config={config_path('tiny')}",
-                f"--workdir={workdir}", "--config.data.name=movielens-1m",
-                f"--config.data.root={root}", "--config.train.num_steps=3",
-                "--config.data.buckets=(16,32,64,96)")
-  assert out.returncode == 0, out.stderr
-  ratings = tmp / "new_users.dat"
-  ratings.write_text(datafiles.ml1m_ratings_of(shared_data, NEW_USERS))
-  return workdir, str(ratings)
 
 
 def file_rows(path, store):
@@ -37,8 +17,9 @@ def file_rows(path, store):
   return set(zip(users.tolist(), items.tolist(), ratings.tolist()))
 
 
-def test_eval_treats_the_users_of_a_ratings_file_as_new(trained, tmp_path):
-  workdir, ratings = trained
+def test_eval_treats_the_users_of_a_ratings_file_as_new(ml1m_tiny_run,
+                                                        tmp_path):
+  workdir, ratings = ml1m_tiny_run
   tasks_dir = tmp_path / "tasks"
   out = metarec("eval", f"--workdir={workdir}", f"--ratings={ratings}",
                 f"--write_tasks={tasks_dir}", "--config.eval.max_tasks=0")
@@ -55,7 +36,7 @@ def test_eval_treats_the_users_of_a_ratings_file_as_new(trained, tmp_path):
   # One UC task per new user with 13..100 ratings of existing items.
   item_new = dict(zip(store.item_ids.tolist(), store.item_new.tolist()))
   old = {u: sum(1 for uu, i, _ in given if uu == u and not item_new[i])
-         for u in NEW_USERS}
+         for u in ML1M_NEW_USERS}
   expected_uc = sorted(u for u, n in old.items() if 13 <= n <= 100)
   assert scenarios["UC"]["tasks"] == len(expected_uc) > 0
   for name in ("UC", "UIC"):
@@ -79,8 +60,8 @@ def test_eval_treats_the_users_of_a_ratings_file_as_new(trained, tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["tasks"]
 
 
-def test_write_tasks_of_the_protocol_scenarios(trained, tmp_path):
-  workdir, _ = trained
+def test_write_tasks_of_the_protocol_scenarios(ml1m_tiny_run, tmp_path):
+  workdir, _ = ml1m_tiny_run
   out = metarec("eval", f"--workdir={workdir}",
                 f"--write_tasks={tmp_path / 'tasks'}")
   assert out.returncode == 0, out.stderr
@@ -92,7 +73,7 @@ def test_write_tasks_of_the_protocol_scenarios(trained, tmp_path):
     if n:
       users, _, _, _ = ratings_io.read_ratings(path, store)
       assert len(users) == 10 * n
-      assert set(users.tolist()) <= set(range(1, TRAIN_USERS + 1))
+      assert set(users.tolist()) <= set(range(1, ML1M_TRAIN_USERS + 1))
   assert report["scenarios"]["W"]["tasks"] > 0
 
 
@@ -114,8 +95,8 @@ BAD_RATINGS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_RATINGS))
-def test_bad_ratings_files_fail_eval_cleanly(trained, tmp_path, case):
-  workdir, _ = trained
+def test_bad_ratings_files_fail_eval_cleanly(ml1m_tiny_run, tmp_path, case):
+  workdir, _ = ml1m_tiny_run
   content, message = BAD_RATINGS[case]
   path = tmp_path / "new.dat"
   path.write_bytes(content)
@@ -126,9 +107,9 @@ def test_bad_ratings_files_fail_eval_cleanly(trained, tmp_path, case):
   assert sorted(os.listdir(tmp_path)) == ["new.dat"]
 
 
-def test_new_user_tasks_need_only_known_users(trained):
-  workdir, _ = trained
+def test_new_user_tasks_need_only_known_users(ml1m_tiny_run):
+  workdir, _ = ml1m_tiny_run
   store = store_lib.open_store(os.path.join(workdir, "store"))
   # The new users are in the user table but have no ratings in the store.
-  index = ratings_io.lookup(store.user_ids, np.array(list(NEW_USERS)))
+  index = ratings_io.lookup(store.user_ids, np.array(list(ML1M_NEW_USERS)))
   assert (index >= 0).all() and (store.counts()[index] == 0).all()

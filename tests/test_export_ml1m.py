@@ -1,40 +1,17 @@
 """Export on real MovieLens-1M users agrees with `metarec eval`."""
 
-
 import jax
 import numpy as np
 import pytest
 
-import datafiles
 from cli_run import last_json, metarec
-from conftest import config_path
 from metarec_jax import config_io, experiment, export, meta, runtime
 from metarec_jax.data import ratings_io
 from metarec_jax.train.restore import load_state
 
-TRAIN_USERS = 120
-NEW_USERS = range(121, 171)
 
-
-@pytest.fixture(scope="module")
-def trained(shared_data, tmp_path_factory):
-  """Three meta-steps of the tiny model on the first 120 ML-1M users."""
-  tmp = tmp_path_factory.mktemp("ml_export")
-  root = datafiles.ml1m_subset(shared_data, str(tmp / "ml-1m"), TRAIN_USERS)
-  workdir = str(tmp / "work")
-  out = metarec("train", f"--config={config_path('tiny')}",
-                f"--workdir={workdir}", "--config.data.name=movielens-1m",
-                f"--config.data.root={root}", "--config.train.num_steps=3",
-                "--config.train.eval_every_steps=0",
-                "--config.data.buckets=(16,32,64,96)")
-  assert out.returncode == 0, out.stderr
-  ratings = tmp / "new_users.dat"
-  ratings.write_text(datafiles.ml1m_ratings_of(shared_data, NEW_USERS))
-  return workdir, str(ratings)
-
-
-def test_export_predictions_reproduce_the_eval_mae(trained, tmp_path):
-  workdir, ratings = trained
+def test_export_predictions_reproduce_the_eval_mae(ml1m_tiny_run, tmp_path):
+  workdir, ratings = ml1m_tiny_run
   tasks = tmp_path / "tasks"
   out = metarec("eval", f"--workdir={workdir}", f"--ratings={ratings}",
                 f"--write_tasks={tasks}", "--config.eval.max_tasks=0",
@@ -65,9 +42,9 @@ def test_export_predictions_reproduce_the_eval_mae(trained, tmp_path):
   assert abs(uc["mae_unadapted"] - mae) > 1e-3
 
 
-def test_most_recent_ratings_by_timestamp_form_the_support(trained,
+def test_most_recent_ratings_by_timestamp_form_the_support(ml1m_tiny_run,
                                                            tmp_path):
-  workdir, plain = trained
+  workdir, plain = ml1m_tiny_run
   # The ML-1M format's optional 4th field, in an order unlike the lines'.
   lines = open(plain).read().splitlines()
   stamps = np.random.default_rng(0).permutation(len(lines)) // 3  # ties too
