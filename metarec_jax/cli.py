@@ -203,10 +203,11 @@ def _run_train(inv: Invocation) -> int:
   summary = train_and_evaluate(config, workdir)
   if summary.get("preempted"):
     return int(config.train.preempt_exit_code)
-  val = summary.get("val") or {}
-  if val:
-    log.info("final validation: MAE %s, unadapted %s", val.get("mae"),
-             val.get("mae_unadapted"))
+  # The last validation was logged by the loop; say what to do next.
+  log.info("trained to step %d in %s. Next: `metarec eval --workdir=%s`"
+           " (the cold-start scenarios against the baselines), `metarec plot"
+           " --workdir=%s`, `tensorboard --logdir=%s`", summary["step"],
+           workdir, workdir, workdir, os.path.join(workdir, "tensorboard"))
   return 0
 
 

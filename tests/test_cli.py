@@ -31,6 +31,10 @@ def test_train_writes_the_work_directory(trained):
   workdir, out = trained
   assert out.stdout == ""  # logs go to stderr
   assert "step 6/6" in out.stderr
+  # The last line says where the run is and what to run next.
+  last = out.stderr.strip().splitlines()[-1]
+  assert f"trained to step 6 in {workdir}" in last
+  assert f"metarec eval --workdir={workdir}" in last
   with open(os.path.join(workdir, "config.json")) as f:
     record = json.load(f)
   assert record["config"]["train"]["num_steps"] == 6
