@@ -10,6 +10,7 @@ from cli_run import assert_one_line_error, last_json, metarec
 from conftest import ML1M_NEW_USERS, ML1M_TRAIN_USERS
 from metarec_jax.data import ratings_io
 from metarec_jax.data import store as store_lib
+from metarec_jax.eval import metrics, predictions_file
 
 
 def file_rows(path, store):
@@ -49,6 +50,7 @@ def test_eval_treats_the_users_of_a_ratings_file_as_new(ml1m_tiny_run,
     query = file_rows(tasks_dir / name / "query.dat", store)
     assert len(query) == 10 * m["tasks"]
     assert support | query <= given and not support & query
+    check_predictions_file(tasks_dir / name, m, query)
     assert {i for _, i, _ in query} <= {
         i for i, new in item_new.items() if new == (name == "UIC")}
     if name == "UC":
@@ -74,7 +76,34 @@ def test_write_tasks_of_the_protocol_scenarios(ml1m_tiny_run, tmp_path):
       users, _, _, _ = ratings_io.read_ratings(path, store)
       assert len(users) == 10 * n
       assert set(users.tolist()) <= set(range(1, ML1M_TRAIN_USERS + 1))
+      check_predictions_file(tmp_path / "tasks" / name, report["scenarios"][
+          name], query=file_rows(path, store))
   assert report["scenarios"]["W"]["tasks"] > 0
+  assert json.load(open(tmp_path / "tasks" / "tasks.json"))["step"] == 3
+
+
+def check_predictions_file(folder, scenario, query):
+  """The predictions file holds the query ratings, and the report's metrics
+  (model and baselines) come back when recomputed from it alone."""
+  p = predictions_file.read_predictions(folder / "predictions.tsv")
+  rows = set(zip(p["user"].astype(int).tolist(), p["item"].astype(int)
+                 .tolist(), p["rating"].tolist()))
+  assert rows == query
+  n = scenario["tasks"]
+  true = p["rating"].reshape(n, 10)
+  items = p["item"].astype(int).reshape(n, 10)
+  mask = np.ones_like(true, bool)
+  for column, expected in (
+      ("prediction", scenario),
+      ("unadapted", {"mae": scenario["mae_unadapted"]}),
+      ("item_mean_user_bias", scenario["baselines"]["item_mean_user_bias"]),
+      ("global_mean", scenario["baselines"]["global_mean"])):
+    pred = p[column].reshape(n, 10)
+    got = metrics.summary(pred, true, mask, items)
+    assert got.keys() & expected.keys()
+    for key in got.keys() & expected.keys():
+      value = expected[key]
+      assert got[key] == pytest.approx(value, abs=2e-5), (column, key)
 
 
 BAD_RATINGS = {

@@ -287,12 +287,14 @@ TASKS_MANIFEST = "tasks.json"
 
 
 def write_tasks(out: str | os.PathLike, tasksets: dict[str, TaskSet],
-                store: TaskStore, extra: dict[str, Any] | None = None) -> None:
+                store: TaskStore, extra: dict[str, Any] | None = None,
+                files: dict[str, str] | None = None) -> None:
   """Writes the support and query ratings of every scenario's tasks.
 
   `OUT/<scenario>/support.<ext>` and `query.<ext>` hold the ratings in the
   store's input format (support rows of a task, then the next task's), and
-  `OUT/tasks.json` the counts. The folder is built beside `out` and renamed
+  `OUT/tasks.json` the counts. `files` maps further relative paths to the
+  text to write with them (the evaluation's predictions). The folder is built beside `out` and renamed
   into place; an existing `out` is replaced only if it holds an earlier
   `tasks.json`.
 
@@ -321,4 +323,7 @@ def write_tasks(out: str | os.PathLike, tasksets: dict[str, TaskSet],
       summary["scenarios"][scenario] = {
           "tasks": len(tasks), "support": int((~tasks.is_query).sum()),
           "query": int(tasks.is_query.sum())}
+    for name, text in (files or {}).items():
+      with open(folder.path(name), "w", encoding="utf-8") as f:
+        f.write(text)
     folder.finish(TASKS_MANIFEST, summary)

@@ -26,7 +26,8 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
       evaluated as new users (scenarios UC and UIC; W and IC are empty)
       instead of the store's own scenarios.
     write_tasks: a folder to write each scenario's support and query
-      ratings to, in the dataset's input format.
+      ratings to, in the dataset's input format, and the query predictions
+      of the model and the baselines (`eval.predictions_file`).
     support_curve: also write the query MAE against support-set size of
       every scenario to `WORKDIR/eval/support_curve.json` (see
       `eval.support_curve`).
@@ -42,6 +43,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   # pylint: disable=g-import-not-at-top
   import jax
   from metarec_jax.data import ratings_io
+  from metarec_jax.eval import predictions_file
   from metarec_jax.eval import support_curve as curves
   from metarec_jax.eval.evaluate import Evaluator
   from metarec_jax.eval.user_file import new_user_tasks
@@ -59,11 +61,17 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   mesh = runtime.make_mesh()
   state = load_state(exp, workdir, mesh, step=step)
   evaluator = Evaluator(exp, mesh)
-  results = evaluator.evaluate(state.params, SCENARIOS, tasksets=tasksets)
+  kept = {} if write_tasks else None
+  results = evaluator.evaluate(state.params, SCENARIOS, tasksets=tasksets,
+                               keep=kept)
   step = int(runtime.to_host(state.step))
   if write_tasks:
+    files = {f"{name}/{predictions_file.FILE_NAME}":
+             evaluator.predictions_text(p, tasksets[name])
+             for name, p in kept.items()}
     ratings_io.write_tasks(write_tasks, tasksets, exp.store,
-                           extra={"ratings": ratings})
+                           extra={"ratings": ratings, "step": step},
+                           files=files)
     log.info("wrote the tasks' support and query ratings to %s", write_tasks)
   if not ratings:
     write_tensorboard(workdir, step, results,

@@ -21,6 +21,7 @@ from metarec_jax import meta, runtime
 from metarec_jax.data.splits import SCENARIOS, TaskSet
 from metarec_jax.data.tasks import batch_shapes, bucket_widths, taskset_batches
 from metarec_jax.eval import metrics as metrics_lib
+from metarec_jax.eval import predictions_file
 from metarec_jax.eval.baselines import BaselineStats
 from metarec_jax.experiment import Experiment
 from metarec_jax.runtime import AXIS, CompiledByShape
@@ -144,12 +145,28 @@ class Evaluator:
         for name, pred in base.items()}
     return result
 
+  def predictions_text(self, p: Predictions, tasks: TaskSet) -> str:
+    """`p` as the text of a predictions file (`eval.predictions_file`)."""
+    store = self.exp.store
+    base = self.baselines.predict(p.support_items.astype(np.int64),
+                                  p.support_ratings, p.support_mask,
+                                  p.items)
+    return predictions_file.format_predictions(
+        np.asarray(store.user_ids)[tasks.users],
+        np.asarray(store.item_ids)[p.items], p.mask,
+        {"rating": p.true, "prediction": p.adapted,
+         "unadapted": p.unadapted, **base})
+
   def evaluate(self, meta_params: PyTree,
                scenarios: tuple[str, ...] = SCENARIOS,
                tasksets: dict[str, TaskSet] | None = None,
-               should_stop: Callable[[], bool] | None = None
+               should_stop: Callable[[], bool] | None = None,
+               keep: dict[str, Predictions] | None = None
                ) -> dict[str, dict] | None:
-    """Metrics of every scenario (None if `should_stop` said stop)."""
+    """Metrics of every scenario (None if `should_stop` said stop).
+
+    `keep`, when given, receives each scenario's `Predictions`.
+    """
     tasksets = tasksets or self.exp.split.scenarios
     results = {}
     for name in scenarios:
@@ -158,5 +175,7 @@ class Evaluator:
       if p is None:
         return None
       results[name] = self.scenario_metrics(p, len(tasks))
+      if keep is not None:
+        keep[name] = p
     return results
 
