@@ -38,6 +38,22 @@ def test_ndcg_by_hand_with_ties_broken_by_item_id():
   assert metrics.ndcg(pred2, true2, mask2, items2, 3) == pytest.approx(1.0)
 
 
+def test_linear_gain_ndcg_by_hand():
+  # Same ranking as above (3, 7, 5) with the gain r instead of 2^r - 1.
+  pred = np.array([[4.0, 4.0, 2.0]])
+  true = np.array([[5.0, 3.0, 4.0]])
+  items = np.array([[7, 3, 5]])
+  mask = np.ones((1, 3), bool)
+  dcg3 = 3 / math.log2(2) + 5 / math.log2(3) + 4 / math.log2(4)
+  idcg3 = 5 / math.log2(2) + 4 / math.log2(3) + 3 / math.log2(4)
+  assert metrics.ndcg(pred, true, mask, items, 3, gain="linear") == (
+      pytest.approx(dcg3 / idcg3))
+  # The linear gain forgives more: the same ranking scores higher.
+  assert dcg3 / idcg3 > metrics.ndcg(pred, true, mask, items, 3)
+  with pytest.raises(ValueError, match="gain must be one of"):
+    metrics.ndcg(pred, true, mask, items, 3, gain="log")
+
+
 def test_item_mean_user_bias_baseline_by_hand():
   stats = BaselineStats(global_mean=3.0,
                         item_mean=np.array([4.0, 2.0, 3.5]),

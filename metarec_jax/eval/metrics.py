@@ -21,17 +21,26 @@ def rmse(pred: np.ndarray, true: np.ndarray, mask: np.ndarray) -> float | None:
   return float(np.sqrt(((pred - true) ** 2)[mask].sum() / n)) if n else None
 
 
+GAINS = ("exponential", "linear")
+
+
 def ndcg_per_task(pred: np.ndarray, true: np.ndarray, mask: np.ndarray,
-                  item_ids: np.ndarray, k: int) -> np.ndarray:
+                  item_ids: np.ndarray, k: int, *,
+                  gain: str = "exponential") -> np.ndarray:
   """nDCG@k of each task's query items ranked by predicted rating.
 
   Ties in the prediction are broken by item id (ascending); the gain of a
-  rating r is 2^r - 1 and the discount of rank i (1-based) log2(i + 1); the
-  ideal ranking orders by true rating. Padding sorts last with gain 0.
-  Tasks without real query ratings give NaN.
+  rating r is 2^r - 1 (the protocol's; `gain="linear"`: r itself) and the
+  discount of rank i (1-based) log2(i + 1); the ideal ranking orders by
+  true rating. Padding sorts last with gain 0. Tasks without real query
+  ratings give NaN.
   """
+  if gain not in GAINS:
+    raise ValueError(f"gain must be one of {GAINS}, not {gain!r}")
   pred = np.where(mask, pred, -np.inf)
-  gain = np.where(mask, 2.0 ** true - 1.0, 0.0)
+  gains = 2.0 ** true - 1.0 if gain == "exponential" else np.asarray(
+      true, np.float64)
+  gain = np.where(mask, gains, 0.0)
   big = np.iinfo(np.int64).max
   ids = np.where(mask, item_ids, big)
   # lexsort: last key is primary -> sort by -pred, then item id.
@@ -45,9 +54,10 @@ def ndcg_per_task(pred: np.ndarray, true: np.ndarray, mask: np.ndarray,
     return np.where(idcg > 0, dcg / idcg, np.where(mask.any(-1), 1.0, np.nan))
 
 
-def ndcg(pred, true, mask, item_ids, k: int) -> float | None:
-  """Mean nDCG@k over the tasks that have query ratings."""
-  values = ndcg_per_task(pred, true, mask, item_ids, k)
+def ndcg(pred, true, mask, item_ids, k: int, *,
+         gain: str = "exponential") -> float | None:
+  """Mean nDCG@k over the tasks that have query ratings (`ndcg_per_task`)."""
+  values = ndcg_per_task(pred, true, mask, item_ids, k, gain=gain)
   values = values[~np.isnan(values)]
   return float(values.mean()) if len(values) else None
 
