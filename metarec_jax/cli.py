@@ -103,7 +103,7 @@ def _run_bench(inv: Invocation) -> int:
   config = config_io.apply_overrides(
       config_io.load_config_file(inv.config_file), inv.overrides)
   # No persistent compilation cache: compile_seconds must be the real cost.
-  _setup_runtime(config, compilation_cache=False)
+  setup_runtime(config, compilation_cache=False)
   from metarec_jax import bench  # pylint: disable=g-import-not-at-top
   result = bench.run(config, workdir=inv.flags["workdir"].value,
                      steps=inv.flags["steps"].value,
@@ -160,7 +160,7 @@ def _define_plot(fv):
                       flag_values=fv)
 
 
-def _setup_runtime(config, *, compilation_cache: bool = True) -> None:
+def setup_runtime(config, *, compilation_cache: bool = True) -> None:
   """CPU device split and compilation cache; must run before JAX starts its
   backends."""
   from metarec_jax import runtime  # pylint: disable=g-import-not-at-top
@@ -188,7 +188,7 @@ def _run_train(inv: Invocation) -> int:
     raise InputError("--config is required (the work directory has no"
                      " config.json to resume from)")
   config_io.apply_overrides(config, inv.overrides)
-  _setup_runtime(config)
+  setup_runtime(config)
   from metarec_jax import runtime  # pylint: disable=g-import-not-at-top
   fv = inv.flags
   if runtime.init_distributed(fv["coordinator_address"].value,
@@ -215,7 +215,7 @@ def _run_eval(inv: Invocation) -> int:
   workdir = _require(inv.flags, "workdir")
   config = config_io.apply_overrides(config_io.read_workdir_config(workdir),
                                      inv.overrides)
-  _setup_runtime(config)
+  setup_runtime(config)
   from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
   report = eval_lib.evaluate_workdir(
       workdir, step=inv.flags["step"].value, overrides=inv.overrides,
@@ -237,7 +237,7 @@ def _run_export(inv: Invocation) -> int:
                      " --config.KEY=VALUE to override keys", path="--config")
   config = config_io.apply_overrides(config_io.read_workdir_config(workdir),
                                      inv.overrides)
-  _setup_runtime(config)
+  setup_runtime(config)
   from metarec_jax import export  # pylint: disable=g-import-not-at-top
   summary = export.export_workdir(
       workdir, ratings, out, top_k=fv["top_k"].value, dtype=fv["dtype"].value,

@@ -212,3 +212,16 @@ def test_seeds_give_mean_and_standard_deviation(tmp_path, fake_training):
   assert rows["a"]["UC MAE"] == f"0.5500 ± {np.std([0.5, 0.6], ddof=1):.4f}"
   assert rows["global_mean"]["UC MAE"] == "1.0000"
   assert "train.seed 0, 1 (mean ± std over 2 seeds)" in table
+
+
+def test_runs_set_up_the_runtime_like_the_cli(tmp_path, fake_training,
+                                              monkeypatch):
+  # The CLI's device split and persistent compilation cache, with the
+  # first run's config: train times are comparable with `metarec train`.
+  calls = []
+  monkeypatch.setattr("metarec_jax.cli.setup_runtime",
+                      lambda config, **kw: calls.append((config, kw)))
+  assert compare.main([f"--out={tmp_path}", f"--run=a {config_path('tiny')}"
+                       " train.cpu_devices=1"]) == 0
+  [(config, kwargs)] = calls
+  assert config.train.cpu_devices == 1 and kwargs == {}

@@ -300,7 +300,9 @@ def compare(runs: Sequence[Run], out: str, *,
   # must not surface hours into the comparison.
   plan = [(run, seed, resolve(run, common, seed))
           for run in runs for seed in (seeds or [None])]
-  _setup_devices(plan[0][2])
+  # The CLI's device split and persistent compilation cache, so a run's
+  # train time is what `metarec train` would take.
+  cli.setup_runtime(plan[0][2])
   os.makedirs(out, exist_ok=True)
   results: dict[str, list[dict]] = {n: [] for n in names}
   for run, seed, config in plan:
@@ -315,13 +317,6 @@ def compare(runs: Sequence[Run], out: str, *,
                               json.dumps(_json_safe(record), indent=1) + "\n")
   atomic.write_text(os.path.join(out, "table.md"), table)
   return record
-
-
-def _setup_devices(config) -> None:
-  """The CPU device split of the CLI; must precede JAX's backends."""
-  from metarec_jax import runtime  # pylint: disable=g-import-not-at-top
-  runtime.configure_cpu_devices(int(config.train.cpu_devices),
-                                int(config.train.tasks_per_step))
 
 
 def _define_flags(fv: flags.FlagValues) -> None:

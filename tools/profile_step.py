@@ -42,7 +42,7 @@ def main(argv):
   config_file, overrides, _ = cli._split_config_args(rest)  # pylint: disable=protected-access
   config = config_io.apply_overrides(config_io.load_config_file(config_file),
                                      overrides)
-  cli._setup_runtime(config)  # pylint: disable=protected-access
+  cli.setup_runtime(config)
   import jax  # pylint: disable=g-import-not-at-top
   from metarec_jax import bench  # pylint: disable=g-import-not-at-top
   from metarec_jax.train.loop import Trainer  # pylint: disable=g-import-not-at-top
