@@ -1,4 +1,5 @@
-"""Strict reading of delimited text files (the loaders' only parser).
+"""Strict reading of delimited text files (the loaders' only parser), and
+the writing of them.
 
 Every problem is an `InputError` naming the file and the 1-based line:
 undecodable bytes, a wrong number of fields, a value that is not a number.
@@ -100,7 +101,7 @@ def _lines(text: str) -> tuple[list[str], np.ndarray]:
 
 def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
                header: bool = False, num_fields: tuple[int, ...] = (),
-               quoting: bool = False) -> Table:
+               quoting: bool = False, allow_no_rows: bool = False) -> Table:
   """Reads a delimited file whose lines all have the same number of fields.
 
   Args:
@@ -113,10 +114,12 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
       has.
     quoting: fields may be quoted with `"` (CSV style: a quoted field may
       hold the delimiter; `""` is a quote inside one).
+    allow_no_rows: a header without data lines is a table of no rows (a
+      file we wrote for zero records) instead of an error.
 
   Raises:
     InputError: as `read_text`, or a line with another number of fields,
-      or a header without data lines.
+      or a header without data lines (unless `allow_no_rows`).
   """
   path = os.fspath(path)
   text = read_text(path, encoding)
@@ -129,7 +132,7 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
   if header:
     names = [n.strip() for n in rows[0]]
     rows, numbers = rows[1:], numbers[1:]
-    if not rows:
+    if not rows and not allow_no_rows:
       raise InputError("no data lines after the header", path=path)
   counts = np.fromiter(map(len, rows), np.int64, len(rows))
   expected = len(names) if names is not None else int(counts[0])
@@ -144,6 +147,15 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
         f"{counts[i]} field(s) separated by {delimiter!r}, expected"
         f" {expected} like line {first}", path=path, line=int(numbers[i]))
   return Table(path, names, rows, numbers, first)
+
+
+def join_lines(columns: list[np.ndarray], delimiter: str) -> str:
+  """Text lines of the string arrays `columns` (one field each, equal
+  lengths) joined by `delimiter`, every line ending in a newline."""
+  line = columns[0]
+  for column in columns[1:]:
+    line = np.char.add(np.char.add(line, delimiter), column)
+  return "".join(f"{row}\n" for row in line.tolist())
 
 
 def _csv_rows(lines, numbers, delimiter, path) -> list[list[str]]:

@@ -268,11 +268,7 @@ def format_ratings(users, items, ratings, fmt: RatingsFormat,
     for r, values in roles.items():
       columns[int(getattr(fmt, r))] = values
     head = ""
-  line = columns[0]
-  for col in columns[1:]:
-    line = np.char.add(np.char.add(line, fmt.delimiter), col)
-  body = "\n".join(line.tolist())
-  return head + body + ("\n" if n else "")
+  return head + delimited.join_lines(columns, fmt.delimiter)
 
 
 def write_ratings(path: str | os.PathLike, users, items, ratings,

@@ -132,14 +132,17 @@ class Evaluator:
       out[key] = np.clip(out[key], self.lo, self.hi)
     return Predictions(**out)
 
+  def baseline_predictions(self, p: Predictions) -> dict[str, np.ndarray]:
+    """Both model-free baselines' `[N, Q]` predictions of `p`'s tasks."""
+    return self.baselines.predict(p.support_items.astype(np.int64),
+                                  p.support_ratings, p.support_mask, p.items)
+
   def scenario_metrics(self, p: Predictions, num_tasks: int) -> dict:
     """The JSON of one scenario (values None when there are no tasks)."""
     result = metrics_lib.summary(p.adapted, p.true, p.mask, p.items)
     result["mae_unadapted"] = metrics_lib.mae(p.unadapted, p.true, p.mask)
     result["tasks"] = int(num_tasks)
-    base = self.baselines.predict(p.support_items.astype(np.int64),
-                                  p.support_ratings, p.support_mask,
-                                  p.items)
+    base = self.baseline_predictions(p)
     result["baselines"] = {
         name: metrics_lib.summary(pred, p.true, p.mask, p.items)
         for name, pred in base.items()}
@@ -148,14 +151,11 @@ class Evaluator:
   def predictions_text(self, p: Predictions, tasks: TaskSet) -> str:
     """`p` as the text of a predictions file (`eval.predictions_file`)."""
     store = self.exp.store
-    base = self.baselines.predict(p.support_items.astype(np.int64),
-                                  p.support_ratings, p.support_mask,
-                                  p.items)
     return predictions_file.format_predictions(
         np.asarray(store.user_ids)[tasks.users],
         np.asarray(store.item_ids)[p.items], p.mask,
         {"rating": p.true, "prediction": p.adapted,
-         "unadapted": p.unadapted, **base})
+         "unadapted": p.unadapted, **self.baseline_predictions(p)})
 
   def evaluate(self, meta_params: PyTree,
                scenarios: tuple[str, ...] = SCENARIOS,

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from metarec_jax.data import delimited
 from metarec_jax.errors import InputError
 
 FILE_NAME = "predictions.tsv"
@@ -35,58 +36,26 @@ def format_predictions(user_ids: np.ndarray, item_ids: np.ndarray,
   """
   mask = np.asarray(mask, bool)
   users = np.broadcast_to(np.asarray(user_ids)[:, None], mask.shape)[mask]
-  fields = [np.asarray(users).astype(str),
-            np.asarray(item_ids)[mask].astype(str)]
+  fields = [users.astype(str), np.asarray(item_ids)[mask].astype(str)]
   fields += [np.char.mod("%.6g", np.asarray(v, np.float64)[mask])
              for v in columns.values()]
-  line = fields[0]
-  for f in fields[1:]:
-    line = np.char.add(np.char.add(line, "\t"), f)
   head = "\t".join(ID_COLUMNS + tuple(columns)) + "\n"
-  return head + "".join(f"{row}\n" for row in line.tolist())
+  return head + delimited.join_lines(fields, "\t")
 
 
 def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Column name -> values of a predictions file (ids as strings).
 
   Raises:
-    InputError: a missing file, a bad header or a malformed line.
+    InputError: a missing file, a bad header, a line with another number
+      of fields or a value that is not a number (as `data.delimited`).
   """
-  path = os.fspath(path)
-  try:
-    with open(path, encoding="utf-8") as f:
-      head = f.readline().rstrip("\n").split("\t")
-      rows = [line.rstrip("\n").split("\t") for line in f]
-  except OSError as e:
-    raise InputError(f"cannot read: {e.strerror}", path=path) from None
-  if tuple(head[:2]) != ID_COLUMNS or "rating" not in head:
+  table = delimited.read_table(path, delimiter="\t", encoding="utf-8",
+                               header=True, allow_no_rows=True)
+  if tuple(table.header[:2]) != ID_COLUMNS or "rating" not in table.header:
     raise InputError("not a predictions file: the header must start with "
-                     "user, item and name a rating column", path=path,
-                     line=1)
-  out = {name: [] for name in head}
-  for number, row in enumerate(rows, start=2):
-    if len(row) != len(head):
-      raise InputError(f"expected {len(head)} tab-separated fields, found "
-                       f"{len(row)}", path=path, line=number)
-    for name, value in zip(head, row):
-      out[name].append(value)
-  result = {}
-  for name, values in out.items():
-    if name in ID_COLUMNS:
-      result[name] = np.asarray(values, dtype=str)
-      continue
-    try:
-      result[name] = np.asarray(values, np.float64)
-    except ValueError:
-      bad = next(i for i, v in enumerate(values) if not _is_number(v))
-      raise InputError(f"{name} {values[bad]!r} is not a number", path=path,
-                       line=bad + 2) from None
-  return result
-
-
-def _is_number(text: str) -> bool:
-  try:
-    float(text)
-  except ValueError:
-    return False
-  return True
+                     "user, item and name a rating column", path=table.path,
+                     line=table.header_line)
+  return {name: (np.asarray(table.column(i), dtype=str) if name in ID_COLUMNS
+                 else delimited.floats(table, table.column(i), name))
+          for i, name in enumerate(table.header)}

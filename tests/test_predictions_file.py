@@ -1,0 +1,41 @@
+"""`eval.predictions_file`: the query predictions `--write_tasks` writes."""
+
+import numpy as np
+import pytest
+
+from metarec_jax.errors import InputError
+from metarec_jax.eval import predictions_file
+
+
+def test_round_trip_leaves_out_padding():
+  text = predictions_file.format_predictions(
+      np.array([7, 9]), np.array([[1, 2], [3, 0]]),
+      np.array([[True, True], [True, False]]),
+      {"rating": np.array([[4.0, 5.0], [1.0, 0.0]]),
+       "prediction": np.array([[3.25, 4.5], [2.0, 9.0]])})
+  assert text == ("user\titem\trating\tprediction\n7\t1\t4\t3.25\n"
+                  "7\t2\t5\t4.5\n9\t3\t1\t2\n")
+
+
+def test_read_back_and_an_empty_scenario(tmp_path):
+  path = tmp_path / "p.tsv"
+  path.write_text("user\titem\trating\tprediction\n7\t1\t4\t3.25\n")
+  p = predictions_file.read_predictions(path)
+  assert p["user"].tolist() == ["7"] and p["prediction"].tolist() == [3.25]
+  path.write_text("user\titem\trating\tprediction\n")  # a scenario of 0 tasks
+  p = predictions_file.read_predictions(path)
+  assert p["rating"].shape == (0,) and p["item"].shape == (0,)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("u\ti\trating\n1\t2\t3\n", "p.tsv:1: not a predictions file"),
+    ("user\titem\trating\n1\t2\t3\n1\t2\n", "p.tsv:3: 2 field(s)"),
+    ("user\titem\trating\n1\t2\tx\n", "p.tsv:2: rating 'x' is not a finite"),
+    ("", "p.tsv: empty file"),
+])
+def test_bad_files_name_file_and_line(tmp_path, content, message):
+  path = tmp_path / "p.tsv"
+  path.write_text(content)
+  with pytest.raises(InputError) as e:
+    predictions_file.read_predictions(path)
+  assert message in e.value.message
