@@ -25,6 +25,7 @@ os.environ.setdefault("METAREC_COMPILATION_CACHE",
 from metarec_jax import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
 runtime.enable_compilation_cache()
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,6 +80,23 @@ def ml1m_tiny_run(shared_data, tmp_path_factory):
   ratings = tmp / "new_users.dat"
   ratings.write_text(datafiles.ml1m_ratings_of(shared_data, ML1M_NEW_USERS))
   return workdir, str(ratings)
+
+
+def random_tasks(fields, n_tasks=3, n_support=6, n_query=4, seed=0, *,
+                 keep=0.85):
+  """Random support and query rows of `n_tasks` tasks for the feature
+  `fields` (float64 ratings 1-5; each row real with probability `keep`)."""
+  r = np.random.default_rng(seed)
+
+  def rows(n):
+    feats = {f.name: r.integers(0, f.vocab, (n_tasks, n, f.max_len)
+                                if f.kind == "list" else (n_tasks, n))
+             for f in fields}
+    return {"features": feats,
+            "rating": r.integers(1, 6, (n_tasks, n)).astype(np.float64),
+            "mask": r.random((n_tasks, n)) < keep}
+
+  return {"support": rows(n_support), "query": rows(n_query)}
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import random_tasks
 from metarec_jax import meta, models
 from metarec_jax.data import synthetic
 
@@ -26,17 +27,8 @@ def melu_and_tasks(num_tasks=3, n_support=7, n_query=4, seed=0):
   model = models.build(cfg, fields, rating_mean=3.5)
   params = jax.tree.map(lambda x: x.astype(jnp.float64),
                         model.init(jax.random.PRNGKey(seed)))
-  r = np.random.default_rng(seed)
-
-  def rows(n):
-    feats = {f.name: r.integers(0, f.vocab, (num_tasks, n, f.max_len)
-                                if f.kind == "list" else (num_tasks, n))
-             for f in fields}
-    return {"features": feats,
-            "rating": r.integers(1, 6, (num_tasks, n)).astype(np.float64),
-            "mask": r.random((num_tasks, n)) < 0.8}
-
-  return model, params, {"support": rows(n_support), "query": rows(n_query)}
+  return model, params, random_tasks(fields, num_tasks, n_support, n_query,
+                                     seed, keep=0.8)
 
 
 def grads_of(loss_fn, params, tasks, config):

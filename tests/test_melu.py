@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import random_tasks
 from metarec_jax import meta, models
 from metarec_jax.data import splits, store as store_lib, synthetic
 from metarec_jax.data.sampler import SamplerSpec, TrainSampler
@@ -47,20 +48,6 @@ def test_huber_loss_is_twice_optax_huber_and_mse_near_zero():
       float(models.masked_loss(pred, small, "mse")))
   with pytest.raises(ValueError, match="model.loss"):
     models.masked_loss(pred, batch, "mae")
-
-
-def random_tasks(fields, n_tasks=3, n_support=6, n_query=4, seed=0):
-  r = np.random.default_rng(seed)
-
-  def rows(n):
-    feats = {f.name: r.integers(0, f.vocab, (n_tasks, n, f.max_len)
-                                if f.kind == "list" else (n_tasks, n))
-             for f in fields}
-    return {"features": feats,
-            "rating": r.integers(1, 6, (n_tasks, n)).astype(np.float64),
-            "mask": r.random((n_tasks, n)) < 0.85}
-
-  return {"support": rows(n_support), "query": rows(n_query)}
 
 
 @pytest.mark.parametrize("second_order", [True, False])
