@@ -67,6 +67,8 @@ def test_write_tasks_of_the_protocol_scenarios(ml1m_tiny_run, tmp_path):
   out = metarec("eval", f"--workdir={workdir}",
                 f"--write_tasks={tmp_path / 'tasks'}")
   assert out.returncode == 0, out.stderr
+  # No warning on a healthy run (orbax's notice of the read-only mode).
+  assert "WARNING" not in out.stderr and " W " not in out.stderr
   report = last_json(out)
   store = store_lib.open_store(os.path.join(workdir, "store"))
   for name in ("W", "UC", "IC", "UIC"):

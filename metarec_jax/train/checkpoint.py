@@ -42,14 +42,18 @@ class Checkpointer:
                async_save: bool = True, read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.every_steps = int(every_steps)
+    # Read-only: the save options orbax would reset (warning about each).
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max(int(keep), 1), create=not read_only,
+        max_to_keep=None if read_only else max(int(keep), 1),
+        save_interval_steps=0 if read_only else 1, create=not read_only,
         read_only=read_only, enable_async_checkpointing=async_save,
         # Removes the temporary folders of saves that were killed.
         cleanup_tmp_directories=not read_only)
     if read_only and not os.path.isdir(self.directory):
       self.manager = None
     else:
+      if read_only:  # orbax warns about the read-only mode we asked for
+        logging.getLogger("absl").addFilter(_read_only_notice)
       self.manager = ocp.CheckpointManager(self.directory, options=options,
                                            item_handlers=_handlers())
 
@@ -212,6 +216,13 @@ def _abandoned_read_failures(record: logging.LogRecord) -> bool:
   error = record.exc_info[1] if record.exc_info else None
   text = str(error) if error is not None else record.getMessage()
   return not any(mark in text for mark in ("OCDBT", "zarr", "tensorstore"))
+
+
+def _read_only_notice(record: logging.LogRecord) -> bool:
+  """False for orbax's "Given directory is read only" warning: `metarec
+  eval` and `export` open the checkpoints read-only on purpose, and a
+  warning on every run would suggest something went wrong."""
+  return not record.getMessage().startswith("Given directory is read only")
 
 
 def _leaves(tree):
