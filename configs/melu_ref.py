@@ -1,4 +1,4 @@
-"""melu-ref: the reference benchmark workload of DESIGN.md.
+"""melu-ref: the reference benchmark workload of docs/design.md.
 
 MeLU on synthetic data with MovieLens-1M-like vocabularies (rate 6, genre
 25, director 2186, actor 8030, gender 2, age 7, occupation 21, zip 3402),
@@ -14,7 +14,7 @@ Run:
     metarec bench --config=configs/melu_ref.py --config.train.tasks_per_step=16384
 
 Expect on a 2-core CPU: see the README's benchmark table (the last line of
-stdout is the JSON of DESIGN.md: tasks_per_sec, step_flops, utilization...).
+stdout is the JSON of docs/design.md: tasks_per_sec, step_flops, utilization...).
 """
 
 from configs import default

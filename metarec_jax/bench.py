@@ -81,7 +81,7 @@ def default_workdir(config) -> str:
 
 def run(config, *, workdir: str | None = None, steps: int = 20,
         warmup: int = 3) -> dict:
-  """Benchmarks the meta-step of `config`; returns the JSON of DESIGN.md."""
+  """Benchmarks the meta-step of `config`; returns the JSON of docs/design.md."""
   workdir = workdir or default_workdir(config)
   os.makedirs(workdir, exist_ok=True)
   peak = peak_matmul_gflops()

@@ -1,4 +1,4 @@
-"""`metarec bench`: the JSON of DESIGN.md and an honest FLOP count."""
+"""`metarec bench`: the JSON of docs/design.md and an honest FLOP count."""
 
 import json
 

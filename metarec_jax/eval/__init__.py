@@ -34,7 +34,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
 
   Returns:
     `{"step": N, "scenarios": {"W": {...}, "UC": ..., "IC": ..., "UIC": ...}}`
-    with the keys of DESIGN.md; an empty scenario has `tasks: 0` and null
+    with the keys of docs/design.md; an empty scenario has `tasks: 0` and null
     metrics.
 
   Raises:

@@ -83,7 +83,7 @@ def export_workdir(workdir: str, ratings: str, out: str, *, top_k: int = 0,
       `("data.max_support", "100")`.
 
   Returns:
-    The summary of DESIGN.md (`users`, `seconds`, `bytes_per_user`, `out`,
+    The summary of docs/design.md (`users`, `seconds`, `bytes_per_user`, `out`,
     `flagged_users`, `skipped_users`, `skipped_items`) and more.
 
   Raises:
