@@ -37,13 +37,13 @@ def test_plot_draws_both_figures_of_a_finished_run(tiny_metasgd_run):
                                        "support_curve.png"]  # no temp files
 
 
-def test_without_matplotlib_plot_says_how_to_install_it(tiny_metasgd_run):
+def test_a_broken_install_without_matplotlib_says_how_to_mend_it(tiny_metasgd_run):
   out = metarec("plot", f"--workdir={tiny_metasgd_run}",
                 prelude="sys.modules['matplotlib'] = None")
   assert out.returncode == 2
   assert out.stderr.strip().splitlines() == [
-      "metarec plot: error: plotting needs matplotlib: pip install"
-      " 'metarec-jax[plot]'"]
+      "metarec plot: error: plotting needs matplotlib, which this"
+      " installation lacks: pip install matplotlib"]
 
 
 def test_plot_of_a_directory_without_metrics_is_an_input_error(tmp_path):

@@ -31,3 +31,16 @@ def test_the_python_example_runs():
   assert np.isfinite(float(scope["loss"]))
   assert scope["grads"]["w1"].shape == (4, 8)
   assert float(np.abs(scope["grads"]["w1"]).sum()) > 0
+
+
+def test_the_main_install_command_brings_what_every_subcommand_needs():
+  """`pip install -e .` (the README's first command, no extras) installs
+  matplotlib, so `metarec plot` works after it."""
+  import configparser  # pylint: disable=g-import-not-at-top
+  cfg = configparser.ConfigParser()
+  cfg.read(os.path.join(ROOT, "setup.cfg"))
+  needs = [re.split(r"[<>=!\[ ]", line.strip())[0]
+           for line in cfg["options"]["install_requires"].splitlines()
+           if line.strip()]
+  assert "matplotlib" in needs
+  assert "pip install -e ." in readme().split("```")[1]
