@@ -43,4 +43,4 @@ def test_the_main_install_command_brings_what_every_subcommand_needs():
            for line in cfg["options"]["install_requires"].splitlines()
            if line.strip()]
   assert "matplotlib" in needs
-  assert "pip install -e ." in readme().split("```")[1]
+  assert "pip install -q -e . " in readme().split("```")[1]
