@@ -102,6 +102,7 @@ def _run_bench(inv: Invocation) -> int:
     raise InputError("--config is required (e.g. configs/melu_ref.py)")
   config = config_io.apply_overrides(
       config_io.load_config_file(inv.config_file), inv.overrides)
+  check_config(config)
   # No persistent compilation cache: compile_seconds must be the real cost.
   setup_runtime(config, compilation_cache=False)
   from metarec_jax import bench  # pylint: disable=g-import-not-at-top
@@ -170,6 +171,17 @@ def setup_runtime(config, *, compilation_cache: bool = True) -> None:
     runtime.enable_compilation_cache()
 
 
+def check_config(config, workdir: str | None = None) -> None:
+  """The checks that take no time, before JAX starts or anything is
+  created: every key's type and range, and (with `workdir`) a task store or
+  the input files to build one."""
+  from metarec_jax import config_reference  # pylint: disable=g-import-not-at-top
+  config_reference.validate(config)
+  if workdir is not None:
+    from metarec_jax.data import prepare  # pylint: disable=g-import-not-at-top
+    prepare.check_source(config.data, workdir)
+
+
 def _require(fv, name: str) -> str:
   value = fv[name].value
   if not value:
@@ -188,6 +200,7 @@ def _run_train(inv: Invocation) -> int:
     raise InputError("--config is required (the work directory has no"
                      " config.json to resume from)")
   config_io.apply_overrides(config, inv.overrides)
+  check_config(config, workdir)
   setup_runtime(config)
   from metarec_jax import runtime  # pylint: disable=g-import-not-at-top
   fv = inv.flags
@@ -215,6 +228,7 @@ def _run_eval(inv: Invocation) -> int:
   workdir = _require(inv.flags, "workdir")
   config = config_io.apply_overrides(config_io.read_workdir_config(workdir),
                                      inv.overrides)
+  check_config(config)
   setup_runtime(config)
   from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
   report = eval_lib.evaluate_workdir(
@@ -237,6 +251,7 @@ def _run_export(inv: Invocation) -> int:
                      " --config.KEY=VALUE to override keys", path="--config")
   config = config_io.apply_overrides(config_io.read_workdir_config(workdir),
                                      inv.overrides)
+  check_config(config)
   setup_runtime(config)
   from metarec_jax import export  # pylint: disable=g-import-not-at-top
   summary = export.export_workdir(
@@ -308,8 +323,10 @@ def _data_prepare(inv: Invocation) -> dict:
   fv = inv.flags
   out = _require(fv, "out")
   if inv.config_file:
-    data = config_io.load_config_file(inv.config_file)
-    data = config_io.apply_overrides(data, inv.overrides).data
+    config = config_io.apply_overrides(
+        config_io.load_config_file(inv.config_file), inv.overrides)
+    check_config(config)
+    data = config.data
   elif inv.overrides:
     raise InputError("--config.KEY=VALUE needs --config=FILE")
   else:

@@ -1,6 +1,9 @@
-"""The meaning of every config key, and the README's table generated from it.
+"""The meaning and the allowed values of every config key, and the README's
+table generated from them.
 
-`MEANINGS` is the one place a key's meaning is written. The README's
+`MEANINGS` is the one place a key's meaning is written, `ALLOWED` (and
+`RELATIONS`, between keys) the one place its type and range are; `validate`
+checks a config against them. The README's
 "Config reference" table (between the `config-reference` marker comments)
 is generated from it and `configs/default.py` by
 `tools/config_reference.py`, and a test fails when a key of the default
@@ -18,6 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 import ml_collections
+
+from metarec_jax import config_rules as R
+from metarec_jax.errors import InputError
 
 START = "<!-- config-reference:start -->"
 END = "<!-- config-reference:end -->"
@@ -203,6 +209,151 @@ MEANINGS: dict[str, str] = {
 }
 
 
+_MODELS, _META = "metarec_jax.models", "metarec_jax.meta.config"
+_COUNT, _SHARE = R.Int(0), R.Float(0.0, 1.0)
+_RATE = R.Float(0.0, lo_open=True)  # a positive, finite rate or size
+_NAMES = R.Tuple(R.Text(nonempty=True))
+
+# What each key may be: one rule per key of MEANINGS (the test checks both
+# ways). `validate` applies them before a command builds or creates
+# anything; the README's table shows them.
+ALLOWED: dict[str, Any] = {
+    "model.name": R.OneOf(_MODELS, "MODELS"),
+    "model.interaction": R.OneOf(_MODELS, "INTERACTIONS"),
+    "model.item_features": R.Bool(),
+    "model.features": _NAMES,
+    "model.exclude_features": _NAMES,
+    "model.embed_dim": R.Int(1),
+    "model.loss": R.OneOf(_MODELS, "LOSSES"),
+    "model.query_loss": R.OneOf(_MODELS, "LOSSES", empty=True),
+    "model.huber_delta": _RATE,
+    "model.embed_std": R.Float(0.0),
+    "model.item_id": R.Bool(),
+    "model.hidden": R.Tuple(R.Int(1), min_len=1),
+    "data.name": R.OneOf("metarec_jax.data.prepare", "DATASETS"),
+    "data.root": R.Text(),
+    "data.store": R.Text(),
+    "data.item_id_dropout": _SHARE,
+    "data.max_support": R.Int(1),
+    "data.min_support": R.Int(1),
+    "data.query_size": R.Int(1),
+    "data.support_sampling": R.OneOf("metarec_jax.data.sampler",
+                                     "SUPPORT_SAMPLING"),
+    "data.buckets": R.Tuple(R.Int(1), min_len=1),
+    "data.list_pad.genre": R.Int(1),
+    "data.list_pad.director": R.Int(1),
+    "data.list_pad.actor": R.Int(1),
+    "data.synthetic.num_users": R.Int(1),
+    "data.synthetic.num_items": R.Int(1),
+    "data.synthetic.min_ratings": R.Int(1),
+    "data.synthetic.max_ratings": R.Int(1),
+    "data.synthetic.seed": _COUNT,
+    "data.synthetic.personal_scale": R.Float(0.0),
+    "data.synthetic.noise": R.Float(0.0),
+    "data.synthetic.new_item_fraction": _SHARE,
+    "data.generic.ratings": R.Text(nonempty=True),
+    "data.generic.delimiter": R.Text(nonempty=True),
+    "data.generic.header": R.Bool(),
+    "data.generic.encoding": R.Text(nonempty=True),
+    "data.generic.user_col": R.Text(nonempty=True, column=True),
+    "data.generic.item_col": R.Text(nonempty=True, column=True),
+    "data.generic.rating_col": R.Text(nonempty=True, column=True),
+    "data.generic.timestamp_col": R.Text(column=True),
+    "data.generic.rating_min": R.Float(),
+    "data.generic.rating_max": R.Float(),
+    "data.generic.user_features": R.Text(),
+    "data.generic.item_features": R.Text(),
+    "data.generic.feature_delimiter": R.Text(),
+    "data.generic.categorical": _NAMES,
+    "data.generic.lists": _NAMES,
+    "data.generic.list_sep": R.Text(nonempty=True),
+    "data.generic.missing": R.Tuple(R.Text()),
+    "data.generic.new_item_col": R.Text(),
+    "data.generic.new_item_year": _COUNT,
+    "data.generic.id_features": R.Bool(),
+    "meta.algorithm": R.OneOf(_META, "ALGORITHMS"),
+    "meta.inner_steps": _COUNT,
+    "meta.inner_lr": _RATE,
+    "meta.second_order": R.Bool(),
+    "meta.adapt": _NAMES,
+    "meta.inner_optimizer": R.OneOf(_META, "INNER_OPTIMIZERS"),
+    "meta.remat": R.Bool(),
+    "meta.dual_form": R.Bool(),
+    "meta.unroll": _COUNT,
+    "meta.msl_weights": R.Tuple(R.Float(0.0)),
+    "train.seed": _COUNT,
+    "train.num_steps": R.Int(1),
+    "train.tasks_per_step": R.Int(1),
+    "train.chunk_tasks": _COUNT,
+    "train.lr": _RATE,
+    "train.warmup_steps": _COUNT,
+    "train.end_lr_factor": R.Float(0.0),
+    "train.grad_clip": _RATE,
+    "train.eval_every_steps": R.Int(-1),
+    "train.max_nonfinite": R.Int(1),
+    "train.preempt_exit_code": R.Int(0, 255),
+    "train.prefetch": R.Int(1),
+    "train.cpu_devices": _COUNT,
+    "eval.seed": _COUNT,
+    "eval.new_user_fraction": R.Float(0.0, 1.0, hi_open=True),
+    "eval.val_fraction": R.Float(0.0, 1.0, hi_open=True),
+    "eval.min_ratings": R.Int(2),
+    "eval.max_ratings": R.Int(2),
+    "eval.max_tasks": _COUNT,
+    "eval.batch_tasks": R.Int(1),
+    "checkpoint.every_steps": _COUNT,
+    "checkpoint.keep": R.Int(1),
+    "log.every_steps": R.Int(1),
+    "log.histogram_every_steps": _COUNT,
+}
+
+# Facts between keys, checked after every key's own rule.
+RELATIONS: tuple[R.Relation, ...] = (
+    R.Relation(("data.min_support", "data.max_support"), lambda a, b: a <= b,
+               "data.min_support must not exceed data.max_support"),
+    R.Relation(("data.synthetic.min_ratings", "data.synthetic.max_ratings"),
+               lambda a, b: a <= b, "data.synthetic.min_ratings must not"
+               " exceed data.synthetic.max_ratings"),
+    R.Relation(("data.generic.rating_min", "data.generic.rating_max"),
+               lambda a, b: a < b, "data.generic.rating_min must be below"
+               " data.generic.rating_max"),
+    R.Relation(("eval.min_ratings", "eval.max_ratings"), lambda a, b: a <= b,
+               "eval.min_ratings must not exceed eval.max_ratings"),
+    R.Relation(("eval.min_ratings", "data.query_size"), lambda a, q: a > q,
+               "eval.min_ratings must exceed data.query_size (an evaluation"
+               " task keeps at least one support rating)"),
+    R.Relation(("eval.new_user_fraction", "eval.val_fraction"),
+               lambda a, b: a + b < 1, "eval.new_user_fraction +"
+               " eval.val_fraction must be below 1 (training needs users)"),
+)
+# Sections whose keys are names of the user's data: the rule of every key.
+OPEN_SECTIONS = {"data.list_pad": R.Int(1)}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks every key's type and range, then the facts between keys.
+
+  Cheap and free of side effects: commands call it before they build or
+  create anything. Keys without a rule (a config variant's own extras) are
+  left to the code that reads them.
+
+  Raises:
+    InputError: one line naming the key, its value and what is allowed.
+  """
+  values = dict(leaf_items(config))
+  for key, value in values.items():
+    section = key.rpartition(".")[0]
+    rule = ALLOWED.get(key) or OPEN_SECTIONS.get(section)
+    problem = rule.problem(value) if rule is not None else None
+    if problem is not None:
+      raise InputError(f"config key {key}={R.short(value)}: {problem}")
+  for relation in RELATIONS:
+    if all(k in values for k in relation.keys):
+      problem = relation.problem(tuple(values[k] for k in relation.keys))
+      if problem is not None:
+        got = ", ".join(f"{k}={R.short(values[k])}" for k in relation.keys)
+        raise InputError(f"{problem} ({got})")
+
 def leaf_items(config: ml_collections.ConfigDict,
                prefix: str = "") -> list[tuple[str, Any]]:
   """`(dotted key, value)` of every leaf of `config`, in key order."""
@@ -233,6 +384,11 @@ def check(config: ml_collections.ConfigDict) -> list[str]:
               for k in keys if not MEANINGS.get(k, "").strip()]
   problems += [f"MEANINGS names {k}, which the default config does not have"
                for k in MEANINGS if k not in keys]
+  problems += [f"config key {k} has no rule in"
+               " metarec_jax/config_reference.py ALLOWED"
+               for k in keys if k not in ALLOWED]
+  problems += [f"ALLOWED names {k}, which the default config does not have"
+               for k in ALLOWED if k not in keys]
   return problems
 
 
@@ -241,17 +397,21 @@ def _cell(text: str) -> str:
 
 
 def markdown_table(config: ml_collections.ConfigDict) -> str:
-  """The markdown table `| key | default | meaning |` of every leaf key.
+  """The markdown table `| key | default | allowed | meaning |` of every
+  leaf key.
 
   Raises:
-    KeyError: a key has no meaning (see `check`).
+    KeyError: a key has no meaning or no rule (see `check`).
   """
-  lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+  lines = ["| key | default | allowed | meaning |",
+           "| --- | --- | --- | --- |"]
   for key, value in leaf_items(config):
     if key not in MEANINGS:
       raise KeyError(f"config key {key} has no meaning in MEANINGS")
+    if key not in ALLOWED:
+      raise KeyError(f"config key {key} has no rule in ALLOWED")
     lines.append(f"| `{key}` | `{_cell(format_default(value))}` |"
-                 f" {_cell(MEANINGS[key])} |")
+                 f" {_cell(ALLOWED[key].text)} | {_cell(MEANINGS[key])} |")
   return "\n".join(lines)
 
 

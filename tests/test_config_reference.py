@@ -1,6 +1,7 @@
 """Every config key is documented; the README's table is the generated one."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import ml_collections
 import pytest
 
 from metarec_jax import config_io, config_reference
+from metarec_jax.errors import InputError
 from conftest import ROOT, config_path
 
 
@@ -34,24 +36,80 @@ def test_an_undocumented_or_removed_key_is_caught():
   config.train.new_knob = 3
   problems = config_reference.check(config)
   assert problems == ["config key train.new_knob has no meaning in"
-                      " metarec_jax/config_reference.py MEANINGS"]
+                      " metarec_jax/config_reference.py MEANINGS",
+                      "config key train.new_knob has no rule in"
+                      " metarec_jax/config_reference.py ALLOWED"]
   with pytest.raises(KeyError):
     config_reference.markdown_table(config)
   del config.train["new_knob"]
   del config.log["every_steps"]
   assert config_reference.check(config) == [
       "MEANINGS names log.every_steps, which the default config does not"
-      " have"]
+      " have", "ALLOWED names log.every_steps, which the default config does"
+      " not have"]
 
 
-def test_table_rows_show_key_default_and_meaning():
+def test_table_rows_show_key_default_allowed_values_and_meaning():
   config = ml_collections.ConfigDict(
       {"model": {"name": "melu", "hidden": (64, 64)}})
   table = config_reference.markdown_table(config).splitlines()
-  assert table[0] == "| key | default | meaning |"
-  assert table[2] == ("| `model.hidden` | `(64, 64)` | "
+  assert table[0] == "| key | default | allowed | meaning |"
+  assert table[2] == ("| `model.hidden` | `(64, 64)` | tuple of 1 or more:"
+                      " integer >= 1 | "
                       + config_reference.MEANINGS["model.hidden"] + " |")
-  assert table[3].startswith('| `model.name` | `"melu"` |')
+  assert table[3].startswith('| `model.name` | `"melu"` | one of "melu",'
+                             ' "idemb" |')
+
+
+def test_every_key_has_a_rule_and_no_rule_is_stale():
+  config = default_config()
+  config.train.new_knob = 3
+  config_reference.MEANINGS["train.new_knob"] = "A knob."
+  try:
+    assert config_reference.check(config) == [
+        "config key train.new_knob has no rule in"
+        " metarec_jax/config_reference.py ALLOWED"]
+  finally:
+    del config_reference.MEANINGS["train.new_knob"]
+
+
+@pytest.mark.parametrize("name", ["default", "tiny", "melu_ref", "melu_ml1m",
+                                  "melu_ml100k", "algorithms"])
+def test_every_shipped_config_is_valid(name):
+  config_reference.validate(config_io.load_config_file(config_path(name)))
+
+
+@pytest.mark.parametrize("key, text, message", [
+    ("data.buckets", "()", "config key data.buckets=(): must hold at least 1"
+     " value"),
+    ("model.hidden", "()", "config key model.hidden=(): must hold at least 1"),
+    ("data.buckets", "(0, 16)", "each value must be an integer >= 1 (got 0)"),
+    ("train.num_steps", "-10", "train.num_steps=-10: must be an integer >= 1"),
+    ("data.query_size", "0", "data.query_size=0: must be an integer >= 1"),
+    ("train.lr", "0", "train.lr=0.0: must be a number > 0"),
+    ("train.lr", "nan", "train.lr=nan: must be a number > 0"),
+    ("meta.inner_lr", "-0.1", "meta.inner_lr=-0.1: must be a number > 0"),
+    ("data.item_id_dropout", "1.5", "must be a number >= 0 and <= 1"),
+    ("train.preempt_exit_code", "300", "must be an integer 0 to 255"),
+    ("model.loss", "l1", 'must be one of "mse", "huber"'),
+    ("data.min_support", "40", "data.min_support must not exceed"
+     " data.max_support (data.min_support=40, data.max_support=32)"),
+    ("eval.val_fraction", "0.9", "eval.new_user_fraction + eval.val_fraction"
+     " must be below 1"),
+])
+def test_validate_names_the_key_and_the_problem(key, text, message):
+  config = config_io.apply_overrides(default_config(), [(key, text)])
+  with pytest.raises(InputError, match=re.escape(message)):
+    config_reference.validate(config)
+
+
+def test_a_huge_value_is_cut_in_the_error():
+  config = default_config()
+  config.model.loss = "x" * 50_000_000
+  with pytest.raises(InputError) as e:
+    config_reference.validate(config)
+  assert len(e.value.message) < 200
+  assert "(50,000,000 characters)" in e.value.message
 
 
 def test_replace_section_round_trips():

@@ -35,6 +35,20 @@ def prepare(data_config, out: str | os.PathLike,
   if name == "synthetic":
     synthetic.generate(synthetic_spec(data_config), out, log=log)
     return
+  root = _source_root(data_config)
+  pad = {k: int(v) for k, v in dict(data_config.get("list_pad", {})).items()}
+  if name == "movielens-1m":
+    movielens.load(root, out, list_pad=pad, log_fn=log)
+  elif name == "movielens-100k":
+    movielens100k.load(root, out, list_pad=pad, log_fn=log)
+  else:
+    generic.load(generic.spec_of(data_config), root, out, list_pad=pad,
+                 log_fn=log)
+
+
+def _source_root(data_config) -> str:
+  """The folder of a file-based dataset's input files, checked to exist."""
+  name = data_config.name
   if name not in DATASETS:
     raise InputError(f"data.name must be one of {', '.join(DATASETS)}, got"
                      f" {name!r}")
@@ -45,14 +59,26 @@ def prepare(data_config, out: str | os.PathLike,
                      " downloads MovieLens)")
   if not os.path.isdir(root):
     raise InputError("data.root is not a folder", path=root)
-  pad = {k: int(v) for k, v in dict(data_config.get("list_pad", {})).items()}
-  if name == "movielens-1m":
-    movielens.load(root, out, list_pad=pad, log_fn=log)
-  elif name == "movielens-100k":
-    movielens100k.load(root, out, list_pad=pad, log_fn=log)
+  return root
+
+
+def check_source(data_config, workdir: str | os.PathLike) -> None:
+  """Checks, in a blink, what `ensure_store` needs: a store to open, or the
+  inputs to build it from (a missing `data.root` fails here, before a
+  command creates its work directory or starts JAX)."""
+  path = store_path(data_config, workdir)
+  if os.path.exists(os.path.join(path, "manifest.json")):
+    return
+  if data_config.store and data_config.name != "synthetic":
+    raise InputError(_NO_STORE, path=path)
+  if data_config.name == "synthetic":
+    synthetic_spec(data_config)
   else:
-    generic.load(generic.spec_of(data_config), root, out, list_pad=pad,
-                 log_fn=log)
+    _source_root(data_config)
+
+
+_NO_STORE = ("no task store here; build it with `metarec data prepare` or"
+             " leave data.store empty")
 
 
 def store_path(data_config, workdir: str | os.PathLike) -> str:
@@ -65,9 +91,7 @@ def ensure_store(data_config, workdir: str | os.PathLike,
   """Opens the configured store, building it first when it is missing."""
   path = store_path(data_config, workdir)
   if not os.path.exists(os.path.join(path, "manifest.json")):
-    if data_config.store and data_config.name != "synthetic":
-      raise InputError("no task store here; build it with `metarec data"
-                       " prepare` or leave data.store empty", path=path)
+    check_source(data_config, workdir)
     if log is not None:
       log(f"building the {data_config.name} task store in {path}")
     prepare(data_config, path, log=log)

@@ -26,6 +26,8 @@ from metarec_jax.data.splits import Split, _ragged_arange
 from metarec_jax.data.tasks import FeatureTables, bucket_widths, scatter_rows
 from metarec_jax.errors import InputError
 
+SUPPORT_SAMPLING = ("max", "uniform")  # data.support_sampling
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSpec:
@@ -69,7 +71,7 @@ class TrainSampler:
   def __init__(self, split: Split, tables: FeatureTables, store_items,
                store_ratings, spec: SamplerSpec, *, process_index: int = 0,
                process_count: int = 1):
-    if spec.support_sampling not in ("max", "uniform"):
+    if spec.support_sampling not in SUPPORT_SAMPLING:
       raise InputError("data.support_sampling must be 'max' or 'uniform',"
                        f" got {spec.support_sampling!r}")
     if spec.tasks_per_step % process_count:

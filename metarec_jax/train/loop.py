@@ -21,6 +21,7 @@ import numpy as np
 
 from metarec_jax import config_io, config_reference, experiment, runtime
 from metarec_jax import eval as eval_lib
+from metarec_jax.data import prepare
 from metarec_jax.data.pipeline import Prefetcher
 from metarec_jax.data.sampler import TrainSampler
 from metarec_jax.data.tasks import batch_shapes
@@ -194,6 +195,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     validation metrics (`val`) and `preempted` if a signal stopped the run.
   """
   workdir = os.path.abspath(workdir)
+  # The cheap checks first: a config that cannot run creates nothing.
+  config_reference.validate(config)
+  check_batch_size(config, jax.device_count())
+  prepare.check_source(config.data, workdir)
   os.makedirs(workdir, exist_ok=True)
   is_lead = jax.process_index() == 0
   tc = config.train

@@ -1,0 +1,75 @@
+"""A config that cannot run fails at once, in one line, and creates nothing.
+
+Every key's type and range (config_reference.ALLOWED) and the data's
+source are checked before JAX starts or a work directory is created.
+"""
+
+import os
+
+import pytest
+
+from cli_run import assert_one_line_error, metarec
+from conftest import config_path
+from metarec_jax import cli, config_io
+
+TINY = f"--config={config_path('tiny')}"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.data.buckets=()", "config key data.buckets=(): must hold at"
+     " least 1 value"),
+    ("--config.data.root=MISSING", "data.root is not a folder"),
+])
+def test_a_bad_start_is_one_line_and_leaves_no_workdir(override, message,
+                                                       tmp_path):
+  workdir = tmp_path / "new"
+  override = override.replace("MISSING", str(tmp_path / "missing"))
+  out = metarec("train", TINY, f"--workdir={workdir}",
+                "--config.data.name=movielens-1m", override)
+  assert_one_line_error(out, message)
+  assert not workdir.exists()
+
+
+def run_cli(capsys, *args):
+  """The real command line in this process: (status, stderr)."""
+  status = cli.main(list(args))
+  return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.hidden=()", "config key model.hidden=(): must hold at least 1"),
+    ("train.num_steps=-10", "train.num_steps=-10: must be an integer >= 1"),
+    ("data.query_size=0", "data.query_size=0: must be an integer >= 1"),
+    ("train.lr=0", "train.lr=0.0: must be a number > 0"),
+    ("meta.inner_lr=-0.5", "meta.inner_lr=-0.5: must be a number > 0"),
+    ("train.end_lr_factor=-1", "train.end_lr_factor=-1.0: must be a number"
+     " >= 0"),
+])
+def test_train_refuses_out_of_range_keys(override, message, tmp_path, capsys):
+  workdir = tmp_path / "new"
+  status, err = run_cli(capsys, "train", TINY, f"--workdir={workdir}",
+                        f"--config.{override}")
+  assert status == 2
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("metarec train: error: ")
+  assert message in lines[0]
+  assert not workdir.exists()
+
+
+def test_eval_export_and_prepare_check_their_overrides(tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  config_io.write_workdir_config(
+      workdir, config_io.load_config_file(config_path("tiny")))
+  for args in (["eval", f"--workdir={workdir}",
+                "--config.eval.batch_tasks=0"],
+               ["export", f"--workdir={workdir}", "--ratings=r.csv",
+                f"--out={tmp_path / 'out'}", "--config.eval.batch_tasks=0"],
+               ["data", "prepare", TINY, f"--out={tmp_path / 'store'}",
+                "--config.eval.batch_tasks=0"]):
+    status, err = run_cli(capsys, *args)
+    assert status == 2, err
+    assert err.strip().splitlines() == [
+        f"metarec {args[0]}: error: config key eval.batch_tasks=0: must be"
+        " an integer >= 1"]
+  assert not (tmp_path / "out").exists() and not (tmp_path / "store").exists()
