@@ -98,6 +98,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.seed = 0
   c.train.num_steps = 1500
+  # Length of the lr schedule; 0 = num_steps (on resume: the run's own).
+  c.train.schedule_steps = 0
   c.train.tasks_per_step = 64
   c.train.chunk_tasks = 0  # tasks per device per chunk; 0 = auto
   c.train.lr = 2e-3

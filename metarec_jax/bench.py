@@ -65,7 +65,8 @@ def _counted_flops(config, workdir: str, exp, width: int) -> float:
       model=exp.model, meta_config=experiment.meta_config(flat, exp.model)),
                     chunk_tasks=-1)
   compiled = trainer.step.jitted.lower(
-      trainer.abstract_state(), trainer.abstract_batch(width)).compile()
+      trainer.abstract_state(), trainer.abstract_batch(width),
+      trainer.abstract_horizon()).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   # The program is one device's share of a shard_map over all devices.
@@ -107,7 +108,7 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
         jax.block_until_ready(state)
         pipeline.wait_seconds = 0.0
         t0 = time.perf_counter()
-      state, metrics = trainer.step(state, batch)
+      state, metrics = trainer.step(state, batch, trainer.horizon)
       if i >= warmup:
         widths.append(trainer.sampler.width(step))
     jax.block_until_ready((state, metrics))

@@ -216,6 +216,8 @@ def _run_train(inv: Invocation) -> int:
   summary = train_and_evaluate(config, workdir)
   if summary.get("preempted"):
     return int(config.train.preempt_exit_code)
+  if summary.get("finished"):  # the loop said so, and what to run next
+    return 0
   # The last validation was logged by the loop; say what to do next.
   log.info("trained to step %d in %s. Next: `metarec eval --workdir=%s`"
            " (the cold-start scenarios against the baselines), `metarec plot"

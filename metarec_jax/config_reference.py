@@ -163,7 +163,19 @@ MEANINGS: dict[str, str] = {
                         " after each inner step; `()` = final step only.",
     # train
     "train.seed": "Seed of the initial parameters and the task sampler.",
-    "train.num_steps": "Meta-steps to train.",
+    "train.num_steps": "Meta-steps to train. A resume with more steps"
+                       " extends the run; see `train.schedule_steps` for"
+                       " what its learning rate does.",
+    "train.schedule_steps": "Length in steps of the learning-rate schedule"
+                            " (warm-up, cosine decay to `lr *"
+                            " end_lr_factor`, then that final rate); 0 ="
+                            " `train.num_steps` for a new run and, on"
+                            " resume, the length the run already has (the"
+                            " resolved value is saved), so extending a run"
+                            " never makes the rate jump. Set it (e.g. to"
+                            " the new `num_steps`) to re-stretch the"
+                            " cosine: the rate then jumps at the resume"
+                            " point, as asked.",
     "train.tasks_per_step": "Tasks in a global meta-batch (a multiple of"
                             " the device count and the chunk size).",
     "train.chunk_tasks": "Tasks per device per accumulation chunk (bounds"
@@ -283,6 +295,7 @@ ALLOWED: dict[str, Any] = {
     "meta.msl_weights": R.Tuple(R.Float(0.0)),
     "train.seed": _COUNT,
     "train.num_steps": R.Int(1),
+    "train.schedule_steps": _COUNT,
     "train.tasks_per_step": R.Int(1),
     "train.chunk_tasks": _COUNT,
     "train.lr": _RATE,

@@ -101,8 +101,8 @@ def build(config, workdir: str | os.PathLike, *,
     raise InputError(str(e)) from None
   mc = meta_config(config, model)
   try:  # a typo in meta.adapt must fail here, not deep inside a jit trace
-    meta.adapt_mask(jax.eval_shape(model.init, jax.random.PRNGKey(0)),
-                    mc.adapt)
+    meta.adapt_mask(jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0))), mc.adapt)
   except ValueError as e:
     raise InputError(str(e)) from None
   return Experiment(config=config, store=store, split=split, tables=tables,

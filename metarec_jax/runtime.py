@@ -133,19 +133,29 @@ class CompileCounter:
 
   The training loop counts from the end of its warm-up: any compilation
   after it is a shape that escaped the buckets, and is reported.
+
+  JAX records its backend-compile event for every program it obtains, also
+  for one loaded from the persistent compilation cache (which it records
+  as a cache hit besides): `programs` counts both kinds, `compiled` the
+  programs XLA actually compiled.
   """
 
   _EVENT = "/jax/core/compile/backend_compile_duration"
   _CACHE_HIT = "/jax/compilation_cache/cache_hits"
 
   def __init__(self):
-    self.count = 0
+    self.count = 0  # backend-compile events: every program obtained
     self.cache_hits = 0  # programs loaded from the persistent cache
 
   @property
   def programs(self) -> int:
     """Programs obtained: compiled, or loaded from the persistent cache."""
-    return self.count + self.cache_hits
+    return self.count
+
+  @property
+  def compiled(self) -> int:
+    """Programs compiled by XLA (not found in the persistent cache)."""
+    return self.count - self.cache_hits
 
   def _listener(self, event, duration, **kwargs):
     del duration, kwargs

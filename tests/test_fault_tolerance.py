@@ -74,7 +74,7 @@ def test_kill9_and_resume_is_bitwise_identical(tmp_path):
   assert_bitwise_equal(saved_state(straight, 60), saved_state(killed, 60))
   # The restart compiled nothing: its warm-up programs came from the
   # persistent compilation cache that the earlier processes filled.
-  hits = re.findall(r"\((\d+) program\(s\) from the persistent"
+  hits = re.findall(r"compiled, (\d+) from the persistent"
                     r" compilation cache\)", out.stderr)
   assert len(hits) == 1 and int(hits[0]) > 0, out.stderr
 

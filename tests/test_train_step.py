@@ -23,12 +23,12 @@ def test_second_call_of_the_jitted_meta_step_does_not_recompile(trainer):
   with count_compiles() as compiles:
     for b in batches:
       batch = jax.device_put(b, trainer.task_sharding)
-      state, metrics = trainer.step(state, batch)
+      state, metrics = trainer.step(state, batch, trainer.horizon)
     jax.block_until_ready(metrics)
   assert compiles[0] == 0
   assert int(state.step) == 4
   # The same holds for plain jax.jit dispatch: one compile, then reuse.
-  fn = jax.jit(lambda s, b: trainer.step.jitted(s, b))
+  fn = jax.jit(lambda s, b: trainer.step.jitted(s, b, trainer.horizon))
   state2 = trainer.init(trainer.rng())
   width_batches = [b for b in batches
                    if b["support"]["mask"].shape[1] == trainer.sampler.widths[0]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-import jax.numpy as jnp
+import numpy as np
 
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec, select
 from metarec_jax.models.idemb import INTERACTIONS, IDEmb
@@ -45,9 +45,13 @@ def feature_names(model_config, specs: Iterable[FeatureSpec], *,
 
 
 def example_features(fields: Iterable[FeatureSpec]) -> dict[str, Any]:
-  """A one-row batch of feature indices (all padding) for `init`."""
-  return {f.name: jnp.zeros((1, f.max_len) if f.kind == "list" else (1,),
-                            jnp.int32) for f in fields}
+  """A one-row batch of feature indices (all padding) for `init`.
+
+  numpy, not jax arrays: building a model compiles nothing (a finished
+  run's restart compiles no program at all).
+  """
+  return {f.name: np.zeros((1, f.max_len) if f.kind == "list" else (1,),
+                           np.int32) for f in fields}
 
 
 def build(model_config, features: Iterable[FeatureSpec], *,

@@ -9,6 +9,7 @@ idles waiting for it.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -92,7 +93,6 @@ class Trainer:
                     if chunk_tasks < 0 else int(chunk_tasks))
     self.exp = exp or experiment.build(config, workdir, log=log.info)
     self.optimizer = optim.outer_optimizer(config.train)
-    self.schedule = optim.schedule(config.train)
     self.replicated = runtime.replicated(self.mesh)
     self.task_sharding = runtime.task_sharding(self.mesh)
     self.sampler = TrainSampler(
@@ -104,19 +104,26 @@ class Trainer:
                              self.exp.meta_config, self.optimizer)
     self.init = jax.jit(init, out_shardings=self.replicated)
     step = make_train_step(self.exp.model.loss_fn, self.exp.meta_config,
-                           self.optimizer, self.schedule, self.mesh,
+                           functools.partial(optim.outer_optimizer,
+                                             config.train),
+                           functools.partial(optim.learning_rate,
+                                             config.train), self.mesh,
                            chunk_tasks=self.chunk,
                            query_loss_fn=self.exp.model.query_loss_fn)
+    # `step(state, batch, horizon)`: the schedule's length is an argument,
+    # so the program is the same for any `train.num_steps`.
     self.step = runtime.CompiledByShape(
         jax.jit(step, donate_argnums=(0,),
                 out_shardings=(self.replicated, self.replicated)),
         name="train_step")
+    self.horizon = self.horizon_array(optim.default_horizon(config.train))
 
   def rng(self) -> jax.Array:
     return jax.random.PRNGKey(int(self.config.train.seed))
 
   def abstract_state(self):
-    shapes = jax.eval_shape(self.init, self.rng())
+    # The key is made inside: an eager PRNGKey would compile a program.
+    shapes = jax.eval_shape(lambda: self.init(self.rng()))
     return jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
                                        sharding=self.replicated), shapes)
@@ -125,6 +132,15 @@ class Trainer:
     params = self.abstract_state().params
     return {p: (tuple(l.shape), str(l.dtype)) for p, l in
             zip(paths.leaf_paths(params), jax.tree.leaves(params))}
+
+  def horizon_array(self, steps: int) -> jax.Array:
+    """The schedule's length as the step's replicated int32 argument (made
+    from host data on every process: nothing is compiled)."""
+    return jax.make_array_from_callback(
+        (), self.replicated, lambda _: np.asarray(steps, np.int32))
+
+  def abstract_horizon(self) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((), np.int32, sharding=self.replicated)
 
   def abstract_batch(self, width: int):
     return batch_shapes(self.exp.tables.specs,
@@ -135,7 +151,8 @@ class Trainer:
     """One job per bucket that compiles the meta-step for it."""
     state = self.abstract_state()
     return [functools.partial(self.step.compile, state,
-                              self.abstract_batch(width))
+                              self.abstract_batch(width),
+                              self.abstract_horizon())
             for width in self.sampler.widths]
 
   def compile_all(self, should_stop=lambda: False) -> bool:
@@ -167,15 +184,27 @@ def _restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
   """Resume order: (1) the newest readable checkpoint gives the state, its
   step and therefore the sampler position, after checking that the config
   did not change shapes; (2) without any checkpoint, a fresh jitted init
-  from `train.seed`."""
+  from `train.seed`.
+
+  Returns:
+    (state, restored step or None, the schedule's length in steps (see
+    `resume.schedule_horizon`), the restored checkpoint's config or None).
+  """
+  train_config = trainer.config.train
   steps = checkpointer.steps()
   if not steps:
-    return trainer.init(trainer.rng()), None
+    return (trainer.init(trainer.rng()), None,
+            resume.schedule_horizon(train_config, None), None)
   current_shapes = trainer.param_shapes()
+  resolved = {}
 
   def check(step, record, saved_shapes):
-    resume.check_resume(record["config"], config_record, saved_shapes,
+    horizon = resume.schedule_horizon(train_config, record["config"])
+    current = copy.deepcopy(config_record)
+    current["train"]["schedule_steps"] = horizon
+    resume.check_resume(record["config"], current, saved_shapes,
                         current_shapes, step=step)
+    resolved.update(horizon=horizon, saved=record["config"])
 
   try:
     state, _, step = checkpointer.restore(trainer.abstract_state(),
@@ -184,15 +213,21 @@ def _restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
     raise TrainingError(str(e)) from None
   log.info("resumed from the checkpoint of step %d in %s", step,
            checkpointer.directory)
-  return state, step
+  return state, step, resolved["horizon"], resolved["saved"]
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Meta-trains as `config` says in `workdir`, resuming if possible.
 
+  A run whose checkpoint has reached `train.num_steps` says so and returns
+  at once (nothing compiled, nothing written). The learning-rate schedule's
+  length is `resume.schedule_horizon`, recorded in the saved config as
+  `train.schedule_steps`.
+
   Returns:
     A summary: `step`, the last training metrics (`train`), the final
-    validation metrics (`val`) and `preempted` if a signal stopped the run.
+    validation metrics (`val`), `preempted` if a signal stopped the run and
+    `finished` if the run had already reached `train.num_steps`.
   """
   workdir = os.path.abspath(workdir)
   # The cheap checks first: a config that cannot run creates nothing.
@@ -200,6 +235,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   check_batch_size(config, jax.device_count())
   prepare.check_source(config.data, workdir)
   os.makedirs(workdir, exist_ok=True)
+  config = copy.deepcopy(config)  # gets the schedule's resolved length
   is_lead = jax.process_index() == 0
   tc = config.train
   num_steps = int(tc.num_steps)
@@ -212,12 +248,25 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     checkpointer = ckpt_lib.Checkpointer(
         workdir, keep=int(config.checkpoint.keep),
         every_steps=int(config.checkpoint.every_steps))
-    reporter = reporting.Reporter(workdir, active=is_lead)
+    reporter = None
     progress = progress_lib.Progress(bar=is_lead)
     per_step_rates = exp.meta_config.algorithm == "mamlpp"
     try:
-      state, restored_step = _restore_or_init(trainer, checkpointer,
-                                              config_record)
+      state, restored_step, horizon, saved_config = _restore_or_init(
+          trainer, checkpointer, config_record)
+      if restored_step is not None and restored_step >= num_steps:
+        log.info("nothing to train: the run in %s has reached step %d"
+                 " (train.num_steps=%d). Next: `metarec eval --workdir=%s`,"
+                 " or resume with a larger --config.train.num_steps to train"
+                 " on", workdir, restored_step, num_steps, workdir)
+        return {"step": restored_step, "finished": True}
+      if saved_config is not None:
+        resume.log_schedule_change(tc, saved_config, step=restored_step,
+                                   horizon=horizon)
+      tc.schedule_steps = horizon
+      config_record = config_io.to_dict(config)
+      trainer.horizon = trainer.horizon_array(horizon)
+      reporter = reporting.Reporter(workdir, active=is_lead)
       # HParams once per start (TensorBoard keeps the first).
       reporter.hparams(reporting.flat_hparams(config_record),
                        telemetry.HPARAM_METRICS,
@@ -249,10 +298,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           save_and_report_stop(step)
           return {**summary, "step": step}
       log.info("compiled the meta-step for support widths %s%s in %.1fs"
-               " (%d program(s) from the persistent compilation cache)",
-               trainer.sampler.widths,
+               " (%d program(s) compiled, %d from the persistent compilation"
+               " cache)", trainer.sampler.widths,
                " and the validation" if validates else "",
-               time.perf_counter() - t0, warmup.cache_hits)
+               time.perf_counter() - t0, warmup.compiled, warmup.cache_hits)
+      summary["warmup_compiles"] = warmup.compiled
       summary["warmup_cache_hits"] = warmup.cache_hits
       compiles = runtime.CompileCounter().start()
 
@@ -265,7 +315,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       progress.start(num_steps, step)
       try:
         for step_index, batch in pipeline:
-          state, metrics = trainer.step(state, batch)
+          state, metrics = trainer.step(state, batch, trainer.horizon)
           step = step_index + 1
           if pending is not None:
             _check_finite(*pending, max_nonfinite=int(tc.max_nonfinite))
@@ -329,7 +379,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             seed=int(config.eval.seed), write=is_lead, should_stop=stop.now)
     finally:
       checkpointer.close()
-      reporter.close()
+      if reporter is not None:
+        reporter.close()
   summary["step"] = step
   return summary
 

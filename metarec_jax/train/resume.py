@@ -5,6 +5,11 @@ data's feature vocabularies, what the inner loop learns) cannot resume: it
 is refused with the keys and the parameters that differ. Anything else (more
 steps, logging, checkpoint cadence, the learning rate) is accepted and each
 changed key is logged, so a resumed run's log says how it differs.
+
+The learning-rate schedule keeps its length (`train.schedule_steps`) across
+a resume unless that key is set: a run extended to more steps goes on at
+the schedule's final rate, with no jump; a new length is an explicit choice
+(`schedule_horizon`, `log_schedule_change`).
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from metarec_jax import config_io
 from metarec_jax.errors import InputError
+from metarec_jax.train import optim
 
 log = logging.getLogger("metarec")
 
@@ -80,3 +87,45 @@ def check_resume(saved_config: dict, current_config: dict,
   for key, old, new in changes:
     log.info("resuming with a changed config: %s %s -> %s", key, _show(old),
              _show(new))
+
+
+def schedule_horizon(train_config, saved_config: dict | None) -> int:
+  """The length of this run's learning-rate schedule, in steps.
+
+  `train.schedule_steps` when set (> 0); else, on a resume, the length the
+  saved run's schedule had (its `schedule_steps`, or its `num_steps` for a
+  checkpoint written before the key existed), so that a resume with a
+  larger `train.num_steps` does not re-stretch the cosine and make the
+  rate jump; else (a fresh run) `train.num_steps`. (`config_reference`
+  has made sure the key is not negative.)
+  """
+  asked = int(train_config.get("schedule_steps", 0) or 0)
+  if asked:
+    return asked
+  if saved_config is not None:
+    return optim.default_horizon(config_io.from_dict(saved_config).train)
+  return int(train_config.num_steps)
+
+
+def log_schedule_change(train_config, saved_config: dict, *, step: int,
+                        horizon: int) -> None:
+  """Says, in one line, what the schedule does where a resume changed
+  `train.num_steps` or the schedule's length; silent otherwise."""
+  saved = config_io.from_dict(saved_config).train
+  old_horizon = optim.default_horizon(saved)
+  num_steps = int(train_config.num_steps)
+  old_rate = optim.host_learning_rate(saved, step, old_horizon)
+  if horizon != old_horizon:
+    log.info("train.schedule_steps %d -> %d, as asked: the learning rate at"
+             " step %d changes from %.3g to %.3g", old_horizon, horizon, step,
+             old_rate, optim.host_learning_rate(train_config, step, horizon))
+  elif num_steps > int(saved.num_steps) and num_steps > horizon:
+    log.info("train.num_steps %d -> %d: the learning-rate schedule keeps its"
+             " length of %d steps (no jump), so the rate is %.3g from step"
+             " %d on; to stretch the cosine over the %d steps instead, set"
+             " --config.train.schedule_steps=%d (the rate at step %d then"
+             " jumps from %.3g to %.3g)", int(saved.num_steps), num_steps,
+             horizon, optim.host_learning_rate(train_config, horizon,
+                                                horizon), max(step, horizon),
+             num_steps, num_steps, step, old_rate,
+             optim.host_learning_rate(train_config, step, num_steps))

@@ -66,10 +66,19 @@ def chunked_meta_grad(loss_fn, meta_config: meta.MetaConfig, meta_params,
 
 
 def make_train_step(loss_fn, meta_config: meta.MetaConfig,
-                    optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule, mesh: Mesh, *,
-                    chunk_tasks: int, query_loss_fn=None) -> Callable:
-  """`(state, batch) -> (state, metrics)`, to be jitted by the caller."""
+                    optimizer: Callable[[jax.Array],
+                                        optax.GradientTransformation],
+                    schedule: Callable[[jax.Array, jax.Array], jax.Array],
+                    mesh: Mesh, *, chunk_tasks: int,
+                    query_loss_fn=None) -> Callable:
+  """`(state, batch, horizon) -> (state, metrics)`, to be jitted by the
+  caller.
+
+  `horizon` (an int32 scalar) is the learning-rate schedule's length:
+  `optimizer(horizon)` is the outer optimizer on that schedule and
+  `schedule(step, horizon)` its rate. Being an argument rather than a
+  constant, it leaves the compiled step the same for every horizon.
+  """
 
   def local(meta_params, tasks):
     out = chunked_meta_grad(loss_fn, meta_config, meta_params, tasks,
@@ -82,12 +91,12 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig,
   sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS)),
                           out_specs=P(), check_vma=False)
 
-  def train_step(state: TrainState, batch: PyTree):
+  def train_step(state: TrainState, batch: PyTree, horizon: jax.Array):
     loss, unadapted, grads = sharded(state.params, batch)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = optimizer.update(grads, state.opt_state,
-                                          state.params)
+    updates, opt_state = optimizer(horizon).update(grads, state.opt_state,
+                                                   state.params)
     params = optax.apply_updates(state.params, updates)
 
     def keep(new, old):
@@ -103,7 +112,7 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig,
         "train/query_loss_unadapted": unadapted,
         "train/grad_norm": grad_norm,
         "train/param_norm": optax.tree.norm(new_state.params["model"]),
-        "train/lr": schedule(state.step),
+        "train/lr": schedule(state.step, horizon),
         "train/nonfinite_total": new_state.nonfinite_total,
         "train/nonfinite_streak": new_state.nonfinite_streak,
     }

@@ -1,0 +1,169 @@
+"""Resuming a finished run, extending a run: what it costs and what the
+learning-rate schedule does.
+
+Real `metarec train` processes on one tiny run; compile counts come from
+the run's own warm-up log line and from JAX's compile log
+(`JAX_LOG_COMPILES`), never from seconds.
+"""
+
+import filecmp
+import json
+import os
+import re
+import shutil
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from conftest import config_path
+from procs import checkpoint_steps, metarec
+from metarec_jax.train import optim, resume
+
+TINY = f"--config={config_path('tiny')}"
+# No validation, one bucket, the learning rate logged at every step.
+QUIET = ["--config.train.eval_every_steps=-1", "--config.log.every_steps=1",
+         "--config.data.buckets=(16,)"]
+# What JAX logs (with JAX_LOG_COMPILES) for each program it compiles or
+# loads from the persistent compilation cache.
+COMPILE_LOG = re.compile(r"Compiling |XLA compilation|compilation cache hit")
+
+
+def train_config(**kw) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "lr": 2e-3, "warmup_steps": 2, "end_lr_factor": 0.05, "num_steps": 6,
+      "schedule_steps": 0, **kw})
+
+
+def logged_rates(workdir: str) -> dict[int, float]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r["train/lr"] for r in rows if "train/lr" in r}
+
+
+def expected_rates(tc, steps, horizon) -> dict[int, float]:
+  # The rate logged at step s is the one of the update that made it.
+  return {s: optim.host_learning_rate(tc, s - 1, horizon) for s in steps}
+
+
+def warmup_counts(stderr: str) -> tuple[int, int]:
+  """(programs compiled, programs from the persistent cache) of the one
+  warm-up log line."""
+  found = re.findall(r"\((\d+) program\(s\) compiled, (\d+) from the"
+                     r" persistent compilation cache\)", stderr)
+  assert len(found) == 1, stderr
+  return int(found[0][0]), int(found[0][1])
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+  """A finished 6-step tiny run (it also fills the session's persistent
+  compilation cache with its meta-step)."""
+  workdir = str(tmp_path_factory.mktemp("base"))
+  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET)
+  assert out.returncode == 0, out.stderr
+  assert checkpoint_steps(workdir) == [3, 6]
+  return workdir
+
+
+def copy_run(src, tmp_path):
+  dst = str(tmp_path / "run")
+  shutil.copytree(src, dst)
+  return dst
+
+
+def test_learning_rate_is_optax_warmup_cosine_decay():
+  for warmup, horizon in ((2, 6), (0, 10), (100, 1500), (5, 3)):
+    tc = train_config(warmup_steps=warmup)
+    w = min(warmup, horizon - 1)
+    reference = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if w else tc.lr, peak_value=tc.lr, warmup_steps=w,
+        decay_steps=horizon, end_value=tc.lr * tc.end_lr_factor)
+    steps = np.arange(0, horizon + 5)
+    # One small program per case (eager jax.numpy would compile each op).
+    ours, theirs = jax.jit(lambda s, h: (optim.learning_rate(tc, s, h),
+                                         reference(s)))(steps, horizon)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        [optim.host_learning_rate(tc, s, horizon) for s in steps], theirs,
+        rtol=1e-5, atol=1e-9)
+
+
+def test_schedule_horizon_resolution():
+  saved = {"train": {"num_steps": 6, "schedule_steps": 6}}
+  assert resume.schedule_horizon(train_config(num_steps=9), None) == 9
+  assert resume.schedule_horizon(train_config(num_steps=9), saved) == 6
+  assert resume.schedule_horizon(
+      train_config(num_steps=9, schedule_steps=9), saved) == 9
+  # A checkpoint written before the key existed: its num_steps.
+  assert resume.schedule_horizon(train_config(num_steps=9),
+                                 {"train": {"num_steps": 4}}) == 4
+
+
+def test_finished_run_exits_at_once_compiling_and_writing_nothing(
+    base_run, tmp_path, monkeypatch):
+  workdir = copy_run(base_run, tmp_path)
+  before = tmp_path / "before"
+  shutil.copytree(workdir, before)
+  monkeypatch.setenv("JAX_LOG_COMPILES", "1")
+  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET)
+  assert out.returncode == 0, out.stderr
+  assert not COMPILE_LOG.search(out.stderr), out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert (f"nothing to train: the run in {workdir} has reached step 6"
+          " (train.num_steps=6)") in last
+  assert f"metarec eval --workdir={workdir}" in last
+  assert "trained to step" not in out.stderr
+  # Nothing written: no checkpoint, metrics row, config or event file.
+  diff = filecmp.dircmp(before, workdir)
+  assert not (diff.left_only or diff.right_only or diff.diff_files)
+  for sub in ("checkpoints", "tensorboard"):
+    assert sorted(os.listdir(before / sub)) == sorted(
+        os.listdir(os.path.join(workdir, sub)))
+
+
+def test_extending_keeps_the_schedule_then_restretches_when_asked(
+    base_run, tmp_path):
+  workdir = copy_run(base_run, tmp_path)
+  tc = train_config()
+  final = tc.lr * tc.end_lr_factor
+
+  # Default: the schedule keeps its 6 steps; the rate stays at its final
+  # value past them, continuing the same curve (no jump at step 6).
+  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET,
+                "--config.train.num_steps=9")
+  assert out.returncode == 0, out.stderr
+  assert "resumed from the checkpoint of step 6" in out.stderr
+  assert warmup_counts(out.stderr)[0] == 0  # nothing compiled ...
+  assert warmup_counts(out.stderr)[1] >= 1  # ... loaded from the cache
+  assert "after the warm-up" not in out.stderr
+  assert "keeps its length of 6 steps (no jump)" in out.stderr
+  assert "--config.train.schedule_steps=9" in out.stderr
+  rates = logged_rates(workdir)
+  assert sorted(rates) == list(range(1, 10))
+  np.testing.assert_allclose([rates[s] for s in range(1, 10)],
+                             list(expected_rates(tc, range(1, 10), 6)
+                                  .values()), rtol=1e-6)
+  assert rates[7] <= rates[6] and rates[7] == rates[8] == rates[9]
+  np.testing.assert_allclose(rates[9], final, rtol=1e-6)
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["config"]["train"]["schedule_steps"] == 6
+
+  # Asked for: the cosine re-stretched over 12 steps; the rate jumps up at
+  # the resume point and follows the 12-step schedule from there.
+  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET,
+                "--config.train.num_steps=12",
+                "--config.train.schedule_steps=12")
+  assert out.returncode == 0, out.stderr
+  assert warmup_counts(out.stderr)[0] == 0
+  assert "train.schedule_steps 6 -> 12, as asked" in out.stderr
+  rates = logged_rates(workdir)
+  np.testing.assert_allclose([rates[s] for s in (10, 11, 12)],
+                             list(expected_rates(tc, (10, 11, 12), 12)
+                                  .values()), rtol=1e-6)
+  assert rates[10] > 2 * rates[9]
+  assert 12 in checkpoint_steps(workdir)
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["config"]["train"]["schedule_steps"] == 12
