@@ -13,7 +13,7 @@ from typing import Callable
 
 import jax
 
-from metarec_jax import meta, models
+from metarec_jax import meta, models, runtime
 from metarec_jax.data import prepare, splits
 from metarec_jax.data.sampler import SamplerSpec
 from metarec_jax.data.store import TaskStore
@@ -81,11 +81,11 @@ def build(config, workdir: str | os.PathLike, *,
           log: Callable[[str], None] | None = None) -> Experiment:
   """Opens (building on first use) the store and resolves the config."""
   if jax.process_count() > 1:
-    # One process builds a missing store; the others wait and open it.
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    if jax.process_index() == 0:
+    # One process builds a missing store (minutes, for a large dataset);
+    # the others wait at a barrier that allows for it, then open it.
+    if runtime.is_lead():
       prepare.ensure_store(config.data, workdir, log=log)
-    multihost_utils.sync_global_devices("metarec: task store ready")
+    runtime.sync_processes("task store ready")
   store = prepare.ensure_store(config.data, workdir, log=log)
   split = splits.split(store, protocol_spec(config))
   try:

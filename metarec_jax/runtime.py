@@ -76,6 +76,53 @@ def init_distributed(coordinator_address: str | None = None,
   return True
 
 
+# How long a process waits for the others at a barrier. A process compiling
+# its programs while another loads them from its persistent compilation
+# cache arrives minutes later (configs/default.py took 9 minutes to compile
+# on a loaded 2-core machine). A process that dies ends the wait sooner: the
+# coordination service fails the barrier once its heartbeat stops (seen
+# after 95 s).
+BARRIER_TIMEOUT_S = 60 * 60
+
+
+def is_lead() -> bool:
+  """Whether this is process 0 (the only one, in a single-process run)."""
+  return jax.process_index() == 0
+
+
+def _coordination_client():
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return ocp.multihost.get_jax_distributed_client()
+
+
+def sync_processes(name: str) -> None:
+  """Waits until every process of a multi-process run reaches `name`.
+
+  A barrier of the coordination service (`jax.distributed`), not a
+  collective: a gloo collective, and the gloo connection set up by a
+  program's first collective, give up after 30 seconds, which a process
+  still compiling easily exceeds. Every process must pass the same names in
+  the same order; a name is used once per run.
+  """
+  if jax.process_count() > 1:
+    _coordination_client().wait_at_barrier(f"metarec/{name}",
+                                           BARRIER_TIMEOUT_S * 1000)
+
+
+def from_lead(name: str, value: str) -> str:
+  """Process 0's `value` on every process (this process's own value in a
+  single-process run), through the coordination service's key-value store.
+  """
+  if jax.process_count() == 1:
+    return value
+  key = f"metarec/{name}"
+  if is_lead():
+    _coordination_client().key_value_set(key, value)
+    return value
+  return _coordination_client().blocking_key_value_get(
+      key, BARRIER_TIMEOUT_S * 1000)
+
+
 def to_host(x):
   """A replicated (or local) array as numpy, also across processes."""
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -224,6 +271,10 @@ class CompiledByShape:
       self.executables[key] = self.jitted.lower(*args).compile()
       self.compile_seconds += time.perf_counter() - t0
       self.compiles += 1
+      # Every process compiles the same shapes in the same order. Wait here
+      # for the slowest (an empty compilation cache), where waiting costs
+      # nothing, rather than in the program's first collective.
+      sync_processes(f"compiled {self.name} {self.compiles}")
     return self.executables[key]
 
   def __call__(self, *args):

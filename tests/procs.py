@@ -8,8 +8,8 @@ import time
 from conftest import ROOT
 
 
-def env_with(devices: int | None = None) -> dict:
-  env = dict(os.environ)
+def env_with(devices: int | None = None, extra: dict | None = None) -> dict:
+  env = dict(os.environ, **(extra or {}))
   env.pop("XLA_FLAGS", None)
   if devices:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
@@ -24,12 +24,13 @@ def metarec(*args, devices: int | None = None, timeout: int = 600):
                         timeout=timeout, env=env_with(devices))
 
 
-def start(*args, devices: int | None = None, stderr_path=None):
-  """Starts `metarec ARGS` in the background."""
+def start(*args, devices: int | None = None, stderr_path=None,
+          env: dict | None = None):
+  """Starts `metarec ARGS` in the background (`env`: extra variables)."""
   err = open(stderr_path, "w") if stderr_path else subprocess.PIPE
   return subprocess.Popen([sys.executable, "-m", "metarec_jax.cli", *args],
                           stdout=subprocess.PIPE, stderr=err, text=True,
-                          cwd=ROOT, env=env_with(devices))
+                          cwd=ROOT, env=env_with(devices, env))
 
 
 def wait_for(predicate, *, timeout: float = 300, interval: float = 0.005,

@@ -1,7 +1,9 @@
 """Multi-process training on loopback: 2 processes x 2 CPU devices (gloo)
-reach the parameters of 1 process x 4 devices."""
+reach the parameters of 1 process x 4 devices, and configs/default.py runs
+whichever process's compilation cache is warm."""
 
 import os
+import re
 import socket
 
 import jax
@@ -9,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from conftest import config_path
-from procs import metarec, start
+from procs import checkpoint_steps, metarec, start
 
 ARGS = [f"--config={config_path('tiny')}", "--config.train.num_steps=4",
         "--config.train.eval_every_steps=-1", "--config.data.buckets=(16,)",
@@ -36,24 +38,66 @@ def params_at(workdir, step):
   return checkpointer.restore(path, target)["params"]
 
 
+def train_two_processes(workdir, args, *, caches=(None, None)):
+  """`metarec train ARGS` as 2 processes x 2 devices on loopback, process i
+  with the compilation cache `caches[i]` (None: the session's); returns
+  their logs after checking that both exited 0."""
+  port = free_port()
+  procs = [start("train", *args, f"--workdir={workdir}",
+                 f"--coordinator_address=127.0.0.1:{port}",
+                 "--num_processes=2", f"--process_id={i}", devices=2,
+                 stderr_path=f"{workdir}.p{i}.log",
+                 env=caches[i] and {"METAREC_COMPILATION_CACHE": caches[i]})
+           for i in (0, 1)]
+  try:
+    for p in procs:
+      p.wait(timeout=1200)
+  finally:
+    for p in procs:
+      p.kill()
+  logs = [open(f"{workdir}.p{i}.log").read() for i in (0, 1)]
+  assert [p.returncode for p in procs] == [0, 0], logs
+  return logs
+
+
 def test_two_processes_match_one_process(tmp_path):
   single = str(tmp_path / "single")
   out = metarec("train", *ARGS, f"--workdir={single}", devices=4)
   assert out.returncode == 0, out.stderr
 
   multi = str(tmp_path / "multi")
-  port = free_port()
-  procs = [start("train", *ARGS, f"--workdir={multi}",
-                 f"--coordinator_address=127.0.0.1:{port}",
-                 "--num_processes=2", f"--process_id={i}", devices=2,
-                 stderr_path=str(tmp_path / f"p{i}.log")) for i in (0, 1)]
-  for p in procs:
-    p.wait(timeout=600)
-  logs = [open(tmp_path / f"p{i}.log").read() for i in (0, 1)]
-  assert [p.returncode for p in procs] == [0, 0], logs
+  logs = train_two_processes(multi, ARGS)
   assert "joined a run of 2 processes, 4 devices" in logs[0]
   assert "step 4/4" in logs[0] and "step 4/4" not in logs[1]  # one logger
   a, b = params_at(single, 4), params_at(multi, 4)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5,
                                atol=1e-6)
+
+
+DEFAULT = [f"--config={config_path('default')}", "--config.train.num_steps=2",
+           "--config.checkpoint.every_steps=2"]
+
+
+def test_default_config_runs_with_one_compilation_cache_cold(tmp_path):
+  """configs/default.py itself (every bucket, validation on), twice.
+
+  First both processes compile into the session's compilation cache. Then
+  process 0 loads every program from that cache in seconds while process 1,
+  with an empty cache, compiles for minutes: process 0 must wait for it at
+  a barrier, not in the first collective, where gloo gives up after 30 s.
+  """
+  first = str(tmp_path / "first")
+  logs = train_two_processes(first, DEFAULT)
+  assert "step 2  validation MAE" in logs[0], logs[0]
+  assert checkpoint_steps(first) == [2]
+
+  second, cold = str(tmp_path / "second"), str(tmp_path / "cold-cache")
+  logs = train_two_processes(
+      second, DEFAULT, caches=(os.environ["METAREC_COMPILATION_CACHE"], cold))
+  loaded = re.search(r"the validation in [0-9.]+s \((\d+) program\(s\) from"
+                     r" the persistent compilation cache", logs[0])
+  assert loaded and int(loaded.group(1)) > 0, logs[0]
+  assert os.listdir(cold)  # process 1 compiled (and cached) its programs
+  assert "step 2  validation MAE" in logs[0], logs[0]
+  assert checkpoint_steps(second) == [2]
