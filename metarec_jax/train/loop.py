@@ -32,6 +32,7 @@ from metarec_jax.eval.evaluate import Evaluator
 from metarec_jax.meta import paths
 from metarec_jax.train import checkpoint as ckpt_lib
 from metarec_jax.train import optim, reporting, resume, telemetry
+from metarec_jax.train import workdir_lock
 from metarec_jax.train import progress as progress_lib
 from metarec_jax.train import state as state_lib
 from metarec_jax.train.preemption import StopRequest
@@ -242,7 +243,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   config_record = config_io.to_dict(config)
   summary: dict[str, Any] = {}
 
-  with StopRequest() as stop:
+  # The lock comes before anything is written in the work directory.
+  with workdir_lock.hold(workdir), StopRequest() as stop:
     trainer = Trainer(config, workdir)
     exp = trainer.exp
     checkpointer = ckpt_lib.Checkpointer(

@@ -1,0 +1,130 @@
+"""One trainer per work directory: an exclusive `flock` on WORKDIR/train.lock.
+
+`metarec train` holds the lock from before it writes anything in the work
+directory until it has finished writing (the last checkpoint committed). A
+second trainer on the same work directory stops at once with one line naming
+the holder's host and pid, and changes nothing there. The kernel releases
+the lock when the holder's file descriptor closes, also on `kill -9` or a
+crash, so there is never a stale lock to remove by hand; the file itself
+stays, holding the last holder's host and pid for the error message.
+
+In a multi-process run only process 0 takes the lock (every run has exactly
+one process 0, so two runs still exclude each other whatever their process
+counts) and tells the others its verdict through the coordination service,
+so the processes of a refused run all stop with the same error. `metarec
+eval` and `export` only read, and never take it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+from typing import Iterator
+
+from metarec_jax import runtime
+from metarec_jax.errors import InputError
+
+LOCK_FILE = "train.lock"
+log = logging.getLogger("metarec")
+
+
+class WorkdirInUse(InputError):
+  """Another trainer holds the work directory's lock."""
+
+
+class WorkdirLock:
+  """An exclusive, non-blocking `flock` on `WORKDIR/train.lock`."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+    self._fd: int | None = None
+
+  def acquire(self) -> "WorkdirLock":
+    """Takes the lock, or raises `WorkdirInUse` naming the holder.
+
+    On a filesystem without `flock` (ENOLCK, ENOSYS, EOPNOTSUPP: e.g. a
+    Lustre mount without `-o flock`, some FUSE mounts) it warns and goes on
+    unlocked, as before the lock existed.
+    """
+    # No O_TRUNC: a refused trainer must leave the holder's record intact.
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        os.close(fd)
+        log.warning("cannot lock %s (%s): this filesystem has no flock, so"
+                    " nothing stops a second trainer on this work"
+                    " directory", self.path, e.strerror or e)
+        return self
+      holder = _describe(_read(fd))
+      os.close(fd)
+      raise WorkdirInUse(
+          f"in use by another trainer ({holder}; lock file {LOCK_FILE});"
+          " wait for it to finish or stop it first",
+          path=os.path.dirname(self.path)) from None
+    record = {"host": socket.gethostname(), "pid": os.getpid(),
+              "since": datetime.datetime.now(datetime.timezone.utc)
+              .isoformat(timespec="seconds")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    """Releases the lock (closing the descriptor releases the flock)."""
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self) -> "WorkdirLock":
+    return self.acquire()
+
+  def __exit__(self, *exc) -> bool:
+    self.release()
+    return False
+
+
+def _read(fd: int) -> dict:
+  try:
+    record = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+  except (OSError, ValueError):  # being rewritten by a new holder
+    return {}
+  return record if isinstance(record, dict) else {}
+
+
+def _describe(record: dict) -> str:
+  if "host" not in record or "pid" not in record:
+    return "holder unknown"
+  since = f", since {record['since']}" if record.get("since") else ""
+  return f"host {record['host']}, pid {record['pid']}{since}"
+
+
+@contextlib.contextmanager
+def hold(workdir: str) -> Iterator[None]:
+  """Holds the training lock of `workdir` for the block, for a run of one or
+  several processes (process 0 locks; every process gets its verdict).
+
+  Raises:
+    WorkdirInUse: another trainer holds it (on every process of the run).
+  """
+  lock = WorkdirLock(workdir)
+  refusal = ""
+  if runtime.is_lead():
+    try:
+      lock.acquire()
+    except WorkdirInUse as e:
+      refusal = e.message
+  refusal = runtime.from_lead("workdir lock", refusal)
+  if refusal:
+    raise WorkdirInUse(refusal)
+  try:
+    yield
+  finally:
+    lock.release()

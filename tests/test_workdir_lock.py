@@ -1,0 +1,78 @@
+"""One trainer per work directory (`metarec_jax/train/workdir_lock.py`), with
+real `metarec` processes: a second trainer is refused with one line and
+changes nothing; `kill -9` frees the lock; `eval` reads without it."""
+
+import json
+import os
+import signal
+import socket
+
+import pytest
+
+from conftest import config_path
+from procs import metarec, start, wait_for
+
+from metarec_jax.train import workdir_lock
+
+TINY = [f"--config={config_path('tiny')}"]
+
+
+def snapshot(workdir: str) -> dict:
+  """Every file and folder under `workdir` with its size and mtime."""
+  out = {}
+  for root, dirs, files in os.walk(workdir):
+    for name in dirs + files:
+      path = os.path.join(root, name)
+      st = os.lstat(path)
+      out[os.path.relpath(path, workdir)] = (st.st_size, st.st_mtime_ns)
+  return out
+
+
+def holder_pid(workdir: str) -> int | None:
+  """The pid the lock file names (None before a holder wrote it)."""
+  try:
+    with open(os.path.join(workdir, workdir_lock.LOCK_FILE)) as f:
+      return json.loads(f.read() or "{}").get("pid")
+  except (FileNotFoundError, ValueError):
+    return None
+
+
+def test_second_trainer_is_refused_and_kill_9_frees_the_lock(tmp_path):
+  workdir = str(tmp_path / "work")
+  holder = start("train", *TINY, f"--workdir={workdir}",
+                 "--config.train.num_steps=100000",
+                 stderr_path=str(tmp_path / "holder.log"))
+  try:
+    wait_for(lambda: holder_pid(workdir) == holder.pid, proc=holder,
+             timeout=300, interval=0.2)
+    # Frozen, the holder writes nothing while the second trainer runs.
+    os.kill(holder.pid, signal.SIGSTOP)
+    before = snapshot(workdir)
+    out = metarec("train", *TINY, f"--workdir={workdir}",
+                  "--config.train.lr=0.5")
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"metarec train: error: {workdir}: in use by"
+                               " another trainer"), lines
+    assert f"host {socket.gethostname()}, pid {holder.pid}" in lines[0]
+    assert snapshot(workdir) == before
+  finally:
+    holder.kill()  # SIGKILL, also to a stopped process
+    holder.wait(timeout=60)
+  # The kernel released the flock with the killed holder's descriptor.
+  with workdir_lock.WorkdirLock(workdir):
+    assert holder_pid(workdir) == os.getpid()
+
+
+def test_eval_reads_a_locked_workdir(tiny_metasgd_run):
+  with workdir_lock.WorkdirLock(tiny_metasgd_run):
+    out = metarec("eval", f"--workdir={tiny_metasgd_run}")
+  assert out.returncode == 0, out.stderr
+
+
+def test_lock_excludes_a_second_descriptor_until_released(tmp_path):
+  with workdir_lock.WorkdirLock(str(tmp_path)):
+    with pytest.raises(workdir_lock.WorkdirInUse, match=f"pid {os.getpid()}"):
+      workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+  workdir_lock.WorkdirLock(str(tmp_path)).acquire().release()
