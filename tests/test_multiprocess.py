@@ -82,10 +82,12 @@ DEFAULT = [f"--config={config_path('default')}", "--config.train.num_steps=2",
 def test_default_config_runs_with_one_compilation_cache_cold(tmp_path):
   """configs/default.py itself (every bucket, validation on), twice.
 
-  First both processes compile into the session's compilation cache. Then
-  process 0 loads every program from that cache in seconds while process 1,
-  with an empty cache, compiles for minutes: process 0 must wait for it at
-  a barrier, not in the first collective, where gloo gives up after 30 s.
+  First both processes compile (JAX caches process 0's programs, in the
+  session's compilation cache). Then process 0 loads its programs from that
+  cache in seconds while process 1, with an empty cache, compiles for
+  minutes: process 0 must wait for it at a barrier, not in the first
+  collective, whose gloo connection gives up after 30 s. (Only process 0
+  writes the cache, so with a cache per host every restart is like this.)
   """
   first = str(tmp_path / "first")
   logs = train_two_processes(first, DEFAULT)
@@ -98,6 +100,5 @@ def test_default_config_runs_with_one_compilation_cache_cold(tmp_path):
   loaded = re.search(r"the validation in [0-9.]+s \((\d+) program\(s\) from"
                      r" the persistent compilation cache", logs[0])
   assert loaded and int(loaded.group(1)) > 0, logs[0]
-  assert os.listdir(cold)  # process 1 compiled (and cached) its programs
   assert "step 2  validation MAE" in logs[0], logs[0]
   assert checkpoint_steps(second) == [2]

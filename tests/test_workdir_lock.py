@@ -63,6 +63,7 @@ def test_second_trainer_is_refused_and_kill_9_frees_the_lock(tmp_path):
   # The kernel released the flock with the killed holder's descriptor.
   with workdir_lock.WorkdirLock(workdir):
     assert holder_pid(workdir) == os.getpid()
+  assert holder_pid(workdir) is None  # a release empties the record
 
 
 def test_eval_reads_a_locked_workdir(tiny_metasgd_run):

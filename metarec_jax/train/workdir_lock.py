@@ -5,8 +5,11 @@ directory until it has finished writing (the last checkpoint committed). A
 second trainer on the same work directory stops at once with one line naming
 the holder's host and pid, and changes nothing there. The kernel releases
 the lock when the holder's file descriptor closes, also on `kill -9` or a
-crash, so there is never a stale lock to remove by hand; the file itself
-stays, holding the last holder's host and pid for the error message.
+crash, so there is never a stale lock to remove by hand. The file stays:
+while the lock is held it names the holder (for the error message), and a
+release empties it again, so a run that trains nothing (already finished)
+leaves the work directory as it found it. After a `kill -9` it still names
+the killed holder, but the lock is free.
 
 In a multi-process run only process 0 takes the lock (every run has exactly
 one process 0, so two runs still exclude each other whatever their process
@@ -78,8 +81,10 @@ class WorkdirLock:
     return self
 
   def release(self) -> None:
-    """Releases the lock (closing the descriptor releases the flock)."""
+    """Empties the holder's record and releases the lock (closing the
+    descriptor releases the flock)."""
     if self._fd is not None:
+      os.ftruncate(self._fd, 0)
       os.close(self._fd)
       self._fd = None
 
