@@ -97,8 +97,9 @@ def test_default_config_runs_with_one_compilation_cache_cold(tmp_path):
   second, cold = str(tmp_path / "second"), str(tmp_path / "cold-cache")
   logs = train_two_processes(
       second, DEFAULT, caches=(os.environ["METAREC_COMPILATION_CACHE"], cold))
-  loaded = re.search(r"the validation in [0-9.]+s \((\d+) program\(s\) from"
-                     r" the persistent compilation cache", logs[0])
+  loaded = re.search(r"the validation in [0-9.]+s \(\d+ program\(s\)"
+                     r" compiled, (\d+) from the persistent compilation"
+                     r" cache\)", logs[0])
   assert loaded and int(loaded.group(1)) > 0, logs[0]
   assert "step 2  validation MAE" in logs[0], logs[0]
   assert checkpoint_steps(second) == [2]
