@@ -66,6 +66,33 @@ def test_second_trainer_is_refused_and_kill_9_frees_the_lock(tmp_path):
   assert holder_pid(workdir) is None  # a release empties the record
 
 
+def test_every_process_of_a_refused_run_exits_2(tmp_path):
+  """Process 0 tries the lock; the others get its verdict and stop too."""
+  workdir = str(tmp_path / "work")
+  os.makedirs(workdir)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  with workdir_lock.WorkdirLock(workdir):
+    before = snapshot(workdir)
+    procs = [start("train", *TINY, f"--workdir={workdir}",
+                   f"--coordinator_address=127.0.0.1:{port}",
+                   "--num_processes=2", f"--process_id={i}", devices=2,
+                   stderr_path=str(tmp_path / f"p{i}.log")) for i in (0, 1)]
+    try:
+      codes = [p.wait(timeout=300) for p in procs]
+    finally:
+      for p in procs:
+        p.kill()
+    assert snapshot(workdir) == before
+  logs = [(tmp_path / f"p{i}.log").read_text() for i in (0, 1)]
+  assert codes == [2, 2], logs
+  for log in logs:
+    assert log.strip().splitlines()[-1].startswith(
+        f"metarec train: error: {workdir}: in use by another trainer (host"
+        f" {socket.gethostname()}, pid {os.getpid()}"), log
+
+
 def test_eval_reads_a_locked_workdir(tiny_metasgd_run):
   with workdir_lock.WorkdirLock(tiny_metasgd_run):
     out = metarec("eval", f"--workdir={tiny_metasgd_run}")
