@@ -3,7 +3,11 @@
 Every file or folder the engine writes for a user (config.json, metrics
 summaries, ratings files, task stores, exports, task folders, plots) is
 built at a temporary path beside its destination and renamed into place, so
-a killed process never leaves a half-written one behind.
+a killed process never leaves a half-written one behind. A write that fails
+(a full disk) removes its temporary file or folder and raises an
+`OutputError` naming the destination and the cause; arrays filled through
+a memory map have their disk space reserved first, so a full disk is an
+error, never a SIGBUS.
 """
 
 from __future__ import annotations
@@ -14,9 +18,18 @@ import shutil
 import uuid
 from typing import Any
 
+import numpy as np
+
+from metarec_jax.errors import OutputError, cause_of
+
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-  """Writes `data` to `path` through a temporary file, fsync and a rename."""
+  """Writes `data` to `path` through a temporary file, fsync and a rename.
+
+  Raises:
+    OutputError: the file cannot be written (a full disk, ...); `path` is
+      as it was.
+  """
   path = os.fspath(path)
   tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
   try:
@@ -25,9 +38,33 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
+  except OSError as e:
+    raise OutputError(path, cause_of(e)) from e
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def allocate_npy(path: str | os.PathLike, dtype, shape) -> int:
+  """Creates the `.npy` file `path` of `shape` with every block reserved
+  on disk, so that filling it through a memory map cannot fault (SIGBUS)
+  on a full disk: a disk without room fails here, as an `OSError`.
+
+  Returns:
+    The offset of the data in the file.
+  """
+  try:
+    header = np.lib.format.open_memmap(path, mode="w+", dtype=dtype,
+                                       shape=tuple(shape))
+    offset = header.offset
+    del header
+    size = os.path.getsize(path)
+    if size and hasattr(os, "posix_fallocate"):
+      with open(path, "r+b") as f:
+        os.posix_fallocate(f.fileno(), 0, size)
+  except OSError as e:  # name the file (a failed write names none)
+    raise OSError(e.errno, cause_of(e), os.fspath(path)) from e
+  return offset
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -71,7 +108,34 @@ class Folder:
   def __exit__(self, exc_type, exc, tb):
     if not self._finished:
       shutil.rmtree(self.tmp, ignore_errors=True)
+    name = getattr(exc, "filename", None)
+    if isinstance(exc, OSError) and (
+        name is None or str(name).startswith(self.tmp)):
+      # A write failed (a full disk): name the file it was to become. (An
+      # error naming another file is a read, and passes unchanged.)
+      name = self.out + str(name)[len(self.tmp):] if name else self.out
+      raise OutputError(name, cause_of(exc)) from exc
     return False
+
+  def save_array(self, name: str, array) -> None:
+    """Writes `array` as the `.npy` file `name`, its disk space reserved
+    first (`allocate_npy`: a full disk is an `OSError` naming the cause,
+    where `np.save` reports only a short write)."""
+    array = np.asarray(array)
+    if not array.size:
+      np.save(self.path(name), array, allow_pickle=False)
+      return
+    out = self.open_array(name, array.dtype, array.shape)
+    out[...] = array
+    out.flush()
+    del out
+
+  def open_array(self, name: str, dtype, shape) -> np.memmap:
+    """A new `.npy` file `name` of `shape`, memory-mapped for filling in
+    place, its disk space reserved first (`allocate_npy`)."""
+    path = self.path(name)
+    allocate_npy(path, dtype, shape)
+    return np.lib.format.open_memmap(path, mode="r+")
 
   def path(self, name: str) -> str:
     """The temporary path of the file `name`, its folders created."""

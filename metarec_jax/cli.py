@@ -26,7 +26,7 @@ from typing import Callable
 from absl import flags
 
 from metarec_jax import config_io
-from metarec_jax.errors import InputError
+from metarec_jax.errors import InputError, OutputError
 
 log = logging.getLogger("metarec")
 
@@ -589,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
   except InputError as e:
     print(f"{prog}: error: {e.message}", file=sys.stderr)
     return 2
+  except OutputError as e:  # a full disk, a file-size limit, no permission
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    return 1
   except KeyboardInterrupt:
     print(f"{prog}: interrupted", file=sys.stderr)
     return 130

@@ -23,7 +23,7 @@ from typing import Any
 import ml_collections
 
 from metarec_jax import config_rules as R
-from metarec_jax.errors import InputError
+from metarec_jax.errors import InputError, excerpt
 
 START = "<!-- config-reference:start -->"
 END = "<!-- config-reference:end -->"
@@ -359,12 +359,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     rule = ALLOWED.get(key) or OPEN_SECTIONS.get(section)
     problem = rule.problem(value) if rule is not None else None
     if problem is not None:
-      raise InputError(f"config key {key}={R.short(value)}: {problem}")
+      raise InputError(f"config key {key}={excerpt(value)}: {problem}")
   for relation in RELATIONS:
     if all(k in values for k in relation.keys):
       problem = relation.problem(tuple(values[k] for k in relation.keys))
       if problem is not None:
-        got = ", ".join(f"{k}={R.short(values[k])}" for k in relation.keys)
+        got = ", ".join(f"{k}={excerpt(values[k])}" for k in relation.keys)
         raise InputError(f"{problem} ({got})")
 
 def leaf_items(config: ml_collections.ConfigDict,

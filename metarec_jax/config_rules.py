@@ -14,6 +14,8 @@ import importlib
 import math
 from typing import Any
 
+from metarec_jax.errors import excerpt
+
 
 def _is_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
@@ -22,19 +24,6 @@ def _is_int(value: Any) -> bool:
 def _is_number(value: Any) -> bool:
   return (isinstance(value, (int, float)) and not isinstance(value, bool)
           and math.isfinite(value))
-
-
-def short(value: Any, limit: int = 60) -> str:
-  """`repr(value)` cut to `limit` characters (a long value keeps its head
-  and states its length), for error messages."""
-  if isinstance(value, list):
-    value = tuple(value)
-  text = repr(value)
-  if len(text) <= limit:
-    return text
-  size = f"{len(value):,} characters" if isinstance(value, str) else (
-      f"{len(text):,} characters as text")
-  return f"{text[:limit]}... ({size})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +151,7 @@ class Tuple:
     for v in value:
       problem = self.item.problem(v)
       if problem is not None:
-        return f"each value {problem} (got {short(v)})"
+        return f"each value {problem} (got {excerpt(v)})"
     return None
 
 

@@ -7,7 +7,11 @@ status 2, never a traceback, so every message names where the problem is:
 
 from __future__ import annotations
 
+import contextlib
 import os
+
+
+MAX_PROBLEM = 1000  # characters of a problem's text kept in a message
 
 
 class InputError(Exception):
@@ -15,6 +19,8 @@ class InputError(Exception):
 
   def __init__(self, problem: str, *, path: str | os.PathLike | None = None,
                line: int | None = None):
+    if len(problem) > MAX_PROBLEM:  # a message echoing a huge value
+      problem = f"{problem[:MAX_PROBLEM]}... ({len(problem):,} characters)"
     self.problem = problem
     self.path = None if path is None else os.fspath(path)
     self.line = line
@@ -27,3 +33,47 @@ class InputError(Exception):
     if self.line is None:
       return f"{self.path}: {self.problem}"
     return f"{self.path}:{self.line}: {self.problem}"
+
+
+class OutputError(Exception):
+  """Something could not be written (a full disk, a file-size limit, no
+  permission): names the path and the cause. The command line prints it
+  as one line and exits with status 1."""
+
+  def __init__(self, path: str | os.PathLike, cause: str):
+    self.path = os.fspath(path)
+    self.cause = cause
+    super().__init__(f"cannot write {self.path}: {cause}")
+
+
+def cause_of(error: OSError) -> str:
+  """The operating system's words for `error` ("No space left on device")."""
+  if error.strerror:
+    return error.strerror
+  if error.errno:
+    return os.strerror(error.errno)
+  return str(error) or type(error).__name__
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike):
+  """Turns an `OSError` raised inside the block into an `OutputError`
+  naming the file it names, else `path`."""
+  try:
+    yield
+  except OSError as e:
+    raise OutputError(e.filename or path, cause_of(e)) from e
+
+
+def excerpt(value, limit: int = 60, *, quote: bool = True) -> str:
+  """`value` as text for an error message, cut to about `limit` characters:
+  a long value (a 50 MB field of a broken file) keeps its head and states
+  its length. Strings are quoted (`repr`) unless `quote=False`."""
+  if isinstance(value, list):
+    value = tuple(value)
+  is_text = isinstance(value, str)
+  text = repr(str(value)) if quote and is_text else str(value)
+  if len(text) <= limit:
+    return text
+  size = len(value) if is_text else len(text)
+  return f"{text[:limit]}... ({size:,} characters)"

@@ -193,6 +193,7 @@ class CompileCounter:
   def __init__(self):
     self.count = 0  # backend-compile events: every program obtained
     self.cache_hits = 0  # programs loaded from the persistent cache
+    self._active = False
 
   @property
   def programs(self) -> int:
@@ -215,13 +216,20 @@ class CompileCounter:
       self.cache_hits += 1
 
   def start(self) -> "CompileCounter":
-    jax.monitoring.register_event_duration_secs_listener(self._listener)
-    jax.monitoring.register_event_listener(self._hit_listener)
+    if not self._active:
+      jax.monitoring.register_event_duration_secs_listener(self._listener)
+      jax.monitoring.register_event_listener(self._hit_listener)
+      self._active = True
     return self
 
   def stop(self) -> None:
-    jax.monitoring.unregister_event_duration_listener(self._listener)
-    jax.monitoring.unregister_event_listener(self._hit_listener)
+    """Stops counting; stopping a stopped counter does nothing (an error
+    raised between a stop and the next start must not turn into an
+    unrelated one on the way out)."""
+    if self._active:
+      jax.monitoring.unregister_event_duration_listener(self._listener)
+      jax.monitoring.unregister_event_listener(self._hit_listener)
+      self._active = False
 
   def __enter__(self):
     return self.start()

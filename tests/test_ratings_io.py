@@ -69,6 +69,28 @@ def test_bad_ratings_files_name_file_and_line(ml_store, tmp_path, content,
   assert message in e.value.message
 
 
+def test_a_huge_bad_field_is_cut_in_the_error(ml_store, tmp_path):
+  path = tmp_path / "r.dat"
+  path.write_bytes(b"1::10::5\n" + b"x" * 50_000_000 + b"::10::5\n")
+  with pytest.raises(InputError) as e:
+    ratings_io.read_ratings(path, ml_store)
+  message = e.value.message
+  assert message.startswith(f"{path}:2: user id 'xxxxx")
+  assert message.endswith("... (50,000,000 characters) is not an integer")
+  assert len(message) < len(str(path)) + 120
+
+
+def test_nul_bytes_in_ids_are_refused_not_stripped(tmp_path):
+  fmt = ratings_io.RatingsFormat(delimiter=",", rating_min=1, rating_max=5,
+                                 user_id_type="str", item_id_type="str")
+  path = tmp_path / "r.csv"
+  path.write_bytes(b"ann,i1,5\nbob\x00,i2,4\n")
+  with pytest.raises(InputError) as e:
+    ratings_io.parse_ratings(path, fmt)
+  assert e.value.message == (f"{path}:2: a NUL byte at column 4 (a damaged"
+                             " file, or not text)")
+
+
 def test_unknown_users_and_items_are_errors_at_their_line(ml_store, tmp_path):
   path = tmp_path / "r.dat"
   path.write_text("1::10::5\n1::99::5\n7::10::3\n")

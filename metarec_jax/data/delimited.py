@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from metarec_jax.errors import InputError
+from metarec_jax.errors import InputError, excerpt
 
 
 @dataclasses.dataclass
@@ -56,7 +56,7 @@ class Table:
     except ValueError:
       raise InputError(
           f"no column {name!r} in the header (columns: "
-          f"{', '.join(self.header)})", path=self.path,
+          f"{excerpt(', '.join(self.header), 200)[1:-1]})", path=self.path,
           line=self.header_line) from None
 
 
@@ -64,8 +64,8 @@ def read_text(path: str | os.PathLike, encoding: str) -> str:
   """The decoded text of `path`.
 
   Raises:
-    InputError: the file is missing, unreadable, empty (blank) or holds
-      bytes that are not valid `encoding`.
+    InputError: the file is missing, unreadable, empty (blank), holds
+      bytes that are not valid `encoding` or a NUL character.
   """
   path = os.fspath(path)
   try:
@@ -85,6 +85,12 @@ def read_text(path: str | os.PathLike, encoding: str) -> str:
         f" {encoding} text", path=path, line=line) from None
   except LookupError:
     raise InputError(f"unknown text encoding {encoding!r}", path=path) from None
+  nul = text.find("\0")
+  if nul >= 0:  # ids would lose it silently (numpy strips trailing NULs)
+    line = text.count("\n", 0, nul) + 1
+    column = nul - (text.rfind("\n", 0, nul) + 1) + 1
+    raise InputError(f"a NUL byte at column {column} (a damaged file, or"
+                     " not text)", path=path, line=line)
   if text.startswith("\ufeff"):
     text = text[1:]
   if not text.strip():
@@ -188,7 +194,7 @@ def ints(table: Table, values: list[str], what: str) -> np.ndarray:
     except ValueError:
       ok = False
     if not ok:
-      raise InputError(f"{what} {v.strip()!r} is not an integer",
+      raise InputError(f"{what} {excerpt(v.strip())} is not an integer",
                        path=table.path, line=int(table.lines[i]))
   raise AssertionError("unreachable")
 
@@ -211,7 +217,8 @@ def floats(table: Table, values: list[str], what: str) -> np.ndarray:
       if not np.isfinite(float(v)):
         raise ValueError
     except ValueError:
-      raise InputError(f"{what} {v.strip()!r} is not a finite number",
+      raise InputError(f"{what} {excerpt(v.strip())} is not a finite"
+                       " number",
                        path=table.path, line=int(table.lines[i])) from None
   raise AssertionError("unreachable")
 
@@ -222,5 +229,6 @@ def unique_ids(table: Table, ids: np.ndarray, what: str) -> None:
   dup = np.flatnonzero(ids[order][1:] == ids[order][:-1])
   if len(dup):
     i = int(np.min(order[dup + 1]))
-    raise InputError(f"{what} {ids[i]} appears twice", path=table.path,
+    raise InputError(f"{what} {excerpt(ids[i], quote=False)} appears twice",
+                     path=table.path,
                      line=int(table.lines[i]))

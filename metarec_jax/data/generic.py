@@ -38,7 +38,7 @@ import numpy as np
 from metarec_jax.data import delimited, features
 from metarec_jax.data.assemble import assemble
 from metarec_jax.data.ratings_io import RatingsFormat, lookup, parse_ratings
-from metarec_jax.errors import InputError
+from metarec_jax.errors import InputError, excerpt
 
 NAME = "generic"
 _INT = re.compile(r"^-?(0|[1-9][0-9]*)$")
@@ -208,7 +208,7 @@ def _item_new(spec: GenericSpec, items: _SideTable | None, rows, num_items):
   bad = np.flatnonzero((flags != "0") & (flags != "1"))
   if len(bad):
     raise InputError(
-        f"{spec.new_item_col} {str(flags[bad[0]])!r} is not 0 or 1",
+        f"{spec.new_item_col} {excerpt(str(flags[bad[0]]))} is not 0 or 1",
         path=table.path, line=int(table.lines[bad[0]]))
   new[rows] = flags == "1"
   return new, f"new = {spec.new_item_col} of the item table is 1"

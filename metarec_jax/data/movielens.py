@@ -46,7 +46,7 @@ from metarec_jax.data import delimited, features
 from metarec_jax.data.assemble import assemble
 from metarec_jax.data.ratings_io import (RatingsFormat, parse_ratings,
                                          strict_indices)
-from metarec_jax.errors import InputError
+from metarec_jax.errors import InputError, excerpt
 
 log = logging.getLogger("metarec")
 
@@ -95,7 +95,7 @@ def read_movies(root: str):
   for i, title in enumerate(table.column(1)):
     m = _TITLE_YEAR.search(title)
     if m is None:
-      raise InputError(f"title {title.strip()!r} does not end with the"
+      raise InputError(f"title {excerpt(title.strip())} does not end with the"
                        " (year) the item classes need", path=table.path,
                        line=int(table.lines[i]))
     years[i] = int(m.group(1))

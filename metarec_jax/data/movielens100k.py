@@ -35,7 +35,7 @@ from metarec_jax.data import delimited, features
 from metarec_jax.data.assemble import assemble
 from metarec_jax.data.ratings_io import (RatingsFormat, parse_ratings,
                                          strict_indices)
-from metarec_jax.errors import InputError
+from metarec_jax.errors import InputError, excerpt
 
 NAME = "movielens-100k"
 NEW_ITEM_YEAR = 1998
@@ -84,7 +84,7 @@ def _users(root: str):
   occupation = [o.strip() for o in table.column(3)]
   for i, o in enumerate(occupation):
     if o not in known:
-      raise InputError(f"occupation {o!r} is not in u.occupation",
+      raise InputError(f"occupation {excerpt(o)} is not in u.occupation",
                        path=table.path, line=int(table.lines[i]))
   order = np.argsort(ids, kind="stable")
   zips = np.asarray([z.strip()[:3] for z in table.column(4)], dtype=str)
@@ -110,14 +110,14 @@ def _items(root: str, genre_names: list[str], genre_len: int):
       continue
     m = _DATE.match(date)
     if m is None:
-      raise InputError(f"release date {date!r} is not like 01-Jan-1995",
+      raise InputError(f"release date {excerpt(date)} is not like 01-Jan-1995",
                        path=table.path, line=int(table.lines[i]))
     years[i] = int(m.group(1))
   flags = np.asarray([r[5:] for r in table.rows], dtype=str)
   bad = np.argwhere((flags != "0") & (flags != "1"))
   if len(bad):
     row, col = bad[0]
-    raise InputError(f"genre flag {str(flags[row, col])!r} of"
+    raise InputError(f"genre flag {excerpt(str(flags[row, col]))} of"
                      f" {genre_names[col]} is not 0 or 1", path=table.path,
                      line=int(table.lines[row]))
   names = np.asarray(genre_names, dtype=object)

@@ -24,7 +24,7 @@ from metarec_jax import atomic
 from metarec_jax.data import delimited
 from metarec_jax.data.splits import TaskSet
 from metarec_jax.data.store import TaskStore
-from metarec_jax.errors import InputError
+from metarec_jax.errors import InputError, excerpt
 
 ROLES = ("user", "item", "rating", "timestamp")
 
@@ -156,7 +156,8 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
     i = int(bad[0])
     kind = "whole-number " if fmt.integer_ratings else ""
     raise InputError(
-        f"rating {table.column(pos['rating'])[i].strip()} is not a {kind}"
+        f"rating {excerpt(table.column(pos['rating'])[i].strip(), quote=False)} is not a"
+        f" {kind}"
         f"rating on the scale {fmt.rating_min:g} to {fmt.rating_max:g}",
         path=path, line=int(table.lines[i]))
   timestamps = None
@@ -211,7 +212,7 @@ def strict_indices(path: str | os.PathLike, lines: np.ndarray,
     i = int(np.flatnonzero(bad)[0])
     for f, (_, ids, what, where) in zip(found, lookups):
       if f[i] < 0:
-        raise InputError(f"unknown {what} {ids[i]} (not in {where})",
+        raise InputError(f"unknown {what} {excerpt(ids[i], quote=False)} (not in {where})",
                          path=path, line=int(lines[i]))
   return found
 

@@ -156,12 +156,10 @@ class StoreWriter(atomic.Folder):
     return self
 
   def save(self, name: str, array: np.ndarray) -> None:
-    np.save(os.path.join(self.tmp, name), np.asarray(array),
-            allow_pickle=False)
+    self.save_array(name, array)
 
   def open(self, name: str, dtype, shape) -> np.ndarray:
-    return np.lib.format.open_memmap(os.path.join(self.tmp, name), mode="w+",
-                                     dtype=dtype, shape=tuple(shape))
+    return self.open_array(name, dtype, shape)
 
   def save_vocab(self, name: str, categories: list[str]) -> None:
     with open(os.path.join(self.tmp, "vocab", f"{name}.json"), "w") as f:

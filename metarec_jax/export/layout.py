@@ -165,7 +165,7 @@ class ExportWriter(atomic.Folder):
     return super().__exit__(exc_type, exc, tb)
 
   def save(self, name: str, array: np.ndarray) -> None:
-    np.save(self.path(name), np.asarray(array), allow_pickle=False)
+    self.save_array(name, array)
 
   def open(self, name: str, dtype, shape) -> np.ndarray:
     """A writable memory-mapped `.npy` file (filled in place).
@@ -213,10 +213,7 @@ class MappedArray:
   """
 
   def __init__(self, path: str, dtype, shape: tuple[int, ...]):
-    header = np.lib.format.open_memmap(path, mode="w+", dtype=dtype,
-                                       shape=shape)
-    offset = header.offset
-    del header
+    offset = atomic.allocate_npy(path, dtype, shape)  # no SIGBUS when full
     self._file = open(path, "r+b")  # pylint: disable=consider-using-with
     self._mmap = mmap.mmap(self._file.fileno(), 0)
     self.array = np.ndarray(shape, dtype, buffer=self._mmap, offset=offset)

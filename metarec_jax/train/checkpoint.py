@@ -11,8 +11,11 @@ checkpoint that looks complete. A complete checkpoint that cannot be read
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -20,6 +23,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from metarec_jax.errors import OutputError, cause_of
 from metarec_jax.meta import paths
 
 FORMAT_VERSION = 1
@@ -42,6 +46,8 @@ class Checkpointer:
                async_save: bool = True, read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.every_steps = int(every_steps)
+    self._in_flight: int | None = None  # the step of the unfinished save
+    self._failed = False
     # Read-only: the save options orbax would reset (warning about each).
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else max(int(keep), 1),
@@ -54,6 +60,8 @@ class Checkpointer:
     else:
       if read_only:  # orbax warns about the read-only mode we asked for
         logging.getLogger("absl").addFilter(_read_only_notice)
+      if not read_only:  # a failed save is reported once, in one line
+        logging.getLogger("absl").addFilter(_save_failure_report)
       self.manager = ocp.CheckpointManager(self.directory, options=options,
                                            item_handlers=_handlers())
 
@@ -72,12 +80,50 @@ class Checkpointer:
     return self.every_steps > 0 and step % self.every_steps == 0
 
   def save(self, step: int, state: Any, config: dict) -> None:
-    """Starts an asynchronous save of `state` at `step`."""
+    """Starts an asynchronous save of `state` at `step`.
+
+    Raises:
+      OutputError: this save or the previous (asynchronous) one failed.
+    """
     record = {"format_version": FORMAT_VERSION, "step": int(step),
               "config": config}
-    self.manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        config=ocp.args.JsonSave(record)), force=True)
+    with self._writing(int(step)):
+      self.manager.save(int(step), args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          config=ocp.args.JsonSave(record)), force=True)
+    self._in_flight = int(step)
+
+  @contextlib.contextmanager
+  def _writing(self, step: int | None = None):
+    """Turns a failed save (a full disk: orbax raises from its background
+    threads, at the next save or wait) into one `OutputError` naming the
+    checkpoint and the cause, after removing the save's temporary folder;
+    the committed checkpoints are untouched."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      failed = self._in_flight if self._in_flight is not None else step
+      self._in_flight, self._failed = None, True
+      self._abandon()
+      steps = sorted(int(n) for n in os.listdir(self.directory)
+                     if n.isdigit())
+      newest = (f"; the newest checkpoint is still step {steps[-1]}"
+                if steps else "; there is no checkpoint yet")
+      raise OutputError(os.path.join(self.directory, str(failed)),
+                        _cause(e) + newest) from None
+
+  def _abandon(self) -> None:
+    """After a failed save: joins orbax's threads, lets its abandoned
+    writes finish now rather than at interpreter exit (where each prints a
+    traceback), and removes the save's temporary folders."""
+    try:
+      self.manager.close()
+    except Exception:  # pylint: disable=broad-except
+      pass  # the failure it reports is the one being raised
+    gc.collect()
+    for name in os.listdir(self.directory):
+      if ".orbax-checkpoint-tmp" in name:
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
   def _read_record(self, step: int) -> dict:
     record = self.manager.restore(step, args=ocp.args.Composite(
@@ -174,13 +220,18 @@ class Checkpointer:
             zip(paths.leaf_paths(params), _leaves(params))}
 
   def wait(self) -> None:
-    if self.manager is not None:
-      self.manager.wait_until_finished()
+    """Waits for the save in flight; raises `OutputError` if it failed."""
+    if self.manager is not None and not self._failed:
+      with self._writing():
+        self.manager.wait_until_finished()
+      self._in_flight = None
 
   def close(self) -> None:
-    if self.manager is not None:
-      self.manager.wait_until_finished()
-      self.manager.close()
+    """Finishes the save in flight (raising `OutputError` if it failed)."""
+    if self.manager is None or self._failed:
+      return  # a failed save has been reported and cleaned up
+    self.wait()
+    self.manager.close()
 
 
 def _quiet_aborted_reads() -> None:
@@ -216,6 +267,29 @@ def _abandoned_read_failures(record: logging.LogRecord) -> bool:
   error = record.exc_info[1] if record.exc_info else None
   text = str(error) if error is not None else record.getMessage()
   return not any(mark in text for mark in ("OCDBT", "zarr", "tensorstore"))
+
+
+def _cause(error: Exception) -> str:
+  """The operating system's words for a failed orbax write (tensorstore
+  reports `[os_error_code='28']`), else the error's first line."""
+  text = str(error)
+  code = re.search(r"os_error_code='?(\d+)", text)
+  if code:
+    return os.strerror(int(code.group(1)))
+  if isinstance(error, OSError):
+    return cause_of(error)
+  first = text.splitlines()[0] if text else type(error).__name__
+  return first[:200]
+
+
+def _save_failure_report(record: logging.LogRecord) -> bool:
+  """False for orbax's own ERROR reports of a failed save (several
+  tracebacks from its background threads): the failure reaches
+  `Checkpointer._writing`, which reports it in one line."""
+  return not (record.levelno >= logging.ERROR
+              and f"{os.sep}orbax{os.sep}" in record.pathname
+              and ("raised an exception" in record.getMessage()
+                   or "failed" in record.getMessage().lower()))
 
 
 def _read_only_notice(record: logging.LogRecord) -> bool:

@@ -269,6 +269,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       config_record = config_io.to_dict(config)
       trainer.horizon = trainer.horizon_array(horizon)
       reporter = reporting.Reporter(workdir, active=is_lead)
+      # Rows a killed run logged past its checkpoint are logged again.
+      reporter.drop_rows_after(restored_step or 0)
       # HParams once per start (TensorBoard keeps the first).
       reporter.hparams(reporting.flat_hparams(config_record),
                        telemetry.HPARAM_METRICS,
@@ -281,8 +283,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       def save_and_report_stop(step):
         if step != restored_step and step > 0:
           checkpointer.save(step, state, config_record)
-        log.warning("stopped by a signal at step %d (saved); resume with"
-                    " `metarec train --workdir=%s`", step, workdir)
+          what = "saved"
+        elif step > 0:  # e.g. during the warm-up of a resumed run
+          what = f"nothing new to save: the checkpoint of step {step} holds it"
+        else:
+          what = "before the first step: nothing to save"
+        log.warning("stopped by a signal at step %d (%s); resume with"
+                    " `metarec train --workdir=%s`", step, what, workdir)
         summary["preempted"] = True
 
       # Warm-up: every shape the loop will meet is compiled now (the

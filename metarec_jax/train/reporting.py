@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 import time
 from typing import Any, Mapping, Sequence
 
@@ -26,6 +27,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
+
+from metarec_jax import atomic, errors
 
 HISTOGRAM_BINS = 30  # TensorBoard's own default
 
@@ -162,6 +165,23 @@ def hparams_summaries(hparams: Mapping[str, bool | float | str],
   ]
 
 
+def _quiet_writer_thread_failures() -> None:
+  """Keeps a failed write of TensorBoard's writer thread (a full disk) from
+  printing a traceback: the writer raises the same error at the next
+  `flush`, which `Reporter` reports in one line naming the file."""
+  previous = threading.excepthook
+  if getattr(previous, "_metarec_filter", False):
+    return
+
+  def hook(args):
+    writer = type(args.thread).__module__ == EventFileWriter.__module__
+    if not (writer and issubclass(args.exc_type, OSError)):
+      previous(args)
+
+  hook._metarec_filter = True  # pylint: disable=protected-access
+  threading.excepthook = hook
+
+
 class Reporter:
   """Appends one JSON object per log step and writes TensorBoard events.
 
@@ -182,14 +202,20 @@ class Reporter:
     self.path = os.path.join(workdir, "metrics.jsonl") if jsonl else None
     self._events = (EventFileWriter(os.path.join(workdir, "tensorboard", run))
                     if active else None)
+    _quiet_writer_thread_failures()
 
   def _write(self, step: int, values: list[summary_pb2.Summary.Value]
              ) -> None:
-    if values:
-      event = event_pb2.Event(wall_time=time.time(), step=int(step),
-                              summary=summary_pb2.Summary(value=values))
-      self._events.add_event(event)
-    self._events.flush()
+    with errors.writing(self._events_path()):
+      if values:
+        event = event_pb2.Event(wall_time=time.time(), step=int(step),
+                                summary=summary_pb2.Summary(value=values))
+        self._events.add_event(event)
+      self._events.flush()
+
+  def _events_path(self) -> str:
+    # pylint: disable-next=protected-access
+    return getattr(self._events, "_file_name", self._events.get_logdir())
 
   def scalars(self, step: int, metrics: Mapping[str, float]) -> None:
     """Writes the scalar metrics of `step` (non-finite: null / skipped)."""
@@ -198,10 +224,35 @@ class Reporter:
     flat = {k: _json_value(v) for k, v in metrics.items()
             if v is not None and np.ndim(v) == 0}
     if self.path:
-      with open(self.path, "a") as f:
+      with errors.writing(self.path), open(self.path, "a") as f:
         f.write(json.dumps({"step": int(step), **flat}) + "\n")
     self._write(step, [scalar_summary(tag, value)
                        for tag, value in flat.items() if value is not None])
+
+  def drop_rows_after(self, step: int) -> int:
+    """Drops the `metrics.jsonl` rows of steps past `step` (and a line cut
+    short by a kill), rewriting the file atomically; returns how many.
+
+    A resume calls it with the step it restored: the rows a killed run
+    logged after its last checkpoint are logged again as the steps are
+    run again, and would otherwise appear twice.
+    """
+    if not self.active or not self.path or not os.path.exists(self.path):
+      return 0
+    keep, dropped = [], 0
+    with open(self.path, encoding="utf-8") as f:
+      for line in f:
+        try:
+          ok = line.endswith("\n") and int(json.loads(line)["step"]) <= step
+        except (ValueError, KeyError, TypeError):
+          ok = False
+        if ok:
+          keep.append(line)
+        else:
+          dropped += 1
+    if dropped:
+      atomic.write_text(self.path, "".join(keep))
+    return dropped
 
   def histograms(self, step: int, arrays: Mapping[str, np.ndarray], *,
                  bins: int = HISTOGRAM_BINS) -> None:
@@ -230,5 +281,6 @@ class Reporter:
 
   def close(self) -> None:
     if self._events is not None:
-      self._events.close()
-      self._events = None
+      events, self._events = self._events, None
+      with errors.writing(events.get_logdir()):
+        events.close()
