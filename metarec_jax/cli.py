@@ -26,7 +26,7 @@ from typing import Callable
 from absl import flags
 
 from metarec_jax import config_io
-from metarec_jax.errors import InputError, OutputError
+from metarec_jax.errors import InputError, OutputError, cause_of
 
 log = logging.getLogger("metarec")
 
@@ -591,6 +591,10 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   except OutputError as e:  # a full disk, a file-size limit, no permission
     print(f"{prog}: error: {e}", file=sys.stderr)
+    return 1
+  except OSError as e:  # one the code did not name: still one line
+    where = f"{e.filename}: " if e.filename else ""
+    print(f"{prog}: error: {where}{cause_of(e)}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
     print(f"{prog}: interrupted", file=sys.stderr)

@@ -312,6 +312,24 @@ def test_adapt_a_new_user_equals_exporting_that_user(run, exported,
     without.adapt([(1, 9.0)])
 
 
+def test_non_integer_ids_are_skipped_and_counted(run, tmp_path, caplog):
+  workdir, exp, _ = run
+  users, items, ratings = store_rows(exp, [1, 2])
+  path = write_file(tmp_path / "ids.csv", exp, users, items, ratings)
+  with open(path, "a") as f:  # the store's ids are integers
+    f.write("2,x99,3\nanna,1,4\nanna,2,5\nbob,1,2\n")
+  out = str(tmp_path / "ids")
+  with caplog.at_level(logging.WARNING, logger="metarec"):
+    summary = export.export_workdir(workdir, path, out)
+  assert summary["users"] == 2
+  assert summary["skipped_items"] == 1 and summary["skipped_users"] == 2
+  assert any(f"ids.csv:{len(users) + 2}: item id 'x99' is not an integer"
+             in r.getMessage() for r in caplog.records)
+  loaded = export.load(out)
+  flags = dict(zip(loaded.user_ids.tolist(), loaded.flags.tolist()))
+  assert flags[2] & layout.SKIPPED_ITEMS and not flags[1] & layout.SKIPPED_ITEMS
+
+
 def test_odd_users_and_items(run, tmp_path):
   workdir, exp, meta_params = run
   users, items, ratings = store_rows(exp, [1, 2])

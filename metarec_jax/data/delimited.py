@@ -178,25 +178,43 @@ def _csv_rows(lines, numbers, delimiter, path) -> list[list[str]]:
   return rows
 
 
+def parse_ints(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+  """`values` as int64, and the mask of those that are integers (the
+  others are 0)."""
+  try:
+    return (np.fromiter(map(int, values), np.int64, len(values)),
+            np.ones(len(values), bool))
+  except (ValueError, OverflowError):
+    pass
+  out, ok = np.zeros(len(values), np.int64), np.zeros(len(values), bool)
+  for i, v in enumerate(values):
+    try:
+      x = int(v)
+    except ValueError:
+      continue
+    if -2 ** 63 <= x < 2 ** 63:
+      out[i], ok[i] = x, True
+  return out, ok
+
+
+def not_an_integer(table: Table, values: list[str], ok: np.ndarray,
+                   what: str) -> InputError:
+  """The error at the first line whose value `ok` marks as no integer."""
+  i = int(np.flatnonzero(~ok)[0])
+  return InputError(f"{what} {excerpt(values[i].strip())} is not an integer",
+                    path=table.path, line=int(table.lines[i]))
+
+
 def ints(table: Table, values: list[str], what: str) -> np.ndarray:
   """`values` (one per row of `table`) as int64.
 
   Raises:
     InputError: naming the first line whose value is not an integer.
   """
-  try:
-    return np.fromiter(map(int, values), np.int64, len(values))
-  except (ValueError, OverflowError):
-    pass
-  for i, v in enumerate(values):
-    try:
-      ok = -2 ** 63 <= int(v) < 2 ** 63
-    except ValueError:
-      ok = False
-    if not ok:
-      raise InputError(f"{what} {excerpt(v.strip())} is not an integer",
-                       path=table.path, line=int(table.lines[i]))
-  raise AssertionError("unreachable")
+  out, ok = parse_ints(values)
+  if not ok.all():
+    raise not_an_integer(table, values, ok, what)
+  return out
 
 
 def floats(table: Table, values: list[str], what: str) -> np.ndarray:

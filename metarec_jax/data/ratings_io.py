@@ -106,6 +106,13 @@ class Ratings:
   ratings: np.ndarray           # float64
   timestamps: np.ndarray | None  # int64
   lines: np.ndarray             # int64 1-based line numbers
+  # With `bad_ids="skip"`: rows whose integer user / item id is not an
+  # integer (their id reads 0), how many distinct such user ids there are,
+  # and the first such problem.
+  bad_users: np.ndarray | None = None
+  bad_items: np.ndarray | None = None
+  bad_user_ids: int = 0
+  first_bad_id: InputError | None = None
 
 
 def _ids(table, values, id_type, what) -> np.ndarray:
@@ -120,8 +127,15 @@ def _ids(table, values, id_type, what) -> np.ndarray:
 
 
 def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
-                  require_timestamp: bool = False) -> Ratings:
+                  require_timestamp: bool = False,
+                  bad_ids: str = "error") -> Ratings:
   """Parses a ratings file of format `fmt`.
+
+  Args:
+    bad_ids: `error`: an id that is not an integer where the dataset's ids
+      are integers is an error; `skip`: such rows are marked in
+      `bad_users` / `bad_items` instead (`metarec export` skips and counts
+      them, as it does unknown ids).
 
   Raises:
     InputError: naming the file and line of the first problem.
@@ -147,8 +161,22 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
   if require_timestamp and "timestamp" not in pos:
     raise InputError(f"no timestamp column {fmt.timestamp!r}", path=path,
                      line=int(table.lines[0]))
-  users = _ids(table, table.column(pos["user"]), fmt.user_id_type, "user id")
-  items = _ids(table, table.column(pos["item"]), fmt.item_id_type, "item id")
+  marks, first_bad = {}, None
+  for role in ("user", "item"):
+    values, what = table.column(pos[role]), f"{role} id"
+    if getattr(fmt, f"{role}_id_type") == "int" and bad_ids == "skip":
+      ids, ok = delimited.parse_ints(values)
+      if not ok.all():
+        error = delimited.not_an_integer(table, values, ok, what)
+        if first_bad is None or error.line < first_bad.line:
+          first_bad = error
+      marks[role] = (ids, ~ok)
+    else:
+      marks[role] = (_ids(table, values, getattr(fmt, f"{role}_id_type"),
+                          what), None)
+  (users, bad_users), (items, bad_items) = marks["user"], marks["item"]
+  bad_user_ids = 0 if bad_users is None else len(
+      {table.rows[i][pos["user"]].strip() for i in np.flatnonzero(bad_users)})
   ratings = delimited.floats(table, table.column(pos["rating"]), "rating")
   bad = np.flatnonzero((ratings < fmt.rating_min) | (ratings > fmt.rating_max)
                        | (fmt.integer_ratings & (ratings != np.round(ratings))))
@@ -164,7 +192,9 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
   if "timestamp" in pos:
     timestamps = delimited.ints(table, table.column(pos["timestamp"]),
                                 "timestamp")
-  return Ratings(users, items, ratings, timestamps, table.lines)
+  return Ratings(users, items, ratings, timestamps, table.lines,
+                 bad_users=bad_users, bad_items=bad_items,
+                 bad_user_ids=bad_user_ids, first_bad_id=first_bad)
 
 
 def read_ratings(path: str | os.PathLike, store: TaskStore):

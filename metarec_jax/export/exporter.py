@@ -100,11 +100,17 @@ def export_workdir(workdir: str, ratings: str, out: str, *, top_k: int = 0,
   if max_support < 1:
     raise InputError(f"must be >= 1, got {max_support}",
                      path="--config.data.max_support")
-  rows = ratings_io.parse_ratings(ratings, ratings_io.store_format(exp.store))
+  rows = ratings_io.parse_ratings(ratings, ratings_io.store_format(exp.store),
+                                  bad_ids="skip")
+  if rows.first_bad_id is not None:
+    log.warning("%s (its rating lines are skipped, as for unknown ids, and"
+                " counted)", rows.first_bad_id.message)
   users = users_lib.collect(
       rows.users, rows.items, rows.ratings, rows.timestamps,
       known_users=exp.store.user_ids, known_items=exp.store.item_ids,
-      max_support=max_support, unknown_users=unknown_users)
+      max_support=max_support, unknown_users=unknown_users,
+      bad_users=rows.bad_users, bad_items=rows.bad_items,
+      bad_user_ids=rows.bad_user_ids)
   log.info("%s: %d ratings of %d users to export (%d skipped), %d ratings"
            " of unknown items skipped", ratings, len(rows.users), len(users),
            users.counts["skipped_users"], users.counts["skipped_items"])

@@ -8,6 +8,11 @@ What export does with odd input (and counts in its JSON summary):
   is exported with the "missing" feature index 0 and flagged
   `not_in_user_table` (`unknown_users="serve"`, the default), or left out
   and counted in `skipped_users` (`unknown_users="skip"`).
+- Where the dataset's ids are integers, a rating line whose item id is not
+  an integer counts as a rating of an unknown item (skipped, counted in
+  `skipped_items`); a user id that is not an integer can be neither looked
+  up nor stored, so its lines are left out and it is counted in
+  `skipped_users`.
 - A user with no rating left (every item unknown) is exported with the
   meta-parameters (adapting on an empty support set changes nothing) and
   flagged `no_ratings`.
@@ -77,7 +82,9 @@ def ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
 def collect(user_ids: np.ndarray, item_ids: np.ndarray, ratings: np.ndarray,
             timestamps: np.ndarray | None, *, known_users: np.ndarray,
             known_items: np.ndarray, max_support: int,
-            unknown_users: str = "serve") -> Users:
+            unknown_users: str = "serve", bad_users: np.ndarray | None = None,
+            bad_items: np.ndarray | None = None,
+            bad_user_ids: int = 0) -> Users:
   """Groups rating rows (in file order) into the exported users.
 
   Args:
@@ -89,21 +96,34 @@ def collect(user_ids: np.ndarray, item_ids: np.ndarray, ratings: np.ndarray,
       position here.
     max_support: the most ratings a support set holds.
     unknown_users: `serve` or `skip` users missing from `known_users`.
+    bad_users, bad_items: rows whose id is not an integer where the
+      dataset's ids are (`ratings_io.parse_ratings(bad_ids="skip")`): such
+      a row's item is unknown (skipped, counted in `skipped_items`); such
+      a user can be neither looked up nor served: its rows are left out
+      and its `bad_user_ids` distinct ids counted in `skipped_users`.
   """
   if unknown_users not in UNKNOWN_USERS:
     raise ValueError(f"unknown_users must be one of {UNKNOWN_USERS}")
   if max_support < 1:
     raise ValueError(f"max_support must be >= 1, got {max_support}")
+  if bad_users is not None and bad_users.any():
+    keep = ~bad_users
+    user_ids, item_ids = np.asarray(user_ids)[keep], np.asarray(item_ids)[keep]
+    ratings = np.asarray(ratings)[keep]
+    timestamps = None if timestamps is None else np.asarray(timestamps)[keep]
+    bad_items = None if bad_items is None else bad_items[keep]
   user_ids = np.asarray(user_ids)
   n = len(user_ids)
   ids, user = np.unique(user_ids, return_inverse=True)
   user = user.reshape(-1)
   table = ratings_io.lookup(known_users, ids)
   item = ratings_io.lookup(known_items, np.asarray(item_ids))
-  skipped_users = 0
+  if bad_items is not None:
+    item[bad_items] = -1
+  skipped_users = int(bad_user_ids)
   if unknown_users == "skip":
     keep_user = table >= 0
-    skipped_users = int((~keep_user).sum())
+    skipped_users += int((~keep_user).sum())
     new_index = np.cumsum(keep_user) - 1
     row_kept = keep_user[user]
     ids, table = ids[keep_user], table[keep_user]
