@@ -4,6 +4,8 @@
     metarec eval   --workdir=DIR [--step=N] [--ratings=FILE] [--write_tasks=DIR]
     metarec export --workdir=DIR --ratings=FILE --out=DIR [--top_k=K]
                    [--dtype=float32|bfloat16] [--step=N] [--chunk_users=N]
+    metarec serve  --export=DIR [--host=127.0.0.1] [--port=8000]
+                   [--log_dir=DIR] [--token-file=FILE] [--max_batch=16] ...
     metarec data   fetch|prepare|synth|inspect --flag=VALUE ...
     metarec plot   --workdir=DIR
 
@@ -270,6 +272,51 @@ def _run_export(inv: Invocation) -> int:
   return 0
 
 
+def _define_serve(fv):
+  flags.DEFINE_string("export", None, "The export folder to serve (written by"
+                      " `metarec export`).", flag_values=fv)
+  flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (default:"
+                      " this machine only).", flag_values=fv)
+  flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free one;"
+                       " stderr says which).", flag_values=fv)
+  flags.DEFINE_string("log_dir", None, "Folder of the interaction log"
+                      " (default: EXPORT-interactions beside the export"
+                      " folder); replayed at start, locked while serving.",
+                      flag_values=fv)
+  flags.DEFINE_string("token_file", None, "A file holding a bearer token that"
+                      " every endpoint but /healthz requires.",
+                      flag_values=fv)
+  flags.DEFINE_alias("token-file", "token_file", flag_values=fv)
+  flags.DEFINE_integer("max_batch", 16, "Most requests (users) served by one"
+                       " device call.", flag_values=fv)
+  flags.DEFINE_float("max_wait_ms", 2.0, "Longest wait for more requests to"
+                     " join a batch, in milliseconds.", flag_values=fv)
+  flags.DEFINE_integer("max_k", 100, "Most recommendations per request.",
+                       flag_values=fv)
+  flags.DEFINE_integer("max_items", 1000, "Most items per predict request.",
+                       flag_values=fv)
+  flags.DEFINE_integer("max_ratings", 1000, "Most ratings per interaction or"
+                       " adapt request.", flag_values=fv)
+  flags.DEFINE_integer("max_body_bytes", 1 << 20, "Largest request body.",
+                       flag_values=fv)
+  flags.DEFINE_integer("rank_cache", 100_000, "Users whose top max_k is kept"
+                       " until they learn (0: rank every request on the"
+                       " device); an export written with --top_k=K preloads"
+                       " its users' top K.", flag_values=fv)
+  flags.DEFINE_boolean("access_log", False, "Log every request to stderr.",
+                       flag_values=fv)
+
+
+def _run_serve(inv: Invocation) -> int:
+  from metarec_jax import runtime, serve  # pylint: disable=g-import-not-at-top
+  runtime.enable_compilation_cache()
+  fv = inv.flags
+  names = [f.name for f in dataclasses.fields(serve.Options)]
+  return serve.serve(serve.Options(
+      export=_require(fv, "export"),
+      **{n: fv[n].value for n in names if n != "export"}))
+
+
 def _define_data(fv):
   flags.DEFINE_string("dataset", None, "fetch: movielens-1m or movielens-100k;"
                       " prepare: the data.name to build (movielens-1m,"
@@ -459,6 +506,18 @@ COMMANDS: dict[str, Command] = {
         "          summarise a task store\n\n"
         "The last line of stdout is a JSON object.",
         _define_data, _run_data, takes_config=True, positional=True),
+    "serve": Command(
+        "serve an export over HTTP, learning from new interactions",
+        "Serves --export as a JSON API: GET /healthz, GET"
+        " /v1/users/USER/recommendations?k=K, POST /v1/predict {user, items},"
+        " POST /v1/users/USER/interactions {ratings: [[item, rating], ...]}"
+        " (logged and fsynced to --log_dir, then the user is re-adapted),"
+        " POST /v1/adapt {ratings, k} (anonymous, nothing kept); OpenAPI"
+        " docs at /docs. Concurrent requests are batched into one device"
+        " call. The log is in the dataset's input format: feed it back to"
+        " `metarec train`/`metarec export` (see the README's Serving"
+        " section).",
+        _define_serve, _run_serve),
     "bench": Command(
         "measure meta-step throughput and utilisation",
         "Runs the config's real meta-step (input pipeline, sharding,"

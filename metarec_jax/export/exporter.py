@@ -372,6 +372,10 @@ class _Job:
                     if timestamps else
                     "the last max_support known ratings in file order"),
         "unknown_users": unknown_users,
+        # The input format, so that a server's interaction log is written
+        # in it (and `metarec train`/`export` read the log back).
+        "ratings_format": ratings_io.store_format(exp.store).to_json(),
+        "ratings_timestamps": timestamps,
         "flags": layout.FLAGS,
         "top_k": self.k,
         "summary": {k: v for k, v in summary.items()

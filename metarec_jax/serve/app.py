@@ -1,0 +1,216 @@
+"""The HTTP API (FastAPI): routes, request and response schemas, errors.
+
+    GET  /healthz                                  no token needed
+    GET  /v1/users/{user}/recommendations?k=10     the user's top k, unrated
+    POST /v1/predict               {user, items}   predicted ratings
+    POST /v1/users/{user}/interactions {ratings: [[item, rating], ...]}
+                                                   logged, then re-adapted
+    POST /v1/adapt                 {ratings, k}    an anonymous session's top k
+
+OpenAPI docs at /docs. Every error is `{"error": "<one line>"}` with a 4xx
+status: 400 malformed JSON, 401 a missing or wrong token, 404 unknown
+items, 413 a body over the limit, 422 a wrong type, a list over its bound,
+a rating that is NaN, off the scale or (for whole-star datasets) not whole.
+"""
+
+
+import contextlib
+import math
+from typing import Annotated, Literal
+
+import fastapi
+from fastapi import Depends, FastAPI, Path, Query
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, Strict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from metarec_jax.serve import guards
+from metarec_jax.serve.service import Service
+
+
+def error(status: int, message: str) -> JSONResponse:
+  return JSONResponse({"error": message}, status_code=status)
+
+
+def _where(loc) -> str:
+  parts = [str(p) for p in loc if p not in ("body",)]
+  return ".".join(parts) or "body"
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
+  errors = exc.errors()
+  first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+  if first.get("type") == "json_invalid":
+    return 400, f"malformed JSON: {first.get('ctx', {}).get('error', '')}"
+  more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+  return 422, f"{_where(first['loc'])}: {first['msg']}{more}"
+
+
+def create_app(service: Service, *, token: str | None,
+               max_body: int) -> FastAPI:
+  """The FastAPI application serving `service`.
+
+  Args:
+    token: the bearer token every endpoint but /healthz requires (None: no
+      token).
+    max_body: the largest request body in bytes (larger: 413).
+  """
+  engine = service.engine
+  export = engine.export
+  limits = engine.limits
+  lo, hi = export.rating_range
+  whole = service.log.format.integer_ratings
+
+  if export.item_ids.dtype.kind in "iu":
+    ItemId = Annotated[int, Strict(), Field(ge=-2 ** 63, lt=2 ** 63)]
+  else:
+    ItemId = Annotated[str, Strict(), Field(min_length=1, max_length=256)]
+  if engine.parse_user("0") == 0:
+    UserId = Annotated[int, Strict(), Field(ge=-2 ** 63, lt=2 ** 63)]
+  else:
+    UserId = Annotated[str, Strict(), Field(min_length=1, max_length=256)]
+  Rating = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+  Ratings = Annotated[list[tuple[ItemId, Rating]],
+                      Field(min_length=1, max_length=limits.max_ratings)]
+  K = Annotated[int, Field(ge=1, le=limits.max_k)]
+
+  class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+  class PredictBody(Body):
+    user: UserId
+    items: Annotated[list[ItemId], Field(min_length=1,
+                                         max_length=limits.max_items)]
+
+  class InteractionsBody(Body):
+    ratings: Ratings | None = Field(
+        None, description="[[item, rating], ...], oldest first")
+    items: Annotated[list[ItemId], Field(
+        min_length=1, max_length=limits.max_ratings)] | None = Field(
+            None, description="implicit feedback (an implicit model's"
+            " export); this export takes `ratings`")
+
+  class AdaptBody(Body):
+    ratings: Ratings
+    k: K = 10
+
+  class ScoredItem(BaseModel):
+    item: ItemId
+    score: float
+
+  class Recommendations(BaseModel):
+    user: UserId | None
+    source: Literal["export", "meta", "adapted"]
+    items: list[ScoredItem]
+
+  class Predictions(Recommendations):
+    pass
+
+  class Accepted(BaseModel):
+    user: UserId
+    accepted: int
+    support_size: int
+    rated: int
+
+  class Adapted(BaseModel):
+    support_size: int
+    items: list[ScoredItem]
+
+  def positions(items) -> list:
+    try:
+      return engine.item_positions(items)
+    except KeyError as e:
+      raise fastapi.HTTPException(404, e.args[0]) from None
+
+  def user_of(text: str):
+    try:
+      user = engine.parse_user(text)
+      service.log.check_user_id(user)
+    except ValueError as e:
+      raise fastapi.HTTPException(422, str(e)) from None
+    return user
+
+  def checked(ratings) -> tuple[list, list]:
+    items = [i for i, _ in ratings]
+    values = [r for _, r in ratings]
+    for i, r in ratings:
+      if not lo <= r <= hi:
+        raise fastapi.HTTPException(
+            422, f"rating {r:g} of item {i!r} is off the scale {lo:g} to"
+            f" {hi:g}")
+      if whole and r != math.floor(r):
+        raise fastapi.HTTPException(
+            422, f"rating {r:g} of item {i!r} is not a whole number (this"
+            " dataset's ratings are)")
+    return items, values
+
+  @contextlib.asynccontextmanager
+  async def lifespan(_):
+    await service.start()
+    yield
+    await service.stop()
+
+  app = FastAPI(title="metarec serve", lifespan=lifespan,
+                description=__doc__.split("\n\n")[1] if __doc__ else "")
+  app.add_middleware(guards.BodyLimit, max_bytes=max_body)
+  auth = [Depends(guards.bearer(token))]
+
+  @app.exception_handler(RequestValidationError)
+  async def _invalid(_, exc):
+    return error(*_validation_message(exc))
+
+  @app.exception_handler(StarletteHTTPException)
+  async def _http(_, exc):
+    response = error(exc.status_code, str(exc.detail))
+    response.headers.update(exc.headers or {})
+    return response
+
+  @app.get("/healthz")
+  async def healthz() -> dict:
+    return {"status": "ok", "users": export.num_users,
+            "items": export.num_items, "sessions": len(engine.sessions),
+            "kept_rankings": len(engine.rankings),
+            "ranking_hits": engine.rankings.hits,
+            "batches": service.stats()}
+
+  @app.get("/v1/users/{user}/recommendations", dependencies=auth)
+  async def recommendations(user: Annotated[str, Path(max_length=256)],
+                            k: Annotated[int, Query(ge=1, le=limits.max_k)]
+                            = 10) -> Recommendations:
+    uid = user_of(user)
+    r = await service.recommend.submit((uid, k))
+    return Recommendations(user=uid, source=r["source"], items=[
+        ScoredItem(item=i, score=s) for i, s in r["items"]])
+
+  @app.post("/v1/predict", dependencies=auth)
+  async def predict(body: PredictBody) -> Predictions:
+    user_of(str(body.user))
+    r = await service.predict.submit((body.user, positions(body.items)))
+    return Predictions(user=body.user, source=r["source"], items=[
+        ScoredItem(item=i, score=s) for i, s in zip(body.items, r["scores"])])
+
+  @app.post("/v1/users/{user}/interactions", dependencies=auth)
+  async def interactions(user: Annotated[str, Path(max_length=256)],
+                         body: InteractionsBody) -> Accepted:
+    uid = user_of(user)
+    if body.items is not None:
+      # The extension point of implicit-feedback models: their export will
+      # take item lists; this one learns from ratings.
+      raise fastapi.HTTPException(
+          422, "this export learns from ratings: send {\"ratings\": [[item,"
+          " rating], ...]}")
+    if body.ratings is None:
+      raise fastapi.HTTPException(422, "ratings: field required")
+    items, values = checked(body.ratings)
+    r = await service.learn.submit((uid, items, positions(items), values))
+    return Accepted(user=uid, accepted=len(items), **r)
+
+  @app.post("/v1/adapt", dependencies=auth)
+  async def adapt(body: AdaptBody) -> Adapted:
+    items, values = checked(body.ratings)
+    r = await service.adapt.submit((positions(items), values, body.k))
+    return Adapted(support_size=r["support_size"], items=[
+        ScoredItem(item=i, score=s) for i, s in r["items"]])
+
+  return app

@@ -1,0 +1,348 @@
+"""The served models: an export plus what clients taught it since.
+
+`Engine` answers batches of requests with one device call each (the
+batched entry points of `export.Export`), padding every size to a bucket
+compiled by `warm_up`, so that no request waits for a compile:
+
+- users per call: powers of two up to `Limits.max_batch`;
+- items per predict request: powers of four from 16 up to `max_items`;
+- support-set width: the export's buckets (`data.buckets`);
+- `k`: one program ranks the top `max_k`; a request takes its first `k`.
+
+Rankings of users whose model has not changed are kept (`rankings`), and
+preloaded from the export's `topk.jsonl` when it has one.
+
+A user with interactions has a `Session`: its known ratings (the export's,
+then the new ones, oldest first, one per item) and the leaves adapted on
+the newest `max_support` of them, by the export's own rules
+(`export.users.collect`). Its recommendations exclude every rated item.
+
+Not thread-safe: the server calls it from one worker thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+from metarec_jax.data.tasks import bucket_widths
+from metarec_jax.export import layout
+from metarec_jax.export import users as users_lib
+from metarec_jax.export.serving import Export
+from metarec_jax.serve import rankings
+
+log = logging.getLogger("metarec")
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  """What one request may ask, and how many users one device call serves."""
+
+  max_batch: int = 16     # users per device call
+  max_k: int = 100        # recommendations per request
+  max_items: int = 1000   # items per predict request
+  max_ratings: int = 1000  # ratings per interaction or adapt request
+
+  def __post_init__(self):
+    for name, value in dataclasses.asdict(self).items():
+      if value < 1:
+        raise ValueError(f"--{name} must be >= 1, got {value}")
+
+
+def powers(first: int, factor: int, last: int) -> tuple[int, ...]:
+  """first, first*factor, ... up to the first size >= last."""
+  sizes = [first]
+  while sizes[-1] < last:
+    sizes.append(sizes[-1] * factor)
+  return tuple(sizes)
+
+
+def bucket(n: int, sizes: Sequence[int]) -> int:
+  """The smallest of `sizes` (ascending) that holds `n`."""
+  for size in sizes:
+    if size >= n:
+      return size
+  raise ValueError(f"{n} exceeds the largest bucket {sizes[-1]}")
+
+
+@dataclasses.dataclass
+class Session:
+  """A user taught at serving time."""
+
+  items: np.ndarray    # int64 catalogue positions, oldest first, unique
+  ratings: np.ndarray  # float32
+  fast: dict[str, np.ndarray]
+  support_size: int
+
+
+@dataclasses.dataclass
+class Served:
+  """What a request needs of one user."""
+
+  source: str  # export, meta or adapted (export.UserModel's sources)
+  fast: dict[str, np.ndarray]
+  features: dict[str, np.ndarray]
+  rated: np.ndarray  # catalogue positions never to recommend
+
+
+class Engine:
+  """Batches of recommend / predict / learn / adapt requests (see module)."""
+
+  def __init__(self, export: Export, limits: Limits = Limits(), *,
+               rank_cache: int = 100_000):
+    self.export = export
+    self.limits = limits
+    self.sessions: dict[Any, Session] = {}
+    self.rankings = rankings.RankCache(rank_cache)
+    self.user_sizes = powers(1, 2, limits.max_batch)
+    self.item_sizes = powers(16, 4, limits.max_items)
+    self.k = min(limits.max_k, export.num_items)
+    self.max_support = export.max_support
+    self.support_widths = tuple(sorted({
+        int(w) for w in bucket_widths(np.arange(1, self.max_support + 1),
+                                      export.buckets)}))
+    self._meta_fast = {p: np.asarray(v) for p, v in
+                       export._meta_fast.items()}  # pylint: disable=protected-access
+
+  # --------------------------------------------------------------- users
+
+  def parse_user(self, text: str):
+    """A user id of the URL in the export's id type.
+
+    Raises:
+      ValueError: an integer-id export and `text` is not an integer.
+    """
+    if self.export.user_ids.dtype.kind in "iu" or (
+        not len(self.export.user_ids)
+        and self.export.table_ids.dtype.kind in "iu"):
+      try:
+        value = int(text)
+      except ValueError:
+        raise ValueError(f"user id {text!r} is not an integer") from None
+      if not -2 ** 63 <= value < 2 ** 63:
+        raise ValueError(f"user id {text} is out of range")
+      return value
+    return text
+
+  def item_positions(self, item_ids: Sequence) -> np.ndarray:
+    """Catalogue positions of item ids.
+
+    Raises:
+      KeyError: naming the unknown ids.
+    """
+    if not len(item_ids):
+      return np.zeros(0, np.int64)
+    return self.export.item_index(item_ids)
+
+  def served(self, user) -> Served:
+    """The user's model as it stands now."""
+    session = self.sessions.get(user)
+    row = self.export.user_row(user)
+    features = self._features(user, row)
+    if session is not None:
+      return Served("adapted", session.fast, features, session.items)
+    if row >= 0:
+      e = self.export
+      fast = {p: layout.decode(v[row], e.dtype) for p, v in e.adapted.items()}
+      lo, hi = e.rated_offsets[row], e.rated_offsets[row + 1]
+      return Served("export", fast, features,
+                    np.asarray(e.rated_items[lo:hi], np.int64))
+    return Served("meta", self._meta_fast, features, np.zeros(0, np.int64))
+
+  def _features(self, user, row: int) -> dict[str, np.ndarray]:
+    if row >= 0:
+      return {n: np.asarray(t[row]) for n, t in
+              self.export.user_features.items()}
+    return self.export.table_features_of(user)
+
+  def _stack(self, users: list[Served], size: int):
+    """Leaves and features of `users` stacked and padded to `size` rows
+    (padding repeats the first user; its outputs are dropped)."""
+    pad = [users[0]] * (size - len(users))
+    rows = users + pad
+    fast = {p: np.stack([u.fast[p] for u in rows]) for p in rows[0].fast}
+    features = {n: np.stack([u.features[n] for u in rows])
+                for n in rows[0].features}
+    return fast, features
+
+  # ------------------------------------------------------------ requests
+
+  def source(self, user) -> str:
+    if user in self.sessions:
+      return "adapted"
+    return "export" if self.export.user_row(user) >= 0 else "meta"
+
+  def recommend(self, requests: list[tuple[Any, int]]) -> list[dict]:
+    """`[(user, k)]` -> `[{"source", "items": [(item_id, score)]}]`.
+
+    A user's top `max_k` is kept (`rankings`) until the user learns; only
+    users not kept are ranked on the device, all of them in one call.
+    """
+    out = [None] * len(requests)
+    live = []
+    for i, (user, k) in enumerate(requests):
+      kept = self.rankings.get(user, k)
+      if kept is None:
+        live.append(i)
+      else:
+        out[i] = {"source": self.source(user), "items": kept}
+    served = [self.served(requests[i][0]) for i in live]
+    for i, r in zip(live, self._rank(served, [self.k] * len(live))):
+      user, k = requests[i]
+      ids, scores = [a for a, _ in r["items"]], [b for _, b in r["items"]]
+      self.rankings.put(user, ids, scores, complete=len(ids) < self.k)
+      out[i] = {"source": r["source"], "items": r["items"][:k]}
+    return out
+
+  def _rank(self, served: list[Served], ks: list[int]) -> list[dict]:
+    out = []
+    for lo in range(0, len(served), self.limits.max_batch):
+      part = served[lo:lo + self.limits.max_batch]
+      size = bucket(len(part), self.user_sizes)
+      fast, features = self._stack(part, size)
+      excluded = np.zeros((size, self.export.num_items), bool)
+      for i, user in enumerate(part):
+        excluded[i, user.rated] = True
+      scores, index = self.export.top_k_users(fast, features, excluded,
+                                              self.k)
+      for i, (user, k) in enumerate(zip(part, ks[lo:lo + len(part)])):
+        keep = np.isfinite(scores[i, :k])
+        ids = self.export.item_ids[index[i, :k][keep]].tolist()
+        out.append({"source": user.source,
+                    "items": list(zip(ids, scores[i, :k][keep].tolist()))})
+    return out
+
+  def predict(self, requests: list[tuple[Any, np.ndarray]]) -> list[dict]:
+    """`[(user, catalogue positions)]` -> `[{"source", "scores": [...]}]`."""
+    out = []
+    for lo in range(0, len(requests), self.limits.max_batch):
+      part = requests[lo:lo + self.limits.max_batch]
+      served = [self.served(user) for user, _ in part]
+      size = bucket(len(part), self.user_sizes)
+      width = bucket(max(len(p) for _, p in part), self.item_sizes)
+      fast, features = self._stack(served, size)
+      index = np.zeros((size, width), np.int32)
+      for i, (_, positions) in enumerate(part):
+        index[i, :len(positions)] = positions
+      scores = self.export.score_users(fast, features, index)
+      for i, ((_, positions), user) in enumerate(zip(part, served)):
+        out.append({"source": user.source,
+                    "scores": scores[i, :len(positions)].tolist()})
+    return out
+
+  def learn(self, requests: list[tuple[Any, np.ndarray, np.ndarray]]
+            ) -> list[dict]:
+    """Adds ratings to users and re-adapts each of them once.
+
+    Args:
+      requests: `[(user, catalogue positions, ratings)]`, in arrival order
+        (a later rating of an item replaces an earlier one).
+
+    Returns:
+      Per request `{"support_size", "rated"}` of its user afterwards.
+    """
+    order = list(dict.fromkeys(user for user, _, _ in requests))
+    history = {user: self._history(user) for user in order}
+    for user, positions, ratings in requests:
+      items, values = history[user]
+      history[user] = (np.concatenate([items, positions]),
+                       np.concatenate([values, np.asarray(ratings,
+                                                          np.float32)]))
+    for user in order:
+      self.rankings.forget(user)
+    for lo in range(0, len(order), self.limits.max_batch):
+      part = order[lo:lo + self.limits.max_batch]
+      sessions = self._adapt([self._features(u, self.export.user_row(u))
+                              for u in part], [history[u] for u in part])
+      self.sessions.update(zip(part, sessions))
+    return [{"support_size": self.sessions[user].support_size,
+             "rated": len(self.sessions[user].items)}
+            for user, _, _ in requests]
+
+  def _history(self, user) -> tuple[np.ndarray, np.ndarray]:
+    session = self.sessions.get(user)
+    if session is not None:
+      return session.items, session.ratings
+    row = self.export.user_row(user)
+    if row >= 0:
+      return self.export.known_ratings(row)
+    return np.zeros(0, np.int64), np.zeros(0, np.float32)
+
+  def _adapt(self, features: list[dict], histories: list[tuple]
+             ) -> list[Session]:
+    """Sessions of users (at most max_batch) adapted on their histories."""
+    n = len(histories)
+    owner = np.repeat(np.arange(n), [len(h[0]) for h in histories])
+    u = users_lib.collect(
+        owner, np.concatenate([h[0] for h in histories]),
+        np.concatenate([h[1] for h in histories]), None,
+        known_users=np.zeros(0, np.int64),
+        known_items=np.arange(self.export.num_items),
+        max_support=self.max_support)
+    assert len(u) == n, "every history holds a rating"
+    size = bucket(n, self.user_sizes)
+    width = bucket(int(u.support_sizes.max()), self.support_widths)
+    items = np.zeros((size, width), np.int64)
+    ratings = np.zeros((size, width), np.float32)
+    mask = np.zeros((size, width), bool)
+    for i in range(size):  # padding rows repeat the first user
+      j = i if i < n else 0
+      lo, s = int(u.offsets[j]), int(u.support_sizes[j])
+      items[i, :s] = u.items[lo:lo + s]
+      ratings[i, :s] = u.ratings[lo:lo + s]
+      mask[i, :s] = True
+    rows = features + [features[0]] * (size - n)
+    stacked = {k: np.stack([f[k] for f in rows]) for k in rows[0]}
+    fast = self.export.adapt_users(
+        self.export.support_batch(stacked, items, ratings, mask))
+    sessions = []
+    for j in range(n):
+      lo, hi = int(u.offsets[j]), int(u.offsets[j + 1])
+      s = int(u.support_sizes[j])
+      order = np.r_[lo + s:hi, lo:lo + s]  # oldest first again
+      sessions.append(Session(
+          items=u.items[order].astype(np.int64), ratings=u.ratings[order],
+          fast={p: v[j] for p, v in fast.items()}, support_size=s))
+    return sessions
+
+  def adapt(self, requests: list[tuple[np.ndarray, np.ndarray, int]]
+            ) -> list[dict]:
+    """Anonymous sessions: `[(positions, ratings, k)]` -> the top `k` of a
+    model adapted on the ratings (nothing is kept)."""
+    missing = self.export.table_features_of(None)
+    out = []
+    for lo in range(0, len(requests), self.limits.max_batch):
+      part = requests[lo:lo + self.limits.max_batch]
+      sessions = self._adapt([missing] * len(part),
+                             [(p, np.asarray(r, np.float32))
+                              for p, r, _ in part])
+      served = [Served("adapted", s.fast, missing, s.items) for s in sessions]
+      ranked = self._rank(served, [k for _, _, k in part])
+      for s, r in zip(sessions, ranked):
+        r["support_size"] = s.support_size
+      out.extend(ranked)
+    return out
+
+  # ------------------------------------------------------------- warm-up
+
+  def warm_up(self) -> int:
+    """Compiles every bucket's program (so no request waits for one);
+    returns how many shapes were run."""
+    user = self.served(None if not self.export.num_users else
+                       self.export.user_ids[0].item())
+    runs = 0
+    for size in self.user_sizes:
+      self._rank([user] * size, [1] * size)
+      runs += 1
+      for width in self.item_sizes:
+        self.predict([(None, np.zeros(width, np.int64))] * size)
+        runs += 1
+      for width in self.support_widths:
+        history = (np.arange(width) % self.export.num_items,
+                   np.full(width, self.export.rating_range[1], np.float32))
+        self._adapt([user.features] * size, [history] * size)
+        runs += 1
+    return runs

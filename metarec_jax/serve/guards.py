@@ -1,0 +1,103 @@
+"""What keeps clients in bounds: the bearer token and the body limit."""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+import fastapi
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from metarec_jax.errors import InputError
+
+
+def read_token(path: str) -> str:
+  """The token in `path` (surrounding whitespace dropped).
+
+  Raises:
+    InputError: the file is missing, unreadable or blank.
+  """
+  try:
+    with open(path, encoding="utf-8") as f:
+      token = f.read().strip()
+  except (OSError, UnicodeDecodeError) as e:
+    raise InputError(f"cannot read the token file: {e}", path=path) from None
+  if not token or any(c.isspace() for c in token):
+    raise InputError("the token file must hold one token (no spaces)",
+                     path=path)
+  return token
+
+
+def bearer(token: str | None):
+  """A FastAPI dependency: 401 unless `Authorization: Bearer <token>`
+  (none when `token` is None)."""
+  scheme = HTTPBearer(auto_error=False)
+  expected = (token or "").encode()
+
+  async def check(credentials: HTTPAuthorizationCredentials | None
+                  = fastapi.Depends(scheme)) -> None:
+    if token is None:
+      return
+    if credentials is None or not hmac.compare_digest(
+        credentials.credentials.encode(), expected):
+      raise fastapi.HTTPException(
+          401, "missing or wrong bearer token (Authorization: Bearer"
+          " <token of --token-file>)",
+          headers={"WWW-Authenticate": "Bearer"})
+
+  return check
+
+
+class BodyLimit:
+  """ASGI middleware: a request body over `max_bytes` is a 413, whether
+  announced by Content-Length or streamed in chunks, and a POST body that
+  is not declared JSON a 415. The body is read here (it is small: that is
+  the point) and handed on whole."""
+
+  def __init__(self, app, max_bytes: int):
+    self.app = app
+    self.max_bytes = max_bytes
+
+  async def _reject(self, send, status: int = 413,
+                    message: str | None = None) -> None:
+    message = message or f"request body over {self.max_bytes} bytes"
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+  async def __call__(self, scope, receive, send):
+    if scope["type"] != "http":
+      return await self.app(scope, receive, send)
+    headers = dict(scope["headers"])
+    length = headers.get(b"content-length", b"0")
+    if not length.isdigit() or int(length) > self.max_bytes:
+      return await self._reject(send)
+    if scope["method"] == "POST" and not headers.get(
+        b"content-type", b"").startswith(b"application/json"):
+      return await self._reject(send, 415, "send the body as JSON with"
+                                " Content-Type: application/json")
+    chunks, size = [], 0
+    while True:
+      message = await receive()
+      if message["type"] != "http.request":  # the client went away
+        return
+      chunks.append(message.get("body", b""))
+      size += len(chunks[-1])
+      if size > self.max_bytes:
+        return await self._reject(send)
+      if not message.get("more_body", False):
+        break
+    whole = {"type": "http.request", "body": b"".join(chunks),
+             "more_body": False}
+
+    async def replay():
+      nonlocal whole
+      if whole is not None:
+        message, whole = whole, None
+        return message
+      return await receive()
+
+    await self.app(scope, replay, send)

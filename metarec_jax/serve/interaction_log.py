@@ -1,0 +1,152 @@
+"""The interaction log: every accepted rating, durable before it is
+acknowledged, in the export's own input format.
+
+    LOG_DIR/interactions.EXT   the ratings, one line each, in the format of
+                               the ratings file the export was made from
+                               (MovieLens `user::item::rating` lines for a
+                               MovieLens export, the generic columns
+                               otherwise), so `metarec train` and `metarec
+                               export` read it back (see the README's loop)
+    LOG_DIR/lock               flock'ed by the server that owns the folder
+
+`append` writes a batch of ratings and fsyncs once (group commit); a write
+that fails is cut back off, so the file only ever holds whole lines. A line
+cut short by a crash (written, never fsynced, so never acknowledged) is
+dropped when the log is opened again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+
+import numpy as np
+
+from metarec_jax.data import ratings_io
+from metarec_jax.data.ratings_io import RatingsFormat
+from metarec_jax.errors import InputError
+
+LOG_NAME = "interactions"
+LOCK_NAME = "lock"
+
+
+def default_dir(export_dir: str) -> str:
+  """`EXPORT-interactions`, beside the export folder (a re-export replaces
+  the export folder, never the log)."""
+  return os.path.abspath(export_dir).rstrip(os.sep) + "-interactions"
+
+
+def export_format(manifest: dict, user_ids: np.ndarray,
+                  item_ids: np.ndarray) -> tuple[RatingsFormat, bool]:
+  """The ratings format of an export's input and whether its lines carry
+  timestamps. Exports written before the manifest recorded the format get
+  the generic CSV columns (`user,item,rating`)."""
+  if "ratings_format" in manifest:
+    return (RatingsFormat.from_json(manifest["ratings_format"]),
+            bool(manifest.get("ratings_timestamps")))
+  kind = lambda ids: "int" if ids.dtype.kind in "iu" else "str"
+  return RatingsFormat(rating_min=float(manifest["rating_min"]),
+                       rating_max=float(manifest["rating_max"]),
+                       user_id_type=kind(user_ids), item_id_type=kind(item_ids),
+                       **ratings_io.DEFAULT_FORMAT), False
+
+
+class InteractionLog:
+  """An open, locked interaction log folder.
+
+  Raises (on construction):
+    InputError: the folder is locked by another server, or cannot be made.
+  """
+
+  def __init__(self, folder: str, fmt: RatingsFormat, *,
+               timestamps: bool = False):
+    self.folder = os.path.abspath(folder)
+    self.format = fmt
+    self.timestamps = timestamps and fmt.timestamp is not None
+    self.path = os.path.join(self.folder, f"{LOG_NAME}.{fmt.extension}")
+    try:
+      os.makedirs(self.folder, exist_ok=True)
+      self._lock = os.open(os.path.join(self.folder, LOCK_NAME),
+                           os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise InputError(f"cannot use the log folder: {e.strerror}",
+                       path=self.folder) from None
+    try:
+      fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(self._lock)
+      raise InputError("the log folder is locked by another server; stop it"
+                       " or give this one another --log_dir",
+                       path=self.folder) from None
+    self._header = self._text([], [], []) if fmt.header else ""
+    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    self._drop_torn_tail()
+    self.size = os.fstat(self._fd).st_size
+    if self.size == 0 and self._header:
+      self._write(self._header.encode(fmt.encoding))
+
+  def check_user_id(self, user) -> None:
+    """Raises ValueError if the id cannot be written as one field."""
+    text = str(user)
+    bad = (not text or text != text.strip() or self.format.delimiter in text
+           or "\n" in text or "\r" in text)
+    if not bad:
+      try:
+        text.encode(self.format.encoding)
+      except UnicodeEncodeError:
+        bad = True
+    if bad:
+      raise ValueError(f"user id {text!r} cannot be logged (empty, padded"
+                       " with spaces, holding a line break or the"
+                       f" delimiter {self.format.delimiter!r}, or not"
+                       f" {self.format.encoding} text)")
+
+  def _text(self, users, items, ratings) -> str:
+    stamps = None
+    if self.timestamps:
+      stamps = np.full(len(users), int(time.time()), np.int64)
+    return ratings_io.format_ratings(np.asarray(users), np.asarray(items),
+                                     np.asarray(ratings, np.float64),
+                                     self.format, stamps)
+
+  def _drop_torn_tail(self) -> None:
+    with open(self.path, "rb") as f:
+      data = f.read()
+    if data and not data.endswith(b"\n"):
+      os.ftruncate(self._fd, data.rfind(b"\n") + 1)
+      os.fsync(self._fd)
+
+  def _write(self, data: bytes) -> None:
+    try:
+      view = memoryview(data)
+      while view:
+        view = view[os.write(self._fd, view):]
+      os.fsync(self._fd)
+    except OSError:
+      # Whole lines only: cut a partial write back off before failing.
+      os.ftruncate(self._fd, self.size)
+      raise
+    self.size += len(data)
+
+  def append(self, users, items, ratings) -> None:
+    """Appends ratings (external ids) and fsyncs once for all of them."""
+    text = self._text(users, items, ratings)[len(self._header):]
+    self._write(text.encode(self.format.encoding))
+
+  def read(self) -> ratings_io.Ratings | None:
+    """The logged ratings in file order, or None for an empty log.
+
+    Raises:
+      InputError: a line that is not a rating, naming the file and line.
+    """
+    with open(self.path, "rb") as f:
+      data = f.read()
+    if not data.strip() or data.decode(
+        self.format.encoding, "replace").strip() == self._header.strip():
+      return None
+    return ratings_io.parse_ratings(self.path, self.format)
+
+  def close(self) -> None:
+    os.close(self._fd)
+    os.close(self._lock)  # releases the lock

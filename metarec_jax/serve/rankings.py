@@ -1,0 +1,79 @@
+"""Rankings kept for users whose model has not changed since.
+
+Ranking the whole catalogue costs a pass of the model over every item for
+each user; a user's ranking only changes when the user learns something.
+`RankCache` keeps each user's top `max_k` (least recently used users go
+first) and forgets a user as soon as it learns. An export written with
+`metarec export --top_k=K` carries every exported user's top K
+(`topk.jsonl`, ranked on the device at export time by the same model and
+exclusions): `preload` fills the cache from it, so a request for `k <= K`
+of an exported user is answered without the device.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from metarec_jax.export import layout
+from metarec_jax.export.serving import Export
+
+
+class RankCache:
+  """user -> (item ids, scores, complete): the user's best items in order;
+  `complete` when they are all its candidates (fewer than asked)."""
+
+  def __init__(self, max_users: int):
+    self.max_users = max_users
+    self._entries: collections.OrderedDict = collections.OrderedDict()
+    self.hits = 0
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+  def get(self, user, k: int) -> list[tuple[Any, float]] | None:
+    """The user's top `k`, or None if not kept (or kept shorter)."""
+    entry = self._entries.get(user)
+    if entry is None:
+      return None
+    ids, scores, complete = entry
+    if len(ids) < k and not complete:
+      return None
+    self._entries.move_to_end(user)
+    self.hits += 1
+    return list(zip(ids[:k], scores[:k]))
+
+  def put(self, user, ids: list, scores: list, complete: bool) -> None:
+    if self.max_users <= 0:
+      return
+    self._entries[user] = (ids, scores, complete)
+    self._entries.move_to_end(user)
+    while len(self._entries) > self.max_users:
+      self._entries.popitem(last=False)
+
+  def forget(self, user) -> None:
+    self._entries.pop(user, None)
+
+  def preload(self, export: Export) -> int:
+    """Keeps the export's `topk.jsonl` rankings; returns how many users."""
+    path = os.path.join(export.path, layout.TOPK_FILE)
+    k = int(export.manifest.get("top_k") or 0)
+    if not k or not os.path.exists(path):
+      return 0
+    n = 0
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        if n >= self.max_users:
+          break
+        row = json.loads(line)
+        ids = row["items"]
+        if export.item_ids.dtype.kind in "iu":
+          ids = np.asarray(ids, np.int64).tolist()
+        self.put(row["user"], ids, [float(s) for s in row["scores"]],
+                 complete=len(ids) < k)
+        n += 1
+    return n

@@ -1,0 +1,121 @@
+"""`metarec serve`: start-up in a safe order, then uvicorn.
+
+1. read the token file; open the export (memory-mapped);
+2. lock the log folder (a second server on it stops here, exit 2);
+3. replay the log, so every acknowledged interaction is served again;
+4. compile every bucket's program (`Engine.warm_up`);
+5. bind the socket (a port in use is exit 2) and serve until SIGINT or
+   SIGTERM; the line `serving on http://HOST:PORT` on stderr says ready.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import time
+
+from metarec_jax.errors import InputError
+
+log = logging.getLogger("metarec")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """`metarec serve`'s flags."""
+
+  export: str
+  host: str = "127.0.0.1"
+  port: int = 8000
+  log_dir: str | None = None
+  token_file: str | None = None
+  max_batch: int = 16
+  max_wait_ms: float = 2.0
+  max_k: int = 100
+  max_items: int = 1000
+  max_ratings: int = 1000
+  max_body_bytes: int = 1 << 20
+  rank_cache: int = 100_000
+  access_log: bool = False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+  try:
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(info[0], socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(info[4])
+    sock.listen(2048)
+  except OSError as e:
+    raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}",
+                     path="--port") from None
+  return sock
+
+
+def serve(options: Options) -> int:
+  """Runs the server until it is stopped; returns the exit status.
+
+  Raises:
+    InputError: a bad flag, export, token file or log, or a locked log
+      folder or a port in use.
+  """
+  # pylint: disable=g-import-not-at-top
+  import uvicorn
+  from metarec_jax import export as export_lib
+  from metarec_jax.serve import app as app_lib
+  from metarec_jax.serve import engine as engine_lib
+  from metarec_jax.serve import guards, interaction_log, service as service_lib
+
+  o = options
+  if o.max_wait_ms < 0 or o.max_body_bytes < 1:
+    raise InputError("--max_wait_ms must be >= 0 and --max_body_bytes >= 1")
+  try:
+    limits = engine_lib.Limits(max_batch=o.max_batch, max_k=o.max_k,
+                               max_items=o.max_items,
+                               max_ratings=o.max_ratings)
+  except ValueError as e:
+    raise InputError(str(e)) from None
+  token = guards.read_token(o.token_file) if o.token_file else None
+  if o.host not in ("127.0.0.1", "localhost", "::1") and token is None:
+    log.warning("listening on %s without --token-file: anyone who reaches"
+                " it can read and write", o.host)
+  t0 = time.perf_counter()
+  export = export_lib.load(o.export)
+  fmt, stamps = interaction_log.export_format(
+      export.manifest, export.user_ids, export.item_ids)
+  folder = o.log_dir or interaction_log.default_dir(o.export)
+  interactions = interaction_log.InteractionLog(folder, fmt,
+                                                timestamps=stamps)
+  engine = engine_lib.Engine(export, limits, rank_cache=o.rank_cache)
+  kept = engine.rankings.preload(export)
+  if kept:
+    log.info("kept the top %d of %d exported users from topk.jsonl",
+             export.manifest["top_k"], kept)
+  replayed = service_lib.replay(engine, interactions)
+  log.info("replayed %d logged ratings of %d users from %s",
+           replayed["ratings"], replayed["users"], interactions.path)
+  t1 = time.perf_counter()
+  shapes = engine.warm_up()
+  log.info("compiled %d bucket shapes in %.1f s (users %s, predict items %s,"
+           " support %s, top %d)", shapes, time.perf_counter() - t1,
+           engine.user_sizes, engine.item_sizes, engine.support_widths,
+           engine.k)
+  service = service_lib.Service(engine, interactions,
+                                max_wait=o.max_wait_ms / 1e3)
+  app = app_lib.create_app(service, token=token,
+                           max_body=o.max_body_bytes)
+  sock = _bind(o.host, o.port)
+  host, port = sock.getsockname()[:2]
+  config = uvicorn.Config(app, loop="uvloop", http="httptools",
+                          access_log=o.access_log, log_level="warning",
+                          lifespan="on", timeout_graceful_shutdown=5)
+  server = uvicorn.Server(config)
+  log.info("export %s: %d users, %d items; log %s; ready in %.1f s",
+           o.export, export.num_users, export.num_items, interactions.path,
+           time.perf_counter() - t0)
+  log.info("serving on http://%s:%d (docs at /docs)", host, port)
+  try:
+    server.run(sockets=[sock])
+  finally:
+    interactions.close()
+  return 0

@@ -1,0 +1,337 @@
+"""`metarec serve`: a real server process, a real HTTP client (httpx).
+
+One export of the tiny ML-1M run (real MovieLens users, `::` lines) is
+served by one module-wide server with a token; the kill -9 and second-server
+tests start their own processes on the same export.
+"""
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from metarec_jax import export as export_lib
+from metarec_jax.serve import engine as engine_lib
+from metarec_jax.serve.batcher import MicroBatcher
+from procs import env_with, wait_for
+
+TOKEN = "s3cret-token"
+SERVE_FLAGS = ("--max_batch=2", "--max_items=16", "--max_ratings=40",
+               "--max_k=20", "--max_body_bytes=4096", "--max_wait_ms=20")
+
+
+@pytest.fixture(scope="module")
+def exported(ml1m_tiny_run, tmp_path_factory):
+  """(export folder, work directory, ratings file)."""
+  workdir, ratings = ml1m_tiny_run
+  out = str(tmp_path_factory.mktemp("serve") / "export")
+  export_lib.export_workdir(workdir, ratings, out, top_k=10)
+  return out, workdir, ratings
+
+
+class Server:
+  """A `metarec serve` process; `url` once it says it is serving."""
+
+  def __init__(self, export, log_dir, *flags, stderr_path):
+    self.stderr_path = stderr_path
+    self.proc = subprocess.Popen(
+        [sys.executable, "-m", "metarec_jax.cli", "serve",
+         f"--export={export}", "--port=0", f"--log_dir={log_dir}",
+         *SERVE_FLAGS, *flags], stdout=subprocess.DEVNULL,
+        stderr=open(stderr_path, "w"), cwd=ROOT, env=env_with())
+    self.url = None
+
+  def stderr(self) -> str:
+    with open(self.stderr_path) as f:
+      return f.read()
+
+  def wait_ready(self, timeout=300):
+    m = wait_for(lambda: re.search(r"serving on (http://\S+)", self.stderr()),
+                 timeout=timeout, interval=0.1, proc=self.proc)
+    self.url = m.group(1)
+    wait_for(lambda: self._healthy(), timeout=60, interval=0.05,
+             proc=self.proc)
+    return self
+
+  def _healthy(self):
+    try:
+      return httpx.get(self.url + "/healthz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+      return False
+
+  def stop(self, sig=signal.SIGTERM):
+    if self.proc.poll() is None:
+      self.proc.send_signal(sig)
+      self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(exported, tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("serve_main")
+  token_file = tmp / "token"
+  token_file.write_text(TOKEN + "\n")
+  s = Server(exported[0], tmp / "log", f"--token-file={token_file}",
+             stderr_path=tmp / "stderr").wait_ready()
+  s.log_dir = tmp / "log"
+  yield s
+  s.stop()
+
+
+@pytest.fixture
+def client(server):
+  with httpx.Client(base_url=server.url, timeout=60,
+                    headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+    yield c
+
+
+def top_items(client, user, k=10):
+  r = client.get(f"/v1/users/{user}/recommendations", params={"k": k})
+  assert r.status_code == 200, r.text
+  return r.json()
+
+
+def test_interaction_changes_the_next_recommendations(client, exported):
+  user = int(np.load(os.path.join(exported[0], "users.npy"))[0])
+  before = top_items(client, user)
+  assert before["source"] == "export" and len(before["items"]) == 10
+  scores = [i["score"] for i in before["items"]]
+  assert scores == sorted(scores, reverse=True)
+  # The user hates what we recommended: rate the top 3 with one star.
+  hated = [i["item"] for i in before["items"][:3]]
+  r = client.post(f"/v1/users/{user}/interactions",
+                  json={"ratings": [[i, 1] for i in hated]})
+  assert r.status_code == 200, r.text
+  assert r.json()["accepted"] == 3
+  after = top_items(client, user)
+  assert after["source"] == "adapted"
+  assert after["items"] != before["items"]
+  assert not set(hated) & {i["item"] for i in after["items"]}  # rated now
+  # predict sees the same adapted model.
+  r = client.post("/v1/predict", json={"user": user, "items": hated})
+  assert r.status_code == 200 and r.json()["source"] == "adapted"
+
+
+def test_a_user_the_export_never_had_learns(client):
+  user = 987654
+  assert top_items(client, user)["source"] == "meta"
+  r = client.post(f"/v1/users/{user}/interactions",
+                  json={"ratings": [[1193, 5], [661, 2]]})
+  assert r.status_code == 200, r.text
+  assert r.json()["support_size"] == 2
+  after = top_items(client, user, k=20)
+  assert after["source"] == "adapted"
+  assert not {1193, 661} & {i["item"] for i in after["items"]}
+  r = client.post("/v1/adapt", json={"ratings": [[1193, 5]], "k": 3})
+  assert r.status_code == 200 and len(r.json()["items"]) == 3
+
+
+def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
+  log_file = server.log_dir / "interactions.dat"
+  logged = log_file.read_bytes() if log_file.exists() else b""
+  post = lambda path, **kw: client.post(path, **kw)
+  path = "/v1/users/130/interactions"
+  cases = {
+      "malformed JSON": (post(path, content=b"{bad", headers={
+          "content-type": "application/json"}), 400, "malformed JSON"),
+      "not JSON": (post(path, content=b"ratings=1"), 415, "Content-Type"),
+      "NaN rating": (post(path, content=b'{"ratings": [[1193, NaN]]}',
+                          headers={"content-type": "application/json"}),
+                     422, "finite"),
+      "off the scale": (post(path, json={"ratings": [[1193, 7]]}), 422,
+                        "off the scale 1 to 5"),
+      "half a star": (post(path, json={"ratings": [[1193, 3.5]]}), 422,
+                      "whole number"),
+      "unknown item": (post(path, json={"ratings": [[99999999, 3]]}), 404,
+                       "99999999"),
+      "item as text": (post(path, json={"ratings": [["1193", 3]]}), 422,
+                       "ratings.0.0"),
+      "rating as text": (post(path, json={"ratings": [[1193, "3"]]}), 422,
+                         "ratings.0.1"),
+      "no ratings": (post(path, json={"ratings": []}), 422, "at least 1"),
+      "unknown field": (post(path, json={"ratings": [[1193, 3]], "x": 1}),
+                        422, "x: Extra inputs"),
+      "too many ratings": (post(path, json={"ratings": [[1193, 3]] * 41}),
+                           422, "at most 40"),
+      "body too large": (post(path, content=b"[" + b" " * 5000 + b"]",
+                              headers={"content-type": "application/json"}),
+                         413, "over 4096 bytes"),
+      "user not an integer": (client.get("/v1/users/abc/recommendations"),
+                              422, "not an integer"),
+      "k too large": (client.get("/v1/users/130/recommendations?k=21"), 422,
+                      "query.k"),
+      "too many items": (post("/v1/predict", json={
+          "user": 130, "items": [1193] * 17}), 422, "at most 16"),
+      "implicit items": (post(path, json={"items": [1193]}), 422,
+                         "learns from ratings"),
+  }
+  for name, (r, status, words) in cases.items():
+    assert r.status_code == status, (name, r.status_code, r.text)
+    message = r.json()["error"]
+    assert words in message and "\n" not in message, (name, message)
+  assert client.get("/healthz").json()["status"] == "ok"
+  assert top_items(client, 130)["items"]
+  # Nothing refused reached the log.
+  assert (log_file.read_bytes() if log_file.exists() else b"") == logged
+
+
+def test_the_token_is_required_except_for_healthz(server):
+  assert httpx.get(server.url + "/healthz").status_code == 200
+  for headers in ({}, {"Authorization": "Bearer wrong"},
+                  {"Authorization": TOKEN}):
+    r = httpx.get(server.url + "/v1/users/130/recommendations",
+                  headers=headers)
+    assert r.status_code == 401, r.text
+    assert "bearer token" in r.json()["error"]
+    r = httpx.post(server.url + "/v1/users/130/interactions",
+                   json={"ratings": [[1193, 4]]}, headers=headers)
+    assert r.status_code == 401
+
+
+def test_a_second_server_on_the_log_exits_2(server, exported, tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "metarec_jax.cli", "serve",
+       f"--export={exported[0]}", "--port=0", f"--log_dir={server.log_dir}"],
+      capture_output=True, text=True, cwd=ROOT, env=env_with(), timeout=300)
+  assert out.returncode == 2, out.stderr
+  assert "Traceback" not in out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert "locked by another server" in last and str(server.log_dir) in last
+
+
+def test_kill_9_loses_no_acknowledged_interaction(exported, tmp_path):
+  log_dir = tmp_path / "log"
+  s = Server(exported[0], log_dir, stderr_path=tmp_path / "e1").wait_ready()
+  items = np.load(os.path.join(exported[0], "items.npy"))[:200].tolist()
+  acked, stop = [], threading.Event()
+
+  async def stream(worker):
+    async with httpx.AsyncClient(base_url=s.url, timeout=30) as c:
+      n = 0
+      while not stop.is_set():
+        user, item = 500000 + worker, items[n % len(items)]
+        rating = 1 + (n + worker) % 5
+        n += 1
+        try:
+          r = await c.post(f"/v1/users/{user}/interactions",
+                           json={"ratings": [[item, rating]]})
+        except httpx.HTTPError:
+          return  # the server died under us: unacknowledged
+        if r.status_code == 200:
+          acked.append((user, item, rating))
+
+  thread = threading.Thread(target=lambda: asyncio.run(_gather(stream, 4)))
+  thread.start()
+  wait_for(lambda: len(acked) >= 30, timeout=120, interval=0.01)
+  s.stop(signal.SIGKILL)  # mid-stream
+  stop.set()
+  thread.join(timeout=60)
+  assert s.proc.returncode == -signal.SIGKILL
+  s2 = Server(exported[0], log_dir, stderr_path=tmp_path / "e2").wait_ready()
+  try:
+    lines = set((log_dir / "interactions.dat").read_text().splitlines())
+    missing = [a for a in acked if "%d::%d::%d" % a not in lines]
+    assert not missing, missing[:5]
+    assert "replayed" in s2.stderr()
+    # The replayed users are served adapted, their last ratings excluded.
+    with httpx.Client(base_url=s2.url, timeout=60) as c:
+      last = {}
+      for user, item, _ in acked:
+        last.setdefault(user, set()).add(item)
+      for user, rated in last.items():
+        r = c.get(f"/v1/users/{user}/recommendations?k=20").json()
+        assert r["source"] == "adapted"
+        assert not rated & {i["item"] for i in r["items"]}
+  finally:
+    s2.stop()
+
+
+async def _gather(stream, n):
+  await asyncio.gather(*(stream(w) for w in range(n)))
+
+
+def test_the_log_feeds_metarec_export(server, client, exported, tmp_path):
+  """serve -> log -> export: the log is a ratings file `export` reads."""
+  r = client.post("/v1/users/424242/interactions",
+                  json={"ratings": [[1193, 5], [2355, 4]]})
+  assert r.status_code == 200
+  out = str(tmp_path / "re-export")
+  summary = export_lib.export_workdir(
+      exported[1], str(server.log_dir / "interactions.dat"), out)
+  assert summary["users"] >= 2
+  again = export_lib.load(out)
+  assert again.is_known(424242)
+  assert set(again.user(424242).rated.tolist()) == set(
+      again.item_index([1193, 2355]).tolist())
+
+
+def test_engine_learns_like_export_adapt(exported):
+  """A learned user's model is `Export.adapt` on its known ratings plus the
+  new ones (the export's rules), computed in batches."""
+  export = export_lib.load(exported[0])
+  engine = engine_lib.Engine(export, engine_lib.Limits(max_batch=2,
+                                                       max_items=16))
+  users = [int(u) for u in export.user_ids[:3]]
+  new = [(users[0], [1193, 661], [5.0, 1.0]), (users[1], [1193], [2.0]),
+         (users[2], [3408], [4.0]), (users[0], [661], [4.0])]
+  engine.learn([(u, export.item_index(i), np.float32(r)) for u, i, r in new])
+  probe = export.item_ids[:16]
+  got = engine.predict([(u, export.item_index(probe)) for u in users])
+  for user, g in zip(users, got):
+    row = export.user_row(user)
+    items, ratings = export.known_ratings(row)
+    pairs = list(zip(export.item_ids[items].tolist(), ratings.tolist()))
+    pairs += [(i, r) for u, its, rs in new if u == user
+              for i, r in zip(its, rs)]
+    want = export.adapt(pairs, user_id=user).predict(probe)
+    np.testing.assert_allclose(g["scores"], want, rtol=1e-4, atol=1e-4)
+
+
+def test_kept_rankings_are_the_live_ones(exported):
+  """topk.jsonl preloaded, and rankings kept between requests, answer what
+  ranking on the device answers."""
+  export = export_lib.load(exported[0])
+  live = engine_lib.Engine(export, engine_lib.Limits(max_batch=2),
+                           rank_cache=0)
+  kept = engine_lib.Engine(export, engine_lib.Limits(max_batch=2))
+  assert kept.rankings.preload(export) == export.num_users
+  users = [int(u) for u in export.user_ids[:3]] + [31337]
+  requests = [(u, k) for u in users for k in (3, 10, 20)]
+  want = live.recommend(requests)
+  for _ in range(2):  # preloaded or ranked, then kept
+    got = kept.recommend(requests)
+    for g, w in zip(got, want):
+      assert g["source"] == w["source"]
+      assert [i for i, _ in g["items"]] == [i for i, _ in w["items"]]
+      np.testing.assert_allclose([s for _, s in g["items"]],
+                                 [s for _, s in w["items"]], rtol=1e-5)
+  assert kept.rankings.hits > 0
+
+
+def test_micro_batcher_groups_concurrent_requests():
+  calls = []
+
+  async def run(batch):
+    calls.append(list(batch))
+    return [ValueError("odd") if x % 2 else x * 10 for x in batch]
+
+  async def main():
+    b = MicroBatcher(run, max_batch=2, max_wait=0.05)
+    b.start()
+    results = await asyncio.gather(*(b.submit(x) for x in range(5)),
+                                   return_exceptions=True)
+    await b.stop()
+    return results
+
+  results = asyncio.run(main())
+  assert [len(c) for c in calls] == [2, 2, 1]
+  assert results[0] == 0 and results[2] == 20 and results[4] == 40
+  assert isinstance(results[1], ValueError)

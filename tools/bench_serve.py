@@ -1,0 +1,201 @@
+"""Load benchmark of `metarec serve` with a real HTTP client on loopback.
+
+Starts `metarec serve --export=DIR` as a real process on a free port (with
+a fresh interaction log in a temporary folder, so the benchmark's ratings
+never reach the export's own log), or uses `--url` of a running server,
+then runs closed-loop phases of `--clients` concurrent httpx clients, each
+bounded by `--seconds` and `--requests`:
+
+    recommend    GET /v1/users/U/recommendations?k=10 (random exported users)
+    predict      POST /v1/predict, `--predict_items` random items each
+    interaction  POST /v1/users/U/interactions, one whole-star rating each
+    mixed        the three at random, equally often
+
+Prints, as the last line of stdout, one JSON object:
+
+    {"clients": 16, "export": .., "users": .., "items": ..,
+     "phases": {"recommend": {"recommend": {"requests": .., "errors": ..,
+                "rps": .., "p50_ms": .., "p95_ms": .., "p99_ms": ..}}, ...},
+     "server_batches": <the server's /healthz batch counts>}
+
+Usage (from the repository root):
+
+    python tools/bench_serve.py --export=/tmp/h19/export
+    python tools/bench_serve.py --export=DIR --clients=16 --seconds=15
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+import httpx
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("export", None, "The export folder (its ids drive the"
+                    " requests).", required=True)
+flags.DEFINE_string("url", None, "A running server (default: start one).")
+flags.DEFINE_string("token_file", None, "Bearer token file of the server.")
+flags.DEFINE_integer("clients", 16, "Concurrent clients.")
+flags.DEFINE_float("seconds", 15.0, "Longest run of a phase.")
+flags.DEFINE_integer("requests", 20000, "Most requests of a phase.")
+flags.DEFINE_float("warmup_seconds", 2.0, "Untimed load before each phase.")
+flags.DEFINE_integer("predict_items", 20, "Items per predict request.")
+flags.DEFINE_integer("k", 10, "Recommendations per request.")
+flags.DEFINE_list("phases", ["recommend", "predict", "interaction", "mixed"],
+                  "Phases to run, in order.")
+flags.DEFINE_list("serve_flags", [], "Extra `metarec serve` flags.")
+flags.DEFINE_integer("seed", 0, "Seed of the request generator.")
+
+KINDS = ("recommend", "predict", "interaction")
+
+
+def start_server(export: str, log_dir: str, extra: list[str]):
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  env["PYTHONPATH"] = os.pathsep.join(
+      [ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "metarec_jax.cli", "serve", f"--export={export}",
+       "--port=0", f"--log_dir={log_dir}", *extra],
+      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+  for line in proc.stderr:
+    sys.stderr.write(line)
+    m = re.search(r"serving on (http://\S+)", line)
+    if m:
+      return proc, m.group(1)
+  raise SystemExit(f"the server exited ({proc.wait()}) before serving")
+
+
+class Load:
+  """Request generator over the export's ids."""
+
+  def __init__(self, export: str, seed: int):
+    self.users = np.load(os.path.join(export, "users.npy"), mmap_mode="r")
+    self.items = np.load(os.path.join(export, "items.npy"), mmap_mode="r")
+    self.rng = random.Random(seed)
+    with open(os.path.join(export, "manifest.json")) as f:
+      m = json.load(f)
+    self.lo, self.hi = int(m["rating_min"]), int(m["rating_max"])
+
+  def user(self):
+    return self.users[self.rng.randrange(len(self.users))].item()
+
+  def item(self):
+    return self.items[self.rng.randrange(len(self.items))].item()
+
+  def request(self, kind: str):
+    if kind == "recommend":
+      return "GET", f"/v1/users/{self.user()}/recommendations?k={FLAGS.k}", None
+    if kind == "predict":
+      return "POST", "/v1/predict", {
+          "user": self.user(),
+          "items": [self.item() for _ in range(FLAGS.predict_items)]}
+    return "POST", f"/v1/users/{self.user()}/interactions", {
+        "ratings": [[self.item(), self.rng.randint(self.lo, self.hi)]]}
+
+
+async def run_phase(client: httpx.AsyncClient, load: Load,
+                    kinds: tuple[str, ...], *, seconds: float,
+                    max_requests: int, record: bool) -> dict:
+  latencies = {k: [] for k in kinds}
+  errors = {k: 0 for k in kinds}
+  sent = 0
+  deadline = time.perf_counter() + seconds
+
+  async def worker():
+    nonlocal sent
+    while sent < max_requests and time.perf_counter() < deadline:
+      sent += 1
+      kind = load.rng.choice(kinds)
+      method, path, body = load.request(kind)
+      t0 = time.perf_counter()
+      try:
+        r = await client.request(method, path, json=body)
+        ok = r.status_code == 200
+      except httpx.HTTPError:
+        ok = False
+      if ok:
+        latencies[kind].append(time.perf_counter() - t0)
+      else:
+        errors[kind] += 1
+
+  t0 = time.perf_counter()
+  await asyncio.gather(*(worker() for _ in range(FLAGS.clients)))
+  wall = time.perf_counter() - t0
+  if not record:
+    return {}
+  out = {}
+  for kind in kinds:
+    ms = np.asarray(latencies[kind]) * 1e3
+    out[kind] = {
+        "requests": len(ms), "errors": errors[kind],
+        "rps": round(len(ms) / wall, 1),
+        **{f"p{q}_ms": (round(float(np.percentile(ms, q)), 2) if len(ms)
+                        else None) for q in (50, 95, 99)}}
+  out["seconds"] = round(wall, 2)
+  return out
+
+
+async def bench(url: str, load: Load, token: str | None) -> dict:
+  headers = {"Authorization": f"Bearer {token}"} if token else {}
+  limits = httpx.Limits(max_connections=FLAGS.clients,
+                        max_keepalive_connections=FLAGS.clients)
+  async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits,
+                               timeout=30) as client:
+    phases = {}
+    for phase in FLAGS.phases:
+      kinds = KINDS if phase == "mixed" else (phase,)
+      if phase not in KINDS + ("mixed",):
+        raise SystemExit(f"unknown phase {phase!r}")
+      await run_phase(client, load, kinds, seconds=FLAGS.warmup_seconds,
+                      max_requests=FLAGS.requests, record=False)
+      phases[phase] = await run_phase(
+          client, load, kinds, seconds=FLAGS.seconds,
+          max_requests=FLAGS.requests, record=True)
+      print(phase, json.dumps(phases[phase]), file=sys.stderr)
+    health = (await client.get("/healthz")).json()
+  return {"phases": phases, "server_batches": health.get("batches")}
+
+
+def main(argv):
+  del argv
+  token = None
+  if FLAGS.token_file:
+    with open(FLAGS.token_file) as f:
+      token = f.read().strip()
+  load = Load(FLAGS.export, FLAGS.seed)
+  proc = None
+  with tempfile.TemporaryDirectory(prefix="bench-serve-log-") as log_dir:
+    url = FLAGS.url
+    if url is None:
+      extra = list(FLAGS.serve_flags)
+      if FLAGS.token_file:
+        extra.append(f"--token-file={FLAGS.token_file}")
+      proc, url = start_server(FLAGS.export, log_dir, extra)
+    try:
+      result = asyncio.run(bench(url, load, token))
+    finally:
+      if proc is not None:
+        proc.terminate()
+        proc.wait(timeout=30)
+  result = {"clients": FLAGS.clients, "export": os.path.abspath(FLAGS.export),
+            "users": len(load.users), "items": len(load.items),
+            "predict_items": FLAGS.predict_items, "k": FLAGS.k,
+            "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+            **result}
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)
