@@ -240,7 +240,8 @@ def test_kill_9_loses_no_acknowledged_interaction(exported, tmp_path):
     lines = set((log_dir / "interactions.dat").read_text().splitlines())
     missing = [a for a in acked if "%d::%d::%d" % a not in lines]
     assert not missing, missing[:5]
-    assert "replayed" in s2.stderr()
+    replayed = re.search(r"replayed (\d+) logged ratings", s2.stderr())
+    assert int(replayed.group(1)) >= len(acked)
     # The replayed users are served adapted, their last ratings excluded.
     with httpx.Client(base_url=s2.url, timeout=60) as c:
       last = {}
@@ -273,12 +274,19 @@ def test_the_log_feeds_metarec_export(server, client, exported, tmp_path):
       again.item_index([1193, 2355]).tolist())
 
 
-def test_engine_learns_like_export_adapt(exported):
+@pytest.fixture(scope="module")
+def engine(exported):
+  """An in-process engine of the export, keeping no rankings."""
+  export = export_lib.load(exported[0])
+  return engine_lib.Engine(export, engine_lib.Limits(max_batch=2,
+                                                     max_items=16),
+                           rank_cache=0)
+
+
+def test_engine_learns_like_export_adapt(engine):
   """A learned user's model is `Export.adapt` on its known ratings plus the
   new ones (the export's rules), computed in batches."""
-  export = export_lib.load(exported[0])
-  engine = engine_lib.Engine(export, engine_lib.Limits(max_batch=2,
-                                                       max_items=16))
+  export = engine.export
   users = [int(u) for u in export.user_ids[:3]]
   new = [(users[0], [1193, 661], [5.0, 1.0]), (users[1], [1193], [2.0]),
          (users[2], [3408], [4.0]), (users[0], [661], [4.0])]
@@ -295,15 +303,13 @@ def test_engine_learns_like_export_adapt(exported):
     np.testing.assert_allclose(g["scores"], want, rtol=1e-4, atol=1e-4)
 
 
-def test_kept_rankings_are_the_live_ones(exported):
+def test_kept_rankings_are_the_live_ones(engine):
   """topk.jsonl preloaded, and rankings kept between requests, answer what
   ranking on the device answers."""
-  export = export_lib.load(exported[0])
-  live = engine_lib.Engine(export, engine_lib.Limits(max_batch=2),
-                           rank_cache=0)
-  kept = engine_lib.Engine(export, engine_lib.Limits(max_batch=2))
+  export, live = engine.export, engine
+  kept = engine_lib.Engine(export, live.limits)
   assert kept.rankings.preload(export) == export.num_users
-  users = [int(u) for u in export.user_ids[:3]] + [31337]
+  users = [int(u) for u in export.user_ids[3:6]] + [31337]
   requests = [(u, k) for u in users for k in (3, 10, 20)]
   want = live.recommend(requests)
   for _ in range(2):  # preloaded or ranked, then kept
@@ -335,3 +341,17 @@ def test_micro_batcher_groups_concurrent_requests():
   assert [len(c) for c in calls] == [2, 2, 1]
   assert results[0] == 0 and results[2] == 20 and results[4] == 40
   assert isinstance(results[1], ValueError)
+
+
+def test_the_readme_serve_flags_exist():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from metarec_jax import cli  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(ROOT, "README.md")) as f:
+    text = f.read()
+  section = text[text.index("### Serving over HTTP"):]
+  section = section[:section.index("\n## ")]
+  used = set(re.findall(r"--([a-z_-]+)=", section.split("```")[1]))
+  fv = flags.FlagValues()
+  cli.COMMANDS["serve"].define(fv)
+  assert used and used <= set(fv), used - set(fv)
+  assert "serve -> log" in section and "metarec train" in section

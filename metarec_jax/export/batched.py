@@ -1,5 +1,6 @@
 """Serving computations over a batch of users, each vmapped from the
-one-user function of `compute`.
+one-user function of `compute`, and `UserBatches`, the methods through
+which `Export` offers them to a server.
 
 Every argument but the (meta-)parameters and the item tables has a leading
 user axis `[B]`. `Export` jits these with its model and config bound; a
@@ -9,12 +10,15 @@ programs compiled at start-up.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metarec_jax import meta
+from metarec_jax.data.tasks import FeatureTables
 from metarec_jax.export import compute
 from metarec_jax.models import Recommender
 
@@ -62,3 +66,76 @@ def top_k_users(model: Recommender, params: PyTree,
     return jax.lax.top_k(scores, k)
 
   return jax.vmap(one)(fast, user_features, excluded)
+
+
+class UserBatches:
+  """`Export`'s entry points for a server: every argument has a leading
+  user axis [B]; one device call serves the whole batch (vmapped), and a
+  program is compiled per distinct shape, so callers pad to a few sizes."""
+
+  # pylint: disable=no-member  (the attributes are `Export`'s)
+
+  def known_ratings(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+    """An exported user's known ratings, oldest first: (catalogue positions
+    int64, ratings float32)."""
+    lo, hi = int(self.rated_offsets[row]), int(self.rated_offsets[row + 1])
+    support = lo + int(self.support_sizes[row])
+    order = np.r_[support:hi, lo:support]  # the older ones, then the support
+    return (np.asarray(self.rated_items[order], np.int64),
+            np.asarray(self.rated_ratings[order], np.float32))
+
+  @property
+  def meta_leaves(self) -> dict[str, np.ndarray]:
+    """`{path: float32}`: the adapted leaves' meta-parameter values (the
+    model of a user with no ratings)."""
+    return self._meta_fast
+
+  @functools.cached_property
+  def rated_ratings(self) -> np.ndarray:
+    return self._load("rated_ratings.npy")
+
+  def table_features_of(self, user_id) -> dict[str, np.ndarray]:
+    """The user table's feature row of `user_id` (the missing index 0 for
+    an id not in the table)."""
+    return self._table_features(user_id)[0]
+
+  def support_batch(self, user_features: dict[str, np.ndarray],
+                    items: np.ndarray, ratings: np.ndarray,
+                    mask: np.ndarray) -> dict:
+    """The support batch `adapt_users` takes.
+
+    Args:
+      user_features: `{name: [B(, L)]}` each user's feature row.
+      items: `[B, W]` catalogue positions; ratings `[B, W]`; mask `[B, W]`
+        (False: padding).
+    """
+    tables = FeatureTables(self._tables.specs, user_features,
+                           self._tables.item)
+    return tables.rows(np.arange(len(items)), items, ratings, mask)
+
+  def adapt_users(self, support: dict) -> dict[str, np.ndarray]:
+    """`{path: float32 [B, ...]}`: each user's leaves adapted from the
+    meta-parameters on its row of `support` (see `support_batch`)."""
+    fast = self._adapt_users(self._params, self._inner, support)
+    return {p: np.asarray(v) for p, v in jax.device_get(fast).items()}
+
+  def score_users(self, fast: dict[str, np.ndarray],
+                  user_features: dict[str, np.ndarray],
+                  index: np.ndarray) -> np.ndarray:
+    """`float32 [B, N]`: each user's predicted ratings of its row of
+    catalogue positions `index [B, N]`."""
+    return np.asarray(self._score_users(self._params, fast, user_features,
+                                        self._item_tables, index))
+
+  def top_k_users(self, fast: dict[str, np.ndarray],
+                  user_features: dict[str, np.ndarray],
+                  excluded: np.ndarray, k: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's `k` best items of the catalogue but `excluded [B, I]`
+    (bool): (scores float32 [B, k] best first, catalogue positions int32
+    [B, k]); -inf where a user has fewer than k candidates. Ties go to the
+    lower position."""
+    scores, index = self._top_k_users(self._params, fast, user_features,
+                                      self._item_tables, excluded, k=k)
+    return np.asarray(scores), np.asarray(index)
+

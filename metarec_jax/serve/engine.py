@@ -104,8 +104,7 @@ class Engine:
     self.support_widths = tuple(sorted({
         int(w) for w in bucket_widths(np.arange(1, self.max_support + 1),
                                       export.buckets)}))
-    self._meta_fast = {p: np.asarray(v) for p, v in
-                       export._meta_fast.items()}  # pylint: disable=protected-access
+    self._meta_fast = export.meta_leaves
 
   # --------------------------------------------------------------- users
 

@@ -26,6 +26,7 @@ import numpy as np
 from metarec_jax.data import ratings_io
 from metarec_jax.data.ratings_io import RatingsFormat
 from metarec_jax.errors import InputError
+from metarec_jax.export import layout
 
 LOG_NAME = "interactions"
 LOCK_NAME = "lock"
@@ -37,18 +38,25 @@ def default_dir(export_dir: str) -> str:
   return os.path.abspath(export_dir).rstrip(os.sep) + "-interactions"
 
 
-def export_format(manifest: dict, user_ids: np.ndarray,
-                  item_ids: np.ndarray) -> tuple[RatingsFormat, bool]:
+def export_format(export_dir: str) -> tuple[RatingsFormat, bool]:
   """The ratings format of an export's input and whether its lines carry
-  timestamps. Exports written before the manifest recorded the format get
-  the generic CSV columns (`user,item,rating`)."""
+  timestamps, from its manifest. Exports written before the manifest
+  recorded the format get the generic CSV columns (`user,item,rating`).
+
+  Raises:
+    InputError: not an export folder.
+  """
+  manifest = layout.read_manifest(export_dir)
   if "ratings_format" in manifest:
     return (RatingsFormat.from_json(manifest["ratings_format"]),
             bool(manifest.get("ratings_timestamps")))
-  kind = lambda ids: "int" if ids.dtype.kind in "iu" else "str"
+  kind = lambda name: "int" if np.load(
+      os.path.join(export_dir, name), mmap_mode="r").dtype.kind in "iu" else (
+          "str")
   return RatingsFormat(rating_min=float(manifest["rating_min"]),
                        rating_max=float(manifest["rating_max"]),
-                       user_id_type=kind(user_ids), item_id_type=kind(item_ids),
+                       user_id_type=kind("users.npy"),
+                       item_id_type=kind("items.npy"),
                        **ratings_io.DEFAULT_FORMAT), False
 
 

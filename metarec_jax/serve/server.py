@@ -1,7 +1,8 @@
 """`metarec serve`: start-up in a safe order, then uvicorn.
 
-1. read the token file; open the export (memory-mapped);
+1. read the token file and the export's manifest;
 2. lock the log folder (a second server on it stops here, exit 2);
+   open the export (memory-mapped);
 3. replay the log, so every acknowledged interaction is served again;
 4. compile every bucket's program (`Engine.warm_up`);
 5. bind the socket (a port in use is exit 2) and serve until SIGINT or
@@ -61,7 +62,7 @@ def serve(options: Options) -> int:
   """
   # pylint: disable=g-import-not-at-top
   import uvicorn
-  from metarec_jax import export as export_lib
+  from metarec_jax import export as export_lib  # imports jax: after the lock
   from metarec_jax.serve import app as app_lib
   from metarec_jax.serve import engine as engine_lib
   from metarec_jax.serve import guards, interaction_log, service as service_lib
@@ -80,12 +81,12 @@ def serve(options: Options) -> int:
     log.warning("listening on %s without --token-file: anyone who reaches"
                 " it can read and write", o.host)
   t0 = time.perf_counter()
-  export = export_lib.load(o.export)
-  fmt, stamps = interaction_log.export_format(
-      export.manifest, export.user_ids, export.item_ids)
+  # The lock first: a second server on the log stops before any real work.
+  fmt, stamps = interaction_log.export_format(o.export)
   folder = o.log_dir or interaction_log.default_dir(o.export)
   interactions = interaction_log.InteractionLog(folder, fmt,
                                                 timestamps=stamps)
+  export = export_lib.load(o.export)
   engine = engine_lib.Engine(export, limits, rank_cache=o.rank_cache)
   kept = engine.rankings.preload(export)
   if kept:
