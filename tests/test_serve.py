@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, count_compiles
 from metarec_jax import export as export_lib
 from metarec_jax.serve import engine as engine_lib
 from metarec_jax.serve.batcher import MicroBatcher
@@ -276,11 +276,12 @@ def test_the_log_feeds_metarec_export(server, client, exported, tmp_path):
 
 @pytest.fixture(scope="module")
 def engine(exported):
-  """An in-process engine of the export, keeping no rankings."""
+  """An in-process engine of the export, keeping no rankings, warmed up."""
   export = export_lib.load(exported[0])
-  return engine_lib.Engine(export, engine_lib.Limits(max_batch=2,
-                                                     max_items=16),
-                           rank_cache=0)
+  e = engine_lib.Engine(export, engine_lib.Limits(max_batch=2, max_items=16),
+                        rank_cache=0)
+  e.warm_up()
+  return e
 
 
 def test_engine_learns_like_export_adapt(engine):
@@ -290,9 +291,14 @@ def test_engine_learns_like_export_adapt(engine):
   users = [int(u) for u in export.user_ids[:3]]
   new = [(users[0], [1193, 661], [5.0, 1.0]), (users[1], [1193], [2.0]),
          (users[2], [3408], [4.0]), (users[0], [661], [4.0])]
-  engine.learn([(u, export.item_index(i), np.float32(r)) for u, i, r in new])
   probe = export.item_ids[:16]
-  got = engine.predict([(u, export.item_index(probe)) for u in users])
+  with count_compiles() as compiles:  # every shape was warmed up
+    engine.learn([(u, export.item_index(i), np.float32(r))
+                  for u, i, r in new])
+    got = engine.predict([(u, export.item_index(probe)) for u in users])
+    engine.recommend([(u, 5) for u in users])
+    engine.adapt([(export.item_index([1193, 661]), [5.0, 4.0], 3)])
+  assert compiles[0] == 0
   for user, g in zip(users, got):
     row = export.user_row(user)
     items, ratings = export.known_ratings(row)

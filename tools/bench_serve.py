@@ -3,13 +3,20 @@
 Starts `metarec serve --export=DIR` as a real process on a free port (with
 a fresh interaction log in a temporary folder, so the benchmark's ratings
 never reach the export's own log), or uses `--url` of a running server,
-then runs closed-loop phases of `--clients` concurrent httpx clients, each
-bounded by `--seconds` and `--requests`:
+then runs closed-loop phases of `--clients` concurrent aiohttp clients
+(aiohttp's client costs a fraction of httpx's CPU per request, which
+matters when client and server share two cores), each bounded by
+`--seconds` and `--requests`:
 
     recommend    GET /v1/users/U/recommendations?k=10 (random exported users)
     predict      POST /v1/predict, `--predict_items` random items each
     interaction  POST /v1/users/U/interactions, one whole-star rating each
     mixed        the three at random, equally often
+
+Besides requests/s and latency, each phase reports the CPU milliseconds
+per request of the client and (when started here) of the server process:
+on a machine shared with other work, latency says how much CPU the others
+left; CPU per request is what the server costs.
 
 Prints, as the last line of stdout, one JSON object:
 
@@ -28,16 +35,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import re
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 
 from absl import app, flags
-import httpx
+import aiohttp
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,13 +114,28 @@ class Load:
         "ratings": [[self.item(), self.rng.randint(self.lo, self.hi)]]}
 
 
-async def run_phase(client: httpx.AsyncClient, load: Load,
+def cpu_seconds(server_pid: int | None) -> dict:
+  """CPU seconds (user + system) used so far by this client process and by
+  the server process: on a shared machine, the cost of a request that does
+  not depend on how much of the CPU the others leave us."""
+  me = resource.getrusage(resource.RUSAGE_SELF)
+  server = None
+  if server_pid is not None:
+    with open(f"/proc/{server_pid}/stat") as f:
+      fields = f.read().rsplit(")", 1)[1].split()
+    server = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+  return {"client": me.ru_utime + me.ru_stime, "server": server}
+
+
+async def run_phase(session: aiohttp.ClientSession, load: Load,
                     kinds: tuple[str, ...], *, seconds: float,
-                    max_requests: int, record: bool) -> dict:
+                    max_requests: int, record: bool,
+                    server_pid: int | None = None) -> dict:
   latencies = {k: [] for k in kinds}
   errors = {k: 0 for k in kinds}
   sent = 0
   deadline = time.perf_counter() + seconds
+  json_type = {"Content-Type": "application/json"}
 
   async def worker():
     nonlocal sent
@@ -119,23 +143,30 @@ async def run_phase(client: httpx.AsyncClient, load: Load,
       sent += 1
       kind = load.rng.choice(kinds)
       method, path, body = load.request(kind)
+      data = None if body is None else json.dumps(body).encode()
       t0 = time.perf_counter()
       try:
-        r = await client.request(method, path, json=body)
-        ok = r.status_code == 200
-      except httpx.HTTPError:
+        async with session.request(method, path, data=data,
+                                   headers=json_type if data else None) as r:
+          await r.read()
+          ok = r.status == 200
+      except aiohttp.ClientError:
         ok = False
       if ok:
         latencies[kind].append(time.perf_counter() - t0)
       else:
         errors[kind] += 1
 
-  t0 = time.perf_counter()
+  t0, cpu0 = time.perf_counter(), cpu_seconds(server_pid)
   await asyncio.gather(*(worker() for _ in range(FLAGS.clients)))
   wall = time.perf_counter() - t0
+  cpu1 = cpu_seconds(server_pid)
   if not record:
     return {}
-  out = {}
+  done = max(1, sum(map(len, latencies.values())))
+  out = {"cpu_ms_per_request": {
+      side: round((cpu1[side] - cpu0[side]) * 1e3 / done, 3)
+      for side in cpu0 if cpu0[side] is not None}}
   for kind in kinds:
     ms = np.asarray(latencies[kind]) * 1e3
     out[kind] = {
@@ -147,29 +178,35 @@ async def run_phase(client: httpx.AsyncClient, load: Load,
   return out
 
 
-async def bench(url: str, load: Load, token: str | None) -> dict:
+async def bench(url: str, load: Load, token: str | None,
+                server_pid: int | None) -> dict:
   headers = {"Authorization": f"Bearer {token}"} if token else {}
-  limits = httpx.Limits(max_connections=FLAGS.clients,
-                        max_keepalive_connections=FLAGS.clients)
-  async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits,
-                               timeout=30) as client:
+  connector = aiohttp.TCPConnector(limit=FLAGS.clients)
+  async with aiohttp.ClientSession(
+      base_url=url, headers=headers, connector=connector,
+      timeout=aiohttp.ClientTimeout(total=30)) as session:
     phases = {}
     for phase in FLAGS.phases:
       kinds = KINDS if phase == "mixed" else (phase,)
       if phase not in KINDS + ("mixed",):
         raise SystemExit(f"unknown phase {phase!r}")
-      await run_phase(client, load, kinds, seconds=FLAGS.warmup_seconds,
+      await run_phase(session, load, kinds, seconds=FLAGS.warmup_seconds,
                       max_requests=FLAGS.requests, record=False)
       phases[phase] = await run_phase(
-          client, load, kinds, seconds=FLAGS.seconds,
-          max_requests=FLAGS.requests, record=True)
+          session, load, kinds, seconds=FLAGS.seconds,
+          max_requests=FLAGS.requests, record=True, server_pid=server_pid)
       print(phase, json.dumps(phases[phase]), file=sys.stderr)
-    health = (await client.get("/healthz")).json()
-  return {"phases": phases, "server_batches": health.get("batches")}
+    async with session.get("/healthz") as r:
+      health = await r.json()
+  return {"phases": phases, "server_batches": health.get("batches"),
+          "ranking_hits": health.get("ranking_hits")}
 
 
 def main(argv):
   del argv
+  # Client libraries may log every request at INFO (absl turns INFO on):
+  # that would time the logging, not the server.
+  logging.getLogger().setLevel(logging.WARNING)
   token = None
   if FLAGS.token_file:
     with open(FLAGS.token_file) as f:
@@ -184,7 +221,8 @@ def main(argv):
         extra.append(f"--token-file={FLAGS.token_file}")
       proc, url = start_server(FLAGS.export, log_dir, extra)
     try:
-      result = asyncio.run(bench(url, load, token))
+      result = asyncio.run(bench(url, load, token,
+                                 proc.pid if proc is not None else None))
     finally:
       if proc is not None:
         proc.terminate()

@@ -55,18 +55,10 @@ class MicroBatcher:
 
   async def _collect(self) -> list:
     batch = [await self._queue.get()]
-    deadline = asyncio.get_running_loop().time() + self.max_wait
-    while len(batch) < self.max_batch:
-      if not self._queue.empty():
-        batch.append(self._queue.get_nowait())
-        continue
-      left = deadline - asyncio.get_running_loop().time()
-      if left <= 0:
-        break
-      try:
-        batch.append(await asyncio.wait_for(self._queue.get(), left))
-      except asyncio.TimeoutError:
-        break
+    if self._queue.qsize() + 1 < self.max_batch and self.max_wait > 0:
+      await asyncio.sleep(self.max_wait)  # one timer, not one per request
+    while len(batch) < self.max_batch and not self._queue.empty():
+      batch.append(self._queue.get_nowait())
     return batch
 
   async def _loop(self) -> None:

@@ -25,7 +25,11 @@ from metarec_jax.export.serving import Export
 
 class RankCache:
   """user -> (item ids, scores, complete): the user's best items in order;
-  `complete` when they are all its candidates (fewer than asked)."""
+  `complete` when they are all its candidates (fewer than asked).
+
+  `get` may run on the event loop while the device thread puts and
+  forgets: each is a single OrderedDict operation (atomic under the GIL).
+  """
 
   def __init__(self, max_users: int):
     self.max_users = max_users
@@ -43,7 +47,10 @@ class RankCache:
     ids, scores, complete = entry
     if len(ids) < k and not complete:
       return None
-    self._entries.move_to_end(user)
+    try:  # the event loop reads while the device thread may evict
+      self._entries.move_to_end(user)
+    except KeyError:
+      pass
     self.hits += 1
     return list(zip(ids[:k], scores[:k]))
 
