@@ -308,8 +308,8 @@ def _define_serve(fv):
 
 
 def _run_serve(inv: Invocation) -> int:
-  from metarec_jax import runtime, serve  # pylint: disable=g-import-not-at-top
-  runtime.enable_compilation_cache()
+  # JAX is imported by serve() once it holds the log's lock.
+  from metarec_jax import serve  # pylint: disable=g-import-not-at-top
   fv = inv.flags
   names = [f.name for f in dataclasses.fields(serve.Options)]
   return serve.serve(serve.Options(

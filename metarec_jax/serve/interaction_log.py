@@ -18,6 +18,7 @@ dropped when the log is opened again.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import time
 
@@ -26,7 +27,6 @@ import numpy as np
 from metarec_jax.data import ratings_io
 from metarec_jax.data.ratings_io import RatingsFormat
 from metarec_jax.errors import InputError
-from metarec_jax.export import layout
 
 LOG_NAME = "interactions"
 LOCK_NAME = "lock"
@@ -46,7 +46,16 @@ def export_format(export_dir: str) -> tuple[RatingsFormat, bool]:
   Raises:
     InputError: not an export folder.
   """
-  manifest = layout.read_manifest(export_dir)
+  # Plain JSON, not `export.layout`: that package imports JAX, and the log
+  # is locked before anything slow happens (`export.load` checks the rest).
+  path = os.path.join(export_dir, "manifest.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      manifest = json.load(f)
+    manifest["rating_min"], manifest["rating_max"]  # pylint: disable=pointless-statement
+  except (OSError, ValueError, KeyError, TypeError):
+    raise InputError("not a metarec export (no readable manifest.json)",
+                     path=export_dir) from None
   if "ratings_format" in manifest:
     return (RatingsFormat.from_json(manifest["ratings_format"]),
             bool(manifest.get("ratings_timestamps")))

@@ -1,12 +1,13 @@
 """`metarec serve`: start-up in a safe order, then uvicorn.
 
 1. read the token file and the export's manifest;
-2. lock the log folder (a second server on it stops here, exit 2);
-   open the export (memory-mapped);
+2. lock the log folder (a second server on it stops here, exit 2), bind
+   the socket (a port in use is exit 2), then open the export
+   (memory-mapped);
 3. replay the log, so every acknowledged interaction is served again;
 4. compile every bucket's program (`Engine.warm_up`);
-5. bind the socket (a port in use is exit 2) and serve until SIGINT or
-   SIGTERM; the line `serving on http://HOST:PORT` on stderr says ready.
+5. serve until SIGINT or SIGTERM; the line `serving on http://HOST:PORT`
+   on stderr says ready.
 """
 
 from __future__ import annotations
@@ -61,21 +62,15 @@ def serve(options: Options) -> int:
       folder or a port in use.
   """
   # pylint: disable=g-import-not-at-top
-  import uvicorn
-  from metarec_jax import export as export_lib  # imports jax: after the lock
-  from metarec_jax.serve import app as app_lib
-  from metarec_jax.serve import engine as engine_lib
-  from metarec_jax.serve import guards, interaction_log, service as service_lib
+  from metarec_jax.serve import guards, interaction_log
 
   o = options
   if o.max_wait_ms < 0 or o.max_body_bytes < 1:
     raise InputError("--max_wait_ms must be >= 0 and --max_body_bytes >= 1")
-  try:
-    limits = engine_lib.Limits(max_batch=o.max_batch, max_k=o.max_k,
-                               max_items=o.max_items,
-                               max_ratings=o.max_ratings)
-  except ValueError as e:
-    raise InputError(str(e)) from None
+  for name in ("max_batch", "max_k", "max_items", "max_ratings"):
+    if getattr(o, name) < 1:
+      raise InputError(f"must be >= 1, got {getattr(o, name)}",
+                       path=f"--{name}")
   token = guards.read_token(o.token_file) if o.token_file else None
   if o.host not in ("127.0.0.1", "localhost", "::1") and token is None:
     log.warning("listening on %s without --token-file: anyone who reaches"
@@ -86,6 +81,18 @@ def serve(options: Options) -> int:
   folder = o.log_dir or interaction_log.default_dir(o.export)
   interactions = interaction_log.InteractionLog(folder, fmt,
                                                 timestamps=stamps)
+  # Bound now (a port in use is exit 2 before any slow work); connections
+  # wait in the backlog until the server is ready.
+  sock = _bind(o.host, o.port)
+  # JAX and the web stack load only now, after the lock.
+  import uvicorn
+  from metarec_jax import export as export_lib, runtime
+  from metarec_jax.serve import app as app_lib
+  from metarec_jax.serve import engine as engine_lib
+  from metarec_jax.serve import service as service_lib
+  runtime.enable_compilation_cache()
+  limits = engine_lib.Limits(max_batch=o.max_batch, max_k=o.max_k,
+                             max_items=o.max_items, max_ratings=o.max_ratings)
   export = export_lib.load(o.export)
   engine = engine_lib.Engine(export, limits, rank_cache=o.rank_cache)
   kept = engine.rankings.preload(export)
@@ -105,7 +112,6 @@ def serve(options: Options) -> int:
                                 max_wait=o.max_wait_ms / 1e3)
   app = app_lib.create_app(service, token=token,
                            max_body=o.max_body_bytes)
-  sock = _bind(o.host, o.port)
   host, port = sock.getsockname()[:2]
   config = uvicorn.Config(app, loop="uvloop", http="httptools",
                           access_log=o.access_log, log_level="warning",
