@@ -196,7 +196,7 @@ def test_the_token_is_required_except_for_healthz(server):
     assert r.status_code == 401
 
 
-def test_a_second_server_on_the_log_exits_2(server, exported, tmp_path):
+def test_a_second_server_on_the_log_or_port_exits_2(server, exported, tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "metarec_jax.cli", "serve",
        f"--export={exported[0]}", "--port=0", f"--log_dir={server.log_dir}"],
@@ -205,6 +205,14 @@ def test_a_second_server_on_the_log_exits_2(server, exported, tmp_path):
   assert "Traceback" not in out.stderr
   last = out.stderr.strip().splitlines()[-1]
   assert "locked by another server" in last and str(server.log_dir) in last
+  port = server.url.rsplit(":", 1)[1]
+  out = subprocess.run(
+      [sys.executable, "-m", "metarec_jax.cli", "serve",
+       f"--export={exported[0]}", f"--port={port}",
+       f"--log_dir={tmp_path / 'other'}"],
+      capture_output=True, text=True, cwd=ROOT, env=env_with(), timeout=300)
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert "Address already in use" in out.stderr.strip().splitlines()[-1]
 
 
 def test_kill_9_loses_no_acknowledged_interaction(exported, tmp_path):
@@ -361,3 +369,31 @@ def test_the_readme_serve_flags_exist():
   cli.COMMANDS["serve"].define(fv)
   assert used and used <= set(fv), used - set(fv)
   assert "serve -> log" in section and "metarec train" in section
+
+
+def test_interaction_log_generic_columns_torn_tail_and_lock(tmp_path):
+  from metarec_jax.data import ratings_io  # pylint: disable=g-import-not-at-top
+  from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  from metarec_jax.serve import interaction_log  # pylint: disable=g-import-not-at-top
+  fmt = ratings_io.RatingsFormat(
+      rating_min=0.5, rating_max=5.0, user_id_type="str", item_id_type="str",
+      **ratings_io.DEFAULT_FORMAT)
+  log = interaction_log.InteractionLog(str(tmp_path), fmt)
+  assert log.read() is None  # the header alone
+  log.append(["u1", "u2"], ["i1", "i2"], [4.5, 1.0])
+  log.append(["u1"], ["i3"], [3.25])
+  with pytest.raises(InputError, match="locked by another server"):
+    interaction_log.InteractionLog(str(tmp_path), fmt)
+  with pytest.raises(ValueError, match="delimiter"):
+    log.check_user_id("a,b")
+  log.close()
+  with open(log.path, "ab") as f:
+    f.write(b"u9,i9,")  # a write cut short by a crash: never acknowledged
+  log = interaction_log.InteractionLog(str(tmp_path), fmt)
+  rows = log.read()
+  assert rows.users.tolist() == ["u1", "u2", "u1"]
+  assert rows.items.tolist() == ["i1", "i2", "i3"]
+  assert rows.ratings.tolist() == [4.5, 1.0, 3.25]
+  with open(log.path) as f:
+    assert f.read().splitlines()[0] == "user,item,rating"
+  log.close()
