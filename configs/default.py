@@ -28,7 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.hidden = (64, 64)  # MLP widths: melu decision, idemb "mlp"
   c.model.embed_std = 1.0  # melu: initial std of the feature embeddings
   c.model.item_id = False  # melu: also embed the item's ID (zero-init)
-  c.model.loss = "mse"  # rating loss, inner and outer: "mse" or "huber"
+  c.model.loss = "mse"  # inner and outer loss: "mse" or "huber" (ratings);
+  #                       "bce", "bpr" or "softmax" (implicit feedback)
   c.model.query_loss = ""  # the meta-objective's loss; "" = model.loss
   c.model.huber_delta = 1.0  # "huber": quadratic within delta, then linear
   c.model.interaction = "dot"  # idemb: "dot" (+ biases) or "mlp"
@@ -46,6 +47,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.item_id_dropout = 0.0  # share of training rows with a hidden item_id
   c.data.list_pad = ml_collections.ConfigDict(
       {"genre": 4, "director": 2, "actor": 4})
+  # Implicit feedback (clicks, views, purchases; see data/implicit.py).
+  c.data.implicit = ml_collections.ConfigDict({
+      "enabled": False,  # positives only; tasks get sampled negatives
+      "threshold": 0.0,  # ratings >= threshold are positives (0: every row)
+      "negatives": 1,  # negatives per positive in support and query sets
+      "sampling": "uniform",  # training negatives: "uniform" or "popularity"
+      "eval_negatives": 100,  # sampled evaluation: negatives per positive
+  })
   c.data.synthetic = ml_collections.ConfigDict({
       "num_users": 6000, "num_items": 2000, "min_ratings": 20,
       "max_ratings": 100, "seed": 0, "personal_scale": 1.0, "noise": 0.3,
@@ -120,6 +129,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.max_ratings = 100
   c.eval.max_tasks = 1000  # per scenario; 0 = all
   c.eval.batch_tasks = 128
+  c.eval.catalog_block = 1024  # implicit: items scored at once per user
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500

@@ -43,12 +43,16 @@ MEANINGS: dict[str, str] = {
     "model.exclude_features": "Feature fields left out of `model.features`"
                               " (e.g. a near-unique `zip`).",
     "model.embed_dim": "Width of every feature embedding.",
-    "model.loss": "Rating loss of the inner and the outer loop: `mse` or"
+    "model.loss": "Loss of the inner and the outer loop: `mse` or"
                   " `huber` (quadratic within `huber_delta`, linear beyond:"
-                  " predictions nearer the median, which MAE rewards).",
-    "model.query_loss": "Loss of the query sets, the meta-objective (`mse` or"
-                        " `huber`); `\"\"` = `model.loss`. `huber` here with"
-                        " `mse` inside adapts by least squares but"
+                  " predictions nearer the median, which MAE rewards) for"
+                  " ratings; `bce` (binary cross-entropy), `bpr` (pairwise,"
+                  " every positive against every negative of the set) or"
+                  " `softmax` (sampled softmax: each positive against the"
+                  " set's negatives) for implicit feedback.",
+    "model.query_loss": "Loss of the query sets, the meta-objective (one of"
+                        " `model.loss`'s); `\"\"` = `model.loss`. `huber`"
+                        " here with `mse` inside adapts by least squares but"
                         " meta-learns for MAE.",
     "model.huber_delta": "`model.loss=huber`: where the loss turns from"
                          " quadratic to linear.",
@@ -83,6 +87,22 @@ MEANINGS: dict[str, str] = {
     "data.list_pad.director": "Directors per item kept (list feature"
                               " padding).",
     "data.list_pad.actor": "Actors per item kept (list feature padding).",
+    "data.implicit.enabled": "Implicit feedback: the store keeps only"
+                             " positives, tasks get sampled negatives"
+                             " (label 0) and `eval` reports top-k ranking"
+                             " metrics (see `metarec_jax/data/implicit.py`).",
+    "data.implicit.threshold": "Implicit: ratings >= threshold are positives"
+                               " (0 = every row; a generic file with an"
+                               " empty `rating_col` has only positives).",
+    "data.implicit.negatives": "Implicit: negatives per positive in the"
+                               " support and query sets (never an item the"
+                               " user interacted with).",
+    "data.implicit.sampling": "Implicit: training negatives drawn `uniform`"
+                              " or `popularity`-weighted (training"
+                              " positives' counts).",
+    "data.implicit.eval_negatives": "Implicit: sampled evaluation ranks the"
+                                    " held-out positives against this many"
+                                    " negatives per positive.",
     "data.synthetic.num_users": "Synthetic data: number of users.",
     "data.synthetic.num_items": "Synthetic data: number of items.",
     "data.synthetic.min_ratings": "Synthetic data: fewest ratings of a"
@@ -209,6 +229,8 @@ MEANINGS: dict[str, str] = {
                         " evaluation task.",
     "eval.max_tasks": "Evaluation tasks per scenario at most; 0 = all.",
     "eval.batch_tasks": "Tasks adapted at once in evaluation.",
+    "eval.catalog_block": "Implicit: items scored at once per user when"
+                          " ranking the full catalog (bounds memory).",
     # checkpoint
     "checkpoint.every_steps": "Save a checkpoint every this many steps (and"
                               " at the end or on a stop signal).",

@@ -14,7 +14,7 @@ from typing import Callable
 import jax
 
 from metarec_jax import meta, models, runtime
-from metarec_jax.data import prepare, splits
+from metarec_jax.data import implicit, prepare, splits
 from metarec_jax.data.sampler import SamplerSpec
 from metarec_jax.data.store import TaskStore
 from metarec_jax.data.tasks import FeatureTables
@@ -40,7 +40,21 @@ class Experiment:
                        support_sampling=c.data.support_sampling,
                        item_id_dropout=float(c.data.get("item_id_dropout",
                                                         0.0)),
-                       buckets=tuple(int(b) for b in c.data.buckets))
+                       buckets=tuple(int(b) for b in c.data.buckets),
+                       negatives=(int(self.implicit.negatives)
+                                  if self.implicit.enabled else 0))
+
+  @property
+  def implicit(self) -> implicit.ImplicitSpec:
+    """The `data.implicit` section (enabled only for an implicit store)."""
+    return implicit.spec_of(self.config.data)
+
+  def negative_sampler(self) -> implicit.NegativeSampler | None:
+    """The training tasks' negative sampler (None for rating data)."""
+    spec = self.implicit
+    if not spec.enabled:
+      return None
+    return implicit.training_sampler(self.store, self.split, spec.sampling)
 
 
 def protocol_spec(config) -> splits.ProtocolSpec:
@@ -94,9 +108,18 @@ def build(config, workdir: str | os.PathLike, *,
         item_id=models.needs_item_id(config.model))
   except ValueError as e:
     raise InputError(str(e)) from None
+  implicit_data = implicit.is_implicit(store)
+  ranking = [k for k in ("loss", "query_loss")
+             if config.model.get(k, "") in models.RANKING_LOSSES]
+  if ranking and not implicit_data:
+    raise InputError(f"model.{ranking[0]}={config.model.get(ranking[0])} is"
+                     " a loss for implicit feedback, but the data has ratings"
+                     " (set data.implicit.enabled=true)")
   try:
+    # Implicit scores are logits: they start at 0, not at the mean label.
     model = models.build(config.model, tables.specs,
-                         rating_mean=float(store.manifest["rating_mean"]))
+                         rating_mean=0.0 if implicit_data else
+                         float(store.manifest["rating_mean"]))
   except ValueError as e:
     raise InputError(str(e)) from None
   mc = meta_config(config, model)

@@ -39,6 +39,9 @@ LEARNING_PANELS = (
 )
 SUPPORT_LINES = (("mae", "adapted"), ("mae_unadapted", "unadapted"),
                  ("item_mean_user_bias", "item mean + user bias"))
+# Implicit feedback's curve (eval.support_curve._ranking_curve).
+RANKING_LINES = (("ndcg@10", "adapted"), ("popularity_ndcg@10", "popularity"),
+                 ("random_ndcg@10", "random"))
 
 
 def read_metrics(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -121,12 +124,15 @@ def plot_support_curve(record: dict, path: str) -> str | None:
                if c.get("k")}
   if not scenarios:
     return None
+  implicit = "mae" not in next(iter(scenarios.values()))
+  lines = RANKING_LINES if implicit else SUPPORT_LINES
+  what = "nDCG@10 (full catalog)" if implicit else "query MAE"
   fig = _figure_class()(figsize=(4.5 * len(scenarios), 4),
                         layout="constrained")
   axes = fig.subplots(1, len(scenarios), squeeze=False, sharey=True)[0]
   for ax, (name, c) in zip(axes, scenarios.items()):
     k = np.asarray(c["k"], np.float64)
-    for key, label in SUPPORT_LINES:
+    for key, label in lines:
       values = np.array([np.nan if v is None else v for v in c[key]],
                         np.float64)
       ax.plot(k, values, marker="o", markersize=4, label=label)
@@ -136,9 +142,9 @@ def plot_support_curve(record: dict, path: str) -> str | None:
     ax.set_title(name)
     ax.set_xlabel("support ratings (tasks)")
     ax.grid(alpha=0.3)
-  axes[0].set_ylabel("query MAE")
+  axes[0].set_ylabel(what)
   axes[0].legend()
-  fig.suptitle(f"query MAE against support size, step {record.get('step')}")
+  fig.suptitle(f"{what} against support size, step {record.get('step')}")
   return _save(fig, path)
 
 

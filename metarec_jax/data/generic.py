@@ -24,6 +24,11 @@ table column) is 1, or, with `new_item_year` > 0, when that column holds a
 year of at least `new_item_year`; without `new_item_col` no item is new.
 Duplicated (user, item) ratings keep the LAST one in file order; each
 user's ratings stay in file order, or timestamp order when there is one.
+
+Implicit feedback (`data.implicit.enabled`): with `rating_col` empty the
+file has no rating column and every line is a positive; otherwise ratings
+at or above `data.implicit.threshold` are (see `data.implicit`). A
+repeated (user, item) pair is one interaction either way.
 """
 
 from __future__ import annotations
@@ -102,8 +107,10 @@ def spec_of(data_config) -> GenericSpec:
   return spec
 
 
-def _column(spec: GenericSpec, key: str) -> str | int:
+def _column(spec: GenericSpec, key: str) -> str | int | None:
   value = str(getattr(spec, key))
+  if key == "rating_col" and not value:
+    return None  # implicit feedback: every row is a positive
   if spec.header:
     return value
   try:

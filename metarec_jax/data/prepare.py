@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 from typing import Callable
 
 from metarec_jax.data import store as store_lib
-from metarec_jax.data import generic, movielens, movielens100k, synthetic
+from metarec_jax.data import (generic, implicit, movielens, movielens100k,
+                              synthetic)
 from metarec_jax.errors import InputError
 
 DATASETS = ("synthetic", "movielens-1m", "movielens-100k", "generic")
@@ -30,7 +33,35 @@ def synthetic_spec(data_config) -> synthetic.SyntheticSpec:
 
 def prepare(data_config, out: str | os.PathLike,
             log: Callable[[str], None] | None = None) -> None:
-  """Builds the task store of `data_config` (a `data` section) at `out`."""
+  """Builds the task store of `data_config` (a `data` section) at `out`.
+
+  With `data.implicit.enabled` the rating store is built beside `out` and
+  converted into the implicit store (`implicit.convert_store`).
+  """
+  spec = implicit.spec_of(data_config)
+  if not spec.enabled:
+    _prepare_ratings(data_config, out, log)
+    return
+  out = os.path.abspath(os.fspath(out))
+  parent, name = os.path.split(out)
+  os.makedirs(parent, exist_ok=True)
+  ratings = tempfile.mkdtemp(prefix=f".{name}.ratings-", dir=parent)
+  try:
+    _prepare_ratings(data_config, os.path.join(ratings, "store"), log)
+    manifest = implicit.convert_store(
+        store_lib.open_store(os.path.join(ratings, "store")), out,
+        threshold=float(spec.threshold))
+  finally:
+    shutil.rmtree(ratings, ignore_errors=True)
+  if log is not None:
+    info = manifest["implicit"]
+    log(f"implicit: {info['positives']:,} positives (rating >="
+        f" {spec.threshold:g}) of {info['interactions']:,} interactions")
+
+
+def _prepare_ratings(data_config, out: str | os.PathLike,
+                     log: Callable[[str], None] | None = None) -> None:
+  """Builds the (rating) task store of `data_config` at `out`."""
   name = data_config.name
   if name == "synthetic":
     synthetic.generate(synthetic_spec(data_config), out, log=log)
@@ -42,8 +73,11 @@ def prepare(data_config, out: str | os.PathLike,
   elif name == "movielens-100k":
     movielens100k.load(root, out, list_pad=pad, log_fn=log)
   else:
-    generic.load(generic.spec_of(data_config), root, out, list_pad=pad,
-                 log_fn=log)
+    spec = generic.spec_of(data_config)
+    if not spec.rating_col and not implicit.spec_of(data_config).enabled:
+      raise InputError("data.generic.rating_col is empty (a file without"
+                       " ratings) but data.implicit.enabled is false")
+    generic.load(spec, root, out, list_pad=pad, log_fn=log)
 
 
 def _source_root(data_config) -> str:
@@ -100,6 +134,17 @@ def ensure_store(data_config, workdir: str | os.PathLike,
     raise InputError(
         f"the store holds {store.manifest['dataset']!r} data but data.name is"
         f" {data_config.name!r}", path=path)
+  spec = implicit.spec_of(data_config)
+  built = store.manifest.get("implicit") or {}
+  if spec.enabled != bool(built) or (
+      built and float(built["threshold"]) != float(spec.threshold)):
+    had = (f"implicit feedback (threshold {built['threshold']:g})" if built
+           else "ratings")
+    want = (f"implicit feedback (threshold {spec.threshold:g})" if
+            spec.enabled else "ratings")
+    raise InputError(f"the store holds {had} but the config asks for {want}"
+                     " (data.implicit); use another data.store or work"
+                     " directory", path=path)
   if data_config.name == "synthetic":
     wanted = dataclasses.asdict(synthetic_spec(data_config))
     built = store.manifest.get("synthetic", {})

@@ -38,7 +38,9 @@ class RatingsFormat:
     encoding: the text encoding.
     header: the first line names the columns.
     user, item, rating: the column of each: its header name when `header`,
-      else its 0-based position.
+      else its 0-based position. `rating` None: the file has no rating
+      column (implicit feedback: every row is a positive, read as the
+      rating `rating_max`).
     timestamp: the timestamp column (integers), or None. It is optional in
       a file: absent from the header, or beyond a line's last field.
     num_fields: allowed field counts of a line (no header); empty = every
@@ -56,7 +58,7 @@ class RatingsFormat:
   header: bool = False
   user: str | int = 0
   item: str | int = 1
-  rating: str | int = 2
+  rating: str | int | None = 2
   timestamp: str | int | None = None
   num_fields: tuple[int, ...] = ()
   user_id_type: str = "int"
@@ -145,12 +147,13 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
                                encoding=fmt.encoding, header=fmt.header,
                                num_fields=fmt.num_fields)
   width = len(table.rows[0])
+  roles = [r for r in ROLES[:3] if getattr(fmt, r) is not None]
   if fmt.header:
-    pos = {r: table.position(getattr(fmt, r)) for r in ROLES[:3]}
+    pos = {r: table.position(getattr(fmt, r)) for r in roles}
     if fmt.timestamp is not None and fmt.timestamp in table.header:
       pos["timestamp"] = table.position(fmt.timestamp)
   else:
-    pos = {r: int(getattr(fmt, r)) for r in ROLES[:3]}
+    pos = {r: int(getattr(fmt, r)) for r in roles}
     need = max(pos.values()) + 1
     if width < need:
       raise InputError(f"{width} field(s) separated by {fmt.delimiter!r},"
@@ -177,7 +180,10 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
   (users, bad_users), (items, bad_items) = marks["user"], marks["item"]
   bad_user_ids = 0 if bad_users is None else len(
       {table.rows[i][pos["user"]].strip() for i in np.flatnonzero(bad_users)})
-  ratings = delimited.floats(table, table.column(pos["rating"]), "rating")
+  if "rating" not in pos:
+    ratings = np.full(len(users), fmt.rating_max, np.float64)
+  else:
+    ratings = delimited.floats(table, table.column(pos["rating"]), "rating")
   bad = np.flatnonzero((ratings < fmt.rating_min) | (ratings > fmt.rating_max)
                        | (fmt.integer_ratings & (ratings != np.round(ratings))))
   if len(bad):
@@ -284,7 +290,9 @@ def format_ratings(users, items, ratings, fmt: RatingsFormat,
   ratings = np.asarray(ratings, np.float64)
   rating_text = (_text(np.round(ratings).astype(np.int64))
                  if fmt.integer_ratings else np.char.mod("%.7g", ratings))
-  roles = {"user": _text(users), "item": _text(items), "rating": rating_text}
+  roles = {"user": _text(users), "item": _text(items)}
+  if fmt.rating is not None:
+    roles["rating"] = rating_text
   if timestamps is not None and fmt.timestamp is not None:
     roles["timestamp"] = _text(np.asarray(timestamps, np.int64))
   if fmt.header:

@@ -48,6 +48,8 @@ class SamplerSpec:
       hidden (set to 0, the index of an item without an embedding), so a
       model that embeds item IDs also learns to predict from the item's
       features alone, as it must for new items.
+    negatives: implicit feedback: sampled negatives per positive in the
+      support and the query set (0: rating data, no negatives).
   """
 
   seed: int
@@ -58,6 +60,13 @@ class SamplerSpec:
   support_sampling: str = "max"
   buckets: tuple[int, ...] = ()
   item_id_dropout: float = 0.0
+  negatives: int = 0
+
+  def padded_widths(self, width: int) -> tuple[int, int]:
+    """(support, query) rows of a batch of support width `width`: the
+    positives (or ratings), then `negatives` slots per positive slot."""
+    grow = 1 + self.negatives
+    return width * grow, self.query_size * grow
 
   @property
   def widths(self) -> tuple[int, ...]:
@@ -70,14 +79,17 @@ class TrainSampler:
 
   def __init__(self, split: Split, tables: FeatureTables, store_items,
                store_ratings, spec: SamplerSpec, *, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1, negative_sampler=None):
     if spec.support_sampling not in SUPPORT_SAMPLING:
       raise InputError("data.support_sampling must be 'max' or 'uniform',"
                        f" got {spec.support_sampling!r}")
     if spec.tasks_per_step % process_count:
       raise InputError(f"train.tasks_per_step={spec.tasks_per_step} is not"
                        f" divisible by the {process_count} processes")
+    if spec.negatives and negative_sampler is None:
+      raise ValueError("spec.negatives needs a negative_sampler")
     self.split, self.tables, self.spec = split, tables, spec
+    self.negative_sampler = negative_sampler
     self.items, self.ratings = store_items, store_ratings
     counts = split.train_counts()
     self.users = np.flatnonzero(counts >= spec.query_size + spec.min_support)
@@ -155,11 +167,25 @@ class TrainSampler:
       items = scatter_rows(t, slot, np.asarray(self.items[p], np.int32), n, w)
       ratings = scatter_rows(t, slot, np.asarray(self.ratings[p]), n, w)
       mask = scatter_rows(t, slot, np.ones(len(t), bool), n, w, False)
-      rows = self.tables.rows(users, items, ratings, mask)
-      if spec.item_id_dropout and ITEM_ID in rows["features"]:
+      hidden = None
+      if spec.item_id_dropout and ITEM_ID in self.tables.item:
         hide = hashing.uniform(spec.seed, step, slot_ids[t], p, 9)
         hidden = scatter_rows(t, slot, hide < spec.item_id_dropout, n, w,
                               False)
+      if spec.negatives:
+        # Implicit feedback: the positives (label 1), then their negatives
+        # (label 0), drawn per global slot so any process split agrees.
+        neg, neg_mask = self.negative_sampler.draw(
+            users, spec.negatives * mask.sum(1), spec.negatives * w,
+            spec.seed, slot_ids, step, int(name == "support"))
+        items = np.concatenate([items, neg], 1)
+        ratings = np.concatenate([ratings, np.zeros(neg.shape, np.float32)],
+                                 1)
+        mask = np.concatenate([mask, neg_mask], 1)
+        if hidden is not None:
+          hidden = np.pad(hidden, ((0, 0), (0, neg.shape[1])))
+      rows = self.tables.rows(users, items, ratings, mask)
+      if hidden is not None:
         rows["features"][ITEM_ID] = np.where(hidden, 0,
                                              rows["features"][ITEM_ID])
       out[name] = rows

@@ -11,6 +11,8 @@ so that training, evaluation and export never load more than they touch):
     ratings.npy    [R]       float32 rating
     timestamps.npy [R]       int64 (only when the source has them)
     item_new.npy   [I]       bool: the item is "new" in the cold-start protocol
+    interacted.npy [K]       int64 sorted user * I + item of every interaction
+                             (implicit stores only, see data.implicit)
     user/NAME.npy  [U] or [U, L]   int32 user feature indices (0 = missing)
     item/NAME.npy  [I] or [I, L]   int32 item feature indices (0 = missing)
     vocab/NAME.json          the category of each index of a feature
@@ -50,6 +52,7 @@ class TaskStore:
   item_new: np.ndarray
   user_features: dict[str, np.ndarray]
   item_features: dict[str, np.ndarray]
+  interacted: np.ndarray | None = None
 
   @property
   def features(self) -> tuple[FeatureSpec, ...]:
@@ -120,6 +123,7 @@ def open_store(path: str | os.PathLike) -> TaskStore:
 
   specs = [FeatureSpec.from_json(f) for f in manifest["features"]]
   has_ts = os.path.exists(os.path.join(path, "timestamps.npy"))
+  has_interacted = os.path.exists(os.path.join(path, "interacted.npy"))
   return TaskStore(
       path=path, manifest=manifest,
       user_ids=load("user_ids.npy"), item_ids=load("item_ids.npy"),
@@ -130,7 +134,8 @@ def open_store(path: str | os.PathLike) -> TaskStore:
       user_features={s.name: load(f"user/{s.name}.npy")
                      for s in specs if s.side == "user"},
       item_features={s.name: load(f"item/{s.name}.npy")
-                     for s in specs if s.side == "item"})
+                     for s in specs if s.side == "item"},
+      interacted=load("interacted.npy") if has_interacted else None)
 
 
 class StoreWriter(atomic.Folder):

@@ -91,7 +91,18 @@ def scalar_metrics(results: dict, *, baselines: bool = True
   out = {}
   for scenario, m in results.items():
     for key, value in m.items():
-      if key == "baselines":
+      if key == "ranking":
+        for how in ("full", "sampled"):
+          for metric, v in value[how].items():
+            if v is not None:
+              out[f"{scenario}/ranking/{how}/{metric}"] = v
+        if baselines:
+          for name, hows in value["baselines"].items():
+            for how, metrics in hows.items():
+              for metric, v in metrics.items():
+                if v is not None:
+                  out[f"{scenario}/{name}/{how}/{metric}"] = v
+      elif key == "baselines":
         if not baselines:
           continue
         for name, metrics in value.items():
@@ -124,6 +135,8 @@ def format_table(report: dict) -> str:
   """A human-readable table of an `evaluate_workdir` report."""
   def f(x):
     return "    -" if x is None else f"{x:.4f}"
+  if any("ranking" in m for m in report["scenarios"].values()):
+    return _ranking_table(report, f)
   lines = [f"step {report['step']}",
            "scenario  tasks     MAE  unadapted    RMSE  nDCG@1  nDCG@3"
            "  | item+bias MAE  global MAE"]
@@ -134,4 +147,23 @@ def format_table(report: dict) -> str:
         f"  {f(m['rmse'])}  {f(m['ndcg@1'])}  {f(m['ndcg@3'])}"
         f"  |        {f(base['item_mean_user_bias']['mae'])}      "
         f"{f(base['global_mean']['mae'])}")
+  return "\n".join(lines)
+
+
+def _ranking_table(report: dict, f) -> str:
+  """`format_table` of implicit data: top-k metrics and the baselines."""
+  lines = [f"step {report['step']}",
+           "scenario  tasks  candidates  HR@10  nDCG@10  Recall@20   MRR"
+           "     AUC  | popularity HR@10 nDCG@10 | random nDCG@10"]
+  for name, m in report["scenarios"].items():
+    r = m["ranking"]
+    for how in ("full", "sampled"):
+      x = r[how]
+      pop = r["baselines"]["popularity"][how]
+      rnd = r["baselines"]["random"][how]
+      lines.append(
+          f"{name:<8} {m['tasks']:6d}  {how:<10} {f(x['hr@10'])}"
+          f"  {f(x['ndcg@10'])}     {f(x['recall@20'])} {f(x['mrr'])}"
+          f"  {f(x['auc'])}  |           {f(pop['hr@10'])}  "
+          f"{f(pop['ndcg@10'])} |         {f(rnd['ndcg@10'])}")
   return "\n".join(lines)

@@ -21,6 +21,7 @@ from metarec_jax import meta, runtime
 from metarec_jax.data.splits import SCENARIOS, TaskSet
 from metarec_jax.data.tasks import batch_shapes, bucket_widths, taskset_batches
 from metarec_jax.eval import metrics as metrics_lib
+from metarec_jax.eval.implicit_eval import RankingEvaluator
 from metarec_jax.eval import predictions_file
 from metarec_jax.eval.baselines import BaselineStats
 from metarec_jax.experiment import Experiment
@@ -78,10 +79,18 @@ class Evaluator:
         in_specs=(P(), P(), P(AXIS)), out_specs=P(AXIS), check_vma=False)
     fn = jax.jit(per_device, out_shardings=replicated)
     self.predict = CompiledByShape(fn, name="eval")
+    self.ranking = None
+    if exp.implicit.enabled:
+      self.ranking = RankingEvaluator(exp, mesh, batch_tasks=self.batch_tasks,
+                                      query_width=self.query_width,
+                                      buckets=self.buckets)
 
   def compile_jobs(self, meta_params: PyTree, tasks: TaskSet) -> list:
     """One job per bucket of `tasks` that compiles the adapt-and-predict
-    step for it (`meta_params` may be abstract)."""
+    step for it (`meta_params` may be abstract). Implicit data: the
+    ranking's scoring step)."""
+    if self.ranking is not None:
+      return self.ranking.compile_jobs(meta_params, tasks)
     widths = np.unique(bucket_widths(tasks.support_sizes(), self.buckets))
     return [functools.partial(
         self.predict.compile, meta_params["model"], meta_params.get("inner"),
@@ -157,6 +166,20 @@ class Evaluator:
         {"rating": p.true, "prediction": p.adapted,
          "unadapted": p.unadapted, **self.baseline_predictions(p)})
 
+  def implicit_metrics(self, meta_params: PyTree, tasks: TaskSet,
+                       should_stop: Callable[[], bool] | None = None
+                       ) -> dict | None:
+    """The JSON of one scenario of implicit data: rating metrics null,
+    `ranking` as in `RankingEvaluator.scenario_metrics`."""
+    per_task = self.ranking.task_metrics(meta_params, tasks, should_stop)
+    if per_task is None:
+      return None
+    none = {k: None for k in ("mae", "rmse", "ndcg@1", "ndcg@3")}
+    return {**none, "mae_unadapted": None, "tasks": len(tasks),
+            "baselines": {name: dict(none) for name in
+                          ("global_mean", "item_mean_user_bias")},
+            "ranking": self.ranking.scenario_metrics(per_task)}
+
   def evaluate(self, meta_params: PyTree,
                scenarios: tuple[str, ...] = SCENARIOS,
                tasksets: dict[str, TaskSet] | None = None,
@@ -171,6 +194,11 @@ class Evaluator:
     results = {}
     for name in scenarios:
       tasks = tasksets[name]
+      if self.ranking is not None:
+        results[name] = self.implicit_metrics(meta_params, tasks, should_stop)
+        if results[name] is None:
+          return None
+        continue
       p = self.predictions(meta_params, tasks, should_stop)
       if p is None:
         return None

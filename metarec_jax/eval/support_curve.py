@@ -85,6 +85,9 @@ def curve(evaluator, meta_params: PyTree, tasks: TaskSet, *, seed: int,
     "item_mean_user_bias": [...]}`, one entry per k (MAE None where a
     size has no query ratings).
   """
+  if getattr(evaluator, "ranking", None) is not None:
+    return _ranking_curve(evaluator, meta_params, tasks, seed=seed,
+                          sizes=sizes, should_stop=should_stop)
   out = {"k": [], "tasks": [], "mae": [], "mae_unadapted": [],
          "item_mean_user_bias": []}
   for k in (sizes_for(tasks) if sizes is None else sizes):
@@ -104,6 +107,38 @@ def curve(evaluator, meta_params: PyTree, tasks: TaskSet, *, seed: int,
   return out
 
 
+# Implicit feedback: full-catalog metrics of the model and the baselines.
+RANKING_CURVE = ("hr@10", "ndcg@10", "recall@20")
+
+
+def _ranking_curve(evaluator, meta_params, tasks, *, seed, sizes,
+                   should_stop) -> dict | None:
+  """`curve` of implicit data: `{"k", "tasks", "hr@10", "ndcg@10",
+  "recall@20", "popularity_hr@10", ..., "random_...", "gain_ndcg@10"}`:
+  the full-catalog metrics per k, and the relative gain of the model's
+  nDCG@10 over popularity's."""
+  out = {"k": [], "tasks": []}
+  for k in (sizes_for(tasks) if sizes is None else sizes):
+    cut = truncate_support(tasks, int(k), seed=seed)
+    if not len(cut):
+      continue
+    m = evaluator.implicit_metrics(meta_params, cut, should_stop)
+    if m is None:
+      return None
+    r = m["ranking"]
+    out["k"].append(int(k))
+    out["tasks"].append(len(cut))
+    for prefix, full in (("", r["full"]),
+                         ("popularity_", r["baselines"]["popularity"]["full"]),
+                         ("random_", r["baselines"]["random"]["full"])):
+      for key in RANKING_CURVE:
+        out.setdefault(prefix + key, []).append(full[key])
+    model, pop = out["ndcg@10"][-1], out["popularity_ndcg@10"][-1]
+    out.setdefault("gain_ndcg@10", []).append(
+        model / pop - 1.0 if model is not None and pop else None)
+  return out
+
+
 def evaluate(evaluator, meta_params: PyTree, tasksets: dict[str, TaskSet], *,
              step: int, seed: int,
              should_stop: Callable[[], bool] | None = None) -> dict | None:
@@ -116,7 +151,9 @@ def evaluate(evaluator, meta_params: PyTree, tasksets: dict[str, TaskSet], *,
       return None
     scenarios[name] = c
   return {"step": int(step), "method": "support cut to k seeded random"
-          " ratings (nested); tasks with at least k support ratings",
+          " ratings (nested); tasks with at least k support ratings"
+          + ("; implicit: full-catalog ranking metrics" if getattr(
+              evaluator, "ranking", None) is not None else ""),
           "scenarios": scenarios}
 
 

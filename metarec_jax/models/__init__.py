@@ -9,7 +9,8 @@ import numpy as np
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec, select
 from metarec_jax.models.idemb import INTERACTIONS, IDEmb
 from metarec_jax.models.melu import MeLU
-from metarec_jax.models.recommender import (LOSSES, Recommender,
+from metarec_jax.models.recommender import (LOSSES, RANKING_LOSSES,
+                                            Recommender,
                                             linear_head_loss, masked_loss,
                                             masked_mse, plain_loss,
                                             with_loss)

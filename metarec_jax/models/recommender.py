@@ -2,7 +2,8 @@
 
 Batches of the package's own models are
 `{"features": {name: array}, "rating": f32[n], "mask": bool[n]}` (with any
-leading axes); the loss is the mean squared error over unmasked rows.
+leading axes); the loss is the mean squared error over unmasked rows (or
+another of `LOSSES`; for implicit feedback `rating` is the 0/1 label).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from metarec_jax.meta import LinearHead
 PyTree = Any
 
 
-LOSSES = ("mse", "huber")
+RATING_LOSSES = ("mse", "huber")
+# Implicit feedback: `batch["rating"]` is the label, 1 (positive) or 0.
+RANKING_LOSSES = ("bce", "bpr", "softmax")
+LOSSES = RATING_LOSSES + RANKING_LOSSES
 
 
 def masked_mse(pred: jax.Array, batch: PyTree) -> jax.Array:
@@ -43,6 +47,8 @@ def masked_loss(pred: jax.Array, batch: PyTree, kind: str = "mse",
   enough for the inner loop. The denominator is at least 1, so an
   all-padding batch has loss 0 and gradient 0.
   """
+  if kind in RANKING_LOSSES:
+    return ranking_loss(pred, batch, kind)
   mask = batch["mask"].astype(pred.dtype)
   diff = pred - batch["rating"].astype(pred.dtype)
   if kind == "mse":
@@ -53,6 +59,44 @@ def masked_loss(pred: jax.Array, batch: PyTree, kind: str = "mse",
     raise ValueError(f"model.loss must be one of {', '.join(LOSSES)}, got"
                      f" {kind!r}")
   return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def ranking_loss(score: jax.Array, batch: PyTree, kind: str) -> jax.Array:
+  """An implicit-feedback loss of one set's scores (logits) `[..., n]`.
+
+  `batch["rating"]` labels the rows 1 (positive) or 0 (negative), padding
+  has mask False. `bce`: binary cross-entropy, mean over the rows; `bpr`:
+  -log sigmoid(s_pos - s_neg), mean over every (positive, negative) pair of
+  the set; `softmax`: each positive's cross-entropy against itself and the
+  set's negatives (a sampled softmax), mean over the positives. The
+  denominators are at least 1, so an empty set (or one without pairs) has
+  loss 0 and gradient 0. All three are smooth, so the inner loop's
+  second-order terms exist.
+  """
+  mask = batch["mask"]
+  label = batch["rating"].astype(score.dtype)
+  pos = mask & (label > 0.5)
+  neg = mask & (label <= 0.5)
+  f = lambda m: m.astype(score.dtype)
+  if kind == "bce":
+    err = optax.sigmoid_binary_cross_entropy(score, label)
+    return jnp.sum(err * f(mask), -1) / jnp.maximum(jnp.sum(f(mask), -1), 1.0)
+  if kind == "bpr":
+    diff = score[..., :, None] - score[..., None, :]
+    pairs = f(pos[..., :, None] & neg[..., None, :])
+    return (jnp.sum(jax.nn.softplus(-diff) * pairs, (-2, -1))
+            / jnp.maximum(jnp.sum(pairs, (-2, -1)), 1.0))
+  if kind == "softmax":
+    # A large finite stand-in for -inf keeps the gradient finite when a set
+    # has no negatives (the positive's loss is then 0).
+    very_low = jnp.asarray(-1e30, score.dtype)
+    neg_lse = jax.nn.logsumexp(jnp.where(neg, score, very_low), axis=-1,
+                               keepdims=True)
+    err = jnp.logaddexp(score, neg_lse) - score
+    return (jnp.sum(err * f(pos), -1)
+            / jnp.maximum(jnp.sum(f(pos), -1), 1.0))
+  raise ValueError(f"unknown ranking loss {kind!r}; one of"
+                   f" {', '.join(RANKING_LOSSES)}")
 
 
 @dataclasses.dataclass(frozen=True)

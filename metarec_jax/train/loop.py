@@ -100,7 +100,8 @@ class Trainer:
         self.exp.split, self.exp.tables, self.exp.store.items,
         self.exp.store.ratings, self.exp.sampler_spec(),
         process_index=jax.process_index(),
-        process_count=jax.process_count())
+        process_count=jax.process_count(),
+        negative_sampler=self.exp.negative_sampler())
     init = functools.partial(state_lib.create, self.exp.model,
                              self.exp.meta_config, self.optimizer)
     self.init = jax.jit(init, out_shardings=self.replicated)
@@ -144,9 +145,10 @@ class Trainer:
     return jax.ShapeDtypeStruct((), np.int32, sharding=self.replicated)
 
   def abstract_batch(self, width: int):
+    support, query = self.sampler.spec.padded_widths(width)
     return batch_shapes(self.exp.tables.specs,
-                        int(self.config.train.tasks_per_step), width,
-                        int(self.config.data.query_size), self.task_sharding)
+                        int(self.config.train.tasks_per_step), support,
+                        query, self.task_sharding)
 
   def compile_jobs(self) -> list:
     """One job per bucket that compiles the meta-step for it."""
@@ -355,9 +357,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
               reporter.scalars(step, eval_lib.scalar_metrics(
                   results, baselines=False))
               summary["val"] = results["val"]
-              log.info("step %d  validation MAE %s (unadapted %s)", step,
-                       _fmt(results["val"]["mae"]),
-                       _fmt(results["val"]["mae_unadapted"]))
+              if "ranking" in results["val"]:
+                full = results["val"]["ranking"]["full"]
+                log.info("step %d  validation full-catalog HR@10 %s"
+                         " nDCG@10 %s", step, _fmt(full["hr@10"]),
+                         _fmt(full["ndcg@10"]))
+              else:
+                log.info("step %d  validation MAE %s (unadapted %s)", step,
+                         _fmt(results["val"]["mae"]),
+                         _fmt(results["val"]["mae_unadapted"]))
           if stop(step):
             if pending is not None:
               _check_finite(*pending, max_nonfinite=int(tc.max_nonfinite))

@@ -1,0 +1,286 @@
+"""Implicit feedback: positives only, and negatives drawn per task.
+
+An implicit store holds only a user's *positives* (rating 1.0): every row of
+an interaction file without a rating column, or the ratings at or above
+`data.implicit.threshold` (MovieLens: >= 4 stars). A (user, item) pair that
+occurs more than once is one interaction (the rating store's duplicate rule
+picks its rating first: the last one in file order). Beside the positives
+it keeps `interacted.npy`: the sorted keys `user * num_items + item` of
+EVERY interaction, positive or not, so that negatives are drawn only from
+items the user never interacted with.
+
+The protocol (splits.py) then runs unchanged on the positives: a task is a
+user's positives of one item class, kept with 13 to 100 of them, 10 held
+out as the query. Negatives are drawn per task, not stored:
+
+- training (`NegativeSampler`): `data.implicit.negatives` per positive, for
+  the support and the query set, uniform or popularity-weighted over the
+  training items, with replacement, a pure function of (seed, step, slot);
+- evaluation (`eval_candidates`): `data.implicit.eval_negatives` per
+  held-out positive, uniform without replacement over the task's item class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+import numpy as np
+
+from metarec_jax.data import hashing
+from metarec_jax.data import store as store_lib
+from metarec_jax.errors import InputError
+
+SAMPLING = ("uniform", "popularity")
+INTERACTED = "interacted.npy"
+# Hash streams distinct from the protocol's and the sampler's.
+_TRAIN_STREAM, _SUPPORT_STREAM, _EVAL_STREAM = 21, 22, 23
+_ROUNDS = 8  # rejection rounds before a slot stays empty
+
+
+@dataclasses.dataclass(frozen=True)
+class ImplicitSpec:
+  """The `data.implicit` config section.
+
+  Attributes:
+    enabled: the data is implicit feedback (positives only).
+    threshold: ratings >= threshold are positives (0: every row is one;
+      a ratings file without a rating column has only positives).
+    negatives: negatives per positive in training tasks (support and query)
+      and in the support sets of evaluation tasks.
+    sampling: `uniform` or `popularity` (weighted by the training
+      positives' counts) for the training negatives.
+    eval_negatives: sampled evaluation: negatives per held-out positive.
+  """
+
+  enabled: bool = False
+  threshold: float = 0.0
+  negatives: int = 1
+  sampling: str = "uniform"
+  eval_negatives: int = 100
+
+
+def spec_of(data_config) -> ImplicitSpec:
+  """The `ImplicitSpec` of a `data` config section (disabled if absent)."""
+  given = dict(data_config.get("implicit", {}) or {})
+  fields = {f.name for f in dataclasses.fields(ImplicitSpec)}
+  unknown = sorted(set(given) - fields)
+  if unknown:
+    raise InputError(f"unknown key(s) data.implicit.{', '.join(unknown)};"
+                     f" known: {', '.join(sorted(fields))}")
+  spec = ImplicitSpec(**given)
+  if spec.sampling not in SAMPLING:
+    raise InputError(f"data.implicit.sampling must be one of"
+                     f" {', '.join(SAMPLING)}, got {spec.sampling!r}")
+  if int(spec.negatives) < 0 or int(spec.eval_negatives) < 1:
+    raise InputError("data.implicit.negatives must be >= 0 and"
+                     " data.implicit.eval_negatives >= 1")
+  return spec
+
+
+def is_implicit(store: store_lib.TaskStore) -> bool:
+  return bool(store.manifest.get("implicit"))
+
+
+def keys(users: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarray:
+  """int64 keys `user * num_items + item` of (user, item) pairs."""
+  return np.asarray(users, np.int64) * num_items + np.asarray(items, np.int64)
+
+
+def contains(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+  """Whether each key of `query` is in `sorted_keys` (sorted int64)."""
+  if not len(sorted_keys):
+    return np.zeros(np.shape(query), bool)
+  pos = np.minimum(np.searchsorted(sorted_keys, query), len(sorted_keys) - 1)
+  return sorted_keys[pos] == query
+
+
+def convert_store(src: store_lib.TaskStore, out: str | os.PathLike, *,
+                  threshold: float) -> dict:
+  """Writes the implicit store of the rating store `src` at `out`.
+
+  Rows with rating >= `threshold` become positives (rating 1.0, each user's
+  order kept); every row is an interaction.
+
+  Returns:
+    The new store's manifest.
+  """
+  counts = src.counts()
+  users = np.repeat(np.arange(src.num_users, dtype=np.int64), counts)
+  items = np.asarray(src.items)
+  positive = np.asarray(src.ratings) >= threshold
+  interacted = np.unique(keys(users, items, src.num_items))
+  pos_counts = np.bincount(users[positive], minlength=src.num_users)
+  with store_lib.StoreWriter(out) as w:
+    for name in ("user_ids.npy", "item_ids.npy", "item_new.npy"):
+      shutil.copy(os.path.join(src.path, name), os.path.join(w.tmp, name))
+    for side in ("user", "item", "vocab"):
+      for name in os.listdir(os.path.join(src.path, side)):
+        shutil.copy(os.path.join(src.path, side, name),
+                    os.path.join(w.tmp, side, name))
+    w.save("offsets.npy", np.concatenate([[0], np.cumsum(pos_counts)]
+                                         ).astype(np.int64))
+    w.save("items.npy", items[positive].astype(np.int32))
+    w.save("ratings.npy", np.ones(int(positive.sum()), np.float32))
+    if src.timestamps is not None:
+      w.save("timestamps.npy", np.asarray(src.timestamps)[positive])
+    w.save(INTERACTED, interacted)
+    manifest = {k: v for k, v in src.manifest.items() if k != "format"}
+    manifest.update(
+        num_ratings=int(positive.sum()), rating_min=0.0, rating_max=1.0,
+        rating_mean=1.0,
+        implicit={"threshold": float(threshold),
+                  "positives": int(positive.sum()),
+                  "interactions": int(len(interacted)),
+                  "rule": "a rating >= threshold is a positive; a (user,"
+                          " item) pair counts once; negatives are drawn from"
+                          " the items a user never interacted with"})
+    w.finish(manifest)
+  return store_lib.open_store(out).manifest
+
+
+def interacted_keys(store: store_lib.TaskStore) -> np.ndarray:
+  """Sorted keys of every interaction of an implicit store."""
+  if store.interacted is not None:
+    return np.asarray(store.interacted)
+  users = np.repeat(np.arange(store.num_users, dtype=np.int64),
+                    store.counts())
+  return np.unique(keys(users, store.items, store.num_items))
+
+
+class NegativeSampler:
+  """Draws items a user never interacted with, from a pool of items.
+
+  Args:
+    interacted: sorted interaction keys (`interacted_keys`).
+    num_items: the store's item count.
+    pool: item indices negatives are drawn from.
+    weights: per pool item (popularity sampling), None = uniform.
+  """
+
+  def __init__(self, interacted: np.ndarray, num_items: int,
+               pool: np.ndarray, weights: np.ndarray | None = None):
+    self.interacted, self.num_items = interacted, int(num_items)
+    self.pool = np.asarray(pool, np.int64)
+    self.cdf = None
+    if weights is not None:
+      w = np.asarray(weights, np.float64)
+      if w.sum() <= 0:
+        w = np.ones_like(w)
+      self.cdf = np.cumsum(w) / w.sum()
+
+  def _candidates(self, u: np.ndarray) -> np.ndarray:
+    if self.cdf is None:
+      idx = np.floor(u * len(self.pool)).astype(np.int64)
+    else:
+      idx = np.searchsorted(self.cdf, u, side="right")
+    return self.pool[np.minimum(idx, len(self.pool) - 1)]
+
+  def draw(self, users: np.ndarray, counts: np.ndarray, width: int,
+           seed: int, row_keys: np.ndarray, *stream
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """`counts[t]` negatives of `users[t]` (with replacement), padded.
+
+    A pure function of (seed, stream keys, row key): the stream keys
+    identify the batch (e.g. the step), `row_keys[t]` the row (its global
+    slot in training, its task in evaluation), so the draws do not depend
+    on how a batch is split over processes.
+
+    Returns:
+      (items int32 [T, width], mask bool [T, width]); a slot stays masked
+      only if `_ROUNDS` rounds of draws found no item the user has not
+      interacted with.
+    """
+    users = np.asarray(users, np.int64)
+    n = len(users)
+    need = np.minimum(np.asarray(counts, np.int64), width)
+    out = np.zeros((n, width), np.int64)
+    filled = np.zeros(n, np.int64)
+    if not len(self.pool) or width == 0:
+      return out.astype(np.int32), np.zeros((n, width), bool)
+    rows = np.asarray(row_keys, np.int64)[:, None]
+    cols = np.arange(width)[None, :]
+    for r in range(_ROUNDS):
+      short = need - filled
+      if short.max(initial=0) <= 0:
+        break
+      u = hashing.uniform(seed, *stream, rows, r * width + cols,
+                          _TRAIN_STREAM)
+      cand = self._candidates(u)
+      ok = ~contains(self.interacted, keys(users[:, None], cand,
+                                           self.num_items))
+      rank = np.cumsum(ok, axis=1) - 1
+      take = ok & (rank < short[:, None])
+      t, c = np.nonzero(take)
+      out[t, filled[t] + rank[t, c]] = cand[t, c]
+      filled += take.sum(1)
+    mask = cols < filled[:, None]
+    return np.where(mask, out, 0).astype(np.int32), mask
+
+
+def item_pools(store: store_lib.TaskStore) -> list[np.ndarray]:
+  """Item indices of each item class: [existing items, new items]."""
+  new = np.asarray(store.item_new)
+  return [np.flatnonzero(~new), np.flatnonzero(new)]
+
+
+def train_popularity(store: store_lib.TaskStore, split) -> np.ndarray:
+  """Positives per item among the training rows of `split` (int64 [I])."""
+  return np.bincount(np.asarray(store.items)[split.train_positions],
+                     minlength=store.num_items)
+
+
+def training_sampler(store: store_lib.TaskStore, split, sampling: str,
+                     interacted: np.ndarray | None = None
+                     ) -> NegativeSampler:
+  """The negative sampler of training tasks: the existing items (the only
+  ones training sees), uniform or weighted by training popularity."""
+  pool = item_pools(store)[0]
+  weights = (train_popularity(store, split)[pool]
+             if sampling == "popularity" else None)
+  if interacted is None:
+    interacted = interacted_keys(store)
+  return NegativeSampler(interacted, store.num_items, pool, weights)
+
+
+def eval_candidates(interacted: np.ndarray, num_items: int,
+                    users: np.ndarray, pools: list[np.ndarray],
+                    classes: np.ndarray, counts: np.ndarray, seed: int
+                    ) -> np.ndarray:
+  """Sampled evaluation candidates: `counts[t]` distinct items per task.
+
+  Drawn uniformly without replacement from `pools[classes[t]]` minus the
+  items user `users[t]` interacted with (fewer when fewer are left): the
+  items with the smallest hash of (seed, user, item).
+
+  Returns:
+    bool [T, num_items]: the negatives drawn for each task.
+  """
+  n = len(users)
+  out = np.zeros((n, num_items), bool)
+  for c, pool in enumerate(pools):
+    tasks = np.flatnonzero(classes == c)
+    if not len(tasks) or not len(pool):
+      continue
+    u = np.asarray(users, np.int64)[tasks][:, None]
+    key = hashing.uniform(seed, u, pool[None, :], _EVAL_STREAM)
+    seen = contains(interacted, keys(u, pool[None, :], num_items))
+    key = np.where(seen, np.inf, key)
+    rank = np.argsort(np.argsort(key, axis=1, kind="stable"), axis=1)
+    pick = (rank < np.asarray(counts)[tasks][:, None]) & ~seen
+    rows, cols = np.nonzero(pick)
+    out[tasks[rows], pool[cols]] = True
+  return out
+
+
+def support_negatives(sampler: NegativeSampler, users: np.ndarray,
+                      classes: np.ndarray, mask: np.ndarray, negatives: int,
+                      seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Negatives for evaluation support sets (`mask [T, W]` of positives):
+  `negatives` per positive, a pure function of (seed, user, item class)."""
+  users = np.asarray(users, np.int64)
+  return sampler.draw(users, negatives * mask.sum(1),
+                      negatives * mask.shape[1], seed,
+                      users * 2 + np.asarray(classes, np.int64),
+                      _SUPPORT_STREAM)

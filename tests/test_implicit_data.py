@@ -1,0 +1,145 @@
+"""Implicit data: positives from files and thresholds, sampled negatives."""
+
+import numpy as np
+import pytest
+
+import datafiles
+from conftest import config_path
+from metarec_jax import config_io, experiment
+from metarec_jax.data import implicit, prepare, splits
+from metarec_jax.data import store as store_lib
+from metarec_jax.data.sampler import TrainSampler
+from metarec_jax.data.tasks import FeatureTables
+from metarec_jax.errors import InputError
+
+
+def generic_config(root, **keys):
+  data = config_io.load_config_file(config_path("default")).data
+  data.name = "generic"
+  data.root = str(root)
+  data.generic.update({"id_features": True, **keys})
+  data.implicit.enabled = True
+  return data
+
+
+def test_a_file_without_ratings_is_all_positives_and_repeats_count_once(
+    tmp_path):
+  datafiles.write(str(tmp_path / "clicks.csv"),
+                  "user,item\nu1,a\nu1,b\nu2,a\nu1,a\nu3,c\n")
+  data = generic_config(tmp_path, ratings="clicks.csv", rating_col="")
+  prepare.prepare(data, tmp_path / "store")
+  s = store_lib.open_store(tmp_path / "store")
+  assert implicit.is_implicit(s)
+  assert s.counts().tolist() == [2, 1, 1]  # u1's second click on a: once
+  assert np.asarray(s.ratings).tolist() == [1.0] * 4
+  assert s.manifest["implicit"]["interactions"] == 4
+  # Without implicit the same file is refused.
+  data.implicit.enabled = False
+  with pytest.raises(InputError, match="rating_col is empty"):
+    prepare.prepare(data, tmp_path / "other")
+
+
+def test_threshold_keeps_positives_and_remembers_every_interaction(tmp_path):
+  datafiles.write(str(tmp_path / "ratings.csv"),
+                  "user,item,rating\nu1,a,5\nu1,b,2\nu2,a,4\nu2,c,3\n"
+                  "u2,b,1\nu2,b,4\n")  # u2,b: the last rating (4) counts
+  data = generic_config(tmp_path)
+  data.implicit.threshold = 4.0
+  prepare.prepare(data, tmp_path / "store")
+  s = store_lib.open_store(tmp_path / "store")
+  items = np.asarray(s.item_ids)[np.asarray(s.items)].tolist()
+  assert s.counts().tolist() == [1, 2] and items == ["a", "a", "b"]
+  seen = implicit.interacted_keys(s)
+  assert len(seen) == 5  # every (user, item) pair, positive or not
+  assert implicit.contains(seen, implicit.keys(0, 1, 3))  # u1,b rated 2
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  """The tiny synthetic data as implicit feedback (ratings >= 3)."""
+  config = config_io.load_config_file(config_path("tiny"))
+  config.data.implicit.enabled = True
+  config.data.implicit.threshold = 3.0
+  config.data.implicit.negatives = 2
+  config.data.synthetic.min_ratings = 30
+  config.data.synthetic.max_ratings = 60
+  config.model.loss = "bce"
+  config.model.item_id = True  # batches then show each row's item
+  workdir = str(tmp_path_factory.mktemp("tiny_implicit"))
+  return experiment.build(config, workdir)
+
+
+def sampler(exp, **kw):
+  return TrainSampler(exp.split, exp.tables, exp.store.items,
+                      exp.store.ratings, exp.sampler_spec(),
+                      negative_sampler=exp.negative_sampler(), **kw)
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "popularity"])
+def test_negatives_are_never_items_the_user_interacted_with(tiny, sampling):
+  exp = tiny
+  exp.config.data.implicit.sampling = sampling
+  s = sampler(exp)
+  seen = implicit.interacted_keys(exp.store)
+  for step in range(3):
+    batch = s.batch(step)
+    users = s._plan(0)[1][step]  # pylint: disable=protected-access
+    for part, width in zip(("support", "query"),
+                           s.spec.padded_widths(s.width(step))):
+      rows = batch[part]
+      assert rows["mask"].shape[1] == width
+      item = rows["features"]["item_id"] - 1
+      neg = rows["mask"] & (rows["rating"] == 0)
+      pos = rows["mask"] & (rows["rating"] == 1)
+      assert neg.sum() == 2 * pos.sum()  # 2 negatives per positive
+      assert neg.sum() > 0
+      u = np.broadcast_to(users[:, None], item.shape)
+      assert not implicit.contains(
+          seen, implicit.keys(u[neg], item[neg], exp.store.num_items)).any()
+      assert implicit.contains(
+          seen, implicit.keys(u[pos], item[pos], exp.store.num_items)).all()
+
+
+def test_negative_draws_are_a_function_of_seed_step_and_slot(tiny):
+  one = sampler(tiny)
+  halves = [sampler(tiny, process_index=i, process_count=2) for i in (0, 1)]
+  for step in (0, 5):
+    whole = one.batch(step)
+    again = sampler(tiny).batch(step)
+    parts = [h.batch(step) for h in halves]
+    for part in ("support", "query"):
+      for key in ("rating", "mask"):
+        np.testing.assert_array_equal(whole[part][key], again[part][key])
+        np.testing.assert_array_equal(
+            whole[part][key],
+            np.concatenate([p[part][key] for p in parts]))
+      np.testing.assert_array_equal(
+          whole[part]["features"]["item_id"],
+          np.concatenate([p[part]["features"]["item_id"] for p in parts]))
+
+
+def test_eval_candidates_exclude_interactions_and_stay_in_class(tiny):
+  store = tiny.store
+  seen = implicit.interacted_keys(store)
+  pools = implicit.item_pools(store)
+  users = np.array([0, 1, 2, 3])
+  classes = np.array([0, 1, 0, 1])
+  drawn = implicit.eval_candidates(seen, store.num_items, users, pools,
+                                   classes, np.array([5, 5, 1000, 3]), 0)
+  assert drawn.sum(1)[[0, 1, 3]].tolist() == [5, 5, 3]
+  for t, (u, c) in enumerate(zip(users, classes)):
+    items = np.flatnonzero(drawn[t])
+    assert np.isin(items, pools[c]).all()
+    assert not implicit.contains(
+        seen, implicit.keys(u, items, store.num_items)).any()
+  # Asking for more than there are: every never-seen item of the class.
+  unseen = ~implicit.contains(seen, implicit.keys(2, pools[0],
+                                                   store.num_items))
+  assert drawn[2].sum() == unseen.sum()
+
+
+def test_ranking_loss_on_rating_data_is_refused(tmp_path):
+  config = config_io.load_config_file(config_path("tiny"))
+  config.model.loss = "bpr"
+  with pytest.raises(InputError, match="implicit feedback"):
+    experiment.build(config, str(tmp_path))
