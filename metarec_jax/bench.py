@@ -142,6 +142,10 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
           "tasks_per_step": tasks,
           "chunk_tasks": trainer.chunk,
           "support_width": width,
+          # Implicit feedback: sampled negatives per positive slot (the
+          # support rows are support_width * (1 + negatives)).
+          "negatives": trainer.sampler.spec.negatives,
+          "loss": config.model.get("loss", "mse"),
           "query_size": int(config.data.query_size),
           "devices": trainer.num_devices,
           "backend": jax.default_backend(),

@@ -277,6 +277,12 @@ ALLOWED: dict[str, Any] = {
     "data.list_pad.genre": R.Int(1),
     "data.list_pad.director": R.Int(1),
     "data.list_pad.actor": R.Int(1),
+    "data.implicit.enabled": R.Bool(),
+    "data.implicit.threshold": R.Float(),
+    "data.implicit.negatives": _COUNT,
+    "data.implicit.sampling": R.OneOf("metarec_jax.data.implicit",
+                                      "SAMPLING"),
+    "data.implicit.eval_negatives": R.Int(1),
     "data.synthetic.num_users": R.Int(1),
     "data.synthetic.num_items": R.Int(1),
     "data.synthetic.min_ratings": R.Int(1),
@@ -291,7 +297,8 @@ ALLOWED: dict[str, Any] = {
     "data.generic.encoding": R.Text(nonempty=True),
     "data.generic.user_col": R.Text(nonempty=True, column=True),
     "data.generic.item_col": R.Text(nonempty=True, column=True),
-    "data.generic.rating_col": R.Text(nonempty=True, column=True),
+    # Empty: a file without ratings (implicit feedback only).
+    "data.generic.rating_col": R.Text(column=True),
     "data.generic.timestamp_col": R.Text(column=True),
     "data.generic.rating_min": R.Float(),
     "data.generic.rating_max": R.Float(),
@@ -336,6 +343,7 @@ ALLOWED: dict[str, Any] = {
     "eval.max_ratings": R.Int(2),
     "eval.max_tasks": _COUNT,
     "eval.batch_tasks": R.Int(1),
+    "eval.catalog_block": R.Int(1),
     "checkpoint.every_steps": _COUNT,
     "checkpoint.keep": R.Int(1),
     "log.every_steps": R.Int(1),
@@ -357,6 +365,10 @@ RELATIONS: tuple[R.Relation, ...] = (
     R.Relation(("eval.min_ratings", "data.query_size"), lambda a, q: a > q,
                "eval.min_ratings must exceed data.query_size (an evaluation"
                " task keeps at least one support rating)"),
+    R.Relation(("model.loss", "data.implicit.enabled"),
+               lambda loss, on: on or loss not in ("bce", "bpr", "softmax"),
+               "model.loss bce, bpr and softmax are losses of implicit"
+               " feedback (data.implicit.enabled=true)"),
     R.Relation(("eval.new_user_fraction", "eval.val_fraction"),
                lambda a, b: a + b < 1, "eval.new_user_fraction +"
                " eval.val_fraction must be below 1 (training needs users)"),

@@ -35,7 +35,7 @@ from metarec_jax.errors import InputError
 SAMPLING = ("uniform", "popularity")
 INTERACTED = "interacted.npy"
 # Hash streams distinct from the protocol's and the sampler's.
-_TRAIN_STREAM, _SUPPORT_STREAM, _EVAL_STREAM = 21, 22, 23
+_TRAIN_STREAM, _SUPPORT_STREAM, _EVAL_STREAM, _EXPORT_STREAM = 21, 22, 23, 25
 _ROUNDS = 8  # rejection rounds before a slot stays empty
 
 
@@ -284,3 +284,34 @@ def support_negatives(sampler: NegativeSampler, users: np.ndarray,
                       negatives * mask.shape[1], seed,
                       users * 2 + np.asarray(classes, np.int64),
                       _SUPPORT_STREAM)
+
+
+def labelled_support(items: np.ndarray, ratings: np.ndarray,
+                     mask: np.ndarray, rated: np.ndarray, *,
+                     spec: ImplicitSpec, pool: np.ndarray, num_items: int,
+                     row_keys: np.ndarray, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Support rows of users outside the store (export, serving).
+
+  A row is a positive (label 1) when its rating is >= `spec.threshold`,
+  else a known negative (label 0); after the rows come `spec.negatives`
+  sampled negatives per positive from `pool`, never an item of the user's
+  `rated` items (`[C, R]`, -1 = padding), a pure function of (seed, row
+  key).
+
+  Returns:
+    (items int [C, W'], labels f32 [C, W'], mask bool [C, W']).
+  """
+  items = np.asarray(items)
+  n, width = items.shape
+  labels = ((np.asarray(ratings) >= spec.threshold) & mask).astype(
+      np.float32)
+  slots = np.broadcast_to(np.arange(n)[:, None], rated.shape)
+  seen = np.unique(keys(slots[rated >= 0], rated[rated >= 0], num_items))
+  sampler = NegativeSampler(seen, num_items, pool)
+  neg, neg_mask = sampler.draw(np.arange(n), spec.negatives * labels.sum(1),
+                               spec.negatives * width, seed, row_keys,
+                               _EXPORT_STREAM)
+  return (np.concatenate([items, neg], 1),
+          np.concatenate([labels, np.zeros(neg.shape, np.float32)], 1),
+          np.concatenate([mask, neg_mask], 1))

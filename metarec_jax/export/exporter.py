@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from metarec_jax import config_io, experiment, runtime
-from metarec_jax.data import ratings_io
+from metarec_jax.data import implicit, ratings_io
 from metarec_jax.data.tasks import FeatureTables, bucket_widths, scatter_rows
 from metarec_jax.errors import InputError
 from metarec_jax.export import compute, layout, topk
@@ -184,6 +184,8 @@ class _Job:
 
   def write_tables(self) -> None:
     u, store = self.users, self.exp.store
+    if self.exp.implicit.enabled:  # serving-time adaptation draws from it
+      self._save(layout.IMPLICIT_POOL, implicit.item_pools(store)[0])
     self._save("users.npy", u.ids, True)
     self._save("flags.npy", u.flags, True)
     self._save("rated_offsets.npy", u.offsets, True)
@@ -247,15 +249,21 @@ class _Job:
     mask = scatter_rows(task, slot, np.ones(len(rows), bool), c, width, False)
     slots = np.zeros(c, np.int64)
     slots[:len(index)] = index
-    support = self.tables.rows(slots, items, ratings, mask)
-    if not self.k:
-      return support, None
     counts = u.rated_counts()[index]
     rated_width = 1 << max(int(counts.max(initial=0)) - 1, 0).bit_length()
     rows = users_lib.ragged_arange(starts, counts)
     task = np.repeat(np.arange(len(index)), counts)
     slot = rows - np.repeat(starts, counts)
     rated = scatter_rows(task, slot, u.items[rows], c, rated_width, fill=-1)
+    spec = self.exp.implicit
+    if spec.enabled:  # positives, then sampled negatives (as in training)
+      items, ratings, mask = implicit.labelled_support(
+          items, ratings, mask, rated, spec=spec,
+          pool=implicit.item_pools(self.exp.store)[0],
+          num_items=self.exp.store.num_items, row_keys=slots)
+    support = self.tables.rows(slots, items, ratings, mask)
+    if not self.k:
+      return support, None
     features = {name: values[slots] for name, values in self.tables.user.items()}
     return support, (features, rated)
 
@@ -381,6 +389,11 @@ class _Job:
         "summary": {k: v for k, v in summary.items()
                     if k not in ("seconds", "out")},
         "config": config_io.to_dict(config),
+        # Implicit feedback: scores are logits; a rating >= threshold is a
+        # positive, and support sets get sampled negatives from
+        # layout.IMPLICIT_POOL (the training items), as in training.
+        "implicit": (dataclasses.asdict(exp.implicit)
+                     if exp.implicit.enabled else None),
     }
 
 

@@ -20,6 +20,8 @@ with `mmap_mode="r"` by `export.load`):
                                   rows of user u are its support set
     items.npy          [I]        external item ids: the catalogue
     item/NAME.npy      [I(, L)]   int32 item feature indices
+    implicit_pool.npy  [P] int64  implicit exports only: the items support
+                                  sets draw negatives from (the training ones)
     user_table/ids.npy [T]        the dataset's user table (external ids)
     user_table/NAME.npy [T(, L)]  its user feature indices, for serving-time
                                   adaptation of users that were not exported
@@ -57,6 +59,8 @@ from metarec_jax.errors import InputError
 
 FORMAT_NAME = "metarec-export"
 FORMAT_VERSION = 1
+# Implicit exports: the items serving-time adaptation draws negatives from.
+IMPLICIT_POOL = "implicit_pool.npy"
 MANIFEST = "manifest.json"
 TOPK_FILE = "topk.jsonl"
 DTYPES = ("float32", "bfloat16")

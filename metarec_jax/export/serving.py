@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarec_jax import config_io, meta, models
+from metarec_jax.data import implicit
 from metarec_jax.data.schema import FeatureSpec
 from metarec_jax.data.tasks import FeatureTables, bucket_widths
 from metarec_jax.errors import InputError
@@ -194,6 +195,11 @@ class Export(batched.UserBatches):
     mc["msl_weights"] = tuple(mc["msl_weights"])
     self.meta_config = meta.MetaConfig(**mc)
     self.max_support = int(m["max_support"])
+    # Implicit feedback (None: ratings): see `adapt`.
+    self.implicit = (implicit.ImplicitSpec(**m["implicit"])
+                     if m.get("implicit") else None)
+    self._implicit_pool = (self._load(layout.IMPLICIT_POOL)
+                           if self.implicit is not None else None)
     self.buckets = tuple(int(b) for b in m["buckets"])
 
     self.user_ids = self._load("users.npy")
@@ -343,7 +349,9 @@ class Export(batched.UserBatches):
     ratings the last ones are used (`ratings` is taken as oldest first).
 
     Args:
-      ratings: `(item_id, rating)` pairs.
+      ratings: `(item_id, rating)` pairs; an implicit export also takes
+        bare item ids (positives), and a rating below its threshold is a
+        known negative.
       user_id: the user's id in the dataset's user table, for its features
         (None or an id not there: the "missing" features).
 
@@ -351,10 +359,17 @@ class Export(batched.UserBatches):
       ValueError: a rating outside the rating scale.
     """
     pairs = list(ratings)
+    if self.implicit is not None:
+      # Implicit exports also take bare item ids: each is a positive.
+      pairs = [p if isinstance(p, (tuple, list)) else (p, np.inf)
+               for p in pairs]
     items = np.asarray([p[0] for p in pairs])
     values = np.asarray([p[1] for p in pairs], np.float64)
     lo, hi = self.rating_range
-    if ((values < lo) | (values > hi) | ~np.isfinite(values)).any():
+    if self.implicit is not None:
+      if np.isnan(values).any():
+        raise ValueError("ratings must be numbers")
+    elif ((values < lo) | (values > hi) | ~np.isfinite(values)).any():
       raise ValueError(f"ratings must lie on the scale {lo:g} to {hi:g}")
     features, in_table = self._table_features(user_id)
     index = _lookup(self._item_order, self._item_sorted, items)
@@ -385,8 +400,15 @@ class Export(batched.UserBatches):
     tables = FeatureTables(self._tables.specs,
                            {n: v[None] for n, v in features.items()},
                            self._tables.item)
-    batch = tables.rows(np.zeros(1, np.int64), support_items[None],
-                        support_ratings[None], mask[None])
+    support_items, support_ratings, mask = (
+        support_items[None], support_ratings[None], mask[None])
+    if self.implicit is not None:  # as export does (implicit.labelled_support)
+      support_items, support_ratings, mask = implicit.labelled_support(
+          support_items, support_ratings, mask, rated[None],
+          spec=self.implicit, pool=self._implicit_pool,
+          num_items=self.num_items, row_keys=np.zeros(1, np.int64))
+    batch = tables.rows(np.zeros(1, np.int64), support_items,
+                        support_ratings, mask)
     fast = self.adapt_users(batch)
     return UserModel(self, user_id, source="adapted",
                      fast={p: v[0] for p, v in fast.items()},
