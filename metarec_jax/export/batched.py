@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarec_jax import meta
+from metarec_jax.data import implicit
 from metarec_jax.data.tasks import FeatureTables
 from metarec_jax.export import compute
 from metarec_jax.models import Recommender
@@ -108,9 +109,19 @@ class UserBatches:
       user_features: `{name: [B(, L)]}` each user's feature row.
       items: `[B, W]` catalogue positions; ratings `[B, W]`; mask `[B, W]`
         (False: padding).
+
+    An implicit export's batch is wider: `W * (1 + negatives)` rows (see
+    `data.implicit.labelled_support`).
     """
     tables = FeatureTables(self._tables.specs, user_features,
                            self._tables.item)
+    if getattr(self, "implicit", None) is not None:
+      # Implicit exports: labels from the threshold, then sampled negatives
+      # that avoid the support items (as `metarec export` adapts).
+      items, ratings, mask = implicit.labelled_support(
+          items, ratings, mask, np.where(mask, items, -1),
+          spec=self.implicit, pool=self._implicit_pool,
+          num_items=self.num_items, row_keys=np.arange(len(items)))
     return tables.rows(np.arange(len(items)), items, ratings, mask)
 
   def adapt_users(self, support: dict) -> dict[str, np.ndarray]:
