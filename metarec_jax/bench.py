@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metarec_jax import config_io, experiment
+from metarec_jax import config_io, experiment, meta
 from metarec_jax.data.pipeline import Prefetcher
 from metarec_jax.train.loop import Trainer
 
@@ -80,9 +80,38 @@ def default_workdir(config) -> str:
   return os.path.join(tempfile.gettempdir(), "metarec-bench", key)
 
 
+def adapt_latency(trainer: Trainer, state, batch, *,
+                  repeats: int = 20) -> float:
+  """Median seconds to adapt ONE user and predict its query (jitted, after
+  compilation): what serving a new user costs."""
+  exp = trainer.exp
+  model, config = exp.model, exp.meta_config
+  task = jax.tree.map(lambda a: np.asarray(a)[0], jax.device_get(batch))
+
+  @jax.jit
+  def serve(params, inner, task):
+    adapted = meta.adapt(model.loss_fn, params, task["support"],
+                         config=config, inner=inner)
+    return model.predict(adapted, task["query"]["features"])
+
+  params = jax.device_get(state.params)
+  args = (params["model"], params.get("inner"), task)
+  serve(*args).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    serve(*args).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
 def run(config, *, workdir: str | None = None, steps: int = 20,
-        warmup: int = 3) -> dict:
-  """Benchmarks the meta-step of `config`; returns the JSON of docs/design.md."""
+        warmup: int = 3, count_flops: bool = True) -> dict:
+  """Benchmarks the meta-step of `config`; returns the JSON of docs/design.md.
+
+  `count_flops=False` skips XLA's FLOP counts (two more compilations):
+  `step_flops`, `achieved_gflops`, `utilization` and the plain counts are
+  then None. `adapt_seconds` is `adapt_latency` of one user."""
   workdir = workdir or default_workdir(config)
   os.makedirs(workdir, exist_ok=True)
   peak = peak_matmul_gflops()
@@ -116,19 +145,23 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
   finally:
     pipeline.close()
   step_seconds = elapsed / steps
+  latency = adapt_latency(trainer, state, batch)
   width = max(set(widths), key=widths.count)
-  step_flops = _counted_flops(config, workdir, exp, width)
-  plain = copy.deepcopy(config)
-  plain.meta.dual_form = False
-  plain_flops = _counted_flops(plain, workdir, exp, width)
-  achieved = step_flops / step_seconds / 1e9
+  step_flops = plain_flops = achieved = None
+  if count_flops:
+    step_flops = _counted_flops(config, workdir, exp, width)
+    plain = copy.deepcopy(config)
+    plain.meta.dual_form = False
+    plain_flops = _counted_flops(plain, workdir, exp, width)
+    achieved = step_flops / step_seconds / 1e9
   return {
       "tasks_per_sec": tasks / step_seconds,
       "step_seconds": step_seconds,
       "step_flops": step_flops,
       "achieved_gflops": achieved,
       "peak_gflops": peak,
-      "utilization": achieved / peak,
+      "utilization": None if achieved is None else achieved / peak,
+      "adapt_seconds": latency,
       "compile_seconds": compile_seconds,
       "input_wait_fraction": pipeline.wait_seconds / elapsed,
       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -151,9 +184,10 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
           "backend": jax.default_backend(),
           "device_kind": jax.devices()[0].device_kind,
           "steps_timed": steps,
-          "flops_per_task": step_flops / tasks,
+          "flops_per_task": None if step_flops is None else step_flops / tasks,
           "plain_step_flops": plain_flops,
-          "plain_flops_per_task": plain_flops / tasks,
+          "plain_flops_per_task": (None if plain_flops is None
+                                   else plain_flops / tasks),
           "final_loss": float(np.asarray(metrics["train/loss"])),
       },
   }

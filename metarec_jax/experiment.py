@@ -88,7 +88,8 @@ def _meta_config(m, unroll, model):
       # 0: fully unrolled (XLA then fuses across inner steps and keeps no
       # per-step residual stacks; measured 7% faster on melu-ref).
       unroll=True if int(unroll) == 0 else int(unroll),
-      msl_weights=tuple(float(w) for w in m.msl_weights))
+      msl_weights=tuple(float(w) for w in m.msl_weights),
+      encoder_hidden=int(m.get("encoder_hidden", 64)))
 
 
 def build(config, workdir: str | os.PathLike, *,

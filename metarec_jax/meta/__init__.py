@@ -4,19 +4,24 @@
     adapt(loss_fn, params, support, *, config, inner=None) -> adapted_params
     task_loss(loss_fn, params, task, *, config, inner=None) -> scalar
     meta_loss(loss_fn, params, tasks, *, config, inner=None) -> scalar
-    init_inner(params, *, config) -> inner
+    init_inner(params, *, config[, loss_fn, support, rng]) -> inner
     meta_grad(loss_fn, meta_params, tasks, *, config) -> (loss, grads)
+
+Encoding algorithms (`metric`, `amortised`, `hybrid`) also read
+`loss_fn.rows(params, batch) -> (x, rating, mask)`; see `meta.encoder`.
 """
 
-from metarec_jax.meta.config import ALGORITHMS, INNER_OPTIMIZERS, MetaConfig
+from metarec_jax.meta.config import (ALGORITHMS, INNER_OPTIMIZERS, Algorithm,
+                                     MetaConfig)
 from metarec_jax.meta.core import adapt, meta_grad, meta_loss, task_loss
 from metarec_jax.meta.inner import init_inner, inner_optimizer
 from metarec_jax.meta.linear_head import LinearHead
-from metarec_jax.meta import paths
+from metarec_jax.meta import encoder, paths
 from metarec_jax.meta.paths import adapt_mask, leaf_paths
 
 __all__ = [
-    "ALGORITHMS", "INNER_OPTIMIZERS", "LinearHead", "MetaConfig", "adapt",
+    "ALGORITHMS", "Algorithm", "INNER_OPTIMIZERS", "LinearHead", "MetaConfig",
+    "adapt", "encoder",
     "adapt_mask", "init_inner", "inner_optimizer", "leaf_paths", "meta_grad",
     "meta_loss", "task_loss",
 ]

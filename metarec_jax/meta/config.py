@@ -8,7 +8,48 @@ from __future__ import annotations
 
 import dataclasses
 
-ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "mamlpp", "pretrain")
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+  """What one algorithm does in the core (its row of `ALGORITHMS`).
+
+  Attributes:
+    update: how `meta_grad` forms the update direction: `grad` (the gradient
+      of `meta_loss`), `reptile` or `pretrain` (see `MetaConfig`).
+    rates: learned inner rates held in `inner`: `element` (Meta-SGD, one
+      per element), `step` (MAML++, one per step and leaf) or none.
+    encoder: the set encoder held in `inner` that computes the task's
+      starting parameters from the support set (`meta.encoder`):
+      `prototype` (metric learner), `set` (TaNP-style) or none.
+    steps: takes inner gradient steps; False forces `inner_steps=0` (the
+      encoder alone adapts, in one forward pass).
+    dual_form: the `LinearHead` dual form may run its inner loop (plain SGD
+      with one scalar rate per step and leaf).
+    msl: accepts MAML++'s multi-step loss weights.
+  """
+
+  update: str = "grad"
+  rates: str = ""
+  encoder: str = ""
+  steps: bool = True
+  dual_form: bool = True
+  msl: bool = False
+
+
+# The one table of algorithms: every place in the core that depends on the
+# algorithm reads its row here instead of testing names.
+ALGORITHMS = {
+    "maml": Algorithm(msl=True),
+    "fomaml": Algorithm(msl=True),  # normalised to maml, first order
+    "reptile": Algorithm(update="reptile"),
+    "metasgd": Algorithm(rates="element", dual_form=False, msl=True),
+    "mamlpp": Algorithm(rates="step", msl=True),
+    "pretrain": Algorithm(update="pretrain"),
+    "metric": Algorithm(encoder="prototype", steps=False),
+    "amortised": Algorithm(encoder="set", steps=False),
+    "hybrid": Algorithm(encoder="set"),
+}
 INNER_OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
@@ -33,6 +74,14 @@ class MetaConfig:
       (`inner_steps` steps of `inner_optimizer` at `inner_lr`), so it is
       "pretrained on all training ratings, then fine-tuned per user with
       the same number of steps".
+      `metric`, `amortised` and `hybrid` adapt by computing: an encoder of
+      the support set, learned in `inner`, modulates the adapted leaves
+      (see `meta.encoder`). `metric` (a rating-weighted prototype of the
+      support rows in the model's feature space, mapped linearly) and
+      `amortised` (a TaNP-style set encoder) take no gradient steps
+      (`inner_steps` is set to 0); `hybrid` is `amortised` followed by
+      `inner_steps` SGD steps, differentiated through exactly (second
+      order unless `second_order=False`).
     inner_steps: number of inner gradient steps on the support set.
     inner_lr: inner learning rate; the initial value of the learned rates of
       `metasgd` and `mamlpp`.
@@ -55,6 +104,7 @@ class MetaConfig:
       each inner step (length `inner_steps`). Empty: only the final step.
     momentum: the decay of the `momentum` inner optimizer.
     adam_b1, adam_b2, adam_eps, adam_eps_root: the `adam` inner optimizer.
+    encoder_hidden: width of the `set` encoder's layers.
   """
 
   algorithm: str = "maml"
@@ -72,6 +122,7 @@ class MetaConfig:
   adam_b2: float = 0.999
   adam_eps: float = 1e-8
   adam_eps_root: float = 1e-16
+  encoder_hidden: int = 64
 
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
@@ -81,6 +132,8 @@ class MetaConfig:
     if self.algorithm == "fomaml":
       object.__setattr__(self, "algorithm", "maml")
       object.__setattr__(self, "second_order", False)
+    if not self.spec.steps:
+      object.__setattr__(self, "inner_steps", 0)
     if self.inner_optimizer not in INNER_OPTIMIZERS:
       raise ValueError(
           "meta.inner_optimizer must be one of"
@@ -92,18 +145,23 @@ class MetaConfig:
     object.__setattr__(self, "adapt", tuple(self.adapt))
     object.__setattr__(self, "msl_weights",
                        tuple(float(w) for w in self.msl_weights))
+    if self.msl_weights and not self.spec.msl:
+      msl = [n for n, a in ALGORITHMS.items() if a.msl and n != "fomaml"]
+      raise ValueError(f"meta.msl_weights applies to {', '.join(msl)}")
     if self.msl_weights and len(self.msl_weights) != self.inner_steps:
       raise ValueError(
           f"meta.msl_weights has {len(self.msl_weights)} weights but"
           f" meta.inner_steps is {self.inner_steps}")
-    if self.msl_weights and self.algorithm not in ("maml", "mamlpp",
-                                                   "metasgd"):
-      raise ValueError("meta.msl_weights applies to maml, metasgd and mamlpp")
+
+  @property
+  def spec(self) -> Algorithm:
+    """The algorithm's row of `ALGORITHMS`."""
+    return ALGORITHMS[self.algorithm]
 
   @property
   def learns_inner(self) -> bool:
-    """Whether `init_inner` returns learned inner-loop parameters."""
-    return self.algorithm in ("metasgd", "mamlpp")
+    """Whether `init_inner` returns learned parameters (rates, encoder)."""
+    return bool(self.spec.rates or self.spec.encoder)
 
   def replace(self, **changes) -> "MetaConfig":
     return dataclasses.replace(self, **changes)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metarec_jax.meta import encoder
 from metarec_jax.meta import inner as inner_lib
 from metarec_jax.meta import linear_head
 from metarec_jax.meta import paths
@@ -69,6 +70,19 @@ def _run_inner(support_loss: Callable[[dict], jax.Array], fast: dict,
   return fast, (jnp.sum(per_step) if msl else None)
 
 
+def _start(loss_fn: LossFn, params: PyTree, support: PyTree,
+           config: MetaConfig, inner: PyTree | None) -> PyTree:
+  """Where the inner loop starts: the meta-parameters, or for an encoding
+  algorithm the meta-parameters modulated by the encoded support set."""
+  if not config.spec.encoder:
+    return params
+  if inner is None:
+    raise ValueError(f"meta.algorithm={config.algorithm} learns an encoder:"
+                     " pass inner=init_inner(params, config=..., loss_fn=...,"
+                     " support=...)")
+  return encoder.encode(loss_fn, params, support, config=config, inner=inner)
+
+
 def adapt(loss_fn: LossFn, params: PyTree, support: PyTree, *,
           config: MetaConfig, inner: PyTree | None = None) -> PyTree:
   """Adapts `params` to one task's support set.
@@ -82,8 +96,11 @@ def adapt(loss_fn: LossFn, params: PyTree, support: PyTree, *,
 
   Returns:
     The adapted parameters: same structure as `params`; leaves not matched by
-    `config.adapt` are returned unchanged.
+    `config.adapt` are returned unchanged. An encoding algorithm
+    (`metric`, `amortised`, `hybrid`) starts the inner loop from the
+    parameters its encoder computes from `support` (`meta.encoder`).
   """
+  params = _start(loss_fn, params, support, config, inner)
   part = paths.partition(params, config.adapt)
   if (isinstance(loss_fn, linear_head.LinearHead)
       and loss_fn.dual_applies(config, part)):
@@ -119,6 +136,7 @@ def task_loss(loss_fn: LossFn, params: PyTree, task: PyTree, *,
   the query set, so the inner loop and the meta-objective may use different
   losses (e.g. squared error to adapt, an MAE-like loss to meta-learn).
   """
+  params = _start(loss_fn, params, task["support"], config, inner)
   part = paths.partition(params, config.adapt)
   query_head = _dual_query_head(loss_fn, query_loss_fn, config, part)
   if query_head is not None:
@@ -158,7 +176,8 @@ def meta_grad(loss_fn: LossFn, meta_params: PyTree, tasks: PyTree, *,
 
   Returns:
     `(loss, grads)` with `grads` shaped like `meta_params`. For the
-    gradient-based algorithms (`maml`, `metasgd`, `mamlpp`) `grads` is
+    gradient-based and encoding algorithms (`maml`, `metasgd`, `mamlpp`,
+    `metric`, `amortised`, `hybrid`) `grads` is
     `jax.grad` of `meta_loss`. For Reptile, which has no such loss, the
     adapted leaves' direction is the mean of `params - adapted` (so that a
     descent step moves towards the adapted parameters), the frozen leaves'
@@ -170,10 +189,10 @@ def meta_grad(loss_fn: LossFn, meta_params: PyTree, tasks: PyTree, *,
     raise ValueError(f"meta.algorithm={config.algorithm} needs"
                      " meta_params['inner'] = init_inner(params, config=...)")
   query_loss_fn = query_loss_fn or loss_fn
-  if config.algorithm == "reptile":
+  if config.spec.update == "reptile":
     return _reptile(loss_fn, meta_params["model"], tasks, config,
                     query_loss_fn)
-  if config.algorithm == "pretrain":
+  if config.spec.update == "pretrain":
     return _pretrain(loss_fn, meta_params["model"], tasks, query_loss_fn)
 
   def objective(mp):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metarec_jax.meta import paths
+from metarec_jax.meta import encoder, paths
 from metarec_jax.meta.config import MetaConfig
 
 PyTree = Any
@@ -65,13 +65,13 @@ def direction(config: MetaConfig) -> optax.GradientTransformation:
 def inner_optimizer(config: MetaConfig,
                     inner: PyTree | None) -> optax.GradientTransformation:
   """The optax transformation the inner loop applies to adapted leaves."""
-  if config.algorithm in ("metasgd", "mamlpp"):
+  if config.spec.rates:
     if inner is None:
       raise ValueError(
           f"meta.algorithm={config.algorithm} learns inner rates: pass"
           " inner=init_inner(params, config=config)")
     rates = paths.flatten(inner)
-    scale = scale_by_rates(rates, per_step=config.algorithm == "mamlpp")
+    scale = scale_by_rates(rates, per_step=config.spec.rates == "step")
   else:
     scale = optax.scale(-config.inner_lr)
   return optax.chain(direction(config), scale)
@@ -84,24 +84,38 @@ def step_rates(config: MetaConfig, inner: PyTree | None, path: str,
   Only meaningful where the rate is a scalar per step (MAML, MAML++); used
   by the dual form, which needs the rates explicitly.
   """
-  if config.algorithm == "mamlpp":
+  if config.spec.rates == "step":
     return paths.flatten(inner)[path]
   return jnp.full((config.inner_steps,), config.inner_lr, dtype)
 
 
-def init_inner(params: PyTree, *, config: MetaConfig) -> PyTree | None:
+def init_inner(params: PyTree, *, config: MetaConfig, loss_fn=None,
+               support: PyTree | None = None,
+               rng: jax.Array | None = None) -> PyTree | None:
   """The learned inner-loop parameters of `config.algorithm`, or None.
 
   Meta-SGD: one rate per element of every adapted leaf; MAML++: one rate per
   inner step for every adapted leaf; both start at `config.inner_lr`. The
-  result is a nested dict mirroring the adapted leaves' paths.
+  result is a nested dict mirroring the adapted leaves' paths. The
+  algorithms that encode the support set (`metric`, `amortised`, `hybrid`)
+  return `{"encoder": params}` (see `meta.encoder.init`); they need the
+  loss (for its `rows`), an example support batch (only its shapes are
+  read) and a PRNG key (default `PRNGKey(0)`).
   """
   if not config.learns_inner:
     return None
+  if config.spec.encoder:
+    if loss_fn is None or support is None:
+      raise ValueError(
+          f"meta.algorithm={config.algorithm} learns an encoder of the"
+          " support set: pass init_inner(..., loss_fn=, support=)")
+    return {"encoder": encoder.init(
+        loss_fn, params, support, config=config,
+        rng=jax.random.PRNGKey(0) if rng is None else rng)}
   part = paths.partition(params, config.adapt)
   out = {}
   for path, leaf in part.adapted.items():
-    if config.algorithm == "metasgd":
+    if config.spec.rates == "element":
       out[path] = jnp.full(jnp.shape(leaf), config.inner_lr,
                            jnp.result_type(leaf))
     else:

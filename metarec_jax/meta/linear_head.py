@@ -58,6 +58,9 @@ class LinearHead:
     kernel: path of `W: f32[d, h]`.
     bias: path of `b: f32[h]`.
     featurize_reads: regexes of the parameter paths `featurize` reads.
+    rows: `(params, batch) -> (x, rating, mask)`, the support rows as the
+      encoding algorithms read them (`meta.encoder`); None: the model
+      offers none.
   """
 
   featurize: Callable[[PyTree, PyTree], jax.Array]
@@ -65,6 +68,7 @@ class LinearHead:
   kernel: str
   bias: str
   featurize_reads: tuple[str, ...]
+  rows: Callable[[PyTree, PyTree], tuple] | None = None
 
   def __call__(self, params: PyTree, batch: PyTree) -> jax.Array:
     return self.head_from_features(params, self.featurize(params, batch),
@@ -83,7 +87,7 @@ class LinearHead:
   def dual_applies(self, config: MetaConfig, part: paths.Partition) -> bool:
     adapted = part.adapted
     return (config.dual_form and config.inner_optimizer == "sgd"
-            and config.algorithm in ("maml", "mamlpp", "reptile", "pretrain")
+            and config.spec.dual_form and config.inner_steps > 0
             and self.kernel in adapted and self.bias in adapted
             and self.features_fixed(part))
 

@@ -102,10 +102,13 @@ class IDEmb(nn.Module):
   output_bias: float = 0.0
 
   @nn.compact
-  def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
+  def __call__(self, features: dict[str, jax.Array],
+               item_rows: bool = False) -> jax.Array:
     u, user_bias = User(self.embed_dim, name="user")()
     v, item_bias = Item(self.num_items, self.embed_dim,
                         tuple(self.item_fields), name="item")(features)
+    if item_rows:
+      return jnp.concatenate([v, item_bias[..., None]], axis=-1)
     if self.interaction == "dot":
       global_bias = self.param("global_bias",
                                nn.initializers.constant(self.output_bias), ())
@@ -115,6 +118,11 @@ class IDEmb(nn.Module):
       score = MLP(tuple(self.hidden), self.output_bias,
                   name="interaction")(x)
     return score + item_bias + user_bias
+
+  def featurize(self, features: dict[str, jax.Array]) -> jax.Array:
+    """The items in the learned space, `[..., embed_dim + 1]`: vector and
+    bias (what an encoder of a user's support items reads)."""
+    return self(features, item_rows=True)
 
 
 class MLP(nn.Module):

@@ -129,6 +129,24 @@ class Recommender:
   def predict(self, params: PyTree, features: dict[str, jax.Array]) -> jax.Array:
     return self.module.apply({"params": params}, features)
 
+  def example_batch(self) -> PyTree:
+    """A one-row batch (padding) in the core's batch format."""
+    return {"features": self.example_features,
+            "rating": jnp.zeros((1,), jnp.float32),
+            "mask": jnp.zeros((1,), bool)}
+
+
+def rows_fn(module: nn.Module) -> Callable[[PyTree, PyTree], tuple]:
+  """`rows(params, batch) -> (module.featurize(features), rating, mask)`:
+  the support rows as the encoding algorithms read them (`meta.encoder`)."""
+
+  def rows(params, batch):
+    x = module.apply({"params": params}, batch["features"],
+                     method="featurize")
+    return x, batch["rating"], batch["mask"]
+
+  return rows
+
 
 def linear_head_loss(module: nn.Module, *, kernel: str, bias: str,
                      featurize_reads: tuple[str, ...], loss: str = "mse",
@@ -140,7 +158,8 @@ def linear_head_loss(module: nn.Module, *, kernel: str, bias: str,
                         method="featurize")
 
   return LinearHead(featurize=featurize, head=_head(module, loss, delta),
-                    kernel=kernel, bias=bias, featurize_reads=featurize_reads)
+                    kernel=kernel, bias=bias, featurize_reads=featurize_reads,
+                    rows=rows_fn(module))
 
 
 def _head(module: nn.Module, loss: str, delta: float):
@@ -159,10 +178,16 @@ def with_loss(lh: LinearHead, module: nn.Module, loss: str,
 
 def plain_loss(module: nn.Module, loss: str = "mse", delta: float = 1.0
                ) -> Callable[[PyTree, PyTree], jax.Array]:
-  """`(params, batch) -> masked loss of module.apply(params, features)`."""
+  """`(params, batch) -> masked loss of module.apply(params, features)`.
+
+  Where the module has `featurize`, the function carries `rows` (see
+  `rows_fn`) for the encoding algorithms.
+  """
 
   def loss_fn(params, batch):
     return masked_loss(module.apply({"params": params}, batch["features"]),
                        batch, loss, delta)
 
+  if hasattr(module, "featurize"):
+    loss_fn.rows = rows_fn(module)
   return loss_fn

@@ -31,7 +31,7 @@ from metarec_jax.eval import support_curve
 from metarec_jax.eval.evaluate import Evaluator
 from metarec_jax.meta import paths
 from metarec_jax.train import checkpoint as ckpt_lib
-from metarec_jax.train import optim, reporting, resume, telemetry
+from metarec_jax.train import distill, optim, reporting, resume, telemetry
 from metarec_jax.train import workdir_lock
 from metarec_jax.train import progress as progress_lib
 from metarec_jax.train import state as state_lib
@@ -119,6 +119,13 @@ class Trainer:
                 out_shardings=(self.replicated, self.replicated)),
         name="train_step")
     self.horizon = self.horizon_array(optim.default_horizon(config.train))
+    # Distillation blends a teacher's predictions into the query ratings.
+    self.teacher = distill.load(config, self.exp, self.mesh)
+
+  def prepare(self, batch):
+    """The batch the meta-step trains on (the teacher's targets blended in
+    when distilling)."""
+    return self.teacher(batch) if self.teacher is not None else batch
 
   def rng(self) -> jax.Array:
     return jax.random.PRNGKey(int(self.config.train.seed))
@@ -254,7 +261,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         every_steps=int(config.checkpoint.every_steps))
     reporter = None
     progress = progress_lib.Progress(bar=is_lead)
-    per_step_rates = exp.meta_config.algorithm == "mamlpp"
+    rates = exp.meta_config.spec.rates  # encoders are no rates to report
+    per_step_rates = rates == "step"
     try:
       state, restored_step, horizon, saved_config = _restore_or_init(
           trainer, checkpointer, config_record)
@@ -326,7 +334,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       progress.start(num_steps, step)
       try:
         for step_index, batch in pipeline:
-          state, metrics = trainer.step(state, batch, trainer.horizon)
+          state, metrics = trainer.step(state, trainer.prepare(batch),
+                                        trainer.horizon)
           step = step_index + 1
           if pending is not None:
             _check_finite(*pending, max_nonfinite=int(tc.max_nonfinite))
@@ -338,7 +347,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 (step - last_step) * tasks_per_step / (now - last_time))
             last_time, last_step = now, step
             values.update(telemetry.inner_rate_scalars(
-                state.params.get("inner"), per_step=per_step_rates))
+                state.params.get("inner") if rates else None,
+                per_step=per_step_rates))
             reporter.scalars(step, values)
             summary["train"] = values
             progress.advance(step, values)

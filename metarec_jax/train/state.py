@@ -43,7 +43,10 @@ def create(model, meta_config: meta.MetaConfig,
   """A fresh state (meant to run under `jax.jit`)."""
   params = model.init(rng)
   meta_params = {"model": params,
-                 "inner": meta.init_inner(params, config=meta_config)}
+                 "inner": meta.init_inner(params, config=meta_config,
+                                          loss_fn=model.loss_fn,
+                                          support=model.example_batch(),
+                                          rng=jax.random.fold_in(rng, 1))}
   zero = jnp.zeros([], jnp.int32)
   return TrainState(step=zero, params=meta_params,
                     opt_state=optimizer.init(meta_params),

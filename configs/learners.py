@@ -1,0 +1,74 @@
+"""Gradient-based, metric, amortised, hybrid and distilled learners side by side.
+
+Every variant changes only the algorithm of a base config (the data, the
+protocol, the model and the budget stay fixed). `ARG` is
+`VARIANT[@BASE]`; BASE is a module of `configs/` (default `default`).
+
+    python tools/compare.py --out=runs/learners --seeds=0,1,2 \\
+        --spec=configs/learners.py:melu_ml1m@$PWD/runs/learners/runs/maml/seed-{seed} \\
+        --config.data.root=/path/to/ml-1m
+
+The spec's ARG is `BASE[@TEACHER]`: TEACHER is the work directory of the
+distilled student's teacher (`{seed}` becomes `train.seed`; above: the
+comparison's own MAML run of the same seed, so `maml` must come first).
+One variant alone:
+
+    metarec train --config=configs/learners.py:metric@melu_ml1m \\
+        --workdir=runs/metric --config.data.root=/path/to/ml-1m
+
+Variants: maml (second order), fomaml, metric (rating-weighted prototype of
+the support rows, no gradient steps), amortised (TaNP-style set encoder, no
+gradient steps), hybrid (the set encoder, then the base config's inner
+steps, second order), distilled (amortised, trained toward the teacher's
+adapted query predictions: `distill.teacher`, `distill.weight`).
+
+Expect: `tools/compare.py` writes `OUT/table.md` and `OUT/results.json`;
+the measured table is in docs/results.md.
+"""
+
+import importlib
+
+import ml_collections
+
+VARIANTS = {
+    "maml": {},
+    "fomaml": {"meta.algorithm": "fomaml"},
+    "metric": {"meta.algorithm": "metric"},
+    "amortised": {"meta.algorithm": "amortised"},
+    "hybrid": {"meta.algorithm": "hybrid"},
+    "distilled": {"meta.algorithm": "amortised"},
+}
+
+
+def get_config(arg: str = "maml"):
+  variant, _, base = arg.partition("@")
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}; variants:"
+                     f" {', '.join(VARIANTS)}")
+  c = importlib.import_module(f"configs.{base or 'default'}").get_config()
+  for key, value in VARIANTS[variant].items():
+    section, name = key.split(".")
+    c[section][name] = value
+  if variant in ("metric", "amortised", "hybrid", "distilled"):
+    c.meta.encoder_hidden = 64  # width of the set encoder's layers
+  if variant == "distilled":
+    c.distill = ml_collections.ConfigDict({
+        "teacher": "",  # required: the teacher's work directory
+        "weight": 0.5,  # share of the teacher's prediction in the target
+    })
+  return c
+
+
+def get_runs(arg: str = "default"):
+  """The runs for `tools/compare.py --spec=THIS_FILE[:BASE[@TEACHER]]`."""
+  base, _, teacher = arg.partition("@")
+  here = __file__
+  runs = []
+  for name in VARIANTS:
+    if name == "distilled" and not teacher:
+      continue  # a student needs its teacher
+    run = {"name": name, "config": f"{here}:{name}@{base}"}
+    if name == "distilled":
+      run["overrides"] = {"distill.teacher": teacher}
+    runs.append(run)
+  return runs

@@ -1,0 +1,106 @@
+"""Distillation: a student meta-trained toward a teacher's adapted predictions.
+
+With `distill.teacher` (the work directory of a finished run, typically
+MAML) every training batch's query ratings become
+
+    target = (1 - weight) * rating + weight * teacher(query | support)
+
+where `teacher(query | support)` is the teacher's prediction after its own
+adaptation to the task's support set (its `meta.adapt`, inner loop and
+learned inner parameters, from its newest checkpoint). For the squared
+error that is exactly the loss `(1 - weight) * (pred - rating)^2 + weight *
+(pred - teacher)^2` up to a constant, so the student (any algorithm:
+typically an amortised one, one forward pass per user) is trained with the
+extra loss toward the teacher without any change to the core or the train
+step: the teacher is a transformation of the batch, jitted once per
+support bucket. `{seed}` in the path is replaced by `train.seed`, so one
+comparison spec pairs each student seed with its own teacher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import jax
+
+from metarec_jax import config_io, experiment, meta, runtime
+from metarec_jax.errors import InputError
+from metarec_jax.train.restore import load_state
+
+log = logging.getLogger("metarec")
+
+PyTree = Any
+
+
+def teacher_dir(config) -> str:
+  """The teacher's work directory of `config` ("" = no distillation)."""
+  section = config.get("distill")
+  if not section or not section.get("teacher"):
+    return ""
+  return str(section.teacher).format(seed=int(config.train.seed))
+
+
+def targets_fn(model, meta_config: meta.MetaConfig, weight: float):
+  """`(params, inner, tasks) -> tasks` with the blended query ratings."""
+
+  def blend(params, inner, tasks):
+    def one(task):
+      adapted = meta.adapt(model.loss_fn, params, task["support"],
+                           config=meta_config, inner=inner)
+      return model.predict(adapted, task["query"]["features"])
+
+    teacher = jax.lax.stop_gradient(jax.vmap(one)(tasks))
+    query = dict(tasks["query"])
+    query["rating"] = ((1.0 - weight) * query["rating"]
+                       + weight * teacher.astype(query["rating"].dtype))
+    return {**tasks, "query": query}
+
+  return blend
+
+
+@dataclasses.dataclass
+class Teacher:
+  """A loaded teacher: `teacher(batch)` blends its predictions in."""
+
+  workdir: str
+  weight: float
+  params: PyTree
+  inner: PyTree | None
+  fn: runtime.CompiledByShape
+
+  def __call__(self, batch: PyTree) -> PyTree:
+    return self.fn(self.params, self.inner, batch)
+
+
+def load(config, exp: experiment.Experiment, mesh) -> Teacher | None:
+  """The teacher named by `config.distill`, or None.
+
+  Raises:
+    InputError: the teacher cannot be read, reads features the student's
+      batches lack, or the weight is outside [0, 1].
+  """
+  path = teacher_dir(config)
+  if not path:
+    return None
+  weight = float(config.distill.get("weight", 0.5))
+  if not 0.0 <= weight <= 1.0:
+    raise InputError(f"distill.weight must be in [0, 1], got {weight}")
+  teacher_exp = experiment.build(config_io.read_workdir_config(path), path)
+  have = {s.name: s for s in exp.tables.specs}
+  missing = [s.name for s in teacher_exp.tables.specs
+             if have.get(s.name) != s]
+  if missing:
+    raise InputError("the teacher reads features the student's batches lack"
+                     f" or encode differently: {', '.join(missing)}",
+                     path=path)
+  state = load_state(teacher_exp, path, mesh)
+  log.info("distilling from %s (step %d, weight %g)", path,
+           int(runtime.to_host(state.step)), weight)
+  sharding = runtime.task_sharding(mesh)
+  fn = jax.jit(targets_fn(teacher_exp.model, teacher_exp.meta_config, weight),
+               out_shardings=sharding)
+  return Teacher(workdir=path, weight=weight, params=state.params["model"],
+                 inner=state.params.get("inner"),
+                 fn=runtime.CompiledByShape(fn, name="distill_targets"))
