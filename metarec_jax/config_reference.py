@@ -157,9 +157,13 @@ MEANINGS: dict[str, str] = {
     # meta
     "meta.algorithm": "`maml`, `fomaml` (first-order MAML), `reptile`,"
                       " `metasgd` (learned per-element inner rates), `mamlpp`"
-                      " (learned per-step, per-leaf inner rates) or"
+                      " (learned per-step, per-leaf inner rates),"
                       " `pretrain` (no meta-learning: joint training,"
-                      " fine-tuned per user at evaluation).",
+                      " fine-tuned per user at evaluation), `metric`"
+                      " (rating-weighted prototype of the support items),"
+                      " `amortised` (TaNP-style set encoder; both adapt in"
+                      " one forward pass, no inner steps) or `hybrid`"
+                      " (the set encoder, then `inner_steps` steps).",
     "meta.inner_steps": "Inner-loop gradient steps on the support set.",
     "meta.inner_lr": "Inner learning rate (the initial value of the learned"
                      " rates of `metasgd` and `mamlpp`).",

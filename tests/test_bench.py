@@ -10,7 +10,7 @@ from metarec_jax import bench, config_io, experiment
 
 KEYS = {"tasks_per_sec", "step_seconds", "step_flops", "achieved_gflops",
         "peak_gflops", "utilization", "compile_seconds",
-        "input_wait_fraction", "peak_rss_mb", "workload"}
+        "input_wait_fraction", "peak_rss_mb", "adapt_seconds", "workload"}
 
 
 def test_bench_prints_the_design_json_last(tmp_path):

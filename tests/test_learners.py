@@ -222,6 +222,8 @@ def test_distillation_blends_the_teachers_adapted_predictions():
   config = meta.MetaConfig(inner_steps=2, inner_lr=0.1, adapt=model.adapt)
   params = model.init(jax.random.PRNGKey(1))
   tasks = random_tasks(SPECS, n_tasks=3, n_support=5, n_query=4)
+  for part in ("support", "query"):
+    tasks[part]["rating"] = tasks[part]["rating"].astype(np.float32)
   out = distill.targets_fn(model, config, 0.25)(params, None, tasks)
   for t in range(3):
     task = jax.tree.map(lambda a, t=t: a[t], tasks)

@@ -1,0 +1,79 @@
+"""The encoding learners end to end: train a step, export, serve; and a
+student distilled from a teacher's work directory."""
+
+import logging
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import config_path
+from test_export import core_predictions, file_support, store_rows, write_file
+from metarec_jax import config_io, experiment, export, runtime
+from metarec_jax.errors import InputError
+from metarec_jax.train import train_and_evaluate
+from metarec_jax.train.restore import load_state
+
+ONE_STEP = [("train.num_steps", "1"), ("train.eval_every_steps", "0"),
+            ("checkpoint.every_steps", "1"), ("log.every_steps", "1"),
+            ("log.histogram_every_steps", "0")]
+
+
+def train(workdir, variant, *extra):
+  config = config_io.load_config_file(
+      f"{config_path('learners')}:{variant}@tiny")
+  config_io.apply_overrides(config, ONE_STEP + list(extra))
+  train_and_evaluate(config, str(workdir))
+  return str(workdir)
+
+
+def check_export_and_serving(workdir, tmp_path):
+  """Export two users; `load(...)` predicts, adapts and recommends exactly
+  as the core's own adaptation with the checkpoint's encoder."""
+  exp = experiment.build(config_io.read_workdir_config(workdir), workdir)
+  meta_params = jax.device_get(
+      load_state(exp, workdir, runtime.make_mesh()).params)
+  assert "encoder" in meta_params["inner"]
+  path = write_file(tmp_path / "r.csv", exp, *store_rows(exp, [4, 5]))
+  out = str(tmp_path / "export")
+  export.export_workdir(workdir, path, out, top_k=3)
+  loaded = export.load(out)
+  assert any(p.startswith("encoder/") for p in loaded.manifest["params"]["inner"])
+  items, ratings = file_support(path, exp, 4)
+  query = np.arange(30)
+  want = core_predictions(exp, meta_params, 4, items, ratings, query)
+  ids = exp.store.item_ids[query]
+  np.testing.assert_allclose(loaded.predict(4, ids), want, rtol=1e-5,
+                             atol=1e-5)
+  pairs = list(zip(exp.store.item_ids[items].tolist(), ratings.tolist()))
+  user = loaded.adapt(pairs, user_id=4)
+  np.testing.assert_allclose(user.predict(ids), want, rtol=1e-5, atol=1e-5)
+  assert len(loaded.recommend(4, 3)) == 3
+  # An unknown user is served from the meta-parameters: finite ratings.
+  assert np.isfinite(loaded.predict(10 ** 9, ids)).all()
+
+
+@pytest.fixture(scope="module")
+def hybrid_run(tmp_path_factory):
+  return train(tmp_path_factory.mktemp("hybrid"), "hybrid")
+
+
+def test_hybrid_exports_and_serves(hybrid_run, tmp_path):
+  check_export_and_serving(hybrid_run, tmp_path)
+
+
+def test_metric_on_idemb_exports_and_serves(tmp_path):
+  check_export_and_serving(
+      train(tmp_path / "metric", "metric", ("model.name", "idemb")), tmp_path)
+
+
+def test_amortised_student_distils_from_a_teacher(hybrid_run, tmp_path,
+                                                  caplog):
+  with caplog.at_level(logging.INFO, logger="metarec"):
+    student = train(tmp_path / "student", "distilled",
+                    ("distill.teacher", hybrid_run), ("distill.weight", "0.3"))
+  assert f"distilling from {hybrid_run} (step 1, weight 0.3)" in caplog.text
+  check_export_and_serving(student, tmp_path)
+  with pytest.raises(InputError, match="distill.weight"):
+    train(tmp_path / "bad", "distilled", ("distill.teacher", hybrid_run),
+          ("distill.weight", "1.5"))
