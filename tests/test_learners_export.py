@@ -38,7 +38,8 @@ def check_export_and_serving(workdir, tmp_path):
   out = str(tmp_path / "export")
   export.export_workdir(workdir, path, out, top_k=3)
   loaded = export.load(out)
-  assert any(p.startswith("encoder/") for p in loaded.manifest["params"]["inner"])
+  inner = loaded.manifest["params"]["inner"]
+  assert any(p.startswith("encoder/") for p in inner)
   items, ratings = file_support(path, exp, 4)
   query = np.arange(30)
   want = core_predictions(exp, meta_params, 4, items, ratings, query)

@@ -98,8 +98,8 @@ class Prototype(nn.Module):
     c, w = _pool(x, rating, mask)
     z = jnp.concatenate([((rating - c) * w) @ x, w @ x,
                          (c * jnp.sum(w))[None]])
-    return nn.Dense(self.size, use_bias=False, kernel_init=nn.initializers.zeros,
-                    param_dtype=self.dtype, name="project")(z)
+    return nn.Dense(self.size, use_bias=False, param_dtype=self.dtype,
+                    kernel_init=nn.initializers.zeros, name="project")(z)
 
 
 class SetEncoder(nn.Module):
