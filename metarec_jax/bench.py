@@ -137,7 +137,8 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
         jax.block_until_ready(state)
         pipeline.wait_seconds = 0.0
         t0 = time.perf_counter()
-      state, metrics = trainer.step(state, batch, trainer.horizon)
+      state, metrics = trainer.step(state, trainer.prepare(batch),
+                                    trainer.horizon)
       if i >= warmup:
         widths.append(trainer.sampler.width(step))
     jax.block_until_ready((state, metrics))
