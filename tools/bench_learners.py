@@ -17,6 +17,7 @@ adapt one user and predict its query) and, last, one JSON line.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Sequence
 
@@ -24,6 +25,8 @@ from absl import flags
 
 from metarec_jax import bench, cli, config_io
 from metarec_jax.errors import InputError
+
+log = logging.getLogger("metarec")
 
 
 def measure(config, algorithms: Sequence[str], *, steps: int,
@@ -33,8 +36,11 @@ def measure(config, algorithms: Sequence[str], *, steps: int,
   for algorithm in algorithms:
     c = config_io.from_dict(config_io.to_dict(config))
     c.meta.algorithm = algorithm
-    out[algorithm] = bench.run(c, steps=steps, warmup=warmup,
-                               count_flops=False)
+    out[algorithm] = r = bench.run(c, steps=steps, warmup=warmup,
+                                   count_flops=False)
+    log.info("%s: %.1f tasks/s, %.4f s/step, adapt one user %.2f ms",
+             algorithm, r["tasks_per_sec"], r["step_seconds"],
+             1000 * r["adapt_seconds"])
   return out
 
 
