@@ -155,6 +155,24 @@ def _define_export(fv):
                       " user table: serve (export them with missing user"
                       " features, flagged) or skip (leave them out, counted"
                       " in skipped_users).", flag_values=fv)
+  flags.DEFINE_boolean("verify", False, "Instead of exporting, check the"
+                       " export at --out: every file, whole, against the"
+                       " sizes and SHA-256 digests its manifest records"
+                       " (about 1.5 s per GB); exit 2 naming the first file"
+                       " that differs.", flag_values=fv)
+
+
+def _verify_export(inv: Invocation) -> int:
+  out = _require(inv.flags, "out")
+  if inv.flags["workdir"].value or inv.flags["ratings"].value:
+    raise InputError("--verify checks the existing export at --out; it takes"
+                     " no --workdir or --ratings")
+  from metarec_jax import export  # pylint: disable=g-import-not-at-top
+  result = export.verify(out)
+  print(f"verified {result['files']} files ({result['bytes']:,} bytes) of"
+        f" {out} in {result['seconds']:.1f} s: all match the manifest")
+  print_json({**result, "out": out})
+  return 0
 
 
 def _define_plot(fv):
@@ -247,6 +265,8 @@ def _run_eval(inv: Invocation) -> int:
 
 def _run_export(inv: Invocation) -> int:
   fv = inv.flags
+  if fv["verify"].value:
+    return _verify_export(inv)
   workdir = _require(fv, "workdir")
   ratings = _require(fv, "ratings")
   out = _require(fv, "out")
@@ -486,7 +506,8 @@ COMMANDS: dict[str, Command] = {
         " with no rating left keep the meta-parameters; all are flagged and"
         " counted. --config.KEY=VALUE overrides the work directory's config"
         " (e.g. --config.data.max_support=100). The last line of stdout is"
-        " the JSON summary.",
+        " the JSON summary. `metarec export --verify --out=DIR` checks an"
+        " existing export against the checksums in its manifest.",
         _define_export, _run_export, takes_config=True),
     "data": Command(
         "fetch, prepare, synthesise or inspect a dataset's task store",

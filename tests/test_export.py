@@ -21,6 +21,7 @@ from procs import start, wait_for
 from metarec_jax import config_io, experiment, export, meta, runtime
 from metarec_jax.data import ratings_io
 from metarec_jax.data.tasks import FeatureTables
+from metarec_jax.errors import InputError
 from metarec_jax.export import layout
 from metarec_jax.train import train_and_evaluate
 from metarec_jax.train.restore import load_state
@@ -162,7 +163,11 @@ def test_the_folder_format(run, exported):
   _, exp, meta_params = run
   _, out, summary, loaded = exported
   manifest = json.load(open(os.path.join(out, "manifest.json")))
-  assert manifest["format"] == "metarec-export" and manifest["version"] == 1
+  assert manifest["format"] == "metarec-export" and manifest["version"] == 2
+  listed = {n for n in arrays(out)} | {"topk.jsonl"}
+  assert set(manifest["files"]) == listed
+  assert manifest["files"]["users.npy"]["bytes"] == os.path.getsize(
+      os.path.join(out, "users.npy"))
   assert manifest["dtype"] == "float32" and manifest["num_users"] == 30
   np.testing.assert_array_equal(loaded.user_ids, USERS)
   assert isinstance(loaded.user_ids, np.memmap)
@@ -446,6 +451,89 @@ def test_idemb_exports_its_user_embedding(tmp_path):
   line = json.loads(open(os.path.join(out, "topk.jsonl")).readlines()[1])
   assert line["user"] == 9
   assert line["items"] == [i for i, _ in loaded.recommend(9, 4)]
+
+
+# ------------------------------------------------------------- integrity
+
+
+def damaged_copy(exported, tmp_path, name, damage):
+  """A copy of the export with `damage(path)` done to its file `name`."""
+  copy = str(tmp_path / "copy")
+  shutil.copytree(exported[1], copy)
+  path = os.path.join(copy, name)
+  damage(path)
+  return copy, path
+
+
+def overwrite(offset, data=b"\x7f\xff" * 8):
+  def damage(path):
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+      f.seek(offset if offset >= 0 else size + offset)
+      f.write(data)
+    assert os.path.getsize(path) == size
+  return damage
+
+
+def empty(path):
+  open(path, "w").close()
+
+
+@pytest.mark.parametrize("name, damage, problem", [
+    ("params/meta/decision/fc1/kernel.npy", overwrite(-100), "content"),
+    ("users.npy", overwrite(130), "content"),
+    ("flags.npy", overwrite(8, b"{'descr': garbage"), "content"),  # header
+    ("users.npy", empty, "0 bytes where the manifest records"),
+])
+def test_a_damaged_file_is_refused_at_load_naming_it(exported, tmp_path,
+                                                     name, damage, problem):
+  copy, path = damaged_copy(exported, tmp_path, name, damage)
+  with pytest.raises(export.DamagedExport) as e:
+    export.load(copy)
+  message = str(e.value)
+  assert message.startswith(f"{path}: {problem}") and "\n" not in message
+  assert "the export is damaged; export again" in message
+
+
+def test_per_user_arrays_are_hashed_whole_on_request(exported, tmp_path):
+  name = "params/adapted/decision/fc1/kernel.npy"
+  copy, path = damaged_copy(exported, tmp_path, name, overwrite(-100))
+  assert os.path.getsize(path) > 2 * 4096  # beyond the head checked always
+  export.load(copy)  # by design: sizes and heads only, no full read
+  with pytest.raises(export.DamagedExport, match=f"^{path}: content differs"):
+    export.load(copy, verify=True)
+  out = metarec("export", "--verify", f"--out={copy}")
+  assert_one_line_error(out, f"{path}: content differs from the sha256")
+  good = metarec("export", "--verify", f"--out={exported[1]}")
+  assert good.returncode == 0, good.stderr
+  result = last_json(good)
+  assert result["files"] == len(arrays(exported[1])) + 1  # and topk.jsonl
+  assert result["bytes"] > 0 and "all match the manifest" in good.stdout
+
+
+@pytest.mark.parametrize("damage, error", [
+    (empty, "EOFError"), (overwrite(8, b"{'descr': garbage"), "Error")])
+def test_format_1_loads_unverified_and_names_an_unreadable_file(
+    exported, tmp_path, caplog, damage, error):
+  """An export written before the checksums: still served, with a warning;
+  a damaged array is an error naming it, whatever numpy raised."""
+  copy, path = damaged_copy(exported, tmp_path, "users.npy", lambda p: None)
+  manifest_path = os.path.join(copy, "manifest.json")
+  manifest = json.load(open(manifest_path))
+  del manifest["files"]
+  manifest["version"] = 1
+  json.dump(manifest, open(manifest_path, "w"))
+  with caplog.at_level(logging.WARNING, logger="metarec"):
+    export.load(copy)
+  assert "export format 1 records no checksums" in caplog.text
+  with pytest.raises(InputError, match="format 1 records no checksums to"
+                     " verify; export again"):
+    export.load(copy, verify=True)
+  damage(path)
+  with pytest.raises(InputError) as e:
+    export.load(copy)
+  assert str(e.value).startswith(f"{path}: not a readable .npy array (")
+  assert error in str(e.value) and "\n" not in str(e.value)
 
 
 # ---------------------------------------------------------------- the CLI

@@ -175,7 +175,7 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(
         f.truncate(10)
   out = metarec("train", f"--workdir={workdir}", "--config.train.num_steps=8")
   assert out.returncode == 1
-  assert "no readable checkpoint" in out.stderr
+  assert "no usable checkpoint" in out.stderr
   assert "Traceback" not in out.stderr
   assert checkpoint_steps(workdir) == [3, 6]
 
@@ -200,7 +200,8 @@ def test_non_finite_meta_gradients_are_skipped_and_counted(tmp_path):
                 "--config.train.num_steps=60", "--config.log.every_steps=60",
                 "--config.train.eval_every_steps=0")
   assert out.returncode == 0, out.stderr
-  assert "non-finite meta-gradient, update skipped" in out.stderr
+  assert ("non-finite loss, meta-gradient or update; update skipped"
+          in out.stderr)
   last = json.loads(open(os.path.join(workdir, "metrics.jsonl"))
                     .read().splitlines()[0])
   assert last["step"] == 60 and last["train/nonfinite_total"] >= 1
@@ -222,8 +223,59 @@ def test_persistent_non_finite_gradients_stop_the_run_naming_the_step(
                 "--config.train.num_steps=20")
   assert out.returncode == 1
   last = out.stderr.strip().splitlines()[-1]
-  assert "step 3: 3 consecutive non-finite meta-gradients" in last
-  assert checkpoint_steps(workdir) == []  # no non-finite state was saved
+  assert ("step 3: 3 consecutive steps with a non-finite loss, meta-gradient"
+          " or update" in last)
+  assert last.endswith("no checkpoint was saved")
+  assert checkpoint_steps(workdir) == []
+
+
+def assert_finite(state):
+  leaves = jax.tree.leaves(state)
+  assert leaves
+  for leaf in leaves:
+    assert np.isfinite(np.asarray(leaf)).all()
+
+
+def test_an_infinite_learning_rate_saves_no_non_finite_state(
+    finished_run, tmp_path):
+  """The gradients are finite, the updates are not: the state is guarded,
+  what was saved is finite, and a resume with a sane rate goes on."""
+  workdir = str(tmp_path / "run")
+  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET,
+                "--config.train.lr=inf", "--config.train.max_nonfinite=3",
+                "--config.checkpoint.every_steps=2")
+  assert out.returncode == 1, out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert ("step 3: 3 consecutive steps with a non-finite loss, meta-gradient"
+          " or update" in last)
+  assert last.endswith("the newest checkpoint, of step 2, holds a finite"
+                       " state to resume from with other settings")
+  assert checkpoint_steps(workdir) == [2]
+  assert_finite(saved_state(workdir, 2))
+  # The finished run's settings: its compiled step comes from the cache.
+  lr = config_io.load_config_file(config_path("tiny")).train.lr
+  out = metarec("train", f"--workdir={workdir}", f"--config.train.lr={lr}")
+  assert out.returncode == 0, out.stderr
+  assert "resumed from the checkpoint of step 2" in out.stderr
+  assert checkpoint_steps(workdir) == [2, 4, 6]
+  state = saved_state(workdir, 6)
+  assert_finite(state)
+  assert int(state["nonfinite_streak"]) == 0
+  assert int(state["nonfinite_total"]) == 2  # steps 1 and 2 were skipped
+
+
+def test_a_diverging_inner_loop_names_no_checkpoint_that_is_not_there(
+    tmp_path):
+  workdir = str(tmp_path / "run")
+  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET,
+                "--config.meta.inner_lr=1e30", "--config.train.max_nonfinite=2",
+                "--config.checkpoint.every_steps=0")
+  assert out.returncode == 1, out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert last == ("metarec train: error: step 2: 2 consecutive steps with a"
+                  " non-finite loss, meta-gradient or update"
+                  " (train.max_nonfinite=2); no checkpoint was saved")
+  assert checkpoint_steps(workdir) == []
 
 
 def test_shape_changing_config_on_resume_is_refused(finished_run, tmp_path):

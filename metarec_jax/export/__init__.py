@@ -9,12 +9,14 @@ and writes the folder described in `layout`; `load(DIR)` serves it
 Modules: `users` (ratings file -> support sets, flags and counts),
 `compute` (the jitted chunk functions), `exporter` (the export run),
 `topk` (topk.jsonl), `layout` (the folder format and its atomic writer),
+`checksums` (the files' sizes and digests, checked at load),
 `serving` (`load`), `progress` (the progress bar).
 """
 
+from metarec_jax.export.checksums import DamagedExport
 from metarec_jax.export.exporter import export_workdir
-from metarec_jax.export.layout import DTYPES, FLAGS, FORMAT_VERSION
+from metarec_jax.export.layout import DTYPES, FLAGS, FORMAT_VERSION, verify
 from metarec_jax.export.serving import Export, UserModel, load
 
-__all__ = ["DTYPES", "Export", "FLAGS", "FORMAT_VERSION", "UserModel",
-           "export_workdir", "load"]
+__all__ = ["DTYPES", "DamagedExport", "Export", "FLAGS", "FORMAT_VERSION",
+           "UserModel", "export_workdir", "load", "verify"]

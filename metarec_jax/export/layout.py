@@ -5,7 +5,9 @@ with `mmap_mode="r"` by `export.load`):
 
     manifest.json                 format name and version, counts, dtype,
                                   the config, the model's feature schema,
-                                  the parameter leaves, the flag bits
+                                  the parameter leaves, the flag bits, and
+                                  (format 2) `files`: every other file's
+                                  size and SHA-256 digests (`checksums`)
     users.npy          [U]        external user ids, sorted (int64 or str)
     flags.npy          [U] uint8  per-user FLAGS bits
     user/NAME.npy      [U(, L)]   int32 user feature indices each user is
@@ -49,6 +51,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import time
 from typing import Any
 
 import ml_dtypes
@@ -56,9 +59,13 @@ import numpy as np
 
 from metarec_jax import atomic
 from metarec_jax.errors import InputError
+from metarec_jax.export import checksums
 
 FORMAT_NAME = "metarec-export"
-FORMAT_VERSION = 1
+# 2: the manifest records every file's size and digests. Format 1 (no
+# digests) still loads, unverified, with a warning.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 # Implicit exports: the items serving-time adaptation draws negatives from.
 IMPLICIT_POOL = "implicit_pool.npy"
 MANIFEST = "manifest.json"
@@ -129,11 +136,30 @@ def read_manifest(path: str) -> dict[str, Any]:
     raise InputError(f"unreadable manifest: {e}", path=file) from None
   if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
     raise InputError("not a metarec export manifest", path=file)
-  if manifest.get("version") != FORMAT_VERSION:
+  if manifest.get("version") not in READABLE_VERSIONS:
     raise InputError(f"export format version {manifest.get('version')!r};"
-                     f" this version reads {FORMAT_VERSION}: export again",
-                     path=file)
+                     " this version reads"
+                     f" {', '.join(map(str, READABLE_VERSIONS))}: export"
+                     " again", path=file)
+  if manifest["version"] >= 2 and not isinstance(manifest.get("files"), dict):
+    raise InputError("manifest without its file records", path=file)
   return manifest
+
+
+def verify(path: str | os.PathLike) -> dict[str, Any]:
+  """Checks every file of the export folder `path`, whole, against its
+  manifest (no model is built). Returns `{"files", "bytes", "seconds"}`.
+
+  Raises:
+    checksums.DamagedExport: naming the first file that does not match.
+    InputError: not an export, or one of format 1 (nothing recorded).
+  """
+  t0 = time.perf_counter()
+  path = os.fspath(path)
+  manifest = read_manifest(path)
+  hashed = checksums.check_manifest(path, manifest, everything=True)
+  return {"files": len(manifest["files"]), "bytes": hashed,
+          "seconds": round(time.perf_counter() - t0, 3)}
 
 
 class ExportWriter(atomic.Folder):
@@ -201,10 +227,13 @@ class ExportWriter(atomic.Folder):
     return total
 
   def finish(self, manifest: dict[str, Any]) -> None:
-    """Writes the manifest and swaps the folder into place."""
+    """Writes the manifest, with every file's size and digests, and swaps
+    the folder into place."""
     self.close_mapped()
+    files = checksums.record(self.tmp, exclude=(MANIFEST,))
     super().finish(MANIFEST, {"format": FORMAT_NAME,
-                              "version": FORMAT_VERSION, **manifest})
+                              "version": FORMAT_VERSION, **manifest,
+                              "files": files})
 
 
 class MappedArray:

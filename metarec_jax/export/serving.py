@@ -47,7 +47,7 @@ from metarec_jax.data import implicit
 from metarec_jax.data.schema import FeatureSpec
 from metarec_jax.data.tasks import FeatureTables, bucket_widths
 from metarec_jax.errors import InputError
-from metarec_jax.export import batched, compute, layout
+from metarec_jax.export import batched, checksums, compute, layout
 from metarec_jax.export import users as users_lib
 from metarec_jax.meta import paths
 
@@ -56,13 +56,22 @@ log = logging.getLogger("metarec")
 MAX_BLOCK = 4096  # items per device call of `predict`
 
 
-def load(path: str | os.PathLike) -> "Export":
+def load(path: str | os.PathLike, *, verify: bool = False) -> "Export":
   """Opens an export folder written by `metarec export`.
 
+  Args:
+    path: the folder.
+    verify: hash every file whole against the manifest's digests, the
+      per-user arrays too (by default their sizes and heads only; see
+      `checksums` for what each costs).
+
   Raises:
-    InputError: not a complete export of a known format version.
+    checksums.DamagedExport: a file is missing or differs from the
+      manifest's record (an `InputError` naming the file).
+    InputError: not a complete export of a known format version, or an
+      array that cannot be read.
   """
-  return Export(os.fspath(path))
+  return Export(os.fspath(path), verify=verify)
 
 
 def _sorted_index(ids: np.ndarray):
@@ -181,9 +190,10 @@ class Export(batched.UserBatches):
     model, meta_config: the rebuilt `Recommender` and `MetaConfig`.
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, *, verify: bool = False):
     self.path = path
     self.manifest = m = layout.read_manifest(path)
+    checksums.check_manifest(path, m, everything=verify)
     self.dtype = m["dtype"]
     self.rating_range = (float(m["rating_min"]), float(m["rating_max"]))
     config = config_io.from_dict(m["config"])
@@ -252,8 +262,13 @@ class Export(batched.UserBatches):
     file = os.path.join(self.path, name)
     try:
       return np.load(file, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-      raise InputError(f"unreadable export array: {e}", path=file) from e
+    except Exception as e:  # pylint: disable=broad-except
+      # A damaged header raises anything from numpy's parser (ValueError,
+      # EOFError, tokenize.TokenError, SyntaxError...).
+      problem = str(e).splitlines()[0][:200] if str(e) else ""
+      raise InputError(f"not a readable .npy array ({type(e).__name__}"
+                       f"{': ' + problem if problem else ''})",
+                       path=file) from None
 
   @property
   def num_users(self) -> int:

@@ -5,8 +5,21 @@ Layout: `WORKDIR/checkpoints/<step>/` with two items, `state` (the whole
 config with a format version). Saves are asynchronous. Orbax writes each
 step into a temporary folder and commits it by rename, so a save killed
 half-way leaves a temporary folder (removed at the next start), never a
-checkpoint that looks complete. A complete checkpoint that cannot be read
-(a truncated or deleted file) is skipped for the previous one, loudly.
+checkpoint that looks complete. A complete checkpoint that cannot be used
+is skipped for the previous one, loudly: one that cannot be read (a
+truncated or deleted file), one whose arrays do not match the digests
+recorded at save time (bytes changed in place), one holding a non-finite
+value (written before metarec refused to save those).
+
+Integrity: `save` reads the state to the host once, refuses a state with a
+NaN or an infinity, and records a SHA-256 digest of every leaf in the
+`config` item, which orbax commits in the same rename as the state; the
+restore recomputes them from the restored arrays. The digests are of the
+values, not of orbax's files, so they do not depend on how orbax lays the
+files out, on its asynchronous writer or on how many processes wrote
+(every process holds the same replicated state; the primary one writes the
+JSON item). Cost: one host copy and about 1.5 s per GB of state hashed at
+each save and restore (measured on the 2-core test machine).
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from metarec_jax import integrity, runtime
 from metarec_jax.errors import OutputError, cause_of
 from metarec_jax.meta import paths
 
@@ -31,7 +45,26 @@ log = logging.getLogger("metarec")
 
 
 class CheckpointError(Exception):
-  """No usable checkpoint where one was expected."""
+  """No usable checkpoint where one was expected, or a state not to save."""
+
+
+class DamagedCheckpoint(CheckpointError):
+  """A checkpoint that was read but must not be used (its message says
+  why: a digest mismatch or a non-finite value)."""
+
+
+def inspect_state(state: Any) -> tuple[dict[str, str], list[str]]:
+  """`({leaf path: SHA-256 digest}, [paths of non-finite leaves])` of a
+  (replicated) state, read through the host."""
+  named = [(p, runtime.to_host(x)) for p, x in
+           zip(paths.leaf_paths(state), _leaves(state))]
+  digests = {p: integrity.array_digest(a) for p, a in named}
+  return digests, integrity.nonfinite(named)
+
+
+def _few(names: list[str], n: int = 3) -> str:
+  return ", ".join(names[:n]) + (f" and {len(names) - n} more"
+                                 if len(names) > n else "")
 
 
 def _handlers():
@@ -80,13 +113,22 @@ class Checkpointer:
     return self.every_steps > 0 and step % self.every_steps == 0
 
   def save(self, step: int, state: Any, config: dict) -> None:
-    """Starts an asynchronous save of `state` at `step`.
+    """Starts an asynchronous save of `state` at `step`, with the digest of
+    every leaf in its config record.
 
     Raises:
+      CheckpointError: a leaf holds a NaN or an infinity (nothing is saved).
       OutputError: this save or the previous (asynchronous) one failed.
     """
+    digests, bad = inspect_state(state)
+    if bad:
+      raise CheckpointError(
+          f"step {step}: the state holds non-finite values in {len(bad)}"
+          f" leaves ({_few(bad)}); not saved")
     record = {"format_version": FORMAT_VERSION, "step": int(step),
-              "config": config}
+              "config": config,
+              "digests": {"algorithm": integrity.ALGORITHM,
+                          "leaves": digests}}
     with self._writing(int(step)):
       self.manager.save(int(step), args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
@@ -141,10 +183,11 @@ class Checkpointer:
               check=None) -> tuple[Any, dict, int]:
     """Restores `step`, or the newest checkpoint that can be read.
 
-    Without `step`, an unreadable newest checkpoint (truncated or missing
-    files) is reported with a warning naming it and the one tried next, and
-    moved aside; when none can be read it is an error, never a silent fresh
-    start.
+    Without `step`, a newest checkpoint that cannot be used (truncated or
+    missing files, arrays that differ from the digests recorded at save
+    time, a non-finite value) is reported with a warning naming it, the
+    leaf and the one tried next, and moved aside; when none can be used it
+    is an error, never a silent fresh start.
 
     Args:
       abstract_state: the state's structure as `jax.ShapeDtypeStruct`s with
@@ -179,26 +222,52 @@ class Checkpointer:
         try:
           state = self.manager.restore(candidate, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract_state)))["state"]
+          self._verify(candidate, state, record)
         except Exception as e:  # pylint: disable=broad-except
           error = e
         else:
           self._move_aside(unreadable)
           return state, record, candidate
       unreadable.append(candidate)
-      failures.append(f"step {candidate}: {type(error).__name__}: {error}")
+      if isinstance(error, DamagedCheckpoint):
+        problem = str(error)
+      else:
+        problem = (f"cannot be read ({type(error).__name__}:"
+                   f" {str(error).splitlines()[0][:200]})")
+      failures.append(f"step {candidate} {problem}")
       older = candidates[i + 1] if i + 1 < len(candidates) else None
       if older is not None:
-        log.warning("the checkpoint of step %d in %s cannot be read (%s);"
-                    " falling back to the checkpoint of step %d", candidate,
-                    self.directory, str(error).splitlines()[0][:200], older)
+        log.warning("the checkpoint of step %d in %s %s; falling back to the"
+                    " checkpoint of step %d", candidate, self.directory,
+                    problem, older)
     raise CheckpointError(
-        f"no readable checkpoint in {self.directory} (tried "
+        f"no usable checkpoint in {self.directory} (tried "
         + "; ".join(f[:300] for f in failures) + "); refusing to start from"
         " scratch over it: move the folder away to start anew")
 
+  def _verify(self, step: int, state: Any, record: dict) -> None:
+    """Raises `DamagedCheckpoint` if the restored `state` differs from the
+    digests recorded at save time or holds a non-finite value (checkpoints
+    written before digests were recorded are checked for the latter only).
+    """
+    digests, bad = inspect_state(state)
+    saved = (record.get("digests") or {}).get("leaves")
+    if saved is not None:
+      changed = [p for p in sorted(set(saved) | set(digests))
+                 if saved.get(p) != digests.get(p)]
+      if changed:
+        raise DamagedCheckpoint(
+            f"is corrupt: {os.path.join(self.directory, str(step), 'state')}"
+            f" restores {len(changed)} leaves that differ from the digests"
+            f" recorded at save time ({_few(changed)})")
+    if bad:
+      raise DamagedCheckpoint(
+          f"holds non-finite values in {len(bad)} leaves ({_few(bad)})")
+
   def _move_aside(self, steps: list[int]) -> None:
-    """Moves unreadable checkpoints out of the way of new saves of the same
-    steps, into `WORKDIR/checkpoints-unreadable/` (kept for inspection)."""
+    """Moves checkpoints that cannot be used out of the way of new saves of
+    the same steps, into `WORKDIR/checkpoints-unreadable/` (kept for
+    inspection)."""
     if not steps:
       return
     dest = os.path.join(os.path.dirname(self.directory),
@@ -207,8 +276,8 @@ class Checkpointer:
     for step in steps:
       target = os.path.join(dest, f"{step}-{int(time.time())}")
       shutil.move(os.path.join(self.directory, str(step)), target)
-      log.warning("moved the unreadable checkpoint of step %d to %s", step,
-                  target)
+      log.warning("moved the checkpoint of step %d, which cannot be used, to"
+                  " %s", step, target)
     self.manager.reload()
 
   def saved_param_shapes(self, step: int) -> dict[str, tuple]:

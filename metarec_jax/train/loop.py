@@ -176,17 +176,32 @@ def _metrics_to_host(metrics: dict) -> dict[str, float]:
   return {k: float(runtime.to_host(v)) for k, v in metrics.items()}
 
 
-def _check_finite(step: int, metrics: dict, *, max_nonfinite: int) -> None:
+def _check_finite(step: int, metrics: dict, *, max_nonfinite: int,
+                  checkpointer: ckpt_lib.Checkpointer) -> None:
   streak = int(runtime.to_host(metrics["train/nonfinite_streak"]))
   if streak:
-    log.warning("step %d: non-finite meta-gradient, update skipped (%d in a"
-                " row, %d in total)", step, streak,
+    log.warning("step %d: non-finite loss, meta-gradient or update; update"
+                " skipped (%d in a row, %d in total)", step, streak,
                 int(runtime.to_host(metrics["train/nonfinite_total"])))
   if streak >= max(max_nonfinite, 1):
+    # Every saved state is finite (`Checkpointer.save` refuses others), so
+    # the newest checkpoint, if any, is one to resume from.
+    checkpointer.wait()
+    newest = checkpointer.latest_step()
     raise TrainingError(
-        f"step {step}: {streak} consecutive non-finite meta-gradients"
-        f" (train.max_nonfinite={max_nonfinite}); the newest checkpoint holds"
-        " the last finite state")
+        f"step {step}: {streak} consecutive steps with a non-finite loss,"
+        f" meta-gradient or update (train.max_nonfinite={max_nonfinite}); "
+        + ("no checkpoint was saved" if newest is None else
+           f"the newest checkpoint, of step {newest}, holds a finite state"
+           " to resume from with other settings"))
+
+
+def _save(checkpointer: ckpt_lib.Checkpointer, step: int, state,
+          config_record: dict) -> None:
+  try:
+    checkpointer.save(step, state, config_record)
+  except ckpt_lib.CheckpointError as e:  # a non-finite state: not saved
+    raise TrainingError(str(e)) from None
 
 
 def _restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
@@ -292,7 +307,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
       def save_and_report_stop(step):
         if step != restored_step and step > 0:
-          checkpointer.save(step, state, config_record)
+          _save(checkpointer, step, state, config_record)
           what = "saved"
         elif step > 0:  # e.g. during the warm-up of a resumed run
           what = f"nothing new to save: the checkpoint of step {step} holds it"
@@ -329,6 +344,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                             start=step, stop=num_steps,
                             depth=int(tc.prefetch))
       tasks_per_step = int(tc.tasks_per_step)
+      check_finite = functools.partial(
+          _check_finite, max_nonfinite=int(tc.max_nonfinite),
+          checkpointer=checkpointer)
       last_time, last_step = time.perf_counter(), step
       pending = None  # (step, metrics) of the previous step, read one late
       progress.start(num_steps, step)
@@ -338,7 +356,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                         trainer.horizon)
           step = step_index + 1
           if pending is not None:
-            _check_finite(*pending, max_nonfinite=int(tc.max_nonfinite))
+            check_finite(*pending)
           pending = (step, metrics)
           if step % int(config.log.every_steps) == 0 or step == num_steps:
             values = _metrics_to_host(metrics)
@@ -378,19 +396,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                          _fmt(results["val"]["mae_unadapted"]))
           if stop(step):
             if pending is not None:
-              _check_finite(*pending, max_nonfinite=int(tc.max_nonfinite))
+              check_finite(*pending)
             save_and_report_stop(step)
             break
           if checkpointer.should_save(step) or step == num_steps:
-            _check_finite(*pending, max_nonfinite=int(tc.max_nonfinite))
+            check_finite(*pending)
+            pending = None  # checked: not again (nor warned twice)
             # orbax compiles its own small copy programs on a first save;
             # they are not ours to count.
             compiles.stop()
-            checkpointer.save(step, state, config_record)
+            _save(checkpointer, step, state, config_record)
             compiles.start()
         else:
           if pending is not None:
-            _check_finite(*pending, max_nonfinite=int(tc.max_nonfinite))
+            check_finite(*pending)
       finally:
         progress.close()
         pipeline.close()

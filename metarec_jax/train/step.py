@@ -4,8 +4,10 @@ The task axis of a batch is sharded over the mesh axis `tasks`; parameters
 are replicated. Inside `shard_map` each device computes the meta-gradient
 of its own tasks, `chunk_tasks` at a time (a `lax.scan` accumulates the
 chunks, so memory is bounded by the chunk, not the meta-batch), and the
-devices average with `pmean`. A non-finite meta-gradient skips the update
-and is counted; the loop decides when too many in a row end the run.
+devices average with `pmean`. A step whose loss, meta-gradient or updated
+state (any parameter or optimizer-state leaf) is not finite keeps the old
+state and is counted, all decided on the device; the loop decides when too
+many in a row end the run.
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ def chunked_meta_grad(loss_fn, meta_config: meta.MetaConfig, meta_params,
   return jax.tree.map(lambda x: x / num_chunks, total)
 
 
+def all_finite(tree: PyTree) -> jax.Array:
+  """A scalar: whether every floating-point leaf of `tree` is finite."""
+  checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.stack(checks).all() if checks else jnp.bool_(True)
+
+
 def make_train_step(loss_fn, meta_config: meta.MetaConfig,
                     optimizer: Callable[[jax.Array],
                                         optax.GradientTransformation],
@@ -94,10 +103,13 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig,
   def train_step(state: TrainState, batch: PyTree, horizon: jax.Array):
     loss, unadapted, grads = sharded(state.params, batch)
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer(horizon).update(grads, state.opt_state,
                                                    state.params)
     params = optax.apply_updates(state.params, updates)
+    # A finite gradient can still make a non-finite state (an infinite
+    # learning rate, an overflowing update): the new state is checked too.
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & all_finite((params, opt_state)))
 
     def keep(new, old):
       return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
