@@ -239,10 +239,14 @@ def assert_finite(state):
 def test_an_infinite_learning_rate_saves_no_non_finite_state(
     finished_run, tmp_path):
   """The gradients are finite, the updates are not: the state is guarded,
-  what was saved is finite, and a resume with a sane rate goes on."""
+  what was saved is finite, and a resume with a sane rate goes on.
+
+  `train.lr=inf` is refused by the config check; 1e39 passes it (a finite
+  Python float) and is infinite as the device's float32.
+  """
   workdir = str(tmp_path / "run")
   out = metarec("train", TINY, f"--workdir={workdir}", *QUIET,
-                "--config.train.lr=inf", "--config.train.max_nonfinite=3",
+                "--config.train.lr=1e39", "--config.train.max_nonfinite=3",
                 "--config.checkpoint.every_steps=2")
   assert out.returncode == 1, out.stderr
   last = out.stderr.strip().splitlines()[-1]
