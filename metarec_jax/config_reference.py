@@ -213,8 +213,9 @@ MEANINGS: dict[str, str] = {
     "train.eval_every_steps": "Validation every this many steps (and at the"
                               " end); 0 = only at the end; -1 = never (no"
                               " validation programs are compiled).",
-    "train.max_nonfinite": "Stop after this many consecutive non-finite"
-                           " meta-gradients (each one skips its update).",
+    "train.max_nonfinite": "Stop after this many consecutive steps whose"
+                           " loss, meta-gradient or update is not finite"
+                           " (each one keeps the previous state).",
     "train.preempt_exit_code": "Exit status after a SIGTERM/SIGINT stopped"
                                " the run and saved it (0 = success; a"
                                " scheduler that requeues failed jobs wants"
