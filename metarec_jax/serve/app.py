@@ -89,8 +89,8 @@ def create_app(service: Service, *, token: str | None,
         None, description="[[item, rating], ...], oldest first")
     items: Annotated[list[ItemId], Field(
         min_length=1, max_length=limits.max_ratings)] | None = Field(
-            None, description="implicit feedback (an implicit model's"
-            " export); this export takes `ratings`")
+            None, description="implicit feedback: positives, for an"
+            " implicit model's export")
 
   class AdaptBody(Body):
     ratings: Ratings
@@ -213,15 +213,21 @@ def create_app(service: Service, *, token: str | None,
   async def interactions(user: Annotated[str, Path(max_length=256)],
                          body: InteractionsBody):
     uid = user_of(user)
+    if body.items is not None and body.ratings is not None:
+      raise fastapi.HTTPException(422, "send ratings or items, not both")
     if body.items is not None:
-      # The extension point of implicit-feedback models: their export will
-      # take item lists; this one learns from ratings.
-      raise fastapi.HTTPException(
-          422, "this export learns from ratings: send {\"ratings\": [[item,"
-          " rating], ...]}")
-    if body.ratings is None:
+      if getattr(export, "implicit", None) is None:
+        raise fastapi.HTTPException(
+            422, "this export learns from ratings: send {\"ratings\":"
+            " [[item, rating], ...]}")
+      # An implicit export: each item is a positive, logged with the top of
+      # the scale (at or above the export's threshold, so a retrain and a
+      # re-export read it as a positive too).
+      items, values = list(body.items), [hi] * len(body.items)
+    elif body.ratings is None:
       raise fastapi.HTTPException(422, "ratings: field required")
-    items, values = checked(body.ratings)
+    else:
+      items, values = checked(body.ratings)
     r = await service.learn.submit((uid, items, positions(items), values))
     return reply({"user": uid, "accepted": len(items), **r})
 
