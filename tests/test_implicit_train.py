@@ -107,3 +107,13 @@ def test_export_and_serving_rank_unseen_items(straight, tmp_path):
   assert a.support_size == 6
   assert a.recommend(5) == b.recommend(5)
   assert not set(clicked) & {i for i, _ in a.recommend(5)}
+  # metarec serve's engine learns an implicit user's clicks (positives, as
+  # its {"items": [...]} interactions log them: the top of the scale).
+  from metarec_jax.serve import engine as engine_lib
+  g = engine_lib.Engine(e, engine_lib.Limits(max_batch=2, max_items=16))
+  top = np.float32(e.rating_range[1])
+  assert g.learn([(user, e.item_index(clicked),
+                   np.full(len(clicked), top))])[0]["support_size"] >= 6
+  r = g.recommend([(user, 5)])[0]
+  assert r["source"] == "adapted" and len(r["items"]) == 5
+  assert not seen & {i for i, _ in r["items"]}
