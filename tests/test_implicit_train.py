@@ -29,6 +29,9 @@ def implicit_config(**train):
   config.model.loss = "bpr"
   config.train.eval_every_steps = -1
   config.checkpoint.every_steps = 3
+  # One learning-rate schedule for the straight run and the extended one
+  # (an extended run keeps the schedule's length).
+  config.train.schedule_steps = 6
   config.train.update(train)
   return config
 
