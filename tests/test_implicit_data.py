@@ -32,6 +32,7 @@ def test_a_file_without_ratings_is_all_positives_and_repeats_count_once(
   assert implicit.is_implicit(s)
   assert s.counts().tolist() == [2, 1, 1]  # u1's second click on a: once
   assert np.asarray(s.ratings).tolist() == [1.0] * 4
+  assert s.rating_range == (1.0, 5.0)  # the input's scale, for export
   assert s.manifest["implicit"]["interactions"] == 4
   # Without implicit the same file is refused.
   data.implicit.enabled = False

@@ -91,13 +91,15 @@ def test_export_and_serving_rank_unseen_items(straight, tmp_path):
   lines = ["user,item,rating"]
   for u in users:
     for i in items[offsets[u]:offsets[u + 1]][:12]:
-      lines.append(f"{store.user_ids[u]},{store.item_ids[i]},1")
+      lines.append(f"{store.user_ids[u]},{store.item_ids[i]},5")
   path = tmp_path / "clicks.csv"
   path.write_text("\n".join(lines) + "\n")
   out = str(tmp_path / "export")
   export.export_workdir(straight, str(path), out, top_k=5, chunk_users=4)
   e = export.load(out)
   assert e.implicit is not None and e.implicit.negatives == 1
+  # Ratings come on the input's scale, where the threshold lies.
+  assert e.rating_range == (1.0, 5.0)
   user = int(store.user_ids[1])
   seen = set(store.item_ids[items[offsets[1]:offsets[2]][:12]].tolist())
   recs = e.recommend(user, 5)

@@ -127,9 +127,10 @@ def convert_store(src: store_lib.TaskStore, out: str | os.PathLike, *,
       w.save("timestamps.npy", np.asarray(src.timestamps)[positive])
     w.save(INTERACTED, interacted)
     manifest = {k: v for k, v in src.manifest.items() if k != "format"}
+    # rating_min/max stay the input's scale: export and serving read
+    # ratings on it and compare them with the threshold.
     manifest.update(
-        num_ratings=int(positive.sum()), rating_min=0.0, rating_max=1.0,
-        rating_mean=1.0,
+        num_ratings=int(positive.sum()), rating_mean=1.0,
         implicit={"threshold": float(threshold),
                   "positives": int(positive.sum()),
                   "interactions": int(len(interacted)),
