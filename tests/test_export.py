@@ -584,10 +584,13 @@ def test_cli_refuses_a_foreign_out_and_bad_files(run, exported, tmp_path):
   assert_one_line_error(out, "is not an earlier export")
   assert os.listdir(foreign) == ["notes.txt"]
   bad = tmp_path / "bad.csv"
-  bad.write_text("user,item,rating\n1,2,3\n1,x,4\n")
+  # A non-integer id is skipped and counted (see
+  # test_non_integer_ids_are_skipped_and_counted); a rating that is not a
+  # number still refuses the file.
+  bad.write_text("user,item,rating\n1,2,3\n1,2,x\n")
   out = metarec("export", f"--workdir={workdir}", f"--ratings={bad}",
                 f"--out={tmp_path / 'e'}")
-  assert_one_line_error(out, "bad.csv:3: item id 'x' is not an integer")
+  assert_one_line_error(out, "bad.csv:3: rating 'x' is not a finite number")
   out = metarec("export", f"--workdir={workdir}", f"--out={tmp_path / 'e'}")
   assert_one_line_error(out, "--ratings is required")
   assert not os.path.exists(tmp_path / "e")
