@@ -1,0 +1,197 @@
+"""The test bed: generic-format datasets of several shapes, reproducibly.
+
+Each shape is a small generative model of ratings, written as the files the
+README's "Your own data" recipe reads (`ratings.csv`, `items.csv`,
+`users.csv`) plus `flags.txt`, the `metarec` flags that read them (one per line, without
+shell quoting: pass them as `$(cat flags.txt)`):
+
+    rating = clip(round(mu + b_user + b_item + taste * <p_user, q_item>
+                        + noise), 1, 5)
+
+Item features (`cat`, a category, and `tags`, a list) and a user feature
+(`group`) are either *useful* (the latent vectors and biases are built from
+the feature values, so a model can learn them) or *useless* (drawn
+independently of everything). An item is new (`new` = 1) with probability
+`new_item_fraction`. The shapes span few and many users, sparse and dense
+rating counts, useful and useless features, ratings mostly bias and mostly
+taste:
+
+    bias        pure biases (taste 0): the baseline is the true model
+    few_sparse  300 users, 15-60 ratings each, useless features, some taste
+    many_dense  3000 users, 40-150 ratings each, useful features, taste
+    taste       1500 users, strong taste, useful features
+    useless     1500 users, strong taste, useless features
+
+Usage (from the repository root):
+
+    python tools/testbed.py --out=runs/testbed            # every shape
+    python tools/testbed.py --out=runs/testbed --shape=bias --seed=1
+    metarec train --config=configs/default.py --workdir=runs/tb-bias \\
+        $(cat runs/testbed/bias/flags.txt)
+
+The files are a pure function of (shape, seed). The module is also a
+`tools/compare.py` spec: `--spec=tools/testbed.py:FOLDER[,FOLDER...]` runs
+the own-data recipe (`configs/default.py` plus each folder's `flags.txt`)
+on every folder holding one (e.g. those of `tools/ml100k_subset.py`):
+
+    python tools/compare.py --out=runs/tb-cmp --seeds=0,1,2 \
+        --spec=tools/testbed.py:runs/testbed/bias,runs/testbed/taste
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Shape(NamedTuple):
+  """One generator's knobs."""
+
+  users: int
+  items: int
+  min_ratings: int
+  max_ratings: int
+  taste: float  # scale of the interaction term
+  item_bias: float = 0.5  # std of the item biases
+  user_bias: float = 0.4  # std of the user biases
+  noise: float = 0.5
+  useful_features: bool = True
+  new_item_fraction: float = 0.2
+  dim: int = 4
+  categories: int = 12
+  tags: int = 30
+  groups: int = 8
+  mean: float = 3.6
+
+
+SHAPES = {
+    "bias": Shape(users=1000, items=800, min_ratings=30, max_ratings=120,
+                  taste=0.0, useful_features=True),
+    "few_sparse": Shape(users=300, items=600, min_ratings=15, max_ratings=60,
+                        taste=0.4, useful_features=False),
+    "many_dense": Shape(users=3000, items=1000, min_ratings=40,
+                        max_ratings=150, taste=0.6, useful_features=True),
+    "taste": Shape(users=1500, items=800, min_ratings=30, max_ratings=120,
+                   taste=1.0, item_bias=0.3, user_bias=0.3),
+    "useless": Shape(users=1500, items=800, min_ratings=30, max_ratings=120,
+                     taste=1.0, item_bias=0.3, user_bias=0.3,
+                     useful_features=False),
+}
+
+FLAGS = ("--config.data.name=generic",
+         "--config.data.root={root}",
+         "--config.data.generic.item_features=items.csv",
+         "--config.data.generic.user_features=users.csv",
+         '--config.data.generic.categorical=("cat","group")',
+         '--config.data.generic.lists=("tags",)',
+         "--config.data.list_pad.tags=3",
+         "--config.data.generic.new_item_col=new")
+
+
+def generate(shape: Shape, seed: int) -> dict[str, list[str]]:
+  """The lines of each file of one dataset."""
+  rng = np.random.default_rng(seed)
+  s = shape
+  # Item side: a category, 1-3 tags, a latent vector and a bias.
+  cat = rng.integers(s.categories, size=s.items)
+  tags = [rng.choice(s.tags, size=rng.integers(1, 4), replace=False)
+          for _ in range(s.items)]
+  cat_vec = rng.normal(size=(s.categories, s.dim))
+  tag_vec = rng.normal(size=(s.tags, s.dim))
+  cat_bias = rng.normal(scale=s.item_bias, size=s.categories)
+  if s.useful_features:
+    q = np.stack([0.7 * cat_vec[c] + 0.7 * tag_vec[t].mean(0)
+                  for c, t in zip(cat, tags)])
+    q += 0.3 * rng.normal(size=q.shape)
+    b_item = 0.8 * cat_bias[cat] + rng.normal(scale=0.4 * s.item_bias,
+                                               size=s.items)
+  else:
+    q = rng.normal(size=(s.items, s.dim))
+    b_item = rng.normal(scale=s.item_bias, size=s.items)
+  q /= np.sqrt(s.dim)
+  new = rng.random(s.items) < s.new_item_fraction
+  # User side: a group, a latent vector and a bias.
+  group = rng.integers(s.groups, size=s.users)
+  group_vec = rng.normal(size=(s.groups, s.dim))
+  if s.useful_features:
+    p = 0.6 * group_vec[group] + 0.8 * rng.normal(size=(s.users, s.dim))
+  else:
+    p = rng.normal(size=(s.users, s.dim))
+  b_user = rng.normal(scale=s.user_bias, size=s.users)
+  # Popularity: some items are rated far more often than others.
+  popularity = rng.pareto(1.5, size=s.items) + 0.2
+  popularity /= popularity.sum()
+  ratings = ["user,item,rating"]
+  for u in range(s.users):
+    n = int(rng.integers(s.min_ratings, s.max_ratings + 1))
+    items = rng.choice(s.items, size=min(n, s.items), replace=False,
+                       p=popularity)
+    value = (s.mean + b_user[u] + b_item[items]
+             + s.taste * q[items] @ p[u]
+             + rng.normal(scale=s.noise, size=len(items)))
+    value = np.clip(np.round(value), 1, 5).astype(int)
+    ratings += [f"u{u},i{i},{r}" for i, r in zip(items, value)]
+  item_lines = ["item,cat,tags,new"] + [
+      f"i{i},c{cat[i]},{'|'.join(f't{t}' for t in tags[i])},{int(new[i])}"
+      for i in range(s.items)]
+  user_lines = ["user,group"] + [f"u{u},g{group[u]}" for u in range(s.users)]
+  return {"ratings.csv": ratings, "items.csv": item_lines,
+          "users.csv": user_lines}
+
+
+def write(out: str, name: str, seed: int = 0) -> str:
+  """Writes shape `name` into `out/name`; returns that folder."""
+  folder = os.path.join(out, name)
+  os.makedirs(folder, exist_ok=True)
+  for file, lines in generate(SHAPES[name], seed).items():
+    with open(os.path.join(folder, file), "w", encoding="utf-8") as f:
+      f.write("\n".join(lines) + "\n")
+  with open(os.path.join(folder, "flags.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(FLAGS).format(root=os.path.abspath(folder)) + "\n")
+  return folder
+
+
+def recipe_overrides(folder: str) -> dict[str, str]:
+  """`{key: value}` of a folder's `flags.txt` (the recipe's data flags)."""
+  out = {}
+  with open(os.path.join(folder, "flags.txt"), encoding="utf-8") as f:
+    for line in f:
+      key, _, value = line.strip().removeprefix("--config.").partition("=")
+      if key:
+        out[key] = value
+  return out
+
+
+def get_runs(arg: str = ""):
+  """The `tools/compare.py` spec: the recipe on each folder of `arg`.
+
+  `arg` is comma-separated `FOLDER` or `NAME=FOLDER` entries (NAME default:
+  the folder's name); `NAME=FOLDER+KEY=VALUE+...` adds overrides.
+  """
+  runs = []
+  for entry in filter(None, arg.split(",")):
+    head, *extra = entry.split("+")
+    name, _, folder = head.rpartition("=")
+    overrides = recipe_overrides(folder)
+    overrides.update(dict(e.split("=", 1) for e in extra))
+    runs.append({"name": name or os.path.basename(os.path.normpath(folder)),
+                 "config": "configs/default.py", "overrides": overrides})
+  return {"runs": runs}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--out", required=True, help="folder of the datasets")
+  parser.add_argument("--shape", action="append", choices=sorted(SHAPES),
+                      help="shape(s) to write (default: all)")
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args()
+  for name in args.shape or sorted(SHAPES):
+    print(write(args.out, name, args.seed))
+
+
+if __name__ == "__main__":
+  main()
