@@ -238,7 +238,12 @@ def _run_train(inv: Invocation) -> int:
     return int(config.train.preempt_exit_code)
   if summary.get("finished"):  # the loop said so, and what to run next
     return 0
-  # The last validation was logged by the loop; say what to do next.
+  # The last validation was logged by the loop; say whether it beat the
+  # baseline, then what to do next.
+  from metarec_jax.eval import verdicts  # pylint: disable=g-import-not-at-top
+  if "val" in summary:
+    for line in verdicts.warnings_for({"validation": summary["val"]}):
+      log.warning("%s", line)
   log.info("trained to step %d in %s. Next: `metarec eval --workdir=%s`"
            " (the cold-start scenarios against the baselines), `metarec plot"
            " --workdir=%s`, `tensorboard --logdir=%s`", summary["step"],

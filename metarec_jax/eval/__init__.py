@@ -7,6 +7,7 @@ from typing import Iterable
 
 from metarec_jax import config_io, experiment, runtime
 from metarec_jax.data.splits import SCENARIOS
+from metarec_jax.eval import verdicts
 
 log = logging.getLogger("metarec")
 
@@ -33,9 +34,11 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
       `eval.support_curve`).
 
   Returns:
-    `{"step": N, "scenarios": {"W": {...}, "UC": ..., "IC": ..., "UIC": ...}}`
-    with the keys of docs/design.md; an empty scenario has `tasks: 0` and null
-    metrics.
+    `{"step": N, "scenarios": {"W": {...}, "UC": ..., "IC": ..., "UIC": ...},
+    "warnings": [...]}` with the keys of docs/design.md; an empty scenario
+    has `tasks: 0` and null metrics; `warnings` (`eval.verdicts`) says
+    where the model lost to the item-mean + user-bias baseline and which
+    scenarios have too few tasks.
 
   Raises:
     InputError: a bad work directory, config, checkpoint or ratings file.
@@ -80,7 +83,10 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     curves.evaluate_and_write(
         workdir, evaluator, state.params, tasksets, step=step,
         seed=int(config.eval.seed), write=jax.process_index() == 0)
-  return {"step": step, "scenarios": results}
+  warnings = verdicts.warnings_for(results)
+  for line in warnings:
+    log.warning("%s", line)
+  return {"step": step, "scenarios": results, "warnings": warnings}
 
 
 def scalar_metrics(results: dict, *, baselines: bool = True
@@ -139,14 +145,17 @@ def format_table(report: dict) -> str:
     return _ranking_table(report, f)
   lines = [f"step {report['step']}",
            "scenario  tasks     MAE  unadapted    RMSE  nDCG@1  nDCG@3"
-           "  | item+bias MAE  global MAE"]
+           "  | item+bias MAE  nDCG@3  | global MAE"]
   for name, m in report["scenarios"].items():
     base = m["baselines"]
+    bias = base["item_mean_user_bias"]
     lines.append(
         f"{name:<8} {m['tasks']:6d}  {f(m['mae'])}     {f(m['mae_unadapted'])}"
         f"  {f(m['rmse'])}  {f(m['ndcg@1'])}  {f(m['ndcg@3'])}"
-        f"  |        {f(base['item_mean_user_bias']['mae'])}      "
+        f"  |        {f(bias['mae'])}  {f(bias['ndcg@3'])}  |     "
         f"{f(base['global_mean']['mae'])}")
+  lines.append("nDCG: gain 2^rating - 1 (the protocol's); the JSON also has"
+               " the linear gain (ndcg@k_linear)")
   return "\n".join(lines)
 
 

@@ -1,0 +1,63 @@
+"""Warnings of `metarec train` and `eval`: the model lost, too few tasks;
+checkpoint selection by validation MAE."""
+
+import jax.numpy as jnp
+import pytest
+
+from metarec_jax.eval import verdicts
+from metarec_jax.train import checkpoint as ckpt_lib
+
+
+def scenario(mae, baseline, tasks=200):
+  return {"mae": mae, "tasks": tasks,
+          "baselines": {"item_mean_user_bias": {"mae": baseline},
+                        "global_mean": {"mae": 1.0}}}
+
+
+def test_warns_when_the_model_loses_to_the_baseline():
+  lines = verdicts.warnings_for({"W": scenario(0.8263, 0.7847),
+                                 "UC": scenario(0.70, 0.74)})
+  assert len(lines) == 1
+  assert lines[0].startswith("W: the model's query MAE 0.8263 is WORSE than"
+                             " the item-mean + user-bias baseline's 0.7847"
+                             " (+5.3%)")
+  assert "try:" in lines[0]
+
+
+def test_quiet_when_the_model_wins_and_on_empty_scenarios():
+  assert verdicts.warnings_for({
+      "W": scenario(0.70, 0.73), "UC": scenario(0.71, 0.74),
+      "IC": {"mae": None, "tasks": 0, "baselines": {
+          "item_mean_user_bias": {"mae": None}}}}) == []
+
+
+def test_warns_about_too_few_tasks():
+  lines = verdicts.warnings_for({"IC": scenario(0.8, 0.9, tasks=6),
+                                 "UIC": scenario(0.9, 0.8, tasks=1)})
+  assert lines[0] == ("IC: only 6 task(s) (fewer than 50): its metrics are"
+                      " too noisy to compare models")
+  assert lines[1].startswith("UIC: only 1 task(s)")
+  assert lines[2].startswith("UIC: the model's query MAE 0.9000 is WORSE")
+
+
+def test_the_best_validated_checkpoint_is_kept_and_found(tmp_path):
+  """keep=1 keeps the newest and, beside it, the lowest validation MAE;
+  checkpoints without a validation MAE never count as best."""
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), keep=1, async_save=False)
+  state = {"params": {"w": jnp.zeros(2)}}
+  for step, mae in ((1, 0.9), (2, 0.5), (3, None), (4, 0.7), (5, None)):
+    ckpt.save(step, state, {"x": 1}, val_mae=mae)
+  ckpt.wait()
+  assert ckpt.steps() == [2, 5]
+  assert ckpt.best() == (2, pytest.approx(0.5))
+  ckpt.close()
+  reader = ckpt_lib.Checkpointer(str(tmp_path), read_only=True)
+  assert reader.best() == (2, pytest.approx(0.5))
+  reader.close()
+  # No validated checkpoint: no best (eval then takes the newest).
+  other = ckpt_lib.Checkpointer(str(tmp_path / "b"), keep=2,
+                                async_save=False)
+  other.save(1, state, {"x": 1})
+  other.wait()
+  assert other.best() is None
+  other.close()
