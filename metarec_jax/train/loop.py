@@ -197,9 +197,9 @@ def _check_finite(step: int, metrics: dict, *, max_nonfinite: int,
 
 
 def _save(checkpointer: ckpt_lib.Checkpointer, step: int, state,
-          config_record: dict) -> None:
+          config_record: dict, *, val_mae: float | None = None) -> None:
   try:
-    checkpointer.save(step, state, config_record)
+    checkpointer.save(step, state, config_record, val_mae=val_mae)
   except ckpt_lib.CheckpointError as e:  # a non-finite state: not saved
     raise TrainingError(str(e)) from None
 
@@ -249,10 +249,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   length is `resume.schedule_horizon`, recorded in the saved config as
   `train.schedule_steps`.
 
+  Every validation whose MAE is the best so far is saved as a checkpoint
+  with that MAE (`eval` and `export` use the best by default); with
+  `train.early_stop_patience` > 0 the run stops after that many
+  validations without a better MAE.
+
   Returns:
     A summary: `step`, the last training metrics (`train`), the final
-    validation metrics (`val`), `preempted` if a signal stopped the run and
-    `finished` if the run had already reached `train.num_steps`.
+    validation metrics (`val`), the best validation of this start (`best`:
+    `step`, `val`), `early_stopped`, `preempted` if a signal stopped the
+    run and `finished` if the run had already reached `train.num_steps`.
   """
   workdir = os.path.abspath(workdir)
   # The cheap checks first: a config that cannot run creates nothing.
@@ -340,6 +346,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       summary["warmup_cache_hits"] = warmup.cache_hits
       compiles = runtime.CompileCounter().start()
 
+      # Checkpoint selection: the best validation MAE so far (also of the
+      # checkpoints before a resume) and how many validations since.
+      best = checkpointer.best()
+      best_mae = best[1] if best else math.inf
+      patience = int(tc.get("early_stop_patience", 0))
+      stale = 0
       pipeline = Prefetcher(trainer.sampler, trainer.task_sharding,
                             start=step, stop=num_steps,
                             depth=int(tc.prefetch))
@@ -377,6 +389,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
               num_steps=num_steps):
             reporter.histograms(step, telemetry.parameter_histograms(
                 state.params))
+          val_mae = None  # set when this step was validated
           if validates and (step == num_steps
                             or (eval_every > 0 and step % eval_every == 0)):
             results = evaluator.evaluate(state.params, ("val",),
@@ -394,19 +407,34 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 log.info("step %d  validation MAE %s (unadapted %s)", step,
                          _fmt(results["val"]["mae"]),
                          _fmt(results["val"]["mae_unadapted"]))
+              val_mae = results["val"].get("mae")  # None: implicit data
+              if val_mae is not None and val_mae < best_mae:
+                best_mae, stale = val_mae, 0
+                summary["best"] = {"step": step, "val": results["val"]}
+              elif val_mae is not None:
+                stale += 1
+          early_stop = bool(patience) and stale >= patience
           if stop(step):
             if pending is not None:
               check_finite(*pending)
             save_and_report_stop(step)
             break
-          if checkpointer.should_save(step) or step == num_steps:
+          improved = val_mae is not None and val_mae == best_mae
+          if (checkpointer.should_save(step) or step == num_steps
+              or improved or early_stop):
             check_finite(*pending)
             pending = None  # checked: not again (nor warned twice)
             # orbax compiles its own small copy programs on a first save;
             # they are not ours to count.
             compiles.stop()
-            _save(checkpointer, step, state, config_record)
+            _save(checkpointer, step, state, config_record, val_mae=val_mae)
             compiles.start()
+          if early_stop:
+            log.info("step %d: no better validation MAE in %d validations"
+                     " (train.early_stop_patience): stopping early", step,
+                     stale)
+            summary["early_stopped"] = True
+            break
         else:
           if pending is not None:
             check_finite(*pending)
@@ -418,7 +446,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       if compiles.programs:
         log.warning("%d compilation(s) after the warm-up: a batch shape"
                     " escaped the buckets", compiles.programs)
-      if step == num_steps and "val" in summary and not stop.now():
+      if ((step == num_steps or summary.get("early_stopped"))
+          and "val" in summary and not stop.now()):
         support_curve.evaluate_and_write(
             workdir, evaluator, state.params,
             {"val": exp.split.scenarios["val"]}, step=step,

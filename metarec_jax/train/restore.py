@@ -29,13 +29,27 @@ def abstract_state(exp: experiment.Experiment, mesh) -> state_lib.TrainState:
 
 def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
                step: int | None = None) -> state_lib.TrainState:
-  """The train state of `step` (default: newest) in `workdir`.
+  """The train state of `step` in `workdir`.
+
+  Default: the best validated checkpoint (the lowest validation MAE saved
+  with one, see `Checkpointer.save`), else the newest readable one; the
+  log says which.
 
   Raises:
     InputError: there is no such checkpoint.
   """
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
   try:
+    if step is None:
+      best = checkpointer.best()
+      if best is not None:
+        step = best[0]
+        log.info("using the best validated checkpoint: step %d (validation"
+                 " MAE %.4f; newest: step %s); --step=N picks another",
+                 step, best[1], checkpointer.latest_step())
+      else:
+        log.info("using the newest checkpoint (none has a validation MAE);"
+                 " --step=N picks another")
     state, _, _ = checkpointer.restore(abstract_state(exp, mesh), step)
   except ckpt_lib.CheckpointError as e:
     raise InputError(str(e), path=workdir) from e
