@@ -63,7 +63,14 @@ def ndcg(pred, true, mask, item_ids, k: int, *,
 
 
 def summary(pred, true, mask, item_ids) -> dict:
-  """MAE, RMSE, nDCG@1 and nDCG@3 as a JSON-ready dict."""
-  return {"mae": mae(pred, true, mask), "rmse": rmse(pred, true, mask),
-          "ndcg@1": ndcg(pred, true, mask, item_ids, 1),
-          "ndcg@3": ndcg(pred, true, mask, item_ids, 3)}
+  """MAE, RMSE, nDCG@1 and nDCG@3 (the protocol's gain 2^r - 1) and, beside
+  them, nDCG@1 and nDCG@3 with the linear gain r (`ndcg@k_linear`: the
+  gain most libraries use; published figures rarely say which) as a
+  JSON-ready dict."""
+  out = {"mae": mae(pred, true, mask), "rmse": rmse(pred, true, mask)}
+  for k in (1, 3):
+    out[f"ndcg@{k}"] = ndcg(pred, true, mask, item_ids, k)
+  for k in (1, 3):
+    out[f"ndcg@{k}_linear"] = ndcg(pred, true, mask, item_ids, k,
+                                   gain="linear")
+  return out
