@@ -28,6 +28,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.hidden = (64, 64)  # MLP widths: melu decision, idemb "mlp"
   c.model.embed_std = 1.0  # melu: initial std of the feature embeddings
   c.model.item_id = False  # melu: also embed the item's ID (zero-init)
+  # melu: start from the baseline: global + item bias + adapted user bias
+  # (shrunk with user_bias_prior pseudo-ratings), the MLP adds the rest
+  # (ratings only: implicit feedback has no such baseline)
+  c.model.anchor = False
+  c.model.user_bias_prior = 3.0
   c.model.loss = "mse"  # inner and outer loss: "mse" or "huber" (ratings);
   #                       "bce", "bpr" or "softmax" (implicit feedback)
   c.model.query_loss = ""  # the meta-objective's loss; "" = model.loss
@@ -44,7 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.query_size = 10
   c.data.support_sampling = "max"  # or "uniform" support sizes in training
   c.data.buckets = (8, 16, 32, 64, 128)
-  c.data.item_id_dropout = 0.0  # share of training rows with a hidden item_id
+  # share of training rows with a hidden item_id (model.anchor: teaches the
+  # item bias of new items from item features)
+  c.data.item_id_dropout = 0.0
   c.data.list_pad = ml_collections.ConfigDict(
       {"genre": 4, "director": 2, "actor": 4})
   # Implicit feedback (clicks, views, purchases; see data/implicit.py).
@@ -115,7 +122,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.warmup_steps = 100
   c.train.end_lr_factor = 0.05
   c.train.grad_clip = 1.0
-  c.train.eval_every_steps = 500
+  c.train.eval_every_steps = 250
+  # validations without a better validation MAE that stop the run; the
+  # best validated checkpoint is kept and used by eval and export
+  c.train.early_stop_patience = 3
   c.train.max_nonfinite = 10  # consecutive skipped updates that stop the run
   c.train.preempt_exit_code = 0  # exit status after SIGTERM/SIGINT + save
   c.train.prefetch = 2

@@ -61,6 +61,15 @@ MEANINGS: dict[str, str] = {
     "model.item_id": "`melu`: also embed each item's ID (zero-initialised,"
                      " so items unseen in training add nothing); lets the"
                      " model learn item-specific quality.",
+    "model.anchor": "`melu`: start from the item-mean + user-bias baseline:"
+                    " rating = global + item bias (started at the shrunk"
+                    " item means, predicted from item features for new"
+                    " items) + user bias (adapted, shrunk like the"
+                    " baseline's) + the decision MLP (zero at first), which"
+                    " learns only the interaction (`models/anchored.py`).",
+    "model.user_bias_prior": "`model.anchor`: pseudo-ratings shrinking the"
+                             " adapted user bias towards 0 (the baseline"
+                             " uses 3).",
     "model.hidden": "Widths of the decision MLP's hidden layers (one output"
                     " unit follows).",
     # data
@@ -213,6 +222,12 @@ MEANINGS: dict[str, str] = {
     "train.eval_every_steps": "Validation every this many steps (and at the"
                               " end); 0 = only at the end; -1 = never (no"
                               " validation programs are compiled).",
+    "train.early_stop_patience": "Stop after this many validations"
+                                 " without a better validation MAE; 0 ="
+                                 " never. Every validation that improves"
+                                 " is saved as a checkpoint, and the best"
+                                 " is what `eval` and `export` use by"
+                                 " default.",
     "train.max_nonfinite": "Stop after this many consecutive steps whose"
                            " loss, meta-gradient or update is not finite"
                            " (each one keeps the previous state).",
@@ -268,6 +283,8 @@ ALLOWED: dict[str, Any] = {
     "model.huber_delta": _RATE,
     "model.embed_std": R.Float(0.0),
     "model.item_id": R.Bool(),
+    "model.anchor": R.Bool(),
+    "model.user_bias_prior": R.Float(0.0),
     "model.hidden": R.Tuple(R.Int(1), min_len=1),
     "data.name": R.OneOf("metarec_jax.data.prepare", "DATASETS"),
     "data.root": R.Text(),
@@ -337,6 +354,7 @@ ALLOWED: dict[str, Any] = {
     "train.end_lr_factor": R.Float(0.0),
     "train.grad_clip": _RATE,
     "train.eval_every_steps": R.Int(-1),
+    "train.early_stop_patience": _COUNT,
     "train.max_nonfinite": R.Int(1),
     "train.preempt_exit_code": R.Int(0, 255),
     "train.prefetch": R.Int(1),

@@ -12,6 +12,7 @@ import os
 from typing import Callable
 
 import jax
+import numpy as np
 
 from metarec_jax import meta, models, runtime
 from metarec_jax.data import implicit, prepare, splits
@@ -19,6 +20,7 @@ from metarec_jax.data.sampler import SamplerSpec
 from metarec_jax.data.store import TaskStore
 from metarec_jax.data.tasks import FeatureTables
 from metarec_jax.errors import InputError
+from metarec_jax.eval.baselines import ITEM_PSEUDO, BaselineStats
 
 
 @dataclasses.dataclass
@@ -103,6 +105,9 @@ def build(config, workdir: str | os.PathLike, *,
     runtime.sync_processes("task store ready")
   store = prepare.ensure_store(config.data, workdir, log=log)
   split = splits.split(store, protocol_spec(config))
+  if config.model.get("anchor", False) and implicit.is_implicit(store):
+    # The baseline anchor is a rating model: implicit data has none.
+    config.model.anchor = False
   try:
     tables = FeatureTables.from_store(
         store, models.feature_names(config.model, store.features),
@@ -116,11 +121,19 @@ def build(config, workdir: str | os.PathLike, *,
     raise InputError(f"model.{ranking[0]}={config.model.get(ranking[0])} is"
                      " a loss for implicit feedback, but the data has ratings"
                      " (set data.implicit.enabled=true)")
+  item_means = None
+  if config.model.get("anchor", False) and not implicit_data:
+    counts = np.bincount(np.asarray(store.items)[split.train_positions],
+                         minlength=store.num_items)
+    item_means = (BaselineStats.from_split(store, split).item_mean,
+                  counts / (counts + ITEM_PSEUDO))
   try:
     # Implicit scores are logits: they start at 0, not at the mean label.
     model = models.build(config.model, tables.specs,
                          rating_mean=0.0 if implicit_data else
-                         float(store.manifest["rating_mean"]))
+                         float(store.manifest["rating_mean"]),
+                         item_means=item_means,
+                         inner_lr=float(config.meta.inner_lr))
   except ValueError as e:
     raise InputError(str(e)) from None
   mc = meta_config(config, model)

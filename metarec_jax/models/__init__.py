@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import jax.numpy as jnp
 import numpy as np
 
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec, select
+from metarec_jax.models import anchored
 from metarec_jax.models.idemb import INTERACTIONS, IDEmb
 from metarec_jax.models.melu import MeLU
 from metarec_jax.models.recommender import (LOSSES, RANKING_LOSSES,
@@ -21,6 +23,7 @@ MODELS = ("melu", "idemb")
 def needs_item_id(model_config) -> bool:
   """Whether the model reads the virtual `item_id` feature."""
   return (model_config.name == "idemb"
+          or bool(model_config.get("anchor", False))
           or bool(model_config.get("item_id", False))
           or ITEM_ID in tuple(model_config.get("features", ())))
 
@@ -56,7 +59,9 @@ def example_features(fields: Iterable[FeatureSpec]) -> dict[str, Any]:
 
 
 def build(model_config, features: Iterable[FeatureSpec], *,
-          rating_mean: float = 0.0) -> Recommender:
+          rating_mean: float = 0.0,
+          item_means: tuple[np.ndarray, np.ndarray] | None = None,
+          inner_lr: float = 0.1) -> Recommender:
   """The model named by `model_config.name` over the data's features.
 
   Args:
@@ -66,6 +71,12 @@ def build(model_config, features: Iterable[FeatureSpec], *,
       `needs_item_id`).
     rating_mean: the output bias starts here, so training starts from the
       global mean instead of spending its first steps finding it.
+    item_means: `model.anchor`: `(shrunk mean, w)` of each item's training
+      ratings: `eval.baselines.BaselineStats.item_mean` and the weight
+      `n / (n + pseudo-ratings)` of its own ratings in it; the fixed part
+      of the item biases (default: none, as if no item had ratings).
+    inner_lr: `model.anchor`: the inner loop's rate, which sets the scale
+      of the adapted user bias (`anchored.user_bias_scale`).
   """
   name = model_config.name
   features = tuple(features)
@@ -84,6 +95,9 @@ def build(model_config, features: Iterable[FeatureSpec], *,
     if value not in LOSSES:
       raise ValueError(f"model.{key} must be one of {', '.join(LOSSES)},"
                        f" got {value!r}")
+  if name == "melu" and model_config.get("anchor", False):
+    return _anchored(model_config, fields, rating_mean, item_means, inner_lr,
+                     kind, query_kind, delta)
   if name == "melu":
     module = MeLU(fields=fields, embed_dim=int(model_config.embed_dim),
                   hidden=tuple(int(h) for h in model_config.hidden),
@@ -125,6 +139,41 @@ def build(model_config, features: Iterable[FeatureSpec], *,
                                       plain_loss(module, query_kind, delta)))
   raise ValueError(f"model.name must be one of {', '.join(MODELS)}, got"
                    f" {name!r}")
+
+
+def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
+              query_kind, delta) -> Recommender:
+  """`model.anchor`: MeLU on top of global + item + user biases."""
+  num_items = [f for f in fields if f.name == ITEM_ID][0].vocab
+  # Per item: w * mean residual (the shrunk mean minus the global mean is
+  # exactly that) and w; row 0 (padding) stays 0 and 0.
+  offsets = np.zeros((num_items, 2), np.float32)
+  if item_means is not None:
+    means, weights = item_means
+    offsets[1:, 0] = np.asarray(means, np.float64) - rating_mean
+    offsets[1:, 1] = weights
+
+  def item_bias_init(key, shape, dtype=jnp.float32):
+    del key
+    return jnp.asarray(offsets, dtype).reshape(shape)
+
+  deep = tuple(f for f in fields
+               if f.name != ITEM_ID or model_config.get("item_id", False))
+  # No feature at all: the interaction can only come from the item IDs.
+  deep = deep or tuple(f for f in fields if f.name == ITEM_ID)
+  module = anchored.AnchoredMeLU(
+      fields=deep, num_items=num_items,
+      item_fields=tuple(f for f in fields
+                        if f.side == "item" and f.name != ITEM_ID),
+      item_bias_init=item_bias_init, global_mean=float(rating_mean),
+      user_scale=anchored.user_bias_scale(inner_lr),
+      embed_dim=int(model_config.embed_dim),
+      hidden=tuple(int(h) for h in model_config.hidden),
+      embed_std=float(model_config.get("embed_std", 1.0)))
+  return anchored.recommender(
+      module, example_features(fields), kind=kind, delta=delta,
+      prior=float(model_config.get("user_bias_prior", 3.0)),
+      query_kind=query_kind)
 
 
 __all__ = ["IDEmb", "MODELS", "MeLU", "Recommender", "build",

@@ -50,15 +50,20 @@ def masked_loss(pred: jax.Array, batch: PyTree, kind: str = "mse",
   if kind in RANKING_LOSSES:
     return ranking_loss(pred, batch, kind)
   mask = batch["mask"].astype(pred.dtype)
+  err = row_errors(pred, batch, kind, delta)
+  return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def row_errors(pred: jax.Array, batch: PyTree, kind: str = "mse",
+               delta: float = 1.0) -> jax.Array:
+  """The per-row rating loss of `masked_loss` (padding rows included)."""
   diff = pred - batch["rating"].astype(pred.dtype)
   if kind == "mse":
-    err = diff ** 2
-  elif kind == "huber":
-    err = 2.0 * optax.huber_loss(diff, delta=delta)
-  else:
-    raise ValueError(f"model.loss must be one of {', '.join(LOSSES)}, got"
-                     f" {kind!r}")
-  return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return diff ** 2
+  if kind == "huber":
+    return 2.0 * optax.huber_loss(diff, delta=delta)
+  raise ValueError(f"model.loss must be one of {', '.join(LOSSES)}, got"
+                   f" {kind!r}")
 
 
 def ranking_loss(score: jax.Array, batch: PyTree, kind: str) -> jax.Array:

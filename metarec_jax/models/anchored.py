@@ -1,0 +1,173 @@
+"""MeLU anchored on the item-mean + user-bias baseline (`model.anchor`).
+
+The cheap signal is where the model starts, not something it must find:
+
+    rating = global + item_bias(i) + user_bias + decision(embeddings)
+
+- `global` starts at the training mean rating;
+- `item_bias(i)` is the item's mean residual over its n training ratings
+  shrunk, as the baseline's item means are (`eval.baselines`, 5
+  pseudo-ratings), towards a bias predicted from the item's features
+  instead of towards 0: `w * mean + (1 - w) * predicted`, `w = n / (n +
+  5)`. The means and weights are fixed tables computed from the training
+  ratings (the closed-form fit, which gradient steps on a few hundred
+  users would only overfit); the feature predictor is learned, and is all
+  a new item has (`n = 0`; `data.item_id_dropout` hides the ID of a share
+  of training rows so that it learns from existing items);
+- `user_bias` is adapted by the inner loop with a prior: the support loss
+  is `(sum of squared errors + prior * user_bias^2) / (n + prior)`, and the
+  parameter is scaled so that one inner SGD step of `meta.inner_lr` on it
+  alone lands exactly on the shrunk mean residual, `sum(r - pred) /
+  (n + prior)`: what the baseline computes with 3 pseudo-ratings;
+- `decision` is MeLU's decision MLP (adapted per user, as in MeLU) over
+  the feature embeddings; its output layer starts at zero and has no
+  bias, so the network learns only the interaction on top of the anchor.
+
+Before any training the adapted model is therefore the baseline (up to
+the inner loop's other steps), and the meta-parameters alone predict the
+item means: never worse than the global mean.
+
+Parameters:
+
+    embed/<field>/embedding          MeLU's feature embeddings
+    decision/fc<k>/{kernel,bias}, decision/out/kernel
+    item_bias/embedding              [items + 1, 2] (fixed: w * mean, w)
+    item_features/<field>/embedding  [vocab, ITEM_DIM] (item fields only)
+    item_project/kernel              [item fields * ITEM_DIM, 1]
+    global_bias                      []
+    user_bias                        []   (adapted)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from metarec_jax.data.schema import ITEM_ID, FeatureSpec
+from metarec_jax.meta import LinearHead
+from metarec_jax.models.melu import Decision, Embedder
+from metarec_jax.models.recommender import (Recommender, masked_loss,
+                                            row_errors)
+
+ITEM_DIM = 8  # width of the item-feature embeddings of the item bias
+
+USER_BIAS = "user_bias"
+
+
+def user_bias_scale(inner_lr: float) -> float:
+  """The scale `s` of `user_bias`: one SGD step of `inner_lr` on the prior
+  loss moves `s * user_bias` by `2 * inner_lr * s^2` times its distance to
+  the shrunk mean residual, so `s = 1 / sqrt(2 * inner_lr)` lands on it."""
+  return float(1.0 / jnp.sqrt(2.0 * max(float(inner_lr), 1e-6)))
+
+
+class AnchoredMeLU(nn.Module):
+  """`prediction = apply(params, features)`, ratings `f32[...]`.
+
+  Attributes:
+    fields: the feature fields of the decision MLP's embeddings.
+    item_fields: item-side fields the item bias is predicted from.
+    num_items: vocabulary of `item_id` (items + 1).
+    item_bias_init: initializer of `item_bias/embedding` `[items + 1, 2]`:
+      per item `w * mean residual` and `w` (row 0, padding: 0 and 0).
+    global_mean: the start of `global_bias`.
+    user_scale: see `user_bias_scale`.
+  """
+
+  fields: tuple[FeatureSpec, ...]
+  item_fields: tuple[FeatureSpec, ...]
+  num_items: int
+  item_bias_init: Callable = nn.initializers.zeros
+  global_mean: float = 0.0
+  user_scale: float = 1.0
+  embed_dim: int = 32
+  hidden: Sequence[int] = (64, 64)
+  embed_std: float = 1.0
+
+  def setup(self):
+    self.embed = Embedder(tuple(self.fields), self.embed_dim, self.embed_std)
+    self.decision = Decision(tuple(self.hidden), zero_out=True)
+    self.item_bias = nn.Embed(self.num_items, 2,
+                              embedding_init=self.item_bias_init)
+    if self.item_fields:
+      self.item_features = Embedder(tuple(self.item_fields), ITEM_DIM, 0.1)
+      self.item_project = nn.Dense(1, use_bias=False,
+                                   kernel_init=nn.initializers.zeros)
+    self.global_bias = self.param(
+        "global_bias", nn.initializers.constant(self.global_mean), ())
+    self.user_bias = self.param(USER_BIAS, nn.initializers.zeros, ())
+
+  def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
+    return self.decision(self.embed(features)) + self.anchor(features)
+
+  def featurize(self, features: dict[str, jax.Array]) -> jax.Array:
+    """The decision MLP's input `X: f32[..., fields * embed_dim]`."""
+    return self.embed(features)
+
+  def from_preactivation(self, a: jax.Array,
+                         features: dict[str, jax.Array]) -> jax.Array:
+    """Predictions from fc1's pre-activation `a = X @ W1 + b1`."""
+    return self.decision(a, first_layer=False) + self.anchor(features)
+
+  def anchor(self, features: dict[str, jax.Array]) -> jax.Array:
+    """global + item bias + user bias: the baseline's form."""
+    # Fixed tables: the training ratings' closed-form fit. Row 0 (padding,
+    # a hidden ID) is 0 and 0: the features alone.
+    table = jax.lax.stop_gradient(self.item_bias(features[ITEM_ID]))
+    item, weight = table[..., 0], table[..., 1]
+    if self.item_fields:
+      predicted = self.item_project(self.item_features(features))[..., 0]
+      item = item + (1.0 - weight) * predicted
+    return self.global_bias + item + self.user_scale * self.user_bias
+
+  def effective_user_bias(self) -> jax.Array:
+    return self.user_scale * self.user_bias
+
+
+def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,
+               err_fn) -> jax.Array:
+  """`(sum of masked errors + prior * user_bias^2) / (n + prior)`.
+
+  Minimised over the user bias alone, it gives the baseline's shrunk mean
+  residual `sum(r - pred) / (n + prior)`; an empty support set keeps the
+  bias at 0. `err_fn(pred, batch)` is the per-row error (squared or Huber).
+  """
+  mask = batch["mask"].astype(pred.dtype)
+  total = jnp.sum(err_fn(pred, batch) * mask) + prior * user_bias ** 2
+  return total / (jnp.sum(mask) + prior)
+
+
+def recommender(module: AnchoredMeLU, example_features, *, kind: str = "mse",
+                delta: float = 1.0, prior: float = 3.0,
+                query_kind: str | None = None) -> Recommender:
+  """The `Recommender` of an `AnchoredMeLU`: a `LinearHead` whose support
+  loss has the user-bias prior and whose query loss is the plain masked
+  loss (same features and first layer, so the dual form applies)."""
+
+  def featurize(params, batch):
+    return module.apply({"params": params}, batch["features"],
+                        method="featurize")
+
+  def head(loss_kind, with_prior):
+    def fn(params, a, batch):
+      pred = module.apply({"params": params}, a, batch["features"],
+                          method="from_preactivation")
+      if not with_prior:
+        return masked_loss(pred, batch, loss_kind, delta)
+      bias = module.user_scale * params[USER_BIAS]
+      return prior_loss(pred, batch, bias, prior,
+                        lambda p, b: row_errors(p, b, loss_kind, delta))
+    return fn
+
+  support = LinearHead(featurize=featurize, head=head(kind, True),
+                       kernel="decision/fc1/kernel", bias="decision/fc1/bias",
+                       featurize_reads=("^embed/",))
+  query = dataclasses.replace(support, head=head(query_kind or kind, False))
+  return Recommender(name="melu", module=module, loss_fn=support,
+                     adapt=("^decision/", f"^{USER_BIAS}$"),
+                     example_features=example_features,
+                     query_loss_fn=query)
