@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   # melu: start from the baseline: global + item bias + adapted user bias
   # (shrunk with user_bias_prior pseudo-ratings), the MLP adds the rest
   # (ratings only: implicit feedback has no such baseline)
-  c.model.anchor = False
+  c.model.anchor = True
   c.model.user_bias_prior = 3.0
   c.model.loss = "mse"  # inner and outer loss: "mse" or "huber" (ratings);
   #                       "bce", "bpr" or "softmax" (implicit feedback)
@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.buckets = (8, 16, 32, 64, 128)
   # share of training rows with a hidden item_id (model.anchor: teaches the
   # item bias of new items from item features)
-  c.data.item_id_dropout = 0.0
+  c.data.item_id_dropout = 0.1
   c.data.list_pad = ml_collections.ConfigDict(
       {"genre": 4, "director": 2, "actor": 4})
   # Implicit feedback (clicks, views, purchases; see data/implicit.py).

@@ -31,6 +31,8 @@ def get_config():
   c.data.query_size = 10
   c.model.embed_dim = 32
   c.model.hidden = (64, 64)
+  c.model.anchor = False  # the plain MeLU the speed figures were taken on
+  c.data.item_id_dropout = 0.0
   c.meta.algorithm = "maml"
   c.meta.inner_steps = 5
   c.meta.inner_lr = 0.01

@@ -71,9 +71,29 @@ def test_default_adaptation_moves_the_user_bias_and_the_decision_mlp():
   model, config = build(inner_steps=2)
   assert model.adapt == ("^decision/", "^user_bias$")
   params = model.init(jax.random.PRNGKey(0))
-  # The interaction network starts at zero: no bias on its output.
-  assert not np.any(np.asarray(params["decision"]["out"]["kernel"]))
   t = tasks()
-  loss = meta.meta_loss(model.loss_fn, params, t, config=config,
-                        query_loss_fn=model.query_loss_fn)
+  loss, grads = jax.value_and_grad(
+      lambda p: meta.meta_loss(model.loss_fn, p, t, config=config,
+                               query_loss_fn=model.query_loss_fn))(params)
   assert np.isfinite(float(loss))
+  # The gate starts closed and meta-training can open it.
+  assert float(params["gate"]) == 0.0 and float(grads["gate"]) != 0.0
+
+
+def test_before_training_the_adapted_model_is_the_baseline():
+  """With the default adaptation (decision MLP and user bias, 3 steps) and
+  the gate closed, the query predictions are the baseline's exactly."""
+  model, config = build(inner_steps=3)
+  params = model.init(jax.random.PRNGKey(1))
+  t = tasks()
+  for i in range(4):
+    support = jax.tree.map(lambda a: a[i], t["support"])
+    query = jax.tree.map(lambda a: a[i], t["query"])
+    adapted = meta.adapt(model.loss_fn, params, support, config=config)
+    s_ids, mask = support["features"]["item_id"], support["mask"]
+    resid = np.where(mask, support["rating"] - ITEM_MEANS[s_ids - 1], 0.0)
+    bias = resid.sum() / (mask.sum() + PRIOR)
+    q_ids = query["features"]["item_id"][query["mask"]]
+    pred = np.asarray(model.predict(adapted, query["features"]))
+    np.testing.assert_allclose(pred[query["mask"]],
+                               ITEM_MEANS[q_ids - 1] + bias, rtol=1e-5)

@@ -156,12 +156,19 @@ def write(out: str, name: str, seed: int = 0) -> str:
 
 def recipe_overrides(folder: str) -> dict[str, str]:
   """`{key: value}` of a folder's `flags.txt` (the recipe's data flags)."""
-  out = {}
   with open(os.path.join(folder, "flags.txt"), encoding="utf-8") as f:
-    for line in f:
-      key, _, value = line.strip().removeprefix("--config.").partition("=")
-      if key:
-        out[key] = value
+    return recipe_overrides_of(f.read().splitlines())
+
+
+def recipe_overrides_of(flags, root: str | None = None) -> dict[str, str]:
+  """`{key: value}` of `--config.KEY=VALUE` lines (`{root}` filled in)."""
+  out = {}
+  for line in flags:
+    if root is not None:
+      line = line.format(root=root)
+    key, _, value = line.strip().removeprefix("--config.").partition("=")
+    if key:
+      out[key] = value
   return out
 
 

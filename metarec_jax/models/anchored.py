@@ -20,17 +20,20 @@ The cheap signal is where the model starts, not something it must find:
   alone lands exactly on the shrunk mean residual, `sum(r - pred) /
   (n + prior)`: what the baseline computes with 3 pseudo-ratings;
 - `decision` is MeLU's decision MLP (adapted per user, as in MeLU) over
-  the feature embeddings; its output layer starts at zero and has no
-  bias, so the network learns only the interaction on top of the anchor.
+  the feature embeddings, times a meta-learned `gate` that starts at 0:
+  the network adds only the interaction on top of the anchor, and only as
+  far as meta-training finds that it helps the query ratings.
 
-Before any training the adapted model is therefore the baseline (up to
-the inner loop's other steps), and the meta-parameters alone predict the
-item means: never worse than the global mean.
+Before any training the adapted model is therefore exactly the baseline
+(the gate stops the inner loop from moving the network, and one step sets
+the user bias), and the meta-parameters alone predict the item means:
+never worse than the global mean.
 
 Parameters:
 
     embed/<field>/embedding          MeLU's feature embeddings
-    decision/fc<k>/{kernel,bias}, decision/out/kernel
+    decision/fc<k>/{kernel,bias}, decision/out/{kernel,bias}
+    gate                             []   (starts at 0)
     item_bias/embedding              [items + 1, 2] (fixed: w * mean, w)
     item_features/<field>/embedding  [vocab, ITEM_DIM] (item fields only)
     item_project/kernel              [item fields * ITEM_DIM, 1]
@@ -90,7 +93,8 @@ class AnchoredMeLU(nn.Module):
 
   def setup(self):
     self.embed = Embedder(tuple(self.fields), self.embed_dim, self.embed_std)
-    self.decision = Decision(tuple(self.hidden), zero_out=True)
+    self.decision = Decision(tuple(self.hidden))
+    self.gate = self.param("gate", nn.initializers.zeros, ())
     self.item_bias = nn.Embed(self.num_items, 2,
                               embedding_init=self.item_bias_init)
     if self.item_fields:
@@ -102,7 +106,8 @@ class AnchoredMeLU(nn.Module):
     self.user_bias = self.param(USER_BIAS, nn.initializers.zeros, ())
 
   def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
-    return self.decision(self.embed(features)) + self.anchor(features)
+    return (self.gate * self.decision(self.embed(features))
+            + self.anchor(features))
 
   def featurize(self, features: dict[str, jax.Array]) -> jax.Array:
     """The decision MLP's input `X: f32[..., fields * embed_dim]`."""
@@ -111,7 +116,8 @@ class AnchoredMeLU(nn.Module):
   def from_preactivation(self, a: jax.Array,
                          features: dict[str, jax.Array]) -> jax.Array:
     """Predictions from fc1's pre-activation `a = X @ W1 + b1`."""
-    return self.decision(a, first_layer=False) + self.anchor(features)
+    return (self.gate * self.decision(a, first_layer=False)
+            + self.anchor(features))
 
   def anchor(self, features: dict[str, jax.Array]) -> jax.Array:
     """global + item bias + user bias: the baseline's form."""

@@ -62,15 +62,10 @@ class Embedder(nn.Module):
 
 
 class Decision(nn.Module):
-  """The decision MLP; `first_layer=False` starts from fc1's pre-activation.
-
-  `zero_out`: the output layer starts at zero and has no bias (a network
-  that adds to an anchor learns only what the anchor lacks).
-  """
+  """The decision MLP; `first_layer=False` starts from fc1's pre-activation."""
 
   hidden: tuple[int, ...]
   output_bias: float = 0.0
-  zero_out: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, first_layer: bool = True) -> jax.Array:
@@ -81,12 +76,8 @@ class Decision(nn.Module):
       elif self.is_initializing():
         raise ValueError("initialise with first_layer=True")
       x = nn.relu(x)
-    if self.zero_out:
-      out = nn.Dense(1, name="out", use_bias=False,
-                     kernel_init=nn.initializers.zeros)
-    else:
-      out = nn.Dense(1, name="out",
-                     bias_init=nn.initializers.constant(self.output_bias))
+    out = nn.Dense(1, name="out",
+                   bias_init=nn.initializers.constant(self.output_bias))
     return out(x)[..., 0]
 
 
