@@ -105,13 +105,12 @@ def build(config, workdir: str | os.PathLike, *,
     runtime.sync_processes("task store ready")
   store = prepare.ensure_store(config.data, workdir, log=log)
   split = splits.split(store, protocol_spec(config))
-  if config.model.get("anchor", False) and implicit.is_implicit(store):
-    # The baseline anchor is a rating model: implicit data has none.
-    config.model.anchor = False
+  model_config = models.for_data(config.model,
+                                 implicit_data=implicit.is_implicit(store))
   try:
     tables = FeatureTables.from_store(
-        store, models.feature_names(config.model, store.features),
-        item_id=models.needs_item_id(config.model))
+        store, models.feature_names(model_config, store.features),
+        item_id=models.needs_item_id(model_config))
   except ValueError as e:
     raise InputError(str(e)) from None
   implicit_data = implicit.is_implicit(store)
@@ -122,14 +121,14 @@ def build(config, workdir: str | os.PathLike, *,
                      " a loss for implicit feedback, but the data has ratings"
                      " (set data.implicit.enabled=true)")
   item_means = None
-  if config.model.get("anchor", False) and not implicit_data:
+  if model_config.get("anchor", False):
     counts = np.bincount(np.asarray(store.items)[split.train_positions],
                          minlength=store.num_items)
     item_means = (BaselineStats.from_split(store, split).item_mean,
                   counts / (counts + ITEM_PSEUDO))
   try:
     # Implicit scores are logits: they start at 0, not at the mean label.
-    model = models.build(config.model, tables.specs,
+    model = models.build(model_config, tables.specs,
                          rating_mean=0.0 if implicit_data else
                          float(store.manifest["rating_mean"]),
                          item_means=item_means,

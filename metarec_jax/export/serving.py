@@ -198,8 +198,10 @@ class Export(batched.UserBatches):
     self.rating_range = (float(m["rating_min"]), float(m["rating_max"]))
     config = config_io.from_dict(m["config"])
     specs = tuple(FeatureSpec.from_json(f) for f in m["features"])
-    self.model = models.build(config.model, specs,
-                              rating_mean=float(m["rating_mean"]))
+    self.model = models.build(
+        models.for_data(config.model, implicit_data=bool(m.get("implicit"))),
+        specs, rating_mean=float(m["rating_mean"]),
+        inner_lr=float(config.meta.inner_lr))
     mc = dict(m["meta_config"])
     mc["adapt"] = tuple(mc["adapt"])
     mc["msl_weights"] = tuple(mc["msl_weights"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Iterable
 
 import jax.numpy as jnp
@@ -18,6 +19,16 @@ from metarec_jax.models.recommender import (LOSSES, RANKING_LOSSES,
                                             with_loss)
 
 MODELS = ("melu", "idemb")
+
+
+def for_data(model_config, *, implicit_data: bool):
+  """The `model` config as built for the data: `model.anchor` (the
+  item-mean + user-bias baseline, a rating model) is off on implicit
+  feedback."""
+  if implicit_data and model_config.get("anchor", False):
+    model_config = copy.deepcopy(model_config)
+    model_config.anchor = False
+  return model_config
 
 
 def needs_item_id(model_config) -> bool:
