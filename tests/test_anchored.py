@@ -97,3 +97,16 @@ def test_before_training_the_adapted_model_is_the_baseline():
     pred = np.asarray(model.predict(adapted, query["features"]))
     np.testing.assert_allclose(pred[query["mask"]],
                                ITEM_MEANS[q_ids - 1] + bias, rtol=1e-5)
+
+
+def test_an_empty_support_set_keeps_the_meta_parameters():
+  """No rating, no prior: the loss and its gradient are 0 (as every loss
+  of the package), even where the meta-learned user bias is not 0."""
+  model, config = build(inner_steps=2)
+  params = model.init(jax.random.PRNGKey(0))
+  params = {**params, "user_bias": jax.numpy.asarray(0.3)}
+  support = jax.tree.map(lambda a: a[0], tasks()["support"])
+  support = {**support, "mask": np.zeros_like(support["mask"])}
+  adapted = meta.adapt(model.loss_fn, params, support, config=config)
+  for a, b in zip(jax.tree.leaves(adapted), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

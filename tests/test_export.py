@@ -8,6 +8,7 @@ and the serving API against the functional core's own adaptation.
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 
@@ -174,7 +175,7 @@ def test_the_folder_format(run, exported):
   adapted = manifest["params"]["adapted"]
   assert sorted(adapted) == sorted(
       p for p in meta.leaf_paths(meta_params["model"])
-      if p.startswith("decision/"))
+      if any(re.search(a, p) for a in exp.meta_config.adapt))
   for p, shape in adapted.items():
     stored = np.load(os.path.join(out, "params", "adapted", p + ".npy"),
                      mmap_mode="r")

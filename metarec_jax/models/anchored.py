@@ -139,12 +139,15 @@ def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,
   """`(sum of masked errors + prior * user_bias^2) / (n + prior)`.
 
   Minimised over the user bias alone, it gives the baseline's shrunk mean
-  residual `sum(r - pred) / (n + prior)`; an empty support set keeps the
-  bias at 0. `err_fn(pred, batch)` is the per-row error (squared or Huber).
+  residual `sum(r - pred) / (n + prior)`. An empty support set has loss 0
+  and gradient 0 (no prior either): it keeps the meta-parameters, as with
+  every other loss. `err_fn(pred, batch)` is the per-row error.
   """
   mask = batch["mask"].astype(pred.dtype)
-  total = jnp.sum(err_fn(pred, batch) * mask) + prior * user_bias ** 2
-  return total / (jnp.sum(mask) + prior)
+  n = jnp.sum(mask)
+  weight = prior * (n > 0).astype(pred.dtype)
+  total = jnp.sum(err_fn(pred, batch) * mask) + weight * user_bias ** 2
+  return total / jnp.maximum(n + weight, 1.0)
 
 
 def recommender(module: AnchoredMeLU, example_features, *, kind: str = "mse",
