@@ -160,9 +160,12 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
   # exactly that) and w; row 0 (padding) stays 0 and 0.
   offsets = np.zeros((num_items, 2), np.float32)
   if item_means is not None:
-    means, weights = item_means
-    offsets[1:, 0] = np.asarray(means, np.float64) - rating_mean
-    offsets[1:, 1] = weights
+    means, weights = (np.asarray(a, np.float64) for a in item_means)
+    # A non-finite mean (a corrupt rating) must not poison every prediction
+    # of its item: such an item is treated as one without ratings.
+    known = np.isfinite(means) & np.isfinite(weights)
+    offsets[1:, 0] = np.where(known, means - rating_mean, 0.0)
+    offsets[1:, 1] = np.where(known, weights, 0.0)
 
   def item_bias_init(key, shape, dtype=jnp.float32):
     del key
