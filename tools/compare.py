@@ -245,7 +245,7 @@ def make_table(results: dict[str, list[dict]]) -> str:
   groups: dict[str, list[str]] = {}
   for name, per_seed in results.items():
     groups.setdefault(_baseline_key(per_seed[0]), []).append(name)
-  for key, names in groups.items():
+  for names in groups.values():
     report = results[names[0]][0]["eval"]
     suffix = "" if len(groups) == 1 else f" ({', '.join(names)})"
     for baseline in BASELINES:

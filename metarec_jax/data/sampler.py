@@ -111,7 +111,7 @@ class TrainSampler:
     """The support widths of the batches this sampler produces."""
     return tuple(int(w) for w in np.unique(self.user_width))
 
-  @functools.lru_cache(maxsize=2)
+  @functools.lru_cache(maxsize=2)  # noqa: B019  a sampler lives as long as its run
   def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """(width per batch [B], user index per batch and slot [B, T])."""
     t = self.spec.tasks_per_step

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from metarec_jax import meta, runtime
+from metarec_jax import meta
 from metarec_jax.data.splits import SCENARIOS, TaskSet
 from metarec_jax.data.tasks import batch_shapes, bucket_widths, taskset_batches
 from metarec_jax.eval import metrics as metrics_lib
