@@ -65,6 +65,7 @@ def tiny(tmp_path_factory):
   config.data.synthetic.max_ratings = 60
   config.model.loss = "bce"
   config.model.item_id = True  # batches then show each row's item
+  config.data.item_id_dropout = 0.0  # ... every row's, none hidden as -1
   workdir = str(tmp_path_factory.mktemp("tiny_implicit"))
   return experiment.build(config, workdir)
 
