@@ -172,7 +172,11 @@ def test_melu_trains_on_string_ids(tmp_path):
   exp = experiment.build(config, str(tmp_path / "work"))
   assert exp.store.rating_range == (1.0, 10.0)
   assert exp.store.item_new.sum() == 10
-  assert {f.name for f in exp.tables.specs} == {"tags", "user_key", "item_key"}
+  # The anchored default also reads the virtual item_id feature.
+  from metarec_jax import models
+  item_id = {"item_id"} if models.needs_item_id(config.model) else set()
+  assert {f.name for f in exp.tables.specs} == {"tags", "user_key",
+                                                "item_key"} | item_id
   sampler = TrainSampler(exp.split, exp.tables, exp.store.items,
                          exp.store.ratings, exp.sampler_spec())
   batch = jax.tree.map(lambda a: a[0], sampler.batch(0))
