@@ -276,8 +276,12 @@ def test_a_diverging_inner_loop_names_no_checkpoint_that_is_not_there(
                 "--config.checkpoint.every_steps=0")
   assert out.returncode == 1, out.stderr
   last = out.stderr.strip().splitlines()[-1]
-  assert last == ("metarec train: error: step 2: 2 consecutive steps with a"
-                  " non-finite loss, meta-gradient or update"
+  # The step that stops it depends on the model (the anchored default's
+  # gated network starts at zero, so its first steps can stay finite).
+  step = re.fullmatch(r"metarec train: error: step (\d+): .*", last)
+  assert step and int(step.group(1)) >= 2, last
+  assert last == (f"metarec train: error: step {step.group(1)}: 2 consecutive"
+                  " steps with a non-finite loss, meta-gradient or update"
                   " (train.max_nonfinite=2); no checkpoint was saved")
   assert checkpoint_steps(workdir) == []
 
