@@ -51,6 +51,9 @@ def get_config(arg: str = "maml"):
     c[section][name] = value
   if variant in ("metric", "amortised", "hybrid", "distilled"):
     c.meta.encoder_hidden = 64  # width of the set encoder's layers
+    # The encoders read the plain models' support rows; the anchored form
+    # (default.py's) has none yet.
+    c.model.anchor = False
   if variant == "distilled":
     c.distill = ml_collections.ConfigDict({
         "teacher": "",  # required: the teacher's work directory
