@@ -44,6 +44,7 @@ Parameters:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -65,7 +66,7 @@ def user_bias_scale(inner_lr: float) -> float:
   """The scale `s` of `user_bias`: one SGD step of `inner_lr` on the prior
   loss moves `s * user_bias` by `2 * inner_lr * s^2` times its distance to
   the shrunk mean residual, so `s = 1 / sqrt(2 * inner_lr)` lands on it."""
-  return float(1.0 / jnp.sqrt(2.0 * max(float(inner_lr), 1e-6)))
+  return 1.0 / math.sqrt(2.0 * max(float(inner_lr), 1e-6))
 
 
 class AnchoredMeLU(nn.Module):
