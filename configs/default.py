@@ -39,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.huber_delta = 1.0  # "huber": quadratic within delta, then linear
   c.model.interaction = "dot"  # idemb: "dot" (+ biases) or "mlp"
   c.model.item_features = True  # idemb: item features beside item IDs
+  # arithmetic of the model's losses: "float32" or "bfloat16" (parameters
+  # and optimizer state stay float32)
+  c.model.compute_dtype = "float32"
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "synthetic"
@@ -108,7 +111,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.meta.inner_optimizer = "sgd"
   c.meta.remat = False
   c.meta.dual_form = True
-  c.meta.unroll = 0  # inner-loop scan unroll factor; 0 = fully unrolled
+  # inner-loop scan unroll factor; 0 = per backend (metarec_jax/backend.py)
+  c.meta.unroll = 0
   c.meta.msl_weights = ()
 
   c.train = ml_collections.ConfigDict()

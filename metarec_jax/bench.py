@@ -9,8 +9,10 @@ and then `steps` timed ones, and reports:
   runs (dual form where it applies) in a lowering with the inner loop
   unrolled, unchunked and without remat, over all devices (XLA counts a
   rolled `while` body once, and per device);
-- `achieved_gflops`, `peak_gflops` (the best of 5 jitted 2048x2048 float32
-  matmuls in the same process), `utilization` = achieved / peak;
+- `achieved_gflops`, `peak_gflops` (the best of 5 jitted n x n matmuls
+  in the same process, in the step's `model.compute_dtype`; n per backend,
+  `backend.Defaults.matmul_size`), `utilization` = achieved / peak;
+  `workload.matmul_gflops` holds that rate in float32 and in bfloat16;
 - `compile_seconds` (all buckets), `input_wait_fraction` (share of the time
   the step loop waited for the input pipeline), `peak_rss_mb`.
 
@@ -33,18 +35,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metarec_jax import config_io, experiment, meta
+from metarec_jax import backend, config_io, experiment, meta
 from metarec_jax.data.pipeline import Prefetcher
+from metarec_jax.models import precision
 from metarec_jax.train.loop import Trainer
 
 log = logging.getLogger("metarec")
 
 
-def peak_matmul_gflops(repeats: int = 5, n: int = 2048) -> float:
-  """Best rate of `repeats` jitted n x n float32 matmuls on device 0."""
+def peak_matmul_gflops(repeats: int = 5, n: int | None = None,
+                       dtype: str = "float32") -> float:
+  """Best rate of `repeats` jitted n x n matmuls of `dtype` on device 0
+  (n: the backend's `matmul_size`)."""
+  n = n or backend.defaults().matmul_size
   k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-  a = jax.random.normal(k1, (n, n), jnp.float32)
-  b = jax.random.normal(k2, (n, n), jnp.float32)
+  a = jax.random.normal(k1, (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(k2, (n, n), jnp.float32).astype(dtype)
   matmul = jax.jit(jnp.matmul)
   matmul(a, b).block_until_ready()
   best = float("inf")
@@ -58,7 +64,7 @@ def peak_matmul_gflops(repeats: int = 5, n: int = 2048) -> float:
 def _counted_flops(config, workdir: str, exp, width: int) -> float:
   """XLA's FLOPs of the unrolled, unchunked, non-remat step (all devices)."""
   flat = copy.deepcopy(config)
-  flat.meta.unroll = 0  # fully unrolled
+  flat.meta.unroll = max(int(config.meta.inner_steps), 1)  # fully unrolled
   flat.meta.remat = False
   trainer = Trainer(flat, workdir, exp=experiment.Experiment(
       config=flat, store=exp.store, split=exp.split, tables=exp.tables,
@@ -114,8 +120,12 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
   then None. `adapt_seconds` is `adapt_latency` of one user."""
   workdir = workdir or default_workdir(config)
   os.makedirs(workdir, exist_ok=True)
-  peak = peak_matmul_gflops()
-  log.info("dense float32 matmul: %.1f GFLOP/s", peak)
+  rates = {dtype: peak_matmul_gflops(dtype=dtype)
+           for dtype in precision.COMPUTE_DTYPES}
+  for dtype, rate in rates.items():
+    log.info("dense %s matmul: %.1f GFLOP/s", dtype, rate)
+  compute_dtype = config.model.get("compute_dtype", "float32")
+  peak = rates[compute_dtype]
   t0 = time.perf_counter()
   trainer = Trainer(config, workdir)
   log.info("experiment ready in %.1fs", time.perf_counter() - t0)
@@ -168,6 +178,8 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "workload": {
           "model": config.model.name,
+          "compute_dtype": compute_dtype,
+          "matmul_gflops": rates,
           "algorithm": exp.meta_config.algorithm,
           "second_order": exp.meta_config.second_order,
           "inner_steps": exp.meta_config.inner_steps,

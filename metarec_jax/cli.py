@@ -115,13 +115,15 @@ def _run_bench(inv: Invocation) -> int:
   print(f"{w['tasks_per_step']} tasks/step, {w['devices']} {w['backend']}"
         f" device(s), chunk {w['chunk_tasks']}, support {w['support_width']},"
         f" {w['inner_steps']} inner steps,"
-        f" {'second' if w['second_order'] else 'first'} order")
+        f" {'second' if w['second_order'] else 'first'} order,"
+        f" {w['compute_dtype']}")
   print(f"  {result['tasks_per_sec']:.0f} tasks/s,"
         f" {result['step_seconds'] * 1e3:.1f} ms/step,"
         f" {w['flops_per_task'] / 1e6:.1f} MFLOP/task"
         f" (plain formulation {w['plain_flops_per_task'] / 1e6:.1f})")
   print(f"  {result['achieved_gflops']:.1f} GFLOP/s of"
-        f" {result['peak_gflops']:.1f} peak: utilization"
+        f" {result['peak_gflops']:.1f} {w['compute_dtype']} matmul peak:"
+        f" utilization"
         f" {result['utilization']:.1%}; compile"
         f" {result['compile_seconds']:.1f}s; input wait"
         f" {result['input_wait_fraction']:.1%}; peak RSS"

@@ -70,6 +70,14 @@ MEANINGS: dict[str, str] = {
     "model.user_bias_prior": "`model.anchor`: pseudo-ratings shrinking the"
                              " adapted user bias towards 0 (the baseline"
                              " uses 3).",
+    "model.compute_dtype": "Precision of the model's arithmetic in the inner"
+                           " loop and the meta-gradient: `float32` or"
+                           " `bfloat16` (mixed precision: parameters,"
+                           " adapted leaves and optimizer state stay"
+                           " float32, the losses reduce in float32;"
+                           " `models/precision.py`). Predictions for eval,"
+                           " export and serving use the float32"
+                           " parameters.",
     "model.hidden": "Widths of the decision MLP's hidden layers (one output"
                     " unit follows).",
     # data
@@ -189,9 +197,11 @@ MEANINGS: dict[str, str] = {
                       " inner optimizer plain SGD, run its first layer in"
                       " the exact dual (Gram) form: same values, less"
                       " arithmetic.",
-    "meta.unroll": "Unroll factor of the inner `lax.scan`; 0 = fully"
-                   " unrolled (fastest for a few inner steps; 1 bounds the"
-                   " compile time of many).",
+    "meta.unroll": "Unroll factor of the inner `lax.scan`; 0 = per"
+                   " backend: fully unrolled up to 8 inner steps on CPU,"
+                   " 32 on accelerators, rolled beyond (fastest for a few"
+                   " inner steps; 1 bounds the compile time of many;"
+                   " `metarec_jax/backend.py` says why).",
     "meta.msl_weights": "MAML++ multi-step loss: weight of the query loss"
                         " after each inner step; `()` = final step only.",
     # train
@@ -212,8 +222,9 @@ MEANINGS: dict[str, str] = {
     "train.tasks_per_step": "Tasks in a global meta-batch (a multiple of"
                             " the device count and the chunk size).",
     "train.chunk_tasks": "Tasks per device per accumulation chunk (bounds"
-                         " memory); 0 = automatic (16 on CPU, the whole"
-                         " per-device batch on accelerators).",
+                         " memory); 0 = per backend (16 on CPU, the whole"
+                         " per-device batch on accelerators;"
+                         " `metarec_jax/backend.py`).",
     "train.lr": "Peak outer (Adam) learning rate.",
     "train.warmup_steps": "Linear warm-up steps of the outer learning"
                           " rate.",
@@ -286,6 +297,8 @@ ALLOWED: dict[str, Any] = {
     "model.anchor": R.Bool(),
     "model.user_bias_prior": R.Float(0.0),
     "model.hidden": R.Tuple(R.Int(1), min_len=1),
+    "model.compute_dtype": R.OneOf("metarec_jax.models.precision",
+                                   "COMPUTE_DTYPES"),
     "data.name": R.OneOf("metarec_jax.data.prepare", "DATASETS"),
     "data.root": R.Text(),
     "data.store": R.Text(),

@@ -14,7 +14,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from metarec_jax import meta, models, runtime
+from metarec_jax import backend, meta, models, runtime
 from metarec_jax.data import implicit, prepare, splits
 from metarec_jax.data.sampler import SamplerSpec
 from metarec_jax.data.store import TaskStore
@@ -87,9 +87,8 @@ def _meta_config(m, unroll, model):
       adapt=tuple(m.adapt) or model.adapt,
       inner_optimizer=m.inner_optimizer, remat=bool(m.remat),
       dual_form=bool(m.dual_form),
-      # 0: fully unrolled (XLA then fuses across inner steps and keeps no
-      # per-step residual stacks; measured 7% faster on melu-ref).
-      unroll=True if int(unroll) == 0 else int(unroll),
+      # 0: automatic, per backend (`backend.inner_unroll`).
+      unroll=backend.inner_unroll(int(unroll), int(m.inner_steps)),
       msl_weights=tuple(float(w) for w in m.msl_weights),
       encoder_hidden=int(m.get("encoder_hidden", 64)))
 

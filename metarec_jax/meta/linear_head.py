@@ -61,6 +61,9 @@ class LinearHead:
     rows: `(params, batch) -> (x, rating, mask)`, the support rows as the
       encoding algorithms read them (`meta.encoder`); None: the model
       offers none.
+    compute_dtype: the dtype the products of features and kernels (the
+      first layer and the dual form's) run in; None: the operands' own
+      (`model.compute_dtype`, see `models.precision`).
   """
 
   featurize: Callable[[PyTree, PyTree], jax.Array]
@@ -69,6 +72,13 @@ class LinearHead:
   bias: str
   featurize_reads: tuple[str, ...]
   rows: Callable[[PyTree, PyTree], tuple] | None = None
+  compute_dtype: Any = None
+
+  def dot(self, x: jax.Array, y: jax.Array) -> jax.Array:
+    """`x @ y`, in `compute_dtype` when one is set."""
+    if self.compute_dtype is None:
+      return x @ y
+    return x.astype(self.compute_dtype) @ y.astype(self.compute_dtype)
 
   def __call__(self, params: PyTree, batch: PyTree) -> jax.Array:
     return self.head_from_features(params, self.featurize(params, batch),
@@ -77,7 +87,8 @@ class LinearHead:
   def head_from_features(self, params: PyTree, x: jax.Array,
                          batch: PyTree) -> jax.Array:
     flat = dict(zip(paths.leaf_paths(params), jax.tree.leaves(params)))
-    return self.head(params, x @ flat[self.kernel] + flat[self.bias], batch)
+    return self.head(params, self.dot(x, flat[self.kernel]) + flat[self.bias],
+                     batch)
 
   def features_fixed(self, part: paths.Partition) -> bool:
     """True when no adapted leaf is read by `featurize`."""
@@ -107,11 +118,11 @@ def _dual_loop(lh: LinearHead, part: paths.Partition, support: PyTree,
   rest0 = {p: v for p, v in part.adapted.items()
            if p not in (lh.kernel, lh.bias)}
   xs = lh.featurize(params, support)
-  a0 = xs @ w + b
+  a0 = lh.dot(xs, w) + b
   # In first-order mode nothing computed from the support may carry a
   # gradient into the meta-update, exactly as stop_gradient(inner grads).
   xs_inner = xs if second_order else jax.lax.stop_gradient(xs)
-  gram = xs_inner @ xs_inner.T
+  gram = lh.dot(xs_inner, xs_inner.T)
   lr_w = inner_lib.step_rates(config, inner, lh.kernel, w.dtype)
   lr_b = inner_lib.step_rates(config, inner, lh.bias, b.dtype)
   opt = inner_lib.inner_optimizer(config, inner)
@@ -119,8 +130,8 @@ def _dual_loop(lh: LinearHead, part: paths.Partition, support: PyTree,
   msl = bool(config.msl_weights) and query is not None
   if msl:
     xq = lh.featurize(params, query)
-    aq0 = xq @ w + b
-    cross = xq @ xs_inner.T
+    aq0 = lh.dot(xq, w) + b
+    cross = lh.dot(xq, xs_inner.T)
 
   def merged(rest):
     return part.merge({**rest, lh.kernel: w, lh.bias: b})
@@ -135,7 +146,7 @@ def _dual_loop(lh: LinearHead, part: paths.Partition, support: PyTree,
     if not second_order:
       g_a, g_rest = jax.lax.stop_gradient((g_a, g_rest))
     g_b = jnp.sum(g_a, axis=0)
-    a = a - lr_w[k] * (gram @ g_a) - lr_b[k] * g_b
+    a = a - lr_w[k] * lh.dot(gram, g_a) - lr_b[k] * g_b
     d_w = d_w + lr_w[k] * g_a
     d_b = d_b + lr_b[k] * g_b
     updates, opt_state = opt.update(g_rest, opt_state, rest)
@@ -143,7 +154,8 @@ def _dual_loop(lh: LinearHead, part: paths.Partition, support: PyTree,
     out = None
     if msl:
       out = weight * (query_head or lh.head)(merged(rest),
-                                             aq0 - cross @ d_w - d_b, query)
+                                             aq0 - lh.dot(cross, d_w) - d_b,
+                                             query)
     return (a, rest, opt_state, d_w, d_b), out
 
   if config.remat:
@@ -163,7 +175,7 @@ def adapt_dual(lh: LinearHead, part: paths.Partition, support: PyTree, *,
   """`adapt` in dual form: materialises `W_K = W - X^T D_K` at the end."""
   rest, xs, d_w, d_b, _ = _dual_loop(lh, part, support, config, inner, None)
   w, b = part.adapted[lh.kernel], part.adapted[lh.bias]
-  return part.merge({**rest, lh.kernel: w - xs.T @ d_w, lh.bias: b - d_b})
+  return part.merge({**rest, lh.kernel: w - lh.dot(xs.T, d_w), lh.bias: b - d_b})
 
 
 def task_loss_dual(lh: LinearHead, part: paths.Partition, task: PyTree, *,
@@ -181,6 +193,6 @@ def task_loss_dual(lh: LinearHead, part: paths.Partition, task: PyTree, *,
   params = part.merge(part.adapted)
   w, b = part.adapted[lh.kernel], part.adapted[lh.bias]
   xq = lh.featurize(params, query)
-  aq = xq @ w + b - (xq @ xs.T) @ d_w - d_b
+  aq = lh.dot(xq, w) + b - lh.dot(lh.dot(xq, xs.T), d_w) - d_b
   return query_head(part.merge({**rest, lh.kernel: w, lh.bias: b}), aq,
                     query)

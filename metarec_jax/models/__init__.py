@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any, Iterable
 
 import jax.numpy as jnp
 import numpy as np
 
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec, select
-from metarec_jax.models import anchored
+from metarec_jax.models import anchored, precision
 from metarec_jax.models.idemb import INTERACTIONS, IDEmb
 from metarec_jax.models.melu import MeLU
 from metarec_jax.models.recommender import (LOSSES, RANKING_LOSSES,
@@ -75,6 +76,9 @@ def build(model_config, features: Iterable[FeatureSpec], *,
           inner_lr: float = 0.1) -> Recommender:
   """The model named by `model_config.name` over the data's features.
 
+  Its losses compute in `model_config.compute_dtype` (`precision`); the
+  parameters stay float32.
+
   Args:
     model_config: the `model` section of a config (`name`, `features`,
       `embed_dim`, `hidden`; `idemb` also `interaction`, `item_features`).
@@ -89,6 +93,18 @@ def build(model_config, features: Iterable[FeatureSpec], *,
     inner_lr: `model.anchor`: the inner loop's rate, which sets the scale
       of the adapted user bias (`anchored.user_bias_scale`).
   """
+  rec = _build(model_config, tuple(features), rating_mean, item_means,
+               inner_lr)
+  loss_fn, query_loss_fn = precision.compute_in(
+      (rec.loss_fn, rec.query_loss_fn),
+      model_config.get("compute_dtype", "float32"))
+  return dataclasses.replace(rec, loss_fn=loss_fn,
+                             query_loss_fn=query_loss_fn)
+
+
+def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
+           item_means, inner_lr) -> Recommender:
+  """`build` in float32."""
   name = model_config.name
   features = tuple(features)
   # `features` may already be narrowed (FeatureTables): exclusions of

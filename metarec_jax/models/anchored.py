@@ -54,8 +54,8 @@ import jax.numpy as jnp
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec
 from metarec_jax.meta import LinearHead
 from metarec_jax.models.melu import Decision, Embedder
-from metarec_jax.models.recommender import (Recommender, masked_loss,
-                                            row_errors)
+from metarec_jax.models.recommender import (Recommender, loss_precision,
+                                            masked_loss, row_errors)
 
 ITEM_DIM = 8  # width of the item-feature embeddings of the item bias
 
@@ -144,6 +144,7 @@ def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,
   and gradient 0 (no prior either): it keeps the meta-parameters, as with
   every other loss. `err_fn(pred, batch)` is the per-row error.
   """
+  pred = loss_precision(pred)
   mask = batch["mask"].astype(pred.dtype)
   n = jnp.sum(mask)
   weight = prior * (n > 0).astype(pred.dtype)

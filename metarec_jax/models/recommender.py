@@ -27,6 +27,13 @@ RANKING_LOSSES = ("bce", "bpr", "softmax")
 LOSSES = RATING_LOSSES + RANKING_LOSSES
 
 
+def loss_precision(pred: jax.Array) -> jax.Array:
+  """`pred` in at least float32: the losses reduce in float32 whatever the
+  model computed in (`model.compute_dtype`); float32 and float64 pass
+  unchanged."""
+  return pred.astype(jnp.promote_types(pred.dtype, jnp.float32))
+
+
 def masked_mse(pred: jax.Array, batch: PyTree) -> jax.Array:
   """Mean squared error over the rows where `batch["mask"]` is set.
 
@@ -47,6 +54,7 @@ def masked_loss(pred: jax.Array, batch: PyTree, kind: str = "mse",
   enough for the inner loop. The denominator is at least 1, so an
   all-padding batch has loss 0 and gradient 0.
   """
+  pred = loss_precision(pred)
   if kind in RANKING_LOSSES:
     return ranking_loss(pred, batch, kind)
   mask = batch["mask"].astype(pred.dtype)
@@ -78,6 +86,7 @@ def ranking_loss(score: jax.Array, batch: PyTree, kind: str) -> jax.Array:
   loss 0 and gradient 0. All three are smooth, so the inner loop's
   second-order terms exist.
   """
+  score = loss_precision(score)
   mask = batch["mask"]
   label = batch["rating"].astype(score.dtype)
   pos = mask & (label > 0.5)

@@ -1,0 +1,76 @@
+"""Choices that depend on the accelerator, in one table with their reasons.
+
+The engine was tuned on a 2-core CPU; what is right there is not always
+right on a GPU or a TPU. Every such choice is a field of `Defaults`, and
+`DEFAULTS` gives its value per JAX backend (`jax.default_backend()`):
+
+- `chunk_tasks`: tasks per device per chunk of the meta-step when
+  `train.chunk_tasks=0`. CPU: 16, where a 16-task working set stays in
+  cache (melu-ref measured 2,200 tasks/s against 1,800 with 32 and 1,500
+  with 64). GPU/TPU: 0 = the whole per-device batch at once: an
+  accelerator needs thousands of tasks in flight to fill its cores, and
+  a chunk loop would serialise them (memory is the limit there; set
+  `train.chunk_tasks` when a batch does not fit).
+- `full_unroll_steps`: with `meta.unroll=0` the inner loop's `lax.scan`
+  is fully unrolled up to this many inner steps, rolled (unroll 1) beyond.
+  Unrolled, XLA fuses across inner steps and keeps no per-step residual
+  stacks (melu-ref on CPU: 7% faster at 5 steps); the program, and its
+  compile time, grow with the steps, so a long inner loop stays rolled.
+  CPU: 8, since compilation competes with training for the same cores.
+  GPU/TPU: 32: a rolled loop costs a GPU a device-to-host copy of the
+  loop predicate and a fresh kernel sequence per iteration, and blocks
+  fusion across steps, while compilation runs on the host beside the
+  accelerator.
+- `matmul_size`: the n of the n x n matmuls whose best rate is the bench's
+  peak (`bench.peak_matmul_gflops`). CPU: 2048 (a few hundred ms on two
+  cores, past the size where the rate still climbs). GPU/TPU: 8192: a
+  2048 matmul is ~17 GFLOP, tens of microseconds on a current GPU, where
+  launch overhead would understate the peak.
+
+Not per backend (the same reasoning holds everywhere): `train.prefetch`
+(host-side input pipeline), `meta.remat` (off: memory is bounded by the
+chunk). Float32 matmuls run at XLA's default precision on every backend;
+on NVIDIA GPUs since Ampere that may use TF32 (10-bit mantissa);
+`model.compute_dtype=bfloat16` is the explicit low-precision choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class Defaults:
+  """The backend-dependent choices (see the module docstring)."""
+
+  chunk_tasks: int
+  full_unroll_steps: int
+  matmul_size: int
+
+
+_ACCELERATOR = Defaults(chunk_tasks=0, full_unroll_steps=32,
+                        matmul_size=8192)
+DEFAULTS = {
+    "cpu": Defaults(chunk_tasks=16, full_unroll_steps=8, matmul_size=2048),
+    "gpu": _ACCELERATOR,
+    "cuda": _ACCELERATOR,
+    "rocm": _ACCELERATOR,
+    "tpu": _ACCELERATOR,
+}
+
+
+def defaults(backend: str | None = None) -> Defaults:
+  """The defaults of `backend` (default: JAX's default backend); an
+  unknown backend gets the accelerators' ones."""
+  return DEFAULTS.get(backend or jax.default_backend(), _ACCELERATOR)
+
+
+def inner_unroll(unroll: int, inner_steps: int,
+                 backend: str | None = None) -> int | bool:
+  """The inner `lax.scan`'s unroll for `meta.unroll` (0 = automatic:
+  fully unrolled up to the backend's `full_unroll_steps`, else 1)."""
+  if unroll > 0:
+    return unroll
+  return True if inner_steps <= defaults(backend).full_unroll_steps else 1
