@@ -31,6 +31,10 @@ def test_bench_prints_the_design_json_last(tmp_path):
   w = result["workload"]
   assert w["tasks_per_step"] == 16 and w["second_order"] is True
   assert w["plain_flops_per_task"] > 0 and w["steps_timed"] == 3
+  # Utilisation is against the matmul rate of the step's compute dtype.
+  assert w["compute_dtype"] == "float32"
+  assert set(w["matmul_gflops"]) == {"float32", "bfloat16"}
+  assert result["peak_gflops"] == w["matmul_gflops"]["float32"]
 
 
 def test_flop_count_grows_by_the_same_amount_per_inner_step(tmp_path):
