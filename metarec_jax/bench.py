@@ -112,12 +112,14 @@ def adapt_latency(trainer: Trainer, state, batch, *,
 
 
 def run(config, *, workdir: str | None = None, steps: int = 20,
-        warmup: int = 3, count_flops: bool = True) -> dict:
+        warmup: int = 3, count_flops: bool = True,
+        plain_flops: bool = True) -> dict:
   """Benchmarks the meta-step of `config`; returns the JSON of docs/design.md.
 
   `count_flops=False` skips XLA's FLOP counts (two more compilations):
   `step_flops`, `achieved_gflops`, `utilization` and the plain counts are
-  then None. `adapt_seconds` is `adapt_latency` of one user."""
+  then None; `plain_flops=False` skips only the plain formulation's count
+  (one compilation). `adapt_seconds` is `adapt_latency` of one user."""
   workdir = workdir or default_workdir(config)
   os.makedirs(workdir, exist_ok=True)
   rates = {dtype: peak_matmul_gflops(dtype=dtype)
@@ -161,9 +163,12 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
   step_flops = plain_flops = achieved = None
   if count_flops:
     step_flops = _counted_flops(config, workdir, exp, width)
-    plain = copy.deepcopy(config)
-    plain.meta.dual_form = False
-    plain_flops = _counted_flops(plain, workdir, exp, width)
+    if plain_flops:
+      plain = copy.deepcopy(config)
+      plain.meta.dual_form = False
+      plain_flops = _counted_flops(plain, workdir, exp, width)
+    else:
+      plain_flops = None
     achieved = step_flops / step_seconds / 1e9
   return {
       "tasks_per_sec": tasks / step_seconds,

@@ -1,0 +1,32 @@
+"""`tools/device_bench.sh --quick` end to end on a one-workload list."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_quick_device_bench_prints_json_lines():
+  env = dict(os.environ, PYTHON=sys.executable,
+             METAREC_DEVICE_BENCH_LIMIT="1",
+             # The smallest meta-step that still runs the whole path.
+             METAREC_DEVICE_BENCH_ARGS=(
+                 "--config.meta.inner_steps=1 --config.model.embed_dim=4"
+                 " --config.model.hidden=(8,) --config.data.max_support=8"
+                 " --config.data.buckets=(8,) --config.data.synthetic."
+                 "num_users=300 --warmup=1 --steps=1"))
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([os.path.join(ROOT, "tools", "device_bench.sh"),
+                        "--quick"], capture_output=True, text=True, env=env,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = [json.loads(line) for line in out.stdout.strip().splitlines()]
+  head, run, done = lines
+  assert head["device_bench"]["quick"] is True
+  assert run["name"] == "melu-ref/16/second/float32"
+  assert run["tasks_per_sec"] > 0 and 0 < run["utilization"]
+  assert run["workload"]["compute_dtype"] == "float32"
+  assert run["workload"]["tasks_per_step"] == 16
+  assert done["device_bench_done"]["ran"] == 1
