@@ -209,3 +209,26 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
           "final_loss": float(np.asarray(metrics["train/loss"])),
       },
   }
+
+
+def describe(result: dict) -> str:
+  """The human-readable lines of a `run` result (its JSON follows them)."""
+  w = result["workload"]
+  plain = w["plain_flops_per_task"]
+  return "\n".join([
+      f"{w['tasks_per_step']} tasks/step, {w['devices']} {w['backend']}"
+      f" device(s), chunk {w['chunk_tasks']}, support {w['support_width']},"
+      f" {w['inner_steps']} inner steps,"
+      f" {'second' if w['second_order'] else 'first'} order,"
+      f" {w['compute_dtype']}",
+      f"  {result['tasks_per_sec']:.0f} tasks/s,"
+      f" {result['step_seconds'] * 1e3:.1f} ms/step,"
+      f" {w['flops_per_task'] / 1e6:.1f} MFLOP/task"
+      + ("" if plain is None else f" (plain formulation {plain / 1e6:.1f})"),
+      f"  {result['achieved_gflops']:.1f} GFLOP/s of"
+      f" {result['peak_gflops']:.1f} {w['compute_dtype']} matmul peak:"
+      f" utilization"
+      f" {result['utilization']:.1%}; compile"
+      f" {result['compile_seconds']:.1f}s; input wait"
+      f" {result['input_wait_fraction']:.1%}; peak RSS"
+      f" {result['peak_rss_mb']:.0f} MB"])

@@ -274,7 +274,7 @@ MEANINGS: dict[str, str] = {
 }
 
 
-_MODELS, _META = "metarec_jax.models", "metarec_jax.meta.config"
+_MODELS, _META = "metarec_jax.models.factory", "metarec_jax.meta.config"
 _COUNT, _SHARE = R.Int(0), R.Float(0.0, 1.0)
 _RATE = R.Float(0.0, lo_open=True)  # a positive, finite rate or size
 _NAMES = R.Tuple(R.Text(nonempty=True))
@@ -284,13 +284,14 @@ _NAMES = R.Tuple(R.Text(nonempty=True))
 # anything; the README's table shows them.
 ALLOWED: dict[str, Any] = {
     "model.name": R.OneOf(_MODELS, "MODELS"),
-    "model.interaction": R.OneOf(_MODELS, "INTERACTIONS"),
+    "model.interaction": R.OneOf("metarec_jax.models.idemb", "INTERACTIONS"),
     "model.item_features": R.Bool(),
     "model.features": _NAMES,
     "model.exclude_features": _NAMES,
     "model.embed_dim": R.Int(1),
-    "model.loss": R.OneOf(_MODELS, "LOSSES"),
-    "model.query_loss": R.OneOf(_MODELS, "LOSSES", empty=True),
+    "model.loss": R.OneOf("metarec_jax.models.recommender", "LOSSES"),
+    "model.query_loss": R.OneOf("metarec_jax.models.recommender", "LOSSES",
+                                 empty=True),
     "model.huber_delta": _RATE,
     "model.embed_std": R.Float(0.0),
     "model.item_id": R.Bool(),

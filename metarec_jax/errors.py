@@ -46,6 +46,14 @@ class OutputError(Exception):
     super().__init__(f"cannot write {self.path}: {cause}")
 
 
+def require_flag(fv, name: str):
+  """The value of the absl flag `--name` in `fv`; `InputError` if unset."""
+  value = fv[name].value
+  if not value:
+    raise InputError(f"--{name} is required")
+  return value
+
+
 def cause_of(error: OSError) -> str:
   """The operating system's words for `error` ("No space left on device")."""
   if error.strerror:

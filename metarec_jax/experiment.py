@@ -20,7 +20,7 @@ from metarec_jax.data.sampler import SamplerSpec
 from metarec_jax.data.store import TaskStore
 from metarec_jax.data.tasks import FeatureTables
 from metarec_jax.errors import InputError
-from metarec_jax.eval.baselines import ITEM_PSEUDO, BaselineStats
+from metarec_jax.data.baselines import ITEM_PSEUDO, BaselineStats
 
 
 @dataclasses.dataclass

@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from metarec_jax.train import checkpoint as ckpt_lib
+from metarec_jax.workdir import checkpoint as ckpt_lib
 
 
 def make_state(seed: int, *, nan: bool = False) -> dict:

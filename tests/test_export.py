@@ -25,7 +25,7 @@ from metarec_jax.data.tasks import FeatureTables
 from metarec_jax.errors import InputError
 from metarec_jax.export import layout
 from metarec_jax.train import train_and_evaluate
-from metarec_jax.train.restore import load_state
+from metarec_jax.workdir.restore import load_state
 
 MAX_SUPPORT = 16  # configs/tiny.py
 

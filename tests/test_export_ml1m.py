@@ -7,7 +7,7 @@ import pytest
 from cli_run import last_json, metarec
 from metarec_jax import config_io, experiment, export, meta, runtime
 from metarec_jax.data import ratings_io
-from metarec_jax.train.restore import load_state
+from metarec_jax.workdir.restore import load_state
 
 
 def test_export_predictions_reproduce_the_eval_mae(ml1m_tiny_run, tmp_path):

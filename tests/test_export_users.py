@@ -14,7 +14,7 @@ from rich.console import Console
 from metarec_jax.errors import InputError
 from metarec_jax.export import layout, topk
 from metarec_jax.export import users as users_lib
-from metarec_jax.export.progress import UserProgress
+from metarec_jax.workdir.progress import UserProgress
 
 ITEMS = np.array([10, 20, 30, 40, 50])
 

@@ -12,7 +12,7 @@ from test_export import core_predictions, file_support, store_rows, write_file
 from metarec_jax import config_io, experiment, export, runtime
 from metarec_jax.errors import InputError
 from metarec_jax.train import train_and_evaluate
-from metarec_jax.train.restore import load_state
+from metarec_jax.workdir.restore import load_state
 
 ONE_STEP = [("train.num_steps", "1"), ("train.eval_every_steps", "0"),
             ("checkpoint.every_steps", "1"), ("log.every_steps", "1"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from metarec_jax.eval import metrics
-from metarec_jax.eval.baselines import BaselineStats
+from metarec_jax.data.baselines import BaselineStats
 
 
 def test_mae_and_rmse_skip_padding():

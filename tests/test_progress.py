@@ -5,7 +5,7 @@ import logging
 
 from rich.console import Console
 
-from metarec_jax.train import progress as progress_lib
+from metarec_jax.workdir import progress as progress_lib
 
 METRICS = {"train/loss": 0.5, "train/query_loss_unadapted": 0.75,
            "train/tasks_per_sec": 1234.4}

@@ -14,8 +14,8 @@ from tensorboard.util import tensor_util
 
 from metarec_jax import config_io, config_reference
 from metarec_jax.meta import paths
-from metarec_jax.train import reporting, telemetry
-from metarec_jax.train import state as state_lib
+from metarec_jax.workdir import reporting, telemetry
+from metarec_jax.workdir import state as state_lib
 from conftest import config_path
 
 
@@ -35,7 +35,7 @@ def series(acc, tag):
 def trained_params(workdir):
   """Leaf paths of the run's model parameters and learned inner rates."""
   from metarec_jax import experiment  # pylint: disable=g-import-not-at-top
-  from metarec_jax.train import optim  # pylint: disable=g-import-not-at-top
+  from metarec_jax.workdir import optim  # pylint: disable=g-import-not-at-top
   config = config_io.read_workdir_config(workdir)
   exp = experiment.build(config, workdir)
   shapes = jax.eval_shape(

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import config_path
 from procs import checkpoint_steps, metarec
-from metarec_jax.train import optim, resume
+from metarec_jax.workdir import optim, resume
 
 TINY = f"--config={config_path('tiny')}"
 # No validation, one bucket, the learning rate logged at every step.

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from metarec_jax.eval import verdicts
-from metarec_jax.train import checkpoint as ckpt_lib
+from metarec_jax.workdir import checkpoint as ckpt_lib
 
 
 def scenario(mae, baseline, tasks=200):

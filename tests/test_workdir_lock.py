@@ -1,4 +1,4 @@
-"""One trainer per work directory (`metarec_jax/train/workdir_lock.py`), with
+"""One trainer per work directory (`metarec_jax/workdir/lock.py`), with
 real `metarec` processes: a second trainer is refused with one line and
 changes nothing; `kill -9` frees the lock; `eval` reads without it."""
 
@@ -12,7 +12,7 @@ import pytest
 from conftest import config_path
 from procs import metarec, start, wait_for
 
-from metarec_jax.train import workdir_lock
+from metarec_jax.workdir import lock as workdir_lock
 
 TINY = [f"--config={config_path('tiny')}"]
 

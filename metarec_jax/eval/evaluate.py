@@ -23,7 +23,7 @@ from metarec_jax.data.tasks import batch_shapes, bucket_widths, taskset_batches
 from metarec_jax.eval import metrics as metrics_lib
 from metarec_jax.eval.implicit_eval import RankingEvaluator
 from metarec_jax.eval import predictions_file
-from metarec_jax.eval.baselines import BaselineStats
+from metarec_jax.data.baselines import BaselineStats
 from metarec_jax.experiment import Experiment
 from metarec_jax.runtime import AXIS, CompiledByShape
 

@@ -34,9 +34,9 @@ from metarec_jax.data.tasks import FeatureTables, bucket_widths, scatter_rows
 from metarec_jax.errors import InputError
 from metarec_jax.export import compute, layout, topk
 from metarec_jax.export import users as users_lib
-from metarec_jax.export.progress import UserProgress
+from metarec_jax.workdir.progress import UserProgress
 from metarec_jax.meta import paths
-from metarec_jax.train.restore import load_state
+from metarec_jax.workdir.restore import load_state
 
 log = logging.getLogger("metarec")
 

@@ -27,7 +27,7 @@ import jax
 
 from metarec_jax import config_io, experiment, meta, runtime
 from metarec_jax.errors import InputError
-from metarec_jax.train.restore import load_state
+from metarec_jax.workdir.restore import load_state
 
 log = logging.getLogger("metarec")
 

@@ -31,12 +31,13 @@ from metarec_jax.errors import InputError
 from metarec_jax.eval import support_curve
 from metarec_jax.eval.evaluate import Evaluator
 from metarec_jax.meta import paths
-from metarec_jax.train import checkpoint as ckpt_lib
-from metarec_jax.train import distill, optim, reporting, resume, telemetry
-from metarec_jax.train import workdir_lock
-from metarec_jax.train import progress as progress_lib
-from metarec_jax.train import state as state_lib
-from metarec_jax.train.preemption import StopRequest
+from metarec_jax.workdir import checkpoint as ckpt_lib
+from metarec_jax.train import distill
+from metarec_jax.workdir import optim, reporting, resume, telemetry
+from metarec_jax.workdir import lock
+from metarec_jax.workdir import progress as progress_lib
+from metarec_jax.workdir import state as state_lib
+from metarec_jax.workdir.preemption import StopRequest
 from metarec_jax.train.step import make_train_step
 
 log = logging.getLogger("metarec")
@@ -131,11 +132,9 @@ class Trainer:
     return jax.random.PRNGKey(int(self.config.train.seed))
 
   def abstract_state(self):
-    # The key is made inside: an eager PRNGKey would compile a program.
-    shapes = jax.eval_shape(lambda: self.init(self.rng()))
-    return jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                       sharding=self.replicated), shapes)
+    """The state's structure (`state.abstract`), replicated."""
+    return state_lib.abstract(self.exp.model, self.exp.meta_config,
+                              self.optimizer, self.replicated)
 
   def param_shapes(self) -> dict[str, tuple]:
     params = self.abstract_state().params
@@ -274,7 +273,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   summary: dict[str, Any] = {}
 
   # The lock comes before anything is written in the work directory.
-  with workdir_lock.hold(workdir), StopRequest() as stop:
+  with lock.hold(workdir), StopRequest() as stop:
     trainer = Trainer(config, workdir)
     exp = trainer.exp
     checkpointer = ckpt_lib.Checkpointer(

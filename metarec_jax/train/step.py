@@ -21,7 +21,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from metarec_jax import meta
 from metarec_jax.runtime import AXIS
-from metarec_jax.train.state import TrainState
+from metarec_jax.workdir.state import TrainState
 
 PyTree = Any
 

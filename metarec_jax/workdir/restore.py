@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-
-import jax
 
 from metarec_jax import experiment, runtime
 from metarec_jax.errors import InputError
-from metarec_jax.train import checkpoint as ckpt_lib
-from metarec_jax.train import optim
-from metarec_jax.train import state as state_lib
+from metarec_jax.workdir import checkpoint as ckpt_lib
+from metarec_jax.workdir import optim
+from metarec_jax.workdir import state as state_lib
 
 log = logging.getLogger("metarec")
-
-
-def abstract_state(exp: experiment.Experiment, mesh) -> state_lib.TrainState:
-  """The train state's structure, replicated on `mesh` (nothing computed)."""
-  init = functools.partial(state_lib.create, exp.model, exp.meta_config,
-                           optim.outer_optimizer(exp.config.train))
-  shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
-  sharding = runtime.replicated(mesh)
-  return jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-      shapes)
 
 
 def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
@@ -50,7 +36,10 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
       else:
         log.info("using the newest checkpoint (none has a validation MAE);"
                  " --step=N picks another")
-    state, _, _ = checkpointer.restore(abstract_state(exp, mesh), step)
+    state, _, _ = checkpointer.restore(
+        state_lib.abstract(exp.model, exp.meta_config,
+                           optim.outer_optimizer(exp.config.train),
+                           runtime.replicated(mesh)), step)
   except ckpt_lib.CheckpointError as e:
     raise InputError(str(e), path=workdir) from e
   finally:

@@ -1,16 +1,22 @@
-"""Training progress on stderr: a rich bar on a terminal, log lines elsewhere.
+"""Progress on stderr: a rich bar on a terminal, log lines elsewhere.
 
-On a terminal the bar shows the step, the ETA, tasks/s and the latest
-losses; log records of the `metarec` logger are printed above it while it
-is shown. Anywhere else (CI, a log file, a pipe) a bar would be noise, so
-each log step is one plain log line instead:
+Training (`Progress`): on a terminal the bar shows the step, the ETA,
+tasks/s and the latest losses; log records of the `metarec` logger are
+printed above it while it is shown. Anywhere else (CI, a log file, a pipe)
+a bar would be noise, so each log step is one plain log line instead:
 
     step 200/1500  loss 0.8123  unadapted 0.9456  5120 tasks/s
+
+Export (`UserProgress`): plain lines come after the first chunk and then
+at most every `every_seconds`:
+
+    exported 2048/100000 users (5120 users/s)
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable, Mapping
 
 from rich import progress as rich_progress
@@ -116,6 +122,58 @@ class Progress:
       self._stop = self._bar = None
 
   def __enter__(self) -> "Progress":
+    return self
+
+  def __exit__(self, *exc) -> bool:
+    self.close()
+    return False
+
+
+class UserProgress:
+  """`advance(n)` after each chunk of users; `close()` at the end."""
+
+  def __init__(self, total: int, *, console: Console | None = None,
+               log: logging.Logger | None = None,
+               every_seconds: float = 5.0):
+    self.total = int(total)
+    self.done = 0
+    self.console = console or Console(stderr=True)
+    self.log = log or logging.getLogger("metarec")
+    self.every_seconds = every_seconds
+    self.plain = not self.console.is_terminal or self.console.is_dumb_terminal
+    self._start = time.perf_counter()
+    self._last_line = None
+    self._bar = None
+    self._stop = None
+    if not self.plain:
+      self._bar = rich_progress.Progress(
+          rich_progress.TextColumn("export {task.completed}/{task.total}"
+                                   " users"),
+          rich_progress.BarColumn(), rich_progress.TextColumn("ETA"),
+          rich_progress.TimeRemainingColumn(),
+          console=self.console, transient=False)
+      self._task = self._bar.add_task("export", total=self.total)
+      self._stop = show_bar(self._bar, self.log)
+
+  def advance(self, n: int) -> None:
+    self.done += int(n)
+    if self._bar is not None:
+      self._bar.update(self._task, completed=self.done)
+      return
+    now = time.perf_counter()
+    if (self._last_line is None or self.done >= self.total
+        or now - self._last_line >= self.every_seconds):
+      self._last_line = now
+      rate = self.done / max(now - self._start, 1e-9)
+      self.log.info("exported %d/%d users (%.0f users/s)", self.done,
+                    self.total, rate)
+
+  def close(self) -> None:
+    if self._stop is not None:
+      self._stop()
+      self._stop = self._bar = None
+
+  def __enter__(self) -> "UserProgress":
     return self
 
   def __exit__(self, *exc) -> bool:

@@ -51,3 +51,16 @@ def create(model, meta_config: meta.MetaConfig,
   return TrainState(step=zero, params=meta_params,
                     opt_state=optimizer.init(meta_params),
                     nonfinite_streak=zero, nonfinite_total=zero)
+
+
+def abstract(model, meta_config: meta.MetaConfig,
+             optimizer: optax.GradientTransformation,
+             sharding: jax.sharding.Sharding) -> TrainState:
+  """The state's structure as `jax.ShapeDtypeStruct`s placed by `sharding`
+  (what a restore reads into and the meta-step compiles for): nothing is
+  computed, and the key is made inside (an eager one would compile)."""
+  shapes = jax.eval_shape(
+      lambda: create(model, meta_config, optimizer, jax.random.PRNGKey(0)))
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+      shapes)

@@ -19,7 +19,7 @@ from typing import Any
 
 from metarec_jax import config_io
 from metarec_jax.errors import InputError
-from metarec_jax.train import optim
+from metarec_jax.workdir import optim
 
 log = logging.getLogger("metarec")
 

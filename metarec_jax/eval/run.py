@@ -1,0 +1,88 @@
+"""`metarec eval`: a work directory's checkpoint on the protocol's scenarios."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+import jax
+
+from metarec_jax import config_io, experiment, runtime
+from metarec_jax.data import ratings_io
+from metarec_jax.data.splits import SCENARIOS
+from metarec_jax.eval import predictions_file, tensorboard, verdicts
+from metarec_jax.eval import support_curve as curves
+from metarec_jax.eval.evaluate import Evaluator
+from metarec_jax.eval.user_file import new_user_tasks
+from metarec_jax.workdir.restore import load_state
+
+log = logging.getLogger("metarec")
+
+
+def evaluate_workdir(workdir: str, *, step: int | None = None,
+                     overrides: Iterable[tuple[str, str]] = (),
+                     ratings: str | None = None,
+                     write_tasks: str | None = None,
+                     support_curve: bool = True) -> dict:
+  """Evaluates a work directory's checkpoint on the protocol's scenarios.
+
+  Args:
+    workdir: a `metarec train` work directory.
+    step: the checkpoint step (default: the newest).
+    overrides: `(dotted key, text)` config overrides.
+    ratings: a ratings file in the dataset's input format; its users are
+      evaluated as new users (scenarios UC and UIC; W and IC are empty)
+      instead of the store's own scenarios.
+    write_tasks: a folder to write each scenario's support and query
+      ratings to, in the dataset's input format, and the query predictions
+      of the model and the baselines (`eval.predictions_file`).
+    support_curve: also write the query MAE against support-set size of
+      every scenario to `WORKDIR/eval/support_curve.json` (see
+      `eval.support_curve`).
+
+  Returns:
+    `{"step": N, "scenarios": {"W": {...}, "UC": ..., "IC": ..., "UIC": ...},
+    "warnings": [...]}` with the keys of docs/design.md; an empty scenario
+    has `tasks: 0` and null metrics; `warnings` (`eval.verdicts`) says
+    where the model lost to the item-mean + user-bias baseline and which
+    scenarios have too few tasks.
+
+  Raises:
+    InputError: a bad work directory, config, checkpoint or ratings file.
+  """
+  config = config_io.apply_overrides(
+      config_io.read_workdir_config(workdir), overrides)
+  exp = experiment.build(config, workdir, log=log.info)
+  if ratings:  # read before the checkpoint: a bad file fails fast
+    tasksets = new_user_tasks(exp.store, ratings,
+                              experiment.protocol_spec(config))
+    log.info("%s: %d UC and %d UIC tasks of new users", ratings,
+             len(tasksets["UC"]), len(tasksets["UIC"]))
+  else:
+    tasksets = {name: exp.split.scenarios[name] for name in SCENARIOS}
+  mesh = runtime.make_mesh()
+  state = load_state(exp, workdir, mesh, step=step)
+  evaluator = Evaluator(exp, mesh)
+  kept = {} if write_tasks else None
+  results = evaluator.evaluate(state.params, SCENARIOS, tasksets=tasksets,
+                               keep=kept)
+  step = int(runtime.to_host(state.step))
+  if write_tasks:
+    files = {f"{name}/{predictions_file.FILE_NAME}":
+             evaluator.predictions_text(p, tasksets[name])
+             for name, p in kept.items()}
+    ratings_io.write_tasks(write_tasks, tasksets, exp.store,
+                           extra={"ratings": ratings, "step": step},
+                           files=files)
+    log.info("wrote the tasks' support and query ratings to %s", write_tasks)
+  if not ratings:
+    tensorboard.write(workdir, step, results,
+                      active=jax.process_index() == 0)
+  if support_curve:
+    curves.evaluate_and_write(
+        workdir, evaluator, state.params, tasksets, step=step,
+        seed=int(config.eval.seed), write=jax.process_index() == 0)
+  warnings = verdicts.warnings_for(results)
+  for line in warnings:
+    log.warning("%s", line)
+  return {"step": step, "scenarios": results, "warnings": warnings}

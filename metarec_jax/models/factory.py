@@ -1,0 +1,205 @@
+"""The model named by `model.name` over the data's features (`build`)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any, Iterable
+
+import jax.numpy as jnp
+import numpy as np
+
+from metarec_jax.data.schema import ITEM_ID, FeatureSpec, select
+from metarec_jax.models import anchored, precision
+from metarec_jax.models.idemb import INTERACTIONS, IDEmb
+from metarec_jax.models.melu import MeLU
+from metarec_jax.models.recommender import (LOSSES, Recommender,
+                                            linear_head_loss, plain_loss,
+                                            with_loss)
+
+
+MODELS = ("melu", "idemb")
+
+
+def for_data(model_config, *, implicit_data: bool):
+  """The `model` config as built for the data: `model.anchor` (the
+  item-mean + user-bias baseline, a rating model) is off on implicit
+  feedback."""
+  if implicit_data and model_config.get("anchor", False):
+    model_config = copy.deepcopy(model_config)
+    model_config.anchor = False
+  return model_config
+
+
+def needs_item_id(model_config) -> bool:
+  """Whether the model reads the virtual `item_id` feature."""
+  return (model_config.name == "idemb"
+          or bool(model_config.get("anchor", False))
+          or bool(model_config.get("item_id", False))
+          or ITEM_ID in tuple(model_config.get("features", ())))
+
+
+def feature_names(model_config, specs: Iterable[FeatureSpec], *,
+                  strict: bool = True) -> tuple[str, ...]:
+  """The stored feature fields the model reads: `model.features` (empty =
+  all of them) without `model.exclude_features`.
+
+  Raises:
+    ValueError: (`strict`) an excluded name is not a feature of the data.
+  """
+  names = tuple(model_config.get("features", ()))
+  exclude = tuple(model_config.get("exclude_features", ()))
+  if not exclude:
+    return names
+  known = [s.name for s in specs]
+  unknown = [n for n in exclude if n not in known]
+  if unknown and strict:
+    raise ValueError(f"model.exclude_features names unknown feature(s)"
+                     f" {', '.join(unknown)}; the data has: {', '.join(known)}")
+  return tuple(n for n in (names or known) if n not in exclude)
+
+
+def example_features(fields: Iterable[FeatureSpec]) -> dict[str, Any]:
+  """A one-row batch of feature indices (all padding) for `init`.
+
+  numpy, not jax arrays: building a model compiles nothing (a finished
+  run's restart compiles no program at all).
+  """
+  return {f.name: np.zeros((1, f.max_len) if f.kind == "list" else (1,),
+                           np.int32) for f in fields}
+
+
+def build(model_config, features: Iterable[FeatureSpec], *,
+          rating_mean: float = 0.0,
+          item_means: tuple[np.ndarray, np.ndarray] | None = None,
+          inner_lr: float = 0.1) -> Recommender:
+  """The model named by `model_config.name` over the data's features.
+
+  Its losses compute in `model_config.compute_dtype` (`precision`); the
+  parameters stay float32.
+
+  Args:
+    model_config: the `model` section of a config (`name`, `features`,
+      `embed_dim`, `hidden`; `idemb` also `interaction`, `item_features`).
+    features: the data's feature schema (with `item_id` for `idemb`, see
+      `needs_item_id`).
+    rating_mean: the output bias starts here, so training starts from the
+      global mean instead of spending its first steps finding it.
+    item_means: `model.anchor`: `(shrunk mean, w)` of each item's training
+      ratings: `eval.baselines.BaselineStats.item_mean` and the weight
+      `n / (n + pseudo-ratings)` of its own ratings in it; the fixed part
+      of the item biases (default: none, as if no item had ratings).
+    inner_lr: `model.anchor`: the inner loop's rate, which sets the scale
+      of the adapted user bias (`anchored.user_bias_scale`).
+  """
+  rec = _build(model_config, tuple(features), rating_mean, item_means,
+               inner_lr)
+  loss_fn, query_loss_fn = precision.compute_in(
+      (rec.loss_fn, rec.query_loss_fn),
+      model_config.get("compute_dtype", "float32"))
+  return dataclasses.replace(rec, loss_fn=loss_fn,
+                             query_loss_fn=query_loss_fn)
+
+
+def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
+           item_means, inner_lr) -> Recommender:
+  """`build` in float32."""
+  name = model_config.name
+  features = tuple(features)
+  # `features` may already be narrowed (FeatureTables): exclusions of
+  # fields that are no longer there are fine here.
+  names = feature_names(model_config,
+                        [f for f in features if f.name != ITEM_ID],
+                        strict=False)
+  if names and needs_item_id(model_config) and ITEM_ID not in names:
+    names += (ITEM_ID,)
+  fields = select(features, names)
+  kind = model_config.get("loss", "mse")
+  query_kind = model_config.get("query_loss", "") or kind
+  delta = float(model_config.get("huber_delta", 1.0))
+  for key, value in (("loss", kind), ("query_loss", query_kind)):
+    if value not in LOSSES:
+      raise ValueError(f"model.{key} must be one of {', '.join(LOSSES)},"
+                       f" got {value!r}")
+  if name == "melu" and model_config.get("anchor", False):
+    return _anchored(model_config, fields, rating_mean, item_means, inner_lr,
+                     kind, query_kind, delta)
+  if name == "melu":
+    module = MeLU(fields=fields, embed_dim=int(model_config.embed_dim),
+                  hidden=tuple(int(h) for h in model_config.hidden),
+                  output_bias=float(rating_mean),
+                  embed_std=float(model_config.get("embed_std", 1.0)))
+    loss = linear_head_loss(module, kernel="decision/fc1/kernel",
+                            bias="decision/fc1/bias",
+                            featurize_reads=("^embed/",), loss=kind,
+                            delta=delta)
+    query_loss = (None if query_kind == kind
+                  else with_loss(loss, module, query_kind, delta))
+    return Recommender(name=name, module=module, loss_fn=loss,
+                       adapt=("^decision/",),
+                       example_features=example_features(fields),
+                       query_loss_fn=query_loss)
+  if name == "idemb":
+    ids = [f for f in fields if f.name == ITEM_ID]
+    if not ids:
+      raise ValueError("model.name=idemb needs the item_id feature (add it"
+                       " to model.features or leave model.features empty)")
+    interaction = model_config.get("interaction", "dot")
+    if interaction not in INTERACTIONS:
+      raise ValueError(f"model.interaction must be one of"
+                       f" {', '.join(INTERACTIONS)}, got {interaction!r}")
+    item_fields = ()
+    if model_config.get("item_features", True):
+      item_fields = tuple(f for f in fields
+                          if f.side == "item" and f.name != ITEM_ID)
+    module = IDEmb(num_items=ids[0].vocab, item_fields=item_fields,
+                   embed_dim=int(model_config.embed_dim),
+                   interaction=interaction,
+                   hidden=tuple(int(h) for h in model_config.hidden),
+                   output_bias=float(rating_mean))
+    return Recommender(name=name, module=module,
+                       loss_fn=plain_loss(module, kind, delta),
+                       adapt=("^user/",),
+                       example_features=example_features(fields),
+                       query_loss_fn=(None if query_kind == kind else
+                                      plain_loss(module, query_kind, delta)))
+  raise ValueError(f"model.name must be one of {', '.join(MODELS)}, got"
+                   f" {name!r}")
+
+
+def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
+              query_kind, delta) -> Recommender:
+  """`model.anchor`: MeLU on top of global + item + user biases."""
+  num_items = [f for f in fields if f.name == ITEM_ID][0].vocab
+  # Per item: w * mean residual (the shrunk mean minus the global mean is
+  # exactly that) and w; row 0 (padding) stays 0 and 0.
+  offsets = np.zeros((num_items, 2), np.float32)
+  if item_means is not None:
+    means, weights = (np.asarray(a, np.float64) for a in item_means)
+    # A non-finite mean (a corrupt rating) must not poison every prediction
+    # of its item: such an item is treated as one without ratings.
+    known = np.isfinite(means) & np.isfinite(weights)
+    offsets[1:, 0] = np.where(known, means - rating_mean, 0.0)
+    offsets[1:, 1] = np.where(known, weights, 0.0)
+
+  def item_bias_init(key, shape, dtype=jnp.float32):
+    del key
+    return jnp.asarray(offsets, dtype).reshape(shape)
+
+  deep = tuple(f for f in fields
+               if f.name != ITEM_ID or model_config.get("item_id", False))
+  # No feature at all: the interaction can only come from the item IDs.
+  deep = deep or tuple(f for f in fields if f.name == ITEM_ID)
+  module = anchored.AnchoredMeLU(
+      fields=deep, num_items=num_items,
+      item_fields=tuple(f for f in fields
+                        if f.side == "item" and f.name != ITEM_ID),
+      item_bias_init=item_bias_init, global_mean=float(rating_mean),
+      user_scale=anchored.user_bias_scale(inner_lr),
+      embed_dim=int(model_config.embed_dim),
+      hidden=tuple(int(h) for h in model_config.hidden),
+      embed_std=float(model_config.get("embed_std", 1.0)))
+  return anchored.recommender(
+      module, example_features(fields), kind=kind, delta=delta,
+      prior=float(model_config.get("user_bias_prior", 3.0)),
+      query_kind=query_kind)
