@@ -38,7 +38,7 @@ import numpy as np
 from metarec_jax import backend, config_io, experiment, meta
 from metarec_jax.data.pipeline import Prefetcher
 from metarec_jax.models import precision
-from metarec_jax.train.loop import Trainer
+from metarec_jax.train.trainer import Trainer
 
 log = logging.getLogger("metarec")
 

@@ -3,12 +3,8 @@ table generated from them.
 
 `MEANINGS` is the one place a key's meaning is written, `ALLOWED` (and
 `RELATIONS`, between keys) the one place its type and range are; `validate`
-checks a config against them. The README's
-"Config reference" table (between the `config-reference` marker comments)
-is generated from it and `configs/default.py` by
-`tools/config_reference.py`, and a test fails when a key of the default
-config has no meaning here, when a meaning names a key that no longer
-exists, or when the README's table differs from the generated one.
+checks a config against them. The README's "Config reference" table is
+generated from them and `configs/default.py` (`config_table`).
 
 A dict beside the code, rather than parsed comments in `configs/default.py`:
 the defaults file stays plain Python any variant can import (sections built
@@ -24,9 +20,6 @@ import ml_collections
 
 from metarec_jax import config_rules as R
 from metarec_jax.errors import InputError, excerpt
-
-START = "<!-- config-reference:start -->"
-END = "<!-- config-reference:end -->"
 
 MEANINGS: dict[str, str] = {
     # model
@@ -438,6 +431,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         got = ", ".join(f"{k}={excerpt(values[k])}" for k in relation.keys)
         raise InputError(f"{problem} ({got})")
 
+
 def leaf_items(config: ml_collections.ConfigDict,
                prefix: str = "") -> list[tuple[str, Any]]:
   """`(dotted key, value)` of every leaf of `config`, in key order."""
@@ -449,71 +443,3 @@ def leaf_items(config: ml_collections.ConfigDict,
     else:
       out.append((key, value))
   return out
-
-
-def format_default(value: Any) -> str:
-  """A default as Python text: `"melu"`, `(8, 16)`, `()`, `0.002`."""
-  if isinstance(value, list):
-    value = tuple(value)
-  if isinstance(value, str):
-    return '"' + value + '"'
-  return repr(value)
-
-
-def check(config: ml_collections.ConfigDict) -> list[str]:
-  """Problems: keys without a meaning and meanings of unknown keys."""
-  keys = [k for k, _ in leaf_items(config)]
-  problems = [f"config key {k} has no meaning in"
-              " metarec_jax/config_reference.py MEANINGS"
-              for k in keys if not MEANINGS.get(k, "").strip()]
-  problems += [f"MEANINGS names {k}, which the default config does not have"
-               for k in MEANINGS if k not in keys]
-  problems += [f"config key {k} has no rule in"
-               " metarec_jax/config_reference.py ALLOWED"
-               for k in keys if k not in ALLOWED]
-  problems += [f"ALLOWED names {k}, which the default config does not have"
-               for k in ALLOWED if k not in keys]
-  return problems
-
-
-def _cell(text: str) -> str:
-  return text.replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(config: ml_collections.ConfigDict) -> str:
-  """The markdown table `| key | default | allowed | meaning |` of every
-  leaf key.
-
-  Raises:
-    KeyError: a key has no meaning or no rule (see `check`).
-  """
-  lines = ["| key | default | allowed | meaning |",
-           "| --- | --- | --- | --- |"]
-  for key, value in leaf_items(config):
-    if key not in MEANINGS:
-      raise KeyError(f"config key {key} has no meaning in MEANINGS")
-    if key not in ALLOWED:
-      raise KeyError(f"config key {key} has no rule in ALLOWED")
-    lines.append(f"| `{key}` | `{_cell(format_default(value))}` |"
-                 f" {_cell(ALLOWED[key].text)} | {_cell(MEANINGS[key])} |")
-  return "\n".join(lines)
-
-
-def section(text: str) -> str | None:
-  """What lies between the README's markers (stripped), or None."""
-  start, end = text.find(START), text.find(END)
-  if start < 0 or end < start:
-    return None
-  return text[start + len(START):end].strip()
-
-
-def replace_section(text: str, table: str) -> str:
-  """`text` with the part between the markers replaced by `table`.
-
-  Raises:
-    ValueError: the markers are missing or out of order.
-  """
-  start, end = text.find(START), text.find(END)
-  if start < 0 or end < start:
-    raise ValueError(f"no {START} ... {END} section")
-  return text[:start + len(START)] + "\n" + table + "\n" + text[end:]

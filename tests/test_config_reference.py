@@ -8,7 +8,7 @@ import sys
 import ml_collections
 import pytest
 
-from metarec_jax import config_io, config_reference
+from metarec_jax import config_io, config_reference, config_table
 from metarec_jax.errors import InputError
 from conftest import ROOT, config_path
 
@@ -18,15 +18,15 @@ def default_config():
 
 
 def test_every_default_key_has_a_meaning_and_no_meaning_is_stale():
-  assert config_reference.check(default_config()) == []
+  assert config_table.check(default_config()) == []
 
 
 def test_readme_table_is_the_generated_one():
   with open(os.path.join(ROOT, "README.md")) as f:
     readme = f.read()
-  section = config_reference.section(readme)
+  section = config_table.section(readme)
   assert section is not None, "README.md lacks the config-reference markers"
-  assert section == config_reference.markdown_table(default_config()), (
+  assert section == config_table.markdown_table(default_config()), (
       "README's config reference is stale: run"
       " `python tools/config_reference.py --write`")
 
@@ -34,16 +34,16 @@ def test_readme_table_is_the_generated_one():
 def test_an_undocumented_or_removed_key_is_caught():
   config = default_config()
   config.train.new_knob = 3
-  problems = config_reference.check(config)
+  problems = config_table.check(config)
   assert problems == ["config key train.new_knob has no meaning in"
                       " metarec_jax/config_reference.py MEANINGS",
                       "config key train.new_knob has no rule in"
                       " metarec_jax/config_reference.py ALLOWED"]
   with pytest.raises(KeyError):
-    config_reference.markdown_table(config)
+    config_table.markdown_table(config)
   del config.train["new_knob"]
   del config.log["every_steps"]
-  assert config_reference.check(config) == [
+  assert config_table.check(config) == [
       "MEANINGS names log.every_steps, which the default config does not"
       " have", "ALLOWED names log.every_steps, which the default config does"
       " not have"]
@@ -52,7 +52,7 @@ def test_an_undocumented_or_removed_key_is_caught():
 def test_table_rows_show_key_default_allowed_values_and_meaning():
   config = ml_collections.ConfigDict(
       {"model": {"name": "melu", "hidden": (64, 64)}})
-  table = config_reference.markdown_table(config).splitlines()
+  table = config_table.markdown_table(config).splitlines()
   assert table[0] == "| key | default | allowed | meaning |"
   assert table[2] == ("| `model.hidden` | `(64, 64)` | tuple of 1 or more:"
                       " integer >= 1 | "
@@ -66,7 +66,7 @@ def test_every_key_has_a_rule_and_no_rule_is_stale():
   config.train.new_knob = 3
   config_reference.MEANINGS["train.new_knob"] = "A knob."
   try:
-    assert config_reference.check(config) == [
+    assert config_table.check(config) == [
         "config key train.new_knob has no rule in"
         " metarec_jax/config_reference.py ALLOWED"]
   finally:
@@ -113,13 +113,13 @@ def test_a_huge_value_is_cut_in_the_error():
 
 
 def test_replace_section_round_trips():
-  text = ("intro\n" + config_reference.START + "\nold\n"
-          + config_reference.END + "\nafter\n")
-  new = config_reference.replace_section(text, "| t |")
-  assert config_reference.section(new) == "| t |"
+  text = ("intro\n" + config_table.START + "\nold\n"
+          + config_table.END + "\nafter\n")
+  new = config_table.replace_section(text, "| t |")
+  assert config_table.section(new) == "| t |"
   assert new.startswith("intro\n") and new.endswith("\nafter\n")
   with pytest.raises(ValueError):
-    config_reference.replace_section("no markers", "| t |")
+    config_table.replace_section("no markers", "| t |")
 
 
 def test_tool_prints_the_table():
@@ -127,5 +127,5 @@ def test_tool_prints_the_table():
       [sys.executable, os.path.join(ROOT, "tools", "config_reference.py")],
       capture_output=True, text=True, cwd=ROOT, timeout=120)
   assert out.returncode == 0, out.stderr
-  assert out.stdout.strip() == config_reference.markdown_table(
+  assert out.stdout.strip() == config_table.markdown_table(
       default_config())

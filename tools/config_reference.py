@@ -17,7 +17,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from metarec_jax import atomic, config_io, config_reference  # noqa: E402
+from metarec_jax import atomic, config_io, config_table  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,19 +28,19 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   config = config_io.load_config_file(
       os.path.join(ROOT, "configs", "default.py"))
-  problems = config_reference.check(config)
+  problems = config_table.check(config)
   if problems:
     for problem in problems:
       print(f"config_reference: {problem}", file=sys.stderr)
     return 1
-  table = config_reference.markdown_table(config)
+  table = config_table.markdown_table(config)
   if not args.write:
     print(table)
     return 0
   with open(args.readme) as f:
     text = f.read()
   atomic.write_text(args.readme,
-                              config_reference.replace_section(text, table))
+                              config_table.replace_section(text, table))
   print(f"updated {args.readme}", file=sys.stderr)
   return 0
 

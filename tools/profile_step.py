@@ -45,7 +45,7 @@ def main(argv):
   cli.setup_runtime(config)
   import jax  # pylint: disable=g-import-not-at-top
   from metarec_jax import bench  # pylint: disable=g-import-not-at-top
-  from metarec_jax.train.loop import Trainer  # pylint: disable=g-import-not-at-top
+  from metarec_jax.train.trainer import Trainer  # pylint: disable=g-import-not-at-top
 
   trainer = Trainer(config, bench.default_workdir(config))
   state = trainer.init(trainer.rng())

@@ -32,7 +32,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import time
 from typing import Any
 
@@ -41,6 +40,7 @@ import orbax.checkpoint as ocp
 from metarec_jax import integrity, runtime
 from metarec_jax.errors import OutputError, cause_of
 from metarec_jax.meta import paths
+from metarec_jax.workdir import orbax_logs
 
 FORMAT_VERSION = 1
 VAL_MAE = "val_mae"  # the metric saved with a validated checkpoint
@@ -103,12 +103,12 @@ class Checkpointer:
       self.manager = None
     else:
       if read_only:  # orbax warns about the read-only mode we asked for
-        logging.getLogger("absl").addFilter(_read_only_notice)
+        logging.getLogger("absl").addFilter(orbax_logs.read_only_notice)
       if not read_only:  # a failed save is reported once, in one line
-        logging.getLogger("absl").addFilter(_save_failure_report)
+        logging.getLogger("absl").addFilter(orbax_logs.save_failure_report)
       # ... and about every save without validation metrics, which are the
       # norm between validations.
-      logging.getLogger("absl").addFilter(_no_metrics_notice)
+      logging.getLogger("absl").addFilter(orbax_logs.no_metrics_notice)
       self.manager = ocp.CheckpointManager(self.directory, options=options,
                                            item_handlers=_handlers())
 
@@ -237,7 +237,7 @@ class Checkpointer:
     steps = self.steps()
     if not steps:
       raise CheckpointError(f"no checkpoint in {self.directory}")
-    _quiet_aborted_reads()
+    orbax_logs.quiet_aborted_reads()
     candidates = [int(step)] if step is not None else list(reversed(steps))
     if step is not None and int(step) not in steps:
       raise CheckpointError(
@@ -337,41 +337,6 @@ class Checkpointer:
     self.manager.close()
 
 
-def _quiet_aborted_reads() -> None:
-  """Drops the noise of an aborted orbax read.
-
-  When a restore fails half-way (a truncated file), orbax abandons the
-  sibling reads: their failures surface later as asyncio's "Task exception
-  was never retrieved" log records and, for tensorstore callbacks that
-  arrive after orbax closed its event loop, as "Event loop is closed"
-  tracebacks through `sys.unraisablehook`. The real error has been reported
-  already (a fallback warning or the error that stops the run); everything
-  else still reaches the previous hook and the asyncio logger.
-  """
-  previous = sys.unraisablehook
-  if getattr(previous, "_metarec_filter", False):
-    return
-
-  def hook(args):
-    if (isinstance(args.exc_value, RuntimeError)
-        and "Event loop is closed" in str(args.exc_value)):
-      return
-    previous(args)
-
-  hook._metarec_filter = True  # pylint: disable=protected-access
-  sys.unraisablehook = hook
-  logging.getLogger("asyncio").addFilter(_abandoned_read_failures)
-
-
-def _abandoned_read_failures(record: logging.LogRecord) -> bool:
-  """False for an unretrieved failure of a tensorstore read (see above)."""
-  if not record.getMessage().startswith("Task exception was never retrieved"):
-    return True
-  error = record.exc_info[1] if record.exc_info else None
-  text = str(error) if error is not None else record.getMessage()
-  return not any(mark in text for mark in ("OCDBT", "zarr", "tensorstore"))
-
-
 def _cause(error: Exception) -> str:
   """The operating system's words for a failed orbax write (tensorstore
   reports `[os_error_code='28']`), else the error's first line."""
@@ -385,32 +350,9 @@ def _cause(error: Exception) -> str:
   return first[:200]
 
 
-def _save_failure_report(record: logging.LogRecord) -> bool:
-  """False for orbax's own ERROR reports of a failed save (several
-  tracebacks from its background threads): the failure reaches
-  `Checkpointer._writing`, which reports it in one line."""
-  return not (record.levelno >= logging.ERROR
-              and f"{os.sep}orbax{os.sep}" in record.pathname
-              and ("raised an exception" in record.getMessage()
-                   or "failed" in record.getMessage().lower()))
-
-
-def _read_only_notice(record: logging.LogRecord) -> bool:
-  """False for orbax's "Given directory is read only" warning: `metarec
-  eval` and `export` open the checkpoints read-only on purpose, and a
-  warning on every run would suggest something went wrong."""
-  return not record.getMessage().startswith("Given directory is read only")
-
-
 def _validation_mae(metrics: dict) -> float:
   """The metric that ranks checkpoints (lower is better)."""
   return float(metrics[VAL_MAE])
-
-
-def _no_metrics_notice(record: logging.LogRecord) -> bool:
-  """False for orbax's warning about a save without metrics: only the
-  validated steps carry a validation MAE."""
-  return "did not provide metrics" not in record.getMessage()
 
 
 def _leaves(tree):

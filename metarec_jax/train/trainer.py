@@ -1,0 +1,151 @@
+"""`Trainer`: everything the loop needs, built once (also `metarec bench`).
+
+The experiment, the mesh and shardings, the sampler, the jitted init and
+the meta-step compiled per batch shape, the schedule's length as an array
+and distillation's teacher; `check_batch_size` validates how the tasks of
+a step split over devices and chunks.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+
+import jax
+import numpy as np
+
+from metarec_jax import backend, experiment, runtime
+from metarec_jax.data.sampler import TrainSampler
+from metarec_jax.data.tasks import batch_shapes
+from metarec_jax.errors import InputError
+from metarec_jax.meta import paths
+from metarec_jax.train import distill
+from metarec_jax.train.step import make_train_step
+from metarec_jax.workdir import optim
+from metarec_jax.workdir import state as state_lib
+
+log = logging.getLogger("metarec")
+
+
+def resolve_chunk(config, num_devices: int) -> int:
+  """Tasks per device per chunk (`train.chunk_tasks`, 0 = automatic).
+
+  Automatic: the backend's `backend.defaults().chunk_tasks` (16 on CPU,
+  the whole per-device batch on accelerators; the reasons are there).
+  """
+  per_device = int(config.train.tasks_per_step) // num_devices
+  chunk = int(config.train.chunk_tasks)
+  if chunk <= 0:
+    chunk = backend.defaults().chunk_tasks or per_device
+    chunk = math.gcd(chunk, per_device) or per_device
+  return min(chunk, per_device)
+
+
+def check_batch_size(config, num_devices: int) -> int:
+  """Validates `train.tasks_per_step`; returns the chunk size."""
+  tasks = int(config.train.tasks_per_step)
+  if tasks <= 0 or tasks % num_devices:
+    raise InputError(
+        f"train.tasks_per_step={tasks} must be a positive multiple of the"
+        f" {num_devices} devices")
+  chunk = resolve_chunk(config, num_devices)
+  if (tasks // num_devices) % chunk:
+    raise InputError(
+        f"train.tasks_per_step={tasks} over {num_devices} devices is"
+        f" {tasks // num_devices} tasks per device, not a multiple of"
+        f" train.chunk_tasks={chunk}")
+  return chunk
+
+
+class Trainer:
+  """Everything the loop needs, built once (also used by `metarec bench`)."""
+
+  def __init__(self, config, workdir: str, *,
+               exp: experiment.Experiment | None = None,
+               chunk_tasks: int | None = None):
+    """`chunk_tasks` overrides the config's (-1: no chunking at all)."""
+    self.config = config
+    self.workdir = workdir
+    self.mesh = runtime.make_mesh()
+    self.num_devices = self.mesh.devices.size
+    self.chunk = check_batch_size(config, self.num_devices)
+    if chunk_tasks is not None:
+      self.chunk = (int(config.train.tasks_per_step) // self.num_devices
+                    if chunk_tasks < 0 else int(chunk_tasks))
+    self.exp = exp or experiment.build(config, workdir, log=log.info)
+    self.optimizer = optim.outer_optimizer(config.train)
+    self.replicated = runtime.replicated(self.mesh)
+    self.task_sharding = runtime.task_sharding(self.mesh)
+    self.sampler = TrainSampler(
+        self.exp.split, self.exp.tables, self.exp.store.items,
+        self.exp.store.ratings, self.exp.sampler_spec(),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        negative_sampler=self.exp.negative_sampler())
+    init = functools.partial(state_lib.create, self.exp.model,
+                             self.exp.meta_config, self.optimizer)
+    self.init = jax.jit(init, out_shardings=self.replicated)
+    step = make_train_step(self.exp.model.loss_fn, self.exp.meta_config,
+                           functools.partial(optim.outer_optimizer,
+                                             config.train),
+                           functools.partial(optim.learning_rate,
+                                             config.train), self.mesh,
+                           chunk_tasks=self.chunk,
+                           query_loss_fn=self.exp.model.query_loss_fn)
+    # `step(state, batch, horizon)`: the schedule's length is an argument,
+    # so the program is the same for any `train.num_steps`.
+    self.step = runtime.CompiledByShape(
+        jax.jit(step, donate_argnums=(0,),
+                out_shardings=(self.replicated, self.replicated)),
+        name="train_step")
+    self.horizon = self.horizon_array(optim.default_horizon(config.train))
+    # Distillation blends a teacher's predictions into the query ratings.
+    self.teacher = distill.load(config, self.exp, self.mesh)
+
+  def prepare(self, batch):
+    """The batch the meta-step trains on (the teacher's targets blended in
+    when distilling)."""
+    return self.teacher(batch) if self.teacher is not None else batch
+
+  def rng(self) -> jax.Array:
+    return jax.random.PRNGKey(int(self.config.train.seed))
+
+  def abstract_state(self):
+    """The state's structure (`state.abstract`), replicated."""
+    return state_lib.abstract(self.exp.model, self.exp.meta_config,
+                              self.optimizer, self.replicated)
+
+  def param_shapes(self) -> dict[str, tuple]:
+    params = self.abstract_state().params
+    return {p: (tuple(l.shape), str(l.dtype)) for p, l in
+            zip(paths.leaf_paths(params), jax.tree.leaves(params))}
+
+  def horizon_array(self, steps: int) -> jax.Array:
+    """The schedule's length as the step's replicated int32 argument (made
+    from host data on every process: nothing is compiled)."""
+    return jax.make_array_from_callback(
+        (), self.replicated, lambda _: np.asarray(steps, np.int32))
+
+  def abstract_horizon(self) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((), np.int32, sharding=self.replicated)
+
+  def abstract_batch(self, width: int):
+    support, query = self.sampler.spec.padded_widths(width)
+    return batch_shapes(self.exp.tables.specs,
+                        int(self.config.train.tasks_per_step), support,
+                        query, self.task_sharding)
+
+  def compile_jobs(self) -> list:
+    """One job per bucket that compiles the meta-step for it."""
+    state = self.abstract_state()
+    return [functools.partial(self.step.compile, state,
+                              self.abstract_batch(width),
+                              self.abstract_horizon())
+            for width in self.sampler.widths]
+
+  def compile_all(self, should_stop=lambda: False) -> bool:
+    """Compiles the meta-step for every bucket, checking `should_stop`
+    between compilations. Returns False if it stopped early."""
+    return runtime.run_compile_jobs(self.compile_jobs(),
+                                       should_stop=should_stop)

@@ -1,0 +1,71 @@
+"""What of orbax's logging metarec keeps quiet, and why.
+
+Each function is a `logging` filter (or installs one) for a record that
+would mislead: a notice about something metarec does on purpose, or the
+noise of a failure that `checkpoint.Checkpointer` already reports in one
+line. Everything else orbax logs still reaches its logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def quiet_aborted_reads() -> None:
+  """Drops the noise of an aborted orbax read.
+
+  When a restore fails half-way (a truncated file), orbax abandons the
+  sibling reads: their failures surface later as asyncio's "Task exception
+  was never retrieved" log records and, for tensorstore callbacks that
+  arrive after orbax closed its event loop, as "Event loop is closed"
+  tracebacks through `sys.unraisablehook`. The real error has been reported
+  already (a fallback warning or the error that stops the run); everything
+  else still reaches the previous hook and the asyncio logger.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "_metarec_filter", False):
+    return
+
+  def hook(args):
+    if (isinstance(args.exc_value, RuntimeError)
+        and "Event loop is closed" in str(args.exc_value)):
+      return
+    previous(args)
+
+  hook._metarec_filter = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(abandoned_read_failures)
+
+
+def abandoned_read_failures(record: logging.LogRecord) -> bool:
+  """False for an unretrieved failure of a tensorstore read (see above)."""
+  if not record.getMessage().startswith("Task exception was never retrieved"):
+    return True
+  error = record.exc_info[1] if record.exc_info else None
+  text = str(error) if error is not None else record.getMessage()
+  return not any(mark in text for mark in ("OCDBT", "zarr", "tensorstore"))
+
+
+def save_failure_report(record: logging.LogRecord) -> bool:
+  """False for orbax's own ERROR reports of a failed save (several
+  tracebacks from its background threads): the failure reaches
+  `Checkpointer._writing`, which reports it in one line."""
+  return not (record.levelno >= logging.ERROR
+              and f"{os.sep}orbax{os.sep}" in record.pathname
+              and ("raised an exception" in record.getMessage()
+                   or "failed" in record.getMessage().lower()))
+
+
+def read_only_notice(record: logging.LogRecord) -> bool:
+  """False for orbax's "Given directory is read only" warning: `metarec
+  eval` and `export` open the checkpoints read-only on purpose, and a
+  warning on every run would suggest something went wrong."""
+  return not record.getMessage().startswith("Given directory is read only")
+
+
+def no_metrics_notice(record: logging.LogRecord) -> bool:
+  """False for orbax's warning about a save without metrics: only the
+  validated steps carry a validation MAE."""
+  return "did not provide metrics" not in record.getMessage()
