@@ -135,6 +135,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.prefetch = 2
   c.train.cpu_devices = 0  # CPU only: fake devices; 0 = one per core
 
+  c.mesh = ml_collections.ConfigDict()
+  # devices that split the large embedding tables by rows (with their
+  # optimizer state); the other devices split the tasks. 1 = replicated
+  c.mesh.model = 1
+  c.mesh.shard_min_rows = 65536  # smaller tables stay replicated
+
   c.eval = ml_collections.ConfigDict()
   c.eval.seed = 0
   c.eval.new_user_fraction = 0.2

@@ -14,7 +14,13 @@ and then `steps` timed ones, and reports:
   `backend.Defaults.matmul_size`), `utilization` = achieved / peak;
   `workload.matmul_gflops` holds that rate in float32 and in bfloat16;
 - `compile_seconds` (all buckets), `input_wait_fraction` (share of the time
-  the step loop waited for the input pipeline), `peak_rss_mb`.
+  the step loop waited for the input pipeline), `peak_rss_mb`;
+- `param_bytes_per_device`: the bytes of parameters and optimizer state
+  held by the first device, from the arrays' shardings (a quarter of the
+  replicated figure where `mesh.model=4` splits the tables that dominate),
+  and `device_memory`: the first device's own `bytes_in_use` and
+  `peak_bytes_in_use` after the timed steps (`memory_stats()`; null where
+  the backend keeps none, as on CPU).
 
 `workload.plain_step_flops` is the same count for the plain formulation
 (`meta.dual_form=False`), so the arithmetic the dual form saves is visible.
@@ -35,9 +41,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metarec_jax import backend, config_io, experiment, meta
+from metarec_jax import backend, config_io, experiment, meta, runtime
 from metarec_jax.data.pipeline import Prefetcher
 from metarec_jax.models import precision
+from metarec_jax.train import placement
 from metarec_jax.train.trainer import Trainer
 
 log = logging.getLogger("metarec")
@@ -79,6 +86,15 @@ def _counted_flops(config, workdir: str, exp, width: int) -> float:
   return float(cost["flops"]) * trainer.num_devices
 
 
+def device_memory(device) -> dict | None:
+  """`bytes_in_use` and `peak_bytes_in_use` of `device` (None where the
+  backend keeps no statistics)."""
+  stats = device.memory_stats()
+  if not stats:
+    return None
+  return {k: stats.get(k) for k in ("bytes_in_use", "peak_bytes_in_use")}
+
+
 def default_workdir(config) -> str:
   """A cache folder per data config, so the store is built once."""
   key = hashlib.sha1(json.dumps(config_io.to_dict(config.data),
@@ -100,7 +116,10 @@ def adapt_latency(trainer: Trainer, state, batch, *,
                          config=config, inner=inner)
     return model.predict(adapted, task["query"]["features"])
 
-  params = jax.device_get(state.params)
+  # On one device, once: a table split over the mesh would otherwise be
+  # gathered into a fresh host array and copied in again on every call
+  # (measured: 1.3 s per call for configs/idemb_large.py's 2**21 rows).
+  params = jax.device_put(jax.device_get(state.params), jax.local_devices()[0])
   args = (params["model"], params.get("inner"), task)
   serve(*args).block_until_ready()
   times = []
@@ -133,6 +152,8 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
   log.info("experiment ready in %.1fs", time.perf_counter() - t0)
   exp = trainer.exp
   state = trainer.init(trainer.rng())
+  param_bytes = placement.bytes_on_device((state.params, state.opt_state),
+                                          jax.local_devices()[0])
   t0 = time.perf_counter()
   trainer.compile_all()
   compile_seconds = time.perf_counter() - t0
@@ -181,6 +202,8 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
       "compile_seconds": compile_seconds,
       "input_wait_fraction": pipeline.wait_seconds / elapsed,
       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      "param_bytes_per_device": param_bytes,
+      "device_memory": device_memory(jax.local_devices()[0]),
       "workload": {
           "model": config.model.name,
           "compute_dtype": compute_dtype,
@@ -199,6 +222,7 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
           "loss": config.model.get("loss", "mse"),
           "query_size": int(config.data.query_size),
           "devices": trainer.num_devices,
+          "mesh_model": runtime.model_axis_size(config),
           "backend": jax.default_backend(),
           "device_kind": jax.devices()[0].device_kind,
           "steps_timed": steps,

@@ -242,6 +242,15 @@ MEANINGS: dict[str, str] = {
     "train.prefetch": "Batches the input thread prepares ahead.",
     "train.cpu_devices": "CPU only: JAX devices to split the host into;"
                          " 0 = one per core (dividing `tasks_per_step`).",
+    # mesh
+    "mesh.model": "Devices on the mesh's `model` axis: each embedding table"
+                  " of at least `mesh.shard_min_rows` rows (a multiple of"
+                  " this) is split by rows over them, with its optimizer"
+                  " state; the other devices split the tasks. 1 = every"
+                  " parameter replicated. Must divide each process's"
+                  " devices; the inner loop must not adapt a split table.",
+    "mesh.shard_min_rows": "`mesh.model` > 1: embedding tables with fewer"
+                           " rows stay replicated.",
     # eval
     "eval.seed": "Seed of the protocol split (user groups, query sets,"
                  " task subsampling) and of the support-curve cuts.",
@@ -366,6 +375,8 @@ ALLOWED: dict[str, Any] = {
     "train.preempt_exit_code": R.Int(0, 255),
     "train.prefetch": R.Int(1),
     "train.cpu_devices": _COUNT,
+    "mesh.model": R.Int(1),
+    "mesh.shard_min_rows": R.Int(1),
     "eval.seed": _COUNT,
     "eval.new_user_fraction": R.Float(0.0, 1.0, hi_open=True),
     "eval.val_fraction": R.Float(0.0, 1.0, hi_open=True),

@@ -16,7 +16,10 @@ from typing import Any, Callable, Sequence
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from metarec_jax.errors import InputError
+
 AXIS = "tasks"
+MODEL_AXIS = "model"  # devices that split the large embedding tables
 
 
 def enable_compilation_cache(path: str | None = None) -> str | None:
@@ -124,17 +127,64 @@ def from_lead(name: str, value: str) -> str:
 
 
 def to_host(x):
-  """A replicated (or local) array as numpy, also across processes."""
+  """An array as numpy, also across processes: a replicated one from its
+  first local copy, one split over local devices (the `model` axis, which
+  never leaves a process) from its local shards."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    return np.asarray(x.addressable_data(0))
+    shards = x.addressable_shards
+    if all(s.data.shape == x.shape for s in shards[:1]):
+      return np.asarray(shards[0].data)
+    out = np.empty(x.shape, x.dtype)
+    for shard in shards:
+      out[shard.index] = np.asarray(shard.data)
+    return out
   return np.asarray(x)
 
 
-def make_mesh() -> Mesh:
-  """A 1-D mesh over every device of every process, axis `tasks`."""
-  return jax.make_mesh((jax.device_count(),), (AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+def model_axis_size(config) -> int:
+  """`mesh.model` of a config (1 for a config written before the key)."""
+  mesh = config.get("mesh", None)
+  return int(mesh.get("model", 1)) if mesh is not None else 1
+
+
+def check_model_axis(model: int, *, devices: int, local_devices: int) -> None:
+  """Raises `InputError` unless `model` devices can form the model axis:
+  it must divide the devices of each process (a table's shards stay on one
+  host, so reading it back never needs another process)."""
+  if model < 1 or local_devices % model or devices % model:
+    raise InputError(
+        f"mesh.model={model} must divide the {local_devices} devices of each"
+        f" process ({devices} in all)")
+
+
+def make_mesh(model: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+  """The device mesh: `tasks` over every device of every process, or, with
+  `model` > 1, a 2-D mesh `(tasks, model)` whose `model` groups are
+  `model` consecutive devices of one process (see `check_model_axis`).
+
+  `devices` (default: all) builds it over a subset, e.g. to resume a
+  checkpoint on fewer devices within one process.
+  """
+  if model == 1 and devices is None:
+    return jax.make_mesh((jax.device_count(),), (AXIS,),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  devices = list(jax.devices() if devices is None else devices)
+  if model == 1:
+    return Mesh(np.array(devices, dtype=object), (AXIS,),
+                axis_types=(jax.sharding.AxisType.Auto,))
+  local = [d for d in devices if d.process_index == jax.process_index()]
+  check_model_axis(model, devices=len(devices), local_devices=len(local))
+  devices.sort(key=lambda d: (d.process_index, d.id))
+  grid = np.array(devices, dtype=object).reshape(-1, model)
+  return Mesh(grid, (AXIS, MODEL_AXIS),
+              axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def task_shards(mesh: Mesh) -> int:
+  """How many ways the task axis of a batch is split."""
+  return int(mesh.shape[AXIS])
 
 
 def task_sharding(mesh: Mesh) -> NamedSharding:
@@ -153,22 +203,25 @@ def cpu_cores() -> int:
     return os.cpu_count() or 1
 
 
-def configure_cpu_devices(count: int, tasks_per_step: int) -> None:
+def configure_cpu_devices(count: int, tasks_per_step: int,
+                          model: int = 1) -> None:
   """Splits the host CPU into `count` JAX devices (0 = automatic).
 
   Must run before JAX initialises its backends. One device per core lets
   each core run its own shard of the meta-batch instead of all of them
   contending inside every small batched matmul (measured: 1.5x on two
-  cores). Automatic: the most devices, at most one per core, that divide
+  cores). Automatic: `model` (`mesh.model`) times the most task shards, at
+  most one device per core in all (at least one shard), that divide
   `tasks_per_step`. Does nothing when the user already chose
   (`XLA_FLAGS=--xla_force_host_platform_device_count`).
   """
   if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
     return
   if not count:
-    count = cpu_cores()
-    while count > 1 and tasks_per_step % count:
-      count -= 1
+    shards = max(cpu_cores() // max(model, 1), 1)
+    while shards > 1 and tasks_per_step % shards:
+      shards -= 1
+    count = shards * max(model, 1)
   try:
     jax.config.update("jax_num_cpu_devices", int(count))
   except RuntimeError:  # backends already started (e.g. inside a notebook)

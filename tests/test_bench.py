@@ -10,7 +10,8 @@ from metarec_jax import bench, config_io, experiment
 
 KEYS = {"tasks_per_sec", "step_seconds", "step_flops", "achieved_gflops",
         "peak_gflops", "utilization", "compile_seconds",
-        "input_wait_fraction", "peak_rss_mb", "adapt_seconds", "workload"}
+        "input_wait_fraction", "peak_rss_mb", "adapt_seconds",
+        "param_bytes_per_device", "device_memory", "workload"}
 
 
 def test_bench_prints_the_design_json_last(tmp_path):
@@ -20,7 +21,8 @@ def test_bench_prints_the_design_json_last(tmp_path):
   assert out.returncode == 0, out.stderr
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert set(result) == KEYS
-  for key in KEYS - {"workload"}:
+  assert result["device_memory"] is None  # CPU keeps no statistics
+  for key in KEYS - {"workload", "device_memory"}:
     assert result[key] >= 0
   assert result["tasks_per_sec"] == pytest.approx(
       16 / result["step_seconds"])

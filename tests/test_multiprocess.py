@@ -75,6 +75,34 @@ def test_two_processes_match_one_process(tmp_path):
                                atol=1e-6)
 
 
+
+# configs/idemb_large.py shrunk as in tests/test_mesh.py, its 160-row item
+# tables split over mesh.model=2 devices of each process.
+MESH = [f"--config={config_path('idemb_large')}",
+        "--config.data.synthetic.num_users=400",
+        "--config.data.synthetic.num_items=159",
+        "--config.data.synthetic.min_ratings=15",
+        "--config.model.embed_dim=8",
+        "--config.model.item_features=false", "--config.meta.inner_steps=1",
+        "--config.train.tasks_per_step=16", "--config.mesh.model=2",
+        "--config.mesh.shard_min_rows=64", "--config.train.num_steps=2",
+        "--config.train.eval_every_steps=-1",
+        "--config.checkpoint.every_steps=2"]
+
+
+def test_two_processes_match_one_process_with_a_model_axis(tmp_path):
+  """2 processes x 2 devices with mesh.model=2 reach the parameters of 1
+  process x 4 devices with mesh.model=2: both a (tasks 2, model 2) mesh."""
+  single = str(tmp_path / "single")
+  out = metarec("train", *MESH, f"--workdir={single}", devices=4)
+  assert out.returncode == 0, out.stderr
+  assert "split over mesh.model=2 devices" in out.stderr
+  multi = str(tmp_path / "multi")
+  train_two_processes(multi, MESH)
+  a, b = params_at(single, 2), params_at(multi, 2)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5,
+                               atol=1e-6)
 DEFAULT = [f"--config={config_path('default')}", "--config.train.num_steps=2",
            "--config.checkpoint.every_steps=2"]
 

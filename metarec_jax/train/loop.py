@@ -131,7 +131,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   workdir = os.path.abspath(workdir)
   # The cheap checks first: a config that cannot run creates nothing.
   config_reference.validate(config)
-  check_batch_size(config, jax.device_count())
+  model = runtime.model_axis_size(config)
+  runtime.check_model_axis(model, devices=jax.device_count(),
+                           local_devices=jax.local_device_count())
+  check_batch_size(config, jax.device_count() // model)
   prepare.check_source(config.data, workdir)
   os.makedirs(workdir, exist_ok=True)
   config = copy.deepcopy(config)  # gets the schedule's resolved length
@@ -177,7 +180,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       if is_lead:
         config_io.write_workdir_config(workdir, config)
       step = int(runtime.to_host(state.step))
-      evaluator = Evaluator(exp, trainer.mesh)
+      evaluator = Evaluator(exp, trainer.eval_mesh)
 
       def save_and_report_stop(step):
         if step != restored_step and step > 0:
@@ -199,7 +202,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       t0 = time.perf_counter()
       jobs = trainer.compile_jobs()
       if validates:
-        jobs += evaluator.compile_jobs(trainer.abstract_state().params,
+        jobs += evaluator.compile_jobs(trainer.abstract_eval_params(),
                                        exp.split.scenarios["val"])
       with runtime.CompileCounter() as warmup:
         if not runtime.run_compile_jobs(jobs, should_stop=stop.now):
@@ -260,7 +263,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           val_mae = None  # set when this step was validated
           if validates and (step == num_steps
                             or (eval_every > 0 and step % eval_every == 0)):
-            results = evaluator.evaluate(state.params, ("val",),
+            results = evaluator.evaluate(trainer.eval_params(state.params),
+                                         ("val",),
                                          should_stop=stop.now)
             if results is not None:
               reporter.scalars(step, eval_lib.scalar_metrics(
@@ -317,7 +321,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       if ((step == num_steps or summary.get("early_stopped"))
           and "val" in summary and not stop.now()):
         support_curve.evaluate_and_write(
-            workdir, evaluator, state.params,
+            workdir, evaluator, trainer.eval_params(state.params),
             {"val": exp.split.scenarios["val"]}, step=step,
             seed=int(config.eval.seed), write=is_lead, should_stop=stop.now)
     finally:

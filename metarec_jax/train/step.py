@@ -1,8 +1,11 @@
 """The meta-step: sharded meta-gradient, chunked accumulation, outer update.
 
 The task axis of a batch is sharded over the mesh axis `tasks`; parameters
-are replicated. Inside `shard_map` each device computes the meta-gradient
-of its own tasks, `chunk_tasks` at a time (a `lax.scan` accumulates the
+are replicated, except the large embedding tables, which a 2-D mesh splits
+by rows over its `model` axis (`placement`). `shard_map` is manual over
+`tasks` only: over `model` XLA partitions the lookups and their gradients
+(GSPMD), so the models know nothing of the split. Inside, each device
+group computes the meta-gradient of its own tasks, `chunk_tasks` at a time (a `lax.scan` accumulates the
 chunks, so memory is bounded by the chunk, not the meta-batch), and the
 devices average with `pmean`. A step whose loss, meta-gradient or updated
 state (any parameter or optimizer-state leaf) is not finite keeps the old
@@ -93,12 +96,15 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig,
     out = chunked_meta_grad(loss_fn, meta_config, meta_params, tasks,
                             chunk_tasks=chunk_tasks,
                             query_loss_fn=query_loss_fn)
-    return jax.lax.pmean(out, AXIS)
+    # (XLA's partitioner rejects an all-reduce over a lone manual device
+    # beside an automatic `model` axis: one task shard needs none.)
+    return jax.lax.pmean(out, AXIS) if mesh.shape[AXIS] > 1 else out
 
   # check_vma=False: the core is written for plain arrays and knows nothing
   # of shard_map's varying-axis types; the only collective is the pmean.
+  # Manual over `tasks` alone: a `model` axis, if any, stays XLA's.
   sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS)),
-                          out_specs=P(), check_vma=False)
+                          out_specs=P(), axis_names={AXIS}, check_vma=False)
 
   def train_step(state: TrainState, batch: PyTree, horizon: jax.Array):
     loss, unadapted, grads = sharded(state.params, batch)

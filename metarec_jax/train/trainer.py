@@ -20,7 +20,7 @@ from metarec_jax.data.sampler import TrainSampler
 from metarec_jax.data.tasks import batch_shapes
 from metarec_jax.errors import InputError
 from metarec_jax.meta import paths
-from metarec_jax.train import distill
+from metarec_jax.train import distill, placement
 from metarec_jax.train.step import make_train_step
 from metarec_jax.workdir import optim
 from metarec_jax.workdir import state as state_lib
@@ -30,6 +30,9 @@ log = logging.getLogger("metarec")
 
 def resolve_chunk(config, num_devices: int) -> int:
   """Tasks per device per chunk (`train.chunk_tasks`, 0 = automatic).
+
+  `num_devices` counts the task shards (devices / `mesh.model`): the
+  devices of one `model` group share their tasks.
 
   Automatic: the backend's `backend.defaults().chunk_tasks` (16 on CPU,
   the whole per-device batch on accelerators; the reasons are there).
@@ -43,7 +46,8 @@ def resolve_chunk(config, num_devices: int) -> int:
 
 
 def check_batch_size(config, num_devices: int) -> int:
-  """Validates `train.tasks_per_step`; returns the chunk size."""
+  """Validates `train.tasks_per_step` over `num_devices` task shards;
+  returns the chunk size."""
   tasks = int(config.train.tasks_per_step)
   if tasks <= 0 or tasks % num_devices:
     raise InputError(
@@ -63,15 +67,17 @@ class Trainer:
 
   def __init__(self, config, workdir: str, *,
                exp: experiment.Experiment | None = None,
-               chunk_tasks: int | None = None):
-    """`chunk_tasks` overrides the config's (-1: no chunking at all)."""
+               chunk_tasks: int | None = None, devices=None):
+    """`chunk_tasks` overrides the config's (-1: no chunking at all);
+    `devices` (default: all) are the devices to run on."""
     self.config = config
     self.workdir = workdir
-    self.mesh = runtime.make_mesh()
+    self.mesh = runtime.make_mesh(runtime.model_axis_size(config), devices)
     self.num_devices = self.mesh.devices.size
-    self.chunk = check_batch_size(config, self.num_devices)
+    shards = runtime.task_shards(self.mesh)
+    self.chunk = check_batch_size(config, shards)
     if chunk_tasks is not None:
-      self.chunk = (int(config.train.tasks_per_step) // self.num_devices
+      self.chunk = (int(config.train.tasks_per_step) // shards
                     if chunk_tasks < 0 else int(chunk_tasks))
     self.exp = exp or experiment.build(config, workdir, log=log.info)
     self.optimizer = optim.outer_optimizer(config.train)
@@ -85,7 +91,24 @@ class Trainer:
         negative_sampler=self.exp.negative_sampler())
     init = functools.partial(state_lib.create, self.exp.model,
                              self.exp.meta_config, self.optimizer)
-    self.init = jax.jit(init, out_shardings=self.replicated)
+    # Where every state leaf lives (`placement.RULES`): replicated, or a
+    # large table split by rows over the `model` axis.
+    shapes = jax.eval_shape(lambda: init(self.rng()))
+    min_rows = placement.shard_min_rows(config)
+    self.state_shardings = placement.shardings(shapes, self.mesh,
+                                               min_rows=min_rows)
+    self.split = placement.check_not_adapted(
+        shapes.params["model"], self.exp.meta_config.adapt, self.mesh,
+        min_rows=min_rows)
+    if self.split:
+      log.info("split over mesh.model=%d devices (with their optimizer"
+               " state): %s", self.mesh.shape[runtime.MODEL_AXIS],
+               ", ".join(self.split))
+    # Evaluation runs on the 1-D mesh of the same devices with replicated
+    # parameters (`eval_params`): the same program as `metarec eval`.
+    self.eval_mesh = (self.mesh if runtime.MODEL_AXIS not in self.mesh.shape
+                      else runtime.make_mesh(1, self.mesh.devices.flat))
+    self.init = jax.jit(init, out_shardings=self.state_shardings)
     step = make_train_step(self.exp.model.loss_fn, self.exp.meta_config,
                            functools.partial(optim.outer_optimizer,
                                              config.train),
@@ -97,7 +120,7 @@ class Trainer:
     # so the program is the same for any `train.num_steps`.
     self.step = runtime.CompiledByShape(
         jax.jit(step, donate_argnums=(0,),
-                out_shardings=(self.replicated, self.replicated)),
+                out_shardings=(self.state_shardings, self.replicated)),
         name="train_step")
     self.horizon = self.horizon_array(optim.default_horizon(config.train))
     # Distillation blends a teacher's predictions into the query ratings.
@@ -112,9 +135,26 @@ class Trainer:
     return jax.random.PRNGKey(int(self.config.train.seed))
 
   def abstract_state(self):
-    """The state's structure (`state.abstract`), replicated."""
+    """The state's structure (`state.abstract`), placed as it trains."""
+    return jax.tree.map(
+        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                 sharding=sharding),
+        state_lib.abstract(self.exp.model, self.exp.meta_config,
+                           self.optimizer, self.replicated),
+        self.state_shardings)
+
+  def eval_params(self, meta_params):
+    """`meta_params` replicated on `eval_mesh` (as they are, on a 1-D
+    mesh)."""
+    if self.eval_mesh is self.mesh:
+      return meta_params
+    return jax.device_put(meta_params, runtime.replicated(self.eval_mesh))
+
+  def abstract_eval_params(self):
+    """The abstract `eval_params` (for compiling the validation)."""
     return state_lib.abstract(self.exp.model, self.exp.meta_config,
-                              self.optimizer, self.replicated)
+                              self.optimizer,
+                              runtime.replicated(self.eval_mesh)).params
 
   def param_shapes(self) -> dict[str, tuple]:
     params = self.abstract_state().params

@@ -28,7 +28,8 @@ _HARMLESS = ("train.num_steps", "train.eval_every_steps", "train.max_nonfinite",
              "train.prefetch", "train.cpu_devices", "train.chunk_tasks",
              "train.preempt_exit_code",
              "log.", "checkpoint.", "eval.batch_tasks", "meta.remat",
-             "meta.dual_form", "meta.unroll", "data.root", "data.store")
+             "meta.dual_form", "meta.unroll", "data.root", "data.store",
+             "mesh.")
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

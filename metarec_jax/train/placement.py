@@ -1,0 +1,119 @@
+"""Where each leaf of the train state lives on the mesh: one rule table.
+
+The mesh is `(tasks, model)` (`runtime.make_mesh`): a meta-batch is split
+over `tasks`; `model` (`mesh.model` devices) splits the large embedding
+tables by rows, so each device of a `model` group holds `1/model` of every
+such table and of what the optimizer keeps beside it (Adam's moments,
+Meta-SGD's per-element rates: leaves of the same shape under the same
+parameter path). Everything else (the MLPs, small tables, scalars) is
+replicated. A lookup of a task batch then gathers its rows from the shards,
+as XLA partitions it (`jax.jit` with these shardings; the meta-step's
+`shard_map` is manual over `tasks` only).
+
+`RULES` is the only place that says what is split: the first pattern that
+`re.search`es a leaf's '/'-joined state path decides, and a leaf no pattern
+matches is replicated. A matched table is split only where it pays and
+where it can be: it has at least `mesh.shard_min_rows` rows, and a row
+count the `model` axis divides (JAX shards evenly; `configs/idemb_large.py`
+sizes its catalog so).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from metarec_jax import runtime
+from metarec_jax.errors import InputError
+from metarec_jax.meta import paths
+
+PyTree = Any
+log = logging.getLogger("metarec")
+
+# (pattern over the state path, placement of a matching leaf). flax's
+# `nn.Embed` names its table `embedding`: the item-ID table of `idemb`, the
+# feature vocabularies of `melu` and of `idemb`'s item features.
+RULES: tuple[tuple[str, P], ...] = (
+    (r"(^|/)embedding$", P(runtime.MODEL_AXIS, None)),
+)
+
+
+DEFAULT_MIN_ROWS = 65536  # the default of mesh.shard_min_rows
+
+
+def shard_min_rows(config) -> int:
+  """`mesh.shard_min_rows` (a config written before the key: the default)."""
+  mesh = config.get("mesh", None)
+  return int(mesh.get("shard_min_rows", DEFAULT_MIN_ROWS)) if mesh else (
+      DEFAULT_MIN_ROWS)
+
+
+def spec_for(path: str, shape: tuple[int, ...], *, model: int,
+             min_rows: int) -> P:
+  """The `PartitionSpec` of the leaf at `path` of `shape` (see `RULES`)."""
+  for pattern, spec in RULES:
+    if re.search(pattern, path):
+      rows = shape[0] if len(shape) == len(spec) else 0
+      if model > 1 and rows >= min_rows and rows % model == 0:
+        return spec
+      return P()
+  return P()
+
+
+def state_specs(abstract: PyTree, mesh: Mesh, *,
+                min_rows: int) -> PyTree:
+  """The `PartitionSpec` of every leaf of `abstract` (shapes suffice)."""
+  model = int(mesh.shape.get(runtime.MODEL_AXIS, 1))
+  leaves, treedef = jax.tree.flatten(abstract)
+  specs = [spec_for(p, tuple(x.shape), model=model, min_rows=min_rows)
+           for p, x in zip(paths.leaf_paths(abstract), leaves)]
+  return jax.tree.unflatten(treedef, specs)
+
+
+def shardings(abstract: PyTree, mesh: Mesh, *,
+              min_rows: int) -> PyTree:
+  """`NamedSharding`s on `mesh` for every leaf of `abstract`."""
+  return jax.tree.map(lambda s: NamedSharding(mesh, s),
+                      state_specs(abstract, mesh, min_rows=min_rows))
+
+
+def split_paths(abstract: PyTree, mesh: Mesh, *,
+                min_rows: int) -> list[str]:
+  """Paths of the leaves of `abstract` split over `model`."""
+  specs = jax.tree.leaves(state_specs(abstract, mesh, min_rows=min_rows),
+                          is_leaf=lambda x: isinstance(x, P))
+  return [p for p, s in zip(paths.leaf_paths(abstract), specs) if s != P()]
+
+
+def check_not_adapted(model_params: PyTree, adapt_patterns: tuple[str, ...],
+                      mesh: Mesh, *,
+                      min_rows: int) -> list[str]:
+  """The model parameters split over `model`; raises `InputError` if the
+  inner loop adapts one (a per-user copy of a split table would defeat the
+  split and make the second-order step gather whole tables).
+  """
+  split = split_paths(model_params, mesh, min_rows=min_rows)
+  adapted = paths.adapt_mask(model_params, tuple(adapt_patterns))
+  clash = [p for p, a in zip(paths.leaf_paths(model_params), adapted)
+           if a and p in split]
+  if clash:
+    raise InputError(
+        f"mesh.model={mesh.shape[runtime.MODEL_AXIS]} splits"
+        f" {', '.join(clash)}, which the inner loop adapts (meta.adapt="
+        f"{tuple(adapt_patterns)!r}); adapt the head only, or raise"
+        " mesh.shard_min_rows above its rows")
+  return split
+
+
+def bytes_on_device(tree: PyTree, device) -> int:
+  """Bytes of the leaves of `tree` (jax arrays) held on `device`."""
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    for shard in leaf.addressable_shards:
+      if shard.device == device:
+        total += shard.data.nbytes
+  return total

@@ -1,0 +1,154 @@
+"""The 2-D mesh `(tasks, model)`: large embedding tables split by rows over
+`model` train like replicated ones, and a checkpoint moves between mesh
+shapes (4 -> 2 -> 1 devices) bit for bit."""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import config_path
+from metarec_jax import config_io, experiment, runtime
+from metarec_jax.errors import InputError
+from metarec_jax.train import Trainer, placement
+from metarec_jax.workdir import checkpoint as ckpt_lib
+from metarec_jax.workdir.restore import load_state
+
+STEPS = 4  # steps compared; the checkpoint is saved half-way
+
+
+def tiny_idemb():
+  """configs/idemb_large.py shrunk to 400 users and 159 items: its 160-row
+  ID and bias tables are split over 4, 2 or 1 devices (width 8, one inner
+  step, no item features: quick to compile)."""
+  config = config_io.load_config_file(config_path("idemb_large"))
+  assert config.mesh.model == 4 and config.model.embed_dim == 64
+  config.data.synthetic.update({
+      "num_users": 400, "num_items": 159, "min_ratings": 15,
+      "max_ratings": 40, "director_vocab": 40, "actor_vocab": 60,
+      "zip_vocab": 30})
+  config.model.update({"embed_dim": 8, "item_features": False})
+  config.meta.inner_steps = 1
+  config.train.tasks_per_step = 16
+  config.mesh.shard_min_rows = 64
+  return config
+
+
+def trainer_on(workdir, devices, model):
+  config = tiny_idemb()
+  config.mesh.model = model
+  return Trainer(config, workdir, devices=jax.devices()[:devices])
+
+
+def run(trainer, state, steps):
+  """`state` after the steps `steps` (a range), and their losses."""
+  losses = []
+  for s in steps:
+    batch = jax.device_put(trainer.sampler.batch(s), trainer.task_sharding)
+    state, metrics = trainer.step(state, batch, trainer.horizon)
+    losses.append(float(runtime.to_host(metrics["train/loss"])))
+  return state, losses
+
+
+def host(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory):
+  """4 devices, mesh.model=4: the state after STEPS // 2 steps (also
+  saved), the parameters after STEPS, the losses, the work directory."""
+  workdir = str(tmp_path_factory.mktemp("mesh"))
+  trainer = trainer_on(workdir, 4, 4)
+  assert trainer.split == ["item/bias/embedding", "item/id/embedding"]
+  state, first = run(trainer, trainer.init(trainer.rng()),
+                     range(STEPS // 2))
+  checkpointer = ckpt_lib.Checkpointer(workdir)
+  checkpointer.save(STEPS // 2, state, config_io.to_dict(trainer.config))
+  checkpointer.close()
+  half = host(state.params)
+  state, second = run(trainer, state, range(STEPS // 2, STEPS))
+  return half, host(state.params), first + second, workdir, state
+
+
+def test_tables_and_their_adam_moments_are_split_by_rows(sharded_run):
+  state = sharded_run[4]
+  table = state.params["model"]["item"]["id"]["embedding"]
+  assert table.shape == (160, 8)
+  assert {s.data.shape for s in table.addressable_shards} == {(40, 8)}
+  adam = state.opt_state[1][0]
+  for moment in (adam.mu, adam.nu):
+    leaf = moment["model"]["item"]["id"]["embedding"]
+    assert leaf.sharding.spec == table.sharding.spec
+  # The rest (the meta-learned user vector, the biases) stays whole.
+  user = state.params["model"]["user"]
+  assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(user))
+  # What `metarec bench` reports as param_bytes_per_device: the tables
+  # dominate, so a device holds little more than a quarter of the state.
+  replicated = sum(x.nbytes for x in jax.tree.leaves(
+      (state.params, state.opt_state)))
+  assert placement.bytes_on_device((state.params, state.opt_state),
+                                   jax.devices()[0]) <= 0.3 * replicated
+
+
+def test_sharded_loss_matches_the_replicated_run(sharded_run, tmp_path):
+  trainer = trainer_on(str(tmp_path), 4, 1)
+  assert trainer.split == []
+  _, losses = run(trainer, trainer.init(trainer.rng()), range(STEPS))
+  np.testing.assert_allclose(losses, sharded_run[2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("devices", [2, 1])
+def test_resume_on_fewer_devices(sharded_run, devices):
+  """Saved on 4 devices with mesh.model=4, resumed on 2 with mesh.model=2
+  and on 1: the same parameters bit for bit, and the same two more steps."""
+  half, final, _, workdir, _ = sharded_run
+  trainer = trainer_on(workdir, devices, devices)
+  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+  state, _, step = checkpointer.restore(trainer.abstract_state())
+  checkpointer.close()
+  assert step == STEPS // 2
+  for a, b in zip(half, host(state.params)):
+    np.testing.assert_array_equal(a, b)
+  table = state.params["model"]["item"]["id"]["embedding"]
+  assert {s.data.shape[0] for s in table.addressable_shards} == {
+      160 // devices}
+  state, _ = run(trainer, state, range(STEPS // 2, STEPS))
+  for a, b in zip(final, host(state.params)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_restores_a_split_checkpoint_replicated(sharded_run):
+  """`metarec eval` and `export` read it onto their 1-D mesh, whole."""
+  half, _, _, workdir, _ = sharded_run
+  exp = experiment.build(tiny_idemb(), workdir)
+  state = load_state(exp, workdir, runtime.make_mesh())
+  assert all(x.sharding.is_fully_replicated
+             for x in jax.tree.leaves(state.params))
+  for a, b in zip(half, host(state.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_split_table_the_inner_loop_adapts_is_refused(tmp_path):
+  config = tiny_idemb()
+  config.mesh.model = 2
+  config.meta.adapt = ("^item/id/",)
+  with pytest.raises(InputError, match="inner loop adapts"):
+    Trainer(config, str(tmp_path), devices=jax.devices()[:2])
+
+
+def test_placement_rule_table():
+  spec = placement.spec_for
+  split = jax.sharding.PartitionSpec(runtime.MODEL_AXIS, None)
+  assert spec("params/model/params/item/id/embedding", (1024, 8), model=4,
+              min_rows=64) == split
+  assert spec("opt_state/1/0/mu/model/params/item/id/embedding", (1024, 8),
+              model=4, min_rows=64) == split
+  # Too small, not divisible, not a table, or no model axis: replicated.
+  for path, shape, model in (("x/embedding", (32, 8), 4),
+                             ("x/embedding", (1026, 8), 4),
+                             ("user/embedding", (1024,), 4),
+                             ("fc1/kernel", (1024, 8), 4),
+                             ("x/embedding", (1024, 8), 1)):
+    assert spec(path, shape, model=model, min_rows=64) == (
+        jax.sharding.PartitionSpec())
+
