@@ -181,10 +181,11 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
   step_seconds = elapsed / steps
   latency = adapt_latency(trainer, state, batch)
   width = max(set(widths), key=widths.count)
-  step_flops = plain_flops = achieved = None
+  count_plain, plain_flops = plain_flops, None  # the flag, then the count
+  step_flops = achieved = None
   if count_flops:
     step_flops = _counted_flops(config, workdir, exp, width)
-    if plain_flops:
+    if count_plain:
       plain = copy.deepcopy(config)
       plain.meta.dual_form = False
       plain_flops = _counted_flops(plain, workdir, exp, width)
