@@ -151,4 +151,11 @@ def test_placement_rule_table():
                              ("x/embedding", (1024, 8), 1)):
     assert spec(path, shape, model=model, min_rows=64) == (
         jax.sharding.PartitionSpec())
+  # A table too ragged to split is named (the trainer warns).
+  mesh = runtime.make_mesh(4, jax.devices()[:4])
+  tables = {"a": {"embedding": jax.ShapeDtypeStruct((1026, 8), np.float32)},
+            "b": {"embedding": jax.ShapeDtypeStruct((1024, 8), np.float32)}}
+  assert placement.ragged_paths(tables, mesh, min_rows=64) == [
+      "a/embedding (1026 rows)"]
+  assert placement.split_paths(tables, mesh, min_rows=64) == ["b/embedding"]
 

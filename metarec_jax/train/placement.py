@@ -20,7 +20,6 @@ sizes its catalog so).
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
@@ -32,7 +31,6 @@ from metarec_jax.errors import InputError
 from metarec_jax.meta import paths
 
 PyTree = Any
-log = logging.getLogger("metarec")
 
 # (pattern over the state path, placement of a matching leaf). flax's
 # `nn.Embed` names its table `embedding`: the item-ID table of `idemb`, the
@@ -87,6 +85,20 @@ def split_paths(abstract: PyTree, mesh: Mesh, *,
   specs = jax.tree.leaves(state_specs(abstract, mesh, min_rows=min_rows),
                           is_leaf=lambda x: isinstance(x, P))
   return [p for p, s in zip(paths.leaf_paths(abstract), specs) if s != P()]
+
+
+def ragged_paths(abstract: PyTree, mesh: Mesh, *, min_rows: int) -> list[str]:
+  """Paths of the tables `RULES` would split but whose rows the `model`
+  axis does not divide (they stay replicated)."""
+  model = int(mesh.shape.get(runtime.MODEL_AXIS, 1))
+  out = []
+  for path, leaf in zip(paths.leaf_paths(abstract), jax.tree.leaves(abstract)):
+    pattern = next((p for p, s in RULES if re.search(p, path)), None)
+    rows = leaf.shape[0] if len(leaf.shape) == 2 else 0
+    if (pattern is not None and model > 1 and rows >= min_rows
+        and rows % model):
+      out.append(f"{path} ({rows} rows)")
+  return out
 
 
 def check_not_adapted(model_params: PyTree, adapt_patterns: tuple[str, ...],

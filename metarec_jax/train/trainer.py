@@ -100,6 +100,12 @@ class Trainer:
     self.split = placement.check_not_adapted(
         shapes.params["model"], self.exp.meta_config.adapt, self.mesh,
         min_rows=min_rows)
+    ragged = placement.ragged_paths(shapes.params["model"], self.mesh,
+                                    min_rows=min_rows)
+    if ragged:
+      log.warning("stays replicated: mesh.model=%d does not divide the rows"
+                  " of %s", self.mesh.shape[runtime.MODEL_AXIS],
+                  ", ".join(ragged))
     if self.split:
       log.info("split over mesh.model=%d devices (with their optimizer"
                " state): %s", self.mesh.shape[runtime.MODEL_AXIS],
