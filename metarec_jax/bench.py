@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import resource
 import tempfile
 import time
 
@@ -202,7 +201,7 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
       "adapt_seconds": latency,
       "compile_seconds": compile_seconds,
       "input_wait_fraction": pipeline.wait_seconds / elapsed,
-      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      "peak_rss_mb": runtime.peak_rss_mb(),
       "param_bytes_per_device": param_bytes,
       "device_memory": device_memory(jax.local_devices()[0]),
       "workload": {

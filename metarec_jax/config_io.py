@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import ml_collections
 
@@ -74,16 +74,16 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   return config
 
 
-def all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-  """Every leaf key of `config`, dotted."""
-  keys = []
+def flat(config: Mapping[str, Any]) -> dict[str, Any]:
+  """`{dotted key: value}` of every leaf of a nested config (a ConfigDict
+  or the plain dict of `to_dict`), in key order."""
+  out = {}
   for name, value in config.items():
-    key = f"{prefix}{name}"
-    if isinstance(value, ml_collections.ConfigDict):
-      keys.extend(all_keys(value, key + "."))
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      out.update({f"{name}.{k}": v for k, v in flat(value).items()})
     else:
-      keys.append(key)
-  return keys
+      out[name] = value
+  return out
 
 
 def _parse(key: str, text: str, current: Any) -> Any:
@@ -125,7 +125,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: Iterable[tuple[str, str]]
                     ) -> ml_collections.ConfigDict:
   """Applies `(dotted key, text)` overrides in order; returns `config`."""
-  known = all_keys(config)
+  known = list(flat(config))
   for key, text in overrides:
     node = config
     *path, last = key.split(".")

@@ -18,6 +18,7 @@ from typing import Any
 
 import ml_collections
 
+from metarec_jax import config_io
 from metarec_jax import config_rules as R
 from metarec_jax.errors import InputError, excerpt
 
@@ -428,7 +429,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Raises:
     InputError: one line naming the key, its value and what is allowed.
   """
-  values = dict(leaf_items(config))
+  values = config_io.flat(config)
   for key, value in values.items():
     section = key.rpartition(".")[0]
     rule = ALLOWED.get(key) or OPEN_SECTIONS.get(section)
@@ -441,16 +442,3 @@ def validate(config: ml_collections.ConfigDict) -> None:
       if problem is not None:
         got = ", ".join(f"{k}={excerpt(values[k])}" for k in relation.keys)
         raise InputError(f"{problem} ({got})")
-
-
-def leaf_items(config: ml_collections.ConfigDict,
-               prefix: str = "") -> list[tuple[str, Any]]:
-  """`(dotted key, value)` of every leaf of `config`, in key order."""
-  out = []
-  for name, value in config.items():
-    key = f"{prefix}{name}"
-    if isinstance(value, ml_collections.ConfigDict):
-      out.extend(leaf_items(value, key + "."))
-    else:
-      out.append((key, value))
-  return out

@@ -14,7 +14,8 @@ from typing import Any
 
 import ml_collections
 
-from metarec_jax.config_reference import ALLOWED, MEANINGS, leaf_items
+from metarec_jax import config_io
+from metarec_jax.config_reference import ALLOWED, MEANINGS
 
 START = "<!-- config-reference:start -->"
 END = "<!-- config-reference:end -->"
@@ -31,7 +32,7 @@ def format_default(value: Any) -> str:
 
 def check(config: ml_collections.ConfigDict) -> list[str]:
   """Problems: keys without a meaning and meanings of unknown keys."""
-  keys = [k for k, _ in leaf_items(config)]
+  keys = list(config_io.flat(config))
   problems = [f"config key {k} has no meaning in"
               " metarec_jax/config_reference.py MEANINGS"
               for k in keys if not MEANINGS.get(k, "").strip()]
@@ -58,7 +59,7 @@ def markdown_table(config: ml_collections.ConfigDict) -> str:
   """
   lines = ["| key | default | allowed | meaning |",
            "| --- | --- | --- | --- |"]
-  for key, value in leaf_items(config):
+  for key, value in config_io.flat(config).items():
     if key not in MEANINGS:
       raise KeyError(f"config key {key} has no meaning in MEANINGS")
     if key not in ALLOWED:

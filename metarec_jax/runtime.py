@@ -10,6 +10,7 @@ and the benchmark.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -340,3 +341,14 @@ class CompiledByShape:
 
   def __call__(self, *args):
     return self.compile(*args)(*args)
+
+
+def peak_rss_mb() -> float | None:
+  """This process's peak resident memory in MB (None where unknown)."""
+  try:
+    import resource  # pylint: disable=g-import-not-at-top
+  except ImportError:  # not on this platform
+    return None
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  # kilobytes on Linux, bytes on macOS
+  return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
+from flax import traverse_util
 
 from metarec_jax import meta
 from metarec_jax.meta import paths
@@ -123,7 +124,7 @@ def check_against_finite_differences(config, meta_params, tasks,
 
 @jax.jit
 def flat_loss(flat, batch):
-  return mlp_loss(paths.nest(flat), batch)
+  return mlp_loss(traverse_util.unflatten_dict(flat, sep="/"), batch)
 
 
 flat_grad = jax.jit(jax.grad(flat_loss))
@@ -173,7 +174,7 @@ def test_metasgd_applies_one_rate_per_element():
   inner = perturbed_inner(params, config)
   assert all(r.shape == p.shape for r, p in
              zip(jax.tree.leaves(inner), jax.tree.leaves(params)))
-  rates = paths.flatten(inner)
+  rates = traverse_util.flatten_dict(inner, sep="/")
   for t in range(2):
     expect = manual_sgd_query_losses(params, task(tasks, t),
                                      lambda p, k: rates[p], 2)[-1]
@@ -200,7 +201,7 @@ def test_mamlpp_loss_is_the_weighted_loss_after_every_step():
   config = meta.MetaConfig(algorithm="mamlpp", inner_steps=3, inner_lr=0.1,
                            msl_weights=weights)
   inner = perturbed_inner(params, config)
-  rates = paths.flatten(inner)
+  rates = traverse_util.flatten_dict(inner, sep="/")
   for t in range(2):
     per_step = manual_sgd_query_losses(params, task(tasks, t),
                                        lambda p, k: rates[p][k], 3)
@@ -301,15 +302,16 @@ def test_reptile_update_is_its_closed_form_on_a_quadratic(steps, lr):
       {"model": theta, "inner": None}, tasks)
   shrink = (1.0 - lr) ** steps
   for path, value in paths.partition(theta, ()).adapted.items():
-    cs = paths.flatten(tasks["support"])[path]
+    cs = traverse_util.flatten_dict(tasks["support"], sep="/")[path]
     expect = np.mean((1.0 - shrink) * (value - cs), axis=0)
-    np.testing.assert_allclose(paths.flatten(grads["model"])[path], expect,
-                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        traverse_util.flatten_dict(grads["model"], sep="/")[path], expect,
+        rtol=1e-12, atol=1e-15)
   # The reported loss is the query loss after adaptation.
-  flat_s, flat_q = paths.flatten(tasks["support"]), paths.flatten(
-      tasks["query"])
+  flat_s = traverse_util.flatten_dict(tasks["support"], sep="/")
+  flat_q = traverse_util.flatten_dict(tasks["query"], sep="/")
   adapted = {p: flat_s[p] + shrink * (v - flat_s[p])
-             for p, v in paths.flatten(theta).items()}
+             for p, v in traverse_util.flatten_dict(theta, sep="/").items()}
   expect_loss = np.mean(sum(0.5 * np.sum((adapted[p] - flat_q[p]) ** 2,
                                          axis=-1) for p in adapted))
   assert float(loss) == pytest.approx(float(expect_loss), rel=1e-12)
@@ -410,9 +412,11 @@ def test_partial_adaptation_leaves_other_leaves_untouched(algorithm):
                            adapt=("^l2/w$", "^extra$"))
   inner = meta.init_inner(params, config=config)
   if config.learns_inner:
-    assert sorted(paths.flatten(inner)) == ["extra", "l2/w"]
+    assert sorted(traverse_util.flatten_dict(inner, sep="/")) == ["extra",
+                                                                  "l2/w"]
   adapted = adapt_fn(config)(params, task(tasks, 0)["support"], inner)
-  before, after = paths.flatten(params), paths.flatten(adapted)
+  before = traverse_util.flatten_dict(params, sep="/")
+  after = traverse_util.flatten_dict(adapted, sep="/")
   for p in ("l1/w", "l1/b", "l2/b"):
     np.testing.assert_array_equal(after[p], before[p])
   for p in ("l2/w", "extra"):

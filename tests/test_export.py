@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from cli_run import assert_one_line_error, last_json, metarec
+from flax import traverse_util
 from conftest import config_path
 from procs import start, wait_for
 from metarec_jax import config_io, experiment, export, meta, runtime
@@ -361,7 +362,8 @@ def test_odd_users_and_items(run, tmp_path):
   user3 = loaded.user(3)
   for p, value in user3.fast.items():
     np.testing.assert_array_equal(
-        value, np.asarray(meta.paths.flatten(meta_params["model"])[p]))
+        value, np.asarray(
+            traverse_util.flatten_dict(meta_params["model"], sep="/")[p]))
   assert user3.support_size == 0 and len(user3.rated) == 0
   # Not in the user table: missing features, adapted on its ratings.
   stranger = loaded.user(9000)

@@ -102,7 +102,7 @@ def test_hparams_hold_the_flat_config_and_metric_columns(tiny_metasgd_run):
       content[hparams_metadata.EXPERIMENT_TAG])
   hp = session.hparams
   config = config_io.read_workdir_config(tiny_metasgd_run)
-  assert set(hp) == set(config_io.all_keys(config))
+  assert set(hp) == set(config_io.flat(config))
   assert hp["meta.algorithm"].string_value == "metasgd"
   assert hp["train.num_steps"].number_value == 6
   assert hp["meta.second_order"].bool_value is True
@@ -174,7 +174,7 @@ def test_inactive_reporter_writes_nothing(tmp_path):
 def test_flat_hparams_of_a_config():
   config = config_io.load_config_file(config_path("tiny"))
   flat = reporting.flat_hparams(config)
-  assert set(flat) == set(config_io.all_keys(config))
+  assert set(flat) == set(config_io.flat(config))
   assert flat["model.hidden"] == "(16, 16)"
   assert flat["model.features"] == "()"
   # to_dict turns tuples into lists; they read the same.
@@ -196,12 +196,11 @@ def test_inner_rate_scalars_per_leaf_and_per_step():
   assert telemetry.inner_rate_scalars(None, per_step=False) == {}
 
 
-def test_histograms_due():
-  due = [s for s in range(1, 13)
-         if telemetry.histograms_due(s, every=5, num_steps=12)]
-  assert due == [5, 10, 12]
-  assert not any(telemetry.histograms_due(s, every=0, num_steps=12)
-                 for s in range(1, 13))
+def test_one_cadence_test_for_log_histogram_validation_and_checkpoint():
+  from metarec_jax.train.loop import due  # pylint: disable=g-import-not-at-top
+  assert [s for s in range(1, 13) if due(s, 5, 12)] == [5, 10, 12]
+  assert [s for s in range(1, 13) if due(s, 0, 12)] == [12]  # only the end
+  assert not any(due(s, -1, 12) for s in range(1, 13))  # never
 
 
 def test_tensorboards_hparams_tab_lists_the_run_with_its_metrics(

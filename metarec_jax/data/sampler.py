@@ -22,7 +22,7 @@ import numpy as np
 
 from metarec_jax.data import hashing
 from metarec_jax.data.schema import ITEM_ID
-from metarec_jax.data.splits import Split, _ragged_arange
+from metarec_jax.data.splits import Split, ragged_arange
 from metarec_jax.data.tasks import FeatureTables, bucket_widths, scatter_rows
 from metarec_jax.errors import InputError
 
@@ -143,7 +143,7 @@ class TrainSampler:
     slot_ids = np.arange(self.local.start, self.local.stop)
     n = len(users)
     counts = self.split.train_counts()[users]
-    rows = _ragged_arange(self.split.train_offsets[users], counts)
+    rows = ragged_arange(self.split.train_offsets[users], counts)
     positions = self.split.train_positions[rows]
     task = np.repeat(np.arange(n), counts)
     rand = hashing.uniform(spec.seed, step, slot_ids[task], positions, 7)

@@ -72,7 +72,7 @@ class TaskSet:
   def subset(self, index: np.ndarray) -> "TaskSet":
     index = np.asarray(index, np.int64)
     counts = np.diff(self.offsets)[index]
-    rows = _ragged_arange(self.offsets[index], counts)
+    rows = ragged_arange(self.offsets[index], counts)
     return TaskSet(self.users[index],
                    np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
                    self.items[rows], self.ratings[rows], self.is_query[rows])
@@ -91,7 +91,7 @@ class Split:
     return np.diff(self.train_offsets)
 
 
-def _ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
   """concatenate([arange(s, s + c) for s, c in zip(starts, counts)])."""
   counts = np.asarray(counts, np.int64)
   total = int(counts.sum())

@@ -16,7 +16,7 @@ import numpy as np
 
 from metarec_jax.data.schema import (ITEM_ID, FeatureSpec, item_id_spec,
                                       select)
-from metarec_jax.data.splits import TaskSet, _ragged_arange
+from metarec_jax.data.splits import TaskSet, ragged_arange
 from metarec_jax.data.store import TaskStore
 
 
@@ -130,7 +130,7 @@ def taskset_batch(tasks: TaskSet, index: np.ndarray, tables: FeatureTables,
   """
   index = np.asarray(index, np.int64)
   counts = np.diff(tasks.offsets)[index]
-  rows = _ragged_arange(tasks.offsets[index], counts)
+  rows = ragged_arange(tasks.offsets[index], counts)
   task = np.repeat(np.arange(len(index)), counts)
   is_q = tasks.is_query[rows]
   users = np.zeros(num_tasks, np.int64)

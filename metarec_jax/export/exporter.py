@@ -21,7 +21,6 @@ import dataclasses
 import logging
 import math
 import os
-import sys
 import time
 from typing import Iterable
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from metarec_jax import config_io, experiment, runtime
 from metarec_jax.data import implicit, ratings_io
+from metarec_jax.data.splits import ragged_arange
 from metarec_jax.data.tasks import FeatureTables, bucket_widths, scatter_rows
 from metarec_jax.errors import InputError
 from metarec_jax.export import compute, layout, topk
@@ -132,18 +132,8 @@ def export_workdir(workdir: str, ratings: str, out: str, *, top_k: int = 0,
                           unknown_users=unknown_users,
                           timestamps=has_timestamps))
   summary["seconds"] = round(time.perf_counter() - t0, 3)
-  summary["peak_rss_mb"] = _peak_rss_mb()
+  summary["peak_rss_mb"] = runtime.peak_rss_mb()
   return summary
-
-
-def _peak_rss_mb() -> float | None:
-  try:
-    import resource  # pylint: disable=g-import-not-at-top
-  except ImportError:  # not on this platform
-    return None
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  # kilobytes on Linux, bytes on macOS
-  return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 @dataclasses.dataclass
@@ -241,7 +231,7 @@ class _Job:
     u, c = self.users, self.chunk
     sizes = u.support_sizes[index].astype(np.int64)
     starts = u.offsets[index]
-    rows = users_lib.ragged_arange(starts, sizes)
+    rows = ragged_arange(starts, sizes)
     task = np.repeat(np.arange(len(index)), sizes)
     slot = rows - np.repeat(starts, sizes)
     items = scatter_rows(task, slot, u.items[rows], c, width)
@@ -251,7 +241,7 @@ class _Job:
     slots[:len(index)] = index
     counts = u.rated_counts()[index]
     rated_width = 1 << max(int(counts.max(initial=0)) - 1, 0).bit_length()
-    rows = users_lib.ragged_arange(starts, counts)
+    rows = ragged_arange(starts, counts)
     task = np.repeat(np.arange(len(index)), counts)
     slot = rows - np.repeat(starts, counts)
     rated = scatter_rows(task, slot, u.items[rows], c, rated_width, fill=-1)

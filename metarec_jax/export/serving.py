@@ -41,6 +41,7 @@ from typing import Any, Iterable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from metarec_jax import config_io, meta, models
 from metarec_jax.data import implicit
@@ -50,7 +51,6 @@ from metarec_jax.errors import InputError
 from metarec_jax.export import batched, checksums, compute, layout
 from metarec_jax.export import users as users_lib
 from metarec_jax.export.user_model import UserModel
-from metarec_jax.meta import paths
 
 log = logging.getLogger("metarec")
 
@@ -160,17 +160,19 @@ class Export(batched.UserBatches):
                            for n in m["user_features"]}
     item_tables = {n: self._load(f"item/{n}.npy") for n in m["item_features"]}
     self._tables = FeatureTables(specs, {}, item_tables)
-    self.meta_params = paths.nest({p: self._load(layout.leaf_file("meta", p))
-                                   for p in m["params"]["meta"]})
+    def leaves(kind):  # {path: array} of one kind, nested by path
+      return traverse_util.unflatten_dict(
+          {p: self._load(layout.leaf_file(kind, p))
+           for p in m["params"][kind]}, sep="/")
+
+    self.meta_params = leaves("meta")
     self.adapted = {p: self._load(layout.leaf_file("adapted", p))
                     for p in m["params"]["adapted"]}
-    self._meta_fast = {p: np.asarray(v, np.float32) for p, v in
-                       paths.flatten(self.meta_params).items()
-                       if p in self.adapted}
-    self.inner = None
-    if m["params"]["inner"]:
-      self.inner = paths.nest({p: self._load(layout.leaf_file("inner", p))
-                               for p in m["params"]["inner"]})
+    self._meta_fast = {
+        p: np.asarray(v, np.float32) for p, v in
+        traverse_util.flatten_dict(self.meta_params, sep="/").items()
+        if p in self.adapted}
+    self.inner = leaves("inner") if m["params"]["inner"] else None
     # Device copies of what every request reads.
     self._params = jax.device_put(self.meta_params)
     self._inner = jax.device_put(self.inner)

@@ -63,21 +63,6 @@ class Users:
   def rated_counts(self) -> np.ndarray:
     return np.diff(self.offsets)
 
-  def support_rows(self) -> np.ndarray:
-    """Row index (into items/ratings) of every support rating, user-major."""
-    return ragged_arange(self.offsets[:-1], self.support_sizes)
-
-
-def ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-  """concatenate([arange(s, s + c) for s, c in zip(starts, counts)])."""
-  counts = np.asarray(counts, np.int64)
-  total = int(counts.sum())
-  if not total:
-    return np.zeros(0, np.int64)
-  ends = np.cumsum(counts)
-  base = np.repeat(np.asarray(starts, np.int64) - (ends - counts), counts)
-  return base + np.arange(total, dtype=np.int64)
-
 
 def collect(user_ids: np.ndarray, item_ids: np.ndarray, ratings: np.ndarray,
             timestamps: np.ndarray | None, *, known_users: np.ndarray,

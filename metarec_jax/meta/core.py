@@ -102,28 +102,12 @@ def adapt(loss_fn: LossFn, params: PyTree, support: PyTree, *,
   """
   params = _start(loss_fn, params, support, config, inner)
   part = paths.partition(params, config.adapt)
-  if (isinstance(loss_fn, linear_head.LinearHead)
-      and loss_fn.dual_applies(config, part)):
+  if linear_head.dual_form(loss_fn, config, part) is not None:
     return linear_head.adapt_dual(loss_fn, part, support, config=config,
                                   inner=inner)
   fast, _ = _run_inner(_batch_loss(loss_fn, part, support), part.adapted,
                        config, inner)
   return part.merge(fast)
-
-
-def _dual_query_head(loss_fn, query_loss_fn, config, part):
-  """The query head when the dual form can run the task, else None."""
-  if not (isinstance(loss_fn, linear_head.LinearHead)
-          and loss_fn.dual_applies(config, part)):
-    return None
-  if query_loss_fn is None:
-    return loss_fn.head
-  if (isinstance(query_loss_fn, linear_head.LinearHead)
-      and query_loss_fn.featurize is loss_fn.featurize
-      and (query_loss_fn.kernel, query_loss_fn.bias)
-      == (loss_fn.kernel, loss_fn.bias)):
-    return query_loss_fn.head
-  return None
 
 
 def task_loss(loss_fn: LossFn, params: PyTree, task: PyTree, *,
@@ -138,7 +122,7 @@ def task_loss(loss_fn: LossFn, params: PyTree, task: PyTree, *,
   """
   params = _start(loss_fn, params, task["support"], config, inner)
   part = paths.partition(params, config.adapt)
-  query_head = _dual_query_head(loss_fn, query_loss_fn, config, part)
+  query_head = linear_head.dual_form(loss_fn, config, part, query_loss_fn)
   if query_head is not None:
     return linear_head.task_loss_dual(loss_fn, part, task, config=config,
                                       inner=inner, query_head=query_head)

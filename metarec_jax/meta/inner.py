@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from flax import traverse_util
 
 from metarec_jax.meta import encoder, paths
 from metarec_jax.meta.config import MetaConfig
@@ -70,7 +71,7 @@ def inner_optimizer(config: MetaConfig,
       raise ValueError(
           f"meta.algorithm={config.algorithm} learns inner rates: pass"
           " inner=init_inner(params, config=config)")
-    rates = paths.flatten(inner)
+    rates = traverse_util.flatten_dict(inner, sep="/")
     scale = scale_by_rates(rates, per_step=config.spec.rates == "step")
   else:
     scale = optax.scale(-config.inner_lr)
@@ -85,7 +86,7 @@ def step_rates(config: MetaConfig, inner: PyTree | None, path: str,
   by the dual form, which needs the rates explicitly.
   """
   if config.spec.rates == "step":
-    return paths.flatten(inner)[path]
+    return traverse_util.flatten_dict(inner, sep="/")[path]
   return jnp.full((config.inner_steps,), config.inner_lr, dtype)
 
 
@@ -121,4 +122,4 @@ def init_inner(params: PyTree, *, config: MetaConfig, loss_fn=None,
     else:
       out[path] = jnp.full((config.inner_steps,), config.inner_lr,
                            jnp.result_type(leaf))
-  return paths.nest(out)
+  return traverse_util.unflatten_dict(out, sep="/")

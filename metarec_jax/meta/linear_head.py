@@ -96,11 +96,37 @@ class LinearHead:
         paths.matches_any(p, self.featurize_reads) for p in part.adapted)
 
   def dual_applies(self, config: MetaConfig, part: paths.Partition) -> bool:
+    """Whether the dual form can run the inner loop: `meta.dual_form`, plain
+    SGD with one scalar rate per step (`ALGORITHMS`), `W` and `b` adapted,
+    fixed features."""
     adapted = part.adapted
     return (config.dual_form and config.inner_optimizer == "sgd"
             and config.spec.dual_form and config.inner_steps > 0
             and self.kernel in adapted and self.bias in adapted
             and self.features_fixed(part))
+
+  def query_head(self, query_loss_fn) -> Callable | None:
+    """The head that scores the query set in dual form: this one when the
+    query loss is this loss (`query_loss_fn` None), the query loss's when
+    it is this loss with another head (`dataclasses.replace(self,
+    head=...)`, e.g. `models.recommender.with_loss`); else None."""
+    if query_loss_fn is None:
+      return self.head
+    if (isinstance(query_loss_fn, LinearHead)
+        and dataclasses.replace(query_loss_fn, head=self.head) == self):
+      return query_loss_fn.head
+    return None
+
+
+def dual_form(loss_fn, config: MetaConfig, part: paths.Partition,
+              query_loss_fn=None) -> Callable | None:
+  """The query head with which the dual form runs one task, or None where
+  the plain inner loop must: `loss_fn` is not a `LinearHead`, its structure
+  cannot be used (`LinearHead.dual_applies`), or the query loss is not a
+  head over the same features (`LinearHead.query_head`)."""
+  if isinstance(loss_fn, LinearHead) and loss_fn.dual_applies(config, part):
+    return loss_fn.query_head(query_loss_fn)
+  return None
 
 
 def _dual_loop(lh: LinearHead, part: paths.Partition, support: PyTree,

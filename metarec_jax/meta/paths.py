@@ -90,34 +90,6 @@ def partition(tree: PyTree, patterns: tuple[str, ...]) -> Partition:
                    adapt_mask(tree, patterns), tuple(leaves))
 
 
-def nest(flat: dict[str, Any]) -> dict[str, Any]:
-  """{'a/b': x} -> {'a': {'b': x}}: the storable form of a path dict."""
-  out: dict[str, Any] = {}
-  for path, value in flat.items():
-    node = out
-    *head, last = path.split("/")
-    for name in head:
-      node = node.setdefault(name, {})
-    node[last] = value
-  return out
-
-
-def flatten(nested: dict[str, Any]) -> dict[str, Any]:
-  """Inverse of `nest`."""
-  out: dict[str, Any] = {}
-
-  def walk(node, prefix):
-    for name, value in node.items():
-      path = f"{prefix}/{name}" if prefix else str(name)
-      if isinstance(value, dict):
-        walk(value, path)
-      else:
-        out[path] = value
-
-  walk(nested, "")
-  return out
-
-
 @functools.lru_cache(maxsize=None)
 def compile_patterns(patterns: tuple[str, ...]) -> tuple[re.Pattern, ...]:
   return tuple(re.compile(p) for p in patterns)

@@ -34,15 +34,6 @@ def loss_precision(pred: jax.Array) -> jax.Array:
   return pred.astype(jnp.promote_types(pred.dtype, jnp.float32))
 
 
-def masked_mse(pred: jax.Array, batch: PyTree) -> jax.Array:
-  """Mean squared error over the rows where `batch["mask"]` is set.
-
-  The denominator is at least 1, so an all-padding batch has loss 0 and
-  gradient 0 (an empty support set adapts nothing and makes no NaN).
-  """
-  return masked_loss(pred, batch)
-
-
 def masked_loss(pred: jax.Array, batch: PyTree, kind: str = "mse",
                 delta: float = 1.0) -> jax.Array:
   """Mean rating loss over the rows where `batch["mask"]` is set.

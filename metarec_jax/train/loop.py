@@ -3,14 +3,14 @@
 One readable loop in the big_vision manner: build the state with a jitted
 init, compile the meta-step for every batch shape ahead of time, then step,
 log, evaluate and checkpoint. Metrics reach the host only on log steps; the
-non-finite counter of each step is read one step late so the device never
-idles waiting for it.
+non-finite counters are read only where the loop reads the device anyway
+(see `NonFiniteGuard`). Each cadence (log, histograms, validation,
+checkpoint) is one `due` test.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import math
 import os
@@ -40,28 +40,60 @@ class TrainingError(Exception):
   readable checkpoint)."""
 
 
-def _metrics_to_host(metrics: dict) -> dict[str, float]:
-  return {k: float(runtime.to_host(v)) for k, v in metrics.items()}
+def due(step: int, every: int, last: int) -> bool:
+  """Whether `step` is a step of a cadence: every `every` steps and the
+  `last` one; `every` = 0: only the last; < 0: never."""
+  return every >= 0 and (step == last or (every > 0 and step % every == 0))
 
 
-def _check_finite(step: int, metrics: dict, *, max_nonfinite: int,
-                  checkpointer: ckpt_lib.Checkpointer) -> None:
-  streak = int(runtime.to_host(metrics["train/nonfinite_streak"]))
-  if streak:
-    log.warning("step %d: non-finite loss, meta-gradient or update; update"
-                " skipped (%d in a row, %d in total)", step, streak,
-                int(runtime.to_host(metrics["train/nonfinite_total"])))
-  if streak >= max(max_nonfinite, 1):
-    # Every saved state is finite (`Checkpointer.save` refuses others), so
-    # the newest checkpoint, if any, is one to resume from.
-    checkpointer.wait()
-    newest = checkpointer.latest_step()
-    raise TrainingError(
-        f"step {step}: {streak} consecutive steps with a non-finite loss,"
-        f" meta-gradient or update (train.max_nonfinite={max_nonfinite}); "
-        + ("no checkpoint was saved" if newest is None else
-           f"the newest checkpoint, of step {newest}, holds a finite state"
-           " to resume from with other settings"))
+class NonFiniteGuard:
+  """Warns about skipped updates and ends the run at `train.max_nonfinite`
+  of them in a row.
+
+  The meta-step skips a non-finite update on the device and, once the
+  limit is reached, every later one (`make_train_step`), so the counters
+  need no reading on every step: `check` runs where the loop reads the
+  device anyway (log steps, before a validation or a save, on a stop), and
+  the step that reached the limit follows exactly from the streak.
+  """
+
+  def __init__(self, limit: int, checkpointer: ckpt_lib.Checkpointer,
+               step: int, state):
+    self.limit = max(int(limit), 1)
+    self.checkpointer = checkpointer
+    self.step = step  # the last step checked
+    self.total = int(runtime.to_host(state.nonfinite_total))
+
+  def check(self, step: int, streak, total) -> None:
+    """`streak`, `total`: the counters after `step` (arrays or numbers).
+
+    Raises:
+      TrainingError: the limit was reached at or before `step`.
+    """
+    streak, total = int(runtime.to_host(streak)), int(runtime.to_host(total))
+    over = max(streak - self.limit, 0)  # refused steps after the limit
+    step, streak, total = step - over, streak - over, total - over
+    if total > self.total:
+      log.warning("steps %d-%d: non-finite loss, meta-gradient or update;"
+                  " update skipped %d time(s) (%d in a row at step %d, %d in"
+                  " total)", self.step + 1, step, total - self.total, streak,
+                  step, total)
+    self.step, self.total = step, total
+    if streak >= self.limit:
+      # Every saved state is finite (`Checkpointer.save` refuses others),
+      # so the newest checkpoint, if any, is one to resume from.
+      self.checkpointer.wait()
+      newest = self.checkpointer.latest_step()
+      raise TrainingError(
+          f"step {step}: {streak} consecutive steps with a non-finite loss,"
+          f" meta-gradient or update (train.max_nonfinite={self.limit}); "
+          + ("no checkpoint was saved" if newest is None else
+             f"the newest checkpoint, of step {newest}, holds a finite state"
+             " to resume from with other settings"))
+
+  def check_state(self, step: int, state) -> None:
+    """`check` with the counters of `state` (the state after `step`)."""
+    self.check(step, state.nonfinite_streak, state.nonfinite_total)
 
 
 def _save(checkpointer: ckpt_lib.Checkpointer, step: int, state,
@@ -148,9 +180,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   with lock.hold(workdir), StopRequest() as stop:
     trainer = Trainer(config, workdir)
     exp = trainer.exp
-    checkpointer = ckpt_lib.Checkpointer(
-        workdir, keep=int(config.checkpoint.keep),
-        every_steps=int(config.checkpoint.every_steps))
+    checkpointer = ckpt_lib.Checkpointer(workdir,
+                                         keep=int(config.checkpoint.keep))
     reporter = None
     progress = progress_lib.Progress(bar=is_lead)
     rates = exp.meta_config.spec.rates  # encoders are no rates to report
@@ -223,26 +254,27 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       best_mae = best[1] if best else math.inf
       patience = int(tc.get("early_stop_patience", 0))
       stale = 0
+      guard = NonFiniteGuard(int(tc.max_nonfinite), checkpointer, step, state)
+      log_every = int(config.log.every_steps)
+      histogram_every = int(config.log.histogram_every_steps)  # 0: never
+      save_every = int(config.checkpoint.every_steps)
+      tasks_per_step = int(tc.tasks_per_step)
+      last_time, last_step = time.perf_counter(), step
       pipeline = Prefetcher(trainer.sampler, trainer.task_sharding,
                             start=step, stop=num_steps,
                             depth=int(tc.prefetch))
-      tasks_per_step = int(tc.tasks_per_step)
-      check_finite = functools.partial(
-          _check_finite, max_nonfinite=int(tc.max_nonfinite),
-          checkpointer=checkpointer)
-      last_time, last_step = time.perf_counter(), step
-      pending = None  # (step, metrics) of the previous step, read one late
       progress.start(num_steps, step)
       try:
         for step_index, batch in pipeline:
           state, metrics = trainer.step(state, trainer.prepare(batch),
                                         trainer.horizon)
           step = step_index + 1
-          if pending is not None:
-            check_finite(*pending)
-          pending = (step, metrics)
-          if step % int(config.log.every_steps) == 0 or step == num_steps:
-            values = _metrics_to_host(metrics)
+
+          values = None  # the metrics on the host, on log steps only
+          if due(step, log_every, num_steps):
+            values = {k: float(runtime.to_host(v)) for k, v in metrics.items()}
+            guard.check(step, values["train/nonfinite_streak"],
+                        values["train/nonfinite_total"])
             now = time.perf_counter()
             values["train/tasks_per_sec"] = (
                 (step - last_step) * tasks_per_step / (now - last_time))
@@ -252,17 +284,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 per_step=per_step_rates))
             reporter.scalars(step, values)
             summary["train"] = values
-            progress.advance(step, values)
-          else:
-            progress.advance(step)
-          if is_lead and telemetry.histograms_due(
-              step, every=int(config.log.histogram_every_steps),
-              num_steps=num_steps):
+          progress.advance(step, values)
+
+          if (is_lead and histogram_every > 0
+              and due(step, histogram_every, num_steps)):
             reporter.histograms(step, telemetry.parameter_histograms(
                 state.params))
+
           val_mae = None  # set when this step was validated
-          if validates and (step == num_steps
-                            or (eval_every > 0 and step % eval_every == 0)):
+          if due(step, eval_every, num_steps):
+            guard.check_state(step, state)
             results = evaluator.evaluate(trainer.eval_params(state.params),
                                          ("val",),
                                          should_stop=stop.now)
@@ -270,15 +301,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
               reporter.scalars(step, eval_lib.scalar_metrics(
                   results, baselines=False))
               summary["val"] = results["val"]
-              if "ranking" in results["val"]:
-                full = results["val"]["ranking"]["full"]
-                log.info("step %d  validation full-catalog HR@10 %s"
-                         " nDCG@10 %s", step, _fmt(full["hr@10"]),
-                         _fmt(full["ndcg@10"]))
-              else:
-                log.info("step %d  validation MAE %s (unadapted %s)", step,
-                         _fmt(results["val"]["mae"]),
-                         _fmt(results["val"]["mae_unadapted"]))
+              _log_validation(step, results["val"])
               val_mae = results["val"].get("mae")  # None: implicit data
               if val_mae is not None and val_mae < best_mae:
                 best_mae, stale = val_mae, 0
@@ -286,16 +309,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
               elif val_mae is not None:
                 stale += 1
           early_stop = bool(patience) and stale >= patience
+
           if stop(step):
-            if pending is not None:
-              check_finite(*pending)
+            guard.check_state(step, state)
             save_and_report_stop(step)
             break
           improved = val_mae is not None and val_mae == best_mae
-          if (checkpointer.should_save(step) or step == num_steps
-              or improved or early_stop):
-            check_finite(*pending)
-            pending = None  # checked: not again (nor warned twice)
+          if due(step, save_every, num_steps) or improved or early_stop:
+            guard.check_state(step, state)
             # orbax compiles its own small copy programs on a first save;
             # they are not ours to count.
             compiles.stop()
@@ -307,9 +328,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                      stale)
             summary["early_stopped"] = True
             break
-        else:
-          if pending is not None:
-            check_finite(*pending)
       finally:
         progress.close()
         pipeline.close()
@@ -330,6 +348,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         reporter.close()
   summary["step"] = step
   return summary
+
+
+def _log_validation(step: int, val: dict) -> None:
+  if "ranking" in val:
+    full = val["ranking"]["full"]
+    log.info("step %d  validation full-catalog HR@10 %s nDCG@10 %s", step,
+             _fmt(full["hr@10"]), _fmt(full["ndcg@10"]))
+  else:
+    log.info("step %d  validation MAE %s (unadapted %s)", step,
+             _fmt(val["mae"]), _fmt(val["mae_unadapted"]))
 
 
 def _fmt(x):

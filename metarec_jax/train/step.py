@@ -9,8 +9,11 @@ group computes the meta-gradient of its own tasks, `chunk_tasks` at a time (a `l
 chunks, so memory is bounded by the chunk, not the meta-batch), and the
 devices average with `pmean`. A step whose loss, meta-gradient or updated
 state (any parameter or optimizer-state leaf) is not finite keeps the old
-state and is counted, all decided on the device; the loop decides when too
-many in a row end the run.
+state and is counted, all decided on the device. From `max_nonfinite` such
+steps in a row on, every update is refused and the streak keeps counting,
+so the state stays the last finite one and the loop, reading the counters
+only where it reads the device anyway, knows the exact step the limit was
+reached (`train.loop`).
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig,
                                         optax.GradientTransformation],
                     schedule: Callable[[jax.Array, jax.Array], jax.Array],
                     mesh: Mesh, *, chunk_tasks: int,
-                    query_loss_fn=None) -> Callable:
+                    query_loss_fn=None, max_nonfinite: int = 0) -> Callable:
   """`(state, batch, horizon) -> (state, metrics)`, to be jitted by the
   caller.
 
@@ -90,6 +93,8 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig,
   `optimizer(horizon)` is the outer optimizer on that schedule and
   `schedule(step, horizon)` its rate. Being an argument rather than a
   constant, it leaves the compiled step the same for every horizon.
+  `max_nonfinite` > 0: once that many steps in a row were skipped, every
+  later step is skipped too (see the module docstring).
   """
 
   def local(meta_params, tasks):
@@ -116,6 +121,8 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig,
     # learning rate, an overflowing update): the new state is checked too.
     finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
               & all_finite((params, opt_state)))
+    if max_nonfinite > 0:  # the run has ended there: nothing changes after
+      finite &= state.nonfinite_streak < max_nonfinite
 
     def keep(new, old):
       return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

@@ -121,7 +121,9 @@ class Trainer:
                            functools.partial(optim.learning_rate,
                                              config.train), self.mesh,
                            chunk_tasks=self.chunk,
-                           query_loss_fn=self.exp.model.query_loss_fn)
+                           query_loss_fn=self.exp.model.query_loss_fn,
+                           max_nonfinite=max(int(config.train.max_nonfinite),
+                                             1))
     # `step(state, batch, horizon)`: the schedule's length is an argument,
     # so the program is the same for any `train.num_steps`.
     self.step = runtime.CompiledByShape(

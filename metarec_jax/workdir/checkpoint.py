@@ -78,10 +78,9 @@ def _handlers():
 class Checkpointer:
   """Saves and restores the train state of one work directory."""
 
-  def __init__(self, workdir: str, *, keep: int = 1, every_steps: int = 0,
+  def __init__(self, workdir: str, *, keep: int = 1,
                async_save: bool = True, read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    self.every_steps = int(every_steps)
     self._in_flight: int | None = None  # the step of the unfinished save
     self._failed = False
     # Keeps the `keep` newest checkpoints and the best validated one (the
@@ -122,9 +121,6 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     steps = self.steps()
     return steps[-1] if steps else None
-
-  def should_save(self, step: int) -> bool:
-    return self.every_steps > 0 and step % self.every_steps == 0
 
   def best(self) -> tuple[int, float] | None:
     """(step, validation MAE) of the best validated checkpoint, or None

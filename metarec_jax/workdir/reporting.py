@@ -28,7 +28,7 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
 
-from metarec_jax import atomic, errors
+from metarec_jax import atomic, config_io, errors
 
 HISTOGRAM_BINS = 30  # TensorBoard's own default
 
@@ -98,16 +98,9 @@ def hparam_value(value: Any) -> bool | float | str:
   return str(value)
 
 
-def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict:
+def flat_hparams(config: Mapping[str, Any]) -> dict:
   """A nested config (ConfigDict or dict) as `{dotted key: hparam value}`."""
-  out = {}
-  for name, value in config.items():
-    key = f"{prefix}{name}"
-    if hasattr(value, "items"):  # a section (dict or ConfigDict)
-      out.update(flat_hparams(value, key + "."))
-    else:
-      out[key] = hparam_value(value)
-  return out
+  return {k: hparam_value(v) for k, v in config_io.flat(config).items()}
 
 
 def _hparams_value(tag: str, data: plugin_data_pb2.HParamsPluginData

@@ -32,18 +32,9 @@ _HARMLESS = ("train.num_steps", "train.eval_every_steps", "train.max_nonfinite",
              "mesh.")
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-  if not isinstance(d, dict):
-    return {prefix[:-1]: d}
-  out = {}
-  for k, v in d.items():
-    out.update(_flat(v, f"{prefix}{k}."))
-  return out
-
-
 def config_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
   """`(key, saved value, current value)` for every key that differs."""
-  a, b = _flat(saved), _flat(current)
+  a, b = config_io.flat(saved), config_io.flat(current)
   missing = object()
   return [(k, a.get(k, missing), b.get(k, missing))
           for k in sorted(set(a) | set(b))

@@ -65,8 +65,3 @@ def parameter_histograms(meta_params: PyTree) -> dict[str, np.ndarray]:
   out.update({f"inner_lr_hist/{p}": v
               for p, v in _leaves_to_host(meta_params.get("inner")).items()})
   return out
-
-
-def histograms_due(step: int, *, every: int, num_steps: int) -> bool:
-  """Whether `step` writes histograms (`every` <= 0: never)."""
-  return every > 0 and (step % every == 0 or step == num_steps)
