@@ -71,7 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
       "new_item_fraction": 0.2,
   })
   # data.name = "generic": your own files in data.root (see
-  # metarec_jax/data/generic.py). Paths are relative to data.root.
+  # metarec_jax/data/convert/generic.py). Paths are relative to data.root.
   c.data.generic = ml_collections.ConfigDict({
       "ratings": "ratings.csv",  # the ratings file: one rating per line
       "delimiter": ",",  # field separator of every file ("\t" = tab, "::")

@@ -93,7 +93,7 @@ def check_config(config, workdir: str | None = None) -> None:
   from metarec_jax import config_reference  # pylint: disable=g-import-not-at-top
   config_reference.validate(config)
   if workdir is not None:
-    from metarec_jax.data import prepare  # pylint: disable=g-import-not-at-top
+    from metarec_jax.data.convert import prepare  # pylint: disable=g-import-not-at-top
     prepare.check_source(config.data, workdir)
 
 
@@ -196,7 +196,7 @@ def _run_serve(inv: Invocation) -> int:
 
 
 def _run_data(inv: Invocation) -> int:
-  from metarec_jax.data import command  # pylint: disable=g-import-not-at-top
+  from metarec_jax.data.convert import command  # pylint: disable=g-import-not-at-top
   print_json(command.run(inv.args, inv.flags, inv.config_file, inv.overrides))
   return 0
 

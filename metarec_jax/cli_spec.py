@@ -2,7 +2,7 @@
 
 `metarec_jax.cli` parses a command line with the command's flags (absl)
 and calls its runner; `metarec data`'s flags are defined by
-`metarec_jax.data.command`.
+`metarec_jax.data.convert.command`.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def define_plot(fv: flags.FlagValues) -> None:
 
 def define_data(fv: flags.FlagValues) -> None:
   """Defines `metarec data`'s flags in `fv` (`data.command`)."""
-  from metarec_jax.data import command  # pylint: disable=g-import-not-at-top
+  from metarec_jax.data.convert import command  # pylint: disable=g-import-not-at-top
   command.define_flags(fv)
 
 

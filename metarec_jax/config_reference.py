@@ -303,7 +303,7 @@ ALLOWED: dict[str, Any] = {
     "model.hidden": R.Tuple(R.Int(1), min_len=1),
     "model.compute_dtype": R.OneOf("metarec_jax.models.precision",
                                    "COMPUTE_DTYPES"),
-    "data.name": R.OneOf("metarec_jax.data.prepare", "DATASETS"),
+    "data.name": R.OneOf("metarec_jax.data.convert.prepare", "DATASETS"),
     "data.root": R.Text(),
     "data.store": R.Text(),
     "data.item_id_dropout": _SHARE,

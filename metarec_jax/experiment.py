@@ -15,7 +15,8 @@ import jax
 import numpy as np
 
 from metarec_jax import backend, meta, models, runtime
-from metarec_jax.data import implicit, prepare, splits
+from metarec_jax.data import implicit, splits
+from metarec_jax.data.convert import prepare
 from metarec_jax.data.sampler import SamplerSpec
 from metarec_jax.data.store import TaskStore
 from metarec_jax.data.tasks import FeatureTables

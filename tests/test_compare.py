@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ROOT, config_path
 from metarec_jax import config_io, experiment, meta, models
-from metarec_jax.data import synthetic
+from metarec_jax.data.convert import synthetic
 from metarec_jax.data.store import open_store
 from metarec_jax.data.tasks import FeatureTables
 

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from metarec_jax.data import splits, store as store_lib, synthetic
+from metarec_jax.data import splits, store as store_lib
+from metarec_jax.data.convert import synthetic
 from metarec_jax.data.sampler import SamplerSpec, TrainSampler
 from metarec_jax.data.tasks import FeatureTables, taskset_batches
 

@@ -8,7 +8,7 @@ import pytest
 
 from cli_run import assert_one_line_error, last_json, metarec
 from conftest import ML1M_NEW_USERS, ML1M_TRAIN_USERS
-from metarec_jax.data import ratings_io
+from metarec_jax.data.convert import ratings_io
 from metarec_jax.data import store as store_lib
 from metarec_jax.eval import metrics, predictions_file
 

@@ -21,7 +21,7 @@ from flax import traverse_util
 from conftest import config_path
 from procs import start, wait_for
 from metarec_jax import config_io, experiment, export, meta, runtime
-from metarec_jax.data import ratings_io
+from metarec_jax.data.convert import ratings_io
 from metarec_jax.data.tasks import FeatureTables
 from metarec_jax.errors import InputError
 from metarec_jax.export import layout

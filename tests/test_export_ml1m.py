@@ -6,7 +6,7 @@ import pytest
 
 from cli_run import last_json, metarec
 from metarec_jax import config_io, experiment, export, meta, runtime
-from metarec_jax.data import ratings_io
+from metarec_jax.data.convert import ratings_io
 from metarec_jax.workdir.restore import load_state
 
 

@@ -18,7 +18,7 @@ from conftest import config_path
 from procs import (checkpoint_steps, metarec, start, tmp_checkpoints,
                    wait_for)
 from metarec_jax import config_io
-from metarec_jax.data import prepare
+from metarec_jax.data.convert import prepare
 
 TINY = f"--config={config_path('tiny')}"
 # No validation and one bucket: the fewest programs to compile per process.

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 
 from cli_run import assert_one_line_error, last_json, metarec
-from metarec_jax.data import fetch
+from metarec_jax.data.convert import fetch
 from metarec_jax.errors import InputError
 
 

@@ -9,7 +9,7 @@ import pytest
 import datafiles
 from conftest import config_path
 from metarec_jax import config_io
-from metarec_jax.data import generic, prepare, ratings_io
+from metarec_jax.data.convert import generic, prepare, ratings_io
 from metarec_jax.data import store as store_lib
 from metarec_jax.errors import InputError
 

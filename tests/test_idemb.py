@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from metarec_jax import meta, models
-from metarec_jax.data import synthetic
+from metarec_jax.data.convert import synthetic
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec, item_id_spec
 from metarec_jax.data.store import open_store
 from metarec_jax.data.tasks import FeatureTables, batch_shapes

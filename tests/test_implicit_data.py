@@ -6,7 +6,8 @@ import pytest
 import datafiles
 from conftest import config_path
 from metarec_jax import config_io, experiment
-from metarec_jax.data import implicit, prepare
+from metarec_jax.data import implicit
+from metarec_jax.data.convert import prepare
 from metarec_jax.data import store as store_lib
 from metarec_jax.data.sampler import TrainSampler
 from metarec_jax.errors import InputError

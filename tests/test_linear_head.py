@@ -8,7 +8,7 @@ import pytest
 
 from conftest import random_tasks
 from metarec_jax import meta, models
-from metarec_jax.data import synthetic
+from metarec_jax.data.convert import synthetic
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import random_tasks
 from metarec_jax import meta, models
-from metarec_jax.data import splits, store as store_lib, synthetic
+from metarec_jax.data import splits, store as store_lib
+from metarec_jax.data.convert import synthetic
 from metarec_jax.data.sampler import SamplerSpec, TrainSampler
 from metarec_jax.data.schema import ITEM_ID
 from metarec_jax.data.tasks import FeatureTables

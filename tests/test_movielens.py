@@ -11,7 +11,7 @@ import pytest
 import datafiles
 from conftest import config_path
 from metarec_jax import config_io, experiment
-from metarec_jax.data import movielens, movielens100k, prepare
+from metarec_jax.data.convert import movielens, movielens100k, prepare
 from metarec_jax.data import store as store_lib
 from metarec_jax.errors import InputError
 

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import config_path
 from metarec_jax import config_io, meta, models
-from metarec_jax.data import splits, store as store_lib, synthetic
+from metarec_jax.data import splits, store as store_lib
+from metarec_jax.data.convert import synthetic
 from metarec_jax.data.sampler import SamplerSpec, TrainSampler
 from metarec_jax.data.tasks import FeatureTables
 from metarec_jax.models import precision

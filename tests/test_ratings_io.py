@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import datafiles
-from metarec_jax.data import movielens, ratings_io, splits, synthetic
+from metarec_jax.data import splits
+from metarec_jax.data.convert import movielens, ratings_io, synthetic
 from metarec_jax.data import store as store_lib
 from metarec_jax.errors import InputError
 from metarec_jax.eval.user_file import new_user_tasks

@@ -371,7 +371,7 @@ def test_the_readme_serve_flags_exist():
 
 
 def test_interaction_log_generic_columns_torn_tail_and_lock(tmp_path):
-  from metarec_jax.data import ratings_io  # pylint: disable=g-import-not-at-top
+  from metarec_jax.data.convert import ratings_io  # pylint: disable=g-import-not-at-top
   from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
   from metarec_jax.serve import interaction_log  # pylint: disable=g-import-not-at-top
   fmt = ratings_io.RatingsFormat(

@@ -120,7 +120,8 @@ def train(fv, workdir: str) -> None:
 def write_ratings_file(workdir: str, path: str) -> int:
   """Every store user's ratings as a ratings file; returns the row count."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from metarec_jax.data import ratings_io, store as store_lib  # pylint: disable=g-import-not-at-top
+  from metarec_jax.data import store as store_lib  # pylint: disable=g-import-not-at-top
+  from metarec_jax.data.convert import ratings_io  # pylint: disable=g-import-not-at-top
   store = store_lib.open_store(os.path.join(workdir, "store"))
   if os.path.exists(path):
     return store.num_ratings

@@ -38,7 +38,7 @@ import os
 import numpy as np
 
 from metarec_jax import config_io
-from metarec_jax.data import ratings_io
+from metarec_jax.data.convert import ratings_io
 from metarec_jax.data import store as store_lib
 from metarec_jax.data.splits import SCENARIOS
 from metarec_jax.eval import metrics, predictions_file

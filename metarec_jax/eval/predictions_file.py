@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from metarec_jax.data import delimited
+from metarec_jax.data.convert import delimited
 from metarec_jax.errors import InputError
 
 FILE_NAME = "predictions.tsv"
@@ -48,7 +48,7 @@ def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
   Raises:
     InputError: a missing file, a bad header, a line with another number
-      of fields or a value that is not a number (as `data.delimited`).
+      of fields or a value that is not a number (as `data.convert.delimited`).
   """
   table = delimited.read_table(path, delimiter="\t", encoding="utf-8",
                                header=True, allow_no_rows=True)

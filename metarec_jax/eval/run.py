@@ -8,7 +8,7 @@ from typing import Iterable
 import jax
 
 from metarec_jax import config_io, experiment, runtime
-from metarec_jax.data import ratings_io
+from metarec_jax.data.convert import ratings_io
 from metarec_jax.data.splits import SCENARIOS
 from metarec_jax.eval import predictions_file, tensorboard, verdicts
 from metarec_jax.eval import support_curve as curves

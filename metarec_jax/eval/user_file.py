@@ -15,7 +15,8 @@ import os
 
 import numpy as np
 
-from metarec_jax.data import ratings_io, splits
+from metarec_jax.data import splits
+from metarec_jax.data.convert import ratings_io
 from metarec_jax.data.store import TaskStore
 
 

@@ -28,7 +28,8 @@ import jax
 import numpy as np
 
 from metarec_jax import config_io, experiment, runtime
-from metarec_jax.data import implicit, ratings_io
+from metarec_jax.data import implicit
+from metarec_jax.data.convert import ratings_io
 from metarec_jax.data.splits import ragged_arange
 from metarec_jax.data.tasks import FeatureTables, bucket_widths, scatter_rows
 from metarec_jax.errors import InputError

@@ -33,7 +33,7 @@ import dataclasses
 
 import numpy as np
 
-from metarec_jax.data import ratings_io
+from metarec_jax.data.convert import ratings_io
 from metarec_jax.export import layout
 
 UNKNOWN_USERS = ("serve", "skip")

@@ -24,8 +24,8 @@ import time
 
 import numpy as np
 
-from metarec_jax.data import ratings_io
-from metarec_jax.data.ratings_io import RatingsFormat
+from metarec_jax.data.convert import ratings_io
+from metarec_jax.data.convert.ratings_io import RatingsFormat
 from metarec_jax.errors import InputError
 
 LOG_NAME = "interactions"

@@ -21,7 +21,7 @@ import jax
 
 from metarec_jax import config_io, config_reference, runtime
 from metarec_jax import eval as eval_lib
-from metarec_jax.data import prepare
+from metarec_jax.data.convert import prepare
 from metarec_jax.data.pipeline import Prefetcher
 from metarec_jax.eval import support_curve
 from metarec_jax.eval.evaluate import Evaluator

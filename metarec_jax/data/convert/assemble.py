@@ -16,8 +16,8 @@ from typing import Any, Callable
 import numpy as np
 
 from metarec_jax.data import store as store_lib
-from metarec_jax.data.features import Feature
-from metarec_jax.data.ratings_io import RatingsFormat, keep_last
+from metarec_jax.data.convert.features import Feature
+from metarec_jax.data.convert.ratings_io import RatingsFormat, keep_last
 
 DUPLICATE_RULE = ("a (user, item) pair rated more than once keeps its last"
                   " rating in file order")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from metarec_jax import atomic
-from metarec_jax.data import delimited
+from metarec_jax.data.convert import delimited
 from metarec_jax.data.splits import TaskSet
 from metarec_jax.data.store import TaskStore
 from metarec_jax.errors import InputError, excerpt

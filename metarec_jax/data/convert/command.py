@@ -62,7 +62,7 @@ ACTIONS = {  # action -> the flags it takes
 
 
 def _fetch(fv) -> dict:
-  from metarec_jax.data import fetch  # pylint: disable=g-import-not-at-top
+  from metarec_jax.data.convert import fetch  # pylint: disable=g-import-not-at-top
   dest = fetch.fetch(require_flag(fv, "dataset"), require_flag(fv, "dest"),
                      url=fv["url"].value, md5=fv["md5"].value, log=log.info)
   print(f"{fv['dataset'].value} files are in {dest}")
@@ -73,7 +73,7 @@ def _fetch(fv) -> dict:
 
 def _prepare(fv, config_file, overrides) -> dict:
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from metarec_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  from metarec_jax.data.convert import prepare  # pylint: disable=g-import-not-at-top
   out = require_flag(fv, "out")
   if config_file:
     config = config_io.apply_overrides(
@@ -94,7 +94,7 @@ def _prepare(fv, config_file, overrides) -> dict:
 
 
 def _synth(fv) -> dict:
-  from metarec_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from metarec_jax.data.convert import synthetic  # pylint: disable=g-import-not-at-top
   out = require_flag(fv, "out")
   given = {k: fv[k].value for k in _SYNTH_SPEC_FLAGS
            if fv[k].value is not None}
@@ -114,7 +114,8 @@ def _synth(fv) -> dict:
 
 def _inspect(path: str, quiet: bool = False) -> dict:
   # pylint: disable=g-import-not-at-top
-  from metarec_jax.data import describe, store as store_lib
+  from metarec_jax.data import store as store_lib
+  from metarec_jax.data.convert import describe
   summary = describe.summary(store_lib.open_store(path))
   if quiet:
     print(f"wrote the {summary['dataset']} task store to {summary['store']}:"

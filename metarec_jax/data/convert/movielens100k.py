@@ -31,9 +31,9 @@ from typing import Callable
 
 import numpy as np
 
-from metarec_jax.data import delimited, features
-from metarec_jax.data.assemble import assemble
-from metarec_jax.data.ratings_io import (RatingsFormat, parse_ratings,
+from metarec_jax.data.convert import delimited, features
+from metarec_jax.data.convert.assemble import assemble
+from metarec_jax.data.convert.ratings_io import (RatingsFormat, parse_ratings,
                                          strict_indices)
 from metarec_jax.errors import InputError, excerpt
 

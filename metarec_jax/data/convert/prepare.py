@@ -9,8 +9,9 @@ import tempfile
 from typing import Callable
 
 from metarec_jax.data import store as store_lib
-from metarec_jax.data import (generic, implicit, movielens, movielens100k,
-                              synthetic)
+from metarec_jax.data import implicit
+from metarec_jax.data.convert import (generic, movielens, movielens100k,
+                                      synthetic)
 from metarec_jax.errors import InputError
 
 DATASETS = ("synthetic", "movielens-1m", "movielens-100k", "generic")
