@@ -60,7 +60,7 @@ def test_store_writer_leaves_nothing_when_interrupted(tmp_path):
   out = str(tmp_path / "store")
   with pytest.raises(RuntimeError):
     with store_lib.StoreWriter(out) as w:
-      w.save("items.npy", np.arange(3))
+      w.save_array("items.npy", np.arange(3))
       raise RuntimeError("killed")
   assert os.listdir(tmp_path) == []
 

@@ -114,19 +114,19 @@ def test_bfloat16_round_trip():
 def test_writer_swaps_in_whole_folders_only(tmp_path):
   out = tmp_path / "out"
   with layout.ExportWriter(out) as w:
-    w.save("a.npy", np.arange(3))
+    w.save_array("a.npy", np.arange(3))
     w.finish({"num_users": 3})
   assert layout.read_manifest(str(out))["num_users"] == 3
   with pytest.raises(RuntimeError):
     with layout.ExportWriter(out) as w:
-      w.save("a.npy", np.arange(5))
+      w.save_array("a.npy", np.arange(5))
       raise RuntimeError("killed")
   np.testing.assert_array_equal(np.load(out / "a.npy"), np.arange(3))
   stale = tmp_path / ".out.tmp-dead"
   stale.mkdir()
   with layout.ExportWriter(out) as w:
     assert not stale.exists()
-    w.save("b.npy", np.arange(2))
+    w.save_array("b.npy", np.arange(2))
     w.finish({})
   assert sorted(os.listdir(out)) == ["b.npy", "manifest.json"]
   assert sorted(os.listdir(tmp_path)) == ["out"]

@@ -119,13 +119,13 @@ def convert_store(src: store_lib.TaskStore, out: str | os.PathLike, *,
       for name in os.listdir(os.path.join(src.path, side)):
         shutil.copy(os.path.join(src.path, side, name),
                     os.path.join(w.tmp, side, name))
-    w.save("offsets.npy", np.concatenate([[0], np.cumsum(pos_counts)]
+    w.save_array("offsets.npy", np.concatenate([[0], np.cumsum(pos_counts)]
                                          ).astype(np.int64))
-    w.save("items.npy", items[positive].astype(np.int32))
-    w.save("ratings.npy", np.ones(int(positive.sum()), np.float32))
+    w.save_array("items.npy", items[positive].astype(np.int32))
+    w.save_array("ratings.npy", np.ones(int(positive.sum()), np.float32))
     if src.timestamps is not None:
-      w.save("timestamps.npy", np.asarray(src.timestamps)[positive])
-    w.save(INTERACTED, interacted)
+      w.save_array("timestamps.npy", np.asarray(src.timestamps)[positive])
+    w.save_array(INTERACTED, interacted)
     manifest = {k: v for k, v in src.manifest.items() if k != "format"}
     # rating_min/max stay the input's scale: export and serving read
     # ratings on it and compare them with the threshold.

@@ -144,8 +144,8 @@ class StoreWriter(atomic.Folder):
   Usage:
 
       with StoreWriter(out) as w:
-        w.save("items.npy", items)
-        ratings = w.open("ratings.npy", np.float32, (n,))   # fill in place
+        w.save_array("items.npy", items)
+        ratings = w.open_array("ratings.npy", np.float32, (n,))  # fill it
         ...
         w.finish(manifest)
 
@@ -159,12 +159,6 @@ class StoreWriter(atomic.Folder):
     for folder in ("user", "item", "vocab"):
       os.makedirs(os.path.join(self.tmp, folder))
     return self
-
-  def save(self, name: str, array: np.ndarray) -> None:
-    self.save_array(name, array)
-
-  def open(self, name: str, dtype, shape) -> np.ndarray:
-    return self.open_array(name, dtype, shape)
 
   def save_vocab(self, name: str, categories: list[str]) -> None:
     with open(os.path.join(self.tmp, "vocab", f"{name}.json"), "w") as f:
@@ -189,16 +183,16 @@ def write_store(out: str | os.PathLike, *, dataset: str,
     extra: more manifest entries (source files, notes, item class rule).
   """
   with StoreWriter(out) as w:
-    w.save("user_ids.npy", user_ids)
-    w.save("item_ids.npy", item_ids)
-    w.save("offsets.npy", np.asarray(offsets, np.int64))
-    w.save("items.npy", np.asarray(items, np.int32))
-    w.save("ratings.npy", np.asarray(ratings, np.float32))
+    w.save_array("user_ids.npy", user_ids)
+    w.save_array("item_ids.npy", item_ids)
+    w.save_array("offsets.npy", np.asarray(offsets, np.int64))
+    w.save_array("items.npy", np.asarray(items, np.int32))
+    w.save_array("ratings.npy", np.asarray(ratings, np.float32))
     if timestamps is not None:
-      w.save("timestamps.npy", np.asarray(timestamps, np.int64))
-    w.save("item_new.npy", np.asarray(item_new, bool))
+      w.save_array("timestamps.npy", np.asarray(timestamps, np.int64))
+    w.save_array("item_new.npy", np.asarray(item_new, bool))
     for spec, array, vocab in features:
-      w.save(f"{spec.side}/{spec.name}.npy", np.asarray(array, np.int32))
+      w.save_array(f"{spec.side}/{spec.name}.npy", np.asarray(array, np.int32))
       w.save_vocab(spec.name, vocab)
     w.finish(manifest_for(dataset=dataset, num_users=len(user_ids),
                           num_items=len(item_ids), ratings=ratings,

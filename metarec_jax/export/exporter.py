@@ -169,7 +169,7 @@ class _Job:
                                       self.mesh, dtype=self.dtype, k=self.k)
 
   def _save(self, name: str, array, per_user: bool = False) -> None:
-    self.writer.save(name, array)
+    self.writer.save_array(name, array)
     if per_user:
       self.per_user_files.append(name)
 

@@ -168,7 +168,7 @@ class ExportWriter(atomic.Folder):
   Usage:
 
       with ExportWriter(out) as w:
-        w.save("users.npy", ids)
+        w.save_array("users.npy", ids)
         adapted = w.open("params/adapted/x.npy", np.float32, (n, 4))
         ...
         w.finish(manifest)
@@ -193,9 +193,6 @@ class ExportWriter(atomic.Folder):
   def __exit__(self, exc_type, exc, tb):
     self.close_mapped()
     return super().__exit__(exc_type, exc, tb)
-
-  def save(self, name: str, array: np.ndarray) -> None:
-    self.save_array(name, array)
 
   def open(self, name: str, dtype, shape) -> np.ndarray:
     """A writable memory-mapped `.npy` file (filled in place).

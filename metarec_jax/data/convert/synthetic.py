@@ -202,10 +202,10 @@ def generate(spec: SyntheticSpec, out: str | os.PathLike, *,
   num_chunks = -(-spec.num_users // spec.chunk_users)
   specs = spec.features()
   with store_lib.StoreWriter(out) as w:
-    user_feat = {s.name: w.open(f"user/{s.name}.npy", np.int32,
+    user_feat = {s.name: w.open_array(f"user/{s.name}.npy", np.int32,
                                 (spec.num_users,))
                  for s in specs if s.side == "user"}
-    offsets = w.open("offsets.npy", np.int64, (spec.num_users + 1,))
+    offsets = w.open_array("offsets.npy", np.int64, (spec.num_users + 1,))
     offsets[0] = 0
     raw_items = open(os.path.join(w.tmp, "items.raw"), "wb")
     raw_ratings = open(os.path.join(w.tmp, "ratings.raw"), "wb")
@@ -230,7 +230,7 @@ def generate(spec: SyntheticSpec, out: str | os.PathLike, *,
     for name, dtype in (("items", np.int32), ("ratings", np.float32)):
       src = np.memmap(os.path.join(w.tmp, f"{name}.raw"), dtype=dtype,
                       mode="r", shape=(total,))
-      dst = w.open(f"{name}.npy", dtype, (total,))
+      dst = w.open_array(f"{name}.npy", dtype, (total,))
       step = 1 << 24
       for i in range(0, total, step):
         dst[i:i + step] = src[i:i + step]
@@ -240,15 +240,17 @@ def generate(spec: SyntheticSpec, out: str | os.PathLike, *,
     for arr in (*user_feat.values(), offsets):
       arr.flush()
     del user_feat, offsets
-    w.save("user_ids.npy", np.arange(1, spec.num_users + 1, dtype=np.int64))
-    w.save("item_ids.npy", np.arange(1, spec.num_items + 1, dtype=np.int64))
+    w.save_array("user_ids.npy",
+                 np.arange(1, spec.num_users + 1, dtype=np.int64))
+    w.save_array("item_ids.npy",
+                 np.arange(1, spec.num_items + 1, dtype=np.int64))
     num_new = int(round(spec.new_item_fraction * spec.num_items))
     item_new = np.zeros(spec.num_items, bool)
     item_new[_rng(spec, 2).permutation(spec.num_items)[:num_new]] = True
-    w.save("item_new.npy", item_new)
+    w.save_array("item_new.npy", item_new)
     for s in specs:
       if s.side == "item":
-        w.save(f"item/{s.name}.npy", world.item_features[s.name])
+        w.save_array(f"item/{s.name}.npy", world.item_features[s.name])
       w.save_vocab(s.name, ["<pad>"] + [f"{s.name}_{i}"
                                         for i in range(1, s.vocab)])
     mean = rating_sum / max(total, 1)
