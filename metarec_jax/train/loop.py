@@ -4,12 +4,14 @@ One readable loop in the big_vision manner: build the state with a jitted
 init, compile the meta-step for every batch shape ahead of time, then step,
 log, evaluate and checkpoint. Metrics reach the host only on log steps; the
 non-finite counters are read only where the loop reads the device anyway
-(see `NonFiniteGuard`). Each cadence (log, histograms, validation,
+(see `NonFiniteGuard`); the host waits only when it is `MAX_AHEAD` steps
+ahead of the device. Each cadence (log, histograms, validation,
 checkpoint) is one `due` test.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import logging
 import math
@@ -33,6 +35,8 @@ from metarec_jax.workdir.preemption import StopRequest
 from metarec_jax.train.trainer import Trainer, check_batch_size
 
 log = logging.getLogger("metarec")
+
+MAX_AHEAD = 2  # steps the host may dispatch before the device finishes them
 
 
 class TrainingError(Exception):
@@ -263,12 +267,19 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       pipeline = Prefetcher(trainer.sampler, trainer.task_sharding,
                             start=step, stop=num_steps,
                             depth=int(tc.prefetch))
+      in_flight = collections.deque()  # a scalar of each unfinished step
       progress.start(num_steps, step)
       try:
         for step_index, batch in pipeline:
           state, metrics = trainer.step(state, trainer.prepare(batch),
                                         trainer.horizon)
           step = step_index + 1
+          # The host runs at most MAX_AHEAD steps ahead of the device (each
+          # step in flight holds its batch): a wait, not a read, and only
+          # when the device is behind.
+          in_flight.append(metrics["train/loss"])
+          if len(in_flight) > MAX_AHEAD:
+            in_flight.popleft().block_until_ready()
 
           values = None  # the metrics on the host, on log steps only
           if due(step, log_every, num_steps):
