@@ -81,3 +81,51 @@ def test_eval_every_minus_one_never_validates_nor_compiles_for_it(tmp_path):
   with open(tmp_path / "metrics.jsonl") as f:
     assert not any("val/" in line for line in f)
   assert not (tmp_path / "eval" / "support_curve.json").exists()
+
+
+def test_from_max_nonfinite_on_the_step_refuses_every_update(trainer):
+  """A finite step updates the state below the limit and is refused (and
+  counted) once `train.max_nonfinite` skipped steps in a row were reached,
+  so the loop may read the counters late and still stop at the exact step."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  limit = int(trainer.config.train.max_nonfinite)
+  batch = jax.device_put(trainer.sampler.batch(0), trainer.task_sharding)
+
+  def step_with_streak(streak):
+    state = trainer.init(trainer.rng())
+    # The optimizer state changes on any applied update (also at a zero
+    # learning rate during the warm-up).
+    before = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    state = state.replace(nonfinite_streak=jax.device_put(
+        jnp.int32(streak), trainer.replicated))
+    state, _ = trainer.step(state, batch, trainer.horizon)
+    changed = any(not np.array_equal(a, np.asarray(b)) for a, b in zip(
+        jax.tree.leaves(before),
+        jax.tree.leaves((state.params, state.opt_state))))
+    return changed, int(state.nonfinite_streak), int(state.nonfinite_total)
+
+  assert step_with_streak(limit - 1) == (True, 0, 0)
+  assert step_with_streak(limit) == (False, limit + 1, 1)
+
+
+def test_the_guard_names_the_step_that_reached_the_limit(caplog):
+  from metarec_jax.train.loop import NonFiniteGuard, TrainingError  # pylint: disable=g-import-not-at-top
+
+  class NoCheckpoints:
+    def wait(self):
+      pass
+
+    def latest_step(self):
+      return None
+
+  class Counters:
+    nonfinite_total = np.int32(0)
+
+  guard = NonFiniteGuard(3, NoCheckpoints(), 0, Counters())
+  guard.check(4, 0, 2)  # two skipped steps, then finite ones
+  assert "steps 1-4: non-finite loss, meta-gradient or update; update" \
+         " skipped 2 time(s)" in caplog.text
+  # Read at step 10 with a streak of 5: the limit of 3 was reached at step 8.
+  with pytest.raises(TrainingError, match=r"^step 8: 3 consecutive steps .*"
+                     r"\(train.max_nonfinite=3\); no checkpoint was saved$"):
+    guard.check(10, 5, 7)
