@@ -1,0 +1,96 @@
+"""A damaged, changed or moved checkpoint: fall back, refuse or resume.
+
+Every test runs `metarec train` as real processes on real orbax folders.
+"""
+
+import os
+
+import pytest
+
+from faults import QUIET, TINY, copy_run, train_finished_run
+from procs import checkpoint_steps, metarec
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """A finished 6-step tiny run with checkpoints at steps 3 and 6."""
+  return train_finished_run(str(tmp_path_factory.mktemp("finished")))
+
+
+def _data_files(folder):
+  """The array data files of an orbax (OCDBT) item folder."""
+  files = [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs
+           if os.path.basename(r) == "d"]
+  assert files
+  return files
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_corrupt_newest_checkpoint_falls_back_with_a_warning(
+    finished_run, tmp_path, damage):
+  workdir = copy_run(finished_run, tmp_path)
+  for victim in _data_files(os.path.join(workdir, "checkpoints", "6",
+                                         "state")):
+    if damage == "truncate":
+      with open(victim, "r+b") as f:
+        f.truncate(os.path.getsize(victim) // 3)
+    else:
+      os.remove(victim)
+  out = metarec("train", f"--workdir={workdir}", "--config.train.num_steps=8")
+  assert out.returncode == 0, out.stderr
+  warning = [l for l in out.stderr.splitlines() if "cannot be read" in l]
+  assert warning, out.stderr
+  assert "step 6" in warning[0] and "step 3" in warning[0]
+  assert "resumed from the checkpoint of step 3" in out.stderr
+  assert 8 in checkpoint_steps(workdir)
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(
+    finished_run, tmp_path):
+  workdir = copy_run(finished_run, tmp_path)
+  for step in (3, 6):
+    folder = os.path.join(workdir, "checkpoints", str(step), "state")
+    for victim in _data_files(folder):
+      with open(victim, "r+b") as f:
+        f.truncate(10)
+  out = metarec("train", f"--workdir={workdir}", "--config.train.num_steps=8")
+  assert out.returncode == 1
+  assert "no usable checkpoint" in out.stderr
+  assert "Traceback" not in out.stderr
+  assert checkpoint_steps(workdir) == [3, 6]
+
+
+def test_shape_changing_config_on_resume_is_refused(finished_run, tmp_path):
+  workdir = copy_run(finished_run, tmp_path)
+  out = metarec("train", f"--workdir={workdir}", "--config.model.hidden=(8,8)",
+                "--config.train.num_steps=8")
+  assert out.returncode == 2, out.stderr
+  assert "cannot resume the checkpoint of step 6" in out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("metarec train: error: cannot resume")
+  assert "model.hidden" in last and "decision/fc1" in last
+  assert checkpoint_steps(workdir) == [3, 6]
+
+
+def test_harmless_config_change_on_resume_is_accepted_and_logged(
+    finished_run, tmp_path):
+  workdir = copy_run(finished_run, tmp_path)
+  out = metarec("train", f"--workdir={workdir}", "--config.train.num_steps=8",
+                "--config.log.every_steps=1")
+  assert out.returncode == 0, out.stderr
+  assert "changed config: train.num_steps 6 -> 8" in out.stderr
+  assert "changed config: log.every_steps" in out.stderr
+  assert 8 in checkpoint_steps(workdir)
+
+
+def test_restore_across_device_counts(tmp_path):
+  """Saved on 4 devices, resumed on 1, then saved on 1, resumed on 4."""
+  workdir = str(tmp_path / "run")
+  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET, devices=4)
+  assert out.returncode == 0, out.stderr
+  for steps, devices, resumed in ((9, 1, 6), (12, 4, 9)):
+    out = metarec("train", f"--workdir={workdir}",
+                  f"--config.train.num_steps={steps}", devices=devices)
+    assert out.returncode == 0, out.stderr
+    assert f"resumed from the checkpoint of step {resumed}" in out.stderr
+    assert steps in checkpoint_steps(workdir)

@@ -1,0 +1,116 @@
+"""Never save a broken state: non-finite steps are skipped, counted and
+stop the run at `train.max_nonfinite`, and what was saved stays finite.
+
+Every test runs `metarec train` as real processes on real orbax folders.
+"""
+
+import json
+import os
+import re
+
+import jax
+import numpy as np
+
+from conftest import config_path
+from faults import QUIET, TINY, assert_finite, saved_state
+from procs import checkpoint_steps, metarec
+from metarec_jax import config_io
+from metarec_jax.data.convert import prepare
+
+
+def _store(workdir, tmp_path):
+  config = config_io.load_config_file(config_path("tiny"))
+  path = os.path.join(workdir, "store")
+  prepare.prepare(config.data, path)
+  return path
+
+
+def test_non_finite_meta_gradients_are_skipped_and_counted(tmp_path):
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  store = _store(workdir, tmp_path)
+  ratings = np.load(os.path.join(store, "ratings.npy"), mmap_mode="r+")
+  offsets = np.load(os.path.join(store, "offsets.npy"))
+  for u in (5, 6, 7):  # three users' ratings become NaN
+    ratings[offsets[u]:offsets[u + 1]] = np.nan
+  ratings.flush()
+  out = metarec("train", TINY, f"--workdir={workdir}",
+                "--config.train.num_steps=60", "--config.log.every_steps=60",
+                "--config.train.eval_every_steps=0")
+  assert out.returncode == 0, out.stderr
+  assert ("non-finite loss, meta-gradient or update; update skipped"
+          in out.stderr)
+  last = json.loads(open(os.path.join(workdir, "metrics.jsonl"))
+                    .read().splitlines()[0])
+  assert last["step"] == 60 and last["train/nonfinite_total"] >= 1
+  state = saved_state(workdir, 60)
+  assert all(np.isfinite(np.asarray(x)).all()
+             for x in jax.tree.leaves(state["params"]))
+
+
+def test_persistent_non_finite_gradients_stop_the_run_naming_the_step(
+    tmp_path):
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  store = _store(workdir, tmp_path)
+  ratings = np.load(os.path.join(store, "ratings.npy"), mmap_mode="r+")
+  ratings[:] = np.inf
+  ratings.flush()
+  out = metarec("train", TINY, f"--workdir={workdir}",
+                "--config.train.max_nonfinite=3",
+                "--config.train.num_steps=20")
+  assert out.returncode == 1
+  last = out.stderr.strip().splitlines()[-1]
+  assert ("step 3: 3 consecutive steps with a non-finite loss, meta-gradient"
+          " or update" in last)
+  assert last.endswith("no checkpoint was saved")
+  assert checkpoint_steps(workdir) == []
+
+
+def test_an_infinite_learning_rate_saves_no_non_finite_state(tmp_path):
+  """The gradients are finite, the updates are not: the state is guarded,
+  what was saved is finite, and a resume with a sane rate goes on.
+
+  `train.lr=inf` is refused by the config check; 1e39 passes it (a finite
+  Python float) and is infinite as the device's float32.
+  """
+  workdir = str(tmp_path / "run")
+  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET,
+                "--config.train.lr=1e39", "--config.train.max_nonfinite=3",
+                "--config.checkpoint.every_steps=2")
+  assert out.returncode == 1, out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert ("step 3: 3 consecutive steps with a non-finite loss, meta-gradient"
+          " or update" in last)
+  assert last.endswith("the newest checkpoint, of step 2, holds a finite"
+                       " state to resume from with other settings")
+  assert checkpoint_steps(workdir) == [2]
+  assert_finite(saved_state(workdir, 2))
+  # The tiny config's own rate: a sane resume goes on from step 2.
+  lr = config_io.load_config_file(config_path("tiny")).train.lr
+  out = metarec("train", f"--workdir={workdir}", f"--config.train.lr={lr}")
+  assert out.returncode == 0, out.stderr
+  assert "resumed from the checkpoint of step 2" in out.stderr
+  assert checkpoint_steps(workdir) == [2, 4, 6]
+  state = saved_state(workdir, 6)
+  assert_finite(state)
+  assert int(state["nonfinite_streak"]) == 0
+  assert int(state["nonfinite_total"]) == 2  # steps 1 and 2 were skipped
+
+
+def test_a_diverging_inner_loop_names_no_checkpoint_that_is_not_there(
+    tmp_path):
+  workdir = str(tmp_path / "run")
+  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET,
+                "--config.meta.inner_lr=1e30", "--config.train.max_nonfinite=2",
+                "--config.checkpoint.every_steps=0")
+  assert out.returncode == 1, out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  # The step that stops it depends on the model (the anchored default's
+  # gated network starts at zero, so its first steps can stay finite).
+  step = re.fullmatch(r"metarec train: error: step (\d+): .*", last)
+  assert step and int(step.group(1)) >= 2, last
+  assert last == (f"metarec train: error: step {step.group(1)}: 2 consecutive"
+                  " steps with a non-finite loss, meta-gradient or update"
+                  " (train.max_nonfinite=2); no checkpoint was saved")
+  assert checkpoint_steps(workdir) == []
