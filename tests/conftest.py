@@ -38,6 +38,23 @@ absl_logging.set_verbosity(absl_logging.WARNING)
 logging.getLogger("absl").setLevel(logging.WARNING)
 
 
+# The files that take longest (real multi-process runs, trained fixtures)
+# start first: pytest-xdist hands out whole files in collection order, so a
+# long file collected last would run alone at the end of the suite.
+LONGEST_FIRST = ("test_multiprocess.py", "test_fault_tolerance.py",
+                 "test_export.py", "test_serve.py", "test_nonfinite.py",
+                 "test_checkpoint_recovery.py", "test_learners_export.py",
+                 "test_device_bench.py", "test_bench.py", "test_testbed.py")
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    name = os.path.basename(str(item.path))
+    return (LONGEST_FIRST.index(name) if name in LONGEST_FIRST
+            else len(LONGEST_FIRST))
+  items.sort(key=rank)  # stable: each file keeps its own order
+
+
 def config_path(name: str) -> str:
   return os.path.join(ROOT, "configs", f"{name}.py")
 
