@@ -19,6 +19,7 @@ import optax
 import pytest
 
 from conftest import config_path
+from faults import copy_run
 from procs import checkpoint_steps, metarec
 from metarec_jax.workdir import optim, resume
 
@@ -66,12 +67,6 @@ def base_run(tmp_path_factory):
   assert out.returncode == 0, out.stderr
   assert checkpoint_steps(workdir) == [3, 6]
   return workdir
-
-
-def copy_run(src, tmp_path):
-  dst = str(tmp_path / "run")
-  shutil.copytree(src, dst)
-  return dst
 
 
 def test_learning_rate_is_optax_warmup_cosine_decay():
