@@ -174,6 +174,7 @@ class Checkpointer:
     try:
       yield
     except Exception as e:  # pylint: disable=broad-except
+      orbax_logs.quiet_aborted_io()  # the sibling writes' failures
       failed = self._in_flight if self._in_flight is not None else step
       self._in_flight, self._failed = None, True
       self._abandon()
@@ -233,7 +234,7 @@ class Checkpointer:
     steps = self.steps()
     if not steps:
       raise CheckpointError(f"no checkpoint in {self.directory}")
-    orbax_logs.quiet_aborted_reads()
+    orbax_logs.quiet_aborted_io()
     candidates = [int(step)] if step is not None else list(reversed(steps))
     if step is not None and int(step) not in steps:
       raise CheckpointError(

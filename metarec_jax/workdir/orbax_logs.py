@@ -13,16 +13,18 @@ import os
 import sys
 
 
-def quiet_aborted_reads() -> None:
-  """Drops the noise of an aborted orbax read.
+def quiet_aborted_io() -> None:
+  """Drops the noise of an aborted orbax read or write.
 
-  When a restore fails half-way (a truncated file), orbax abandons the
-  sibling reads: their failures surface later as asyncio's "Task exception
-  was never retrieved" log records and, for tensorstore callbacks that
-  arrive after orbax closed its event loop, as "Event loop is closed"
-  tracebacks through `sys.unraisablehook`. The real error has been reported
-  already (a fallback warning or the error that stops the run); everything
-  else still reaches the previous hook and the asyncio logger.
+  When a restore fails half-way (a truncated file) or a save fails (a full
+  disk), orbax abandons the sibling reads or writes: their failures surface
+  later, whenever the garbage collector reaches them, as asyncio's "Task
+  exception was never retrieved" or "_GatheringFuture exception was never
+  retrieved" log records and, for tensorstore callbacks that arrive after
+  orbax closed its event loop, as "Event loop is closed" tracebacks through
+  `sys.unraisablehook`. The real error has been reported already (a
+  fallback warning or the one line that stops the run); everything else
+  still reaches the previous hook and the asyncio logger.
   """
   previous = sys.unraisablehook
   if getattr(previous, "_metarec_filter", False):
@@ -36,12 +38,13 @@ def quiet_aborted_reads() -> None:
 
   hook._metarec_filter = True  # pylint: disable=protected-access
   sys.unraisablehook = hook
-  logging.getLogger("asyncio").addFilter(abandoned_read_failures)
+  logging.getLogger("asyncio").addFilter(abandoned_tensorstore_failures)
 
 
-def abandoned_read_failures(record: logging.LogRecord) -> bool:
-  """False for an unretrieved failure of a tensorstore read (see above)."""
-  if not record.getMessage().startswith("Task exception was never retrieved"):
+def abandoned_tensorstore_failures(record: logging.LogRecord) -> bool:
+  """False for an unretrieved failure of a tensorstore read or write (see
+  above), whichever asyncio object (task, gathering future) held it."""
+  if "exception was never retrieved" not in record.getMessage():
     return True
   error = record.exc_info[1] if record.exc_info else None
   text = str(error) if error is not None else record.getMessage()
