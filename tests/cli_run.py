@@ -9,8 +9,7 @@ from conftest import ROOT
 
 
 def metarec(*args, timeout=600, cwd=ROOT):
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
+  env = dict(os.environ)  # with conftest's XLA_FLAGS, no device count
   env["PYTHONPATH"] = os.pathsep.join(
       [ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
   return subprocess.run([sys.executable, "-m", "metarec_jax.cli", *args],

@@ -5,14 +5,14 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT
+from conftest import ROOT, TEST_XLA_FLAGS
 
 
 def env_with(devices: int | None = None, extra: dict | None = None) -> dict:
   env = dict(os.environ, **(extra or {}))
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = TEST_XLA_FLAGS
   if devices:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] += f" --xla_force_host_platform_device_count={devices}"
   env["PYTHONUNBUFFERED"] = "1"
   return env
 

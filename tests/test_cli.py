@@ -11,8 +11,7 @@ from conftest import ROOT, config_path
 
 
 def metarec(*args, timeout=600):
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
+  env = dict(os.environ)  # with conftest's XLA_FLAGS, no device count
   return subprocess.run([sys.executable, "-m", "metarec_jax.cli", *args],
                         capture_output=True, text=True, cwd=ROOT,
                         timeout=timeout, env=env)
