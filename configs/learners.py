@@ -28,8 +28,6 @@ the measured table is in docs/results.md.
 
 import importlib
 
-import ml_collections
-
 VARIANTS = {
     "maml": {},
     "fomaml": {"meta.algorithm": "fomaml"},
@@ -50,15 +48,9 @@ def get_config(arg: str = "maml"):
     section, name = key.split(".")
     c[section][name] = value
   if variant in ("metric", "amortised", "hybrid", "distilled"):
-    c.meta.encoder_hidden = 64  # width of the set encoder's layers
     # The encoders read the plain models' support rows; the anchored form
     # (default.py's) has none yet.
     c.model.anchor = False
-  if variant == "distilled":
-    c.distill = ml_collections.ConfigDict({
-        "teacher": "",  # required: the teacher's work directory
-        "weight": 0.5,  # share of the teacher's prediction in the target
-    })
   return c
 
 

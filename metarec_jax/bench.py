@@ -144,7 +144,7 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
            for dtype in precision.COMPUTE_DTYPES}
   for dtype, rate in rates.items():
     log.info("dense %s matmul: %.1f GFLOP/s", dtype, rate)
-  compute_dtype = config.model.get("compute_dtype", "float32")
+  compute_dtype = config.model.compute_dtype
   peak = rates[compute_dtype]
   t0 = time.perf_counter()
   trainer = Trainer(config, workdir)
@@ -219,10 +219,10 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
           # Implicit feedback: sampled negatives per positive slot (the
           # support rows are support_width * (1 + negatives)).
           "negatives": trainer.sampler.spec.negatives,
-          "loss": config.model.get("loss", "mse"),
+          "loss": config.model.loss,
           "query_size": int(config.data.query_size),
           "devices": trainer.num_devices,
-          "mesh_model": runtime.model_axis_size(config),
+          "mesh_model": int(config.mesh.model),
           "backend": jax.default_backend(),
           "device_kind": jax.devices()[0].device_kind,
           "steps_timed": steps,

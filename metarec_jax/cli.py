@@ -81,7 +81,7 @@ def setup_runtime(config, *, compilation_cache: bool = True) -> None:
   from metarec_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.configure_cpu_devices(int(config.train.cpu_devices),
                                 int(config.train.tasks_per_step),
-                                runtime.model_axis_size(config))
+                                int(config.mesh.model))
   if compilation_cache:
     runtime.enable_compilation_cache()
 

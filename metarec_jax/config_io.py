@@ -1,7 +1,11 @@
-"""Configs: load `configs/*.py`, apply `--config.KEY=VALUE`, round-trip JSON.
+"""Configs: load `configs/*.py`, complete them, apply `--config.KEY=VALUE`,
+round-trip JSON.
 
 A config file defines `get_config()` returning an `ml_collections`
-ConfigDict (`--config=path.py:arg` passes `arg` to it). Overrides follow
+ConfigDict (`--config=path.py:arg` passes `arg` to it). Every config that
+enters (a file, a work directory's `config.json`, a library call) is
+completed from `config_defaults` (`complete`), so code reads keys
+directly and never restates a default. Overrides follow
 ml_collections' syntax: the new value is parsed according to the type of the
 value it replaces (tuples as Python literals, a bare word as a one-element
 tuple), and an unknown key is an error that names the nearest known keys.
@@ -10,6 +14,7 @@ tuple), and an unknown key is an error that names the nearest known keys.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
 import json
@@ -21,7 +26,7 @@ from typing import Any, Iterable, Mapping
 
 import ml_collections
 
-from metarec_jax import atomic
+from metarec_jax import atomic, config_defaults
 from metarec_jax.errors import InputError
 
 WORKDIR_CONFIG = "config.json"
@@ -71,7 +76,31 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   if not isinstance(config, ml_collections.ConfigDict):
     raise InputError("get_config() must return an ml_collections.ConfigDict",
                      path=path)
-  return config
+  return complete(config)
+
+
+def complete(config: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A new config: `config` (a ConfigDict or its `to_dict`) with every key
+  it lacks, so that code reads every key directly.
+
+  A missing key runs as it did before the key existed: its value in
+  `config_defaults.BEFORE_KEY`, else its default. Keys `config` has beyond
+  the defaults (a variant's own) are kept. Every config read from a file
+  (a config file, `config.json`, a checkpoint's or an export's record) and
+  every config a library entry point takes passes through here.
+  """
+  def merge(defaults: dict, given: Mapping[str, Any], prefix: str) -> dict:
+    out = {**defaults, **given}
+    for key, default in defaults.items():
+      if isinstance(default, dict) and isinstance(out[key], Mapping):
+        out[key] = merge(default, out[key] if key in given else {},
+                         f"{prefix}{key}.")
+      elif key not in given:
+        out[key] = config_defaults.BEFORE_KEY.get(prefix + key, default)
+    return out
+
+  return from_dict(merge(to_dict(config_defaults.get_config()),
+                         to_dict(config), ""))
 
 
 def flat(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -84,6 +113,21 @@ def flat(config: Mapping[str, Any]) -> dict[str, Any]:
     else:
       out[name] = value
   return out
+
+
+def dataclass_of(cls: type, section: Mapping[str, Any], name: str) -> Any:
+  """`cls(**section)`, the dataclass of a config section named `name`.
+
+  Raises:
+    InputError: the section has keys `cls` lacks (a typo in a config
+      file); the message names them and the known keys.
+  """
+  fields = sorted(f.name for f in dataclasses.fields(cls))
+  unknown = sorted(set(section) - set(fields))
+  if unknown:
+    raise InputError(f"unknown key(s) {name}.{', '.join(unknown)}; known:"
+                     f" {', '.join(fields)}")
+  return cls(**section)
 
 
 def _parse(key: str, text: str, current: Any) -> Any:
@@ -151,14 +195,14 @@ def apply_overrides(config: ml_collections.ConfigDict,
 
 
 def _plain(value: Any) -> Any:
-  if isinstance(value, ml_collections.ConfigDict):
+  if isinstance(value, (dict, ml_collections.ConfigDict)):
     return {k: _plain(v) for k, v in value.items()}
   if isinstance(value, (tuple, list)):
     return [_plain(v) for v in value]
   return value
 
 
-def to_dict(config: ml_collections.ConfigDict) -> dict:
+def to_dict(config: Mapping[str, Any]) -> dict:
   """JSON-ready dict (tuples become lists)."""
   return _plain(config)
 
@@ -215,7 +259,7 @@ def write_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> str
 
 
 def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config of a workdir written by `metarec train`."""
+  """The config of a workdir written by `metarec train` (`complete`)."""
   path = os.path.join(workdir, WORKDIR_CONFIG)
   if not os.path.exists(path):
     raise InputError("no config.json: not a metarec work directory (run"
@@ -227,4 +271,4 @@ def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     raise InputError(f"invalid JSON: {e.msg}", path=path, line=e.lineno) from e
   if not isinstance(record, dict) or "config" not in record:
     raise InputError("not a metarec config.json", path=path)
-  return from_dict(record["config"])
+  return complete(record["config"])

@@ -2,7 +2,7 @@
 
 Each rule checks one value (`problem(value)` is None or a short sentence)
 and describes itself for the README's config reference (`text`). The rules
-of every key live in `config_reference.ALLOWED`, beside the key's meaning;
+of every key live in `config_reference.ALLOWED`;
 `config_reference.validate` applies them before a command builds or creates
 anything.
 """

@@ -1,8 +1,8 @@
-"""The README's "Config reference" table, generated from `config_reference`.
+"""The README's "Config reference" table, generated from the config modules.
 
 The table lies between the `config-reference` marker comments and is
-written by `tools/config_reference.py` from `config_reference.MEANINGS`,
-`config_reference.ALLOWED` and `configs/default.py`; a test fails when a
+written by `tools/config_reference.py` from `config_meanings.MEANINGS`,
+`config_reference.ALLOWED` and the defaults (`config_defaults`); a test fails when a
 key of the default config has no meaning or rule, when a meaning or a rule
 names a key that no longer exists, or when the README's table differs from
 the generated one.
@@ -15,7 +15,8 @@ from typing import Any
 import ml_collections
 
 from metarec_jax import config_io
-from metarec_jax.config_reference import ALLOWED, MEANINGS
+from metarec_jax.config_meanings import MEANINGS
+from metarec_jax.config_reference import ALLOWED
 
 START = "<!-- config-reference:start -->"
 END = "<!-- config-reference:end -->"
@@ -34,7 +35,7 @@ def check(config: ml_collections.ConfigDict) -> list[str]:
   """Problems: keys without a meaning and meanings of unknown keys."""
   keys = list(config_io.flat(config))
   problems = [f"config key {k} has no meaning in"
-              " metarec_jax/config_reference.py MEANINGS"
+              " metarec_jax/config_meanings.py MEANINGS"
               for k in keys if not MEANINGS.get(k, "").strip()]
   problems += [f"MEANINGS names {k}, which the default config does not have"
                for k in MEANINGS if k not in keys]

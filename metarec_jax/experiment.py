@@ -41,8 +41,7 @@ class Experiment:
                        max_support=int(c.data.max_support),
                        min_support=int(c.data.min_support),
                        support_sampling=c.data.support_sampling,
-                       item_id_dropout=float(c.data.get("item_id_dropout",
-                                                        0.0)),
+                       item_id_dropout=float(c.data.item_id_dropout),
                        buckets=tuple(int(b) for b in c.data.buckets),
                        negatives=(int(self.implicit.negatives)
                                   if self.implicit.enabled else 0))
@@ -74,24 +73,19 @@ def protocol_spec(config) -> splits.ProtocolSpec:
 def meta_config(config, model: models.Recommender) -> meta.MetaConfig:
   """The `meta` section as a `MetaConfig`; empty `adapt` = model default."""
   m = config.meta
-  unroll = m.unroll
   try:
-    return _meta_config(m, unroll, model)
+    return meta.MetaConfig(
+        algorithm=m.algorithm, inner_steps=int(m.inner_steps),
+        inner_lr=float(m.inner_lr), second_order=bool(m.second_order),
+        adapt=tuple(m.adapt) or model.adapt,
+        inner_optimizer=m.inner_optimizer, remat=bool(m.remat),
+        dual_form=bool(m.dual_form),
+        # 0: automatic, per backend (`backend.inner_unroll`).
+        unroll=backend.inner_unroll(int(m.unroll), int(m.inner_steps)),
+        msl_weights=tuple(float(w) for w in m.msl_weights),
+        encoder_hidden=int(m.encoder_hidden))
   except ValueError as e:
     raise InputError(str(e)) from None
-
-
-def _meta_config(m, unroll, model):
-  return meta.MetaConfig(
-      algorithm=m.algorithm, inner_steps=int(m.inner_steps),
-      inner_lr=float(m.inner_lr), second_order=bool(m.second_order),
-      adapt=tuple(m.adapt) or model.adapt,
-      inner_optimizer=m.inner_optimizer, remat=bool(m.remat),
-      dual_form=bool(m.dual_form),
-      # 0: automatic, per backend (`backend.inner_unroll`).
-      unroll=backend.inner_unroll(int(unroll), int(m.inner_steps)),
-      msl_weights=tuple(float(w) for w in m.msl_weights),
-      encoder_hidden=int(m.get("encoder_hidden", 64)))
 
 
 def build(config, workdir: str | os.PathLike, *,
@@ -105,23 +99,22 @@ def build(config, workdir: str | os.PathLike, *,
     runtime.sync_processes("task store ready")
   store = prepare.ensure_store(config.data, workdir, log=log)
   split = splits.split(store, protocol_spec(config))
-  model_config = models.for_data(config.model,
-                                 implicit_data=implicit.is_implicit(store))
+  implicit_data = implicit.is_implicit(store)
+  model_config = models.for_data(config.model, implicit_data=implicit_data)
   try:
     tables = FeatureTables.from_store(
         store, models.feature_names(model_config, store.features),
         item_id=models.needs_item_id(model_config))
   except ValueError as e:
     raise InputError(str(e)) from None
-  implicit_data = implicit.is_implicit(store)
   ranking = [k for k in ("loss", "query_loss")
-             if config.model.get(k, "") in models.RANKING_LOSSES]
+             if config.model[k] in models.RANKING_LOSSES]
   if ranking and not implicit_data:
-    raise InputError(f"model.{ranking[0]}={config.model.get(ranking[0])} is"
+    raise InputError(f"model.{ranking[0]}={config.model[ranking[0]]} is"
                      " a loss for implicit feedback, but the data has ratings"
                      " (set data.implicit.enabled=true)")
   item_means = None
-  if model_config.get("anchor", False):
+  if model_config.anchor:
     counts = np.bincount(np.asarray(store.items)[split.train_positions],
                          minlength=store.num_items)
     item_means = (BaselineStats.from_split(store, split).item_mean,

@@ -143,12 +143,6 @@ def to_host(x):
   return np.asarray(x)
 
 
-def model_axis_size(config) -> int:
-  """`mesh.model` of a config (1 for a config written before the key)."""
-  mesh = config.get("mesh", None)
-  return int(mesh.get("model", 1)) if mesh is not None else 1
-
-
 def check_model_axis(model: int, *, devices: int, local_devices: int) -> None:
   """Raises `InputError` unless `model` devices can form the model axis:
   it must divide the devices of each process (a table's shards stay on one
@@ -195,6 +189,13 @@ def task_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def place(tree: Any, sharding: NamedSharding) -> Any:
+  """Host arrays every process holds in full -> global sharded arrays."""
+  return jax.tree.map(
+      lambda a: jax.make_array_from_callback(a.shape, sharding,
+                                             lambda idx: a[idx]), tree)
 
 
 def cpu_cores() -> int:

@@ -67,6 +67,13 @@ def config_path(name: str) -> str:
   return os.path.join(ROOT, "configs", f"{name}.py")
 
 
+def model_section(keys: dict):
+  """A complete `model` config section with `keys`; every other key as in
+  a config without it (`config_io.complete`: `model.anchor` off)."""
+  from metarec_jax import config_io  # pylint: disable=g-import-not-at-top
+  return config_io.complete({"model": keys}).model
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> str:
   """The folder of real test data (MovieLens-1M with MeLU features)."""

@@ -1,10 +1,9 @@
 """The baseline-anchored MeLU (`model.anchor`): it starts as the baseline."""
 
 import jax
-import ml_collections
 import numpy as np
 
-from conftest import random_tasks
+from conftest import model_section, random_tasks
 from metarec_jax import meta, models
 from metarec_jax.data.schema import FeatureSpec, item_id_spec
 
@@ -17,7 +16,7 @@ MU, PRIOR = 3.4, 3.0
 
 
 def build(**meta_kw):
-  cfg = ml_collections.ConfigDict({
+  cfg = model_section({
       "name": "melu", "anchor": True, "user_bias_prior": PRIOR,
       "embed_dim": 4, "hidden": (8,), "embed_std": 0.1, "item_id": False})
   model = models.build(cfg, FIELDS, rating_mean=MU, item_means=(ITEM_MEANS, COUNTS / (COUNTS + 5.0)),

@@ -1,5 +1,6 @@
 """Every config key is documented; the README's table is the generated one."""
 
+import json
 import os
 import re
 import subprocess
@@ -8,7 +9,8 @@ import sys
 import ml_collections
 import pytest
 
-from metarec_jax import config_io, config_reference, config_table
+from metarec_jax import (config_io, config_meanings, config_reference,
+                         config_table)
 from metarec_jax.errors import InputError
 from conftest import ROOT, config_path
 
@@ -36,7 +38,7 @@ def test_an_undocumented_or_removed_key_is_caught():
   config.train.new_knob = 3
   problems = config_table.check(config)
   assert problems == ["config key train.new_knob has no meaning in"
-                      " metarec_jax/config_reference.py MEANINGS",
+                      " metarec_jax/config_meanings.py MEANINGS",
                       "config key train.new_knob has no rule in"
                       " metarec_jax/config_reference.py ALLOWED"]
   with pytest.raises(KeyError):
@@ -56,7 +58,7 @@ def test_table_rows_show_key_default_allowed_values_and_meaning():
   assert table[0] == "| key | default | allowed | meaning |"
   assert table[2] == ("| `model.hidden` | `(64, 64)` | tuple of 1 or more:"
                       " integer >= 1 | "
-                      + config_reference.MEANINGS["model.hidden"] + " |")
+                      + config_meanings.MEANINGS["model.hidden"] + " |")
   assert table[3].startswith('| `model.name` | `"melu"` | one of "melu",'
                              ' "idemb" |')
 
@@ -64,13 +66,13 @@ def test_table_rows_show_key_default_allowed_values_and_meaning():
 def test_every_key_has_a_rule_and_no_rule_is_stale():
   config = default_config()
   config.train.new_knob = 3
-  config_reference.MEANINGS["train.new_knob"] = "A knob."
+  config_meanings.MEANINGS["train.new_knob"] = "A knob."
   try:
     assert config_table.check(config) == [
         "config key train.new_knob has no rule in"
         " metarec_jax/config_reference.py ALLOWED"]
   finally:
-    del config_reference.MEANINGS["train.new_knob"]
+    del config_meanings.MEANINGS["train.new_knob"]
 
 
 @pytest.mark.parametrize("name", ["default", "tiny", "melu_ref", "melu_ml1m",
@@ -129,3 +131,24 @@ def test_tool_prints_the_table():
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == config_table.markdown_table(
       default_config())
+
+
+def test_a_config_json_written_before_keys_existed_runs_as_it_did(tmp_path):
+  """`config_io.complete`: a missing key takes the value that reproduces a
+  run written before the key existed (`config_defaults.BEFORE_KEY`), else
+  its default; a variant's own keys are kept."""
+  saved = config_io.to_dict(default_config())
+  del saved["model"]["anchor"], saved["data"]["item_id_dropout"]
+  del saved["train"]["schedule_steps"], saved["distill"]
+  saved["model"]["own_key"] = 7
+  (tmp_path / config_io.WORKDIR_CONFIG).write_text(
+      json.dumps({"format": config_io.CONFIG_FORMAT, "config": saved}))
+  config = config_io.read_workdir_config(str(tmp_path))
+  assert config.model.anchor is False  # the default is True
+  assert config.data.item_id_dropout == 0.0  # the default is 0.1
+  assert config.train.schedule_steps == 0 and config.distill.teacher == ""
+  assert config.model.own_key == 7
+  del config.model["own_key"]
+  expected = default_config()
+  expected.model.anchor, expected.data.item_id_dropout = False, 0.0
+  assert config_io.to_dict(config) == config_io.to_dict(expected)

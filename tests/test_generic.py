@@ -2,7 +2,6 @@
 
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -139,11 +138,6 @@ def test_ratings_files_round_trip_in_the_store_format(shop, tmp_path):
   with pytest.raises(InputError, match=r"out.csv:3: unknown user zoe"):
     ratings_io.to_indices(path, s, *ratings_io.read_ratings(path, s)[:2],
                           ratings_io.read_ratings(path, s)[3])
-
-
-def test_a_config_dict_without_generic_section_uses_the_defaults():
-  spec = generic.spec_of(ml_collections.ConfigDict({"name": "generic"}))
-  assert spec == generic.GenericSpec()
 
 
 def test_melu_trains_on_string_ids(tmp_path):

@@ -6,10 +6,10 @@ evaluated) is in `test_compare.py`, which trains idemb runs anyway.
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from conftest import model_section
 from metarec_jax import meta, models
 from metarec_jax.data.convert import synthetic
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec, item_id_spec
@@ -27,9 +27,9 @@ def store(tmp_path_factory):
 
 
 def model_config(**changes):
-  c = ml_collections.ConfigDict({"name": "idemb", "features": (),
-                                 "embed_dim": 4, "hidden": (6,),
-                                 "interaction": "dot", "item_features": True})
+  c = model_section({"name": "idemb", "features": (), "embed_dim": 4,
+                     "hidden": (6,), "interaction": "dot",
+                     "item_features": True})
   c.update(changes)
   return c
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from conftest import random_tasks
+from conftest import model_section, random_tasks
 from metarec_jax import meta, models
 from metarec_jax.data.schema import FeatureSpec
 from metarec_jax.train import distill
@@ -178,9 +178,8 @@ SPECS = (FeatureSpec("item_id", "item", "categorical", 30, 1),
 def test_both_models_encode_their_support_rows(name, algorithm):
   """MeLU (a LinearHead) and IDEmb (a plain loss) offer `rows`; the encoder
   modulates exactly the adapted leaves; an empty task is the meta-params."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  mc = ml_collections.ConfigDict({"name": name, "embed_dim": 4,
-                                  "hidden": (8,), "features": ()})
+  mc = model_section({"name": name, "embed_dim": 4, "hidden": (8,),
+                      "features": ()})
   model = models.build(mc, SPECS, rating_mean=3.5)
   config = meta.MetaConfig(algorithm=algorithm, inner_steps=1,
                            adapt=model.adapt, encoder_hidden=8)
@@ -215,9 +214,8 @@ def test_both_models_encode_their_support_rows(name, algorithm):
 def test_distillation_blends_the_teachers_adapted_predictions():
   """The query targets are (1 - w) rating + w * the teacher's prediction
   after the teacher's own adaptation, computed here with meta.adapt."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  mc = ml_collections.ConfigDict({"name": "melu", "embed_dim": 4,
-                                  "hidden": (8,), "features": ()})
+  mc = model_section({"name": "melu", "embed_dim": 4, "hidden": (8,),
+                      "features": ()})
   model = models.build(mc, SPECS, rating_mean=3.5)
   config = meta.MetaConfig(inner_steps=2, inner_lr=0.1, adapt=model.adapt)
   params = model.init(jax.random.PRNGKey(1))

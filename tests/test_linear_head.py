@@ -2,11 +2,10 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from conftest import random_tasks
+from conftest import model_section, random_tasks
 from metarec_jax import meta, models
 from metarec_jax.data.convert import synthetic
 
@@ -22,8 +21,8 @@ def melu_and_tasks(num_tasks=3, n_support=7, n_query=4, seed=0):
   spec = synthetic.SyntheticSpec(director_vocab=20, actor_vocab=30,
                                  zip_vocab=10)
   fields = spec.features()
-  cfg = ml_collections.ConfigDict({"name": "melu", "features": (),
-                                   "embed_dim": 6, "hidden": (8, 5)})
+  cfg = model_section({"name": "melu", "features": (), "embed_dim": 6,
+                       "hidden": (8, 5)})
   model = models.build(cfg, fields, rating_mean=3.5)
   params = jax.tree.map(lambda x: x.astype(jnp.float64),
                         model.init(jax.random.PRNGKey(seed)))

@@ -4,12 +4,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from conftest import random_tasks
+from conftest import model_section, random_tasks
 from metarec_jax import meta, models
 from metarec_jax.data import splits, store as store_lib
 from metarec_jax.data.convert import synthetic
@@ -34,7 +33,7 @@ def model_config(**kw):
        "embed_dim": 4, "hidden": (6, 5), "embed_std": 1.0, "item_id": False,
        "loss": "mse", "query_loss": "", "huber_delta": 1.0}
   c.update(kw)
-  return ml_collections.ConfigDict(c)
+  return model_section(c)
 
 
 def test_huber_loss_is_twice_optax_huber_and_mse_near_zero():

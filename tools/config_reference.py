@@ -3,9 +3,10 @@
     python tools/config_reference.py            # print the table
     python tools/config_reference.py --write    # update README.md in place
 
-The keys and defaults come from `configs/default.py`, the meanings from
-`metarec_jax/config_reference.py` (`MEANINGS`); a key without a meaning is
-an error (status 1) that names it.
+The keys and defaults come from `configs/default.py` (the package's
+`config_defaults`), the meanings from `metarec_jax/config_meanings.py`
+(`MEANINGS`), the allowed values from `metarec_jax/config_reference.py`; a
+key without a meaning or a rule is an error (status 1) that names it.
 """
 
 from __future__ import annotations

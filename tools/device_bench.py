@@ -103,8 +103,7 @@ def _fit_mesh(config_file: str, devices: int) -> tuple[str, ...]:
   the devices of this machine (a 4-way sharded table on one GPU)."""
   from metarec_jax import config_io  # pylint: disable=g-import-not-at-top
   config = config_io.load_config_file(os.path.join(ROOT, config_file))
-  mesh = config.get("mesh")
-  model = int(mesh.get("model", 1)) if mesh is not None else 1
+  model = int(config.mesh.model)
   if model > 1 and devices % model:
     return ("--config.mesh.model=1",)
   return ()

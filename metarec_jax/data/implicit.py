@@ -28,9 +28,9 @@ import shutil
 
 import numpy as np
 
+from metarec_jax import config_io
 from metarec_jax.data import hashing
 from metarec_jax.data import store as store_lib
-from metarec_jax.errors import InputError
 
 SAMPLING = ("uniform", "popularity")
 INTERACTED = "interacted.npy"
@@ -54,29 +54,18 @@ class ImplicitSpec:
     eval_negatives: sampled evaluation: negatives per held-out positive.
   """
 
-  enabled: bool = False
-  threshold: float = 0.0
-  negatives: int = 1
-  sampling: str = "uniform"
-  eval_negatives: int = 100
+  enabled: bool
+  threshold: float
+  negatives: int
+  sampling: str
+  eval_negatives: int
 
 
 def spec_of(data_config) -> ImplicitSpec:
-  """The `ImplicitSpec` of a `data` config section (disabled if absent)."""
-  given = dict(data_config.get("implicit", {}) or {})
-  fields = {f.name for f in dataclasses.fields(ImplicitSpec)}
-  unknown = sorted(set(given) - fields)
-  if unknown:
-    raise InputError(f"unknown key(s) data.implicit.{', '.join(unknown)};"
-                     f" known: {', '.join(sorted(fields))}")
-  spec = ImplicitSpec(**given)
-  if spec.sampling not in SAMPLING:
-    raise InputError(f"data.implicit.sampling must be one of"
-                     f" {', '.join(SAMPLING)}, got {spec.sampling!r}")
-  if int(spec.negatives) < 0 or int(spec.eval_negatives) < 1:
-    raise InputError("data.implicit.negatives must be >= 0 and"
-                     " data.implicit.eval_negatives >= 1")
-  return spec
+  """The `ImplicitSpec` of a `data` config section (its values checked by
+  `config_reference.validate`)."""
+  return config_io.dataclass_of(ImplicitSpec, data_config.implicit,
+                                "data.implicit")
 
 
 def is_implicit(store: store_lib.TaskStore) -> bool:

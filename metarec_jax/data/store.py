@@ -83,14 +83,6 @@ class TaskStore:
     with open(os.path.join(self.path, "vocab", f"{name}.json")) as f:
       return json.load(f)
 
-  def user_index(self) -> dict:
-    """External user id -> user index."""
-    return {u: i for i, u in enumerate(self.user_ids.tolist())}
-
-  def item_index(self) -> dict:
-    """External item id -> item index."""
-    return {v: i for i, v in enumerate(self.item_ids.tolist())}
-
 
 def open_store(path: str | os.PathLike) -> TaskStore:
   """Opens a store folder written by `StoreWriter`.

@@ -25,16 +25,9 @@ from metarec_jax.eval.implicit_eval import RankingEvaluator
 from metarec_jax.eval import predictions_file
 from metarec_jax.data.baselines import BaselineStats
 from metarec_jax.experiment import Experiment
-from metarec_jax.runtime import AXIS, CompiledByShape
+from metarec_jax.runtime import AXIS, CompiledByShape, place
 
 PyTree = Any
-
-
-def place(batch: PyTree, sharding: NamedSharding) -> PyTree:
-  """Host arrays every process holds in full -> global sharded arrays."""
-  return jax.tree.map(
-      lambda a: jax.make_array_from_callback(a.shape, sharding,
-                                             lambda idx: a[idx]), batch)
 
 
 @dataclasses.dataclass

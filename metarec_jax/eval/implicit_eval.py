@@ -31,17 +31,11 @@ from metarec_jax.data.splits import TaskSet
 from metarec_jax.data.tasks import bucket_widths, row_shapes, taskset_batches
 from metarec_jax.eval import ranking
 from metarec_jax import meta
-from metarec_jax.runtime import AXIS, CompiledByShape
+from metarec_jax.runtime import AXIS, CompiledByShape, place
 
 PyTree = Any
 BASELINES = ("popularity", "random")
 _RANDOM_STREAM = 24
-
-
-def _place(tree: PyTree, sharding: NamedSharding) -> PyTree:
-  return jax.tree.map(
-      lambda a: jax.make_array_from_callback(a.shape, sharding,
-                                             lambda idx: a[idx]), tree)
 
 
 def item_blocks(tables, block: int) -> tuple[dict, int]:
@@ -77,7 +71,7 @@ class RankingEvaluator:
                      for pool in self.pools]
     self.popularity = implicit.train_popularity(store, exp.split).astype(
         np.float32)
-    block = int(exp.config.eval.get("catalog_block", 1024))
+    block = int(exp.config.eval.catalog_block)
     self.blocks, self.num_items = item_blocks(exp.tables, block)
     self.task_sharding = NamedSharding(mesh, P(AXIS))
     self.replicated = NamedSharding(mesh, P())
@@ -165,9 +159,9 @@ class RankingEvaluator:
       user_features = {name: np.asarray(t)[users]
                        for name, t in user_tables.items()}
       scores = np.asarray(self.score(
-          params, inner, _place(support, self.task_sharding),
-          _place(user_features, self.task_sharding),
-          _place(self.blocks, self.replicated)))[:k, :num_items]
+          params, inner, place(support, self.task_sharding),
+          place(user_features, self.task_sharding),
+          place(self.blocks, self.replicated)))[:k, :num_items]
       rows = np.arange(k)[:, None]
       positive = np.zeros((k, num_items), bool)
       positive[np.broadcast_to(rows, q_items[:k].shape)[q_mask[:k]],

@@ -127,7 +127,7 @@ class Export(batched.UserBatches):
     checksums.check_manifest(path, m, everything=verify)
     self.dtype = m["dtype"]
     self.rating_range = (float(m["rating_min"]), float(m["rating_max"]))
-    config = config_io.from_dict(m["config"])
+    config = config_io.complete(m["config"])
     specs = tuple(FeatureSpec.from_json(f) for f in m["features"])
     self.model = models.build(
         models.for_data(config.model, implicit_data=bool(m.get("implicit"))),

@@ -131,9 +131,6 @@ class AnchoredMeLU(nn.Module):
       item = item + (1.0 - weight) * predicted
     return self.global_bias + item + self.user_scale * self.user_bias
 
-  def effective_user_bias(self) -> jax.Array:
-    return self.user_scale * self.user_bias
-
 
 def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,
                err_fn) -> jax.Array:
@@ -152,8 +149,8 @@ def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,
   return total / jnp.maximum(n + weight, 1.0)
 
 
-def recommender(module: AnchoredMeLU, example_features, *, kind: str = "mse",
-                delta: float = 1.0, prior: float = 3.0,
+def recommender(module: AnchoredMeLU, example_features, *, kind: str,
+                delta: float, prior: float,
                 query_kind: str | None = None) -> Recommender:
   """The `Recommender` of an `AnchoredMeLU`: a `LinearHead` whose support
   loss has the user-bias prior and whose query loss is the plain masked

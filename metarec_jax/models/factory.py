@@ -25,7 +25,7 @@ def for_data(model_config, *, implicit_data: bool):
   """The `model` config as built for the data: `model.anchor` (the
   item-mean + user-bias baseline, a rating model) is off on implicit
   feedback."""
-  if implicit_data and model_config.get("anchor", False):
+  if implicit_data and model_config.anchor:
     model_config = copy.deepcopy(model_config)
     model_config.anchor = False
   return model_config
@@ -34,9 +34,9 @@ def for_data(model_config, *, implicit_data: bool):
 def needs_item_id(model_config) -> bool:
   """Whether the model reads the virtual `item_id` feature."""
   return (model_config.name == "idemb"
-          or bool(model_config.get("anchor", False))
-          or bool(model_config.get("item_id", False))
-          or ITEM_ID in tuple(model_config.get("features", ())))
+          or bool(model_config.anchor)
+          or bool(model_config.item_id)
+          or ITEM_ID in tuple(model_config.features))
 
 
 def feature_names(model_config, specs: Iterable[FeatureSpec], *,
@@ -47,8 +47,8 @@ def feature_names(model_config, specs: Iterable[FeatureSpec], *,
   Raises:
     ValueError: (`strict`) an excluded name is not a feature of the data.
   """
-  names = tuple(model_config.get("features", ()))
-  exclude = tuple(model_config.get("exclude_features", ()))
+  names = tuple(model_config.features)
+  exclude = tuple(model_config.exclude_features)
   if not exclude:
     return names
   known = [s.name for s in specs]
@@ -79,8 +79,8 @@ def build(model_config, features: Iterable[FeatureSpec], *,
   parameters stay float32.
 
   Args:
-    model_config: the `model` section of a config (`name`, `features`,
-      `embed_dim`, `hidden`; `idemb` also `interaction`, `item_features`).
+    model_config: the `model` section of a complete config
+      (`config_io.complete`).
     features: the data's feature schema (with `item_id` for `idemb`, see
       `needs_item_id`).
     rating_mean: the output bias starts here, so training starts from the
@@ -96,7 +96,7 @@ def build(model_config, features: Iterable[FeatureSpec], *,
                inner_lr)
   loss_fn, query_loss_fn = precision.compute_in(
       (rec.loss_fn, rec.query_loss_fn),
-      model_config.get("compute_dtype", "float32"))
+      model_config.compute_dtype)
   return dataclasses.replace(rec, loss_fn=loss_fn,
                              query_loss_fn=query_loss_fn)
 
@@ -114,21 +114,21 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
   if names and needs_item_id(model_config) and ITEM_ID not in names:
     names += (ITEM_ID,)
   fields = select(features, names)
-  kind = model_config.get("loss", "mse")
-  query_kind = model_config.get("query_loss", "") or kind
-  delta = float(model_config.get("huber_delta", 1.0))
+  kind = model_config.loss
+  query_kind = model_config.query_loss or kind
+  delta = float(model_config.huber_delta)
   for key, value in (("loss", kind), ("query_loss", query_kind)):
     if value not in LOSSES:
       raise ValueError(f"model.{key} must be one of {', '.join(LOSSES)},"
                        f" got {value!r}")
-  if name == "melu" and model_config.get("anchor", False):
+  if name == "melu" and model_config.anchor:
     return _anchored(model_config, fields, rating_mean, item_means, inner_lr,
                      kind, query_kind, delta)
   if name == "melu":
     module = MeLU(fields=fields, embed_dim=int(model_config.embed_dim),
                   hidden=tuple(int(h) for h in model_config.hidden),
                   output_bias=float(rating_mean),
-                  embed_std=float(model_config.get("embed_std", 1.0)))
+                  embed_std=float(model_config.embed_std))
     loss = linear_head_loss(module, kernel="decision/fc1/kernel",
                             bias="decision/fc1/bias",
                             featurize_reads=("^embed/",), loss=kind,
@@ -144,12 +144,12 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
     if not ids:
       raise ValueError("model.name=idemb needs the item_id feature (add it"
                        " to model.features or leave model.features empty)")
-    interaction = model_config.get("interaction", "dot")
+    interaction = model_config.interaction
     if interaction not in INTERACTIONS:
       raise ValueError(f"model.interaction must be one of"
                        f" {', '.join(INTERACTIONS)}, got {interaction!r}")
     item_fields = ()
-    if model_config.get("item_features", True):
+    if model_config.item_features:
       item_fields = tuple(f for f in fields
                           if f.side == "item" and f.name != ITEM_ID)
     module = IDEmb(num_items=ids[0].vocab, item_fields=item_fields,
@@ -187,7 +187,7 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
     return jnp.asarray(offsets, dtype).reshape(shape)
 
   deep = tuple(f for f in fields
-               if f.name != ITEM_ID or model_config.get("item_id", False))
+               if f.name != ITEM_ID or model_config.item_id)
   # No feature at all: the interaction can only come from the item IDs.
   deep = deep or tuple(f for f in fields if f.name == ITEM_ID)
   module = anchored.AnchoredMeLU(
@@ -198,8 +198,8 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
       user_scale=anchored.user_bias_scale(inner_lr),
       embed_dim=int(model_config.embed_dim),
       hidden=tuple(int(h) for h in model_config.hidden),
-      embed_std=float(model_config.get("embed_std", 1.0)))
+      embed_std=float(model_config.embed_std))
   return anchored.recommender(
       module, example_features(fields), kind=kind, delta=delta,
-      prior=float(model_config.get("user_bias_prior", 3.0)),
+      prior=float(model_config.user_bias_prior),
       query_kind=query_kind)

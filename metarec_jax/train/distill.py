@@ -34,14 +34,6 @@ log = logging.getLogger("metarec")
 PyTree = Any
 
 
-def teacher_dir(config) -> str:
-  """The teacher's work directory of `config` ("" = no distillation)."""
-  section = config.get("distill")
-  if not section or not section.get("teacher"):
-    return ""
-  return str(section.teacher).format(seed=int(config.train.seed))
-
-
 def targets_fn(model, meta_config: meta.MetaConfig, weight: float):
   """`(params, inner, tasks) -> tasks` with the blended query ratings."""
 
@@ -78,15 +70,13 @@ def load(config, exp: experiment.Experiment, mesh) -> Teacher | None:
   """The teacher named by `config.distill`, or None.
 
   Raises:
-    InputError: the teacher cannot be read, reads features the student's
-      batches lack, or the weight is outside [0, 1].
+    InputError: the teacher cannot be read or reads features the student's
+      batches lack.
   """
-  path = teacher_dir(config)
-  if not path:
+  path = str(config.distill.teacher).format(seed=int(config.train.seed))
+  if not path:  # no distillation
     return None
-  weight = float(config.distill.get("weight", 0.5))
-  if not 0.0 <= weight <= 1.0:
-    raise InputError(f"distill.weight must be in [0, 1], got {weight}")
+  weight = float(config.distill.weight)
   teacher_exp = experiment.build(config_io.read_workdir_config(path), path)
   have = {s.name: s for s in exp.tables.specs}
   missing = [s.name for s in teacher_exp.tables.specs

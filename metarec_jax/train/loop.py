@@ -21,7 +21,7 @@ from typing import Any
 
 import jax
 
-from metarec_jax import config_io, config_reference, runtime
+from metarec_jax import config_io, config_meanings, config_reference, runtime
 from metarec_jax import eval as eval_lib
 from metarec_jax.data.convert import prepare
 from metarec_jax.data.pipeline import Prefetcher
@@ -148,7 +148,7 @@ def _restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Meta-trains as `config` says in `workdir`, resuming if possible.
 
-  A run whose checkpoint has reached `train.num_steps` says so and returns
+  Keys `config` lacks take their defaults (`config_io.complete`). A run whose checkpoint has reached `train.num_steps` says so and returns
   at once (nothing compiled, nothing written). The learning-rate schedule's
   length is `resume.schedule_horizon`, recorded in the saved config as
   `train.schedule_steps`.
@@ -165,15 +165,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     run and `finished` if the run had already reached `train.num_steps`.
   """
   workdir = os.path.abspath(workdir)
+  # A copy (it gets the schedule's resolved length) with every key.
+  config = config_io.complete(config)
   # The cheap checks first: a config that cannot run creates nothing.
   config_reference.validate(config)
-  model = runtime.model_axis_size(config)
+  model = int(config.mesh.model)
   runtime.check_model_axis(model, devices=jax.device_count(),
                            local_devices=jax.local_device_count())
   check_batch_size(config, jax.device_count() // model)
   prepare.check_source(config.data, workdir)
   os.makedirs(workdir, exist_ok=True)
-  config = copy.deepcopy(config)  # gets the schedule's resolved length
   is_lead = jax.process_index() == 0
   tc = config.train
   num_steps = int(tc.num_steps)
@@ -211,7 +212,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       # HParams once per start (TensorBoard keeps the first).
       reporter.hparams(reporting.flat_hparams(config_record),
                        telemetry.HPARAM_METRICS,
-                       descriptions=config_reference.MEANINGS)
+                       descriptions=config_meanings.MEANINGS)
       if is_lead:
         config_io.write_workdir_config(workdir, config)
       step = int(runtime.to_host(state.step))
@@ -256,7 +257,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       # checkpoints before a resume) and how many validations since.
       best = checkpointer.best()
       best_mae = best[1] if best else math.inf
-      patience = int(tc.get("early_stop_patience", 0))
+      patience = int(tc.early_stop_patience)
       stale = 0
       guard = NonFiniteGuard(int(tc.max_nonfinite), checkpointer, step, state)
       log_every = int(config.log.every_steps)

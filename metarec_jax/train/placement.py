@@ -40,16 +40,6 @@ RULES: tuple[tuple[str, P], ...] = (
 )
 
 
-DEFAULT_MIN_ROWS = 65536  # the default of mesh.shard_min_rows
-
-
-def shard_min_rows(config) -> int:
-  """`mesh.shard_min_rows` (a config written before the key: the default)."""
-  mesh = config.get("mesh", None)
-  return int(mesh.get("shard_min_rows", DEFAULT_MIN_ROWS)) if mesh else (
-      DEFAULT_MIN_ROWS)
-
-
 def spec_for(path: str, shape: tuple[int, ...], *, model: int,
              min_rows: int) -> P:
   """The `PartitionSpec` of the leaf at `path` of `shape` (see `RULES`)."""

@@ -72,7 +72,7 @@ class Trainer:
     `devices` (default: all) are the devices to run on."""
     self.config = config
     self.workdir = workdir
-    self.mesh = runtime.make_mesh(runtime.model_axis_size(config), devices)
+    self.mesh = runtime.make_mesh(int(config.mesh.model), devices)
     self.num_devices = self.mesh.devices.size
     shards = runtime.task_shards(self.mesh)
     self.chunk = check_batch_size(config, shards)
@@ -94,7 +94,7 @@ class Trainer:
     # Where every state leaf lives (`placement.RULES`): replicated, or a
     # large table split by rows over the `model` axis.
     shapes = jax.eval_shape(lambda: init(self.rng()))
-    min_rows = placement.shard_min_rows(config)
+    min_rows = int(config.mesh.shard_min_rows)
     self.state_shardings = placement.shardings(shapes, self.mesh,
                                                min_rows=min_rows)
     self.split = placement.check_not_adapted(

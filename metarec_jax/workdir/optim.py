@@ -16,10 +16,8 @@ import optax
 
 
 def default_horizon(train_config) -> int:
-  """`train.schedule_steps`, or `train.num_steps` where it is 0 (or absent,
-  in a config written before the key existed)."""
-  return int(train_config.get("schedule_steps", 0) or 0) or int(
-      train_config.num_steps)
+  """`train.schedule_steps`, or `train.num_steps` where it is 0."""
+  return int(train_config.schedule_steps) or int(train_config.num_steps)
 
 
 def learning_rate(train_config, step, horizon, *, xp=jnp):

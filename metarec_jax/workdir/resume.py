@@ -33,8 +33,9 @@ _HARMLESS = ("train.num_steps", "train.eval_every_steps", "train.max_nonfinite",
 
 
 def config_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
-  """`(key, saved value, current value)` for every key that differs."""
-  a, b = config_io.flat(saved), config_io.flat(current)
+  """`(key, saved value, current value)` for every key that differs (a key
+  the saved config predates has the value it ran with: `config_io.complete`)."""
+  a, b = config_io.flat(config_io.complete(saved)), config_io.flat(current)
   missing = object()
   return [(k, a.get(k, missing), b.get(k, missing))
           for k in sorted(set(a) | set(b))
@@ -91,11 +92,10 @@ def schedule_horizon(train_config, saved_config: dict | None) -> int:
   rate jump; else (a fresh run) `train.num_steps`. (`config_reference`
   has made sure the key is not negative.)
   """
-  asked = int(train_config.get("schedule_steps", 0) or 0)
-  if asked:
-    return asked
+  if train_config.schedule_steps:
+    return int(train_config.schedule_steps)
   if saved_config is not None:
-    return optim.default_horizon(config_io.from_dict(saved_config).train)
+    return optim.default_horizon(config_io.complete(saved_config).train)
   return int(train_config.num_steps)
 
 
@@ -103,7 +103,7 @@ def log_schedule_change(train_config, saved_config: dict, *, step: int,
                         horizon: int) -> None:
   """Says, in one line, what the schedule does where a resume changed
   `train.num_steps` or the schedule's length; silent otherwise."""
-  saved = config_io.from_dict(saved_config).train
+  saved = config_io.complete(saved_config).train
   old_horizon = optim.default_horizon(saved)
   num_steps = int(train_config.num_steps)
   old_rate = optim.host_learning_rate(saved, step, old_horizon)

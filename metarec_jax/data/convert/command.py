@@ -72,7 +72,6 @@ def _fetch(fv) -> dict:
 
 
 def _prepare(fv, config_file, overrides) -> dict:
-  import ml_collections  # pylint: disable=g-import-not-at-top
   from metarec_jax.data.convert import prepare  # pylint: disable=g-import-not-at-top
   out = require_flag(fv, "out")
   if config_file:
@@ -83,8 +82,9 @@ def _prepare(fv, config_file, overrides) -> dict:
   elif overrides:
     raise InputError("--config.KEY=VALUE needs --config=FILE")
   else:
-    data = ml_collections.ConfigDict({"name": require_flag(fv, "dataset"),
-                                      "root": require_flag(fv, "root")})
+    data = config_io.complete({"data": {
+        "name": require_flag(fv, "dataset"),
+        "root": require_flag(fv, "root")}}).data
   if fv["dataset"].value:
     data.name = fv["dataset"].value
   if fv["root"].value:

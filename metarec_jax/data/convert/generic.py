@@ -40,6 +40,7 @@ from typing import Callable
 
 import numpy as np
 
+from metarec_jax import config_io
 from metarec_jax.data.convert import delimited, features
 from metarec_jax.data.convert.assemble import assemble
 from metarec_jax.data.convert.ratings_io import RatingsFormat, lookup, parse_ratings
@@ -51,28 +52,28 @@ _INT = re.compile(r"^-?(0|[1-9][0-9]*)$")
 
 @dataclasses.dataclass(frozen=True)
 class GenericSpec:
-  """The `data.generic` config section (see configs/default.py)."""
+  """The `data.generic` config section."""
 
-  ratings: str = "ratings.csv"
-  delimiter: str = ","
-  header: bool = True
-  encoding: str = "utf-8"
-  user_col: str = "user"
-  item_col: str = "item"
-  rating_col: str = "rating"
-  timestamp_col: str = ""
-  rating_min: float = 1.0
-  rating_max: float = 5.0
-  user_features: str = ""
-  item_features: str = ""
-  feature_delimiter: str = ""
-  categorical: tuple[str, ...] = ()
-  lists: tuple[str, ...] = ()
-  list_sep: str = "|"
-  missing: tuple[str, ...] = ("",)
-  new_item_col: str = ""
-  new_item_year: int = 0
-  id_features: bool = False
+  ratings: str
+  delimiter: str
+  header: bool
+  encoding: str
+  user_col: str
+  item_col: str
+  rating_col: str
+  timestamp_col: str
+  rating_min: float
+  rating_max: float
+  user_features: str
+  item_features: str
+  feature_delimiter: str
+  categorical: tuple[str, ...]
+  lists: tuple[str, ...]
+  list_sep: str
+  missing: tuple[str, ...]
+  new_item_col: str
+  new_item_year: int
+  id_features: bool
 
 
 def _unescape(text: str) -> str:
@@ -81,25 +82,16 @@ def _unescape(text: str) -> str:
 
 
 def spec_of(data_config) -> GenericSpec:
-  """The `GenericSpec` of a `data` config section."""
-  fields = {f.name: f for f in dataclasses.fields(GenericSpec)}
-  given = dict(data_config.get("generic", {}))
-  unknown = sorted(set(given) - set(fields))
-  if unknown:
-    raise InputError(f"unknown key(s) data.generic.{', '.join(unknown)};"
-                     f" known: {', '.join(sorted(fields))}")
-  for key in ("categorical", "lists", "missing"):
-    if key in given:
-      given[key] = tuple(str(v) for v in given[key])
-  spec = GenericSpec(**given)
+  """The `GenericSpec` of a `data` config section (each value checked by
+  `config_reference.validate`; a tab may be written `\\t`)."""
+  spec = config_io.dataclass_of(GenericSpec, data_config.generic,
+                                "data.generic")
   spec = dataclasses.replace(
       spec, delimiter=_unescape(spec.delimiter),
       feature_delimiter=_unescape(spec.feature_delimiter),
-      list_sep=_unescape(spec.list_sep))
-  if not spec.delimiter:
-    raise InputError("data.generic.delimiter must not be empty")
-  if not spec.rating_min < spec.rating_max:
-    raise InputError("data.generic.rating_min must be below rating_max")
+      list_sep=_unescape(spec.list_sep),
+      **{key: tuple(str(v) for v in getattr(spec, key))
+         for key in ("categorical", "lists", "missing")})
   both = set(spec.categorical) & set(spec.lists)
   if both:
     raise InputError(f"data.generic: {', '.join(sorted(both))} is in both"

@@ -42,6 +42,7 @@ from typing import Callable
 
 import numpy as np
 
+from metarec_jax import config_defaults
 from metarec_jax.data.convert import delimited, features
 from metarec_jax.data.convert.assemble import assemble
 from metarec_jax.data.convert.ratings_io import (RatingsFormat, parse_ratings,
@@ -57,7 +58,6 @@ FORMAT = RatingsFormat(delimiter="::", rating_min=1.0, rating_max=5.0,
                        encoding="utf-8", user=0, item=1, rating=2,
                        timestamp=3, num_fields=(3, 4), integer_ratings=True,
                        extension="dat")
-DEFAULT_LIST_PAD = {"genre": 4, "director": 2, "actor": 4}
 
 _TITLE_YEAR = re.compile(r"\((\d{4})\)\s*$")
 _NOTE = re.compile(r"\s*\([^)]*\)")
@@ -146,7 +146,7 @@ def load(root: str, out: str | os.PathLike, *, list_pad: dict | None = None,
     InputError: a missing, malformed or inconsistent file (file and line).
   """
   root = os.path.abspath(os.fspath(root))
-  pad = {**DEFAULT_LIST_PAD, **(list_pad or {})}
+  pad = {**config_defaults.get_config().data.list_pad, **(list_pad or {})}
   user_ids, user_order, user_table = read_users(root)
   item_ids, _, years, genres, _ = read_movies(root)
   notes = []

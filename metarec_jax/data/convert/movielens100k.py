@@ -31,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 
+from metarec_jax import config_defaults
 from metarec_jax.data.convert import delimited, features
 from metarec_jax.data.convert.assemble import assemble
 from metarec_jax.data.convert.ratings_io import (RatingsFormat, parse_ratings,
@@ -144,7 +145,8 @@ def load(root: str, out: str | os.PathLike, *, list_pad: dict | None = None,
     InputError: a missing, malformed or inconsistent file (file and line).
   """
   root = os.path.abspath(os.fspath(root))
-  genre_len = int((list_pad or {}).get("genre", 4))
+  genre_len = int({**config_defaults.get_config().data.list_pad,
+                   **(list_pad or {})}["genre"])
   user_ids, user_feats = _users(root)
   item_ids, years, item_feats = _items(root, _genres(root), genre_len)
   path = os.path.join(root, "u.data")

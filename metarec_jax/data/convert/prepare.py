@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from typing import Callable
 
+from metarec_jax import config_io
 from metarec_jax.data import store as store_lib
 from metarec_jax.data import implicit
 from metarec_jax.data.convert import (generic, movielens, movielens100k,
@@ -18,18 +19,14 @@ DATASETS = ("synthetic", "movielens-1m", "movielens-100k", "generic")
 
 
 def synthetic_spec(data_config) -> synthetic.SyntheticSpec:
-  """The generator spec of a `data` config section."""
-  fields = {f.name for f in dataclasses.fields(synthetic.SyntheticSpec)}
-  given = dict(data_config.get("synthetic", {}))
-  unknown = sorted(set(given) - fields)
-  if unknown:
-    raise InputError(f"unknown key(s) data.synthetic.{', '.join(unknown)};"
-                     f" known: {', '.join(sorted(fields))}")
-  pad = dict(data_config.get("list_pad", {}))
+  """The generator spec of a `data` config section: `data.synthetic`, its
+  list lengths from `data.list_pad`."""
+  given = dict(data_config.synthetic)
   for name in ("genre", "director", "actor"):
-    if name in pad:
-      given.setdefault(f"{name}_len", int(pad[name]))
-  return synthetic.SyntheticSpec(**given)
+    if name in data_config.list_pad:
+      given.setdefault(f"{name}_len", int(data_config.list_pad[name]))
+  return config_io.dataclass_of(synthetic.SyntheticSpec, given,
+                                "data.synthetic")
 
 
 def prepare(data_config, out: str | os.PathLike,
@@ -68,7 +65,7 @@ def _prepare_ratings(data_config, out: str | os.PathLike,
     synthetic.generate(synthetic_spec(data_config), out, log=log)
     return
   root = _source_root(data_config)
-  pad = {k: int(v) for k, v in dict(data_config.get("list_pad", {})).items()}
+  pad = {k: int(v) for k, v in data_config.list_pad.items()}
   if name == "movielens-1m":
     movielens.load(root, out, list_pad=pad, log_fn=log)
   elif name == "movielens-100k":
@@ -87,7 +84,7 @@ def _source_root(data_config) -> str:
   if name not in DATASETS:
     raise InputError(f"data.name must be one of {', '.join(DATASETS)}, got"
                      f" {name!r}")
-  root = data_config.get("root", "")
+  root = data_config.root
   if not root:
     raise InputError(f"data.root is required for {name}: the folder of its"
                      " files (--config.data.root=DIR; `metarec data fetch`"
