@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
-from metarec_jax import meta
+from metarec_jax import meta, runtime
 from metarec_jax.data.splits import SCENARIOS, TaskSet
 from metarec_jax.data.tasks import batch_shapes, bucket_widths, taskset_batches
 from metarec_jax.eval import metrics as metrics_lib
@@ -57,8 +57,8 @@ class Evaluator:
     self.buckets = tuple(int(b) for b in exp.config.data.buckets)
     self.baselines = BaselineStats.from_split(exp.store, exp.split)
     self.lo, self.hi = exp.store.rating_range
-    self.task_sharding = NamedSharding(mesh, P(AXIS))
-    replicated = NamedSharding(mesh, P())
+    self.task_sharding = runtime.task_sharding(mesh)
+    replicated = runtime.replicated(mesh)
     model, config = exp.model, exp.meta_config
 
     def predict_task(params, inner, task):

@@ -24,13 +24,13 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from metarec_jax.data import hashing, implicit
 from metarec_jax.data.splits import TaskSet
 from metarec_jax.data.tasks import bucket_widths, row_shapes, taskset_batches
 from metarec_jax.eval import ranking
-from metarec_jax import meta
+from metarec_jax import meta, runtime
 from metarec_jax.runtime import AXIS, CompiledByShape, place
 
 PyTree = Any
@@ -73,8 +73,8 @@ class RankingEvaluator:
         np.float32)
     block = int(exp.config.eval.catalog_block)
     self.blocks, self.num_items = item_blocks(exp.tables, block)
-    self.task_sharding = NamedSharding(mesh, P(AXIS))
-    self.replicated = NamedSharding(mesh, P())
+    self.task_sharding = runtime.task_sharding(mesh)
+    self.replicated = runtime.replicated(mesh)
     model, config = exp.model, exp.meta_config
 
     def score_block(adapted, user_features, item_features):

@@ -12,9 +12,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
-from metarec_jax import meta
+from metarec_jax import meta, runtime
 from metarec_jax.meta import paths
 from metarec_jax.models import Recommender
 from metarec_jax.runtime import AXIS, CompiledByShape
@@ -107,8 +107,8 @@ class ChunkFunctions:
 
   def __init__(self, model: Recommender, config: meta.MetaConfig, mesh: Mesh,
                *, dtype: str, k: int):
-    self.task_sharding = NamedSharding(mesh, P(AXIS))
-    self.replicated = NamedSharding(mesh, P())
+    self.task_sharding = runtime.task_sharding(mesh)
+    self.replicated = runtime.replicated(mesh)
 
     def adapt_chunk(params, inner, support):
       fast = jax.vmap(lambda s: adapt_leaves(model, config, params, inner, s)

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec
-from metarec_jax.models.melu import Embedder
+from metarec_jax.models.melu import Decision, Embedder
 
 INTERACTIONS = ("dot", "mlp")
 
@@ -115,26 +115,11 @@ class IDEmb(nn.Module):
       score = global_bias + jnp.sum(u * v, axis=-1)
     else:
       x = jnp.concatenate([jnp.broadcast_to(u, v.shape), v], axis=-1)
-      score = MLP(tuple(self.hidden), self.output_bias,
-                  name="interaction")(x)
+      score = Decision(tuple(self.hidden), self.output_bias,
+                       name="interaction")(x)
     return score + item_bias + user_bias
 
   def featurize(self, features: dict[str, jax.Array]) -> jax.Array:
     """The items in the learned space, `[..., embed_dim + 1]`: vector and
     bias (what an encoder of a user's support items reads)."""
     return self(features, item_rows=True)
-
-
-class MLP(nn.Module):
-  """ReLU MLP with one output unit."""
-
-  hidden: tuple[int, ...]
-  output_bias: float = 0.0
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for i, width in enumerate(self.hidden):
-      x = nn.relu(nn.Dense(width, name=f"fc{i + 1}")(x))
-    out = nn.Dense(1, name="out",
-                   bias_init=nn.initializers.constant(self.output_bias))
-    return out(x)[..., 0]

@@ -62,7 +62,8 @@ class Embedder(nn.Module):
 
 
 class Decision(nn.Module):
-  """The decision MLP; `first_layer=False` starts from fc1's pre-activation."""
+  """ReLU MLP with one output unit (MeLU's decision MLP, `idemb`'s `mlp`
+  interaction); `first_layer=False` starts from fc1's pre-activation."""
 
   hidden: tuple[int, ...]
   output_bias: float = 0.0
