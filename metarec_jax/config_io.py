@@ -194,30 +194,23 @@ def apply_overrides(config: ml_collections.ConfigDict,
   return config
 
 
-def _plain(value: Any) -> Any:
+def _nested(value: Any, sequence: type) -> Any:
+  """`value` as plain dicts, its tuples and lists as `sequence`s."""
   if isinstance(value, (dict, ml_collections.ConfigDict)):
-    return {k: _plain(v) for k, v in value.items()}
+    return {k: _nested(v, sequence) for k, v in value.items()}
   if isinstance(value, (tuple, list)):
-    return [_plain(v) for v in value]
+    return sequence(_nested(v, sequence) for v in value)
   return value
 
 
 def to_dict(config: Mapping[str, Any]) -> dict:
   """JSON-ready dict (tuples become lists)."""
-  return _plain(config)
+  return _nested(config, list)
 
 
-def _tuples(value: Any) -> Any:
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
-def from_dict(d: dict) -> ml_collections.ConfigDict:
+def from_dict(d: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """Inverse of `to_dict` (lists become tuples again)."""
-  return ml_collections.ConfigDict(_tuples(d))
+  return ml_collections.ConfigDict(_nested(d, tuple))
 
 
 def _versions() -> dict[str, str]:

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.util import tensor_util
 
-from metarec_jax import config_io, config_reference
+from metarec_jax import config_io, config_meanings
 from metarec_jax.meta import paths
 from metarec_jax.workdir import reporting, telemetry
 from metarec_jax.workdir import state as state_lib
@@ -113,7 +113,7 @@ def test_hparams_hold_the_flat_config_and_metric_columns(tiny_metasgd_run):
   infos = {i.name: i for i in experiment.hparam_infos}
   assert set(infos) == set(hp)
   assert (infos["meta.inner_lr"].description
-          == config_reference.MEANINGS["meta.inner_lr"])
+          == config_meanings.MEANINGS["meta.inner_lr"])
   assert "tensorflow" not in sys.modules
 
 
