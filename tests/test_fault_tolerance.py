@@ -73,7 +73,7 @@ def test_kill9_during_a_save_resumes_from_the_previous_checkpoint(tmp_path):
   workdir = str(tmp_path / "run")
   # A large zip embedding table makes each save take a while.
   args = [TINY, f"--workdir={workdir}", *QUIET,
-          "--config.data.synthetic.zip_vocab=1500000",
+          "--config.data.synthetic.zip_vocab=400000",
           "--config.model.embed_dim=16", "--config.train.num_steps=40",
           "--config.checkpoint.every_steps=2", "--config.checkpoint.keep=2"]
   proc = start("train", *args)
