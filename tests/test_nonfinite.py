@@ -24,6 +24,13 @@ def _store(workdir, tmp_path):
   return path
 
 
+def last_line_of_a_stopped_run(workdir, *flags) -> str:
+  """The last stderr line of a tiny run that `flags` make stop (status 1)."""
+  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET, *flags)
+  assert out.returncode == 1, out.stderr
+  return out.stderr.strip().splitlines()[-1]
+
+
 def test_non_finite_meta_gradients_are_skipped_and_counted(tmp_path):
   workdir = str(tmp_path / "run")
   os.makedirs(workdir)
@@ -74,11 +81,9 @@ def test_an_infinite_learning_rate_saves_no_non_finite_state(tmp_path):
   Python float) and is infinite as the device's float32.
   """
   workdir = str(tmp_path / "run")
-  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET,
-                "--config.train.lr=1e39", "--config.train.max_nonfinite=3",
-                "--config.checkpoint.every_steps=2")
-  assert out.returncode == 1, out.stderr
-  last = out.stderr.strip().splitlines()[-1]
+  last = last_line_of_a_stopped_run(workdir, "--config.train.lr=1e39",
+                                    "--config.train.max_nonfinite=3",
+                                    "--config.checkpoint.every_steps=2")
   assert ("step 3: 3 consecutive steps with a non-finite loss, meta-gradient"
           " or update" in last)
   assert last.endswith("the newest checkpoint, of step 2, holds a finite"
@@ -100,11 +105,9 @@ def test_an_infinite_learning_rate_saves_no_non_finite_state(tmp_path):
 def test_a_diverging_inner_loop_names_no_checkpoint_that_is_not_there(
     tmp_path):
   workdir = str(tmp_path / "run")
-  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET,
-                "--config.meta.inner_lr=1e30", "--config.train.max_nonfinite=2",
-                "--config.checkpoint.every_steps=0")
-  assert out.returncode == 1, out.stderr
-  last = out.stderr.strip().splitlines()[-1]
+  last = last_line_of_a_stopped_run(workdir, "--config.meta.inner_lr=1e30",
+                                    "--config.train.max_nonfinite=2",
+                                    "--config.checkpoint.every_steps=0")
   # The step that stops it depends on the model (the anchored default's
   # gated network starts at zero, so its first steps can stay finite).
   step = re.fullmatch(r"metarec train: error: step (\d+): .*", last)
