@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 from conftest import ROOT
+from procs import env_with
 
 
 def metarec(*args, timeout=600, cwd=ROOT):
-  env = dict(os.environ)  # with conftest's XLA_FLAGS, no device count
-  env["PYTHONPATH"] = os.pathsep.join(
-      [ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+  path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+  env = env_with(extra={"PYTHONPATH": os.pathsep.join([ROOT] + path)})
   return subprocess.run([sys.executable, "-m", "metarec_jax.cli", *args],
                         capture_output=True, text=True, cwd=cwd,
                         timeout=timeout, env=env)

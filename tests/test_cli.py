@@ -2,19 +2,11 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, config_path
-
-
-def metarec(*args, timeout=600):
-  env = dict(os.environ)  # with conftest's XLA_FLAGS, no device count
-  return subprocess.run([sys.executable, "-m", "metarec_jax.cli", *args],
-                        capture_output=True, text=True, cwd=ROOT,
-                        timeout=timeout, env=env)
+from cli_run import metarec
+from conftest import config_path
 
 
 @pytest.fixture(scope="module")
