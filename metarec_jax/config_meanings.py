@@ -31,7 +31,8 @@ MEANINGS: dict[str, str] = {
                   " `huber` (quadratic within `huber_delta`, linear beyond:"
                   " predictions nearer the median, which MAE rewards) for"
                   " ratings; `bce` (binary cross-entropy), `bpr` (pairwise,"
-                  " every positive against every negative of the set) or"
+                  " each negative of the set against one positive, the"
+                  " positives taken in turn: sampled triples) or"
                   " `softmax` (sampled softmax: each positive against the"
                   " set's negatives) for implicit feedback.",
     "model.query_loss": "Loss of the query sets, the meta-objective (one of"

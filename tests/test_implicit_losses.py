@@ -30,11 +30,29 @@ def test_losses_by_hand():
            "mask": jnp.array([True, True, True, False])}
   bce = (sp(-2.0) + sp(0.0) + sp(1.0)) / 3
   assert float(ranking_loss(score, batch, "bce")) == pytest.approx(bce)
-  bpr = (sp(-(2.0 - 1.0)) + sp(-(0.0 - 1.0))) / 2
+  # One negative: one triple, with the first positive.
+  bpr = sp(-(2.0 - 1.0))
   assert float(ranking_loss(score, batch, "bpr")) == pytest.approx(bpr)
   soft = ((math.log(math.exp(2) + math.exp(1)) - 2)
           + (math.log(1 + math.exp(1)) - 0)) / 2
   assert float(ranking_loss(score, batch, "softmax")) == pytest.approx(soft)
+
+
+def test_bpr_pairs_each_negative_with_the_positives_in_turn():
+  # Positives 2.0 and 0.0 (rows 0, 2), negatives 1.0, -1.0, 0.5, 3.0 in row
+  # order, a padded row: two negatives per positive, taken in turn.
+  score = jnp.array([2.0, 1.0, 0.0, -1.0, 0.5, 7.0, 3.0])
+  batch = {"rating": jnp.array([1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]),
+           "mask": jnp.array([True, True, True, True, True, False, True])}
+  bpr = (sp(-(2.0 - 1.0)) + sp(-(0.0 + 1.0)) + sp(-(2.0 - 0.5))
+         + sp(-(0.0 - 3.0))) / 4
+  assert float(ranking_loss(score, batch, "bpr")) == pytest.approx(bpr)
+  # Tasks batched on a leading axis, one without positives (loss 0).
+  both = jax.tree.map(lambda a: jnp.stack([a, a]), batch)
+  both["rating"] = both["rating"].at[1].set(0.0)
+  np.testing.assert_allclose(
+      np.asarray(ranking_loss(jnp.stack([score, score]), both, "bpr")),
+      [bpr, 0.0], rtol=1e-6)
 
 
 @pytest.mark.parametrize("kind", RANKING_LOSSES)
