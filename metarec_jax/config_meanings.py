@@ -227,8 +227,11 @@ MEANINGS: dict[str, str] = {
     "train.end_lr_factor": "The cosine decay ends at `lr * end_lr_factor`.",
     "train.grad_clip": "Clip the meta-gradient to this global norm.",
     "train.eval_every_steps": "Validation every this many steps (and at the"
-                              " end); 0 = only at the end; -1 = never (no"
-                              " validation programs are compiled).",
+                              " end; > 0: also of the start of a fresh"
+                              " run, step 0, a candidate for the best"
+                              " checkpoint like any other); 0 = only at"
+                              " the end; -1 = never (no validation"
+                              " programs are compiled).",
     "train.early_stop_patience": "Stop after this many validations"
                                  " without a better validation MAE; 0 ="
                                  " never. Every validation that improves"

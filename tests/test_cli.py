@@ -33,7 +33,9 @@ def test_train_writes_the_work_directory(trained):
   assert "git_revision" in record
   lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
   steps = [json.loads(l)["step"] for l in lines]
-  assert 6 in steps and "train/loss" in json.loads(lines[0])
+  # The first row is the validation of the start (eval_every_steps > 0).
+  assert steps[0] == 0 and "val/mae" in json.loads(lines[0])
+  assert 6 in steps and "train/loss" in json.loads(lines[1])
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert "6" in os.listdir(os.path.join(workdir, "checkpoints"))
 

@@ -120,7 +120,8 @@ def test_default_config_runs_with_one_compilation_cache_cold(tmp_path):
   first = str(tmp_path / "first")
   logs = train_two_processes(first, DEFAULT)
   assert "step 2  validation MAE" in logs[0], logs[0]
-  assert checkpoint_steps(first) == [2]
+  # The newest, and the validated start where it is the best.
+  assert checkpoint_steps(first) in ([2], [0, 2])
 
   second, cold = str(tmp_path / "second"), str(tmp_path / "cold-cache")
   logs = train_two_processes(
@@ -130,4 +131,4 @@ def test_default_config_runs_with_one_compilation_cache_cold(tmp_path):
                      r" cache\)", logs[0])
   assert loaded and int(loaded.group(1)) > 0, logs[0]
   assert "step 2  validation MAE" in logs[0], logs[0]
-  assert checkpoint_steps(second) == [2]
+  assert checkpoint_steps(second) in ([2], [0, 2])

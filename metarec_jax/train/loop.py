@@ -259,6 +259,22 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       best_mae = best[1] if best else math.inf
       patience = int(tc.early_stop_patience)
       stale = 0
+      if eval_every > 0 and restored_step is None:
+        # The initial state is a candidate like any validated step: the
+        # anchored model starts as the item-mean + user-bias baseline, and
+        # on data where training only overfits, the run keeps that start.
+        results = evaluator.evaluate(trainer.eval_params(state.params),
+                                     ("val",), should_stop=stop.now)
+        initial_mae = results and results["val"].get("mae")
+        if initial_mae is not None:
+          reporter.scalars(step, eval_lib.scalar_metrics(results,
+                                                         baselines=False))
+          _log_validation(step, results["val"])
+          best_mae = initial_mae
+          summary["best"] = {"step": step, "val": results["val"]}
+          compiles.stop()  # orbax's first save compiles its own programs
+          _save(checkpointer, step, state, config_record, val_mae=best_mae)
+          compiles.start()
       guard = NonFiniteGuard(int(tc.max_nonfinite), checkpointer, step, state)
       log_every = int(config.log.every_steps)
       histogram_every = int(config.log.histogram_every_steps)  # 0: never
