@@ -18,8 +18,9 @@ def test_a_run_that_only_gets_worse_keeps_its_anchored_start(tmp_path):
   config = config_io.load_config_file(config_path("tiny"))
   # A learning rate that can only hurt: every validation after the start
   # is worse than the start.
-  config_io.apply_overrides(config, [("train.lr", "0.3"),
-                                     ("train.warmup_steps", "0")])
+  config_io.apply_overrides(config, [("train.lr", "1.0"),
+                                     ("train.warmup_steps", "0"),
+                                     ("data.buckets", "(16,)")])
   workdir = str(tmp_path / "run")
   summary = train_and_evaluate(config, workdir)
   best = summary["best"]
