@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import copy
 import logging
-import math
 import os
 import time
 from typing import Any
@@ -32,6 +31,7 @@ from metarec_jax.workdir import reporting, resume, telemetry
 from metarec_jax.workdir import lock
 from metarec_jax.workdir import progress as progress_lib
 from metarec_jax.workdir.preemption import StopRequest
+from metarec_jax.train.selection import Selection
 from metarec_jax.train.trainer import Trainer, check_batch_size
 
 log = logging.getLogger("metarec")
@@ -253,12 +253,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       summary["warmup_cache_hits"] = warmup.cache_hits
       compiles = runtime.CompileCounter().start()
 
-      # Checkpoint selection: the best validation MAE so far (also of the
-      # checkpoints before a resume) and how many validations since.
+      # Checkpoint selection and early stopping (also over the checkpoints
+      # before a resume).
       best = checkpointer.best()
-      best_mae = best[1] if best else math.inf
-      patience = int(tc.early_stop_patience)
-      stale = 0
+      selection = Selection.resumed(int(tc.early_stop_patience),
+                                    best[1] if best else None)
       if eval_every > 0 and restored_step is None:
         # The initial state is a candidate like any validated step: the
         # anchored model starts as the item-mean + user-bias baseline, and
@@ -270,10 +269,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           reporter.scalars(step, eval_lib.scalar_metrics(results,
                                                          baselines=False))
           _log_validation(step, results["val"])
-          best_mae = initial_mae
+          selection.start(initial_mae)
           summary["best"] = {"step": step, "val": results["val"]}
           compiles.stop()  # orbax's first save compiles its own programs
-          _save(checkpointer, step, state, config_record, val_mae=best_mae)
+          _save(checkpointer, step, state, config_record, val_mae=initial_mae)
           compiles.start()
       guard = NonFiniteGuard(int(tc.max_nonfinite), checkpointer, step, state)
       log_every = int(config.log.every_steps)
@@ -320,6 +319,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 state.params))
 
           val_mae = None  # set when this step was validated
+          improved = False  # whether that is the best so far (saved)
           if due(step, eval_every, num_steps):
             guard.check_state(step, state)
             results = evaluator.evaluate(trainer.eval_params(state.params),
@@ -331,18 +331,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
               summary["val"] = results["val"]
               _log_validation(step, results["val"])
               val_mae = results["val"].get("mae")  # None: implicit data
-              if val_mae is not None and val_mae < best_mae:
-                best_mae, stale = val_mae, 0
+              if val_mae is not None and selection.update(val_mae):
+                improved = True
                 summary["best"] = {"step": step, "val": results["val"]}
-              elif val_mae is not None:
-                stale += 1
-          early_stop = bool(patience) and stale >= patience
+          early_stop = selection.should_stop
 
           if stop(step):
             guard.check_state(step, state)
             save_and_report_stop(step)
             break
-          improved = val_mae is not None and val_mae == best_mae
           if due(step, save_every, num_steps) or improved or early_stop:
             guard.check_state(step, state)
             # orbax compiles its own small copy programs on a first save;
@@ -353,7 +350,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           if early_stop:
             log.info("step %d: no better validation MAE in %d validations"
                      " (train.early_stop_patience): stopping early", step,
-                     stale)
+                     selection.stale)
             summary["early_stopped"] = True
             break
       finally:

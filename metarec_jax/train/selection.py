@@ -1,0 +1,52 @@
+"""Checkpoint selection and early stopping from validation MAEs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+@dataclasses.dataclass
+class Selection:
+  """What the validations so far say: which state to keep, when to stop.
+
+  Attributes:
+    patience: `train.early_stop_patience` (0: never stop early).
+    best: the lowest validation MAE, the start's included: the checkpoint
+      that `eval` and `export` use.
+    trained: the lowest validation MAE of a trained step. Early stopping
+      counts the validations since it last improved, so the start is a
+      candidate to keep, not a bar that training must clear within the
+      patience (a model often validates worse than its start at first).
+    stale: validations since `trained` last improved.
+  """
+
+  patience: int = 0
+  best: float = math.inf
+  trained: float = math.inf
+  stale: int = 0
+
+  @classmethod
+  def resumed(cls, patience: int, best: float | None) -> "Selection":
+    """The selection of a run whose best validated checkpoint had `best`
+    (None: none was validated)."""
+    value = math.inf if best is None else float(best)
+    return cls(patience=patience, best=value, trained=value)
+
+  def start(self, mae: float) -> bool:
+    """Records the validation of the start; whether it is the best."""
+    if mae < self.best:
+      self.best = mae
+      return True
+    return False
+
+  def update(self, mae: float) -> bool:
+    """Records the validation of a trained step; whether it is the best
+    so far (to be saved as such)."""
+    self.stale = 0 if mae < self.trained else self.stale + 1
+    self.trained = min(self.trained, mae)
+    return self.start(mae)
+
+  @property
+  def should_stop(self) -> bool:
+    return bool(self.patience) and self.stale >= self.patience
