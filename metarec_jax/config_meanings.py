@@ -233,9 +233,11 @@ MEANINGS: dict[str, str] = {
                               " the end; -1 = never (no validation"
                               " programs are compiled).",
     "train.early_stop_patience": "Stop after this many validations"
-                                 " without a better validation MAE; 0 ="
-                                 " never. Every validation that improves"
-                                 " is saved as a checkpoint, and the best"
+                                 " without a better validation MAE than"
+                                 " training's best so far (the start's does"
+                                 " not count); 0 = never. Every validation"
+                                 " that improves is saved as a checkpoint,"
+                                 " and the best"
                                  " is what `eval` and `export` use by"
                                  " default.",
     "train.max_nonfinite": "Stop after this many consecutive steps whose"
