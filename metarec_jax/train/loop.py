@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import copy
 import logging
+import math
 import os
 import time
 from typing import Any
@@ -265,7 +266,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         results = evaluator.evaluate(trainer.eval_params(state.params),
                                      ("val",), should_stop=stop.now)
         initial_mae = results and results["val"].get("mae")
-        if initial_mae is not None:
+        # A non-finite MAE (non-finite ratings) is no candidate.
+        if initial_mae is not None and math.isfinite(initial_mae):
           reporter.scalars(step, eval_lib.scalar_metrics(results,
                                                          baselines=False))
           _log_validation(step, results["val"])
