@@ -71,8 +71,9 @@ def ranking_loss(score: jax.Array, batch: PyTree, kind: str) -> jax.Array:
   `batch["rating"]` labels the rows 1 (positive) or 0 (negative), padding
   has mask False. `bce`: binary cross-entropy, mean over the rows; `bpr`:
   -log sigmoid(s_pos - s_neg), mean over the set's sampled triples (each
-  negative row paired with one positive, taken in turn in row order); `softmax`: each positive's cross-entropy against itself and the
-  set's negatives (a sampled softmax), mean over the positives. The
+  negative row paired with one positive, taken in turn in row order);
+  `softmax`: each positive's cross-entropy against itself and the set's
+  negatives (a sampled softmax), mean over the positives. The
   denominators are at least 1, so an empty set (or one without pairs) has
   loss 0 and gradient 0. All three are smooth, so the inner loop's
   second-order terms exist.
@@ -91,9 +92,10 @@ def ranking_loss(score: jax.Array, batch: PyTree, kind: str) -> jax.Array:
     # the positive whose rank among the set's positives is the negative's
     # rank modulo the number of positives, so `r` negatives per positive
     # give each positive `r` pairs. One softplus per row instead of one per
-    # (row, row): the all-pairs form's n^2 softplus and their second-order
-    # terms halved the meta-step's throughput. The partner's score is
-    # gathered by a 0/1 matrix product, linear and cheap to differentiate.
+    # (row, row), so the cost grows with the set, not with its square (on
+    # melu-ref's implicit step: 0.59 M transcendentals per step instead of
+    # 8.58 M). The partner's score is gathered by a 0/1 matrix product,
+    # linear and cheap to differentiate.
     num_pos = jnp.sum(pos, -1, keepdims=True, dtype=jnp.int32)
     pos_rank = jnp.cumsum(pos, -1, dtype=jnp.int32) - 1
     partner_rank = (jnp.cumsum(neg, -1, dtype=jnp.int32) - 1) % jnp.maximum(
