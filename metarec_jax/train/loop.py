@@ -259,6 +259,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       best = checkpointer.best()
       selection = Selection.resumed(int(tc.early_stop_patience),
                                     best[1] if best else None)
+
+      def save(step, val_mae=None):
+        # orbax compiles its own small copy programs on a first save; they
+        # are not ours to count.
+        compiles.stop()
+        _save(checkpointer, step, state, config_record, val_mae=val_mae)
+        compiles.start()
+
       if eval_every > 0 and restored_step is None:
         # The initial state is a candidate like any validated step: the
         # anchored model starts as the item-mean + user-bias baseline, and
@@ -271,11 +279,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           reporter.scalars(step, eval_lib.scalar_metrics(results,
                                                          baselines=False))
           _log_validation(step, results["val"])
-          selection.start(initial_mae)
-          summary["best"] = {"step": step, "val": results["val"]}
-          compiles.stop()  # orbax's first save compiles its own programs
-          _save(checkpointer, step, state, config_record, val_mae=initial_mae)
-          compiles.start()
+          if selection.start(initial_mae):
+            summary["best"] = {"step": step, "val": results["val"]}
+          save(step, initial_mae)
       guard = NonFiniteGuard(int(tc.max_nonfinite), checkpointer, step, state)
       log_every = int(config.log.every_steps)
       histogram_every = int(config.log.histogram_every_steps)  # 0: never
@@ -344,11 +350,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             break
           if due(step, save_every, num_steps) or improved or early_stop:
             guard.check_state(step, state)
-            # orbax compiles its own small copy programs on a first save;
-            # they are not ours to count.
-            compiles.stop()
-            _save(checkpointer, step, state, config_record, val_mae=val_mae)
-            compiles.start()
+            save(step, val_mae)
           if early_stop:
             log.info("step %d: no better validation MAE in %d validations"
                      " (train.early_stop_patience): stopping early", step,
