@@ -103,3 +103,52 @@ def test_an_empty_support_set_keeps_the_meta_parameters():
   adapted = meta.adapt(model.loss_fn, params, support, config=config)
   for a, b in zip(jax.tree.leaves(adapted), jax.tree.leaves(params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def learned(params):
+  """`params` with a learned part that moves every prediction: the gate
+  open and a non-zero features' item bias."""
+  params = jax.tree.map(lambda a: a, params)
+  params["gate"] = np.float32(1.0)
+  kernel = params["item_project"]["kernel"]
+  params["item_project"]["kernel"] = np.full(kernel.shape, 0.3, np.float32)
+  return params
+
+
+def test_the_shares_scale_the_learned_part_per_kind_of_item():
+  model, _ = build()
+  params = learned(model.init(jax.random.PRNGKey(0)))
+  t = tasks()
+  features, real = t["query"]["features"], t["query"]["mask"]
+  ids = features["item_id"][real]
+  anchor = ITEM_MEANS[ids - 1]
+  new = COUNTS[ids - 1] == 0  # item 3 has no training ratings
+  assert new.any() and (~new).any()
+
+  def predict(shares):
+    p = dict(params, share=np.asarray(shares, np.float32))
+    return np.asarray(model.predict(p, features))[real]
+
+  trained = predict((1.0, 1.0))
+  assert np.abs(trained - anchor).min() > 1e-3  # the learned part is there
+  np.testing.assert_allclose(predict((0.0, 0.0)), anchor, rtol=1e-6)
+  half_existing = predict((0.5, 0.0))
+  np.testing.assert_allclose(half_existing[new], anchor[new], rtol=1e-6)
+  np.testing.assert_allclose(half_existing[~new],
+                             (anchor + 0.5 * (trained - anchor))[~new],
+                             rtol=1e-5)
+  only_new = predict((0.0, 1.0))
+  np.testing.assert_allclose(only_new[~new], anchor[~new], rtol=1e-6)
+  np.testing.assert_allclose(only_new[new], trained[new], rtol=1e-6)
+
+
+def test_the_shares_take_no_gradient():
+  model, config = build()
+  params = learned(model.init(jax.random.PRNGKey(0)))
+  t = tasks()
+  task = jax.tree.map(lambda a: a[0], t)
+  grads = jax.grad(
+      lambda p: meta.task_loss(model.loss_fn, p, task, config=config,
+                               query_loss_fn=model.query_loss_fn))(params)
+  assert np.all(np.asarray(grads["share"]) == 0.0)
+  assert np.abs(np.asarray(grads["gate"])) > 0  # the rest does learn

@@ -80,7 +80,7 @@ def test_scenario_tasks_follow_the_protocol(store, split):
   g = split.user_group
   expected_group = {"W": splits.EXISTING, "UC": splits.NEW,
                     "IC": splits.EXISTING, "UIC": splits.NEW,
-                    "val": splits.VALIDATION}
+                    "val": splits.VALIDATION, "val_new": splits.VALIDATION}
   users_of = {}
   for name, tasks in split.scenarios.items():
     assert len(tasks) > 0, name
@@ -88,7 +88,7 @@ def test_scenario_tasks_follow_the_protocol(store, split):
     assert sizes.min() >= 13 and sizes.max() <= 100
     assert (g[tasks.users] == expected_group[name]).all()
     new = store.item_new[tasks.items]
-    assert new.all() if name in ("IC", "UIC") else not new.any()
+    assert new.all() if name in ("IC", "UIC", "val_new") else not new.any()
     for t in range(len(tasks)):
       rows = slice(tasks.offsets[t], tasks.offsets[t + 1])
       q = tasks.is_query[rows]
@@ -101,6 +101,8 @@ def test_scenario_tasks_follow_the_protocol(store, split):
     users_of[name] = set(tasks.users.tolist())
   assert not users_of["W"] & users_of["UC"]
   assert not users_of["val"] & (users_of["W"] | users_of["UC"])
+  assert users_of["val_new"] <= {int(u) for u in np.flatnonzero(
+      g == splits.VALIDATION)}
 
 
 def test_training_never_sees_held_out_ratings(store, split):

@@ -1,40 +1,78 @@
 """The initial state is a validated candidate: a run that training only
-makes worse keeps its start, which for the anchored model is the
-item-mean + user-bias baseline itself."""
+makes worse keeps its start; for the anchored model that start is the
+item-mean + user-bias baseline itself, and no validated checkpoint is worse
+than it."""
 
 import json
 import os
 
+import numpy as np
 import pytest
 
 from conftest import config_path
-from metarec_jax import config_io
+from metarec_jax import config_io, experiment, runtime
+from metarec_jax.workdir.restore import load_state
 from metarec_jax.workdir import checkpoint as ckpt_lib
 
+# A learning rate that can only hurt.
+HARMFUL = [("train.lr", "1.0"), ("train.warmup_steps", "0"),
+           ("data.buckets", "(16,)")]
 
-def test_a_run_that_only_gets_worse_keeps_its_anchored_start(tmp_path):
-  from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+
+def _train(tmp_path, overrides):
   from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   config = config_io.load_config_file(config_path("tiny"))
-  # A learning rate that can only hurt: every validation after the start
-  # is worse than the start.
-  config_io.apply_overrides(config, [("train.lr", "1.0"),
-                                     ("train.warmup_steps", "0"),
-                                     ("data.buckets", "(16,)")])
+  config_io.apply_overrides(config, HARMFUL + overrides)
   workdir = str(tmp_path / "run")
-  summary = train_and_evaluate(config, workdir)
+  return workdir, train_and_evaluate(config, workdir)
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_a_run_that_only_gets_worse_keeps_its_start(tmp_path):
+  from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  # Plain MeLU (no validated shares to fall back with): every validation
+  # after the start is worse than the start.
+  workdir, summary = _train(tmp_path, [("model.anchor", "false")])
   best = summary["best"]
   assert best["step"] == 0
-  # The anchored model before training is the baseline, through the whole
-  # validation path.
-  baseline = best["val"]["baselines"]["item_mean_user_bias"]["mae"]
-  assert best["val"]["mae"] == pytest.approx(baseline, abs=1e-5)
   assert summary["val"]["mae"] > best["val"]["mae"]  # training hurt
   reader = ckpt_lib.Checkpointer(workdir, read_only=True)
   assert reader.best() == (0, pytest.approx(best["val"]["mae"]))
   reader.close()
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
+  rows = _rows(workdir)
   assert rows[0]["step"] == 0 and "val/mae" in rows[0]
   report = eval_lib.evaluate_workdir(workdir, support_curve=False)
   assert report["step"] == 0  # eval takes the best validated checkpoint
+
+
+def test_the_anchored_start_is_the_baseline_and_the_best_is_no_worse(
+    tmp_path):
+  workdir, summary = _train(tmp_path, [])
+  start = _rows(workdir)[0]
+  assert start["step"] == 0
+  # The anchored model before training is the baseline, through the whole
+  # validation path.
+  baseline = summary["best"]["val"]["baselines"]["item_mean_user_bias"]["mae"]
+  assert start["val/mae"] == pytest.approx(baseline, abs=1e-5)
+  # Harmful training, but the validated shares fall back towards the
+  # baseline: what is kept is never worse than the start.
+  assert summary["best"]["val"]["mae"] <= start["val/mae"] + 1e-6
+  reader = ckpt_lib.Checkpointer(workdir, read_only=True)
+  best_step = reader.best()[0]
+  assert best_step == summary["best"]["step"]
+  reader.close()
+  # The kept checkpoint holds the shares its validation fitted (the start
+  # was saved as it trains, with 1).
+  expected = [1.0, 1.0]
+  for row in _rows(workdir):
+    if row["step"] == best_step and "val/share_existing_items" in row:
+      expected = [row["val/share_existing_items"],
+                  row["val/share_new_items"]]
+  exp = experiment.build(config_io.read_workdir_config(workdir), workdir)
+  state = load_state(exp, workdir, runtime.make_mesh(), step=best_step)
+  np.testing.assert_array_equal(np.asarray(state.params["model"]["share"]),
+                                expected)

@@ -20,6 +20,18 @@ def test_no_patience_never_stops_and_a_resume_keeps_the_best():
   for m in (0.9, 1.0, 1.1, 1.2):
     s.update(m)
   assert not s.should_stop and s.best == 0.9 and s.stale == 3
-  resumed = Selection.resumed(3, 0.5)
+  resumed = Selection.resumed(3, {200: 0.5, 400: 0.55})
   assert not resumed.update(0.6) and resumed.stale == 1
-  assert Selection.resumed(3, None).update(2.0)
+  assert Selection.resumed(3, {}).update(2.0)
+
+
+def test_a_resume_whose_best_is_the_start_counts_patience_from_training():
+  # Kept: the start (the best) and a worse trained step.
+  resumed = Selection.resumed(1, {0: 0.70, 500: 0.80})
+  assert resumed.best == 0.70 and resumed.trained == 0.80
+  # Better than training's own best, not than the start: no stop.
+  assert not resumed.update(0.75) and not resumed.should_stop
+  assert not resumed.update(0.76) and resumed.should_stop
+  # Only the start kept: any trained validation is training's first.
+  only_start = Selection.resumed(1, {0: 0.70})
+  assert not only_start.update(0.9) and not only_start.should_stop

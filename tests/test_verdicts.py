@@ -53,6 +53,7 @@ def test_the_best_validated_checkpoint_is_kept_and_found(tmp_path):
   ckpt.close()
   reader = ckpt_lib.Checkpointer(str(tmp_path), read_only=True)
   assert reader.best() == (2, pytest.approx(0.5))
+  assert reader.validated() == {2: pytest.approx(0.5)}  # 5 has no MAE
   reader.close()
   # No validated checkpoint: no best (eval then takes the newest).
   other = ckpt_lib.Checkpointer(str(tmp_path / "b"), keep=2,

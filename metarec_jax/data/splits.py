@@ -10,7 +10,8 @@
   seed, are the query set, the rest the support set.
 - Scenarios: W (existing users, existing items), UC (new users, existing
   items), IC (existing users, new items), UIC (new users, new items), and
-  `val` (validation users, existing items).
+  for validation `val` (validation users, existing items) and `val_new`
+  (validation users, new items).
 - Training sees only existing (and validation) users' ratings of existing
   items, never the query ratings of the W and `val` tasks.
 
@@ -32,7 +33,8 @@ SCENARIOS = ("W", "UC", "IC", "UIC")
 
 # (user group, item class) -> scenario
 _SCENARIO_OF = {(EXISTING, 0): "W", (VALIDATION, 0): "val", (NEW, 0): "UC",
-                (EXISTING, 1): "IC", (NEW, 1): "UIC"}
+                (EXISTING, 1): "IC", (VALIDATION, 1): "val_new",
+                (NEW, 1): "UIC"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +168,7 @@ def make_tasks(users: np.ndarray, items: np.ndarray, ratings: np.ndarray,
     positions = np.arange(len(users))
   out = {}
   heldout = []
-  for name in ("W", "UC", "IC", "UIC", "val"):
+  for name in ("W", "UC", "IC", "UIC", "val", "val_new"):
     groups = np.flatnonzero(scenario_of_group == name)
     mask = np.isin(rows_group, groups)
     r, q, rg = rows[mask], is_query[mask], rows_group[mask]

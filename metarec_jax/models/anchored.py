@@ -22,7 +22,16 @@ The cheap signal is where the model starts, not something it must find:
 - `decision` is MeLU's decision MLP (adapted per user, as in MeLU) over
   the feature embeddings, times a meta-learned `gate` that starts at 0:
   the network adds only the interaction on top of the anchor, and only as
-  far as meta-training finds that it helps the query ratings.
+  far as meta-training finds that it helps the query ratings;
+- `share` scales what training learned beyond the closed-form biases (the
+  network and the features' item bias), one factor for items with
+  training ratings and one for items without (new items, or an ID the
+  store does not know). It takes no gradient: training runs with 1, and
+  each validation fits it on the validation users' held-out ratings
+  (`train.shares`), so that where the learned part only fits the training
+  users (small data, or features that identify existing items but say
+  nothing about new ones) the served model falls back towards the
+  baseline, for each kind of item on its own evidence.
 
 Before any training the adapted model is therefore exactly the baseline
 (the gate stops the inner loop from moving the network, and one step sets
@@ -34,6 +43,7 @@ Parameters:
     embed/<field>/embedding          MeLU's feature embeddings
     decision/fc<k>/{kernel,bias}, decision/out/{kernel,bias}
     gate                             []   (starts at 0)
+    share                            [2]  (1, 1; validated, no gradient)
     item_bias/embedding              [items + 1, 2] (fixed: w * mean, w)
     item_features/<field>/embedding  [vocab, ITEM_DIM] (item fields only)
     item_project/kernel              [item fields * ITEM_DIM, 1]
@@ -60,6 +70,7 @@ from metarec_jax.models.recommender import (Recommender, loss_precision,
 ITEM_DIM = 8  # width of the item-feature embeddings of the item bias
 
 USER_BIAS = "user_bias"
+SHARE = "share"  # [existing items, new items]
 
 
 def user_bias_scale(inner_lr: float) -> float:
@@ -105,10 +116,10 @@ class AnchoredMeLU(nn.Module):
     self.global_bias = self.param(
         "global_bias", nn.initializers.constant(self.global_mean), ())
     self.user_bias = self.param(USER_BIAS, nn.initializers.zeros, ())
+    self.share = self.param(SHARE, nn.initializers.ones, (2,))
 
   def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
-    return (self.gate * self.decision(self.embed(features))
-            + self.anchor(features))
+    return self.combine(self.decision(self.embed(features)), features)
 
   def featurize(self, features: dict[str, jax.Array]) -> jax.Array:
     """The decision MLP's input `X: f32[..., fields * embed_dim]`."""
@@ -117,19 +128,25 @@ class AnchoredMeLU(nn.Module):
   def from_preactivation(self, a: jax.Array,
                          features: dict[str, jax.Array]) -> jax.Array:
     """Predictions from fc1's pre-activation `a = X @ W1 + b1`."""
-    return (self.gate * self.decision(a, first_layer=False)
-            + self.anchor(features))
+    return self.combine(self.decision(a, first_layer=False), features)
 
-  def anchor(self, features: dict[str, jax.Array]) -> jax.Array:
-    """global + item bias + user bias: the baseline's form."""
+  def combine(self, interaction: jax.Array,
+              features: dict[str, jax.Array]) -> jax.Array:
+    """The baseline's form, global + item bias + user bias, plus the
+    learned part (the features' item bias and the gated `interaction`)
+    times its validated share."""
     # Fixed tables: the training ratings' closed-form fit. Row 0 (padding,
     # a hidden ID) is 0 and 0: the features alone.
     table = jax.lax.stop_gradient(self.item_bias(features[ITEM_ID]))
     item, weight = table[..., 0], table[..., 1]
+    learned = self.gate * interaction
     if self.item_fields:
       predicted = self.item_project(self.item_features(features))[..., 0]
-      item = item + (1.0 - weight) * predicted
-    return self.global_bias + item + self.user_scale * self.user_bias
+      learned = learned + (1.0 - weight) * predicted
+    share = jax.lax.stop_gradient(
+        jnp.where(weight > 0, self.share[0], self.share[1]))
+    return (self.global_bias + item + self.user_scale * self.user_bias
+            + share * learned)
 
 
 def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,

@@ -32,6 +32,7 @@ from metarec_jax.workdir import reporting, resume, telemetry
 from metarec_jax.workdir import lock
 from metarec_jax.workdir import progress as progress_lib
 from metarec_jax.workdir.preemption import StopRequest
+from metarec_jax.train import shares as shares_lib
 from metarec_jax.train.selection import Selection
 from metarec_jax.train.trainer import Trainer, check_batch_size
 
@@ -102,7 +103,11 @@ class NonFiniteGuard:
 
 
 def _save(checkpointer: ckpt_lib.Checkpointer, step: int, state,
-          config_record: dict, *, val_mae: float | None = None) -> None:
+          config_record: dict, *, val_mae: float | None = None,
+          params=None) -> None:
+  """Saves `state`, with `params` (the validated shares) if given."""
+  if params is not None:
+    state = state.replace(params=params)
   try:
     checkpointer.save(step, state, config_record, val_mae=val_mae)
   except ckpt_lib.CheckpointError as e:  # a non-finite state: not saved
@@ -143,6 +148,9 @@ def _restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
     raise TrainingError(str(e)) from None
   log.info("resumed from the checkpoint of step %d in %s", step,
            checkpointer.directory)
+  if shares_lib.present(state.params):  # training runs with the full share
+    state = state.replace(params=shares_lib.with_shares(
+        state.params, shares_lib.TRAINING))
   return state, step, resolved["horizon"], resolved["saved"]
 
 
@@ -238,9 +246,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       validates = eval_every >= 0  # -1: never, not even at the end
       t0 = time.perf_counter()
       jobs = trainer.compile_jobs()
+      with_shares = shares_lib.present(trainer.abstract_state().params)
       if validates:
-        jobs += evaluator.compile_jobs(trainer.abstract_eval_params(),
-                                       exp.split.scenarios["val"])
+        for name in (shares_lib.SCENARIOS if with_shares else ("val",)):
+          jobs += evaluator.compile_jobs(trainer.abstract_eval_params(),
+                                         exp.split.scenarios[name])
       with runtime.CompileCounter() as warmup:
         if not runtime.run_compile_jobs(jobs, should_stop=stop.now):
           save_and_report_stop(step)
@@ -256,16 +266,40 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
       # Checkpoint selection and early stopping (also over the checkpoints
       # before a resume).
-      best = checkpointer.best()
       selection = Selection.resumed(int(tc.early_stop_patience),
-                                    best[1] if best else None)
+                                    checkpointer.validated())
 
-      def save(step, val_mae=None):
+      def save(step, val_mae=None, params=None):
         # orbax compiles its own small copy programs on a first save; they
         # are not ours to count.
         compiles.stop()
-        _save(checkpointer, step, state, config_record, val_mae=val_mae)
+        _save(checkpointer, step, state, config_record, val_mae=val_mae,
+              params=params)
         compiles.start()
+
+      def validate(step):
+        """The validation of the state after `step`: `(results, params)`,
+        the params with their validated shares (`train.shares`) where the
+        model has them; None if told to stop."""
+        if not with_shares:
+          results = evaluator.evaluate(trainer.eval_params(state.params),
+                                       ("val",), should_stop=stop.now)
+          return None if results is None else (results, None)
+        fitted = shares_lib.fit(
+            lambda p: evaluator.evaluate(trainer.eval_params(p),
+                                         shares_lib.SCENARIOS,
+                                         should_stop=stop.now),
+            state.params)
+        if fitted is None:
+          return None
+        values, results = fitted
+        log.info("step %d  validated shares of the learned part: existing"
+                 " items %.2f, new items %.2f", step, *values)
+        reporter.scalars(step, {"val/share_existing_items": values[0],
+                                "val/share_new_items": values[1]})
+        return results, shares_lib.with_shares(state.params, values)
+
+      served = None  # the last validated params (with their shares)
 
       if eval_every > 0 and restored_step is None:
         # The initial state is a candidate like any validated step: the
@@ -328,12 +362,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
           val_mae = None  # set when this step was validated
           improved = False  # whether that is the best so far (saved)
+          validated = None  # the params to save if this step was validated
           if due(step, eval_every, num_steps):
             guard.check_state(step, state)
-            results = evaluator.evaluate(trainer.eval_params(state.params),
-                                         ("val",),
-                                         should_stop=stop.now)
-            if results is not None:
+            outcome = validate(step)
+            if outcome is not None:
+              results, validated = outcome
+              served = validated
               reporter.scalars(step, eval_lib.scalar_metrics(
                   results, baselines=False))
               summary["val"] = results["val"]
@@ -350,7 +385,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             break
           if due(step, save_every, num_steps) or improved or early_stop:
             guard.check_state(step, state)
-            save(step, val_mae)
+            save(step, val_mae, validated)
           if early_stop:
             log.info("step %d: no better validation MAE in %d validations"
                      " (train.early_stop_patience): stopping early", step,
@@ -368,7 +403,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       if ((step == num_steps or summary.get("early_stopped"))
           and "val" in summary and not stop.now()):
         support_curve.evaluate_and_write(
-            workdir, evaluator, trainer.eval_params(state.params),
+            workdir, evaluator,
+            trainer.eval_params(served if served is not None
+                                else state.params),
             {"val": exp.split.scenarios["val"]}, step=step,
             seed=int(config.eval.seed), write=is_lead, should_stop=stop.now)
     finally:

@@ -27,11 +27,15 @@ class Selection:
   stale: int = 0
 
   @classmethod
-  def resumed(cls, patience: int, best: float | None) -> "Selection":
-    """The selection of a run whose best validated checkpoint had `best`
-    (None: none was validated)."""
-    value = math.inf if best is None else float(best)
-    return cls(patience=patience, best=value, trained=value)
+  def resumed(cls, patience: int,
+              validated: dict[int, float]) -> "Selection":
+    """The selection of a run whose kept checkpoints were validated as
+    `validated` (step -> MAE; the start is step 0): the best of them is
+    the one to beat, and the patience counts from the best trained one."""
+    trained = [m for step, m in validated.items() if step > 0]
+    return cls(patience=patience, best=min(validated.values(),
+                                           default=math.inf),
+               trained=min(trained, default=math.inf))
 
   def start(self, mae: float) -> bool:
     """Records the validation of the start; whether it is the best."""

@@ -136,6 +136,17 @@ class Checkpointer:
       return None
     return int(step), float(metrics[VAL_MAE])
 
+  def validated(self) -> dict[int, float]:
+    """Step -> validation MAE of every kept checkpoint saved with one."""
+    if self.manager is None:
+      return {}
+    out = {}
+    for step in self.steps():
+      metrics = self.manager.metrics(step)
+      if metrics and metrics.get(VAL_MAE) is not None:
+        out[int(step)] = float(metrics[VAL_MAE])
+    return out
+
   def save(self, step: int, state: Any, config: dict, *,
            val_mae: float | None = None) -> None:
     """Starts an asynchronous save of `state` at `step`, with the digest of
