@@ -77,7 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
       },
       "mesh": {"model": 1, "shard_min_rows": 65536},
       "eval": {
-          "seed": 0, "new_user_fraction": 0.2, "val_fraction": 0.1,
+          "seed": 0, "new_user_fraction": 0.2, "val_fraction": 0.0,
           "min_ratings": 13, "max_ratings": 100, "max_tasks": 1000,
           "batch_tasks": 128, "catalog_block": 1024,
       },

@@ -263,7 +263,11 @@ MEANINGS: dict[str, str] = {
     "eval.seed": "Seed of the protocol split (user groups, query sets,"
                  " task subsampling) and of the support-curve cuts.",
     "eval.new_user_fraction": "Share of users held out as *new* (UC, UIC).",
-    "eval.val_fraction": "Share of existing users held out for validation.",
+    "eval.val_fraction": (
+        "Share of existing users held out for validation; 0: the fewest"
+        " that give 200 validation tasks, from 10% to 30% (a small"
+        " dataset's few dozen tasks are too noisy to choose checkpoints"
+        " with); a run writes the resolved share into its config.json."),
     "eval.min_ratings": "Fewest ratings of a user in an item class for an"
                         " evaluation task.",
     "eval.max_ratings": "Most ratings of a user in an item class for an"

@@ -29,6 +29,8 @@ def test_train_writes_the_work_directory(trained):
   with open(os.path.join(workdir, "config.json")) as f:
     record = json.load(f)
   assert record["config"]["train"]["num_steps"] == 6
+  # eval.val_fraction 0 (automatic) is written as the share it resolved to.
+  assert 0.1 <= record["config"]["eval"]["val_fraction"] <= 0.3
   assert record["versions"]["jax"]
   assert "git_revision" in record
   lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()

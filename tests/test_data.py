@@ -195,3 +195,29 @@ def test_task_set_batches_cover_every_task_once(store, split):
         batch["query"]["features"]["genre"][:len(index)])
     seen.extend(index.tolist())
   assert sorted(seen) == list(range(len(tasks)))
+
+
+def test_validation_size_is_the_fraction_or_enough_tasks_within_range():
+  many = np.ones(5000, bool)
+  assert splits.validation_size(many, 0.25) == 1250
+  # Automatic: 10% already gives 200 tasks.
+  assert splits.validation_size(many, 0.0) == 500
+  # A small dataset: the fewest users for 200 tasks (every other user has
+  # one) ...
+  half = np.arange(2000) % 2 == 0
+  assert splits.validation_size(half, 0.0) == 399
+  # ... but never more than 30%.
+  assert splits.validation_size(half[:600], 0.0) == 180
+
+
+def test_an_automatic_validation_share_is_resolved_from_the_store(store):
+  explicit = splits.split(store, splits.ProtocolSpec(seed=3,
+                                                     val_fraction=0.1))
+  auto = splits.split(store, splits.ProtocolSpec(seed=3, val_fraction=0.0))
+  assert explicit.val_fraction == pytest.approx(0.1, abs=0.002)
+  assert 0.1 < auto.val_fraction <= 0.3
+  assert len(auto.scenarios["val"]) > len(explicit.scenarios["val"])
+  # The resolved share, given explicitly, is the same split.
+  again = splits.split(store, splits.ProtocolSpec(
+      seed=3, val_fraction=auto.val_fraction))
+  np.testing.assert_array_equal(again.user_group, auto.user_group)

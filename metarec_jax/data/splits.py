@@ -3,6 +3,9 @@
 - Users with ratings are split at random (seeded) into *existing* and *new*
   users (80/20); a seeded share of the existing users is the *validation*
   set, used to choose hyperparameters and checkpoints, never for test.
+  That share is `eval.val_fraction`, or with 0 (the default) the smallest
+  share from 10% to 30% that gives `AUTO_VAL_TASKS` validation tasks: a
+  few dozen tasks of a small dataset are too noisy to choose with.
 - Items are *existing* or *new* by the store's `item_new` flag (MovieLens:
   the release year, 1998 or later is new).
 - A task is one user's ratings of one item class with `min_ratings` to
@@ -29,6 +32,11 @@ from metarec_jax.data import hashing
 from metarec_jax.data.store import TaskStore
 
 NO_RATINGS, EXISTING, VALIDATION, NEW = 0, 1, 2, 3
+
+# `val_fraction` 0: enough validation users for this many tasks of existing
+# items, within this range of shares of the existing users.
+AUTO_VAL_TASKS = 200
+AUTO_VAL_RANGE = (0.1, 0.3)
 SCENARIOS = ("W", "UC", "IC", "UIC")
 
 # (user group, item class) -> scenario
@@ -43,7 +51,7 @@ class ProtocolSpec:
 
   seed: int = 0
   new_user_fraction: float = 0.2
-  val_fraction: float = 0.1
+  val_fraction: float = 0.1  # 0: automatic (`validation_size`)
   min_ratings: int = 13
   max_ratings: int = 100
   query_size: int = 10
@@ -88,6 +96,7 @@ class Split:
   train_offsets: np.ndarray     # int64 [U+1] CSR into train_positions
   train_positions: np.ndarray   # int64 positions of training ratings
   scenarios: dict[str, TaskSet]
+  val_fraction: float = 0.1     # the share of existing users validating
 
   def train_counts(self) -> np.ndarray:
     return np.diff(self.train_offsets)
@@ -104,8 +113,26 @@ def ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
   return base + np.arange(total, dtype=np.int64)
 
 
-def user_groups(counts: np.ndarray, spec: ProtocolSpec) -> np.ndarray:
-  """Seeded exact 80/20 (and validation) split of the users with ratings."""
+def validation_size(eligible: np.ndarray, fraction: float) -> int:
+  """How many of the existing users (in their seeded order; `eligible`:
+  whether each has a task of existing items) validate: `fraction` of them,
+  or with `fraction` 0 the fewest that give `AUTO_VAL_TASKS` tasks, within
+  `AUTO_VAL_RANGE` of them."""
+  n = len(eligible)
+  if fraction > 0:
+    return int(round(fraction * n))
+  lo, hi = (int(round(f * n)) for f in AUTO_VAL_RANGE)
+  enough = np.flatnonzero(np.cumsum(eligible) >= AUTO_VAL_TASKS)
+  need = int(enough[0]) + 1 if len(enough) else hi
+  return min(max(need, lo), hi)
+
+
+def user_groups(counts: np.ndarray, spec: ProtocolSpec,
+                eligible: np.ndarray | None = None) -> np.ndarray:
+  """Seeded exact 80/20 (and validation) split of the users with ratings.
+
+  `eligible` (bool per user, default all): whether a user has a task of
+  existing items, which an automatic `val_fraction` counts."""
   n_users = len(counts)
   group = np.zeros(n_users, np.int8)
   rated = np.flatnonzero(counts > 0)
@@ -116,7 +143,9 @@ def user_groups(counts: np.ndarray, spec: ProtocolSpec) -> np.ndarray:
   existing = order[num_new:]
   existing = existing[np.argsort(hashing.uniform(spec.seed, existing, 2),
                                  kind="stable")]
-  num_val = int(round(spec.val_fraction * len(existing)))
+  if eligible is None:
+    eligible = np.ones(n_users, bool)
+  num_val = validation_size(eligible[existing], spec.val_fraction)
   group[existing[:num_val]] = VALIDATION
   group[existing[num_val:]] = EXISTING
   return group
@@ -189,12 +218,16 @@ def make_tasks(users: np.ndarray, items: np.ndarray, ratings: np.ndarray,
 def split(store: TaskStore, spec: ProtocolSpec) -> Split:
   """Applies the protocol to `store`."""
   counts = store.counts()
-  group = user_groups(counts, spec)
   user_of_rating = np.repeat(np.arange(store.num_users, dtype=np.int32),
                              counts)
   items = np.asarray(store.items)
   ratings = np.asarray(store.ratings)
   item_new = np.asarray(store.item_new)
+  existing_counts = np.bincount(user_of_rating[~item_new[items]],
+                                minlength=store.num_users)
+  group = user_groups(counts, spec, eligible=(
+      (existing_counts >= spec.min_ratings)
+      & (existing_counts <= spec.max_ratings)))
   scenarios, heldout_query = make_tasks(user_of_rating, items, ratings,
                                         item_new, group, spec)
   trainable = (~item_new[items]) & np.isin(group[user_of_rating],
@@ -204,6 +237,9 @@ def split(store: TaskStore, spec: ProtocolSpec) -> Split:
   train_counts = np.bincount(user_of_rating[train_positions],
                              minlength=store.num_users)
   train_offsets = np.concatenate([[0], np.cumsum(train_counts)])
+  existing = np.isin(group, (EXISTING, VALIDATION)).sum()
   return Split(user_group=group, train_offsets=train_offsets.astype(np.int64),
                train_positions=train_positions.astype(np.int64),
-               scenarios=scenarios)
+               scenarios=scenarios,
+               val_fraction=float((group == VALIDATION).sum()
+                                  / max(existing, 1)))

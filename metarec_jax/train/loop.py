@@ -194,6 +194,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   with lock.hold(workdir), StopRequest() as stop:
     trainer = Trainer(config, workdir)
     exp = trainer.exp
+    # The validation share as resolved from the data (`eval.val_fraction`
+    # 0), so that `eval` and `export` rebuild the same split.
+    config.eval.val_fraction = exp.split.val_fraction
+    config_record = config_io.to_dict(config)
     checkpointer = ckpt_lib.Checkpointer(workdir,
                                          keep=int(config.checkpoint.keep))
     reporter = None
