@@ -109,7 +109,7 @@ def test_from_max_nonfinite_on_the_step_refuses_every_update(trainer):
 
 
 def test_the_guard_names_the_step_that_reached_the_limit(caplog):
-  from metarec_jax.train.loop import NonFiniteGuard, TrainingError  # pylint: disable=g-import-not-at-top
+  from metarec_jax.train.guard import NonFiniteGuard, TrainingError  # pylint: disable=g-import-not-at-top
 
   class NoCheckpoints:
     def wait(self):

@@ -33,6 +33,7 @@ from metarec_jax.workdir import lock
 from metarec_jax.workdir import progress as progress_lib
 from metarec_jax.workdir.preemption import StopRequest
 from metarec_jax.train import shares as shares_lib
+from metarec_jax.train.guard import NonFiniteGuard, TrainingError
 from metarec_jax.train.selection import Selection
 from metarec_jax.train.trainer import Trainer, check_batch_size
 
@@ -41,65 +42,10 @@ log = logging.getLogger("metarec")
 MAX_AHEAD = 2  # steps the host may dispatch before the device finishes them
 
 
-class TrainingError(Exception):
-  """The run cannot go on (persistent non-finite meta-gradients, no
-  readable checkpoint)."""
-
-
 def due(step: int, every: int, last: int) -> bool:
   """Whether `step` is a step of a cadence: every `every` steps and the
   `last` one; `every` = 0: only the last; < 0: never."""
   return every >= 0 and (step == last or (every > 0 and step % every == 0))
-
-
-class NonFiniteGuard:
-  """Warns about skipped updates and ends the run at `train.max_nonfinite`
-  of them in a row.
-
-  The meta-step skips a non-finite update on the device and, once the
-  limit is reached, every later one (`make_train_step`), so the counters
-  need no reading on every step: `check` runs where the loop reads the
-  device anyway (log steps, before a validation or a save, on a stop), and
-  the step that reached the limit follows exactly from the streak.
-  """
-
-  def __init__(self, limit: int, checkpointer: ckpt_lib.Checkpointer,
-               step: int, state):
-    self.limit = max(int(limit), 1)
-    self.checkpointer = checkpointer
-    self.step = step  # the last step checked
-    self.total = int(runtime.to_host(state.nonfinite_total))
-
-  def check(self, step: int, streak, total) -> None:
-    """`streak`, `total`: the counters after `step` (arrays or numbers).
-
-    Raises:
-      TrainingError: the limit was reached at or before `step`.
-    """
-    streak, total = int(runtime.to_host(streak)), int(runtime.to_host(total))
-    over = max(streak - self.limit, 0)  # refused steps after the limit
-    step, streak, total = step - over, streak - over, total - over
-    if total > self.total:
-      log.warning("steps %d-%d: non-finite loss, meta-gradient or update;"
-                  " update skipped %d time(s) (%d in a row at step %d, %d in"
-                  " total)", self.step + 1, step, total - self.total, streak,
-                  step, total)
-    self.step, self.total = step, total
-    if streak >= self.limit:
-      # Every saved state is finite (`Checkpointer.save` refuses others),
-      # so the newest checkpoint, if any, is one to resume from.
-      self.checkpointer.wait()
-      newest = self.checkpointer.latest_step()
-      raise TrainingError(
-          f"step {step}: {streak} consecutive steps with a non-finite loss,"
-          f" meta-gradient or update (train.max_nonfinite={self.limit}); "
-          + ("no checkpoint was saved" if newest is None else
-             f"the newest checkpoint, of step {newest}, holds a finite state"
-             " to resume from with other settings"))
-
-  def check_state(self, step: int, state) -> None:
-    """`check` with the counters of `state` (the state after `step`)."""
-    self.check(step, state.nonfinite_streak, state.nonfinite_total)
 
 
 def _save(checkpointer: ckpt_lib.Checkpointer, step: int, state,
