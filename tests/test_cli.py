@@ -52,6 +52,8 @@ def test_eval_prints_the_json_report_last(trained):
   assert report["step"] in (3, 6)
   assert (f"using the best validated checkpoint: step {report['step']}"
           in out.stderr)
+  # ... and the validated shares it serves with (the anchored model).
+  assert "of its learned part for existing items" in out.stderr
   assert isinstance(report["warnings"], list)
   assert set(report["scenarios"]) == {"W", "UC", "IC", "UIC"}
   uc = report["scenarios"]["UC"]

@@ -6,6 +6,7 @@ import logging
 
 from metarec_jax import experiment, runtime
 from metarec_jax.errors import InputError
+from metarec_jax.models.anchored import SHARE
 from metarec_jax.workdir import checkpoint as ckpt_lib
 from metarec_jax.workdir import optim
 from metarec_jax.workdir import state as state_lib
@@ -44,4 +45,9 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
     raise InputError(str(e), path=workdir) from e
   finally:
     checkpointer.close()
+  share = state.params["model"].get(SHARE)
+  if share is not None:
+    log.info("the checkpoint uses %.2f of its learned part for existing"
+             " items and %.2f for new items (its validated shares)",
+             *runtime.to_host(share).tolist())
   return state
