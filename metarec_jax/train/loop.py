@@ -235,11 +235,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           results = evaluator.evaluate(trainer.eval_params(state.params),
                                        ("val",), should_stop=stop.now)
           return None if results is None else (results, None)
-        fitted = shares_lib.fit(
-            lambda p: evaluator.evaluate(trainer.eval_params(p),
-                                         shares_lib.SCENARIOS,
-                                         should_stop=stop.now),
-            state.params)
+        def evaluate(params):
+          kept = {}
+          results = evaluator.evaluate(trainer.eval_params(params),
+                                       shares_lib.SCENARIOS,
+                                       should_stop=stop.now, keep=kept)
+          return None if results is None else (results, {
+              name: shares_lib.task_errors(p) for name, p in kept.items()})
+
+        fitted = shares_lib.fit(evaluate, state.params)
         if fitted is None:
           return None
         values, results = fitted

@@ -7,8 +7,10 @@ for items without. Training never moves it (it takes no gradient and
 trains at 1). Each validation fits it instead: the validation users'
 held-out ratings of existing items (`val`) choose the first factor, those
 of new items (`val_new`) the second, each the value of `GRID` with the
-lowest MAE. A checkpoint saves the fitted factors, so `eval`, `export` and
-the server use them; the training state keeps 1.
+lowest MAE if the tasks' errors show, by `EVIDENCE` standard errors, that
+it beats 0 (the baseline's form), else 0. A checkpoint saves the fitted
+factors, so `eval`, `export` and the server use them; the training state
+keeps 1.
 
 Why a fitted scalar and not only checkpoint selection: where the learned
 part mostly fits the training users (a few hundred users, or features that
@@ -31,6 +33,9 @@ from metarec_jax.models.anchored import SHARE
 PyTree = Any
 
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+# A share above 0 needs validation errors this many standard errors (of the
+# tasks' paired differences) below those of share 0.
+EVIDENCE = 2.0
 # Each entry of `share` and the validation scenario that fits it.
 SCENARIOS = ("val", "val_new")
 TRAINING = (1.0, 1.0)
@@ -51,38 +56,62 @@ def with_shares(meta_params: PyTree, values) -> PyTree:
   return {**meta_params, "model": {**meta_params["model"], SHARE: new}}
 
 
-def fit(evaluate: Callable[[PyTree], dict | None], meta_params: PyTree):
-  """The shares with the lowest validation MAE, per kind of item.
+def task_errors(predictions) -> np.ndarray:
+  """Each task's query MAE `f32[N]` from the evaluator's `Predictions`."""
+  mask = predictions.mask
+  err = np.abs(predictions.adapted - predictions.true) * mask
+  return err.sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
+
+
+def evident(errors: np.ndarray, against: np.ndarray) -> bool:
+  """Whether per-task errors are lower than `against`'s (the same tasks)
+  by more than `EVIDENCE` standard errors of the paired difference."""
+  diff = np.asarray(errors, np.float64) - np.asarray(against, np.float64)
+  if len(diff) < 2:
+    return False
+  spread = diff.std(ddof=1) / np.sqrt(len(diff))
+  return bool(diff.mean() < -EVIDENCE * spread) or (
+      spread == 0 and diff.mean() < 0)
+
+
+def fit(evaluate: Callable[[PyTree], tuple | None], meta_params: PyTree):
+  """The shares with the lowest validation MAE, per kind of item, where
+  the evidence says they beat the baseline's share 0.
 
   Args:
-    evaluate: `meta_params -> {"val": metrics, "val_new": metrics}` (the
-      evaluator's JSON per scenario), or None when told to stop.
+    evaluate: `meta_params -> (results, errors)`: the evaluator's JSON per
+      scenario of `SCENARIOS` and each scenario's per-task MAE
+      (`task_errors`); None when told to stop.
     meta_params: the trained state's parameters (any shares).
 
   Returns:
     `(shares, results)`: the fitted `(existing, new)` factors and each
-    scenario's metrics at its own factor; None if `evaluate` stopped. A
-    factor without validation tasks (no new items rated by validation
-    users) follows the other; ties go to the larger factor (the model as
-    trained; so is a model without any finite validation MAE).
+    scenario's metrics at its own factor; None if `evaluate` stopped.
+    Per kind of item the factor is the grid value with the lowest MAE
+    (ties: the larger), kept only if its tasks' errors are lower than
+    with 0 by `EVIDENCE` standard errors (`evident`), else 0: the learned
+    part must show that it helps on the validation tasks, not only by the
+    luck of the lowest of several values. A factor without validation
+    tasks (no new items rated by validation users) follows the other; a
+    model without any finite validation MAE keeps 1 (as trained).
   """
-  maes = {name: [] for name in SCENARIOS}
-  runs = []
+  runs, errors = [], []
   for value in GRID:
-    results = evaluate(with_shares(meta_params, (value, value)))
-    if results is None:
+    out = evaluate(with_shares(meta_params, (value, value)))
+    if out is None:
       return None
-    runs.append(results)
-    for name in SCENARIOS:
-      maes[name].append(results[name].get("mae"))
+    runs.append(out[0])
+    errors.append(out[1])
   chosen = {}
   for name in SCENARIOS:
-    values = maes[name]
-    if any(v is None or not np.isfinite(v) for v in values):
+    maes = [r[name].get("mae") for r in runs]
+    if any(v is None or not np.isfinite(v) for v in maes):
       continue
     # The last minimum: the largest factor among equals.
-    chosen[name] = len(GRID) - 1 - int(np.argmin(values[::-1]))
-  # Without any finite validation MAE: the model as trained.
+    best = len(GRID) - 1 - int(np.argmin(maes[::-1]))
+    if GRID[best] > 0 and not evident(errors[best][name], errors[0][name]):
+      best = GRID.index(0.0)
+    chosen[name] = best
   fallback = chosen.get("val", chosen.get("val_new", len(GRID) - 1))
   index = [chosen.get(name, fallback) for name in SCENARIOS]
   shares = tuple(GRID[i] for i in index)
