@@ -24,6 +24,12 @@ def test_warns_when_the_model_loses_to_the_baseline():
   assert "try:" in lines[0]
 
 
+def test_a_loss_of_more_than_the_tie_margin_warns_and_a_tie_does_not():
+  assert verdicts.warnings_for({"W": scenario(0.4692, 0.4691)}) == []
+  lines = verdicts.warnings_for({"W": scenario(0.7858, 0.7847)})
+  assert len(lines) == 1 and "(+0.1%)" in lines[0]
+
+
 def test_quiet_when_the_model_wins_and_on_empty_scenarios():
   assert verdicts.warnings_for({
       "W": scenario(0.70, 0.73), "UC": scenario(0.71, 0.74),
