@@ -1,6 +1,7 @@
 """Warnings of `metarec train` and `eval`: the model lost, too few tasks;
 checkpoint selection by validation MAE."""
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -68,3 +69,18 @@ def test_the_best_validated_checkpoint_is_kept_and_found(tmp_path):
   other.wait()
   assert other.best() is None
   other.close()
+
+
+def test_a_checkpoint_of_other_parameters_is_named_as_such(tmp_path):
+  """E.g. an anchored run saved before the validated shares existed."""
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), keep=1, async_save=False)
+  ckpt.save(1, {"params": {"w": jnp.zeros(2)}}, {"x": 1})
+  ckpt.close()
+  reader = ckpt_lib.Checkpointer(str(tmp_path), read_only=True)
+  abstract = {"params": {"w": jax.ShapeDtypeStruct((2,), jnp.float32),
+                         "share": jax.ShapeDtypeStruct((2,), jnp.float32)}}
+  with pytest.raises(ckpt_lib.CheckpointError,
+                     match="parameters of another model [(]the model has"
+                     " share;"):
+    reader.restore(abstract, 1)
+  reader.close()

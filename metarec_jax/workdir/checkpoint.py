@@ -262,6 +262,7 @@ class Checkpointer:
         if check is not None:
           check(candidate, record, shapes)
         try:
+          _same_parameters(shapes, _params(abstract_state))
           state = self.manager.restore(candidate, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract_state)))["state"]
           self._verify(candidate, state, record)
@@ -343,6 +344,29 @@ class Checkpointer:
       return  # a failed save has been reported and cleaned up
     self.wait()
     self.manager.close()
+
+
+def _params(state: Any) -> Any:
+  """The `params` of a train state (or of a `{"params": ...}` dict)."""
+  return state["params"] if isinstance(state, dict) else state.params
+
+
+def _same_parameters(saved: dict[str, tuple], params: Any) -> None:
+  """Raises `DamagedCheckpoint` naming the parameters that the checkpoint
+  (`saved`: its `saved_param_shapes`) and this model (`params`) do not
+  share: orbax's own error ("tree structures do not match") names no leaf.
+  """
+  current = set(paths.leaf_paths(params))
+  missing, extra = sorted(current - set(saved)), sorted(set(saved) - current)
+  if missing or extra:
+    what = "; ".join(
+        f"{label} {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
+        for label, names in (("the model has", missing),
+                             ("the checkpoint has", extra)) if names)
+    raise DamagedCheckpoint(
+        f"holds the parameters of another model ({what}; a checkpoint of an"
+        " earlier metarec or another config): train it again in a new"
+        " --workdir")
 
 
 def _cause(error: Exception) -> str:
