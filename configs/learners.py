@@ -50,6 +50,10 @@ def get_config(arg: str = "maml"):
   if variant in ("metric", "amortised", "hybrid", "distilled"):
     # The encoders read the plain models' support rows; the anchored form
     # (default.py's) has none yet.
+    if variant == "distilled" and c.model.anchor:
+      # Its teacher, the anchored model, reads the item IDs: the student's
+      # batches must carry them, so the student reads them too.
+      c.model.item_id = True
     c.model.anchor = False
   return c
 
