@@ -225,3 +225,19 @@ def test_runs_set_up_the_runtime_like_the_cli(tmp_path, fake_training,
                        " train.cpu_devices=1"]) == 0
   [(config, kwargs)] = calls
   assert config.train.cpu_devices == 1 and kwargs == {}
+
+
+def test_an_interrupted_run_with_resolved_keys_is_resumed(tmp_path,
+                                                          fake_training):
+  """Its config.json holds what the run resolved from 0 (the validation
+  share, the schedule's length): the same config, so training resumes."""
+  out, run = f"--out={tmp_path}", f"--run=a {config_path('tiny')}"
+  assert compare.main([out, run]) == 0
+  workdir = fake_training[0]
+  os.remove(os.path.join(workdir, compare.RESULT))  # interrupted
+  config = config_io.read_workdir_config(workdir)
+  config.eval.val_fraction = 0.2525
+  config.train.schedule_steps = 6
+  config_io.write_workdir_config(workdir, config)
+  assert compare.main([out, run]) == 0
+  assert fake_training == [workdir, workdir]

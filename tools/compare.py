@@ -157,7 +157,7 @@ def run_one(run: Run, config, workdir: str, *, force: bool) -> dict:
       log.info("%s: reusing %s", run.name, path)
       return previous
   previous_config = _workdir_config(workdir)
-  if previous_config is not None and previous_config != record:
+  if previous_config is not None and not _same_run(previous_config, record):
     raise InputError(f"holds a run of another config than run {run.name!r};"
                      " pass --force to retrain it, or use another --out",
                      path=workdir)
@@ -178,6 +178,20 @@ def run_one(run: Run, config, workdir: str, *, force: bool) -> dict:
   atomic.write_text(path, json.dumps(_json_safe(result), indent=1)
                               + "\n")
   return result
+
+
+# Keys a run resolves from the data or the run when they are 0 and writes
+# resolved into its config.json (`train_and_evaluate`).
+RESOLVED = ("train.schedule_steps", "eval.val_fraction")
+
+
+def _same_run(saved: dict, record: dict) -> bool:
+  """Whether a work directory's config is `record` once resolved."""
+  saved, record = config_io.flat(saved), config_io.flat(record)
+  for key in RESOLVED:
+    if not record.get(key) and key in saved:
+      record[key] = saved[key]
+  return saved == record
 
 
 def _workdir_config(workdir: str) -> dict | None:
