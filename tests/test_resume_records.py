@@ -81,3 +81,16 @@ def test_a_stop_before_the_first_step_says_nothing_was_saved(
   assert any("at step 0 (before the first step: nothing to save)"
              in r.getMessage() for r in caplog.records)
   assert not os.listdir(os.path.join(workdir, "checkpoints"))
+
+
+def test_a_checkpoint_without_a_parameter_of_the_model_is_named(tmp_path):
+  """E.g. an anchored run saved before the validated shares: no config key
+  changed, the model has a parameter the checkpoint lacks."""
+  from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  from metarec_jax.workdir import resume  # pylint: disable=g-import-not-at-top
+  config = config_io.to_dict(config_io.load_config_file(config_path("tiny")))
+  saved = {"model/gate": ((), "float32")}
+  current = {**saved, "model/share": ((2,), "float32")}
+  with pytest.raises(InputError, match=r"earlier metarec whose model had"
+                     r" other parameters; model/share: absent -> \(2,\)"):
+    resume.check_resume(config, config, saved, current, step=1000)

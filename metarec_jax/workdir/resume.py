@@ -71,7 +71,9 @@ def check_resume(saved_config: dict, current_config: dict,
     keys = [k for k, _, _ in changes if not k.startswith(_HARMLESS)]
     what = ", ".join(f"{k}={_show(o)} -> {_show(n)}"
                      for k, o, n in changes if k in keys) or (
-                         "no config key (the data's vocabularies changed)")
+                         "no config key: the data's vocabularies changed,"
+                         " or the checkpoint is of an earlier metarec whose"
+                         " model had other parameters")
     raise InputError(
         f"cannot resume the checkpoint of step {step}: the change alters the"
         f" shapes of the saved state ({what}; {'; '.join(shape_diffs[:4])}"
