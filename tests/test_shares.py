@@ -2,11 +2,10 @@
 validation scenario, above 0 only with evidence, placed like the parameter
 they replace."""
 
-import types
-
 import jax
 import numpy as np
 
+from metarec_jax.eval import metrics
 from metarec_jax.train import shares
 
 TASKS = 400
@@ -92,12 +91,11 @@ def test_evidence_is_a_paired_test_on_the_tasks():
   assert not shares.evident(base[:1] - 1, base[:1])  # one task: no test
 
 
-def test_task_errors_are_each_tasks_query_mae():
-  p = types.SimpleNamespace(
-      adapted=np.array([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]]),
-      true=np.array([[2.0, 4.0, 5.0], [3.5, 9.0, 9.0]]),
-      mask=np.array([[True, True, False], [True, False, False]]))
-  np.testing.assert_allclose(shares.task_errors(p), [1.5, 0.5])
+def test_each_tasks_query_mae():
+  np.testing.assert_allclose(metrics.mae_per_task(
+      np.array([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]]),
+      np.array([[2.0, 4.0, 5.0], [3.5, 9.0, 9.0]]),
+      np.array([[True, True, False], [True, False, False]])), [1.5, 0.5])
 
 
 def test_with_shares_keeps_everything_else_and_the_placement():

@@ -15,6 +15,14 @@ def mae(pred: np.ndarray, true: np.ndarray, mask: np.ndarray) -> float | None:
   return float(np.abs(pred - true)[mask].sum() / n) if n else None
 
 
+def mae_per_task(pred: np.ndarray, true: np.ndarray,
+                 mask: np.ndarray) -> np.ndarray:
+  """Each task's mean absolute error over its real query ratings, `[N]`
+  from `[N, Q]` arrays (0 for a task without any)."""
+  err = np.abs(pred - true) * mask
+  return err.sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
+
+
 def rmse(pred: np.ndarray, true: np.ndarray, mask: np.ndarray) -> float | None:
   """Root mean squared error over all real query ratings."""
   n = int(mask.sum())

@@ -25,6 +25,7 @@ from metarec_jax import config_io, config_meanings, config_reference, runtime
 from metarec_jax import eval as eval_lib
 from metarec_jax.data.convert import prepare
 from metarec_jax.data.pipeline import Prefetcher
+from metarec_jax.eval import metrics as metrics_lib
 from metarec_jax.eval import support_curve
 from metarec_jax.eval.evaluate import Evaluator
 from metarec_jax.workdir import checkpoint as ckpt_lib
@@ -241,7 +242,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                        shares_lib.SCENARIOS,
                                        should_stop=stop.now, keep=kept)
           return None if results is None else (results, {
-              name: shares_lib.task_errors(p) for name, p in kept.items()})
+              name: metrics_lib.mae_per_task(p.adapted, p.true, p.mask)
+              for name, p in kept.items()})
 
         fitted = shares_lib.fit(evaluate, state.params)
         if fitted is None:

@@ -56,13 +56,6 @@ def with_shares(meta_params: PyTree, values) -> PyTree:
   return {**meta_params, "model": {**meta_params["model"], SHARE: new}}
 
 
-def task_errors(predictions) -> np.ndarray:
-  """Each task's query MAE `f32[N]` from the evaluator's `Predictions`."""
-  mask = predictions.mask
-  err = np.abs(predictions.adapted - predictions.true) * mask
-  return err.sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
-
-
 def evident(errors: np.ndarray, against: np.ndarray) -> bool:
   """Whether per-task errors are lower than `against`'s (the same tasks)
   by more than `EVIDENCE` standard errors of the paired difference."""
@@ -81,7 +74,7 @@ def fit(evaluate: Callable[[PyTree], tuple | None], meta_params: PyTree):
   Args:
     evaluate: `meta_params -> (results, errors)`: the evaluator's JSON per
       scenario of `SCENARIOS` and each scenario's per-task MAE
-      (`task_errors`); None when told to stop.
+      (`eval.metrics.mae_per_task`); None when told to stop.
     meta_params: the trained state's parameters (any shares).
 
   Returns:
