@@ -53,8 +53,9 @@ MEANINGS: dict[str, str] = {
                     " baseline's) + the decision MLP (zero at first), which"
                     " learns only the interaction (`models/anchored.py`).",
     "model.user_bias_prior": "`model.anchor`: pseudo-ratings shrinking the"
-                             " adapted user bias towards 0 (the baseline"
-                             " uses 3).",
+                             " adapted user bias towards 0 at the start"
+                             " (the baseline uses 3); meta-training learns"
+                             " the value the data calls for.",
     "model.compute_dtype": "Precision of the model's arithmetic in the inner"
                            " loop and the meta-gradient: `float32` or"
                            " `bfloat16` (mixed precision: parameters,"

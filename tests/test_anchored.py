@@ -46,9 +46,10 @@ def test_meta_parameters_predict_the_item_means():
                              rtol=1e-5)
 
 
-def assert_adapted_is_the_baseline(model, config, params):
+def assert_adapted_is_the_baseline(model, config, params, prior=PRIOR):
   """On each of 4 tasks, the adapted model's query predictions are the item
-  means plus the baseline's shrunk mean residual of the support set."""
+  means plus the shrunk mean residual of the support set (`prior`
+  pseudo-ratings: the baseline's at the start)."""
   t = tasks()
   for i in range(4):
     support = jax.tree.map(lambda a: a[i], t["support"])
@@ -56,7 +57,7 @@ def assert_adapted_is_the_baseline(model, config, params):
     adapted = meta.adapt(model.loss_fn, params, support, config=config)
     s_ids, mask = support["features"]["item_id"], support["mask"]
     resid = np.where(mask, support["rating"] - ITEM_MEANS[s_ids - 1], 0.0)
-    bias = resid.sum() / (mask.sum() + PRIOR)
+    bias = resid.sum() / (mask.sum() + prior)
     q_ids = query["features"]["item_id"][query["mask"]]
     pred = np.asarray(model.predict(adapted, query["features"]))
     np.testing.assert_allclose(pred[query["mask"]],
@@ -69,6 +70,33 @@ def test_one_inner_step_sets_the_user_bias_as_the_baseline_does():
   model, config = build(adapt=("^user_bias$",), inner_steps=1)
   params = model.init(jax.random.PRNGKey(0))
   assert_adapted_is_the_baseline(model, config, params)
+
+
+def test_the_learned_prior_sets_the_shrinkage():
+  """`user_prior` is the log of the pseudo-ratings: another value lands one
+  step on the residual shrunk by it, still from any start."""
+  model, config = build(adapt=("^user_bias$",), inner_steps=1)
+  params = model.init(jax.random.PRNGKey(0))
+  np.testing.assert_allclose(float(params["user_prior"]), np.log(PRIOR),
+                             rtol=1e-6)
+  params = {**params, "user_prior": jax.numpy.log(10.0),
+            "user_bias": jax.numpy.asarray(-0.4)}
+  assert_adapted_is_the_baseline(model, config, params, prior=10.0)
+
+
+def test_meta_training_learns_the_prior_and_not_the_user_bias_start():
+  """The prior's meta-gradient flows through the adapted user bias; the
+  user bias's own start has (up to rounding) none, so it is `meta_fixed`
+  and the meta-step zeroes it rather than let Adam blow the noise up."""
+  model, config = build(inner_steps=1)
+  assert model.meta_fixed == ("^user_bias$",)
+  params = model.init(jax.random.PRNGKey(0))
+  grads = jax.grad(
+      lambda p: meta.meta_loss(model.loss_fn, p, tasks(), config=config,
+                               query_loss_fn=model.query_loss_fn))(params)
+  assert abs(float(grads["user_prior"])) > 1e-4
+  assert abs(float(grads["user_bias"])) < 1e-2 * abs(
+      float(grads["user_prior"]))
 
 
 def test_default_adaptation_moves_the_user_bias_and_the_decision_mlp():

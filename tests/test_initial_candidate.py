@@ -61,8 +61,14 @@ def test_the_anchored_start_is_the_baseline_and_the_best_is_no_worse(
   # Harmful training, but the validated shares fall back towards the
   # baseline: what is kept is never worse than the start.
   assert summary["best"]["val"]["mae"] <= start["val/mae"] + 1e-6
+  # Before adaptation the kept meta-parameters are no worse than the global
+  # mean (the user bias's start stays 0: they predict the item means).
+  best_val = summary["best"]["val"]
+  assert (best_val["mae_unadapted"]
+          <= best_val["baselines"]["global_mean"]["mae"])
   reader = ckpt_lib.Checkpointer(workdir, read_only=True)
   best_step = reader.best()[0]
+  last_step = max(reader.steps())
   assert best_step == summary["best"]["step"]
   reader.close()
   # The kept checkpoint holds the shares its validation fitted (the start
@@ -76,3 +82,11 @@ def test_the_anchored_start_is_the_baseline_and_the_best_is_no_worse(
   state = load_state(exp, workdir, runtime.make_mesh(), step=best_step)
   np.testing.assert_array_equal(np.asarray(state.params["model"]["share"]),
                                 expected)
+  # The user bias's start is `meta_fixed`: however harmful the rate, the
+  # meta-step leaves it at 0 (the unadapted model stays at the item
+  # means), while the prior it shrinks with is meta-learned.
+  last = load_state(exp, workdir, runtime.make_mesh(), step=last_step)
+  assert last_step > 0
+  assert float(last.params["model"]["user_bias"]) == 0.0
+  assert float(last.params["model"]["user_prior"]) != pytest.approx(
+      np.log(3.0))  # tiny's `model.user_bias_prior` (the default)

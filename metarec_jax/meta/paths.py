@@ -52,6 +52,17 @@ def adapt_mask(tree: PyTree, patterns: tuple[str, ...]) -> tuple[bool, ...]:
   return tuple(mask)
 
 
+def zero_matching(tree: PyTree, patterns: tuple[str, ...]) -> PyTree:
+  """`tree` with the leaves whose path matches a pattern set to 0 (none
+  where `patterns` is empty)."""
+  if not patterns:
+    return tree
+  mask = adapt_mask(tree, patterns)
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef.unflatten([jax.numpy.zeros_like(x) if m else x
+                            for x, m in zip(leaves, mask)])
+
+
 @dataclasses.dataclass(frozen=True)
 class Partition:
   """A pytree split into a flat dict of adapted leaves and the frozen rest.

@@ -70,6 +70,7 @@ from metarec_jax.models.recommender import (Recommender, loss_precision,
 ITEM_DIM = 8  # width of the item-feature embeddings of the item bias
 
 USER_BIAS = "user_bias"
+USER_PRIOR = "user_prior"  # log of the user bias's pseudo-ratings
 SHARE = "share"  # [existing items, new items]
 
 
@@ -99,6 +100,7 @@ class AnchoredMeLU(nn.Module):
   item_bias_init: Callable = nn.initializers.zeros
   global_mean: float = 0.0
   user_scale: float = 1.0
+  prior: float = 3.0
   embed_dim: int = 32
   hidden: Sequence[int] = (64, 64)
   embed_std: float = 1.0
@@ -116,6 +118,9 @@ class AnchoredMeLU(nn.Module):
     self.global_bias = self.param(
         "global_bias", nn.initializers.constant(self.global_mean), ())
     self.user_bias = self.param(USER_BIAS, nn.initializers.zeros, ())
+    self.user_prior = self.param(
+        USER_PRIOR, nn.initializers.constant(math.log(max(self.prior, 1e-3))),
+        ())
     self.share = self.param(SHARE, nn.initializers.ones, (2,))
 
   def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
@@ -167,11 +172,21 @@ def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,
 
 
 def recommender(module: AnchoredMeLU, example_features, *, kind: str,
-                delta: float, prior: float,
+                delta: float,
                 query_kind: str | None = None) -> Recommender:
   """The `Recommender` of an `AnchoredMeLU`: a `LinearHead` whose support
   loss has the user-bias prior and whose query loss is the plain masked
-  loss (same features and first layer, so the dual form applies)."""
+  loss (same features and first layer, so the dual form applies).
+
+  The prior's strength is a meta-parameter (`user_prior`, its log; it
+  starts at `model.user_bias_prior`): its meta-gradient flows through the
+  adapted user bias to the query loss, so meta-training sets the shrinkage
+  the data calls for (strong where user biases are small beside the noise,
+  weak where they are large). The user bias's own meta-value is
+  `meta_fixed`: one inner step lands on the shrunk mean residual from any
+  start, so its meta-gradient is only noise, which Adam would turn into
+  steps of the full learning rate; fixed at 0 it keeps the unadapted
+  model at the item means."""
 
   def featurize(params, batch):
     return module.apply({"params": params}, batch["features"],
@@ -184,7 +199,7 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
       if not with_prior:
         return masked_loss(pred, batch, loss_kind, delta)
       bias = module.user_scale * params[USER_BIAS]
-      return prior_loss(pred, batch, bias, prior,
+      return prior_loss(pred, batch, bias, jnp.exp(params[USER_PRIOR]),
                         lambda p, b: row_errors(p, b, loss_kind, delta))
     return fn
 
@@ -194,5 +209,6 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
   query = dataclasses.replace(support, head=head(query_kind or kind, False))
   return Recommender(name="melu", module=module, loss_fn=support,
                      adapt=("^decision/", f"^{USER_BIAS}$"),
+                     meta_fixed=(f"^{USER_BIAS}$",),
                      example_features=example_features,
                      query_loss_fn=query)

@@ -196,10 +196,10 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
                         if f.side == "item" and f.name != ITEM_ID),
       item_bias_init=item_bias_init, global_mean=float(rating_mean),
       user_scale=anchored.user_bias_scale(inner_lr),
+      prior=float(model_config.user_bias_prior),
       embed_dim=int(model_config.embed_dim),
       hidden=tuple(int(h) for h in model_config.hidden),
       embed_std=float(model_config.embed_std))
   return anchored.recommender(
       module, example_features(fields), kind=kind, delta=delta,
-      prior=float(model_config.user_bias_prior),
       query_kind=query_kind)

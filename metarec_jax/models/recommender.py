@@ -133,6 +133,9 @@ class Recommender:
       same as `loss_fn`).
     adapt: the default `meta.adapt` patterns (what the paper adapts).
     example_features: a one-row feature dict used to initialise.
+    meta_fixed: patterns of parameters the meta-update never moves (their
+      meta-gradient is zeroed): ones the inner loop sets from any start,
+      whose meta-gradient carries no signal.
   """
 
   name: str
@@ -141,6 +144,7 @@ class Recommender:
   adapt: tuple[str, ...]
   example_features: dict[str, jax.Array]
   query_loss_fn: Callable[[PyTree, PyTree], jax.Array] | None = None
+  meta_fixed: tuple[str, ...] = ()
 
   def init(self, rng: jax.Array) -> PyTree:
     """Fresh parameters (the `params` collection)."""

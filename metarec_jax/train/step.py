@@ -26,6 +26,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from metarec_jax import meta
+from metarec_jax.meta import paths
 from metarec_jax.runtime import AXIS
 from metarec_jax.workdir.state import TrainState
 
@@ -85,7 +86,8 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig,
                                         optax.GradientTransformation],
                     schedule: Callable[[jax.Array, jax.Array], jax.Array],
                     mesh: Mesh, *, chunk_tasks: int,
-                    query_loss_fn=None, max_nonfinite: int = 0) -> Callable:
+                    query_loss_fn=None, max_nonfinite: int = 0,
+                    meta_fixed: tuple[str, ...] = ()) -> Callable:
   """`(state, batch, horizon) -> (state, metrics)`, to be jitted by the
   caller.
 
@@ -95,6 +97,8 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig,
   constant, it leaves the compiled step the same for every horizon.
   `max_nonfinite` > 0: once that many steps in a row were skipped, every
   later step is skipped too (see the module docstring).
+  `meta_fixed`: patterns of model parameters whose meta-gradient is zeroed
+  before the update (`Recommender.meta_fixed`).
   """
 
   def local(meta_params, tasks):
@@ -113,6 +117,7 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig,
 
   def train_step(state: TrainState, batch: PyTree, horizon: jax.Array):
     loss, unadapted, grads = sharded(state.params, batch)
+    grads = {**grads, "model": paths.zero_matching(grads["model"], meta_fixed)}
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer(horizon).update(grads, state.opt_state,
                                                    state.params)

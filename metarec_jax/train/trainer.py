@@ -122,6 +122,7 @@ class Trainer:
                                              config.train), self.mesh,
                            chunk_tasks=self.chunk,
                            query_loss_fn=self.exp.model.query_loss_fn,
+                           meta_fixed=self.exp.model.meta_fixed,
                            max_nonfinite=max(int(config.train.max_nonfinite),
                                              1))
     # `step(state, batch, horizon)`: the schedule's length is an argument,
