@@ -82,6 +82,14 @@ def test_the_learned_prior_sets_the_shrinkage():
   params = {**params, "user_prior": jax.numpy.log(10.0),
             "user_bias": jax.numpy.asarray(-0.4)}
   assert_adapted_is_the_baseline(model, config, params, prior=10.0)
+  # The existing items' share scales the learned prior too: at 0 (the
+  # network off) the user bias is the baseline's again, between the two
+  # the prior is their geometric interpolation.
+  off = {**params, "share": np.asarray([0.0, 1.0], np.float32)}
+  assert_adapted_is_the_baseline(model, config, off, prior=PRIOR)
+  half = {**params, "share": np.asarray([0.5, 0.0], np.float32)}
+  assert_adapted_is_the_baseline(model, config, half,
+                                 prior=np.sqrt(10.0 * PRIOR))
 
 
 def test_meta_training_learns_the_prior_and_not_the_user_bias_start():
@@ -135,11 +143,12 @@ def test_an_empty_support_set_keeps_the_meta_parameters():
 
 def learned(params):
   """`params` with a learned part that moves every prediction: the gate
-  open and a non-zero features' item bias."""
+  open, a non-zero features' item bias and a moved global level."""
   params = jax.tree.map(lambda a: a, params)
   params["gate"] = np.float32(1.0)
   kernel = params["item_project"]["kernel"]
   params["item_project"]["kernel"] = np.full(kernel.shape, 0.3, np.float32)
+  params["global_bias"] = params["global_bias"] + 0.2
   return params
 
 

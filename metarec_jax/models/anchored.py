@@ -24,7 +24,7 @@ The cheap signal is where the model starts, not something it must find:
   the network adds only the interaction on top of the anchor, and only as
   far as meta-training finds that it helps the query ratings;
 - `share` scales what training learned beyond the closed-form biases (the
-  network and the features' item bias), one factor for items with
+  network, the features' item bias and the move of the global level), one factor for items with
   training ratings and one for items without (new items, or an ID the
   store does not know). It takes no gradient: training runs with 1, and
   each validation fits it on the validation users' held-out ratings
@@ -148,9 +148,12 @@ class AnchoredMeLU(nn.Module):
     if self.item_fields:
       predicted = self.item_project(self.item_features(features))[..., 0]
       learned = learned + (1.0 - weight) * predicted
+    # What training moved the global level by is learned too: at share 0
+    # the level is the training mean, as the baseline's.
+    learned = learned + (self.global_bias - self.global_mean)
     share = jax.lax.stop_gradient(
         jnp.where(weight > 0, self.share[0], self.share[1]))
-    return (self.global_bias + item + self.user_scale * self.user_bias
+    return (self.global_mean + item + self.user_scale * self.user_bias
             + share * learned)
 
 
@@ -169,6 +172,16 @@ def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,
   weight = prior * (n > 0).astype(pred.dtype)
   total = jnp.sum(err_fn(pred, batch) * mask) + weight * user_bias ** 2
   return total / jnp.maximum(n + weight, 1.0)
+
+
+def served_prior(module: AnchoredMeLU, params) -> jax.Array:
+  """The user bias's pseudo-ratings: the learned `user_prior` where the
+  existing items' share is 1, `module.prior` (the baseline's) at 0, and
+  geometrically between; the prior is learned with the network on, and
+  where validation turns the network off so is what it was learned for."""
+  start = math.log(max(module.prior, 1e-3))
+  share = jax.lax.stop_gradient(params[SHARE][0])
+  return jnp.exp(start + share * (params[USER_PRIOR] - start))
 
 
 def recommender(module: AnchoredMeLU, example_features, *, kind: str,
@@ -199,7 +212,7 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
       if not with_prior:
         return masked_loss(pred, batch, loss_kind, delta)
       bias = module.user_scale * params[USER_BIAS]
-      return prior_loss(pred, batch, bias, jnp.exp(params[USER_PRIOR]),
+      return prior_loss(pred, batch, bias, served_prior(module, params),
                         lambda p, b: row_errors(p, b, loss_kind, delta))
     return fn
 
