@@ -46,11 +46,15 @@ def test_meta_parameters_predict_the_item_means():
                              rtol=1e-5)
 
 
-def assert_adapted_is_the_baseline(model, config, params, prior=PRIOR):
+def assert_adapted_is_the_baseline(model, config, params, prior=PRIOR,
+                                   mix=None, new_only=False):
   """On each of 4 tasks, the adapted model's query predictions are the item
   means plus the shrunk mean residual of the support set (`prior`
-  pseudo-ratings: the baseline's at the start)."""
+  pseudo-ratings: the baseline's at the start; `mix=(share, prior2)`: that
+  share of it and the rest shrunk by `prior2`; `new_only`: on the query
+  rows of the item without training ratings alone)."""
   t = tasks()
+  checked = 0
   for i in range(4):
     support = jax.tree.map(lambda a: a[i], t["support"])
     query = jax.tree.map(lambda a: a[i], t["query"])
@@ -58,10 +62,18 @@ def assert_adapted_is_the_baseline(model, config, params, prior=PRIOR):
     s_ids, mask = support["features"]["item_id"], support["mask"]
     resid = np.where(mask, support["rating"] - ITEM_MEANS[s_ids - 1], 0.0)
     bias = resid.sum() / (mask.sum() + prior)
-    q_ids = query["features"]["item_id"][query["mask"]]
+    if mix is not None:
+      share, prior2 = mix
+      bias = share * bias + (1 - share) * resid.sum() / (mask.sum() + prior2)
+    rows = query["mask"]
+    if new_only:
+      rows = rows & (COUNTS[query["features"]["item_id"] - 1] == 0)
+      checked += int(rows.sum())
+    q_ids = query["features"]["item_id"][rows]
     pred = np.asarray(model.predict(adapted, query["features"]))
-    np.testing.assert_allclose(pred[query["mask"]],
-                               ITEM_MEANS[q_ids - 1] + bias, rtol=1e-5)
+    np.testing.assert_allclose(pred[rows], ITEM_MEANS[q_ids - 1] + bias,
+                               rtol=1e-5)
+  assert checked or not new_only
 
 
 def test_one_inner_step_sets_the_user_bias_as_the_baseline_does():
@@ -75,21 +87,22 @@ def test_one_inner_step_sets_the_user_bias_as_the_baseline_does():
 def test_the_learned_prior_sets_the_shrinkage():
   """`user_prior` is the log of the pseudo-ratings: another value lands one
   step on the residual shrunk by it, still from any start."""
-  model, config = build(adapt=("^user_bias$",), inner_steps=1)
+  model, config = build(adapt=("^user_bias$", "^base_bias$"),
+                        inner_steps=1)
   params = model.init(jax.random.PRNGKey(0))
   np.testing.assert_allclose(float(params["user_prior"]), np.log(PRIOR),
                              rtol=1e-6)
   params = {**params, "user_prior": jax.numpy.log(10.0),
             "user_bias": jax.numpy.asarray(-0.4)}
   assert_adapted_is_the_baseline(model, config, params, prior=10.0)
-  # The existing items' share scales the learned prior too: at 0 (the
-  # network off) the user bias is the baseline's again, between the two
-  # the prior is their geometric interpolation.
-  off = {**params, "share": np.asarray([0.0, 1.0], np.float32)}
+  # Served at share 0 (every item here has training ratings but item 3)
+  # it is the baseline's bias again, whatever the learned prior; at 0.5
+  # the mean of the two.
+  off = {**params, "share": np.asarray([0.0, 0.0], np.float32)}
   assert_adapted_is_the_baseline(model, config, off, prior=PRIOR)
-  half = {**params, "share": np.asarray([0.5, 0.0], np.float32)}
-  assert_adapted_is_the_baseline(model, config, half,
-                                 prior=np.sqrt(10.0 * PRIOR))
+  half = {**params, "share": np.asarray([0.5, 0.5], np.float32)}
+  assert_adapted_is_the_baseline(model, config, half, prior=10.0,
+                                 mix=(0.5, PRIOR))
 
 
 def test_meta_training_learns_the_prior_and_not_the_user_bias_start():
@@ -97,19 +110,19 @@ def test_meta_training_learns_the_prior_and_not_the_user_bias_start():
   user bias's own start has (up to rounding) none, so it is `meta_fixed`
   and the meta-step zeroes it rather than let Adam blow the noise up."""
   model, config = build(inner_steps=1)
-  assert model.meta_fixed == ("^user_bias$",)
+  assert model.meta_fixed == ("^user_bias$", "^base_bias$")
   params = model.init(jax.random.PRNGKey(0))
   grads = jax.grad(
       lambda p: meta.meta_loss(model.loss_fn, p, tasks(), config=config,
                                query_loss_fn=model.query_loss_fn))(params)
   assert abs(float(grads["user_prior"])) > 1e-4
-  assert abs(float(grads["user_bias"])) < 1e-2 * abs(
-      float(grads["user_prior"]))
+  for fixed in ("user_bias", "base_bias"):
+    assert abs(float(grads[fixed])) < 1e-2 * abs(float(grads["user_prior"]))
 
 
 def test_default_adaptation_moves_the_user_bias_and_the_decision_mlp():
   model, config = build(inner_steps=2)
-  assert model.adapt == ("^decision/", "^user_bias$")
+  assert model.adapt == ("^decision/", "^user_bias$", "^base_bias$")
   params = model.init(jax.random.PRNGKey(0))
   t = tasks()
   loss, grads = jax.value_and_grad(
@@ -189,3 +202,20 @@ def test_the_shares_take_no_gradient():
                                query_loss_fn=model.query_loss_fn))(params)
   assert np.all(np.asarray(grads["share"]) == 0.0)
   assert np.abs(np.asarray(grads["gate"])) > 0  # the rest does learn
+
+
+def test_share_zero_serves_the_baseline_exactly_after_training():
+  """A trained model (network open, features' item bias, moved global
+  level, learned prior) served at share 0 adapts to exactly the baseline,
+  also where only one kind of item is at 0: the baseline part has its own
+  user bias, fitted to the baseline's residuals, not the model's."""
+  model, config = build(inner_steps=3)
+  params = learned(model.init(jax.random.PRNGKey(0)))
+  params = {**params, "user_prior": jax.numpy.log(10.0)}
+  off = {**params, "share": np.zeros(2, np.float32)}
+  assert_adapted_is_the_baseline(model, config, off, prior=PRIOR)
+  # Per kind of item: the new items' share at 0, the existing items' at 1
+  # (the support sets' items): the new items get the baseline exactly.
+  new_off = {**params, "share": np.asarray([1.0, 0.0], np.float32)}
+  assert_adapted_is_the_baseline(model, config, new_off, prior=PRIOR,
+                                 new_only=True)

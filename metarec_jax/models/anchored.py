@@ -18,24 +18,40 @@ The cheap signal is where the model starts, not something it must find:
   is `(sum of squared errors + prior * user_bias^2) / (n + prior)`, and the
   parameter is scaled so that one inner SGD step of `meta.inner_lr` on it
   alone lands exactly on the shrunk mean residual, `sum(r - pred) /
-  (n + prior)`: what the baseline computes with 3 pseudo-ratings;
+  (n + prior)`, from any start. The prior starts at the baseline's 3
+  pseudo-ratings (`model.user_bias_prior`) and is meta-learned
+  (`user_prior`, its log): its meta-gradient flows through the adapted
+  bias to the query loss, so training sets the shrinkage the data calls
+  for. The bias's own meta-value is `meta_fixed` at 0: with a landing
+  independent of the start its meta-gradient is rounding noise, which Adam
+  would turn into full-rate steps (the unadapted model drifted above the
+  global mean on MovieLens-1M before);
 - `decision` is MeLU's decision MLP (adapted per user, as in MeLU) over
   the feature embeddings, times a meta-learned `gate` that starts at 0:
   the network adds only the interaction on top of the anchor, and only as
-  far as meta-training finds that it helps the query ratings;
-- `share` scales what training learned beyond the closed-form biases (the
-  network, the features' item bias and the move of the global level), one factor for items with
-  training ratings and one for items without (new items, or an ID the
-  store does not know). It takes no gradient: training runs with 1, and
-  each validation fits it on the validation users' held-out ratings
-  (`train.shares`), so that where the learned part only fits the training
-  users (small data, or features that identify existing items but say
-  nothing about new ones) the served model falls back towards the
-  baseline, for each kind of item on its own evidence.
+  far as meta-training finds that it helps the query ratings.
+
+That is the *model*. The baseline is there too, exactly: the training mean
++ the closed-form item bias + `base_bias`, a second adapted user bias that
+lands on the baseline's own shrunk mean residual (3 pseudo-ratings,
+squared error, residuals of the baseline's own predictions). What is
+served is
+
+    share * model + (1 - share) * baseline
+
+with one `share` for items with training ratings and one for items without
+(new items, or an ID the store does not know). It takes no gradient:
+training runs with 1 (the baseline part is then unused, and its bias gets
+no meta-gradient), and each validation fits it on the validation users'
+held-out ratings (`train.shares`), so that where what training learned
+only fits the training users (small data, or features that identify
+existing items but say nothing about new ones) the served model falls
+back towards the baseline, for each kind of item on its own evidence, down
+to exactly the baseline at 0.
 
 Before any training the adapted model is therefore exactly the baseline
 (the gate stops the inner loop from moving the network, and one step sets
-the user bias), and the meta-parameters alone predict the item means:
+each user bias), and the meta-parameters alone predict the item means:
 never worse than the global mean.
 
 Parameters:
@@ -48,7 +64,9 @@ Parameters:
     item_features/<field>/embedding  [vocab, ITEM_DIM] (item fields only)
     item_project/kernel              [item fields * ITEM_DIM, 1]
     global_bias                      []
-    user_bias                        []   (adapted)
+    user_bias                        []   (adapted; meta-value fixed at 0)
+    user_prior                       []   (log of the model's prior)
+    base_bias                        []   (adapted; meta-value fixed at 0)
 """
 
 from __future__ import annotations
@@ -71,6 +89,7 @@ ITEM_DIM = 8  # width of the item-feature embeddings of the item bias
 
 USER_BIAS = "user_bias"
 USER_PRIOR = "user_prior"  # log of the user bias's pseudo-ratings
+BASE_BIAS = "base_bias"  # the baseline's own user bias
 SHARE = "share"  # [existing items, new items]
 
 
@@ -118,6 +137,7 @@ class AnchoredMeLU(nn.Module):
     self.global_bias = self.param(
         "global_bias", nn.initializers.constant(self.global_mean), ())
     self.user_bias = self.param(USER_BIAS, nn.initializers.zeros, ())
+    self.base_bias = self.param(BASE_BIAS, nn.initializers.zeros, ())
     self.user_prior = self.param(
         USER_PRIOR, nn.initializers.constant(math.log(max(self.prior, 1e-3))),
         ())
@@ -135,26 +155,40 @@ class AnchoredMeLU(nn.Module):
     """Predictions from fc1's pre-activation `a = X @ W1 + b1`."""
     return self.combine(self.decision(a, first_layer=False), features)
 
+  def parts_from_preactivation(self, a: jax.Array,
+                               features: dict[str, jax.Array]):
+    """`(model, baseline, share)` from fc1's pre-activation (`combine`)."""
+    return self.parts(self.decision(a, first_layer=False), features)
+
   def combine(self, interaction: jax.Array,
               features: dict[str, jax.Array]) -> jax.Array:
-    """The baseline's form, global + item bias + user bias, plus the
-    learned part (the features' item bias and the gated `interaction`)
-    times its validated share."""
+    """`share * model + (1 - share) * baseline` (see `parts`)."""
+    model, baseline, share = self.parts(interaction, features)
+    return share * model + (1.0 - share) * baseline
+
+  def parts(self, interaction: jax.Array, features: dict[str, jax.Array]):
+    """The trained model's prediction, the baseline's and each row's share.
+
+    model: global + item bias + `user_bias` + the learned part (the gated
+      `interaction`, the features' item bias, the move of the global level).
+    baseline: the training mean + the closed-form item bias + `base_bias`
+      (adapted with the baseline's own prior): the baseline exactly.
+    share: the validated share of the row's kind of item (no gradient).
+    """
     # Fixed tables: the training ratings' closed-form fit. Row 0 (padding,
     # a hidden ID) is 0 and 0: the features alone.
     table = jax.lax.stop_gradient(self.item_bias(features[ITEM_ID]))
     item, weight = table[..., 0], table[..., 1]
-    learned = self.gate * interaction
+    anchor = self.global_mean + item
+    learned = self.gate * interaction + (self.global_bias - self.global_mean)
     if self.item_fields:
       predicted = self.item_project(self.item_features(features))[..., 0]
       learned = learned + (1.0 - weight) * predicted
-    # What training moved the global level by is learned too: at share 0
-    # the level is the training mean, as the baseline's.
-    learned = learned + (self.global_bias - self.global_mean)
     share = jax.lax.stop_gradient(
         jnp.where(weight > 0, self.share[0], self.share[1]))
-    return (self.global_mean + item + self.user_scale * self.user_bias
-            + share * learned)
+    model = anchor + self.user_scale * self.user_bias + learned
+    baseline = anchor + self.user_scale * self.base_bias
+    return model, baseline, share
 
 
 def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,
@@ -174,16 +208,6 @@ def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,
   return total / jnp.maximum(n + weight, 1.0)
 
 
-def served_prior(module: AnchoredMeLU, params) -> jax.Array:
-  """The user bias's pseudo-ratings: the learned `user_prior` where the
-  existing items' share is 1, `module.prior` (the baseline's) at 0, and
-  geometrically between; the prior is learned with the network on, and
-  where validation turns the network off so is what it was learned for."""
-  start = math.log(max(module.prior, 1e-3))
-  share = jax.lax.stop_gradient(params[SHARE][0])
-  return jnp.exp(start + share * (params[USER_PRIOR] - start))
-
-
 def recommender(module: AnchoredMeLU, example_features, *, kind: str,
                 delta: float,
                 query_kind: str | None = None) -> Recommender:
@@ -191,15 +215,9 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
   loss has the user-bias prior and whose query loss is the plain masked
   loss (same features and first layer, so the dual form applies).
 
-  The prior's strength is a meta-parameter (`user_prior`, its log; it
-  starts at `model.user_bias_prior`): its meta-gradient flows through the
-  adapted user bias to the query loss, so meta-training sets the shrinkage
-  the data calls for (strong where user biases are small beside the noise,
-  weak where they are large). The user bias's own meta-value is
-  `meta_fixed`: one inner step lands on the shrunk mean residual from any
-  start, so its meta-gradient is only noise, which Adam would turn into
-  steps of the full learning rate; fixed at 0 it keeps the unadapted
-  model at the item means."""
+  The support loss is the sum of two independent quadratics (the model's,
+  with the learned prior, and the baseline's), so one step sets both user
+  biases; both are `meta_fixed` (see the module docstring)."""
 
   def featurize(params, batch):
     return module.apply({"params": params}, batch["features"],
@@ -207,13 +225,23 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
 
   def head(loss_kind, with_prior):
     def fn(params, a, batch):
-      pred = module.apply({"params": params}, a, batch["features"],
-                          method="from_preactivation")
       if not with_prior:
+        pred = module.apply({"params": params}, a, batch["features"],
+                            method="from_preactivation")
         return masked_loss(pred, batch, loss_kind, delta)
-      bias = module.user_scale * params[USER_BIAS]
-      return prior_loss(pred, batch, bias, served_prior(module, params),
-                        lambda p, b: row_errors(p, b, loss_kind, delta))
+      model, baseline, _ = module.apply(
+          {"params": params}, a, batch["features"],
+          method="parts_from_preactivation")
+      scale = module.user_scale
+      # Two independent quadratics: the model's user bias (and network)
+      # with the learned prior, the baseline's with its own 3 (squared
+      # error: the baseline's shrunk mean residual).
+      return (prior_loss(model, batch, scale * params[USER_BIAS],
+                         jnp.exp(params[USER_PRIOR]),
+                         lambda p, b: row_errors(p, b, loss_kind, delta))
+              + prior_loss(baseline, batch, scale * params[BASE_BIAS],
+                           module.prior,
+                           lambda p, b: row_errors(p, b, "mse", delta)))
     return fn
 
   support = LinearHead(featurize=featurize, head=head(kind, True),
@@ -221,7 +249,8 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
                        featurize_reads=("^embed/",))
   query = dataclasses.replace(support, head=head(query_kind or kind, False))
   return Recommender(name="melu", module=module, loss_fn=support,
-                     adapt=("^decision/", f"^{USER_BIAS}$"),
-                     meta_fixed=(f"^{USER_BIAS}$",),
+                     adapt=("^decision/", f"^{USER_BIAS}$",
+                            f"^{BASE_BIAS}$"),
+                     meta_fixed=(f"^{USER_BIAS}$", f"^{BASE_BIAS}$"),
                      example_features=example_features,
                      query_loss_fn=query)
