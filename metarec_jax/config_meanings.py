@@ -49,9 +49,12 @@ MEANINGS: dict[str, str] = {
     "model.anchor": "`melu`: start from the item-mean + user-bias baseline:"
                     " rating = global + item bias (started at the shrunk"
                     " item means, predicted from item features for new"
-                    " items) + user bias (adapted, shrunk like the"
-                    " baseline's) + the decision MLP (zero at first), which"
-                    " learns only the interaction (`models/anchored.py`).",
+                    " items) + user bias (adapted, shrunk with a"
+                    " meta-learned prior) + the decision MLP (zero at"
+                    " first), which learns only the interaction; served as"
+                    " share * model + (1 - share) * baseline, the shares"
+                    " fitted on the validation users per kind of item"
+                    " (`models/anchored.py`).",
     "model.user_bias_prior": "`model.anchor`: pseudo-ratings shrinking the"
                              " adapted user bias towards 0 at the start"
                              " (the baseline uses 3); meta-training learns"
