@@ -35,3 +35,27 @@ def test_a_resume_whose_best_is_the_start_counts_patience_from_training():
   # Only the start kept: any trained validation is training's first.
   only_start = Selection.resumed(1, {0: 0.70})
   assert not only_start.update(0.9) and not only_start.should_stop
+
+
+def test_a_tie_keeps_the_later_step_but_is_no_improvement_for_the_patience():
+  """Served as the baseline (share 0), validations tie the start exactly:
+  the later step is kept (its shares were fitted on more training), as
+  the checkpointer's `best` picks it, and the patience still runs out."""
+  s = Selection(patience=2)
+  assert s.start(0.70)
+  assert s.update(0.70) and s.stale == 0  # the first trained validation
+  assert s.update(0.70) and s.stale == 1
+  assert s.update(0.70) and s.should_stop
+
+
+def test_the_checkpointer_takes_the_latest_of_equal_maes(tmp_path):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from metarec_jax.workdir import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  writer = ckpt_lib.Checkpointer(str(tmp_path))
+  state = {"w": jnp.ones(3)}
+  for step, mae in ((0, 0.70), (10, 0.75), (20, 0.70), (30, 0.72)):
+    writer.save(step, state, {}, val_mae=mae)
+  writer.close()
+  reader = ckpt_lib.Checkpointer(str(tmp_path), read_only=True)
+  assert reader.best() == (20, 0.70)
+  reader.close()

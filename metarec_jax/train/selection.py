@@ -13,7 +13,11 @@ class Selection:
   Attributes:
     patience: `train.early_stop_patience` (0: never stop early).
     best: the lowest validation MAE, the start's included: the checkpoint
-      that `eval` and `export` use.
+      that `eval` and `export` use. A trained step that ties it becomes
+      the best (`Checkpointer.best` takes the latest of equal MAEs too):
+      where the served model is the baseline for existing items (share 0),
+      every validation ties exactly, and the later one carries shares
+      fitted on more training (a new items' share above 0).
     trained: the lowest validation MAE of a trained step. Early stopping
       counts the validations since it last improved, so the start is a
       candidate to keep, not a bar that training must clear within the
@@ -49,7 +53,10 @@ class Selection:
     so far (to be saved as such)."""
     self.stale = 0 if mae < self.trained else self.stale + 1
     self.trained = min(self.trained, mae)
-    return self.start(mae)
+    if mae <= self.best:
+      self.best = mae
+      return True
+    return False
 
   @property
   def should_stop(self) -> bool:

@@ -123,18 +123,14 @@ class Checkpointer:
     return steps[-1] if steps else None
 
   def best(self) -> tuple[int, float] | None:
-    """(step, validation MAE) of the best validated checkpoint, or None
-    when no checkpoint was saved with a validation MAE."""
-    if self.manager is None:
+    """(step, validation MAE) of the best validated checkpoint (the latest
+    of equal MAEs, as `train.selection` keeps it), or None when no
+    checkpoint was saved with a validation MAE."""
+    validated = self.validated()
+    if not validated:
       return None
-    self.manager.reload()
-    step = self.manager.best_step()
-    if step is None:
-      return None
-    metrics = self.manager.metrics(step)
-    if not metrics or metrics.get(VAL_MAE) is None:
-      return None
-    return int(step), float(metrics[VAL_MAE])
+    step = min(validated, key=lambda s: (validated[s], -s))
+    return step, validated[step]
 
   def validated(self) -> dict[int, float]:
     """Step -> validation MAE of every kept checkpoint saved with one."""
