@@ -15,9 +15,9 @@ COUNTS = np.array([3, 40, 0, 7, 12])
 MU, PRIOR = 3.4, 3.0
 
 
-def build(**meta_kw):
+def build(prior=PRIOR, **meta_kw):
   cfg = model_section({
-      "name": "melu", "anchor": True, "user_bias_prior": PRIOR,
+      "name": "melu", "anchor": True, "user_bias_prior": prior,
       "embed_dim": 4, "hidden": (8,), "embed_std": 0.1, "item_id": False})
   model = models.build(cfg, FIELDS, rating_mean=MU, item_means=(ITEM_MEANS, COUNTS / (COUNTS + 5.0)),
                        inner_lr=0.1)
@@ -219,3 +219,16 @@ def test_share_zero_serves_the_baseline_exactly_after_training():
   new_off = {**params, "share": np.asarray([1.0, 0.0], np.float32)}
   assert_adapted_is_the_baseline(model, config, new_off, prior=PRIOR,
                                  new_only=True)
+
+
+def test_the_baseline_part_keeps_the_baselines_prior():
+  """`model.user_bias_prior` starts the model's prior only: the baseline
+  part shrinks with the baseline's own pseudo-ratings (3)."""
+  model, config = build(prior=10.0, inner_steps=1)
+  params = model.init(jax.random.PRNGKey(0))
+  np.testing.assert_allclose(float(params["user_prior"]), np.log(10.0),
+                             rtol=1e-6)
+  served = {**params, "share": np.asarray([1.0, 1.0], np.float32)}
+  assert_adapted_is_the_baseline(model, config, served, prior=10.0)
+  off = {**params, "share": np.zeros(2, np.float32)}
+  assert_adapted_is_the_baseline(model, config, off, prior=PRIOR)

@@ -79,6 +79,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from metarec_jax.data.baselines import USER_PSEUDO
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec
 from metarec_jax.meta import LinearHead
 from metarec_jax.models.melu import Decision, Embedder
@@ -234,13 +235,14 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
           method="parts_from_preactivation")
       scale = module.user_scale
       # Two independent quadratics: the model's user bias (and network)
-      # with the learned prior, the baseline's with its own 3 (squared
-      # error: the baseline's shrunk mean residual).
+      # with the learned prior, the baseline's with the baseline's own
+      # pseudo-ratings whatever `model.user_bias_prior` is (squared error:
+      # its shrunk mean residual).
       return (prior_loss(model, batch, scale * params[USER_BIAS],
                          jnp.exp(params[USER_PRIOR]),
                          lambda p, b: row_errors(p, b, loss_kind, delta))
               + prior_loss(baseline, batch, scale * params[BASE_BIAS],
-                           module.prior,
+                           USER_PSEUDO,
                            lambda p, b: row_errors(p, b, "mse", delta)))
     return fn
 
