@@ -4,8 +4,8 @@ The anchored model (`models.anchored`) serves `share * model + (1 -
 share) * baseline`: the trained model (the anchor plus what training
 learned: the network's interaction, the features' item bias, its own user
 bias) mixed with the item-mean + user-bias baseline itself, one factor for
-items with training ratings, one for items without. Training never moves it (it takes no gradient and
-trains at 1). Each validation fits it instead: the validation users'
+items with training ratings, one for items without. Training never moves
+it (it takes no gradient and trains at 1). Each validation fits it instead: the validation users'
 held-out ratings of existing items (`val`) choose the first factor, those
 of new items (`val_new`) the second, each the value of `GRID` with the
 lowest MAE if the tasks' errors show, by `EVIDENCE` standard errors, that
