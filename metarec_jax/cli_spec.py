@@ -75,7 +75,7 @@ def define_bench(fv: flags.FlagValues) -> None:
                       flag_values=fv)
   flags.DEFINE_boolean("plain_flops", True, "Also count the plain"
                        " formulation's FLOPs (meta.dual_form=false; one more"
-                       " compilation).", flag_values=fv)
+                       " lowering).", flag_values=fv)
 
 
 def define_export(fv: flags.FlagValues) -> None:

@@ -77,7 +77,7 @@ def workloads(quick: bool, large: bool, devices: int | None) -> list[dict]:
                      *(QUICK_DATA if quick else ())]})
   extra = os.environ.get("METAREC_DEVICE_BENCH_ARGS", "").split()
   for w in out:
-    w["args"] += ["--plain_flops=false", *extra]  # one compilation less
+    w["args"] += ["--plain_flops=false", *extra]  # one lowering less
   return out
 
 
