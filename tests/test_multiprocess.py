@@ -1,9 +1,8 @@
 """Multi-process training on loopback: 2 processes x 2 CPU devices (gloo)
-reach the parameters of 1 process x 4 devices, and configs/default.py runs
-whichever process's compilation cache is warm."""
+reach the parameters of 1 process x 4 devices, and a process that compiles
+minutes after the other is waited for."""
 
 import os
-import re
 import socket
 
 import jax
@@ -38,16 +37,16 @@ def params_at(workdir, step):
   return checkpointer.restore(path, target)["params"]
 
 
-def train_two_processes(workdir, args, *, caches=(None, None)):
+def train_two_processes(workdir, args, *, late_compile_s=(0, 0)):
   """`metarec train ARGS` as 2 processes x 2 devices on loopback, process i
-  with the compilation cache `caches[i]` (None: the session's); returns
+  starting its first compilation `late_compile_s[i]` seconds late; returns
   their logs after checking that both exited 0."""
   port = free_port()
   procs = [start("train", *args, f"--workdir={workdir}",
                  f"--coordinator_address=127.0.0.1:{port}",
                  "--num_processes=2", f"--process_id={i}", devices=2,
                  stderr_path=f"{workdir}.p{i}.log",
-                 env=caches[i] and {"METAREC_COMPILATION_CACHE": caches[i]})
+                 late_compile_s=late_compile_s[i])
            for i in (0, 1)]
   try:
     for p in procs:
@@ -103,32 +102,19 @@ def test_two_processes_match_one_process_with_a_model_axis(tmp_path):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5,
                                atol=1e-6)
-DEFAULT = [f"--config={config_path('default')}", "--config.train.num_steps=2",
-           "--config.checkpoint.every_steps=2"]
+# The tiny run of the first test, with a validation (its own programs).
+LATE = [*ARGS, "--config.train.num_steps=2",
+        "--config.train.eval_every_steps=2"]
 
 
-def test_default_config_runs_with_one_compilation_cache_cold(tmp_path):
-  """configs/default.py itself (every bucket, validation on), twice.
-
-  First both processes compile (JAX caches process 0's programs, in the
-  session's compilation cache). Then process 0 loads its programs from that
-  cache in seconds while process 1, with an empty cache, compiles for
-  minutes: process 0 must wait for it at a barrier, not in the first
-  collective, whose gloo connection gives up after 30 s. (Only process 0
-  writes the cache, so with a cache per host every restart is like this.)
-  """
-  first = str(tmp_path / "first")
-  logs = train_two_processes(first, DEFAULT)
+def test_a_process_that_compiles_late_is_waited_for_at_a_barrier(tmp_path):
+  """Process 1 starts compiling 45 s after process 0, as when its
+  compilation cache is empty and process 0's is warm (with a cache per host,
+  every restart is like this; configs/default.py took 9 minutes to compile
+  on a loaded 2-core machine). Process 0 must wait at a barrier, not in the
+  programs' first collective, whose gloo connection gives up after 30 s."""
+  workdir = str(tmp_path / "run")
+  logs = train_two_processes(workdir, LATE, late_compile_s=(0, 45))
   assert "step 2  validation MAE" in logs[0], logs[0]
   # The newest, and the validated start where it is the best.
-  assert checkpoint_steps(first) in ([2], [0, 2])
-
-  second, cold = str(tmp_path / "second"), str(tmp_path / "cold-cache")
-  logs = train_two_processes(
-      second, DEFAULT, caches=(os.environ["METAREC_COMPILATION_CACHE"], cold))
-  loaded = re.search(r"the validation in [0-9.]+s \(\d+ program\(s\)"
-                     r" compiled, (\d+) from the persistent compilation"
-                     r" cache\)", logs[0])
-  assert loaded and int(loaded.group(1)) > 0, logs[0]
-  assert "step 2  validation MAE" in logs[0], logs[0]
-  assert checkpoint_steps(second) in ([2], [0, 2])
+  assert checkpoint_steps(workdir) in ([2], [0, 2])
