@@ -13,7 +13,7 @@ from procs import checkpoint_steps, metarec, start, tmp_checkpoints, wait_for
 
 
 def test_kill9_and_resume_is_bitwise_identical(tmp_path):
-  args = [TINY, "--config.train.num_steps=60",
+  args = [TINY, "--config.train.num_steps=36",
           "--config.checkpoint.every_steps=4", *QUIET]
   straight = str(tmp_path / "straight")
   out = metarec("train", *args, f"--workdir={straight}")
@@ -21,15 +21,15 @@ def test_kill9_and_resume_is_bitwise_identical(tmp_path):
 
   killed = str(tmp_path / "killed")
   proc = start("train", *args, f"--workdir={killed}")
-  wait_for(lambda: any(s >= 20 for s in checkpoint_steps(killed)), proc=proc)
+  wait_for(lambda: any(s >= 12 for s in checkpoint_steps(killed)), proc=proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL
-  assert max(checkpoint_steps(killed)) < 60
+  assert max(checkpoint_steps(killed)) < 36
   out = metarec("train", f"--workdir={killed}")  # config from the workdir
   assert out.returncode == 0, out.stderr
   assert "resumed from the checkpoint of step" in out.stderr
-  assert_bitwise_equal(saved_state(straight, 60), saved_state(killed, 60))
+  assert_bitwise_equal(saved_state(straight, 36), saved_state(killed, 36))
   # The restart compiled nothing: its warm-up programs came from the
   # persistent compilation cache that the earlier processes filled.
   hits = re.findall(r"compiled, (\d+) from the persistent"

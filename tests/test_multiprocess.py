@@ -1,6 +1,6 @@
 """Multi-process training on loopback: 2 processes x 2 CPU devices (gloo)
-reach the parameters of 1 process x 4 devices, and a process that compiles
-minutes after the other is waited for."""
+reach the parameters of 1 process x 4 devices, even when one of them
+compiles long after the other."""
 
 import os
 import socket
@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from conftest import config_path
-from procs import checkpoint_steps, metarec, start
+from procs import metarec, start
 
 ARGS = [f"--config={config_path('tiny')}", "--config.train.num_steps=4",
         "--config.train.eval_every_steps=-1", "--config.data.buckets=(16,)",
@@ -59,20 +59,27 @@ def train_two_processes(workdir, args, *, late_compile_s=(0, 0)):
   return logs
 
 
-def test_two_processes_match_one_process(tmp_path):
+def test_two_processes_match_one_process_even_if_one_compiles_late(
+    tmp_path):
+  """Process 1 starts compiling 45 s after process 0, as when its
+  compilation cache is empty and process 0's is warm (with a cache per host,
+  every restart is like this; configs/default.py took 9 minutes to compile
+  on a loaded 2-core machine). Process 0 must wait at a barrier, not in the
+  programs' first collective, whose gloo connection gives up after 30 s
+  (without the barrier this fails: "Gloo context initialization failed:
+  Connect timeout")."""
   single = str(tmp_path / "single")
   out = metarec("train", *ARGS, f"--workdir={single}", devices=4)
   assert out.returncode == 0, out.stderr
 
   multi = str(tmp_path / "multi")
-  logs = train_two_processes(multi, ARGS)
+  logs = train_two_processes(multi, ARGS, late_compile_s=(0, 45))
   assert "joined a run of 2 processes, 4 devices" in logs[0]
   assert "step 4/4" in logs[0] and "step 4/4" not in logs[1]  # one logger
   a, b = params_at(single, 4), params_at(multi, 4)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5,
                                atol=1e-6)
-
 
 
 # configs/idemb_large.py shrunk as in tests/test_mesh.py, its 160-row item
@@ -102,19 +109,3 @@ def test_two_processes_match_one_process_with_a_model_axis(tmp_path):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5,
                                atol=1e-6)
-# The tiny run of the first test, with a validation (its own programs).
-LATE = [*ARGS, "--config.train.num_steps=2",
-        "--config.train.eval_every_steps=2"]
-
-
-def test_a_process_that_compiles_late_is_waited_for_at_a_barrier(tmp_path):
-  """Process 1 starts compiling 45 s after process 0, as when its
-  compilation cache is empty and process 0's is warm (with a cache per host,
-  every restart is like this; configs/default.py took 9 minutes to compile
-  on a loaded 2-core machine). Process 0 must wait at a barrier, not in the
-  programs' first collective, whose gloo connection gives up after 30 s."""
-  workdir = str(tmp_path / "run")
-  logs = train_two_processes(workdir, LATE, late_compile_s=(0, 45))
-  assert "step 2  validation MAE" in logs[0], logs[0]
-  # The newest, and the validated start where it is the best.
-  assert checkpoint_steps(workdir) in ([2], [0, 2])

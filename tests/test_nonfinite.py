@@ -62,7 +62,7 @@ def test_persistent_non_finite_gradients_stop_the_run_naming_the_step(
   ratings = np.load(os.path.join(store, "ratings.npy"), mmap_mode="r+")
   ratings[:] = np.inf
   ratings.flush()
-  out = metarec("train", TINY, f"--workdir={workdir}",
+  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET,
                 "--config.train.max_nonfinite=3",
                 "--config.train.num_steps=20")
   assert out.returncode == 1
