@@ -50,12 +50,15 @@ logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 # The files that take longest (real multi-process runs, trained fixtures)
-# start first: pytest-xdist hands out whole files in collection order, so a
-# long file collected last would run alone at the end of the suite.
+# start first: pytest-xdist hands out whole files in collection order
+# (`--no-loadscope-reorder` in setup.cfg), so a long file collected last
+# would run alone at the end of the suite.
 LONGEST_FIRST = ("test_multiprocess.py", "test_fault_tolerance.py",
                  "test_export.py", "test_serve.py", "test_nonfinite.py",
                  "test_checkpoint_recovery.py", "test_learners_export.py",
                  "test_device_bench.py", "test_bench.py", "test_testbed.py")
+# The session's trained runs (fixtures below).
+SHARED_RUNS = ("ml1m_tiny_run", "tiny_metasgd_run")
 
 
 def pytest_collection_modifyitems(items):
@@ -64,6 +67,28 @@ def pytest_collection_modifyitems(items):
     return (LONGEST_FIRST.index(name) if name in LONGEST_FIRST
             else len(LONGEST_FIRST))
   items.sort(key=rank)  # stable: each file keeps its own order
+
+
+def pytest_xdist_make_scheduler(config, log):
+  """pytest-xdist's `--dist loadfile`, except that every file naming one of
+  SHARED_RUNS goes to one worker, which trains each run once rather than
+  once per worker."""
+  from xdist.scheduler import LoadFileScheduling  # pylint: disable=g-import-not-at-top
+  here = os.path.dirname(os.path.abspath(__file__))
+  shared = set()
+  for name in os.listdir(here):
+    if name.startswith("test_") and name.endswith(".py"):
+      with open(os.path.join(here, name), encoding="utf-8") as f:
+        text = f.read()
+      if any(run in text for run in SHARED_RUNS):
+        shared.add(name)
+
+  class SharedRunsScheduling(LoadFileScheduling):
+    def _split_scope(self, nodeid: str) -> str:
+      file = super()._split_scope(nodeid)
+      return "shared runs" if os.path.basename(file) in shared else file
+
+  return SharedRunsScheduling(config, log)
 
 
 def config_path(name: str) -> str:
