@@ -25,17 +25,16 @@ def metarec(*args, devices: int | None = None, timeout: int = 600):
 
 
 def start(*args, devices: int | None = None, stderr_path=None,
-          env: dict | None = None, late_compile_s: float = 0):
-  """Starts `metarec ARGS` in the background (`env`: extra variables;
-  `late_compile_s`: its first compilation starts that late, see
-  late_compile.py)."""
+          late_compile_s: float = 0):
+  """Starts `metarec ARGS` in the background (`late_compile_s`: its first
+  compilation starts that late, see late_compile.py)."""
   err = open(stderr_path, "w") if stderr_path else subprocess.PIPE
   program = (["-m", "metarec_jax.cli"] if not late_compile_s else
              [os.path.join(os.path.dirname(__file__), "late_compile.py"),
               str(late_compile_s)])
   return subprocess.Popen([sys.executable, *program, *args],
                           stdout=subprocess.PIPE, stderr=err, text=True,
-                          cwd=ROOT, env=env_with(devices, env))
+                          cwd=ROOT, env=env_with(devices))
 
 
 def wait_for(predicate, *, timeout: float = 300, interval: float = 0.005,
