@@ -1,17 +1,17 @@
 """Validated shares: how much of what training learned the served model uses.
 
-The anchored model (`models.anchored`) serves `share * model + (1 -
-share) * baseline`: the trained model (the anchor plus what training
-learned: the network's interaction, the features' item bias, its own user
-bias) mixed with the item-mean + user-bias baseline itself, one factor for
-items with training ratings, one for items without. Training never moves
-it (it takes no gradient and trains at 1). Each validation fits it instead: the validation users'
-held-out ratings of existing items (`val`) choose the first factor, those
-of new items (`val_new`) the second, each the value of `GRID` with the
-lowest MAE if the tasks' errors show, by `EVIDENCE` standard errors, that
-it beats 0 (the baseline exactly), else 0. A checkpoint saves the fitted
-factors, so `eval`, `export` and the server use them; the training state
-keeps 1.
+The anchored model (`models.anchored`) serves `share * model + (1 - share) *
+baseline`: the trained model (the anchor plus what training learned: the
+network's interaction, the features' item bias, its own user bias) mixed
+with the item-mean + user-bias baseline itself, one factor for items with
+training ratings, one for items without. Training never moves it (it takes
+no gradient and trains at 1). Each validation fits it instead: the
+validation users' held-out ratings of existing items (`val`) choose the
+first factor, those of new items (`val_new`) the second, each the value of
+`GRID` with the lowest MAE if the tasks' errors show, by `EVIDENCE` standard
+errors, that it beats 0 (the baseline exactly), else 0. A checkpoint saves
+the fitted factors, so `eval`, `export` and the server use them; the
+training state keeps 1.
 
 Why a fitted scalar and not only checkpoint selection: where the learned
 part mostly fits the training users (a few hundred users, or features that
