@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import count_compiles
 from metarec_jax.workdir import checkpoint as ckpt_lib
 
 
@@ -114,3 +115,21 @@ def test_a_non_finite_state_is_not_saved(tmp_path):
   checkpointer.wait()
   assert checkpointer.steps() == [1]
   checkpointer.close()
+
+
+def test_saving_a_replicated_state_compiles_nothing(tmp_path):
+  """On CPU each save writes the whole replicated arrays: orbax's
+  replica-parallel saving would compile a slicing program per array per
+  replica at every save."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("tasks",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = jax.device_put(make_state(1), replicated)
+  assert len(jax.devices()) > 1 and state["params"]["w"].is_fully_replicated
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path), keep=5)
+  with count_compiles() as compiles:
+    for step in (1, 2):
+      checkpointer.save(step, state, {"note": "test"})
+    checkpointer.close()
+  assert compiles[0] == 0
+  restored = ckpt_lib.Checkpointer(str(tmp_path), read_only=True)
+  assert restored.steps() == [1, 2]

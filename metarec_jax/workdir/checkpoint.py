@@ -27,6 +27,7 @@ A checkpoint saved right after a validation carries its validation MAE
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -35,7 +36,10 @@ import shutil
 import time
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
+# (orbax builds its default array handler with this store; no public alias)
+from orbax.checkpoint._src.metadata import array_metadata_store
 
 from metarec_jax import integrity, runtime
 from metarec_jax.errors import OutputError, cause_of
@@ -70,7 +74,27 @@ def _few(names: list[str], n: int = 3) -> str:
                                  if len(names) > n else "")
 
 
+@functools.cache
+def _save_replicas_in_parallel() -> None:
+  """Lets orbax split the writing of a replicated array across its
+  replicas only on TPU.
+
+  Orbax does it by default everywhere but where `JAX_PLATFORMS` names a
+  GPU: each replica copies its own slice of the array to the host, which
+  pays off where every device has its own link to host memory. On a CPU
+  the arrays already are in host memory, and every slice is a small
+  program compiled again at each save: 10 compilations per save of
+  `configs/tiny.py` on 2 devices, a third of a second.
+  """
+  ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(
+          use_replica_parallel=jax.default_backend() == "tpu",
+          array_metadata_store=array_metadata_store.Store()),
+      override=True)
+
+
 def _handlers():
+  _save_replicas_in_parallel()
   return {"state": ocp.StandardCheckpointHandler(),
           "config": ocp.JsonCheckpointHandler()}
 
