@@ -86,6 +86,7 @@ def _save_replicas_in_parallel() -> None:
   program compiled again at each save: 10 compilations per save of
   `configs/tiny.py` on 2 devices, a third of a second.
   """
+  logging.getLogger("absl").addFilter(orbax_logs.handler_override_notice)
   ocp.type_handlers.register_type_handler(
       jax.Array, ocp.type_handlers.ArrayHandler(
           use_replica_parallel=jax.default_backend() == "tpu",

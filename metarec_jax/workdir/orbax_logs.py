@@ -72,3 +72,10 @@ def no_metrics_notice(record: logging.LogRecord) -> bool:
   """False for orbax's warning about a save without metrics: only the
   validated steps carry a validation MAE."""
   return "did not provide metrics" not in record.getMessage()
+
+
+def handler_override_notice(record: logging.LogRecord) -> bool:
+  """False for orbax's warning that a type handler is replaced:
+  `checkpoint` replaces the array handler on purpose, with other options."""
+  return not (record.getMessage().startswith("Type handler registry type")
+              and "overriding" in record.getMessage())
