@@ -42,6 +42,20 @@ def test_second_call_of_the_jitted_meta_step_does_not_recompile(trainer):
   assert first >= 1 and compiles[0] == first
 
 
+def test_the_finiteness_flag_is_computed_once(trainer):
+  """Every leaf's update selects on one flag of the step's finiteness. XLA
+  must not copy the flag's computation (an `is-finite` per leaf) into each
+  leaf's update: the program would grow with the square of the leaves and
+  compile twice as slowly (`step.computed_once`)."""
+  state = trainer.abstract_state()
+  compiled = trainer.step.compile(
+      state, trainer.abstract_batch(trainer.sampler.widths[0]),
+      trainer.abstract_horizon())
+  leaves = len(jax.tree.leaves((state.params, state.opt_state)))
+  checks = compiled.as_text().count(" is-finite(")
+  assert 0 < checks <= leaves + 2, (checks, leaves)
+
+
 def test_chunked_meta_gradient_equals_unchunked(trainer):
   exp = trainer.exp
   params = {"model": exp.model.init(jax.random.PRNGKey(1)), "inner": None}
