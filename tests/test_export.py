@@ -1,8 +1,8 @@
 """`metarec export` and `metarec_jax.export.load` on a tiny trained run.
 
-One tiny MeLU run per module (trained in process); each test exports a
-ratings file written from the run's synthetic store and checks the folder
-and the serving API against the functional core's own adaptation.
+On the session's tiny Meta-SGD run (`conftest.tiny_metasgd_run`), each test
+exports a ratings file written from the run's synthetic store and checks the
+folder and the serving API against the functional core's own adaptation.
 """
 
 import json
@@ -32,13 +32,11 @@ MAX_SUPPORT = 16  # configs/tiny.py
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """A 6-step tiny MeLU run, its experiment and restored meta-parameters."""
-  workdir = str(tmp_path_factory.mktemp("export_run"))
-  config = config_io.apply_overrides(
-      config_io.load_config_file(config_path("tiny")),
-      [("train.eval_every_steps", "0"), ("log.histogram_every_steps", "0")])
-  train_and_evaluate(config, workdir)
+def run(tiny_metasgd_run):
+  """The session's tiny Meta-SGD run (its learned inner rates make it the
+  export with the most to get right; MAML's: test_export_ml1m.py and
+  test_serve.py), its experiment and restored meta-parameters."""
+  workdir = tiny_metasgd_run
   exp = experiment.build(config_io.read_workdir_config(workdir), workdir)
   state = load_state(exp, workdir, runtime.make_mesh())
   return workdir, exp, jax.device_get(state.params)
@@ -405,17 +403,11 @@ def test_served_without_the_work_directory(run, exported, tmp_path):
   assert loaded.adapt([(1, 5.0), (2, 1.0)], user_id=5).support_size == 2
 
 
-def test_learned_inner_rates_are_exported(tiny_metasgd_run, tmp_path):
+def test_learned_inner_rates_are_exported(run, exported):
   """Meta-SGD: export and serving-time adaptation use the learned rates."""
-  workdir = tiny_metasgd_run
-  exp = experiment.build(config_io.read_workdir_config(workdir), workdir)
-  meta_params = jax.device_get(
-      load_state(exp, workdir, runtime.make_mesh()).params)
-  assert meta_params["inner"] is not None
-  path = write_file(tmp_path / "r.csv", exp, *store_rows(exp, [4, 5]))
-  out = str(tmp_path / "export")
-  export.export_workdir(workdir, path, out)
-  loaded = export.load(out)
+  _, exp, meta_params = run
+  path, _, _, loaded = exported
+  assert jax.tree.leaves(meta_params["inner"])
   assert loaded.manifest["params"]["inner"]
   items, ratings = file_support(path, exp, 4)
   want = core_predictions(exp, meta_params, 4, items, ratings, np.arange(30))

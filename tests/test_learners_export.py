@@ -14,9 +14,11 @@ from metarec_jax.errors import InputError
 from metarec_jax.train import train_and_evaluate
 from metarec_jax.workdir.restore import load_state
 
+# One step of one support width (the tiny config's max_support): the
+# fewest programs to compile per learner.
 ONE_STEP = [("train.num_steps", "1"), ("train.eval_every_steps", "0"),
             ("checkpoint.every_steps", "1"), ("log.every_steps", "1"),
-            ("log.histogram_every_steps", "0")]
+            ("log.histogram_every_steps", "0"), ("data.buckets", "(16,)")]
 
 
 def train(workdir, variant, *extra):

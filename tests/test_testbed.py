@@ -52,9 +52,9 @@ def test_the_recipe_matches_the_baseline_on_pure_biases(tmp_path):
       f.write("\n".join(lines) + "\n")
   config = config_io.load_config_file(config_path("default"))
   overrides = {**testbed.recipe_overrides_of(testbed.FLAGS, folder),
-               # short: the default is 1500 steps
+               # short (the default is 1500 steps), one bucket to compile
                "train.num_steps": "60", "train.eval_every_steps": "20",
-               "data.buckets": "(16,32)", "checkpoint.every_steps": "0"}
+               "data.buckets": "(32,)", "checkpoint.every_steps": "0"}
   config_io.apply_overrides(config, list(overrides.items()))
   workdir = str(tmp_path / "run")
   train_and_evaluate(config, workdir)
