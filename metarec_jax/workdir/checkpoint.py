@@ -22,6 +22,8 @@ JSON item). Cost: one host copy and about 1.5 s per GB of state hashed at
 each save and restore (measured on the 2-core test machine).
 A checkpoint saved right after a validation carries its validation MAE
 (orbax's metrics item); the best one is kept beside the newest ones.
+Orbax splits the writing of a replicated array over its replicas only on
+TPU (`_save_replicas_in_parallel`).
 """
 
 from __future__ import annotations
