@@ -86,9 +86,9 @@ def _save_replicas_in_parallel() -> None:
   pays off where every device has its own link to host memory. On a CPU
   the arrays already are in host memory, and every slice is a small
   program compiled again at each save: 10 compilations per save of
-  `configs/tiny.py` on 2 devices, 0.6 s of compiling per save (0.3 s with the test
-  suite's compiler flags). The registry is orbax's global one: the last
-  handler registered for `jax.Array` in a process is the one used.
+  `configs/tiny.py` on 2 devices, 0.6 s of compiling per save (0.3 s with
+  the test suite's compiler flags). The registry is orbax's global one:
+  the last handler registered for `jax.Array` in a process is used.
   """
   logging.getLogger("absl").addFilter(orbax_logs.handler_override_notice)
   ocp.type_handlers.register_type_handler(
