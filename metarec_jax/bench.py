@@ -84,7 +84,7 @@ def _counted_flops(config, workdir: str, exp, width: int) -> float:
                     chunk_tasks=-1)
   lowered = trainer.step.jitted.lower(
       trainer.abstract_state(), trainer.abstract_batch(width),
-      trainer.abstract_horizon())
+      trainer.abstract_hyper())
   cost = lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   # The program is one device's share of a shard_map over all devices.
@@ -176,7 +176,7 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
         pipeline.wait_seconds = 0.0
         t0 = time.perf_counter()
       state, metrics = trainer.step(state, trainer.prepare(batch),
-                                    trainer.horizon)
+                                    trainer.hyper)
       if i >= warmup:
         widths.append(trainer.sampler.width(step))
     jax.block_until_ready((state, metrics))

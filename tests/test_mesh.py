@@ -44,7 +44,7 @@ def run(trainer, state, steps):
   losses = []
   for s in steps:
     batch = jax.device_put(trainer.sampler.batch(s), trainer.task_sharding)
-    state, metrics = trainer.step(state, batch, trainer.horizon)
+    state, metrics = trainer.step(state, batch, trainer.hyper)
     losses.append(float(runtime.to_host(metrics["train/loss"])))
   return state, losses
 

@@ -39,8 +39,9 @@ def trained_params(workdir):
   config = config_io.read_workdir_config(workdir)
   exp = experiment.build(config, workdir)
   shapes = jax.eval_shape(
-      lambda rng: state_lib.create(exp.model, exp.meta_config,
-                                   optim.outer_optimizer(config.train), rng),
+      lambda rng: state_lib.create(
+          exp.model, exp.meta_config,
+          optim.outer_optimizer(optim.hyperparams(config.train)), rng),
       jax.random.PRNGKey(0)).params
   model = dict(zip(paths.leaf_paths(shapes["model"]),
                    jax.tree.leaves(shapes["model"])))

@@ -13,7 +13,6 @@ import re
 import shutil
 
 import jax
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -21,6 +20,7 @@ import pytest
 from conftest import config_path
 from faults import copy_run
 from procs import checkpoint_steps, metarec
+from metarec_jax import config_io
 from metarec_jax.workdir import optim, resume
 
 TINY = f"--config={config_path('tiny')}"
@@ -32,10 +32,11 @@ QUIET = ["--config.train.eval_every_steps=-1", "--config.log.every_steps=1",
 COMPILE_LOG = re.compile(r"Compiling |XLA compilation|compilation cache hit")
 
 
-def train_config(**kw) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
+def train_config(**kw):
+  """A complete `train` section with these schedule keys."""
+  return config_io.complete({"train": {
       "lr": 2e-3, "warmup_steps": 2, "end_lr_factor": 0.05, "num_steps": 6,
-      "schedule_steps": 0, **kw})
+      "schedule_steps": 0, **kw}}).train
 
 
 def logged_rates(workdir: str) -> dict[int, float]:
@@ -78,8 +79,11 @@ def test_learning_rate_is_optax_warmup_cosine_decay():
         decay_steps=horizon, end_value=tc.lr * tc.end_lr_factor)
     steps = np.arange(0, horizon + 5)
     # One small program per case (eager jax.numpy would compile each op).
-    ours, theirs = jax.jit(lambda s, h: (optim.learning_rate(tc, s, h),
-                                         reference(s)))(steps, horizon)
+    # The hyperparameters are traced, as in the meta-step.
+    ours, theirs = jax.jit(lambda s, h: (optim.learning_rate(h, s),
+                                         reference(s)))(
+                                             steps, optim.hyperparams(
+                                                 tc, horizon))
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(
         [optim.host_learning_rate(tc, s, horizon) for s in steps], theirs,

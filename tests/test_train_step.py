@@ -23,12 +23,12 @@ def test_second_call_of_the_jitted_meta_step_does_not_recompile(trainer):
   with count_compiles() as compiles:
     for b in batches:
       batch = jax.device_put(b, trainer.task_sharding)
-      state, metrics = trainer.step(state, batch, trainer.horizon)
+      state, metrics = trainer.step(state, batch, trainer.hyper)
     jax.block_until_ready(metrics)
   assert compiles[0] == 0
   assert int(state.step) == 4
   # The same holds for plain jax.jit dispatch: one compile, then reuse.
-  fn = jax.jit(lambda s, b: trainer.step.jitted(s, b, trainer.horizon))
+  fn = jax.jit(lambda s, b: trainer.step.jitted(s, b, trainer.hyper))
   state2 = trainer.init(trainer.rng())
   width_batches = [b for b in batches
                    if b["support"]["mask"].shape[1] == trainer.sampler.widths[0]]
@@ -42,6 +42,37 @@ def test_second_call_of_the_jitted_meta_step_does_not_recompile(trainer):
   assert first >= 1 and compiles[0] == first
 
 
+def test_other_hyperparameters_reuse_the_compiled_step(trainer):
+  """A sweep over `train.lr`, a resume with another clip or non-finite limit,
+  a longer schedule: the same compiled step, with the new values in force."""
+  tc = trainer.config.train.copy_and_resolve_references()
+  tc.lr, tc.grad_clip, tc.warmup_steps = 0.5, 0.25, 0
+  tc.end_lr_factor, tc.max_nonfinite = 1.0, 1
+  hyper = trainer.hyper_args(tc, horizon=1000)
+  batch = jax.device_put(trainer.sampler.batch(0), trainer.task_sharding)
+  trainer.step(trainer.init(trainer.rng()), batch, trainer.hyper)  # warm
+  with count_compiles() as compiles:
+    state, metrics = trainer.step(trainer.init(trainer.rng()), batch, hyper)
+    jax.block_until_ready(state)
+  assert compiles[0] == 0
+  np.testing.assert_allclose(float(metrics["train/lr"]), 0.5)
+  # The first Adam step moves every parameter by about the rate.
+  moved = jax.tree.map(lambda new, old: np.abs(np.asarray(new - old)).max(),
+                       state.params["model"],
+                       trainer.init(trainer.rng()).params["model"])
+  assert 0.2 < max(jax.tree.leaves(moved)) <= 0.5 + 1e-6
+  # The non-finite limit: a state one skipped step into its streak is
+  # refused at a limit of 1 and updated at a limit of 2.
+  with count_compiles() as compiles:
+    for limit, refused in ((1, 1), (2, 0)):
+      tc.max_nonfinite = limit
+      start = trainer.init(trainer.rng()).replace(
+          nonfinite_streak=jax.device_put(np.int32(1), trainer.replicated))
+      state, _ = trainer.step(start, batch, trainer.hyper_args(tc))
+      assert int(state.nonfinite_total) == refused
+  assert compiles[0] == 0
+
+
 def test_the_finiteness_flag_is_computed_once(trainer):
   """Every leaf's update selects on one flag of the step's finiteness. XLA
   must not copy the flag's computation (an `is-finite` per leaf) into each
@@ -50,7 +81,7 @@ def test_the_finiteness_flag_is_computed_once(trainer):
   state = trainer.abstract_state()
   compiled = trainer.step.compile(
       state, trainer.abstract_batch(trainer.sampler.widths[0]),
-      trainer.abstract_horizon())
+      trainer.abstract_hyper())
   leaves = len(jax.tree.leaves((state.params, state.opt_state)))
   checks = compiled.as_text().count(" is-finite(")
   assert 0 < checks <= leaves + 2, (checks, leaves)
@@ -112,7 +143,7 @@ def test_from_max_nonfinite_on_the_step_refuses_every_update(trainer):
     before = jax.tree.map(np.asarray, (state.params, state.opt_state))
     state = state.replace(nonfinite_streak=jax.device_put(
         jnp.int32(streak), trainer.replicated))
-    state, _ = trainer.step(state, batch, trainer.horizon)
+    state, _ = trainer.step(state, batch, trainer.hyper)
     changed = any(not np.array_equal(a, np.asarray(b)) for a, b in zip(
         jax.tree.leaves(before),
         jax.tree.leaves((state.params, state.opt_state))))

@@ -51,12 +51,12 @@ def main(argv):
   state = trainer.init(trainer.rng())
   batches = [jax.device_put(trainer.sampler.batch(s), trainer.task_sharding)
              for s in range(steps + 1)]
-  state, m = trainer.step(state, batches[0], trainer.horizon)
+  state, m = trainer.step(state, batches[0], trainer.hyper)
   jax.block_until_ready(m)
   trace_dir = tempfile.mkdtemp(prefix="metarec-trace-")
   jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
   for b in batches[1:]:
-    state, m = trainer.step(state, b, trainer.horizon)
+    state, m = trainer.step(state, b, trainer.hyper)
   jax.block_until_ready(m)
   jax.profiler.stop_trace()
   trace = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz",

@@ -165,7 +165,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                    horizon=horizon)
       tc.schedule_steps = horizon
       config_record = config_io.to_dict(config)
-      trainer.horizon = trainer.horizon_array(horizon)
+      trainer.hyper = trainer.hyper_args(tc, horizon)
       reporter = reporting.Reporter(workdir, active=is_lead)
       # Rows a killed run logged past its checkpoint are logged again.
       reporter.drop_rows_after(restored_step or 0)
@@ -286,7 +286,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       try:
         for step_index, batch in pipeline:
           state, metrics = trainer.step(state, trainer.prepare(batch),
-                                        trainer.horizon)
+                                        trainer.hyper)
           step = step_index + 1
           # The host runs at most MAX_AHEAD steps ahead of the device (each
           # step in flight holds its batch): a wait, not a read, and only

@@ -5,15 +5,17 @@ are replicated, except the large embedding tables, which a 2-D mesh splits
 by rows over its `model` axis (`placement`). `shard_map` is manual over
 `tasks` only: over `model` XLA partitions the lookups and their gradients
 (GSPMD), so the models know nothing of the split. Inside, each device
-group computes the meta-gradient of its own tasks, `chunk_tasks` at a time (a `lax.scan` accumulates the
-chunks, so memory is bounded by the chunk, not the meta-batch), and the
+group computes the meta-gradient of its own tasks, `chunk_tasks` at a time
+(a `lax.scan` accumulates the chunks, so memory is bounded by the chunk, not the meta-batch), and the
 devices average with `pmean`. A step whose loss, meta-gradient or updated
 state (any parameter or optimizer-state leaf) is not finite keeps the old
 state and is counted, all decided on the device. From `max_nonfinite` such
 steps in a row on, every update is refused and the streak keeps counting,
 so the state stays the last finite one and the loop, reading the counters
 only where it reads the device anyway, knows the exact step the limit was
-reached (`train.loop`).
+reached (`train.loop`). The scalar hyperparameters (`optim.Hyperparams`)
+are an argument of the step, so one compiled step serves any of their
+values.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from metarec_jax import meta
 from metarec_jax.meta import paths
 from metarec_jax.runtime import AXIS
+from metarec_jax.workdir import optim
 from metarec_jax.workdir.state import TrainState
 
 PyTree = Any
@@ -95,22 +98,17 @@ def computed_once(flag: jax.Array) -> jax.Array:
   return jax.lax.cond(flag, lambda: jnp.bool_(True), lambda: jnp.bool_(False))
 
 
-def make_train_step(loss_fn, meta_config: meta.MetaConfig,
-                    optimizer: Callable[[jax.Array],
-                                        optax.GradientTransformation],
-                    schedule: Callable[[jax.Array, jax.Array], jax.Array],
-                    mesh: Mesh, *, chunk_tasks: int,
-                    query_loss_fn=None, max_nonfinite: int = 0,
+def make_train_step(loss_fn, meta_config: meta.MetaConfig, mesh: Mesh, *,
+                    chunk_tasks: int, query_loss_fn=None,
                     meta_fixed: tuple[str, ...] = ()) -> Callable:
-  """`(state, batch, horizon) -> (state, metrics)`, to be jitted by the
+  """`(state, batch, hyper) -> (state, metrics)`, to be jitted by the
   caller.
 
-  `horizon` (an int32 scalar) is the learning-rate schedule's length:
-  `optimizer(horizon)` is the outer optimizer on that schedule and
-  `schedule(step, horizon)` its rate. Being an argument rather than a
-  constant, it leaves the compiled step the same for every horizon.
-  `max_nonfinite` > 0: once that many steps in a row were skipped, every
-  later step is skipped too (see the module docstring).
+  `hyper` (`optim.Hyperparams` of replicated scalars) holds the outer
+  optimizer's rate schedule and clipping norm and `max_nonfinite`: once
+  that many steps in a row were skipped, every later step is skipped too
+  (see the module docstring). Being an argument rather than constants,
+  they leave the compiled step the same for every value.
   `meta_fixed`: patterns of model parameters whose meta-gradient is zeroed
   before the update (`Recommender.meta_fixed`).
   """
@@ -129,19 +127,19 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig,
   sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS)),
                           out_specs=P(), axis_names={AXIS}, check_vma=False)
 
-  def train_step(state: TrainState, batch: PyTree, horizon: jax.Array):
+  def train_step(state: TrainState, batch: PyTree, hyper: optim.Hyperparams):
     loss, unadapted, grads = sharded(state.params, batch)
     grads = {**grads, "model": paths.zero_matching(grads["model"], meta_fixed)}
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = optimizer(horizon).update(grads, state.opt_state,
-                                                   state.params)
+    updates, opt_state = optim.outer_optimizer(hyper).update(
+        grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # A finite gradient can still make a non-finite state (an infinite
     # learning rate, an overflowing update): the new state is checked too.
+    # From the limit on the run has ended: nothing changes after it.
     finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-              & all_finite((params, opt_state)))
-    if max_nonfinite > 0:  # the run has ended there: nothing changes after
-      finite &= state.nonfinite_streak < max_nonfinite
+              & all_finite((params, opt_state))
+              & (state.nonfinite_streak < hyper.max_nonfinite))
     finite = computed_once(finite)
 
     def keep(new, old):
@@ -157,7 +155,7 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig,
         "train/query_loss_unadapted": unadapted,
         "train/grad_norm": grad_norm,
         "train/param_norm": optax.tree.norm(new_state.params["model"]),
-        "train/lr": schedule(state.step, horizon),
+        "train/lr": optim.learning_rate(hyper, state.step),
         "train/nonfinite_total": new_state.nonfinite_total,
         "train/nonfinite_streak": new_state.nonfinite_streak,
     }

@@ -13,7 +13,6 @@ import logging
 import math
 
 import jax
-import numpy as np
 
 from metarec_jax import backend, experiment, runtime
 from metarec_jax.data.sampler import TrainSampler
@@ -80,7 +79,8 @@ class Trainer:
       self.chunk = (int(config.train.tasks_per_step) // shards
                     if chunk_tasks < 0 else int(chunk_tasks))
     self.exp = exp or experiment.build(config, workdir, log=log.info)
-    self.optimizer = optim.outer_optimizer(config.train)
+    # (The state's structure does not depend on the hyperparameters.)
+    self.optimizer = optim.outer_optimizer(optim.hyperparams(config.train))
     self.replicated = runtime.replicated(self.mesh)
     self.task_sharding = runtime.task_sharding(self.mesh)
     self.sampler = TrainSampler(
@@ -116,22 +116,16 @@ class Trainer:
                       else runtime.make_mesh(1, self.mesh.devices.flat))
     self.init = jax.jit(init, out_shardings=self.state_shardings)
     step = make_train_step(self.exp.model.loss_fn, self.exp.meta_config,
-                           functools.partial(optim.outer_optimizer,
-                                             config.train),
-                           functools.partial(optim.learning_rate,
-                                             config.train), self.mesh,
-                           chunk_tasks=self.chunk,
+                           self.mesh, chunk_tasks=self.chunk,
                            query_loss_fn=self.exp.model.query_loss_fn,
-                           meta_fixed=self.exp.model.meta_fixed,
-                           max_nonfinite=max(int(config.train.max_nonfinite),
-                                             1))
-    # `step(state, batch, horizon)`: the schedule's length is an argument,
-    # so the program is the same for any `train.num_steps`.
+                           meta_fixed=self.exp.model.meta_fixed)
+    # `step(state, batch, hyper)`: the hyperparameters are an argument, so
+    # the program is the same for any `train.num_steps`, `train.lr`, ...
     self.step = runtime.CompiledByShape(
         jax.jit(step, donate_argnums=(0,),
                 out_shardings=(self.state_shardings, self.replicated)),
         name="train_step")
-    self.horizon = self.horizon_array(optim.default_horizon(config.train))
+    self.hyper = self.hyper_args(config.train)
     # Distillation blends a teacher's predictions into the query ratings.
     self.teacher = distill.load(config, self.exp, self.mesh)
 
@@ -170,14 +164,20 @@ class Trainer:
     return {p: (tuple(l.shape), str(l.dtype)) for p, l in
             zip(paths.leaf_paths(params), jax.tree.leaves(params))}
 
-  def horizon_array(self, steps: int) -> jax.Array:
-    """The schedule's length as the step's replicated int32 argument (made
-    from host data on every process: nothing is compiled)."""
-    return jax.make_array_from_callback(
-        (), self.replicated, lambda _: np.asarray(steps, np.int32))
+  def hyper_args(self, train_config, horizon: int | None = None
+                 ) -> optim.Hyperparams:
+    """`optim.hyperparams(train_config, horizon)` as the step's replicated
+    arguments (made from host data on every process: nothing is
+    compiled)."""
+    return jax.tree.map(
+        lambda v: jax.make_array_from_callback((), self.replicated,
+                                               lambda _: v),
+        optim.hyperparams(train_config, horizon))
 
-  def abstract_horizon(self) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct((), np.int32, sharding=self.replicated)
+  def abstract_hyper(self) -> optim.Hyperparams:
+    return jax.tree.map(
+        lambda v: jax.ShapeDtypeStruct((), v.dtype, sharding=self.replicated),
+        optim.hyperparams(self.config.train))
 
   def abstract_batch(self, width: int):
     support, query = self.sampler.spec.padded_widths(width)
@@ -190,7 +190,7 @@ class Trainer:
     state = self.abstract_state()
     return [functools.partial(self.step.compile, state,
                               self.abstract_batch(width),
-                              self.abstract_horizon())
+                              self.abstract_hyper())
             for width in self.sampler.widths]
 
   def compile_all(self, should_stop=lambda: False) -> bool:

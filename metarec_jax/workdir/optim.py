@@ -1,18 +1,32 @@
 """The outer (meta) optimizer: Adam with warm-up, cosine decay and clipping.
 
-The schedule's length (its *horizon*, `train.schedule_steps`, by default
-`train.num_steps`) is an argument of the schedule, not a constant of it: the
-jitted meta-step takes it as a traced scalar, so a run extended to more
-steps reuses the compiled (and persistently cached) step instead of
-compiling a new one for the new horizon.
+Its scalar hyperparameters (`Hyperparams`: the peak rate, the warm-up, the
+final factor, the schedule's length or *horizon*, the clipping norm, and the
+non-finite limit the meta-step applies) are arguments of the jitted
+meta-step, not constants of it: a run extended to more steps, resumed with
+another `train.lr`, or one of a sweep over rates reuses the compiled (and
+persistently cached) step instead of compiling its own.
 """
 
 from __future__ import annotations
 
-import jax
+from typing import Any, NamedTuple
+
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+
+class Hyperparams(NamedTuple):
+  """The meta-step's scalar hyperparameters (a pytree of scalars: numpy
+  on the host, replicated arrays as the step's argument, tracers inside)."""
+
+  lr: Any  # `train.lr`, the peak rate
+  end_lr: Any  # `train.lr * train.end_lr_factor`, where the decay ends
+  warmup_steps: Any  # `train.warmup_steps`
+  horizon: Any  # the schedule's length in steps (`default_horizon`)
+  grad_clip: Any  # `train.grad_clip`
+  max_nonfinite: Any  # `train.max_nonfinite`
 
 
 def default_horizon(train_config) -> int:
@@ -20,30 +34,43 @@ def default_horizon(train_config) -> int:
   return int(train_config.schedule_steps) or int(train_config.num_steps)
 
 
-def learning_rate(train_config, step, horizon, *, xp=jnp):
-  """The outer learning rate at `step` of a schedule of `horizon` steps.
+def hyperparams(train_config, horizon: int | None = None) -> Hyperparams:
+  """The `train` section's hyperparameters as numpy scalars (float32 rates,
+  int32 counts); `horizon` None = `default_horizon`."""
+  if horizon is None:
+    horizon = default_horizon(train_config)
+  lr = float(train_config.lr)
+  return Hyperparams(
+      lr=np.float32(lr), end_lr=np.float32(lr * float(
+          train_config.end_lr_factor)),
+      warmup_steps=np.int32(int(train_config.warmup_steps)),
+      horizon=np.int32(horizon),
+      grad_clip=np.float32(float(train_config.grad_clip)),
+      max_nonfinite=np.int32(int(train_config.max_nonfinite)))
 
-  Linear warm-up from 0 to `train.lr` over `train.warmup_steps` (at most
-  `horizon - 1`), cosine decay to `lr * end_lr_factor` at `horizon`, and
-  that final rate from there on. The values are those of
+
+def learning_rate(hyper: Hyperparams, step, *, xp=jnp):
+  """The outer learning rate at `step`.
+
+  Linear warm-up from 0 to `lr` over `warmup_steps` (at most
+  `horizon - 1`), cosine decay to `end_lr` at `horizon`, and that final
+  rate from there on. The values are those of
   `optax.warmup_cosine_decay_schedule(0, lr, warmup, horizon, end)` (a test
-  compares them); it is written out because optax's schedules take the
-  horizon as a Python int, which would make it a constant of the compiled
-  step.
+  compares them); it is written out because optax's schedules take their
+  hyperparameters as Python numbers, which would make them constants of the
+  compiled step.
 
   Args:
-    train_config: the `train` section (`lr`, `warmup_steps`,
-      `end_lr_factor`).
+    hyper: the hyperparameters (numpy scalars, arrays or tracers).
     step: the step count (int or integer array, traced or not).
-    horizon: the schedule's length in steps (int or integer array).
     xp: `jax.numpy` inside a traced step, `numpy` on the host (the log
       lines of a resume compute rates without compiling anything).
   """
-  lr = float(train_config.lr)
-  end = lr * float(train_config.end_lr_factor)
-  horizon = xp.maximum(xp.asarray(horizon, xp.float32), 1.0)
+  lr = xp.asarray(hyper.lr, xp.float32)
+  end = xp.asarray(hyper.end_lr, xp.float32)
+  horizon = xp.maximum(xp.asarray(hyper.horizon, xp.float32), 1.0)
   step = xp.asarray(step, xp.float32)
-  warmup = xp.minimum(xp.float32(int(train_config.warmup_steps)),
+  warmup = xp.minimum(xp.asarray(hyper.warmup_steps, xp.float32),
                       horizon - 1.0)
   warm = lr * step / xp.maximum(warmup, 1.0)
   progress = xp.minimum(xp.maximum(step - warmup, 0.0) / (horizon - warmup),
@@ -54,21 +81,16 @@ def learning_rate(train_config, step, horizon, *, xp=jnp):
 
 def host_learning_rate(train_config, step: int, horizon: int) -> float:
   """`learning_rate` computed with numpy (for log lines; compiles nothing)."""
-  return float(learning_rate(train_config, step, horizon, xp=np))
+  return float(learning_rate(hyperparams(train_config, horizon), step, xp=np))
 
 
-def outer_optimizer(train_config, horizon: int | jax.Array | None = None
-                    ) -> optax.GradientTransformation:
-  """Clipping and Adam on the schedule of `horizon` steps.
+def outer_optimizer(hyper: Hyperparams) -> optax.GradientTransformation:
+  """Clipping and Adam on the schedule of `hyper`.
 
-  Args:
-    train_config: the `train` section.
-    horizon: the schedule's length, an int or a traced int32 scalar (the
-      meta-step passes its argument); None = `default_horizon`. The
-      optimizer's state does not depend on it (`init` may use any).
+  Inside the meta-step `hyper` is its traced argument; for `init` any
+  values do (`hyperparams(train_config)`): the optimizer's state does not
+  depend on them.
   """
-  if horizon is None:
-    horizon = default_horizon(train_config)
   return optax.chain(
-      optax.clip_by_global_norm(float(train_config.grad_clip)),
-      optax.adam(lambda count: learning_rate(train_config, count, horizon)))
+      optax.clip_by_global_norm(hyper.grad_clip),
+      optax.adam(lambda count: learning_rate(hyper, count)))

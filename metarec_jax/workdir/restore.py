@@ -39,7 +39,8 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
                  " --step=N picks another")
     state, _, _ = checkpointer.restore(
         state_lib.abstract(exp.model, exp.meta_config,
-                           optim.outer_optimizer(exp.config.train),
+                           optim.outer_optimizer(
+                               optim.hyperparams(exp.config.train)),
                            runtime.replicated(mesh)), step)
   except ckpt_lib.CheckpointError as e:
     raise InputError(str(e), path=workdir) from e
