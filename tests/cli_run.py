@@ -1,6 +1,9 @@
 """Running the real `metarec` command line in a subprocess (for tests)."""
 
+import contextlib
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,6 +18,28 @@ def metarec(*args, timeout=600, cwd=ROOT):
   return subprocess.run([sys.executable, "-m", "metarec_jax.cli", *args],
                         capture_output=True, text=True, cwd=cwd,
                         timeout=timeout, env=env)
+
+
+def metarec_here(*args) -> subprocess.CompletedProcess:
+  """The real command line run in this process, as `metarec` would exit.
+
+  For the error paths (a bad flag, a bad file, a refused resume): they
+  fail within a second of starting, so a process spends nearly all of its
+  time importing JAX. Each such test keeps one case that runs as a real
+  process, for what a user sees (a warning at start-up would break "one
+  line"). The `metarec` logger's handlers are put back afterwards.
+  """
+  from metarec_jax import cli  # pylint: disable=g-import-not-at-top
+  logger = logging.getLogger("metarec")
+  saved = logger.handlers[:], logger.level, logger.propagate
+  out, err = io.StringIO(), io.StringIO()
+  try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      status = cli.main(list(args))
+  finally:
+    logger.handlers[:], logger.level, logger.propagate = saved
+  return subprocess.CompletedProcess(["metarec", *args], status,
+                                     out.getvalue(), err.getvalue())
 
 
 def last_json(out) -> dict:

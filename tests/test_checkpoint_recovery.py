@@ -1,12 +1,14 @@
 """A damaged, changed or moved checkpoint: fall back, refuse or resume.
 
-Every test runs `metarec train` as real processes on real orbax folders.
+The tests run `metarec train` on real orbax folders: as real processes,
+except the refusals (in this process, `metarec_here`).
 """
 
 import os
 
 import pytest
 
+from cli_run import metarec_here
 from faults import QUIET, TINY, copy_run, train_finished_run
 from procs import checkpoint_steps, metarec
 
@@ -53,7 +55,8 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(
     for victim in _data_files(folder):
       with open(victim, "r+b") as f:
         f.truncate(10)
-  out = metarec("train", f"--workdir={workdir}", "--config.train.num_steps=8")
+  out = metarec_here("train", f"--workdir={workdir}",
+                     "--config.train.num_steps=8")
   assert out.returncode == 1
   assert "no usable checkpoint" in out.stderr
   assert "Traceback" not in out.stderr
@@ -62,8 +65,9 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(
 
 def test_shape_changing_config_on_resume_is_refused(finished_run, tmp_path):
   workdir = copy_run(finished_run, tmp_path)
-  out = metarec("train", f"--workdir={workdir}", "--config.model.hidden=(8,8)",
-                "--config.train.num_steps=8")
+  out = metarec_here("train", f"--workdir={workdir}",
+                     "--config.model.hidden=(8,8)",
+                     "--config.train.num_steps=8")
   assert out.returncode == 2, out.stderr
   assert "cannot resume the checkpoint of step 6" in out.stderr
   last = out.stderr.strip().splitlines()[-1]

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from cli_run import assert_one_line_error, last_json, metarec
+from cli_run import (assert_one_line_error, last_json, metarec,
+                     metarec_here)
 from conftest import ML1M_NEW_USERS, ML1M_TRAIN_USERS
 from metarec_jax.data.convert import ratings_io
 from metarec_jax.data import store as store_lib
@@ -138,8 +139,10 @@ def test_bad_ratings_files_fail_eval_cleanly(ml1m_tiny_run, tmp_path, case):
   content, message = BAD_RATINGS[case]
   path = tmp_path / "new.dat"
   path.write_bytes(content)
-  out = metarec("eval", f"--workdir={workdir}", f"--ratings={path}",
-                f"--write_tasks={tmp_path / 'tasks'}")
+  # One case as a real process, the others in this one (`metarec_here`).
+  run = metarec if case == "malformed_line" else metarec_here
+  out = run("eval", f"--workdir={workdir}", f"--ratings={path}",
+            f"--write_tasks={tmp_path / 'tasks'}")
   assert_one_line_error(out, message)
   assert out.stdout == ""
   assert sorted(os.listdir(tmp_path)) == ["new.dat"]

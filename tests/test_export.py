@@ -16,7 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from cli_run import assert_one_line_error, last_json, metarec
+from cli_run import (assert_one_line_error, last_json, metarec,
+                     metarec_here)
 from flax import traverse_util
 from conftest import config_path
 from procs import start, wait_for
@@ -499,7 +500,7 @@ def test_per_user_arrays_are_hashed_whole_on_request(exported, tmp_path):
     export.load(copy, verify=True)
   out = metarec("export", "--verify", f"--out={copy}")
   assert_one_line_error(out, f"{path}: content differs from the sha256")
-  good = metarec("export", "--verify", f"--out={exported[1]}")
+  good = metarec_here("export", "--verify", f"--out={exported[1]}")
   assert good.returncode == 0, good.stderr
   result = last_json(good)
   assert result["files"] == len(arrays(exported[1])) + 1  # and topk.jsonl
@@ -562,8 +563,10 @@ def test_cli_bad_flags_are_one_line_errors(run, exported, tmp_path, args,
                                            message):
   workdir, _, _ = run
   path, _, _, _ = exported
-  out = metarec("export", f"--workdir={workdir}", f"--ratings={path}",
-                f"--out={tmp_path / 'e'}", *args)
+  # One case as a real process, the others in this one (`metarec_here`).
+  run = metarec if args[0].startswith("--dtype") else metarec_here
+  out = run("export", f"--workdir={workdir}", f"--ratings={path}",
+            f"--out={tmp_path / 'e'}", *args)
   assert_one_line_error(out, message)
   assert not os.path.exists(tmp_path / "e")
 
@@ -574,8 +577,8 @@ def test_cli_refuses_a_foreign_out_and_bad_files(run, exported, tmp_path):
   foreign = tmp_path / "mine"
   foreign.mkdir()
   (foreign / "notes.txt").write_text("keep me")
-  out = metarec("export", f"--workdir={workdir}", f"--ratings={path}",
-                f"--out={foreign}")
+  out = metarec_here("export", f"--workdir={workdir}", f"--ratings={path}",
+                     f"--out={foreign}")
   assert_one_line_error(out, "is not an earlier export")
   assert os.listdir(foreign) == ["notes.txt"]
   bad = tmp_path / "bad.csv"
@@ -583,10 +586,11 @@ def test_cli_refuses_a_foreign_out_and_bad_files(run, exported, tmp_path):
   # test_non_integer_ids_are_skipped_and_counted); a rating that is not a
   # number still refuses the file.
   bad.write_text("user,item,rating\n1,2,3\n1,2,x\n")
-  out = metarec("export", f"--workdir={workdir}", f"--ratings={bad}",
-                f"--out={tmp_path / 'e'}")
+  out = metarec_here("export", f"--workdir={workdir}", f"--ratings={bad}",
+                     f"--out={tmp_path / 'e'}")
   assert_one_line_error(out, "bad.csv:3: rating 'x' is not a finite number")
-  out = metarec("export", f"--workdir={workdir}", f"--out={tmp_path / 'e'}")
+  out = metarec_here("export", f"--workdir={workdir}",
+                     f"--out={tmp_path / 'e'}")
   assert_one_line_error(out, "--ratings is required")
   assert not os.path.exists(tmp_path / "e")
 

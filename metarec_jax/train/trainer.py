@@ -93,7 +93,10 @@ class Trainer:
                              self.exp.meta_config, self.optimizer)
     # Where every state leaf lives (`placement.RULES`): replicated, or a
     # large table split by rows over the `model` axis.
-    shapes = jax.eval_shape(lambda: init(self.rng()))
+    # The state's shapes, traced once: every abstract state below is these
+    # shapes with a placement (each trace of the model's init costs a
+    # fraction of a second at every start).
+    self.shapes = shapes = jax.eval_shape(lambda: init(self.rng()))
     min_rows = int(config.mesh.shard_min_rows)
     self.state_shardings = placement.shardings(shapes, self.mesh,
                                                min_rows=min_rows)
@@ -142,9 +145,7 @@ class Trainer:
     return jax.tree.map(
         lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
                                                  sharding=sharding),
-        state_lib.abstract(self.exp.model, self.exp.meta_config,
-                           self.optimizer, self.replicated),
-        self.state_shardings)
+        self.shapes, self.state_shardings)
 
   def eval_params(self, meta_params):
     """`meta_params` replicated on `eval_mesh` (as they are, on a 1-D
@@ -155,9 +156,10 @@ class Trainer:
 
   def abstract_eval_params(self):
     """The abstract `eval_params` (for compiling the validation)."""
-    return state_lib.abstract(self.exp.model, self.exp.meta_config,
-                              self.optimizer,
-                              runtime.replicated(self.eval_mesh)).params
+    replicated = runtime.replicated(self.eval_mesh)
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+        self.shapes.params)
 
   def param_shapes(self) -> dict[str, tuple]:
     params = self.abstract_state().params
