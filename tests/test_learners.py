@@ -190,9 +190,11 @@ def test_both_models_encode_their_support_rows(name, algorithm):
   inner = unravel(flat + 0.1)
   tasks = random_tasks(SPECS, n_tasks=2, n_support=5, n_query=3)
   tasks["support"]["mask"][1] = False
-  adapted = jax.vmap(lambda s: meta.adapt(model.loss_fn, params, s,
-                                          config=config, inner=inner))(
-                                              tasks["support"])
+  # Jitted: run op by op, the second-order terms compile hundreds of tiny
+  # programs.
+  adapted = jax.jit(jax.vmap(lambda s: meta.adapt(
+      model.loss_fn, params, s, config=config, inner=inner)))(
+          tasks["support"])
   part = meta.paths.partition(params, config.adapt)
   for path, leaf in zip(meta.leaf_paths(params), jax.tree.leaves(adapted)):
     base = dict(zip(part.paths, part.leaves))[path]
@@ -204,9 +206,9 @@ def test_both_models_encode_their_support_rows(name, algorithm):
            if not np.allclose(leaf[0], dict(zip(part.paths,
                                                 part.leaves))[p])]
   assert moved and all(p in part.adapted for p in moved)
-  loss, grads = meta.meta_grad(model.loss_fn,
-                               {"model": params, "inner": inner}, tasks,
-                               config=config)
+  loss, grads = jax.jit(lambda p, t: meta.meta_grad(
+      model.loss_fn, p, t, config=config))(
+          {"model": params, "inner": inner}, tasks)
   assert np.isfinite(loss)
   assert np.isfinite(ravel_pytree(grads)[0]).all()
 

@@ -1,7 +1,8 @@
 """Never save a broken state: non-finite steps are skipped, counted and
 stop the run at `train.max_nonfinite`, and what was saved stays finite.
 
-Every test runs `metarec train` as real processes on real orbax folders.
+The tests run `metarec train` on real orbax folders: as real processes,
+except the runs that stop (in this process, `metarec_here`).
 """
 
 import json
@@ -10,6 +11,7 @@ import re
 
 import numpy as np
 
+from cli_run import metarec_here
 from conftest import config_path
 from faults import QUIET, TINY, assert_finite, saved_state
 from procs import checkpoint_steps, metarec
@@ -25,8 +27,10 @@ def _store(workdir, tmp_path):
 
 
 def last_line_of_a_stopped_run(workdir, *flags) -> str:
-  """The last stderr line of a tiny run that `flags` make stop (status 1)."""
-  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET, *flags)
+  """The last stderr line of a tiny run that `flags` make stop (status 1),
+  run in this process (`metarec_here`: the stop is the point, not the
+  process)."""
+  out = metarec_here("train", TINY, f"--workdir={workdir}", *QUIET, *flags)
   assert out.returncode == 1, out.stderr
   return out.stderr.strip().splitlines()[-1]
 

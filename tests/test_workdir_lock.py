@@ -37,6 +37,16 @@ def holder_pid(workdir: str) -> int | None:
     return None
 
 
+def stopped(pid: int) -> bool:
+  """Whether every thread of `pid` has stopped (a SIGSTOP is delivered
+  asynchronously: a thread in a write finishes it first)."""
+  states = []
+  for task in os.listdir(f"/proc/{pid}/task"):
+    with open(f"/proc/{pid}/task/{task}/stat") as f:
+      states.append(f.read().rsplit(")", 1)[1].split()[0])
+  return all(state in "tT" for state in states)
+
+
 def test_second_trainer_is_refused_and_kill_9_frees_the_lock(tmp_path):
   workdir = str(tmp_path / "work")
   holder = start("train", *TINY, f"--workdir={workdir}",
@@ -47,6 +57,7 @@ def test_second_trainer_is_refused_and_kill_9_frees_the_lock(tmp_path):
              timeout=300, interval=0.2)
     # Frozen, the holder writes nothing while the second trainer runs.
     os.kill(holder.pid, signal.SIGSTOP)
+    wait_for(lambda: stopped(holder.pid), timeout=60)
     before = snapshot(workdir)
     out = metarec("train", *TINY, f"--workdir={workdir}",
                   "--config.train.lr=0.5")

@@ -40,13 +40,16 @@ def hyperparams(train_config, horizon: int | None = None) -> Hyperparams:
   if horizon is None:
     horizon = default_horizon(train_config)
   lr = float(train_config.lr)
-  return Hyperparams(
-      lr=np.float32(lr), end_lr=np.float32(lr * float(
-          train_config.end_lr_factor)),
-      warmup_steps=np.int32(int(train_config.warmup_steps)),
-      horizon=np.int32(horizon),
-      grad_clip=np.float32(float(train_config.grad_clip)),
-      max_nonfinite=np.int32(int(train_config.max_nonfinite)))
+  # A rate beyond float32's range is infinite in the step, as it was as a
+  # constant of it (its updates are refused as non-finite): no warning.
+  with np.errstate(over="ignore"):
+    return Hyperparams(
+        lr=np.float32(lr),
+        end_lr=np.float32(lr * float(train_config.end_lr_factor)),
+        warmup_steps=np.int32(int(train_config.warmup_steps)),
+        horizon=np.int32(horizon),
+        grad_clip=np.float32(float(train_config.grad_clip)),
+        max_nonfinite=np.int32(int(train_config.max_nonfinite)))
 
 
 def learning_rate(hyper: Hyperparams, step, *, xp=jnp):
