@@ -4,18 +4,18 @@ The task axis of a batch is sharded over the mesh axis `tasks`; parameters
 are replicated, except the large embedding tables, which a 2-D mesh splits
 by rows over its `model` axis (`placement`). `shard_map` is manual over
 `tasks` only: over `model` XLA partitions the lookups and their gradients
-(GSPMD), so the models know nothing of the split. Inside, each device
-group computes the meta-gradient of its own tasks, `chunk_tasks` at a time
-(a `lax.scan` accumulates the chunks, so memory is bounded by the chunk, not the meta-batch), and the
-devices average with `pmean`. A step whose loss, meta-gradient or updated
-state (any parameter or optimizer-state leaf) is not finite keeps the old
-state and is counted, all decided on the device. From `max_nonfinite` such
-steps in a row on, every update is refused and the streak keeps counting,
-so the state stays the last finite one and the loop, reading the counters
-only where it reads the device anyway, knows the exact step the limit was
-reached (`train.loop`). The scalar hyperparameters (`optim.Hyperparams`)
-are an argument of the step, so one compiled step serves any of their
-values.
+(GSPMD), so the models know nothing of the split. Inside, each device group
+computes the meta-gradient of its own tasks, `chunk_tasks` at a time (a
+`lax.scan` accumulates the chunks, so memory is bounded by the chunk, not
+the meta-batch), and the devices average with `pmean`. A step whose loss,
+meta-gradient or updated state (any parameter or optimizer-state leaf) is
+not finite keeps the old state and is counted, all decided on the device.
+From `max_nonfinite` such steps in a row on, every update is refused and
+the streak keeps counting, so the state stays the last finite one and the
+loop, reading the counters only where it reads the device anyway, knows the
+exact step the limit was reached (`train.loop`). The scalar hyperparameters
+(`optim.Hyperparams`) are an argument of the step, so one compiled step
+serves any of their values.
 """
 
 from __future__ import annotations
