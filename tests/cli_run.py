@@ -1,4 +1,5 @@
-"""Running the real `metarec` command line in a subprocess (for tests)."""
+"""Running the real `metarec` command line (for tests): in a subprocess,
+or in this process (`metarec_here`)."""
 
 import contextlib
 import io
@@ -23,11 +24,12 @@ def metarec(*args, timeout=600, cwd=ROOT):
 def metarec_here(*args) -> subprocess.CompletedProcess:
   """The real command line run in this process, as `metarec` would exit.
 
-  For the error paths (a bad flag, a bad file, a refused resume): they
-  fail within a second of starting, so a process spends nearly all of its
-  time importing JAX. Each such test keeps one case that runs as a real
-  process, for what a user sees (a warning at start-up would break "one
-  line"). The `metarec` logger's handlers are put back afterwards.
+  For the error paths (a bad flag, a bad file, a refused resume, a run
+  stopped at `train.max_nonfinite`): there a process would spend most of
+  its time starting up (importing JAX alone is about 2 s of CPU). Each such
+  test keeps one case that runs as a real process, for what a user sees (a
+  warning at start-up would break "one line"). The `metarec` logger's
+  handlers are put back afterwards.
   """
   from metarec_jax import cli  # pylint: disable=g-import-not-at-top
   logger = logging.getLogger("metarec")

@@ -27,8 +27,8 @@ import jax  # noqa: E402
 
 NUM_DEVICES = 4
 jax.config.update("jax_num_cpu_devices", NUM_DEVICES)
-# The tests start a hundred `metarec` processes: let them import the
-# project's modules from cached bytecode (0.3 s each) where the
+# The tests start dozens of `metarec` processes: let them import the
+# project's modules from cached bytecode (0.3 s less each) where the
 # environment says not to write any.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 # One persistent compilation cache per test session, shared by the `metarec`
