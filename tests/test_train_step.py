@@ -56,7 +56,8 @@ def test_other_hyperparameters_reuse_the_compiled_step(trainer):
     jax.block_until_ready(state)
   assert compiles[0] == 0
   np.testing.assert_allclose(float(metrics["train/lr"]), 0.5)
-  # The first Adam step moves every parameter by about the rate.
+  # Adam's first step moves each parameter by at most the rate (about the
+  # rate where its gradient is not tiny).
   moved = jax.tree.map(lambda new, old: np.abs(np.asarray(new - old)).max(),
                        state.params["model"],
                        trainer.init(trainer.rng()).params["model"])

@@ -42,9 +42,12 @@ def stopped(pid: int) -> bool:
   asynchronously: a thread in a write finishes it first)."""
   states = []
   for task in os.listdir(f"/proc/{pid}/task"):
-    with open(f"/proc/{pid}/task/{task}/stat") as f:
-      states.append(f.read().rsplit(")", 1)[1].split()[0])
-  return all(state in "tT" for state in states)
+    try:
+      with open(f"/proc/{pid}/task/{task}/stat") as f:
+        states.append(f.read().rsplit(")", 1)[1].split()[0])
+    except FileNotFoundError:  # the thread exited since the listing
+      pass
+  return all(state in ("t", "T") for state in states)
 
 
 def test_second_trainer_is_refused_and_kill_9_frees_the_lock(tmp_path):
