@@ -11,15 +11,16 @@ truncated or deleted file), one whose arrays do not match the digests
 recorded at save time (bytes changed in place), one holding a non-finite
 value (written before metarec refused to save those).
 
-Integrity: `save` reads the state to the host once, refuses a state with a
-NaN or an infinity, and records a SHA-256 digest of every leaf in the
-`config` item, which orbax commits in the same rename as the state; the
-restore recomputes them from the restored arrays. The digests are of the
-values, not of orbax's files, so they do not depend on how orbax lays the
-files out, on its asynchronous writer or on how many processes wrote
-(every process holds the same replicated state; the primary one writes the
-JSON item). Cost: one host copy and about 1.5 s per GB of state hashed at
-each save and restore (measured on the 2-core test machine).
+Integrity (`state_checks`): `save` reads the state to the host once,
+refuses a state with a NaN or an infinity, and records a SHA-256 digest of
+every leaf in the `config` item, which orbax commits in the same rename as
+the state; the restore recomputes them from the restored arrays. The
+digests are of the values, not of orbax's files, so they do not depend on
+how orbax lays the files out, on its asynchronous writer or on how many
+processes wrote (every process holds the same replicated state; the primary
+one writes the JSON item). Cost: one host copy and about 1.5 s per GB of
+state hashed at each save and restore (measured on the 2-core test
+machine).
 A checkpoint saved right after a validation carries its validation MAE
 (orbax's metrics item); the best one is kept beside the newest ones.
 Orbax splits the writing of a replicated array over its replicas only on
@@ -43,37 +44,19 @@ import orbax.checkpoint as ocp
 # (orbax builds its default array handler with this store; no public alias)
 from orbax.checkpoint._src.metadata import array_metadata_store
 
-from metarec_jax import integrity, runtime
+from metarec_jax import integrity
 from metarec_jax.errors import OutputError, cause_of
 from metarec_jax.meta import paths
 from metarec_jax.workdir import orbax_logs
+from metarec_jax.workdir.state_checks import (CheckpointError,
+                                              DamagedCheckpoint,
+                                              inspect_state, few,
+                                              same_parameters,
+                                              verify_restored)
 
 FORMAT_VERSION = 1
 VAL_MAE = "val_mae"  # the metric saved with a validated checkpoint
 log = logging.getLogger("metarec")
-
-
-class CheckpointError(Exception):
-  """No usable checkpoint where one was expected, or a state not to save."""
-
-
-class DamagedCheckpoint(CheckpointError):
-  """A checkpoint that was read but must not be used (its message says
-  why: a digest mismatch or a non-finite value)."""
-
-
-def inspect_state(state: Any) -> tuple[dict[str, str], list[str]]:
-  """`({leaf path: SHA-256 digest}, [paths of non-finite leaves])` of a
-  (replicated) state, read through the host."""
-  named = [(p, runtime.to_host(x)) for p, x in
-           zip(paths.leaf_paths(state), _leaves(state))]
-  digests = {p: integrity.array_digest(a) for p, a in named}
-  return digests, integrity.nonfinite(named)
-
-
-def _few(names: list[str], n: int = 3) -> str:
-  return ", ".join(names[:n]) + (f" and {len(names) - n} more"
-                                 if len(names) > n else "")
 
 
 @functools.cache
@@ -189,7 +172,7 @@ class Checkpointer:
     if bad:
       raise CheckpointError(
           f"step {step}: the state holds non-finite values in {len(bad)}"
-          f" leaves ({_few(bad)}); not saved")
+          f" leaves ({few(bad)}); not saved")
     record = {"format_version": FORMAT_VERSION, "step": int(step),
               "config": config,
               "digests": {"algorithm": integrity.ALGORITHM,
@@ -287,10 +270,11 @@ class Checkpointer:
         if check is not None:
           check(candidate, record, shapes)
         try:
-          _same_parameters(shapes, _params(abstract_state))
+          same_parameters(shapes, _params(abstract_state))
           state = self.manager.restore(candidate, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract_state)))["state"]
-          self._verify(candidate, state, record)
+          verify_restored(state, record, os.path.join(
+              self.directory, str(candidate), "state"))
         except Exception as e:  # pylint: disable=broad-except
           error = e
         else:
@@ -312,25 +296,6 @@ class Checkpointer:
         f"no usable checkpoint in {self.directory} (tried "
         + "; ".join(f[:300] for f in failures) + "); refusing to start from"
         " scratch over it: move the folder away to start anew")
-
-  def _verify(self, step: int, state: Any, record: dict) -> None:
-    """Raises `DamagedCheckpoint` if the restored `state` differs from the
-    digests recorded at save time or holds a non-finite value (checkpoints
-    written before digests were recorded are checked for the latter only).
-    """
-    digests, bad = inspect_state(state)
-    saved = (record.get("digests") or {}).get("leaves")
-    if saved is not None:
-      changed = [p for p in sorted(set(saved) | set(digests))
-                 if saved.get(p) != digests.get(p)]
-      if changed:
-        raise DamagedCheckpoint(
-            f"is corrupt: {os.path.join(self.directory, str(step), 'state')}"
-            f" restores {len(changed)} leaves that differ from the digests"
-            f" recorded at save time ({_few(changed)})")
-    if bad:
-      raise DamagedCheckpoint(
-          f"holds non-finite values in {len(bad)} leaves ({_few(bad)})")
 
   def _move_aside(self, steps: list[int]) -> None:
     """Moves checkpoints that cannot be used out of the way of new saves of
@@ -354,7 +319,7 @@ class Checkpointer:
     tree = getattr(meta, "tree", meta)
     params = tree["params"]
     return {p: (tuple(l.shape), str(l.dtype)) for p, l in
-            zip(paths.leaf_paths(params), _leaves(params))}
+            zip(paths.leaf_paths(params), jax.tree.leaves(params))}
 
   def wait(self) -> None:
     """Waits for the save in flight; raises `OutputError` if it failed."""
@@ -376,24 +341,6 @@ def _params(state: Any) -> Any:
   return state["params"] if isinstance(state, dict) else state.params
 
 
-def _same_parameters(saved: dict[str, tuple], params: Any) -> None:
-  """Raises `DamagedCheckpoint` naming the parameters that the checkpoint
-  (`saved`: its `saved_param_shapes`) and this model (`params`) do not
-  share: orbax's own error ("tree structures do not match") names no leaf.
-  """
-  current = set(paths.leaf_paths(params))
-  missing, extra = sorted(current - set(saved)), sorted(set(saved) - current)
-  if missing or extra:
-    what = "; ".join(
-        f"{label} {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
-        for label, names in (("the model has", missing),
-                             ("the checkpoint has", extra)) if names)
-    raise DamagedCheckpoint(
-        f"holds the parameters of another model ({what}; a checkpoint of an"
-        " earlier metarec or another config): train it again in a new"
-        " --workdir")
-
-
 def _cause(error: Exception) -> str:
   """The operating system's words for a failed orbax write (tensorstore
   reports `[os_error_code='28']`), else the error's first line."""
@@ -410,8 +357,3 @@ def _cause(error: Exception) -> str:
 def _validation_mae(metrics: dict) -> float:
   """The metric that ranks checkpoints (lower is better)."""
   return float(metrics[VAL_MAE])
-
-
-def _leaves(tree):
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.tree.leaves(tree)
