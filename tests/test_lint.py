@@ -1,5 +1,6 @@
-"""The habits that keep the codebase easy to change: ruff's small rule set
-and the import-linter layer contract (both configured in pyproject.toml)."""
+"""The habits that keep the codebase easy to change: ruff's small rule set,
+the import-linter layer contract (both configured in pyproject.toml) and
+modules small enough to read in one sitting."""
 
 import os
 import shutil
@@ -31,3 +32,20 @@ def test_imports_keep_the_layer_order():
   out = run(tool("lint-imports"), "--no-cache")
   assert out.returncode == 0, out.stdout + out.stderr
   assert "Contracts: 2 kept, 0 broken." in out.stdout
+
+
+MAX_MODULE_LINES = 400  # a module past this has more than one job
+
+
+def test_no_module_is_over_the_line_limit():
+  package = os.path.join(ROOT, "metarec_jax")
+  long = {}
+  for folder, _, files in os.walk(package):
+    for name in files:
+      if name.endswith(".py"):
+        path = os.path.join(folder, name)
+        with open(path, encoding="utf-8") as f:
+          lines = sum(1 for _ in f)
+        if lines > MAX_MODULE_LINES:
+          long[os.path.relpath(path, ROOT)] = lines
+  assert not long, f"split these modules (over {MAX_MODULE_LINES} lines): {long}"
