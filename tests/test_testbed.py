@@ -19,6 +19,7 @@ def load_tool(name):
 
 
 testbed = load_tool("testbed")
+baseline_prior = load_tool("baseline_prior")
 
 
 def test_every_shape_is_written_in_the_recipe_layout(tmp_path):
@@ -68,3 +69,13 @@ def test_the_recipe_matches_the_baseline_on_pure_biases(tmp_path):
       checked += 1
   assert checked >= 2
   assert not [w for w in report["warnings"] if "WORSE" in w]
+  # tools/baseline_prior.py scores eval's very baseline at its own prior.
+  from metarec_jax import experiment  # pylint: disable=g-import-not-at-top
+  exp = experiment.build(config, workdir)
+  stats = baseline_prior.BaselineStats.from_split(exp.store, exp.split)
+  for name, m in report["scenarios"].items():
+    if m["tasks"]:
+      maes = baseline_prior.scenario_maes(stats, exp.split.scenarios[name])
+      assert abs(maes[baseline_prior.USER_PSEUDO]
+                 - m["baselines"]["item_mean_user_bias"]["mae"]) < 1e-6, name
+      assert maes[float("inf")] > maes[baseline_prior.USER_PSEUDO]
