@@ -5,6 +5,8 @@ import importlib.util
 import os
 import sys
 
+import numpy as np
+
 from conftest import ROOT, config_path
 from metarec_jax import config_io
 
@@ -20,6 +22,7 @@ def load_tool(name):
 
 testbed = load_tool("testbed")
 baseline_prior = load_tool("baseline_prior")
+share_curve = load_tool("share_curve")
 
 
 def test_every_shape_is_written_in_the_recipe_layout(tmp_path):
@@ -79,3 +82,11 @@ def test_the_recipe_matches_the_baseline_on_pure_biases(tmp_path):
       assert abs(maes[baseline_prior.USER_PSEUDO]
                  - m["baselines"]["item_mean_user_bias"]["mae"]) < 1e-6, name
       assert maes[float("inf")] > maes[baseline_prior.USER_PSEUDO]
+  # tools/share_curve.py: at share 0 the served model is that baseline.
+  curve = share_curve.share_maes(workdir, shares=(0.0, 1.0))
+  for name, m in report["scenarios"].items():
+    if m["tasks"]:
+      np.testing.assert_allclose(
+          curve[name][0.0], m["baselines"]["item_mean_user_bias"]["mae"],
+          rtol=1e-5, err_msg=name)
+  assert curve["val"]["tasks"] > 0 and curve["val"][1.0] is not None
