@@ -1,4 +1,5 @@
-"""The baseline-anchored MeLU (`model.anchor`): it starts as the baseline."""
+"""The baseline-anchored MeLU (`model.anchor`): it starts from the baseline,
+and at share 0 it is the baseline."""
 
 import jax
 import numpy as np
@@ -106,10 +107,12 @@ def test_the_learned_prior_sets_the_shrinkage():
 
 
 def test_meta_training_learns_the_prior_and_not_the_user_bias_start():
-  """The prior's meta-gradient flows through the adapted user bias; the
-  user bias's own start has (up to rounding) none, so it is `meta_fixed`
-  and the meta-step zeroes it rather than let Adam blow the noise up."""
-  model, config = build(inner_steps=1)
+  """The prior's meta-gradient flows through the adapted user bias. The
+  bias's start is `meta_fixed` (the meta-step zeroes its gradient, see
+  test_initial_candidate) so that the meta-parameters predict the item
+  means: adapted on its own it lands on the shrunk residual from any
+  start, and then its meta-gradient is rounding noise."""
+  model, config = build(adapt=("^user_bias$", "^base_bias$"), inner_steps=1)
   assert model.meta_fixed == ("^user_bias$", "^base_bias$")
   params = model.init(jax.random.PRNGKey(0))
   grads = jax.grad(
@@ -129,16 +132,32 @@ def test_default_adaptation_moves_the_user_bias_and_the_decision_mlp():
       lambda p: meta.meta_loss(model.loss_fn, p, t, config=config,
                                query_loss_fn=model.query_loss_fn))(params)
   assert np.isfinite(float(loss))
-  # The gate starts closed and meta-training can open it.
-  assert float(params["gate"]) == 0.0 and float(grads["gate"]) != 0.0
+  # The network starts at zero through its output layer, not through a
+  # closed gate (which would also scale the inner loop's steps down to
+  # nothing), and meta-training moves both.
+  out = params["decision"]["out"]["kernel"]
+  assert float(params["gate"]) == 1.0 and not np.asarray(out).any()
+  assert np.asarray(grads["decision"]["out"]["kernel"]).any()
+  assert float(grads["gate"]) != 0.0
 
 
-def test_before_training_the_adapted_model_is_the_baseline():
-  """With the default adaptation (decision MLP and user bias, 3 steps) and
-  the gate closed, the query predictions are the baseline's exactly."""
+def test_before_training_share_zero_is_the_baseline_and_one_adapts_more():
+  """With the default adaptation (decision MLP and user biases, 3 steps)
+  at the start: served at share 0 the adapted model is the baseline
+  exactly; at share 1 the inner loop has also fitted the network's output
+  layer to the support set, so the predictions move away from it."""
   model, config = build(inner_steps=3)
   params = model.init(jax.random.PRNGKey(1))
-  assert_adapted_is_the_baseline(model, config, params)
+  off = {**params, "share": np.zeros(2, np.float32)}
+  assert_adapted_is_the_baseline(model, config, off)
+  t = tasks()
+  task = jax.tree.map(lambda a: a[0], t)
+  served = meta.adapt(model.loss_fn, params, task["support"], config=config)
+  baseline = meta.adapt(model.loss_fn, off, task["support"], config=config)
+  real = task["query"]["mask"]
+  moved = (np.asarray(model.predict(served, task["query"]["features"]))
+           - np.asarray(model.predict(baseline, task["query"]["features"])))
+  assert np.abs(moved[real]).max() > 1e-3
 
 
 def test_an_empty_support_set_keeps_the_meta_parameters():
@@ -223,8 +242,10 @@ def test_share_zero_serves_the_baseline_exactly_after_training():
 
 def test_the_baseline_part_keeps_the_baselines_prior():
   """`model.user_bias_prior` starts the model's prior only: the baseline
-  part shrinks with the baseline's own pseudo-ratings (3)."""
-  model, config = build(prior=10.0, inner_steps=1)
+  part shrinks with the baseline's own pseudo-ratings (3). (The biases
+  adapt alone here: the network would add its own fit at share 1.)"""
+  model, config = build(prior=10.0, adapt=("^user_bias$", "^base_bias$"),
+                        inner_steps=1)
   params = model.init(jax.random.PRNGKey(0))
   np.testing.assert_allclose(float(params["user_prior"]), np.log(10.0),
                              rtol=1e-6)

@@ -63,10 +63,13 @@ class Embedder(nn.Module):
 
 class Decision(nn.Module):
   """ReLU MLP with one output unit (MeLU's decision MLP, `idemb`'s `mlp`
-  interaction); `first_layer=False` starts from fc1's pre-activation."""
+  interaction); `first_layer=False` starts from fc1's pre-activation.
+  `zero_output`: the output layer's kernel starts at zero (the MLP starts
+  as the constant `output_bias`)."""
 
   hidden: tuple[int, ...]
   output_bias: float = 0.0
+  zero_output: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, first_layer: bool = True) -> jax.Array:
@@ -78,7 +81,9 @@ class Decision(nn.Module):
         raise ValueError("initialise with first_layer=True")
       x = nn.relu(x)
     out = nn.Dense(1, name="out",
-                   bias_init=nn.initializers.constant(self.output_bias))
+                   bias_init=nn.initializers.constant(self.output_bias),
+                   kernel_init=(nn.initializers.zeros if self.zero_output
+                                else nn.initializers.lecun_normal()))
     return out(x)[..., 0]
 
 

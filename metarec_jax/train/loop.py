@@ -258,11 +258,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       served = None  # the last validated params (with their shares)
 
       if eval_every > 0 and restored_step is None:
-        # The initial state is a candidate like any validated step: the
-        # anchored model starts as the item-mean + user-bias baseline, and
-        # on data where training only overfits, the run keeps that start.
-        results = evaluator.evaluate(trainer.eval_params(state.params),
-                                     ("val",), should_stop=stop.now)
+        # The initial state is a candidate like any validated step, its
+        # shares fitted too: the anchored model starts from the item-mean +
+        # user-bias baseline, which share 0 serves exactly, and on data
+        # where training only overfits, the run keeps that start.
+        outcome = validate(step)
+        results, initial = outcome if outcome is not None else (None, None)
         initial_mae = results and results["val"].get("mae")
         # A non-finite MAE (non-finite ratings) is no candidate.
         if initial_mae is not None and math.isfinite(initial_mae):
@@ -271,7 +272,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           _log_validation(step, results["val"])
           if selection.start(initial_mae):
             summary["best"] = {"step": step, "val": results["val"]}
-          save(step, initial_mae)
+          save(step, initial_mae, initial)
       guard = NonFiniteGuard(int(tc.max_nonfinite), checkpointer, step, state)
       log_every = int(config.log.every_steps)
       histogram_every = int(config.log.histogram_every_steps)  # 0: never
