@@ -52,9 +52,9 @@ def test_a_run_that_only_gets_worse_keeps_its_start(tmp_path):
 def test_the_anchored_start_is_the_baseline_and_the_best_is_no_worse(
     tmp_path):
   workdir, summary = _train(tmp_path, [])
-  # (step 0's validation writes its fitted shares, then its metrics)
-  start = next(r for r in _rows(workdir) if "val/mae" in r)
-  assert start["step"] == 0
+  start = _rows(workdir)[0]
+  # The start is validated with its own shares, written in the same row.
+  assert start["step"] == 0 and "val/share_existing_items" in start
   # The anchored model before training is the baseline, through the whole
   # validation path.
   baseline = summary["best"]["val"]["baselines"]["item_mean_user_bias"]["mae"]
@@ -72,13 +72,11 @@ def test_the_anchored_start_is_the_baseline_and_the_best_is_no_worse(
   last_step = max(reader.steps())
   assert best_step == summary["best"]["step"]
   reader.close()
-  # The kept checkpoint holds the shares its validation fitted (the start
-  # was saved as it trains, with 1).
-  expected = [1.0, 1.0]
-  for row in _rows(workdir):
-    if row["step"] == best_step and "val/share_existing_items" in row:
-      expected = [row["val/share_existing_items"],
-                  row["val/share_new_items"]]
+  # The kept checkpoint holds the shares its validation fitted (the start's
+  # too).
+  expected = [[row["val/share_existing_items"], row["val/share_new_items"]]
+              for row in _rows(workdir)
+              if row["step"] == best_step and "val/mae" in row][0]
   exp = experiment.build(config_io.read_workdir_config(workdir), workdir)
   state = load_state(exp, workdir, runtime.make_mesh(), step=best_step)
   np.testing.assert_array_equal(np.asarray(state.params["model"]["share"]),

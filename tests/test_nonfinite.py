@@ -113,7 +113,7 @@ def test_a_diverging_inner_loop_names_no_checkpoint_that_is_not_there(
                                     "--config.train.max_nonfinite=2",
                                     "--config.checkpoint.every_steps=0")
   # The step that stops it depends on the model (the anchored default's
-  # gated network starts at zero, so its first steps can stay finite).
+  # network starts at zero, so its first steps can stay finite).
   step = re.fullmatch(r"metarec train: error: step (\d+): .*", last)
   assert step and int(step.group(1)) >= 2, last
   assert last == (f"metarec train: error: step {step.group(1)}: 2 consecutive"

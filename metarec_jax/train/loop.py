@@ -229,13 +229,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         compiles.start()
 
       def validate(step):
-        """The validation of the state after `step`: `(results, params)`,
-        the params with their validated shares (`train.shares`) where the
-        model has them; None if told to stop."""
+        """The validation of the state after `step`: `(results, params,
+        scalars)`, the params with their validated shares (`train.shares`)
+        and those shares as scalars to report with the metrics, where the
+        model has them (else None and {}); None if told to stop."""
         if not with_shares:
           results = evaluator.evaluate(trainer.eval_params(state.params),
                                        ("val",), should_stop=stop.now)
-          return None if results is None else (results, None)
+          return None if results is None else (results, None, {})
         def evaluate(params):
           kept = {}
           results = evaluator.evaluate(trainer.eval_params(params),
@@ -251,9 +252,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         values, results = fitted
         log.info("step %d  validated shares of the learned part: existing"
                  " items %.2f, new items %.2f", step, *values)
-        reporter.scalars(step, {"val/share_existing_items": values[0],
-                                "val/share_new_items": values[1]})
-        return results, shares_lib.with_shares(state.params, values)
+        return (results, shares_lib.with_shares(state.params, values),
+                {"val/share_existing_items": values[0],
+                 "val/share_new_items": values[1]})
 
       served = None  # the last validated params (with their shares)
 
@@ -263,12 +264,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         # user-bias baseline, which share 0 serves exactly, and on data
         # where training only overfits, the run keeps that start.
         outcome = validate(step)
-        results, initial = outcome if outcome is not None else (None, None)
+        results, initial, shares = outcome or (None, None, {})
         initial_mae = results and results["val"].get("mae")
         # A non-finite MAE (non-finite ratings) is no candidate.
         if initial_mae is not None and math.isfinite(initial_mae):
-          reporter.scalars(step, eval_lib.scalar_metrics(results,
-                                                         baselines=False))
+          reporter.scalars(step, {**eval_lib.scalar_metrics(
+              results, baselines=False), **shares})
           _log_validation(step, results["val"])
           if selection.start(initial_mae):
             summary["best"] = {"step": step, "val": results["val"]}
@@ -324,10 +325,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             guard.check_state(step, state)
             outcome = validate(step)
             if outcome is not None:
-              results, validated = outcome
+              results, validated, shares = outcome
               served = validated
-              reporter.scalars(step, eval_lib.scalar_metrics(
-                  results, baselines=False))
+              reporter.scalars(step, {**eval_lib.scalar_metrics(
+                  results, baselines=False), **shares})
               summary["val"] = results["val"]
               _log_validation(step, results["val"])
               val_mae = results["val"].get("mae")  # None: implicit data
