@@ -36,7 +36,9 @@ The cheap signal is where the model starts, not something it must find:
   the gate, so personalisation started at nothing and stayed weak (the
   gate had reached 0.23 after 1500 steps on MovieLens-1M, 5% of an
   ungated step). With a zero output layer the first inner step already
-  fits, per user, a linear map of the last hidden layer.
+  fits, per user, a linear map of the last hidden layer. (The gate is
+  redundant with the output layer now; it stays so that checkpoints and
+  exports of the earlier form keep their parameters and meaning.)
 
 That is the *model*. The baseline is there too, exactly: the training mean
 + the closed-form item bias + `base_bias`, a second adapted user bias that
