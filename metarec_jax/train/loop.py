@@ -256,6 +256,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 {"val/share_existing_items": values[0],
                  "val/share_new_items": values[1]})
 
+      def report(step, results, shares):
+        """Writes a validation's metrics (with its fitted shares) and logs
+        them."""
+        reporter.scalars(step, {**eval_lib.scalar_metrics(
+            results, baselines=False), **shares})
+        _log_validation(step, results["val"])
+
       served = None  # the last validated params (with their shares)
 
       if eval_every > 0 and restored_step is None:
@@ -268,9 +275,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         initial_mae = results and results["val"].get("mae")
         # A non-finite MAE (non-finite ratings) is no candidate.
         if initial_mae is not None and math.isfinite(initial_mae):
-          reporter.scalars(step, {**eval_lib.scalar_metrics(
-              results, baselines=False), **shares})
-          _log_validation(step, results["val"])
+          report(step, results, shares)
           if selection.start(initial_mae):
             summary["best"] = {"step": step, "val": results["val"]}
           save(step, initial_mae, initial)
@@ -327,10 +332,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             if outcome is not None:
               results, validated, shares = outcome
               served = validated
-              reporter.scalars(step, {**eval_lib.scalar_metrics(
-                  results, baselines=False), **shares})
               summary["val"] = results["val"]
-              _log_validation(step, results["val"])
+              report(step, results, shares)
               val_mae = results["val"].get("mae")  # None: implicit data
               if val_mae is not None and selection.update(val_mae):
                 improved = True
