@@ -19,6 +19,7 @@ import ml_collections
 # other missing key takes its default).
 BEFORE_KEY = {
     "model.anchor": False,
+    "model.anchor_version": 1,
     "data.item_id_dropout": 0.0,
     "train.early_stop_patience": 0,
 }
@@ -31,7 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
       "model": {
           "name": "melu", "features": (), "exclude_features": (),
           "embed_dim": 32, "hidden": (64, 64), "embed_std": 1.0,
-          "item_id": False, "anchor": True, "user_bias_prior": 3.0,
+          "item_id": False, "anchor": True, "anchor_version": 2,
+          "user_bias_prior": 3.0,
           "loss": "mse", "query_loss": "", "huber_delta": 1.0,
           "interaction": "dot", "item_features": True,
           "compute_dtype": "float32",

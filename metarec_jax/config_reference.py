@@ -38,6 +38,7 @@ ALLOWED: dict[str, Any] = {
     "model.embed_std": R.Float(0.0),
     "model.item_id": R.Bool(),
     "model.anchor": R.Bool(),
+    "model.anchor_version": R.Int(1, 2),
     "model.user_bias_prior": R.Float(0.0),
     "model.hidden": R.Tuple(R.Int(1), min_len=1),
     "model.compute_dtype": R.OneOf("metarec_jax.models.precision",

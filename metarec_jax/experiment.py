@@ -114,7 +114,7 @@ def build(config, workdir: str | os.PathLike, *,
                      " a loss for implicit feedback, but the data has ratings"
                      " (set data.implicit.enabled=true)")
   item_means = None
-  if model_config.anchor:
+  if models.is_anchored(model_config):
     counts = np.bincount(np.asarray(store.items)[split.train_positions],
                          minlength=store.num_items)
     item_means = (BaselineStats.from_split(store, split).item_mean,

@@ -1,8 +1,10 @@
-"""The baseline-anchored MeLU (`model.anchor`): it starts from the baseline,
-and at share 0 it is the baseline."""
+"""The baseline-anchored models (`model.anchor`: MeLU, IDEmb with a dot or
+an MLP interaction): they start from the baseline, and at share 0 they are
+the baseline."""
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import model_section, random_tasks
 from metarec_jax import meta, models
@@ -14,12 +16,24 @@ FIELDS = (FeatureSpec("genre", "item", "list", 7, 3),
 ITEM_MEANS = np.array([2.5, 3.0, 4.25, 3.5, 4.0])  # items 1..5 (shrunk)
 COUNTS = np.array([3, 40, 0, 7, 12])
 MU, PRIOR = 3.4, 3.0
+KINDS = {"melu": {"name": "melu"},
+         "idemb": {"name": "idemb", "interaction": "dot"},
+         "idemb_mlp": {"name": "idemb", "interaction": "mlp"}}
+KIND = "melu"  # every test runs for each of KINDS (the fixture below)
+
+
+@pytest.fixture(autouse=True, params=sorted(KINDS))
+def kind(request, monkeypatch):
+  monkeypatch.setitem(globals(), "KIND", request.param)
+  return request.param
 
 
 def build(prior=PRIOR, **meta_kw):
   cfg = model_section({
-      "name": "melu", "anchor": True, "user_bias_prior": prior,
+      **KINDS[KIND], "anchor": True, "anchor_version": 2,
+      "user_bias_prior": prior,
       "embed_dim": 4, "hidden": (8,), "embed_std": 0.1, "item_id": False})
+  assert models.is_anchored(cfg)
   model = models.build(cfg, FIELDS, rating_mean=MU, item_means=(ITEM_MEANS, COUNTS / (COUNTS + 5.0)),
                        inner_lr=0.1)
   config = meta.MetaConfig(inner_lr=0.1, adapt=meta_kw.pop("adapt",
@@ -123,15 +137,27 @@ def test_meta_training_learns_the_prior_and_not_the_user_bias_start():
     assert abs(float(grads[fixed])) < 1e-2 * abs(float(grads["user_prior"]))
 
 
-def test_default_adaptation_moves_the_user_bias_and_the_decision_mlp():
+def test_default_adaptation_moves_the_user_bias_and_the_interaction():
   model, config = build(inner_steps=2)
-  assert model.adapt == ("^decision/", "^user_bias$", "^base_bias$")
   params = model.init(jax.random.PRNGKey(0))
   t = tasks()
   loss, grads = jax.value_and_grad(
       lambda p: meta.meta_loss(model.loss_fn, p, t, config=config,
                                query_loss_fn=model.query_loss_fn))(params)
   assert np.isfinite(float(loss))
+  if KIND != "melu":
+    # The user vector adapts; every item vector (and the MLP's output)
+    # starts at zero, so the model starts as the anchor, and
+    # meta-training moves the item vectors.
+    assert model.adapt == ("^user/", "^user_bias$", "^base_bias$")
+    assert not np.asarray(params["item"]["id"]["embedding"]).any()
+    if KIND == "idemb":
+      assert np.asarray(grads["item"]["id"]["embedding"]).any()
+    else:  # the output layer first (the item vectors' gradient passes it)
+      assert not np.asarray(params["mlp"]["out"]["kernel"]).any()
+      assert np.asarray(grads["mlp"]["out"]["kernel"]).any()
+    return
+  assert model.adapt == ("^decision/", "^user_bias$", "^base_bias$")
   # The network starts at zero through its output layer, not through a
   # closed gate (which would also scale the inner loop's steps down to
   # nothing), and meta-training moves both.
@@ -145,7 +171,9 @@ def test_before_training_share_zero_is_the_baseline_and_one_adapts_more():
   """With the default adaptation (decision MLP and user biases, 3 steps)
   at the start: served at share 0 the adapted model is the baseline
   exactly; at share 1 the inner loop has also fitted the network's output
-  layer to the support set, so the predictions move away from it."""
+  layer to the support set, so the predictions move away from it. (IDEmb's
+  item vectors start at zero, so adapting its user vector moves nothing:
+  before training it is the baseline at any share.)"""
   model, config = build(inner_steps=3)
   params = model.init(jax.random.PRNGKey(1))
   off = {**params, "share": np.zeros(2, np.float32)}
@@ -157,7 +185,10 @@ def test_before_training_share_zero_is_the_baseline_and_one_adapts_more():
   real = task["query"]["mask"]
   moved = (np.asarray(model.predict(served, task["query"]["features"]))
            - np.asarray(model.predict(baseline, task["query"]["features"])))
-  assert np.abs(moved[real]).max() > 1e-3
+  if KIND == "melu":
+    assert np.abs(moved[real]).max() > 1e-3
+  else:
+    np.testing.assert_allclose(moved[real], 0.0, atol=1e-5)
 
 
 def test_an_empty_support_set_keeps_the_meta_parameters():
@@ -177,7 +208,8 @@ def learned(params):
   """`params` with a learned part that moves every prediction: the gate
   open, a non-zero features' item bias and a moved global level."""
   params = jax.tree.map(lambda a: a, params)
-  params["gate"] = np.float32(1.0)
+  if "gate" in params:
+    params["gate"] = np.float32(1.0)
   kernel = params["item_project"]["kernel"]
   params["item_project"]["kernel"] = np.full(kernel.shape, 0.3, np.float32)
   params["global_bias"] = params["global_bias"] + 0.2
@@ -220,7 +252,8 @@ def test_the_shares_take_no_gradient():
       lambda p: meta.task_loss(model.loss_fn, p, task, config=config,
                                query_loss_fn=model.query_loss_fn))(params)
   assert np.all(np.asarray(grads["share"]) == 0.0)
-  assert np.abs(np.asarray(grads["gate"])) > 0  # the rest does learn
+  # the rest does learn
+  assert np.abs(np.asarray(grads["global_bias"])) > 0
 
 
 def test_share_zero_serves_the_baseline_exactly_after_training():

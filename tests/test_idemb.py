@@ -154,3 +154,24 @@ def test_adapting_the_user_embedding_lowers_the_query_loss():
   before, after = map(np.asarray, losses(params, tasks))
   assert (after < before).all()
   assert after.mean() < 0.5 * before.mean()
+
+
+def test_anchor_applies_to_idemb_from_anchor_version_2_only():
+  """An idemb config written before `model.anchor_version` existed (its
+  `model.anchor: true` applied to `melu` only) keeps the plain IDEmb and its
+  parameters, so its checkpoints and exports still load; a new config
+  (the defaults: anchor on, version 2) builds the anchored IDEmb."""
+  from metarec_jax import config_defaults, config_io  # pylint: disable=g-import-not-at-top
+  fields = (FeatureSpec("genre", "item", "list", 7, 3), item_id_spec(5))
+  old = config_io.complete({"model": {"name": "idemb", "anchor": True}})
+  assert old.model.anchor_version == 1 and not models.is_anchored(old.model)
+  plain = models.build(old.model, fields).init(jax.random.PRNGKey(0))
+  assert set(plain) == {"user", "item", "global_bias"}
+  assert set(plain["user"]) == {"embedding", "bias"}
+  new = config_defaults.get_config()
+  new.model.name = "idemb"
+  assert new.model.anchor_version == 2 and models.is_anchored(new.model)
+  anchored = models.build(new.model, fields).init(jax.random.PRNGKey(0))
+  assert {"user_bias", "base_bias", "user_prior", "share",
+          "item_bias"} <= set(anchored)
+  assert set(anchored["user"]) == {"embedding"}

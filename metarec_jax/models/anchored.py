@@ -112,36 +112,30 @@ def user_bias_scale(inner_lr: float) -> float:
   return 1.0 / math.sqrt(2.0 * max(float(inner_lr), 1e-6))
 
 
-class AnchoredMeLU(nn.Module):
-  """`prediction = apply(params, features)`, ratings `f32[...]`.
+class Anchor(nn.Module):
+  """The anchor and the baseline of an anchored model (`parts`), under the
+  learned interaction of a subclass, which calls `setup_anchor` in its
+  `setup` (the parameters stay at the top level of the tree).
 
   Attributes:
-    fields: the feature fields of the decision MLP's embeddings.
     item_fields: item-side fields the item bias is predicted from.
     num_items: vocabulary of `item_id` (items + 1).
     item_bias_init: initializer of `item_bias/embedding` `[items + 1, 2]`:
       per item `w * mean residual` and `w` (row 0, padding: 0 and 0).
     global_mean: the start of `global_bias`.
     user_scale: see `user_bias_scale`.
+    prior: the start of the model's user-bias prior (pseudo-ratings).
   """
 
-  fields: tuple[FeatureSpec, ...]
-  item_fields: tuple[FeatureSpec, ...]
-  num_items: int
+  item_fields: tuple[FeatureSpec, ...] = ()
+  num_items: int = 1
   item_bias_init: Callable = nn.initializers.zeros
   global_mean: float = 0.0
   user_scale: float = 1.0
   prior: float = 3.0
-  embed_dim: int = 32
-  hidden: Sequence[int] = (64, 64)
-  embed_std: float = 1.0
 
-  def setup(self):
-    self.embed = Embedder(tuple(self.fields), self.embed_dim, self.embed_std)
-    # A zero output layer: the network adds nothing at the start, yet the
-    # inner loop moves predictions at full strength (see the docstring).
-    self.decision = Decision(tuple(self.hidden), zero_output=True)
-    self.gate = self.param("gate", nn.initializers.ones, ())
+  def setup_anchor(self):
+    """Creates the anchor's and the baseline's parameters."""
     self.item_bias = nn.Embed(self.num_items, 2,
                               embedding_init=self.item_bias_init)
     if self.item_fields:
@@ -157,23 +151,6 @@ class AnchoredMeLU(nn.Module):
         ())
     self.share = self.param(SHARE, nn.initializers.ones, (2,))
 
-  def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
-    return self.combine(self.decision(self.embed(features)), features)
-
-  def featurize(self, features: dict[str, jax.Array]) -> jax.Array:
-    """The decision MLP's input `X: f32[..., fields * embed_dim]`."""
-    return self.embed(features)
-
-  def from_preactivation(self, a: jax.Array,
-                         features: dict[str, jax.Array]) -> jax.Array:
-    """Predictions from fc1's pre-activation `a = X @ W1 + b1`."""
-    return self.combine(self.decision(a, first_layer=False), features)
-
-  def parts_from_preactivation(self, a: jax.Array,
-                               features: dict[str, jax.Array]):
-    """`(model, baseline, share)` from fc1's pre-activation (`combine`)."""
-    return self.parts(self.decision(a, first_layer=False), features)
-
   def combine(self, interaction: jax.Array,
               features: dict[str, jax.Array]) -> jax.Array:
     """`share * model + (1 - share) * baseline` (see `parts`)."""
@@ -183,7 +160,7 @@ class AnchoredMeLU(nn.Module):
   def parts(self, interaction: jax.Array, features: dict[str, jax.Array]):
     """The trained model's prediction, the baseline's and each row's share.
 
-    model: global + item bias + `user_bias` + the learned part (the gated
+    model: global + item bias + `user_bias` + the learned part (the
       `interaction`, the features' item bias, the move of the global level).
     baseline: the training mean + the closed-form item bias + `base_bias`
       (adapted with the baseline's own prior): the baseline exactly.
@@ -194,7 +171,7 @@ class AnchoredMeLU(nn.Module):
     table = jax.lax.stop_gradient(self.item_bias(features[ITEM_ID]))
     item, weight = table[..., 0], table[..., 1]
     anchor = self.global_mean + item
-    learned = self.gate * interaction + (self.global_bias - self.global_mean)
+    learned = interaction + (self.global_bias - self.global_mean)
     if self.item_fields:
       predicted = self.item_project(self.item_features(features))[..., 0]
       learned = learned + (1.0 - weight) * predicted
@@ -203,6 +180,52 @@ class AnchoredMeLU(nn.Module):
     model = anchor + self.user_scale * self.user_bias + learned
     baseline = anchor + self.user_scale * self.base_bias
     return model, baseline, share
+
+  def item_anchor(self, features: dict[str, jax.Array]) -> jax.Array:
+    """The fixed closed-form item bias `w * mean residual` of each row."""
+    return jax.lax.stop_gradient(self.item_bias(features[ITEM_ID]))[..., 0]
+
+
+class AnchoredMeLU(Anchor):
+  """`prediction = apply(params, features)`, ratings `f32[...]`: the anchor
+  (`Anchor`) plus MeLU's gated decision MLP over the feature embeddings.
+
+  Attributes (besides `Anchor`'s):
+    fields: the feature fields of the decision MLP's embeddings.
+  """
+
+  fields: tuple[FeatureSpec, ...] = ()
+  embed_dim: int = 32
+  hidden: Sequence[int] = (64, 64)
+  embed_std: float = 1.0
+
+  def setup(self):
+    self.embed = Embedder(tuple(self.fields), self.embed_dim, self.embed_std)
+    # A zero output layer: the network adds nothing at the start, yet the
+    # inner loop moves predictions at full strength (see the docstring).
+    self.decision = Decision(tuple(self.hidden), zero_output=True)
+    self.gate = self.param("gate", nn.initializers.ones, ())
+    self.setup_anchor()
+
+  def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
+    return self.combine(self.gate * self.decision(self.embed(features)),
+                        features)
+
+  def featurize(self, features: dict[str, jax.Array]) -> jax.Array:
+    """The decision MLP's input `X: f32[..., fields * embed_dim]`."""
+    return self.embed(features)
+
+  def from_preactivation(self, a: jax.Array,
+                         features: dict[str, jax.Array]) -> jax.Array:
+    """Predictions from fc1's pre-activation `a = X @ W1 + b1`."""
+    return self.combine(self.gate * self.decision(a, first_layer=False),
+                        features)
+
+  def parts_from_preactivation(self, a: jax.Array,
+                               features: dict[str, jax.Array]):
+    """`(model, baseline, share)` from fc1's pre-activation (`parts`)."""
+    return self.parts(self.gate * self.decision(a, first_layer=False),
+                      features)
 
 
 def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,
@@ -220,6 +243,21 @@ def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,
   weight = prior * (n > 0).astype(pred.dtype)
   total = jnp.sum(err_fn(pred, batch) * mask) + weight * user_bias ** 2
   return total / jnp.maximum(n + weight, 1.0)
+
+
+def support_loss(params, model: jax.Array, baseline: jax.Array, batch, *,
+                 scale: float, kind: str, delta: float) -> jax.Array:
+  """The support loss of an anchored model: two independent quadratics in
+  the two user biases, the model's (its predictions, `kind` loss, the
+  learned prior) and the baseline's (its own pseudo-ratings whatever
+  `model.user_bias_prior` is, squared error: its shrunk mean residual).
+  One inner step sets both biases."""
+  return (prior_loss(model, batch, scale * params[USER_BIAS],
+                     jnp.exp(params[USER_PRIOR]),
+                     lambda p, b: row_errors(p, b, kind, delta))
+          + prior_loss(baseline, batch, scale * params[BASE_BIAS],
+                       USER_PSEUDO,
+                       lambda p, b: row_errors(p, b, "mse", delta)))
 
 
 def recommender(module: AnchoredMeLU, example_features, *, kind: str,
@@ -246,17 +284,9 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
       model, baseline, _ = module.apply(
           {"params": params}, a, batch["features"],
           method="parts_from_preactivation")
-      scale = module.user_scale
-      # Two independent quadratics: the model's user bias (and network)
-      # with the learned prior, the baseline's with the baseline's own
-      # pseudo-ratings whatever `model.user_bias_prior` is (squared error:
-      # its shrunk mean residual).
-      return (prior_loss(model, batch, scale * params[USER_BIAS],
-                         jnp.exp(params[USER_PRIOR]),
-                         lambda p, b: row_errors(p, b, loss_kind, delta))
-              + prior_loss(baseline, batch, scale * params[BASE_BIAS],
-                           USER_PSEUDO,
-                           lambda p, b: row_errors(p, b, "mse", delta)))
+      return support_loss(params, model, baseline, batch,
+                          scale=module.user_scale, kind=loss_kind,
+                          delta=delta)
     return fn
 
   support = LinearHead(featurize=featurize, head=head(kind, True),

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec, select
-from metarec_jax.models import anchored, precision
+from metarec_jax.models import anchored, anchored_idemb, precision
 from metarec_jax.models.idemb import INTERACTIONS, IDEmb
 from metarec_jax.models.melu import MeLU
 from metarec_jax.models.recommender import (LOSSES, Recommender,
@@ -29,6 +29,17 @@ def for_data(model_config, *, implicit_data: bool):
     model_config = copy.deepcopy(model_config)
     model_config.anchor = False
   return model_config
+
+
+def is_anchored(model_config) -> bool:
+  """Whether the model is built on the item-mean + user-bias baseline:
+  `model.anchor`, for `melu` and (`model.anchor_version` 2, every config
+  written since it exists) `idemb`."""
+  if not model_config.anchor:
+    return False
+  return (model_config.name == "melu"
+          or (model_config.name == "idemb"
+              and int(model_config.anchor_version) >= 2))
 
 
 def needs_item_id(model_config) -> bool:
@@ -121,7 +132,7 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
     if value not in LOSSES:
       raise ValueError(f"model.{key} must be one of {', '.join(LOSSES)},"
                        f" got {value!r}")
-  if name == "melu" and model_config.anchor:
+  if is_anchored(model_config):
     return _anchored(model_config, fields, rating_mean, item_means, inner_lr,
                      kind, query_kind, delta)
   if name == "melu":
@@ -144,10 +155,7 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
     if not ids:
       raise ValueError("model.name=idemb needs the item_id feature (add it"
                        " to model.features or leave model.features empty)")
-    interaction = model_config.interaction
-    if interaction not in INTERACTIONS:
-      raise ValueError(f"model.interaction must be one of"
-                       f" {', '.join(INTERACTIONS)}, got {interaction!r}")
+    interaction = _interaction(model_config)
     item_fields = ()
     if model_config.item_features:
       item_fields = tuple(f for f in fields
@@ -169,7 +177,7 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
 
 def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
               query_kind, delta) -> Recommender:
-  """`model.anchor`: MeLU on top of global + item + user biases."""
+  """`model.anchor`: MeLU or IDEmb on top of global + item + user biases."""
   num_items = [f for f in fields if f.name == ITEM_ID][0].vocab
   # Per item: w * mean residual (the shrunk mean minus the global mean is
   # exactly that) and w; row 0 (padding) stays 0 and 0.
@@ -186,20 +194,39 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
     del key
     return jnp.asarray(offsets, dtype).reshape(shape)
 
+  item_fields = tuple(f for f in fields
+                      if f.side == "item" and f.name != ITEM_ID)
+  anchor = dict(num_items=num_items, item_fields=item_fields,
+                item_bias_init=item_bias_init,
+                global_mean=float(rating_mean),
+                user_scale=anchored.user_bias_scale(inner_lr),
+                prior=float(model_config.user_bias_prior))
+  if model_config.name == "idemb":
+    module = anchored_idemb.AnchoredIDEmb(
+        **anchor, embed_dim=int(model_config.embed_dim),
+        vector_fields=item_fields if model_config.item_features else (),
+        interaction=_interaction(model_config),
+        hidden=tuple(int(h) for h in model_config.hidden))
+    return anchored_idemb.recommender(
+        module, example_features(fields), kind=kind, delta=delta,
+        query_kind=query_kind)
   deep = tuple(f for f in fields
                if f.name != ITEM_ID or model_config.item_id)
   # No feature at all: the interaction can only come from the item IDs.
   deep = deep or tuple(f for f in fields if f.name == ITEM_ID)
   module = anchored.AnchoredMeLU(
-      fields=deep, num_items=num_items,
-      item_fields=tuple(f for f in fields
-                        if f.side == "item" and f.name != ITEM_ID),
-      item_bias_init=item_bias_init, global_mean=float(rating_mean),
-      user_scale=anchored.user_bias_scale(inner_lr),
-      prior=float(model_config.user_bias_prior),
-      embed_dim=int(model_config.embed_dim),
+      **anchor, fields=deep, embed_dim=int(model_config.embed_dim),
       hidden=tuple(int(h) for h in model_config.hidden),
       embed_std=float(model_config.embed_std))
   return anchored.recommender(
       module, example_features(fields), kind=kind, delta=delta,
       query_kind=query_kind)
+
+
+def _interaction(model_config) -> str:
+  """`model.interaction`, checked."""
+  if model_config.interaction not in INTERACTIONS:
+    raise ValueError(f"model.interaction must be one of"
+                     f" {', '.join(INTERACTIONS)},"
+                     f" got {model_config.interaction!r}")
+  return model_config.interaction

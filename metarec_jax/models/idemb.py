@@ -42,27 +42,35 @@ INTERACTIONS = ("dot", "mlp")
 
 
 class User(nn.Module):
-  """The meta-learned initial user: an embedding and a bias."""
+  """The meta-learned initial user: an embedding and a bias (`with_bias`;
+  without it the bias is 0 and not a parameter)."""
 
   dim: int
   init_scale: float = 0.1
+  with_bias: bool = True
 
   @nn.compact
   def __call__(self) -> tuple[jax.Array, jax.Array]:
     embedding = self.param("embedding",
                            nn.initializers.normal(stddev=self.init_scale),
                            (self.dim,))
+    if not self.with_bias:
+      return embedding, jnp.zeros((), embedding.dtype)
     bias = self.param("bias", nn.initializers.zeros, ())
     return embedding, bias
 
 
 class Item(nn.Module):
   """Item vectors `[..., dim]` and biases `[...]` from the item's ID (and
-  features)."""
+  features). `with_bias=False`: the bias is 0 and not a parameter.
+  `zero_start`: the features' projection starts at zero too, so every item
+  vector starts at zero."""
 
   num_items: int
   dim: int
   fields: tuple[FeatureSpec, ...] = ()
+  with_bias: bool = True
+  zero_start: bool = False
 
   @nn.compact
   def __call__(self, features: dict[str, jax.Array]
@@ -72,12 +80,17 @@ class Item(nn.Module):
     # and with features on the item is represented by its features alone.
     ids = nn.Embed(self.num_items, self.dim, name="id",
                    embedding_init=nn.initializers.zeros)
-    bias = nn.Embed(self.num_items, 1, name="bias",
-                    embedding_init=nn.initializers.zeros)
     vec = ids(idx)
     if self.fields:
       feats = Embedder(self.fields, self.dim, name="features")(features)
-      vec = vec + nn.Dense(self.dim, name="project")(feats)
+      project = nn.Dense(self.dim, name="project",
+                         kernel_init=(nn.initializers.zeros if self.zero_start
+                                      else nn.initializers.lecun_normal()))
+      vec = vec + project(feats)
+    if not self.with_bias:
+      return vec, jnp.zeros(vec.shape[:-1], vec.dtype)
+    bias = nn.Embed(self.num_items, 1, name="bias",
+                    embedding_init=nn.initializers.zeros)
     return vec, bias(idx)[..., 0]
 
 
