@@ -420,12 +420,15 @@ def test_learned_inner_rates_are_exported(run, exported):
       rtol=1e-5, atol=1e-5)
 
 
-def test_idemb_exports_its_user_embedding(tmp_path):
-  """IDEmb: scalar and vector adapted leaves, the virtual item_id feature."""
+@pytest.mark.parametrize("anchor", [True, False])
+def test_idemb_exports_its_user_embedding(tmp_path, anchor):
+  """IDEmb, plain and anchored: scalar and vector adapted leaves, the
+  virtual item_id feature; the exported predictions are the core's."""
   workdir = str(tmp_path / "idemb")
   config = config_io.apply_overrides(
       config_io.load_config_file(config_path("tiny")),
-      [("model.name", "idemb"), ("train.num_steps", "2"),
+      [("model.name", "idemb"), ("model.anchor", str(anchor).lower()),
+       ("train.num_steps", "2"),
        ("train.eval_every_steps", "0"), ("log.histogram_every_steps", "0"),
        ("checkpoint.every_steps", "2")])
   train_and_evaluate(config, workdir)
@@ -436,9 +439,10 @@ def test_idemb_exports_its_user_embedding(tmp_path):
   out = str(tmp_path / "export")
   export.export_workdir(workdir, path, out, top_k=4)
   loaded = export.load(out)
-  assert loaded.manifest["params"]["adapted"] == {"user/bias": [],
-                                                  "user/embedding": [8]}
-  assert loaded.adapted["user/bias"].shape == (2,)
+  scalars = ("user_bias", "base_bias") if anchor else ("user/bias",)
+  assert loaded.manifest["params"]["adapted"] == {
+      "user/embedding": [8], **{name: [] for name in scalars}}
+  assert loaded.adapted[scalars[0]].shape == (2,)
   items, ratings = file_support(path, exp, 9)
   query = np.arange(exp.store.num_items)
   want = core_predictions(exp, meta_params, 9, items, ratings, query)
