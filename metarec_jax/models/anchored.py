@@ -1,5 +1,10 @@
 """MeLU anchored on the item-mean + user-bias baseline (`model.anchor`).
 
+`Anchor` holds what every anchored model shares (the biases, the baseline,
+the shares: everything below but the decision MLP); `AnchoredMeLU` puts
+MeLU's decision MLP on it, `anchored_idemb.AnchoredIDEmb` IDEmb's user and
+item vectors.
+
 The cheap signal is where the model starts, not something it must find:
 
     rating = global + item_bias(i) + user_bias + decision(embeddings)
