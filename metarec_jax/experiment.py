@@ -129,6 +129,13 @@ def build(config, workdir: str | os.PathLike, *,
   except ValueError as e:
     raise InputError(str(e)) from None
   mc = meta_config(config, model)
+  if mc.spec.encoder and getattr(model.loss_fn, "rows", None) is None:
+    # Found here, not as a traceback from inside the first jit trace.
+    raise InputError(
+        f"meta.algorithm={mc.algorithm} encodes a plain model's support"
+        " rows; the baseline-anchored model (model.anchor) has none: its"
+        " baseline part must keep its own closed-form fit. Set"
+        " model.anchor=false (configs/learners.py does)")
   try:  # a typo in meta.adapt must fail here, not deep inside a jit trace
     meta.adapt_mask(jax.eval_shape(
         lambda: model.init(jax.random.PRNGKey(0))), mc.adapt)

@@ -80,3 +80,21 @@ def test_amortised_student_distils_from_a_teacher(hybrid_run, tmp_path,
   with pytest.raises(InputError, match="distill.weight"):
     train(tmp_path / "bad", "distilled", ("distill.teacher", hybrid_run),
           ("distill.weight", "1.5"))
+
+
+@pytest.mark.parametrize("name", ["melu", "idemb"])
+def test_an_encoder_on_the_anchored_model_is_a_one_line_error(tmp_path, name):
+  """The anchored models have no support rows for an encoder (it would
+  modulate the baseline's own user bias): `metarec train` says so before
+  compiling anything, in one line with status 2, not as a traceback from
+  inside the first trace."""
+  from cli_run import metarec_here  # pylint: disable=g-import-not-at-top
+  out = metarec_here("train", f"--config={config_path('tiny')}",
+                     f"--workdir={tmp_path / 'w'}",
+                     "--config.meta.algorithm=metric",
+                     f"--config.model.name={name}")
+  assert out.returncode == 2, out.stderr
+  # (after the log of the store it built: the data decides whether the
+  # model is anchored, implicit feedback never is)
+  assert "model.anchor=false" in out.stderr.strip().splitlines()[-1]
+  assert "Traceback" not in out.stderr

@@ -186,10 +186,6 @@ class Anchor(nn.Module):
     baseline = anchor + self.user_scale * self.base_bias
     return model, baseline, share
 
-  def item_anchor(self, features: dict[str, jax.Array]) -> jax.Array:
-    """The fixed closed-form item bias `w * mean residual` of each row."""
-    return jax.lax.stop_gradient(self.item_bias(features[ITEM_ID]))[..., 0]
-
 
 class AnchoredMeLU(Anchor):
   """`prediction = apply(params, features)`, ratings `f32[...]`: the anchor

@@ -39,7 +39,7 @@ from metarec_jax.models.anchored import (BASE_BIAS, USER_BIAS, Anchor,
                                          support_loss)
 from metarec_jax.models.idemb import Item, User
 from metarec_jax.models.melu import Decision
-from metarec_jax.models.recommender import Recommender, masked_loss, rows_fn
+from metarec_jax.models.recommender import Recommender, masked_loss
 
 
 class AnchoredIDEmb(Anchor):
@@ -81,12 +81,6 @@ class AnchoredIDEmb(Anchor):
     """`(model, baseline, share)` of each row (`Anchor.parts`)."""
     return self.parts(self.learned(features), features)
 
-  def featurize(self, features: dict[str, jax.Array]) -> jax.Array:
-    """The items in the learned space, `[..., embed_dim + 1]`: vector and
-    fixed item bias (what an encoder of a user's support items reads)."""
-    v, _ = self.item(features)
-    return jnp.concatenate([v, self.item_anchor(features)[..., None]], -1)
-
 
 def recommender(module: AnchoredIDEmb, example_features, *, kind: str,
                 delta: float, query_kind: str | None = None) -> Recommender:
@@ -104,7 +98,8 @@ def recommender(module: AnchoredIDEmb, example_features, *, kind: str,
     return masked_loss(module.apply({"params": params}, batch["features"]),
                        batch, query_kind or kind, delta)
 
-  support.rows = query.rows = rows_fn(module)
+  # No `rows`: the encoding algorithms would modulate the baseline's own
+  # user bias too (as with the anchored MeLU, `experiment.build` refuses).
   return Recommender(name="idemb", module=module, loss_fn=support,
                      adapt=("^user/", f"^{USER_BIAS}$", f"^{BASE_BIAS}$"),
                      meta_fixed=(f"^{USER_BIAS}$", f"^{BASE_BIAS}$"),
