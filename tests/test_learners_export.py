@@ -70,11 +70,16 @@ def test_metric_on_idemb_exports_and_serves(tmp_path):
       train(tmp_path / "metric", "metric", ("model.name", "idemb")), tmp_path)
 
 
-def test_amortised_student_distils_from_a_teacher(hybrid_run, tmp_path,
-                                                  caplog):
+@pytest.mark.parametrize("variant", ["distilled", "distilled_amortised"])
+def test_a_student_distils_from_a_teacher(hybrid_run, tmp_path, caplog,
+                                          variant):
+  """The metric (`distilled`) and the amortised student."""
   with caplog.at_level(logging.INFO, logger="metarec"):
-    student = train(tmp_path / "student", "distilled",
+    student = train(tmp_path / "student", variant,
                     ("distill.teacher", hybrid_run), ("distill.weight", "0.3"))
+  algorithm = config_io.read_workdir_config(student).meta.algorithm
+  assert algorithm == {"distilled": "metric",
+                       "distilled_amortised": "amortised"}[variant]
   assert f"distilling from {hybrid_run} (step 1, weight 0.3)" in caplog.text
   check_export_and_serving(student, tmp_path)
   with pytest.raises(InputError, match="distill.weight"):
