@@ -129,13 +129,16 @@ def build(config, workdir: str | os.PathLike, *,
   except ValueError as e:
     raise InputError(str(e)) from None
   mc = meta_config(config, model)
-  if mc.spec.encoder and getattr(model.loss_fn, "rows", None) is None:
+  if mc.spec.encoder:
     # Found here, not as a traceback from inside the first jit trace.
-    raise InputError(
-        f"meta.algorithm={mc.algorithm} encodes a plain model's support"
-        " rows; the baseline-anchored model (model.anchor) has none: its"
-        " baseline part must keep its own closed-form fit. Set"
-        " model.anchor=false (configs/learners.py does)")
+    try:
+      meta.encoder.rows_of(model.loss_fn)
+    except ValueError:
+      raise InputError(
+          f"meta.algorithm={mc.algorithm} encodes a model's support rows,"
+          " and this model has none: the baseline-anchored models"
+          " (model.anchor) keep their baseline part's closed-form fit. Set"
+          " model.anchor=false (configs/learners.py does)") from None
   try:  # a typo in meta.adapt must fail here, not deep inside a jit trace
     meta.adapt_mask(jax.eval_shape(
         lambda: model.init(jax.random.PRNGKey(0))), mc.adapt)

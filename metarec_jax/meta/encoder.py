@@ -134,13 +134,22 @@ def _module(config: MetaConfig, adapted: dict[str, jax.Array]) -> nn.Module:
   return SetEncoder(size, hidden=int(config.encoder_hidden), dtype=dtype)
 
 
-def _rows(loss_fn, params, support):
+def rows_of(loss_fn):
+  """`loss_fn.rows`, what an encoder reads of a support set.
+
+  Raises:
+    ValueError: the loss has none (the model cannot be encoded).
+  """
   rows = getattr(loss_fn, "rows", None)
   if rows is None:
     raise ValueError("an encoding meta.algorithm needs a loss with"
                      " rows(params, batch) -> (x, rating, mask); this"
                      " model's loss has none")
-  return rows(params, support)
+  return rows
+
+
+def _rows(loss_fn, params, support):
+  return rows_of(loss_fn)(params, support)
 
 
 def init(loss_fn, params: PyTree, support: PyTree, *, config: MetaConfig,
