@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import model_section
-from metarec_jax import meta, models
+from metarec_jax import config_defaults, config_io, meta, models
 from metarec_jax.data.convert import synthetic
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec, item_id_spec
 from metarec_jax.data.store import open_store
@@ -161,7 +161,6 @@ def test_anchor_applies_to_idemb_from_anchor_version_2_only():
   `model.anchor: true` applied to `melu` only) keeps the plain IDEmb and its
   parameters, so its checkpoints and exports still load; a new config
   (the defaults: anchor on, version 2) builds the anchored IDEmb."""
-  from metarec_jax import config_defaults, config_io  # pylint: disable=g-import-not-at-top
   fields = (FeatureSpec("genre", "item", "list", 7, 3), item_id_spec(5))
   old = config_io.complete({"model": {"name": "idemb", "anchor": True}})
   assert old.model.anchor_version == 1 and not models.is_anchored(old.model)
