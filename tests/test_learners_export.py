@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from cli_run import metarec_here
 from conftest import config_path
 from test_export import core_predictions, file_support, store_rows, write_file
 from metarec_jax import config_io, experiment, export, runtime
@@ -93,7 +94,6 @@ def test_an_encoder_on_the_anchored_model_is_a_one_line_error(tmp_path, name):
   modulate the baseline's own user bias): `metarec train` says so before
   compiling anything, in one line with status 2, not as a traceback from
   inside the first trace."""
-  from cli_run import metarec_here  # pylint: disable=g-import-not-at-top
   out = metarec_here("train", f"--config={config_path('tiny')}",
                      f"--workdir={tmp_path / 'w'}",
                      "--config.meta.algorithm=metric",
