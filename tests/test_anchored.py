@@ -254,6 +254,8 @@ def test_the_shares_take_no_gradient():
   assert np.all(np.asarray(grads["share"]) == 0.0)
   # the rest does learn
   assert np.abs(np.asarray(grads["global_bias"])) > 0
+  if KIND == "melu":
+    assert np.abs(np.asarray(grads["gate"])) > 0
 
 
 def test_share_zero_serves_the_baseline_exactly_after_training():
