@@ -108,6 +108,8 @@ USER_BIAS = "user_bias"
 USER_PRIOR = "user_prior"  # log of the user bias's pseudo-ratings
 BASE_BIAS = "base_bias"  # the baseline's own user bias
 SHARE = "share"  # [existing items, new items]
+# The two user biases: adapted by every anchored model, and `meta_fixed`.
+USER_BIASES = (f"^{USER_BIAS}$", f"^{BASE_BIAS}$")
 
 
 def user_bias_scale(inner_lr: float) -> float:
@@ -209,8 +211,12 @@ class AnchoredMeLU(Anchor):
     self.setup_anchor()
 
   def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
-    return self.combine(self.gate * self.decision(self.embed(features)),
-                        features)
+    return self.combine(self.gated(self.embed(features)), features)
+
+  def gated(self, x: jax.Array, first_layer: bool = True) -> jax.Array:
+    """The gated decision MLP of `x` (fc1's pre-activation where
+    `first_layer` is False): the interaction this model adds."""
+    return self.gate * self.decision(x, first_layer=first_layer)
 
   def featurize(self, features: dict[str, jax.Array]) -> jax.Array:
     """The decision MLP's input `X: f32[..., fields * embed_dim]`."""
@@ -219,14 +225,12 @@ class AnchoredMeLU(Anchor):
   def from_preactivation(self, a: jax.Array,
                          features: dict[str, jax.Array]) -> jax.Array:
     """Predictions from fc1's pre-activation `a = X @ W1 + b1`."""
-    return self.combine(self.gate * self.decision(a, first_layer=False),
-                        features)
+    return self.combine(self.gated(a, first_layer=False), features)
 
   def parts_from_preactivation(self, a: jax.Array,
                                features: dict[str, jax.Array]):
     """`(model, baseline, share)` from fc1's pre-activation (`parts`)."""
-    return self.parts(self.gate * self.decision(a, first_layer=False),
-                      features)
+    return self.parts(self.gated(a, first_layer=False), features)
 
 
 def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,
@@ -295,8 +299,7 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
                        featurize_reads=("^embed/",))
   query = dataclasses.replace(support, head=head(query_kind or kind, False))
   return Recommender(name="melu", module=module, loss_fn=support,
-                     adapt=("^decision/", f"^{USER_BIAS}$",
-                            f"^{BASE_BIAS}$"),
-                     meta_fixed=(f"^{USER_BIAS}$", f"^{BASE_BIAS}$"),
+                     adapt=("^decision/",) + USER_BIASES,
+                     meta_fixed=USER_BIASES,
                      example_features=example_features,
                      query_loss_fn=query)

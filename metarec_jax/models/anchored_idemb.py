@@ -35,8 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from metarec_jax.data.schema import FeatureSpec
-from metarec_jax.models.anchored import (BASE_BIAS, USER_BIAS, Anchor,
-                                         support_loss)
+from metarec_jax.models.anchored import USER_BIASES, Anchor, support_loss
 from metarec_jax.models.idemb import Item, User
 from metarec_jax.models.melu import Decision
 from metarec_jax.models.recommender import Recommender, masked_loss
@@ -101,7 +100,7 @@ def recommender(module: AnchoredIDEmb, example_features, *, kind: str,
   # No `rows`: the encoding algorithms would modulate the baseline's own
   # user bias too (as with the anchored MeLU, `experiment.build` refuses).
   return Recommender(name="idemb", module=module, loss_fn=support,
-                     adapt=("^user/", f"^{USER_BIAS}$", f"^{BASE_BIAS}$"),
-                     meta_fixed=(f"^{USER_BIAS}$", f"^{BASE_BIAS}$"),
+                     adapt=("^user/",) + USER_BIASES,
+                     meta_fixed=USER_BIASES,
                      example_features=example_features,
                      query_loss_fn=query)
