@@ -148,15 +148,12 @@ def rows_of(loss_fn):
   return rows
 
 
-def _rows(loss_fn, params, support):
-  return rows_of(loss_fn)(params, support)
-
-
 def init(loss_fn, params: PyTree, support: PyTree, *, config: MetaConfig,
          rng: jax.Array) -> PyTree:
   """The encoder's parameters for `params` and the rows of `support`."""
   adapted = paths.partition(params, config.adapt).adapted
-  x, rating, mask = jax.eval_shape(lambda: _rows(loss_fn, params, support))
+  x, rating, mask = jax.eval_shape(
+      lambda: rows_of(loss_fn)(params, support))
   zeros = [jnp.zeros(a.shape, a.dtype) for a in (x, rating, mask)]
   return _module(config, adapted).init(rng, *zeros)["params"]
 
@@ -165,7 +162,7 @@ def encode(loss_fn, params: PyTree, support: PyTree, *, config: MetaConfig,
            inner: PyTree) -> PyTree:
   """`params` with the adapted leaves modulated by the encoded support set."""
   part = paths.partition(params, config.adapt)
-  x, rating, mask = _rows(loss_fn, params, support)
+  x, rating, mask = rows_of(loss_fn)(params, support)
   m = _module(config, part.adapted).apply({"params": inner["encoder"]},
                                           x, rating.astype(x.dtype), mask)
   return part.merge(apply_modulation(part.adapted, m))
