@@ -20,6 +20,7 @@ import ml_collections
 BEFORE_KEY = {
     "model.anchor": False,
     "model.anchor_version": 1,
+    "model.calibration": "none",
     "data.item_id_dropout": 0.0,
     "train.early_stop_patience": 0,
 }
@@ -33,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
           "name": "melu", "features": (), "exclude_features": (),
           "embed_dim": 32, "hidden": (64, 64), "embed_std": 1.0,
           "item_id": False, "anchor": True, "anchor_version": 2,
-          "user_bias_prior": 3.0,
+          "user_bias_prior": 3.0, "calibration": "median",
           "loss": "mse", "query_loss": "", "huber_delta": 1.0,
           "interaction": "dot", "item_features": True,
           "compute_dtype": "float32",

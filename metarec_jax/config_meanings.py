@@ -62,6 +62,15 @@ MEANINGS: dict[str, str] = {
                             " config written before this key existed"
                             " meant, so that an `idemb` trained then keeps"
                             " its parameters).",
+    "model.calibration": "`model.anchor`: what the served rating estimates."
+                         " `median`: each validation fits a strictly"
+                         " increasing map from the prediction to the"
+                         " median of the validation ratings there, served"
+                         " for existing and for new items where it lowers"
+                         " their validation MAE by the evidence"
+                         " (`train/median_map.py`): lower MAE, higher RMSE,"
+                         " rankings unchanged. `none`: the mean the losses"
+                         " fit (lower RMSE).",
     "model.user_bias_prior": "`model.anchor`: pseudo-ratings shrinking the"
                              " adapted user bias towards 0 at the start"
                              " (the baseline uses 3); meta-training learns"

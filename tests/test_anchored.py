@@ -31,7 +31,7 @@ def kind(request, monkeypatch):
 def build(prior=PRIOR, **meta_kw):
   cfg = model_section({
       **KINDS[KIND], "anchor": True, "anchor_version": 2,
-      "user_bias_prior": prior,
+      "user_bias_prior": prior, "calibration": "median",  # identity as init
       "embed_dim": 4, "hidden": (8,), "embed_std": 0.1, "item_id": False})
   assert models.is_anchored(cfg)
   model = models.build(cfg, FIELDS, rating_mean=MU, item_means=(ITEM_MEANS, COUNTS / (COUNTS + 5.0)),
@@ -288,3 +288,45 @@ def test_the_baseline_part_keeps_the_baselines_prior():
   assert_adapted_is_the_baseline(model, config, served, prior=10.0)
   off = {**params, "share": np.zeros(2, np.float32)}
   assert_adapted_is_the_baseline(model, config, off, prior=PRIOR)
+
+
+def test_the_median_map_changes_what_is_served_not_what_is_fitted():
+  """`model.calibration=median`: `predict` serves `p + interp(p, knots,
+  offsets)` of the row's kind of item; the losses (hence adaptation and
+  the meta-gradient) see `p` itself, and the map takes no gradient."""
+  model, config = build()
+  params = learned(model.init(jax.random.PRNGKey(0)))
+  t = tasks()
+  features, real = t["query"]["features"], t["query"]["mask"]
+  new = COUNTS[features["item_id"][real] - 1] == 0
+  plain = np.asarray(model.predict(params, features))[real]
+  at = np.linspace(1.0, 5.0, 41, dtype=np.float32)
+  offsets = np.stack([0.3 * np.sin(at), -0.2 * np.ones_like(at)])
+  mapped = {**params, "median_knots": at,
+            "median_offsets": offsets.astype(np.float32)}
+  served = np.asarray(model.predict(mapped, features))[real]
+  expected = np.where(new, plain + np.interp(plain, at, offsets[1]),
+                      plain + np.interp(plain, at, offsets[0]))
+  np.testing.assert_allclose(served, expected, rtol=1e-5)
+  task = jax.tree.map(lambda a: a[0], t)
+
+  def loss(p):
+    return meta.task_loss(model.loss_fn, p, task, config=config,
+                          query_loss_fn=model.query_loss_fn)
+
+  np.testing.assert_allclose(float(loss(mapped)), float(loss(params)),
+                             rtol=1e-6)
+  grads = jax.grad(loss)(mapped)
+  assert not np.asarray(grads["median_offsets"]).any()
+  assert not np.asarray(grads["median_knots"]).any()
+
+
+def test_the_median_map_is_off_with_calibration_none():
+  cfg = model_section({**KINDS[KIND], "anchor": True, "anchor_version": 2,
+                       "calibration": "none", "embed_dim": 4,
+                       "hidden": (8,)})
+  model = models.build(cfg, FIELDS, rating_mean=MU,
+                       item_means=(ITEM_MEANS, COUNTS / (COUNTS + 5.0)),
+                       inner_lr=0.1)
+  params = model.init(jax.random.PRNGKey(0))
+  assert "median_offsets" not in params and "share" in params

@@ -81,6 +81,15 @@ def test_the_anchored_start_is_the_baseline_and_the_best_is_no_worse(
   state = load_state(exp, workdir, runtime.make_mesh(), step=best_step)
   np.testing.assert_array_equal(np.asarray(state.params["model"]["share"]),
                                 expected)
+  # ... and the median map (tiny's `model.calibration`, the default): a
+  # kind of item whose validation kept it is served through it.
+  row = [row for row in _rows(workdir)
+         if row["step"] == best_step and "val/mae" in row][0]
+  offsets = np.asarray(state.params["model"]["median_offsets"])
+  for kind, name in enumerate(("val", "val_new")):
+    if f"{name}/median_map" in row:
+      assert bool(offsets[kind].any()) == bool(row[f"{name}/median_map"])
+  assert "val/median_map" in row
   # The user bias's start is `meta_fixed`: however harmful the rate, the
   # meta-step leaves it at 0 (the unadapted model stays at the item
   # means), while the prior it shrinks with is meta-learned.

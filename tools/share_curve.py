@@ -29,6 +29,7 @@ from metarec_jax import config_io, experiment, runtime  # noqa: E402
 from metarec_jax.data.splits import SCENARIOS  # noqa: E402
 from metarec_jax.errors import InputError  # noqa: E402
 from metarec_jax.eval.evaluate import Evaluator  # noqa: E402
+from metarec_jax.train import median_map  # noqa: E402
 from metarec_jax.train import shares as shares_lib  # noqa: E402
 from metarec_jax.workdir.restore import load_state  # noqa: E402
 
@@ -38,7 +39,8 @@ NAMES = shares_lib.SCENARIOS + SCENARIOS  # val, val_new, W, UC, IC, UIC
 def share_maes(workdir: str, step: int | None = None,
                shares=(0.0, 0.5, 1.0)) -> dict[str, dict]:
   """`{scenario: {"tasks": N, share: query MAE, ...}}` of a checkpoint
-  with both of its shares set to each of `shares`."""
+  with both of its shares set to each of `shares` (and the median map,
+  `model.calibration=median`, off: the curve is the shared prediction's)."""
   config = config_io.read_workdir_config(workdir)
   exp = experiment.build(config, workdir)
   mesh = runtime.make_mesh()
@@ -46,6 +48,8 @@ def share_maes(workdir: str, step: int | None = None,
   if not shares_lib.present(state.params):
     raise InputError(f"{workdir}: the model has no shares (model.anchor is"
                      " off)")
+  if median_map.present(state.params):
+    state = state.replace(params=median_map.identity(state.params))
   evaluator = Evaluator(exp, mesh)
   out = {name: {"tasks": len(exp.split.scenarios[name])} for name in NAMES}
   for share in shares:

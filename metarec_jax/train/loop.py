@@ -33,6 +33,7 @@ from metarec_jax.workdir import reporting, resume, telemetry
 from metarec_jax.workdir import lock
 from metarec_jax.workdir import progress as progress_lib
 from metarec_jax.workdir.preemption import StopRequest
+from metarec_jax.train import median_map
 from metarec_jax.train import shares as shares_lib
 from metarec_jax.train.guard import NonFiniteGuard, TrainingError
 from metarec_jax.train.selection import Selection
@@ -98,6 +99,8 @@ def _restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
   if shares_lib.present(state.params):  # training runs with the full share
     state = state.replace(params=shares_lib.with_shares(
         state.params, shares_lib.TRAINING))
+  if median_map.present(state.params):  # and serves nothing through a map
+    state = state.replace(params=median_map.identity(state.params))
   return state, step, resolved["horizon"], resolved["saved"]
 
 
@@ -198,6 +201,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       t0 = time.perf_counter()
       jobs = trainer.compile_jobs()
       with_shares = shares_lib.present(trainer.abstract_state().params)
+      with_map = median_map.present(trainer.abstract_state().params)
       if validates:
         for name in (shares_lib.SCENARIOS if with_shares else ("val",)):
           jobs += evaluator.compile_jobs(trainer.abstract_eval_params(),
@@ -231,30 +235,49 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       def validate(step):
         """The validation of the state after `step`: `(results, params,
         scalars)`, the params with their validated shares (`train.shares`)
-        and those shares as scalars to report with the metrics, where the
-        model has them (else None and {}); None if told to stop."""
+        and median map (`train.median_map`), and those as scalars to report
+        with the metrics, where the model has them (else None and {}); None
+        if told to stop."""
         if not with_shares:
           results = evaluator.evaluate(trainer.eval_params(state.params),
                                        ("val",), should_stop=stop.now)
           return None if results is None else (results, None, {})
+        kept_at = []  # per value of GRID (fit's order): the predictions
+
         def evaluate(params):
           kept = {}
           results = evaluator.evaluate(trainer.eval_params(params),
                                        shares_lib.SCENARIOS,
                                        should_stop=stop.now, keep=kept)
+          kept_at.append(kept)
           return None if results is None else (results, {
               name: metrics_lib.mae_per_task(p.adapted, p.true, p.mask)
               for name, p in kept.items()})
 
-        fitted = shares_lib.fit(evaluate, state.params)
+        # The shares and the map are fitted to the unmapped predictions.
+        trained = (median_map.identity(state.params) if with_map
+                   else state.params)
+        fitted = shares_lib.fit(evaluate, trained)
         if fitted is None:
           return None
         values, results = fitted
         log.info("step %d  validated shares of the learned part: existing"
                  " items %.2f, new items %.2f", step, *values)
-        return (results, shares_lib.with_shares(state.params, values),
-                {"val/share_existing_items": values[0],
-                 "val/share_new_items": values[1]})
+        params = shares_lib.with_shares(trained, values)
+        scalars = {"val/share_existing_items": values[0],
+                   "val/share_new_items": values[1]}
+        if with_map:  # then the median map of what those shares serve
+          params, mapped = median_map.fit_served(
+              params, {name: kept_at[shares_lib.GRID.index(value)].get(name)
+                       for name, value
+                       in zip(shares_lib.SCENARIOS, values)},
+              shares_lib.SCENARIOS, evaluator.lo, evaluator.hi)
+          scalars.update(mapped)
+          if mapped:
+            log.info("step %d  median map: existing items %s, new items %s",
+                     step, *("kept" if mapped.get(f"{n}/median_map") else
+                             "identity" for n in shares_lib.SCENARIOS))
+        return results, params, scalars
 
       def report(step, results, shares):
         """Writes a validation's metrics (with its fitted shares) and logs

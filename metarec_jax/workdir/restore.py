@@ -6,7 +6,7 @@ import logging
 
 from metarec_jax import experiment, runtime
 from metarec_jax.errors import InputError
-from metarec_jax.models.anchored import SHARE
+from metarec_jax.models.anchored import MEDIAN_OFFSETS, SHARE
 from metarec_jax.workdir import checkpoint as ckpt_lib
 from metarec_jax.workdir import optim
 from metarec_jax.workdir import state as state_lib
@@ -51,4 +51,10 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
     log.info("the checkpoint uses %.2f of its learned part for existing"
              " items and %.2f for new items (its validated shares)",
              *runtime.to_host(share).tolist())
+  offsets = state.params["model"].get(MEDIAN_OFFSETS)
+  if offsets is not None:
+    kept = (runtime.to_host(offsets) != 0).any(axis=-1).tolist()
+    log.info("it serves through the median map (model.calibration=median)"
+             " for existing items: %s, for new items: %s",
+             *("yes" if k else "no (identity)" for k in kept))
   return state

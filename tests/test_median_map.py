@@ -1,0 +1,102 @@
+"""The validated median map (`train.median_map`, `model.calibration`):
+fitted on discrete ratings it moves mean estimates to the medians, never
+reorders a user's items, and is kept only on the evidence."""
+
+import numpy as np
+
+from metarec_jax.train import median_map
+
+AT = median_map.knots(1, 5)
+
+
+def discrete_tasks(n_tasks=400, q=10, seed=0):
+  """Ratings whose mean (the prediction, `level`) is not their median:
+  `floor(level)` or one above it, the latter with probability equal to the
+  fractional part, so the median is the likelier of the two."""
+  rng = np.random.default_rng(seed)
+  level = rng.uniform(1.2, 4.6, size=(n_tasks, q))
+  base = np.floor(level)
+  # P(base + 1) = frac: the mean is `level`, the median the likelier side.
+  rating = base + (rng.random(level.shape) < level - base)
+  return level.astype(np.float32), rating, np.ones(level.shape, bool)
+
+
+def task_mae(pred, rating, mask):
+  return np.abs(pred - rating)[mask].mean()
+
+
+def test_the_map_moves_mean_estimates_to_the_medians():
+  pred, rating, mask = discrete_tasks()
+  offsets, verdicts = median_map.fit({"val": (pred, rating, mask)}, AT)
+  kept, crossed = verdicts["val"]
+  assert kept  # the evidence is there
+  before = task_mae(pred, rating, mask)
+  # Half the tasks fitted, the other half scored: much lower MAE.
+  assert crossed < 0.9 * before, (crossed, before)
+  fresh, fresh_rating, m = discrete_tasks(seed=1)
+  after = task_mae(np.clip(median_map.mapped(fresh, AT, offsets), 1, 5),
+                   fresh_rating, m)
+  assert after < 0.9 * task_mae(fresh, fresh_rating, m)
+  # A level of 3.2 is rated 3 more often than 4: mapped near 3.
+  assert abs(median_map.mapped(np.float32(3.2), AT, offsets) - 3.0) < 0.1
+
+
+def test_the_map_never_reorders_predictions():
+  pred, rating, mask = discrete_tasks()
+  offsets, _ = median_map.fit({"val": (pred, rating, mask)}, AT)
+  p = np.linspace(0.0, 6.0, 2001)  # beyond the scale too
+  out = median_map.mapped(p, AT, offsets)
+  slope = np.diff(out) / np.diff(p)
+  assert slope.min() >= median_map.MIN_SLOPE * (1 - 1e-4)
+
+
+def test_no_evidence_keeps_the_identity():
+  rng = np.random.default_rng(0)
+  # Continuous symmetric noise: the prediction is the mean and the median.
+  pred = rng.uniform(2, 4, size=(300, 10)).astype(np.float32)
+  rating = pred + rng.normal(scale=0.5, size=pred.shape)
+  _, verdicts = median_map.fit(
+      {"val": (pred, rating, np.ones(pred.shape, bool))}, AT)
+  assert verdicts["val"][0] is False
+  # One task cannot say anything.
+  pred, rating, mask = discrete_tasks(n_tasks=1)
+  assert median_map.fit({"val": (pred, rating, mask)}, AT)[1] == {}
+
+
+def test_rows_outside_the_mask_do_not_count():
+  pred, rating, mask = discrete_tasks()
+  mask[:, 5:] = False
+  garbage = np.where(mask, rating, 1e6)
+  a, _ = median_map.fit({"val": (pred, rating, mask)}, AT)
+  b, _ = median_map.fit({"val": (pred, garbage, mask)}, AT)
+  np.testing.assert_array_equal(a, b)
+
+
+def test_one_map_for_both_kinds_of_item_each_on_its_own_evidence():
+  import types  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  params = {"model": {"median_knots": jnp.zeros(median_map.KNOTS),
+                      "median_offsets": jnp.zeros((2, median_map.KNOTS))}}
+
+  def scenario(pred, rating, mask):
+    return types.SimpleNamespace(adapted=pred, true=rating, mask=mask)
+
+  existing = scenario(*discrete_tasks())
+  rng = np.random.default_rng(3)
+  level = rng.uniform(2, 4, size=(300, 10)).astype(np.float32)
+  symmetric = scenario(level, level + rng.normal(scale=0.5, size=level.shape),
+                       np.ones(level.shape, bool))
+  for new, kept in ((symmetric, 0.0), (scenario(*discrete_tasks(seed=2)), 1.0),
+                    (None, None)):
+    out, scalars = median_map.fit_served(
+        params, {"val": existing, "val_new": new}, ("val", "val_new"), 1, 5)
+    offsets = np.asarray(out["model"]["median_offsets"])
+    assert scalars["val/median_map"] == 1.0 and offsets[0].any()
+    np.testing.assert_allclose(np.asarray(out["model"]["median_knots"]), AT)
+    assert scalars.get("val_new/median_map") == kept
+    assert bool(offsets[1].any()) == bool(kept)
+    if kept:  # one map, fitted on both scenarios' rows
+      np.testing.assert_array_equal(offsets[0], offsets[1])
+  # Nothing to fit on: the identity.
+  out, scalars = median_map.fit_served(params, {}, ("val", "val_new"), 1, 5)
+  assert scalars == {} and not np.asarray(out["model"]["median_offsets"]).any()
