@@ -40,7 +40,7 @@ ALLOWED: dict[str, Any] = {
     "model.anchor": R.Bool(),
     "model.anchor_version": R.Int(1, 2),
     "model.user_bias_prior": R.Float(0.0),
-    "model.calibration": R.OneOf("metarec_jax.models.anchored",
+    "model.calibration": R.OneOf("metarec_jax.models.calibration",
                                  "CALIBRATIONS"),
     "model.hidden": R.Tuple(R.Int(1), min_len=1),
     "model.compute_dtype": R.OneOf("metarec_jax.models.precision",

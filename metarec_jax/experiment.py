@@ -114,9 +114,9 @@ def build(config, workdir: str | os.PathLike, *,
                      " a loss for implicit feedback, but the data has ratings"
                      " (set data.implicit.enabled=true)")
   item_means = None
+  counts = np.bincount(np.asarray(store.items)[split.train_positions],
+                       minlength=store.num_items)
   if models.is_anchored(model_config):
-    counts = np.bincount(np.asarray(store.items)[split.train_positions],
-                         minlength=store.num_items)
     item_means = (BaselineStats.from_split(store, split).item_mean,
                   counts / (counts + ITEM_PSEUDO))
   try:
@@ -125,7 +125,8 @@ def build(config, workdir: str | os.PathLike, *,
                          rating_mean=0.0 if implicit_data else
                          float(store.manifest["rating_mean"]),
                          item_means=item_means,
-                         inner_lr=float(config.meta.inner_lr))
+                         inner_lr=float(config.meta.inner_lr),
+                         item_counts=counts)
   except ValueError as e:
     raise InputError(str(e)) from None
   mc = meta_config(config, model)

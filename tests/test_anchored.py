@@ -35,7 +35,7 @@ def build(prior=PRIOR, **meta_kw):
       "embed_dim": 4, "hidden": (8,), "embed_std": 0.1, "item_id": False})
   assert models.is_anchored(cfg)
   model = models.build(cfg, FIELDS, rating_mean=MU, item_means=(ITEM_MEANS, COUNTS / (COUNTS + 5.0)),
-                       inner_lr=0.1)
+                       inner_lr=0.1, item_counts=COUNTS)
   config = meta.MetaConfig(inner_lr=0.1, adapt=meta_kw.pop("adapt",
                                                            model.adapt),
                            **meta_kw)

@@ -100,3 +100,75 @@ def test_one_map_for_both_kinds_of_item_each_on_its_own_evidence():
   # Nothing to fit on: the identity.
   out, scalars = median_map.fit_served(params, {}, ("val", "val_new"), 1, 5)
   assert scalars == {} and not np.asarray(out["model"]["median_offsets"]).any()
+
+
+def test_a_model_that_cannot_tell_new_items_needs_the_evidence_of_both():
+  import types  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  params = {"model": {"median_knots": jnp.zeros(median_map.KNOTS),
+                      "median_offsets": jnp.zeros((2, median_map.KNOTS))}}
+  existing = types.SimpleNamespace(**dict(zip(("adapted", "true", "mask"),
+                                              discrete_tasks())))
+  rng = np.random.default_rng(3)
+  level = rng.uniform(2, 4, size=(300, 10)).astype(np.float32)
+  symmetric = types.SimpleNamespace(
+      adapted=level, true=level + rng.normal(scale=0.5, size=level.shape),
+      mask=np.ones(level.shape, bool))
+  scenarios = {"val": existing, "val_new": symmetric}
+  out, scalars = median_map.fit_served(params, scenarios, ("val", "val_new"),
+                                       1, 5, per_kind=False)
+  assert scalars["val/median_map"] == 0.0 == scalars["val_new/median_map"]
+  assert not np.asarray(out["model"]["median_offsets"]).any()
+  out, scalars = median_map.fit_served(params, {"val": existing},
+                                       ("val", "val_new"), 1, 5,
+                                       per_kind=False)
+  assert scalars["val/median_map"] == 1.0
+  assert np.asarray(out["model"]["median_offsets"]).any()
+
+
+def test_any_rating_model_serves_through_the_map_per_kind_of_item():
+  """Plain MeLU too (`Recommender.predict`): each item's kind from its
+  training ratings where the model reads item IDs, else the first row for
+  every item; the losses never see the map."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from conftest import model_section, random_tasks  # pylint: disable=g-import-not-at-top
+  from metarec_jax import meta, models  # pylint: disable=g-import-not-at-top
+  from metarec_jax.data.schema import FeatureSpec, item_id_spec  # pylint: disable=g-import-not-at-top
+  counts = np.array([3, 0, 5])  # item 2 has no training ratings
+  for with_id in (True, False):
+    fields = (FeatureSpec("genre", "item", "list", 7, 3),
+              FeatureSpec("gender", "user", "categorical", 3))
+    fields += (item_id_spec(3),) if with_id else ()
+    cfg = model_section({"name": "melu", "calibration": "median",
+                         "item_id": with_id, "embed_dim": 4, "hidden": (8,)})
+    model = models.build(cfg, fields, rating_mean=3.0, item_counts=counts)
+    assert model.median_map
+    assert (model.existing_items is not None) == with_id
+    params = model.init(jax.random.PRNGKey(0))
+    t = random_tasks(fields, n_tasks=2, n_support=4, n_query=6)
+    features = t["query"]["features"]
+    if with_id:
+      features = {**features,
+                  "item_id": np.arange(12).reshape(2, 6) % 3 + 1}
+    plain = np.asarray(model.module.apply({"params": params}, features))
+    np.testing.assert_allclose(np.asarray(model.predict(params, features)),
+                               plain, rtol=1e-6)  # the identity
+    shifts = np.array([0.5, -0.5], np.float32)
+    mapped = {**params, "median_knots": AT.astype(np.float32),
+              "median_offsets": np.repeat(shifts[:, None], len(AT), 1)}
+    served = np.asarray(model.predict(mapped, features))
+    if with_id:
+      new = counts[features["item_id"] - 1] == 0
+      np.testing.assert_allclose(served, plain + np.where(new, -0.5, 0.5),
+                                 rtol=1e-5)
+    else:
+      np.testing.assert_allclose(served, plain + 0.5, rtol=1e-5)
+    config = meta.MetaConfig(inner_lr=0.1, adapt=model.adapt)
+    task = jax.tree.map(lambda a: a[0], t)
+    loss = lambda p: meta.task_loss(model.loss_fn, p, task, config=config)  # noqa: E731
+    np.testing.assert_allclose(float(loss(mapped)), float(loss(params)),
+                               rtol=1e-6)
+  # Implicit feedback (ranking losses): no map.
+  cfg = model_section({"name": "melu", "calibration": "median", "loss": "bce",
+                       "embed_dim": 4, "hidden": (8,)})
+  assert not models.build(cfg, fields, item_counts=counts).median_map

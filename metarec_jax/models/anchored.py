@@ -70,12 +70,6 @@ inner loop fits through the network's output layer, which may or may not
 help: the start is validated with its own shares like every later step
 (`train.loop`).
 
-With `model.calibration=median` the model serves `served(prediction)`:
-the shared prediction above through a strictly increasing map to the
-median of the validation ratings at that prediction, fitted after the
-shares (`train.median_map`; MAE rewards the median, training fits the
-mean). The losses and the inner loop use the prediction itself.
-
 Parameters:
 
     embed/<field>/embedding          MeLU's feature embeddings
@@ -89,8 +83,6 @@ Parameters:
     user_bias                        []   (adapted; meta-value fixed at 0)
     user_prior                       []   (log of the model's prior)
     base_bias                        []   (adapted; meta-value fixed at 0)
-    median_knots, median_offsets     [41], [2, 41] (`model.calibration=median`
-                                     only; validated, no gradient)
 """
 
 from __future__ import annotations
@@ -116,11 +108,6 @@ USER_BIAS = "user_bias"
 USER_PRIOR = "user_prior"  # log of the user bias's pseudo-ratings
 BASE_BIAS = "base_bias"  # the baseline's own user bias
 SHARE = "share"  # [existing items, new items]
-# The validated median map (`train.median_map`), `model.calibration=median`.
-MEDIAN_KNOTS = "median_knots"  # [knots] on the rating scale
-MEDIAN_OFFSETS = "median_offsets"  # [existing items, new items][knots]
-MEDIAN_MAP_KNOTS = 41  # the map's knots, 0.1 apart on a 1-5 scale
-CALIBRATIONS = ("median", "none")  # `model.calibration`
 # The two user biases: adapted by every anchored model, and `meta_fixed`.
 USER_BIASES = (f"^{USER_BIAS}$", f"^{BASE_BIAS}$")
 
@@ -153,7 +140,6 @@ class Anchor(nn.Module):
   global_mean: float = 0.0
   user_scale: float = 1.0
   prior: float = 3.0
-  median_map: bool = False
 
   def setup_anchor(self):
     """Creates the anchor's and the baseline's parameters."""
@@ -171,28 +157,6 @@ class Anchor(nn.Module):
         USER_PRIOR, nn.initializers.constant(math.log(max(self.prior, 1e-3))),
         ())
     self.share = self.param(SHARE, nn.initializers.ones, (2,))
-    if self.median_map:  # the identity until a validation fits it
-      self.median_knots = self.param(
-          MEDIAN_KNOTS, lambda key, shape: jnp.linspace(0.0, 1.0, shape[0]),
-          (MEDIAN_MAP_KNOTS,))
-      self.median_offsets = self.param(MEDIAN_OFFSETS, nn.initializers.zeros,
-                                       (2, MEDIAN_MAP_KNOTS))
-
-  def served(self, prediction: jax.Array,
-             features: dict[str, jax.Array]) -> jax.Array:
-    """What the model serves for `prediction` (`combine`'s): itself, or
-    with `model.calibration=median` its image under the validated median
-    map of the row's kind of item, `p + interp(p, knots, offsets)`
-    (`train.median_map`: strictly increasing; the identity as trained).
-    The losses never see it."""
-    if not self.median_map:
-      return prediction
-    at = jax.lax.stop_gradient(self.median_knots)
-    offsets = jax.lax.stop_gradient(self.median_offsets)
-    weight = jax.lax.stop_gradient(self.item_bias(features[ITEM_ID]))[..., 1]
-    shift = jnp.where(weight > 0, jnp.interp(prediction, at, offsets[0]),
-                      jnp.interp(prediction, at, offsets[1]))
-    return prediction + shift.astype(prediction.dtype)
 
   def combine(self, interaction: jax.Array,
               features: dict[str, jax.Array]) -> jax.Array:
@@ -247,10 +211,7 @@ class AnchoredMeLU(Anchor):
     self.setup_anchor()
 
   def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
-    """The served prediction (`served`; the losses use
-    `from_preactivation`)."""
-    return self.served(self.combine(self.gated(self.embed(features)),
-                                    features), features)
+    return self.combine(self.gated(self.embed(features)), features)
 
   def gated(self, x: jax.Array, first_layer: bool = True) -> jax.Array:
     """The gated decision MLP of `x` (fc1's pre-activation where

@@ -74,11 +74,6 @@ class AnchoredIDEmb(Anchor):
     return self.mlp(jnp.concatenate([jnp.broadcast_to(u, v.shape), v], -1))
 
   def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
-    """The served prediction (`Anchor.served` of `fitted`)."""
-    return self.served(self.fitted(features), features)
-
-  def fitted(self, features: dict[str, jax.Array]) -> jax.Array:
-    """The prediction the losses fit (`Anchor.combine`)."""
     return self.combine(self.learned(features), features)
 
   def parts_of(self, features: dict[str, jax.Array]):
@@ -99,8 +94,7 @@ def recommender(module: AnchoredIDEmb, example_features, *, kind: str,
                         scale=module.user_scale, kind=kind, delta=delta)
 
   def query(params, batch):
-    return masked_loss(module.apply({"params": params}, batch["features"],
-                                    method="fitted"),
+    return masked_loss(module.apply({"params": params}, batch["features"]),
                        batch, query_kind or kind, delta)
 
   # No `rows`: the encoding algorithms would modulate the baseline's own

@@ -13,7 +13,8 @@ from metarec_jax.data.schema import ITEM_ID, FeatureSpec, select
 from metarec_jax.models import anchored, anchored_idemb, precision
 from metarec_jax.models.idemb import INTERACTIONS, IDEmb
 from metarec_jax.models.melu import MeLU
-from metarec_jax.models.recommender import (LOSSES, Recommender,
+from metarec_jax.models.recommender import (LOSSES, RATING_LOSSES,
+                                            Recommender,
                                             linear_head_loss, plain_loss,
                                             with_loss)
 
@@ -83,7 +84,8 @@ def example_features(fields: Iterable[FeatureSpec]) -> dict[str, Any]:
 def build(model_config, features: Iterable[FeatureSpec], *,
           rating_mean: float = 0.0,
           item_means: tuple[np.ndarray, np.ndarray] | None = None,
-          inner_lr: float = 0.1) -> Recommender:
+          inner_lr: float = 0.1,
+          item_counts: np.ndarray | None = None) -> Recommender:
   """The model named by `model_config.name` over the data's features.
 
   Its losses compute in `model_config.compute_dtype` (`precision`); the
@@ -102,9 +104,19 @@ def build(model_config, features: Iterable[FeatureSpec], *,
       of the item biases (default: none, as if no item had ratings).
     inner_lr: `model.anchor`: the inner loop's rate, which sets the scale
       of the adapted user bias (`anchored.user_bias_scale`).
+    item_counts: `model.calibration=median`: each item's number of training
+      ratings (the median map's kind of item; default: none known, one map
+      row for every item).
   """
-  rec = _build(model_config, tuple(features), rating_mean, item_means,
-               inner_lr)
+  features = tuple(features)
+  rec = _build(model_config, features, rating_mean, item_means, inner_lr)
+  if (model_config.calibration == "median"
+      and {model_config.loss, model_config.query_loss or model_config.loss}
+      <= set(RATING_LOSSES)):
+    existing = None
+    if item_counts is not None and any(f.name == ITEM_ID for f in features):
+      existing = np.concatenate([[False], np.asarray(item_counts) > 0])
+    rec = dataclasses.replace(rec, median_map=True, existing_items=existing)
   loss_fn, query_loss_fn = precision.compute_in(
       (rec.loss_fn, rec.query_loss_fn),
       model_config.compute_dtype)
@@ -200,8 +212,7 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
                 item_bias_init=item_bias_init,
                 global_mean=float(rating_mean),
                 user_scale=anchored.user_bias_scale(inner_lr),
-                prior=float(model_config.user_bias_prior),
-                median_map=model_config.calibration == "median")
+                prior=float(model_config.user_bias_prior))
   if model_config.name == "idemb":
     module = anchored_idemb.AnchoredIDEmb(
         **anchor, embed_dim=int(model_config.embed_dim),

@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metarec_jax.data.schema import ITEM_ID
 from metarec_jax.meta import LinearHead
+from metarec_jax.models import calibration
 
 PyTree = Any
 
@@ -136,6 +138,12 @@ class Recommender:
     meta_fixed: patterns of parameters the meta-update never moves (their
       meta-gradient is zeroed): ones the inner loop sets from any start,
       whose meta-gradient carries no signal.
+    median_map: `model.calibration=median`: the parameters hold the median
+      map and `predict` serves through it (`models.calibration`).
+    existing_items: per item ID, whether the item has training ratings:
+      the map's kind table as initialised (`calibration.MEDIAN_KIND`);
+      None where the model does not read item IDs (one map row for every
+      item).
   """
 
   name: str
@@ -145,13 +153,24 @@ class Recommender:
   example_features: dict[str, jax.Array]
   query_loss_fn: Callable[[PyTree, PyTree], jax.Array] | None = None
   meta_fixed: tuple[str, ...] = ()
+  median_map: bool = False
+  existing_items: Any = dataclasses.field(default=None, compare=False)
 
   def init(self, rng: jax.Array) -> PyTree:
-    """Fresh parameters (the `params` collection)."""
-    return self.module.init(rng, self.example_features)["params"]
+    """Fresh parameters (the `params` collection, with the identity median
+    map where the model has one)."""
+    params = self.module.init(rng, self.example_features)["params"]
+    if self.median_map:
+      params = {**params, **calibration.identity(self.existing_items)}
+    return params
 
   def predict(self, params: PyTree, features: dict[str, jax.Array]) -> jax.Array:
-    return self.module.apply({"params": params}, features)
+    """The served predictions: the module's, through the median map where
+    the model has one (the losses use the module's own)."""
+    prediction = self.module.apply({"params": params}, features)
+    if not self.median_map:
+      return prediction
+    return calibration.serve(params, prediction, features.get(ITEM_ID))
 
   def example_batch(self) -> PyTree:
     """A one-row batch (padding) in the core's batch format."""

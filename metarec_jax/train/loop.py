@@ -25,7 +25,6 @@ from metarec_jax import config_io, config_meanings, config_reference, runtime
 from metarec_jax import eval as eval_lib
 from metarec_jax.data.convert import prepare
 from metarec_jax.data.pipeline import Prefetcher
-from metarec_jax.eval import metrics as metrics_lib
 from metarec_jax.eval import support_curve
 from metarec_jax.eval.evaluate import Evaluator
 from metarec_jax.workdir import checkpoint as ckpt_lib
@@ -37,6 +36,7 @@ from metarec_jax.train import median_map
 from metarec_jax.train import shares as shares_lib
 from metarec_jax.train.guard import NonFiniteGuard, TrainingError
 from metarec_jax.train.selection import Selection
+from metarec_jax.train import validation
 from metarec_jax.train.trainer import Trainer, check_batch_size
 
 log = logging.getLogger("metarec")
@@ -203,7 +203,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       with_shares = shares_lib.present(trainer.abstract_state().params)
       with_map = median_map.present(trainer.abstract_state().params)
       if validates:
-        for name in (shares_lib.SCENARIOS if with_shares else ("val",)):
+        for name in (shares_lib.SCENARIOS if with_shares or with_map
+                     else ("val",)):
           jobs += evaluator.compile_jobs(trainer.abstract_eval_params(),
                                          exp.split.scenarios[name])
       with runtime.CompileCounter() as warmup:
@@ -233,51 +234,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         compiles.start()
 
       def validate(step):
-        """The validation of the state after `step`: `(results, params,
-        scalars)`, the params with their validated shares (`train.shares`)
-        and median map (`train.median_map`), and those as scalars to report
-        with the metrics, where the model has them (else None and {}); None
-        if told to stop."""
-        if not with_shares:
-          results = evaluator.evaluate(trainer.eval_params(state.params),
-                                       ("val",), should_stop=stop.now)
-          return None if results is None else (results, None, {})
-        kept_at = []  # per value of GRID (fit's order): the predictions
-
-        def evaluate(params):
-          kept = {}
-          results = evaluator.evaluate(trainer.eval_params(params),
-                                       shares_lib.SCENARIOS,
-                                       should_stop=stop.now, keep=kept)
-          kept_at.append(kept)
-          return None if results is None else (results, {
-              name: metrics_lib.mae_per_task(p.adapted, p.true, p.mask)
-              for name, p in kept.items()})
-
-        # The shares and the map are fitted to the unmapped predictions.
-        trained = (median_map.identity(state.params) if with_map
-                   else state.params)
-        fitted = shares_lib.fit(evaluate, trained)
-        if fitted is None:
-          return None
-        values, results = fitted
-        log.info("step %d  validated shares of the learned part: existing"
-                 " items %.2f, new items %.2f", step, *values)
-        params = shares_lib.with_shares(trained, values)
-        scalars = {"val/share_existing_items": values[0],
-                   "val/share_new_items": values[1]}
-        if with_map:  # then the median map of what those shares serve
-          params, mapped = median_map.fit_served(
-              params, {name: kept_at[shares_lib.GRID.index(value)].get(name)
-                       for name, value
-                       in zip(shares_lib.SCENARIOS, values)},
-              shares_lib.SCENARIOS, evaluator.lo, evaluator.hi)
-          scalars.update(mapped)
-          if mapped:
-            log.info("step %d  median map: existing items %s, new items %s",
-                     step, *("kept" if mapped.get(f"{n}/median_map") else
-                             "identity" for n in shares_lib.SCENARIOS))
-        return results, params, scalars
+        """`validation.validate` of the state after `step`."""
+        return validation.validate(evaluator, trainer, state.params, step,
+                                   with_shares=with_shares,
+                                   with_map=with_map, should_stop=stop.now)
 
       def report(step, results, shares):
         """Writes a validation's metrics (with its fitted shares) and logs

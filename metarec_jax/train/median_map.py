@@ -4,12 +4,12 @@ Training fits the mean of a rating (squared error); the protocol scores the
 absolute error, which the median minimises. Ratings are few discrete values
 clipped to a scale, so the two differ: a user-item pair whose mean estimate
 is 3.9 is usually rated 4, and 4 has the lower expected absolute error.
-With `model.calibration=median` each validation fits, after the shares
-(`train.shares`), a monotone map from the served prediction to the median
-of the validation ratings at that prediction, and the anchored model
-serves `map(prediction)` (`models.anchored.Anchor.served`). Training and
-the inner loop never see the map (the losses take the unmapped
-prediction).
+With `model.calibration=median` each validation fits (after the shares of
+an anchored model, `train.shares`) a monotone map from the served
+prediction to the median of the validation ratings at that prediction, and
+the model serves `map(prediction)` (`models.calibration`,
+`Recommender.predict`). Training and the inner loop never see the map (the
+losses take the unmapped prediction).
 
 The map: the median-isotonic (L1) regression of the ratings on the
 predictions, on `KNOTS` bins of the rating scale (pool-adjacent-violators
@@ -18,9 +18,11 @@ then pulled towards the identity so that its slope is at least
 `MIN_SLOPE`: it is strictly increasing, so it never reorders a user's
 items (every ranking metric is unchanged). One map is fitted on the rows
 of both validation scenarios (existing and new items); each kind of item
-is served through it only if, cross-fitted over the validation tasks
-(each task mapped by the map fitted on the other tasks), it lowers that kind's task MAEs by
-`shares.EVIDENCE` standard errors; else the identity. What it costs:
+is served through it only if, cross-fitted over the validation tasks (each
+task mapped by the map fitted on the other tasks), it lowers that kind's
+task MAEs by `shares.EVIDENCE` standard errors; else the identity (a model
+that does not read item IDs cannot tell the kinds apart: it serves the map
+for every item only where both kinds show the evidence). What it costs:
 predictions nearer the medians have a larger squared error (RMSE), the
 price of serving the estimate MAE asks for.
 """
@@ -32,13 +34,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from metarec_jax.models.anchored import (MEDIAN_KNOTS, MEDIAN_MAP_KNOTS,
-                                         MEDIAN_OFFSETS)
+from metarec_jax.models.calibration import KNOTS, MEDIAN_KNOTS, MEDIAN_OFFSETS
 from metarec_jax.train import shares as shares_lib
 
 PyTree = Any
 
-KNOTS = MEDIAN_MAP_KNOTS  # span the rating scale (0.1 apart on 1-5)
 MIN_SLOPE = 0.02  # the map's least slope: no two predictions swap or tie
 # Cross-fitting folds of the evidence: each task is mapped by the map fitted
 # on the others' folds (more folds: fits nearer the one finally served,
@@ -173,7 +173,8 @@ def identity(meta_params: PyTree) -> PyTree:
 
 
 def fit_served(meta_params: PyTree, predictions: dict, scenarios, lo: float,
-               hi: float) -> tuple[PyTree, dict[str, float]]:
+               hi: float, *, per_kind: bool = True
+               ) -> tuple[PyTree, dict[str, float]]:
   """`meta_params` serving through the map (`fit`) for each kind of item
   whose validation shows the evidence for it.
 
@@ -183,6 +184,9 @@ def fit_served(meta_params: PyTree, predictions: dict, scenarios, lo: float,
       (or None).
     scenarios: the scenario of each kind of item (`shares.SCENARIOS`).
     lo, hi: the rating scale.
+    per_kind: whether the model serves each kind of item its own row of
+      the map (`Recommender.existing_items`); if not, the map is served for
+      every item only if every scenario with tasks keeps it.
 
   Returns:
     The params and, per scenario with tasks, `<scenario>/median_map_mae`
@@ -196,6 +200,8 @@ def fit_served(meta_params: PyTree, predictions: dict, scenarios, lo: float,
   verdicts, offsets = {}, None
   if parts:
     offsets, verdicts = fit(parts, at)
+  if not per_kind and not all(kept for kept, _ in verdicts.values()):
+    verdicts = {name: (False, mae) for name, (_, mae) in verdicts.items()}
   scalars = {}
   for name, (kept, mae) in verdicts.items():
     scalars[f"{name}/median_map_mae"] = mae

@@ -6,7 +6,8 @@ import logging
 
 from metarec_jax import experiment, runtime
 from metarec_jax.errors import InputError
-from metarec_jax.models.anchored import MEDIAN_OFFSETS, SHARE
+from metarec_jax.models.anchored import SHARE
+from metarec_jax.models.calibration import MEDIAN_OFFSETS
 from metarec_jax.workdir import checkpoint as ckpt_lib
 from metarec_jax.workdir import optim
 from metarec_jax.workdir import state as state_lib

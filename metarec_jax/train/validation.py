@@ -1,0 +1,98 @@
+"""One validation of the trained state, and what it fits for serving.
+
+The anchored model's shares (`train.shares`) and any rating model's median
+map (`train.median_map`) are fitted at every validation, on the validation
+users' held-out ratings, to the unmapped predictions of the state as
+trained; the checkpoint of that step saves the params with them, so that
+`eval`, `export` and the server serve what was validated.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from metarec_jax.eval import metrics as metrics_lib
+from metarec_jax.eval.evaluate import Evaluator
+from metarec_jax.models import calibration
+from metarec_jax.train import median_map
+from metarec_jax.train import shares as shares_lib
+
+PyTree = Any
+log = logging.getLogger("metarec")
+
+
+def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
+             with_shares: bool, with_map: bool,
+             should_stop: Callable[[], bool]):
+  """The validation of the trained `params` after `step`.
+
+  Returns:
+    `(results, served params, scalars)`: the evaluator's results per
+    validation scenario (at the fitted shares), the params with their
+    fitted shares and map (None where the model has neither: the state's
+    own), and what was fitted as scalars to report with the metrics; None
+    if told to stop.
+  """
+  if not (with_shares or with_map):
+    results = evaluator.evaluate(trainer.eval_params(params), ("val",),
+                                 should_stop=should_stop)
+    return None if results is None else (results, None, {})
+  # The shares and the map are fitted to the unmapped predictions.
+  if with_map:
+    params = median_map.identity(params)
+  if with_shares:
+    fitted = _fit_shares(evaluator, trainer, params, should_stop)
+    if fitted is None:
+      return None
+    params, results, scalars, kept = fitted
+    log.info("step %d  validated shares of the learned part: existing"
+             " items %.2f, new items %.2f", step,
+             scalars["val/share_existing_items"],
+             scalars["val/share_new_items"])
+  else:
+    kept, scalars = {}, {}
+    results = evaluator.evaluate(trainer.eval_params(params),
+                                 shares_lib.SCENARIOS,
+                                 should_stop=should_stop, keep=kept)
+    if results is None:
+      return None
+  if with_map:  # the median map of what the model (so) serves
+    params, mapped = median_map.fit_served(
+        params, kept, shares_lib.SCENARIOS, evaluator.lo, evaluator.hi,
+        per_kind=calibration.per_kind(params["model"]))
+    scalars.update(mapped)
+    if mapped:
+      log.info("step %d  median map: existing items %s, new items %s", step,
+               *("kept" if mapped.get(f"{name}/median_map") else "identity"
+                 for name in shares_lib.SCENARIOS))
+  return results, params, scalars
+
+
+def _fit_shares(evaluator: Evaluator, trainer, params: PyTree,
+                should_stop: Callable[[], bool]):
+  """The validated shares of `params` (`train.shares`): `(params with
+  them, the validation's results at them, the shares as scalars, the
+  predictions per scenario at them)`; None if told to stop."""
+  kept_at = []  # per value of GRID, in fit's order: the predictions
+
+  def evaluate(candidate):
+    kept = {}
+    results = evaluator.evaluate(trainer.eval_params(candidate),
+                                 shares_lib.SCENARIOS,
+                                 should_stop=should_stop, keep=kept)
+    kept_at.append(kept)
+    return None if results is None else (results, {
+        name: metrics_lib.mae_per_task(p.adapted, p.true, p.mask)
+        for name, p in kept.items()})
+
+  fitted = shares_lib.fit(evaluate, params)
+  if fitted is None:
+    return None
+  values, results = fitted
+  kept = {name: kept_at[shares_lib.GRID.index(value)].get(name)
+          for name, value in zip(shares_lib.SCENARIOS, values)}
+  return (shares_lib.with_shares(params, values), results,
+          {"val/share_existing_items": values[0],
+           "val/share_new_items": values[1]},
+          {name: p for name, p in kept.items() if p is not None})
