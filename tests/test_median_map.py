@@ -172,3 +172,30 @@ def test_any_rating_model_serves_through_the_map_per_kind_of_item():
   cfg = model_section({"name": "melu", "calibration": "median", "loss": "bce",
                        "embed_dim": 4, "hidden": (8,)})
   assert not models.build(cfg, fields, item_counts=counts).median_map
+
+
+def test_a_student_learns_from_the_teachers_fitted_ratings_not_its_map():
+  import jax  # pylint: disable=g-import-not-at-top
+  from conftest import model_section, random_tasks  # pylint: disable=g-import-not-at-top
+  from metarec_jax import meta, models  # pylint: disable=g-import-not-at-top
+  from metarec_jax.data.schema import FeatureSpec  # pylint: disable=g-import-not-at-top
+  from metarec_jax.train import distill  # pylint: disable=g-import-not-at-top
+  fields = (FeatureSpec("genre", "item", "list", 7, 3),
+            FeatureSpec("gender", "user", "categorical", 3))
+  model = models.build(model_section({"name": "melu", "calibration": "median",
+                                      "embed_dim": 4, "hidden": (8,)}),
+                       fields, rating_mean=3.0)
+  params = model.init(jax.random.PRNGKey(0))
+  mapped = {**params, "median_knots": AT.astype(np.float32),
+            "median_offsets": np.full((2, len(AT)), 0.7, np.float32)}
+  config = meta.MetaConfig(inner_lr=0.1, adapt=model.adapt)
+  tasks = random_tasks(fields, n_tasks=2, n_support=4, n_query=5)
+  blend = distill.targets_fn(model, config, 1.0)  # the teacher's alone
+  out = np.asarray(blend(mapped, None, tasks)["query"]["rating"])
+  fitted = [model.predict_unmapped(
+      meta.adapt(model.loss_fn, mapped, jax.tree.map(lambda a: a[i],
+                                                     tasks["support"]),
+                 config=config), jax.tree.map(lambda a: a[i],
+                                              tasks["query"]["features"]))
+            for i in range(2)]
+  np.testing.assert_allclose(out, np.stack(fitted), rtol=1e-5)

@@ -167,10 +167,15 @@ class Recommender:
   def predict(self, params: PyTree, features: dict[str, jax.Array]) -> jax.Array:
     """The served predictions: the module's, through the median map where
     the model has one (the losses use the module's own)."""
-    prediction = self.module.apply({"params": params}, features)
+    prediction = self.predict_unmapped(params, features)
     if not self.median_map:
       return prediction
     return calibration.serve(params, prediction, features.get(ITEM_ID))
+
+  def predict_unmapped(self, params: PyTree,
+                       features: dict[str, jax.Array]) -> jax.Array:
+    """The module's own predictions: what the losses fit (no median map)."""
+    return self.module.apply({"params": params}, features)
 
   def example_batch(self) -> PyTree:
     """A one-row batch (padding) in the core's batch format."""

@@ -41,7 +41,9 @@ def targets_fn(model, meta_config: meta.MetaConfig, weight: float):
     def one(task):
       adapted = meta.adapt(model.loss_fn, params, task["support"],
                            config=meta_config, inner=inner)
-      return model.predict(adapted, task["query"]["features"])
+      # The teacher's fitted ratings, not its median map's: the student's
+      # loss fits means too (and has a map of its own to serve through).
+      return model.predict_unmapped(adapted, task["query"]["features"])
 
     teacher = jax.lax.stop_gradient(jax.vmap(one)(tasks))
     query = dict(tasks["query"])
