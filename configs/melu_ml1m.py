@@ -19,12 +19,15 @@ Expect (measured on a 2-core CPU, 3 seeds `--config.train.seed=S
 minute per seed (63-67 s including the store build), and `metarec eval`
 prints query MAE
 
-    W 0.7008 +- 0.0030   UC 0.7181 +- 0.0084
-    IC 0.8711 +- 0.0101  UIC 0.8693 +- 0.0197
+    W 0.6617 +- 0.0030   UC 0.6800 +- 0.0092
+    IC 0.8341 +- 0.0114  UIC 0.8362 +- 0.0150
 
-against the item-mean + user-bias baseline on the same tasks of W 0.7280,
-UC 0.7411, IC 0.8892, UIC 0.8893 (-3.7%, -3.1%, -2.0%, -2.2%; every seed is
-below the baseline in every scenario) and MeLU-5's published W 0.7567,
+(2026-12-02, with the median map of `model.calibration=median`; RMSE W
+0.946, UC 0.969, IC 1.133, UIC 1.132, 2-3% above the baseline's; with
+`--config.model.calibration=none` MAE W 0.7006, UC 0.7190, IC 0.8709, UIC
+0.8711) against the item-mean + user-bias baseline on the same tasks of W
+0.7280, UC 0.7411, IC 0.8892, UIC 0.8893 (-9.1%, -8.2%, -6.2%, -6.0%; every
+seed is below the baseline in every scenario) and MeLU-5's published W 0.7567,
 UC 0.7854, IC 0.9275, UIC 0.9235. nDCG@3: W 0.784, UC 0.781, IC 0.653,
 UIC 0.648 (baseline 0.756, 0.758, 0.555, 0.553), below MeLU-5's published
 0.89 / 0.88 / 0.80 / 0.80; with the rating itself as the gain instead of

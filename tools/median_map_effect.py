@@ -30,14 +30,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from metarec_jax import config_io, experiment, runtime  # noqa: E402
 from metarec_jax.data.splits import SCENARIOS  # noqa: E402
 from metarec_jax.errors import InputError  # noqa: E402
 from metarec_jax.eval import metrics as metrics_lib  # noqa: E402
 from metarec_jax.eval.evaluate import Evaluator  # noqa: E402
 from metarec_jax.train import median_map  # noqa: E402
 from metarec_jax.train import shares as shares_lib  # noqa: E402
-from metarec_jax.workdir.restore import load_state  # noqa: E402
+from metarec_jax.workdir.restore import open_checkpoint  # noqa: E402
 
 BASELINE = "item_mean_user_bias"
 
@@ -45,13 +44,10 @@ BASELINE = "item_mean_user_bias"
 def effect(workdir: str, step: int | None = None) -> dict[str, dict]:
   """`{scenario: {"tasks", "served", "unmapped", "baseline",
   "baseline_mapped"}}` of a checkpoint (MAEs; None without tasks)."""
-  config = config_io.read_workdir_config(workdir)
-  exp = experiment.build(config, workdir)
-  mesh = runtime.make_mesh()
-  state = load_state(exp, workdir, mesh, step=step)
+  exp, mesh, state = open_checkpoint(workdir, step)
   if not median_map.present(state.params):
     raise InputError(f"{workdir}: the model has no median map"
-                     " (model.calibration=none or model.anchor=false)")
+                     " (model.calibration=none, or implicit feedback)")
   evaluator = Evaluator(exp, mesh)
   names = shares_lib.SCENARIOS + SCENARIOS
   served, unmapped = {}, {}

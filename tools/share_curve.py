@@ -25,13 +25,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=wrong-import-position
-from metarec_jax import config_io, experiment, runtime  # noqa: E402
 from metarec_jax.data.splits import SCENARIOS  # noqa: E402
 from metarec_jax.errors import InputError  # noqa: E402
 from metarec_jax.eval.evaluate import Evaluator  # noqa: E402
 from metarec_jax.train import median_map  # noqa: E402
 from metarec_jax.train import shares as shares_lib  # noqa: E402
-from metarec_jax.workdir.restore import load_state  # noqa: E402
+from metarec_jax.workdir.restore import open_checkpoint  # noqa: E402
 
 NAMES = shares_lib.SCENARIOS + SCENARIOS  # val, val_new, W, UC, IC, UIC
 
@@ -41,10 +40,7 @@ def share_maes(workdir: str, step: int | None = None,
   """`{scenario: {"tasks": N, share: query MAE, ...}}` of a checkpoint
   with both of its shares set to each of `shares` (and the median map,
   `model.calibration=median`, off: the curve is the shared prediction's)."""
-  config = config_io.read_workdir_config(workdir)
-  exp = experiment.build(config, workdir)
-  mesh = runtime.make_mesh()
-  state = load_state(exp, workdir, mesh, step=step)
+  exp, mesh, state = open_checkpoint(workdir, step)
   if not shares_lib.present(state.params):
     raise InputError(f"{workdir}: the model has no shares (model.anchor is"
                      " off)")

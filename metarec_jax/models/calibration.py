@@ -33,13 +33,16 @@ MEDIAN_OFFSETS = "median_offsets"
 MEDIAN_KIND = "median_kind"
 KNOTS = 41  # 0.1 apart on a 1-5 scale
 CALIBRATIONS = ("median", "none")  # `model.calibration`
+# The knots of the identity (any increasing values): one float32 array for
+# a fresh model and a resumed run alike, so both hold the same bits.
+IDENTITY_KNOTS = np.linspace(0.0, 1.0, KNOTS).astype(np.float32)
 
 
 def identity(existing: np.ndarray | None) -> dict[str, jax.Array]:
   """The map's parameters as initialised: the identity, and with
   `existing` (per item ID: has training ratings) the kind table."""
-  params = {MEDIAN_KNOTS: jnp.linspace(0.0, 1.0, KNOTS),
-            MEDIAN_OFFSETS: jnp.zeros((2, KNOTS))}
+  params = {MEDIAN_KNOTS: jnp.asarray(IDENTITY_KNOTS),
+            MEDIAN_OFFSETS: jnp.zeros((2, KNOTS), jnp.float32)}
   if existing is not None:
     params[MEDIAN_KIND] = jnp.asarray(existing, jnp.float32)
   return params

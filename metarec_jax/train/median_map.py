@@ -34,7 +34,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from metarec_jax.models.calibration import KNOTS, MEDIAN_KNOTS, MEDIAN_OFFSETS
+from metarec_jax.models.calibration import (IDENTITY_KNOTS, KNOTS,
+                                            MEDIAN_KNOTS, MEDIAN_OFFSETS)
 from metarec_jax.train import shares as shares_lib
 
 PyTree = Any
@@ -169,7 +170,7 @@ def with_map(meta_params: PyTree, at: np.ndarray,
 
 def identity(meta_params: PyTree) -> PyTree:
   """`meta_params` with the identity map (what training runs with)."""
-  return with_map(meta_params, np.linspace(0.0, 1.0, KNOTS), [None, None])
+  return with_map(meta_params, IDENTITY_KNOTS, [None, None])
 
 
 def fit_served(meta_params: PyTree, predictions: dict, scenarios, lo: float,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from metarec_jax import experiment, runtime
+from metarec_jax import config_io, experiment, runtime
 from metarec_jax.errors import InputError
 from metarec_jax.models.anchored import SHARE
 from metarec_jax.models.calibration import MEDIAN_OFFSETS
@@ -59,3 +59,13 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
              " for existing items: %s, for new items: %s",
              *("yes" if k else "no (identity)" for k in kept))
   return state
+
+
+def open_checkpoint(workdir: str, step: int | None = None):
+  """`(experiment, mesh, train state)` of `workdir`'s checkpoint `step`
+  (default as `load_state`), for the tools that score a run in other ways
+  than `metarec eval`."""
+  config = config_io.read_workdir_config(workdir)
+  exp = experiment.build(config, workdir)
+  mesh = runtime.make_mesh()
+  return exp, mesh, load_state(exp, workdir, mesh, step=step)
