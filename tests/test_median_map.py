@@ -189,7 +189,9 @@ def test_a_student_learns_from_the_teachers_fitted_ratings_not_its_map():
   mapped = {**params, "median_knots": AT.astype(np.float32),
             "median_offsets": np.full((2, len(AT)), 0.7, np.float32)}
   config = meta.MetaConfig(inner_lr=0.1, adapt=model.adapt)
-  tasks = random_tasks(fields, n_tasks=2, n_support=4, n_query=5)
+  tasks = jax.tree.map(  # float32 ratings, as batches hold them
+      lambda a: a.astype(np.float32) if a.dtype == np.float64 else a,
+      random_tasks(fields, n_tasks=2, n_support=4, n_query=5))
   blend = distill.targets_fn(model, config, 1.0)  # the teacher's alone
   out = np.asarray(blend(mapped, None, tasks)["query"]["rating"])
   fitted = [model.predict_unmapped(
@@ -199,3 +201,24 @@ def test_a_student_learns_from_the_teachers_fitted_ratings_not_its_map():
                                               tasks["query"]["features"]))
             for i in range(2)]
   np.testing.assert_allclose(out, np.stack(fitted), rtol=1e-5)
+
+
+def test_a_scale_of_one_value_or_of_any_width_is_handled():
+  import types  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  params = {"model": {"median_knots": jnp.zeros(median_map.KNOTS),
+                      "median_offsets": jnp.zeros((2, median_map.KNOTS))}}
+  pred, rating, mask = discrete_tasks()
+  one = types.SimpleNamespace(adapted=np.full_like(pred, 4.0),
+                              true=np.full_like(rating, 4.0), mask=mask)
+  out, scalars = median_map.fit_served(params, {"val": one},
+                                       ("val", "val_new"), 4.0, 4.0)
+  assert scalars == {}
+  assert np.all(np.isfinite(np.asarray(out["model"]["median_knots"])))
+  # A 1-10 scale (ratings doubled): the map is fitted and kept as on 1-5.
+  ten = types.SimpleNamespace(adapted=2 * pred, true=2 * rating, mask=mask)
+  out, scalars = median_map.fit_served(params, {"val": ten},
+                                       ("val", "val_new"), 2.0, 10.0)
+  assert scalars["val/median_map"] == 1.0
+  np.testing.assert_allclose(np.asarray(out["model"]["median_knots"]),
+                             median_map.knots(2.0, 10.0), rtol=1e-6)

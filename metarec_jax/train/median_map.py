@@ -195,6 +195,8 @@ def fit_served(meta_params: PyTree, predictions: dict, scenarios, lo: float,
     served through the map, 0: the identity) to report beside the
     validation's metrics.
   """
+  if not hi > lo:  # one rating value: nothing to map
+    return identity(meta_params), {}
   at = knots(lo, hi)
   parts = {name: (p.adapted, p.true, p.mask) for name in scenarios
            for p in [predictions.get(name)] if p is not None and p.mask.any()}
