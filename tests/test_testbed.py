@@ -4,6 +4,7 @@ mean) before its median map, and beats it through the map."""
 
 import importlib.util
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -38,6 +39,9 @@ def test_every_shape_is_written_in_the_recipe_layout(tmp_path):
   folder = testbed.write(str(tmp_path), "bias")
   overrides = testbed.recipe_overrides(folder)
   assert overrides["data.root"] == folder
+  copy = str(tmp_path / "copy")
+  shutil.copytree(folder, copy)  # e.g. to change its ratings
+  assert testbed.recipe_overrides(copy)["data.root"] == copy
   assert overrides["data.generic.new_item_col"] == "new"
   runs = testbed.get_runs(f"b={folder}+train.seed=2")["runs"]
   assert runs[0]["name"] == "b" and runs[0]["overrides"]["train.seed"] == "2"

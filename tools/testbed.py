@@ -155,9 +155,13 @@ def write(out: str, name: str, seed: int = 0) -> str:
 
 
 def recipe_overrides(folder: str) -> dict[str, str]:
-  """`{key: value}` of a folder's `flags.txt` (the recipe's data flags)."""
+  """`{key: value}` of a folder's `flags.txt` (the recipe's data flags),
+  `data.root` the folder itself: a copied or moved folder (its ratings
+  changed, say) is read where it is, not where it was written."""
   with open(os.path.join(folder, "flags.txt"), encoding="utf-8") as f:
-    return recipe_overrides_of(f.read().splitlines())
+    out = recipe_overrides_of(f.read().splitlines())
+  out["data.root"] = os.path.abspath(folder)
+  return out
 
 
 def recipe_overrides_of(flags, root: str | None = None) -> dict[str, str]:

@@ -34,9 +34,11 @@ PyTree = Any
 
 # (pattern over the state path, placement of a matching leaf). flax's
 # `nn.Embed` names its table `embedding`: the item-ID table of `idemb`, the
-# feature vocabularies of `melu` and of `idemb`'s item features.
+# feature vocabularies of `melu` and of `idemb`'s item features. The median
+# map's per-item kind (`models.calibration`) has a row per item ID too.
 RULES: tuple[tuple[str, P], ...] = (
     (r"(^|/)embedding$", P(runtime.MODEL_AXIS, None)),
+    (r"(^|/)median_kind$", P(runtime.MODEL_AXIS)),
 )
 
 
@@ -83,8 +85,10 @@ def ragged_paths(abstract: PyTree, mesh: Mesh, *, min_rows: int) -> list[str]:
   model = int(mesh.shape.get(runtime.MODEL_AXIS, 1))
   out = []
   for path, leaf in zip(paths.leaf_paths(abstract), jax.tree.leaves(abstract)):
-    pattern = next((p for p, s in RULES if re.search(p, path)), None)
-    rows = leaf.shape[0] if len(leaf.shape) == 2 else 0
+    pattern, spec = next(((p, s) for p, s in RULES if re.search(p, path)),
+                         (None, None))
+    rows = leaf.shape[0] if spec is not None and len(leaf.shape) == len(
+        spec) else 0
     if (pattern is not None and model > 1 and rows >= min_rows
         and rows % model):
       out.append(f"{path} ({rows} rows)")
