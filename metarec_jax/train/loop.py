@@ -35,8 +35,8 @@ from metarec_jax.workdir.preemption import StopRequest
 from metarec_jax.train import median_map
 from metarec_jax.train import shares as shares_lib
 from metarec_jax.train.guard import NonFiniteGuard, TrainingError
-from metarec_jax.train.selection import Selection
 from metarec_jax.train import validation
+from metarec_jax.train.selection import Selection
 from metarec_jax.train.trainer import Trainer, check_batch_size
 
 log = logging.getLogger("metarec")
