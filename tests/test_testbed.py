@@ -3,7 +3,9 @@ matches the item-mean + user-bias baseline (there the true model of the
 mean) before its median map, and beats it through the map."""
 
 import importlib.util
+import logging
 import os
+import re
 import shutil
 import sys
 
@@ -47,7 +49,7 @@ def test_every_shape_is_written_in_the_recipe_layout(tmp_path):
   assert runs[0]["name"] == "b" and runs[0]["overrides"]["train.seed"] == "2"
 
 
-def test_the_recipe_matches_the_baseline_on_pure_biases(tmp_path):
+def test_the_recipe_matches_the_baseline_on_pure_biases(tmp_path, caplog):
   """configs/default.py with the data flags (and a short run) on ratings
   that hold nothing but biases: the model is at most 0.5% above the
   baseline in every scenario with 50 tasks or more (below it, through
@@ -68,7 +70,12 @@ def test_the_recipe_matches_the_baseline_on_pure_biases(tmp_path):
                "data.buckets": "(32,)", "checkpoint.every_steps": "0"}
   config_io.apply_overrides(config, list(overrides.items()))
   workdir = str(tmp_path / "run")
-  train_and_evaluate(config, workdir)
+  with caplog.at_level(logging.INFO, logger="metarec"):
+    train_and_evaluate(config, workdir)
+  # The log says what the map does on validation, per kind of item.
+  assert re.search(r"median map \(model\.calibration\), validation MAE"
+                   r" without -> with it, cross-fitted: existing items"
+                   r" [\d.]+ -> [\d.]+ \(served\)", caplog.text)
   report = eval_lib.evaluate_workdir(workdir, support_curve=False)
   checked = 0
   for name, m in report["scenarios"].items():

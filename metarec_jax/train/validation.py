@@ -63,10 +63,23 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
         per_kind=calibration.per_kind(params["model"]))
     scalars.update(mapped)
     if mapped:
-      log.info("step %d  median map: existing items %s, new items %s", step,
-               *("kept" if mapped.get(f"{name}/median_map") else "identity"
-                 for name in shares_lib.SCENARIOS))
+      log.info("step %d  %s", step, _map_summary(mapped, results))
   return results, params, scalars
+
+
+def _map_summary(mapped: dict[str, float], results: dict) -> str:
+  """One log line on the median map: per kind of item, the validation MAE
+  without and with it (cross-fitted) and whether it is served."""
+  kinds = []
+  for name, kind in zip(shares_lib.SCENARIOS, ("existing", "new")):
+    if f"{name}/median_map" not in mapped:
+      continue
+    kinds.append(
+        f"{kind} items {results[name]['mae']:.4f} -> "
+        f"{mapped[f'{name}/median_map_mae']:.4f} "
+        f"({'served' if mapped[f'{name}/median_map'] else 'not served'})")
+  return ("median map (model.calibration), validation MAE without -> with"
+          " it, cross-fitted: " + "; ".join(kinds))
 
 
 def _fit_shares(evaluator: Evaluator, trainer, params: PyTree,
