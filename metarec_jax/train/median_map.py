@@ -31,9 +31,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import numpy as np
 
+from metarec_jax import runtime
+from metarec_jax.eval import metrics as metrics_lib
 from metarec_jax.models.calibration import (IDENTITY_KNOTS, KNOTS,
                                             MEDIAN_KNOTS, MEDIAN_OFFSETS)
 from metarec_jax.train import shares as shares_lib
@@ -91,14 +92,13 @@ def fit_offsets(pred: np.ndarray, rating: np.ndarray,
 
 def mapped(pred: np.ndarray, at: np.ndarray,
            offsets: np.ndarray) -> np.ndarray:
-  """The numpy twin of `Anchor.served`'s map (clamped at the ends)."""
+  """The numpy twin of `calibration.serve`'s map (clamped at the ends)."""
   return pred + np.interp(pred, at, offsets)
 
 
 def _task_mae(pred, rating, mask) -> np.ndarray:
-  w = mask.astype(np.float64)
-  err = np.abs(np.asarray(pred, np.float64) - rating) * w
-  return err.sum(1) / np.maximum(w.sum(1), 1.0)
+  """Each task's MAE, in float64 (`metrics.mae_per_task`)."""
+  return metrics_lib.mae_per_task(np.asarray(pred, np.float64), rating, mask)
 
 
 def fit(parts: dict[str, tuple], at: np.ndarray
@@ -162,9 +162,7 @@ def with_map(meta_params: PyTree, at: np.ndarray,
   for name, host in ((MEDIAN_KNOTS, np.asarray(at, np.float32)),
                      (MEDIAN_OFFSETS, table)):
     old = model[name]
-    host = host.reshape(old.shape)
-    model[name] = jax.make_array_from_callback(
-        old.shape, old.sharding, lambda index, host=host: host[index])
+    model[name] = runtime.place(host.reshape(old.shape), old.sharding)
   return {**meta_params, "model": model}
 
 

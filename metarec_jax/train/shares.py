@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import jax
 import numpy as np
 
+from metarec_jax import runtime
 from metarec_jax.models.anchored import SHARE
 
 PyTree = Any
@@ -51,9 +51,8 @@ def with_shares(meta_params: PyTree, values) -> PyTree:
   """`meta_params` with `share` set to `values`, placed as before (built
   from host data on every process: nothing is compiled)."""
   old = meta_params["model"][SHARE]
-  host = np.asarray(values, np.float32).reshape(old.shape)
-  new = jax.make_array_from_callback(old.shape, old.sharding,
-                                     lambda index: host[index])
+  new = runtime.place(np.asarray(values, np.float32).reshape(old.shape),
+                      old.sharding)
   return {**meta_params, "model": {**meta_params["model"], SHARE: new}}
 
 
