@@ -102,6 +102,25 @@ def test_one_map_for_both_kinds_of_item_each_on_its_own_evidence():
   assert scalars == {} and not np.asarray(out["model"]["median_offsets"]).any()
 
 
+def test_a_kind_with_few_tasks_keeps_the_pooled_map_unless_its_tasks_object():
+  # Six new-item tasks of three ratings cannot show the evidence alone...
+  small = discrete_tasks(n_tasks=6, q=3, seed=10)
+  assert median_map.fit({"val_new": small}, AT)[1]["val_new"][0] is False
+  # ...but the map is a property of the scale, shown on the pooled tasks:
+  # the small kind keeps it where its own tasks' MAE is lower with it.
+  _, verdicts = median_map.fit({"val": discrete_tasks(), "val_new": small},
+                               AT)
+  kept, crossed = verdicts["val_new"]
+  assert kept and crossed < task_mae(*small)
+  # Tasks that the map makes worse do not keep it, pooled evidence or not.
+  pred, rating, mask = small
+  worse = (pred, np.where(rating > pred, np.floor(pred), np.ceil(pred)),
+           mask)  # every rating on the side the map moves away from
+  _, verdicts = median_map.fit({"val": discrete_tasks(), "val_new": worse},
+                               AT)
+  assert verdicts["val_new"][0] is False
+
+
 def test_a_model_that_cannot_tell_new_items_needs_the_evidence_of_both():
   import types  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top

@@ -20,9 +20,11 @@ items (every ranking metric is unchanged). One map is fitted on the rows
 of both validation scenarios (existing and new items); each kind of item
 is served through it only if, cross-fitted over the validation tasks (each
 task mapped by the map fitted on the other tasks), it lowers that kind's
-task MAEs by `shares.EVIDENCE` standard errors; else the identity (a model
-that does not read item IDs cannot tell the kinds apart: it serves the map
-for every item only where both kinds show the evidence). What it costs:
+task MAEs by `shares.EVIDENCE` standard errors, or lowers them at all
+where the pooled tasks of both kinds show that evidence; else the
+identity (a model that does not read item IDs cannot tell the kinds
+apart: it serves the map for every item only where both kinds keep it).
+What it costs:
 predictions nearer the medians have a larger squared error (RMSE), the
 price of serving the estimate MAE asks for.
 """
@@ -116,9 +118,11 @@ def fit(parts: dict[str, tuple], at: np.ndarray
     `(offsets, {scenario: (kept, cross-fitted MAE)})`. The evidence: the
     tasks are cut in `FOLDS` folds (every FOLDS-th task of each scenario),
     each fold mapped by the map fitted on the other folds' rows (all
-    scenarios pooled); a scenario keeps the map if its tasks' MAEs so mapped are
-    lower than unmapped by `shares.EVIDENCE` standard errors
-    (`shares.evident`). One map for both kinds of item: it is a property
+    scenarios pooled); a scenario keeps the map if its tasks' MAEs so
+    mapped are lower than unmapped by `shares.EVIDENCE` standard errors
+    (`shares.evident`), or if the pooled tasks of every scenario show that
+    and its own tasks' mean MAE is lower mapped (a kind with few tasks
+    cannot show the evidence alone, but can show harm). One map for both kinds of item: it is a property
     of the rating scale more than of the items, and the pooled rows fit it
     better than a few new-item tasks alone, whose own map need not carry
     over to other users' tasks.
@@ -141,14 +145,23 @@ def fit(parts: dict[str, tuple], at: np.ndarray
     for name, (p, _, _) in parts.items():
       here = fold[name] == side
       crossed[name][here] = mapped(p[here], at, offsets)
+  errors = {name: (_task_mae(np.clip(crossed[name], at[0], at[-1]), r, m),
+                   _task_mae(p, r, m))
+            for name, (p, r, m) in parts.items()}
+  pooled = shares_lib.evident(*(np.concatenate(side) for side in
+                                zip(*errors.values())))
   verdicts = {}
   for name, (p, r, m) in parts.items():
     if len(p) < 2:
       continue
-    errors = _task_mae(np.clip(crossed[name], at[0], at[-1]), r, m)
-    mae = float((errors * m.sum(1)).sum() / m.sum())
-    verdicts[name] = (bool(shares_lib.evident(errors, _task_mae(p, r, m))),
-                      mae)
+    mapped_errors, unmapped_errors = errors[name]
+    # The map is fitted on the pooled rows, so the pooled tasks are its
+    # evidence; a kind too small to show it on its own keeps it where its
+    # own tasks do not point the other way.
+    kept = shares_lib.evident(mapped_errors, unmapped_errors) or (
+        pooled and mapped_errors.mean() < unmapped_errors.mean())
+    mae = float((mapped_errors * m.sum(1)).sum() / m.sum())
+    verdicts[name] = (bool(kept), mae)
   return fit_offsets(*rows(lambda f: f >= 0), at), verdicts
 
 
