@@ -68,7 +68,10 @@ MEANINGS: dict[str, str] = {
                          " the prediction to the median of the validation"
                          " ratings there, served for existing and for new"
                          " items where it lowers their validation MAE by"
-                         " the evidence (`train/median_map.py`): lower MAE,"
+                         " the evidence, or, for a kind with few validation"
+                         " tasks, lowers it at all while the pooled tasks"
+                         " show the evidence (`train/median_map.py`): lower"
+                         " MAE,"
                          " higher RMSE, rankings unchanged. `none`: the"
                          " mean the losses fit (lower RMSE).",
     "model.user_bias_prior": "`model.anchor`: pseudo-ratings shrinking the"
