@@ -50,6 +50,85 @@ def test_huber_loss_is_twice_optax_huber_and_mse_near_zero():
     models.masked_loss(pred, batch, "mae")
 
 
+def test_listwise_loss_is_listnet_over_the_valid_rows_and_ignores_a_shift():
+  pred = jnp.array([[3.2, 4.1, 2.0, 9.0], [1.0, 2.0, 3.0, 4.0]])
+  batch = {"rating": jnp.array([[3.0, 5.0, 1.0, 2.0], [4.0, 4.0, 1.0, 5.0]]),
+           "mask": jnp.array([[True, True, True, False], [True] * 4])}
+
+  def by_hand(p, r):
+    target = np.exp(r) / np.exp(r).sum()
+    return -(target * (p - np.log(np.exp(p).sum()))).sum()
+
+  expected = np.mean([by_hand(np.asarray(pred[0, :3]),
+                              np.asarray(batch["rating"][0, :3])),
+                      by_hand(np.asarray(pred[1]), np.asarray(batch["rating"][1]))])
+  loss = models.listwise_loss(pred, batch)
+  assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+  # Adding a constant to a set's predictions (the level, the user bias)
+  # leaves it: only the order and the spacing within the set count.
+  assert float(models.listwise_loss(pred + 1.7, batch)) == pytest.approx(
+      float(loss), rel=1e-6)
+  # The ratings' order is better than the reverse.
+  ordered = {"rating": batch["rating"][1:], "mask": batch["mask"][1:]}
+  r = batch["rating"][1]
+  assert float(models.listwise_loss(r, ordered)) < float(
+      models.listwise_loss(-r, ordered))
+  # A set of one row or none: loss 0, gradient 0, no NaN.
+  for mask in ([True, False, False, False], [False] * 4):
+    one = {"rating": batch["rating"][:1],
+           "mask": jnp.array([mask])}
+    value, grad = jax.value_and_grad(models.listwise_loss)(pred[:1], one)
+    assert float(value) == 0.0 and not np.asarray(grad).any()
+  # In masked_loss: the rating loss plus the weight times the term; a
+  # ranking loss ignores the weight.
+  with_term = models.masked_loss(pred, batch, "mse", rank_weight=0.5)
+  assert float(with_term) == pytest.approx(
+      float(models.masked_loss(pred, batch, "mse") + 0.5 * loss), rel=1e-6)
+  labels = {**batch, "rating": (batch["rating"] > 3).astype(jnp.float32)}
+  np.testing.assert_array_equal(
+      models.masked_loss(pred, labels, "bce", rank_weight=0.5),
+      models.masked_loss(pred, labels, "bce"))
+
+
+@pytest.mark.parametrize("name,anchor", [("melu", False), ("melu", True),
+                                         ("idemb", False), ("idemb", True)])
+def test_query_rank_weight_reaches_every_rating_models_query_loss(
+    store, name, anchor):
+  """`model.query_rank_weight` adds its term to the query loss of every
+  rating model (plain and anchored MeLU and IDEmb) and leaves the support
+  loss, which the inner loop adapts on, as it was."""
+  keys = dict(name=name, anchor=anchor, anchor_version=2, embed_std=0.1)
+  config = model_config(**keys)
+  tables = FeatureTables.from_store(
+      store, models.feature_names(config, store.features),
+      item_id=models.needs_item_id(config))
+  build = lambda weight: models.build(
+      model_config(**keys, query_rank_weight=weight), tables.specs,
+      rating_mean=3.5)
+  plain, ranked = build(0.0), build(0.7)
+  params = ranked.init(jax.random.PRNGKey(0))
+  tasks = random_tasks(tables.specs)
+  task = jax.tree.map(lambda x: jnp.asarray(x[0]), tasks)
+  query = {**task["query"], "rating": task["query"]["rating"].astype(
+      jnp.float32)}
+  support = {**task["support"], "rating": task["support"]["rating"].astype(
+      jnp.float32)}
+  # Random params: the MLP's output layer may start at zero (anchored).
+  params = jax.tree.map(
+      lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(1), x.shape,
+                                            x.dtype)
+      if jnp.issubdtype(x.dtype, jnp.floating) and x.ndim else x, params)
+  term = models.listwise_loss(ranked.predict_unmapped(params,
+                                                      query["features"]),
+                              query)
+  assert float(term) > 0
+  loss_of = lambda fn, batch: float(fn(params, batch))
+  assert loss_of(ranked.query_loss_fn, query) == pytest.approx(
+      loss_of(plain.query_loss_fn or plain.loss_fn, query) + 0.7 * float(term),
+      rel=1e-5)
+  assert loss_of(ranked.loss_fn, support) == loss_of(plain.loss_fn, support)
+
+
 @pytest.mark.parametrize("second_order", [True, False])
 def test_a_separate_query_loss_matches_its_plain_definition(second_order):
   jax.config.update("jax_enable_x64", True)
