@@ -70,13 +70,6 @@ def get_config():
   c.model.exclude_features = ("zip", "occupation")
   c.model.embed_std = 0.1
   c.model.item_id = True
-  # A listwise term in the query loss (ListNet, `model.query_rank_weight`):
-  # on these users it ranks better and fits better (3 seeds: nDCG@3 W
-  # +0.0285 -> +0.0302, UC +0.0203 -> +0.0242 above the baseline; MAE W
-  # 0.6617 -> 0.6581, UC 0.6800 -> 0.6783, IC and UIC +0.2%). On the
-  # anchored own-data recipe it was neutral (ML-1M and the test bed of
-  # tools/testbed.py, within +-1% MAE either way), so that default is 0.
-  c.model.query_rank_weight = 2.0
   c.train.num_steps = 1500
   c.train.eval_every_steps = 250
   c.checkpoint.every_steps = 250

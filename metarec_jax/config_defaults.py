@@ -36,7 +36,6 @@ def get_config() -> ml_collections.ConfigDict:
           "item_id": False, "anchor": True, "anchor_version": 2,
           "user_bias_prior": 3.0, "calibration": "median",
           "loss": "mse", "query_loss": "", "huber_delta": 1.0,
-          "query_rank_weight": 0.0,
           "interaction": "dot", "item_features": True,
           "compute_dtype": "float32",
       },

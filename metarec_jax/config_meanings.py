@@ -41,14 +41,6 @@ MEANINGS: dict[str, str] = {
                         " meta-learns for MAE.",
     "model.huber_delta": "`model.loss=huber`: where the loss turns from"
                          " quadratic to linear.",
-    "model.query_rank_weight": "Rating losses: weight of a listwise ranking"
-                               " term added to the query loss (ListNet's"
-                               " cross-entropy between the softmax of a"
-                               " query set's ratings and of its"
-                               " predictions, in rating units): the"
-                               " meta-objective also rewards ordering each"
-                               " user's items as they rated them (nDCG);"
-                               " the inner loop does not see it. 0 = off.",
     "model.embed_std": "`melu`: standard deviation of the initial feature"
                        " embeddings (the paper's PyTorch default is 1).",
     "model.item_id": "`melu`: also embed each item's ID (zero-initialised,"

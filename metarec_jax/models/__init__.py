@@ -6,9 +6,8 @@ from metarec_jax.models.factory import (MODELS, build, example_features,
 from metarec_jax.models.idemb import IDEmb
 from metarec_jax.models.melu import MeLU
 from metarec_jax.models.recommender import (RANKING_LOSSES, Recommender,
-                                            listwise_loss, masked_loss,
-                                            plain_loss)
+                                            masked_loss, plain_loss)
 
 __all__ = ["IDEmb", "MODELS", "MeLU", "RANKING_LOSSES", "Recommender",
            "build", "example_features", "feature_names", "for_data", "is_anchored",
-           "listwise_loss", "masked_loss", "needs_item_id", "plain_loss"]
+           "masked_loss", "needs_item_id", "plain_loss"]

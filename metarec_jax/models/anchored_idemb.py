@@ -82,11 +82,10 @@ class AnchoredIDEmb(Anchor):
 
 
 def recommender(module: AnchoredIDEmb, example_features, *, kind: str,
-                delta: float, query_kind: str | None = None,
-                rank_weight: float = 0.0) -> Recommender:
+                delta: float, query_kind: str | None = None) -> Recommender:
   """The `Recommender` of an `AnchoredIDEmb`: the support loss has the
   user-bias priors (`anchored.support_loss`), the query loss is the plain
-  masked loss (with `rank_weight`, `masked_loss`)."""
+  masked loss."""
 
   def support(params, batch):
     model, baseline, _ = module.apply({"params": params}, batch["features"],
@@ -96,7 +95,7 @@ def recommender(module: AnchoredIDEmb, example_features, *, kind: str,
 
   def query(params, batch):
     return masked_loss(module.apply({"params": params}, batch["features"]),
-                       batch, query_kind or kind, delta, rank_weight)
+                       batch, query_kind or kind, delta)
 
   # No `rows`: the encoding algorithms would modulate the baseline's own
   # user bias too (as with the anchored MeLU, `experiment.build` refuses).

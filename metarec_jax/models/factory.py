@@ -140,14 +140,13 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
   kind = model_config.loss
   query_kind = model_config.query_loss or kind
   delta = float(model_config.huber_delta)
-  rank = float(model_config.query_rank_weight)
   for key, value in (("loss", kind), ("query_loss", query_kind)):
     if value not in LOSSES:
       raise ValueError(f"model.{key} must be one of {', '.join(LOSSES)},"
                        f" got {value!r}")
   if is_anchored(model_config):
     return _anchored(model_config, fields, rating_mean, item_means, inner_lr,
-                     kind, query_kind, delta, rank)
+                     kind, query_kind, delta)
   if name == "melu":
     module = MeLU(fields=fields, embed_dim=int(model_config.embed_dim),
                   hidden=tuple(int(h) for h in model_config.hidden),
@@ -157,8 +156,8 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
                             bias="decision/fc1/bias",
                             featurize_reads=("^embed/",), loss=kind,
                             delta=delta)
-    query_loss = (None if query_kind == kind and not rank
-                  else with_loss(loss, module, query_kind, delta, rank))
+    query_loss = (None if query_kind == kind
+                  else with_loss(loss, module, query_kind, delta))
     return Recommender(name=name, module=module, loss_fn=loss,
                        adapt=("^decision/",),
                        example_features=example_features(fields),
@@ -182,15 +181,14 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
                        loss_fn=plain_loss(module, kind, delta),
                        adapt=("^user/",),
                        example_features=example_features(fields),
-                       query_loss_fn=(
-                           None if query_kind == kind and not rank
-                           else plain_loss(module, query_kind, delta, rank)))
+                       query_loss_fn=(None if query_kind == kind else
+                                      plain_loss(module, query_kind, delta)))
   raise ValueError(f"model.name must be one of {', '.join(MODELS)}, got"
                    f" {name!r}")
 
 
 def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
-              query_kind, delta, rank) -> Recommender:
+              query_kind, delta) -> Recommender:
   """`model.anchor`: MeLU or IDEmb on top of global + item + user biases."""
   num_items = [f for f in fields if f.name == ITEM_ID][0].vocab
   # Per item: w * mean residual (the shrunk mean minus the global mean is
@@ -223,7 +221,7 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
         hidden=tuple(int(h) for h in model_config.hidden))
     return anchored_idemb.recommender(
         module, example_features(fields), kind=kind, delta=delta,
-        query_kind=query_kind, rank_weight=rank)
+        query_kind=query_kind)
   deep = tuple(f for f in fields
                if f.name != ITEM_ID or model_config.item_id)
   # No feature at all: the interaction can only come from the item IDs.
@@ -234,7 +232,7 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
       embed_std=float(model_config.embed_std))
   return anchored.recommender(
       module, example_features(fields), kind=kind, delta=delta,
-      query_kind=query_kind, rank_weight=rank)
+      query_kind=query_kind)
 
 
 def _interaction(model_config) -> str:

@@ -37,7 +37,7 @@ def loss_precision(pred: jax.Array) -> jax.Array:
 
 
 def masked_loss(pred: jax.Array, batch: PyTree, kind: str = "mse",
-                delta: float = 1.0, rank_weight: float = 0.0) -> jax.Array:
+                delta: float = 1.0) -> jax.Array:
   """Mean rating loss over the rows where `batch["mask"]` is set.
 
   `mse` is the squared error; `huber` is quadratic within `delta` of the
@@ -45,41 +45,14 @@ def masked_loss(pred: jax.Array, batch: PyTree, kind: str = "mse",
   errors): a small `delta` makes the model predict nearer the median
   rating, which is what MAE rewards, while keeping the gradient smooth
   enough for the inner loop. The denominator is at least 1, so an
-  all-padding batch has loss 0 and gradient 0. A rating loss adds
-  `rank_weight` times `listwise_loss` (`model.query_rank_weight`, query
-  sets only); a ranking loss is a ranking already and ignores it.
+  all-padding batch has loss 0 and gradient 0.
   """
   pred = loss_precision(pred)
   if kind in RANKING_LOSSES:
     return ranking_loss(pred, batch, kind)
   mask = batch["mask"].astype(pred.dtype)
   err = row_errors(pred, batch, kind, delta)
-  loss = jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-  if rank_weight:
-    loss = loss + rank_weight * listwise_loss(pred, batch)
-  return loss
-
-
-def listwise_loss(pred: jax.Array, batch: PyTree) -> jax.Array:
-  """ListNet's top-one cross-entropy of a set of rated rows `[..., n]`.
-
-  The cross-entropy between the softmax of the set's ratings and the
-  softmax of its predictions, both in rating units over the rows where
-  `batch["mask"]` is set, mean over the sets. It is lowest when the
-  predictions order the set as the ratings do, with differences like the
-  ratings'; it is unchanged by adding a constant to every prediction, so
-  it leaves the level (and the user bias) to the rating loss and trains
-  only the order within the set. A set of fewer than two rows has loss 0
-  and gradient 0.
-  """
-  pred = loss_precision(pred)
-  mask = batch["mask"]
-  # A large finite stand-in for -inf: no NaN when a whole set is padding.
-  very_low = jnp.asarray(-1e30, pred.dtype)
-  target = jax.nn.softmax(
-      jnp.where(mask, batch["rating"].astype(pred.dtype), very_low), axis=-1)
-  log_p = jax.nn.log_softmax(jnp.where(mask, pred, very_low), axis=-1)
-  return jnp.mean(-jnp.sum(jnp.where(mask, target * log_p, 0.0), axis=-1))
+  return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def row_errors(pred: jax.Array, batch: PyTree, kind: str = "mse",
@@ -237,26 +210,23 @@ def linear_head_loss(module: nn.Module, *, kernel: str, bias: str,
                     rows=rows_fn(module))
 
 
-def _head(module: nn.Module, loss: str, delta: float,
-          rank_weight: float = 0.0):
+def _head(module: nn.Module, loss: str, delta: float):
   def head(params, a, batch):
     pred = module.apply({"params": params}, a, method="from_preactivation")
-    return masked_loss(pred, batch, loss, delta, rank_weight)
+    return masked_loss(pred, batch, loss, delta)
   return head
 
 
-def with_loss(lh: LinearHead, module: nn.Module, loss: str, delta: float,
-              rank_weight: float = 0.0) -> LinearHead:
+def with_loss(lh: LinearHead, module: nn.Module, loss: str,
+              delta: float) -> LinearHead:
   """The same `LinearHead` (same features: the dual form still applies) with
-  another rating loss (`masked_loss`'s arguments)."""
-  return dataclasses.replace(lh, head=_head(module, loss, delta, rank_weight))
+  another rating loss."""
+  return dataclasses.replace(lh, head=_head(module, loss, delta))
 
 
-def plain_loss(module: nn.Module, loss: str = "mse", delta: float = 1.0,
-               rank_weight: float = 0.0
+def plain_loss(module: nn.Module, loss: str = "mse", delta: float = 1.0
                ) -> Callable[[PyTree, PyTree], jax.Array]:
-  """`(params, batch) -> masked loss of module.apply(params, features)`
-  (`masked_loss`'s arguments).
+  """`(params, batch) -> masked loss of module.apply(params, features)`.
 
   Where the module has `featurize`, the function carries `rows` (see
   `rows_fn`) for the encoding algorithms.
@@ -264,7 +234,7 @@ def plain_loss(module: nn.Module, loss: str = "mse", delta: float = 1.0,
 
   def loss_fn(params, batch):
     return masked_loss(module.apply({"params": params}, batch["features"]),
-                       batch, loss, delta, rank_weight)
+                       batch, loss, delta)
 
   if hasattr(module, "featurize"):
     loss_fn.rows = rows_fn(module)
