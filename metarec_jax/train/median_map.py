@@ -151,7 +151,7 @@ def fit(parts: dict[str, tuple], at: np.ndarray
   pooled = shares_lib.evident(*(np.concatenate(side) for side in
                                 zip(*errors.values())))
   verdicts = {}
-  for name, (p, r, m) in parts.items():
+  for name, (p, _, m) in parts.items():
     if len(p) < 2:
       continue
     mapped_errors, unmapped_errors = errors[name]
