@@ -71,8 +71,7 @@ MEANINGS: dict[str, str] = {
                          " the evidence, or, for a kind with few validation"
                          " tasks, lowers it at all while the pooled tasks"
                          " show the evidence (`train/median_map.py`): lower"
-                         " MAE,"
-                         " higher RMSE, rankings unchanged. `none`: the"
+                         " MAE, higher RMSE, rankings unchanged. `none`: the"
                          " mean the losses fit (lower RMSE).",
     "model.user_bias_prior": "`model.anchor`: pseudo-ratings shrinking the"
                              " adapted user bias towards 0 at the start"

@@ -122,10 +122,10 @@ def fit(parts: dict[str, tuple], at: np.ndarray
     mapped are lower than unmapped by `shares.EVIDENCE` standard errors
     (`shares.evident`), or if the pooled tasks of every scenario show that
     and its own tasks' mean MAE is lower mapped (a kind with few tasks
-    cannot show the evidence alone, but can show harm). One map for both kinds of item: it is a property
-    of the rating scale more than of the items, and the pooled rows fit it
-    better than a few new-item tasks alone, whose own map need not carry
-    over to other users' tasks.
+    cannot show the evidence alone, but can show harm). One map for both
+    kinds of item: it is a property of the rating scale more than of the
+    items, and the pooled rows fit it better than a few new-item tasks
+    alone, whose own map need not carry over to other users' tasks.
   """
   parts = {name: tuple(a[m.any(1)] for a in (p, r, m))
            for name, (p, r, m) in parts.items()}
