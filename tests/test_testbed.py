@@ -49,6 +49,22 @@ def test_every_shape_is_written_in_the_recipe_layout(tmp_path):
   assert runs[0]["name"] == "b" and runs[0]["overrides"]["train.seed"] == "2"
 
 
+def test_the_shop_shape_has_a_long_tail_of_buyers_and_mostly_high_ratings():
+  shape = testbed.SHAPES["shop"]._replace(users=400, items=300)
+  lines = testbed.generate(shape, seed=0)["ratings.csv"][1:]
+  users, ratings = zip(*[(l.split(",")[0], int(l.rsplit(",", 1)[1]))
+                         for l in lines])
+  counts = np.unique(users, return_counts=True)[1]
+  assert counts.min() >= shape.min_ratings
+  assert counts.max() <= min(shape.max_ratings, shape.items)
+  median = np.median(counts)
+  # Many users with a handful, a few with several times the median.
+  assert np.percentile(counts, 10) <= median / 2
+  assert np.percentile(counts, 95) >= 3 * median
+  share = np.bincount(ratings, minlength=6)[1:] / len(ratings)
+  assert share[3:].sum() > 0.6 and share[0] < 0.05  # J-shaped
+
+
 def test_the_recipe_matches_the_baseline_on_pure_biases(tmp_path, caplog):
   """configs/default.py with the data flags (and a short run) on ratings
   that hold nothing but biases: the model is at most 0.5% above the

@@ -21,6 +21,8 @@ taste:
     many_dense  3000 users, 40-150 ratings each, useful features, taste
     taste       1500 users, strong taste, useful features
     useless     1500 users, strong taste, useless features
+    shop        2000 users, most with a handful of ratings and a few with
+                hundreds, ratings mostly 4 and 5 (J-shaped), noisy
 
 Usage (from the repository root):
 
@@ -65,6 +67,11 @@ class Shape(NamedTuple):
   tags: int = 30
   groups: int = 8
   mean: float = 3.6
+  # 0: each user's rating count uniform in [min_ratings, max_ratings]; > 0:
+  # log-normal with this sigma and a median of half their geometric mean,
+  # clipped to them (a shop's few heavy buyers and many users with a
+  # handful).
+  activity_sigma: float = 0.0
 
 
 SHAPES = {
@@ -79,6 +86,9 @@ SHAPES = {
     "useless": Shape(users=1500, items=800, min_ratings=30, max_ratings=120,
                      taste=1.0, item_bias=0.3, user_bias=0.3,
                      useful_features=False),
+    "shop": Shape(users=2000, items=1500, min_ratings=3, max_ratings=250,
+                  taste=0.6, item_bias=0.6, user_bias=0.6, noise=0.8,
+                  mean=4.1, activity_sigma=0.8),
 }
 
 FLAGS = ("--config.data.name=generic",
@@ -126,7 +136,12 @@ def generate(shape: Shape, seed: int) -> dict[str, list[str]]:
   popularity /= popularity.sum()
   ratings = ["user,item,rating"]
   for u in range(s.users):
-    n = int(rng.integers(s.min_ratings, s.max_ratings + 1))
+    if s.activity_sigma > 0:
+      n = int(np.clip(rng.lognormal(
+          np.log(np.sqrt(s.min_ratings * s.max_ratings) / 2),
+          s.activity_sigma), s.min_ratings, s.max_ratings))
+    else:
+      n = int(rng.integers(s.min_ratings, s.max_ratings + 1))
     items = rng.choice(s.items, size=min(n, s.items), replace=False,
                        p=popularity)
     value = (s.mean + b_user[u] + b_item[items]
