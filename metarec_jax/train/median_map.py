@@ -24,9 +24,8 @@ task MAEs by `shares.EVIDENCE` standard errors, or lowers them at all
 where the pooled tasks of both kinds show that evidence; else the
 identity (a model that does not read item IDs cannot tell the kinds
 apart: it serves the map for every item only where both kinds keep it).
-What it costs:
-predictions nearer the medians have a larger squared error (RMSE), the
-price of serving the estimate MAE asks for.
+What it costs: predictions nearer the medians have a larger squared error
+(RMSE), the price of serving the estimate MAE asks for.
 """
 
 from __future__ import annotations
