@@ -21,6 +21,7 @@ BEFORE_KEY = {
     "model.anchor": False,
     "model.anchor_version": 1,
     "model.calibration": "none",
+    "model.new_item_prior": "same",
     "data.item_id_dropout": 0.0,
     "train.early_stop_patience": 0,
 }
@@ -34,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
           "name": "melu", "features": (), "exclude_features": (),
           "embed_dim": 32, "hidden": (64, 64), "embed_std": 1.0,
           "item_id": False, "anchor": True, "anchor_version": 2,
-          "user_bias_prior": 3.0, "calibration": "median",
+          "user_bias_prior": 3.0, "new_item_prior": "validated",
+          "calibration": "median",
           "loss": "mse", "query_loss": "", "huber_delta": 1.0,
           "interaction": "dot", "item_features": True,
           "compute_dtype": "float32",

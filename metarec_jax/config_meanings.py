@@ -77,6 +77,17 @@ MEANINGS: dict[str, str] = {
                              " adapted user bias towards 0 at the start"
                              " (the baseline uses 3); meta-training learns"
                              " the value the data calls for.",
+    "model.new_item_prior": "`model.anchor`: how much a support rating of"
+                            " a new item (no training ratings) says about"
+                            " the user. `validated`: each validation fits,"
+                            " on the validation users' ratings of new"
+                            " items, the multiple of both user biases'"
+                            " priors (1, 2, 4, 8 or 16) for such ratings,"
+                            " which carry the item's unknown bias besides"
+                            " the noise (training uses 1;"
+                            " `train/new_item_prior.py`). `same`: 1, as"
+                            " for existing items (what a config written"
+                            " before this key meant).",
     "model.compute_dtype": "Precision of the model's arithmetic in the inner"
                            " loop and the meta-gradient: `float32` or"
                            " `bfloat16` (mixed precision: parameters,"

@@ -40,6 +40,8 @@ ALLOWED: dict[str, Any] = {
     "model.anchor": R.Bool(),
     "model.anchor_version": R.Int(1, 2),
     "model.user_bias_prior": R.Float(0.0),
+    "model.new_item_prior": R.OneOf("metarec_jax.models.anchored",
+                                    "NEW_ITEM_PRIORS"),
     "model.calibration": R.OneOf("metarec_jax.models.calibration",
                                  "CALIBRATIONS"),
     "model.hidden": R.Tuple(R.Int(1), min_len=1),

@@ -28,10 +28,11 @@ def kind(request, monkeypatch):
   return request.param
 
 
-def build(prior=PRIOR, **meta_kw):
+def build(prior=PRIOR, new_item_prior="same", **meta_kw):
   cfg = model_section({
       **KINDS[KIND], "anchor": True, "anchor_version": 2,
       "user_bias_prior": prior, "calibration": "median",  # identity as init
+      "new_item_prior": new_item_prior,
       "embed_dim": 4, "hidden": (8,), "embed_std": 0.1, "item_id": False})
   assert models.is_anchored(cfg)
   model = models.build(cfg, FIELDS, rating_mean=MU, item_means=(ITEM_MEANS, COUNTS / (COUNTS + 5.0)),
@@ -62,12 +63,13 @@ def test_meta_parameters_predict_the_item_means():
 
 
 def assert_adapted_is_the_baseline(model, config, params, prior=PRIOR,
-                                   mix=None, new_only=False):
+                                   mix=None, new_only=False, new_weight=1.0):
   """On each of 4 tasks, the adapted model's query predictions are the item
   means plus the shrunk mean residual of the support set (`prior`
   pseudo-ratings: the baseline's at the start; `mix=(share, prior2)`: that
   share of it and the rest shrunk by `prior2`; `new_only`: on the query
-  rows of the item without training ratings alone)."""
+  rows of the item without training ratings alone; `new_weight`: the
+  weight of a support row of that item in the mean)."""
   t = tasks()
   checked = 0
   for i in range(4):
@@ -75,11 +77,14 @@ def assert_adapted_is_the_baseline(model, config, params, prior=PRIOR,
     query = jax.tree.map(lambda a: a[i], t["query"])
     adapted = meta.adapt(model.loss_fn, params, support, config=config)
     s_ids, mask = support["features"]["item_id"], support["mask"]
-    resid = np.where(mask, support["rating"] - ITEM_MEANS[s_ids - 1], 0.0)
-    bias = resid.sum() / (mask.sum() + prior)
+    weight = np.where(mask, np.where(COUNTS[s_ids - 1] == 0, new_weight,
+                                     1.0), 0.0)
+    resid = weight * (support["rating"] - ITEM_MEANS[s_ids - 1])
+    bias = resid.sum() / (weight.sum() + prior)
     if mix is not None:
       share, prior2 = mix
-      bias = share * bias + (1 - share) * resid.sum() / (mask.sum() + prior2)
+      bias = (share * bias
+              + (1 - share) * resid.sum() / (weight.sum() + prior2))
     rows = query["mask"]
     if new_only:
       rows = rows & (COUNTS[query["features"]["item_id"] - 1] == 0)
@@ -273,6 +278,38 @@ def test_share_zero_serves_the_baseline_exactly_after_training():
   new_off = {**params, "share": np.asarray([1.0, 0.0], np.float32)}
   assert_adapted_is_the_baseline(model, config, new_off, prior=PRIOR,
                                  new_only=True)
+
+
+def test_new_items_support_ratings_weigh_less_by_the_validated_prior():
+  """`model.new_item_prior=validated`: a support rating of an item without
+  training ratings weighs `1 / new_item_prior` in both user biases'
+  shrunk means (one step still lands on them, here with a fraction of a
+  rating in `n`); at 1 (as trained) it is the plain mean, and the
+  multiple takes no gradient. A config without the key has no leaf."""
+  assert "new_item_prior" not in build()[0].init(jax.random.PRNGKey(0))
+  model, config = build(new_item_prior="validated",
+                        adapt=("^user_bias$", "^base_bias$"), inner_steps=1)
+  params = model.init(jax.random.PRNGKey(0))
+  assert float(params["new_item_prior"]) == 1.0
+  assert_adapted_is_the_baseline(model, config, params, new_only=True)
+  t = tasks()
+  assert ((COUNTS[t["support"]["features"]["item_id"] - 1] == 0)
+          & t["support"]["mask"]).any(), "the tasks must rate the new item"
+  for multiple in (4.0, 16.0):
+    heavy = {**params, "new_item_prior": np.float32(multiple)}
+    assert_adapted_is_the_baseline(model, config, heavy,
+                                   new_weight=1 / multiple)
+    off = {**heavy, "share": np.zeros(2, np.float32)}  # the baseline part
+    assert_adapted_is_the_baseline(model, config, off,
+                                   new_weight=1 / multiple)
+  model, config = build(new_item_prior="validated")
+  heavy = {**learned(model.init(jax.random.PRNGKey(0))),
+           "new_item_prior": np.float32(4.0)}
+  task = jax.tree.map(lambda a: a[0], t)
+  grads = jax.grad(
+      lambda p: meta.task_loss(model.loss_fn, p, task, config=config,
+                               query_loss_fn=model.query_loss_fn))(heavy)
+  assert float(grads["new_item_prior"]) == 0.0
 
 
 def test_the_baseline_part_keeps_the_baselines_prior():

@@ -90,6 +90,11 @@ def test_the_anchored_start_is_the_baseline_and_the_best_is_no_worse(
     if f"{name}/median_map" in row:
       assert bool(offsets[kind].any()) == bool(row[f"{name}/median_map"])
   assert "val/median_map" in row
+  # ... and the prior multiple of new items' support ratings that the same
+  # validation fitted (tiny's `model.new_item_prior`, the default).
+  assert row["val/new_item_prior"] in (1.0, 2.0, 4.0, 8.0, 16.0)
+  assert float(state.params["model"]["new_item_prior"]) == (
+      row["val/new_item_prior"])
   # The user bias's start is `meta_fixed`: however harmful the rate, the
   # meta-step leaves it at 0 (the unadapted model stays at the item
   # means), while the prior it shrinks with is meta-learned.

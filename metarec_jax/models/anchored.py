@@ -63,9 +63,15 @@ existing items but say nothing about new ones) the served model falls
 back towards the baseline, for each kind of item on its own evidence, down
 to exactly the baseline at 0.
 
+A support rating of a new item weighs `1 / new_item_prior` of an existing
+item's in both user biases' shrunk means (`Anchor.support_weights`;
+`model.new_item_prior=validated`, each validation fits the multiple,
+`train.new_item_prior`): its residual also holds the item's unknown bias,
+so one or two such ratings said too much about the user. Training uses 1.
+
 Before any training the meta-parameters alone predict the item means
-(never worse than the global mean), and served at share 0 the model is
-exactly the baseline. Adapted at share 1 it is the baseline plus what the
+(never worse than the global mean), and served at share 0 (and the
+multiple 1) the model is exactly the baseline. Adapted at share 1 it is the baseline plus what the
 inner loop fits through the network's output layer, which may or may not
 help: the start is validated with its own shares like every later step
 (`train.loop`).
@@ -83,6 +89,8 @@ Parameters:
     user_bias                        []   (adapted; meta-value fixed at 0)
     user_prior                       []   (log of the model's prior)
     base_bias                        []   (adapted; meta-value fixed at 0)
+    new_item_prior                   []   (1; validated, no gradient; only
+                                           with model.new_item_prior=validated)
 """
 
 from __future__ import annotations
@@ -108,6 +116,9 @@ USER_BIAS = "user_bias"
 USER_PRIOR = "user_prior"  # log of the user bias's pseudo-ratings
 BASE_BIAS = "base_bias"  # the baseline's own user bias
 SHARE = "share"  # [existing items, new items]
+# The prior's multiple for support ratings of new items (validated).
+NEW_ITEM_PRIOR = "new_item_prior"
+NEW_ITEM_PRIORS = ("validated", "same")  # `model.new_item_prior`
 # The two user biases: adapted by every anchored model, and `meta_fixed`.
 USER_BIASES = (f"^{USER_BIAS}$", f"^{BASE_BIAS}$")
 
@@ -132,6 +143,9 @@ class Anchor(nn.Module):
     global_mean: the start of `global_bias`.
     user_scale: see `user_bias_scale`.
     prior: the start of the model's user-bias prior (pseudo-ratings).
+    new_item_prior: whether the parameters hold `new_item_prior`, the
+      validated multiple of the user biases' priors for support ratings of
+      new items (`support_weights`).
   """
 
   item_fields: tuple[FeatureSpec, ...] = ()
@@ -140,6 +154,7 @@ class Anchor(nn.Module):
   global_mean: float = 0.0
   user_scale: float = 1.0
   prior: float = 3.0
+  new_item_prior: bool = False
 
   def setup_anchor(self):
     """Creates the anchor's and the baseline's parameters."""
@@ -157,6 +172,25 @@ class Anchor(nn.Module):
         USER_PRIOR, nn.initializers.constant(math.log(max(self.prior, 1e-3))),
         ())
     self.share = self.param(SHARE, nn.initializers.ones, (2,))
+    if self.new_item_prior:
+      self.new_prior = self.param(NEW_ITEM_PRIOR, nn.initializers.ones, ())
+
+  def support_weights(self, features: dict[str, jax.Array]) -> jax.Array:
+    """Each support row's weight in the user biases' estimates: 1 for an
+    item with training ratings, `1 / new_item_prior` for one without.
+
+    A new item's residual holds its unknown item bias (what its features
+    do not predict) besides the noise, so its rating says less about the
+    user: down-weighted, a support set of new items alone is shrunk by
+    `new_item_prior` times the prior. The multiple is validated (1 in
+    training; no gradient).
+    """
+    table = jax.lax.stop_gradient(self.item_bias(features[ITEM_ID]))
+    existing = table[..., 1] > 0
+    if not self.new_item_prior:
+      return jnp.ones(existing.shape, jnp.float32)
+    multiple = jnp.maximum(jax.lax.stop_gradient(self.new_prior), 1.0)
+    return jnp.where(existing, 1.0, 1.0 / multiple)
 
   def combine(self, interaction: jax.Array,
               features: dict[str, jax.Array]) -> jax.Array:
@@ -234,35 +268,40 @@ class AnchoredMeLU(Anchor):
 
 
 def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,
-               err_fn) -> jax.Array:
-  """`(sum of masked errors + prior * user_bias^2) / (n + prior)`.
+               err_fn, rows: jax.Array | None = None) -> jax.Array:
+  """`(sum of weighted masked errors + prior * user_bias^2) / (n + prior)`,
+  `n` the sum of the rows' weights (`rows`, default 1 each).
 
   Minimised over the user bias alone, it gives the baseline's shrunk mean
-  residual `sum(r - pred) / (n + prior)`. An empty support set has loss 0
-  and gradient 0 (no prior either): it keeps the meta-parameters, as with
-  every other loss. `err_fn(pred, batch)` is the per-row error.
+  residual `sum(v * (r - pred)) / (n + prior)`. An empty support set has
+  loss 0 and gradient 0 (no prior either): it keeps the meta-parameters,
+  as with every other loss. `err_fn(pred, batch)` is the per-row error.
   """
   pred = loss_precision(pred)
   mask = batch["mask"].astype(pred.dtype)
+  if rows is not None:
+    mask = mask * rows.astype(pred.dtype)
   n = jnp.sum(mask)
   weight = prior * (n > 0).astype(pred.dtype)
   total = jnp.sum(err_fn(pred, batch) * mask) + weight * user_bias ** 2
-  return total / jnp.maximum(n + weight, 1.0)
+  return total / jnp.where(n > 0, n + weight, 1.0)
 
 
 def support_loss(params, model: jax.Array, baseline: jax.Array, batch, *,
-                 scale: float, kind: str, delta: float) -> jax.Array:
+                 scale: float, kind: str, delta: float,
+                 rows: jax.Array | None = None) -> jax.Array:
   """The support loss of an anchored model: two independent quadratics in
   the two user biases, the model's (its predictions, `kind` loss, the
   learned prior) and the baseline's (its own pseudo-ratings whatever
-  `model.user_bias_prior` is, squared error: its shrunk mean residual).
-  One inner step sets both biases."""
+  `model.user_bias_prior` is, squared error: its shrunk mean residual),
+  each row weighted by `rows` (`Anchor.support_weights`). One inner step
+  sets both biases."""
   return (prior_loss(model, batch, scale * params[USER_BIAS],
                      jnp.exp(params[USER_PRIOR]),
-                     lambda p, b: row_errors(p, b, kind, delta))
+                     lambda p, b: row_errors(p, b, kind, delta), rows)
           + prior_loss(baseline, batch, scale * params[BASE_BIAS],
                        USER_PSEUDO,
-                       lambda p, b: row_errors(p, b, "mse", delta)))
+                       lambda p, b: row_errors(p, b, "mse", delta), rows))
 
 
 def recommender(module: AnchoredMeLU, example_features, *, kind: str,
@@ -289,9 +328,11 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
       model, baseline, _ = module.apply(
           {"params": params}, a, batch["features"],
           method="parts_from_preactivation")
+      rows = module.apply({"params": params}, batch["features"],
+                          method="support_weights")
       return support_loss(params, model, baseline, batch,
                           scale=module.user_scale, kind=loss_kind,
-                          delta=delta)
+                          delta=delta, rows=rows)
     return fn
 
   support = LinearHead(featurize=featurize, head=head(kind, True),

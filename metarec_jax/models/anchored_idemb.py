@@ -90,8 +90,11 @@ def recommender(module: AnchoredIDEmb, example_features, *, kind: str,
   def support(params, batch):
     model, baseline, _ = module.apply({"params": params}, batch["features"],
                                       method="parts_of")
+    rows = module.apply({"params": params}, batch["features"],
+                        method="support_weights")
     return support_loss(params, model, baseline, batch,
-                        scale=module.user_scale, kind=kind, delta=delta)
+                        scale=module.user_scale, kind=kind, delta=delta,
+                        rows=rows)
 
   def query(params, batch):
     return masked_loss(module.apply({"params": params}, batch["features"]),

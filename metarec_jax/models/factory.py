@@ -212,7 +212,8 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
                 item_bias_init=item_bias_init,
                 global_mean=float(rating_mean),
                 user_scale=anchored.user_bias_scale(inner_lr),
-                prior=float(model_config.user_bias_prior))
+                prior=float(model_config.user_bias_prior),
+                new_item_prior=model_config.new_item_prior == "validated")
   if model_config.name == "idemb":
     module = anchored_idemb.AnchoredIDEmb(
         **anchor, embed_dim=int(model_config.embed_dim),

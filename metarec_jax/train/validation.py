@@ -1,10 +1,12 @@
 """One validation of the trained state, and what it fits for serving.
 
-The anchored model's shares (`train.shares`) and any rating model's median
-map (`train.median_map`) are fitted at every validation, on the validation
-users' held-out ratings, to the unmapped predictions of the state as
-trained; the checkpoint of that step saves the params with them, so that
-`eval`, `export` and the server serve what was validated.
+The anchored model's shares (`train.shares`), then its prior for new
+items' support ratings (`train.new_item_prior`), and any rating model's
+median map (`train.median_map`) are fitted at every validation, in that
+order, on the validation users' held-out ratings, to the unmapped
+predictions of the state as trained; the checkpoint of that step saves the
+params with them, so that `eval`, `export` and the server serve what was
+validated.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from metarec_jax.eval import metrics as metrics_lib
 from metarec_jax.eval.evaluate import Evaluator
 from metarec_jax.models import calibration
 from metarec_jax.train import median_map
+from metarec_jax.train import new_item_prior as new_prior_lib
 from metarec_jax.train import shares as shares_lib
 
 PyTree = Any
@@ -50,6 +53,15 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
              " items %.2f, new items %.2f", step,
              scalars["val/share_existing_items"],
              scalars["val/share_new_items"])
+    if new_prior_lib.present(params):
+      fitted = _fit_new_item_prior(evaluator, trainer, params, results, kept,
+                                   with_map, should_stop)
+      if fitted is None:
+        return None
+      params, results, kept, multiple = fitted
+      scalars["val/new_item_prior"] = multiple
+      log.info("step %d  validated prior of new items' support ratings: %g"
+               " times the user biases'", step, multiple)
   else:
     kept, scalars = {}, {}
     results = evaluator.evaluate(trainer.eval_params(params),
@@ -80,6 +92,45 @@ def _map_summary(mapped: dict[str, float], results: dict) -> str:
         f"({'served' if mapped[f'{name}/median_map'] else 'not served'})")
   return ("median map (model.calibration), validation MAE without -> with"
           " it, cross-fitted: " + "; ".join(kinds))
+
+
+def _fit_new_item_prior(evaluator: Evaluator, trainer, params: PyTree,
+                        results: dict, kept: dict, with_map: bool,
+                        should_stop: Callable[[], bool]):
+  """The validated prior multiple of `params` for new items' support
+  ratings (`train.new_item_prior`), given the validation's `results` and
+  `kept` predictions at the multiple 1: `(params with it, results, kept,
+  the multiple)`; None if told to stop."""
+  name = new_prior_lib.SCENARIO
+
+  def served_mae(candidate, results, keep):
+    # As served: through the median map fitted to these predictions
+    # (its cross-fitted MAE) where the map is kept for new items.
+    if with_map and keep.get(name) is not None:
+      _, mapped = median_map.fit_served(
+          candidate, {**kept, **keep}, shares_lib.SCENARIOS, evaluator.lo,
+          evaluator.hi, per_kind=calibration.per_kind(candidate["model"]))
+      if mapped.get(f"{name}/median_map"):
+        return mapped[f"{name}/median_map_mae"]
+    return results.get(name, {}).get("mae")
+
+  def evaluate(candidate):
+    keep = {}
+    out = evaluator.evaluate(trainer.eval_params(candidate), (name,),
+                             should_stop=should_stop, keep=keep)
+    if out is None:
+      return None
+    return served_mae(candidate, out, keep), (out, keep)
+
+  params = new_prior_lib.with_multiple(params, new_prior_lib.TRAINING)
+  fitted = new_prior_lib.fit(
+      evaluate, params, (served_mae(params, results, kept), (results, kept)))
+  if fitted is None:
+    return None
+  multiple, (_, (best, keep)) = fitted
+  return (new_prior_lib.with_multiple(params, multiple),
+          {**results, name: best[name]} if name in best else results,
+          {**kept, **keep}, multiple)
 
 
 def _fit_shares(evaluator: Evaluator, trainer, params: PyTree,

@@ -6,7 +6,7 @@ import logging
 
 from metarec_jax import config_io, experiment, runtime
 from metarec_jax.errors import InputError
-from metarec_jax.models.anchored import SHARE
+from metarec_jax.models.anchored import NEW_ITEM_PRIOR, SHARE
 from metarec_jax.models.calibration import MEDIAN_OFFSETS
 from metarec_jax.workdir import checkpoint as ckpt_lib
 from metarec_jax.workdir import optim
@@ -52,6 +52,11 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
     log.info("the checkpoint uses %.2f of its learned part for existing"
              " items and %.2f for new items (its validated shares)",
              *runtime.to_host(share).tolist())
+  multiple = state.params["model"].get(NEW_ITEM_PRIOR)
+  if multiple is not None:
+    log.info("its user biases weigh a support rating of a new item 1/%g of"
+             " an existing item's (its validated model.new_item_prior)",
+             float(runtime.to_host(multiple)))
   offsets = state.params["model"].get(MEDIAN_OFFSETS)
   if offsets is not None:
     kept = (runtime.to_host(offsets) != 0).any(axis=-1).tolist()
