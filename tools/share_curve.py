@@ -29,6 +29,7 @@ from metarec_jax.data.splits import SCENARIOS  # noqa: E402
 from metarec_jax.errors import InputError  # noqa: E402
 from metarec_jax.eval.evaluate import Evaluator  # noqa: E402
 from metarec_jax.train import median_map  # noqa: E402
+from metarec_jax.train import new_item_prior as new_prior_lib  # noqa: E402
 from metarec_jax.train import shares as shares_lib  # noqa: E402
 from metarec_jax.workdir.restore import open_checkpoint  # noqa: E402
 
@@ -39,13 +40,18 @@ def share_maes(workdir: str, step: int | None = None,
                shares=(0.0, 0.5, 1.0)) -> dict[str, dict]:
   """`{scenario: {"tasks": N, share: query MAE, ...}}` of a checkpoint
   with both of its shares set to each of `shares` (and the median map,
-  `model.calibration=median`, off: the curve is the shared prediction's)."""
+  `model.calibration=median`, off, and new items' support ratings weighed
+  as in training, `model.new_item_prior` 1: the curve is the shared
+  prediction's, and share 0 the baseline exactly)."""
   exp, mesh, state = open_checkpoint(workdir, step)
   if not shares_lib.present(state.params):
     raise InputError(f"{workdir}: the model has no shares (model.anchor is"
                      " off)")
   if median_map.present(state.params):
     state = state.replace(params=median_map.identity(state.params))
+  if new_prior_lib.present(state.params):
+    state = state.replace(params=new_prior_lib.with_multiple(
+        state.params, new_prior_lib.TRAINING))
   evaluator = Evaluator(exp, mesh)
   out = {name: {"tasks": len(exp.split.scenarios[name])} for name in NAMES}
   for share in shares:

@@ -58,7 +58,7 @@ def with_multiple(meta_params: PyTree, value: float) -> PyTree:
 
 
 def fit(evaluate: Callable[[PyTree], Any], meta_params: PyTree,
-        at_training: tuple[float | None, Any]):
+        at_training: tuple[float | None, Any], grid=GRID):
   """The multiple whose validation MAE (as `evaluate` scores it) is lowest.
 
   Args:
@@ -67,6 +67,7 @@ def fit(evaluate: Callable[[PyTree], Any], meta_params: PyTree,
       keeps of that evaluation; None when told to stop.
     meta_params: the params to fit it for (any multiple).
     at_training: `evaluate`'s output at the multiple 1, already at hand.
+    grid: the candidates, 1 first (`(1.0,)`: held at 1, as trained).
 
   Returns:
     `(multiple, evaluate's output at it)`; `(1, at_training)` where the
@@ -76,7 +77,7 @@ def fit(evaluate: Callable[[PyTree], Any], meta_params: PyTree,
   outs, maes = [at_training], [at_training[0]]
   if maes[0] is None or not np.isfinite(maes[0]):
     return TRAINING, at_training
-  for value in GRID[1:]:
+  for value in grid[1:]:
     out = evaluate(with_multiple(meta_params, value))
     if out is None:
       return None
@@ -84,4 +85,4 @@ def fit(evaluate: Callable[[PyTree], Any], meta_params: PyTree,
     maes.append(np.inf if out[0] is None or not np.isfinite(out[0])
                 else out[0])
   best = int(np.argmin(maes))  # the first minimum: the smaller multiple
-  return GRID[best], outs[best]
+  return grid[best], outs[best]

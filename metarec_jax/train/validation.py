@@ -27,8 +27,13 @@ log = logging.getLogger("metarec")
 
 def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
              with_shares: bool, with_map: bool,
-             should_stop: Callable[[], bool]):
+             should_stop: Callable[[], bool],
+             new_item_priors: tuple[float, ...] = new_prior_lib.GRID):
   """The validation of the trained `params` after `step`.
+
+  `new_item_priors` are the candidates of the new-item prior multiple
+  (`train.new_item_prior`; `(1.0,)` holds it as trained, for tools that
+  measure what fitting it does).
 
   Returns:
     `(results, served params, scalars)`: the evaluator's results per
@@ -55,7 +60,7 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
              scalars["val/share_new_items"])
     if new_prior_lib.present(params):
       fitted = _fit_new_item_prior(evaluator, trainer, params, results, kept,
-                                   with_map, should_stop)
+                                   with_map, should_stop, new_item_priors)
       if fitted is None:
         return None
       params, results, kept, multiple = fitted
@@ -96,7 +101,8 @@ def _map_summary(mapped: dict[str, float], results: dict) -> str:
 
 def _fit_new_item_prior(evaluator: Evaluator, trainer, params: PyTree,
                         results: dict, kept: dict, with_map: bool,
-                        should_stop: Callable[[], bool]):
+                        should_stop: Callable[[], bool],
+                        grid: tuple[float, ...] = new_prior_lib.GRID):
   """The validated prior multiple of `params` for new items' support
   ratings (`train.new_item_prior`), given the validation's `results` and
   `kept` predictions at the multiple 1: `(params with it, results, kept,
@@ -124,7 +130,8 @@ def _fit_new_item_prior(evaluator: Evaluator, trainer, params: PyTree,
 
   params = new_prior_lib.with_multiple(params, new_prior_lib.TRAINING)
   fitted = new_prior_lib.fit(
-      evaluate, params, (served_mae(params, results, kept), (results, kept)))
+      evaluate, params, (served_mae(params, results, kept), (results, kept)),
+      grid)
   if fitted is None:
     return None
   multiple, (_, (best, keep)) = fitted
