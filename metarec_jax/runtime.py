@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from metarec_jax.errors import InputError
@@ -196,6 +197,19 @@ def place(tree: Any, sharding: NamedSharding) -> Any:
   return jax.tree.map(
       lambda a: jax.make_array_from_callback(a.shape, sharding,
                                              lambda idx: a[idx]), tree)
+
+
+def with_model_leaves(meta_params: Any, values: dict[str, Any]) -> Any:
+  """`meta_params` with the leaves of `meta_params["model"]` named in
+  `values` set to those host values, each shaped, typed and placed as the
+  leaf it replaces (built from host data on every process: nothing is
+  compiled). For what validation fits and training never moves."""
+  model = dict(meta_params["model"])
+  for name, value in values.items():
+    old = model[name]
+    model[name] = place(np.asarray(value, old.dtype).reshape(old.shape),
+                        old.sharding)
+  return {**meta_params, "model": model}
 
 
 def cpu_cores() -> int:

@@ -71,10 +71,10 @@ so one or two such ratings said too much about the user. Training uses 1.
 
 Before any training the meta-parameters alone predict the item means
 (never worse than the global mean), and served at share 0 (and the
-multiple 1) the model is exactly the baseline. Adapted at share 1 it is the baseline plus what the
-inner loop fits through the network's output layer, which may or may not
-help: the start is validated with its own shares like every later step
-(`train.loop`).
+multiple 1) the model is exactly the baseline. Adapted at share 1 it is
+the baseline plus what the inner loop fits through the network's output
+layer, which may or may not help: the start is validated with its own
+shares like every later step (`train.loop`).
 
 Parameters:
 

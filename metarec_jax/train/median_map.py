@@ -168,14 +168,11 @@ def with_map(meta_params: PyTree, at: np.ndarray,
              offsets: list[np.ndarray | None]) -> PyTree:
   """`meta_params` serving through the map (`None`: identity for that kind
   of item), placed as before (host data on every process)."""
-  model = dict(meta_params["model"])
   table = np.stack([np.zeros(len(at), np.float32) if o is None else o
                     for o in offsets]).astype(np.float32)
-  for name, host in ((MEDIAN_KNOTS, np.asarray(at, np.float32)),
-                     (MEDIAN_OFFSETS, table)):
-    old = model[name]
-    model[name] = runtime.place(host.reshape(old.shape), old.sharding)
-  return {**meta_params, "model": model}
+  return runtime.with_model_leaves(
+      meta_params, {MEDIAN_KNOTS: np.asarray(at, np.float32),
+                    MEDIAN_OFFSETS: table})
 
 
 def identity(meta_params: PyTree) -> PyTree:

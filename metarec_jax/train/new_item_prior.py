@@ -50,11 +50,7 @@ def present(meta_params: PyTree) -> bool:
 def with_multiple(meta_params: PyTree, value: float) -> PyTree:
   """`meta_params` with `new_item_prior` set to `value`, placed as before
   (host data on every process: nothing is compiled)."""
-  old = meta_params["model"][NEW_ITEM_PRIOR]
-  new = runtime.place(np.asarray(value, np.float32).reshape(old.shape),
-                      old.sharding)
-  return {**meta_params, "model": {**meta_params["model"],
-                                   NEW_ITEM_PRIOR: new}}
+  return runtime.with_model_leaves(meta_params, {NEW_ITEM_PRIOR: value})
 
 
 def fit(evaluate: Callable[[PyTree], Any], meta_params: PyTree,
