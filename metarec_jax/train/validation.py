@@ -65,8 +65,12 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
         return None
       params, results, kept, multiple = fitted
       scalars["val/new_item_prior"] = multiple
-      log.info("step %d  validated prior of new items' support ratings: %g"
-               " times the user biases'", step, multiple)
+      if results.get(new_prior_lib.SCENARIO, {}).get("mae") is None:
+        log.info("step %d  no validation user rated a new item: their"
+                 " support ratings keep the user biases' prior (x1)", step)
+      else:
+        log.info("step %d  validated prior of new items' support ratings:"
+                 " %g times the user biases'", step, multiple)
   else:
     kept, scalars = {}, {}
     results = evaluator.evaluate(trainer.eval_params(params),
