@@ -3,6 +3,7 @@ fitted on discrete ratings it moves mean estimates to the medians, never
 reorders a user's items, and is kept only on the evidence."""
 
 import numpy as np
+import pytest
 
 from metarec_jax.train import median_map
 
@@ -119,6 +120,34 @@ def test_a_kind_with_few_tasks_keeps_the_pooled_map_unless_its_tasks_object():
   _, verdicts = median_map.fit({"val": discrete_tasks(), "val_new": worse},
                                AT)
   assert verdicts["val_new"][0] is False
+
+
+def test_other_predictions_are_judged_through_the_same_map():
+  """`scored`: a scenario's verdict and cross-fitted MAE are those of
+  other predictions of its tasks, through the maps fitted on `parts`; the
+  map and every other scenario's verdict stay as without it (what lets
+  `train.new_item_prior` choose new items' predictions without moving
+  the map of existing items). `served_mae` reads the same verdict."""
+  import types  # pylint: disable=g-import-not-at-top
+  parts = {"val": discrete_tasks(), "val_new": discrete_tasks(200, seed=4)}
+  offsets, verdicts = median_map.fit(parts, AT)
+  pred, rating, mask = parts["val_new"]
+  # The same tasks predicted 0.3 too high, and predicted by noise alone.
+  for other in (pred + np.float32(0.3),
+                np.random.default_rng(5).uniform(1, 5, pred.shape)):
+    other = np.clip(other, 1, 5).astype(np.float32)
+    moved, judged = median_map.fit(parts, AT, scored={"val_new": other})
+    np.testing.assert_array_equal(moved, offsets)
+    assert judged["val"] == verdicts["val"]
+    assert judged["val_new"] != verdicts["val_new"]
+    kept, crossed = judged["val_new"]
+    p = {name: types.SimpleNamespace(adapted=a, true=r, mask=m)
+         for name, (a, r, m) in parts.items()}
+    served = median_map.served_mae(
+        p, ("val", "val_new"), "val_new",
+        types.SimpleNamespace(adapted=other, true=rating, mask=mask), 1, 5)
+    assert served == pytest.approx(crossed if kept
+                                   else task_mae(other, rating, mask))
 
 
 def test_a_model_that_cannot_tell_new_items_needs_the_evidence_of_both():

@@ -93,9 +93,9 @@ class _Evaluator:
 
 
 def test_the_multiple_is_chosen_by_the_mae_as_served():
-  """With a median map the multiple whose predictions the map serves best
-  wins (4), not the one with the lowest raw MAE (1); without a map, the
-  raw MAE decides."""
+  """With a median map the multiple whose predictions the map (fitted on
+  the predictions at 1) serves best wins (4), not the one with the lowest
+  raw MAE (1); without a map, the raw MAE decides."""
   from metarec_jax.models import calibration  # pylint: disable=g-import-not-at-top
   from metarec_jax.train import validation  # pylint: disable=g-import-not-at-top
 
@@ -113,9 +113,9 @@ def test_the_multiple_is_chosen_by_the_mae_as_served():
     out = validation._fit_new_item_prior(  # pylint: disable=protected-access
         ev, Trainer(), start, dict(results), dict(kept), with_map,
         lambda: False)
-    served, _, kept_out, multiple = out
+    served, _, scored, multiple = out
     assert multiple == expected
     assert float(served["model"]["new_item_prior"]) == expected
-    assert np.allclose(kept_out["val_new"].adapted - ev.true,
+    assert np.allclose(scored["val_new"].adapted - ev.true,
                        0.45 if expected == 4.0 else 0.8 * ev.noise,
                        atol=1e-6)

@@ -102,7 +102,8 @@ def _task_mae(pred, rating, mask) -> np.ndarray:
   return metrics_lib.mae_per_task(np.asarray(pred, np.float64), rating, mask)
 
 
-def fit(parts: dict[str, tuple], at: np.ndarray
+def fit(parts: dict[str, tuple], at: np.ndarray,
+        scored: dict[str, np.ndarray] | None = None
         ) -> tuple[np.ndarray, dict[str, tuple[bool, float]]]:
   """One map fitted on the rows of every scenario in `parts`, and for each
   scenario whether the evidence keeps it there.
@@ -112,6 +113,11 @@ def fit(parts: dict[str, tuple], at: np.ndarray
       validation predictions (clipped to the scale, as scored), true
       ratings and the valid rows.
     at: the knots (`knots`).
+    scored: scenario -> other predictions of the same rows (clipped) to
+      judge that scenario's verdict and MAE on, through the same maps
+      (default: its predictions in `parts`). The map and the pooled
+      evidence stay those of `parts`: a scenario's predictions can be
+      chosen (`train.new_item_prior`) without moving the other kind's map.
 
   Returns:
     `(offsets, {scenario: (kept, cross-fitted MAE)})`. The evidence: the
@@ -126,6 +132,8 @@ def fit(parts: dict[str, tuple], at: np.ndarray
     items, and the pooled rows fit it better than a few new-item tasks
     alone, whose own map need not carry over to other users' tasks.
   """
+  scored = {name: scored[name][m.any(1)]
+            for name, (_, _, m) in parts.items() if name in (scored or {})}
   parts = {name: tuple(a[m.any(1)] for a in (p, r, m))
            for name, (p, r, m) in parts.items()}
   fold = {name: np.arange(len(p)) % FOLDS
@@ -137,23 +145,35 @@ def fit(parts: dict[str, tuple], at: np.ndarray
                          for f in [which(fold[name])]])
     return np.concatenate(pred), np.concatenate(rating)
 
-  crossed = {name: np.array(p, np.float64)
-             for name, (p, _, _) in parts.items()}
-  for side in range(FOLDS):
-    offsets = fit_offsets(*rows(lambda f: f != side), at)
-    for name, (p, _, _) in parts.items():
-      here = fold[name] == side
-      crossed[name][here] = mapped(p[here], at, offsets)
-  errors = {name: (_task_mae(np.clip(crossed[name], at[0], at[-1]), r, m),
-                   _task_mae(p, r, m))
-            for name, (p, r, m) in parts.items()}
+  fold_offsets = [fit_offsets(*rows(lambda f, s=side: f != s), at)
+                  for side in range(FOLDS)]
+
+  def cross_fitted(preds):
+    """Each task's predictions mapped by the map of the other folds."""
+    out = {name: np.array(p, np.float64) for name, p in preds.items()}
+    for side, offsets in enumerate(fold_offsets):
+      for name, p in preds.items():
+        here = fold[name] == side
+        out[name][here] = mapped(p[here], at, offsets)
+    return out
+
+  def task_errors(preds):
+    """Per scenario: its tasks' MAEs mapped (cross-fitted) and unmapped."""
+    crossed = cross_fitted(preds)
+    return {name: (_task_mae(np.clip(crossed[name], at[0], at[-1]), r, m),
+                   _task_mae(preds[name], r, m))
+            for name, (_, r, m) in parts.items()}
+
+  fitted = task_errors({name: p for name, (p, _, _) in parts.items()})
   pooled = shares_lib.evident(*(np.concatenate(side) for side in
-                                zip(*errors.values())))
+                                zip(*fitted.values())))
   verdicts = {}
-  for name, (p, _, m) in parts.items():
-    if len(p) < 2:
+  judged = fitted if not scored else task_errors(
+      {name: scored.get(name, p) for name, (p, _, _) in parts.items()})
+  for name, (mapped_errors, unmapped_errors) in judged.items():
+    m = parts[name][2]
+    if len(m) < 2:
       continue
-    mapped_errors, unmapped_errors = errors[name]
     # The map is fitted on the pooled rows, so the pooled tasks are its
     # evidence; a kind too small to show it on its own keeps it where its
     # own tasks do not point the other way.
@@ -180,8 +200,30 @@ def identity(meta_params: PyTree) -> PyTree:
   return with_map(meta_params, IDENTITY_KNOTS, [None, None])
 
 
+def _parts(predictions: dict, scenarios) -> dict[str, tuple]:
+  """`fit`'s parts of the scenarios with validation ratings."""
+  return {name: (p.adapted, p.true, p.mask) for name in scenarios
+          for p in [predictions.get(name)] if p is not None and p.mask.any()}
+
+
+def served_mae(predictions: dict, scenarios, name: str, candidate,
+               lo: float, hi: float) -> float:
+  """The MAE of `candidate` (`Predictions` of scenario `name`'s tasks, e.g.
+  with another new-item prior) as served through the map that
+  `predictions` fit (`fit_served`): its cross-fitted MAE where the
+  evidence keeps the map for it, else its own MAE."""
+  own = metrics_lib.mae(candidate.adapted, candidate.true, candidate.mask)
+  parts = _parts(predictions, scenarios)
+  if not hi > lo or name not in parts:
+    return own
+  _, verdicts = fit(parts, knots(lo, hi), scored={name: candidate.adapted})
+  kept, mae = verdicts.get(name, (False, own))
+  return mae if kept else own
+
+
 def fit_served(meta_params: PyTree, predictions: dict, scenarios, lo: float,
-               hi: float, *, per_kind: bool = True
+               hi: float, *, per_kind: bool = True,
+               scored: dict | None = None
                ) -> tuple[PyTree, dict[str, float]]:
   """`meta_params` serving through the map (`fit`) for each kind of item
   whose validation shows the evidence for it.
@@ -195,6 +237,9 @@ def fit_served(meta_params: PyTree, predictions: dict, scenarios, lo: float,
     per_kind: whether the model serves each kind of item its own row of
       the map (`Recommender.existing_items`); if not, the map is served for
       every item only if every scenario with tasks keeps it.
+    scored: scenario -> `Predictions` of the same tasks that the params
+      serve instead of `predictions` (`fit`'s `scored`: the map is fitted
+      on `predictions`, the verdict judged on these).
 
   Returns:
     The params and, per scenario with tasks, `<scenario>/median_map_mae`
@@ -205,11 +250,12 @@ def fit_served(meta_params: PyTree, predictions: dict, scenarios, lo: float,
   if not hi > lo:  # one rating value: nothing to map
     return identity(meta_params), {}
   at = knots(lo, hi)
-  parts = {name: (p.adapted, p.true, p.mask) for name in scenarios
-           for p in [predictions.get(name)] if p is not None and p.mask.any()}
+  parts = _parts(predictions, scenarios)
   verdicts, offsets = {}, None
   if parts:
-    offsets, verdicts = fit(parts, at)
+    offsets, verdicts = fit(parts, at, scored={
+        name: p.adapted for name, p in (scored or {}).items()
+        if name in parts})
   if not per_kind and not all(kept for kept, _ in verdicts.values()):
     verdicts = {name: (False, mae) for name, (_, mae) in verdicts.items()}
   scalars = {}

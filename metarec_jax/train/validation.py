@@ -54,6 +54,7 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
     if fitted is None:
       return None
     params, results, scalars, kept = fitted
+    scored = {}  # new-item predictions served instead of kept's (below)
     log.info("step %d  validated shares of the learned part: existing"
              " items %.2f, new items %.2f", step,
              scalars["val/share_existing_items"],
@@ -63,7 +64,7 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
                                    with_map, should_stop, new_item_priors)
       if fitted is None:
         return None
-      params, results, kept, multiple = fitted
+      params, results, scored, multiple = fitted
       scalars["val/new_item_prior"] = multiple
       if results.get(new_prior_lib.SCENARIO, {}).get("mae") is None:
         log.info("step %d  no validation user rated a new item: their"
@@ -72,7 +73,7 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
         log.info("step %d  validated prior of new items' support ratings:"
                  " %g times the user biases'", step, multiple)
   else:
-    kept, scalars = {}, {}
+    kept, scalars, scored = {}, {}, {}
     results = evaluator.evaluate(trainer.eval_params(params),
                                  shares_lib.SCENARIOS,
                                  should_stop=should_stop, keep=kept)
@@ -81,7 +82,7 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
   if with_map:  # the median map of what the model (so) serves
     params, mapped = median_map.fit_served(
         params, kept, shares_lib.SCENARIOS, evaluator.lo, evaluator.hi,
-        per_kind=calibration.per_kind(params["model"]))
+        per_kind=calibration.per_kind(params["model"]), scored=scored)
     scalars.update(mapped)
     if mapped:
       log.info("step %d  %s", step, _map_summary(mapped, results))
@@ -109,39 +110,40 @@ def _fit_new_item_prior(evaluator: Evaluator, trainer, params: PyTree,
                         grid: tuple[float, ...] = new_prior_lib.GRID):
   """The validated prior multiple of `params` for new items' support
   ratings (`train.new_item_prior`), given the validation's `results` and
-  `kept` predictions at the multiple 1: `(params with it, results, kept,
-  the multiple)`; None if told to stop."""
+  `kept` predictions at the multiple 1.
+
+  Each multiple is scored by its `val_new` MAE as served: through the
+  median map fitted to the predictions at 1 (`median_map.served_mae`),
+  the map that is then served, so that the choice moves nothing for
+  existing items. Returns `(params with the multiple, results at it, the
+  new-item predictions at it to judge the map's verdict on, the
+  multiple)`; None if told to stop."""
   name = new_prior_lib.SCENARIO
 
-  def served_mae(candidate, results, keep):
-    # As served: through the median map fitted to these predictions
-    # (its cross-fitted MAE) where the map is kept for new items.
-    if with_map and keep.get(name) is not None:
-      _, mapped = median_map.fit_served(
-          candidate, {**kept, **keep}, shares_lib.SCENARIOS, evaluator.lo,
-          evaluator.hi, per_kind=calibration.per_kind(candidate["model"]))
-      if mapped.get(f"{name}/median_map"):
-        return mapped[f"{name}/median_map_mae"]
-    return results.get(name, {}).get("mae")
+  def served(out, keep):
+    p = keep.get(name)
+    if p is None:
+      return None
+    if with_map:
+      return median_map.served_mae(kept, shares_lib.SCENARIOS, name, p,
+                                   evaluator.lo, evaluator.hi)
+    return out[name]["mae"]
 
   def evaluate(candidate):
     keep = {}
     out = evaluator.evaluate(trainer.eval_params(candidate), (name,),
                              should_stop=should_stop, keep=keep)
-    if out is None:
-      return None
-    return served_mae(candidate, out, keep), (out, keep)
+    return None if out is None else (served(out, keep), (out, keep))
 
   params = new_prior_lib.with_multiple(params, new_prior_lib.TRAINING)
-  fitted = new_prior_lib.fit(
-      evaluate, params, (served_mae(params, results, kept), (results, kept)),
-      grid)
+  fitted = new_prior_lib.fit(evaluate, params,
+                             (served(results, kept), (results, kept)), grid)
   if fitted is None:
     return None
   multiple, (_, (best, keep)) = fitted
   return (new_prior_lib.with_multiple(params, multiple),
           {**results, name: best[name]} if name in best else results,
-          {**kept, **keep}, multiple)
+          {name: keep[name]} if name in keep else {}, multiple)
 
 
 def _fit_shares(evaluator: Evaluator, trainer, params: PyTree,
