@@ -15,10 +15,12 @@ all). So each support rating of a new item weighs `1 / multiple`
 How much less it says depends on the data, so each validation fits the
 multiple on the validation users' ratings of new items (`val_new`, whose
 support sets hold new items only): the value of `GRID` whose predictions
-have the lowest MAE *as served*, through the median map fitted to them
-where the model has one (`train.validation`; ties: the smaller). As
-served, because the choice interacts with the map: on MovieLens-1M the
-unmapped MAE preferred 1 where the served one preferred 2 to 4. Every
+have the lowest MAE *as served*, through the median map where the model
+has one (`train.validation`; ties: the smaller). As served, because the
+choice interacts with the map: on MovieLens-1M the unmapped MAE preferred
+1 where the served one preferred 2 to 4. The map is the one fitted on the
+predictions as trained (the multiple 1) and then served, so the choice
+moves nothing for existing items. Every
 value is the same estimator with a stronger or weaker prior, none is a
 learned part to be proven against a fallback, so there is no evidence rule
 as for the shares (`train.shares`). The checkpoint saves it with the
