@@ -119,3 +119,25 @@ def test_the_multiple_is_chosen_by_the_mae_as_served():
     assert np.allclose(scored["val_new"].adapted - ev.true,
                        0.45 if expected == 4.0 else 0.8 * ev.noise,
                        atol=1e-6)
+
+
+def test_as_trained_undoes_what_a_validation_fitted():
+  """A resumed run trains with (and a validation of a saved checkpoint
+  starts from) the shares at 1, the multiple at 1 and the identity map,
+  whatever the checkpoint served."""
+  from metarec_jax.models import calibration  # pylint: disable=g-import-not-at-top
+  from metarec_jax.train import median_map, shares, validation  # pylint: disable=g-import-not-at-top
+  served = {"model": {**params(8.0)["model"],
+                      "share": jnp.asarray([0.25, 0.0]),
+                      **calibration.identity(np.ones(3, bool))}}
+  served = median_map.with_map(served, median_map.knots(1, 5),
+                               [np.full(median_map.KNOTS, 0.3, np.float32),
+                                None])
+  trained = validation.as_trained(served)
+  np.testing.assert_array_equal(trained["model"]["share"], shares.TRAINING)
+  assert float(trained["model"]["new_item_prior"]) == lib.TRAINING
+  assert not np.asarray(trained["model"]["median_offsets"]).any()
+  np.testing.assert_array_equal(trained["model"]["w"], np.ones(3))
+  # A model without them passes through.
+  plain = {"model": {"w": jnp.ones(3)}}
+  assert validation.as_trained(plain)["model"]["w"] is plain["model"]["w"]

@@ -34,7 +34,6 @@ from metarec_jax.eval.evaluate import Evaluator  # noqa: E402
 from metarec_jax.eval.support_curve import truncate_support  # noqa: E402
 from metarec_jax.train import median_map, validation  # noqa: E402
 from metarec_jax.train import new_item_prior as new_prior_lib  # noqa: E402
-from metarec_jax.train import shares as shares_lib  # noqa: E402
 from metarec_jax.workdir.restore import open_checkpoint  # noqa: E402
 
 VARIANTS = {"held_at_1": (1.0,), "fitted": new_prior_lib.GRID}
@@ -59,11 +58,7 @@ def effect(workdir: str, step: int | None = None) -> dict[str, dict]:
     raise InputError(f"{workdir}: the model has no new-item prior"
                      " (model.new_item_prior=same, or not anchored)")
   evaluator = Evaluator(exp, mesh)
-  # The params as trained: what each validation starts from.
-  trained = shares_lib.with_shares(state.params, shares_lib.TRAINING)
-  trained = new_prior_lib.with_multiple(trained, new_prior_lib.TRAINING)
-  if median_map.present(trained):
-    trained = median_map.identity(trained)
+  trained = validation.as_trained(state.params)  # what validation sees
   seed = int(exp.config.eval.seed)
   out = {}
   for variant, grid in VARIANTS.items():

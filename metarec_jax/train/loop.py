@@ -33,7 +33,6 @@ from metarec_jax.workdir import lock
 from metarec_jax.workdir import progress as progress_lib
 from metarec_jax.workdir.preemption import StopRequest
 from metarec_jax.train import median_map
-from metarec_jax.train import new_item_prior as new_prior_lib
 from metarec_jax.train import shares as shares_lib
 from metarec_jax.train.guard import NonFiniteGuard, TrainingError
 from metarec_jax.train import validation
@@ -97,14 +96,9 @@ def _restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
     raise TrainingError(str(e)) from None
   log.info("resumed from the checkpoint of step %d in %s", step,
            checkpointer.directory)
-  if shares_lib.present(state.params):  # training runs with the full share
-    state = state.replace(params=shares_lib.with_shares(
-        state.params, shares_lib.TRAINING))
-  if new_prior_lib.present(state.params):  # weighs new items as trained
-    state = state.replace(params=new_prior_lib.with_multiple(
-        state.params, new_prior_lib.TRAINING))
-  if median_map.present(state.params):  # and serves nothing through a map
-    state = state.replace(params=median_map.identity(state.params))
+  # The checkpoint holds what its validation fitted; training goes on
+  # without it.
+  state = state.replace(params=validation.as_trained(state.params))
   return state, step, resolved["horizon"], resolved["saved"]
 
 

@@ -25,6 +25,20 @@ PyTree = Any
 log = logging.getLogger("metarec")
 
 
+def as_trained(params: PyTree) -> PyTree:
+  """`params` as training holds them, whatever a validation fitted into
+  them: the shares at `shares.TRAINING`, the new-item prior multiple at 1,
+  the identity map. What a resumed run trains with, and what a validation
+  of a saved checkpoint starts from."""
+  if shares_lib.present(params):
+    params = shares_lib.with_shares(params, shares_lib.TRAINING)
+  if new_prior_lib.present(params):
+    params = new_prior_lib.with_multiple(params, new_prior_lib.TRAINING)
+  if median_map.present(params):
+    params = median_map.identity(params)
+  return params
+
+
 def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
              with_shares: bool, with_map: bool,
              should_stop: Callable[[], bool],
