@@ -28,8 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from metarec_jax.data.splits import SCENARIOS  # noqa: E402
 from metarec_jax.errors import InputError  # noqa: E402
 from metarec_jax.eval.evaluate import Evaluator  # noqa: E402
-from metarec_jax.train import median_map  # noqa: E402
-from metarec_jax.train import new_item_prior as new_prior_lib  # noqa: E402
+from metarec_jax.train import validation  # noqa: E402
 from metarec_jax.train import shares as shares_lib  # noqa: E402
 from metarec_jax.workdir.restore import open_checkpoint  # noqa: E402
 
@@ -47,11 +46,7 @@ def share_maes(workdir: str, step: int | None = None,
   if not shares_lib.present(state.params):
     raise InputError(f"{workdir}: the model has no shares (model.anchor is"
                      " off)")
-  if median_map.present(state.params):
-    state = state.replace(params=median_map.identity(state.params))
-  if new_prior_lib.present(state.params):
-    state = state.replace(params=new_prior_lib.with_multiple(
-        state.params, new_prior_lib.TRAINING))
+  state = state.replace(params=validation.as_trained(state.params))
   evaluator = Evaluator(exp, mesh)
   out = {name: {"tasks": len(exp.split.scenarios[name])} for name in NAMES}
   for share in shares:
