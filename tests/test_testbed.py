@@ -66,6 +66,15 @@ def test_the_shop_shape_has_a_long_tail_of_buyers_and_mostly_high_ratings():
   assert share[3:].sum() > 0.6 and share[0] < 0.05  # J-shaped
 
 
+def test_shop_new_is_the_shop_with_half_its_items_new():
+  shop, shop_new = testbed.SHAPES["shop"], testbed.SHAPES["shop_new"]
+  assert shop_new._replace(users=shop.users, new_item_fraction=0.2) == shop
+  items = testbed.generate(shop_new._replace(users=100, items=400),
+                           seed=0)["items.csv"]
+  new = [line.rsplit(",", 1)[1] == "1" for line in items[1:]]
+  assert 0.4 < np.mean(new) < 0.6
+
+
 def test_the_recipe_matches_the_baseline_on_pure_biases(tmp_path, caplog):
   """configs/default.py with the data flags (and a short run) on ratings
   that hold nothing but biases: the model is at most 0.5% above the

@@ -23,6 +23,7 @@ taste:
     useless     1500 users, strong taste, useless features
     shop        2000 users, most with a handful of ratings and a few with
                 hundreds, ratings mostly 4 and 5 (J-shaped), noisy
+    shop_new    the shop with 4000 users and half its items new
 
 Usage (from the repository root):
 
@@ -89,6 +90,13 @@ SHAPES = {
     "shop": Shape(users=2000, items=1500, min_ratings=3, max_ratings=250,
                   taste=0.6, item_bias=0.6, user_bias=0.6, noise=0.8,
                   mean=4.1, activity_sigma=0.8),
+    # The shop with twice the users and half its catalog new, so that its
+    # new-item scenarios have tasks enough to mean something (fifth
+    # session; `shop` has 19 and 5).
+    "shop_new": Shape(users=4000, items=1500, min_ratings=3,
+                      max_ratings=250, taste=0.6, item_bias=0.6,
+                      user_bias=0.6, noise=0.8, mean=4.1, activity_sigma=0.8,
+                      new_item_fraction=0.5),
 }
 
 FLAGS = ("--config.data.name=generic",
