@@ -175,6 +175,14 @@ class Anchor(nn.Module):
     if self.new_item_prior:
       self.new_prior = self.param(NEW_ITEM_PRIOR, nn.initializers.ones, ())
 
+  def item_table(self, features: dict[str, jax.Array]):
+    """Each row's fixed item-bias entries `(w * mean residual, w)`: the
+    training ratings' closed-form fit, `w > 0` for an item with training
+    ratings (row 0, padding or a hidden ID: 0 and 0, the features
+    alone)."""
+    table = jax.lax.stop_gradient(self.item_bias(features[ITEM_ID]))
+    return table[..., 0], table[..., 1]
+
   def support_weights(self, features: dict[str, jax.Array]) -> jax.Array:
     """Each support row's weight in the user biases' estimates: 1 for an
     item with training ratings, `1 / new_item_prior` for one without.
@@ -185,8 +193,7 @@ class Anchor(nn.Module):
     `new_item_prior` times the prior. The multiple is validated (1 in
     training; no gradient).
     """
-    table = jax.lax.stop_gradient(self.item_bias(features[ITEM_ID]))
-    existing = table[..., 1] > 0
+    existing = self.item_table(features)[1] > 0
     if not self.new_item_prior:
       return jnp.ones(existing.shape, jnp.float32)
     multiple = jnp.maximum(jax.lax.stop_gradient(self.new_prior), 1.0)
@@ -207,10 +214,7 @@ class Anchor(nn.Module):
       (adapted with the baseline's own prior): the baseline exactly.
     share: the validated share of the row's kind of item (no gradient).
     """
-    # Fixed tables: the training ratings' closed-form fit. Row 0 (padding,
-    # a hidden ID) is 0 and 0: the features alone.
-    table = jax.lax.stop_gradient(self.item_bias(features[ITEM_ID]))
-    item, weight = table[..., 0], table[..., 1]
+    item, weight = self.item_table(features)
     anchor = self.global_mean + item
     learned = interaction + (self.global_bias - self.global_mean)
     if self.item_fields:

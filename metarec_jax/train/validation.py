@@ -60,9 +60,9 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
     results = evaluator.evaluate(trainer.eval_params(params), ("val",),
                                  should_stop=should_stop)
     return None if results is None else (results, None, {})
-  # The shares and the map are fitted to the unmapped predictions.
-  if with_map:
-    params = median_map.identity(params)
+  # The shares, the new-item prior and the map are fitted to the
+  # predictions as trained (each from its training value).
+  params = as_trained(params)
   if with_shares:
     fitted = _fit_shares(evaluator, trainer, params, should_stop)
     if fitted is None:
@@ -124,7 +124,7 @@ def _fit_new_item_prior(evaluator: Evaluator, trainer, params: PyTree,
                         grid: tuple[float, ...] = new_prior_lib.GRID):
   """The validated prior multiple of `params` for new items' support
   ratings (`train.new_item_prior`), given the validation's `results` and
-  `kept` predictions at the multiple 1.
+  `kept` predictions of `params`, which hold the multiple 1.
 
   Each multiple is scored by its `val_new` MAE as served: through the
   median map fitted to the predictions at 1 (`median_map.served_mae`),
@@ -149,7 +149,6 @@ def _fit_new_item_prior(evaluator: Evaluator, trainer, params: PyTree,
                              should_stop=should_stop, keep=keep)
     return None if out is None else (served(out, keep), (out, keep))
 
-  params = new_prior_lib.with_multiple(params, new_prior_lib.TRAINING)
   fitted = new_prior_lib.fit(evaluate, params,
                              (served(results, kept), (results, kept)), grid)
   if fitted is None:
