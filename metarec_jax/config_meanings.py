@@ -188,7 +188,8 @@ MEANINGS: dict[str, str] = {
                                   " else a year, the item is new if >= it.",
     "data.generic.id_features": "Generic data: also use the user and item ids"
                                 " as categorical features (`user_key`,"
-                                " `item_key`).",
+                                " `item_key`); a ratings file without"
+                                " feature tables uses them either way.",
     # meta
     "meta.algorithm": "`maml`, `fomaml` (first-order MAML), `reptile`,"
                       " `metasgd` (learned per-element inner rates), `mamlpp`"

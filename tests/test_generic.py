@@ -103,8 +103,11 @@ def test_no_header_positions_tabs_integer_ids_and_years(tmp_path):
 
 
 def test_id_features_and_configuration_errors(shop, tmp_path):
-  with pytest.raises(InputError, match="no feature fields"):
-    prepare.prepare(data_config(shop), tmp_path / "a")
+  # A feature table whose columns are not named: an error naming them.
+  with pytest.raises(InputError, match=r"no feature fields.*\(items.csv has"
+                     r" tags, maker, new\)"):
+    prepare.prepare(data_config(shop, item_features="items.csv"),
+                    tmp_path / "a")
   with pytest.raises(InputError, match="'colour' is in no feature table"):
     prepare.prepare(data_config(shop, item_features="items.csv",
                                 categorical=("colour",)), tmp_path / "b")
@@ -120,6 +123,27 @@ def test_id_features_and_configuration_errors(shop, tmp_path):
   assert [f.name for f in s.features] == ["user_key", "item_key"]
   assert s.vocab("item_key")[1:] == ["ink", "mug", "pen"]
   assert not os.path.exists(tmp_path / "a")  # failed builds leave nothing
+
+
+def test_a_ratings_file_alone_takes_its_ids_as_features(shop, tmp_path):
+  said = []
+  prepare.prepare(data_config(shop), tmp_path / "store", log=said.append)
+  s = store_lib.open_store(tmp_path / "store")
+  assert [f.name for f in s.features] == ["user_key", "item_key"]
+  assert s.vocab("item_key")[1:] == ["ink", "mug", "pen"]
+  assert any("the user and item ids are the features" in m for m in said)
+
+
+def test_a_file_split_on_the_wrong_delimiter_says_which_it_uses(tmp_path):
+  root = tmp_path / "tsv"
+  datafiles.write(str(root / "ratings.csv"),
+                  "user\titem\trating\nalice\tmug\t4\n")
+  with pytest.raises(InputError, match=r"ratings.csv:1: no column 'user'"
+                     r".*split on ',': is the delimiter '\\t'\?"):
+    prepare.prepare(data_config(root, id_features=True), tmp_path / "a")
+  data = data_config(root, id_features=True, delimiter="\\t")
+  prepare.prepare(data, tmp_path / "b")
+  assert store_lib.open_store(tmp_path / "b").ratings.tolist() == [4.0]
 
 
 def test_ratings_files_round_trip_in_the_store_format(shop, tmp_path):

@@ -50,6 +50,32 @@ def test_every_shape_is_written_in_the_recipe_layout(tmp_path):
   assert runs[0]["name"] == "b" and runs[0]["overrides"]["train.seed"] == "2"
 
 
+def test_ratings_only_is_the_same_log_without_its_feature_tables(tmp_path):
+  from metarec_jax.data.convert import prepare
+  from metarec_jax.data import store as store_lib
+  shape = testbed.SHAPES["few_sparse"]._replace(users=30, items=40)
+  src = str(tmp_path / "src")
+  os.makedirs(src)
+  for file, lines in testbed.generate(shape, seed=0).items():
+    with open(os.path.join(src, file), "w", encoding="utf-8") as f:
+      f.write("\n".join(lines) + "\n")
+  with open(os.path.join(src, "flags.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(testbed.FLAGS + ("--config.data.list_pad.tags=3",))
+            .format(root=src) + "\n")
+  folder = testbed.ratings_only(src, str(tmp_path / "ro"))
+  assert sorted(os.listdir(folder)) == ["flags.txt", "ratings.csv"]
+  with open(os.path.join(src, "ratings.csv"), encoding="utf-8") as a, \
+      open(os.path.join(folder, "ratings.csv"), encoding="utf-8") as b:
+    assert a.read() == b.read()
+  overrides = testbed.recipe_overrides(folder)
+  assert overrides == {"data.name": "generic", "data.root": folder}
+  data = config_io.load_config_file(config_path("default")).data
+  data.name, data.root = overrides["data.name"], overrides["data.root"]
+  prepare.prepare(data, tmp_path / "store")
+  store = store_lib.open_store(tmp_path / "store")
+  assert [f.name for f in store.features] == ["user_key", "item_key"]
+
+
 def test_the_shop_shape_has_a_long_tail_of_buyers_and_mostly_high_ratings():
   shape = testbed.SHAPES["shop"]._replace(users=400, items=300)
   lines = testbed.generate(shape, seed=0)["ratings.csv"][1:]

@@ -34,6 +34,7 @@ class Table:
     lines: int64 [N], the 1-based line number of every row.
     header_line: the line number of the header (1 unless blank lines
       precede it).
+    delimiter: the field separator it was split on.
   """
 
   path: str
@@ -41,6 +42,7 @@ class Table:
   rows: list[list[str]]
   lines: np.ndarray
   header_line: int = 1
+  delimiter: str = ","
 
   def __len__(self) -> int:
     return len(self.rows)
@@ -56,8 +58,19 @@ class Table:
     except ValueError:
       raise InputError(
           f"no column {name!r} in the header (columns: "
-          f"{excerpt(', '.join(self.header), 200)[1:-1]})", path=self.path,
-          line=self.header_line) from None
+          f"{excerpt(', '.join(self.header), 200)[1:-1]}){self._hint()}",
+          path=self.path, line=self.header_line) from None
+
+  def _hint(self) -> str:
+    """Where the header is one field holding a common separator, the likely
+    cause: the file is split on another delimiter than it uses."""
+    if len(self.header) != 1:
+      return ""
+    for sep in ("\t", ";", ",", "|", " "):
+      if sep != self.delimiter and sep in self.header[0]:
+        return (f"; the header is one field split on {self.delimiter!r}:"
+                f" is the delimiter {sep!r}?")
+    return ""
 
 
 def read_text(path: str | os.PathLike, encoding: str) -> str:
@@ -152,7 +165,7 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
     raise InputError(
         f"{counts[i]} field(s) separated by {delimiter!r}, expected"
         f" {expected} like line {first}", path=path, line=int(numbers[i]))
-  return Table(path, names, rows, numbers, first)
+  return Table(path, names, rows, numbers, first, delimiter)
 
 
 def join_lines(columns: list[np.ndarray], delimiter: str) -> str:

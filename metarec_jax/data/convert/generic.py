@@ -25,6 +25,11 @@ year of at least `new_item_year`; without `new_item_col` no item is new.
 Duplicated (user, item) ratings keep the LAST one in file order; each
 user's ratings stay in file order, or timestamp order when there is one.
 
+Features: the named columns of the feature tables, plus the user and item
+ids as categorical features (`user_key`, `item_key`) with `id_features`,
+or when there is no feature table and no column is named (a ratings file
+alone).
+
 Implicit feedback (`data.implicit.enabled`): with `rating_col` empty the
 file has no rating column and every line is a positive; otherwise ratings
 at or above `data.implicit.threshold` are (see `data.implicit`). A
@@ -238,15 +243,27 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
       index_of[side] = lookup(ids[side], _as_type(t.ids, ids[side]))
   sizes = {side: len(v) for side, v in ids.items()}
   feats = _features(spec, tables.values(), index_of, sizes, list_pad or {})
-  if spec.id_features:
+  given = [t for t in tables.values() if t is not None]
+  # A ratings file alone (no feature table, no feature column) is the most
+  # common log there is: its ids are all it has, so they are its features.
+  # Where a feature table is given but none of its columns is named, the
+  # user most likely forgot to name them: that stays an error.
+  ids_only = not feats and not given and not spec.id_features
+  if spec.id_features or ids_only:
+    if ids_only and log_fn is not None:
+      log_fn("no feature table or column is named: the user and item ids"
+             " are the features (as data.generic.id_features=true)")
     for side in ("user", "item"):
       feats.append(features.categorical(f"{side}_key", side,
                                         ids[side].astype(str)))
   if not feats:
+    columns = "; ".join(
+        f"{os.path.basename(t.table.path)} has {', '.join(t.table.header[1:])}"
+        for t in given)
     raise InputError("the generic data has no feature fields: name feature"
                      " columns in data.generic.categorical or"
-                     " data.generic.lists, or set data.generic.id_features"
-                     "=true")
+                     f" data.generic.lists ({columns}), or set"
+                     " data.generic.id_features=true")
   names = [f[0].name for f in feats]
   if len(set(names)) != len(names):
     raise InputError(f"data.generic: feature names {names} are not unique")
