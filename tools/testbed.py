@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from typing import NamedTuple
 
 import numpy as np
@@ -177,6 +178,30 @@ def write(out: str, name: str, seed: int = 0) -> str:
   return folder
 
 
+# The flags that read feature tables or derive from them (new items are
+# marked in the item table): what a bare ratings file has none of.
+FEATURE_FLAGS = ("data.generic.item_features", "data.generic.user_features",
+                 "data.generic.categorical", "data.generic.lists",
+                 "data.generic.new_item_col", "data.generic.new_item_year",
+                 "data.generic.id_features", "data.list_pad.")
+
+
+def ratings_only(src: str, out: str) -> str:
+  """Writes `src`'s ratings file and its flags less every feature flag
+  into `out/<src's name>`; returns that folder."""
+  folder = os.path.join(out, os.path.basename(os.path.normpath(src)))
+  os.makedirs(folder, exist_ok=True)
+  overrides = recipe_overrides(src)
+  ratings = overrides.get("data.generic.ratings", "ratings.csv")
+  shutil.copyfile(os.path.join(src, ratings), os.path.join(folder, ratings))
+  overrides["data.root"] = "{root}"
+  lines = [f"--config.{key}={value}" for key, value in overrides.items()
+           if not key.startswith(FEATURE_FLAGS)]
+  with open(os.path.join(folder, "flags.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines).format(root=os.path.abspath(folder)) + "\n")
+  return folder
+
+
 def recipe_overrides(folder: str) -> dict[str, str]:
   """`{key: value}` of a folder's `flags.txt` (the recipe's data flags),
   `data.root` the folder itself: a copied or moved folder (its ratings
@@ -222,7 +247,14 @@ def main():
   parser.add_argument("--shape", action="append", choices=sorted(SHAPES),
                       help="shape(s) to write (default: all)")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--ratings_only", action="append", metavar="FOLDER",
+                      help="write FOLDER's ratings without its feature"
+                           " tables instead (repeatable)")
   args = parser.parse_args()
+  if args.ratings_only:
+    for src in args.ratings_only:
+      print(ratings_only(src, args.out))
+    return
   for name in args.shape or sorted(SHAPES):
     print(write(args.out, name, args.seed))
 
