@@ -54,6 +54,27 @@ def test_linear_gain_ndcg_by_hand():
     metrics.ndcg(pred, true, mask, items, 3, gain="log")
 
 
+def test_ndcg_on_a_scale_below_zero_shifts_it_to_zero_and_stays_in_0_1():
+  # A -10..10 scale (jokes): the gains of ratings -9, 2, -4 as if 1, 12, 6.
+  pred = np.array([[1.0, 0.0, 2.0]])  # ranks -4, -9, 2: a poor ranking
+  true = np.array([[-9.0, 2.0, -4.0]])
+  items = np.array([[1, 2, 3]])
+  mask = np.ones((1, 3), bool)
+  for gain, g in (("exponential", lambda r: 2 ** r - 1),
+                  ("linear", lambda r: r)):
+    dcg = g(6) / math.log2(2) + g(1) / math.log2(3) + g(12) / math.log2(4)
+    idcg = g(12) / math.log2(2) + g(6) / math.log2(3) + g(1) / math.log2(4)
+    got = metrics.ndcg(pred, true, mask, items, 3, gain=gain, floor=-10)
+    assert got == pytest.approx(dcg / idcg) and 0 < got < 1
+  # Unshifted, those gains are negative and nDCG leaves [0, 1]: what the
+  # floor prevents. A scale from 0 or above keeps its gain exactly.
+  assert metrics.ndcg(pred, true, mask, items, 1, gain="linear") < 0
+  stars = np.array([[5.0, 3.0, 4.0]])
+  for floor in (0.0, 1.0, 0.5):
+    assert metrics.summary(pred, stars, mask, items, floor=floor) == (
+        metrics.summary(pred, stars, mask, items))
+
+
 def test_item_mean_user_bias_baseline_by_hand():
   stats = BaselineStats(global_mean=3.0,
                         item_mean=np.array([4.0, 2.0, 3.5]),

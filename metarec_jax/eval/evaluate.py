@@ -141,12 +141,14 @@ class Evaluator:
 
   def scenario_metrics(self, p: Predictions, num_tasks: int) -> dict:
     """The JSON of one scenario (values None when there are no tasks)."""
-    result = metrics_lib.summary(p.adapted, p.true, p.mask, p.items)
+    result = metrics_lib.summary(p.adapted, p.true, p.mask, p.items,
+                                 floor=self.lo)
     result["mae_unadapted"] = metrics_lib.mae(p.unadapted, p.true, p.mask)
     result["tasks"] = int(num_tasks)
     base = self.baseline_predictions(p)
     result["baselines"] = {
-        name: metrics_lib.summary(pred, p.true, p.mask, p.items)
+        name: metrics_lib.summary(pred, p.true, p.mask, p.items,
+                                  floor=self.lo)
         for name, pred in base.items()}
     return result
 

@@ -32,22 +32,32 @@ def rmse(pred: np.ndarray, true: np.ndarray, mask: np.ndarray) -> float | None:
 GAINS = ("exponential", "linear")
 
 
+def relevance(true: np.ndarray, floor: float = 0.0) -> np.ndarray:
+  """The relevance nDCG's gain is taken of: the rating itself on a scale
+  whose lowest rating `floor` is at least 0 (1-5 stars, 0/1: the
+  protocol's gain exactly), else the rating less `floor`, so that no
+  rating has a negative gain (a -10..10 scale: 0..20)."""
+  return np.asarray(true, np.float64) - min(float(floor), 0.0)
+
+
 def ndcg_per_task(pred: np.ndarray, true: np.ndarray, mask: np.ndarray,
                   item_ids: np.ndarray, k: int, *,
-                  gain: str = "exponential") -> np.ndarray:
+                  gain: str = "exponential",
+                  floor: float = 0.0) -> np.ndarray:
   """nDCG@k of each task's query items ranked by predicted rating.
 
   Ties in the prediction are broken by item id (ascending); the gain of a
-  rating r is 2^r - 1 (the protocol's; `gain="linear"`: r itself) and the
-  discount of rank i (1-based) log2(i + 1); the ideal ranking orders by
-  true rating. Padding sorts last with gain 0. Tasks without real query
+  rating r is 2^r - 1 (the protocol's; `gain="linear"`: r itself), r its
+  `relevance` on a scale whose lowest rating is `floor`, and the discount
+  of rank i (1-based) log2(i + 1); the ideal ranking orders by true
+  rating. Padding sorts last with gain 0. Tasks without real query
   ratings give NaN.
   """
   if gain not in GAINS:
     raise ValueError(f"gain must be one of {GAINS}, not {gain!r}")
   pred = np.where(mask, pred, -np.inf)
-  gains = 2.0 ** true - 1.0 if gain == "exponential" else np.asarray(
-      true, np.float64)
+  rel = relevance(true, floor)
+  gains = 2.0 ** rel - 1.0 if gain == "exponential" else rel
   gain = np.where(mask, gains, 0.0)
   big = np.iinfo(np.int64).max
   ids = np.where(mask, item_ids, big)
@@ -62,23 +72,24 @@ def ndcg_per_task(pred: np.ndarray, true: np.ndarray, mask: np.ndarray,
     return np.where(idcg > 0, dcg / idcg, np.where(mask.any(-1), 1.0, np.nan))
 
 
-def ndcg(pred, true, mask, item_ids, k: int, *,
-         gain: str = "exponential") -> float | None:
+def ndcg(pred, true, mask, item_ids, k: int, *, gain: str = "exponential",
+         floor: float = 0.0) -> float | None:
   """Mean nDCG@k over the tasks that have query ratings (`ndcg_per_task`)."""
-  values = ndcg_per_task(pred, true, mask, item_ids, k, gain=gain)
+  values = ndcg_per_task(pred, true, mask, item_ids, k, gain=gain,
+                         floor=floor)
   values = values[~np.isnan(values)]
   return float(values.mean()) if len(values) else None
 
 
-def summary(pred, true, mask, item_ids) -> dict:
+def summary(pred, true, mask, item_ids, floor: float = 0.0) -> dict:
   """MAE, RMSE, nDCG@1 and nDCG@3 (the protocol's gain 2^r - 1) and, beside
   them, nDCG@1 and nDCG@3 with the linear gain r (`ndcg@k_linear`: the
   gain most libraries use; published figures rarely say which) as a
-  JSON-ready dict."""
+  JSON-ready dict; `floor`: the scale's lowest rating (`relevance`)."""
   out = {"mae": mae(pred, true, mask), "rmse": rmse(pred, true, mask)}
   for k in (1, 3):
-    out[f"ndcg@{k}"] = ndcg(pred, true, mask, item_ids, k)
+    out[f"ndcg@{k}"] = ndcg(pred, true, mask, item_ids, k, floor=floor)
   for k in (1, 3):
     out[f"ndcg@{k}_linear"] = ndcg(pred, true, mask, item_ids, k,
-                                   gain="linear")
+                                   gain="linear", floor=floor)
   return out
