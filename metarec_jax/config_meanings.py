@@ -163,8 +163,10 @@ MEANINGS: dict[str, str] = {
                              " a 0-based position without a header).",
     "data.generic.item_col": "Generic data: item id column.",
     "data.generic.rating_col": "Generic data: rating column.",
-    "data.generic.timestamp_col": "Generic data: integer timestamp column that"
-                                  " orders each user's ratings; `\"\"` = none.",
+    "data.generic.timestamp_col": "Generic data: timestamp column (integers,"
+                                  " or ISO 8601 dates or date-times) that"
+                                  " orders each user's ratings; `\"\"` ="
+                                  " none.",
     "data.generic.rating_min": "Generic data: lowest rating of the scale (a"
                                " rating outside the scale is an error).",
     "data.generic.rating_max": "Generic data: highest rating of the scale.",

@@ -134,6 +134,35 @@ def test_a_ratings_file_alone_takes_its_ids_as_features(shop, tmp_path):
   assert any("the user and item ids are the features" in m for m in said)
 
 
+def test_iso_dates_order_a_users_ratings_and_bad_ones_name_their_line(
+    tmp_path):
+  root = tmp_path / "iso"
+  datafiles.write(str(root / "ratings.csv"),
+                  "user,item,rating,when\n"
+                  "alice,mug,4,2021-03-05\n"
+                  "alice,pen,2,2021-03-04T23:00:00-02:00\n"  # 01:00 UTC 5th
+                  "alice,ink,5,2021-03-04 10:22:01.5\n"
+                  "bob,pen,3,2021-03-04T10:22:01Z\n")
+  prepare.prepare(data_config(root, timestamp_col="when"), tmp_path / "s")
+  s = store_lib.open_store(tmp_path / "s")
+  items = s.item_ids[s.items[:3]].tolist()
+  assert items == ["ink", "mug", "pen"]  # alice's, in time order
+  datafiles.write(str(root / "bad.csv"),
+                  "user,item,rating,when\nalice,mug,4,2021-03-05\n"
+                  "bob,pen,3,yesterday\n")
+  with pytest.raises(InputError, match=r"bad.csv:3: timestamp 'yesterday' is"
+                     " neither an integer nor an ISO 8601 date"):
+    prepare.prepare(data_config(root, ratings="bad.csv",
+                                timestamp_col="when"), tmp_path / "b")
+  datafiles.write(str(root / "mixed.csv"),
+                  "user,item,rating,when\nalice,mug,4,17\n"
+                  "bob,pen,3,2021-03-05\n")
+  with pytest.raises(InputError, match=r"mixed.csv:3: timestamp '2021-03-05'"
+                     " is not an integer"):
+    prepare.prepare(data_config(root, ratings="mixed.csv",
+                                timestamp_col="when"), tmp_path / "c")
+
+
 def test_a_file_split_on_the_wrong_delimiter_says_which_it_uses(tmp_path):
   root = tmp_path / "tsv"
   datafiles.write(str(root / "ratings.csv"),

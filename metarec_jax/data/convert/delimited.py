@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
 import io
+import math
 import os
 
 import numpy as np
@@ -227,6 +229,50 @@ def ints(table: Table, values: list[str], what: str) -> np.ndarray:
   out, ok = parse_ints(values)
   if not ok.all():
     raise not_an_integer(table, values, ok, what)
+  return out
+
+
+def _iso_seconds(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+  """`values` as seconds since 1970-01-01 UTC where they are ISO 8601
+  dates or date-times (a date-time without an offset is read as UTC), and
+  the mask of those that are (the others are 0)."""
+  out, ok = np.zeros(len(values), np.int64), np.zeros(len(values), bool)
+  for i, v in enumerate(values):
+    v = v.strip()
+    try:
+      t = datetime.datetime.fromisoformat(
+          v[:-1] + "+00:00" if v.endswith(("Z", "z")) else v)
+    except ValueError:
+      continue
+    if t.tzinfo is None:
+      t = t.replace(tzinfo=datetime.timezone.utc)
+    out[i], ok[i] = math.floor(t.timestamp()), True
+  return out, ok
+
+
+def times(table: Table, values: list[str], what: str) -> np.ndarray:
+  """`values` (one per row of `table`) as int64 times: integers as they
+  are (any unit), or, where the first is not an integer, ISO 8601 dates or
+  date-times (`2021-03-04`, `2021-03-04 10:22:01`,
+  `2021-03-04T10:22:01.5+02:00`) as seconds since 1970-01-01 UTC. Only
+  their order matters (a user's ratings in time order).
+
+  Raises:
+    InputError: naming the first line whose value is not of the first
+      line's kind.
+  """
+  out, ok = parse_ints(values)
+  if ok.all() or not len(values) or ok[0]:
+    if not ok.all():
+      raise not_an_integer(table, values, ok, what)
+    return out
+  out, ok = _iso_seconds(values)
+  if not ok.all():
+    i = int(np.flatnonzero(~ok)[0])
+    raise InputError(
+        f"{what} {excerpt(values[i].strip())} is neither an integer nor an"
+        " ISO 8601 date or time (like 2021-03-04 or 2021-03-04T10:22:01)",
+        path=table.path, line=int(table.lines[i]))
   return out
 
 

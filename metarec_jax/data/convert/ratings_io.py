@@ -41,8 +41,9 @@ class RatingsFormat:
       else its 0-based position. `rating` None: the file has no rating
       column (implicit feedback: every row is a positive, read as the
       rating `rating_max`).
-    timestamp: the timestamp column (integers), or None. It is optional in
-      a file: absent from the header, or beyond a line's last field.
+    timestamp: the timestamp column (integers, or ISO 8601 dates or
+      date-times: `delimited.times`), or None. It is optional in a file:
+      absent from the header, or beyond a line's last field.
     num_fields: allowed field counts of a line (no header); empty = every
       line as many as the first.
     user_id_type, item_id_type: `int` (ids must be integers) or `str`.
@@ -196,8 +197,8 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
         path=path, line=int(table.lines[i]))
   timestamps = None
   if "timestamp" in pos:
-    timestamps = delimited.ints(table, table.column(pos["timestamp"]),
-                                "timestamp")
+    timestamps = delimited.times(table, table.column(pos["timestamp"]),
+                                 "timestamp")
   return Ratings(users, items, ratings, timestamps, table.lines,
                  bad_users=bad_users, bad_items=bad_items,
                  bad_user_ids=bad_user_ids, first_bad_id=first_bad)
