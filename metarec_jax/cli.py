@@ -128,9 +128,12 @@ def _run_train(inv: Invocation) -> int:
     return 0
   # The last validation was logged by the loop; say whether it beat the
   # baseline, then what to do next.
+  from metarec_jax import models  # pylint: disable=g-import-not-at-top
   from metarec_jax.eval import verdicts  # pylint: disable=g-import-not-at-top
   if "val" in summary:
-    for line in verdicts.warnings_for({"validation": summary["val"]}):
+    anchored = models.is_anchored(config.model)
+    for line in verdicts.warnings_for({"validation": summary["val"]},
+                                      anchored=anchored):
       log.warning("%s", line)
   log.info("trained to step %d in %s. Next: `metarec eval --workdir=%s`"
            " (the cold-start scenarios against the baselines), `metarec plot"

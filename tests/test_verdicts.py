@@ -45,6 +45,19 @@ def test_warns_about_too_few_tasks():
                       " too noisy to compare models")
   assert lines[1].startswith("UIC: only 1 task(s)")
   assert lines[2].startswith("UIC: the model's query MAE 0.9000 is WORSE")
+  # On so few tasks no config change is advised: the gap is noise.
+  assert lines[2].endswith("on 1 task(s), too few to tell it from noise")
+  assert "try:" not in lines[2]
+
+
+def test_an_anchored_model_that_loses_is_advised_for_what_it_validates():
+  plain, = verdicts.warnings_for({"W": scenario(0.80, 0.75)})
+  anchored, = verdicts.warnings_for({"W": scenario(0.80, 0.75)},
+                                    anchored=True)
+  assert "model.anchor=true" in plain
+  # It is anchored already: what to try is what its validation fits.
+  assert "model.anchor" not in anchored
+  assert "eval.val_fraction" in anchored and "try:" in anchored
 
 
 def test_the_best_validated_checkpoint_is_kept_and_found(tmp_path):

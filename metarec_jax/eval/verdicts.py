@@ -23,15 +23,25 @@ ADVICE = ("try: the baseline-anchored model (model.anchor=true, the"
           " fewer features (model.features, model.exclude_features),"
           " a smaller model (model.embed_dim, model.hidden), or fewer"
           " train.num_steps on small data")
+# An anchored model already falls back to the baseline wherever its
+# validation shows no gain; a loss means what was validated (its shares,
+# median map, new-item prior) did not carry over from the validation users.
+ADVICE_ANCHORED = ("try: more validation users (eval.val_fraction), so"
+                   " that what is validated on them (the shares, the median"
+                   " map, the new-item prior) carries over to these tasks,"
+                   " or serving without the map (model.calibration=none)")
 
 
-def warnings_for(results: dict[str, dict], *,
-                 min_tasks: int = MIN_TASKS) -> list[str]:
+def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
+                 anchored: bool = False) -> list[str]:
   """One line per problem of a report's `{scenario: metrics}`.
 
   Warns when a scenario with tasks has a query MAE above the item-mean +
-  user-bias baseline's by more than `TIE` (with what to try), and when it
-  has fewer than `min_tasks` tasks. Scenarios without tasks say nothing.
+  user-bias baseline's by more than `TIE` (with what to try: `anchored`
+  says whether the model is anchored on the baseline, whose advice
+  differs; on fewer than `min_tasks` tasks it says the gap is within noise
+  instead), and when it has fewer than `min_tasks` tasks. Scenarios
+  without tasks say nothing.
   """
   out = []
   for name, m in results.items():
@@ -44,8 +54,11 @@ def warnings_for(results: dict[str, dict], *,
     base = (m.get("baselines") or {}).get(BASELINE, {}).get("mae")
     mae = m.get("mae")
     if mae is not None and base is not None and mae > base * (1 + TIE):
+      what = (f"on {tasks} task(s), too few to tell it from noise"
+              if tasks < min_tasks else
+              ADVICE_ANCHORED if anchored else ADVICE)
       out.append(f"{name}: the model's query MAE {mae:.4f} is WORSE than the"
                  f" item-mean + user-bias baseline's {base:.4f}"
                  f" ({100 * (mae / base - 1):+.1f}%) on the same tasks; "
-                 + ADVICE)
+                 + what)
   return out
