@@ -131,9 +131,10 @@ def _run_train(inv: Invocation) -> int:
   from metarec_jax import models  # pylint: disable=g-import-not-at-top
   from metarec_jax.eval import verdicts  # pylint: disable=g-import-not-at-top
   if "val" in summary:
-    anchored = models.is_anchored(config.model)
+    built = models.for_data(config.model,
+                            implicit_data=bool(config.data.implicit.enabled))
     for line in verdicts.warnings_for({"validation": summary["val"]},
-                                      anchored=anchored):
+                                      model_config=built):
       log.warning("%s", line)
   log.info("trained to step %d in %s. Next: `metarec eval --workdir=%s`"
            " (the cold-start scenarios against the baselines), `metarec plot"

@@ -33,6 +33,12 @@ class Experiment:
   model: models.Recommender
   meta_config: meta.MetaConfig
 
+  @property
+  def model_config(self):
+    """The `model` section as built for the data (`models.for_data`)."""
+    return models.for_data(self.config.model,
+                           implicit_data=implicit.is_implicit(self.store))
+
   def sampler_spec(self) -> SamplerSpec:
     c = self.config
     return SamplerSpec(seed=int(c.train.seed),

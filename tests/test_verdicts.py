@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from conftest import config_path
+from metarec_jax import config_io
 from metarec_jax.eval import verdicts
 from metarec_jax.workdir import checkpoint as ckpt_lib
 
@@ -51,13 +53,46 @@ def test_warns_about_too_few_tasks():
 
 
 def test_an_anchored_model_that_loses_is_advised_for_what_it_validates():
-  plain, = verdicts.warnings_for({"W": scenario(0.80, 0.75)})
+  model = config_io.load_config_file(config_path("default")).model
+  assert model.anchor
   anchored, = verdicts.warnings_for({"W": scenario(0.80, 0.75)},
-                                    anchored=True)
+                                    model_config=model)
+  model.anchor = False
+  plain, = verdicts.warnings_for({"W": scenario(0.80, 0.75)},
+                                 model_config=model)
   assert "model.anchor=true" in plain
   # It is anchored already: what to try is what its validation fits.
   assert "model.anchor" not in anchored
   assert "eval.val_fraction" in anchored and "try:" in anchored
+
+
+def implicit(ndcg, popularity, tasks=200):
+  full = {"hr@10": 0.5, "ndcg@10": ndcg}
+  return {"mae": None, "tasks": tasks, "baselines": {
+      "item_mean_user_bias": {"mae": None}}, "ranking": {
+          "full": full, "sampled": full, "baselines": {
+              "popularity": {"full": {"ndcg@10": popularity},
+                             "sampled": {"ndcg@10": 0.9}},
+              "random": {"full": {"ndcg@10": 0.01}}}}}
+
+
+def test_implicit_feedback_warns_when_popularity_ranks_better():
+  line, = verdicts.warnings_for({"W": implicit(0.1343, 0.2850),
+                                 "UC": implicit(0.179, 0.112)})
+  assert line.startswith("W: the model's full-catalog ndcg@10 0.1343 is"
+                         " WORSE than the most-popular ranking's 0.2850"
+                         " (-52.9%) on the same tasks; try:")
+  assert "model.loss=bce" in line and "model.item_id=true" in line
+  # What the model already does is not advised.
+  model = config_io.load_config_file(config_path("default")).model
+  model.loss, model.item_id = "bce", True
+  line, = verdicts.warnings_for({"W": implicit(0.1343, 0.2850)},
+                                model_config=model)
+  assert line.endswith("try: more meta-steps (train.num_steps)")
+  assert verdicts.warnings_for({"W": implicit(0.2849, 0.2850)}) == []  # tie
+  few = verdicts.warnings_for({"UIC": implicit(0.1, 0.2, tasks=7)})
+  assert few[0].startswith("UIC: only 7 task(s)")
+  assert few[1].endswith("too few to tell it from noise")
 
 
 def test_the_best_validated_checkpoint_is_kept_and_found(tmp_path):

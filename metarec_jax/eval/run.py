@@ -7,7 +7,7 @@ from typing import Iterable
 
 import jax
 
-from metarec_jax import config_io, experiment, models, runtime
+from metarec_jax import config_io, experiment, runtime
 from metarec_jax.data.convert import ratings_io
 from metarec_jax.data.splits import SCENARIOS
 from metarec_jax.eval import predictions_file, tensorboard, verdicts
@@ -82,8 +82,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     curves.evaluate_and_write(
         workdir, evaluator, state.params, tasksets, step=step,
         seed=int(config.eval.seed), write=jax.process_index() == 0)
-  warnings = verdicts.warnings_for(
-      results, anchored=models.is_anchored(config.model))
+  warnings = verdicts.warnings_for(results, model_config=exp.model_config)
   for line in warnings:
     log.warning("%s", line)
   return {"step": step, "scenarios": results, "warnings": warnings}

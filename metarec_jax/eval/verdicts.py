@@ -1,10 +1,11 @@
 """Honest warnings about an evaluation: the model lost, or too few tasks.
 
 A meta-learner is worth running only where it beats the model-free
-item-mean + user-bias baseline computed on the very same tasks; `metarec
-train` (on the validation users) and `metarec eval` (on every scenario) say
-so when it does not, and when a scenario has too few tasks for its
-figures to mean anything.
+baseline computed on the very same tasks: the item-mean + user-bias
+baseline on ratings, the most-popular ranking on implicit feedback
+(full-catalog nDCG@10). `metarec train` (on the validation users) and
+`metarec eval` (on every scenario) say so when it does not, and when a
+scenario has too few tasks for its figures to mean anything.
 """
 
 from __future__ import annotations
@@ -33,16 +34,21 @@ ADVICE_ANCHORED = ("try: more validation users (eval.val_fraction), so"
 
 
 def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
-                 anchored: bool = False) -> list[str]:
+                 model_config=None) -> list[str]:
   """One line per problem of a report's `{scenario: metrics}`.
 
   Warns when a scenario with tasks has a query MAE above the item-mean +
-  user-bias baseline's by more than `TIE` (with what to try: `anchored`
-  says whether the model is anchored on the baseline, whose advice
-  differs; on fewer than `min_tasks` tasks it says the gap is within noise
-  instead), and when it has fewer than `min_tasks` tasks. Scenarios
-  without tasks say nothing.
+  user-bias baseline's by more than `TIE`, or (implicit feedback) a
+  full-catalog nDCG@10 below the most-popular ranking's, with what to try
+  (what `model_config`, the `model` section as built for the data, does
+  not already do; on fewer than `min_tasks` tasks it says the gap is
+  within noise instead), and when a scenario has fewer than `min_tasks`
+  tasks. Scenarios without tasks say nothing.
   """
+  anchored = False
+  if model_config is not None:
+    from metarec_jax.models import factory  # pylint: disable=g-import-not-at-top
+    anchored = factory.is_anchored(model_config)
   out = []
   for name, m in results.items():
     tasks = int(m.get("tasks") or 0)
@@ -51,6 +57,10 @@ def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
     if tasks < min_tasks:
       out.append(f"{name}: only {tasks} task(s) (fewer than {min_tasks}):"
                  " its metrics are too noisy to compare models")
+    if "ranking" in m:
+      out += _ranking_warning(name, m["ranking"], tasks, min_tasks,
+                              model_config)
+      continue
     base = (m.get("baselines") or {}).get(BASELINE, {}).get("mae")
     mae = m.get("mae")
     if mae is not None and base is not None and mae > base * (1 + TIE):
@@ -62,3 +72,35 @@ def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
                  f" ({100 * (mae / base - 1):+.1f}%) on the same tasks; "
                  + what)
   return out
+
+
+RANKING_METRIC = "ndcg@10"  # full catalog: what a served top-k list meets
+RANKING_LOSSES = ("bce", "bpr", "softmax")
+
+
+def _implicit_advice(model_config) -> str:
+  """What to try where popularity ranks better, less what is set."""
+  tips = ["more meta-steps (train.num_steps)"]
+  if model_config is None or model_config.loss not in RANKING_LOSSES:
+    tips.append("a ranking loss (model.loss=bce, bpr or softmax)")
+  if model_config is None or not model_config.item_id:
+    tips.append("item ids as a feature (model.item_id=true), so that the"
+                " model can learn each item's popularity")
+  return "try: " + ", ".join(tips[:-1]) + (" or " if len(tips) > 1 else
+                                            "") + tips[-1]
+
+
+def _ranking_warning(name: str, ranking: dict, tasks: int, min_tasks: int,
+                     model_config) -> list[str]:
+  """The line of an implicit scenario whose full-catalog nDCG@10 is below
+  the most-popular ranking's by more than `TIE` (none when it is not)."""
+  model = (ranking.get("full") or {}).get(RANKING_METRIC)
+  base = (((ranking.get("baselines") or {}).get("popularity") or {})
+          .get("full") or {}).get(RANKING_METRIC)
+  if model is None or base is None or not model < base * (1 - TIE):
+    return []
+  what = (f"on {tasks} task(s), too few to tell it from noise"
+          if tasks < min_tasks else _implicit_advice(model_config))
+  return [f"{name}: the model's full-catalog {RANKING_METRIC} {model:.4f} is"
+          f" WORSE than the most-popular ranking's {base:.4f}"
+          f" ({100 * (model / base - 1):+.1f}%) on the same tasks; " + what]
