@@ -126,14 +126,16 @@ def _run_train(inv: Invocation) -> int:
     return int(config.train.preempt_exit_code)
   if summary.get("finished"):  # the loop said so, and what to run next
     return 0
-  # The last validation was logged by the loop; say whether it beat the
-  # baseline, then what to do next.
+  # The validations were logged by the loop; say whether the one `eval`
+  # uses by default (the best, else the last) beat the baseline, then what
+  # to do next.
   from metarec_jax import models  # pylint: disable=g-import-not-at-top
   from metarec_jax.eval import verdicts  # pylint: disable=g-import-not-at-top
-  if "val" in summary:
+  val = summary.get("best", {}).get("val") or summary.get("val")
+  if val is not None:
     built = models.for_data(config.model,
                             implicit_data=bool(config.data.implicit.enabled))
-    for line in verdicts.warnings_for({"validation": summary["val"]},
+    for line in verdicts.warnings_for({"validation": val},
                                       model_config=built):
       log.warning("%s", line)
   log.info("trained to step %d in %s. Next: `metarec eval --workdir=%s`"

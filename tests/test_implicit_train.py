@@ -14,6 +14,7 @@ from metarec_jax import eval as eval_lib
 from metarec_jax.eval import ranking
 from metarec_jax.eval import support_curve
 from metarec_jax.train import train_and_evaluate
+from metarec_jax.workdir import checkpoint as ckpt_lib
 
 
 def implicit_config(**train):
@@ -122,3 +123,30 @@ def test_export_and_serving_rank_unseen_items(straight, tmp_path):
   r = g.recommend([(user, 5)])[0]
   assert r["source"] == "adapted" and len(r["items"]) == 5
   assert not seen & {i for i, _ in r["items"]}
+
+
+def test_validation_selects_checkpoints_by_full_catalog_ndcg(tmp_path):
+  """With validation, the start (popularity, through the prior) is a
+  candidate, and every validated checkpoint carries 1 - its validation
+  full-catalog nDCG@10: the lowest is the one `eval` uses."""
+  workdir = str(tmp_path / "validated")
+  config = implicit_config(num_steps=6, eval_every_steps=3)
+  config.data.implicit.sampling = "uniform"
+  train_and_evaluate(config, workdir)
+  logged = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      record = json.loads(line)
+      if "val/ranking/full/ndcg@10" in record:
+        logged[record["step"]] = 1.0 - record["val/ranking/full/ndcg@10"]
+  assert 0 in logged and 6 in logged
+  reader = ckpt_lib.Checkpointer(workdir, read_only=True)
+  try:
+    validated = reader.validated()
+    best = reader.best()
+  finally:
+    reader.close()
+  assert validated and set(validated) <= set(logged)
+  for step, loss in validated.items():
+    assert loss == pytest.approx(logged[step], abs=1e-9)
+  assert best[1] == pytest.approx(min(logged.values()), abs=1e-9)

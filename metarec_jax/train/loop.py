@@ -37,6 +37,7 @@ from metarec_jax.train import shares as shares_lib
 from metarec_jax.train.guard import NonFiniteGuard, TrainingError
 from metarec_jax.train import validation
 from metarec_jax.train.selection import Selection
+from metarec_jax.workdir.criterion import criterion, criterion_name
 from metarec_jax.train.trainer import Trainer, check_batch_size
 
 log = logging.getLogger("metarec")
@@ -253,7 +254,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         # where training only overfits, the run keeps that start.
         outcome = validate(step)
         results, initial, shares = outcome or (None, None, {})
-        initial_mae = results and results["val"].get("mae")
+        initial_mae = results and criterion(results["val"])
         # A non-finite MAE (non-finite ratings) is no candidate.
         if initial_mae is not None and math.isfinite(initial_mae):
           report(step, results, shares)
@@ -315,7 +316,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
               served = validated
               summary["val"] = results["val"]
               report(step, results, shares)
-              val_mae = results["val"].get("mae")  # None: implicit data
+              val_mae = criterion(results["val"])
               if val_mae is not None and selection.update(val_mae):
                 improved = True
                 summary["best"] = {"step": step, "val": results["val"]}
@@ -329,8 +330,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             guard.check_state(step, state)
             save(step, val_mae, validated)
           if early_stop:
-            log.info("step %d: no better validation MAE in %d validations"
+            log.info("step %d: no better validation %s in %d validations"
                      " (train.early_stop_patience): stopping early", step,
+                     criterion_name("ranking" in summary.get("val", {})),
                      selection.stale)
             summary["early_stopped"] = True
             break

@@ -1,4 +1,8 @@
-"""Checkpoint selection and early stopping from validation MAEs."""
+"""Checkpoint selection and early stopping from validation losses.
+
+The validation loss is `workdir.criterion.criterion`: the MAE on ratings,
+1 - the full-catalog nDCG@10 on implicit feedback.
+"""
 
 from __future__ import annotations
 

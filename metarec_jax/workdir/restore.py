@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 
 from metarec_jax import config_io, experiment, runtime
+from metarec_jax.data import implicit
 from metarec_jax.errors import InputError
 from metarec_jax.models.anchored import NEW_ITEM_PRIOR, SHARE
 from metarec_jax.models.calibration import MEDIAN_OFFSETS
 from metarec_jax.workdir import checkpoint as ckpt_lib
+from metarec_jax.workdir.criterion import criterion_name
 from metarec_jax.workdir import optim
 from metarec_jax.workdir import state as state_lib
 
@@ -19,9 +21,9 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
                step: int | None = None) -> state_lib.TrainState:
   """The train state of `step` in `workdir`.
 
-  Default: the best validated checkpoint (the lowest validation MAE saved
-  with one, see `Checkpointer.save`), else the newest readable one; the
-  log says which.
+  Default: the best validated checkpoint (the lowest validation loss saved
+  with one, see `Checkpointer.save` and `workdir.criterion`), else
+  the newest readable one; the log says which.
 
   Raises:
     InputError: there is no such checkpoint.
@@ -33,10 +35,11 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
       if best is not None:
         step = best[0]
         log.info("using the best validated checkpoint: step %d (validation"
-                 " MAE %.4f; newest: step %s); --step=N picks another",
-                 step, best[1], checkpointer.latest_step())
+                 " %s %.4f; newest: step %s); --step=N picks another",
+                 step, criterion_name(implicit.is_implicit(exp.store)),
+                 best[1], checkpointer.latest_step())
       else:
-        log.info("using the newest checkpoint (none has a validation MAE);"
+        log.info("using the newest checkpoint (none was validated);"
                  " --step=N picks another")
     state, _, _ = checkpointer.restore(
         state_lib.abstract(exp.model, exp.meta_config,
