@@ -22,6 +22,7 @@ BEFORE_KEY = {
     "model.anchor_version": 1,
     "model.calibration": "none",
     "model.new_item_prior": "same",
+    "model.popularity_prior": False,
     "data.item_id_dropout": 0.0,
     "train.early_stop_patience": 0,
 }
@@ -36,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
           "embed_dim": 32, "hidden": (64, 64), "embed_std": 1.0,
           "item_id": False, "anchor": True, "anchor_version": 2,
           "user_bias_prior": 3.0, "new_item_prior": "validated",
-          "calibration": "median",
+          "calibration": "median", "popularity_prior": True,
           "loss": "mse", "query_loss": "", "huber_delta": 1.0,
           "interaction": "dot", "item_features": True,
           "compute_dtype": "float32",

@@ -88,6 +88,15 @@ MEANINGS: dict[str, str] = {
                             " `train/new_item_prior.py`). `same`: 1, as"
                             " for existing items (what a config written"
                             " before this key meant).",
+    "model.popularity_prior": "Implicit feedback, `melu` with a ranking"
+                              " loss (`bce`, `bpr`, `softmax`): the score"
+                              " starts from each item's popularity (the"
+                              " log of its smoothed share of the training"
+                              " positives, fixed, times a meta-learned"
+                              " weight that starts at 1) and the network"
+                              " learns the rest; ignored otherwise. false:"
+                              " the network alone (what a config written"
+                              " before this key meant).",
     "model.compute_dtype": "Precision of the model's arithmetic in the inner"
                            " loop and the meta-gradient: `float32` or"
                            " `bfloat16` (mixed precision: parameters,"

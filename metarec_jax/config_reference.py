@@ -44,6 +44,7 @@ ALLOWED: dict[str, Any] = {
                                     "NEW_ITEM_PRIORS"),
     "model.calibration": R.OneOf("metarec_jax.models.calibration",
                                  "CALIBRATIONS"),
+    "model.popularity_prior": R.Bool(),
     "model.hidden": R.Tuple(R.Int(1), min_len=1),
     "model.compute_dtype": R.OneOf("metarec_jax.models.precision",
                                    "COMPUTE_DTYPES"),

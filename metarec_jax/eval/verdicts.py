@@ -10,6 +10,9 @@ scenario has too few tasks for its figures to mean anything.
 
 from __future__ import annotations
 
+from metarec_jax.models.recommender import RANKING_LOSSES
+from metarec_jax.workdir.criterion import RANKING_CRITERION
+
 BASELINE = "item_mean_user_bias"
 # Below this many tasks a scenario's MAE moves by several percent between
 # seeds (ML-100K's IC has 6 tasks, UIC 1): too few to compare models.
@@ -18,6 +21,11 @@ MIN_TASKS = 50
 # the ratings hold nothing but biases the best model is the baseline, and
 # its checkpoint or share may differ from it by 0.01% either way.
 TIE = 0.001
+# A ranking within this relative margin of popularity's ties with it: the
+# nDCG@10 of a few hundred tasks moves by several percent between seeds
+# (MovieLens-1M implicit, docs/results.md), and a model that kept its
+# popularity start differs from popularity by its support's adaptation.
+RANKING_TIE = 0.01
 
 ADVICE = ("try: the baseline-anchored model (model.anchor=true, the"
           " default), the best validated checkpoint (the default of eval),"
@@ -74,15 +82,14 @@ def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
   return out
 
 
-RANKING_METRIC = "ndcg@10"  # full catalog: what a served top-k list meets
-RANKING_LOSSES = ("bce", "bpr", "softmax")
-
-
 def _implicit_advice(model_config) -> str:
   """What to try where popularity ranks better, less what is set."""
   tips = ["more meta-steps (train.num_steps)"]
   if model_config is None or model_config.loss not in RANKING_LOSSES:
-    tips.append("a ranking loss (model.loss=bce, bpr or softmax)")
+    tips.append("a ranking loss (model.loss=bce, bpr or softmax), with"
+                " which MeLU starts from popularity (model.popularity_prior)")
+  elif not model_config.popularity_prior and model_config.name == "melu":
+    tips.append("starting from popularity (model.popularity_prior=true)")
   if model_config is None or not model_config.item_id:
     tips.append("item ids as a feature (model.item_id=true), so that the"
                 " model can learn each item's popularity")
@@ -93,14 +100,15 @@ def _implicit_advice(model_config) -> str:
 def _ranking_warning(name: str, ranking: dict, tasks: int, min_tasks: int,
                      model_config) -> list[str]:
   """The line of an implicit scenario whose full-catalog nDCG@10 is below
-  the most-popular ranking's by more than `TIE` (none when it is not)."""
-  model = (ranking.get("full") or {}).get(RANKING_METRIC)
+  the most-popular ranking's by more than `RANKING_TIE` (none when it is
+  not)."""
+  model = (ranking.get("full") or {}).get(RANKING_CRITERION)
   base = (((ranking.get("baselines") or {}).get("popularity") or {})
-          .get("full") or {}).get(RANKING_METRIC)
-  if model is None or base is None or not model < base * (1 - TIE):
+          .get("full") or {}).get(RANKING_CRITERION)
+  if model is None or base is None or not model < base * (1 - RANKING_TIE):
     return []
   what = (f"on {tasks} task(s), too few to tell it from noise"
           if tasks < min_tasks else _implicit_advice(model_config))
-  return [f"{name}: the model's full-catalog {RANKING_METRIC} {model:.4f} is"
+  return [f"{name}: the model's full-catalog {RANKING_CRITERION} {model:.4f} is"
           f" WORSE than the most-popular ranking's {base:.4f}"
           f" ({100 * (model / base - 1):+.1f}%) on the same tasks; " + what]

@@ -12,9 +12,9 @@ import numpy as np
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec, select
 from metarec_jax.models import anchored, anchored_idemb, precision
 from metarec_jax.models.idemb import INTERACTIONS, IDEmb
-from metarec_jax.models.melu import MeLU
-from metarec_jax.models.recommender import (LOSSES, RATING_LOSSES,
-                                            Recommender,
+from metarec_jax.models.melu import MeLU, popularity_table
+from metarec_jax.models.recommender import (LOSSES, RANKING_LOSSES,
+                                            RATING_LOSSES, Recommender,
                                             linear_head_loss, plain_loss,
                                             with_loss)
 
@@ -25,10 +25,16 @@ MODELS = ("melu", "idemb")
 def for_data(model_config, *, implicit_data: bool):
   """The `model` config as built for the data: `model.anchor` (the
   item-mean + user-bias baseline, a rating model) is off on implicit
-  feedback."""
-  if implicit_data and model_config.anchor:
+  feedback, and `model.popularity_prior` (a logit's prior) is on only for
+  MeLU on implicit feedback with a ranking loss."""
+  anchor = bool(model_config.anchor) and not implicit_data
+  prior = (bool(model_config.popularity_prior) and implicit_data
+           and model_config.name == "melu"
+           and model_config.loss in RANKING_LOSSES)
+  if (anchor, prior) != (bool(model_config.anchor),
+                         bool(model_config.popularity_prior)):
     model_config = copy.deepcopy(model_config)
-    model_config.anchor = False
+    model_config.anchor, model_config.popularity_prior = anchor, prior
   return model_config
 
 
@@ -48,6 +54,7 @@ def needs_item_id(model_config) -> bool:
   return (model_config.name == "idemb"
           or bool(model_config.anchor)
           or bool(model_config.item_id)
+          or bool(model_config.popularity_prior)
           or ITEM_ID in tuple(model_config.features))
 
 
@@ -104,12 +111,15 @@ def build(model_config, features: Iterable[FeatureSpec], *,
       of the item biases (default: none, as if no item had ratings).
     inner_lr: `model.anchor`: the inner loop's rate, which sets the scale
       of the adapted user bias (`anchored.user_bias_scale`).
-    item_counts: `model.calibration=median`: each item's number of training
-      ratings (the median map's kind of item; default: none known, one map
-      row for every item).
+    item_counts: each item's number of training ratings (positives on
+      implicit feedback): the median map's kind of item
+      (`model.calibration=median`) and the popularity prior
+      (`model.popularity_prior`); default: none known (one map row for
+      every item; a flat prior, as an export's parameters then replace).
   """
   features = tuple(features)
-  rec = _build(model_config, features, rating_mean, item_means, inner_lr)
+  rec = _build(model_config, features, rating_mean, item_means, inner_lr,
+               item_counts)
   if (model_config.calibration == "median"
       and {model_config.loss, model_config.query_loss or model_config.loss}
       <= set(RATING_LOSSES)):
@@ -125,7 +135,7 @@ def build(model_config, features: Iterable[FeatureSpec], *,
 
 
 def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
-           item_means, inner_lr) -> Recommender:
+           item_means, inner_lr, item_counts) -> Recommender:
   """`build` in float32."""
   name = model_config.name
   features = tuple(features)
@@ -148,10 +158,30 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
     return _anchored(model_config, fields, rating_mean, item_means, inner_lr,
                      kind, query_kind, delta)
   if name == "melu":
-    module = MeLU(fields=fields, embed_dim=int(model_config.embed_dim),
+    popularity_init, deep = None, fields
+    # `for_data` turns the prior off but for implicit feedback; a ranking
+    # loss means that too for a caller who built the config by hand.
+    if model_config.popularity_prior and kind in RANKING_LOSSES:
+      ids = [f for f in fields if f.name == ITEM_ID]
+      if not ids:
+        raise ValueError("model.popularity_prior reads the item_id feature:"
+                         " build the feature tables with item_id="
+                         "models.needs_item_id(config)")
+      # The prior reads the item ID; the network embeds it only if asked.
+      vocab = ids[0].vocab
+      table = popularity_table(item_counts, vocab)
+      popularity_init = lambda _: jnp.asarray(table)  # noqa: E731
+      embeds_id = (bool(model_config.item_id)
+                   or ITEM_ID in tuple(model_config.features))
+      deep = tuple(f for f in fields if f.name != ITEM_ID or embeds_id)
+    module = MeLU(fields=deep, embed_dim=int(model_config.embed_dim),
                   hidden=tuple(int(h) for h in model_config.hidden),
                   output_bias=float(rating_mean),
-                  embed_std=float(model_config.embed_std))
+                  embed_std=float(model_config.embed_std),
+                  popularity_init=popularity_init,
+                  item_fields=tuple(f for f in fields if f.side == "item"
+                                    and f.name != ITEM_ID)
+                  if popularity_init is not None else ())
     loss = linear_head_loss(module, kernel="decision/fc1/kernel",
                             bias="decision/fc1/bias",
                             featurize_reads=("^embed/",), loss=kind,

@@ -7,21 +7,48 @@ rating. MeLU adapts only the decision MLP per user; the embeddings are
 meta-learned. The feature fields come from the data's schema, so the same
 module serves MovieLens-1M, -100K and any generic dataset.
 
+With a popularity prior (`model.popularity_prior`, implicit feedback with
+a ranking loss) the score is a logit that starts from each item's
+popularity:
+
+    score = decision(embeddings) + popularity_weight * w * log_share(i)
+            + (1 - w) * predicted(item features)
+
+`log_share` is the log of the item's smoothed share of the training
+positives times the catalog size (with uniform negatives, the logit of a
+positive that popularity alone gives; 0 for an average item) and `w = n /
+(n + 5)` the weight of its `n` training positives: fixed tables
+(`popularity_table`, no gradient). `popularity_weight` starts at 1 and is
+meta-learned (popularity-weighted negatives call for less). An item
+without training positives (a new item, or a hidden ID,
+`data.item_id_dropout`) has `w = 0`: its popularity is predicted from its
+features by a learned linear map (started at zero, an average item), as
+the anchored rating model predicts a new item's bias, so that the network
+need not learn popularity for new items. None of it is adapted: the
+decision MLP, whose output layer starts at zero, learns what popularity
+does not say.
+
 Parameters:
 
     embed/<field>/embedding         [vocab, embed_dim]
     decision/fc1/{kernel,bias}      [fields * embed_dim, hidden[0]]
     decision/fc2/{kernel,bias}      ...
     decision/out/{kernel,bias}      [hidden[-1], 1]
+    popularity                      [items + 1, 2]  (w * log_share, w;
+                                                     fixed)
+    popularity_weight               []
+    popularity_features/<field>/embedding  [vocab, 8]  (item fields)
+    popularity_project/kernel       [item fields * 8, 1]
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec
 
@@ -87,21 +114,74 @@ class Decision(nn.Module):
     return out(x)[..., 0]
 
 
+PRIOR_PSEUDO = 5.0  # pseudo-positives of the evidence weight w
+PRIOR_DIM = 8  # width of the item-feature embeddings of the predicted part
+
+
+def popularity_table(counts: np.ndarray | None, vocab: int) -> np.ndarray:
+  """`[vocab, 2]` float32: row `i + 1` is `(w * log_share, w)` for item `i`
+  with `c_i` training positives (`C` in all, `N` items): `log_share =
+  log((c_i + 1) * N / (C + N))`, the log of its smoothed share against the
+  uniform one, and `w = c_i / (c_i + PRIOR_PSEUDO)`. Row 0 (padding, a
+  hidden ID) and items without positives: `(0, 0)`, their features alone.
+  `counts` None: zeros (the parameter's shape, where an export or a
+  checkpoint supplies its value)."""
+  out = np.zeros((vocab, 2), np.float32)
+  if counts is not None:
+    c = np.asarray(counts, np.float64)[:vocab - 1]
+    n = vocab - 1
+    weight = c / (c + PRIOR_PSEUDO)
+    out[1:len(c) + 1, 0] = weight * np.log((c + 1.0) * n / (c.sum() + n))
+    out[1:len(c) + 1, 1] = weight
+  return out
+
+
 class MeLU(nn.Module):
-  """MeLU: `prediction = apply(params, features)`, ratings `f32[...]`."""
+  """MeLU: `prediction = apply(params, features)`, ratings `f32[...]`.
+
+  `popularity_init`: `rng -> [items + 1, 2]`, the prior's table as
+  initialised (`popularity_table`), or None for no prior; `item_fields`:
+  the item-side fields its predicted part reads."""
 
   fields: tuple[FeatureSpec, ...]
   embed_dim: int = 32
   hidden: Sequence[int] = (64, 64)
   output_bias: float = 0.0
   embed_std: float = 1.0
+  popularity_init: Callable[[jax.Array], jax.Array] | None = None
+  item_fields: tuple[FeatureSpec, ...] = ()
 
   def setup(self):
     self.embed = Embedder(tuple(self.fields), self.embed_dim, self.embed_std)
-    self.decision = Decision(tuple(self.hidden), self.output_bias)
+    # With the prior the network starts at nothing (its output layer at
+    # zero): the score starts as popularity, exactly.
+    self.decision = Decision(tuple(self.hidden), self.output_bias,
+                             zero_output=self.popularity_init is not None)
+    if self.popularity_init is not None:
+      self.popularity_table = self.param("popularity", self.popularity_init)
+      self.popularity_weight = self.param("popularity_weight",
+                                          nn.initializers.ones, ())
+      if self.item_fields:
+        self.popularity_features = Embedder(tuple(self.item_fields),
+                                            PRIOR_DIM, 0.1)
+        self.popularity_project = nn.Dense(
+            1, use_bias=False, kernel_init=nn.initializers.zeros)
 
   def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
-    return self.decision(self.embed(features))
+    return self.decision(self.embed(features)) + self.prior(features)
+
+  def prior(self, features: dict[str, jax.Array]) -> jax.Array | float:
+    """The popularity prior of each row's item (0 without the prior)."""
+    if self.popularity_init is None:
+      return 0.0
+    row = jax.lax.stop_gradient(self.popularity_table)[features[ITEM_ID]]
+    known, weight = row[..., 0], row[..., 1]
+    prior = self.popularity_weight * known
+    if self.item_fields:
+      predicted = self.popularity_project(
+          self.popularity_features(features))[..., 0]
+      prior = prior + (1.0 - weight) * predicted
+    return prior
 
   def featurize(self, features: dict[str, jax.Array]) -> jax.Array:
     """The decision MLP's input `X: f32[..., fields * embed_dim]`."""

@@ -211,8 +211,15 @@ def linear_head_loss(module: nn.Module, *, kernel: str, bias: str,
 
 
 def _head(module: nn.Module, loss: str, delta: float):
+  # A module with a per-item prior (MeLU's popularity) adds it here: it
+  # reads no adapted parameter, so the dual form stays exact.
+  prior = getattr(module, "popularity_init", None) is not None
+
   def head(params, a, batch):
     pred = module.apply({"params": params}, a, method="from_preactivation")
+    if prior:
+      pred = pred + module.apply({"params": params}, batch["features"],
+                                 method="prior")
     return masked_loss(pred, batch, loss, delta)
   return head
 
