@@ -76,6 +76,26 @@ def test_ratings_only_is_the_same_log_without_its_feature_tables(tmp_path):
   assert [f.name for f in store.features] == ["user_key", "item_key"]
 
 
+def test_clicks_is_an_iso_dated_order_log_read_as_implicit_feedback(
+    tmp_path):
+  from metarec_jax.data import implicit
+  from metarec_jax.data import store as store_lib
+  from metarec_jax.data.convert import prepare
+  folder = testbed.write_clicks(str(tmp_path))
+  with open(os.path.join(folder, "orders.csv"), encoding="utf-8") as f:
+    header, first = f.readline().strip(), f.readline().strip()
+  assert header == "customer_id;sku;purchased_at"
+  assert re.fullmatch(r"C\d{5};SKU-\d+;2024-\d\d-\d\d \d\d:\d\d:\d\d",
+                      first)
+  config = config_io.load_config_file(config_path("default"))
+  config_io.apply_overrides(config, list(
+      testbed.recipe_overrides(folder).items()))
+  prepare.prepare(config.data, tmp_path / "store")
+  store = store_lib.open_store(tmp_path / "store")
+  assert implicit.is_implicit(store) and store.num_users == 3000
+  assert config.model.loss == "bce"  # with which MeLU starts from popularity
+
+
 def test_the_shop_shape_has_a_long_tail_of_buyers_and_mostly_high_ratings():
   shape = testbed.SHAPES["shop"]._replace(users=400, items=300)
   lines = testbed.generate(shape, seed=0)["ratings.csv"][1:]

@@ -39,11 +39,25 @@ on every folder holding one (e.g. those of `tools/ml100k_subset.py`):
 
     python tools/compare.py --out=runs/tb-cmp --seeds=0,1,2 \
         --spec=tools/testbed.py:runs/testbed/bias,runs/testbed/taste
+
+`--ratings_only=FOLDER` writes the same log without its feature tables
+(`out/<folder's name>`: the ratings file and the flags that read it, no
+feature flag), the shape of a bare ratings file, whose ids the recipe then
+takes as its only features:
+
+    python tools/testbed.py --ratings_only=runs/testbed/taste --out=runs/ro
+
+`--clicks` writes `clicks`, a shop's order log of ISO-dated purchases
+without ratings where popularity is all there is (implicit feedback: the
+most-popular ranking is the true model), with its flags:
+
+    python tools/testbed.py --clicks --out=runs/testbed
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import shutil
 from typing import NamedTuple
@@ -178,6 +192,46 @@ def write(out: str, name: str, seed: int = 0) -> str:
   return folder
 
 
+CLICK_FLAGS = ("--config.data.name=generic",
+               "--config.data.root={root}",
+               "--config.data.generic.ratings=orders.csv",
+               "--config.data.generic.delimiter=;",
+               "--config.data.generic.user_col=customer_id",
+               "--config.data.generic.item_col=sku",
+               "--config.data.generic.rating_col=",
+               "--config.data.generic.timestamp_col=purchased_at",
+               "--config.data.implicit.enabled=true",
+               "--config.model.loss=bce")
+
+
+def write_clicks(out: str, seed: int = 5) -> str:
+  """Writes `out/clicks`: a shop's order log where popularity is all
+  there is (3000 customers, 2000 SKUs drawn by a Pareto popularity, 3-200
+  orders each, log-normal), as `customer_id;sku;purchased_at` with ISO
+  date-times and no rating, plus the flags that read it as implicit
+  feedback with a ranking loss. The most-popular ranking is the true
+  model here; returns the folder."""
+  rng = np.random.default_rng(seed)
+  popularity = rng.pareto(1.2, 2000) + 0.1
+  popularity /= popularity.sum()
+  start = datetime.datetime(2024, 1, 1)
+  lines = ["customer_id;sku;purchased_at"]
+  for user in range(3000):
+    n = int(np.clip(rng.lognormal(2.7, 0.8), 3, 200))
+    for item in rng.choice(2000, size=min(n, 2000), replace=False,
+                           p=popularity):
+      when = start + datetime.timedelta(seconds=int(rng.integers(0, 3e7)))
+      lines.append(f"C{user:05d};SKU-{item};{when.isoformat(sep=' ')}")
+  folder = os.path.join(out, "clicks")
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "orders.csv"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  with open(os.path.join(folder, "flags.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(CLICK_FLAGS).format(root=os.path.abspath(folder))
+            + "\n")
+  return folder
+
+
 # The flags that read feature tables or derive from them (new items are
 # marked in the item table): what a bare ratings file has none of.
 FEATURE_FLAGS = ("data.generic.item_features", "data.generic.user_features",
@@ -250,7 +304,13 @@ def main():
   parser.add_argument("--ratings_only", action="append", metavar="FOLDER",
                       help="write FOLDER's ratings without its feature"
                            " tables instead (repeatable)")
+  parser.add_argument("--clicks", action="store_true",
+                      help="write the popularity-only order log `clicks`"
+                           " instead")
   args = parser.parse_args()
+  if args.clicks:
+    print(write_clicks(args.out))
+    return
   if args.ratings_only:
     for src in args.ratings_only:
       print(ratings_only(src, args.out))
