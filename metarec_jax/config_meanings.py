@@ -172,7 +172,7 @@ MEANINGS: dict[str, str] = {
                              " a 0-based position without a header).",
     "data.generic.item_col": "Generic data: item id column.",
     "data.generic.rating_col": "Generic data: rating column.",
-    "data.generic.timestamp_col": "Generic data: timestamp column (integers,"
+    "data.generic.timestamp_col": "Generic data: timestamp column (numbers,"
                                   " or ISO 8601 dates or date-times) that"
                                   " orders each user's ratings; `\"\"` ="
                                   " none.",

@@ -154,6 +154,21 @@ def test_iso_dates_order_a_users_ratings_and_bad_ones_name_their_line(
                      " neither an integer nor an ISO 8601 date"):
     prepare.prepare(data_config(root, ratings="bad.csv",
                                 timestamp_col="when"), tmp_path / "b")
+  datafiles.write(str(root / "clock.csv"),
+                  "user,item,rating,when\nalice,mug,4,1614853321.75\n"
+                  "alice,pen,3,1614853320.5\n")
+  prepare.prepare(data_config(root, ratings="clock.csv",
+                              timestamp_col="when"), tmp_path / "k")
+  k = store_lib.open_store(tmp_path / "k")
+  assert k.item_ids[k.items].tolist() == ["pen", "mug"]  # a float clock
+  assert k.timestamps.tolist() == [1614853320, 1614853321]
+  datafiles.write(str(root / "clock2.csv"),
+                  "user,item,rating,when\nalice,mug,4,1614853321.75\n"
+                  "alice,pen,3,2021-03-05\n")
+  with pytest.raises(InputError, match=r"clock2.csv:3: timestamp"
+                     " '2021-03-05' is not a finite number"):
+    prepare.prepare(data_config(root, ratings="clock2.csv",
+                                timestamp_col="when"), tmp_path / "k2")
   datafiles.write(str(root / "mixed.csv"),
                   "user,item,rating,when\nalice,mug,4,17\n"
                   "bob,pen,3,2021-03-05\n")

@@ -250,12 +250,23 @@ def _iso_seconds(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
   return out, ok
 
 
+def _seconds(values: list[str]) -> np.ndarray | None:
+  """`values` as whole seconds (floored) if every one is a finite number
+  (`1614853321.25`, a float clock), else None."""
+  try:
+    out = np.fromiter(map(float, values), np.float64, len(values))
+  except ValueError:
+    return None
+  return np.floor(out).astype(np.int64) if np.isfinite(out).all() else None
+
+
 def times(table: Table, values: list[str], what: str) -> np.ndarray:
   """`values` (one per row of `table`) as int64 times: integers as they
-  are (any unit), or, where the first is not an integer, ISO 8601 dates or
-  date-times (`2021-03-04`, `2021-03-04 10:22:01`,
-  `2021-03-04T10:22:01.5+02:00`) as seconds since 1970-01-01 UTC. Only
-  their order matters (a user's ratings in time order).
+  are (any unit); where the first is not an integer, numbers floored to
+  whole seconds (a float clock) or ISO 8601 dates or date-times
+  (`2021-03-04`, `2021-03-04 10:22:01`, `2021-03-04T10:22:01.5+02:00`) as
+  seconds since 1970-01-01 UTC. Only their order matters (a user's ratings
+  in time order).
 
   Raises:
     InputError: naming the first line whose value is not of the first
@@ -266,6 +277,11 @@ def times(table: Table, values: list[str], what: str) -> np.ndarray:
     if not ok.all():
       raise not_an_integer(table, values, ok, what)
     return out
+  seconds = _seconds(values)
+  if seconds is not None:
+    return seconds
+  if _seconds(values[:1]) is not None:  # a number first: numbers all
+    floats(table, values, what)  # raises at the first that is not one
   out, ok = _iso_seconds(values)
   if not ok.all():
     i = int(np.flatnonzero(~ok)[0])

@@ -4,7 +4,8 @@ Files (paths relative to `data.root`, set in `data.generic`):
 
 - the ratings file: one rating per line, fields separated by `delimiter`,
   with or without a header line; the user, item, rating (and optional
-  timestamp: integers, or ISO 8601 dates or date-times) columns are named by `user_col`, `item_col`,
+  timestamp: numbers, or ISO 8601 dates or date-times) columns are named
+  by `user_col`, `item_col`,
   `rating_col`, `timestamp_col` (header names, or 0-based positions when
   `header` is false). Fields cannot be quoted.
 - optional user and item feature tables: a header line, the id in the first
