@@ -134,48 +134,38 @@ def test_a_ratings_file_alone_takes_its_ids_as_features(shop, tmp_path):
   assert any("the user and item ids are the features" in m for m in said)
 
 
+def timed_store(tmp_path, name, *lines):
+  """The store of a ratings file `name` of `user,item,rating,when` lines
+  with `when` its timestamp column."""
+  root = tmp_path / "timed"
+  datafiles.write(str(root / name),
+                  "user,item,rating,when\n" + "".join(f"{l}\n" for l in lines))
+  prepare.prepare(data_config(root, ratings=name, timestamp_col="when"),
+                  tmp_path / name.replace(".", "_"))
+  return store_lib.open_store(tmp_path / name.replace(".", "_"))
+
+
 def test_iso_dates_order_a_users_ratings_and_bad_ones_name_their_line(
     tmp_path):
-  root = tmp_path / "iso"
-  datafiles.write(str(root / "ratings.csv"),
-                  "user,item,rating,when\n"
-                  "alice,mug,4,2021-03-05\n"
-                  "alice,pen,2,2021-03-04T23:00:00-02:00\n"  # 01:00 UTC 5th
-                  "alice,ink,5,2021-03-04 10:22:01.5\n"
-                  "bob,pen,3,2021-03-04T10:22:01Z\n")
-  prepare.prepare(data_config(root, timestamp_col="when"), tmp_path / "s")
-  s = store_lib.open_store(tmp_path / "s")
+  s = timed_store(tmp_path, "iso.csv", "alice,mug,4,2021-03-05",
+                  "alice,pen,2,2021-03-04T23:00:00-02:00",  # 01:00 UTC 5th
+                  "alice,ink,5,2021-03-04 10:22:01.5",
+                  "bob,pen,3,2021-03-04T10:22:01Z")
   items = s.item_ids[s.items[:3]].tolist()
   assert items == ["ink", "mug", "pen"]  # alice's, in time order
-  datafiles.write(str(root / "bad.csv"),
-                  "user,item,rating,when\nalice,mug,4,2021-03-05\n"
-                  "bob,pen,3,yesterday\n")
-  with pytest.raises(InputError, match=r"bad.csv:3: timestamp 'yesterday' is"
-                     " neither an integer nor an ISO 8601 date"):
-    prepare.prepare(data_config(root, ratings="bad.csv",
-                                timestamp_col="when"), tmp_path / "b")
-  datafiles.write(str(root / "clock.csv"),
-                  "user,item,rating,when\nalice,mug,4,1614853321.75\n"
-                  "alice,pen,3,1614853320.5\n")
-  prepare.prepare(data_config(root, ratings="clock.csv",
-                              timestamp_col="when"), tmp_path / "k")
-  k = store_lib.open_store(tmp_path / "k")
+  k = timed_store(tmp_path, "clock.csv", "alice,mug,4,1614853321.75",
+                  "alice,pen,3,1614853320.5")
   assert k.item_ids[k.items].tolist() == ["pen", "mug"]  # a float clock
   assert k.timestamps.tolist() == [1614853320, 1614853321]
-  datafiles.write(str(root / "clock2.csv"),
-                  "user,item,rating,when\nalice,mug,4,1614853321.75\n"
-                  "alice,pen,3,2021-03-05\n")
-  with pytest.raises(InputError, match=r"clock2.csv:3: timestamp"
-                     " '2021-03-05' is not a finite number"):
-    prepare.prepare(data_config(root, ratings="clock2.csv",
-                                timestamp_col="when"), tmp_path / "k2")
-  datafiles.write(str(root / "mixed.csv"),
-                  "user,item,rating,when\nalice,mug,4,17\n"
-                  "bob,pen,3,2021-03-05\n")
-  with pytest.raises(InputError, match=r"mixed.csv:3: timestamp '2021-03-05'"
-                     " is not an integer"):
-    prepare.prepare(data_config(root, ratings="mixed.csv",
-                                timestamp_col="when"), tmp_path / "c")
+  # A value of another kind than the first line's names its line.
+  for name, first, message in (
+      ("bad.csv", "2021-03-05", "'yesterday' is neither an integer nor an"
+                                " ISO 8601 date"),
+      ("clock2.csv", "1614853321.75", "'yesterday' is not a finite number"),
+      ("mixed.csv", "17", "'yesterday' is not an integer")):
+    with pytest.raises(InputError, match=f"{name}:3: timestamp {message}"):
+      timed_store(tmp_path, name, f"alice,mug,4,{first}",
+                  "bob,pen,3,yesterday")
 
 
 def test_a_file_split_on_the_wrong_delimiter_says_which_it_uses(tmp_path):
