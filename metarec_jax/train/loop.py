@@ -37,8 +37,8 @@ from metarec_jax.train import shares as shares_lib
 from metarec_jax.train.guard import NonFiniteGuard, TrainingError
 from metarec_jax.train import validation
 from metarec_jax.train.selection import Selection
-from metarec_jax.workdir.criterion import criterion, criterion_name
 from metarec_jax.train.trainer import Trainer, check_batch_size
+from metarec_jax.workdir.criterion import criterion, criterion_name
 
 log = logging.getLogger("metarec")
 
@@ -224,11 +224,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       selection = Selection.resumed(int(tc.early_stop_patience),
                                     checkpointer.validated())
 
-      def save(step, val_mae=None, params=None):
+      def save(step, val_loss=None, params=None):
         # orbax compiles its own small copy programs on a first save; they
         # are not ours to count.
         compiles.stop()
-        _save(checkpointer, step, state, config_record, val_mae=val_mae,
+        _save(checkpointer, step, state, config_record, val_mae=val_loss,
               params=params)
         compiles.start()
 
@@ -254,13 +254,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         # where training only overfits, the run keeps that start.
         outcome = validate(step)
         results, initial, shares = outcome or (None, None, {})
-        initial_mae = results and criterion(results["val"])
-        # A non-finite MAE (non-finite ratings) is no candidate.
-        if initial_mae is not None and math.isfinite(initial_mae):
+        initial_loss = results and criterion(results["val"])
+        # A non-finite loss (non-finite ratings) is no candidate.
+        if initial_loss is not None and math.isfinite(initial_loss):
           report(step, results, shares)
-          if selection.start(initial_mae):
+          if selection.start(initial_loss):
             summary["best"] = {"step": step, "val": results["val"]}
-          save(step, initial_mae, initial)
+          save(step, initial_loss, initial)
       guard = NonFiniteGuard(int(tc.max_nonfinite), checkpointer, step, state)
       log_every = int(config.log.every_steps)
       histogram_every = int(config.log.histogram_every_steps)  # 0: never
@@ -305,7 +305,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             reporter.histograms(step, telemetry.parameter_histograms(
                 state.params))
 
-          val_mae = None  # set when this step was validated
+          val_loss = None  # set when this step was validated
           improved = False  # whether that is the best so far (saved)
           validated = None  # the params to save if this step was validated
           if due(step, eval_every, num_steps):
@@ -316,8 +316,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
               served = validated
               summary["val"] = results["val"]
               report(step, results, shares)
-              val_mae = criterion(results["val"])
-              if val_mae is not None and selection.update(val_mae):
+              val_loss = criterion(results["val"])
+              if val_loss is not None and selection.update(val_loss):
                 improved = True
                 summary["best"] = {"step": step, "val": results["val"]}
           early_stop = selection.should_stop
@@ -328,7 +328,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             break
           if due(step, save_every, num_steps) or improved or early_stop:
             guard.check_state(step, state)
-            save(step, val_mae, validated)
+            save(step, val_loss, validated)
           if early_stop:
             log.info("step %d: no better validation %s in %d validations"
                      " (train.early_stop_patience): stopping early", step,
