@@ -27,7 +27,9 @@ def test_a_file_without_ratings_is_all_positives_and_repeats_count_once(
   datafiles.write(str(tmp_path / "clicks.csv"),
                   "user,item\nu1,a\nu1,b\nu2,a\nu1,a\nu3,c\n")
   data = generic_config(tmp_path, ratings="clicks.csv", rating_col="")
-  prepare.prepare(data, tmp_path / "store")
+  said = []
+  prepare.prepare(data, tmp_path / "store", log=said.append)
+  assert "implicit: 4 positives (every line) of 4 interactions" in said
   s = store_lib.open_store(tmp_path / "store")
   assert implicit.is_implicit(s)
   assert s.counts().tolist() == [2, 1, 1]  # u1's second click on a: once

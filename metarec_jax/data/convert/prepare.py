@@ -53,8 +53,12 @@ def prepare(data_config, out: str | os.PathLike,
     shutil.rmtree(ratings, ignore_errors=True)
   if log is not None:
     info = manifest["implicit"]
-    log(f"implicit: {info['positives']:,} positives (rating >="
-        f" {spec.threshold:g}) of {info['interactions']:,} interactions")
+    # A generic file without a rating column: every line is a positive.
+    rule = ("every line" if data_config.name == "generic"
+            and not data_config.generic.rating_col
+            else f"rating >= {spec.threshold:g}")
+    log(f"implicit: {info['positives']:,} positives ({rule}) of"
+        f" {info['interactions']:,} interactions")
 
 
 def _prepare_ratings(data_config, out: str | os.PathLike,
