@@ -76,6 +76,12 @@ def test_ratings_only_is_the_same_log_without_its_feature_tables(tmp_path):
   assert [f.name for f in store.features] == ["user_key", "item_key"]
 
 
+def test_the_tools_read_dir_or_dir_at_step():
+  from metarec_jax.workdir.restore import workdir_at
+  assert workdir_at("runs/a@250") == ("runs/a", 250)
+  assert workdir_at("runs/a") == ("runs/a", None)
+
+
 def test_clicks_is_an_iso_dated_order_log_read_as_implicit_feedback(
     tmp_path):
   from metarec_jax.data import implicit

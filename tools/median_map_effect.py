@@ -36,7 +36,7 @@ from metarec_jax.eval import metrics as metrics_lib  # noqa: E402
 from metarec_jax.eval.evaluate import Evaluator  # noqa: E402
 from metarec_jax.train import median_map  # noqa: E402
 from metarec_jax.train import shares as shares_lib  # noqa: E402
-from metarec_jax.workdir.restore import open_checkpoint  # noqa: E402
+from metarec_jax.workdir.restore import open_checkpoint, workdir_at  # noqa: E402
 
 BASELINE = "item_mean_user_bias"
 
@@ -88,8 +88,7 @@ def main():
   parser.add_argument("workdirs", nargs="+", help="DIR or DIR@STEP")
   args = parser.parse_args()
   for spec in args.workdirs:
-    workdir, _, step = spec.partition("@")
-    table = effect(workdir, int(step) if step else None)
+    table = effect(*workdir_at(spec))
     print(spec)
     for name, row in table.items():
       if row["served"] is None:

@@ -34,7 +34,7 @@ from metarec_jax.eval.evaluate import Evaluator  # noqa: E402
 from metarec_jax.eval.support_curve import truncate_support  # noqa: E402
 from metarec_jax.train import median_map, validation  # noqa: E402
 from metarec_jax.train import new_item_prior as new_prior_lib  # noqa: E402
-from metarec_jax.workdir.restore import open_checkpoint  # noqa: E402
+from metarec_jax.workdir.restore import open_checkpoint, workdir_at  # noqa: E402
 
 VARIANTS = {"held_at_1": (1.0,), "fitted": new_prior_lib.GRID}
 COLD = ("IC", "UIC")  # support sets of new items
@@ -90,8 +90,7 @@ def main():
   parser.add_argument("workdirs", nargs="+", help="DIR or DIR@STEP")
   args = parser.parse_args()
   for spec in args.workdirs:
-    workdir, _, step = spec.partition("@")
-    table = effect(workdir, int(step) if step else None)
+    table = effect(*workdir_at(spec))
     held, fitted = table["held_at_1"], table["fitted"]
     print(f"{spec}  multiple fitted: {fitted['multiple']:g}")
     for name in SCENARIOS:

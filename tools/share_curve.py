@@ -30,7 +30,7 @@ from metarec_jax.errors import InputError  # noqa: E402
 from metarec_jax.eval.evaluate import Evaluator  # noqa: E402
 from metarec_jax.train import validation  # noqa: E402
 from metarec_jax.train import shares as shares_lib  # noqa: E402
-from metarec_jax.workdir.restore import open_checkpoint  # noqa: E402
+from metarec_jax.workdir.restore import open_checkpoint, workdir_at  # noqa: E402
 
 NAMES = shares_lib.SCENARIOS + SCENARIOS  # val, val_new, W, UC, IC, UIC
 
@@ -64,8 +64,7 @@ def main():
   args = parser.parse_args()
   shares = [float(v) for v in args.shares.split(",")]
   for arg in args.workdirs:
-    workdir, _, step = arg.partition("@")
-    table = share_maes(workdir, int(step) if step else None, shares)
+    table = share_maes(*workdir_at(arg), shares)
     print(arg)
     for name, row in table.items():
       base = row.get(0.0)

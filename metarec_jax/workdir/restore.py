@@ -69,6 +69,13 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
   return state
 
 
+def workdir_at(spec: str) -> tuple[str, int | None]:
+  """A tool's `DIR` or `DIR@STEP` argument as `(workdir, step)`, step None
+  for `load_state`'s default checkpoint."""
+  workdir, _, step = spec.partition("@")
+  return workdir, int(step) if step else None
+
+
 def open_checkpoint(workdir: str, step: int | None = None):
   """`(experiment, mesh, train state)` of `workdir`'s checkpoint `step`
   (default as `load_state`), for the tools that score a run in other ways
