@@ -72,14 +72,20 @@ def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
     base = (m.get("baselines") or {}).get(BASELINE, {}).get("mae")
     mae = m.get("mae")
     if mae is not None and base is not None and mae > base * (1 + TIE):
-      what = (f"on {tasks} task(s), too few to tell it from noise"
-              if tasks < min_tasks else
-              ADVICE_ANCHORED if anchored else ADVICE)
+      what = _what_to_try(tasks, min_tasks,
+                          ADVICE_ANCHORED if anchored else ADVICE)
       out.append(f"{name}: the model's query MAE {mae:.4f} is WORSE than the"
                  f" item-mean + user-bias baseline's {base:.4f}"
                  f" ({100 * (mae / base - 1):+.1f}%) on the same tasks; "
                  + what)
   return out
+
+
+def _what_to_try(tasks: int, min_tasks: int, advice: str) -> str:
+  """`advice`, or on fewer than `min_tasks` tasks none: the gap is noise."""
+  if tasks < min_tasks:
+    return f"on {tasks} task(s), too few to tell it from noise"
+  return advice
 
 
 def _implicit_advice(model_config) -> str:
@@ -107,8 +113,7 @@ def _ranking_warning(name: str, ranking: dict, tasks: int, min_tasks: int,
           .get("full") or {}).get(RANKING_CRITERION)
   if model is None or base is None or not model < base * (1 - RANKING_TIE):
     return []
-  what = (f"on {tasks} task(s), too few to tell it from noise"
-          if tasks < min_tasks else _implicit_advice(model_config))
+  what = _what_to_try(tasks, min_tasks, _implicit_advice(model_config))
   return [f"{name}: the model's full-catalog {RANKING_CRITERION} {model:.4f} is"
           f" WORSE than the most-popular ranking's {base:.4f}"
           f" ({100 * (model / base - 1):+.1f}%) on the same tasks; " + what]
