@@ -1,6 +1,8 @@
 """The orbax log filters drop only the noise of a failure already reported."""
 
+import gc
 import logging
+import warnings
 
 import pytest
 
@@ -30,3 +32,27 @@ def test_other_unretrieved_failures_and_records_still_log():
                      ValueError("a bug of someone else's")))
   assert keep(record("Executing <Task> took 0.2 seconds"))
   assert keep(record("something about OCDBT", OCDBT))
+
+
+def async_serialize_from_host():
+  """Named like orbax's serializer: its inner write coroutine, dropped."""
+  async def write_fragment():
+    pass
+  return write_fragment()
+
+
+async def some_other_coroutine():
+  pass
+
+
+def test_an_abandoned_orbax_write_coroutine_warns_nothing_at_exit():
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    orbax_logs.quiet_aborted_io()
+    async_serialize_from_host()  # dropped unawaited, as an aborted save's
+    some_other_coroutine()  # any other coroutine still warns
+    gc.collect()
+  unawaited = [str(w.message) for w in caught
+               if "never awaited" in str(w.message)]
+  assert unawaited == [
+      "coroutine 'some_other_coroutine' was never awaited"]

@@ -11,6 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
+
+# The warning of an orbax write coroutine an aborted save never started.
+ABANDONED_WRITE = r"coroutine 'async_serialize\w*\.<locals>\.\w+' was never awaited"
 
 
 def quiet_aborted_io() -> None:
@@ -22,10 +26,17 @@ def quiet_aborted_io() -> None:
   exception was never retrieved" or "_GatheringFuture exception was never
   retrieved" log records and, for tensorstore callbacks that arrive after
   orbax closed its event loop, as "Event loop is closed" tracebacks through
-  `sys.unraisablehook`. The real error has been reported already (a
-  fallback warning or the one line that stops the run); everything else
-  still reaches the previous hook and the asyncio logger.
+  `sys.unraisablehook`, and for the write coroutines of an abandoned
+  save that were never started, as a "coroutine
+  'async_serialize_from_host.<locals>.write_fragment' was never awaited"
+  RuntimeWarning printed at exit, after the run's one-line error. The real
+  error has been reported already (a fallback warning or the one line that
+  stops the run); everything else still reaches the previous hook, the
+  asyncio logger and the warnings filters.
   """
+  # Idempotent: an identical filter replaces the earlier one.
+  warnings.filterwarnings("ignore", category=RuntimeWarning,
+                          message=ABANDONED_WRITE)
   previous = sys.unraisablehook
   if getattr(previous, "_metarec_filter", False):
     return
