@@ -42,6 +42,8 @@ ALLOWED: dict[str, Any] = {
     "model.user_bias_prior": R.Float(0.0),
     "model.new_item_prior": R.OneOf("metarec_jax.models.anchored",
                                     "NEW_ITEM_PRIORS"),
+    "model.new_item_min_support": R.OneOf("metarec_jax.models.anchored",
+                                          "NEW_ITEM_MIN_SUPPORTS"),
     "model.calibration": R.OneOf("metarec_jax.models.calibration",
                                  "CALIBRATIONS"),
     "model.popularity_prior": R.Bool(),

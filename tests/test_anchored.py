@@ -28,11 +28,13 @@ def kind(request, monkeypatch):
   return request.param
 
 
-def build(prior=PRIOR, new_item_prior="same", **meta_kw):
+def build(prior=PRIOR, new_item_prior="same", new_item_min_support="none",
+          **meta_kw):
   cfg = model_section({
       **KINDS[KIND], "anchor": True, "anchor_version": 2,
       "user_bias_prior": prior, "calibration": "median",  # identity as init
       "new_item_prior": new_item_prior,
+      "new_item_min_support": new_item_min_support,
       "embed_dim": 4, "hidden": (8,), "embed_std": 0.1, "item_id": False})
   assert models.is_anchored(cfg)
   model = models.build(cfg, FIELDS, rating_mean=MU, item_means=(ITEM_MEANS, COUNTS / (COUNTS + 5.0)),
@@ -63,13 +65,15 @@ def test_meta_parameters_predict_the_item_means():
 
 
 def assert_adapted_is_the_baseline(model, config, params, prior=PRIOR,
-                                   mix=None, new_only=False, new_weight=1.0):
+                                   mix=None, new_only=False, new_weight=1.0,
+                                   least=1):
   """On each of 4 tasks, the adapted model's query predictions are the item
   means plus the shrunk mean residual of the support set (`prior`
   pseudo-ratings: the baseline's at the start; `mix=(share, prior2)`: that
   share of it and the rest shrunk by `prior2`; `new_only`: on the query
   rows of the item without training ratings alone; `new_weight`: the
-  weight of a support row of that item in the mean)."""
+  weight of a support row of that item in the mean, 0 where the support
+  set holds fewer than `least` such rows)."""
   t = tasks()
   checked = 0
   for i in range(4):
@@ -77,8 +81,9 @@ def assert_adapted_is_the_baseline(model, config, params, prior=PRIOR,
     query = jax.tree.map(lambda a: a[i], t["query"])
     adapted = meta.adapt(model.loss_fn, params, support, config=config)
     s_ids, mask = support["features"]["item_id"], support["mask"]
-    weight = np.where(mask, np.where(COUNTS[s_ids - 1] == 0, new_weight,
-                                     1.0), 0.0)
+    new = mask & (COUNTS[s_ids - 1] == 0)
+    weight = np.where(mask, np.where(new, new_weight if new.sum() >= least
+                                     else 0.0, 1.0), 0.0)
     resid = weight * (support["rating"] - ITEM_MEANS[s_ids - 1])
     bias = resid.sum() / (weight.sum() + prior)
     if mix is not None:
@@ -310,6 +315,44 @@ def test_new_items_support_ratings_weigh_less_by_the_validated_prior():
       lambda p: meta.task_loss(model.loss_fn, p, task, config=config,
                                query_loss_fn=model.query_loss_fn))(heavy)
   assert float(grads["new_item_prior"]) == 0.0
+
+
+def test_too_few_new_items_support_ratings_do_not_move_the_user():
+  """`model.new_item_min_support=validated`: a support set with fewer
+  ratings of new items than the validated minimum leaves those ratings
+  out of both user biases (down-weighted by the multiple where it has
+  enough); at 1 (as trained) every rating counts, and the minimum takes
+  no gradient. A config without the key has no leaf."""
+  assert "new_item_min_support" not in build(
+      new_item_prior="validated")[0].init(jax.random.PRNGKey(0))
+  model, config = build(new_item_prior="validated",
+                        new_item_min_support="validated",
+                        adapt=("^user_bias$", "^base_bias$"), inner_steps=1)
+  params = model.init(jax.random.PRNGKey(0))
+  assert float(params["new_item_min_support"]) == 1.0
+  assert_adapted_is_the_baseline(model, config, params)
+  t = tasks()
+  new_rows = ((COUNTS[t["support"]["features"]["item_id"] - 1] == 0)
+              & t["support"]["mask"]).sum(axis=1)
+  least = float(new_rows.max())  # some tasks have enough, some too few
+  assert (new_rows < least).any() and (new_rows >= least).any(), new_rows
+  for multiple in (1.0, 4.0):
+    gated = {**params, "new_item_prior": np.float32(multiple),
+             "new_item_min_support": np.float32(least)}
+    assert_adapted_is_the_baseline(model, config, gated,
+                                   new_weight=1 / multiple, least=least)
+    off = {**gated, "share": np.zeros(2, np.float32)}  # the baseline part
+    assert_adapted_is_the_baseline(model, config, off,
+                                   new_weight=1 / multiple, least=least)
+  model, config = build(new_item_prior="validated",
+                        new_item_min_support="validated")
+  gated = {**learned(model.init(jax.random.PRNGKey(0))),
+           "new_item_min_support": np.float32(2.0)}
+  task = jax.tree.map(lambda a: a[0], t)
+  grads = jax.grad(
+      lambda p: meta.task_loss(model.loss_fn, p, task, config=config,
+                               query_loss_fn=model.query_loss_fn))(gated)
+  assert float(grads["new_item_min_support"]) == 0.0
 
 
 def test_the_baseline_part_keeps_the_baselines_prior():

@@ -1,7 +1,8 @@
 """The validated prior multiple of new items' support ratings
 (`train.new_item_prior`): the fit picks the multiple with the lowest
 validation MAE, reuses the evaluation at 1, and leaves a model without
-new-item validation as trained."""
+new-item validation as trained; and the validated fewest of them that
+count, from the cuts of the validation users' support sets."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -128,6 +129,7 @@ def test_as_trained_undoes_what_a_validation_fitted():
   from metarec_jax.models import calibration  # pylint: disable=g-import-not-at-top
   from metarec_jax.train import median_map, shares, validation  # pylint: disable=g-import-not-at-top
   served = {"model": {**params(8.0)["model"],
+                      "new_item_min_support": jnp.asarray(4.0),
                       "share": jnp.asarray([0.25, 0.0]),
                       **calibration.identity(np.ones(3, bool))}}
   served = median_map.with_map(served, median_map.knots(1, 5),
@@ -136,8 +138,129 @@ def test_as_trained_undoes_what_a_validation_fitted():
   trained = validation.as_trained(served)
   np.testing.assert_array_equal(trained["model"]["share"], shares.TRAINING)
   assert float(trained["model"]["new_item_prior"]) == lib.TRAINING
+  assert float(trained["model"]["new_item_min_support"]) == lib.TRAINING
   assert not np.asarray(trained["model"]["median_offsets"]).any()
   np.testing.assert_array_equal(trained["model"]["w"], np.ones(3))
   # A model without them passes through.
   plain = {"model": {"w": jnp.ones(3)}}
   assert validation.as_trained(plain)["model"]["w"] is plain["model"]["w"]
+
+
+def test_the_minimum_is_the_smallest_from_which_every_cut_helps():
+  assert lib.fit_min_support({}) == 1.0  # no new-item validation
+  assert lib.fit_min_support({1: True, 2: True}) == 1.0
+  assert lib.fit_min_support({1: False, 2: True}) == 2.0
+  assert lib.fit_min_support({1: True, 2: False}) == 3.0
+  assert lib.fit_min_support({1: False, 2: False}) == 3.0
+  assert lib.fit_min_support({2: True}) == 1.0  # no task at 1
+  assert lib.fit_min_support({1: False}, grid=(1.0,)) == 1.0  # the last
+
+
+def _cut(adapted_errors, unadapted_error=0.5):
+  """A cut's predictions: per task one query rating of 3 stars, adapted
+  off by `adapted_errors`, unadapted by `unadapted_error`."""
+  true = np.full((len(adapted_errors), 1), 3.0, np.float32)
+  return type("P", (), {
+      "adapted": true + np.float32(adapted_errors)[:, None],
+      "unadapted": true + np.float32(unadapted_error), "true": true,
+      "mask": np.ones(true.shape, bool)})
+
+
+def test_a_size_helps_on_average_over_its_cuts():
+  """Two cuts of 60 tasks, one better adapted by 0.1 and one worse by
+  0.05: the size helps; worse by 0.15, it does not. With fewer than 50
+  tasks it must help by the evidence: the same mean gain from errors
+  that differ between tasks does not."""
+  many = 60
+  assert lib.cut_helps([_cut(np.full(many, 0.4)), _cut(np.full(many, 0.55))])
+  assert not lib.cut_helps([_cut(np.full(many, 0.4)),
+                            _cut(np.full(many, 0.65))])
+  few = 40
+  assert lib.cut_helps([_cut(np.full(few, 0.4)), _cut(np.full(few, 0.55))])
+  spread = np.where(np.arange(few) % 2, 0.95, 0.03)  # 0.49 on average
+  assert not lib.cut_helps([_cut(spread)] * 2)
+  assert lib.cut_helps([_cut(np.where(np.arange(many) % 2, 0.95, 0.03))] * 2)
+
+
+class _CutEvaluator:
+  """Validation users' new items, `val_new`: `n` tasks of 6 support and 3
+  query ratings. Adapted from fewer than `bad_below` support ratings a
+  task predicts 1 star too high where the unadapted prediction is exact
+  up to 0.5; from more, the adapted prediction is exact and the
+  unadapted 0.5 off (`noisy`: from fewer than 4 ratings, 0.95 and 0.03
+  off in turn, lower on average than the unadapted by less than the
+  evidence asks); a task with fewer support ratings than the model's minimum is
+  predicted unadapted (as `Anchor.support_weights` does)."""
+
+  def __init__(self, bad_below, noisy=False, n=40):
+    from metarec_jax.data.splits import TaskSet  # pylint: disable=g-import-not-at-top
+    s, q = 6, 3
+    self.bad_below, self.noisy = bad_below, noisy
+    offsets = np.arange(n + 1) * (s + q)
+    is_query = np.tile(np.r_[np.zeros(s, bool), np.ones(q, bool)], n)
+    self.tasks = TaskSet(users=np.arange(n), offsets=offsets,
+                         items=np.tile(np.arange(1, s + q + 1), n),
+                         ratings=np.full(n * (s + q), 3.0, np.float32),
+                         is_query=is_query)
+    self.exp = type("Exp", (), {})()
+    self.exp.split = type("Split", (), {"scenarios": {"val_new": self.tasks}})
+    self.exp.config = type("C", (), {"eval": type("E", (), {"seed": 0})})
+    self.sizes = []
+
+  def predictions(self, params, tasks, should_stop=None):
+    k = int(tasks.support_sizes().max())
+    self.sizes.append(k)
+    true = np.full((len(tasks), 3), 3.0, np.float32)
+    unadapted = true + 0.5
+    least = float(params["model"]["new_item_min_support"])
+    adapted = (unadapted if k < least else
+               true + (1.0 if k < self.bad_below else 0.0))
+    if self.noisy and least <= k < 4:
+      # Errors 0.95 and 0.03 in turn: 0.49 against 0.5 on average.
+      adapted = true + np.where(np.arange(len(tasks)) % 2, 0.95,
+                                0.03)[:, None].astype(np.float32)
+    return type("P", (), {"adapted": adapted, "unadapted": unadapted,
+                          "true": true, "mask": np.ones(true.shape, bool)})
+
+  def evaluate(self, params, scenarios, should_stop=None, keep=None):
+    p = self.predictions(params, self.tasks)
+    return {"val_new": {"mae": float(np.abs(p.adapted - p.true).mean())}}
+
+
+def test_the_minimum_is_fitted_on_cuts_of_the_new_items_support_sets():
+  """The `val_new` support sets cut to 1 and 2 ratings, predicted with
+  the minimum at 1: where adapting is worse below 3 ratings, the minimum
+  is 3 (the smallest of the grid above every such cut), and likewise,
+  on fewer than 50 tasks, where it is lower on average but not by the
+  evidence the shares ask for (with more tasks the lower MAE decides);
+  the validation's `val_new` figure is that of the model served with
+  it."""
+  from metarec_jax.train import validation  # pylint: disable=g-import-not-at-top
+
+  class Trainer:
+    def eval_params(self, params):
+      return params
+
+  start = {"model": {"new_item_min_support": jnp.asarray(1.0),
+                     "w": jnp.ones(3)}}
+  for bad_below, noisy, n, expected in (
+      (3, False, 40, 3.0), (1, False, 40, 1.0), (2, False, 40, 2.0),
+      (1, True, 40, 3.0), (5, False, 40, 3.0),
+      # With 50 tasks or more the lower MAE decides, evident or not.
+      (1, True, 60, 1.0), (3, False, 60, 3.0)):
+    ev = _CutEvaluator(bad_below, noisy, n)
+    results = {"val": {"mae": 0.1}, "val_new": {"mae": 9.0}}
+    params, results, least = validation._fit_min_support(  # pylint: disable=protected-access
+        ev, Trainer(), start, results, lambda: False)
+    assert least == expected, (bad_below, least)
+    assert ev.sizes[:2 * lib.CUTS] == [1] * lib.CUTS + [2] * lib.CUTS
+    assert float(params["model"]["new_item_min_support"]) == expected
+    assert results["val"] == {"mae": 0.1}
+    # Re-evaluated at the minimum where it is above 1 (6 support ratings:
+    # adapted, and exact where 6 ratings are enough); kept otherwise.
+    assert results["val_new"]["mae"] == (
+        9.0 if expected == 1 else 0.0 if bad_below <= 6 else 1.0)
+  stopped = _CutEvaluator(3)
+  stopped.predictions = lambda *a, **k: None
+  assert validation._fit_min_support(  # pylint: disable=protected-access
+      stopped, Trainer(), start, {}, lambda: True) is None

@@ -196,20 +196,25 @@ def test_the_recipe_matches_the_baseline_on_pure_biases(tmp_path, caplog):
       assert row["baseline_mapped"] < row["baseline"], (name, row)
       checked += 1
   assert checked >= 2
-  # tools/new_item_prior_effect.py validates the checkpoint again: fitted,
-  # it is what training validated and eval serves (the same multiple, the
-  # same MAEs); held at 1, the multiple is 1.
+  # tools/new_item_prior_effect.py validates the checkpoint again: with
+  # both fitted it is what training validated and eval serves (the same
+  # multiple and minimum, the same MAEs); held at 1, they are 1.
   from metarec_jax.workdir.restore import load_state  # pylint: disable=g-import-not-at-top
   from metarec_jax import runtime  # pylint: disable=g-import-not-at-top
   paired = new_item_prior_effect.effect(workdir)
   state = load_state(exp, workdir, runtime.make_mesh())
-  assert paired["fitted"]["multiple"] == float(
-      state.params["model"]["new_item_prior"])
+  served = paired["with_minimum"]
+  assert served["multiple"] == float(state.params["model"]["new_item_prior"])
+  assert served["minimum"] == float(
+      state.params["model"]["new_item_min_support"])
+  assert paired["fitted"]["multiple"] == served["multiple"]
+  assert paired["fitted"]["minimum"] == 1.0
   assert paired["held_at_1"]["multiple"] == 1.0
+  assert paired["held_at_1"]["minimum"] == 1.0
   for name, m in report["scenarios"].items():
     if m["tasks"]:
-      assert abs(paired["fitted"][name] - m["mae"]) < 1e-6, name
+      assert abs(served[name] - m["mae"]) < 1e-6, name
   for name in new_item_prior_effect.COLD:
     if report["scenarios"][name]["tasks"]:
       for k in new_item_prior_effect.SIZES:
-        assert len(paired["fitted"][f"{name}@{k}"]) == 2
+        assert len(served[f"{name}@{k}"]) == 2

@@ -3,15 +3,18 @@ paired on one checkpoint.
 
 An anchored model weighs a support rating of a new item `1 /
 new_item_prior` of an existing item's in its user biases, the multiple
-fitted at each validation (`metarec_jax/train/new_item_prior.py`). Two runs
-with and without it differ by more than the multiple (another compiled
-loss rounds differently, and 1500 steps turn that into another draw), so
-this script measures it on one checkpoint: the checkpoint's trained
-params validated again, once with the multiple held at 1 (as before the
-key existed) and once fitted, each followed by its own median map as in
-training; then every test scenario's MAE, and the item-cold scenarios'
-MAE after 1 and 2 support ratings beside the unadapted one (as
-`eval/support_curve.json` draws them).
+fitted at each validation, and (`model.new_item_min_support=validated`)
+leaves such ratings out below a validated minimum count
+(`metarec_jax/train/new_item_prior.py`). Two runs with and without them
+differ by more than these (another compiled loss rounds differently, and
+1500 steps turn that into another draw), so this script measures them on
+one checkpoint: the checkpoint's trained params validated again, with
+both held at 1 (as before the keys existed), with the multiple fitted
+and the minimum held at 1, and with both fitted (as the model serves),
+each followed by its own median map as in training; then every test
+scenario's MAE, and the item-cold scenarios' MAE after 1 and 2 support
+ratings beside the unadapted one (as `eval/support_curve.json` draws
+them).
 
 Run:
 
@@ -36,7 +39,11 @@ from metarec_jax.train import median_map, validation  # noqa: E402
 from metarec_jax.train import new_item_prior as new_prior_lib  # noqa: E402
 from metarec_jax.workdir.restore import open_checkpoint, workdir_at  # noqa: E402
 
-VARIANTS = {"held_at_1": (1.0,), "fitted": new_prior_lib.GRID}
+# variant: (candidates of the multiple, of the minimum)
+VARIANTS = {"held_at_1": ((1.0,), (1.0,)),
+            "fitted": (new_prior_lib.GRID, (1.0,)),
+            "with_minimum": (new_prior_lib.GRID,
+                             new_prior_lib.MIN_SUPPORT_GRID)}
 COLD = ("IC", "UIC")  # support sets of new items
 SIZES = (1, 2)
 
@@ -50,9 +57,9 @@ class _AsPlaced:
 
 
 def effect(workdir: str, step: int | None = None) -> dict[str, dict]:
-  """`{variant: {"multiple", scenario: MAE, "IC@1": (adapted, unadapted),
-  ...}}` of a checkpoint for `VARIANTS` (None for a scenario without
-  tasks)."""
+  """`{variant: {"multiple", "minimum", scenario: MAE, "IC@1": (adapted,
+  unadapted), ...}}` of a checkpoint for `VARIANTS` (None for a scenario
+  without tasks; the minimum 1 for a model without one)."""
   exp, mesh, state = open_checkpoint(workdir, step)
   if not new_prior_lib.present(state.params):
     raise InputError(f"{workdir}: the model has no new-item prior"
@@ -61,13 +68,14 @@ def effect(workdir: str, step: int | None = None) -> dict[str, dict]:
   trained = validation.as_trained(state.params)  # what validation sees
   seed = int(exp.config.eval.seed)
   out = {}
-  for variant, grid in VARIANTS.items():
+  for variant, (grid, minima) in VARIANTS.items():
     outcome = validation.validate(
         evaluator, _AsPlaced(), trained, 0, with_shares=True,
         with_map=median_map.present(trained), should_stop=lambda: False,
-        new_item_priors=grid)
+        new_item_priors=grid, min_supports=minima)
     _, served, scalars = outcome
-    row = {"multiple": scalars["val/new_item_prior"]}
+    row = {"multiple": scalars["val/new_item_prior"],
+           "minimum": scalars.get("val/new_item_min_support", 1.0)}
     for name in SCENARIOS:
       tasks = exp.split.scenarios[name]
       if not len(tasks):
@@ -91,18 +99,22 @@ def main():
   args = parser.parse_args()
   for spec in args.workdirs:
     table = effect(*workdir_at(spec))
-    held, fitted = table["held_at_1"], table["fitted"]
-    print(f"{spec}  multiple fitted: {fitted['multiple']:g}")
+    held = table["held_at_1"]
+    print(f"{spec}  multiple fitted: {table['fitted']['multiple']:g},"
+          f" minimum fitted: {table['with_minimum']['minimum']:g}")
     for name in SCENARIOS:
       if held[name] is None:
         print(f"  {name:4s} -")
         continue
-      cells = [f"  {name:4s} held at 1 {held[name]:.4f}  fitted"
-               f" {fitted[name]:.4f} ({(fitted[name] / held[name] - 1) * 100:+.2f}%)"]
+      cells = [f"  {name:4s} " + "  ".join(
+          f"{variant} {row[name]:.4f}"
+          + (f" ({(row[name] / held[name] - 1) * 100:+.2f}%)"
+             if variant != "held_at_1" else "")
+          for variant, row in table.items())]
       for k in SIZES if name in COLD else ():
-        a, b = held[f"{name}@{k}"], fitted[f"{name}@{k}"]
-        cells.append(f"  {k} rating(s): {a[0]:.4f} -> {b[0]:.4f}"
-                     f" (unadapted {a[1]:.4f} -> {b[1]:.4f})")
+        cells.append(f"  {k} rating(s): " + " -> ".join(
+            f"{row[f'{name}@{k}'][0]:.4f}" for row in table.values())
+            + f" (unadapted {held[f'{name}@{k}'][1]:.4f})")
       print("".join(cells))
 
 

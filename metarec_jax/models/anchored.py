@@ -68,6 +68,12 @@ item's in both user biases' shrunk means (`Anchor.support_weights`;
 `model.new_item_prior=validated`, each validation fits the multiple,
 `train.new_item_prior`): its residual also holds the item's unknown bias,
 so one or two such ratings said too much about the user. Training uses 1.
+Where even down-weighted they mislead (a user's first one or two ratings of
+items whose features say nothing), `new_item_min_support`
+(`model.new_item_min_support=validated`, `train.new_item_prior` fits it
+too) is the fewest support ratings of new items that count at all: a
+support set with fewer of them keeps the meta-parameters' user biases, as
+if the user had not rated them. Training uses 1 (every rating counts).
 
 Before any training the meta-parameters alone predict the item means
 (never worse than the global mean), and served at share 0 (and the
@@ -91,6 +97,9 @@ Parameters:
     base_bias                        []   (adapted; meta-value fixed at 0)
     new_item_prior                   []   (1; validated, no gradient; only
                                            with model.new_item_prior=validated)
+    new_item_min_support             []   (1; validated, no gradient; only
+                                           with model.new_item_min_support=
+                                           validated)
 """
 
 from __future__ import annotations
@@ -119,6 +128,9 @@ SHARE = "share"  # [existing items, new items]
 # The prior's multiple for support ratings of new items (validated).
 NEW_ITEM_PRIOR = "new_item_prior"
 NEW_ITEM_PRIORS = ("validated", "same")  # `model.new_item_prior`
+# The fewest support ratings of new items that move the user biases.
+NEW_ITEM_MIN_SUPPORT = "new_item_min_support"
+NEW_ITEM_MIN_SUPPORTS = ("validated", "none")  # `model.new_item_min_support`
 # The two user biases: adapted by every anchored model, and `meta_fixed`.
 USER_BIASES = (f"^{USER_BIAS}$", f"^{BASE_BIAS}$")
 
@@ -146,6 +158,9 @@ class Anchor(nn.Module):
     new_item_prior: whether the parameters hold `new_item_prior`, the
       validated multiple of the user biases' priors for support ratings of
       new items (`support_weights`).
+    new_item_min_support: whether the parameters hold
+      `new_item_min_support`, the validated fewest support ratings of new
+      items that move the user biases (`support_weights`).
   """
 
   item_fields: tuple[FeatureSpec, ...] = ()
@@ -155,6 +170,7 @@ class Anchor(nn.Module):
   user_scale: float = 1.0
   prior: float = 3.0
   new_item_prior: bool = False
+  new_item_min_support: bool = False
 
   def setup_anchor(self):
     """Creates the anchor's and the baseline's parameters."""
@@ -174,6 +190,9 @@ class Anchor(nn.Module):
     self.share = self.param(SHARE, nn.initializers.ones, (2,))
     if self.new_item_prior:
       self.new_prior = self.param(NEW_ITEM_PRIOR, nn.initializers.ones, ())
+    if self.new_item_min_support:
+      self.min_support = self.param(NEW_ITEM_MIN_SUPPORT,
+                                    nn.initializers.ones, ())
 
   def item_table(self, features: dict[str, jax.Array]):
     """Each row's fixed item-bias entries `(w * mean residual, w)`: the
@@ -183,21 +202,31 @@ class Anchor(nn.Module):
     table = jax.lax.stop_gradient(self.item_bias(features[ITEM_ID]))
     return table[..., 0], table[..., 1]
 
-  def support_weights(self, features: dict[str, jax.Array]) -> jax.Array:
+  def support_weights(self, features: dict[str, jax.Array],
+                      mask: jax.Array | None = None) -> jax.Array:
     """Each support row's weight in the user biases' estimates: 1 for an
-    item with training ratings, `1 / new_item_prior` for one without.
+    item with training ratings, `1 / new_item_prior` for one without, and
+    0 for one without where the task's support set (`mask`, one task's
+    rows) holds fewer than `new_item_min_support` of them.
 
     A new item's residual holds its unknown item bias (what its features
     do not predict) besides the noise, so its rating says less about the
     user: down-weighted, a support set of new items alone is shrunk by
-    `new_item_prior` times the prior. The multiple is validated (1 in
-    training; no gradient).
+    `new_item_prior` times the prior. Where one or two such ratings
+    mislead even so, the validated minimum leaves them out. Both are
+    validated (1 in training; no gradient).
     """
     existing = self.item_table(features)[1] > 0
-    if not self.new_item_prior:
-      return jnp.ones(existing.shape, jnp.float32)
-    multiple = jnp.maximum(jax.lax.stop_gradient(self.new_prior), 1.0)
-    return jnp.where(existing, 1.0, 1.0 / multiple)
+    new_weight = jnp.ones((), jnp.float32)
+    if self.new_item_prior:
+      new_weight = 1.0 / jnp.maximum(
+          jax.lax.stop_gradient(self.new_prior), 1.0)
+    if self.new_item_min_support and mask is not None:
+      new_rows = jnp.sum(jnp.where(existing, 0.0, mask.astype(jnp.float32)))
+      least = jax.lax.stop_gradient(self.min_support)
+      # Counts are whole numbers: half a rating of slack for the float.
+      new_weight = jnp.where(new_rows >= least - 0.5, new_weight, 0.0)
+    return jnp.where(existing, 1.0, new_weight)
 
   def combine(self, interaction: jax.Array,
               features: dict[str, jax.Array]) -> jax.Array:
@@ -333,7 +362,7 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
           {"params": params}, a, batch["features"],
           method="parts_from_preactivation")
       rows = module.apply({"params": params}, batch["features"],
-                          method="support_weights")
+                          batch["mask"], method="support_weights")
       return support_loss(params, model, baseline, batch,
                           scale=module.user_scale, kind=loss_kind,
                           delta=delta, rows=rows)

@@ -91,7 +91,7 @@ def recommender(module: AnchoredIDEmb, example_features, *, kind: str,
     model, baseline, _ = module.apply({"params": params}, batch["features"],
                                       method="parts_of")
     rows = module.apply({"params": params}, batch["features"],
-                        method="support_weights")
+                        batch["mask"], method="support_weights")
     return support_loss(params, model, baseline, batch,
                         scale=module.user_scale, kind=kind, delta=delta,
                         rows=rows)

@@ -243,7 +243,9 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
                 global_mean=float(rating_mean),
                 user_scale=anchored.user_bias_scale(inner_lr),
                 prior=float(model_config.user_bias_prior),
-                new_item_prior=model_config.new_item_prior == "validated")
+                new_item_prior=model_config.new_item_prior == "validated",
+                new_item_min_support=(
+                    model_config.new_item_min_support == "validated"))
   if model_config.name == "idemb":
     module = anchored_idemb.AnchoredIDEmb(
         **anchor, embed_dim=int(model_config.embed_dim),

@@ -1,9 +1,10 @@
 """One validation of the trained state, and what it fits for serving.
 
 The anchored model's shares (`train.shares`), then its prior for new
-items' support ratings (`train.new_item_prior`), and any rating model's
-median map (`train.median_map`) are fitted at every validation, in that
-order, on the validation users' held-out ratings, to the unmapped
+items' support ratings (`train.new_item_prior`), any rating model's
+median map (`train.median_map`), and last the fewest new items' support
+ratings that count (`new_item_prior.fit_min_support`, judged as served)
+are fitted at every validation, in that order, on the validation users' held-out ratings, to the unmapped
 predictions of the state as trained; the checkpoint of that step saves the
 params with them, so that `eval`, `export` and the server serve what was
 validated.
@@ -16,6 +17,7 @@ from typing import Any, Callable
 
 from metarec_jax.eval import metrics as metrics_lib
 from metarec_jax.eval.evaluate import Evaluator
+from metarec_jax.eval.support_curve import truncate_support
 from metarec_jax.models import calibration
 from metarec_jax.train import median_map
 from metarec_jax.train import new_item_prior as new_prior_lib
@@ -34,6 +36,8 @@ def as_trained(params: PyTree) -> PyTree:
     params = shares_lib.with_shares(params, shares_lib.TRAINING)
   if new_prior_lib.present(params):
     params = new_prior_lib.with_multiple(params, new_prior_lib.TRAINING)
+  if new_prior_lib.min_support_present(params):
+    params = new_prior_lib.with_min_support(params, new_prior_lib.TRAINING)
   if median_map.present(params):
     params = median_map.identity(params)
   return params
@@ -42,12 +46,14 @@ def as_trained(params: PyTree) -> PyTree:
 def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
              with_shares: bool, with_map: bool,
              should_stop: Callable[[], bool],
-             new_item_priors: tuple[float, ...] = new_prior_lib.GRID):
+             new_item_priors: tuple[float, ...] = new_prior_lib.GRID,
+             min_supports: tuple[float, ...] = new_prior_lib.MIN_SUPPORT_GRID):
   """The validation of the trained `params` after `step`.
 
   `new_item_priors` are the candidates of the new-item prior multiple
   (`train.new_item_prior`; `(1.0,)` holds it as trained, for tools that
-  measure what fitting it does).
+  measure what fitting it does), `min_supports` those of the fewest
+  new items' support ratings that count (likewise).
 
   Returns:
     `(results, served params, scalars)`: the evaluator's results per
@@ -100,7 +106,57 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
     scalars.update(mapped)
     if mapped:
       log.info("step %d  %s", step, _map_summary(mapped, results))
+  if with_shares and new_prior_lib.min_support_present(params):
+    fitted = _fit_min_support(evaluator, trainer, params, results,
+                              should_stop, min_supports)
+    if fitted is None:
+      return None
+    params, results, least = fitted
+    scalars["val/new_item_min_support"] = least
+    log.info("step %d  validated fewest support ratings of new items that"
+             " move a user's biases: %g", step, least)
   return results, params, scalars
+
+
+def _fit_min_support(evaluator: Evaluator, trainer, params: PyTree,
+                     results: dict, should_stop: Callable[[], bool],
+                     grid: tuple[float, ...] = new_prior_lib.MIN_SUPPORT_GRID):
+  """The validated fewest support ratings of new items that count
+  (`new_item_prior.fit_min_support`) for the served `params` (shares,
+  multiple and map fitted; the minimum at 1): the `val_new` support sets
+  cut `CUTS` times to each of `MIN_SUPPORT_SIZES`, predicted as served,
+  adapted against unadapted (`new_item_prior.cut_helps`). Returns `(params with it, results with `val_new` predicted
+  at it where it changed them, the minimum)`; None if told to stop."""
+  name = new_prior_lib.SCENARIO
+  tasks = evaluator.exp.split.scenarios.get(name)
+  helps = {}
+  sizes = new_prior_lib.MIN_SUPPORT_SIZES if len(grid) > 1 else ()
+  seed = int(evaluator.exp.config.eval.seed)
+  for k in sizes if tasks is not None else ():
+    cuts = []
+    for j in range(new_prior_lib.CUTS):
+      cut = truncate_support(tasks, k, seed=seed + j)
+      if not len(cut):
+        break
+      p = evaluator.predictions(trainer.eval_params(params), cut, should_stop)
+      if p is None:
+        return None
+      cuts.append(p)
+    if cuts:
+      helps[k] = new_prior_lib.cut_helps(cuts)
+  least = new_prior_lib.fit_min_support(helps, grid)
+  params = new_prior_lib.with_min_support(params, least)
+  if least > new_prior_lib.TRAINING and name in results:
+    # The validation's figure of new items as they will be adapted (as
+    # trained, without the map, like every other validation figure).
+    out = evaluator.evaluate(trainer.eval_params(median_map.identity(params)
+                                                 if median_map.present(params)
+                                                 else params),
+                             (name,), should_stop=should_stop)
+    if out is None:
+      return None
+    results = {**results, name: out[name]}
+  return params, results, least
 
 
 def _map_summary(mapped: dict[str, float], results: dict) -> str:

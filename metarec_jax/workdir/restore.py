@@ -7,7 +7,8 @@ import logging
 from metarec_jax import config_io, experiment, runtime
 from metarec_jax.data import implicit
 from metarec_jax.errors import InputError
-from metarec_jax.models.anchored import NEW_ITEM_PRIOR, SHARE
+from metarec_jax.models.anchored import (NEW_ITEM_MIN_SUPPORT, NEW_ITEM_PRIOR,
+                                         SHARE)
 from metarec_jax.models.calibration import MEDIAN_OFFSETS
 from metarec_jax.workdir import checkpoint as ckpt_lib
 from metarec_jax.workdir.criterion import criterion_name
@@ -60,6 +61,11 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
     log.info("its user biases weigh a support rating of a new item 1/%g of"
              " an existing item's (its validated model.new_item_prior)",
              float(runtime.to_host(multiple)))
+  least = state.params["model"].get(NEW_ITEM_MIN_SUPPORT)
+  if least is not None and float(runtime.to_host(least)) > 1:
+    log.info("a user's ratings of new items move their biases from %g of"
+             " them on (its validated model.new_item_min_support)",
+             float(runtime.to_host(least)))
   offsets = state.params["model"].get(MEDIAN_OFFSETS)
   if offsets is not None:
     kept = (runtime.to_host(offsets) != 0).any(axis=-1).tolist()
