@@ -95,6 +95,11 @@ def test_the_anchored_start_is_the_baseline_and_the_best_is_no_worse(
   assert row["val/new_item_prior"] in (1.0, 2.0, 4.0, 8.0, 16.0)
   assert float(state.params["model"]["new_item_prior"]) == (
       row["val/new_item_prior"])
+  # ... and the fewest new items' ratings that count
+  # (`model.new_item_min_support`, the default).
+  assert row["val/new_item_min_support"] in (1.0, 2.0, 3.0)
+  assert float(state.params["model"]["new_item_min_support"]) == (
+      row["val/new_item_min_support"])
   # The user bias's start is `meta_fixed`: however harmful the rate, the
   # meta-step leaves it at 0 (the unadapted model stays at the item
   # means), while the prior it shrinks with is meta-learned.
