@@ -285,6 +285,19 @@ def test_share_zero_serves_the_baseline_exactly_after_training():
                                  new_only=True)
 
 
+def assert_takes_no_gradient(leaf, value, t, **build_kw):
+  """A model built with `build_kw`, its learned part on and `leaf` at
+  `value`: the task loss of the first task has no gradient to `leaf`."""
+  model, config = build(**build_kw)
+  params = {**learned(model.init(jax.random.PRNGKey(0))),
+            leaf: np.float32(value)}
+  task = jax.tree.map(lambda a: a[0], t)
+  grads = jax.grad(
+      lambda p: meta.task_loss(model.loss_fn, p, task, config=config,
+                               query_loss_fn=model.query_loss_fn))(params)
+  assert float(grads[leaf]) == 0.0
+
+
 def test_new_items_support_ratings_weigh_less_by_the_validated_prior():
   """`model.new_item_prior=validated`: a support rating of an item without
   training ratings weighs `1 / new_item_prior` in both user biases'
@@ -307,14 +320,8 @@ def test_new_items_support_ratings_weigh_less_by_the_validated_prior():
     off = {**heavy, "share": np.zeros(2, np.float32)}  # the baseline part
     assert_adapted_is_the_baseline(model, config, off,
                                    new_weight=1 / multiple)
-  model, config = build(new_item_prior="validated")
-  heavy = {**learned(model.init(jax.random.PRNGKey(0))),
-           "new_item_prior": np.float32(4.0)}
-  task = jax.tree.map(lambda a: a[0], t)
-  grads = jax.grad(
-      lambda p: meta.task_loss(model.loss_fn, p, task, config=config,
-                               query_loss_fn=model.query_loss_fn))(heavy)
-  assert float(grads["new_item_prior"]) == 0.0
+  assert_takes_no_gradient("new_item_prior", 4.0, t,
+                           new_item_prior="validated")
 
 
 def test_too_few_new_items_support_ratings_do_not_move_the_user():
@@ -344,15 +351,9 @@ def test_too_few_new_items_support_ratings_do_not_move_the_user():
     off = {**gated, "share": np.zeros(2, np.float32)}  # the baseline part
     assert_adapted_is_the_baseline(model, config, off,
                                    new_weight=1 / multiple, least=least)
-  model, config = build(new_item_prior="validated",
-                        new_item_min_support="validated")
-  gated = {**learned(model.init(jax.random.PRNGKey(0))),
-           "new_item_min_support": np.float32(2.0)}
-  task = jax.tree.map(lambda a: a[0], t)
-  grads = jax.grad(
-      lambda p: meta.task_loss(model.loss_fn, p, task, config=config,
-                               query_loss_fn=model.query_loss_fn))(gated)
-  assert float(grads["new_item_min_support"]) == 0.0
+  assert_takes_no_gradient("new_item_min_support", 2.0, t,
+                           new_item_prior="validated",
+                           new_item_min_support="validated")
 
 
 def test_the_baseline_part_keeps_the_baselines_prior():

@@ -127,16 +127,11 @@ def test_shop_new_is_the_shop_with_half_its_items_new():
   assert 0.4 < np.mean(new) < 0.6
 
 
-def test_the_recipe_matches_the_baseline_on_pure_biases(tmp_path, caplog):
-  """configs/default.py with the data flags (and a short run) on ratings
-  that hold nothing but biases: the model is at most 0.5% above the
-  baseline in every scenario with 50 tasks or more (below it, through
-  the median map), and eval does not warn."""
-  from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+def run_recipe(tmp_path, shape, *, eval_every):
+  """Trains the own-data recipe (configs/default.py plus the data flags)
+  briefly on `shape`'s files (seed 0): `(config, workdir)`."""
   from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
-  shape = testbed.SHAPES["bias"]._replace(users=400, items=300,
-                                          min_ratings=30, max_ratings=60)
-  folder = str(tmp_path / "bias")
+  folder = str(tmp_path / "data")
   os.makedirs(folder)
   for file, lines in testbed.generate(shape, seed=0).items():
     with open(os.path.join(folder, file), "w") as f:
@@ -144,12 +139,25 @@ def test_the_recipe_matches_the_baseline_on_pure_biases(tmp_path, caplog):
   config = config_io.load_config_file(config_path("default"))
   overrides = {**testbed.recipe_overrides_of(testbed.FLAGS, folder),
                # short (the default is 1500 steps), one bucket to compile
-               "train.num_steps": "60", "train.eval_every_steps": "20",
+               "train.num_steps": "60",
+               "train.eval_every_steps": str(eval_every),
                "data.buckets": "(32,)", "checkpoint.every_steps": "0"}
   config_io.apply_overrides(config, list(overrides.items()))
   workdir = str(tmp_path / "run")
+  train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def test_the_recipe_matches_the_baseline_on_pure_biases(tmp_path, caplog):
+  """configs/default.py with the data flags (and a short run) on ratings
+  that hold nothing but biases: the model is at most 0.5% above the
+  baseline in every scenario with 50 tasks or more (below it, through
+  the median map), and eval does not warn."""
+  from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  shape = testbed.SHAPES["bias"]._replace(users=400, items=300,
+                                          min_ratings=30, max_ratings=60)
   with caplog.at_level(logging.INFO, logger="metarec"):
-    train_and_evaluate(config, workdir)
+    config, workdir = run_recipe(tmp_path, shape, eval_every=20)
   # The log says what the map does on validation, per kind of item.
   assert re.search(r"median map \(model\.calibration\), validation MAE"
                    r" without -> with it, cross-fitted: existing items"
@@ -225,24 +233,14 @@ def test_one_or_two_ratings_of_featureless_new_items_do_no_harm(tmp_path):
   features say nothing: in `eval/support_curve.json` the item-cold
   scenarios' adapted MAE at one and two support ratings is not above the
   unadapted one (`model.new_item_min_support` leaves out what the
-  validation cannot show helps). (Without the minimum, `model.new_item_min_support=none`,
-  the same run's IC is 0.8725 and 0.8722 against 0.8684 unadapted.)"""
+  validation cannot show helps). (Without the minimum,
+  `model.new_item_min_support=none`, the same run's IC is 0.8725 and
+  0.8722 against 0.8684 unadapted.)"""
   from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
   from metarec_jax.eval import support_curve  # pylint: disable=g-import-not-at-top
-  from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
-  shape = testbed.SHAPES["useless"]  # smaller, the cells were not above
-  folder = str(tmp_path / "useless")
-  os.makedirs(folder)
-  for file, lines in testbed.generate(shape, seed=0).items():
-    with open(os.path.join(folder, file), "w") as f:
-      f.write("\n".join(lines) + "\n")
-  config = config_io.load_config_file(config_path("default"))
-  overrides = {**testbed.recipe_overrides_of(testbed.FLAGS, folder),
-               "train.num_steps": "60", "train.eval_every_steps": "30",
-               "data.buckets": "(32,)", "checkpoint.every_steps": "0"}
-  config_io.apply_overrides(config, list(overrides.items()))
-  workdir = str(tmp_path / "run")
-  train_and_evaluate(config, workdir)
+  # The whole shape: on a smaller one the cells were not above even
+  # without the minimum.
+  _, workdir = run_recipe(tmp_path, testbed.SHAPES["useless"], eval_every=30)
   eval_lib.evaluate_workdir(workdir)
   record = support_curve.read(workdir)
   checked = 0
