@@ -54,6 +54,15 @@ def test_eval_prints_the_json_report_last(trained):
           in out.stderr)
   # ... and the validated shares it serves with (the anchored model).
   assert "of its learned part for existing items" in out.stderr
+  # What it serves, in the JSON too (tiny: anchored, with the new-item
+  # prior and minimum and the median map).
+  served = report["served"]
+  assert set(served) == {"share_existing_items", "share_new_items",
+                         "new_item_prior", "new_item_min_support",
+                         "median_map_existing_items", "median_map_new_items"}
+  assert 0.0 <= served["share_new_items"] <= 1.0
+  assert served["new_item_min_support"] in (1.0, 2.0, 3.0)
+  assert isinstance(served["median_map_new_items"], bool)
   assert isinstance(report["warnings"], list)
   assert set(report["scenarios"]) == {"W", "UC", "IC", "UIC"}
   uc = report["scenarios"]["UC"]

@@ -212,9 +212,10 @@ def test_the_recipe_matches_the_baseline_on_pure_biases(tmp_path, caplog):
   paired = new_item_prior_effect.effect(workdir)
   state = load_state(exp, workdir, runtime.make_mesh())
   served = paired["with_minimum"]
-  assert served["multiple"] == float(state.params["model"]["new_item_prior"])
-  assert served["minimum"] == float(
-      state.params["model"]["new_item_min_support"])
+  assert served["multiple"] == report["served"]["new_item_prior"] == float(
+      state.params["model"]["new_item_prior"])
+  assert served["minimum"] == report["served"]["new_item_min_support"] == (
+      float(state.params["model"]["new_item_min_support"]))
   assert paired["fitted"]["multiple"] == served["multiple"]
   assert paired["fitted"]["minimum"] == 1.0
   assert paired["held_at_1"]["multiple"] == 1.0

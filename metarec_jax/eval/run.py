@@ -14,7 +14,7 @@ from metarec_jax.eval import predictions_file, tensorboard, verdicts
 from metarec_jax.eval import support_curve as curves
 from metarec_jax.eval.evaluate import Evaluator
 from metarec_jax.eval.user_file import new_user_tasks
-from metarec_jax.workdir.restore import load_state
+from metarec_jax.workdir.restore import load_state, served_values
 
 log = logging.getLogger("metarec")
 
@@ -42,10 +42,12 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
 
   Returns:
     `{"step": N, "scenarios": {"W": {...}, "UC": ..., "IC": ..., "UIC": ...},
-    "warnings": [...]}` with the keys of docs/design.md; an empty scenario
-    has `tasks: 0` and null metrics; `warnings` (`eval.verdicts`) says
-    where the model lost to the item-mean + user-bias baseline and which
-    scenarios have too few tasks.
+    "warnings": [...], "served": {...}}` with the keys of docs/design.md;
+    an empty scenario has `tasks: 0` and null metrics; `warnings`
+    (`eval.verdicts`) says where the model lost to the item-mean +
+    user-bias baseline and which scenarios have too few tasks; `served`
+    what the checkpoint's validation fitted for serving
+    (`workdir.restore.served_values`).
 
   Raises:
     InputError: a bad work directory, config, checkpoint or ratings file.
@@ -85,4 +87,5 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   warnings = verdicts.warnings_for(results, model_config=exp.model_config)
   for line in warnings:
     log.warning("%s", line)
-  return {"step": step, "scenarios": results, "warnings": warnings}
+  return {"step": step, "scenarios": results, "warnings": warnings,
+          "served": served_values(state.params)}

@@ -51,28 +51,48 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
     raise InputError(str(e), path=workdir) from e
   finally:
     checkpointer.close()
-  share = state.params["model"].get(SHARE)
-  if share is not None:
+  served = served_values(state.params)
+  if "share_new_items" in served:
     log.info("the checkpoint uses %.2f of its learned part for existing"
              " items and %.2f for new items (its validated shares)",
-             *runtime.to_host(share).tolist())
-  multiple = state.params["model"].get(NEW_ITEM_PRIOR)
-  if multiple is not None:
+             served["share_existing_items"], served["share_new_items"])
+  if "new_item_prior" in served:
     log.info("its user biases weigh a support rating of a new item 1/%g of"
              " an existing item's (its validated model.new_item_prior)",
-             float(runtime.to_host(multiple)))
-  least = state.params["model"].get(NEW_ITEM_MIN_SUPPORT)
-  if least is not None and float(runtime.to_host(least)) > 1:
+             served["new_item_prior"])
+  if served.get("new_item_min_support", 1.0) > 1:
     log.info("a user's ratings of new items move their biases from %g of"
              " them on (its validated model.new_item_min_support)",
-             float(runtime.to_host(least)))
-  offsets = state.params["model"].get(MEDIAN_OFFSETS)
-  if offsets is not None:
-    kept = (runtime.to_host(offsets) != 0).any(axis=-1).tolist()
+             served["new_item_min_support"])
+  if "median_map_new_items" in served:
     log.info("it serves through the median map (model.calibration=median)"
              " for existing items: %s, for new items: %s",
-             *("yes" if k else "no (identity)" for k in kept))
+             *("yes" if served[f"median_map_{kind}_items"]
+               else "no (identity)" for kind in ("existing", "new")))
   return state
+
+
+def served_values(params) -> dict:
+  """What a checkpoint's validation fitted for serving, as plain values:
+  `share_existing_items` and `share_new_items` (`train.shares`),
+  `new_item_prior` and `new_item_min_support` (`train.new_item_prior`),
+  `median_map_existing_items` and `median_map_new_items` (whether each
+  kind is served through the median map); only those the model has."""
+  model = params["model"]
+  out = {}
+  share = model.get(SHARE)
+  if share is not None:
+    out["share_existing_items"], out["share_new_items"] = (
+        float(v) for v in runtime.to_host(share).tolist())
+  for name in (NEW_ITEM_PRIOR, NEW_ITEM_MIN_SUPPORT):
+    if model.get(name) is not None:
+      out[name] = float(runtime.to_host(model[name]))
+  offsets = model.get(MEDIAN_OFFSETS)
+  if offsets is not None:
+    kept = (runtime.to_host(offsets) != 0).any(axis=-1).tolist()
+    out["median_map_existing_items"], out["median_map_new_items"] = (
+        bool(k) for k in kept)
+  return out
 
 
 def workdir_at(spec: str) -> tuple[str, int | None]:
