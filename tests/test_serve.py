@@ -176,7 +176,11 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
     assert r.status_code == status, (name, r.status_code, r.text)
     message = r.json()["error"]
     assert words in message and "\n" not in message, (name, message)
-  assert client.get("/healthz").json()["status"] == "ok"
+  health = client.get("/healthz").json()
+  assert health["status"] == "ok"
+  # What it serves, as `eval` reports it for the same checkpoint.
+  assert health["served"]["new_item_min_support"] in (1.0, 2.0, 3.0)
+  assert set(health["served"]) >= {"share_existing_items", "new_item_prior"}
   assert top_items(client, 130)["items"]
   # Nothing refused reached the log.
   assert (log_file.read_bytes() if log_file.exists() else b"") == logged

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from metarec_jax.serve import guards
 from metarec_jax.serve.service import Service
+from metarec_jax.workdir.restore import served_values
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -167,13 +168,16 @@ def create_app(service: Service, *, token: str | None,
     response.headers.update(exc.headers or {})
     return response
 
+  # What the exported checkpoint's validation fitted (as `eval` reports).
+  served = served_values({"model": export.meta_params})
+
   @app.get("/healthz")
   async def healthz() -> dict:
     return {"status": "ok", "users": export.num_users,
             "items": export.num_items, "sessions": len(engine.sessions),
             "kept_rankings": len(engine.rankings),
             "ranking_hits": engine.rankings.hits,
-            "batches": service.stats()}
+            "batches": service.stats(), "served": served}
 
   def reply(obj) -> Response:
     # The routes build plain dicts and orjson writes them: pydantic models
