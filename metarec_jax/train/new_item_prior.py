@@ -65,7 +65,7 @@ GRID = (1.0, 2.0, 4.0, 8.0, 16.0)
 SCENARIO = "val_new"  # validation users' new items: support of new items
 TRAINING = 1.0
 # The cuts of `val_new` the minimum is judged on, and its candidates: the
-# first one or two ratings of new items count where they evidently help.
+# first one or two ratings of new items count where they help (`cut_helps`).
 # Not beyond: where few validation users rated new items no cut shows the
 # evidence, and a larger minimum would then leave out whole support sets
 # that help (measured: the generated `few_sparse` data's 18 item-cold

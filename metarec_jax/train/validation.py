@@ -4,8 +4,8 @@ The anchored model's shares (`train.shares`), then its prior for new
 items' support ratings (`train.new_item_prior`), any rating model's
 median map (`train.median_map`), and last the fewest new items' support
 ratings that count (`new_item_prior.fit_min_support`, judged as served)
-are fitted at every validation, in that order, on the validation users' held-out ratings, to the unmapped
-predictions of the state as trained; the checkpoint of that step saves the
+are fitted at every validation, in that order, on the validation users'
+held-out ratings, to the unmapped predictions of the state as trained; the checkpoint of that step saves the
 params with them, so that `eval`, `export` and the server serve what was
 validated.
 """
@@ -125,20 +125,22 @@ def _fit_min_support(evaluator: Evaluator, trainer, params: PyTree,
   (`new_item_prior.fit_min_support`) for the served `params` (shares,
   multiple and map fitted; the minimum at 1): the `val_new` support sets
   cut `CUTS` times to each of `MIN_SUPPORT_SIZES`, predicted as served,
-  adapted against unadapted (`new_item_prior.cut_helps`). Returns `(params with it, results with `val_new` predicted
-  at it where it changed them, the minimum)`; None if told to stop."""
+  adapted against unadapted (`new_item_prior.cut_helps`). Returns
+  `(params with it, results with `val_new` predicted at it where it
+  changed them, the minimum)`; None if told to stop."""
   name = new_prior_lib.SCENARIO
   tasks = evaluator.exp.split.scenarios.get(name)
   helps = {}
   sizes = new_prior_lib.MIN_SUPPORT_SIZES if len(grid) > 1 else ()
   seed = int(evaluator.exp.config.eval.seed)
+  served = trainer.eval_params(params)
   for k in sizes if tasks is not None else ():
     cuts = []
     for j in range(new_prior_lib.CUTS):
       cut = truncate_support(tasks, k, seed=seed + j)
       if not len(cut):
         break
-      p = evaluator.predictions(trainer.eval_params(params), cut, should_stop)
+      p = evaluator.predictions(served, cut, should_stop)
       if p is None:
         return None
       cuts.append(p)
