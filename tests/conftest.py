@@ -106,6 +106,26 @@ def model_section(keys: dict):
   return config_io.complete({"model": keys}).model
 
 
+def small_melu(**keys):
+  """The `model` section of the small MeLU the model tests build (width-4
+  embeddings, hidden 6-5, squared error unless `keys` say otherwise)."""
+  return model_section({"name": "melu", "features": (),
+                        "exclude_features": (), "embed_dim": 4,
+                        "hidden": (6, 5), "embed_std": 1.0, "item_id": False,
+                        "loss": "mse", "query_loss": "", "huber_delta": 1.0,
+                        **keys})
+
+
+def synthetic_store(tmp_path_factory, name: str, spec):
+  """A synthetic task store of `spec`, written under a fresh temporary
+  folder `name` and opened."""
+  from metarec_jax.data import store as store_lib  # pylint: disable=g-import-not-at-top
+  from metarec_jax.data.convert import synthetic  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp(name) / "store")
+  synthetic.generate(spec, path)
+  return store_lib.open_store(path)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> str:
   """The folder of real test data (MovieLens-1M with MeLU features)."""

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from conftest import synthetic_store
 from metarec_jax.data import splits, store as store_lib
 from metarec_jax.data.convert import synthetic
 from metarec_jax.data.sampler import SamplerSpec, TrainSampler
@@ -18,9 +19,7 @@ SPEC = synthetic.SyntheticSpec(num_users=700, num_items=300, min_ratings=10,
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("data") / "store")
-  synthetic.generate(SPEC, path)
-  return store_lib.open_store(path)
+  return synthetic_store(tmp_path_factory, "data", SPEC)
 
 
 @pytest.fixture(scope="module")

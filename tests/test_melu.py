@@ -8,9 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import model_section, random_tasks
+from conftest import random_tasks, small_melu, synthetic_store
 from metarec_jax import meta, models
-from metarec_jax.data import splits, store as store_lib
+from metarec_jax.data import splits
 from metarec_jax.data.convert import synthetic
 from metarec_jax.data.sampler import SamplerSpec, TrainSampler
 from metarec_jax.data.schema import ITEM_ID
@@ -23,17 +23,11 @@ SPEC = synthetic.SyntheticSpec(num_users=300, num_items=120, min_ratings=20,
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("melu") / "store")
-  synthetic.generate(SPEC, path)
-  return store_lib.open_store(path)
+  return synthetic_store(tmp_path_factory, "melu", SPEC)
 
 
 def model_config(**kw):
-  c = {"name": "melu", "features": (), "exclude_features": (),
-       "embed_dim": 4, "hidden": (6, 5), "embed_std": 1.0, "item_id": False,
-       "loss": "mse", "query_loss": "", "huber_delta": 1.0}
-  c.update(kw)
-  return model_section(c)
+  return small_melu(**kw)
 
 
 def test_huber_loss_is_twice_optax_huber_and_mse_near_zero():

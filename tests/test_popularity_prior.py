@@ -7,9 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import model_section, random_tasks
+from conftest import model_section, random_tasks, small_melu, synthetic_store
 from metarec_jax import meta, models
-from metarec_jax.data import store as store_lib
 from metarec_jax.data.convert import synthetic
 from metarec_jax.data.schema import ITEM_ID
 from metarec_jax.data.tasks import FeatureTables
@@ -22,18 +21,11 @@ SPEC = synthetic.SyntheticSpec(num_users=200, num_items=50, min_ratings=20,
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("prior") / "store")
-  synthetic.generate(SPEC, path)
-  return store_lib.open_store(path)
+  return synthetic_store(tmp_path_factory, "prior", SPEC)
 
 
 def prior_config(**kw):
-  c = {"name": "melu", "features": (), "exclude_features": (),
-       "embed_dim": 4, "hidden": (6, 5), "embed_std": 1.0, "item_id": False,
-       "loss": "bce", "query_loss": "", "huber_delta": 1.0,
-       "popularity_prior": True}
-  c.update(kw)
-  return model_section(c)
+  return small_melu(**{"loss": "bce", "popularity_prior": True, **kw})
 
 
 def built(store, config, counts=None):
