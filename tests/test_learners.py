@@ -107,9 +107,13 @@ def test_meta_gradient_matches_finite_differences(float64, algorithm, loss_fn):
     np.testing.assert_allclose(g @ v, fd, rtol=1e-6, atol=1e-9)
 
 
-def test_hybrid_dual_form_equals_the_plain_inner_loop(float64):
-  params, tasks = toy()
-  config, inner = setup("hybrid", LINEAR_HEAD, params, tasks)
+@pytest.mark.parametrize("algorithm", LEARNERS)
+def test_the_linear_heads_shortcuts_equal_the_plain_computation(float64,
+                                                                algorithm):
+  # hybrid: the dual form; metric, amortised: the first layer's modulation
+  # on the pre-activations of one shared kernel (`task_loss_shared`).
+  params, tasks = toy(empty=(1,))
+  config, inner = setup(algorithm, LINEAR_HEAD, params, tasks)
   mp = {"model": params, "inner": inner}
   dual = meta.meta_grad(LINEAR_HEAD, mp, tasks, config=config)
   plain = meta.meta_grad(plain_loss, mp, tasks, config=config)

@@ -83,6 +83,19 @@ def _start(loss_fn: LossFn, params: PyTree, support: PyTree,
   return encoder.encode(loss_fn, params, support, config=config, inner=inner)
 
 
+def _shared_first_layer(loss_fn: LossFn, params: PyTree, config: MetaConfig,
+                        inner: PyTree | None,
+                        query_loss_fn: LossFn | None) -> Callable | None:
+  """The query head with which an encoder without gradient steps scores
+  a task from shared first-layer products (`encoder.task_loss_shared`), or
+  None where it cannot."""
+  if not (inner is not None and isinstance(loss_fn, linear_head.LinearHead)
+          and encoder.shares_first_layer(
+              loss_fn, paths.partition(params, config.adapt), config)):
+    return None
+  return loss_fn.query_head(query_loss_fn)
+
+
 def adapt(loss_fn: LossFn, params: PyTree, support: PyTree, *,
           config: MetaConfig, inner: PyTree | None = None) -> PyTree:
   """Adapts `params` to one task's support set.
@@ -120,6 +133,11 @@ def task_loss(loss_fn: LossFn, params: PyTree, task: PyTree, *,
   the query set, so the inner loop and the meta-objective may use different
   losses (e.g. squared error to adapt, an MAE-like loss to meta-learn).
   """
+  shared = _shared_first_layer(loss_fn, params, config, inner,
+                               query_loss_fn)
+  if shared is not None:
+    return encoder.task_loss_shared(loss_fn, params, task, config=config,
+                                    inner=inner, query_head=shared)
   params = _start(loss_fn, params, task["support"], config, inner)
   part = paths.partition(params, config.adapt)
   query_head = linear_head.dual_form(loss_fn, config, part, query_loss_fn)

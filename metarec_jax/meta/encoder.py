@@ -63,20 +63,35 @@ def modulation_size(adapted: dict[str, jax.Array]) -> int:
              for w, shift in map(_modulated, adapted.values()))
 
 
-def apply_modulation(adapted: dict[str, jax.Array],
-                     m: jax.Array) -> dict[str, jax.Array]:
-  """The adapted leaves FiLM-modulated by the flat vector `m`."""
+def _split(adapted: dict[str, jax.Array],
+           m: jax.Array) -> dict[str, tuple[jax.Array, jax.Array | None]]:
+  """`{path: (gamma, beta or None)}`: the flat vector `m` cut per leaf."""
   out, at = {}, 0
   for path, leaf in adapted.items():
     width, shift = _modulated(leaf)
-    gamma = m[at:at + width]
+    gamma = m[at:at + width].reshape(jnp.shape(leaf)[-1:])
     at += width
-    new = leaf * (1.0 + gamma.reshape(jnp.shape(leaf)[-1:]))
+    beta = None
     if shift:
-      new = new + m[at:at + width].reshape(jnp.shape(leaf)[-1:])
+      beta = m[at:at + width].reshape(jnp.shape(leaf)[-1:])
       at += width
-    out[path] = new.astype(leaf.dtype)
+    out[path] = gamma, beta
   return out
+
+
+def _film(leaf: jax.Array, gamma: jax.Array,
+          beta: jax.Array | None) -> jax.Array:
+  new = leaf * (1.0 + gamma)
+  if beta is not None:
+    new = new + beta
+  return new.astype(leaf.dtype)
+
+
+def apply_modulation(adapted: dict[str, jax.Array],
+                     m: jax.Array) -> dict[str, jax.Array]:
+  """The adapted leaves FiLM-modulated by the flat vector `m`."""
+  return {path: _film(adapted[path], *gb)
+          for path, gb in _split(adapted, m).items()}
 
 
 def _pool(x, rating, mask):
@@ -158,11 +173,54 @@ def init(loss_fn, params: PyTree, support: PyTree, *, config: MetaConfig,
   return _module(config, adapted).init(rng, *zeros)["params"]
 
 
-def encode(loss_fn, params: PyTree, support: PyTree, *, config: MetaConfig,
-           inner: PyTree) -> PyTree:
-  """`params` with the adapted leaves modulated by the encoded support set."""
+def _modulation(loss_fn, params: PyTree, support: PyTree,
+                config: MetaConfig, inner: PyTree):
+  """(the partition of `params`, the flat modulation of `support`)."""
   part = paths.partition(params, config.adapt)
   x, rating, mask = rows_of(loss_fn)(params, support)
   m = _module(config, part.adapted).apply({"params": inner["encoder"]},
                                           x, rating.astype(x.dtype), mask)
+  return part, m
+
+
+def encode(loss_fn, params: PyTree, support: PyTree, *, config: MetaConfig,
+           inner: PyTree) -> PyTree:
+  """`params` with the adapted leaves modulated by the encoded support set."""
+  part, m = _modulation(loss_fn, params, support, config, inner)
   return part.merge(apply_modulation(part.adapted, m))
+
+
+def shares_first_layer(lh, part: paths.Partition,
+                       config: MetaConfig) -> bool:
+  """Whether `task_loss_shared` can score this task: an encoder without
+  gradient steps, over a `LinearHead` whose features read no adapted leaf
+  and whose first-layer kernel is adapted (so it is modulated)."""
+  return (bool(config.spec.encoder) and not config.inner_steps
+          and lh.kernel in part.adapted and lh.features_fixed(part))
+
+
+def task_loss_shared(lh, params: PyTree, task: PyTree, *, config: MetaConfig,
+                     inner: PyTree, query_head) -> jax.Array:
+  """An encoder's task loss with the first layer's modulation applied to
+  its pre-activations instead of its kernel.
+
+  Scaling the kernel's columns scales the pre-activations' columns,
+  `X (W (1 + gamma)) = (X W) (1 + gamma)`, so every task multiplies its
+  query features by the one shared `W`: under `vmap` that is one large
+  matmul for all tasks, where the modulated kernel would be one `d x h`
+  copy and one small matmul per task (and their transposes in the
+  gradient). Equal to scoring `encode`'s parameters up to float rounding.
+  `lh` is the model's `linear_head.LinearHead`; `query_head` scores the
+  query's pre-activations (it reads neither kernel nor bias).
+  """
+  part, m = _modulation(lh, params, task["support"], config, inner)
+  films = _split(part.adapted, m)
+  w = part.adapted[lh.kernel]
+  leaves = {p: (w if p == lh.kernel else _film(part.adapted[p], *gb))
+            for p, gb in films.items()}
+  merged = part.merge(leaves)
+  flat = dict(zip(paths.leaf_paths(merged), jax.tree.leaves(merged)))
+  query = task["query"]
+  gamma = films[lh.kernel][0]
+  a = lh.dot(lh.featurize(merged, query), w) * (1.0 + gamma).astype(w.dtype)
+  return query_head(merged, a + flat[lh.bias], query)
