@@ -1,6 +1,6 @@
 """Multi-process training on loopback: 2 processes x 2 CPU devices (gloo)
-reach the parameters of 1 process x 4 devices, even when one of them
-compiles long after the other."""
+reach the parameters and the validation of 1 process x 4 devices, even
+when one of them compiles long after the other."""
 
 import os
 import socket
@@ -13,8 +13,15 @@ from conftest import config_path
 from procs import metarec, start
 
 ARGS = [f"--config={config_path('tiny')}", "--config.train.num_steps=4",
-        "--config.train.eval_every_steps=-1", "--config.data.buckets=(16,)",
+        "--config.train.eval_every_steps=2", "--config.data.buckets=(16,)",
         "--config.checkpoint.every_steps=2"]
+
+
+def validation_lines(log: str) -> list[str]:
+  """The log's validation lines (validated shares, priors, maps, MAEs),
+  without their time stamps."""
+  return [line[9:] for line in log.splitlines()
+          if line[9:].startswith("I step") and "tasks/s" not in line]
 
 
 def free_port() -> int:
@@ -78,6 +85,10 @@ def test_two_processes_match_one_process_even_if_one_compiles_late(
     assert reference.wait(timeout=1200) == 0, f.read()
   assert "joined a run of 2 processes, 4 devices" in logs[0]
   assert "step 4/4" in logs[0] and "step 4/4" not in logs[1]  # one logger
+  with open(f"{single}.log") as f:
+    expected = validation_lines(f.read())
+  assert any("validation MAE" in line for line in expected), expected
+  assert validation_lines(logs[0]) == expected
   a, b = params_at(single, 4), params_at(multi, 4)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5,
