@@ -3,8 +3,11 @@ the writing of them.
 
 Every problem is an `InputError` naming the file and the 1-based line:
 undecodable bytes, a wrong number of fields, a value that is not a number.
-The happy path is bulk string and numpy work; only when a conversion fails
-do we walk the values one by one to find the line to blame.
+The happy path is bulk numpy work over the file's bytes: a field is a
+pair of offsets, not a Python string, so a file of millions of lines costs
+about a hundred bytes per line beside its own size while it is parsed
+(`tools/bench_parse.py`). Only when a conversion fails do we walk the
+values one by one to find the line to blame.
 
 Conventions of every reader here: `\\r\\n` and `\\n` both end a line, a
 UTF-8 byte order mark is dropped, and blank lines are skipped (line numbers
@@ -22,17 +25,18 @@ import os
 
 import numpy as np
 
+from metarec_jax.data.convert.tokens import Column, Fields, tokenize
 from metarec_jax.errors import InputError, excerpt
 
 
 @dataclasses.dataclass
 class Table:
-  """The rows of a delimited file.
+  """The rows of a delimited file, held by column.
 
   Attributes:
     path: the file.
     header: the column names when the file has a header line, else None.
-    rows: the fields of every data line.
+    columns: the fields of every data line, one `Column` per field.
     lines: int64 [N], the 1-based line number of every row.
     header_line: the line number of the header (1 unless blank lines
       precede it).
@@ -41,16 +45,21 @@ class Table:
 
   path: str
   header: list[str] | None
-  rows: list[list[str]]
+  columns: list[Column]
   lines: np.ndarray
   header_line: int = 1
   delimiter: str = ","
 
   def __len__(self) -> int:
-    return len(self.rows)
+    return len(self.lines)
 
-  def column(self, index: int) -> list[str]:
-    return [r[index] for r in self.rows]
+  @property
+  def width(self) -> int:
+    """Fields per row."""
+    return len(self.columns)
+
+  def column(self, index: int) -> Column:
+    return self.columns[index]
 
   def position(self, name: str) -> int:
     """The index of the header column `name`."""
@@ -143,19 +152,34 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
       or a header without data lines (unless `allow_no_rows`).
   """
   path = os.fspath(path)
-  text = read_text(path, encoding)
-  lines, numbers = _lines(text)
-  if quoting and len(delimiter) == 1:
-    rows = _csv_rows(lines, numbers, delimiter, path)
+  raw = read_text(path, encoding).encode("utf-8")
+  tokens = None if quoting else tokenize(raw, delimiter)
+  if tokens is None:  # quoted fields (side tables), or no byte stands in
+    text = raw.decode("utf-8")
+    del raw
+    lines, numbers = _lines(text)
+    rows = (_csv_rows(lines, numbers, delimiter, path)
+            if quoting and len(delimiter) == 1
+            else [line.split(delimiter) for line in lines])
+    del text, lines
+    counts = np.fromiter(map(len, rows), np.int64, len(rows))
   else:
-    rows = [line.split(delimiter) for line in lines]
+    del raw
+    data, sep, starts, ends, numbers, cuts = tokens
+    counts = (np.searchsorted(cuts, ends) - np.searchsorted(cuts, starts)
+              + 1)
   names, first = None, int(numbers[0])
   if header:
-    names = [n.strip() for n in rows[0]]
-    rows, numbers = rows[1:], numbers[1:]
-    if not rows and not allow_no_rows:
+    names = [n.strip() for n in (
+        rows[0] if tokens is None
+        else data[starts[0]:ends[0]].tobytes().decode().split(sep))]
+    counts, numbers = counts[1:], numbers[1:]
+    if tokens is None:
+      rows = rows[1:]
+    else:
+      starts, ends = starts[1:], ends[1:]
+    if not len(numbers) and not allow_no_rows:
       raise InputError("no data lines after the header", path=path)
-  counts = np.fromiter(map(len, rows), np.int64, len(rows))
   expected = len(names) if names is not None else int(counts[0])
   if num_fields and expected not in num_fields:
     raise InputError(
@@ -167,7 +191,13 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
     raise InputError(
         f"{counts[i]} field(s) separated by {delimiter!r}, expected"
         f" {expected} like line {first}", path=path, line=int(numbers[i]))
-  return Table(path, names, rows, numbers, first, delimiter)
+  if tokens is None:
+    columns = [Column([r[j] for r in rows]) for j in range(expected)]
+  else:
+    at = np.searchsorted(cuts, starts)[:, None] + np.arange(expected - 1)
+    fields = Fields(data, starts, ends, cuts[at])
+    columns = [Column(fields=fields, index=j) for j in range(expected)]
+  return Table(path, names, columns, numbers, first, delimiter)
 
 
 def join_lines(columns: list[np.ndarray], delimiter: str) -> str:
@@ -193,12 +223,24 @@ def _csv_rows(lines, numbers, delimiter, path) -> list[list[str]]:
   return rows
 
 
-def parse_ints(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _bulk(values, dtype) -> np.ndarray:
+  """`values` converted to `dtype` at once (numpy reads a bytes column with
+  Python's `int` / `float` rules, without a `str` per field).
+
+  Raises:
+    ValueError, OverflowError: some value does not convert.
+  """
+  raw = values.as_bytes() if isinstance(values, Column) else None
+  if raw is not None:
+    return raw.astype(dtype)
+  return np.fromiter(map(dtype.type, values), dtype, len(values))
+
+
+def parse_ints(values) -> tuple[np.ndarray, np.ndarray]:
   """`values` as int64, and the mask of those that are integers (the
   others are 0)."""
   try:
-    return (np.fromiter(map(int, values), np.int64, len(values)),
-            np.ones(len(values), bool))
+    return _bulk(values, np.dtype(np.int64)), np.ones(len(values), bool)
   except (ValueError, OverflowError):
     pass
   out, ok = np.zeros(len(values), np.int64), np.zeros(len(values), bool)
@@ -212,7 +254,7 @@ def parse_ints(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
   return out, ok
 
 
-def not_an_integer(table: Table, values: list[str], ok: np.ndarray,
+def not_an_integer(table: Table, values, ok: np.ndarray,
                    what: str) -> InputError:
   """The error at the first line whose value `ok` marks as no integer."""
   i = int(np.flatnonzero(~ok)[0])
@@ -220,7 +262,7 @@ def not_an_integer(table: Table, values: list[str], ok: np.ndarray,
                     path=table.path, line=int(table.lines[i]))
 
 
-def ints(table: Table, values: list[str], what: str) -> np.ndarray:
+def ints(table: Table, values, what: str) -> np.ndarray:
   """`values` (one per row of `table`) as int64.
 
   Raises:
@@ -232,7 +274,7 @@ def ints(table: Table, values: list[str], what: str) -> np.ndarray:
   return out
 
 
-def _iso_seconds(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _iso_seconds(values) -> tuple[np.ndarray, np.ndarray]:
   """`values` as seconds since 1970-01-01 UTC where they are ISO 8601
   dates or date-times (a date-time without an offset is read as UTC), and
   the mask of those that are (the others are 0)."""
@@ -250,17 +292,17 @@ def _iso_seconds(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
   return out, ok
 
 
-def _seconds(values: list[str]) -> np.ndarray | None:
+def _seconds(values) -> np.ndarray | None:
   """`values` as whole seconds (floored) if every one is a finite number
   (`1614853321.25`, a float clock), else None."""
   try:
-    out = np.fromiter(map(float, values), np.float64, len(values))
+    out = _bulk(values, np.dtype(np.float64))
   except ValueError:
     return None
   return np.floor(out).astype(np.int64) if np.isfinite(out).all() else None
 
 
-def times(table: Table, values: list[str], what: str) -> np.ndarray:
+def times(table: Table, values, what: str) -> np.ndarray:
   """`values` (one per row of `table`) as int64 times: integers as they
   are (any unit); where the first is not an integer, numbers floored to
   whole seconds (a float clock) or ISO 8601 dates or date-times
@@ -292,14 +334,14 @@ def times(table: Table, values: list[str], what: str) -> np.ndarray:
   return out
 
 
-def floats(table: Table, values: list[str], what: str) -> np.ndarray:
+def floats(table: Table, values, what: str) -> np.ndarray:
   """`values` (one per row of `table`) as finite float64.
 
   Raises:
     InputError: naming the first line whose value is not a finite number.
   """
   try:
-    out = np.fromiter(map(float, values), np.float64, len(values))
+    out = _bulk(values, np.dtype(np.float64))
     bad = np.flatnonzero(~np.isfinite(out))
   except ValueError:
     out, bad = None, None

@@ -147,7 +147,7 @@ def _read_side(spec: GenericSpec, root: str, side: str) -> _SideTable | None:
   table = delimited.read_table(
       os.path.join(root, name), delimiter=spec.feature_delimiter
       or spec.delimiter, encoding=spec.encoding, header=True, quoting=True)
-  ids = np.asarray([v.strip() for v in table.column(0)], dtype=str)
+  ids = table.column(0).strings()
   empty = np.flatnonzero(ids == "")
   if len(empty):
     raise InputError(f"empty {side} id", path=table.path,

@@ -114,7 +114,8 @@ def _items(root: str, genre_names: list[str], genre_len: int):
       raise InputError(f"release date {excerpt(date)} is not like 01-Jan-1995",
                        path=table.path, line=int(table.lines[i]))
     years[i] = int(m.group(1))
-  flags = np.asarray([r[5:] for r in table.rows], dtype=str)
+  flags = np.asarray([list(table.column(j)) for j in range(5, table.width)],
+                     dtype=str).T.reshape(len(table), -1)
   bad = np.argwhere((flags != "0") & (flags != "1"))
   if len(bad):
     row, col = bad[0]

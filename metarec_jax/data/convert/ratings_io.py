@@ -121,7 +121,7 @@ class Ratings:
 def _ids(table, values, id_type, what) -> np.ndarray:
   if id_type == "int":
     return delimited.ints(table, values, what)
-  ids = np.asarray([v.strip() for v in values], dtype=str)
+  ids = values.strings()
   empty = np.flatnonzero(ids == "")
   if len(empty):
     raise InputError(f"empty {what}", path=table.path,
@@ -147,7 +147,7 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
   table = delimited.read_table(path, delimiter=fmt.delimiter,
                                encoding=fmt.encoding, header=fmt.header,
                                num_fields=fmt.num_fields)
-  width = len(table.rows[0])
+  width = table.width
   roles = [r for r in ROLES[:3] if getattr(fmt, r) is not None]
   if fmt.header:
     pos = {r: table.position(getattr(fmt, r)) for r in roles}
@@ -180,7 +180,8 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
                           what), None)
   (users, bad_users), (items, bad_items) = marks["user"], marks["item"]
   bad_user_ids = 0 if bad_users is None else len(
-      {table.rows[i][pos["user"]].strip() for i in np.flatnonzero(bad_users)})
+      {table.column(pos["user"])[i].strip()
+       for i in np.flatnonzero(bad_users)})
   if "rating" not in pos:
     ratings = np.full(len(users), fmt.rating_max, np.float64)
   else:

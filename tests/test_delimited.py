@@ -1,0 +1,133 @@
+"""The byte tokenizer of `delimited.read_table` splits lines and fields
+exactly as `str.splitlines`-free Python does (`_lines` and `str.split`),
+block by block, and its bulk conversions follow Python's `int`, `float`
+and `str.strip`."""
+
+import numpy as np
+import pytest
+
+from metarec_jax.data.convert import delimited, tokens
+from metarec_jax.errors import InputError
+
+TEXTS = [
+    ("a,b\n1,2\r\n\n  \n3,4", ","),  # CRLF, blank lines, no final newline
+    ("a,b\n1,2\n3,4\n\n", ","),  # blank lines at the end
+    ("x\ty\n\t\n1\t2\n", "\t"),  # a line of delimiters that are space
+    ("1:::2::3\n4::5::6\n", "::"),  # longer delimiter, overlapping run
+    ("1::2\n::\n", "::"),  # a line of delimiters that are not space
+    ("\u00a0\u3000\n\u00e9,\u00fc\n \u00e9 ,x\n", ","),  # non-ASCII
+    ("1,2\r", ","),  # a final \r without a newline
+    ("a\rb,c\n1\r\r\n", None),  # a lone \r stays in the line
+    ("1\x1f2::3\n", "::"),  # the stand-in byte itself: the plain split
+    ("1\u00a72\n3\u00a74\n", "\u00a7"),  # a two-byte delimiter
+    ("a b\n   \n1 2\n", " "),  # space-delimited, a line of spaces
+]
+
+
+def reference(text, delimiter):
+  lines, numbers = delimited._lines(text)  # pylint: disable=protected-access
+  return [line.split(delimiter) for line in lines], list(numbers)
+
+
+def columns_of(table):
+  return [list(c) for c in table.columns]
+
+
+@pytest.mark.parametrize("block", [1 << 24, 3])
+@pytest.mark.parametrize("text,delimiter", TEXTS)
+def test_fields_and_lines_are_pythons(tmp_path, monkeypatch, block, text,
+                                      delimiter):
+  monkeypatch.setattr(tokens, "BLOCK", block)  # many blocks at 3
+  delimiter = delimiter or ","
+  path = tmp_path / "t.txt"
+  path.write_bytes(text.encode("utf-8"))
+  rows, numbers = reference(text, delimiter)
+  width = len(rows[0])
+  if any(len(r) != width for r in rows):
+    with pytest.raises(InputError, match="field"):
+      delimited.read_table(path, delimiter=delimiter, encoding="utf-8")
+    return
+  table = delimited.read_table(path, delimiter=delimiter, encoding="utf-8")
+  assert list(table.lines) == numbers
+  assert columns_of(table) == [list(c) for c in zip(*rows)]
+  assert [table.column(j)[i] for i in range(len(table))
+          for j in range(width)] == [f for r in rows for f in r]
+
+
+def test_a_header_and_a_wrong_field_count_name_their_lines(tmp_path):
+  path = tmp_path / "r.csv"
+  path.write_text("\n user , item \n1,2\n\n3,4,5\n")
+  with pytest.raises(InputError, match=r"r\.csv:5: 3 field\(s\) separated by"
+                     r" ',', expected 2 like line 2"):
+    delimited.read_table(path, delimiter=",", encoding="utf-8", header=True)
+  path.write_text("user,item\n")
+  table = delimited.read_table(path, delimiter=",", encoding="utf-8",
+                               header=True, allow_no_rows=True)
+  assert table.header == ["user", "item"] and len(table) == 0
+  assert table.column(1).strings().tolist() == []
+
+
+def test_latin1_files_read_the_same(tmp_path):
+  path = tmp_path / "u.dat"
+  path.write_bytes("1::Andr\xe9::F\n2::Zo\xeb::M\n".encode("latin-1"))
+  table = delimited.read_table(path, delimiter="::", encoding="latin-1")
+  assert columns_of(table) == [["1", "2"], ["Andr\xe9", "Zo\xeb"],
+                               ["F", "M"]]
+
+
+VALUES = [" 5", "+3", "1_000", "-7 ", "x", "", "5.0",
+          "99999999999999999999", "\t12\r"]
+
+
+def column(tmp_path, values):
+  path = tmp_path / "c.txt"
+  path.write_text("".join(f"{v};\n" for v in values))
+  return delimited.read_table(path, delimiter=";", encoding="utf-8").column(0)
+
+
+def test_bulk_integers_follow_pythons_int(tmp_path):
+  ints, ok = delimited.parse_ints(column(tmp_path, VALUES))
+  expected = []
+  for v in VALUES:
+    try:
+      x = int(v)
+      expected.append(x if -2 ** 63 <= x < 2 ** 63 else None)
+    except ValueError:
+      expected.append(None)
+  assert ok.tolist() == [e is not None for e in expected]
+  assert ints[ok].tolist() == [e for e in expected if e is not None]
+  good = column(tmp_path, [" 5", "+3", "1_000", "-7 "])
+  assert delimited.parse_ints(good)[0].tolist() == [5, 3, 1000, -7]
+
+
+def test_bulk_floats_follow_pythons_float(tmp_path):
+  values = [" 4.5", "1e3", "+.5", "5.", "1_0.5"]
+  table = delimited.Table("c.txt", None, [], np.arange(1, 6))
+  out = delimited.floats(table, column(tmp_path, values), "rating")
+  assert out.tolist() == [float(v) for v in values]
+  with pytest.raises(InputError, match=r"c\.txt:3: rating 'x' is not a"
+                     " finite number"):
+    bad = column(tmp_path, ["1", "2", "x", "nan"])
+    delimited.floats(delimited.Table(str(tmp_path / "c.txt"), None, [],
+                                     np.arange(1, 5)), bad, "rating")
+
+
+def test_strings_strip_as_python_does(tmp_path):
+  values = [" a ", "\u00e9\u00a0", "\u3000b", "c\t"]
+  assert column(tmp_path, values).strings().tolist() == [
+      v.strip() for v in values]
+  assert column(tmp_path, ["u1 ", " u22"]).strings().tolist() == ["u1", "u22"]
+  long = "z" * 100  # wider than a bulk column: the plain path
+  assert column(tmp_path, [long, "y"]).strings().tolist() == [long, "y"]
+
+
+def test_the_parse_benchmark_prints_its_figures():
+  import json
+  import subprocess
+  import sys
+  from conftest import ROOT
+  out = subprocess.run([sys.executable, "tools/bench_parse.py", "--rows=3000"],
+                       cwd=ROOT, capture_output=True, text=True, check=True)
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["rows"] == 3000 and result["file_bytes"] > 3000 * 20
+  assert result["peak_rss_mb"] >= result["rss_before_mb"] > 0
