@@ -85,8 +85,10 @@ def column(tmp_path, values):
   return delimited.read_table(path, delimiter=";", encoding="utf-8").column(0)
 
 
-def test_bulk_integers_follow_pythons_int(tmp_path):
-  ints, ok = delimited.parse_ints(column(tmp_path, VALUES))
+@pytest.mark.parametrize("held", ["bytes", "list"])
+def test_bulk_integers_follow_pythons_int(tmp_path, held):
+  values = column(tmp_path, VALUES) if held == "bytes" else list(VALUES)
+  ints, ok = delimited.parse_ints(values)
   expected = []
   for v in VALUES:
     try:
@@ -96,15 +98,18 @@ def test_bulk_integers_follow_pythons_int(tmp_path):
       expected.append(None)
   assert ok.tolist() == [e is not None for e in expected]
   assert ints[ok].tolist() == [e for e in expected if e is not None]
-  good = column(tmp_path, [" 5", "+3", "1_000", "-7 "])
+  good = [" 5", "+3", "1_000", "-7 "]
+  if held == "bytes":
+    good = column(tmp_path, good)
   assert delimited.parse_ints(good)[0].tolist() == [5, 3, 1000, -7]
 
 
 def test_bulk_floats_follow_pythons_float(tmp_path):
   values = [" 4.5", "1e3", "+.5", "5.", "1_0.5"]
   table = delimited.Table("c.txt", None, [], np.arange(1, 6))
-  out = delimited.floats(table, column(tmp_path, values), "rating")
-  assert out.tolist() == [float(v) for v in values]
+  for held in (column(tmp_path, values), values):
+    out = delimited.floats(table, held, "rating")
+    assert out.tolist() == [float(v) for v in values]
   with pytest.raises(InputError, match=r"c\.txt:3: rating 'x' is not a"
                      " finite number"):
     bad = column(tmp_path, ["1", "2", "x", "nan"])

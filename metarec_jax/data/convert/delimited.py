@@ -233,7 +233,8 @@ def _bulk(values, dtype) -> np.ndarray:
   raw = values.as_bytes() if isinstance(values, Column) else None
   if raw is not None:
     return raw.astype(dtype)
-  return np.fromiter(map(dtype.type, values), dtype, len(values))
+  python = int if dtype == np.int64 else float
+  return np.fromiter(map(python, values), dtype, len(values))
 
 
 def parse_ints(values) -> tuple[np.ndarray, np.ndarray]:
