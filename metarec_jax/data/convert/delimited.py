@@ -166,8 +166,8 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
   else:
     del raw
     data, sep, starts, ends, numbers, cuts = tokens
-    counts = (np.searchsorted(cuts, ends) - np.searchsorted(cuts, starts)
-              + 1)
+    first_cut = np.searchsorted(cuts, starts)  # each line's first delimiter
+    counts = np.searchsorted(cuts, ends) - first_cut + 1
   names, first = None, int(numbers[0])
   if header:
     names = [n.strip() for n in (
@@ -177,7 +177,7 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
     if tokens is None:
       rows = rows[1:]
     else:
-      starts, ends = starts[1:], ends[1:]
+      starts, ends, first_cut = starts[1:], ends[1:], first_cut[1:]
     if not len(numbers) and not allow_no_rows:
       raise InputError("no data lines after the header", path=path)
   expected = len(names) if names is not None else int(counts[0])
@@ -194,7 +194,7 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
   if tokens is None:
     columns = [Column([r[j] for r in rows]) for j in range(expected)]
   else:
-    at = np.searchsorted(cuts, starts)[:, None] + np.arange(expected - 1)
+    at = first_cut[:, None] + np.arange(expected - 1)
     fields = Fields(data, starts, ends, cuts[at])
     columns = [Column(fields=fields, index=j) for j in range(expected)]
   return Table(path, names, columns, numbers, first, delimiter)
