@@ -41,6 +41,12 @@ MEANINGS: dict[str, str] = {
                         " meta-learns for MAE.",
     "model.huber_delta": "`model.loss=huber`: where the loss turns from"
                          " quadratic to linear.",
+    "model.query_rank_weight": "Rating losses: the query loss adds this"
+                               " multiple of a listwise ranking term"
+                               " (ListNet against nDCG's gains 2^r - 1,"
+                               " `models.recommender.listwise_loss`): the"
+                               " meta-objective then also orders each"
+                               " user's items; 0 = none.",
     "model.embed_std": "`melu`: standard deviation of the initial feature"
                        " embeddings (the paper's PyTorch default is 1).",
     "model.item_id": "`melu`: also embed each item's ID (zero-initialised,"

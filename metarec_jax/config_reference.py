@@ -35,6 +35,7 @@ ALLOWED: dict[str, Any] = {
     "model.query_loss": R.OneOf("metarec_jax.models.recommender", "LOSSES",
                                  empty=True),
     "model.huber_delta": _RATE,
+    "model.query_rank_weight": R.Float(0.0),
     "model.embed_std": R.Float(0.0),
     "model.item_id": R.Bool(),
     "model.anchor": R.Bool(),

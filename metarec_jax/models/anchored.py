@@ -338,11 +338,12 @@ def support_loss(params, model: jax.Array, baseline: jax.Array, batch, *,
 
 
 def recommender(module: AnchoredMeLU, example_features, *, kind: str,
-                delta: float,
-                query_kind: str | None = None) -> Recommender:
+                delta: float, query_kind: str | None = None,
+                rank_weight: float = 0.0) -> Recommender:
   """The `Recommender` of an `AnchoredMeLU`: a `LinearHead` whose support
   loss has the user-bias prior and whose query loss is the plain masked
-  loss (same features and first layer, so the dual form applies).
+  loss (`masked_loss` with `rank_weight`; same features and first layer,
+  so the dual form applies).
 
   The support loss is the sum of two independent quadratics (the model's,
   with the learned prior, and the baseline's), so one step sets both user
@@ -357,7 +358,7 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
       if not with_prior:
         pred = module.apply({"params": params}, a, batch["features"],
                             method="from_preactivation")
-        return masked_loss(pred, batch, loss_kind, delta)
+        return masked_loss(pred, batch, loss_kind, delta, rank_weight)
       model, baseline, _ = module.apply(
           {"params": params}, a, batch["features"],
           method="parts_from_preactivation")

@@ -82,10 +82,11 @@ class AnchoredIDEmb(Anchor):
 
 
 def recommender(module: AnchoredIDEmb, example_features, *, kind: str,
-                delta: float, query_kind: str | None = None) -> Recommender:
+                delta: float, query_kind: str | None = None,
+                rank_weight: float = 0.0) -> Recommender:
   """The `Recommender` of an `AnchoredIDEmb`: the support loss has the
   user-bias priors (`anchored.support_loss`), the query loss is the plain
-  masked loss."""
+  masked loss (with `rank_weight`, see `masked_loss`)."""
 
   def support(params, batch):
     model, baseline, _ = module.apply({"params": params}, batch["features"],
@@ -98,7 +99,7 @@ def recommender(module: AnchoredIDEmb, example_features, *, kind: str,
 
   def query(params, batch):
     return masked_loss(module.apply({"params": params}, batch["features"]),
-                       batch, query_kind or kind, delta)
+                       batch, query_kind or kind, delta, rank_weight)
 
   # No `rows`: the encoding algorithms would modulate the baseline's own
   # user bias too (as with the anchored MeLU, `experiment.build` refuses).

@@ -150,13 +150,18 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
   kind = model_config.loss
   query_kind = model_config.query_loss or kind
   delta = float(model_config.huber_delta)
+  rank_weight = float(model_config.query_rank_weight)
+  if rank_weight and query_kind in RANKING_LOSSES:
+    raise ValueError("model.query_rank_weight adds a ranking term to a"
+                     " rating loss; model.query_loss"
+                     f" {query_kind!r} already ranks")
   for key, value in (("loss", kind), ("query_loss", query_kind)):
     if value not in LOSSES:
       raise ValueError(f"model.{key} must be one of {', '.join(LOSSES)},"
                        f" got {value!r}")
   if is_anchored(model_config):
     return _anchored(model_config, fields, rating_mean, item_means, inner_lr,
-                     kind, query_kind, delta)
+                     kind, query_kind, delta, rank_weight)
   if name == "melu":
     popularity_init, deep = None, fields
     # `for_data` turns the prior off but for implicit feedback; a ranking
@@ -186,8 +191,8 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
                             bias="decision/fc1/bias",
                             featurize_reads=("^embed/",), loss=kind,
                             delta=delta)
-    query_loss = (None if query_kind == kind
-                  else with_loss(loss, module, query_kind, delta))
+    query_loss = (None if query_kind == kind and not rank_weight
+                  else with_loss(loss, module, query_kind, delta, rank_weight))
     return Recommender(name=name, module=module, loss_fn=loss,
                        adapt=("^decision/",),
                        example_features=example_features(fields),
@@ -211,14 +216,16 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
                        loss_fn=plain_loss(module, kind, delta),
                        adapt=("^user/",),
                        example_features=example_features(fields),
-                       query_loss_fn=(None if query_kind == kind else
-                                      plain_loss(module, query_kind, delta)))
+                       query_loss_fn=(
+                           None if query_kind == kind and not rank_weight
+                           else plain_loss(module, query_kind, delta,
+                                           rank_weight)))
   raise ValueError(f"model.name must be one of {', '.join(MODELS)}, got"
                    f" {name!r}")
 
 
 def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
-              query_kind, delta) -> Recommender:
+              query_kind, delta, rank_weight) -> Recommender:
   """`model.anchor`: MeLU or IDEmb on top of global + item + user biases."""
   num_items = [f for f in fields if f.name == ITEM_ID][0].vocab
   # Per item: w * mean residual (the shrunk mean minus the global mean is
@@ -254,7 +261,7 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
         hidden=tuple(int(h) for h in model_config.hidden))
     return anchored_idemb.recommender(
         module, example_features(fields), kind=kind, delta=delta,
-        query_kind=query_kind)
+        query_kind=query_kind, rank_weight=rank_weight)
   deep = tuple(f for f in fields
                if f.name != ITEM_ID or model_config.item_id)
   # No feature at all: the interaction can only come from the item IDs.
@@ -265,7 +272,7 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
       embed_std=float(model_config.embed_std))
   return anchored.recommender(
       module, example_features(fields), kind=kind, delta=delta,
-      query_kind=query_kind)
+      query_kind=query_kind, rank_weight=rank_weight)
 
 
 def _interaction(model_config) -> str:

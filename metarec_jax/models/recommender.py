@@ -37,7 +37,7 @@ def loss_precision(pred: jax.Array) -> jax.Array:
 
 
 def masked_loss(pred: jax.Array, batch: PyTree, kind: str = "mse",
-                delta: float = 1.0) -> jax.Array:
+                delta: float = 1.0, rank_weight: float = 0.0) -> jax.Array:
   """Mean rating loss over the rows where `batch["mask"]` is set.
 
   `mse` is the squared error; `huber` is quadratic within `delta` of the
@@ -45,14 +45,44 @@ def masked_loss(pred: jax.Array, batch: PyTree, kind: str = "mse",
   errors): a small `delta` makes the model predict nearer the median
   rating, which is what MAE rewards, while keeping the gradient smooth
   enough for the inner loop. The denominator is at least 1, so an
-  all-padding batch has loss 0 and gradient 0.
+  all-padding batch has loss 0 and gradient 0. A positive `rank_weight`
+  adds that multiple of `listwise_loss` (rating losses only).
   """
   pred = loss_precision(pred)
   if kind in RANKING_LOSSES:
     return ranking_loss(pred, batch, kind)
   mask = batch["mask"].astype(pred.dtype)
   err = row_errors(pred, batch, kind, delta)
-  return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  loss = jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  if rank_weight:
+    loss = loss + rank_weight * jnp.mean(listwise_loss(pred, batch))
+  return loss
+
+
+# Ratings above this are clipped in the gains: 2^r stays finite in float32.
+_MAX_GAIN_EXPONENT = 60.0
+
+
+def listwise_loss(pred: jax.Array, batch: PyTree) -> jax.Array:
+  """ListNet's cross-entropy of each set `[..., n]` against nDCG's gains.
+
+  The target is each row's share of the set's gain 2^rating - 1 (ratings
+  clipped to [0, 60]); the model's distribution is the softmax of
+  pred * ln 2, so the optimum pred, log2(2^rating - 1) + c, is the rating
+  itself for the high ratings that nDCG weighs most: the term agrees with
+  the squared error where it matters and only reorders. Padding rows have
+  no share; a set without gain has loss 0 and gradient 0 (a finite
+  stand-in for -inf keeps every gradient finite).
+  """
+  pred = loss_precision(pred)
+  mask = batch["mask"]
+  rating = jnp.clip(batch["rating"].astype(pred.dtype), 0.0,
+                    _MAX_GAIN_EXPONENT)
+  gain = jnp.where(mask, jnp.exp2(rating) - 1.0, 0.0)
+  target = gain / jnp.maximum(jnp.sum(gain, -1, keepdims=True), 1e-30)
+  very_low = jnp.asarray(-1e30, pred.dtype)
+  logits = jnp.where(mask, pred * jnp.log(2.0).astype(pred.dtype), very_low)
+  return -jnp.sum(target * jax.nn.log_softmax(logits, axis=-1), -1)
 
 
 def row_errors(pred: jax.Array, batch: PyTree, kind: str = "mse",
@@ -210,7 +240,8 @@ def linear_head_loss(module: nn.Module, *, kernel: str, bias: str,
                     rows=rows_fn(module))
 
 
-def _head(module: nn.Module, loss: str, delta: float):
+def _head(module: nn.Module, loss: str, delta: float,
+          rank_weight: float = 0.0):
   # A module with a per-item prior (MeLU's popularity) adds it here: it
   # reads no adapted parameter, so the dual form stays exact.
   prior = getattr(module, "popularity_init", None) is not None
@@ -220,20 +251,22 @@ def _head(module: nn.Module, loss: str, delta: float):
     if prior:
       pred = pred + module.apply({"params": params}, batch["features"],
                                  method="prior")
-    return masked_loss(pred, batch, loss, delta)
+    return masked_loss(pred, batch, loss, delta, rank_weight)
   return head
 
 
 def with_loss(lh: LinearHead, module: nn.Module, loss: str,
-              delta: float) -> LinearHead:
+              delta: float, rank_weight: float = 0.0) -> LinearHead:
   """The same `LinearHead` (same features: the dual form still applies) with
-  another rating loss."""
-  return dataclasses.replace(lh, head=_head(module, loss, delta))
+  another rating loss (`masked_loss`'s arguments)."""
+  return dataclasses.replace(lh, head=_head(module, loss, delta, rank_weight))
 
 
-def plain_loss(module: nn.Module, loss: str = "mse", delta: float = 1.0
+def plain_loss(module: nn.Module, loss: str = "mse", delta: float = 1.0,
+               rank_weight: float = 0.0
                ) -> Callable[[PyTree, PyTree], jax.Array]:
-  """`(params, batch) -> masked loss of module.apply(params, features)`.
+  """`(params, batch) -> masked loss of module.apply(params, features)`
+  (`masked_loss`'s arguments).
 
   Where the module has `featurize`, the function carries `rows` (see
   `rows_fn`) for the encoding algorithms.
@@ -241,7 +274,7 @@ def plain_loss(module: nn.Module, loss: str = "mse", delta: float = 1.0
 
   def loss_fn(params, batch):
     return masked_loss(module.apply({"params": params}, batch["features"]),
-                       batch, loss, delta)
+                       batch, loss, delta, rank_weight)
 
   if hasattr(module, "featurize"):
     loss_fn.rows = rows_fn(module)
