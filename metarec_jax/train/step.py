@@ -30,7 +30,6 @@ from jax.sharding import Mesh, PartitionSpec as P
 from metarec_jax import meta
 from metarec_jax.meta import paths
 from metarec_jax.runtime import AXIS
-from metarec_jax.train import hoist
 from metarec_jax.workdir import optim
 from metarec_jax.workdir.state import TrainState
 
@@ -43,22 +42,14 @@ def chunked_meta_grad(loss_fn, meta_config: meta.MetaConfig, meta_params,
   `chunk_tasks` tasks at a time (0 or >= the tasks: all at once).
 
   Equal to the unchunked values: every chunk has the same number of tasks,
-  so the mean of the chunk means is the mean. Over several chunks a
-  `LinearHead` model's features are computed once for all of them
-  (`hoist`).
+  so the mean of the chunk means is the mean.
   """
   num_tasks = jax.tree.leaves(tasks)[0].shape[0]
   chunk = chunk_tasks if 0 < chunk_tasks < num_tasks else num_tasks
   if num_tasks % chunk:
     raise ValueError(f"{num_tasks} tasks per device is not a multiple of"
                      f" train.chunk_tasks={chunk}")
-  num_chunks = num_tasks // chunk
-  hoisted = (hoist.hoisted_losses(loss_fn, query_loss_fn, meta_config,
-                                  meta_params["model"], tasks)
-             if num_chunks > 1 else None)
-  if hoisted is not None:
-    return _hoisted_meta_grad(loss_fn, hoisted, meta_config, meta_params,
-                              tasks, num_chunks)
+
   query_loss_fn = query_loss_fn or loss_fn
 
   def one(chunk_of_tasks):
@@ -69,70 +60,21 @@ def chunked_meta_grad(loss_fn, meta_config: meta.MetaConfig, meta_params,
         meta_params["model"], q))(chunk_of_tasks["query"]))
     return loss, jax.lax.stop_gradient(unadapted), grads
 
+  num_chunks = num_tasks // chunk
   if num_chunks == 1:
     return one(tasks)
-  total, _ = _scan_chunks(one, tasks, num_chunks)
-  return jax.tree.map(lambda x: x / num_chunks, total)
-
-
-def _scan_chunks(one, tasks, num_chunks: int, stacked=None):
-  """`(sum over chunks of one(chunk), stacked outputs)`: `one(chunk)` or,
-  with `stacked` (per chunk), `one(chunk, its slice) -> (summed, kept)`."""
   chunks = jax.tree.map(
-      lambda a: a.reshape(num_chunks, a.shape[0] // num_chunks, *a.shape[1:]),
-      tasks if stacked is None else (tasks, stacked))
-
-  def summed(chunk):
-    return one(chunk) if stacked is None else one(*chunk)[0]
-
-  shapes = jax.eval_shape(summed, jax.tree.map(lambda a: a[0], chunks))
+      lambda a: a.reshape(num_chunks, chunk, *a.shape[1:]), tasks)
+  shapes = jax.eval_shape(one, jax.tree.map(lambda a: a[0], chunks))
 
   def zeros(s):
     return jnp.zeros(s.shape, s.dtype)
 
-  def body(acc, chunk):
-    if stacked is None:
-      return jax.tree.map(jnp.add, acc, one(chunk)), None
-    out, kept = one(*chunk)
-    return jax.tree.map(jnp.add, acc, out), kept
+  def body(acc, chunk_of_tasks):
+    return jax.tree.map(jnp.add, acc, one(chunk_of_tasks)), None
 
-  return jax.lax.scan(body, jax.tree.map(zeros, shapes), chunks)
-
-
-def _hoisted_meta_grad(loss_fn, hoisted, meta_config, meta_params, tasks,
-                       num_chunks: int):
-  """`chunked_meta_grad` with the features of every task computed once:
-  the chunks differentiate with respect to their features, and one pullback
-  of the lookup gives the embedding tables' gradient (`hoist`)."""
-  read_loss, read_query = hoisted
-  read_query = read_query or read_loss
-  features, pullback = jax.vjp(
-      lambda p: hoist.features_of(loss_fn, p, tasks), meta_params["model"])
-
-  def one(chunk_of_tasks, chunk_features):
-    def objective(mp, x):
-      return meta.meta_loss(read_loss, mp["model"],
-                            hoist.with_features(chunk_of_tasks, x),
-                            config=meta_config, inner=mp["inner"],
-                            query_loss_fn=read_query)
-
-    start = {"model": meta_params["model"], "inner": meta_params.get("inner")}
-    loss, (grads, dx) = jax.value_and_grad(objective, argnums=(0, 1))(
-        start, chunk_features)
-    query = hoist.with_features(chunk_of_tasks, chunk_features)["query"]
-    unadapted = jnp.mean(jax.vmap(lambda q: read_query(
-        meta_params["model"], q))(query))
-    return (loss, jax.lax.stop_gradient(unadapted), grads), dx
-
-  (loss, unadapted, grads), dx = _scan_chunks(one, tasks, num_chunks,
-                                              stacked=features)
-  # The chunks' feature gradients, back to one task axis, through the
-  # lookup once: `dx` is of each chunk's mean, the step's is their mean.
-  dx = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), dx)
-  (table_grads,) = pullback(dx)
-  grads = {**grads, "model": jax.tree.map(jnp.add, grads["model"],
-                                          table_grads)}
-  return jax.tree.map(lambda x: x / num_chunks, (loss, unadapted, grads))
+  total, _ = jax.lax.scan(body, jax.tree.map(zeros, shapes), chunks)
+  return jax.tree.map(lambda x: x / num_chunks, total)
 
 
 def all_finite(tree: PyTree) -> jax.Array:
