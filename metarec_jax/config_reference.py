@@ -162,6 +162,12 @@ RELATIONS: tuple[R.Relation, ...] = (
                lambda loss, on: on or loss not in ("bce", "bpr", "softmax"),
                "model.loss bce, bpr and softmax are losses of implicit"
                " feedback (data.implicit.enabled=true)"),
+    R.Relation(("model.query_rank_weight", "model.loss", "model.query_loss"),
+               lambda w, loss, query: not w or (query or loss) in ("mse",
+                                                                    "huber"),
+               "model.query_rank_weight adds a listwise term to a rating"
+               " loss (mse, huber); bce, bpr and softmax already rank: set"
+               " it to 0"),
     R.Relation(("eval.new_user_fraction", "eval.val_fraction"),
                lambda a, b: a + b < 1, "eval.new_user_fraction +"
                " eval.val_fraction must be below 1 (training needs users)"),

@@ -75,8 +75,11 @@ def test_every_key_has_a_rule_and_no_rule_is_stale():
     del config_meanings.MEANINGS["train.new_knob"]
 
 
-@pytest.mark.parametrize("name", ["default", "tiny", "melu_ref", "melu_ml1m",
-                                  "melu_ml100k", "algorithms"])
+SHIPPED = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
+                 if f.endswith(".py") and not f.startswith("_"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_config_is_valid(name):
   config_reference.validate(config_io.load_config_file(config_path(name)))
 
@@ -98,11 +101,23 @@ def test_every_shipped_config_is_valid(name):
      " data.max_support (data.min_support=40, data.max_support=32)"),
     ("eval.val_fraction", "0.9", "eval.new_user_fraction + eval.val_fraction"
      " must be below 1"),
+    ("model.query_rank_weight", "-1", "must be a number >= 0"),
 ])
 def test_validate_names_the_key_and_the_problem(key, text, message):
   config = config_io.apply_overrides(default_config(), [(key, text)])
   with pytest.raises(InputError, match=re.escape(message)):
     config_reference.validate(config)
+
+
+def test_a_rank_weight_with_a_ranking_loss_is_refused():
+  config = config_io.apply_overrides(default_config(), [
+      ("data.implicit.enabled", "true"), ("model.loss", "bce"),
+      ("model.query_rank_weight", "2")])
+  with pytest.raises(InputError, match="model.query_rank_weight adds a"
+                     " listwise term"):
+    config_reference.validate(config)
+  config.model.query_rank_weight = 0.0
+  config_reference.validate(config)
 
 
 def test_a_huge_value_is_cut_in_the_error():
