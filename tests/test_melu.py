@@ -44,12 +44,18 @@ def test_huber_loss_is_twice_optax_huber_and_mse_near_zero():
     models.masked_loss(pred, batch, "mae")
 
 
-@pytest.mark.parametrize("second_order", [True, False])
-def test_a_separate_query_loss_matches_its_plain_definition(second_order):
+@pytest.mark.parametrize("second_order,rank_weight", [
+    (True, 0.0), (False, 0.0), (True, 2.0)])
+def test_a_separate_query_loss_matches_its_plain_definition(second_order,
+                                                            rank_weight):
+  """The dual form scores the query with the query loss's head (another
+  rating loss, with or without the listwise term) exactly as the plain
+  formulation does, to the second-order meta-gradient."""
   jax.config.update("jax_enable_x64", True)
   try:
     fields = tuple(SPEC.features())
-    model = models.build(model_config(query_loss="huber", huber_delta=0.3),
+    model = models.build(model_config(query_loss="huber", huber_delta=0.3,
+                                      query_rank_weight=rank_weight),
                          fields, rating_mean=3.5)
     assert model.query_loss_fn is not None
     params = jax.tree.map(lambda x: x.astype(jnp.float64),
@@ -68,8 +74,8 @@ def test_a_separate_query_loss_matches_its_plain_definition(second_order):
         adapted = meta.adapt(models.plain_loss(model.module), p,
                              task["support"],
                              config=config.replace(dual_form=False))
-        return models.plain_loss(model.module, "huber", 0.3)(adapted,
-                                                             task["query"])
+        return models.plain_loss(model.module, "huber", 0.3, rank_weight)(
+            adapted, task["query"])
       return jnp.mean(jax.vmap(one)(tasks))
 
     ref_loss, ref = jax.jit(jax.value_and_grad(by_hand))(params)
