@@ -20,6 +20,9 @@ _MODELS, _META = "metarec_jax.models.factory", "metarec_jax.meta.config"
 _COUNT, _SHARE = R.Int(0), R.Float(0.0, 1.0)
 _RATE = R.Float(0.0, lo_open=True)  # a positive, finite rate or size
 _NAMES = R.Tuple(R.Text(nonempty=True))
+# The two kinds of loss, read where the losses are written.
+_RATING_LOSSES = R.OneOf("metarec_jax.models.recommender", "RATING_LOSSES")
+_RANKING_LOSSES = R.OneOf("metarec_jax.models.recommender", "RANKING_LOSSES")
 
 # What each key may be: one rule per key of `config_meanings.MEANINGS` (the
 # test checks both ways). `validate` applies them before a command builds or
@@ -159,12 +162,12 @@ RELATIONS: tuple[R.Relation, ...] = (
                "eval.min_ratings must exceed data.query_size (an evaluation"
                " task keeps at least one support rating)"),
     R.Relation(("model.loss", "data.implicit.enabled"),
-               lambda loss, on: on or loss not in ("bce", "bpr", "softmax"),
+               lambda loss, on: on or loss not in _RANKING_LOSSES.choices,
                "model.loss bce, bpr and softmax are losses of implicit"
                " feedback (data.implicit.enabled=true)"),
     R.Relation(("model.query_rank_weight", "model.loss", "model.query_loss"),
-               lambda w, loss, query: not w or (query or loss) in ("mse",
-                                                                    "huber"),
+               lambda w, loss, query: (not w or (query or loss)
+                                       in _RATING_LOSSES.choices),
                "model.query_rank_weight adds a listwise term to a rating"
                " loss (mse, huber); bce, bpr and softmax already rank: set"
                " it to 0"),
