@@ -21,6 +21,15 @@ right on a GPU or a TPU. Every such choice is a field of `Defaults`, and
   loop predicate and a fresh kernel sequence per iteration, and blocks
   fusion across steps, while compilation runs on the host beside the
   accelerator.
+- `input_workers`: threads building training batches when
+  `train.input_workers=0`. CPU: 1: the host's cores are the devices (one
+  CPU device per core), so a second builder takes time from the step it
+  would feed; one thread builds melu-ref's 256-task batch in about 3.5 ms
+  of a 27 ms metric-learner step. GPU/TPU: 4: the host's cores are free
+  while the accelerator computes, and one thread would cap the step at
+  about 70,000 tasks/s (melu-ref batches; an H200 step of the one-pass
+  learners is faster than that), while numpy's sorts and gathers release
+  the GIL, so several threads build in parallel.
 - `matmul_size`: the n of the n x n matmuls whose best rate is the bench's
   peak (`bench.peak_matmul_gflops`). CPU: 2048 (a few hundred ms on two
   cores, past the size where the rate still climbs). GPU/TPU: 8192: a
@@ -28,7 +37,7 @@ right on a GPU or a TPU. Every such choice is a field of `Defaults`, and
   launch overhead would understate the peak.
 
 Not per backend (the same reasoning holds everywhere): `train.prefetch`
-(host-side input pipeline), `meta.remat` (off: memory is bounded by the
+(batches built ahead), `meta.remat` (off: memory is bounded by the
 chunk). Float32 matmuls run at XLA's default precision on every backend;
 on NVIDIA GPUs since Ampere that may use TF32 (10-bit mantissa);
 `model.compute_dtype=bfloat16` is the explicit low-precision choice.
@@ -48,12 +57,14 @@ class Defaults:
   chunk_tasks: int
   full_unroll_steps: int
   matmul_size: int
+  input_workers: int
 
 
 _ACCELERATOR = Defaults(chunk_tasks=0, full_unroll_steps=32,
-                        matmul_size=8192)
+                        matmul_size=8192, input_workers=4)
 DEFAULTS = {
-    "cpu": Defaults(chunk_tasks=16, full_unroll_steps=8, matmul_size=2048),
+    "cpu": Defaults(chunk_tasks=16, full_unroll_steps=8, matmul_size=2048,
+                    input_workers=1),
     "gpu": _ACCELERATOR,
     "cuda": _ACCELERATOR,
     "rocm": _ACCELERATOR,
@@ -74,3 +85,8 @@ def inner_unroll(unroll: int, inner_steps: int,
   if unroll > 0:
     return unroll
   return True if inner_steps <= defaults(backend).full_unroll_steps else 1
+
+
+def input_workers(workers: int, backend: str | None = None) -> int:
+  """The input threads for `train.input_workers` (0 = the backend's)."""
+  return workers if workers > 0 else defaults(backend).input_workers

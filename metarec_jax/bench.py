@@ -19,6 +19,10 @@ and then `steps` timed ones, and reports:
   `workload.matmul_gflops` holds that rate in float32 and in bfloat16;
 - `compile_seconds` (all buckets), `input_wait_fraction` (share of the time
   the step loop waited for the input pipeline), `peak_rss_mb`;
+- `input_tasks_per_sec`: the input pipeline alone (its
+  `train.input_workers` threads building and placing batches, no step
+  running): where it is not well above `tasks_per_sec`, the host, not the
+  device, bounds training;
 - `param_bytes_per_device`: the bytes of parameters and optimizer state
   held by the first device, from the arrays' shardings (a quarter of the
   replicated figure where `mesh.model=4` splits the tables that dominate),
@@ -135,6 +139,21 @@ def adapt_latency(trainer: Trainer, state, batch, *,
   return float(np.median(times))
 
 
+def input_rate(trainer: Trainer, workers: int, batches: int) -> float:
+  """Tasks/s of the input pipeline alone: `batches` batches built and
+  placed by `workers` threads, nothing else running."""
+  pipeline = Prefetcher(trainer.sampler, trainer.task_sharding, start=0,
+                        stop=batches, depth=workers, workers=workers)
+  t0 = time.perf_counter()
+  try:
+    for _, batch in pipeline:
+      jax.block_until_ready(batch)
+  finally:
+    pipeline.close()
+  per_step = int(trainer.config.train.tasks_per_step)
+  return batches * per_step / (time.perf_counter() - t0)
+
+
 def run(config, *, workdir: str | None = None, steps: int = 20,
         warmup: int = 3, count_flops: bool = True,
         plain_flops: bool = True) -> dict:
@@ -166,8 +185,11 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
            compile_seconds)
 
   tasks = int(config.train.tasks_per_step)
+  workers = backend.input_workers(int(config.train.input_workers))
+  input_tasks_per_sec = input_rate(trainer, workers, max(2 * workers, 6))
   pipeline = Prefetcher(trainer.sampler, trainer.task_sharding, start=0,
-                        stop=warmup + steps, depth=int(config.train.prefetch))
+                        stop=warmup + steps, depth=int(config.train.prefetch),
+                        workers=workers)
   widths = []
   try:
     for i, (step, batch) in enumerate(pipeline):
@@ -207,6 +229,7 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
       "adapt_seconds": latency,
       "compile_seconds": compile_seconds,
       "input_wait_fraction": pipeline.wait_seconds / elapsed,
+      "input_tasks_per_sec": input_tasks_per_sec,
       "peak_rss_mb": runtime.peak_rss_mb(),
       "param_bytes_per_device": param_bytes,
       "device_memory": device_memory(jax.local_devices()[0]),
@@ -232,6 +255,7 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
           "backend": jax.default_backend(),
           "device_kind": jax.devices()[0].device_kind,
           "steps_timed": steps,
+          "input_workers": workers,
           "flops_per_task": None if step_flops is None else step_flops / tasks,
           "plain_step_flops": plain_flops,
           "plain_flops_per_task": (None if plain_flops is None
@@ -260,5 +284,7 @@ def describe(result: dict) -> str:
       f" utilization"
       f" {result['utilization']:.1%}; compile"
       f" {result['compile_seconds']:.1f}s; input wait"
-      f" {result['input_wait_fraction']:.1%}; peak RSS"
+      f" {result['input_wait_fraction']:.1%} (alone"
+      f" {result['input_tasks_per_sec']:.0f} tasks/s,"
+      f" {w['input_workers']} thread(s)); peak RSS"
       f" {result['peak_rss_mb']:.0f} MB"])

@@ -82,7 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
           "warmup_steps": 100, "end_lr_factor": 0.05, "grad_clip": 1.0,
           "eval_every_steps": 250, "early_stop_patience": 3,
           "max_nonfinite": 10, "preempt_exit_code": 0, "prefetch": 2,
-          "cpu_devices": 0,
+          "input_workers": 0, "cpu_devices": 0,
       },
       "mesh": {"model": 1, "shard_min_rows": 65536},
       "eval": {

@@ -311,7 +311,11 @@ MEANINGS: dict[str, str] = {
                                " the run and saved it (0 = success; a"
                                " scheduler that requeues failed jobs wants"
                                " another).",
-    "train.prefetch": "Batches the input thread prepares ahead.",
+    "train.prefetch": "Batches the input threads prepare ahead.",
+    "train.input_workers": "Threads that build training batches (each a"
+                           " pure function of its step, handed over in"
+                           " order); 0 = per backend (1 on CPU, 4 on"
+                           " accelerators; `metarec_jax/backend.py`).",
     "train.cpu_devices": "CPU only: JAX devices to split the host into;"
                          " 0 = one per core (dividing `tasks_per_step`).",
     # mesh

@@ -129,6 +129,7 @@ ALLOWED: dict[str, Any] = {
     "train.max_nonfinite": R.Int(1),
     "train.preempt_exit_code": R.Int(0, 255),
     "train.prefetch": R.Int(1),
+    "train.input_workers": _COUNT,
     "train.cpu_devices": _COUNT,
     "mesh.model": R.Int(1),
     "mesh.shard_min_rows": R.Int(1),

@@ -10,7 +10,8 @@ from metarec_jax import bench, config_io, experiment
 
 KEYS = {"tasks_per_sec", "step_seconds", "step_flops", "achieved_gflops",
         "peak_gflops", "utilization", "compile_seconds",
-        "input_wait_fraction", "peak_rss_mb", "adapt_seconds",
+        "input_wait_fraction", "input_tasks_per_sec", "peak_rss_mb",
+        "adapt_seconds",
         "param_bytes_per_device", "device_memory", "workload"}
 
 
@@ -33,6 +34,7 @@ def test_bench_prints_the_design_json_last(tmp_path):
   w = result["workload"]
   assert w["tasks_per_step"] == 16 and w["second_order"] is True
   assert w["plain_flops_per_task"] > 0 and w["steps_timed"] == 3
+  assert w["input_workers"] == 1 and result["input_tasks_per_sec"] > 0
   # Utilisation is against the matmul rate of the step's compute dtype.
   assert w["compute_dtype"] == "float32"
   assert set(w["matmul_gflops"]) == {"float32", "bfloat16"}

@@ -146,10 +146,11 @@ class TrainSampler:
     rows = ragged_arange(self.split.train_offsets[users], counts)
     positions = self.split.train_positions[rows]
     task = np.repeat(np.arange(n), counts)
-    rand = hashing.uniform(spec.seed, step, slot_ids[task], positions, 7)
-    order = np.lexsort((rand, task))
+    order = hashing.shuffle_within(task, spec.seed, step, slot_ids[task],
+                                   positions, 7)
     positions, task = positions[order], task[order]
-    rank = np.arange(len(task)) - np.searchsorted(task, task, side="left")
+    # The order keeps each task's rows together, task by task.
+    rank = np.arange(len(task)) - np.repeat(np.cumsum(counts) - counts, counts)
     cap = np.minimum(counts - spec.query_size, spec.max_support)
     if spec.support_sampling == "uniform":
       low = np.minimum(spec.min_support, cap)

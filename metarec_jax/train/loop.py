@@ -21,7 +21,8 @@ from typing import Any
 
 import jax
 
-from metarec_jax import config_io, config_meanings, config_reference, runtime
+from metarec_jax import backend, config_io, config_meanings, config_reference
+from metarec_jax import runtime
 from metarec_jax import eval as eval_lib
 from metarec_jax.data.convert import prepare
 from metarec_jax.data.pipeline import Prefetcher
@@ -269,7 +270,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       last_time, last_step = time.perf_counter(), step
       pipeline = Prefetcher(trainer.sampler, trainer.task_sharding,
                             start=step, stop=num_steps,
-                            depth=int(tc.prefetch))
+                            depth=int(tc.prefetch),
+                            workers=backend.input_workers(
+                                int(tc.input_workers)))
       in_flight = collections.deque()  # a scalar of each unfinished step
       progress.start(num_steps, step)
       try:
