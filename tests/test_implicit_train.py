@@ -58,6 +58,18 @@ def test_resume_with_negative_sampling_is_bitwise(straight, tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_several_input_threads_train_bitwise_as_one(straight, tmp_path):
+  # Batches (negatives included) are pure functions of the step, built by
+  # several threads and handed over in order: the run must not change, and
+  # resuming with another thread count is no config change.
+  workdir = str(tmp_path / "threads")
+  train_and_evaluate(implicit_config(num_steps=3, input_workers=3), workdir)
+  train_and_evaluate(implicit_config(num_steps=6, input_workers=2), workdir)
+  a, b = saved_state(straight, 6), saved_state(workdir, 6)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def test_eval_reports_ranking_metrics_and_baselines(straight):
   report = eval_lib.evaluate_workdir(straight)
   json.dumps(report, allow_nan=False)  # nulls, never NaN

@@ -25,7 +25,8 @@ log = logging.getLogger("metarec")
 
 # Keys that never affect the saved state's shapes or its meaning.
 _HARMLESS = ("train.num_steps", "train.eval_every_steps", "train.max_nonfinite",
-             "train.prefetch", "train.cpu_devices", "train.chunk_tasks",
+             "train.prefetch", "train.input_workers", "train.cpu_devices",
+             "train.chunk_tasks",
              "train.preempt_exit_code",
              "log.", "checkpoint.", "eval.batch_tasks", "meta.remat",
              "meta.dual_form", "meta.unroll", "data.root", "data.store",
