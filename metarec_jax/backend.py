@@ -25,11 +25,13 @@ right on a GPU or a TPU. Every such choice is a field of `Defaults`, and
   `train.input_workers=0`. CPU: 1: the host's cores are the devices (one
   CPU device per core), so a second builder takes time from the step it
   would feed; one thread builds melu-ref's 256-task batch in about 3.5 ms
-  of a 27 ms metric-learner step. GPU/TPU: 4: the host's cores are free
-  while the accelerator computes, and one thread would cap the step at
-  about 70,000 tasks/s (melu-ref batches; an H200 step of the one-pass
-  learners is faster than that), while numpy's sorts and gathers release
-  the GIL, so several threads build in parallel.
+  of a 27 ms metric-learner step. GPU/TPU: 4 (at most one per host
+  core): the host's cores are free while the accelerator computes, one
+  thread caps training at the 70,000-85,000 melu-ref tasks/s it builds
+  (2-core VM), which an accelerator's step is built to exceed, and
+  numpy's sorts and gathers release the GIL: two threads built 1.8-2.0x
+  as many there at 4,096 tasks per step (docs/results.md; not yet
+  measured on an accelerator host).
 - `matmul_size`: the n of the n x n matmuls whose best rate is the bench's
   peak (`bench.peak_matmul_gflops`). CPU: 2048 (a few hundred ms on two
   cores, past the size where the rate still climbs). GPU/TPU: 8192: a
@@ -46,6 +48,7 @@ on NVIDIA GPUs since Ampere that may use TF32 (10-bit mantissa);
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 
@@ -88,5 +91,8 @@ def inner_unroll(unroll: int, inner_steps: int,
 
 
 def input_workers(workers: int, backend: str | None = None) -> int:
-  """The input threads for `train.input_workers` (0 = the backend's)."""
-  return workers if workers > 0 else defaults(backend).input_workers
+  """The input threads for `train.input_workers` (0 = the backend's, at
+  most one per host core)."""
+  if workers > 0:
+    return workers
+  return max(1, min(defaults(backend).input_workers, os.cpu_count() or 1))

@@ -315,7 +315,8 @@ MEANINGS: dict[str, str] = {
     "train.input_workers": "Threads that build training batches (each a"
                            " pure function of its step, handed over in"
                            " order); 0 = per backend (1 on CPU, 4 on"
-                           " accelerators; `metarec_jax/backend.py`).",
+                           " accelerators, at most one per host core;"
+                           " `metarec_jax/backend.py`).",
     "train.cpu_devices": "CPU only: JAX devices to split the host into;"
                          " 0 = one per core (dividing `tasks_per_step`).",
     # mesh
