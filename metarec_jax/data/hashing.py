@@ -46,7 +46,8 @@ def shuffle_within(group: np.ndarray, seed: int, *keys) -> np.ndarray:
   """The permutation ordering rows by `group`, then by `uniform(seed, *keys)`.
 
   Equal to `np.lexsort((uniform(seed, *keys), group))` (ties in the draw
-  keep row order), for a non-decreasing `group`, at a fifth of its cost:
+  keep row order), for a non-decreasing `group`, at under a quarter of
+  its cost (0.6 against 2.7 ms for a melu-ref batch's 20,000 rows):
   `uniform`'s order is that of the integer draw `hash64 >> 11`, so the
   group fits in the 11 bits above it and one stable sort of uint64 keys
   does what lexsort does with two. Groups are taken `2**11` at a time so
