@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
           "new_item_min_support": "validated",
           "calibration": "median", "popularity_prior": True,
           "loss": "mse", "query_loss": "", "huber_delta": 1.0,
-          "query_rank_weight": 0.0,
+          "query_rank_weight": 0.0, "support_rank_weight": 0.0,
           "interaction": "dot", "item_features": True,
           "compute_dtype": "float32",
       },

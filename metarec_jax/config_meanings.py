@@ -47,6 +47,13 @@ MEANINGS: dict[str, str] = {
                                " `models.recommender.listwise_loss`): the"
                                " meta-objective then also orders each"
                                " user's items; 0 = none.",
+    "model.support_rank_weight": "Rating losses: the support loss (what"
+                                 " the inner loop adapts a user on) adds"
+                                 " this multiple of the same listwise"
+                                 " term, so adaptation also orders the"
+                                 " user's items; it never moves a user"
+                                 " bias (a shift leaves it unchanged);"
+                                 " 0 = none.",
     "model.embed_std": "`melu`: standard deviation of the initial feature"
                        " embeddings (the paper's PyTorch default is 1).",
     "model.item_id": "`melu`: also embed each item's ID (zero-initialised,"

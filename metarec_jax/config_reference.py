@@ -39,6 +39,7 @@ ALLOWED: dict[str, Any] = {
                                  empty=True),
     "model.huber_delta": _RATE,
     "model.query_rank_weight": R.Float(0.0),
+    "model.support_rank_weight": R.Float(0.0),
     "model.embed_std": R.Float(0.0),
     "model.item_id": R.Bool(),
     "model.anchor": R.Bool(),
@@ -170,6 +171,11 @@ RELATIONS: tuple[R.Relation, ...] = (
                lambda w, loss, query: (not w or (query or loss)
                                        in _RATING_LOSSES.choices),
                "model.query_rank_weight adds a listwise term to a rating"
+               " loss (mse, huber); bce, bpr and softmax already rank: set"
+               " it to 0"),
+    R.Relation(("model.support_rank_weight", "model.loss"),
+               lambda w, loss: not w or loss in _RATING_LOSSES.choices,
+               "model.support_rank_weight adds a listwise term to a rating"
                " loss (mse, huber); bce, bpr and softmax already rank: set"
                " it to 0"),
     R.Relation(("eval.new_user_fraction", "eval.val_fraction"),

@@ -102,6 +102,7 @@ def test_every_shipped_config_is_valid(name):
     ("eval.val_fraction", "0.9", "eval.new_user_fraction + eval.val_fraction"
      " must be below 1"),
     ("model.query_rank_weight", "-1", "must be a number >= 0"),
+    ("model.support_rank_weight", "-0.5", "must be a number >= 0"),
 ])
 def test_validate_names_the_key_and_the_problem(key, text, message):
   config = config_io.apply_overrides(default_config(), [(key, text)])
@@ -109,14 +110,14 @@ def test_validate_names_the_key_and_the_problem(key, text, message):
     config_reference.validate(config)
 
 
-def test_a_rank_weight_with_a_ranking_loss_is_refused():
+@pytest.mark.parametrize("key", ["query_rank_weight", "support_rank_weight"])
+def test_a_rank_weight_with_a_ranking_loss_is_refused(key):
   config = config_io.apply_overrides(default_config(), [
       ("data.implicit.enabled", "true"), ("model.loss", "bce"),
-      ("model.query_rank_weight", "2")])
-  with pytest.raises(InputError, match="model.query_rank_weight adds a"
-                     " listwise term"):
+      (f"model.{key}", "2")])
+  with pytest.raises(InputError, match=f"model.{key} adds a listwise term"):
     config_reference.validate(config)
-  config.model.query_rank_weight = 0.0
+  config.model[key] = 0.0
   config_reference.validate(config)
 
 

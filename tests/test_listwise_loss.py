@@ -1,5 +1,6 @@
-"""The listwise ranking term of the query loss (`model.query_rank_weight`):
-values by hand, its optimum, padding, and every model family's query loss."""
+"""The listwise ranking term of the query loss (`model.query_rank_weight`)
+and of the support loss (`model.support_rank_weight`): values by hand, its
+optimum, padding, and every model family's query and support losses."""
 
 import math
 
@@ -114,8 +115,47 @@ def test_every_model_family_adds_the_term_to_its_query_loss_only(case):
       float(plain.loss_fn(params, task)), rel=1e-6)
 
 
-def test_a_ranking_loss_with_a_rank_weight_is_refused():
-  cfg = model_section({"name": "melu", "loss": "bce", "query_rank_weight": 1.0,
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_model_family_adds_the_support_term_to_its_support_loss_only(
+    case):
+  counts = np.full(SPEC.num_items + 1, 5.0)
+  means = (np.full(SPEC.num_items, 3.5), np.full(SPEC.num_items, 0.5))
+
+  def build(support, query=0.0):
+    cfg = model_section({**CASES[case], "embed_dim": 4, "hidden": (6,),
+                         "calibration": "none", "query_rank_weight": query,
+                         "support_rank_weight": support})
+    return models.build(cfg, FIELDS, rating_mean=3.5, item_means=means,
+                        inner_lr=0.1, item_counts=counts)
+
+  plain, ranked = build(0.0), build(0.7)
+  params = plain.init(jax.random.PRNGKey(1))
+  task = jax.tree.map(lambda x: jnp.asarray(x[0]),
+                      random_tasks(FIELDS, n_tasks=1)["support"])
+  task["rating"] = task["rating"].astype(jnp.float32)
+  # Training's prediction (an anchored model's share is 1 there).
+  pred = ranked.predict_unmapped(params, task["features"])
+  expected = plain.loss_fn(params, task) + 0.7 * listwise_loss(pred, task)
+  assert float(ranked.loss_fn(params, task)) == pytest.approx(
+      float(expected), rel=1e-5)
+  # The meta-objective is unchanged, with or without its own term.
+  query = lambda m: m.query_loss_fn or m.loss_fn  # noqa: E731
+  assert float(query(ranked)(params, task)) == pytest.approx(
+      float(query(plain)(params, task)), rel=1e-6)
+  both, query_only = build(0.7, query=0.3), build(0.0, query=0.3)
+  assert float(query(both)(params, task)) == pytest.approx(
+      float(query(query_only)(params, task)), rel=1e-6)
+  # A shift leaves the term unchanged: it never moves a user bias.
+  grad = lambda m: jax.grad(m.loss_fn)(params, task)  # noqa: E731
+  for name in ("user_bias", "base_bias"):
+    if name in params:
+      assert float(grad(ranked)[name]) == pytest.approx(
+          float(grad(plain)[name]), rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("key", ["query_rank_weight", "support_rank_weight"])
+def test_a_ranking_loss_with_a_rank_weight_is_refused(key):
+  cfg = model_section({"name": "melu", "loss": "bce", key: 1.0,
                        "calibration": "none", "popularity_prior": False})
-  with pytest.raises(ValueError, match="query_rank_weight"):
+  with pytest.raises(ValueError, match=key):
     models.build(cfg, FIELDS, rating_mean=0.5)

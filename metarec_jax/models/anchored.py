@@ -116,8 +116,9 @@ from metarec_jax.data.baselines import USER_PSEUDO
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec
 from metarec_jax.meta import LinearHead
 from metarec_jax.models.melu import Decision, Embedder
-from metarec_jax.models.recommender import (Recommender, loss_precision,
-                                            masked_loss, row_errors)
+from metarec_jax.models.recommender import (Recommender, listwise_loss,
+                                            loss_precision, masked_loss,
+                                            row_errors)
 
 ITEM_DIM = 8  # width of the item-feature embeddings of the item bias
 
@@ -322,28 +323,36 @@ def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,
 
 def support_loss(params, model: jax.Array, baseline: jax.Array, batch, *,
                  scale: float, kind: str, delta: float,
-                 rows: jax.Array | None = None) -> jax.Array:
+                 rows: jax.Array | None = None,
+                 rank_weight: float = 0.0) -> jax.Array:
   """The support loss of an anchored model: two independent quadratics in
   the two user biases, the model's (its predictions, `kind` loss, the
   learned prior) and the baseline's (its own pseudo-ratings whatever
   `model.user_bias_prior` is, squared error: its shrunk mean residual),
   each row weighted by `rows` (`Anchor.support_weights`). One inner step
-  sets both biases."""
-  return (prior_loss(model, batch, scale * params[USER_BIAS],
+  sets both biases. A positive `rank_weight` adds that multiple of the
+  model's `listwise_loss`, which a shift of the prediction leaves
+  unchanged: it moves the network, never a user bias."""
+  loss = (prior_loss(model, batch, scale * params[USER_BIAS],
                      jnp.exp(params[USER_PRIOR]),
                      lambda p, b: row_errors(p, b, kind, delta), rows)
           + prior_loss(baseline, batch, scale * params[BASE_BIAS],
                        USER_PSEUDO,
                        lambda p, b: row_errors(p, b, "mse", delta), rows))
+  if rank_weight:
+    loss = loss + rank_weight * jnp.mean(listwise_loss(model, batch))
+  return loss
 
 
 def recommender(module: AnchoredMeLU, example_features, *, kind: str,
                 delta: float, query_kind: str | None = None,
-                rank_weight: float = 0.0) -> Recommender:
+                rank_weight: float = 0.0,
+                support_rank_weight: float = 0.0) -> Recommender:
   """The `Recommender` of an `AnchoredMeLU`: a `LinearHead` whose support
-  loss has the user-bias prior and whose query loss is the plain masked
-  loss (`masked_loss` with `rank_weight`; same features and first layer,
-  so the dual form applies).
+  loss has the user-bias prior (and `support_rank_weight`'s listwise term,
+  see `support_loss`) and whose query loss is the plain masked loss
+  (`masked_loss` with `rank_weight`; same features and first layer, so
+  the dual form applies).
 
   The support loss is the sum of two independent quadratics (the model's,
   with the learned prior, and the baseline's), so one step sets both user
@@ -366,7 +375,8 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
                           batch["mask"], method="support_weights")
       return support_loss(params, model, baseline, batch,
                           scale=module.user_scale, kind=loss_kind,
-                          delta=delta, rows=rows)
+                          delta=delta, rows=rows,
+                          rank_weight=support_rank_weight)
     return fn
 
   support = LinearHead(featurize=featurize, head=head(kind, True),

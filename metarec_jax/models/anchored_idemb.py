@@ -83,10 +83,12 @@ class AnchoredIDEmb(Anchor):
 
 def recommender(module: AnchoredIDEmb, example_features, *, kind: str,
                 delta: float, query_kind: str | None = None,
-                rank_weight: float = 0.0) -> Recommender:
+                rank_weight: float = 0.0,
+                support_rank_weight: float = 0.0) -> Recommender:
   """The `Recommender` of an `AnchoredIDEmb`: the support loss has the
-  user-bias priors (`anchored.support_loss`), the query loss is the plain
-  masked loss (with `rank_weight`, see `masked_loss`)."""
+  user-bias priors (`anchored.support_loss`, with `support_rank_weight`),
+  the query loss is the plain masked loss (with `rank_weight`, see
+  `masked_loss`)."""
 
   def support(params, batch):
     model, baseline, _ = module.apply({"params": params}, batch["features"],
@@ -95,7 +97,7 @@ def recommender(module: AnchoredIDEmb, example_features, *, kind: str,
                         batch["mask"], method="support_weights")
     return support_loss(params, model, baseline, batch,
                         scale=module.user_scale, kind=kind, delta=delta,
-                        rows=rows)
+                        rows=rows, rank_weight=support_rank_weight)
 
   def query(params, batch):
     return masked_loss(module.apply({"params": params}, batch["features"]),

@@ -151,17 +151,20 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
   query_kind = model_config.query_loss or kind
   delta = float(model_config.huber_delta)
   rank_weight = float(model_config.query_rank_weight)
-  if rank_weight and query_kind in RANKING_LOSSES:
-    raise ValueError("model.query_rank_weight adds a ranking term to a"
-                     " rating loss; model.query_loss"
-                     f" {query_kind!r} already ranks")
+  support_rank = float(model_config.support_rank_weight)
+  for key, weight, loss_kind in (("query_rank_weight", rank_weight,
+                                  query_kind),
+                                 ("support_rank_weight", support_rank, kind)):
+    if weight and loss_kind in RANKING_LOSSES:
+      raise ValueError(f"model.{key} adds a ranking term to a rating loss;"
+                       f" {loss_kind!r} already ranks")
   for key, value in (("loss", kind), ("query_loss", query_kind)):
     if value not in LOSSES:
       raise ValueError(f"model.{key} must be one of {', '.join(LOSSES)},"
                        f" got {value!r}")
   if is_anchored(model_config):
     return _anchored(model_config, fields, rating_mean, item_means, inner_lr,
-                     kind, query_kind, delta, rank_weight)
+                     kind, query_kind, delta, rank_weight, support_rank)
   if name == "melu":
     popularity_init, deep = None, fields
     # `for_data` turns the prior off but for implicit feedback; a ranking
@@ -190,8 +193,8 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
     loss = linear_head_loss(module, kernel="decision/fc1/kernel",
                             bias="decision/fc1/bias",
                             featurize_reads=("^embed/",), loss=kind,
-                            delta=delta)
-    query_loss = (None if query_kind == kind and not rank_weight
+                            delta=delta, rank_weight=support_rank)
+    query_loss = (None if (query_kind, rank_weight) == (kind, support_rank)
                   else with_loss(loss, module, query_kind, delta, rank_weight))
     return Recommender(name=name, module=module, loss_fn=loss,
                        adapt=("^decision/",),
@@ -213,11 +216,12 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
                    hidden=tuple(int(h) for h in model_config.hidden),
                    output_bias=float(rating_mean))
     return Recommender(name=name, module=module,
-                       loss_fn=plain_loss(module, kind, delta),
+                       loss_fn=plain_loss(module, kind, delta, support_rank),
                        adapt=("^user/",),
                        example_features=example_features(fields),
                        query_loss_fn=(
-                           None if query_kind == kind and not rank_weight
+                           None if (query_kind, rank_weight)
+                           == (kind, support_rank)
                            else plain_loss(module, query_kind, delta,
                                            rank_weight)))
   raise ValueError(f"model.name must be one of {', '.join(MODELS)}, got"
@@ -225,7 +229,7 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
 
 
 def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
-              query_kind, delta, rank_weight) -> Recommender:
+              query_kind, delta, rank_weight, support_rank) -> Recommender:
   """`model.anchor`: MeLU or IDEmb on top of global + item + user biases."""
   num_items = [f for f in fields if f.name == ITEM_ID][0].vocab
   # Per item: w * mean residual (the shrunk mean minus the global mean is
@@ -261,7 +265,8 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
         hidden=tuple(int(h) for h in model_config.hidden))
     return anchored_idemb.recommender(
         module, example_features(fields), kind=kind, delta=delta,
-        query_kind=query_kind, rank_weight=rank_weight)
+        query_kind=query_kind, rank_weight=rank_weight,
+        support_rank_weight=support_rank)
   deep = tuple(f for f in fields
                if f.name != ITEM_ID or model_config.item_id)
   # No feature at all: the interaction can only come from the item IDs.
@@ -272,7 +277,8 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
       embed_std=float(model_config.embed_std))
   return anchored.recommender(
       module, example_features(fields), kind=kind, delta=delta,
-      query_kind=query_kind, rank_weight=rank_weight)
+      query_kind=query_kind, rank_weight=rank_weight,
+      support_rank_weight=support_rank)
 
 
 def _interaction(model_config) -> str:

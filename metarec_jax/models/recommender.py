@@ -228,14 +228,17 @@ def rows_fn(module: nn.Module) -> Callable[[PyTree, PyTree], tuple]:
 
 def linear_head_loss(module: nn.Module, *, kernel: str, bias: str,
                      featurize_reads: tuple[str, ...], loss: str = "mse",
-                     delta: float = 1.0) -> LinearHead:
-  """The `LinearHead` loss of a module with `featurize`/`from_preactivation`."""
+                     delta: float = 1.0,
+                     rank_weight: float = 0.0) -> LinearHead:
+  """The `LinearHead` loss of a module with `featurize`/`from_preactivation`
+  (`masked_loss`'s arguments)."""
 
   def featurize(params, batch):
     return module.apply({"params": params}, batch["features"],
                         method="featurize")
 
-  return LinearHead(featurize=featurize, head=_head(module, loss, delta),
+  return LinearHead(featurize=featurize,
+                    head=_head(module, loss, delta, rank_weight),
                     kernel=kernel, bias=bias, featurize_reads=featurize_reads,
                     rows=rows_fn(module))
 
