@@ -86,7 +86,7 @@ def get_config():
   # with this config without it, nDCG@3 W +0.0014 +- 0.0012, UC +0.0041
   # +- 0.0005 (all five seeds), IC -0.0023 +- 0.0003, UIC -0.0029 +-
   # 0.0022; mean MAE W -0.0017, UC -0.0009, IC +0.0016, UIC +0.0028.
-  # Weights 5, 10 and 20 helped UC less or not at all and cost the new
+  # Weights 2, 5, 10 and 20 helped UC less or not at all and cost the new
   # items more (docs/results.md).
   c.model.support_rank_weight = 1.0
   c.model.anchor = False
