@@ -7,7 +7,15 @@ Usage:
 Runs the config's compiled meta-step a few times under `jax.profiler`,
 reads the Perfetto trace back and prints the XLA operations (fusions, dots,
 collectives) by total time summed over device threads, grouped into
-dot / collective / other, with their HLO shapes for the top ones.
+dot / collective / other, with their HLO shapes for the top ones, and
+the wall time per step of the same steps.
+
+An op's time is from its start to its end on its thread, so where the
+device threads outnumber the free cores it includes the time the op
+waited for one: the sum over threads can then exceed wall time x cores,
+and an op that gets cheaper may only wait less. Judge a change by wall
+time (`tools/bench_learners.py`, `metarec bench`), back to back; use the
+op times to see where to look.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -55,9 +64,11 @@ def main(argv):
   jax.block_until_ready(m)
   trace_dir = tempfile.mkdtemp(prefix="metarec-trace-")
   jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+  start = time.perf_counter()
   for b in batches[1:]:
     state, m = trainer.step(state, b, trainer.hyper)
   jax.block_until_ready(m)
+  wall = time.perf_counter() - start
   jax.profiler.stop_trace()
   trace = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz",
                            recursive=True))[-1]
@@ -81,6 +92,8 @@ def main(argv):
     match = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) ", line)
     if match:
       shapes.setdefault(match.group(1), match.group(2))
+  print(f"wall {wall * 1e3 / steps:.2f} ms per step under the profiler"
+        f" ({steps} steps, {os.cpu_count()} host cores)")
   print(f"ms per step, summed over device threads ({steps} steps):")
   for kind, dur in groups.most_common():
     print(f"  {kind:<10} {dur / 1e3 / steps:8.2f}")
