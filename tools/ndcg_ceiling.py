@@ -38,7 +38,6 @@ import os
 import numpy as np
 
 from metarec_jax import config_io
-from metarec_jax.data.convert import ratings_io
 from metarec_jax.data import store as store_lib
 from metarec_jax.data.splits import SCENARIOS
 from metarec_jax.eval import metrics, predictions_file
@@ -161,25 +160,6 @@ def mf_predictions(store, queries: dict, *, dim: int, reg: float,
   return out
 
 
-def prediction_arrays(path: str, store, width: int) -> dict[str, np.ndarray]:
-  """A predictions file as `[N, width]` arrays (tasks of `width` queries,
-  full: the protocol's query size) plus `users` `[N]` store indices."""
-  p = predictions_file.read_predictions(path)
-  n = len(p["rating"]) // width
-  if n * width != len(p["rating"]):
-    raise ValueError(f"{path}: {len(p['rating'])} rows are not tasks of "
-                     f"{width} query ratings")
-  def ids(known, values):
-    known = np.asarray(known)
-    values = values.astype(known.dtype) if known.dtype.kind in "iu" else values
-    return ratings_io.lookup(known, values)
-  out = {name: v.reshape(n, width) for name, v in p.items()
-         if name not in predictions_file.ID_COLUMNS}
-  out["items"] = ids(store.item_ids, p["item"]).reshape(n, width)
-  out["users"] = ids(store.user_ids, p["user"]).reshape(n, width)[:, 0]
-  return out
-
-
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True,
@@ -205,7 +185,7 @@ def main(argv=None) -> None:
   arrays = {}
   for name in args.scenarios.split(","):
     path = os.path.join(args.tasks, name, predictions_file.FILE_NAME)
-    a = prediction_arrays(path, store, width)
+    a = predictions_file.task_arrays(path, store, width)
     if len(a["rating"]):
       arrays[name] = a
   mf = {}

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from metarec_jax.data.convert import delimited
+from metarec_jax.data.convert import delimited, ratings_io
 from metarec_jax.errors import InputError
 
 FILE_NAME = "predictions.tsv"
@@ -59,3 +59,36 @@ def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
   return {name: (np.asarray(table.column(i), dtype=str) if name in ID_COLUMNS
                  else delimited.floats(table, table.column(i), name))
           for i, name in enumerate(table.header)}
+
+
+def task_arrays(path: str | os.PathLike, store, width: int
+                ) -> dict[str, np.ndarray]:
+  """A predictions file of a store's tasks as arrays, one row per task.
+
+  Every task of the protocol has `width` (`data.query_size`) query
+  ratings, on consecutive rows: each value column becomes `[N, width]`;
+  `items` holds the query items' store indices (what breaks nDCG's ties
+  in `metarec eval`; -1 for an item the store lacks) and `users` `[N]`
+  the tasks' users' (-1 likewise).
+
+  Raises:
+    InputError: what `read_predictions` refuses, or rows that are not
+      whole tasks of `width` query ratings.
+  """
+  p = read_predictions(path)
+  n = len(p["rating"]) // width
+  if n * width != len(p["rating"]):
+    raise InputError(f"{len(p['rating'])} rows are not tasks of {width}"
+                     " query ratings each", path=path)
+
+  def indices(known, ids):
+    known = np.asarray(known)
+    if known.dtype.kind in "iu":
+      ids = ids.astype(known.dtype)
+    return ratings_io.lookup(known, ids)
+
+  out = {name: values.reshape(n, width) for name, values in p.items()
+         if name not in ID_COLUMNS}
+  out["items"] = indices(store.item_ids, p["item"]).reshape(n, width)
+  out["users"] = indices(store.user_ids, p["user"]).reshape(n, width)[:, 0]
+  return out

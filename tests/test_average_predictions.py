@@ -1,0 +1,108 @@
+"""`tools/average_predictions.py`: the metrics of several runs' averaged
+query predictions."""
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from cli_run import last_json, metarec
+from conftest import ROOT
+from metarec_jax.eval import predictions_file
+
+
+def load_tool():
+  spec = importlib.util.spec_from_file_location(
+      "average_predictions_tool",
+      os.path.join(ROOT, "tools", "average_predictions.py"))
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+tool = load_tool()
+
+
+def run_tool(*argv):
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    tool.main(list(argv))
+  return {row["scenario"]: row for row in map(json.loads,
+                                               out.getvalue().splitlines())}
+
+
+def rewrite(folder, change):
+  """Rewrites every scenario's predictions file of `folder`: `change(rows)`
+  gets and returns the rows (lists of fields) after the header."""
+  for name in os.listdir(folder):
+    path = os.path.join(folder, name, predictions_file.FILE_NAME)
+    if not os.path.exists(path):
+      continue
+    head, *rows = open(path).read().splitlines()
+    rows = change([r.split("\t") for r in rows])
+    with open(path, "w") as f:
+      f.write("\n".join([head] + ["\t".join(r) for r in rows]) + "\n")
+
+
+@pytest.fixture(scope="module")
+def written(ml1m_tiny_run, tmp_path_factory):
+  workdir, _ = ml1m_tiny_run
+  folder = tmp_path_factory.mktemp("average") / "a"
+  out = metarec("eval", f"--workdir={workdir}", f"--write_tasks={folder}")
+  assert out.returncode == 0, out.stderr
+  return workdir, str(folder), last_json(out)["scenarios"]
+
+
+def test_one_run_alone_gives_its_own_report(written):
+  workdir, folder, report = written
+  rows = run_tool(f"--workdir={workdir}", f"--tasks={folder}")
+  assert set(rows) == {n for n, m in report.items() if m["tasks"]} != set()
+  for name, row in rows.items():
+    assert row["tasks"] == report[name]["tasks"] and row["runs"] == 1
+    assert row["average"] == row["first"]
+    assert row["ndcg@3_above_first"] == 0.0
+    for key, value in row["first"].items():
+      assert value == pytest.approx(report[name][key], abs=2e-5), key
+    base = report[name]["baselines"]["item_mean_user_bias"]
+    for key, value in row["baseline"].items():
+      assert value == pytest.approx(base[key], abs=2e-5), key
+
+
+def test_the_average_is_the_mean_of_the_runs_predictions(written, tmp_path):
+  workdir, folder, report = written
+  other = tmp_path / "b"
+  shutil.copytree(folder, other)
+  # The second run predicts the baseline's ratings.
+  rewrite(other, lambda rows: [r[:3] + [r[6]] + r[4:] for r in rows])
+  rows = run_tool(f"--workdir={workdir}", f"--tasks={folder},{other}")
+  for name, row in rows.items():
+    p = predictions_file.read_predictions(
+        os.path.join(folder, name, predictions_file.FILE_NAME))
+    mean = (p["prediction"] + p["item_mean_user_bias"]) / 2
+    assert row["runs"] == 2
+    assert row["average"]["mae"] == pytest.approx(
+        np.abs(mean - p["rating"]).mean(), abs=1e-9)
+    assert row["first"]["mae"] == pytest.approx(report[name]["mae"],
+                                                abs=2e-5)
+    assert row["ndcg@3_above_baseline"] == pytest.approx(
+        row["average"]["ndcg@3"] - row["baseline"]["ndcg@3"])
+
+
+def test_runs_of_other_tasks_are_refused(written, tmp_path, capsys):
+  workdir, folder, _ = written
+  other = tmp_path / "b"
+  shutil.copytree(folder, other)
+  rewrite(other, lambda rows: rows[1:] + rows[:1])
+  with pytest.raises(SystemExit) as exit_info:
+    run_tool(f"--workdir={workdir}", f"--tasks={folder},{other}")
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1
+  assert str(other) in err[0] and "--config.eval.seed" in err[0]
