@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from metarec_jax import config_io  # noqa: E402
 from metarec_jax.data import store as store_lib  # noqa: E402
+from metarec_jax.data.convert import prepare  # noqa: E402
 from metarec_jax.data.splits import SCENARIOS  # noqa: E402
 from metarec_jax.errors import InputError  # noqa: E402
 from metarec_jax.eval import metrics, predictions_file  # noqa: E402
@@ -95,8 +96,7 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   folders = [f for f in args.tasks.split(",") if f]
   config = config_io.read_workdir_config(args.workdir)
-  store = store_lib.open_store(config.data.store
-                               or os.path.join(args.workdir, "store"))
+  store = store_lib.open_store(prepare.store_path(config.data, args.workdir))
   floor = float(store.rating_range[0])
   try:
     for name in args.scenarios.split(","):

@@ -39,6 +39,7 @@ import numpy as np
 
 from metarec_jax import config_io
 from metarec_jax.data import store as store_lib
+from metarec_jax.data.convert import prepare
 from metarec_jax.data.splits import SCENARIOS
 from metarec_jax.eval import metrics, predictions_file
 
@@ -179,8 +180,7 @@ def main(argv=None) -> None:
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   config = config_io.read_workdir_config(args.workdir)
-  store = store_lib.open_store(config.data.store or
-                               os.path.join(args.workdir, "store"))
+  store = store_lib.open_store(prepare.store_path(config.data, args.workdir))
   width = int(config.data.query_size)
   arrays = {}
   for name in args.scenarios.split(","):
