@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "model": {
           "name": "melu", "features": (), "exclude_features": (),
-          "embed_dim": 32, "hidden": (64, 64), "embed_std": 1.0,
+          "embed_dim": 32, "hidden": (64, 64), "members": 1, "embed_std": 1.0,
           "item_id": False, "anchor": True, "anchor_version": 2,
           "user_bias_prior": 3.0, "new_item_prior": "validated",
           "new_item_min_support": "validated",

@@ -133,6 +133,12 @@ MEANINGS: dict[str, str] = {
                            " parameters.",
     "model.hidden": "Widths of the decision MLP's hidden layers (one output"
                     " unit follows).",
+    "model.members": "`melu` (not anchored, gradient-based algorithms):"
+                     " that many MeLUs (embeddings and decision MLP, each"
+                     " initialised on its own) trained side by side on the"
+                     " same tasks, each fitting and adapting on its own;"
+                     " the prediction is their mean (an ensemble, at about"
+                     " that multiple of the arithmetic). 1: one MeLU.",
     # data
     "data.name": "Dataset: `synthetic` (built-in generator), `movielens-1m`,"
                  " `movielens-100k` or `generic` (your own files).",

@@ -34,6 +34,7 @@ ALLOWED: dict[str, Any] = {
     "model.features": _NAMES,
     "model.exclude_features": _NAMES,
     "model.embed_dim": R.Int(1),
+    "model.members": R.Int(1),
     "model.loss": R.OneOf("metarec_jax.models.recommender", "LOSSES"),
     "model.query_loss": R.OneOf("metarec_jax.models.recommender", "LOSSES",
                                  empty=True),
@@ -178,6 +179,18 @@ RELATIONS: tuple[R.Relation, ...] = (
                "model.support_rank_weight adds a listwise term to a rating"
                " loss (mse, huber); bce, bpr and softmax already rank: set"
                " it to 0"),
+    R.Relation(("model.members", "model.name", "model.anchor"),
+               lambda members, name, anchor: members == 1 or (
+                   name == "melu" and not anchor),
+               "model.members > 1 is an ensemble of `melu` models without"
+               " the baseline anchor: set model.anchor=false, or"
+               " model.members=1"),
+    R.Relation(("model.members", "meta.algorithm"),
+               lambda members, algorithm: members == 1 or algorithm not in (
+                   "metric", "amortised", "hybrid"),
+               "model.members > 1 adapts each member by gradient steps; the"
+               " encoding algorithms (metric, amortised, hybrid) read one"
+               " model's features: set model.members=1"),
     R.Relation(("eval.new_user_fraction", "eval.val_fraction"),
                lambda a, b: a + b < 1, "eval.new_user_fraction +"
                " eval.val_fraction must be below 1 (training needs users)"),

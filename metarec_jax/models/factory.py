@@ -187,6 +187,7 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
                   output_bias=float(rating_mean),
                   embed_std=float(model_config.embed_std),
                   popularity_init=popularity_init,
+                  members=int(model_config.members),
                   item_fields=tuple(f for f in fields if f.side == "item"
                                     and f.name != ITEM_ID)
                   if popularity_init is not None else ())
@@ -196,10 +197,13 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
                             delta=delta, rank_weight=support_rank)
     query_loss = (None if (query_kind, rank_weight) == (kind, support_rank)
                   else with_loss(loss, module, query_kind, delta, rank_weight))
+    members = int(model_config.members)
     return Recommender(name=name, module=module, loss_fn=loss,
                        adapt=("^decision/",),
                        example_features=example_features(fields),
-                       query_loss_fn=query_loss)
+                       query_loss_fn=query_loss, members=members,
+                       stacked=("^embed/", "^decision/") if members > 1
+                       else ())
   if name == "idemb":
     ids = [f for f in fields if f.name == ITEM_ID]
     if not ids:

@@ -150,12 +150,19 @@ class MeLU(nn.Module):
   embed_std: float = 1.0
   popularity_init: Callable[[jax.Array], jax.Array] | None = None
   item_fields: tuple[FeatureSpec, ...] = ()
+  members: int = 1
 
   def setup(self):
-    self.embed = Embedder(tuple(self.fields), self.embed_dim, self.embed_std)
+    embedder, decision = Embedder, Decision
+    if self.members > 1:
+      # An ensemble: every parameter of the embeddings and the decision MLP
+      # gets a leading member axis (drawn per member), the paths stay.
+      embedder = _stacked(Embedder, self.members, None, -2)
+      decision = _stacked(Decision, self.members, (-2, None), -1)
+    self.embed = embedder(tuple(self.fields), self.embed_dim, self.embed_std)
     # With the prior the network starts at nothing (its output layer at
     # zero): the score starts as popularity, exactly.
-    self.decision = Decision(tuple(self.hidden), self.output_bias,
+    self.decision = decision(tuple(self.hidden), self.output_bias,
                              zero_output=self.popularity_init is not None)
     if self.popularity_init is not None:
       self.popularity_table = self.param("popularity", self.popularity_init)
@@ -167,8 +174,21 @@ class MeLU(nn.Module):
         self.popularity_project = nn.Dense(
             1, use_bias=False, kernel_init=nn.initializers.zeros)
 
-  def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
-    return self.decision(self.embed(features)) + self.prior(features)
+  def __call__(self, features: dict[str, jax.Array],
+               per_member: bool = False) -> jax.Array:
+    return self._combine(self.decision(self.embed(features), True),
+                         self.prior(features), per_member)
+
+  def _combine(self, out: jax.Array, prior: jax.Array | float,
+               per_member: bool) -> jax.Array:
+    """The prediction from the decision output (`[..., members]` for an
+    ensemble): their mean, or with `per_member` every member's."""
+    if self.members == 1:
+      return out + prior
+    if per_member:
+      return out + (prior[..., None] if isinstance(prior, jax.Array)
+                    else prior)
+    return jnp.mean(out, axis=-1) + prior
 
   def prior(self, features: dict[str, jax.Array]) -> jax.Array | float:
     """The popularity prior of each row's item (0 without the prior)."""
@@ -184,9 +204,21 @@ class MeLU(nn.Module):
     return prior
 
   def featurize(self, features: dict[str, jax.Array]) -> jax.Array:
-    """The decision MLP's input `X: f32[..., fields * embed_dim]`."""
+    """The decision MLP's input `X: f32[..., fields * embed_dim]`
+    (`[..., members, fields * embed_dim]` for an ensemble)."""
     return self.embed(features)
 
-  def from_preactivation(self, a: jax.Array) -> jax.Array:
-    """Predictions from fc1's pre-activation `a = X @ W1 + b1`."""
-    return self.decision(a, first_layer=False)
+  def from_preactivation(self, a: jax.Array,
+                         per_member: bool = False) -> jax.Array:
+    """The decision MLP's output from fc1's pre-activation `a = X @ W1 +
+    b1` (no prior; an ensemble's mean, or with `per_member` every
+    member's `[..., members]`)."""
+    return self._combine(self.decision(a, False), 0.0, per_member)
+
+
+def _stacked(module: type[nn.Module], members: int, in_axes, out_axes):
+  """`module` as `members` independent copies (`nn.vmap`): parameters with
+  a leading member axis, each copy initialised from its own key."""
+  return nn.vmap(module, variable_axes={"params": 0},
+                 split_rngs={"params": True}, in_axes=in_axes,
+                 out_axes=out_axes, axis_size=members)

@@ -100,7 +100,8 @@ def computed_once(flag: jax.Array) -> jax.Array:
 
 def make_train_step(loss_fn, meta_config: meta.MetaConfig, mesh: Mesh, *,
                     chunk_tasks: int, query_loss_fn=None,
-                    meta_fixed: tuple[str, ...] = ()) -> Callable:
+                    meta_fixed: tuple[str, ...] = (), members: int = 1,
+                    stacked: tuple[str, ...] = ()) -> Callable:
   """`(state, batch, hyper) -> (state, metrics)`, to be jitted by the
   caller.
 
@@ -110,7 +111,9 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig, mesh: Mesh, *,
   (see the module docstring). Being an argument rather than constants,
   they leave the compiled step the same for every value.
   `meta_fixed`: patterns of model parameters whose meta-gradient is zeroed
-  before the update (`Recommender.meta_fixed`).
+  before the update (`Recommender.meta_fixed`). `members`, `stacked`: an
+  ensemble's (`Recommender.members`, `Recommender.stacked`), clipped per
+  member (`optim.outer_optimizer`).
   """
 
   def local(meta_params, tasks):
@@ -131,7 +134,8 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig, mesh: Mesh, *,
     loss, unadapted, grads = sharded(state.params, batch)
     grads = {**grads, "model": paths.zero_matching(grads["model"], meta_fixed)}
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = optim.outer_optimizer(hyper).update(
+    updates, opt_state = optim.outer_optimizer(
+        hyper, members=members, stacked=stacked).update(
         grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # A finite gradient can still make a non-finite state (an infinite

@@ -80,7 +80,9 @@ class Trainer:
                     if chunk_tasks < 0 else int(chunk_tasks))
     self.exp = exp or experiment.build(config, workdir, log=log.info)
     # (The state's structure does not depend on the hyperparameters.)
-    self.optimizer = optim.outer_optimizer(optim.hyperparams(config.train))
+    self.optimizer = optim.outer_optimizer(
+        optim.hyperparams(config.train), members=self.exp.model.members,
+        stacked=self.exp.model.stacked)
     self.replicated = runtime.replicated(self.mesh)
     self.task_sharding = runtime.task_sharding(self.mesh)
     self.sampler = TrainSampler(
@@ -121,7 +123,9 @@ class Trainer:
     step = make_train_step(self.exp.model.loss_fn, self.exp.meta_config,
                            self.mesh, chunk_tasks=self.chunk,
                            query_loss_fn=self.exp.model.query_loss_fn,
-                           meta_fixed=self.exp.model.meta_fixed)
+                           meta_fixed=self.exp.model.meta_fixed,
+                           members=self.exp.model.members,
+                           stacked=self.exp.model.stacked)
     # `step(state, batch, hyper)`: the hyperparameters are an argument, so
     # the program is the same for any `train.num_steps`, `train.lr`, ...
     self.step = runtime.CompiledByShape(

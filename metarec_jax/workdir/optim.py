@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from metarec_jax.meta import paths
 
 
 class Hyperparams(NamedTuple):
@@ -87,13 +90,53 @@ def host_learning_rate(train_config, step: int, horizon: int) -> float:
   return float(learning_rate(hyperparams(train_config, horizon), step, xp=np))
 
 
-def outer_optimizer(hyper: Hyperparams) -> optax.GradientTransformation:
+def outer_optimizer(hyper: Hyperparams, *, members: int = 1,
+                    stacked: tuple[str, ...] = ()
+                    ) -> optax.GradientTransformation:
   """Clipping and Adam on the schedule of `hyper`.
 
   Inside the meta-step `hyper` is its traced argument; for `init` any
   values do (`hyperparams(train_config)`): the optimizer's state does not
-  depend on them.
+  depend on them. An ensemble (`members > 1`; `stacked`: patterns of the
+  model parameters with a leading member axis) clips each member's
+  gradient on its own (`clip_by_member_norm`).
   """
-  return optax.chain(
-      optax.clip_by_global_norm(hyper.grad_clip),
-      optax.adam(lambda count: learning_rate(hyper, count)))
+  clip = (optax.clip_by_global_norm(hyper.grad_clip) if members == 1
+          else clip_by_member_norm(hyper.grad_clip, members, stacked))
+  return optax.chain(clip,
+                     optax.adam(lambda count: learning_rate(hyper, count)))
+
+
+def clip_by_member_norm(max_norm, members: int, stacked: tuple[str, ...]
+                        ) -> optax.GradientTransformation:
+  """`optax.clip_by_global_norm` for each member of an ensemble on its own.
+
+  The gradient of `{"model": params, "inner": ...}`: the slice `m` of every
+  model leaf matched by `stacked` belongs to member `m`; the other leaves
+  are shared. Member `m`'s norm counts its slices and the shared leaves, and
+  its slices are scaled by `min(1, max_norm / norm_m)`; the shared leaves by
+  the smallest of those factors. So one member's large gradient (a task its
+  inner loop overshoots) no longer shrinks every other member's step, as a
+  single global norm would: the members train as they would alone.
+  """
+
+  def update(updates, state, params=None):
+    del params
+    names = paths.leaf_paths(updates)
+    leaves, treedef = jax.tree.flatten(updates)
+    mine = [n.startswith("model/") and paths.matches_any(n[6:], stacked)
+            for n in names]
+    member_sq = sum((jnp.sum(jnp.reshape(g, (members, -1)) ** 2, axis=1)
+                     for g, m in zip(leaves, mine) if m),
+                    jnp.zeros((members,), jnp.float32))
+    shared_sq = sum((jnp.sum(g ** 2) for g, m in zip(leaves, mine) if not m),
+                    jnp.float32(0.0))
+    norms = jnp.sqrt(member_sq + shared_sq)
+    scale = jnp.where(norms < max_norm, 1.0, max_norm / norms)
+    out = [g * scale.reshape((members,) + (1,) * (g.ndim - 1)).astype(g.dtype)
+           if m else g * jnp.min(scale).astype(g.dtype)
+           for g, m in zip(leaves, mine)]
+    return jax.tree.unflatten(treedef, out), state
+
+  return optax.GradientTransformation(
+      lambda params: optax.EmptyState(), update)
