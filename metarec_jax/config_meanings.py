@@ -133,7 +133,8 @@ MEANINGS: dict[str, str] = {
                            " parameters.",
     "model.hidden": "Widths of the decision MLP's hidden layers (one output"
                     " unit follows).",
-    "model.members": "`melu` (not anchored, gradient-based algorithms):"
+    "model.members": "`melu` (not anchored; maml, fomaml, reptile, mamlpp"
+                     " or pretrain):"
                      " that many MeLUs (embeddings and decision MLP, each"
                      " initialised on its own) trained side by side on the"
                      " same tasks, each fitting and adapting on its own;"

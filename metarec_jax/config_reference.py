@@ -187,10 +187,11 @@ RELATIONS: tuple[R.Relation, ...] = (
                " model.members=1"),
     R.Relation(("model.members", "meta.algorithm"),
                lambda members, algorithm: members == 1 or algorithm not in (
-                   "metric", "amortised", "hybrid"),
-               "model.members > 1 adapts each member by gradient steps; the"
-               " encoding algorithms (metric, amortised, hybrid) read one"
-               " model's features: set model.members=1"),
+                   "metric", "amortised", "hybrid", "metasgd"),
+               "model.members > 1 adapts each member by gradient steps with"
+               " rates shared by the members; the encoding algorithms"
+               " (metric, amortised, hybrid) read one model's features and"
+               " metasgd learns a rate per parameter: set model.members=1"),
     R.Relation(("eval.new_user_fraction", "eval.val_fraction"),
                lambda a, b: a + b < 1, "eval.new_user_fraction +"
                " eval.val_fraction must be below 1 (training needs users)"),

@@ -77,7 +77,7 @@ def test_prediction_is_the_members_mean_and_the_loss_their_sum(rank_weight):
 
 def test_each_member_adapts_as_it_would_alone():
   """The inner loop moves every member exactly as it moves a one-member
-  MeLU with that member's parameters (there by the dual form)."""
+  MeLU with that member's parameters."""
   model, single = build(MEMBERS), build(1)
   params = model.init(jax.random.PRNGKey(2))
   support = jax.tree.map(lambda x: x[0], random_tasks(FIELDS)["support"])
@@ -95,7 +95,8 @@ def test_each_member_adapts_as_it_would_alone():
 
 def test_meta_gradient_is_the_sum_of_the_members_own():
   """Second-order meta-gradient of the ensemble, in float64: member k's
-  slice is the meta-gradient of member k alone (there by the dual form)."""
+  slice is the meta-gradient of member k alone (computed without the dual
+  form, so the check also covers the dual form under the member vmap)."""
   jax.config.update("jax_enable_x64", True)
   try:
     model, single = (build(MEMBERS, support_rank_weight=1.0),
@@ -105,15 +106,18 @@ def test_meta_gradient_is_the_sum_of_the_members_own():
     config = meta.MetaConfig(inner_steps=2, inner_lr=0.05,
                              adapt=model.adapt)
 
-    def grad(loss_fn, p):
+    def grad(loss_fn, p, cfg=config):
       return jax.jit(lambda mp: meta.meta_grad(loss_fn, mp, tasks,
-                                               config=config))(
+                                               config=cfg))(
                                                    {"model": p, "inner": None})
 
     loss, grads = grad(model.loss_fn, params)
     total = 0.0
     for k in range(MEMBERS):
-      loss_k, grads_k = grad(single.loss_fn, member(params, k))
+      # Each member alone by the plain inner loop (the ensemble's members
+      # run the dual form).
+      loss_k, grads_k = grad(single.loss_fn, member(params, k),
+                             config.replace(dual_form=False))
       total += float(loss_k)
       for name in STACKED:
         for a, b in zip(jax.tree.leaves(grads_k["model"][name]),
@@ -131,9 +135,10 @@ def test_members_are_refused_where_they_do_not_apply():
     config_reference.validate(config)  # the default is anchored
   config.model.anchor = False
   config_reference.validate(config)
-  config.meta.algorithm = "metric"
-  with pytest.raises(InputError, match="encoding algorithms"):
-    config_reference.validate(config)
+  for algorithm in ("metric", "metasgd"):
+    config.meta.algorithm = algorithm
+    with pytest.raises(InputError, match="encoding algorithms"):
+      config_reference.validate(config)
   config.meta.algorithm = "maml"
   config.model.name = "idemb"
   with pytest.raises(InputError, match="model.members"):
@@ -190,3 +195,26 @@ def test_an_ensemble_trains_exports_and_serves(tmp_path):
   np.testing.assert_allclose(loaded.adapt(pairs, user_id=4).predict(ids),
                              want, rtol=1e-5, atol=1e-5)
   assert len(loaded.recommend(4, 3)) == 3
+
+
+@pytest.mark.parametrize("algorithm", ["reptile", "mamlpp"])
+def test_other_algorithms_update_each_member_as_alone(algorithm):
+  """Reptile's direction and MAML++'s gradient (its per-step rates shared
+  by the members) are, on member k's slice, member k's own."""
+  model, single = build(MEMBERS), build(1)
+  params = model.init(jax.random.PRNGKey(4))
+  tasks = jax.tree.map(lambda x: x.astype(np.float32)
+                       if x.dtype == np.float64 else x, random_tasks(FIELDS))
+  config = meta.MetaConfig(algorithm=algorithm, inner_steps=2, inner_lr=0.1,
+                           adapt=model.adapt)
+  inner = meta.init_inner(member(params, 0), config=config)
+  _, grads = meta.meta_grad(model.loss_fn, {"model": params, "inner": inner},
+                            tasks, config=config)
+  for k in range(MEMBERS):
+    _, alone = meta.meta_grad(single.loss_fn,
+                              {"model": member(params, k), "inner": inner},
+                              tasks, config=config)
+    for name in STACKED:
+      for a, b in zip(jax.tree.leaves(alone["model"][name]),
+                      jax.tree.leaves(member(grads["model"], k)[name])):
+        np.testing.assert_allclose(b, a, rtol=2e-4, atol=1e-6)

@@ -9,6 +9,7 @@
 
 Encoding algorithms (`metric`, `amortised`, `hybrid`) also read
 `loss_fn.rows(params, batch) -> (x, rating, mask)`; see `meta.encoder`.
+An ensemble's `loss_fn` is a `Members` (`meta.members`).
 """
 
 from metarec_jax.meta.config import (ALGORITHMS, INNER_OPTIMIZERS, Algorithm,
@@ -16,11 +17,13 @@ from metarec_jax.meta.config import (ALGORITHMS, INNER_OPTIMIZERS, Algorithm,
 from metarec_jax.meta.core import adapt, meta_grad, meta_loss, task_loss
 from metarec_jax.meta.inner import init_inner, inner_optimizer
 from metarec_jax.meta.linear_head import LinearHead
+from metarec_jax.meta.members import Members
 from metarec_jax.meta import encoder, paths
 from metarec_jax.meta.paths import adapt_mask, leaf_paths
 
 __all__ = [
     "ALGORITHMS", "Algorithm", "INNER_OPTIMIZERS", "LinearHead", "MetaConfig",
+    "Members",
     "adapt", "encoder",
     "adapt_mask", "init_inner", "inner_optimizer", "leaf_paths", "meta_grad",
     "meta_loss", "task_loss",

@@ -19,6 +19,7 @@ import optax
 from metarec_jax.meta import encoder
 from metarec_jax.meta import inner as inner_lib
 from metarec_jax.meta import linear_head
+from metarec_jax.meta import members as members_lib
 from metarec_jax.meta import paths
 from metarec_jax.meta.config import MetaConfig
 
@@ -111,8 +112,13 @@ def adapt(loss_fn: LossFn, params: PyTree, support: PyTree, *,
     The adapted parameters: same structure as `params`; leaves not matched by
     `config.adapt` are returned unchanged. An encoding algorithm
     (`metric`, `amortised`, `hybrid`) starts the inner loop from the
-    parameters its encoder computes from `support` (`meta.encoder`).
+    parameters its encoder computes from `support` (`meta.encoder`). An
+    ensemble's loss (`meta.members.Members`) adapts each member alone.
   """
+  if isinstance(loss_fn, members_lib.Members):
+    return loss_fn.each(lambda p: adapt(loss_fn.single, p, support,
+                                        config=config, inner=inner),
+                        params, out_axes=loss_fn.axes(params))
   params = _start(loss_fn, params, support, config, inner)
   part = paths.partition(params, config.adapt)
   if linear_head.dual_form(loss_fn, config, part) is not None:
@@ -132,7 +138,13 @@ def task_loss(loss_fn: LossFn, params: PyTree, task: PyTree, *,
   losses after every inner step. `query_loss_fn` (default `loss_fn`) scores
   the query set, so the inner loop and the meta-objective may use different
   losses (e.g. squared error to adapt, an MAE-like loss to meta-learn).
+  An ensemble's loss (`meta.members.Members`) is the sum of its members'.
   """
+  if isinstance(loss_fn, members_lib.Members):
+    query = members_lib.single(query_loss_fn)
+    return jnp.sum(loss_fn.each(
+        lambda p: task_loss(loss_fn.single, p, task, config=config,
+                            inner=inner, query_loss_fn=query), params))
   shared = _shared_first_layer(loss_fn, params, config, inner,
                                query_loss_fn)
   if shared is not None:

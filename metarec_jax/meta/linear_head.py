@@ -55,11 +55,8 @@ class LinearHead:
       parameters matched by `featurize_reads`.
     head: `(params, a, batch) -> scalar loss` for the first layer's
       pre-activations `a: f32[n, h]`; must not read `kernel` or `bias`.
-    kernel: path of `W: f32[d, h]`, or `f32[m, d, h]` for `m` independent
-      members (an ensemble) with features `X: f32[n, m, d]`: hoisting
-      still applies, the dual form does not (its Gram matrices are one
-      model's).
-    bias: path of `b: f32[h]` (`f32[m, h]`).
+    kernel: path of `W: f32[d, h]`.
+    bias: path of `b: f32[h]`.
     featurize_reads: regexes of the parameter paths `featurize` reads.
     rows: `(params, batch) -> (x, rating, mask)`, the support rows as the
       encoding algorithms read them (`meta.encoder`); None: the model
@@ -78,13 +75,10 @@ class LinearHead:
   compute_dtype: Any = None
 
   def dot(self, x: jax.Array, y: jax.Array) -> jax.Array:
-    """`x @ y`, in `compute_dtype` when one is set; a kernel `y: [m, d, h]`
-    of `m` members takes features `x: [..., m, d]`, one product each."""
-    if self.compute_dtype is not None:
-      x, y = x.astype(self.compute_dtype), y.astype(self.compute_dtype)
-    if y.ndim == 3:
-      return jnp.einsum("...md,mdh->...mh", x, y)
-    return x @ y
+    """`x @ y`, in `compute_dtype` when one is set."""
+    if self.compute_dtype is None:
+      return x @ y
+    return x.astype(self.compute_dtype) @ y.astype(self.compute_dtype)
 
   def __call__(self, params: PyTree, batch: PyTree) -> jax.Array:
     return self.head_from_features(params, self.featurize(params, batch),
@@ -109,7 +103,6 @@ class LinearHead:
     return (config.dual_form and config.inner_optimizer == "sgd"
             and config.spec.dual_form and config.inner_steps > 0
             and self.kernel in adapted and self.bias in adapted
-            and adapted[self.kernel].ndim == 2
             and self.features_fixed(part))
 
   def query_head(self, query_loss_fn) -> Callable | None:

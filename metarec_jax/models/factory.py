@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec, select
+from metarec_jax.meta import Members
 from metarec_jax.models import anchored, anchored_idemb, precision
 from metarec_jax.models.idemb import INTERACTIONS, IDEmb
 from metarec_jax.models.melu import MeLU, popularity_table
@@ -182,12 +183,13 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
       embeds_id = (bool(model_config.item_id)
                    or ITEM_ID in tuple(model_config.features))
       deep = tuple(f for f in fields if f.name != ITEM_ID or embeds_id)
+    # One MeLU; an ensemble (`model.members`) stacks copies of it and
+    # scores each copy with this one's loss (`meta.Members`).
     module = MeLU(fields=deep, embed_dim=int(model_config.embed_dim),
                   hidden=tuple(int(h) for h in model_config.hidden),
                   output_bias=float(rating_mean),
                   embed_std=float(model_config.embed_std),
                   popularity_init=popularity_init,
-                  members=int(model_config.members),
                   item_fields=tuple(f for f in fields if f.side == "item"
                                     and f.name != ITEM_ID)
                   if popularity_init is not None else ())
@@ -197,13 +199,17 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
                             delta=delta, rank_weight=support_rank)
     query_loss = (None if (query_kind, rank_weight) == (kind, support_rank)
                   else with_loss(loss, module, query_kind, delta, rank_weight))
-    members = int(model_config.members)
+    members, stacked = int(model_config.members), ()
+    if members > 1:
+      stacked = ("^embed/", "^decision/")
+      module = module.clone(members=members)
+      loss = Members(loss, members, stacked)
+      query_loss = query_loss and Members(query_loss, members, stacked)
     return Recommender(name=name, module=module, loss_fn=loss,
                        adapt=("^decision/",),
                        example_features=example_features(fields),
                        query_loss_fn=query_loss, members=members,
-                       stacked=("^embed/", "^decision/") if members > 1
-                       else ())
+                       stacked=stacked)
   if name == "idemb":
     ids = [f for f in fields if f.name == ITEM_ID]
     if not ids:

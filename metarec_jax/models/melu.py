@@ -174,21 +174,14 @@ class MeLU(nn.Module):
         self.popularity_project = nn.Dense(
             1, use_bias=False, kernel_init=nn.initializers.zeros)
 
-  def __call__(self, features: dict[str, jax.Array],
-               per_member: bool = False) -> jax.Array:
-    return self._combine(self.decision(self.embed(features), True),
-                         self.prior(features), per_member)
+  def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
+    return self._mean(self.decision(self.embed(features), True)) + self.prior(
+        features)
 
-  def _combine(self, out: jax.Array, prior: jax.Array | float,
-               per_member: bool) -> jax.Array:
-    """The prediction from the decision output (`[..., members]` for an
-    ensemble): their mean, or with `per_member` every member's."""
-    if self.members == 1:
-      return out + prior
-    if per_member:
-      return out + (prior[..., None] if isinstance(prior, jax.Array)
-                    else prior)
-    return jnp.mean(out, axis=-1) + prior
+  def _mean(self, out: jax.Array) -> jax.Array:
+    """An ensemble's prediction: the mean of its members' `[..., members]`
+    (one member: `out` itself)."""
+    return jnp.mean(out, axis=-1) if self.members > 1 else out
 
   def prior(self, features: dict[str, jax.Array]) -> jax.Array | float:
     """The popularity prior of each row's item (0 without the prior)."""
@@ -208,12 +201,10 @@ class MeLU(nn.Module):
     (`[..., members, fields * embed_dim]` for an ensemble)."""
     return self.embed(features)
 
-  def from_preactivation(self, a: jax.Array,
-                         per_member: bool = False) -> jax.Array:
-    """The decision MLP's output from fc1's pre-activation `a = X @ W1 +
-    b1` (no prior; an ensemble's mean, or with `per_member` every
-    member's `[..., members]`)."""
-    return self._combine(self.decision(a, False), 0.0, per_member)
+  def from_preactivation(self, a: jax.Array) -> jax.Array:
+    """Predictions from fc1's pre-activation `a = X @ W1 + b1` (an
+    ensemble's: `a: [..., members, hidden]`, the members' mean)."""
+    return self._mean(self.decision(a, False))
 
 
 def _stacked(module: type[nn.Module], members: int, in_axes, out_axes):

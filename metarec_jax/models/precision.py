@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from metarec_jax.meta import LinearHead
+from metarec_jax.meta import LinearHead, Members
 
 PyTree = Any
 
@@ -89,6 +89,8 @@ def compute_in(loss_fns: tuple, dtype_name: str) -> tuple:
   def one(fn):
     if fn is None:
       return None
+    if isinstance(fn, Members):
+      return dataclasses.replace(fn, single=one(fn.single))
     if isinstance(fn, LinearHead):
       return dataclasses.replace(
           fn, featurize=once(fn.featurize, params_cast),

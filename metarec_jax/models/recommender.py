@@ -174,7 +174,8 @@ class Recommender:
       the map's kind table as initialised (`calibration.MEDIAN_KIND`);
       None where the model does not read item IDs (one map row for every
       item).
-    members: the models of an ensemble (`model.members`), 1 for one.
+    members: the models of an ensemble (`model.members`; its losses are
+      `meta.Members`), 1 for one.
     stacked: patterns of the parameters with a leading member axis (an
       ensemble's; the outer optimizer clips each member on its own).
   """
@@ -254,21 +255,11 @@ def _head(module: nn.Module, loss: str, delta: float,
   # reads no adapted parameter, so the dual form stays exact.
   prior = getattr(module, "popularity_init", None) is not None
 
-  members = int(getattr(module, "members", 1))
-
   def head(params, a, batch):
-    pred = module.apply({"params": params}, a, members > 1,
-                        method="from_preactivation")
+    pred = module.apply({"params": params}, a, method="from_preactivation")
     if prior:
-      item = module.apply({"params": params}, batch["features"],
-                          method="prior")
-      pred = pred + (item[..., None] if members > 1 else item)
-    if members > 1:
-      # Each member fits the ratings on its own: the sum of their losses,
-      # so that the inner loop moves each as far as it would move alone.
-      return jnp.sum(jax.vmap(
-          lambda p: masked_loss(p, batch, loss, delta, rank_weight),
-          in_axes=-1)(pred))
+      pred = pred + module.apply({"params": params}, batch["features"],
+                                 method="prior")
     return masked_loss(pred, batch, loss, delta, rank_weight)
   return head
 

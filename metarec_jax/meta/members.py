@@ -1,0 +1,61 @@
+"""An ensemble's loss: independent members stacked in one parameter pytree.
+
+A model of `members` copies keeps every parameter of a copy under its
+usual path with a leading member axis (the leaves matched by `stacked`);
+the other leaves are shared. `Members(single, members, stacked)` is the
+ensemble's `loss_fn`: the sum over the members of `single` (one member's
+loss) on that member's slice. The core (`adapt`, `task_loss`) runs one
+member's computation under `jax.vmap` over the member axis, so each member
+adapts exactly as it would alone, with every structure `single` offers
+(a `LinearHead`'s hoisting and dual form included), and the meta-gradient
+of the sum is each member's own on its slice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from metarec_jax.meta import paths
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Members:
+  """`loss(params, batch) = sum_m single(params[m], batch)`.
+
+  Attributes:
+    single: one member's `loss_fn(params, batch)` (any the core takes).
+    members: the number of members (the leading axis of stacked leaves).
+    stacked: regexes of the parameter paths with a member axis.
+  """
+
+  single: Callable[[PyTree, PyTree], jax.Array]
+  members: int
+  stacked: tuple[str, ...]
+
+  def axes(self, params: PyTree) -> PyTree:
+    """`params`' `in_axes` for `jax.vmap` over the members: 0 for stacked
+    leaves, None (shared) for the others."""
+    leaves, treedef = jax.tree.flatten(params)
+    names = paths.leaf_paths(params)
+    return jax.tree.unflatten(treedef, [
+        0 if paths.matches_any(n, self.stacked) else None for n in names])
+
+  def each(self, fn: Callable[[PyTree], Any], params: PyTree,
+           out_axes: Any = 0) -> Any:
+    """`fn(member's params)` for every member, vmapped."""
+    return jax.vmap(fn, in_axes=(self.axes(params),),
+                    out_axes=out_axes)(params)
+
+  def __call__(self, params: PyTree, batch: PyTree) -> jax.Array:
+    return jnp.sum(self.each(lambda p: self.single(p, batch), params))
+
+
+def single(loss_fn):
+  """One member's loss of an ensemble's `loss_fn` (others: unchanged)."""
+  return loss_fn.single if isinstance(loss_fn, Members) else loss_fn
