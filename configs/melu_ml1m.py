@@ -90,10 +90,10 @@ def get_config():
   # items more (docs/results.md).
   c.model.support_rank_weight = 1.0
   # `model.members=5` trains five MeLUs as one ensemble (the prediction
-  # their mean): over seeds 0-2, paired with this config, nDCG@3 W +0.0019,
-  # UC +0.0027, IC +0.0083, UIC +0.0107 and MAE W 0.6547, UC 0.6758, IC
-  # 0.8266, UIC 0.8264, for about ten times the training time (14.3 min
-  # per seed, two runs at a time on 2 cores): not the default here.
+  # their mean): over seeds 0-2, paired with this config, MAE W 0.6554, UC
+  # 0.6729, IC 0.8306, UIC 0.8317 and nDCG@3 W +0.0019, UC +0.0003, IC
+  # +0.0091, UIC +0.0091, for about seven times the training time (10.2
+  # min per seed, two runs at a time on 2 cores): not the default here.
   c.model.anchor = False
   c.data.item_id_dropout = 0.0
   c.model.exclude_features = ("zip", "occupation")
