@@ -13,14 +13,11 @@ import pytest
 
 from conftest import config_path, random_tasks, small_melu
 from configs import default
-from test_export import core_predictions, file_support, store_rows, write_file
-from test_learners_export import ONE_STEP
-from metarec_jax import (config_io, config_reference, experiment, export,
-                         meta, models, runtime)
+from test_learners_export import ONE_STEP, check_export_and_serving
+from metarec_jax import config_io, config_reference, meta, models
 from metarec_jax.data.convert import synthetic
 from metarec_jax.errors import InputError
 from metarec_jax.train import train_and_evaluate
-from metarec_jax.workdir.restore import load_state
 
 SPEC = synthetic.SyntheticSpec(num_users=50, num_items=40, min_ratings=20,
                                max_ratings=30, director_vocab=10,
@@ -170,31 +167,15 @@ def test_each_member_is_clipped_on_its_own():
 def test_an_ensemble_trains_exports_and_serves(tmp_path):
   """One meta-step of a two-member ensemble, then export and serving:
   `load(...)` predicts and adapts exactly as the core's own adaptation,
-  and the exported parameters keep the member axis."""
+  and the checkpoint keeps the member axis."""
   config = config_io.load_config_file(config_path("tiny"))
   config_io.apply_overrides(config, ONE_STEP + [
       ("model.name", "melu"), ("model.anchor", "false"),
       ("model.members", "2")])
   workdir = str(tmp_path / "run")
   train_and_evaluate(config, workdir)
-  exp = experiment.build(config_io.read_workdir_config(workdir), workdir)
-  meta_params = jax.device_get(
-      load_state(exp, workdir, runtime.make_mesh()).params)
+  meta_params = check_export_and_serving(workdir, tmp_path, encoder=False)
   assert meta_params["model"]["decision"]["out"]["kernel"].shape[0] == 2
-  path = write_file(tmp_path / "r.csv", exp, *store_rows(exp, [4, 5]))
-  out = str(tmp_path / "export")
-  export.export_workdir(workdir, path, out, top_k=3)
-  loaded = export.load(out)
-  items, ratings = file_support(path, exp, 4)
-  query = np.arange(30)
-  want = core_predictions(exp, meta_params, 4, items, ratings, query)
-  ids = exp.store.item_ids[query]
-  np.testing.assert_allclose(loaded.predict(4, ids), want, rtol=1e-5,
-                             atol=1e-5)
-  pairs = list(zip(exp.store.item_ids[items].tolist(), ratings.tolist()))
-  np.testing.assert_allclose(loaded.adapt(pairs, user_id=4).predict(ids),
-                             want, rtol=1e-5, atol=1e-5)
-  assert len(loaded.recommend(4, 3)) == 3
 
 
 @pytest.mark.parametrize("algorithm", ["reptile", "mamlpp"])
