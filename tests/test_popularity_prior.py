@@ -126,3 +126,45 @@ def test_the_dual_form_loss_carries_the_prior_like_the_plain_one(
     assert np.any(np.asarray(grads["model"]["popularity_project"]["kernel"]))
   finally:
     jax.config.update("jax_enable_x64", False)
+
+
+def test_an_ensemble_shares_the_prior_and_sums_its_gradient(store):
+  """`model.members` with the prior: the prior's parameters are shared by
+  the members (no member axis), each member's loss and gradient on its
+  slice are its own, and the shared parameters' gradient is the sum of
+  the members' gradients."""
+  counts = np.random.default_rng(1).integers(0, 40, store.num_items)
+  model, tables = built(store, prior_config(members=2), counts)
+  single, _ = built(store, prior_config(), counts)
+  params = model.init(jax.random.PRNGKey(0))
+  assert params["popularity_weight"].shape == ()
+  assert params["decision"]["out"]["kernel"].shape[0] == 2
+  tasks = jax.tree.map(
+      lambda x: x.astype(np.float32) if x.dtype == np.float64 else x,
+      random_tasks(tables.specs))
+  for part in tasks.values():
+    part["rating"] = (part["rating"] > 3).astype(np.float32)
+    part["features"][ITEM_ID] = part["features"][ITEM_ID] % (
+        store.num_items + 1)
+  config = meta.MetaConfig(inner_steps=2, inner_lr=0.1, adapt=model.adapt)
+
+  def grad(m, p):
+    return meta.meta_grad(m.loss_fn, {"model": p, "inner": None}, tasks,
+                          config=config)
+
+  loss, grads = grad(model, params)
+  stacked = ("embed", "decision")
+  parts = [grad(single, {n: (jax.tree.map(lambda x: x[k], t)
+                             if n in stacked else t)
+                         for n, t in params.items()}) for k in range(2)]
+  assert float(loss) == pytest.approx(sum(float(l) for l, _ in parts),
+                                      rel=1e-5)
+  for k, (_, g) in enumerate(parts):
+    np.testing.assert_allclose(grads["model"]["decision"]["out"]["kernel"][k],
+                               g["model"]["decision"]["out"]["kernel"],
+                               rtol=1e-4, atol=1e-6)
+  for name in ("popularity_weight", "popularity_project"):
+    for a, b, c in zip(jax.tree.leaves(grads["model"][name]),
+                       jax.tree.leaves(parts[0][1]["model"][name]),
+                       jax.tree.leaves(parts[1][1]["model"][name])):
+      np.testing.assert_allclose(a, b + c, rtol=1e-4, atol=1e-6)
