@@ -150,7 +150,7 @@ def test_each_member_is_clipped_on_its_own():
                                                        [0.3, 0.4]])},
                      "shared": jnp.array([0.0])},
            "inner": None}
-  clip = optim.clip_by_member_norm(1.0, 2, ("^decision/",))
+  clip = optim.clip_by_member_norm(1.0, ("^decision/",))
   out, _ = clip.update(grads, clip.init(grads))
   np.testing.assert_allclose(out["model"]["decision"]["kernel"],
                              [[0.6, 0.8], [0.3, 0.4]], rtol=1e-6)

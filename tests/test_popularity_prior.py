@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import model_section, random_tasks, small_melu, synthetic_store
+from test_members import member
 from metarec_jax import meta, models
 from metarec_jax.data.convert import synthetic
 from metarec_jax.data.schema import ITEM_ID
@@ -153,10 +154,7 @@ def test_an_ensemble_shares_the_prior_and_sums_its_gradient(store):
                           config=config)
 
   loss, grads = grad(model, params)
-  stacked = ("embed", "decision")
-  parts = [grad(single, {n: (jax.tree.map(lambda x: x[k], t)
-                             if n in stacked else t)
-                         for n, t in params.items()}) for k in range(2)]
+  parts = [grad(single, member(params, k)) for k in range(2)]
   assert float(loss) == pytest.approx(sum(float(l) for l, _ in parts),
                                       rel=1e-5)
   for k, (_, g) in enumerate(parts):

@@ -1,8 +1,8 @@
 """An ensemble's loss: independent members stacked in one parameter pytree.
 
-A model of `members` copies keeps every parameter of a copy under its
+A model of M copies keeps every parameter of a copy under its
 usual path with a leading member axis (the leaves matched by `stacked`);
-the other leaves are shared. `Members(single, members, stacked)` is the
+the other leaves are shared. `Members(single, stacked)` is the
 ensemble's `loss_fn`: the sum over the members of `single` (one member's
 loss) on that member's slice. The core (`adapt`, `task_loss`) runs one
 member's computation under `jax.vmap` over the member axis, so each member
@@ -30,12 +30,11 @@ class Members:
 
   Attributes:
     single: one member's `loss_fn(params, batch)` (any the core takes).
-    members: the number of members (the leading axis of stacked leaves).
-    stacked: regexes of the parameter paths with a member axis.
+    stacked: regexes of the parameter paths with a member axis (their
+      leading axis; its length is the number of members).
   """
 
   single: Callable[[PyTree, PyTree], jax.Array]
-  members: int
   stacked: tuple[str, ...]
 
   def axes(self, params: PyTree) -> PyTree:
@@ -59,3 +58,8 @@ class Members:
 def single(loss_fn):
   """One member's loss of an ensemble's `loss_fn` (others: unchanged)."""
   return loss_fn.single if isinstance(loss_fn, Members) else loss_fn
+
+
+def stacked(loss_fn) -> tuple[str, ...]:
+  """The patterns of an ensemble's stacked leaves; () for one model."""
+  return loss_fn.stacked if isinstance(loss_fn, Members) else ()

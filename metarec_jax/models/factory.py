@@ -199,17 +199,15 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
                             delta=delta, rank_weight=support_rank)
     query_loss = (None if (query_kind, rank_weight) == (kind, support_rank)
                   else with_loss(loss, module, query_kind, delta, rank_weight))
-    members, stacked = int(model_config.members), ()
-    if members > 1:
+    if int(model_config.members) > 1:
       stacked = ("^embed/", "^decision/")
-      module = module.clone(members=members)
-      loss = Members(loss, members, stacked)
-      query_loss = query_loss and Members(query_loss, members, stacked)
+      module = module.clone(members=int(model_config.members))
+      loss = Members(loss, stacked)
+      query_loss = query_loss and Members(query_loss, stacked)
     return Recommender(name=name, module=module, loss_fn=loss,
                        adapt=("^decision/",),
                        example_features=example_features(fields),
-                       query_loss_fn=query_loss, members=members,
-                       stacked=stacked)
+                       query_loss_fn=query_loss)
   if name == "idemb":
     ids = [f for f in fields if f.name == ITEM_ID]
     if not ids:

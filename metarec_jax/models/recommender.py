@@ -174,10 +174,6 @@ class Recommender:
       the map's kind table as initialised (`calibration.MEDIAN_KIND`);
       None where the model does not read item IDs (one map row for every
       item).
-    members: the models of an ensemble (`model.members`; its losses are
-      `meta.Members`), 1 for one.
-    stacked: patterns of the parameters with a leading member axis (an
-      ensemble's; the outer optimizer clips each member on its own).
   """
 
   name: str
@@ -189,8 +185,6 @@ class Recommender:
   meta_fixed: tuple[str, ...] = ()
   median_map: bool = False
   existing_items: Any = dataclasses.field(default=None, compare=False)
-  members: int = 1
-  stacked: tuple[str, ...] = ()
 
   def init(self, rng: jax.Array) -> PyTree:
     """Fresh parameters (the `params` collection, with the identity median

@@ -28,6 +28,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from metarec_jax import meta
+from metarec_jax.meta import members as members_lib
 from metarec_jax.meta import paths
 from metarec_jax.runtime import AXIS
 from metarec_jax.workdir import optim
@@ -100,8 +101,7 @@ def computed_once(flag: jax.Array) -> jax.Array:
 
 def make_train_step(loss_fn, meta_config: meta.MetaConfig, mesh: Mesh, *,
                     chunk_tasks: int, query_loss_fn=None,
-                    meta_fixed: tuple[str, ...] = (), members: int = 1,
-                    stacked: tuple[str, ...] = ()) -> Callable:
+                    meta_fixed: tuple[str, ...] = ()) -> Callable:
   """`(state, batch, hyper) -> (state, metrics)`, to be jitted by the
   caller.
 
@@ -111,10 +111,10 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig, mesh: Mesh, *,
   (see the module docstring). Being an argument rather than constants,
   they leave the compiled step the same for every value.
   `meta_fixed`: patterns of model parameters whose meta-gradient is zeroed
-  before the update (`Recommender.meta_fixed`). `members`, `stacked`: an
-  ensemble's (`Recommender.members`, `Recommender.stacked`), clipped per
-  member (`optim.outer_optimizer`).
+  before the update (`Recommender.meta_fixed`). An ensemble's loss
+  (`meta.Members`) is clipped per member (`optim.outer_optimizer`).
   """
+  stacked = members_lib.stacked(loss_fn)
 
   def local(meta_params, tasks):
     out = chunked_meta_grad(loss_fn, meta_config, meta_params, tasks,
@@ -135,7 +135,7 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig, mesh: Mesh, *,
     grads = {**grads, "model": paths.zero_matching(grads["model"], meta_fixed)}
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optim.outer_optimizer(
-        hyper, members=members, stacked=stacked).update(
+        hyper, stacked=stacked).update(
         grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # A finite gradient can still make a non-finite state (an infinite

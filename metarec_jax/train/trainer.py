@@ -18,6 +18,7 @@ from metarec_jax import backend, experiment, runtime
 from metarec_jax.data.sampler import TrainSampler
 from metarec_jax.data.tasks import batch_shapes
 from metarec_jax.errors import InputError
+from metarec_jax.meta import members as members_lib
 from metarec_jax.meta import paths
 from metarec_jax.train import distill, placement
 from metarec_jax.train.step import make_train_step
@@ -81,8 +82,8 @@ class Trainer:
     self.exp = exp or experiment.build(config, workdir, log=log.info)
     # (The state's structure does not depend on the hyperparameters.)
     self.optimizer = optim.outer_optimizer(
-        optim.hyperparams(config.train), members=self.exp.model.members,
-        stacked=self.exp.model.stacked)
+        optim.hyperparams(config.train),
+        stacked=members_lib.stacked(self.exp.model.loss_fn))
     self.replicated = runtime.replicated(self.mesh)
     self.task_sharding = runtime.task_sharding(self.mesh)
     self.sampler = TrainSampler(
@@ -123,9 +124,7 @@ class Trainer:
     step = make_train_step(self.exp.model.loss_fn, self.exp.meta_config,
                            self.mesh, chunk_tasks=self.chunk,
                            query_loss_fn=self.exp.model.query_loss_fn,
-                           meta_fixed=self.exp.model.meta_fixed,
-                           members=self.exp.model.members,
-                           stacked=self.exp.model.stacked)
+                           meta_fixed=self.exp.model.meta_fixed)
     # `step(state, batch, hyper)`: the hyperparameters are an argument, so
     # the program is the same for any `train.num_steps`, `train.lr`, ...
     self.step = runtime.CompiledByShape(

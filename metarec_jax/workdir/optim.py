@@ -90,30 +90,29 @@ def host_learning_rate(train_config, step: int, horizon: int) -> float:
   return float(learning_rate(hyperparams(train_config, horizon), step, xp=np))
 
 
-def outer_optimizer(hyper: Hyperparams, *, members: int = 1,
-                    stacked: tuple[str, ...] = ()
+def outer_optimizer(hyper: Hyperparams, *, stacked: tuple[str, ...] = ()
                     ) -> optax.GradientTransformation:
   """Clipping and Adam on the schedule of `hyper`.
 
   Inside the meta-step `hyper` is its traced argument; for `init` any
   values do (`hyperparams(train_config)`): the optimizer's state does not
-  depend on them. An ensemble (`members > 1`; `stacked`: patterns of the
-  model parameters with a leading member axis) clips each member's
-  gradient on its own (`clip_by_member_norm`).
+  depend on them. An ensemble (`stacked`: patterns of the model
+  parameters with a leading member axis, `meta.members.stacked`) clips
+  each member's gradient on its own (`clip_by_member_norm`).
   """
-  clip = (optax.clip_by_global_norm(hyper.grad_clip) if members == 1
-          else clip_by_member_norm(hyper.grad_clip, members, stacked))
+  clip = (clip_by_member_norm(hyper.grad_clip, stacked) if stacked
+          else optax.clip_by_global_norm(hyper.grad_clip))
   return optax.chain(clip,
                      optax.adam(lambda count: learning_rate(hyper, count)))
 
 
-def clip_by_member_norm(max_norm, members: int, stacked: tuple[str, ...]
+def clip_by_member_norm(max_norm, stacked: tuple[str, ...]
                         ) -> optax.GradientTransformation:
   """`optax.clip_by_global_norm` for each member of an ensemble on its own.
 
   The gradient of `{"model": params, "inner": ...}`: the slice `m` of every
-  model leaf matched by `stacked` belongs to member `m`; the other leaves
-  are shared. Member `m`'s norm counts its slices and the shared leaves, and
+  model leaf matched by `stacked` belongs to member `m` (the leading axis
+  counts the members); the other leaves are shared. Member `m`'s norm counts its slices and the shared leaves, and
   its slices are scaled by `min(1, max_norm / norm_m)`; the shared leaves by
   the smallest of those factors. So one member's large gradient (a task its
   inner loop overshoots) no longer shrinks every other member's step, as a
@@ -124,8 +123,10 @@ def clip_by_member_norm(max_norm, members: int, stacked: tuple[str, ...]
     del params
     names = paths.leaf_paths(updates)
     leaves, treedef = jax.tree.flatten(updates)
-    mine = [n.startswith("model/") and paths.matches_any(n[6:], stacked)
+    mine = [n.startswith("model/")
+            and paths.matches_any(n.removeprefix("model/"), stacked)
             for n in names]
+    members = next(g.shape[0] for g, m in zip(leaves, mine) if m)
     member_sq = sum((jnp.sum(jnp.reshape(g, (members, -1)) ** 2, axis=1)
                      for g, m in zip(leaves, mine) if m),
                     jnp.zeros((members,), jnp.float32))
