@@ -16,7 +16,8 @@ TEXTS = [
     ("1:::2::3\n4::5::6\n", "::"),  # longer delimiter, overlapping run
     ("1::2\n::\n", "::"),  # a line of delimiters that are not space
     ("\u00a0\u3000\n\u00e9,\u00fc\n \u00e9 ,x\n", ","),  # non-ASCII
-    ("1,2\r", ","),  # a final \r without a newline
+    ("1,2\r", ","),  # a final \r without a newline: the line's end
+    ("a,b\r1,2\r\r3,4", ","),  # lines ended by \r alone (old Mac)
     ("a\rb,c\n1\r\r\n", None),  # a lone \r stays in the line
     ("1\x1f2::3\n", "::"),  # the stand-in byte itself: the plain split
     ("1\u00a72\n3\u00a74\n", "\u00a7"),  # a two-byte delimiter
@@ -25,7 +26,7 @@ TEXTS = [
 
 
 def reference(text, delimiter):
-  lines, numbers = delimited._lines(text)  # pylint: disable=protected-access
+  lines, numbers = delimited._lines(delimited.cr_lines(text))  # pylint: disable=protected-access
   return [line.split(delimiter) for line in lines], list(numbers)
 
 
@@ -136,3 +137,42 @@ def test_the_parse_benchmark_prints_its_figures():
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["rows"] == 3000 and result["file_bytes"] > 3000 * 20
   assert result["peak_rss_mb"] >= result["rss_before_mb"] > 0
+
+
+def test_a_column_named_twice_is_an_error_at_the_header(tmp_path):
+  path = tmp_path / "r.csv"
+  path.write_text("\nuser,item,rating,rating\n1,2,3,4\n")
+  with pytest.raises(InputError, match=r"r\.csv:2: column 'rating' appears"
+                     r" twice in the header \(fields 3 and 4\)"):
+    delimited.read_table(path, delimiter=",", encoding="utf-8", header=True)
+  path.write_text("user,item,,\n1,2,3,4\n")  # unnamed columns may repeat
+  assert delimited.read_table(path, delimiter=",", encoding="utf-8",
+                              header=True).header == ["user", "item", "", ""]
+
+
+def test_automatic_quoting_only_where_the_file_has_quotes(tmp_path):
+  path = tmp_path / "q.csv"
+  path.write_text('a,b\n"x, y",2\n')
+  table = delimited.read_table(path, delimiter=",", encoding="utf-8",
+                               header=True, quoting="auto")
+  assert columns_of(table) == [["x, y"], ["2"]]
+  path.write_text("a::b\n\"x\"::2\n")  # a longer delimiter: never quoted
+  table = delimited.read_table(path, delimiter="::", encoding="utf-8",
+                               header=True, quoting="auto")
+  assert columns_of(table) == [['"x"'], ["2"]]
+  values = np.array(["plain", 'a "q"', "a,b"])
+  assert delimited.quote_fields(values, ",").tolist() == [
+      "plain", '"a ""q"""', '"a,b"']
+
+
+def test_hints_for_a_position_under_a_header_and_a_decimal_comma(tmp_path):
+  path = tmp_path / "r.csv"
+  path.write_text("user;item;rating\n1;2;4,5\n")
+  table = delimited.read_table(path, delimiter=";", encoding="utf-8",
+                               header=True)
+  with pytest.raises(InputError, match=r"no column '2' in the header .*"
+                     r"needs a file without a header"):
+    table.position("2")
+  with pytest.raises(InputError, match=r"r\.csv:2: rating '4,5' is not a"
+                     r" finite number \(write decimals with a '\.'"):
+    delimited.floats(table, table.column(2), "rating")

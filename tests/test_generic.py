@@ -115,7 +115,8 @@ def test_id_features_and_configuration_errors(shop, tmp_path):
     data = data_config(shop)
     data.generic.nosuch = 1
     generic.spec_of(data)
-  with pytest.raises(InputError, match="no timestamp column 'when'"):
+  with pytest.raises(InputError, match=r"ratings.csv:1: no column 'when' in"
+                     r" the header \(columns: user, item, rating, ts\)"):
     prepare.prepare(data_config(shop, timestamp_col="when",
                                 id_features=True), tmp_path / "c")
   prepare.prepare(data_config(shop, id_features=True), tmp_path / "d")
@@ -244,3 +245,76 @@ def test_a_list_pad_for_a_feature_of_ones_own_files_is_a_valid_override():
     config_io.apply_overrides(config, [("data.list_pad.colours", "many")])
   with pytest.raises(InputError, match="unknown config key"):
     config_io.apply_overrides(config, [("data.generic.tags", "3")])
+
+
+def test_quoted_ratings_fields_are_the_ids_of_the_feature_tables(tmp_path):
+  # A spreadsheet's export quotes fields; an id may hold the delimiter.
+  root = tmp_path / "quoted"
+  datafiles.write(str(root / "ratings.csv"),
+                  '"user","item","rating"\n'
+                  '"u1","mug",4\n'
+                  'u1,"Pens, Inc. ""blue""",3\n'
+                  'u2,mug,"5"\n'
+                  'u2,5" disk,2\n')  # a quote inside an unquoted field
+  datafiles.write(str(root / "items.csv"),
+                  'item,maker\nmug,Acme\n"Pens, Inc. ""blue""",Pens\n')
+  prepare.prepare(data_config(root, item_features="items.csv",
+                              categorical=("maker",)), tmp_path / "store")
+  s = store_lib.open_store(tmp_path / "store")
+  assert s.item_ids.tolist() == ['5" disk', 'Pens, Inc. "blue"', "mug"]
+  assert s.user_ids.tolist() == ["u1", "u2"]
+  assert vocab_of(s, "maker", s.item_features["maker"]) == ["Pens", "Acme"]
+  assert sorted(s.ratings.tolist()) == [2.0, 3.0, 4.0, 5.0]
+  # Written back in the store's format and read again: the same ids.
+  path = str(tmp_path / "out.csv")
+  ratings_io.write_ratings(path, s.item_ids[[1, 0]], s.item_ids[[0, 2]],
+                           np.array([1.0, 2.0]), s)
+  assert open(path).read() == ('user,item,rating\n'
+                               '"Pens, Inc. ""blue""","5"" disk",1\n'
+                               '"5"" disk",mug,2\n')
+  users, items, _, _ = ratings_io.read_ratings(path, s)
+  assert users.tolist() == ['Pens, Inc. "blue"', '5" disk']
+  assert items.tolist() == ['5" disk', "mug"]
+
+
+def test_integer_ids_beyond_64_bits_stay_strings(tmp_path):
+  big = 10 ** 22
+  root = tmp_path / "big"
+  datafiles.write(str(root / "ratings.csv"), "user,item,rating\n" + "".join(
+      f"{big + u},{7 + i},{1 + (u + i) % 5}\n"
+      for u in range(3) for i in range(4)))
+  prepare.prepare(data_config(root), tmp_path / "store")
+  s = store_lib.open_store(tmp_path / "store")
+  assert s.user_ids.dtype.kind == "U"
+  assert s.user_ids.tolist() == [str(big + u) for u in range(3)]
+  assert s.item_ids.tolist() == [7, 8, 9, 10]  # these fit: integers
+
+
+def test_a_ratings_file_without_line_feeds_reads_its_carriage_returns(
+    tmp_path):
+  root = tmp_path / "mac"
+  (root).mkdir()
+  (root / "ratings.csv").write_bytes(
+      b"user,item,rating\ra,x,4\rb,y,3\r\rb,x,oops\r")
+  with pytest.raises(InputError, match=r"ratings.csv:5: rating 'oops' is not"
+                     r" a finite number"):
+    prepare.prepare(data_config(root), tmp_path / "store")
+
+
+def test_too_few_ratings_to_train_says_how_many_the_users_have(tmp_path):
+  # 20 ratings a user: 10 are each user's evaluation query, 10 remain.
+  root = tmp_path / "few"
+  datafiles.write(str(root / "ratings.csv"), "user,item,rating\n" + "".join(
+      f"u{u},i{(u + i) % 30},{1 + (u * i) % 5}\n"
+      for u in range(40) for i in range(20)))
+  config = config_io.load_config_file(config_path("tiny"))
+  config.data.name, config.data.root = "generic", str(root)
+  # pylint: disable=g-import-not-at-top
+  from metarec_jax import experiment
+  from metarec_jax.data.sampler import TrainSampler
+  exp = experiment.build(config, str(tmp_path / "work"))
+  with pytest.raises(InputError, match=r"no training user has the 13"
+                     r" training ratings .* the most any has is 10, .*"
+                     r"leaving out the query ratings"):
+    TrainSampler(exp.split, exp.tables, exp.store.items, exp.store.ratings,
+                 exp.sampler_spec())

@@ -9,9 +9,10 @@ about a hundred bytes per line beside its own size while it is parsed
 (`tools/bench_parse.py`). Only when a conversion fails do we walk the
 values one by one to find the line to blame.
 
-Conventions of every reader here: `\\r\\n` and `\\n` both end a line, a
-UTF-8 byte order mark is dropped, and blank lines are skipped (line numbers
-still count them).
+Conventions of every reader here: `\\r\\n` and `\\n` both end a line (and
+`\\r` in a file without `\\n`: old Mac and Excel "CSV (Macintosh)"
+files), a UTF-8 byte order mark is dropped, and blank lines are skipped
+(line numbers still count them).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import datetime
 import io
 import math
 import os
+import re
 
 import numpy as np
 
@@ -69,12 +71,16 @@ class Table:
     except ValueError:
       raise InputError(
           f"no column {name!r} in the header (columns: "
-          f"{excerpt(', '.join(self.header), 200)[1:-1]}){self._hint()}",
+          f"{excerpt(', '.join(self.header), 200)[1:-1]}){self._hint(name)}",
           path=self.path, line=self.header_line) from None
 
-  def _hint(self) -> str:
-    """Where the header is one field holding a common separator, the likely
-    cause: the file is split on another delimiter than it uses."""
+  def _hint(self, name: str = "") -> str:
+    """The likely cause of a missing column: a 0-based position given for
+    a file read with a header, or a header of one field holding a common
+    separator (the file is split on another delimiter than it uses)."""
+    if name.isdigit():
+      return ("; a 0-based column position needs a file without a header"
+              " (data.generic.header=false)")
     if len(self.header) != 1:
       return ""
     for sep in ("\t", ";", ",", "|", " "):
@@ -117,8 +123,18 @@ def read_text(path: str | os.PathLike, encoding: str) -> str:
                      " not text)", path=path, line=line)
   if text.startswith("\ufeff"):
     text = text[1:]
+  text = cr_lines(text)
   if not text.strip():
     raise InputError("empty file", path=path)
+  return text
+
+
+def cr_lines(text: str) -> str:
+  """`text` with its line ends as `\\n` where `\\r` alone ends them (no
+  `\\n` anywhere: old Mac and Excel "CSV (Macintosh)" files); elsewhere a
+  lone `\\r` stays part of its line."""
+  if "\r" in text and "\n" not in text:
+    return text.replace("\r", "\n")
   return text
 
 
@@ -143,7 +159,10 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
       others must match it); empty = whatever the first line (or header)
       has.
     quoting: fields may be quoted with `"` (CSV style: a quoted field may
-      hold the delimiter; `""` is a quote inside one).
+      hold the delimiter; `""` is a quote inside one). `"auto"`: where the
+      file holds a `"` and the delimiter is one character (a file without
+      quotes keeps the fast byte tokenizer; a quote inside an unquoted
+      field stays part of it).
     allow_no_rows: a header without data lines is a table of no rows (a
       file we wrote for zero records) instead of an error.
 
@@ -153,6 +172,8 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
   """
   path = os.fspath(path)
   raw = read_text(path, encoding).encode("utf-8")
+  if quoting == "auto":
+    quoting = len(delimiter) == 1 and b'"' in raw
   tokens = None if quoting else tokenize(raw, delimiter)
   if tokens is None:  # quoted fields (side tables), or no byte stands in
     text = raw.decode("utf-8")
@@ -173,6 +194,7 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
     names = [n.strip() for n in (
         rows[0] if tokens is None
         else data[starts[0]:ends[0]].tobytes().decode().split(sep))]
+    _unique_names(names, path, first)
     counts, numbers = counts[1:], numbers[1:]
     if tokens is None:
       rows = rows[1:]
@@ -198,6 +220,32 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
     fields = Fields(data, starts, ends, cuts[at])
     columns = [Column(fields=fields, index=j) for j in range(expected)]
   return Table(path, names, columns, numbers, first, delimiter)
+
+
+def _unique_names(names: list[str], path: str, line: int) -> None:
+  """Raises InputError where a header names a column twice: which of
+  the two a key means would be a guess."""
+  seen = {}
+  for i, name in enumerate(names):
+    if name and name in seen:
+      raise InputError(f"column {excerpt(name)} appears twice in the header"
+                       f" (fields {seen[name] + 1} and {i + 1})", path=path,
+                       line=line)
+    seen.setdefault(name, i)
+
+
+def quote_fields(values, delimiter: str) -> np.ndarray:
+  """`values` as strings, CSV-quoted where they hold `delimiter` or a
+  quote, so that `read_table(quoting="auto")` reads them back as they
+  are."""
+  values = np.asarray(values).astype(str)
+  need = ((np.char.find(values, delimiter) >= 0)
+          | (np.char.find(values, '"') >= 0))
+  if not need.any():
+    return values
+  out = values.astype(object)
+  out[need] = ['"' + v.replace('"', '""') + '"' for v in values[need]]
+  return out.astype(str)
 
 
 def join_lines(columns: list[np.ndarray], delimiter: str) -> str:
@@ -353,8 +401,10 @@ def floats(table: Table, values, what: str) -> np.ndarray:
       if not np.isfinite(float(v)):
         raise ValueError
     except ValueError:
+      comma = bool(re.fullmatch(r"\s*[-+]?\d+,\d+\s*", v))
       raise InputError(f"{what} {excerpt(v.strip())} is not a finite"
-                       " number",
+                       " number" + (" (write decimals with a '.', not a ',')"
+                                    if comma else ""),
                        path=table.path, line=int(table.lines[i])) from None
   raise AssertionError("unreachable")
 

@@ -7,7 +7,8 @@ Files (paths relative to `data.root`, set in `data.generic`):
   timestamp: numbers, or ISO 8601 dates or date-times) columns are named
   by `user_col`, `item_col`,
   `rating_col`, `timestamp_col` (header names, or 0-based positions when
-  `header` is false). Fields cannot be quoted.
+  `header` is false). Fields may be quoted CSV-style (`"a, b"`; `""` is
+  a quote inside one) where the delimiter is one character.
 - optional user and item feature tables: a header line, the id in the first
   column, feature columns after it (fields may be quoted CSV-style). The
   columns named in `categorical` become one-category features and those in
@@ -15,8 +16,8 @@ Files (paths relative to `data.root`, set in `data.generic`):
   `data.list_pad[name]`, or to the longest list when that has no entry);
   other columns are ignored. Values in `missing` are index 0.
 
-Ids may be any strings; when every id of a side is an integer the store
-keeps them as integers (and sorts them numerically). Users and items are
+Ids may be any strings; when every id of a side is an integer that fits
+in 64 bits the store keeps them as integers (and sorts them numerically). Users and items are
 the union of the ratings file and the feature tables, in ascending id
 order; a user or item absent from its feature table has missing features.
 
@@ -157,9 +158,12 @@ def _read_side(spec: GenericSpec, root: str, side: str) -> _SideTable | None:
 
 
 def _typed_ids(ids: np.ndarray) -> np.ndarray:
-  """Sorted unique ids: int64 when every id is a canonical integer."""
+  """Sorted unique ids: int64 when every id is a canonical integer that
+  fits in 64 bits (larger ones, such as hashes, stay strings)."""
   uniq = np.unique(ids)
-  if len(uniq) and all(_INT.match(v) for v in uniq.tolist()):
+  if len(uniq) and all(_INT.match(v) and (len(v) < 19
+                                          or -2 ** 63 <= int(v) < 2 ** 63)
+                       for v in uniq.tolist()):
     return np.sort(uniq.astype(np.int64))
   return uniq
 

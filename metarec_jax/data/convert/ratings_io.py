@@ -146,7 +146,7 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
   path = os.fspath(path)
   table = delimited.read_table(path, delimiter=fmt.delimiter,
                                encoding=fmt.encoding, header=fmt.header,
-                               num_fields=fmt.num_fields)
+                               num_fields=fmt.num_fields, quoting="auto")
   width = table.width
   roles = [r for r in ROLES[:3] if getattr(fmt, r) is not None]
   if fmt.header:
@@ -163,7 +163,10 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
     if fmt.timestamp is not None and int(fmt.timestamp) < width:
       pos["timestamp"] = int(fmt.timestamp)
   if require_timestamp and "timestamp" not in pos:
-    raise InputError(f"no timestamp column {fmt.timestamp!r}", path=path,
+    if fmt.header:
+      table.position(fmt.timestamp)  # raises, naming the header's columns
+    raise InputError(f"no timestamp column {fmt.timestamp!r}: lines have"
+                     f" {width} field(s)", path=path,
                      line=int(table.lines[0]))
   marks, first_bad = {}, None
   for role in ("user", "item"):
@@ -292,7 +295,8 @@ def format_ratings(users, items, ratings, fmt: RatingsFormat,
   ratings = np.asarray(ratings, np.float64)
   rating_text = (_text(np.round(ratings).astype(np.int64))
                  if fmt.integer_ratings else np.char.mod("%.7g", ratings))
-  roles = {"user": _text(users), "item": _text(items)}
+  roles = {"user": delimited.quote_fields(users, fmt.delimiter),
+           "item": delimited.quote_fields(items, fmt.delimiter)}
   if fmt.rating is not None:
     roles["rating"] = rating_text
   if timestamps is not None and fmt.timestamp is not None:
