@@ -138,6 +138,8 @@ def _run_train(inv: Invocation) -> int:
     for line in verdicts.warnings_for({"validation": val},
                                       model_config=built):
       log.warning("%s", line)
+    if not int(val.get("tasks") or 0):
+      log.warning("%s", verdicts.NO_VALIDATION)
   log.info("trained to step %d in %s. Next: `metarec eval --workdir=%s`"
            " (the cold-start scenarios against the baselines), `metarec plot"
            " --workdir=%s`, `tensorboard --logdir=%s`", summary["step"],

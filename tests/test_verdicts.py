@@ -66,6 +66,29 @@ def test_an_anchored_model_that_loses_is_advised_for_what_it_validates():
   assert "eval.val_fraction" in anchored and "try:" in anchored
 
 
+def test_warns_when_the_model_orders_items_worse_than_the_baseline():
+  # Lower MAE, worse order: what a 0/1 rating scale gave.
+  w = scenario(0.2707, 0.3290)
+  w["ndcg@3"] = 0.7919
+  w["baselines"]["item_mean_user_bias"]["ndcg@3"] = 0.8477
+  uc = scenario(0.70, 0.74)
+  uc["ndcg@3"] = 0.7883
+  uc["baselines"]["item_mean_user_bias"]["ndcg@3"] = 0.7637
+  line, = verdicts.warnings_for({"W": w, "UC": uc})
+  assert line.startswith("W: the model orders the query items WORSE than the"
+                         " item-mean + user-bias baseline (ndcg@3 0.7919"
+                         " against 0.8477, -6.6%); try:")
+  assert "model.query_rank_weight" in line
+  assert "data.implicit.enabled=true" in line
+  # What the config does already is not advised; a tie says nothing.
+  model = config_io.load_config_file(config_path("default")).model
+  model.query_rank_weight = 20.0
+  line, = verdicts.warnings_for({"W": w}, model_config=model)
+  assert "model.query_rank_weight" not in line
+  w["ndcg@3"] = 0.8477 * (1 - verdicts.RANKING_TIE / 2)
+  assert verdicts.warnings_for({"W": w}) == []
+
+
 def implicit(ndcg, popularity, tasks=200):
   full = {"hr@10": 0.5, "ndcg@10": ndcg}
   return {"mae": None, "tasks": tasks, "baselines": {

@@ -26,6 +26,8 @@ TIE = 0.001
 # (MovieLens-1M implicit, docs/results.md), and a model that kept its
 # popularity start differs from popularity by its support's adaptation.
 RANKING_TIE = 0.01
+# How well a rating model orders each user's query items (the gain 2^r - 1).
+ORDER_METRIC = "ndcg@3"
 
 ADVICE = ("try: the baseline-anchored model (model.anchor=true, the"
           " default), the best validated checkpoint (the default of eval),"
@@ -39,6 +41,14 @@ ADVICE_ANCHORED = ("try: more validation users (eval.val_fraction), so"
                    " that what is validated on them (the shares, the median"
                    " map, the new-item prior) carries over to these tasks,"
                    " or serving without the map (model.calibration=none)")
+
+# `metarec train`'s summary where the validation users had no task.
+NO_VALIDATION = (
+    "validation: no validation user has a task (eval.min_ratings ratings of"
+    " one item class), so nothing validated the model: the baseline-"
+    "anchored model serves the baseline (shares 0) and the checkpoint kept"
+    " is not chosen by its quality; give the data more users with more"
+    " ratings, or more validation users (eval.val_fraction)")
 
 
 def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
@@ -78,7 +88,30 @@ def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
                  f" item-mean + user-bias baseline's {base:.4f}"
                  f" ({100 * (mae / base - 1):+.1f}%) on the same tasks; "
                  + what)
+    out += _order_warning(name, m, tasks, min_tasks, model_config)
   return out
+
+
+def _order_warning(name: str, m: dict, tasks: int, min_tasks: int,
+                   model_config) -> list[str]:
+  """The line of a rating scenario whose nDCG@3 (how well the model
+  orders each user's query items) is below the item-mean + user-bias
+  baseline's by more than `RANKING_TIE`: a model chosen and served by its
+  MAE can still order items worse (seen on 0/1 ratings)."""
+  model = m.get(ORDER_METRIC)
+  base = (m.get("baselines") or {}).get(BASELINE, {}).get(ORDER_METRIC)
+  if model is None or base is None or not model < base * (1 - RANKING_TIE):
+    return []
+  tips = []
+  if model_config is None or not model_config.query_rank_weight:
+    tips.append("the listwise query term that trains the order of a"
+                " user's items (model.query_rank_weight, e.g. 20)")
+  tips.append("for like/dislike (0/1) ratings, implicit feedback"
+              " (data.implicit.enabled=true, data.implicit.threshold=1)")
+  what = _what_to_try(tasks, min_tasks, "try: " + ", or ".join(tips))
+  return [f"{name}: the model orders the query items WORSE than the"
+          f" item-mean + user-bias baseline ({ORDER_METRIC} {model:.4f}"
+          f" against {base:.4f}, {100 * (model / base - 1):+.1f}%); " + what]
 
 
 def _what_to_try(tasks: int, min_tasks: int, advice: str) -> str:

@@ -82,8 +82,10 @@ def fit(evaluate: Callable[[PyTree], tuple | None], meta_params: PyTree):
     with 0 by `EVIDENCE` standard errors (`evident`), else 0: the learned
     part must show that it helps on the validation tasks, not only by the
     luck of the lowest of several values. A factor without validation
-    tasks (no new items rated by validation users) follows the other; a
-    model without any finite validation MAE keeps 1 (as trained).
+    tasks (no new items rated by validation users) follows the other;
+    with neither (no validation task at all, or no finite MAE) both are
+    0: nothing shows that the learned part helps, so the baseline is
+    served.
   """
   runs, errors = [], []
   for value in GRID:
@@ -102,7 +104,7 @@ def fit(evaluate: Callable[[PyTree], tuple | None], meta_params: PyTree):
     if GRID[best] > 0 and not evident(errors[best][name], errors[0][name]):
       best = GRID.index(0.0)
     chosen[name] = best
-  fallback = chosen.get("val", chosen.get("val_new", len(GRID) - 1))
+  fallback = chosen.get("val", chosen.get("val_new", GRID.index(0.0)))
   index = [chosen.get(name, fallback) for name in SCENARIOS]
   shares = tuple(GRID[i] for i in index)
   return shares, {name: runs[i][name] for name, i in zip(SCENARIOS, index)}
