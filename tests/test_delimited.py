@@ -6,7 +6,7 @@ and `str.strip`."""
 import numpy as np
 import pytest
 
-from metarec_jax.data.convert import delimited, tokens
+from metarec_jax.data.convert import delimited, parsing, tokens
 from metarec_jax.errors import InputError
 
 TEXTS = [
@@ -89,7 +89,7 @@ def column(tmp_path, values):
 @pytest.mark.parametrize("held", ["bytes", "list"])
 def test_bulk_integers_follow_pythons_int(tmp_path, held):
   values = column(tmp_path, VALUES) if held == "bytes" else list(VALUES)
-  ints, ok = delimited.parse_ints(values)
+  ints, ok = parsing.parse_ints(values)
   expected = []
   for v in VALUES:
     try:
@@ -102,19 +102,19 @@ def test_bulk_integers_follow_pythons_int(tmp_path, held):
   good = [" 5", "+3", "1_000", "-7 "]
   if held == "bytes":
     good = column(tmp_path, good)
-  assert delimited.parse_ints(good)[0].tolist() == [5, 3, 1000, -7]
+  assert parsing.parse_ints(good)[0].tolist() == [5, 3, 1000, -7]
 
 
 def test_bulk_floats_follow_pythons_float(tmp_path):
   values = [" 4.5", "1e3", "+.5", "5.", "1_0.5"]
   table = delimited.Table("c.txt", None, [], np.arange(1, 6))
   for held in (column(tmp_path, values), values):
-    out = delimited.floats(table, held, "rating")
+    out = parsing.floats(table, held, "rating")
     assert out.tolist() == [float(v) for v in values]
   with pytest.raises(InputError, match=r"c\.txt:3: rating 'x' is not a"
                      " finite number"):
     bad = column(tmp_path, ["1", "2", "x", "nan"])
-    delimited.floats(delimited.Table(str(tmp_path / "c.txt"), None, [],
+    parsing.floats(delimited.Table(str(tmp_path / "c.txt"), None, [],
                                      np.arange(1, 5)), bad, "rating")
 
 
@@ -175,4 +175,4 @@ def test_hints_for_a_position_under_a_header_and_a_decimal_comma(tmp_path):
     table.position("2")
   with pytest.raises(InputError, match=r"r\.csv:2: rating '4,5' is not a"
                      r" finite number \(write decimals with a '\.'"):
-    delimited.floats(table, table.column(2), "rating")
+    parsing.floats(table, table.column(2), "rating")

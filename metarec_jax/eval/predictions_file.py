@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from metarec_jax.data.convert import delimited, ratings_io
+from metarec_jax.data.convert import delimited, parsing, ratings_io
 from metarec_jax.errors import InputError
 
 FILE_NAME = "predictions.tsv"
@@ -57,7 +57,7 @@ def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
                      "user, item and name a rating column", path=table.path,
                      line=table.header_line)
   return {name: (np.asarray(table.column(i), dtype=str) if name in ID_COLUMNS
-                 else delimited.floats(table, table.column(i), name))
+                 else parsing.floats(table, table.column(i), name))
           for i, name in enumerate(table.header)}
 
 

@@ -2,12 +2,12 @@
 the writing of them.
 
 Every problem is an `InputError` naming the file and the 1-based line:
-undecodable bytes, a wrong number of fields, a value that is not a number.
-The happy path is bulk numpy work over the file's bytes: a field is a
-pair of offsets, not a Python string, so a file of millions of lines costs
-about a hundred bytes per line beside its own size while it is parsed
-(`tools/bench_parse.py`). Only when a conversion fails do we walk the
-values one by one to find the line to blame.
+undecodable bytes, a wrong number of fields, a column named twice (the
+fields' conversion to numbers and times, with the same errors, is
+`parsing`'s). The happy path is bulk numpy work over the file's bytes: a
+field is a pair of offsets, not a Python string, so a file of millions of
+lines costs about a hundred bytes per line beside its own size while it
+is parsed (`tools/bench_parse.py`).
 
 Conventions of every reader here: `\\r\\n` and `\\n` both end a line (and
 `\\r` in a file without `\\n`: old Mac and Excel "CSV (Macintosh)"
@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import datetime
 import io
-import math
 import os
-import re
 
 import numpy as np
 
@@ -269,144 +266,6 @@ def _csv_rows(lines, numbers, delimiter, path) -> list[list[str]]:
       raise InputError(f"malformed quoting: {e}", path=path,
                        line=int(number)) from None
   return rows
-
-
-def _bulk(values, dtype) -> np.ndarray:
-  """`values` converted to `dtype` at once (numpy reads a bytes column with
-  Python's `int` / `float` rules, without a `str` per field).
-
-  Raises:
-    ValueError, OverflowError: some value does not convert.
-  """
-  raw = values.as_bytes() if isinstance(values, Column) else None
-  if raw is not None:
-    return raw.astype(dtype)
-  python = int if dtype == np.int64 else float
-  return np.fromiter(map(python, values), dtype, len(values))
-
-
-def parse_ints(values) -> tuple[np.ndarray, np.ndarray]:
-  """`values` as int64, and the mask of those that are integers (the
-  others are 0)."""
-  try:
-    return _bulk(values, np.dtype(np.int64)), np.ones(len(values), bool)
-  except (ValueError, OverflowError):
-    pass
-  out, ok = np.zeros(len(values), np.int64), np.zeros(len(values), bool)
-  for i, v in enumerate(values):
-    try:
-      x = int(v)
-    except ValueError:
-      continue
-    if -2 ** 63 <= x < 2 ** 63:
-      out[i], ok[i] = x, True
-  return out, ok
-
-
-def not_an_integer(table: Table, values, ok: np.ndarray,
-                   what: str) -> InputError:
-  """The error at the first line whose value `ok` marks as no integer."""
-  i = int(np.flatnonzero(~ok)[0])
-  return InputError(f"{what} {excerpt(values[i].strip())} is not an integer",
-                    path=table.path, line=int(table.lines[i]))
-
-
-def ints(table: Table, values, what: str) -> np.ndarray:
-  """`values` (one per row of `table`) as int64.
-
-  Raises:
-    InputError: naming the first line whose value is not an integer.
-  """
-  out, ok = parse_ints(values)
-  if not ok.all():
-    raise not_an_integer(table, values, ok, what)
-  return out
-
-
-def _iso_seconds(values) -> tuple[np.ndarray, np.ndarray]:
-  """`values` as seconds since 1970-01-01 UTC where they are ISO 8601
-  dates or date-times (a date-time without an offset is read as UTC), and
-  the mask of those that are (the others are 0)."""
-  out, ok = np.zeros(len(values), np.int64), np.zeros(len(values), bool)
-  for i, v in enumerate(values):
-    v = v.strip()
-    try:
-      t = datetime.datetime.fromisoformat(
-          v[:-1] + "+00:00" if v.endswith(("Z", "z")) else v)
-    except ValueError:
-      continue
-    if t.tzinfo is None:
-      t = t.replace(tzinfo=datetime.timezone.utc)
-    out[i], ok[i] = math.floor(t.timestamp()), True
-  return out, ok
-
-
-def _seconds(values) -> np.ndarray | None:
-  """`values` as whole seconds (floored) if every one is a finite number
-  (`1614853321.25`, a float clock), else None."""
-  try:
-    out = _bulk(values, np.dtype(np.float64))
-  except ValueError:
-    return None
-  return np.floor(out).astype(np.int64) if np.isfinite(out).all() else None
-
-
-def times(table: Table, values, what: str) -> np.ndarray:
-  """`values` (one per row of `table`) as int64 times: integers as they
-  are (any unit); where the first is not an integer, numbers floored to
-  whole seconds (a float clock) or ISO 8601 dates or date-times
-  (`2021-03-04`, `2021-03-04 10:22:01`, `2021-03-04T10:22:01.5+02:00`) as
-  seconds since 1970-01-01 UTC. Only their order matters (a user's ratings
-  in time order).
-
-  Raises:
-    InputError: naming the first line whose value is not of the first
-      line's kind.
-  """
-  out, ok = parse_ints(values)
-  if ok.all() or not len(values) or ok[0]:
-    if not ok.all():
-      raise not_an_integer(table, values, ok, what)
-    return out
-  seconds = _seconds(values)
-  if seconds is not None:
-    return seconds
-  if _seconds(values[:1]) is not None:  # a number first: numbers all
-    floats(table, values, what)  # raises at the first that is not one
-  out, ok = _iso_seconds(values)
-  if not ok.all():
-    i = int(np.flatnonzero(~ok)[0])
-    raise InputError(
-        f"{what} {excerpt(values[i].strip())} is neither an integer nor an"
-        " ISO 8601 date or time (like 2021-03-04 or 2021-03-04T10:22:01)",
-        path=table.path, line=int(table.lines[i]))
-  return out
-
-
-def floats(table: Table, values, what: str) -> np.ndarray:
-  """`values` (one per row of `table`) as finite float64.
-
-  Raises:
-    InputError: naming the first line whose value is not a finite number.
-  """
-  try:
-    out = _bulk(values, np.dtype(np.float64))
-    bad = np.flatnonzero(~np.isfinite(out))
-  except ValueError:
-    out, bad = None, None
-  if out is not None and not len(bad):
-    return out
-  for i, v in enumerate(values):
-    try:
-      if not np.isfinite(float(v)):
-        raise ValueError
-    except ValueError:
-      comma = bool(re.fullmatch(r"\s*[-+]?\d+,\d+\s*", v))
-      raise InputError(f"{what} {excerpt(v.strip())} is not a finite"
-                       " number" + (" (write decimals with a '.', not a ',')"
-                                    if comma else ""),
-                       path=table.path, line=int(table.lines[i])) from None
-  raise AssertionError("unreachable")
 
 
 def unique_ids(table: Table, ids: np.ndarray, what: str) -> None:

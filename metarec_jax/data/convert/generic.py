@@ -48,7 +48,7 @@ from typing import Callable
 import numpy as np
 
 from metarec_jax import config_io
-from metarec_jax.data.convert import delimited, features
+from metarec_jax.data.convert import delimited, features, parsing
 from metarec_jax.data.convert.assemble import assemble
 from metarec_jax.data.convert.ratings_io import RatingsFormat, lookup, parse_ratings
 from metarec_jax.errors import InputError, excerpt
@@ -208,7 +208,7 @@ def _item_new(spec: GenericSpec, items: _SideTable | None, rows, num_items):
   values = [v.strip() for v in table.column(table.position(spec.new_item_col))]
   if spec.new_item_year:
     # An empty year is unknown: not new.
-    years = delimited.ints(table, [v or "0" for v in values],
+    years = parsing.ints(table, [v or "0" for v in values],
                            spec.new_item_col)
     new[rows] = years >= spec.new_item_year
     return new, (f"new = {spec.new_item_col} of the item table is"

@@ -43,7 +43,7 @@ from typing import Callable
 import numpy as np
 
 from metarec_jax import config_defaults
-from metarec_jax.data.convert import delimited, features
+from metarec_jax.data.convert import delimited, features, parsing
 from metarec_jax.data.convert.assemble import assemble
 from metarec_jax.data.convert.ratings_io import (RatingsFormat, parse_ratings,
                                          strict_indices)
@@ -71,7 +71,7 @@ def read_users(root: str):
   """users.dat -> (sorted ids, row order, table)."""
   table = delimited.read_table(_path(root, "users.dat"), delimiter="::",
                                encoding="utf-8", num_fields=(5,))
-  ids = delimited.ints(table, table.column(0), "user id")
+  ids = parsing.ints(table, table.column(0), "user id")
   delimited.unique_ids(table, ids, "user id")
   order = np.argsort(ids, kind="stable")
   return ids[order], order, table
@@ -89,7 +89,7 @@ def read_movies(root: str):
   """movies.dat -> (sorted ids, row order, title years, genre lists, table)."""
   table = delimited.read_table(_path(root, "movies.dat"), delimiter="::",
                                encoding="iso-8859-1", num_fields=(3,))
-  ids = delimited.ints(table, table.column(0), "movie id")
+  ids = parsing.ints(table, table.column(0), "movie id")
   delimited.unique_ids(table, ids, "movie id")
   years = np.zeros(len(ids), np.int64)
   for i, title in enumerate(table.column(1)):
@@ -114,7 +114,7 @@ def extrainfo_features(root: str, item_ids: np.ndarray,
   table = delimited.read_table(_path(root, "movies_extrainfos.dat"),
                                delimiter="::", encoding="utf-8",
                                num_fields=(11,))
-  ids = delimited.ints(table, table.column(0), "movie id")
+  ids = parsing.ints(table, table.column(0), "movie id")
   delimited.unique_ids(table, ids, "movie id")
   (rows,) = strict_indices(table.path, table.lines,
                            (item_ids, ids, "movie", "movies.dat"))

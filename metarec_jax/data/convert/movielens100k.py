@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from metarec_jax import config_defaults
-from metarec_jax.data.convert import delimited, features
+from metarec_jax.data.convert import delimited, features, parsing
 from metarec_jax.data.convert.assemble import assemble
 from metarec_jax.data.convert.ratings_io import (RatingsFormat, parse_ratings,
                                          strict_indices)
@@ -62,7 +62,7 @@ def _read(root, name, n, encoding="iso-8859-1"):
 
 def _genres(root: str) -> list[str]:
   table = _read(root, "u.genre", 2)
-  index = delimited.ints(table, table.column(1), "genre index")
+  index = parsing.ints(table, table.column(1), "genre index")
   bad = np.flatnonzero(index != np.arange(len(index)))
   if len(bad):
     raise InputError(f"genre index {index[bad[0]]}, expected {bad[0]}"
@@ -78,9 +78,9 @@ def _occupations(root: str) -> set[str]:
 
 def _users(root: str):
   table = _read(root, "u.user", 5)
-  ids = delimited.ints(table, table.column(0), "user id")
+  ids = parsing.ints(table, table.column(0), "user id")
   delimited.unique_ids(table, ids, "user id")
-  ages = delimited.ints(table, table.column(1), "age")
+  ages = parsing.ints(table, table.column(1), "age")
   known = _occupations(root)
   occupation = [o.strip() for o in table.column(3)]
   for i, o in enumerate(occupation):
@@ -102,7 +102,7 @@ def _users(root: str):
 
 def _items(root: str, genre_names: list[str], genre_len: int):
   table = _read(root, "u.item", 5 + len(genre_names))
-  ids = delimited.ints(table, table.column(0), "item id")
+  ids = parsing.ints(table, table.column(0), "item id")
   delimited.unique_ids(table, ids, "item id")
   years = np.zeros(len(ids), np.int64)
   for i, date in enumerate(table.column(2)):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from metarec_jax import atomic
-from metarec_jax.data.convert import delimited
+from metarec_jax.data.convert import delimited, parsing
 from metarec_jax.data.splits import TaskSet
 from metarec_jax.data.store import TaskStore
 from metarec_jax.errors import InputError, excerpt
@@ -42,7 +42,7 @@ class RatingsFormat:
       column (implicit feedback: every row is a positive, read as the
       rating `rating_max`).
     timestamp: the timestamp column (integers, or ISO 8601 dates or
-      date-times: `delimited.times`), or None. It is optional in a file:
+      date-times: `parsing.times`), or None. It is optional in a file:
       absent from the header, or beyond a line's last field.
     num_fields: allowed field counts of a line (no header); empty = every
       line as many as the first.
@@ -120,7 +120,7 @@ class Ratings:
 
 def _ids(table, values, id_type, what) -> np.ndarray:
   if id_type == "int":
-    return delimited.ints(table, values, what)
+    return parsing.ints(table, values, what)
   ids = values.strings()
   empty = np.flatnonzero(ids == "")
   if len(empty):
@@ -172,9 +172,9 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
   for role in ("user", "item"):
     values, what = table.column(pos[role]), f"{role} id"
     if getattr(fmt, f"{role}_id_type") == "int" and bad_ids == "skip":
-      ids, ok = delimited.parse_ints(values)
+      ids, ok = parsing.parse_ints(values)
       if not ok.all():
-        error = delimited.not_an_integer(table, values, ok, what)
+        error = parsing.not_an_integer(table, values, ok, what)
         if first_bad is None or error.line < first_bad.line:
           first_bad = error
       marks[role] = (ids, ~ok)
@@ -188,7 +188,7 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
   if "rating" not in pos:
     ratings = np.full(len(users), fmt.rating_max, np.float64)
   else:
-    ratings = delimited.floats(table, table.column(pos["rating"]), "rating")
+    ratings = parsing.floats(table, table.column(pos["rating"]), "rating")
   bad = np.flatnonzero((ratings < fmt.rating_min) | (ratings > fmt.rating_max)
                        | (fmt.integer_ratings & (ratings != np.round(ratings))))
   if len(bad):
@@ -201,7 +201,7 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
         path=path, line=int(table.lines[i]))
   timestamps = None
   if "timestamp" in pos:
-    timestamps = delimited.times(table, table.column(pos["timestamp"]),
+    timestamps = parsing.times(table, table.column(pos["timestamp"]),
                                  "timestamp")
   return Ratings(users, items, ratings, timestamps, table.lines,
                  bad_users=bad_users, bad_items=bad_items,
