@@ -63,6 +63,33 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(
   assert checkpoint_steps(workdir) == [3, 6]
 
 
+def test_eval_of_a_damaged_checkpoint_names_it_and_the_others(
+    finished_run, tmp_path):
+  """eval and export never read another checkpoint than the one they name:
+  the damaged newest is an error naming what is wrong with it (tensorstore's
+  file and byte range, not its spec's repr) and the intact steps."""
+  workdir = copy_run(finished_run, tmp_path)
+  for victim in _data_files(os.path.join(workdir, "checkpoints", "6",
+                                         "state")):
+    with open(victim, "r+b") as f:
+      f.truncate(100)
+  out = metarec_here("eval", f"--workdir={workdir}", "--step=6",
+                     "--support_curve=false")
+  assert out.returncode == 2, out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("metarec eval: error: ")
+  assert "the checkpoint of step 6 cannot be read (" in last
+  assert "byte range" in last.lower()  # tensorstore's own words
+  assert "TensorStore details" not in last and "bound method" not in last
+  assert last.endswith("the other checkpoints: 3, 0; --step=N reads"
+                       " another") or last.endswith(
+                           "the other checkpoints: 3; --step=N reads another")
+  assert "no usable checkpoint" not in last and "move the folder" not in last
+  assert checkpoint_steps(workdir)[-1] == 6  # a reader moves nothing
+  assert metarec_here("eval", f"--workdir={workdir}", "--step=3",
+                      "--support_curve=false").returncode == 0
+
+
 def test_shape_changing_config_on_resume_is_refused(finished_run, tmp_path):
   workdir = copy_run(finished_run, tmp_path)
   out = metarec_here("train", f"--workdir={workdir}",

@@ -281,17 +281,20 @@ class Checkpointer:
           self._move_aside(unreadable)
           return state, record, candidate
       unreadable.append(candidate)
-      if isinstance(error, DamagedCheckpoint):
-        problem = str(error)
-      else:
-        problem = (f"cannot be read ({type(error).__name__}:"
-                   f" {str(error).splitlines()[0][:200]})")
+      problem = (str(error) if isinstance(error, DamagedCheckpoint)
+                 else f"cannot be read ({_read_problem(error)})")
       failures.append(f"step {candidate} {problem}")
       older = candidates[i + 1] if i + 1 < len(candidates) else None
       if older is not None:
         log.warning("the checkpoint of step %d in %s %s; falling back to the"
                     " checkpoint of step %d", candidate, self.directory,
                     problem, older)
+    if step is not None:  # asked for: not a reason to read another
+      others = [s for s in reversed(steps) if s != int(step)]
+      raise CheckpointError(
+          f"the checkpoint of {failures[0][:400]}; "
+          + (f"the other checkpoints: {', '.join(map(str, others))}"
+             if others else "there is no other checkpoint"))
     raise CheckpointError(
         f"no usable checkpoint in {self.directory} (tried "
         + "; ".join(f[:300] for f in failures) + "); refusing to start from"
@@ -352,6 +355,22 @@ def _cause(error: Exception) -> str:
     return cause_of(error)
   first = text.splitlines()[0] if text else type(error).__name__
   return first[:200]
+
+
+def _read_problem(error: Exception) -> str:
+  """What went wrong reading a checkpoint: the innermost error of the
+  chain (tensorstore's, which names the array file and the byte range;
+  the outer one ends in a repr of its spec), first line, short."""
+  root = error
+  for _ in range(10):
+    inner = root.__cause__ or root.__context__
+    if inner is None or not str(inner):
+      break
+    root = inner
+  text = str(root).splitlines()[0] if str(root) else ""
+  text = text.split(" See full TensorStore details")[0]
+  return f"{type(root).__name__}: {text[:300]}" if text else type(
+      root).__name__
 
 
 def _validation_mae(metrics: dict) -> float:

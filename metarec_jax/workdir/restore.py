@@ -48,7 +48,10 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
                                optim.hyperparams(exp.config.train)),
                            runtime.replicated(mesh)), step)
   except ckpt_lib.CheckpointError as e:
-    raise InputError(str(e), path=workdir) from e
+    # eval and export never read another checkpoint than the one they say:
+    # a damaged one is an error that names the others to pick instead.
+    hint = "; --step=N reads another" if "other checkpoints:" in str(e) else ""
+    raise InputError(str(e) + hint, path=workdir) from e
   finally:
     checkpointer.close()
   served = served_values(state.params)
