@@ -165,6 +165,16 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
                          413, "over 4096 bytes"),
       "user not an integer": (client.get("/v1/users/abc/recommendations"),
                               422, "not an integer"),
+      # Python's int() reads these as users 130 and 3: another user's model
+      # would learn from the interaction.
+      "user with a leading zero": (post("/v1/users/0130/interactions",
+                                        json={"ratings": [[1193, 3]]}),
+                                   422, "not an integer"),
+      "user in other digits": (post("/v1/users/%D9%A3/interactions",
+                                    json={"ratings": [[1193, 3]]}),
+                               422, "not an integer"),
+      "user with a plus or space": (client.get(
+          "/v1/users/%2B130/recommendations"), 422, "not an integer"),
       "k too large": (client.get("/v1/users/130/recommendations?k=21"), 422,
                       "query.k"),
       "too many items": (post("/v1/predict", json={

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -35,6 +36,8 @@ from metarec_jax.export.serving import Export
 from metarec_jax.serve import rankings
 
 log = logging.getLogger("metarec")
+# An integer id as the export writes one.
+_CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)", re.ASCII)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,15 +115,17 @@ class Engine:
     """A user id of the URL in the export's id type.
 
     Raises:
-      ValueError: an integer-id export and `text` is not an integer.
+      ValueError: an integer-id export and `text` is not an integer as
+        the export writes one (ASCII digits, no sign but `-`, no leading
+        zero, space or `_`: Python's `int` would read `007`, ` 8`, `1_000`
+        and other scripts' digits as some other user's id).
     """
     if self.export.user_ids.dtype.kind in "iu" or (
         not len(self.export.user_ids)
         and self.export.table_ids.dtype.kind in "iu"):
-      try:
-        value = int(text)
-      except ValueError:
-        raise ValueError(f"user id {text!r} is not an integer") from None
+      if not _CANONICAL_INT.fullmatch(text):
+        raise ValueError(f"user id {text!r} is not an integer")
+      value = int(text)
       if not -2 ** 63 <= value < 2 ** 63:
         raise ValueError(f"user id {text} is out of range")
       return value
