@@ -318,3 +318,22 @@ def test_too_few_ratings_to_train_says_how_many_the_users_have(tmp_path):
                      r"leaving out the query ratings"):
     TrainSampler(exp.split, exp.tables, exp.store.items, exp.store.ratings,
                  exp.sampler_spec())
+
+
+def test_rated_ids_without_a_feature_row_are_noted(shop, tmp_path):
+  prepare.prepare(data_config(shop, item_features="items.csv",
+                              user_features="users.csv",
+                              categorical=("maker", "country")),
+                  tmp_path / "store")
+  notes = store_lib.open_store(tmp_path / "store").manifest["notes"]
+  assert notes == [
+      "1 of the 3 rated users have no row in users.csv: their features are"
+      " missing (e.g. 'carol'; are the ids written as in users.csv?)",
+      "1 of the 3 rated items have no row in items.csv: their features are"
+      " missing (e.g. 'ink'; are the ids written as in items.csv?)"]
+  datafiles.write(str(shop / "items.csv"), "item,maker\nMUG,Acme\n")
+  prepare.prepare(data_config(shop, item_features="items.csv",
+                              categorical=("maker",)), tmp_path / "other")
+  assert store_lib.open_store(tmp_path / "other").manifest["notes"] == [
+      "none of the 3 rated items has a row in items.csv: their features are"
+      " missing (e.g. 'ink'; are the ids written as in items.csv?)"]

@@ -276,6 +276,12 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
                              sizes["item"])
   users = lookup(ids["user"], _as_type(r.users, ids["user"]))
   items = lookup(ids["item"], _as_type(r.items, ids["item"]))
+  notes = [note for side, rows in (("user", users), ("item", items))
+           if (note := _unmatched_note(tables[side], rows, index_of.get(side),
+                                       ids[side]))]
+  for note in notes:
+    if log_fn is not None:
+      log_fn(note)
   fmt = dataclasses.replace(
       fmt, user_id_type="int" if ids["user"].dtype.kind == "i" else "str",
       item_id_type="int" if ids["item"].dtype.kind == "i" else "str")
@@ -286,4 +292,28 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
       extra={"source": {"root": root, "generic": {
           k: list(v) if isinstance(v, tuple) else v
           for k, v in dataclasses.asdict(spec).items()}},
-             "item_class_rule": rule})
+             "item_class_rule": rule, "notes": notes})
+
+
+def _unmatched_note(table: _SideTable | None, rated: np.ndarray,
+                    rows: np.ndarray | None, ids: np.ndarray) -> str:
+  """A note where ids of the ratings file have no row in their feature
+  table (their features are missing): usually ids written differently in
+  the two files. Empty where every rated id has one."""
+  if table is None:
+    return ""
+  rated = np.unique(rated)
+  has_row = np.zeros(len(ids), bool)
+  has_row[rows[rows >= 0]] = True
+  missing = rated[~has_row[rated]]
+  if not len(missing):
+    return ""
+  name = os.path.basename(table.table.path)
+  if len(missing) == len(rated):
+    what = f"none of the {len(rated):,} rated {table.side}s has a row"
+  else:
+    what = (f"{len(missing):,} of the {len(rated):,} rated {table.side}s"
+            " have no row")
+  return (f"{what} in {name}: their features are missing (e.g."
+          f" {excerpt(str(ids[missing[0]]))}; are the ids written as in"
+          f" {name}?)")
