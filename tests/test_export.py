@@ -316,6 +316,17 @@ def test_adapt_a_new_user_equals_exporting_that_user(run, exported,
                                 without.user(10**6).predict([1, 2]))
   with pytest.raises(ValueError, match="scale"):
     without.adapt([(1, 9.0)])
+  # An unknown id of another type skips only itself, not the user's
+  # integer ids with it (it once made every rating unknown).
+  mixed = without.adapt(pairs[:-1] + [("abc", 4.0)], user_id=newcomer)
+  assert mixed.skipped_items == 1
+  for p, value in adapted.fast.items():
+    np.testing.assert_allclose(mixed.fast[p], value, rtol=1e-6, atol=1e-7)
+  # A rating export takes pairs only: the string "25" was read as item 2
+  # rated 5, and bare integers failed deep inside.
+  for bad in (["25", "34"], [25, 30], "25", None):
+    with pytest.raises(ValueError, match=r"\(item_id, rating\) pairs"):
+      without.adapt(bad)
 
 
 def test_non_integer_ids_are_skipped_and_counted(run, tmp_path, caplog):

@@ -48,7 +48,7 @@ from metarec_jax.data import implicit
 from metarec_jax.data.schema import FeatureSpec
 from metarec_jax.data.tasks import FeatureTables, bucket_widths
 from metarec_jax.errors import InputError
-from metarec_jax.export import batched, checksums, compute, layout
+from metarec_jax.export import batched, catalogue, checksums, compute, layout
 from metarec_jax.export import users as users_lib
 from metarec_jax.export.user_model import UserModel
 
@@ -73,30 +73,6 @@ def load(path: str | os.PathLike, *, verify: bool = False) -> "Export":
       array that cannot be read.
   """
   return Export(os.fspath(path), verify=verify)
-
-
-def _sorted_index(ids: np.ndarray):
-  order = np.argsort(ids, kind="stable")
-  return order, np.asarray(ids)[order]
-
-
-def _lookup(order: np.ndarray | None, sorted_ids: np.ndarray,
-            ids: np.ndarray) -> np.ndarray:
-  """Positions of `ids` in the array that `order` sorts into `sorted_ids`
-  (None: `sorted_ids` itself); -1 for unknown ids."""
-  ids = np.asarray(ids)
-  if not len(sorted_ids) or not ids.size:
-    return np.full(ids.shape, -1, np.int64)
-  if sorted_ids.dtype.kind in "iu" and ids.dtype.kind not in "iu":
-    try:
-      ids = ids.astype(np.int64)
-    except (ValueError, TypeError):
-      return np.full(ids.shape, -1, np.int64)
-  elif sorted_ids.dtype.kind not in "iu":
-    ids = ids.astype(str)
-  pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-  found = pos if order is None else order[pos]
-  return np.where(sorted_ids[pos] == ids, found, -1).astype(np.int64)
 
 
 def _bucket(n: int) -> int:
@@ -151,11 +127,13 @@ class Export(batched.UserBatches):
     self.rated_items = self._load("rated_items.npy")
     self.support_sizes = self._load("support_sizes.npy")
     self.item_ids = self._load("items.npy")
-    self._item_order, self._item_sorted = _sorted_index(self.item_ids)
+    self._item_order, self._item_sorted = catalogue.sorted_index(
+        self.item_ids)
     self.user_features = {n: self._load(f"user/{n}.npy")
                           for n in m["user_features"]}
     self.table_ids = self._load("user_table/ids.npy")
-    self._table_order, self._table_sorted = _sorted_index(self.table_ids)
+    self._table_order, self._table_sorted = catalogue.sorted_index(
+        self.table_ids)
     self.table_features = {n: self._load(f"user_table/{n}.npy")
                            for n in m["user_features"]}
     item_tables = {n: self._load(f"item/{n}.npy") for n in m["item_features"]}
@@ -217,7 +195,7 @@ class Export(batched.UserBatches):
 
   def user_row(self, user_id) -> int:
     """The row of an exported user, -1 if the user is not in the export."""
-    return int(_lookup(None, self.user_ids,
+    return int(catalogue.lookup(None, self.user_ids,
                        np.asarray([_scalar(user_id)]))[0])
 
   def is_known(self, user_id) -> bool:
@@ -230,7 +208,7 @@ class Export(batched.UserBatches):
       KeyError: naming the ids that are not in the catalogue.
     """
     ids = np.asarray(item_ids).reshape(-1)
-    index = _lookup(self._item_order, self._item_sorted, ids)
+    index = catalogue.lookup(self._item_order, self._item_sorted, ids)
     if (index < 0).any():
       bad = ids[index < 0][:5].tolist()
       raise KeyError(f"item ids not in the export's catalogue: {bad}"
@@ -239,14 +217,14 @@ class Export(batched.UserBatches):
 
   def known_items(self, item_ids: Sequence) -> np.ndarray:
     """bool mask: which ids are in the catalogue."""
-    return _lookup(self._item_order, self._item_sorted,
+    return catalogue.lookup(self._item_order, self._item_sorted,
                    np.asarray(item_ids).reshape(-1)) >= 0
 
   def _table_features(self, user_id) -> tuple[dict[str, np.ndarray], bool]:
     """The user table's feature row of `user_id` (zeros if absent)."""
     row = -1
     if user_id is not None:
-      row = int(_lookup(self._table_order, self._table_sorted,
+      row = int(catalogue.lookup(self._table_order, self._table_sorted,
                         np.asarray([_scalar(user_id)]))[0])
     if row < 0:
       return {n: np.zeros(t.shape[1:], np.int32)
@@ -306,15 +284,11 @@ class Export(batched.UserBatches):
         (None or an id not there: the "missing" features).
 
     Raises:
-      ValueError: a rating outside the rating scale.
+      ValueError: not `(item_id, rating)` pairs, or a rating outside the
+        rating scale.
     """
-    pairs = list(ratings)
-    if self.implicit is not None:
-      # Implicit exports also take bare item ids: each is a positive.
-      pairs = [p if isinstance(p, (tuple, list)) else (p, np.inf)
-               for p in pairs]
-    items = np.asarray([p[0] for p in pairs])
-    values = np.asarray([p[1] for p in pairs], np.float64)
+    items, values = catalogue.rating_pairs(
+        ratings, implicit=self.implicit is not None)
     lo, hi = self.rating_range
     if self.implicit is not None:
       if np.isnan(values).any():
@@ -322,24 +296,24 @@ class Export(batched.UserBatches):
     elif ((values < lo) | (values > hi) | ~np.isfinite(values)).any():
       raise ValueError(f"ratings must lie on the scale {lo:g} to {hi:g}")
     features, in_table = self._table_features(user_id)
-    index = _lookup(self._item_order, self._item_sorted, items)
+    index = catalogue.lookup(self._item_order, self._item_sorted, items)
     known = index >= 0
     skipped = int((~known).sum())
     flags = 0 if in_table else layout.NOT_IN_USER_TABLE
     if skipped:
       flags |= layout.SKIPPED_ITEMS
     # The export's own grouping rules, on this one user's ratings.
-    catalogue = np.unique(index[known])
+    rated_items = np.unique(index[known])
     u = users_lib.collect(
         np.zeros(int(known.sum()), np.int64), index[known], values[known],
-        None, known_users=np.zeros(0, np.int64), known_items=catalogue,
+        None, known_users=np.zeros(0, np.int64), known_items=rated_items,
         max_support=self.max_support)
     if len(u) == 0:
       return UserModel(self, user_id, source="adapted", fast=self._meta_fast,
                        user_features=features, rated=np.zeros(0, np.int64),
                        flags=flags | layout.NO_RATINGS, skipped_items=skipped)
     flags |= int(u.flags[0]) & layout.TRUNCATED
-    rated = catalogue[u.items].astype(np.int64)
+    rated = rated_items[u.items].astype(np.int64)
     size = int(u.support_sizes[0])
     width = int(bucket_widths(np.array([size]), self.buckets)[0])
     mask = np.arange(width) < size

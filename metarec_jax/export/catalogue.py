@@ -1,0 +1,84 @@
+"""Ids to positions, and a user's ratings as the serving API takes them.
+
+The Python serving API (`export.load(DIR)`) takes ids as a caller holds
+them: Python or numpy integers, strings, or a mix (one unknown id of
+another type than the catalogue's must not make the others unknown).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+
+
+def sorted_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(the order that sorts `ids`, the sorted ids), for `lookup`."""
+  order = np.argsort(ids, kind="stable")
+  return order, np.asarray(ids)[order]
+
+
+def _as_int(value) -> int | None:
+  try:
+    number = int(value)
+  except (TypeError, ValueError, OverflowError):
+    return None
+  return number if -2 ** 63 <= number < 2 ** 63 else None
+
+
+def lookup(order: np.ndarray | None, sorted_ids: np.ndarray,
+           ids) -> np.ndarray:
+  """Positions of `ids` in the array that `order` sorts into `sorted_ids`
+  (None: `sorted_ids` itself); -1 for unknown ids. On an integer
+  catalogue, ids are read as integers one by one where they are not all
+  integers (`"25"` is 25; `"abc"` is unknown, and only it)."""
+  ids = np.asarray(ids)
+  if not len(sorted_ids) or not ids.size:
+    return np.full(ids.shape, -1, np.int64)
+  if sorted_ids.dtype.kind in "iu" and ids.dtype.kind not in "iu":
+    try:
+      ids = ids.astype(np.int64)
+    except (ValueError, TypeError, OverflowError):
+      numbers = [_as_int(v) for v in ids.reshape(-1).tolist()]
+      known = np.array([n is not None for n in numbers])
+      out = np.full(len(numbers), -1, np.int64)
+      if known.any():
+        out[known] = lookup(order, sorted_ids, np.array(
+            [n for n in numbers if n is not None], np.int64))
+      return out.reshape(ids.shape)
+  elif sorted_ids.dtype.kind not in "iu":
+    ids = ids.astype(str)
+  pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+  found = pos if order is None else order[pos]
+  return np.where(sorted_ids[pos] == ids, found, -1).astype(np.int64)
+
+
+def rating_pairs(ratings: Iterable, *, implicit: bool
+                 ) -> tuple[list[Any], np.ndarray]:
+  """(item ids, float64 ratings) of `(item_id, rating)` pairs; with
+  `implicit`, a bare item id is a positive (rating +inf).
+
+  Raises:
+    ValueError: not an iterable of pairs (on a rating export a bare id,
+      which a string's characters would otherwise be read as).
+  """
+  if ratings is None or isinstance(ratings, (str, bytes)):
+    raise ValueError("ratings must be a sequence of (item_id, rating)"
+                     f" pairs, got {type(ratings).__name__}")
+  items, values = [], []
+  for p in ratings:
+    if isinstance(p, (tuple, list)) and len(p) == 2:
+      items.append(p[0])
+      values.append(p[1])
+    elif implicit and not isinstance(p, (tuple, list, dict, set)):
+      items.append(p)
+      values.append(np.inf)
+    else:
+      raise ValueError(
+          f"ratings must be (item_id, rating) pairs, got {p!r}"
+          + ("" if implicit else " (bare item ids are positives of an"
+             " implicit-feedback export only)"))
+  try:
+    return items, np.asarray(values, np.float64).reshape(-1)
+  except (TypeError, ValueError):
+    raise ValueError("ratings must be numbers") from None
