@@ -168,6 +168,18 @@ RELATIONS: tuple[R.Relation, ...] = (
                lambda loss, on: on or loss not in _RANKING_LOSSES.choices,
                "model.loss bce, bpr and softmax are losses of implicit"
                " feedback (data.implicit.enabled=true)"),
+    R.Relation(("model.loss", "model.query_loss", "data.implicit.enabled"),
+               lambda loss, query, on: not on or all(
+                   x in _RANKING_LOSSES.choices for x in (loss, query or loss)),
+               "implicit feedback (data.implicit.enabled=true) trains a"
+               " ranking loss: model.loss (and model.query_loss, if set)"
+               " bce, bpr or softmax; a rating loss on its 1/0 labels"
+               " diverges in the inner loop"),
+    R.Relation(("data.implicit.negatives", "data.implicit.enabled"),
+               lambda negatives, on: not on or negatives >= 1,
+               "implicit feedback needs sampled negatives"
+               " (data.implicit.negatives >= 1): without them every label"
+               " is a positive and there is nothing to rank against"),
     R.Relation(("model.query_rank_weight", "model.loss", "model.query_loss"),
                lambda w, loss, query: (not w or (query or loss)
                                        in _RATING_LOSSES.choices),

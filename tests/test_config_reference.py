@@ -121,6 +121,26 @@ def test_a_rank_weight_with_a_ranking_loss_is_refused(key):
   config_reference.validate(config)
 
 
+@pytest.mark.parametrize("overrides,message", [
+    # A rating loss on 1/0 labels: the inner loop diverged (loss 4e8).
+    ((("model.loss", "mse"),), "implicit feedback"
+     " (data.implicit.enabled=true) trains a ranking loss"),
+    ((("model.loss", "bce"), ("model.query_loss", "mse")),
+     "trains a ranking loss"),
+    # BPR without negatives: every loss 0, nothing learned.
+    ((("model.loss", "bpr"), ("data.implicit.negatives", "0")),
+     "implicit feedback needs sampled negatives"),
+])
+def test_implicit_feedback_refuses_what_cannot_train(overrides, message):
+  config = config_io.apply_overrides(
+      default_config(), [("data.implicit.enabled", "true"), *overrides])
+  with pytest.raises(InputError, match=re.escape(message)):
+    config_reference.validate(config)
+  config = config_io.apply_overrides(default_config(), [
+      ("data.implicit.enabled", "true"), ("model.loss", "bpr")])
+  config_reference.validate(config)
+
+
 def test_a_huge_value_is_cut_in_the_error():
   config = default_config()
   config.model.loss = "x" * 50_000_000
