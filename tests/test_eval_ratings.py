@@ -23,9 +23,14 @@ def test_eval_treats_the_users_of_a_ratings_file_as_new(ml1m_tiny_run,
                                                         tmp_path):
   workdir, ratings = ml1m_tiny_run
   tasks_dir = tmp_path / "tasks"
+  curve = os.path.join(workdir, "eval", "support_curve.json")
+  run_curve = open(curve).read() if os.path.exists(curve) else None
   out = metarec("eval", f"--workdir={workdir}", f"--ratings={ratings}",
                 f"--write_tasks={tasks_dir}", "--config.eval.max_tasks=0")
   assert out.returncode == 0, out.stderr
+  # The run's support curve (of its own tasks) is not replaced.
+  assert "no support curve for --ratings" in out.stderr
+  assert (open(curve).read() if os.path.exists(curve) else None) == run_curve
   report = last_json(out)
   assert report["step"] == 3
   scenarios = report["scenarios"]
@@ -61,6 +66,17 @@ def test_eval_treats_the_users_of_a_ratings_file_as_new(ml1m_tiny_run,
   assert summary["scenarios"]["UC"]["tasks"] == scenarios["UC"]["tasks"]
   assert open(tasks_dir / "W" / "query.dat").read() == ""
   assert sorted(os.listdir(tmp_path)) == ["tasks"]
+
+
+def test_a_ratings_file_without_a_task_is_a_warning(ml1m_tiny_run, tmp_path):
+  workdir, ratings = ml1m_tiny_run
+  few = tmp_path / "few.dat"
+  few.write_text("".join(open(ratings).readlines()[:3]))
+  out = metarec_here("eval", f"--workdir={workdir}", f"--ratings={few}",
+                     "--support_curve=false")
+  assert out.returncode == 0, out.stderr
+  warning, = last_json(out)["warnings"]
+  assert warning.startswith(f"no scenario has a task: no user of {few} has")
 
 
 def test_write_tasks_of_the_protocol_scenarios(ml1m_tiny_run, tmp_path):

@@ -100,9 +100,9 @@ class TrainSampler:
           f" {spec.query_size + spec.min_support} training ratings a task"
           " needs (data.query_size + data.min_support); the most any has"
           f" is {most}, counting only existing items and leaving out the"
-          " query ratings (eval.query_size) of each training and validation"
-          " user's evaluation task: give users more ratings, or lower"
-          " data.min_support or data.query_size")
+          f" {spec.query_size} query ratings (data.query_size) of each"
+          " training and validation user's evaluation task: give users"
+          " more ratings, or lower data.min_support or data.query_size")
     cap = np.minimum(counts[self.users] - spec.query_size, spec.max_support)
     self.user_width = bucket_widths(cap, spec.widths)
     local = spec.tasks_per_step // process_count

@@ -80,11 +80,17 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   if not ratings:
     tensorboard.write(workdir, step, results,
                       active=jax.process_index() == 0)
-  if support_curve:
+  if support_curve and ratings:
+    # WORKDIR/eval/support_curve.json is the run's, on the protocol's tasks.
+    log.info("no support curve for --ratings: %s holds the curve of the"
+             " run's own tasks", curves.FILENAME)
+  elif support_curve:
     curves.evaluate_and_write(
         workdir, evaluator, state.params, tasksets, step=step,
         seed=int(config.eval.seed), write=jax.process_index() == 0)
   warnings = verdicts.warnings_for(results, model_config=exp.model_config)
+  if not any(int(m.get("tasks") or 0) for m in results.values()):
+    warnings.append(verdicts.no_tasks(ratings))
   for line in warnings:
     log.warning("%s", line)
   return {"step": step, "scenarios": results, "warnings": warnings,

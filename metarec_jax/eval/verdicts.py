@@ -51,6 +51,14 @@ NO_VALIDATION = (
     " ratings, or more validation users (eval.val_fraction)")
 
 
+def no_tasks(ratings: str | None) -> str:
+  """The warning of an evaluation in which no scenario has a task."""
+  where = f"no user of {ratings}" if ratings else "no user"
+  return (f"no scenario has a task: {where} has eval.min_ratings to"
+          " eval.max_ratings ratings of one item class, so nothing was"
+          " measured")
+
+
 def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
                  model_config=None) -> list[str]:
   """One line per problem of a report's `{scenario: metrics}`.
