@@ -327,6 +327,10 @@ def test_adapt_a_new_user_equals_exporting_that_user(run, exported,
   for bad in (["25", "34"], [25, 30], "25", None):
     with pytest.raises(ValueError, match=r"\(item_id, rating\) pairs"):
       without.adapt(bad)
+  assert adapted.recommend(0) == []
+  for k in (-1, 2.5, "3"):
+    with pytest.raises(ValueError, match="k must be a whole number >= 0"):
+      adapted.recommend(k)
 
 
 def test_non_integer_ids_are_skipped_and_counted(run, tmp_path, caplog):

@@ -69,7 +69,12 @@ class UserModel:
     Returns:
       `[(item_id, score), ...]`; ties go to the item listed first in the
       catalogue.
+
+    Raises:
+      ValueError: `k` is not a whole number >= 0.
     """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+      raise ValueError(f"k must be a whole number >= 0, got {k!r}")
     e = self.export
     if candidates is None:
       index = np.arange(e.num_items, dtype=np.int64)
