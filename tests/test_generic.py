@@ -337,3 +337,14 @@ def test_rated_ids_without_a_feature_row_are_noted(shop, tmp_path):
   assert store_lib.open_store(tmp_path / "other").manifest["notes"] == [
       "none of the 3 rated items has a row in items.csv: their features are"
       " missing (e.g. 'ink'; are the ids written as in items.csv?)"]
+
+
+def test_a_list_pad_of_no_list_column_is_said_to_be_ignored(shop, tmp_path):
+  said = []
+  spec = generic.spec_of(data_config(shop, item_features="items.csv",
+                                     lists=("tags",)))
+  generic.load(spec, str(shop), tmp_path / "store",
+               list_pad={"tags": 3, "tgas": 2, "genre": 4}, log_fn=said.append)
+  assert ("data.list_pad: tgas is no list column of data.generic.lists"
+          " ('tags',): ignored") in said
+  assert not any("genre" in line for line in said)  # a default key

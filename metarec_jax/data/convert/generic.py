@@ -47,7 +47,7 @@ from typing import Callable
 
 import numpy as np
 
-from metarec_jax import config_io
+from metarec_jax import config_defaults, config_io
 from metarec_jax.data.convert import delimited, features, parsing
 from metarec_jax.data.convert.assemble import assemble
 from metarec_jax.data.convert.ratings_io import RatingsFormat, lookup, parse_ratings
@@ -248,6 +248,11 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
       index_of[side] = lookup(ids[side], _as_type(t.ids, ids[side]))
   sizes = {side: len(v) for side, v in ids.items()}
   feats = _features(spec, tables.values(), index_of, sizes, list_pad or {})
+  stray = sorted(set(list_pad or {}) - set(spec.lists)
+                 - set(config_defaults.get_config().data.list_pad))
+  if stray and log_fn is not None:  # a typo, or a column not named a list
+    log_fn(f"data.list_pad: {', '.join(stray)} is no list column of"
+           f" data.generic.lists {tuple(spec.lists)}: ignored")
   given = [t for t in tables.values() if t is not None]
   # A ratings file alone (no feature table, no feature column) is the most
   # common log there is: its ids are all it has, so they are its features.
