@@ -67,9 +67,10 @@ def define_eval(fv: flags.FlagValues) -> None:
 
 def define_bench(fv: flags.FlagValues) -> None:
   """Defines `metarec bench`'s flags in `fv`."""
-  flags.DEFINE_integer("steps", 20, "Timed meta-steps.", flag_values=fv)
+  flags.DEFINE_integer("steps", 20, "Timed meta-steps.", lower_bound=1,
+                       flag_values=fv)
   flags.DEFINE_integer("warmup", 3, "Untimed meta-steps first (after"
-                       " compilation).", flag_values=fv)
+                       " compilation).", lower_bound=0, flag_values=fv)
   flags.DEFINE_string("workdir", None, "Where the synthetic store is built"
                       " (default: a cache folder per data config).",
                       flag_values=fv)

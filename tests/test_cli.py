@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from cli_run import metarec
+from cli_run import assert_one_line_error, metarec, metarec_here
 from conftest import config_path
 
 
@@ -95,6 +95,34 @@ def test_bad_input_is_one_line_with_status_2(args, message):
   assert message in out.stderr
   assert len(out.stderr.strip().splitlines()) == 1
   assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    # JAX raised a traceback (exit 1) for each of these.
+    (["--coordinator_address=127.0.0.1:1", "--num_processes=2",
+      "--process_id=2"], "--process_id=2 must be 0 to --num_processes-1"),
+    (["--num_processes=2"], "needs --coordinator_address=HOST:PORT,"
+     " --num_processes=N and --process_id=I together (got only"
+     " --num_processes)"),
+    (["--coordinator_address=nohostcolon", "--num_processes=2",
+      "--process_id=0"], "--coordinator_address='nohostcolon' must be"
+     " HOST:PORT"),
+])
+def test_multi_process_flags_that_cannot_describe_a_run(tmp_path, flags,
+                                                         message):
+  out = metarec_here("train", f"--config={config_path('tiny')}",
+                     f"--workdir={tmp_path / 'w'}", *flags)
+  assert_one_line_error(out, message)
+  assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--steps=0", "flag --steps=0: 0 is not a positive integer"),
+    ("--warmup=-1", "flag --warmup=-1: -1 is not a non-negative integer"),
+])
+def test_bench_refuses_steps_it_cannot_time(flag, message):
+  assert_one_line_error(
+      metarec_here("bench", f"--config={config_path('tiny')}", flag), message)
 
 
 def test_help_explains_itself():
