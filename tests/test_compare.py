@@ -241,3 +241,9 @@ def test_an_interrupted_run_with_resolved_keys_is_resumed(tmp_path,
   config_io.write_workdir_config(workdir, config)
   assert compare.main([out, run]) == 0
   assert fake_training == [workdir, workdir]
+
+
+def test_help_prints_the_usage(capsys):
+  for flag in ("--help", "-h"):
+    assert compare.main([flag]) == 0
+    assert "python tools/compare.py" in capsys.readouterr().out

@@ -252,3 +252,18 @@ def test_one_or_two_ratings_of_featureless_new_items_do_no_harm(tmp_path):
         assert adapted <= unadapted + 1e-6, (name, k, adapted, unadapted)
         checked += 1
   assert checked == 4
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch,
+                                                       capsys):
+  (tmp_path / "afile").write_text("")
+  monkeypatch.setattr(sys, "argv", ["testbed.py",
+                                    f"--out={tmp_path / 'afile'}"])
+  try:
+    testbed.main()
+  except SystemExit as e:
+    assert e.code == 2
+  else:
+    raise AssertionError("no exit")
+  assert capsys.readouterr().err.startswith(
+      f"testbed.py: error: --out={tmp_path / 'afile'}: cannot create it")

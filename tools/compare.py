@@ -360,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         common.append(_override(arg, arg))
       else:
         rest.append(arg)
+    if "--help" in rest or "-h" in rest:
+      print(__doc__)
+      return 0
     fv = flags.FlagValues()
     _define_flags(fv)
     try:

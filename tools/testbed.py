@@ -308,6 +308,11 @@ def main():
                       help="write the popularity-only order log `clicks`"
                            " instead")
   args = parser.parse_args()
+  try:
+    os.makedirs(args.out, exist_ok=True)
+  except OSError as e:
+    parser.exit(2, f"testbed.py: error: --out={args.out}: cannot create it"
+                f" ({e.strerror})\n")
   if args.clicks:
     print(write_clicks(args.out))
     return
