@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from typing import Any, Sequence
 
 import numpy as np
 
+from metarec_jax.data.convert import parsing
 from metarec_jax.data.tasks import bucket_widths
 from metarec_jax.export import layout
 from metarec_jax.export import users as users_lib
@@ -36,8 +36,6 @@ from metarec_jax.export.serving import Export
 from metarec_jax.serve import rankings
 
 log = logging.getLogger("metarec")
-# An integer id as the export writes one.
-_CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)", re.ASCII)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,10 +121,11 @@ class Engine:
     if self.export.user_ids.dtype.kind in "iu" or (
         not len(self.export.user_ids)
         and self.export.table_ids.dtype.kind in "iu"):
-      if not _CANONICAL_INT.fullmatch(text):
+      if not parsing.CANONICAL_INT.fullmatch(text):
         raise ValueError(f"user id {text!r} is not an integer")
       value = int(text)
-      if not -2 ** 63 <= value < 2 ** 63:
+      lo, hi = parsing.INT64
+      if not lo <= value < hi:
         raise ValueError(f"user id {text} is out of range")
       return value
     return text

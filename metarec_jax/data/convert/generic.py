@@ -17,9 +17,10 @@ Files (paths relative to `data.root`, set in `data.generic`):
   other columns are ignored. Values in `missing` are index 0.
 
 Ids may be any strings; when every id of a side is an integer that fits
-in 64 bits the store keeps them as integers (and sorts them numerically). Users and items are
-the union of the ratings file and the feature tables, in ascending id
-order; a user or item absent from its feature table has missing features.
+in 64 bits the store keeps them as integers (and sorts them
+numerically). Users and items are the union of the ratings file and the
+feature tables, in ascending id order; a user or item absent from its
+feature table has missing features.
 
 An item is new in the cold-start protocol when its `new_item_col` (an item
 table column) is 1, or, with `new_item_year` > 0, when that column holds a
@@ -42,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from typing import Callable
 
 import numpy as np
@@ -54,7 +54,6 @@ from metarec_jax.data.convert.ratings_io import RatingsFormat, lookup, parse_rat
 from metarec_jax.errors import InputError, excerpt
 
 NAME = "generic"
-_INT = re.compile(r"^-?(0|[1-9][0-9]*)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,8 +160,9 @@ def _typed_ids(ids: np.ndarray) -> np.ndarray:
   """Sorted unique ids: int64 when every id is a canonical integer that
   fits in 64 bits (larger ones, such as hashes, stay strings)."""
   uniq = np.unique(ids)
-  if len(uniq) and all(_INT.match(v) and (len(v) < 19
-                                          or -2 ** 63 <= int(v) < 2 ** 63)
+  lo, hi = parsing.INT64
+  integer = parsing.CANONICAL_INT.fullmatch  # bound once: a call per id
+  if len(uniq) and all(integer(v) and (len(v) < 19 or lo <= int(v) < hi)
                        for v in uniq.tolist()):
     return np.sort(uniq.astype(np.int64))
   return uniq

@@ -19,6 +19,14 @@ from metarec_jax.data.convert.delimited import Table
 from metarec_jax.data.convert.tokens import Column
 from metarec_jax.errors import InputError, excerpt
 
+# An integer as integer ids are written: ASCII digits, `-` the only sign,
+# no leading zero, space or `_` (all of which Python's `int` accepts). One
+# definition for the store, which keeps a side's ids as integers when every
+# one is such an integer within `INT64`, and the server, which reads a
+# URL's id as the store wrote it.
+CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)", re.ASCII)
+INT64 = (-2 ** 63, 2 ** 63)  # [low, high) of the ids kept as integers
+
 
 def _bulk(values, dtype) -> np.ndarray:
   """`values` converted to `dtype` at once (numpy reads a bytes column with
@@ -47,7 +55,7 @@ def parse_ints(values) -> tuple[np.ndarray, np.ndarray]:
       x = int(v)
     except ValueError:
       continue
-    if -2 ** 63 <= x < 2 ** 63:
+    if INT64[0] <= x < INT64[1]:
       out[i], ok[i] = x, True
   return out, ok
 
