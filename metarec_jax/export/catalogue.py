@@ -11,19 +11,13 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from metarec_jax.data.convert import parsing
+
 
 def sorted_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(the order that sorts `ids`, the sorted ids), for `lookup`."""
   order = np.argsort(ids, kind="stable")
   return order, np.asarray(ids)[order]
-
-
-def _as_int(value) -> int | None:
-  try:
-    number = int(value)
-  except (TypeError, ValueError, OverflowError):
-    return None
-  return number if -2 ** 63 <= number < 2 ** 63 else None
 
 
 def lookup(order: np.ndarray | None, sorted_ids: np.ndarray,
@@ -39,12 +33,10 @@ def lookup(order: np.ndarray | None, sorted_ids: np.ndarray,
     try:
       ids = ids.astype(np.int64)
     except (ValueError, TypeError, OverflowError):
-      numbers = [_as_int(v) for v in ids.reshape(-1).tolist()]
-      known = np.array([n is not None for n in numbers])
+      numbers, known = parsing.parse_ints(ids.reshape(-1).astype(str))
       out = np.full(len(numbers), -1, np.int64)
       if known.any():
-        out[known] = lookup(order, sorted_ids, np.array(
-            [n for n in numbers if n is not None], np.int64))
+        out[known] = lookup(order, sorted_ids, numbers[known])
       return out.reshape(ids.shape)
   elif sorted_ids.dtype.kind not in "iu":
     ids = ids.astype(str)
