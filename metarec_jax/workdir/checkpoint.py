@@ -49,7 +49,7 @@ from metarec_jax.errors import OutputError, cause_of
 from metarec_jax.meta import paths
 from metarec_jax.workdir import orbax_logs
 from metarec_jax.workdir.state_checks import (CheckpointError,
-                                              DamagedCheckpoint,
+                                              DamagedCheckpoint, StepUnusable,
                                               inspect_state, few,
                                               same_parameters,
                                               verify_restored)
@@ -290,11 +290,11 @@ class Checkpointer:
                     " checkpoint of step %d", candidate, self.directory,
                     problem, older)
     if step is not None:  # asked for: not a reason to read another
-      others = [s for s in reversed(steps) if s != int(step)]
-      raise CheckpointError(
+      others = tuple(s for s in reversed(steps) if s != int(step))
+      raise StepUnusable(
           f"the checkpoint of {failures[0][:400]}; "
           + (f"the other checkpoints: {', '.join(map(str, others))}"
-             if others else "there is no other checkpoint"))
+             if others else "there is no other checkpoint"), others)
     raise CheckpointError(
         f"no usable checkpoint in {self.directory} (tried "
         + "; ".join(f[:300] for f in failures) + "); refusing to start from"

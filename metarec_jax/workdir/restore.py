@@ -50,7 +50,8 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
   except ckpt_lib.CheckpointError as e:
     # eval and export never read another checkpoint than the one they say:
     # a damaged one is an error that names the others to pick instead.
-    hint = "; --step=N reads another" if "other checkpoints:" in str(e) else ""
+    hint = ("; --step=N reads another"
+            if isinstance(e, ckpt_lib.StepUnusable) and e.others else "")
     raise InputError(str(e) + hint, path=workdir) from e
   finally:
     checkpointer.close()

@@ -21,6 +21,16 @@ class CheckpointError(Exception):
   """No usable checkpoint where one was expected, or a state not to save."""
 
 
+class StepUnusable(CheckpointError):
+  """The checkpoint of the step asked for cannot be used; `others` are the
+  work directory's other steps, newest first (one may be asked for
+  instead)."""
+
+  def __init__(self, message: str, others: tuple[int, ...]):
+    super().__init__(message)
+    self.others = others
+
+
 class DamagedCheckpoint(CheckpointError):
   """A checkpoint that was read but must not be used (its message says
   why: a digest mismatch or a non-finite value)."""
