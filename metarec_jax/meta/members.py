@@ -40,9 +40,8 @@ class Members:
   def axes(self, params: PyTree) -> PyTree:
     """`params`' `in_axes` for `jax.vmap` over the members: 0 for stacked
     leaves, None (shared) for the others."""
-    leaves, treedef = jax.tree.flatten(params)
     names = paths.leaf_paths(params)
-    return jax.tree.unflatten(treedef, [
+    return jax.tree.unflatten(jax.tree.structure(params), [
         0 if paths.matches_any(n, self.stacked) else None for n in names])
 
   def each(self, fn: Callable[[PyTree], Any], params: PyTree,

@@ -112,9 +112,10 @@ def clip_by_member_norm(max_norm, stacked: tuple[str, ...]
 
   The gradient of `{"model": params, "inner": ...}`: the slice `m` of every
   model leaf matched by `stacked` belongs to member `m` (the leading axis
-  counts the members); the other leaves are shared. Member `m`'s norm counts its slices and the shared leaves, and
-  its slices are scaled by `min(1, max_norm / norm_m)`; the shared leaves by
-  the smallest of those factors. So one member's large gradient (a task its
+  counts the members); the other leaves are shared. Member `m`'s norm
+  counts its slices and the shared leaves, and its slices are scaled by
+  `min(1, max_norm / norm_m)`; the shared leaves by the smallest of those
+  factors. So one member's large gradient (a task its
   inner loop overshoots) no longer shrinks every other member's step, as a
   single global norm would: the members train as they would alone.
   """
