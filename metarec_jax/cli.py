@@ -110,11 +110,12 @@ def _run_train(inv: Invocation) -> int:
   config_io.apply_overrides(config, inv.overrides)
   check_config(config, workdir)
   setup_runtime(config)
-  from metarec_jax import runtime  # pylint: disable=g-import-not-at-top
+  from metarec_jax import cluster  # pylint: disable=g-import-not-at-top
   fv = inv.flags
-  if runtime.init_distributed(fv["coordinator_address"].value,
+  if cluster.init_distributed(fv["coordinator_address"].value,
                               fv["num_processes"].value,
-                              fv["process_id"].value):
+                              fv["process_id"].value,
+                              join_timeout=fv["join_timeout"].value):
     import jax  # pylint: disable=g-import-not-at-top
     if jax.process_index() != 0:  # only process 0 logs progress
       log.setLevel(logging.WARNING)

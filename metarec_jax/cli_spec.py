@@ -41,6 +41,9 @@ def define_train(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("process_id", None, "Multi-process runs: this"
                        " process's index, 0 .. num_processes-1.",
                        flag_values=fv)
+  flags.DEFINE_integer("join_timeout", 300, "Multi-process runs: seconds to"
+                       " wait for every process to join before exiting with"
+                       " status 2 and what to check.", flag_values=fv)
 
 
 def define_eval(fv: flags.FlagValues) -> None:

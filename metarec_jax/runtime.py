@@ -48,64 +48,6 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
   return path
 
 
-def cluster_detected() -> bool:
-  """Whether the environment is a multi-process job JAX can join by itself
-  (SLURM with several tasks, a multi-host Cloud TPU slice, Open MPI)."""
-  env = os.environ
-  if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env:
-    return True
-  if len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
-    return True
-  return int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
-
-
-def init_distributed(coordinator_address: str | None = None,
-                     num_processes: int | None = None,
-                     process_id: int | None = None) -> bool:
-  """Joins a multi-process run (`jax.distributed.initialize`).
-
-  With explicit arguments they are used as given; without, a cluster JAX
-  recognises (`cluster_detected`) is joined with auto-detection; otherwise
-  the run stays single-process. CPU processes exchange collectives through
-  gloo. Returns whether the process joined a multi-process run.
-  """
-  check_process_flags(coordinator_address, num_processes, process_id)
-  explicit = coordinator_address is not None or num_processes is not None
-  if not explicit and not cluster_detected():
-    return False
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  kwargs = {}
-  if explicit:
-    kwargs = {"coordinator_address": coordinator_address,
-              "num_processes": num_processes, "process_id": process_id}
-  jax.distributed.initialize(**kwargs)
-  return True
-
-
-def check_process_flags(coordinator_address: str | None,
-                        num_processes: int | None,
-                        process_id: int | None) -> None:
-  """Raises InputError (one line) where the multi-process flags cannot
-  describe a run: JAX would raise a traceback, or wait for a process that
-  can never join."""
-  given = [f for f, v in (("--coordinator_address", coordinator_address),
-                          ("--num_processes", num_processes),
-                          ("--process_id", process_id)) if v is not None]
-  if not given:
-    return
-  if len(given) < 3:
-    raise InputError("a multi-process run needs --coordinator_address=HOST:"
-                     "PORT, --num_processes=N and --process_id=I together"
-                     f" (got only {', '.join(given)})")
-  if num_processes < 1 or not 0 <= process_id < num_processes:
-    raise InputError(f"--process_id={process_id} must be 0 to"
-                     f" --num_processes-1 (--num_processes={num_processes})")
-  host, _, port = coordinator_address.rpartition(":")
-  if not host or not port.isdigit() or not 0 < int(port) < 65536:
-    raise InputError(f"--coordinator_address={coordinator_address!r} must be"
-                     " HOST:PORT (process 0's host, a free port)")
-
-
 # How long a process waits for the others at a barrier. A process compiling
 # its programs while another loads them from its persistent compilation
 # cache arrives minutes later (configs/default.py took 9 minutes to compile

@@ -1,0 +1,179 @@
+"""Joining a multi-process run (`jax.distributed`), or failing in one line.
+
+`jax.distributed.initialize` waits for every process to register with the
+coordinator. Where one never comes (a process not started, a mistyped
+`--num_processes`, two processes given the same `--process_id`, a wrong
+`--coordinator_address`), JAX ends the process after its timeout with a
+fatal C++ log and a stack trace whose message says "another task died"
+(exit 134): the cause is nowhere in it, and the Python code cannot catch
+it. So a watchdog ends the wait first, `join_timeout` seconds in, with one
+line naming what to check and exit status 2; JAX's own timeout is set
+later than ours. A process whose `--num_processes` differs from process
+0's joins process 0's run (the coordinator's count wins): after joining,
+the processes compare their counts and all stop where they differ.
+
+Both stops end the process at once (`os._exit`), not by an exception: a
+normal exit of one process of a joined run waits in JAX's shutdown
+barrier for the others, minutes, and then aborts with a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+
+import jax
+
+from metarec_jax.errors import InputError
+
+log = logging.getLogger("metarec")
+
+# How much later than our watchdog JAX's own timeout fires.
+JAX_TIMEOUT_MARGIN_S = 60
+JOIN_TIMEOUT_S = 300  # JAX's default initialization timeout
+
+
+def cluster_detected() -> bool:
+  """Whether the environment is a multi-process job JAX can join by itself
+  (SLURM with several tasks, a multi-host Cloud TPU slice, Open MPI)."""
+  env = os.environ
+  if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env:
+    return True
+  if len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
+    return True
+  return int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
+
+
+def check_process_flags(coordinator_address: str | None,
+                        num_processes: int | None,
+                        process_id: int | None) -> None:
+  """Raises InputError (one line) where the multi-process flags cannot
+  describe a run: JAX would raise a traceback, or wait for a process that
+  can never join."""
+  given = [f for f, v in (("--coordinator_address", coordinator_address),
+                          ("--num_processes", num_processes),
+                          ("--process_id", process_id)) if v is not None]
+  if not given:
+    return
+  if len(given) < 3:
+    raise InputError("a multi-process run needs --coordinator_address=HOST:"
+                     "PORT, --num_processes=N and --process_id=I together"
+                     f" (got only {', '.join(given)})")
+  if num_processes < 1 or not 0 <= process_id < num_processes:
+    raise InputError(f"--process_id={process_id} must be 0 to"
+                     f" --num_processes-1 (--num_processes={num_processes})")
+  host, _, port = coordinator_address.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise InputError(f"--coordinator_address={coordinator_address!r} must be"
+                     " HOST:PORT (process 0's host, a free port)")
+
+
+def init_distributed(coordinator_address: str | None = None,
+                     num_processes: int | None = None,
+                     process_id: int | None = None, *,
+                     join_timeout: int = JOIN_TIMEOUT_S,
+                     prog: str = "metarec train") -> bool:
+  """Joins a multi-process run (`jax.distributed.initialize`).
+
+  With explicit arguments they are used as given; without, a cluster JAX
+  recognises (`cluster_detected`) is joined with auto-detection; otherwise
+  the run stays single-process. CPU processes exchange collectives through
+  gloo. Returns whether the process joined a multi-process run.
+
+  Where not every process has joined after `join_timeout` seconds, the
+  process prints `{prog}: error: ...` (what to check) on stderr and exits
+  with status 2 (see the module docstring: the wait cannot be interrupted
+  any other way), and so does every process where their `num_processes`
+  differ. Raises InputError for flags that cannot describe a run.
+  """
+  check_process_flags(coordinator_address, num_processes, process_id)
+  if join_timeout < 1:
+    raise InputError(f"--join_timeout={join_timeout} must be at least 1"
+                     " (seconds)")
+  explicit = coordinator_address is not None or num_processes is not None
+  if not explicit and not cluster_detected():
+    return False
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {"initialization_timeout": join_timeout + JAX_TIMEOUT_MARGIN_S}
+  if explicit:
+    kwargs.update(coordinator_address=coordinator_address,
+                  num_processes=num_processes, process_id=process_id)
+    log.info("process %d of %d: joining the run at %s (waiting up to %d s"
+             " for every process, --join_timeout)", process_id, num_processes,
+             coordinator_address, join_timeout)
+  watchdog = threading.Timer(join_timeout, _give_up, (
+      prog, _unjoined_problem(coordinator_address, num_processes, process_id,
+                              join_timeout)))
+  watchdog.daemon = True
+  watchdog.start()
+  try:
+    jax.distributed.initialize(**kwargs)
+  finally:
+    watchdog.cancel()
+  if explicit:
+    problem = _compare_counts(coordinator_address, num_processes, process_id,
+                              join_timeout)
+    if problem:
+      _give_up(prog, problem)
+  return True
+
+
+def _compare_counts(coordinator_address: str, num_processes: int,
+                    process_id: int, join_timeout: int) -> str | None:
+  """What is wrong where the processes were given different
+  `--num_processes` (None where nothing is).
+
+  The coordinator's count is the run's, so a process given another count
+  joins it all the same: every process publishes its own count in the
+  coordination service's key-value store and reads the others', so that
+  all of them stop, each naming the processes that disagree.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  client = ocp.multihost.get_jax_distributed_client()
+  client.key_value_set(f"metarec/join/{process_id}", str(num_processes))
+  try:
+    counts = {i: int(client.blocking_key_value_get(f"metarec/join/{i}",
+                                                   join_timeout * 1000))
+              for i in range(jax.process_count())}
+  except Exception as e:  # pylint: disable=broad-except
+    # A process that joined and died before publishing its count (or an
+    # older version that publishes none).
+    first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+    return (f"process {process_id}: the processes that joined the run at"
+            f" {coordinator_address} did not all say their --num_processes"
+            f" within {join_timeout} s (--join_timeout): {first}")
+  if set(counts.values()) == {num_processes} and (
+      jax.process_count() == num_processes):
+    return None
+  given = ", ".join(f"process {i}: {n}" for i, n in counts.items())
+  return (f"process {process_id}: the processes that joined the run at"
+          f" {coordinator_address} were given different --num_processes"
+          f" ({given}; the run has {jax.process_count()}, process 0's):"
+          " give every process the same --num_processes")
+
+
+def _unjoined_problem(coordinator_address: str | None,
+                      num_processes: int | None, process_id: int | None,
+                      join_timeout: int) -> str:
+  """The one line said when the processes did not all join in time."""
+  if coordinator_address is None:
+    return (f"the processes of the cluster job did not all join within"
+            f" {join_timeout} s (--join_timeout): check that every task of"
+            " the job started")
+  return (f"process {process_id}: not all {num_processes} processes joined"
+          f" the run at {coordinator_address} within {join_timeout} s"
+          " (--join_timeout): start every process with the same"
+          " --coordinator_address and --num_processes and its own"
+          f" --process_id 0..{num_processes - 1} (process 0 first, on the"
+          " coordinator's host)")
+
+
+def _give_up(prog: str, problem: str) -> None:
+  """Ends the process from the watchdog thread: the main thread is inside
+  JAX's C++ wait, where no exception reaches."""
+  for handler in logging.getLogger("metarec").handlers:
+    handler.flush()
+  print(f"{prog}: error: {problem}", file=sys.stderr, flush=True)
+  os._exit(2)  # pylint: disable=protected-access

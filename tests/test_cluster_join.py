@@ -1,0 +1,54 @@
+"""A multi-process run that cannot form stops every process in one line.
+
+Without `cluster`'s watchdog and count comparison, JAX waits 300 s and
+then aborts with a C++ stack trace saying "another task died" (exit 134),
+or lets a process given another --num_processes join and hang at the first
+barrier for an hour.
+"""
+
+import os
+
+from cli_run import assert_one_line_error
+from conftest import config_path
+from procs import metarec, start
+from test_multiprocess import free_port
+
+TINY = f"--config={config_path('tiny')}"
+
+
+def test_a_process_that_waits_for_others_in_vain_says_what_to_check(
+    tmp_path):
+  workdir = tmp_path / "w"
+  out = metarec("train", TINY, f"--workdir={workdir}",
+                f"--coordinator_address=127.0.0.1:{free_port()}",
+                "--num_processes=2", "--process_id=0", "--join_timeout=2",
+                timeout=120)
+  assert_one_line_error(
+      out, "process 0: not all 2 processes joined the run at 127.0.0.1:")
+  assert "within 2 s (--join_timeout): start every process with the same" \
+      " --coordinator_address and --num_processes" in out.stderr
+  assert not os.path.exists(workdir)  # nothing was written
+
+
+def test_processes_given_different_counts_all_stop(tmp_path):
+  """Process 1 says 3 processes, process 0 (the coordinator) 2: JAX lets
+  process 1 join process 0's run of 2."""
+  port = free_port()
+  procs = [start("train", TINY, f"--workdir={tmp_path / 'w'}",
+                 f"--coordinator_address=127.0.0.1:{port}",
+                 f"--num_processes={n}", f"--process_id={i}",
+                 "--join_timeout=60") for i, n in ((0, 2), (1, 3))]
+  try:
+    outs = [p.communicate(timeout=120) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for i, (p, (_, err)) in enumerate(zip(procs, outs)):
+    assert p.returncode == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last == (
+        f"metarec train: error: process {i}: the processes that joined the"
+        f" run at 127.0.0.1:{port} were given different --num_processes"
+        " (process 0: 2, process 1: 3; the run has 2, process 0's): give"
+        " every process the same --num_processes"), err
+  assert not os.path.exists(tmp_path / "w")
