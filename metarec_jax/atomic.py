@@ -3,7 +3,9 @@
 Every file or folder the engine writes for a user (config.json, metrics
 summaries, ratings files, task stores, exports, task folders, plots) is
 built at a temporary path beside its destination and renamed into place, so
-a killed process never leaves a half-written one behind. A write that fails
+a killed process never leaves a half-written one behind (and one stopped by
+SIGTERM or Ctrl-C, see `interrupts`, leaves no temporary one either). A
+write that fails
 (a full disk) removes its temporary file or folder and raises an
 `OutputError` naming the destination and the cause; arrays filled through
 a memory map have their disk space reserved first, so a full disk is an
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from metarec_jax.errors import OutputError, cause_of
+from metarec_jax.interrupts import uninterrupted
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -150,10 +153,12 @@ class Folder:
       f.flush()
       os.fsync(f.fileno())
     old = None
-    if os.path.exists(self.out):
-      old = self._prefix + "old-" + uuid.uuid4().hex[:8]
-      os.rename(self.out, old)
-    os.rename(self.tmp, self.out)
-    self._finished = True
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
+    # A SIGTERM between the renames would leave neither folder at `out`.
+    with uninterrupted():
+      if os.path.exists(self.out):
+        old = self._prefix + "old-" + uuid.uuid4().hex[:8]
+        os.rename(self.out, old)
+      os.rename(self.tmp, self.out)
+      self._finished = True
+      if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -26,7 +26,7 @@ import sys
 
 from absl import flags
 
-from metarec_jax import cli_spec, config_io
+from metarec_jax import cli_spec, config_io, interrupts
 from metarec_jax.cli_spec import Command
 from metarec_jax.errors import InputError, OutputError, cause_of
 from metarec_jax.errors import require_flag
@@ -335,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
       raise InputError(f"unexpected argument {leftover[1]!r} (flags are"
                        " --name=value)")
     configure_logging()
-    return cmd.run(Invocation(fv, config_file, overrides, positional))
+    with interrupts.stop_on_signals():
+      return cmd.run(Invocation(fv, config_file, overrides, positional))
   except InputError as e:
     print(f"{prog}: error: {e.message}", file=sys.stderr)
     return 2
@@ -349,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
   except KeyboardInterrupt:
     print(f"{prog}: interrupted", file=sys.stderr)
     return 130
+  except interrupts.Terminated as e:  # what it was writing is removed
+    print(f"{prog}: terminated ({e})", file=sys.stderr)
+    return 128 + int(e.signum)
   except Exception as e:  # pylint: disable=broad-except
     from metarec_jax.train import TrainingError  # pylint: disable=g-import-not-at-top
     if isinstance(e, TrainingError):

@@ -663,6 +663,32 @@ def test_a_killed_export_leaves_no_partial_folder(run, exported, tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["big.csv", "export", "stderr.txt"]
 
 
+def test_a_terminated_export_removes_its_folder_and_says_so(run, exported,
+                                                           tmp_path):
+  """SIGTERM (a job scheduler, `kill`, `timeout`) used to end the process
+  as SIGKILL does, leaving `.export.tmp-*` beside `out` and no word."""
+  workdir, exp, _ = run
+  small, _, _, _ = exported
+  big = big_ratings_file(tmp_path / "big.csv", exp)
+  out = tmp_path / "export"
+  done = metarec("export", f"--workdir={workdir}", f"--ratings={small}",
+                 f"--out={out}")
+  assert done.returncode == 0, done.stderr
+  manifest = open(out / "manifest.json").read()
+  err = tmp_path / "stderr.txt"
+  proc = start("export", f"--workdir={workdir}", f"--ratings={big}",
+               f"--out={out}", "--chunk_users=8", stderr_path=err)
+  wait_for(lambda: "exported " in err.read_text(), proc=proc, timeout=120)
+  assert proc.poll() is None, "the export finished before the signal"
+  proc.send_signal(signal.SIGTERM)
+  proc.wait(timeout=120)
+  assert proc.returncode == 128 + signal.SIGTERM
+  assert err.read_text().strip().splitlines()[-1] == (
+      "metarec export: terminated (SIGTERM)")
+  assert sorted(os.listdir(tmp_path)) == ["big.csv", "export", "stderr.txt"]
+  assert open(out / "manifest.json").read() == manifest  # the old one
+
+
 def test_mapped_array_keeps_what_was_written_after_releasing_its_pages(
     tmp_path):
   from metarec_jax.export import layout  # pylint: disable=g-import-not-at-top

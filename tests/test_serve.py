@@ -274,6 +274,11 @@ def test_kill_9_loses_no_acknowledged_interaction(exported, tmp_path):
         assert not rated & {i["item"] for i in r["items"]}
   finally:
     s2.stop()
+  # SIGTERM: uvicorn stops gracefully, and so does the command (it was
+  # killed by the signal uvicorn raises again after its shutdown: 143).
+  assert s2.proc.returncode == 0, s2.stderr()
+  assert "stopped by SIGTERM: every acknowledged interaction is in" in (
+      s2.stderr())
 
 
 async def _gather(stream, n):

@@ -7,7 +7,8 @@
 3. replay the log, so every acknowledged interaction is served again;
 4. compile every bucket's program (`Engine.warm_up`);
 5. serve until SIGINT or SIGTERM; the line `serving on http://HOST:PORT`
-   on stderr says ready.
+   on stderr says ready. On either signal uvicorn answers the requests in
+   flight and stops; the log says so and the exit status is 0.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import socket
 import time
 
+from metarec_jax import interrupts
 from metarec_jax.errors import InputError
 
 log = logging.getLogger("metarec")
@@ -123,6 +125,12 @@ def serve(options: Options) -> int:
   log.info("serving on http://%s:%d (docs at /docs)", host, port)
   try:
     server.run(sockets=[sock])
+  except (interrupts.Terminated, KeyboardInterrupt) as e:
+    # uvicorn has shut down gracefully (requests in flight answered) and
+    # raised the signal again: a stop asked for, not a failure.
+    log.info("stopped by %s: every acknowledged interaction is in %s",
+             "SIGINT" if isinstance(e, KeyboardInterrupt) else e,
+             interactions.path)
   finally:
     interactions.close()
   return 0
