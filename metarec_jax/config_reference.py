@@ -180,6 +180,15 @@ RELATIONS: tuple[R.Relation, ...] = (
                "implicit feedback needs sampled negatives"
                " (data.implicit.negatives >= 1): without them every label"
                " is a positive and there is nothing to rank against"),
+    R.Relation(("data.implicit.threshold", "data.implicit.enabled",
+                "data.name", "data.generic.rating_col"),
+               lambda threshold, on, name, rating_col: (
+                   not on or not threshold or name != "generic"
+                   or bool(rating_col)),
+               "data.implicit.threshold compares ratings, but"
+               " data.generic.rating_col is empty (a file without a rating"
+               " column: every line is a positive): name the rating column,"
+               " or drop the threshold"),
     R.Relation(("model.query_rank_weight", "model.loss", "model.query_loss"),
                lambda w, loss, query: (not w or (query or loss)
                                        in _RATING_LOSSES.choices),

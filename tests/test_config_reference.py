@@ -141,6 +141,25 @@ def test_implicit_feedback_refuses_what_cannot_train(overrides, message):
   config_reference.validate(config)
 
 
+def test_a_threshold_without_a_rating_column_is_refused():
+  """Every line of a file without a rating column is a positive (stored
+  at the top of the scale): a threshold was silently ignored."""
+  base = [("data.name", "generic"), ("data.generic.ratings", "r.csv"),
+          ("data.implicit.enabled", "true"), ("model.loss", "bpr"),
+          ("data.generic.rating_col", "")]
+  config = config_io.apply_overrides(
+      default_config(), base + [("data.implicit.threshold", "4")])
+  with pytest.raises(InputError, match=re.escape(
+      "data.implicit.threshold compares ratings, but data.generic.rating_col"
+      " is empty")):
+    config_reference.validate(config)
+  config.data.implicit.threshold = 0.0
+  config_reference.validate(config)
+  config = config_io.apply_overrides(default_config(), base[:-1] + [
+      ("data.implicit.threshold", "4")])  # a rating column: compared
+  config_reference.validate(config)
+
+
 def test_a_huge_value_is_cut_in_the_error():
   config = default_config()
   config.model.loss = "x" * 50_000_000
