@@ -17,6 +17,26 @@ def test_round_trip_leaves_out_padding():
                   "7\t2\t5\t4.5\n9\t3\t1\t2\n")
 
 
+def test_values_read_back_exactly(tmp_path):
+  """Served predictions near a whole star differ in their 7th digit: six
+  digits made them ties, and nDCG from the file differed from the
+  report's."""
+  near = np.float32(3.99179)
+  prediction = np.array([[near, np.nextafter(near, np.float32(5)),
+                          np.float32(1) / 3]], np.float32)
+  baseline = np.array([[3.7123, 1 / 3, 4.0]])  # float64
+  path = tmp_path / "p.tsv"
+  path.write_text(predictions_file.format_predictions(
+      np.array([7]), np.array([[1, 2, 3]]), np.ones((1, 3), bool),
+      {"rating": np.array([[4.0, 5.0, 1.0]], np.float32),
+       "prediction": prediction, "item_mean_user_bias": baseline}))
+  p = predictions_file.read_predictions(path)
+  assert (p["prediction"].astype(np.float32) == prediction[0]).all()
+  assert (p["item_mean_user_bias"] == baseline[0]).all()
+  assert p["prediction"][0] < p["prediction"][1]  # no tie
+  assert path.read_text().splitlines()[1] == "7\t1\t4\t3.99179\t3.7123"
+
+
 def test_read_back_and_an_empty_scenario(tmp_path):
   path = tmp_path / "p.tsv"
   path.write_text("user\titem\trating\tprediction\n7\t1\t4\t3.25\n")

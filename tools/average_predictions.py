@@ -17,9 +17,7 @@ Usage (from the repository root):
 Prints one JSON line per scenario with tasks: the metrics that `metarec
 eval` reports (`eval.metrics.summary`: MAE, RMSE, nDCG@1 and nDCG@3 with
 the protocol's gain 2^r - 1 and the linear gain; ties by item), from
-the file's values, which keep 6 significant digits: where that rounding
-makes two predictions of a task equal, nDCG can differ from the report's
-(by 1e-4 on the default synthetic run, not at all on MovieLens-1M), of
+the file's values (exactly the values `metarec eval` scored), of
 the first run alone (`first`), of the average (`average`) and of the
 item-mean + user-bias baseline (`baseline`), and the average's nDCG@3
 above the first run's and the baseline's. `--workdir` is one of the runs:
