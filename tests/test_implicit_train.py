@@ -162,3 +162,71 @@ def test_validation_selects_checkpoints_by_full_catalog_ndcg(tmp_path):
   for step, loss in validated.items():
     assert loss == pytest.approx(logged[step], abs=1e-9)
   assert best[1] == pytest.approx(min(logged.values()), abs=1e-9)
+
+
+def test_eval_ratings_reads_a_raw_file_as_the_store_was_built(straight,
+                                                              tmp_path):
+  """`eval --ratings` on an implicit run: a rating below the threshold is
+  an interaction, not a positive (it counted as one: other tasks, other
+  metrics), and the tasks `--write_tasks` wrote read back as positives
+  (they were written as 1, below the threshold of 3)."""
+  # pylint: disable=g-import-not-at-top
+  from metarec_jax import experiment, runtime
+  from metarec_jax.data import implicit
+  from metarec_jax.data import store as store_lib
+  from metarec_jax.eval.evaluate import Evaluator
+  written = tmp_path / "tasks"
+  own = eval_lib.evaluate_workdir(straight, write_tasks=str(written),
+                                  support_curve=False)["scenarios"]
+  positives = []
+  for scenario in ("UC", "UIC"):
+    for part in ("support", "query"):
+      head, *rows = (written / scenario / f"{part}.csv").read_text(
+          ).splitlines()
+      positives += rows
+  assert positives and all(r.endswith(",5") for r in positives)
+  store = store_lib.open_store(os.path.join(straight, "store"))
+  user_index = {str(u): i for i, u in enumerate(store.user_ids)}
+  item_index = {str(i): j for j, i in enumerate(store.item_ids)}
+  mine = {}
+  for r in positives:
+    u, i, _ = r.split(",")
+    mine.setdefault(u, set()).add(item_index[i])
+  # Below the threshold: the users' other interactions in the store (so
+  # that the negatives drawn stay those of the clean file), and items they
+  # never interacted with (`fresh`, for the check at the end).
+  interacted = implicit.interacted_keys(store)
+  below, fresh = [], []
+  for u, items in mine.items():
+    others = [j for j in range(store.num_items) if j not in items]
+    known = implicit.contains(interacted, implicit.keys(
+        np.full(len(others), user_index[u]), np.array(others),
+        store.num_items))
+    below += [f"{u},{store.item_ids[j]},{1 + n % 2}" for n, j in
+              enumerate(np.array(others)[known][:4])]
+    fresh += [f"{u},{store.item_ids[j]},1" for j in
+              np.array(others)[~known][:2]]
+  assert below and fresh
+  clean, raw = tmp_path / "clean.csv", tmp_path / "raw.csv"
+  clean.write_text("\n".join([head] + positives) + "\n")
+  raw.write_text("\n".join([head] + positives + below) + "\n")
+  a = eval_lib.evaluate_workdir(straight, ratings=str(clean),
+                                support_curve=False)["scenarios"]
+  b = eval_lib.evaluate_workdir(straight, ratings=str(raw),
+                                support_curve=False)["scenarios"]
+  for scenario in ("UC", "UIC"):
+    assert a[scenario]["tasks"] == own[scenario]["tasks"] > 0 or (
+        scenario == "UIC" and own[scenario]["tasks"] == 0)
+    # The protocol's own tasks, read back from the files.
+    assert a[scenario]["ranking"]["full"] == own[scenario]["ranking"]["full"]
+    assert b[scenario]["tasks"] == a[scenario]["tasks"]
+    assert b[scenario]["ranking"]["full"] == a[scenario]["ranking"]["full"]
+  # The raw file's other interactions are never drawn as negatives.
+  exp = experiment.build(config_io.read_workdir_config(straight), straight)
+  keys = implicit.keys(np.array([user_index[r.split(",")[0]] for r in fresh]),
+                       np.array([item_index[r.split(",")[1]] for r in fresh]),
+                       store.num_items)
+  assert not implicit.contains(interacted, keys).any()
+  evaluator = Evaluator(exp, runtime.make_mesh(), interacted=np.unique(keys))
+  assert implicit.contains(evaluator.ranking.interacted, keys).all()
+  assert implicit.contains(evaluator.ranking.interacted, interacted).all()

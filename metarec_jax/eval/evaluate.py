@@ -48,7 +48,10 @@ class Evaluator:
   """Adapts and predicts task batches on the mesh; computes the metrics."""
 
   def __init__(self, exp: Experiment, mesh: Mesh, *,
-               batch_tasks: int | None = None):
+               batch_tasks: int | None = None,
+               interacted: np.ndarray | None = None):
+    """`interacted`: implicit feedback, `implicit.keys` of interactions
+    beyond the store's (a `--ratings` file's), never drawn as negatives."""
     self.exp = exp
     n_dev = mesh.devices.size
     want = int(batch_tasks or exp.config.eval.batch_tasks)
@@ -76,7 +79,8 @@ class Evaluator:
     if exp.implicit.enabled:
       self.ranking = RankingEvaluator(exp, mesh, batch_tasks=self.batch_tasks,
                                       query_width=self.query_width,
-                                      buckets=self.buckets)
+                                      buckets=self.buckets,
+                                      interacted=interacted)
 
   def compile_jobs(self, meta_params: PyTree, tasks: TaskSet) -> list:
     """One job per bucket of `tasks` that compiles the adapt-and-predict

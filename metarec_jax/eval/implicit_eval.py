@@ -55,13 +55,16 @@ class RankingEvaluator:
   """Scores task batches against the catalog on the mesh; ranking metrics."""
 
   def __init__(self, exp, mesh: Mesh, *, batch_tasks: int,
-               query_width: int, buckets: tuple[int, ...]):
+               query_width: int, buckets: tuple[int, ...],
+               interacted: np.ndarray | None = None):
     self.exp, self.batch_tasks = exp, batch_tasks
     self.query_width, self.buckets = query_width, buckets
     store, spec = exp.store, exp.implicit
     self.spec = spec
     self.seed = int(exp.config.eval.seed)
     self.interacted = implicit.interacted_keys(store)
+    if interacted is not None and len(interacted):
+      self.interacted = np.union1d(self.interacted, interacted)
     self.pools = implicit.item_pools(store)
     self.item_class = np.asarray(store.item_new).astype(np.int64)
     # Support negatives are uniform over the task's class (evaluation

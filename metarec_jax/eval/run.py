@@ -13,7 +13,7 @@ from metarec_jax.data.splits import SCENARIOS
 from metarec_jax.eval import predictions_file, tensorboard, verdicts
 from metarec_jax.eval import support_curve as curves
 from metarec_jax.eval.evaluate import Evaluator
-from metarec_jax.eval.user_file import new_user_tasks
+from metarec_jax.eval.user_file import read_new_users
 from metarec_jax.workdir.restore import load_state, served_values
 
 log = logging.getLogger("metarec")
@@ -56,15 +56,16 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
       config_io.read_workdir_config(workdir), overrides)
   exp = experiment.build(config, workdir, log=log.info)
   if ratings:  # read before the checkpoint: a bad file fails fast
-    tasksets = new_user_tasks(exp.store, ratings,
-                              experiment.protocol_spec(config))
+    tasksets, interacted = read_new_users(exp.store, ratings,
+                                          experiment.protocol_spec(config))
     log.info("%s: %d UC and %d UIC tasks of new users", ratings,
              len(tasksets["UC"]), len(tasksets["UIC"]))
   else:
     tasksets = {name: exp.split.scenarios[name] for name in SCENARIOS}
+    interacted = None
   mesh = runtime.make_mesh()
   state = load_state(exp, workdir, mesh, step=step)
-  evaluator = Evaluator(exp, mesh)
+  evaluator = Evaluator(exp, mesh, interacted=interacted)
   kept = {} if write_tasks else None
   results = evaluator.evaluate(state.params, SCENARIOS, tasksets=tasksets,
                                keep=kept)

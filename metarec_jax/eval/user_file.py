@@ -7,6 +7,11 @@ from the store, their ratings only from the file. Every one of them is a
 class with 13 to 100 ratings, a seeded query set of 10) gives the UC
 (existing items) and UIC (new items) scenarios; W and IC are empty.
 Duplicated (user, item) lines keep the last, as the loaders do.
+
+An implicit-feedback run reads the file as its store was built
+(`data.implicit.convert_store`): a rating at or above the store's
+threshold is a positive, the tasks are of the positives, and every line
+is an interaction, which evaluation never draws as a negative.
 """
 
 from __future__ import annotations
@@ -15,14 +20,23 @@ import os
 
 import numpy as np
 
-from metarec_jax.data import splits
+from metarec_jax.data import implicit, splits
 from metarec_jax.data.convert import ratings_io
 from metarec_jax.data.store import TaskStore
 
 
 def new_user_tasks(store: TaskStore, path: str | os.PathLike,
                    spec: splits.ProtocolSpec) -> dict[str, splits.TaskSet]:
-  """The scenarios W, UC, IC, UIC of the users of the ratings file `path`.
+  """The scenarios W, UC, IC, UIC of the users of the ratings file `path`
+  (`read_new_users` without the interactions)."""
+  return read_new_users(store, path, spec)[0]
+
+
+def read_new_users(store: TaskStore, path: str | os.PathLike,
+                   spec: splits.ProtocolSpec
+                   ) -> tuple[dict[str, splits.TaskSet], np.ndarray]:
+  """The scenarios W, UC, IC, UIC of the users of the ratings file `path`,
+  and the sorted `implicit.keys` of every (user, item) pair of the file.
 
   Raises:
     InputError: a malformed line, or a user or item the store lacks (file
@@ -32,9 +46,17 @@ def new_user_tasks(store: TaskStore, path: str | os.PathLike,
   users, items = ratings_io.to_indices(path, store, user_ids, item_ids, lines)
   keep = np.flatnonzero(ratings_io.keep_last(users, items))
   keep = keep[np.argsort(users[keep], kind="stable")]  # by user, file order
+  interacted = np.unique(implicit.keys(users[keep], items[keep],
+                                       store.num_items))
+  ratings = np.asarray(ratings, np.float64)
+  if implicit.is_implicit(store):
+    # Positives only, as the store holds them (rating 1.0).
+    keep = keep[ratings[keep] >= float(store.manifest["implicit"]
+                                       ["threshold"])]
+    ratings = np.ones_like(ratings)
   group = np.full(store.num_users, splits.NEW, np.int8)
   scenarios, _ = splits.make_tasks(users[keep].astype(np.int32),
                                    items[keep].astype(np.int32),
                                    ratings[keep], np.asarray(store.item_new),
                                    group, spec)
-  return {name: scenarios[name] for name in splits.SCENARIOS}
+  return {name: scenarios[name] for name in splits.SCENARIOS}, interacted

@@ -333,7 +333,8 @@ def write_tasks(out: str | os.PathLike, tasksets: dict[str, TaskSet],
   """Writes the support and query ratings of every scenario's tasks.
 
   `OUT/<scenario>/support.<ext>` and `query.<ext>` hold the ratings in the
-  store's input format (support rows of a task, then the next task's), and
+  store's input format (support rows of a task, then the next task's; an
+  implicit store's positives at the top of the scale), and
   `OUT/tasks.json` the counts. `files` maps further relative paths to the
   text to write with them (the evaluation's predictions). The folder is built beside `out` and renamed
   into place; an existing `out` is replaced only if it holds an earlier
@@ -354,10 +355,15 @@ def write_tasks(out: str | os.PathLike, tasksets: dict[str, TaskSet],
       task_of_row = np.repeat(np.arange(len(tasks)), np.diff(tasks.offsets))
       users = np.asarray(store.user_ids)[tasks.users[task_of_row]]
       items = np.asarray(store.item_ids)[tasks.items]
+      ratings = np.asarray(tasks.ratings)
+      if store.manifest.get("implicit"):
+        # An implicit store's positives (1.0) on the input's scale: its top,
+        # at or above any threshold, so `eval --ratings` and `export` read
+        # them back as positives (as the server logs an interaction).
+        ratings = np.full(len(ratings), fmt.rating_max, np.float64)
       for part, rows in (("support", ~tasks.is_query),
                          ("query", tasks.is_query)):
-        text = format_ratings(users[rows], items[rows], tasks.ratings[rows],
-                              fmt)
+        text = format_ratings(users[rows], items[rows], ratings[rows], fmt)
         with open(folder.path(f"{scenario}/{part}.{fmt.extension}"),
                   "wb") as f:
           f.write(text.encode(fmt.encoding))
