@@ -20,6 +20,7 @@ import ml_collections
 BEFORE_KEY = {
     "model.anchor": False,
     "model.anchor_version": 1,
+    "model.global_mean": "all",
     "model.calibration": "none",
     "model.new_item_prior": "same",
     "model.new_item_min_support": "none",
@@ -37,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
           "name": "melu", "features": (), "exclude_features": (),
           "embed_dim": 32, "hidden": (64, 64), "members": 1, "embed_std": 1.0,
           "item_id": False, "anchor": True, "anchor_version": 2,
+          "global_mean": "training",
           "user_bias_prior": 3.0, "new_item_prior": "validated",
           "new_item_min_support": "validated",
           "calibration": "median", "popularity_prior": True,

@@ -75,6 +75,13 @@ MEANINGS: dict[str, str] = {
                             " config written before this key existed"
                             " meant, so that an `idemb` trained then keeps"
                             " its parameters).",
+    "model.global_mean": "The rating the model starts from (its output"
+                         " bias's start; the anchored models' level for an"
+                         " item without training ratings): `training`, the"
+                         " mean of the training users' ratings, as the"
+                         " baseline's; `all`, of every rating, the held-out"
+                         " users' included (what a config written before"
+                         " this key existed meant).",
     "model.calibration": "What a rating model (`mse` or `huber` losses)"
                          " serves (`models/calibration.py`). `median`: each"
                          " validation fits a strictly increasing map from"

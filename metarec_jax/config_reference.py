@@ -45,6 +45,8 @@ ALLOWED: dict[str, Any] = {
     "model.item_id": R.Bool(),
     "model.anchor": R.Bool(),
     "model.anchor_version": R.Int(1, 2),
+    "model.global_mean": R.OneOf("metarec_jax.data.baselines",
+                                 "GLOBAL_MEANS"),
     "model.user_bias_prior": R.Float(0.0),
     "model.new_item_prior": R.OneOf("metarec_jax.models.anchored",
                                     "NEW_ITEM_PRIORS"),

@@ -20,6 +20,18 @@ ITEM_PSEUDO = 5.0
 USER_PSEUDO = 3.0
 
 
+# `model.global_mean`: which ratings the model's starting level averages.
+GLOBAL_MEANS = ("training", "all")
+
+
+def training_mean(store: TaskStore, split: Split) -> float:
+  """The mean of the training users' ratings (the store's mean of every
+  rating where training has none): the baseline's global mean."""
+  ratings = np.asarray(store.ratings, np.float64)[split.train_positions]
+  return float(ratings.mean()) if len(ratings) else float(
+      store.manifest["rating_mean"])
+
+
 @dataclasses.dataclass
 class BaselineStats:
   global_mean: float
@@ -31,8 +43,7 @@ class BaselineStats:
     pos = split.train_positions
     items = np.asarray(store.items)[pos]
     ratings = np.asarray(store.ratings, np.float64)[pos]
-    mu = float(ratings.mean()) if len(ratings) else float(
-        store.manifest["rating_mean"])
+    mu = training_mean(store, split)
     sums = np.bincount(items, weights=ratings, minlength=store.num_items)
     counts = np.bincount(items, minlength=store.num_items)
     item_mean = (sums + ITEM_PSEUDO * mu) / (counts + ITEM_PSEUDO)

@@ -357,7 +357,8 @@ class _Job:
         "dataset": exp.store.manifest["dataset"],
         "rating_min": exp.store.rating_range[0],
         "rating_max": exp.store.rating_range[1],
-        "rating_mean": float(exp.store.manifest["rating_mean"]),
+        # The mean the model was built with (serving rebuilds it so).
+        "rating_mean": exp.rating_mean,
         "features": [s.to_json() for s in self.tables.specs],
         "user_features": sorted(self.tables.user),
         "item_features": sorted(self.tables.item),
