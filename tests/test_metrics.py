@@ -86,3 +86,13 @@ def test_item_mean_user_bias_baseline_by_hand():
   np.testing.assert_allclose(pred["item_mean_user_bias"],
                              [[3.5 + bias, 4.0 + bias]])
   np.testing.assert_allclose(pred["global_mean"], [[3.0, 3.0]])
+
+
+def test_a_task_rated_all_at_the_lowest_counts_as_one():
+  """No order is better than another: 1 for every model (documented)."""
+  true = np.array([[1.0, 1.0, 1.0], [5.0, 1.0, 3.0]])
+  mask = np.ones_like(true, bool)
+  items = np.array([[1, 2, 3], [1, 2, 3]])
+  worst = np.array([[0.0, 1.0, 2.0], [1.0, 3.0, 2.0]])
+  per_task = metrics.ndcg_per_task(worst, true, mask, items, 3, floor=1.0)
+  assert per_task[0] == 1.0 and per_task[1] < 1.0

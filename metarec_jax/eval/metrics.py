@@ -51,7 +51,8 @@ def ndcg_per_task(pred: np.ndarray, true: np.ndarray, mask: np.ndarray,
   `relevance` on a scale whose lowest rating is `floor`, and the discount
   of rank i (1-based) log2(i + 1); the ideal ranking orders by true
   rating. Padding sorts last with gain 0. Tasks without real query
-  ratings give NaN.
+  ratings give NaN; tasks whose every query gain is 0 (every rating the
+  scale's lowest: no order is better than another) give 1.
   """
   if gain not in GAINS:
     raise ValueError(f"gain must be one of {GAINS}, not {gain!r}")
