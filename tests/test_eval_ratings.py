@@ -33,6 +33,7 @@ def test_eval_treats_the_users_of_a_ratings_file_as_new(ml1m_tiny_run,
   assert (open(curve).read() if os.path.exists(curve) else None) == run_curve
   report = last_json(out)
   assert report["step"] == 3
+  assert not [w for w in report["warnings"] if "training users" in w]
   scenarios = report["scenarios"]
   for name in ("W", "IC"):
     assert scenarios[name]["tasks"] == 0
@@ -170,3 +171,30 @@ def test_new_user_tasks_need_only_known_users(ml1m_tiny_run):
   # The new users are in the user table but have no ratings in the store.
   index = ratings_io.lookup(store.user_ids, np.array(list(ML1M_NEW_USERS)))
   assert (index >= 0).all() and (store.counts()[index] == 0).all()
+
+
+def test_a_file_of_training_users_is_a_warning(ml1m_tiny_run, tmp_path):
+  """Their ratings were trained on: the figures look better than a new
+  user's would (said by no one before)."""
+  # pylint: disable=g-import-not-at-top
+  from metarec_jax import config_io, experiment
+  workdir, _ = ml1m_tiny_run
+  exp = experiment.build(config_io.read_workdir_config(workdir), workdir)
+  store = exp.store
+  trained = np.flatnonzero(exp.split.train_counts() >= 13)[:5]
+  offsets = np.asarray(store.offsets)
+  rows = np.concatenate([np.arange(offsets[u], offsets[u + 1])
+                         for u in trained])
+  owner = np.repeat(np.arange(store.num_users), np.diff(offsets))[rows]
+  path = tmp_path / "trained.dat"
+  ratings_io.write_ratings(path, np.asarray(store.user_ids)[owner],
+                           np.asarray(store.item_ids)[
+                               np.asarray(store.items)[rows]],
+                           np.asarray(store.ratings)[rows], store)
+  out = metarec_here("eval", f"--workdir={workdir}", f"--ratings={path}",
+                     "--support_curve=false")
+  assert out.returncode == 0, out.stderr
+  warned = [w for w in last_json(out)["warnings"] if "training users" in w]
+  assert len(warned) == 1, last_json(out)["warnings"]
+  assert f"users with tasks in {path} (e.g. user" in warned[0]
+  assert "the model was trained on their ratings" in warned[0]

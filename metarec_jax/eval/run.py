@@ -6,6 +6,7 @@ import logging
 from typing import Iterable
 
 import jax
+import numpy as np
 
 from metarec_jax import config_io, experiment, runtime
 from metarec_jax.data.convert import ratings_io
@@ -92,6 +93,12 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   warnings = verdicts.warnings_for(results, model_config=exp.model_config)
   if not any(int(m.get("tasks") or 0) for m in results.values()):
     warnings.append(verdicts.no_tasks(ratings))
+  if ratings:
+    seen = verdicts.trained_users(
+        ratings, np.concatenate([tasksets[n].users for n in SCENARIOS]),
+        exp.split.train_counts() > 0, np.asarray(exp.store.user_ids))
+    if seen:
+      warnings.append(seen)
   for line in warnings:
     log.warning("%s", line)
   return {"step": step, "scenarios": results, "warnings": warnings,

@@ -10,6 +10,8 @@ scenario has too few tasks for its figures to mean anything.
 
 from __future__ import annotations
 
+import numpy as np
+
 from metarec_jax.models.recommender import RANKING_LOSSES
 from metarec_jax.workdir.criterion import RANKING_CRITERION
 
@@ -57,6 +59,21 @@ def no_tasks(ratings: str | None) -> str:
   return (f"no scenario has a task: {where} has eval.min_ratings to"
           " eval.max_ratings ratings of one item class, so nothing was"
           " measured")
+
+
+def trained_users(ratings: str, users: np.ndarray, trained: np.ndarray,
+                  user_ids: np.ndarray) -> str | None:
+  """The warning of a `--ratings` file whose task users include users the
+  run trained on (`trained`: bool per store user; `users`: the tasks'
+  store indices), or None."""
+  users = np.unique(users)
+  seen = users[trained[users]]
+  if not len(seen):
+    return None
+  return (f"{len(seen)} of the {len(users)} users with tasks in {ratings}"
+          f" (e.g. user {user_ids[seen[0]]}) are training users of this run:"
+          " the model was trained on their ratings, so their scores are"
+          " optimistic; evaluate users the run never trained on")
 
 
 def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
