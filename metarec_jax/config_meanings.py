@@ -81,7 +81,8 @@ MEANINGS: dict[str, str] = {
                          " mean of the training users' ratings, as the"
                          " baseline's; `all`, of every rating, the held-out"
                          " users' included (what a config written before"
-                         " this key existed meant).",
+                         " this key existed meant). A resumed run keeps its"
+                         " own value.",
     "model.calibration": "What a rating model (`mse` or `huber` losses)"
                          " serves (`models/calibration.py`). `median`: each"
                          " validation fits a strictly increasing map from"

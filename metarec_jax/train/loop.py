@@ -142,6 +142,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   # The lock comes before anything is written in the work directory.
   with lock.hold(workdir), StopRequest() as stop:
+    resume.keep_run_constants(config, workdir)
     trainer = Trainer(config, workdir)
     exp = trainer.exp
     # The validation share as resolved from the data (`eval.val_fraction`

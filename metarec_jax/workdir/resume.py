@@ -15,6 +15,7 @@ the schedule's final rate, with no jump; a new length is an explicit choice
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from metarec_jax import config_io
@@ -31,6 +32,31 @@ _HARMLESS = ("train.num_steps", "train.eval_every_steps", "train.max_nonfinite",
              "log.", "checkpoint.", "eval.batch_tasks", "meta.remat",
              "meta.dual_form", "meta.unroll", "data.root", "data.store",
              "mesh.")
+
+
+# Keys a run keeps for its whole life, whatever a resume's config says:
+# each fixes a constant of the model that the saved parameters were trained
+# around (`model.global_mean`: the anchored models' level for an item
+# without training ratings; the item offsets are learned relative to it).
+# A work directory written before such a key existed keeps the value it
+# ran with (`config_defaults.BEFORE_KEY`).
+RUN_CONSTANTS = ("model.global_mean",)
+
+
+def keep_run_constants(config, workdir: str) -> None:
+  """Sets `config`'s `RUN_CONSTANTS` to those of the run in `workdir` (its
+  `config.json`), if there is one, logging each that the config changed."""
+  if not os.path.exists(os.path.join(workdir, config_io.WORKDIR_CONFIG)):
+    return
+  saved = config_io.flat(config_io.to_dict(
+      config_io.read_workdir_config(workdir)))
+  for key in RUN_CONSTANTS:
+    section, name = key.split(".")
+    if key in saved and saved[key] != config[section][name]:
+      log.info("%s stays %r, the run's own (the saved parameters were"
+               " trained around it; %r applies to a new --workdir)", key,
+               saved[key], config[section][name])
+      config[section][name] = saved[key]
 
 
 def config_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
