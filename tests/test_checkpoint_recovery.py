@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from cli_run import metarec_here
+from cli_run import assert_one_line_error, metarec_here
 from faults import QUIET, TINY, copy_run, train_finished_run
 from procs import checkpoint_steps, metarec
 
@@ -101,6 +101,26 @@ def test_shape_changing_config_on_resume_is_refused(finished_run, tmp_path):
   assert last.startswith("metarec train: error: cannot resume")
   assert "model.hidden" in last and "decision/fc1" in last
   assert checkpoint_steps(workdir) == [3, 6]
+
+
+@pytest.mark.parametrize("flag", ["--config.eval.seed=5",
+                                  "--config.eval.new_user_fraction=0.3",
+                                  "--config.data.query_size=5"])
+def test_a_resume_that_redraws_the_split_is_refused(finished_run, tmp_path,
+                                                     flag):
+  """It was accepted with an INFO line: the run then trained on users the
+  new split holds out, and compared validations of other users."""
+  workdir = copy_run(finished_run, tmp_path)
+  before = sorted(os.listdir(workdir))
+  out = metarec_here("train", f"--workdir={workdir}", flag,
+                     "--config.train.num_steps=8")
+  key = flag.removeprefix("--config.").split("=")[0]
+  assert_one_line_error(out, "cannot resume the checkpoint of step 6: the"
+                        " change redraws the evaluation split (" + key)
+  assert "training on users and ratings its evaluation holds out" in (
+      out.stderr)
+  assert checkpoint_steps(workdir) == [3, 6]
+  assert sorted(os.listdir(workdir)) == before
 
 
 def test_harmless_config_change_on_resume_is_accepted_and_logged(

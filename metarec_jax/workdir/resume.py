@@ -2,7 +2,8 @@
 
 A change that alters the shapes of the saved parameters (the model, the
 data's feature vocabularies, what the inner loop learns) cannot resume: it
-is refused with the keys and the parameters that differ. Anything else (more
+is refused with the keys and the parameters that differ. Nor can one that
+redraws the evaluation split (`SPLIT_KEYS`). Anything else (more
 steps, logging, checkpoint cadence, the learning rate) is accepted and each
 changed key is logged, so a resumed run's log says how it differs.
 
@@ -59,6 +60,30 @@ def keep_run_constants(config, workdir: str) -> None:
       config[section][name] = saved[key]
 
 
+# Keys that decide the protocol split (`experiment.protocol_spec`): which
+# users are held out and which of their ratings are the validation and W
+# queries. A run resumed with another split would go on training on users
+# and ratings that its evaluation then holds out, and compare validations
+# of different users: refused.
+SPLIT_KEYS = ("eval.seed", "eval.new_user_fraction", "eval.val_fraction",
+              "eval.min_ratings", "eval.max_ratings", "eval.max_tasks",
+              "data.query_size")
+
+
+def split_changes(saved: dict, current: dict) -> list[str]:
+  """`KEY=OLD -> NEW` for every `SPLIT_KEYS` key that differs (a saved
+  `eval.val_fraction` of 0, from before the resolved share was recorded,
+  meant the share resolved from the same data: not a change)."""
+  out = []
+  for key, old, new in config_changes(saved, current):
+    if key not in SPLIT_KEYS:
+      continue
+    if key == "eval.val_fraction" and not old:
+      continue
+    out.append(f"{key}={_show(old)} -> {_show(new)}")
+  return out
+
+
 def config_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
   """`(key, saved value, current value)` for every key that differs (a key
   the saved config predates has the value it ran with: `config_io.complete`)."""
@@ -80,13 +105,21 @@ def _show(v) -> str:
 def check_resume(saved_config: dict, current_config: dict,
                  saved_shapes: dict[str, tuple],
                  current_shapes: dict[str, tuple], *, step: int) -> None:
-  """Refuses a shape-changing resume; logs the accepted changes.
+  """Refuses a shape- or split-changing resume; logs the accepted changes.
 
   Raises:
-    InputError: the parameters' shapes differ; the message lists the config
-      keys that changed and the first parameters whose shapes differ.
+    InputError: a `SPLIT_KEYS` key changed (named), or the parameters'
+      shapes differ; the message lists the config keys that changed and
+      the first parameters whose shapes differ.
   """
   changes = config_changes(saved_config, current_config)
+  split = split_changes(saved_config, current_config)
+  if split:
+    raise InputError(
+        f"cannot resume the checkpoint of step {step}: the change redraws"
+        f" the evaluation split ({', '.join(split)}), so the run would go on"
+        " training on users and ratings its evaluation holds out. Use a new"
+        " --workdir or undo the change.")
   shape_diffs = []
   for path in sorted(set(saved_shapes) | set(current_shapes)):
     old, new = saved_shapes.get(path), current_shapes.get(path)
