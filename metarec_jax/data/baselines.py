@@ -25,9 +25,12 @@ GLOBAL_MEANS = ("training", "all")
 
 
 def training_mean(store: TaskStore, split: Split) -> float:
-  """The mean of the training users' ratings (the store's mean of every
-  rating where training has none): the baseline's global mean."""
+  """The mean of the training users' ratings, the baseline's global mean
+  (`BaselineStats.global_mean`), of the finite ones: a corrupt rating
+  (NaN) must not make the model's starting level NaN, and with no finite
+  training rating, the store's mean of every rating."""
   ratings = np.asarray(store.ratings, np.float64)[split.train_positions]
+  ratings = ratings[np.isfinite(ratings)]
   return float(ratings.mean()) if len(ratings) else float(
       store.manifest["rating_mean"])
 
@@ -43,7 +46,8 @@ class BaselineStats:
     pos = split.train_positions
     items = np.asarray(store.items)[pos]
     ratings = np.asarray(store.ratings, np.float64)[pos]
-    mu = training_mean(store, split)
+    mu = float(ratings.mean()) if len(ratings) else float(
+        store.manifest["rating_mean"])
     sums = np.bincount(items, weights=ratings, minlength=store.num_items)
     counts = np.bincount(items, minlength=store.num_items)
     item_mean = (sums + ITEM_PSEUDO * mu) / (counts + ITEM_PSEUDO)
