@@ -94,3 +94,66 @@ def test_a_checkpoint_without_a_parameter_of_the_model_is_named(tmp_path):
   with pytest.raises(InputError, match=r"earlier metarec whose model had"
                      r" other parameters; model/share: absent -> \(2,\)"):
     resume.check_resume(config, config, saved, current, step=1000)
+
+
+def _stop_during_validation_of(step_to_cut, monkeypatch):
+  """The next validation of `step_to_cut` receives SIGTERM as it starts
+  (the evaluation then stops between batches, as a real one does)."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from metarec_jax.train import validation  # pylint: disable=g-import-not-at-top
+  real = validation.validate
+
+  def cut(evaluator, trainer, params, step, **kw):
+    if step == step_to_cut:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real(evaluator, trainer, params, step, **kw)
+
+  monkeypatch.setattr(validation, "validate", cut)
+
+
+def test_a_validation_cut_short_is_done_on_resume(
+    killed_after_step_6, tiny_metasgd_run, monkeypatch, caplog):
+  """A stop during the last step's validation saved step 6 without it:
+  the resumed run said "nothing to train", `eval` used step 3 and the
+  support curve was never written."""
+  # pylint: disable=g-import-not-at-top
+  from metarec_jax.workdir import checkpoint as ckpt_lib
+  workdir = killed_after_step_6
+  os.remove(os.path.join(workdir, "eval", "support_curve.json"))
+  with monkeypatch.context() as m:
+    _stop_during_validation_of(6, m)
+    with caplog.at_level(logging.WARNING, logger="metarec"):
+      summary = train_and_evaluate(config_of(workdir), workdir)
+  assert summary["preempted"] and summary["step"] == 6
+  assert any("at step 6 (saved; its validation, cut short, is done on"
+             " resume)" in r.getMessage() for r in caplog.records)
+  checkpointer = ckpt_lib.Checkpointer(workdir)
+  assert 6 in checkpointer.steps() and 6 not in checkpointer.validated()
+  checkpointer.close()
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger="metarec"):
+    summary = train_and_evaluate(config_of(workdir), workdir)
+  assert "validating the restored step" in caplog.text
+  assert "nothing to train" not in caplog.text
+  resumed, straight = (ckpt_lib.Checkpointer(w) for w in (workdir,
+                                                           tiny_metasgd_run))
+  assert resumed.validated()[6] == straight.validated()[6]
+  assert resumed.best() == straight.best()
+  resumed.close()
+  straight.close()
+  assert os.path.exists(os.path.join(workdir, "eval", "support_curve.json"))
+
+
+def test_a_stop_during_the_first_validation_saves_nothing(
+    tmp_path, monkeypatch, caplog):
+  """It went on to step 1 and saved it: the start, a candidate of its own,
+  was never validated."""
+  workdir = str(tmp_path / "fresh")
+  config = config_io.load_config_file(config_path("tiny"))
+  _stop_during_validation_of(0, monkeypatch)
+  with caplog.at_level(logging.WARNING, logger="metarec"):
+    summary = train_and_evaluate(config, workdir)
+  assert summary["preempted"] and summary["step"] == 0
+  assert any("at step 0 (before the first step: nothing to save)"
+             in r.getMessage() for r in caplog.records)
+  assert not os.listdir(os.path.join(workdir, "checkpoints"))

@@ -12,7 +12,6 @@ checkpoint) is one `due` test.
 from __future__ import annotations
 
 import collections
-import copy
 import logging
 import math
 import os
@@ -35,7 +34,8 @@ from metarec_jax.workdir import progress as progress_lib
 from metarec_jax.workdir.preemption import StopRequest
 from metarec_jax.train import median_map
 from metarec_jax.train import shares as shares_lib
-from metarec_jax.train.guard import NonFiniteGuard, TrainingError
+from metarec_jax.train.guard import NonFiniteGuard
+from metarec_jax.train import start as start_lib
 from metarec_jax.train import validation
 from metarec_jax.train.selection import Selection
 from metarec_jax.train.trainer import Trainer, check_batch_size
@@ -50,58 +50,6 @@ def due(step: int, every: int, last: int) -> bool:
   """Whether `step` is a step of a cadence: every `every` steps and the
   `last` one; `every` = 0: only the last; < 0: never."""
   return every >= 0 and (step == last or (every > 0 and step % every == 0))
-
-
-def _save(checkpointer: ckpt_lib.Checkpointer, step: int, state,
-          config_record: dict, *, val_mae: float | None = None,
-          params=None) -> None:
-  """Saves `state`, with `params` (the validated shares) if given."""
-  if params is not None:
-    state = state.replace(params=params)
-  try:
-    checkpointer.save(step, state, config_record, val_mae=val_mae)
-  except ckpt_lib.CheckpointError as e:  # a non-finite state: not saved
-    raise TrainingError(str(e)) from None
-
-
-def _restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
-                     config_record: dict):
-  """Resume order: (1) the newest readable checkpoint gives the state, its
-  step and therefore the sampler position, after checking that the config
-  did not change shapes; (2) without any checkpoint, a fresh jitted init
-  from `train.seed`.
-
-  Returns:
-    (state, restored step or None, the schedule's length in steps (see
-    `resume.schedule_horizon`), the restored checkpoint's config or None).
-  """
-  train_config = trainer.config.train
-  steps = checkpointer.steps()
-  if not steps:
-    return (trainer.init(trainer.rng()), None,
-            resume.schedule_horizon(train_config, None), None)
-  current_shapes = trainer.param_shapes()
-  resolved = {}
-
-  def check(step, record, saved_shapes):
-    horizon = resume.schedule_horizon(train_config, record["config"])
-    current = copy.deepcopy(config_record)
-    current["train"]["schedule_steps"] = horizon
-    resume.check_resume(record["config"], current, saved_shapes,
-                        current_shapes, step=step)
-    resolved.update(horizon=horizon, saved=record["config"])
-
-  try:
-    state, _, step = checkpointer.restore(trainer.abstract_state(),
-                                          check=check)
-  except ckpt_lib.CheckpointError as e:
-    raise TrainingError(str(e)) from None
-  log.info("resumed from the checkpoint of step %d in %s", step,
-           checkpointer.directory)
-  # The checkpoint holds what its validation fitted; training goes on
-  # without it.
-  state = state.replace(params=validation.as_trained(state.params))
-  return state, step, resolved["horizon"], resolved["saved"]
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
@@ -156,9 +104,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     rates = exp.meta_config.spec.rates  # encoders are no rates to report
     per_step_rates = rates == "step"
     try:
-      state, restored_step, horizon, saved_config = _restore_or_init(
-          trainer, checkpointer, config_record)
-      if restored_step is not None and restored_step >= num_steps:
+      state, restored_step, horizon, saved_config, cut = (
+          start_lib.restore_or_init(trainer, checkpointer, config_record))
+      if restored_step is not None and restored_step >= num_steps and not (
+          cut and restored_step == num_steps):
         log.info("nothing to train: the run in %s has reached step %d"
                  " (train.num_steps=%d). Next: `metarec eval --workdir=%s`,"
                  " or resume with a larger --config.train.num_steps to train"
@@ -182,10 +131,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       step = int(runtime.to_host(state.step))
       evaluator = Evaluator(exp, trainer.eval_mesh)
 
-      def save_and_report_stop(step):
+      def save_and_report_stop(step, validation_cut=False):
         if step != restored_step and step > 0:
-          _save(checkpointer, step, state, config_record)
-          what = "saved"
+          start_lib.save(checkpointer, step, state, config_record,
+                         validation_cut=validation_cut)
+          what = ("saved; its validation, cut short, is done on resume"
+                  if validation_cut else "saved")
         elif step > 0:  # e.g. during the warm-up of a resumed run
           what = f"nothing new to save: the checkpoint of step {step} holds it"
         else:
@@ -230,8 +181,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         # orbax compiles its own small copy programs on a first save; they
         # are not ours to count.
         compiles.stop()
-        _save(checkpointer, step, state, config_record, val_mae=val_loss,
-              params=params)
+        start_lib.save(checkpointer, step, state, config_record,
+                       val_mae=val_loss, params=params)
         compiles.start()
 
       def validate(step):
@@ -249,14 +200,45 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
       served = None  # the last validated params (with their shares)
 
+      def validate_and_select(step):
+        """Validates `step`, reports it and updates the selection:
+        `(validation loss or None, whether it is the best so far, the
+        params to save or None)`; None if a stop cut it short."""
+        nonlocal served
+        outcome = validate(step)
+        if outcome is None:
+          return None
+        results, validated, shares = outcome
+        served = validated
+        summary["val"] = results["val"]
+        report(step, results, shares)
+        val_loss = criterion(results["val"])
+        improved = val_loss is not None and selection.update(val_loss)
+        if improved:
+          summary["best"] = {"step": step, "val": results["val"]}
+        return val_loss, improved, validated
+
+      if cut and validates:
+        # A stop cut the restored step's validation short: it is done now,
+        # and the checkpoint saved again with it.
+        log.info("step %d: validating the restored step (a stop cut its"
+                 " validation short)", step)
+        done = validate_and_select(step)
+        if done is None:
+          save_and_report_stop(step)
+          return {**summary, "step": step}
+        save(step, done[0], done[2])
       if eval_every > 0 and restored_step is None:
         # The initial state is a candidate like any validated step, its
         # shares fitted too: the anchored model starts from the item-mean +
         # user-bias baseline, which share 0 serves exactly, and on data
         # where training only overfits, the run keeps that start.
         outcome = validate(step)
-        results, initial, shares = outcome or (None, None, {})
-        initial_loss = results and criterion(results["val"])
+        if outcome is None:  # a stop: nothing saved, the resume starts over
+          save_and_report_stop(step)
+          return {**summary, "step": step}
+        results, initial, shares = outcome
+        initial_loss = criterion(results["val"])
         # A non-finite loss (non-finite ratings) is no candidate.
         if initial_loss is not None and math.isfinite(initial_loss):
           report(step, results, shares)
@@ -309,26 +291,19 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             reporter.histograms(step, telemetry.parameter_histograms(
                 state.params))
 
-          val_loss = None  # set when this step was validated
-          improved = False  # whether that is the best so far (saved)
-          validated = None  # the params to save if this step was validated
+          # (validation loss, improved, params to save) if validated.
+          val_loss, improved, validated = None, False, None
+          cut = False  # a stop cut this step's validation short
           if due(step, eval_every, num_steps):
             guard.check_state(step, state)
-            outcome = validate(step)
-            if outcome is not None:
-              results, validated, shares = outcome
-              served = validated
-              summary["val"] = results["val"]
-              report(step, results, shares)
-              val_loss = criterion(results["val"])
-              if val_loss is not None and selection.update(val_loss):
-                improved = True
-                summary["best"] = {"step": step, "val": results["val"]}
+            done = validate_and_select(step)
+            cut = done is None
+            val_loss, improved, validated = done or (None, False, None)
           early_stop = selection.should_stop
 
           if stop(step):
             guard.check_state(step, state)
-            save_and_report_stop(step)
+            save_and_report_stop(step, validation_cut=cut)
             break
           if due(step, save_every, num_steps) or improved or early_stop:
             guard.check_state(step, state)

@@ -156,13 +156,15 @@ class Checkpointer:
     return out
 
   def save(self, step: int, state: Any, config: dict, *,
-           val_mae: float | None = None) -> None:
+           val_mae: float | None = None,
+           validation_cut: bool = False) -> None:
     """Starts an asynchronous save of `state` at `step`, with the digest of
     every leaf in its config record.
 
     `val_mae`: the validation MAE of `state`, when it was just validated;
     the checkpoint with the lowest is kept beside the `keep` newest and is
-    what `eval` and `export` use by default (`best`).
+    what `eval` and `export` use by default (`best`). `validation_cut`: a
+    stop cut this step's validation short (recorded, for the resume).
 
     Raises:
       CheckpointError: a leaf holds a NaN or an infinity (nothing is saved).
@@ -177,8 +179,16 @@ class Checkpointer:
               "config": config,
               "digests": {"algorithm": integrity.ALGORITHM,
                           "leaves": digests}}
+    if validation_cut:
+      record["validation_cut"] = True
     metrics = None if val_mae is None else {VAL_MAE: float(val_mae)}
     with self._writing(int(step)):
+      if int(step) in self.manager.all_steps():
+        # Saved again with its validation (a stop had cut it short): orbax
+        # writes no step twice. Lost to a crash here, the step is trained
+        # again from the checkpoint before it, to the same state.
+        self.manager.wait_until_finished()
+        self.manager.delete(int(step))
       self.manager.save(int(step), args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           config=ocp.args.JsonSave(record)), metrics=metrics, force=True)

@@ -1,0 +1,85 @@
+"""Where a training run starts: the newest usable checkpoint, or a fresh
+init; and how the loop saves.
+
+A checkpoint records, beside the state, whether a stop cut the validation
+of its step short (`validation_cut`): the resumed run does that validation
+first, so no validated step is lost to a signal.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, NamedTuple
+
+from metarec_jax.train import validation
+from metarec_jax.train.guard import TrainingError
+from metarec_jax.train.trainer import Trainer
+from metarec_jax.workdir import checkpoint as ckpt_lib
+from metarec_jax.workdir import resume
+
+log = logging.getLogger("metarec")
+
+
+class Start(NamedTuple):
+  """What a run starts from (`restore_or_init`)."""
+
+  state: Any
+  step: int | None  # the restored step; None for a fresh init
+  horizon: int  # the schedule's length in steps (`resume.schedule_horizon`)
+  saved_config: dict | None  # the restored checkpoint's config
+  validation_cut: bool  # a stop cut the restored step's validation short
+
+
+def save(checkpointer: ckpt_lib.Checkpointer, step: int, state,
+         config_record: dict, *, val_mae: float | None = None,
+         params=None, validation_cut: bool = False) -> None:
+  """Saves `state`, with `params` (the validated shares) if given;
+  `validation_cut`: a stop cut this step's validation short."""
+  if params is not None:
+    state = state.replace(params=params)
+  try:
+    checkpointer.save(step, state, config_record, val_mae=val_mae,
+                      validation_cut=validation_cut)
+  except ckpt_lib.CheckpointError as e:  # a non-finite state: not saved
+    raise TrainingError(str(e)) from None
+
+
+def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
+                    config_record: dict) -> Start:
+  """Resume order: (1) the newest readable checkpoint gives the state, its
+  step and therefore the sampler position, after checking that the config
+  did not change shapes; (2) without any checkpoint, a fresh jitted init
+  from `train.seed`.
+
+  Returns:
+    The `Start`.
+  """
+  train_config = trainer.config.train
+  steps = checkpointer.steps()
+  if not steps:
+    return Start(trainer.init(trainer.rng()), None,
+                 resume.schedule_horizon(train_config, None), None, False)
+  current_shapes = trainer.param_shapes()
+  resolved = {}
+
+  def check(step, record, saved_shapes):
+    horizon = resume.schedule_horizon(train_config, record["config"])
+    current = copy.deepcopy(config_record)
+    current["train"]["schedule_steps"] = horizon
+    resume.check_resume(record["config"], current, saved_shapes,
+                        current_shapes, step=step)
+    resolved.update(horizon=horizon, saved=record["config"])
+
+  try:
+    state, record, step = checkpointer.restore(trainer.abstract_state(),
+                                               check=check)
+  except ckpt_lib.CheckpointError as e:
+    raise TrainingError(str(e)) from None
+  log.info("resumed from the checkpoint of step %d in %s", step,
+           checkpointer.directory)
+  # The checkpoint holds what its validation fitted; training goes on
+  # without it.
+  state = state.replace(params=validation.as_trained(state.params))
+  return Start(state, step, resolved["horizon"], resolved["saved"],
+               bool(record.get("validation_cut")))
