@@ -157,3 +157,31 @@ def test_a_stop_during_the_first_validation_saves_nothing(
   assert any("at step 0 (before the first step: nothing to save)"
              in r.getMessage() for r in caplog.records)
   assert not os.listdir(os.path.join(workdir, "checkpoints"))
+
+
+def test_a_resumed_run_stops_early_where_an_uninterrupted_one_does(tmp_path):
+  """The patience restarted at 0 on every resume: a preempted run stopped
+  early at another step than the same run uninterrupted."""
+  # pylint: disable=g-import-not-at-top
+  from metarec_jax.workdir import checkpoint as ckpt_lib
+
+  def config(steps):
+    c = config_io.load_config_file(config_path("tiny"))
+    c.train.num_steps, c.train.schedule_steps = steps, 12
+    c.train.eval_every_steps = c.checkpoint.every_steps = 1
+    c.train.lr = 0.05
+    c.train.early_stop_patience = 3
+    return c
+
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  first = train_and_evaluate(config(12), straight)
+  assert first.get("early_stopped") and first["step"] < 12
+  train_and_evaluate(config(2), resumed)  # stopped after step 2
+  again = train_and_evaluate(config(12), resumed)
+  assert again.get("early_stopped") and again["step"] == first["step"]
+  records = []
+  for workdir in (straight, resumed):
+    checkpointer = ckpt_lib.Checkpointer(workdir)
+    records.append(checkpointer._read_record(first["step"])["selection"])  # pylint: disable=protected-access
+    checkpointer.close()
+  assert records[0] == records[1] and records[0]["stale"] == 3

@@ -104,8 +104,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     rates = exp.meta_config.spec.rates  # encoders are no rates to report
     per_step_rates = rates == "step"
     try:
-      state, restored_step, horizon, saved_config, cut = (
-          start_lib.restore_or_init(trainer, checkpointer, config_record))
+      (state, restored_step, horizon, saved_config, cut,
+       saved_selection) = start_lib.restore_or_init(trainer, checkpointer,
+                                                    config_record)
+      selection = None  # (below, after the warm-up)
       if restored_step is not None and restored_step >= num_steps and not (
           cut and restored_step == num_steps):
         log.info("nothing to train: the run in %s has reached step %d"
@@ -134,7 +136,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       def save_and_report_stop(step, validation_cut=False):
         if step != restored_step and step > 0:
           start_lib.save(checkpointer, step, state, config_record,
-                         validation_cut=validation_cut)
+                         validation_cut=validation_cut,
+                         selection=selection and selection.record())
           what = ("saved; its validation, cut short, is done on resume"
                   if validation_cut else "saved")
         elif step > 0:  # e.g. during the warm-up of a resumed run
@@ -175,14 +178,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       # Checkpoint selection and early stopping (also over the checkpoints
       # before a resume).
       selection = Selection.resumed(int(tc.early_stop_patience),
-                                    checkpointer.validated())
+                                    checkpointer.validated(),
+                                    saved_selection)
 
       def save(step, val_loss=None, params=None):
         # orbax compiles its own small copy programs on a first save; they
         # are not ours to count.
         compiles.stop()
         start_lib.save(checkpointer, step, state, config_record,
-                       val_mae=val_loss, params=params)
+                       val_mae=val_loss, params=params,
+                       selection=selection.record())
         compiles.start()
 
       def validate(step):

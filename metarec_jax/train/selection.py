@@ -35,15 +35,29 @@ class Selection:
   stale: int = 0
 
   @classmethod
-  def resumed(cls, patience: int,
-              validated: dict[int, float]) -> "Selection":
+  def resumed(cls, patience: int, validated: dict[int, float],
+              saved: dict | None = None) -> "Selection":
     """The selection of a run whose kept checkpoints were validated as
     `validated` (step -> MAE; the start is step 0): the best of them is
-    the one to beat, and the patience counts from the best trained one."""
+    the one to beat. `saved`: the restored checkpoint's `record()`, which
+    says where the patience stood (the kept checkpoints alone cannot: the
+    validations that did not improve were not all saved); without it (a
+    checkpoint written before it was recorded) the patience counts from
+    the best kept trained step."""
     trained = [m for step, m in validated.items() if step > 0]
-    return cls(patience=patience, best=min(validated.values(),
-                                           default=math.inf),
-               trained=min(trained, default=math.inf))
+    out = cls(patience=patience, best=min(validated.values(),
+                                          default=math.inf),
+              trained=min(trained, default=math.inf))
+    if saved:
+      out.trained = (math.inf if saved.get("trained") is None
+                     else float(saved["trained"]))
+      out.stale = int(saved.get("stale", 0))
+    return out
+
+  def record(self) -> dict:
+    """What a checkpoint records for `resumed` (JSON: no infinity)."""
+    return {"trained": None if math.isinf(self.trained) else self.trained,
+            "stale": self.stale}
 
   def start(self, mae: float) -> bool:
     """Records the validation of the start; whether it is the best."""

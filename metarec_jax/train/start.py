@@ -29,18 +29,21 @@ class Start(NamedTuple):
   horizon: int  # the schedule's length in steps (`resume.schedule_horizon`)
   saved_config: dict | None  # the restored checkpoint's config
   validation_cut: bool  # a stop cut the restored step's validation short
+  selection: dict | None  # `Selection.record()` at the restored step
 
 
 def save(checkpointer: ckpt_lib.Checkpointer, step: int, state,
          config_record: dict, *, val_mae: float | None = None,
-         params=None, validation_cut: bool = False) -> None:
+         params=None, validation_cut: bool = False,
+         selection: dict | None = None) -> None:
   """Saves `state`, with `params` (the validated shares) if given;
-  `validation_cut`: a stop cut this step's validation short."""
+  `validation_cut`: a stop cut this step's validation short; `selection`:
+  `Selection.record()`."""
   if params is not None:
     state = state.replace(params=params)
   try:
     checkpointer.save(step, state, config_record, val_mae=val_mae,
-                      validation_cut=validation_cut)
+                      validation_cut=validation_cut, selection=selection)
   except ckpt_lib.CheckpointError as e:  # a non-finite state: not saved
     raise TrainingError(str(e)) from None
 
@@ -59,7 +62,8 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
   steps = checkpointer.steps()
   if not steps:
     return Start(trainer.init(trainer.rng()), None,
-                 resume.schedule_horizon(train_config, None), None, False)
+                 resume.schedule_horizon(train_config, None), None, False,
+                 None)
   current_shapes = trainer.param_shapes()
   resolved = {}
 
@@ -82,4 +86,4 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
   # without it.
   state = state.replace(params=validation.as_trained(state.params))
   return Start(state, step, resolved["horizon"], resolved["saved"],
-               bool(record.get("validation_cut")))
+               bool(record.get("validation_cut")), record.get("selection"))

@@ -157,14 +157,16 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, config: dict, *,
            val_mae: float | None = None,
-           validation_cut: bool = False) -> None:
+           validation_cut: bool = False,
+           selection: dict | None = None) -> None:
     """Starts an asynchronous save of `state` at `step`, with the digest of
     every leaf in its config record.
 
     `val_mae`: the validation MAE of `state`, when it was just validated;
     the checkpoint with the lowest is kept beside the `keep` newest and is
     what `eval` and `export` use by default (`best`). `validation_cut`: a
-    stop cut this step's validation short (recorded, for the resume).
+    stop cut this step's validation short; `selection`: where checkpoint
+    selection and early stopping stand (both recorded, for the resume).
 
     Raises:
       CheckpointError: a leaf holds a NaN or an infinity (nothing is saved).
@@ -181,6 +183,8 @@ class Checkpointer:
                           "leaves": digests}}
     if validation_cut:
       record["validation_cut"] = True
+    if selection is not None:
+      record["selection"] = selection
     metrics = None if val_mae is None else {VAL_MAE: float(val_mae)}
     with self._writing(int(step)):
       if int(step) in self.manager.all_steps():
