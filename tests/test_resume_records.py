@@ -50,6 +50,21 @@ def test_a_resume_drops_the_rows_logged_past_its_checkpoint(
   assert steps_logged(workdir) == before
 
 
+def test_a_resume_leaves_tensorboard_curves_going_forward(
+    killed_after_step_6):
+  """TensorBoard showed steps 4 and 6 twice (..., 4, 6, 4, 6, ...): the
+  events of the killed run past its checkpoint stayed beside the new."""
+  from tensorboard.backend.event_processing import plugin_event_accumulator  # pylint: disable=g-import-not-at-top
+  workdir = killed_after_step_6
+  train_and_evaluate(config_of(workdir), workdir)
+  acc = plugin_event_accumulator.EventAccumulator(
+      os.path.join(workdir, "tensorboard"),
+      size_guidance={plugin_event_accumulator.TENSORS: 0})
+  acc.Reload()
+  steps = [e.step for e in acc.Tensors("train/loss")]
+  assert steps == sorted(set(steps)) and 6 in steps, steps
+
+
 def test_a_stop_during_the_warm_up_does_not_claim_a_save(
     killed_after_step_6, monkeypatch, caplog):
   workdir = killed_after_step_6

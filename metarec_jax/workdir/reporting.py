@@ -224,13 +224,25 @@ class Reporter:
 
   def drop_rows_after(self, step: int) -> int:
     """Drops the `metrics.jsonl` rows of steps past `step` (and a line cut
-    short by a kill), rewriting the file atomically; returns how many.
+    short by a kill), rewriting the file atomically, and has TensorBoard
+    drop its events past `step` (a `SessionLog.START` at `step + 1`, which
+    TensorBoard's readers take as "purge every earlier event from this step
+    on"); returns how many rows were dropped.
 
     A resume calls it with the step it restored: the rows a killed run
     logged after its last checkpoint are logged again as the steps are
-    run again, and would otherwise appear twice.
+    run again, and would otherwise appear twice (in TensorBoard, as a curve
+    that runs back in steps).
     """
-    if not self.active or not self.path or not os.path.exists(self.path):
+    if not self.active:
+      return 0
+    with errors.writing(self._events_path()):
+      self._events.add_event(event_pb2.Event(
+          wall_time=time.time(), step=int(step) + 1,
+          session_log=event_pb2.SessionLog(
+              status=event_pb2.SessionLog.START)))
+      self._events.flush()
+    if not self.path or not os.path.exists(self.path):
       return 0
     keep, dropped = [], 0
     with open(self.path, encoding="utf-8") as f:
