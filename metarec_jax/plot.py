@@ -48,7 +48,8 @@ def read_metrics(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """`{tag: (steps, values)}` from a `metrics.jsonl`, sorted by step.
 
   A step logged twice (a resumed run repeats the steps after its last
-  checkpoint) keeps its last value; nulls (non-finite values) are dropped.
+  checkpoint) keeps its last value; nulls (non-finite values) are dropped;
+  an unterminated last line (cut short by a kill) is not read.
 
   Raises:
     InputError: the file is missing or a line is not a JSON object.
@@ -65,6 +66,10 @@ def read_metrics(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         record = json.loads(line)
         step = int(record["step"])
       except (ValueError, KeyError, TypeError):
+        if not line.endswith("\n"):
+          # The last line, cut short by a kill or a full disk while a
+          # training wrote it (the next resume drops it): not yet a row.
+          break
         raise InputError("not a JSON object with a step", path=path,
                          line=number) from None
       for tag, value in record.items():

@@ -68,3 +68,12 @@ def test_read_metrics_keeps_the_last_value_of_a_repeated_step(tmp_path):
   with pytest.raises(InputError) as e:
     plot.read_metrics(str(path))
   assert e.value.line == 2
+
+
+def test_a_last_line_cut_short_by_a_kill_is_not_read(tmp_path):
+  """The state a kill or a full disk leaves until the next resume: `plot`
+  exited 2 ("not a JSON object with a step") on it."""
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 2, "train/loss": 3.0}\n{"step": 4, "train/lo')
+  series = plot.read_metrics(str(path))
+  np.testing.assert_array_equal(series["train/loss"][0], [2])
