@@ -83,3 +83,28 @@ def test_training_writes_the_validation_curve(tiny_metasgd_run):
   # The adapted model and the baseline's user bias see the cut support.
   assert c["mae"][0] != c["mae"][1]
   assert c["item_mean_user_bias"][0] != c["item_mean_user_bias"][1]
+
+
+def test_eval_of_a_work_directory_it_cannot_write_still_reports(
+    tiny_metasgd_run, tmp_path):
+  """A read-only copy of a run (an archive, another user's): `eval` failed
+  with "Permission denied" on its TensorBoard folder and printed nothing.
+  Here the two places it adds to are files, which no user (root included)
+  can write into."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from cli_run import last_json, metarec_here  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_metasgd_run, workdir)
+  shutil.rmtree(workdir / "tensorboard" / "eval", ignore_errors=True)
+  (workdir / "tensorboard" / "eval").write_text("")
+  shutil.rmtree(workdir / "eval")
+  (workdir / "eval").write_text("")
+  out = metarec_here("eval", f"--workdir={workdir}")
+  assert out.returncode == 0, out.stderr
+  report = last_json(out)
+  assert report["scenarios"]["W"]["tasks"] > 0
+  unwritten = [w for w in report["warnings"]
+               if "not added to the work directory" in w]
+  assert len(unwritten) == 2, report["warnings"]
+  assert unwritten[0].startswith("the evaluation's TensorBoard scalars")
+  assert unwritten[1].startswith("the support curve")

@@ -14,6 +14,7 @@ from metarec_jax.data.splits import SCENARIOS
 from metarec_jax.eval import predictions_file, tensorboard, verdicts
 from metarec_jax.eval import support_curve as curves
 from metarec_jax.eval.evaluate import Evaluator
+from metarec_jax.errors import OutputError, cause_of
 from metarec_jax.eval.user_file import read_new_users
 from metarec_jax.workdir.restore import load_state, served_values
 
@@ -79,18 +80,21 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
                            extra={"ratings": ratings, "step": step},
                            files=files)
     log.info("wrote the tasks' support and query ratings to %s", write_tasks)
+  unwritten = []  # the run's own records that could not be added
   if not ratings:
-    tensorboard.write(workdir, step, results,
-                      active=jax.process_index() == 0)
+    _record(unwritten, "the evaluation's TensorBoard scalars",
+            lambda: tensorboard.write(workdir, step, results,
+                                      active=jax.process_index() == 0))
   if support_curve and ratings:
     # WORKDIR/eval/support_curve.json is the run's, on the protocol's tasks.
     log.info("no support curve for --ratings: %s holds the curve of the"
              " run's own tasks", curves.FILENAME)
   elif support_curve:
-    curves.evaluate_and_write(
+    _record(unwritten, "the support curve", lambda: curves.evaluate_and_write(
         workdir, evaluator, state.params, tasksets, step=step,
-        seed=int(config.eval.seed), write=jax.process_index() == 0)
-  warnings = verdicts.warnings_for(results, model_config=exp.model_config)
+        seed=int(config.eval.seed), write=jax.process_index() == 0))
+  warnings = unwritten + verdicts.warnings_for(
+      results, model_config=exp.model_config)
   if not any(int(m.get("tasks") or 0) for m in results.values()):
     warnings.append(verdicts.no_tasks(ratings))
   if ratings:
@@ -103,3 +107,19 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     log.warning("%s", line)
   return {"step": step, "scenarios": results, "warnings": warnings,
           "served": served_values(state.params)}
+
+
+def _record(unwritten: list[str], what: str, write) -> None:
+  """Runs `write`, which adds to the run's own records in its work
+  directory; where that cannot be written (a read-only copy of a run, a
+  full disk), says so in `unwritten` instead of failing: the evaluation
+  itself is complete (`--write_tasks`, asked for, still fails)."""
+  try:
+    write()
+  except (OutputError, OSError) as e:
+    where = (str(e) if isinstance(e, OutputError) else
+             f"cannot write {e.filename or 'the work directory'}:"
+             f" {cause_of(e)}")
+    line = f"{what} not added to the work directory ({where})"
+    log.warning("%s", line)
+    unwritten.append(line)
