@@ -200,3 +200,27 @@ def test_a_resumed_run_stops_early_where_an_uninterrupted_one_does(tmp_path):
     records.append(checkpointer._read_record(first["step"])["selection"])  # pylint: disable=protected-access
     checkpointer.close()
   assert records[0] == records[1] and records[0]["stale"] == 3
+
+
+def test_a_stop_during_the_support_curve_says_so(killed_after_step_6,
+                                                 monkeypatch, caplog):
+  """The run ended "trained to step 6", exit 0, with no curve and no word
+  of the signal."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from metarec_jax.eval import support_curve  # pylint: disable=g-import-not-at-top
+  workdir = killed_after_step_6
+  os.remove(os.path.join(workdir, "eval", "support_curve.json"))
+  real = support_curve.evaluate_and_write
+
+  def stopped(*args, **kw):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kw)
+
+  monkeypatch.setattr(support_curve, "evaluate_and_write", stopped)
+  with caplog.at_level(logging.WARNING, logger="metarec"):
+    summary = train_and_evaluate(config_of(workdir), workdir)
+  assert summary["preempted"] and summary["step"] == 6
+  assert "stopped by a signal during the support curve of step 6" in (
+      caplog.text)
+  assert not os.path.exists(os.path.join(workdir, "eval",
+                                         "support_curve.json"))

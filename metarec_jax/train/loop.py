@@ -336,6 +336,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                 else state.params),
             {"val": exp.split.scenarios["val"]}, step=step,
             seed=int(config.eval.seed), write=is_lead, should_stop=stop.now)
+        if stop.now():  # the run is saved; only the curve is missing
+          log.warning("stopped by a signal during the support curve of step"
+                      " %d: not written (`metarec eval --workdir=%s` writes"
+                      " it)", step, workdir)
+          summary["preempted"] = True
     finally:
       checkpointer.close()
       if reporter is not None:
