@@ -72,6 +72,13 @@ eval` prints. Each run took about 1 minute (57-76 s). On
 the real 100K, where new items are those released in 1998 or later, IC
 and UIC have a handful of tasks and `metarec eval` warns that they are too
 few to compare models.
+
+2026-12-04 (fifteenth session), with the model starting from the training
+users' mean rating (`model.global_mean=training`) and the validated
+new-item prior and minimum support added since: the same command, query
+MAE W 0.6812 ± 0.0070 / UC 0.6920 ± 0.0136 / IC 0.8551 ± 0.0047 / UIC
+0.9177 ± 0.0109, 5.4%, 4.7%, 4.4% and 3.5% below the baseline, every seed
+below it in every scenario (docs/results.md).
 """
 
 from configs import default
