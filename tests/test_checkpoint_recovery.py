@@ -145,3 +145,37 @@ def test_restore_across_device_counts(tmp_path):
     assert out.returncode == 0, out.stderr
     assert f"resumed from the checkpoint of step {resumed}" in out.stderr
     assert steps in checkpoint_steps(workdir)
+
+
+def test_a_checkpoint_removed_while_eval_reads_it_is_not_called_damaged(
+    finished_run, tmp_path, monkeypatch):
+  """Beside a running trainer (`checkpoint.keep`), the checkpoint eval
+  chose can vanish: it said "cannot be read (FileNotFoundError...)", as if
+  damaged. Now a default choice is made again; an asked-for step says it
+  was removed."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from metarec_jax.workdir import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  workdir = copy_run(finished_run, tmp_path)
+  real = ckpt_lib.Checkpointer.restore
+  removed = []
+
+  def trainer_removes_it_first(self, abstract_state, step=None, **kw):
+    if not removed:
+      removed.append(step)
+      shutil.rmtree(os.path.join(self.directory, str(step)))
+    return real(self, abstract_state, step, **kw)
+
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "restore",
+                      trainer_removes_it_first)
+  out = metarec_here("eval", f"--workdir={workdir}", "--support_curve=false")
+  assert out.returncode == 0, out.stderr
+  assert (f"the checkpoint of step {removed[0]} was removed while it was"
+          " read (a trainer is running here): choosing again") in out.stderr
+  removed.clear()
+  out = metarec_here("eval", f"--workdir={workdir}", "--step=3",
+                     "--support_curve=false")
+  assert_one_line_error(out, "the checkpoint of step 3 was removed while it"
+                        " was read (a trainer running in this work directory"
+                        " keeps only checkpoint.keep of them); the"
+                        " checkpoints now:")
+  assert "cannot be read" not in out.stderr

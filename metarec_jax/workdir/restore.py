@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from metarec_jax import config_io, experiment, runtime
 from metarec_jax.data import implicit
@@ -18,6 +19,25 @@ from metarec_jax.workdir import state as state_lib
 log = logging.getLogger("metarec")
 
 
+_ATTEMPTS = 3  # choices of the default checkpoint beside a running trainer
+
+
+def _default_step(checkpointer: ckpt_lib.Checkpointer,
+                  exp: experiment.Experiment) -> int | None:
+  """The best validated checkpoint's step, else the newest (None where
+  there is none); logs which."""
+  best = checkpointer.best()
+  if best is None:
+    log.info("using the newest checkpoint (none was validated);"
+             " --step=N picks another")
+    return checkpointer.latest_step()
+  log.info("using the best validated checkpoint: step %d (validation"
+           " %s %.4f; newest: step %s); --step=N picks another",
+           best[0], criterion_name(implicit.is_implicit(exp.store)),
+           best[1], checkpointer.latest_step())
+  return best[0]
+
+
 def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
                step: int | None = None) -> state_lib.TrainState:
   """The train state of `step` in `workdir`.
@@ -29,32 +49,42 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
   Raises:
     InputError: there is no such checkpoint.
   """
-  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
-  try:
-    if step is None:
-      best = checkpointer.best()
-      if best is not None:
-        step = best[0]
-        log.info("using the best validated checkpoint: step %d (validation"
-                 " %s %.4f; newest: step %s); --step=N picks another",
-                 step, criterion_name(implicit.is_implicit(exp.store)),
-                 best[1], checkpointer.latest_step())
-      else:
-        log.info("using the newest checkpoint (none was validated);"
-                 " --step=N picks another")
-    state, _, _ = checkpointer.restore(
-        state_lib.abstract(exp.model, exp.meta_config,
-                           optim.outer_optimizer(
-                               optim.hyperparams(exp.config.train)),
-                           runtime.replicated(mesh)), step)
-  except ckpt_lib.CheckpointError as e:
-    # eval and export never read another checkpoint than the one they say:
-    # a damaged one is an error that names the others to pick instead.
-    hint = ("; --step=N reads another"
-            if isinstance(e, ckpt_lib.StepUnusable) and e.others else "")
-    raise InputError(str(e) + hint, path=workdir) from e
-  finally:
-    checkpointer.close()
+  chosen = step
+  for attempt in range(_ATTEMPTS):
+    checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+    try:
+      step = chosen if chosen is not None else _default_step(checkpointer,
+                                                             exp)
+      state, _, _ = checkpointer.restore(
+          state_lib.abstract(exp.model, exp.meta_config,
+                             optim.outer_optimizer(
+                                 optim.hyperparams(exp.config.train)),
+                             runtime.replicated(mesh)), step)
+      break
+    except ckpt_lib.CheckpointError as e:
+      if step is not None and not os.path.exists(
+          os.path.join(checkpointer.directory, str(step))):
+        # Not damage: a trainer running in the work directory removed it
+        # (`checkpoint.keep`) while it was being read.
+        if chosen is None and attempt + 1 < _ATTEMPTS:
+          log.info("the checkpoint of step %d was removed while it was"
+                   " read (a trainer is running here): choosing again",
+                   step)
+          continue
+        now = sorted(checkpointer.steps(), reverse=True)
+        raise InputError(
+            f"the checkpoint of step {step} was removed while it was read"
+            " (a trainer running in this work directory keeps only"
+            " checkpoint.keep of them); the checkpoints now:"
+            f" {', '.join(map(str, now)) or 'none'}", path=workdir) from e
+      # eval and export never read another checkpoint than the one they
+      # say: a damaged one is an error that names the others to pick
+      # instead.
+      hint = ("; --step=N reads another"
+              if isinstance(e, ckpt_lib.StepUnusable) and e.others else "")
+      raise InputError(str(e) + hint, path=workdir) from e
+    finally:
+      checkpointer.close()
   served = served_values(state.params)
   if "share_new_items" in served:
     log.info("the checkpoint uses %.2f of its learned part for existing"
