@@ -220,3 +220,28 @@ def test_an_automatic_validation_share_is_resolved_from_the_store(store):
   again = splits.split(store, splits.ProtocolSpec(
       seed=3, val_fraction=auto.val_fraction))
   np.testing.assert_array_equal(again.user_group, auto.user_group)
+
+
+@pytest.mark.parametrize("name, change, problem", [
+    ("offsets.npy", lambda a: a.__setitem__(5, a[5] + 1000),
+     "offsets must start at 0, never decrease and end at the"),
+    ("offsets.npy", lambda a: a.__setitem__(-1, a[-1] - 1),
+     "offsets must start at 0"),
+    ("items.npy", lambda a: a.__setitem__(3, 300), "item indices must be 0"
+     " to 299"),
+])
+def test_a_store_whose_arrays_do_not_fit_together_is_refused(
+    store, tmp_path, name, change, problem):
+  """A hand-edited or damaged store opened without a word (`data inspect`
+  too): JAX clamps an out-of-range index, so it only gave wrong figures."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  copy = tmp_path / "store"
+  shutil.copytree(store.path, copy)
+  array = np.load(copy / name)
+  change(array)
+  np.save(copy / name, array)
+  with pytest.raises(InputError) as e:
+    store_lib.open_store(copy)
+  assert e.value.path == str(copy / name)
+  assert problem in e.value.problem and "rebuild it with" in e.value.problem

@@ -116,7 +116,7 @@ def open_store(path: str | os.PathLike) -> TaskStore:
   specs = [FeatureSpec.from_json(f) for f in manifest["features"]]
   has_ts = os.path.exists(os.path.join(path, "timestamps.npy"))
   has_interacted = os.path.exists(os.path.join(path, "interacted.npy"))
-  return TaskStore(
+  store = TaskStore(
       path=path, manifest=manifest,
       user_ids=load("user_ids.npy"), item_ids=load("item_ids.npy"),
       offsets=load("offsets.npy"), items=load("items.npy"),
@@ -128,6 +128,43 @@ def open_store(path: str | os.PathLike) -> TaskStore:
       item_features={s.name: load(f"item/{s.name}.npy")
                      for s in specs if s.side == "item"},
       interacted=load("interacted.npy") if has_interacted else None)
+  _check_structure(store)
+  return store
+
+
+def _check_structure(store: TaskStore) -> None:
+  """Raises InputError where the arrays do not fit together (a damaged or
+  hand-edited store): a wrong offset or item index is no error later (JAX
+  clamps an index out of range), only wrong figures."""
+  users, items = len(store.user_ids), len(store.item_ids)
+  offsets = np.asarray(store.offsets)
+  n = len(store.items)
+
+  def bad(name, problem):
+    raise InputError(f"not a valid store ({problem}); rebuild it with"
+                     " `metarec data prepare`",
+                     path=os.path.join(store.path, name))
+
+  if len(offsets) != users + 1:
+    bad("offsets.npy", f"{len(offsets):,} offsets for {users:,} users")
+  if len(offsets) and (offsets[0] != 0 or offsets[-1] != n
+                       or (np.diff(offsets) < 0).any()):
+    bad("offsets.npy", f"offsets must start at 0, never decrease and end at"
+        f" the {n:,} ratings")
+  for name, array in (("ratings.npy", store.ratings),
+                      ("timestamps.npy", store.timestamps)):
+    if array is not None and len(array) != n:
+      bad(name, f"{len(array):,} rows for {n:,} ratings")
+  if len(store.item_new) != items:
+    bad("item_new.npy", f"{len(store.item_new):,} rows for {items:,} items")
+  if n and (int(np.min(store.items)) < 0 or int(np.max(store.items)) >= items):
+    bad("items.npy", f"item indices must be 0 to {items - 1:,}")
+  for side, tables, rows in (("user", store.user_features, users),
+                             ("item", store.item_features, items)):
+    for name, table in tables.items():
+      if len(table) != rows:
+        bad(f"{side}/{name}.npy", f"{len(table):,} rows for {rows:,}"
+            f" {side}s")
 
 
 class StoreWriter(atomic.Folder):
