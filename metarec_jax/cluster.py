@@ -144,14 +144,27 @@ def _compare_counts(coordinator_address: str, num_processes: int,
     return (f"process {process_id}: the processes that joined the run at"
             f" {coordinator_address} did not all say their --num_processes"
             f" within {join_timeout} s (--join_timeout): {first}")
-  if set(counts.values()) == {num_processes} and (
-      jax.process_count() == num_processes):
-    return None
-  given = ", ".join(f"process {i}: {n}" for i, n in counts.items())
-  return (f"process {process_id}: the processes that joined the run at"
-          f" {coordinator_address} were given different --num_processes"
-          f" ({given}; the run has {jax.process_count()}, process 0's):"
-          " give every process the same --num_processes")
+  problem = None
+  if set(counts.values()) != {num_processes} or (
+      jax.process_count() != num_processes):
+    given = ", ".join(f"process {i}: {n}" for i, n in counts.items())
+    problem = (f"process {process_id}: the processes that joined the run at"
+               f" {coordinator_address} were given different"
+               f" --num_processes ({given}; the run has"
+               f" {jax.process_count()}, process 0's): give every process"
+               " the same --num_processes")
+  # Every process has read every count before any leaves: process 0 hosts
+  # the coordination service, and a process still reading when it exits
+  # would see "connection reset" instead of the counts.
+  try:
+    client.wait_at_barrier("metarec/join/compared", join_timeout * 1000)
+  except Exception as e:  # pylint: disable=broad-except
+    if problem is None:  # a process died after publishing its count
+      first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+      problem = (f"process {process_id}: not every process of the run at"
+                 f" {coordinator_address} compared its --num_processes"
+                 f" within {join_timeout} s (--join_timeout): {first}")
+  return problem
 
 
 def _unjoined_problem(coordinator_address: str | None,
