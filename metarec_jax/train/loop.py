@@ -108,6 +108,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
        saved_selection) = start_lib.restore_or_init(trainer, checkpointer,
                                                     config_record)
       selection = None  # (below, after the warm-up)
+      patience = int(tc.early_stop_patience)
+      stopped_early = bool(saved_selection and patience and not cut and (
+          saved_selection.get("stale", 0) >= patience))
+      if stopped_early:
+        log.info("nothing to train: the run in %s stopped early at step %d"
+                 " (train.early_stop_patience=%d). Next: `metarec eval"
+                 " --workdir=%s`, or resume with a larger"
+                 " --config.train.early_stop_patience", workdir,
+                 restored_step, patience, workdir)
+        return {"step": restored_step, "finished": True}
       if restored_step is not None and restored_step >= num_steps and not (
           cut and restored_step == num_steps):
         log.info("nothing to train: the run in %s has reached step %d"
@@ -133,10 +143,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       step = int(runtime.to_host(state.step))
       evaluator = Evaluator(exp, trainer.eval_mesh)
 
-      def save_and_report_stop(step, validation_cut=False):
+      def save_and_report_stop(step, validation_cut=False, val_loss=None,
+                               validated=None):
         if step != restored_step and step > 0:
           start_lib.save(checkpointer, step, state, config_record,
-                         validation_cut=validation_cut,
+                         validation_cut=validation_cut, val_mae=val_loss,
+                         params=validated,
                          selection=selection and selection.record())
           what = ("saved; its validation, cut short, is done on resume"
                   if validation_cut else "saved")
@@ -233,6 +245,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           save_and_report_stop(step)
           return {**summary, "step": step}
         save(step, done[0], done[2])
+        # Where that validation ends the patience, the run ends here: no
+        # step is trained (it would also free the validated params' buffers,
+        # donated to the step, before the support curve reads them).
+        summary["early_stopped"] = selection.should_stop
       if eval_every > 0 and restored_step is None:
         # The initial state is a candidate like any validated step, its
         # shares fitted too: the anchored model starts from the item-mean +
@@ -257,7 +273,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       tasks_per_step = int(tc.tasks_per_step)
       last_time, last_step = time.perf_counter(), step
       pipeline = Prefetcher(trainer.sampler, trainer.task_sharding,
-                            start=step, stop=num_steps,
+                            start=step,
+                            stop=step if summary.get("early_stopped")
+                            else num_steps,
                             depth=int(tc.prefetch),
                             workers=backend.input_workers(
                                 int(tc.input_workers)))
@@ -308,7 +326,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
           if stop(step):
             guard.check_state(step, state)
-            save_and_report_stop(step, validation_cut=cut)
+            # A validation done before the stop is saved with the step.
+            save_and_report_stop(step, validation_cut=cut,
+                                 val_loss=val_loss, validated=validated)
             break
           if due(step, save_every, num_steps) or improved or early_stop:
             guard.check_state(step, state)
