@@ -26,6 +26,7 @@ import threading
 
 import jax
 
+from metarec_jax import interrupts
 from metarec_jax.errors import InputError
 
 log = logging.getLogger("metarec")
@@ -109,7 +110,8 @@ def init_distributed(coordinator_address: str | None = None,
   watchdog.daemon = True
   watchdog.start()
   try:
-    jax.distributed.initialize(**kwargs)
+    with interrupts.default_action():
+      jax.distributed.initialize(**kwargs)
   finally:
     watchdog.cancel()
   if explicit:

@@ -21,7 +21,9 @@ back when they end.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 from typing import Iterator
 
@@ -52,6 +54,30 @@ def _handle(signum, frame) -> None:
   _raise_for(signum)
 
 
+def _end_where_swallowed(previous_hook):
+  """A `sys.unraisablehook` that ends the process where a signal's
+  exception was swallowed: raised inside a garbage-collector callback or a
+  `__del__` (JAX's `_xla_gc_callback` is one), Python prints "Exception
+  ignored in ..." and goes on, and the stop would be lost. Delivering it
+  again does not work (it lands in the hook, whose exceptions are ignored
+  too), so the process ends at once, as the signal's default action did;
+  a temporary folder left behind is removed by the next writer of its
+  destination (`atomic.Folder`)."""
+
+  def hook(args):
+    exc = args.exc_value
+    if isinstance(exc, (Terminated, KeyboardInterrupt)):
+      signum = (exc.signum if isinstance(exc, Terminated)
+                else signal.SIGINT)
+      sys.stdout.flush()
+      print(f"metarec: {'interrupted' if signum == signal.SIGINT else 'terminated'}"
+            f" ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
+      os._exit(128 + int(signum))  # pylint: disable=protected-access
+    previous_hook(args)
+
+  return hook
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
   """SIGTERM raises `Terminated`, SIGINT `KeyboardInterrupt`, inside the
@@ -61,6 +87,27 @@ def stop_on_signals() -> Iterator[None]:
     yield
     return
   previous = {sig: signal.signal(sig, _handle)
+              for sig in (signal.SIGTERM, signal.SIGINT)}
+  previous_hook = sys.unraisablehook
+  sys.unraisablehook = _end_where_swallowed(previous_hook)
+  try:
+    yield
+  finally:
+    sys.unraisablehook = previous_hook
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def default_action() -> Iterator[None]:
+  """SIGTERM and SIGINT end the process at once inside the block (their
+  default action), for a wait inside C++ (JAX's `distributed.initialize`)
+  where no Python handler runs until it returns: there is nothing to clean
+  up, and a handler would only postpone the stop by minutes."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = {sig: signal.signal(sig, signal.SIG_DFL)
               for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
     yield

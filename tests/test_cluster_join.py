@@ -52,3 +52,28 @@ def test_processes_given_different_counts_all_stop(tmp_path):
         " (process 0: 2, process 1: 3; the run has 2, process 0's): give"
         " every process the same --num_processes"), err
   assert not os.path.exists(tmp_path / "w")
+
+
+def test_sigterm_while_waiting_for_the_others_ends_the_process_at_once(
+    tmp_path):
+  """The wait is inside JAX's C++, where no Python handler runs: SIGTERM
+  waited for the watchdog (up to --join_timeout) instead of ending it."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from procs import wait_for  # pylint: disable=g-import-not-at-top
+  err = tmp_path / "stderr"
+  proc = start("train", TINY, f"--workdir={tmp_path / 'w'}",
+               f"--coordinator_address=127.0.0.1:{free_port()}",
+               "--num_processes=2", "--process_id=0", "--join_timeout=120",
+               stderr_path=err)
+  try:
+    wait_for(lambda: "joining the run at" in err.read_text(), proc=proc,
+             timeout=120)
+    time.sleep(1)  # inside initialize
+    t0 = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert time.perf_counter() - t0 < 30
+    assert proc.returncode == -signal.SIGTERM
+  finally:
+    proc.kill()

@@ -5,6 +5,7 @@ import signal
 
 import pytest
 
+from conftest import ROOT
 from metarec_jax import atomic, interrupts
 
 
@@ -45,3 +46,39 @@ def test_handlers_come_back_after_the_block():
   with interrupts.stop_on_signals():
     assert signal.getsignal(signal.SIGTERM) is not before
   assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_signal_swallowed_in_a_finalizer_still_ends_the_process(tmp_path):
+  """Raised inside a `__del__` or a garbage-collector callback (JAX's
+  `_xla_gc_callback`), the exception was printed as "ignored" and the
+  command ran on to exit 0."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  script = tmp_path / "finalizer.py"
+  script.write_text(
+      "import os, signal\n"
+      "from metarec_jax import interrupts\n"
+      "class Finalized:\n"
+      "  def __del__(self):\n"
+      "    os.kill(os.getpid(), signal.SIGTERM)\n"
+      "    for _ in range(100_000):  # the handler runs here\n"
+      "      pass\n"
+      "with interrupts.stop_on_signals():\n"
+      "  obj = Finalized()\n"
+      "  del obj\n"
+      "  print('ran on')\n")
+  out = subprocess.run([sys.executable, str(script)], capture_output=True,
+                       text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+  assert out.returncode == 128 + signal.SIGTERM, (out.stdout, out.stderr)
+  assert "ran on" not in out.stdout
+  assert out.stderr.strip().splitlines()[-1] == "metarec: terminated (SIGTERM)"
+
+
+def test_default_action_inside_the_block_only():
+  with interrupts.stop_on_signals():
+    mine = signal.getsignal(signal.SIGTERM)
+    with interrupts.default_action():
+      assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+      assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is mine
