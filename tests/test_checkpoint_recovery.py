@@ -179,3 +179,13 @@ def test_a_checkpoint_removed_while_eval_reads_it_is_not_called_damaged(
                         " keeps only checkpoint.keep of them); the"
                         " checkpoints now:")
   assert "cannot be read" not in out.stderr
+
+
+def test_a_step_that_never_existed_is_not_called_removed(finished_run,
+                                                          tmp_path):
+  workdir = copy_run(finished_run, tmp_path)
+  out = metarec_here("eval", f"--workdir={workdir}", "--step=5",
+                     "--support_curve=false")
+  assert out.returncode == 2, out.stderr
+  assert "no checkpoint at step 5" in out.stderr
+  assert "removed while it was read" not in out.stderr

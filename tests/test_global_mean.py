@@ -66,3 +66,38 @@ def test_a_resumed_run_keeps_its_own_global_mean(tmp_path, caplog):
   assert saved.model.global_mean == "all" and saved.train.num_steps == 4
   exp = experiment.build(saved, workdir)
   assert exp.rating_mean == float(exp.store.manifest["rating_mean"])
+
+
+def test_eval_and_export_refuse_to_change_the_runs_mean(tiny_metasgd_run,
+                                                        tmp_path):
+  """Train keeps the run's value; `eval` and `export` took an override that
+  moved every new item's prediction of an anchored model."""
+  # pylint: disable=g-import-not-at-top
+  from metarec_jax import eval as eval_lib
+  from metarec_jax import export
+  from metarec_jax.errors import InputError
+  overrides = [("model.global_mean", "all")]
+  with pytest.raises(InputError, match="a constant of the run's model"):
+    eval_lib.evaluate_workdir(tiny_metasgd_run, overrides=overrides)
+  with pytest.raises(InputError, match="a constant of the run's model"):
+    export.export_workdir(tiny_metasgd_run, "unused.csv",
+                          str(tmp_path / "out"), overrides=overrides)
+
+
+def test_a_fresh_start_beside_an_old_config_takes_its_own_mean(tmp_path):
+  """A config.json without checkpoints (a run killed in its warm-up) is
+  no run to keep a constant of."""
+  # pylint: disable=g-import-not-at-top
+  import os
+  from metarec_jax.workdir import resume
+  workdir = tmp_path / "run"
+  os.makedirs(workdir / "checkpoints")
+  old = config_io.load_config_file(config_path("tiny"))
+  old.model.global_mean = "all"
+  config_io.write_workdir_config(str(workdir), old)
+  config = config_io.load_config_file(config_path("tiny"))
+  resume.keep_run_constants(config, str(workdir))
+  assert config.model.global_mean == "training"
+  os.makedirs(workdir / "checkpoints" / "3")
+  resume.keep_run_constants(config, str(workdir))
+  assert config.model.global_mean == "all"

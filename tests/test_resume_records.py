@@ -224,3 +224,60 @@ def test_a_stop_during_the_support_curve_says_so(killed_after_step_6,
       caplog.text)
   assert not os.path.exists(os.path.join(workdir, "eval",
                                          "support_curve.json"))
+
+
+def _early_stopping_config(steps=30):
+  c = config_io.load_config_file(config_path("tiny"))
+  c.train.num_steps = c.train.schedule_steps = steps
+  c.train.eval_every_steps = c.checkpoint.every_steps = 3
+  c.train.early_stop_patience = 1
+  return c
+
+
+def test_a_redone_validation_that_ends_the_patience_ends_the_run(
+    tmp_path, monkeypatch, caplog):
+  """It trained one more step, whose donated buffers the validated params
+  shared: the support curve then read freed memory (a segfault)."""
+  from metarec_jax.workdir import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
+  first = train_and_evaluate(_early_stopping_config(), straight)
+  assert first.get("early_stopped") and first["step"] < 30
+  with monkeypatch.context() as m:
+    _stop_during_validation_of(first["step"], m)
+    assert train_and_evaluate(_early_stopping_config(), cut)["preempted"]
+  again = train_and_evaluate(_early_stopping_config(), cut)
+  assert again.get("early_stopped") and again["step"] == first["step"]
+  checkpointer = ckpt_lib.Checkpointer(cut)
+  assert checkpointer.latest_step() == first["step"]
+  checkpointer.close()
+  assert os.path.exists(os.path.join(cut, "eval", "support_curve.json"))
+  # The command of a run that stopped early, run again, trains nothing.
+  with caplog.at_level(logging.INFO, logger="metarec"):
+    done = train_and_evaluate(_early_stopping_config(), straight)
+  assert done == {"step": first["step"], "finished": True}
+  assert f"stopped early at step {first['step']}" in caplog.text
+
+
+def test_a_validation_done_just_before_a_stop_is_saved_with_its_step(
+    tmp_path, monkeypatch):
+  """The stop, seen after the validation, saved the trained state without
+  it: the step was never a candidate."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from metarec_jax.train import validation  # pylint: disable=g-import-not-at-top
+  from metarec_jax.workdir import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  real = validation.validate
+
+  def then_stop(evaluator, trainer, params, step, **kw):
+    out = real(evaluator, trainer, params, step, **kw)
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return out
+
+  monkeypatch.setattr(validation, "validate", then_stop)
+  workdir = str(tmp_path / "run")
+  config = _early_stopping_config(9)
+  config.train.early_stop_patience = 0
+  assert train_and_evaluate(config, workdir)["preempted"]
+  checkpointer = ckpt_lib.Checkpointer(workdir)
+  assert 3 in checkpointer.validated()
+  checkpointer.close()

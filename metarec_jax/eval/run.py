@@ -17,6 +17,7 @@ from metarec_jax.eval.evaluate import Evaluator
 from metarec_jax.errors import OutputError, cause_of
 from metarec_jax.eval.user_file import read_new_users
 from metarec_jax.workdir.restore import load_state, served_values
+from metarec_jax.workdir import resume
 
 log = logging.getLogger("metarec")
 
@@ -54,6 +55,8 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   Raises:
     InputError: a bad work directory, config, checkpoint or ratings file.
   """
+  overrides = list(overrides)  # read twice
+  resume.check_reader_overrides(overrides)
   config = config_io.apply_overrides(
       config_io.read_workdir_config(workdir), overrides)
   exp = experiment.build(config, workdir, log=log.info)

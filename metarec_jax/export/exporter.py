@@ -38,6 +38,7 @@ from metarec_jax.export import users as users_lib
 from metarec_jax.workdir.progress import UserProgress
 from metarec_jax.meta import paths
 from metarec_jax.workdir.restore import load_state
+from metarec_jax.workdir import resume
 
 log = logging.getLogger("metarec")
 
@@ -94,6 +95,8 @@ def export_workdir(workdir: str, ratings: str, out: str, *, top_k: int = 0,
   t0 = time.perf_counter()
   check_options(top_k=top_k, dtype=dtype, chunk_users=chunk_users,
                 unknown_users=unknown_users)
+  overrides = list(overrides)  # read twice
+  resume.check_reader_overrides(overrides)
   config = config_io.apply_overrides(config_io.read_workdir_config(workdir),
                                      overrides)
   exp = experiment.build(config, workdir, log=log.info)

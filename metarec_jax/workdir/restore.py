@@ -52,6 +52,7 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
   chosen = step
   for attempt in range(_ATTEMPTS):
     checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+    listed = set(checkpointer.steps())
     try:
       step = chosen if chosen is not None else _default_step(checkpointer,
                                                              exp)
@@ -62,7 +63,7 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
                              runtime.replicated(mesh)), step)
       break
     except ckpt_lib.CheckpointError as e:
-      if step is not None and not os.path.exists(
+      if step in listed and not os.path.exists(
           os.path.join(checkpointer.directory, str(step))):
         # Not damage: a trainer running in the work directory removed it
         # (`checkpoint.keep`) while it was being read.

@@ -46,8 +46,12 @@ RUN_CONSTANTS = ("model.global_mean",)
 
 def keep_run_constants(config, workdir: str) -> None:
   """Sets `config`'s `RUN_CONSTANTS` to those of the run in `workdir` (its
-  `config.json`), if there is one, logging each that the config changed."""
-  if not os.path.exists(os.path.join(workdir, config_io.WORKDIR_CONFIG)):
+  `config.json`), if it saved a checkpoint (a fresh start keeps the
+  config's), logging each that the config changed."""
+  folder = os.path.join(workdir, "checkpoints")
+  if not (os.path.exists(os.path.join(workdir, config_io.WORKDIR_CONFIG))
+          and os.path.isdir(folder)
+          and any(name.isdigit() for name in os.listdir(folder))):
     return
   saved = config_io.flat(config_io.to_dict(
       config_io.read_workdir_config(workdir)))
@@ -82,6 +86,16 @@ def split_changes(saved: dict, current: dict) -> list[str]:
       continue
     out.append(f"{key}={_show(old)} -> {_show(new)}")
   return out
+
+
+def check_reader_overrides(overrides) -> None:
+  """Raises InputError where `eval` or `export` overrides a `RUN_CONSTANTS`
+  key: the checkpoint's parameters were trained around the run's value."""
+  for key, _ in overrides:
+    if key in RUN_CONSTANTS:
+      raise InputError(f"--config.{key}: a constant of the run's model (its"
+                       " parameters were trained around the value in its"
+                       " config.json); it cannot be changed here")
 
 
 def config_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
