@@ -83,54 +83,57 @@ def serve(options: Options) -> int:
   folder = o.log_dir or interaction_log.default_dir(o.export)
   interactions = interaction_log.InteractionLog(folder, fmt,
                                                 timestamps=stamps)
-  # Bound now (a port in use is exit 2 before any slow work); connections
-  # wait in the backlog until the server is ready.
-  sock = _bind(o.host, o.port)
-  # JAX and the web stack load only now, after the lock.
-  import uvicorn
-  from metarec_jax import export as export_lib, runtime
-  from metarec_jax.serve import app as app_lib
-  from metarec_jax.serve import engine as engine_lib
-  from metarec_jax.serve import service as service_lib
-  runtime.enable_compilation_cache()
-  limits = engine_lib.Limits(max_batch=o.max_batch, max_k=o.max_k,
-                             max_items=o.max_items, max_ratings=o.max_ratings)
-  export = export_lib.load(o.export)
-  engine = engine_lib.Engine(export, limits, rank_cache=o.rank_cache)
-  kept = engine.rankings.preload(export)
-  if kept:
-    log.info("kept the top %d of %d exported users from topk.jsonl",
-             export.manifest["top_k"], kept)
-  replayed = service_lib.replay(engine, interactions)
-  log.info("replayed %d logged ratings of %d users from %s",
-           replayed["ratings"], replayed["users"], interactions.path)
-  t1 = time.perf_counter()
-  shapes = engine.warm_up()
-  log.info("compiled %d bucket shapes in %.1f s (users %s, predict items %s,"
-           " support %s, top %d)", shapes, time.perf_counter() - t1,
-           engine.user_sizes, engine.item_sizes, engine.support_widths,
-           engine.k)
-  service = service_lib.Service(engine, interactions,
-                                max_wait=o.max_wait_ms / 1e3)
-  app = app_lib.create_app(service, token=token,
-                           max_body=o.max_body_bytes)
-  host, port = sock.getsockname()[:2]
-  config = uvicorn.Config(app, loop="uvloop", http="httptools",
-                          access_log=o.access_log, log_level="warning",
-                          lifespan="on", timeout_graceful_shutdown=5)
-  server = uvicorn.Server(config)
-  log.info("export %s: %d users, %d items; log %s; ready in %.1f s",
-           o.export, export.num_users, export.num_items, interactions.path,
-           time.perf_counter() - t0)
-  log.info("serving on http://%s:%d (docs at /docs)", host, port)
   try:
-    server.run(sockets=[sock])
-  except (interrupts.Terminated, KeyboardInterrupt) as e:
-    # uvicorn has shut down gracefully (requests in flight answered) and
-    # raised the signal again: a stop asked for, not a failure.
-    log.info("stopped by %s: every acknowledged interaction is in %s",
-             "SIGINT" if isinstance(e, KeyboardInterrupt) else e,
-             interactions.path)
+    # Bound now (a port in use is exit 2 before any slow work); connections
+    # wait in the backlog until the server is ready.
+    sock = _bind(o.host, o.port)
+    # JAX and the web stack load only now, after the lock.
+    import uvicorn
+    from metarec_jax import export as export_lib, runtime
+    from metarec_jax.serve import app as app_lib
+    from metarec_jax.serve import engine as engine_lib
+    from metarec_jax.serve import service as service_lib
+    runtime.enable_compilation_cache()
+    limits = engine_lib.Limits(max_batch=o.max_batch, max_k=o.max_k,
+                               max_items=o.max_items,
+                               max_ratings=o.max_ratings)
+    export = export_lib.load(o.export)
+    engine = engine_lib.Engine(export, limits, rank_cache=o.rank_cache)
+    kept = engine.rankings.preload(export)
+    if kept:
+      log.info("kept the top %d of %d exported users from topk.jsonl",
+               export.manifest["top_k"], kept)
+    replayed = service_lib.replay(engine, interactions)
+    log.info("replayed %d logged ratings of %d users from %s",
+             replayed["ratings"], replayed["users"], interactions.path)
+    t1 = time.perf_counter()
+    shapes = engine.warm_up()
+    log.info("compiled %d bucket shapes in %.1f s (users %s, predict items"
+             " %s, support %s, top %d)", shapes, time.perf_counter() - t1,
+             engine.user_sizes, engine.item_sizes, engine.support_widths,
+             engine.k)
+    service = service_lib.Service(engine, interactions,
+                                  max_wait=o.max_wait_ms / 1e3)
+    app = app_lib.create_app(service, token=token,
+                             max_body=o.max_body_bytes)
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(app, loop="uvloop", http="httptools",
+                            access_log=o.access_log, log_level="warning",
+                            lifespan="on", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    log.info("export %s: %d users, %d items; log %s; ready in %.1f s",
+             o.export, export.num_users, export.num_items, interactions.path,
+             time.perf_counter() - t0)
+    log.info("serving on http://%s:%d (docs at /docs)", host, port)
+    try:
+      server.run(sockets=[sock])
+    except (interrupts.Terminated, KeyboardInterrupt) as e:
+      # uvicorn has shut down gracefully (requests in flight answered) and
+      # raised the signal again: a stop asked for, not a failure.
+      log.info("stopped by %s: every acknowledged interaction is in %s",
+               "SIGINT" if isinstance(e, KeyboardInterrupt) else e,
+               interactions.path)
   finally:
+    # Also where a signal or an error ends the start-up (replay, compile).
     interactions.close()
   return 0
