@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 
@@ -110,7 +111,8 @@ def init_distributed(coordinator_address: str | None = None,
   watchdog.daemon = True
   watchdog.start()
   try:
-    with interrupts.default_action():
+    # SIGTERM stays JAX's afterwards: its preemption notifier.
+    with interrupts.default_action(restore=(signal.SIGINT,)):
       jax.distributed.initialize(**kwargs)
   finally:
     watchdog.cancel()

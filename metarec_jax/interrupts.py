@@ -99,11 +99,19 @@ def stop_on_signals() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def default_action() -> Iterator[None]:
+def default_action(restore: tuple[int, ...] = (signal.SIGTERM,
+                                               signal.SIGINT)
+                   ) -> Iterator[None]:
   """SIGTERM and SIGINT end the process at once inside the block (their
   default action), for a wait inside C++ (JAX's `distributed.initialize`)
   where no Python handler runs until it returns: there is nothing to clean
-  up, and a handler would only postpone the stop by minutes."""
+  up, and a handler would only postpone the stop by minutes.
+
+  When the block ends normally only the handlers of `restore` come back:
+  `jax.distributed.initialize` installs its own SIGTERM handler (the
+  preemption notifier, on which every process agrees on the step to save
+  at), which putting ours back would replace.
+  """
   if threading.current_thread() is not threading.main_thread():
     yield
     return
@@ -111,9 +119,12 @@ def default_action() -> Iterator[None]:
               for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
     yield
+  except BaseException:
+    restore = tuple(previous)
+    raise
   finally:
-    for sig, handler in previous.items():
-      signal.signal(sig, handler)
+    for sig in restore:
+      signal.signal(sig, previous[sig])
 
 
 @contextlib.contextmanager

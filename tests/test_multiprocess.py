@@ -122,3 +122,39 @@ def test_two_processes_match_one_process_with_a_model_axis(tmp_path):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5,
                                atol=1e-6)
+
+
+def test_sigterm_to_one_process_saves_every_process_at_one_step(tmp_path):
+  """JAX's preemption notifier takes SIGTERM in a multi-process run, so
+  that the processes agree on the step to save at. Putting the command's
+  own handler back after the join (the join waits with the default
+  action) replaced it: process 0 alone ended, nothing was saved, and the
+  other process hung."""
+  import re  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  from procs import checkpoint_steps, wait_for  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  port = free_port()
+  args = [f"--config={config_path('tiny')}", "--config.train.num_steps=5000",
+          "--config.train.eval_every_steps=-1", "--config.data.buckets=(16,)",
+          "--config.checkpoint.every_steps=5000"]
+  procs = [start("train", *args, f"--workdir={workdir}",
+                 f"--coordinator_address=127.0.0.1:{port}",
+                 "--num_processes=2", f"--process_id={i}", devices=2,
+                 stderr_path=f"{workdir}.p{i}.log") for i in (0, 1)]
+  try:
+    wait_for(lambda: re.search(r"step \d{2,}/5000",
+                               open(f"{workdir}.p0.log").read()),
+             proc=procs[0], timeout=600, interval=0.1)
+    procs[0].send_signal(signal.SIGTERM)
+    for p in procs:
+      p.wait(timeout=120)
+  finally:
+    for p in procs:
+      p.kill()
+  logs = [open(f"{workdir}.p{i}.log").read() for i in (0, 1)]
+  assert [p.returncode for p in procs] == [0, 0], logs
+  stopped = re.search(r"stopped by a signal at step (\d+) \(saved\)",
+                      logs[0])
+  assert stopped, logs[0]
+  assert int(stopped.group(1)) in checkpoint_steps(workdir)
