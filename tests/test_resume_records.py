@@ -220,7 +220,7 @@ def test_a_stop_during_the_support_curve_says_so(killed_after_step_6,
   with caplog.at_level(logging.WARNING, logger="metarec"):
     summary = train_and_evaluate(config_of(workdir), workdir)
   assert summary["preempted"] and summary["step"] == 6
-  assert "stopped by a signal during the support curve of step 6" in (
+  assert "stopped by a signal at step 6 before its support curve" in (
       caplog.text)
   assert not os.path.exists(os.path.join(workdir, "eval",
                                          "support_curve.json"))
@@ -281,3 +281,31 @@ def test_a_validation_done_just_before_a_stop_is_saved_with_its_step(
   checkpointer = ckpt_lib.Checkpointer(workdir)
   assert 3 in checkpointer.validated()
   checkpointer.close()
+
+
+def test_a_stop_right_after_a_redone_validation_is_a_stop(tmp_path,
+                                                          monkeypatch,
+                                                          caplog):
+  """The validation that ended the patience was redone, the signal came
+  next: the run ended "early stopped", exit 0, with no curve and no word."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from metarec_jax.train import validation  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  straight = train_and_evaluate(_early_stopping_config(),
+                                str(tmp_path / "straight"))
+  with monkeypatch.context() as m:
+    _stop_during_validation_of(straight["step"], m)
+    assert train_and_evaluate(_early_stopping_config(), workdir)["preempted"]
+  real = validation.validate
+
+  def then_stop(evaluator, trainer, params, step, **kw):
+    out = real(evaluator, trainer, params, step, **kw)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return out
+
+  monkeypatch.setattr(validation, "validate", then_stop)
+  with caplog.at_level(logging.WARNING, logger="metarec"):
+    summary = train_and_evaluate(_early_stopping_config(), workdir)
+  assert summary["preempted"] and summary["step"] == straight["step"]
+  assert f"stopped by a signal at step {straight['step']} before its" \
+      " support curve" in caplog.text

@@ -349,17 +349,21 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         log.warning("%d compilation(s) after the warm-up: a batch shape"
                     " escaped the buckets", compiles.programs)
       if ((step == num_steps or summary.get("early_stopped"))
-          and "val" in summary and not stop.now()):
-        support_curve.evaluate_and_write(
-            workdir, evaluator,
-            trainer.eval_params(served if served is not None
-                                else state.params),
-            {"val": exp.split.scenarios["val"]}, step=step,
-            seed=int(config.eval.seed), write=is_lead, should_stop=stop.now)
-        if stop.now():  # the run is saved; only the curve is missing
-          log.warning("stopped by a signal during the support curve of step"
-                      " %d: not written (`metarec eval --workdir=%s` writes"
-                      " it)", step, workdir)
+          and "val" in summary):
+        if not stop.now():
+          support_curve.evaluate_and_write(
+              workdir, evaluator,
+              trainer.eval_params(served if served is not None
+                                  else state.params),
+              {"val": exp.split.scenarios["val"]}, step=step,
+              seed=int(config.eval.seed), write=is_lead,
+              should_stop=stop.now)
+        if stop.now() and not summary.get("preempted"):
+          # The run is saved (a stop during its last save or validation,
+          # or during the curve): only the curve is missing.
+          log.warning("stopped by a signal at step %d before its support"
+                      " curve: not written (`metarec eval --workdir=%s`"
+                      " writes it)", step, workdir)
           summary["preempted"] = True
     finally:
       checkpointer.close()
