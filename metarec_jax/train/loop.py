@@ -107,16 +107,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       (state, restored_step, horizon, saved_config, cut,
        saved_selection) = start_lib.restore_or_init(trainer, checkpointer,
                                                     config_record)
-      selection = None  # (below, after the warm-up)
-      patience = int(tc.early_stop_patience)
-      stopped_early = bool(saved_selection and patience and not cut and (
-          saved_selection.get("stale", 0) >= patience))
-      if stopped_early:
+      # Checkpoint selection and early stopping (also over the checkpoints
+      # before a resume).
+      selection = Selection.resumed(int(tc.early_stop_patience),
+                                    checkpointer.validated(),
+                                    saved_selection)
+      if selection.should_stop and not cut:
         log.info("nothing to train: the run in %s stopped early at step %d"
                  " (train.early_stop_patience=%d). Next: `metarec eval"
                  " --workdir=%s`, or resume with a larger"
                  " --config.train.early_stop_patience", workdir,
-                 restored_step, patience, workdir)
+                 restored_step, selection.patience, workdir)
         return {"step": restored_step, "finished": True}
       if restored_step is not None and restored_step >= num_steps and not (
           cut and restored_step == num_steps):
@@ -149,7 +150,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           start_lib.save(checkpointer, step, state, config_record,
                          validation_cut=validation_cut, val_mae=val_loss,
                          params=validated,
-                         selection=selection and selection.record())
+                         selection=selection.record())
           what = ("saved; its validation, cut short, is done on resume"
                   if validation_cut else "saved")
         elif step > 0:  # e.g. during the warm-up of a resumed run
@@ -186,12 +187,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       summary["warmup_compiles"] = warmup.compiled
       summary["warmup_cache_hits"] = warmup.cache_hits
       compiles = runtime.CompileCounter().start()
-
-      # Checkpoint selection and early stopping (also over the checkpoints
-      # before a resume).
-      selection = Selection.resumed(int(tc.early_stop_patience),
-                                    checkpointer.validated(),
-                                    saved_selection)
 
       def save(step, val_loss=None, params=None):
         # orbax compiles its own small copy programs on a first save; they
