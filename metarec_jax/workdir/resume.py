@@ -74,12 +74,13 @@ SPLIT_KEYS = ("eval.seed", "eval.new_user_fraction", "eval.val_fraction",
               "data.query_size")
 
 
-def split_changes(saved: dict, current: dict) -> list[str]:
-  """`KEY=OLD -> NEW` for every `SPLIT_KEYS` key that differs (a saved
-  `eval.val_fraction` of 0, from before the resolved share was recorded,
-  meant the share resolved from the same data: not a change)."""
+def split_changes(changes: list[tuple[str, Any, Any]]) -> list[str]:
+  """`KEY=OLD -> NEW` for every `SPLIT_KEYS` key among `changes`
+  (`config_changes`; a saved `eval.val_fraction` of 0, from before the
+  resolved share was recorded, meant the share resolved from the same
+  data: not a change)."""
   out = []
-  for key, old, new in config_changes(saved, current):
+  for key, old, new in changes:
     if key not in SPLIT_KEYS:
       continue
     if key == "eval.val_fraction" and not old:
@@ -127,7 +128,7 @@ def check_resume(saved_config: dict, current_config: dict,
       the first parameters whose shapes differ.
   """
   changes = config_changes(saved_config, current_config)
-  split = split_changes(saved_config, current_config)
+  split = split_changes(changes)
   if split:
     raise InputError(
         f"cannot resume the checkpoint of step {step}: the change redraws"
