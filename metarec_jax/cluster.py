@@ -144,10 +144,9 @@ def _compare_counts(coordinator_address: str, num_processes: int,
   except Exception as e:  # pylint: disable=broad-except
     # A process that joined and died before publishing its count (or an
     # older version that publishes none).
-    first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
     return (f"process {process_id}: the processes that joined the run at"
             f" {coordinator_address} did not all say their --num_processes"
-            f" within {join_timeout} s (--join_timeout): {first}")
+            f" within {join_timeout} s (--join_timeout): {_first_line(e)}")
   problem = None
   if set(counts.values()) != {num_processes} or (
       jax.process_count() != num_processes):
@@ -164,11 +163,18 @@ def _compare_counts(coordinator_address: str, num_processes: int,
     client.wait_at_barrier("metarec/join/compared", join_timeout * 1000)
   except Exception as e:  # pylint: disable=broad-except
     if problem is None:  # a process died after publishing its count
-      first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
       problem = (f"process {process_id}: not every process of the run at"
                  f" {coordinator_address} compared its --num_processes"
-                 f" within {join_timeout} s (--join_timeout): {first}")
+                 f" within {join_timeout} s (--join_timeout):"
+                 f" {_first_line(e)}")
   return problem
+
+
+def _first_line(error: Exception) -> str:
+  """The first line of a coordination-service error (its repr where it
+  says nothing)."""
+  text = str(error).strip()
+  return text.splitlines()[0] if text else repr(error)
 
 
 def _unjoined_problem(coordinator_address: str | None,
