@@ -44,10 +44,13 @@ def params_at(workdir, step):
   return checkpointer.restore(path, target)["params"]
 
 
-def train_two_processes(workdir, args, *, late_compile_s=(0, 0)):
+def train_two_processes(workdir, args, *, late_compile_s=(0, 0),
+                        while_running=None, timeout=1200):
   """`metarec train ARGS` as 2 processes x 2 devices on loopback, process i
-  starting its first compilation `late_compile_s[i]` seconds late; returns
-  their logs after checking that both exited 0."""
+  starting its first compilation `late_compile_s[i]` seconds late and
+  logging to `WORKDIR.pI.log`; `while_running(processes)`, if given, is
+  called once they are started; each may take `timeout` seconds more.
+  Returns their logs after checking that both exited 0."""
   port = free_port()
   procs = [start("train", *args, f"--workdir={workdir}",
                  f"--coordinator_address=127.0.0.1:{port}",
@@ -56,8 +59,10 @@ def train_two_processes(workdir, args, *, late_compile_s=(0, 0)):
                  late_compile_s=late_compile_s[i])
            for i in (0, 1)]
   try:
+    if while_running is not None:
+      while_running(procs)
     for p in procs:
-      p.wait(timeout=1200)
+      p.wait(timeout=timeout)
   finally:
     for p in procs:
       p.kill()
@@ -134,26 +139,18 @@ def test_sigterm_to_one_process_saves_every_process_at_one_step(tmp_path):
   import signal  # pylint: disable=g-import-not-at-top
   from procs import checkpoint_steps, wait_for  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "run")
-  port = free_port()
   args = [f"--config={config_path('tiny')}", "--config.train.num_steps=5000",
           "--config.train.eval_every_steps=-1", "--config.data.buckets=(16,)",
           "--config.checkpoint.every_steps=5000"]
-  procs = [start("train", *args, f"--workdir={workdir}",
-                 f"--coordinator_address=127.0.0.1:{port}",
-                 "--num_processes=2", f"--process_id={i}", devices=2,
-                 stderr_path=f"{workdir}.p{i}.log") for i in (0, 1)]
-  try:
+
+  def sigterm_to_process_0(procs):
     wait_for(lambda: re.search(r"step \d{2,}/5000",
                                open(f"{workdir}.p0.log").read()),
              proc=procs[0], timeout=600, interval=0.1)
     procs[0].send_signal(signal.SIGTERM)
-    for p in procs:
-      p.wait(timeout=120)
-  finally:
-    for p in procs:
-      p.kill()
-  logs = [open(f"{workdir}.p{i}.log").read() for i in (0, 1)]
-  assert [p.returncode for p in procs] == [0, 0], logs
+
+  logs = train_two_processes(workdir, args,
+                             while_running=sigterm_to_process_0, timeout=120)
   stopped = re.search(r"stopped by a signal at step (\d+) \(saved\)",
                       logs[0])
   assert stopped, logs[0]
