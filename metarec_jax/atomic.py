@@ -18,11 +18,11 @@ import json
 import os
 import shutil
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from metarec_jax.errors import OutputError, cause_of
+from metarec_jax.errors import InputError, OutputError, cause_of
 from metarec_jax.interrupts import uninterrupted
 
 
@@ -68,6 +68,18 @@ def allocate_npy(path: str | os.PathLike, dtype, shape) -> int:
   except OSError as e:  # name the file (a failed write names none)
     raise OSError(e.errno, cause_of(e), os.fspath(path)) from e
   return offset
+
+
+def refuse_other(out: str | os.PathLike, is_earlier: Callable[[str], bool],
+                 message: str) -> None:
+  """Raises `InputError(message)` naming `out` where `out` exists and is
+  neither an empty folder nor one `is_earlier` recognises: a writer
+  replaces only what it wrote itself, never a user's own file or folder
+  (a data folder given as the output by mistake)."""
+  out = os.fspath(out)
+  if os.path.lexists(out) and not (
+      os.path.isdir(out) and (not os.listdir(out) or is_earlier(out))):
+    raise InputError(message, path=out)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

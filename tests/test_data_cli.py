@@ -160,3 +160,26 @@ def test_bad_files_fail_train_cleanly(case, tmp_path):
   assert_one_line_error(out, message)
   assert no_store_left(workdir)
   assert not os.path.exists(workdir / "checkpoints")
+
+
+def test_prepare_and_synth_never_replace_a_folder_that_is_no_store(tmp_path):
+  """`--out` naming the data's own folder (or any file or folder that is
+  not an earlier store) is refused before anything is read or written."""
+  root = datafiles.tiny_ml1m(str(tmp_path / "ml"))
+  before = sorted(os.listdir(root))
+  out = metarec("data", "prepare", "--dataset=movielens-1m", f"--root={root}",
+                f"--out={root}")
+  assert_one_line_error(out, f"{root}: exists and is not a task store")
+  assert sorted(os.listdir(root)) == before
+  assert sorted(os.listdir(tmp_path)) == ["ml"]  # no temporary folder
+  notes = tmp_path / "notes.txt"
+  notes.write_text("keep")
+  out = metarec("data", "synth", f"--out={notes}", "--num_users=5")
+  assert_one_line_error(out, "exists and is not a task store")
+  assert notes.read_text() == "keep"
+  # An empty folder, and an earlier store, are written over.
+  (tmp_path / "empty").mkdir()
+  for target in ("empty", "empty"):
+    out = metarec("data", "synth", f"--out={tmp_path / target}",
+                  "--num_users=5")
+    assert out.returncode == 0, out.stderr

@@ -1,5 +1,7 @@
 """Implicit data: positives from files and thresholds, sampled negatives."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -55,6 +57,19 @@ def test_threshold_keeps_positives_and_remembers_every_interaction(tmp_path):
   seen = implicit.interacted_keys(s)
   assert len(seen) == 5  # every (user, item) pair, positive or not
   assert implicit.contains(seen, implicit.keys(0, 1, 3))  # u1,b rated 2
+
+
+def test_an_implicit_prepare_cleans_up_after_a_killed_one(tmp_path):
+  """The rating store a killed implicit build left beside its output
+  (`.NAME.ratings-*`) is removed by the next build of the same output."""
+  datafiles.write(str(tmp_path / "clicks.csv"), "user,item\nu1,a\nu2,b\n")
+  data = generic_config(tmp_path, ratings="clicks.csv", rating_col="")
+  left = tmp_path / ".store.ratings-killed" / "store"
+  left.mkdir(parents=True)
+  (tmp_path / ".other.ratings-x").mkdir()  # another output's: kept
+  prepare.prepare(data, tmp_path / "store")
+  assert sorted(os.listdir(tmp_path)) == [".other.ratings-x", "clicks.csv",
+                                          "store"]
 
 
 @pytest.fixture(scope="module")

@@ -167,6 +167,22 @@ def _check_structure(store: TaskStore) -> None:
             f" {side}s")
 
 
+def is_store(path: str | os.PathLike) -> bool:
+  """Whether `path` holds a store's manifest (of any format version)."""
+  try:
+    with open(os.path.join(path, "manifest.json")) as f:
+      return "format" in json.load(f)
+  except (OSError, ValueError, TypeError):
+    return False
+
+
+def refuse_non_store(out: str | os.PathLike) -> None:
+  """Raises `InputError` where `out` exists and is neither an empty folder
+  nor an earlier store: what a store's writer may not replace."""
+  atomic.refuse_other(out, is_store, "exists and is not a task store;"
+                      " choose another --out (a store's folder of its own)")
+
+
 class StoreWriter(atomic.Folder):
   """Writes a store into a temporary folder and renames it into place.
 
@@ -181,7 +197,15 @@ class StoreWriter(atomic.Folder):
   Leaving the block without `finish` (an exception, a kill) leaves `out`
   untouched; the temporary folder is removed on exceptions and named
   `.NAME.tmp-*` so that a later writer cleans up after a killed one.
+
+  Raises:
+    InputError: `out` exists and is neither empty nor an earlier store (a
+      data folder given as the output by mistake is never replaced).
   """
+
+  def __init__(self, out: str | os.PathLike):
+    super().__init__(out)
+    refuse_non_store(self.out)
 
   def __enter__(self) -> "StoreWriter":
     super().__enter__()

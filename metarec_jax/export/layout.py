@@ -183,11 +183,8 @@ class ExportWriter(atomic.Folder):
 
   def __init__(self, out: str | os.PathLike):
     super().__init__(out)
-    if os.path.isfile(self.out) or (
-        os.path.isdir(self.out) and os.listdir(self.out)
-        and not is_export(self.out)):
-      raise InputError("exists and is not an earlier export; choose another"
-                       " --out", path=self.out)
+    atomic.refuse_other(self.out, is_export, "exists and is not an earlier"
+                        " export; choose another --out")
     self._mapped: list[MappedArray] = []
 
   def __exit__(self, exc_type, exc, tb):

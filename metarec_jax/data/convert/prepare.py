@@ -37,13 +37,20 @@ def prepare(data_config, out: str | os.PathLike,
   converted into the implicit store (`implicit.convert_store`).
   """
   spec = implicit.spec_of(data_config)
+  if data_config.name != "synthetic":
+    _source_root(data_config)  # a bad name or root is the first error
+  store_lib.refuse_non_store(out)  # before anything is read
   if not spec.enabled:
     _prepare_ratings(data_config, out, log)
     return
   out = os.path.abspath(os.fspath(out))
   parent, name = os.path.split(out)
   os.makedirs(parent, exist_ok=True)
-  ratings = tempfile.mkdtemp(prefix=f".{name}.ratings-", dir=parent)
+  prefix = f".{name}.ratings-"
+  for entry in os.listdir(parent):  # left by a killed run
+    if entry.startswith(prefix):
+      shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+  ratings = tempfile.mkdtemp(prefix=prefix, dir=parent)
   try:
     _prepare_ratings(data_config, os.path.join(ratings, "store"), log)
     manifest = implicit.convert_store(

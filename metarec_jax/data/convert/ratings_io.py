@@ -344,10 +344,10 @@ def write_tasks(out: str | os.PathLike, tasksets: dict[str, TaskSet],
     InputError: `out` exists and is not an earlier task folder.
   """
   out = os.path.abspath(os.fspath(out))
-  if os.path.exists(out) and os.listdir(out) and not os.path.exists(
-      os.path.join(out, TASKS_MANIFEST)):
-    raise InputError("exists and is not a task folder written by --write_tasks"
-                     "; choose another folder", path=out)
+  atomic.refuse_other(
+      out, lambda p: os.path.exists(os.path.join(p, TASKS_MANIFEST)),
+      "exists and is not a task folder written by --write_tasks; choose"
+      " another folder")
   fmt = store_format(store)
   summary = {"format": fmt.to_json(), "scenarios": {}, **(extra or {})}
   with atomic.Folder(out) as folder:
