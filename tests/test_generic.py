@@ -348,3 +348,90 @@ def test_a_list_pad_of_no_list_column_is_said_to_be_ignored(shop, tmp_path):
   assert ("data.list_pad: tgas is no list column of data.generic.lists"
           " ('tags',): ignored") in said
   assert not any("genre" in line for line in said)  # a default key
+
+
+def _prepared(tmp_path, name, raw: bytes, **keys):
+  root = tmp_path / name
+  root.mkdir()
+  (root / "ratings.csv").write_bytes(raw)
+  prepare.prepare(data_config(root, id_features=True, **keys),
+                  tmp_path / f"{name}-store")
+  return store_lib.open_store(tmp_path / f"{name}-store")
+
+
+def test_ids_zero_and_minus_zero_stay_two_ids(tmp_path):
+  s = _prepared(tmp_path, "zero", b"user,item,rating\na,0,4\na,-0,2\nb,5,3\n")
+  assert sorted(s.item_ids.tolist()) == ["-0", "0", "5"]  # strings: -0 != 0
+  assert s.num_ratings == 3
+
+
+def test_numbers_pythons_float_reads_are_ratings_and_times(tmp_path):
+  """A trailing no-break space (Excel) or another script's digits: read as
+  Python's `float` reads them, with or without quotes in the file."""
+  s = _prepared(tmp_path, "nbsp", "user;item;rating;ts\nalice;mug;4\u00a0;1.5"
+                "\nbob;pen;\u0663;2.5\u00a0\n".encode(), delimiter=";",
+                timestamp_col="ts")
+  assert s.ratings.tolist() == [4.0, 3.0]
+  assert s.timestamps.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("first, later, message", [
+    ("5.5", "1e300", "'1e300' is out of range"),
+    ("1e300", "5.5", "'1e300' is out of range"),
+    ("5", "99999999999999999999", "'99999999999999999999' is out of range"),
+])
+def test_times_beyond_int64_are_errors_at_their_line(tmp_path, first, later,
+                                                     message):
+  line = 2 if first != "5.5" and first != "5" else 3
+  with pytest.raises(InputError, match=f"ratings.csv:{line}: timestamp"
+                     f" {message}"):
+    _prepared(tmp_path, "big", f"user,item,rating,ts\na,n,3,{first}\n"
+              f"a,m,4,{later}\n".encode(), timestamp_col="ts")
+
+
+def test_a_carriage_return_file_names_the_line_of_a_bad_byte(tmp_path):
+  with pytest.raises(InputError, match=r"ratings.csv:3: byte 0xeb at column"
+                     r" 3 is not valid utf-8"):
+    _prepared(tmp_path, "cr", b"user,item,rating\ralice,mug,4\rzo\xeb,pen,3\r")
+  with pytest.raises(InputError, match=r"ratings.csv:2: a NUL byte at column"
+                     r" 2"):
+    _prepared(tmp_path, "nul", b"user,item,rating\ra\0,mug,4\r")
+
+
+def test_joined_files_are_refused_at_the_repeated_header_or_bom(tmp_path):
+  with pytest.raises(InputError, match=r"orders.csv:4: this line repeats the"
+                     r" header"):
+    root = tmp_path / "joined"
+    datafiles.write(str(root / "orders.csv"),
+                    "customer;sku\nc1;A\nc2;B\ncustomer;sku\nc1;C\n")
+    data = data_config(root, id_features=True, ratings="orders.csv",
+                       delimiter=";", user_col="customer", item_col="sku",
+                       rating_col="")
+    data.implicit.enabled = True
+    prepare.prepare(data, tmp_path / "joined-store")
+  with pytest.raises(InputError, match=r"ratings.csv:3: a byte order mark"):
+    _prepared(tmp_path, "bom", "user,item,rating\na,x,4\n\ufeffa,y,3\n"
+              .encode())
+
+
+def test_one_huge_id_is_refused_before_it_is_held(tmp_path):
+  lines = "".join(f"u{u},i{u % 7},3\n" for u in range(300))
+  with pytest.raises(InputError, match=r"ratings.csv:302: user id of"
+                     r" 300,000 characters"):
+    _prepared(tmp_path, "long", f"user,item,rating\n{lines}{'x' * 300_000},"
+              "i1,4\n".encode())
+
+
+def test_a_wrong_delimiter_is_hinted_at_a_field_count_and_a_feature(tmp_path):
+  with pytest.raises(InputError, match=r"ratings.csv:2: 2 field\(s\) .*line 1"
+                     r" is one field split on ',': is the delimiter ';'\?"):
+    _prepared(tmp_path, "semi", b"user;item;rating\nalice;mug;4,5\n")
+  root = tmp_path / "feat"
+  datafiles.write(str(root / "ratings.csv"), "user;item;rating\na;mug;4\n")
+  datafiles.write(str(root / "items.csv"), "item,maker\nmug,Acme\n")
+  with pytest.raises(InputError, match=r"feature column 'maker' is in no"
+                     r" feature table's header \(.*items.csv: item,maker;"
+                     r" the header is one field split on ';': is the"
+                     r" delimiter ','\?\)"):
+    prepare.prepare(data_config(root, delimiter=";", item_features="items.csv",
+                                categorical=("maker",)), tmp_path / "f-store")

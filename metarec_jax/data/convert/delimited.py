@@ -68,10 +68,10 @@ class Table:
     except ValueError:
       raise InputError(
           f"no column {name!r} in the header (columns: "
-          f"{excerpt(', '.join(self.header), 200)[1:-1]}){self._hint(name)}",
+          f"{excerpt(', '.join(self.header), 200)[1:-1]}){self.hint(name)}",
           path=self.path, line=self.header_line) from None
 
-  def _hint(self, name: str = "") -> str:
+  def hint(self, name: str = "") -> str:
     """The likely cause of a missing column: a 0-based position given for
     a file read with a header, or a header of one field holding a common
     separator (the file is split on another delimiter than it uses)."""
@@ -80,11 +80,28 @@ class Table:
               " (data.generic.header=false)")
     if len(self.header) != 1:
       return ""
-    for sep in ("\t", ";", ",", "|", " "):
-      if sep != self.delimiter and sep in self.header[0]:
-        return (f"; the header is one field split on {self.delimiter!r}:"
-                f" is the delimiter {sep!r}?")
-    return ""
+    return delimiter_hint(self.header[0], self.delimiter, "the header")
+
+
+def delimiter_hint(field: str, delimiter: str, what: str) -> str:
+  """`"; WHAT is one field split on D: is the delimiter S?"` where the one
+  field `field` of a line holds a common separator S other than
+  `delimiter` (the file uses another delimiter), else `""`."""
+  for sep in ("\t", ";", ",", "|", " "):
+    if sep != delimiter and sep in field.strip():
+      return (f"; {what} is one field split on {delimiter!r}: is the"
+              f" delimiter {sep!r}?")
+  return ""
+
+
+def _position(data, at: int) -> tuple[int, int]:
+  """1-based line and column of offset `at` in `data` (bytes or text),
+  with line ends as the readers see them: `\n`, or `\r` in a file
+  without `\n` (`cr_lines`)."""
+  nl, cr = ("\n", "\r") if isinstance(data, str) else (b"\n", b"\r")
+  end = nl if nl in data else cr
+  return (data.count(end, 0, at) + 1,
+          at - (data.rfind(end, 0, at) + 1) + 1)
 
 
 def read_text(path: str | os.PathLike, encoding: str) -> str:
@@ -105,8 +122,7 @@ def read_text(path: str | os.PathLike, encoding: str) -> str:
   try:
     text = raw.decode(encoding)
   except UnicodeDecodeError as e:
-    line = raw.count(b"\n", 0, e.start) + 1
-    column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+    line, column = _position(raw, e.start)
     raise InputError(
         f"byte 0x{raw[e.start]:02x} at column {column} is not valid"
         f" {encoding} text", path=path, line=line) from None
@@ -114,12 +130,16 @@ def read_text(path: str | os.PathLike, encoding: str) -> str:
     raise InputError(f"unknown text encoding {encoding!r}", path=path) from None
   nul = text.find("\0")
   if nul >= 0:  # ids would lose it silently (numpy strips trailing NULs)
-    line = text.count("\n", 0, nul) + 1
-    column = nul - (text.rfind("\n", 0, nul) + 1) + 1
+    line, column = _position(text, nul)
     raise InputError(f"a NUL byte at column {column} (a damaged file, or"
                      " not text)", path=path, line=line)
   if text.startswith("\ufeff"):
     text = text[1:]
+  bom = text.find("\ufeff")
+  if bom >= 0:  # an invisible character that would make `c1` another id
+    line, column = _position(text, bom)
+    raise InputError(f"a byte order mark (U+FEFF) at column {column}: files"
+                     " joined together? (remove it)", path=path, line=line)
   text = cr_lines(text)
   if not text.strip():
     raise InputError("empty file", path=path)
@@ -207,9 +227,15 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
   bad = np.flatnonzero(counts != expected)
   if len(bad):
     i = int(bad[0])
+    hint = ""
+    if expected == 1:  # the first line is one field: another delimiter?
+      one = (names[0] if names is not None else rows[0][0]
+             if tokens is None else data[starts[0]:ends[0]].tobytes().decode())
+      hint = delimiter_hint(one, delimiter, f"line {first}")
     raise InputError(
         f"{counts[i]} field(s) separated by {delimiter!r}, expected"
-        f" {expected} like line {first}", path=path, line=int(numbers[i]))
+        f" {expected} like line {first}{hint}", path=path,
+        line=int(numbers[i]))
   if tokens is None:
     columns = [Column([r[j] for r in rows]) for j in range(expected)]
   else:
@@ -217,6 +243,30 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
     fields = Fields(data, starts, ends, cuts[at])
     columns = [Column(fields=fields, index=j) for j in range(expected)]
   return Table(path, names, columns, numbers, first, delimiter)
+
+
+def id_strings(table: Table, index: int, what: str) -> np.ndarray:
+  """Column `index` of `table` as stripped strings (`Column.strings`),
+  refusing one id so long that the array would blow up.
+
+  A numpy string array holds every entry at its longest's width (4 bytes a
+  character): one 30,000-character id among 9,000 short ones makes 1 GB
+  from a 200 KB file. Refused beyond 64 MiB and 4 times the file's size.
+
+  Raises:
+    InputError: naming the line of the longest id.
+  """
+  column = table.column(index)
+  widths = column.widths()
+  size = 4 * len(widths) * (int(widths.max()) if len(widths) else 0)
+  if size > max(2 ** 26, 4 * os.path.getsize(table.path)):
+    i = int(np.argmax(widths))
+    raise InputError(
+        f"{what} of {int(widths[i]):,} characters: every {what} would be held"
+        f" that wide ({size / 2 ** 20:,.0f} MiB for {len(widths):,} lines);"
+        " shorten or hash such ids", path=table.path,
+        line=int(table.lines[i]))
+  return column.strings()
 
 
 def _unique_names(names: list[str], path: str, line: int) -> None:

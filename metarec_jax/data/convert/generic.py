@@ -147,7 +147,7 @@ def _read_side(spec: GenericSpec, root: str, side: str) -> _SideTable | None:
   table = delimited.read_table(
       os.path.join(root, name), delimiter=spec.feature_delimiter
       or spec.delimiter, encoding=spec.encoding, header=True, quoting=True)
-  ids = table.column(0).strings()
+  ids = delimited.id_strings(table, 0, f"{side} id")
   empty = np.flatnonzero(ids == "")
   if len(empty):
     raise InputError(f"empty {side} id", path=table.path,
@@ -179,8 +179,11 @@ def _features(spec, tables, index_of, sizes, list_pad):
     owners = [t for t in tables if t is not None and name in
               (t.table.header[1:])]
     if not owners:
-      raise InputError(f"data.generic: feature column {name!r} is in no"
-                       " feature table's header")
+      headers = [f"{t.table.path}: {', '.join(t.table.header)}"
+                 f"{t.table.hint()}" for t in tables if t is not None]
+      raise InputError(
+          f"data.generic: feature column {name!r} is in no feature table's"
+          f" header ({' | '.join(headers) or 'no feature table is named'})")
     if len(owners) > 1:
       raise InputError(f"data.generic: feature column {name!r} is in both"
                        " the user and the item table")

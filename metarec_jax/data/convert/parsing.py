@@ -20,11 +20,12 @@ from metarec_jax.data.convert.tokens import Column
 from metarec_jax.errors import InputError, excerpt
 
 # An integer as integer ids are written: ASCII digits, `-` the only sign,
-# no leading zero, space or `_` (all of which Python's `int` accepts). One
+# no leading zero, space or `_` (all of which Python's `int` accepts), and
+# no `-0` (the integer of `0`, so the two ids would become one). One
 # definition for the store, which keeps a side's ids as integers when every
 # one is such an integer within `INT64`, and the server, which reads a
 # URL's id as the store wrote it.
-CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)", re.ASCII)
+CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]*", re.ASCII)
 INT64 = (-2 ** 63, 2 ** 63)  # [low, high) of the ids kept as integers
 
 
@@ -62,9 +63,15 @@ def parse_ints(values) -> tuple[np.ndarray, np.ndarray]:
 
 def not_an_integer(table: Table, values, ok: np.ndarray,
                    what: str) -> InputError:
-  """The error at the first line whose value `ok` marks as no integer."""
+  """The error at the first line whose value `ok` marks as no integer (or
+  none within int64)."""
   i = int(np.flatnonzero(~ok)[0])
-  return InputError(f"{what} {excerpt(values[i].strip())} is not an integer",
+  try:
+    int(values[i])
+    problem = "is out of range (integers from -2^63 to 2^63 - 1)"
+  except ValueError:
+    problem = "is not an integer"
+  return InputError(f"{what} {excerpt(values[i].strip())} {problem}",
                     path=table.path, line=int(table.lines[i]))
 
 
@@ -98,14 +105,28 @@ def _iso_seconds(values) -> tuple[np.ndarray, np.ndarray]:
   return out, ok
 
 
-def _seconds(values) -> np.ndarray | None:
-  """`values` as whole seconds (floored) if every one is a finite number
-  (`1614853321.25`, a float clock), else None."""
+def _is_number(value) -> bool:
   try:
-    out = _bulk(values, np.dtype(np.float64))
+    return math.isfinite(float(value))
   except ValueError:
-    return None
-  return np.floor(out).astype(np.int64) if np.isfinite(out).all() else None
+    return False
+
+
+def _clock_seconds(table: Table, values, what: str) -> np.ndarray:
+  """`values` (a float clock: `1614853321.25`) floored to whole seconds.
+
+  Raises:
+    InputError: naming the first line whose value is not a finite number
+      or is out of int64's range.
+  """
+  out = np.floor(floats(table, values, what))
+  bad = np.flatnonzero(~((out >= INT64[0]) & (out < INT64[1])))
+  if len(bad):
+    i = int(bad[0])
+    raise InputError(f"{what} {excerpt(values[i].strip())} is out of range"
+                     " (times from -2^63 to 2^63 - 1)",
+                     path=table.path, line=int(table.lines[i]))
+  return out.astype(np.int64)
 
 
 def times(table: Table, values, what: str) -> np.ndarray:
@@ -125,11 +146,8 @@ def times(table: Table, values, what: str) -> np.ndarray:
     if not ok.all():
       raise not_an_integer(table, values, ok, what)
     return out
-  seconds = _seconds(values)
-  if seconds is not None:
-    return seconds
-  if _seconds(values[:1]) is not None:  # a number first: numbers all
-    floats(table, values, what)  # raises at the first that is not one
+  if _is_number(values[0]):  # a number first: numbers all
+    return _clock_seconds(table, values, what)
   out, ok = _iso_seconds(values)
   if not ok.all():
     i = int(np.flatnonzero(~ok)[0])
@@ -153,9 +171,13 @@ def floats(table: Table, values, what: str) -> np.ndarray:
     out, bad = None, None
   if out is not None and not len(bad):
     return out
+  # Python's `float` on each `str`: it also reads what the bulk conversion
+  # of bytes does not (a trailing no-break space, other scripts' digits).
+  out = np.empty(len(values), np.float64)
   for i, v in enumerate(values):
     try:
-      if not np.isfinite(float(v)):
+      out[i] = float(v)
+      if not math.isfinite(out[i]):
         raise ValueError
     except ValueError:
       comma = bool(re.fullmatch(r"\s*[-+]?\d+,\d+\s*", v))
@@ -163,4 +185,4 @@ def floats(table: Table, values, what: str) -> np.ndarray:
                        " number" + (" (write decimals with a '.', not a ',')"
                                     if comma else ""),
                        path=table.path, line=int(table.lines[i])) from None
-  raise AssertionError("unreachable")
+  return out

@@ -118,10 +118,10 @@ class Ratings:
   first_bad_id: InputError | None = None
 
 
-def _ids(table, values, id_type, what) -> np.ndarray:
+def _ids(table, index, id_type, what) -> np.ndarray:
   if id_type == "int":
-    return parsing.ints(table, values, what)
-  ids = values.strings()
+    return parsing.ints(table, table.column(index), what)
+  ids = delimited.id_strings(table, index, what)
   empty = np.flatnonzero(ids == "")
   if len(empty):
     raise InputError(f"empty {what}", path=table.path,
@@ -179,9 +179,11 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
           first_bad = error
       marks[role] = (ids, ~ok)
     else:
-      marks[role] = (_ids(table, values, getattr(fmt, f"{role}_id_type"),
-                          what), None)
+      marks[role] = (_ids(table, pos[role],
+                          getattr(fmt, f"{role}_id_type"), what), None)
   (users, bad_users), (items, bad_items) = marks["user"], marks["item"]
+  if fmt.header and users.dtype.kind == items.dtype.kind == "U":
+    _refuse_repeated_header(table, users, items, pos)
   bad_user_ids = 0 if bad_users is None else len(
       {table.column(pos["user"])[i].strip()
        for i in np.flatnonzero(bad_users)})
@@ -206,6 +208,18 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
   return Ratings(users, items, ratings, timestamps, table.lines,
                  bad_users=bad_users, bad_items=bad_items,
                  bad_user_ids=bad_user_ids, first_bad_id=first_bad)
+
+
+def _refuse_repeated_header(table, users, items, pos) -> None:
+  """Raises InputError at a data line whose user and item are the header's
+  names of their columns: files joined with their headers (`cat jan.csv
+  feb.csv`), which would otherwise add a user and an item of those names."""
+  again = np.flatnonzero((users == table.header[pos["user"]])
+                         & (items == table.header[pos["item"]]))
+  if len(again):
+    raise InputError("this line repeats the header (files joined with their"
+                     " headers? remove the repeated header lines)",
+                     path=table.path, line=int(table.lines[again[0]]))
 
 
 def read_ratings(path: str | os.PathLike, store: TaskStore):

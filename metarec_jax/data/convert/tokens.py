@@ -50,6 +50,14 @@ class Column(collections.abc.Sequence):
       return iter(self._values)
     return (self[i] for i in range(len(self)))
 
+  def widths(self) -> np.ndarray:
+    """Each field's length: in bytes where held as bytes, else in
+    characters (before stripping)."""
+    if self._values is not None:
+      return np.fromiter(map(len, self._values), np.int64, len(self._values))
+    starts, ends = self._bounds()
+    return ends - starts
+
   def as_bytes(self, max_width: int = 64) -> np.ndarray | None:
     """The fields as a numpy `S` array, or None where they are not held as
     bytes or one is longer than `max_width` bytes (no number is; an id
