@@ -135,6 +135,19 @@ def test_export_and_serving_rank_unseen_items(straight, tmp_path):
   r = g.recommend([(user, 5)])[0]
   assert r["source"] == "adapted" and len(r["items"]) == 5
   assert not seen & {i for i, _ in r["items"]}
+  # The same clicks give the same model at any row of a batch, and as
+  # `Export.adapt` (no dependence on who else was in the device call).
+  h = engine_lib.Engine(e, engine_lib.Limits(max_batch=2, max_items=16))
+  positions = e.item_index(clicked)
+  h.learn([("other", positions[:3], np.full(3, top)),
+           ("new", positions, np.full(len(clicked), top))])
+  g.learn([("new", positions, np.full(len(clicked), top))])
+  probe = e.item_index(sorted(set(store.item_ids.tolist()) - seen)[:8])
+  np.testing.assert_array_equal(h.predict([("new", probe)])[0]["scores"],
+                                g.predict([("new", probe)])[0]["scores"])
+  np.testing.assert_allclose(
+      g.predict([("new", probe)])[0]["scores"],
+      e.adapt(clicked).predict(store.item_ids[probe].tolist()), rtol=1e-6)
 
 
 def test_validation_selects_checkpoints_by_full_catalog_ndcg(tmp_path):

@@ -415,3 +415,35 @@ def test_interaction_log_generic_columns_torn_tail_and_lock(tmp_path):
   with open(log.path) as f:
     assert f.read().splitlines()[0] == "user,item,rating"
   log.close()
+
+
+@pytest.mark.parametrize("delimiter", [",", "::"])
+def test_every_user_id_the_log_accepts_reads_back_as_itself(tmp_path,
+                                                            delimiter):
+  """An acknowledged rating must come back for its own user after a
+  restart: ids the log cannot write faithfully are refused up front."""
+  from metarec_jax.data.convert import ratings_io  # pylint: disable=g-import-not-at-top
+  from metarec_jax.serve import interaction_log  # pylint: disable=g-import-not-at-top
+  fmt = ratings_io.RatingsFormat(
+      rating_min=1.0, rating_max=5.0, user_id_type="str", item_id_type="str",
+      **(ratings_io.DEFAULT_FORMAT if delimiter == "," else {
+          "delimiter": delimiter, "header": False, "user": 0, "item": 1,
+          "rating": 2, "timestamp": None}))
+  log = interaction_log.InteractionLog(str(tmp_path), fmt)
+  good = ["alice", "b\u00f6b", "x@shop.com", "SKU 12", "\u0663"]
+  bad = ["zz\0q", "u1\0", "\ufeffbob", "x\ufffd", "a\u2028b", "t\tb",
+         "a" + delimiter + "b"]
+  if delimiter == ",":
+    good += ['a"b', "a;b"]
+  else:
+    bad += ["zed:", 'a"b']
+  for user in bad:
+    with pytest.raises(ValueError, match="cannot be logged"):
+      log.check_user_id(user)
+  for user in good:
+    log.check_user_id(user)
+  log.append(good, ["i1"] * len(good), [4.0] * len(good))
+  log.close()
+  log = interaction_log.InteractionLog(str(tmp_path), fmt)
+  assert log.read().users.tolist() == good
+  log.close()

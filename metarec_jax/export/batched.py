@@ -121,7 +121,11 @@ class UserBatches:
       items, ratings, mask = implicit.labelled_support(
           items, ratings, mask, np.where(mask, items, -1),
           spec=self.implicit, pool=self._implicit_pool,
-          num_items=self.num_items, row_keys=np.arange(len(items)))
+          num_items=self.num_items,
+          # Every row the same key, as `Export.adapt` draws for one user:
+          # a user's negatives depend on its support, never on its row in
+          # a batch (a server would adapt it differently after a restart).
+          row_keys=np.zeros(len(items), np.int64))
     return tables.rows(np.arange(len(items)), items, ratings, mask)
 
   def adapt_users(self, support: dict) -> dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import time
+import unicodedata
 
 import numpy as np
 
@@ -69,6 +70,12 @@ def export_format(export_dir: str) -> tuple[RatingsFormat, bool]:
                        **ratings_io.DEFAULT_FORMAT), False
 
 
+def _unreadable(c: str) -> bool:
+  """A character the log's reader would drop, strip or split on."""
+  return (unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")
+          or c in "\ufeff\ufffd")
+
+
 class InteractionLog:
   """An open, locked interaction log folder.
 
@@ -104,20 +111,30 @@ class InteractionLog:
       self._write(self._header.encode(fmt.encoding))
 
   def check_user_id(self, user) -> None:
-    """Raises ValueError if the id cannot be written as one field."""
+    """Raises ValueError if the id would not read back from the log as
+    itself (and so as the user the ratings were acknowledged for)."""
     text = str(user)
-    bad = (not text or text != text.strip() or self.format.delimiter in text
-           or "\n" in text or "\r" in text)
-    if not bad:
+    delimiter = self.format.delimiter
+    problem = None
+    if not text or text != text.strip():
+      problem = "is empty or padded with spaces"
+    elif any(_unreadable(c) for c in text):
+      problem = ("holds a control character (NUL, a line break...), a byte"
+                 " order mark or U+FFFD (a byte that was not UTF-8)")
+    elif delimiter in text:
+      problem = f"holds the log's delimiter {delimiter!r}"
+    elif len(delimiter) > 1 and (set(delimiter + '"') & set(text)):
+      # No quoting with a delimiter of several characters: `zed:` then
+      # `::` would read back as `zed` and `:item`.
+      problem = (f"holds {delimiter[0]!r} or '\"', which a log split on"
+                 f" {delimiter!r} cannot quote")
+    else:
       try:
         text.encode(self.format.encoding)
       except UnicodeEncodeError:
-        bad = True
-    if bad:
-      raise ValueError(f"user id {text!r} cannot be logged (empty, padded"
-                       " with spaces, holding a line break or the"
-                       f" delimiter {self.format.delimiter!r}, or not"
-                       f" {self.format.encoding} text)")
+        problem = f"is not {self.format.encoding} text"
+    if problem:
+      raise ValueError(f"user id {text!r} cannot be logged: it {problem}")
 
   def _text(self, users, items, ratings) -> str:
     stamps = None
