@@ -354,6 +354,40 @@ def test_kept_rankings_are_the_live_ones(engine):
   assert kept.rankings.hits > 0
 
 
+def test_a_damaged_topk_file_is_never_preloaded(engine, tmp_path):
+  """`load` checks topk.jsonl's size and head only; the preload, which
+  reads it whole, checks its digest, and every line where none is kept."""
+  # pylint: disable=g-import-not-at-top
+  import json
+  import shutil
+  from metarec_jax.errors import InputError
+  from metarec_jax.export import checksums, layout
+  copy = str(tmp_path / "export")
+  shutil.copytree(engine.export.path, copy)
+  export = export_lib.load(copy)
+  topk = os.path.join(copy, layout.TOPK_FILE)
+  lines = open(topk).read().splitlines()
+  row = json.loads(lines[-1])
+  row["scores"][0] = 1e30  # same line length: size kept, head kept
+  text = json.dumps(row, separators=(",", ":"))
+  assert len(text) <= len(lines[-1])
+  lines[-1] = text + " " * (len(lines[-1]) - len(text))
+  with open(topk, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  kept = engine_lib.Engine(export, engine.limits)
+  with pytest.raises(checksums.DamagedExport, match="topk.jsonl: content"):
+    kept.rankings.preload(export)
+  # Without a recorded digest (format 1) a line that is no ranking of the
+  # catalogue's items is an error naming it.
+  del export.manifest["files"][layout.TOPK_FILE]
+  row["scores"][0], row["items"][0] = 0.5, 999999999
+  with open(topk, "w") as f:
+    f.write("\n".join(lines[:-1] + [json.dumps(row)]) + "\n")
+  with pytest.raises(InputError, match=f"topk.jsonl:{len(lines)}: not a"
+                     " ranking of the export's items"):
+    kept.rankings.preload(export)
+
+
 def test_micro_batcher_groups_concurrent_requests():
   calls = []
 

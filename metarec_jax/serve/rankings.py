@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 from typing import Any
 
 import numpy as np
 
-from metarec_jax.export import layout
+from metarec_jax.errors import InputError
+from metarec_jax.export import checksums, layout
 from metarec_jax.export.serving import Export
 
 
@@ -66,21 +68,49 @@ class RankCache:
     self._entries.pop(user, None)
 
   def preload(self, export: Export) -> int:
-    """Keeps the export's `topk.jsonl` rankings; returns how many users."""
+    """Keeps the export's `topk.jsonl` rankings; returns how many users.
+
+    The file is hashed whole against the manifest first (`export.load`
+    checks only its size and head; it is read whole here anyway), so a
+    damaged ranking is never served.
+
+    Raises:
+      checksums.DamagedExport: the file differs from the manifest's record.
+      InputError: a line that is not a ranking of known items (an export
+        of format 1 records no digest to check).
+    """
     path = os.path.join(export.path, layout.TOPK_FILE)
     k = int(export.manifest.get("top_k") or 0)
     if not k or not os.path.exists(path):
       return 0
+    record = export.manifest.get("files", {}).get(layout.TOPK_FILE)
+    if record is not None:
+      checksums.check(export.path, {layout.TOPK_FILE: record},
+                      everything=True)
     n = 0
     with open(path, encoding="utf-8") as f:
-      for line in f:
+      for line_number, line in enumerate(f, 1):
         if n >= self.max_users:
           break
-        row = json.loads(line)
-        ids = row["items"]
-        if export.item_ids.dtype.kind in "iu":
-          ids = np.asarray(ids, np.int64).tolist()
-        self.put(row["user"], ids, [float(s) for s in row["scores"]],
-                 complete=len(ids) < k)
+        try:
+          user, ids, scores = _ranking(line, export)
+        except (ValueError, KeyError, TypeError) as e:
+          raise InputError(f"not a ranking of the export's items ({e}): the"
+                           " export is damaged; export again", path=path,
+                           line=line_number) from None
+        self.put(user, ids, scores, complete=len(ids) < k)
         n += 1
     return n
+
+
+def _ranking(line: str, export: Export) -> tuple[Any, list, list]:
+  """(user, item ids, scores) of one `topk.jsonl` line, checked."""
+  row = json.loads(line)
+  ids, scores = row["items"], [float(s) for s in row["scores"]]
+  if export.item_ids.dtype.kind in "iu":
+    ids = np.asarray(ids, np.int64).tolist()
+  if len(ids) != len(scores) or not all(map(math.isfinite, scores)):
+    raise ValueError("items and finite scores of unequal length")
+  if ids:
+    export.item_index(ids)  # KeyError: an item the catalogue lacks
+  return row["user"], ids, scores
