@@ -181,6 +181,10 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
           "user": 130, "items": [1193] * 17}), 422, "at most 16"),
       "implicit items": (post(path, json={"items": [1193]}), 422,
                          "learns from ratings"),
+      "k as a bool": (post("/v1/adapt", json={"ratings": [[1193, 3]],
+                                              "k": True}), 422, "k:"),
+      "k as text": (post("/v1/adapt", json={"ratings": [[1193, 3]],
+                                            "k": " 7 "}), 422, "k:"),
   }
   for name, (r, status, words) in cases.items():
     assert r.status_code == status, (name, r.status_code, r.text)
@@ -194,6 +198,10 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
   assert top_items(client, 130)["items"]
   # Nothing refused reached the log.
   assert (log_file.read_bytes() if log_file.exists() else b"") == logged
+  # Media types are case-insensitive (RFC 9110).
+  r = post("/v1/adapt", content=b'{"ratings": [[1193, 3]], "k": 2}',
+           headers={"content-type": "Application/JSON; charset=UTF-8"})
+  assert r.status_code == 200, r.text
 
 
 def test_the_token_is_required_except_for_healthz(server):
@@ -207,6 +215,14 @@ def test_the_token_is_required_except_for_healthz(server):
     r = httpx.post(server.url + "/v1/users/130/interactions",
                    json={"ratings": [[1193, 4]]}, headers=headers)
     assert r.status_code == 401
+    # The schema too; the browser pages, which cannot send it, are off.
+    assert httpx.get(server.url + "/openapi.json",
+                     headers=headers).status_code == 401
+  for page in ("/docs", "/redoc"):
+    assert httpx.get(server.url + page).status_code == 404
+  r = httpx.get(server.url + "/openapi.json",
+                headers={"Authorization": f"Bearer {TOKEN}"})
+  assert r.status_code == 200 and "/v1/adapt" in r.json()["paths"]
 
 
 def test_a_second_server_on_the_log_or_port_exits_2(server, exported, tmp_path):
@@ -226,6 +242,13 @@ def test_a_second_server_on_the_log_or_port_exits_2(server, exported, tmp_path):
       capture_output=True, text=True, cwd=ROOT, env=env_with(), timeout=300)
   assert out.returncode == 2 and "Traceback" not in out.stderr
   assert "Address already in use" in out.stderr.strip().splitlines()[-1]
+  out = subprocess.run(
+      [sys.executable, "-m", "metarec_jax.cli", "serve",
+       f"--export={exported[0]}", "--port=70000",
+       f"--log_dir={tmp_path / 'other'}"],
+      capture_output=True, text=True, cwd=ROOT, env=env_with(), timeout=300)
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert "70000 is not a port" in out.stderr.strip().splitlines()[-1]
 
 
 def test_kill_9_loses_no_acknowledged_interaction(exported, tmp_path):
@@ -386,6 +409,46 @@ def test_a_damaged_topk_file_is_never_preloaded(engine, tmp_path):
   with pytest.raises(InputError, match=f"topk.jsonl:{len(lines)}: not a"
                      " ranking of the export's items"):
     kept.rankings.preload(export)
+
+
+def test_a_log_that_cannot_be_written_is_a_503_and_nothing_is_learned(
+    engine, tmp_path):
+  """A full disk under the log: a JSON 503 naming the cause; the user is
+  not re-adapted (the log, not the model, is the record of what was
+  acknowledged)."""
+  # pylint: disable=g-import-not-at-top
+  import errno
+  from metarec_jax.serve import app as app_lib
+  from metarec_jax.serve import interaction_log, service as service_lib
+  fmt, stamps = interaction_log.export_format(engine.export.path)
+  log = interaction_log.InteractionLog(str(tmp_path), fmt, timestamps=stamps)
+
+  def full(*_):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  log.append = full
+  service = service_lib.Service(engine, log, max_wait=0.001)
+  app = app_lib.create_app(service, token=None, max_body=4096)
+  user = int(engine.export.user_ids[0])
+  before = engine.sessions.get(user)
+
+  async def post():
+    await service.start()
+    try:
+      transport = httpx.ASGITransport(app=app)
+      async with httpx.AsyncClient(transport=transport,
+                                   base_url="http://test") as c:
+        return await c.post(f"/v1/users/{user}/interactions",
+                            json={"ratings": [[1193, 5]]})
+    finally:
+      await service.stop()
+
+  r = asyncio.run(post())
+  log.close()
+  assert r.status_code == 503, r.text
+  assert r.json()["error"].startswith("storage error (No space left on"
+                                      " device): nothing of this request")
+  assert engine.sessions.get(user) is before
 
 
 def test_micro_batcher_groups_concurrent_requests():

@@ -15,6 +15,7 @@ a rating that is NaN, off the scale or (for whole-star datasets) not whole.
 
 
 import contextlib
+import logging
 import math
 from typing import Annotated, Literal
 
@@ -29,6 +30,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from metarec_jax.serve import guards
 from metarec_jax.serve.service import Service
 from metarec_jax.workdir.restore import served_values
+
+log = logging.getLogger("metarec")
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -75,7 +78,7 @@ def create_app(service: Service, *, token: str | None,
   Rating = Annotated[float, Strict(), Field(allow_inf_nan=False)]
   Ratings = Annotated[list[tuple[ItemId, Rating]],
                       Field(min_length=1, max_length=limits.max_ratings)]
-  K = Annotated[int, Field(ge=1, le=limits.max_k)]
+  K = Annotated[int, Strict(), Field(ge=1, le=limits.max_k)]
 
   class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -153,10 +156,19 @@ def create_app(service: Service, *, token: str | None,
     yield
     await service.stop()
 
+  # With a token every endpoint but /healthz needs it: the schema too, and
+  # no browser pages (they cannot send the token).
   app = FastAPI(title="metarec serve", lifespan=lifespan,
-                description=__doc__.split("\n\n")[1] if __doc__ else "")
+                description=__doc__.split("\n\n")[1] if __doc__ else "",
+                **({} if token is None else dict(
+                    docs_url=None, redoc_url=None, openapi_url=None)))
   app.add_middleware(guards.BodyLimit, max_bytes=max_body)
   auth = [Depends(guards.bearer(token))]
+  if token is not None:
+
+    @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
+    async def openapi() -> JSONResponse:
+      return JSONResponse(app.openapi())
 
   @app.exception_handler(RequestValidationError)
   async def _invalid(_, exc):
@@ -167,6 +179,14 @@ def create_app(service: Service, *, token: str | None,
     response = error(exc.status_code, str(exc.detail))
     response.headers.update(exc.headers or {})
     return response
+
+  @app.exception_handler(OSError)
+  async def _storage(_, exc):
+    # The log could not be written (a full disk...): it was cut back to
+    # whole lines and nothing of the batch was learned or acknowledged.
+    log.error("a request failed on storage: %s", exc)
+    return error(503, f"storage error ({exc.strerror or exc}): nothing of"
+                 " this request was kept; retry later")
 
   # What the exported checkpoint's validation fitted (as `eval` reports).
   served = served_values({"model": export.meta_params})

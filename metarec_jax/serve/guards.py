@@ -76,7 +76,7 @@ class BodyLimit:
     if not length.isdigit() or int(length) > self.max_bytes:
       return await self._reject(send)
     if scope["method"] == "POST" and not headers.get(
-        b"content-type", b"").startswith(b"application/json"):
+        b"content-type", b"").lower().startswith(b"application/json"):
       return await self._reject(send, 415, "send the body as JSON with"
                                 " Content-Type: application/json")
     chunks, size = [], 0

@@ -44,6 +44,9 @@ class Options:
 
 
 def _bind(host: str, port: int) -> socket.socket:
+  if not 0 <= port <= 65535:  # the socket layer would wrap it silently
+    raise InputError(f"{port} is not a port (0 to 65535; 0 picks a free"
+                     " one)", path="--port")
   try:
     info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(info[0], socket.SOCK_STREAM)
