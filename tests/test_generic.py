@@ -160,8 +160,8 @@ def test_iso_dates_order_a_users_ratings_and_bad_ones_name_their_line(
   assert k.timestamps.tolist() == [1614853320, 1614853321]
   # A value of another kind than the first line's names its line.
   for name, first, message in (
-      ("bad.csv", "2021-03-05", "'yesterday' is neither an integer nor an"
-                                " ISO 8601 date"),
+      ("bad.csv", "2021-03-05", "'yesterday' is not an ISO 8601 date or"
+                                " time .* as the first line's is"),
       ("clock2.csv", "1614853321.75", "'yesterday' is not a finite number"),
       ("mixed.csv", "17", "'yesterday' is not an integer")):
     with pytest.raises(InputError, match=f"{name}:3: timestamp {message}"):

@@ -420,8 +420,8 @@ def test_a_log_that_cannot_be_written_is_a_503_and_nothing_is_learned(
   import errno
   from metarec_jax.serve import app as app_lib
   from metarec_jax.serve import interaction_log, service as service_lib
-  fmt, stamps = interaction_log.export_format(engine.export.path)
-  log = interaction_log.InteractionLog(str(tmp_path), fmt, timestamps=stamps)
+  fmt, clock = interaction_log.export_format(engine.export.path)
+  log = interaction_log.InteractionLog(str(tmp_path), fmt, clock=clock)
 
   def full(*_):
     raise OSError(errno.ENOSPC, "No space left on device")
@@ -512,6 +512,36 @@ def test_interaction_log_generic_columns_torn_tail_and_lock(tmp_path):
   with open(log.path) as f:
     assert f.read().splitlines()[0] == "user,item,rating"
   log.close()
+
+
+@pytest.mark.parametrize("first, clock", [
+    ("2021-03-04T10:00:00Z", "iso"), ("2021-03-04", "iso"),
+    ("1614852000000", "milliseconds"), ("1614852000", "seconds"),
+    ("1614852000.5", "seconds"), ("7", "seconds")])
+def test_the_log_writes_times_that_read_after_the_files(tmp_path, first,
+                                                        clock):
+  """The README's loop joins the export's ratings file and the log: the
+  log's times are of the file's kind and unit, so the joined file reads,
+  and reads the logged rating as the newest."""
+  from metarec_jax.data.convert import parsing, ratings_io  # pylint: disable=g-import-not-at-top
+  from metarec_jax.serve import interaction_log  # pylint: disable=g-import-not-at-top
+  fmt = ratings_io.RatingsFormat(
+      rating_min=1.0, rating_max=5.0, user_id_type="str", item_id_type="str",
+      **{**ratings_io.DEFAULT_FORMAT, "timestamp": "ts"})
+  data = tmp_path / "ratings.csv"
+  data.write_text(f"user,item,rating,ts\na,x,4,{first}\n")
+  rows = ratings_io.parse_ratings(str(data), fmt)
+  assert parsing.clock_of_file(rows.clock, rows.timestamps) == clock
+  log = interaction_log.InteractionLog(str(tmp_path / "log"), fmt,
+                                       clock=clock)
+  log.append(["b"], ["y"], [3.0])
+  log.close()
+  logged = open(log.path).read().splitlines()[1:]
+  joined = tmp_path / "joined.csv"
+  joined.write_text(data.read_text() + "\n".join(logged) + "\n")
+  rows = ratings_io.parse_ratings(str(joined), fmt)
+  assert rows.users.tolist() == ["a", "b"]
+  assert rows.timestamps[1] > rows.timestamps[0]
 
 
 @pytest.mark.parametrize("delimiter", [",", "::"])

@@ -29,7 +29,7 @@ import numpy as np
 
 from metarec_jax import config_io, experiment, runtime
 from metarec_jax.data import implicit
-from metarec_jax.data.convert import ratings_io
+from metarec_jax.data.convert import parsing, ratings_io
 from metarec_jax.data.splits import ragged_arange
 from metarec_jax.data.tasks import FeatureTables, bucket_widths, scatter_rows
 from metarec_jax.errors import InputError
@@ -119,6 +119,7 @@ def export_workdir(workdir: str, ratings: str, out: str, *, top_k: int = 0,
            " of unknown items skipped", ratings, len(rows.users), len(users),
            users.counts["skipped_users"], users.counts["skipped_items"])
   has_timestamps = rows.timestamps is not None
+  clock = parsing.clock_of_file(rows.clock, rows.timestamps)
   del rows  # only `users` is needed from here on
   writer = layout.ExportWriter(out)  # refuses a foreign `out` early
   mesh = runtime.make_mesh()
@@ -134,7 +135,7 @@ def export_workdir(workdir: str, ratings: str, out: str, *, top_k: int = 0,
     summary.update(step=step, seconds=None, out=writer.out)
     w.finish(job.manifest(config, summary, workdir=workdir, ratings=ratings,
                           unknown_users=unknown_users,
-                          timestamps=has_timestamps))
+                          timestamps=has_timestamps, clock=clock))
   summary["seconds"] = round(time.perf_counter() - t0, 3)
   summary["peak_rss_mb"] = runtime.peak_rss_mb()
   return summary
@@ -349,7 +350,8 @@ class _Job:
     }
 
   def manifest(self, config, summary: dict, *, workdir: str, ratings: str,
-               unknown_users: str, timestamps: bool) -> dict:
+               unknown_users: str, timestamps: bool,
+               clock: str | None) -> dict:
     exp = self.exp
     mc = dataclasses.asdict(exp.meta_config)
     return {
@@ -379,6 +381,9 @@ class _Job:
         # in it (and `metarec train`/`export` read the log back).
         "ratings_format": ratings_io.store_format(exp.store).to_json(),
         "ratings_timestamps": timestamps,
+        # How the log writes a new rating's time so that it reads as later
+        # than the file's (`parsing.clock_of_file`).
+        "ratings_clock": clock,
         "flags": layout.FLAGS,
         "top_k": self.k,
         "summary": {k: v for k, v in summary.items()

@@ -25,7 +25,7 @@ import unicodedata
 
 import numpy as np
 
-from metarec_jax.data.convert import ratings_io
+from metarec_jax.data.convert import parsing, ratings_io
 from metarec_jax.data.convert.ratings_io import RatingsFormat
 from metarec_jax.errors import InputError
 
@@ -39,10 +39,12 @@ def default_dir(export_dir: str) -> str:
   return os.path.abspath(export_dir).rstrip(os.sep) + "-interactions"
 
 
-def export_format(export_dir: str) -> tuple[RatingsFormat, bool]:
-  """The ratings format of an export's input and whether its lines carry
-  timestamps, from its manifest. Exports written before the manifest
-  recorded the format get the generic CSV columns (`user,item,rating`).
+def export_format(export_dir: str) -> tuple[RatingsFormat, str | None]:
+  """The ratings format of an export's input and the clock of its lines'
+  times (`parsing.clock_of_file`; None: no times), from its manifest.
+  Exports written before the manifest recorded the format get the generic
+  CSV columns (`user,item,rating`), before it recorded the clock epoch
+  seconds.
 
   Raises:
     InputError: not an export folder.
@@ -58,8 +60,9 @@ def export_format(export_dir: str) -> tuple[RatingsFormat, bool]:
     raise InputError("not a metarec export (no readable manifest.json)",
                      path=export_dir) from None
   if "ratings_format" in manifest:
-    return (RatingsFormat.from_json(manifest["ratings_format"]),
-            bool(manifest.get("ratings_timestamps")))
+    clock = manifest.get("ratings_clock") or (
+        "seconds" if manifest.get("ratings_timestamps") else None)
+    return RatingsFormat.from_json(manifest["ratings_format"]), clock
   kind = lambda name: "int" if np.load(
       os.path.join(export_dir, name), mmap_mode="r").dtype.kind in "iu" else (
           "str")
@@ -67,7 +70,7 @@ def export_format(export_dir: str) -> tuple[RatingsFormat, bool]:
                        rating_max=float(manifest["rating_max"]),
                        user_id_type=kind("users.npy"),
                        item_id_type=kind("items.npy"),
-                       **ratings_io.DEFAULT_FORMAT), False
+                       **ratings_io.DEFAULT_FORMAT), None
 
 
 def _unreadable(c: str) -> bool:
@@ -84,10 +87,12 @@ class InteractionLog:
   """
 
   def __init__(self, folder: str, fmt: RatingsFormat, *,
-               timestamps: bool = False):
+               clock: str | None = None):
     self.folder = os.path.abspath(folder)
     self.format = fmt
-    self.timestamps = timestamps and fmt.timestamp is not None
+    # The time of each line, where the export's file had times: written in
+    # its clock, so that the file and the log joined read in time order.
+    self.clock = clock if fmt.timestamp is not None else None
     self.path = os.path.join(self.folder, f"{LOG_NAME}.{fmt.extension}")
     try:
       os.makedirs(self.folder, exist_ok=True)
@@ -138,8 +143,8 @@ class InteractionLog:
 
   def _text(self, users, items, ratings) -> str:
     stamps = None
-    if self.timestamps:
-      stamps = np.full(len(users), int(time.time()), np.int64)
+    if self.clock:
+      stamps = np.full(len(users), parsing.now_in(self.clock, time.time()))
     return ratings_io.format_ratings(np.asarray(users), np.asarray(items),
                                      np.asarray(ratings, np.float64),
                                      self.format, stamps)

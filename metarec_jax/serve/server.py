@@ -82,10 +82,9 @@ def serve(options: Options) -> int:
                 " it can read and write", o.host)
   t0 = time.perf_counter()
   # The lock first: a second server on the log stops before any real work.
-  fmt, stamps = interaction_log.export_format(o.export)
+  fmt, clock = interaction_log.export_format(o.export)
   folder = o.log_dir or interaction_log.default_dir(o.export)
-  interactions = interaction_log.InteractionLog(folder, fmt,
-                                                timestamps=stamps)
+  interactions = interaction_log.InteractionLog(folder, fmt, clock=clock)
   try:
     # Bound now (a port in use is exit 2 before any slow work); connections
     # wait in the backlog until the server is ready.

@@ -152,10 +152,22 @@ def times(table: Table, values, what: str) -> np.ndarray:
   if not ok.all():
     i = int(np.flatnonzero(~ok)[0])
     raise InputError(
-        f"{what} {excerpt(values[i].strip())} is neither an integer nor an"
-        " ISO 8601 date or time (like 2021-03-04 or 2021-03-04T10:22:01)",
+        f"{what} {excerpt(values[i].strip())} is not an ISO 8601 date or"
+        " time (like 2021-03-04 or 2021-03-04T10:22:01) as the first line's"
+        f" is (line {int(table.lines[0])}: one file, one kind of time)",
         path=table.path, line=int(table.lines[i]))
   return out
+
+
+def clock_of(values) -> str | None:
+  """The kind of time `times` reads `values` as, by the first value:
+  `integer` (any unit), `seconds` (a float clock) or `iso` (ISO 8601
+  dates or date-times); None for no values."""
+  if not len(values):
+    return None
+  if parse_ints(values[:1])[1][0]:
+    return "integer"
+  return "seconds" if _is_number(values[0]) else "iso"
 
 
 def floats(table: Table, values, what: str) -> np.ndarray:
@@ -186,3 +198,35 @@ def floats(table: Table, values, what: str) -> np.ndarray:
                                     if comma else ""),
                        path=table.path, line=int(table.lines[i])) from None
   return out
+
+
+# Clocks a file's times can be written in: ISO 8601, or integer ticks of
+# these many per second (a float clock's seconds are `seconds` too).
+TICKS_PER_SECOND = {"seconds": 1, "milliseconds": 10 ** 3,
+                    "microseconds": 10 ** 6, "nanoseconds": 10 ** 9}
+
+
+def clock_of_file(kind: str | None, times: np.ndarray | None) -> str | None:
+  """How a new time is written so that it reads as later than `times` (a
+  file's, of `clock_of` kind `kind`): `iso`, or a unit of
+  `TICKS_PER_SECOND`, that of integer times judged by their size (epoch
+  milliseconds are above 1e11 from 1973 on; seconds, or a counter, stay
+  `seconds`)."""
+  if kind is None or times is None:
+    return None
+  if kind != "integer":
+    return "iso" if kind == "iso" else "seconds"
+  top = int(np.max(np.abs(times))) if len(times) else 0
+  for unit, limit in (("nanoseconds", 1e17), ("microseconds", 1e14),
+                      ("milliseconds", 1e11)):
+    if top > limit:
+      return unit
+  return "seconds"
+
+
+def now_in(clock: str, when: float) -> str | int:
+  """The time `when` (seconds since 1970 UTC) in `clock_of_file`'s clock."""
+  if clock == "iso":
+    return datetime.datetime.fromtimestamp(
+        int(when), datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+  return int(when * TICKS_PER_SECOND[clock])

@@ -116,6 +116,7 @@ class Ratings:
   bad_items: np.ndarray | None = None
   bad_user_ids: int = 0
   first_bad_id: InputError | None = None
+  clock: str | None = None  # the timestamps' kind (`parsing.clock_of`)
 
 
 def _ids(table, index, id_type, what) -> np.ndarray:
@@ -201,13 +202,15 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
         f" {kind}"
         f"rating on the scale {fmt.rating_min:g} to {fmt.rating_max:g}",
         path=path, line=int(table.lines[i]))
-  timestamps = None
+  timestamps = clock = None
   if "timestamp" in pos:
-    timestamps = parsing.times(table, table.column(pos["timestamp"]),
-                                 "timestamp")
+    column = table.column(pos["timestamp"])
+    timestamps = parsing.times(table, column, "timestamp")
+    clock = parsing.clock_of(column)
   return Ratings(users, items, ratings, timestamps, table.lines,
                  bad_users=bad_users, bad_items=bad_items,
-                 bad_user_ids=bad_user_ids, first_bad_id=first_bad)
+                 bad_user_ids=bad_user_ids, first_bad_id=first_bad,
+                 clock=clock)
 
 
 def _refuse_repeated_header(table, users, items, pos) -> None:
@@ -314,7 +317,9 @@ def format_ratings(users, items, ratings, fmt: RatingsFormat,
   if fmt.rating is not None:
     roles["rating"] = rating_text
   if timestamps is not None and fmt.timestamp is not None:
-    roles["timestamp"] = _text(np.asarray(timestamps, np.int64))
+    stamps = np.asarray(timestamps)
+    roles["timestamp"] = (stamps.astype(str) if stamps.dtype.kind in "US"
+                          else _text(stamps.astype(np.int64)))
   if fmt.header:
     names = [str(getattr(fmt, r)) for r in roles]
     columns = list(roles.values())
