@@ -84,7 +84,8 @@ def _counted_flops(config, workdir: str, exp, width: int) -> float:
   flat.meta.remat = False
   trainer = Trainer(flat, workdir, exp=experiment.Experiment(
       config=flat, store=exp.store, split=exp.split, tables=exp.tables,
-      model=exp.model, meta_config=experiment.meta_config(flat, exp.model)),
+      model=exp.model, meta_config=experiment.meta_config(
+          flat, exp.model, inner_rate=exp.meta_config.inner_lr)),
                     chunk_tasks=-1)
   lowered = trainer.step.jitted.lower(
       trainer.abstract_state(), trainer.abstract_batch(width),

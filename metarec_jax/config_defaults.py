@@ -21,6 +21,7 @@ BEFORE_KEY = {
     "model.anchor": False,
     "model.anchor_version": 1,
     "model.global_mean": "all",
+    "meta.inner_lr_scale": "none",
     "model.calibration": "none",
     "model.new_item_prior": "same",
     "model.new_item_min_support": "none",
@@ -73,6 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
       },
       "meta": {
           "algorithm": "maml", "inner_steps": 3, "inner_lr": 0.1,
+          "inner_lr_scale": "rating_width",
           "second_order": True, "adapt": (), "inner_optimizer": "sgd",
           "remat": False, "dual_form": True, "unroll": 0, "msl_weights": (),
           "encoder_hidden": 64,

@@ -109,6 +109,8 @@ ALLOWED: dict[str, Any] = {
     "meta.algorithm": R.OneOf(_META, "ALGORITHMS"),
     "meta.inner_steps": _COUNT,
     "meta.inner_lr": _RATE,
+    "meta.inner_lr_scale": R.OneOf("metarec_jax.experiment",
+                                   "INNER_LR_SCALES"),
     "meta.second_order": R.Bool(),
     "meta.adapt": _NAMES,
     "meta.inner_optimizer": R.OneOf(_META, "INNER_OPTIMIZERS"),

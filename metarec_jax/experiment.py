@@ -90,6 +90,25 @@ def model_rating_mean(config, store: TaskStore, split: splits.Split
   return training_mean(store, split)
 
 
+INNER_LR_SCALES = ("rating_width", "none")
+STAR_SCALE_WIDTH = 4.0  # 1 to 5 stars: where `meta.inner_lr` is set
+
+
+def inner_lr(config, store: TaskStore) -> float:
+  """The inner loop's rate on `store`'s ratings (`meta.inner_lr_scale`).
+
+  The squared error's gradient grows with the rating scale, and an inner
+  step's move with it: a rate set for 1 to 5 stars diverged on a 0 to 100
+  scale. `rating_width` keeps the move the same in stars, scaling the rate
+  by (4 / width)^2 (x 1 on a 1 to 5 scale, exactly)."""
+  lr = float(config.meta.inner_lr)
+  lo, hi = store.rating_range
+  if (config.meta.inner_lr_scale == "none" or implicit.is_implicit(store)
+      or not hi > lo):
+    return lr
+  return lr * (STAR_SCALE_WIDTH / (hi - lo)) ** 2
+
+
 def protocol_spec(config) -> splits.ProtocolSpec:
   e = config.eval
   return splits.ProtocolSpec(seed=int(e.seed),
@@ -101,13 +120,15 @@ def protocol_spec(config) -> splits.ProtocolSpec:
                              max_tasks=int(e.max_tasks))
 
 
-def meta_config(config, model: models.Recommender) -> meta.MetaConfig:
-  """The `meta` section as a `MetaConfig`; empty `adapt` = model default."""
+def meta_config(config, model: models.Recommender, *,
+                inner_rate: float) -> meta.MetaConfig:
+  """The `meta` section as a `MetaConfig` running the inner loop at
+  `inner_rate` (`inner_lr`); empty `adapt` = model default."""
   m = config.meta
   try:
     return meta.MetaConfig(
         algorithm=m.algorithm, inner_steps=int(m.inner_steps),
-        inner_lr=float(m.inner_lr), second_order=bool(m.second_order),
+        inner_lr=float(inner_rate), second_order=bool(m.second_order),
         adapt=tuple(m.adapt) or model.adapt,
         inner_optimizer=m.inner_optimizer, remat=bool(m.remat),
         dual_form=bool(m.dual_form),
@@ -150,15 +171,19 @@ def build(config, workdir: str | os.PathLike, *,
   if models.is_anchored(model_config):
     item_means = (BaselineStats.from_split(store, split).item_mean,
                   counts / (counts + ITEM_PSEUDO))
+  rate = inner_lr(config, store)
+  if rate != float(config.meta.inner_lr) and log is not None:
+    log(f"meta.inner_lr {config.meta.inner_lr:g} runs at {rate:.4g} on"
+        f" ratings {store.rating_range[0]:g} to {store.rating_range[1]:g}"
+        " (meta.inner_lr_scale=rating_width)")
   try:
     model = models.build(model_config, tables.specs,
                          rating_mean=model_rating_mean(config, store, split),
-                         item_means=item_means,
-                         inner_lr=float(config.meta.inner_lr),
+                         item_means=item_means, inner_lr=rate,
                          item_counts=counts)
   except ValueError as e:
     raise InputError(str(e)) from None
-  mc = meta_config(config, model)
+  mc = meta_config(config, model, inner_rate=rate)
   if mc.spec.encoder:
     # Found here, not as a traceback from inside the first jit trace.
     try:

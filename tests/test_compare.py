@@ -151,7 +151,8 @@ def test_every_algorithm_variant_resolves(tmp_path):
         store, tuple(config.model.features),
         item_id=models.needs_item_id(config.model))
     model = models.build(config.model, tables.specs, rating_mean=3.0)
-    mc = experiment.meta_config(config, model)
+    mc = experiment.meta_config(config, model,
+                                inner_rate=experiment.inner_lr(config, store))
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
     assert any(meta.adapt_mask(params, mc.adapt))
     algorithms.add(mc.algorithm)

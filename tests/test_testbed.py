@@ -127,13 +127,18 @@ def test_shop_new_is_the_shop_with_half_its_items_new():
   assert 0.4 < np.mean(new) < 0.6
 
 
-def run_recipe(tmp_path, shape, *, eval_every):
+def run_recipe(tmp_path, shape, *, eval_every, rating=None, **extra):
   """Trains the own-data recipe (configs/default.py plus the data flags)
-  briefly on `shape`'s files (seed 0): `(config, workdir)`."""
+  briefly on `shape`'s files (seed 0): `(config, workdir)`. `rating` maps
+  each rating's text to another (another scale); `extra`: more
+  overrides."""
   from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   folder = str(tmp_path / "data")
   os.makedirs(folder)
   for file, lines in testbed.generate(shape, seed=0).items():
+    if rating is not None and file == "ratings.csv":
+      lines = lines[:1] + [f"{l.rsplit(',', 1)[0]},{rating(l.rsplit(',', 1)[1])}"
+                           for l in lines[1:]]
     with open(os.path.join(folder, file), "w") as f:
       f.write("\n".join(lines) + "\n")
   config = config_io.load_config_file(config_path("default"))
@@ -141,7 +146,8 @@ def run_recipe(tmp_path, shape, *, eval_every):
                # short (the default is 1500 steps), one bucket to compile
                "train.num_steps": "60",
                "train.eval_every_steps": str(eval_every),
-               "data.buckets": "(32,)", "checkpoint.every_steps": "0"}
+               "data.buckets": "(32,)", "checkpoint.every_steps": "0",
+               **extra}
   config_io.apply_overrides(config, list(overrides.items()))
   workdir = str(tmp_path / "run")
   train_and_evaluate(config, workdir)
@@ -227,6 +233,40 @@ def test_the_recipe_matches_the_baseline_on_pure_biases(tmp_path, caplog):
     if report["scenarios"][name]["tasks"]:
       for k in new_item_prior_effect.SIZES:
         assert len(served[f"{name}@{k}"]) == 2
+
+
+def test_the_recipe_trains_on_a_0_to_100_scale(tmp_path):
+  """Ratings 0 to 100 (25 x the stars): the inner loop's rate scales with
+  the rating scale (`meta.inner_lr_scale`), so the recipe trains (the
+  rate for 1 to 5 stars went non-finite at the first step) and is at the
+  baseline or better, as on stars."""
+  from metarec_jax import eval as eval_lib, experiment  # pylint: disable=g-import-not-at-top
+  shape = testbed.SHAPES["taste"]._replace(users=300, items=200,
+                                           min_ratings=30, max_ratings=60)
+  config, workdir = run_recipe(
+      tmp_path, shape, eval_every=30, rating=lambda r: 25 * (int(r) - 1),
+      **{"data.generic.rating_min": "0", "data.generic.rating_max": "100"})
+  exp = experiment.build(config, workdir)
+  assert exp.meta_config.inner_lr == 0.1 * (4 / 100) ** 2
+  report = eval_lib.evaluate_workdir(workdir, support_curve=False)
+  for name in ("W", "UC"):
+    m = report["scenarios"][name]
+    assert m["mae"] <= 1.005 * m["baselines"]["item_mean_user_bias"]["mae"]
+
+
+def test_the_inner_rate_follows_the_rating_scale(tmp_path):
+  from metarec_jax import experiment  # pylint: disable=g-import-not-at-top
+
+  class Store:
+    rating_range = (1.0, 5.0)
+    manifest = {}
+
+  config = config_io.load_config_file(config_path("default"))
+  assert experiment.inner_lr(config, Store) == 0.1  # stars: as given
+  Store.rating_range = (1.0, 10.0)
+  assert experiment.inner_lr(config, Store) == 0.1 * (4 / 9) ** 2
+  config.meta.inner_lr_scale = "none"  # a run before the key
+  assert experiment.inner_lr(config, Store) == 0.1
 
 
 def test_one_or_two_ratings_of_featureless_new_items_do_no_harm(tmp_path):

@@ -108,7 +108,8 @@ class Export(batched.UserBatches):
     self.model = models.build(
         models.for_data(config.model, implicit_data=bool(m.get("implicit"))),
         specs, rating_mean=float(m["rating_mean"]),
-        inner_lr=float(config.meta.inner_lr))
+        # The rate the run adapted at (`experiment.inner_lr`).
+        inner_lr=float(m["meta_config"]["inner_lr"]))
     mc = dict(m["meta_config"])
     mc["adapt"] = tuple(mc["adapt"])
     mc["msl_weights"] = tuple(mc["msl_weights"])
