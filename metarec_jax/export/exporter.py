@@ -118,8 +118,7 @@ def export_workdir(workdir: str, ratings: str, out: str, *, top_k: int = 0,
   log.info("%s: %d ratings of %d users to export (%d skipped), %d ratings"
            " of unknown items skipped", ratings, len(rows.users), len(users),
            users.counts["skipped_users"], users.counts["skipped_items"])
-  has_timestamps = rows.timestamps is not None
-  clock = parsing.clock_of_file(rows.clock, rows.timestamps)
+  clock = parsing.clock_of_file(rows.clock, rows.timestamps)  # None: no times
   del rows  # only `users` is needed from here on
   writer = layout.ExportWriter(out)  # refuses a foreign `out` early
   mesh = runtime.make_mesh()
@@ -134,8 +133,7 @@ def export_workdir(workdir: str, ratings: str, out: str, *, top_k: int = 0,
     summary = job.summary()
     summary.update(step=step, seconds=None, out=writer.out)
     w.finish(job.manifest(config, summary, workdir=workdir, ratings=ratings,
-                          unknown_users=unknown_users,
-                          timestamps=has_timestamps, clock=clock))
+                          unknown_users=unknown_users, clock=clock))
   summary["seconds"] = round(time.perf_counter() - t0, 3)
   summary["peak_rss_mb"] = runtime.peak_rss_mb()
   return summary
@@ -350,8 +348,7 @@ class _Job:
     }
 
   def manifest(self, config, summary: dict, *, workdir: str, ratings: str,
-               unknown_users: str, timestamps: bool,
-               clock: str | None) -> dict:
+               unknown_users: str, clock: str | None) -> dict:
     exp = self.exp
     mc = dataclasses.asdict(exp.meta_config)
     return {
@@ -374,16 +371,14 @@ class _Job:
         "max_support": int(config.data.max_support),
         "buckets": [int(b) for b in config.data.buckets],
         "support": ("the most recent max_support known ratings, by timestamp"
-                    if timestamps else
+                    if clock else
                     "the last max_support known ratings in file order"),
         "unknown_users": unknown_users,
         # The input format, so that a server's interaction log is written
         # in it (and `metarec train`/`export` read the log back).
         "ratings_format": ratings_io.store_format(exp.store).to_json(),
-        "ratings_timestamps": timestamps,
-        # How the log writes a new rating's time so that it reads as later
-        # than the file's (`parsing.clock_of_file`).
-        "ratings_clock": clock,
+        # How the log writes a rating's time (`parsing.clock_of_file`).
+        "ratings_timestamps": clock is not None, "ratings_clock": clock,
         "flags": layout.FLAGS,
         "top_k": self.k,
         "summary": {k: v for k, v in summary.items()
