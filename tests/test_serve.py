@@ -215,11 +215,18 @@ def test_the_token_is_required_except_for_healthz(server):
     r = httpx.post(server.url + "/v1/users/130/interactions",
                    json={"ratings": [[1193, 4]]}, headers=headers)
     assert r.status_code == 401
+    # Before the body is read: a malformed one is a 401 too.
+    r = httpx.post(server.url + "/v1/users/130/interactions",
+                   content=b"{bad", headers={**headers,
+                                             "content-type": "text/plain"})
+    assert r.status_code == 401, r.text
     # The schema too; the browser pages, which cannot send it, are off.
     assert httpx.get(server.url + "/openapi.json",
                      headers=headers).status_code == 401
   for page in ("/docs", "/redoc"):
-    assert httpx.get(server.url + page).status_code == 404
+    assert httpx.get(server.url + page).status_code == 401
+    assert httpx.get(server.url + page, headers={
+        "Authorization": f"Bearer {TOKEN}"}).status_code == 404
   r = httpx.get(server.url + "/openapi.json",
                 headers={"Authorization": f"Bearer {TOKEN}"})
   assert r.status_code == 200 and "/v1/adapt" in r.json()["paths"]

@@ -163,6 +163,7 @@ def create_app(service: Service, *, token: str | None,
                 **({} if token is None else dict(
                     docs_url=None, redoc_url=None, openapi_url=None)))
   app.add_middleware(guards.BodyLimit, max_bytes=max_body)
+  app.add_middleware(guards.BearerGuard, token=token)  # outermost: first
   auth = [Depends(guards.bearer(token))]
   if token is not None:
 

@@ -40,12 +40,48 @@ def bearer(token: str | None):
       return
     if credentials is None or not hmac.compare_digest(
         credentials.credentials.encode(), expected):
-      raise fastapi.HTTPException(
-          401, "missing or wrong bearer token (Authorization: Bearer"
-          " <token of --token-file>)",
-          headers={"WWW-Authenticate": "Bearer"})
+      raise fastapi.HTTPException(401, UNAUTHORIZED,
+                                  headers={"WWW-Authenticate": "Bearer"})
 
   return check
+
+
+async def _send_error(send, status: int, message: str,
+                      headers: tuple = ()) -> None:
+  """A whole `{"error": message}` response, the connection closed."""
+  body = json.dumps({"error": message}).encode()
+  await send({"type": "http.response.start", "status": status,
+              "headers": [(b"content-type", b"application/json"),
+                          (b"content-length", str(len(body)).encode()),
+                          (b"connection", b"close"), *headers]})
+  await send({"type": "http.response.body", "body": body})
+
+
+class BearerGuard:
+  """ASGI middleware: a request without `Authorization: Bearer <token>` is
+  a 401 before its body is read or validated, so a client without the
+  token learns nothing of the API (not even which fields a body needs);
+  `/healthz` is open. (`bearer` declares the same scheme to OpenAPI.)"""
+
+  def __init__(self, app, token: str | None):
+    self.app = app
+    self.token = None if token is None else token.encode()
+
+  async def __call__(self, scope, receive, send):
+    if (scope["type"] != "http" or self.token is None
+        or scope["path"] == "/healthz"):
+      return await self.app(scope, receive, send)
+    scheme, _, given = dict(scope["headers"]).get(
+        b"authorization", b"").partition(b" ")
+    if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(),
+                                                           self.token):
+      return await self.app(scope, receive, send)
+    await _send_error(send, 401, UNAUTHORIZED,
+                      ((b"www-authenticate", b"Bearer"),))
+
+
+UNAUTHORIZED = ("missing or wrong bearer token (Authorization: Bearer <token"
+                " of --token-file>)")
 
 
 class BodyLimit:
@@ -60,13 +96,8 @@ class BodyLimit:
 
   async def _reject(self, send, status: int = 413,
                     message: str | None = None) -> None:
-    message = message or f"request body over {self.max_bytes} bytes"
-    body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+    await _send_error(send, status, message
+                      or f"request body over {self.max_bytes} bytes")
 
   async def __call__(self, scope, receive, send):
     if scope["type"] != "http":
