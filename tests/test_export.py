@@ -248,8 +248,17 @@ def test_bfloat16_export_is_close_to_float32(run, exported, tmp_path):
   workdir, exp, _ = run
   path, _, _, f32 = exported
   out = str(tmp_path / "bf16")
-  summary = export.export_workdir(workdir, path, out, dtype="bfloat16")
+  summary = export.export_workdir(workdir, path, out, dtype="bfloat16",
+                                  top_k=5)
   bf16 = export.load(out)
+  # topk.jsonl ranks the leaves as stored: what serving ranks from them.
+  with open(os.path.join(out, layout.TOPK_FILE)) as f:
+    for line in f:
+      row = json.loads(line)
+      live = bf16.recommend(row["user"], 5)
+      assert [i for i, _ in live] == row["items"], row["user"]
+      np.testing.assert_allclose([s for _, s in live], row["scores"],
+                                 rtol=1e-6)
   assert summary["dtype"] == "bfloat16" and bf16.dtype == "bfloat16"
   for p, stored in bf16.adapted.items():
     assert stored.dtype == np.uint16

@@ -100,7 +100,7 @@ class ChunkFunctions:
 
   Attributes:
     adapt: `(params, inner, support [C, W]) -> {path: [C, ...]}` in the
-      export dtype, plus the float32 leaves for the ranking.
+      export dtype, plus the float32 values of those for the ranking.
     top_k: `(params, fast [C, ...], user_features [C], rated [C, R],
       item_blocks, block_index) -> (scores [C, k], items [C, k])`.
   """
@@ -113,7 +113,11 @@ class ChunkFunctions:
     def adapt_chunk(params, inner, support):
       fast = jax.vmap(lambda s: adapt_leaves(model, config, params, inner, s)
                       )(support)
-      return cast(fast, dtype), fast
+      # Ranked as stored: from bfloat16 leaves, the server's ranking of a
+      # user (which reads them) is topk.jsonl's, ties and all.
+      stored = {p: v.astype(jnp.bfloat16).astype(v.dtype)
+                for p, v in fast.items()} if dtype == "bfloat16" else fast
+      return cast(fast, dtype), stored
 
     adapt_sharded = jax.shard_map(
         adapt_chunk, mesh=mesh, in_specs=(P(), P(), P(AXIS)),
