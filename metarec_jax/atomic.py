@@ -14,6 +14,7 @@ error, never a SIGBUS.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -87,6 +88,26 @@ def write_text(path: str | os.PathLike, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
 
 
+def _try_lock(path: str) -> int | None:
+  """An open descriptor of `path` holding its exclusive `flock`, or None
+  where another process holds it. A holder removes the file before it lets
+  go, so a lock taken on a file since removed is tried again on the new
+  one (otherwise two writers could each hold a lock of their own)."""
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      return None
+    try:
+      if os.fstat(fd).st_ino == os.stat(path).st_ino:
+        return fd
+    except FileNotFoundError:
+      pass
+    os.close(fd)
+
+
 class Folder:
   """Builds a folder beside `out` and renames it into place.
 
@@ -102,27 +123,49 @@ class Folder:
   next writer of the same `out`. `finish` writes the record that marks the
   folder complete, then swaps the folder in: an existing `out` is moved
   aside first and removed only after the rename.
+
+  One writer per `out`: the block holds an exclusive lock on `.NAME.lock`
+  beside it (removed on the way out; a killed writer's lock dies with it),
+  and a second writer is refused instead of removing the first's
+  temporary folder as a stale one.
   """
 
   def __init__(self, out: str | os.PathLike):
     self.out = os.path.abspath(os.fspath(out))
     self.parent, name = os.path.split(self.out)
     self._prefix = os.path.join(self.parent, f".{name}.tmp-")
+    self._lock_path = os.path.join(self.parent, f".{name}.lock")
+    self._lock = None
     self.tmp = self._prefix + uuid.uuid4().hex[:8]
     self._finished = False
 
   def __enter__(self):
     os.makedirs(self.parent, exist_ok=True)
-    for entry in os.listdir(self.parent):
-      stale = os.path.join(self.parent, entry)
-      if stale.startswith(self._prefix):
-        shutil.rmtree(stale, ignore_errors=True)
-    os.makedirs(self.tmp)
+    self._lock = _try_lock(self._lock_path)
+    if self._lock is None:
+      raise InputError("another process is writing it now; wait for it to"
+                       " finish or choose another output", path=self.out)
+    try:
+      for entry in os.listdir(self.parent):
+        stale = os.path.join(self.parent, entry)
+        if stale.startswith(self._prefix):
+          shutil.rmtree(stale, ignore_errors=True)
+      os.makedirs(self.tmp)
+    except BaseException:
+      self._unlock()
+      raise
     return self
+
+  def _unlock(self) -> None:
+    if self._lock is not None:
+      os.unlink(self._lock_path)  # before closing: see `_try_lock`
+      os.close(self._lock)
+      self._lock = None
 
   def __exit__(self, exc_type, exc, tb):
     if not self._finished:
       shutil.rmtree(self.tmp, ignore_errors=True)
+    self._unlock()
     name = getattr(exc, "filename", None)
     if isinstance(exc, OSError) and (
         name is None or str(name).startswith(self.tmp)):

@@ -672,6 +672,32 @@ def test_a_killed_export_leaves_no_partial_folder(run, exported, tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["big.csv", "export", "stderr.txt"]
 
 
+def test_a_second_export_to_the_same_out_is_refused_while_one_runs(
+    run, exported, tmp_path):
+  """One writer per output: the second is refused in one line (it removed
+  the running one's temporary folder as stale, which then failed)."""
+  workdir, exp, _ = run
+  small, _, _, _ = exported
+  big = big_ratings_file(tmp_path / "big.csv", exp)
+  out = tmp_path / "export"
+  err = tmp_path / "stderr.txt"
+  proc = start("export", f"--workdir={workdir}", f"--ratings={big}",
+               f"--out={out}", "--chunk_users=8", stderr_path=err)
+  try:
+    wait_for(lambda: "exported " in err.read_text(), proc=proc, timeout=120)
+    assert proc.poll() is None, "the export finished before the second"
+    second = metarec("export", f"--workdir={workdir}", f"--ratings={small}",
+                     f"--out={out}")
+    assert_one_line_error(second, "another process is writing it now")
+    proc.wait(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, err.read_text()
+  assert export.load(out).num_users > 100
+  assert sorted(os.listdir(tmp_path)) == ["big.csv", "export", "stderr.txt"]
+
+
 def test_a_terminated_export_removes_its_folder_and_says_so(run, exported,
                                                            tmp_path):
   """SIGTERM (a job scheduler, `kill`, `timeout`) used to end the process
