@@ -203,10 +203,19 @@ class Folder:
 
   def finish(self, name: str, record: dict[str, Any]) -> None:
     """Writes `record` as the JSON file `name` and swaps the folder in."""
-    with open(os.path.join(self.tmp, name), "w") as f:
-      json.dump(record, f, indent=1, ensure_ascii=False)
+    self.write_file(name, json.dumps(record, indent=1,
+                                     ensure_ascii=False).encode("utf-8"))
+    self.swap()
+
+  def write_file(self, name: str, data: bytes) -> None:
+    """Writes the file `name` of the folder, synced."""
+    with open(self.path(name), "wb") as f:
+      f.write(data)
       f.flush()
       os.fsync(f.fileno())
+
+  def swap(self) -> None:
+    """Renames the complete folder into place (see the class)."""
     old = None
     # A SIGTERM between the renames would leave neither folder at `out`.
     with uninterrupted():

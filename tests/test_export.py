@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import signal
 
 import jax
@@ -164,7 +165,7 @@ def test_the_folder_format(run, exported):
   _, exp, meta_params = run
   _, out, summary, loaded = exported
   manifest = json.load(open(os.path.join(out, "manifest.json")))
-  assert manifest["format"] == "metarec-export" and manifest["version"] == 2
+  assert manifest["format"] == "metarec-export" and manifest["version"] == 3
   listed = {n for n in arrays(out)} | {"topk.jsonl"}
   assert set(manifest["files"]) == listed
   assert manifest["files"]["users.npy"]["bytes"] == os.path.getsize(
@@ -519,6 +520,31 @@ def test_a_damaged_file_is_refused_at_load_naming_it(exported, tmp_path,
   assert "the export is damaged; export again" in message
 
 
+@pytest.mark.parametrize("edit", [
+    lambda m: m["files"].pop("params/meta/decision/fc1/kernel.npy"),
+    lambda m: m.update(files={}), lambda m: m.update(dtype="bfloat16"),
+    lambda m: m.update(rating_max=10.0)])
+def test_an_edited_manifest_is_refused_at_load(exported, tmp_path, edit):
+  """The manifest's own digest (format 3): a record dropped, or a value
+  changed, is found (the file a dropped record covered was served
+  unchecked; a changed dtype ended in a flax traceback)."""
+  copy = str(tmp_path / "copy")
+  shutil.copytree(exported[1], copy)
+  assert subprocess.run(["sha256sum", "--check", "--quiet",
+                         "manifest.sha256"], cwd=copy).returncode == 0
+  path = os.path.join(copy, "manifest.json")
+  manifest = json.load(open(path))
+  edit(manifest)
+  json.dump(manifest, open(path, "w"), indent=1)
+  with pytest.raises(export.DamagedExport, match=f"^{path}: differs from the"
+                     " digest in manifest.sha256: the export is damaged"):
+    export.load(copy)
+  os.remove(os.path.join(copy, "manifest.sha256"))
+  out = metarec_here("export", "--verify", f"--out={copy}")
+  assert_one_line_error(out, "manifest.sha256: missing: the manifest's"
+                        " digest")
+
+
 def test_per_user_arrays_are_hashed_whole_on_request(exported, tmp_path):
   name = "params/adapted/decision/fc1/kernel.npy"
   copy, path = damaged_copy(exported, tmp_path, name, overwrite(-100))
@@ -547,6 +573,7 @@ def test_format_1_loads_unverified_and_names_an_unreadable_file(
   del manifest["files"]
   manifest["version"] = 1
   json.dump(manifest, open(manifest_path, "w"))
+  os.remove(os.path.join(copy, "manifest.sha256"))  # none before format 3
   with caplog.at_level(logging.WARNING, logger="metarec"):
     export.load(copy)
   assert "export format 1 records no checksums" in caplog.text

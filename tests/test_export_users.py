@@ -128,7 +128,8 @@ def test_writer_swaps_in_whole_folders_only(tmp_path):
     assert not stale.exists()
     w.save_array("b.npy", np.arange(2))
     w.finish({})
-  assert sorted(os.listdir(out)) == ["b.npy", "manifest.json"]
+  assert sorted(os.listdir(out)) == ["b.npy", "manifest.json",
+                                    "manifest.sha256"]
   assert sorted(os.listdir(tmp_path)) == ["out"]
   foreign = tmp_path / "foreign"
   foreign.mkdir()

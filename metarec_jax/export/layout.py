@@ -8,6 +8,8 @@ with `mmap_mode="r"` by `export.load`):
                                   the parameter leaves, the flag bits, and
                                   (format 2) `files`: every other file's
                                   size and SHA-256 digests (`checksums`)
+    manifest.sha256               (format 3) the manifest's own SHA-256, in
+                                  `sha256sum -c` format: checked at load
     users.npy          [U]        external user ids, sorted (int64 or str)
     flags.npy          [U] uint8  per-user FLAGS bits
     user/NAME.npy      [U(, L)]   int32 user feature indices each user is
@@ -35,6 +37,10 @@ with `mmap_mode="r"` by `export.load`):
                                   bit patterns (numpy has no bfloat16;
                                   `decode` views them back through ml_dtypes)
     topk.jsonl                    with --top_k: one JSON object per user
+    topk_items.npy     [U, K]     with --top_k: int32 item index (row of
+                                  items.npy) of each user's K best, best
+                                  first (-1 past a user's candidates)
+    topk_scores.npy    [U, K]     float32 their scores (-inf past them)
 
 PATH is a parameter's '/'-joined path (`decision/fc1/kernel`), so a leaf's
 file sits in nested folders. Only the per-user adapted leaves take the
@@ -48,6 +54,7 @@ previous complete export, never a half-written one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 import os
@@ -63,12 +70,15 @@ from metarec_jax.export import checksums
 
 FORMAT_NAME = "metarec-export"
 # 2: the manifest records every file's size and digests. Format 1 (no
-# digests) still loads, unverified, with a warning.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# digests) still loads, unverified, with a warning. 3: `manifest.sha256`
+# holds the manifest's own digest (`sha256sum -c` format), so an edited
+# record or value in it is found too.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 # Implicit exports: the items serving-time adaptation draws negatives from.
 IMPLICIT_POOL = "implicit_pool.npy"
 MANIFEST = "manifest.json"
+MANIFEST_DIGEST = "manifest.sha256"
 TOPK_FILE = "topk.jsonl"
 DTYPES = ("float32", "bfloat16")
 
@@ -127,13 +137,15 @@ def read_manifest(path: str) -> dict[str, Any]:
   """
   file = os.path.join(path, MANIFEST)
   try:
-    with open(file) as f:
-      manifest = json.load(f)
+    with open(file, "rb") as f:
+      data = f.read()
+    manifest = json.loads(data)
   except FileNotFoundError:
     raise InputError("not a metarec export (no manifest.json)",
                      path=path) from None
   except (OSError, ValueError) as e:
     raise InputError(f"unreadable manifest: {e}", path=file) from None
+  _check_manifest_digest(path, data, manifest)
   if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
     raise InputError("not a metarec export manifest", path=file)
   if manifest.get("version") not in READABLE_VERSIONS:
@@ -144,6 +156,34 @@ def read_manifest(path: str) -> dict[str, Any]:
   if manifest["version"] >= 2 and not isinstance(manifest.get("files"), dict):
     raise InputError("manifest without its file records", path=file)
   return manifest
+
+
+def _manifest_digest_line(data: bytes) -> str:
+  return f"{hashlib.sha256(data).hexdigest()}  {MANIFEST}\n"
+
+
+def _check_manifest_digest(path: str, data: bytes, manifest: Any) -> None:
+  """Raises DamagedExport where `manifest.sha256` (format 3 on) is missing
+  or does not match the manifest's bytes."""
+  digest = os.path.join(path, MANIFEST_DIGEST)
+  try:
+    with open(digest, encoding="utf-8") as f:
+      recorded = f.read()
+  except FileNotFoundError:
+    if isinstance(manifest, dict) and isinstance(
+        manifest.get("version"), int) and manifest["version"] >= 3:
+      raise checksums.DamagedExport(
+          "missing: the manifest's digest; the export is damaged; export"
+          " again", path=digest) from None
+    return
+  except (OSError, UnicodeDecodeError) as e:
+    raise checksums.DamagedExport(f"unreadable ({e}); the export is"
+                                  " damaged; export again",
+                                  path=digest) from None
+  if recorded != _manifest_digest_line(data):
+    raise checksums.DamagedExport(
+        f"differs from the digest in {MANIFEST_DIGEST}: the export is"
+        " damaged; export again", path=os.path.join(path, MANIFEST))
 
 
 def verify(path: str | os.PathLike) -> dict[str, Any]:
@@ -225,9 +265,12 @@ class ExportWriter(atomic.Folder):
     the folder into place."""
     self.close_mapped()
     files = checksums.record(self.tmp, exclude=(MANIFEST,))
-    super().finish(MANIFEST, {"format": FORMAT_NAME,
-                              "version": FORMAT_VERSION, **manifest,
-                              "files": files})
+    data = json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION,
+                       **manifest, "files": files}, indent=1,
+                      ensure_ascii=False).encode("utf-8")
+    self.write_file(MANIFEST, data)
+    self.write_file(MANIFEST_DIGEST, _manifest_digest_line(data).encode())
+    self.swap()
 
 
 class MappedArray:
