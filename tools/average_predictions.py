@@ -110,4 +110,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from metarec_jax import toolkit  # pylint: disable=g-import-not-at-top
+  toolkit.run(main)

@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from metarec_jax import bench, cli, config_io  # noqa: E402  pylint: disable=g-import-not-at-top
+from metarec_jax import bench, cli, config_io, toolkit  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def implicit_variant(config, loss: str):
@@ -46,13 +46,18 @@ def implicit_variant(config, loss: str):
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--steps", type=toolkit.positive_int, default=20)
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--losses", default="bce,bpr")
-  parser.add_argument("--rounds", type=int, default=1)
+  parser.add_argument("--rounds", type=toolkit.positive_int, default=1)
   parser.add_argument("--config", default=os.path.join(ROOT, "configs",
                                                         "melu_ref.py"))
   args = parser.parse_args(argv)
+  from metarec_jax.models.recommender import RANKING_LOSSES  # pylint: disable=g-import-not-at-top
+  for loss in args.losses.split(","):  # before any workload runs
+    if loss not in RANKING_LOSSES:
+      parser.error(f"--losses: {loss!r} is not one of"
+                   f" {', '.join(RANKING_LOSSES)}")
   cli.configure_logging()
   out = {}
   # Once, before JAX starts (every variant has the same tasks per step).
@@ -80,4 +85,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  toolkit.run(main)

@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "meta.algorithm values, in order (ratios are to the"
                     " first).", flag_values=fv)
   flags.DEFINE_integer("steps", 10, "Timed meta-steps per learner.",
-                       flag_values=fv)
+                       lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("warmup", 2, "Untimed meta-steps first.",
                        flag_values=fv)
   try:

@@ -55,13 +55,16 @@ def write_file(path: str, rows: int, seed: int = 0) -> None:
 
 
 def main(argv):
+  from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
   rows = 2_000_000
   for arg in argv:
-    if arg.startswith("--rows="):
-      rows = int(arg.split("=", 1)[1])
-    else:
-      sys.exit(f"unknown argument {arg!r}; usage: bench_parse.py"
-               " [--rows=N]")
+    if not arg.startswith("--rows="):
+      raise InputError(f"unknown argument {arg!r}; usage: bench_parse.py"
+                       " [--rows=N]")
+    text = arg.split("=", 1)[1]
+    if not text.isdigit() or int(text) < 1:
+      raise InputError(f"--rows={text}: a positive integer")
+    rows = int(text)
   with tempfile.TemporaryDirectory(prefix="metarec-parse-") as tmp:
     path = os.path.join(tmp, "ratings.csv")
     write_file(path, rows)
@@ -75,4 +78,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  from metarec_jax import toolkit  # pylint: disable=g-import-not-at-top
+  toolkit.run(lambda: main(sys.argv[1:]))

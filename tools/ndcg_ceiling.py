@@ -37,7 +37,7 @@ import os
 
 import numpy as np
 
-from metarec_jax import config_io
+from metarec_jax import config_io, toolkit
 from metarec_jax.data import store as store_lib
 from metarec_jax.data.convert import prepare
 from metarec_jax.data.splits import SCENARIOS
@@ -175,10 +175,14 @@ def main(argv=None) -> None:
   parser.add_argument("--mf_dim", type=int, default=32)
   parser.add_argument("--mf_reg", type=float, default=10.0)
   parser.add_argument("--mf_iters", type=int, default=12)
-  parser.add_argument("--k", type=int, default=3)
-  parser.add_argument("--repeats", type=int, default=20)
+  parser.add_argument("--k", type=toolkit.positive_int, default=3)
+  parser.add_argument("--repeats", type=toolkit.positive_int, default=20)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
+  try:
+    [float(v) for v in args.mae.split(",") if v]
+  except ValueError:
+    parser.error(f"--mae={args.mae}: comma-separated numbers")
   config = config_io.read_workdir_config(args.workdir)
   store = store_lib.open_store(prepare.store_path(config.data, args.workdir))
   width = int(config.data.query_size)
@@ -216,4 +220,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  toolkit.run(main)

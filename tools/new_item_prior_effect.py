@@ -119,4 +119,5 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  from metarec_jax import toolkit  # pylint: disable=g-import-not-at-top
+  toolkit.run(main)

@@ -41,14 +41,21 @@ def main(argv):
   from metarec_jax import cli, config_io  # pylint: disable=g-import-not-at-top
   steps, top = 5, 30
   rest = []
+  from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
   for arg in argv:
-    if arg.startswith("--steps="):
-      steps = int(arg.split("=", 1)[1])
-    elif arg.startswith("--top="):
-      top = int(arg.split("=", 1)[1])
+    name, _, text = arg.partition("=")
+    if name in ("--steps", "--top"):
+      if not text.isdigit() or int(text) < 1:
+        raise InputError(f"{arg}: a positive integer")
+      steps, top = (int(text), top) if name == "--steps" else (steps,
+                                                               int(text))
     else:
       rest.append(arg)
-  config_file, overrides, _ = cli._split_config_args(rest)  # pylint: disable=protected-access
+  config_file, overrides, left = cli._split_config_args(rest)  # pylint: disable=protected-access
+  if left:
+    raise InputError(f"unknown argument {left[0]!r}; usage: profile_step.py"
+                     " --config=FILE [--config.KEY=VALUE ...] [--steps=N]"
+                     " [--top=N]")
   config = config_io.apply_overrides(config_io.load_config_file(config_file),
                                      overrides)
   cli.setup_runtime(config)
@@ -103,4 +110,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  from metarec_jax import toolkit  # pylint: disable=g-import-not-at-top
+  toolkit.run(lambda: main(sys.argv[1:]))

@@ -62,7 +62,10 @@ def main():
   parser.add_argument("workdirs", nargs="+", help="WORKDIR or WORKDIR@STEP")
   parser.add_argument("--shares", default="0,0.5,1")
   args = parser.parse_args()
-  shares = [float(v) for v in args.shares.split(",")]
+  try:
+    shares = [float(v) for v in args.shares.split(",")]
+  except ValueError:
+    parser.error(f"--shares={args.shares}: comma-separated numbers")
   for arg in args.workdirs:
     table = share_maes(*workdir_at(arg), shares)
     print(arg)
@@ -76,4 +79,5 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  from metarec_jax import toolkit  # pylint: disable=g-import-not-at-top
+  toolkit.run(main)

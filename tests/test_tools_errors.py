@@ -1,0 +1,36 @@
+"""tools/ scripts follow the command line's error convention
+(`metarec_jax.toolkit`): a bad flag or a missing input is one line naming
+the problem, exit status 2, no traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from procs import env_with
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench_parse.py", "--rows=abc"], "--rows=abc: a positive integer"),
+    (["bench_parse.py", "--bogus"], "unknown argument '--bogus'"),
+    (["profile_step.py", "--steps=0"], "--steps=0: a positive integer"),
+    (["share_curve.py", "/nonexistent"], "/nonexistent: no config.json"),
+    (["testbed.py", "--out=OUT", "--ratings_only=/nonexistent"],
+     "/nonexistent/flags.txt: No such file or directory"),
+    (["ml100k_subset.py", "--src=/nonexistent", "--out=OUT"],
+     "/nonexistent/ratings.dat: No such file or directory"),
+    (["ndcg_ceiling.py", "--workdir=/x", "--tasks=/x", "--k=0"],
+     "argument --k: 0 is not >= 1"),
+    (["bench_implicit.py", "--losses=bogus"], "'bogus' is not one of"),
+])
+def test_bad_flags_and_missing_inputs_are_one_line(tmp_path, args, message):
+  args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", args[0]),
+                        *args[1:]], capture_output=True, text=True, cwd=ROOT,
+                       env=env_with(), timeout=300)
+  assert out.returncode == 2, (out.stdout, out.stderr)
+  assert "Traceback" not in out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"{args[0]}: error: ") and message in last, last
