@@ -188,4 +188,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from metarec_jax import toolkit  # pylint: disable=g-import-not-at-top
+  toolkit.run(main)
