@@ -219,8 +219,8 @@ COMMANDS: dict[str, Command] = {  # in the order `metarec --help` lists them
         " POST /v1/users/USER/interactions {ratings: [[item, rating], ...]}"
         " (logged and fsynced to --log_dir, then the user is re-adapted),"
         " POST /v1/adapt {ratings, k} (anonymous, nothing kept); OpenAPI"
-        " docs at /docs. Concurrent requests are batched into one device"
-        " call. The log is in the dataset's input format: feed it back to"
+        " docs at /docs (with a token: the schema at /openapi.json, behind"
+        " it). Concurrent requests are batched into one device call. The log is in the dataset's input format: feed it back to"
         " `metarec train`/`metarec export` (see the README's Serving"
         " section).",
         define_serve),

@@ -177,6 +177,12 @@ def test_prepare_and_synth_never_replace_a_folder_that_is_no_store(tmp_path):
   out = metarec("data", "synth", f"--out={notes}", "--num_users=5")
   assert_one_line_error(out, "exists and is not a task store")
   assert notes.read_text() == "keep"
+  export_like = tmp_path / "export"  # a manifest with a "format" too
+  export_like.mkdir()
+  (export_like / "manifest.json").write_text('{"format": "metarec-export"}')
+  out = metarec("data", "synth", f"--out={export_like}", "--num_users=5")
+  assert_one_line_error(out, "exists and is not a task store")
+  assert sorted(os.listdir(export_like)) == ["manifest.json"]
   # An empty folder, and an earlier store, are written over.
   (tmp_path / "empty").mkdir()
   for target in ("empty", "empty"):

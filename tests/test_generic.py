@@ -398,6 +398,20 @@ def test_a_carriage_return_file_names_the_line_of_a_bad_byte(tmp_path):
     _prepared(tmp_path, "nul", b"user,item,rating\ra\0,mug,4\r")
 
 
+def test_a_user_named_like_the_header_is_no_repeated_header(tmp_path):
+  s = _prepared(tmp_path, "named", b"user,item,rating\nalice,item,5\n"
+                b"user,item,4\n")
+  assert sorted(s.user_ids.tolist()) == ["alice", "user"]
+  with pytest.raises(InputError, match=r"ratings.csv:4: this line repeats"
+                     r" the header"):
+    _prepared(tmp_path, "again", b"user,item,rating\na,x,5\nb,y,4\n"
+              b"user,item,rating\n")
+  # A U+FEFF inside a value (scraped text) is no joined file.
+  s = _prepared(tmp_path, "zwnbsp", "user,item,rating\na,x\ufeffy,5\n"
+                .encode())
+  assert s.item_ids.tolist() == ["x\ufeffy"]
+
+
 def test_joined_files_are_refused_at_the_repeated_header_or_bom(tmp_path):
   with pytest.raises(InputError, match=r"orders.csv:4: this line repeats the"
                      r" header"):
@@ -417,9 +431,15 @@ def test_joined_files_are_refused_at_the_repeated_header_or_bom(tmp_path):
 def test_one_huge_id_is_refused_before_it_is_held(tmp_path):
   lines = "".join(f"u{u},i{u % 7},3\n" for u in range(300))
   with pytest.raises(InputError, match=r"ratings.csv:302: user id of"
-                     r" 300,000 characters"):
-    _prepared(tmp_path, "long", f"user,item,rating\n{lines}{'x' * 300_000},"
+                     r" 600,000 characters"):
+    _prepared(tmp_path, "long", f"user,item,rating\n{lines}{'x' * 600_000},"
               "i1,4\n".encode())
+  # Characters count, not UTF-8 bytes: 1.5 MB of CJK is 500,000 of them.
+  lines = "".join(f"u{u},i{u % 7},3\n" for u in range(100))
+  cjk = "\u4e2d" * 500_000
+  s = _prepared(tmp_path, "cjk", f"user,item,rating\n{lines}{cjk},i1,4\n"
+                .encode())
+  assert s.num_users == 101
 
 
 def test_a_wrong_delimiter_is_hinted_at_a_field_count_and_a_feature(tmp_path):

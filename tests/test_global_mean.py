@@ -1,6 +1,8 @@
 """The model's starting rating is the training users' mean, not one that
 averages the held-out users' query ratings in (`model.global_mean`)."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -101,3 +103,13 @@ def test_a_fresh_start_beside_an_old_config_takes_its_own_mean(tmp_path):
   os.makedirs(workdir / "checkpoints" / "3")
   resume.keep_run_constants(config, str(workdir))
   assert config.model.global_mean == "all"
+  # A run written before meta.inner_lr_scale keeps its inner rate (its
+  # anchored user biases were trained around it).
+  path = workdir / config_io.WORKDIR_CONFIG
+  record = json.loads(path.read_text())
+  del record["config"]["meta"]["inner_lr_scale"]
+  path.write_text(json.dumps(record))
+  config = config_io.load_config_file(config_path("tiny"))
+  assert config.meta.inner_lr_scale == "rating_width"
+  resume.keep_run_constants(config, str(workdir))
+  assert config.meta.inner_lr_scale == "none"

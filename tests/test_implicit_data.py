@@ -162,3 +162,23 @@ def test_ranking_loss_on_rating_data_is_refused(tmp_path):
   config.model.loss = "bpr"
   with pytest.raises(InputError, match="implicit feedback"):
     experiment.build(config, str(tmp_path))
+
+
+def test_serving_negatives_follow_the_support_not_the_row():
+  """Rows with the same support set (in any order) draw the same
+  negatives wherever they sit in a batch; other supports draw others."""
+  spec = implicit.ImplicitSpec(enabled=True, threshold=1.0, negatives=2,
+                               sampling="uniform", eval_negatives=0)
+  items = np.array([[3, 5, 7], [4, 6, 8], [7, 3, 5]])
+  mask = np.ones(items.shape, bool)
+  ratings = np.full(items.shape, 5.0, np.float32)
+  keys = implicit.support_keys(items, mask)
+  assert keys[0] == keys[2] != keys[1]
+  assert implicit.support_keys(items[:, :2], mask[:, :2])[0] != keys[0]
+  out, labels, out_mask = implicit.labelled_support(
+      items, ratings, mask, items, spec=spec, pool=np.arange(1000),
+      num_items=1000, row_keys=keys)
+  negatives = out[:, 3:]
+  np.testing.assert_array_equal(negatives[0], negatives[2])
+  assert set(negatives[0]) != set(negatives[1])
+  assert labels[:, 3:].sum() == 0 and out_mask.all()

@@ -524,7 +524,8 @@ def test_interaction_log_generic_columns_torn_tail_and_lock(tmp_path):
 @pytest.mark.parametrize("first, clock", [
     ("2021-03-04T10:00:00Z", "iso"), ("2021-03-04", "iso"),
     ("1614852000000", "milliseconds"), ("1614852000", "seconds"),
-    ("1614852000.5", "seconds"), ("7", "seconds")])
+    ("1614852000.5", "seconds"), ("1614852000250.0", "milliseconds"),
+    ("7", "seconds")])
 def test_the_log_writes_times_that_read_after_the_files(tmp_path, first,
                                                         clock):
   """The README's loop joins the export's ratings file and the log: the

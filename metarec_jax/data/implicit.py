@@ -276,6 +276,17 @@ def support_negatives(sampler: NegativeSampler, users: np.ndarray,
                       _SUPPORT_STREAM)
 
 
+def support_keys(items: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """int64 `[C]`: a key of each row's set of support items (`[C, W]`, the
+  rows `mask` keeps), whatever their order: the row key of serving-time
+  negatives, so that a user's draws follow its support, never its place
+  in a batch, and two users' draws differ where their supports do."""
+  hashed = hashing.hash64(_EXPORT_STREAM, np.asarray(items, np.int64))
+  with np.errstate(over="ignore"):
+    return np.sum(np.where(mask, hashed, np.uint64(0)), axis=1,
+                  dtype=np.uint64).view(np.int64)
+
+
 def labelled_support(items: np.ndarray, ratings: np.ndarray,
                      mask: np.ndarray, rated: np.ndarray, *,
                      spec: ImplicitSpec, pool: np.ndarray, num_items: int,

@@ -168,11 +168,17 @@ def _check_structure(store: TaskStore) -> None:
 
 
 def is_store(path: str | os.PathLike) -> bool:
-  """Whether `path` holds a store's manifest (of any format version)."""
+  """Whether `path` holds a store: its manifest (an integer format version,
+  a dataset) and its rating arrays. (An export's manifest has a `format`
+  too.)"""
   try:
     with open(os.path.join(path, "manifest.json")) as f:
-      return "format" in json.load(f)
-  except (OSError, ValueError, TypeError):
+      manifest = json.load(f)
+    return (isinstance(manifest.get("format"), int)
+            and "dataset" in manifest
+            and all(os.path.isfile(os.path.join(path, name))
+                    for name in ("offsets.npy", "items.npy", "ratings.npy")))
+  except (OSError, ValueError, TypeError, AttributeError):
     return False
 
 

@@ -122,10 +122,10 @@ class UserBatches:
           items, ratings, mask, np.where(mask, items, -1),
           spec=self.implicit, pool=self._implicit_pool,
           num_items=self.num_items,
-          # Every row the same key, as `Export.adapt` draws for one user:
-          # a user's negatives depend on its support, never on its row in
-          # a batch (a server would adapt it differently after a restart).
-          row_keys=np.zeros(len(items), np.int64))
+          # Keyed by the support, as `Export.adapt` draws for one user:
+          # never by the row in a batch (a server would adapt a user
+          # differently after a restart).
+          row_keys=implicit.support_keys(items, mask))
     return tables.rows(np.arange(len(items)), items, ratings, mask)
 
   def adapt_users(self, support: dict) -> dict[str, np.ndarray]:

@@ -331,7 +331,8 @@ class Export(batched.UserBatches):
       support_items, support_ratings, mask = implicit.labelled_support(
           support_items, support_ratings, mask, rated[None],
           spec=self.implicit, pool=self._implicit_pool,
-          num_items=self.num_items, row_keys=np.zeros(1, np.int64))
+          num_items=self.num_items,
+          row_keys=implicit.support_keys(support_items, mask))
     batch = tables.rows(np.zeros(1, np.int64), support_items,
                         support_ratings, mask)
     fast = self.adapt_users(batch)

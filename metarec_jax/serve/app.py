@@ -7,7 +7,8 @@
                                                    logged, then re-adapted
     POST /v1/adapt                 {ratings, k}    an anonymous session's top k
 
-OpenAPI docs at /docs. Every error is `{"error": "<one line>"}` with a 4xx
+OpenAPI docs at /docs (with a token: the schema at /openapi.json, behind
+it). Every error is `{"error": "<one line>"}` with a 4xx
 status: 400 malformed JSON, 401 a missing or wrong token, 404 unknown
 items, 413 a body over the limit, 422 a wrong type, a list over its bound,
 a rating that is NaN, off the scale or (for whole-star datasets) not whole.

@@ -38,10 +38,11 @@ _HARMLESS = ("train.num_steps", "train.eval_every_steps", "train.max_nonfinite",
 # Keys a run keeps for its whole life, whatever a resume's config says:
 # each fixes a constant of the model that the saved parameters were trained
 # around (`model.global_mean`: the anchored models' level for an item
-# without training ratings; the item offsets are learned relative to it).
-# A work directory written before such a key existed keeps the value it
-# ran with (`config_defaults.BEFORE_KEY`).
-RUN_CONSTANTS = ("model.global_mean",)
+# without training ratings; the item offsets are learned relative to it;
+# `meta.inner_lr_scale`: the inner rate, which also scales the anchored
+# models' user bias). A work directory written before such a key existed
+# keeps the value it ran with (`config_defaults.BEFORE_KEY`).
+RUN_CONSTANTS = ("model.global_mean", "meta.inner_lr_scale")
 
 
 def keep_run_constants(config, workdir: str) -> None:

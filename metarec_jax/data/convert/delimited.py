@@ -135,12 +135,12 @@ def read_text(path: str | os.PathLike, encoding: str) -> str:
                      " not text)", path=path, line=line)
   if text.startswith("\ufeff"):
     text = text[1:]
-  bom = text.find("\ufeff")
-  if bom >= 0:  # an invisible character that would make `c1` another id
-    line, column = _position(text, bom)
-    raise InputError(f"a byte order mark (U+FEFF) at column {column}: files"
-                     " joined together? (remove it)", path=path, line=line)
   text = cr_lines(text)
+  bom = text.find("\n\ufeff")  # files joined: `c1` would be another id
+  if bom >= 0:
+    raise InputError("a byte order mark (U+FEFF) starts this line: files"
+                     " joined together? (remove it)", path=path,
+                     line=_position(text, bom + 1)[0])
   if not text.strip():
     raise InputError("empty file", path=path)
   return text
@@ -251,21 +251,27 @@ def id_strings(table: Table, index: int, what: str) -> np.ndarray:
 
   A numpy string array holds every entry at its longest's width (4 bytes a
   character): one 30,000-character id among 9,000 short ones makes 1 GB
-  from a 200 KB file. Refused beyond 64 MiB and 4 times the file's size.
+  from a 200 KB file. Refused beyond 512 MiB and 16 times the file's
+  size.
 
   Raises:
     InputError: naming the line of the longest id.
   """
   column = table.column(index)
-  widths = column.widths()
-  size = 4 * len(widths) * (int(widths.max()) if len(widths) else 0)
-  if size > max(2 ** 26, 4 * os.path.getsize(table.path)):
-    i = int(np.argmax(widths))
-    raise InputError(
-        f"{what} of {int(widths[i]):,} characters: every {what} would be held"
-        f" that wide ({size / 2 ** 20:,.0f} MiB for {len(widths):,} lines);"
-        " shorten or hash such ids", path=table.path,
-        line=int(table.lines[i]))
+  widths = column.widths()  # bytes (characters where held as strings)
+  budget = max(2 ** 29, 16 * os.path.getsize(table.path))
+  if 4 * len(widths) * int(widths.max(initial=0)) > budget:
+    # Bytes overstate characters (UTF-8): count those of the long ones.
+    long = np.flatnonzero(4 * len(widths) * widths > budget)
+    chars = np.array([len(column[int(i)]) for i in long])
+    size = 4 * len(widths) * int(chars.max())
+    if size > budget:
+      i = int(long[np.argmax(chars)])
+      raise InputError(
+          f"{what} of {int(chars.max()):,} characters: every {what} would be"
+          f" held that wide ({size / 2 ** 20:,.0f} MiB for {len(widths):,}"
+          " lines); shorten or hash such ids", path=table.path,
+          line=int(table.lines[i]))
   return column.strings()
 
 

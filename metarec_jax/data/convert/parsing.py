@@ -209,14 +209,16 @@ TICKS_PER_SECOND = {"seconds": 1, "milliseconds": 10 ** 3,
 def clock_of_file(kind: str | None, times: np.ndarray | None) -> str | None:
   """How a new time is written so that it reads as later than `times` (a
   file's, of `clock_of` kind `kind`): `iso`, or a unit of
-  `TICKS_PER_SECOND`, that of integer times judged by their size (epoch
-  milliseconds are above 1e11 from 1973 on; seconds, or a counter, stay
-  `seconds`)."""
+  `TICKS_PER_SECOND`, that of numeric times (integers or a float clock)
+  judged by their size (epoch milliseconds are above 1e11 from 1973 on;
+  seconds, or a counter, stay `seconds`)."""
   if kind is None or times is None:
     return None
-  if kind != "integer":
-    return "iso" if kind == "iso" else "seconds"
-  top = int(np.max(np.abs(times))) if len(times) else 0
+  if kind == "iso":
+    return "iso"
+  # Integers, or a float clock (its floored values): by their size.
+  top = max(abs(int(np.min(times))), abs(int(np.max(times)))) if len(
+      times) else 0
   for unit, limit in (("nanoseconds", 1e17), ("microseconds", 1e14),
                       ("milliseconds", 1e11)):
     if top > limit:

@@ -217,12 +217,14 @@ def _refuse_repeated_header(table, users, items, pos) -> None:
   """Raises InputError at a data line whose user and item are the header's
   names of their columns: files joined with their headers (`cat jan.csv
   feb.csv`), which would otherwise add a user and an item of those names."""
-  again = np.flatnonzero((users == table.header[pos["user"]])
-                         & (items == table.header[pos["item"]]))
-  if len(again):
-    raise InputError("this line repeats the header (files joined with their"
-                     " headers? remove the repeated header lines)",
-                     path=table.path, line=int(table.lines[again[0]]))
+  head = table.header
+  for i in np.flatnonzero((users == head[pos["user"]])
+                          & (items == head[pos["item"]])):
+    # Every named column, not the ids alone: a user may be called `user`.
+    if all(table.column(j)[int(i)].strip() == head[j] for j in pos.values()):
+      raise InputError("this line repeats the header (files joined with"
+                       " their headers? remove the repeated header lines)",
+                       path=table.path, line=int(table.lines[i]))
 
 
 def read_ratings(path: str | os.PathLike, store: TaskStore):
