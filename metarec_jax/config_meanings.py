@@ -256,12 +256,13 @@ MEANINGS: dict[str, str] = {
     "meta.inner_lr": "Inner learning rate (the initial value of the learned"
                      " rates of `metasgd` and `mamlpp`).",
     "meta.inner_lr_scale": "`rating_width`: `meta.inner_lr` is the rate"
-                           " for ratings 4 wide (1 to 5); on another scale"
+                           " for ratings 4 wide (1 to 5); on a wider scale"
                            " the inner loop runs at inner_lr x (4 /"
                            " (rating_max - rating_min))^2, so that its"
                            " steps move a prediction as far in stars (a 0"
-                           " to 100 scale diverged at 0.1); implicit"
-                           " feedback x 1. `none`: inner_lr as given (what"
+                           " to 100 scale diverged at 0.1); on a narrower"
+                           " one, and on implicit feedback, x 1 (raising"
+                           " it diverged on 0/1). `none`: inner_lr as given (what"
                            " a config written before this key existed"
                            " meant). Exports record the rate run.",
     "meta.second_order": "Differentiate through the inner gradients (exact"

@@ -99,12 +99,14 @@ def inner_lr(config, store: TaskStore) -> float:
 
   The squared error's gradient grows with the rating scale, and an inner
   step's move with it: a rate set for 1 to 5 stars diverged on a 0 to 100
-  scale. `rating_width` keeps the move the same in stars, scaling the rate
-  by (4 / width)^2 (x 1 on a 1 to 5 scale, exactly)."""
+  scale. `rating_width` keeps the move the same in stars on wider scales,
+  scaling the rate by (4 / width)^2 (x 1 on a 1 to 5 scale, exactly), and
+  never raises it: on a 0/1 scale x 16 diverged where the rate as given
+  trains."""
   lr = float(config.meta.inner_lr)
   lo, hi = store.rating_range
   if (config.meta.inner_lr_scale == "none" or implicit.is_implicit(store)
-      or not hi > lo):
+      or hi - lo <= STAR_SCALE_WIDTH):
     return lr
   return lr * (STAR_SCALE_WIDTH / (hi - lo)) ** 2
 

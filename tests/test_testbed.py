@@ -265,6 +265,9 @@ def test_the_inner_rate_follows_the_rating_scale(tmp_path):
   assert experiment.inner_lr(config, Store) == 0.1  # stars: as given
   Store.rating_range = (1.0, 10.0)
   assert experiment.inner_lr(config, Store) == 0.1 * (4 / 9) ** 2
+  Store.rating_range = (0.0, 1.0)  # narrower: never raised (x 16 diverged)
+  assert experiment.inner_lr(config, Store) == 0.1
+  Store.rating_range = (1.0, 10.0)
   config.meta.inner_lr_scale = "none"  # a run before the key
   assert experiment.inner_lr(config, Store) == 0.1
 
