@@ -24,6 +24,9 @@ from procs import env_with
     (["ndcg_ceiling.py", "--workdir=/x", "--tasks=/x", "--k=0"],
      "argument --k: 0 is not >= 1"),
     (["bench_implicit.py", "--losses=bogus"], "'bogus' is not one of"),
+    (["bench_serve.py", "--export=/x", "--phases=bogus"],
+     "--phases: unknown bogus"),
+    (["bench_serve.py", "--bogus=1"], "Unknown command line flag 'bogus'"),
 ])
 def test_bad_flags_and_missing_inputs_are_one_line(tmp_path, args, message):
   args = [a.replace("OUT", str(tmp_path / "out")) for a in args]

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 import aiohttp
 import numpy as np
 
@@ -56,12 +56,13 @@ flags.DEFINE_string("export", None, "The export folder (its ids drive the"
                     " requests).", required=True)
 flags.DEFINE_string("url", None, "A running server (default: start one).")
 flags.DEFINE_string("token_file", None, "Bearer token file of the server.")
-flags.DEFINE_integer("clients", 16, "Concurrent clients.")
+flags.DEFINE_integer("clients", 16, "Concurrent clients.", lower_bound=1)
 flags.DEFINE_float("seconds", 15.0, "Longest run of a phase.")
-flags.DEFINE_integer("requests", 20000, "Most requests of a phase.")
+flags.DEFINE_integer("requests", 20000, "Most requests of a phase.",
+                     lower_bound=1)
 flags.DEFINE_float("warmup_seconds", 2.0, "Untimed load before each phase.")
 flags.DEFINE_integer("predict_items", 20, "Items per predict request.")
-flags.DEFINE_integer("k", 10, "Recommendations per request.")
+flags.DEFINE_integer("k", 10, "Recommendations per request.", lower_bound=1)
 flags.DEFINE_list("phases", ["recommend", "predict", "interaction", "mixed"],
                   "Phases to run, in order.")
 flags.DEFINE_list("serve_flags", [], "Extra `metarec serve` flags.")
@@ -203,7 +204,17 @@ async def bench(url: str, load: Load, token: str | None,
 
 
 def main(argv):
-  del argv
+  from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  try:
+    argv = FLAGS(argv)
+  except flags.Error as e:
+    raise InputError(str(e).splitlines()[0]) from None
+  if len(argv) > 1:
+    raise InputError(f"unexpected argument {argv[1]!r}")
+  bad = sorted(set(FLAGS.phases) - {"recommend", "predict", "interaction",
+                                    "mixed"})
+  if bad:  # before a server starts and compiles
+    raise InputError(f"--phases: unknown {', '.join(bad)}")
   # Client libraries may log every request at INFO (absl turns INFO on):
   # that would time the logging, not the server.
   logging.getLogger().setLevel(logging.WARNING)
@@ -236,4 +247,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from metarec_jax import toolkit  # pylint: disable=g-import-not-at-top
+  toolkit.run(lambda: main(sys.argv))
