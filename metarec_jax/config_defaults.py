@@ -85,6 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
           "tasks_per_step": 64, "chunk_tasks": 0, "lr": 2e-3,
           "warmup_steps": 100, "end_lr_factor": 0.05, "grad_clip": 1.0,
           "eval_every_steps": 250, "early_stop_patience": 3,
+          "select_on": "model",
           "max_nonfinite": 10, "preempt_exit_code": 0, "prefetch": 2,
           "input_workers": 0, "cpu_devices": 0,
       },

@@ -132,6 +132,7 @@ ALLOWED: dict[str, Any] = {
     "train.grad_clip": _RATE,
     "train.eval_every_steps": R.Int(-1),
     "train.early_stop_patience": _COUNT,
+    "train.select_on": R.OneOf("metarec_jax.workdir.criterion", "SELECT_ON"),
     "train.max_nonfinite": R.Int(1),
     "train.preempt_exit_code": R.Int(0, 255),
     "train.prefetch": R.Int(1),

@@ -59,3 +59,15 @@ def test_the_checkpointer_takes_the_latest_of_equal_maes(tmp_path):
   reader = ckpt_lib.Checkpointer(str(tmp_path), read_only=True)
   assert reader.best() == (20, 0.70)
   reader.close()
+
+
+def test_the_criterion_of_what_is_served():
+  """`train.select_on=served`: the median map's cross-fitted MAE where
+  validation serves the map, else the model's; rankings as before."""
+  from metarec_jax.workdir.criterion import criterion  # pylint: disable=g-import-not-at-top
+  val = {"mae": 0.3344}
+  assert criterion(val) == 0.3344  # `model`
+  served = {"val/median_map": 1.0, "val/median_map_mae": 0.2563}
+  assert criterion(val, served) == 0.2563
+  assert criterion(val, {**served, "val/median_map": 0.0}) == 0.3344
+  assert criterion({"ranking": {"full": {"ndcg@10": 0.25}}}, served) == 0.75

@@ -84,6 +84,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   is_lead = jax.process_index() == 0
   tc = config.train
+  served_mae = tc.select_on == "served"  # the criterion of what is served
   num_steps = int(tc.num_steps)
   config_record = config_io.to_dict(config)
   summary: dict[str, Any] = {}
@@ -224,7 +225,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         served = validated
         summary["val"] = results["val"]
         report(step, results, shares)
-        val_loss = criterion(results["val"])
+        val_loss = criterion(results["val"], shares if served_mae else None)
         improved = val_loss is not None and selection.update(val_loss)
         if improved:
           summary["best"] = {"step": step, "val": results["val"]}
@@ -254,7 +255,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           save_and_report_stop(step)
           return {**summary, "step": step}
         results, initial, shares = outcome
-        initial_loss = criterion(results["val"])
+        initial_loss = criterion(results["val"],
+                                 shares if served_mae else None)
         # A non-finite loss (non-finite ratings) is no candidate.
         if initial_loss is not None and math.isfinite(initial_loss):
           report(step, results, shares)

@@ -11,15 +11,22 @@ had when only ratings were validated).
 from __future__ import annotations
 
 RANKING_CRITERION = "ndcg@10"
+SELECT_ON = ("served", "model")  # `train.select_on`
 
 
-def criterion(val: dict) -> float | None:
+def criterion(val: dict, fitted: dict | None = None) -> float | None:
   """The validation loss of a validation's metrics (`val`): its MAE, or
   with a ranking (implicit feedback) 1 - its full-catalog nDCG@10; None
-  where it has none (no validation task)."""
+  where it has none (no validation task).
+
+  With `fitted` (what the validation fitted, `validation.validate`'s
+  scalars; `train.select_on=served`), the MAE of what is served: the
+  median map's cross-fitted MAE where validation serves the map."""
   if "ranking" in val:
     value = (val["ranking"].get("full") or {}).get(RANKING_CRITERION)
     return None if value is None else 1.0 - float(value)
+  if (fitted or {}).get("val/median_map") == 1.0:
+    return float(fitted["val/median_map_mae"])
   return val.get("mae")
 
 

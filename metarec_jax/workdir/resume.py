@@ -40,9 +40,11 @@ _HARMLESS = ("train.num_steps", "train.eval_every_steps", "train.max_nonfinite",
 # around (`model.global_mean`: the anchored models' level for an item
 # without training ratings; the item offsets are learned relative to it;
 # `meta.inner_lr_scale`: the inner rate, which also scales the anchored
-# models' user bias). A work directory written before such a key existed
+# models' user bias; `train.select_on`: what the saved checkpoints'
+# validation losses measure, compared across them). A work directory written before such a key existed
 # keeps the value it ran with (`config_defaults.BEFORE_KEY`).
-RUN_CONSTANTS = ("model.global_mean", "meta.inner_lr_scale")
+RUN_CONSTANTS = ("model.global_mean", "meta.inner_lr_scale",
+                 "train.select_on")
 
 
 def keep_run_constants(config, workdir: str) -> None:
