@@ -141,13 +141,11 @@ def times(table: Table, values, what: str) -> np.ndarray:
     InputError: naming the first line whose value is not of the first
       line's kind.
   """
-  out, ok = parse_ints(values)
-  if ok.all() or not len(values) or ok[0]:
-    if not ok.all():
-      raise not_an_integer(table, values, ok, what)
-    return out
-  if _is_number(values[0]):  # a number first: numbers all
+  kind = clock_of(values)  # by the first value: the file's kind of time
+  if kind == "seconds":
     return _clock_seconds(table, values, what)
+  if kind != "iso":  # integers (or no values)
+    return ints(table, values, what)
   out, ok = _iso_seconds(values)
   if not ok.all():
     i = int(np.flatnonzero(~ok)[0])
