@@ -88,6 +88,16 @@ def write_text(path: str | os.PathLike, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
 
 
+def remove_stale(prefix: str) -> None:
+  """Removes what a killed writer left: every entry of `prefix`'s folder
+  whose path starts with `prefix` (`.NAME.tmp-`, ...)."""
+  parent = os.path.dirname(prefix)
+  for entry in os.listdir(parent):
+    stale = os.path.join(parent, entry)
+    if stale.startswith(prefix):
+      shutil.rmtree(stale, ignore_errors=True)
+
+
 def _try_lock(path: str) -> int | None:
   """An open descriptor of `path` holding its exclusive `flock`, or None
   where another process holds it. A holder removes the file before it lets
@@ -146,10 +156,7 @@ class Folder:
       raise InputError("another process is writing it now; wait for it to"
                        " finish or choose another output", path=self.out)
     try:
-      for entry in os.listdir(self.parent):
-        stale = os.path.join(self.parent, entry)
-        if stale.startswith(self._prefix):
-          shutil.rmtree(stale, ignore_errors=True)
+      remove_stale(self._prefix)
       os.makedirs(self.tmp)
     except BaseException:
       self._unlock()
@@ -203,9 +210,14 @@ class Folder:
 
   def finish(self, name: str, record: dict[str, Any]) -> None:
     """Writes `record` as the JSON file `name` and swaps the folder in."""
-    self.write_file(name, json.dumps(record, indent=1,
-                                     ensure_ascii=False).encode("utf-8"))
+    self.write_json(name, record)
     self.swap()
+
+  def write_json(self, name: str, record: dict[str, Any]) -> bytes:
+    """Writes `record` as the JSON file `name`, synced; returns its bytes."""
+    data = json.dumps(record, indent=1, ensure_ascii=False).encode("utf-8")
+    self.write_file(name, data)
+    return data
 
   def write_file(self, name: str, data: bytes) -> None:
     """Writes the file `name` of the folder, synced."""

@@ -265,10 +265,9 @@ class ExportWriter(atomic.Folder):
     the folder into place."""
     self.close_mapped()
     files = checksums.record(self.tmp, exclude=(MANIFEST,))
-    data = json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION,
-                       **manifest, "files": files}, indent=1,
-                      ensure_ascii=False).encode("utf-8")
-    self.write_file(MANIFEST, data)
+    data = self.write_json(MANIFEST, {"format": FORMAT_NAME,
+                                      "version": FORMAT_VERSION, **manifest,
+                                      "files": files})
     self.write_file(MANIFEST_DIGEST, _manifest_digest_line(data).encode())
     self.swap()
 

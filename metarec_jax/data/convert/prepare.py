@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from typing import Callable
 
-from metarec_jax import config_io
+from metarec_jax import atomic, config_io
 from metarec_jax.data import store as store_lib
 from metarec_jax.data import implicit
 from metarec_jax.data.convert import (generic, movielens, movielens100k,
@@ -47,9 +47,7 @@ def prepare(data_config, out: str | os.PathLike,
   parent, name = os.path.split(out)
   os.makedirs(parent, exist_ok=True)
   prefix = f".{name}.ratings-"
-  for entry in os.listdir(parent):  # left by a killed run
-    if entry.startswith(prefix):
-      shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+  atomic.remove_stale(os.path.join(parent, prefix))  # a killed run's
   ratings = tempfile.mkdtemp(prefix=prefix, dir=parent)
   try:
     _prepare_ratings(data_config, os.path.join(ratings, "store"), log)
