@@ -165,7 +165,7 @@ def create_app(service: Service, *, token: str | None,
                     docs_url=None, redoc_url=None, openapi_url=None)))
   app.add_middleware(guards.BodyLimit, max_bytes=max_body)
   app.add_middleware(guards.BearerGuard, token=token)  # outermost: first
-  auth = [Depends(guards.bearer(token))]
+  auth = [Depends(guards.bearer())]
   if token is not None:
 
     @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
