@@ -126,7 +126,9 @@ def serve(options: Options) -> int:
     log.info("export %s: %d users, %d items; log %s; ready in %.1f s",
              o.export, export.num_users, export.num_items, interactions.path,
              time.perf_counter() - t0)
-    log.info("serving on http://%s:%d (docs at /docs)", host, port)
+    log.info("serving on http://%s:%d (%s)", host, port,
+             "docs at /docs" if token is None
+             else "schema at /openapi.json, with the token")
     try:
       server.run(sockets=[sock])
     except (interrupts.Terminated, KeyboardInterrupt) as e:
