@@ -6,9 +6,11 @@ beside the project); with `CI=true` a missing folder fails instead of
 skipping.
 """
 
+import atexit
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import tempfile
 
@@ -33,8 +35,13 @@ jax.config.update("jax_num_cpu_devices", NUM_DEVICES)
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 # One persistent compilation cache per test session, shared by the `metarec`
 # processes the end-to-end tests start: their second start skips compiling.
-os.environ.setdefault("METAREC_COMPILATION_CACHE",
-                      tempfile.mkdtemp(prefix="metarec-xla-"))
+# The process that makes the folder removes it on the way out (the xdist
+# workers inherit the variable, so only the controller makes one).
+if "METAREC_COMPILATION_CACHE" not in os.environ:
+  os.environ["METAREC_COMPILATION_CACHE"] = tempfile.mkdtemp(
+      prefix="metarec-xla-")
+  atexit.register(shutil.rmtree, os.environ["METAREC_COMPILATION_CACHE"],
+                  ignore_errors=True)
 # ... and by the tests that train in this process: the same small programs
 # are built by many of them.
 from metarec_jax import runtime  # noqa: E402  pylint: disable=g-import-not-at-top
