@@ -116,6 +116,9 @@ def check_predictions_file(folder, scenario, query):
   rows = set(zip(p["user"].astype(int).tolist(), p["item"].astype(int)
                  .tolist(), p["rating"].tolist()))
   assert rows == query
+  for column in ("prediction", "item_mean_user_bias"):  # what nDCG ranks
+    unclipped = p[predictions_file.unclipped_column(column)]
+    assert (np.clip(unclipped, 1, 5) == p[column]).all()
   n = scenario["tasks"]
   true = p["rating"].reshape(n, 10)
   items = p["item"].astype(int).reshape(n, 10)
@@ -126,7 +129,8 @@ def check_predictions_file(folder, scenario, query):
       ("item_mean_user_bias", scenario["baselines"]["item_mean_user_bias"]),
       ("global_mean", scenario["baselines"]["global_mean"])):
     pred = p[column].reshape(n, 10)
-    got = metrics.summary(pred, true, mask, items)
+    rank_by = predictions_file.ranked(p, column).reshape(n, 10)
+    got = metrics.summary(pred, true, mask, items, rank_by=rank_by)
     assert got.keys() & expected.keys()
     for key in got.keys() & expected.keys():
       value = expected[key]

@@ -5,7 +5,9 @@ eval --write_tasks=DIR` wrote for one run, the runs trained differently
 (another `--config.train.seed`, another config) and evaluated on the same
 tasks (the same data and `--config.eval.seed`), so that their predictions
 files hold the same query ratings in the same order (checked). The
-average is the mean of the runs' served predictions (`prediction`).
+average is the mean of the runs' served predictions (`prediction`), ranked
+by the mean of their unclipped ones where the files have them (as
+`metarec eval` ranks).
 
 Usage (from the repository root):
 
@@ -76,10 +78,15 @@ def report(runs: list[dict[str, np.ndarray]], floor: float) -> dict:
   true, items = first["rating"], first["items"]
   mask = np.ones_like(true, bool)
   average = np.mean([r["prediction"] for r in runs], axis=0)
+  ranked = predictions_file.ranked
+  average_ranked = np.mean([ranked(r, "prediction") for r in runs], axis=0)
   out = {"tasks": len(true), "runs": len(runs)}
-  for label, pred in (("first", first["prediction"]), ("average", average),
-                      ("baseline", first[BASELINE])):
-    out[label] = metrics.summary(pred, true, mask, items, floor=floor)
+  for label, pred, rank_by in (
+      ("first", first["prediction"], ranked(first, "prediction")),
+      ("average", average, average_ranked),
+      ("baseline", first[BASELINE], ranked(first, BASELINE))):
+    out[label] = metrics.summary(pred, true, mask, items, floor=floor,
+                                 rank_by=rank_by)
   for label in ("first", "baseline"):
     out[f"ndcg@3_above_{label}"] = (out["average"]["ndcg@3"]
                                     - out[label]["ndcg@3"])

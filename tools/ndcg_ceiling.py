@@ -8,7 +8,9 @@ the nDCG@k of a linear gain (the rating itself, as e.g. scikit-learn's
 gain they used:
 
 - `prediction`, `item_mean_user_bias`, `global_mean`: the model's and the
-  baselines' predictions from `DIR/<scenario>/predictions.tsv`;
+  baselines' predictions from `DIR/<scenario>/predictions.tsv` (ranked by
+  their unclipped columns where the file has them, as `metarec eval`
+  ranks);
 - `mf` (`--mf`): a biased matrix factorisation fitted by alternating least
   squares to every rating of the run's store except the query ratings of
   the folder's scenarios. It is transductive: it sees each test user's
@@ -46,12 +48,14 @@ from metarec_jax.eval import metrics, predictions_file
 PREDICTION_COLUMNS = ("prediction", "item_mean_user_bias", "global_mean")
 
 
-def scores(pred, true, mask, ids, k: int) -> dict:
-  """MAE, nDCG@1 and nDCG@k (protocol gain) and nDCG@k (linear gain)."""
+def scores(pred, true, mask, ids, k: int, rank_by=None) -> dict:
+  """MAE, nDCG@1 and nDCG@k (protocol gain) and nDCG@k (linear gain);
+  nDCG ranks by `rank_by` where given (the unclipped predictions)."""
+  rank_by = pred if rank_by is None else rank_by
   return {"mae": metrics.mae(pred, true, mask),
-          "ndcg@1": metrics.ndcg(pred, true, mask, ids, 1),
-          f"ndcg@{k}": metrics.ndcg(pred, true, mask, ids, k),
-          f"ndcg@{k}_linear": metrics.ndcg(pred, true, mask, ids, k,
+          "ndcg@1": metrics.ndcg(rank_by, true, mask, ids, 1),
+          f"ndcg@{k}": metrics.ndcg(rank_by, true, mask, ids, k),
+          f"ndcg@{k}_linear": metrics.ndcg(rank_by, true, mask, ids, k,
                                            gain="linear")}
 
 
@@ -205,13 +209,14 @@ def main(argv=None) -> None:
   for name, a in arrays.items():
     true, ids = a["rating"], a["items"]
     mask = np.ones_like(true, bool)
-    rows = {column: a[column] for column in PREDICTION_COLUMNS}
+    rows = {column: (a[column], predictions_file.ranked(a, column))
+            for column in PREDICTION_COLUMNS}
     if name in mf:
-      rows["mf"] = mf[name]
-    for predictor, pred in rows.items():
+      rows["mf"] = (mf[name], mf[name])
+    for predictor, (pred, rank_by) in rows.items():
       print(json.dumps({"scenario": name, "predictor": predictor,
                         "tasks": len(true),
-                        **scores(pred, true, mask, ids, args.k)}))
+                        **scores(pred, true, mask, ids, args.k, rank_by)}))
     for target in (float(v) for v in args.mae.split(",") if v):
       print(json.dumps({"scenario": name, "predictor": f"noise@{target}",
                         **noisy_scores(true, ids, mask, target_mae=target,

@@ -4,7 +4,8 @@
 - `item_mean_user_bias`: item means from the training ratings, shrunk
   towards the global mean with 5 pseudo-ratings, plus the user's bias: the
   mean residual on the task's support set, shrunk with 3 pseudo-ratings;
-  clipped to the rating scale.
+  clipped to the rating scale where scored (nDCG ranks it unclipped, as
+  it does the model's predictions: `eval.metrics.summary`).
 """
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ class BaselineStats:
     return cls(mu, item_mean, store.rating_range)
 
   def predict(self, support_items, support_ratings, support_mask,
-              query_items) -> dict[str, np.ndarray]:
-    """Predictions of both baselines for `[N, Q]` query items."""
-    lo, hi = self.rating_range
+              query_items, *, clip: bool = True) -> dict[str, np.ndarray]:
+    """Predictions of both baselines for `[N, Q]` query items (`clip`:
+    clipped to the rating scale, as scored; else as ranked)."""
+    lo, hi = self.rating_range if clip else (-np.inf, np.inf)
     resid = np.where(support_mask,
                      support_ratings - self.item_mean[support_items], 0.0)
     bias = resid.sum(-1) / (support_mask.sum(-1) + USER_PSEUDO)

@@ -3,7 +3,9 @@
 For every task: adapt the meta-parameters to the support set (the same
 inner loop as training), predict the query ratings, and compare with the
 meta-parameters' own predictions (`mae_unadapted`) and the model-free
-baselines on the same tasks. Predictions are clipped to the rating scale.
+baselines on the same tasks. Predictions are scored clipped to the rating
+scale and ranked (nDCG) unclipped, as the served top-k ranks them: a clip
+makes ties that say nothing of the order.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ from metarec_jax.experiment import Experiment
 from metarec_jax.runtime import AXIS, CompiledByShape, place
 
 PyTree = Any
+BASELINE = "item_mean_user_bias"  # the baseline whose ranking is not flat
 
 
 @dataclasses.dataclass
 class Predictions:
-  """Per-task query predictions of one scenario, `[N, Q]` arrays."""
+  """Per-task query predictions of one scenario, `[N, Q]` arrays
+  (`adapted` and `unadapted` clipped to the rating scale, as scored;
+  `adapted_unclipped`: as served, what nDCG ranks)."""
 
   adapted: np.ndarray
   unadapted: np.ndarray
@@ -42,6 +47,7 @@ class Predictions:
   support_items: np.ndarray
   support_ratings: np.ndarray
   support_mask: np.ndarray
+  adapted_unclipped: np.ndarray
 
 
 class Evaluator:
@@ -134,36 +140,46 @@ class Evaluator:
                  np.zeros((0, width), bool if key == "support_mask" else
                           np.float32))
       out[key] = stacked[inverse]
+    out["adapted_unclipped"] = out["adapted"]
     for key in ("adapted", "unadapted"):
       out[key] = np.clip(out[key], self.lo, self.hi)
     return Predictions(**out)
 
-  def baseline_predictions(self, p: Predictions) -> dict[str, np.ndarray]:
-    """Both model-free baselines' `[N, Q]` predictions of `p`'s tasks."""
+  def baseline_predictions(self, p: Predictions, *, clip: bool = True
+                           ) -> dict[str, np.ndarray]:
+    """Both model-free baselines' `[N, Q]` predictions of `p`'s tasks
+    (`clip`: as scored; else as ranked)."""
     return self.baselines.predict(p.support_items.astype(np.int64),
-                                  p.support_ratings, p.support_mask, p.items)
+                                  p.support_ratings, p.support_mask, p.items,
+                                  clip=clip)
 
   def scenario_metrics(self, p: Predictions, num_tasks: int) -> dict:
     """The JSON of one scenario (values None when there are no tasks)."""
     result = metrics_lib.summary(p.adapted, p.true, p.mask, p.items,
-                                 floor=self.lo)
+                                 floor=self.lo, rank_by=p.adapted_unclipped)
     result["mae_unadapted"] = metrics_lib.mae(p.unadapted, p.true, p.mask)
     result["tasks"] = int(num_tasks)
     base = self.baseline_predictions(p)
+    ranked = self.baseline_predictions(p, clip=False)
     result["baselines"] = {
         name: metrics_lib.summary(pred, p.true, p.mask, p.items,
-                                  floor=self.lo)
+                                  floor=self.lo, rank_by=ranked[name])
         for name, pred in base.items()}
     return result
 
   def predictions_text(self, p: Predictions, tasks: TaskSet) -> str:
     """`p` as the text of a predictions file (`eval.predictions_file`)."""
     store = self.exp.store
+    base = self.baseline_predictions(p)
+    ranked = self.baseline_predictions(p, clip=False)
+    unclipped = predictions_file.unclipped_column
     return predictions_file.format_predictions(
         np.asarray(store.user_ids)[tasks.users],
         np.asarray(store.item_ids)[p.items], p.mask,
         {"rating": p.true, "prediction": p.adapted,
-         "unadapted": p.unadapted, **self.baseline_predictions(p)})
+         "unadapted": p.unadapted, **base,
+         unclipped("prediction"): p.adapted_unclipped,
+         unclipped(BASELINE): ranked[BASELINE]})
 
   def implicit_metrics(self, meta_params: PyTree, tasks: TaskSet,
                        should_stop: Callable[[], bool] | None = None

@@ -82,15 +82,22 @@ def ndcg(pred, true, mask, item_ids, k: int, *, gain: str = "exponential",
   return float(values.mean()) if len(values) else None
 
 
-def summary(pred, true, mask, item_ids, floor: float = 0.0) -> dict:
+def summary(pred, true, mask, item_ids, floor: float = 0.0, *,
+            rank_by=None) -> dict:
   """MAE, RMSE, nDCG@1 and nDCG@3 (the protocol's gain 2^r - 1) and, beside
   them, nDCG@1 and nDCG@3 with the linear gain r (`ndcg@k_linear`: the
   gain most libraries use; published figures rarely say which) as a
-  JSON-ready dict; `floor`: the scale's lowest rating (`relevance`)."""
+  JSON-ready dict; `floor`: the scale's lowest rating (`relevance`).
+
+  `rank_by`: the scores nDCG ranks by, where they are not `pred` itself:
+  `metarec eval` scores predictions clipped to the rating scale and ranks
+  them unclipped, as the served top-k does (a clip makes ties, which item
+  ids would break)."""
+  rank_by = pred if rank_by is None else rank_by
   out = {"mae": mae(pred, true, mask), "rmse": rmse(pred, true, mask)}
   for k in (1, 3):
-    out[f"ndcg@{k}"] = ndcg(pred, true, mask, item_ids, k, floor=floor)
+    out[f"ndcg@{k}"] = ndcg(rank_by, true, mask, item_ids, k, floor=floor)
   for k in (1, 3):
-    out[f"ndcg@{k}_linear"] = ndcg(pred, true, mask, item_ids, k,
+    out[f"ndcg@{k}_linear"] = ndcg(rank_by, true, mask, item_ids, k,
                                    gain="linear", floor=floor)
   return out

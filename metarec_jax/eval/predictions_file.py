@@ -5,11 +5,13 @@ Columns (tab-separated, one header line): `user`, `item` (external ids),
 `rating` (the true rating), `prediction` (after adaptation), `unadapted`
 (the meta-parameters' own prediction) and one column per model-free
 baseline (`global_mean`, `item_mean_user_bias`), all clipped to the rating
-scale as `metarec eval` scores them, each written with the digits that
-read back as the value scored (`exact_text`). Rows of a task are
-consecutive, in the order of the scenario's `query` file, so any metric
-of the report can be recomputed exactly, or a new one computed, from this
-file alone.
+scale as `metarec eval` scores them; then `prediction_unclipped` and
+`item_mean_user_bias_unclipped`, the same before the clip, which nDCG ranks
+by (`unclipped_column`, `ranked`; files from before these columns rank
+the clipped values). Each value is written with the digits that read back
+as the value scored (`exact_text`). Rows of a task are consecutive, in the
+order of the scenario's `query` file, so any metric of the report can be
+recomputed exactly, or a new one computed, from this file alone.
 """
 
 from __future__ import annotations
@@ -23,6 +25,18 @@ from metarec_jax.errors import InputError
 
 FILE_NAME = "predictions.tsv"
 ID_COLUMNS = ("user", "item")
+UNCLIPPED = "_unclipped"
+
+
+def unclipped_column(name: str) -> str:
+  """The column of `name`'s values before the clip to the rating scale."""
+  return name + UNCLIPPED
+
+
+def ranked(columns: dict[str, np.ndarray], name: str) -> np.ndarray:
+  """The values nDCG ranks column `name` by: its unclipped column where the
+  file has one, else its own."""
+  return columns.get(unclipped_column(name), columns[name])
 
 
 def format_predictions(user_ids: np.ndarray, item_ids: np.ndarray,
