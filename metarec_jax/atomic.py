@@ -118,6 +118,31 @@ def _try_lock(path: str) -> int | None:
     os.close(fd)
 
 
+class Exclusive:
+  """One writer at a time: an exclusive `flock` on the file `lock_path`
+  for the length of a `with` block (removed on the way out; a killed
+  holder's lock dies with it). A second writer is refused at `__enter__`
+  with an `InputError` naming `out`, what the lock guards."""
+
+  def __init__(self, lock_path: str, out: str):
+    self.lock_path, self.out = lock_path, out
+    self._fd = None
+
+  def __enter__(self):
+    self._fd = _try_lock(self.lock_path)
+    if self._fd is None:
+      raise InputError("another process is writing it now; wait for it to"
+                       " finish or choose another output", path=self.out)
+    return self
+
+  def __exit__(self, *exc):
+    if self._fd is not None:
+      os.unlink(self.lock_path)  # before closing: see `_try_lock`
+      os.close(self._fd)
+      self._fd = None
+    return False
+
+
 class Folder:
   """Builds a folder beside `out` and renames it into place.
 
@@ -144,35 +169,26 @@ class Folder:
     self.out = os.path.abspath(os.fspath(out))
     self.parent, name = os.path.split(self.out)
     self._prefix = os.path.join(self.parent, f".{name}.tmp-")
-    self._lock_path = os.path.join(self.parent, f".{name}.lock")
-    self._lock = None
+    self._lock = Exclusive(os.path.join(self.parent, f".{name}.lock"),
+                           self.out)
     self.tmp = self._prefix + uuid.uuid4().hex[:8]
     self._finished = False
 
   def __enter__(self):
     os.makedirs(self.parent, exist_ok=True)
-    self._lock = _try_lock(self._lock_path)
-    if self._lock is None:
-      raise InputError("another process is writing it now; wait for it to"
-                       " finish or choose another output", path=self.out)
+    self._lock.__enter__()
     try:
       remove_stale(self._prefix)
       os.makedirs(self.tmp)
     except BaseException:
-      self._unlock()
+      self._lock.__exit__(None, None, None)
       raise
     return self
-
-  def _unlock(self) -> None:
-    if self._lock is not None:
-      os.unlink(self._lock_path)  # before closing: see `_try_lock`
-      os.close(self._lock)
-      self._lock = None
 
   def __exit__(self, exc_type, exc, tb):
     if not self._finished:
       shutil.rmtree(self.tmp, ignore_errors=True)
-    self._unlock()
+    self._lock.__exit__(None, None, None)
     name = getattr(exc, "filename", None)
     if isinstance(exc, OSError) and (
         name is None or str(name).startswith(self.tmp)):

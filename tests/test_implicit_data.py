@@ -7,7 +7,7 @@ import pytest
 
 import datafiles
 from conftest import config_path
-from metarec_jax import config_io, experiment
+from metarec_jax import atomic, config_io, experiment
 from metarec_jax.data import implicit
 from metarec_jax.data.convert import prepare
 from metarec_jax.data import store as store_lib
@@ -70,6 +70,24 @@ def test_an_implicit_prepare_cleans_up_after_a_killed_one(tmp_path):
   prepare.prepare(data, tmp_path / "store")
   assert sorted(os.listdir(tmp_path)) == [".other.ratings-x", "clicks.csv",
                                           "store"]
+
+
+def test_a_second_implicit_prepare_of_one_output_is_refused(tmp_path):
+  """While one build of an implicit store holds its rating store beside
+  the output, a second build of the same output is refused in one line
+  and leaves the first's rating store alone (it used to remove it as a
+  killed run's, and the first failed on a missing file)."""
+  datafiles.write(str(tmp_path / "clicks.csv"), "user,item\nu1,a\nu2,b\n")
+  data = generic_config(tmp_path, ratings="clicks.csv", rating_col="")
+  building = tmp_path / ".store.ratings-first" / "store"
+  building.mkdir(parents=True)
+  out = str(tmp_path / "store")
+  with atomic.Exclusive(str(tmp_path / ".store.ratings.lock"), out):
+    with pytest.raises(InputError, match="another process is writing"):
+      prepare.prepare(data, out)
+  assert building.is_dir() and not os.path.exists(out)
+  prepare.prepare(data, out)  # once the first is done
+  assert sorted(os.listdir(tmp_path)) == ["clicks.csv", "store"]
 
 
 @pytest.fixture(scope="module")

@@ -47,15 +47,19 @@ def prepare(data_config, out: str | os.PathLike,
   parent, name = os.path.split(out)
   os.makedirs(parent, exist_ok=True)
   prefix = f".{name}.ratings-"
-  atomic.remove_stale(os.path.join(parent, prefix))  # a killed run's
-  ratings = tempfile.mkdtemp(prefix=prefix, dir=parent)
-  try:
-    _prepare_ratings(data_config, os.path.join(ratings, "store"), log)
-    manifest = implicit.convert_store(
-        store_lib.open_store(os.path.join(ratings, "store")), out,
-        threshold=float(spec.threshold))
-  finally:
-    shutil.rmtree(ratings, ignore_errors=True)
+  # One builder of the rating store at a time: a second one would remove
+  # the first's half-built store as a killed run's (the store's own
+  # writer, `atomic.Folder`, holds `.NAME.lock` only while converting).
+  with atomic.Exclusive(os.path.join(parent, f".{name}.ratings.lock"), out):
+    atomic.remove_stale(os.path.join(parent, prefix))  # a killed run's
+    ratings = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    try:
+      _prepare_ratings(data_config, os.path.join(ratings, "store"), log)
+      manifest = implicit.convert_store(
+          store_lib.open_store(os.path.join(ratings, "store")), out,
+          threshold=float(spec.threshold))
+    finally:
+      shutil.rmtree(ratings, ignore_errors=True)
   if log is not None:
     info = manifest["implicit"]
     # A generic file without a rating column: every line is a positive.
