@@ -47,8 +47,7 @@ class BaselineStats:
     pos = split.train_positions
     items = np.asarray(store.items)[pos]
     ratings = np.asarray(store.ratings, np.float64)[pos]
-    mu = float(ratings.mean()) if len(ratings) else float(
-        store.manifest["rating_mean"])
+    mu = training_mean(store, split)
     sums = np.bincount(items, weights=ratings, minlength=store.num_items)
     counts = np.bincount(items, minlength=store.num_items)
     item_mean = (sums + ITEM_PSEUDO * mu) / (counts + ITEM_PSEUDO)
