@@ -120,3 +120,20 @@ def test_a_diverging_inner_loop_names_no_checkpoint_that_is_not_there(
                   " steps with a non-finite loss, meta-gradient or update"
                   " (train.max_nonfinite=2); no checkpoint was saved")
   assert checkpoint_steps(workdir) == []
+
+
+def test_non_finite_validation_predictions_are_a_one_line_error(tmp_path):
+  """An inner rate at which the adaptation of the validation users
+  diverges (finite meta-parameters, NaN adapted predictions) ended in an
+  IndexError inside the median map's fit: it is named for what it is."""
+  workdir = str(tmp_path / "run")
+  out = metarec_here("train", TINY, f"--workdir={workdir}",
+                     "--config.meta.inner_lr=1e5")
+  assert out.returncode == 2, out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert re.fullmatch(
+      r"metarec train: error: the adapted predictions of [\d,]+ of [\d,]+"
+      r" query ratings are not finite: the inner loop diverges at these"
+      r" settings \(meta.inner_lr=100000.0, meta.inner_steps=\d+\); lower"
+      r" meta.inner_lr", last), last
+  assert checkpoint_steps(workdir) == []

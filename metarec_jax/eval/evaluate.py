@@ -26,6 +26,7 @@ from metarec_jax.eval import metrics as metrics_lib
 from metarec_jax.eval.implicit_eval import RankingEvaluator
 from metarec_jax.eval import predictions_file
 from metarec_jax.data.baselines import BaselineStats
+from metarec_jax.errors import InputError
 from metarec_jax.experiment import Experiment
 from metarec_jax.runtime import AXIS, CompiledByShape, place
 
@@ -140,6 +141,7 @@ class Evaluator:
                  np.zeros((0, width), bool if key == "support_mask" else
                           np.float32))
       out[key] = stacked[inverse]
+    _check_finite(out["adapted"], out["mask"], self.exp.config.meta)
     out["adapted_unclipped"] = out["adapted"]
     for key in ("adapted", "unadapted"):
       out[key] = np.clip(out[key], self.lo, self.hi)
@@ -222,3 +224,16 @@ class Evaluator:
         keep[name] = p
     return results
 
+
+def _check_finite(adapted: np.ndarray, mask: np.ndarray, meta_config) -> None:
+  """Raises InputError where adapted predictions of real query ratings
+  are not finite: the metrics, the median map and checkpoint selection
+  would read NaN (the meta-parameters are finite: checkpoints hold no
+  other), so the adaptation itself diverges at these settings."""
+  bad = int((~np.isfinite(adapted) & mask).sum())
+  if bad:
+    raise InputError(
+        f"the adapted predictions of {bad:,} of {int(mask.sum()):,} query"
+        " ratings are not finite: the inner loop diverges at these settings"
+        f" (meta.inner_lr={meta_config.inner_lr},"
+        f" meta.inner_steps={meta_config.inner_steps}); lower meta.inner_lr")
