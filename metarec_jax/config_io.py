@@ -92,6 +92,10 @@ def complete(config: Mapping[str, Any]) -> ml_collections.ConfigDict:
   def merge(defaults: dict, given: Mapping[str, Any], prefix: str) -> dict:
     out = {**defaults, **given}
     for key, default in defaults.items():
+      if isinstance(default, dict) and key in given and not isinstance(
+          given[key], Mapping):
+        raise InputError(f"{prefix}{key} is {given[key]!r}, not a section"
+                         " of keys")
       if isinstance(default, dict) and isinstance(out[key], Mapping):
         out[key] = merge(default, out[key] if key in given else {},
                          f"{prefix}{key}.")
@@ -258,10 +262,16 @@ def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     raise InputError("no config.json: not a metarec work directory (run"
                      " `metarec train` there first)", path=workdir)
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
       record = json.load(f)
   except json.JSONDecodeError as e:
     raise InputError(f"invalid JSON: {e.msg}", path=path, line=e.lineno) from e
-  if not isinstance(record, dict) or "config" not in record:
+  except UnicodeDecodeError as e:
+    raise InputError(f"not UTF-8 text (byte {e.start})", path=path) from e
+  if not isinstance(record, dict) or not isinstance(record.get("config"),
+                                                    dict):
     raise InputError("not a metarec config.json", path=path)
-  return complete(record["config"])
+  try:
+    return complete(record["config"])
+  except InputError as e:
+    raise InputError(e.problem, path=path) from e

@@ -58,8 +58,15 @@ def read_metrics(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     raise InputError("no metrics.jsonl: not a metarec work directory, or"
                      " training has not logged yet", path=path)
   points: dict[str, dict[int, float]] = {}
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        if not raw.endswith(b"\n"):
+          break  # cut short within a character (below)
+        raise InputError(f"not UTF-8 text (byte {e.start + 1} of the line)",
+                         path=path, line=number) from None
       if not line.strip():
         continue
       try:

@@ -207,3 +207,20 @@ def test_a_config_json_written_before_keys_existed_runs_as_it_did(tmp_path):
   expected = default_config()
   expected.model.anchor, expected.data.item_id_dropout = False, 0.0
   assert config_io.to_dict(config) == config_io.to_dict(expected)
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"\xff{}", "not UTF-8 text (byte 0)"),
+    (b'{"config": [1, 2]}', "not a metarec config.json"),
+    (b'{"config": {"train": 5}}', "train is 5, not a section of keys"),
+    (b'{"config": {"data": {"synthetic": "x"}}}',
+     "data.synthetic is 'x', not a section of keys"),
+])
+def test_a_damaged_config_json_is_named(tmp_path, content, problem):
+  """Tracebacks (UnicodeDecodeError, TypeError, AttributeError) in every
+  command that reads a work directory's config."""
+  path = tmp_path / config_io.WORKDIR_CONFIG
+  path.write_bytes(content)
+  with pytest.raises(InputError) as e:
+    config_io.read_workdir_config(str(tmp_path))
+  assert e.value.message == f"{path}: {problem}"

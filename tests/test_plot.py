@@ -77,3 +77,17 @@ def test_a_last_line_cut_short_by_a_kill_is_not_read(tmp_path):
   path.write_text('{"step": 2, "train/loss": 3.0}\n{"step": 4, "train/lo')
   series = plot.read_metrics(str(path))
   np.testing.assert_array_equal(series["train/loss"][0], [2])
+
+
+def test_a_line_that_is_not_utf8_is_named(tmp_path):
+  """It was a UnicodeDecodeError traceback; a last line cut short within a
+  character is not yet a row, as any cut-short line."""
+  path = tmp_path / "metrics.jsonl"
+  path.write_bytes(b'{"step": 2, "train/loss": 3.0}\n\xff\n')
+  with pytest.raises(InputError) as e:
+    plot.read_metrics(str(path))
+  assert (e.value.line, e.value.problem) == (2, "not UTF-8 text (byte 1 of"
+                                             " the line)")
+  path.write_bytes(b'{"step": 2, "train/loss": 3.0}\n{"step": 4, "\xc3')
+  np.testing.assert_array_equal(plot.read_metrics(str(path))["train/loss"][0],
+                                [2])

@@ -259,3 +259,19 @@ def test_eval_writes_every_scenario_to_tensorboard(tiny_metasgd_run):
       assert tag in scalars, tag
       assert series(acc, tag) == pytest.approx({report["step"]: want},
                                                rel=1e-6), tag
+
+
+def test_a_resume_drops_a_row_that_is_not_utf8(tmp_path):
+  """A damaged `metrics.jsonl` ended a resume in a UnicodeDecodeError: a
+  line that is not UTF-8 is a bad row, dropped like any other."""
+  reporter = reporting.Reporter(str(tmp_path))
+  reporter.scalars(1, {"loss": 0.5})
+  reporter.scalars(2, {"loss": 0.4})
+  reporter.close()
+  with open(tmp_path / "metrics.jsonl", "ab") as f:
+    f.write(b'{"step": 1, "lo\xffss": 1}\n')
+  resumed = reporting.Reporter(str(tmp_path))
+  assert resumed.drop_rows_after(1) == 2
+  resumed.close()
+  rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(r) for r in rows] == [{"step": 1, "loss": 0.5}]

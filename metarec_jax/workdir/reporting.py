@@ -245,9 +245,10 @@ class Reporter:
     if not self.path or not os.path.exists(self.path):
       return 0
     keep, dropped = [], 0
-    with open(self.path, encoding="utf-8") as f:
-      for line in f:
-        try:
+    with open(self.path, "rb") as f:
+      for raw in f:
+        try:  # a line that is not UTF-8 (a damaged file) is a bad row too
+          line = raw.decode("utf-8")
           ok = line.endswith("\n") and int(json.loads(line)["step"]) <= step
         except (ValueError, KeyError, TypeError):
           ok = False
