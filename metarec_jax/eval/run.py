@@ -8,7 +8,7 @@ from typing import Iterable
 import jax
 import numpy as np
 
-from metarec_jax import config_io, experiment, runtime
+from metarec_jax import experiment, runtime
 from metarec_jax.data.convert import ratings_io
 from metarec_jax.data.splits import SCENARIOS
 from metarec_jax.eval import predictions_file, tensorboard, verdicts
@@ -55,10 +55,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   Raises:
     InputError: a bad work directory, config, checkpoint or ratings file.
   """
-  overrides = list(overrides)  # read twice
-  resume.check_reader_overrides(overrides)
-  config = config_io.apply_overrides(
-      config_io.read_workdir_config(workdir), overrides)
+  config = resume.reader_config(workdir, overrides, own_split=not ratings)
   exp = experiment.build(config, workdir, log=log.info)
   if ratings:  # read before the checkpoint: a bad file fails fast
     tasksets, interacted = read_new_users(exp.store, ratings,

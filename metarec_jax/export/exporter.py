@@ -95,10 +95,7 @@ def export_workdir(workdir: str, ratings: str, out: str, *, top_k: int = 0,
   t0 = time.perf_counter()
   check_options(top_k=top_k, dtype=dtype, chunk_users=chunk_users,
                 unknown_users=unknown_users)
-  overrides = list(overrides)  # read twice
-  resume.check_reader_overrides(overrides)
-  config = config_io.apply_overrides(config_io.read_workdir_config(workdir),
-                                     overrides)
+  config = resume.reader_config(workdir, overrides)
   exp = experiment.build(config, workdir, log=log.info)
   max_support = int(config.data.max_support)
   if max_support < 1:

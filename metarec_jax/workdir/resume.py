@@ -92,6 +92,33 @@ def split_changes(changes: list[tuple[str, Any, Any]]) -> list[str]:
   return out
 
 
+def reader_config(workdir: str, overrides=(), *, own_split: bool = False):
+  """The config `eval` and `export` read a run with: its `config.json` with
+  `overrides` (`(dotted key, text)`), none of which may change a
+  `RUN_CONSTANTS` key (`check_reader_overrides`) or, where the reader
+  evaluates the run's own scenarios (`own_split`), redraw the evaluation
+  split (`SPLIT_KEYS`: the scenarios would hold users and ratings the run
+  trained on, and report a leak as a result; users of a ratings file are
+  tasks of their own).
+
+  Raises:
+    InputError: a bad work directory or config, or such an override.
+  """
+  overrides = list(overrides)
+  check_reader_overrides(overrides)
+  config = config_io.read_workdir_config(workdir)
+  saved = config_io.to_dict(config)  # before the overrides, which mutate
+  config = config_io.apply_overrides(config, overrides)
+  changed = split_changes(config_changes(saved, config_io.to_dict(config)))
+  if changed and own_split:
+    raise InputError(
+        f"--config.{changed[0].split('=')[0]}: the change redraws the"
+        f" evaluation split ({'; '.join(changed)}), whose users and ratings"
+        " would then include some the run trained on; evaluate with the"
+        " run's own split")
+  return config
+
+
 def check_reader_overrides(overrides) -> None:
   """Raises InputError where `eval` or `export` overrides a `RUN_CONSTANTS`
   key: the checkpoint's parameters were trained around the run's value."""
