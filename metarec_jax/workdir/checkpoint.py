@@ -47,6 +47,7 @@ from orbax.checkpoint._src.metadata import array_metadata_store
 from metarec_jax import integrity
 from metarec_jax.errors import OutputError, cause_of
 from metarec_jax.meta import paths
+from metarec_jax.workdir import manager as manager_lib
 from metarec_jax.workdir import orbax_logs
 from metarec_jax.workdir.state_checks import (CheckpointError,
                                               DamagedCheckpoint, StepUnusable,
@@ -120,8 +121,9 @@ class Checkpointer:
       # ... and about every save without validation metrics, which are the
       # norm between validations.
       logging.getLogger("absl").addFilter(orbax_logs.no_metrics_notice)
-      self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                           item_handlers=_handlers())
+      self.manager = manager_lib.open_manager(
+          self.directory, VAL_MAE, lambda: ocp.CheckpointManager(
+              self.directory, options=options, item_handlers=_handlers()))
 
   def steps(self) -> list[int]:
     """Steps of the committed checkpoints, oldest first."""

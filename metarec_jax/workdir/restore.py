@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from metarec_jax import config_io, experiment, runtime
 from metarec_jax.data import implicit
@@ -38,6 +39,19 @@ def _default_step(checkpointer: ckpt_lib.Checkpointer,
   return best[0]
 
 
+def _vanishes(path: str, wait: float = 2.0) -> bool:
+  """Whether `path` is gone, or goes within `wait` seconds: a trainer
+  removing a step (`checkpoint.keep`) deletes its items one by one, and a
+  reader that meets a step without one of them has met a removal, not
+  damage."""
+  deadline = time.monotonic() + wait
+  while os.path.exists(path):
+    if time.monotonic() > deadline:
+      return False
+    time.sleep(0.05)
+  return True
+
+
 def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
                step: int | None = None) -> state_lib.TrainState:
   """The train state of `step` in `workdir`.
@@ -63,7 +77,7 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
                              runtime.replicated(mesh)), step)
       break
     except ckpt_lib.CheckpointError as e:
-      if step in listed and not os.path.exists(
+      if step in listed and _vanishes(
           os.path.join(checkpointer.directory, str(step))):
         # Not damage: a trainer running in the work directory removed it
         # (`checkpoint.keep`) while it was being read.
