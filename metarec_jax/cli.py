@@ -44,6 +44,19 @@ class Invocation:
   args: list[str] = dataclasses.field(default_factory=list)  # positional words
 
 
+def _folder_to_write(path: str | None) -> str | None:
+  """`path` (a `--workdir` that a command creates) where it, and every
+  folder above it, is a folder or not there yet: a file in the way was
+  "File exists" or "Not a directory", exit 1, from deep in the run."""
+  if path:
+    here = os.path.abspath(path)
+    while not os.path.lexists(here):
+      here = os.path.dirname(here)
+    if not os.path.isdir(here):
+      raise InputError(f"{here} is a file, not a folder", path="--workdir")
+  return path
+
+
 def _run_bench(inv: Invocation) -> int:
   if not inv.config_file:
     raise InputError("--config is required (e.g. configs/melu_ref.py)")
@@ -53,7 +66,8 @@ def _run_bench(inv: Invocation) -> int:
   # No persistent compilation cache: compile_seconds must be the real cost.
   setup_runtime(config, compilation_cache=False)
   from metarec_jax import bench  # pylint: disable=g-import-not-at-top
-  result = bench.run(config, workdir=inv.flags["workdir"].value,
+  result = bench.run(config, workdir=_folder_to_write(
+      inv.flags["workdir"].value),
                      steps=inv.flags["steps"].value,
                      warmup=inv.flags["warmup"].value,
                      plain_flops=inv.flags["plain_flops"].value)
@@ -98,7 +112,7 @@ def check_config(config, workdir: str | None = None) -> None:
 
 
 def _run_train(inv: Invocation) -> int:
-  workdir = require_flag(inv.flags, "workdir")
+  workdir = _folder_to_write(require_flag(inv.flags, "workdir"))
   if inv.config_file:
     config = config_io.load_config_file(inv.config_file)
   elif os.path.exists(os.path.join(workdir, config_io.WORKDIR_CONFIG)):
@@ -148,8 +162,17 @@ def _run_train(inv: Invocation) -> int:
   return 0
 
 
+def _refuse_config_file(inv: Invocation, command: str) -> None:
+  """`--config=FILE` given to a command that reads the run's own config
+  (eval read its work directory's and ignored the file)."""
+  if inv.config_file:
+    raise InputError(f"{command} reads the work directory's config; use"
+                     " --config.KEY=VALUE to override keys", path="--config")
+
+
 def _run_eval(inv: Invocation) -> int:
   workdir = require_flag(inv.flags, "workdir")
+  _refuse_config_file(inv, "eval")
   config = config_io.apply_overrides(config_io.read_workdir_config(workdir),
                                      inv.overrides)
   check_config(config)
@@ -172,9 +195,7 @@ def _run_export(inv: Invocation) -> int:
   workdir = require_flag(fv, "workdir")
   ratings = require_flag(fv, "ratings")
   out = require_flag(fv, "out")
-  if inv.config_file:
-    raise InputError("export reads the work directory's config; use"
-                     " --config.KEY=VALUE to override keys", path="--config")
+  _refuse_config_file(inv, "export")
   config = config_io.apply_overrides(config_io.read_workdir_config(workdir),
                                      inv.overrides)
   check_config(config)

@@ -47,6 +47,9 @@ def call_python_file(path: str, function: str, arg: str = "") -> Any:
   module_name = "metarec_file_" + os.path.splitext(
       os.path.basename(path))[0].replace("-", "_")
   loader = importlib.util.spec_from_file_location(module_name, path)
+  if loader is None:  # a name Python imports no module from (config.json)
+    raise InputError("not a Python config file (a .py file defining"
+                     f" {function}())", path=path)
   module = importlib.util.module_from_spec(loader)
   parent = os.path.dirname(os.path.dirname(os.path.abspath(path)))
   sys.path.insert(0, parent)

@@ -28,7 +28,7 @@ def _is_number(value: Any) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Int:
-  """An integer in `[lo, hi]` (`hi=None`: no upper bound)."""
+  """An integer in `[lo, hi]` (`hi=None`: up to `INT_MAX`)."""
 
   lo: int
   hi: int | None = None
@@ -43,7 +43,15 @@ class Int:
     if not _is_int(value) or value < self.lo or (
         self.hi is not None and value > self.hi):
       return f"must be an {self.text}"
+    if self.hi is None and value > INT_MAX:
+      return f"must be an {self.text} and at most {INT_MAX:,}"
     return None
+
+
+# What an unbounded integer key may hold: JAX's PRNG keys, the schedule's
+# step counter and the samplers take 32-bit integers (a seed of 2**63 and
+# 3e9 steps passed the checks and ended the run in an OverflowError).
+INT_MAX = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)

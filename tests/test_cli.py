@@ -128,6 +128,52 @@ def test_bench_refuses_steps_it_cannot_time(flag, message):
       metarec_here("bench", f"--config={config_path('tiny')}", flag), message)
 
 
+TINY = f"--config={config_path('tiny')}"
+
+
+@pytest.mark.parametrize("args, message", [
+    # Each of these was a traceback or exit 1 naming a later symptom (a
+    # CLI sweep): an int beyond 32 bits passed the checks; a file in place
+    # of --workdir; a config.json given as --config; a negative seed.
+    ([TINY, "--config.train.seed=9223372036854775808"],
+     "config key train.seed=9223372036854775808: must be an integer >= 0"
+     " and at most 2,147,483,647"),
+    ([TINY, "--config.train.num_steps=3000000000"],
+     "train.num_steps=3000000000: must be an integer >= 1 and at most"),
+    ([TINY, "--workdir={file}"], "--workdir: {file} is a file, not a folder"),
+    ([TINY, "--workdir={file}/sub"],
+     "--workdir: {file} is a file, not a folder"),
+    (["--config={file}"], "{file}: not a Python config file (a .py file"
+     " defining get_config())"),
+])
+def test_bad_train_input_is_named_before_anything_is_written(
+    tmp_path, args, message):
+  file = str(tmp_path / "config.json")
+  with open(file, "w") as f:
+    f.write("{}")
+  args = [a.format(file=file) for a in args]
+  if not any(a.startswith("--workdir") for a in args):
+    args.append(f"--workdir={tmp_path}/run")
+  assert_one_line_error(metarec_here("train", *args),
+                        message.format(file=file))
+  assert sorted(os.listdir(tmp_path)) == ["config.json"]
+
+
+def test_eval_refuses_a_config_file_it_would_ignore(tmp_path):
+  (tmp_path / "config.json").write_text("{}")  # never read
+  assert_one_line_error(
+      metarec_here("eval", f"--workdir={tmp_path}", "--config=other.py"),
+      "--config: eval reads the work directory's config; use"
+      " --config.KEY=VALUE to override keys")
+
+
+def test_synth_refuses_a_negative_seed(tmp_path):
+  assert_one_line_error(
+      metarec_here("data", "synth", f"--out={tmp_path}/s", "--num_users=5",
+                   "--seed=-1"), "--seed must be >= 0, got -1")
+  assert not os.listdir(tmp_path)
+
+
 def test_help_explains_itself():
   out = metarec("--help")
   assert out.returncode == 0 and "train" in out.stdout and "eval" in out.stdout

@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
+from cli_run import assert_one_line_error, metarec_here
 from conftest import ROOT, count_compiles
 from metarec_jax import export as export_lib
 from metarec_jax.serve import engine as engine_lib
@@ -256,6 +257,19 @@ def test_a_second_server_on_the_log_or_port_exits_2(server, exported, tmp_path):
       capture_output=True, text=True, cwd=ROOT, env=env_with(), timeout=300)
   assert out.returncode == 2 and "Traceback" not in out.stderr
   assert "70000 is not a port" in out.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("flag, message", [
+    # inf (or nan) held every batched request forever; a host that does
+    # not resolve was called a --port error.
+    ("--max_wait_ms=inf", "--max_wait_ms must be a finite number >= 0"),
+    ("--max_wait_ms=nan", "--max_wait_ms must be a finite number >= 0"),
+    ("--host=999.1.1.1", "--host: cannot resolve '999.1.1.1'"),
+])
+def test_serve_names_a_bad_flag(exported, tmp_path, flag, message):
+  assert_one_line_error(metarec_here(
+      "serve", f"--export={exported[0]}", "--port=0",
+      f"--log_dir={tmp_path / 'log'}", flag), message)
 
 
 def test_kill_9_loses_no_acknowledged_interaction(exported, tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import socket
 import time
 
@@ -49,6 +50,10 @@ def _bind(host: str, port: int) -> socket.socket:
                      " one)", path="--port")
   try:
     info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+  except OSError as e:  # the name, not the port
+    raise InputError(f"cannot resolve {host!r}: {e.strerror or e}",
+                     path="--host") from None
+  try:
     sock = socket.socket(info[0], socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(info[4])
@@ -70,8 +75,10 @@ def serve(options: Options) -> int:
   from metarec_jax.serve import guards, interaction_log
 
   o = options
-  if o.max_wait_ms < 0 or o.max_body_bytes < 1:
-    raise InputError("--max_wait_ms must be >= 0 and --max_body_bytes >= 1")
+  if not 0 <= o.max_wait_ms < math.inf or o.max_body_bytes < 1:
+    # (inf, or nan, held every batched request forever)
+    raise InputError("--max_wait_ms must be a finite number >= 0 and"
+                     " --max_body_bytes >= 1")
   for name in ("max_batch", "max_k", "max_items", "max_ratings"):
     if getattr(o, name) < 1:
       raise InputError(f"must be >= 1, got {getattr(o, name)}",

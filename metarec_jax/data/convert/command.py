@@ -108,6 +108,8 @@ def _synth(fv) -> dict:
       1 <= spec.min_ratings <= spec.max_ratings):
     raise InputError("--num_users and --num_items must be positive and"
                      " 1 <= --min_ratings <= --max_ratings")
+  if spec.seed < 0:  # numpy's generators take no other
+    raise InputError(f"--seed must be >= 0, got {spec.seed}")
   synthetic.generate(spec, out, log=log.info)
   return _inspect(out, quiet=True)
 
