@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,7 @@ def read_metrics(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
       try:
         record = json.loads(line)
         step = int(record["step"])
-      except (ValueError, KeyError, TypeError):
+      except (ValueError, KeyError, TypeError, OverflowError):
         if not line.endswith("\n"):
           # The last line, cut short by a kill or a full disk while a
           # training wrote it (the next resume drops it): not yet a row.
@@ -130,33 +131,57 @@ def plot_learning_curves(series: dict, path: str) -> str | None:
   return _save(fig, path)
 
 
-def plot_support_curve(record: dict, path: str) -> str | None:
-  """Writes the support-size curves of a `support_curve` record."""
-  scenarios = {name: c for name, c in record.get("scenarios", {}).items()
-               if c.get("k")}
-  if not scenarios:
-    return None
-  implicit = "mae" not in next(iter(scenarios.values()))
-  lines = RANKING_LINES if implicit else SUPPORT_LINES
+def support_series(record) -> tuple[str, dict, Any] | None:
+  """What `plot_support_curve` draws of a `support_curve` record: `(what,
+  {scenario: (k, tasks, {label: values})}, step)`, or None where no
+  scenario has a curve.
+
+  Raises:
+    ValueError: `record` is not a support curve.
+  """
+  try:
+    scenarios = {name: c for name, c in record.get("scenarios", {}).items()
+                 if c.get("k")}
+    if not scenarios:
+      return None
+    implicit = "mae" not in next(iter(scenarios.values()))
+    lines = RANKING_LINES if implicit else SUPPORT_LINES
+    out = {}
+    for name, c in scenarios.items():
+      k = np.asarray(c["k"], np.float64)
+      tasks = [int(n) for n in c["tasks"]]
+      values = {label: np.array([np.nan if v is None else v for v in c[key]],
+                                np.float64) for key, label in lines}
+      if k.ndim != 1 or len(tasks) != len(k) or any(
+          v.shape != k.shape for v in values.values()):
+        raise ValueError("curves of unequal lengths")
+      out[name] = (k, tasks, values)
+  except (AttributeError, KeyError, TypeError, ValueError,
+          OverflowError) as e:
+    raise ValueError(f"not a support curve ({type(e).__name__}: {e})"
+                     ) from None
   what = "nDCG@10 (full catalog)" if implicit else "query MAE"
+  return what, out, record.get("step")
+
+
+def plot_support_curve(series: tuple[str, dict, Any], path: str) -> str:
+  """Writes the support-size curves of `support_series`."""
+  what, scenarios, step = series
   fig = _figure_class()(figsize=(4.5 * len(scenarios), 4),
                         layout="constrained")
   axes = fig.subplots(1, len(scenarios), squeeze=False, sharey=True)[0]
-  for ax, (name, c) in zip(axes, scenarios.items()):
-    k = np.asarray(c["k"], np.float64)
-    for key, label in lines:
-      values = np.array([np.nan if v is None else v for v in c[key]],
-                        np.float64)
-      ax.plot(k, values, marker="o", markersize=4, label=label)
+  for ax, (name, (k, tasks, values)) in zip(axes, scenarios.items()):
+    for label, v in values.items():
+      ax.plot(k, v, marker="o", markersize=4, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(k)
-    ax.set_xticklabels([f"{int(x)}\n({n})" for x, n in zip(k, c["tasks"])])
+    ax.set_xticklabels([f"{int(x)}\n({n})" for x, n in zip(k, tasks)])
     ax.set_title(name)
     ax.set_xlabel("support ratings (tasks)")
     ax.grid(alpha=0.3)
   axes[0].set_ylabel(what)
   axes[0].legend()
-  fig.suptitle(f"{what} against support size, step {record.get('step')}")
+  fig.suptitle(f"{what} against support size, step {step}")
   return _save(fig, path)
 
 
@@ -168,18 +193,24 @@ def plot_workdir(workdir: str) -> list[str]:
       is not installed.
   """
   series = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  curve_path = os.path.join(workdir, support_curve.FILENAME)
+  try:  # every input read before any figure is written
+    record = support_curve.read(workdir)
+    curves = None if record is None else support_series(record)
+  except json.JSONDecodeError as e:
+    raise InputError(f"invalid JSON: {e.msg}", path=curve_path,
+                     line=e.lineno) from None
+  except UnicodeDecodeError as e:
+    raise InputError(f"not UTF-8 text (byte {e.start})",
+                     path=curve_path) from None
+  except ValueError as e:  # not a support curve
+    raise InputError(str(e), path=curve_path) from None
   _figure_class()  # fail early, before any output, without matplotlib
   out_dir = os.path.join(workdir, PLOTS)
   os.makedirs(out_dir, exist_ok=True)
   written = [plot_learning_curves(series,
                                   os.path.join(out_dir, "learning_curves.png"))]
-  try:
-    record = support_curve.read(workdir)
-  except json.JSONDecodeError as e:
-    raise InputError(f"invalid JSON: {e.msg}",
-                     path=os.path.join(workdir, support_curve.FILENAME),
-                     line=e.lineno) from None
-  if record is not None:
+  if curves is not None:
     written.append(plot_support_curve(
-        record, os.path.join(out_dir, "support_curve.png")))
+        curves, os.path.join(out_dir, "support_curve.png")))
   return [p for p in written if p]

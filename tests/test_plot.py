@@ -91,3 +91,35 @@ def test_a_line_that_is_not_utf8_is_named(tmp_path):
   path.write_bytes(b'{"step": 2, "train/loss": 3.0}\n{"step": 4, "\xc3')
   np.testing.assert_array_equal(plot.read_metrics(str(path))["train/loss"][0],
                                 [2])
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("[1]", "not a support curve (AttributeError"),
+    ('{"step": 3, "scenarios": {"W": {"k": [1, 2]}}}',
+     "not a support curve (KeyError"),
+    ('{"step": 3, "scenarios": {"W": {"k": [1, 2], "tasks": [5, 5],'
+     ' "mae": [0.5], "mae_unadapted": [0.6, 0.6],'
+     ' "item_mean_user_bias": [1, 1]}}}',
+     "not a support curve (ValueError: curves of unequal lengths)"),
+])
+def test_a_malformed_support_curve_is_named_before_any_figure(
+    tiny_metasgd_run, tmp_path, content, problem):
+  """Tracebacks (AttributeError, KeyError) after learning_curves.png had
+  been written."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_metasgd_run, workdir)
+  shutil.rmtree(workdir / "plots", ignore_errors=True)
+  (workdir / "eval" / "support_curve.json").write_text(content)
+  with pytest.raises(InputError) as e:
+    plot.plot_workdir(str(workdir))
+  assert e.value.problem.startswith(problem), e.value.problem
+  assert not (workdir / "plots").exists()
+
+
+def test_a_step_beyond_any_integer_is_a_bad_line(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 2}\n{"step": 1e400}\n')  # OverflowError before
+  with pytest.raises(InputError) as e:
+    plot.read_metrics(str(path))
+  assert e.value.line == 2
