@@ -48,6 +48,25 @@ def test_a_corrupt_newest_checkpoint_falls_back_with_a_warning(
   assert 8 in checkpoint_steps(workdir)
 
 
+def test_a_newest_record_without_its_config_falls_back(finished_run,
+                                                       tmp_path):
+  """A config item without the run's config ended a resume in a KeyError
+  traceback (the record was checked for its format version only)."""
+  workdir = copy_run(finished_run, tmp_path)
+  path = os.path.join(workdir, "checkpoints", "6", "config", "metadata")
+  with open(path) as f:
+    record = json.load(f)
+  del record["config"]
+  with open(path, "w") as f:
+    json.dump(record, f)
+  out = metarec_here("train", f"--workdir={workdir}",
+                     "--config.train.num_steps=8")
+  assert out.returncode == 0, out.stderr
+  assert "step 6: config item without the run's config" in out.stderr
+  assert "resumed from the checkpoint of step 3" in out.stderr
+  assert 8 in checkpoint_steps(workdir)
+
+
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(
     finished_run, tmp_path):
   workdir = copy_run(finished_run, tmp_path)

@@ -239,6 +239,9 @@ class Checkpointer:
     if not isinstance(record, dict) or "format_version" not in record:
       raise CheckpointError(f"step {step}: config item without a format"
                             " version")
+    if not isinstance(record.get("config"), dict):  # a resume reads it
+      raise CheckpointError(f"step {step}: config item without the run's"
+                            " config")
     if record["format_version"] > FORMAT_VERSION:
       raise CheckpointError(
           f"step {step}: checkpoint format {record['format_version']} is"
