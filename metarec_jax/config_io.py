@@ -79,7 +79,28 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   if not isinstance(config, ml_collections.ConfigDict):
     raise InputError("get_config() must return an ml_collections.ConfigDict",
                      path=path)
+  _refuse_unknown_keys(config, path)
   return complete(config)
+
+
+# Sections whose keys a dataclass checks where it is read (the synthetic
+# generator takes more than the defaults name).
+CHECKED_SECTIONS = ("data.synthetic",)
+
+
+def _refuse_unknown_keys(config: ml_collections.ConfigDict, path: str) -> None:
+  """Raises InputError naming a key of a config file that metarec has
+  not (a typo such as `c.train.num_step = 3` trained with the old value,
+  where the same typo as an override was refused)."""
+  known = set(flat(to_dict(config_defaults.get_config())))
+  for key in flat(to_dict(config)):
+    section = key.rpartition(".")[0]
+    if key in known or section in OPEN_SECTIONS or any(
+        key.startswith(s + ".") for s in CHECKED_SECTIONS):
+      continue
+    near = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(near)}?" if near else ""
+    raise InputError(f"unknown config key {key!r}{hint}", path=path)
 
 
 def complete(config: Mapping[str, Any]) -> ml_collections.ConfigDict:

@@ -11,6 +11,7 @@ import pytest
 from cli_run import assert_one_line_error, metarec
 from conftest import config_path
 from metarec_jax import cli, config_io
+from metarec_jax.errors import InputError
 
 TINY = f"--config={config_path('tiny')}"
 
@@ -73,3 +74,26 @@ def test_eval_export_and_prepare_check_their_overrides(tmp_path, capsys):
         f"metarec {args[0]}: error: config key eval.batch_tasks=0: must be"
         " an integer >= 1"]
   assert not (tmp_path / "out").exists() and not (tmp_path / "store").exists()
+
+
+def test_a_config_file_with_a_key_metarec_lacks_is_refused(tmp_path):
+  """A typo in a config file (`c.train.num_step = 3`) trained with the
+  old value, where the same typo as an override was refused; open sections
+  (`data.list_pad`) and the generator's own keys stay free."""
+  path = tmp_path / "variant.py"
+  path.write_text(
+      "from metarec_jax import config_defaults\n"
+      "def get_config():\n"
+      "  c = config_defaults.get_config()\n"
+      "  c.data.list_pad.mood = 2\n"
+      "  c.data.synthetic.zip_vocab = 5\n"
+      "  c.train.num_step = 3\n"
+      "  return c\n")
+  with pytest.raises(InputError) as e:
+    config_io.load_config_file(str(path))
+  assert e.value.message == (
+      f"{path}: unknown config key 'train.num_step'; did you mean"
+      " train.num_steps or train.warmup_steps or train.schedule_steps?")
+  path.write_text(path.read_text().replace("  c.train.num_step = 3\n", ""))
+  config = config_io.load_config_file(str(path))
+  assert config.data.list_pad.mood == 2
