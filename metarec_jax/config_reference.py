@@ -8,6 +8,7 @@ config reference shows them (`config_table`).
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import ml_collections
@@ -218,10 +219,35 @@ RELATIONS: tuple[R.Relation, ...] = (
                " rates shared by the members; the encoding algorithms"
                " (metric, amortised, hybrid) read one model's features and"
                " metasgd learns a rate per parameter: set model.members=1"),
+    # Checked here, before a store is built, not where the model is.
+    R.Relation(("meta.msl_weights", "meta.inner_steps"),
+               lambda w, steps: not w or len(w) == steps,
+               "meta.msl_weights has one weight per inner step"
+               " (meta.inner_steps), or none"),
+    R.Relation(("meta.msl_weights", "meta.algorithm"),
+               lambda w, algorithm: not w or _algorithm(algorithm).msl,
+               "meta.msl_weights weighs the query loss after each inner"
+               " step of maml, fomaml, metasgd or mamlpp; set it to ()"),
+    R.Relation(("meta.algorithm", "model.anchor", "model.name",
+                "model.anchor_version"),
+               lambda algorithm, anchor, name, version: not (
+                   _algorithm(algorithm).encoder and anchor and (
+                       name == "melu" or (name == "idemb"
+                                          and int(version) >= 2))),
+               "the encoding algorithms (metric, amortised, hybrid) read a"
+               " model's support rows, and the baseline-anchored models"
+               " (model.anchor) have none: set model.anchor=false"
+               " (configs/learners.py does)"),
     R.Relation(("eval.new_user_fraction", "eval.val_fraction"),
                lambda a, b: a + b < 1, "eval.new_user_fraction +"
                " eval.val_fraction must be below 1 (training needs users)"),
 )
+def _algorithm(name: str):
+  """`meta.algorithm`'s row of `meta.config.ALGORITHMS` (read lazily: the
+  cheap checks import no JAX until a rule needs it)."""
+  return importlib.import_module(_META).ALGORITHMS[name]
+
+
 # Sections whose keys are names of the user's data (`config_io`'s open
 # sections): the rule of every key.
 OPEN_SECTIONS = {section: R.Int(1) for section in config_io.OPEN_SECTIONS}

@@ -97,3 +97,23 @@ def test_a_config_file_with_a_key_metarec_lacks_is_refused(tmp_path):
   path.write_text(path.read_text().replace("  c.train.num_step = 3\n", ""))
   config = config_io.load_config_file(str(path))
   assert config.data.list_pad.mood == 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--config.meta.msl_weights=(1.0,)"],
+     "meta.msl_weights has one weight per inner step (meta.inner_steps)"),
+    (["--config.meta.algorithm=reptile", "--config.meta.msl_weights=(1.0,1.0)"],
+     "meta.msl_weights weighs the query loss after each inner step of"),
+    (["--config.meta.algorithm=metric"],
+     "the encoding algorithms (metric, amortised, hybrid) read a model's"
+     " support rows, and the baseline-anchored models"),
+])
+def test_relations_found_only_after_building_the_store_are_checked_first(
+    tmp_path, overrides, message):
+  """They were one-line errors, but after the task store was written into
+  the work directory (minutes on a large dataset, and a folder left)."""
+  workdir = tmp_path / "run"
+  out = metarec("train", f"--config={config_path('tiny')}",
+                f"--workdir={workdir}", *overrides)
+  assert_one_line_error(out, message)
+  assert not workdir.exists()
