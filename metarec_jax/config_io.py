@@ -158,6 +158,22 @@ def dataclass_of(cls: type, section: Mapping[str, Any], name: str) -> Any:
   return cls(**section)
 
 
+def _element(text: str) -> Any:
+  """One element of a tuple given without quotes: a number where it reads
+  as one (`nan` and `inf` too, for the rules to name), else the text (so
+  that `1,nan` fails on `nan`, not on a `'1'`)."""
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  if isinstance(value, str):
+    try:
+      return float(value)
+    except ValueError:
+      return value
+  return value
+
+
 def _parse(key: str, text: str, current: Any) -> Any:
   flag = f"--config.{key}"
   if isinstance(current, bool):
@@ -182,8 +198,8 @@ def _parse(key: str, text: str, current: Any) -> Any:
       return ()
     try:
       value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      return tuple(v.strip() for v in text.split(","))
+    except (ValueError, SyntaxError):  # `a,b` without quotes
+      return tuple(_element(v.strip()) for v in text.split(","))
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
   if isinstance(current, str):
     return text

@@ -4,13 +4,14 @@ Every key's type and range (config_reference.ALLOWED) and the data's
 source are checked before JAX starts or a work directory is created.
 """
 
+import math
 import os
 
 import pytest
 
 from cli_run import assert_one_line_error, metarec
 from conftest import config_path
-from metarec_jax import cli, config_io
+from metarec_jax import cli, config_io, config_reference
 from metarec_jax.errors import InputError
 
 TINY = f"--config={config_path('tiny')}"
@@ -117,3 +118,17 @@ def test_relations_found_only_after_building_the_store_are_checked_first(
                 f"--workdir={workdir}", *overrides)
   assert_one_line_error(out, message)
   assert not workdir.exists()
+
+
+def test_a_tuple_without_quotes_names_its_bad_element():
+  """`1,nan` became ('1', 'nan') and the error blamed the valid '1'."""
+  config = config_io.load_config_file(config_path("tiny"))
+  config_io.apply_overrides(config, [("meta.msl_weights", "1,nan"),
+                                     ("model.hidden", "16,x"),
+                                     ("data.generic.categorical", "a,b")])
+  assert config.meta.msl_weights[0] == 1
+  assert math.isnan(config.meta.msl_weights[1])
+  assert tuple(config.model.hidden) == (16, "x")
+  assert tuple(config.data.generic.categorical) == ("a", "b")
+  with pytest.raises(InputError, match=r"\(got nan\)"):
+    config_reference.validate(config)
