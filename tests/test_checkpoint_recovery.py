@@ -13,6 +13,13 @@ from cli_run import assert_one_line_error, metarec_here
 from faults import QUIET, TINY, copy_run, train_finished_run
 from procs import checkpoint_steps, metarec
 
+# orbax's restore of a damaged step fails inside an asyncio task whose
+# thread later calls back into the loop the failure closed: "Event loop
+# is closed", raised in that thread after the command has returned (a
+# process exits before it; these tests run commands in the test process).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning")
+
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
@@ -83,11 +90,6 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(
   assert checkpoint_steps(workdir) == [3, 6]
 
 
-# orbax's restore of the damaged step fails inside an asyncio task whose
-# thread later calls back into the loop the failure closed: "Event loop
-# is closed", raised in that thread after the command has returned (a
-# process exits before it; this test runs the command in the test process).
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_eval_of_a_damaged_checkpoint_names_it_and_the_others(
     finished_run, tmp_path):
   """eval and export never read another checkpoint than the one they name:
