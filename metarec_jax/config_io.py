@@ -158,20 +158,32 @@ def dataclass_of(cls: type, section: Mapping[str, Any], name: str) -> Any:
   return cls(**section)
 
 
-def _element(text: str) -> Any:
-  """One element of a tuple given without quotes: a number where it reads
-  as one (`nan` and `inf` too, for the rules to name), else the text (so
-  that `1,nan` fails on `nan`, not on a `'1'`)."""
-  try:
-    value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    value = text
-  if isinstance(value, str):
+def _number(text: str) -> int | float | None:
+  """`text` as an int or a float (`nan` and `inf` too), else None."""
+  for kind in (int, float):
     try:
-      return float(value)
+      return kind(text)
     except ValueError:
-      return value
-  return value
+      pass
+  return None
+
+
+def _unquoted(text: str, current: tuple | list) -> tuple:
+  """A tuple given without quotes (`a,b`): text, as it always was, except
+  for a tuple of numbers (the key's current elements are numbers; an
+  empty one: every element reads as a number), whose elements that read as
+  numbers become them, so that a rule names the bad element (`1,nan` and
+  `16,x` blamed the valid '1' and '16')."""
+  parts = [v.strip() for v in text.split(",")]
+  numbers = [_number(v) for v in parts]
+  if current:
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                  for v in current)
+  else:
+    numeric = all(n is not None for n in numbers)
+  if not numeric:
+    return tuple(parts)
+  return tuple(v if n is None else n for v, n in zip(parts, numbers))
 
 
 def _parse(key: str, text: str, current: Any) -> Any:
@@ -199,7 +211,7 @@ def _parse(key: str, text: str, current: Any) -> Any:
     try:
       value = ast.literal_eval(text)
     except (ValueError, SyntaxError):  # `a,b` without quotes
-      return tuple(_element(v.strip()) for v in text.split(","))
+      return _unquoted(text, current)
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
   if isinstance(current, str):
     return text

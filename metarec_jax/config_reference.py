@@ -229,11 +229,12 @@ RELATIONS: tuple[R.Relation, ...] = (
                "meta.msl_weights weighs the query loss after each inner"
                " step of maml, fomaml, metasgd or mamlpp; set it to ()"),
     R.Relation(("meta.algorithm", "model.anchor", "model.name",
-                "model.anchor_version"),
-               lambda algorithm, anchor, name, version: not (
-                   _algorithm(algorithm).encoder and anchor and (
-                       name == "melu" or (name == "idemb"
-                                          and int(version) >= 2))),
+                "model.anchor_version", "data.implicit.enabled"),
+               lambda algorithm, anchor, name, version, implicit: not (
+                   _algorithm(algorithm).encoder and anchor
+                   and not implicit  # (implicit models are never anchored)
+                   and (name == "melu" or (name == "idemb"
+                                           and int(version) >= 2))),
                "the encoding algorithms (metric, amortised, hybrid) read a"
                " model's support rows, and the baseline-anchored models"
                " (model.anchor) have none: set model.anchor=false"

@@ -132,3 +132,26 @@ def test_a_tuple_without_quotes_names_its_bad_element():
   assert tuple(config.data.generic.categorical) == ("a", "b")
   with pytest.raises(InputError, match=r"\(got nan\)"):
     config_reference.validate(config)
+  # Tuples of text stay text, numbers-looking or not (the review found
+  # `NA,-1` and `genre,1990` refused).
+  config = config_io.load_config_file(config_path("tiny"))
+  config_io.apply_overrides(config, [("data.generic.missing", "NA,-1"),
+                                     ("data.generic.categorical",
+                                      "genre,1990"),
+                                     ("model.exclude_features", "zip,inf")])
+  assert tuple(config.data.generic.missing) == ("NA", "-1")
+  assert tuple(config.data.generic.categorical) == ("genre", "1990")
+  assert tuple(config.model.exclude_features) == ("zip", "inf")
+  config_reference.validate(config)
+
+
+def test_encoders_are_refused_only_where_the_anchor_is_in_effect():
+  """Implicit-feedback models are never anchored: an encoder there trained
+  before the relation, and must still (the review found it refused)."""
+  config = config_io.load_config_file(config_path("tiny"))
+  config_io.apply_overrides(config, [("meta.algorithm", "amortised")])
+  with pytest.raises(InputError, match="encoding algorithms"):
+    config_reference.validate(config)
+  config_io.apply_overrides(config, [("data.implicit.enabled", "true"),
+                                     ("model.loss", "bpr")])
+  config_reference.validate(config)
