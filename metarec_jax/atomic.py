@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from metarec_jax.errors import InputError, OutputError, cause_of
+from metarec_jax import interrupts
 from metarec_jax.interrupts import uninterrupted
 
 
@@ -173,6 +174,7 @@ class Folder:
                            self.out)
     self.tmp = self._prefix + uuid.uuid4().hex[:8]
     self._finished = False
+    self._cleanup = None  # `interrupts.add_cleanup` key while writing
 
   def __enter__(self):
     os.makedirs(self.parent, exist_ok=True)
@@ -183,9 +185,17 @@ class Folder:
     except BaseException:
       self._lock.__exit__(None, None, None)
       raise
+    # A signal swallowed in a finalizer ends the process at once: this
+    # folder goes first (`interrupts.add_cleanup`).
+    self._cleanup = interrupts.add_cleanup(self._abandon)
     return self
 
+  def _abandon(self) -> None:
+    shutil.rmtree(self.tmp, ignore_errors=True)
+    self._lock.__exit__(None, None, None)
+
   def __exit__(self, exc_type, exc, tb):
+    interrupts.remove_cleanup(self._cleanup)
     if not self._finished:
       shutil.rmtree(self.tmp, ignore_errors=True)
     self._lock.__exit__(None, None, None)

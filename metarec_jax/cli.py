@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
       raise InputError(f"unexpected argument {leftover[1]!r} (flags are"
                        " --name=value)")
     configure_logging()
-    with interrupts.stop_on_signals():
+    with interrupts.stop_on_signals(prog):
       return cmd.run(Invocation(fv, config_file, overrides, positional))
   except InputError as e:
     print(f"{prog}: error: {e.message}", file=sys.stderr)

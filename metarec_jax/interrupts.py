@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class Terminated(BaseException):
@@ -38,6 +38,23 @@ class Terminated(BaseException):
 
 
 _held = {"depth": 0, "pending": None}  # main-thread state of the handler
+# What an abrupt end (below) still does first: each writer's removal of
+# its temporary folder (`atomic.Folder`), by a key of its own.
+_cleanups: dict[int, Callable[[], None]] = {}
+_prog = {"name": "metarec"}  # the command, for the line an abrupt end prints
+
+
+def add_cleanup(fn: Callable[[], None]) -> int:
+  """Registers `fn` to run if a swallowed signal ends the process at once
+  (`_end_where_swallowed`); returns the key that `remove_cleanup` takes."""
+  key = id(fn)
+  _cleanups[key] = fn
+  return key
+
+
+def remove_cleanup(key: int) -> None:
+  """Forgets what `add_cleanup` registered under `key`."""
+  _cleanups.pop(key, None)
 
 
 def _raise_for(signum: int) -> None:
@@ -60,18 +77,26 @@ def _end_where_swallowed(previous_hook):
   `__del__` (JAX's `_xla_gc_callback` is one), Python prints "Exception
   ignored in ..." and goes on, and the stop would be lost. Delivering it
   again does not work (it lands in the hook, whose exceptions are ignored
-  too), so the process ends at once, as the signal's default action did;
-  a temporary folder left behind is removed by the next writer of its
-  destination (`atomic.Folder`)."""
+  too), so the process ends at once, as the signal's default action did,
+  after the writers' cleanups (`add_cleanup`: no temporary folder is left
+  behind) and with the line the command prints for a stop (a temporary
+  file a killed writer leaves is removed by the next writer of its
+  destination)."""
 
   def hook(args):
     exc = args.exc_value
     if isinstance(exc, (Terminated, KeyboardInterrupt)):
       signum = (exc.signum if isinstance(exc, Terminated)
                 else signal.SIGINT)
+      for fn in list(_cleanups.values()):
+        try:
+          fn()
+        except Exception:  # pylint: disable=broad-except
+          pass  # the end comes anyway; the next writer removes the rest
       sys.stdout.flush()
-      print(f"metarec: {'interrupted' if signum == signal.SIGINT else 'terminated'}"
-            f" ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
+      what = "interrupted" if signum == signal.SIGINT else "terminated"
+      print(f"{_prog['name']}: {what} ({signal.Signals(signum).name})",
+            file=sys.stderr, flush=True)
       os._exit(128 + int(signum))  # pylint: disable=protected-access
     previous_hook(args)
 
@@ -79,13 +104,16 @@ def _end_where_swallowed(previous_hook):
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
+def stop_on_signals(prog: str = "metarec") -> Iterator[None]:
   """SIGTERM raises `Terminated`, SIGINT `KeyboardInterrupt`, inside the
   block (main thread only; elsewhere the block changes nothing). The
-  previous handlers come back afterwards."""
+  previous handlers come back afterwards. `prog`: the command, as the
+  line of an abrupt end names it (the line the command prints for a stop,
+  `metarec export: terminated (SIGTERM)`)."""
   if threading.current_thread() is not threading.main_thread():
     yield
     return
+  _prog["name"] = prog
   previous = {sig: signal.signal(sig, _handle)
               for sig in (signal.SIGTERM, signal.SIGINT)}
   previous_hook = sys.unraisablehook

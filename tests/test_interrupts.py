@@ -75,6 +75,38 @@ def test_a_signal_swallowed_in_a_finalizer_still_ends_the_process(tmp_path):
   assert out.stderr.strip().splitlines()[-1] == "metarec: terminated (SIGTERM)"
 
 
+def test_a_swallowed_signal_removes_the_folder_being_written(tmp_path):
+  """Landed in JAX's gc callback during `metarec export`, SIGTERM ended
+  the process at once with "metarec: terminated" and left `.export.tmp-*`
+  beside the output (a CI run of the export test met it)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  script = tmp_path / "writer.py"
+  script.write_text(
+      "import os, signal, sys\n"
+      "from metarec_jax import atomic, interrupts\n"
+      "class Finalized:\n"
+      "  def __del__(self):\n"
+      "    os.kill(os.getpid(), signal.SIGTERM)\n"
+      "    for _ in range(100_000):  # the handler runs here\n"
+      "      pass\n"
+      "with interrupts.stop_on_signals('metarec export'):\n"
+      "  with atomic.Folder(sys.argv[1]) as folder:\n"
+      "    open(folder.path('a.txt'), 'w').write('half')\n"
+      "    obj = Finalized()\n"
+      "    del obj\n"
+      "    print('ran on')\n")
+  out_dir = tmp_path / "out"
+  out = subprocess.run([sys.executable, str(script), str(out_dir)],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+  assert out.returncode == 128 + signal.SIGTERM, (out.stdout, out.stderr)
+  assert "ran on" not in out.stdout
+  assert out.stderr.strip().splitlines()[-1] == (
+      "metarec export: terminated (SIGTERM)")
+  assert sorted(os.listdir(tmp_path)) == ["writer.py"]  # no tmp, no lock
+
+
 def test_default_action_inside_the_block_only():
   with interrupts.stop_on_signals():
     mine = signal.getsignal(signal.SIGTERM)
