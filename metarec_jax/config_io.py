@@ -63,7 +63,9 @@ def call_python_file(path: str, function: str, arg: str = "") -> Any:
     raise
   except SyntaxError as e:
     raise InputError(f"syntax error: {e.msg}", path=path, line=e.lineno) from e
-  except Exception as e:  # pylint: disable=broad-except
+  except (Exception, SystemExit) as e:  # pylint: disable=broad-except
+    # (SystemExit: a file that calls sys.exit() ended the command silently
+    # with its status)
     raise InputError(f"error while loading: {type(e).__name__}: {e}",
                      path=path) from e
   finally:

@@ -155,3 +155,13 @@ def test_encoders_are_refused_only_where_the_anchor_is_in_effect():
   config_io.apply_overrides(config, [("data.implicit.enabled", "true"),
                                      ("model.loss", "bpr")])
   config_reference.validate(config)
+
+
+def test_a_config_file_that_exits_is_an_error_naming_it(tmp_path):
+  """`sys.exit(3)` in a config file ended the command with status 3 and
+  no word."""
+  path = tmp_path / "exits.py"
+  path.write_text("import sys\nsys.exit(3)\n")
+  with pytest.raises(InputError) as e:
+    config_io.load_config_file(str(path))
+  assert e.value.message == f"{path}: error while loading: SystemExit: 3"
