@@ -100,9 +100,15 @@ def _refuse_unknown_keys(config: ml_collections.ConfigDict, path: str) -> None:
     if key in known or section in OPEN_SECTIONS or any(
         key.startswith(s + ".") for s in CHECKED_SECTIONS):
       continue
-    near = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(near)}?" if near else ""
-    raise InputError(f"unknown config key {key!r}{hint}", path=path)
+    raise unknown_key(key, known, path)
+
+
+def unknown_key(key: str, known: Iterable[str], path: str) -> InputError:
+  """The error of a config key metarec lacks, naming the nearest known
+  keys (a config file's or an override's: `path` says which)."""
+  near = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+  hint = f"; did you mean {' or '.join(near)}?" if near else ""
+  return InputError(f"unknown config key {key!r}{hint}", path=path)
 
 
 def complete(config: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -239,10 +245,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
       open_type = OPEN_SECTIONS.get(".".join(path))
       current = open_type() if open_type and last not in node else node[last]
     except (KeyError, AttributeError):
-      near = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-      hint = f"; did you mean {' or '.join(near)}?" if near else ""
-      raise InputError(f"unknown config key {key!r}{hint}",
-                       path=f"--config.{key}") from None
+      raise unknown_key(key, known, f"--config.{key}") from None
     if isinstance(current, ml_collections.ConfigDict):
       raise InputError(f"{key!r} is a section; set one of its keys",
                        path=f"--config.{key}")

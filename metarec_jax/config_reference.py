@@ -18,6 +18,14 @@ from metarec_jax import config_rules as R
 from metarec_jax.errors import InputError, excerpt
 
 _MODELS, _META = "metarec_jax.models.factory", "metarec_jax.meta.config"
+
+
+def _algorithm(name: str):
+  """`meta.algorithm`'s row of `meta.config.ALGORITHMS` (read lazily: the
+  cheap checks import no JAX until a rule needs it)."""
+  return importlib.import_module(_META).ALGORITHMS[name]
+
+
 _COUNT, _SHARE = R.Int(0), R.Float(0.0, 1.0)
 _RATE = R.Float(0.0, lo_open=True)  # a positive, finite rate or size
 _NAMES = R.Tuple(R.Text(nonempty=True))
@@ -243,12 +251,6 @@ RELATIONS: tuple[R.Relation, ...] = (
                lambda a, b: a + b < 1, "eval.new_user_fraction +"
                " eval.val_fraction must be below 1 (training needs users)"),
 )
-def _algorithm(name: str):
-  """`meta.algorithm`'s row of `meta.config.ALGORITHMS` (read lazily: the
-  cheap checks import no JAX until a rule needs it)."""
-  return importlib.import_module(_META).ALGORITHMS[name]
-
-
 # Sections whose keys are names of the user's data (`config_io`'s open
 # sections): the rule of every key.
 OPEN_SECTIONS = {section: R.Int(1) for section in config_io.OPEN_SECTIONS}
