@@ -324,7 +324,8 @@ def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   except json.JSONDecodeError as e:
     raise InputError(f"invalid JSON: {e.msg}", path=path, line=e.lineno) from e
   except UnicodeDecodeError as e:
-    raise InputError(f"not UTF-8 text (byte {e.start})", path=path) from e
+    raise InputError(f"not UTF-8 text (at byte offset {e.start})",
+                     path=path) from e
   if not isinstance(record, dict) or not isinstance(record.get("config"),
                                                     dict):
     raise InputError("not a metarec config.json", path=path)

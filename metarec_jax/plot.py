@@ -201,7 +201,7 @@ def plot_workdir(workdir: str) -> list[str]:
     raise InputError(f"invalid JSON: {e.msg}", path=curve_path,
                      line=e.lineno) from None
   except UnicodeDecodeError as e:
-    raise InputError(f"not UTF-8 text (byte {e.start})",
+    raise InputError(f"not UTF-8 text (at byte offset {e.start})",
                      path=curve_path) from None
   except ValueError as e:  # not a support curve
     raise InputError(str(e), path=curve_path) from None

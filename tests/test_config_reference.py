@@ -210,7 +210,7 @@ def test_a_config_json_written_before_keys_existed_runs_as_it_did(tmp_path):
 
 
 @pytest.mark.parametrize("content, problem", [
-    (b"\xff{}", "not UTF-8 text (byte 0)"),
+    (b"\xff{}", "not UTF-8 text (at byte offset 0)"),
     (b'{"config": [1, 2]}', "not a metarec config.json"),
     (b'{"config": {"train": 5}}', "train is 5, not a section of keys"),
     (b'{"config": {"data": {"synthetic": "x"}}}',
