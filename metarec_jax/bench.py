@@ -23,6 +23,10 @@ and then `steps` timed ones, and reports:
   `train.input_workers` threads building and placing batches, no step
   running): where it is not well above `tasks_per_sec`, the host, not the
   device, bounds training;
+- `device_tasks_per_sec`: the meta-step alone, `steps` more steps over the
+  last timed batches, already on the devices (no input pipeline): the
+  rate the devices reach where the host keeps up, so that learners can be
+  compared on an accelerator whose step outruns the pipeline;
 - `param_bytes_per_device`: the bytes of parameters and optimizer state
   held by the first device, from the arrays' shardings (a quarter of the
   replicated figure where `mesh.model=4` splits the tables that dominate),
@@ -155,6 +159,25 @@ def input_rate(trainer: Trainer, workers: int, batches: int) -> float:
   return batches * per_step / (time.perf_counter() - t0)
 
 
+# Batches kept on the devices for `device_tasks_per_sec`: a few, so that
+# its steps see the timed steps' mix of support widths without holding
+# much memory.
+_RESIDENT_BATCHES = 4
+
+
+def _resident_steps(trainer: Trainer, state, batches: list,
+                    steps: int) -> tuple[object, float]:
+  """`steps` meta-steps cycling over `batches` (prepared and on the
+  devices): the state after them and the seconds per step."""
+  jax.block_until_ready(state)
+  t0 = time.perf_counter()
+  for i in range(steps):
+    state, metrics = trainer.step(state, batches[i % len(batches)],
+                                  trainer.hyper)
+  jax.block_until_ready((state, metrics))
+  return state, (time.perf_counter() - t0) / steps
+
+
 def run(config, *, workdir: str | None = None, steps: int = 20,
         warmup: int = 3, count_flops: bool = True,
         plain_flops: bool = True) -> dict:
@@ -191,22 +214,24 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
   pipeline = Prefetcher(trainer.sampler, trainer.task_sharding, start=0,
                         stop=warmup + steps, depth=int(config.train.prefetch),
                         workers=workers)
-  widths = []
+  widths, resident = [], []
   try:
     for i, (step, batch) in enumerate(pipeline):
       if i == warmup:
         jax.block_until_ready(state)
         pipeline.wait_seconds = 0.0
         t0 = time.perf_counter()
-      state, metrics = trainer.step(state, trainer.prepare(batch),
-                                    trainer.hyper)
+      prepared = trainer.prepare(batch)
+      state, metrics = trainer.step(state, prepared, trainer.hyper)
       if i >= warmup:
         widths.append(trainer.sampler.width(step))
+        resident = (resident + [prepared])[-_RESIDENT_BATCHES:]
     jax.block_until_ready((state, metrics))
     elapsed = time.perf_counter() - t0
   finally:
     pipeline.close()
   step_seconds = elapsed / steps
+  state, device_seconds = _resident_steps(trainer, state, resident, steps)
   latency = adapt_latency(trainer, state, batch)
   width = max(set(widths), key=widths.count)
   count_plain, plain_flops = plain_flops, None  # the flag, then the count
@@ -223,6 +248,7 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
   return {
       "tasks_per_sec": tasks / step_seconds,
       "step_seconds": step_seconds,
+      "device_tasks_per_sec": tasks / device_seconds,
       "step_flops": step_flops,
       "achieved_gflops": achieved,
       "peak_gflops": peak,
@@ -276,7 +302,8 @@ def describe(result: dict) -> str:
       f" {w['inner_steps']} inner steps,"
       f" {'second' if w['second_order'] else 'first'} order,"
       f" {w['compute_dtype']}",
-      f"  {result['tasks_per_sec']:.0f} tasks/s,"
+      f"  {result['tasks_per_sec']:.0f} tasks/s"
+      f" ({result['device_tasks_per_sec']:.0f} on resident batches),"
       f" {result['step_seconds'] * 1e3:.1f} ms/step,"
       f" {w['flops_per_task'] / 1e6:.1f} MFLOP/task"
       + ("" if plain is None else f" (plain formulation {plain / 1e6:.1f})"),

@@ -11,7 +11,7 @@ from metarec_jax import bench, config_io, experiment
 KEYS = {"tasks_per_sec", "step_seconds", "step_flops", "achieved_gflops",
         "peak_gflops", "utilization", "compile_seconds",
         "input_wait_fraction", "input_tasks_per_sec", "peak_rss_mb",
-        "adapt_seconds",
+        "adapt_seconds", "device_tasks_per_sec",
         "param_bytes_per_device", "device_memory", "workload"}
 
 

@@ -6,7 +6,9 @@ on one config in ONE process, one after the other, so the ratios are
 comparable on a noisy machine; FLOP counting is skipped (two compilations
 per learner that the ratio does not need). Prints a markdown table (tasks/s,
 ratio to the first algorithm, seconds per meta-step, median seconds to
-adapt one user and predict its query) and, last, one JSON line.
+adapt one user and predict its query, the meta-step's rate on batches
+already on the devices and its ratio, the share of time the step waited
+for the input pipeline) and, last, one JSON line.
 
     python tools/bench_learners.py --config=configs/melu_ref.py \\
         --algorithms=maml,metric,amortised,hybrid,fomaml --steps=10
@@ -29,6 +31,12 @@ from metarec_jax.errors import InputError
 log = logging.getLogger("metarec")
 
 
+# The figures of each learner in the last (JSON) line.
+_REPORTED = ("tasks_per_sec", "step_seconds", "adapt_seconds",
+             "compile_seconds", "device_tasks_per_sec", "input_wait_fraction",
+             "input_tasks_per_sec", "peak_gflops")
+
+
 def measure(config, algorithms: Sequence[str], *, steps: int,
             warmup: int) -> dict[str, dict]:
   """`{algorithm: bench.run(...) result}` in the given order."""
@@ -47,13 +55,18 @@ def measure(config, algorithms: Sequence[str], *, steps: int,
 def table(results: dict[str, dict]) -> str:
   """Markdown rows: tasks/s, ratio to the first, step and adapt seconds."""
   first = next(iter(results.values()))["tasks_per_sec"]
-  lines = ["| learner | tasks/s | x first | s/step | adapt one user (ms) |",
-           "|---|---:|---:|---:|---:|"]
+  resident = next(iter(results.values()))["device_tasks_per_sec"]
+  lines = ["| learner | tasks/s | x first | s/step | adapt one user (ms) |"
+           " tasks/s, resident batches | x first | input wait |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
   for name, r in results.items():
     lines.append(f"| {name} | {r['tasks_per_sec']:.0f} |"
                  f" {r['tasks_per_sec'] / first:.1f} |"
                  f" {r['step_seconds']:.3f} |"
-                 f" {1000 * r['adapt_seconds']:.2f} |")
+                 f" {1000 * r['adapt_seconds']:.2f} |"
+                 f" {r['device_tasks_per_sec']:.0f} |"
+                 f" {r['device_tasks_per_sec'] / resident:.1f} |"
+                 f" {r['input_wait_fraction']:.0%} |")
   return "\n".join(lines) + "\n"
 
 
@@ -87,9 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"bench_learners.py: error: {e.message}", file=sys.stderr)
     return 2
   print(table(results), end="")
-  print(json.dumps({name: {k: r[k] for k in ("tasks_per_sec", "step_seconds",
-                                             "adapt_seconds",
-                                             "compile_seconds")}
+  print(json.dumps({name: {k: r[k] for k in _REPORTED}
                     for name, r in results.items()}))
   return 0
 

@@ -18,6 +18,13 @@ large-catalog workload (`configs/idemb_large.py`, float32 and bfloat16;
 checkout has it, before the 65,536 runs. Synthetic stores are built on the machine (once per data config, in
 the temp folder `metarec bench` caches them in); nothing large travels.
 
+`--learners`: issue 16's list instead: `tools/bench_learners.py` on
+melu-ref, every learner back to back in one process (MAML first, the ratio
+is to it), at 256 and 4,096 tasks per step, then at 256 in the reverse
+order; one JSON line per run, `{"name": "learners/256", "maml": {...},
+...}`, each learner's `tasks_per_sec` and `device_tasks_per_sec` (the step
+alone on resident batches) beside its adaptation latency.
+
 `--quick`: the same list at small sizes (16, 32 and 64 tasks, 2,000
 users, 2 timed steps) for a CPU. The whole run stops starting workloads
 when `--budget` seconds are spent (the rest print as skipped), so it ends
@@ -28,6 +35,7 @@ in time on any machine. For the test of this script:
 
     tools/device_bench.sh            # on the GPU machine: < 8 minutes
     tools/device_bench.sh --quick    # on a CPU
+    tools/device_bench.sh --learners --budget=300
 """
 
 from __future__ import annotations
@@ -52,6 +60,8 @@ STEPS = {256: (3, 20), 4096: (2, 10), 65536: (1, 4)}
 QUICK_STEPS = (1, 2)
 QUICK_DATA = ("--config.data.synthetic.num_users=2000",)
 DTYPES = ("float32", "bfloat16")
+LEARNERS = ("maml", "metric", "amortised", "hybrid", "fomaml")
+LEARNER_SIZES = (256, 4096)
 
 
 def workloads(quick: bool, large: bool, devices: int | None) -> list[dict]:
@@ -79,6 +89,25 @@ def workloads(quick: bool, large: bool, devices: int | None) -> list[dict]:
   for w in out:
     w["args"] += ["--plain_flops=false", *extra]  # one lowering less
   return out
+
+
+def learner_workloads(quick: bool) -> list[dict]:
+  """Issue 16's list: `{"name", "args", "script"}`, one
+  `tools/bench_learners.py` process each."""
+  sizes = QUICK_SIZES[:2] if quick else LEARNER_SIZES
+  warmup, steps = QUICK_STEPS if quick else (3, 20)
+  runs = [(size, LEARNERS) for size in sizes]
+  runs.append((sizes[0], LEARNERS[::-1]))
+  extra = os.environ.get("METAREC_DEVICE_BENCH_ARGS", "").split()
+  return [{"name": f"learners/{size}" + ("/reversed" if i == len(sizes)
+                                         else ""),
+           "script": os.path.join("tools", "bench_learners.py"),
+           "args": ["--config=configs/melu_ref.py",
+                    f"--algorithms={','.join(order)}",
+                    f"--config.train.tasks_per_step={size}",
+                    f"--warmup={warmup}", f"--steps={steps}",
+                    *(QUICK_DATA if quick else ()), *extra]}
+          for i, (size, order) in enumerate(runs)]
 
 
 def _large(quick: bool, devices: int | None) -> list[dict]:
@@ -124,9 +153,11 @@ def run_one(workload: dict, timeout: float) -> dict:
   """One `metarec bench` process; its JSON (the last stdout line) or the
   error, named by the workload."""
   line = {"name": workload["name"]}
+  command = ([workload["script"]] if "script" in workload
+             else ["-m", "metarec_jax.cli", "bench"])
   try:
     out = subprocess.run(
-        [sys.executable, "-m", "metarec_jax.cli", "bench", *workload["args"]],
+        [sys.executable, *command, *workload["args"]],
         capture_output=True, text=True, cwd=ROOT, timeout=timeout)
   except subprocess.TimeoutExpired:
     return {**line, "error": f"timed out after {timeout:.0f}s (--budget)"}
@@ -141,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true",
                       help="small sizes, for a CPU")
+  parser.add_argument("--learners", action="store_true",
+                      help="issue 16's learners on melu-ref instead")
   parser.add_argument("--budget", type=float, default=None,
                       help="seconds after which no workload starts"
                       " (default 450, --quick 1800)")
@@ -148,10 +181,14 @@ def main(argv: list[str] | None = None) -> int:
   budget = args.budget or (1800.0 if args.quick else 450.0)
   start = time.monotonic()
   info = device_info()
-  print(json.dumps({"device_bench": {**info, "quick": args.quick}}),
+  print(json.dumps({"device_bench": {**info, "quick": args.quick,
+                                     "learners": args.learners}}),
         flush=True)
-  todo = workloads(args.quick, os.path.exists(os.path.join(ROOT, LARGE)),
-                   None if info["backend"] == "cpu" else info["devices"])
+  if args.learners:
+    todo = learner_workloads(args.quick)
+  else:
+    todo = workloads(args.quick, os.path.exists(os.path.join(ROOT, LARGE)),
+                     None if info["backend"] == "cpu" else info["devices"])
   limit = int(os.environ.get("METAREC_DEVICE_BENCH_LIMIT", "0") or 0)
   if limit > 0:
     todo = todo[:limit]
