@@ -79,10 +79,12 @@ def peak_matmul_gflops(repeats: int = 5, n: int | None = None,
   return 2 * n ** 3 / best / 1e9
 
 
-def _counted_flops(config, workdir: str, exp, width: int) -> float:
+def _counted_flops(config, workdir: str, exp, width: int) -> float | None:
   """XLA's FLOPs of the unrolled, unchunked, non-remat step (all devices),
   counted on the lowered program: compiling it would cost as much as the
-  step's own compilation and change the count by at most 1.3% (melu-ref)."""
+  step's own compilation and change the count by at most 1.3% (melu-ref).
+  Where the backend counts only compiled programs (the lowered count is
+  None), the compiled one's; None where neither is counted."""
   flat = copy.deepcopy(config)
   flat.meta.unroll = max(int(config.meta.inner_steps), 1)  # fully unrolled
   flat.meta.remat = False
@@ -94,10 +96,19 @@ def _counted_flops(config, workdir: str, exp, width: int) -> float:
   lowered = trainer.step.jitted.lower(
       trainer.abstract_state(), trainer.abstract_batch(width),
       trainer.abstract_hyper())
-  cost = lowered.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  cost = _first(lowered.cost_analysis())
+  if not cost or "flops" not in cost:
+    cost = _first(lowered.compile().cost_analysis())
+  if not cost or "flops" not in cost:
+    log.warning("this backend counts no FLOPs: no utilization")
+    return None
   # The program is one device's share of a shard_map over all devices.
   return float(cost["flops"]) * trainer.num_devices
+
+
+def _first(cost):
+  """A cost analysis's dict (older jax gave a list of one per program)."""
+  return cost[0] if isinstance(cost, (list, tuple)) and cost else cost
 
 
 def device_memory(device) -> dict | None:
@@ -244,7 +255,8 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
       plain_flops = _counted_flops(plain, workdir, exp, width)
     else:
       plain_flops = None
-    achieved = step_flops / step_seconds / 1e9
+    achieved = (None if step_flops is None
+                else step_flops / step_seconds / 1e9)
   return {
       "tasks_per_sec": tasks / step_seconds,
       "step_seconds": step_seconds,
@@ -296,6 +308,7 @@ def describe(result: dict) -> str:
   """The human-readable lines of a `run` result (its JSON follows them)."""
   w = result["workload"]
   plain = w["plain_flops_per_task"]
+  counted = w["flops_per_task"] is not None
   return "\n".join([
       f"{w['tasks_per_step']} tasks/step, {w['devices']} {w['backend']}"
       f" device(s), chunk {w['chunk_tasks']}, support {w['support_width']},"
@@ -304,13 +317,16 @@ def describe(result: dict) -> str:
       f" {w['compute_dtype']}",
       f"  {result['tasks_per_sec']:.0f} tasks/s"
       f" ({result['device_tasks_per_sec']:.0f} on resident batches),"
-      f" {result['step_seconds'] * 1e3:.1f} ms/step,"
-      f" {w['flops_per_task'] / 1e6:.1f} MFLOP/task"
+      f" {result['step_seconds'] * 1e3:.1f} ms/step, "
+      + (f"{w['flops_per_task'] / 1e6:.1f} MFLOP/task" if counted
+         else "FLOPs not counted by this backend")
       + ("" if plain is None else f" (plain formulation {plain / 1e6:.1f})"),
-      f"  {result['achieved_gflops']:.1f} GFLOP/s of"
-      f" {result['peak_gflops']:.1f} {w['compute_dtype']} matmul peak:"
-      f" utilization"
-      f" {result['utilization']:.1%}; compile"
+      (f"  {result['achieved_gflops']:.1f} GFLOP/s of"
+       f" {result['peak_gflops']:.1f} {w['compute_dtype']} matmul peak:"
+       f" utilization {result['utilization']:.1%}; " if counted
+       else f"  {w['compute_dtype']} matmul peak"
+       f" {result['peak_gflops']:.1f} GFLOP/s; ")
+      + f"compile"
       f" {result['compile_seconds']:.1f}s; input wait"
       f" {result['input_wait_fraction']:.1%} (alone"
       f" {result['input_tasks_per_sec']:.0f} tasks/s,"
