@@ -32,6 +32,16 @@ right on a GPU or a TPU. Every such choice is a field of `Defaults`, and
   numpy's sorts and gathers release the GIL: two threads built 1.8-2.0x
   as many there at 4,096 tasks per step (docs/results.md; not yet
   measured on an accelerator host).
+- `onehot_vocab`: embedding tables of at most this many rows are looked
+  up as a one-hot matrix product rather than a gather (`models.melu.
+  Embedder`). GPU/TPU: 64. A gather's gradient is a scatter-add, and on a
+  GPU thousands of tasks' rows adding into a handful of table rows (a
+  user's gender, a rating class, 25 genres) serialise on atomic adds: on
+  an H200 the embedding tables' scatters took about 3.5 of the metric
+  learner's 6.3 ms per 4,096-task melu-ref step (`tools/profile_step.py`,
+  2026-12-04), whereas the one-hot product's gradient is a matmul. CPU: 0
+  (always a gather): there a scatter-add is a plain loop and the one-hot
+  product's arithmetic would cost more.
 - `matmul_size`: the n of the n x n matmuls whose best rate is the bench's
   peak (`bench.peak_matmul_gflops`). CPU: 2048 (a few hundred ms on two
   cores, past the size where the rate still climbs). GPU/TPU: 8192: a
@@ -61,13 +71,14 @@ class Defaults:
   full_unroll_steps: int
   matmul_size: int
   input_workers: int
+  onehot_vocab: int
 
 
 _ACCELERATOR = Defaults(chunk_tasks=0, full_unroll_steps=32,
-                        matmul_size=8192, input_workers=4)
+                        matmul_size=8192, input_workers=4, onehot_vocab=64)
 DEFAULTS = {
     "cpu": Defaults(chunk_tasks=16, full_unroll_steps=8, matmul_size=2048,
-                    input_workers=1),
+                    input_workers=1, onehot_vocab=0),
     "gpu": _ACCELERATOR,
     "cuda": _ACCELERATOR,
     "rocm": _ACCELERATOR,

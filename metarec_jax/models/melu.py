@@ -43,6 +43,7 @@ Parameters:
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -50,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metarec_jax import backend
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec
 
 
@@ -59,33 +61,51 @@ class Embedder(nn.Module):
   Tables start as N(0, std^2) (MeLU used 1). The `item_id` table starts at
   zero: an item never rated in training (a new item) then contributes
   nothing rather than a random vector that was never trained.
+
+  Tables of at most `onehot_vocab` rows (None: the backend's,
+  `backend.Defaults.onehot_vocab`; 0 on CPU) are read by a one-hot matrix
+  product, exact (`Precision.HIGHEST`), whose gradient is a matmul rather
+  than a scatter-add that many rows contend on; the values and gradients
+  are the gather's.
   """
 
   fields: tuple[FeatureSpec, ...]
   dim: int
   std: float = 1.0
+  onehot_vocab: int | None = None
 
   @nn.compact
   def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
     parts = []
+    onehot_vocab = (backend.defaults().onehot_vocab
+                    if self.onehot_vocab is None else self.onehot_vocab)
     for spec in self.fields:
       init = (nn.initializers.zeros if spec.name == ITEM_ID
               else nn.initializers.normal(stddev=self.std))
       table = nn.Embed(spec.vocab, self.dim, name=spec.name,
                        embedding_init=init)
+      lookup = (functools.partial(_onehot_lookup, table)
+                if spec.vocab <= onehot_vocab else table)
       idx = features[spec.name]
       if spec.name == ITEM_ID:
         # Index 0 (padding, a hidden ID) embeds to zero, like an item that
         # never had training ratings.
-        parts.append(table(idx) * (idx > 0)[..., None].astype(
+        parts.append(lookup(idx) * (idx > 0)[..., None].astype(
             table.embedding.dtype))
       elif spec.kind == "list":
         mask = (idx > 0)[..., None].astype(table.embedding.dtype)
-        pooled = jnp.sum(table(idx) * mask, axis=-2)
+        pooled = jnp.sum(lookup(idx) * mask, axis=-2)
         parts.append(pooled / jnp.maximum(jnp.sum(mask, axis=-2), 1.0))
       else:
-        parts.append(table(idx))
+        parts.append(lookup(idx))
     return jnp.concatenate(parts, axis=-1)
+
+
+def _onehot_lookup(table: nn.Embed, idx: jax.Array) -> jax.Array:
+  """`table(idx)` as `one_hot(idx) @ embedding` (see `Embedder`)."""
+  embedding = table.embedding
+  onehot = jax.nn.one_hot(idx, table.num_embeddings, dtype=embedding.dtype)
+  return jnp.dot(onehot, embedding, precision=jax.lax.Precision.HIGHEST)
 
 
 class Decision(nn.Module):
