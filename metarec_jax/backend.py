@@ -25,13 +25,14 @@ right on a GPU or a TPU. Every such choice is a field of `Defaults`, and
   `train.input_workers=0`. CPU: 1: the host's cores are the devices (one
   CPU device per core), so a second builder takes time from the step it
   would feed; one thread builds melu-ref's 256-task batch in about 3.5 ms
-  of a 27 ms metric-learner step. GPU/TPU: 4 (at most one per host
-  core): the host's cores are free while the accelerator computes, one
-  thread caps training at the 70,000-85,000 melu-ref tasks/s it builds
-  (2-core VM), which an accelerator's step is built to exceed, and
-  numpy's sorts and gathers release the GIL: two threads built 1.8-2.0x
-  as many there at 4,096 tasks per step (docs/results.md; not yet
-  measured on an accelerator host).
+  of a 27 ms metric-learner step. GPU/TPU: 12 (at most one per host
+  core): the host's cores are free while the accelerator computes, and
+  numpy's sorts and gathers release the GIL. On an H200 host (16 cores,
+  2026-12-04, docs/results.md) 4 threads built 117,000-182,000 melu-ref
+  tasks/s at 4,096 tasks per step, while the step alone ran MAML's at
+  335,000-391,000 and the metric learner's at 0.8-1.2 M: training waited
+  on the input 69-81% of the time; 12 threads built 314,000-390,000 at
+  16,384 tasks per step and the step no longer waited.
 - `onehot_vocab`: embedding tables of at most this many rows are looked
   up as a one-hot matrix product rather than a gather (`models.melu.
   Embedder`). GPU/TPU: 64. A gather's gradient is a scatter-add, and on a
@@ -75,7 +76,7 @@ class Defaults:
 
 
 _ACCELERATOR = Defaults(chunk_tasks=0, full_unroll_steps=32,
-                        matmul_size=8192, input_workers=4, onehot_vocab=64)
+                        matmul_size=8192, input_workers=12, onehot_vocab=64)
 DEFAULTS = {
     "cpu": Defaults(chunk_tasks=16, full_unroll_steps=8, matmul_size=2048,
                     input_workers=1, onehot_vocab=0),

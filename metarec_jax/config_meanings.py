@@ -357,7 +357,7 @@ MEANINGS: dict[str, str] = {
     "train.prefetch": "Batches the input threads prepare ahead.",
     "train.input_workers": "Threads that build training batches (each a"
                            " pure function of its step, handed over in"
-                           " order); 0 = per backend (1 on CPU, 4 on"
+                           " order); 0 = per backend (1 on CPU, 12 on"
                            " accelerators, at most one per host core;"
                            " `metarec_jax/backend.py`).",
     "train.cpu_devices": "CPU only: JAX devices to split the host into;"

@@ -98,4 +98,4 @@ def test_close_stops_building(sharding):
 def test_input_workers_resolve_per_backend():
   assert backend.input_workers(3) == 3
   assert backend.input_workers(0, "cpu") == 1
-  assert backend.input_workers(0, "gpu") == min(4, os.cpu_count())
+  assert backend.input_workers(0, "gpu") == min(12, os.cpu_count())
