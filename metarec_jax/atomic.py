@@ -14,6 +14,7 @@ error, never a SIGBUS.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -96,7 +97,18 @@ def remove_stale(prefix: str) -> None:
   for entry in os.listdir(parent):
     stale = os.path.join(parent, entry)
     if stale.startswith(prefix):
-      shutil.rmtree(stale, ignore_errors=True)
+      remove(stale)
+
+
+def remove(path: str) -> None:
+  """Removes the folder, file or symbolic link `path`, if any (a link, not
+  what it points to: `shutil.rmtree` refuses links, and its ignored error
+  would leave one behind)."""
+  if os.path.islink(path) or os.path.isfile(path):
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(path)
+  else:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _try_lock(path: str) -> int | None:
@@ -257,10 +269,12 @@ class Folder:
     old = None
     # A SIGTERM between the renames would leave neither folder at `out`.
     with uninterrupted():
-      if os.path.exists(self.out):
+      # `lexists`: a link (even a dangling one) is moved aside too, as
+      # renaming the folder onto it would fail.
+      if os.path.lexists(self.out):
         old = self._prefix + "old-" + uuid.uuid4().hex[:8]
         os.rename(self.out, old)
       os.rename(self.tmp, self.out)
       self._finished = True
       if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        remove(old)
