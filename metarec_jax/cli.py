@@ -324,7 +324,8 @@ def configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """Entry point of the `metarec` console script; returns the exit status."""
+  """Runs the command line `argv`; returns the exit status (`entry` is the
+  console script)."""
   args = list(sys.argv[1:] if argv is None else argv)
   if not args or args[0] in ("-h", "--help", "help"):
     print(usage())
@@ -382,5 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     raise
 
 
+def entry() -> None:
+  """The `metarec` program: `main`'s status as the exit status
+  (`interrupts.end_program` says how a stop by a signal ends)."""
+  interrupts.end_program(main())
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  entry()

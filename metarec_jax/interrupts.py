@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
 
 
 class Terminated(BaseException):
@@ -42,6 +42,7 @@ _held = {"depth": 0, "pending": None}  # main-thread state of the handler
 # its temporary folder (`atomic.Folder`), by a key of its own.
 _cleanups: dict[int, Callable[[], None]] = {}
 _prog = {"name": "metarec"}  # the command, for the line an abrupt end prints
+_stopped = {"signum": None}  # the signal `_raise_for` last raised for
 
 
 def add_cleanup(fn: Callable[[], None]) -> int:
@@ -58,6 +59,7 @@ def remove_cleanup(key: int) -> None:
 
 
 def _raise_for(signum: int) -> None:
+  _stopped["signum"] = signum
   if signum == signal.SIGINT:
     raise KeyboardInterrupt
   raise Terminated(signum)
@@ -101,6 +103,22 @@ def _end_where_swallowed(previous_hook):
     previous_hook(args)
 
   return hook
+
+
+def end_program(status: int) -> NoReturn:
+  """Ends the program with `status`; where a signal stopped the command
+  (`status` is 128 + the signal `stop_on_signals` raised for), at once
+  after flushing the output (`os._exit`): XLA may still be compiling in
+  threads of its own, and Python's finalization under them crashed
+  `metarec serve` stopped during its start-up (a segmentation fault, exit
+  139, in about one SIGTERM in seven with an empty compilation cache).
+  What the command wrote is already removed or complete by then."""
+  signum = _stopped["signum"]
+  if signum is not None and status == 128 + int(signum):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # pylint: disable=protected-access
+  sys.exit(status)
 
 
 @contextlib.contextmanager

@@ -25,4 +25,4 @@ def compile_late(self, *args):
 
 
 runtime.CompiledByShape.compile = compile_late
-sys.exit(cli.main())
+cli.entry()

@@ -114,3 +114,37 @@ def test_default_action_inside_the_block_only():
       assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
       assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL
     assert signal.getsignal(signal.SIGTERM) is mine
+
+
+@pytest.mark.parametrize("stopped", [True, False])
+def test_a_program_stopped_by_a_signal_ends_without_finalization(
+    tmp_path, stopped):
+  """`end_program`: after a stop by a signal the process ends at once
+  (XLA's compiler threads made Python's finalization segfault `metarec
+  serve` stopped during start-up), its output flushed; otherwise it
+  exits normally, finalization and `atexit` included."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  marker = tmp_path / "finalized"
+  script = tmp_path / "program.py"
+  script.write_text(
+      "import atexit, os, signal, sys\n"
+      "from metarec_jax import interrupts\n"
+      f"atexit.register(lambda: open({str(marker)!r}, 'w').close())\n"
+      "status = 0\n"
+      "try:\n"
+      "  with interrupts.stop_on_signals('metarec serve'):\n"
+      f"    if {stopped}:\n"
+      "      os.kill(os.getpid(), signal.SIGTERM)\n"
+      "      for _ in range(100_000):  # the handler runs here\n"
+      "        pass\n"
+      "except interrupts.Terminated as e:\n"
+      "  status = 128 + int(e.signum)\n"
+      "print('buffered', end='')\n"
+      "interrupts.end_program(status)\n")
+  out = subprocess.run([sys.executable, str(script)], capture_output=True,
+                       text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+  assert out.stdout == "buffered"  # flushed either way
+  assert out.returncode == (128 + signal.SIGTERM if stopped else 0)
+  assert marker.exists() is not stopped
