@@ -596,3 +596,22 @@ def test_every_user_id_the_log_accepts_reads_back_as_itself(tmp_path,
   log = interaction_log.InteractionLog(str(tmp_path), fmt)
   assert log.read().users.tolist() == good
   log.close()
+
+
+def test_a_folder_where_the_log_file_goes_is_an_input_error(tmp_path):
+  """`LOG_DIR/interactions.csv` a folder: the one-line error (exit 2 from
+  `metarec serve`; it was an OSError, exit 1), and the folder's lock let
+  go, so a corrected start is not refused as locked."""
+  from metarec_jax.data.convert import ratings_io  # pylint: disable=g-import-not-at-top
+  from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  from metarec_jax.serve import interaction_log  # pylint: disable=g-import-not-at-top
+  fmt = ratings_io.RatingsFormat(
+      rating_min=0.5, rating_max=5.0, user_id_type="str", item_id_type="str",
+      **ratings_io.DEFAULT_FORMAT)
+  path = tmp_path / f"{interaction_log.LOG_NAME}.{fmt.extension}"
+  path.mkdir()
+  with pytest.raises(InputError, match="cannot use the interaction log") as e:
+    interaction_log.InteractionLog(str(tmp_path), fmt)
+  assert str(path) in str(e.value)
+  path.rmdir()
+  interaction_log.InteractionLog(str(tmp_path), fmt).close()

@@ -109,7 +109,13 @@ class InteractionLog:
                        " or give this one another --log_dir",
                        path=self.folder) from None
     self._header = self._text([], [], []) if fmt.header else ""
-    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+      self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND,
+                         0o644)
+    except OSError as e:  # a folder of that name, no permission
+      os.close(self._lock)  # and the lock goes with the refusal
+      raise InputError(f"cannot use the interaction log: {e.strerror}",
+                       path=self.path) from None
     self._drop_torn_tail()
     self.size = os.fstat(self._fd).st_size
     if self.size == 0 and self._header:
