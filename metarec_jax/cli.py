@@ -129,7 +129,8 @@ def _run_train(inv: Invocation) -> int:
   if cluster.init_distributed(fv["coordinator_address"].value,
                               fv["num_processes"].value,
                               fv["process_id"].value,
-                              join_timeout=fv["join_timeout"].value):
+                              join_timeout=fv["join_timeout"].value,
+                              config=config_io.to_dict(config)):
     import jax  # pylint: disable=g-import-not-at-top
     if jax.process_index() != 0:  # only process 0 logs progress
       log.setLevel(logging.WARNING)

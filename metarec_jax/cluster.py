@@ -10,7 +10,10 @@ it. So a watchdog ends the wait first, `join_timeout` seconds in, with one
 line naming what to check and exit status 2; JAX's own timeout is set
 later than ours. A process whose `--num_processes` differs from process
 0's joins process 0's run (the coordinator's count wins): after joining,
-the processes compare their counts and all stop where they differ.
+the processes compare their counts, and their configs, and all stop where
+they differ (a config of another shape otherwise aborted in gloo's C++
+"data size doesn't match", and another `train.lr` trained silently, the
+run recorded with process 0's).
 
 Both stops end the process at once (`os._exit`), not by an exception: a
 normal exit of one process of a joined run waits in JAX's shutdown
@@ -19,6 +22,7 @@ barrier for the others, minutes, and then aborts with a stack trace.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -35,6 +39,8 @@ log = logging.getLogger("metarec")
 # How much later than our watchdog JAX's own timeout fires.
 JAX_TIMEOUT_MARGIN_S = 60
 JOIN_TIMEOUT_S = 300  # JAX's default initialization timeout
+# Config keys that name a path on the process's own host: they may differ.
+PER_HOST_KEYS = frozenset({"data.root", "data.store", "distill.teacher"})
 
 
 def cluster_detected() -> bool:
@@ -76,7 +82,8 @@ def init_distributed(coordinator_address: str | None = None,
                      num_processes: int | None = None,
                      process_id: int | None = None, *,
                      join_timeout: int = JOIN_TIMEOUT_S,
-                     prog: str = "metarec train") -> bool:
+                     prog: str = "metarec train",
+                     config: dict | None = None) -> bool:
   """Joins a multi-process run (`jax.distributed.initialize`).
 
   With explicit arguments they are used as given; without, a cluster JAX
@@ -88,7 +95,9 @@ def init_distributed(coordinator_address: str | None = None,
   process prints `{prog}: error: ...` (what to check) on stderr and exits
   with status 2 (see the module docstring: the wait cannot be interrupted
   any other way), and so does every process where their `num_processes`
-  differ. Raises InputError for flags that cannot describe a run.
+  differ, or their `config` (a nested dict of the run's config, compared
+  but for `PER_HOST_KEYS`). Raises InputError for flags that cannot
+  describe a run.
   """
   check_process_flags(coordinator_address, num_processes, process_id)
   if join_timeout < 1:
@@ -117,37 +126,39 @@ def init_distributed(coordinator_address: str | None = None,
   finally:
     watchdog.cancel()
   if explicit:
-    problem = _compare_counts(coordinator_address, num_processes, process_id,
-                              join_timeout)
+    problem = _compare_processes(coordinator_address, num_processes,
+                                 process_id, join_timeout, config)
     if problem:
       _give_up(prog, problem)
   return True
 
 
-def _compare_counts(coordinator_address: str, num_processes: int,
-                    process_id: int, join_timeout: int) -> str | None:
+def _compare_processes(coordinator_address: str, num_processes: int,
+                       process_id: int, join_timeout: int,
+                       config: dict | None) -> str | None:
   """What is wrong where the processes were given different
-  `--num_processes` (None where nothing is).
+  `--num_processes` or configs (None where nothing is).
 
   The coordinator's count is the run's, so a process given another count
-  joins it all the same: every process publishes its own count in the
-  coordination service's key-value store and reads the others', so that
-  all of them stop, each naming the processes that disagree.
+  joins it all the same: every process publishes its own count and config
+  in the coordination service's key-value store and reads the others', so
+  that all of them stop, each naming the processes that disagree.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   client = ocp.multihost.get_jax_distributed_client()
-  client.key_value_set(f"metarec/join/{process_id}", str(num_processes))
+  client.key_value_set(f"metarec/join/{process_id}", json.dumps(
+      {"num_processes": num_processes, "config": _flat(config or {})}))
   try:
-    counts = {i: int(client.blocking_key_value_get(f"metarec/join/{i}",
-                                                   join_timeout * 1000))
-              for i in range(jax.process_count())}
+    said = {i: json.loads(client.blocking_key_value_get(
+        f"metarec/join/{i}", join_timeout * 1000))
+            for i in range(jax.process_count())}
+    counts = {i: int(s["num_processes"]) for i, s in said.items()}
   except Exception as e:  # pylint: disable=broad-except
     # A process that joined and died before publishing its count (or an
     # older version that publishes none).
     return (f"process {process_id}: the processes that joined the run at"
             f" {coordinator_address} did not all say their --num_processes"
             f" within {join_timeout} s (--join_timeout): {_first_line(e)}")
-  problem = None
   if set(counts.values()) != {num_processes} or (
       jax.process_count() != num_processes):
     given = ", ".join(f"process {i}: {n}" for i, n in counts.items())
@@ -156,6 +167,9 @@ def _compare_counts(coordinator_address: str, num_processes: int,
                f" --num_processes ({given}; the run has"
                f" {jax.process_count()}, process 0's): give every process"
                " the same --num_processes")
+  else:
+    problem = _config_problem(process_id, {i: s["config"]
+                                           for i, s in said.items()})
   # Every process has read every count before any leaves: process 0 hosts
   # the coordination service, and a process still reading when it exits
   # would see "connection reset" instead of the counts.
@@ -168,6 +182,37 @@ def _compare_counts(coordinator_address: str, num_processes: int,
                  f" within {join_timeout} s (--join_timeout):"
                  f" {_first_line(e)}")
   return problem
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+  """`{"train.lr": 0.002, ...}` of a nested config dict, less
+  `PER_HOST_KEYS`."""
+  out = {}
+  for key, value in config.items():
+    name = prefix + key
+    if isinstance(value, dict):
+      out.update(_flat(value, name + "."))
+    elif name not in PER_HOST_KEYS:
+      out[name] = value
+  return out
+
+
+def _config_problem(process_id: int, configs: dict[int, dict]) -> str | None:
+  """The line naming the keys where a process's config differs from
+  process 0's (None where none does)."""
+  first = configs[0]
+  for i, config in configs.items():
+    keys = sorted(k for k in set(first) | set(config)
+                  if first.get(k) != config.get(k))
+    if keys:
+      shown = ", ".join(f"{k}: {config.get(k)!r} against {first.get(k)!r}"
+                        for k in keys[:3])
+      more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+      return (f"process {process_id}: process {i}'s config differs from"
+              f" process 0's ({shown}{more}): give every process the same"
+              " --config and --config.* overrides (paths of the host's own,"
+              f" {', '.join(sorted(PER_HOST_KEYS))}, may differ)")
+  return None
 
 
 def _first_line(error: Exception) -> str:

@@ -77,3 +77,38 @@ def test_sigterm_while_waiting_for_the_others_ends_the_process_at_once(
     assert proc.returncode == -signal.SIGTERM
   finally:
     proc.kill()
+
+
+def test_processes_given_different_configs_all_stop(tmp_path):
+  """Process 1 with another `train.lr`: it trained silently (the run
+  recorded with process 0's rate); a config of another shape aborted in
+  gloo's C++ ("data size doesn't match", exit 134)."""
+  port = free_port()
+  procs = [start("train", TINY, f"--workdir={tmp_path / 'w'}",
+                 f"--coordinator_address=127.0.0.1:{port}",
+                 "--num_processes=2", f"--process_id={i}",
+                 "--join_timeout=60", *extra)
+           for i, extra in ((0, ()), (1, ("--config.train.lr=0.5",)))]
+  try:
+    outs = [p.communicate(timeout=120) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for i, (p, (_, err)) in enumerate(zip(procs, outs)):
+    assert p.returncode == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(
+        f"metarec train: error: process {i}: process 1's config differs"
+        " from process 0's (train.lr: 0.5 against 0.00"), err
+    assert "give every process the same --config" in last
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_paths_of_the_hosts_own_may_differ():
+  from metarec_jax import cluster  # pylint: disable=g-import-not-at-top
+  a = {"data": {"root": "/mnt/a", "max_support": 32}, "train": {"lr": 1.0}}
+  b = {"data": {"root": "/home/b", "max_support": 32}, "train": {"lr": 1.0}}
+  assert cluster._config_problem(0, {0: cluster._flat(a), 1: cluster._flat(b)}) is None  # pylint: disable=protected-access
+  b["data"]["max_support"] = 64
+  problem = cluster._config_problem(1, {0: cluster._flat(a), 1: cluster._flat(b)})  # pylint: disable=protected-access
+  assert "data.max_support: 64 against 32" in problem
