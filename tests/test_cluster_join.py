@@ -30,14 +30,13 @@ def test_a_process_that_waits_for_others_in_vain_says_what_to_check(
   assert not os.path.exists(workdir)  # nothing was written
 
 
-def test_processes_given_different_counts_all_stop(tmp_path):
-  """Process 1 says 3 processes, process 0 (the coordinator) 2: JAX lets
-  process 1 join process 0's run of 2."""
-  port = free_port()
+def _last_lines_of_two(tmp_path, port, flags):
+  """Starts process 0 and 1 of a run with their own `flags`, waits for
+  both to exit 2; yields (process id, last stderr line, stderr)."""
   procs = [start("train", TINY, f"--workdir={tmp_path / 'w'}",
                  f"--coordinator_address=127.0.0.1:{port}",
-                 f"--num_processes={n}", f"--process_id={i}",
-                 "--join_timeout=60") for i, n in ((0, 2), (1, 3))]
+                 f"--process_id={i}", "--join_timeout=60", *extra)
+           for i, extra in enumerate(flags)]
   try:
     outs = [p.communicate(timeout=120) for p in procs]
   finally:
@@ -45,7 +44,15 @@ def test_processes_given_different_counts_all_stop(tmp_path):
       p.kill()
   for i, (p, (_, err)) in enumerate(zip(procs, outs)):
     assert p.returncode == 2, err
-    last = err.strip().splitlines()[-1]
+    yield i, err.strip().splitlines()[-1], err
+
+
+def test_processes_given_different_counts_all_stop(tmp_path):
+  """Process 1 says 3 processes, process 0 (the coordinator) 2: JAX lets
+  process 1 join process 0's run of 2."""
+  port = free_port()
+  for i, last, err in _last_lines_of_two(tmp_path, port, (
+      ("--num_processes=2",), ("--num_processes=3",))):
     assert last == (
         f"metarec train: error: process {i}: the processes that joined the"
         f" run at 127.0.0.1:{port} were given different --num_processes"
@@ -84,19 +91,9 @@ def test_processes_given_different_configs_all_stop(tmp_path):
   recorded with process 0's rate); a config of another shape aborted in
   gloo's C++ ("data size doesn't match", exit 134)."""
   port = free_port()
-  procs = [start("train", TINY, f"--workdir={tmp_path / 'w'}",
-                 f"--coordinator_address=127.0.0.1:{port}",
-                 "--num_processes=2", f"--process_id={i}",
-                 "--join_timeout=60", *extra)
-           for i, extra in ((0, ()), (1, ("--config.train.lr=0.5",)))]
-  try:
-    outs = [p.communicate(timeout=120) for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  for i, (p, (_, err)) in enumerate(zip(procs, outs)):
-    assert p.returncode == 2, err
-    last = err.strip().splitlines()[-1]
+  for i, last, err in _last_lines_of_two(tmp_path, port, (
+      ("--num_processes=2",),
+      ("--num_processes=2", "--config.train.lr=0.5"))):
     assert last.startswith(
         f"metarec train: error: process {i}: process 1's config differs"
         " from process 0's (train.lr: 0.5 against 0.00"), err
