@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import uuid
 from typing import Any, Callable
@@ -90,14 +91,23 @@ def write_text(path: str | os.PathLike, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
 
 
+# What writers put after the prefix: 8 hex digits (`Folder`) or 8 of
+# `tempfile`'s letters (implicit `data prepare`), `old-` first for an
+# output moved aside.
+_OWN_SUFFIX = re.compile(r"(old-)?[0-9a-z_]{8}")
+
+
 def remove_stale(prefix: str) -> None:
   """Removes what a killed writer left: every entry of `prefix`'s folder
   whose path starts with `prefix` (`.NAME.tmp-`, ...)."""
-  parent = os.path.dirname(prefix)
+  parent, start = os.path.split(prefix)
   for entry in os.listdir(parent):
-    stale = os.path.join(parent, entry)
-    if stale.startswith(prefix):
-      remove(stale)
+    # Only the names a writer of this output makes (`_OWN_SUFFIX`): an
+    # output named `NAME.tmp-x` has a lock and a temporary folder that
+    # start with `prefix` too, and its writer may be running.
+    if entry.startswith(start) and _OWN_SUFFIX.fullmatch(
+        entry[len(start):]):
+      remove(os.path.join(parent, entry))
 
 
 def remove(path: str) -> None:

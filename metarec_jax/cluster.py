@@ -39,8 +39,12 @@ log = logging.getLogger("metarec")
 # How much later than our watchdog JAX's own timeout fires.
 JAX_TIMEOUT_MARGIN_S = 60
 JOIN_TIMEOUT_S = 300  # JAX's default initialization timeout
-# Config keys that name a path on the process's own host: they may differ.
-PER_HOST_KEYS = frozenset({"data.root", "data.store", "distill.teacher"})
+# Config keys each host may set for itself: paths on its own disk (only
+# whether they are set is compared: a teacher on one process and none on
+# another would train different steps) and its input threads (a batch is a
+# function of its step alone).
+PER_HOST_PATHS = frozenset({"data.root", "data.store", "distill.teacher"})
+PER_HOST_KEYS = PER_HOST_PATHS | {"train.input_workers", "train.prefetch"}
 
 
 def cluster_detected() -> bool:
@@ -152,13 +156,19 @@ def _compare_processes(coordinator_address: str, num_processes: int,
     said = {i: json.loads(client.blocking_key_value_get(
         f"metarec/join/{i}", join_timeout * 1000))
             for i in range(jax.process_count())}
-    counts = {i: int(s["num_processes"]) for i, s in said.items()}
+    counts = {i: int(s["num_processes"]) for i, s in said.items()
+              if isinstance(s, dict)}
   except Exception as e:  # pylint: disable=broad-except
     # A process that joined and died before publishing its count (or an
     # older version that publishes none).
     return (f"process {process_id}: the processes that joined the run at"
             f" {coordinator_address} did not all say their --num_processes"
             f" within {join_timeout} s (--join_timeout): {_first_line(e)}")
+  if len(counts) < len(said):  # a bare count: metarec before 2026-12-04
+    return (f"process {process_id}: the processes that joined the run at"
+            f" {coordinator_address} run different versions of metarec"
+            f" (process {min(set(said) - set(counts))} says only its"
+            " --num_processes): run the same version on every host")
   if set(counts.values()) != {num_processes} or (
       jax.process_count() != num_processes):
     given = ", ".join(f"process {i}: {n}" for i, n in counts.items())
@@ -186,12 +196,14 @@ def _compare_processes(coordinator_address: str, num_processes: int,
 
 def _flat(config: dict, prefix: str = "") -> dict:
   """`{"train.lr": 0.002, ...}` of a nested config dict, less
-  `PER_HOST_KEYS`."""
+  `PER_HOST_KEYS` (`PER_HOST_PATHS` only as set or not)."""
   out = {}
   for key, value in config.items():
     name = prefix + key
     if isinstance(value, dict):
       out.update(_flat(value, name + "."))
+    elif name in PER_HOST_PATHS:
+      out[name] = "(set)" if value else "(not set)"
     elif name not in PER_HOST_KEYS:
       out[name] = value
   return out
@@ -210,8 +222,8 @@ def _config_problem(process_id: int, configs: dict[int, dict]) -> str | None:
       more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
       return (f"process {process_id}: process {i}'s config differs from"
               f" process 0's ({shown}{more}): give every process the same"
-              " --config and --config.* overrides (paths of the host's own,"
-              f" {', '.join(sorted(PER_HOST_KEYS))}, may differ)")
+              " --config and --config.* overrides (each host's own paths"
+              " and input threads may differ)")
   return None
 
 

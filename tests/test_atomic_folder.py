@@ -36,3 +36,16 @@ def test_a_stale_link_left_by_a_killed_writer_is_removed(tmp_path):
   os.symlink(tmp_path / "target", tmp_path / ".out.tmp-old-deadbeef")
   _write(tmp_path / "out", "new")
   assert sorted(os.listdir(tmp_path)) == ["out", "target"]
+
+
+def test_a_held_lock_of_a_like_named_output_is_not_removed(tmp_path):
+  """The lock and the temporary folder of an output named `out.tmp-x`
+  start with `out`'s temporary prefix: clearing `out`'s leftovers must not
+  take them away while their writer runs."""
+  with atomic.Folder(tmp_path / "out.tmp-x") as first:
+    open(first.path("half.txt"), "w").close()
+    _write(tmp_path / "out", "second")
+    assert (tmp_path / ".out.tmp-x.lock").exists()
+    assert os.path.exists(first.path("half.txt"))  # its folder too
+    first.finish("record.json", {"text": "first"})
+  assert sorted(os.listdir(tmp_path)) == ["out", "out.tmp-x"]

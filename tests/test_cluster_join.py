@@ -101,11 +101,47 @@ def test_processes_given_different_configs_all_stop(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
-def test_paths_of_the_hosts_own_may_differ():
+def test_paths_and_input_threads_of_the_hosts_own_may_differ():
   from metarec_jax import cluster  # pylint: disable=g-import-not-at-top
-  a = {"data": {"root": "/mnt/a", "max_support": 32}, "train": {"lr": 1.0}}
-  b = {"data": {"root": "/home/b", "max_support": 32}, "train": {"lr": 1.0}}
-  assert cluster._config_problem(0, {0: cluster._flat(a), 1: cluster._flat(b)}) is None  # pylint: disable=protected-access
+
+  def problem(a, b):
+    return cluster._config_problem(1, {0: cluster._flat(a), 1: cluster._flat(b)})  # pylint: disable=protected-access
+
+  a = {"data": {"root": "/mnt/a", "max_support": 32},
+       "train": {"lr": 1.0, "input_workers": 0}, "distill": {"teacher": ""}}
+  b = {"data": {"root": "/home/b", "max_support": 32},
+       "train": {"lr": 1.0, "input_workers": 4}, "distill": {"teacher": ""}}
+  assert problem(a, b) is None
   b["data"]["max_support"] = 64
-  problem = cluster._config_problem(1, {0: cluster._flat(a), 1: cluster._flat(b)})  # pylint: disable=protected-access
-  assert "data.max_support: 64 against 32" in problem
+  assert "data.max_support: 64 against 32" in problem(a, b)
+  b["data"]["max_support"] = 32
+  b["distill"]["teacher"] = "/runs/teacher"  # a teacher on one host only
+  assert "distill.teacher: '(set)' against '(not set)'" in problem(a, b)
+
+
+def test_a_process_of_an_older_metarec_is_named_as_such(monkeypatch):
+  """Before configs were compared a process published its bare count."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from metarec_jax import cluster  # pylint: disable=g-import-not-at-top
+
+  class Store:
+    values = {"metarec/join/1": "2"}
+
+    def key_value_set(self, key, value):
+      self.values[key] = value
+
+    def blocking_key_value_get(self, key, timeout_ms):
+      del timeout_ms
+      return self.values[key]
+
+    def wait_at_barrier(self, name, timeout_ms):
+      del name, timeout_ms
+
+  monkeypatch.setattr(ocp.multihost, "get_jax_distributed_client", Store)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  problem = cluster._compare_processes("h:1", 2, 0, 60, {"train": {}})  # pylint: disable=protected-access
+  assert problem == (
+      "process 0: the processes that joined the run at h:1 run different"
+      " versions of metarec (process 1 says only its --num_processes): run"
+      " the same version on every host")

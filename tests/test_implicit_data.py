@@ -64,12 +64,14 @@ def test_an_implicit_prepare_cleans_up_after_a_killed_one(tmp_path):
   (`.NAME.ratings-*`) is removed by the next build of the same output."""
   datafiles.write(str(tmp_path / "clicks.csv"), "user,item\nu1,a\nu2,b\n")
   data = generic_config(tmp_path, ratings="clicks.csv", rating_col="")
-  left = tmp_path / ".store.ratings-killed" / "store"
+  # `tempfile.mkdtemp`'s 8 letters, as a killed build leaves them.
+  left = tmp_path / ".store.ratings-k1lled_x" / "store"
   left.mkdir(parents=True)
   (tmp_path / ".other.ratings-x").mkdir()  # another output's: kept
+  (tmp_path / ".store.ratings-x.lock").touch()  # not a build's: kept
   prepare.prepare(data, tmp_path / "store")
-  assert sorted(os.listdir(tmp_path)) == [".other.ratings-x", "clicks.csv",
-                                          "store"]
+  assert sorted(os.listdir(tmp_path)) == [
+      ".other.ratings-x", ".store.ratings-x.lock", "clicks.csv", "store"]
 
 
 def test_a_second_implicit_prepare_of_one_output_is_refused(tmp_path):
@@ -79,7 +81,7 @@ def test_a_second_implicit_prepare_of_one_output_is_refused(tmp_path):
   killed run's, and the first failed on a missing file)."""
   datafiles.write(str(tmp_path / "clicks.csv"), "user,item\nu1,a\nu2,b\n")
   data = generic_config(tmp_path, ratings="clicks.csv", rating_col="")
-  building = tmp_path / ".store.ratings-first" / "store"
+  building = tmp_path / ".store.ratings-first_12" / "store"
   building.mkdir(parents=True)
   out = str(tmp_path / "store")
   with atomic.Exclusive(str(tmp_path / ".store.ratings.lock"), out):

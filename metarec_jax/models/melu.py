@@ -65,8 +65,10 @@ class Embedder(nn.Module):
   Tables of at most `onehot_vocab` rows (None: the backend's,
   `backend.Defaults.onehot_vocab`; 0 on CPU) are read by a one-hot matrix
   product, exact (`Precision.HIGHEST`), whose gradient is a matmul rather
-  than a scatter-add that many rows contend on; the values and gradients
-  are the gather's.
+  than a scatter-add that many rows contend on: the gather's values, and
+  its gradients up to the order of summation (under
+  `model.compute_dtype=bfloat16` the matmul's accumulation is the more
+  accurate of the two).
   """
 
   fields: tuple[FeatureSpec, ...]
