@@ -202,3 +202,21 @@ def test_serving_negatives_follow_the_support_not_the_row():
   np.testing.assert_array_equal(negatives[0], negatives[2])
   assert set(negatives[0]) != set(negatives[1])
   assert labels[:, 3:].sum() == 0 and out_mask.all()
+
+
+def test_training_without_any_possible_negative_is_refused(tmp_path):
+  """Every customer bought every product: no negative can be drawn, a
+  ranking loss learned nothing (BPR's loss and gradient exactly 0) and
+  every ranking metric, the random baseline's too, read 1, exit 0."""
+  from cli_run import assert_one_line_error, metarec_here  # pylint: disable=g-import-not-at-top
+  lines = ["user,item"] + [f"U{u},I{i}" for u in range(60) for i in range(8)]
+  datafiles.write(str(tmp_path / "clicks.csv"), "\n".join(lines) + "\n")
+  out = metarec_here(
+      "train", f"--config={config_path('tiny')}",
+      f"--workdir={tmp_path / 'run'}", "--config.data.name=generic",
+      f"--config.data.root={tmp_path}",
+      "--config.data.generic.ratings=clicks.csv",
+      "--config.data.generic.rating_col=", "--config.data.implicit.enabled=true",
+      "--config.model.loss=bce", "--config.train.num_steps=2")
+  assert_one_line_error(out, "implicit feedback: each of the ")
+  assert "interacted with every one of the 8 existing items" in out.stderr

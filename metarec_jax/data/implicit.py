@@ -29,6 +29,7 @@ import shutil
 import numpy as np
 
 from metarec_jax import config_io
+from metarec_jax.errors import InputError
 from metarec_jax.data import hashing
 from metarec_jax.data import store as store_lib
 
@@ -231,7 +232,29 @@ def training_sampler(store: store_lib.TaskStore, split, sampling: str,
              if sampling == "popularity" else None)
   if interacted is None:
     interacted = interacted_keys(store)
+  _refuse_without_negatives(store, split, pool, interacted)
   return NegativeSampler(interacted, store.num_items, pool, weights)
+
+
+def _refuse_without_negatives(store: store_lib.TaskStore, split,
+                              pool: np.ndarray,
+                              interacted: np.ndarray) -> None:
+  """InputError where no training user has an existing item they never
+  interacted with: there is no negative to contrast a positive with, and
+  a ranking loss would learn nothing while every ranking metric read 1 (a
+  shop file where every customer bought every product)."""
+  num_items = store.num_items
+  users = np.flatnonzero(split.train_counts() > 0)
+  in_pool = np.zeros(num_items, bool)
+  in_pool[pool] = True
+  seen = interacted[in_pool[interacted % num_items]] // num_items
+  free = len(pool) - np.bincount(seen, minlength=store.num_users)[users]
+  if len(users) and not (free > 0).any():
+    raise InputError(
+        f"implicit feedback: each of the {len(users):,} training users"
+        f" interacted with every one of the {len(pool):,} existing items,"
+        " so no negative can be drawn and a ranking loss has nothing to"
+        " learn: the data needs items a user has not interacted with")
 
 
 def eval_candidates(interacted: np.ndarray, num_items: int,
