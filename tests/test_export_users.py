@@ -122,7 +122,7 @@ def test_writer_swaps_in_whole_folders_only(tmp_path):
       w.save_array("a.npy", np.arange(5))
       raise RuntimeError("killed")
   np.testing.assert_array_equal(np.load(out / "a.npy"), np.arange(3))
-  stale = tmp_path / ".out.tmp-dead"
+  stale = tmp_path / ".out.tmp-deadbeef"  # as a killed writer leaves it
   stale.mkdir()
   with layout.ExportWriter(out) as w:
     assert not stale.exists()
