@@ -209,18 +209,18 @@ class Folder:
       raise
     # A signal swallowed in a finalizer ends the process at once: this
     # folder goes first (`interrupts.add_cleanup`).
-    self._cleanup = interrupts.add_cleanup(self._abandon)
+    self._cleanup = interrupts.add_cleanup(self._release)
     return self
 
-  def _abandon(self) -> None:
+  def _release(self) -> None:
+    """Removes the temporary folder (gone already once `swap` renamed it)
+    and lets go of the lock: on leaving the block, and on an abrupt end."""
     shutil.rmtree(self.tmp, ignore_errors=True)
     self._lock.__exit__(None, None, None)
 
   def __exit__(self, exc_type, exc, tb):
     interrupts.remove_cleanup(self._cleanup)
-    if not self._finished:
-      shutil.rmtree(self.tmp, ignore_errors=True)
-    self._lock.__exit__(None, None, None)
+    self._release()
     name = getattr(exc, "filename", None)
     if isinstance(exc, OSError) and (
         name is None or str(name).startswith(self.tmp)):
