@@ -62,8 +62,8 @@ class Embedder(nn.Module):
   zero: an item never rated in training (a new item) then contributes
   nothing rather than a random vector that was never trained.
 
-  Tables of at most `onehot_vocab` rows (None: the backend's,
-  `backend.Defaults.onehot_vocab`; 0 on CPU) are read by a one-hot matrix
+  Tables of at most the backend's `onehot_vocab` rows
+  (`backend.Defaults`; 0 on CPU, so never there) are read by a one-hot matrix
   product, exact (`Precision.HIGHEST`), whose gradient is a matmul rather
   than a scatter-add that many rows contend on: the gather's values, and
   its gradients up to the order of summation (under
@@ -74,13 +74,11 @@ class Embedder(nn.Module):
   fields: tuple[FeatureSpec, ...]
   dim: int
   std: float = 1.0
-  onehot_vocab: int | None = None
 
   @nn.compact
   def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
     parts = []
-    onehot_vocab = (backend.defaults().onehot_vocab
-                    if self.onehot_vocab is None else self.onehot_vocab)
+    onehot_vocab = backend.defaults().onehot_vocab
     for spec in self.fields:
       init = (nn.initializers.zeros if spec.name == ITEM_ID
               else nn.initializers.normal(stddev=self.std))
