@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec
-from metarec_jax.models.melu import Decision, Embedder
+from metarec_jax.models.melu import Decision, Embedder, gather_rows
 
 INTERACTIONS = ("dot", "mlp")
 
@@ -80,7 +80,7 @@ class Item(nn.Module):
     # and with features on the item is represented by its features alone.
     ids = nn.Embed(self.num_items, self.dim, name="id",
                    embedding_init=nn.initializers.zeros)
-    vec = ids(idx)
+    vec = gather_rows(ids, idx)
     if self.fields:
       feats = Embedder(self.fields, self.dim, name="features")(features)
       project = nn.Dense(self.dim, name="project",
@@ -91,7 +91,7 @@ class Item(nn.Module):
       return vec, jnp.zeros(vec.shape[:-1], vec.dtype)
     bias = nn.Embed(self.num_items, 1, name="bias",
                     embedding_init=nn.initializers.zeros)
-    return vec, bias(idx)[..., 0]
+    return vec, gather_rows(bias, idx)[..., 0]
 
 
 class IDEmb(nn.Module):

@@ -84,8 +84,9 @@ class Embedder(nn.Module):
               else nn.initializers.normal(stddev=self.std))
       table = nn.Embed(spec.vocab, self.dim, name=spec.name,
                        embedding_init=init)
-      lookup = (functools.partial(_onehot_lookup, table)
-                if spec.vocab <= onehot_vocab else table)
+      lookup = functools.partial(
+          _onehot_lookup if spec.vocab <= onehot_vocab else gather_rows,
+          table)
       idx = features[spec.name]
       if spec.name == ITEM_ID:
         # Index 0 (padding, a hidden ID) embeds to zero, like an item that
@@ -99,6 +100,28 @@ class Embedder(nn.Module):
       else:
         parts.append(lookup(idx))
     return jnp.concatenate(parts, axis=-1)
+
+
+def gather_rows(table: nn.Embed, idx: jax.Array) -> jax.Array:
+  """`table(idx)`, with the gradient summed in float32 whatever the
+  table's dtype.
+
+  Under `model.compute_dtype=bfloat16` the table arrives in bfloat16
+  (`models.precision`), and a gather's gradient is a scatter-add: in
+  bfloat16 every row's contribution would round to an 8-bit mantissa as
+  it is added, and a GPU adds 16-bit values by compare-and-swap loops
+  rather than native atomics. Gathering from the table upcast to float32
+  (exact) and casting the rows back (exact: they are bfloat16 values)
+  gives the same values and moves the scatter-add to float32; the summed
+  gradient rounds to bfloat16 once. A float32 table is read as it is.
+  """
+  embedding = table.embedding
+  if table.num_embeddings == 1:  # as `nn.Embed` reads a one-row table
+    return jnp.broadcast_to(embedding[0], idx.shape + embedding.shape[1:])
+  if jnp.finfo(embedding.dtype).bits >= 32:
+    return jnp.take(embedding, idx, axis=0)
+  return jnp.take(embedding.astype(jnp.float32), idx,
+                  axis=0).astype(embedding.dtype)
 
 
 def _onehot_lookup(table: nn.Embed, idx: jax.Array) -> jax.Array:
