@@ -256,12 +256,22 @@ RELATIONS: tuple[R.Relation, ...] = (
 OPEN_SECTIONS = {section: R.Int(1) for section in config_io.OPEN_SECTIONS}
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def validate(config: ml_collections.ConfigDict, *,
+             sections: tuple[str, ...] | None = None) -> None:
   """Checks every key's type and range, then the facts between keys.
 
   Cheap and free of side effects: commands call it before they build or
   create anything. Keys without a rule (a config variant's own extras) are
   left to the code that reads them.
+
+  Args:
+    config: the config to check.
+    sections: the top-level sections the command reads (None: every one,
+      as the commands that build a model do). A relation is checked only
+      where all of its keys lie in them: `metarec data prepare` reads the
+      `data` section alone, so a fact between the data and the model
+      (implicit feedback trains a ranking loss) is not its to demand. Every
+      key's own rule is checked whatever the sections.
 
   Raises:
     InputError: one line naming the key, its value and what is allowed.
@@ -274,6 +284,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if problem is not None:
       raise InputError(f"config key {key}={excerpt(value)}: {problem}")
   for relation in RELATIONS:
+    if sections is not None and not all(
+        k.partition(".")[0] in sections for k in relation.keys):
+      continue
     if all(k in values for k in relation.keys):
       problem = relation.problem(tuple(values[k] for k in relation.keys))
       if problem is not None:

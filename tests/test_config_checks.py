@@ -165,3 +165,35 @@ def test_a_config_file_that_exits_is_an_error_naming_it(tmp_path):
   with pytest.raises(InputError) as e:
     config_io.load_config_file(str(path))
   assert e.value.message == f"{path}: error while loading: SystemExit: 3"
+
+
+def test_preparing_a_click_log_needs_no_model_keys(tmp_path, capsys):
+  """`metarec data prepare` of a click log (implicit, the default
+  model.loss=mse) was refused for its model.loss, a key of the model it
+  does not build; `train` with the same keys is still refused."""
+  import datafiles  # pylint: disable=g-import-not-at-top
+  datafiles.write(str(tmp_path / "clicks.csv"),
+                  "user,item\nu1,a\nu1,b\nu2,a\nu3,c\n")
+  keys = [f"--config.data.root={tmp_path}", "--config.data.name=generic",
+          "--config.data.generic.ratings=clicks.csv",
+          "--config.data.generic.rating_col=",
+          "--config.data.implicit.enabled=true"]
+  status, err = run_cli(capsys, "data", "prepare", TINY, *keys,
+                        f"--out={tmp_path / 'store'}")
+  assert status == 0, err
+  assert (tmp_path / "store" / "manifest.json").exists()
+  workdir = tmp_path / "run"
+  status, err = run_cli(capsys, "train", TINY, f"--workdir={workdir}", *keys)
+  assert status == 2
+  assert err.strip().splitlines() == [
+      "metarec train: error: implicit feedback (data.implicit.enabled=true)"
+      " trains a ranking loss: model.loss (and model.query_loss, if set)"
+      " bce, bpr or softmax; a rating loss on its 1/0 labels diverges in"
+      " the inner loop (model.loss='mse', model.query_loss='',"
+      " data.implicit.enabled=True)"]
+  assert not workdir.exists()
+  # A data-only relation still holds for prepare.
+  status, err = run_cli(capsys, "data", "prepare", TINY, *keys,
+                        "--config.data.implicit.threshold=4",
+                        f"--out={tmp_path / 'other'}")
+  assert status == 2 and "data.generic.rating_col is empty" in err

@@ -77,7 +77,9 @@ def _prepare(fv, config_file, overrides) -> dict:
   if config_file:
     config = config_io.apply_overrides(
         config_io.load_config_file(config_file), overrides)
-    config_reference.validate(config)
+    # Only the data section's relations: preparing a store builds no model,
+    # so a model key (model.loss) is no reason to refuse it.
+    config_reference.validate(config, sections=("data",))
     data = config.data
   elif overrides:
     raise InputError("--config.KEY=VALUE needs --config=FILE")
