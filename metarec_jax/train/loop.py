@@ -138,7 +138,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       reporter.drop_rows_after(restored_step or 0)
       # HParams once per start (TensorBoard keeps the first).
       reporter.hparams(reporting.flat_hparams(config_record),
-                       telemetry.HPARAM_METRICS,
+                       telemetry.hparam_metrics(exp.implicit.enabled),
                        descriptions=config_meanings.MEANINGS)
       if is_lead:
         config_io.write_workdir_config(workdir, config)

@@ -24,13 +24,28 @@ import numpy as np
 
 from metarec_jax import runtime
 from metarec_jax.meta import paths
+from metarec_jax.workdir.criterion import RANKING_CRITERION
 
 PyTree = Any
 
 # The HParams table's metric columns: what a hyperparameter search compares.
-HPARAM_METRICS = ("val/mae", "val/mae_unadapted", "val/rmse", "val/ndcg@3",
-                  "train/loss", "train/query_loss_unadapted",
+_TRAIN_METRICS = ("train/loss", "train/query_loss_unadapted",
                   "train/tasks_per_sec")
+HPARAM_METRICS = ("val/mae", "val/mae_unadapted", "val/rmse",
+                  "val/ndcg@3") + _TRAIN_METRICS
+# Implicit feedback's: its validation logs no rating metric, only the
+# top-k metrics of eval.scalar_metrics (`val/ranking/{full,sampled}/...`),
+# the criterion that selects checkpoints first.
+RANKING_HPARAM_METRICS = (
+    f"val/ranking/full/{RANKING_CRITERION}", "val/ranking/full/hr@10",
+    "val/ranking/full/recall@20", "val/ranking/full/mrr",
+    f"val/ranking/sampled/{RANKING_CRITERION}") + _TRAIN_METRICS
+
+
+def hparam_metrics(implicit: bool) -> tuple[str, ...]:
+  """The HParams table's metric tags of a run: the ranking metrics its
+  validation logs on implicit feedback (`implicit`), else the rating ones."""
+  return RANKING_HPARAM_METRICS if implicit else HPARAM_METRICS
 
 
 def _leaves_to_host(tree: PyTree | None) -> dict[str, np.ndarray]:
