@@ -1,8 +1,10 @@
 """`metarec plot`: PNG figures of a work directory, in `WORKDIR/plots/`.
 
 - `learning_curves.png`: from `metrics.jsonl`, the meta-training loss
-  after adaptation and the query loss before it, and the validation MAE
-  after and before adaptation, against the step.
+  after adaptation and the query loss before it (labelled with the run's
+  query loss, from its `config.json`), and the validation MAE after and
+  before adaptation (implicit feedback: the validation nDCG@10, full
+  catalog and sampled, what selects its checkpoints), against the step.
 - `support_curve.png`: from `eval/support_curve.json` (written by the
   final evaluation of `metarec train` and by `metarec eval`), the query MAE
   against the number of support ratings, one panel per scenario: the
@@ -23,21 +25,32 @@ from typing import Any
 
 import numpy as np
 
-from metarec_jax import atomic
+from metarec_jax import atomic, config_io
 from metarec_jax.errors import InputError
 from metarec_jax.eval import support_curve
+from metarec_jax.workdir.criterion import RANKING_CRITERION
 
 PLOTS = "plots"
 
-# (panel title, y label, ((tag, legend label), ...))
+# (panel title, y label, ((tag, legend label), ...)); a panel is drawn
+# where the run logged one of its tags: a rating run's validation logs
+# `val/mae`, an implicit run's only `val/ranking/...`. `{loss}` is the
+# run's query loss (`loss_label`).
 LEARNING_PANELS = (
-    ("meta-training", "query loss (MSE)",
+    ("meta-training", "query loss ({loss})",
      (("train/loss", "after adaptation (meta-loss)"),
       ("train/query_loss_unadapted", "before adaptation"))),
     ("validation", "query MAE",
      (("val/mae", "after adaptation"),
       ("val/mae_unadapted", "before adaptation"))),
+    ("validation", "nDCG@10 after adaptation",
+     ((f"val/ranking/full/{RANKING_CRITERION}",
+       "full catalog (selects checkpoints)"),
+      (f"val/ranking/sampled/{RANKING_CRITERION}", "sampled negatives"))),
 )
+# How a y label names each of `models.recommender.LOSSES`.
+LOSS_NAMES = {"mse": "MSE", "huber": "Huber", "bce": "BCE", "bpr": "BPR",
+              "softmax": "sampled softmax"}
 SUPPORT_LINES = (("mae", "adapted"), ("mae_unadapted", "unadapted"),
                  ("item_mean_user_bias", "item mean + user bias"))
 # Implicit feedback's curve (eval.support_curve._ranking_curve).
@@ -106,10 +119,27 @@ def _save(fig, path: str) -> str:
   return path
 
 
-def plot_learning_curves(series: dict, path: str) -> str | None:
-  """Writes the learning curves of `read_metrics` output (None: nothing)."""
-  panels = [(title, ylabel, [(tag, label) for tag, label in lines
-                             if tag in series])
+def loss_label(config) -> str:
+  """How the meta-training panel names a run's query loss (`config`: its
+  `config.json`): `model.query_loss` (else `model.loss`), plus the
+  listwise term `model.query_rank_weight` adds to it."""
+  kind = config.model.query_loss or config.model.loss
+  label = LOSS_NAMES.get(kind, str(kind))
+  weight = float(config.model.query_rank_weight)
+  return f"{label} + {weight:g} x listwise" if weight else label
+
+
+def plot_learning_curves(series: dict, path: str,
+                         loss: str = "meta-loss") -> str | None:
+  """Writes the learning curves of `read_metrics` output (None: nothing).
+
+  Args:
+    series: `read_metrics` output.
+    path: the PNG to write.
+    loss: the y label's name of the query loss (`loss_label`).
+  """
+  panels = [(title, ylabel.format(loss=loss),
+             [(tag, label) for tag, label in lines if tag in series])
             for title, ylabel, lines in LEARNING_PANELS]
   panels = [p for p in panels if p[2]]
   if not panels:
@@ -193,6 +223,11 @@ def plot_workdir(workdir: str) -> list[str]:
       is not installed.
   """
   series = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  # The loss the run trained (a bare metrics.jsonl, without the config
+  # `metarec train` writes beside it, gets a label without its kind).
+  loss = "meta-loss"
+  if os.path.exists(os.path.join(workdir, config_io.WORKDIR_CONFIG)):
+    loss = loss_label(config_io.read_workdir_config(workdir))
   curve_path = os.path.join(workdir, support_curve.FILENAME)
   try:  # every input read before any figure is written
     record = support_curve.read(workdir)
@@ -208,8 +243,8 @@ def plot_workdir(workdir: str) -> list[str]:
   _figure_class()  # fail early, before any output, without matplotlib
   out_dir = os.path.join(workdir, PLOTS)
   os.makedirs(out_dir, exist_ok=True)
-  written = [plot_learning_curves(series,
-                                  os.path.join(out_dir, "learning_curves.png"))]
+  written = [plot_learning_curves(
+      series, os.path.join(out_dir, "learning_curves.png"), loss)]
   if curves is not None:
     written.append(plot_support_curve(
         curves, os.path.join(out_dir, "support_curve.png")))

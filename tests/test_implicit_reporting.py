@@ -64,3 +64,27 @@ def test_hparams_metrics_of_an_implicit_run_are_the_ranking_ones_it_logs(
   assert set(tags) <= logged_tags(click_run)
   assert tags == list(telemetry.hparam_metrics(True))
   assert telemetry.hparam_metrics(False) == telemetry.HPARAM_METRICS
+
+
+def test_plot_names_the_runs_loss_and_draws_its_ranking_validation(
+    click_run, monkeypatch):
+  """The training panel said "query loss (MSE)" for a BPR run, and no
+  validation panel was drawn (an implicit run logs no val/mae)."""
+  from metarec_jax import plot  # pylint: disable=g-import-not-at-top
+  figures = {}
+
+  def keep(fig, path):
+    figures[os.path.basename(path)] = fig
+    return path
+
+  monkeypatch.setattr(plot, "_save", keep)
+  plot.plot_workdir(click_run)
+  axes = figures["learning_curves.png"].axes
+  assert [(ax.get_title(), ax.get_ylabel()) for ax in axes] == [
+      ("meta-training", "query loss (BPR)"),
+      ("validation", "nDCG@10 after adaptation")]
+  steps, _ = plot.read_metrics(os.path.join(click_run, "metrics.jsonl"))[
+      "val/ranking/full/ndcg@10"]
+  full = axes[1].get_lines()[0]
+  assert full.get_label().startswith("full catalog")
+  assert full.get_xdata().tolist() == steps.tolist() == [0, 3, 6]

@@ -123,3 +123,15 @@ def test_a_step_beyond_any_integer_is_a_bad_line(tmp_path):
   with pytest.raises(InputError) as e:
     plot.read_metrics(str(path))
   assert e.value.line == 2
+
+
+def test_the_loss_label_names_the_query_loss_and_its_listwise_term():
+  from metarec_jax import config_io  # pylint: disable=g-import-not-at-top
+  from conftest import config_path  # pylint: disable=g-import-not-at-top
+  config = config_io.load_config_file(config_path("tiny"))
+  config.model.loss, config.model.query_rank_weight = "mse", 0.0
+  assert plot.loss_label(config) == "MSE"
+  config.model.query_loss, config.model.query_rank_weight = "huber", 20.0
+  assert plot.loss_label(config) == "Huber + 20 x listwise"
+  config.model.update(loss="softmax", query_loss="", query_rank_weight=0.0)
+  assert plot.loss_label(config) == "sampled softmax"
