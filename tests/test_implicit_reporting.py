@@ -88,3 +88,28 @@ def test_plot_names_the_runs_loss_and_draws_its_ranking_validation(
   full = axes[1].get_lines()[0]
   assert full.get_label().startswith("full catalog")
   assert full.get_xdata().tolist() == steps.tolist() == [0, 3, 6]
+
+
+def test_eval_says_when_its_sampled_ranking_is_no_sample(click_run):
+  """60 items, 20 to 40 clicks a user: fewer never-clicked items than the
+  default 100 negatives per held-out positive, so `sampled` ranked every
+  one of them and silently equalled `full`. The metrics are unchanged;
+  the scenario counts such tasks and eval warns."""
+  from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  report = eval_lib.evaluate_workdir(click_run, support_curve=False)
+  with_tasks = {n: m for n, m in report["scenarios"].items() if m["tasks"]}
+  assert with_tasks
+  for name, m in with_tasks.items():
+    r = m["ranking"]
+    assert r["sampled_exhausted"] == m["tasks"], name
+    assert r["sampled"] == r["full"], name  # what went unsaid
+    assert any(w.startswith(f"{name}: the sampled ranking is no sample for"
+                            f" {m['tasks']} of {m['tasks']} task(s)")
+               for w in report["warnings"]), report["warnings"]
+  # One negative per positive leaves a sample: nothing to say.
+  report = eval_lib.evaluate_workdir(
+      click_run, overrides=[("data.implicit.eval_negatives", "1")],
+      support_curve=False)
+  for name, m in report["scenarios"].items():
+    assert m["ranking"]["sampled_exhausted"] == 0, name
+  assert not any("no sample" in w for w in report["warnings"])

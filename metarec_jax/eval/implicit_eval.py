@@ -8,7 +8,11 @@ score the whole catalog, and rank the held-out positives
   except the user's support items;
 - `sampled`: against `data.implicit.eval_negatives` items per held-out
   positive that the user never interacted with (uniform, without
-  replacement, seeded by `eval.seed`).
+  replacement, seeded by `eval.seed`). Where the task's item class has
+  fewer such items, every one of them is a candidate: that task's sampled
+  ranking is no sample but the full one less the user's other
+  interactions; the scenario's `sampled_exhausted` counts those tasks
+  (`eval.verdicts` warns).
 
 The same candidates are ranked by the training users' popularity (the
 positives' counts over the training rows: the most popular first) and by a
@@ -139,12 +143,15 @@ class RankingEvaluator:
                    should_stop: Callable[[], bool] | None = None
                    ) -> dict | None:
     """Per-task metric arrays: `{"model"|"popularity"|"random": {"full"|
-    "sampled": {metric: f64 [N]}}}` (None if stopped early)."""
+    "sampled": {metric: f64 [N]}}, "exhausted": bool [N]}` (None if
+    stopped early); `exhausted`: the task's sampled candidates are every
+    item of its class the user never interacted with, fewer than asked."""
     n, num_items = len(tasks), self.num_items
     keys = ranking.metric_keys()
     out = {who: {how: {k: np.full(n, np.nan) for k in keys}
                  for how in ("full", "sampled")}
            for who in ("model",) + BASELINES}
+    out["exhausted"] = np.zeros(n, bool)
     params, inner = meta_params["model"], meta_params.get("inner")
     user_tables = self.exp.tables.user
     for index, batch, items in taskset_batches(
@@ -174,9 +181,14 @@ class RankingEvaluator:
       seen[np.broadcast_to(rows, s_items.shape)[s_mask], s_items[s_mask]] = (
           True)
       full = (self.item_class[None, :] == classes[:k, None]) & ~seen
+      asked = self.spec.eval_negatives * positive.sum(1)
       drawn = implicit.eval_candidates(
           self.interacted, num_items, users[:k], self.pools, classes[:k],
-          self.spec.eval_negatives * positive.sum(1), self.seed)
+          asked, self.seed)
+      # Fewer drawn than asked: the class ran out of never-seen items, so
+      # the "sample" holds all of them (a task without held-out positives
+      # asks for none and is left out of the metrics).
+      out["exhausted"][index] = drawn.sum(1) < asked
       sampled = positive | drawn
       random = hashing.uniform(self.seed, users[:k, None],
                                np.arange(num_items)[None, :], _RANDOM_STREAM)
@@ -190,9 +202,12 @@ class RankingEvaluator:
     return out
 
   def scenario_metrics(self, per_task: dict) -> dict:
-    """The `ranking` entry of a scenario's JSON from `task_metrics`."""
+    """The `ranking` entry of a scenario's JSON from `task_metrics`, with
+    `sampled_exhausted`: how many tasks' sampled candidates are every item
+    the user never interacted with (their `sampled` is no sample)."""
     def both(who):
       return {how: ranking.summarise(per_task[who][how])
               for how in ("full", "sampled")}
     return {**both("model"),
-            "baselines": {who: both(who) for who in BASELINES}}
+            "baselines": {who: both(who) for who in BASELINES},
+            "sampled_exhausted": int(per_task["exhausted"].sum())}

@@ -103,6 +103,7 @@ def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
     if "ranking" in m:
       out += _ranking_warning(name, m["ranking"], tasks, min_tasks,
                               model_config)
+      out += _sampled_warning(name, m["ranking"], tasks)
       continue
     base = (m.get("baselines") or {}).get(BASELINE, {}).get("mae")
     mae = m.get("mae")
@@ -175,3 +176,20 @@ def _ranking_warning(name: str, ranking: dict, tasks: int, min_tasks: int,
   return [f"{name}: the model's full-catalog {RANKING_CRITERION} {model:.4f} is"
           f" WORSE than the most-popular ranking's {base:.4f}"
           f" ({100 * (model / base - 1):+.1f}%) on the same tasks; " + what]
+
+
+def _sampled_warning(name: str, ranking: dict, tasks: int) -> list[str]:
+  """The line of an implicit scenario whose sampled ranking is, for some
+  tasks, no sample (`sampled_exhausted`, `eval.implicit_eval`): a small
+  catalog has fewer never-seen items than the negatives asked for, so
+  `sampled` reads like `full` and says nothing of its own."""
+  exhausted = int(ranking.get("sampled_exhausted") or 0)
+  if not exhausted:
+    return []
+  return [f"{name}: the sampled ranking is no sample for {exhausted} of"
+          f" {tasks} task(s): their item class has fewer items the user"
+          " never interacted with than data.implicit.eval_negatives per"
+          " held-out positive, so every such item is a candidate and"
+          " `sampled` ranks all of them (the full ranking, less the user's"
+          " other interactions); lower data.implicit.eval_negatives for a"
+          " sampled ranking"]
