@@ -149,7 +149,7 @@ class TrainSampler:
     n = len(users)
     counts = self.split.train_counts()[users]
     rows = ragged_arange(self.split.train_offsets[users], counts)
-    positions = self.split.train_positions[rows]
+    positions = np.take(self.split.train_positions, rows)
     task = np.repeat(np.arange(n), counts)
     order = hashing.shuffle_within(task, spec.seed, step, slot_ids[task],
                                    positions, 7)
@@ -170,8 +170,10 @@ class TrainSampler:
         ("support", (rank >= q) & (rank < q + size[task]), q, width)):
       t, p = task[sel], positions[sel]
       slot = rank[sel] - offset
-      items = scatter_rows(t, slot, np.asarray(self.items[p], np.int32), n, w)
-      ratings = scatter_rows(t, slot, np.asarray(self.ratings[p]), n, w)
+      # `take` reads the memory-mapped columns faster than `column[p]`.
+      items = scatter_rows(t, slot,
+                           np.asarray(np.take(self.items, p), np.int32), n, w)
+      ratings = scatter_rows(t, slot, np.take(self.ratings, p), n, w)
       mask = scatter_rows(t, slot, np.ones(len(t), bool), n, w, False)
       hidden = None
       if spec.item_id_dropout and ITEM_ID in self.tables.item:

@@ -70,7 +70,10 @@ class FeatureTables:
         features[ITEM_ID] = np.where(mask, self.item[ITEM_ID][items],
                                      0).astype(np.int32)
       elif spec.side == "item":
-        features[spec.name] = self.item[spec.name][items]
+        # `take` along the rows, not `table[items]`: numpy's fancy indexing
+        # of a list field's 2-D table is ~15x slower (3.8 against 0.23 ms
+        # for a 4,096-task melu-ref batch's actors).
+        features[spec.name] = np.take(self.item[spec.name], items, axis=0)
       else:
         per_task = self.user[spec.name][users]
         shape = items.shape + per_task.shape[1:]
@@ -102,9 +105,10 @@ def batch_shapes(specs: tuple[FeatureSpec, ...], num_tasks: int,
 def scatter_rows(task: np.ndarray, slot: np.ndarray, values: np.ndarray,
                  num_tasks: int, width: int, fill=0) -> np.ndarray:
   """out[task[i], slot[i]] = values[i] in a `[num_tasks, width]` array."""
-  out = np.full((num_tasks, width), fill, dtype=values.dtype)
-  out[task, slot] = values
-  return out
+  out = np.full(num_tasks * width, fill, dtype=values.dtype)
+  # One flat index: half the time of numpy's two-index assignment.
+  out[np.asarray(task, np.int64) * width + slot] = values
+  return out.reshape(num_tasks, width)
 
 
 def bucket_widths(sizes: np.ndarray, buckets: tuple[int, ...]) -> np.ndarray:
