@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from typing import Any
 
@@ -29,6 +30,8 @@ from metarec_jax import atomic, config_io
 from metarec_jax.errors import InputError
 from metarec_jax.eval import support_curve
 from metarec_jax.workdir.criterion import RANKING_CRITERION
+
+log = logging.getLogger("metarec")
 
 PLOTS = "plots"
 
@@ -227,7 +230,12 @@ def plot_workdir(workdir: str) -> list[str]:
   # `metarec train` writes beside it, gets a label without its kind).
   loss = "meta-loss"
   if os.path.exists(os.path.join(workdir, config_io.WORKDIR_CONFIG)):
-    loss = loss_label(config_io.read_workdir_config(workdir))
+    try:
+      loss = loss_label(config_io.read_workdir_config(workdir))
+    except InputError as e:
+      # The config only names the loss: a damaged one costs the label,
+      # not the figures (which come from metrics.jsonl alone).
+      log.warning("%s; the loss is labelled %r", e, loss)
   curve_path = os.path.join(workdir, support_curve.FILENAME)
   try:  # every input read before any figure is written
     record = support_curve.read(workdir)

@@ -135,3 +135,18 @@ def test_the_loss_label_names_the_query_loss_and_its_listwise_term():
   assert plot.loss_label(config) == "Huber + 20 x listwise"
   config.model.update(loss="softmax", query_loss="", query_rank_weight=0.0)
   assert plot.loss_label(config) == "sampled softmax"
+
+
+def test_a_damaged_config_costs_the_loss_label_not_the_figures(
+    tiny_metasgd_run, tmp_path, caplog):
+  """The config only names the loss: a run whose config.json is damaged
+  still plots from metrics.jsonl (it raised an InputError)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_metasgd_run, workdir)
+  shutil.rmtree(workdir / "plots", ignore_errors=True)
+  (workdir / "config.json").write_text("{not json")
+  written = plot.plot_workdir(str(workdir))
+  assert [os.path.basename(p) for p in written] == ["learning_curves.png",
+                                                    "support_curve.png"]
+  assert "config.json" in caplog.text and "meta-loss" in caplog.text
