@@ -1,5 +1,8 @@
 """Export on real MovieLens-1M users agrees with `metarec eval`."""
 
+import os
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -7,6 +10,7 @@ import pytest
 from cli_run import last_json, metarec
 from metarec_jax import config_io, experiment, export, meta, runtime
 from metarec_jax.data.convert import ratings_io
+from metarec_jax.errors import InputError
 from metarec_jax.workdir.restore import load_state
 
 
@@ -83,3 +87,25 @@ def test_most_recent_ratings_by_timestamp_form_the_support(ml1m_tiny_run,
                                           exp.meta_config.adapt).adapted.items():
     np.testing.assert_allclose(loaded.user(user).fast[path], value,
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("top_k", [0, 3])
+def test_an_inner_loop_that_diverges_exports_nothing(ml1m_tiny_run, tmp_path,
+                                                     top_k):
+  """An export at an inner rate where adaptation diverges (finite but huge
+  adapted leaves, NaN predictions) was written with exit 0: NaN ratings
+  served, empty top-k lists. It is refused in one line, as `eval` refuses,
+  and no folder is left."""
+  workdir, ratings = ml1m_tiny_run
+  out = str(tmp_path / "export")
+  with pytest.raises(InputError) as e:
+    export.export_workdir(workdir, ratings, out, top_k=top_k,
+                          overrides=[("meta.inner_lr", "1e6")])
+  assert re.fullmatch(
+      r"the adapted model of user '\d+' \(and [\d,]+ more of its chunk of"
+      r" [\d,]+\) predicts ratings that are not finite: the inner loop"
+      r" diverges at these settings \(meta.inner_lr=1000000.0,"
+      r" meta.inner_steps=\d+\); lower meta.inner_lr", e.value.problem), (
+          e.value.problem)
+  assert not os.path.exists(out)
+  assert not [n for n in os.listdir(tmp_path) if n.startswith(".export")]

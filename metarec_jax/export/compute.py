@@ -12,9 +12,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from metarec_jax import meta, runtime
+from metarec_jax.errors import InputError
 from metarec_jax.meta import paths
 from metarec_jax.models import Recommender
 from metarec_jax.runtime import AXIS, CompiledByShape
@@ -74,25 +76,61 @@ def top_k_one(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
   catalogue never sit in memory at once. Ties keep the lower item index.
 
   Returns:
-    (scores f32[k], item indices int32[k]); -inf and -1 where the user has
-    fewer than k candidates.
+    (scores f32[k], item indices int32[k], the number of candidates whose
+    score is not finite); -inf and -1 where the user has fewer than k
+    candidates.
   """
 
   def block(carry, xs):
-    best, best_idx = carry
+    best, best_idx, bad = carry
     feats, idx = xs
-    scores = score_items(model, params, fast, user_features, feats)
+    scores = score_items(model, params, fast, user_features,
+                         feats).astype(jnp.float32)
     excluded = (idx < 0) | jnp.any(rated[:, None] == idx[None, :], axis=0)
-    scores = jnp.where(excluded, -jnp.inf, scores.astype(jnp.float32))
+    bad = bad + jnp.sum(~excluded & ~jnp.isfinite(scores))
+    scores = jnp.where(excluded, -jnp.inf, scores)
     both = jnp.concatenate([best, scores])
     both_idx = jnp.concatenate([best_idx, idx])
     top, pos = jax.lax.top_k(both, k)
     top_idx = jnp.where(jnp.isfinite(top), both_idx[pos], -1)
-    return (top, top_idx), None
+    return (top, top_idx, bad), None
 
-  init = (jnp.full((k,), -jnp.inf, jnp.float32), jnp.full((k,), -1, jnp.int32))
-  (top, top_idx), _ = jax.lax.scan(block, init, (item_blocks, block_index))
-  return top, top_idx
+  init = (jnp.full((k,), -jnp.inf, jnp.float32), jnp.full((k,), -1, jnp.int32),
+          jnp.zeros((), jnp.int32))
+  (top, top_idx, bad), _ = jax.lax.scan(block, init,
+                                        (item_blocks, block_index))
+  return top, top_idx, bad
+
+
+def support_finite(model: Recommender, params: PyTree,
+                   fast: dict[str, jax.Array], support: PyTree) -> jax.Array:
+  """Whether one user's adapted leaves and the predictions they give for
+  the user's own support rows are all finite (a diverged inner loop can
+  leave finite but huge leaves whose predictions overflow)."""
+  leaves = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(v))
+                                for v in fast.values()] or [True]))
+  predicted = model.predict(with_leaves(params, fast), support["features"])
+  return leaves & jnp.all(jnp.isfinite(predicted) | ~support["mask"])
+
+
+def check_finite(user_ids: np.ndarray, finite: np.ndarray,
+                 bad_scores: np.ndarray | None, config: meta.MetaConfig
+                 ) -> None:
+  """Raises InputError naming a user whose adapted model is not finite
+  (`support_finite` false, or a non-finite score of a ranked item): the
+  export would store and serve NaN predictions, which its top-k silently
+  drops. As `metarec eval`, it blames the inner loop: the meta-parameters
+  are finite (checkpoints hold no other)."""
+  broken = ~np.asarray(finite, bool)
+  if bad_scores is not None:
+    broken |= np.asarray(bad_scores) > 0
+  if broken.any():
+    raise InputError(
+        f"the adapted model of user {str(user_ids[np.argmax(broken)])!r} (and"
+        f" {int(broken.sum()) - 1:,} more of its chunk of {len(broken):,})"
+        " predicts ratings that are not finite: the inner loop diverges at"
+        f" these settings (meta.inner_lr={config.inner_lr},"
+        f" meta.inner_steps={config.inner_steps}); lower meta.inner_lr")
 
 
 class ChunkFunctions:
@@ -100,9 +138,11 @@ class ChunkFunctions:
 
   Attributes:
     adapt: `(params, inner, support [C, W]) -> {path: [C, ...]}` in the
-      export dtype, plus the float32 values of those for the ranking.
+      export dtype, the float32 values of those for the ranking, and
+      `support_finite` of each user `[C]`.
     top_k: `(params, fast [C, ...], user_features [C], rated [C, R],
-      item_blocks, block_index) -> (scores [C, k], items [C, k])`.
+      item_blocks, block_index) -> (scores [C, k], items [C, k],
+      non-finite scores [C])`.
   """
 
   def __init__(self, model: Recommender, config: meta.MetaConfig, mesh: Mesh,
@@ -117,7 +157,9 @@ class ChunkFunctions:
       # user (which reads them) is topk.jsonl's, ties and all.
       stored = {p: v.astype(jnp.bfloat16).astype(v.dtype)
                 for p, v in fast.items()} if dtype == "bfloat16" else fast
-      return cast(fast, dtype), stored
+      finite = jax.vmap(lambda f, s: support_finite(model, params, f, s))(
+          stored, support)
+      return cast(fast, dtype), stored, finite
 
     adapt_sharded = jax.shard_map(
         adapt_chunk, mesh=mesh, in_specs=(P(), P(), P(AXIS)),

@@ -281,7 +281,7 @@ class _Job:
       for index, width in self._chunks():
         support, rank_inputs = self._batch(index, width)
         support = jax.device_put(support, self.fns.task_sharding)
-        stored, fast = self.fns.adapt(params, inner, support)
+        stored, fast, finite = self.fns.adapt(params, inner, support)
         top = None
         if self.k:
           features, rated = jax.device_put(rank_inputs,
@@ -289,7 +289,7 @@ class _Job:
           top = self.fns.top_k(params, fast, features, rated, *blocks)
         if pending is not None:
           progress.advance(self._write(*pending))
-        pending = (index, stored, top)
+        pending = (index, stored, top, finite)
       if pending is not None:
         progress.advance(self._write(*pending))
     self.writer.release()
@@ -303,13 +303,17 @@ class _Job:
     self.adapted_bytes = sum(a.nbytes for a in self.adapted.values())
     self.adapted = self.top_items = self.top_scores = None
 
-  def _write(self, index, stored, top) -> int:
+  def _write(self, index, stored, top, finite) -> int:
     n = len(index)
+    bad = None if top is None else jax.device_get(top[2])[:n]
+    compute.check_finite(np.asarray(self.users.ids)[index],
+                         jax.device_get(finite)[:n], bad,
+                         self.exp.meta_config)
     for path, value in jax.device_get(stored).items():
       self.adapted[path][index] = value[:n]
       self.unreleased += value[:n].nbytes
     if top is not None:
-      scores, items = jax.device_get(top)
+      scores, items, _ = jax.device_get(top)
       self.top_scores[index] = scores[:n]
       self.top_items[index] = items[:n]
     # Memory bounded by the chunk, not the export: hand the written pages
