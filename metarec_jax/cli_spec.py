@@ -51,7 +51,8 @@ def define_eval(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("workdir", None, "Work directory of a `metarec train`"
                       " run.", flag_values=fv)
   flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default:"
-                       " the newest).", flag_values=fv)
+                       " the best validated one, else the newest).",
+                       flag_values=fv)
   flags.DEFINE_string("ratings", None, "A ratings file in the dataset's input"
                       " format: its users (of the dataset's user table) are"
                       " evaluated as new users (scenarios UC and UIC; W and IC"
@@ -100,7 +101,8 @@ def define_export(fv: flags.FlagValues) -> None:
                       " adapted parameters: float32 or bfloat16.",
                       flag_values=fv)
   flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the"
-                       " newest).", flag_values=fv)
+                       " best validated one, else the newest).",
+                       flag_values=fv)
   flags.DEFINE_integer("chunk_users", 256, "Users adapted per device call"
                        " (bounds memory; rounded up to a multiple of the"
                        " device count).", flag_values=fv)

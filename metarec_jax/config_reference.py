@@ -214,12 +214,16 @@ RELATIONS: tuple[R.Relation, ...] = (
                "model.support_rank_weight adds a listwise term to a rating"
                " loss (mse, huber); bce, bpr and softmax already rank: set"
                " it to 0"),
-    R.Relation(("model.members", "model.name", "model.anchor"),
-               lambda members, name, anchor: members == 1 or (
-                   name == "melu" and not anchor),
-               "model.members > 1 is an ensemble of `melu` models without"
-               " the baseline anchor: set model.anchor=false, or"
-               " model.members=1"),
+    R.Relation(("model.members", "model.name"),
+               lambda members, name: members == 1 or name == "melu",
+               "model.members > 1 is an ensemble of `melu` models: set"
+               " model.name=melu, or model.members=1"),
+    R.Relation(("model.members", "model.anchor", "data.implicit.enabled"),
+               lambda members, anchor, implicit: (
+                   members == 1 or not anchor
+                   or implicit),  # (implicit models are never anchored)
+               "model.members > 1 is an ensemble without the baseline"
+               " anchor: set model.anchor=false, or model.members=1"),
     R.Relation(("model.members", "meta.algorithm"),
                lambda members, algorithm: members == 1 or algorithm not in (
                    "metric", "amortised", "hybrid", "metasgd"),

@@ -138,8 +138,20 @@ def test_members_are_refused_where_they_do_not_apply():
       config_reference.validate(config)
   config.meta.algorithm = "maml"
   config.model.name = "idemb"
-  with pytest.raises(InputError, match="model.members"):
+  # Not "set model.anchor=false", which it is: the model is the problem.
+  with pytest.raises(InputError, match="set model.name=melu"):
     config_reference.validate(config)
+
+
+def test_members_of_an_implicit_model_need_no_anchor_flag():
+  """Implicit models are never anchored (`models.factory.for_data`): an
+  implicit ensemble was refused for `model.anchor`, the default's true."""
+  config = default.get_config()
+  config.model.members = 3
+  config.model.loss = "bce"
+  config.data.implicit.enabled = True
+  assert config.model.anchor
+  config_reference.validate(config)
 
 
 def test_each_member_is_clipped_on_its_own():

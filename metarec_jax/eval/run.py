@@ -31,7 +31,8 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
 
   Args:
     workdir: a `metarec train` work directory.
-    step: the checkpoint step (default: the newest).
+    step: the checkpoint step (default: the best validated one,
+      else the newest).
     overrides: `(dotted key, text)` config overrides.
     ratings: a ratings file in the dataset's input format; its users are
       evaluated as new users (scenarios UC and UIC; W and IC are empty)

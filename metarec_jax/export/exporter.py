@@ -76,7 +76,8 @@ def export_workdir(workdir: str, ratings: str, out: str, *, top_k: int = 0,
       export).
     top_k: also write each user's `top_k` best unrated items (`topk.jsonl`).
     dtype: `float32` or `bfloat16` for the per-user adapted leaves.
-    step: the checkpoint step (default: the newest).
+    step: the checkpoint step (default: the best validated one,
+      else the newest).
     chunk_users: users adapted per device call (rounded up to a multiple of
       the device count); bounds the memory used.
     unknown_users: `serve` (missing features, flagged) or `skip` users who
