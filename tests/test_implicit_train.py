@@ -148,6 +148,27 @@ def test_export_and_serving_rank_unseen_items(straight, tmp_path):
   np.testing.assert_allclose(
       g.predict([("new", probe)])[0]["scores"],
       e.adapt(clicked).predict(store.item_ids[probe].tolist()), rtol=1e-6)
+  # Over HTTP, an anonymous session of clicks: `/v1/adapt` takes bare
+  # items as `/interactions` does (it asked for 1-5 ratings of clicks).
+  import httpx
+  from test_serve import Server
+  server = Server(out, tmp_path / "log", stderr_path=tmp_path / "stderr")
+  try:
+    server.wait_ready()
+    r = httpx.post(server.url + "/v1/adapt",
+                   json={"items": [int(i) for i in clicked], "k": 5},
+                   timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["support_size"] == 6
+    want = a.recommend(5)
+    assert [x["item"] for x in r.json()["items"]] == [i for i, _ in want]
+    np.testing.assert_allclose([x["score"] for x in r.json()["items"]],
+                               [sc for _, sc in want], rtol=1e-5)
+    r = httpx.post(server.url + "/v1/adapt", timeout=60, json={
+        "items": [int(clicked[0])], "ratings": [[int(clicked[0]), 5]]})
+    assert r.status_code == 422 and "not both" in r.text
+  finally:
+    server.stop()
 
 
 def test_validation_selects_checkpoints_by_full_catalog_ndcg(tmp_path):

@@ -97,8 +97,7 @@ def create_app(service: Service, *, token: str | None,
             None, description="implicit feedback: positives, for an"
             " implicit model's export")
 
-  class AdaptBody(Body):
-    ratings: Ratings
+  class AdaptBody(InteractionsBody):
     k: K = 10
 
   class ScoredItem(BaseModel):
@@ -239,6 +238,13 @@ def create_app(service: Service, *, token: str | None,
   async def interactions(user: Annotated[str, Path(max_length=256)],
                          body: InteractionsBody):
     uid = user_of(user)
+    items, values = support_of(body)
+    r = await service.learn.submit((uid, items, positions(items), values))
+    return reply({"user": uid, "accepted": len(items), **r})
+
+  def support_of(body: InteractionsBody) -> tuple[list, list]:
+    """(items, ratings) of a body with `ratings` or, for an implicit
+    export, `items`."""
     if body.items is not None and body.ratings is not None:
       raise fastapi.HTTPException(422, "send ratings or items, not both")
     if body.items is not None:
@@ -249,17 +255,14 @@ def create_app(service: Service, *, token: str | None,
       # An implicit export: each item is a positive, logged with the top of
       # the scale (at or above the export's threshold, so a retrain and a
       # re-export read it as a positive too).
-      items, values = list(body.items), [hi] * len(body.items)
-    elif body.ratings is None:
+      return list(body.items), [hi] * len(body.items)
+    if body.ratings is None:
       raise fastapi.HTTPException(422, "ratings: field required")
-    else:
-      items, values = checked(body.ratings)
-    r = await service.learn.submit((uid, items, positions(items), values))
-    return reply({"user": uid, "accepted": len(items), **r})
+    return checked(body.ratings)
 
   @app.post("/v1/adapt", dependencies=auth, response_model=Adapted)
   async def adapt(body: AdaptBody):
-    items, values = checked(body.ratings)
+    items, values = support_of(body)
     r = await service.adapt.submit((positions(items), values, body.k))
     return reply({"support_size": r["support_size"],
                   "items": scored(r["items"])})
