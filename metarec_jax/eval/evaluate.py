@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from metarec_jax import meta, runtime
+from metarec_jax.meta.config import diverges
 from metarec_jax.data.splits import SCENARIOS, TaskSet
 from metarec_jax.data.tasks import batch_shapes, bucket_widths, taskset_batches
 from metarec_jax.eval import metrics as metrics_lib
@@ -234,6 +235,4 @@ def _check_finite(adapted: np.ndarray, mask: np.ndarray, meta_config) -> None:
   if bad:
     raise InputError(
         f"the adapted predictions of {bad:,} of {int(mask.sum()):,} query"
-        " ratings are not finite: the inner loop diverges at these settings"
-        f" (meta.inner_lr={meta_config.inner_lr},"
-        f" meta.inner_steps={meta_config.inner_steps}); lower meta.inner_lr")
+        f" ratings are not finite: {diverges(meta_config)}")

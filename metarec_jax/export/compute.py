@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from metarec_jax import meta, runtime
+from metarec_jax.meta.config import diverges
 from metarec_jax.errors import InputError
 from metarec_jax.meta import paths
 from metarec_jax.models import Recommender
@@ -128,9 +129,7 @@ def check_finite(user_ids: np.ndarray, finite: np.ndarray,
     raise InputError(
         f"the adapted model of user {str(user_ids[np.argmax(broken)])!r} (and"
         f" {int(broken.sum()) - 1:,} more of its chunk of {len(broken):,})"
-        " predicts ratings that are not finite: the inner loop diverges at"
-        f" these settings (meta.inner_lr={config.inner_lr},"
-        f" meta.inner_steps={config.inner_steps}); lower meta.inner_lr")
+        f" predicts ratings that are not finite: {diverges(config)}")
 
 
 class ChunkFunctions:

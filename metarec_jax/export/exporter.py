@@ -306,15 +306,15 @@ class _Job:
 
   def _write(self, index, stored, top, finite) -> int:
     n = len(index)
-    bad = None if top is None else jax.device_get(top[2])[:n]
+    scores, items, bad = (None,) * 3 if top is None else jax.device_get(top)
     compute.check_finite(np.asarray(self.users.ids)[index],
-                         jax.device_get(finite)[:n], bad,
+                         jax.device_get(finite)[:n],
+                         None if bad is None else bad[:n],
                          self.exp.meta_config)
     for path, value in jax.device_get(stored).items():
       self.adapted[path][index] = value[:n]
       self.unreleased += value[:n].nbytes
     if top is not None:
-      scores, items, _ = jax.device_get(top)
       self.top_scores[index] = scores[:n]
       self.top_items[index] = items[:n]
     # Memory bounded by the chunk, not the export: hand the written pages

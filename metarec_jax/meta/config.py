@@ -165,3 +165,12 @@ class MetaConfig:
 
   def replace(self, **changes) -> "MetaConfig":
     return dataclasses.replace(self, **changes)
+
+
+def diverges(meta_config) -> str:
+  """What an error says where adapted predictions are not finite while the
+  meta-parameters are (`eval`, `export`): the inner loop diverges at these
+  settings. `meta_config`: a `MetaConfig` or the config's `meta` section."""
+  return ("the inner loop diverges at these settings"
+          f" (meta.inner_lr={meta_config.inner_lr},"
+          f" meta.inner_steps={meta_config.inner_steps}); lower meta.inner_lr")

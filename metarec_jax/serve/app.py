@@ -233,15 +233,6 @@ def create_app(service: Service, *, token: str | None,
     return reply({"user": body.user, "source": r["source"],
                   "items": scored(zip(body.items, r["scores"]))})
 
-  @app.post("/v1/users/{user}/interactions", dependencies=auth,
-            response_model=Accepted)
-  async def interactions(user: Annotated[str, Path(max_length=256)],
-                         body: InteractionsBody):
-    uid = user_of(user)
-    items, values = support_of(body)
-    r = await service.learn.submit((uid, items, positions(items), values))
-    return reply({"user": uid, "accepted": len(items), **r})
-
   def support_of(body: InteractionsBody) -> tuple[list, list]:
     """(items, ratings) of a body with `ratings` or, for an implicit
     export, `items`."""
@@ -259,6 +250,15 @@ def create_app(service: Service, *, token: str | None,
     if body.ratings is None:
       raise fastapi.HTTPException(422, "ratings: field required")
     return checked(body.ratings)
+
+  @app.post("/v1/users/{user}/interactions", dependencies=auth,
+            response_model=Accepted)
+  async def interactions(user: Annotated[str, Path(max_length=256)],
+                         body: InteractionsBody):
+    uid = user_of(user)
+    items, values = support_of(body)
+    r = await service.learn.submit((uid, items, positions(items), values))
+    return reply({"user": uid, "accepted": len(items), **r})
 
   @app.post("/v1/adapt", dependencies=auth, response_model=Adapted)
   async def adapt(body: AdaptBody):
