@@ -27,10 +27,17 @@ PyTree = Any
 
 
 def adapt_users(model: Recommender, config: meta.MetaConfig, params: PyTree,
-                inner: PyTree | None, support: PyTree) -> dict[str, jax.Array]:
-  """`{path: [B, ...]}`: the adapted leaves of each user of `support`."""
-  return jax.vmap(lambda s: compute.adapt_leaves(model, config, params, inner,
-                                                 s))(support)
+                inner: PyTree | None, support: PyTree
+                ) -> tuple[dict[str, jax.Array], jax.Array]:
+  """(`{path: [B, ...]}` the adapted leaves of each user of `support`,
+  `bool [B]` whether they are finite and predict finite ratings of the
+  user's own support: `compute.support_finite`, the export's check)."""
+
+  def one(s):
+    fast = compute.adapt_leaves(model, config, params, inner, s)
+    return fast, compute.support_finite(model, params, fast, s)
+
+  return jax.vmap(one)(support)
 
 
 def score_users(model: Recommender, params: PyTree,
@@ -128,11 +135,15 @@ class UserBatches:
           row_keys=implicit.support_keys(items, mask))
     return tables.rows(np.arange(len(items)), items, ratings, mask)
 
-  def adapt_users(self, support: dict) -> dict[str, np.ndarray]:
-    """`{path: float32 [B, ...]}`: each user's leaves adapted from the
-    meta-parameters on its row of `support` (see `support_batch`)."""
-    fast = self._adapt_users(self._params, self._inner, support)
-    return {p: np.asarray(v) for p, v in jax.device_get(fast).items()}
+  def adapt_users(self, support: dict
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(`{path: float32 [B, ...]}` each user's leaves adapted from the
+    meta-parameters on its row of `support` (see `support_batch`), `bool
+    [B]` whether that model is finite: a diverged inner loop's leaves
+    must never be served, as `metarec export` never stores them)."""
+    fast, finite = jax.device_get(
+        self._adapt_users(self._params, self._inner, support))
+    return {p: np.asarray(v) for p, v in fast.items()}, np.asarray(finite)
 
   def score_users(self, fast: dict[str, np.ndarray],
                   user_features: dict[str, np.ndarray],

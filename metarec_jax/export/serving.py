@@ -285,8 +285,9 @@ class Export(batched.UserBatches):
         (None or an id not there: the "missing" features).
 
     Raises:
-      ValueError: not `(item_id, rating)` pairs, or a rating outside the
-        rating scale.
+      ValueError: not `(item_id, rating)` pairs, a rating outside the
+        rating scale, or an inner loop that diverges on these ratings (its
+        model is never returned).
     """
     items, values = catalogue.rating_pairs(
         ratings, implicit=self.implicit is not None)
@@ -335,7 +336,11 @@ class Export(batched.UserBatches):
           row_keys=implicit.support_keys(support_items, mask))
     batch = tables.rows(np.zeros(1, np.int64), support_items,
                         support_ratings, mask)
-    fast = self.adapt_users(batch)
+    fast, finite = self.adapt_users(batch)
+    if not finite[0]:
+      raise ValueError(f"adapting on these {size} ratings gives a model"
+                       " whose predictions are not finite:"
+                       f" {meta.config.diverges(self.meta_config)}")
     return UserModel(self, user_id, source="adapted",
                      fast={p: v[0] for p, v in fast.items()},
                      user_features=features, rated=rated, flags=flags,

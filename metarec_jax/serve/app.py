@@ -117,9 +117,14 @@ def create_app(service: Service, *, token: str | None,
     accepted: int
     support_size: int
     rated: int
+    adapted: bool = Field(description="false: adapting on the user's"
+                          " ratings diverged, so the user's model before"
+                          " them is served (the ratings are kept)")
 
   class Adapted(BaseModel):
     support_size: int
+    adapted: bool = Field(description="false: adapting on these ratings"
+                          " diverged, so the meta-parameters ranked")
     items: list[ScoredItem]
 
   def positions(items) -> list:
@@ -265,6 +270,6 @@ def create_app(service: Service, *, token: str | None,
     items, values = support_of(body)
     r = await service.adapt.submit((positions(items), values, body.k))
     return reply({"support_size": r["support_size"],
-                  "items": scored(r["items"])})
+                  "adapted": r["adapted"], "items": scored(r["items"])})
 
   return app

@@ -16,6 +16,11 @@ A user with interactions has a `Session`: its known ratings (the export's,
 then the new ones, oldest first, one per item) and the leaves adapted on
 the newest `max_support` of them, by the export's own rules
 (`export.users.collect`). Its recommendations exclude every rated item.
+Where that adaptation is not finite (the inner loop diverges on these
+ratings: `export.compute.support_finite`, the check `metarec export`
+refuses on), the session keeps the ratings but serves the model the user
+had without them (the export's, or the meta-parameters'), says so with a
+warning and `adapted: false`, and tries again at the next interaction.
 
 Not thread-safe: the server calls it from one worker thread.
 """
@@ -33,6 +38,7 @@ from metarec_jax.data.tasks import bucket_widths
 from metarec_jax.export import layout
 from metarec_jax.export import users as users_lib
 from metarec_jax.export.serving import Export
+from metarec_jax.meta.config import diverges
 from metarec_jax.serve import rankings
 
 log = logging.getLogger("metarec")
@@ -76,7 +82,8 @@ class Session:
   items: np.ndarray    # int64 catalogue positions, oldest first, unique
   ratings: np.ndarray  # float32
   fast: dict[str, np.ndarray]
-  support_size: int
+  support_size: int    # ratings `fast` was adapted on
+  source: str = "adapted"  # or, where adaptation diverged, what it serves
 
 
 @dataclasses.dataclass
@@ -146,14 +153,24 @@ class Engine:
     row = self.export.user_row(user)
     features = self._features(user, row)
     if session is not None:
-      return Served("adapted", session.fast, features, session.items)
+      return Served(session.source, session.fast, features, session.items)
+    source, fast, _ = self._unadapted(row)
+    rated = np.zeros(0, np.int64)
     if row >= 0:
       e = self.export
-      fast = {p: layout.decode(v[row], e.dtype) for p, v in e.adapted.items()}
       lo, hi = e.rated_offsets[row], e.rated_offsets[row + 1]
-      return Served("export", fast, features,
-                    np.asarray(e.rated_items[lo:hi], np.int64))
-    return Served("meta", self._meta_fast, features, np.zeros(0, np.int64))
+      rated = np.asarray(e.rated_items[lo:hi], np.int64)
+    return Served(source, fast, features, rated)
+
+  def _unadapted(self, row: int) -> tuple[str, dict[str, np.ndarray], int]:
+    """(source, leaves, support size) of the export's row `row` (-1: the
+    meta-parameters'): a user's model before any interaction."""
+    if row < 0:
+      return "meta", self._meta_fast, 0
+    e = self.export
+    return ("export",
+            {p: layout.decode(v[row], e.dtype) for p, v in e.adapted.items()},
+            int(e.support_sizes[row]))
 
   def _features(self, user, row: int) -> dict[str, np.ndarray]:
     if row >= 0:
@@ -175,7 +192,7 @@ class Engine:
 
   def source(self, user) -> str:
     if user in self.sessions:
-      return "adapted"
+      return self.sessions[user].source
     return "export" if self.export.user_row(user) >= 0 else "meta"
 
   def recommend(self, requests: list[tuple[Any, int]]) -> list[dict]:
@@ -245,7 +262,8 @@ class Engine:
         (a later rating of an item replaces an earlier one).
 
     Returns:
-      Per request `{"support_size", "rated"}` of its user afterwards.
+      Per request `{"support_size", "rated", "adapted"}` of its user
+      afterwards (`adapted` false: adaptation diverged, see the module).
     """
     order = list(dict.fromkeys(user for user, _, _ in requests))
     history = {user: self._history(user) for user in order}
@@ -258,11 +276,15 @@ class Engine:
       self.rankings.forget(user)
     for lo in range(0, len(order), self.limits.max_batch):
       part = order[lo:lo + self.limits.max_batch]
-      sessions = self._adapt([self._features(u, self.export.user_row(u))
-                              for u in part], [history[u] for u in part])
+      rows = [self.export.user_row(u) for u in part]
+      sessions = self._adapt([self._features(u, r) for u, r in zip(part, rows)],
+                             [history[u] for u in part],
+                             [self._unadapted(r) for r in rows],
+                             [f"user {u!r}" for u in part])
       self.sessions.update(zip(part, sessions))
     return [{"support_size": self.sessions[user].support_size,
-             "rated": len(self.sessions[user].items)}
+             "rated": len(self.sessions[user].items),
+             "adapted": self.sessions[user].source == "adapted"}
             for user, _, _ in requests]
 
   def _history(self, user) -> tuple[np.ndarray, np.ndarray]:
@@ -274,9 +296,13 @@ class Engine:
       return self.export.known_ratings(row)
     return np.zeros(0, np.int64), np.zeros(0, np.float32)
 
-  def _adapt(self, features: list[dict], histories: list[tuple]
+  def _adapt(self, features: list[dict], histories: list[tuple],
+             fallbacks: list[tuple], names: Sequence[str] | None
              ) -> list[Session]:
-    """Sessions of users (at most max_batch) adapted on their histories."""
+    """Sessions of users (at most max_batch) adapted on their histories;
+    a user whose adaptation is not finite gets its `fallbacks` entry
+    (`_unadapted`) instead, with a warning naming it as `names` does
+    (None: no warning, the warm-up's made-up histories)."""
     n = len(histories)
     owner = np.repeat(np.arange(n), [len(h[0]) for h in histories])
     u = users_lib.collect(
@@ -299,33 +325,46 @@ class Engine:
       mask[i, :s] = True
     rows = features + [features[0]] * (size - n)
     stacked = {k: np.stack([f[k] for f in rows]) for k in rows[0]}
-    fast = self.export.adapt_users(
+    fast, finite = self.export.adapt_users(
         self.export.support_batch(stacked, items, ratings, mask))
     sessions = []
     for j in range(n):
       lo, hi = int(u.offsets[j]), int(u.offsets[j + 1])
       s = int(u.support_sizes[j])
       order = np.r_[lo + s:hi, lo:lo + s]  # oldest first again
+      source, leaves, size = "adapted", {p: v[j] for p, v in fast.items()}, s
+      if not finite[j]:
+        source, leaves, size = fallbacks[j]
+        if names is not None:
+          log.warning(
+              "%s: adapting on %d ratings gives predictions that are not"
+              " finite (%s); serving the %s model instead", names[j], s,
+              diverges(self.export.meta_config), source)
       sessions.append(Session(
           items=u.items[order].astype(np.int64), ratings=u.ratings[order],
-          fast={p: v[j] for p, v in fast.items()}, support_size=s))
+          fast=leaves, support_size=size, source=source))
     return sessions
 
   def adapt(self, requests: list[tuple[np.ndarray, np.ndarray, int]]
             ) -> list[dict]:
     """Anonymous sessions: `[(positions, ratings, k)]` -> the top `k` of a
-    model adapted on the ratings (nothing is kept)."""
+    model adapted on the ratings (nothing is kept), with `support_size`
+    and `adapted` (false: adaptation diverged and the meta-parameters
+    ranked, see the module)."""
     missing = self.export.table_features_of(None)
     out = []
     for lo in range(0, len(requests), self.limits.max_batch):
       part = requests[lo:lo + self.limits.max_batch]
       sessions = self._adapt([missing] * len(part),
                              [(p, np.asarray(r, np.float32))
-                              for p, r, _ in part])
-      served = [Served("adapted", s.fast, missing, s.items) for s in sessions]
+                              for p, r, _ in part],
+                             [self._unadapted(-1)] * len(part),
+                             ["an anonymous session"] * len(part))
+      served = [Served(s.source, s.fast, missing, s.items) for s in sessions]
       ranked = self._rank(served, [k for _, _, k in part])
       for s, r in zip(sessions, ranked):
         r["support_size"] = s.support_size
+        r["adapted"] = s.source == "adapted"
       out.extend(ranked)
     return out
 
@@ -346,6 +385,7 @@ class Engine:
       for width in self.support_widths:
         history = (np.arange(width) % self.export.num_items,
                    np.full(width, self.export.rating_range[1], np.float32))
-        self._adapt([user.features] * size, [history] * size)
+        self._adapt([user.features] * size, [history] * size,
+                    [self._unadapted(-1)] * size, None)
         runs += 1
     return runs
