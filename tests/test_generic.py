@@ -336,7 +336,35 @@ def test_rated_ids_without_a_feature_row_are_noted(shop, tmp_path):
                               categorical=("maker",)), tmp_path / "other")
   assert store_lib.open_store(tmp_path / "other").manifest["notes"] == [
       "none of the 3 rated items has a row in items.csv: their features are"
-      " missing (e.g. 'ink'; are the ids written as in items.csv?)"]
+      " missing (e.g. 'ink'; are the ids written as in items.csv?)",
+      "feature column 'maker' (item) is missing for all 3 rated items: it"
+      " tells none apart and only adds parameters (is it the column meant,"
+      " and filled?)"]
+
+
+def test_a_feature_column_with_one_value_for_every_rated_row_is_noted(
+    tmp_path):
+  root = tmp_path / "flat"
+  datafiles.write(str(root / "ratings.csv"), "user,item,rating\n" + "".join(
+      f"u{u},i{i},{1 + (u + i) % 5}\n" for u in range(4) for i in range(5)))
+  # `i9` is never rated: its own colour does not make the column useful.
+  datafiles.write(str(root / "items.csv"), "item,colour,size,tags,shape\n"
+                  + "".join(f"i{i},red,,a|b,{'round' if i % 2 else 'flat'}\n"
+                            for i in range(5)) + "i9,blue,L,c,round\n")
+  said = []
+  prepare.prepare(data_config(root, item_features="items.csv",
+                              categorical=("colour", "size", "shape"),
+                              lists=("tags",)),
+                  tmp_path / "store", log=said.append)
+  expected = [
+      f"feature column {name!r} (item) {what} for all 5 rated items: it"
+      " tells none apart and only adds parameters (is it the column meant,"
+      " and filled?)"
+      for name, what in (("colour", "has one value, 'red',"),
+                         ("size", "is missing"),
+                         ("tags", "has one value, 'a, b',"))]
+  assert store_lib.open_store(tmp_path / "store").manifest["notes"] == expected
+  assert all(note in said for note in expected)  # and told as it prepares
 
 
 def test_a_list_pad_of_no_list_column_is_said_to_be_ignored(shop, tmp_path):

@@ -287,6 +287,7 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
   notes = [note for side, rows in (("user", users), ("item", items))
            if (note := _unmatched_note(tables[side], rows, index_of.get(side),
                                        ids[side]))]
+  notes += _constant_notes(feats, {"user": users, "item": items})
   for note in notes:
     if log_fn is not None:
       log_fn(note)
@@ -301,6 +302,26 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
           k: list(v) if isinstance(v, tuple) else v
           for k, v in dataclasses.asdict(spec).items()}},
              "item_class_rule": rule, "notes": notes})
+
+
+def _constant_notes(feats: list, rated: dict[str, np.ndarray]) -> list[str]:
+  """A note for each feature column that has one value (or none: always
+  missing) for every rated user or item: it tells no user or item from
+  another, so it only adds parameters; usually a wrong column name or a
+  column that the export of the data left empty."""
+  notes = []
+  for spec, index, vocab in feats:
+    rows = index[np.unique(rated[spec.side])]
+    if len(rows) < 2 or (rows != rows[:1]).any():
+      continue
+    value = ("is missing" if not rows[0].any() else
+             "has one value, " + excerpt(", ".join(
+                 vocab[i] for i in np.atleast_1d(rows[0]) if i)) + ",")
+    notes.append(f"feature column {spec.name!r} ({spec.side}) {value}"
+                 f" for all {len(rows):,} rated {spec.side}s: it tells none"
+                 " apart and only adds parameters (is it the column meant,"
+                 " and filled?)")
+  return notes
 
 
 def _unmatched_note(table: _SideTable | None, rated: np.ndarray,
