@@ -130,6 +130,7 @@ def _run_train(inv: Invocation) -> int:
                               fv["num_processes"].value,
                               fv["process_id"].value,
                               join_timeout=fv["join_timeout"].value,
+                              peer_timeout=fv["peer_timeout"].value,
                               config=config_io.to_dict(config)):
     import jax  # pylint: disable=g-import-not-at-top
     if jax.process_index() != 0:  # only process 0 logs progress
@@ -138,6 +139,7 @@ def _run_train(inv: Invocation) -> int:
              jax.device_count())
   from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   summary = train_and_evaluate(config, workdir)
+  cluster.finished()  # a joined run's others must not take the exit for a death
   if summary.get("preempted"):
     return int(config.train.preempt_exit_code)
   if summary.get("finished"):  # the loop said so, and what to run next

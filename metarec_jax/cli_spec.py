@@ -44,6 +44,10 @@ def define_train(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("join_timeout", 300, "Multi-process runs: seconds to"
                        " wait for every process to join before exiting with"
                        " status 2 and what to check.", flag_values=fv)
+  flags.DEFINE_float("peer_timeout", 60, "Multi-process runs: seconds a"
+                     " process may go unheard (killed, its host lost) before"
+                     " the others exit with status 1 and one line naming it"
+                     " (JAX itself aborts after 100 s).", flag_values=fv)
 
 
 def define_eval(fv: flags.FlagValues) -> None:

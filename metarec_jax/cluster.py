@@ -22,6 +22,7 @@ barrier for the others, minutes, and then aborts with a stack trace.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -31,14 +32,19 @@ import threading
 
 import jax
 
-from metarec_jax import interrupts
+from metarec_jax import interrupts, liveness
 from metarec_jax.errors import InputError
+from metarec_jax.liveness import first_line
 
 log = logging.getLogger("metarec")
 
 # How much later than our watchdog JAX's own timeout fires.
 JAX_TIMEOUT_MARGIN_S = 60
 JOIN_TIMEOUT_S = 300  # JAX's default initialization timeout
+# Seconds a process of a joined run may go unheard (`liveness`): under JAX's
+# 100 s heartbeat timeout, whose abort it replaces with one line.
+PEER_TIMEOUT_S = 60
+_watch: liveness.Watch | None = None
 # Config keys each host may set for itself: paths on its own disk (only
 # whether they are set is compared: a teacher on one process and none on
 # another would train different steps) and its input threads (a batch is a
@@ -86,6 +92,7 @@ def init_distributed(coordinator_address: str | None = None,
                      num_processes: int | None = None,
                      process_id: int | None = None, *,
                      join_timeout: int = JOIN_TIMEOUT_S,
+                     peer_timeout: float = PEER_TIMEOUT_S,
                      prog: str = "metarec train",
                      config: dict | None = None) -> bool:
   """Joins a multi-process run (`jax.distributed.initialize`).
@@ -100,13 +107,18 @@ def init_distributed(coordinator_address: str | None = None,
   with status 2 (see the module docstring: the wait cannot be interrupted
   any other way), and so does every process where their `num_processes`
   differ, or their `config` (a nested dict of the run's config, compared
-  but for `PER_HOST_KEYS`). Raises InputError for flags that cannot
-  describe a run.
+  but for `PER_HOST_KEYS`). Once joined, a process that goes unheard for
+  `peer_timeout` seconds ends the others with one line and exit status 1
+  (`liveness`; a process that ends its run in order says so with
+  `finished`). Raises InputError for flags that cannot describe a run.
   """
   check_process_flags(coordinator_address, num_processes, process_id)
   if join_timeout < 1:
     raise InputError(f"--join_timeout={join_timeout} must be at least 1"
                      " (seconds)")
+  if not peer_timeout >= 2 * liveness.TICK_S:  # also NaN
+    raise InputError(f"--peer_timeout={peer_timeout:g} must be at least"
+                     f" {2 * liveness.TICK_S:g} (seconds)")
   explicit = coordinator_address is not None or num_processes is not None
   if not explicit and not cluster_detected():
     return False
@@ -134,7 +146,26 @@ def init_distributed(coordinator_address: str | None = None,
                                  process_id, join_timeout, config)
     if problem:
       _give_up(prog, problem)
+  global _watch
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  _watch = liveness.Watch(
+      ocp.multihost.get_jax_distributed_client(), jax.process_index(),
+      jax.process_count(), timeout=peer_timeout,
+      give_up=lambda problem: _give_up(prog, problem, status=1),
+      where=("the run" if coordinator_address is None else
+             f"the run at {coordinator_address}")).start()
+  # An exit that did not say `finished` stops counting (before JAX's own
+  # exit handler, registered earlier, waits for the others).
+  atexit.register(_watch.stop)
   return True
+
+
+def finished() -> None:
+  """Tells the other processes of a joined run that this one ended its run
+  in order (trained or preempted), so that its exit is not taken for a
+  death; nothing outside a joined run."""
+  if _watch is not None:
+    _watch.done()
 
 
 def _compare_processes(coordinator_address: str, num_processes: int,
@@ -163,7 +194,7 @@ def _compare_processes(coordinator_address: str, num_processes: int,
     # older version that publishes none).
     return (f"process {process_id}: the processes that joined the run at"
             f" {coordinator_address} did not all say their --num_processes"
-            f" within {join_timeout} s (--join_timeout): {_first_line(e)}")
+            f" within {join_timeout} s (--join_timeout): {first_line(e)}")
   if len(counts) < len(said):  # a bare count: metarec before 2026-12-04
     return (f"process {process_id}: the processes that joined the run at"
             f" {coordinator_address} run different versions of metarec"
@@ -190,7 +221,7 @@ def _compare_processes(coordinator_address: str, num_processes: int,
       problem = (f"process {process_id}: not every process of the run at"
                  f" {coordinator_address} compared its --num_processes"
                  f" within {join_timeout} s (--join_timeout):"
-                 f" {_first_line(e)}")
+                 f" {first_line(e)}")
   return problem
 
 
@@ -227,13 +258,6 @@ def _config_problem(process_id: int, configs: dict[int, dict]) -> str | None:
   return None
 
 
-def _first_line(error: Exception) -> str:
-  """The first line of a coordination-service error (its repr where it
-  says nothing)."""
-  text = str(error).strip()
-  return text.splitlines()[0] if text else repr(error)
-
-
 def _unjoined_problem(coordinator_address: str | None,
                       num_processes: int | None, process_id: int | None,
                       join_timeout: int) -> str:
@@ -250,10 +274,10 @@ def _unjoined_problem(coordinator_address: str | None,
           " coordinator's host)")
 
 
-def _give_up(prog: str, problem: str) -> None:
-  """Ends the process from the watchdog thread: the main thread is inside
+def _give_up(prog: str, problem: str, status: int = 2) -> None:
+  """Ends the process from a watchdog thread: the main thread is inside
   JAX's C++ wait, where no exception reaches."""
   for handler in logging.getLogger("metarec").handlers:
     handler.flush()
   print(f"{prog}: error: {problem}", file=sys.stderr, flush=True)
-  os._exit(2)  # pylint: disable=protected-access
+  os._exit(status)  # pylint: disable=protected-access

@@ -110,6 +110,9 @@ def test_bad_input_is_one_line_with_status_2(args, message):
     (["--coordinator_address=127.0.0.1:1", "--num_processes=2",
       "--process_id=0", "--join_timeout=0"],
      "--join_timeout=0 must be at least 1 (seconds)"),
+    (["--coordinator_address=127.0.0.1:1", "--num_processes=2",
+      "--process_id=0", "--peer_timeout=nan"],
+     "--peer_timeout=nan must be at least 2 (seconds)"),
 ])
 def test_multi_process_flags_that_cannot_describe_a_run(tmp_path, flags,
                                                          message):

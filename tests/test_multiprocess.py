@@ -155,3 +155,38 @@ def test_sigterm_to_one_process_saves_every_process_at_one_step(tmp_path):
                       logs[0])
   assert stopped, logs[0]
   assert int(stopped.group(1)) in checkpoint_steps(workdir)
+
+
+def test_a_killed_process_stops_the_other_in_one_line(tmp_path):
+  """kill -9 of one process left the other inside a gloo collective until
+  JAX's heartbeat timeout aborted it with a C++ stack trace (94 s here);
+  the liveness watch ends it within --peer_timeout, naming the process."""
+  import re  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  from procs import wait_for  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  port = free_port()
+  args = [f"--config={config_path('tiny')}", "--config.train.num_steps=50000",
+          "--config.train.eval_every_steps=-1", "--config.data.buckets=(16,)",
+          "--config.checkpoint.every_steps=50000", "--peer_timeout=5"]
+  procs = [start("train", *args, f"--workdir={workdir}",
+                 f"--coordinator_address=127.0.0.1:{port}",
+                 "--num_processes=2", f"--process_id={i}", devices=2,
+                 stderr_path=f"{workdir}.p{i}.log") for i in (0, 1)]
+  try:
+    wait_for(lambda: re.search(r"step \d{2,}/50000",
+                               open(f"{workdir}.p0.log").read()),
+             proc=procs[0], timeout=600, interval=0.1)
+    procs[1].send_signal(signal.SIGKILL)
+    procs[0].wait(timeout=90)  # JAX's own abort comes after 100 s
+  finally:
+    for p in procs:
+      p.kill()
+  log = open(f"{workdir}.p0.log").read()
+  assert procs[0].returncode == 1, log[-2000:]
+  last = log.strip().splitlines()[-1]
+  assert last.startswith(
+      "metarec train: error: process 0: process 1 of the run at"
+      f" 127.0.0.1:{port} has not answered for 5 s (--peer_timeout"), last
+  assert "resume from the last checkpoint" in last
+  assert "Check failure" not in log  # JAX's abort

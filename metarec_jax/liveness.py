@@ -1,0 +1,112 @@
+"""Noticing a process of a joined run that stopped (killed, its host lost).
+
+Every collective waits for every process. Where one is killed, the others
+wait inside gloo (or NCCL) until JAX's coordination service has missed its
+heartbeats for 100 s, and then abort with a fatal C++ log and a stack
+trace that says "another task died" (exit 134): it names neither the
+process nor what to do, and no Python code can catch it. So each process
+of a run keeps a `Watch`: a daemon thread that counts up this process's
+key in the coordination service's key-value store every `TICK_S` seconds
+and reads the others'. Where another process's count has not moved for
+`timeout` seconds, or the coordination service (hosted by process 0)
+cannot be reached, the watch ends this process with one line naming the
+process and how to resume, exit status 1 (`os._exit`: the main thread may
+be inside a collective that no exception reaches). A process that ends its
+run in order says so first (`Watch.done`), so that the others never take
+its exit for a death; one that fails stops counting, and the others end
+within `timeout` with the line instead of the abort.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+TICK_S = 1.0
+DONE = "done"
+KEY = "metarec/alive/{}"
+
+
+class Watch:
+  """The liveness watch of process `process_id` of `num_processes` (see the
+  module docstring); `give_up(problem)` ends the process."""
+
+  def __init__(self, client: Any, process_id: int, num_processes: int, *,
+               timeout: float, give_up: Callable[[str], None],
+               where: str = "the run"):
+    self.client = client
+    self.process_id = process_id
+    self.others = [i for i in range(num_processes) if i != process_id]
+    self.timeout = timeout
+    self.give_up = give_up
+    self.where = where
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True,
+                                    name="liveness")
+
+  def start(self) -> "Watch":
+    self._thread.start()
+    return self
+
+  def stop(self) -> None:
+    """Stops counting (the others will notice within `timeout` unless
+    `done` was said)."""
+    self._stop.set()
+    if (self._thread.is_alive()
+        and self._thread is not threading.current_thread()):
+      self._thread.join()
+
+  def done(self) -> None:
+    """Stops counting and tells the others that this process ended its
+    run in order."""
+    self.stop()
+    try:
+      self.client.key_value_set(KEY.format(self.process_id), DONE,
+                                allow_overwrite=True)
+    except Exception:  # pylint: disable=broad-except
+      pass  # the service is gone: so is every process that could ask
+
+  def _run(self) -> None:
+    start = time.monotonic()
+    seen = {i: (None, start) for i in self.others}  # (count, when it moved)
+    count = 0
+    while not self._stop.wait(TICK_S):
+      count += 1
+      try:
+        self.client.key_value_set(KEY.format(self.process_id), str(count),
+                                  allow_overwrite=True)
+      except Exception as e:  # pylint: disable=broad-except
+        if self._stop.is_set():
+          return
+        self.give_up(
+            f"process {self.process_id}: lost the coordination service of"
+            f" {self.where} (process 0 stopped, or its host:"
+            f" {first_line(e)}); start every process again with the same"
+            " command to resume from the last checkpoint")
+        return
+      now = time.monotonic()
+      for i in list(seen):
+        try:
+          value = self.client.key_value_try_get(KEY.format(i))
+        except Exception:  # pylint: disable=broad-except
+          value = None  # not counting yet
+        if value == DONE:
+          del seen[i]
+        elif value != seen[i][0]:
+          seen[i] = (value, now)
+        elif now - seen[i][1] > self.timeout and not self._stop.is_set():
+          self.give_up(
+              f"process {self.process_id}: process {i} of {self.where} has"
+              f" not answered for {self.timeout:g} s (--peer_timeout: it was"
+              " killed, failed or lost its host; see its log); this process"
+              " stops too: start every process again with the same command"
+              " to resume from the last checkpoint")
+          return
+
+
+def first_line(error: Exception) -> str:
+  """The first line of a coordination-service error (its repr where it
+  says nothing)."""
+  text = str(error).strip()
+  return text.splitlines()[0] if text else repr(error)
