@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 TICK_S = 1.0
 DONE = "done"
-KEY = "metarec/alive/{}"
+PREFIX = "metarec/alive/"
+KEY = PREFIX + "{}"
 
 
 class Watch:
@@ -86,11 +87,12 @@ class Watch:
             " command to resume from the last checkpoint")
         return
       now = time.monotonic()
+      try:  # one request for all of them, whatever the number of processes
+        counts = dict(self.client.key_value_dir_get(PREFIX))
+      except Exception:  # pylint: disable=broad-except
+        counts = {}
       for i in list(seen):
-        try:
-          value = self.client.key_value_try_get(KEY.format(i))
-        except Exception:  # pylint: disable=broad-except
-          value = None  # not counting yet
+        value = counts.get(KEY.format(i))  # None: not counting yet
         if value == DONE:
           del seen[i]
         elif value != seen[i][0]:
