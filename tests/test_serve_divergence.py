@@ -5,8 +5,9 @@ raised to 1e6 (digest rewritten, as an export would write it): every
 adaptation at serving time then diverges for real, while the exported
 users' stored models stay finite. `Export.adapt` must refuse, and the
 server (the engine in-process, then a real `metarec serve` process over
-HTTP) must keep each user on the model it had, say `adapted: false`, keep
-and log the ratings, and name the user in a warning.
+HTTP) must serve each user its model before any interaction (exported, or
+the meta-parameters), say `adapted: false`, keep and log the ratings, and
+name the user in a warning.
 """
 
 import json

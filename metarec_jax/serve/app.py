@@ -119,7 +119,8 @@ def create_app(service: Service, *, token: str | None,
     rated: int
     adapted: bool = Field(description="false: adapting on the user's"
                           " ratings diverged, so the user's model before"
-                          " them is served (the ratings are kept)")
+                          " any interaction is served (the ratings are"
+                          " kept)")
 
   class Adapted(BaseModel):
     support_size: int

@@ -18,9 +18,11 @@ the newest `max_support` of them, by the export's own rules
 (`export.users.collect`). Its recommendations exclude every rated item.
 Where that adaptation is not finite (the inner loop diverges on these
 ratings: `export.compute.support_finite`, the check `metarec export`
-refuses on), the session keeps the ratings but serves the model the user
-had without them (the export's, or the meta-parameters'), says so with a
-warning and `adapted: false`, and tries again at the next interaction.
+refuses on), the session keeps the ratings but serves the user's model
+before any interaction (the export's, or the meta-parameters' for a user
+the export does not have; the same after a restart replays the log), says
+so with a warning and `adapted: false`, and tries again at the next
+interaction.
 
 Not thread-safe: the server calls it from one worker thread.
 """
