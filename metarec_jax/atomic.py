@@ -9,12 +9,15 @@ write that fails
 (a full disk) removes its temporary file or folder and raises an
 `OutputError` naming the destination and the cause; arrays filled through
 a memory map have their disk space reserved first, so a full disk is an
-error, never a SIGBUS.
+error, never a SIGBUS. A rename is made durable by syncing the folder that
+holds it (`fsync_dir`), so that a finished write survives a power loss or a
+crash of the machine, not only of the process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -28,6 +31,21 @@ import numpy as np
 from metarec_jax.errors import InputError, OutputError, cause_of
 from metarec_jax import interrupts
 from metarec_jax.interrupts import uninterrupted
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+  """Syncs the folder `path`: the names created, renamed or removed in it
+  reach the disk (a file's own fsync does not write its name). A file
+  system that cannot sync a folder (EINVAL, ENOTSUP: some network and FUSE
+  ones) is left as it is."""
+  fd = os.open(os.fspath(path), os.O_RDONLY | os.O_DIRECTORY)
+  try:
+    os.fsync(fd)
+  except OSError as e:
+    if e.errno not in (errno.EINVAL, errno.ENOTSUP):
+      raise
+  finally:
+    os.close(fd)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -45,6 +63,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
   except OSError as e:
     raise OutputError(path, cause_of(e)) from e
   finally:
@@ -277,6 +296,8 @@ class Folder:
   def swap(self) -> None:
     """Renames the complete folder into place (see the class)."""
     old = None
+    for folder, _, _ in os.walk(self.tmp):  # every name written inside
+      fsync_dir(folder)
     # A SIGTERM between the renames would leave neither folder at `out`.
     with uninterrupted():
       # `lexists`: a link (even a dangling one) is moved aside too, as
@@ -285,6 +306,7 @@ class Folder:
         old = self._prefix + "old-" + uuid.uuid4().hex[:8]
         os.rename(self.out, old)
       os.rename(self.tmp, self.out)
+      fsync_dir(self.parent)
       self._finished = True
       if old is not None:
         remove(old)

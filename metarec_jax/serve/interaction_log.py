@@ -25,6 +25,7 @@ import unicodedata
 
 import numpy as np
 
+from metarec_jax import atomic
 from metarec_jax.data.convert import parsing, ratings_io
 from metarec_jax.data.convert.ratings_io import RatingsFormat
 from metarec_jax.errors import InputError
@@ -120,6 +121,10 @@ class InteractionLog:
     self.size = os.fstat(self._fd).st_size
     if self.size == 0 and self._header:
       self._write(self._header.encode(fmt.encoding))
+    # The log's name (and its folder's, if just made) on disk too: an
+    # acknowledged line must survive the machine's crash, not only ours.
+    atomic.fsync_dir(self.folder)
+    atomic.fsync_dir(os.path.dirname(self.folder))
 
   def check_user_id(self, user) -> None:
     """Raises ValueError if the id would not read back from the log as
