@@ -264,3 +264,41 @@ def test_eval_ratings_reads_a_raw_file_as_the_store_was_built(straight,
   evaluator = Evaluator(exp, runtime.make_mesh(), interacted=np.unique(keys))
   assert implicit.contains(evaluator.ranking.interacted, keys).all()
   assert implicit.contains(evaluator.ranking.interacted, interacted).all()
+
+
+def test_serving_never_samples_an_older_rated_item_as_a_negative(
+    straight, tmp_path):
+  """A user with more clicks than `max_support`: the server's engine
+  adapts as `Export.adapt` (and export) do, sampling negatives among the
+  items the user never rated (it avoided only the support's, so an older
+  click could be learned as a negative)."""
+  # pylint: disable=g-import-not-at-top
+  from metarec_jax import export
+  from metarec_jax.data import store as store_lib
+  from metarec_jax.serve import engine as engine_lib
+  store = store_lib.open_store(os.path.join(straight, "store"))
+  offsets, items = np.asarray(store.offsets), np.asarray(store.items)
+  lines = ["user,item,rating"]
+  for u in range(1, 6):
+    for i in items[offsets[u]:offsets[u + 1]][:30]:
+      lines.append(f"{store.user_ids[u]},{store.item_ids[i]},5")
+  path = tmp_path / "clicks.csv"
+  path.write_text("\n".join(lines) + "\n")
+  out = str(tmp_path / "export")
+  export.export_workdir(straight, str(path), out, chunk_users=4)
+  e = export.load(out)
+  g = engine_lib.Engine(e, engine_lib.Limits(max_batch=8, max_items=16))
+  top = np.float32(e.rating_range[1])
+  probe = np.arange(0, e.num_items, max(1, e.num_items // 16))[:16]
+  for row in range(e.num_users):
+    user = e.user_ids[row].item()
+    known, ratings = e.known_ratings(row)
+    assert len(known) > e.max_support  # older clicks beyond the support
+    new = np.setdiff1d(np.arange(e.num_items), known)[:1]
+    g.learn([(user, new, np.full(1, top))])
+    got = g.predict([(user, probe)])[0]["scores"]
+    pairs = list(zip(e.item_ids[known].tolist(), ratings.tolist()))
+    pairs.append((e.item_ids[new[0]].item(), float(top)))
+    want = e.adapt(pairs, user_id=user).predict(e.item_ids[probe].tolist())
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6,
+                               err_msg=f"user {user}")

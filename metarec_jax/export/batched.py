@@ -109,13 +109,18 @@ class UserBatches:
 
   def support_batch(self, user_features: dict[str, np.ndarray],
                     items: np.ndarray, ratings: np.ndarray,
-                    mask: np.ndarray) -> dict:
+                    mask: np.ndarray, rated: np.ndarray | None = None
+                    ) -> dict:
     """The support batch `adapt_users` takes.
 
     Args:
       user_features: `{name: [B(, L)]}` each user's feature row.
       items: `[B, W]` catalogue positions; ratings `[B, W]`; mask `[B, W]`
         (False: padding).
+      rated: `[B, R]` every item each user rated (-1: padding), older ones
+        beyond the support included: an implicit export never samples one
+        as a negative (as `metarec export` and `Export.adapt`). None: the
+        support items only.
 
     An implicit export's batch is wider: `W * (1 + negatives)` rows (see
     `data.implicit.labelled_support`).
@@ -126,7 +131,8 @@ class UserBatches:
       # Implicit exports: labels from the threshold, then sampled negatives
       # that avoid the support items (as `metarec export` adapts).
       items, ratings, mask = implicit.labelled_support(
-          items, ratings, mask, np.where(mask, items, -1),
+          items, ratings, mask,
+          np.where(mask, items, -1) if rated is None else rated,
           spec=self.implicit, pool=self._implicit_pool,
           num_items=self.num_items,
           # Keyed by the support, as `Export.adapt` draws for one user:

@@ -327,8 +327,15 @@ class Engine:
       mask[i, :s] = True
     rows = features + [features[0]] * (size - n)
     stacked = {k: np.stack([f[k] for f in rows]) for k in rows[0]}
+    # Every rated item, not only the support's: an implicit export samples
+    # its negatives among the others (as export and `Export.adapt` do).
+    counts = np.diff(u.offsets)
+    rated = np.full((size, int(counts.max())), -1, np.int64)
+    for i in range(size):
+      j = i if i < n else 0
+      rated[i, :counts[j]] = u.items[u.offsets[j]:u.offsets[j + 1]]
     fast, finite = self.export.adapt_users(
-        self.export.support_batch(stacked, items, ratings, mask))
+        self.export.support_batch(stacked, items, ratings, mask, rated))
     sessions = []
     for j in range(n):
       lo, hi = int(u.offsets[j]), int(u.offsets[j + 1])
