@@ -302,3 +302,38 @@ def test_serving_never_samples_an_older_rated_item_as_a_negative(
     want = e.adapt(pairs, user_id=user).predict(e.item_ids[probe].tolist())
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6,
                                err_msg=f"user {user}")
+
+
+def _export_clicks(straight, out, users, n=30):
+  """Exports the first `n` positives of store users `users` as clicks."""
+  # pylint: disable=g-import-not-at-top
+  from metarec_jax import export
+  from metarec_jax.data import store as store_lib
+  store = store_lib.open_store(os.path.join(straight, "store"))
+  offsets, items = np.asarray(store.offsets), np.asarray(store.items)
+  lines = ["user,item,rating"]
+  for u in users:
+    for i in items[offsets[u]:offsets[u + 1]][:n]:
+      lines.append(f"{store.user_ids[u]},{store.item_ids[i]},5")
+  path = out.parent / (out.name + ".csv")
+  path.write_text("\n".join(lines) + "\n")
+  export.export_workdir(straight, str(path), str(out), chunk_users=4)
+  return export.load(str(out)), store.user_ids[users[-1]].item()
+
+
+def test_an_exported_users_model_follows_its_clicks_not_its_row(
+    straight, tmp_path):
+  """The same clicks give a user the same exported model whoever else is
+  in the file (the negatives were keyed by the user's row), and the model
+  `Export.adapt` (and so the server) gives those clicks."""
+  many, user = _export_clicks(straight, tmp_path / "many", [1, 2, 3, 4, 5])
+  one, same = _export_clicks(straight, tmp_path / "one", [5])
+  assert user == same and many.user_row(user) == 4 and one.user_row(user) == 0
+  probe = many.item_ids[:16].tolist()
+  np.testing.assert_array_equal(many.predict(user, probe),
+                                one.predict(user, probe))
+  known, ratings = many.known_ratings(many.user_row(user))
+  again = many.adapt(list(zip(many.item_ids[known].tolist(),
+                              ratings.tolist())), user_id=user)
+  np.testing.assert_allclose(again.predict(probe), many.predict(user, probe),
+                             rtol=1e-5, atol=1e-6)

@@ -247,11 +247,12 @@ class _Job:
     slot = rows - np.repeat(starts, counts)
     rated = scatter_rows(task, slot, u.items[rows], c, rated_width, fill=-1)
     spec = self.exp.implicit
-    if spec.enabled:  # positives, then sampled negatives (as in training)
+    if spec.enabled:  # positives, then negatives keyed by the support
       items, ratings, mask = implicit.labelled_support(
           items, ratings, mask, rated, spec=spec,
           pool=implicit.item_pools(self.exp.store)[0],
-          num_items=self.exp.store.num_items, row_keys=slots)
+          num_items=self.exp.store.num_items,
+          row_keys=implicit.support_keys(items, mask))
     support = self.tables.rows(slots, items, ratings, mask)
     if not self.k:
       return support, None
@@ -386,9 +387,8 @@ class _Job:
         "summary": {k: v for k, v in summary.items()
                     if k not in ("seconds", "out")},
         "config": config_io.to_dict(config),
-        # Implicit feedback: scores are logits; a rating >= threshold is a
-        # positive, and support sets get sampled negatives from
-        # layout.IMPLICIT_POOL (the training items), as in training.
+        # Implicit: scores are logits; a rating >= threshold is a positive;
+        # supports get negatives from layout.IMPLICIT_POOL, as in training.
         "implicit": (dataclasses.asdict(exp.implicit)
                      if exp.implicit.enabled else None),
     }
