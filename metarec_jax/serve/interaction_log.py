@@ -137,11 +137,10 @@ class InteractionLog:
     elif any(_unreadable(c) for c in text):
       problem = ("holds a control character (NUL, a line break...), a byte"
                  " order mark or U+FFFD (a byte that was not UTF-8)")
-    elif delimiter in text:
-      problem = f"holds the log's delimiter {delimiter!r}"
     elif len(delimiter) > 1 and (set(delimiter + '"') & set(text)):
       # No quoting with a delimiter of several characters: `zed:` then
-      # `::` would read back as `zed` and `:item`.
+      # `::` would read back as `zed` and `:item`. (One character: the log
+      # quotes a field that holds it, as CSV does, and reads it back.)
       problem = (f"holds {delimiter[0]!r} or '\"', which a log split on"
                  f" {delimiter!r} cannot quote")
     else:
