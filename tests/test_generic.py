@@ -187,7 +187,10 @@ def test_ratings_files_round_trip_in_the_store_format(shop, tmp_path):
   path = str(tmp_path / "out.csv")
   ratings_io.write_ratings(path, np.array(["bob", "alice"]),
                            np.array(["mug", "ink"]), np.array([4.5, 1.0]), s)
-  assert open(path).read() == "user,item,rating\nbob,mug,4.5\nalice,ink,1\n"
+  # Every column of the dataset's header (`ts` is none of the roles here),
+  # so that the lines append to its ratings file.
+  assert open(path).read() == ("user,item,rating,ts\nbob,mug,4.5,\n"
+                               "alice,ink,1,\n")
   users, items, ratings, lines = ratings_io.read_ratings(path, s)
   assert users.tolist() == ["bob", "alice"] and items.tolist() == ["mug", "ink"]
   assert ratings.tolist() == [4.5, 1.0] and lines.tolist() == [2, 3]
@@ -483,3 +486,41 @@ def test_a_wrong_delimiter_is_hinted_at_a_field_count_and_a_feature(tmp_path):
                      r" delimiter ','\?\)"):
     prepare.prepare(data_config(root, delimiter=";", item_features="items.csv",
                                 categorical=("maker",)), tmp_path / "f-store")
+
+
+@pytest.mark.parametrize("header", ["item,rating,note,user,when",
+                                    "when,item,user,rating"])
+def test_the_server_log_appends_to_a_file_of_any_column_order(tmp_path,
+                                                              header):
+  """The README's loop (`tail -n +2 interactions.csv >> ratings.csv`) with
+  a ratings file whose columns are not `user,item,rating`: the log wrote
+  those three in that order under its own header, so the appended lines
+  read as ratings of the user by the item (or failed on their width)."""
+  from metarec_jax.serve import interaction_log  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "data"
+  names = header.split(",")
+  rows = [{"user": u, "item": i, "rating": r, "note": "x", "when": t}
+          for u, i, r, t in [("alice", "mug", "4", "10"), ("bob", "pen", "2", "20"),
+                             ("alice", "pen", "5", "30")]]
+  text = header + "\n" + "".join(
+      ",".join(row[n] for n in names) + "\n" for row in rows)
+  datafiles.write(str(root / "ratings.csv"), text)
+  prepare.prepare(data_config(root, timestamp_col="when", id_features=True),
+                  tmp_path / "store")
+  fmt = ratings_io.store_format(store_lib.open_store(tmp_path / "store"))
+  assert fmt.columns == tuple(names)
+  log = interaction_log.InteractionLog(str(tmp_path / "log"), fmt,
+                                       clock="seconds")
+  log.append(["bob", "carol"], ["mug", "ink"], [3.0, 1.0])
+  assert log.read().users.tolist() == ["bob", "carol"]  # a restart replays
+  log.close()
+  with open(log.path) as f:
+    assert f.readline().strip() == header
+    appended = f.read()
+  joined = tmp_path / "joined.csv"
+  joined.write_text(text + appended)
+  r = ratings_io.parse_ratings(joined, fmt)
+  assert r.users.tolist() == ["alice", "bob", "alice", "bob", "carol"]
+  assert r.items.tolist() == ["mug", "pen", "pen", "mug", "ink"]
+  assert r.ratings.tolist() == [4.0, 2.0, 5.0, 3.0, 1.0]
+  assert (r.timestamps[3:] > 30).all()  # the log's times read as later

@@ -6,6 +6,7 @@ tests start their own processes on the same export.
 """
 
 import asyncio
+import dataclasses
 import os
 import re
 import signal
@@ -534,6 +535,35 @@ def test_interaction_log_generic_columns_torn_tail_and_lock(tmp_path):
   with open(log.path) as f:
     assert f.read().splitlines()[0] == "user,item,rating"
   log.close()
+
+
+def test_a_log_begun_under_another_header_goes_on_under_it(tmp_path):
+  """A log folder kept across exports (or begun before stores recorded the
+  dataset's columns): new lines follow the header the log has, so it
+  reads back whole; a header without this export's columns is refused."""
+  from metarec_jax.data.convert import ratings_io  # pylint: disable=g-import-not-at-top
+  from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  from metarec_jax.serve import interaction_log  # pylint: disable=g-import-not-at-top
+  old = ratings_io.RatingsFormat(
+      rating_min=1.0, rating_max=5.0, user_id_type="str", item_id_type="str",
+      **ratings_io.DEFAULT_FORMAT)
+  log = interaction_log.InteractionLog(str(tmp_path), old)
+  log.append(["u1"], ["i1"], [4.0])
+  log.close()
+  new = dataclasses.replace(old, columns=("item", "rating", "note", "user"))
+  log = interaction_log.InteractionLog(str(tmp_path), new)
+  log.append(["u2"], ["i2"], [2.0])
+  rows = log.read()
+  assert rows.users.tolist() == ["u1", "u2"]
+  assert rows.items.tolist() == ["i1", "i2"]
+  log.close()
+  with open(log.path) as f:
+    assert f.read() == "user,item,rating\nu1,i1,4\nu2,i2,2\n"
+  other = dataclasses.replace(old, user="customer", columns=("customer",
+                                                             "item", "rating"))
+  with pytest.raises(InputError, match="give the server another --log_dir"):
+    interaction_log.InteractionLog(str(tmp_path), other)
+  interaction_log.InteractionLog(str(tmp_path), old).close()  # not locked
 
 
 @pytest.mark.parametrize("first, clock", [

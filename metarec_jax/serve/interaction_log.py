@@ -17,6 +17,7 @@ dropped when the log is opened again.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -121,10 +122,35 @@ class InteractionLog:
     self.size = os.fstat(self._fd).st_size
     if self.size == 0 and self._header:
       self._write(self._header.encode(fmt.encoding))
+    elif self._header:
+      self._follow_header()
     # The log's name (and its folder's, if just made) on disk too: an
     # acknowledged line must survive the machine's crash, not only ours.
     atomic.fsync_dir(self.folder)
     atomic.fsync_dir(os.path.dirname(self.folder))
+
+  def _follow_header(self) -> None:
+    """New lines follow the header the log began with, where that is not
+    this export's (an earlier export's, or written before stores recorded
+    the dataset's columns) but holds the same roles.
+
+    Raises:
+      InputError: it does not (the log is closed).
+    """
+    with open(self.path, "rb") as f:
+      first = f.readline().decode(self.format.encoding, "replace")
+    first = first.rstrip("\r\n")
+    if first == self._header.rstrip("\n"):
+      return
+    mine, names = self._header.strip(), first.split(self.format.delimiter)
+    roles = {getattr(self.format, r) for r in ("user", "item", "rating")}
+    self.format = dataclasses.replace(self.format, columns=tuple(names))
+    self._header = self._text([], [], [])
+    if self._header.rstrip("\n") != first or not roles - {None} <= set(
+        names):
+      self.close()
+      raise InputError(f"its header {first!r} is not this export's {mine!r}"
+                       ": give the server another --log_dir", path=self.path)
 
   def check_user_id(self, user) -> None:
     """Raises ValueError if the id would not read back from the log as

@@ -293,7 +293,8 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
       log_fn(note)
   fmt = dataclasses.replace(
       fmt, user_id_type="int" if ids["user"].dtype.kind == "i" else "str",
-      item_id_type="int" if ids["item"].dtype.kind == "i" else "str")
+      item_id_type="int" if ids["item"].dtype.kind == "i" else "str",
+      columns=r.columns)  # all of them, so the server's log appends to it
   return assemble(
       out, dataset=NAME, user_ids=ids["user"], item_ids=ids["item"],
       users=users, items=items, ratings=r.ratings, timestamps=r.timestamps,

@@ -50,6 +50,7 @@ class RatingsFormat:
     integer_ratings: ratings must be whole numbers.
     rating_min, rating_max: the rating scale; other ratings are errors.
     extension: file name extension used when writing (`dat`, `csv`, ...).
+    columns: a header file's columns in order: written lines append to it.
   """
 
   delimiter: str
@@ -66,16 +67,18 @@ class RatingsFormat:
   item_id_type: str = "int"
   integer_ratings: bool = False
   extension: str = "csv"
+  columns: tuple[str, ...] = ()
 
   def to_json(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
-    d["num_fields"] = list(self.num_fields)
+    d["num_fields"], d["columns"] = list(self.num_fields), list(self.columns)
     return d
 
   @classmethod
   def from_json(cls, d: dict[str, Any]) -> "RatingsFormat":
     d = dict(d)
     d["num_fields"] = tuple(d.get("num_fields", ()))
+    d["columns"] = tuple(d.get("columns", ()))
     return cls(**d)
 
   def describe(self) -> str:
@@ -117,6 +120,7 @@ class Ratings:
   bad_user_ids: int = 0
   first_bad_id: InputError | None = None
   clock: str | None = None  # the timestamps' kind (`parsing.clock_of`)
+  columns: tuple[str, ...] = ()  # a header file's column names
 
 
 def _ids(table, index, id_type, what) -> np.ndarray:
@@ -210,7 +214,7 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
   return Ratings(users, items, ratings, timestamps, table.lines,
                  bad_users=bad_users, bad_items=bad_items,
                  bad_user_ids=bad_user_ids, first_bad_id=first_bad,
-                 clock=clock)
+                 clock=clock, columns=tuple(table.header or ()))
 
 
 def _refuse_repeated_header(table, users, items, pos) -> None:
@@ -303,34 +307,32 @@ def keep_last(users: np.ndarray, items: np.ndarray) -> np.ndarray:
   return keep
 
 
-def _text(values: np.ndarray) -> np.ndarray:
-  return np.asarray(values).astype(str)
-
-
 def format_ratings(users, items, ratings, fmt: RatingsFormat,
                    timestamps=None) -> str:
   """The text of a ratings file of format `fmt` (ids are external ids)."""
-  n = len(users)
+  empty = np.full(len(users), "", dtype="U1")
   ratings = np.asarray(ratings, np.float64)
-  rating_text = (_text(np.round(ratings).astype(np.int64))
-                 if fmt.integer_ratings else np.char.mod("%.7g", ratings))
   roles = {"user": delimited.quote_fields(users, fmt.delimiter),
            "item": delimited.quote_fields(items, fmt.delimiter)}
   if fmt.rating is not None:
-    roles["rating"] = rating_text
+    roles["rating"] = (np.round(ratings).astype(np.int64).astype(str)
+                       if fmt.integer_ratings
+                       else np.char.mod("%.7g", ratings))
   if timestamps is not None and fmt.timestamp is not None:
     stamps = np.asarray(timestamps)
     roles["timestamp"] = (stamps.astype(str) if stamps.dtype.kind in "US"
-                          else _text(stamps.astype(np.int64)))
-  if fmt.header:
-    names = [str(getattr(fmt, r)) for r in roles]
-    columns = list(roles.values())
+                          else stamps.astype(np.int64).astype(str))
+  if fmt.header:  # the file's header (its time column only with times)
+    named = {str(getattr(fmt, r)): v for r, v in roles.items()}
+    skip = None if "timestamp" in roles else fmt.timestamp
+    names = [c for c in fmt.columns if c != skip] or list(named)
+    columns = [named.get(c, empty) for c in names]
     head = fmt.delimiter.join(names) + "\n"
   else:
     width = max(int(getattr(fmt, r)) for r in roles) + 1
     if fmt.num_fields and width not in fmt.num_fields:
       width = min(w for w in fmt.num_fields if w >= width)
-    columns = [np.full(n, "", dtype="U1")] * width
+    columns = [empty] * width
     for r, values in roles.items():
       columns[int(getattr(fmt, r))] = values
     head = ""
