@@ -459,6 +459,29 @@ def test_joined_files_are_refused_at_the_repeated_header_or_bom(tmp_path):
               .encode())
 
 
+def test_a_feature_table_joined_with_its_header_is_refused(tmp_path):
+  # `cat items-a.csv items-b.csv`: the second header is no item `item`
+  # whose maker is `maker` (a phantom item in the catalog, a phantom
+  # category in the vocabulary).
+  root = tmp_path / "joined-items"
+  datafiles.write(str(root / "ratings.csv"),
+                  "user,item,rating\na,x,4\nb,y,3\n")
+  datafiles.write(str(root / "items.csv"),
+                  "item,maker\nx,Acme\nitem,maker\ny,Pens\n")
+  data = data_config(root, item_features="items.csv",
+                     categorical=("maker",))
+  with pytest.raises(InputError, match=r"items.csv:3: this line repeats the"
+                     r" header"):
+    prepare.prepare(data, tmp_path / "store")
+  assert not os.path.exists(tmp_path / "store")
+  # An item called like the id column, with its own features, is an item.
+  datafiles.write(str(root / "items.csv"),
+                  "item,maker\nx,Acme\nitem,Pens\ny,Pens\n")
+  prepare.prepare(data, tmp_path / "store")
+  s = store_lib.open_store(tmp_path / "store")
+  assert s.item_ids.tolist() == ["item", "x", "y"]
+
+
 def test_one_huge_id_is_refused_before_it_is_held(tmp_path):
   lines = "".join(f"u{u},i{u % 7},3\n" for u in range(300))
   with pytest.raises(InputError, match=r"ratings.csv:302: user id of"

@@ -324,6 +324,20 @@ def _csv_rows(lines, numbers, delimiter, path) -> list[list[str]]:
   return rows
 
 
+def refuse_repeated_header(table: Table, candidates: np.ndarray,
+                           columns) -> None:
+  """Raises InputError at the first data line (of those `candidates`
+  marks) whose fields in `columns` are the header's names of them: files
+  joined with their headers (`cat jan.csv feb.csv`), which would otherwise
+  add a user or item named like the id column's header."""
+  for i in np.flatnonzero(candidates):
+    if all(table.column(j)[int(i)].strip() == table.header[j]
+           for j in columns):
+      raise InputError("this line repeats the header (files joined with"
+                       " their headers? remove the repeated header lines)",
+                       path=table.path, line=int(table.lines[i]))
+
+
 def unique_ids(table: Table, ids: np.ndarray, what: str) -> None:
   """Raises InputError at the second line of the first repeated id."""
   order = np.argsort(ids, kind="stable")

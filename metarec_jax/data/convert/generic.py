@@ -152,6 +152,9 @@ def _read_side(spec: GenericSpec, root: str, side: str) -> _SideTable | None:
   if len(empty):
     raise InputError(f"empty {side} id", path=table.path,
                      line=int(table.lines[empty[0]]))
+  # Every column: an id may be called like the header's id column.
+  delimited.refuse_repeated_header(table, ids == table.header[0],
+                                   range(table.width))
   delimited.unique_ids(table, ids, f"{side} id")
   return _SideTable(side, ids, table)
 

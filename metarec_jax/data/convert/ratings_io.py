@@ -188,7 +188,10 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
                           getattr(fmt, f"{role}_id_type"), what), None)
   (users, bad_users), (items, bad_items) = marks["user"], marks["item"]
   if fmt.header and users.dtype.kind == items.dtype.kind == "U":
-    _refuse_repeated_header(table, users, items, pos)
+    # Every named column, not the ids alone: a user may be called `user`.
+    delimited.refuse_repeated_header(
+        table, (users == table.header[pos["user"]])
+        & (items == table.header[pos["item"]]), list(pos.values()))
   bad_user_ids = 0 if bad_users is None else len(
       {table.column(pos["user"])[i].strip()
        for i in np.flatnonzero(bad_users)})
@@ -215,20 +218,6 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
                  bad_users=bad_users, bad_items=bad_items,
                  bad_user_ids=bad_user_ids, first_bad_id=first_bad,
                  clock=clock, columns=tuple(table.header or ()))
-
-
-def _refuse_repeated_header(table, users, items, pos) -> None:
-  """Raises InputError at a data line whose user and item are the header's
-  names of their columns: files joined with their headers (`cat jan.csv
-  feb.csv`), which would otherwise add a user and an item of those names."""
-  head = table.header
-  for i in np.flatnonzero((users == head[pos["user"]])
-                          & (items == head[pos["item"]])):
-    # Every named column, not the ids alone: a user may be called `user`.
-    if all(table.column(j)[int(i)].strip() == head[j] for j in pos.values()):
-      raise InputError("this line repeats the header (files joined with"
-                       " their headers? remove the repeated header lines)",
-                       path=table.path, line=int(table.lines[i]))
 
 
 def read_ratings(path: str | os.PathLike, store: TaskStore):
