@@ -482,6 +482,26 @@ def test_a_feature_table_joined_with_its_header_is_refused(tmp_path):
   assert s.item_ids.tolist() == ["item", "x", "y"]
 
 
+def test_a_quoted_field_after_a_space_is_unquoted(tmp_path):
+  # `a, "x", 4` (a space after each comma) quotes `x`: the same item as
+  # the unquoted `x`, not a second item `"x"` with its quotes.
+  s = _prepared(tmp_path, "one", b'user, item, rating\na, "x", 4\nb, x, 3\n')
+  assert s.item_ids.tolist() == ["x"]
+  s = _prepared(tmp_path, "spaced", b'user, item, rating\na, "x", 4\n'
+                b'b, x, 3\nc, "y, z", 5\n')
+  assert s.item_ids.tolist() == ["x", "y, z"]
+  assert s.num_ratings == 3
+  # A feature table too: `"A, Inc."` is one field, not two.
+  root = tmp_path / "spaced"
+  (root / "items.csv").write_bytes(b'item, maker\nx, "A, Inc."\ny, B\n')
+  prepare.prepare(data_config(root, item_features="items.csv",
+                              categorical=("maker",)),
+                  tmp_path / "spaced-features")
+  s = store_lib.open_store(tmp_path / "spaced-features")
+  assert vocab_of(s, "maker", s.item_features["maker"][
+      s.item_ids.tolist().index("x")]) == ["A, Inc."]
+
+
 def test_one_huge_id_is_refused_before_it_is_held(tmp_path):
   lines = "".join(f"u{u},i{u % 7},3\n" for u in range(300))
   with pytest.raises(InputError, match=r"ratings.csv:302: user id of"

@@ -312,12 +312,17 @@ def join_lines(columns: list[np.ndarray], delimiter: str) -> str:
 
 def _csv_rows(lines, numbers, delimiter, path) -> list[list[str]]:
   # One line, one record: a quoted field may hold the delimiter but not a
-  # line break, which keeps line numbers exact.
+  # line break, which keeps line numbers exact. Spaces after a delimiter
+  # are skipped, so that `a, "b", 4` quotes `b` (fields are stripped
+  # anyway: without it the id would be `"b"`, quotes and all, another id
+  # than `b`); not where a space is the delimiter (two in a row are an
+  # empty field there).
   rows = []
+  skip = delimiter != " "
   for line, number in zip(lines, numbers):
     try:
       rows.append(next(csv.reader(io.StringIO(line), delimiter=delimiter,
-                                  strict=True)))
+                                  strict=True, skipinitialspace=skip)))
     except csv.Error as e:
       raise InputError(f"malformed quoting: {e}", path=path,
                        line=int(number)) from None
