@@ -502,6 +502,19 @@ def test_a_quoted_field_after_a_space_is_unquoted(tmp_path):
       s.item_ids.tolist().index("x")]) == ["A, Inc."]
 
 
+def test_two_roles_naming_one_column_are_refused(tmp_path):
+  # `item_col=user` would make every user rate an item of its own name.
+  with pytest.raises(InputError, match=r"ratings.csv:1: user and item are"
+                     r" one column, 'user'"):
+    _prepared(tmp_path, "same", b"user,item,rating\na,x,4\nb,y,3\n",
+              item_col="user")
+  with pytest.raises(InputError, match=r"ratings.csv:1: item and timestamp"
+                     r" are one column, 1:"):
+    _prepared(tmp_path, "positions", b"a,x,4\nb,y,3\n", header=False,
+              user_col="0", item_col="1", rating_col="2", timestamp_col="1")
+  assert not os.path.exists(tmp_path / "same-store")
+
+
 def test_one_huge_id_is_refused_before_it_is_held(tmp_path):
   lines = "".join(f"u{u},i{u % 7},3\n" for u in range(300))
   with pytest.raises(InputError, match=r"ratings.csv:302: user id of"

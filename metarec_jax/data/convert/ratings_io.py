@@ -167,6 +167,12 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
                        line=int(table.lines[0]))
     if fmt.timestamp is not None and int(fmt.timestamp) < width:
       pos["timestamp"] = int(fmt.timestamp)
+  twice = [r for r in pos if list(pos.values()).count(pos[r]) > 1]
+  if twice:  # `item_col=user`: every user would rate an item of its name
+    raise InputError(f"{' and '.join(twice)} are one column,"
+                     f" {getattr(fmt, twice[0])!r}: name each its own",
+                     path=path, line=table.header_line if fmt.header
+                     else int(table.lines[0]))
   if require_timestamp and "timestamp" not in pos:
     if fmt.header:
       table.position(fmt.timestamp)  # raises, naming the header's columns
