@@ -76,6 +76,20 @@ def test_latin1_files_read_the_same(tmp_path):
                                ["F", "M"]]
 
 
+def test_a_utf8_file_read_as_latin1_is_refused_at_its_byte_order_mark(tmp_path):
+  # Decoded as Latin-1 or cp1252 the mark is the text `ï»¿`:
+  # the first id would be `ï»¿a`, another user than `a`.
+  path = tmp_path / "r.csv"
+  path.write_bytes(b"\xef\xbb\xbfa,x,4\na,y,3\n")
+  for encoding in ("latin-1", "cp1252"):
+    with pytest.raises(InputError, match=r"r\.csv:1: the file starts with a"
+                       " UTF-8 byte order mark but is read as " + encoding):
+      delimited.read_table(path, delimiter=",", encoding=encoding)
+  for encoding in ("utf-8", "UTF8", "utf-8-sig"):
+    table = delimited.read_table(path, delimiter=",", encoding=encoding)
+    assert table.column(0).strings().tolist() == ["a", "a"]
+
+
 VALUES = [" 5", "+3", "1_000", "-7 ", "x", "", "5.0",
           "99999999999999999999", "\t12\r"]
 

@@ -11,12 +11,14 @@ is parsed (`tools/bench_parse.py`).
 
 Conventions of every reader here: `\\r\\n` and `\\n` both end a line (and
 `\\r` in a file without `\\n`: old Mac and Excel "CSV (Macintosh)"
-files), a UTF-8 byte order mark is dropped, and blank lines are skipped
+files), a UTF-8 byte order mark is dropped (and refused in a file read
+in another encoding, where it would be text), and blank lines are skipped
 (line numbers still count them).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import io
@@ -128,6 +130,13 @@ def read_text(path: str | os.PathLike, encoding: str) -> str:
         f" {encoding} text", path=path, line=line) from None
   except LookupError:
     raise InputError(f"unknown text encoding {encoding!r}", path=path) from None
+  if (raw.startswith(codecs.BOM_UTF8)
+      and codecs.lookup(encoding).name not in ("utf-8", "utf-8-sig")):
+    # Read as Latin-1 or cp1252 the mark is the text `ï»¿`: the first
+    # line's id (or column name) would silently be another one.
+    raise InputError(f"the file starts with a UTF-8 byte order mark but is"
+                     f" read as {encoding}: it is UTF-8 text (set the"
+                     " encoding to utf-8)", path=path, line=1)
   nul = text.find("\0")
   if nul >= 0:  # ids would lose it silently (numpy strips trailing NULs)
     line, column = _position(text, nul)
