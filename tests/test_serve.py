@@ -332,9 +332,11 @@ async def _gather(stream, n):
 
 def test_the_log_feeds_metarec_export(server, client, exported, tmp_path):
   """serve -> log -> export: the log is a ratings file `export` reads."""
-  r = client.post("/v1/users/424242/interactions",
-                  json={"ratings": [[1193, 5], [2355, 4]]})
-  assert r.status_code == 200
+  # Two users of its own: the test does not lean on what others logged.
+  for user in (424242, 424243):
+    r = client.post(f"/v1/users/{user}/interactions",
+                    json={"ratings": [[1193, 5], [2355, 4]]})
+    assert r.status_code == 200
   out = str(tmp_path / "re-export")
   summary = export_lib.export_workdir(
       exported[1], str(server.log_dir / "interactions.dat"), out)
