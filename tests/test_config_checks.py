@@ -197,3 +197,25 @@ def test_preparing_a_click_log_needs_no_model_keys(tmp_path, capsys):
                         "--config.data.implicit.threshold=4",
                         f"--out={tmp_path / 'other'}")
   assert status == 2 and "data.generic.rating_col is empty" in err
+
+
+@pytest.mark.parametrize("teacher, message", [
+    ("{root}/runs/{foo}", "config key distill.teacher='{root}/runs/{foo}':"
+     " unknown field {foo}; the only field it may hold is {seed}"),
+    ("{root}/runs/{", "config key distill.teacher='{root}/runs/{': Single"
+     " '{' encountered in format string"),
+    ("{root}/missing-{seed}", "config key distill.teacher='{root}/missing-0':"
+     " no config.json there: not the work directory of a `metarec train`"
+     " run"),
+])
+def test_a_bad_distillation_teacher_is_one_line_and_leaves_no_workdir(
+    tmp_path, teacher, message):
+  """A `{field}` other than `{seed}` was a KeyError traceback, and a path
+  without a run was refused only after the student's work directory (its
+  task store and lock) had been written."""
+  workdir = tmp_path / "student"
+  teacher = teacher.replace("{root}", str(tmp_path))
+  out = metarec("train", TINY, f"--workdir={workdir}",
+                f"--config.distill.teacher={teacher}")
+  assert_one_line_error(out, message.replace("{root}", str(tmp_path)))
+  assert not workdir.exists()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Any
 
 import jax
@@ -68,6 +69,38 @@ class Teacher:
     return self.fn(self.params, self.inner, batch)
 
 
+def teacher_path(config) -> str:
+  """`distill.teacher` with `{seed}` replaced by `train.seed` (`""`: none).
+
+  Raises:
+    InputError: the path holds a `{...}` field other than `{seed}`, or an
+      unpaired brace (named with the key).
+  """
+  template = str(config.distill.teacher)
+  try:
+    return template.format(seed=int(config.train.seed))
+  except (KeyError, IndexError, ValueError) as e:
+    what = (f"unknown field {{{e.args[0]}}}" if isinstance(e, KeyError)
+            else str(e).rstrip("."))
+    raise InputError(f"config key distill.teacher={template!r}: {what}; the"
+                     " only field it may hold is {seed} (a literal brace is"
+                     " written {{ or }})") from None
+
+
+def check(config) -> None:
+  """The cheap check of `distill.teacher`, before a run creates anything.
+
+  Raises:
+    InputError: `teacher_path`'s, or the path is no run's work directory.
+  """
+  path = teacher_path(config)
+  if path and not os.path.isfile(
+      os.path.join(path, config_io.WORKDIR_CONFIG)):
+    raise InputError(f"config key distill.teacher={path!r}: no config.json"
+                     " there: not the work directory of a `metarec train`"
+                     " run")
+
+
 def load(config, exp: experiment.Experiment, mesh) -> Teacher | None:
   """The teacher named by `config.distill`, or None.
 
@@ -75,7 +108,7 @@ def load(config, exp: experiment.Experiment, mesh) -> Teacher | None:
     InputError: the teacher cannot be read or reads features the student's
       batches lack.
   """
-  path = str(config.distill.teacher).format(seed=int(config.train.seed))
+  path = teacher_path(config)
   if not path:  # no distillation
     return None
   weight = float(config.distill.weight)

@@ -32,7 +32,7 @@ from metarec_jax.workdir import reporting, resume, telemetry
 from metarec_jax.workdir import lock
 from metarec_jax.workdir import progress as progress_lib
 from metarec_jax.workdir.preemption import StopRequest
-from metarec_jax.train import median_map
+from metarec_jax.train import distill, median_map
 from metarec_jax.train import shares as shares_lib
 from metarec_jax.train.guard import NonFiniteGuard
 from metarec_jax.train import start as start_lib
@@ -81,6 +81,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                            local_devices=jax.local_device_count())
   check_batch_size(config, jax.device_count() // model)
   prepare.check_source(config.data, workdir)
+  distill.check(config)
   os.makedirs(workdir, exist_ok=True)
   is_lead = jax.process_index() == 0
   tc = config.train
