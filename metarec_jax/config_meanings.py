@@ -292,7 +292,7 @@ MEANINGS: dict[str, str] = {
                        " whose adapted query predictions the student is"
                        " trained toward (`train/distill.py`); `{seed}` in"
                        " it becomes `train.seed`; `\"\"` = no"
-                       " distillation.",
+                       " distillation. Rating runs only (not implicit).",
     "distill.weight": "`distill.teacher`: share of the teacher's"
                       " prediction in each query target (the rest is the"
                       " rating).",

@@ -203,6 +203,12 @@ RELATIONS: tuple[R.Relation, ...] = (
                " data.generic.rating_col is empty (a file without a rating"
                " column: every line is a positive): name the rating column,"
                " or drop the threshold"),
+    R.Relation(("distill.teacher", "data.implicit.enabled"),
+               lambda teacher, on: not teacher or not on,
+               "distill.teacher blends the teacher's predicted ratings into"
+               " the query ratings; on implicit feedback they are 1/0"
+               " labels (a blend turns positives into negatives): set"
+               " distill.teacher=\"\""),
     R.Relation(("model.query_rank_weight", "model.loss", "model.query_loss"),
                lambda w, loss, query: (not w or (query or loss)
                                        in _RATING_LOSSES.choices),

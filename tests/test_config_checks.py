@@ -219,3 +219,43 @@ def test_a_bad_distillation_teacher_is_one_line_and_leaves_no_workdir(
                 f"--config.distill.teacher={teacher}")
   assert_one_line_error(out, message.replace("{root}", str(tmp_path)))
   assert not workdir.exists()
+
+
+def test_distillation_on_implicit_feedback_is_refused_before_anything(
+    tmp_path):
+  """The teacher's predictions were blended into the 1/0 labels: on the
+  test bed's tiny implicit run 60 of a batch's 160 query positives became
+  negatives (blended label <= 0.5) and BCE got labels from -0.4 to 1.4."""
+  teacher = tmp_path / "teacher"
+  teacher.mkdir()
+  (teacher / config_io.WORKDIR_CONFIG).write_text("{}")
+  workdir = tmp_path / "student"
+  out = metarec("train", TINY, f"--workdir={workdir}",
+                "--config.data.implicit.enabled=true",
+                "--config.model.loss=bce",
+                f"--config.distill.teacher={teacher}")
+  assert_one_line_error(out, "distill.teacher blends the teacher's predicted"
+                        " ratings into the query ratings; on implicit"
+                        " feedback they are 1/0 labels")
+  assert not workdir.exists()
+
+
+def test_an_implicit_teacher_is_refused(tmp_path):
+  """A rating student of an implicit teacher blended its logits into the
+  ratings."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from metarec_jax import experiment, runtime  # pylint: disable=g-import-not-at-top
+  from metarec_jax.train import distill  # pylint: disable=g-import-not-at-top
+  student = config_io.complete(config_io.load_config_file(
+      config_path("tiny")))
+  teacher = config_io.complete(config_io.load_config_file(
+      config_path("tiny")))
+  teacher.data.implicit.enabled = True
+  teacher.model.loss = "bce"
+  (tmp_path / "teacher").mkdir()
+  config_io.write_workdir_config(str(tmp_path / "teacher"), teacher)
+  student.distill.teacher = str(tmp_path / "teacher")
+  exp = experiment.build(student, str(tmp_path / "student"))
+  with pytest.raises(InputError, match="the teacher is an implicit-feedback"
+                     " run: its scores are logits"):
+    distill.load(student, exp, runtime.make_mesh(1, jax.devices()[:1]))

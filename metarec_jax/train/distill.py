@@ -113,6 +113,10 @@ def load(config, exp: experiment.Experiment, mesh) -> Teacher | None:
     return None
   weight = float(config.distill.weight)
   teacher_exp = experiment.build(config_io.read_workdir_config(path), path)
+  if teacher_exp.implicit.enabled:
+    raise InputError("the teacher is an implicit-feedback run: its scores"
+                     " are logits, not ratings to blend into the student's"
+                     " (distill.teacher takes a rating run)", path=path)
   have = {s.name: s for s in exp.tables.specs}
   missing = [s.name for s in teacher_exp.tables.specs
              if have.get(s.name) != s]
