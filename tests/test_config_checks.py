@@ -259,3 +259,31 @@ def test_an_implicit_teacher_is_refused(tmp_path):
   with pytest.raises(InputError, match="the teacher is an implicit-feedback"
                      " run: its scores are logits"):
     distill.load(student, exp, runtime.make_mesh(1, jax.devices()[:1]))
+
+
+@pytest.mark.parametrize("key, value", [("seed", 1), ("new_user_fraction",
+                                                       0.3)])
+def test_a_teacher_of_another_split_is_refused(tmp_path, key, value):
+  """A teacher trained with another eval.seed was accepted: it had learned
+  from the users the student's evaluation holds out, and the student was
+  trained toward its predictions."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from metarec_jax import experiment, runtime  # pylint: disable=g-import-not-at-top
+  from metarec_jax.train import distill  # pylint: disable=g-import-not-at-top
+  tiny = lambda: config_io.complete(config_io.load_config_file(
+      config_path("tiny")))
+  student, teacher, same = tiny(), tiny(), tiny()
+  setattr(teacher.eval, key, value)
+  for name, config in (("teacher", teacher), ("same", same)):
+    experiment.build(config, str(tmp_path / name))
+    config_io.write_workdir_config(str(tmp_path / name), config)
+  exp = experiment.build(student, str(tmp_path / "student"))
+  mesh = runtime.make_mesh(1, jax.devices()[:1])
+  student.distill.teacher = str(tmp_path / "teacher")
+  with pytest.raises(InputError, match=(
+      f"the teacher was trained on another split of the data \\(eval.{key}="
+      f"{value!r} there")):
+    distill.load(student, exp, mesh)
+  student.distill.teacher = str(tmp_path / "same")  # passes the check
+  with pytest.raises(InputError, match="no checkpoint"):
+    distill.load(student, exp, mesh)

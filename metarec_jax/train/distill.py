@@ -25,9 +25,11 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 
 from metarec_jax import config_io, experiment, meta, runtime
 from metarec_jax.errors import InputError
+from metarec_jax.workdir import resume
 from metarec_jax.workdir.restore import load_state
 
 log = logging.getLogger("metarec")
@@ -101,6 +103,20 @@ def check(config) -> None:
                      " run")
 
 
+def _other_split(config, exp, teacher_exp) -> str | None:
+  """How the teacher's split differs from the student's (None: the same
+  user groups and training ratings)."""
+  mine, theirs = exp.split, teacher_exp.split
+  if (np.array_equal(mine.user_group, theirs.user_group)
+      and np.array_equal(mine.train_positions, theirs.train_positions)):
+    return None
+  here, there = config_io.flat(config), config_io.flat(teacher_exp.config)
+  keys = [f"{k}={there.get(k)!r} there, {here.get(k)!r} here"
+          for k in resume.SPLIT_KEYS
+          if k != "eval.val_fraction" and here.get(k) != there.get(k)]
+  return ", ".join(keys) or "other data or validation share"
+
+
 def load(config, exp: experiment.Experiment, mesh) -> Teacher | None:
   """The teacher named by `config.distill`, or None.
 
@@ -124,6 +140,13 @@ def load(config, exp: experiment.Experiment, mesh) -> Teacher | None:
     raise InputError("the teacher reads features the student's batches lack"
                      f" or encode differently: {', '.join(missing)}",
                      path=path)
+  other = _other_split(config, exp, teacher_exp)
+  if other is not None:
+    raise InputError("the teacher was trained on another split of the data"
+                     f" ({other}): it learned from users and ratings the"
+                     " student's validation and evaluation hold out. Distill"
+                     " from a run with the student's data, eval.* split keys"
+                     " and data.query_size", path=path)
   state = load_state(teacher_exp, path, mesh)
   log.info("distilling from %s (step %d, weight %g)", path,
            int(runtime.to_host(state.step)), weight)
