@@ -7,7 +7,8 @@ MAML) every training batch's query ratings become
 
 where `teacher(query | support)` is the teacher's prediction after its own
 adaptation to the task's support set (its `meta.adapt`, inner loop and
-learned inner parameters, from its newest checkpoint). For the squared
+learned inner parameters, from its best validated checkpoint, as `eval` uses;
+the newest where none is validated). For the squared
 error that is exactly the loss `(1 - weight) * (pred - rating)^2 + weight *
 (pred - teacher)^2` up to a constant, so the student (any algorithm:
 typically an amortised one, one forward pass per user) is trained with the
