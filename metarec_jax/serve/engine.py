@@ -319,21 +319,19 @@ class Engine:
     items = np.zeros((size, width), np.int64)
     ratings = np.zeros((size, width), np.float32)
     mask = np.zeros((size, width), bool)
+    # Every rated item, not only the support's: an implicit export samples
+    # its negatives among the others (as export and `Export.adapt` do).
+    counts = np.diff(u.offsets)
+    rated = np.full((size, int(counts.max())), -1, np.int64)
     for i in range(size):  # padding rows repeat the first user
       j = i if i < n else 0
       lo, s = int(u.offsets[j]), int(u.support_sizes[j])
       items[i, :s] = u.items[lo:lo + s]
       ratings[i, :s] = u.ratings[lo:lo + s]
       mask[i, :s] = True
+      rated[i, :counts[j]] = u.items[lo:lo + counts[j]]
     rows = features + [features[0]] * (size - n)
     stacked = {k: np.stack([f[k] for f in rows]) for k in rows[0]}
-    # Every rated item, not only the support's: an implicit export samples
-    # its negatives among the others (as export and `Export.adapt` do).
-    counts = np.diff(u.offsets)
-    rated = np.full((size, int(counts.max())), -1, np.int64)
-    for i in range(size):
-      j = i if i < n else 0
-      rated[i, :counts[j]] = u.items[u.offsets[j]:u.offsets[j + 1]]
     fast, finite = self.export.adapt_users(
         self.export.support_batch(stacked, items, ratings, mask, rated))
     sessions = []
@@ -341,9 +339,10 @@ class Engine:
       lo, hi = int(u.offsets[j]), int(u.offsets[j + 1])
       s = int(u.support_sizes[j])
       order = np.r_[lo + s:hi, lo:lo + s]  # oldest first again
-      source, leaves, size = "adapted", {p: v[j] for p, v in fast.items()}, s
+      source, leaves, adapted_on = ("adapted",
+                                    {p: v[j] for p, v in fast.items()}, s)
       if not finite[j]:
-        source, leaves, size = fallbacks[j]
+        source, leaves, adapted_on = fallbacks[j]
         if names is not None:
           log.warning(
               "%s: adapting on %d ratings gives predictions that are not"
@@ -351,7 +350,7 @@ class Engine:
               diverges(self.export.meta_config), source)
       sessions.append(Session(
           items=u.items[order].astype(np.int64), ratings=u.ratings[order],
-          fast=leaves, support_size=size, source=source))
+          fast=leaves, support_size=adapted_on, source=source))
     return sessions
 
   def adapt(self, requests: list[tuple[np.ndarray, np.ndarray, int]]
