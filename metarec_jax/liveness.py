@@ -90,7 +90,7 @@ class Watch:
       try:  # one request for all of them, whatever the number of processes
         counts = dict(self.client.key_value_dir_get(PREFIX))
       except Exception:  # pylint: disable=broad-except
-        counts = {}
+        continue  # unread is not unmoved: judge no one on a failed read
       for i in list(seen):
         value = counts.get(KEY.format(i))  # None: not counting yet
         if value == DONE:
