@@ -18,6 +18,9 @@ run recorded with process 0's).
 Both stops end the process at once (`os._exit`), not by an exception: a
 normal exit of one process of a joined run waits in JAX's shutdown
 barrier for the others, minutes, and then aborts with a stack trace.
+Where all stop at the comparison, they first leave the coordination
+service together (`jax.distributed.shutdown`), so that process 0's exit
+cannot abort one that has not yet said why.
 """
 
 from __future__ import annotations
@@ -216,6 +219,11 @@ def _compare_processes(coordinator_address: str, num_processes: int,
   # would see "connection reset" instead of the counts.
   try:
     client.wait_at_barrier("metarec/join/compared", join_timeout * 1000)
+    if problem:
+      # And all leave the service before any exits: a process still
+      # connected when process 0 (the service) exits is aborted by JAX's
+      # error polling before it can say why.
+      jax.distributed.shutdown()
   except Exception as e:  # pylint: disable=broad-except
     if problem is None:  # a process died after publishing its count
       problem = (f"process {process_id}: not every process of the run at"

@@ -32,10 +32,16 @@ def test_a_process_that_waits_for_others_in_vain_says_what_to_check(
 
 def _last_lines_of_two(tmp_path, port, flags):
   """Starts process 0 and 1 of a run with their own `flags`, waits for
-  both to exit 2; yields (process id, last stderr line, stderr)."""
+  both to exit 2; yields (process id, last stderr line, stderr).
+
+  Process 1 stops 2 s late, as a loaded machine may make it: it was then
+  still connected when process 0, which hosts the coordination service,
+  exited, and JAX aborted it with a C++ stack trace (exit -6).
+  """
   procs = [start("train", TINY, f"--workdir={tmp_path / 'w'}",
                  f"--coordinator_address=127.0.0.1:{port}",
-                 f"--process_id={i}", "--join_timeout=60", *extra)
+                 f"--process_id={i}", "--join_timeout=60", *extra,
+                 late_give_up_s=2 * i)
            for i, extra in enumerate(flags)]
   try:
     outs = [p.communicate(timeout=120) for p in procs]
