@@ -53,7 +53,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
   Raises:
     OutputError: the file cannot be written (a full disk, ...); `path` is
-      as it was.
+      as it was, or, where only the sync of its folder failed, whole with
+      `data` but perhaps not past a crash of the machine.
   """
   path = os.fspath(path)
   tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
