@@ -55,6 +55,26 @@ def test_synthetic_store_round_trip(store, tmp_path):
                             store.ratings[:500])
 
 
+def test_every_user_gets_its_count_even_from_few_popular_items(tmp_path):
+  """Draws by popularity from 100 items held fewer distinct items than a
+  user's count: 1 of 2,000 users had 15 ratings for --min_ratings=20, and
+  the whole store 24% fewer ratings than drawn."""
+  spec = synthetic.SyntheticSpec(num_users=2000, num_items=100,
+                                 director_vocab=50, actor_vocab=80,
+                                 zip_vocab=40)
+  synthetic.generate(spec, tmp_path / "s")
+  store = store_lib.open_store(str(tmp_path / "s"))
+  counts = store.counts()
+  assert counts.min() >= 20 and counts.max() <= 100
+  # Counts are drawn uniformly in [20, 100]: about 60 on average.
+  assert 55 < counts.mean() < 65
+  for u in range(0, 2000, 7):
+    items = store.items[store.offsets[u]:store.offsets[u + 1]]
+    assert len(set(items.tolist())) == len(items)
+    assert set(np.unique(store.ratings[store.offsets[u]:store.offsets[u + 1]])
+               ) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+
+
 def test_store_writer_leaves_nothing_when_interrupted(tmp_path):
   out = str(tmp_path / "store")
   with pytest.raises(RuntimeError):

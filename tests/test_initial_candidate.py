@@ -35,8 +35,11 @@ def _rows(workdir):
 def test_a_run_that_only_gets_worse_keeps_its_start(tmp_path):
   from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
   # Plain MeLU (no validated shares to fall back with): every validation
-  # after the start is worse than the start.
-  workdir, summary = _train(tmp_path, [("model.anchor", "false")])
+  # after the start is worse than the start (validation MAE 0.71 -> 2.9
+  # with this seed; with seed 0 the rate collapses the model to a constant
+  # that happens to beat its start on the tiny data).
+  workdir, summary = _train(tmp_path, [("model.anchor", "false"),
+                                       ("train.seed", "2")])
   best = summary["best"]
   assert best["step"] == 0
   assert summary["val"]["mae"] > best["val"]["mae"]  # training hurt

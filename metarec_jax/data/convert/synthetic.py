@@ -186,12 +186,54 @@ def _chunk(spec: SyntheticSpec, world: _World, chunk: int):
   keep = rank < counts[owner_k]
   owner_k, item_k = owner_k[keep], item_k[keep]
 
-  signal = np.einsum("nd,nd->n", taste[owner_k], world.item_latent[item_k])
-  raw = (3.6 + user_bias[owner_k] + world.item_bias[item_k] + 1.2 * signal
-         + rng.normal(0, spec.noise, size=len(owner_k)))
-  ratings = np.clip(np.round(raw), 1, 5).astype(np.float32)
+  def rate(owner, item, noise_rng):
+    signal = np.einsum("nd,nd->n", taste[owner], world.item_latent[item])
+    raw = (3.6 + user_bias[owner] + world.item_bias[item] + 1.2 * signal
+           + noise_rng.normal(0, spec.noise, size=len(owner)))
+    return np.clip(np.round(raw), 1, 5).astype(np.float32)
+
+  ratings = rate(owner_k, item_k, rng)
+  # Few or very popular items: a user's draws may hold fewer distinct items
+  # than its count. Such users get the rest from a stream of their own (the
+  # other users' data stay as they were) and after their own items.
+  more_owner, more_item = _top_up(world, counts, owner_k, item_k,
+                                  _rng(spec, 3, chunk))
+  if len(more_owner):
+    order = np.argsort(np.concatenate([owner_k, more_owner]), kind="stable")
+    ratings = np.concatenate([
+        ratings, rate(more_owner, more_item, _rng(spec, 4, chunk))])[order]
+    owner_k = np.concatenate([owner_k, more_owner])[order]
+    item_k = np.concatenate([item_k, more_item])[order]
   user_counts = np.bincount(owner_k, minlength=n)
   return ufeat, user_counts, item_k.astype(np.int32), ratings
+
+
+def _top_up(world: _World, counts, owner, item, rng):
+  """(owner, item) pairs giving every user short of its count the rest,
+  drawn by popularity without replacement among the items it lacks."""
+  have = np.bincount(owner, minlength=len(counts))
+  short = np.flatnonzero(have < counts)
+  num_items = len(world.item_cdf)
+  log_pop = np.log(np.maximum(np.diff(world.item_cdf, prepend=0.0), 1e-30))
+  new_owner, new_item = [], []
+  block = max(1, (1 << 22) // num_items)  # rows of keys held at once
+  for lo in range(0, len(short), block):
+    users = short[lo:lo + block]
+    # Gumbel top-k: the k largest of log p + Gumbel noise are a draw of k
+    # items without replacement, each in proportion to its popularity.
+    keys = log_pop + rng.gumbel(size=(len(users), num_items))
+    rows = np.searchsorted(users, owner)
+    rated = (rows < len(users)) & (users[np.minimum(rows, len(users) - 1)]
+                                   == owner)
+    keys[rows[rated], item[rated]] = -np.inf
+    ranked = np.argsort(-keys, axis=1, kind="stable")
+    need = counts[users] - have[users]
+    take = np.arange(num_items)[None, :] < need[:, None]
+    new_owner.append(np.broadcast_to(users[:, None], ranked.shape)[take])
+    new_item.append(ranked[take])
+  if not new_owner:
+    return np.zeros(0, np.int64), np.zeros(0, item.dtype)
+  return np.concatenate(new_owner), np.concatenate(new_item).astype(item.dtype)
 
 
 def generate(spec: SyntheticSpec, out: str | os.PathLike, *,
