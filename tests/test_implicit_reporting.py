@@ -113,3 +113,16 @@ def test_eval_says_when_its_sampled_ranking_is_no_sample(click_run):
   for name, m in report["scenarios"].items():
     assert m["ranking"]["sampled_exhausted"] == 0, name
   assert not any("no sample" in w for w in report["warnings"])
+
+
+def test_eval_of_a_diverging_adaptation_is_an_error_not_a_ranking(click_run):
+  """An inner rate at which the adaptation diverges (finite
+  meta-parameters, NaN scores) was ranked as it came: NaN sorts last, so
+  every metric read as a bad ranking (nDCG@10 0, the model WORSE than
+  popularity) where rating data says the inner loop diverges."""
+  from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(InputError, match=r"adapted scores of [\d,]+ task\(s\)"
+                     r" .* are not finite: the inner loop diverges"):
+    eval_lib.evaluate_workdir(click_run, support_curve=False,
+                              overrides=[("meta.inner_lr", "1e30")])

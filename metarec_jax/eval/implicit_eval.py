@@ -33,8 +33,10 @@ from jax.sharding import Mesh, PartitionSpec as P
 from metarec_jax.data import hashing, implicit
 from metarec_jax.data.splits import TaskSet
 from metarec_jax.data.tasks import bucket_widths, row_shapes, taskset_batches
+from metarec_jax.errors import InputError
 from metarec_jax.eval import ranking
 from metarec_jax import meta, runtime
+from metarec_jax.meta.config import diverges
 from metarec_jax.runtime import AXIS, CompiledByShape, place
 
 PyTree = Any
@@ -181,6 +183,7 @@ class RankingEvaluator:
       seen[np.broadcast_to(rows, s_items.shape)[s_mask], s_items[s_mask]] = (
           True)
       full = (self.item_class[None, :] == classes[:k, None]) & ~seen
+      _check_finite(scores, full, self.exp.config.meta)
       asked = self.spec.eval_negatives * positive.sum(1)
       drawn = implicit.eval_candidates(
           self.interacted, num_items, users[:k], self.pools, classes[:k],
@@ -211,3 +214,16 @@ class RankingEvaluator:
     return {**both("model"),
             "baselines": {who: both(who) for who in BASELINES},
             "sampled_exhausted": int(per_task["exhausted"].sum())}
+
+
+def _check_finite(scores: np.ndarray, candidates: np.ndarray,
+                  meta_config) -> None:
+  """Raises InputError where an adapted model scores a candidate item
+  with a value that is not finite: ranked, NaN sorts last and every
+  metric reads as a (bad) ranking instead of the adaptation's divergence
+  (the meta-parameters are finite: checkpoints hold no other)."""
+  bad = (~np.isfinite(scores) & candidates).any(axis=1)
+  if bad.any():
+    raise InputError(
+        f"the adapted scores of {int(bad.sum()):,} task(s) (of a batch of"
+        f" {len(bad):,}) are not finite: {diverges(meta_config)}")
