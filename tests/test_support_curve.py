@@ -108,3 +108,7 @@ def test_eval_of_a_work_directory_it_cannot_write_still_reports(
   assert len(unwritten) == 2, report["warnings"]
   assert unwritten[0].startswith("the evaluation's TensorBoard scalars")
   assert unwritten[1].startswith("the support curve")
+  # Each said once on stderr (it was logged where it happened and again
+  # with the evaluation's warnings).
+  for line in unwritten:
+    assert out.stderr.count(line) == 1, out.stderr

@@ -121,6 +121,5 @@ def _record(unwritten: list[str], what: str, write) -> None:
     where = (str(e) if isinstance(e, OutputError) else
              f"cannot write {e.filename or 'the work directory'}:"
              f" {cause_of(e)}")
-    line = f"{what} not added to the work directory ({where})"
-    log.warning("%s", line)
-    unwritten.append(line)
+    # Logged with the evaluation's other warnings (evaluate_workdir).
+    unwritten.append(f"{what} not added to the work directory ({where})")
