@@ -126,3 +126,21 @@ def test_eval_of_a_diverging_adaptation_is_an_error_not_a_ranking(click_run):
                      r" .* are not finite: the inner loop diverges"):
     eval_lib.evaluate_workdir(click_run, support_curve=False,
                               overrides=[("meta.inner_lr", "1e30")])
+
+
+def test_an_implicit_scenario_has_the_rating_keys_of_the_contract(click_run):
+  """docs/design.md's eval JSON: every scenario has `ndcg@1_linear` and
+  `ndcg@3_linear` (null where they do not exist); an implicit scenario and
+  its baselines lacked them."""
+  from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  from metarec_jax.eval import metrics  # pylint: disable=g-import-not-at-top
+  empty = np.zeros((0, 1))
+  keys = set(metrics.summary(empty, empty, empty.astype(bool), empty))
+  assert {"ndcg@1_linear", "ndcg@3_linear"} <= keys
+  report = eval_lib.evaluate_workdir(click_run, support_curve=False)
+  for name, m in report["scenarios"].items():
+    assert keys | {"mae_unadapted", "tasks", "baselines", "ranking"} == set(
+        m), name
+    assert all(m[k] is None for k in keys), name
+    for base in m["baselines"].values():
+      assert set(base) == keys and not any(base.values()), name

@@ -192,7 +192,11 @@ class Evaluator:
     per_task = self.ranking.task_metrics(meta_params, tasks, should_stop)
     if per_task is None:
       return None
-    none = {k: None for k in ("mae", "rmse", "ndcg@1", "ndcg@3")}
+    # The rating metrics' keys, every one null (as a rating scenario's
+    # without tasks: `metrics.summary` of none).
+    empty = np.zeros((0, 1))
+    none = dict.fromkeys(metrics_lib.summary(empty, empty,
+                                             empty.astype(bool), empty))
     return {**none, "mae_unadapted": None, "tasks": len(tasks),
             "baselines": {name: dict(none) for name in
                           ("global_mean", "item_mean_user_bias")},
