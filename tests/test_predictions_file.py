@@ -59,3 +59,19 @@ def test_bad_files_name_file_and_line(tmp_path, content, message):
   with pytest.raises(InputError) as e:
     predictions_file.read_predictions(path)
   assert message in e.value.message
+
+
+def test_ids_a_store_of_integer_ids_cannot_hold_are_unknown(tmp_path):
+  """A file of another dataset (`i1373`) read against a store of integer
+  ids ended in a ValueError traceback (`tools/average_predictions.py`,
+  `tools/ndcg_ceiling.py`): such an id is one the store lacks, -1."""
+  import types  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "p.tsv"
+  path.write_text("user\titem\trating\tprediction\n7\ti1373\t4\t3.5\n"
+                  "7\t2\t5\t4.5\nu8\t99999999999999999999\t1\t2\n"
+                  "u8\t3\t2\t2\n")
+  store = types.SimpleNamespace(item_ids=np.array([3, 2, 5]),
+                                user_ids=np.array([7, 8]))
+  a = predictions_file.task_arrays(path, store, 2)
+  assert a["items"].tolist() == [[-1, 1], [-1, 0]]
+  assert a["users"].tolist() == [0, -1]

@@ -124,12 +124,27 @@ def task_arrays(path: str | os.PathLike, store, width: int
 
   def indices(known, ids):
     known = np.asarray(known)
-    if known.dtype.kind in "iu":
-      ids = ids.astype(known.dtype)
-    return ratings_io.lookup(known, ids)
+    if known.dtype.kind not in "iu":
+      return ratings_io.lookup(known, ids)
+    # A store of integer ids knows no id that is not one (another
+    # dataset's "i1373" was a ValueError from deep in the tool).
+    ok = np.array([_integer(i, known.dtype) for i in ids], bool)
+    out = np.full(len(ids), -1, np.int64)
+    out[ok] = ratings_io.lookup(known, ids[ok].astype(known.dtype))
+    return out
 
   out = {name: values.reshape(n, width) for name, values in p.items()
          if name not in ID_COLUMNS}
   out["items"] = indices(store.item_ids, p["item"]).reshape(n, width)
   out["users"] = indices(store.user_ids, p["user"]).reshape(n, width)[:, 0]
   return out
+
+
+def _integer(text: str, dtype: np.dtype) -> bool:
+  """Whether `text` is an integer that `dtype` holds."""
+  try:
+    value = int(text)
+  except ValueError:
+    return False
+  info = np.iinfo(dtype)
+  return info.min <= value <= info.max
