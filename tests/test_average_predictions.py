@@ -110,3 +110,29 @@ def test_runs_of_other_tasks_are_refused(written, tmp_path, capsys):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1
   assert str(other) in err[0] and "--config.eval.seed" in err[0]
+
+
+def test_files_of_another_store_are_refused(tmp_path):
+  """`--workdir` of another dataset: the items it lacks became -1, which
+  breaks no tie as `metarec eval` did, and the tool printed numbers of
+  its own making with status 0."""
+  import types  # pylint: disable=g-import-not-at-top
+  from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  (tmp_path / "W").mkdir()
+  (tmp_path / "W" / predictions_file.FILE_NAME).write_text(
+      "user\titem\trating\tprediction\titem_mean_user_bias\n"
+      "7\t1\t4\t3.5\t3.5\n7\t9\t5\t3.5\t3.5\n")
+  store = types.SimpleNamespace(item_ids=np.array(["a", "b"]),
+                                user_ids=np.array(["7"]))
+  with pytest.raises(InputError, match="2 of its 2 query ratings are of"
+                     " users or items that the store of --workdir lacks"):
+    tool.scenario_runs([str(tmp_path)], "W", store, 2)
+  store.item_ids = np.array(["1", "b"])
+  with pytest.raises(InputError, match="1 of its 2 query ratings"):
+    tool.scenario_runs([str(tmp_path)], "W", store, 2)
+  store.item_ids, store.user_ids = np.array(["1", "9"]), np.array(["u"])
+  with pytest.raises(InputError, match="2 of its 2 query ratings"):
+    tool.scenario_runs([str(tmp_path)], "W", store, 2)
+  store.user_ids = np.array(["7"])
+  (run,) = tool.scenario_runs([str(tmp_path)], "W", store, 2)
+  assert run["items"].tolist() == [[0, 1]]

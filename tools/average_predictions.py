@@ -56,12 +56,19 @@ def scenario_runs(folders: list[str], name: str, store,
 
   Raises:
     InputError: a folder's file holds other query ratings, or in another
-      order, than the first folder's.
+      order, than the first folder's, or users or items `store` lacks.
   """
   runs = []
   for folder in folders:
     path = os.path.join(folder, name, predictions_file.FILE_NAME)
     a = predictions_file.task_arrays(path, store, width)
+    unknown = int(((a["items"] < 0) | (a["users"][:, None] < 0)).sum())
+    if unknown:
+      # -1 breaks no tie as `metarec eval` did: the numbers would be wrong.
+      raise InputError(
+          f"{unknown} of its {a['items'].size} query ratings are of users or"
+          " items that the store of --workdir lacks (--workdir must be one"
+          " of the runs whose tasks these are)", path=path)
     if runs and not all(np.array_equal(a[key], runs[0][key])
                         for key in ("users", "items", "rating")):
       first = os.path.join(folders[0], name, predictions_file.FILE_NAME)
