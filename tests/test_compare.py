@@ -248,3 +248,34 @@ def test_help_prints_the_usage(capsys):
   for flag in ("--help", "-h"):
     assert compare.main([flag]) == 0
     assert "python tools/compare.py" in capsys.readouterr().out
+
+
+def test_table_of_implicit_runs_shows_their_ranking():
+  """An implicit run's report has null rating metrics: its table was all
+  `-`, the baselines' rows too. It shows the full-catalog nDCG@10 and
+  HR@10 of the model and of the popularity and random rankings."""
+  def scenario(tasks, model, popularity):
+    def full(ndcg):
+      return {"full": {"ndcg@10": ndcg,
+                       "hr@10": None if ndcg is None else ndcg + 0.5},
+              "sampled": {"ndcg@10": 0.9, "hr@10": 0.9}}
+    return {"mae": None, "ndcg@3": None, "tasks": tasks,
+            "baselines": {"global_mean": {"mae": None},
+                          "item_mean_user_bias": {"mae": None}},
+            "ranking": {**full(model), "baselines": {
+                "popularity": full(popularity), "random": full(0.01)}}}
+  report = {"step": 3, "scenarios": {
+      "W": scenario(24, 0.25, 0.2), "UC": scenario(24, 0.3, 0.35),
+      "IC": scenario(0, None, None), "UIC": scenario(0, None, None)}}
+  result = {"eval": report, "train_seconds": 60.0, "seed": 0,
+            "config": {"data": {"name": "generic"}, "eval": {"seed": 0}}}
+  header, rows = parse_table(compare.make_table({"bce": [result]}))
+  assert header[1:5] == ["W nDCG@10", "W HR@10", "UC nDCG@10", "UC HR@10"]
+  assert list(rows) == ["bce", "popularity", "random"]
+  assert rows["bce"]["W nDCG@10"] == "0.2500"
+  assert rows["bce"]["UC HR@10"] == "0.8000"
+  assert rows["bce"]["IC nDCG@10"] == "-"
+  assert rows["popularity"]["UC nDCG@10"] == "0.3500"
+  assert rows["random"]["W HR@10"] == "0.5100"
+  assert "full-catalog nDCG@10 and HR@10" in compare.seeds_note(
+      {"bce": [result]})

@@ -7,8 +7,10 @@ evaluated with `metarec_jax.eval.evaluate_workdir` (the cold-start
 protocol). The tool writes:
 
   OUT/table.md      one row per run (MAE and nDCG@3 of W, UC, IC, UIC and the
-                    wall-clock training minutes), the two model-free
-                    baselines as their own rows, and the seeds
+                    wall-clock training minutes; on implicit feedback the
+                    full-catalog nDCG@10 and HR@10), the model-free
+                    baselines (implicit: popularity, random) as their own
+                    rows, and the seeds
   OUT/results.json  the raw eval reports, training summaries and times
 
 Usage (from the repository root):
@@ -61,6 +63,10 @@ log = logging.getLogger("metarec")
 SCENARIOS = ("W", "UC", "IC", "UIC")
 METRICS = (("mae", "MAE"), ("ndcg@3", "nDCG@3"))
 BASELINES = ("global_mean", "item_mean_user_bias")
+# Implicit feedback's reports have no rating metrics (null): the table
+# shows their full-catalog ranking and its baselines instead.
+RANKING_METRICS = (("ndcg@10", "nDCG@10"), ("hr@10", "HR@10"))
+RANKING_BASELINES = ("popularity", "random")
 RESULT = "result.json"
 
 
@@ -220,9 +226,20 @@ def _metric(report: dict, scenario: str, key: str,
   m = report["scenarios"].get(scenario)
   if m is None:
     return None
+  if "ranking" in m:  # implicit feedback: the full-catalog ranking
+    m = m["ranking"]
+    if baseline is not None:
+      m = m["baselines"].get(baseline, {})
+    return (m.get("full") or {}).get(key)
   if baseline is not None:
-    m = m["baselines"][baseline]
+    m = m["baselines"].get(baseline, {})
   return m.get(key)
+
+
+def _implicit(results: dict[str, list[dict]]) -> bool:
+  """Whether the runs' reports are of implicit feedback (ranking only)."""
+  return any("ranking" in m for rs in results.values() for r in rs
+             for m in r["eval"]["scenarios"].values())
 
 
 def _cell(values: list[float | None], digits: int = 4) -> str:
@@ -245,13 +262,15 @@ def _baseline_key(result: dict) -> str:
 
 def make_table(results: dict[str, list[dict]]) -> str:
   """The markdown table of `{run name: [result per seed]}`."""
+  metrics, baselines = ((RANKING_METRICS, RANKING_BASELINES)
+                        if _implicit(results) else (METRICS, BASELINES))
   header = ["run"] + [f"{s} {label}" for s in SCENARIOS
-                      for _, label in METRICS] + ["train min"]
+                      for _, label in metrics] + ["train min"]
   lines = ["| " + " | ".join(header) + " |",
            "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
   for name, per_seed in results.items():
     cells = [_cell([_metric(r["eval"], s, k) for r in per_seed])
-             for s in SCENARIOS for k, _ in METRICS]
+             for s in SCENARIOS for k, _ in metrics]
     minutes = _cell([r["train_seconds"] / 60 for r in per_seed], 2)
     lines.append("| " + " | ".join([name] + cells + [minutes]) + " |")
   # The baselines do not depend on training: one pair of rows per distinct
@@ -262,9 +281,9 @@ def make_table(results: dict[str, list[dict]]) -> str:
   for names in groups.values():
     report = results[names[0]][0]["eval"]
     suffix = "" if len(groups) == 1 else f" ({', '.join(names)})"
-    for baseline in BASELINES:
+    for baseline in baselines:
       cells = [_cell([_metric(report, s, k, baseline)])
-               for s in SCENARIOS for k, _ in METRICS]
+               for s in SCENARIOS for k, _ in metrics]
       lines.append("| " + " | ".join([f"{baseline}{suffix}"] + cells + ["-"])
                    + " |")
   lines.append("")
@@ -287,9 +306,11 @@ def seeds_note(results: dict[str, list[dict]]) -> str:
            f"eval.seed {', '.join(map(str, evals))}"]
   if data:
     parts.append(f"data.synthetic.seed {', '.join(map(str, data))}")
+  what = ("full-catalog nDCG@10 and HR@10 of the held-out positives"
+          if _implicit(results) else "MAE and nDCG@3 of the query ratings")
   return (f"Seeds: {'; '.join(parts)}. Evaluated at step"
-          f" {', '.join(map(str, steps))}; MAE and nDCG@3 of the query"
-          " ratings after adaptation; train min is wall-clock training time.")
+          f" {', '.join(map(str, steps))}; {what} after adaptation; train"
+          " min is wall-clock training time.")
 
 
 def compare(runs: Sequence[Run], out: str, *,
