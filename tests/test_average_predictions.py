@@ -136,3 +136,19 @@ def test_files_of_another_store_are_refused(tmp_path):
   store.user_ids = np.array(["7"])
   (run,) = tool.scenario_runs([str(tmp_path)], "W", store, 2)
   assert run["items"].tolist() == [[0, 1]]
+
+
+
+def test_no_folder_is_an_input_error(monkeypatch):
+  """`--tasks=,` (or an empty value) was an IndexError traceback from
+  `scenario_runs`; it is an InputError (`toolkit.run`: one line, status 2)."""
+  import types  # pylint: disable=g-import-not-at-top
+  from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  config = types.SimpleNamespace(data=types.SimpleNamespace(query_size=2))
+  store = types.SimpleNamespace(rating_range=(1.0, 5.0))
+  monkeypatch.setattr(tool.config_io, "read_workdir_config",
+                      lambda workdir: config)
+  monkeypatch.setattr(tool.prepare, "store_path", lambda data, workdir: "")
+  monkeypatch.setattr(tool.store_lib, "open_store", lambda path: store)
+  with pytest.raises(InputError, match="--tasks: no folder given"):
+    tool.main(["--workdir=w", "--tasks=,"])

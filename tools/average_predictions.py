@@ -110,6 +110,8 @@ def main(argv=None) -> None:
   parser.add_argument("--scenarios", default=",".join(SCENARIOS))
   args = parser.parse_args(argv)
   folders = [f for f in args.tasks.split(",") if f]
+  if not folders:  # `scenario_runs` would index the first of none
+    raise InputError("no folder given", path="--tasks")
   config = config_io.read_workdir_config(args.workdir)
   store = store_lib.open_store(prepare.store_path(config.data, args.workdir))
   floor = float(store.rating_range[0])
