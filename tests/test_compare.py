@@ -279,3 +279,17 @@ def test_table_of_implicit_runs_shows_their_ranking():
   assert rows["random"]["W HR@10"] == "0.5100"
   assert "full-catalog nDCG@10 and HR@10" in compare.seeds_note(
       {"bce": [result]})
+
+
+@pytest.mark.parametrize("seeds", ['["x"]', "3", "[1.5]", "[true]"])
+def test_a_spec_of_bad_seeds_is_a_one_line_error(tmp_path, capsys, seeds):
+  """`"seeds": ["x"]` or `3` in a spec file was a ValueError or TypeError
+  traceback (exit 1)."""
+  spec = tmp_path / "spec.json"
+  spec.write_text('{"runs": [{"name": "a", "config": "configs/tiny.py"}],'
+                  f' "seeds": {seeds}}}')
+  assert compare.main([f"--out={tmp_path / 'out'}", f"--spec={spec}"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == [f"compare.py: error: {spec}: seeds must be a list of"
+                 f" integers, not {json.loads(seeds)!r}"]
+  assert not (tmp_path / "out").exists()

@@ -134,7 +134,14 @@ def load_spec(spec: str) -> tuple[list[Run], list[tuple[str, str]],
                     _overrides_of(r.get("overrides", {}), where)))
   common = _overrides_of(data.get("overrides", {}), path)
   seeds = data.get("seeds")
-  return runs, common, None if seeds is None else [int(s) for s in seeds]
+  if seeds is not None:
+    # A bool is an int to Python, and int("x") or int(3.5) is no seed.
+    if not isinstance(seeds, (list, tuple)) or not all(
+        isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+      raise InputError(f"seeds must be a list of integers, not {seeds!r}",
+                       path=path)
+    seeds = [int(s) for s in seeds]
+  return runs, common, seeds
 
 
 def resolve(run: Run, common: Sequence[tuple[str, str]], seed: int | None):
