@@ -202,3 +202,23 @@ def test_a_file_of_training_users_is_a_warning(ml1m_tiny_run, tmp_path):
   assert len(warned) == 1, last_json(out)["warnings"]
   assert f"users with tasks in {path} (e.g. user" in warned[0]
   assert "the model was trained on their ratings" in warned[0]
+
+
+@pytest.mark.parametrize("where, message", [
+    ("data.txt", "data.txt: exists and is not a task folder written by"
+                 " --write_tasks"),
+    ("data.txt/tasks", "--write_tasks: {tmp}/data.txt is a file, not a"
+                       " folder"),
+])
+def test_a_write_tasks_folder_it_cannot_write_is_refused_before_evaluating(
+    ml1m_tiny_run, tmp_path, where, message):
+  """docs/design.md: a folder --write_tasks may not replace is refused
+  before any work. eval refused it after the whole evaluation, and a file
+  where a folder above it goes was "File exists", status 1."""
+  workdir, _ = ml1m_tiny_run
+  (tmp_path / "data.txt").write_text("mine\n")
+  out = metarec_here("eval", f"--workdir={workdir}",
+                     f"--write_tasks={tmp_path / where}")
+  assert_one_line_error(out, message.format(tmp=tmp_path))
+  assert "checkpoint" not in out.stderr  # no checkpoint was read
+  assert (tmp_path / "data.txt").read_text() == "mine\n"

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Iterable
 
 import jax
 import numpy as np
 
-from metarec_jax import experiment, runtime
+from metarec_jax import atomic, experiment, runtime
 from metarec_jax.data.convert import ratings_io
 from metarec_jax.data.splits import SCENARIOS
 from metarec_jax.eval import predictions_file, tensorboard, verdicts
 from metarec_jax.eval import support_curve as curves
 from metarec_jax.eval.evaluate import Evaluator
-from metarec_jax.errors import OutputError, cause_of
+from metarec_jax.errors import InputError, OutputError, cause_of
 from metarec_jax.eval.user_file import read_new_users
 from metarec_jax.workdir.restore import load_state, served_values
 from metarec_jax.workdir import resume
@@ -57,6 +58,8 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     InputError: a bad work directory, config, checkpoint or ratings file.
   """
   config = resume.reader_config(workdir, overrides, own_split=not ratings)
+  if write_tasks:  # refused before the evaluation, not after it
+    _check_task_folder(write_tasks)
   exp = experiment.build(config, workdir, log=log.info)
   if ratings:  # read before the checkpoint: a bad file fails fast
     tasksets, interacted = read_new_users(exp.store, ratings,
@@ -108,6 +111,23 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     log.warning("%s", line)
   return {"step": step, "scenarios": results, "warnings": warnings,
           "served": served_values(state.params)}
+
+
+def _check_task_folder(out: str) -> None:
+  """InputError where `ratings_io.write_tasks` would refuse `out` (not an
+  earlier task folder) or could not make it (a file where a folder above
+  it goes: "File exists", status 1), so that neither comes after the
+  whole evaluation."""
+  out = os.path.abspath(out)
+  atomic.refuse_other(
+      out, lambda p: os.path.exists(os.path.join(p, ratings_io.TASKS_MANIFEST)),
+      "exists and is not a task folder written by --write_tasks; choose"
+      " another folder")
+  above = os.path.dirname(out)
+  while not os.path.lexists(above):
+    above = os.path.dirname(above)
+  if not os.path.isdir(above):
+    raise InputError(f"{above} is a file, not a folder", path="--write_tasks")
 
 
 def _record(unwritten: list[str], what: str, write) -> None:
