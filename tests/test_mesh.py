@@ -9,6 +9,7 @@ import pytest
 from conftest import config_path
 from metarec_jax import config_io, experiment, runtime
 from metarec_jax.errors import InputError
+from metarec_jax.meta import paths
 from metarec_jax.train import Trainer, placement
 from metarec_jax.workdir import checkpoint as ckpt_lib
 from metarec_jax.workdir.restore import load_state
@@ -154,11 +155,46 @@ def test_placement_rule_table():
                              ("x/embedding", (1024, 8), 1)):
     assert spec(path, shape, model=model, min_rows=64) == (
         jax.sharding.PartitionSpec())
+  # An ensemble's table [members, rows, dim] is split by its rows.
+  assert spec("params/model/embed/item_id/embedding", (2, 1024, 8), model=4,
+              min_rows=64) == jax.sharding.PartitionSpec(
+                  None, runtime.MODEL_AXIS, None)
   # A table too ragged to split is named (the trainer warns).
   mesh = runtime.make_mesh(4, jax.devices()[:4])
   tables = {"a": {"embedding": jax.ShapeDtypeStruct((1026, 8), np.float32)},
-            "b": {"embedding": jax.ShapeDtypeStruct((1024, 8), np.float32)}}
+            "b": {"embedding": jax.ShapeDtypeStruct((1024, 8), np.float32)},
+            "c": {"embedding": jax.ShapeDtypeStruct((2, 1026, 8),
+                                                    np.float32)}}
   assert placement.ragged_paths(tables, mesh, min_rows=64) == [
-      "a/embedding (1026 rows)"]
+      "a/embedding (1026 rows)", "c/embedding (1026 rows)"]
   assert placement.split_paths(tables, mesh, min_rows=64) == ["b/embedding"]
 
+
+
+def test_an_ensembles_stacked_tables_are_split_by_rows(tmp_path):
+  """`model.members=2` stacks each table as [members, rows, dim]: its rows
+  are split like a single model's (they stayed replicated, unnamed), with
+  the Adam moments, and the run trains as the replicated one does."""
+  config = config_io.load_config_file(config_path("tiny"))
+  config.model.update({"members": 2, "anchor": False, "item_id": True})
+  config.data.synthetic.num_items = 159  # an item_id table of 160 rows
+  config.meta.inner_steps = 1
+  config.mesh.update({"model": 2, "shard_min_rows": 64})
+  trainer = Trainer(config, str(tmp_path / "split"),
+                    devices=jax.devices()[:2])
+  assert "embed/item_id/embedding" in trainer.split
+  state = trainer.init(trainer.rng())
+  leaves = dict(zip(paths.leaf_paths(state), jax.tree.leaves(state)))
+  tables = [leaf for path, leaf in leaves.items()
+            if path.endswith("embed/item_id/embedding")]
+  assert len(tables) == 3  # the parameter and Adam's two moments
+  for leaf in tables:
+    assert leaf.shape == (2, 160, 8)
+    assert {s.data.shape for s in leaf.addressable_shards} == {(2, 80, 8)}
+  _, split_losses = run(trainer, state, range(2))
+  config.mesh.model = 1
+  replicated = Trainer(config, str(tmp_path / "replicated"),
+                       devices=jax.devices()[:2])
+  assert replicated.split == []
+  _, losses = run(replicated, replicated.init(replicated.rng()), range(2))
+  np.testing.assert_allclose(split_losses, losses, rtol=1e-5, atol=1e-6)

@@ -15,7 +15,9 @@ as XLA partitions it (`jax.jit` with these shardings; the meta-step's
 matches is replicated. A matched table is split only where it pays and
 where it can be: it has at least `mesh.shard_min_rows` rows, and a row
 count the `model` axis divides (JAX shards evenly; `configs/idemb_large.py`
-sizes its catalog so).
+sizes its catalog so). A table with leading axes before its rows (an
+ensemble's tables, stacked over `model.members`) is split by its rows too:
+a rule's spec names the trailing axes of the leaf.
 """
 
 from __future__ import annotations
@@ -42,14 +44,21 @@ RULES: tuple[tuple[str, P], ...] = (
 )
 
 
+def _rows(shape: tuple[int, ...], spec: P) -> int:
+  """The rows `spec` (a rule's, over the trailing axes) splits in a leaf of
+  `shape`; 0 for a leaf of fewer axes than `spec` names."""
+  return shape[len(shape) - len(spec)] if len(shape) >= len(spec) else 0
+
+
 def spec_for(path: str, shape: tuple[int, ...], *, model: int,
              min_rows: int) -> P:
-  """The `PartitionSpec` of the leaf at `path` of `shape` (see `RULES`)."""
+  """The `PartitionSpec` of the leaf at `path` of `shape` (see `RULES`);
+  leading axes before a rule's (a member axis) stay whole."""
   for pattern, spec in RULES:
     if re.search(pattern, path):
-      rows = shape[0] if len(shape) == len(spec) else 0
+      rows = _rows(shape, spec)
       if model > 1 and rows >= min_rows and rows % model == 0:
-        return spec
+        return P(*(None,) * (len(shape) - len(spec)), *spec)
       return P()
   return P()
 
@@ -87,8 +96,7 @@ def ragged_paths(abstract: PyTree, mesh: Mesh, *, min_rows: int) -> list[str]:
   for path, leaf in zip(paths.leaf_paths(abstract), jax.tree.leaves(abstract)):
     pattern, spec = next(((p, s) for p, s in RULES if re.search(p, path)),
                          (None, None))
-    rows = leaf.shape[0] if spec is not None and len(leaf.shape) == len(
-        spec) else 0
+    rows = _rows(tuple(leaf.shape), spec) if spec is not None else 0
     if (pattern is not None and model > 1 and rows >= min_rows
         and rows % model):
       out.append(f"{path} ({rows} rows)")
