@@ -198,3 +198,21 @@ def test_an_ensembles_stacked_tables_are_split_by_rows(tmp_path):
   assert replicated.split == []
   _, losses = run(replicated, replicated.init(replicated.rng()), range(2))
   np.testing.assert_allclose(split_losses, losses, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tasks,chunk,expected", [
+    (5, 0, "train.tasks_per_step=5 must be a positive multiple of the 2 task"
+           " shards (4 devices / mesh.model=2)"),
+    (16, 3, "train.tasks_per_step=16 over 2 task shards (4 devices /"
+            " mesh.model=2) is 8 tasks per shard, not a multiple of"
+            " train.chunk_tasks=3")])
+def test_a_batch_the_task_shards_cannot_split_names_them(tmp_path, tasks,
+                                                         chunk, expected):
+  """With a model axis the tasks split over its groups: the error counts
+  those, not "the 2 devices" of a 4-device run."""
+  config = tiny_idemb()
+  config.mesh.model = 2
+  config.train.update({"tasks_per_step": tasks, "chunk_tasks": chunk})
+  with pytest.raises(InputError) as raised:
+    Trainer(config, str(tmp_path), devices=jax.devices()[:4])
+  assert str(raised.value) == expected

@@ -49,15 +49,20 @@ def check_batch_size(config, num_devices: int) -> int:
   """Validates `train.tasks_per_step` over `num_devices` task shards;
   returns the chunk size."""
   tasks = int(config.train.tasks_per_step)
+  model = int(config.mesh.model)
+  # With a model axis the tasks split over its groups, not every device.
+  shards, per = ((f"{num_devices} task shards ({num_devices * model}"
+                   f" devices / mesh.model={model})", "shard") if model > 1
+                  else (f"{num_devices} devices", "device"))
   if tasks <= 0 or tasks % num_devices:
     raise InputError(
         f"train.tasks_per_step={tasks} must be a positive multiple of the"
-        f" {num_devices} devices")
+        f" {shards}")
   chunk = resolve_chunk(config, num_devices)
   if (tasks // num_devices) % chunk:
     raise InputError(
-        f"train.tasks_per_step={tasks} over {num_devices} devices is"
-        f" {tasks // num_devices} tasks per device, not a multiple of"
+        f"train.tasks_per_step={tasks} over {shards} is"
+        f" {tasks // num_devices} tasks per {per}, not a multiple of"
         f" train.chunk_tasks={chunk}")
   return chunk
 
