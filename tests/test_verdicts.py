@@ -155,3 +155,26 @@ def test_a_checkpoint_of_other_parameters_is_named_as_such(tmp_path):
                      " share;"):
     reader.restore(abstract, 1)
   reader.close()
+
+
+def test_a_checkpoint_of_other_shapes_names_the_leaf_before_reading(
+    tmp_path):
+  """E.g. `eval --config.model.embed_dim=4` on a run of 8: orbax's own
+  error named no leaf, said to read another --step (every step is of the
+  same model), and in one run of eight the reads it abandoned printed
+  ~1,600 lines of tracebacks after the one-line error."""
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), keep=2, async_save=False)
+  for step in (1, 2):
+    ckpt.save(step, {"params": {"w": jnp.zeros((2, 8))}}, {"x": 1})
+  ckpt.close()
+  reader = ckpt_lib.Checkpointer(str(tmp_path), read_only=True)
+  abstract = {"params": {"w": jax.ShapeDtypeStruct((2, 4), jnp.float32)}}
+  for step in (1, None):  # asked for, or the newest: no fallback either
+    with pytest.raises(ckpt_lib.OtherModel) as e:
+      reader.restore(abstract, step)
+    assert str(e.value) == (
+        f"the checkpoint of step {step or 2} holds parameters of other"
+        " shapes than this config's model (w is (2, 8) there, (2, 4)"
+        " here): use the config it was trained with")
+  assert reader.steps() == [1, 2]  # none moved aside
+  reader.close()

@@ -49,11 +49,9 @@ from metarec_jax.errors import OutputError, cause_of
 from metarec_jax.meta import paths
 from metarec_jax.workdir import manager as manager_lib
 from metarec_jax.workdir import orbax_logs
-from metarec_jax.workdir.state_checks import (CheckpointError,
-                                              DamagedCheckpoint, StepUnusable,
-                                              inspect_state, few,
-                                              same_parameters,
-                                              verify_restored)
+from metarec_jax.workdir.state_checks import (
+    CheckpointError, DamagedCheckpoint, OtherModel, StepUnusable, few,
+    inspect_state, same_parameters, verify_restored)
 
 FORMAT_VERSION = 1
 VAL_MAE = "val_mae"  # the metric saved with a validated checkpoint
@@ -294,6 +292,8 @@ class Checkpointer:
               state=ocp.args.StandardRestore(abstract_state)))["state"]
           verify_restored(state, record, os.path.join(
               self.directory, str(candidate), "state"))
+        except OtherModel as e:  # no other checkpoint would do either
+          raise OtherModel(f"the checkpoint of step {candidate} {e}") from e
         except Exception as e:  # pylint: disable=broad-except
           error = e
         else:

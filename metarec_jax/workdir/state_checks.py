@@ -36,6 +36,11 @@ class DamagedCheckpoint(CheckpointError):
   why: a digest mismatch or a non-finite value)."""
 
 
+class OtherModel(CheckpointError):
+  """A checkpoint of a model of other shapes than the config's: a problem
+  of the config given, the same for every checkpoint of the run."""
+
+
 def inspect_state(state: Any) -> tuple[dict[str, str], list[str]]:
   """`({leaf path: SHA-256 digest}, [paths of non-finite leaves])` of a
   (replicated) state, read through the host."""
@@ -87,3 +92,15 @@ def same_parameters(saved: dict[str, tuple], params: Any) -> None:
         f"holds the parameters of another model ({what}; a checkpoint of an"
         " earlier metarec or another config): train it again in a new"
         " --workdir")
+  # Checked before orbax reads: its own error names no leaf, and the reads
+  # it abandons then print tracebacks after the one-line error.
+  shapes = {p: tuple(leaf.shape) for p, leaf in
+            zip(paths.leaf_paths(params), jax.tree.leaves(params))}
+  other = [p for p in sorted(current) if tuple(saved[p][0]) != shapes[p]]
+  if other:
+    what = ", ".join(f"{p} is {tuple(saved[p][0])} there, {shapes[p]} here"
+                     for p in other[:2])
+    raise OtherModel(
+        f"holds parameters of other shapes than this config's model ({what}"
+        f"{f' and {len(other) - 2} more' if len(other) > 2 else ''}):"
+        " use the config it was trained with")
