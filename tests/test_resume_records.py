@@ -65,6 +65,30 @@ def test_a_resume_leaves_tensorboard_curves_going_forward(
   assert steps == sorted(set(steps)) and 6 in steps, steps
 
 
+def test_a_restart_without_any_checkpoint_logs_no_step_twice(
+    tiny_metasgd_run, tmp_path):
+  """kill -9 before the first checkpoint (the start's, step 0) was
+  committed: the restart began afresh but kept the killed run's step-0
+  rows, so `metrics.jsonl` and TensorBoard held step 0's validation twice."""
+  from tensorboard.backend.event_processing import plugin_event_accumulator  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  shutil.copytree(tiny_metasgd_run, workdir)
+  before = steps_logged(workdir)
+  assert before.count(0) == 1
+  checkpoints = os.path.join(workdir, "checkpoints")
+  for name in os.listdir(checkpoints):
+    shutil.rmtree(os.path.join(checkpoints, name))
+  train_and_evaluate(config_of(workdir), workdir)
+  assert steps_logged(workdir) == before
+  acc = plugin_event_accumulator.EventAccumulator(
+      os.path.join(workdir, "tensorboard"),
+      size_guidance={plugin_event_accumulator.TENSORS: 0})
+  acc.Reload()
+  for tag in ("val/mae", "train/loss"):
+    steps = [e.step for e in acc.Tensors(tag)]
+    assert steps == sorted(set(steps)), (tag, steps)
+
+
 def test_a_stop_during_the_warm_up_does_not_claim_a_save(
     killed_after_step_6, monkeypatch, caplog):
   workdir = killed_after_step_6

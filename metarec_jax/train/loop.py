@@ -135,8 +135,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       config_record = config_io.to_dict(config)
       trainer.hyper = trainer.hyper_args(tc, horizon)
       reporter = reporting.Reporter(workdir, active=is_lead)
-      # Rows a killed run logged past its checkpoint are logged again.
-      reporter.drop_rows_after(restored_step or 0)
+      # Rows a killed run logged past its checkpoint are logged again (all
+      # of them where none was committed: a fresh start logs step 0 again).
+      reporter.drop_rows_after(-1 if restored_step is None else restored_step)
       # HParams once per start (TensorBoard keeps the first).
       reporter.hparams(reporting.flat_hparams(config_record),
                        telemetry.hparam_metrics(exp.implicit.enabled),

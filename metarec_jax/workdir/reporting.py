@@ -232,7 +232,8 @@ class Reporter:
     A resume calls it with the step it restored: the rows a killed run
     logged after its last checkpoint are logged again as the steps are
     run again, and would otherwise appear twice (in TensorBoard, as a curve
-    that runs back in steps).
+    that runs back in steps); a fresh start, with no checkpoint, calls it
+    with -1 (every row goes: step 0's validation is logged again).
     """
     if not self.active:
       return 0
