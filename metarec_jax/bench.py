@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarec_jax import backend, config_io, experiment, meta, runtime
+from metarec_jax.data.convert import prepare
 from metarec_jax.data.pipeline import Prefetcher
 from metarec_jax.models import precision
 from metarec_jax.train import placement
@@ -199,6 +200,9 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
   then None; `plain_flops=False` skips only the plain formulation's count
   (one lowering). `adapt_seconds` is `adapt_latency` of one user."""
   workdir = workdir or default_workdir(config)
+  # The data first: a missing data.root or store fails before a folder is
+  # created or a matmul timed.
+  prepare.check_source(config.data, workdir)
   os.makedirs(workdir, exist_ok=True)
   rates = {dtype: peak_matmul_gflops(dtype=dtype)
            for dtype in precision.COMPUTE_DTYPES}

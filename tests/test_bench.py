@@ -75,3 +75,23 @@ def test_flops_come_from_the_compiled_program_where_lowered_counts_none(
   assert result["step_flops"] is None and result["utilization"] is None
   assert result["device_tasks_per_sec"] > 0
   assert "FLOPs not counted by this backend" in bench.describe(result)
+
+
+def test_bench_checks_the_data_before_it_creates_or_measures_anything(
+    tmp_path, monkeypatch):
+  """A missing `data.root` was found only after `bench` had created its
+  work directory and timed the matmul peaks: the error came seconds late,
+  after log lines, and left an empty folder behind."""
+  from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+
+  def measured(**kw):
+    raise AssertionError("measured the matmul rate before checking the data")
+
+  monkeypatch.setattr(bench, "peak_matmul_gflops", measured)
+  config = config_io.apply_overrides(
+      config_io.load_config_file(config_path("tiny")),
+      [("data.name", "movielens-1m"), ("data.root", str(tmp_path / "none"))])
+  workdir = tmp_path / "bench"
+  with pytest.raises(InputError, match="data.root is not a folder"):
+    bench.run(config, workdir=str(workdir), steps=1, warmup=0)
+  assert not workdir.exists()
