@@ -181,7 +181,12 @@ def _unquoted(text: str, current: tuple | list) -> tuple:
   for a tuple of numbers (the key's current elements are numbers; an
   empty one: every element reads as a number), whose elements that read as
   numbers become them, so that a rule names the bad element (`1,nan` and
-  `16,x` blamed the valid '1' and '16')."""
+  `16,x` blamed the valid '1' and '16'). Brackets around it (`(16,x)`,
+  `[a,b]`) enclose the tuple: they are no part of its first and last
+  elements."""
+  text = text.strip()
+  if text[:1] + text[-1:] in ("()", "[]"):
+    text = text[1:-1]
   parts = [v.strip() for v in text.split(",")]
   numbers = [_number(v) for v in parts]
   if current:

@@ -287,3 +287,29 @@ def test_a_teacher_of_another_split_is_refused(tmp_path, key, value):
   student.distill.teacher = str(tmp_path / "same")  # passes the check
   with pytest.raises(InputError, match="no checkpoint"):
     distill.load(student, exp, mesh)
+
+
+@pytest.mark.parametrize("override, value, message", [
+    ("data.buckets=(16,x)", (16, "x"), "(got 'x')"),
+    ("data.buckets=[8, x]", (8, "x"), "(got 'x')"),
+    ("meta.msl_weights=(1,nan)", (1, math.nan), "(got nan)"),
+    ("data.generic.categorical=(maker,country)", ("maker", "country"), None),
+])
+def test_a_bracketed_tuple_without_quotes_reads_as_its_elements(
+    override, value, message, tmp_path, capsys):
+  """`(16,x)` was split as `'(16'` and `'x)'`: the error blamed the valid
+  first element (`got '(16'`), and names of text tuples kept a bracket."""
+  key, text = override.split("=", 1)
+  config = config_io.apply_overrides(
+      config_io.load_config_file(config_path("tiny")), [(key, text)])
+  section, name = key.rsplit(".", 1)
+  got = config_io.flat(config)[key]
+  assert len(got) == len(value) and all(
+      (g != g and v != v) or g == v for g, v in zip(got, value)), (section,
+                                                                  name, got)
+  if message is not None:
+    workdir = tmp_path / "new"
+    status, err = run_cli(capsys, "train", TINY, f"--workdir={workdir}",
+                          f"--config.{override}")
+    assert status == 2 and message in err, err
+    assert not workdir.exists()
