@@ -170,6 +170,10 @@ RELATIONS: tuple[R.Relation, ...] = (
     R.Relation(("data.synthetic.min_ratings", "data.synthetic.max_ratings"),
                lambda a, b: a <= b, "data.synthetic.min_ratings must not"
                " exceed data.synthetic.max_ratings"),
+    R.Relation(("data.synthetic.min_ratings", "data.synthetic.num_items"),
+               lambda a, n: a <= n, "data.synthetic.min_ratings must not"
+               " exceed data.synthetic.num_items (a user rates an item"
+               " once)"),
     R.Relation(("data.generic.rating_min", "data.generic.rating_max"),
                lambda a, b: a < b, "data.generic.rating_min must be below"
                " data.generic.rating_max"),

@@ -99,6 +99,8 @@ def test_every_shipped_config_is_valid(name):
     ("model.loss", "l1", 'must be one of "mse", "huber"'),
     ("data.min_support", "40", "data.min_support must not exceed"
      " data.max_support (data.min_support=40, data.max_support=32)"),
+    ("data.synthetic.num_items", "12", "data.synthetic.min_ratings must not"
+     " exceed data.synthetic.num_items (a user rates an item once)"),
     ("eval.val_fraction", "0.9", "eval.new_user_fraction + eval.val_fraction"
      " must be below 1"),
     ("model.query_rank_weight", "-1", "must be a number >= 0"),

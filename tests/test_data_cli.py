@@ -62,6 +62,8 @@ def test_synth_builds_a_synthetic_store(tmp_path):
     (["data", "inspect", "--config=configs/default.py", "--store=x"],
      "takes no --config"),
     (["data", "synth", "--out=/tmp/x"], "--num_users is required"),
+    (["data", "synth", "--out=/tmp/x", "--num_users=5", "--num_items=10"],
+     "--min_ratings=20 must not exceed --num_items=10 (a user rates"),
     (["data", "inspect", "--store=/nonexistent"], "not a task store"),
     (["data", "prepare", "--dataset=netflix", "--root=/tmp", "--out=/tmp/x"],
      "data.name must be one of"),

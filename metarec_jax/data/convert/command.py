@@ -110,6 +110,10 @@ def _synth(fv) -> dict:
       1 <= spec.min_ratings <= spec.max_ratings):
     raise InputError("--num_users and --num_items must be positive and"
                      " 1 <= --min_ratings <= --max_ratings")
+  if spec.min_ratings > spec.num_items:  # a user rates an item once
+    raise InputError(f"--min_ratings={spec.min_ratings} must not exceed"
+                     f" --num_items={spec.num_items} (a user rates an item"
+                     " once)")
   if spec.seed < 0:  # numpy's generators take no other
     raise InputError(f"--seed must be >= 0, got {spec.seed}")
   synthetic.generate(spec, out, log=log.info)
