@@ -389,8 +389,8 @@ MEANINGS: dict[str, str] = {
     "eval.catalog_block": "Implicit: items scored at once per user when"
                           " ranking the full catalog (bounds memory).",
     # checkpoint
-    "checkpoint.every_steps": "Save a checkpoint every this many steps (and"
-                              " at the end or on a stop signal).",
+    "checkpoint.every_steps": "Checkpoint every this many steps (0: none),"
+                              " at the end, a new best and on any stop.",
     "checkpoint.keep": "Newest checkpoints kept.",
     # log
     "log.every_steps": "Log training metrics every this many steps.",
