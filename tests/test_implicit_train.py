@@ -337,3 +337,18 @@ def test_an_exported_users_model_follows_its_clicks_not_its_row(
                               ratings.tolist())), user_id=user)
   np.testing.assert_allclose(again.predict(probe), many.predict(user, probe),
                              rtol=1e-5, atol=1e-6)
+
+
+def test_export_adapt_refuses_an_infinite_or_off_scale_click_rating(
+    straight, tmp_path):
+  """`Export.adapt` on an implicit export refuses a pair whose rating is
+  infinite, NaN or off the scale, as the server does (an infinite one was
+  taken as a positive, -inf or -5 as a known negative, silently); bare
+  item ids (positives) are still taken."""
+  e, _ = _export_clicks(straight, tmp_path / "clicks", [1])
+  item = e.item_ids[0].item()
+  assert e.adapt([item]).support_size == 1
+  assert e.adapt([(item, 5.0)]).support_size == 1
+  for bad in (np.inf, -np.inf, np.nan, 0.0, 99.0, -5.0):
+    with pytest.raises(ValueError, match="scale 1 to 5"):
+      e.adapt([(item, bad), e.item_ids[1].item()])

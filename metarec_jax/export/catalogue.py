@@ -46,9 +46,10 @@ def lookup(order: np.ndarray | None, sorted_ids: np.ndarray,
 
 
 def rating_pairs(ratings: Iterable, *, implicit: bool
-                 ) -> tuple[list[Any], np.ndarray]:
-  """(item ids, float64 ratings) of `(item_id, rating)` pairs; with
-  `implicit`, a bare item id is a positive (rating +inf).
+                 ) -> tuple[list[Any], np.ndarray, np.ndarray]:
+  """(item ids, float64 ratings, bool bare) of `(item_id, rating)` pairs;
+  with `implicit`, a bare item id is a positive (rating +inf, `bare`
+  True), so only `bare` tells it from a pair whose rating is +inf.
 
   Raises:
     ValueError: not an iterable of pairs (on a rating export a bare id,
@@ -57,20 +58,23 @@ def rating_pairs(ratings: Iterable, *, implicit: bool
   if ratings is None or isinstance(ratings, (str, bytes)):
     raise ValueError("ratings must be a sequence of (item_id, rating)"
                      f" pairs, got {type(ratings).__name__}")
-  items, values = [], []
+  items, values, bare = [], [], []
   for p in ratings:
     if isinstance(p, (tuple, list)) and len(p) == 2:
       items.append(p[0])
       values.append(p[1])
+      bare.append(False)
     elif implicit and not isinstance(p, (tuple, list, dict, set)):
       items.append(p)
       values.append(np.inf)
+      bare.append(True)
     else:
       raise ValueError(
           f"ratings must be (item_id, rating) pairs, got {p!r}"
           + ("" if implicit else " (bare item ids are positives of an"
              " implicit-feedback export only)"))
   try:
-    return items, np.asarray(values, np.float64).reshape(-1)
+    return (items, np.asarray(values, np.float64).reshape(-1),
+            np.asarray(bare, bool).reshape(-1))
   except (TypeError, ValueError):
     raise ValueError("ratings must be numbers") from None

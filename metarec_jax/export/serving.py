@@ -289,13 +289,14 @@ class Export(batched.UserBatches):
         rating scale, or an inner loop that diverges on these ratings (its
         model is never returned).
     """
-    items, values = catalogue.rating_pairs(
+    items, values, bare = catalogue.rating_pairs(
         ratings, implicit=self.implicit is not None)
     lo, hi = self.rating_range
-    if self.implicit is not None:
-      if np.isnan(values).any():
-        raise ValueError("ratings must be numbers")
-    elif ((values < lo) | (values > hi) | ~np.isfinite(values)).any():
+    # A bare item id (implicit only) is a positive, +inf; a pair's rating
+    # lies on the scale, as the server's (an infinite or off-scale one
+    # was silently taken as a positive or a negative).
+    given = values[~bare]
+    if ((given < lo) | (given > hi) | ~np.isfinite(given)).any():
       raise ValueError(f"ratings must lie on the scale {lo:g} to {hi:g}")
     features, in_table = self._table_features(user_id)
     index = catalogue.lookup(self._item_order, self._item_sorted, items)
