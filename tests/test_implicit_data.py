@@ -59,6 +59,22 @@ def test_threshold_keeps_positives_and_remembers_every_interaction(tmp_path):
   assert implicit.contains(seen, implicit.keys(0, 1, 3))  # u1,b rated 2
 
 
+def test_a_threshold_above_every_rating_is_refused_naming_it(tmp_path):
+  """No rating reaches the threshold: refused at the store, naming
+  data.implicit.threshold (training blamed the users' rating counts)."""
+  datafiles.write(str(tmp_path / "ratings.csv"),
+                  "user,item,rating\nu1,a,5\nu1,b,2\nu2,a,4\n")
+  data = generic_config(tmp_path)
+  data.implicit.threshold = 9.0
+  with pytest.raises(InputError, match=r"threshold=9 is above every rating"
+                     r" \(the highest is 5\)"):
+    prepare.prepare(data, tmp_path / "store")
+  assert not (tmp_path / "store").exists()
+  data.implicit.threshold = 5.0  # the highest rating: one positive
+  prepare.prepare(data, tmp_path / "store")
+  assert store_lib.open_store(tmp_path / "store").counts().tolist() == [1, 0]
+
+
 def test_an_implicit_prepare_cleans_up_after_a_killed_one(tmp_path):
   """The rating store a killed implicit build left beside its output
   (`.NAME.ratings-*`) is removed by the next build of the same output."""

@@ -8,6 +8,8 @@ import shutil
 import tempfile
 from typing import Callable
 
+import numpy as np
+
 from metarec_jax import atomic, config_io
 from metarec_jax.data import store as store_lib
 from metarec_jax.data import implicit
@@ -55,9 +57,10 @@ def prepare(data_config, out: str | os.PathLike,
     ratings = tempfile.mkdtemp(prefix=prefix, dir=parent)
     try:
       _prepare_ratings(data_config, os.path.join(ratings, "store"), log)
-      manifest = implicit.convert_store(
-          store_lib.open_store(os.path.join(ratings, "store")), out,
-          threshold=float(spec.threshold))
+      source = store_lib.open_store(os.path.join(ratings, "store"))
+      _refuse_no_positives(source, float(spec.threshold))
+      manifest = implicit.convert_store(source, out,
+                                        threshold=float(spec.threshold))
     finally:
       shutil.rmtree(ratings, ignore_errors=True)
   if log is not None:
@@ -68,6 +71,18 @@ def prepare(data_config, out: str | os.PathLike,
             else f"rating >= {spec.threshold:g}")
     log(f"implicit: {info['positives']:,} positives ({rule}) of"
         f" {info['interactions']:,} interactions")
+
+
+def _refuse_no_positives(source: store_lib.TaskStore,
+                         threshold: float) -> None:
+  """Refuses a threshold above every rating: the store would hold no
+  positive, and training would then blame the users' rating counts."""
+  ratings = np.asarray(source.ratings)
+  if len(ratings) and not (ratings >= threshold).any():
+    raise InputError(
+        f"data.implicit.threshold={threshold:g} is above every rating (the"
+        f" highest is {ratings.max():g}), so no interaction is a positive:"
+        " lower data.implicit.threshold")
 
 
 def _prepare_ratings(data_config, out: str | os.PathLike,
