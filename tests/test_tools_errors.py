@@ -27,6 +27,9 @@ from procs import env_with
     (["bench_serve.py", "--export=/x", "--phases=bogus"],
      "--phases: unknown bogus"),
     (["bench_serve.py", "--bogus=1"], "Unknown command line flag 'bogus'"),
+    (["median_map_effect.py", "/x@abc"], "/x@abc: the step after '@'"),
+    (["new_item_prior_effect.py", "/x@abc"], "/x@abc: the step after '@'"),
+    (["share_curve.py", "/x@last"], "/x@last: the step after '@'"),
 ])
 def test_bad_flags_and_missing_inputs_are_one_line(tmp_path, args, message):
   args = [a.replace("OUT", str(tmp_path / "out")) for a in args]

@@ -148,7 +148,13 @@ def workdir_at(spec: str) -> tuple[str, int | None]:
   """A tool's `DIR` or `DIR@STEP` argument as `(workdir, step)`, step None
   for `load_state`'s default checkpoint."""
   workdir, _, step = spec.partition("@")
-  return workdir, int(step) if step else None
+  if not step:
+    return workdir, None
+  try:
+    return workdir, int(step)
+  except ValueError:
+    raise InputError(f"{spec}: the step after '@' is not an integer"
+                     f" ({step!r})") from None
 
 
 def open_checkpoint(workdir: str, step: int | None = None):
