@@ -27,6 +27,8 @@ from procs import env_with
     (["bench_serve.py", "--export=/x", "--phases=bogus"],
      "--phases: unknown bogus"),
     (["bench_serve.py", "--bogus=1"], "Unknown command line flag 'bogus'"),
+    (["bench_learners.py", "--config=configs/tiny.py", "--algorithms=maml",
+      "--steps=1", "--warmup=-1"], "--warmup=-1: -1 is not"),
     (["median_map_effect.py", "/x@abc"], "/x@abc: the step after '@'"),
     (["new_item_prior_effect.py", "/x@abc"], "/x@abc: the step after '@'"),
     (["share_curve.py", "/x@last"], "/x@last: the step after '@'"),

@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   flags.DEFINE_integer("steps", 10, "Timed meta-steps per learner.",
                        lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("warmup", 2, "Untimed meta-steps first.",
-                       flag_values=fv)
+                       lower_bound=0, flag_values=fv)
   try:
     try:
       fv(["bench_learners.py"] + rest)
