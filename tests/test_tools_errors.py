@@ -24,6 +24,8 @@ from procs import env_with
     (["ndcg_ceiling.py", "--workdir=/x", "--tasks=/x", "--k=0"],
      "argument --k: 0 is not >= 1"),
     (["bench_implicit.py", "--losses=bogus"], "'bogus' is not one of"),
+    (["bench_implicit.py", "--config=configs/tiny.py", "--losses=bce",
+      "--steps=1", "--warmup=-1"], "argument --warmup: -1 is not >= 0"),
     (["bench_serve.py", "--export=/x", "--phases=bogus"],
      "--phases: unknown bogus"),
     (["bench_serve.py", "--bogus=1"], "Unknown command line flag 'bogus'"),

@@ -53,6 +53,8 @@ def main(argv=None) -> int:
   parser.add_argument("--config", default=os.path.join(ROOT, "configs",
                                                         "melu_ref.py"))
   args = parser.parse_args(argv)
+  if args.warmup < 0:
+    parser.error(f"argument --warmup: {args.warmup} is not >= 0")
   from metarec_jax.models.recommender import RANKING_LOSSES  # pylint: disable=g-import-not-at-top
   for loss in args.losses.split(","):  # before any workload runs
     if loss not in RANKING_LOSSES:
