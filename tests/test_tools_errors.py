@@ -31,12 +31,16 @@ from procs import env_with
     (["bench_serve.py", "--bogus=1"], "Unknown command line flag 'bogus'"),
     (["bench_learners.py", "--config=configs/tiny.py", "--algorithms=maml",
       "--steps=1", "--warmup=-1"], "--warmup=-1: -1 is not"),
+    (["bench_export.py", "--dir=FILE", "--users=10", "--items=5"],
+     "file: not a folder"),
     (["median_map_effect.py", "/x@abc"], "/x@abc: the step after '@'"),
     (["new_item_prior_effect.py", "/x@abc"], "/x@abc: the step after '@'"),
     (["share_curve.py", "/x@last"], "/x@last: the step after '@'"),
 ])
 def test_bad_flags_and_missing_inputs_are_one_line(tmp_path, args, message):
-  args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+  (tmp_path / "file").write_text("")
+  args = [a.replace("OUT", str(tmp_path / "out"))
+          .replace("FILE", str(tmp_path / "file")) for a in args]
   out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", args[0]),
                         *args[1:]], capture_output=True, text=True, cwd=ROOT,
                        env=env_with(), timeout=300)

@@ -179,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise InputError(f"unexpected argument {leftover[1]!r}")
     if not fv.dir:
       raise InputError("--dir is required")
+    if os.path.exists(fv.dir) and not os.path.isdir(fv.dir):
+      raise InputError(f"--dir={fv.dir}: not a folder")
     report = bench(fv)
   except InputError as e:
     print(f"{prog}: error: {e.message}", file=sys.stderr)
