@@ -33,6 +33,8 @@ from procs import env_with
       "--steps=1", "--warmup=-1"], "--warmup=-1: -1 is not"),
     (["bench_export.py", "--dir=FILE", "--users=10", "--items=5"],
      "file: not a folder"),
+    (["device_bench.py", "--quick", "--budget=-1"],
+     "argument --budget: -1 is not > 0"),
     (["median_map_effect.py", "/x@abc"], "/x@abc: the step after '@'"),
     (["new_item_prior_effect.py", "/x@abc"], "/x@abc: the step after '@'"),
     (["share_curve.py", "/x@last"], "/x@last: the step after '@'"),

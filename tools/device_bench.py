@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="seconds after which no workload starts"
                       " (default 450, --quick 1800)")
   args = parser.parse_args(argv)
+  if args.budget is not None and not 0 < args.budget < float("inf"):
+    parser.error(f"argument --budget: {args.budget:g} is not > 0")
   budget = args.budget or (1800.0 if args.quick else 450.0)
   start = time.monotonic()
   info = device_info()
