@@ -24,8 +24,8 @@ def run(main: Callable[[], int | None]) -> NoReturn:
     status = main()
   except InputError as e:
     _fail(name, str(e))
-  except (FileNotFoundError, NotADirectoryError, IsADirectoryError,
-          PermissionError) as e:
+  except (FileNotFoundError, FileExistsError, NotADirectoryError,
+          IsADirectoryError, PermissionError) as e:
     _fail(name, f"{e.filename}: {e.strerror}" if e.filename else str(e))
   sys.exit(status or 0)
 

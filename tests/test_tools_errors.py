@@ -50,3 +50,19 @@ def test_bad_flags_and_missing_inputs_are_one_line(tmp_path, args, message):
   assert "Traceback" not in out.stderr
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith(f"{args[0]}: error: ") and message in last, last
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path):
+  """testbed.py --out=DIR where DIR/SHAPE is a file: one line naming it."""
+  out_dir = tmp_path / "out"
+  out_dir.mkdir()
+  (out_dir / "taste").write_text("")
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "tools",
+                                                     "testbed.py"),
+                        f"--out={out_dir}", "--shape=taste"],
+                       capture_output=True, text=True, cwd=ROOT,
+                       env=env_with(), timeout=300)
+  assert out.returncode == 2, (out.stdout, out.stderr)
+  assert "Traceback" not in out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert last == f"testbed.py: error: {out_dir / 'taste'}: File exists", last
