@@ -17,6 +17,8 @@ from procs import env_with
     (["bench_parse.py", "--bogus"], "unknown argument '--bogus'"),
     (["profile_step.py", "--steps=0"], "--steps=0: a positive integer"),
     (["share_curve.py", "/nonexistent"], "/nonexistent: no config.json"),
+    (["share_curve.py", "/nonexistent", "--shares=0,nan"],
+     "--shares=0,nan: comma-separated finite numbers"),
     (["testbed.py", "--out=OUT", "--ratings_only=/nonexistent"],
      "/nonexistent/flags.txt: No such file or directory"),
     (["ml100k_subset.py", "--src=/nonexistent", "--out=OUT"],

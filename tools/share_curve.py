@@ -19,6 +19,7 @@ Prints one line per scenario: tasks, then `share:MAE(difference to 0)`.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -66,6 +67,8 @@ def main():
     shares = [float(v) for v in args.shares.split(",")]
   except ValueError:
     parser.error(f"--shares={args.shares}: comma-separated numbers")
+  if not all(math.isfinite(s) for s in shares):
+    parser.error(f"--shares={args.shares}: comma-separated finite numbers")
   for arg in args.workdirs:
     table = share_maes(*workdir_at(arg), shares)
     print(arg)
