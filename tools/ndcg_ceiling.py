@@ -176,17 +176,19 @@ def main(argv=None) -> None:
                       help="comma-separated MAEs of truth-plus-noise rows")
   parser.add_argument("--mf", action="store_true",
                       help="fit and score the transductive MF reference")
-  parser.add_argument("--mf_dim", type=int, default=32)
+  parser.add_argument("--mf_dim", type=toolkit.positive_int, default=32)
   parser.add_argument("--mf_reg", type=float, default=10.0)
-  parser.add_argument("--mf_iters", type=int, default=12)
+  parser.add_argument("--mf_iters", type=toolkit.positive_int, default=12)
   parser.add_argument("--k", type=toolkit.positive_int, default=3)
   parser.add_argument("--repeats", type=toolkit.positive_int, default=20)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   try:
-    [float(v) for v in args.mae.split(",") if v]
+    targets = [float(v) for v in args.mae.split(",") if v]
   except ValueError:
     parser.error(f"--mae={args.mae}: comma-separated numbers")
+  if not all(0 <= t < float("inf") for t in targets):
+    parser.error(f"--mae={args.mae}: comma-separated numbers >= 0")
   config = config_io.read_workdir_config(args.workdir)
   store = store_lib.open_store(prepare.store_path(config.data, args.workdir))
   width = int(config.data.query_size)
