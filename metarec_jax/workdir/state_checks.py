@@ -98,9 +98,8 @@ def same_parameters(saved: dict[str, tuple], params: Any) -> None:
             zip(paths.leaf_paths(params), jax.tree.leaves(params))}
   other = [p for p in sorted(current) if tuple(saved[p][0]) != shapes[p]]
   if other:
-    what = ", ".join(f"{p} is {tuple(saved[p][0])} there, {shapes[p]} here"
-                     for p in other[:2])
+    what = few([f"{p} is {tuple(saved[p][0])} there, {shapes[p]} here"
+                for p in other], 2)
     raise OtherModel(
-        f"holds parameters of other shapes than this config's model ({what}"
-        f"{f' and {len(other) - 2} more' if len(other) > 2 else ''}):"
+        f"holds parameters of other shapes than this config's model ({what}):"
         " use the config it was trained with")
