@@ -3,8 +3,10 @@
 A tools/ script ends with `toolkit.run(main)`: a bad flag, a missing or
 malformed file (an `InputError`, or a file that cannot be opened) is one
 line on stderr, `SCRIPT: error: ...`, and exit status 2, as for `metarec`
-itself; `positive_int` and `positive_float` are argparse types that refuse
-a zero or negative count before any work.
+itself (a write that fails, a full disk, is one line and status 1);
+`positive_int` and `positive_float` are argparse types that refuse
+a zero or negative count before any work; `write_folder` writes a
+generated dataset folder all or nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import os
 import sys
 from typing import Callable, NoReturn
 
-from metarec_jax.errors import InputError
+from metarec_jax import atomic
+from metarec_jax.errors import InputError, OutputError
 
 
 def run(main: Callable[[], int | None]) -> NoReturn:
@@ -27,13 +30,15 @@ def run(main: Callable[[], int | None]) -> NoReturn:
   except (FileNotFoundError, FileExistsError, NotADirectoryError,
           IsADirectoryError, PermissionError) as e:
     _fail(name, f"{e.filename}: {e.strerror}" if e.filename else str(e))
+  except OutputError as e:  # a full disk: status 1, as for `metarec`
+    _fail(name, str(e), status=1)
   sys.exit(status or 0)
 
 
-def _fail(name: str, message: str) -> NoReturn:
+def _fail(name: str, message: str, status: int = 2) -> NoReturn:
   print(f"{name}: error: {message.splitlines()[0] if message else ''}",
         file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
 
 
 def positive_int(text: str) -> int:
@@ -56,3 +61,23 @@ def positive_float(text: str) -> float:
   if not 0 < value < float("inf"):
     raise argparse.ArgumentTypeError(f"{value:g} is not > 0")
   return value
+
+
+def write_folder(out: str, files: dict[str, bytes], marker: str) -> str:
+  """Writes `files` ({name: bytes}) as the folder `out`, all or nothing
+  (`atomic.Folder`: built beside it, then renamed), and returns `out`.
+
+  A folder this tool wrote before (one holding the file `marker`) is
+  replaced whole, so a failure or a kill half-way leaves it as it was;
+  any other non-empty `out` (a user's data given by mistake) is refused
+  with an `InputError`.
+  """
+  atomic.refuse_other(
+      out, lambda path: os.path.exists(os.path.join(path, marker)),
+      f"a folder this tool did not write (no {marker}); choose another"
+      " --out")
+  with atomic.Folder(out) as folder:
+    for name, data in files.items():
+      folder.write_file(name, data)
+    folder.swap()
+  return out

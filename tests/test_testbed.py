@@ -10,6 +10,7 @@ import shutil
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import ROOT, config_path
 from metarec_jax import config_io
@@ -48,6 +49,83 @@ def test_every_shape_is_written_in_the_recipe_layout(tmp_path):
   assert overrides["data.generic.new_item_col"] == "new"
   runs = testbed.get_runs(f"b={folder}+train.seed=2")["runs"]
   assert runs[0]["name"] == "b" and runs[0]["overrides"]["train.seed"] == "2"
+
+
+def test_a_write_failing_half_way_leaves_the_earlier_dataset_whole(
+    tmp_path, monkeypatch):
+  """Each dataset folder is written beside its place and renamed in: a
+  failure (here a full disk at the second file) leaves the earlier one as
+  it was and no temporary folder; a user's own folder is never replaced."""
+  from metarec_jax import atomic
+  from metarec_jax.errors import InputError, OutputError
+  folder = testbed.write(str(tmp_path), "bias")
+
+  def contents(path):
+    return {name: open(os.path.join(path, name), "rb").read()
+            for name in sorted(os.listdir(path))}
+
+  before = contents(folder)
+  real, calls = atomic.Folder.write_file, []
+
+  def full_disk(self, name, data):
+    calls.append(name)
+    if len(calls) == 2:
+      raise OSError(28, "No space left on device", self.path(name))
+    real(self, name, data)
+
+  monkeypatch.setattr(atomic.Folder, "write_file", full_disk)
+  with pytest.raises(OutputError, match="No space left on device"):
+    testbed.write(str(tmp_path), "bias", seed=1)
+  assert contents(folder) == before
+  assert sorted(os.listdir(tmp_path)) == ["bias"]
+  monkeypatch.setattr(atomic.Folder, "write_file", real)
+  assert testbed.write(str(tmp_path), "bias", seed=1) == folder
+  assert contents(folder) != before  # replaced whole by the new draw
+  mine = tmp_path / "users" / "bias"
+  mine.mkdir(parents=True)
+  (mine / "ratings.csv").write_text("a user's own file\n")
+  with pytest.raises(InputError, match="did not write"):
+    testbed.write(str(mine.parent), "bias")
+  assert contents(mine) == {"ratings.csv": b"a user's own file\n"}
+
+
+def test_the_ml100k_subset_replaces_its_own_folders_whole(tmp_path,
+                                                          monkeypatch):
+  """tools/ml100k_subset.py on a small ML-1M-shaped folder: both layouts
+  written; a second run whose last file cannot be written leaves the
+  first run's generic folder as it was, with no temporary folder."""
+  from metarec_jax import atomic
+  from metarec_jax.errors import OutputError
+  subset = load_tool("ml100k_subset")
+  src = tmp_path / "ml-1m"
+  src.mkdir()
+  rng = np.random.default_rng(0)
+  (src / "ratings.dat").write_text("".join(
+      f"{u}::{m}::{rng.integers(1, 6)}::{u * 100 + m}\n"
+      for u in range(1, 951) for m in rng.choice(200, 21, replace=False) + 1))
+  (src / "users.dat").write_text("".join(
+      f"{u}::{'MF'[u % 2]}::25::{u % 20}::{10000 + u}\n"
+      for u in range(1, 951)))
+  (src / "movies.dat").write_text("".join(
+      f"{m}::Movie {m} ({1990 + m % 10})::{'Comedy|Drama' if m % 2 else 'Action'}\n"
+      for m in range(1, 201)), encoding="iso-8859-1")
+  out = tmp_path / "out"
+  subset.write(str(src), str(out))
+  assert sorted(os.listdir(out)) == ["generic", "ml-100k"]
+  assert len((out / "ml-100k" / "u.user").read_text().splitlines()) == 943
+  before = (out / "generic" / "ratings.csv").read_bytes()
+  real = atomic.Folder.write_file
+
+  def full_disk(self, name, data):
+    if name == "flags.txt":
+      raise OSError(28, "No space left on device", self.path(name))
+    real(self, name, data)
+
+  monkeypatch.setattr(atomic.Folder, "write_file", full_disk)
+  with pytest.raises(OutputError, match="flags.txt: No space left"):
+    subset.write(str(src), str(out), seed=1)
+  assert (out / "generic" / "ratings.csv").read_bytes() == before
+  assert sorted(os.listdir(out)) == ["generic", "ml-100k"]
 
 
 def test_ratings_only_is_the_same_log_without_its_feature_tables(tmp_path):

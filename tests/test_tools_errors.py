@@ -73,4 +73,6 @@ def test_an_output_folder_that_is_a_file_is_one_line(tmp_path):
   assert out.returncode == 2, (out.stdout, out.stderr)
   assert "Traceback" not in out.stderr
   last = out.stderr.strip().splitlines()[-1]
-  assert last == f"testbed.py: error: {out_dir / 'taste'}: File exists", last
+  assert last == (f"testbed.py: error: {out_dir / 'taste'}: a folder this"
+                  " tool did not write (no flags.txt); choose another --out"
+                  ), last

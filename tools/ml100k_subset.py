@@ -33,6 +33,8 @@ import re
 
 import numpy as np
 
+from metarec_jax import toolkit
+
 USERS, ITEMS, RATINGS, MIN_PER_USER = 943, 1682, 100_000, 20
 NEW_YEAR = 1998
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
@@ -62,7 +64,8 @@ def select(ratings: np.ndarray, seed: int) -> np.ndarray:
 
 
 def write(src: str, out: str, seed: int = 0) -> None:
-  """Writes both layouts of the subset into `out`."""
+  """Writes both layouts of the subset into `out`, each folder all or
+  nothing (an earlier one of this script is replaced whole)."""
   raw = _lines(os.path.join(src, "ratings.dat"))
   ratings = np.array([[int(r[0]), int(r[1]), int(r[2])] for r in raw])
   rows = select(ratings, seed)
@@ -75,10 +78,13 @@ def write(src: str, out: str, seed: int = 0) -> None:
   genres = sorted({g for m in movie_ids for g in movies[m][2].split("|")})
   years = {m: int(_YEAR.search(movies[m][1]).group(1)) for m in movie_ids}
 
+  # Each layout is built in memory and written all or nothing
+  # (`toolkit.write_folder`): a failure half-way leaves an earlier one whole.
+  files = {"ml-100k": {}, "generic": {}}
+
   def dump(folder, name, lines, encoding="utf-8"):
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, name), "w", encoding=encoding) as f:
-      f.write("\n".join(lines) + "\n")
+    files[os.path.basename(folder)][name] = (
+        "\n".join(lines) + "\n").encode(encoding)
 
   # The 100K layout (ML-1M's age codes are ages its bucketing maps back).
   k = os.path.join(out, "ml-100k")
@@ -120,6 +126,8 @@ def write(src: str, out: str, seed: int = 0) -> None:
            "--config.data.list_pad.genre=4",
            "--config.data.generic.new_item_col=new"]
   dump(g, "flags.txt", flags)
+  toolkit.write_folder(k, files["ml-100k"], marker="u.data")
+  toolkit.write_folder(g, files["generic"], marker="flags.txt")
   print(f"{len(user_ids)} users, {len(movie_ids)} movies, {len(sub)} ratings"
         f" ({int(sum(years[m] >= NEW_YEAR for m in movie_ids))} new movies)"
         f" -> {k}, {g}")
@@ -135,5 +143,4 @@ def main():
 
 
 if __name__ == "__main__":
-  from metarec_jax import toolkit  # pylint: disable=g-import-not-at-top
   toolkit.run(main)

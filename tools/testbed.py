@@ -59,10 +59,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import shutil
 from typing import NamedTuple
 
 import numpy as np
+
+from metarec_jax import toolkit
 
 
 class Shape(NamedTuple):
@@ -181,15 +182,24 @@ def generate(shape: Shape, seed: int) -> dict[str, list[str]]:
 
 
 def write(out: str, name: str, seed: int = 0) -> str:
-  """Writes shape `name` into `out/name`; returns that folder."""
+  """Writes shape `name` into `out/name`, all or nothing; returns that
+  folder."""
   folder = os.path.join(out, name)
-  os.makedirs(folder, exist_ok=True)
-  for file, lines in generate(SHAPES[name], seed).items():
-    with open(os.path.join(folder, file), "w", encoding="utf-8") as f:
-      f.write("\n".join(lines) + "\n")
-  with open(os.path.join(folder, "flags.txt"), "w", encoding="utf-8") as f:
-    f.write("\n".join(FLAGS).format(root=os.path.abspath(folder)) + "\n")
-  return folder
+  files = {file: "\n".join(lines) + "\n"
+           for file, lines in generate(SHAPES[name], seed).items()}
+  files["flags.txt"] = "\n".join(FLAGS).format(
+      root=os.path.abspath(folder)) + "\n"
+  return _write_folder(folder, files)
+
+
+def _write_folder(folder: str, files: dict[str, str | bytes]) -> str:
+  """Writes `files` (text or bytes) as `folder`, all or nothing: an earlier
+  dataset of this tool there is replaced only once the new one is whole
+  (`toolkit.write_folder`)."""
+  return toolkit.write_folder(
+      folder, {name: data.encode("utf-8") if isinstance(data, str) else data
+               for name, data in files.items()},
+      marker="flags.txt")
 
 
 CLICK_FLAGS = ("--config.data.name=generic",
@@ -223,13 +233,10 @@ def write_clicks(out: str, seed: int = 5) -> str:
       when = start + datetime.timedelta(seconds=int(rng.integers(0, 3e7)))
       lines.append(f"C{user:05d};SKU-{item};{when.isoformat(sep=' ')}")
   folder = os.path.join(out, "clicks")
-  os.makedirs(folder, exist_ok=True)
-  with open(os.path.join(folder, "orders.csv"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  with open(os.path.join(folder, "flags.txt"), "w", encoding="utf-8") as f:
-    f.write("\n".join(CLICK_FLAGS).format(root=os.path.abspath(folder))
-            + "\n")
-  return folder
+  return _write_folder(folder, {
+      "orders.csv": "\n".join(lines) + "\n",
+      "flags.txt": "\n".join(CLICK_FLAGS).format(
+          root=os.path.abspath(folder)) + "\n"})
 
 
 # The flags that read feature tables or derive from them (new items are
@@ -244,16 +251,17 @@ def ratings_only(src: str, out: str) -> str:
   """Writes `src`'s ratings file and its flags less every feature flag
   into `out/<src's name>`; returns that folder."""
   folder = os.path.join(out, os.path.basename(os.path.normpath(src)))
-  os.makedirs(folder, exist_ok=True)
   overrides = recipe_overrides(src)
   ratings = overrides.get("data.generic.ratings", "ratings.csv")
-  shutil.copyfile(os.path.join(src, ratings), os.path.join(folder, ratings))
+  with open(os.path.join(src, ratings), "rb") as f:
+    data = f.read()  # copied as it is
   overrides["data.root"] = "{root}"
   lines = [f"--config.{key}={value}" for key, value in overrides.items()
            if not key.startswith(FEATURE_FLAGS)]
-  with open(os.path.join(folder, "flags.txt"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines).format(root=os.path.abspath(folder)) + "\n")
-  return folder
+  return _write_folder(folder, {
+      ratings: data,
+      "flags.txt": "\n".join(lines).format(root=os.path.abspath(folder))
+                   + "\n"})
 
 
 def recipe_overrides(folder: str) -> dict[str, str]:
@@ -325,5 +333,4 @@ def main():
 
 
 if __name__ == "__main__":
-  from metarec_jax import toolkit  # pylint: disable=g-import-not-at-top
   toolkit.run(main)
