@@ -76,3 +76,20 @@ def test_an_output_folder_that_is_a_file_is_one_line(tmp_path):
   assert last == (f"testbed.py: error: {out_dir / 'taste'}: a folder this"
                   " tool did not write (no flags.txt); choose another --out"
                   ), last
+
+
+def test_a_write_that_fails_is_one_line_and_status_1(monkeypatch, capsys):
+  """`toolkit.run`: an `OutputError` (a full disk) is one line, status 1,
+  as for `metarec`, not a traceback."""
+  from metarec_jax import toolkit
+  from metarec_jax.errors import OutputError
+
+  def main():
+    raise OutputError("/out/a.csv", "No space left on device")
+
+  monkeypatch.setattr(sys, "argv", ["tool.py"])
+  with pytest.raises(SystemExit) as stop:
+    toolkit.run(main)
+  assert stop.value.code == 1
+  assert capsys.readouterr().err == (
+      "tool.py: error: cannot write /out/a.csv: No space left on device\n")
