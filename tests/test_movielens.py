@@ -206,3 +206,38 @@ def test_movielens_configs_pad_the_protocol_supports(name, tmp_path):
   config.data.root = root
   exp = experiment.build(config, str(tmp_path / "work"))
   assert exp.store.manifest["dataset"] == config.data.name
+
+
+@pytest.mark.parametrize("name,files,says", [
+    ("movielens-1m", {"ratings.csv": "userId,movieId,rating,timestamp\n"
+                                      "1,1,3.5,9\n",
+                      "movies.csv": "movieId,title,genres\n1,A (1995),X\n"},
+     r"no users\.dat: the folder holds MovieLens-20M/25M/32M/latest"
+     r" \(ratings\.csv\), not movielens-1m; no MovieLens loader reads it.*"
+     r"data\.name=generic"),
+    ("movielens-100k", {"ratings.dat": "1::1::3.5::9\n",
+                        "movies.dat": "1::A (1995)::X\n",
+                        "tags.dat": "1::1::good::9\n"},
+     r"no u\.data: the folder holds MovieLens-10M .*delimiter=::"),
+    ("movielens-1m", {"u.data": "1\t1\t3\t9\n"},
+     r"holds MovieLens-100K, not movielens-1m; data\.name=movielens-100k"
+     r" reads it"),
+    ("movielens-1m", {"ml-1m/users.dat": "1::F::1::10::48067\n",
+                      "ml-1m/movies.dat": "1::A (1995)::X\n",
+                      "ml-1m/ratings.dat": "1::1::3::9\n"},
+     r"no users\.dat here, but ml-1m/ holds the movielens-1m files: set"
+     r" data\.root=.*ml-1m$"),
+])
+def test_another_movielens_release_is_named_in_one_line(tmp_path, name,
+                                                        files, says):
+  # Was "ROOT/users.dat: no such file" for a folder of another release.
+  root = tmp_path / "ml"
+  for file, text in files.items():
+    (root / file).parent.mkdir(parents=True, exist_ok=True)
+    (root / file).write_text(text)
+  config = config_io.load_config_file(config_path("melu_ml1m"))
+  config.data.name, config.data.root = name, str(root)
+  with pytest.raises(InputError, match=says) as e:
+    prepare.prepare(config.data, tmp_path / "store")
+  assert "\n" not in str(e.value) and str(root) in str(e.value)
+  assert not os.path.exists(tmp_path / "store")

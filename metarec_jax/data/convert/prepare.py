@@ -119,7 +119,59 @@ def _source_root(data_config) -> str:
                      " downloads MovieLens)")
   if not os.path.isdir(root):
     raise InputError("data.root is not a folder", path=root)
+  _check_layout(name, root)
   return root
+
+
+# The files each MovieLens loader reads (their absence, in a folder of
+# another release, was a bare "users.dat: no such file").
+_NEEDS = {"movielens-1m": ("users.dat", "movies.dat", "ratings.dat"),
+          "movielens-100k": ("u.data", "u.user", "u.item", "u.genre",
+                             "u.occupation")}
+_GENERIC = "data.name=generic, data.generic.rating_min=0.5"
+# (files that mark a release, the release, what reads it): first match.
+_LAYOUTS = (
+    (("u.data",), "MovieLens-100K", "movielens-100k"),
+    (("users.dat", "ratings.dat"), "MovieLens-1M", "movielens-1m"),
+    (("ratings.dat", "movies.dat", "tags.dat"),
+     "MovieLens-10M (ratings.dat without users.dat)",
+     "no MovieLens loader reads it (no user table): read ratings.dat with"
+     f" {_GENERIC}, .ratings=ratings.dat, .delimiter=::, .header=false,"
+     " .user_col=0, .item_col=1, .rating_col=2, .timestamp_col=3"),
+    (("ratings.csv", "movies.csv"),
+     "MovieLens-20M/25M/32M/latest (ratings.csv)",
+     "no MovieLens loader reads it (no user table): read it with"
+     f" {_GENERIC}, .user_col=userId, .item_col=movieId,"
+     " .timestamp_col=timestamp"),
+)
+
+
+def _check_layout(name: str, root: str) -> None:
+  """Raises InputError where a MovieLens loader's files are missing from
+  `root` because it holds another MovieLens release (saying which, and
+  what reads it) or holds the files one folder down (an unpacked zip's
+  `ml-1m/`). Other missing files are the loader's own error."""
+  needs = _NEEDS.get(name, ())
+  missing = [f for f in needs if not os.path.isfile(os.path.join(root, f))]
+  if not missing:
+    return
+  for marks, release, reader in _LAYOUTS:
+    if all(os.path.isfile(os.path.join(root, f)) for f in marks):
+      if reader == name:
+        return  # this loader's release, a file short: its own error
+      if reader in _NEEDS:
+        reader = f"data.name={reader} reads it"
+      raise InputError(f"no {missing[0]}: the folder holds {release}, not"
+                       f" {name}; {reader}", path=root)
+  try:
+    subs = sorted(os.listdir(root))
+  except OSError:
+    return  # an unlistable folder: the loader names its first file
+  for sub in subs:
+    if all(os.path.isfile(os.path.join(root, sub, f)) for f in needs):
+      raise InputError(f"no {missing[0]} here, but {sub}/ holds the {name}"
+                       f" files: set data.root={os.path.join(root, sub)}",
+                       path=root)
 
 
 def check_source(data_config, workdir: str | os.PathLike) -> None:
