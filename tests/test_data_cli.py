@@ -191,3 +191,18 @@ def test_prepare_and_synth_never_replace_a_folder_that_is_no_store(tmp_path):
     out = metarec("data", "synth", f"--out={tmp_path / target}",
                   "--num_users=5")
     assert out.returncode == 0, out.stderr
+
+
+def test_prepare_refuses_an_out_below_a_file_before_reading(tmp_path):
+  """A file on the way to `--out` (`ml/ratings.dat/store`) is one line
+  and exit 2 before the data is read; it was "File exists", exit 1."""
+  root = datafiles.tiny_ml1m(str(tmp_path / "ml"))
+  inside = os.path.join(root, "ratings.dat")
+  for out in (os.path.join(inside, "store"),
+              os.path.join(inside, "deeper", "store")):
+    run = metarec("data", "prepare", "--dataset=movielens-1m",
+                  f"--root={root}", f"--out={out}")
+    assert_one_line_error(run, f"{inside} is a file, not a folder")
+    assert "wrote" not in run.stderr  # refused before the data was read
+  run = metarec("data", "synth", f"--out={inside}/s", "--num_users=5")
+  assert_one_line_error(run, f"{inside} is a file, not a folder")

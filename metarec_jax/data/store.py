@@ -184,9 +184,17 @@ def is_store(path: str | os.PathLike) -> bool:
 
 def refuse_non_store(out: str | os.PathLike) -> None:
   """Raises `InputError` where `out` exists and is neither an empty folder
-  nor an earlier store: what a store's writer may not replace."""
+  nor an earlier store: what a store's writer may not replace; or where a
+  file stands on its way (`data/ratings.csv/store`)."""
   atomic.refuse_other(out, is_store, "exists and is not a task store;"
                       " choose another --out (a store's folder of its own)")
+  # A file where a folder above `out` goes: the writer could not make it
+  # ("File exists", exit 1, and only after the whole input was read).
+  above = os.path.dirname(os.path.abspath(out))
+  while not os.path.lexists(above):
+    above = os.path.dirname(above)
+  if not os.path.isdir(above):
+    raise InputError(f"{above} is a file, not a folder", path=out)
 
 
 class StoreWriter(atomic.Folder):
