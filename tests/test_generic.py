@@ -167,6 +167,15 @@ def test_iso_dates_order_a_users_ratings_and_bad_ones_name_their_line(
     with pytest.raises(InputError, match=f"{name}:3: timestamp {message}"):
       timed_store(tmp_path, name, f"alice,mug,4,{first}",
                   "bob,pen,3,yesterday")
+  # A first value of no kind is blamed itself, not as "not an ISO 8601
+  # date as the first line's is (line 2)" at line 2 (the first line).
+  for first in ("", "yesterday", "nan"):
+    with pytest.raises(InputError) as e:
+      timed_store(tmp_path, "none.csv", f"alice,mug,4,{first}",
+                  "bob,pen,3,17")
+    assert str(e.value).endswith(
+        f"none.csv:2: timestamp {first!r} is not a time (an integer, a number"
+        " of seconds, or an ISO 8601 date or time like 2021-03-04)")
 
 
 def test_a_file_split_on_the_wrong_delimiter_says_which_it_uses(tmp_path):

@@ -147,6 +147,11 @@ def times(table: Table, values, what: str) -> np.ndarray:
   if kind != "iso":  # integers (or no values)
     return ints(table, values, what)
   out, ok = _iso_seconds(values)
+  if not ok[0]:  # no time at all: not an ISO time "as the first line's is"
+    raise InputError(
+        f"{what} {excerpt(values[0].strip())} is not a time (an integer, a"
+        " number of seconds, or an ISO 8601 date or time like 2021-03-04)",
+        path=table.path, line=int(table.lines[0]))
   if not ok.all():
     i = int(np.flatnonzero(~ok)[0])
     raise InputError(
