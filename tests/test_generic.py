@@ -589,3 +589,23 @@ def test_the_server_log_appends_to_a_file_of_any_column_order(tmp_path,
   assert r.items.tolist() == ["mug", "pen", "pen", "mug", "ink"]
   assert r.ratings.tolist() == [4.0, 2.0, 5.0, 3.0, 1.0]
   assert (r.timestamps[3:] > 30).all()  # the log's times read as later
+
+
+@pytest.mark.parametrize("column", ["kind/sub", "../ratings"])
+def test_a_feature_column_named_like_a_path_is_refused_at_its_header(
+    shop, tmp_path, column):
+  """A feature's name is its file name in the store: `kind/sub` failed to
+  write (exit 1) and `../ratings` replaced an earlier store at `--out`
+  with one whose ratings.npy was the feature's indices."""
+  out = tmp_path / "store"
+  prepare.prepare(data_config(shop), out)  # an earlier, good store
+  before = {f: (out / f).read_bytes() for f in ("ratings.npy", "manifest.json")}
+  datafiles.write(str(shop / "items.csv"), f"item,{column}\nmug,a\npen,b\n")
+  with pytest.raises(InputError) as e:
+    prepare.prepare(data_config(shop, item_features="items.csv",
+                                categorical=(column,)), out)
+  assert str(e.value) == (
+      f"{shop / 'items.csv'}:1: feature column {column!r}: a feature's name"
+      " is a file name in the store and may hold no '/' (rename the column)")
+  assert {f: (out / f).read_bytes() for f in before} == before
+  assert sorted(os.listdir(tmp_path)) == ["shop", "store"]

@@ -191,6 +191,7 @@ def _features(spec, tables, index_of, sizes, list_pad):
       raise InputError(f"data.generic: feature column {name!r} is in both"
                        " the user and the item table")
     t = owners[0]
+    _refuse_path_name(name, t.table)
     values = t.table.column(t.table.position(name))
     if name in spec.categorical:
       feat = features.categorical(name, t.side, values, missing=spec.missing)
@@ -201,6 +202,17 @@ def _features(spec, tables, index_of, sizes, list_pad):
                             int(pad) if pad else None, missing=spec.missing)
     out.append(features.reindex(feat, index_of[t.side], sizes[t.side]))
   return out
+
+
+def _refuse_path_name(name: str, table: delimited.Table) -> None:
+  """Raises InputError where the feature column `name` holds a `/`: the
+  store keeps a feature in `item/NAME.npy` and `vocab/NAME.json`, so
+  `kind/sub` failed to write (exit 1) and `../ratings` overwrote the
+  store's own ratings.npy."""
+  if "/" in name:
+    raise InputError(f"feature column {name!r}: a feature's name is a file"
+                     " name in the store and may hold no '/' (rename the"
+                     " column)", path=table.path, line=table.header_line)
 
 
 def _item_new(spec: GenericSpec, items: _SideTable | None, rows, num_items):
