@@ -190,3 +190,25 @@ def test_hints_for_a_position_under_a_header_and_a_decimal_comma(tmp_path):
   with pytest.raises(InputError, match=r"r\.csv:2: rating '4,5' is not a"
                      r" finite number \(write decimals with a '\.'"):
     parsing.floats(table, table.column(2), "rating")
+
+
+@pytest.mark.parametrize("wide", ["utf-16", "utf-32", "utf-16-be"])
+def test_a_utf16_or_utf32_file_is_named_by_its_byte_order_mark(tmp_path,
+                                                               wide):
+  # Excel's "Unicode Text" is UTF-16 with a mark: read as UTF-8 it was
+  # "byte 0xff ... is not valid utf-8 text", as Latin-1 "a NUL byte".
+  path = tmp_path / "r.txt"
+  text = "user\titem\trating\na\tx\t4\n"
+  bom = {"utf-16-be": b"\xfe\xff"}.get(wide, b"")
+  path.write_bytes(bom + text.encode(wide))
+  family = wide[:6]
+  for encoding in ("utf-8", "latin-1"):
+    with pytest.raises(InputError, match=(
+        rf"r\.txt:1: the file starts with a {family.upper()} byte order mark"
+        rf" but is read as {encoding}: it is {family.upper()} text \(set the"
+        rf" encoding to {family}\)$")):
+      delimited.read_table(path, delimiter="\t", encoding=encoding)
+  table = delimited.read_table(path, delimiter="\t", encoding=family,
+                               header=True)
+  assert table.header == ["user", "item", "rating"]
+  assert [c[0] for c in table.columns] == ["a", "x", "4"]

@@ -12,8 +12,8 @@ is parsed (`tools/bench_parse.py`).
 Conventions of every reader here: `\\r\\n` and `\\n` both end a line (and
 `\\r` in a file without `\\n`: old Mac and Excel "CSV (Macintosh)"
 files), a UTF-8 byte order mark is dropped (and refused in a file read
-in another encoding, where it would be text), and blank lines are skipped
-(line numbers still count them).
+in another encoding, where it would be text; so is a UTF-16 or UTF-32
+one), and blank lines are skipped (line numbers still count them).
 """
 
 from __future__ import annotations
@@ -121,6 +121,7 @@ def read_text(path: str | os.PathLike, encoding: str) -> str:
     raise InputError("no such file", path=path) from None
   except OSError as e:
     raise InputError(f"cannot read: {e.strerror}", path=path) from None
+  _refuse_wide_bom(raw, encoding, path)
   try:
     text = raw.decode(encoding)
   except UnicodeDecodeError as e:
@@ -153,6 +154,28 @@ def read_text(path: str | os.PathLike, encoding: str) -> str:
   if not text.strip():
     raise InputError("empty file", path=path)
   return text
+
+
+def _refuse_wide_bom(raw: bytes, encoding: str, path: str) -> None:
+  """Raises InputError where `raw` starts with a UTF-16 or UTF-32 byte
+  order mark (Excel's "Unicode Text") but is read in another encoding:
+  it was "byte 0xff ... is not valid utf-8 text", or as Latin-1 "a NUL
+  byte", neither saying what the file is."""
+  for bom, wide in ((codecs.BOM_UTF32_LE, "utf-32"),
+                    (codecs.BOM_UTF32_BE, "utf-32"),
+                    (codecs.BOM_UTF16_LE, "utf-16"),
+                    (codecs.BOM_UTF16_BE, "utf-16")):
+    if raw.startswith(bom):
+      try:
+        name = codecs.lookup(encoding).name
+      except LookupError:
+        return  # the decoding names the unknown encoding
+      if not name.startswith(wide):
+        raise InputError(f"the file starts with a {wide.upper()} byte order"
+                         f" mark but is read as {encoding}: it is"
+                         f" {wide.upper()} text (set the encoding to"
+                         f" {wide})", path=path, line=1)
+      return
 
 
 def cr_lines(text: str) -> str:
