@@ -212,3 +212,19 @@ def test_a_utf16_or_utf32_file_is_named_by_its_byte_order_mark(tmp_path,
                                header=True)
   assert table.header == ["user", "item", "rating"]
   assert [c[0] for c in table.columns] == ["a", "x", "4"]
+
+
+def test_a_quoted_field_with_a_line_break_says_so_at_its_line(tmp_path):
+  # Was "malformed quoting: unexpected end of data", naming no cause.
+  path = tmp_path / "items.csv"
+  path.write_text('item,about\nmug,"big"\npen,"blue\nink"\n')
+  with pytest.raises(InputError) as e:
+    delimited.read_table(path, delimiter=",", encoding="utf-8", header=True,
+                         quoting=True)
+  assert str(e.value) == (
+      f"{path}:3: a quoted field is not closed on this line (a line break"
+      " inside quotes? a field may not span lines)")
+  path.write_text('item,about\nmug,"big" one\n')  # other quoting errors
+  with pytest.raises(InputError, match=r"items\.csv:2: malformed quoting: "):
+    delimited.read_table(path, delimiter=",", encoding="utf-8", header=True,
+                         quoting=True)

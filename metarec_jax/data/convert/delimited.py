@@ -356,8 +356,13 @@ def _csv_rows(lines, numbers, delimiter, path) -> list[list[str]]:
       rows.append(next(csv.reader(io.StringIO(line), delimiter=delimiter,
                                   strict=True, skipinitialspace=skip)))
     except csv.Error as e:
-      raise InputError(f"malformed quoting: {e}", path=path,
-                       line=int(number)) from None
+      # The line ends inside quotes: most often a field with a line break
+      # (Excel's Alt+Enter), which "unexpected end of data" did not say.
+      problem = ("a quoted field is not closed on this line (a line break"
+                 " inside quotes? a field may not span lines)"
+                 if "unexpected end of data" in str(e)
+                 else f"malformed quoting: {e}")
+      raise InputError(problem, path=path, line=int(number)) from None
   return rows
 
 
