@@ -228,3 +228,15 @@ def test_a_quoted_field_with_a_line_break_says_so_at_its_line(tmp_path):
   with pytest.raises(InputError, match=r"items\.csv:2: malformed quoting: "):
     delimited.read_table(path, delimiter=",", encoding="utf-8", header=True,
                          quoting=True)
+
+
+def test_a_fixed_layout_split_on_another_delimiter_is_hinted(tmp_path):
+  # MovieLens' u.data with spaces for tabs: the field count alone was said.
+  path = tmp_path / "u.data"
+  path.write_text("1 10 4 881250949\n2 20 3 881250950\n")
+  with pytest.raises(InputError) as e:
+    delimited.read_table(path, delimiter="\t", encoding="utf-8",
+                         num_fields=(3, 4))
+  assert str(e.value) == (
+      f"{path}:1: 1 field(s) separated by '\\t', expected 3 or 4; line 1 is"
+      " one field split on '\\t': is the delimiter ' '?")

@@ -252,18 +252,19 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
     if not len(numbers) and not allow_no_rows:
       raise InputError("no data lines after the header", path=path)
   expected = len(names) if names is not None else int(counts[0])
+  hint = ""
+  if expected == 1:  # the first line is one field: another delimiter?
+    one = (names[0] if names is not None else rows[0][0]
+           if tokens is None else data[starts[0]:ends[0]].tobytes().decode())
+    hint = delimiter_hint(one, delimiter, f"line {first}")
   if num_fields and expected not in num_fields:
+    # A fixed layout's file (MovieLens) split by another separator.
     raise InputError(
         f"{expected} field(s) separated by {delimiter!r}, expected"
-        f" {' or '.join(map(str, num_fields))}", path=path, line=first)
+        f" {' or '.join(map(str, num_fields))}{hint}", path=path, line=first)
   bad = np.flatnonzero(counts != expected)
   if len(bad):
     i = int(bad[0])
-    hint = ""
-    if expected == 1:  # the first line is one field: another delimiter?
-      one = (names[0] if names is not None else rows[0][0]
-             if tokens is None else data[starts[0]:ends[0]].tobytes().decode())
-      hint = delimiter_hint(one, delimiter, f"line {first}")
     raise InputError(
         f"{counts[i]} field(s) separated by {delimiter!r}, expected"
         f" {expected} like line {first}{hint}", path=path,
