@@ -524,6 +524,17 @@ def test_two_roles_naming_one_column_are_refused(tmp_path):
   assert not os.path.exists(tmp_path / "same-store")
 
 
+def test_a_negative_column_position_is_refused(tmp_path):
+  # `item_col=-3` of a 3-field file was the user column, counted from the
+  # end: every user rated an item named like themselves, unrefused.
+  with pytest.raises(InputError) as e:
+    _prepared(tmp_path, "negative", b"a,x,4\nb,y,3\n", header=False,
+              user_col="0", item_col="-3", rating_col="2")
+  assert str(e.value) == ("data.generic.item_col='-3': without a header a"
+                          " column is its 0-based position")
+  assert not os.path.exists(tmp_path / "negative-store")
+
+
 def test_one_huge_id_is_refused_before_it_is_held(tmp_path):
   lines = "".join(f"u{u},i{u % 7},3\n" for u in range(300))
   with pytest.raises(InputError, match=r"ratings.csv:302: user id of"

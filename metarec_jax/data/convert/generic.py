@@ -112,10 +112,15 @@ def _column(spec: GenericSpec, key: str) -> str | int | None:
   if spec.header:
     return value
   try:
-    return int(value)
+    position = int(value)
   except ValueError:
+    position = -1
+  if position < 0:  # -4 read the 4th column from the end: item_col=-4 of
+    # a 4-field file was the user column, unrefused (every user rated
+    # an item named like themselves)
     raise InputError(f"data.generic.{key}={value!r}: without a header a"
-                     " column is its 0-based position") from None
+                     " column is its 0-based position")
+  return position
 
 
 def ratings_format(spec: GenericSpec) -> RatingsFormat:
