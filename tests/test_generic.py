@@ -10,7 +10,7 @@ from conftest import config_path
 from metarec_jax import config_io
 from metarec_jax.data.convert import generic, prepare, ratings_io
 from metarec_jax.data import store as store_lib
-from metarec_jax.errors import InputError
+from metarec_jax.errors import InputError, excerpt
 
 
 def data_config(root, **generic_keys):
@@ -602,12 +602,13 @@ def test_the_server_log_appends_to_a_file_of_any_column_order(tmp_path,
   assert (r.timestamps[3:] > 30).all()  # the log's times read as later
 
 
-@pytest.mark.parametrize("column", ["kind/sub", "../ratings"])
+@pytest.mark.parametrize("column", ["kind/sub", "../ratings", "q" * 251])
 def test_a_feature_column_named_like_a_path_is_refused_at_its_header(
     shop, tmp_path, column):
-  """A feature's name is its file name in the store: `kind/sub` failed to
-  write (exit 1) and `../ratings` replaced an earlier store at `--out`
-  with one whose ratings.npy was the feature's indices."""
+  """A feature's name is its file name in the store: `kind/sub` and a
+  name of 251 bytes failed to write (exit 1) and `../ratings` replaced an
+  earlier store at `--out` with one whose ratings.npy was the feature's
+  indices."""
   out = tmp_path / "store"
   prepare.prepare(data_config(shop), out)  # an earlier, good store
   before = {f: (out / f).read_bytes() for f in ("ratings.npy", "manifest.json")}
@@ -616,7 +617,18 @@ def test_a_feature_column_named_like_a_path_is_refused_at_its_header(
     prepare.prepare(data_config(shop, item_features="items.csv",
                                 categorical=(column,)), out)
   assert str(e.value) == (
-      f"{shop / 'items.csv'}:1: feature column {column!r}: a feature's name"
-      " is a file name in the store and may hold no '/' (rename the column)")
+      f"{shop / 'items.csv'}:1: feature column {excerpt(column)}: a"
+      " feature's name is a file name in the store and may hold no '/' and"
+      " at most 250 bytes (rename the column)")
   assert {f: (out / f).read_bytes() for f in before} == before
   assert sorted(os.listdir(tmp_path)) == ["shop", "store"]
+
+
+def test_a_feature_name_of_250_bytes_is_written(shop, tmp_path):
+  column = "é" * 125  # 250 bytes in UTF-8
+  datafiles.write(str(shop / "items.csv"), f"item,{column}\nmug,a\npen,b\n")
+  prepare.prepare(data_config(shop, item_features="items.csv",
+                              categorical=(column,)), tmp_path / "store")
+  s = store_lib.open_store(tmp_path / "store")
+  mug = s.item_ids.tolist().index("mug")
+  assert vocab_of(s, column, s.item_features[column][mug]) == ["a"]

@@ -54,6 +54,7 @@ from metarec_jax.data.convert.ratings_io import RatingsFormat, lookup, parse_rat
 from metarec_jax.errors import InputError, excerpt
 
 NAME = "generic"
+MAX_NAME_BYTES = 250  # of a feature's name: `NAME.json` within 255 bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,14 +211,16 @@ def _features(spec, tables, index_of, sizes, list_pad):
 
 
 def _refuse_path_name(name: str, table: delimited.Table) -> None:
-  """Raises InputError where the feature column `name` holds a `/`: the
-  store keeps a feature in `item/NAME.npy` and `vocab/NAME.json`, so
-  `kind/sub` failed to write (exit 1) and `../ratings` overwrote the
-  store's own ratings.npy."""
-  if "/" in name:
-    raise InputError(f"feature column {name!r}: a feature's name is a file"
-                     " name in the store and may hold no '/' (rename the"
-                     " column)", path=table.path, line=table.header_line)
+  """Raises InputError where the feature column `name` cannot be a file
+  name: the store keeps a feature in `item/NAME.npy` and
+  `vocab/NAME.json`, so `kind/sub` failed to write (exit 1), `../ratings`
+  overwrote the store's own ratings.npy and a name beyond the file
+  system's 255 bytes (a survey's question as a header) failed to write."""
+  if "/" in name or len(name.encode("utf-8")) > MAX_NAME_BYTES:
+    raise InputError(f"feature column {excerpt(name)}: a feature's name is a"
+                     " file name in the store and may hold no '/' and at"
+                     f" most {MAX_NAME_BYTES} bytes (rename the column)",
+                     path=table.path, line=table.header_line)
 
 
 def _item_new(spec: GenericSpec, items: _SideTable | None, rows, num_items):
