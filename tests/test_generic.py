@@ -632,3 +632,25 @@ def test_a_feature_name_of_250_bytes_is_written(shop, tmp_path):
   s = store_lib.open_store(tmp_path / "store")
   mug = s.item_ids.tolist().index("mug")
   assert vocab_of(s, column, s.item_features[column][mug]) == ["a"]
+
+
+def test_a_header_read_as_a_line_of_integer_ids_is_refused(tmp_path):
+  # With header=false and no rating column, `user,item` became a user
+  # `user` who clicked an item `item`, and every id a string.
+  def clicks(name, text):
+    datafiles.write(str(tmp_path / name / "ratings.csv"), text)
+    data = data_config(tmp_path / name, id_features=True, header=False,
+                       user_col="0", item_col="1", rating_col="")
+    data.implicit.enabled = True
+    prepare.prepare(data, tmp_path / f"{name}-store")
+    return store_lib.open_store(tmp_path / f"{name}-store")
+
+  with pytest.raises(InputError) as e:
+    clicks("clicks", "user,item\n1,10\n2,20\n")
+  assert str(e.value) == (
+      f"{tmp_path / 'clicks' / 'ratings.csv'}:1: this line ('user', 'item')"
+      " looks like a header: every other line's ids are integers"
+      " (data.generic.header=true reads it as one)")
+  assert not os.path.exists(tmp_path / "clicks-store")
+  s = clicks("guest", "guest,10\n2,20\n")  # an item id is an integer
+  assert s.user_ids.tolist() == ["2", "guest"]

@@ -177,6 +177,22 @@ def _typed_ids(ids: np.ndarray) -> np.ndarray:
   return uniq
 
 
+def _refuse_header_line(r, path: str) -> None:
+  """Raises InputError where a file read without a header starts with a
+  line of non-integer ids while every other line's ids are integers: its
+  header. Without a rating column nothing else refuses it, and it became
+  a user `user` who clicked an item `item`, every id a string."""
+  integer = parsing.CANONICAL_INT.fullmatch
+  if len(r.users) < 2 or integer(r.users[0]) or integer(r.items[0]):
+    return
+  if (_typed_ids(r.users[1:]).dtype.kind == "i"
+      and _typed_ids(r.items[1:]).dtype.kind == "i"):
+    raise InputError(f"this line ({excerpt(r.users[0])}, {excerpt(r.items[0])})"
+                     " looks like a header: every other line's ids are"
+                     " integers (data.generic.header=true reads it as one)",
+                     path=path, line=int(r.lines[0]))
+
+
 def _as_type(ids: np.ndarray, like: np.ndarray) -> np.ndarray:
   return ids.astype(np.int64) if like.dtype.kind == "i" else ids
 
@@ -264,6 +280,8 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
   fmt = ratings_format(spec)
   path = os.path.join(root, spec.ratings)
   r = parse_ratings(path, fmt, require_timestamp=bool(spec.timestamp_col))
+  if not spec.header:
+    _refuse_header_line(r, path)
   tables = {side: _read_side(spec, root, side) for side in ("user", "item")}
   ids, index_of = {}, {}
   for side, column in (("user", r.users), ("item", r.items)):
