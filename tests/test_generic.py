@@ -654,3 +654,14 @@ def test_a_header_read_as_a_line_of_integer_ids_is_refused(tmp_path):
   assert not os.path.exists(tmp_path / "clicks-store")
   s = clicks("guest", "guest,10\n2,20\n")  # an item id is an integer
   assert s.user_ids.tolist() == ["2", "guest"]
+
+
+def test_a_feature_column_that_is_the_id_column_says_so(shop, tmp_path):
+  # Was "'item' is in no feature table's header (items.csv: item, ...)".
+  with pytest.raises(InputError) as e:
+    prepare.prepare(data_config(shop, item_features="items.csv",
+                                categorical=("item",)), tmp_path / "s")
+  assert str(e.value) == (
+      f"{shop / 'items.csv'}:1: data.generic: feature column 'item' is the id"
+      " column of items.csv; for ids as features set"
+      " data.generic.id_features=true")

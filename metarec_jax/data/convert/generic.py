@@ -203,6 +203,13 @@ def _features(spec, tables, index_of, sizes, list_pad):
   for name in (*spec.categorical, *spec.lists):
     owners = [t for t in tables if t is not None and name in
               (t.table.header[1:])]
+    for t in tables:  # listed in its header, yet "in no header" was said
+      if t is not None and name == t.table.header[0]:
+        raise InputError(
+            f"data.generic: feature column {name!r} is the id column of"
+            f" {os.path.basename(t.table.path)}; for ids as features set"
+            " data.generic.id_features=true", path=t.table.path,
+            line=t.table.header_line)
     if not owners:
       headers = [f"{t.table.path}: {', '.join(t.table.header)}"
                  f"{t.table.hint()}" for t in tables if t is not None]
