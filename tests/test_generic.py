@@ -665,3 +665,24 @@ def test_a_feature_column_that_is_the_id_column_says_so(shop, tmp_path):
       f"{shop / 'items.csv'}:1: data.generic: feature column 'item' is the id"
       " column of items.csv; for ids as features set"
       " data.generic.id_features=true")
+
+
+def test_a_work_directory_store_of_other_generic_settings_is_refused(
+    shop, tmp_path):
+  # A resume that named a feature table logged "resuming with a changed
+  # config: data.generic.item_features '' -> 'items.csv'" and trained on
+  # the old store, without it.
+  data = data_config(shop)
+  prepare.ensure_store(data, tmp_path / "work")
+  prepare.ensure_store(data, tmp_path / "work")  # the same settings: kept
+  changed = data_config(shop, item_features="items.csv",
+                        categorical=("maker",))
+  with pytest.raises(InputError) as e:
+    prepare.ensure_store(changed, tmp_path / "work")
+  assert str(e.value) == (
+      f"{tmp_path / 'work' / 'store'}: the generic store was built with other"
+      " data.generic settings (item_features: '' there, 'items.csv' now,"
+      " categorical: [] there, ['maker'] now); use another work directory,"
+      " or prepare a store and name it in data.store")
+  changed.store = str(tmp_path / "work" / "store")  # a prepared store
+  assert prepare.ensure_store(changed, tmp_path / "other").num_items == 3

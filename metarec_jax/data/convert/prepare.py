@@ -234,4 +234,25 @@ def ensure_store(data_config, workdir: str | os.PathLike,
           + ", ".join(f"{k}: {built.get(k)!r} there, {wanted[k]!r} now"
                       for k in differ[:4])
           + "); use another data.store or work directory", path=path)
+  if data_config.name == "generic" and not data_config.store:
+    _refuse_other_generic(data_config, store, path)
   return store
+
+
+def _refuse_other_generic(data_config, store: store_lib.TaskStore,
+                          path: str) -> None:
+  """Raises InputError where the work directory's own generic store was
+  built with other `data.generic` settings than `data_config`'s: a resume
+  that named a feature table logged the change and trained on the old
+  store, without it. (A prepared `data.store` is the user's choice.)"""
+  wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in
+            dataclasses.asdict(generic.spec_of(data_config)).items()}
+  built = store.manifest.get("source", {}).get("generic", {})
+  differ = [k for k in wanted if k in built and built[k] != wanted[k]]
+  if differ:
+    raise InputError(
+        "the generic store was built with other data.generic settings ("
+        + ", ".join(f"{k}: {built[k]!r} there, {wanted[k]!r} now"
+                    for k in differ[:4])
+        + "); use another work directory, or prepare a store and name it"
+        " in data.store", path=path)
