@@ -8,6 +8,7 @@ the `item_id` feature, sharded meta-step, checkpoint, evaluation).
 import importlib.util
 import json
 import os
+import shutil
 import sys
 
 import jax
@@ -200,6 +201,37 @@ def test_force_retrains_and_another_config_is_an_error(tmp_path,
   assert len(fake_training) == 2
   with open(os.path.join(tmp_path, "results.json")) as f:
     assert json.load(f)["runs"]["a"][0]["config"]["meta"]["inner_steps"] == 1
+
+
+@pytest.mark.parametrize("damage,named", [
+    (("result.json", '{"name": "a", "config": {'), "result.json"),
+    (("result.json", "[1]"), "result.json"),
+    (("config.json", "{bad"), "config.json"),
+    (("config.json", '"text"'), "config.json"),
+    ((None, "a file"), os.path.join("runs", "a")),
+])
+def test_a_damaged_run_folder_is_one_line_and_exit_2(
+    tmp_path, fake_training, capsys, damage, named):
+  """A run's result.json or config.json cut short or edited by hand, or
+  a file where its work directory goes: one line naming it, not a
+  traceback (json.load's ValueError, an AttributeError, makedirs)."""
+  out, run = f"--out={tmp_path}", f"--run=a {config_path('tiny')}"
+  assert compare.main([out, run]) == 0
+  workdir = tmp_path / "runs" / "a"
+  name, text = damage
+  if name is None:
+    shutil.rmtree(workdir)
+    workdir.write_text(text)
+  else:
+    if name == "config.json":
+      (workdir / "result.json").unlink()
+    (workdir / name).write_text(text)
+  capsys.readouterr()
+  assert compare.main([out, run]) == 2
+  err = capsys.readouterr().err
+  assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+  assert named in err
+  assert len(fake_training) == 1  # nothing retrained over it
 
 
 def test_seeds_give_mean_and_standard_deviation(tmp_path, fake_training):

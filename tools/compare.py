@@ -163,9 +163,11 @@ def run_one(run: Run, config, workdir: str, *, force: bool) -> dict:
   if force and os.path.isdir(workdir):
     log.info("%s: --force: removing %s", run.name, workdir)
     shutil.rmtree(workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise InputError("is a file, not a run's work directory", path=workdir)
   if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
+    previous = _read_record(path, "a result", "delete it to evaluate the"
+                            " run again")
     if previous.get("config") == record:
       log.info("%s: reusing %s", run.name, path)
       return previous
@@ -212,8 +214,23 @@ def _workdir_config(workdir: str) -> dict | None:
   path = os.path.join(workdir, config_io.WORKDIR_CONFIG)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f).get("config")
+  return _read_record(path, "a work directory's config", "pass --force to"
+                      " retrain the run, or use another --out").get("config")
+
+
+def _read_record(path: str, what: str, hint: str) -> dict:
+  """The JSON object in `path`; a run's file damaged by hand or by a disk
+  is one line naming it and `hint` (exit 2), not a traceback."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      record = json.load(f)
+  except (ValueError, OSError) as e:  # JSONDecodeError, UnicodeDecodeError
+    raise InputError(f"cannot read {what} ({e}); {hint}",
+                     path=path) from None
+  if not isinstance(record, dict):
+    raise InputError(f"not {what}: a JSON {type(record).__name__}, not an"
+                     f" object; {hint}", path=path)
+  return record
 
 
 def _json_safe(value):
