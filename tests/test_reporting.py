@@ -275,3 +275,19 @@ def test_a_resume_drops_a_row_that_is_not_utf8(tmp_path):
   resumed.close()
   rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(r) for r in rows] == [{"step": 1, "loss": 0.5}]
+
+
+def test_a_resume_drops_a_row_whose_step_is_infinite(tmp_path):
+  """A garbage row `{"step": Infinity}` (or 1e999) in `metrics.jsonl`
+  ended a resume in an OverflowError traceback (int() of an infinite
+  float): it is a bad row, dropped like any other."""
+  reporter = reporting.Reporter(str(tmp_path))
+  reporter.scalars(1, {"loss": 0.5})
+  reporter.close()
+  with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+    f.write('{"step": Infinity}\n{"step": 1e999, "loss": 1}\n')
+  resumed = reporting.Reporter(str(tmp_path))
+  assert resumed.drop_rows_after(1) == 2
+  resumed.close()
+  rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(r) for r in rows] == [{"step": 1, "loss": 0.5}]

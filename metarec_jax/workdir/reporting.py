@@ -251,8 +251,8 @@ class Reporter:
         try:  # a line that is not UTF-8 (a damaged file) is a bad row too
           line = raw.decode("utf-8")
           ok = line.endswith("\n") and int(json.loads(line)["step"]) <= step
-        except (ValueError, KeyError, TypeError):
-          ok = False
+        except (ValueError, KeyError, TypeError, OverflowError):
+          ok = False  # OverflowError: a step of Infinity or 1e999
         if ok:
           keep.append(line)
         else:
