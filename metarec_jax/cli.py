@@ -100,12 +100,14 @@ def setup_runtime(config, *, compilation_cache: bool = True) -> None:
     runtime.enable_compilation_cache()
 
 
-def check_config(config, workdir: str | None = None) -> None:
+def check_config(config, workdir: str | None = None, *,
+                 saved_in: str | None = None) -> None:
   """The checks that take no time, before JAX starts or anything is
   created: every key's type and range, and (with `workdir`) a task store or
-  the input files to build one."""
+  the input files to build one. `saved_in`: the work directory whose
+  config.json `config` was read from (its problems name that file)."""
   from metarec_jax import config_reference  # pylint: disable=g-import-not-at-top
-  config_reference.validate(config)
+  config_reference.validate_run(config, saved_in)
   if workdir is not None:
     from metarec_jax.data.convert import prepare  # pylint: disable=g-import-not-at-top
     prepare.check_source(config.data, workdir)
@@ -113,16 +115,17 @@ def check_config(config, workdir: str | None = None) -> None:
 
 def _run_train(inv: Invocation) -> int:
   workdir = _folder_to_write(require_flag(inv.flags, "workdir"))
+  saved_in = None
   if inv.config_file:
     config = config_io.load_config_file(inv.config_file)
   elif os.path.exists(os.path.join(workdir, config_io.WORKDIR_CONFIG)):
-    config = config_io.read_workdir_config(workdir)
+    config, saved_in = config_io.read_workdir_config(workdir), workdir
     log.info("no --config: using %s", os.path.join(workdir, "config.json"))
   else:
     raise InputError("--config is required (the work directory has no"
                      " config.json to resume from)")
   config_io.apply_overrides(config, inv.overrides)
-  check_config(config, workdir)
+  check_config(config, workdir, saved_in=saved_in)
   setup_runtime(config)
   from metarec_jax import cluster  # pylint: disable=g-import-not-at-top
   fv = inv.flags
@@ -178,7 +181,7 @@ def _run_eval(inv: Invocation) -> int:
   _refuse_config_file(inv, "eval")
   config = config_io.apply_overrides(config_io.read_workdir_config(workdir),
                                      inv.overrides)
-  check_config(config)
+  check_config(config, saved_in=workdir)
   setup_runtime(config)
   from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
   report = eval_lib.evaluate_workdir(
@@ -201,7 +204,7 @@ def _run_export(inv: Invocation) -> int:
   _refuse_config_file(inv, "export")
   config = config_io.apply_overrides(config_io.read_workdir_config(workdir),
                                      inv.overrides)
-  check_config(config)
+  check_config(config, saved_in=workdir)
   setup_runtime(config)
   from metarec_jax import export  # pylint: disable=g-import-not-at-top
   summary = export.export_workdir(

@@ -9,6 +9,7 @@ config reference shows them (`config_table`).
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 import ml_collections
@@ -306,3 +307,23 @@ def validate(config: ml_collections.ConfigDict, *,
       if problem is not None:
         got = ", ".join(f"{k}={excerpt(values[k])}" for k in relation.keys)
         raise InputError(f"{problem} ({got})")
+
+
+def validate_run(config: ml_collections.ConfigDict,
+                 workdir: str | None) -> None:
+  """`validate` of a work directory's config with a command's overrides
+  applied (`workdir` None: of a config from elsewhere): a problem that
+  `WORKDIR/config.json` has on its own (a value edited by hand) names that
+  file, as its other problems do; one an override brought in does not."""
+  try:
+    validate(config)
+  except InputError as e:
+    if workdir is None:
+      raise
+    try:
+      validate(config_io.read_workdir_config(workdir))
+    except InputError as own:
+      if own.message == e.message:
+        raise InputError(e.problem, path=os.path.join(
+            workdir, config_io.WORKDIR_CONFIG)) from None
+    raise

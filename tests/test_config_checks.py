@@ -4,6 +4,7 @@ Every key's type and range (config_reference.ALLOWED) and the data's
 source are checked before JAX starts or a work directory is created.
 """
 
+import json
 import math
 import os
 
@@ -75,6 +76,37 @@ def test_eval_export_and_prepare_check_their_overrides(tmp_path, capsys):
         f"metarec {args[0]}: error: config key eval.batch_tasks=0: must be"
         " an integer >= 1"]
   assert not (tmp_path / "out").exists() and not (tmp_path / "store").exists()
+
+
+def test_a_value_edited_into_config_json_names_the_file(tmp_path, capsys):
+  """A work directory's config.json with a value of the wrong type (edited
+  by hand) was refused without naming the file, as if an override were
+  wrong; an override's own problem still names no file."""
+  workdir = str(tmp_path / "run")
+  os.makedirs(workdir)
+  config_io.write_workdir_config(
+      workdir, config_io.load_config_file(config_path("tiny")))
+  path = os.path.join(workdir, "config.json")
+  with open(path, encoding="utf-8") as f:
+    record = json.load(f)
+  record["config"]["train"]["num_steps"] = "9"
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(record, f)
+  for args in (["eval", f"--workdir={workdir}"],
+               ["export", f"--workdir={workdir}", "--ratings=r.csv",
+                f"--out={tmp_path / 'out'}"],
+               ["train", f"--workdir={workdir}"]):
+    status, err = run_cli(capsys, *args)
+    assert status == 2, err
+    assert err.strip().splitlines()[-1] == (
+        f"metarec {args[0]}: error: {path}: config key train.num_steps='9':"
+        " must be an integer >= 1")
+  status, err = run_cli(capsys, "eval", f"--workdir={workdir}",
+                        "--config.train.num_steps=9",
+                        "--config.eval.batch_tasks=0")
+  assert status == 2 and err.strip().splitlines() == [
+      "metarec eval: error: config key eval.batch_tasks=0: must be an"
+      " integer >= 1"]
 
 
 def test_a_config_file_with_a_key_metarec_lacks_is_refused(tmp_path):
