@@ -203,6 +203,32 @@ def test_force_retrains_and_another_config_is_an_error(tmp_path,
     assert json.load(f)["runs"]["a"][0]["config"]["meta"]["inner_steps"] == 1
 
 
+def test_a_result_without_its_report_is_one_line_and_exit_2(
+    tmp_path, fake_training, capsys):
+  """A reused result.json of the same config but without its eval report
+  (edited by hand) ended the table in a KeyError traceback; a config.json
+  whose `config` is no object, in an AttributeError one."""
+  out, run = f"--out={tmp_path}", f"--run=a {config_path('tiny')}"
+  assert compare.main([out, run]) == 0
+  workdir = tmp_path / "runs" / "a"
+  result = json.loads((workdir / "result.json").read_text())
+  del result["eval"]
+  (workdir / "result.json").write_text(json.dumps(result))
+  capsys.readouterr()
+  assert compare.main([out, run]) == 2
+  err = capsys.readouterr().err
+  assert err.strip().splitlines() == [
+      f"compare.py: error: {workdir / 'result.json'}: not a result: no eval"
+      " report with scenarios or no train_seconds; delete it to evaluate"
+      " the run again"]
+  (workdir / "result.json").unlink()
+  (workdir / "config.json").write_text('{"config": [1]}')
+  assert compare.main([out, run]) == 2
+  err = capsys.readouterr().err
+  assert "Traceback" not in err and "config.json: its config is a JSON list" in err
+  assert len(fake_training) == 1
+
+
 @pytest.mark.parametrize("damage,named", [
     (("result.json", '{"name": "a", "config": {'), "result.json"),
     (("result.json", "[1]"), "result.json"),

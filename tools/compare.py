@@ -169,6 +169,7 @@ def run_one(run: Run, config, workdir: str, *, force: bool) -> dict:
     previous = _read_record(path, "a result", "delete it to evaluate the"
                             " run again")
     if previous.get("config") == record:
+      _check_result(previous, path)
       log.info("%s: reusing %s", run.name, path)
       return previous
   previous_config = _workdir_config(workdir)
@@ -214,8 +215,24 @@ def _workdir_config(workdir: str) -> dict | None:
   path = os.path.join(workdir, config_io.WORKDIR_CONFIG)
   if not os.path.exists(path):
     return None
-  return _read_record(path, "a work directory's config", "pass --force to"
-                      " retrain the run, or use another --out").get("config")
+  hint = "pass --force to retrain the run, or use another --out"
+  config = _read_record(path, "a work directory's config", hint).get("config")
+  if config is not None and not isinstance(config, dict):
+    raise InputError(f"its config is a JSON {type(config).__name__}, not an"
+                     f" object; {hint}", path=path)
+  return config
+
+
+def _check_result(result: dict, path: str) -> None:
+  """Raises InputError where a reused `result.json` lacks what the table
+  reads (an eval report, the training time): edited by hand."""
+  report = result.get("eval")
+  if not (isinstance(report, dict) and isinstance(report.get("scenarios"),
+                                                  dict)
+          and isinstance(result.get("train_seconds"), (int, float))):
+    raise InputError("not a result: no eval report with scenarios or no"
+                     " train_seconds; delete it to evaluate the run again",
+                     path=path)
 
 
 def _read_record(path: str, what: str, hint: str) -> dict:
