@@ -188,6 +188,13 @@ def support_series(record) -> tuple[str, dict, Any] | None:
       if k.ndim != 1 or len(tasks) != len(k) or any(
           v.shape != k.shape for v in values.values()):
         raise ValueError("curves of unequal lengths")
+      # Support sizes label the ticks as integers on a log axis: an
+      # Infinity or NaN ended the drawing in a traceback after the
+      # learning curves were written, a 0 or -1 vanished from the axis.
+      if not (np.isfinite(k).all() and (k >= 1).all()
+              and (k == np.round(k)).all()):
+        raise ValueError(f"support sizes k must be whole numbers >= 1,"
+                         f" not {k.tolist()}")
       out[name] = (k, tasks, values)
   except (AttributeError, KeyError, TypeError, ValueError,
           OverflowError) as e:

@@ -101,6 +101,13 @@ def test_a_line_that_is_not_utf8_is_named(tmp_path):
      ' "mae": [0.5], "mae_unadapted": [0.6, 0.6],'
      ' "item_mean_user_bias": [1, 1]}}}',
      "not a support curve (ValueError: curves of unequal lengths)"),
+    # An OverflowError / ValueError traceback while drawing the ticks,
+    # after learning_curves.png; a 0 left the log axis without it.
+    *((f'{{"step": 3, "scenarios": {{"W": {{"k": [{k}, 2], "tasks": [5, 5],'
+       ' "mae": [0.5, 0.5], "mae_unadapted": [0.6, 0.6],'
+       ' "item_mean_user_bias": [1, 1]}}}',
+       "not a support curve (ValueError: support sizes k must be whole"
+       " numbers >= 1") for k in ("Infinity", "NaN", "1e400", "0", "1.5")),
 ])
 def test_a_malformed_support_curve_is_named_before_any_figure(
     tiny_metasgd_run, tmp_path, content, problem):
