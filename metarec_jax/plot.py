@@ -89,6 +89,8 @@ def read_metrics(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
       try:
         record = json.loads(line)
         step = int(record["step"])
+        if not -2**63 <= step < 2**63:  # the int64 steps array below
+          raise OverflowError(step)
       except (ValueError, KeyError, TypeError, OverflowError):
         if not line.endswith("\n"):
           # The last line, cut short by a kill or a full disk while a

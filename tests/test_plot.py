@@ -132,6 +132,17 @@ def test_a_step_beyond_any_integer_is_a_bad_line(tmp_path):
   assert e.value.line == 2
 
 
+def test_a_step_beyond_int64_is_a_bad_line(tmp_path):
+  """An integer step past int64 ended `metarec plot` in an OverflowError
+  traceback where the steps became a numpy array."""
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 2, "train/loss": 1}\n'
+                  '{"step": 99999999999999999999, "train/loss": 1}\n')
+  with pytest.raises(InputError) as e:
+    plot.read_metrics(str(path))
+  assert e.value.line == 2 and "not a JSON object with a step" in str(e.value)
+
+
 def test_the_loss_label_names_the_query_loss_and_its_listwise_term():
   from metarec_jax import config_io  # pylint: disable=g-import-not-at-top
   from conftest import config_path  # pylint: disable=g-import-not-at-top
