@@ -92,6 +92,27 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(
   assert checkpoint_steps(workdir) == [3, 6]
 
 
+def test_a_file_where_the_checkpoints_go_is_refused_before_any_work(
+    finished_run, tmp_path):
+  """`checkpoints` a file (a copy gone wrong): train took it for a run
+  without checkpoints, compiled, dropped every metrics.jsonl row (a fresh
+  start's) and then failed to save with exit 1; eval said there was no
+  checkpoint."""
+  workdir = copy_run(finished_run, tmp_path)
+  folder = os.path.join(workdir, "checkpoints")
+  shutil.rmtree(folder)
+  with open(folder, "w", encoding="utf-8") as f:
+    f.write("x\n")
+  with open(os.path.join(workdir, "metrics.jsonl"), "rb") as f:
+    rows = f.read()
+  for args in (["train", "--config.train.num_steps=8"],
+               ["eval", "--support_curve=false"]):
+    out = metarec_here(args[0], f"--workdir={workdir}", *args[1:])
+    assert_one_line_error(out, f"{folder}: not a folder of checkpoints")
+  with open(os.path.join(workdir, "metrics.jsonl"), "rb") as f:
+    assert f.read() == rows
+
+
 def test_eval_of_a_damaged_checkpoint_names_it_and_the_others(
     finished_run, tmp_path):
   """eval and export never read another checkpoint than the one they name:

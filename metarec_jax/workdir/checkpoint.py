@@ -45,7 +45,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint._src.metadata import array_metadata_store
 
 from metarec_jax import integrity
-from metarec_jax.errors import OutputError, cause_of
+from metarec_jax.errors import InputError, OutputError, cause_of
 from metarec_jax.meta import paths
 from metarec_jax.workdir import manager as manager_lib
 from metarec_jax.workdir import orbax_logs
@@ -109,6 +109,8 @@ class Checkpointer:
         enable_async_checkpointing=async_save,
         # Removes the temporary folders of saves that were killed.
         cleanup_tmp_directories=not read_only)
+    if os.path.lexists(self.directory) and not os.path.isdir(self.directory):
+      raise InputError("not a folder of checkpoints", path=self.directory)
     if read_only and not os.path.isdir(self.directory):
       self.manager = None
     else:
