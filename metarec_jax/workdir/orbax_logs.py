@@ -40,9 +40,18 @@ def quiet_aborted_io() -> None:
   # Idempotent: an identical filter replaces the earlier one.
   warnings.filterwarnings("ignore", category=RuntimeWarning,
                           message=ABANDONED_WRITE)
-  previous = sys.unraisablehook
+  sys.unraisablehook = _filter_over(sys.unraisablehook)
+  logging.getLogger("asyncio").addFilter(abandoned_tensorstore_failures)
+
+
+def _filter_over(previous):
+  """The `sys.unraisablehook` of `quiet_aborted_io` over `previous` (which
+  itself, where it is one). Its `_metarec_rewrap` lets
+  `interrupts.stop_on_signals` keep it over the hook from before the
+  command: the abandoned reads are mostly finalized at exit, after the
+  command has returned."""
   if getattr(previous, "_metarec_filter", False):
-    return
+    return previous
 
   def hook(args):
     if (isinstance(args.exc_value, RuntimeError)
@@ -53,8 +62,8 @@ def quiet_aborted_io() -> None:
     previous(args)
 
   hook._metarec_filter = True  # pylint: disable=protected-access
-  sys.unraisablehook = hook
-  logging.getLogger("asyncio").addFilter(abandoned_tensorstore_failures)
+  hook._metarec_rewrap = _filter_over  # pylint: disable=protected-access
+  return hook
 
 
 def abandoned_tensorstore_failures(record: logging.LogRecord) -> bool:
