@@ -203,6 +203,22 @@ def test_force_retrains_and_another_config_is_an_error(tmp_path,
     assert json.load(f)["runs"]["a"][0]["config"]["meta"]["inner_steps"] == 1
 
 
+@pytest.mark.parametrize("where", [(), ("runs",)])
+def test_a_file_as_out_or_its_runs_is_one_line_and_exit_2(
+    tmp_path, fake_training, capsys, where):
+  """`--out=FILE` ended in a FileExistsError traceback, a file at
+  OUT/runs in a NotADirectoryError one."""
+  out = tmp_path / "out"
+  path = out.joinpath(*where)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("x\n")
+  assert compare.main([f"--out={out}",
+                       f"--run=a {config_path('tiny')}"]) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+      f"compare.py: error: {path}: is a file, not a folder"]
+  assert path.read_text() == "x\n" and not fake_training
+
+
 def test_a_result_without_its_report_is_one_line_and_exit_2(
     tmp_path, fake_training, capsys):
   """A reused result.json of the same config but without its eval report

@@ -379,6 +379,9 @@ def compare(runs: Sequence[Run], out: str, *,
   # The CLI's device split and persistent compilation cache, so a run's
   # train time is what `metarec train` would take.
   cli.setup_runtime(plan[0][2])
+  for folder in (out, os.path.join(out, "runs")):
+    if os.path.exists(folder) and not os.path.isdir(folder):
+      raise InputError("is a file, not a folder", path=folder)
   os.makedirs(out, exist_ok=True)
   results: dict[str, list[dict]] = {n: [] for n in names}
   for run, seed, config in plan:
