@@ -539,6 +539,28 @@ def test_interaction_log_generic_columns_torn_tail_and_lock(tmp_path):
   log.close()
 
 
+def test_a_logged_rating_reads_back_as_the_value_learned(tmp_path):
+  """The server learns a rating's float32 value; the log must give that
+  value back after a restart. Written with 7 digits, 2.9999998 (below an
+  implicit threshold of 3: a known negative) read back as 3, a positive,
+  and kill -9 and a restart changed the user's model."""
+  from metarec_jax.data.convert import ratings_io  # pylint: disable=g-import-not-at-top
+  from metarec_jax.serve import interaction_log  # pylint: disable=g-import-not-at-top
+  fmt = ratings_io.RatingsFormat(
+      rating_min=1.0, rating_max=5.0, user_id_type="str", item_id_type="str",
+      **ratings_io.DEFAULT_FORMAT)
+  log = interaction_log.InteractionLog(str(tmp_path), fmt)
+  given = [2.9999998, 1.00000012, 4.5, 3.14159265]
+  log.append(["u"] * 4, ["a", "b", "c", "d"], given)
+  log.close()
+  log = interaction_log.InteractionLog(str(tmp_path), fmt)
+  back = log.read().ratings.astype(np.float32)
+  log.close()
+  assert back.tolist() == np.asarray(given, np.float32).tolist()
+  with open(log.path) as f:
+    assert f.read().splitlines()[3] == "u,c,4.5"  # short where exact
+
+
 def test_a_log_begun_under_another_header_goes_on_under_it(tmp_path):
   """A log folder kept across exports (or begun before stores recorded the
   dataset's columns): new lines follow the header the log has, so it

@@ -310,9 +310,11 @@ def format_ratings(users, items, ratings, fmt: RatingsFormat,
   roles = {"user": delimited.quote_fields(users, fmt.delimiter),
            "item": delimited.quote_fields(items, fmt.delimiter)}
   if fmt.rating is not None:
+    # What a store and the server learn of a rating is its float32 value:
+    # written exactly, so a logged rating reads back as the one learned.
     roles["rating"] = (np.round(ratings).astype(np.int64).astype(str)
                        if fmt.integer_ratings
-                       else np.char.mod("%.7g", ratings))
+                       else delimited.exact_text(ratings.astype(np.float32)))
   if timestamps is not None and fmt.timestamp is not None:
     stamps = np.asarray(timestamps)
     roles["timestamp"] = (stamps.astype(str) if stamps.dtype.kind in "US"
