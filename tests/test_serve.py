@@ -144,6 +144,11 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
       "malformed JSON": (post(path, content=b"{bad", headers={
           "content-type": "application/json"}), 400, "malformed JSON"),
       "not JSON": (post(path, content=b"ratings=1"), 415, "Content-Type"),
+      # JSON's name as a prefix only: FastAPI reads the body as bytes.
+      "another media type": (post(path, content=b'{"ratings": [[1193, 3]]}',
+                                  headers={"content-type":
+                                           "application/jsonl"}),
+                             415, "Content-Type"),
       "NaN rating": (post(path, content=b'{"ratings": [[1193, NaN]]}',
                           headers={"content-type": "application/json"}),
                      422, "finite"),

@@ -72,6 +72,15 @@ UNAUTHORIZED = ("missing or wrong bearer token (Authorization: Bearer <token"
                 " of --token-file>)")
 
 
+def _is_json(content_type: bytes) -> bool:
+  """Whether a Content-Type is JSON's media type (any parameters, any
+  case). Its whole name, not a prefix: FastAPI does not parse
+  `application/jsonl` (or `application/json5`) as JSON, so such a body
+  passed here and was answered with a 422 that the body (valid JSON) is
+  not an object."""
+  return content_type.split(b";", 1)[0].strip().lower() == b"application/json"
+
+
 class BodyLimit:
   """ASGI middleware: a request body over `max_bytes` is a 413, whether
   announced by Content-Length or streamed in chunks, and a POST body that
@@ -94,8 +103,8 @@ class BodyLimit:
     length = headers.get(b"content-length", b"0")
     if not length.isdigit() or int(length) > self.max_bytes:
       return await self._reject(send)
-    if scope["method"] == "POST" and not headers.get(
-        b"content-type", b"").lower().startswith(b"application/json"):
+    if scope["method"] == "POST" and not _is_json(
+        headers.get(b"content-type", b"")):
       return await self._reject(send, 415, "send the body as JSON with"
                                 " Content-Type: application/json")
     chunks, size = [], 0
