@@ -278,6 +278,22 @@ def test_serve_names_a_bad_flag(exported, tmp_path, flag, message):
       f"--log_dir={tmp_path / 'log'}", flag), message)
 
 
+@pytest.mark.parametrize("manifest, message", [
+    (None, "not a metarec export (no manifest.json)"),
+    (b'{"format": "metarec-export", "rat', "manifest.json: unreadable manifest"),
+    (b"[]", "manifest.json: not a metarec export manifest")])
+def test_serve_names_a_damaged_manifest(tmp_path, manifest, message):
+  """A truncated manifest is a damaged export, named as `export.load`
+  names it (serve called it "not a metarec export" of the folder)."""
+  folder = tmp_path / "export"
+  folder.mkdir()
+  if manifest is not None:
+    (folder / "manifest.json").write_bytes(manifest)
+  assert_one_line_error(metarec_here(
+      "serve", f"--export={folder}", "--port=0",
+      f"--log_dir={tmp_path / 'log'}"), message)
+
+
 def test_kill_9_loses_no_acknowledged_interaction(exported, tmp_path):
   log_dir = tmp_path / "log"
   s = Server(exported[0], log_dir, stderr_path=tmp_path / "e1").wait_ready()

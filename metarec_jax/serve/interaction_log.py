@@ -53,14 +53,21 @@ def export_format(export_dir: str) -> tuple[RatingsFormat, str | None]:
   """
   # Plain JSON, not `export.layout`: that package imports JAX, and the log
   # is locked before anything slow happens (`export.load` checks the rest).
+  # A damaged manifest is named, as `export.load` names it (it was called
+  # "not a metarec export" of the folder).
   path = os.path.join(export_dir, "manifest.json")
   try:
     with open(path, encoding="utf-8") as f:
       manifest = json.load(f)
-    manifest["rating_min"], manifest["rating_max"]  # pylint: disable=pointless-statement
-  except (OSError, ValueError, KeyError, TypeError):
-    raise InputError("not a metarec export (no readable manifest.json)",
+  except FileNotFoundError:
+    raise InputError("not a metarec export (no manifest.json)",
                      path=export_dir) from None
+  except (OSError, ValueError) as e:
+    raise InputError(f"unreadable manifest: {e}", path=path) from None
+  try:
+    manifest["rating_min"], manifest["rating_max"]  # pylint: disable=pointless-statement
+  except (KeyError, TypeError):
+    raise InputError("not a metarec export manifest", path=path) from None
   if "ratings_format" in manifest:
     clock = manifest.get("ratings_clock") or (
         "seconds" if manifest.get("ratings_timestamps") else None)
