@@ -182,6 +182,13 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
                                422, "not an integer"),
       "user with a plus or space": (client.get(
           "/v1/users/%2B130/recommendations"), 422, "not an integer"),
+      # A '/' in a user id (any string is one, in a generic export) reached
+      # no route: a bare 404 "Not Found", and such a user was never served.
+      "user with a slash": (client.get("/v1/users/1%2F30/recommendations"),
+                            422, "user id '1/30' is not an integer"),
+      "user with a slash learns": (post("/v1/users/1%2F30/interactions",
+                                        json={"ratings": [[1193, 3]]}),
+                                   422, "user id '1/30' is not an integer"),
       "k too large": (client.get("/v1/users/130/recommendations?k=21"), 422,
                       "query.k"),
       "too many items": (post("/v1/predict", json={

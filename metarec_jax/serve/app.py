@@ -215,7 +215,10 @@ def create_app(service: Service, *, token: str | None,
   def scored(pairs) -> list[dict]:
     return [{"item": i, "score": s} for i, s in pairs]
 
-  @app.get("/v1/users/{user}/recommendations", dependencies=auth,
+  # `{user:path}`: a user id may hold a '/' (a generic export's ids are
+  # any strings; `%2F` reaches the router decoded), which `{user}` never
+  # matched, so such a user could not be served or learn (a bare 404).
+  @app.get("/v1/users/{user:path}/recommendations", dependencies=auth,
            response_model=Recommendations)
   async def recommendations(user: Annotated[str, Path(max_length=256)],
                             k: Annotated[int, Query(ge=1, le=limits.max_k)]
@@ -257,7 +260,7 @@ def create_app(service: Service, *, token: str | None,
       raise fastapi.HTTPException(422, "ratings: field required")
     return checked(body.ratings)
 
-  @app.post("/v1/users/{user}/interactions", dependencies=auth,
+  @app.post("/v1/users/{user:path}/interactions", dependencies=auth,
             response_model=Accepted)
   async def interactions(user: Annotated[str, Path(max_length=256)],
                          body: InteractionsBody):
