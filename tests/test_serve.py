@@ -156,6 +156,11 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
                         "off the scale 1 to 5"),
       "half a star": (post(path, json={"ratings": [[1193, 3.5]]}), 422,
                       "whole number"),
+      # Six digits said "rating 5 ... is off the scale 1 to 5".
+      "just off the scale": (post(path, json={"ratings": [[1193, 5.0000001]]}),
+                             422, "rating 5.0000001 of item 1193 is off"),
+      "just not whole": (post(path, json={"ratings": [[1193, 3.0000001]]}),
+                         422, "rating 3.0000001 of item 1193 is not a whole"),
       "unknown item": (post(path, json={"ratings": [[99999999, 3]]}), 404,
                        "99999999"),
       "item as text": (post(path, json={"ratings": [["1193", 3]]}), 422,

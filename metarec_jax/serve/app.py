@@ -142,18 +142,22 @@ def create_app(service: Service, *, token: str | None,
       raise fastapi.HTTPException(422, str(e)) from None
     return user
 
+  def shown(r: float) -> str:
+    # Six digits named 5.0000001 "5", off a scale of 1 to 5.
+    return f"{r:g}" if float(f"{r:g}") == r else repr(r)
+
   def checked(ratings) -> tuple[list, list]:
     items = [i for i, _ in ratings]
     values = [r for _, r in ratings]
     for i, r in ratings:
       if not lo <= r <= hi:
         raise fastapi.HTTPException(
-            422, f"rating {r:g} of item {i!r} is off the scale {lo:g} to"
-            f" {hi:g}")
+            422, f"rating {shown(r)} of item {i!r} is off the scale {lo:g}"
+            f" to {hi:g}")
       if whole and r != math.floor(r):
         raise fastapi.HTTPException(
-            422, f"rating {r:g} of item {i!r} is not a whole number (this"
-            " dataset's ratings are)")
+            422, f"rating {shown(r)} of item {i!r} is not a whole number"
+            " (this dataset's ratings are)")
     return items, values
 
   @contextlib.asynccontextmanager
