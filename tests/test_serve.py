@@ -283,11 +283,15 @@ def test_a_second_server_on_the_log_or_port_exits_2(server, exported, tmp_path):
     ("--max_wait_ms=inf", "--max_wait_ms must be a finite number >= 0"),
     ("--max_wait_ms=nan", "--max_wait_ms must be a finite number >= 0"),
     ("--host=999.1.1.1", "--host: cannot resolve '999.1.1.1'"),
+    # Refused only after the log folder was made.
+    ("--port=70000", "--port: 70000 is not a port"),
 ])
 def test_serve_names_a_bad_flag(exported, tmp_path, flag, message):
   assert_one_line_error(metarec_here(
       "serve", f"--export={exported[0]}", "--port=0",
       f"--log_dir={tmp_path / 'log'}", flag), message)
+  if flag.startswith("--port"):
+    assert not (tmp_path / "log").exists()
 
 
 @pytest.mark.parametrize("manifest, message", [

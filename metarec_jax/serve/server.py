@@ -45,9 +45,6 @@ class Options:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-  if not 0 <= port <= 65535:  # the socket layer would wrap it silently
-    raise InputError(f"{port} is not a port (0 to 65535; 0 picks a free"
-                     " one)", path="--port")
   try:
     info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
   except OSError as e:  # the name, not the port
@@ -83,6 +80,11 @@ def serve(options: Options) -> int:
     if getattr(o, name) < 1:
       raise InputError(f"must be >= 1, got {getattr(o, name)}",
                        path=f"--{name}")
+  # With the other flags, before the log folder is made (a bad --port made
+  # EXPORT-interactions/ and then stopped).
+  if not 0 <= o.port <= 65535:  # the socket layer would wrap it silently
+    raise InputError(f"{o.port} is not a port (0 to 65535; 0 picks a free"
+                     " one)", path="--port")
   token = guards.read_token(o.token_file) if o.token_file else None
   if o.host not in ("127.0.0.1", "localhost", "::1") and token is None:
     log.warning("listening on %s without --token-file: anyone who reaches"
