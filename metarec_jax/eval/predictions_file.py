@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from metarec_jax.data.convert import delimited, parsing, ratings_io
-from metarec_jax.data.convert.delimited import exact_text
+from metarec_jax.data.convert.exact import exact_text
 from metarec_jax.errors import InputError
 
 FILE_NAME = "predictions.tsv"

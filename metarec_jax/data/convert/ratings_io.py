@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from metarec_jax import atomic
-from metarec_jax.data.convert import delimited, parsing
+from metarec_jax.data.convert import delimited, exact, parsing
 from metarec_jax.data.splits import TaskSet
 from metarec_jax.data.store import TaskStore
 from metarec_jax.errors import InputError, excerpt
@@ -314,7 +314,7 @@ def format_ratings(users, items, ratings, fmt: RatingsFormat,
     # written exactly, so a logged rating reads back as the one learned.
     roles["rating"] = (np.round(ratings).astype(np.int64).astype(str)
                        if fmt.integer_ratings
-                       else delimited.exact_text(ratings.astype(np.float32)))
+                       else exact.exact_text(ratings.astype(np.float32)))
   if timestamps is not None and fmt.timestamp is not None:
     stamps = np.asarray(timestamps)
     roles["timestamp"] = (stamps.astype(str) if stamps.dtype.kind in "US"
