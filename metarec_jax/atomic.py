@@ -106,6 +106,17 @@ def refuse_other(out: str | os.PathLike, is_earlier: Callable[[str], bool],
     raise InputError(message, path=out)
 
 
+def refuse_file_in_the_way(path: str | os.PathLike, *, named: str) -> None:
+  """Raises `InputError(path=named)` where a file stands at `path` or at a
+  folder above it that a writer would have to create: making the folders
+  failed late, with "File exists" or "Not a directory" and exit 1."""
+  here = os.path.abspath(os.fspath(path))
+  while not os.path.lexists(here):
+    here = os.path.dirname(here)
+  if not os.path.isdir(here):
+    raise InputError(f"{here} is a file, not a folder", path=named)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
   """`write_bytes` of UTF-8 text."""
   write_bytes(path, text.encode("utf-8"))

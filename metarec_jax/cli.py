@@ -49,11 +49,8 @@ def _folder_to_write(path: str | None) -> str | None:
   folder above it, is a folder or not there yet: a file in the way was
   "File exists" or "Not a directory", exit 1, from deep in the run."""
   if path:
-    here = os.path.abspath(path)
-    while not os.path.lexists(here):
-      here = os.path.dirname(here)
-    if not os.path.isdir(here):
-      raise InputError(f"{here} is a file, not a folder", path="--workdir")
+    from metarec_jax import atomic  # pylint: disable=g-import-not-at-top
+    atomic.refuse_file_in_the_way(path, named="--workdir")
   return path
 
 

@@ -190,11 +190,7 @@ def refuse_non_store(out: str | os.PathLike) -> None:
                       " choose another --out (a store's folder of its own)")
   # A file where a folder above `out` goes: the writer could not make it
   # ("File exists", exit 1, and only after the whole input was read).
-  above = os.path.dirname(os.path.abspath(out))
-  while not os.path.lexists(above):
-    above = os.path.dirname(above)
-  if not os.path.isdir(above):
-    raise InputError(f"{above} is a file, not a folder", path=out)
+  atomic.refuse_file_in_the_way(out, named=os.fspath(out))
 
 
 class StoreWriter(atomic.Folder):

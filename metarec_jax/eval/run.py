@@ -15,7 +15,7 @@ from metarec_jax.data.splits import SCENARIOS
 from metarec_jax.eval import predictions_file, tensorboard, verdicts
 from metarec_jax.eval import support_curve as curves
 from metarec_jax.eval.evaluate import Evaluator
-from metarec_jax.errors import InputError, OutputError, cause_of
+from metarec_jax.errors import OutputError, cause_of
 from metarec_jax.eval.user_file import read_new_users
 from metarec_jax.workdir.restore import load_state, served_values
 from metarec_jax.workdir import resume
@@ -123,11 +123,7 @@ def _check_task_folder(out: str) -> None:
       out, lambda p: os.path.exists(os.path.join(p, ratings_io.TASKS_MANIFEST)),
       "exists and is not a task folder written by --write_tasks; choose"
       " another folder")
-  above = os.path.dirname(out)
-  while not os.path.lexists(above):
-    above = os.path.dirname(above)
-  if not os.path.isdir(above):
-    raise InputError(f"{above} is a file, not a folder", path="--write_tasks")
+  atomic.refuse_file_in_the_way(out, named="--write_tasks")
 
 
 def _record(unwritten: list[str], what: str, write) -> None:
