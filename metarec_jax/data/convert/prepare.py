@@ -228,12 +228,9 @@ def ensure_store(data_config, workdir: str | os.PathLike,
     built = store.manifest.get("synthetic", {})
     differ = sorted(k for k in wanted if k != "chunk_users"
                     and built.get(k) != wanted[k])
-    if differ:
-      raise InputError(
-          "the synthetic store was generated with other settings ("
-          + ", ".join(f"{k}: {built.get(k)!r} there, {wanted[k]!r} now"
-                      for k in differ[:4])
-          + "); use another data.store or work directory", path=path)
+    _refuse_other_settings(
+        "synthetic store was generated with other settings", differ, built,
+        wanted, "use another data.store or work directory", path)
   if data_config.name == "generic" and not data_config.store:
     _refuse_other_generic(data_config, store, path)
   return store
@@ -249,10 +246,19 @@ def _refuse_other_generic(data_config, store: store_lib.TaskStore,
             dataclasses.asdict(generic.spec_of(data_config)).items()}
   built = store.manifest.get("source", {}).get("generic", {})
   differ = [k for k in wanted if k in built and built[k] != wanted[k]]
+  _refuse_other_settings(
+      "generic store was built with other data.generic settings", differ,
+      built, wanted, "use another work directory, or prepare a store and"
+      " name it in data.store", path)
+
+
+def _refuse_other_settings(what: str, differ: list[str], built: dict,
+                           wanted: dict, advice: str, path: str) -> None:
+  """Raises InputError naming the first settings in `differ` (the store's
+  `built` value and the config's `wanted` one) where there are any."""
   if differ:
     raise InputError(
-        "the generic store was built with other data.generic settings ("
-        + ", ".join(f"{k}: {built[k]!r} there, {wanted[k]!r} now"
+        f"the {what} ("
+        + ", ".join(f"{k}: {built.get(k)!r} there, {wanted[k]!r} now"
                     for k in differ[:4])
-        + "); use another work directory, or prepare a store and name it"
-        " in data.store", path=path)
+        + f"); {advice}", path=path)
