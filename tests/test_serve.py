@@ -310,6 +310,36 @@ def test_serve_names_a_damaged_manifest(tmp_path, manifest, message):
       f"--log_dir={tmp_path / 'log'}"), message)
 
 
+def test_a_refused_start_leaves_nothing_new_on_disk(exported, tmp_path):
+  """A damaged export is refused after the log folder is locked: the
+  folder (and any folder above it that the start made) is removed again,
+  as is a lock or log file it made in a folder that was there; a log that
+  was there is left as it was. (An empty EXPORT-interactions/ with a lock
+  and an empty log was left behind.)"""
+  import shutil  # pylint: disable=g-import-not-at-top
+  bad = tmp_path / "export"
+  shutil.copytree(exported[0], bad)
+  with open(bad / "params" / "adapted" / "base_bias.npy", "r+b") as f:
+    f.truncate(100)
+  assert_one_line_error(metarec_here("serve", f"--export={bad}", "--port=0"),
+                        "base_bias.npy: 100 bytes where the manifest")
+  shutil.copy(os.path.join(exported[0], "params", "adapted", "base_bias.npy"),
+              bad / "params" / "adapted")
+  (bad / "users.npy").unlink()
+  assert_one_line_error(metarec_here(
+      "serve", f"--export={bad}", "--port=0",
+      f"--log_dir={tmp_path / 'a' / 'b' / 'log'}"), "users.npy: listed")
+  assert sorted(os.listdir(tmp_path)) == ["export"]
+  kept = tmp_path / "kept"
+  kept.mkdir()
+  (kept / "interactions.dat").write_text("7::1193::4\n")
+  assert_one_line_error(metarec_here(
+      "serve", f"--export={bad}", "--port=0", f"--log_dir={kept}"),
+                        "users.npy: listed")
+  assert os.listdir(kept) == ["interactions.dat"]
+  assert (kept / "interactions.dat").read_text() == "7::1193::4\n"
+
+
 def test_kill_9_loses_no_acknowledged_interaction(exported, tmp_path):
   log_dir = tmp_path / "log"
   s = Server(exported[0], log_dir, stderr_path=tmp_path / "e1").wait_ready()

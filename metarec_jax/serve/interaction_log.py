@@ -82,6 +82,14 @@ def export_format(export_dir: str) -> tuple[RatingsFormat, str | None]:
                        **ratings_io.DEFAULT_FORMAT), None
 
 
+def _first_missing(path: str) -> str | None:
+  """The topmost folder of `path` that does not exist yet (None: all do)."""
+  missing = None
+  while not os.path.lexists(path):
+    missing, path = path, os.path.dirname(path)
+  return missing
+
+
 def _unreadable(c: str) -> bool:
   """A character the log's reader would drop, strip or split on."""
   return (unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")
@@ -103,6 +111,12 @@ class InteractionLog:
     # its clock, so that the file and the log joined read in time order.
     self.clock = clock if fmt.timestamp is not None else None
     self.path = os.path.join(self.folder, f"{LOG_NAME}.{fmt.extension}")
+    # What this start makes, for `discard` to remove where the start is
+    # refused (a damaged export left an empty EXPORT-interactions/ behind).
+    made = _first_missing(self.folder)
+    self._made = [made] if made else [
+        p for p in (os.path.join(self.folder, LOCK_NAME), self.path)
+        if not os.path.lexists(p)]
     try:
       os.makedirs(self.folder, exist_ok=True)
       self._lock = os.open(os.path.join(self.folder, LOCK_NAME),
@@ -230,5 +244,15 @@ class InteractionLog:
     return ratings_io.parse_ratings(self.path, self.format)
 
   def close(self) -> None:
+    """Closes the log and releases its lock."""
     os.close(self._fd)
     os.close(self._lock)  # releases the lock
+
+  def discard(self) -> None:
+    """Closes the log of a start that was refused, removing the folders and
+    files it made (the log's, unless the log holds more than its header)."""
+    empty = self.size <= len(self._header.encode(self.format.encoding))
+    for path in self._made:  # before the lock is let go, as `atomic` does
+      if empty or os.path.basename(path) == LOCK_NAME:
+        atomic.remove(path)
+    self.close()

@@ -146,7 +146,10 @@ def serve(options: Options) -> int:
       log.info("stopped by %s: every acknowledged interaction is in %s",
                "SIGINT" if isinstance(e, KeyboardInterrupt) else e,
                interactions.path)
-  finally:
-    # Also where a signal or an error ends the start-up (replay, compile).
-    interactions.close()
+  except BaseException:
+    # A refused start (a damaged export, a port in use...) or a signal
+    # during it: nothing new left on disk (the log only if it holds any).
+    interactions.discard()
+    raise
+  interactions.close()
   return 0
