@@ -712,6 +712,15 @@ def test_every_user_id_the_log_accepts_reads_back_as_itself(tmp_path,
   for user in bad:
     with pytest.raises(ValueError, match="cannot be logged"):
       log.check_user_id(user)
+  # Named for the character, also at either end (str.strip() strips these:
+  # they were called "padded with spaces").
+  for user, code in [("bob\u2028", "2028"), ("\u2029bob", "2029"),
+                     ("bob\x1c", "001C"), ("bob\x85", "0085"),
+                     ("bob\n", "000A")]:
+    with pytest.raises(ValueError, match=f"it holds U\\+{code}, a control"):
+      log.check_user_id(user)
+  with pytest.raises(ValueError, match="padded with spaces"):
+    log.check_user_id("bob ")
   for user in good:
     log.check_user_id(user)
   log.append(good, ["i1"] * len(good), [4.0] * len(good))

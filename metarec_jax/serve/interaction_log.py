@@ -179,11 +179,15 @@ class InteractionLog:
     text = str(user)
     delimiter = self.format.delimiter
     problem = None
-    if not text or text != text.strip():
+    odd = next((c for c in text if _unreadable(c)), None)
+    # Before the padding: str.strip() strips line breaks, U+2028 and
+    # U+001C-U+001F too, which were called "padded with spaces".
+    if odd is not None:
+      problem = (f"holds U+{ord(odd):04X}, a control character or line"
+                 " separator (NUL, a line break...), a byte order mark or"
+                 " U+FFFD (a byte that was not UTF-8)")
+    elif not text or text != text.strip():
       problem = "is empty or padded with spaces"
-    elif any(_unreadable(c) for c in text):
-      problem = ("holds a control character (NUL, a line break...), a byte"
-                 " order mark or U+FFFD (a byte that was not UTF-8)")
     elif len(delimiter) > 1 and (set(delimiter + '"') & set(text)):
       # No quoting with a delimiter of several characters: `zed:` then
       # `::` would read back as `zed` and `:item`. (One character: the log
