@@ -144,6 +144,10 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
       "malformed JSON": (post(path, content=b"{bad", headers={
           "content-type": "application/json"}), 400, "malformed JSON"),
       "not JSON": (post(path, content=b"ratings=1"), 415, "Content-Type"),
+      # Was a 400 "There was an error parsing the body" (FastAPI's).
+      "not UTF-8": (post(path, content=b'{"ratings": [[1193, 3]], "\xff": 1}',
+                         headers={"content-type": "application/json"}),
+                    400, "malformed JSON: not UTF-8 (byte 0xff at offset 26)"),
       # JSON's name as a prefix only: FastAPI reads the body as bytes.
       "another media type": (post(path, content=b'{"ratings": [[1193, 3]]}',
                                   headers={"content-type":

@@ -84,7 +84,7 @@ def _is_json(content_type: bytes) -> bool:
 class BodyLimit:
   """ASGI middleware: a request body over `max_bytes` is a 413, whether
   announced by Content-Length or streamed in chunks, and a POST body that
-  is not declared JSON a 415. The body is read here (it is small: that is
+  is not declared JSON a 415, one that is not UTF-8 a 400. The body is read here (it is small: that is
   the point) and handed on whole."""
 
   def __init__(self, app, max_bytes: int):
@@ -118,8 +118,16 @@ class BodyLimit:
         return await self._reject(send)
       if not message.get("more_body", False):
         break
-    whole = {"type": "http.request", "body": b"".join(chunks),
-             "more_body": False}
+    body = b"".join(chunks)
+    try:
+      # JSON between systems is UTF-8 (RFC 8259); FastAPI answered other
+      # bytes with a 400 "There was an error parsing the body".
+      if scope["method"] == "POST":
+        body.decode("utf-8")
+    except UnicodeDecodeError as e:
+      return await self._reject(send, 400, "malformed JSON: not UTF-8 (byte"
+                                f" 0x{body[e.start]:02x} at offset {e.start})")
+    whole = {"type": "http.request", "body": body, "more_body": False}
 
     async def replay():
       nonlocal whole
