@@ -148,6 +148,11 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
       "not UTF-8": (post(path, content=b'{"ratings": [[1193, 3]], "\xff": 1}',
                          headers={"content-type": "application/json"}),
                     400, "malformed JSON: not UTF-8 (byte 0xff at offset 26)"),
+      # The first was dropped silently (json keeps the last).
+      "a field twice": (post(path, content=b'{"ratings": [[1193, 1]],'
+                             b' "ratings": [[1193, 3]]}', headers={
+                                 "content-type": "application/json"}),
+                        422, "ratings: given twice in one JSON object"),
       # JSON's name as a prefix only: FastAPI reads the body as bytes.
       "another media type": (post(path, content=b'{"ratings": [[1193, 3]]}',
                                   headers={"content-type":

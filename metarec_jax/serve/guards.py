@@ -81,10 +81,26 @@ def _is_json(content_type: bytes) -> bool:
   return content_type.split(b";", 1)[0].strip().lower() == b"application/json"
 
 
+class _Duplicate(ValueError):
+  pass
+
+
+def _unique(pairs: list) -> dict:
+  """A JSON object's pairs as a dict, refusing a name given twice (json
+  keeps the last: {"ratings": A, "ratings": B} learned B, dropping A)."""
+  obj = dict(pairs)
+  if len(obj) < len(pairs):
+    seen = set()
+    name = next(k for k, _ in pairs if k in seen or seen.add(k))
+    raise _Duplicate(f"{name}: given twice in one JSON object")
+  return obj
+
+
 class BodyLimit:
   """ASGI middleware: a request body over `max_bytes` is a 413, whether
   announced by Content-Length or streamed in chunks, and a POST body that
-  is not declared JSON a 415, one that is not UTF-8 a 400. The body is read here (it is small: that is
+  is not declared JSON a 415, one that is not UTF-8 a 400, one that
+  names a field twice a 422. The body is read here (it is small: that is
   the point) and handed on whole."""
 
   def __init__(self, app, max_bytes: int):
@@ -123,10 +139,14 @@ class BodyLimit:
       # JSON between systems is UTF-8 (RFC 8259); FastAPI answered other
       # bytes with a 400 "There was an error parsing the body".
       if scope["method"] == "POST":
-        body.decode("utf-8")
+        json.loads(body.decode("utf-8"), object_pairs_hook=_unique)
     except UnicodeDecodeError as e:
       return await self._reject(send, 400, "malformed JSON: not UTF-8 (byte"
                                 f" 0x{body[e.start]:02x} at offset {e.start})")
+    except _Duplicate as e:
+      return await self._reject(send, 422, str(e))
+    except ValueError:
+      pass  # malformed JSON: FastAPI names where
     whole = {"type": "http.request", "body": body, "more_body": False}
 
     async def replay():
