@@ -138,7 +138,8 @@ ALLOWED: dict[str, Any] = {
     "train.chunk_tasks": _COUNT,
     "train.lr": _RATE,
     "train.warmup_steps": _COUNT,
-    "train.end_lr_factor": R.Float(0.0),
+    # Above 1 the "decay" would climb past train.lr, the peak rate.
+    "train.end_lr_factor": _SHARE,
     "train.grad_clip": _RATE,
     "train.eval_every_steps": R.Int(-1),
     "train.early_stop_patience": _COUNT,

@@ -47,6 +47,8 @@ def run_cli(capsys, *args):
     ("meta.inner_lr=-0.5", "meta.inner_lr=-0.5: must be a number > 0"),
     ("train.end_lr_factor=-1", "train.end_lr_factor=-1.0: must be a number"
      " >= 0"),
+    ("train.end_lr_factor=1.5", "train.end_lr_factor=1.5: must be a number"
+     " >= 0 and <= 1"),
 ])
 def test_train_refuses_out_of_range_keys(override, message, tmp_path, capsys):
   workdir = tmp_path / "new"
