@@ -54,9 +54,11 @@ def define_eval(fv: flags.FlagValues) -> None:
   """Defines `metarec eval`'s flags in `fv`."""
   flags.DEFINE_string("workdir", None, "Work directory of a `metarec train`"
                       " run.", flag_values=fv)
+  # (lower_bound: a negative step was refused only by the checkpoint
+  # lookup, after the store and a --ratings file had been read)
   flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default:"
                        " the best validated one, else the newest).",
-                       flag_values=fv)
+                       lower_bound=0, flag_values=fv)
   flags.DEFINE_string("ratings", None, "A ratings file in the dataset's input"
                       " format: its users (of the dataset's user table) are"
                       " evaluated as new users (scenarios UC and UIC; W and IC"
@@ -106,7 +108,7 @@ def define_export(fv: flags.FlagValues) -> None:
                       flag_values=fv)
   flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the"
                        " best validated one, else the newest).",
-                       flag_values=fv)
+                       lower_bound=0, flag_values=fv)
   flags.DEFINE_integer("chunk_users", 256, "Users adapted per device call"
                        " (bounds memory; rounded up to a multiple of the"
                        " device count).", flag_values=fv)

@@ -131,6 +131,18 @@ def test_bench_refuses_steps_it_cannot_time(flag, message):
       metarec_here("bench", f"--config={config_path('tiny')}", flag), message)
 
 
+@pytest.mark.parametrize("args", [
+    ["eval", "--workdir=/nonexistent"],
+    ["export", "--workdir=/nonexistent", "--ratings=/nonexistent.csv",
+     "--out=/nonexistent-out"],
+])
+def test_a_negative_step_is_refused_before_anything_is_read(args):
+  """export read the store and the whole --ratings file before the
+  checkpoint lookup refused --step=-3."""
+  assert_one_line_error(metarec_here(*args, "--step=-3"),
+                        "flag --step=-3: -3 is not a non-negative integer")
+
+
 TINY = f"--config={config_path('tiny')}"
 
 
