@@ -71,7 +71,8 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     interacted = None
   mesh = runtime.make_mesh()
   state = load_state(exp, workdir, mesh, step=step)
-  evaluator = Evaluator(exp, mesh, interacted=interacted)
+  evaluator = Evaluator(exp, mesh, interacted=interacted,
+                        tasksets=tasksets)
   kept = {} if write_tasks else None
   results = evaluator.evaluate(state.params, SCENARIOS, tasksets=tasksets,
                                keep=kept)
