@@ -30,6 +30,28 @@ BEFORE_KEY = {
     "train.early_stop_patience": 0,
 }
 
+# The keys of the first work directories' config.json (2026-11-23), by
+# section: every config.json metarec wrote has them, so one without them is
+# damaged or edited, not older (`config_io.read_workdir_config`). Completed
+# from the defaults instead, a config.json without its `model` section was
+# reported as a checkpoint "of another model".
+FIRST_KEYS = {
+    "model": "name features embed_dim hidden",
+    "data": "name root store max_support min_support query_size"
+            " support_sampling buckets",
+    "data.synthetic": "num_users num_items min_ratings max_ratings seed"
+                      " personal_scale noise new_item_fraction",
+    "meta": "algorithm inner_steps inner_lr second_order adapt"
+            " inner_optimizer remat dual_form unroll msl_weights",
+    "train": "seed num_steps tasks_per_step chunk_tasks lr warmup_steps"
+             " end_lr_factor grad_clip eval_every_steps max_nonfinite"
+             " prefetch cpu_devices",
+    "eval": "seed new_user_fraction val_fraction min_ratings max_ratings"
+            " max_tasks batch_tasks",
+    "checkpoint": "every_steps keep",
+    "log": "every_steps",
+}
+
 
 def get_config() -> ml_collections.ConfigDict:
   """The default config: MeLU meta-trained with second-order MAML on

@@ -335,6 +335,15 @@ def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
                                                     dict):
     raise InputError("not a metarec config.json", path=path)
   try:
-    return complete(record["config"])
+    config = complete(record["config"])
   except InputError as e:
     raise InputError(e.problem, path=path) from e
+  given = flat(record["config"])
+  for section, names in config_defaults.FIRST_KEYS.items():
+    for key in (f"{section}.{name}" for name in names.split()):
+      if key not in given:
+        raise InputError(f"config key {key} is missing (every config.json"
+                         " metarec writes has it): the file is damaged or"
+                         " was edited; put the key back, or train again in"
+                         " a new --workdir", path=path)
+  return config

@@ -228,3 +228,28 @@ def test_a_damaged_config_json_is_named(tmp_path, content, problem):
   with pytest.raises(InputError) as e:
     config_io.read_workdir_config(str(tmp_path))
   assert e.value.message == f"{path}: {problem}"
+
+
+@pytest.mark.parametrize("section, key, missing", [
+    ("model", None, "model.name"),
+    ("train", "lr", "train.lr"),
+    ("data", "synthetic", "data.synthetic.num_users"),
+])
+def test_a_config_json_without_a_key_it_always_had_is_damaged(
+    tmp_path, section, key, missing):
+  """Completed from the defaults, a config.json without its `model` section
+  ran as the default model, and eval reported the checkpoint as "another
+  model"; keys every config.json has had are not those of an older run."""
+  saved = config_io.to_dict(default_config())
+  if key is None:
+    del saved[section]
+  else:
+    del saved[section][key]
+  path = tmp_path / config_io.WORKDIR_CONFIG
+  path.write_text(json.dumps({"format": config_io.CONFIG_FORMAT,
+                              "config": saved}))
+  with pytest.raises(InputError) as e:
+    config_io.read_workdir_config(str(tmp_path))
+  assert e.value.message.startswith(
+      f"{path}: config key {missing} is missing (every config.json metarec"
+      " writes has it)")
