@@ -52,6 +52,14 @@ FIRST_KEYS = {
     "log": "every_steps",
 }
 
+# The most JAX devices a CPU host is split into (`train.cpu_devices`, and
+# the automatic count of `runtime.configure_cpu_devices`). Each is a device
+# with its own buffers and threads: train.cpu_devices=1000000 (and
+# mesh.model=1000000, one CPU device per model shard) ran for 7 minutes
+# into 24 GB and was killed, without a word. 256 is far above the devices
+# of any accelerator host, whose layouts a CPU run rehearses.
+MAX_CPU_DEVICES = 256
+
 
 def get_config() -> ml_collections.ConfigDict:
   """The default config: MeLU meta-trained with second-order MAML on

@@ -14,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-from metarec_jax import config_io
+from metarec_jax import config_defaults, config_io
 from metarec_jax import config_rules as R
 from metarec_jax.errors import InputError, excerpt
 
@@ -148,7 +148,7 @@ ALLOWED: dict[str, Any] = {
     "train.preempt_exit_code": R.Int(0, 255),
     "train.prefetch": R.Int(1),
     "train.input_workers": _COUNT,
-    "train.cpu_devices": _COUNT,
+    "train.cpu_devices": R.Int(0, config_defaults.MAX_CPU_DEVICES),
     "mesh.model": R.Int(1),
     "mesh.shard_min_rows": R.Int(1),
     "eval.seed": _COUNT,

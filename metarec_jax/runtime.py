@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from metarec_jax import config_defaults
 from metarec_jax.errors import InputError
 
 AXIS = "tasks"
@@ -195,7 +196,9 @@ def configure_cpu_devices(count: int, tasks_per_step: int,
   contending inside every small batched matmul (measured: 1.5x on two
   cores). Automatic: `model` (`mesh.model`) times the most task shards, at
   most one device per core in all (at least one shard), that divide
-  `tasks_per_step`. Does nothing when the user already chose
+  `tasks_per_step`; where that exceeds `MAX_CPU_DEVICES`, the shards alone
+  (`check_model_axis` then refuses `model`, naming the devices). Does
+  nothing when the user already chose
   (`XLA_FLAGS=--xla_force_host_platform_device_count`).
   """
   if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
@@ -205,6 +208,8 @@ def configure_cpu_devices(count: int, tasks_per_step: int,
     while shards > 1 and tasks_per_step % shards:
       shards -= 1
     count = shards * max(model, 1)
+    if count > config_defaults.MAX_CPU_DEVICES:
+      count = shards
   try:
     jax.config.update("jax_num_cpu_devices", int(count))
   except RuntimeError:  # backends already started (e.g. inside a notebook)

@@ -216,3 +216,24 @@ def test_a_batch_the_task_shards_cannot_split_names_them(tmp_path, tasks,
   with pytest.raises(InputError) as raised:
     Trainer(config, str(tmp_path), devices=jax.devices()[:4])
   assert str(raised.value) == expected
+
+
+@pytest.mark.parametrize("model, expected", [(2, 4), (1000000, 1)])
+def test_a_model_axis_beyond_any_host_makes_no_million_cpu_devices(
+    monkeypatch, model, expected):
+  """`mesh.model=1000000` split the CPU into a million devices (one per
+  model shard): 7 minutes into 24 GB, killed without a word. Beyond
+  `MAX_CPU_DEVICES` the task shards alone are made, and `check_model_axis`
+  refuses the model axis naming them."""
+  made = []
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  monkeypatch.setattr(runtime, "cpu_cores", lambda: 4)
+  monkeypatch.setattr(jax.config, "update",
+                      lambda name, value: made.append((name, value)))
+  runtime.configure_cpu_devices(0, 16, model)
+  assert made == [("jax_num_cpu_devices", expected)]
+  if model > expected:
+    with pytest.raises(InputError, match=f"mesh.model={model} must divide"
+                       f" the {expected} devices"):
+      runtime.check_model_axis(model, devices=expected,
+                               local_devices=expected)
