@@ -255,3 +255,18 @@ def test_a_config_json_without_a_key_it_always_had_is_damaged(
   assert e.value.message.startswith(
       f"{path}: config key {missing} is missing (every config.json metarec"
       " writes has it)")
+
+
+@pytest.mark.parametrize("key, text, value", [
+    ("train.num_steps", "1_000", 1000),
+    ("train.lr", "2_0e-4", 0.002),
+    ("data.buckets", "8,1_024", (8, 1024)),
+    ("data.buckets", "(8, 1_024)", (8, 1024)),
+    ("data.list_pad.studio", "1_0", 10),  # an open section's new key
+    ("data.generic.user_col", "1_0", "1_0"),  # text stays text
+])
+def test_numbers_with_underscores_read_alike_for_every_numeric_key(
+    key, text, value):
+  """The README's config reference: a number reads as Python reads it."""
+  config = config_io.apply_overrides(default_config(), [(key, text)])
+  assert config_io.flat(config)[key] == value
