@@ -179,9 +179,9 @@ MEANINGS: dict[str, str] = {
     "data.implicit.threshold": "Implicit: ratings >= threshold are positives"
                                " (0 = every row; a generic file with an"
                                " empty `rating_col` has only positives).",
-    "data.implicit.negatives": "Implicit: negatives per positive in the"
-                               " support and query sets (never an item the"
-                               " user interacted with).",
+    "data.implicit.negatives": "Implicit: negatives per positive in support"
+                               " and query sets (at most the existing items;"
+                               " never one the user interacted with).",
     "data.implicit.sampling": "Implicit: training negatives drawn `uniform`"
                               " or `popularity`-weighted (training"
                               " positives' counts).",

@@ -68,7 +68,18 @@ class Experiment:
     spec = self.implicit
     if not spec.enabled:
       return None
-    return implicit.training_sampler(self.store, self.split, spec.sampling)
+    sampler = implicit.training_sampler(self.store, self.split,
+                                        spec.sampling)
+    # Past the pool every draw repeats one, and a batch still grows by a row
+    # per draw: data.implicit.negatives=100000 on 120 items ended the first
+    # step in an out-of-memory traceback (a 10 TB allocation).
+    if spec.negatives > len(sampler.pool):
+      raise InputError(
+          f"config key data.implicit.negatives={spec.negatives}: more"
+          " negatives per positive than the"
+          f" {len(sampler.pool):,} existing items they are drawn from:"
+          f" set it to at most {len(sampler.pool):,}")
+    return sampler
 
 
 def model_rating_mean(config, store: TaskStore, split: splits.Split

@@ -130,6 +130,24 @@ def sampler(exp, **kw):
                       negative_sampler=exp.negative_sampler(), **kw)
 
 
+def test_more_negatives_than_items_to_draw_them_from_is_refused(tiny):
+  """data.implicit.negatives=100000 on 120 existing items ended the first
+  training step in an out-of-memory traceback (exit 1)."""
+  pool = len(implicit.item_pools(tiny.store)[0])
+  tiny.config.data.implicit.negatives = pool
+  try:
+    assert tiny.negative_sampler() is not None  # as many as the pool: fine
+    tiny.config.data.implicit.negatives = 100000
+    with pytest.raises(InputError) as e:
+      tiny.negative_sampler()
+  finally:
+    tiny.config.data.implicit.negatives = 2
+  assert e.value.message == (
+      "config key data.implicit.negatives=100000: more negatives per"
+      f" positive than the {pool:,} existing items they are drawn from: set"
+      f" it to at most {pool:,}")
+
+
 @pytest.mark.parametrize("sampling", ["uniform", "popularity"])
 def test_negatives_are_never_items_the_user_interacted_with(tiny, sampling):
   exp = tiny
