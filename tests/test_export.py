@@ -20,7 +20,7 @@ import pytest
 from cli_run import (assert_one_line_error, last_json, metarec,
                      metarec_here)
 from flax import traverse_util
-from conftest import config_path
+from conftest import ROOT, config_path
 from procs import start, wait_for
 from metarec_jax import config_io, experiment, export, meta, runtime
 from metarec_jax.data.convert import ratings_io
@@ -764,3 +764,13 @@ def test_mapped_array_keeps_what_was_written_after_releasing_its_pages(
   mapped.close()
   mapped.close()  # idempotent
   assert (np.load(path) == want).all()
+
+
+def test_the_json_summary_has_the_fields_design_md_lists(exported):
+  """docs/design.md's `export` JSON names every field, nested ones too."""
+  with open(os.path.join(ROOT, "docs", "design.md")) as f:
+    text = f.read()
+  listed = text.split("- `export`: `", 1)[1].split("}`", 1)[0]
+  summary = exported[2]
+  fields = set(summary) | set(summary["flags"])
+  assert set(re.findall(r'"(\w+)":', listed)) == fields
