@@ -4,9 +4,11 @@ import os
 import re
 
 from absl import flags
+import numpy as np
 
 from conftest import ROOT
 from metarec_jax import cli_spec
+from metarec_jax.eval import metrics
 
 
 def synopsis() -> dict[str, set[str]]:
@@ -65,3 +67,16 @@ def test_every_flag_is_documented():
     covered = {f.replace("-", "_") for f in named}
     missing = {f for f in fv if f.replace("-", "_") not in covered}
     assert not missing, f"metarec {name}: design.md omits {sorted(missing)}"
+
+
+def test_the_eval_json_names_every_metric_of_a_scenario_and_its_baselines():
+  """A baseline reports every rating metric of its scenario (design.md
+  showed only `mae`), and an implicit scenario adds `ranking`."""
+  with open(os.path.join(ROOT, "docs", "design.md")) as f:
+    text = f.read()
+  listed = text.split("- `eval`: `", 1)[1].split("- `bench`:", 1)[0]
+  baseline = listed.split('"global_mean": {', 1)[1].split("}", 1)[0]
+  empty = np.zeros((0, 1))
+  keys = set(metrics.summary(empty, empty, empty.astype(bool), empty))
+  assert set(re.findall(r'"([\w@]+)":', baseline)) == keys
+  assert '"ranking":' in listed
