@@ -240,3 +240,25 @@ def test_a_fixed_layout_split_on_another_delimiter_is_hinted(tmp_path):
   assert str(e.value) == (
       f"{path}:1: 1 field(s) separated by '\\t', expected 3 or 4; line 1 is"
       " one field split on '\\t': is the delimiter ' '?")
+
+
+@pytest.mark.parametrize("packer", ["gzip", "zip"])
+def test_a_compressed_file_is_named_as_such(tmp_path, packer):
+  # A ratings.csv.gz (or a zip) was "byte 0x8b at column 2 is not valid
+  # utf-8 text": true, but not what to do.
+  import gzip  # pylint: disable=g-import-not-at-top
+  import zipfile  # pylint: disable=g-import-not-at-top
+  text = "user,item,rating\na,x,4\n"
+  path = tmp_path / f"ratings.{'csv.gz' if packer == 'gzip' else 'zip'}"
+  if packer == "gzip":
+    path.write_bytes(gzip.compress(text.encode()))
+    what = r"gzip-compressed \(decompress it: gunzip ratings\.csv\.gz"
+  else:
+    with zipfile.ZipFile(path, "w") as z:
+      z.writestr("ratings.csv", text)
+    what = r"a zip archive \(unpack it: unzip ratings\.zip"
+  for encoding in ("utf-8", "latin-1"):
+    with pytest.raises(InputError, match=(
+        rf"ratings\.(csv\.gz|zip): the file is {what}, and name the text"
+        r" file it holds\)$")):
+      delimited.read_table(path, delimiter=",", encoding=encoding)

@@ -106,12 +106,16 @@ def _position(data, at: int) -> tuple[int, int]:
           at - (data.rfind(end, 0, at) + 1) + 1)
 
 
+_PACKED = ((b"\x1f\x8b", "gzip-compressed", "decompress it: gunzip"),
+           (b"PK\x03\x04", "a zip archive", "unpack it: unzip"))
+
+
 def read_text(path: str | os.PathLike, encoding: str) -> str:
   """The decoded text of `path`.
 
   Raises:
-    InputError: the file is missing, unreadable, empty (blank), holds
-      bytes that are not valid `encoding` or a NUL character.
+    InputError: the file is missing, unreadable, compressed, empty
+      (blank), holds bytes that are not valid `encoding` or a NUL.
   """
   path = os.fspath(path)
   try:
@@ -121,6 +125,10 @@ def read_text(path: str | os.PathLike, encoding: str) -> str:
     raise InputError("no such file", path=path) from None
   except OSError as e:
     raise InputError(f"cannot read: {e.strerror}", path=path) from None
+  for magic, what, tool in _PACKED:  # was "byte 0x8b ... not valid utf-8"
+    if raw.startswith(magic):
+      raise InputError(f"the file is {what} ({tool} {os.path.basename(path)},"
+                       " and name the text file it holds)", path=path)
   _refuse_wide_bom(raw, encoding, path)
   try:
     text = raw.decode(encoding)
