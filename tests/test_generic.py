@@ -686,3 +686,27 @@ def test_a_work_directory_store_of_other_generic_settings_is_refused(
       " or prepare a store and name it in data.store")
   changed.store = str(tmp_path / "work" / "store")  # a prepared store
   assert prepare.ensure_store(changed, tmp_path / "other").num_items == 3
+
+
+def test_a_work_directory_store_of_another_list_pad_is_refused(shop,
+                                                               tmp_path):
+  # A resume with another data.list_pad.tags logged "resuming with a
+  # changed config: data.list_pad.tags 2 -> 4" and trained on the store's
+  # tags, still cut to 2.
+  keys = dict(item_features="items.csv", lists=("tags",))
+  data = data_config(shop, **keys)
+  data.list_pad.tags = 2
+  assert prepare.ensure_store(data, tmp_path / "work").item_features[
+      "tags"].shape[1] == 2
+  data.list_pad.genre = 9  # no list column of this data: no matter
+  prepare.ensure_store(data, tmp_path / "work")
+  data.list_pad.tags = 4
+  with pytest.raises(InputError) as e:
+    prepare.ensure_store(data, tmp_path / "work")
+  assert str(e.value) == (
+      f"{tmp_path / 'work' / 'store'}: the store was built with another"
+      " data.list_pad (tags: 2 there, 4 now); use another work directory,"
+      " or prepare a store and name it in data.store")
+  del data.list_pad["tags"]  # the longest list, 4: still another setting
+  with pytest.raises(InputError, match=r"\(tags: 2 there, None now\)"):
+    prepare.ensure_store(data, tmp_path / "work")

@@ -165,6 +165,21 @@ def test_movielens_100k_layout(tmp_path):
     assert (np.diff(ts) >= 0).all()
 
 
+def test_a_work_directory_store_of_another_list_pad_is_refused(tmp_path):
+  # A resume with another data.list_pad.genre trained on the old store's
+  # genres, the change only logged.
+  data = config_io.load_config_file(config_path("melu_ml100k")).data
+  data.root = datafiles.tiny_ml100k(str(tmp_path / "ml"))
+  prepare.ensure_store(data, tmp_path / "work")
+  data.list_pad.actor = 9  # no list of MovieLens-100K: no matter
+  prepare.ensure_store(data, tmp_path / "work")
+  data.list_pad.genre = 2
+  with pytest.raises(InputError, match=re.escape(
+      f"{tmp_path / 'work' / 'store'}: the store was built with another"
+      " data.list_pad (genre: 4 there, 2 now)")):
+    prepare.ensure_store(data, tmp_path / "work")
+
+
 def test_melu_runs_on_movielens_100k(tmp_path):
   root = datafiles.tiny_ml100k(str(tmp_path / "ml"), num_users=40,
                                ratings_per_user=30)

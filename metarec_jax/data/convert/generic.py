@@ -349,7 +349,9 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
       item_new=item_new, features=feats, fmt=fmt, log_fn=log_fn,
       extra={"source": {"root": root, "generic": {
           k: list(v) if isinstance(v, tuple) else v
-          for k, v in dataclasses.asdict(spec).items()}},
+          for k, v in dataclasses.asdict(spec).items()}, "list_pad": {
+              k: int(v) for k, v in (list_pad or {}).items()
+              if k in spec.lists}},
              "item_class_rule": rule, "notes": notes})
 
 

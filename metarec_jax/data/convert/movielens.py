@@ -152,7 +152,8 @@ def load(root: str, out: str | os.PathLike, *, list_pad: dict | None = None,
   notes = []
   if os.path.exists(_path(root, "movies_extrainfos.dat")):
     item_feats = extrainfo_features(root, item_ids, pad)
-    item_source = "movies_extrainfos.dat"
+    item_source, lists = "movies_extrainfos.dat", ("genre", "director",
+                                                    "actor")
   else:
     note = (f"movies_extrainfos.dat is not in {root}: the item features are"
             " the genres and year of movies.dat, not MeLU's IMDb features"
@@ -164,7 +165,7 @@ def load(root: str, out: str | os.PathLike, *, list_pad: dict | None = None,
                        missing=MISSING),
         features.categorical("year", "item", years.astype(str)),
     ]
-    item_source = "movies.dat"
+    item_source, lists = "movies.dat", ("genre",)
   r = parse_ratings(_path(root, "ratings.dat"), FORMAT)
   users, items = strict_indices(
       _path(root, "ratings.dat"), r.lines,
@@ -176,7 +177,8 @@ def load(root: str, out: str | os.PathLike, *, list_pad: dict | None = None,
       item_new=years >= NEW_ITEM_YEAR,
       features=user_features(user_table, user_order) + item_feats,
       fmt=FORMAT, log_fn=log_fn,
-      extra={"source": {"root": root, "item_features": item_source},
+      extra={"source": {"root": root, "item_features": item_source,
+                        "list_pad": {k: int(pad[k]) for k in lists}},
              "item_class_rule": "new = the year in the movies.dat title is"
                                 f" {NEW_ITEM_YEAR} or later",
              "notes": notes})

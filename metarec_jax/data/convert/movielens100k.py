@@ -160,6 +160,6 @@ def load(root: str, out: str | os.PathLike, *, list_pad: dict | None = None,
       items=items, ratings=r.ratings, timestamps=r.timestamps,
       item_new=years >= NEW_ITEM_YEAR, features=user_feats + item_feats,
       fmt=FORMAT, log_fn=log_fn,
-      extra={"source": {"root": root},
+      extra={"source": {"root": root, "list_pad": {"genre": genre_len}},
              "item_class_rule": "new = the release year in u.item is"
                                 f" {NEW_ITEM_YEAR} or later"})

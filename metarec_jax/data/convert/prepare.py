@@ -233,7 +233,31 @@ def ensure_store(data_config, workdir: str | os.PathLike,
         wanted, "use another data.store or work directory", path)
   if data_config.name == "generic" and not data_config.store:
     _refuse_other_generic(data_config, store, path)
+  if data_config.name != "synthetic" and not data_config.store:
+    _refuse_other_list_pad(data_config, store, path)
   return store
+
+
+def _refuse_other_list_pad(data_config, store: store_lib.TaskStore,
+                           path: str) -> None:
+  """Raises InputError where the work directory's own store of files was
+  built with another `data.list_pad` for one of its list features: a
+  resume with another length logged the change and trained on the old
+  store's lists. (The synthetic spec holds its lengths.)"""
+  built = store.manifest.get("source", {}).get("list_pad")
+  if built is None:
+    return  # a store from before the lengths were recorded
+  # A generic list without an entry is padded to its longest list: an
+  # entry added (or removed) is another setting too.
+  lists = set(built) | (set(data_config.generic.lists)
+                        if data_config.name == "generic" else set())
+  wanted = {k: int(data_config.list_pad[k]) if k in data_config.list_pad
+            else None for k in lists}
+  _refuse_other_settings(
+      "store was built with another data.list_pad",
+      sorted(k for k in lists if built.get(k) != wanted[k]), built, wanted,
+      "use another work directory, or prepare a store and name it in"
+      " data.store", path)
 
 
 def _refuse_other_generic(data_config, store: store_lib.TaskStore,
