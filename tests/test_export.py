@@ -210,8 +210,11 @@ def test_top_k_excludes_rated_items_sorted_k_entries(run, exported):
   users, items, _, _ = ratings_io.read_ratings(path, exp.store)
   lines = open(os.path.join(out, "topk.jsonl")).read().splitlines()
   assert [json.loads(l)["user"] for l in lines] == USERS
-  for line in lines:
+  stored = np.load(os.path.join(out, "topk_scores.npy"))
+  for row, line in enumerate(lines):
     rec = json.loads(line)
+    # Each score's text reads back as the float32 ranked (7 digits: not).
+    np.testing.assert_array_equal(np.float32(rec["scores"]), stored[row])
     rated = set(items[users == rec["user"]].tolist())
     assert len(rec["items"]) == len(rec["scores"]) == 5
     assert not rated & set(rec["items"])

@@ -464,6 +464,11 @@ def test_kept_rankings_are_the_live_ones(engine):
   export, live = engine.export, engine
   kept = engine_lib.Engine(export, live.limits)
   assert kept.rankings.preload(export) == export.num_users
+  stored = np.load(os.path.join(export.path, "topk_scores.npy"))
+  for row in (0, export.num_users - 1):  # served as the device scored them
+    got = kept.rankings.get(export.user_ids[row].item(), 10)
+    assert [s for _, s in got] == stored[row].tolist()
+  kept.rankings.hits = 0
   users = [int(u) for u in export.user_ids[3:6]] + [31337]
   requests = [(u, k) for u in users for k in (3, 10, 20)]
   want = live.recommend(requests)

@@ -106,7 +106,10 @@ class RankCache:
 def _ranking(line: str, export: Export) -> tuple[Any, list, list]:
   """(user, item ids, scores) of one `topk.jsonl` line, checked."""
   row = json.loads(line)
-  ids, scores = row["items"], [float(s) for s in row["scores"]]
+  # float32 first: the device's scores, whose float64 text the live
+  # ranking serves (topk.jsonl holds each float32 exactly, in 9 digits).
+  ids = row["items"]
+  scores = [float(np.float32(float(s))) for s in row["scores"]]
   if export.item_ids.dtype.kind in "iu":
     ids = np.asarray(ids, np.int64).tolist()
   if len(ids) != len(scores) or not all(map(math.isfinite, scores)):
