@@ -29,6 +29,11 @@ import jax  # noqa: E402
 
 NUM_DEVICES = 4
 jax.config.update("jax_num_cpu_devices", NUM_DEVICES)
+# Started now, so that no test changes the count for the tests after it:
+# a command run in this process (`metarec_here` train) calls
+# `runtime.configure_cpu_devices`, which before the backends start set 2
+# devices (the cores) for the rest of the worker's files.
+assert len(jax.devices()) == NUM_DEVICES
 # The tests start dozens of `metarec` processes: let them import the
 # project's modules from cached bytecode (0.3 s less each) where the
 # environment says not to write any.
