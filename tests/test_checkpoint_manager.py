@@ -6,9 +6,8 @@ import os
 
 import pytest
 
-from cli_run import assert_one_line_error, metarec_here
+from cli_run import metarec_here
 from faults import copy_run, train_finished_run
-from metarec_jax.errors import InputError
 from metarec_jax.workdir import manager
 
 
@@ -17,33 +16,51 @@ def finished_run(tmp_path_factory):
   return train_finished_run(str(tmp_path_factory.mktemp("finished")))
 
 
-@pytest.mark.parametrize("content", [b'{"val_mae": 0.5', b'{"val_mae": "abc"}',
-                                     b"[1]", b"\xff"])
-@pytest.mark.parametrize("command", ["eval", "train"])
-def test_a_damaged_metrics_file_of_any_step_is_named(finished_run, tmp_path,
-                                                     content, command):
-  workdir = copy_run(finished_run, tmp_path)
+def _damage(workdir, content=b'{"val_mae": 0.5'):
   path = os.path.join(workdir, "checkpoints", "3", "metrics", "metrics")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "wb") as f:
     f.write(content)
+  return path
+
+
+@pytest.mark.parametrize("command", ["eval", "train"])
+def test_a_damaged_metrics_file_costs_only_its_step(finished_run, tmp_path,
+                                                    command):
+  """A damaged metrics file of step 3 was one error for the whole work
+  directory: `eval --step=6` and the resume exited 2 over it."""
+  workdir = copy_run(finished_run, tmp_path)
+  path = _damage(workdir)
   out = metarec_here(command, f"--workdir={workdir}",
-                     *(["--support_curve=false"] if command == "eval" else
+                     *(["--support_curve=false", "--step=6"]
+                       if command == "eval" else
                        ["--config.train.num_steps=8"]))
-  assert_one_line_error(out, f"{path}: damaged: not the metrics of a"
-                        " checkpoint (a JSON object with a number `val_mae`);"
-                        " move the step's folder 3 aside to use the others")
+  assert out.returncode == 0, out.stderr
+  damaged = (f"{path}: damaged: not the metrics of a checkpoint (a JSON"
+             " object with a number `val_mae`); step 3 ")
+  if command == "eval":  # a reader leaves it in place, unvalidated
+    assert damaged + "counts as not validated" in out.stderr
+    assert os.path.exists(path)
+  else:  # the trainer moves it aside, where keeping would not delete it
+    assert damaged + "is moved aside" in out.stderr
+    aside = os.listdir(os.path.join(workdir, "checkpoints-unreadable"))
+    assert [n.split("-")[0] for n in aside] == ["3"]
+    assert not os.path.exists(os.path.join(workdir, "checkpoints", "3"))
 
 
-def test_metrics_absent_or_null_are_fine(tmp_path):
+@pytest.mark.parametrize("content", [b'{"val_mae": 0.5', b'{"val_mae": "abc"}',
+                                     b"[1]", b"\xff", b'{"val_mae": true}'])
+def test_damaged_metrics_are_named(tmp_path, content):
   (tmp_path / "3" / "metrics").mkdir(parents=True)
   (tmp_path / "3" / "metrics" / "metrics").write_text('{"val_mae": null}')
+  (tmp_path / "4" / "metrics").mkdir(parents=True)
+  (tmp_path / "4" / "metrics" / "metrics").write_text('{"val_mae": 0.5}')
   (tmp_path / "5").mkdir()  # saved between validations: no metrics
-  manager.check_metrics(str(tmp_path), "val_mae")
+  assert manager.damaged_metrics(str(tmp_path), "val_mae") == {}
   (tmp_path / "5" / "metrics").mkdir()
-  (tmp_path / "5" / "metrics" / "metrics").write_text('{"val_mae": true}')
-  with pytest.raises(InputError, match="5/metrics/metrics: damaged"):
-    manager.check_metrics(str(tmp_path), "val_mae")
+  (tmp_path / "5" / "metrics" / "metrics").write_bytes(content)
+  assert manager.damaged_metrics(str(tmp_path), "val_mae") == {
+      5: str(tmp_path / "5" / "metrics" / "metrics")}
 
 
 def test_a_step_removed_while_the_manager_opens_is_opened_again(tmp_path):
@@ -62,9 +79,11 @@ def test_a_step_removed_while_the_manager_opens_is_opened_again(tmp_path):
     return "manager"
 
   assert manager.open_manager(directory, "val_mae",
-                              lambda: make(f"{directory}/58")) == "manager"
+                              lambda _: make(f"{directory}/58"),
+                              read_only=True) == "manager"
   assert len(calls) == 3
   calls.clear()
   with pytest.raises(FileNotFoundError):  # not a step of this directory
-    manager.open_manager(directory, "val_mae", lambda: make("/elsewhere"))
+    manager.open_manager(directory, "val_mae", lambda _: make("/elsewhere"),
+                         read_only=True)
   assert len(calls) == 1

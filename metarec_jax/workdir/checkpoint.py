@@ -36,7 +36,6 @@ import logging
 import os
 import re
 import shutil
-import time
 from typing import Any
 
 import jax
@@ -122,8 +121,9 @@ class Checkpointer:
       # norm between validations.
       logging.getLogger("absl").addFilter(orbax_logs.no_metrics_notice)
       self.manager = manager_lib.open_manager(
-          self.directory, VAL_MAE, lambda: ocp.CheckpointManager(
-              self.directory, options=options, item_handlers=_handlers()))
+          self.directory, VAL_MAE, lambda damaged: manager_lib.Manager(
+              self.directory, options=options, item_handlers=_handlers(),
+              damaged=damaged), read_only=read_only)
 
   def steps(self) -> list[int]:
     """Steps of the committed checkpoints, oldest first."""
@@ -322,20 +322,10 @@ class Checkpointer:
         " scratch over it: move the folder away to start anew")
 
   def _move_aside(self, steps: list[int]) -> None:
-    """Moves checkpoints that cannot be used out of the way of new saves of
-    the same steps, into `WORKDIR/checkpoints-unreadable/` (kept for
-    inspection)."""
-    if not steps:
-      return
-    dest = os.path.join(os.path.dirname(self.directory),
-                        "checkpoints-unreadable")
-    os.makedirs(dest, exist_ok=True)
-    for step in steps:
-      target = os.path.join(dest, f"{step}-{int(time.time())}")
-      shutil.move(os.path.join(self.directory, str(step)), target)
-      log.warning("moved the checkpoint of step %d, which cannot be used, to"
-                  " %s", step, target)
-    self.manager.reload()
+    """Moves unusable checkpoints aside (`manager.move_aside`)."""
+    if steps:
+      manager_lib.move_aside(self.directory, steps)
+      self.manager.reload()
 
   def saved_param_shapes(self, step: int) -> dict[str, tuple]:
     """`{path: (shape, dtype)}` of the saved `params` (no array is read)."""

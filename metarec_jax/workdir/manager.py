@@ -6,27 +6,48 @@ validation MAE) when it starts. Two things ended a command in a traceback
 there: a damaged metrics file of any step (a JSON error, a value that is
 no number), and a reader (`eval`, `export`) starting while a trainer
 removed an old step (`checkpoint.keep`) between orbax's listing and its
-read. The first is named in one line; the second is opened again.
+read. The first costs only that step its metrics (one warning naming the
+file; a trainer also moves the step aside); the second is opened again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+import time
 from typing import Any, Callable
 
-from metarec_jax.errors import InputError
+import orbax.checkpoint as ocp
+
+from metarec_jax import runtime
 
 METRICS_FILE = ("metrics", "metrics")  # orbax's item folder and file name
 ATTEMPTS = 5  # openings while steps vanish under the listing
+UNREADABLE = "checkpoints-unreadable"  # beside `checkpoints/`
+log = logging.getLogger("metarec")
 
 
-def check_metrics(directory: str, metric: str) -> None:
-  """Raises InputError naming the first step's metrics file that is not a
-  JSON object whose `metric` is a number (or absent, or null); a step
-  folder without metrics, or removed meanwhile, is fine."""
+class Manager(ocp.CheckpointManager):
+  """orbax's manager, which takes the metrics of the steps in `damaged`
+  for absent: such a step counts as saved without a validation."""
+
+  def __init__(self, *args, damaged: frozenset[int] = frozenset(), **kw):
+    self.damaged = damaged  # before orbax's constructor reads the metrics
+    super().__init__(*args, **kw)
+
+  def metrics(self, step: int) -> Any:
+    return None if int(step) in self.damaged else super().metrics(step)
+
+
+def damaged_metrics(directory: str, metric: str) -> dict[int, str]:
+  """`{step: path}` of the steps whose metrics file is not a JSON object
+  whose `metric` is a number (or absent, or null); a step folder without
+  metrics, or removed meanwhile, is fine."""
   if not os.path.isdir(directory):
-    return
+    return {}
+  damaged = {}
   for entry in sorted(os.listdir(directory)):
     if not entry.isdigit():
       continue
@@ -44,20 +65,43 @@ def check_metrics(directory: str, metric: str) -> None:
     except ValueError:  # JSON, or not UTF-8
       ok = False
     if not ok:
-      raise InputError(
-          f"damaged: not the metrics of a checkpoint (a JSON object with a"
-          f" number `{metric}`); move the step's folder {entry} aside to"
-          " use the others", path=path)
+      damaged[int(entry)] = path
+  return damaged
 
 
-def open_manager(directory: str, metric: str, make: Callable[[], Any]):
-  """`make()` (the manager's constructor) once `check_metrics` passes,
-  again where a step folder vanished while it read them."""
-  check_metrics(directory, metric)
+def move_aside(directory: str, steps: list[int]) -> None:
+  """Moves the checkpoints of `steps` out of the way of new saves of the
+  same steps, into `WORKDIR/checkpoints-unreadable/` (kept for
+  inspection)."""
+  dest = os.path.join(os.path.dirname(directory), UNREADABLE)
+  for step in steps:
+    os.makedirs(dest, exist_ok=True)
+    target = os.path.join(dest, f"{step}-{int(time.time())}")
+    shutil.move(os.path.join(directory, str(step)), target)
+    log.warning("moved the checkpoint of step %d, which cannot be used, to"
+                " %s", step, target)
+
+
+def open_manager(directory: str, metric: str,
+                 make: Callable[[frozenset[int]], Any], *, read_only: bool):
+  """`make(damaged)` (the manager's constructor, given the steps whose
+  metrics are damaged) once those are named, again where a step folder
+  vanished while it read them. A reader leaves the damaged steps in place
+  (they count as not validated); a writer moves them aside, where its
+  keeping of the best validated checkpoint would not delete them (its
+  other processes leave them to the first)."""
+  damaged = damaged_metrics(directory, metric)
+  for step, path in damaged.items():
+    log.warning("%s: damaged: not the metrics of a checkpoint (a JSON object"
+                " with a number `%s`); step %d %s", path, metric, step,
+                "counts as not validated" if read_only else "is moved aside")
+  if not read_only and runtime.is_lead():  # one process moves them
+    move_aside(directory, sorted(damaged))
+    damaged = {}
   for _ in range(ATTEMPTS - 1):
     try:
-      return make()
+      return make(frozenset(damaged))
     except FileNotFoundError as e:
       if not str(e.filename or "").startswith(directory):
         raise
-  return make()
+  return make(frozenset(damaged))
