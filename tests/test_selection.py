@@ -71,3 +71,31 @@ def test_the_criterion_of_what_is_served():
   assert criterion(val, served) == 0.2563
   assert criterion(val, {**served, "val/median_map": 0.0}) == 0.3344
   assert criterion({"ranking": {"full": {"ndcg@10": 0.25}}}, served) == 0.75
+
+
+def test_a_non_finite_validation_is_never_the_best(tmp_path):
+  """A NaN validation MAE saved with a step (by this version, or written
+  by an older one) was taken for the best by `eval`, and beside it orbax's
+  keeping deleted the best validated checkpoint; now it counts as not
+  validated."""
+  import math  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from metarec_jax.workdir import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  state = {"w": jnp.ones(3)}
+  writer = ckpt_lib.Checkpointer(str(tmp_path), keep=3, async_save=False)
+  for step, mae in ((0, 0.7), (3, math.nan), (6, 0.9)):
+    writer.save(step, state, {}, val_mae=mae)
+  writer.close()
+  assert not (tmp_path / "checkpoints" / "3" / "metrics").exists()
+  (tmp_path / "checkpoints" / "6" / "metrics" / "metrics").write_text(
+      '{"val_mae": 0.5}')
+  (tmp_path / "checkpoints" / "0" / "metrics" / "metrics").write_text(
+      '{"val_mae": NaN}')
+  reader = ckpt_lib.Checkpointer(str(tmp_path), read_only=True)
+  assert reader.validated() == {6: 0.5}
+  assert reader.best() == (6, 0.5)
+  reader.close()
+  writer = ckpt_lib.Checkpointer(str(tmp_path), keep=1, async_save=False)
+  writer.save(9, state, {}, val_mae=0.8)
+  writer.close()
+  assert writer.steps() == [6, 9]  # the best and the newest

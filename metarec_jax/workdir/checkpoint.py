@@ -33,6 +33,7 @@ import contextlib
 import functools
 import gc
 import logging
+import math
 import os
 import re
 import shutil
@@ -166,7 +167,8 @@ class Checkpointer:
 
     `val_mae`: the validation MAE of `state`, when it was just validated;
     the checkpoint with the lowest is kept beside the `keep` newest and is
-    what `eval` and `export` use by default (`best`). `validation_cut`: a
+    what `eval` and `export` use by default (`best`); a NaN or an
+    infinity is saved as none. `validation_cut`: a
     stop cut this step's validation short; `selection`: where checkpoint
     selection and early stopping stand (both recorded, for the resume).
 
@@ -187,7 +189,9 @@ class Checkpointer:
       record["validation_cut"] = True
     if selection is not None:
       record["selection"] = selection
-    metrics = None if val_mae is None else {VAL_MAE: float(val_mae)}
+    # A NaN validation is no candidate for the best checkpoint.
+    metrics = (None if val_mae is None or not math.isfinite(val_mae)
+               else {VAL_MAE: float(val_mae)})
     with self._writing(int(step)):
       if int(step) in self.manager.all_steps():
         # Saved again with its validation (a stop had cut it short): orbax

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -30,15 +31,31 @@ log = logging.getLogger("metarec")
 
 
 class Manager(ocp.CheckpointManager):
-  """orbax's manager, which takes the metrics of the steps in `damaged`
-  for absent: such a step counts as saved without a validation."""
+  """orbax's manager, which takes the metrics of the steps in `damaged`,
+  and metrics holding a NaN or an infinity, for absent: such a step counts
+  as saved without a validation. (orbax ranked a NaN as it came: beside
+  it, the best validated checkpoint could be deleted, and `eval` took the
+  NaN step for the best.)"""
 
   def __init__(self, *args, damaged: frozenset[int] = frozenset(), **kw):
     self.damaged = damaged  # before orbax's constructor reads the metrics
+    self.warned: set[int] = set()  # the metrics are read at every reload
     super().__init__(*args, **kw)
 
   def metrics(self, step: int) -> Any:
-    return None if int(step) in self.damaged else super().metrics(step)
+    if int(step) in self.damaged:
+      return None
+    metrics = super().metrics(step)
+    bad = {k: v for k, v in (metrics or {}).items()
+           if isinstance(v, float) and not math.isfinite(v)}
+    if not bad:
+      return metrics
+    if int(step) not in self.warned:
+      self.warned.add(int(step))
+      log.warning("%s: %s; step %d counts as not validated", os.path.join(
+          str(self.directory), str(step), *METRICS_FILE), ", ".join(
+              f"`{k}` is {v}" for k, v in bad.items()), step)
+    return None
 
 
 def damaged_metrics(directory: str, metric: str) -> dict[int, str]:
