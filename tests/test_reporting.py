@@ -291,3 +291,26 @@ def test_a_resume_drops_a_row_whose_step_is_infinite(tmp_path):
   resumed.close()
   rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(r) for r in rows] == [{"step": 1, "loss": 0.5}]
+
+
+def test_a_resume_names_the_garbage_lines_it_drops(tmp_path, caplog):
+  """Lines of `metrics.jsonl` that are no row were dropped silently by a
+  resume; now one warning names the file and the lines (the rows past the
+  restored step and a last line cut short by a kill go without one)."""
+  reporter = reporting.Reporter(str(tmp_path))
+  for step in (1, 2, 3):
+    reporter.scalars(step, {"loss": 0.5})
+  reporter.close()
+  path = tmp_path / "metrics.jsonl"
+  rows = path.read_text().splitlines(keepends=True)
+  path.write_text(rows[0] + "garbage\n" + rows[1] + '["step"]\n' + rows[2]
+                  + '{"step": 1, "lo')
+  resumed = reporting.Reporter(str(tmp_path))
+  with caplog.at_level("WARNING", logger="metarec"):
+    assert resumed.drop_rows_after(2) == 4
+  resumed.close()
+  assert [r.getMessage() for r in caplog.records] == [
+      f"{path}: dropped 2 line(s) that are not a JSON object with a step:"
+      " line 2, 4"]
+  assert [json.loads(r)["step"] for r in path.read_text().splitlines()] == [
+      1, 2]

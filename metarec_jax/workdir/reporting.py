@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import threading
@@ -31,6 +32,7 @@ from tensorboard.util import tensor_util
 from metarec_jax import atomic, config_io, errors
 
 HISTOGRAM_BINS = 30  # TensorBoard's own default
+log = logging.getLogger("metarec")
 
 
 def _json_value(v):
@@ -245,18 +247,25 @@ class Reporter:
       self._events.flush()
     if not self.path or not os.path.exists(self.path):
       return 0
-    keep, dropped = [], 0
+    keep, dropped, garbage = [], 0, []
     with open(self.path, "rb") as f:
-      for raw in f:
+      for number, raw in enumerate(f, 1):
         try:  # a line that is not UTF-8 (a damaged file) is a bad row too
           line = raw.decode("utf-8")
           ok = line.endswith("\n") and int(json.loads(line)["step"]) <= step
         except (ValueError, KeyError, TypeError, OverflowError):
           ok = False  # OverflowError: a step of Infinity or 1e999
+          if raw.endswith(b"\n"):  # not the line a kill cut short
+            garbage.append(number)
         if ok:
           keep.append(line)
         else:
           dropped += 1
+    if garbage:  # damage, unlike the rows past `step`: the user is told
+      log.warning("%s: dropped %d line(s) that are not a JSON object with a"
+                  " step: line %s", self.path, len(garbage), ", ".join(
+                      map(str, garbage[:10])) + (
+                          ", ..." if len(garbage) > 10 else ""))
     if dropped:
       atomic.write_text(self.path, "".join(keep))
     return dropped
