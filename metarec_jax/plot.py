@@ -231,10 +231,11 @@ def plot_workdir(workdir: str) -> list[str]:
   """Writes every figure the work directory has data for; returns paths.
 
   Raises:
-    InputError: no `metrics.jsonl`, a malformed input file, or matplotlib
-      is not installed.
+    InputError: no `metrics.jsonl`, a malformed input file, nothing to
+      plot, or matplotlib is not installed.
   """
-  series = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  series = read_metrics(metrics_path)
   # The loss the run trained (a bare metrics.jsonl, without the config
   # `metarec train` writes beside it, gets a label without its kind).
   loss = "meta-loss"
@@ -257,6 +258,15 @@ def plot_workdir(workdir: str) -> list[str]:
                      path=curve_path) from None
   except ValueError as e:  # not a support curve
     raise InputError(str(e), path=curve_path) from None
+  # Said, not left to an empty list: a run that has not logged yet.
+  if not any(tag in series for _, _, lines in LEARNING_PANELS
+             for tag, _ in lines):
+    if curves is None:
+      raise InputError("nothing to plot: no learning curves logged yet and"
+                       f" no {support_curve.FILENAME} (`metarec eval` writes"
+                       " one)", path=metrics_path)
+    log.warning("%s: no learning curves logged yet; plotting only the"
+                " support curve", metrics_path)
   _figure_class()  # fail early, before any output, without matplotlib
   out_dir = os.path.join(workdir, PLOTS)
   os.makedirs(out_dir, exist_ok=True)

@@ -168,3 +168,29 @@ def test_a_damaged_config_costs_the_loss_label_not_the_figures(
   assert [os.path.basename(p) for p in written] == ["learning_curves.png",
                                                     "support_curve.png"]
   assert "config.json" in caplog.text and "meta-loss" in caplog.text
+
+
+def test_an_empty_metrics_file_is_said_to_have_nothing_to_plot(
+    tiny_metasgd_run, tmp_path, caplog):
+  """An empty `metrics.jsonl` gave `{"plots": []}` and exit 0 (or only the
+  support curve) without a word; an empty `plots/` was made."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_metasgd_run, workdir)
+  shutil.rmtree(workdir / "plots", ignore_errors=True)
+  metrics = workdir / "metrics.jsonl"
+  metrics.write_text("")
+  with caplog.at_level("WARNING", logger="metarec"):
+    written = plot.plot_workdir(str(workdir))
+  assert written == [str(workdir / "plots" / "support_curve.png")]
+  assert [r.getMessage() for r in caplog.records] == [
+      f"{metrics}: no learning curves logged yet; plotting only the support"
+      " curve"]
+  shutil.rmtree(workdir / "plots")
+  os.remove(workdir / "eval" / "support_curve.json")
+  with pytest.raises(InputError) as e:
+    plot.plot_workdir(str(workdir))
+  assert e.value.message == (
+      f"{metrics}: nothing to plot: no learning curves logged yet and no"
+      " eval/support_curve.json (`metarec eval` writes one)")
+  assert not (workdir / "plots").exists()
