@@ -112,12 +112,12 @@ def check_config(config, workdir: str | None = None, *,
 
 def _run_train(inv: Invocation) -> int:
   workdir = _folder_to_write(require_flag(inv.flags, "workdir"))
-  saved_in = None
+  saved_in, saved = None, config_io.workdir_config_file(workdir)
   if inv.config_file:
     config = config_io.load_config_file(inv.config_file)
-  elif os.path.exists(os.path.join(workdir, config_io.WORKDIR_CONFIG)):
+  elif saved:
     config, saved_in = config_io.read_workdir_config(workdir), workdir
-    log.info("no --config: using %s", os.path.join(workdir, "config.json"))
+    log.info("no --config: using %s", saved)
   else:
     raise InputError("--config is required (the work directory has no"
                      " config.json to resume from)")

@@ -317,10 +317,23 @@ def write_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> str
   return path
 
 
+def workdir_config_file(workdir: str) -> str | None:
+  """`WORKDIR/config.json`, None where there is none; `InputError` where
+  something else stands there (a folder: "Is a directory", exit 1, from
+  reading or, after the work of a fresh run, writing it)."""
+  path = os.path.join(workdir, WORKDIR_CONFIG)
+  if not os.path.lexists(path):
+    return None
+  if not os.path.isfile(path):
+    raise InputError("not a file: a work directory's config.json is the"
+                     " JSON file `metarec train` writes", path=path)
+  return path
+
+
 def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config of a workdir written by `metarec train` (`complete`)."""
-  path = os.path.join(workdir, WORKDIR_CONFIG)
-  if not os.path.exists(path):
+  path = workdir_config_file(workdir)
+  if path is None:
     raise InputError("no config.json: not a metarec work directory (run"
                      " `metarec train` there first)", path=workdir)
   try:

@@ -269,6 +269,7 @@ def plot_workdir(workdir: str) -> list[str]:
                 " support curve", metrics_path)
   _figure_class()  # fail early, before any output, without matplotlib
   out_dir = os.path.join(workdir, PLOTS)
+  atomic.refuse_file_in_the_way(out_dir, named="--workdir")
   os.makedirs(out_dir, exist_ok=True)
   written = [plot_learning_curves(
       series, os.path.join(out_dir, "learning_curves.png"), loss)]

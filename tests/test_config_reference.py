@@ -270,3 +270,21 @@ def test_numbers_with_underscores_read_alike_for_every_numeric_key(
   """The README's config reference: a number reads as Python reads it."""
   config = config_io.apply_overrides(default_config(), [(key, text)])
   assert config_io.flat(config)[key] == value
+
+
+def test_a_folder_at_config_json_is_named(tmp_path):
+  """A folder standing at WORKDIR/config.json: every command that reads it
+  exited 1 with "config.json: Is a directory", and a fresh `train` only
+  after building its task store."""
+  from cli_run import assert_one_line_error, metarec_here  # pylint: disable=g-import-not-at-top
+  path = tmp_path / config_io.WORKDIR_CONFIG
+  path.mkdir()
+  problem = (f"{path}: not a file: a work directory's config.json is the"
+             " JSON file `metarec train` writes")
+  with pytest.raises(InputError) as e:
+    config_io.read_workdir_config(str(tmp_path))
+  assert e.value.message == problem
+  out = metarec_here("train", f"--config={config_path('tiny')}",
+                     f"--workdir={tmp_path}")
+  assert_one_line_error(out, problem)
+  assert os.listdir(tmp_path) == [config_io.WORKDIR_CONFIG]

@@ -194,3 +194,13 @@ def test_an_empty_metrics_file_is_said_to_have_nothing_to_plot(
       f"{metrics}: nothing to plot: no learning curves logged yet and no"
       " eval/support_curve.json (`metarec eval` writes one)")
   assert not (workdir / "plots").exists()
+
+
+def test_a_file_at_plots_is_named(tmp_path):
+  """A file standing at WORKDIR/plots: "plots: File exists", exit 1."""
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train/loss": 0.5}\n')
+  (tmp_path / "plots").write_text("")
+  with pytest.raises(InputError) as e:
+    plot.plot_workdir(str(tmp_path))
+  assert e.value.message == (
+      f"--workdir: {tmp_path / 'plots'} is a file, not a folder")
