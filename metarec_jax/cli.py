@@ -112,7 +112,8 @@ def check_config(config, workdir: str | None = None, *,
 
 def _run_train(inv: Invocation) -> int:
   workdir = _folder_to_write(require_flag(inv.flags, "workdir"))
-  saved_in, saved = None, config_io.workdir_config_file(workdir)
+  from metarec_jax.workdir import layout  # pylint: disable=g-import-not-at-top
+  saved_in, saved = None, layout.check(workdir)  # before any work
   if inv.config_file:
     config = config_io.load_config_file(inv.config_file)
   elif saved:

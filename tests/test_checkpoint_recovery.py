@@ -113,6 +113,33 @@ def test_a_file_where_the_checkpoints_go_is_refused_before_any_work(
     assert f.read() == rows
 
 
+@pytest.mark.parametrize("name", ["metrics.jsonl", "tensorboard", "eval"])
+def test_an_entry_of_the_wrong_kind_is_refused_before_any_work(
+    finished_run, tmp_path, name):
+  """A folder at metrics.jsonl, a file at tensorboard/ or eval/: train
+  ended in "Is a directory" or "File exists", exit 1 (for eval/, after
+  training, at the final evaluation of a run that validates; this quiet
+  one writes no eval/ and passed)."""
+  workdir = copy_run(finished_run, tmp_path)
+  path = os.path.join(workdir, name)
+  if os.path.isdir(path):
+    shutil.rmtree(path)
+  elif os.path.lexists(path):
+    os.remove(path)
+  if name == "metrics.jsonl":
+    os.mkdir(path)
+    problem = (f"{path}: not a file: a work directory's metrics are a file"
+               " of JSON lines")
+  else:
+    with open(path, "w", encoding="utf-8") as f:
+      f.write("x\n")
+    problem = f"--workdir: {path} is a file, not a folder"
+  out = metarec_here("train", f"--workdir={workdir}",
+                     "--config.train.num_steps=8")
+  assert_one_line_error(out, problem)
+  assert checkpoint_steps(workdir) == [3, 6]
+
+
 def test_eval_of_a_damaged_checkpoint_names_it_and_the_others(
     finished_run, tmp_path):
   """eval and export never read another checkpoint than the one they name:
