@@ -117,6 +117,18 @@ def refuse_file_in_the_way(path: str | os.PathLike, *, named: str) -> None:
     raise InputError(f"{here} is a file, not a folder", path=named)
 
 
+def refuse_non_file(path: str | os.PathLike, what: str) -> bool:
+  """Whether a file stands at `path`; raises `InputError` naming it where
+  a folder (or another non-file) stands there, which reading or writing
+  it reported late as "Is a directory", exit 1. `what` says what the file
+  should be."""
+  if not os.path.lexists(path):
+    return False
+  if not os.path.isfile(path):
+    raise InputError(f"not a file: {what}", path=os.fspath(path))
+  return True
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
   """`write_bytes` of UTF-8 text."""
   write_bytes(path, text.encode("utf-8"))

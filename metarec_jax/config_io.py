@@ -322,11 +322,9 @@ def workdir_config_file(workdir: str) -> str | None:
   something else stands there (a folder: "Is a directory", exit 1, from
   reading or, after the work of a fresh run, writing it)."""
   path = os.path.join(workdir, WORKDIR_CONFIG)
-  if not os.path.lexists(path):
+  if not atomic.refuse_non_file(path, "a work directory's config.json is"
+                                " the JSON file `metarec train` writes"):
     return None
-  if not os.path.isfile(path):
-    raise InputError("not a file: a work directory's config.json is the"
-                     " JSON file `metarec train` writes", path=path)
   return path
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 from metarec_jax import atomic, config_io
-from metarec_jax.errors import InputError
 
 FOLDERS = ("tensorboard", "eval")  # checkpoints: `checkpoint`
 FILES = ("metrics.jsonl",)  # and config.json (`config_io`)
@@ -25,8 +24,6 @@ def check(workdir: str) -> str | None:
     atomic.refuse_file_in_the_way(os.path.join(workdir, name),
                                   named="--workdir")
   for name in FILES:
-    path = os.path.join(workdir, name)
-    if os.path.lexists(path) and not os.path.isfile(path):
-      raise InputError("not a file: a work directory's metrics are a file"
-                       " of JSON lines", path=path)
+    atomic.refuse_non_file(os.path.join(workdir, name), "a work directory's"
+                           " metrics are a file of JSON lines")
   return config
