@@ -9,8 +9,8 @@ import sys
 import ml_collections
 import pytest
 
-from metarec_jax import (config_io, config_meanings, config_reference,
-                         config_table)
+from metarec_jax import (config_defaults, config_io, config_meanings,
+                         config_reference, config_table)
 from metarec_jax.errors import InputError
 from conftest import ROOT, config_path
 
@@ -255,6 +255,17 @@ def test_a_config_json_without_a_key_it_always_had_is_damaged(
   assert e.value.message.startswith(
       f"{path}: config key {missing} is missing (every config.json metarec"
       " writes has it)")
+
+
+def test_first_keys_are_keys_the_defaults_still_write():
+  """`config_defaults.FIRST_KEYS` is kept by hand: a key renamed or moved
+  and left there would make every new run's config.json read as damaged.
+  The first config.json's keys are all still written."""
+  written = set(config_io.flat(default_config()))
+  first = {f"{section}.{name}"
+           for section, names in config_defaults.FIRST_KEYS.items()
+           for name in names.split()}
+  assert first and first <= written, sorted(first - written)
 
 
 @pytest.mark.parametrize("key, text, value", [
