@@ -232,6 +232,19 @@ class StoreWriter(atomic.Folder):
     super().finish("manifest.json", {"format": FORMAT_VERSION, **manifest})
 
 
+def record_source_files(path: str | os.PathLike, files: dict) -> None:
+  """Adds `files` (`convert.fingerprint.record`) to the manifest of the store at
+  `path` as `source.files`, replacing the manifest atomically (a store
+  killed before this is one without the record: its inputs go unchecked,
+  as an older store's)."""
+  manifest_path = os.path.join(os.fspath(path), "manifest.json")
+  with open(manifest_path, encoding="utf-8") as f:
+    manifest = json.load(f)
+  manifest["source"] = {**manifest.get("source", {}), "files": files}
+  atomic.write_text(manifest_path,
+                    json.dumps(manifest, indent=1, ensure_ascii=False))
+
+
 def write_store(out: str | os.PathLike, *, dataset: str,
                 user_ids: np.ndarray, item_ids: np.ndarray,
                 offsets: np.ndarray, items: np.ndarray, ratings: np.ndarray,

@@ -81,6 +81,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                            local_devices=jax.local_device_count())
   check_batch_size(config, jax.device_count() // model)
   prepare.check_source(config.data, workdir)
+  prepare.check_inputs(config.data, workdir)
   distill.check(config)
   os.makedirs(workdir, exist_ok=True)
   is_lead = jax.process_index() == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -13,8 +14,8 @@ import numpy as np
 from metarec_jax import atomic, config_io
 from metarec_jax.data import store as store_lib
 from metarec_jax.data import implicit
-from metarec_jax.data.convert import (generic, movielens, movielens100k,
-                                      synthetic)
+from metarec_jax.data.convert import (fingerprint, generic, movielens,
+                                      movielens100k, synthetic)
 from metarec_jax.errors import InputError
 
 DATASETS = ("synthetic", "movielens-1m", "movielens-100k", "generic")
@@ -42,8 +43,11 @@ def prepare(data_config, out: str | os.PathLike,
   if data_config.name != "synthetic":
     _source_root(data_config)  # a bad name or root is the first error
   store_lib.refuse_non_store(out)  # before anything is read
+  files = ({} if data_config.name == "synthetic" else
+           fingerprint.record(data_config.root, _input_names(data_config)))
   if not spec.enabled:
     _prepare_ratings(data_config, out, log)
+    store_lib.record_source_files(out, files)
     return
   out = os.path.abspath(os.fspath(out))
   parent, name = os.path.split(out)
@@ -63,6 +67,7 @@ def prepare(data_config, out: str | os.PathLike,
                                         threshold=float(spec.threshold))
     finally:
       shutil.rmtree(ratings, ignore_errors=True)
+  store_lib.record_source_files(out, files)
   if log is not None:
     info = manifest["implicit"]
     # A generic file without a rating column: every line is a positive.
@@ -71,6 +76,16 @@ def prepare(data_config, out: str | os.PathLike,
             else f"rating >= {spec.threshold:g}")
     log(f"implicit: {info['positives']:,} positives ({rule}) of"
         f" {info['interactions']:,} interactions")
+
+
+def _input_names(data_config) -> list[str]:
+  """The files of `data.root` that the dataset's loader may read."""
+  if data_config.name == "generic":
+    spec = generic.spec_of(data_config)
+    return [f for f in (spec.ratings, spec.user_features, spec.item_features)
+            if f]
+  extra = ["movies_extrainfos.dat"] if data_config.name == "movielens-1m" else []
+  return list(_NEEDS.get(data_config.name, ())) + extra
 
 
 def _refuse_no_positives(source: store_lib.TaskStore,
@@ -236,6 +251,32 @@ def ensure_store(data_config, workdir: str | os.PathLike,
   if data_config.name != "synthetic" and not data_config.store:
     _refuse_other_list_pad(data_config, store, path)
   return store
+
+
+def check_inputs(data_config, workdir: str | os.PathLike) -> None:
+  """Raises InputError where an input file at `data.root` differs from the
+  one the work directory's own store was built from: another root, or the
+  file edited since (`fingerprint`). A resumed run would train on the
+  store's copy of the old data, with no more than a "changed config" line.
+  For `train` only: `eval` and `export` read the run's data, its store,
+  whatever became of the files since."""
+  if data_config.name == "synthetic" or data_config.store:
+    return  # a prepared store is the user's choice
+  path = store_path(data_config, workdir)
+  try:
+    with open(os.path.join(path, "manifest.json"), encoding="utf-8") as f:
+      recorded = json.load(f).get("source", {}).get("files")
+  except (OSError, ValueError, AttributeError):
+    return  # no store yet (or a damaged one: opening it names that)
+  if not recorded:
+    return  # a store from before the files were recorded
+  change = fingerprint.first_change(recorded, data_config.root)
+  if change:
+    raise InputError(
+        f"the store was built from other input files than those in"
+        f" {data_config.root} ({change}), and a run trains on its store;"
+        " for the new data use a new --workdir; to go on with the data"
+        f" the store holds, name it: --config.data.store={path}", path=path)
 
 
 def _refuse_other_list_pad(data_config, store: store_lib.TaskStore,

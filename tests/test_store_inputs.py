@@ -1,0 +1,129 @@
+"""A work directory's store records its input files; a resume given other
+data is refused (`data.fingerprint`, `prepare.check_inputs`)."""
+
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+
+import datafiles
+from cli_run import metarec
+from conftest import config_path
+from metarec_jax import config_io
+from metarec_jax.data import store as store_lib
+from metarec_jax.data.convert import prepare
+from metarec_jax.errors import InputError
+
+RATINGS = "user,item,rating\n" + "".join(
+    f"u{u},i{i},{1 + (u + i) % 5}\n" for u in range(40) for i in range(30))
+
+
+def data_config(root):
+  data = config_io.load_config_file(config_path("default")).data
+  data.name = "generic"
+  data.root = str(root)
+  data.generic.id_features = True
+  return data
+
+
+def refusal(root, work, change):
+  return (f"{work / 'store'}: the store was built from other input files"
+          f" than those in {root} ({change}), and a run trains on its store;"
+          " for the new data use a new --workdir; to go on with the data the"
+          f" store holds, name it: --config.data.store={work / 'store'}")
+
+
+@pytest.fixture
+def built(tmp_path):
+  root = tmp_path / "shop"
+  datafiles.write(str(root / "ratings.csv"), RATINGS)
+  work = tmp_path / "work"
+  prepare.ensure_store(data_config(root), work)
+  return root, work
+
+
+def test_the_store_records_each_input_file(built):
+  root, work = built
+  files = store_lib.open_store(work / "store").manifest["source"]["files"]
+  raw = (root / "ratings.csv").read_bytes()
+  assert list(files) == ["ratings.csv"]
+  assert files["ratings.csv"]["bytes"] == len(raw)
+  assert files["ratings.csv"]["sha256"] == hashlib.sha256(raw).hexdigest()
+
+
+def test_the_same_files_pass_wherever_they_now_are(built, tmp_path):
+  root, work = built
+  prepare.check_inputs(data_config(root), work)
+  moved = tmp_path / "moved"
+  shutil.copytree(root, moved)  # new modification times, same content
+  os.utime(moved / "ratings.csv", ns=(1, 1))
+  prepare.check_inputs(data_config(moved), work)
+  os.remove(moved / "ratings.csv")  # inputs deleted: the store stands alone
+  prepare.check_inputs(data_config(moved), work)
+
+
+def test_other_files_are_refused_naming_the_first_change(built, tmp_path):
+  root, work = built
+  other = tmp_path / "other"
+  datafiles.write(str(other / "ratings.csv"), RATINGS + "u9,i9,5\n")
+  size = len(RATINGS)
+  with pytest.raises(InputError) as e:
+    prepare.check_inputs(data_config(other), work)
+  assert str(e.value) == refusal(
+      other, work, f"ratings.csv: {size:,} bytes then, {size + 8:,} now")
+  # Edited in place, to the same size: read and compared.
+  (root / "ratings.csv").write_text(RATINGS.replace("u0,i0,1", "u0,i0,2"))
+  with pytest.raises(InputError) as e:
+    prepare.check_inputs(data_config(root), work)
+  assert str(e.value) == refusal(root, work,
+                                 "ratings.csv: the same size, other content")
+  # Named as a prepared store, it is the user's choice.
+  data = data_config(root)
+  data.store = str(work / "store")
+  prepare.check_inputs(data, work)
+
+
+def test_a_store_without_the_record_is_not_checked(built, tmp_path):
+  root, work = built
+  manifest = work / "store" / "manifest.json"
+  record = json.loads(manifest.read_text())
+  del record["source"]["files"]
+  manifest.write_text(json.dumps(record))
+  (root / "ratings.csv").write_text(RATINGS + "u9,i9,5\n")
+  prepare.check_inputs(data_config(root), work)
+
+
+def test_movielens_records_the_files_it_read(ml1m_tiny_run):
+  workdir, _ = ml1m_tiny_run
+  config = config_io.read_workdir_config(workdir)
+  files = store_lib.open_store(
+      os.path.join(workdir, "store")).manifest["source"]["files"]
+  assert {"users.dat", "movies.dat", "ratings.dat"} <= set(files)
+  prepare.check_inputs(config.data, workdir)
+
+
+def test_train_resumed_on_other_data_stops_before_any_work(built, tmp_path):
+  root, _ = built
+  work = tmp_path / "run"
+  flags = [f"--config={config_path('tiny')}", f"--workdir={work}",
+           "--config.data.name=generic", "--config.data.generic.id_features=true",
+           "--config.train.num_steps=2", "--config.train.eval_every_steps=0"]
+  out = metarec("train", *flags, f"--config.data.root={root}")
+  assert out.returncode == 0, out.stderr
+  metrics = (work / "metrics.jsonl").read_bytes()
+  other = tmp_path / "other"
+  datafiles.write(str(other / "ratings.csv"), RATINGS + "u9,i9,5\n")
+  out = metarec("train", *flags, f"--config.data.root={other}",
+                "--config.train.num_steps=4")
+  assert out.returncode == 2, out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (
+      "metarec train: error: " + refusal(
+          other, work, f"ratings.csv: {len(RATINGS):,} bytes then,"
+          f" {len(RATINGS) + 8:,} now"))
+  assert (work / "metrics.jsonl").read_bytes() == metrics
+  # Evaluation reads the run's store, whatever became of the files.
+  (root / "ratings.csv").write_text(RATINGS + "u9,i9,5\n")
+  out = metarec("eval", f"--workdir={work}", "--support_curve=false")
+  assert out.returncode == 0, out.stderr
