@@ -146,8 +146,11 @@ ALLOWED: dict[str, Any] = {
     "train.select_on": R.OneOf("metarec_jax.workdir.criterion", "SELECT_ON"),
     "train.max_nonfinite": R.Int(1),
     "train.preempt_exit_code": R.Int(0, 255),
-    "train.prefetch": R.Int(1),
-    "train.input_workers": _COUNT,
+    # Each batch ahead is held in memory, and each worker keeps one in
+    # flight: prefetch=1000000000 filled memory (and queued a billion
+    # steps before the first). Far above what keeps a device fed.
+    "train.prefetch": R.Int(1, 64),
+    "train.input_workers": R.Int(0, 256),
     "train.cpu_devices": R.Int(0, config_defaults.MAX_CPU_DEVICES),
     "mesh.model": R.Int(1),
     "mesh.shard_min_rows": R.Int(1),

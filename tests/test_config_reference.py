@@ -100,6 +100,10 @@ def test_every_shipped_config_is_valid(name):
     ("train.preempt_exit_code", "300", "must be an integer 0 to 255"),
     ("train.cpu_devices", "1000000", "train.cpu_devices=1000000: must be an"
      " integer 0 to 256"),
+    ("train.prefetch", "1000000000", "train.prefetch=1000000000: must be an"
+     " integer 1 to 64"),
+    ("train.input_workers", "100000", "train.input_workers=100000: must be"
+     " an integer 0 to 256"),
     ("model.loss", "l1", 'must be one of "mse", "huber"'),
     ("data.min_support", "40", "data.min_support must not exceed"
      " data.max_support (data.min_support=40, data.max_support=32)"),

@@ -95,6 +95,29 @@ def test_close_stops_building(sharding):
     next(pipeline)
 
 
+def test_a_deep_prefetch_of_a_short_run_queues_only_its_steps(
+    sharding, monkeypatch):
+  # depth=10**9 ran a billion-iteration loop in the constructor (train
+  # sat at its first step for a minute; `config_reference` now also caps
+  # the key). Counted, not timed: the constructor asks for 3 steps.
+  submits = []
+  submit = Prefetcher._submit  # pylint: disable=protected-access
+
+  def counted(self):
+    submits.append(1)
+    assert len(submits) <= 10, "queued far more steps than the run has"
+    submit(self)
+
+  monkeypatch.setattr(Prefetcher, "_submit", counted)
+  pipeline = Prefetcher(FakeSampler(), sharding, start=3, stop=6,
+                        depth=10**9)
+  try:
+    assert len(submits) == 3
+    assert [step for step, _ in pipeline] == [3, 4, 5]
+  finally:
+    pipeline.close()
+
+
 def test_input_workers_resolve_per_backend():
   assert backend.input_workers(3) == 3
   assert backend.input_workers(0, "cpu") == 1

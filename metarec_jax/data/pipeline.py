@@ -46,7 +46,8 @@ class Prefetcher:
     self._pending: collections.deque = collections.deque()
     self._pool = concurrent.futures.ThreadPoolExecutor(
         max(int(workers), 1), thread_name_prefix="metarec-input")
-    for _ in range(max(int(depth), int(workers), 1)):
+    for _ in range(min(max(int(depth), int(workers), 1),
+                       max(stop - start, 0))):
       self._submit()
 
   def _build(self, step: int):
