@@ -8,6 +8,7 @@ import socket
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from conftest import config_path
 from procs import metarec, start
@@ -190,3 +191,32 @@ def test_a_killed_process_stops_the_other_in_one_line(tmp_path):
       f" 127.0.0.1:{port} has not answered for 5 s (--peer_timeout"), last
   assert "resume from the last checkpoint" in last
   assert "Check failure" not in log  # JAX's abort
+
+
+@pytest.mark.parametrize("damage", ["arrays", "metrics"])
+def test_two_processes_fall_back_past_a_damaged_checkpoint_together(
+    tmp_path, damage):
+  """Both processes find the newest checkpoint unusable (its arrays
+  truncated, or its saved metrics garbage); both must go on from the same
+  older step, and one moves it aside, as one process does
+  (`test_checkpoint_recovery`). Each process moved it: the other failed
+  with "checkpoints/4: No such file or directory" and a C++ abort."""
+  workdir = str(tmp_path / "run")
+  train_two_processes(workdir, ARGS)
+  step_4 = os.path.join(workdir, "checkpoints", "4")
+  if damage == "metrics":
+    with open(os.path.join(step_4, "metrics", "metrics"), "w") as f:
+      f.write("{not json")
+  for root, _, files in os.walk(os.path.join(step_4, "state")):
+    for name in files:
+      if damage == "arrays" and os.path.basename(root) == "d":  # OCDBT data
+        path = os.path.join(root, name)
+        with open(path, "r+b") as f:
+          f.truncate(os.path.getsize(path) // 3)
+  logs = train_two_processes(workdir, ARGS + ["--config.train.num_steps=6"])
+  # Both exited 0 (train_two_processes).
+  assert "resumed from the checkpoint of step 2" in logs[0], logs[0][-3000:]
+  from procs import checkpoint_steps  # pylint: disable=g-import-not-at-top
+  assert 6 in checkpoint_steps(workdir)
+  aside = os.listdir(os.path.join(workdir, "checkpoints-unreadable"))
+  assert [name.split("-")[0] for name in aside] == ["4"], aside

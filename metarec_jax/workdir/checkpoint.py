@@ -303,7 +303,7 @@ class Checkpointer:
         except Exception as e:  # pylint: disable=broad-except
           error = e
         else:
-          self._move_aside(unreadable)
+          self._settle(candidate, unreadable)
           return state, record, candidate
       unreadable.append(candidate)
       problem = (str(error) if isinstance(error, DamagedCheckpoint)
@@ -325,10 +325,10 @@ class Checkpointer:
         + "; ".join(f[:300] for f in failures) + "); refusing to start from"
         " scratch over it: move the folder away to start anew")
 
-  def _move_aside(self, steps: list[int]) -> None:
-    """Moves unusable checkpoints aside (`manager.move_aside`)."""
-    if steps:
-      manager_lib.move_aside(self.directory, steps)
+  def _settle(self, step: int, unusable: list[int]) -> None:
+    """Moves unusable checkpoints aside (`manager.settle_unusable`)."""
+    manager_lib.settle_unusable(self.directory, step, unusable)
+    if unusable:
       self.manager.reload()
 
   def saved_param_shapes(self, step: int) -> dict[str, tuple]:

@@ -20,9 +20,11 @@ import shutil
 import time
 from typing import Any, Callable
 
+import jax
 import orbax.checkpoint as ocp
 
 from metarec_jax import runtime
+from metarec_jax.workdir.state_checks import CheckpointError
 
 METRICS_FILE = ("metrics", "metrics")  # orbax's item folder and file name
 ATTEMPTS = 5  # openings while steps vanish under the listing
@@ -97,6 +99,28 @@ def move_aside(directory: str, steps: list[int]) -> None:
     shutil.move(os.path.join(directory, str(step)), target)
     log.warning("moved the checkpoint of step %d, which cannot be used, to"
                 " %s", step, target)
+
+
+def settle_unusable(directory: str, step: int, steps: list[int]) -> None:
+  """After a restore from `step` that found `steps` unusable: moves those
+  aside (`move_aside`). In a multi-process run every process has read
+  the same folders; they must have chosen the same step (else the run
+  would go on from two states: refused), and only the lead moves its
+  unusable ones, once every process is done reading (each moving them
+  failed the others with "No such file or directory")."""
+  if jax.process_count() == 1:
+    move_aside(directory, steps)
+    return
+  # The step only: a step the lead moved aside (`open_manager`) while
+  # another process listed it is unusable to that one alone.
+  lead = runtime.from_lead("checkpoint/restored", str(step))
+  if lead != str(step):
+    raise CheckpointError(f"process {jax.process_index()} restored step"
+                          f" {step} of {directory}, process 0 step {lead}")
+  runtime.sync_processes("checkpoint/read")
+  if runtime.is_lead():
+    move_aside(directory, steps)
+  runtime.sync_processes("checkpoint/moved")
 
 
 def open_manager(directory: str, metric: str,
