@@ -1,5 +1,5 @@
 """The encoding learners (`metric`, `amortised`, `hybrid`): exact
-meta-gradients in float64, vmap against the loop, empty support sets, both
+meta-gradients in float64, vmap against the loop, padding, empty support sets, both
 models, and distillation's blended targets."""
 
 import jax
@@ -139,6 +139,41 @@ def test_vmapped_tasks_equal_the_loop_over_tasks(float64, algorithm):
                      config=config, inner=inner)
     for a, b in zip(jax.tree.leaves(vmapped), jax.tree.leaves(one)):
       np.testing.assert_allclose(a[t], b, rtol=1e-12)
+
+
+def padded(tasks, extra=5, seed=7):
+  """`tasks` with `extra` more rows of garbage values, masked out, in
+  every support and query set (a larger pad of the same tasks)."""
+  r = np.random.default_rng(seed)
+
+  def part(p):
+    t, _, d = p["x"].shape
+    return {"x": jnp.concatenate([p["x"], r.normal(size=(t, extra, d)) * 50],
+                                 1),
+            "y": jnp.concatenate([p["y"], r.normal(size=(t, extra)) * 50], 1),
+            "mask": jnp.concatenate([p["mask"], jnp.zeros((t, extra), bool)],
+                                    1)}
+
+  return {k: part(v) for k, v in tasks.items()}
+
+
+@pytest.mark.parametrize("loss_fn", [plain_loss, LINEAR_HEAD],
+                         ids=["plain", "linear_head"])
+@pytest.mark.parametrize("algorithm",
+                         LEARNERS + ("maml", "metasgd", "mamlpp", "reptile"))
+def test_padding_rows_change_neither_loss_nor_gradient(float64, algorithm,
+                                                        loss_fn):
+  """The batch pads tasks to fixed sizes: rows beyond a task's own, of any
+  value, must not move its loss or meta-gradient (the core's test covers
+  MAML on a plain loss; here every learner, both loss forms)."""
+  params, tasks = toy(empty=(1,))
+  kw = {"msl_weights": (0.3, 0.7)} if algorithm == "mamlpp" else {}
+  config, inner = setup(algorithm, loss_fn, params, tasks, **kw)
+  mp = {"model": params, "inner": inner}
+  want = meta.meta_grad(loss_fn, mp, tasks, config=config)
+  got = meta.meta_grad(loss_fn, mp, padded(tasks), config=config)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
 
 
 @pytest.mark.parametrize("algorithm", LEARNERS)
