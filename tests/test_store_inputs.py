@@ -53,6 +53,20 @@ def test_the_store_records_each_input_file(built):
   assert files["ratings.csv"]["sha256"] == hashlib.sha256(raw).hexdigest()
 
 
+def test_an_implicit_store_records_them_too(tmp_path):
+  root = tmp_path / "clicks"
+  datafiles.write(str(root / "ratings.csv"), RATINGS)
+  data = data_config(root)
+  data.implicit.enabled = True
+  prepare.ensure_store(data, tmp_path / "work")
+  manifest = store_lib.open_store(tmp_path / "work" / "store").manifest
+  assert manifest["implicit"]
+  assert list(manifest["source"]["files"]) == ["ratings.csv"]
+  (root / "ratings.csv").write_text(RATINGS + "u9,i9,5\n")
+  with pytest.raises(InputError, match="other input files"):
+    prepare.check_inputs(data, tmp_path / "work")
+
+
 def test_the_same_files_pass_wherever_they_now_are(built, tmp_path):
   root, work = built
   prepare.check_inputs(data_config(root), work)
