@@ -89,8 +89,10 @@ def test_eval_prints_the_json_report_last(trained):
     (["eval", "--workdir=/nonexistent"], "not a metarec work directory"),
     (["frobnicate"], "unknown command"),
 ])
-def test_bad_input_is_one_line_with_status_2(args, message):
-  out = metarec(*args)
+def test_bad_input_is_one_line_with_status_2(args, message, tmp_path):
+  # A work directory of this test's own: a file at /tmp/x, left by
+  # anything else on the machine, was the first error instead.
+  out = metarec(*(a.replace("/tmp/x", str(tmp_path / "x")) for a in args))
   assert out.returncode == 2
   assert message in out.stderr
   assert len(out.stderr.strip().splitlines()) == 1
