@@ -307,12 +307,17 @@ def _git_revision() -> str | None:
   return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def write_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> str:
-  """Writes `WORKDIR/config.json`: the resolved config and where it ran."""
+def write_workdir_config(workdir: str, config: ml_collections.ConfigDict, *,
+                         data_files: dict | None = None) -> str:
+  """Writes `WORKDIR/config.json`: the resolved config and where it ran;
+  `data_files`: the input files of the store it trained on (its
+  manifest's `source.files`), where that records them."""
   path = os.path.join(workdir, WORKDIR_CONFIG)
   record = {"format": CONFIG_FORMAT, "config": to_dict(config),
             "versions": _versions(), "git_revision": _git_revision(),
             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+  if data_files:
+    record["data_files"] = data_files
   atomic.write_text(path, json.dumps(record, indent=1) + "\n")
   return path
 

@@ -163,6 +163,7 @@ def build(config, workdir: str | os.PathLike, *,
       prepare.ensure_store(config.data, workdir, log=log)
     runtime.sync_processes("task store ready")
   store = prepare.ensure_store(config.data, workdir, log=log)
+  prepare.check_run_store(config.data, workdir, store)
   split = splits.split(store, protocol_spec(config))
   implicit_data = implicit.is_implicit(store)
   model_config = models.for_data(config.model, implicit_data=implicit_data)

@@ -1,5 +1,7 @@
 """A work directory's store records its input files; a resume given other
-data is refused (`data.fingerprint`, `prepare.check_inputs`)."""
+data, or a store built again from other files, is refused
+(`data/convert/fingerprint.py`, `prepare.check_inputs`,
+`prepare.check_run_store`)."""
 
 import hashlib
 import json
@@ -139,5 +141,20 @@ def test_train_resumed_on_other_data_stops_before_any_work(built, tmp_path):
   assert (work / "metrics.jsonl").read_bytes() == metrics
   # Evaluation reads the run's store, whatever became of the files.
   (root / "ratings.csv").write_text(RATINGS + "u9,i9,5\n")
+  out = metarec("eval", f"--workdir={work}", "--support_curve=false")
+  assert out.returncode == 0, out.stderr
+  # The store removed, `eval` builds it again: from the edited files it
+  # evaluated the run on other users and another split, without a word.
+  shutil.rmtree(work / "store")
+  out = metarec("eval", f"--workdir={work}", "--support_curve=false")
+  assert out.returncode == 2, out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (
+      f"metarec eval: error: {work / 'store'}: the store was built again from"
+      " other input files than the run trained on (ratings.csv:"
+      f" {len(RATINGS):,} bytes then, {len(RATINGS) + 8:,} now); put the"
+      " run's files back at data.root and remove the store to build it"
+      " again")
+  shutil.rmtree(work / "store")
+  (root / "ratings.csv").write_text(RATINGS)  # the run's own files back
   out = metarec("eval", f"--workdir={work}", "--support_curve=false")
   assert out.returncode == 0, out.stderr

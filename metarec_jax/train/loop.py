@@ -144,7 +144,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                        telemetry.hparam_metrics(exp.implicit.enabled),
                        descriptions=config_meanings.MEANINGS)
       if is_lead:
-        config_io.write_workdir_config(workdir, config)
+        config_io.write_workdir_config(
+            workdir, config,
+            data_files=exp.store.manifest.get("source", {}).get("files"))
       step = int(runtime.to_host(state.step))
       evaluator = Evaluator(exp, trainer.eval_mesh)
 

@@ -279,6 +279,38 @@ def check_inputs(data_config, workdir: str | os.PathLike) -> None:
         f" the store holds, name it: --config.data.store={path}", path=path)
 
 
+def check_run_store(data_config, workdir: str | os.PathLike,
+                    store: store_lib.TaskStore) -> None:
+  """Raises InputError where the work directory's own store is not built
+  from the input files its run trained on (`config.json`'s `data_files`):
+  a store deleted and built again from files changed since. `eval`
+  evaluated the run on the new data's users and split, and a resume
+  trained on it, without a word."""
+  if data_config.store:
+    return  # a prepared store is the user's choice
+  try:
+    with open(os.path.join(workdir, config_io.WORKDIR_CONFIG),
+              encoding="utf-8") as f:
+      trained = json.load(f).get("data_files")
+  except (OSError, ValueError, AttributeError):
+    return  # a fresh run; or a damaged config.json, which its reader names
+  built = store.manifest.get("source", {}).get("files")
+  if not trained or not built:
+    return  # a run or a store from before the files were recorded
+  for name in sorted(set(trained) | set(built)):
+    was, now = trained.get(name), built.get(name)
+    if was is None or now is None or (was["bytes"], was["sha256"]) != (
+        now["bytes"], now["sha256"]):
+      change = ("not read then" if was is None else "not read now"
+                if now is None else f"{was['bytes']:,} bytes then,"
+                f" {now['bytes']:,} now" if was["bytes"] != now["bytes"]
+                else "the same size, other content")
+      raise InputError(
+          "the store was built again from other input files than the run"
+          f" trained on ({name}: {change}); put the run's files back at"
+          f" data.root and remove the store to build it again", path=store.path)
+
+
 def _refuse_other_list_pad(data_config, store: store_lib.TaskStore,
                            path: str) -> None:
   """Raises InputError where the work directory's own store of files was
