@@ -15,7 +15,7 @@ from cli_run import metarec
 from conftest import config_path
 from metarec_jax import config_io
 from metarec_jax.data import store as store_lib
-from metarec_jax.data.convert import prepare
+from metarec_jax.data.convert import fingerprint, prepare
 from metarec_jax.errors import InputError
 
 RATINGS = "user,item,rating\n" + "".join(
@@ -158,3 +158,17 @@ def test_train_resumed_on_other_data_stops_before_any_work(built, tmp_path):
   (root / "ratings.csv").write_text(RATINGS)  # the run's own files back
   out = metarec("eval", f"--workdir={work}", "--support_curve=false")
   assert out.returncode == 0, out.stderr
+
+
+def test_records_differ_in_size_content_or_files_not_in_times():
+  a = {"r.csv": {"bytes": 10, "mtime_ns": 1, "sha256": "aa"}}
+  assert fingerprint.difference(a, a) is None
+  moved = {"r.csv": {**a["r.csv"], "mtime_ns": 2}}
+  assert fingerprint.difference(a, moved) is None
+  assert fingerprint.difference(a, {"r.csv": {**a["r.csv"], "bytes": 11}}) == (
+      "r.csv: 10 bytes then, 11 now")
+  assert fingerprint.difference(a, {"r.csv": {**a["r.csv"], "sha256": "b"}}) == (
+      "r.csv: the same size, other content")
+  items = {"i.csv": {"bytes": 1, "mtime_ns": 1, "sha256": "c"}}
+  assert fingerprint.difference(a, {**a, **items}) == "i.csv: not read then"
+  assert fingerprint.difference({**a, **items}, a) == "i.csv: not read now"

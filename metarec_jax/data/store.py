@@ -233,10 +233,10 @@ class StoreWriter(atomic.Folder):
 
 
 def record_source_files(path: str | os.PathLike, files: dict) -> None:
-  """Adds `files` (`convert.fingerprint.record`) to the manifest of the store at
-  `path` as `source.files`, replacing the manifest atomically (a store
-  killed before this is one without the record: its inputs go unchecked,
-  as an older store's)."""
+  """Adds `files` (`convert.fingerprint.record`) to the manifest of the
+  store at `path` as `source.files`, replacing the manifest atomically (a
+  store killed before this is one without the record: its inputs go
+  unchecked, as an older store's)."""
   manifest_path = os.path.join(os.fspath(path), "manifest.json")
   with open(manifest_path, encoding="utf-8") as f:
     manifest = json.load(f)

@@ -16,6 +16,7 @@ import hashlib
 import os
 
 _CHUNK = 1 << 20
+OTHER_CONTENT = "the same size, other content"
 
 
 def _sha256(path: str) -> str:
@@ -51,7 +52,26 @@ def first_change(recorded: dict[str, dict], root: str) -> str | None:
     except OSError:
       continue
     if st.st_size != was["bytes"]:
-      return f"{name}: {was['bytes']:,} bytes then, {st.st_size:,} now"
+      return _sizes(name, was["bytes"], st.st_size)
     if st.st_mtime_ns != was["mtime_ns"] and _sha256(path) != was["sha256"]:
-      return f"{name}: the same size, other content"
+      return f"{name}: {OTHER_CONTENT}"
   return None
+
+
+def difference(then: dict[str, dict], now: dict[str, dict]) -> str | None:
+  """How two `record`s differ ("NAME: ..." of the first name in order),
+  None where they hold the same files (sizes and contents: a copy of the
+  files elsewhere has other modification times, and is the same data)."""
+  for name in sorted(set(then) | set(now)):
+    was, new = then.get(name), now.get(name)
+    if was is None or new is None:
+      return f"{name}: not read {'then' if was is None else 'now'}"
+    if was["bytes"] != new["bytes"]:
+      return _sizes(name, was["bytes"], new["bytes"])
+    if was["sha256"] != new["sha256"]:
+      return f"{name}: {OTHER_CONTENT}"
+  return None
+
+
+def _sizes(name: str, then: int, now: int) -> str:
+  return f"{name}: {then:,} bytes then, {now:,} now"

@@ -84,7 +84,8 @@ def _input_names(data_config) -> list[str]:
     spec = generic.spec_of(data_config)
     return [f for f in (spec.ratings, spec.user_features, spec.item_features)
             if f]
-  extra = ["movies_extrainfos.dat"] if data_config.name == "movielens-1m" else []
+  extra = (["movies_extrainfos.dat"] if data_config.name == "movielens-1m"
+           else [])  # read where it is there
   return list(_NEEDS.get(data_config.name, ())) + extra
 
 
@@ -297,18 +298,12 @@ def check_run_store(data_config, workdir: str | os.PathLike,
   built = store.manifest.get("source", {}).get("files")
   if not trained or not built:
     return  # a run or a store from before the files were recorded
-  for name in sorted(set(trained) | set(built)):
-    was, now = trained.get(name), built.get(name)
-    if was is None or now is None or (was["bytes"], was["sha256"]) != (
-        now["bytes"], now["sha256"]):
-      change = ("not read then" if was is None else "not read now"
-                if now is None else f"{was['bytes']:,} bytes then,"
-                f" {now['bytes']:,} now" if was["bytes"] != now["bytes"]
-                else "the same size, other content")
-      raise InputError(
-          "the store was built again from other input files than the run"
-          f" trained on ({name}: {change}); put the run's files back at"
-          f" data.root and remove the store to build it again", path=store.path)
+  change = fingerprint.difference(trained, built)
+  if change:
+    raise InputError(
+        "the store was built again from other input files than the run"
+        f" trained on ({change}); put the run's files back at data.root"
+        " and remove the store to build it again", path=store.path)
 
 
 def _refuse_other_list_pad(data_config, store: store_lib.TaskStore,
