@@ -1,5 +1,6 @@
 """`metarec data prepare|synth|inspect` and bad data files, through the CLI."""
 
+import hashlib
 import os
 
 import pytest
@@ -34,6 +35,13 @@ def test_prepare_then_inspect(tmp_path):
   assert {f["name"]: f["vocab"] for f in report["features"]}["gender"] == 3
   assert "movielens-1m task store" in out.stdout
   assert "director" in out.stdout
+  # The input files it was built from, as a resume compares them.
+  ratings = open(os.path.join(root, "ratings.dat"), "rb").read()
+  assert report["source_files"]["ratings.dat"] == {
+      "bytes": len(ratings), "sha256": hashlib.sha256(ratings).hexdigest()}
+  assert {"users.dat", "movies.dat"} <= set(report["source_files"])
+  assert (f"built from ratings.dat: {len(ratings):,} bytes, SHA-256"
+          f" {hashlib.sha256(ratings).hexdigest()[:16]}...") in out.stdout
 
 
 def test_prepare_from_a_config_with_overrides(tmp_path):

@@ -39,6 +39,10 @@ def summary(store: TaskStore) -> dict:
                                 else None),
       "item_class_rule": m.get("item_class_rule"),
       "notes": m.get("notes", []),
+      # What a resume compares its input files with (`fingerprint`).
+      "source_files": {name: {"bytes": f["bytes"], "sha256": f["sha256"]}
+                       for name, f in m.get("source", {}).get(
+                           "files", {}).items()},
   }
 
 
@@ -66,6 +70,9 @@ def format_summary(s: dict) -> str:
                  f" vocab {f['vocab']:,}{shape}")
   if s["item_class_rule"]:
     lines.append(f"  item classes: {s['item_class_rule']}")
+  for name, f in s["source_files"].items():
+    lines.append(f"  built from {name}: {f['bytes']:,} bytes, SHA-256"
+                 f" {f['sha256'][:16]}...")
   for note in s["notes"]:
     lines.append(f"  note: {note}")
   return "\n".join(lines)
