@@ -26,6 +26,7 @@ cannot abort one that has not yet said why.
 from __future__ import annotations
 
 import atexit
+import collections
 import json
 import logging
 import os
@@ -212,8 +213,9 @@ def _compare_processes(coordinator_address: str, num_processes: int,
                f" {jax.process_count()}, process 0's): give every process"
                " the same --num_processes")
   else:
-    problem = _config_problem(process_id, {i: s["config"]
-                                           for i, s in said.items()})
+    problem = _devices_problem(process_id, coordinator_address) or (
+        _config_problem(process_id, {i: s["config"]
+                                     for i, s in said.items()}))
   # Every process has read every count before any leaves: process 0 hosts
   # the coordination service, and a process still reading when it exits
   # would see "connection reset" instead of the counts.
@@ -231,6 +233,23 @@ def _compare_processes(coordinator_address: str, num_processes: int,
                  f" within {join_timeout} s (--join_timeout):"
                  f" {first_line(e)}")
   return problem
+
+
+def _devices_problem(process_id: int,
+                     coordinator_address: str | None) -> str | None:
+  """The line naming the processes' device counts where they differ (None
+  where every process has as many): the run's arrays are laid out as
+  processes x local devices, and JAX failed in a traceback (exit 1) at
+  the first array gathered across processes."""
+  counts = collections.Counter(d.process_index for d in jax.devices())
+  if len(set(counts.values())) < 2:
+    return None
+  given = ", ".join(f"process {i}: {n}" for i, n in sorted(counts.items()))
+  return (f"process {process_id}: the processes that joined the run at"
+          f" {coordinator_address} have different numbers of devices"
+          f" ({given}): give every process as many (on CPU hosts the same"
+          " --config.train.cpu_devices; on accelerator hosts as many"
+          " visible accelerators)")
 
 
 def _flat(config: dict, prefix: str = "") -> dict:

@@ -30,7 +30,7 @@ def test_a_process_that_waits_for_others_in_vain_says_what_to_check(
   assert not os.path.exists(workdir)  # nothing was written
 
 
-def _last_lines_of_two(tmp_path, port, flags):
+def _last_lines_of_two(tmp_path, port, flags, devices=(None, None)):
   """Starts process 0 and 1 of a run with their own `flags`, waits for
   both to exit 2; yields (process id, last stderr line, stderr).
 
@@ -41,7 +41,7 @@ def _last_lines_of_two(tmp_path, port, flags):
   procs = [start("train", TINY, f"--workdir={tmp_path / 'w'}",
                  f"--coordinator_address=127.0.0.1:{port}",
                  f"--process_id={i}", "--join_timeout=60", *extra,
-                 late_give_up_s=2 * i)
+                 late_give_up_s=2 * i, devices=devices[i])
            for i, extra in enumerate(flags)]
   try:
     outs = [p.communicate(timeout=120) for p in procs]
@@ -104,6 +104,24 @@ def test_processes_given_different_configs_all_stop(tmp_path):
         f"metarec train: error: process {i}: process 1's config differs"
         " from process 0's (train.lr: 0.5 against 0.00"), err
     assert "give every process the same --config" in last
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_processes_with_different_device_counts_all_stop(tmp_path):
+  """Process 0 with 2 CPU devices, process 1 with 1: both failed in a
+  traceback ("cannot reshape array of size 3", exit 1) at the first array
+  gathered across processes, or, where train.tasks_per_step did not divide
+  by 3, blamed the batch size."""
+  port = free_port()
+  for i, last, err in _last_lines_of_two(
+      tmp_path, port, (("--num_processes=2",), ("--num_processes=2",)),
+      devices=(2, 1)):
+    assert last == (
+        f"metarec train: error: process {i}: the processes that joined the"
+        f" run at 127.0.0.1:{port} have different numbers of devices"
+        " (process 0: 2, process 1: 1): give every process as many (on CPU"
+        " hosts the same --config.train.cpu_devices; on accelerator hosts as"
+        " many visible accelerators)"), err
   assert not os.path.exists(tmp_path / "w")
 
 
