@@ -154,7 +154,7 @@ def define_serve(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("rank_cache", 100_000, "Users whose top max_k is kept"
                        " until they learn (0: rank every request on the"
                        " device); an export written with --top_k=K preloads"
-                       " its users' top K.", flag_values=fv)
+                       " its users' top K.", lower_bound=0, flag_values=fv)
   flags.DEFINE_boolean("access_log", False, "Log every request to stderr.",
                        flag_values=fv)
 

@@ -294,6 +294,9 @@ def test_a_second_server_on_the_log_or_port_exits_2(server, exported, tmp_path):
     ("--host=999.1.1.1", "--host: cannot resolve '999.1.1.1'"),
     # Refused only after the log folder was made.
     ("--port=70000", "--port: 70000 is not a port"),
+    # Served as 0 (no cache), without a word.
+    ("--rank_cache=-1", "flag --rank_cache=-1: -1 is not a non-negative"
+     " integer"),
 ])
 def test_serve_names_a_bad_flag(exported, tmp_path, flag, message):
   assert_one_line_error(metarec_here(
