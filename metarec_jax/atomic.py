@@ -90,7 +90,11 @@ def allocate_npy(path: str | os.PathLike, dtype, shape) -> int:
       with open(path, "r+b") as f:
         os.posix_fallocate(f.fileno(), 0, size)
   except OSError as e:  # name the file (a failed write names none)
-    raise OSError(e.errno, cause_of(e), os.fspath(path)) from e
+    # And its size: a full disk is often the symptom of a size asked for
+    # (`data synth --num_users=100000000000`: "No space left" alone).
+    size = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+    raise OSError(e.errno, f"{cause_of(e)} (the file takes {size:,} bytes)",
+                  os.fspath(path)) from e
   return offset
 
 

@@ -128,3 +128,14 @@ def test_prepare_onto_a_full_disk_is_one_line(shared_data, tmp_path):
                 f"--out={out_dir}", limit=20000)
   assert_one_line_failure(out, f"cannot write {out_dir}", "File too large")
   assert not os.path.exists(out_dir) and leftovers(tmp_path) == []
+
+
+def test_a_file_that_cannot_be_made_says_how_large_it_was(tmp_path):
+  """`data synth --num_users=100000000000` ended in "No space left on
+  device" alone: the size asked for is the cause to see. (4 PB is beyond
+  any file system's largest file, so nothing is reserved.)"""
+  from metarec_jax import atomic  # pylint: disable=g-import-not-at-top
+  with pytest.raises(OSError) as e:
+    atomic.allocate_npy(tmp_path / "huge.npy", np.int32, (10**15,))
+  assert str(tmp_path / "huge.npy") in str(e.value)
+  assert "(the file takes 4,000,000,000,000,000 bytes)" in str(e.value)
