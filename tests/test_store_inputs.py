@@ -172,3 +172,23 @@ def test_records_differ_in_size_content_or_files_not_in_times():
   items = {"i.csv": {"bytes": 1, "mtime_ns": 1, "sha256": "c"}}
   assert fingerprint.difference(a, {**a, **items}) == "i.csv: not read then"
   assert fingerprint.difference({**a, **items}, a) == "i.csv: not read now"
+
+
+def test_a_fresh_start_after_no_checkpoint_may_take_other_data(tmp_path):
+  """config.json records the data of a start that saved no checkpoint:
+  nothing was trained on it, so a new start builds from other files."""
+  root = tmp_path / "shop"
+  datafiles.write(str(root / "ratings.csv"), RATINGS)
+  work = tmp_path / "work"
+  store = prepare.ensure_store(data_config(root), work)
+  config_io.write_workdir_config(
+      str(work), config_io.load_config_file(config_path("default")),
+      data_files=store.manifest["source"]["files"])
+  shutil.rmtree(work / "store")
+  (root / "ratings.csv").write_text(RATINGS + "u9,i9,5\n")
+  store = prepare.ensure_store(data_config(root), work)
+  prepare.check_run_store(data_config(root), work, store)  # no checkpoint
+  os.makedirs(work / "checkpoints" / "3")  # one saved: the run's data
+  with pytest.raises(InputError, match="built again from other input files"):
+    prepare.check_run_store(data_config(root), work, store)
+

@@ -289,6 +289,10 @@ def check_run_store(data_config, workdir: str | os.PathLike,
   trained on it, without a word."""
   if data_config.store:
     return  # a prepared store is the user's choice
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if not (os.path.isdir(checkpoints)
+          and any(name.isdigit() for name in os.listdir(checkpoints))):
+    return  # nothing trained yet: a fresh start may take other data
   try:
     with open(os.path.join(workdir, config_io.WORKDIR_CONFIG),
               encoding="utf-8") as f:
