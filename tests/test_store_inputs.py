@@ -151,9 +151,9 @@ def test_train_resumed_on_other_data_stops_before_any_work(built, tmp_path):
   assert out.stderr.strip().splitlines()[-1] == (
       f"metarec eval: error: {work / 'store'}: the store was built again from"
       " other input files than the run trained on (ratings.csv:"
-      f" {len(RATINGS):,} bytes then, {len(RATINGS) + 8:,} now); put the"
-      " run's files back at data.root and remove the store to build it"
-      " again")
+      f" {len(RATINGS):,} bytes then, {len(RATINGS) + 8:,} now); to read"
+      " this run, put them back at data.root and remove the store to build"
+      " it again; for the new data, train in a new --workdir")
   shutil.rmtree(work / "store")
   (root / "ratings.csv").write_text(RATINGS)  # the run's own files back
   out = metarec("eval", f"--workdir={work}", "--support_curve=false")
@@ -191,4 +191,31 @@ def test_a_fresh_start_after_no_checkpoint_may_take_other_data(tmp_path):
   os.makedirs(work / "checkpoints" / "3")  # one saved: the run's data
   with pytest.raises(InputError, match="built again from other input files"):
     prepare.check_run_store(data_config(root), work, store)
+
+
+def test_a_prepared_store_prepared_again_from_other_files_is_refused(
+    tmp_path):
+  """`metarec data prepare --out=S` replaces S: a run trained with
+  data.store=S then read the new data as its own."""
+  root = tmp_path / "shop"
+  datafiles.write(str(root / "ratings.csv"), RATINGS)
+  data = data_config(root)
+  data.store = str(tmp_path / "prepared")
+  prepare.prepare(data, data.store)
+  work = tmp_path / "work"
+  os.makedirs(work / "checkpoints" / "3")
+  config_io.write_workdir_config(
+      str(work), config_io.load_config_file(config_path("default")),
+      data_files=store_lib.open_store(data.store).manifest["source"]["files"])
+  prepare.check_run_store(data, work, prepare.ensure_store(data, work))
+  moved = tmp_path / "moved"
+  shutil.copytree(root, moved)  # the same files elsewhere: the same data
+  shutil.rmtree(data.store)
+  prepare.prepare(data_config(moved), data.store)
+  prepare.check_run_store(data, work, prepare.ensure_store(data, work))
+  (root / "ratings.csv").write_text(RATINGS + "u9,i9,5\n")
+  shutil.rmtree(data.store)
+  prepare.prepare(data_config(root), data.store)
+  with pytest.raises(InputError, match="prepare data.store again from them"):
+    prepare.check_run_store(data, work, prepare.ensure_store(data, work))
 

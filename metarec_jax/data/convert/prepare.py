@@ -282,13 +282,12 @@ def check_inputs(data_config, workdir: str | os.PathLike) -> None:
 
 def check_run_store(data_config, workdir: str | os.PathLike,
                     store: store_lib.TaskStore) -> None:
-  """Raises InputError where the work directory's own store is not built
-  from the input files its run trained on (`config.json`'s `data_files`):
-  a store deleted and built again from files changed since. `eval`
-  evaluated the run on the new data's users and split, and a resume
-  trained on it, without a word."""
-  if data_config.store:
-    return  # a prepared store is the user's choice
+  """Raises InputError where the store is not built from the input files
+  the work directory's run trained on (`config.json`'s `data_files`): its
+  own store deleted and built again from files changed since, or the
+  prepared `data.store` prepared again from other files. `eval` evaluated
+  the run on the new data's users and split, and a resume trained on it,
+  without a word. (The same files elsewhere are the same data.)"""
   checkpoints = os.path.join(workdir, "checkpoints")
   if not (os.path.isdir(checkpoints)
           and any(name.isdigit() for name in os.listdir(checkpoints))):
@@ -304,10 +303,13 @@ def check_run_store(data_config, workdir: str | os.PathLike,
     return  # a run or a store from before the files were recorded
   change = fingerprint.difference(trained, built)
   if change:
+    again = ("prepare data.store again from them" if data_config.store else
+             "put them back at data.root and remove the store to build it"
+             " again")
     raise InputError(
         "the store was built again from other input files than the run"
-        f" trained on ({change}); put the run's files back at data.root"
-        " and remove the store to build it again", path=store.path)
+        f" trained on ({change}); to read this run, {again}; for the new"
+        " data, train in a new --workdir", path=store.path)
 
 
 def _refuse_other_list_pad(data_config, store: store_lib.TaskStore,
