@@ -214,3 +214,28 @@ def test_prepare_refuses_an_out_below_a_file_before_reading(tmp_path):
     assert "wrote" not in run.stderr  # refused before the data was read
   run = metarec("data", "synth", f"--out={inside}/s", "--num_users=5")
   assert_one_line_error(run, f"{inside} is a file, not a folder")
+
+
+@pytest.mark.parametrize("flag, message", [
+    # was "{root}/ratings.csv: no such file": nothing said which key names it
+    (None, "/ratings.csv: no such file (data.generic.ratings='ratings.csv'"),
+    ("--config.data.generic.item_features=items.csv",
+     "/items.csv: no such file (data.generic.item_features='items.csv'"),
+    # was "data.root is not a folder", the file being the right one
+    ("ROOT_IS_FILE", "stars.csv: data.root is a file, not a folder: give its"
+     " folder as data.root and its name as data.generic.ratings"),
+])
+def test_a_misnamed_generic_file_names_the_key_to_set(flag, message,
+                                                      tmp_path):
+  root = tmp_path / "shop"
+  root.mkdir()
+  (root / "stars.csv").write_text("user,item,rating\nu1,i1,4\n")
+  args = [f"--config={config_path('tiny')}", "--config.data.name=generic",
+          f"--config.data.root={root}", f"--out={tmp_path / 'store'}"]
+  if flag == "ROOT_IS_FILE":
+    args[2] = f"--config.data.root={root / 'stars.csv'}"
+  elif flag:
+    args += [flag, "--config.data.generic.ratings=stars.csv"]
+  out = metarec("data", "prepare", *args)
+  assert_one_line_error(out, message)
+  assert no_store_left(tmp_path)

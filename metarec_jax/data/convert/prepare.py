@@ -119,7 +119,20 @@ def _prepare_ratings(data_config, out: str | os.PathLike,
     if not spec.rating_col and not implicit.spec_of(data_config).enabled:
       raise InputError("data.generic.rating_col is empty (a file without"
                        " ratings) but data.implicit.enabled is false")
+    _check_generic_files(spec, root)
     generic.load(spec, root, out, list_pad=pad, log_fn=log)
+
+
+def _check_generic_files(spec, root: str) -> None:
+  """Raises InputError naming the `data.generic` key of a named input file
+  missing from `root` (a bare "no such file" left a shop's `stars.csv`
+  unexplained: nothing said that `data.generic.ratings` names it)."""
+  for key in ("ratings", "item_features", "user_features"):
+    name = getattr(spec, key)
+    path = os.path.join(root, name)
+    if name and not os.path.isfile(path):
+      raise InputError(f"no such file (data.generic.{key}={name!r}: the"
+                       " name of a file in data.root)", path=path)
 
 
 def _source_root(data_config) -> str:
@@ -133,6 +146,10 @@ def _source_root(data_config) -> str:
     raise InputError(f"data.root is required for {name}: the folder of its"
                      " files (--config.data.root=DIR; `metarec data fetch`"
                      " downloads MovieLens)")
+  if os.path.isfile(root):  # the ratings file itself, as a newcomer gives it
+    raise InputError("data.root is a file, not a folder: give its folder as"
+                     " data.root" + (" and its name as data.generic.ratings"
+                                     if name == "generic" else ""), path=root)
   if not os.path.isdir(root):
     raise InputError("data.root is not a folder", path=root)
   _check_layout(name, root)
