@@ -239,3 +239,26 @@ def test_a_misnamed_generic_file_names_the_key_to_set(flag, message,
   out = metarec("data", "prepare", *args)
   assert_one_line_error(out, message)
   assert no_store_left(tmp_path)
+
+
+@pytest.mark.parametrize("flags", [
+    ("--config.data.generic.categorical=('category',)",),
+    ("--config.data.generic.id_features=true",
+     "--config.data.generic.new_item_col=new")])
+def test_a_feature_table_split_wrong_names_feature_delimiter(flags,
+                                                            tmp_path):
+  # A tab-separated click log beside a comma-separated item table: the hint
+  # was "is the delimiter ','?" alone, and data.generic.delimiter=',' (the
+  # key the README names) then broke the click log.
+  root = tmp_path / "shop"
+  root.mkdir()
+  (root / "ratings.csv").write_text("user\titem\trating\nu1\ti1\t4\n")
+  (root / "items.csv").write_text("item,category,new\ni1,toys,0\n")
+  out = metarec("data", "prepare", f"--config={config_path('tiny')}",
+                "--config.data.name=generic", f"--config.data.root={root}",
+                "--config.data.generic.delimiter=\\t",
+                "--config.data.generic.item_features=items.csv", *flags,
+                f"--out={tmp_path / 'store'}")
+  assert_one_line_error(
+      out, "is the delimiter ','? (data.generic.feature_delimiter)")
+  assert no_store_left(tmp_path)

@@ -559,7 +559,7 @@ def test_a_wrong_delimiter_is_hinted_at_a_field_count_and_a_feature(tmp_path):
   with pytest.raises(InputError, match=r"feature column 'maker' is in no"
                      r" feature table's header \(.*items.csv: item,maker;"
                      r" the header is one field split on ';': is the"
-                     r" delimiter ','\?\)"):
+                     r" delimiter ','\? \(data.generic.feature_delimiter\)\)"):
     prepare.prepare(data_config(root, delimiter=";", item_features="items.csv",
                                 categorical=("maker",)), tmp_path / "f-store")
 

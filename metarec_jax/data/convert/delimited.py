@@ -39,9 +39,8 @@ class Table:
     header: the column names when the file has a header line, else None.
     columns: the fields of every data line, one `Column` per field.
     lines: int64 [N], the 1-based line number of every row.
-    header_line: the line number of the header (1 unless blank lines
-      precede it).
-    delimiter: the field separator it was split on.
+    header_line: the header's line number (1 unless blank lines precede it).
+    delimiter: its field separator (`delimiter_key`: the key that set it).
   """
 
   path: str
@@ -50,6 +49,7 @@ class Table:
   lines: np.ndarray
   header_line: int = 1
   delimiter: str = ","
+  delimiter_key: str = ""
 
   def __len__(self) -> int:
     return len(self.lines)
@@ -82,7 +82,8 @@ class Table:
               " (data.generic.header=false)")
     if len(self.header) != 1:
       return ""
-    return delimiter_hint(self.header[0], self.delimiter, "the header")
+    hint = delimiter_hint(self.header[0], self.delimiter, "the header")
+    return hint and hint + f" ({self.delimiter_key})" * bool(self.delimiter_key)
 
 
 def delimiter_hint(field: str, delimiter: str, what: str) -> str:
@@ -396,5 +397,4 @@ def unique_ids(table: Table, ids: np.ndarray, what: str) -> None:
   if len(dup):
     i = int(np.min(order[dup + 1]))
     raise InputError(f"{what} {excerpt(ids[i], quote=False)} appears twice",
-                     path=table.path,
-                     line=int(table.lines[i]))
+                     path=table.path, line=int(table.lines[i]))

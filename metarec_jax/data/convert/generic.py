@@ -153,6 +153,7 @@ def _read_side(spec: GenericSpec, root: str, side: str) -> _SideTable | None:
   table = delimited.read_table(
       os.path.join(root, name), delimiter=spec.feature_delimiter
       or spec.delimiter, encoding=spec.encoding, header=True, quoting=True)
+  table.delimiter_key = "data.generic.feature_delimiter"  # not .delimiter
   ids = delimited.id_strings(table, 0, f"{side} id")
   empty = np.flatnonzero(ids == "")
   if len(empty):
