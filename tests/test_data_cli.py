@@ -244,7 +244,9 @@ def test_a_misnamed_generic_file_names_the_key_to_set(flag, message,
 @pytest.mark.parametrize("flags", [
     ("--config.data.generic.categorical=('category',)",),
     ("--config.data.generic.id_features=true",
-     "--config.data.generic.new_item_col=new")])
+     "--config.data.generic.new_item_col=new"),
+    # was "(items.csv has ), or set data.generic.id_features=true"
+    ("--config.data.generic.new_item_col=new",)])
 def test_a_feature_table_split_wrong_names_feature_delimiter(flags,
                                                             tmp_path):
   # A tab-separated click log beside a comma-separated item table: the hint

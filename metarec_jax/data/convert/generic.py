@@ -319,9 +319,9 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
       feats.append(features.categorical(f"{side}_key", side,
                                         ids[side].astype(str)))
   if not feats:
-    columns = "; ".join(
-        f"{os.path.basename(t.table.path)} has {', '.join(t.table.header[1:])}"
-        for t in given)
+    columns = "; ".join(f"{os.path.basename(t.table.path)} has"
+                        f" {', '.join(t.table.header[1:]) or 'only ids'}"
+                        f"{t.table.hint()}" for t in given)
     raise InputError("the generic data has no feature fields: name feature"
                      " columns in data.generic.categorical or"
                      f" data.generic.lists ({columns}), or set"
