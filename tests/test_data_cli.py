@@ -241,6 +241,21 @@ def test_a_misnamed_generic_file_names_the_key_to_set(flag, message,
   assert no_store_left(tmp_path)
 
 
+def test_train_of_a_misnamed_generic_file_creates_no_work_directory(
+    tmp_path):
+  """The check ran while building the store: after the new work directory
+  and its train.lock were made, and they were left behind."""
+  root = tmp_path / "shop"
+  root.mkdir()
+  (root / "stars.csv").write_text("user,item,rating\nu1,i1,4\n")
+  out = metarec("train", f"--config={config_path('tiny')}",
+                "--config.data.name=generic", f"--config.data.root={root}",
+                f"--workdir={tmp_path / 'run'}")
+  assert_one_line_error(
+      out, "/ratings.csv: no such file (data.generic.ratings='ratings.csv'")
+  assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("flags", [
     ("--config.data.generic.categorical=('category',)",),
     ("--config.data.generic.id_features=true",

@@ -218,6 +218,9 @@ def check_source(data_config, workdir: str | os.PathLike) -> None:
     raise InputError(_NO_STORE, path=path)
   if data_config.name == "synthetic":
     synthetic_spec(data_config)
+  elif data_config.name == "generic":  # its named files, before any folder
+    _check_generic_files(generic.spec_of(data_config),
+                         _source_root(data_config))
   else:
     _source_root(data_config)
 
