@@ -19,6 +19,8 @@ from metarec_jax.data.convert import (fingerprint, generic, movielens,
 from metarec_jax.errors import InputError
 
 DATASETS = ("synthetic", "movielens-1m", "movielens-100k", "generic")
+# The `data.generic` keys that name input files in data.root.
+_GENERIC_FILES = ("ratings", "item_features", "user_features")
 
 
 def synthetic_spec(data_config) -> synthetic.SyntheticSpec:
@@ -82,8 +84,8 @@ def _input_names(data_config) -> list[str]:
   """The files of `data.root` that the dataset's loader may read."""
   if data_config.name == "generic":
     spec = generic.spec_of(data_config)
-    return [f for f in (spec.ratings, spec.user_features, spec.item_features)
-            if f]
+    return [getattr(spec, key) for key in _GENERIC_FILES
+            if getattr(spec, key)]
   extra = (["movies_extrainfos.dat"] if data_config.name == "movielens-1m"
            else [])  # read where it is there
   return list(_NEEDS.get(data_config.name, ())) + extra
@@ -119,7 +121,6 @@ def _prepare_ratings(data_config, out: str | os.PathLike,
     if not spec.rating_col and not implicit.spec_of(data_config).enabled:
       raise InputError("data.generic.rating_col is empty (a file without"
                        " ratings) but data.implicit.enabled is false")
-    _check_generic_files(spec, root)
     generic.load(spec, root, out, list_pad=pad, log_fn=log)
 
 
@@ -127,7 +128,7 @@ def _check_generic_files(spec, root: str) -> None:
   """Raises InputError naming the `data.generic` key of a named input file
   missing from `root` (a bare "no such file" left a shop's `stars.csv`
   unexplained: nothing said that `data.generic.ratings` names it)."""
-  for key in ("ratings", "item_features", "user_features"):
+  for key in _GENERIC_FILES:
     name = getattr(spec, key)
     path = os.path.join(root, name)
     if name and not os.path.isfile(path):
@@ -136,7 +137,9 @@ def _check_generic_files(spec, root: str) -> None:
 
 
 def _source_root(data_config) -> str:
-  """The folder of a file-based dataset's input files, checked to exist."""
+  """The folder of a file-based dataset's input files, checked to exist
+  and to hold the files the dataset's loader needs (`check_source` runs
+  it before a command creates anything)."""
   name = data_config.name
   if name not in DATASETS:
     raise InputError(f"data.name must be one of {', '.join(DATASETS)}, got"
@@ -152,7 +155,10 @@ def _source_root(data_config) -> str:
                                      if name == "generic" else ""), path=root)
   if not os.path.isdir(root):
     raise InputError("data.root is not a folder", path=root)
-  _check_layout(name, root)
+  if name == "generic":
+    _check_generic_files(generic.spec_of(data_config), root)
+  else:
+    _check_layout(name, root)
   return root
 
 
@@ -218,9 +224,6 @@ def check_source(data_config, workdir: str | os.PathLike) -> None:
     raise InputError(_NO_STORE, path=path)
   if data_config.name == "synthetic":
     synthetic_spec(data_config)
-  elif data_config.name == "generic":  # its named files, before any folder
-    _check_generic_files(generic.spec_of(data_config),
-                         _source_root(data_config))
   else:
     _source_root(data_config)
 
