@@ -110,13 +110,23 @@ def refuse_other(out: str | os.PathLike, is_earlier: Callable[[str], bool],
     raise InputError(message, path=out)
 
 
+def first_missing(path: str) -> str | None:
+  """The topmost folder (or file) of `path` that does not exist yet, None
+  where `path` exists: what a writer making `path` creates first."""
+  missing = None
+  while not os.path.lexists(path):
+    missing, path = path, os.path.dirname(path)
+  return missing
+
+
 def refuse_file_in_the_way(path: str | os.PathLike, *, named: str) -> None:
   """Raises `InputError(path=named)` where a file stands at `path` or at a
   folder above it that a writer would have to create: making the folders
   failed late, with "File exists" or "Not a directory" and exit 1."""
   here = os.path.abspath(os.fspath(path))
-  while not os.path.lexists(here):
-    here = os.path.dirname(here)
+  missing = first_missing(here)
+  if missing:
+    here = os.path.dirname(missing)  # the nearest folder that exists
   if not os.path.isdir(here):
     raise InputError(f"{here} is a file, not a folder", path=named)
 

@@ -82,14 +82,6 @@ def export_format(export_dir: str) -> tuple[RatingsFormat, str | None]:
                        **ratings_io.DEFAULT_FORMAT), None
 
 
-def _first_missing(path: str) -> str | None:
-  """The topmost folder of `path` that does not exist yet (None: all do)."""
-  missing = None
-  while not os.path.lexists(path):
-    missing, path = path, os.path.dirname(path)
-  return missing
-
-
 def _unreadable(c: str) -> bool:
   """A character the log's reader would drop, strip or split on."""
   return (unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")
@@ -113,7 +105,7 @@ class InteractionLog:
     self.path = os.path.join(self.folder, f"{LOG_NAME}.{fmt.extension}")
     # What this start makes, for `discard` to remove where the start is
     # refused (a damaged export left an empty EXPORT-interactions/ behind).
-    made = _first_missing(self.folder)
+    made = atomic.first_missing(self.folder)
     self._made = [made] if made else [
         p for p in (os.path.join(self.folder, LOCK_NAME), self.path)
         if not os.path.lexists(p)]
