@@ -114,9 +114,8 @@ _PACKED = ((b"\x1f\x8b", "gzip-compressed", "decompress it: gunzip"),
 def read_text(path: str | os.PathLike, encoding: str) -> str:
   """The decoded text of `path`.
 
-  Raises:
-    InputError: the file is missing, unreadable, compressed, empty
-      (blank), holds bytes that are not valid `encoding` or a NUL.
+  Raises InputError: missing, unreadable, compressed, empty (blank),
+  bytes not valid in `encoding`, or a NUL.
   """
   path = os.fspath(path)
   try:
@@ -135,9 +134,10 @@ def read_text(path: str | os.PathLike, encoding: str) -> str:
     text = raw.decode(encoding)
   except UnicodeDecodeError as e:
     line, column = _position(raw, e.start)
-    raise InputError(
-        f"byte 0x{raw[e.start]:02x} at column {column} is not valid"
-        f" {encoding} text", path=path, line=line) from None
+    raise InputError(  # Latin-1 and cp1252 logs (Book-Crossing) are common
+        f"byte 0x{raw[e.start]:02x} at column {column} is not valid {encoding}"
+        " text (another encoding? e.g. data.generic.encoding=latin-1)",
+        path=path, line=line) from None
   except LookupError:
     raise InputError(f"unknown text encoding {encoding!r}", path=path) from None
   if (raw.startswith(codecs.BOM_UTF8)
