@@ -262,3 +262,35 @@ def test_a_compressed_file_is_named_as_such(tmp_path, packer):
         rf"ratings\.(csv\.gz|zip): the file is {what}, and name the text"
         r" file it holds\)$")):
       delimited.read_table(path, delimiter=",", encoding=encoding)
+
+
+@pytest.mark.parametrize("text,line,what", [
+    # Yelp's and Amazon's review exports: one object per line.
+    ('{"user_id": "u1", "business_id": "b1", "stars": 4}\n'
+     '{"user_id": "u2", "business_id": "b1", "stars": 5}\n', 1,
+     r"one object per line\), not delimited text: write it as CSV first"
+     r" \(e\.g\. pandas\.read_json\(PATH, lines=True\)"),
+    ('\n[\n  {"user": "a", "item": "b", "rating": 4}\n]\n', 2,
+     r"one document\), not delimited text: write it as CSV first"
+     r" \(e\.g\. pandas\.read_json\(PATH\)\.to_csv"),
+])
+def test_a_json_file_is_named_as_such(tmp_path, text, line, what):
+  # Split on ',' it failed at its first quote: "malformed quoting: ','
+  # expected after '\"'", which does not say what the file is.
+  path = tmp_path / "ratings.csv"
+  path.write_text(text)
+  for quoting in ("auto", False):
+    with pytest.raises(InputError,
+                       match=rf"ratings\.csv:{line}: the file is JSON \({what}"):
+      delimited.read_table(path, delimiter=",", encoding="utf-8",
+                           header=True, quoting=quoting)
+
+
+def test_delimited_lines_that_open_with_a_bracket_are_text(tmp_path):
+  # Only a first line (or file) that parses as JSON is refused.
+  path = tmp_path / "ratings.csv"
+  path.write_text("\n[unknown],b,4\n{x},c,5\n")
+  table = delimited.read_table(path, delimiter=",", encoding="utf-8")
+  assert table.width == 3 and len(table.lines) == 2
+  path.write_text("[1],b,4\n")  # JSON, then more: not JSON as a whole
+  assert delimited.read_table(path, delimiter=",", encoding="utf-8").width == 3

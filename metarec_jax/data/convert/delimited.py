@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 
+from metarec_jax.data.convert import sniff
 from metarec_jax.data.convert.tokens import Column, Fields, tokenize
 from metarec_jax.errors import InputError, excerpt
 
@@ -107,10 +108,6 @@ def _position(data, at: int) -> tuple[int, int]:
           at - (data.rfind(end, 0, at) + 1) + 1)
 
 
-_PACKED = ((b"\x1f\x8b", "gzip-compressed", "decompress it: gunzip"),
-           (b"PK\x03\x04", "a zip archive", "unpack it: unzip"))
-
-
 def read_text(path: str | os.PathLike, encoding: str) -> str:
   """The decoded text of `path`.
 
@@ -125,11 +122,8 @@ def read_text(path: str | os.PathLike, encoding: str) -> str:
     raise InputError("no such file", path=path) from None
   except OSError as e:
     raise InputError(f"cannot read: {e.strerror}", path=path) from None
-  for magic, what, tool in _PACKED:  # was "byte 0x8b ... not valid utf-8"
-    if raw.startswith(magic):
-      raise InputError(f"the file is {what} ({tool} {os.path.basename(path)},"
-                       " and name the text file it holds)", path=path)
-  _refuse_wide_bom(raw, encoding, path)
+  sniff.refuse_packed(raw, path)
+  sniff.refuse_wide_bom(raw, encoding, path)
   try:
     text = raw.decode(encoding)
   except UnicodeDecodeError as e:
@@ -162,29 +156,8 @@ def read_text(path: str | os.PathLike, encoding: str) -> str:
                      line=_position(text, bom + 1)[0])
   if not text.strip():
     raise InputError("empty file", path=path)
+  sniff.refuse_json(text, path)
   return text
-
-
-def _refuse_wide_bom(raw: bytes, encoding: str, path: str) -> None:
-  """Raises InputError where `raw` starts with a UTF-16 or UTF-32 byte
-  order mark (Excel's "Unicode Text") but is read in another encoding:
-  it was "byte 0xff ... is not valid utf-8 text", or as Latin-1 "a NUL
-  byte", neither saying what the file is."""
-  for bom, wide in ((codecs.BOM_UTF32_LE, "utf-32"),
-                    (codecs.BOM_UTF32_BE, "utf-32"),
-                    (codecs.BOM_UTF16_LE, "utf-16"),
-                    (codecs.BOM_UTF16_BE, "utf-16")):
-    if raw.startswith(bom):
-      try:
-        name = codecs.lookup(encoding).name
-      except LookupError:
-        return  # the decoding names the unknown encoding
-      if not name.startswith(wide):
-        raise InputError(f"the file starts with a {wide.upper()} byte order"
-                         f" mark but is read as {encoding}: it is"
-                         f" {wide.upper()} text (set the encoding to"
-                         f" {wide})", path=path, line=1)
-      return
 
 
 def cr_lines(text: str) -> str:
