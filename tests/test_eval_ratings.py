@@ -165,8 +165,30 @@ def test_bad_ratings_files_fail_eval_cleanly(ml1m_tiny_run, tmp_path, case):
   out = run("eval", f"--workdir={workdir}", f"--ratings={path}",
             f"--write_tasks={tmp_path / 'tasks'}")
   assert_one_line_error(out, message)
+  assert "data.generic" not in out.stderr  # no such key reads MovieLens
   assert out.stdout == ""
   assert sorted(os.listdir(tmp_path)) == ["new.dat"]
+
+
+@pytest.mark.parametrize("override,change,detail", [
+    ("model.embed_dim=4", "model.embed_dim=8 -> 4",
+     "8) there, ("),
+    ("model.calibration=none", "model.calibration='median' -> 'none'",
+     "the checkpoint has model/median_"),
+])
+def test_an_override_that_changes_the_model_is_named(ml1m_tiny_run, override,
+                                                     change, detail):
+  # The checkpoint is fine: the config given is not the run's. This said
+  # "holds the parameters of another model (...; a checkpoint of an earlier
+  # metarec or another config): train it again in a new --workdir; the
+  # other checkpoints: ...; --step=N reads another" (every step holds the
+  # same model).
+  workdir, _ = ml1m_tiny_run
+  out = metarec_here("eval", f"--workdir={workdir}", f"--config.{override}",
+                     "--support_curve=false")
+  assert_one_line_error(out, f"the overrides change the run's model ({change}"
+                        "), and the checkpoint of step 3 holds the run's own (")
+  assert detail in out.stderr and "--step" not in out.stderr.splitlines()[-1]
 
 
 def test_new_user_tasks_need_only_known_users(ml1m_tiny_run):

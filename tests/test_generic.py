@@ -431,8 +431,8 @@ def test_times_beyond_int64_are_errors_at_their_line(tmp_path, first, later,
 
 def test_a_carriage_return_file_names_the_line_of_a_bad_byte(tmp_path):
   with pytest.raises(InputError, match=r"ratings.csv:3: byte 0xeb at column"
-                     r" 3 is not valid utf-8 text \(another encoding\? e\.g\."
-                     r" data\.generic\.encoding=latin-1\)$"):
+                     r" 3 is not valid utf-8 text \(another encoding\? set it,"
+                     r" e\.g\. data\.generic\.encoding=latin-1\)$"):
     _prepared(tmp_path, "cr", b"user,item,rating\ralice,mug,4\rzo\xeb,pen,3\r")
   # The key it names reads the file (Book-Crossing's dumps are Latin-1).
   s = _prepared(tmp_path, "latin", b"user,item,rating\nzo\xeb,pen,3\n",

@@ -143,18 +143,26 @@ def test_the_best_validated_checkpoint_is_kept_and_found(tmp_path):
 
 
 def test_a_checkpoint_of_other_parameters_is_named_as_such(tmp_path):
-  """E.g. an anchored run saved before the validated shares existed."""
-  ckpt = ckpt_lib.Checkpointer(str(tmp_path), keep=1, async_save=False)
-  ckpt.save(1, {"params": {"w": jnp.zeros(2)}}, {"x": 1})
+  """E.g. an anchored run saved before the validated shares existed, or
+  `eval --config.model.calibration=none` on a run with the map: a problem
+  of the config, so no fallback to an older step (of the same model) and
+  nothing moved aside (it was a `DamagedCheckpoint`)."""
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), keep=2, async_save=False)
+  for step in (1, 2):
+    ckpt.save(step, {"params": {"w": jnp.zeros(2)}}, {"x": 1})
   ckpt.close()
-  reader = ckpt_lib.Checkpointer(str(tmp_path), read_only=True)
-  abstract = {"params": {"w": jax.ShapeDtypeStruct((2,), jnp.float32),
-                         "share": jax.ShapeDtypeStruct((2,), jnp.float32)}}
-  with pytest.raises(ckpt_lib.CheckpointError,
-                     match="parameters of another model [(]the model has"
-                     " share;"):
-    reader.restore(abstract, 1)
-  reader.close()
+  for read_only in (True, False):
+    reader = ckpt_lib.Checkpointer(str(tmp_path), read_only=read_only)
+    abstract = {"params": {"w": jax.ShapeDtypeStruct((2,), jnp.float32),
+                           "share": jax.ShapeDtypeStruct((2,), jnp.float32)}}
+    for step in (1, None):
+      with pytest.raises(ckpt_lib.OtherModel,
+                         match="parameters of another model [(]the model has"
+                         " share;") as e:
+        reader.restore(abstract, step)
+      assert e.value.diff == "the model has share"
+    assert reader.steps() == [1, 2]
+    reader.close()
 
 
 def test_a_checkpoint_of_other_shapes_names_the_leaf_before_reading(

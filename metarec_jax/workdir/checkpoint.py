@@ -299,7 +299,8 @@ class Checkpointer:
           verify_restored(state, record, os.path.join(
               self.directory, str(candidate), "state"))
         except OtherModel as e:  # no other checkpoint would do either
-          raise OtherModel(f"the checkpoint of step {candidate} {e}") from e
+          raise OtherModel(f"the checkpoint of step {candidate} {e}",
+                           e.diff) from e
         except Exception as e:  # pylint: disable=broad-except
           error = e
         else:

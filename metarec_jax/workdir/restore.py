@@ -14,7 +14,7 @@ from metarec_jax.models.anchored import (NEW_ITEM_MIN_SUPPORT, NEW_ITEM_PRIOR,
 from metarec_jax.models.calibration import MEDIAN_OFFSETS
 from metarec_jax.workdir import checkpoint as ckpt_lib
 from metarec_jax.workdir.criterion import criterion_name
-from metarec_jax.workdir import optim
+from metarec_jax.workdir import optim, resume
 from metarec_jax.workdir import state as state_lib
 
 log = logging.getLogger("metarec")
@@ -97,6 +97,14 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
       # instead.
       hint = ("; --step=N reads another"
               if isinstance(e, ckpt_lib.StepUnusable) and e.others else "")
+      changed = (_model_overrides(exp, workdir)
+                 if isinstance(e, ckpt_lib.OtherModel) else "")
+      if changed:  # the run is fine: the config given is not its own
+        raise InputError(
+            f"the overrides change the run's model ({changed}), and the"
+            f" checkpoint of step {step} holds the run's own ({e.diff}):"
+            " read it with the config it was trained with",
+            path=workdir) from e
       raise InputError(str(e) + hint, path=workdir) from e
     finally:
       checkpointer.close()
@@ -119,6 +127,15 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
              *("yes" if served[f"median_map_{kind}_items"]
                else "no (identity)" for kind in ("existing", "new")))
   return state
+
+
+def _model_overrides(exp: experiment.Experiment, workdir: str) -> str:
+  """`KEY=OLD -> NEW, ...` of the keys where the config given (the
+  `--config.KEY=VALUE` of `eval` or `export`) changes the model against
+  the run's `config.json`; "" where it changes none."""
+  return ", ".join(resume.model_changes(resume.config_changes(
+      config_io.to_dict(config_io.read_workdir_config(workdir)),
+      config_io.to_dict(exp.config))))
 
 
 def served_values(params) -> dict:

@@ -139,6 +139,13 @@ def config_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
           if _norm(a.get(k, missing)) != _norm(b.get(k, missing))]
 
 
+def model_changes(changes: list[tuple[str, Any, Any]]) -> list[str]:
+  """`KEY=OLD -> NEW` for every key among `changes` (`config_changes`)
+  that may change the saved state's shapes (not `_HARMLESS`)."""
+  return [f"{k}={_show(o)} -> {_show(n)}" for k, o, n in changes
+          if not k.startswith(_HARMLESS)]
+
+
 def _norm(v):
   return tuple(_norm(x) for x in v) if isinstance(v, (list, tuple)) else v
 
@@ -173,12 +180,9 @@ def check_resume(saved_config: dict, current_config: dict,
           f"{path}: {old[0] if old else 'absent'} -> "
           f"{new[0] if new else 'absent'}")
   if shape_diffs:
-    keys = [k for k, _, _ in changes if not k.startswith(_HARMLESS)]
-    what = ", ".join(f"{k}={_show(o)} -> {_show(n)}"
-                     for k, o, n in changes if k in keys) or (
-                         "no config key: the data's vocabularies changed,"
-                         " or the checkpoint is of an earlier metarec whose"
-                         " model had other parameters")
+    what = ", ".join(model_changes(changes)) or (
+        "no config key: the data's vocabularies changed, or the checkpoint"
+        " is of an earlier metarec whose model had other parameters")
     raise InputError(
         f"cannot resume the checkpoint of step {step}: the change alters the"
         f" shapes of the saved state ({what}; {'; '.join(shape_diffs[:4])}"

@@ -37,8 +37,13 @@ class DamagedCheckpoint(CheckpointError):
 
 
 class OtherModel(CheckpointError):
-  """A checkpoint of a model of other shapes than the config's: a problem
-  of the config given, the same for every checkpoint of the run."""
+  """A checkpoint of a model of other parameters or shapes than the
+  config's: a problem of the config given, the same for every checkpoint
+  of the run. `diff` names the parameters that differ."""
+
+  def __init__(self, message: str, diff: str = ""):
+    super().__init__(message)
+    self.diff = diff
 
 
 def inspect_state(state: Any) -> tuple[dict[str, str], list[str]]:
@@ -76,10 +81,12 @@ def verify_restored(state: Any, record: dict, where: str) -> None:
 
 
 def same_parameters(saved: dict[str, tuple], params: Any) -> None:
-  """Raises `DamagedCheckpoint` naming the parameters that the checkpoint
+  """Raises `OtherModel` naming the parameters that the checkpoint
   (`saved`: `{path: (shape, dtype)}` of its params) and this model
-  (`params`) do not share: orbax's own error ("tree structures do not
-  match") names no leaf.
+  (`params`) do not share, or whose shapes differ: orbax's own error
+  ("tree structures do not match") names no leaf. Every checkpoint of a
+  run holds the same parameters (a resume that changes them is refused),
+  so no other checkpoint would do either.
   """
   current = set(paths.leaf_paths(params))
   missing, extra = sorted(current - set(saved)), sorted(set(saved) - current)
@@ -88,10 +95,10 @@ def same_parameters(saved: dict[str, tuple], params: Any) -> None:
         f"{label} {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
         for label, names in (("the model has", missing),
                              ("the checkpoint has", extra)) if names)
-    raise DamagedCheckpoint(
+    raise OtherModel(
         f"holds the parameters of another model ({what}; a checkpoint of an"
         " earlier metarec or another config): train it again in a new"
-        " --workdir")
+        " --workdir", diff=what)
   # Checked before orbax reads: its own error names no leaf, and the reads
   # it abandons then print tracebacks after the one-line error.
   shapes = {p: tuple(leaf.shape) for p, leaf in
@@ -102,4 +109,4 @@ def same_parameters(saved: dict[str, tuple], params: Any) -> None:
                 for p in other], 2)
     raise OtherModel(
         f"holds parameters of other shapes than this config's model ({what}):"
-        " use the config it was trained with")
+        " use the config it was trained with", diff=what)

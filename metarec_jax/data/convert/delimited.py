@@ -108,6 +108,11 @@ def _position(data, at: int) -> tuple[int, int]:
           at - (data.rfind(end, 0, at) + 1) + 1)
 
 
+class NotInEncoding(InputError):
+  """A file holds bytes that are not text in the encoding it is read in
+  (a loader whose encoding is a config key adds the key)."""
+
+
 def read_text(path: str | os.PathLike, encoding: str) -> str:
   """The decoded text of `path`.
 
@@ -128,10 +133,9 @@ def read_text(path: str | os.PathLike, encoding: str) -> str:
     text = raw.decode(encoding)
   except UnicodeDecodeError as e:
     line, column = _position(raw, e.start)
-    raise InputError(  # Latin-1 and cp1252 logs (Book-Crossing) are common
-        f"byte 0x{raw[e.start]:02x} at column {column} is not valid {encoding}"
-        " text (another encoding? e.g. data.generic.encoding=latin-1)",
-        path=path, line=line) from None
+    raise NotInEncoding(
+        f"byte 0x{raw[e.start]:02x} at column {column} is not valid"
+        f" {encoding} text", path=path, line=line) from None
   except LookupError:
     raise InputError(f"unknown text encoding {encoding!r}", path=path) from None
   if (raw.startswith(codecs.BOM_UTF8)

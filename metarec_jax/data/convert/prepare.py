@@ -14,8 +14,8 @@ import numpy as np
 from metarec_jax import atomic, config_io
 from metarec_jax.data import store as store_lib
 from metarec_jax.data import implicit
-from metarec_jax.data.convert import (fingerprint, generic, movielens,
-                                      movielens100k, synthetic)
+from metarec_jax.data.convert import (delimited, fingerprint, generic,
+                                      movielens, movielens100k, synthetic)
 from metarec_jax.errors import InputError
 
 DATASETS = ("synthetic", "movielens-1m", "movielens-100k", "generic")
@@ -121,7 +121,12 @@ def _prepare_ratings(data_config, out: str | os.PathLike,
     if not spec.rating_col and not implicit.spec_of(data_config).enabled:
       raise InputError("data.generic.rating_col is empty (a file without"
                        " ratings) but data.implicit.enabled is false")
-    generic.load(spec, root, out, list_pad=pad, log_fn=log)
+    try:
+      generic.load(spec, root, out, list_pad=pad, log_fn=log)
+    except delimited.NotInEncoding as e:  # Latin-1 dumps are common
+      raise InputError(f"{e.problem} (another encoding? set it, e.g."
+                       " data.generic.encoding=latin-1)", path=e.path,
+                       line=e.line) from None
 
 
 def _check_generic_files(spec, root: str) -> None:
