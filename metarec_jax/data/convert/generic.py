@@ -49,6 +49,7 @@ import numpy as np
 
 from metarec_jax import config_defaults, config_io
 from metarec_jax.data.convert import delimited, features, parsing
+from metarec_jax.data.convert import notes as input_notes
 from metarec_jax.data.convert.assemble import assemble
 from metarec_jax.data.convert.ratings_io import RatingsFormat, lookup, parse_ratings
 from metarec_jax.errors import InputError, excerpt
@@ -334,9 +335,11 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
   users = lookup(ids["user"], _as_type(r.users, ids["user"]))
   items = lookup(ids["item"], _as_type(r.items, ids["item"]))
   notes = [note for side, rows in (("user", users), ("item", items))
-           if (note := _unmatched_note(tables[side], rows, index_of.get(side),
-                                       ids[side]))]
-  notes += _constant_notes(feats, {"user": users, "item": items})
+           if (note := input_notes.unmatched(
+               tables[side] and tables[side].table, rows,
+               index_of.get(side), ids[side], side))]
+  notes += input_notes.constant_features(feats, {"user": users,
+                                                 "item": items})
   for note in notes:
     if log_fn is not None:
       log_fn(note)
@@ -354,47 +357,3 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
               k: int(v) for k, v in (list_pad or {}).items()
               if k in spec.lists}},
              "item_class_rule": rule, "notes": notes})
-
-
-def _constant_notes(feats: list, rated: dict[str, np.ndarray]) -> list[str]:
-  """A note for each feature column that has one value (or none: always
-  missing) for every rated user or item: it tells no user or item from
-  another, so it only adds parameters; usually a wrong column name or a
-  column that the export of the data left empty."""
-  notes = []
-  for spec, index, vocab in feats:
-    rows = index[np.unique(rated[spec.side])]
-    if len(rows) < 2 or (rows != rows[:1]).any():
-      continue
-    value = ("is missing" if not rows[0].any() else
-             "has one value, " + excerpt(", ".join(
-                 vocab[i] for i in np.atleast_1d(rows[0]) if i)) + ",")
-    notes.append(f"feature column {spec.name!r} ({spec.side}) {value}"
-                 f" for all {len(rows):,} rated {spec.side}s: it tells none"
-                 " apart and only adds parameters (is it the column meant,"
-                 " and filled?)")
-  return notes
-
-
-def _unmatched_note(table: _SideTable | None, rated: np.ndarray,
-                    rows: np.ndarray | None, ids: np.ndarray) -> str:
-  """A note where ids of the ratings file have no row in their feature
-  table (their features are missing): usually ids written differently in
-  the two files. Empty where every rated id has one."""
-  if table is None:
-    return ""
-  rated = np.unique(rated)
-  has_row = np.zeros(len(ids), bool)
-  has_row[rows[rows >= 0]] = True
-  missing = rated[~has_row[rated]]
-  if not len(missing):
-    return ""
-  name = os.path.basename(table.table.path)
-  if len(missing) == len(rated):
-    what = f"none of the {len(rated):,} rated {table.side}s has a row"
-  else:
-    what = (f"{len(missing):,} of the {len(rated):,} rated {table.side}s"
-            " have no row")
-  return (f"{what} in {name}: their features are missing (e.g."
-          f" {excerpt(str(ids[missing[0]]))}; are the ids written as in"
-          f" {name}?)")

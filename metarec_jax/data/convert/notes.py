@@ -1,0 +1,61 @@
+"""The notes a store records about its input files (logged as it is
+built, listed by `metarec data inspect`): what is legal but most likely
+not what the user meant, such as a feature column that tells nothing
+apart or ids that have no row in their feature table."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from metarec_jax.data.convert import delimited
+from metarec_jax.errors import excerpt
+
+
+def constant_features(feats: list, rated: dict[str, np.ndarray]) -> list[str]:
+  """A note for each feature column that has one value (or none: always
+  missing) for every rated user or item: it tells no user or item from
+  another, so it only adds parameters; usually a wrong column name or a
+  column that the export of the data left empty. `feats`: `(spec, index
+  of each id's value, vocabulary)` of each feature (`features`); `rated`:
+  side -> the indices of the rated ids."""
+  notes = []
+  for spec, index, vocab in feats:
+    rows = index[np.unique(rated[spec.side])]
+    if len(rows) < 2 or (rows != rows[:1]).any():
+      continue
+    value = ("is missing" if not rows[0].any() else
+             "has one value, " + excerpt(", ".join(
+                 vocab[i] for i in np.atleast_1d(rows[0]) if i)) + ",")
+    notes.append(f"feature column {spec.name!r} ({spec.side}) {value}"
+                 f" for all {len(rows):,} rated {spec.side}s: it tells none"
+                 " apart and only adds parameters (is it the column meant,"
+                 " and filled?)")
+  return notes
+
+
+def unmatched(table: delimited.Table | None, rated: np.ndarray,
+              rows: np.ndarray | None, ids: np.ndarray, side: str) -> str:
+  """A note where ids of the ratings file (`rated`: their indices in
+  `ids`) have no row in their feature `table` (`rows`: each table row's
+  index in `ids`, -1 for none): their features are missing, usually ids
+  written differently in the two files. Empty where every rated id has
+  one, or there is no table."""
+  if table is None:
+    return ""
+  rated = np.unique(rated)
+  has_row = np.zeros(len(ids), bool)
+  has_row[rows[rows >= 0]] = True
+  missing = rated[~has_row[rated]]
+  if not len(missing):
+    return ""
+  name = os.path.basename(table.path)
+  if len(missing) == len(rated):
+    what = f"none of the {len(rated):,} rated {side}s has a row"
+  else:
+    what = (f"{len(missing):,} of the {len(rated):,} rated {side}s"
+            " have no row")
+  return (f"{what} in {name}: their features are missing (e.g."
+          f" {excerpt(str(ids[missing[0]]))}; are the ids written as in"
+          f" {name}?)")
