@@ -11,6 +11,7 @@ from metarec_jax.data import splits
 from metarec_jax.data.convert import movielens, ratings_io, synthetic
 from metarec_jax.data import store as store_lib
 from metarec_jax.errors import InputError
+from metarec_jax.eval import task_files
 from metarec_jax.eval.user_file import new_user_tasks
 
 
@@ -115,6 +116,43 @@ def test_stores_without_a_format_use_csv_with_a_header(synth_store, tmp_path):
   assert ratings_io.read_ratings(path, synth_store)[0].tolist() == [1, 2]
 
 
+@pytest.mark.parametrize("text, problem", [
+    ("user\titem\trating\n1\t1\t5\n", "no column 'user' in the header"
+     " (columns: user\\titem\\trating); the header is one field split on"
+     " ',': is the delimiter '\\t'?"),
+    ("user,item\n1,1\n", "no column 'rating' in the header (columns: user,"
+     " item)"),
+    ("user,item,rating\n1,1,5\n2,2\n", "2 field(s) separated by ',',"
+     " expected 3 like line 1"),
+])
+def test_a_file_laid_out_otherwise_names_the_runs_layout(synth_store,
+                                                         tmp_path, text,
+                                                         problem):
+  # `eval --ratings` and `export --ratings` read files in the run's input
+  # format, which no flag changes: a tab-separated file asked "is the
+  # delimiter '\t'?" without saying what the run reads.
+  path = tmp_path / "r.csv"
+  path.write_text(text)
+  layout = ("(this run reads files laid out as its data: header, fields"
+            " separated by ',' (user=user, item=item, rating=rating), utf-8)")
+  for read in (ratings_io.read_ratings, ratings_io.parse_in_format):
+    with pytest.raises(InputError) as e:
+      read(path, synth_store)
+    assert e.value.problem == f"{problem} {layout}"
+  # A file without a header, one field per line: the same hint as a header.
+  path.write_text("a\tb\t5\n")
+  with pytest.raises(InputError, match=r"r\.csv:1: 1 field\(s\) separated by"
+                     r" ',', expected at least 3; line 1 is one field split"
+                     r" on ',': is the delimiter '\\t'\?$"):
+    ratings_io.parse_ratings(path, ratings_io.RatingsFormat(
+        delimiter=",", rating_min=1, rating_max=5, user_id_type="str",
+        item_id_type="str"))
+  # Other problems are the file's own: no layout.
+  path.write_text("user,item,rating\n1,1,9\n")
+  with pytest.raises(InputError, match=r"scale 1 to 5$"):
+    ratings_io.read_ratings(path, synth_store)
+
+
 def own_ratings(store, users):
   """(user ids, item ids, ratings) of `users` (indices) from the store."""
   rows = [(store.user_ids[u], store.item_ids[store.items[k]],
@@ -162,7 +200,7 @@ def test_write_tasks_round_trips_and_replaces_only_its_own_folder(
   ratings_io.write_ratings(path, u, i, r, s)
   tasks = new_user_tasks(s, path, splits.ProtocolSpec())
   out = tmp_path / "tasks"
-  ratings_io.write_tasks(out, tasks, s)
+  task_files.write_tasks(out, tasks, s)
   summary = json.load(open(out / "tasks.json"))
   for name, t in tasks.items():
     assert summary["scenarios"][name]["tasks"] == len(t)
@@ -176,11 +214,11 @@ def test_write_tasks_round_trips_and_replaces_only_its_own_folder(
     assert len(support[0]) + len(query[0]) == len(t.items)
     np.testing.assert_array_equal(query[1], s.item_ids[t.items[t.is_query]])
     np.testing.assert_array_equal(support[2], t.ratings[~t.is_query])
-  ratings_io.write_tasks(out, tasks, s)  # its own folder: replaced
+  task_files.write_tasks(out, tasks, s)  # its own folder: replaced
   foreign = tmp_path / "foreign"
   foreign.mkdir()
   (foreign / "keep.txt").write_text("mine")
   with pytest.raises(InputError, match="not a task folder"):
-    ratings_io.write_tasks(foreign, tasks, s)
+    task_files.write_tasks(foreign, tasks, s)
   assert os.listdir(foreign) == ["keep.txt"]
   assert sorted(os.listdir(tmp_path)) == ["foreign", "new.csv", "tasks"]

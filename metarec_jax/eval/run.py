@@ -10,9 +10,9 @@ import jax
 import numpy as np
 
 from metarec_jax import atomic, experiment, runtime
-from metarec_jax.data.convert import ratings_io
 from metarec_jax.data.splits import SCENARIOS
-from metarec_jax.eval import predictions_file, tensorboard, verdicts
+from metarec_jax.eval import (predictions_file, task_files, tensorboard,
+                              verdicts)
 from metarec_jax.eval import support_curve as curves
 from metarec_jax.eval.evaluate import Evaluator
 from metarec_jax.errors import OutputError, cause_of
@@ -81,7 +81,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     files = {f"{name}/{predictions_file.FILE_NAME}":
              evaluator.predictions_text(p, tasksets[name])
              for name, p in kept.items()}
-    ratings_io.write_tasks(write_tasks, tasksets, exp.store,
+    task_files.write_tasks(write_tasks, tasksets, exp.store,
                            extra={"ratings": ratings, "step": step},
                            files=files)
     log.info("wrote the tasks' support and query ratings to %s", write_tasks)
@@ -115,13 +115,13 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
 
 
 def _check_task_folder(out: str) -> None:
-  """InputError where `ratings_io.write_tasks` would refuse `out` (not an
+  """InputError where `task_files.write_tasks` would refuse `out` (not an
   earlier task folder) or could not make it (a file where a folder above
   it goes: "File exists", status 1), so that neither comes after the
   whole evaluation."""
   out = os.path.abspath(out)
   atomic.refuse_other(
-      out, lambda p: os.path.exists(os.path.join(p, ratings_io.TASKS_MANIFEST)),
+      out, lambda p: os.path.exists(os.path.join(p, task_files.TASKS_MANIFEST)),
       "exists and is not a task folder written by --write_tasks; choose"
       " another folder")
   atomic.refuse_file_in_the_way(out, named="--write_tasks")

@@ -102,8 +102,7 @@ def export_workdir(workdir: str, ratings: str, out: str, *, top_k: int = 0,
   if max_support < 1:
     raise InputError(f"must be >= 1, got {max_support}",
                      path="--config.data.max_support")
-  rows = ratings_io.parse_ratings(ratings, ratings_io.store_format(exp.store),
-                                  bad_ids="skip")
+  rows = ratings_io.parse_in_format(ratings, exp.store, bad_ids="skip")
   if rows.first_bad_id is not None:
     log.warning("%s (its rating lines are skipped, as for unknown ids, and"
                 " counted)", rows.first_bad_id.message)

@@ -69,7 +69,7 @@ class Table:
     try:
       return self.header.index(name)
     except ValueError:
-      raise InputError(
+      raise LayoutError(
           f"no column {name!r} in the header (columns: "
           f"{excerpt(', '.join(self.header), 200)[1:-1]}){self.hint(name)}",
           path=self.path, line=self.header_line) from None
@@ -106,6 +106,12 @@ def _position(data, at: int) -> tuple[int, int]:
   end = nl if nl in data else cr
   return (data.count(end, 0, at) + 1,
           at - (data.rfind(end, 0, at) + 1) + 1)
+
+
+class LayoutError(InputError):
+  """A file's lines are not laid out as its reader expects: another number
+  of fields, or a column the header lacks (its delimiter is likely not the
+  one read with)."""
 
 
 class NotInEncoding(InputError):
@@ -245,13 +251,13 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
     hint = delimiter_hint(one, delimiter, f"line {first}")
   if num_fields and expected not in num_fields:
     # A fixed layout's file (MovieLens) split by another separator.
-    raise InputError(
+    raise LayoutError(
         f"{expected} field(s) separated by {delimiter!r}, expected"
         f" {' or '.join(map(str, num_fields))}{hint}", path=path, line=first)
   bad = np.flatnonzero(counts != expected)
   if len(bad):
     i = int(bad[0])
-    raise InputError(
+    raise LayoutError(
         f"{counts[i]} field(s) separated by {delimiter!r}, expected"
         f" {expected} like line {first}{hint}", path=path,
         line=int(numbers[i]))

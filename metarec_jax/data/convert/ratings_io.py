@@ -3,7 +3,8 @@
 Every store built from files records how its ratings file is laid out
 (`manifest["ratings_format"]`, a `RatingsFormat`), so that `metarec eval
 --ratings=FILE` reads new users' ratings in the very format the dataset came
-in, and `--write_tasks` writes the tasks it used back in that format.
+in, and `--write_tasks` writes the tasks it used back in that format
+(`eval/task_files.py`).
 Stores without a recorded format (synthetic data) use `DEFAULT_FORMAT`
 (CSV with a `user,item,rating` header) with the store's rating scale.
 
@@ -22,7 +23,6 @@ import numpy as np
 
 from metarec_jax import atomic
 from metarec_jax.data.convert import delimited, exact, parsing
-from metarec_jax.data.splits import TaskSet
 from metarec_jax.data.store import TaskStore
 from metarec_jax.errors import InputError, excerpt
 
@@ -161,9 +161,13 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
   else:
     pos = {r: int(getattr(fmt, r)) for r in roles}
     need = max(pos.values()) + 1
-    if width < need:
-      raise InputError(f"{width} field(s) separated by {fmt.delimiter!r},"
-                       f" expected at least {need}", path=path,
+    if width < need:  # one field: split on another delimiter than it uses
+      hint = (delimited.delimiter_hint(table.column(0)[0], fmt.delimiter,
+                                       f"line {int(table.lines[0])}")
+              if width == 1 else "")
+      raise delimited.LayoutError(
+          f"{width} field(s) separated by {fmt.delimiter!r}, expected at"
+          f" least {need}{hint}", path=path,
                        line=int(table.lines[0]))
     if fmt.timestamp is not None and int(fmt.timestamp) < width:
       pos["timestamp"] = int(fmt.timestamp)
@@ -176,7 +180,7 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
   if require_timestamp and "timestamp" not in pos:
     if fmt.header:
       table.position(fmt.timestamp)  # raises, naming the header's columns
-    raise InputError(f"no timestamp column {fmt.timestamp!r}: lines have"
+    raise delimited.LayoutError(f"no timestamp column {fmt.timestamp!r}: lines have"
                      f" {width} field(s)", path=path,
                      line=int(table.lines[0]))
   marks, first_bad = {}, None
@@ -210,11 +214,10 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
   if len(bad):
     i = int(bad[0])
     kind = "whole-number " if fmt.integer_ratings else ""
-    raise InputError(
-        f"rating {excerpt(table.column(pos['rating'])[i].strip(), quote=False)} is not a"
-        f" {kind}"
-        f"rating on the scale {fmt.rating_min:g} to {fmt.rating_max:g}",
-        path=path, line=int(table.lines[i]))
+    value = excerpt(table.column(pos["rating"])[i].strip(), quote=False)
+    raise InputError(f"rating {value} is not a {kind}rating on the scale"
+                     f" {fmt.rating_min:g} to {fmt.rating_max:g}",
+                     path=path, line=int(table.lines[i]))
   timestamps = clock = None
   if "timestamp" in pos:
     column = table.column(pos["timestamp"])
@@ -227,14 +230,26 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
 
 
 def read_ratings(path: str | os.PathLike, store: TaskStore):
-  """Reads a ratings file in `store`'s input format.
-
-  Returns:
-    (user_ids, item_ids, ratings, line_numbers): external ids as in the
-    store, float64 ratings and the 1-based line of every row, in file order.
+  """`(user_ids, item_ids, ratings, line_numbers)` of a ratings file in
+  `store`'s input format (`parse_in_format`): external ids as in the
+  store, float64 ratings and the 1-based line of every row, in file order.
   """
-  r = parse_ratings(path, store_format(store))
+  r = parse_in_format(path, store)
   return r.users, r.items, r.ratings, r.lines
+
+
+def parse_in_format(path: str | os.PathLike, store: TaskStore,
+                    **kwargs) -> Ratings:
+  """`parse_ratings` of a file a run reads (eval's and export's
+  `--ratings`) in `store`'s input format, which a layout error names: the
+  user cannot change it, only write the file in it."""
+  fmt = store_format(store)
+  try:
+    return parse_ratings(path, fmt, **kwargs)
+  except delimited.LayoutError as e:
+    raise InputError(f"{e.problem} (this run reads files laid out as its"
+                     f" data: {fmt.describe()})", path=e.path,
+                     line=e.line) from None
 
 
 def lookup(known_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -342,55 +357,3 @@ def write_ratings(path: str | os.PathLike, users, items, ratings,
   fmt = store_format(store)
   text = format_ratings(users, items, ratings, fmt, timestamps)
   atomic.write_bytes(path, text.encode(fmt.encoding))
-
-
-TASKS_MANIFEST = "tasks.json"
-
-
-def write_tasks(out: str | os.PathLike, tasksets: dict[str, TaskSet],
-                store: TaskStore, extra: dict[str, Any] | None = None,
-                files: dict[str, str] | None = None) -> None:
-  """Writes the support and query ratings of every scenario's tasks.
-
-  `OUT/<scenario>/support.<ext>` and `query.<ext>` hold the ratings in the
-  store's input format (support rows of a task, then the next task's; an
-  implicit store's positives at the top of the scale), and
-  `OUT/tasks.json` the counts. `files` maps further relative paths to the
-  text to write with them (the evaluation's predictions). The folder is built beside `out` and renamed
-  into place; an existing `out` is replaced only if it holds an earlier
-  `tasks.json`.
-
-  Raises:
-    InputError: `out` exists and is not an earlier task folder.
-  """
-  out = os.path.abspath(os.fspath(out))
-  atomic.refuse_other(
-      out, lambda p: os.path.exists(os.path.join(p, TASKS_MANIFEST)),
-      "exists and is not a task folder written by --write_tasks; choose"
-      " another folder")
-  fmt = store_format(store)
-  summary = {"format": fmt.to_json(), "scenarios": {}, **(extra or {})}
-  with atomic.Folder(out) as folder:
-    for scenario, tasks in tasksets.items():
-      task_of_row = np.repeat(np.arange(len(tasks)), np.diff(tasks.offsets))
-      users = np.asarray(store.user_ids)[tasks.users[task_of_row]]
-      items = np.asarray(store.item_ids)[tasks.items]
-      ratings = np.asarray(tasks.ratings)
-      if store.manifest.get("implicit"):
-        # An implicit store's positives (1.0) on the input's scale: its top,
-        # at or above any threshold, so `eval --ratings` and `export` read
-        # them back as positives (as the server logs an interaction).
-        ratings = np.full(len(ratings), fmt.rating_max, np.float64)
-      for part, rows in (("support", ~tasks.is_query),
-                         ("query", tasks.is_query)):
-        text = format_ratings(users[rows], items[rows], ratings[rows], fmt)
-        with open(folder.path(f"{scenario}/{part}.{fmt.extension}"),
-                  "wb") as f:
-          f.write(text.encode(fmt.encoding))
-      summary["scenarios"][scenario] = {
-          "tasks": len(tasks), "support": int((~tasks.is_query).sum()),
-          "query": int(tasks.is_query.sum())}
-    for name, text in (files or {}).items():
-      with open(folder.path(name), "w", encoding="utf-8") as f:
-        f.write(text)
-    folder.finish(TASKS_MANIFEST, summary)
