@@ -183,8 +183,18 @@ def test_a_file_split_on_the_wrong_delimiter_says_which_it_uses(tmp_path):
   datafiles.write(str(root / "ratings.csv"),
                   "user\titem\trating\nalice\tmug\t4\n")
   with pytest.raises(InputError, match=r"ratings.csv:1: no column 'user'"
-                     r".*split on ',': is the delimiter '\\t'\?"):
+                     r".*split on ',': is the delimiter '\\t'\?"
+                     r" \(data\.generic\.delimiter\)$"):
     prepare.prepare(data_config(root, id_features=True), tmp_path / "a")
+  datafiles.write(str(root / "ratings.csv"), "alice\tmug\t4\n")  # no header
+  with pytest.raises(InputError, match=r"ratings.csv:1: 1 field\(s\) .*split"
+                     r" on ',': is the delimiter '\\t'\? \(data\.generic\."
+                     r"delimiter\)$"):
+    prepare.prepare(data_config(root, id_features=True, header=False,
+                                user_col="0", item_col="1", rating_col="2"),
+                    tmp_path / "a")
+  datafiles.write(str(root / "ratings.csv"),
+                  "user\titem\trating\nalice\tmug\t4\n")
   data = data_config(root, id_features=True, delimiter="\\t")
   prepare.prepare(data, tmp_path / "b")
   assert store_lib.open_store(tmp_path / "b").ratings.tolist() == [4.0]
@@ -556,7 +566,8 @@ def test_one_huge_id_is_refused_before_it_is_held(tmp_path):
 
 def test_a_wrong_delimiter_is_hinted_at_a_field_count_and_a_feature(tmp_path):
   with pytest.raises(InputError, match=r"ratings.csv:2: 2 field\(s\) .*line 1"
-                     r" is one field split on ',': is the delimiter ';'\?"):
+                     r" is one field split on ',': is the delimiter ';'\?"
+                     r" \(data\.generic\.delimiter\)$"):
     _prepared(tmp_path, "semi", b"user;item;rating\nalice;mug;4,5\n")
   root = tmp_path / "feat"
   datafiles.write(str(root / "ratings.csv"), "user;item;rating\na;mug;4\n")

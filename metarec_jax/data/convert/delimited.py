@@ -188,7 +188,8 @@ def _lines(text: str) -> tuple[list[str], np.ndarray]:
 
 def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
                header: bool = False, num_fields: tuple[int, ...] = (),
-               quoting: bool = False, allow_no_rows: bool = False) -> Table:
+               quoting: bool = False, allow_no_rows: bool = False,
+               delimiter_key: str = "") -> Table:
   """Reads a delimited file whose lines all have the same number of fields.
 
   Args:
@@ -206,6 +207,8 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
       field stays part of it).
     allow_no_rows: a header without data lines is a table of no rows (a
       file we wrote for zero records) instead of an error.
+    delimiter_key: the config key that set `delimiter`, named in the hint
+      where the file looks split on another delimiter than it uses.
 
   Raises:
     InputError: as `read_text`, or a line with another number of fields,
@@ -249,6 +252,7 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
     one = (names[0] if names is not None else rows[0][0]
            if tokens is None else data[starts[0]:ends[0]].tobytes().decode())
     hint = delimiter_hint(one, delimiter, f"line {first}")
+    hint += f" ({delimiter_key})" * bool(hint and delimiter_key)
   if num_fields and expected not in num_fields:
     # A fixed layout's file (MovieLens) split by another separator.
     raise LayoutError(
@@ -267,7 +271,7 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
     at = first_cut[:, None] + np.arange(expected - 1)
     fields = Fields(data, starts, ends, cuts[at])
     columns = [Column(fields=fields, index=j) for j in range(expected)]
-  return Table(path, names, columns, numbers, first, delimiter)
+  return Table(path, names, columns, numbers, first, delimiter, delimiter_key)
 
 
 def id_strings(table: Table, index: int, what: str) -> np.ndarray:

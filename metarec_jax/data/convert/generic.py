@@ -153,8 +153,8 @@ def _read_side(spec: GenericSpec, root: str, side: str) -> _SideTable | None:
     return None
   table = delimited.read_table(
       os.path.join(root, name), delimiter=spec.feature_delimiter
-      or spec.delimiter, encoding=spec.encoding, header=True, quoting=True)
-  table.delimiter_key = "data.generic.feature_delimiter"  # not .delimiter
+      or spec.delimiter, encoding=spec.encoding, header=True, quoting=True,
+      delimiter_key="data.generic.feature_delimiter")  # not .delimiter
   ids = delimited.id_strings(table, 0, f"{side} id")
   empty = np.flatnonzero(ids == "")
   if len(empty):
@@ -288,7 +288,8 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
   root = os.path.abspath(os.fspath(root))
   fmt = ratings_format(spec)
   path = os.path.join(root, spec.ratings)
-  r = parse_ratings(path, fmt, require_timestamp=bool(spec.timestamp_col))
+  r = parse_ratings(path, fmt, require_timestamp=bool(spec.timestamp_col),
+                    delimiter_key="data.generic.delimiter")
   if not spec.header:
     _refuse_header_line(r, path)
   tables = {side: _read_side(spec, root, side) for side in ("user", "item")}

@@ -136,7 +136,7 @@ def _ids(table, index, id_type, what) -> np.ndarray:
 
 def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
                   require_timestamp: bool = False,
-                  bad_ids: str = "error") -> Ratings:
+                  bad_ids: str = "error", delimiter_key: str = "") -> Ratings:
   """Parses a ratings file of format `fmt`.
 
   Args:
@@ -144,6 +144,8 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
       are integers is an error; `skip`: such rows are marked in
       `bad_users` / `bad_items` instead (`metarec export` skips and counts
       them, as it does unknown ids).
+    delimiter_key: the config key that sets `fmt.delimiter`, named where
+      the file looks split on another delimiter than it uses.
 
   Raises:
     InputError: naming the file and line of the first problem.
@@ -151,7 +153,8 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
   path = os.fspath(path)
   table = delimited.read_table(path, delimiter=fmt.delimiter,
                                encoding=fmt.encoding, header=fmt.header,
-                               num_fields=fmt.num_fields, quoting="auto")
+                               num_fields=fmt.num_fields, quoting="auto",
+                               delimiter_key=delimiter_key)
   width = table.width
   roles = [r for r in ROLES[:3] if getattr(fmt, r) is not None]
   if fmt.header:
@@ -165,6 +168,7 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
       hint = (delimited.delimiter_hint(table.column(0)[0], fmt.delimiter,
                                        f"line {int(table.lines[0])}")
               if width == 1 else "")
+      hint += f" ({delimiter_key})" * bool(hint and delimiter_key)
       raise delimited.LayoutError(
           f"{width} field(s) separated by {fmt.delimiter!r}, expected at"
           f" least {need}{hint}", path=path,
