@@ -118,3 +118,44 @@ def test_lock_excludes_a_second_descriptor_until_released(tmp_path):
     with pytest.raises(workdir_lock.WorkdirInUse, match=f"pid {os.getpid()}"):
       workdir_lock.WorkdirLock(str(tmp_path)).acquire()
   workdir_lock.WorkdirLock(str(tmp_path)).acquire().release()
+
+
+def test_a_failed_first_start_leaves_no_folder_it_made(tmp_path):
+  # A typo in the data used to leave the new work directory holding an
+  # empty train.lock. Folders that existed stay (with their lock file).
+  from cli_run import assert_one_line_error, metarec_here  # pylint: disable=g-import-not-at-top
+  data = tmp_path / "shop"
+  data.mkdir()
+  (data / "ratings.csv").write_text("user,item,rating\nalice,mug,4\nbob,pen\n")
+  flags = ["--config.data.name=generic", f"--config.data.root={data}"]
+  (tmp_path / "runs").mkdir()
+  for workdir in (tmp_path / "runs" / "a" / "b", tmp_path / "runs"):
+    out = metarec_here("train", f"--config={config_path('default')}",
+                       f"--workdir={workdir}", *flags)
+    assert_one_line_error(out, "ratings.csv:3: 2 field(s)")
+  assert os.listdir(tmp_path / "runs") == [workdir_lock.LOCK_FILE]
+  assert sorted(os.listdir(tmp_path)) == ["runs", "shop"]
+
+
+def test_a_lock_on_a_file_removed_since_it_was_opened_is_taken_again(
+    tmp_path, monkeypatch):
+  # A start that removes its unused folder (`remove_if_unused`) unlinks the
+  # lock file while holding it; a trainer that opened the file just before
+  # would otherwise lock the removed file, and a third one the new file.
+  workdir = tmp_path / "run"
+  first = workdir_lock.WorkdirLock(str(workdir))
+  first.acquire()
+  first.remove_if_unused(str(workdir))  # the folder goes too
+  assert not workdir.exists()
+  stale = os.open(tmp_path / "removed", os.O_RDWR | os.O_CREAT)
+  os.unlink(tmp_path / "removed")
+  first.release()
+  second = workdir_lock.WorkdirLock(str(workdir))
+  opened, real = [stale], second._open  # pylint: disable=protected-access
+  monkeypatch.setattr(second, "_open",
+                      lambda: opened.pop() if opened else real())
+  second.acquire()
+  assert not opened  # the stale descriptor was tried, then the real file
+  with pytest.raises(workdir_lock.WorkdirInUse):
+    workdir_lock.WorkdirLock(str(workdir)).acquire()
+  second.release()

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 
 from metarec_jax import backend, config_io, config_meanings, config_reference
-from metarec_jax import runtime
+from metarec_jax import atomic, runtime
 from metarec_jax import eval as eval_lib
 from metarec_jax.data.convert import prepare
 from metarec_jax.data.pipeline import Prefetcher
@@ -83,6 +83,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   prepare.check_source(config.data, workdir)
   prepare.check_inputs(config.data, workdir)
   distill.check(config)
+  made = atomic.first_missing(workdir)  # removed if nothing is written
   os.makedirs(workdir, exist_ok=True)
   is_lead = jax.process_index() == 0
   tc = config.train
@@ -92,7 +93,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   summary: dict[str, Any] = {}
 
   # The lock comes before anything is written in the work directory.
-  with lock.hold(workdir), StopRequest() as stop:
+  with lock.hold(workdir, made=made), StopRequest() as stop:
     resume.keep_run_constants(config, workdir)
     trainer = Trainer(config, workdir)
     exp = trainer.exp

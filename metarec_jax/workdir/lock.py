@@ -9,7 +9,12 @@ crash, so there is never a stale lock to remove by hand. The file stays:
 while the lock is held it names the holder (for the error message), and a
 release empties it again, so a run that trains nothing (already finished)
 leaves the work directory as it found it. After a `kill -9` it still names
-the killed holder, but the lock is free.
+the killed holder, but the lock is free. The one exception: a start that
+made the work directory and fails before writing anything in it (its
+data refused while the store is built) removes the lock file and the
+folder again, so that a typo's run leaves nothing behind
+(`remove_if_unused`); a trainer that opened the file just before it was
+removed takes the lock again on a new one.
 
 In a multi-process run only process 0 takes the lock (every run has exactly
 one process 0, so two runs still exclude each other whatever their process
@@ -29,6 +34,8 @@ import logging
 import os
 import socket
 from typing import Iterator
+
+import jax
 
 from metarec_jax import runtime
 from metarec_jax.errors import InputError
@@ -55,23 +62,18 @@ class WorkdirLock:
     Lustre mount without `-o flock`, some FUSE mounts) it warns and goes on
     unlocked, as before the lock existed.
     """
-    # No O_TRUNC: a refused trainer must leave the holder's record intact.
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-        os.close(fd)
-        log.warning("cannot lock %s (%s): this filesystem has no flock, so"
-                    " nothing stops a second trainer on this work"
-                    " directory", self.path, e.strerror or e)
-        return self
-      holder = _describe(_read(fd))
+    while True:
+      fd = self._open()
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError as e:
+        return self._refused(fd, e)
+      try:  # the file this lock is on may have been removed since opened
+        if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+          break
+      except FileNotFoundError:
+        pass
       os.close(fd)
-      raise WorkdirInUse(
-          f"in use by another trainer ({holder}; lock file {LOCK_FILE});"
-          " wait for it to finish or stop it first",
-          path=os.path.dirname(self.path)) from None
     record = {"host": socket.gethostname(), "pid": os.getpid(),
               "since": datetime.datetime.now(datetime.timezone.utc)
               .isoformat(timespec="seconds")}
@@ -79,6 +81,50 @@ class WorkdirLock:
     os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
     self._fd = fd
     return self
+
+  def _open(self) -> int:
+    """A descriptor of the lock file, made where missing (and its folder,
+    where a failed start removed it: `remove_if_unused`)."""
+    # No O_TRUNC: a refused trainer must leave the holder's record intact.
+    try:
+      return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+
+  def _refused(self, fd: int, e: OSError) -> "WorkdirLock":
+    """Raises `WorkdirInUse` naming the holder where another trainer holds
+    the lock; elsewhere (no flock on this filesystem) warns and goes on
+    unlocked."""
+    if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+      os.close(fd)
+      log.warning("cannot lock %s (%s): this filesystem has no flock, so"
+                  " nothing stops a second trainer on this work"
+                  " directory", self.path, e.strerror or e)
+      return self
+    holder = _describe(_read(fd))
+    os.close(fd)
+    raise WorkdirInUse(
+        f"in use by another trainer ({holder}; lock file {LOCK_FILE});"
+        " wait for it to finish or stop it first",
+        path=os.path.dirname(self.path)) from None
+
+  def remove_if_unused(self, top: str) -> None:
+    """Removes the lock file and its folder, while holding the lock, where
+    the folder holds nothing else (a new work directory whose first start
+    failed before writing anything), and the empty folders above it up to
+    `top` (the first that the start made)."""
+    folder = os.path.dirname(self.path)
+    if self._fd is None or os.listdir(folder) != [LOCK_FILE]:
+      return
+    try:
+      os.unlink(self.path)
+      os.rmdir(folder)  # fails where a racing start wrote into it: kept
+      while folder != top and folder.startswith(top + os.sep):
+        folder = os.path.dirname(folder)
+        os.rmdir(folder)
+    except OSError:
+      pass
 
   def release(self) -> None:
     """Empties the holder's record and releases the lock (closing the
@@ -112,9 +158,12 @@ def _describe(record: dict) -> str:
 
 
 @contextlib.contextmanager
-def hold(workdir: str) -> Iterator[None]:
+def hold(workdir: str, *, made: str | None = None) -> Iterator[None]:
   """Holds the training lock of `workdir` for the block, for a run of one or
   several processes (process 0 locks; every process gets its verdict).
+  `made`: the first folder of `workdir` that the run made (None: it was
+  there); if the block fails with nothing written there, a run of one
+  process removes what it made again.
 
   Raises:
     WorkdirInUse: another trainer holds it (on every process of the run).
@@ -131,5 +180,10 @@ def hold(workdir: str) -> Iterator[None]:
     raise WorkdirInUse(refusal)
   try:
     yield
+  except BaseException:
+    # (With several processes another may still write there.)
+    if made and jax.process_count() == 1:
+      lock.remove_if_unused(os.path.abspath(made))
+    raise
   finally:
     lock.release()
