@@ -16,7 +16,7 @@ import numpy as np
 
 from metarec_jax import backend, meta, models, runtime
 from metarec_jax.data import implicit, splits
-from metarec_jax.data.convert import prepare
+from metarec_jax.data.convert import prepare, store_checks
 from metarec_jax.data.sampler import SamplerSpec
 from metarec_jax.data.store import TaskStore
 from metarec_jax.data.tasks import FeatureTables
@@ -154,16 +154,22 @@ def meta_config(config, model: models.Recommender, *,
 
 
 def build(config, workdir: str | os.PathLike, *,
-          log: Callable[[str], None] | None = None) -> Experiment:
-  """Opens (building on first use) the store and resolves the config."""
+          log: Callable[[str], None] | None = None,
+          rebuild_stale: bool = False) -> Experiment:
+  """Opens (building on first use) the store and resolves the config.
+  `rebuild_stale`: a stale own store is built again (`train` before its
+  first checkpoint: `prepare.ensure_store`)."""
   if jax.process_count() > 1:
     # One process builds a missing store (minutes, for a large dataset);
     # the others wait at a barrier that allows for it, then open it.
     if runtime.is_lead():
-      prepare.ensure_store(config.data, workdir, log=log)
+      prepare.ensure_store(config.data, workdir, log=log,
+                           rebuild_stale=rebuild_stale)
     runtime.sync_processes("task store ready")
-  store = prepare.ensure_store(config.data, workdir, log=log)
-  prepare.check_run_store(config.data, workdir, store)
+    rebuild_stale = False  # done by the lead, where needed
+  store = prepare.ensure_store(config.data, workdir, log=log,
+                               rebuild_stale=rebuild_stale)
+  store_checks.check_run_store(config.data, workdir, store)
   split = splits.split(store, protocol_spec(config))
   implicit_data = implicit.is_implicit(store)
   model_config = models.for_data(config.model, implicit_data=implicit_data)

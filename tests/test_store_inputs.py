@@ -1,7 +1,7 @@
 """A work directory's store records its input files; a resume given other
 data, or a store built again from other files, is refused
-(`data/convert/fingerprint.py`, `prepare.check_inputs`,
-`prepare.check_run_store`)."""
+(`data/convert/fingerprint.py`, `store_checks.check_inputs`,
+`store_checks.check_run_store`)."""
 
 import hashlib
 import json
@@ -15,7 +15,7 @@ from cli_run import metarec
 from conftest import config_path
 from metarec_jax import config_io
 from metarec_jax.data import store as store_lib
-from metarec_jax.data.convert import fingerprint, prepare
+from metarec_jax.data.convert import fingerprint, prepare, store_checks
 from metarec_jax.errors import InputError
 
 RATINGS = "user,item,rating\n" + "".join(
@@ -39,10 +39,12 @@ def refusal(root, work, change):
 
 @pytest.fixture
 def built(tmp_path):
+  """(data root, work directory of a run that saved a checkpoint)."""
   root = tmp_path / "shop"
   datafiles.write(str(root / "ratings.csv"), RATINGS)
   work = tmp_path / "work"
   prepare.ensure_store(data_config(root), work)
+  os.makedirs(work / "checkpoints" / "1")
   return root, work
 
 
@@ -65,19 +67,21 @@ def test_an_implicit_store_records_them_too(tmp_path):
   assert manifest["implicit"]
   assert list(manifest["source"]["files"]) == ["ratings.csv"]
   (root / "ratings.csv").write_text(RATINGS + "u9,i9,5\n")
+  store_checks.check_inputs(data, tmp_path / "work")  # nothing trained yet
+  os.makedirs(tmp_path / "work" / "checkpoints" / "1")
   with pytest.raises(InputError, match="other input files"):
-    prepare.check_inputs(data, tmp_path / "work")
+    store_checks.check_inputs(data, tmp_path / "work")
 
 
 def test_the_same_files_pass_wherever_they_now_are(built, tmp_path):
   root, work = built
-  prepare.check_inputs(data_config(root), work)
+  store_checks.check_inputs(data_config(root), work)
   moved = tmp_path / "moved"
   shutil.copytree(root, moved)  # new modification times, same content
   os.utime(moved / "ratings.csv", ns=(1, 1))
-  prepare.check_inputs(data_config(moved), work)
+  store_checks.check_inputs(data_config(moved), work)
   os.remove(moved / "ratings.csv")  # inputs deleted: the store stands alone
-  prepare.check_inputs(data_config(moved), work)
+  store_checks.check_inputs(data_config(moved), work)
 
 
 def test_other_files_are_refused_naming_the_first_change(built, tmp_path):
@@ -86,19 +90,19 @@ def test_other_files_are_refused_naming_the_first_change(built, tmp_path):
   datafiles.write(str(other / "ratings.csv"), RATINGS + "u9,i9,5\n")
   size = len(RATINGS)
   with pytest.raises(InputError) as e:
-    prepare.check_inputs(data_config(other), work)
+    store_checks.check_inputs(data_config(other), work)
   assert str(e.value) == refusal(
       other, work, f"ratings.csv: {size:,} bytes then, {size + 8:,} now")
   # Edited in place, to the same size: read and compared.
   (root / "ratings.csv").write_text(RATINGS.replace("u0,i0,1", "u0,i0,2"))
   with pytest.raises(InputError) as e:
-    prepare.check_inputs(data_config(root), work)
+    store_checks.check_inputs(data_config(root), work)
   assert str(e.value) == refusal(root, work,
                                  "ratings.csv: the same size, other content")
   # Named as a prepared store, it is the user's choice.
   data = data_config(root)
   data.store = str(work / "store")
-  prepare.check_inputs(data, work)
+  store_checks.check_inputs(data, work)
 
 
 def test_a_store_without_the_record_is_not_checked(built, tmp_path):
@@ -108,7 +112,7 @@ def test_a_store_without_the_record_is_not_checked(built, tmp_path):
   del record["source"]["files"]
   manifest.write_text(json.dumps(record))
   (root / "ratings.csv").write_text(RATINGS + "u9,i9,5\n")
-  prepare.check_inputs(data_config(root), work)
+  store_checks.check_inputs(data_config(root), work)
 
 
 def test_movielens_records_the_files_it_read(ml1m_tiny_run):
@@ -117,7 +121,7 @@ def test_movielens_records_the_files_it_read(ml1m_tiny_run):
   files = store_lib.open_store(
       os.path.join(workdir, "store")).manifest["source"]["files"]
   assert {"users.dat", "movies.dat", "ratings.dat"} <= set(files)
-  prepare.check_inputs(config.data, workdir)
+  store_checks.check_inputs(config.data, workdir)
 
 
 def test_train_resumed_on_other_data_stops_before_any_work(built, tmp_path):
@@ -187,10 +191,10 @@ def test_a_fresh_start_after_no_checkpoint_may_take_other_data(tmp_path):
   shutil.rmtree(work / "store")
   (root / "ratings.csv").write_text(RATINGS + "u9,i9,5\n")
   store = prepare.ensure_store(data_config(root), work)
-  prepare.check_run_store(data_config(root), work, store)  # no checkpoint
+  store_checks.check_run_store(data_config(root), work, store)  # no checkpoint
   os.makedirs(work / "checkpoints" / "3")  # one saved: the run's data
   with pytest.raises(InputError, match="built again from other input files"):
-    prepare.check_run_store(data_config(root), work, store)
+    store_checks.check_run_store(data_config(root), work, store)
 
 
 def test_a_prepared_store_prepared_again_from_other_files_is_refused(
@@ -207,15 +211,76 @@ def test_a_prepared_store_prepared_again_from_other_files_is_refused(
   config_io.write_workdir_config(
       str(work), config_io.load_config_file(config_path("default")),
       data_files=store_lib.open_store(data.store).manifest["source"]["files"])
-  prepare.check_run_store(data, work, prepare.ensure_store(data, work))
+  store_checks.check_run_store(data, work, prepare.ensure_store(data, work))
   moved = tmp_path / "moved"
   shutil.copytree(root, moved)  # the same files elsewhere: the same data
   shutil.rmtree(data.store)
   prepare.prepare(data_config(moved), data.store)
-  prepare.check_run_store(data, work, prepare.ensure_store(data, work))
+  store_checks.check_run_store(data, work, prepare.ensure_store(data, work))
   (root / "ratings.csv").write_text(RATINGS + "u9,i9,5\n")
   shutil.rmtree(data.store)
   prepare.prepare(data_config(root), data.store)
   with pytest.raises(InputError, match="prepare data.store again from them"):
-    prepare.check_run_store(data, work, prepare.ensure_store(data, work))
+    store_checks.check_run_store(data, work, prepare.ensure_store(data, work))
 
+
+
+def test_before_any_checkpoint_a_stale_store_is_built_again(tmp_path):
+  """A first start that failed after building the store (its users had too
+  few ratings), then given more data or other settings, was refused: "use
+  a new --workdir". Nothing was trained on that store."""
+  root = tmp_path / "shop"
+  datafiles.write(str(root / "ratings.csv"), RATINGS)
+  work = tmp_path / "work"
+  data = data_config(root)
+  first = prepare.ensure_store(data, work, rebuild_stale=True)
+  stamp = os.stat(work / "store" / "manifest.json").st_mtime_ns
+  assert store_checks.stale(data, work) == ""  # the same: kept
+  prepare.ensure_store(data, work, rebuild_stale=True)
+  assert os.stat(work / "store" / "manifest.json").st_mtime_ns == stamp
+  (root / "ratings.csv").write_text(RATINGS + "u99,i99,5\n")
+  store_checks.check_inputs(data, work)  # no checkpoint: not refused
+  assert store_checks.stale(data, work) == (
+      f"its input files changed: ratings.csv: {len(RATINGS):,} bytes then,"
+      f" {len(RATINGS) + 10:,} now")
+  with pytest.raises(InputError, match="other input files"):
+    os.makedirs(work / "checkpoints" / "2")  # a checkpoint: refused
+    store_checks.check_inputs(data, work)
+  os.rmdir(work / "checkpoints" / "2")
+  again = prepare.ensure_store(data, work, rebuild_stale=True)
+  assert again.num_users == first.num_users + 1
+  assert store_checks.stale(data, work) == ""
+  # Other settings: built again too (refused once a checkpoint exists).
+  named = data_config(root)
+  named.generic.id_features = False
+  assert store_checks.stale(named, work) == (
+      "the generic store was built with other data.generic settings"
+      " (id_features: True there, False now)")
+  with pytest.raises(store_checks.StoreMismatch, match="use another work"):
+    prepare.ensure_store(named, work)
+  prepare.ensure_store(named, work, rebuild_stale=True)
+  assert store_checks.stale(named, work) == ""
+  # A prepared data.store is never built again.
+  named.store = str(work / "store")
+  (root / "ratings.csv").write_text(RATINGS)
+  assert store_checks.stale(named, work) == ""
+
+
+def test_train_builds_a_stale_store_again_before_its_first_checkpoint(
+    tmp_path):
+  root = tmp_path / "shop"
+  datafiles.write(str(root / "ratings.csv"), "user,item,rating\n" + "".join(
+      f"u{u},i{i},4\n" for u in range(5) for i in range(8)))
+  work = tmp_path / "run"
+  flags = [f"--config={config_path('tiny')}", f"--workdir={work}",
+           "--config.data.name=generic", f"--config.data.root={root}",
+           "--config.train.num_steps=2", "--config.train.eval_every_steps=0"]
+  out = metarec("train", *flags)
+  assert out.returncode == 2 and "no training user has" in out.stderr
+  assert sorted(os.listdir(work)) == ["store", "train.lock"]
+  (root / "ratings.csv").write_text(RATINGS)  # more ratings per user
+  out = metarec("train", *flags)
+  assert out.returncode == 0, out.stderr
+  assert "task store in " + str(work / "store") + " again: the one there" in (
+      out.stderr)
+  assert store_lib.open_store(work / "store").num_users == 40

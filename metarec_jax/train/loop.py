@@ -21,9 +21,9 @@ from typing import Any
 import jax
 
 from metarec_jax import backend, config_io, config_meanings, config_reference
-from metarec_jax import atomic, runtime
+from metarec_jax import atomic, experiment, runtime
 from metarec_jax import eval as eval_lib
-from metarec_jax.data.convert import prepare
+from metarec_jax.data.convert import prepare, store_checks
 from metarec_jax.data.pipeline import Prefetcher
 from metarec_jax.eval import support_curve
 from metarec_jax.eval.evaluate import Evaluator
@@ -81,7 +81,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                            local_devices=jax.local_device_count())
   check_batch_size(config, jax.device_count() // model)
   prepare.check_source(config.data, workdir)
-  prepare.check_inputs(config.data, workdir)
+  store_checks.check_inputs(config.data, workdir)
   distill.check(config)
   made = atomic.first_missing(workdir)  # removed if nothing is written
   os.makedirs(workdir, exist_ok=True)
@@ -95,7 +95,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   # The lock comes before anything is written in the work directory.
   with lock.hold(workdir, made=made), StopRequest() as stop:
     resume.keep_run_constants(config, workdir)
-    trainer = Trainer(config, workdir)
+    # Before the first checkpoint nothing was trained on the store: one
+    # that no longer follows the files or settings is built again.
+    trainer = Trainer(config, workdir, exp=experiment.build(
+        config, workdir, log=log.info,
+        rebuild_stale=not store_checks.has_checkpoint(workdir)))
     exp = trainer.exp
     # The validation share as resolved from the data (`eval.val_fraction`
     # 0), so that `eval` and `export` rebuild the same split.

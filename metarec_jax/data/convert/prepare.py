@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -11,27 +9,18 @@ from typing import Callable
 
 import numpy as np
 
-from metarec_jax import atomic, config_io
+from metarec_jax import atomic
 from metarec_jax.data import store as store_lib
 from metarec_jax.data import implicit
 from metarec_jax.data.convert import (delimited, fingerprint, generic,
-                                      movielens, movielens100k, synthetic)
+                                      movielens, movielens100k, store_checks,
+                                      synthetic)
+from metarec_jax.data.convert.store_checks import store_path
 from metarec_jax.errors import InputError
 
 DATASETS = ("synthetic", "movielens-1m", "movielens-100k", "generic")
 # The `data.generic` keys that name input files in data.root.
 _GENERIC_FILES = ("ratings", "item_features", "user_features")
-
-
-def synthetic_spec(data_config) -> synthetic.SyntheticSpec:
-  """The generator spec of a `data` config section: `data.synthetic`, its
-  list lengths from `data.list_pad`."""
-  given = dict(data_config.synthetic)
-  for name in ("genre", "director", "actor"):
-    if name in data_config.list_pad:
-      given.setdefault(f"{name}_len", int(data_config.list_pad[name]))
-  return config_io.dataclass_of(synthetic.SyntheticSpec, given,
-                                "data.synthetic")
 
 
 def prepare(data_config, out: str | os.PathLike,
@@ -108,7 +97,7 @@ def _prepare_ratings(data_config, out: str | os.PathLike,
   """Builds the (rating) task store of `data_config` at `out`."""
   name = data_config.name
   if name == "synthetic":
-    synthetic.generate(synthetic_spec(data_config), out, log=log)
+    synthetic.generate(synthetic.spec_of(data_config), out, log=log)
     return
   root = _source_root(data_config)
   pad = {k: int(v) for k, v in data_config.list_pad.items()}
@@ -218,17 +207,19 @@ def _check_layout(name: str, root: str) -> None:
                        path=root)
 
 
-def check_source(data_config, workdir: str | os.PathLike) -> None:
+def check_source(data_config, workdir: str | os.PathLike, *,
+                 force: bool = False) -> None:
   """Checks, in a blink, what `ensure_store` needs: a store to open, or the
   inputs to build it from (a missing `data.root` fails here, before a
-  command creates its work directory or starts JAX)."""
+  command creates its work directory or starts JAX). `force`: the inputs,
+  also where a store is there (to be built again)."""
   path = store_path(data_config, workdir)
-  if os.path.exists(os.path.join(path, "manifest.json")):
+  if not force and os.path.exists(os.path.join(path, "manifest.json")):
     return
   if data_config.store and data_config.name != "synthetic":
     raise InputError(_NO_STORE, path=path)
   if data_config.name == "synthetic":
-    synthetic_spec(data_config)
+    synthetic.spec_of(data_config)
   else:
     _source_root(data_config)
 
@@ -237,154 +228,25 @@ _NO_STORE = ("no task store here; build it with `metarec data prepare` or"
              " leave data.store empty")
 
 
-def store_path(data_config, workdir: str | os.PathLike) -> str:
-  return data_config.store or os.path.join(os.fspath(workdir), "store")
-
-
 def ensure_store(data_config, workdir: str | os.PathLike,
-                 log: Callable[[str], None] | None = None
-                 ) -> store_lib.TaskStore:
-  """Opens the configured store, building it first when it is missing."""
+                 log: Callable[[str], None] | None = None, *,
+                 rebuild_stale: bool = False) -> store_lib.TaskStore:
+  """Opens the configured store, building it first when it is missing.
+
+  `rebuild_stale`: the work directory's own store is built again where it
+  no longer follows `data_config` (`store_checks.stale`: its files or
+  settings changed); for a start that saved no checkpoint yet, which
+  trained on nothing. The new store replaces the old one only once built.
+  """
   path = store_path(data_config, workdir)
-  if not os.path.exists(os.path.join(path, "manifest.json")):
-    check_source(data_config, workdir)
+  why = store_checks.stale(data_config, workdir) if rebuild_stale else ""
+  if why or not os.path.exists(os.path.join(path, "manifest.json")):
+    check_source(data_config, workdir, force=bool(why))
     if log is not None:
-      log(f"building the {data_config.name} task store in {path}")
+      log(f"building the {data_config.name} task store in {path}"
+          + (f" again: the one there no longer follows the data ({why}), and"
+             " no checkpoint was saved from it" if why else ""))
     prepare(data_config, path, log=log)
   store = store_lib.open_store(path)
-  if store.manifest["dataset"] != data_config.name:
-    raise InputError(
-        f"the store holds {store.manifest['dataset']!r} data but data.name is"
-        f" {data_config.name!r}", path=path)
-  spec = implicit.spec_of(data_config)
-  built = store.manifest.get("implicit") or {}
-  if spec.enabled != bool(built) or (
-      built and float(built["threshold"]) != float(spec.threshold)):
-    had = (f"implicit feedback (threshold {built['threshold']:g})" if built
-           else "ratings")
-    want = (f"implicit feedback (threshold {spec.threshold:g})" if
-            spec.enabled else "ratings")
-    raise InputError(f"the store holds {had} but the config asks for {want}"
-                     " (data.implicit); use another data.store or work"
-                     " directory", path=path)
-  if data_config.name == "synthetic":
-    wanted = dataclasses.asdict(synthetic_spec(data_config))
-    built = store.manifest.get("synthetic", {})
-    differ = sorted(k for k in wanted if k != "chunk_users"
-                    and built.get(k) != wanted[k])
-    _refuse_other_settings(
-        "synthetic store was generated with other settings", differ, built,
-        wanted, "use another data.store or work directory", path)
-  if data_config.name == "generic" and not data_config.store:
-    _refuse_other_generic(data_config, store, path)
-  if data_config.name != "synthetic" and not data_config.store:
-    _refuse_other_list_pad(data_config, store, path)
+  store_checks.refuse_other_store(data_config, store, path)
   return store
-
-
-def check_inputs(data_config, workdir: str | os.PathLike) -> None:
-  """Raises InputError where an input file at `data.root` differs from the
-  one the work directory's own store was built from: another root, or the
-  file edited since (`fingerprint`). A resumed run would train on the
-  store's copy of the old data, with no more than a "changed config" line.
-  For `train` only: `eval` and `export` read the run's data, its store,
-  whatever became of the files since."""
-  if data_config.name == "synthetic" or data_config.store:
-    return  # a prepared store is the user's choice
-  path = store_path(data_config, workdir)
-  try:
-    with open(os.path.join(path, "manifest.json"), encoding="utf-8") as f:
-      recorded = json.load(f).get("source", {}).get("files")
-  except (OSError, ValueError, AttributeError):
-    return  # no store yet (or a damaged one: opening it names that)
-  if not recorded:
-    return  # a store from before the files were recorded
-  change = fingerprint.first_change(recorded, data_config.root)
-  if change:
-    raise InputError(
-        f"the store was built from other input files than those in"
-        f" {data_config.root} ({change}), and a run trains on its store;"
-        " for the new data use a new --workdir; to go on with the data"
-        f" the store holds, name it: --config.data.store={path}", path=path)
-
-
-def check_run_store(data_config, workdir: str | os.PathLike,
-                    store: store_lib.TaskStore) -> None:
-  """Raises InputError where the store is not built from the input files
-  the work directory's run trained on (`config.json`'s `data_files`): its
-  own store deleted and built again from files changed since, or the
-  prepared `data.store` prepared again from other files. `eval` evaluated
-  the run on the new data's users and split, and a resume trained on it,
-  without a word. (The same files elsewhere are the same data.)"""
-  checkpoints = os.path.join(workdir, "checkpoints")
-  if not (os.path.isdir(checkpoints)
-          and any(name.isdigit() for name in os.listdir(checkpoints))):
-    return  # nothing trained yet: a fresh start may take other data
-  try:
-    with open(os.path.join(workdir, config_io.WORKDIR_CONFIG),
-              encoding="utf-8") as f:
-      trained = json.load(f).get("data_files")
-  except (OSError, ValueError, AttributeError):
-    return  # a fresh run; or a damaged config.json, which its reader names
-  built = store.manifest.get("source", {}).get("files")
-  if not trained or not built:
-    return  # a run or a store from before the files were recorded
-  change = fingerprint.difference(trained, built)
-  if change:
-    again = ("prepare data.store again from them" if data_config.store else
-             "put them back at data.root and remove the store to build it"
-             " again")
-    raise InputError(
-        "the store was built again from other input files than the run"
-        f" trained on ({change}); to read this run, {again}; for the new"
-        " data, train in a new --workdir", path=store.path)
-
-
-def _refuse_other_list_pad(data_config, store: store_lib.TaskStore,
-                           path: str) -> None:
-  """Raises InputError where the work directory's own store of files was
-  built with another `data.list_pad` for one of its list features: a
-  resume with another length logged the change and trained on the old
-  store's lists. (The synthetic spec holds its lengths.)"""
-  built = store.manifest.get("source", {}).get("list_pad")
-  if built is None:
-    return  # a store from before the lengths were recorded
-  # A generic list without an entry is padded to its longest list: an
-  # entry added (or removed) is another setting too.
-  lists = set(built) | (set(data_config.generic.lists)
-                        if data_config.name == "generic" else set())
-  wanted = {k: int(data_config.list_pad[k]) if k in data_config.list_pad
-            else None for k in lists}
-  _refuse_other_settings(
-      "store was built with another data.list_pad",
-      sorted(k for k in lists if built.get(k) != wanted[k]), built, wanted,
-      "use another work directory, or prepare a store and name it in"
-      " data.store", path)
-
-
-def _refuse_other_generic(data_config, store: store_lib.TaskStore,
-                          path: str) -> None:
-  """Raises InputError where the work directory's own generic store was
-  built with other `data.generic` settings than `data_config`'s: a resume
-  that named a feature table logged the change and trained on the old
-  store, without it. (A prepared `data.store` is the user's choice.)"""
-  wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in
-            dataclasses.asdict(generic.spec_of(data_config)).items()}
-  built = store.manifest.get("source", {}).get("generic", {})
-  differ = [k for k in wanted if k in built and built[k] != wanted[k]]
-  _refuse_other_settings(
-      "generic store was built with other data.generic settings", differ,
-      built, wanted, "use another work directory, or prepare a store and"
-      " name it in data.store", path)
-
-
-def _refuse_other_settings(what: str, differ: list[str], built: dict,
-                           wanted: dict, advice: str, path: str) -> None:
-  """Raises InputError naming the first settings in `differ` (the store's
-  `built` value and the config's `wanted` one) where there are any."""
-  if differ:
-    raise InputError(
-        f"the {what} ("
-        + ", ".join(f"{k}: {built.get(k)!r} there, {wanted[k]!r} now"
-                    for k in differ[:4])
-        + f"); {advice}", path=path)

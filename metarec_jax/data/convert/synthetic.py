@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from metarec_jax import config_io
 from metarec_jax.data import store as store_lib
 from metarec_jax.data.schema import FeatureSpec
 
@@ -71,6 +72,16 @@ class SyntheticSpec:
                     self.occupation_vocab + 1),
         FeatureSpec("zip", "user", "categorical", self.zip_vocab + 1),
     ]
+
+
+def spec_of(data_config) -> SyntheticSpec:
+  """The generator spec of a `data` config section: `data.synthetic`, its
+  list lengths from `data.list_pad`."""
+  given = dict(data_config.synthetic)
+  for name in ("genre", "director", "actor"):
+    if name in data_config.list_pad:
+      given.setdefault(f"{name}_len", int(data_config.list_pad[name]))
+  return config_io.dataclass_of(SyntheticSpec, given, "data.synthetic")
 
 
 def _rng(spec: SyntheticSpec, *stream: int) -> np.random.Generator:
