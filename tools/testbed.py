@@ -24,6 +24,10 @@ taste:
     shop        2000 users, most with a handful of ratings and a few with
                 hundreds, ratings mostly 4 and 5 (J-shaped), noisy
     shop_new    the shop with 4000 users and half its items new
+    long_tail   3000 users, 12,000 items mostly rated a few times, taste
+                carried by the item categories
+    stars       a store's review log: 6000 users with 5 to 400 ratings,
+                15,000 items, ratings mostly 4 and 5, useless features
 
 Usage (from the repository root):
 
@@ -113,6 +117,14 @@ SHAPES = {
                       max_ratings=250, taste=0.6, item_bias=0.6,
                       user_bias=0.6, noise=0.8, mean=4.1, activity_sigma=0.8,
                       new_item_fraction=0.5),
+    # Added in the twenty-fifth session and never tuned on (module
+    # docstring).
+    "long_tail": Shape(users=3000, items=12000, min_ratings=20,
+                       max_ratings=80, taste=1.2, item_bias=0.2,
+                       user_bias=0.4, categories=40),
+    "stars": Shape(users=6000, items=15000, min_ratings=5, max_ratings=400,
+                   taste=0.8, item_bias=0.7, user_bias=0.5, noise=0.7,
+                   mean=4.2, activity_sigma=0.9, useful_features=False),
 }
 
 FLAGS = ("--config.data.name=generic",
