@@ -185,7 +185,7 @@ def test_an_override_that_changes_the_model_is_named(ml1m_tiny_run, override,
   # same model).
   workdir, _ = ml1m_tiny_run
   out = metarec_here("eval", f"--workdir={workdir}", f"--config.{override}",
-                     "--support_curve=false")
+                     "--config.eval.catalog_block=64", "--support_curve=false")
   assert_one_line_error(out, f"the overrides change the run's model ({change}"
                         "), and the checkpoint of step 3 holds the run's own (")
   assert detail in out.stderr and "--step" not in out.stderr.splitlines()[-1]

@@ -132,10 +132,12 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
 def _model_overrides(exp: experiment.Experiment, workdir: str) -> str:
   """`KEY=OLD -> NEW, ...` of the keys where the config given (the
   `--config.KEY=VALUE` of `eval` or `export`) changes the model against
-  the run's `config.json`; "" where it changes none."""
-  return ", ".join(resume.model_changes(resume.config_changes(
+  the run's `config.json` (`model.`, `meta.` and `data.` keys: an
+  `eval.` override shapes no parameter); "" where it changes none."""
+  return ", ".join(c for c in resume.model_changes(resume.config_changes(
       config_io.to_dict(config_io.read_workdir_config(workdir)),
-      config_io.to_dict(exp.config))))
+      config_io.to_dict(exp.config))) if c.startswith(
+          ("model.", "meta.", "data.")))
 
 
 def served_values(params) -> dict:
