@@ -83,18 +83,20 @@ class Table:
               " (data.generic.header=false)")
     if len(self.header) != 1:
       return ""
-    hint = delimiter_hint(self.header[0], self.delimiter, "the header")
-    return hint and hint + f" ({self.delimiter_key})" * bool(self.delimiter_key)
+    return delimiter_hint(self.header[0], self.delimiter, "the header",
+                          self.delimiter_key)
 
 
-def delimiter_hint(field: str, delimiter: str, what: str) -> str:
-  """`"; WHAT is one field split on D: is the delimiter S?"` where the one
-  field `field` of a line holds a common separator S other than
-  `delimiter` (the file uses another delimiter), else `""`."""
+def delimiter_hint(field: str, delimiter: str, what: str,
+                   key: str = "") -> str:
+  """`"; WHAT is one field split on D: is the delimiter S? (KEY)"` where
+  the one field `field` of a line holds a common separator S other than
+  `delimiter` (the file uses another delimiter), else `""`. `key`: the
+  config key that set `delimiter`, if any."""
   for sep in ("\t", ";", ",", "|", " "):
     if sep != delimiter and sep in field.strip():
       return (f"; {what} is one field split on {delimiter!r}: is the"
-              f" delimiter {sep!r}?")
+              f" delimiter {sep!r}?" + f" ({key})" * bool(key))
   return ""
 
 
@@ -251,8 +253,7 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
   if expected == 1:  # the first line is one field: another delimiter?
     one = (names[0] if names is not None else rows[0][0]
            if tokens is None else data[starts[0]:ends[0]].tobytes().decode())
-    hint = delimiter_hint(one, delimiter, f"line {first}")
-    hint += f" ({delimiter_key})" * bool(hint and delimiter_key)
+    hint = delimiter_hint(one, delimiter, f"line {first}", delimiter_key)
   if num_fields and expected not in num_fields:
     # A fixed layout's file (MovieLens) split by another separator.
     raise LayoutError(

@@ -166,9 +166,8 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
     need = max(pos.values()) + 1
     if width < need:  # one field: split on another delimiter than it uses
       hint = (delimited.delimiter_hint(table.column(0)[0], fmt.delimiter,
-                                       f"line {int(table.lines[0])}")
-              if width == 1 else "")
-      hint += f" ({delimiter_key})" * bool(hint and delimiter_key)
+                                       f"line {int(table.lines[0])}",
+                                       delimiter_key) if width == 1 else "")
       raise delimited.LayoutError(
           f"{width} field(s) separated by {fmt.delimiter!r}, expected at"
           f" least {need}{hint}", path=path,
