@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import re
 
 from metarec_jax.errors import InputError
 
@@ -59,11 +60,14 @@ def refuse_json(text: str, path: str) -> None:
   then it must parse as JSON (that line alone, or the whole text), so a
   delimited file whose first id is `[unknown]` still reads as text.
   """
-  lines = text.splitlines()
-  at = next(i for i, line in enumerate(lines) if line.strip())
-  first = lines[at].strip()
-  if first[0] not in "{[":
+  # Only the first non-blank character is read for every file: splitting
+  # a file of millions of lines here cost 0.15 s and a list of them.
+  at = re.search(r"\S", text).start()  # `read_text` refuses blank files
+  if text[at] not in "{[":
     return
+  start = text.rfind("\n", 0, at) + 1
+  end = text.find("\n", at)
+  first = text[start:end if end >= 0 else len(text)].strip()
   try:
     whole = not isinstance(json.loads(first), (dict, list))
   except ValueError:
@@ -77,4 +81,4 @@ def refuse_json(text: str, path: str) -> None:
   raise InputError(
       f"the file is JSON ({what}), not delimited text: write it as CSV first"
       f" (e.g. pandas.read_json({read}).to_csv('out.csv', index=False))",
-      path=path, line=at + 1)
+      path=path, line=text.count("\n", 0, start) + 1)
