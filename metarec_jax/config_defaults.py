@@ -98,6 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
               "rating_col": "rating", "timestamp_col": "", "rating_min": 1.0,
               "rating_max": 5.0, "user_features": "", "item_features": "",
               "feature_delimiter": "", "categorical": (), "lists": (),
+              "numeric": (), "numeric_bins": 10,
               "list_sep": "|", "missing": ("",), "new_item_col": "",
               "new_item_year": 0, "id_features": False,
           },

@@ -6,10 +6,8 @@ README's "Config reference" table is generated from the three
 (`config_table`), and TensorBoard shows these texts as the HParams
 tooltips.
 
-A dict beside the code, rather than parsed comments in the defaults: the
-defaults stay plain Python any variant can import (sections built from dict
-literals, `update()` calls and all), and the key set is checked both ways by
-a test.
+A dict beside the code, not parsed comments in the defaults: the defaults
+stay plain Python any variant can import; a test checks the key set.
 """
 
 MEANINGS: dict[str, str] = {
@@ -230,10 +228,12 @@ MEANINGS: dict[str, str] = {
                                 " category per row.",
     "data.generic.lists": "Generic data: feature columns holding lists"
                           " (padded to `data.list_pad[name]`).",
-    "data.generic.list_sep": "Generic data: separator of a list column's"
-                             " entries.",
-    "data.generic.missing": "Generic data: values that mean missing (index"
-                            " 0).",
+    "data.generic.numeric": "Generic data: number columns (a price, a year),"
+                            " each a category of the value's quantile bin.",
+    "data.generic.numeric_bins": "Generic data: quantile bins of a `numeric`"
+                                 " column (fewer where values repeat).",
+    "data.generic.list_sep": "Generic data: a list column's separator.",
+    "data.generic.missing": "Generic data: values that mean missing (0).",
     "data.generic.new_item_col": "Generic data: item table column marking new"
                                  " items for the protocol; `\"\"` = none.",
     "data.generic.new_item_year": "Generic data: 0 = `new_item_col` is 0/1;"

@@ -111,6 +111,8 @@ ALLOWED: dict[str, Any] = {
     "data.generic.feature_delimiter": R.Text(),
     "data.generic.categorical": _NAMES,
     "data.generic.lists": _NAMES,
+    "data.generic.numeric": _NAMES,
+    "data.generic.numeric_bins": R.Int(2),
     "data.generic.list_sep": R.Text(nonempty=True),
     "data.generic.missing": R.Tuple(R.Text()),
     "data.generic.new_item_col": R.Text(),

@@ -726,3 +726,53 @@ def test_a_work_directory_store_of_another_list_pad_is_refused(shop,
   del data.list_pad["tags"]  # the longest list, 4: still another setting
   with pytest.raises(InputError, match=r"\(tags: 2 there, None now\)"):
     prepare.ensure_store(data, tmp_path / "work")
+
+
+def test_numeric_columns_become_their_quantile_bins(tmp_path):
+  """A price as a category of its own tells a new item nothing; its bin
+  is shared with trained items of similar prices. Missing values are 0,
+  the bins' names say their bounds, and the store records the keys (a
+  resume with other bins is another store)."""
+  root = tmp_path / "priced"
+  datafiles.write(str(root / "ratings.csv"), "user,item,rating\n" + "".join(
+      f"u{u},i{i},{1 + (u + i) % 5}\n" for u in range(4) for i in range(8)))
+  datafiles.write(str(root / "items.csv"), "item,price,year\n" + "".join(
+      f"i{i},{p},{2000 + i % 2}\n" for i, p in enumerate(
+          ["1.5", "2", "", "40", "300.25", "7", "n/a", "9e1"])))
+  data = data_config(root, item_features="items.csv",
+                     numeric=("price", "year"), numeric_bins=2,
+                     missing=("", "n/a"))
+  prepare.prepare(data, tmp_path / "store")
+  s = store_lib.open_store(tmp_path / "store")
+  price = {f.name: f for f in s.features}["price"]
+  assert price.kind == "categorical" and price.vocab == 3
+  # The median of the six known prices, 23.5, splits them in two.
+  assert s.vocab("price") == ["<missing>", "<23.5", ">=23.5"]
+  assert s.item_features["price"].tolist() == [1, 1, 0, 2, 2, 1, 0, 2]
+  # Two values, 2000 and 2001: 2000 below the median edge, 2001 at it.
+  assert s.item_features["year"].tolist() == [1, 2] * 4
+  assert s.manifest["source"]["generic"]["numeric"] == ["price", "year"]
+  assert s.manifest["source"]["generic"]["numeric_bins"] == 2
+
+
+def test_numeric_column_errors_name_the_line_and_the_fix(tmp_path):
+  root = tmp_path / "priced"
+  datafiles.write(str(root / "ratings.csv"), "user,item,rating\nu,a,3\n")
+  datafiles.write(str(root / "items.csv"), 'item,price\na,1\nb,"7,5"\nc,-\n')
+  data = data_config(root, item_features="items.csv", numeric=("price",))
+  with pytest.raises(InputError, match=r"items.csv:3: numeric feature column"
+                     r" 'price': value '7,5' is not a finite number \(write"
+                     r" decimals with a '\.'"):
+    prepare.prepare(data, tmp_path / "a")
+  datafiles.write(str(root / "items.csv"), "item,price\na,1\nb,7.5\nc,-\n")
+  with pytest.raises(InputError, match=r"items.csv:4: .*value '-' is not a"
+                     r" finite number \(if it means missing, add it to"
+                     r" data.generic.missing\)"):
+    prepare.prepare(data, tmp_path / "a")
+  data.generic.missing = ("", "-")
+  prepare.prepare(data, tmp_path / "a")
+  for other in ("categorical", "lists"):
+    data = data_config(root, item_features="items.csv", numeric=("price",),
+                       **{other: ("price",)})
+    with pytest.raises(InputError, match=r"price is in both"):
+      prepare.prepare(data, tmp_path / "b")

@@ -284,3 +284,26 @@ def test_train_builds_a_stale_store_again_before_its_first_checkpoint(
   assert "task store in " + str(work / "store") + " again: the one there" in (
       out.stderr)
   assert store_lib.open_store(work / "store").num_users == 40
+
+
+def test_a_store_from_before_a_generic_key_existed_is_the_runs_store(
+    tmp_path):
+  """A key added later (`numeric`, `numeric_bins`) at its default is no
+  other setting for a store whose manifest does not list it: its runs
+  resume. That store was built as with the default, so a numeric column
+  named now is another store."""
+  root = tmp_path / "shop"
+  datafiles.write(str(root / "ratings.csv"), RATINGS)
+  work = tmp_path / "work"
+  data = data_config(root)
+  prepare.ensure_store(data, work)
+  path = work / "store" / "manifest.json"
+  manifest = json.loads(path.read_text())
+  for key in ("numeric", "numeric_bins"):
+    del manifest["source"]["generic"][key]
+  path.write_text(json.dumps(manifest))
+  assert store_checks.stale(data, work) == ""
+  data.generic.numeric_bins = 5
+  assert store_checks.stale(data, work) == (
+      "the generic store was built with other data.generic settings"
+      " (numeric_bins: 10 there, 5 now)")

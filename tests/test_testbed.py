@@ -51,6 +51,24 @@ def test_every_shape_is_written_in_the_recipe_layout(tmp_path):
   assert runs[0]["name"] == "b" and runs[0]["overrides"]["train.seed"] == "2"
 
 
+def test_the_priced_shape_has_a_numeric_price_and_the_flag_that_reads_it(
+    tmp_path):
+  shape = testbed.SHAPES["priced"]._replace(users=30, items=40)
+  files = testbed.generate(shape, seed=0)
+  assert files["items.csv"][0] == "item,cat,tags,new,price"
+  prices = np.array([float(l.rsplit(",", 1)[1])
+                     for l in files["items.csv"][1:]])
+  assert (prices > 0).all() and prices.max() > 4 * np.median(prices)
+  # Only a shape with a price draws one: the others' files are unchanged.
+  plain = testbed.generate(shape._replace(price_effect=0.0), seed=0)
+  assert plain["items.csv"][0] == "item,cat,tags,new"
+  folder = testbed.write(str(tmp_path), "priced")
+  assert testbed.recipe_overrides(folder)["data.generic.numeric"] == (
+      '("price",)')
+  bare = testbed.ratings_only(folder, str(tmp_path / "ro"))
+  assert "data.generic.numeric" not in testbed.recipe_overrides(bare)
+
+
 def test_a_write_failing_half_way_leaves_the_earlier_dataset_whole(
     tmp_path, monkeypatch):
   """Each dataset folder is written beside its place and renamed in: a

@@ -28,6 +28,9 @@ taste:
                 carried by the item categories
     stars       a store's review log: 6000 users with 5 to 400 ratings,
                 15,000 items, ratings mostly 4 and 5, useless features
+    priced      3000 users, 2000 items (half of them new) whose price, a
+                numeric column, sets much of their bias and taste;
+                categories and tags useless
 
 Usage (from the repository root):
 
@@ -93,6 +96,11 @@ class Shape(NamedTuple):
   # clipped to them (a shop's few heavy buyers and many users with a
   # handful).
   activity_sigma: float = 0.0
+  # > 0: items get a `price` column (log-normal) whose log moves the item
+  # bias by this many standard deviations of it and sets one latent
+  # dimension, read by the recipe as a numeric feature
+  # (`data.generic.numeric`); 0: no price (and no draw for one).
+  price_effect: float = 0.0
 
 
 SHAPES = {
@@ -125,6 +133,12 @@ SHAPES = {
     "stars": Shape(users=6000, items=15000, min_ratings=5, max_ratings=400,
                    taste=0.8, item_bias=0.7, user_bias=0.5, noise=0.7,
                    mean=4.2, activity_sigma=0.9, useful_features=False),
+    # Added in the twenty-sixth session: what an item costs is most of what
+    # its ratings share; categories and tags tell nothing, half the
+    # catalogue is new.
+    "priced": Shape(users=3000, items=2000, min_ratings=20, max_ratings=120,
+                    taste=0.8, useful_features=False, new_item_fraction=0.5,
+                    price_effect=1.0),
 }
 
 FLAGS = ("--config.data.name=generic",
@@ -135,6 +149,7 @@ FLAGS = ("--config.data.name=generic",
          '--config.data.generic.lists=("tags",)',
          "--config.data.list_pad.tags=3",
          "--config.data.generic.new_item_col=new")
+PRICE_FLAGS = ('--config.data.generic.numeric=("price",)',)
 
 
 def generate(shape: Shape, seed: int) -> dict[str, list[str]]:
@@ -157,6 +172,12 @@ def generate(shape: Shape, seed: int) -> dict[str, list[str]]:
   else:
     q = rng.normal(size=(s.items, s.dim))
     b_item = rng.normal(scale=s.item_bias, size=s.items)
+  price = None
+  if s.price_effect:
+    price = np.round(np.exp(rng.normal(3.0, 1.0, size=s.items)), 2)
+    z = np.log(price) - 3.0
+    b_item = b_item + s.price_effect * s.item_bias * z
+    q[:, 0] = s.price_effect * np.sqrt(s.dim) * z
   q /= np.sqrt(s.dim)
   new = rng.random(s.items) < s.new_item_fraction
   # User side: a group, a latent vector and a bias.
@@ -185,8 +206,10 @@ def generate(shape: Shape, seed: int) -> dict[str, list[str]]:
              + rng.normal(scale=s.noise, size=len(items)))
     value = np.clip(np.round(value), 1, 5).astype(int)
     ratings += [f"u{u},i{i},{r}" for i, r in zip(items, value)]
-  item_lines = ["item,cat,tags,new"] + [
+  item_lines = ["item,cat,tags,new" + (",price" if price is not None else "")
+                ] + [
       f"i{i},c{cat[i]},{'|'.join(f't{t}' for t in tags[i])},{int(new[i])}"
+      + (f",{price[i]}" if price is not None else "")
       for i in range(s.items)]
   user_lines = ["user,group"] + [f"u{u},g{group[u]}" for u in range(s.users)]
   return {"ratings.csv": ratings, "items.csv": item_lines,
@@ -199,7 +222,8 @@ def write(out: str, name: str, seed: int = 0) -> str:
   folder = os.path.join(out, name)
   files = {file: "\n".join(lines) + "\n"
            for file, lines in generate(SHAPES[name], seed).items()}
-  files["flags.txt"] = "\n".join(FLAGS).format(
+  flags = FLAGS + (PRICE_FLAGS if SHAPES[name].price_effect else ())
+  files["flags.txt"] = "\n".join(flags).format(
       root=os.path.abspath(folder)) + "\n"
   return _write_folder(folder, files)
 
@@ -255,6 +279,7 @@ def write_clicks(out: str, seed: int = 5) -> str:
 # marked in the item table): what a bare ratings file has none of.
 FEATURE_FLAGS = ("data.generic.item_features", "data.generic.user_features",
                  "data.generic.categorical", "data.generic.lists",
+                 "data.generic.numeric",
                  "data.generic.new_item_col", "data.generic.new_item_year",
                  "data.generic.id_features", "data.list_pad.")
 

@@ -51,6 +51,30 @@ def categorical(name: str, side: str, values: Sequence[str], *,
   return spec, index, [MISSING] + categories.tolist()
 
 
+def binned(name: str, side: str, values: np.ndarray, bins: int) -> Feature:
+  """A categorical feature of a numeric column: each value's quantile bin.
+
+  A price or a year as a category of its own tells a new item nothing (its
+  value was never trained on); its bin is shared with the trained items of
+  similar values. The edges are the `bins`-quantiles of the known values
+  (`values`: float, NaN where missing, which gets 0), repeated edges
+  merged (a column of few distinct values gets fewer bins); bin k holds
+  the values in `[edge k-1, edge k)`.
+  """
+  values = np.asarray(values, np.float64)
+  known = ~np.isnan(values)
+  edges = np.unique(np.quantile(values[known], np.linspace(0, 1, bins + 1)
+                                [1:-1])) if known.any() else np.zeros(0)
+  index = np.zeros(len(values), np.int32)
+  index[known] = np.searchsorted(edges, values[known], side="right") + 1
+  bounds = [f"{x:.6g}" for x in edges]  # `bins` >= 2: one at least if known
+  labels = ([f"<{b}" for b in bounds[:1]]
+            + [f"{a}..{b}" for a, b in zip(bounds, bounds[1:])]
+            + [f">={b}" for b in bounds[-1:]])
+  spec = FeatureSpec(name, side, "categorical", len(labels) + 1)
+  return spec, index, [MISSING] + labels
+
+
 def lists(name: str, side: str, values: Sequence[Sequence[str]],
           max_len: int | None, *, missing: Iterable[str] = ("",)) -> Feature:
   """A list feature: per row the first `max_len` distinct known entries.

@@ -11,10 +11,12 @@ Files (paths relative to `data.root`, set in `data.generic`):
   a quote inside one) where the delimiter is one character.
 - optional user and item feature tables: a header line, the id in the first
   column, feature columns after it (fields may be quoted CSV-style). The
-  columns named in `categorical` become one-category features and those in
+  columns named in `categorical` become one-category features, those in
   `lists` list features (entries separated by `list_sep`, padded to
-  `data.list_pad[name]`, or to the longest list when that has no entry);
-  other columns are ignored. Values in `missing` are index 0.
+  `data.list_pad[name]`, or to the longest list when that has no entry)
+  and those in `numeric` (numbers: a price, a year) one-category features
+  of the value's quantile bin, `numeric_bins` of them over the table's
+  rows; other columns are ignored. Values in `missing` are index 0.
 
 Ids may be any strings; when every id of a side is an integer that fits
 in 64 bits the store keeps them as integers (and sorts them
@@ -77,6 +79,8 @@ class GenericSpec:
   feature_delimiter: str
   categorical: tuple[str, ...]
   lists: tuple[str, ...]
+  numeric: tuple[str, ...]
+  numeric_bins: int
   list_sep: str
   missing: tuple[str, ...]
   new_item_col: str
@@ -99,11 +103,14 @@ def spec_of(data_config) -> GenericSpec:
       feature_delimiter=_unescape(spec.feature_delimiter),
       list_sep=_unescape(spec.list_sep),
       **{key: tuple(str(v) for v in getattr(spec, key))
-         for key in ("categorical", "lists", "missing")})
-  both = set(spec.categorical) & set(spec.lists)
-  if both:
-    raise InputError(f"data.generic: {', '.join(sorted(both))} is in both"
-                     " categorical and lists")
+         for key in ("categorical", "lists", "numeric", "missing")})
+  kinds = ("categorical", "lists", "numeric")
+  for i, a in enumerate(kinds):
+    for b in kinds[i + 1:]:
+      both = set(getattr(spec, a)) & set(getattr(spec, b))
+      if both:
+        raise InputError(f"data.generic: {', '.join(sorted(both))} is in"
+                         f" both {a} and {b}")
   return spec
 
 
@@ -202,7 +209,7 @@ def _as_type(ids: np.ndarray, like: np.ndarray) -> np.ndarray:
 def _features(spec, tables, index_of, sizes, list_pad):
   """The configured feature columns of the side tables, by side index."""
   out = []
-  for name in (*spec.categorical, *spec.lists):
+  for name in (*spec.categorical, *spec.lists, *spec.numeric):
     owners = [t for t in tables if t is not None and name in
               (t.table.header[1:])]
     for t in tables:  # listed in its header, yet "in no header" was said
@@ -226,6 +233,10 @@ def _features(spec, tables, index_of, sizes, list_pad):
     values = t.table.column(t.table.position(name))
     if name in spec.categorical:
       feat = features.categorical(name, t.side, values, missing=spec.missing)
+    elif name in spec.numeric:
+      feat = features.binned(name, t.side, _numbers(t.table, name, values,
+                                                    spec.missing),
+                             int(spec.numeric_bins))
     else:
       pad = list_pad.get(name)
       feat = features.lists(name, t.side,
@@ -233,6 +244,30 @@ def _features(spec, tables, index_of, sizes, list_pad):
                             int(pad) if pad else None, missing=spec.missing)
     out.append(features.reindex(feat, index_of[t.side], sizes[t.side]))
   return out
+
+
+def _numbers(table: delimited.Table, name: str, values,
+             missing: tuple[str, ...]) -> np.ndarray:
+  """A numeric feature column's values as float64, NaN where missing.
+
+  Raises:
+    InputError: naming the line of the first value that is neither missing
+      nor a finite number.
+  """
+  text = [v.strip() for v in values]
+  known = np.isin(text, list(missing), invert=True)
+  try:
+    numbers = parsing.floats(table, [v if k else "0" for v, k in
+                                     zip(text, known)],
+                             f"numeric feature column {name!r}: value")
+  except InputError as e:
+    if "decimals" in e.problem:
+      raise
+    raise InputError(f"{e.problem} (if it means missing, add it to"
+                     " data.generic.missing)", path=e.path,
+                     line=e.line) from None
+  numbers[~known] = np.nan
+  return numbers
 
 
 def _refuse_path_name(name: str, table: delimited.Table) -> None:
@@ -325,8 +360,9 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
                         f" {', '.join(t.table.header[1:]) or 'only ids'}"
                         f"{t.table.hint()}" for t in given)
     raise InputError("the generic data has no feature fields: name feature"
-                     " columns in data.generic.categorical or"
-                     f" data.generic.lists ({columns}), or set"
+                     " columns in data.generic.categorical,"
+                     " data.generic.lists or data.generic.numeric"
+                     f" ({columns}), or set"
                      " data.generic.id_features=true")
   names = [f[0].name for f in feats]
   if len(set(names)) != len(names):

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 
-from metarec_jax import config_io
+from metarec_jax import config_defaults, config_io
 from metarec_jax.data import implicit
 from metarec_jax.data import store as store_lib
 from metarec_jax.data.convert import fingerprint, generic, synthetic
@@ -195,9 +195,16 @@ def _refuse_other_generic(data_config, store: store_lib.TaskStore,
   built with other `data.generic` settings than `data_config`'s: a resume
   that named a feature table logged the change and trained on the old
   store, without it. (A prepared `data.store` is the user's choice.)"""
-  wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in
-            dataclasses.asdict(generic.spec_of(data_config)).items()}
+  def recorded(config):
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in
+            dataclasses.asdict(generic.spec_of(config)).items()}
+
+  wanted = recorded(data_config)
   built = store.manifest.get("source", {}).get("generic", {})
+  if built:  # a key added since the store was built: it was built as with
+    # the key's default (the behaviour before the key), so `numeric` named
+    # now is another store
+    built = {**recorded(config_defaults.get_config().data), **built}
   differ = [k for k in wanted if k in built and built[k] != wanted[k]]
   _refuse_other_settings(
       "generic store was built with other data.generic settings", differ,
