@@ -40,6 +40,14 @@ def test_train_writes_the_work_directory(trained):
   assert 6 in steps and "train/loss" in json.loads(lines[1])
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert "6" in os.listdir(os.path.join(workdir, "checkpoints"))
+  # Each validation says the new items' fewest counted ratings once: as
+  # validated where its users rated new items, else with the prior.
+  for step in (0, 3, 6):
+    said = [l for l in out.stderr.splitlines() if f"step {step}  " in l]
+    fitted = any("validated fewest support ratings" in l for l in said)
+    none = any("no validation user rated a new item" in l and
+               "count from the first" in l for l in said)
+    assert fitted != none, said
 
 
 def test_eval_prints_the_json_report_last(trained):

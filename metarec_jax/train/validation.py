@@ -86,9 +86,10 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
         return None
       params, results, scored, multiple = fitted
       scalars["val/new_item_prior"] = multiple
-      if results.get(new_prior_lib.SCENARIO, {}).get("mae") is None:
+      if not _rated_new_items(results):
         log.info("step %d  no validation user rated a new item: their"
-                 " support ratings keep the user biases' prior (x1)", step)
+                 " support ratings keep the user biases' prior (x1) and"
+                 " count from the first", step)
       else:
         log.info("step %d  validated prior of new items' support ratings:"
                  " %g times the user biases'", step, multiple)
@@ -113,9 +114,16 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
       return None
     params, results, least = fitted
     scalars["val/new_item_min_support"] = least
-    log.info("step %d  validated fewest support ratings of new items that"
-             " move a user's biases: %g", step, least)
+    if _rated_new_items(results):  # else said with the prior (above)
+      log.info("step %d  validated fewest support ratings of new items"
+               " that move a user's biases: %g", step, least)
   return results, params, scalars
+
+
+def _rated_new_items(results: dict) -> bool:
+  """Whether the validation users have ratings of new items to fit the
+  new-item prior and minimum on."""
+  return results.get(new_prior_lib.SCENARIO, {}).get("mae") is not None
 
 
 def _fit_min_support(evaluator: Evaluator, trainer, params: PyTree,
