@@ -232,6 +232,29 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
   assert r.status_code == 200, r.text
 
 
+def test_a_request_that_is_not_http_gets_the_json_error_shape(server,
+                                                              client):
+  """uvicorn answers what it cannot parse itself: that 400 was plain text
+  ("Invalid HTTP request received."), every other error JSON."""
+  import json  # pylint: disable=g-import-not-at-top
+  import socket  # pylint: disable=g-import-not-at-top
+  host, port = server.url.removeprefix("http://").split(":")
+  for raw in (b"GARBAGE\r\n\r\n",
+              b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: abc"
+              b"\r\n\r\n"):
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+      sock.sendall(raw)
+      reply = b""
+      while chunk := sock.recv(4096):  # the server closes the connection
+        reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), reply
+    assert b"content-type: application/json" in head.lower(), reply
+    assert json.loads(body) == {
+        "error": "malformed HTTP request: Invalid HTTP request received."}
+  assert client.get("/healthz").json()["status"] == "ok"
+
+
 def test_the_token_is_required_except_for_healthz(server):
   assert httpx.get(server.url + "/healthz").status_code == 200
   for headers in ({}, {"Authorization": "Bearer wrong"},

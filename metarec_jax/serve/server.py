@@ -103,6 +103,7 @@ def serve(options: Options) -> int:
     from metarec_jax import export as export_lib, runtime
     from metarec_jax.serve import app as app_lib
     from metarec_jax.serve import engine as engine_lib
+    from metarec_jax.serve import http_protocol
     from metarec_jax.serve import service as service_lib
     runtime.enable_compilation_cache()
     limits = engine_lib.Limits(max_batch=o.max_batch, max_k=o.max_k,
@@ -128,7 +129,8 @@ def serve(options: Options) -> int:
     app = app_lib.create_app(service, token=token,
                              max_body=o.max_body_bytes)
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(app, loop="uvloop", http="httptools",
+    config = uvicorn.Config(app, loop="uvloop",
+                            http=http_protocol.JsonErrorsProtocol,
                             access_log=o.access_log, log_level="warning",
                             lifespan="on", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
