@@ -8,7 +8,7 @@ import pytest
 import datafiles
 from conftest import config_path
 from metarec_jax import config_io
-from metarec_jax.data.convert import generic, prepare, ratings_io
+from metarec_jax.data.convert import describe, generic, prepare, ratings_io
 from metarec_jax.data import store as store_lib
 from metarec_jax.errors import InputError, excerpt
 
@@ -749,10 +749,16 @@ def test_numeric_columns_become_their_quantile_bins(tmp_path):
   # The median of the six known prices, 23.5, splits them in two.
   assert s.vocab("price") == ["<missing>", "<23.5", ">=23.5"]
   assert s.item_features["price"].tolist() == [1, 1, 0, 2, 2, 1, 0, 2]
-  # Two values, 2000 and 2001: 2000 below the median edge, 2001 at it.
+  # Two values, 2000 and 2001, split at their median, 2000.5.
   assert s.item_features["year"].tolist() == [1, 2] * 4
   assert s.manifest["source"]["generic"]["numeric"] == ["price", "year"]
   assert s.manifest["source"]["generic"]["numeric_bins"] == 2
+  # `metarec data inspect` names the bins.
+  summary = describe.summary(s)
+  assert [f.get("bins") for f in summary["features"]] == [
+      ["<23.5", ">=23.5"], ["<2000.5", ">=2000.5"]]
+  assert "price          categorical vocab 3, the quantile bins of" \
+      " numbers: <23.5 ... >=23.5" in describe.format_summary(summary)
 
 
 def test_numeric_column_errors_name_the_line_and_the_fix(tmp_path):

@@ -16,6 +16,7 @@ def summary(store: TaskStore) -> dict:
   item_new = np.asarray(store.item_new)
   items = np.asarray(store.items)
   m = store.manifest
+  numeric = set(m.get("source", {}).get("generic", {}).get("numeric", ()))
   return {
       "store": store.path,
       "dataset": m["dataset"],
@@ -27,8 +28,11 @@ def summary(store: TaskStore) -> dict:
       "rating_max": float(m["rating_max"]),
       "rating_mean": float(m["rating_mean"]),
       "timestamps": store.timestamps is not None,
+      # A numeric column's categories are its quantile bins, by bounds.
       "features": [{"name": f.name, "side": f.side, "kind": f.kind,
-                    "vocab": f.vocab, "max_len": f.max_len}
+                    "vocab": f.vocab, "max_len": f.max_len,
+                    **({"bins": store.vocab(f.name)[1:]}
+                       if f.name in numeric else {})}
                    for f in store.features],
       "ratings_per_user": {
           f"q{int(q * 100)}": (float(np.quantile(rated, q)) if len(rated)
@@ -66,6 +70,10 @@ def format_summary(s: dict) -> str:
   ]
   for f in s["features"]:
     shape = f" x{f['max_len']}" if f["kind"] == "list" else ""
+    bins = f.get("bins")
+    if bins:
+      shape = (f", the quantile bins of numbers: {bins[0]}"
+               + (f" ... {bins[-1]}" if len(bins) > 1 else ""))
     lines.append(f"    {f['side']:<4} {f['name']:<14} {f['kind']:<11}"
                  f" vocab {f['vocab']:,}{shape}")
   if s["item_class_rule"]:
