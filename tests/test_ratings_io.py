@@ -71,6 +71,34 @@ def test_bad_ratings_files_name_file_and_line(ml_store, tmp_path, content,
   assert message in e.value.message
 
 
+@pytest.mark.parametrize("bad, message", [
+    (b"9", "r.dat:2: rating 9 is not a whole-number rating on the scale 1"
+           " to 5 (and 7 more such lines: 4, 6, 8, 10, 12, ...)"),
+    (b"x", "r.dat:2: rating 'x' is not a finite number (and 7 more such"
+           " lines: 4, 6, 8, 10, 12, ...)"),
+    (b"1.5e", "r.dat:2: rating '1.5e' is not a finite number (and 7 more"),
+])
+def test_an_error_counts_the_other_lines_with_the_same_problem(
+    ml_store, tmp_path, bad, message):
+  """A file with many bad lines was fixed one run at a time: each error
+  named its first line only."""
+  path = tmp_path / "r.dat"
+  path.write_bytes(b"".join(b"1::10::" + (bad if i % 2 else b"3") + b"\n"
+                            for i in range(16)))
+  with pytest.raises(InputError) as e:
+    ratings_io.read_ratings(path, ml_store)
+  assert e.value.message.startswith(str(tmp_path / message))
+  path.write_bytes(b"1::10::3\n1::10::" + bad + b"\n1::10::3\n")
+  with pytest.raises(InputError) as e:
+    ratings_io.read_ratings(path, ml_store)
+  assert "more such" not in e.value.message  # the only such line
+  path.write_bytes(b"1::10::3\n1::x::3\n1::y::3\n")
+  with pytest.raises(InputError) as e:
+    ratings_io.read_ratings(path, ml_store)
+  assert e.value.message.endswith("r.dat:2: item id 'x' is not an integer"
+                                  " (and 1 more such line: 3)")
+
+
 def test_a_huge_bad_field_is_cut_in_the_error(ml_store, tmp_path):
   path = tmp_path / "r.dat"
   path.write_bytes(b"1::10::5\n" + b"x" * 50_000_000 + b"::10::5\n")

@@ -29,6 +29,18 @@ CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]*", re.ASCII)
 INT64 = (-2 ** 63, 2 ** 63)  # [low, high) of the ids kept as integers
 
 
+def more_lines(table: Table, bad) -> str:
+  """What follows an error at the first of the rows `bad` (in file order)
+  where it is not the only one: ` (and 3 more such lines: 9, 12, 40)`, so
+  that a file with many bad lines is not fixed one run at a time."""
+  rest = table.lines[np.asarray(bad, np.int64)[1:]]
+  if not len(rest):
+    return ""
+  shown = ", ".join(str(int(line)) for line in rest[:5])
+  return (f" (and {len(rest):,} more such line{'s' if len(rest) > 1 else ''}:"
+          f" {shown}{', ...' if len(rest) > 5 else ''})")
+
+
 def _bulk(values, dtype) -> np.ndarray:
   """`values` converted to `dtype` at once (numpy reads a bytes column with
   Python's `int` / `float` rules, without a `str` per field).
@@ -71,7 +83,8 @@ def not_an_integer(table: Table, values, ok: np.ndarray,
     problem = "is out of range (integers from -2^63 to 2^63 - 1)"
   except ValueError:
     problem = "is not an integer"
-  return InputError(f"{what} {excerpt(values[i].strip())} {problem}",
+  return InputError(f"{what} {excerpt(values[i].strip())} {problem}"
+                    + more_lines(table, np.flatnonzero(~ok)),
                     path=table.path, line=int(table.lines[i]))
 
 
@@ -124,7 +137,8 @@ def _clock_seconds(table: Table, values, what: str) -> np.ndarray:
   if len(bad):
     i = int(bad[0])
     raise InputError(f"{what} {excerpt(values[i].strip())} is out of range"
-                     " (times from -2^63 to 2^63 - 1)",
+                     " (times from -2^63 to 2^63 - 1)"
+                     + more_lines(table, bad),
                      path=table.path, line=int(table.lines[i]))
   return out.astype(np.int64)
 
@@ -157,7 +171,8 @@ def times(table: Table, values, what: str) -> np.ndarray:
     raise InputError(
         f"{what} {excerpt(values[i].strip())} is not an ISO 8601 date or"
         " time (like 2021-03-04 or 2021-03-04T10:22:01) as the first line's"
-        f" is (line {int(table.lines[0])}: one file, one kind of time)",
+        f" is (line {int(table.lines[0])}: one file, one kind of time)"
+        + more_lines(table, np.flatnonzero(~ok)),
         path=table.path, line=int(table.lines[i]))
   return out
 
@@ -189,17 +204,22 @@ def floats(table: Table, values, what: str) -> np.ndarray:
   # Python's `float` on each `str`: it also reads what the bulk conversion
   # of bytes does not (a trailing no-break space, other scripts' digits).
   out = np.empty(len(values), np.float64)
+  bad = []
   for i, v in enumerate(values):
     try:
       out[i] = float(v)
-      if not math.isfinite(out[i]):
-        raise ValueError
     except ValueError:
-      comma = bool(re.fullmatch(r"\s*[-+]?\d+,\d+\s*", v))
-      raise InputError(f"{what} {excerpt(v.strip())} is not a finite"
-                       " number" + (" (write decimals with a '.', not a ',')"
-                                    if comma else ""),
-                       path=table.path, line=int(table.lines[i])) from None
+      out[i] = math.nan
+    if not math.isfinite(out[i]):
+      bad.append(i)
+  if bad:
+    v = values[bad[0]]
+    comma = bool(re.fullmatch(r"\s*[-+]?\d+,\d+\s*", v))
+    raise InputError(f"{what} {excerpt(v.strip())} is not a finite"
+                     " number" + (" (write decimals with a '.', not a ',')"
+                                  if comma else "")
+                     + more_lines(table, bad),
+                     path=table.path, line=int(table.lines[bad[0]]))
   return out
 
 

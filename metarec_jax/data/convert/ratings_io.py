@@ -219,7 +219,8 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
     kind = "whole-number " if fmt.integer_ratings else ""
     value = excerpt(table.column(pos["rating"])[i].strip(), quote=False)
     raise InputError(f"rating {value} is not a {kind}rating on the scale"
-                     f" {fmt.rating_min:g} to {fmt.rating_max:g}",
+                     f" {fmt.rating_min:g} to {fmt.rating_max:g}"
+                     + parsing.more_lines(table, bad),
                      path=path, line=int(table.lines[i]))
   timestamps = clock = None
   if "timestamp" in pos:
