@@ -73,6 +73,22 @@ def writing(path: str | os.PathLike):
     raise OutputError(e.filename or path, cause_of(e)) from e
 
 
+def more_lines(lines, of: str = "") -> str:
+  """What follows an error at the first of `lines` (the line numbers of
+  every row with the problem, in file order) where it is not the only one:
+  ` (and 3 more such lines: 9, 12, 40)`, or with `of` ` (and 3 more lines
+  OF: ...)`, so that a file with many bad lines is not fixed one run at a
+  time."""
+  rest = [int(line) for line in list(lines)[1:]]
+  if not rest:
+    return ""
+  noun = "lines" if len(rest) > 1 else "line"
+  what = f"{noun} {of}" if of else f"such {noun}"
+  shown = ", ".join(map(str, rest[:5]))
+  return (f" (and {len(rest):,} more {what}: {shown}"
+          f"{', ...' if len(rest) > 5 else ''})")
+
+
 def excerpt(value, limit: int = 60, *, quote: bool = True) -> str:
   """`value` as text for an error message, cut to about `limit` characters:
   a long value (a 50 MB field of a broken file) keeps its head and states

@@ -92,6 +92,12 @@ def test_an_error_counts_the_other_lines_with_the_same_problem(
   with pytest.raises(InputError) as e:
     ratings_io.read_ratings(path, ml_store)
   assert "more such" not in e.value.message  # the only such line
+  path.write_bytes(b"1::10::3\n1::10::3::4::5\n1::10\n1::10::3\n")
+  with pytest.raises(InputError) as e:
+    ratings_io.read_ratings(path, ml_store)
+  assert ("r.dat:2: 5 field(s) separated by '::', expected 3 like line 1"
+          " (and 1 more line of another field count: 3) (this run reads"
+          in e.value.message)
   path.write_bytes(b"1::10::3\n1::x::3\n1::y::3\n")
   with pytest.raises(InputError) as e:
     ratings_io.read_ratings(path, ml_store)

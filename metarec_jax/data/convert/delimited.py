@@ -28,7 +28,7 @@ import numpy as np
 
 from metarec_jax.data.convert import sniff
 from metarec_jax.data.convert.tokens import Column, Fields, tokenize
-from metarec_jax.errors import InputError, excerpt
+from metarec_jax.errors import InputError, excerpt, more_lines
 
 
 @dataclasses.dataclass
@@ -264,8 +264,9 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
     i = int(bad[0])
     raise LayoutError(
         f"{counts[i]} field(s) separated by {delimiter!r}, expected"
-        f" {expected} like line {first}{hint}", path=path,
-        line=int(numbers[i]))
+        f" {expected} like line {first}{hint}"
+        + more_lines(numbers[bad], of="of another field count"),
+        path=path, line=int(numbers[i]))
   if tokens is None:
     columns = [Column([r[j] for r in rows]) for j in range(expected)]
   else:

@@ -17,7 +17,7 @@ import numpy as np
 
 from metarec_jax.data.convert.delimited import Table
 from metarec_jax.data.convert.tokens import Column
-from metarec_jax.errors import InputError, excerpt
+from metarec_jax.errors import InputError, excerpt, more_lines
 
 # An integer as integer ids are written: ASCII digits, `-` the only sign,
 # no leading zero, space or `_` (all of which Python's `int` accepts), and
@@ -27,18 +27,6 @@ from metarec_jax.errors import InputError, excerpt
 # URL's id as the store wrote it.
 CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]*", re.ASCII)
 INT64 = (-2 ** 63, 2 ** 63)  # [low, high) of the ids kept as integers
-
-
-def more_lines(table: Table, bad) -> str:
-  """What follows an error at the first of the rows `bad` (in file order)
-  where it is not the only one: ` (and 3 more such lines: 9, 12, 40)`, so
-  that a file with many bad lines is not fixed one run at a time."""
-  rest = table.lines[np.asarray(bad, np.int64)[1:]]
-  if not len(rest):
-    return ""
-  shown = ", ".join(str(int(line)) for line in rest[:5])
-  return (f" (and {len(rest):,} more such line{'s' if len(rest) > 1 else ''}:"
-          f" {shown}{', ...' if len(rest) > 5 else ''})")
 
 
 def _bulk(values, dtype) -> np.ndarray:
@@ -84,7 +72,7 @@ def not_an_integer(table: Table, values, ok: np.ndarray,
   except ValueError:
     problem = "is not an integer"
   return InputError(f"{what} {excerpt(values[i].strip())} {problem}"
-                    + more_lines(table, np.flatnonzero(~ok)),
+                    + more_lines(table.lines[~ok]),
                     path=table.path, line=int(table.lines[i]))
 
 
@@ -138,7 +126,7 @@ def _clock_seconds(table: Table, values, what: str) -> np.ndarray:
     i = int(bad[0])
     raise InputError(f"{what} {excerpt(values[i].strip())} is out of range"
                      " (times from -2^63 to 2^63 - 1)"
-                     + more_lines(table, bad),
+                     + more_lines(table.lines[bad]),
                      path=table.path, line=int(table.lines[i]))
   return out.astype(np.int64)
 
@@ -172,7 +160,7 @@ def times(table: Table, values, what: str) -> np.ndarray:
         f"{what} {excerpt(values[i].strip())} is not an ISO 8601 date or"
         " time (like 2021-03-04 or 2021-03-04T10:22:01) as the first line's"
         f" is (line {int(table.lines[0])}: one file, one kind of time)"
-        + more_lines(table, np.flatnonzero(~ok)),
+        + more_lines(table.lines[~ok]),
         path=table.path, line=int(table.lines[i]))
   return out
 
@@ -218,7 +206,7 @@ def floats(table: Table, values, what: str) -> np.ndarray:
     raise InputError(f"{what} {excerpt(v.strip())} is not a finite"
                      " number" + (" (write decimals with a '.', not a ',')"
                                   if comma else "")
-                     + more_lines(table, bad),
+                     + more_lines(table.lines[bad]),
                      path=table.path, line=int(table.lines[bad[0]]))
   return out
 

@@ -24,7 +24,7 @@ import numpy as np
 from metarec_jax import atomic
 from metarec_jax.data.convert import delimited, exact, parsing
 from metarec_jax.data.store import TaskStore
-from metarec_jax.errors import InputError, excerpt
+from metarec_jax.errors import InputError, excerpt, more_lines
 
 ROLES = ("user", "item", "rating", "timestamp")
 
@@ -220,7 +220,7 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
     value = excerpt(table.column(pos["rating"])[i].strip(), quote=False)
     raise InputError(f"rating {value} is not a {kind}rating on the scale"
                      f" {fmt.rating_min:g} to {fmt.rating_max:g}"
-                     + parsing.more_lines(table, bad),
+                     + more_lines(table.lines[bad]),
                      path=path, line=int(table.lines[i]))
   timestamps = clock = None
   if "timestamp" in pos:
