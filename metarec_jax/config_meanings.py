@@ -231,17 +231,17 @@ MEANINGS: dict[str, str] = {
     "data.generic.numeric": "Generic data: number columns (a price, a year),"
                             " each a category of the value's quantile bin.",
     "data.generic.numeric_bins": "Generic data: quantile bins of a `numeric`"
-                                 " column (fewer where values repeat).",
+                                 " column (fewer if values repeat).",
     "data.generic.list_sep": "Generic data: a list column's separator.",
     "data.generic.missing": "Generic data: values that mean missing (0).",
     "data.generic.new_item_col": "Generic data: item table column marking new"
                                  " items for the protocol; `\"\"` = none.",
     "data.generic.new_item_year": "Generic data: 0 = `new_item_col` is 0/1;"
-                                  " else a year, the item is new if >= it.",
-    "data.generic.id_features": "Generic data: also use the user and item ids"
-                                " as categorical features (`user_key`,"
-                                " `item_key`); a ratings file without"
-                                " feature tables uses them either way.",
+                                  " else a year: the item is new if its year"
+                                  " (or ISO date's year) is >= it.",
+    "data.generic.id_features": "Generic data: the user and item ids as"
+                                " categorical features too (`user_key`,"
+                                " `item_key`; a ratings file alone: always).",
     # meta
     "meta.algorithm": "`maml`, `fomaml` (first-order MAML), `reptile`,"
                       " `metasgd` (learned per-element inner rates), `mamlpp`"

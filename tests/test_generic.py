@@ -782,3 +782,30 @@ def test_numeric_column_errors_name_the_line_and_the_fix(tmp_path):
                        **{other: ("price",)})
     with pytest.raises(InputError, match=r"price is in both"):
       prepare.prepare(data, tmp_path / "b")
+
+
+def test_new_items_by_a_year_or_a_release_date(tmp_path):
+  """A shop's item table has a release date, not a year: it was refused
+  as "not an integer" for data.generic.new_item_year."""
+  root = tmp_path / "dated"
+  datafiles.write(str(root / "ratings.csv"), "user,item,rating\nu,a,3\n")
+  released = ["2018-12-31", "2019-01-01", "2020-02-29T10:00:00Z", "", "2021",
+              "2019-06-01 08:00"]
+  datafiles.write(str(root / "items.csv"), "item,released\n" + "".join(
+      f"{'abcdef'[i]},{r}\n" for i, r in enumerate(released)))
+  data = data_config(root, item_features="items.csv", id_features=True,
+                     new_item_col="released", new_item_year=2019)
+  prepare.prepare(data, tmp_path / "store")
+  s = store_lib.open_store(tmp_path / "store")
+  assert s.item_new.tolist() == [False, True, True, False, True, True]
+  datafiles.write(str(root / "items.csv"), "item,released\na,2019\n"
+                  "b,spring 2019\nc,2019-13-01\nd,2019\n")
+  with pytest.raises(InputError, match=r"items.csv:3: released 'spring 2019'"
+                     r" is neither a year nor an ISO 8601 date .* \(and 1 more"
+                     r" such line: 4\)"):
+    prepare.prepare(data, tmp_path / "a")
+  data.generic.new_item_year = 0
+  with pytest.raises(InputError, match=r"items.csv:2: released '2019' is not"
+                     r" 0 or 1 \(for a year or a date, set"
+                     r" data.generic.new_item_year\) \(and 3 more"):
+    prepare.prepare(data, tmp_path / "a")

@@ -26,7 +26,8 @@ feature table has missing features.
 
 An item is new in the cold-start protocol when its `new_item_col` (an item
 table column) is 1, or, with `new_item_year` > 0, when that column holds a
-year of at least `new_item_year`; without `new_item_col` no item is new.
+year (or an ISO 8601 date) of at least `new_item_year`; without
+`new_item_col` no item is new (`item_classes`).
 Duplicated (user, item) ratings keep the LAST one in file order; each
 user's ratings stay in file order, or timestamp order when there is one.
 
@@ -50,7 +51,7 @@ from typing import Callable
 import numpy as np
 
 from metarec_jax import config_defaults, config_io
-from metarec_jax.data.convert import delimited, features, parsing
+from metarec_jax.data.convert import delimited, features, item_classes, parsing
 from metarec_jax.data.convert import notes as input_notes
 from metarec_jax.data.convert.assemble import assemble
 from metarec_jax.data.convert.ratings_io import RatingsFormat, lookup, parse_ratings
@@ -283,32 +284,6 @@ def _refuse_path_name(name: str, table: delimited.Table) -> None:
                      path=table.path, line=table.header_line)
 
 
-def _item_new(spec: GenericSpec, items: _SideTable | None, rows, num_items):
-  new = np.zeros(num_items, bool)
-  if not spec.new_item_col:
-    return new, "no item is new (data.generic.new_item_col is empty)"
-  if items is None:
-    raise InputError("data.generic.new_item_col needs"
-                     " data.generic.item_features")
-  table = items.table
-  values = [v.strip() for v in table.column(table.position(spec.new_item_col))]
-  if spec.new_item_year:
-    # An empty year is unknown: not new.
-    years = parsing.ints(table, [v or "0" for v in values],
-                           spec.new_item_col)
-    new[rows] = years >= spec.new_item_year
-    return new, (f"new = {spec.new_item_col} of the item table is"
-                 f" {spec.new_item_year} or later")
-  flags = np.asarray(values, dtype=str)
-  bad = np.flatnonzero((flags != "0") & (flags != "1"))
-  if len(bad):
-    raise InputError(
-        f"{spec.new_item_col} {excerpt(str(flags[bad[0]]))} is not 0 or 1",
-        path=table.path, line=int(table.lines[bad[0]]))
-  new[rows] = flags == "1"
-  return new, f"new = {spec.new_item_col} of the item table is 1"
-
-
 def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
          list_pad: dict | None = None,
          log_fn: Callable[[str], None] | None = None) -> dict:
@@ -367,8 +342,10 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
   names = [f[0].name for f in feats]
   if len(set(names)) != len(names):
     raise InputError(f"data.generic: feature names {names} are not unique")
-  item_new, rule = _item_new(spec, tables["item"], index_of.get("item"),
-                             sizes["item"])
+  item_new, rule = item_classes.item_new(
+      spec.new_item_col, int(spec.new_item_year),
+      tables["item"] and tables["item"].table, index_of.get("item"),
+      sizes["item"])
   users = lookup(ids["user"], _as_type(r.users, ids["user"]))
   items = lookup(ids["item"], _as_type(r.items, ids["item"]))
   notes = [note for side, rows in (("user", users), ("item", items))
