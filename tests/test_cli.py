@@ -48,6 +48,9 @@ def test_train_writes_the_work_directory(trained):
     none = any("no validation user rated a new item" in l and
                "count from the first" in l for l in said)
     assert fitted != none, said
+    shares = [l for l in said if "validated shares" in l]
+    assert len(shares) == 1 and (
+        "as existing items'" in shares[0]) == none, said
 
 
 def test_eval_prints_the_json_report_last(trained):

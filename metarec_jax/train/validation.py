@@ -76,9 +76,11 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
     params, results, scalars, kept = fitted
     scored = {}  # new-item predictions served instead of kept's (below)
     log.info("step %d  validated shares of the learned part: existing"
-             " items %.2f, new items %.2f", step,
+             " items %.2f, new items %.2f%s", step,
              scalars["val/share_existing_items"],
-             scalars["val/share_new_items"])
+             scalars["val/share_new_items"],
+             "" if _rated_new_items(results) else
+             " (as existing items': no validation user rated a new item)")
     if new_prior_lib.present(params):
       fitted = _fit_new_item_prior(evaluator, trainer, params, results, kept,
                                    with_map, should_stop, new_item_priors)
