@@ -193,16 +193,26 @@ def test_a_killed_process_stops_the_other_in_one_line(tmp_path):
   assert "Check failure" not in log  # JAX's abort
 
 
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+  """A run of ARGS trained by 2 processes (to step 4), trained once for
+  the tests that damage a copy of it."""
+  workdir = str(tmp_path_factory.mktemp("two_processes") / "run")
+  train_two_processes(workdir, ARGS)
+  return workdir
+
+
 @pytest.mark.parametrize("damage", ["arrays", "metrics"])
 def test_two_processes_fall_back_past_a_damaged_checkpoint_together(
-    tmp_path, damage):
+    two_process_run, tmp_path, damage):
   """Both processes find the newest checkpoint unusable (its arrays
   truncated, or its saved metrics garbage); both must go on from the same
   older step, and one moves it aside, as one process does
   (`test_checkpoint_recovery`). Each process moved it: the other failed
   with "checkpoints/4: No such file or directory" and a C++ abort."""
+  import shutil  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "run")
-  train_two_processes(workdir, ARGS)
+  shutil.copytree(two_process_run, workdir)
   step_4 = os.path.join(workdir, "checkpoints", "4")
   if damage == "metrics":
     with open(os.path.join(step_4, "metrics", "metrics"), "w") as f:
