@@ -258,14 +258,22 @@ def _early_stopping_config(steps=30):
   return c
 
 
+@pytest.fixture(scope="module")
+def stopped_early(tmp_path_factory):
+  """`(workdir, summary)` of `_early_stopping_config`'s run, uninterrupted:
+  the reference of the tests that stop it."""
+  workdir = str(tmp_path_factory.mktemp("early") / "straight")
+  summary = train_and_evaluate(_early_stopping_config(), workdir)
+  assert summary.get("early_stopped") and summary["step"] < 30
+  return workdir, summary
+
+
 def test_a_redone_validation_that_ends_the_patience_ends_the_run(
-    tmp_path, monkeypatch, caplog):
+    stopped_early, tmp_path, monkeypatch, caplog):
   """It trained one more step, whose donated buffers the validated params
   shared: the support curve then read freed memory (a segfault)."""
   from metarec_jax.workdir import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
-  first = train_and_evaluate(_early_stopping_config(), straight)
-  assert first.get("early_stopped") and first["step"] < 30
+  (straight, first), cut = stopped_early, str(tmp_path / "cut")
   with monkeypatch.context() as m:
     _stop_during_validation_of(first["step"], m)
     assert train_and_evaluate(_early_stopping_config(), cut)["preempted"]
@@ -307,7 +315,8 @@ def test_a_validation_done_just_before_a_stop_is_saved_with_its_step(
   checkpointer.close()
 
 
-def test_a_stop_right_after_a_redone_validation_is_a_stop(tmp_path,
+def test_a_stop_right_after_a_redone_validation_is_a_stop(stopped_early,
+                                                          tmp_path,
                                                           monkeypatch,
                                                           caplog):
   """The validation that ended the patience was redone, the signal came
@@ -315,8 +324,7 @@ def test_a_stop_right_after_a_redone_validation_is_a_stop(tmp_path,
   import signal  # pylint: disable=g-import-not-at-top
   from metarec_jax.train import validation  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "run")
-  straight = train_and_evaluate(_early_stopping_config(),
-                                str(tmp_path / "straight"))
+  straight = stopped_early[1]
   with monkeypatch.context() as m:
     _stop_during_validation_of(straight["step"], m)
     assert train_and_evaluate(_early_stopping_config(), workdir)["preempted"]
