@@ -809,3 +809,24 @@ def test_new_items_by_a_year_or_a_release_date(tmp_path):
                      r" 0 or 1 \(for a year or a date, set"
                      r" data.generic.new_item_year\) \(and 3 more"):
     prepare.prepare(data, tmp_path / "a")
+
+
+def test_a_price_named_categorical_gets_a_note_naming_numeric(tmp_path):
+  root = tmp_path / "priced"
+  datafiles.write(str(root / "ratings.csv"), "user,item,rating\nu,i0,3\n")
+  datafiles.write(str(root / "items.csv"), "item,price,zip,size\n" + "".join(
+      f"i{i},{i + 0.99},{10000 + i},{'SML'[i % 3]}\n" for i in range(60)))
+  data = data_config(root, item_features="items.csv",
+                     categorical=("price", "zip", "size"))
+  prepare.prepare(data, tmp_path / "store")
+  notes = store_lib.open_store(tmp_path / "store").manifest["notes"]
+  # Integers may be codes (zip): only the column of decimals is named.
+  assert notes == ["feature column 'price' (item) holds 60 different"
+                   " numbers: as categories, a value seen in no training"
+                   " rating tells the model nothing (name it in"
+                   " data.generic.numeric to read each value as its"
+                   " quantile bin)"]
+  data.generic.categorical = ("zip", "size")
+  data.generic.numeric = ("price",)
+  prepare.prepare(data, tmp_path / "store2")
+  assert store_lib.open_store(tmp_path / "store2").manifest["notes"] == []

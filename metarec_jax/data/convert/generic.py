@@ -354,6 +354,7 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
                index_of.get(side), ids[side], side))]
   notes += input_notes.constant_features(feats, {"user": users,
                                                  "item": items})
+  notes += input_notes.numbers_as_categories(feats, spec.categorical)
   for note in notes:
     if log_fn is not None:
       log_fn(note)

@@ -35,6 +35,39 @@ def constant_features(feats: list, rated: dict[str, np.ndarray]) -> list[str]:
   return notes
 
 
+# A categorical column of at least this many different numbers, one value
+# in ten rows or more and not all integers, reads like a quantity (a price,
+# a weight). Integers alone may be codes (zip codes, ids) as well as
+# quantities: no note.
+MANY_NUMBERS = 50
+
+
+def numbers_as_categories(feats: list, categorical: tuple[str, ...]
+                          ) -> list[str]:
+  """A note for each `categorical` feature whose values are all numbers,
+  not all integers, many and mostly different: as categories, a value no training rating
+  saw (a new item's price) tells the model nothing, where its quantile bin
+  (`data.generic.numeric`) would."""
+  notes = []
+  for spec, index, vocab in feats:
+    values = vocab[1:]
+    if (spec.name not in categorical or len(values) < MANY_NUMBERS
+        or len(values) * 10 < len(index)):
+      continue
+    try:
+      numbers = np.array([float(v) for v in values])
+    except ValueError:
+      continue
+    if (numbers == np.round(numbers)).all():
+      continue
+    notes.append(f"feature column {spec.name!r} ({spec.side}) holds"
+                 f" {len(values):,} different numbers: as categories, a"
+                 " value seen in no training rating tells the model"
+                 " nothing (name it in data.generic.numeric to read each"
+                 " value as its quantile bin)")
+  return notes
+
+
 def unmatched(table: delimited.Table | None, rated: np.ndarray,
               rows: np.ndarray | None, ids: np.ndarray, side: str) -> str:
   """A note where ids of the ratings file (`rated`: their indices in
