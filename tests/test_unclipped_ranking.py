@@ -50,7 +50,8 @@ def _predictions(raw, true, items, support_ratings):
       true=true, mask=np.ones_like(true, bool), items=items,
       support_items=support,
       support_ratings=np.full(support.shape, support_ratings, np.float32),
-      support_mask=np.ones_like(support, bool), adapted_unclipped=raw)
+      support_mask=np.ones_like(support, bool), adapted_unclipped=raw,
+      ranked=raw)  # no median map: the served values before the clip
 
 
 def test_eval_ranks_the_model_unclipped(evaluator):

@@ -39,7 +39,9 @@ BASELINE = "item_mean_user_bias"  # the baseline whose ranking is not flat
 class Predictions:
   """Per-task query predictions of one scenario, `[N, Q]` arrays
   (`adapted` and `unadapted` clipped to the rating scale, as scored;
-  `adapted_unclipped`: as served, what nDCG ranks)."""
+  `adapted_unclipped`: as served; `ranked`: what nDCG ranks, as the served
+  top-k does: the served scores before the median map,
+  `Recommender.predict_ranked`)."""
 
   adapted: np.ndarray
   unadapted: np.ndarray
@@ -50,6 +52,7 @@ class Predictions:
   support_ratings: np.ndarray
   support_mask: np.ndarray
   adapted_unclipped: np.ndarray
+  ranked: np.ndarray
 
 
 class Evaluator:
@@ -83,7 +86,8 @@ class Evaluator:
       adapted = meta.adapt(model.loss_fn, params, task["support"],
                            config=config, inner=inner)
       features = task["query"]["features"]
-      return model.predict(adapted, features), model.predict(params, features)
+      served, ranked = model.predict_ranked(adapted, features)
+      return served, model.predict(params, features), ranked
 
     per_device = jax.shard_map(
         jax.vmap(predict_task, in_axes=(None, None, 0)), mesh=mesh,
@@ -116,7 +120,7 @@ class Evaluator:
     """Predictions for every task of `tasks` (None if stopped early)."""
     n, q = len(tasks), self.query_width
     out = {k: np.zeros((n, q), np.float32)
-           for k in ("adapted", "unadapted", "true")}
+           for k in ("adapted", "unadapted", "true", "ranked")}
     out["mask"] = np.zeros((n, q), bool)
     out["items"] = np.zeros((n, q), np.int64)
     support = {"support_items": [], "support_ratings": [], "support_mask": []}
@@ -129,9 +133,10 @@ class Evaluator:
       if should_stop is not None and should_stop():
         return None
       device_batch = place(batch, self.task_sharding)
-      adapted, unadapted = self.predict(params, inner, device_batch)
+      adapted, unadapted, ranked = self.predict(params, inner, device_batch)
       k = len(index)
       out["adapted"][index] = np.asarray(adapted)[:k]
+      out["ranked"][index] = np.asarray(ranked)[:k]
       out["unadapted"][index] = np.asarray(unadapted)[:k]
       out["true"][index] = batch["query"]["rating"][:k]
       out["mask"][index] = batch["query"]["mask"][:k]
@@ -166,7 +171,7 @@ class Evaluator:
   def scenario_metrics(self, p: Predictions, num_tasks: int) -> dict:
     """The JSON of one scenario (values None when there are no tasks)."""
     result = metrics_lib.summary(p.adapted, p.true, p.mask, p.items,
-                                 floor=self.lo, rank_by=p.adapted_unclipped)
+                                 floor=self.lo, rank_by=p.ranked)
     result["mae_unadapted"] = metrics_lib.mae(p.unadapted, p.true, p.mask)
     result["tasks"] = int(num_tasks)
     base = self.baseline_predictions(p)
@@ -189,7 +194,8 @@ class Evaluator:
         {"rating": p.true, "prediction": p.adapted,
          "unadapted": p.unadapted, **base,
          unclipped("prediction"): p.adapted_unclipped,
-         unclipped(BASELINE): ranked[BASELINE]})
+         unclipped(BASELINE): ranked[BASELINE],
+         predictions_file.ranked_column("prediction"): p.ranked})
 
   def implicit_metrics(self, meta_params: PyTree, tasks: TaskSet,
                        should_stop: Callable[[], bool] | None = None

@@ -6,9 +6,12 @@ Columns (tab-separated, one header line): `user`, `item` (external ids),
 (the meta-parameters' own prediction) and one column per model-free
 baseline (`global_mean`, `item_mean_user_bias`), all clipped to the rating
 scale as `metarec eval` scores them; then `prediction_unclipped` and
-`item_mean_user_bias_unclipped`, the same before the clip, which nDCG ranks
-by (`unclipped_column`, `ranked`; files from before these columns rank
-the clipped values). Each value is written with the digits that read back
+`item_mean_user_bias_unclipped`, the same before the clip, and
+`prediction_ranked`, the model's scores before the median map: nDCG ranks
+the baseline's unclipped values and the model's ranked ones, as the
+served top-k does (the map can differ per kind of item,
+`Recommender.predict_ranked`; `ranked`: files from before a column rank
+the next one: unclipped, then clipped values). Each value is written with the digits that read back
 as the value scored (`exact_text`). Rows of a task are consecutive, in the
 order of the scenario's `query` file, so any metric of the report can be
 recomputed exactly, or a new one computed, from this file alone.
@@ -34,10 +37,17 @@ def unclipped_column(name: str) -> str:
   return name + UNCLIPPED
 
 
+def ranked_column(name: str) -> str:
+  """The column of the scores that rank `name`'s items, where they are not
+  its values (the model's, before the median map)."""
+  return name + "_ranked"
+
+
 def ranked(columns: dict[str, np.ndarray], name: str) -> np.ndarray:
-  """The values nDCG ranks column `name` by: its unclipped column where the
-  file has one, else its own."""
-  return columns.get(unclipped_column(name), columns[name])
+  """The values nDCG ranks column `name` by: its ranked column where the
+  file has one, else its unclipped one, else its own."""
+  return columns.get(ranked_column(name),
+                     columns.get(unclipped_column(name), columns[name]))
 
 
 def format_predictions(user_ids: np.ndarray, item_ids: np.ndarray,

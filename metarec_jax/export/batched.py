@@ -63,15 +63,16 @@ def top_k_users(model: Recommender, params: PyTree,
     excluded: bool `[B, I]`: items a user must not get (rated ones).
 
   Returns:
-    (scores f32 [B, k], item positions int32 [B, k]), best first; -inf
+    (scores f32 [B, k], item positions int32 [B, k]), best first by the
+    model's scores (`compute.rank_items`), the served ratings; -inf
     scores past a user's candidates. `lax.top_k` puts the lower position
     first among equal scores.
   """
 
   def one(f, u, ex):
-    scores = compute.score_items(model, params, f, u, item_tables)
-    scores = jnp.where(ex, -jnp.inf, scores.astype(jnp.float32))
-    return jax.lax.top_k(scores, k)
+    served, ranked = compute.rank_items(model, params, f, u, item_tables)
+    top, pos = jax.lax.top_k(jnp.where(ex, -jnp.inf, ranked), k)
+    return jnp.where(jnp.isfinite(top), served[pos], -jnp.inf), pos
 
   return jax.vmap(one)(fast, user_features, excluded)
 

@@ -49,6 +49,16 @@ def cast(leaves: dict[str, jax.Array], dtype: str) -> dict[str, jax.Array]:
   return leaves
 
 
+def _user_items(user_features: dict[str, jax.Array],
+                item_features: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """One user's feature row beside every row of a block of items."""
+  n = next(iter(item_features.values())).shape[0]
+  features = dict(item_features)
+  for name, value in user_features.items():
+    features[name] = jnp.broadcast_to(value, (n,) + value.shape)
+  return features
+
+
 def score_items(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
                 user_features: dict[str, jax.Array],
                 item_features: dict[str, jax.Array]) -> jax.Array:
@@ -58,11 +68,19 @@ def score_items(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
     user_features: `{name: int32[] or [L]}`: the user's own feature row.
     item_features: `{name: int32[B] or [B, L]}`: the items' rows.
   """
-  n = next(iter(item_features.values())).shape[0]
-  features = dict(item_features)
-  for name, value in user_features.items():
-    features[name] = jnp.broadcast_to(value, (n,) + value.shape)
-  return model.predict(with_leaves(params, fast), features)
+  return model.predict(with_leaves(params, fast),
+                       _user_items(user_features, item_features))
+
+
+def rank_items(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
+               user_features: dict[str, jax.Array],
+               item_features: dict[str, jax.Array]
+               ) -> tuple[jax.Array, jax.Array]:
+  """`score_items`' ratings and the scores that rank them
+  (`Recommender.predict_ranked`), float32."""
+  served, ranked = model.predict_ranked(
+      with_leaves(params, fast), _user_items(user_features, item_features))
+  return served.astype(jnp.float32), ranked.astype(jnp.float32)
 
 
 def top_k_one(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
@@ -75,6 +93,8 @@ def top_k_one(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
   index of each slot `[num_blocks, B]` (-1: padding past the catalogue).
   A `lax.scan` over blocks keeps a running top-k, so the scores of the whole
   catalogue never sit in memory at once. Ties keep the lower item index.
+  The order is the model's scores' (`rank_items`), the scores returned
+  the served ratings.
 
   Returns:
     (scores f32[k], item indices int32[k], the number of candidates whose
@@ -83,24 +103,27 @@ def top_k_one(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
   """
 
   def block(carry, xs):
-    best, best_idx, bad = carry
+    best, best_served, best_idx, bad = carry
     feats, idx = xs
-    scores = score_items(model, params, fast, user_features,
-                         feats).astype(jnp.float32)
+    served, ranked = rank_items(model, params, fast, user_features, feats)
     excluded = (idx < 0) | jnp.any(rated[:, None] == idx[None, :], axis=0)
-    bad = bad + jnp.sum(~excluded & ~jnp.isfinite(scores))
-    scores = jnp.where(excluded, -jnp.inf, scores)
-    both = jnp.concatenate([best, scores])
+    bad = bad + jnp.sum(~excluded & ~(jnp.isfinite(served)
+                                      & jnp.isfinite(ranked)))
+    ranked = jnp.where(excluded, -jnp.inf, ranked)
+    both = jnp.concatenate([best, ranked])
+    both_served = jnp.concatenate([best_served, served])
     both_idx = jnp.concatenate([best_idx, idx])
     top, pos = jax.lax.top_k(both, k)
     top_idx = jnp.where(jnp.isfinite(top), both_idx[pos], -1)
-    return (top, top_idx, bad), None
+    top_served = jnp.where(jnp.isfinite(top), both_served[pos], -jnp.inf)
+    return (top, top_served, top_idx, bad), None
 
-  init = (jnp.full((k,), -jnp.inf, jnp.float32), jnp.full((k,), -1, jnp.int32),
+  init = (jnp.full((k,), -jnp.inf, jnp.float32),
+          jnp.full((k,), -jnp.inf, jnp.float32), jnp.full((k,), -1, jnp.int32),
           jnp.zeros((), jnp.int32))
-  (top, top_idx, bad), _ = jax.lax.scan(block, init,
-                                        (item_blocks, block_index))
-  return top, top_idx, bad
+  (_, top_served, top_idx, bad), _ = jax.lax.scan(
+      block, init, (item_blocks, block_index))
+  return top_served, top_idx, bad
 
 
 def support_finite(model: Recommender, params: PyTree,

@@ -202,6 +202,20 @@ class Recommender:
       return prediction
     return calibration.serve(params, prediction, features.get(ITEM_ID))
 
+  def predict_ranked(self, params: PyTree, features: dict[str, jax.Array]
+                     ) -> tuple[jax.Array, jax.Array]:
+    """`(served predictions, the scores that rank the items)`: the served
+    ones before the median map. The map is monotone for each kind of item,
+    but two kinds may be served two maps (one kept, one the identity), and
+    through them an item of one kind could outrank every item of the
+    other: a top-k ranks the model's own scores, and shows the served
+    ratings (with one map for both kinds, the same order)."""
+    prediction = self.predict_unmapped(params, features)
+    if not self.median_map:
+      return prediction, prediction
+    return (calibration.serve(params, prediction, features.get(ITEM_ID)),
+            prediction)
+
   def predict_unmapped(self, params: PyTree,
                        features: dict[str, jax.Array]) -> jax.Array:
     """The module's own predictions: what the losses fit (no median map)."""
