@@ -11,10 +11,11 @@ scale as `metarec eval` scores them; then `prediction_unclipped` and
 the baseline's unclipped values and the model's ranked ones, as the
 served top-k does (the map can differ per kind of item,
 `Recommender.predict_ranked`; `ranked`: files from before a column rank
-the next one: unclipped, then clipped values). Each value is written with the digits that read back
-as the value scored (`exact_text`). Rows of a task are consecutive, in the
-order of the scenario's `query` file, so any metric of the report can be
-recomputed exactly, or a new one computed, from this file alone.
+the next one: unclipped, then clipped values). Each value is written with
+the digits that read back as the value scored (`exact_text`). Rows of a
+task are consecutive, in the order of the scenario's `query` file, so any
+metric of the report can be recomputed exactly, or a new one computed,
+from this file alone.
 """
 
 from __future__ import annotations

@@ -257,16 +257,10 @@ def _numbers(table: delimited.Table, name: str, values,
   """
   text = [v.strip() for v in values]
   known = np.isin(text, list(missing), invert=True)
-  try:
-    numbers = parsing.floats(table, [v if k else "0" for v, k in
-                                     zip(text, known)],
-                             f"numeric feature column {name!r}: value")
-  except InputError as e:
-    if "decimals" in e.problem:
-      raise
-    raise InputError(f"{e.problem} (if it means missing, add it to"
-                     " data.generic.missing)", path=e.path,
-                     line=e.line) from None
+  numbers = parsing.floats(
+      table, [v if k else "0" for v, k in zip(text, known)],
+      f"numeric feature column {name!r}: value",
+      hint=" (if it means missing, add it to data.generic.missing)")
   numbers[~known] = np.nan
   return numbers
 

@@ -45,9 +45,9 @@ MANY_NUMBERS = 50
 def numbers_as_categories(feats: list, categorical: tuple[str, ...]
                           ) -> list[str]:
   """A note for each `categorical` feature whose values are all numbers,
-  not all integers, many and mostly different: as categories, a value no training rating
-  saw (a new item's price) tells the model nothing, where its quantile bin
-  (`data.generic.numeric`) would."""
+  not all integers, many and mostly different: as categories, a value no
+  training rating saw (a new item's price) tells the model nothing, where
+  its quantile bin (`data.generic.numeric`) would."""
   notes = []
   for spec, index, vocab in feats:
     values = vocab[1:]

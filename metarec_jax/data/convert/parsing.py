@@ -176,11 +176,12 @@ def clock_of(values) -> str | None:
   return "seconds" if _is_number(values[0]) else "iso"
 
 
-def floats(table: Table, values, what: str) -> np.ndarray:
+def floats(table: Table, values, what: str, hint: str = "") -> np.ndarray:
   """`values` (one per row of `table`) as finite float64.
 
   Raises:
-    InputError: naming the first line whose value is not a finite number.
+    InputError: naming the first line whose value is not a finite number
+      (with the decimal comma named where that is the cause, else `hint`).
   """
   try:
     out = _bulk(values, np.dtype(np.float64))
@@ -205,7 +206,7 @@ def floats(table: Table, values, what: str) -> np.ndarray:
     comma = bool(re.fullmatch(r"\s*[-+]?\d+,\d+\s*", v))
     raise InputError(f"{what} {excerpt(v.strip())} is not a finite"
                      " number" + (" (write decimals with a '.', not a ',')"
-                                  if comma else "")
+                                  if comma else hint)
                      + more_lines(table.lines[bad]),
                      path=table.path, line=int(table.lines[bad[0]]))
   return out
