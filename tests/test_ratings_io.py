@@ -140,6 +140,20 @@ def test_unknown_users_and_items_are_errors_at_their_line(ml_store, tmp_path):
     ratings_io.to_indices(path, ml_store, args[0], args[1], args[3])
 
 
+def test_an_unknown_id_error_counts_the_other_lines_with_one(ml_store,
+                                                             tmp_path):
+  # A file of many users the run lacks is not fixed one run at a time.
+  path = tmp_path / "r.dat"
+  path.write_text("1::10::5\n7000::10::5\n1::99::5\n1::10::4\n"
+                  "7001::4000::3\n")
+  args = ratings_io.read_ratings(path, ml_store)
+  with pytest.raises(InputError) as e:
+    ratings_io.to_indices(path, ml_store, args[0], args[1], args[3])
+  assert e.value.message == (
+      f"{path}:2: unknown user 7000 (not in the movielens-1m data)"
+      " (and 2 more lines with an unknown id: 3, 5)")
+
+
 def test_stores_without_a_format_use_csv_with_a_header(synth_store, tmp_path):
   assert "ratings_format" not in synth_store.manifest
   path = str(tmp_path / "r.csv")

@@ -280,18 +280,22 @@ def strict_indices(path: str | os.PathLike, lines: np.ndarray,
       `(store.user_ids, users, "user", "the dataset's user table")`.
 
   Raises:
-    InputError: at the first line with an unknown id.
+    InputError: at the first line with an unknown id, counting the other
+      lines with one (`errors.more_lines`).
   """
   found = [lookup(known, ids) for known, ids, _, _ in lookups]
   bad = np.zeros(len(lines), bool)
   for f in found:
     bad |= f < 0
   if bad.any():
-    i = int(np.flatnonzero(bad)[0])
+    at = np.flatnonzero(bad)
+    i = int(at[0])
     for f, (_, ids, what, where) in zip(found, lookups):
       if f[i] < 0:
-        raise InputError(f"unknown {what} {excerpt(ids[i], quote=False)} (not in {where})",
-                         path=path, line=int(lines[i]))
+        raise InputError(
+            f"unknown {what} {excerpt(ids[i], quote=False)} (not in {where})"
+            + more_lines(np.asarray(lines)[at], of="with an unknown id"),
+            path=path, line=int(lines[i]))
   return found
 
 
@@ -300,7 +304,8 @@ def to_indices(path: str | os.PathLike, store: TaskStore, user_ids, item_ids,
   """External ids of a ratings file -> store indices, strictly.
 
   Raises:
-    InputError: at the first line with a user or item the store lacks.
+    InputError: at the first line with a user or item the store lacks
+      (counting the others).
   """
   where = f"the {store.manifest['dataset']} data"
   users, items = strict_indices(
