@@ -292,7 +292,7 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
           # support rows are support_width * (1 + negatives)).
           "negatives": trainer.sampler.spec.negatives,
           "loss": config.model.loss,
-          "query_size": int(config.data.query_size),
+          "query_size": trainer.sampler.spec.query_size,
           "devices": trainer.num_devices,
           "mesh_model": int(config.mesh.model),
           "backend": jax.default_backend(),

@@ -80,7 +80,8 @@ def get_config() -> ml_collections.ConfigDict:
       },
       "data": {
           "name": "synthetic", "root": "", "store": "", "max_support": 32,
-          "min_support": 3, "query_size": 10, "support_sampling": "max",
+          "min_support": 3, "query_size": 10, "train_query_size": 0,
+          "support_sampling": "max",
           "buckets": (8, 16, 32, 64, 128), "item_id_dropout": 0.1,
           "list_pad": {"genre": 4, "director": 2, "actor": 4},
           "implicit": {

@@ -116,10 +116,9 @@ MEANINGS: dict[str, str] = {
                                   " or two count where, as served, they"
                                   " predict better than not adapting (on"
                                   " fewer than 50 tasks: evidently"
-                                  " better; training uses 1;"
-                                  " `train/new_item_prior.py`). `none`:"
-                                  " every rating counts (what a config"
-                                  " written before this key meant).",
+                                  " better; training uses 1). `none`:"
+                                  " every rating counts (configs written"
+                                  " before this key).",
     "model.popularity_prior": "Implicit feedback, `melu` with a ranking"
                               " loss (`bce`, `bpr`, `softmax`): the score"
                               " starts from each item's popularity (the"
@@ -157,9 +156,12 @@ MEANINGS: dict[str, str] = {
                              " also learns to rate from item features alone"
                              " (as it must for new items).",
     "data.max_support": "Support ratings per training task at most.",
-    "data.min_support": "Training users need `query_size + min_support`"
-                        " training ratings.",
-    "data.query_size": "Query ratings per task (training and evaluation).",
+    "data.min_support": "Training users need this many training ratings"
+                        " beyond a training task's query ratings.",
+    "data.query_size": "Query ratings per evaluation task, and per"
+                       " training task unless `train_query_size`.",
+    "data.train_query_size": "Query ratings per training task (`0`:"
+                             " `query_size`).",
     "data.support_sampling": "Support-set size in training: `max` (all of"
                              " a user's ratings up to `max_support`) or"
                              " `uniform` (drawn between `min_support` and"
@@ -343,10 +345,8 @@ MEANINGS: dict[str, str] = {
                                  " without a better validation MAE than"
                                  " training's best so far (the start's does"
                                  " not count); 0 = never. Every validation"
-                                 " that improves is saved as a checkpoint,"
-                                 " and the best"
-                                 " is what `eval` and `export` use by"
-                                 " default.",
+                                 " that improves is saved as a checkpoint;"
+                                 " `eval` and `export` use the best.",
     "train.max_nonfinite": "Stop after this many consecutive steps whose"
                            " loss, meta-gradient or update is not finite"
                            " (each one keeps the previous state).",

@@ -75,6 +75,7 @@ ALLOWED: dict[str, Any] = {
     "data.max_support": R.Int(1),
     "data.min_support": R.Int(1),
     "data.query_size": R.Int(1),
+    "data.train_query_size": R.Int(0),
     "data.support_sampling": R.OneOf("metarec_jax.data.sampler",
                                      "SUPPORT_SAMPLING"),
     "data.buckets": R.Tuple(R.Int(1), min_len=1),

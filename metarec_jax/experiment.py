@@ -43,7 +43,8 @@ class Experiment:
     c = self.config
     return SamplerSpec(seed=int(c.train.seed),
                        tasks_per_step=int(c.train.tasks_per_step),
-                       query_size=int(c.data.query_size),
+                       query_size=int(c.data.train_query_size
+                                      or c.data.query_size),
                        max_support=int(c.data.max_support),
                        min_support=int(c.data.min_support),
                        support_sampling=c.data.support_sampling,

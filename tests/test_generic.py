@@ -337,7 +337,7 @@ def test_too_few_ratings_to_train_says_how_many_the_users_have(tmp_path):
   exp = experiment.build(config, str(tmp_path / "work"))
   with pytest.raises(InputError, match=r"no training user has the 13"
                      r" training ratings .* the most any has is 10, .*"
-                     r"leaving out the 10 query ratings \(data.query_size\)"):
+                     r"leaving out the query ratings \(data.query_size\)"):
     TrainSampler(exp.split, exp.tables, exp.store.items, exp.store.ratings,
                  exp.sampler_spec())
 

@@ -36,7 +36,8 @@ class SamplerSpec:
   Attributes:
     seed: the data seed.
     tasks_per_step: tasks in a global batch.
-    query_size: query ratings per task.
+    query_size: query ratings per training task (`data.train_query_size`,
+      or else the protocol's `data.query_size`).
     max_support: support ratings per task at most.
     min_support: users need `query_size + min_support` training ratings.
     support_sampling: `max` (as many support ratings as the user has, up to
@@ -98,11 +99,13 @@ class TrainSampler:
       raise InputError(
           "no training user has the"
           f" {spec.query_size + spec.min_support} training ratings a task"
-          " needs (data.query_size + data.min_support); the most any has"
-          f" is {most}, counting only existing items and leaving out the"
-          f" {spec.query_size} query ratings (data.query_size) of each"
-          " training and validation user's evaluation task: give users"
-          " more ratings, or lower data.min_support or data.query_size")
+          f" needs ({spec.query_size} query ratings, data.train_query_size"
+          " or else data.query_size, and data.min_support); the most any"
+          f" has is {most}, counting only existing items and leaving out"
+          " the query ratings (data.query_size) of each training and"
+          " validation user's evaluation task: give users more ratings, or"
+          " lower data.min_support, data.train_query_size or"
+          " data.query_size")
     cap = np.minimum(counts[self.users] - spec.query_size, spec.max_support)
     self.user_width = bucket_widths(cap, spec.widths)
     local = spec.tasks_per_step // process_count
