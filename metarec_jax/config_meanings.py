@@ -180,8 +180,8 @@ MEANINGS: dict[str, str] = {
                                " (0 = every row; a generic file with an"
                                " empty `rating_col` has only positives).",
     "data.implicit.negatives": "Implicit: negatives per positive in support"
-                               " and query sets (at most the existing items;"
-                               " never one the user interacted with).",
+                               " and query sets (items the user never had,"
+                               " but for a support its query's positives).",
     "data.implicit.sampling": "Implicit: training negatives drawn `uniform`"
                               " or `popularity`-weighted (training"
                               " positives' counts).",

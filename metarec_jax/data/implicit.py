@@ -16,6 +16,8 @@ out as the query. Negatives are drawn per task, not stored:
 - training (`NegativeSampler`): `data.implicit.negatives` per positive, for
   the support and the query set, uniform or popularity-weighted over the
   training items, with replacement, a pure function of (seed, step, slot);
+  a support's may be the task's query positives (`held_out`), as in
+  evaluation: adaptation must not know the query;
 - evaluation (`eval_candidates`): `data.implicit.eval_negatives` per
   held-out positive, uniform without replacement over the task's item class.
 """
@@ -161,6 +163,11 @@ class NegativeSampler:
         w = np.ones_like(w)
       self.cdf = np.cumsum(w) / w.sum()
 
+  def held_out(self, users: np.ndarray, items: np.ndarray,
+               mask: np.ndarray) -> np.ndarray:
+    """`held_out_keys` of this sampler's catalog."""
+    return held_out_keys(users, items, mask, self.num_items)
+
   def _candidates(self, u: np.ndarray) -> np.ndarray:
     if self.cdf is None:
       idx = np.floor(u * len(self.pool)).astype(np.int64)
@@ -169,7 +176,8 @@ class NegativeSampler:
     return self.pool[np.minimum(idx, len(self.pool) - 1)]
 
   def draw(self, users: np.ndarray, counts: np.ndarray, width: int,
-           seed: int, row_keys: np.ndarray, *stream
+           seed: int, row_keys: np.ndarray, *stream,
+           held_out: np.ndarray | None = None
            ) -> tuple[np.ndarray, np.ndarray]:
     """`counts[t]` negatives of `users[t]` (with replacement), padded.
 
@@ -177,6 +185,13 @@ class NegativeSampler:
     identify the batch (e.g. the step), `row_keys[t]` the row (its global
     slot in training, its task in evaluation), so the draws do not depend
     on how a batch is split over processes.
+
+    `held_out`: sorted keys (`keys`) of interactions that may be drawn as
+    if the user never had them: a task's query positives, when drawing its
+    support negatives. Adaptation must not know them (a server adapting a
+    user knows only the past); excluded, they would make every support
+    negative a true one, and on a small catalog the query's candidates
+    nearly the same items, which adaptation then learns to push down.
 
     Returns:
       (items int32 [T, width], mask bool [T, width]); a slot stays masked
@@ -199,8 +214,10 @@ class NegativeSampler:
       u = hashing.uniform(seed, *stream, rows, r * width + cols,
                           _TRAIN_STREAM)
       cand = self._candidates(u)
-      ok = ~contains(self.interacted, keys(users[:, None], cand,
-                                           self.num_items))
+      key = keys(users[:, None], cand, self.num_items)
+      ok = ~contains(self.interacted, key)
+      if held_out is not None:
+        ok |= contains(held_out, key)
       rank = np.cumsum(ok, axis=1) - 1
       take = ok & (rank < short[:, None])
       t, c = np.nonzero(take)
@@ -289,14 +306,24 @@ def eval_candidates(interacted: np.ndarray, num_items: int,
 
 def support_negatives(sampler: NegativeSampler, users: np.ndarray,
                       classes: np.ndarray, mask: np.ndarray, negatives: int,
-                      seed: int) -> tuple[np.ndarray, np.ndarray]:
+                      seed: int, held_out: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
   """Negatives for evaluation support sets (`mask [T, W]` of positives):
-  `negatives` per positive, a pure function of (seed, user, item class)."""
+  `negatives` per positive, a pure function of (seed, user, item class);
+  `held_out`: the tasks' query positives (`NegativeSampler.draw`)."""
   users = np.asarray(users, np.int64)
   return sampler.draw(users, negatives * mask.sum(1),
                       negatives * mask.shape[1], seed,
                       users * 2 + np.asarray(classes, np.int64),
-                      _SUPPORT_STREAM)
+                      _SUPPORT_STREAM, held_out=held_out)
+
+
+def held_out_keys(users: np.ndarray, items: np.ndarray, mask: np.ndarray,
+                  num_items: int) -> np.ndarray:
+  """Sorted keys of the `(users[t], items[t, j])` pairs `mask` keeps: a
+  batch's query positives, which its support negatives may be."""
+  rows = np.broadcast_to(np.asarray(users, np.int64)[:, None], items.shape)
+  return np.unique(keys(rows[mask], np.asarray(items)[mask], num_items))
 
 
 def support_keys(items: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -167,7 +167,7 @@ class TrainSampler:
     else:
       size = cap
     q = spec.query_size
-    out = {}
+    out, held_out = {}, None
     for name, sel, offset, w in (
         ("query", rank < q, 0, q),
         ("support", (rank >= q) & (rank < q + size[task]), q, width)):
@@ -186,9 +186,14 @@ class TrainSampler:
       if spec.negatives:
         # Implicit feedback: the positives (label 1), then their negatives
         # (label 0), drawn per global slot so any process split agrees.
+        # The query's are true negatives; the support's may be the query's
+        # positives, as a server adapting a user cannot know its future.
         neg, neg_mask = self.negative_sampler.draw(
             users, spec.negatives * mask.sum(1), spec.negatives * w,
-            spec.seed, slot_ids, step, int(name == "support"))
+            spec.seed, slot_ids, step, int(name == "support"),
+            held_out=held_out)
+        if name == "query":
+          held_out = self.negative_sampler.held_out(users, items, mask)
         items = np.concatenate([items, neg], 1)
         ratings = np.concatenate([ratings, np.zeros(neg.shape, np.float32)],
                                  1)
