@@ -59,6 +59,29 @@ def test_threshold_keeps_positives_and_remembers_every_interaction(tmp_path):
   assert implicit.contains(seen, implicit.keys(0, 1, 3))  # u1,b rated 2
 
 
+def test_ratings_that_are_all_positives_draw_a_store_note(tmp_path):
+  # A 0/1 purchase column named with the default threshold 0 made every
+  # view a purchase, without a word.
+  datafiles.write(str(tmp_path / "views.csv"),
+                  "user,item,bought\nu1,a,0\nu1,b,1\nu2,a,0\nu2,c,1\n")
+  data = generic_config(tmp_path, ratings="views.csv", rating_col="bought",
+                        rating_min=0, rating_max=1)
+  said = []
+  prepare.prepare(data, tmp_path / "store", log=said.append)
+  note = ("data.implicit.threshold=0 is at or below every rating (0 to 1):"
+          " every rating is a positive and the rating column tells nothing;"
+          " set the rating that makes a positive (e.g."
+          " data.implicit.threshold=1), or name no rating column if every"
+          " line is one")
+  assert note in said
+  assert store_lib.open_store(tmp_path / "store").manifest["notes"] == [note]
+  data.implicit.threshold = 1.0
+  said.clear()
+  prepare.prepare(data, tmp_path / "store1", log=said.append)
+  assert not store_lib.open_store(tmp_path / "store1").manifest["notes"]
+  assert not any("at or below" in line for line in said)
+
+
 def test_a_threshold_above_every_rating_is_refused_naming_it(tmp_path):
   """No rating reaches the threshold: refused at the store, naming
   data.implicit.threshold (training blamed the users' rating counts)."""

@@ -89,11 +89,12 @@ def contains(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 
 def convert_store(src: store_lib.TaskStore, out: str | os.PathLike, *,
-                  threshold: float) -> dict:
+                  threshold: float, notes: list[str] = ()) -> dict:
   """Writes the implicit store of the rating store `src` at `out`.
 
   Rows with rating >= `threshold` become positives (rating 1.0, each user's
-  order kept); every row is an interaction.
+  order kept); every row is an interaction. `notes` join the store's notes
+  (`data inspect` lists them).
 
   Returns:
     The new store's manifest.
@@ -122,6 +123,7 @@ def convert_store(src: store_lib.TaskStore, out: str | os.PathLike, *,
     # rating_min/max stay the input's scale: export and serving read
     # ratings on it and compare them with the threshold.
     manifest.update(
+        notes=list(src.manifest.get("notes", [])) + list(notes),
         num_ratings=int(positive.sum()), rating_mean=1.0,
         implicit={"threshold": float(threshold),
                   "positives": int(positive.sum()),

@@ -54,8 +54,10 @@ def prepare(data_config, out: str | os.PathLike,
       _prepare_ratings(data_config, os.path.join(ratings, "store"), log)
       source = store_lib.open_store(os.path.join(ratings, "store"))
       _refuse_no_positives(source, float(spec.threshold))
+      note = _every_rating_positive(source, float(spec.threshold))
       manifest = implicit.convert_store(source, out,
-                                        threshold=float(spec.threshold))
+                                        threshold=float(spec.threshold),
+                                        notes=[note] if note else [])
     finally:
       shutil.rmtree(ratings, ignore_errors=True)
   store_lib.record_source_files(out, files)
@@ -67,6 +69,8 @@ def prepare(data_config, out: str | os.PathLike,
             else f"rating >= {spec.threshold:g}")
     log(f"implicit: {info['positives']:,} positives ({rule}) of"
         f" {info['interactions']:,} interactions")
+    if note:
+      log(note)
 
 
 def _input_names(data_config) -> list[str]:
@@ -90,6 +94,25 @@ def _refuse_no_positives(source: store_lib.TaskStore,
         f"data.implicit.threshold={threshold:g} is above every rating (the"
         f" highest is {ratings.max():g}), so no interaction is a positive:"
         " lower data.implicit.threshold")
+
+
+def _every_rating_positive(source: store_lib.TaskStore,
+                           threshold: float) -> str | None:
+  """The store note where ratings of several values are all positives
+  (`data.implicit.threshold`, 0 by default, at or below every one): a
+  named rating column that tells nothing, likely a forgotten threshold (a
+  0/1 purchase flag read as every view a purchase)."""
+  ratings = np.asarray(source.ratings)
+  if not len(ratings) or ratings.min() < threshold:
+    return None
+  low, high = float(ratings.min()), float(ratings.max())
+  if low == high:
+    return None
+  return (f"data.implicit.threshold={threshold:g} is at or below every"
+          f" rating ({low:g} to {high:g}): every rating is a positive and"
+          " the rating column tells nothing; set the rating that makes a"
+          f" positive (e.g. data.implicit.threshold={high:g}), or name no"
+          " rating column if every line is one")
 
 
 def _prepare_ratings(data_config, out: str | os.PathLike,
