@@ -543,7 +543,7 @@ def test_a_damaged_topk_file_is_never_preloaded(engine, tmp_path):
 
 
 def test_a_log_that_cannot_be_written_is_a_503_and_nothing_is_learned(
-    engine, tmp_path):
+    engine, tmp_path, caplog):
   """A full disk under the log: a JSON 503 naming the cause; the user is
   not re-adapted (the log, not the model, is the record of what was
   acknowledged)."""
@@ -580,6 +580,94 @@ def test_a_log_that_cannot_be_written_is_a_503_and_nothing_is_learned(
   assert r.json()["error"].startswith("storage error (No space left on"
                                       " device): nothing of this request")
   assert engine.sessions.get(user) is before
+  # The operator reads one line per failed batch, not a traceback each.
+  failed = [r for r in caplog.records if "failed" in r.getMessage()]
+  assert failed and not any(r.exc_info for r in failed)
+  assert "failed on storage: [Errno 28]" in failed[0].getMessage()
+
+
+def test_bodies_the_parser_cannot_read_and_bugs_get_the_json_shape(
+    engine, tmp_path, monkeypatch):
+  """A body nested deeper than Python's parser goes (200 KB of `[[[...`,
+  within the size limit) was a text 500 with a RecursionError traceback,
+  a number of over 4300 digits FastAPI's bare "There was an error parsing
+  the body"; and a bug in a route got Starlette's text 500."""
+  # pylint: disable=g-import-not-at-top
+  import json
+  from metarec_jax.serve import app as app_lib
+  from metarec_jax.serve import interaction_log, service as service_lib
+  fmt, clock = interaction_log.export_format(engine.export.path)
+  log = interaction_log.InteractionLog(str(tmp_path), fmt, clock=clock)
+  service = service_lib.Service(engine, log, max_wait=0.001)
+  app = app_lib.create_app(service, token=None, max_body=1 << 20)
+  user = int(engine.export.user_ids[0])
+  bodies = {
+      "deep": b"[" * 100_000 + b"]" * 100_000,
+      "long number": b'{"user": 1, "items": [' + b"9" * 5000 + b"]}",
+  }
+
+  async def requests():
+    await service.start()
+    try:
+      transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+      async with httpx.AsyncClient(transport=transport,
+                                   base_url="http://test") as c:
+        out = {name: await c.post("/v1/predict", content=body, headers={
+            "content-type": "application/json"})
+               for name, body in bodies.items()}
+
+        def broken(*_):
+          raise RuntimeError("a bug")
+
+        monkeypatch.setattr(engine, "predict", broken)
+        out["bug"] = await c.post("/v1/predict",
+                                  json={"user": user, "items": [1193]})
+        return out
+    finally:
+      await service.stop()
+
+  replies = asyncio.run(requests())
+  log.close()
+  expected = {
+      "deep": (400, "malformed JSON: nested deeper than the parser goes"),
+      "long number": (400, "malformed JSON: Exceeds the limit (4300 digits)"
+                      " for integer string conversion: value has 5000"
+                      " digits"),
+      "bug": (500, "internal error (RuntimeError): the server logged it"),
+  }
+  for name, (status, message) in expected.items():
+    r = replies[name]
+    assert r.status_code == status, (name, r.text)
+    assert r.headers["content-type"] == "application/json"
+    assert json.loads(r.text) == {"error": message}, name
+
+
+def test_a_request_cancelled_as_the_server_stops_gets_a_json_503():
+  """uvicorn cancels what still runs when the grace period of a stop runs
+  out (a client still sending its body): that was a text 500 and a
+  CancelledError traceback in the server's log."""
+  # pylint: disable=g-import-not-at-top
+  import json
+  from metarec_jax.serve import guards
+
+  async def app(scope, receive, send):
+    raise AssertionError("the body never arrived")
+
+  async def receive():
+    raise asyncio.CancelledError
+
+  sent = []
+
+  async def send(message):
+    sent.append(message)
+
+  scope = {"type": "http", "method": "POST", "headers": [
+      (b"content-type", b"application/json"), (b"content-length", b"40")]}
+  asyncio.run(guards.BodyLimit(app, max_bytes=100)(scope, receive, send))
+  assert sent[0]["status"] == 503
+  assert json.loads(sent[1]["body"]) == {
+      "error": "the server is stopping: this request may not have been"
+               " handled; send it again"}
 
 
 def test_micro_batcher_groups_concurrent_requests():

@@ -191,6 +191,13 @@ def create_app(service: Service, *, token: str | None,
     response.headers.update(exc.headers or {})
     return response
 
+  @app.exception_handler(Exception)
+  async def _bug(_, exc):
+    # A bug on our side (Starlette still logs its traceback): the client
+    # gets the API's error shape, not a text "Internal Server Error".
+    return error(500, f"internal error ({type(exc).__name__}): the server"
+                 " logged it")
+
   @app.exception_handler(OSError)
   async def _storage(_, exc):
     # The log could not be written (a full disk...): it was cut back to

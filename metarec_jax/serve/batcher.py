@@ -70,6 +70,12 @@ class MicroBatcher:
         continue
       try:
         results = await self.run([r for r, _ in batch])
+      except OSError as e:
+        # Storage (a full disk): each request gets its 503, and the
+        # operator one line per batch, not a traceback each time.
+        log.error("%s batch of %d failed on storage: %s", self.name,
+                  len(batch), e)
+        results = [e] * len(batch)
       except Exception as e:  # pylint: disable=broad-except
         # A bug on our side: every request of the batch gets a 500 and the
         # server keeps serving.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 
@@ -115,6 +116,25 @@ class BodyLimit:
   async def __call__(self, scope, receive, send):
     if scope["type"] != "http":
       return await self.app(scope, receive, send)
+    started = False
+
+    async def sending(message):
+      nonlocal started
+      started = True
+      await send(message)
+
+    try:
+      await self._guarded(scope, receive, sending)
+    except asyncio.CancelledError:
+      # The server is stopping and its grace period ran out (uvicorn
+      # cancels what still runs, a client still sending its body, say):
+      # uvicorn would answer a text 500 and log a traceback.
+      if started:
+        raise
+      await _send_error(send, 503, "the server is stopping: this request"
+                        " may not have been handled; send it again")
+
+  async def _guarded(self, scope, receive, send):
     headers = dict(scope["headers"])
     length = headers.get(b"content-length", b"0")
     if not length.isdigit() or int(length) > self.max_bytes:
@@ -145,8 +165,14 @@ class BodyLimit:
                                 f" 0x{body[e.start]:02x} at offset {e.start})")
     except _Duplicate as e:
       return await self._reject(send, 422, str(e))
-    except ValueError:
+    except json.JSONDecodeError:
       pass  # malformed JSON: FastAPI names where
+    except ValueError as e:  # a number of over 4300 digits
+      return await self._reject(send, 400, "malformed JSON: "
+                                + str(e).split(";")[0])
+    except RecursionError:  # FastAPI's parse would answer a text 500
+      return await self._reject(send, 400, "malformed JSON: nested deeper"
+                                " than the parser goes")
     whole = {"type": "http.request", "body": body, "more_body": False}
 
     async def replay():
