@@ -202,14 +202,32 @@ def test_negatives_are_never_items_the_user_interacted_with(tiny, sampling):
       rows[part] = (u, item, neg, pos)
     u, item, neg, _ = rows["query"]
     assert not implicit.contains(seen, implicit.keys(u[neg], item[neg], n)).any()
-    qu, qitem, _, qpos = rows["query"]
-    query = np.unique(implicit.keys(qu[qpos], qitem[qpos], n))
+    _, qitem, _, qpos = rows["query"]
+    # The same task's query positives, by row: a user may fill two slots.
+    slot = np.broadcast_to(np.arange(len(qitem))[:, None], qitem.shape)
+    query = np.unique(implicit.keys(slot[qpos], qitem[qpos], n))
     u, item, neg, _ = rows["support"]
+    slot = np.broadcast_to(np.arange(len(item))[:, None], item.shape)
+    held = implicit.contains(query, implicit.keys(slot[neg], item[neg], n))
     key = implicit.keys(u[neg], item[neg], n)
-    held = implicit.contains(query, key)
     assert not implicit.contains(seen, key[~held]).any()
     support_hits += held.sum()
   assert support_hits > 0
+
+
+def test_held_out_items_are_drawable_by_their_own_row_only():
+  # One user in two rows (a batch repeats users where a width has fewer
+  # than tasks_per_step): row 0's query positive (item 1) may be row 0's
+  # support negative, never row 1's, whose support may hold that item.
+  interacted = np.unique(implicit.keys(0, np.array([1, 2]), 4))
+  sampler = implicit.NegativeSampler(interacted, 4, np.arange(4))
+  held = implicit.held_out_keys(np.array([[1], [0]]),
+                                np.array([[True], [False]]), 4)
+  items, ok = sampler.draw(np.array([0, 0]), np.array([200, 200]), 200, 0,
+                           np.array([0, 1]), 7, held_out=held)
+  assert ok.all()
+  assert set(items[0].tolist()) == {0, 1, 3}
+  assert set(items[1].tolist()) == {0, 3}
 
 
 def test_negative_draws_are_a_function_of_seed_step_and_slot(tiny):

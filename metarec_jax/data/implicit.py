@@ -165,10 +165,9 @@ class NegativeSampler:
         w = np.ones_like(w)
       self.cdf = np.cumsum(w) / w.sum()
 
-  def held_out(self, users: np.ndarray, items: np.ndarray,
-               mask: np.ndarray) -> np.ndarray:
+  def held_out(self, items: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """`held_out_keys` of this sampler's catalog."""
-    return held_out_keys(users, items, mask, self.num_items)
+    return held_out_keys(items, mask, self.num_items)
 
   def _candidates(self, u: np.ndarray) -> np.ndarray:
     if self.cdf is None:
@@ -188,12 +187,14 @@ class NegativeSampler:
     slot in training, its task in evaluation), so the draws do not depend
     on how a batch is split over processes.
 
-    `held_out`: sorted keys (`keys`) of interactions that may be drawn as
-    if the user never had them: a task's query positives, when drawing its
-    support negatives. Adaptation must not know them (a server adapting a
-    user knows only the past); excluded, they would make every support
-    negative a true one, and on a small catalog the query's candidates
-    nearly the same items, which adaptation then learns to push down.
+    `held_out`: sorted keys (`held_out_keys`: of row `t`, not of its
+    user, as a user may fill two rows) of items that row `t` may draw as
+    if its user never had them: its task's query positives, when drawing
+    the support's negatives. Adaptation must not know them (a server
+    adapting a user knows only the past); excluded, they would make every
+    support negative a true one, and on a small catalog the query's
+    candidates nearly the same items, which adaptation then learns to
+    push down.
 
     Returns:
       (items int32 [T, width], mask bool [T, width]); a slot stays masked
@@ -216,10 +217,11 @@ class NegativeSampler:
       u = hashing.uniform(seed, *stream, rows, r * width + cols,
                           _TRAIN_STREAM)
       cand = self._candidates(u)
-      key = keys(users[:, None], cand, self.num_items)
-      ok = ~contains(self.interacted, key)
+      ok = ~contains(self.interacted, keys(users[:, None], cand,
+                                           self.num_items))
       if held_out is not None:
-        ok |= contains(held_out, key)
+        ok |= contains(held_out, keys(np.arange(n)[:, None], cand,
+                                      self.num_items))
       rank = np.cumsum(ok, axis=1) - 1
       take = ok & (rank < short[:, None])
       t, c = np.nonzero(take)
@@ -312,7 +314,8 @@ def support_negatives(sampler: NegativeSampler, users: np.ndarray,
                       ) -> tuple[np.ndarray, np.ndarray]:
   """Negatives for evaluation support sets (`mask [T, W]` of positives):
   `negatives` per positive, a pure function of (seed, user, item class);
-  `held_out`: the tasks' query positives (`NegativeSampler.draw`)."""
+  `held_out`: the tasks' query positives (`held_out_keys` of these rows,
+  `NegativeSampler.draw`)."""
   users = np.asarray(users, np.int64)
   return sampler.draw(users, negatives * mask.sum(1),
                       negatives * mask.shape[1], seed,
@@ -320,12 +323,14 @@ def support_negatives(sampler: NegativeSampler, users: np.ndarray,
                       _SUPPORT_STREAM, held_out=held_out)
 
 
-def held_out_keys(users: np.ndarray, items: np.ndarray, mask: np.ndarray,
+def held_out_keys(items: np.ndarray, mask: np.ndarray,
                   num_items: int) -> np.ndarray:
-  """Sorted keys of the `(users[t], items[t, j])` pairs `mask` keeps: a
-  batch's query positives, which its support negatives may be."""
-  rows = np.broadcast_to(np.asarray(users, np.int64)[:, None], items.shape)
-  return np.unique(keys(rows[mask], np.asarray(items)[mask], num_items))
+  """Sorted keys of the `(t, items[t, j])` pairs `mask` keeps, `t` the
+  row: a batch's query positives, which the same rows' support negatives
+  may be (`NegativeSampler.draw`)."""
+  items = np.asarray(items)
+  rows = np.broadcast_to(np.arange(len(items))[:, None], items.shape)
+  return np.unique(keys(rows[mask], items[mask], num_items))
 
 
 def support_keys(items: np.ndarray, mask: np.ndarray) -> np.ndarray:

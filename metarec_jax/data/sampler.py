@@ -193,7 +193,7 @@ class TrainSampler:
             spec.seed, slot_ids, step, int(name == "support"),
             held_out=held_out)
         if name == "query":
-          held_out = self.negative_sampler.held_out(users, items, mask)
+          held_out = self.negative_sampler.held_out(items, mask)
         items = np.concatenate([items, neg], 1)
         ratings = np.concatenate([ratings, np.zeros(neg.shape, np.float32)],
                                  1)

@@ -125,10 +125,10 @@ class RankingEvaluator:
                    self.task_sharding), users, blocks) for w in widths]
 
   def _support(self, users: np.ndarray, classes: np.ndarray,
-               items: np.ndarray, mask: np.ndarray,
-               held_out: np.ndarray) -> dict:
+               items: np.ndarray, mask: np.ndarray, query: np.ndarray,
+               query_mask: np.ndarray) -> dict:
     """Support rows: the positives, then their sampled negatives, drawn
-    as a server would, not knowing the `held_out` query positives."""
+    as a server would, not knowing the tasks' `query` positives."""
     neg = np.zeros((len(users), self.spec.negatives * items.shape[1]),
                    np.int32)
     neg_mask = np.zeros(neg.shape, bool)
@@ -137,7 +137,8 @@ class RankingEvaluator:
       if sel.any() and self.spec.negatives:
         neg[sel], neg_mask[sel] = implicit.support_negatives(
             sampler, users[sel], classes[sel], mask[sel],
-            self.spec.negatives, self.seed, held_out)
+            self.spec.negatives, self.seed,
+            sampler.held_out(query[sel], query_mask[sel]))
     labels = np.concatenate([np.ones(items.shape, np.float32),
                              np.zeros(neg.shape, np.float32)], 1)
     return self.exp.tables.rows(users, np.concatenate([items, neg], 1),
@@ -168,10 +169,8 @@ class RankingEvaluator:
       users[:k] = tasks.users[index]
       q_items, q_mask = items["query"], batch["query"]["mask"]
       classes = self.item_class[q_items[:, 0]]
-      support = self._support(
-          users, classes, items["support"], batch["support"]["mask"],
-          implicit.held_out_keys(users, q_items, q_mask,
-                                 self.exp.store.num_items))
+      support = self._support(users, classes, items["support"],
+                              batch["support"]["mask"], q_items, q_mask)
       user_features = {name: np.asarray(t)[users]
                        for name, t in user_tables.items()}
       scores = np.asarray(self.score(
