@@ -24,15 +24,19 @@ def _damage(workdir, content=b'{"val_mae": 0.5'):
   return path
 
 
-@pytest.mark.parametrize("command", ["eval", "train"])
+@pytest.mark.parametrize("command", ["eval", "eval_it", "train"])
 def test_a_damaged_metrics_file_costs_only_its_step(finished_run, tmp_path,
                                                     command):
   """A damaged metrics file of step 3 was one error for the whole work
-  directory: `eval --step=6` and the resume exited 2 over it."""
+  directory: `eval --step=6` and the resume exited 2 over it; and `eval
+  --step=3` said the checkpoint of step 3 "cannot be read
+  (StopIteration: 0)", its state intact."""
   workdir = copy_run(finished_run, tmp_path)
   path = _damage(workdir)
+  step = "3" if command == "eval_it" else "6"
+  command = command.removesuffix("_it")
   out = metarec_here(command, f"--workdir={workdir}",
-                     *(["--support_curve=false", "--step=6"]
+                     *(["--support_curve=false", f"--step={step}"]
                        if command == "eval" else
                        ["--config.train.num_steps=8"]))
   assert out.returncode == 0, out.stderr

@@ -45,9 +45,15 @@ class Manager(ocp.CheckpointManager):
     super().__init__(*args, **kw)
 
   def metrics(self, step: int) -> Any:
+    return self._get_metrics(step)
+
+  def _get_metrics(self, step: int) -> Any:
+    # orbax reads a step's metrics here for `metrics` and for the step's
+    # metadata too, which every restore reads: a damaged file's JSON error
+    # made its step unreadable ("cannot be read"), not only unvalidated.
     if int(step) in self.damaged:
       return None
-    metrics = super().metrics(step)
+    metrics = super()._get_metrics(step)
     bad = {k: v for k, v in (metrics or {}).items()
            if isinstance(v, float) and not math.isfinite(v)}
     if not bad:
