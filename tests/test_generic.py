@@ -176,6 +176,11 @@ def test_iso_dates_order_a_users_ratings_and_bad_ones_name_their_line(
     assert str(e.value).endswith(
         f"none.csv:2: timestamp {first!r} is not a time (an integer, a number"
         " of seconds, or an ISO 8601 date or time like 2021-03-04)")
+  # ... counting the other lines of no kind (a column of empty times).
+  with pytest.raises(InputError) as e:
+    timed_store(tmp_path, "empty.csv", "alice,mug,4,", "bob,pen,3,17",
+                "carol,cup,2,", "dave,mug,1,2021-03-05")
+  assert str(e.value).endswith("(and 1 more such line: 4)")
 
 
 def test_a_file_split_on_the_wrong_delimiter_says_which_it_uses(tmp_path):

@@ -150,9 +150,12 @@ def times(table: Table, values, what: str) -> np.ndarray:
     return ints(table, values, what)
   out, ok = _iso_seconds(values)
   if not ok[0]:  # no time at all: not an ISO time "as the first line's is"
+    # (an error path: the loop reads only the lines that are not ISO)
+    none = [i for i in np.flatnonzero(~ok) if not _is_number(values[i])]
     raise InputError(
         f"{what} {excerpt(values[0].strip())} is not a time (an integer, a"
-        " number of seconds, or an ISO 8601 date or time like 2021-03-04)",
+        " number of seconds, or an ISO 8601 date or time like 2021-03-04)"
+        + more_lines(table.lines[none]),
         path=table.path, line=int(table.lines[0]))
   if not ok.all():
     i = int(np.flatnonzero(~ok)[0])
@@ -163,6 +166,14 @@ def times(table: Table, values, what: str) -> np.ndarray:
         + more_lines(table.lines[~ok]),
         path=table.path, line=int(table.lines[i]))
   return out
+
+
+def _is_number(value) -> bool:
+  try:
+    float(value)
+  except (TypeError, ValueError):
+    return False
+  return True
 
 
 def clock_of(values) -> str | None:
