@@ -369,6 +369,50 @@ def test_rated_ids_without_a_feature_row_are_noted(shop, tmp_path):
       " and filled?)"]
 
 
+def test_a_feature_table_whose_ids_are_not_first_is_refused(tmp_path):
+  # The first column was read as the ids: a maker's name repeated said
+  # "item id Acme appears twice"; unique titles made every rated item one
+  # without features, with only a note.
+  root = tmp_path / "later"
+  datafiles.write(str(root / "ratings.csv"),
+                  "user,item,rating\nann,mug,4\nbob,pen,3\n")
+  for head in ("maker,item", "title,item"):
+    datafiles.write(str(root / "items.csv"),
+                    f"{head}\nAcme,mug\nAcme2,pen\n")
+    with pytest.raises(InputError) as e:
+      prepare.prepare(data_config(root, item_features="items.csv",
+                                  categorical=(head.split(",")[0],)),
+                      tmp_path / head.replace(",", "_"))
+    assert e.value.message == (
+        f"{root / 'items.csv'}:1: the item ids must be the first column, but"
+        " column 2 is named 'item' (as data.generic.item_col) and the first"
+        f" {head.split(',')[0]!r}: put the id column first")
+  # An id column named otherwise, first, reads as ever.
+  datafiles.write(str(root / "items.csv"), "sku,maker\nmug,Acme\npen,B\n")
+  prepare.prepare(data_config(root, item_features="items.csv",
+                              categorical=("maker",)), tmp_path / "ok")
+
+
+def test_list_rows_cut_to_their_padding_are_noted(tmp_path):
+  root = tmp_path / "long"
+  datafiles.write(str(root / "ratings.csv"),
+                  "user,item,rating\nann,mug,4\nbob,pen,3\n")
+  datafiles.write(str(root / "items.csv"),
+                  "item,tags\nmug,a|b|c|d|e|a\npen,a|b\n")
+  said = []
+  prepare.prepare(data_config(root, item_features="items.csv",
+                              lists=("tags",)), tmp_path / "s", log=said.append)
+  assert not any("hold more than" in line for line in said)  # unpadded
+  data = data_config(root, item_features="items.csv", lists=("tags",))
+  data.list_pad.tags = 3
+  prepare.prepare(data, tmp_path / "cut", log=said.append)
+  note = ("list column 'tags' (item): 1 row holds more than the 3 entries"
+          " kept (up to 5); the rest are dropped: raise data.list_pad.tags"
+          " to keep more")
+  assert note in store_lib.open_store(tmp_path / "cut").manifest["notes"]
+  assert note in said
+
+
 def test_a_feature_column_with_one_value_for_every_rated_row_is_noted(
     tmp_path):
   root = tmp_path / "flat"

@@ -163,6 +163,7 @@ def _read_side(spec: GenericSpec, root: str, side: str) -> _SideTable | None:
       os.path.join(root, name), delimiter=spec.feature_delimiter
       or spec.delimiter, encoding=spec.encoding, header=True, quoting=True,
       delimiter_key="data.generic.feature_delimiter")  # not .delimiter
+  _refuse_ids_not_first(table, getattr(spec, f"{side}_col"), side)
   ids = delimited.id_strings(table, 0, f"{side} id")
   empty = np.flatnonzero(ids == "")
   if len(empty):
@@ -173,6 +174,21 @@ def _read_side(spec: GenericSpec, root: str, side: str) -> _SideTable | None:
                                    range(table.width))
   delimited.unique_ids(table, ids, f"{side} id")
   return _SideTable(side, ids, table)
+
+
+def _refuse_ids_not_first(table: delimited.Table, id_col: str,
+                          side: str) -> None:
+  """Raises InputError where a feature table's ids are not its first
+  column but a later one is named as the ratings file's id column: the
+  first column was read as the ids (a maker's name repeated: "item id
+  Bolt appears twice"; unique titles: every rated item without features,
+  and only a note)."""
+  if table.header[0] != id_col and id_col in table.header:
+    raise InputError(
+        f"the {side} ids must be the first column, but column"
+        f" {table.header.index(id_col) + 1} is named {id_col!r} (as"
+        f" data.generic.{side}_col) and the first {table.header[0]!r}: put"
+        " the id column first", path=table.path, line=table.header_line)
 
 
 def _typed_ids(ids: np.ndarray) -> np.ndarray:
@@ -207,8 +223,9 @@ def _as_type(ids: np.ndarray, like: np.ndarray) -> np.ndarray:
   return ids.astype(np.int64) if like.dtype.kind == "i" else ids
 
 
-def _features(spec, tables, index_of, sizes, list_pad):
-  """The configured feature columns of the side tables, by side index."""
+def _features(spec, tables, index_of, sizes, list_pad, cut_notes):
+  """The configured feature columns of the side tables, by side index
+  (`cut_notes` gets a note per list column whose rows were cut short)."""
   out = []
   for name in (*spec.categorical, *spec.lists, *spec.numeric):
     owners = [t for t in tables if t is not None and name in
@@ -240,9 +257,10 @@ def _features(spec, tables, index_of, sizes, list_pad):
                              int(spec.numeric_bins))
     else:
       pad = list_pad.get(name)
-      feat = features.lists(name, t.side,
-                            [v.split(spec.list_sep) for v in values],
-                            int(pad) if pad else None, missing=spec.missing)
+      entries = [v.split(spec.list_sep) for v in values]
+      feat = features.lists(name, t.side, entries, int(pad) if pad else None,
+                            missing=spec.missing)
+      cut_notes.extend(input_notes.cut_lists(feat, entries, spec.missing))
     out.append(features.reindex(feat, index_of[t.side], sizes[t.side]))
   return out
 
@@ -305,7 +323,9 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
     if t is not None:
       index_of[side] = lookup(ids[side], _as_type(t.ids, ids[side]))
   sizes = {side: len(v) for side, v in ids.items()}
-  feats = _features(spec, tables.values(), index_of, sizes, list_pad or {})
+  cut_notes = []
+  feats = _features(spec, tables.values(), index_of, sizes, list_pad or {},
+                    cut_notes)
   stray = sorted(set(list_pad or {}) - set(spec.lists)
                  - set(config_defaults.get_config().data.list_pad))
   if stray and log_fn is not None:  # a typo, or a column not named a list
@@ -349,6 +369,7 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
   notes += input_notes.constant_features(feats, {"user": users,
                                                  "item": items})
   notes += input_notes.numbers_as_categories(feats, spec.categorical)
+  notes += cut_notes
   for note in notes:
     if log_fn is not None:
       log_fn(note)

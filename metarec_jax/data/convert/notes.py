@@ -68,6 +68,25 @@ def numbers_as_categories(feats: list, categorical: tuple[str, ...]
   return notes
 
 
+def cut_lists(feat, entries, missing) -> list[str]:
+  """A note where rows of list feature `feat` (its `(spec, index, vocab)`)
+  hold more distinct entries than it keeps (`data.list_pad.NAME`): the
+  rest is dropped, and with it entries no kept row holds."""
+  spec = feat[0]
+  missing = set(missing)
+  counts = np.fromiter((len({e.strip() for e in row} - missing)
+                        for row in entries), np.int64, len(entries))
+  cut = counts > spec.max_len
+  if not cut.any():
+    return []
+  rows = (f"{int(cut.sum()):,} rows hold" if cut.sum() > 1
+          else "1 row holds")
+  return [f"list column {spec.name!r} ({spec.side}): {rows} more than"
+          f" the {spec.max_len} entries kept (up to"
+          f" {int(counts.max()):,}); the rest are dropped: raise"
+          f" data.list_pad.{spec.name} to keep more"]
+
+
 def unmatched(table: delimited.Table | None, rated: np.ndarray,
               rows: np.ndarray | None, ids: np.ndarray, side: str) -> str:
   """A note where ids of the ratings file (`rated`: their indices in

@@ -168,14 +168,6 @@ def times(table: Table, values, what: str) -> np.ndarray:
   return out
 
 
-def _is_number(value) -> bool:
-  try:
-    float(value)
-  except (TypeError, ValueError):
-    return False
-  return True
-
-
 def clock_of(values) -> str | None:
   """The kind of time `times` reads `values` as, by the first value:
   `integer` (any unit), `seconds` (a float clock) or `iso` (ISO 8601
