@@ -137,3 +137,29 @@ def test_non_finite_validation_predictions_are_a_one_line_error(tmp_path):
       r" settings \(meta.inner_lr=100000.0, meta.inner_steps=\d+\); lower"
       r" meta.inner_lr", last), last
   assert checkpoint_steps(workdir) == []
+
+
+def test_a_resume_that_diverges_before_saving_leaves_config_json(tmp_path):
+  """config.json was written as a resume started: after a resume whose
+  `train.lr=1e39` diverged, a plain `metarec train --workdir=W` read that
+  rate back ("resuming with a changed config: train.lr 0.002 -> 1e+39")
+  and diverged again."""
+  workdir = str(tmp_path / "run")
+  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET)
+  assert out.returncode == 0, out.stderr
+  path = os.path.join(workdir, "config.json")
+  with open(path, "rb") as f:
+    before = f.read()
+  last = last_line_of_a_stopped_run(
+      workdir, "--config.train.num_steps=12", "--config.train.lr=1e39",
+      "--config.train.max_nonfinite=3", "--config.checkpoint.every_steps=100")
+  assert "3 consecutive steps with a non-finite" in last
+  assert checkpoint_steps(workdir) == [3, 6]
+  with open(path, "rb") as f:
+    assert f.read() == before
+  # A resume that saves records its config.
+  out = metarec_here("train", f"--workdir={workdir}",
+                     "--config.train.num_steps=9")
+  assert out.returncode == 0, out.stderr
+  assert "train.lr" not in out.stderr
+  assert config_io.read_workdir_config(workdir).train.num_steps == 9

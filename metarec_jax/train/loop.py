@@ -148,10 +148,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       reporter.hparams(reporting.flat_hparams(config_record),
                        telemetry.hparam_metrics(exp.implicit.enabled),
                        descriptions=config_meanings.MEANINGS)
-      if is_lead:
-        config_io.write_workdir_config(
-            workdir, config,
-            data_files=exp.store.manifest.get("source", {}).get("files"))
+      run_config = start_lib.RunConfig(
+          workdir, config, exp.store.manifest.get("source", {}).get("files"),
+          active=is_lead, resumed=restored_step is not None)
       step = int(runtime.to_host(state.step))
       evaluator = Evaluator(exp, trainer.eval_mesh)
 
@@ -160,8 +159,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         if step != restored_step and step > 0:
           start_lib.save(checkpointer, step, state, config_record,
                          validation_cut=validation_cut, val_mae=val_loss,
-                         params=validated,
-                         selection=selection.record())
+                         params=validated, selection=selection.record(),
+                         run_config=run_config)
           what = ("saved; its validation, cut short, is done on resume"
                   if validation_cut else "saved")
         elif step > 0:  # e.g. during the warm-up of a resumed run
@@ -205,7 +204,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         compiles.stop()
         start_lib.save(checkpointer, step, state, config_record,
                        val_mae=val_loss, params=params,
-                       selection=selection.record())
+                       selection=selection.record(), run_config=run_config)
         compiles.start()
 
       def validate(step):

@@ -12,6 +12,7 @@ import copy
 import logging
 from typing import Any, NamedTuple
 
+from metarec_jax import config_io
 from metarec_jax.train import validation
 from metarec_jax.train.guard import TrainingError
 from metarec_jax.train.trainer import Trainer
@@ -32,13 +33,37 @@ class Start(NamedTuple):
   selection: dict | None  # `Selection.record()` at the restored step
 
 
+class RunConfig:
+  """Writes the run's `config.json` (the lead process only): a fresh start
+  at once, a resume at its first save. A plain `metarec train
+  --workdir=W` resumes with that file, so a resume whose overrides made it
+  diverge, or that stopped before saving anything, must leave the config
+  its checkpoints were trained with: written at its start, the next plain
+  resume took its overrides again (`train.lr=1e30`, and diverged again)."""
+
+  def __init__(self, workdir: str, config, data_files, *, active: bool,
+               resumed: bool):
+    self.args = (workdir, config)
+    self.data_files = data_files
+    self.pending = active
+    if active and not resumed:
+      self.saved()
+
+  def saved(self) -> None:
+    """After a save of this start: writes the file once."""
+    if self.pending:
+      config_io.write_workdir_config(*self.args, data_files=self.data_files)
+      self.pending = False
+
+
 def save(checkpointer: ckpt_lib.Checkpointer, step: int, state,
          config_record: dict, *, val_mae: float | None = None,
          params=None, validation_cut: bool = False,
-         selection: dict | None = None) -> None:
+         selection: dict | None = None,
+         run_config: RunConfig | None = None) -> None:
   """Saves `state`, with `params` (the validated shares) if given;
   `validation_cut`: a stop cut this step's validation short; `selection`:
-  `Selection.record()`."""
+  `Selection.record()`; then `run_config.saved()`."""
   if params is not None:
     state = state.replace(params=params)
   try:
@@ -46,6 +71,8 @@ def save(checkpointer: ckpt_lib.Checkpointer, step: int, state,
                       validation_cut=validation_cut, selection=selection)
   except ckpt_lib.CheckpointError as e:  # a non-finite state: not saved
     raise TrainingError(str(e)) from None
+  if run_config is not None:
+    run_config.saved()
 
 
 def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
