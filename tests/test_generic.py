@@ -358,15 +358,17 @@ def test_rated_ids_without_a_feature_row_are_noted(shop, tmp_path):
       " missing (e.g. 'carol'; are the ids written as in users.csv?)",
       "1 of the 3 rated items have no row in items.csv: their features are"
       " missing (e.g. 'ink'; are the ids written as in items.csv?)"]
+  # No rated id with a row: every rated item would be without features
+  # (a store built with exit status 0 and a note).
   datafiles.write(str(shop / "items.csv"), "item,maker\nMUG,Acme\n")
-  prepare.prepare(data_config(shop, item_features="items.csv",
-                              categorical=("maker",)), tmp_path / "other")
-  assert store_lib.open_store(tmp_path / "other").manifest["notes"] == [
-      "none of the 3 rated items has a row in items.csv: their features are"
-      " missing (e.g. 'ink'; are the ids written as in items.csv?)",
-      "feature column 'maker' (item) is missing for all 3 rated items: it"
-      " tells none apart and only adds parameters (is it the column meant,"
-      " and filled?)"]
+  with pytest.raises(InputError) as e:
+    prepare.prepare(data_config(shop, item_features="items.csv",
+                                categorical=("maker",)), tmp_path / "other")
+  assert e.value.message == (
+      f"{shop / 'items.csv'}: none of the 3 rated items has a row here"
+      " (ratings: 'ink'; here: 'MUG'): are the ids written alike (leading"
+      " zeros, '1.0' for 1, case)?")
+  assert not (tmp_path / "other").exists()
 
 
 def test_a_feature_table_whose_ids_are_not_first_is_refused(tmp_path):

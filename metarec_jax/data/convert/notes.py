@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from metarec_jax.data.convert import delimited
-from metarec_jax.errors import excerpt
+from metarec_jax.errors import InputError, excerpt
 
 
 def constant_features(feats: list, rated: dict[str, np.ndarray]) -> list[str]:
@@ -93,7 +93,13 @@ def unmatched(table: delimited.Table | None, rated: np.ndarray,
   `ids`) have no row in their feature `table` (`rows`: each table row's
   index in `ids`, -1 for none): their features are missing, usually ids
   written differently in the two files. Empty where every rated id has
-  one, or there is no table."""
+  one, or there is no table.
+
+  Raises:
+    InputError: no rated id has a row: the table would give no rated
+      user or item a feature (ids `0001` there and `1` in the ratings
+      file, or `1.0`), which a note alone let pass with exit status 0.
+  """
   if table is None:
     return ""
   rated = np.unique(rated)
@@ -104,10 +110,15 @@ def unmatched(table: delimited.Table | None, rated: np.ndarray,
     return ""
   name = os.path.basename(table.path)
   if len(missing) == len(rated):
-    what = f"none of the {len(rated):,} rated {side}s has a row"
-  else:
-    what = (f"{len(missing):,} of the {len(rated):,} rated {side}s"
-            " have no row")
+    listed = rows[rows >= 0]
+    raise InputError(
+        f"none of the {len(rated):,} rated {side}s has a row here (ratings:"
+        f" {excerpt(str(ids[missing[0]]))}; here:"
+        f" {excerpt(str(ids[listed[0]])) if len(listed) else 'no row'}):"
+        " are the ids written alike (leading zeros, '1.0' for 1, case)?",
+        path=table.path)
+  what = (f"{len(missing):,} of the {len(rated):,} rated {side}s"
+          " have no row")
   return (f"{what} in {name}: their features are missing (e.g."
           f" {excerpt(str(ids[missing[0]]))}; are the ids written as in"
           f" {name}?)")
