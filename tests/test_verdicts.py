@@ -3,6 +3,7 @@ checkpoint selection by validation MAE."""
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from conftest import config_path
@@ -50,6 +51,22 @@ def test_warns_about_too_few_tasks():
   # On so few tasks no config change is advised: the gap is noise.
   assert lines[2].endswith("on 1 task(s), too few to tell it from noise")
   assert "try:" not in lines[2]
+
+
+def test_new_items_without_a_task_are_warned_about():
+  # New items whose ratings make no task (too few per user, or the wrong
+  # new-item column) were passed in silence: an empty scenario says nothing.
+  empty = {"mae": None, "tasks": 0}
+  results = {"W": scenario(0.70, 0.73), "UC": scenario(0.71, 0.74),
+             "IC": empty, "UIC": empty}
+  assert verdicts.no_new_item_tasks(results, np.zeros(5, bool)) is None
+  assert verdicts.no_new_item_tasks(
+      results, np.array([True, False, True])) == (
+          "IC, UIC: no task, though 2 items are new: no user has"
+          " eval.min_ratings to eval.max_ratings ratings of new items, so"
+          " nothing measures them (is the new-item column the one meant?)")
+  results["UIC"] = scenario(0.8, 0.9, tasks=3)
+  assert verdicts.no_new_item_tasks(results, np.ones(2, bool)) is None
 
 
 def test_an_anchored_model_that_loses_is_advised_for_what_it_validates():

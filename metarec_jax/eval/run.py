@@ -102,6 +102,9 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
       results, model_config=exp.model_config)
   if not any(int(m.get("tasks") or 0) for m in results.values()):
     warnings.append(verdicts.no_tasks(ratings))
+  elif untested := verdicts.no_new_item_tasks(
+      results, np.asarray(exp.store.item_new), ratings):
+    warnings.append(untested)
   if ratings:
     seen = verdicts.trained_users(
         ratings, np.concatenate([tasksets[n].users for n in SCENARIOS]),

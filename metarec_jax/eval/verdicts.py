@@ -61,6 +61,22 @@ def no_tasks(ratings: str | None) -> str:
           " measured")
 
 
+def no_new_item_tasks(results: dict[str, dict], item_new: np.ndarray,
+                      ratings: str | None = None) -> str | None:
+  """The warning where the data has new items but neither new-item
+  scenario (IC, UIC) a task: nothing measures the new items (their
+  ratings too few per user, or the new-item column not the one meant),
+  which a scenario without tasks otherwise passes in silence."""
+  new = int(np.count_nonzero(item_new))
+  if not new or any(int((results.get(name) or {}).get("tasks") or 0)
+                    for name in ("IC", "UIC")):
+    return None
+  where = f"no user of {ratings}" if ratings else "no user"
+  return (f"IC, UIC: no task, though {new:,} items are new: {where} has"
+          " eval.min_ratings to eval.max_ratings ratings of new items, so"
+          " nothing measures them (is the new-item column the one meant?)")
+
+
 def trained_users(ratings: str, users: np.ndarray, trained: np.ndarray,
                   user_ids: np.ndarray) -> str | None:
   """The warning of a `--ratings` file whose task users include users the
