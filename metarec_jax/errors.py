@@ -79,12 +79,12 @@ def more_lines(lines, of: str = "") -> str:
   ` (and 3 more such lines: 9, 12, 40)`, or with `of` ` (and 3 more lines
   OF: ...)`, so that a file with many bad lines is not fixed one run at a
   time."""
-  rest = [int(line) for line in list(lines)[1:]]
-  if not rest:
+  rest = lines[1:]  # a sequence: not every line of a bad file to ints
+  if not len(rest):
     return ""
   noun = "lines" if len(rest) > 1 else "line"
   what = f"{noun} {of}" if of else f"such {noun}"
-  shown = ", ".join(map(str, rest[:5]))
+  shown = ", ".join(str(int(line)) for line in rest[:5])
   return (f" (and {len(rest):,} more {what}: {shown}"
           f"{', ...' if len(rest) > 5 else ''})")
 

@@ -221,8 +221,7 @@ def test_held_out_items_are_drawable_by_their_own_row_only():
   # support negative, never row 1's, whose support may hold that item.
   interacted = np.unique(implicit.keys(0, np.array([1, 2]), 4))
   sampler = implicit.NegativeSampler(interacted, 4, np.arange(4))
-  held = implicit.held_out_keys(np.array([[1], [0]]),
-                                np.array([[True], [False]]), 4)
+  held = sampler.held_out(np.array([[1], [0]]), np.array([[True], [False]]))
   items, ok = sampler.draw(np.array([0, 0]), np.array([200, 200]), 200, 0,
                            np.array([0, 1]), 7, held_out=held)
   assert ok.all()

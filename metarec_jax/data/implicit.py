@@ -166,8 +166,12 @@ class NegativeSampler:
       self.cdf = np.cumsum(w) / w.sum()
 
   def held_out(self, items: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """`held_out_keys` of this sampler's catalog."""
-    return held_out_keys(items, mask, self.num_items)
+    """Sorted keys of the `(t, items[t, j])` pairs `mask` keeps, `t` the
+    row: a batch's query positives, which the same rows' support
+    negatives may be (`draw`'s `held_out`)."""
+    items = np.asarray(items)
+    rows = np.broadcast_to(np.arange(len(items))[:, None], items.shape)
+    return np.unique(keys(rows[mask], items[mask], self.num_items))
 
   def _candidates(self, u: np.ndarray) -> np.ndarray:
     if self.cdf is None:
@@ -187,8 +191,8 @@ class NegativeSampler:
     slot in training, its task in evaluation), so the draws do not depend
     on how a batch is split over processes.
 
-    `held_out`: sorted keys (`held_out_keys`: of row `t`, not of its
-    user, as a user may fill two rows) of items that row `t` may draw as
+    `held_out`: sorted keys (`held_out`: of row `t`, not of its user, as
+    a user may fill two rows) of items that row `t` may draw as
     if its user never had them: its task's query positives, when drawing
     the support's negatives. Adaptation must not know them (a server
     adapting a user knows only the past); excluded, they would make every
@@ -314,23 +318,14 @@ def support_negatives(sampler: NegativeSampler, users: np.ndarray,
                       ) -> tuple[np.ndarray, np.ndarray]:
   """Negatives for evaluation support sets (`mask [T, W]` of positives):
   `negatives` per positive, a pure function of (seed, user, item class);
-  `held_out`: the tasks' query positives (`held_out_keys` of these rows,
-  `NegativeSampler.draw`)."""
+  `held_out`: the tasks' query positives (`NegativeSampler.held_out` of
+  these rows)."""
   users = np.asarray(users, np.int64)
   return sampler.draw(users, negatives * mask.sum(1),
                       negatives * mask.shape[1], seed,
                       users * 2 + np.asarray(classes, np.int64),
                       _SUPPORT_STREAM, held_out=held_out)
 
-
-def held_out_keys(items: np.ndarray, mask: np.ndarray,
-                  num_items: int) -> np.ndarray:
-  """Sorted keys of the `(t, items[t, j])` pairs `mask` keeps, `t` the
-  row: a batch's query positives, which the same rows' support negatives
-  may be (`NegativeSampler.draw`)."""
-  items = np.asarray(items)
-  rows = np.broadcast_to(np.arange(len(items))[:, None], items.shape)
-  return np.unique(keys(rows[mask], items[mask], num_items))
 
 
 def support_keys(items: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -260,7 +260,8 @@ def _features(spec, tables, index_of, sizes, list_pad, cut_notes):
       entries = [v.split(spec.list_sep) for v in values]
       feat = features.lists(name, t.side, entries, int(pad) if pad else None,
                             missing=spec.missing)
-      cut_notes.extend(input_notes.cut_lists(feat, entries, spec.missing))
+      if pad:  # else padded to the longest row: nothing is cut
+        cut_notes.extend(input_notes.cut_lists(feat, entries, spec.missing))
     out.append(features.reindex(feat, index_of[t.side], sizes[t.side]))
   return out
 
