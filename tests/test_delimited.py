@@ -294,3 +294,17 @@ def test_delimited_lines_that_open_with_a_bracket_are_text(tmp_path):
   assert table.width == 3 and len(table.lines) == 2
   path.write_text("[1],b,4\n")  # JSON, then more: not JSON as a whole
   assert delimited.read_table(path, delimiter=",", encoding="utf-8").width == 3
+
+
+def test_spaces_after_a_closing_quote_are_skipped_as_those_before(tmp_path):
+  # `"b" ,` (aligned columns) was "malformed quoting: ',' expected after
+  # '"'", though `, "b"` was read.
+  path = tmp_path / "r.csv"
+  path.write_text('user , item , rating\n"a b" , "x, y"  ,4\nc, "z" , "5" \n')
+  table = delimited.read_table(path, delimiter=",", encoding="utf-8",
+                               header=True, quoting=True)
+  assert columns_of(table)[:2] == [["a b", "c"], ["x, y", "z"]]
+  path.write_text('user,item\n"a" b,x\n')  # text after the quote: refused
+  with pytest.raises(InputError, match=r"r\.csv:2: malformed quoting: "):
+    delimited.read_table(path, delimiter=",", encoding="utf-8", header=True,
+                         quoting=True)

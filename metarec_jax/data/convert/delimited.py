@@ -23,6 +23,7 @@ import csv
 import dataclasses
 import io
 import os
+import re
 
 import numpy as np
 
@@ -346,14 +347,23 @@ def _csv_rows(lines, numbers, delimiter, path) -> list[list[str]]:
   # line break, which keeps line numbers exact. Spaces after a delimiter
   # are skipped, so that `a, "b", 4` quotes `b` (fields are stripped
   # anyway: without it the id would be `"b"`, quotes and all, another id
-  # than `b`); not where a space is the delimiter (two in a row are an
-  # empty field there).
+  # than `b`), and a line strict csv refuses for spaces after a closing
+  # quote (`"b" ,`) is read again without them; not where a space is the
+  # delimiter (two in a row are an empty field there).
   rows = []
   skip = delimiter != " "
+  trailing = re.compile(rf'"[ \t]+(?={re.escape(delimiter)}|[\r\n]*$)')
+  def read(text):
+    return next(csv.reader(io.StringIO(text), delimiter=delimiter,
+                           strict=True, skipinitialspace=skip))
   for line, number in zip(lines, numbers):
     try:
-      rows.append(next(csv.reader(io.StringIO(line), delimiter=delimiter,
-                                  strict=True, skipinitialspace=skip)))
+      try:
+        rows.append(read(line))
+      except csv.Error:
+        if not skip or not trailing.search(line):
+          raise
+        rows.append(read(trailing.sub('"', line)))
     except csv.Error as e:
       # The line ends inside quotes: most often a field with a line break
       # (Excel's Alt+Enter), which "unexpected end of data" did not say.
