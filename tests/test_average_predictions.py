@@ -69,10 +69,10 @@ def test_one_run_alone_gives_its_own_report(written):
     assert row["average"] == row["first"]
     assert row["ndcg@3_above_first"] == 0.0
     # The file keeps every value exactly (`predictions_file.exact_text`):
-    # the same order, so the same nDCG; the MAE up to the summation.
+    # the same order, so the same nDCG, and the MAE summed in float64 by
+    # both (eval's float32 sums differed in the 8th digit).
     for key, value in row["first"].items():
-      assert value == pytest.approx(report[name][key],
-                                    abs=1e-12 if "ndcg" in key else 1e-6), key
+      assert value == pytest.approx(report[name][key], abs=1e-12), key
     base = report[name]["baselines"]["item_mean_user_bias"]
     for key, value in row["baseline"].items():
       assert value == pytest.approx(base[key],
@@ -89,7 +89,9 @@ def test_the_average_is_the_mean_of_the_runs_predictions(written, tmp_path):
   for name, row in rows.items():
     p = predictions_file.read_predictions(
         os.path.join(folder, name, predictions_file.FILE_NAME))
-    mean = (p["prediction"] + p["item_mean_user_bias"]) / 2
+    # The second run's prediction column reads as float32, as a model's.
+    second = p["item_mean_user_bias"].astype(np.float32).astype(np.float64)
+    mean = (p["prediction"].astype(np.float64) + second) / 2
     assert row["runs"] == 2
     assert row["average"]["mae"] == pytest.approx(
         np.abs(mean - p["rating"]).mean(), abs=1e-9)

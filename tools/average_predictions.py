@@ -84,9 +84,10 @@ def report(runs: list[dict[str, np.ndarray]], floor: float) -> dict:
   first = runs[0]
   true, items = first["rating"], first["items"]
   mask = np.ones_like(true, bool)
-  average = np.mean([r["prediction"] for r in runs], axis=0)
+  average = np.mean([r["prediction"] for r in runs], axis=0, dtype=np.float64)
   ranked = predictions_file.ranked
-  average_ranked = np.mean([ranked(r, "prediction") for r in runs], axis=0)
+  average_ranked = np.mean([ranked(r, "prediction") for r in runs], axis=0,
+                           dtype=np.float64)
   out = {"tasks": len(true), "runs": len(runs)}
   for label, pred, rank_by in (
       ("first", first["prediction"], ranked(first, "prediction")),

@@ -10,23 +10,30 @@ import numpy as np
 
 
 def mae(pred: np.ndarray, true: np.ndarray, mask: np.ndarray) -> float | None:
-  """Mean absolute error over all real query ratings (None if there are none)."""
+  """Mean absolute error over all real query ratings (None if there are
+  none), summed in float64 like any recomputation from the written
+  predictions (float32 sums differed from it in the 8th digit)."""
   n = int(mask.sum())
-  return float(np.abs(pred - true)[mask].sum() / n) if n else None
+  return float(np.abs(_f64(pred) - _f64(true))[mask].sum() / n) if n else None
 
 
 def mae_per_task(pred: np.ndarray, true: np.ndarray,
                  mask: np.ndarray) -> np.ndarray:
   """Each task's mean absolute error over its real query ratings, `[N]`
   from `[N, Q]` arrays (0 for a task without any)."""
-  err = np.abs(pred - true) * mask
+  err = np.abs(_f64(pred) - _f64(true)) * mask
   return err.sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
 
 
 def rmse(pred: np.ndarray, true: np.ndarray, mask: np.ndarray) -> float | None:
-  """Root mean squared error over all real query ratings."""
+  """Root mean squared error over all real query ratings (float64)."""
   n = int(mask.sum())
-  return float(np.sqrt(((pred - true) ** 2)[mask].sum() / n)) if n else None
+  return (float(np.sqrt(((_f64(pred) - _f64(true)) ** 2)[mask].sum() / n))
+          if n else None)
+
+
+def _f64(values) -> np.ndarray:
+  return np.asarray(values, np.float64)
 
 
 GAINS = ("exponential", "linear")

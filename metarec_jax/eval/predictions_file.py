@@ -12,10 +12,11 @@ the baseline's unclipped values and the model's ranked ones, as the
 served top-k does (the map can differ per kind of item,
 `Recommender.predict_ranked`; `ranked`: files from before a column rank
 the next one: unclipped, then clipped values). Each value is written with
-the digits that read back as the value scored (`exact_text`). Rows of a
-task are consecutive, in the order of the scenario's `query` file, so any
-metric of the report can be recomputed exactly, or a new one computed,
-from this file alone.
+the digits that read back as the value scored (`exact_text`): the model's
+columns (`FLOAT32_COLUMNS`) as float32, as `read_predictions` reads them,
+the baselines' as float64. Rows of a task are consecutive, in the order of
+the scenario's `query` file, so any metric of the report can be recomputed
+exactly, or a new one computed, from this file alone.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ from metarec_jax.errors import InputError
 FILE_NAME = "predictions.tsv"
 ID_COLUMNS = ("user", "item")
 UNCLIPPED = "_unclipped"
+# The columns the engine scores in float32 (the model's and the ratings);
+# their text is the shortest that reads back as the same float32, which
+# read as float64 is another value (in the 8th digit).
+FLOAT32_COLUMNS = ("rating", "prediction", "unadapted",
+                   "prediction_unclipped", "prediction_ranked")
 
 
 def unclipped_column(name: str) -> str:
@@ -71,7 +77,8 @@ def format_predictions(user_ids: np.ndarray, item_ids: np.ndarray,
 
 
 def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Column name -> values of a predictions file (ids as strings).
+  """Column name -> values of a predictions file (ids as strings,
+  `FLOAT32_COLUMNS` as float32, the others float64: each as scored).
 
   Raises:
     InputError: a missing file, a bad header, a line with another number
@@ -83,9 +90,13 @@ def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise InputError("not a predictions file: the header must start with "
                      "user, item and name a rating column", path=table.path,
                      line=table.header_line)
-  return {name: (np.asarray(table.column(i), dtype=str) if name in ID_COLUMNS
-                 else parsing.floats(table, table.column(i), name))
-          for i, name in enumerate(table.header)}
+  def values(i, name):
+    if name in ID_COLUMNS:
+      return np.asarray(table.column(i), dtype=str)
+    floats = parsing.floats(table, table.column(i), name)
+    return floats.astype(np.float32) if name in FLOAT32_COLUMNS else floats
+
+  return {name: values(i, name) for i, name in enumerate(table.header)}
 
 
 def task_arrays(path: str | os.PathLike, store, width: int
