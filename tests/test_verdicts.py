@@ -130,6 +130,14 @@ def test_implicit_feedback_warns_when_popularity_ranks_better():
                                 model_config=model)
   assert line.endswith("try: more meta-steps (train.num_steps)")
   assert verdicts.warnings_for({"W": implicit(0.2849, 0.2850)}) == []  # tie
+  # Where popularity ranks as the random baseline (new items), it says so.
+  ic = implicit(0.1343, 0.2850)
+  ic["ranking"]["baselines"]["random"] = ic["ranking"]["baselines"][
+      "popularity"]
+  line, = verdicts.warnings_for({"IC": ic})
+  assert line.startswith("IC: the model's full-catalog ndcg@10 0.1343 is"
+                         " WORSE than a random ranking's (no candidate has a"
+                         " training positive to rank by popularity) 0.2850")
   few = verdicts.warnings_for({"UIC": implicit(0.1, 0.2, tasks=7)})
   assert few[0].startswith("UIC: only 7 task(s)")
   assert few[1].endswith("too few to tell it from noise")

@@ -15,8 +15,10 @@ score the whole catalog, and rank the held-out positives
   (`eval.verdicts` warns).
 
 The same candidates are ranked by the training users' popularity (the
-positives' counts over the training rows: the most popular first) and by a
-seeded random score, the baselines. Scoring is vmapped over the tasks of a
+positives' counts over the training rows: the most popular first; equal
+counts in the random baseline's order) and by a seeded random score, the
+baselines. New items have no training positives, so on IC and UIC the
+popularity ranking is the random one (`verdicts` compares with it as such). Scoring is vmapped over the tasks of a
 batch and scans the catalog in blocks of `eval.catalog_block` items, so
 memory is bounded by batch x block, whatever the catalog's size.
 """
@@ -79,7 +81,7 @@ class RankingEvaluator:
                                               store.num_items, pool)
                      for pool in self.pools]
     self.popularity = implicit.train_popularity(store, exp.split).astype(
-        np.float32)
+        np.float64)
     block = int(exp.config.eval.catalog_block)
     self.blocks, self.num_items = item_blocks(exp.tables, block)
     self.task_sharding = runtime.task_sharding(mesh)
@@ -199,7 +201,10 @@ class RankingEvaluator:
       random = hashing.uniform(self.seed, users[:k, None],
                                np.arange(num_items)[None, :], _RANDOM_STREAM)
       by = {"model": scores,
-            "popularity": np.broadcast_to(self.popularity, (k, num_items)),
+            # Counts are whole: adding less than 1 breaks only their ties,
+            # which by item index ranked new items (all 0) in an arbitrary
+            # order that the model was warned it lost to.
+            "popularity": self.popularity[None, :] + 0.5 * random,
             "random": random}
       for who, s in by.items():
         for how, cand in (("full", full), ("sampled", sampled)):

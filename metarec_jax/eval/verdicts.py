@@ -183,14 +183,21 @@ def _ranking_warning(name: str, ranking: dict, tasks: int, min_tasks: int,
   """The line of an implicit scenario whose full-catalog nDCG@10 is below
   the most-popular ranking's by more than `RANKING_TIE` (none when it is
   not)."""
+  baselines = ranking.get("baselines") or {}
+  popular = (baselines.get("popularity") or {}).get("full") or {}
   model = (ranking.get("full") or {}).get(RANKING_CRITERION)
-  base = (((ranking.get("baselines") or {}).get("popularity") or {})
-          .get("full") or {}).get(RANKING_CRITERION)
+  base = popular.get(RANKING_CRITERION)
   if model is None or base is None or not model < base * (1 - RANKING_TIE):
     return []
+  # Equal counts rank in the random baseline's order, so a popularity that
+  # ranks exactly as it had no count to go by (new items: IC, UIC).
+  which = ("a random ranking's (no candidate has a training positive to"
+           " rank by popularity)"
+           if popular == (baselines.get("random") or {}).get("full")
+           else "the most-popular ranking's")
   what = _what_to_try(tasks, min_tasks, _implicit_advice(model_config))
   return [f"{name}: the model's full-catalog {RANKING_CRITERION} {model:.4f} is"
-          f" WORSE than the most-popular ranking's {base:.4f}"
+          f" WORSE than {which} {base:.4f}"
           f" ({100 * (model / base - 1):+.1f}%) on the same tasks; " + what]
 
 
