@@ -28,7 +28,7 @@ from absl import flags
 
 from metarec_jax import cli_spec, config_io, interrupts
 from metarec_jax.cli_spec import Command
-from metarec_jax.errors import InputError, OutputError, cause_of
+from metarec_jax.errors import InputError, error_line
 from metarec_jax.errors import require_flag
 
 log = logging.getLogger("metarec")
@@ -139,7 +139,13 @@ def _run_train(inv: Invocation) -> int:
     log.info("joined a run of %d processes, %d devices", jax.process_count(),
              jax.device_count())
   from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
-  summary = train_and_evaluate(config, workdir)
+  try:
+    summary = train_and_evaluate(config, workdir)
+  except Exception as e:  # pylint: disable=broad-except
+    said = error_line(e)
+    if said is not None:  # in a joined run, every process stops with it
+      cluster.failed("metarec train", *said)
+    raise
   cluster.finished()  # a joined run's others must not take the exit for a death
   if summary.get("preempted"):
     return int(config.train.preempt_exit_code)
@@ -363,16 +369,6 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     with interrupts.stop_on_signals(prog):
       return cmd.run(Invocation(fv, config_file, overrides, positional))
-  except InputError as e:
-    print(f"{prog}: error: {e.message}", file=sys.stderr)
-    return 2
-  except OutputError as e:  # a full disk, a file-size limit, no permission
-    print(f"{prog}: error: {e}", file=sys.stderr)
-    return 1
-  except OSError as e:  # one the code did not name: still one line
-    where = f"{e.filename}: " if e.filename else ""
-    print(f"{prog}: error: {where}{cause_of(e)}", file=sys.stderr)
-    return 1
   except KeyboardInterrupt:
     print(f"{prog}: interrupted", file=sys.stderr)
     return 130
@@ -380,11 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{prog}: terminated ({e})", file=sys.stderr)
     return 128 + int(e.signum)
   except Exception as e:  # pylint: disable=broad-except
-    from metarec_jax.train import TrainingError  # pylint: disable=g-import-not-at-top
-    if isinstance(e, TrainingError):
-      print(f"{prog}: error: {e}", file=sys.stderr)
-      return 1
-    raise
+    said = error_line(e)
+    if said is None:  # a bug: its traceback is the report
+      raise
+    print(f"{prog}: error: {said[0]}", file=sys.stderr)
+    return said[1]
+
 
 
 def entry() -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import json
 import logging
 import os
@@ -155,7 +156,7 @@ def init_distributed(coordinator_address: str | None = None,
   _watch = liveness.Watch(
       ocp.multihost.get_jax_distributed_client(), jax.process_index(),
       jax.process_count(), timeout=peer_timeout,
-      give_up=lambda problem: _give_up(prog, problem, status=1),
+      give_up=functools.partial(_give_up, prog),
       where=("the run" if coordinator_address is None else
              f"the run at {coordinator_address}")).start()
   # An exit that did not say `finished` stops counting (before JAX's own
@@ -170,6 +171,18 @@ def finished() -> None:
   death; nothing outside a joined run."""
   if _watch is not None:
     _watch.done()
+
+
+def failed(prog: str, problem: str, status: int) -> None:
+  """In a joined run, ends this process with `{prog}: error: {problem}` and
+  exit status `status`, once the other processes have heard it and stop
+  with it too (`liveness.Watch.fail`); nothing outside a joined run (the
+  caller reports the error). A normal exit would wait in JAX's shutdown
+  barrier for processes inside a collective, then abort, and the others
+  would say only that this one stopped answering."""
+  if _watch is not None:
+    _watch.fail(problem, status)
+    _give_up(prog, problem, status, leave=True)
 
 
 def _compare_processes(coordinator_address: str, num_processes: int,
@@ -301,10 +314,14 @@ def _unjoined_problem(coordinator_address: str | None,
           " coordinator's host)")
 
 
-def _give_up(prog: str, problem: str, status: int = 2) -> None:
+def _give_up(prog: str, problem: str, status: int = 2, *,
+             leave: bool = False) -> None:
   """Ends the process from a watchdog thread: the main thread is inside
-  JAX's C++ wait, where no exception reaches."""
+  JAX's C++ wait, where no exception reaches. `leave`: on a failure of a
+  joined run, process 0 last (`liveness.Watch.leave`)."""
   for handler in logging.getLogger("metarec").handlers:
     handler.flush()
   print(f"{prog}: error: {problem}", file=sys.stderr, flush=True)
+  if leave and _watch is not None:
+    _watch.leave()
   os._exit(status)  # pylint: disable=protected-access

@@ -46,6 +46,26 @@ class OutputError(Exception):
     super().__init__(f"cannot write {self.path}: {cause}")
 
 
+class TrainingError(Exception):
+  """The run cannot go on (persistent non-finite meta-gradients, no
+  readable checkpoint). The command line prints it as one line and exits
+  with status 1."""
+
+
+def error_line(e: Exception) -> tuple[str, int] | None:
+  """The line (after `PROG: error: `) and exit status of an error the
+  command line reports in one line: 2 for input, 1 for output (a full
+  disk, no permission, an OS error the code did not name) and training
+  failures; None for any other (a bug: its traceback is the report)."""
+  if isinstance(e, InputError):
+    return e.message, 2
+  if isinstance(e, (OutputError, TrainingError)):
+    return str(e), 1
+  if isinstance(e, OSError):
+    return (f"{e.filename}: " if e.filename else "") + cause_of(e), 1
+  return None
+
+
 def require_flag(fv, name: str):
   """The value of the absl flag `--name` in `fv`; `InputError` if unset."""
   value = fv[name].value

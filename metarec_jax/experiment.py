@@ -8,6 +8,7 @@ everywhere.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Callable
 
@@ -15,7 +16,7 @@ import jax
 import numpy as np
 
 from metarec_jax import backend, meta, models, runtime
-from metarec_jax.data import implicit, splits
+from metarec_jax.data import implicit, splits, store as store_lib
 from metarec_jax.data.convert import prepare, store_checks
 from metarec_jax.data.sampler import SamplerSpec
 from metarec_jax.data.store import TaskStore
@@ -154,6 +155,27 @@ def meta_config(config, model: models.Recommender, *,
     raise InputError(str(e)) from None
 
 
+def _same_data_as_lead(store) -> None:
+  """Raises InputError on a process of a joined run whose task store holds
+  other data than process 0's: each process draws its share of every
+  batch from its own store, so the run would train on a mix of both,
+  recorded as process 0's (`data.root` and `data.store` are each host's
+  own paths, compared only as set or not)."""
+  mine = json.dumps([store_lib.content_digest(store), _sizes(store)])
+  lead = json.loads(runtime.from_lead("task store data", mine))
+  if json.loads(mine)[0] != lead[0]:
+    raise InputError(
+        f"process {jax.process_index()} reads other data than process 0"
+        f" (its task store: {_sizes(store)}; process 0's: {lead[1]}): every"
+        " process must read the same data (data.root or data.store may be"
+        " each host's own copy of it)", path=store.path)
+
+
+def _sizes(store) -> str:
+  return (f"{len(store.user_ids):,} users, {len(store.item_ids):,} items,"
+          f" {len(store.ratings):,} ratings")
+
+
 def build(config, workdir: str | os.PathLike, *,
           log: Callable[[str], None] | None = None,
           rebuild_stale: bool = False) -> Experiment:
@@ -171,6 +193,8 @@ def build(config, workdir: str | os.PathLike, *,
   store = prepare.ensure_store(config.data, workdir, log=log,
                                rebuild_stale=rebuild_stale)
   store_checks.check_run_store(config.data, workdir, store)
+  if jax.process_count() > 1:
+    _same_data_as_lead(store)
   split = splits.split(store, protocol_spec(config))
   implicit_data = implicit.is_implicit(store)
   model_config = models.for_data(config.model, implicit_data=implicit_data)

@@ -13,8 +13,11 @@ cannot be reached, the watch ends this process with one line naming the
 process and how to resume, exit status 1 (`os._exit`: the main thread may
 be inside a collective that no exception reaches). A process that ends its
 run in order says so first (`Watch.done`), so that the others never take
-its exit for a death; one that fails stops counting, and the others end
-within `timeout` with the line instead of the abort.
+its exit for a death. One that fails with an error of its own (its data
+refused on one host only) says that error (`Watch.fail`): the others end
+with it, naming the process, and the same exit status, instead of
+blaming a dead host `timeout` seconds later; process 0 leaves last
+(`Watch.leave`).
 """
 
 from __future__ import annotations
@@ -25,13 +28,20 @@ from typing import Any, Callable
 
 TICK_S = 1.0
 DONE = "done"
+FAILED = "failed:"  # + "STATUS:the error's line"
+HEARD = "heard"  # a process that read another's failure and stops
+GONE = "metarec/gone/{}"  # said by a process about to exit on a failure
+# How long process 0 waits for the others to leave on a failure: they read
+# every TICK_S.
+FAIL_WAIT_S = 10.0
 PREFIX = "metarec/alive/"
 KEY = PREFIX + "{}"
 
 
 class Watch:
   """The liveness watch of process `process_id` of `num_processes` (see the
-  module docstring); `give_up(problem)` ends the process."""
+  module docstring); `give_up(problem, status, leave=False)` ends the
+  process (`leave`: after `Watch.leave`)."""
 
   def __init__(self, client: Any, process_id: int, num_processes: int, *,
                timeout: float, give_up: Callable[[str], None],
@@ -68,6 +78,51 @@ class Watch:
     except Exception:  # pylint: disable=broad-except
       pass  # the service is gone: so is every process that could ask
 
+  def fail(self, problem: str, status: int) -> None:
+    """Stops counting and tells the others that this process fails with
+    `problem` (one line) and exit status `status` (the key outlives the
+    process: process 0 hosts the service)."""
+    self.stop()
+    try:
+      self.client.key_value_set(KEY.format(self.process_id),
+                                f"{FAILED}{status}:{problem}",
+                                allow_overwrite=True)
+    except Exception:  # pylint: disable=broad-except
+      pass  # the service is gone: so is every process that could hear
+
+  def leave(self) -> None:
+    """Before this process exits on a failure: another than process 0
+    says it is gone; process 0, whose exit ends the coordination service
+    and so aborts every process still connected (a C++ stack trace, exit
+    134, before or instead of its line), waits until every other has said
+    so (at most `FAIL_WAIT_S`)."""
+    try:
+      if self.process_id:
+        self.client.key_value_set(GONE.format(self.process_id), "1",
+                                  allow_overwrite=True)
+        return
+      deadline = time.monotonic() + FAIL_WAIT_S
+      while time.monotonic() < deadline:
+        gone = dict(self.client.key_value_dir_get(GONE.format("")))
+        if all(GONE.format(i) in gone for i in self.others):
+          time.sleep(TICK_S / 5)  # for their exits to complete
+          return
+        time.sleep(TICK_S / 10)
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+  def _heard(self, i: int, value: str) -> None:
+    """Ends this process with process `i`'s failure `value` (`FAILED`)."""
+    status, _, problem = value[len(FAILED):].partition(":")
+    try:
+      self.client.key_value_set(KEY.format(self.process_id), HEARD,
+                                allow_overwrite=True)
+    except Exception:  # pylint: disable=broad-except
+      pass
+    self.give_up(f"process {self.process_id}: process {i} of {self.where}"
+                 f" stopped: {problem}", int(status) if status.isdigit()
+                 else 1, leave=True)
+
   def _run(self) -> None:
     start = time.monotonic()
     seen = {i: (None, start) for i in self.others}  # (count, when it moved)
@@ -84,7 +139,7 @@ class Watch:
             f"process {self.process_id}: lost the coordination service of"
             f" {self.where} (process 0 stopped, or its host:"
             f" {first_line(e)}); start every process again with the same"
-            " command to resume from the last checkpoint")
+            " command to resume from the last checkpoint", 1)
         return
       now = time.monotonic()
       try:  # one request for all of them, whatever the number of processes
@@ -95,6 +150,10 @@ class Watch:
         value = counts.get(KEY.format(i))  # None: not counting yet
         if value == DONE:
           del seen[i]
+        elif value is not None and value.startswith(FAILED):
+          if not self._stop.is_set():
+            self._heard(i, value)
+          return
         elif value != seen[i][0]:
           seen[i] = (value, now)
         elif now - seen[i][1] > self.timeout and not self._stop.is_set():
@@ -103,7 +162,7 @@ class Watch:
               f" not answered for {self.timeout:g} s (--peer_timeout: it was"
               " killed, failed or lost its host; see its log); this process"
               " stops too: start every process again with the same command"
-              " to resume from the last checkpoint")
+              " to resume from the last checkpoint", 1)
           return
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from metarec_jax import atomic
+from metarec_jax import atomic, integrity
 from metarec_jax.data.schema import FeatureSpec
 from metarec_jax.errors import InputError
 
@@ -293,3 +293,17 @@ def manifest_for(*, dataset: str, num_users: int, num_items: int,
       "features": [f.to_json() for f in features],
       **(extra or {}),
   }
+
+
+def content_digest(store: TaskStore) -> str:
+  """SHA-256 of a store's data: its ids, ratings, new-item flags and
+  feature arrays with the features' specs. Two stores of the same data
+  built anywhere have the same digest (no path is in it)."""
+  arrays = [store.user_ids, store.item_ids, store.offsets, store.items,
+            store.ratings, store.item_new]
+  arrays += [store.user_features[n] for n in sorted(store.user_features)]
+  arrays += [store.item_features[n] for n in sorted(store.item_features)]
+  parts = [integrity.array_digest(np.asarray(a)) for a in arrays]
+  parts.append(json.dumps(store.manifest.get("features"), sort_keys=True))
+  return integrity.array_digest(np.frombuffer(
+      "".join(parts).encode(), np.uint8))

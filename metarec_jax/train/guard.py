@@ -6,14 +6,10 @@ from __future__ import annotations
 import logging
 
 from metarec_jax import runtime
+from metarec_jax.errors import TrainingError
 from metarec_jax.workdir import checkpoint as ckpt_lib
 
 log = logging.getLogger("metarec")
-
-
-class TrainingError(Exception):
-  """The run cannot go on (persistent non-finite meta-gradients, no
-  readable checkpoint)."""
 
 
 class NonFiniteGuard:

@@ -19,8 +19,13 @@ removed takes the lock again on a new one.
 In a multi-process run only process 0 takes the lock (every run has exactly
 one process 0, so two runs still exclude each other whatever their process
 counts) and tells the others its verdict through the coordination service,
-so the processes of a refused run all stop with the same error. `metarec
-eval` and `export` only read, and never take it.
+so the processes of a refused run all stop with the same error. The
+others then read process 0's record in their own `WORKDIR/train.lock`: a
+process that does not find it there within `SHARED_WAIT_S` is not sharing
+the folder (each host given its own disk's path), which made every
+checkpoint save wait forever for the others' part, deaf to SIGTERM, so
+it stops the run with one line. `metarec eval` and `export` only read,
+and never take it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import json
 import logging
 import os
 import socket
+import time
 from typing import Iterator
 
 import jax
@@ -41,6 +47,9 @@ from metarec_jax import runtime
 from metarec_jax.errors import InputError
 
 LOCK_FILE = "train.lock"
+# How long a process looks for process 0's lock record in the work
+# directory (a shared file system may show a new write late).
+SHARED_WAIT_S = 30.0
 log = logging.getLogger("metarec")
 
 
@@ -54,6 +63,7 @@ class WorkdirLock:
   def __init__(self, workdir: str):
     self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
     self._fd: int | None = None
+    self.record = ""  # what this holder wrote in the file
 
   def acquire(self) -> "WorkdirLock":
     """Takes the lock, or raises `WorkdirInUse` naming the holder.
@@ -76,9 +86,10 @@ class WorkdirLock:
       os.close(fd)
     record = {"host": socket.gethostname(), "pid": os.getpid(),
               "since": datetime.datetime.now(datetime.timezone.utc)
-              .isoformat(timespec="seconds")}
+              .isoformat(timespec="seconds"), "run": os.urandom(8).hex()}
+    self.record = json.dumps(record)
     os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    os.pwrite(fd, (self.record + "\n").encode(), 0)
     self._fd = fd
     return self
 
@@ -142,6 +153,27 @@ class WorkdirLock:
     return False
 
 
+def _find_record(path: str, record: str) -> None:
+  """Raises InputError where the lock file at `path` does not come to hold
+  process 0's `record` within `SHARED_WAIT_S`."""
+  deadline = time.monotonic() + SHARED_WAIT_S
+  while True:
+    try:
+      with open(path, encoding="utf-8") as f:
+        if f.read().strip() == record:
+          return
+    except (OSError, ValueError):
+      pass
+    if time.monotonic() > deadline:
+      raise InputError(
+          f"process {jax.process_index()} does not see process 0's work"
+          f" directory: its {LOCK_FILE} does not name process 0 as the"
+          f" trainer after {SHARED_WAIT_S:g} s; --workdir must be one folder"
+          " that every process shares (a shared file system, the same path"
+          " on every host)", path=os.path.dirname(path))
+    time.sleep(0.2)
+
+
 def _read(fd: int) -> dict:
   try:
     record = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
@@ -178,6 +210,9 @@ def hold(workdir: str, *, made: str | None = None) -> Iterator[None]:
   refusal = runtime.from_lead("workdir lock", refusal)
   if refusal:
     raise WorkdirInUse(refusal)
+  record = runtime.from_lead("workdir lock record", lock.record)
+  if record and not runtime.is_lead():  # "": no flock, nothing written
+    _find_record(lock.path, record)
   try:
     yield
   except BaseException:
