@@ -9,6 +9,7 @@ and the benchmark.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -202,6 +203,10 @@ def configure_cpu_devices(count: int, tasks_per_step: int,
   (`XLA_FLAGS=--xla_force_host_platform_device_count`).
   """
   if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    if count:  # asked for in the config, and not what will run
+      logging.getLogger("metarec").warning(
+          "train.cpu_devices=%d is ignored: XLA_FLAGS sets"
+          " --xla_force_host_platform_device_count, which wins", count)
     return
   if not count:
     shards = max(cpu_cores() // max(model, 1), 1)

@@ -237,3 +237,19 @@ def test_a_model_axis_beyond_any_host_makes_no_million_cpu_devices(
                        f" the {expected} devices"):
       runtime.check_model_axis(model, devices=expected,
                                local_devices=expected)
+
+
+def test_cpu_devices_overridden_by_xla_flags_says_so(monkeypatch, caplog):
+  # train.cpu_devices=2 under XLA_FLAGS' count of 4 ran on 4 in silence.
+  made = []
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+  monkeypatch.setattr(jax.config, "update",
+                      lambda name, value: made.append((name, value)))
+  with caplog.at_level("WARNING", logger="metarec"):
+    runtime.configure_cpu_devices(0, 16)
+  assert made == [] and caplog.messages == []  # automatic: nothing to say
+  with caplog.at_level("WARNING", logger="metarec"):
+    runtime.configure_cpu_devices(2, 16)
+  assert made == [] and caplog.messages == [
+      "train.cpu_devices=2 is ignored: XLA_FLAGS sets"
+      " --xla_force_host_platform_device_count, which wins"]
