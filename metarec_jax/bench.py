@@ -200,8 +200,11 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
   then None; `plain_flops=False` skips only the plain formulation's count
   (one lowering). `adapt_seconds` is `adapt_latency` of one user."""
   workdir = workdir or default_workdir(config)
-  # The data first: a missing data.root or store fails before a folder is
-  # created or a matmul timed.
+  # The mesh and the data first: a model axis the devices cannot form, or
+  # a missing data.root or store, fails before a folder is created or a
+  # matmul timed.
+  runtime.check_model_axis(int(config.mesh.model), devices=jax.device_count(),
+                           local_devices=jax.local_device_count())
   prepare.check_source(config.data, workdir)
   os.makedirs(workdir, exist_ok=True)
   rates = {dtype: peak_matmul_gflops(dtype=dtype)

@@ -95,3 +95,10 @@ def test_bench_checks_the_data_before_it_creates_or_measures_anything(
   with pytest.raises(InputError, match="data.root is not a folder"):
     bench.run(config, workdir=str(workdir), steps=1, warmup=0)
   assert not workdir.exists()
+  # Nor a model axis the devices cannot form (it was refused after the
+  # matmul peaks).
+  config = config_io.apply_overrides(
+      config_io.load_config_file(config_path("tiny")), [("mesh.model", 3)])
+  with pytest.raises(InputError, match="mesh.model=3 must divide"):
+    bench.run(config, workdir=str(workdir), steps=1, warmup=0)
+  assert not workdir.exists()
