@@ -244,3 +244,25 @@ def test_a_write_tasks_folder_it_cannot_write_is_refused_before_evaluating(
   assert_one_line_error(out, message.format(tmp=tmp_path))
   assert "checkpoint" not in out.stderr  # no checkpoint was read
   assert (tmp_path / "data.txt").read_text() == "mine\n"
+
+
+def test_a_ratings_file_beyond_max_tasks_says_how_many_it_left_out(
+    ml1m_tiny_run, caplog):
+  # Its users named by the user, some silently left out by the cap.
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from metarec_jax import experiment  # pylint: disable=g-import-not-at-top
+  from metarec_jax.eval import user_file  # pylint: disable=g-import-not-at-top
+  from metarec_jax.workdir import resume  # pylint: disable=g-import-not-at-top
+  workdir, ratings = ml1m_tiny_run
+  store = store_lib.open_store(os.path.join(workdir, "store"))
+  spec = experiment.protocol_spec(resume.reader_config(workdir, []))
+  every = user_file.new_user_tasks(store, ratings,
+                                   dataclasses.replace(spec, max_tasks=0))
+  assert len(every["UC"]) > 5
+  with caplog.at_level("WARNING", logger="metarec"):
+    capped = user_file.new_user_tasks(store, ratings,
+                                      dataclasses.replace(spec, max_tasks=5))
+  assert len(capped["UC"]) == 5
+  assert f"{ratings}: UC evaluates 5 of its {len(every['UC'])} tasks (a" \
+      " seeded sample: eval.max_tasks=5; --config.eval.max_tasks=0" \
+      " evaluates every one)" in caplog.messages

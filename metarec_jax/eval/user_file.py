@@ -16,6 +16,8 @@ is an interaction, which evaluation never draws as a negative.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 
 import numpy as np
@@ -23,6 +25,8 @@ import numpy as np
 from metarec_jax.data import implicit, splits
 from metarec_jax.data.convert import ratings_io
 from metarec_jax.data.store import TaskStore
+
+log = logging.getLogger("metarec")
 
 
 def new_user_tasks(store: TaskStore, path: str | os.PathLike,
@@ -55,8 +59,18 @@ def read_new_users(store: TaskStore, path: str | os.PathLike,
                                        ["threshold"])]
     ratings = np.ones_like(ratings)
   group = np.full(store.num_users, splits.NEW, np.int8)
-  scenarios, _ = splits.make_tasks(users[keep].astype(np.int32),
-                                   items[keep].astype(np.int32),
-                                   ratings[keep], np.asarray(store.item_new),
-                                   group, spec)
+  args = (users[keep].astype(np.int32), items[keep].astype(np.int32),
+          ratings[keep], np.asarray(store.item_new), group)
+  scenarios, _ = splits.make_tasks(*args, spec)
+  if spec.max_tasks and any(len(scenarios[n]) == spec.max_tasks
+                            for n in splits.SCENARIOS):
+    # The user named these users: say where the cap left some out.
+    every, _ = splits.make_tasks(*args, dataclasses.replace(spec,
+                                                            max_tasks=0))
+    for name in splits.SCENARIOS:
+      if len(every[name]) > len(scenarios[name]):
+        log.warning("%s: %s evaluates %d of its %d tasks (a seeded sample:"
+                    " eval.max_tasks=%d; --config.eval.max_tasks=0"
+                    " evaluates every one)", path, name,
+                    len(scenarios[name]), len(every[name]), spec.max_tasks)
   return {name: scenarios[name] for name in splits.SCENARIOS}, interacted
