@@ -287,8 +287,8 @@ MEANINGS: dict[str, str] = {
                    " `metarec_jax/backend.py` says why).",
     "meta.msl_weights": "MAML++ multi-step loss: weight of the query loss"
                         " after each inner step; `()` = final step only.",
-    "meta.encoder_hidden": "`metric`, `amortised` and `hybrid`: width of"
-                           " the set encoder's layers.",
+    "meta.encoder_hidden": "`amortised`, `hybrid`: width of the set"
+                           " encoder's layers (`metric`: unused).",
     # distill
     "distill.teacher": "Work directory of a finished run (typically MAML)"
                        " whose adapted query predictions the student is"
