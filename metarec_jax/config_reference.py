@@ -125,7 +125,7 @@ ALLOWED: dict[str, Any] = {
     "meta.inner_lr_scale": R.OneOf("metarec_jax.experiment",
                                    "INNER_LR_SCALES"),
     "meta.second_order": R.Bool(),
-    "meta.adapt": _NAMES,
+    "meta.adapt": R.Tuple(R.Pattern()),
     "meta.inner_optimizer": R.OneOf(_META, "INNER_OPTIMIZERS"),
     "meta.remat": R.Bool(),
     "meta.dual_form": R.Bool(),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import re
 from typing import Any
 
 from metarec_jax.errors import excerpt
@@ -111,6 +112,23 @@ class Text:
       return None
     if not isinstance(value, str) or (self.nonempty and not value.strip()):
       return f"must be {self.text}"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Pattern:
+  """A regular expression (Python's `re`), compiled when checked: a bad one
+  failed deep in the model's build, in a traceback."""
+
+  text = "a regular expression"
+
+  def problem(self, value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+      return "must be a non-empty regular expression"
+    try:
+      re.compile(value)
+    except re.error as e:
+      return f"must be a regular expression: {e}"
     return None
 
 

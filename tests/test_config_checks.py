@@ -50,6 +50,9 @@ def run_cli(capsys, *args):
      " >= 0"),
     ("train.end_lr_factor=1.5", "train.end_lr_factor=1.5: must be a number"
      " >= 0 and <= 1"),
+    # A traceback from the model's build, after the store was built.
+    ("meta.adapt=([", "meta.adapt=('([',): each value must be a regular"
+     " expression: unterminated character set at position 1 (got '([')"),
 ])
 def test_train_refuses_out_of_range_keys(override, message, tmp_path, capsys):
   workdir = tmp_path / "new"
