@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 
 from absl import flags
@@ -168,7 +169,8 @@ def _run_train(inv: Invocation) -> int:
   log.info("trained to step %d in %s. Next: `metarec eval --workdir=%s`"
            " (the cold-start scenarios against the baselines), `metarec plot"
            " --workdir=%s`, `tensorboard --logdir=%s`", summary["step"],
-           workdir, workdir, workdir, os.path.join(workdir, "tensorboard"))
+           workdir, shlex.quote(workdir), shlex.quote(workdir),
+           shlex.quote(os.path.join(workdir, "tensorboard")))
   return 0
 
 

@@ -103,7 +103,8 @@ def test_schedule_horizon_resolution():
 
 def test_finished_run_exits_at_once_compiling_and_writing_nothing(
     base_run, tmp_path, monkeypatch):
-  workdir = copy_run(base_run, tmp_path)
+  # A folder with a space: the command to run next is quoted for a shell.
+  workdir = copy_run(base_run, tmp_path / "my runs")
   before = tmp_path / "before"
   shutil.copytree(workdir, before)
   monkeypatch.setenv("JAX_LOG_COMPILES", "1")
@@ -113,7 +114,7 @@ def test_finished_run_exits_at_once_compiling_and_writing_nothing(
   last = out.stderr.strip().splitlines()[-1]
   assert (f"nothing to train: the run in {workdir} has reached step 6"
           " (train.num_steps=6)") in last
-  assert f"metarec eval --workdir={workdir}" in last
+  assert f"`metarec eval --workdir='{workdir}'`" in last
   assert "trained to step" not in out.stderr
   # Nothing written: no checkpoint, metrics row, config or event file.
   diff = filecmp.dircmp(before, workdir)

@@ -15,6 +15,7 @@ import collections
 import logging
 import math
 import os
+import shlex
 import time
 from typing import Any
 
@@ -125,14 +126,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                  " (train.early_stop_patience=%d). Next: `metarec eval"
                  " --workdir=%s`, or resume with a larger"
                  " --config.train.early_stop_patience", workdir,
-                 restored_step, selection.patience, workdir)
+                 restored_step, selection.patience, shlex.quote(workdir))
         return {"step": restored_step, "finished": True}
       if restored_step is not None and restored_step >= num_steps and not (
           cut and restored_step == num_steps):
         log.info("nothing to train: the run in %s has reached step %d"
                  " (train.num_steps=%d). Next: `metarec eval --workdir=%s`,"
                  " or resume with a larger --config.train.num_steps to train"
-                 " on", workdir, restored_step, num_steps, workdir)
+                 " on", workdir, restored_step, num_steps,
+                 shlex.quote(workdir))
         return {"step": restored_step, "finished": True}
       if saved_config is not None:
         resume.log_schedule_change(tc, saved_config, step=restored_step,
@@ -168,7 +170,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         else:
           what = "before the first step: nothing to save"
         log.warning("stopped by a signal at step %d (%s); resume with"
-                    " `metarec train --workdir=%s`", step, what, workdir)
+                    " `metarec train --workdir=%s`", step, what,
+                    shlex.quote(workdir))
         summary["preempted"] = True
 
       # Warm-up: every shape the loop will meet is compiled now (the
@@ -369,7 +372,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           # or during the curve): only the curve is missing.
           log.warning("stopped by a signal at step %d before its support"
                       " curve: not written (`metarec eval --workdir=%s`"
-                      " writes it)", step, workdir)
+                      " writes it)", step, shlex.quote(workdir))
           summary["preempted"] = True
     finally:
       checkpointer.close()
