@@ -167,6 +167,38 @@ def test_eval_of_a_damaged_checkpoint_names_it_and_the_others(
                       "--support_curve=false").returncode == 0
 
 
+@pytest.mark.parametrize("victim, damage, problem", [
+    ("state/_METADATA", "delete", "is missing"),
+    ("state/_METADATA", "truncate", "is damaged (not the JSON orbax wrote:"
+     " JSONDecodeError"),
+    ("state/array_metadatas/process_0", "flip", "is damaged (not the JSON"
+     " orbax wrote: "),
+    ("config/metadata", "truncate", "is damaged (not the JSON orbax wrote:"
+     " JSONDecodeError"),
+])
+def test_a_damaged_metadata_file_is_named(finished_run, tmp_path, victim,
+                                          damage, problem):
+  # Was "cannot be read (TypeError: 'NoneType' object is not
+  # subscriptable)" or a bare JSONDecodeError, naming no file.
+  workdir = copy_run(finished_run, tmp_path)
+  path = os.path.join(workdir, "checkpoints", "6", victim)
+  size = os.path.getsize(path)
+  if damage == "delete":
+    os.remove(path)
+  elif damage == "truncate":
+    with open(path, "r+b") as f:
+      f.truncate(size // 2)
+  else:
+    with open(path, "r+b") as f:
+      f.seek(size // 2)
+      f.write(b"\xbe\xef")
+  out = metarec_here("eval", f"--workdir={workdir}", "--step=6",
+                     "--support_curve=false")
+  assert out.returncode == 2, out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert f"the checkpoint of step 6 cannot be read ({path} {problem}" in last
+
+
 def test_shape_changing_config_on_resume_is_refused(finished_run, tmp_path):
   workdir = copy_run(finished_run, tmp_path)
   out = metarec_here("train", f"--workdir={workdir}",

@@ -51,7 +51,7 @@ from metarec_jax.workdir import manager as manager_lib
 from metarec_jax.workdir import orbax_logs
 from metarec_jax.workdir.state_checks import (
     CheckpointError, DamagedCheckpoint, OtherModel, StepUnusable, few,
-    inspect_state, same_parameters, verify_restored)
+    inspect_state, metadata_problem, same_parameters, verify_restored)
 
 FORMAT_VERSION = 1
 VAL_MAE = "val_mae"  # the metric saved with a validated checkpoint
@@ -307,8 +307,12 @@ class Checkpointer:
           self._settle(candidate, unreadable)
           return state, record, candidate
       unreadable.append(candidate)
-      problem = (str(error) if isinstance(error, DamagedCheckpoint)
-                 else f"cannot be read ({_read_problem(error)})")
+      if isinstance(error, DamagedCheckpoint):
+        problem = str(error)
+      else:
+        folder = os.path.join(self.directory, str(candidate))
+        problem = ("cannot be read (" + (metadata_problem(folder)
+                                         or _read_problem(error)) + ")")
       failures.append(f"step {candidate} {problem}")
       older = candidates[i + 1] if i + 1 < len(candidates) else None
       if older is not None:

@@ -9,6 +9,9 @@ and know nothing of orbax.
 
 from __future__ import annotations
 
+import glob
+import json
+import os
 from typing import Any
 
 import jax
@@ -110,3 +113,27 @@ def same_parameters(saved: dict[str, tuple], params: Any) -> None:
     raise OtherModel(
         f"holds parameters of other shapes than this config's model ({what}):"
         " use the config it was trained with", diff=what)
+
+
+# orbax's JSON files of a step (relative to its folder) that a restore
+# reads; one that is missing or damaged failed as a bare TypeError or
+# JSONDecodeError naming no file.
+_METADATA_FILES = ("state/_METADATA", "state/array_metadatas/*",
+                   "config/metadata")
+
+
+def metadata_problem(step_dir: str) -> str | None:
+  """The first of a step's orbax metadata files that is missing or not
+  JSON, with what is wrong (None where each reads)."""
+  for pattern in _METADATA_FILES:
+    found = glob.glob(os.path.join(step_dir, pattern))
+    if not found and "*" not in pattern:
+      return f"{os.path.join(step_dir, pattern)} is missing"
+    for path in sorted(found):
+      try:
+        with open(path, encoding="utf-8") as f:
+          json.load(f)
+      except (OSError, ValueError) as e:
+        return (f"{path} is damaged (not the JSON orbax wrote:"
+                f" {type(e).__name__}: {str(e)[:120]})")
+  return None
