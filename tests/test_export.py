@@ -548,6 +548,18 @@ def test_an_edited_manifest_is_refused_at_load(exported, tmp_path, edit):
                         " digest")
 
 
+def test_a_manifest_cut_short_is_a_damaged_export(exported, tmp_path):
+  # It was a plain InputError, which a caller catching DamagedExport missed.
+  copy = str(tmp_path / "copy")
+  shutil.copytree(exported[1], copy)
+  path = os.path.join(copy, "manifest.json")
+  data = open(path, "rb").read()
+  open(path, "wb").write(data[:len(data) // 2])
+  with pytest.raises(export.DamagedExport, match=f"^{path}: unreadable"
+                     " manifest: "):
+    export.load(copy)
+
+
 def test_per_user_arrays_are_hashed_whole_on_request(exported, tmp_path):
   name = "params/adapted/decision/fc1/kernel.npy"
   copy, path = damaged_copy(exported, tmp_path, name, overwrite(-100))

@@ -133,7 +133,8 @@ def read_manifest(path: str) -> dict[str, Any]:
   """The manifest of the export folder `path`.
 
   Raises:
-    InputError: not an export folder, or one of another format version.
+    InputError: not an export folder, or one of another format version;
+      `checksums.DamagedExport` where the manifest is not JSON.
   """
   file = os.path.join(path, MANIFEST)
   try:
@@ -143,7 +144,10 @@ def read_manifest(path: str) -> dict[str, Any]:
   except FileNotFoundError:
     raise InputError("not a metarec export (no manifest.json)",
                      path=path) from None
-  except (OSError, ValueError) as e:
+  except ValueError as e:  # cut short or overwritten: damaged
+    raise checksums.DamagedExport(f"unreadable manifest: {e}",
+                                  path=file) from None
+  except OSError as e:
     raise InputError(f"unreadable manifest: {e}", path=file) from None
   _check_manifest_digest(path, data, manifest)
   if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
