@@ -52,6 +52,21 @@ def test_a_damaged_metrics_file_costs_only_its_step(finished_run, tmp_path,
     assert not os.path.exists(os.path.join(workdir, "checkpoints", "3"))
 
 
+@pytest.mark.parametrize("content", [b'{"garbage": true}',
+                                     b'{"val_mae": NaN}'])
+def test_metrics_without_a_validation_mae_fail_no_later_save(
+    finished_run, tmp_path, content):
+  # Each later save ended "cannot write .../checkpoints/8: 'val_mae'"
+  # (exit 1): orbax ranks every step's metrics at a save.
+  from procs import checkpoint_steps  # pylint: disable=g-import-not-at-top
+  workdir = copy_run(finished_run, tmp_path)
+  _damage(workdir, content)
+  out = metarec_here("train", f"--workdir={workdir}",
+                     "--config.train.num_steps=8")
+  assert out.returncode == 0, out.stderr
+  assert checkpoint_steps(workdir)[-1] == 8
+
+
 @pytest.mark.parametrize("content", [b'{"val_mae": 0.5', b'{"val_mae": "abc"}',
                                      b"[1]", b"\xff", b'{"val_mae": true}'])
 def test_damaged_metrics_are_named(tmp_path, content):

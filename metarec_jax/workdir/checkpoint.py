@@ -154,8 +154,8 @@ class Checkpointer:
     out = {}
     for step in self.steps():
       metrics = self.manager.metrics(step)
-      if metrics and metrics.get(VAL_MAE) is not None:
-        out[int(step)] = float(metrics[VAL_MAE])
+      if metrics and math.isfinite(_validation_mae(metrics)):
+        out[int(step)] = _validation_mae(metrics)
     return out
 
   def save(self, step: int, state: Any, config: dict, *,
@@ -310,9 +310,8 @@ class Checkpointer:
       if isinstance(error, DamagedCheckpoint):
         problem = str(error)
       else:
-        folder = os.path.join(self.directory, str(candidate))
-        problem = ("cannot be read (" + (metadata_problem(folder)
-                                         or _read_problem(error)) + ")")
+        problem = "cannot be read ({})".format(metadata_problem(os.path.join(
+            self.directory, str(candidate))) or _read_problem(error))
       failures.append(f"step {candidate} {problem}")
       older = candidates[i + 1] if i + 1 < len(candidates) else None
       if older is not None:
@@ -394,5 +393,8 @@ def _read_problem(error: Exception) -> str:
 
 
 def _validation_mae(metrics: dict) -> float:
-  """The metric that ranks checkpoints (lower is better)."""
-  return float(metrics[VAL_MAE])
+  """The metric that ranks checkpoints (lower is better); +inf where the
+  metrics hold none (raised in orbax, it failed every later save)."""
+  value = metrics.get(VAL_MAE)
+  return (float(value) if type(value) in (int, float)
+          and math.isfinite(value) else math.inf)
