@@ -175,6 +175,8 @@ def test_eval_of_a_damaged_checkpoint_names_it_and_the_others(
      " orbax wrote: "),
     ("config/metadata", "truncate", "is damaged (not the JSON orbax wrote:"
      " JSONDecodeError"),
+    ("state/_METADATA", "replace", "is damaged (not the JSON orbax wrote:"
+     " no 'tree_metadata')"),
 ])
 def test_a_damaged_metadata_file_is_named(finished_run, tmp_path, victim,
                                           damage, problem):
@@ -188,6 +190,9 @@ def test_a_damaged_metadata_file_is_named(finished_run, tmp_path, victim,
   elif damage == "truncate":
     with open(path, "r+b") as f:
       f.truncate(size // 2)
+  elif damage == "replace":  # JSON, not orbax's (was KeyError: 'tree_...')
+    with open(path, "w") as f:
+      f.write('{"garbage": true}')
   else:
     with open(path, "r+b") as f:
       f.seek(size // 2)

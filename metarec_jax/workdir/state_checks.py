@@ -116,24 +116,28 @@ def same_parameters(saved: dict[str, tuple], params: Any) -> None:
 
 
 # orbax's JSON files of a step (relative to its folder) that a restore
-# reads; one that is missing or damaged failed as a bare TypeError or
-# JSONDecodeError naming no file.
-_METADATA_FILES = ("state/_METADATA", "state/array_metadatas/*",
-                   "config/metadata")
+# reads, each with a key it holds; one that is missing or damaged failed
+# as a bare TypeError, KeyError or JSONDecodeError naming no file.
+_METADATA_FILES = {"state/_METADATA": "tree_metadata",
+                   "state/array_metadatas/*": "array_metadatas",
+                   "config/metadata": "config"}
 
 
 def metadata_problem(step_dir: str) -> str | None:
-  """The first of a step's orbax metadata files that is missing or not
-  JSON, with what is wrong (None where each reads)."""
-  for pattern in _METADATA_FILES:
+  """The first of a step's orbax metadata files that is missing, not JSON
+  or without its key, with what is wrong (None where each reads)."""
+  for pattern, key in _METADATA_FILES.items():
     found = glob.glob(os.path.join(step_dir, pattern))
     if not found and "*" not in pattern:
       return f"{os.path.join(step_dir, pattern)} is missing"
     for path in sorted(found):
       try:
         with open(path, encoding="utf-8") as f:
-          json.load(f)
+          record = json.load(f)
+        problem = (None if isinstance(record, dict) and key in record
+                   else f"no {key!r}")
       except (OSError, ValueError) as e:
-        return (f"{path} is damaged (not the JSON orbax wrote:"
-                f" {type(e).__name__}: {str(e)[:120]})")
+        problem = f"{type(e).__name__}: {str(e)[:120]}"
+      if problem:
+        return f"{path} is damaged (not the JSON orbax wrote: {problem})"
   return None
