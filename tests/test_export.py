@@ -560,6 +560,19 @@ def test_a_manifest_cut_short_is_a_damaged_export(exported, tmp_path):
     export.load(copy)
 
 
+@pytest.mark.parametrize("content", ["", '{"x": 1}\n'])
+def test_a_damaged_manifest_digest_is_named(exported, tmp_path, content):
+  # It blamed the intact manifest.json ("differs from the digest in
+  # manifest.sha256").
+  copy = str(tmp_path / "copy")
+  shutil.copytree(exported[1], copy)
+  path = os.path.join(copy, "manifest.sha256")
+  open(path, "w").write(content)
+  with pytest.raises(export.DamagedExport, match=f"^{path}: not a sha256"
+                     " line of manifest.json: the export is damaged"):
+    export.load(copy)
+
+
 def test_per_user_arrays_are_hashed_whole_on_request(exported, tmp_path):
   name = "params/adapted/decision/fc1/kernel.npy"
   copy, path = damaged_copy(exported, tmp_path, name, overwrite(-100))

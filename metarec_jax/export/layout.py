@@ -58,6 +58,7 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import time
 from typing import Any
 
@@ -184,6 +185,10 @@ def _check_manifest_digest(path: str, data: bytes, manifest: Any) -> None:
     raise checksums.DamagedExport(f"unreadable ({e}); the export is"
                                   " damaged; export again",
                                   path=digest) from None
+  if not re.fullmatch(rf"[0-9a-f]{{64}}  {re.escape(MANIFEST)}\n", recorded):
+    raise checksums.DamagedExport(  # not the line sha256sum writes
+        f"not a sha256 line of {MANIFEST}: the export is damaged; export"
+        " again", path=digest)
   if recorded != _manifest_digest_line(data):
     raise checksums.DamagedExport(
         f"differs from the digest in {MANIFEST_DIGEST}: the export is"
