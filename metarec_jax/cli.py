@@ -385,7 +385,6 @@ def main(argv: list[str] | None = None) -> int:
     return said[1]
 
 
-
 def entry() -> None:
   """The `metarec` program: `main`'s status as the exit status
   (`interrupts.end_program` says how a stop by a signal ends)."""

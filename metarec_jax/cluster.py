@@ -175,11 +175,11 @@ def finished() -> None:
 
 def failed(prog: str, problem: str, status: int) -> None:
   """In a joined run, ends this process with `{prog}: error: {problem}` and
-  exit status `status`, once the other processes have heard it and stop
-  with it too (`liveness.Watch.fail`); nothing outside a joined run (the
-  caller reports the error). A normal exit would wait in JAX's shutdown
-  barrier for processes inside a collective, then abort, and the others
-  would say only that this one stopped answering."""
+  exit status `status`, and the others with it (`liveness.Watch.fail`;
+  process 0 last, `Watch.leave`); nothing outside a joined run (the caller
+  reports the error). A normal exit would wait in JAX's shutdown barrier
+  for processes inside a collective, then abort, and the others would say
+  only that this one stopped answering."""
   if _watch is not None:
     _watch.fail(problem, status)
     _give_up(prog, problem, status, leave=True)

@@ -29,7 +29,6 @@ from typing import Any, Callable
 TICK_S = 1.0
 DONE = "done"
 FAILED = "failed:"  # + "STATUS:the error's line"
-HEARD = "heard"  # a process that read another's failure and stops
 GONE = "metarec/gone/{}"  # said by a process about to exit on a failure
 # How long process 0 waits for the others to leave on a failure: they read
 # every TICK_S.
@@ -44,7 +43,7 @@ class Watch:
   process (`leave`: after `Watch.leave`)."""
 
   def __init__(self, client: Any, process_id: int, num_processes: int, *,
-               timeout: float, give_up: Callable[[str], None],
+               timeout: float, give_up: Callable[..., None],
                where: str = "the run"):
     self.client = client
     self.process_id = process_id
@@ -114,11 +113,6 @@ class Watch:
   def _heard(self, i: int, value: str) -> None:
     """Ends this process with process `i`'s failure `value` (`FAILED`)."""
     status, _, problem = value[len(FAILED):].partition(":")
-    try:
-      self.client.key_value_set(KEY.format(self.process_id), HEARD,
-                                allow_overwrite=True)
-    except Exception:  # pylint: disable=broad-except
-      pass
     self.give_up(f"process {self.process_id}: process {i} of {self.where}"
                  f" stopped: {problem}", int(status) if status.isdigit()
                  else 1, leave=True)

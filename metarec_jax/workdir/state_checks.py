@@ -116,11 +116,12 @@ def same_parameters(saved: dict[str, tuple], params: Any) -> None:
 
 
 # orbax's JSON files of a step (relative to its folder) that a restore
-# reads, each with a key it holds; one that is missing or damaged failed
+# reads, each with a key it holds (None: the run's record, whose keys
+# `Checkpointer` checks, naming each); one that is missing or damaged failed
 # as a bare TypeError, KeyError or JSONDecodeError naming no file.
 _METADATA_FILES = {"state/_METADATA": "tree_metadata",
                    "state/array_metadatas/*": "array_metadatas",
-                   "config/metadata": "config"}
+                   "config/metadata": None}
 
 
 def metadata_problem(step_dir: str) -> str | None:
@@ -134,8 +135,8 @@ def metadata_problem(step_dir: str) -> str | None:
       try:
         with open(path, encoding="utf-8") as f:
           record = json.load(f)
-        problem = (None if isinstance(record, dict) and key in record
-                   else f"no {key!r}")
+        problem = (None if key is None or isinstance(record, dict)
+                   and key in record else f"no {key!r}")
       except (OSError, ValueError) as e:
         problem = f"{type(e).__name__}: {str(e)[:120]}"
       if problem:
