@@ -18,9 +18,10 @@ The same candidates are ranked by the training users' popularity (the
 positives' counts over the training rows: the most popular first; equal
 counts in the random baseline's order) and by a seeded random score, the
 baselines. New items have no training positives, so on IC and UIC the
-popularity ranking is the random one (`verdicts` compares with it as such). Scoring is vmapped over the tasks of a
-batch and scans the catalog in blocks of `eval.catalog_block` items, so
-memory is bounded by batch x block, whatever the catalog's size.
+popularity ranking is the random one (`verdicts` compares with it as
+such). Scoring is vmapped over the tasks of a batch and scans the catalog
+in blocks of `eval.catalog_block` items, so memory is bounded by batch x
+block, whatever the catalog's size.
 """
 
 from __future__ import annotations

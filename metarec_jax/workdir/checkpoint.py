@@ -51,7 +51,7 @@ from metarec_jax.workdir import manager as manager_lib
 from metarec_jax.workdir import orbax_logs
 from metarec_jax.workdir.state_checks import (
     CheckpointError, DamagedCheckpoint, OtherModel, StepUnusable, few,
-    inspect_state, metadata_problem, same_parameters, verify_restored)
+    inspect_state, same_parameters, verify_restored)
 
 FORMAT_VERSION = 1
 VAL_MAE = "val_mae"  # the metric saved with a validated checkpoint
@@ -153,9 +153,9 @@ class Checkpointer:
       return {}
     out = {}
     for step in self.steps():
-      metrics = self.manager.metrics(step)
-      if metrics and math.isfinite(_validation_mae(metrics)):
-        out[int(step)] = _validation_mae(metrics)
+      mae = _validation_mae(self.manager.metrics(step) or {})
+      if math.isfinite(mae):
+        out[int(step)] = mae
     return out
 
   def save(self, step: int, state: Any, config: dict, *,
@@ -307,11 +307,9 @@ class Checkpointer:
           self._settle(candidate, unreadable)
           return state, record, candidate
       unreadable.append(candidate)
-      if isinstance(error, DamagedCheckpoint):
-        problem = str(error)
-      else:
-        problem = "cannot be read ({})".format(metadata_problem(os.path.join(
-            self.directory, str(candidate))) or _read_problem(error))
+      folder = os.path.join(self.directory, str(candidate))
+      problem = (str(error) if isinstance(error, DamagedCheckpoint)
+                 else f"cannot be read ({_read_problem(error, folder)})")
       failures.append(f"step {candidate} {problem}")
       older = candidates[i + 1] if i + 1 < len(candidates) else None
       if older is not None:
@@ -376,10 +374,12 @@ def _cause(error: Exception) -> str:
   return first[:200]
 
 
-def _read_problem(error: Exception) -> str:
-  """What went wrong reading a checkpoint: the innermost error of the
-  chain (tensorstore's, which names the array file and the byte range;
-  the outer one ends in a repr of its spec), first line, short."""
+def _read_problem(error: Exception, folder: str) -> str:
+  """Why the checkpoint in `folder` cannot be read: `manager.metadata_problem`,
+  else the innermost error of the chain (tensorstore's names the array file
+  and byte range; the outer one ends in its spec's repr), first line."""
+  if missing := manager_lib.metadata_problem(folder):
+    return missing
   root = error
   for _ in range(10):
     inner = root.__cause__ or root.__context__

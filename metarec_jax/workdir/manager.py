@@ -8,10 +8,13 @@ no number), and a reader (`eval`, `export`) starting while a trainer
 removed an old step (`checkpoint.keep`) between orbax's listing and its
 read. The first costs only that step its metrics (one warning naming the
 file; a trainer also moves the step aside); the second is opened again.
+Where a step cannot be restored, `metadata_problem` names the orbax
+metadata file that is missing or damaged.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -92,6 +95,35 @@ def damaged_metrics(directory: str, metric: str) -> dict[int, str]:
     if not ok:
       damaged[int(entry)] = path
   return damaged
+
+
+# orbax's JSON files of a step (relative to its folder) that a restore
+# reads, each with a key it holds (None: the run's record, whose keys
+# `Checkpointer` checks, naming each); one that is missing or damaged failed
+# as a bare TypeError, KeyError or JSONDecodeError naming no file.
+_METADATA_FILES = {"state/_METADATA": "tree_metadata",
+                   "state/array_metadatas/*": "array_metadatas",
+                   "config/metadata": None}
+
+
+def metadata_problem(step_dir: str) -> str | None:
+  """The first of a step's orbax metadata files that is missing, not JSON
+  or without its key, with what is wrong (None where each reads)."""
+  for pattern, key in _METADATA_FILES.items():
+    found = glob.glob(os.path.join(step_dir, pattern))
+    if not found and "*" not in pattern:
+      return f"{os.path.join(step_dir, pattern)} is missing"
+    for path in sorted(found):
+      try:
+        with open(path, encoding="utf-8") as f:
+          record = json.load(f)
+        problem = (None if key is None or isinstance(record, dict)
+                   and key in record else f"no {key!r}")
+      except (OSError, ValueError) as e:
+        problem = f"{type(e).__name__}: {str(e)[:120]}"
+      if problem:
+        return f"{path} is damaged (not the JSON orbax wrote: {problem})"
+  return None
 
 
 def move_aside(directory: str, steps: list[int]) -> None:

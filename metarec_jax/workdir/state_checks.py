@@ -9,9 +9,6 @@ and know nothing of orbax.
 
 from __future__ import annotations
 
-import glob
-import json
-import os
 from typing import Any
 
 import jax
@@ -114,31 +111,3 @@ def same_parameters(saved: dict[str, tuple], params: Any) -> None:
         f"holds parameters of other shapes than this config's model ({what}):"
         " use the config it was trained with", diff=what)
 
-
-# orbax's JSON files of a step (relative to its folder) that a restore
-# reads, each with a key it holds (None: the run's record, whose keys
-# `Checkpointer` checks, naming each); one that is missing or damaged failed
-# as a bare TypeError, KeyError or JSONDecodeError naming no file.
-_METADATA_FILES = {"state/_METADATA": "tree_metadata",
-                   "state/array_metadatas/*": "array_metadatas",
-                   "config/metadata": None}
-
-
-def metadata_problem(step_dir: str) -> str | None:
-  """The first of a step's orbax metadata files that is missing, not JSON
-  or without its key, with what is wrong (None where each reads)."""
-  for pattern, key in _METADATA_FILES.items():
-    found = glob.glob(os.path.join(step_dir, pattern))
-    if not found and "*" not in pattern:
-      return f"{os.path.join(step_dir, pattern)} is missing"
-    for path in sorted(found):
-      try:
-        with open(path, encoding="utf-8") as f:
-          record = json.load(f)
-        problem = (None if key is None or isinstance(record, dict)
-                   and key in record else f"no {key!r}")
-      except (OSError, ValueError) as e:
-        problem = f"{type(e).__name__}: {str(e)[:120]}"
-      if problem:
-        return f"{path} is damaged (not the JSON orbax wrote: {problem})"
-  return None
