@@ -34,6 +34,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 
 import jax
 
@@ -183,6 +184,17 @@ def failed(prog: str, problem: str, status: int) -> None:
   if _watch is not None:
     _watch.fail(problem, status)
     _give_up(prog, problem, status, leave=True)
+
+
+def failed_with_bug(prog: str, error: Exception) -> None:
+  """In a joined run, ends this process after printing `error`'s traceback
+  (a bug's report), and the others with one line naming it, exit status 1
+  (`failed`); nothing outside a joined run (the caller raises it). Without
+  it the others said only that this process stopped answering."""
+  if _watch is not None:
+    traceback.print_exception(error)
+    failed(prog, f"a bug stopped it ({type(error).__name__}:"
+           f" {first_line(error)}); its traceback is in its own output", 1)
 
 
 def _compare_processes(coordinator_address: str, num_processes: int,
