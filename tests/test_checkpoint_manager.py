@@ -98,11 +98,11 @@ def test_a_step_removed_while_the_manager_opens_is_opened_again(tmp_path):
     return "manager"
 
   assert manager.open_manager(directory, "val_mae",
-                              lambda _: make(f"{directory}/58"),
+                              lambda **_: make(f"{directory}/58"),
                               read_only=True) == "manager"
   assert len(calls) == 3
   calls.clear()
   with pytest.raises(FileNotFoundError):  # not a step of this directory
-    manager.open_manager(directory, "val_mae", lambda _: make("/elsewhere"),
+    manager.open_manager(directory, "val_mae", lambda **_: make("/elsewhere"),
                          read_only=True)
   assert len(calls) == 1

@@ -204,6 +204,33 @@ def test_a_damaged_metadata_file_is_named(finished_run, tmp_path, victim,
   assert f"the checkpoint of step 6 cannot be read ({path} {problem}" in last
 
 
+@pytest.mark.parametrize("record", ['{"metrics": 5}', "xx{"])
+def test_a_damaged_step_record_leaves_its_step_out(finished_run, tmp_path,
+                                                   record):
+  """orbax's record of a step (its handlers and timestamps), read for every
+  step as its manager opens: one of the wrong shape ended `train` and
+  `eval` in a ValueError traceback, one that is not JSON was logged with
+  its content at each read."""
+  workdir = copy_run(finished_run, tmp_path)
+  path = os.path.join(workdir, "checkpoints", "6", "_CHECKPOINT_METADATA")
+  with open(path, "w") as f:
+    f.write(record)
+  warning = f"{path}: damaged: not orbax's record of a checkpoint ("
+  out = metarec_here("eval", f"--workdir={workdir}", "--support_curve=false")
+  assert out.returncode == 0, out.stderr
+  assert warning in out.stderr and "step 6 is left out" in out.stderr
+  assert json.loads(out.stdout.splitlines()[-1])["step"] == 3
+  assert "Traceback" not in out.stderr and "absl" not in out.stderr
+  assert checkpoint_steps(workdir) == [3, 6]  # a reader moves nothing
+  out = metarec("train", f"--workdir={workdir}", "--config.train.num_steps=8")
+  assert out.returncode == 0, out.stderr
+  assert warning in out.stderr and "step 6 is moved aside" in out.stderr
+  assert "resumed from the checkpoint of step 3" in out.stderr
+  assert {6, 8} <= set(checkpoint_steps(workdir))  # 6 trained again
+  aside = os.listdir(os.path.join(workdir, "checkpoints-unreadable"))
+  assert [n.split("-")[0] for n in aside] == ["6"]
+
+
 def test_shape_changing_config_on_resume_is_refused(finished_run, tmp_path):
   workdir = copy_run(finished_run, tmp_path)
   out = metarec_here("train", f"--workdir={workdir}",

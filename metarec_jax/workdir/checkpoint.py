@@ -122,9 +122,9 @@ class Checkpointer:
       # norm between validations.
       logging.getLogger("absl").addFilter(orbax_logs.no_metrics_notice)
       self.manager = manager_lib.open_manager(
-          self.directory, VAL_MAE, lambda damaged: manager_lib.Manager(
+          self.directory, VAL_MAE, lambda **found: manager_lib.Manager(
               self.directory, options=options, item_handlers=_handlers(),
-              damaged=damaged), read_only=read_only)
+              **found), read_only=read_only)
 
   def steps(self) -> list[int]:
     """Steps of the committed checkpoints, oldest first."""

@@ -8,12 +8,15 @@ no number), and a reader (`eval`, `export`) starting while a trainer
 removed an old step (`checkpoint.keep`) between orbax's listing and its
 read. The first costs only that step its metrics (one warning naming the
 file; a trainer also moves the step aside); the second is opened again.
+A step whose orbax step record is damaged is not listed (a trainer moves
+it aside).
 Where a step cannot be restored, `metadata_problem` names the orbax
 metadata file that is missing or damaged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import logging
@@ -30,6 +33,7 @@ from metarec_jax import runtime
 from metarec_jax.workdir.state_checks import CheckpointError
 
 METRICS_FILE = ("metrics", "metrics")  # orbax's item folder and file name
+STEP_RECORD = "_CHECKPOINT_METADATA"  # orbax's record of a step
 ATTEMPTS = 5  # openings while steps vanish under the listing
 UNREADABLE = "checkpoints-unreadable"  # beside `checkpoints/`
 log = logging.getLogger("metarec")
@@ -42,9 +46,13 @@ class Manager(ocp.CheckpointManager):
   it, the best validated checkpoint could be deleted, and `eval` took the
   NaN step for the best.)"""
 
-  def __init__(self, *args, damaged: frozenset[int] = frozenset(), **kw):
+  def __init__(self, *args, damaged: frozenset[int] = frozenset(),
+               unlisted: frozenset[int] = frozenset(), **kw):
     self.damaged = damaged  # before orbax's constructor reads the metrics
     self.warned: set[int] = set()  # the metrics are read at every reload
+    if unlisted:
+      kw["options"] = dataclasses.replace(
+          kw["options"], step_name_format=Without(unlisted))
     super().__init__(*args, **kw)
 
   def metrics(self, step: int) -> Any:
@@ -95,6 +103,54 @@ def damaged_metrics(directory: str, metric: str) -> dict[int, str]:
     if not ok:
       damaged[int(entry)] = path
   return damaged
+
+
+def damaged_step_records(directory: str) -> dict[int, str]:
+  """`{step: problem}` of the steps whose orbax step record
+  (`STEP/_CHECKPOINT_METADATA`: its items' handlers and timestamps) is
+  there but does not read. orbax reads every step's record as its manager
+  opens: one of the wrong shape (`{"metrics": 5}`) ended `train` and `eval`
+  in a traceback, one that is not JSON logged its content as an error at
+  each read. A step without it reads (orbax takes the folder's time)."""
+  if not os.path.isdir(directory):
+    return {}
+  damaged = {}
+  for entry in sorted(os.listdir(directory)):
+    path = os.path.join(directory, entry, STEP_RECORD)
+    if not entry.isdigit() or not os.path.isfile(path):
+      continue
+    try:
+      with open(path, "rb") as f:
+        json.loads(f.read())
+      ocp.metadata.get_step_metadata(os.path.join(directory, entry))
+    except FileNotFoundError:
+      continue  # removed meanwhile
+    except Exception as e:  # pylint: disable=broad-except
+      damaged[int(entry)] = f"{type(e).__name__}: {str(e)[:120]}"
+  return damaged
+
+
+@dataclasses.dataclass(frozen=True)
+class Without:
+  """orbax's standard step folders (`checkpoints/STEP`) but for `steps`,
+  which a manager given it never lists or reads (an `ocp.step.NameFormat`,
+  orbax's protocol for naming and finding steps)."""
+  steps: frozenset[int]
+  standard: Any = dataclasses.field(
+      default_factory=ocp.step.standard_name_format)
+
+  def build_name(self, step: int) -> str:
+    return self.standard.build_name(step)
+
+  def find_all(self, base_path):
+    return (m for m in self.standard.find_all(base_path)
+            if m.step not in self.steps)
+
+  def find_step(self, base_path, step: int):
+    if step in self.steps:
+      raise ValueError(f"step {step} is left out: its {STEP_RECORD} is"
+                       " damaged")
+    return self.standard.find_step(base_path, step)
 
 
 # orbax's JSON files of a step (relative to its folder) that a restore
@@ -162,25 +218,33 @@ def settle_unusable(directory: str, step: int, steps: list[int]) -> None:
 
 
 def open_manager(directory: str, metric: str,
-                 make: Callable[[frozenset[int]], Any], *, read_only: bool):
-  """`make(damaged)` (the manager's constructor, given the steps whose
-  metrics are damaged) once those are named, again where a step folder
-  vanished while it read them. A reader leaves the damaged steps in place
-  (they count as not validated); a writer moves them aside, where its
-  keeping of the best validated checkpoint would not delete them (its
-  other processes leave them to the first)."""
+                 make: Callable[..., Any], *, read_only: bool):
+  """`make(damaged=, unlisted=)` (the manager's constructor, given the steps
+  whose metrics are damaged and those whose orbax step record is) once
+  those are named, again where a step folder vanished while it read them.
+  A reader leaves the damaged steps in place (they count as not validated,
+  or are not listed); a writer moves them aside, where its keeping of the
+  best validated checkpoint would not delete them and its saves would not
+  meet them (its other processes leave them to the first)."""
   damaged = damaged_metrics(directory, metric)
   for step, path in damaged.items():
     log.warning("%s: damaged: not the metrics of a checkpoint (a JSON object"
                 " with a number `%s`); step %d %s", path, metric, step,
                 "counts as not validated" if read_only else "is moved aside")
+  unlisted = damaged_step_records(directory)
+  for step, problem in unlisted.items():
+    log.warning("%s: damaged: not orbax's record of a checkpoint (%s); step"
+                " %d %s", os.path.join(directory, str(step), STEP_RECORD),
+                problem, step, "is left out" if read_only else
+                "is moved aside")
   if not read_only and runtime.is_lead():  # one process moves them
-    move_aside(directory, sorted(damaged))
+    move_aside(directory, sorted(set(damaged) | set(unlisted)))
     damaged = {}
+  found = {"damaged": frozenset(damaged), "unlisted": frozenset(unlisted)}
   for _ in range(ATTEMPTS - 1):
     try:
-      return make(frozenset(damaged))
+      return make(**found)
     except FileNotFoundError as e:
       if not str(e.filename or "").startswith(directory):
         raise
-  return make(frozenset(damaged))
+  return make(**found)
