@@ -411,3 +411,17 @@ def test_the_median_map_is_off_with_calibration_none():
                        inner_lr=0.1)
   params = model.init(jax.random.PRNGKey(0))
   assert "median_offsets" not in params and "share" in params
+
+
+@pytest.mark.parametrize("losses", [{"loss": "bce"},
+                                    {"query_loss": "softmax"}])
+def test_a_ranking_loss_is_refused_as_the_model_is_built(losses):
+  """It was built, and its first support loss raised "model.loss must be
+  one of mse, huber, bce, bpr, softmax, got 'bce'" from inside a trace."""
+  cfg = model_section({**KINDS[KIND], "anchor": True, "anchor_version": 2,
+                       "embed_dim": 4, "hidden": (8,), **losses})
+  with pytest.raises(ValueError, match="is a loss of implicit feedback, and"
+                     " the baseline-anchored models"):
+    models.build(cfg, FIELDS, rating_mean=MU,
+                 item_means=(ITEM_MEANS, COUNTS / (COUNTS + 5.0)),
+                 inner_lr=0.1)

@@ -163,6 +163,14 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
     if value not in LOSSES:
       raise ValueError(f"model.{key} must be one of {', '.join(LOSSES)},"
                        f" got {value!r}")
+  ranking = [f"model.{key}={value}" for key, value in (
+      ("loss", kind), ("query_loss", query_kind)) if value in RANKING_LOSSES]
+  if ranking and is_anchored(model_config):
+    # Found here, not as a ValueError from its first support loss.
+    raise ValueError(f"{ranking[0]} is a loss of implicit feedback, and the"
+                     " baseline-anchored models (model.anchor) predict"
+                     " ratings: mse or huber (`for_data` turns the anchor"
+                     " off on implicit data)")
   if is_anchored(model_config):
     return _anchored(model_config, fields, rating_mean, item_means, inner_lr,
                      kind, query_kind, delta, rank_weight, support_rank)

@@ -93,8 +93,8 @@ def row_errors(pred: jax.Array, batch: PyTree, kind: str = "mse",
     return diff ** 2
   if kind == "huber":
     return 2.0 * optax.huber_loss(diff, delta=delta)
-  raise ValueError(f"model.loss must be one of {', '.join(LOSSES)}, got"
-                   f" {kind!r}")
+  raise ValueError(f"a rating loss is one of {', '.join(RATING_LOSSES)},"
+                   f" not {kind!r}")
 
 
 def ranking_loss(score: jax.Array, batch: PyTree, kind: str) -> jax.Array:
