@@ -101,6 +101,7 @@ class Text:
 
   nonempty: bool = False
   column: bool = False
+  separator: bool = False  # spaces and tabs are text (a field separator)
 
   @property
   def text(self) -> str:
@@ -110,7 +111,8 @@ class Text:
   def problem(self, value: Any) -> str | None:
     if self.column and _is_int(value) and value >= 0:
       return None
-    if not isinstance(value, str) or (self.nonempty and not value.strip()):
+    if not isinstance(value, str) or (self.nonempty and not (
+        value if self.separator else value.strip())):
       return f"must be {self.text}"
     return None
 

@@ -183,6 +183,21 @@ def test_a_tuple_without_quotes_names_its_bad_element():
   config_reference.validate(config)
 
 
+@pytest.mark.parametrize("key", ["data.generic.delimiter",
+                                 "data.generic.list_sep"])
+def test_a_space_or_a_tab_is_a_separator_and_only_empty_is_refused(key):
+  """A tab (as a config file writes "\\t") or a space was refused as "must
+  be non-empty text", and a space-separated log could not be read."""
+  config = config_io.load_config_file(config_path("tiny"))
+  name = key.rsplit(".", 1)[1]
+  for value in (" ", "\t", "\\t", "::"):  # "\\t": the command line's escape
+    config.data.generic[name] = value
+    config_reference.validate(config)
+  config.data.generic[name] = ""
+  with pytest.raises(InputError, match="must be non-empty text"):
+    config_reference.validate(config)
+
+
 def test_encoders_are_refused_only_where_the_anchor_is_in_effect():
   """Implicit-feedback models are never anchored: an encoder there trained
   before the relation, and must still (the review found it refused)."""
