@@ -36,6 +36,23 @@ def test_ranks_break_ties_by_item_index_and_skip_non_candidates():
   assert ranks[2].tolist() == [1, 0, 0, 0, 0, 0]
 
 
+def test_a_tie_break_orders_equal_scores_higher_first_and_only_those():
+  scores, candidate, positive = tasks()
+  draw = np.array([0.1, 0.6, 0.9, 0.2, 0.5, 0.3])
+  ranks = ranking.positive_ranks(scores, candidate, positive, draw)
+  # A: items 1 and 2 tie at 0.5: 2 (drawn 0.9) before 1; the rest by score.
+  assert ranks[0].tolist() == [0, 0, 3, 5, 0, 0]
+  # C: all tied: the draw's order 2, 1, 4, 5, 3, 0 puts the positive last.
+  assert ranks[2].tolist() == [6, 0, 0, 0, 0, 0]
+  # Scores alike rank as the draw itself does.
+  same = ranking.metrics(np.zeros_like(scores), candidate, positive,
+                         tie_break=draw)
+  by_draw = ranking.metrics(np.broadcast_to(draw, scores.shape), candidate,
+                            positive)
+  for key, value in same.items():
+    np.testing.assert_array_equal(value, by_draw[key])
+
+
 def test_metrics_by_hand():
   m = ranking.metrics(*tasks(), ks=KS)
   a, c = 0, 2

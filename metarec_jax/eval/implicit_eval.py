@@ -201,15 +201,16 @@ class RankingEvaluator:
       sampled = positive | drawn
       random = hashing.uniform(self.seed, users[:k, None],
                                np.arange(num_items)[None, :], _RANDOM_STREAM)
-      by = {"model": scores,
-            # Counts are whole: adding less than 1 breaks only their ties,
-            # which by item index ranked new items (all 0) in an arbitrary
-            # order that the model was warned it lost to.
-            "popularity": self.popularity[None, :] + 0.5 * random,
+      # Every ranking breaks its ties in the random one's order: by item
+      # index, the ids' sort order, it ranked a class of items scored alike
+      # (popularity's new items, all 0; the model's, by their features)
+      # in an order that id spelling set and the model was warned about.
+      by = {"model": scores, "popularity": self.popularity[None, :],
             "random": random}
       for who, s in by.items():
         for how, cand in (("full", full), ("sampled", sampled)):
-          for key, v in ranking.metrics(s, cand, positive).items():
+          for key, v in ranking.metrics(s, cand, positive,
+                                        tie_break=random).items():
             out[who][how][key][index] = v
     return out
 

@@ -1,8 +1,11 @@
 """Top-k ranking metrics of implicit feedback (numpy).
 
 A task ranks its candidate items by score, best first; ties are broken by
-item index (ascending), as the rating protocol breaks nDCG's ties by item
-id, so every ranking is deterministic. Its held-out positives are the
+a given seeded draw per item (higher first), else by item index. Index
+order is the item ids' sort order: a model that scored a class of items
+alike (new items on implicit data) ranked the ids that sort first on top,
+and renaming 60 items moved its nDCG@10 from 57% below a random ranking
+to 122% above it. Its held-out positives are the
 relevant items (binary gain). With P positives among C candidates and
 `hits@k` of them in the first k:
 
@@ -31,22 +34,27 @@ def metric_keys(ks: tuple[int, ...] = KS) -> list[str]:
 
 
 def positive_ranks(scores: np.ndarray, candidate: np.ndarray,
-                   positive: np.ndarray) -> np.ndarray:
+                   positive: np.ndarray, tie_break: np.ndarray | None = None
+                   ) -> np.ndarray:
   """The 1-based rank of every positive among its task's candidates.
 
   Args:
-    scores: f32 [N, I]: each task's score of every item (column = item
-      index, which breaks ties).
+    scores: f32 [N, I] (or broadcast to it): each task's score of every
+      item (column = item index).
     candidate: bool [N, I]: the items ranked (positives included).
     positive: bool [N, I]: the held-out positives (a subset of candidate).
+    tie_break: [N, I] (or broadcast to it): orders equal scores, higher
+      first; None: the item index, lower first.
 
   Returns:
     int64 [N, I]: the rank of each positive, 0 elsewhere.
   """
-  n, i = scores.shape
+  n, i = candidate.shape
   # Non-candidates sort last; lexsort's last key is primary.
   key = np.where(candidate, -np.asarray(scores, np.float64), np.inf)
-  order = np.lexsort((np.broadcast_to(np.arange(i), (n, i)), key), axis=-1)
+  second = (np.arange(i) if tie_break is None
+            else -np.asarray(tie_break, np.float64))
+  order = np.lexsort((np.broadcast_to(second, (n, i)), key), axis=-1)
   rank = np.empty((n, i), np.int64)
   np.put_along_axis(rank, order, np.arange(1, i + 1)[None, :], axis=-1)
   return np.where(positive & candidate, rank, 0)
@@ -110,8 +118,9 @@ def summarise(values: dict[str, np.ndarray]) -> dict[str, float | None]:
 
 
 def metrics(scores: np.ndarray, candidate: np.ndarray, positive: np.ndarray,
-            ks: tuple[int, ...] = KS) -> dict[str, np.ndarray]:
+            ks: tuple[int, ...] = KS, tie_break: np.ndarray | None = None
+            ) -> dict[str, np.ndarray]:
   """`per_task` metrics of tasks given as full score rows (see
   `positive_ranks`)."""
-  ranks = positive_ranks(scores, candidate, positive)
+  ranks = positive_ranks(scores, candidate, positive, tie_break)
   return per_task(ranks, candidate.sum(-1), ks)
