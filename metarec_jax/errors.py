@@ -35,6 +35,24 @@ class InputError(Exception):
     return f"{self.path}:{self.line}: {self.problem}"
 
 
+class Diverged(InputError):
+  """Adapted predictions that are not finite from finite meta-parameters:
+  the inner loop diverges at these settings (`eval`, `export`; in `train`,
+  a validation after step 0 is a `TrainingError`, `train.guard`). `what`:
+  the predictions that are not finite; `settings`: the inner loop's."""
+
+  def __init__(self, what: str, settings: str):
+    super().__init__(f"{what}: {divergence(settings)}")
+    self.what, self.settings = what, settings
+
+
+def divergence(settings: str) -> str:
+  """What an error says where adapted predictions are not finite while the
+  meta-parameters are; `settings`: the inner loop's (`meta.config`)."""
+  return (f"the inner loop diverges at these settings ({settings}); lower"
+          " meta.inner_lr")
+
+
 class OutputError(Exception):
   """Something could not be written (a full disk, a file-size limit, no
   permission): names the path and the cause. The command line prints it

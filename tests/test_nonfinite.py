@@ -79,7 +79,9 @@ def test_persistent_non_finite_gradients_stop_the_run_naming_the_step(
 
 def test_an_infinite_learning_rate_saves_no_non_finite_state(tmp_path):
   """The gradients are finite, the updates are not: the state is guarded,
-  what was saved is finite, and a resume with a sane rate goes on.
+  nothing is saved while its updates are skipped (the step 2 checkpoint
+  would hold the state of step 0 and a streak of 2), and a sane rate
+  goes on in the same work directory.
 
   `train.lr=inf` is refused by the config check; 1e39 passes it (a finite
   Python float) and is infinite as the device's float32.
@@ -90,20 +92,55 @@ def test_an_infinite_learning_rate_saves_no_non_finite_state(tmp_path):
                                     "--config.checkpoint.every_steps=2")
   assert ("step 3: 3 consecutive steps with a non-finite loss, meta-gradient"
           " or update" in last)
-  assert last.endswith("the newest checkpoint, of step 2, holds a finite"
-                       " state to resume from with other settings")
-  assert checkpoint_steps(workdir) == [2]
-  assert_finite(saved_state(workdir, 2))
-  # The tiny config's own rate: a sane resume goes on from step 2.
+  assert last.endswith("no checkpoint was saved")
+  assert checkpoint_steps(workdir) == []
+  # The tiny config's own rate: the same work directory trains.
   lr = config_io.load_config_file(config_path("tiny")).train.lr
   out = metarec("train", f"--workdir={workdir}", f"--config.train.lr={lr}")
   assert out.returncode == 0, out.stderr
-  assert "resumed from the checkpoint of step 2" in out.stderr
   assert checkpoint_steps(workdir) == [2, 4, 6]
   state = saved_state(workdir, 6)
   assert_finite(state)
   assert int(state["nonfinite_streak"]) == 0
-  assert int(state["nonfinite_total"]) == 2  # steps 1 and 2 were skipped
+
+
+# A plain network (the anchored one starts at zero) and a rate whose first
+# updates are finite but huge: every later one overflows.
+HUGE_UPDATES = ["--config.model.anchor=false", "--config.model.calibration=none",
+                "--config.train.lr=1e6", "--config.train.num_steps=30"]
+
+
+def test_no_checkpoint_is_saved_during_a_run_of_skipped_updates(tmp_path):
+  """The regular saves at steps 5 and 10 held the state the streak began
+  from, the streak with them: the error offered step 10 "to resume from
+  with other settings", and every resume from it stopped again."""
+  workdir = str(tmp_path / "run")
+  last = last_line_of_a_stopped_run(workdir, *HUGE_UPDATES,
+                                    "--config.checkpoint.every_steps=5")
+  assert re.fullmatch(r"metarec train: error: step \d+: 10 consecutive steps"
+                      r" with a non-finite loss, meta-gradient or update"
+                      r" \(train.max_nonfinite=10\); no checkpoint was saved",
+                      last), last
+  assert checkpoint_steps(workdir) == []
+
+
+def test_a_validation_diverging_after_training_names_the_step_and_rates(
+    tmp_path):
+  """It was an input error (status 2) blaming meta.inner_lr at its default,
+  naming no step and no checkpoint."""
+  workdir = str(tmp_path / "run")
+  out = metarec_here("train", TINY, f"--workdir={workdir}", *HUGE_UPDATES,
+                     "--config.train.eval_every_steps=3")
+  assert out.returncode == 1, out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert re.fullmatch(
+      r"metarec train: error: step 3: validation: the adapted predictions of"
+      r" [\d,]+ of [\d,]+ query ratings are not finite: the inner loop"
+      r" diverges from the meta-parameters trained so far \(train.lr=1e\+06,"
+      r" meta.inner_lr=0.1, meta.inner_steps=\d+\): lower train.lr or"
+      r" meta.inner_lr; the newest checkpoint, of step 0, holds a finite"
+      r" state to resume from with other settings \(where it diverges"
+      r" again, start a new --workdir\)", last), last
 
 
 def test_a_diverging_inner_loop_names_no_checkpoint_that_is_not_there(

@@ -20,14 +20,14 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from metarec_jax import meta, runtime
-from metarec_jax.meta.config import diverges
+from metarec_jax.meta.config import inner_settings
 from metarec_jax.data.splits import SCENARIOS, TaskSet
 from metarec_jax.data.tasks import batch_shapes, bucket_widths, taskset_batches
 from metarec_jax.eval import metrics as metrics_lib
 from metarec_jax.eval.implicit_eval import RankingEvaluator
 from metarec_jax.eval import predictions_file
 from metarec_jax.data.baselines import BaselineStats
-from metarec_jax.errors import InputError
+from metarec_jax.errors import Diverged
 from metarec_jax.experiment import Experiment
 from metarec_jax.runtime import AXIS, CompiledByShape, place
 
@@ -244,12 +244,12 @@ class Evaluator:
 
 
 def _check_finite(adapted: np.ndarray, mask: np.ndarray, meta_config) -> None:
-  """Raises InputError where adapted predictions of real query ratings
+  """Raises Diverged where adapted predictions of real query ratings
   are not finite: the metrics, the median map and checkpoint selection
   would read NaN (the meta-parameters are finite: checkpoints hold no
   other), so the adaptation itself diverges at these settings."""
   bad = int((~np.isfinite(adapted) & mask).sum())
   if bad:
-    raise InputError(
+    raise Diverged(
         f"the adapted predictions of {bad:,} of {int(mask.sum()):,} query"
-        f" ratings are not finite: {diverges(meta_config)}")
+        " ratings are not finite", inner_settings(meta_config))

@@ -36,10 +36,10 @@ from jax.sharding import Mesh, PartitionSpec as P
 from metarec_jax.data import hashing, implicit
 from metarec_jax.data.splits import TaskSet
 from metarec_jax.data.tasks import bucket_widths, row_shapes, taskset_batches
-from metarec_jax.errors import InputError
+from metarec_jax.errors import Diverged
 from metarec_jax.eval import ranking
 from metarec_jax import meta, runtime
-from metarec_jax.meta.config import diverges
+from metarec_jax.meta.config import inner_settings
 from metarec_jax.runtime import AXIS, CompiledByShape, place
 
 PyTree = Any
@@ -228,12 +228,12 @@ class RankingEvaluator:
 
 def _check_finite(scores: np.ndarray, candidates: np.ndarray,
                   meta_config) -> None:
-  """Raises InputError where an adapted model scores a candidate item
+  """Raises Diverged where an adapted model scores a candidate item
   with a value that is not finite: ranked, NaN sorts last and every
   metric reads as a (bad) ranking instead of the adaptation's divergence
   (the meta-parameters are finite: checkpoints hold no other)."""
   bad = (~np.isfinite(scores) & candidates).any(axis=1)
   if bad.any():
-    raise InputError(
+    raise Diverged(
         f"the adapted scores of {int(bad.sum()):,} task(s) (of a batch of"
-        f" {len(bad):,}) are not finite: {diverges(meta_config)}")
+        f" {len(bad):,}) are not finite", inner_settings(meta_config))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from metarec_jax import errors
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,10 +169,15 @@ class MetaConfig:
     return dataclasses.replace(self, **changes)
 
 
+def inner_settings(meta_config) -> str:
+  """The inner loop's settings as an error names them. `meta_config`: a
+  `MetaConfig` or the config's `meta` section."""
+  return (f"meta.inner_lr={meta_config.inner_lr},"
+          f" meta.inner_steps={meta_config.inner_steps}")
+
+
 def diverges(meta_config) -> str:
   """What an error says where adapted predictions are not finite while the
-  meta-parameters are (`eval`, `export`): the inner loop diverges at these
-  settings. `meta_config`: a `MetaConfig` or the config's `meta` section."""
-  return ("the inner loop diverges at these settings"
-          f" (meta.inner_lr={meta_config.inner_lr},"
-          f" meta.inner_steps={meta_config.inner_steps}); lower meta.inner_lr")
+  meta-parameters are (`eval`, `export`, serving): the inner loop diverges
+  at these settings."""
+  return errors.divergence(inner_settings(meta_config))

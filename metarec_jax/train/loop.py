@@ -155,6 +155,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           active=is_lead, resumed=restored_step is not None)
       step = int(runtime.to_host(state.step))
       evaluator = Evaluator(exp, trainer.eval_mesh)
+      guard = NonFiniteGuard(int(tc.max_nonfinite), checkpointer, step, state,
+                             float(tc.lr))
 
       def save_and_report_stop(step, validation_cut=False, val_loss=None,
                                validated=None):
@@ -212,9 +214,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
       def validate(step):
         """`validation.validate` of the state after `step`."""
-        return validation.validate(evaluator, trainer, state.params, step,
-                                   with_shares=with_shares,
-                                   with_map=with_map, should_stop=stop.now)
+        with guard.validating(step):
+          return validation.validate(evaluator, trainer, state.params, step,
+                                     with_shares=with_shares,
+                                     with_map=with_map, should_stop=stop.now)
 
       def report(step, results, shares):
         """Writes a validation's metrics (with its fitted shares) and logs
@@ -275,7 +278,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           if selection.start(initial_loss):
             summary["best"] = {"step": step, "val": results["val"]}
           save(step, initial_loss, initial)
-      guard = NonFiniteGuard(int(tc.max_nonfinite), checkpointer, step, state)
       log_every = int(config.log.every_steps)
       histogram_every = int(config.log.histogram_every_steps)  # 0: never
       save_every = int(config.checkpoint.every_steps)
@@ -341,7 +343,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             break
           if due(step, save_every, num_steps) or improved or early_stop:
             guard.check_state(step, state)
-            save(step, val_loss, validated)
+            if improved or early_stop or not guard.streak:  # else: not new
+              save(step, val_loss, validated)
           if early_stop:
             log.info("step %d: no better validation %s in %d validations"
                      " (train.early_stop_patience): stopping early", step,
