@@ -58,6 +58,9 @@ def test_most_recent_ratings_by_timestamp_form_the_support(ml1m_tiny_run,
   out = str(tmp_path / "export")
   summary = export.export_workdir(workdir, ratings, out)  # max_support 16
   loaded = export.load(out)
+  # The server's log writes times after the file's newest (`FileClock`).
+  assert loaded.manifest["ratings_clock"] == "seconds"
+  assert loaded.manifest["ratings_latest"] == 978300000 + stamps.max()
   exp = experiment.build(config_io.read_workdir_config(workdir), workdir)
   rows = ratings_io.parse_ratings(ratings, ratings_io.store_format(exp.store))
   assert summary["users"] == len(np.unique(rows.users)) > 40

@@ -8,7 +8,7 @@ import pytest
 import datafiles
 from conftest import config_path
 from metarec_jax import config_io
-from metarec_jax.data.convert import describe, generic, prepare, ratings_io
+from metarec_jax.data.convert import describe, generic, parsing, prepare, ratings_io
 from metarec_jax.data import store as store_lib
 from metarec_jax.errors import InputError, excerpt
 
@@ -653,7 +653,7 @@ def test_the_server_log_appends_to_a_file_of_any_column_order(tmp_path,
   fmt = ratings_io.store_format(store_lib.open_store(tmp_path / "store"))
   assert fmt.columns == tuple(names)
   log = interaction_log.InteractionLog(str(tmp_path / "log"), fmt,
-                                       clock="seconds")
+                                       clock=parsing.FileClock("seconds"))
   log.append(["bob", "carol"], ["mug", "ink"], [3.0, 1.0])
   assert log.read().users.tolist() == ["bob", "carol"]  # a restart replays
   log.close()

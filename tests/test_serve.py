@@ -803,9 +803,10 @@ def test_the_log_writes_times_that_read_after_the_files(tmp_path, first,
   data = tmp_path / "ratings.csv"
   data.write_text(f"user,item,rating,ts\na,x,4,{first}\n")
   rows = ratings_io.parse_ratings(str(data), fmt)
-  assert parsing.clock_of_file(rows.clock, rows.timestamps) == clock
+  file_clock = parsing.clock_of_file(rows.clock, rows.timestamps)
+  assert file_clock.unit == clock
   log = interaction_log.InteractionLog(str(tmp_path / "log"), fmt,
-                                       clock=clock)
+                                       clock=file_clock)
   log.append(["b"], ["y"], [3.0])
   log.close()
   logged = open(log.path).read().splitlines()[1:]
@@ -813,6 +814,32 @@ def test_the_log_writes_times_that_read_after_the_files(tmp_path, first,
   joined.write_text(data.read_text() + "\n".join(logged) + "\n")
   rows = ratings_io.parse_ratings(str(joined), fmt)
   assert rows.users.tolist() == ["a", "b"]
+  assert rows.timestamps[1] > rows.timestamps[0]
+
+
+@pytest.mark.parametrize("latest", ["16000000000", "2999-01-01T00:00:00Z"])
+def test_the_log_writes_times_after_a_file_whose_unit_is_guessed(tmp_path,
+                                                                   latest):
+  """Tenths of seconds (read as seconds by their size) or dates in the
+  future: the log wrote the time now, older than the file's newest, and a
+  retrain on the joined file took the logged ratings for the oldest."""
+  from metarec_jax.data.convert import parsing, ratings_io  # pylint: disable=g-import-not-at-top
+  from metarec_jax.serve import interaction_log  # pylint: disable=g-import-not-at-top
+  fmt = ratings_io.RatingsFormat(
+      rating_min=1.0, rating_max=5.0, user_id_type="str", item_id_type="str",
+      **{**ratings_io.DEFAULT_FORMAT, "timestamp": "ts"})
+  data = tmp_path / "ratings.csv"
+  data.write_text(f"user,item,rating,ts\na,x,4,{latest}\n")
+  rows = ratings_io.parse_ratings(str(data), fmt)
+  log = interaction_log.InteractionLog(
+      str(tmp_path / "log"), fmt,
+      clock=parsing.clock_of_file(rows.clock, rows.timestamps))
+  log.append(["b"], ["y"], [3.0])
+  log.close()
+  joined = tmp_path / "joined.csv"
+  joined.write_text(data.read_text() + "\n".join(
+      open(log.path).read().splitlines()[1:]) + "\n")
+  rows = ratings_io.parse_ratings(str(joined), fmt)
   assert rows.timestamps[1] > rows.timestamps[0]
 
 

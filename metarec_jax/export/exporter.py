@@ -350,7 +350,7 @@ class _Job:
     }
 
   def manifest(self, config, summary: dict, *, workdir: str, ratings: str,
-               unknown_users: str, clock: str | None) -> dict:
+               unknown_users: str, clock: parsing.FileClock | None) -> dict:
     exp = self.exp
     mc = dataclasses.asdict(exp.meta_config)
     return {
@@ -379,8 +379,9 @@ class _Job:
         # The input format, so that a server's interaction log is written
         # in it (and `metarec train`/`export` read the log back).
         "ratings_format": ratings_io.store_format(exp.store).to_json(),
-        # How the log writes a rating's time (`parsing.clock_of_file`).
-        "ratings_timestamps": clock is not None, "ratings_clock": clock,
+        "ratings_timestamps": clock is not None,  # parsing.clock_of_file:
+        "ratings_clock": clock and clock.unit,  # how the log writes a time
+        "ratings_latest": clock and clock.latest,  # after the file's newest
         "flags": layout.FLAGS,
         "top_k": self.k,
         "summary": {k: v for k, v in summary.items()

@@ -41,7 +41,8 @@ def default_dir(export_dir: str) -> str:
   return os.path.abspath(export_dir).rstrip(os.sep) + "-interactions"
 
 
-def export_format(export_dir: str) -> tuple[RatingsFormat, str | None]:
+def export_format(export_dir: str
+                  ) -> tuple[RatingsFormat, parsing.FileClock | None]:
   """The ratings format of an export's input and the clock of its lines'
   times (`parsing.clock_of_file`; None: no times), from its manifest.
   Exports written before the manifest recorded the format get the generic
@@ -69,8 +70,9 @@ def export_format(export_dir: str) -> tuple[RatingsFormat, str | None]:
   except (KeyError, TypeError):
     raise InputError("not a metarec export manifest", path=path) from None
   if "ratings_format" in manifest:
-    clock = manifest.get("ratings_clock") or (
+    unit = manifest.get("ratings_clock") or (
         "seconds" if manifest.get("ratings_timestamps") else None)
+    clock = unit and parsing.FileClock(unit, manifest.get("ratings_latest"))
     return RatingsFormat.from_json(manifest["ratings_format"]), clock
   kind = lambda name: "int" if np.load(
       os.path.join(export_dir, name), mmap_mode="r").dtype.kind in "iu" else (
@@ -96,7 +98,7 @@ class InteractionLog:
   """
 
   def __init__(self, folder: str, fmt: RatingsFormat, *,
-               clock: str | None = None):
+               clock: parsing.FileClock | None = None):
     self.folder = os.path.abspath(folder)
     self.format = fmt
     # The time of each line, where the export's file had times: written in

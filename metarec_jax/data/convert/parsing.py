@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import math
 import re
+from typing import NamedTuple
 
 import numpy as np
 
@@ -221,29 +222,46 @@ TICKS_PER_SECOND = {"seconds": 1, "milliseconds": 10 ** 3,
                     "microseconds": 10 ** 6, "nanoseconds": 10 ** 9}
 
 
-def clock_of_file(kind: str | None, times: np.ndarray | None) -> str | None:
-  """How a new time is written so that it reads as later than `times` (a
-  file's, of `clock_of` kind `kind`): `iso`, or a unit of
-  `TICKS_PER_SECOND`, that of numeric times (integers or a float clock)
-  judged by their size (epoch milliseconds are above 1e11 from 1973 on;
-  seconds, or a counter, stay `seconds`)."""
+class FileClock(NamedTuple):
+  """How a new time is written so that it reads as later than a file's:
+  `unit`, `iso` or a unit of `TICKS_PER_SECOND`; `latest`, the file's
+  newest time in that unit (seconds for `iso`; None: not known, an export
+  written before it was recorded)."""
+  unit: str
+  latest: int | None = None
+
+
+def clock_of_file(kind: str | None, times: np.ndarray | None
+                  ) -> FileClock | None:
+  """The clock of `times` (a file's, of `clock_of` kind `kind`): `iso`, or
+  that of numeric times (integers or a float clock) judged by their size
+  (epoch milliseconds are above 1e11 from 1973 on; seconds, or a counter,
+  stay `seconds`); None without times."""
   if kind is None or times is None:
     return None
+  latest = int(np.floor(np.max(times))) if len(times) else None
   if kind == "iso":
-    return "iso"
+    return FileClock("iso", latest)
   # Integers, or a float clock (its floored values): by their size.
   top = max(abs(int(np.min(times))), abs(int(np.max(times)))) if len(
       times) else 0
   for unit, limit in (("nanoseconds", 1e17), ("microseconds", 1e14),
                       ("milliseconds", 1e11)):
     if top > limit:
-      return unit
-  return "seconds"
+      return FileClock(unit, latest)
+  return FileClock("seconds", latest)
 
 
-def now_in(clock: str, when: float) -> str | int:
-  """The time `when` (seconds since 1970 UTC) in `clock_of_file`'s clock."""
-  if clock == "iso":
+def now_in(clock: FileClock, when: float) -> str | int:
+  """The time `when` (seconds since 1970 UTC) in `clock`, or just after
+  its file's latest where that is later: the size of a file's numbers
+  only guesses their unit (tenths of seconds, or dates in the future, read
+  as seconds), and a logged rating older than the file's took the joined
+  file's newest ratings for the user's older ones in a retrain."""
+  if clock.unit == "iso":
+    if clock.latest is not None:
+      when = max(when, clock.latest + 1)
     return datetime.datetime.fromtimestamp(
         int(when), datetime.timezone.utc).isoformat().replace("+00:00", "Z")
-  return int(when * TICKS_PER_SECOND[clock])
+  ticks = int(when * TICKS_PER_SECOND[clock.unit])
+  return ticks if clock.latest is None else max(ticks, clock.latest + 1)
