@@ -6,7 +6,7 @@ and `str.strip`."""
 import numpy as np
 import pytest
 
-from metarec_jax.data.convert import delimited, parsing, tokens
+from metarec_jax.data.convert import delimited, parsing, tokens, writing
 from metarec_jax.errors import InputError
 
 TEXTS = [
@@ -175,8 +175,25 @@ def test_automatic_quoting_only_where_the_file_has_quotes(tmp_path):
                                header=True, quoting="auto")
   assert columns_of(table) == [['"x"'], ["2"]]
   values = np.array(["plain", 'a "q"', "a,b"])
-  assert delimited.quote_fields(values, ",").tolist() == [
+  assert writing.quote_fields(values, ",").tolist() == [
       "plain", '"a ""q"""', '"a,b"']
+
+
+def test_a_longer_delimiter_writes_quotes_as_text_and_reads_them_back(
+    tmp_path):
+  """`i0" pizza` was written `"i0"" pizza"` in a `::` file, which reads
+  back as another id (eval --write_tasks' files refused by eval --ratings
+  of the same run)."""
+  values = np.array(["plain", 'i0" pizza', '"q"'])
+  written = writing.quote_fields(values, "::")
+  assert written.tolist() == values.tolist()
+  path = tmp_path / "r.dat"
+  path.write_text(writing.join_lines([written, np.array(["1"] * 3)], "::"))
+  table = delimited.read_table(path, delimiter="::", encoding="utf-8",
+                               header=False, quoting="auto")
+  assert columns_of(table)[0] == values.tolist()
+  with pytest.raises(ValueError, match="holds the delimiter '::'"):
+    writing.quote_fields(np.array(["a::b"]), "::")
 
 
 def test_hints_for_a_position_under_a_header_and_a_decimal_comma(tmp_path):

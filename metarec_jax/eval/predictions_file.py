@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from metarec_jax.data.convert import delimited, parsing, ratings_io
+from metarec_jax.data.convert import delimited, parsing, ratings_io, writing
 from metarec_jax.data.convert.exact import exact_text
 from metarec_jax.errors import InputError
 
@@ -73,7 +73,7 @@ def format_predictions(user_ids: np.ndarray, item_ids: np.ndarray,
   fields = [users.astype(str), np.asarray(item_ids)[mask].astype(str)]
   fields += [exact_text(np.asarray(v)[mask]) for v in columns.values()]
   head = "\t".join(ID_COLUMNS + tuple(columns)) + "\n"
-  return head + delimited.join_lines(fields, "\t")
+  return head + writing.join_lines(fields, "\t")
 
 
 def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:

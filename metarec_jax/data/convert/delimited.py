@@ -1,5 +1,5 @@
-"""Strict reading of delimited text files (the loaders' only parser), and
-the writing of them.
+"""Strict reading of delimited text files (the loaders' only parser;
+`writing` writes them).
 
 Every problem is an `InputError` naming the file and the 1-based line:
 undecodable bytes, a wrong number of fields, a column named twice (the
@@ -317,29 +317,6 @@ def _unique_names(names: list[str], path: str, line: int) -> None:
                        f" (fields {seen[name] + 1} and {i + 1})", path=path,
                        line=line)
     seen.setdefault(name, i)
-
-
-def quote_fields(values, delimiter: str) -> np.ndarray:
-  """`values` as strings, CSV-quoted where they hold `delimiter` or a
-  quote, so that `read_table(quoting="auto")` reads them back as they
-  are."""
-  values = np.asarray(values).astype(str)
-  need = ((np.char.find(values, delimiter) >= 0)
-          | (np.char.find(values, '"') >= 0))
-  if not need.any():
-    return values
-  out = values.astype(object)
-  out[need] = ['"' + v.replace('"', '""') + '"' for v in values[need]]
-  return out.astype(str)
-
-
-def join_lines(columns: list[np.ndarray], delimiter: str) -> str:
-  """Text lines of the string arrays `columns` (one field each, equal
-  lengths) joined by `delimiter`, every line ending in a newline."""
-  line = columns[0]
-  for column in columns[1:]:
-    line = np.char.add(np.char.add(line, delimiter), column)
-  return "".join(f"{row}\n" for row in line.tolist())
 
 
 def _csv_rows(lines, numbers, delimiter, path) -> list[list[str]]:

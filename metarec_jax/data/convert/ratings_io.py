@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from metarec_jax import atomic
-from metarec_jax.data.convert import delimited, exact, parsing
+from metarec_jax.data.convert import delimited, exact, parsing, writing
 from metarec_jax.data.store import TaskStore
 from metarec_jax.errors import InputError, excerpt, more_lines
 
@@ -331,8 +331,8 @@ def format_ratings(users, items, ratings, fmt: RatingsFormat,
   """The text of a ratings file of format `fmt` (ids are external ids)."""
   empty = np.full(len(users), "", dtype="U1")
   ratings = np.asarray(ratings, np.float64)
-  roles = {"user": delimited.quote_fields(users, fmt.delimiter),
-           "item": delimited.quote_fields(items, fmt.delimiter)}
+  roles = {"user": writing.quote_fields(users, fmt.delimiter),
+           "item": writing.quote_fields(items, fmt.delimiter)}
   if fmt.rating is not None:
     # What a store and the server learn of a rating is its float32 value:
     # written exactly, so a logged rating reads back as the one learned.
@@ -357,7 +357,7 @@ def format_ratings(users, items, ratings, fmt: RatingsFormat,
     for r, values in roles.items():
       columns[int(getattr(fmt, r))] = values
     head = ""
-  return head + delimited.join_lines(columns, fmt.delimiter)
+  return head + writing.join_lines(columns, fmt.delimiter)
 
 
 def write_ratings(path: str | os.PathLike, users, items, ratings,
