@@ -89,6 +89,8 @@ def test_eval_reports_ranking_metrics_and_baselines(straight):
     # ranks them as the random baseline does (it ranked them by index).
     tied = r["baselines"]["popularity"] == r["baselines"]["random"]
     assert tied == (name in ("IC", "UIC")) or not m["tasks"], name
+    if m["tasks"] > 1:  # what a loss to popularity is judged against
+      assert 0 < r["popularity_gap_se"] < 1, name
   assert report["scenarios"]["UC"]["tasks"] > 0
   assert report["scenarios"]["IC"]["tasks"] > 0
   table = eval_lib.format_table(report)

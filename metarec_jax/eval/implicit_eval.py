@@ -41,6 +41,7 @@ from metarec_jax.eval import ranking
 from metarec_jax import meta, runtime
 from metarec_jax.meta.config import inner_settings
 from metarec_jax.runtime import AXIS, CompiledByShape, place
+from metarec_jax.workdir.criterion import RANKING_CRITERION
 
 PyTree = Any
 BASELINES = ("popularity", "random")
@@ -217,13 +218,21 @@ class RankingEvaluator:
   def scenario_metrics(self, per_task: dict) -> dict:
     """The `ranking` entry of a scenario's JSON from `task_metrics`, with
     `sampled_exhausted`: how many tasks' sampled candidates are every item
-    the user never interacted with (their `sampled` is no sample)."""
+    the user never interacted with (their `sampled` is no sample), and
+    `popularity_gap_se`: the standard error of the model's full-catalog
+    nDCG@10 less popularity's, task by task (what a gap is judged
+    against: near a random ranking's nDCG@10 of 0.01, one draw of the
+    users moves it by half)."""
     def both(who):
       return {how: ranking.summarise(per_task[who][how])
               for how in ("full", "sampled")}
+    key = RANKING_CRITERION
     return {**both("model"),
             "baselines": {who: both(who) for who in BASELINES},
-            "sampled_exhausted": int(per_task["exhausted"].sum())}
+            "sampled_exhausted": int(per_task["exhausted"].sum()),
+            "popularity_gap_se": ranking.gap_se(
+                per_task["model"]["full"][key],
+                per_task["popularity"]["full"][key])}
 
 
 def _check_finite(scores: np.ndarray, candidates: np.ndarray,

@@ -117,6 +117,17 @@ def summarise(values: dict[str, np.ndarray]) -> dict[str, float | None]:
   return out
 
 
+def gap_se(a: np.ndarray, b: np.ndarray) -> float | None:
+  """The standard error of the mean per-task difference `a - b` (one
+  metric of two rankings of the same tasks; tasks without it left out);
+  None on fewer than two tasks."""
+  diff = (np.asarray(a, np.float64) - np.asarray(b, np.float64))
+  diff = diff[~np.isnan(diff)]
+  if len(diff) < 2:
+    return None
+  return float(diff.std(ddof=1) / np.sqrt(len(diff)))
+
+
 def metrics(scores: np.ndarray, candidate: np.ndarray, positive: np.ndarray,
             ks: tuple[int, ...] = KS, tie_break: np.ndarray | None = None
             ) -> dict[str, np.ndarray]:

@@ -28,6 +28,14 @@ TIE = 0.001
 # (MovieLens-1M implicit, docs/results.md), and a model that kept its
 # popularity start differs from popularity by its support's adaptation.
 RANKING_TIE = 0.01
+# A ranking's loss to popularity is warned about beyond this many standard
+# errors of the per-task gap (`popularity_gap_se` in eval's JSON), too.
+NOISE_SE = 2.0
+# What ranks items without training positives: their features alone.
+NEW_ITEMS_ADVICE = ("its items have no training positives, so only their"
+                    " features (data.generic.item_features) can rank them:"
+                    " features that say nothing of what users pick rank them"
+                    " at random at best")
 # How well a rating model orders each user's query items (the gain 2^r - 1).
 ORDER_METRIC = "ndcg@3"
 
@@ -189,13 +197,19 @@ def _ranking_warning(name: str, ranking: dict, tasks: int, min_tasks: int,
   base = popular.get(RANKING_CRITERION)
   if model is None or base is None or not model < base * (1 - RANKING_TIE):
     return []
+  # Within twice the standard error of the paired gap it is noise: near a
+  # random ranking (new items) one draw of the users moved nDCG@10 by 50%.
+  se = ranking.get("popularity_gap_se")
+  if se is not None and base - model <= NOISE_SE * se:
+    return []
   # Equal counts rank in the random baseline's order, so a popularity that
   # ranks exactly as it had no count to go by (new items: IC, UIC).
+  new_items = popular == (baselines.get("random") or {}).get("full")
   which = ("a random ranking's (no candidate has a training positive to"
-           " rank by popularity)"
-           if popular == (baselines.get("random") or {}).get("full")
+           " rank by popularity)" if new_items
            else "the most-popular ranking's")
-  what = _what_to_try(tasks, min_tasks, _implicit_advice(model_config))
+  what = _what_to_try(tasks, min_tasks, NEW_ITEMS_ADVICE if new_items
+                      else _implicit_advice(model_config))
   return [f"{name}: the model's full-catalog {RANKING_CRITERION} {model:.4f} is"
           f" WORSE than {which} {base:.4f}"
           f" ({100 * (model / base - 1):+.1f}%) on the same tasks; " + what]
