@@ -101,7 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
               "feature_delimiter": "", "categorical": (), "lists": (),
               "numeric": (), "numeric_bins": 10,
               "list_sep": "|", "missing": ("",), "new_item_col": "",
-              "new_item_year": 0, "id_features": False,
+              "new_item_year": 0, "id_features": False, "quoting": "auto",
           },
       },
       "meta": {

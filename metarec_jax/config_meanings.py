@@ -18,8 +18,7 @@ MEANINGS: dict[str, str] = {
     "model.interaction": "`idemb` only: `dot` (user . item + biases) or `mlp`"
                          " (an MLP of `model.hidden` on both embeddings).",
     "model.item_features": "`idemb` only: add the item's feature embeddings"
-                           " to its ID embedding, so new items are not"
-                           " blind.",
+                           " to its ID embedding (new items not blind).",
     "model.features": "Feature fields the model reads (names of the data's"
                       " schema); `()` = all of them.",
     "model.exclude_features": "Feature fields left out of `model.features`"
@@ -236,6 +235,8 @@ MEANINGS: dict[str, str] = {
                                  " column (fewer if values repeat).",
     "data.generic.list_sep": "Generic data: a list column's separator.",
     "data.generic.missing": "Generic data: values that mean missing (0).",
+    "data.generic.quoting": "Generic data: `auto` reads `\"`-quoted fields"
+                            " (CSV); `none`: a `\"` is text.",
     "data.generic.new_item_col": "Generic data: item table column marking new"
                                  " items for the protocol; `\"\"` = none.",
     "data.generic.new_item_year": "Generic data: 0 = `new_item_col` is 0/1;"
@@ -380,10 +381,9 @@ MEANINGS: dict[str, str] = {
         " that give 200 validation tasks, from 10% to 30% (a small"
         " dataset's few dozen tasks are too noisy to choose checkpoints"
         " with); a run writes the resolved share into its config.json."),
-    "eval.min_ratings": "Fewest ratings of a user in an item class for an"
-                        " evaluation task.",
-    "eval.max_ratings": "Most ratings of a user in an item class for an"
-                        " evaluation task.",
+    "eval.min_ratings": "Fewest ratings of a user in an item class for a"
+                        " task.",
+    "eval.max_ratings": "Most ratings of a user in an item class for a task.",
     "eval.max_tasks": "Evaluation tasks per scenario at most; 0 = all.",
     "eval.batch_tasks": "Tasks adapted at once in evaluation.",
     "eval.catalog_block": "Implicit: items scored at once per user when"

@@ -119,6 +119,8 @@ ALLOWED: dict[str, Any] = {
     "data.generic.new_item_col": R.Text(),
     "data.generic.new_item_year": _COUNT,
     "data.generic.id_features": R.Bool(),
+    "data.generic.quoting": R.OneOf("metarec_jax.data.convert.ratings_io",
+                                    "QUOTINGS"),
     "meta.algorithm": R.OneOf(_META, "ALGORITHMS"),
     "meta.inner_steps": _COUNT,
     "meta.inner_lr": _RATE,

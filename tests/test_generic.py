@@ -881,3 +881,36 @@ def test_a_price_named_categorical_gets_a_note_naming_numeric(tmp_path):
   data.generic.numeric = ("price",)
   prepare.prepare(data, tmp_path / "store2")
   assert store_lib.open_store(tmp_path / "store2").manifest["notes"] == []
+
+
+def test_a_tab_separated_dump_with_quotes_as_text_reads_with_quoting_none(
+    tmp_path):
+  """An Amazon-style TSV: a review title `"Best" mug ever` switched the
+  whole file to CSV quoting, which refused it ("malformed quoting"), and
+  no setting read it; the item table's titles likewise."""
+  root = tmp_path / "tsv"
+  datafiles.write(str(root / "reviews.tsv"),
+                  "user\titem\trating\ttitle\n"
+                  'u0\ti1\t5\t"Best" mug ever\n'
+                  'u0\ti2\t4\tmeh\n'
+                  'u1\ti1\t3\t"ok\n')
+  datafiles.write(str(root / "items.tsv"),
+                  'item\tcat\tname\ni1\tkitchen\t"Weird Al" mug\n'
+                  'i2\toffice\tpen\n')
+  keys = dict(ratings="reviews.tsv", delimiter="\\t",
+              item_features="items.tsv", categorical=("cat",))
+  with pytest.raises(InputError, match=r"reviews\.tsv:2: malformed quoting:"
+                     r" .* data\.generic\.quoting=none reads a '\"' as text"):
+    prepare.prepare(data_config(root, **keys), tmp_path / "auto")
+  prepare.prepare(data_config(root, quoting="none", **keys),
+                  tmp_path / "none")
+  store = store_lib.open_store(tmp_path / "none")
+  assert store.user_ids.tolist() == ["u0", "u1"]
+  assert store.item_ids.tolist() == ["i1", "i2"]
+  assert vocab_of(store, "cat", [1, 2]) == ["kitchen", "office"]
+  # What the server logs in that format reads back with quotes as text.
+  fmt = ratings_io.store_format(store)
+  assert fmt.quoting == "none"
+  text = ratings_io.format_ratings(np.array(['a "b']), np.array(["i1"]),
+                                   np.array([4.0]), fmt)
+  assert text.splitlines()[-1].startswith('a "b\ti1\t4')

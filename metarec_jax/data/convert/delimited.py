@@ -348,6 +348,8 @@ def _csv_rows(lines, numbers, delimiter, path) -> list[list[str]]:
                  " inside quotes? a field may not span lines)"
                  if "unexpected end of data" in str(e)
                  else f"malformed quoting: {e}")
+      problem += (" (fields are read CSV-quoted: the file holds a '\"';"
+                  " data.generic.quoting=none reads a '\"' as text)")
       raise InputError(problem, path=path, line=int(number)) from None
   return rows
 

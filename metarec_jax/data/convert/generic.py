@@ -87,6 +87,7 @@ class GenericSpec:
   new_item_col: str
   new_item_year: int
   id_features: bool
+  quoting: str
 
 
 def _unescape(text: str) -> str:
@@ -143,7 +144,8 @@ def ratings_format(spec: GenericSpec) -> RatingsFormat:
       item=_column(spec, "item_col"), rating=_column(spec, "rating_col"),
       timestamp=(_column(spec, "timestamp_col") if spec.timestamp_col
                  else None),
-      user_id_type="str", item_id_type="str", extension=ext)
+      user_id_type="str", item_id_type="str", extension=ext,
+      quoting=spec.quoting)
 
 
 @dataclasses.dataclass
@@ -161,7 +163,8 @@ def _read_side(spec: GenericSpec, root: str, side: str) -> _SideTable | None:
     return None
   table = delimited.read_table(
       os.path.join(root, name), delimiter=spec.feature_delimiter
-      or spec.delimiter, encoding=spec.encoding, header=True, quoting=True,
+      or spec.delimiter, encoding=spec.encoding, header=True,
+      quoting=spec.quoting != "none",
       delimiter_key="data.generic.feature_delimiter")  # not .delimiter
   _refuse_ids_not_first(table, getattr(spec, f"{side}_col"), side)
   ids = delimited.id_strings(table, 0, f"{side} id")

@@ -51,6 +51,8 @@ class RatingsFormat:
     rating_min, rating_max: the rating scale; other ratings are errors.
     extension: file name extension used when writing (`dat`, `csv`, ...).
     columns: a header file's columns in order: written lines append to it.
+    quoting: `auto`, fields may be CSV-quoted (`delimited.read_table`);
+      `none`, a `"` is text.
   """
 
   delimiter: str
@@ -68,6 +70,7 @@ class RatingsFormat:
   integer_ratings: bool = False
   extension: str = "csv"
   columns: tuple[str, ...] = ()
+  quoting: str = "auto"
 
   def to_json(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
@@ -87,6 +90,10 @@ class RatingsFormat:
     return (f"{'header, ' if self.header else ''}fields separated by"
             f" {self.delimiter!r} ({', '.join(cols)}), {self.encoding}")
 
+
+# `data.generic.quoting` as `delimited.read_table` takes it.
+QUOTE = {"auto": "auto", "none": False}
+QUOTINGS = tuple(QUOTE)
 
 DEFAULT_FORMAT = dict(delimiter=",", header=True, user="user", item="item",
                       rating="rating", extension="csv")
@@ -153,7 +160,8 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
   path = os.fspath(path)
   table = delimited.read_table(path, delimiter=fmt.delimiter,
                                encoding=fmt.encoding, header=fmt.header,
-                               num_fields=fmt.num_fields, quoting="auto",
+                               num_fields=fmt.num_fields,
+                               quoting=QUOTE[fmt.quoting],
                                delimiter_key=delimiter_key)
   width = table.width
   roles = [r for r in ROLES[:3] if getattr(fmt, r) is not None]
@@ -331,8 +339,9 @@ def format_ratings(users, items, ratings, fmt: RatingsFormat,
   """The text of a ratings file of format `fmt` (ids are external ids)."""
   empty = np.full(len(users), "", dtype="U1")
   ratings = np.asarray(ratings, np.float64)
-  roles = {"user": writing.quote_fields(users, fmt.delimiter),
-           "item": writing.quote_fields(items, fmt.delimiter)}
+  quote = fmt.quoting != "none"
+  roles = {"user": writing.quote_fields(users, fmt.delimiter, quote),
+           "item": writing.quote_fields(items, fmt.delimiter, quote)}
   if fmt.rating is not None:
     # What a store and the server learn of a rating is its float32 value:
     # written exactly, so a logged rating reads back as the one learned.

@@ -7,17 +7,18 @@ from __future__ import annotations
 import numpy as np
 
 
-def quote_fields(values, delimiter: str) -> np.ndarray:
+def quote_fields(values, delimiter: str, quote: bool = True) -> np.ndarray:
   """`values` as strings, CSV-quoted where they hold `delimiter` or a
   quote, so that `read_table(quoting="auto")` reads them back as they
-  are; a delimiter of several characters quotes nothing (its reader reads
-  quotes as text: `i0" pizza` was written `"i0"" pizza"`, another id).
+  are; a delimiter of several characters, or `quote` False (a format
+  read with quotes as text), quotes nothing (its reader reads quotes as
+  text: `i0" pizza` was written `"i0"" pizza"`, another id).
 
   Raises:
-    ValueError: a value holds a delimiter of several characters.
+    ValueError: a value that holds the delimiter, where nothing is quoted.
   """
   values = np.asarray(values).astype(str)
-  if len(delimiter) > 1:
+  if len(delimiter) > 1 or not quote:
     held = np.flatnonzero(np.char.find(values, delimiter) >= 0)
     if len(held):
       raise ValueError(f"{values[held[0]]!r} holds the delimiter"
