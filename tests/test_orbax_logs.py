@@ -109,3 +109,14 @@ def test_the_read_filter_outlives_the_command_that_installed_it(monkeypatch):
     coroutine.close()
   assert [a.object.__qualname__ for a in printed] == ["some_other_coroutine"]
   assert getattr(hook, "_metarec_filter", False)
+
+
+def test_a_step_without_its_record_is_not_warned_about_at_each_listing():
+  """A folder a killed cleanup left half-deleted printed orbax's raw
+  warning 3-4 times before metarec's own line."""
+  path = "/w/checkpoints/21/_CHECKPOINT_METADATA"
+  assert not orbax_logs.missing_step_record(
+      record(f"Metadata file does not exist: {path}"))
+  assert orbax_logs.missing_step_record(
+      record("Metadata file does not exist: /w/checkpoints/21/state/_METADATA"))
+  assert orbax_logs.missing_step_record(record("anything else"))

@@ -30,6 +30,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from metarec_jax import runtime
+from metarec_jax.workdir import orbax_logs
 from metarec_jax.workdir.state_checks import CheckpointError
 
 METRICS_FILE = ("metrics", "metrics")  # orbax's item folder and file name
@@ -231,6 +232,7 @@ def open_manager(directory: str, metric: str,
     log.warning("%s: damaged: not the metrics of a checkpoint (a JSON object"
                 " with a number `%s`); step %d %s", path, metric, step,
                 "counts as not validated" if read_only else "is moved aside")
+  logging.getLogger("absl").addFilter(orbax_logs.missing_step_record)
   unlisted = damaged_step_records(directory)
   for step, problem in unlisted.items():
     log.warning("%s: damaged: not orbax's record of a checkpoint (%s); step"

@@ -99,6 +99,15 @@ def no_metrics_notice(record: logging.LogRecord) -> bool:
   return "did not provide metrics" not in record.getMessage()
 
 
+def missing_step_record(record: logging.LogRecord) -> bool:
+  """False for orbax's warning that a step has no `_CHECKPOINT_METADATA`
+  (repeated at every listing): such a step reads (orbax takes the
+  folder's time), and a folder a killed cleanup left half-deleted is
+  removed or reported by the restore that meets it."""
+  return not (record.getMessage().startswith("Metadata file does not exist")
+              and record.getMessage().endswith("_CHECKPOINT_METADATA"))
+
+
 def handler_override_notice(record: logging.LogRecord) -> bool:
   """False for orbax's warning that a type handler is replaced:
   `checkpoint` replaces the array handler on purpose, with other options."""
