@@ -51,6 +51,7 @@ def test_the_prior_is_on_only_for_melu_with_a_ranking_loss_on_implicit():
 def test_a_fresh_model_scores_each_item_by_its_popularity(store):
   counts = np.random.default_rng(0).integers(0, 40, store.num_items)
   counts[:5] = 0  # items without training positives (new items)
+  counts[5] = 1
   model, _ = built(store, prior_config(), counts)
   params = model.init(jax.random.PRNGKey(0))
   # The prior reads the item ID; the network does not embed it unless
@@ -58,7 +59,9 @@ def test_a_fresh_model_scores_each_item_by_its_popularity(store):
   assert ITEM_ID not in [f.name for f in model.module.fields]
   n, total = store.num_items, counts.sum()
   weight = counts / (counts + PRIOR_PSEUDO)
-  expected = weight * np.log((counts + 1.0) * n / (total + n))
+  none = np.log(n / (total + n))  # the level of an item without positives
+  expected = (weight * np.log((counts + 1.0) * n / (total + n))
+              + (1 - weight) * none)
   np.testing.assert_allclose(np.asarray(params["popularity"])[1:, 0],
                              expected, rtol=1e-6)
   feats = {k: jnp.zeros((n,) + v.shape[1:], v.dtype) + 1
@@ -66,7 +69,12 @@ def test_a_fresh_model_scores_each_item_by_its_popularity(store):
   feats[ITEM_ID] = jnp.arange(1, n + 1)
   score = np.asarray(model.predict(params, feats))
   np.testing.assert_allclose(score, expected, rtol=1e-5, atol=1e-6)
-  assert np.all(score[:5] == 0.0)  # an average item, until learned
+  np.testing.assert_allclose(score[:5], none, rtol=1e-6)  # until learned
+  # The score rises with the count: pulled towards an average item's 0,
+  # an item with one positive scored below every item without any.
+  by_count = score[np.argsort(counts, kind="stable")]
+  assert np.all(np.diff(by_count) >= -1e-6)
+  assert score[counts == 1].min() > score[counts == 0].max()
   # Learned, the features' prediction scores the items without positives
   # and weighs 1 - w in the others.
   project = params["popularity_project"]["kernel"]

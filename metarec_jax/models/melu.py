@@ -11,18 +11,20 @@ With a popularity prior (`model.popularity_prior`, implicit feedback with
 a ranking loss) the score is a logit that starts from each item's
 popularity:
 
-    score = decision(embeddings) + popularity_weight * w * log_share(i)
+    score = decision(embeddings)
+            + popularity_weight * (w * log_share(i) + (1 - w) * log_share(0))
             + (1 - w) * predicted(item features)
 
 `log_share` is the log of the item's smoothed share of the training
 positives times the catalog size (with uniform negatives, the logit of a
-positive that popularity alone gives; 0 for an average item) and `w = n /
-(n + 5)` the weight of its `n` training positives: fixed tables
-(`popularity_table`, no gradient). `popularity_weight` starts at 1 and is
+positive that popularity alone gives; 0 for an average item; `log_share(0)`
+that of an item without positives) and `w = n / (n + 5)` the weight of its
+`n` training positives: fixed tables (`popularity_table`, no gradient). `popularity_weight` starts at 1 and is
 meta-learned (popularity-weighted negatives call for less). An item
 without training positives (a new item, or a hidden ID,
 `data.item_id_dropout`) has `w = 0`: its popularity is predicted from its
-features by a learned linear map (started at zero, an average item), as
+features by a learned linear map (started at zero, the level of an item
+without positives), as
 the anchored rating model predicts a new item's bias, so that the network
 need not learn popularity for new items. None of it is adapted: the
 decision MLP, whose output layer starts at zero, learns what popularity
@@ -162,19 +164,25 @@ PRIOR_DIM = 8  # width of the item-feature embeddings of the predicted part
 
 
 def popularity_table(counts: np.ndarray | None, vocab: int) -> np.ndarray:
-  """`[vocab, 2]` float32: row `i + 1` is `(w * log_share, w)` for item `i`
-  with `c_i` training positives (`C` in all, `N` items): `log_share =
-  log((c_i + 1) * N / (C + N))`, the log of its smoothed share against the
-  uniform one, and `w = c_i / (c_i + PRIOR_PSEUDO)`. Row 0 (padding, a
-  hidden ID) and items without positives: `(0, 0)`, their features alone.
-  `counts` None: zeros (the parameter's shape, where an export or a
-  checkpoint supplies its value)."""
+  """`[vocab, 2]` float32: row `i + 1` is `(w * s(c_i) + (1 - w) * s(0),
+  w)` for item `i` with `c_i` training positives (`C` in all, `N` items):
+  `s(c) = log((c + 1) * N / (C + N))`, the log of a smoothed share against
+  the uniform one, and `w = c_i / (c_i + PRIOR_PSEUDO)`: a few positives
+  move an item from the level of one without any, and the score rises with
+  the count (pulled towards 0, an average item, an item with one positive
+  scored below all the items without: a shop's never-sold listings ranked
+  above its sellers). Row 0 (padding, a hidden ID) and items without
+  positives: `(s(0), 0)`, their features' prediction added. `counts`
+  None: zeros (the parameter's shape, where an export or a checkpoint
+  supplies its value)."""
   out = np.zeros((vocab, 2), np.float32)
   if counts is not None:
     c = np.asarray(counts, np.float64)[:vocab - 1]
     n = vocab - 1
     weight = c / (c + PRIOR_PSEUDO)
-    out[1:len(c) + 1, 0] = weight * np.log((c + 1.0) * n / (c.sum() + n))
+    share = lambda k: np.log((k + 1.0) * n / (c.sum() + n))
+    out[:, 0] = share(0.0)
+    out[1:len(c) + 1, 0] = weight * share(c) + (1.0 - weight) * share(0.0)
     out[1:len(c) + 1, 1] = weight
   return out
 
