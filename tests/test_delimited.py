@@ -283,6 +283,24 @@ def test_a_compressed_file_is_named_as_such(tmp_path, packer):
       delimited.read_table(path, delimiter=",", encoding=encoding)
 
 
+def test_a_spreadsheet_and_a_comment_line_are_named_as_such(tmp_path):
+  """A workbook was "a zip archive (unpack it: unzip ...)", which yields
+  XML parts; a comment above the header was "is the delimiter ' '?"."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "ratings.xlsx"
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("[Content_Types].xml", "<x/>")
+    z.writestr("xl/workbook.xml", "<x/>")
+  with pytest.raises(InputError, match=r"ratings\.xlsx: the file is an Excel"
+                     r" workbook, not delimited text: save its sheet as CSV"):
+    delimited.read_table(path, delimiter=",", encoding="utf-8")
+  path = tmp_path / "ratings.csv"
+  path.write_text("# exported 2024\nuser,item,rating\na,x,4\n")
+  with pytest.raises(InputError, match=r"line 1 looks like a comment \('#"
+                     r" exported 2024'\): remove comment lines"):
+    delimited.read_table(path, delimiter=",", encoding="utf-8", header=True)
+
+
 @pytest.mark.parametrize("text,line,what", [
     # Yelp's and Amazon's review exports: one object per line.
     ('{"user_id": "u1", "business_id": "b1", "stars": 4}\n'
@@ -290,6 +308,10 @@ def test_a_compressed_file_is_named_as_such(tmp_path, packer):
      r"one object per line\), not delimited text: write it as CSV first"
      r" \(e\.g\. pandas\.read_json\(PATH, lines=True\)"),
     ('\n[\n  {"user": "a", "item": "b", "rating": 4}\n]\n', 2,
+     r"one document\), not delimited text: write it as CSV first"
+     r" \(e\.g\. pandas\.read_json\(PATH\)\.to_csv"),
+    # An array on one line (was "one object per line", lines=True).
+    ('[{"user": "a", "item": "b", "rating": 4}]\n', 1,
      r"one document\), not delimited text: write it as CSV first"
      r" \(e\.g\. pandas\.read_json\(PATH\)\.to_csv"),
 ])

@@ -93,7 +93,11 @@ def delimiter_hint(field: str, delimiter: str, what: str,
   """`"; WHAT is one field split on D: is the delimiter S? (KEY)"` where
   the one field `field` of a line holds a common separator S other than
   `delimiter` (the file uses another delimiter), else `""`. `key`: the
-  config key that set `delimiter`, if any."""
+  config key that set `delimiter`, if any. A `#` line is a comment, not
+  a file split on a space (which was suggested)."""
+  if field.lstrip().startswith("#"):
+    return (f"; {what} looks like a comment ({excerpt(field.strip())}):"
+            " remove comment lines, a delimited file has none")
   for sep in ("\t", ";", ",", "|", " "):
     if sep != delimiter and sep in field.strip():
       return (f"; {what} is one field split on {delimiter!r}: is the"

@@ -17,11 +17,23 @@ from metarec_jax.errors import InputError
 
 _PACKED = ((b"\x1f\x8b", "gzip-compressed", "decompress it: gunzip"),
            (b"PK\x03\x04", "a zip archive", "unpack it: unzip"))
+# A zip whose first entries say it is a spreadsheet (unzipped, XML parts).
+_SPREADSHEETS = ((b"xl/", "an Excel workbook"),
+                 (b"opendocument.spreadsheet", "an OpenDocument spreadsheet"))
 
 
 def refuse_packed(raw: bytes, path: str) -> None:
   """Raises InputError where `raw` is a gzip or zip file (a
-  `ratings.csv.gz` named as the ratings file)."""
+  `ratings.csv.gz` named as the ratings file), or a spreadsheet, which
+  is a zip of XML that unpacking does not make a table of."""
+  if raw.startswith(b"PK\x03\x04"):
+    head = raw[:4096]
+    for mark, what in _SPREADSHEETS:
+      if mark in head:
+        raise InputError(
+            f"the file is {what}, not delimited text: save its sheet as CSV"
+            " (or pandas.read_excel(PATH).to_csv('out.csv', index=False))",
+            path=path)
   for magic, what, tool in _PACKED:  # was "byte 0x8b ... not valid utf-8"
     if raw.startswith(magic):
       raise InputError(f"the file is {what} ({tool} {os.path.basename(path)},"
@@ -68,8 +80,8 @@ def refuse_json(text: str, path: str) -> None:
   start = text.rfind("\n", 0, at) + 1
   end = text.find("\n", at)
   first = text[start:end if end >= 0 else len(text)].strip()
-  try:
-    whole = not isinstance(json.loads(first), (dict, list))
+  try:  # a list on the first line is an array: one document
+    whole = not isinstance(json.loads(first), dict)
   except ValueError:
     try:
       json.loads(text)
