@@ -213,6 +213,11 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
                                               "k": True}), 422, "k:"),
       "k as text": (post("/v1/adapt", json={"ratings": [[1193, 3]],
                                             "k": " 7 "}), 422, "k:"),
+      # A body not declared JSON, to no route or a route of another
+      # method: the route's 404 or 405, not a 415 about the body.
+      "no such route": (post("/v1/nothing", content=b"x"), 404, "Not Found"),
+      "not a POST route": (post("/healthz", content=b"x"), 405,
+                           "Method Not Allowed"),
   }
   for name, (r, status, words) in cases.items():
     assert r.status_code == status, (name, r.status_code, r.text)

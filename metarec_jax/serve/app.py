@@ -172,7 +172,9 @@ def create_app(service: Service, *, token: str | None,
                 description=__doc__.split("\n\n")[1] if __doc__ else "",
                 **({} if token is None else dict(
                     docs_url=None, redoc_url=None, openapi_url=None)))
-  app.add_middleware(guards.BodyLimit, max_bytes=max_body)
+  # The routes, filled below: a POST to no route is a 404 or 405, not 415.
+  app.add_middleware(guards.BodyLimit, max_bytes=max_body,
+                     routes=app.router.routes)
   app.add_middleware(guards.BearerGuard, token=token)  # outermost: first
   auth = [Depends(guards.bearer())]
   if token is not None:

@@ -7,6 +7,7 @@ import hmac
 import json
 
 from fastapi.security import HTTPBearer
+from starlette.routing import Match
 
 from metarec_jax.errors import InputError
 
@@ -104,9 +105,10 @@ class BodyLimit:
   names a field twice a 422. The body is read here (it is small: that is
   the point) and handed on whole."""
 
-  def __init__(self, app, max_bytes: int):
+  def __init__(self, app, max_bytes: int, routes=()):
     self.app = app
     self.max_bytes = max_bytes
+    self.routes = routes  # the app's: only a body one of them takes is JSON
 
   async def _reject(self, send, status: int = 413,
                     message: str | None = None) -> None:
@@ -134,13 +136,19 @@ class BodyLimit:
       await _send_error(send, 503, "the server is stopping: this request"
                         " may not have been handled; send it again")
 
+  def _routed(self, scope) -> bool:
+    """Whether a route takes this request (its path and method): where
+    none does, the router's 404 or 405 says so, not a 415."""
+    return not self.routes or any(
+        route.matches(scope)[0] == Match.FULL for route in self.routes)
+
   async def _guarded(self, scope, receive, send):
     headers = dict(scope["headers"])
     length = headers.get(b"content-length", b"0")
     if not length.isdigit() or int(length) > self.max_bytes:
       return await self._reject(send)
-    if scope["method"] == "POST" and not _is_json(
-        headers.get(b"content-type", b"")):
+    if (scope["method"] == "POST" and self._routed(scope)
+        and not _is_json(headers.get(b"content-type", b""))):
       return await self._reject(send, 415, "send the body as JSON with"
                                 " Content-Type: application/json")
     chunks, size = [], 0
