@@ -203,6 +203,10 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
       "user with a slash learns": (post("/v1/users/1%2F30/interactions",
                                         json={"ratings": [[1193, 3]]}),
                                    422, "user id '1/30' is not an integer"),
+      # A line break reached no route either (`{user:path}` stops there).
+      "user with a line break": (post("/v1/users/1%0A/interactions",
+                                      json={"ratings": [[1193, 3]]}),
+                                 422, "user id '1\\n' is not an integer"),
       "k too large": (client.get("/v1/users/130/recommendations?k=21"), 422,
                       "query.k"),
       "too many items": (post("/v1/predict", json={

@@ -26,11 +26,28 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, Strict
+from starlette import convertors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from metarec_jax.serve import guards
 from metarec_jax.serve.service import Service
 from metarec_jax.workdir.restore import served_values
+
+
+class _AnyText(convertors.Convertor):
+  """A path parameter of any characters, '/' and line breaks included
+  (`{name:path}` stops at a line break): the route's handler judges it."""
+
+  regex = "(?s:.*)"
+
+  def convert(self, value: str) -> str:
+    return value
+
+  def to_string(self, value: str) -> str:
+    return value
+
+
+convertors.register_url_convertor("text", _AnyText())
 
 log = logging.getLogger("metarec")
 
@@ -228,10 +245,11 @@ def create_app(service: Service, *, token: str | None,
   def scored(pairs) -> list[dict]:
     return [{"item": i, "score": s} for i, s in pairs]
 
-  # `{user:path}`: a user id may hold a '/' (a generic export's ids are
+  # `{user:text}`: a user id may hold a '/' (a generic export's ids are
   # any strings; `%2F` reaches the router decoded), which `{user}` never
-  # matched, so such a user could not be served or learn (a bare 404).
-  @app.get("/v1/users/{user:path}/recommendations", dependencies=auth,
+  # matched, so such a user could not be served or learn (a bare 404),
+  # and a line break, which `{user:path}` did not match either.
+  @app.get("/v1/users/{user:text}/recommendations", dependencies=auth,
            response_model=Recommendations)
   async def recommendations(user: Annotated[str, Path(max_length=256)],
                             k: Annotated[int, Query(ge=1, le=limits.max_k)]
@@ -273,7 +291,7 @@ def create_app(service: Service, *, token: str | None,
       raise fastapi.HTTPException(422, "ratings: field required")
     return checked(body.ratings)
 
-  @app.post("/v1/users/{user:path}/interactions", dependencies=auth,
+  @app.post("/v1/users/{user:text}/interactions", dependencies=auth,
             response_model=Accepted)
   async def interactions(user: Annotated[str, Path(max_length=256)],
                          body: InteractionsBody):
