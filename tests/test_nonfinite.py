@@ -124,6 +124,25 @@ def test_no_checkpoint_is_saved_during_a_run_of_skipped_updates(tmp_path):
   assert checkpoint_steps(workdir) == []
 
 
+def test_a_run_ending_in_skipped_updates_saves_its_last_step_and_a_resume_gets_its_own_tries(
+    tmp_path):
+  """Fewer skipped updates than train.max_nonfinite at the end: the run
+  ends as trained (its last save is not dropped), and a resume starts its
+  own count (the saved streak of 6 stopped a resume at its first step)."""
+  workdir = str(tmp_path / "run")
+  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET,
+                "--config.train.lr=1e39", "--config.train.max_nonfinite=100",
+                "--config.checkpoint.every_steps=2")
+  assert out.returncode == 0, out.stderr
+  assert checkpoint_steps(workdir) == [6]
+  assert int(saved_state(workdir, 6)["nonfinite_streak"]) == 6
+  last = last_line_of_a_stopped_run(workdir, "--config.train.num_steps=12",
+                                    "--config.train.lr=1e39",
+                                    "--config.train.max_nonfinite=3",
+                                    "--config.checkpoint.every_steps=2")
+  assert last.startswith("metarec train: error: step 9: 3 consecutive"), last
+
+
 def test_a_validation_diverging_after_training_names_the_step_and_rates(
     tmp_path):
   """It was an input error (status 2) blaming meta.inner_lr at its default,

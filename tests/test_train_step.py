@@ -166,8 +166,12 @@ def test_the_guard_names_the_step_that_reached_the_limit(caplog):
 
   class Counters:
     nonfinite_total = np.int32(0)
+    nonfinite_streak = np.int32(0)
 
-  guard = NonFiniteGuard(3, NoCheckpoints(), 0, Counters())
+  class Train:
+    max_nonfinite, lr = 3, 1e-3
+
+  guard = NonFiniteGuard(Train(), NoCheckpoints(), 0, Counters())
   guard.check(4, 0, 2)  # two skipped steps, then finite ones
   assert "steps 1-4: non-finite loss, meta-gradient or update; update" \
          " skipped 2 time(s)" in caplog.text

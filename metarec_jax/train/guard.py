@@ -24,14 +24,15 @@ class NonFiniteGuard:
   the step that reached the limit follows exactly from the streak.
   """
 
-  def __init__(self, limit: int, checkpointer: ckpt_lib.Checkpointer,
-               step: int, state, lr: float):
-    self.limit = max(int(limit), 1)
+  def __init__(self, train_config, checkpointer: ckpt_lib.Checkpointer,
+               step: int, state):
+    """`train_config`: the `train` section (`max_nonfinite`, `lr`)."""
+    self.limit = max(int(train_config.max_nonfinite), 1)
     self.checkpointer = checkpointer
     self.step = step  # the last step checked
     self.total = int(runtime.to_host(state.nonfinite_total))
     self.streak = int(runtime.to_host(state.nonfinite_streak))
-    self.lr = lr  # `train.lr`, named where a validation diverges
+    self.lr = float(train_config.lr)  # named where a validation diverges
 
   def check(self, step: int, streak, total) -> None:
     """`streak`, `total`: the counters after `step` (arrays or numbers).

@@ -155,8 +155,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           active=is_lead, resumed=restored_step is not None)
       step = int(runtime.to_host(state.step))
       evaluator = Evaluator(exp, trainer.eval_mesh)
-      guard = NonFiniteGuard(int(tc.max_nonfinite), checkpointer, step, state,
-                             float(tc.lr))
+      guard = NonFiniteGuard(tc, checkpointer, step, state)
 
       def save_and_report_stop(step, validation_cut=False, val_loss=None,
                                validated=None):
@@ -343,7 +342,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             break
           if due(step, save_every, num_steps) or improved or early_stop:
             guard.check_state(step, state)
-            if improved or early_stop or not guard.streak:  # else: not new
+            # Skipped updates leave the state they began from: not new.
+            if improved or early_stop or step == num_steps or not guard.streak:
               save(step, val_loss, validated)
           if early_stop:
             log.info("step %d: no better validation %s in %d validations"
@@ -363,13 +363,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       if ((step == num_steps or summary.get("early_stopped"))
           and "val" in summary):
         if not stop.now():
-          support_curve.evaluate_and_write(
-              workdir, evaluator,
-              trainer.eval_params(served if served is not None
-                                  else state.params),
-              {"val": exp.split.scenarios["val"]}, step=step,
-              seed=int(config.eval.seed), write=is_lead,
-              should_stop=stop.now)
+          with guard.validating(step):
+            support_curve.evaluate_and_write(
+                workdir, evaluator,
+                trainer.eval_params(served if served is not None
+                                    else state.params),
+                {"val": exp.split.scenarios["val"]}, step=step,
+                seed=int(config.eval.seed), write=is_lead,
+                should_stop=stop.now)
         if stop.now() and not summary.get("preempted"):
           # The run is saved (a stop during its last save or validation,
           # or during the curve): only the curve is missing.

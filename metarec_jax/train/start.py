@@ -12,6 +12,8 @@ import copy
 import logging
 from typing import Any, NamedTuple
 
+import jax.numpy as jnp
+
 from metarec_jax import config_io
 from metarec_jax.train import validation
 from metarec_jax.train.guard import TrainingError
@@ -111,6 +113,9 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
            checkpointer.directory)
   # The checkpoint holds what its validation fitted; training goes on
   # without it.
-  state = state.replace(params=validation.as_trained(state.params))
+  # A resume, with other settings most often, gets its own
+  # `train.max_nonfinite` tries: a saved streak stopped it at once.
+  state = state.replace(params=validation.as_trained(state.params),
+                        nonfinite_streak=jnp.zeros_like(state.nonfinite_streak))
   return Start(state, step, resolved["horizon"], resolved["saved"],
                bool(record.get("validation_cut")), record.get("selection"))
