@@ -161,7 +161,7 @@ class Watch:
 
 
 def first_line(error: Exception) -> str:
-  """The first line of a coordination-service error (its repr where it
-  says nothing)."""
+  """The first line of an error's message (its repr where it says
+  nothing): a coordination-service error's, a bug's (`cluster`)."""
   text = str(error).strip()
   return text.splitlines()[0] if text else repr(error)

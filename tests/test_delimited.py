@@ -310,6 +310,10 @@ def test_a_spreadsheet_and_a_comment_line_are_named_as_such(tmp_path):
     ('\n[\n  {"user": "a", "item": "b", "rating": 4}\n]\n', 2,
      r"one document\), not delimited text: write it as CSV first"
      r" \(e\.g\. pandas\.read_json\(PATH\)\.to_csv"),
+    # Arrays, one per line (JSON Lines of arrays).
+    ('["a", "b", 4]\n["c", "b", 5]\n', 1,
+     r"one array per line\), not delimited text: write it as CSV first"
+     r" \(e\.g\. pandas\.read_json\(PATH, lines=True\)"),
     # An array on one line (was "one object per line", lines=True).
     ('[{"user": "a", "item": "b", "rating": 4}]\n', 1,
      r"one document\), not delimited text: write it as CSV first"

@@ -61,6 +61,10 @@ def test_most_recent_ratings_by_timestamp_form_the_support(ml1m_tiny_run,
   # The server's log writes times after the file's newest (`FileClock`).
   assert loaded.manifest["ratings_clock"] == "seconds"
   assert loaded.manifest["ratings_latest"] == 978300000 + stamps.max()
+  from metarec_jax.data.convert import parsing  # pylint: disable=g-import-not-at-top
+  from metarec_jax.serve import interaction_log  # pylint: disable=g-import-not-at-top
+  assert interaction_log.export_format(out)[1] == parsing.FileClock(
+      "seconds", 978300000 + stamps.max())
   exp = experiment.build(config_io.read_workdir_config(workdir), workdir)
   rows = ratings_io.parse_ratings(ratings, ratings_io.store_format(exp.store))
   assert summary["users"] == len(np.unique(rows.users)) > 40

@@ -852,27 +852,36 @@ def test_the_log_writes_times_after_a_file_whose_unit_is_guessed(tmp_path,
   assert rows.timestamps[1] > rows.timestamps[0]
 
 
-@pytest.mark.parametrize("delimiter", [",", "::"])
+@pytest.mark.parametrize("delimiter,quoting", [(",", "auto"), ("::", "auto"),
+                                               (",", "none")])
 def test_every_user_id_the_log_accepts_reads_back_as_itself(tmp_path,
-                                                            delimiter):
+                                                            delimiter,
+                                                            quoting):
   """An acknowledged rating must come back for its own user after a
   restart: ids the log cannot write faithfully are refused up front. A
   one-character delimiter is quoted, as a dataset's CSV may quote it (its
-  users were refused, on every endpoint, though the log reads them back)."""
+  users were refused, on every endpoint, though the log reads them back);
+  with data.generic.quoting=none nothing is (`x,y` passed the check, and
+  its write failed every request of its batch with a 500)."""
   from metarec_jax.data.convert import ratings_io  # pylint: disable=g-import-not-at-top
   from metarec_jax.serve import interaction_log  # pylint: disable=g-import-not-at-top
   fmt = ratings_io.RatingsFormat(
       rating_min=1.0, rating_max=5.0, user_id_type="str", item_id_type="str",
+      quoting=quoting,
       **(ratings_io.DEFAULT_FORMAT if delimiter == "," else {
           "delimiter": delimiter, "header": False, "user": 0, "item": 1,
           "rating": 2, "timestamp": None}))
   log = interaction_log.InteractionLog(str(tmp_path), fmt)
   good = ["alice", "b\u00f6b", "x@shop.com", "SKU 12", "\u0663"]
   bad = ["zz\0q", "u1\0", "\ufeffbob", "x\ufffd", "a\u2028b", "t\tb"]
-  if delimiter == ",":
+  if delimiter == "," and quoting == "auto":
     good += ['a"b', "a;b", "a,b", ",lead", '"a,"b"']
+  elif delimiter == ",":
+    good += ['a"b', "a;b", '"q"']  # a '"' is text
+    bad += ["a,b", ",lead"]
   else:
-    bad += ["zed:", 'a"b', "a" + delimiter + "b"]
+    good += ['a"b']  # a '"' is text in a '::' file
+    bad += ["zed:", "a" + delimiter + "b"]
   for user in bad:
     with pytest.raises(ValueError, match="cannot be logged"):
       log.check_user_id(user)

@@ -33,9 +33,9 @@ RANKING_TIE = 0.01
 NOISE_SE = 2.0
 # What ranks items without training positives: their features alone.
 NEW_ITEMS_ADVICE = ("its items have no training positives, so only their"
-                    " features (data.generic.item_features) can rank them:"
-                    " features that say nothing of what users pick rank them"
-                    " at random at best")
+                    " item features can rank them: features that say"
+                    " nothing of what users pick rank them at random at"
+                    " best")
 # How well a rating model orders each user's query items (the gain 2^r - 1).
 ORDER_METRIC = "ndcg@3"
 
@@ -189,8 +189,8 @@ def _implicit_advice(model_config) -> str:
 def _ranking_warning(name: str, ranking: dict, tasks: int, min_tasks: int,
                      model_config) -> list[str]:
   """The line of an implicit scenario whose full-catalog nDCG@10 is below
-  the most-popular ranking's by more than `RANKING_TIE` (none when it is
-  not)."""
+  the most-popular ranking's by more than `RANKING_TIE` and by more than
+  `NOISE_SE` standard errors of the per-task gap (none when it is not)."""
   baselines = ranking.get("baselines") or {}
   popular = (baselines.get("popularity") or {}).get("full") or {}
   model = (ranking.get("full") or {}).get(RANKING_CRITERION)

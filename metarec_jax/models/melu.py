@@ -12,7 +12,8 @@ a ranking loss) the score is a logit that starts from each item's
 popularity:
 
     score = decision(embeddings)
-            + popularity_weight * (w * log_share(i) + (1 - w) * log_share(0))
+            + popularity_weight * (log_share(0)
+                                   + w * (log_share(i) - log_share(0)))
             + (1 - w) * predicted(item features)
 
 `log_share` is the log of the item's smoothed share of the training
@@ -36,8 +37,8 @@ Parameters:
     decision/fc1/{kernel,bias}      [fields * embed_dim, hidden[0]]
     decision/fc2/{kernel,bias}      ...
     decision/out/{kernel,bias}      [hidden[-1], 1]
-    popularity                      [items + 1, 2]  (w * log_share, w;
-                                                     fixed)
+    popularity                      [items + 1, 2]  (the level, w; fixed:
+                                                     `popularity_table`)
     popularity_weight               []
     popularity_features/<field>/embedding  [vocab, 8]  (item fields)
     popularity_project/kernel       [item fields * 8, 1]
@@ -239,8 +240,8 @@ class MeLU(nn.Module):
     if self.popularity_init is None:
       return 0.0
     row = jax.lax.stop_gradient(self.popularity_table)[features[ITEM_ID]]
-    known, weight = row[..., 0], row[..., 1]
-    prior = self.popularity_weight * known
+    level, weight = row[..., 0], row[..., 1]  # by the item's count
+    prior = self.popularity_weight * level
     if self.item_fields:
       predicted = self.popularity_project(
           self.popularity_features(features))[..., 0]

@@ -182,12 +182,15 @@ class InteractionLog:
                  " U+FFFD (a byte that was not UTF-8)")
     elif not text or text != text.strip():
       problem = "is empty or padded with spaces"
-    elif len(delimiter) > 1 and (set(delimiter + '"') & set(text)):
-      # No quoting with a delimiter of several characters: `zed:` then
-      # `::` would read back as `zed` and `:item`. (One character: the log
-      # quotes a field that holds it, as CSV does, and reads it back.)
-      problem = (f"holds {delimiter[0]!r} or '\"', which a log split on"
-                 f" {delimiter!r} cannot quote")
+    elif ((len(delimiter) > 1 or self.format.quoting == "none")
+          and set(delimiter) & set(text)):
+      # Nothing is quoted with a delimiter of several characters or with
+      # data.generic.quoting=none: `zed:` then `::` would read back as
+      # `zed` and `:item`, `x,y` as two fields (and the write failed the
+      # whole batch). Else the log quotes a field that holds the
+      # delimiter, as CSV does, and reads it back.
+      problem = (f"holds {delimiter[0]!r}, which a log split on"
+                 f" {delimiter!r} does not quote")
     else:
       try:
         text.encode(self.format.encoding)

@@ -115,27 +115,34 @@ def damaged_step_records(directory: str) -> dict[int, str]:
   each read. A step without it reads (orbax takes the folder's time)."""
   if not os.path.isdir(directory):
     return {}
-  damaged = {}
-  for entry in sorted(os.listdir(directory)):
-    path = os.path.join(directory, entry, STEP_RECORD)
-    if not entry.isdigit() or not os.path.isfile(path):
-      continue
-    try:
-      with open(path, "rb") as f:
-        json.loads(f.read())
-      ocp.metadata.get_step_metadata(os.path.join(directory, entry))
-    except FileNotFoundError:
-      continue  # removed meanwhile
-    except Exception as e:  # pylint: disable=broad-except
-      damaged[int(entry)] = f"{type(e).__name__}: {str(e)[:120]}"
-  return damaged
+  found = {int(e): _record_problem(os.path.join(directory, e))
+           for e in sorted(os.listdir(directory)) if e.isdigit()}
+  return {step: problem for step, problem in found.items() if problem}
+
+
+def _record_problem(step_dir: str) -> str | None:
+  """What is wrong with a step's orbax record (None: it reads, or there
+  is none, or the step was removed meanwhile)."""
+  path = os.path.join(step_dir, STEP_RECORD)
+  try:
+    with open(path, "rb") as f:
+      json.loads(f.read())
+    ocp.metadata.get_step_metadata(step_dir)
+  except (FileNotFoundError, NotADirectoryError):
+    return None
+  except Exception as e:  # pylint: disable=broad-except
+    return f"{type(e).__name__}: {str(e)[:120]}"
+  return None
 
 
 @dataclasses.dataclass(frozen=True)
 class Without:
-  """orbax's standard step folders (`checkpoints/STEP`) but for `steps`,
-  which a manager given it never lists or reads (an `ocp.step.NameFormat`,
-  orbax's protocol for naming and finding steps)."""
+  """orbax's standard step folders (`checkpoints/STEP`) but for those of
+  `steps` whose record is still damaged, which a manager given it never
+  lists or reads (an `ocp.step.NameFormat`, orbax's protocol for naming
+  and finding steps). A step saved again since (a trainer moved the
+  damaged one aside) is listed: hidden, its new checkpoint was never
+  deleted or found."""
   steps: frozenset[int]
   standard: Any = dataclasses.field(
       default_factory=ocp.step.standard_name_format)
@@ -143,12 +150,16 @@ class Without:
   def build_name(self, step: int) -> str:
     return self.standard.build_name(step)
 
+  def _hidden(self, base_path, step: int) -> bool:
+    return step in self.steps and _record_problem(
+        os.path.join(os.fspath(base_path), self.build_name(step))) is not None
+
   def find_all(self, base_path):
     return (m for m in self.standard.find_all(base_path)
-            if m.step not in self.steps)
+            if not self._hidden(base_path, m.step))
 
   def find_step(self, base_path, step: int):
-    if step in self.steps:
+    if self._hidden(base_path, step):
       raise ValueError(f"step {step} is left out: its {STEP_RECORD} is"
                        " damaged")
     return self.standard.find_step(base_path, step)

@@ -62,6 +62,14 @@ def refuse_wide_bom(raw: bytes, encoding: str, path: str) -> None:
       return
 
 
+def _parses(text: str) -> bool:
+  try:
+    json.loads(text)
+  except ValueError:
+    return False
+  return True
+
+
 def refuse_json(text: str, path: str) -> None:
   """Raises InputError where `text` is JSON: one object per line (the
   review exports of Yelp and Amazon) or one JSON document. Split on a
@@ -80,16 +88,18 @@ def refuse_json(text: str, path: str) -> None:
   start = text.rfind("\n", 0, at) + 1
   end = text.find("\n", at)
   first = text[start:end if end >= 0 else len(text)].strip()
-  try:  # a list on the first line is an array: one document
-    whole = not isinstance(json.loads(first), dict)
+  try:
+    record = json.loads(first)
   except ValueError:
-    try:
-      json.loads(text)
-    except ValueError:
-      return
-    whole = True
+    record = None
+  # A first line that is no JSON value alone, or an array: one document
+  # where the whole text parses as one, else a record per line.
+  whole = not isinstance(record, dict) and _parses(text)
+  if record is None and not whole:
+    return
   what, read = (("one document", "PATH") if whole else
-                ("one object per line", "PATH, lines=True"))
+                (f"one {'object' if isinstance(record, dict) else 'array'}"
+                 " per line", "PATH, lines=True"))
   raise InputError(
       f"the file is JSON ({what}), not delimited text: write it as CSV first"
       f" (e.g. pandas.read_json({read}).to_csv('out.csv', index=False))",
