@@ -230,7 +230,8 @@ def read_table(path: str | os.PathLike, *, delimiter: str, encoding: str,
     text = raw.decode("utf-8")
     del raw
     lines, numbers = _lines(text)
-    rows = (_csv_rows(lines, numbers, delimiter, path)
+    rows = (_csv_rows(lines, numbers, delimiter, path,
+                      quoting_hint=delimiter_key.startswith("data.generic"))
             if quoting and len(delimiter) == 1
             else [line.split(delimiter) for line in lines])
     del text, lines
@@ -323,7 +324,8 @@ def _unique_names(names: list[str], path: str, line: int) -> None:
     seen.setdefault(name, i)
 
 
-def _csv_rows(lines, numbers, delimiter, path) -> list[list[str]]:
+def _csv_rows(lines, numbers, delimiter, path,
+              quoting_hint: bool = False) -> list[list[str]]:
   # One line, one record: a quoted field may hold the delimiter but not a
   # line break, which keeps line numbers exact. Spaces after a delimiter
   # are skipped, so that `a, "b", 4` quotes `b` (fields are stripped
@@ -352,8 +354,9 @@ def _csv_rows(lines, numbers, delimiter, path) -> list[list[str]]:
                  " inside quotes? a field may not span lines)"
                  if "unexpected end of data" in str(e)
                  else f"malformed quoting: {e}")
-      problem += (" (fields are read CSV-quoted: the file holds a '\"';"
-                  " data.generic.quoting=none reads a '\"' as text)")
+      if quoting_hint:  # a file of one's own, being prepared
+        problem += (" (fields are read CSV-quoted: the file holds a '\"';"
+                    " data.generic.quoting=none reads a '\"' as text)")
       raise InputError(problem, path=path, line=int(number)) from None
   return rows
 
