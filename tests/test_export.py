@@ -664,6 +664,12 @@ def test_cli_refuses_a_foreign_out_and_bad_files(run, exported, tmp_path):
                      f"--out={foreign}")
   assert_one_line_error(out, "is not an earlier export")
   assert os.listdir(foreign) == ["notes.txt"]
+  # Refused before any work: the ratings file is never read (a large one
+  # was parsed for seconds, into gigabytes, first).
+  out = metarec_here("export", f"--workdir={workdir}",
+                     f"--ratings={tmp_path / 'never_read.csv'}",
+                     f"--out={foreign}")
+  assert_one_line_error(out, "is not an earlier export")
   bad = tmp_path / "bad.csv"
   # A non-integer id is skipped and counted (see
   # test_non_integer_ids_are_skipped_and_counted); a rating that is not a

@@ -96,6 +96,7 @@ def export_workdir(workdir: str, ratings: str, out: str, *, top_k: int = 0,
   t0 = time.perf_counter()
   check_options(top_k=top_k, dtype=dtype, chunk_users=chunk_users,
                 unknown_users=unknown_users)
+  writer = layout.ExportWriter(out)  # a foreign `out`: refused before work
   config = resume.reader_config(workdir, overrides)
   exp = experiment.build(config, workdir, log=log.info)
   max_support = int(config.data.max_support)
@@ -117,7 +118,6 @@ def export_workdir(workdir: str, ratings: str, out: str, *, top_k: int = 0,
            users.counts["skipped_users"], users.counts["skipped_items"])
   clock = parsing.clock_of_file(rows.clock, rows.timestamps)  # None: no times
   del rows  # only `users` is needed from here on
-  writer = layout.ExportWriter(out)  # refuses a foreign `out` early
   mesh = runtime.make_mesh()
   state = load_state(exp, workdir, mesh, step=step)
   step = int(jax.device_get(state.step))
