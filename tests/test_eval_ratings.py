@@ -266,3 +266,23 @@ def test_a_ratings_file_beyond_max_tasks_says_how_many_it_left_out(
   assert f"{ratings}: UC evaluates 5 of its {len(every['UC'])} tasks (a" \
       " seeded sample: eval.max_tasks=5; --config.eval.max_tasks=0" \
       " evaluates every one)" in caplog.messages
+
+
+def test_tasks_whose_support_export_would_cut_are_counted(caplog):
+  """eval adapts on a task's whole support (the protocol's, up to 90
+  ratings), export and serve on the newest data.max_support: a user's
+  served predictions differed from the scored ones by up to 0.36 stars,
+  with no word."""
+  import logging  # pylint: disable=g-import-not-at-top
+  from metarec_jax.eval import run  # pylint: disable=g-import-not-at-top
+  from test_support_curve import tasks_with as tasks  # pylint: disable=g-import-not-at-top
+
+  with caplog.at_level(logging.INFO, logger="metarec"):
+    run._note_long_supports({"W": tasks([3, 20, 40]), "UC": tasks([5])}, 16)
+  assert ("W 2 of 3 task(s) adapt on more than data.max_support=16 support"
+          " ratings (up to 40)") in caplog.text
+  assert "--config.data.max_support=40 or more" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger="metarec"):
+    run._note_long_supports({"W": tasks([3, 16])}, 16)
+  assert "max_support" not in caplog.text

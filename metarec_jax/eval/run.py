@@ -69,6 +69,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   else:
     tasksets = {name: exp.split.scenarios[name] for name in SCENARIOS}
     interacted = None
+  _note_long_supports(tasksets, int(config.data.max_support))
   mesh = runtime.make_mesh()
   state = load_state(exp, workdir, mesh, step=step)
   evaluator = Evaluator(exp, mesh, interacted=interacted,
@@ -143,3 +144,24 @@ def _record(unwritten: list[str], what: str, write) -> None:
              f" {cause_of(e)}")
     # Logged with the evaluation's other warnings (evaluate_workdir).
     unwritten.append(f"{what} not added to the work directory ({where})")
+
+
+def _note_long_supports(tasksets: dict, max_support: int) -> None:
+  """Logs the tasks whose support holds more than `max_support` ratings:
+  eval adapts on all of them, as the protocol does, while `export` and
+  `serve` adapt a user on the newest `max_support`, so for those users
+  the served predictions differ from the scored ones."""
+  sizes = {name: ts.support_sizes() for name, ts in tasksets.items()
+           if len(ts)}
+  over = {name: int((s > max_support).sum()) for name, s in sizes.items()}
+  if any(over.values()):
+    most = max(int(s.max()) for s in sizes.values())
+    log.info("%s task(s) adapt on more than data.max_support=%d support"
+             " ratings (up to %d), as the protocol does; export and serve"
+             " adapt a user on the newest %d, so they serve those users"
+             " other predictions than scored here (an export with"
+             " --config.data.max_support=%d or more serves what is scored)",
+             ", ".join(
+                 f"{n} {k:,} of {len(tasksets[n]):,}" for n, k in over.items()
+                 if k), max_support, most, max_support, most)
+
