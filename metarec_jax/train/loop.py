@@ -175,9 +175,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                     shlex.quote(workdir))
         summary["preempted"] = True
 
-      # Warm-up: every shape the loop will meet is compiled now (the
-      # meta-step per support bucket, the validation per bucket), so the
-      # loop itself never compiles; a signal is honoured between compiles.
+      # Warm-up: every program the loop runs is compiled now, not in it (the
+      # meta-step, the validation, the params' move to the latter's mesh).
       eval_every = int(tc.eval_every_steps)
       validates = eval_every >= 0  # -1: never, not even at the end
       t0 = time.perf_counter()
@@ -189,6 +188,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                      else ("val",)):
           jobs += evaluator.compile_jobs(trainer.abstract_eval_params(),
                                          exp.split.scenarios[name])
+        jobs.append(lambda: trainer.eval_params(state.params))
       with runtime.CompileCounter() as warmup:
         if not runtime.run_compile_jobs(jobs, should_stop=stop.now):
           save_and_report_stop(step)
