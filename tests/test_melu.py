@@ -40,7 +40,8 @@ def test_huber_loss_is_twice_optax_huber_and_mse_near_zero():
   small = {"rating": pred + 0.01, "mask": jnp.ones(4, bool)}
   assert float(models.masked_loss(pred, small, "huber", 0.1)) == pytest.approx(
       float(models.masked_loss(pred, small, "mse")))
-  with pytest.raises(ValueError, match="model.loss"):
+  with pytest.raises(ValueError, match="a rating loss is one of mse, huber,"
+                     " not 'mae'"):
     models.masked_loss(pred, batch, "mae")
 
 
