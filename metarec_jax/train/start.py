@@ -12,9 +12,10 @@ import copy
 import logging
 from typing import Any, NamedTuple
 
-import jax.numpy as jnp
+import jax
+import numpy as np
 
-from metarec_jax import config_io
+from metarec_jax import config_io, runtime
 from metarec_jax.train import validation
 from metarec_jax.train.guard import TrainingError
 from metarec_jax.train.trainer import Trainer
@@ -113,9 +114,14 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
            checkpointer.directory)
   # The checkpoint holds what its validation fitted; training goes on
   # without it.
-  # A resume, with other settings most often, gets its own
-  # `train.max_nonfinite` tries: a saved streak stopped it at once.
-  state = state.replace(params=validation.as_trained(state.params),
-                        nonfinite_streak=jnp.zeros_like(state.nonfinite_streak))
+  state = state.replace(params=validation.as_trained(state.params))
+  streak = state.nonfinite_streak
+  if int(runtime.to_host(streak)):
+    # A resume, with other settings most often, gets its own
+    # `train.max_nonfinite` tries: a saved streak stopped it at once.
+    # (Placed, not computed: a finished run's resume compiles nothing.)
+    state = state.replace(nonfinite_streak=jax.make_array_from_callback(
+        streak.shape, streak.sharding,
+        lambda index: np.zeros(streak.shape, streak.dtype)[index]))
   return Start(state, step, resolved["horizon"], resolved["saved"],
                bool(record.get("validation_cut")), record.get("selection"))
