@@ -146,7 +146,8 @@ def _run_train(inv: Invocation) -> int:
     said = error_line(e)
     if said is not None:  # in a joined run, every process stops with it
       cluster.failed("metarec train", *said)
-    cluster.failed_with_bug("metarec train", e)
+    else:  # a bug: its traceback, and its first line to the others
+      cluster.failed_with_bug("metarec train", e)
     raise
   cluster.finished()  # a joined run's others must not take the exit for a death
   if summary.get("preempted"):

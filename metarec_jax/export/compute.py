@@ -16,8 +16,8 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from metarec_jax import meta, runtime
-from metarec_jax.meta.config import diverges
-from metarec_jax.errors import InputError
+from metarec_jax.meta.config import inner_settings
+from metarec_jax.errors import Diverged
 from metarec_jax.meta import paths
 from metarec_jax.models import Recommender
 from metarec_jax.runtime import AXIS, CompiledByShape
@@ -140,7 +140,7 @@ def support_finite(model: Recommender, params: PyTree,
 def check_finite(user_ids: np.ndarray, finite: np.ndarray,
                  bad_scores: np.ndarray | None, config: meta.MetaConfig
                  ) -> None:
-  """Raises InputError naming a user whose adapted model is not finite
+  """Raises Diverged naming a user whose adapted model is not finite
   (`support_finite` false, or a non-finite score of a ranked item): the
   export would store and serve NaN predictions, which its top-k silently
   drops. As `metarec eval`, it blames the inner loop: the meta-parameters
@@ -149,10 +149,10 @@ def check_finite(user_ids: np.ndarray, finite: np.ndarray,
   if bad_scores is not None:
     broken |= np.asarray(bad_scores) > 0
   if broken.any():
-    raise InputError(
+    raise Diverged(
         f"the adapted model of user {str(user_ids[np.argmax(broken)])!r} (and"
         f" {int(broken.sum()) - 1:,} more of its chunk of {len(broken):,})"
-        f" predicts ratings that are not finite: {diverges(config)}")
+        " predicts ratings that are not finite", inner_settings(config))
 
 
 class ChunkFunctions:

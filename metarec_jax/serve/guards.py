@@ -147,8 +147,9 @@ class BodyLimit:
     length = headers.get(b"content-length", b"0")
     if not length.isdigit() or int(length) > self.max_bytes:
       return await self._reject(send)
-    if (scope["method"] == "POST" and self._routed(scope)
-        and not _is_json(headers.get(b"content-type", b""))):
+    if (scope["method"] == "POST"
+        and not _is_json(headers.get(b"content-type", b""))
+        and self._routed(scope)):  # matched only for a refusal
       return await self._reject(send, 415, "send the body as JSON with"
                                 " Content-Type: application/json")
     chunks, size = [], 0

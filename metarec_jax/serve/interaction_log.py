@@ -182,8 +182,7 @@ class InteractionLog:
                  " U+FFFD (a byte that was not UTF-8)")
     elif not text or text != text.strip():
       problem = "is empty or padded with spaces"
-    elif ((len(delimiter) > 1 or self.format.quoting == "none")
-          and set(delimiter) & set(text)):
+    elif not self.format.quoted and set(delimiter) & set(text):
       # Nothing is quoted with a delimiter of several characters or with
       # data.generic.quoting=none: `zed:` then `::` would read back as
       # `zed` and `:item`, `x,y` as two fields (and the write failed the

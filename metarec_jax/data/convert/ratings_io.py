@@ -72,6 +72,13 @@ class RatingsFormat:
   columns: tuple[str, ...] = ()
   quoting: str = "auto"
 
+  @property
+  def quoted(self) -> bool:
+    """Whether a field holding the delimiter or a `"` is written CSV-quoted
+    (and read back so); else nothing is, and no field may hold the
+    delimiter: a delimiter of several characters, or quotes as text."""
+    return len(self.delimiter) == 1 and self.quoting != "none"
+
   def to_json(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
     d["num_fields"], d["columns"] = list(self.num_fields), list(self.columns)
@@ -339,9 +346,8 @@ def format_ratings(users, items, ratings, fmt: RatingsFormat,
   """The text of a ratings file of format `fmt` (ids are external ids)."""
   empty = np.full(len(users), "", dtype="U1")
   ratings = np.asarray(ratings, np.float64)
-  quote = fmt.quoting != "none"
-  roles = {"user": writing.quote_fields(users, fmt.delimiter, quote),
-           "item": writing.quote_fields(items, fmt.delimiter, quote)}
+  roles = {"user": writing.quote_fields(users, fmt.delimiter, fmt.quoted),
+           "item": writing.quote_fields(items, fmt.delimiter, fmt.quoted)}
   if fmt.rating is not None:
     # What a store and the server learn of a rating is its float32 value:
     # written exactly, so a logged rating reads back as the one learned.
