@@ -30,6 +30,7 @@ import numpy as np
 
 from metarec_jax.errors import InputError, OutputError, cause_of
 from metarec_jax import interrupts
+from metarec_jax.exchange import exchange
 from metarec_jax.interrupts import uninterrupted
 
 
@@ -167,6 +168,22 @@ def remove_stale(prefix: str) -> None:
       remove(os.path.join(parent, entry))
 
 
+def restore_moved_aside(out: str, prefix: str) -> None:
+  """Puts back the output a writer moved aside (`PREFIX` + `old-*`) and was
+  killed before it renamed its new folder in: where nothing stands at
+  `out`, that is the last complete output, not a stale temporary (only
+  where the system has no one-step `exchange`). The caller holds the lock."""
+  if os.path.lexists(out):
+    return
+  parent, start = os.path.split(prefix)
+  aside = [os.path.join(parent, e) for e in os.listdir(parent)
+           if e.startswith(start + "old-")
+           and _OWN_SUFFIX.fullmatch(e[len(start):])]
+  if aside:
+    os.rename(max(aside, key=lambda p: os.lstat(p).st_ctime), out)
+    fsync_dir(parent)
+
+
 def remove(path: str) -> None:
   """Removes the folder, file or symbolic link `path`, if any (a link, not
   what it points to: `shutil.rmtree` refuses links, and its ignored error
@@ -236,8 +253,8 @@ class Folder:
   Leaving the block without `finish` (an exception) removes the temporary
   folder; one left by a killed process (`.NAME.tmp-*`) is removed by the
   next writer of the same `out`. `finish` writes the record that marks the
-  folder complete, then swaps the folder in: an existing `out` is moved
-  aside first and removed only after the rename.
+  folder complete, then swaps the folder in: with an existing `out` in one
+  step (`exchange`), the earlier folder removed after it.
 
   One writer per `out`: the block holds an exclusive lock on `.NAME.lock`
   beside it (removed on the way out; a killed writer's lock dies with it),
@@ -259,6 +276,7 @@ class Folder:
     os.makedirs(self.parent, exist_ok=True)
     self._lock.__enter__()
     try:
+      restore_moved_aside(self.out, self._prefix)
       remove_stale(self._prefix)
       os.makedirs(self.tmp)
     except BaseException:
@@ -336,14 +354,20 @@ class Folder:
     old = None
     for folder, _, _ in os.walk(self.tmp):  # every name written inside
       fsync_dir(folder)
-    # A SIGTERM between the renames would leave neither folder at `out`.
+    # A SIGTERM between two renames would leave neither folder at `out`;
+    # `exchange` has no such moment, even for SIGKILL. Where the system
+    # lacks it, the next writer restores what a kill there moved aside.
     with uninterrupted():
-      # `lexists`: a link (even a dangling one) is moved aside too, as
-      # renaming the folder onto it would fail.
-      if os.path.lexists(self.out):
+      # `lexists`: a link (even a dangling one) is swapped too, as renaming
+      # the folder onto it would fail.
+      if not os.path.lexists(self.out):
+        os.rename(self.tmp, self.out)
+      elif exchange(self.tmp, self.out):
+        old = self.tmp  # now the earlier output
+      else:
         old = self._prefix + "old-" + uuid.uuid4().hex[:8]
         os.rename(self.out, old)
-      os.rename(self.tmp, self.out)
+        os.rename(self.tmp, self.out)
       fsync_dir(self.parent)
       self._finished = True
       if old is not None:

@@ -3,6 +3,8 @@ link's place and nothing is left beside it."""
 
 import os
 
+import pytest
+
 from metarec_jax import atomic
 
 
@@ -49,3 +51,61 @@ def test_a_held_lock_of_a_like_named_output_is_not_removed(tmp_path):
     assert os.path.exists(first.path("half.txt"))  # its folder too
     first.finish("record.json", {"text": "first"})
   assert sorted(os.listdir(tmp_path)) == ["out", "out.tmp-x"]
+
+
+def _can_exchange(tmp_path):
+  (tmp_path / "x").mkdir()
+  (tmp_path / "y").mkdir()
+  try:
+    return atomic.exchange(str(tmp_path / "x"), str(tmp_path / "y"))
+  finally:
+    os.rmdir(tmp_path / "x")
+    os.rmdir(tmp_path / "y")
+
+
+def test_an_earlier_output_is_swapped_out_in_one_step(tmp_path, monkeypatch):
+  """Where the system has `exchange` (Linux 3.15+, glibc 2.28+), the
+  earlier folder is never renamed away from `out`: a kill at any moment,
+  SIGKILL included, leaves a complete folder there."""
+  if not _can_exchange(tmp_path):
+    pytest.skip("no renameat2(RENAME_EXCHANGE) here")
+  out = tmp_path / "out"
+  _write(out, "old")
+  moved = []
+  real = os.rename
+  monkeypatch.setattr(atomic.os, "rename",
+                      lambda a, b: (moved.append(os.fspath(a)), real(a, b)))
+  _write(out, "new")
+  assert moved == []
+  assert '"new"' in (out / "record.json").read_text()
+  assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_an_output_moved_aside_by_a_killed_writer_is_put_back(tmp_path):
+  """Without `exchange`, a writer killed between its two renames leaves
+  nothing at `out` and the earlier output at `.out.tmp-old-*`: the next
+  writer restores it, even one that then fails, instead of removing it."""
+  out = tmp_path / "out"
+  _write(out, "old")
+  os.rename(out, tmp_path / ".out.tmp-old-0123abcd")
+  os.mkdir(tmp_path / ".out.tmp-89abcdef")  # the killed one's new folder
+  try:
+    with atomic.Folder(out):
+      raise RuntimeError("the next writer fails")
+  except RuntimeError:
+    pass
+  assert '"old"' in (out / "record.json").read_text()
+  assert sorted(os.listdir(tmp_path)) == ["out"]
+  _write(out, "new")
+  assert '"new"' in (out / "record.json").read_text()
+  assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_without_exchange_the_two_renames_still_replace(tmp_path,
+                                                        monkeypatch):
+  monkeypatch.setattr(atomic, "exchange", lambda a, b: False)
+  out = tmp_path / "out"
+  _write(out, "old")
+  _write(out, "new")
+  assert '"new"' in (out / "record.json").read_text()
+  assert sorted(os.listdir(tmp_path)) == ["out"]
