@@ -44,6 +44,14 @@ def test_support_is_the_most_recent_ratings_by_timestamp():
   assert rows_of(u, 0) == ([20], [2], 1)
 
 
+def test_times_within_one_second_order_the_support_by_their_fractions():
+  # Exact times (`parsing.Times.order`): 10, first in the file, is newer
+  # than 30 by 0.25 s (whole seconds tie them, and file order decides).
+  u = collect([1, 1, 1], [10, 30, 20], [1, 3, 2],
+              timestamps=np.array([7.75, 7.5, 3.0]))
+  assert rows_of(u, 0) == ([30, 10, 20], [3, 1, 2], 2)
+
+
 def test_without_timestamps_the_last_lines_are_the_most_recent():
   u = collect([1, 1, 1], [30, 10, 20], [3, 1, 2])
   assert rows_of(u, 0) == ([10, 20, 30], [1, 2, 3], 2)

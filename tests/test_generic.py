@@ -466,6 +466,24 @@ def test_ids_zero_and_minus_zero_stay_two_ids(tmp_path):
   assert s.num_ratings == 3
 
 
+def test_times_within_one_second_keep_their_order(tmp_path):
+  """A click log's events of one second: stored floored to the second,
+  ordered by their fractions (they were stored in file order)."""
+  k = timed_store(tmp_path, "sub.csv", "alice,mug,4,1614853320.75",
+                  "alice,pen,3,1614853320.5", "alice,ink,2,1614853320.25")
+  assert k.item_ids[k.items].tolist() == ["ink", "pen", "mug"]
+  assert k.timestamps.tolist() == [1614853320] * 3
+  i = timed_store(tmp_path, "subiso.csv", "alice,mug,4,2021-03-04T10:22:01.9Z",
+                  "alice,pen,3,2021-03-04T10:22:01.1Z")
+  assert i.item_ids[i.items].tolist() == ["pen", "mug"]
+  # Whole seconds written without a fraction among a float clock's (the
+  # first line's included) are that clock's, not "not an integer".
+  w = timed_store(tmp_path, "whole.csv", "alice,mug,4,1614853321",
+                  "alice,pen,3,1614853320.5", "alice,ink,2,1614853320")
+  assert w.item_ids[w.items].tolist() == ["ink", "pen", "mug"]
+  assert w.timestamps.tolist() == [1614853320, 1614853320, 1614853321]
+
+
 def test_numbers_pythons_float_reads_are_ratings_and_times(tmp_path):
   """A trailing no-break space (Excel) or another script's digits: read as
   Python's `float` reads them, with or without quotes in the file."""

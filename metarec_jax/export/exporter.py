@@ -108,7 +108,7 @@ def export_workdir(workdir: str, ratings: str, out: str, *, top_k: int = 0,
     log.warning("%s (its rating lines are skipped, as for unknown ids, and"
                 " counted)", rows.first_bad_id.message)
   users = users_lib.collect(
-      rows.users, rows.items, rows.ratings, rows.timestamps,
+      rows.users, rows.items, rows.ratings, rows.time_order,
       known_users=exp.store.user_ids, known_items=exp.store.item_ids,
       max_support=max_support, unknown_users=unknown_users,
       bad_users=rows.bad_users, bad_items=rows.bad_items,

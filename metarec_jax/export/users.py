@@ -75,7 +75,8 @@ def collect(user_ids: np.ndarray, item_ids: np.ndarray, ratings: np.ndarray,
   Args:
     user_ids, item_ids: external ids of each row.
     ratings: each row's rating.
-    timestamps: each row's timestamp, or None (file order is time order).
+    timestamps: each row's time (exactly: `parsing.Times.order`), or None
+      (file order is time order).
     known_users: the dataset's user table (external ids).
     known_items: the catalogue (external ids); a row's item index is its
       position here.
@@ -125,7 +126,7 @@ def collect(user_ids: np.ndarray, item_ids: np.ndarray, ratings: np.ndarray,
   duplicates = int((~last).sum())
   rows = rows[last]
   # Oldest first: by user, then timestamp, then file order.
-  time = (np.asarray(timestamps, np.int64)[rows] if timestamps is not None
+  time = (np.asarray(timestamps)[rows] if timestamps is not None
           else np.zeros(len(rows), np.int64))
   rows = rows[np.lexsort((rows, time, user[rows]))]
   counts = np.bincount(user[rows], minlength=num_users)

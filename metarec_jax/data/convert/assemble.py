@@ -28,7 +28,8 @@ def assemble(out: str | os.PathLike, *, dataset: str, user_ids: np.ndarray,
              ratings: np.ndarray, timestamps: np.ndarray | None,
              item_new: np.ndarray, features: list[Feature],
              fmt: RatingsFormat, extra: dict[str, Any] | None = None,
-             log_fn: Callable[[str], None] | None = None) -> dict[str, Any]:
+             log_fn: Callable[[str], None] | None = None,
+             time_order: np.ndarray | None = None) -> dict[str, Any]:
   """Deduplicates, orders and writes the ratings as a store at `out`.
 
   Args:
@@ -38,6 +39,9 @@ def assemble(out: str | os.PathLike, *, dataset: str, user_ids: np.ndarray,
     item_new: bool per item: the item is new in the cold-start protocol.
     features: (spec, index table, vocabulary) per feature field.
     fmt: the ratings file's format (kept for `eval --ratings`).
+    time_order: the times exactly where `timestamps` are floored
+      (`parsing.Times.order`), the order a user's ratings are stored in;
+      None: `timestamps`'.
     extra: more manifest entries.
 
   Returns:
@@ -49,7 +53,8 @@ def assemble(out: str | os.PathLike, *, dataset: str, user_ids: np.ndarray,
   position = np.flatnonzero(keep)
   if timestamps is not None:
     timestamps = timestamps[keep]
-    order = np.lexsort((position, timestamps, users))
+    exact = timestamps if time_order is None else time_order[keep]
+    order = np.lexsort((position, exact, users))
   else:
     order = np.lexsort((position, users))
   users, items, ratings = users[order], items[order], ratings[order]

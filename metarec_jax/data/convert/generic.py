@@ -385,6 +385,7 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
       out, dataset=NAME, user_ids=ids["user"], item_ids=ids["item"],
       users=users, items=items, ratings=r.ratings, timestamps=r.timestamps,
       item_new=item_new, features=feats, fmt=fmt, log_fn=log_fn,
+      time_order=r.time_order,
       extra={"source": {"root": root, "generic": {
           k: list(v) if isinstance(v, tuple) else v
           for k, v in dataclasses.asdict(spec).items()}, "list_pad": {

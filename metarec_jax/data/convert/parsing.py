@@ -90,10 +90,11 @@ def ints(table: Table, values, what: str) -> np.ndarray:
 
 
 def _iso_seconds(values) -> tuple[np.ndarray, np.ndarray]:
-  """`values` as seconds since 1970-01-01 UTC where they are ISO 8601
-  dates or date-times (a date-time without an offset is read as UTC), and
-  the mask of those that are (the others are 0)."""
-  out, ok = np.zeros(len(values), np.int64), np.zeros(len(values), bool)
+  """`values` as seconds since 1970-01-01 UTC (float64, their fractions
+  kept) where they are ISO 8601 dates or date-times (a date-time without
+  an offset is read as UTC), and the mask of those that are (the others
+  are 0)."""
+  out, ok = np.zeros(len(values), np.float64), np.zeros(len(values), bool)
   for i, v in enumerate(values):
     v = v.strip()
     try:
@@ -103,7 +104,7 @@ def _iso_seconds(values) -> tuple[np.ndarray, np.ndarray]:
       continue
     if t.tzinfo is None:
       t = t.replace(tzinfo=datetime.timezone.utc)
-    out[i], ok[i] = math.floor(t.timestamp()), True
+    out[i], ok[i] = t.timestamp(), True
   return out, ok
 
 
@@ -114,14 +115,26 @@ def _is_number(value) -> bool:
     return False
 
 
-def _clock_seconds(table: Table, values, what: str) -> np.ndarray:
-  """`values` (a float clock: `1614853321.25`) floored to whole seconds.
+class Times(NamedTuple):
+  """A parsed time column. `stored`: int64, integers as they are (any
+  unit), other times floored to whole seconds; `order`: the times exactly
+  (float64 seconds where `stored` was floored, else `stored`), what puts
+  a user's ratings in time order: a click log's events of one second keep
+  theirs."""
+  stored: np.ndarray
+  order: np.ndarray
+
+
+def _clock_seconds(table: Table, values, what: str, exact=None) -> Times:
+  """`values` (a float clock: `1614853321.25`; `exact`: already read as
+  float64) floored to whole seconds.
 
   Raises:
     InputError: naming the first line whose value is not a finite number
       or is out of int64's range.
   """
-  out = np.floor(floats(table, values, what))
+  exact = floats(table, values, what) if exact is None else exact
+  out = np.floor(exact)
   bad = np.flatnonzero(~((out >= INT64[0]) & (out < INT64[1])))
   if len(bad):
     i = int(bad[0])
@@ -129,16 +142,16 @@ def _clock_seconds(table: Table, values, what: str) -> np.ndarray:
                      " (times from -2^63 to 2^63 - 1)"
                      + more_lines(table.lines[bad]),
                      path=table.path, line=int(table.lines[i]))
-  return out.astype(np.int64)
+  return Times(out.astype(np.int64), exact)
 
 
-def times(table: Table, values, what: str) -> np.ndarray:
-  """`values` (one per row of `table`) as int64 times: integers as they
-  are (any unit); where the first is not an integer, numbers floored to
-  whole seconds (a float clock) or ISO 8601 dates or date-times
-  (`2021-03-04`, `2021-03-04 10:22:01`, `2021-03-04T10:22:01.5+02:00`) as
-  seconds since 1970-01-01 UTC. Only their order matters (a user's ratings
-  in time order).
+def times(table: Table, values, what: str) -> Times:
+  """`values` (one per row of `table`) as times (`Times`): integers as they
+  are (any unit); numbers of which some are not integers (a float clock:
+  `1614853321.25`, whole seconds written without a fraction among them) in
+  seconds; or ISO 8601 dates or date-times (`2021-03-04`, `2021-03-04
+  10:22:01`, `2021-03-04T10:22:01.5+02:00`) as seconds since 1970-01-01
+  UTC. Only their order matters (a user's ratings in time order).
 
   Raises:
     InputError: naming the first line whose value is not of the first
@@ -147,9 +160,14 @@ def times(table: Table, values, what: str) -> np.ndarray:
   kind = clock_of(values)  # by the first value: the file's kind of time
   if kind == "seconds":
     return _clock_seconds(table, values, what)
-  if kind != "iso":  # integers (or no values)
-    return ints(table, values, what)
-  out, ok = _iso_seconds(values)
+  if kind != "iso":  # integers (or no values), or a float clock
+    out, ok = parse_ints(values)
+    if ok.all():
+      return Times(out, out)
+    if all(_is_number(values[i]) for i in np.flatnonzero(~ok)):
+      return _clock_seconds(table, values, what)
+    raise not_an_integer(table, values, ok, what)
+  exact, ok = _iso_seconds(values)
   if not ok[0]:  # no time at all: not an ISO time "as the first line's is"
     # (an error path: the loop reads only the lines that are not ISO)
     none = [i for i in np.flatnonzero(~ok) if not _is_number(values[i])]
@@ -166,7 +184,7 @@ def times(table: Table, values, what: str) -> np.ndarray:
         f" is (line {int(table.lines[0])}: one file, one kind of time)"
         + more_lines(table.lines[~ok]),
         path=table.path, line=int(table.lines[i]))
-  return out
+  return _clock_seconds(table, values, what, exact)
 
 
 def clock_of(values) -> str | None:

@@ -124,7 +124,7 @@ class Ratings:
   users: np.ndarray             # external ids: int64 or str
   items: np.ndarray
   ratings: np.ndarray           # float64
-  timestamps: np.ndarray | None  # int64
+  timestamps: np.ndarray | None  # int64 (`parsing.Times.stored`)
   lines: np.ndarray             # int64 1-based line numbers
   # With `bad_ids="skip"`: rows whose integer user / item id is not an
   # integer (their id reads 0), how many distinct such user ids there are,
@@ -135,6 +135,8 @@ class Ratings:
   first_bad_id: InputError | None = None
   clock: str | None = None  # the timestamps' kind (`parsing.clock_of`)
   columns: tuple[str, ...] = ()  # a header file's column names
+  # The times exactly, what orders the ratings (`parsing.Times.order`).
+  time_order: np.ndarray | None = None
 
 
 def _ids(table, index, id_type, what) -> np.ndarray:
@@ -237,15 +239,16 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
                      f" {fmt.rating_min:g} to {fmt.rating_max:g}"
                      + more_lines(table.lines[bad]),
                      path=path, line=int(table.lines[i]))
-  timestamps = clock = None
+  timestamps = time_order = clock = None
   if "timestamp" in pos:
     column = table.column(pos["timestamp"])
-    timestamps = parsing.times(table, column, "timestamp")
+    timestamps, time_order = parsing.times(table, column, "timestamp")
     clock = parsing.clock_of(column)
   return Ratings(users, items, ratings, timestamps, table.lines,
                  bad_users=bad_users, bad_items=bad_items,
                  bad_user_ids=bad_user_ids, first_bad_id=first_bad,
-                 clock=clock, columns=tuple(table.header or ()))
+                 clock=clock, columns=tuple(table.header or ()),
+                 time_order=time_order)
 
 
 def read_ratings(path: str | os.PathLike, store: TaskStore):
