@@ -2,6 +2,7 @@
 real `metarec` processes: a second trainer is refused with one line and
 changes nothing; `kill -9` frees the lock; `eval` reads without it."""
 
+import errno
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import pytest
 from conftest import config_path
 from procs import metarec, start, wait_for
 
+from metarec_jax.errors import InputError, OutputError
 from metarec_jax.workdir import lock as workdir_lock
 
 TINY = [f"--config={config_path('tiny')}"]
@@ -159,3 +161,23 @@ def test_a_lock_on_a_file_removed_since_it_was_opened_is_taken_again(
   with pytest.raises(workdir_lock.WorkdirInUse):
     workdir_lock.WorkdirLock(str(workdir)).acquire()
   second.release()
+
+
+def test_a_folder_at_the_lock_file_is_an_input_error(tmp_path):
+  (tmp_path / workdir_lock.LOCK_FILE).mkdir()
+  with pytest.raises(InputError, match="train.lock: not a file: a work"):
+    workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+
+
+def test_a_lock_record_that_cannot_be_written_names_the_file(tmp_path,
+                                                             monkeypatch):
+  # A full disk: `pwrite`'s OSError names no file ("No space left on
+  # device" alone, exit 1).
+  def full(*_):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  monkeypatch.setattr(workdir_lock.os, "pwrite", full)
+  with pytest.raises(OutputError, match="cannot write .*train.lock: No"
+                     " space left on device"):
+    workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+  monkeypatch.undo()
+  workdir_lock.WorkdirLock(str(tmp_path)).acquire().release()  # not held

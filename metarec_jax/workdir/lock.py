@@ -43,8 +43,8 @@ from typing import Iterator
 
 import jax
 
-from metarec_jax import runtime
-from metarec_jax.errors import InputError
+from metarec_jax import atomic, runtime
+from metarec_jax.errors import InputError, OutputError, cause_of
 
 LOCK_FILE = "train.lock"
 # How long a process looks for process 0's lock record in the work
@@ -88,8 +88,12 @@ class WorkdirLock:
               "since": datetime.datetime.now(datetime.timezone.utc)
               .isoformat(timespec="seconds"), "run": os.urandom(8).hex()}
     self.record = json.dumps(record)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (self.record + "\n").encode(), 0)
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, (self.record + "\n").encode(), 0)
+    except OSError as e:  # a full disk: `pwrite`'s error names no file
+      os.close(fd)
+      raise OutputError(self.path, cause_of(e)) from e
     self._fd = fd
     return self
 
@@ -97,6 +101,8 @@ class WorkdirLock:
     """A descriptor of the lock file, made where missing (and its folder,
     where a failed start removed it: `remove_if_unused`)."""
     # No O_TRUNC: a refused trainer must leave the holder's record intact.
+    atomic.refuse_non_file(self.path, "a work directory's train.lock is"
+                           " the file `metarec train` locks")
     try:
       return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     except FileNotFoundError:
