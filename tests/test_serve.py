@@ -714,6 +714,26 @@ def test_the_readme_serve_flags_exist():
   assert "serve -> log" in section and "metarec train" in section
 
 
+def test_a_log_header_that_cannot_be_written_names_the_file(tmp_path,
+                                                            monkeypatch):
+  """A full disk when a new log writes its header: one line naming the
+  log (`os.write` names no file), and the folder it made removed."""
+  import errno  # pylint: disable=g-import-not-at-top
+  from metarec_jax.data.convert import ratings_io  # pylint: disable=g-import-not-at-top
+  from metarec_jax.errors import OutputError  # pylint: disable=g-import-not-at-top
+  from metarec_jax.serve import interaction_log  # pylint: disable=g-import-not-at-top
+  fmt = ratings_io.RatingsFormat(
+      rating_min=1, rating_max=5, **ratings_io.DEFAULT_FORMAT)
+
+  def full(*_):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  monkeypatch.setattr(interaction_log.os, "write", full)
+  with pytest.raises(OutputError, match=r"cannot write .*log[/\\]interac"
+                     r"tions\.csv: No space left on device"):
+    interaction_log.InteractionLog(str(tmp_path / "log"), fmt)
+  assert os.listdir(tmp_path) == []
+
+
 def test_interaction_log_generic_columns_torn_tail_and_lock(tmp_path):
   from metarec_jax.data.convert import ratings_io  # pylint: disable=g-import-not-at-top
   from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top

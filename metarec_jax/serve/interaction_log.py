@@ -29,7 +29,7 @@ import numpy as np
 from metarec_jax import atomic
 from metarec_jax.data.convert import parsing, ratings_io
 from metarec_jax.data.convert.ratings_io import RatingsFormat
-from metarec_jax.errors import InputError
+from metarec_jax.errors import InputError, OutputError, cause_of
 
 LOG_NAME = "interactions"
 LOCK_NAME = "lock"
@@ -136,7 +136,11 @@ class InteractionLog:
     self._drop_torn_tail()
     self.size = os.fstat(self._fd).st_size
     if self.size == 0 and self._header:
-      self._write(self._header.encode(fmt.encoding))
+      try:
+        self._write(self._header.encode(fmt.encoding))
+      except OSError as e:  # a full disk: `os.write` names no file
+        self.discard()
+        raise OutputError(self.path, cause_of(e)) from e
     elif self._header:
       self._follow_header()
     # The log's name (and its folder's, if just made) on disk too: an
