@@ -264,6 +264,9 @@ class Folder:
 
   def __init__(self, out: str | os.PathLike):
     self.out = os.path.abspath(os.fspath(out))
+    # Before the caller's work (export builds its writer first), not at
+    # `__enter__`'s `makedirs`: "File exists", exit 1, after all of it.
+    refuse_file_in_the_way(os.path.dirname(self.out), named=os.fspath(out))
     self.parent, name = os.path.split(self.out)
     self._prefix = os.path.join(self.parent, f".{name}.tmp-")
     self._lock = Exclusive(os.path.join(self.parent, f".{name}.lock"),

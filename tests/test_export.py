@@ -670,6 +670,12 @@ def test_cli_refuses_a_foreign_out_and_bad_files(run, exported, tmp_path):
                      f"--ratings={tmp_path / 'never_read.csv'}",
                      f"--out={foreign}")
   assert_one_line_error(out, "is not an earlier export")
+  # ... as is an --out below a file (exit 1, "File exists", after the
+  # export's work).
+  out = metarec_here("export", f"--workdir={workdir}",
+                     f"--ratings={tmp_path / 'never_read.csv'}",
+                     f"--out={foreign / 'notes.txt' / 'e'}")
+  assert_one_line_error(out, "notes.txt is a file, not a folder")
   bad = tmp_path / "bad.csv"
   # A non-integer id is skipped and counted (see
   # test_non_integer_ids_are_skipped_and_counted); a rating that is not a
