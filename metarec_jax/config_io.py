@@ -354,6 +354,7 @@ def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     config = complete(record["config"])
   except InputError as e:
     raise InputError(e.problem, path=path) from e
+  _refuse_unknown_keys(record["config"], path)  # a typo edited in
   given = flat(record["config"])
   for section, names in config_defaults.FIRST_KEYS.items():
     for key in (f"{section}.{name}" for name in names.split()):

@@ -284,6 +284,65 @@ def test_an_eval_that_redraws_the_split_is_refused(finished_run):
                       "--support_curve=false").returncode == 0
 
 
+def _edit_config(workdir, section, key, value):
+  path = os.path.join(workdir, "config.json")
+  record = json.load(open(path))
+  record["config"][section][key] = value
+  with open(path, "w") as f:
+    json.dump(record, f, indent=1)
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_a_config_json_edited_in_a_split_key_or_constant_is_refused(
+    finished_run, tmp_path, command):
+  """A hand edit of config.json: `eval` evaluated on the redrawn split
+  (its UC users then held some the run trained on), exit 0, where the same
+  change as an override is refused; checked against the checkpoint's own
+  record of its config."""
+  from metarec_jax.data import store as store_lib  # pylint: disable=g-import-not-at-top
+  from metarec_jax.data.convert import ratings_io  # pylint: disable=g-import-not-at-top
+  store = store_lib.open_store(os.path.join(finished_run, "store"))
+  ratings = str(tmp_path / "ratings.txt")
+  ratings_io.write_ratings(ratings, store.user_ids[:1], store.item_ids[:1],
+                           [3.0], store)
+  flags = (["--support_curve=false"] if command == "eval" else
+           [f"--ratings={ratings}", f"--out={tmp_path / 'e'}"])
+  for section, key, value in (("eval", "seed", 7),
+                              ("model", "global_mean", "all")):
+    workdir = copy_run(finished_run, tmp_path / key)
+    _edit_config(workdir, section, key, value)
+    out = metarec_here(command, f"--workdir={workdir}", *flags)
+    assert_one_line_error(out, "config.json: differs from the config the"
+                          " checkpoint of step 6 was trained with in what no"
+                          f" resume changes ({section}.{key}=")
+  assert not os.path.exists(tmp_path / "e")
+
+
+def test_a_resume_of_a_config_json_edited_in_a_constant_is_refused(
+    finished_run, tmp_path):
+  """It trained on around the edited constant, logging the edit as a
+  change of config, where the same change as an override is kept."""
+  workdir = copy_run(finished_run, tmp_path)
+  _edit_config(workdir, "model", "global_mean", "all")
+  out = metarec_here("train", f"--workdir={workdir}",
+                     "--config.train.num_steps=8")
+  assert_one_line_error(out, "cannot resume the checkpoint of step 6: the"
+                        " work directory's config.json differs from the"
+                        " config it was trained with in a constant of the"
+                        " run (model.global_mean='training' -> 'all'")
+  assert checkpoint_steps(workdir) == [3, 6]
+
+
+def test_an_unknown_key_edited_into_config_json_is_refused(finished_run,
+                                                           tmp_path):
+  workdir = copy_run(finished_run, tmp_path)
+  _edit_config(workdir, "train", "num_step", 20)
+  for command in ("train", "eval"):
+    out = metarec_here(command, f"--workdir={workdir}")
+    assert_one_line_error(out, "config.json: unknown config key"
+                          " 'train.num_step'; did you mean train.num_steps")
+
+
 def test_harmless_config_change_on_resume_is_accepted_and_logged(
     finished_run, tmp_path):
   workdir = copy_run(finished_run, tmp_path)

@@ -64,6 +64,15 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
     InputError: there is no such checkpoint.
   """
   chosen = step
+  # What the run's config.json says, before any override: checked against
+  # the checkpoint's own record, which a hand edit of the file does not
+  # change (`resume.refuse_edited`).
+  on_file = config_io.to_dict(config_io.read_workdir_config(workdir))
+  path = os.path.join(workdir, config_io.WORKDIR_CONFIG)
+
+  def check(step, record, _):
+    resume.refuse_edited(record["config"], on_file, step=step, path=path)
+
   for attempt in range(_ATTEMPTS):
     checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
     listed = set(checkpointer.steps())
@@ -74,7 +83,8 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
           state_lib.abstract(exp.model, exp.meta_config,
                              optim.outer_optimizer(
                                  optim.hyperparams(exp.config.train)),
-                             runtime.replicated(mesh)), step)
+                             runtime.replicated(mesh)), step,
+          check=check)
       break
     except ckpt_lib.CheckpointError as e:
       if step in listed and _vanishes(

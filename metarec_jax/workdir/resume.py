@@ -119,6 +119,26 @@ def reader_config(workdir: str, overrides=(), *, own_split: bool = False):
   return config
 
 
+def refuse_edited(saved_config: dict, file_config: dict, *, step: int,
+                  path: str) -> None:
+  """Raises InputError where a work directory's `config.json`
+  (`file_config`) differs from the config the checkpoint of `step` saved
+  in a `SPLIT_KEYS` or `RUN_CONSTANTS` key: no resume or override can make
+  them differ, so the file was edited, and reading the run with it would
+  evaluate on a split holding users it trained on, or around another
+  constant than its parameters were trained with."""
+  changes = config_changes(saved_config, file_config)
+  edited = split_changes(changes) + [
+      f"{key}={_show(old)} -> {_show(new)}" for key, old, new in changes
+      if key in RUN_CONSTANTS]
+  if edited:
+    raise InputError(
+        f"differs from the config the checkpoint of step {step} was trained"
+        f" with in what no resume changes ({'; '.join(edited)}: the"
+        " checkpoint's -> this file's); the file was edited: put the"
+        " checkpoint's values back", path=path)
+
+
 def check_reader_overrides(overrides) -> None:
   """Raises InputError where `eval` or `export` overrides a `RUN_CONSTANTS`
   key: the checkpoint's parameters were trained around the run's value."""
@@ -165,6 +185,15 @@ def check_resume(saved_config: dict, current_config: dict,
       the first parameters whose shapes differ.
   """
   changes = config_changes(saved_config, current_config)
+  constant = [f"{key}={_show(old)} -> {_show(new)}"
+              for key, old, new in changes if key in RUN_CONSTANTS]
+  if constant:  # `keep_run_constants` set them from the config.json
+    raise InputError(
+        f"cannot resume the checkpoint of step {step}: the work directory's"
+        f" {config_io.WORKDIR_CONFIG} differs from the config it was"
+        f" trained with in a constant of the run ({', '.join(constant)}:"
+        " the checkpoint's -> the file's); the file was edited: put the"
+        " checkpoint's value back")
   split = split_changes(changes)
   if split:
     raise InputError(
