@@ -71,6 +71,12 @@ class Teacher:
   def __call__(self, batch: PyTree) -> PyTree:
     return self.fn(self.params, self.inner, batch)
 
+  def compile(self, batch: PyTree) -> None:
+    """Compiles the targets for `batch`'s shapes (arrays or abstract), in
+    the warm-up: compiled at the first batch of a bucket, it counted as a
+    batch shape that escaped the buckets."""
+    self.fn.compile(self.params, self.inner, batch)
+
 
 def teacher_path(config) -> str:
   """`distill.teacher` with `{seed}` replaced by `train.seed` (`""`: none).

@@ -196,12 +196,18 @@ class Trainer:
                         query, self.task_sharding)
 
   def compile_jobs(self) -> list:
-    """One job per bucket that compiles the meta-step for it."""
+    """One job per bucket that compiles the meta-step for it (and the
+    teacher's targets, when distilling)."""
     state = self.abstract_state()
-    return [functools.partial(self.step.compile, state,
+    jobs = [functools.partial(self.step.compile, state,
                               self.abstract_batch(width),
                               self.abstract_hyper())
             for width in self.sampler.widths]
+    if self.teacher is not None:
+      jobs += [functools.partial(self.teacher.compile,
+                                 self.abstract_batch(width))
+               for width in self.sampler.widths]
+    return jobs
 
   def compile_all(self, should_stop=lambda: False) -> bool:
     """Compiles the meta-step for every bucket, checking `should_stop`
