@@ -296,11 +296,12 @@ def _command_help(name: str, cmd: Command, fv: flags.FlagValues) -> str:
   text = [f"usage: metarec {name}{words} [--flag=value ...]", "",
           cmd.description,
           "", "flags:"]
-  if cmd.takes_config:
+  if cmd.takes_config and cmd.config_file:
     text.append("  --config: config file `path.py[:arg]` defining"
                 " get_config().")
+  if cmd.takes_config:
     text.append("  --config.KEY=VALUE: override one config key (e.g."
-                " --config.train.num_steps=100).")
+                f" --config.{cmd.example_override}).")
   for module_flags in fv.flags_by_module_dict().values():
     for flag in module_flags:
       text.append(f"  --{flag.name}: {flag.help}")

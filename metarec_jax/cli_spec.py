@@ -21,6 +21,10 @@ class Command:
   description: str
   define: Callable[[flags.FlagValues], None]
   takes_config: bool = False
+  # With `takes_config`: `--config=FILE` too (`eval` and `export` read the
+  # work directory's), and the override the help shows as an example.
+  config_file: bool = True
+  example_override: str = "train.num_steps=100"
   positional: bool = False  # takes words besides flags (`data ACTION`)
   # `run(invocation) -> exit status`, set by `metarec_jax.cli`.
   run: Callable | None = None
@@ -186,7 +190,8 @@ COMMANDS: dict[str, Command] = {  # in the order `metarec --help` lists them
         " baselines. With --ratings=FILE the users of that file are"
         " evaluated as new users. The last line of stdout is the JSON"
         " report.",
-        define_eval, takes_config=True),
+        define_eval, takes_config=True, config_file=False,
+        example_override="eval.batch_tasks=64"),
     "export": Command(
         "adapt every user of a ratings file and write the parameters",
         "Adapts the meta-parameters of --workdir's checkpoint to every user"
@@ -201,7 +206,8 @@ COMMANDS: dict[str, Command] = {  # in the order `metarec --help` lists them
         " (e.g. --config.data.max_support=100). The last line of stdout is"
         " the JSON summary. `metarec export --verify --out=DIR` checks an"
         " existing export against the checksums in its manifest.",
-        define_export, takes_config=True),
+        define_export, takes_config=True, config_file=False,
+        example_override="data.max_support=100"),
     "data": Command(
         "fetch, prepare, synthesise or inspect a dataset's task store",
         "metarec data ACTION --flag=value ...\n\n"

@@ -210,3 +210,15 @@ def test_help_explains_itself():
   assert out.returncode == 0 and "--workdir" in out.stdout
   assert "--config.KEY=VALUE" in out.stdout
 
+
+
+def test_readers_help_shows_no_config_file_flag():
+  """`eval` and `export` refuse --config=FILE (they read the work
+  directory's): their help listed it, with a train key as the example."""
+  for command, example in (("eval", "eval.batch_tasks"),
+                           ("export", "data.max_support")):
+    out = metarec(command, "--help")
+    assert out.returncode == 0
+    assert "--config:" not in out.stdout
+    assert f"--config.{example}=" in out.stdout
+  assert "--config:" in metarec("train", "--help").stdout
