@@ -321,8 +321,11 @@ def test_a_second_server_on_the_log_or_port_exits_2(server, exported, tmp_path):
 @pytest.mark.parametrize("flag, message", [
     # inf (or nan) held every batched request forever; a host that does
     # not resolve was called a --port error.
-    ("--max_wait_ms=inf", "--max_wait_ms must be a finite number >= 0"),
-    ("--max_wait_ms=nan", "--max_wait_ms must be a finite number >= 0"),
+    ("--max_wait_ms=inf", "--max_wait_ms: must be a finite number >= 0,"
+     " got inf"),
+    ("--max_wait_ms=nan", "--max_wait_ms: must be a finite number >= 0"),
+    # Named with --max_wait_ms, which was fine.
+    ("--max_body_bytes=0", "--max_body_bytes: must be >= 1, got 0"),
     ("--host=999.1.1.1", "--host: cannot resolve '999.1.1.1'"),
     # Refused only after the log folder was made.
     ("--port=70000", "--port: 70000 is not a port"),

@@ -72,10 +72,13 @@ def serve(options: Options) -> int:
   from metarec_jax.serve import guards, interaction_log
 
   o = options
-  if not 0 <= o.max_wait_ms < math.inf or o.max_body_bytes < 1:
+  if not 0 <= o.max_wait_ms < math.inf:
     # (inf, or nan, held every batched request forever)
-    raise InputError("--max_wait_ms must be a finite number >= 0 and"
-                     " --max_body_bytes >= 1")
+    raise InputError(f"must be a finite number >= 0, got {o.max_wait_ms}",
+                     path="--max_wait_ms")
+  if o.max_body_bytes < 1:
+    raise InputError(f"must be >= 1, got {o.max_body_bytes}",
+                     path="--max_body_bytes")
   for name in ("max_batch", "max_k", "max_items", "max_ratings"):
     if getattr(o, name) < 1:
       raise InputError(f"must be >= 1, got {getattr(o, name)}",
