@@ -347,6 +347,30 @@ def test_too_few_ratings_to_train_says_how_many_the_users_have(tmp_path):
                  exp.sampler_spec())
 
 
+def test_no_rating_of_an_existing_item_is_named_as_the_cause(tmp_path):
+  """Every item new (a new-item column set to 1 throughout): the message
+  advised more ratings or a smaller data.min_support, which cannot help."""
+  root = tmp_path / "allnew"
+  datafiles.write(str(root / "ratings.csv"), "user,item,rating\n" + "".join(
+      f"u{u},i{(u + i) % 30},{1 + (u * i) % 5}\n"
+      for u in range(40) for i in range(25)))
+  datafiles.write(str(root / "items.csv"), "item,new\n" + "".join(
+      f"i{i},1\n" for i in range(30)))
+  config = config_io.load_config_file(config_path("tiny"))
+  config.data.name, config.data.root = "generic", str(root)
+  config.data.generic.item_features = "items.csv"
+  config.data.generic.new_item_col = "new"
+  config.data.generic.id_features = True
+  # pylint: disable=g-import-not-at-top
+  from metarec_jax import experiment
+  from metarec_jax.data.sampler import TrainSampler
+  exp = experiment.build(config, str(tmp_path / "work"))
+  with pytest.raises(InputError, match=r"the most any has is 0, .*: no"
+                     r" rating is of an existing item: is every item new"):
+    TrainSampler(exp.split, exp.tables, exp.store.items, exp.store.ratings,
+                 exp.sampler_spec())
+
+
 def test_rated_ids_without_a_feature_row_are_noted(shop, tmp_path):
   prepare.prepare(data_config(shop, item_features="items.csv",
                               user_features="users.csv",

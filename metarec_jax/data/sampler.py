@@ -103,9 +103,12 @@ class TrainSampler:
           " or else data.query_size, and data.min_support); the most any"
           f" has is {most}, counting only existing items and leaving out"
           " the query ratings (data.query_size) of each training and"
-          " validation user's evaluation task: give users more ratings, or"
-          " lower data.min_support, data.train_query_size or"
-          " data.query_size")
+          " validation user's evaluation task: "
+          + ("no rating is of an existing item: is every item new (the"
+             " store's new items, e.g. data.generic.new_item_col)?"
+             if not most else
+             "give users more ratings, or lower data.min_support,"
+             " data.train_query_size or data.query_size"))
     cap = np.minimum(counts[self.users] - spec.query_size, spec.max_support)
     self.user_width = bucket_widths(cap, spec.widths)
     local = spec.tasks_per_step // process_count
