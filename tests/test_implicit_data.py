@@ -32,6 +32,9 @@ def test_a_file_without_ratings_is_all_positives_and_repeats_count_once(
   said = []
   prepare.prepare(data, tmp_path / "store", log=said.append)
   assert "implicit: 4 positives (every line) of 4 interactions" in said
+  # The rating store it is built from is temporary: the log names the store.
+  wrote = [m for m in said if " wrote " in m]
+  assert wrote and wrote[0].endswith(f"to {tmp_path / 'store'}"), said
   s = store_lib.open_store(tmp_path / "store")
   assert implicit.is_implicit(s)
   assert s.counts().tolist() == [2, 1, 1]  # u1's second click on a: once

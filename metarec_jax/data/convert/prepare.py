@@ -50,8 +50,11 @@ def prepare(data_config, out: str | os.PathLike,
   with atomic.Exclusive(os.path.join(parent, f".{name}.ratings.lock"), out):
     atomic.remove_stale(os.path.join(parent, prefix))  # a killed run's
     ratings = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    # Its log names the store this builds from it, not the temporary one.
+    said = log and (lambda m: log(m.replace(os.path.join(ratings, "store"),
+                                            out)))
     try:
-      _prepare_ratings(data_config, os.path.join(ratings, "store"), log)
+      _prepare_ratings(data_config, os.path.join(ratings, "store"), said)
       source = store_lib.open_store(os.path.join(ratings, "store"))
       _refuse_no_positives(source, float(spec.threshold))
       note = _every_rating_positive(source, float(spec.threshold))
