@@ -406,3 +406,29 @@ def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch,
     raise AssertionError("no exit")
   assert capsys.readouterr().err.startswith(
       f"testbed.py: error: --out={tmp_path / 'afile'}: cannot create it")
+
+
+structured_shapes = load_tool("structured_shapes")
+
+
+def test_structured_shapes_are_pure_and_read_by_the_recipe(tmp_path):
+  """`tools/structured_shapes.py`: the same files for the same seed, and
+  folders the own-data recipe reads (a timestamped one, one with user
+  features and eight item columns)."""
+  from metarec_jax.data import store as store_lib
+  from metarec_jax.data.convert import prepare
+  assert (structured_shapes.generate("mixture", 3)
+          == structured_shapes.generate("mixture", 3))
+  for name, users in (("drift", 2000), ("userfeat", 2500)):
+    folder = structured_shapes.write(str(tmp_path), name, seed=0)
+    config = config_io.load_config_file(config_path("default"))
+    config_io.apply_overrides(config, list(
+        testbed.recipe_overrides(folder).items()))
+    prepare.prepare(config.data, tmp_path / f"{name}-store")
+    store = store_lib.open_store(tmp_path / f"{name}-store")
+    assert store.num_users == users
+    assert (store.timestamps is not None) == (name == "drift")
+  files, flags = structured_shapes.generate("half10", 0)
+  ratings = {float(l.rsplit(",", 1)[1]) for l in files["ratings.csv"][1:]}
+  assert ratings <= {x / 2 for x in range(2, 21)} and 9.5 in ratings
+  assert "--config.data.generic.rating_max=10" in flags
