@@ -312,6 +312,8 @@ def _split_config_args(args: list[str]):
   """Pulls `--config=...` and `--config.KEY=VALUE` out of `args`."""
   config_file, overrides, rest = None, [], []
   for arg in args:
+    if arg == "--config":  # absl's "Unknown command line flag 'config'"
+      raise InputError("write --config=FILE, with '='", path=arg)
     if arg.startswith("--config="):
       config_file = arg[len("--config="):]
     elif arg.startswith("--config."):

@@ -222,3 +222,10 @@ def test_readers_help_shows_no_config_file_flag():
     assert "--config:" not in out.stdout
     assert f"--config.{example}=" in out.stdout
   assert "--config:" in metarec("train", "--help").stdout
+
+
+def test_config_given_with_a_space_says_to_write_an_equals_sign():
+  out = metarec("train", "--config", config_path("tiny"), "--workdir=x")
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1].endswith(
+      "--config: write --config=FILE, with '='")
