@@ -300,6 +300,10 @@ def run_compile_jobs(jobs: Sequence[Callable[[], Any]], *,
   (Compiling them side by side on threads gained nothing on a 2-core CPU:
   XLA's CPU compiler already uses the cores.)
   """
+  # Said first: on a large model with a cold cache this takes minutes, in
+  # which nothing else is printed.
+  logging.getLogger("metarec").info(
+      "compiling %d program(s) before the first step", len(jobs))
   for job in jobs:
     if should_stop():
       return False

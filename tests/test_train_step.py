@@ -1,5 +1,6 @@
 """The jitted meta-step: compiled once per shape, chunking is exact."""
 
+import logging
 import jax
 import numpy as np
 import pytest
@@ -114,13 +115,18 @@ def test_nothing_compiles_after_warmup_over_a_long_run(tmp_path):
   assert summary["compiles_after_warmup"] == 0
 
 
-def test_eval_every_minus_one_never_validates_nor_compiles_for_it(tmp_path):
+def test_eval_every_minus_one_never_validates_nor_compiles_for_it(tmp_path,
+                                                                  caplog):
   from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   config = config_io.load_config_file(config_path("tiny"))
   config.train.num_steps = 4
   config.train.eval_every_steps = -1
   config.checkpoint.every_steps = 0
-  summary = train_and_evaluate(config, str(tmp_path))
+  with caplog.at_level(logging.INFO, logger="metarec"):
+    summary = train_and_evaluate(config, str(tmp_path))
+  # Said before the warm-up, which on a large model is minutes of silence:
+  # the tiny model's two support widths, nothing for the validation.
+  assert "compiling 2 program(s) before the first step" in caplog.text
   assert summary["step"] == 4 and "val" not in summary
   # A validation at the end would have compiled after the warm-up.
   assert summary["compiles_after_warmup"] == 0
