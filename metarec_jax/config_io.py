@@ -248,6 +248,8 @@ def apply_overrides(config: ml_collections.ConfigDict,
         if not isinstance(node, ml_collections.ConfigDict):
           raise KeyError(name)
       open_type = OPEN_SECTIONS.get(".".join(path))
+      if open_type and not last:  # `data.list_pad.=3`: a column of no name
+        raise KeyError(last)
       current = open_type() if open_type and last not in node else node[last]
     except (KeyError, AttributeError):
       raise unknown_key(key, known, f"--config.{key}") from None

@@ -93,6 +93,10 @@ def test_eval_prints_the_json_report_last(trained):
     (["train", "--workdir=/tmp/x", "--bogus=1"], "Unknown command line flag"),
     (["train", f"--config={config_path('tiny')}", "--workdir=/tmp/x",
       "--config.train.nosuch=1"], "unknown config key 'train.nosuch'"),
+    # An open section's key still needs a name (it was accepted, and written
+    # into the run's config).
+    (["train", f"--config={config_path('tiny')}", "--workdir=/tmp/x",
+      "--config.data.list_pad.=3"], "unknown config key 'data.list_pad.'"),
     (["train", f"--config={config_path('tiny')}", "--workdir=/tmp/x",
       "--config.train.num_steps=many"], "expected an integer"),
     (["train", "--config=configs/missing.py", "--workdir=/tmp/x"],
