@@ -198,11 +198,13 @@ class Evaluator:
          predictions_file.ranked_column("prediction"): p.ranked})
 
   def implicit_metrics(self, meta_params: PyTree, tasks: TaskSet,
-                       should_stop: Callable[[], bool] | None = None
-                       ) -> dict | None:
+                       should_stop: Callable[[], bool] | None = None,
+                       whole: TaskSet | None = None) -> dict | None:
     """The JSON of one scenario of implicit data: rating metrics null,
-    `ranking` as in `RankingEvaluator.scenario_metrics`."""
-    per_task = self.ranking.task_metrics(meta_params, tasks, should_stop)
+    `ranking` as in `RankingEvaluator.scenario_metrics` (`whole`: as in
+    its `task_metrics`)."""
+    per_task = self.ranking.task_metrics(meta_params, tasks, should_stop,
+                                         whole)
     if per_task is None:
       return None
     # The rating metrics' keys, every one null (as a rating scenario's

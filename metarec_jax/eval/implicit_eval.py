@@ -34,7 +34,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from metarec_jax.data import hashing, implicit
-from metarec_jax.data.splits import TaskSet
+from metarec_jax.data.splits import TaskSet, ragged_arange
 from metarec_jax.data.tasks import bucket_widths, row_shapes, taskset_batches
 from metarec_jax.errors import Diverged
 from metarec_jax.eval import ranking
@@ -149,12 +149,18 @@ class RankingEvaluator:
                                 labels, np.concatenate([mask, neg_mask], 1))
 
   def task_metrics(self, meta_params: PyTree, tasks: TaskSet,
-                   should_stop: Callable[[], bool] | None = None
-                   ) -> dict | None:
+                   should_stop: Callable[[], bool] | None = None,
+                   whole: TaskSet | None = None) -> dict | None:
     """Per-task metric arrays: `{"model"|"popularity"|"random": {"full"|
     "sampled": {metric: f64 [N]}}, "exhausted": bool [N]}` (None if
     stopped early); `exhausted`: the task's sampled candidates are every
-    item of its class the user never interacted with, fewer than asked."""
+    item of its class the user never interacted with, fewer than asked.
+
+    `whole`: the same tasks with all their support (the support curve
+    adapts on a cut of it): the support items beyond the cut are known
+    interactions, left out of the full ranking's candidates as the cut's
+    are, not negatives that a ranker putting them first is scored down
+    for (the curve's popularity ranking moved with the cut's size)."""
     n, num_items = len(tasks), self.num_items
     keys = ranking.metric_keys()
     out = {who: {how: {k: np.full(n, np.nan) for k in keys}
@@ -189,6 +195,12 @@ class RankingEvaluator:
       s_items, s_mask = items["support"][:k], batch["support"]["mask"][:k]
       seen[np.broadcast_to(rows, s_items.shape)[s_mask], s_items[s_mask]] = (
           True)
+      if whole is not None:
+        counts = np.diff(whole.offsets)[index]
+        at = ragged_arange(whole.offsets[index], counts)
+        known = ~whole.is_query[at]
+        seen[np.repeat(np.arange(k), counts)[known], whole.items[at][known]] = (
+            True)
       full = (self.item_class[None, :] == classes[:k, None]) & ~seen
       _check_finite(scores, full, self.exp.config.meta)
       asked = self.spec.eval_negatives * positive.sum(1)

@@ -122,7 +122,11 @@ def _ranking_curve(evaluator, meta_params, tasks, *, seed, sizes,
     cut = truncate_support(tasks, int(k), seed=seed)
     if not len(cut):
       continue
-    m = evaluator.implicit_metrics(meta_params, cut, should_stop)
+    # The rest of each task's support stays out of the candidates, as in
+    # `metarec eval`: a ranking that ignores the support (popularity)
+    # then scores alike at every k on the same tasks.
+    whole = tasks.subset(np.flatnonzero(tasks.support_sizes() >= k))
+    m = evaluator.implicit_metrics(meta_params, cut, should_stop, whole)
     if m is None:
       return None
     r = m["ranking"]
