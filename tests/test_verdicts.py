@@ -102,6 +102,14 @@ def test_warns_when_the_model_orders_items_worse_than_the_baseline():
   model.query_rank_weight = 20.0
   line, = verdicts.warnings_for({"W": w}, model_config=model)
   assert "model.query_rank_weight" not in line
+  # The 0/1 tip only where the scale is not known to be another.
+  line, = verdicts.warnings_for({"W": w}, model_config=model,
+                                rating_range=(0.0, 1.0))
+  assert "data.implicit.threshold=1" in line
+  line, = verdicts.warnings_for({"W": w}, model_config=model,
+                                rating_range=(1.0, 5.0))
+  assert "data.implicit" not in line
+  assert "another model.query_rank_weight" in line
   w["ndcg@3"] = 0.8477 * (1 - verdicts.RANKING_TIE / 2)
   assert verdicts.warnings_for({"W": w}) == []
 

@@ -100,7 +100,8 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
         workdir, evaluator, state.params, tasksets, step=step,
         seed=int(config.eval.seed), write=jax.process_index() == 0))
   warnings = unwritten + verdicts.warnings_for(
-      results, model_config=exp.model_config)
+      results, model_config=exp.model_config,
+      rating_range=exp.store.rating_range)
   if not any(int(m.get("tasks") or 0) for m in results.values()):
     warnings.append(verdicts.no_tasks(ratings))
   elif untested := verdicts.no_new_item_tasks(

@@ -101,7 +101,7 @@ def trained_users(ratings: str, users: np.ndarray, trained: np.ndarray,
 
 
 def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
-                 model_config=None) -> list[str]:
+                 model_config=None, rating_range=None) -> list[str]:
   """One line per problem of a report's `{scenario: metrics}`.
 
   Warns when a scenario with tasks has a query MAE above the item-mean +
@@ -110,7 +110,9 @@ def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
   (what `model_config`, the `model` section as built for the data, does
   not already do; on fewer than `min_tasks` tasks it says the gap is
   within noise instead), and when a scenario has fewer than `min_tasks`
-  tasks. Scenarios without tasks say nothing.
+  tasks. Scenarios without tasks say nothing. `rating_range`: the data's
+  `(lowest, highest)` rating, where known (a tip for 0/1 ratings is left
+  out on another scale).
   """
   anchored = False
   if model_config is not None:
@@ -138,12 +140,13 @@ def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
                  f" item-mean + user-bias baseline's {base:.4f}"
                  f" ({100 * (mae / base - 1):+.1f}%) on the same tasks; "
                  + what)
-    out += _order_warning(name, m, tasks, min_tasks, model_config)
+    out += _order_warning(name, m, tasks, min_tasks, model_config,
+                          rating_range)
   return out
 
 
 def _order_warning(name: str, m: dict, tasks: int, min_tasks: int,
-                   model_config) -> list[str]:
+                   model_config, rating_range=None) -> list[str]:
   """The line of a rating scenario whose nDCG@3 (how well the model
   orders each user's query items) is below the item-mean + user-bias
   baseline's by more than `RANKING_TIE`: a model chosen and served by its
@@ -156,8 +159,12 @@ def _order_warning(name: str, m: dict, tasks: int, min_tasks: int,
   if model_config is None or not model_config.query_rank_weight:
     tips.append("the listwise query term that trains the order of a"
                 " user's items (model.query_rank_weight, e.g. 20)")
-  tips.append("for like/dislike (0/1) ratings, implicit feedback"
-              " (data.implicit.enabled=true, data.implicit.threshold=1)")
+  if rating_range is None or tuple(rating_range) == (0, 1):
+    tips.append("for like/dislike (0/1) ratings, implicit feedback"
+                " (data.implicit.enabled=true, data.implicit.threshold=1)")
+  if not tips:  # the listwise term is on, and the ratings are not 0/1
+    tips.append("another model.query_rank_weight (the listwise query term"
+                " that trains the order of a user's items)")
   what = _what_to_try(tasks, min_tasks, "try: " + ", or ".join(tips))
   return [f"{name}: the model orders the query items WORSE than the"
           f" item-mean + user-bias baseline ({ORDER_METRIC} {model:.4f}"
