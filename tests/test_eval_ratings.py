@@ -107,7 +107,12 @@ def test_write_tasks_of_the_protocol_scenarios(ml1m_tiny_run, tmp_path):
       check_predictions_file(tmp_path / "tasks" / name, report["scenarios"][
           name], query=file_rows(path, store))
   assert report["scenarios"]["W"]["tasks"] > 0
-  assert json.load(open(tmp_path / "tasks" / "tasks.json"))["step"] == 3
+  written = json.load(open(tmp_path / "tasks" / "tasks.json"))
+  assert written["step"] == 3
+  # The files hold no times: their format names none (it named the
+  # store's time column, as if they had one).
+  assert ratings_io.store_format(store).timestamp is not None
+  assert written["format"]["timestamp"] is None
 
 
 def check_predictions_file(folder, scenario, query):

@@ -6,6 +6,7 @@ back as ratings files in the dataset's own input format
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -42,7 +43,11 @@ def write_tasks(out: str | os.PathLike, tasksets: dict[str, TaskSet],
       "exists and is not a task folder written by --write_tasks; choose"
       " another folder")
   fmt = store_format(store)
-  summary = {"format": fmt.to_json(), "scenarios": {}, **(extra or {})}
+  # The files hold no times (`format_ratings` is given none): their format
+  # says so, and a header file's columns are those written.
+  written = dataclasses.replace(fmt, timestamp=None, columns=tuple(
+      c for c in fmt.columns if c != fmt.timestamp))
+  summary = {"format": written.to_json(), "scenarios": {}, **(extra or {})}
   with atomic.Folder(out) as folder:
     for scenario, tasks in tasksets.items():
       task_of_row = np.repeat(np.arange(len(tasks)), np.diff(tasks.offsets))
