@@ -95,12 +95,17 @@ def _refuse_unknown_keys(config: ml_collections.ConfigDict, path: str) -> None:
   not (a typo such as `c.train.num_step = 3` trained with the old value,
   where the same typo as an override was refused)."""
   known = set(flat(to_dict(config_defaults.get_config())))
-  for key in flat(to_dict(config)):
-    section = key.rpartition(".")[0]
-    if key in known or section in OPEN_SECTIONS or any(
-        key.startswith(s + ".") for s in CHECKED_SECTIONS):
-      continue
+  for key in unknown_keys(config):
     raise unknown_key(key, known, path)
+
+
+def unknown_keys(config: Mapping[str, Any]) -> list[str]:
+  """The keys of `config` (nested) that metarec has not (a library
+  caller's own, or a typo)."""
+  known = set(flat(to_dict(config_defaults.get_config())))
+  return [key for key in flat(to_dict(config))
+          if key not in known and key.rpartition(".")[0] not in OPEN_SECTIONS
+          and not any(key.startswith(s + ".") for s in CHECKED_SECTIONS)]
 
 
 def unknown_key(key: str, known: Iterable[str], path: str) -> InputError:
@@ -356,7 +361,6 @@ def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     config = complete(record["config"])
   except InputError as e:
     raise InputError(e.problem, path=path) from e
-  _refuse_unknown_keys(record["config"], path)  # a typo edited in
   given = flat(record["config"])
   for section, names in config_defaults.FIRST_KEYS.items():
     for key in (f"{section}.{name}" for name in names.split()):

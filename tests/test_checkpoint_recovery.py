@@ -297,24 +297,25 @@ def test_a_config_json_edited_in_a_split_key_or_constant_is_refused(
     finished_run, tmp_path, command):
   """A hand edit of config.json: `eval` evaluated on the redrawn split
   (its UC users then held some the run trained on), exit 0, where the same
-  change as an override is refused; checked against the checkpoint's own
-  record of its config."""
+  change as an override is refused; checked against the newest
+  checkpoint's own record of its config (`--step` reads any)."""
   from metarec_jax.data import store as store_lib  # pylint: disable=g-import-not-at-top
   from metarec_jax.data.convert import ratings_io  # pylint: disable=g-import-not-at-top
   store = store_lib.open_store(os.path.join(finished_run, "store"))
   ratings = str(tmp_path / "ratings.txt")
   ratings_io.write_ratings(ratings, store.user_ids[:1], store.item_ids[:1],
                            [3.0], store)
-  flags = (["--support_curve=false"] if command == "eval" else
+  flags = (["--support_curve=false", "--step=3"] if command == "eval" else
            [f"--ratings={ratings}", f"--out={tmp_path / 'e'}"])
   for section, key, value in (("eval", "seed", 7),
-                              ("model", "global_mean", "all")):
+                              ("model", "global_mean", "all"),
+                              ("train", "num_step", 20)):
     workdir = copy_run(finished_run, tmp_path / key)
     _edit_config(workdir, section, key, value)
     out = metarec_here(command, f"--workdir={workdir}", *flags)
-    assert_one_line_error(out, "config.json: differs from the config the"
-                          " checkpoint of step 6 was trained with in what no"
-                          f" resume changes ({section}.{key}=")
+    assert_one_line_error(out, "config.json: differs from the config of the"
+                          " newest checkpoint, of step 6, in what no resume"
+                          f" changes ({section}.{key}")
   assert not os.path.exists(tmp_path / "e")
 
 
@@ -333,14 +334,25 @@ def test_a_resume_of_a_config_json_edited_in_a_constant_is_refused(
   assert checkpoint_steps(workdir) == [3, 6]
 
 
-def test_an_unknown_key_edited_into_config_json_is_refused(finished_run,
-                                                           tmp_path):
+def test_keys_metarec_does_not_read(finished_run, tmp_path):
+  """A library caller's own key, which `train` writes into config.json and
+  the checkpoint, reads back; one edited into config.json warns on
+  resume (it was logged as a change of config) and is refused by `eval`
+  (above)."""
   workdir = copy_run(finished_run, tmp_path)
-  _edit_config(workdir, "train", "num_step", 20)
-  for command in ("train", "eval"):
-    out = metarec_here(command, f"--workdir={workdir}")
-    assert_one_line_error(out, "config.json: unknown config key"
-                          " 'train.num_step'; did you mean train.num_steps")
+  path = os.path.join(workdir, "config.json")
+  record = json.load(open(path))
+  record["config"]["train"]["num_step"] = 20
+  with open(path, "w") as f:
+    json.dump(record, f, indent=1)
+  out = metarec_here("train", f"--workdir={workdir}",
+                     "--config.train.num_steps=7")
+  assert out.returncode == 0, out.stderr
+  assert ("resuming with a key metarec does not read: train.num_step = 20"
+          in out.stderr)
+  # Step 7 saved it in its record: the run's own key from then on.
+  assert metarec_here("eval", f"--workdir={workdir}",
+                      "--support_curve=false").returncode == 0
 
 
 def test_harmless_config_change_on_resume_is_accepted_and_logged(

@@ -134,8 +134,7 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def latest_step(self) -> int | None:
-    steps = self.steps()
-    return steps[-1] if steps else None
+    return (self.steps() or [None])[-1]
 
   def best(self) -> tuple[int, float] | None:
     """(step, validation MAE) of the best validated checkpoint (the latest
@@ -237,7 +236,8 @@ class Checkpointer:
       if ".orbax-checkpoint-tmp" in name:
         shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
-  def _read_record(self, step: int) -> dict:
+  def read_record(self, step: int) -> dict:
+    """Step `step`'s config record (`CheckpointError`: unreadable)."""
     record = self.manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))["config"]
     if not isinstance(record, dict) or "format_version" not in record:
@@ -285,7 +285,7 @@ class Checkpointer:
     failures, unreadable = [], []
     for i, candidate in enumerate(candidates):
       try:
-        record = self._read_record(candidate)
+        record = self.read_record(candidate)
         shapes = self.saved_param_shapes(candidate)
       except Exception as e:  # pylint: disable=broad-except
         error = e

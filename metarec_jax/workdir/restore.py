@@ -64,15 +64,7 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
     InputError: there is no such checkpoint.
   """
   chosen = step
-  # What the run's config.json says, before any override: checked against
-  # the checkpoint's own record, which a hand edit of the file does not
-  # change (`resume.refuse_edited`).
-  on_file = config_io.to_dict(config_io.read_workdir_config(workdir))
-  path = os.path.join(workdir, config_io.WORKDIR_CONFIG)
-
-  def check(step, record, _):
-    resume.refuse_edited(record["config"], on_file, step=step, path=path)
-
+  _refuse_edited(workdir)
   for attempt in range(_ATTEMPTS):
     checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
     listed = set(checkpointer.steps())
@@ -83,8 +75,7 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
           state_lib.abstract(exp.model, exp.meta_config,
                              optim.outer_optimizer(
                                  optim.hyperparams(exp.config.train)),
-                             runtime.replicated(mesh)), step,
-          check=check)
+                             runtime.replicated(mesh)), step)
       break
     except ckpt_lib.CheckpointError as e:
       if step in listed and _vanishes(
@@ -137,6 +128,26 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
              *("yes" if served[f"median_map_{kind}_items"]
                else "no (identity)" for kind in ("existing", "new")))
   return state
+
+
+def _refuse_edited(workdir: str) -> None:
+  """What the run's config.json says (before any override), checked
+  against the newest checkpoint's own record, which a hand edit of the
+  file does not change (`resume.refuse_edited`; a newest checkpoint that
+  cannot be read is left to the restore to report)."""
+  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+  try:
+    newest = checkpointer.latest_step()
+    record = None if newest is None else checkpointer.read_record(newest)
+  except Exception:  # pylint: disable=broad-except
+    return
+  finally:
+    checkpointer.close()
+  if record is not None:
+    resume.refuse_edited(
+        record["config"], config_io.to_dict(config_io.read_workdir_config(
+            workdir)), step=newest,
+        path=os.path.join(workdir, config_io.WORKDIR_CONFIG))
 
 
 def _model_overrides(exp: experiment.Experiment, workdir: str) -> str:

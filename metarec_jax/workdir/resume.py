@@ -122,19 +122,25 @@ def reader_config(workdir: str, overrides=(), *, own_split: bool = False):
 def refuse_edited(saved_config: dict, file_config: dict, *, step: int,
                   path: str) -> None:
   """Raises InputError where a work directory's `config.json`
-  (`file_config`) differs from the config the checkpoint of `step` saved
-  in a `SPLIT_KEYS` or `RUN_CONSTANTS` key: no resume or override can make
-  them differ, so the file was edited, and reading the run with it would
-  evaluate on a split holding users it trained on, or around another
-  constant than its parameters were trained with."""
+  (`file_config`) differs from the config its newest checkpoint (of
+  `step`, `saved_config`) was trained with in a `SPLIT_KEYS` or
+  `RUN_CONSTANTS` key, or holds a key metarec has not that the checkpoint
+  lacks: `train` writes the one beside the other, and refuses such changes
+  on resume, so the file was edited. Read with it, `eval` scored a split
+  holding users the run trained on (exit 0), and a typo did nothing.
+  (Older checkpoints may differ: runs resumed under an earlier metarec.)"""
   changes = config_changes(saved_config, file_config)
   edited = split_changes(changes) + [
       f"{key}={_show(old)} -> {_show(new)}" for key, old, new in changes
       if key in RUN_CONSTANTS]
+  saved = set(config_io.flat(saved_config))
+  edited += [f"{key} (absent) -> {_show(config_io.flat(file_config)[key])}"
+             for key in config_io.unknown_keys(file_config)
+             if key not in saved]
   if edited:
     raise InputError(
-        f"differs from the config the checkpoint of step {step} was trained"
-        f" with in what no resume changes ({'; '.join(edited)}: the"
+        f"differs from the config of the newest checkpoint, of step {step},"
+        f" in what no resume changes ({'; '.join(edited)}: the"
         " checkpoint's -> this file's); the file was edited: put the"
         " checkpoint's values back", path=path)
 
@@ -217,7 +223,14 @@ def check_resume(saved_config: dict, current_config: dict,
         f" shapes of the saved state ({what}; {'; '.join(shape_diffs[:4])}"
         f"{' ...' if len(shape_diffs) > 4 else ''}). Use a new --workdir or"
         " undo the change.")
+  unknown = set(config_io.unknown_keys(current_config))
   for key, old, new in changes:
+    if key in unknown and _show(old) == "(absent)":
+      # A key no metarec reads, new since the checkpoint: a typo edited
+      # into config.json, or a library caller's own.
+      log.warning("resuming with a key metarec does not read: %s = %s"
+                  " (nothing changes; a typo?)", key, _show(new))
+      continue
     log.info("resuming with a changed config: %s %s -> %s", key, _show(old),
              _show(new))
 
