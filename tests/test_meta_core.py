@@ -180,9 +180,16 @@ def test_remat_gives_the_same_meta_gradient():
     np.testing.assert_allclose(a, b, rtol=1e-10)
 
 
-def test_zero_inner_steps_is_the_plain_query_loss():
+@pytest.mark.parametrize("algorithm", ["maml", "mamlpp", "metasgd"])
+def test_zero_inner_steps_is_the_plain_query_loss(algorithm):
+  # MAML++ with 0 steps (an allowed meta.inner_steps) was an IndexError:
+  # a scan of no steps traces its body, which indexed [0] per-step rates.
   params, tasks = init_params(), make_tasks()
-  config = meta.MetaConfig(inner_steps=0)
-  loss = meta.meta_loss(mlp_loss, params, tasks, config=config)
+  config = meta.MetaConfig(algorithm=algorithm, inner_steps=0)
+  inner = meta.init_inner(params, config=config)
+  loss = meta.meta_loss(mlp_loss, params, tasks, config=config, inner=inner)
   plain = jnp.mean(jax.vmap(lambda q: mlp_loss(params, q))(tasks["query"]))
   assert float(loss) == pytest.approx(float(plain))
+  _, grads = meta.meta_grad(mlp_loss, {"model": params, "inner": inner},
+                            tasks, config=config)
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
