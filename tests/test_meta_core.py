@@ -193,3 +193,16 @@ def test_zero_inner_steps_is_the_plain_query_loss(algorithm):
   _, grads = meta.meta_grad(mlp_loss, {"model": params, "inner": inner},
                             tasks, config=config)
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+def test_replace_applies_another_algorithms_rule_to_what_was_asked():
+  """An encoder's config has no inner steps and fomaml's is maml first
+  order: derived with `replace(algorithm=...)`, a sweep trained MAML with
+  no inner loop, or first order, silently."""
+  metric = meta.MetaConfig(algorithm="metric", inner_steps=3)
+  assert metric.inner_steps == 0
+  assert metric.replace(algorithm="maml").inner_steps == 3
+  fo = meta.MetaConfig(algorithm="fomaml", inner_steps=3)
+  assert not fo.second_order and fo.replace(algorithm="maml").second_order
+  assert not fo.replace(remat=True).second_order  # still fomaml
+  assert fo.replace(remat=True) == fo.replace(remat=True).replace()

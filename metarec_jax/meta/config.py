@@ -127,6 +127,11 @@ class MetaConfig:
   encoder_hidden: int = 64
 
   def __post_init__(self):
+    # What was asked before an algorithm's rule rewrites it (fomaml: maml
+    # first order; an encoder: no steps), for `replace`. Not a field: the
+    # export's manifest records the fields (`dataclasses.asdict`).
+    object.__setattr__(self, "_asked", (self.algorithm, self.inner_steps,
+                                        self.second_order))
     if self.algorithm not in ALGORITHMS:
       raise ValueError(
           f"meta.algorithm must be one of {', '.join(ALGORITHMS)}, got"
@@ -166,7 +171,13 @@ class MetaConfig:
     return bool(self.spec.rates or self.spec.encoder)
 
   def replace(self, **changes) -> "MetaConfig":
-    return dataclasses.replace(self, **changes)
+    """A copy with `changes`, built from what was asked: another algorithm
+    applies its own rule to the asked steps and order (derived from a
+    `metric` config, `maml` had 0 inner steps; from `fomaml`, first order)."""
+    algorithm, steps, second_order = self._asked
+    return dataclasses.replace(self, **{
+        "algorithm": algorithm, "inner_steps": steps,
+        "second_order": second_order, **changes})
 
 
 def inner_settings(meta_config) -> str:
