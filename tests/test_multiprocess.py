@@ -136,12 +136,16 @@ def test_two_processes_match_one_process_with_a_model_axis(tmp_path):
                                atol=1e-6)
 
 
-def test_sigterm_to_one_process_saves_every_process_at_one_step(tmp_path):
+@pytest.mark.parametrize("signame, to", [("SIGTERM", 0), ("SIGINT", 1)])
+def test_a_signal_to_one_process_saves_every_process_at_one_step(
+    tmp_path, signame, to):
   """JAX's preemption notifier takes SIGTERM in a multi-process run, so
   that the processes agree on the step to save at. Putting the command's
   own handler back after the join (the join waits with the default
   action) replaced it: process 0 alone ended, nothing was saved, and the
-  other process hung."""
+  other process hung. A Ctrl-C (SIGINT) to one process stopped it alone,
+  into the save's collectives while the other ran the next step's: both
+  hung for good, deaf to SIGTERM; it now goes the same way as SIGTERM."""
   import re  # pylint: disable=g-import-not-at-top
   import signal  # pylint: disable=g-import-not-at-top
   from procs import checkpoint_steps, wait_for  # pylint: disable=g-import-not-at-top
@@ -150,14 +154,14 @@ def test_sigterm_to_one_process_saves_every_process_at_one_step(tmp_path):
           "--config.train.eval_every_steps=-1", "--config.data.buckets=(16,)",
           "--config.checkpoint.every_steps=5000"]
 
-  def sigterm_to_process_0(procs):
+  def signal_one_process(procs):
     wait_for(lambda: re.search(r"step \d{2,}/5000",
                                open(f"{workdir}.p0.log").read()),
              proc=procs[0], timeout=600, interval=0.1)
-    procs[0].send_signal(signal.SIGTERM)
+    procs[to].send_signal(getattr(signal, signame))
 
   logs = train_two_processes(workdir, args,
-                             while_running=sigterm_to_process_0, timeout=120)
+                             while_running=signal_one_process, timeout=120)
   stopped = re.search(r"stopped by a signal at step (\d+) \(saved\)",
                       logs[0])
   assert stopped, logs[0]

@@ -5,11 +5,13 @@ jitted calls (training steps, evaluation batches, compilations), finishes
 what it is doing, saves and exits. In a multi-process run the processes must
 agree on the step to save at, so there the decision comes from JAX's
 preemption sync point (SIGTERM is then JAX's to catch; it reaches every
-process from the cluster manager).
+process from the cluster manager), and a SIGINT to any process is passed
+on to it as a SIGTERM.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -34,6 +36,13 @@ class StopRequest:
 
   def _handle(self, signum, frame):
     del frame
+    if self._multi_process:
+      # Stopped here alone, this process would go into the save's
+      # collectives while the others run the next step's: all hang. As
+      # JAX's preemption notice (SIGTERM), the stop reaches the sync point
+      # every process agrees on.
+      os.kill(os.getpid(), signal.SIGTERM)
+      return
     self.received = signum
 
   def __exit__(self, *exc):
