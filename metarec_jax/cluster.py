@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import atexit
 import collections
+import errno
 import functools
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import traceback
@@ -85,7 +87,9 @@ def check_process_flags(coordinator_address: str | None,
     raise InputError("a multi-process run needs --coordinator_address=HOST:"
                      "PORT, --num_processes=N and --process_id=I together"
                      f" (got only {', '.join(given)})")
-  if num_processes < 1 or not 0 <= process_id < num_processes:
+  if num_processes < 1:
+    raise InputError(f"--num_processes={num_processes} must be at least 1")
+  if not 0 <= process_id < num_processes:
     raise InputError(f"--process_id={process_id} must be 0 to"
                      f" --num_processes-1 (--num_processes={num_processes})")
   host, _, port = coordinator_address.rpartition(":")
@@ -136,6 +140,8 @@ def init_distributed(coordinator_address: str | None = None,
     log.info("process %d of %d: joining the run at %s (waiting up to %d s"
              " for every process, --join_timeout)", process_id, num_processes,
              coordinator_address, join_timeout)
+  if explicit and process_id == 0:
+    _refuse_busy_port(coordinator_address)
   watchdog = threading.Timer(join_timeout, _give_up, (
       prog, _unjoined_problem(coordinator_address, num_processes, process_id,
                               join_timeout)))
@@ -308,6 +314,27 @@ def _config_problem(process_id: int, configs: dict[int, dict]) -> str | None:
               " --config and --config.* overrides (each host's own paths"
               " and input threads may differ)")
   return None
+
+
+def _refuse_busy_port(coordinator_address: str) -> None:
+  """Raises InputError where another process listens on the port process
+  0 is to serve the run's coordinator on (another run's): gRPC shares a
+  port, so the new service started beside the old one, and a process of
+  the new run that reached the old run's service aborted that run, exit
+  134, while the new one trained on without a word."""
+  port = int(coordinator_address.rpartition(":")[2])
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    # (SO_REUSEADDR: a port a finished run left in TIME_WAIT is free.)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+      probe.bind(("", port))
+    except OSError as e:
+      if e.errno != errno.EADDRINUSE:
+        return  # (not ours to judge: JAX reports what it meets)
+      raise InputError(f"port {port} is in use on this host (another run's"
+                       " coordinator?): give this run another port",
+                       path=f"--coordinator_address={coordinator_address}"
+                       ) from None
 
 
 def _unjoined_problem(coordinator_address: str | None,

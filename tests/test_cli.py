@@ -118,6 +118,8 @@ def test_bad_input_is_one_line_with_status_2(args, message, tmp_path):
     # JAX raised a traceback (exit 1) for each of these.
     (["--coordinator_address=127.0.0.1:1", "--num_processes=2",
       "--process_id=2"], "--process_id=2 must be 0 to --num_processes-1"),
+    (["--coordinator_address=127.0.0.1:1", "--num_processes=0",
+      "--process_id=0"], "--num_processes=0 must be at least 1"),
     (["--num_processes=2"], "needs --coordinator_address=HOST:PORT,"
      " --num_processes=N and --process_id=I together (got only"
      " --num_processes)"),

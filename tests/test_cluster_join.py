@@ -169,3 +169,27 @@ def test_a_process_of_an_older_metarec_is_named_as_such(monkeypatch):
       "process 0: the processes that joined the run at h:1 run different"
       " versions of metarec (process 1 says only its --num_processes): run"
       " the same version on every host")
+
+
+def test_process_0_on_a_port_another_run_serves_is_refused_at_once(
+    tmp_path):
+  """gRPC shares a port: process 0 started a second coordinator beside a
+  running run's, and a process of the new run that reached the old one's
+  aborted that run (exit 134); process 0 alone waited --join_timeout and
+  blamed the other processes."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  with socket.socket() as other:
+    other.bind(("", 0))
+    other.listen()
+    port = other.getsockname()[1]
+    t0 = time.monotonic()
+    out = metarec("train", f"--config={config_path('tiny')}",
+                  f"--workdir={tmp_path / 'run'}",
+                  f"--coordinator_address=127.0.0.1:{port}",
+                  "--num_processes=2", "--process_id=0", "--join_timeout=60")
+  assert time.monotonic() - t0 < 50  # not the join timeout
+  assert_one_line_error(out, f"--coordinator_address=127.0.0.1:{port}: port"
+                        f" {port} is in use on this host (another run's"
+                        " coordinator?)")
+  assert not (tmp_path / "run").exists()
