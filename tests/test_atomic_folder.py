@@ -109,3 +109,17 @@ def test_without_exchange_the_two_renames_still_replace(tmp_path,
   _write(out, "new")
   assert '"new"' in (out / "record.json").read_text()
   assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_an_exchange_the_system_denies_falls_back_to_two_renames(
+    tmp_path, monkeypatch):
+  """A sandbox's seccomp filter answers renameat2 with EPERM (plain rename
+  still works): every replacement of an earlier output failed, after all
+  its work, as "cannot write OUT: Operation not permitted"."""
+  from metarec_jax import exchange  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(exchange, "_renameat2", lambda: lambda *args: -1)
+  out = tmp_path / "out"
+  _write(out, "old")
+  _write(out, "new")
+  assert '"new"' in (out / "record.json").read_text()
+  assert sorted(os.listdir(tmp_path)) == ["out"]
