@@ -317,6 +317,14 @@ def test_a_config_json_edited_in_a_split_key_or_constant_is_refused(
                           " newest checkpoint, of step 6, in what no resume"
                           f" changes ({section}.{key}")
   assert not os.path.exists(tmp_path / "e")
+  if command == "eval":  # a newest record that cannot be read: the next
+    workdir = os.path.join(tmp_path, "seed", "run")  # (it skipped the check)
+    open(os.path.join(workdir, "checkpoints", "6", "config", "metadata"),
+         "w").close()
+    out = metarec_here(command, f"--workdir={workdir}", *flags)
+    assert_one_line_error(out, "config.json: differs from the config of the"
+                          " newest checkpoint, of step 3, in what no resume"
+                          " changes (eval.seed=")
 
 
 def test_a_resume_of_a_config_json_edited_in_a_constant_is_refused(

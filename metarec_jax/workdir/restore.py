@@ -132,22 +132,22 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
 
 def _refuse_edited(workdir: str) -> None:
   """What the run's config.json says (before any override), checked
-  against the newest checkpoint's own record, which a hand edit of the
-  file does not change (`resume.refuse_edited`; a newest checkpoint that
-  cannot be read is left to the restore to report)."""
+  against the newest readable checkpoint's own record, which a hand edit
+  of the file does not change (`resume.refuse_edited`)."""
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
   try:
-    newest = checkpointer.latest_step()
-    record = None if newest is None else checkpointer.read_record(newest)
-  except Exception:  # pylint: disable=broad-except
-    return
+    for newest in reversed(checkpointer.steps()):  # the newest readable
+      try:
+        record = checkpointer.read_record(newest)
+      except Exception:  # pylint: disable=broad-except
+        continue
+      resume.refuse_edited(
+          record["config"], config_io.to_dict(config_io.read_workdir_config(
+              workdir)), step=newest,
+          path=os.path.join(workdir, config_io.WORKDIR_CONFIG))
+      return
   finally:
     checkpointer.close()
-  if record is not None:
-    resume.refuse_edited(
-        record["config"], config_io.to_dict(config_io.read_workdir_config(
-            workdir)), step=newest,
-        path=os.path.join(workdir, config_io.WORKDIR_CONFIG))
 
 
 def _model_overrides(exp: experiment.Experiment, workdir: str) -> str:
