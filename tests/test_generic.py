@@ -369,6 +369,15 @@ def test_no_rating_of_an_existing_item_is_named_as_the_cause(tmp_path):
                      r" rating is of an existing item: is every item new"):
     TrainSampler(exp.split, exp.tables, exp.store.items, exp.store.ratings,
                  exp.sampler_spec())
+  # Not where no user is left to train on (every item existing).
+  config = config_io.load_config_file(config_path("tiny"))
+  config.eval.new_user_fraction = 0.999
+  config.data.synthetic.new_item_fraction = 0.0
+  exp = experiment.build(config, str(tmp_path / "work2"))
+  with pytest.raises(InputError, match=r"the most any has is 0, .*: give"
+                     r" users more ratings"):
+    TrainSampler(exp.split, exp.tables, exp.store.items, exp.store.ratings,
+                 exp.sampler_spec())
 
 
 def test_rated_ids_without_a_feature_row_are_noted(shop, tmp_path):
@@ -506,6 +515,12 @@ def test_times_within_one_second_keep_their_order(tmp_path):
                   "alice,pen,3,1614853320.5", "alice,ink,2,1614853320")
   assert w.item_ids[w.items].tolist() == ["ink", "pen", "mug"]
   assert w.timestamps.tolist() == [1614853320, 1614853320, 1614853321]
+  # ... but not integers float64 cannot hold (epoch nanoseconds): every
+  # time was rounded, and the order lost.
+  with pytest.raises(InputError, match=r"ns.csv:4: timestamp"
+                     r" '1614853320123456790.0' is not an integer"):
+    timed_store(tmp_path, "ns.csv", "a,m,4,1614853320123456789",
+                "a,p,3,1614853320123456700", "a,q,2,1614853320123456790.0")
 
 
 def test_numbers_pythons_float_reads_are_ratings_and_times(tmp_path):

@@ -22,7 +22,7 @@ import numpy as np
 
 from metarec_jax.data import hashing
 from metarec_jax.data.schema import ITEM_ID
-from metarec_jax.data.splits import Split, ragged_arange
+from metarec_jax.data.splits import EXISTING, Split, ragged_arange
 from metarec_jax.data.tasks import FeatureTables, bucket_widths, scatter_rows
 from metarec_jax.errors import InputError
 
@@ -106,7 +106,7 @@ class TrainSampler:
           " validation user's evaluation task: "
           + ("no rating is of an existing item: is every item new (the"
              " store's new items, e.g. data.generic.new_item_col)?"
-             if not most else
+             if not most and (split.user_group == EXISTING).any() else
              "give users more ratings, or lower data.min_support,"
              " data.train_query_size or data.query_size"))
     cap = np.minimum(counts[self.users] - spec.query_size, spec.max_support)

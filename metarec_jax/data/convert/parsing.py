@@ -164,7 +164,10 @@ def times(table: Table, values, what: str) -> Times:
     out, ok = parse_ints(values)
     if ok.all():
       return Times(out, out)
-    if all(_is_number(values[i]) for i in np.flatnonzero(~ok)):
+    # A float clock only where float64 holds its integers exactly (epoch
+    # nanoseconds do not: every time was rounded, their order lost).
+    if np.abs(out[ok]).max(initial=0) <= 2**53 and all(
+        _is_number(values[i]) for i in np.flatnonzero(~ok)):
       return _clock_seconds(table, values, what)
     raise not_an_integer(table, values, ok, what)
   exact, ok = _iso_seconds(values)
