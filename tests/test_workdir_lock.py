@@ -178,6 +178,11 @@ def test_a_lock_record_that_cannot_be_written_names_the_file(tmp_path,
   monkeypatch.setattr(workdir_lock.os, "pwrite", full)
   with pytest.raises(OutputError, match="cannot write .*train.lock: No"
                      " space left on device"):
-    workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+    with workdir_lock.hold(str(tmp_path / "new" / "run"),
+                           made=str(tmp_path / "new")):
+      pass
   monkeypatch.undo()
-  workdir_lock.WorkdirLock(str(tmp_path)).acquire().release()  # not held
+  # What the start made is removed (an empty train.lock in a new work
+  # directory was left), and the lock is not held.
+  assert os.listdir(tmp_path) == []
+  workdir_lock.WorkdirLock(str(tmp_path)).acquire().release()

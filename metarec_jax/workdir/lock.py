@@ -92,7 +92,7 @@ class WorkdirLock:
       os.ftruncate(fd, 0)
       os.pwrite(fd, (self.record + "\n").encode(), 0)
     except OSError as e:  # a full disk: `pwrite`'s error names no file
-      os.close(fd)
+      self._fd = fd  # still held: `held` removes what the start made
       raise OutputError(self.path, cause_of(e)) from e
     self._fd = fd
     return self
@@ -213,6 +213,11 @@ def hold(workdir: str, *, made: str | None = None) -> Iterator[None]:
       lock.acquire()
     except WorkdirInUse as e:
       refusal = e.message
+    except OutputError:  # its record not written (a full disk)
+      if made and jax.process_count() == 1:
+        lock.remove_if_unused(os.path.abspath(made))
+      lock.release()
+      raise
   refusal = runtime.from_lead("workdir lock", refusal)
   if refusal:
     raise WorkdirInUse(refusal)
