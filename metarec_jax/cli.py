@@ -308,14 +308,14 @@ def _command_help(name: str, cmd: Command, fv: flags.FlagValues) -> str:
   return "\n".join(text)
 
 
-def _split_config_args(args: list[str]):
+def _split_config_args(args: list[str], cmd: Command):
   """Pulls `--config=...` and `--config.KEY=VALUE` out of `args`."""
   config_file, overrides, rest = None, [], []
   for arg in args:
-    if arg == "--config":  # absl's "Unknown command line flag 'config'"
-      raise InputError("write --config=FILE, with '='", path=arg)
-    if arg.startswith("--config="):
-      config_file = arg[len("--config="):]
+    if arg == "--config" and cmd.takes_config and cmd.config_file:
+      raise InputError("write --config=FILE, with '='", path=arg)  # (absl:
+    if arg.startswith("--config=") or arg == "--config":  # "Unknown flag")
+      config_file = arg[len("--config="):] if arg != "--config" else arg
     elif arg.startswith("--config."):
       key, eq, value = arg[len("--config."):].partition("=")
       if not eq:
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_command_help(name, cmd, fv))
     return 0
   try:
-    config_file, overrides, rest = _split_config_args(args)
+    config_file, overrides, rest = _split_config_args(args, cmd)
     if (config_file or overrides) and not cmd.takes_config:
       raise InputError(f"{prog} takes no --config flags")
     try:

@@ -225,7 +225,8 @@ COMMANDS: dict[str, Command] = {  # in the order `metarec --help` lists them
         "  inspect --store=STORE\n"
         "          summarise a task store\n\n"
         "The last line of stdout is a JSON object.",
-        define_data, takes_config=True, positional=True),
+        define_data, takes_config=True, positional=True,
+        example_override="data.generic.delimiter=;"),
     "serve": Command(
         "serve an export over HTTP, learning from new interactions",
         "Serves --export as a JSON API: GET /healthz, GET"

@@ -235,3 +235,14 @@ def test_config_given_with_a_space_says_to_write_an_equals_sign():
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1].endswith(
       "--config: write --config=FILE, with '='")
+
+
+@pytest.mark.parametrize("command, message", [
+    ("eval", "eval reads the work directory's config"),
+    ("serve", "metarec serve takes no --config flags")])
+def test_config_with_a_space_to_a_command_without_config_files(command,
+                                                               message):
+  # "write --config=FILE", which the command then refused as well.
+  out = metarec(command, "--config", "--workdir=x")
+  assert out.returncode == 2
+  assert message in out.stderr.strip().splitlines()[-1]
