@@ -313,3 +313,22 @@ def test_training_without_any_possible_negative_is_refused(tmp_path):
       "--config.model.loss=bce", "--config.train.num_steps=2")
   assert_one_line_error(out, "implicit feedback: each of the ")
   assert "interacted with every one of the 8 existing items" in out.stderr
+
+
+def test_a_failed_write_names_the_store_not_the_temporary_one(tmp_path,
+                                                              monkeypatch):
+  """A full disk while the rating store an implicit one is built from is
+  written: the message named `.store.ratings-XXXX/store/...`, removed by
+  the time it was read."""
+  from metarec_jax.errors import OutputError  # pylint: disable=g-import-not-at-top
+  datafiles.write(str(tmp_path / "clicks.csv"),
+                  "user,item\nu1,a\nu1,b\nu2,a\nu3,c\n")
+  data = generic_config(tmp_path, ratings="clicks.csv", rating_col="")
+
+  def full(path, *args, **kwargs):
+    raise OSError(28, "No space left on device", str(path))
+  monkeypatch.setattr(store_lib.atomic, "allocate_npy", full)
+  with pytest.raises(OutputError) as e:
+    prepare.prepare(data, tmp_path / "store")
+  assert str(e.value).startswith(f"cannot write {tmp_path / 'store'}{os.sep}")
+  assert ".ratings-" not in str(e.value)

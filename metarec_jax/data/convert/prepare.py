@@ -16,7 +16,7 @@ from metarec_jax.data.convert import (delimited, fingerprint, generic,
                                       movielens, movielens100k, store_checks,
                                       synthetic)
 from metarec_jax.data.convert.store_checks import store_path
-from metarec_jax.errors import InputError
+from metarec_jax.errors import InputError, OutputError
 
 DATASETS = ("synthetic", "movielens-1m", "movielens-100k", "generic")
 # The `data.generic` keys that name input files in data.root.
@@ -50,11 +50,16 @@ def prepare(data_config, out: str | os.PathLike,
   with atomic.Exclusive(os.path.join(parent, f".{name}.ratings.lock"), out):
     atomic.remove_stale(os.path.join(parent, prefix))  # a killed run's
     ratings = tempfile.mkdtemp(prefix=prefix, dir=parent)
-    # Its log names the store this builds from it, not the temporary one.
+    # Its log and a failed write name the store this builds from it, not
+    # the temporary one (gone by the time the message is read).
     said = log and (lambda m: log(m.replace(os.path.join(ratings, "store"),
                                             out)))
     try:
-      _prepare_ratings(data_config, os.path.join(ratings, "store"), said)
+      try:
+        _prepare_ratings(data_config, os.path.join(ratings, "store"), said)
+      except OutputError as e:
+        raise OutputError(e.path.replace(os.path.join(ratings, "store"), out),
+                          e.cause) from e
       source = store_lib.open_store(os.path.join(ratings, "store"))
       _refuse_no_positives(source, float(spec.threshold))
       note = _every_rating_positive(source, float(spec.threshold))
