@@ -303,7 +303,8 @@ def run_compile_jobs(jobs: Sequence[Callable[[], Any]], *,
   # Said first: on a large model with a cold cache this takes minutes, in
   # which nothing else is printed.
   logging.getLogger("metarec").info(
-      "compiling %d program(s) before the first step", len(jobs))
+      "compiling before the first step (%d job(s): every shape the run"
+      " meets)", len(jobs))
   for job in jobs:
     if should_stop():
       return False

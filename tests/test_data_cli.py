@@ -181,8 +181,8 @@ def test_prepare_and_synth_never_replace_a_folder_that_is_no_store(tmp_path):
                 f"--out={root}")
   assert_one_line_error(out, f"{root}: exists and is not a task store; a"
                         " store needs a folder of its own: move that away,"
-                        " or choose another (`data prepare --out`, or"
-                        " `data.store` for `train`)")
+                        " or choose another (`data`'s --out, or `data.store`"
+                        " for `train`)")
   assert sorted(os.listdir(root)) == before
   assert sorted(os.listdir(tmp_path)) == ["ml"]  # no temporary folder
   notes = tmp_path / "notes.txt"

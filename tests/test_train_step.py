@@ -126,7 +126,7 @@ def test_eval_every_minus_one_never_validates_nor_compiles_for_it(tmp_path,
     summary = train_and_evaluate(config, str(tmp_path))
   # Said before the warm-up, which on a large model is minutes of silence:
   # the tiny model's two support widths, nothing for the validation.
-  assert "compiling 2 program(s) before the first step" in caplog.text
+  assert "compiling before the first step (2 job(s)" in caplog.text
   assert summary["step"] == 4 and "val" not in summary
   # A validation at the end would have compiled after the warm-up.
   assert summary["compiles_after_warmup"] == 0

@@ -188,8 +188,8 @@ def refuse_non_store(out: str | os.PathLike) -> None:
   file stands on its way (`data/ratings.csv/store`)."""
   atomic.refuse_other(out, is_store, "exists and is not a task store; a"
                       " store needs a folder of its own: move that away, or"
-                      " choose another (`data prepare --out`, or"
-                      " `data.store` for `train`)")
+                      " choose another (`data`'s --out, or `data.store` for"
+                      " `train`)")
   # A file where a folder above `out` goes: the writer could not make it
   # ("File exists", exit 1, and only after the whole input was read).
   atomic.refuse_file_in_the_way(out, named=os.fspath(out))
