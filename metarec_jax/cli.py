@@ -308,11 +308,11 @@ def _command_help(name: str, cmd: Command, fv: flags.FlagValues) -> str:
   return "\n".join(text)
 
 
-def _split_config_args(args: list[str], cmd: Command):
+def _split_config_args(args: list[str], cmd: Command | None = None):
   """Pulls `--config=...` and `--config.KEY=VALUE` out of `args`."""
   config_file, overrides, rest = None, [], []
   for arg in args:
-    if arg == "--config" and cmd.takes_config and cmd.config_file:
+    if arg == "--config" and (not cmd or cmd.takes_config and cmd.config_file):
       raise InputError("write --config=FILE, with '='", path=arg)  # (absl:
     if arg.startswith("--config=") or arg == "--config":  # "Unknown flag")
       config_file = arg[len("--config="):] if arg != "--config" else arg

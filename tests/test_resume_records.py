@@ -221,7 +221,7 @@ def test_a_resumed_run_stops_early_where_an_uninterrupted_one_does(tmp_path):
   records = []
   for workdir in (straight, resumed):
     checkpointer = ckpt_lib.Checkpointer(workdir)
-    records.append(checkpointer._read_record(first["step"])["selection"])  # pylint: disable=protected-access
+    records.append(checkpointer.read_record(first["step"])["selection"])
     checkpointer.close()
   assert records[0] == records[1] and records[0]["stale"] == 3
 

@@ -134,6 +134,8 @@ def _refuse_edited(workdir: str) -> None:
   """What the run's config.json says (before any override), checked
   against the newest readable checkpoint's own record, which a hand edit
   of the file does not change (`resume.refuse_edited`)."""
+  if config_io.workdir_config_file(workdir) is None:
+    return  # a library caller's checkpoints alone: no file to check
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
   try:
     for newest in reversed(checkpointer.steps()):  # the newest readable
