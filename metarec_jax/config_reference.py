@@ -256,6 +256,12 @@ RELATIONS: tuple[R.Relation, ...] = (
                lambda w, steps: not w or len(w) == steps,
                "meta.msl_weights has one weight per inner step"
                " (meta.inner_steps), or none"),
+    # MAML++ learns a rate per inner step: with none, zero-size arrays that
+    # no checkpoint can hold (every save failed, after the first step).
+    R.Relation(("meta.algorithm", "meta.inner_steps"),
+               lambda algorithm, steps: algorithm != "mamlpp" or steps > 0,
+               "meta.algorithm=mamlpp learns a rate per inner step: give it"
+               " meta.inner_steps >= 1 (or use maml)"),
     R.Relation(("meta.msl_weights", "meta.algorithm"),
                lambda w, algorithm: not w or _algorithm(algorithm).msl,
                "meta.msl_weights weighs the query loss after each inner"

@@ -141,6 +141,9 @@ def test_a_config_file_with_a_key_metarec_lacks_is_refused(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["--config.meta.msl_weights=(1.0,)"],
      "meta.msl_weights has one weight per inner step (meta.inner_steps)"),
+    # Zero-size rates: every save failed, after the first step.
+    (["--config.meta.algorithm=mamlpp", "--config.meta.inner_steps=0"],
+     "meta.algorithm=mamlpp learns a rate per inner step"),
     (["--config.meta.algorithm=reptile", "--config.meta.msl_weights=(1.0,1.0)"],
      "meta.msl_weights weighs the query loss after each inner step of"),
     (["--config.meta.algorithm=metric"],
