@@ -517,10 +517,15 @@ def test_times_within_one_second_keep_their_order(tmp_path):
   assert w.timestamps.tolist() == [1614853320, 1614853320, 1614853321]
   # ... but not integers float64 cannot hold (epoch nanoseconds): every
   # time was rounded, and the order lost.
-  with pytest.raises(InputError, match=r"ns.csv:4: timestamp"
-                     r" '1614853320123456790.0' is not an integer"):
-    timed_store(tmp_path, "ns.csv", "a,m,4,1614853320123456789",
-                "a,p,3,1614853320123456700", "a,q,2,1614853320123456790.0")
+  for name, lines in (("ns.csv", ("a,m,4,1614853320123456789",
+                                   "a,p,3,1614853320123456700",
+                                   "a,q,2,1614853320123456790.0")),
+                      ("ns2.csv", ("a,q,2,1614853320123456790.0",
+                                   "a,m,4,1614853320123456789"))):
+    with pytest.raises(InputError, match=rf"{name}:2: timestamp"
+                       r" '16148533201234567\d\d(\.0)?' is too large for a"
+                       r" clock with fractions"):
+      timed_store(tmp_path, name, *lines)
 
 
 def test_numbers_pythons_float_reads_are_ratings_and_times(tmp_path):

@@ -142,6 +142,16 @@ def _clock_seconds(table: Table, values, what: str, exact=None) -> Times:
                      " (times from -2^63 to 2^63 - 1)"
                      + more_lines(table.lines[bad]),
                      path=table.path, line=int(table.lines[i]))
+  # float64 holds whole numbers exactly only below 2^53: epoch nanoseconds
+  # beside a fraction were rounded alike, their order lost.
+  big = np.flatnonzero(np.abs(exact) >= 2.0**53)
+  if len(big):
+    i = int(big[0])
+    raise InputError(f"{what} {excerpt(values[i].strip())} is too large for"
+                     " a clock with fractions (2^53 and beyond lose their"
+                     " last digits): write every time as a whole number"
+                     + more_lines(table.lines[big]),
+                     path=table.path, line=int(table.lines[i]))
   return Times(out.astype(np.int64), exact)
 
 
@@ -164,11 +174,8 @@ def times(table: Table, values, what: str) -> Times:
     out, ok = parse_ints(values)
     if ok.all():
       return Times(out, out)
-    # A float clock only where float64 holds its integers exactly (epoch
-    # nanoseconds do not: every time was rounded, their order lost).
-    if np.abs(out[ok]).max(initial=0) <= 2**53 and all(
-        _is_number(values[i]) for i in np.flatnonzero(~ok)):
-      return _clock_seconds(table, values, what)
+    if all(_is_number(values[i]) for i in np.flatnonzero(~ok)):
+      return _clock_seconds(table, values, what)  # a float clock
     raise not_an_integer(table, values, ok, what)
   exact, ok = _iso_seconds(values)
   if not ok[0]:  # no time at all: not an ISO time "as the first line's is"
