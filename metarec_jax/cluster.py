@@ -323,18 +323,24 @@ def _refuse_busy_port(coordinator_address: str) -> None:
   the new run that reached the old run's service aborted that run, exit
   134, while the new one trained on without a word."""
   port = int(coordinator_address.rpartition(":")[2])
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-    # (SO_REUSEADDR: a port a finished run left in TIME_WAIT is free.)
-    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+  for family, anywhere in ((socket.AF_INET, "0.0.0.0"),
+                           (socket.AF_INET6, "::")):
     try:
-      probe.bind(("", port))
-    except OSError as e:
-      if e.errno != errno.EADDRINUSE:
-        return  # (not ours to judge: JAX reports what it meets)
-      raise InputError(f"port {port} is in use on this host (another run's"
-                       " coordinator?): give this run another port",
-                       path=f"--coordinator_address={coordinator_address}"
-                       ) from None
+      probe = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:
+      continue  # (a host without this family)
+    with probe:
+      # (SO_REUSEADDR: a port a finished run left in TIME_WAIT is free.)
+      probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+      try:
+        probe.bind((anywhere, port))
+      except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+          continue  # (not ours to judge: JAX reports what it meets)
+        raise InputError(f"port {port} is in use on this host (another"
+                         " run's coordinator?): give this run another port",
+                         path=f"--coordinator_address={coordinator_address}"
+                         ) from None
 
 
 def _unjoined_problem(coordinator_address: str | None,

@@ -176,18 +176,30 @@ def test_process_0_on_a_port_another_run_serves_is_refused_at_once(
   """gRPC shares a port: process 0 started a second coordinator beside a
   running run's, and a process of the new run that reached the old one's
   aborted that run (exit 134); process 0 alone waited --join_timeout and
-  blamed the other processes."""
+  blamed the other processes. A listener on IPv6 alone was not seen."""
   import socket  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
   with socket.socket() as other:
     other.bind(("", 0))
     other.listen()
-    port = other.getsockname()[1]
-    t0 = time.monotonic()
-    out = metarec("train", f"--config={config_path('tiny')}",
-                  f"--workdir={tmp_path / 'run'}",
-                  f"--coordinator_address=127.0.0.1:{port}",
-                  "--num_processes=2", "--process_id=0", "--join_timeout=60")
+    _assert_refused_at_once(tmp_path, other.getsockname()[1])
+  try:
+    other = socket.socket(socket.AF_INET6)
+    other.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    other.bind(("::1", 0))
+  except OSError:
+    return  # no IPv6 loopback here
+  with other:
+    other.listen()
+    _assert_refused_at_once(tmp_path, other.getsockname()[1])
+
+
+def _assert_refused_at_once(tmp_path, port):
+  import time  # pylint: disable=g-import-not-at-top
+  t0 = time.monotonic()
+  out = metarec("train", f"--config={config_path('tiny')}",
+                f"--workdir={tmp_path / 'run'}",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2", "--process_id=0", "--join_timeout=60")
   assert time.monotonic() - t0 < 50  # not the join timeout
   assert_one_line_error(out, f"--coordinator_address=127.0.0.1:{port}: port"
                         f" {port} is in use on this host (another run's"
