@@ -314,7 +314,8 @@ def test_a_config_json_edited_in_a_split_key_or_constant_is_refused(
     _edit_config(workdir, section, key, value)
     out = metarec_here(command, f"--workdir={workdir}", *flags)
     assert_one_line_error(out, "config.json: differs from the config of the"
-                          " newest checkpoint, of step 6, in what no resume"
+                          " newest readable checkpoint, of step 6, in what"
+                          " no resume"
                           f" changes ({section}.{key}")
   assert not os.path.exists(tmp_path / "e")
   if command == "eval":  # a newest record that cannot be read: the next
@@ -323,7 +324,8 @@ def test_a_config_json_edited_in_a_split_key_or_constant_is_refused(
          "w").close()
     out = metarec_here(command, f"--workdir={workdir}", *flags)
     assert_one_line_error(out, "config.json: differs from the config of the"
-                          " newest checkpoint, of step 3, in what no resume"
+                          " newest readable checkpoint, of step 3, in what"
+                          " no resume"
                           " changes (eval.seed=")
 
 

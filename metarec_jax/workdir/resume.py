@@ -139,7 +139,8 @@ def refuse_edited(saved_config: dict, file_config: dict, *, step: int,
              if key not in saved]
   if edited:
     raise InputError(
-        f"differs from the config of the newest checkpoint, of step {step},"
+        f"differs from the config of the newest readable checkpoint, of"
+        f" step {step},"
         f" in what no resume changes ({'; '.join(edited)}: the"
         " checkpoint's -> this file's); the file was edited: put the"
         " checkpoint's values back", path=path)
