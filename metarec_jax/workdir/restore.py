@@ -64,11 +64,12 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
     InputError: there is no such checkpoint.
   """
   chosen = step
-  _refuse_edited(workdir)
   for attempt in range(_ATTEMPTS):
     checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
     listed = set(checkpointer.steps())
     try:
+      if not attempt:
+        _refuse_edited(checkpointer, sorted(listed), workdir)
       step = chosen if chosen is not None else _default_step(checkpointer,
                                                              exp)
       state, _, _ = checkpointer.restore(
@@ -130,26 +131,23 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
   return state
 
 
-def _refuse_edited(workdir: str) -> None:
+def _refuse_edited(checkpointer: ckpt_lib.Checkpointer, steps: list[int],
+                   workdir: str) -> None:
   """What the run's config.json says (before any override), checked
-  against the newest readable checkpoint's own record, which a hand edit
-  of the file does not change (`resume.refuse_edited`)."""
+  against the newest readable checkpoint's own record (of `steps`), which
+  a hand edit of the file does not change (`resume.refuse_edited`)."""
   if config_io.workdir_config_file(workdir) is None:
     return  # a library caller's checkpoints alone: no file to check
-  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
-  try:
-    for newest in reversed(checkpointer.steps()):  # the newest readable
-      try:
-        record = checkpointer.read_record(newest)
-      except Exception:  # pylint: disable=broad-except
-        continue
-      resume.refuse_edited(
-          record["config"], config_io.to_dict(config_io.read_workdir_config(
-              workdir)), step=newest,
-          path=os.path.join(workdir, config_io.WORKDIR_CONFIG))
-      return
-  finally:
-    checkpointer.close()
+  for newest in reversed(steps):  # the newest readable
+    try:
+      record = checkpointer.read_record(newest)
+    except Exception:  # pylint: disable=broad-except
+      continue
+    resume.refuse_edited(
+        record["config"], config_io.to_dict(config_io.read_workdir_config(
+            workdir)), step=newest,
+        path=os.path.join(workdir, config_io.WORKDIR_CONFIG))
+    return
 
 
 def _model_overrides(exp: experiment.Experiment, workdir: str) -> str:
