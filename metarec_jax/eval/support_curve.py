@@ -44,6 +44,11 @@ def sizes_for(tasks: TaskSet) -> tuple[int, ...]:
   return tuple(out)
 
 
+def with_support(tasks: TaskSet, k: int) -> TaskSet:
+  """The tasks with at least `k` support ratings, whole."""
+  return tasks.subset(np.flatnonzero(tasks.support_sizes() >= k))
+
+
 def truncate_support(tasks: TaskSet, k: int, *, seed: int) -> TaskSet:
   """The tasks with at least `k` support ratings, each cut to `k` of them.
 
@@ -51,7 +56,11 @@ def truncate_support(tasks: TaskSet, k: int, *, seed: int) -> TaskSet:
   user, item), so the cut is reproducible and nested across `k`; query
   ratings are untouched, and rows keep their order.
   """
-  tasks = tasks.subset(np.flatnonzero(tasks.support_sizes() >= k))
+  return _cut(with_support(tasks, k), k, seed=seed)
+
+
+def _cut(tasks: TaskSet, k: int, *, seed: int) -> TaskSet:
+  """`truncate_support` of tasks that all have `k` support ratings."""
   task = np.repeat(np.arange(len(tasks)), np.diff(tasks.offsets))
   key = hashing.uniform(seed, tasks.users[task], tasks.items, _HASH_STREAM)
   # Within each task: support rows first, in key order.
@@ -119,13 +128,13 @@ def _ranking_curve(evaluator, meta_params, tasks, *, seed, sizes,
   nDCG@10 over popularity's."""
   out = {"k": [], "tasks": []}
   for k in (sizes_for(tasks) if sizes is None else sizes):
-    cut = truncate_support(tasks, int(k), seed=seed)
-    if not len(cut):
+    whole = with_support(tasks, int(k))
+    if not len(whole):
       continue
     # The rest of each task's support stays out of the candidates, as in
     # `metarec eval`: a ranking that ignores the support (popularity)
     # then scores alike at every k on the same tasks.
-    whole = tasks.subset(np.flatnonzero(tasks.support_sizes() >= k))
+    cut = _cut(whole, int(k), seed=seed)
     m = evaluator.implicit_metrics(meta_params, cut, should_stop, whole)
     if m is None:
       return None
