@@ -94,9 +94,8 @@ def _refuse_unknown_keys(config: ml_collections.ConfigDict, path: str) -> None:
   """Raises InputError naming a key of a config file that metarec has
   not (a typo such as `c.train.num_step = 3` trained with the old value,
   where the same typo as an override was refused)."""
-  known = set(flat(to_dict(config_defaults.get_config())))
   for key in unknown_keys(config):
-    raise unknown_key(key, known, path)
+    raise unknown_key(key, flat(to_dict(config_defaults.get_config())), path)
 
 
 def unknown_keys(config: Mapping[str, Any]) -> list[str]:

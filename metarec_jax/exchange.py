@@ -18,7 +18,7 @@ def _renameat2():
   """glibc's `renameat2`, None where the C library has none (not Linux,
   glibc before 2.28)."""
   try:
-    call = ctypes.CDLL(None, use_errno=True).renameat2
+    call = ctypes.CDLL(None).renameat2
   except (OSError, AttributeError):
     return None
   call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,

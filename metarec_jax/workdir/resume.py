@@ -133,8 +133,8 @@ def refuse_edited(saved_config: dict, file_config: dict, *, step: int,
   edited = split_changes(changes) + [
       f"{key}={_show(old)} -> {_show(new)}" for key, old, new in changes
       if key in RUN_CONSTANTS]
-  saved = set(config_io.flat(saved_config))
-  edited += [f"{key} (absent) -> {_show(config_io.flat(file_config)[key])}"
+  saved, on_file = config_io.flat(saved_config), config_io.flat(file_config)
+  edited += [f"{key} (absent) -> {_show(on_file[key])}"
              for key in config_io.unknown_keys(file_config)
              if key not in saved]
   if edited:

@@ -50,17 +50,16 @@ def prepare(data_config, out: str | os.PathLike,
   with atomic.Exclusive(os.path.join(parent, f".{name}.ratings.lock"), out):
     atomic.remove_stale(os.path.join(parent, prefix))  # a killed run's
     ratings = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    rating_store = os.path.join(ratings, "store")
     # Its log and a failed write name the store this builds from it, not
     # the temporary one (gone by the time the message is read).
-    said = log and (lambda m: log(m.replace(os.path.join(ratings, "store"),
-                                            out)))
+    said = log and (lambda m: log(m.replace(rating_store, out)))
     try:
       try:
-        _prepare_ratings(data_config, os.path.join(ratings, "store"), said)
+        _prepare_ratings(data_config, rating_store, said)
       except OutputError as e:
-        raise OutputError(e.path.replace(os.path.join(ratings, "store"), out),
-                          e.cause) from e
-      source = store_lib.open_store(os.path.join(ratings, "store"))
+        raise OutputError(e.path.replace(rating_store, out), e.cause) from e
+      source = store_lib.open_store(rating_store)
       _refuse_no_positives(source, float(spec.threshold))
       note = _every_rating_positive(source, float(spec.threshold))
       manifest = implicit.convert_store(source, out,
