@@ -44,7 +44,7 @@ from typing import Iterator
 import jax
 
 from metarec_jax import atomic, runtime
-from metarec_jax.errors import InputError, OutputError, cause_of
+from metarec_jax.errors import InputError, OutputError, writing
 
 LOCK_FILE = "train.lock"
 # How long a process looks for process 0's lock record in the work
@@ -88,13 +88,12 @@ class WorkdirLock:
               "since": datetime.datetime.now(datetime.timezone.utc)
               .isoformat(timespec="seconds"), "run": os.urandom(8).hex()}
     self.record = json.dumps(record)
-    try:
+    self._fd = fd  # held, also where the record fails: `hold` then
+    # removes what the start made. (A full disk: `pwrite`'s error names no
+    # file, `writing` names the lock's.)
+    with writing(self.path):
       os.ftruncate(fd, 0)
       os.pwrite(fd, (self.record + "\n").encode(), 0)
-    except OSError as e:  # a full disk: `pwrite`'s error names no file
-      self._fd = fd  # still held: `held` removes what the start made
-      raise OutputError(self.path, cause_of(e)) from e
-    self._fd = fd
     return self
 
   def _open(self) -> int:
