@@ -176,17 +176,8 @@ def _run_train(inv: Invocation) -> int:
   return 0
 
 
-def _refuse_config_file(inv: Invocation, command: str) -> None:
-  """`--config=FILE` given to a command that reads the run's own config
-  (eval read its work directory's and ignored the file)."""
-  if inv.config_file:
-    raise InputError(f"{command} reads the work directory's config; use"
-                     " --config.KEY=VALUE to override keys", path="--config")
-
-
 def _run_eval(inv: Invocation) -> int:
   workdir = require_flag(inv.flags, "workdir")
-  _refuse_config_file(inv, "eval")
   config = config_io.apply_overrides(config_io.read_workdir_config(workdir),
                                      inv.overrides)
   check_config(config, saved_in=workdir)
@@ -209,7 +200,6 @@ def _run_export(inv: Invocation) -> int:
   workdir = require_flag(fv, "workdir")
   ratings = require_flag(fv, "ratings")
   out = require_flag(fv, "out")
-  _refuse_config_file(inv, "export")
   config = config_io.apply_overrides(config_io.read_workdir_config(workdir),
                                      inv.overrides)
   check_config(config, saved_in=workdir)
@@ -363,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     config_file, overrides, rest = _split_config_args(args, cmd)
     if (config_file or overrides) and not cmd.takes_config:
       raise InputError(f"{prog} takes no --config flags")
+    if config_file and not cmd.config_file:  # before its FILE is "unexpected"
+      raise InputError(f"{name} reads the work directory's config; use"
+                       " --config.KEY=VALUE to override keys", path="--config")
     try:
       leftover = fv([prog] + rest)
     except flags.Error as e:

@@ -242,7 +242,9 @@ def test_config_given_with_a_space_says_to_write_an_equals_sign():
     ("serve", "metarec serve takes no --config flags")])
 def test_config_with_a_space_to_a_command_without_config_files(command,
                                                                message):
-  # "write --config=FILE", which the command then refused as well.
-  out = metarec(command, "--config", "--workdir=x")
-  assert out.returncode == 2
-  assert message in out.stderr.strip().splitlines()[-1]
+  # "write --config=FILE", which the command then refused as well; with the
+  # file after the space, eval named the file an "unexpected argument".
+  for words in (["--config"], ["--config", config_path("tiny")]):
+    out = metarec(command, *words, "--workdir=x")
+    assert out.returncode == 2
+    assert message in out.stderr.strip().splitlines()[-1]
