@@ -166,6 +166,8 @@ def test_a_signal_to_one_process_saves_every_process_at_one_step(
                       logs[0])
   assert stopped, logs[0]
   assert int(stopped.group(1)) in checkpoint_steps(workdir)
+  for log in logs:  # its resume command alone would train one process
+    assert "on every process, with its distributed flags" in log, log
 
 
 def test_a_killed_process_stops_the_other_in_one_line(tmp_path):

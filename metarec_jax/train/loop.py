@@ -111,7 +111,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     reporter = None
     progress = progress_lib.Progress(bar=is_lead)
     rates = exp.meta_config.spec.rates  # encoders are no rates to report
-    per_step_rates = rates == "step"
     try:
       (state, restored_step, horizon, saved_config, cut,
        saved_selection) = start_lib.restore_or_init(trainer, checkpointer,
@@ -171,8 +170,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         else:
           what = "before the first step: nothing to save"
         log.warning("stopped by a signal at step %d (%s); resume with"
-                    " `metarec train --workdir=%s`", step, what,
-                    shlex.quote(workdir))
+                    " `metarec train --workdir=%s`%s", step, what,
+                    shlex.quote(workdir), "" if jax.process_count() == 1
+                    else " on every process, with its distributed flags")
         summary["preempted"] = True
 
       # Warm-up: every program the loop runs is compiled now, not in it (the
@@ -314,7 +314,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             last_time, last_step = now, step
             values.update(telemetry.inner_rate_scalars(
                 state.params.get("inner") if rates else None,
-                per_step=per_step_rates))
+                per_step=rates == "step"))
             reporter.scalars(step, values)
             summary["train"] = values
           progress.advance(step, values)
