@@ -436,3 +436,14 @@ def test_msl_weights_are_rejected_where_they_mean_nothing():
   with pytest.raises(ValueError, match="meta.algorithm must be one of"):
     meta.MetaConfig(algorithm="protonet")
 
+
+
+def test_parameters_sharing_a_path_are_refused():
+  """`{"l1/w": x, "l1": {"w": y}}` flattens both leaves to 'l1/w': the
+  adapted leaves, keyed by path, became one and both took its value."""
+  params = init_params()
+  params["l1/w"] = params["l1"]["w"] + 1.0
+  one = task(make_tasks(), 0)
+  with pytest.raises(ValueError, match="share the path 'l1/w'"):
+    meta.adapt(lambda p, b: mlp_loss(p, b) + jnp.sum(p["l1/w"]), params,
+               one["support"], config=meta.MetaConfig(inner_steps=1))

@@ -95,10 +95,21 @@ class Partition:
 
 
 def partition(tree: PyTree, patterns: tuple[str, ...]) -> Partition:
-  """Splits `tree` by the `adapt` patterns of a `MetaConfig`."""
+  """Splits `tree` by the `adapt` patterns of a `MetaConfig`.
+
+  Raises:
+    ValueError: two leaves have one path (a key holding '/', such as
+      `{"a/b": x, "a": {"b": y}}`): the adapted leaves, keyed by path, would
+      silently become one.
+  """
   leaves, treedef = jax.tree_util.tree_flatten(tree)
-  return Partition(treedef, tuple(leaf_paths(tree)),
-                   adapt_mask(tree, patterns), tuple(leaves))
+  paths = leaf_paths(tree)
+  if len(set(paths)) < len(paths):
+    twice = sorted({p for p in paths if paths.count(p) > 1})
+    raise ValueError(f"two parameters share the path {twice[0]!r} (a key"
+                     " holding '/'?); rename one")
+  return Partition(treedef, tuple(paths), adapt_mask(tree, patterns),
+                   tuple(leaves))
 
 
 @functools.lru_cache(maxsize=None)
