@@ -2,14 +2,19 @@
 
     loss_fn(params, batch) -> scalar
     adapt(loss_fn, params, support, *, config, inner=None) -> adapted_params
-    task_loss(loss_fn, params, task, *, config, inner=None) -> scalar
-    meta_loss(loss_fn, params, tasks, *, config, inner=None) -> scalar
+    task_loss(loss_fn, params, task, *, config, inner=None,
+              query_loss_fn=None) -> scalar
+    meta_loss(loss_fn, params, tasks, *, config, inner=None,
+              query_loss_fn=None) -> scalar
     init_inner(params, *, config[, loss_fn, support, rng]) -> inner
-    meta_grad(loss_fn, meta_params, tasks, *, config) -> (loss, grads)
+    meta_grad(loss_fn, meta_params, tasks, *, config,
+              query_loss_fn=None) -> (loss, grads)
 
 Encoding algorithms (`metric`, `amortised`, `hybrid`) also read
 `loss_fn.rows(params, batch) -> (x, rating, mask)`; see `meta.encoder`.
-An ensemble's `loss_fn` is a `Members` (`meta.members`).
+An ensemble's `loss_fn` is a `Members` (`meta.members`). `query_loss_fn`
+(default `loss_fn`) scores the query, e.g. with a ranking term the support
+loss lacks.
 """
 
 from metarec_jax.meta.config import (ALGORITHMS, INNER_OPTIMIZERS, Algorithm,
