@@ -447,3 +447,19 @@ def test_parameters_sharing_a_path_are_refused():
   with pytest.raises(ValueError, match="share the path 'l1/w'"):
     meta.adapt(lambda p, b: mlp_loss(p, b) + jnp.sum(p["l1/w"]), params,
                one["support"], config=meta.MetaConfig(inner_steps=1))
+
+
+@pytest.mark.parametrize("algorithm", ["metasgd", "metric"])
+def test_an_ensemble_refuses_inner_parameters_of_one_model(algorithm):
+  """Meta-SGD's rates per element (and an encoder of one model's features)
+  under `meta.Members` failed in a scan with "carry input and carry output
+  must have equal types", or in the encoder's init."""
+  params = jax.tree.map(lambda a: jnp.stack([a, a + 0.1]), init_params())
+  members = meta.Members(mlp_loss, (".*",))
+  tasks = make_tasks()
+  config = meta.MetaConfig(algorithm=algorithm, inner_steps=1)
+  with pytest.raises(ValueError, match="an ensemble .meta.Members. adapts"):
+    inner = meta.init_inner(params, config=config, loss_fn=members,
+                            support=task(tasks, 0)["support"])
+    meta.meta_grad(members, {"model": params, "inner": inner}, tasks,
+                   config=config)

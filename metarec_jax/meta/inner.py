@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from metarec_jax.meta import encoder, paths
+from metarec_jax.meta import encoder, members, paths
 from metarec_jax.meta.config import MetaConfig
 
 PyTree = Any
@@ -105,6 +105,8 @@ def init_inner(params: PyTree, *, config: MetaConfig, loss_fn=None,
   """
   if not config.learns_inner:
     return None
+  if isinstance(loss_fn, members.Members):
+    loss_fn.check(config)
   if config.spec.encoder:
     if loss_fn is None or support is None:
       raise ValueError(

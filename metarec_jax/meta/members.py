@@ -50,6 +50,19 @@ class Members:
     return jax.vmap(fn, in_axes=(self.axes(params),),
                     out_axes=out_axes)(params)
 
+  def check(self, config) -> None:
+    """Refuses an algorithm whose learned inner parameters belong to one
+    model (a rate per element, an encoder of its features): the members
+    share `inner`, so they could not be vmapped (an opaque scan error)."""
+    spec = config.spec
+    if spec.encoder or spec.rates == "element":
+      raise ValueError(
+          f"meta.algorithm={config.algorithm} learns "
+          + ("an encoder of one model's features" if spec.encoder
+             else "a rate per element of one model's parameters")
+          + "; an ensemble (meta.Members) adapts each member by gradient"
+          " steps with rates the members share")
+
   def __call__(self, params: PyTree, batch: PyTree) -> jax.Array:
     return jnp.sum(self.each(lambda p: self.single(p, batch), params))
 
