@@ -128,6 +128,9 @@ def refuse_file_in_the_way(path: str | os.PathLike, *, named: str) -> None:
   missing = first_missing(here)
   if missing:
     here = os.path.dirname(missing)  # the nearest folder that exists
+  if os.path.islink(here) and not os.path.exists(here):
+    raise InputError(f"{here} is a link to {os.readlink(here)}, which does"
+                     " not exist", path=named)
   if not os.path.isdir(here):
     raise InputError(f"{here} is a file, not a folder", path=named)
 

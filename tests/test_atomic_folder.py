@@ -123,3 +123,12 @@ def test_an_exchange_the_system_denies_falls_back_to_two_renames(
   _write(out, "new")
   assert '"new"' in (out / "record.json").read_text()
   assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_a_dangling_link_above_out_is_named_as_a_link(tmp_path):
+  """It was called "a file, not a folder"."""
+  os.symlink(tmp_path / "gone", tmp_path / "link")
+  with pytest.raises(atomic.InputError,
+                     match=f"link is a link to {tmp_path}/gone, which does"
+                     " not exist"):
+    atomic.Folder(tmp_path / "link" / "out")
