@@ -7,15 +7,18 @@ and then `steps` timed ones, and reports:
 - `tasks_per_sec`, `step_seconds`: of full meta-steps after compilation;
 - `step_flops`: XLA's count (`lowered.cost_analysis()`) for the step as it
   runs (dual form where it applies) in a lowering with the inner loop
-  unrolled, unchunked and without remat, over all devices (XLA counts a
-  rolled `while` body once, and per device). It is counted on the program
+  unrolled, unchunked and without remat, for the whole batch on one device
+  (XLA counts a rolled `while` body once, and a sharded program per device,
+  so a layout changed the count). It is counted on the program
   before XLA optimises it, the arithmetic the step asks for (the model
   FLOPs of MFU): no compilation. On melu-ref it gives the compiled
   program's 48.5 MFLOP per task; the plain formulation's 89.9 is 1.3% below
   the compiled 91.1;
 - `achieved_gflops`, `peak_gflops` (the best of 5 jitted n x n matmuls
   in the same process, in the step's `model.compute_dtype`; n per backend,
-  `backend.Defaults.matmul_size`), `utilization` = achieved / peak;
+  `backend.Defaults.matmul_size`), `utilization` = achieved / peak (one
+  device's peak: on N accelerators it runs to N; CPU devices share the
+  host's cores, which one device's matmul already uses);
   `workload.matmul_gflops` holds that rate in float32 and in bfloat16;
 - `compile_seconds` (all buckets), `input_wait_fraction` (share of the time
   the step loop waited for the input pipeline), `peak_rss_mb`;
@@ -81,7 +84,7 @@ def peak_matmul_gflops(repeats: int = 5, n: int | None = None,
 
 
 def _counted_flops(config, workdir: str, exp, width: int) -> float | None:
-  """XLA's FLOPs of the unrolled, unchunked, non-remat step (all devices),
+  """XLA's FLOPs of the unrolled, unchunked, non-remat step (the whole batch),
   counted on the lowered program: compiling it would cost as much as the
   step's own compilation and change the count by at most 1.3% (melu-ref).
   Where the backend counts only compiled programs (the lowered count is
@@ -89,11 +92,15 @@ def _counted_flops(config, workdir: str, exp, width: int) -> float | None:
   flat = copy.deepcopy(config)
   flat.meta.unroll = max(int(config.meta.inner_steps), 1)  # fully unrolled
   flat.meta.remat = False
+  # Counted on one device, whole: the arithmetic of the step, whatever its
+  # layout (a shard's program times the devices counted a `mesh.model`
+  # group's shared work and the replicated update once per device).
+  flat.mesh.model = 1
   trainer = Trainer(flat, workdir, exp=experiment.Experiment(
       config=flat, store=exp.store, split=exp.split, tables=exp.tables,
       model=exp.model, meta_config=experiment.meta_config(
           flat, exp.model, inner_rate=exp.meta_config.inner_lr)),
-                    chunk_tasks=-1)
+                    chunk_tasks=-1, devices=jax.local_devices()[:1])
   lowered = trainer.step.jitted.lower(
       trainer.abstract_state(), trainer.abstract_batch(width),
       trainer.abstract_hyper())
@@ -103,8 +110,7 @@ def _counted_flops(config, workdir: str, exp, width: int) -> float | None:
   if not cost or "flops" not in cost:
     log.warning("this backend counts no FLOPs: no utilization")
     return None
-  # The program is one device's share of a shard_map over all devices.
-  return float(cost["flops"]) * trainer.num_devices
+  return float(cost["flops"])
 
 
 def _first(cost):

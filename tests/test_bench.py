@@ -102,3 +102,19 @@ def test_bench_checks_the_data_before_it_creates_or_measures_anything(
   with pytest.raises(InputError, match="mesh.model=3 must divide"):
     bench.run(config, workdir=str(workdir), steps=1, warmup=0)
   assert not workdir.exists()
+
+
+def test_the_flop_count_does_not_depend_on_the_layout(tmp_path):
+  """A shard's program times every device counted a `mesh.model` group's
+  shared work once per device: idemb-large's step at mesh.model=4 counted
+  3.1x its FLOPs at mesh.model=1 on one device, 1.1x at mesh.model=1 on 4
+  (the replicated update, once per device)."""
+  from test_mesh import tiny_idemb  # pylint: disable=g-import-not-at-top
+  counts = []
+  for model in (1, 2, 4):
+    config = tiny_idemb()
+    config.mesh.model = model
+    exp = experiment.build(config, str(tmp_path))
+    counts.append(bench._counted_flops(config, str(tmp_path), exp, 16))  # pylint: disable=protected-access
+  assert counts[0] > 0
+  assert counts[1] == pytest.approx(counts[0]) and counts[2] == counts[0]
