@@ -93,3 +93,30 @@ def test_a_write_that_fails_is_one_line_and_status_1(monkeypatch, capsys):
   assert stop.value.code == 1
   assert capsys.readouterr().err == (
       "tool.py: error: cannot write /out/a.csv: No space left on device\n")
+
+
+def test_bench_export_trains_under_dir_and_anew_for_other_sizes(
+    tmp_path, monkeypatch):
+  """A relative --dir: the tool made it in the caller's folder but ran
+  `metarec train` from the repository, which trained there; and a work
+  directory keyed on --users alone was reused for other sizes, reporting
+  the earlier model's figures."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "bench_export", os.path.join(ROOT, "tools", "bench_export.py"))
+  tool = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tool)
+  asked = []
+
+  def metarec(*args):
+    asked.append(args)
+    raise tool.InputError("stopped here")
+
+  monkeypatch.setattr(tool, "_metarec", metarec)
+  monkeypatch.chdir(tmp_path)
+  for hidden in ("64,64", "8"):
+    assert tool.main(["--dir=rel", "--users=5", f"--hidden={hidden}"]) == 2
+  workdirs = [a for args in asked for a in args if a.startswith("--workdir=")]
+  assert len(workdirs) == 2 and workdirs[0] != workdirs[1]
+  for flag in workdirs:
+    assert flag.startswith(f"--workdir={tmp_path / 'rel'}/work-5u-"), flag

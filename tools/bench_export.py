@@ -84,7 +84,7 @@ def _metarec(*args: str) -> subprocess.CompletedProcess:
   env["PYTHONPATH"] = os.pathsep.join(
       [ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
   out = subprocess.run([sys.executable, "-m", "metarec_jax.cli", *args],
-                       capture_output=True, text=True, cwd=ROOT, env=env)
+                       capture_output=True, text=True, env=env)
   if out.returncode != 0:
     sys.stderr.write(out.stderr)
     raise InputError(f"metarec {args[0]} failed with status"
@@ -132,6 +132,17 @@ def write_ratings_file(workdir: str, path: str) -> int:
   return store.num_ratings
 
 
+def trained_paths(fv) -> tuple[str, str]:
+  """The work directory and ratings file of `fv`'s sizes under `--dir`:
+  named by every size, so that a run with other sizes trains anew (keyed
+  on `--users` alone, it reported the figures of the earlier model)."""
+  hidden = "-".join(str(int(h)) for h in fv.hidden)
+  sizes = (f"{fv.users}u-{fv.items}i-{fv.min_ratings}to{fv.max_ratings}r")
+  model = f"{sizes}-e{fv.embed_dim}-h{hidden}-s{fv.train_steps}"
+  return (os.path.join(fv.dir, f"work-{model}"),
+          os.path.join(fv.dir, f"ratings-{model}.csv"))
+
+
 def bench(fv) -> dict:
   os.makedirs(fv.dir, exist_ok=True)
   if fv.workdir:
@@ -141,8 +152,7 @@ def bench(fv) -> dict:
     with open(ratings, "rb") as f:
       num_ratings = sum(1 for _ in f)
   else:
-    workdir = os.path.join(fv.dir, f"work-{fv.users}")
-    ratings = os.path.join(fv.dir, f"ratings-{fv.users}.csv")
+    workdir, ratings = trained_paths(fv)
     train(fv, workdir)
     num_ratings = write_ratings_file(workdir, ratings)
   report = {"users": None, "ratings": num_ratings,
@@ -181,6 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise InputError("--dir is required")
     if os.path.exists(fv.dir) and not os.path.isdir(fv.dir):
       raise InputError(f"--dir={fv.dir}: not a folder")
+    # Every path from the caller's folder (`metarec` runs there too).
+    for name in ("dir", "workdir", "ratings"):
+      if fv[name].value:
+        fv[name].value = os.path.abspath(fv[name].value)
     report = bench(fv)
   except InputError as e:
     print(f"{prog}: error: {e.message}", file=sys.stderr)
