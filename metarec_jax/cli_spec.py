@@ -155,6 +155,10 @@ def define_serve(fv: flags.FlagValues) -> None:
                        " adapt request.", flag_values=fv)
   flags.DEFINE_integer("max_body_bytes", 1 << 20, "Largest request body.",
                        flag_values=fv)
+  flags.DEFINE_float("read_timeout_s", 30.0, "Seconds a client has to send a"
+                     " whole request, from its first byte (or from"
+                     " connecting); a slower one gets a 408 and is closed.",
+                     flag_values=fv)
   flags.DEFINE_integer("rank_cache", 100_000, "Users whose top max_k is kept"
                        " until they learn (0: rank every request on the"
                        " device); an export written with --top_k=K preloads"

@@ -1,12 +1,21 @@
-"""uvicorn's HTTP protocol, with the API's error shape for what it refuses.
+"""uvicorn's HTTP protocol, with the API's error shape for what it refuses,
+and bounds on what a client may hold before its request is in.
 
 A request that cannot be parsed as HTTP (a garbled request line, a
 `Content-Length` that is not a number, a broken chunked body) never reaches
 the app: uvicorn answers it itself, `400` with the plain text "Invalid HTTP
 request received.". Every other error of the API is `{"error": "one
 line"}`, so a client that reads that shape would fail on these. This
-protocol sends the same status with the JSON body; everything else is
-uvicorn's (`httptools`, the parser the server runs on).
+protocol sends the same status with the JSON body.
+
+uvicorn's `httptools` protocol (the parser the server runs on) bounds
+neither a request's head nor the time a client takes to send it: one
+client sending a 300 MiB header made the server hold it all, and
+connections that sent half a request (or nothing) stayed open for good,
+until the server ran out of descriptors and every client was reset. Here a
+head over `MAX_HEAD_BYTES` is a 431, and a request not wholly received
+`read_seconds` after its first byte (or after the connection opened) is a
+408; both close the connection. Everything else is uvicorn's.
 """
 
 from __future__ import annotations
@@ -15,13 +24,80 @@ import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+# A request line and headers beyond this are refused. Real heads are a few
+# kB; the count may take in up to one read (256 kB) of what preceded the
+# head on a pipelined connection, so the bound leaves room for that.
+MAX_HEAD_BYTES = 1 << 20
+
+REASONS = {400: b"Bad Request", 408: b"Request Timeout",
+           431: b"Request Header Fields Too Large"}
+
 
 class JsonErrorsProtocol(HttpToolsProtocol):
-  """`HttpToolsProtocol` whose own 400 answers are `{"error": ...}`."""
+  """`HttpToolsProtocol` whose own refusals are `{"error": ...}`, with a
+  bounded head and a deadline for each request to arrive."""
+
+  read_seconds = 30.0  # `metarec serve --read_timeout_s`
+
+  def connection_made(self, transport) -> None:
+    super().connection_made(transport)
+    self._head_bytes, self._in_head, self._deadline = 0, True, None
+    self._arm()
+
+  def _arm(self) -> None:
+    self._deadline = self.loop.call_later(self.read_seconds, self._too_slow)
+
+  def _disarm(self) -> None:
+    if self._deadline is not None:
+      self._deadline.cancel()
+      self._deadline = None
+
+  def data_received(self, data: bytes) -> None:
+    if self._deadline is None:  # the next request on a kept-alive connection
+      self._arm()
+    super().data_received(data)
+    if self._in_head and not self.transport.is_closing():
+      self._head_bytes += len(data)
+      if self._head_bytes > MAX_HEAD_BYTES:
+        self.refuse(431, f"the request's line and headers exceed"
+                    f" {MAX_HEAD_BYTES} bytes")
+
+  def on_message_begin(self) -> None:
+    super().on_message_begin()
+    self._head_bytes, self._in_head = 0, True
+
+  def on_headers_complete(self) -> None:
+    self._in_head = False
+    super().on_headers_complete()
+
+  def on_message_complete(self) -> None:
+    self._disarm()  # the request is in: the app's time is not the client's
+    super().on_message_complete()
+
+  def connection_lost(self, exc) -> None:
+    self._disarm()
+    super().connection_lost(exc)
+
+  def _too_slow(self) -> None:
+    self._deadline = None
+    if self.transport.is_closing():
+      return
+    if self.cycle is not None and not self.cycle.response_complete:
+      # Its head is in and the app waits for the rest of its body: to the
+      # app the client is gone (its answer, if any, is dropped).
+      self.cycle.disconnected = True
+      self.cycle.message_event.set()
+    self.refuse(408, f"the request did not arrive within {self.read_seconds:g}"
+                " s (metarec serve --read_timeout_s)")
 
   def send_400_response(self, msg: str) -> None:
-    body = json.dumps({"error": f"malformed HTTP request: {msg}"}).encode()
-    head = [b"HTTP/1.1 400 Bad Request\r\n"]
+    self.refuse(400, f"malformed HTTP request: {msg}")
+
+  def refuse(self, status: int, message: str) -> None:
+    """Answers `status` with `{"error": message}` and closes."""
+    self._disarm()
+    body = json.dumps({"error": message}).encode()
+    head = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status])]
     for name, value in self.server_state.default_headers:
       head += [name, b": ", value, b"\r\n"]
     head += [b"content-type: application/json\r\n",

@@ -40,6 +40,7 @@ class Options:
   max_items: int = 1000
   max_ratings: int = 1000
   max_body_bytes: int = 1 << 20
+  read_timeout_s: float = 30.0
   rank_cache: int = 100_000
   access_log: bool = False
 
@@ -79,6 +80,9 @@ def serve(options: Options) -> int:
   if o.max_body_bytes < 1:
     raise InputError(f"must be >= 1, got {o.max_body_bytes}",
                      path="--max_body_bytes")
+  if not 0 < o.read_timeout_s < math.inf:
+    raise InputError(f"must be a finite number > 0, got {o.read_timeout_s}",
+                     path="--read_timeout_s")
   for name in ("max_batch", "max_k", "max_items", "max_ratings"):
     if getattr(o, name) < 1:
       raise InputError(f"must be >= 1, got {getattr(o, name)}",
@@ -132,8 +136,9 @@ def serve(options: Options) -> int:
     app = app_lib.create_app(service, token=token,
                              max_body=o.max_body_bytes)
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(app, loop="uvloop",
-                            http=http_protocol.JsonErrorsProtocol,
+    protocol = type("Protocol", (http_protocol.JsonErrorsProtocol,),
+                    {"read_seconds": o.read_timeout_s})
+    config = uvicorn.Config(app, loop="uvloop", http=protocol,
                             access_log=o.access_log, log_level="warning",
                             lifespan="on", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
