@@ -793,7 +793,6 @@ def test_a_terminated_export_removes_its_folder_and_says_so(run, exported,
 
 def test_mapped_array_keeps_what_was_written_after_releasing_its_pages(
     tmp_path):
-  from metarec_jax.export import layout  # pylint: disable=g-import-not-at-top
   path = str(tmp_path / "a.npy")
   mapped = layout.MappedArray(path, np.float32, (1000, 7))
   want = np.arange(7000, dtype=np.float32).reshape(1000, 7)
@@ -814,3 +813,26 @@ def test_the_json_summary_has_the_fields_design_md_lists(exported):
   summary = exported[2]
   fields = set(summary) | set(summary["flags"])
   assert set(re.findall(r'"(\w+)":', listed)) == fields
+
+
+def test_an_export_of_a_model_this_metarec_lacks_is_one_line(exported,
+                                                            tmp_path):
+  """An export whose config names a model this version does not have (a
+  newer metarec's, its digest intact) was a ValueError traceback from the
+  model factory, exit 1, in `serve` and `export.load`."""
+  copy = str(tmp_path / "copy")
+  shutil.copytree(exported[1], copy)
+  path = os.path.join(copy, "manifest.json")
+  manifest = json.load(open(path))
+  manifest["config"]["model"]["name"] = "mf"
+  data = json.dumps(manifest, indent=1).encode()
+  open(path, "wb").write(data)
+  open(os.path.join(copy, "manifest.sha256"), "w").write(
+      layout._manifest_digest_line(data))  # pylint: disable=protected-access
+  problem = (f"{path}: config key model.name='mf': must be one of")
+  with pytest.raises(InputError, match=f"^{re.escape(problem)}"):
+    export.load(copy)
+  out = metarec_here("serve", f"--export={copy}", "--port=0",
+                     f"--log_dir={tmp_path / 'log'}")
+  assert_one_line_error(out, "(written by another metarec version? serve it"
+                        " with that one)")

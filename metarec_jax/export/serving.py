@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from metarec_jax import config_io, meta, models
+from metarec_jax import config_io, config_reference, meta, models
 from metarec_jax.data import implicit
 from metarec_jax.data.schema import FeatureSpec
 from metarec_jax.data.tasks import FeatureTables, bucket_widths
@@ -104,6 +104,13 @@ class Export(batched.UserBatches):
     self.dtype = m["dtype"]
     self.rating_range = (float(m["rating_min"]), float(m["rating_max"]))
     config = config_io.complete(m["config"])
+    try:  # each key's own rule (an export of a newer metarec: a model
+      # name this one lacks was a traceback from deep in the build)
+      config_reference.validate(config, sections=())
+    except InputError as e:
+      raise InputError(f"{e.problem} (written by another metarec"
+                       " version? serve it with that one)",
+                       path=os.path.join(path, layout.MANIFEST)) from None
     specs = tuple(FeatureSpec.from_json(f) for f in m["features"])
     self.model = models.build(
         models.for_data(config.model, implicit_data=bool(m.get("implicit"))),
