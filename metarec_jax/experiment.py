@@ -233,12 +233,12 @@ def build(config, workdir: str | os.PathLike, *,
     # Found here, not as a traceback from inside the first jit trace.
     try:
       meta.encoder.rows_of(model.loss_fn)
-    except ValueError:
+    except ValueError:  # (an anchored model is refused by the config's
+      # rules: its baseline part's fit is closed-form)
       raise InputError(
-          f"meta.algorithm={mc.algorithm} encodes a model's support rows,"
-          " and this model has none: the baseline-anchored models"
-          " (model.anchor) keep their baseline part's closed-form fit. Set"
-          " model.anchor=false (configs/learners.py does)") from None
+          f"meta.algorithm={mc.algorithm} encodes a model's support rows:"
+          f" model.name={model_config.name}'s loss has no `rows` (its"
+          " module no `featurize`)") from None
   try:  # a typo in meta.adapt must fail here, not deep inside a jit trace
     meta.adapt_mask(jax.eval_shape(
         lambda: model.init(jax.random.PRNGKey(0))), mc.adapt)

@@ -388,3 +388,23 @@ def test_an_evaluation_batch_holds_no_more_tasks_than_there_are(tmp_path):
   assert Evaluator(exp, mesh, tasksets=few).batch_tasks == 2 * n
   # Below the tasks there are, eval.batch_tasks is kept.
   assert Evaluator(exp, mesh, batch_tasks=n).batch_tasks == n
+
+
+def test_a_model_without_support_rows_is_named_to_an_encoder(tmp_path,
+                                                              monkeypatch):
+  """A model whose loss has no `rows` (a newcomer's, without
+  `featurize`) was told to set model.anchor=false, which it already had:
+  the anchored models are refused by the config's rules before."""
+  from metarec_jax import experiment, meta  # pylint: disable=g-import-not-at-top
+
+  def no_rows(loss_fn):
+    raise ValueError("no rows")
+
+  monkeypatch.setattr(meta.encoder, "rows_of", no_rows)
+  config = config_io.load_config_file(config_path("tiny"))
+  config_io.apply_overrides(config, [("meta.algorithm", "metric"),
+                                     ("model.anchor", "false")])
+  with pytest.raises(InputError, match="^meta.algorithm=metric encodes a"
+                     " model's support rows: model.name=melu's loss has no"
+                     " `rows`"):
+    experiment.build(config, str(tmp_path))
