@@ -381,6 +381,17 @@ def test_a_second_server_on_the_log_or_port_exits_2(server, exported, tmp_path):
   assert "70000 is not a port" in out.stderr.strip().splitlines()[-1]
 
 
+def test_a_log_inside_the_export_is_refused(exported, tmp_path):
+  """The next `metarec export` to that folder replaced it whole, deleting
+  the log and every interaction it had acknowledged."""
+  for log_dir in (exported[0], os.path.join(exported[0], "log")):
+    assert_one_line_error(metarec_here(
+        "serve", f"--export={exported[0]}", "--port=0",
+        f"--log_dir={log_dir}"), f"--log_dir: inside the export folder"
+        f" {exported[0]}, which a re-export replaces whole")
+  assert not os.path.exists(os.path.join(exported[0], "log"))
+
+
 @pytest.mark.parametrize("flag, message", [
     # inf (or nan) held every batched request forever; a host that does
     # not resolve was called a --port error.

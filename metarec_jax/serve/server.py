@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import socket
 import time
 
@@ -62,6 +63,17 @@ def _bind(host: str, port: int) -> socket.socket:
   return sock
 
 
+def _refuse_log_in_export(log_dir: str, export: str) -> None:
+  """A log in the export folder is deleted by the next `metarec export` to
+  it (the README's loop), with every interaction it acknowledged."""
+  inside = os.path.realpath(export)
+  here = os.path.realpath(log_dir)
+  if here == inside or here.startswith(inside.rstrip(os.sep) + os.sep):
+    raise InputError(f"inside the export folder {export}, which a re-export"
+                     " replaces whole (the log with it): give a folder"
+                     " outside it", path="--log_dir")
+
+
 def serve(options: Options) -> int:
   """Runs the server until it is stopped; returns the exit status.
 
@@ -100,6 +112,7 @@ def serve(options: Options) -> int:
   # The lock first: a second server on the log stops before any real work.
   fmt, clock = interaction_log.export_format(o.export)
   folder = o.log_dir or interaction_log.default_dir(o.export)
+  _refuse_log_in_export(folder, o.export)
   interactions = interaction_log.InteractionLog(folder, fmt, clock=clock)
   try:
     # Bound now (a port in use is exit 2 before any slow work); connections
