@@ -30,7 +30,7 @@ def test_eval_treats_the_users_of_a_ratings_file_as_new(ml1m_tiny_run,
                 f"--write_tasks={tasks_dir}", "--config.eval.max_tasks=0")
   assert out.returncode == 0, out.stderr
   # The run's support curve (of its own tasks) is not replaced.
-  assert "no support curve for --ratings" in out.stderr
+  assert "this evaluation is of --ratings" in out.stderr
   assert (open(curve).read() if os.path.exists(curve) else None) == run_curve
   report = last_json(out)
   assert report["step"] == 3

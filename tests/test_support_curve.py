@@ -112,3 +112,30 @@ def test_eval_of_a_work_directory_it_cannot_write_still_reports(
   # with the evaluation's warnings).
   for line in unwritten:
     assert out.stderr.count(line) == 1, out.stderr
+
+
+def test_an_eval_under_overrides_leaves_the_runs_records(tiny_metasgd_run,
+                                                         tmp_path):
+  """A what-if (`--config.meta.inner_steps=0`) replaced the run's support
+  curve with its own, unmarked, and added a second value at the same step
+  to TensorBoard's `eval` run; an override that changes nothing writes them
+  as a plain eval does."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from cli_run import metarec_here  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_metasgd_run, workdir)
+  shutil.rmtree(workdir / "tensorboard" / "eval", ignore_errors=True)
+  shutil.rmtree(workdir / "eval", ignore_errors=True)
+  out = metarec_here("eval", f"--workdir={workdir}",
+                     "--config.meta.inner_steps=0")
+  assert out.returncode == 0, out.stderr
+  assert "this evaluation is under --config overrides" in out.stderr
+  assert not (workdir / "eval").exists()
+  assert not (workdir / "tensorboard" / "eval").exists()
+  same = json.load(open(workdir / "config.json"))["config"]["meta"][
+      "inner_steps"]
+  out = metarec_here("eval", f"--workdir={workdir}",
+                     f"--config.meta.inner_steps={same}")
+  assert out.returncode == 0, out.stderr
+  assert (workdir / "eval" / "support_curve.json").exists()
+  assert (workdir / "tensorboard" / "eval").exists()

@@ -9,7 +9,7 @@ from typing import Iterable
 import jax
 import numpy as np
 
-from metarec_jax import atomic, experiment, runtime
+from metarec_jax import atomic, config_io, experiment, runtime
 from metarec_jax.data.splits import SCENARIOS
 from metarec_jax.eval import (predictions_file, task_files, tensorboard,
                               verdicts)
@@ -58,6 +58,10 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     InputError: a bad work directory, config, checkpoint or ratings file.
   """
   config = resume.reader_config(workdir, overrides, own_split=not ratings)
+  # The run's records hold its own evaluation: not other users' (--ratings)
+  # nor a what-if under overrides (it replaced the run's support curve).
+  own = not ratings and config_io.to_dict(config) == config_io.to_dict(
+      config_io.read_workdir_config(workdir))
   if write_tasks:  # refused before the evaluation, not after it
     _check_task_folder(write_tasks)
   exp = experiment.build(config, workdir, log=log.info)
@@ -87,15 +91,15 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
                            files=files)
     log.info("wrote the tasks' support and query ratings to %s", write_tasks)
   unwritten = []  # the run's own records that could not be added
-  if not ratings:
+  if not own:
+    log.info("the run's TensorBoard and %s are left as they are: this"
+             " evaluation is %s", curves.FILENAME,
+             "of --ratings" if ratings else "under --config overrides")
+  if own:
     _record(unwritten, "the evaluation's TensorBoard scalars",
             lambda: tensorboard.write(workdir, step, results,
                                       active=jax.process_index() == 0))
-  if support_curve and ratings:
-    # WORKDIR/eval/support_curve.json is the run's, on the protocol's tasks.
-    log.info("no support curve for --ratings: %s holds the curve of the"
-             " run's own tasks", curves.FILENAME)
-  elif support_curve:
+  if support_curve and own:
     _record(unwritten, "the support curve", lambda: curves.evaluate_and_write(
         workdir, evaluator, state.params, tasksets, step=step,
         seed=int(config.eval.seed), write=jax.process_index() == 0))
