@@ -65,6 +65,35 @@ def test_a_resume_leaves_tensorboard_curves_going_forward(
   assert steps == sorted(set(steps)) and 6 in steps, steps
 
 
+def test_a_resume_with_nothing_to_train_drops_the_killed_runs_rows(
+    killed_after_step_6):
+  """Resumed with train.num_steps at its checkpoint's step, the run said
+  "nothing to train" and kept the rows (and TensorBoard events) the
+  killed run logged past it, drawn by `metarec plot`."""
+  from tensorboard.backend.event_processing import plugin_event_accumulator  # pylint: disable=g-import-not-at-top
+  workdir = killed_after_step_6
+  assert max(steps_logged_whole(workdir)) == 6
+  config = config_of(workdir)
+  config.train.num_steps = 3
+  summary = train_and_evaluate(config, workdir)
+  assert summary["finished"] and summary["step"] == 3
+  assert max(steps_logged(workdir)) == 3
+  acc = plugin_event_accumulator.EventAccumulator(
+      os.path.join(workdir, "tensorboard"),
+      size_guidance={plugin_event_accumulator.TENSORS: 0})
+  acc.Reload()
+  assert max(e.step for e in acc.Tensors("train/loss")) <= 3
+  # A finished run left as it was is not written to again.
+  before = os.listdir(os.path.join(workdir, "tensorboard"))
+  train_and_evaluate(config, workdir)
+  assert os.listdir(os.path.join(workdir, "tensorboard")) == before
+
+
+def steps_logged_whole(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line)["step"] for line in f if line.endswith("\n")]
+
+
 def test_a_restart_without_any_checkpoint_logs_no_step_twice(
     tiny_metasgd_run, tmp_path):
   """kill -9 before the first checkpoint (the start's, step 0) was

@@ -115,25 +115,25 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       (state, restored_step, horizon, saved_config, cut,
        saved_selection) = start_lib.restore_or_init(trainer, checkpointer,
                                                     config_record)
-      # Checkpoint selection and early stopping (also over the checkpoints
-      # before a resume).
+      # Checkpoint selection, early stopping (also over a resume's older ones)
       selection = Selection.resumed(int(tc.early_stop_patience),
                                     checkpointer.validated(),
                                     saved_selection)
+      done = None  # nothing to train: where the run is, the key to raise
       if selection.should_stop and not cut:
-        log.info("nothing to train: the run in %s stopped early at step %d"
-                 " (train.early_stop_patience=%d). Next: `metarec eval"
-                 " --workdir=%s`, or resume with a larger"
-                 " --config.train.early_stop_patience", workdir,
-                 restored_step, selection.patience, shlex.quote(workdir))
-        return {"step": restored_step, "finished": True}
-      if restored_step is not None and restored_step >= num_steps and not (
+        done = (f"stopped early at step {restored_step} (train."
+                f"early_stop_patience={selection.patience})",
+                "train.early_stop_patience")
+      elif restored_step is not None and restored_step >= num_steps and not (
           cut and restored_step == num_steps):
-        log.info("nothing to train: the run in %s has reached step %d"
-                 " (train.num_steps=%d). Next: `metarec eval --workdir=%s`,"
-                 " or resume with a larger --config.train.num_steps to train"
-                 " on", workdir, restored_step, num_steps,
-                 shlex.quote(workdir))
+        done = (f"has reached step {restored_step} (train.num_steps="
+                f"{num_steps})", "train.num_steps to train on")
+      if done:
+        reporting.Reporter.drop_rows_of_a_killed_run(workdir, restored_step,
+                                                     active=is_lead)
+        log.info("nothing to train: the run in %s %s. Next: `metarec eval"
+                 " --workdir=%s`, or resume with a larger --config.%s",
+                 workdir, done[0], shlex.quote(workdir), done[1])
         return {"step": restored_step, "finished": True}
       if saved_config is not None:
         resume.log_schedule_change(tc, saved_config, step=restored_step,

@@ -177,6 +177,16 @@ def _quiet_writer_thread_failures() -> None:
   threading.excepthook = hook
 
 
+def _row_at_or_before(raw: bytes, step: int) -> bool | None:
+  """Whether a `metrics.jsonl` line is a whole row of a step <= `step`;
+  None where it is no row at all (cut short, or damaged)."""
+  try:  # a line that is not UTF-8 (a damaged file) is a bad row too
+    line = raw.decode("utf-8")
+    return line.endswith("\n") and int(json.loads(line)["step"]) <= step
+  except (ValueError, KeyError, TypeError, OverflowError):
+    return None  # OverflowError: a step of Infinity or 1e999
+
+
 class Reporter:
   """Appends one JSON object per log step and writes TensorBoard events.
 
@@ -250,15 +260,11 @@ class Reporter:
     keep, dropped, garbage = [], 0, []
     with open(self.path, "rb") as f:
       for number, raw in enumerate(f, 1):
-        try:  # a line that is not UTF-8 (a damaged file) is a bad row too
-          line = raw.decode("utf-8")
-          ok = line.endswith("\n") and int(json.loads(line)["step"]) <= step
-        except (ValueError, KeyError, TypeError, OverflowError):
-          ok = False  # OverflowError: a step of Infinity or 1e999
-          if raw.endswith(b"\n"):  # not the line a kill cut short
-            garbage.append(number)
+        ok = _row_at_or_before(raw, step)
+        if ok is None and raw.endswith(b"\n"):  # not a line a kill cut short
+          garbage.append(number)
         if ok:
-          keep.append(line)
+          keep.append(raw.decode("utf-8"))
         else:
           dropped += 1
     if garbage:  # damage, unlike the rows past `step`: the user is told
@@ -269,6 +275,24 @@ class Reporter:
     if dropped:
       atomic.write_text(self.path, "".join(keep))
     return dropped
+
+  @classmethod
+  def drop_rows_of_a_killed_run(cls, workdir: str, step: int, *,
+                                active: bool = True) -> None:
+    """`drop_rows_after(step)` where `metrics.jsonl` holds a row past
+    `step` (a run killed after its last checkpoint, resumed with nothing
+    to train); otherwise nothing is written."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not active or not os.path.exists(path):
+      return
+    with open(path, "rb") as f:
+      if all(_row_at_or_before(raw, step) for raw in f):
+        return
+    reporter = cls(workdir)
+    try:
+      reporter.drop_rows_after(step)
+    finally:
+      reporter.close()
 
   def histograms(self, step: int, arrays: Mapping[str, np.ndarray], *,
                  bins: int = HISTOGRAM_BINS) -> None:
