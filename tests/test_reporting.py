@@ -314,3 +314,61 @@ def test_a_resume_names_the_garbage_lines_it_drops(tmp_path, caplog):
       " line 2, 4"]
   assert [json.loads(r)["step"] for r in path.read_text().splitlines()] == [
       1, 2]
+
+
+def test_the_step_rate_leaves_out_the_loops_other_work(monkeypatch):
+  """`train/tasks_per_sec` counted a validation's and a save's time as the
+  steps': the log step after each validation reported a rate some 20
+  times too low."""
+  from metarec_jax.workdir import telemetry  # pylint: disable=g-import-not-at-top
+  clock = [100.0]
+  monkeypatch.setattr(telemetry.time, "perf_counter", lambda: clock[0])
+  rate = telemetry.StepRate(step=0, tasks_per_step=10)
+  clock[0] += 1.0  # step 1
+  rate.pause()
+  clock[0] += 30.0  # a validation and a save
+  rate.resume()
+  clock[0] += 1.0  # step 2
+  assert rate.at(2) == 10.0  # 20 tasks in the steps' 2 s
+  rate.resume()  # without a pause: nothing to take out
+  clock[0] += 4.0
+  assert rate.at(4) == 5.0
+
+
+def test_the_loop_pauses_the_step_rate_for_its_validations(tmp_path,
+                                                           monkeypatch):
+  """Every validation runs inside a pause of the rate's clock."""
+  from metarec_jax.eval.evaluate import Evaluator  # pylint: disable=g-import-not-at-top
+  from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  events = []
+
+  class Recorded(telemetry.StepRate):
+
+    def pause(self):
+      events.append("pause")
+      super().pause()
+
+    def resume(self):
+      events.append("resume")
+      super().resume()
+
+  evaluate = Evaluator.evaluate
+
+  def recorded_evaluate(self, *args, **kwargs):
+    events.append("validate")
+    return evaluate(self, *args, **kwargs)
+
+  monkeypatch.setattr(telemetry, "StepRate", Recorded)
+  monkeypatch.setattr(Evaluator, "evaluate", recorded_evaluate)
+  config = config_io.load_config_file(config_path("tiny"))
+  config.train.num_steps = 4
+  config.train.eval_every_steps = 2
+  config.train.early_stop_patience = 0
+  train_and_evaluate(config, str(tmp_path / "run"))
+  during_steps = [e for i, e in enumerate(events)
+                  if e == "validate" and "pause" in events[:i]]
+  assert during_steps, events
+  for i, event in enumerate(events):
+    if event == "validate" and "pause" in events[:i]:
+      last = max(j for j in range(i) if events[j] in ("pause", "resume"))
+      assert events[last] == "pause", events

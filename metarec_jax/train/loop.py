@@ -280,8 +280,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       log_every = int(config.log.every_steps)
       histogram_every = int(config.log.histogram_every_steps)  # 0: never
       save_every = int(config.checkpoint.every_steps)
-      tasks_per_step = int(tc.tasks_per_step)
-      last_time, last_step = time.perf_counter(), step
+      rate = telemetry.StepRate(step, int(tc.tasks_per_step))
       pipeline = Prefetcher(trainer.sampler, trainer.task_sharding,
                             start=step,
                             stop=step if summary.get("early_stopped")
@@ -308,17 +307,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             values = {k: float(runtime.to_host(v)) for k, v in metrics.items()}
             guard.check(step, values["train/nonfinite_streak"],
                         values["train/nonfinite_total"])
-            now = time.perf_counter()
-            values["train/tasks_per_sec"] = (
-                (step - last_step) * tasks_per_step / (now - last_time))
-            last_time, last_step = now, step
+            values["train/tasks_per_sec"] = rate.at(step)
             values.update(telemetry.inner_rate_scalars(
                 state.params.get("inner") if rates else None,
                 per_step=rates == "step"))
             reporter.scalars(step, values)
             summary["train"] = values
           progress.advance(step, values)
-
+          rate.pause()  # histograms, validation, saves: not the steps' time
           if (is_lead and histogram_every > 0
               and due(step, histogram_every, num_steps)):
             reporter.histograms(step, telemetry.parameter_histograms(
@@ -345,6 +341,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             # Skipped updates leave the state they began from: not new.
             if improved or early_stop or step == num_steps or not guard.streak:
               save(step, val_loss, validated)
+          rate.resume()
           if early_stop:
             log.info("step %d: no better validation %s in %d validations"
                      " (train.early_stop_patience): stopping early", step,
