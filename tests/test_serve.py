@@ -596,6 +596,26 @@ def test_kept_rankings_are_the_live_ones(engine):
   assert kept.rankings.hits > 0
 
 
+def test_unknown_users_share_one_kept_ranking(engine):
+  """Every id the export lacks is served the meta-parameters; each kept a
+  copy of that one ranking (13 kB of memory per made-up id asked about,
+  1.3 GB at the default cache size). A user who learns keeps its own."""
+  export = engine.export
+  kept = engine_lib.Engine(export, engine.limits)
+  unknown = [10**9 + i for i in range(40)]
+  got = kept.recommend([(u, 10) for u in unknown])
+  assert len(kept.rankings) == 1
+  assert all(g == got[0] and g["source"] == "meta" for g in got)
+  known = int(export.user_ids[0])
+  kept.recommend([(known, 10)])
+  assert len(kept.rankings) == 2
+  kept.learn([(unknown[0], export.item_index([1193]), np.float32([5.0]))])
+  mine = kept.recommend([(unknown[0], 10), (unknown[1], 10)])
+  assert mine[0]["source"] == "adapted" and mine[1] == got[1]
+  assert len(kept.rankings) == 3
+  assert kept.kept_ranking(unknown[2], 10) == got[2]["items"]
+
+
 def test_a_damaged_topk_file_is_never_preloaded(engine, tmp_path):
   """`load` checks topk.jsonl's size and head only; the preload, which
   reads it whole, checks its digest, and every line where none is kept."""

@@ -258,7 +258,7 @@ def create_app(service: Service, *, token: str | None,
     # A kept ranking needs no device: answer it here, not in the batcher.
     # (A user's kept ranking is forgotten before its interaction is
     # acknowledged, so this never answers from an older model.)
-    kept = engine.rankings.get(uid, k)
+    kept = engine.kept_ranking(uid, k)
     if kept is not None:
       r = {"source": engine.source(uid), "items": kept}
     else:

@@ -42,39 +42,9 @@ from metarec_jax.export import users as users_lib
 from metarec_jax.export.serving import Export
 from metarec_jax.meta.config import diverges
 from metarec_jax.serve import rankings
+from metarec_jax.serve.sizes import Limits, bucket, powers
 
 log = logging.getLogger("metarec")
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-  """What one request may ask, and how many users one device call serves."""
-
-  max_batch: int = 16     # users per device call
-  max_k: int = 100        # recommendations per request
-  max_items: int = 1000   # items per predict request
-  max_ratings: int = 1000  # ratings per interaction or adapt request
-
-  def __post_init__(self):
-    for name, value in dataclasses.asdict(self).items():
-      if value < 1:
-        raise ValueError(f"--{name} must be >= 1, got {value}")
-
-
-def powers(first: int, factor: int, last: int) -> tuple[int, ...]:
-  """first, first*factor, ... up to the first size >= last."""
-  sizes = [first]
-  while sizes[-1] < last:
-    sizes.append(sizes[-1] * factor)
-  return tuple(sizes)
-
-
-def bucket(n: int, sizes: Sequence[int]) -> int:
-  """The smallest of `sizes` (ascending) that holds `n`."""
-  for size in sizes:
-    if size >= n:
-      return size
-  raise ValueError(f"{n} exceeds the largest bucket {sizes[-1]}")
 
 
 @dataclasses.dataclass
@@ -197,6 +167,21 @@ class Engine:
       return self.sessions[user].source
     return "export" if self.export.user_row(user) >= 0 else "meta"
 
+  def rank_key(self, user) -> Any:
+    """Where `user`'s ranking is kept: under the user where it has a model
+    of its own (an export row or a session), else under its feature row,
+    as every such user is served the meta-parameters (a key per id kept a
+    copy of one ranking for every unknown id asked about)."""
+    if user in self.sessions or self.export.user_row(user) >= 0:
+      return user
+    features = self.export.table_features_of(user)
+    return ("meta",) + tuple((n, np.asarray(features[n]).tobytes())
+                             for n in sorted(features))
+
+  def kept_ranking(self, user, k: int) -> list | None:
+    """The user's kept top `k` (`rankings`), or None."""
+    return self.rankings.get(self.rank_key(user), k)
+
   def recommend(self, requests: list[tuple[Any, int]]) -> list[dict]:
     """`[(user, k)]` -> `[{"source", "items": [(item_id, score)]}]`.
 
@@ -206,7 +191,7 @@ class Engine:
     out = [None] * len(requests)
     live = []
     for i, (user, k) in enumerate(requests):
-      kept = self.rankings.get(user, k)
+      kept = self.kept_ranking(user, k)
       if kept is None:
         live.append(i)
       else:
@@ -215,7 +200,8 @@ class Engine:
     for i, r in zip(live, self._rank(served, [self.k] * len(live))):
       user, k = requests[i]
       ids, scores = [a for a, _ in r["items"]], [b for _, b in r["items"]]
-      self.rankings.put(user, ids, scores, complete=len(ids) < self.k)
+      self.rankings.put(self.rank_key(user), ids, scores,
+                        complete=len(ids) < self.k)
       out[i] = {"source": r["source"], "items": r["items"][:k]}
     return out
 
