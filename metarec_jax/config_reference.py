@@ -290,7 +290,8 @@ def validate(config: ml_collections.ConfigDict, *,
              sections: tuple[str, ...] | None = None) -> None:
   """Checks every key's type and range, then the facts between keys.
 
-  Cheap and free of side effects: commands call it before they build or
+  Cheap, and writes nothing (it imports the modules that hold a key's
+  allowed values, JAX among them): commands call it before they build or
   create anything. Keys without a rule (a config variant's own extras) are
   left to the code that reads them.
 
