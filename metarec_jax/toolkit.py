@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, Sequence
 
 from metarec_jax import atomic
 from metarec_jax.errors import InputError, OutputError
@@ -33,6 +33,22 @@ def run(main: Callable[[], int | None]) -> NoReturn:
   except OutputError as e:  # a full disk: status 1, as for `metarec`
     _fail(name, str(e), status=1)
   sys.exit(status or 0)
+
+
+def help_asked(argv: Sequence[str], doc: str, fv=None) -> bool:
+  """Prints `doc` (the tool's docstring) and the flags `fv` defines where
+  `argv` asks for help (`-h`, `--help`), and says whether it did: a tool's
+  absl flags or hand-parsed arguments refused `--help` as unknown."""
+  if not any(a in ("-h", "--help", "--helpfull") for a in argv):
+    return False
+  print(doc.strip())
+  if fv is not None:
+    print("\nflags:")
+    for module, defined in fv.flags_by_module_dict().items():
+      if not module.startswith("absl"):
+        for flag in defined:
+          print(f"  --{flag.name}: {flag.help}")
+  return True
 
 
 def _fail(name: str, message: str, status: int = 2) -> NoReturn:

@@ -16,6 +16,12 @@ from procs import env_with
     (["bench_parse.py", "--rows=abc"], "--rows=abc: a positive integer"),
     (["bench_parse.py", "--bogus"], "unknown argument '--bogus'"),
     (["profile_step.py", "--steps=0"], "--steps=0: a positive integer"),
+    # Tracebacks before: a missing --config, a README path or markers.
+    (["profile_step.py", "--steps=2"], "--config=FILE is required"),
+    (["config_reference.py", "--write", "--readme=OUT"],
+     "out: No such file or directory"),
+    (["config_reference.py", "--write", "--readme=FILE"],
+     "file: no <!-- config-reference:start -->"),
     (["share_curve.py", "/nonexistent"], "/nonexistent: no config.json"),
     (["share_curve.py", "/nonexistent", "--shares=0,nan"],
      "--shares=0,nan: comma-separated finite numbers"),
@@ -23,6 +29,8 @@ from procs import env_with
      "/nonexistent/flags.txt: No such file or directory"),
     (["ml100k_subset.py", "--src=/nonexistent", "--out=OUT"],
      "/nonexistent/ratings.dat: No such file or directory"),
+    (["ml100k_subset.py", "--src=OUT", "--out=OUT/sub"],
+     "out/sub is inside --src="),
     (["ndcg_ceiling.py", "--workdir=/x", "--tasks=/x", "--k=0"],
      "argument --k: 0 is not >= 1"),
     (["ndcg_ceiling.py", "--workdir=/x", "--tasks=/x", "--mf_dim=0"],
@@ -58,6 +66,19 @@ def test_bad_flags_and_missing_inputs_are_one_line(tmp_path, args, message):
   assert "Traceback" not in out.stderr
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith(f"{args[0]}: error: ") and message in last, last
+
+
+@pytest.mark.parametrize("tool, flag", [
+    ("bench_learners.py", "--algorithms"), ("bench_serve.py", "--clients"),
+    ("profile_step.py", "--steps"), ("bench_parse.py", "--rows")])
+def test_help_prints_the_usage(tool, flag):
+  """Four tools refused --help as an unknown flag or argument (status 2);
+  two listed their flags nowhere but in the source."""
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool),
+                        "--help"], capture_output=True, text=True, cwd=ROOT,
+                       env=env_with(), timeout=300)
+  assert out.returncode == 0, out.stderr
+  assert flag in out.stdout, out.stdout
 
 
 def test_an_output_folder_that_is_a_file_is_one_line(tmp_path):

@@ -25,7 +25,7 @@ from typing import Sequence
 
 from absl import flags
 
-from metarec_jax import bench, cli, config_io
+from metarec_jax import bench, cli, config_io, toolkit
 from metarec_jax.errors import InputError
 
 log = logging.getLogger("metarec")
@@ -84,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("warmup", 2, "Untimed meta-steps first.",
                        lower_bound=0, flag_values=fv)
+  if toolkit.help_asked(rest, __doc__, fv):
+    return 0
   try:
     try:
       fv(["bench_learners.py"] + rest)

@@ -55,7 +55,10 @@ def write_file(path: str, rows: int, seed: int = 0) -> None:
 
 
 def main(argv):
+  from metarec_jax import toolkit  # pylint: disable=g-import-not-at-top
   from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  if toolkit.help_asked(argv, __doc__):
+    return 0
   rows = 2_000_000
   for arg in argv:
     if not arg.startswith("--rows="):

@@ -204,7 +204,10 @@ async def bench(url: str, load: Load, token: str | None,
 
 
 def main(argv):
+  from metarec_jax import toolkit  # pylint: disable=g-import-not-at-top
   from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  if toolkit.help_asked(argv[1:], __doc__, FLAGS):
+    return 0
   try:
     argv = FLAGS(argv)
   except flags.Error as e:

@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from metarec_jax import atomic, config_io, config_table  # noqa: E402
+from metarec_jax.errors import InputError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,13 +39,17 @@ def main(argv: list[str] | None = None) -> int:
   if not args.write:
     print(table)
     return 0
-  with open(args.readme) as f:
+  with open(args.readme) as f:  # a missing file: one line (toolkit.run)
     text = f.read()
-  atomic.write_text(args.readme,
-                              config_table.replace_section(text, table))
+  try:
+    text = config_table.replace_section(text, table)
+  except ValueError as e:  # no markers: one line, not a traceback
+    raise InputError(str(e), path=args.readme) from None
+  atomic.write_text(args.readme, text)
   print(f"updated {args.readme}", file=sys.stderr)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from metarec_jax import toolkit  # noqa: E402
+  toolkit.run(main)

@@ -34,6 +34,7 @@ import re
 import numpy as np
 
 from metarec_jax import toolkit
+from metarec_jax.errors import InputError
 
 USERS, ITEMS, RATINGS, MIN_PER_USER = 943, 1682, 100_000, 20
 NEW_YEAR = 1998
@@ -139,6 +140,11 @@ def main():
   parser.add_argument("--out", required=True)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
+  src, out = os.path.realpath(args.src), os.path.realpath(args.out)
+  if out == src or out.startswith(src.rstrip(os.sep) + os.sep):
+    # (it wrote its folders into the dataset's own)
+    raise InputError(f"--out={args.out} is inside --src={args.src}: write"
+                     " the subset elsewhere")
   write(args.src, args.out, args.seed)
 
 

@@ -38,7 +38,9 @@ _SKIP = re.compile(r"ThunkExecutor|Pjit|Execute|Wait|Rendezvous|^\$|^while|"
 
 
 def main(argv):
-  from metarec_jax import cli, config_io  # pylint: disable=g-import-not-at-top
+  from metarec_jax import cli, config_io, toolkit  # pylint: disable=g-import-not-at-top
+  if toolkit.help_asked(argv, __doc__):
+    return 0
   steps, top = 5, 30
   rest = []
   from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
@@ -54,6 +56,10 @@ def main(argv):
   config_file, overrides, left = cli._split_config_args(rest)  # pylint: disable=protected-access
   if left:
     raise InputError(f"unknown argument {left[0]!r}; usage: profile_step.py"
+                     " --config=FILE [--config.KEY=VALUE ...] [--steps=N]"
+                     " [--top=N]")
+  if not config_file:  # (it was an AttributeError traceback)
+    raise InputError("--config=FILE is required; usage: profile_step.py"
                      " --config=FILE [--config.KEY=VALUE ...] [--steps=N]"
                      " [--top=N]")
   config = config_io.apply_overrides(config_io.load_config_file(config_file),
