@@ -99,3 +99,21 @@ def test_a_non_finite_validation_is_never_the_best(tmp_path):
   writer.save(9, state, {}, val_mae=0.8)
   writer.close()
   assert writer.steps() == [6, 9]  # the best and the newest
+
+
+def test_eval_calls_a_never_validated_checkpoints_values_starting(tmp_path):
+  """A run trained with train.eval_every_steps=-1: eval said "using the
+  newest checkpoint (none was validated)", then called the untested
+  starting shares "its validated shares"."""
+  from cli_run import metarec_here  # pylint: disable=g-import-not-at-top
+  from conftest import config_path  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  out = metarec_here("train", f"--config={config_path('tiny')}",
+                     f"--workdir={workdir}", "--config.train.num_steps=2",
+                     "--config.train.eval_every_steps=-1")
+  assert out.returncode == 0, out.stderr
+  out = metarec_here("eval", f"--workdir={workdir}", "--nosupport_curve")
+  assert out.returncode == 0, out.stderr
+  assert "(its starting shares; the checkpoint was never validated)" in (
+      out.stderr), out.stderr
+  assert "validated shares" not in out.stderr

@@ -77,6 +77,10 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
                              optim.outer_optimizer(
                                  optim.hyperparams(exp.config.train)),
                              runtime.replicated(mesh)), step)
+      # Its serving values were fitted by a validation, or are the
+      # untested starting ones (train.eval_every_steps=-1).
+      fitted = (("validated", "") if step in checkpointer.validated()
+                else ("starting", "; the checkpoint was never validated"))
       break
     except ckpt_lib.CheckpointError as e:
       if step in listed and _vanishes(
@@ -113,16 +117,17 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
   served = served_values(state.params)
   if "share_new_items" in served:
     log.info("the checkpoint uses %.2f of its learned part for existing"
-             " items and %.2f for new items (its validated shares)",
-             served["share_existing_items"], served["share_new_items"])
+             " items and %.2f for new items (its %s shares%s)",
+             served["share_existing_items"], served["share_new_items"],
+             *fitted)
   if "new_item_prior" in served:
     log.info("its user biases weigh a support rating of a new item 1/%g of"
-             " an existing item's (its validated model.new_item_prior)",
-             served["new_item_prior"])
+             " an existing item's (its %s model.new_item_prior%s)",
+             served["new_item_prior"], *fitted)
   if served.get("new_item_min_support", 1.0) > 1:
     log.info("a user's ratings of new items move their biases from %g of"
-             " them on (its validated model.new_item_min_support)",
-             served["new_item_min_support"])
+             " them on (its %s model.new_item_min_support%s)",
+             served["new_item_min_support"], *fitted)
   if "median_map_new_items" in served:
     log.info("it serves through the median map (model.calibration=median)"
              " for existing items: %s, for new items: %s",
