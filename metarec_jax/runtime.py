@@ -118,9 +118,13 @@ def check_model_axis(model: int, *, devices: int, local_devices: int) -> None:
   it must divide the devices of each process (a table's shards stay on one
   host, so reading it back never needs another process)."""
   if model < 1 or local_devices % model or devices % model:
+    divisors = [d for d in range(1, local_devices + 1)
+                if not local_devices % d and not devices % d]
     raise InputError(
         f"mesh.model={model} must divide the {local_devices} devices of each"
-        f" process ({devices} in all)")
+        f" process ({devices} in all): --config.mesh.model="
+        f"{' or '.join(map(str, divisors))} (a run saved on more devices"
+        " resumes with any of them)")
 
 
 def make_mesh(model: int = 1, devices: Sequence[Any] | None = None) -> Mesh:

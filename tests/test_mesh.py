@@ -253,3 +253,14 @@ def test_cpu_devices_overridden_by_xla_flags_says_so(monkeypatch, caplog):
   assert made == [] and caplog.messages == [
       "train.cpu_devices=2 is ignored: XLA_FLAGS sets"
       " --xla_force_host_platform_device_count, which wins"]
+
+
+def test_a_model_axis_that_does_not_divide_names_the_values_that_do():
+  """A mesh.model=4 run resumed on 2 devices read the key from its
+  config.json and named no way on: any divisor resumes the same run."""
+  with pytest.raises(InputError, match=r"mesh.model=4 must divide the 2"
+                     r" devices of each process \(2 in all\):"
+                     r" --config.mesh.model=1 or 2 \(a run saved on more"):
+    runtime.check_model_axis(4, devices=2, local_devices=2)
+  with pytest.raises(InputError, match="--config.mesh.model=1 or 2 or 4 "):
+    runtime.check_model_axis(3, devices=8, local_devices=4)
