@@ -7,6 +7,7 @@ tests start their own processes on the same export.
 
 import asyncio
 import dataclasses
+import logging
 import os
 import re
 import signal
@@ -833,7 +834,8 @@ def test_a_log_header_that_cannot_be_written_names_the_file(tmp_path,
   assert os.listdir(tmp_path) == []
 
 
-def test_interaction_log_generic_columns_torn_tail_and_lock(tmp_path):
+def test_interaction_log_generic_columns_torn_tail_and_lock(tmp_path,
+                                                          caplog):
   from metarec_jax.data.convert import ratings_io  # pylint: disable=g-import-not-at-top
   from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
   from metarec_jax.serve import interaction_log  # pylint: disable=g-import-not-at-top
@@ -852,7 +854,10 @@ def test_interaction_log_generic_columns_torn_tail_and_lock(tmp_path):
   log.close()
   with open(log.path, "ab") as f:
     f.write(b"u9,i9,")  # a write cut short by a crash: never acknowledged
-  log = interaction_log.InteractionLog(str(tmp_path), fmt)
+  with caplog.at_level(logging.WARNING, logger="metarec"):
+    log = interaction_log.InteractionLog(str(tmp_path), fmt)
+  assert f"{log.path}: cut off its last line, 6 byte(s) without a newline" \
+      in caplog.text  # it was cut in silence
   rows = log.read()
   assert rows.users.tolist() == ["u1", "u2", "u1"]
   assert rows.items.tolist() == ["i1", "i2", "i3"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import time
 import unicodedata
@@ -30,6 +31,8 @@ from metarec_jax import atomic
 from metarec_jax.data.convert import parsing, ratings_io
 from metarec_jax.data.convert.ratings_io import RatingsFormat
 from metarec_jax.errors import InputError, OutputError, cause_of
+
+log = logging.getLogger("metarec")
 
 LOG_NAME = "interactions"
 LOCK_NAME = "lock"
@@ -211,11 +214,29 @@ class InteractionLog:
                                      self.format, stamps)
 
   def _drop_torn_tail(self) -> None:
+    """Cuts off a last line without its newline (a write a crash cut
+    short, never acknowledged), saying so: it was cut in silence, and a
+    line appended by hand without one went the same way. Reads the end
+    only (the whole log was read into memory at every start)."""
+    size = end = os.fstat(self._fd).st_size
+    keep = 0
     with open(self.path, "rb") as f:
-      data = f.read()
-    if data and not data.endswith(b"\n"):
-      os.ftruncate(self._fd, data.rfind(b"\n") + 1)
+      while end > 0:
+        start = max(0, end - (1 << 16))
+        f.seek(start)
+        block = f.read(end - start)
+        if end == size and block.endswith(b"\n"):
+          return
+        if (cut := block.rfind(b"\n")) >= 0:
+          keep = start + cut + 1
+          break
+        end = start
+    if keep < size:
+      os.ftruncate(self._fd, keep)
       os.fsync(self._fd)
+      log.warning("%s: cut off its last line, %d byte(s) without a newline"
+                  " (a write a crash cut short, never acknowledged)",
+                  self.path, size - keep)
 
   def _write(self, data: bytes) -> None:
     try:
