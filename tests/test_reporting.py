@@ -372,3 +372,23 @@ def test_the_loop_pauses_the_step_rate_for_its_validations(tmp_path,
     if event == "validate" and "pause" in events[:i]:
       last = max(j for j in range(i) if events[j] in ("pause", "resume"))
       assert events[last] == "pause", events
+
+
+def test_an_early_stopped_run_writes_its_histograms_at_the_end(tmp_path):
+  """The histograms of the end (log.histogram_every_steps: "and at the
+  end") were written only at train.num_steps, never where the run stopped
+  early."""
+  from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  config = config_io.load_config_file(config_path("tiny"))
+  config.train.num_steps = 40
+  config.train.eval_every_steps = 1
+  config.train.early_stop_patience = 1
+  config.log.histogram_every_steps = 1000
+  workdir = str(tmp_path / "run")
+  summary = train_and_evaluate(config, workdir)
+  assert summary.get("early_stopped"), summary
+  acc = load_events(workdir)
+  tags = [t for t in acc.PluginTagToContent("histograms")
+          if t.startswith("params/")]
+  assert tags
+  assert sorted(series(acc, tags[0])) == [summary["step"]]

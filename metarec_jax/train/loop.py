@@ -314,12 +314,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             reporter.scalars(step, values)
             summary["train"] = values
           progress.advance(step, values)
-          rate.pause()  # histograms, validation, saves: not the steps' time
-          if (is_lead and histogram_every > 0
-              and due(step, histogram_every, num_steps)):
-            reporter.histograms(step, telemetry.parameter_histograms(
-                state.params))
-
+          rate.pause()  # validation, histograms, saves: not the steps' time
           # (validation loss, improved, params to save) if validated.
           val_loss, improved, validated = None, False, None
           cut = False  # a stop cut this step's validation short
@@ -329,6 +324,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             cut = done is None
             val_loss, improved, validated = done or (None, False, None)
           early_stop = selection.should_stop
+          if (is_lead and histogram_every > 0  # and at an early stop's end
+              and (due(step, histogram_every, num_steps) or early_stop)):
+            reporter.histograms(step, telemetry.parameter_histograms(
+                state.params))
 
           if stop(step):
             guard.check_state(step, state)
