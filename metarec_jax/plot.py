@@ -45,7 +45,10 @@ LEARNING_PANELS = (
       ("train/query_loss_unadapted", "before adaptation"))),
     ("validation", "query MAE",
      (("val/mae", "after adaptation"),
-      ("val/mae_unadapted", "before adaptation"))),
+      ("val/mae_unadapted", "before adaptation"),
+      # What is served where the median map is (train.select_on=served
+      # selects checkpoints by it).
+      ("val/median_map_mae", "through the median map"))),
     ("validation", "nDCG@10 after adaptation",
      ((f"val/ranking/full/{RANKING_CRITERION}",
        "full catalog (selects checkpoints)"),

@@ -204,3 +204,24 @@ def test_a_file_at_plots_is_named(tmp_path):
     plot.plot_workdir(str(tmp_path))
   assert e.value.message == (
       f"--workdir: {tmp_path / 'plots'} is a file, not a folder")
+
+
+def test_the_validation_panel_draws_the_mae_through_the_median_map(
+    tmp_path, monkeypatch):
+  """Under train.select_on=served the checkpoints are chosen by the MAE
+  through the median map; the panel drew only `val/mae`, whose best step
+  was another."""
+  from matplotlib.axes import Axes  # pylint: disable=g-import-not-at-top
+  drawn = []
+  plot_line = Axes.plot
+
+  def recorded(self, *args, **kwargs):
+    drawn.append(kwargs.get("label"))
+    return plot_line(self, *args, **kwargs)
+
+  monkeypatch.setattr(Axes, "plot", recorded)
+  steps = np.array([3, 6])
+  series = {"val/mae": (steps, np.array([0.69, 0.68])),
+            "val/median_map_mae": (steps, np.array([0.58, 0.59]))}
+  assert plot.plot_learning_curves(series, str(tmp_path / "c.png"))
+  assert drawn == ["after adaptation", "through the median map"]

@@ -117,3 +117,27 @@ def test_eval_calls_a_never_validated_checkpoints_values_starting(tmp_path):
   assert "(its starting shares; the checkpoint was never validated)" in (
       out.stderr), out.stderr
   assert "validated shares" not in out.stderr
+
+
+def test_the_log_names_the_served_mae_that_selects_checkpoints(tmp_path):
+  """With train.select_on=served, the log's "validation MAE" was not the
+  MAE that selects checkpoints: eval then chose a step by a number the
+  log never showed (0.5851 against a logged 0.6923)."""
+  import re  # pylint: disable=g-import-not-at-top
+  from cli_run import metarec_here  # pylint: disable=g-import-not-at-top
+  from conftest import config_path  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  out = metarec_here("train", f"--config={config_path('tiny')}",
+                     f"--workdir={workdir}", "--config.train.num_steps=6",
+                     "--config.meta.algorithm=metric",
+                     "--config.model.anchor=false",
+                     "--config.train.early_stop_patience=0",
+                     "--config.train.select_on=served")
+  assert out.returncode == 0, out.stderr
+  logged = re.findall(r"through the median map (\d\.\d{4}), which selects"
+                      r" checkpoints", out.stderr)
+  assert logged, out.stderr
+  out = metarec_here("eval", f"--workdir={workdir}", "--nosupport_curve")
+  chosen = re.search(r"best validated checkpoint: step \d+ \(validation MAE"
+                     r" (\d\.\d{4})", out.stderr)
+  assert chosen and chosen.group(1) in logged, (out.stderr, logged)

@@ -223,7 +223,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         them."""
         reporter.scalars(step, {**eval_lib.scalar_metrics(
             results, baselines=False), **shares})
-        _log_validation(step, results["val"])
+        _log_validation(step, results["val"], shares, served_mae)
 
       served = None  # the last validated params (with their shares)
 
@@ -382,14 +382,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   return summary
 
 
-def _log_validation(step: int, val: dict) -> None:
+def _log_validation(step: int, val: dict, fitted: dict, selects: bool
+                    ) -> None:  # selects: the served MAE selects checkpoints
   if "ranking" in val:
     full = val["ranking"]["full"]
     log.info("step %d  validation full-catalog HR@10 %s nDCG@10 %s", step,
              _fmt(full["hr@10"]), _fmt(full["ndcg@10"]))
   else:
-    log.info("step %d  validation MAE %s (unadapted %s)", step,
-             _fmt(val["mae"]), _fmt(val["mae_unadapted"]))
+    mapped = ("" if fitted.get("val/median_map") != 1.0 else
+              f"; through the median map {_fmt(fitted['val/median_map_mae'])}"
+              + (", which selects checkpoints" if selects else ""))
+    log.info("step %d  validation MAE %s (unadapted %s%s)", step,
+             _fmt(val["mae"]), _fmt(val["mae_unadapted"]), mapped)
 
 
 def _fmt(x):
