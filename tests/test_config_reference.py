@@ -59,8 +59,11 @@ def test_table_rows_show_key_default_allowed_values_and_meaning():
   assert table[2] == ("| `model.hidden` | `(64, 64)` | tuple of 1 or more:"
                       " integer >= 1 | "
                       + config_meanings.MEANINGS["model.hidden"] + " |")
-  assert table[3].startswith('| `model.name` | `"melu"` | one of "melu",'
-                             ' "idemb" |')
+  from metarec_jax import models  # pylint: disable=g-import-not-at-top
+  # (a literal list of the models failed this test with a bare `assert
+  # False` when a newcomer added one)
+  assert table[3].startswith('| `model.name` | `"melu"` | one of ' + ", ".join(
+      f'"{name}"' for name in models.MODELS) + " |"), table[3]
 
 
 def test_every_key_has_a_rule_and_no_rule_is_stale():
