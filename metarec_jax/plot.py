@@ -153,8 +153,11 @@ def plot_learning_curves(series: dict, path: str,
   if not panels:
     return None
   fig = _figure_class()(figsize=(5.5 * len(panels), 4), layout="constrained")
+  # One step axis for every panel: training logged at 5 and 10 beside a
+  # validation at 0 to 12 read as if training ended before the run.
   for ax, (title, ylabel, lines) in zip(fig.subplots(1, len(panels),
-                                                     squeeze=False)[0],
+                                                     squeeze=False,
+                                                     sharex=True)[0],
                                         panels):
     for tag, label in lines:
       steps, values = series[tag]

@@ -225,3 +225,22 @@ def test_the_validation_panel_draws_the_mae_through_the_median_map(
             "val/median_map_mae": (steps, np.array([0.58, 0.59]))}
   assert plot.plot_learning_curves(series, str(tmp_path / "c.png"))
   assert drawn == ["after adaptation", "through the median map"]
+
+
+def test_the_learning_panels_share_one_step_axis(tmp_path, monkeypatch):
+  """Training logged at steps 5 and 10 and validation at 0 to 12 were drawn
+  on separate axes: training seemed to end before the run did."""
+  figures = []
+  save = plot._save  # pylint: disable=protected-access
+
+  def kept(fig, path):
+    figures.append(fig)
+    return save(fig, path)
+
+  monkeypatch.setattr(plot, "_save", kept)
+  series = {"train/loss": (np.array([5, 10]), np.array([0.5, 0.4])),
+            "val/mae": (np.array([0, 3, 6, 9, 12]),
+                        np.array([0.7, 0.69, 0.68, 0.67, 0.66]))}
+  plot.plot_learning_curves(series, str(tmp_path / "c.png"))
+  first, second = figures[0].axes
+  assert first.get_xlim() == second.get_xlim()
