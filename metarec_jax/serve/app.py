@@ -1,6 +1,6 @@
 """The HTTP API (FastAPI): routes, request and response schemas, errors.
 
-    GET  /healthz                                  no token needed
+    GET  /healthz (or HEAD)                        no token needed
     GET  /v1/users/{user}/recommendations?k=10     the user's top k, unrated
     POST /v1/predict               {user, items}   predicted ratings
     POST /v1/users/{user}/interactions {ratings: [[item, rating], ...]}
@@ -228,7 +228,8 @@ def create_app(service: Service, *, token: str | None,
   # What the exported checkpoint's validation fitted (as `eval` reports).
   served = served_values({"model": export.meta_params})
 
-  @app.get("/healthz")
+  # HEAD too: `curl -I` and load balancers' checks got a 405.
+  @app.api_route("/healthz", methods=["GET", "HEAD"])
   async def healthz() -> dict:
     return {"status": "ok", "users": export.num_users,
             "items": export.num_items, "sessions": len(engine.sessions),
