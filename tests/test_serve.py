@@ -313,6 +313,25 @@ def test_a_client_that_stops_sending_is_closed_with_a_408(server, client,
   assert client.get("/healthz").json()["status"] == "ok"
 
 
+def test_a_client_that_half_closes_after_its_request_gets_the_answer(
+    server):
+  """The server closed on the client's EOF: the interaction was learned
+  and logged, and the client got no answer to tell it so."""
+  import socket  # pylint: disable=g-import-not-at-top
+  body = b'{"ratings": [[2858, 4]]}'
+  host, port = server.url.removeprefix("http://").split(":")
+  with socket.create_connection((host, int(port)), timeout=60) as sock:
+    sock.sendall(b"POST /v1/users/424/interactions HTTP/1.1\r\nHost: x\r\n"
+                 b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d"
+                 b"\r\nConnection: close\r\n\r\n" % len(body) + body)
+    sock.shutdown(socket.SHUT_WR)
+    reply = b""
+    while chunk := sock.recv(65536):
+      reply += chunk
+  assert reply.startswith(b"HTTP/1.1 200 "), reply
+
+
 def test_a_head_over_its_bound_is_a_431(server, client):
   """A 300 MiB header was held whole in memory (+396 MB RSS), then
   answered 200."""

@@ -74,6 +74,15 @@ class JsonErrorsProtocol(HttpToolsProtocol):
     self._disarm()  # the request is in: the app's time is not the client's
     super().on_message_complete()
 
+  def eof_received(self) -> bool | None:
+    """A client that stops sending once its request is in (a half-close,
+    legal in HTTP/1.1) still gets its answer: the transport stays open
+    while the request is answered (it closed, and an interaction was
+    learned and logged that the client never heard of)."""
+    if self.cycle is not None and not self.cycle.response_complete:
+      return True
+    return None
+
   def connection_lost(self, exc) -> None:
     self._disarm()
     super().connection_lost(exc)
