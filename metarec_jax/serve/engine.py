@@ -180,7 +180,11 @@ class Engine:
 
   def kept_ranking(self, user, k: int) -> list | None:
     """The user's kept top `k` (`rankings`), or None."""
-    return self.rankings.get(self.rank_key(user), k)
+    kept = self.rankings.get(user, k)  # kept under its own id: no lookup
+    if kept is not None:  # of the export's rows (7 us, 70 times the get)
+      return kept
+    key = self.rank_key(user)
+    return None if key is user else self.rankings.get(key, k)
 
   def recommend(self, requests: list[tuple[Any, int]]) -> list[dict]:
     """`[(user, k)]` -> `[{"source", "items": [(item_id, score)]}]`.
