@@ -15,7 +15,10 @@ connections that sent half a request (or nothing) stayed open for good,
 until the server ran out of descriptors and every client was reset. Here a
 head over `MAX_HEAD_BYTES` is a 431, and a request not wholly received
 `read_seconds` after its first byte (or after the connection opened) is a
-408; both close the connection. Everything else is uvicorn's.
+408; both close the connection. The clock stops while an earlier request
+on the connection is answered (uvicorn reads a pipelined request only
+then), and no refusal is written before an earlier request's answer: the
+client would take it for that answer. Everything else is uvicorn's.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-# A request line and headers beyond this are refused. Real heads are a few
-# kB; the count may take in up to one read (256 kB) of what preceded the
-# head on a pipelined connection, so the bound leaves room for that.
+# A request line and headers beyond this are refused, counted by the reads
+# that carry them (a head's last read may hold the body's start too; real
+# heads are a few kB).
 MAX_HEAD_BYTES = 1 << 20
 
 REASONS = {400: b"Bad Request", 408: b"Request Timeout",
@@ -41,10 +44,13 @@ class JsonErrorsProtocol(HttpToolsProtocol):
 
   def connection_made(self, transport) -> None:
     super().connection_made(transport)
-    self._head_bytes, self._in_head, self._deadline = 0, True, None
+    # Reading a request's head (before its first byte too), its body.
+    self._head_bytes, self._in_head, self._in_body = 0, True, False
+    self._deadline = self._running = None  # `_running`: the app's request
     self._arm()
 
   def _arm(self) -> None:
+    self._disarm()
     self._deadline = self.loop.call_later(self.read_seconds, self._too_slow)
 
   def _disarm(self) -> None:
@@ -52,27 +58,44 @@ class JsonErrorsProtocol(HttpToolsProtocol):
       self._deadline.cancel()
       self._deadline = None
 
+  def _start_asgi_task(self, cycle, app) -> None:
+    self._running = cycle
+    super()._start_asgi_task(cycle, app)
+
+  def _answering_earlier(self) -> bool:
+    """Whether an earlier request on the connection is still being
+    answered (the one being read waits for it: uvicorn reads a pipelined
+    body only then)."""
+    running = self._running
+    return (running is not None and not running.response_complete
+            and not (self._in_body and running is self.cycle))
+
   def data_received(self, data: bytes) -> None:
-    if self._deadline is None:  # the next request on a kept-alive connection
-      self._arm()
-    super().data_received(data)
-    if self._in_head and not self.transport.is_closing():
+    if self._in_head:  # counted before the parser holds it
       self._head_bytes += len(data)
       if self._head_bytes > MAX_HEAD_BYTES:
-        self.refuse(431, f"the request's line and headers exceed"
+        self.refuse(431, "the request's line and headers exceed"
                     f" {MAX_HEAD_BYTES} bytes")
+        return
+    super().data_received(data)
 
   def on_message_begin(self) -> None:
     super().on_message_begin()
-    self._head_bytes, self._in_head = 0, True
+    if self._deadline is None:  # a request after a kept-alive one
+      self._arm()
 
   def on_headers_complete(self) -> None:
-    self._in_head = False
+    self._in_head, self._in_body = False, True
     super().on_headers_complete()
 
   def on_message_complete(self) -> None:
     self._disarm()  # the request is in: the app's time is not the client's
+    self._head_bytes, self._in_head, self._in_body = 0, True, False
     super().on_message_complete()
+
+  def connection_lost(self, exc) -> None:
+    self._disarm()
+    super().connection_lost(exc)
 
   def eof_received(self) -> bool | None:
     """A client that stops sending once its request is in (a half-close,
@@ -83,17 +106,16 @@ class JsonErrorsProtocol(HttpToolsProtocol):
       return True
     return None
 
-  def connection_lost(self, exc) -> None:
-    self._disarm()
-    super().connection_lost(exc)
-
   def _too_slow(self) -> None:
     self._deadline = None
     if self.transport.is_closing():
       return
-    if self.cycle is not None and not self.cycle.response_complete:
+    if self._answering_earlier():  # the wait is ours, not the client's
+      self._arm()
+      return
+    if self._in_body:
       # Its head is in and the app waits for the rest of its body: to the
-      # app the client is gone (its answer, if any, is dropped).
+      # app the client is gone.
       self.cycle.disconnected = True
       self.cycle.message_event.set()
     self.refuse(408, f"the request did not arrive within {self.read_seconds:g}"
@@ -103,8 +125,16 @@ class JsonErrorsProtocol(HttpToolsProtocol):
     self.refuse(400, f"malformed HTTP request: {msg}")
 
   def refuse(self, status: int, message: str) -> None:
-    """Answers `status` with `{"error": message}` and closes."""
+    """Answers `status` with `{"error": message}` and closes; where an
+    earlier request is still being answered, closes without a word (its
+    answer is dropped: a refusal before it would read as its answer)."""
     self._disarm()
+    if self._answering_earlier():
+      for cycle in {id(c): c for c in (self._running, self.cycle)}.values():
+        cycle.disconnected = True  # its writes to the transport are dropped
+        cycle.message_event.set()
+      self.transport.close()
+      return
     body = json.dumps({"error": message}).encode()
     head = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status])]
     for name, value in self.server_state.default_headers:
