@@ -60,8 +60,8 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   config = resume.reader_config(workdir, overrides, own_split=not ratings)
   # The run's records hold its own evaluation: not other users' (--ratings)
   # nor a what-if under overrides (it replaced the run's support curve).
-  own = not ratings and config_io.to_dict(config) == config_io.to_dict(
-      config_io.read_workdir_config(workdir))
+  what_if = _what_if(workdir, config)
+  own = not ratings and not what_if
   if write_tasks:  # refused before the evaluation, not after it
     _check_task_folder(write_tasks)
   exp = experiment.build(config, workdir, log=log.info)
@@ -93,8 +93,8 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   unwritten = []  # the run's own records that could not be added
   if not own:
     log.info("the run's TensorBoard and %s are left as they are: this"
-             " evaluation is %s", curves.FILENAME,
-             "of --ratings" if ratings else "under --config overrides")
+             " evaluation is %s", curves.FILENAME, "of --ratings" if ratings
+             else f"a what-if (--config.{what_if[0]})")
   if own:
     _record(unwritten, "the evaluation's TensorBoard scalars",
             lambda: tensorboard.write(workdir, step, results,
@@ -149,6 +149,24 @@ def _record(unwritten: list[str], what: str, write) -> None:
              f" {cause_of(e)}")
     # Logged with the evaluation's other warnings (evaluate_workdir).
     unwritten.append(f"{what} not added to the work directory ({where})")
+
+
+# Overrides that say how an evaluation runs or where its files are, not
+# what it measures: with these alone it is still the run's own evaluation
+# (a lower eval.batch_tasks is how one that ran out of memory gets done).
+HOW_KEYS = ("eval.batch_tasks", "eval.catalog_block", "data.root",
+            "data.store", "data.buckets")
+HOW_SECTIONS = ("train", "checkpoint", "log", "mesh")
+
+
+def _what_if(workdir: str, config) -> list[str]:
+  """The keys by which `config` (the run's with overrides) would measure
+  something else than the run's own config does."""
+  changes = resume.config_changes(
+      config_io.to_dict(config_io.read_workdir_config(workdir)),
+      config_io.to_dict(config))
+  return [key for key, _, _ in changes if key not in HOW_KEYS
+          and key.partition(".")[0] not in HOW_SECTIONS]
 
 
 def _note_long_supports(tasksets: dict, max_support: int) -> None:
