@@ -832,6 +832,21 @@ def test_an_export_of_a_model_this_metarec_lacks_is_one_line(exported,
   problem = (f"{path}: config key model.name='mf': must be one of")
   with pytest.raises(InputError, match=f"^{re.escape(problem)}"):
     export.load(copy)
+  # A training-only key whose rule tightened after an older metarec wrote
+  # the export (train.prefetch was unbounded) does not keep it from
+  # serving: the review found it refused.
+  manifest["config"]["model"]["name"] = "melu"
+  manifest["config"]["train"]["prefetch"] = 100
+  data = json.dumps(manifest, indent=1).encode()
+  open(path, "wb").write(data)
+  open(os.path.join(copy, "manifest.sha256"), "w").write(
+      layout._manifest_digest_line(data))  # pylint: disable=protected-access
+  assert export.load(copy).num_users == export.load(exported[1]).num_users
+  manifest["config"]["model"]["name"] = "mf"
+  data = json.dumps(manifest, indent=1).encode()
+  open(path, "wb").write(data)
+  open(os.path.join(copy, "manifest.sha256"), "w").write(
+      layout._manifest_digest_line(data))  # pylint: disable=protected-access
   out = metarec_here("serve", f"--export={copy}", "--port=0",
                      f"--log_dir={tmp_path / 'log'}")
   assert_one_line_error(out, "(written by another metarec version? serve it"

@@ -40,6 +40,7 @@ from typing import Any, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import traverse_util
 
@@ -104,9 +105,12 @@ class Export(batched.UserBatches):
     self.dtype = m["dtype"]
     self.rating_range = (float(m["rating_min"]), float(m["rating_max"]))
     config = config_io.complete(m["config"])
-    try:  # each key's own rule (an export of a newer metarec: a model
-      # name this one lacks was a traceback from deep in the build)
-      config_reference.validate(config, sections=())
+    try:  # the rules of the keys the served model is built from (an
+      # export of a newer metarec: a model name this one lacks was a
+      # traceback from deep in the build); not the training-only keys,
+      # whose rules have tightened since older exports were written
+      config_reference.validate(ml_collections.ConfigDict(
+          {"model": config.model, "meta": config.meta}), sections=())
     except InputError as e:
       raise InputError(f"{e.problem} (written by another metarec"
                        " version? serve it with that one)",
