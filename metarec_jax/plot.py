@@ -137,6 +137,23 @@ def loss_label(config) -> str:
   return f"{label} + {weight:g} x listwise" if weight else label
 
 
+def _where_the_map_is_served(series: dict) -> dict:
+  """`series` with `val/median_map_mae` kept at the validations that serve
+  the map (`val/median_map` 1): elsewhere it is not what is served, and
+  read beside `val/mae` as if it were."""
+  mapped = series.get("val/median_map_mae")
+  if mapped is None:
+    return series
+  series = dict(series)
+  del series["val/median_map_mae"]
+  served_steps, served = series.get("val/median_map", ((), ()))
+  keep = set(np.asarray(served_steps)[np.asarray(served) == 1.0].tolist())
+  mask = np.isin(mapped[0], list(keep))
+  if mask.any():
+    series["val/median_map_mae"] = (mapped[0][mask], mapped[1][mask])
+  return series
+
+
 def plot_learning_curves(series: dict, path: str,
                          loss: str = "meta-loss") -> str | None:
   """Writes the learning curves of `read_metrics` output (None: nothing).
@@ -146,6 +163,7 @@ def plot_learning_curves(series: dict, path: str,
     path: the PNG to write.
     loss: the y label's name of the query loss (`loss_label`).
   """
+  series = _where_the_map_is_served(series)
   panels = [(title, ylabel.format(loss=loss),
              [(tag, label) for tag, label in lines if tag in series])
             for title, ylabel, lines in LEARNING_PANELS]

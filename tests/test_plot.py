@@ -222,9 +222,16 @@ def test_the_validation_panel_draws_the_mae_through_the_median_map(
   monkeypatch.setattr(Axes, "plot", recorded)
   steps = np.array([3, 6])
   series = {"val/mae": (steps, np.array([0.69, 0.68])),
-            "val/median_map_mae": (steps, np.array([0.58, 0.59]))}
+            "val/median_map_mae": (steps, np.array([0.58, 0.59])),
+            "val/median_map": (steps, np.array([1.0, 1.0]))}
   assert plot.plot_learning_curves(series, str(tmp_path / "c.png"))
   assert drawn == ["after adaptation", "through the median map"]
+  # Where the map is not served (the review found the line drawn anyway,
+  # read as a served MAE 0.04 better than what was served).
+  drawn.clear()
+  series["val/median_map"] = (steps, np.array([0.0, 0.0]))
+  plot.plot_learning_curves(series, str(tmp_path / "d.png"))
+  assert drawn == ["after adaptation"]
 
 
 def test_the_learning_panels_share_one_step_axis(tmp_path, monkeypatch):

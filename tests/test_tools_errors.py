@@ -70,7 +70,8 @@ def test_bad_flags_and_missing_inputs_are_one_line(tmp_path, args, message):
 
 @pytest.mark.parametrize("tool, flag", [
     ("bench_learners.py", "--algorithms"), ("bench_serve.py", "--clients"),
-    ("profile_step.py", "--steps"), ("bench_parse.py", "--rows")])
+    ("profile_step.py", "--steps"), ("bench_parse.py", "--rows"),
+    ("bench_export.py", "--users")])
 def test_help_prints_the_usage(tool, flag):
   """Four tools refused --help as an unknown flag or argument (status 2);
   two listed their flags nowhere but in the source."""

@@ -180,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   prog = "bench_export.py"
   fv = flags.FlagValues()
   _define_flags(fv)
+  from metarec_jax import toolkit  # pylint: disable=g-import-not-at-top
+  if toolkit.help_asked(args, __doc__, fv):
+    return 0
   try:
     try:
       leftover = fv([prog] + args)
