@@ -314,11 +314,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             reporter.scalars(step, values)
             summary["train"] = values
           progress.advance(step, values)
-          rate.pause()  # validation, histograms, saves: not the steps' time
-          # (validation loss, improved, params to save) if validated.
-          val_loss, improved, validated = None, False, None
+          validating = due(step, eval_every, num_steps)
+          rate.pause(in_flight[-1] if validating else None)  # and saves
+          val_loss, improved, validated = None, False, None  # (params to save)
           cut = False  # a stop cut this step's validation short
-          if due(step, eval_every, num_steps):
+          if validating:
             guard.check_state(step, state)
             done = validate_and_select(step)
             cut = done is None

@@ -94,8 +94,12 @@ class StepRate:
     self.step, self.tasks_per_step = step, tasks_per_step
     self.since, self._paused_at = time.perf_counter(), None
 
-  def pause(self) -> None:
-    """The loop turns to other work."""
+  def pause(self, steps_done: Any = None) -> None:
+    """The loop turns to other work; `steps_done`, an array of the last
+    step, is waited for first where that work would wait for it anyway
+    (a validation): the steps still running on the device are theirs."""
+    if steps_done is not None:
+      jax.block_until_ready(steps_done)
     self._paused_at = time.perf_counter()
 
   def resume(self) -> None:
