@@ -225,6 +225,8 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
       # A body not declared JSON, to no route or a route of another
       # method: the route's 404 or 405, not a 415 about the body.
       "no such route": (post("/v1/nothing", content=b"x"), 404, "Not Found"),
+      # A bare 307 without the JSON error before.
+      "a trailing slash": (client.get("/healthz/"), 404, "Not Found"),
       "not a POST route": (post("/healthz", content=b"x"), 405,
                            "Method Not Allowed"),
   }

@@ -185,7 +185,10 @@ def create_app(service: Service, *, token: str | None,
 
   # With a token every endpoint but /healthz needs it: the schema too, and
   # no browser pages (they cannot send the token).
+  # No redirect of a path with a trailing slash: it was a bare 307 with no
+  # JSON error, which a client that follows it then POSTs again.
   app = FastAPI(title="metarec serve", lifespan=lifespan,
+                redirect_slashes=False,
                 description=__doc__.split("\n\n")[1] if __doc__ else "",
                 **({} if token is None else dict(
                     docs_url=None, redoc_url=None, openapi_url=None)))
