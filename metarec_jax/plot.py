@@ -146,9 +146,9 @@ def _where_the_map_is_served(series: dict) -> dict:
     return series
   series = dict(series)
   del series["val/median_map_mae"]
-  served_steps, served = series.get("val/median_map", ((), ()))
-  keep = set(np.asarray(served_steps)[np.asarray(served) == 1.0].tolist())
-  mask = np.isin(mapped[0], list(keep))
+  steps, served = (np.asarray(a) for a in series.get("val/median_map",
+                                                      ((), ())))
+  mask = np.isin(mapped[0], steps[served == 1.0])
   if mask.any():
     series["val/median_map_mae"] = (mapped[0][mask], mapped[1][mask])
   return series

@@ -180,11 +180,15 @@ class Engine:
 
   def kept_ranking(self, user, k: int) -> list | None:
     """The user's kept top `k` (`rankings`), or None."""
+    return self._kept(user, k)[0]
+
+  def _kept(self, user, k: int) -> tuple[list | None, Any]:
+    """(`kept_ranking`, the `rank_key` it is kept under)."""
     kept = self.rankings.get(user, k)  # kept under its own id: no lookup
     if kept is not None:  # of the export's rows (7 us, 70 times the get)
-      return kept
+      return kept, user
     key = self.rank_key(user)
-    return None if key is user else self.rankings.get(key, k)
+    return (None if key is user else self.rankings.get(key, k)), key
 
   def recommend(self, requests: list[tuple[Any, int]]) -> list[dict]:
     """`[(user, k)]` -> `[{"source", "items": [(item_id, score)]}]`.
@@ -193,19 +197,20 @@ class Engine:
     users not kept are ranked on the device, all of them in one call.
     """
     out = [None] * len(requests)
-    live = []
+    live, keys = [], []
     for i, (user, k) in enumerate(requests):
-      kept = self.kept_ranking(user, k)
+      kept, key = self._kept(user, k)
       if kept is None:
         live.append(i)
+        keys.append(key)
       else:
         out[i] = {"source": self.source(user), "items": kept}
     served = [self.served(requests[i][0]) for i in live]
-    for i, r in zip(live, self._rank(served, [self.k] * len(live))):
-      user, k = requests[i]
+    for i, key, r in zip(live, keys,
+                         self._rank(served, [self.k] * len(live))):
+      k = requests[i][1]
       ids, scores = [a for a, _ in r["items"]], [b for _, b in r["items"]]
-      self.rankings.put(self.rank_key(user), ids, scores,
-                        complete=len(ids) < self.k)
+      self.rankings.put(key, ids, scores, complete=len(ids) < self.k)
       out[i] = {"source": r["source"], "items": r["items"][:k]}
     return out
 

@@ -116,8 +116,7 @@ class JsonErrorsProtocol(HttpToolsProtocol):
     if self._in_body:
       # Its head is in and the app waits for the rest of its body: to the
       # app the client is gone.
-      self.cycle.disconnected = True
-      self.cycle.message_event.set()
+      _gone(self.cycle)
     self.refuse(408, f"the request did not arrive within {self.read_seconds:g}"
                 " s (metarec serve --read_timeout_s)")
 
@@ -130,9 +129,7 @@ class JsonErrorsProtocol(HttpToolsProtocol):
     answer is dropped: a refusal before it would read as its answer)."""
     self._disarm()
     if self._answering_earlier():
-      for cycle in {id(c): c for c in (self._running, self.cycle)}.values():
-        cycle.disconnected = True  # its writes to the transport are dropped
-        cycle.message_event.set()
+      _gone(self._running, self.cycle)
       self.transport.close()
       return
     body = json.dumps({"error": message}).encode()
@@ -144,3 +141,12 @@ class JsonErrorsProtocol(HttpToolsProtocol):
              b"connection: close\r\n\r\n"]
     self.transport.write(b"".join(head) + body)
     self.transport.close()
+
+
+def _gone(*cycles) -> None:
+  """Tells each request's app that its client is gone, as uvicorn does
+  when a connection is lost: the app stops waiting for its body, and its
+  writes to the transport are dropped."""
+  for cycle in cycles:
+    cycle.disconnected = True
+    cycle.message_event.set()
