@@ -67,6 +67,18 @@ _TAGGED_FLAGS = ["--config.data.generic.item_features=items.csv",
                  "--config.data.generic.new_item_col=new"]
 
 
+def _users_items(rng, users: int, items: int, least: int, most: int):
+  """Yields each user's items, `least` to `most` - 1 of them drawn without
+  replacement by a heavy-tailed popularity (drawn at the first user, so
+  that the random stream is the one the figures in docs/results.md were
+  measured on)."""
+  pop = rng.pareto(1.5, size=items) + 0.2
+  pop /= pop.sum()
+  for u in range(users):
+    yield u, rng.choice(items, size=int(rng.integers(least, most)),
+                        replace=False, p=pop)
+
+
 def half10(rng, taste: float = 2.0):
   """Ratings 1 to 10 in half points."""
   users, items = 1500, 900
@@ -75,12 +87,8 @@ def half10(rng, taste: float = 2.0):
   new = rng.random(items) < 0.2
   p = rng.normal(size=(users, DIM))
   b_user = rng.normal(scale=0.9, size=users)
-  pop = rng.pareto(1.5, size=items) + 0.2
-  pop /= pop.sum()
   lines = ["user,item,rating"]
-  for u in range(users):
-    it = rng.choice(items, size=int(rng.integers(30, 121)), replace=False,
-                    p=pop)
+  for u, it in _users_items(rng, users, items, 30, 121):
     v = (6.5 + b_user[u] + b_item[it] + taste * q[it] @ p[u]
          + rng.normal(size=len(it)))
     v = np.clip(np.round(v * 2) / 2, 1, 10)
@@ -143,12 +151,8 @@ def mixture(rng):
   p1 = clusters[first] + 0.3 * rng.normal(size=(users, DIM))
   p2 = clusters[second] + 0.3 * rng.normal(size=(users, DIM))
   b_user = rng.normal(scale=0.4, size=users)
-  pop = rng.pareto(1.5, size=items) + 0.2
-  pop /= pop.sum()
   lines = ["user,item,rating"]
-  for u in range(users):
-    it = rng.choice(items, size=int(rng.integers(25, 121)), replace=False,
-                    p=pop)
+  for u, it in _users_items(rng, users, items, 25, 121):
     who = rng.random(len(it)) < 0.5
     pu = np.where(who[:, None], p1[u], p2[u])
     v = (3.5 + b_user[u] + b_item[it] + np.sum(q[it] * pu, 1)
@@ -183,12 +187,8 @@ def userfeat(rng):
   b_user = (rng.normal(scale=0.5, size=7)[age]
             + rng.normal(scale=0.3, size=10)[country]
             + rng.normal(scale=0.15, size=users))
-  pop = rng.pareto(1.5, size=items) + 0.2
-  pop /= pop.sum()
   lines = ["user,item,rating"]
-  for u in range(users):
-    it = rng.choice(items, size=int(rng.integers(20, 100)), replace=False,
-                    p=pop)
+  for u, it in _users_items(rng, users, items, 20, 100):
     v = (3.5 + b_user[u] + b_item[it] + q[it] @ p[u]
          + rng.normal(scale=0.5, size=len(it)))
     lines += [f"u{u},i{i},{r}" for i, r in
