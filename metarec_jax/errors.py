@@ -73,15 +73,39 @@ class TrainingError(Exception):
 def error_line(e: Exception) -> tuple[str, int] | None:
   """The line (after `PROG: error: `) and exit status of an error the
   command line reports in one line: 2 for input, 1 for output (a full
-  disk, no permission, an OS error the code did not name) and training
-  failures; None for any other (a bug: its traceback is the report)."""
+  disk, no permission, an OS error the code did not name), training
+  failures and memory that ran out (`out_of_memory`); None for any other (a bug: its traceback is the report)."""
   if isinstance(e, InputError):
     return e.message, 2
   if isinstance(e, (OutputError, TrainingError)):
     return str(e), 1
   if isinstance(e, OSError):
     return (f"{e.filename}: " if e.filename else "") + cause_of(e), 1
+  if out_of_memory(e):
+    said = excerpt(str(e).strip().splitlines()[0], 200, quote=False)
+    return f"out of memory ({said}): {MEMORY_HINT}", 1
   return None
+
+
+# What to lower when a step, an evaluation or the input pipeline does not
+# fit (`config_meanings` says what each key bounds).
+MEMORY_HINT = ("lower train.chunk_tasks or train.tasks_per_step (train,"
+               " bench) or eval.batch_tasks (eval, export), or the model's"
+               " sizes")
+
+
+def out_of_memory(e: BaseException) -> bool:
+  """Whether `e` is a failed allocation: numpy's `MemoryError`, or a JAX
+  runtime error that XLA raised for device or host memory (on an
+  accelerator `RESOURCE_EXHAUSTED: Out of memory while trying to
+  allocate ...`, on a CPU `...: Out of memory allocating ...`). Matched
+  by name and text, so this module needs no JAX import."""
+  if isinstance(e, MemoryError):
+    return True
+  if type(e).__name__ not in ("JaxRuntimeError", "XlaRuntimeError"):
+    return False
+  text = str(e)
+  return text.startswith("RESOURCE_EXHAUSTED") or "Out of memory" in text
 
 
 def require_flag(fv, name: str):

@@ -1,0 +1,64 @@
+"""Memory that runs out is one line naming the keys to lower, exit status 1.
+
+A melu-ref meta-step of 65,536 tasks in float32 asks an 80 GB GPU for
+41 GiB more than it has; before, `metarec bench` and `train` ended in a
+forty-line traceback whose last line alone said why.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cli_run import metarec_here
+from metarec_jax import errors
+
+
+def _real_allocation_failure() -> Exception:
+  """The error XLA raises for a buffer no machine has (400 TB)."""
+  try:
+    jnp.zeros((10**14,), jnp.float32).block_until_ready()
+  except Exception as e:  # pylint: disable=broad-except
+    return e
+  raise AssertionError("a 400 TB buffer was allocated")
+
+
+def test_an_allocation_xla_refuses_is_one_line_with_the_keys_to_lower():
+  said = errors.error_line(_real_allocation_failure())
+  assert said is not None
+  line, status = said
+  assert status == 1
+  assert line.startswith("out of memory (")
+  assert "Out of memory" in line and "400000000000000 bytes" in line
+  assert "train.chunk_tasks" in line and "eval.batch_tasks" in line
+  assert "\n" not in line
+
+
+def test_numpy_memory_error_is_one_line_too():
+  with pytest.raises(MemoryError) as caught:
+    np.empty((10**18,), np.float32)
+  line, status = errors.error_line(caught.value)
+  assert status == 1 and line.startswith("out of memory (Unable to allocate")
+
+
+def test_other_runtime_errors_stay_bugs_with_their_traceback():
+  class JaxRuntimeError(RuntimeError):
+    pass
+
+  assert errors.error_line(JaxRuntimeError("INTERNAL: a kernel failed")) is None
+  assert errors.error_line(RuntimeError("Out of memory")) is None
+
+
+def test_bench_that_runs_out_of_memory_says_so_in_one_line(monkeypatch):
+  from metarec_jax import bench  # pylint: disable=g-import-not-at-top
+  failure = _real_allocation_failure()
+
+  def run(*args, **kwargs):
+    raise failure
+
+  monkeypatch.setattr(bench, "run", run)
+  out = metarec_here("bench", "--config=configs/tiny.py", "--steps=1")
+  assert out.returncode == 1, out.stderr
+  assert "Traceback" not in out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("metarec bench: error: out of memory ("), last
+  assert "train.tasks_per_step" in last
