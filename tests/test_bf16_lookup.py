@@ -85,3 +85,51 @@ def test_bfloat16_meta_gradient_has_no_bfloat16_scatter(tmp_path, model_name):
   assert np.isfinite(float(loss))
   assert all(np.all(np.isfinite(np.asarray(g)))
              for g in jax.tree.leaves(grad["model"]))
+
+
+@pytest.mark.parametrize("model_name", ["melu", "idemb"])
+def test_bfloat16_keeps_gathered_tables_float32(tmp_path, model_name):
+  # Casting a gathered table to bfloat16 costs table-sized passes forward
+  # and back (idemb-large's 1.7 GB made bfloat16 slower than float32 on an
+  # H100): no bfloat16 tensor of a gathered table's shape in the program,
+  # while the rows it reads are bfloat16.
+  config = config_io.load_config_file(config_path("tiny"))
+  config.model.name = model_name
+  config.model.compute_dtype = "bfloat16"
+  trainer = Trainer(config, str(tmp_path))
+  exp = trainer.exp
+  tasks = trainer.sampler.batch(0)
+  params = exp.model.init(jax.random.PRNGKey(0))
+  # Every table on a CPU (its backend's onehot_vocab is 0).
+  tables = [leaf.shape for path, leaf in
+            jax.tree_util.tree_leaves_with_path(params)
+            if path[-1].key == "embedding" and leaf.ndim == 2]
+  assert tables and all(
+      precision.is_gathered_table(path, leaf) for path, leaf in
+      jax.tree_util.tree_leaves_with_path(params)
+      if leaf.shape in tables and path[-1].key == "embedding")
+  fn = lambda mp, t: meta.meta_grad(exp.model.loss_fn, mp, t,  # noqa: E731
+                                    config=exp.meta_config)
+  text = jax.jit(fn).lower({"model": params, "inner": None},
+                           tasks).as_text()
+  for shape in tables:
+    table_type = "x".join(map(str, shape))
+    assert f"tensor<{table_type}xf32>" in text
+    assert f"tensor<{table_type}xbf16>" not in text, shape
+  assert re.search(r"tensor<[0-9x]+bf16>", text), "computes in bfloat16"
+
+
+def test_rows_of_a_kept_table_are_cast_inside_a_bfloat16_loss():
+  module = _Table(7)
+  idx = jnp.array([[1, 6]], jnp.int32)
+  params = module.init(jax.random.PRNGKey(0), idx, True)
+  (loss,) = precision.compute_in(
+      (lambda p, i: module.apply(p, i, True),), "bfloat16")
+  rows = loss(params, idx)
+  assert rows.dtype == jnp.bfloat16
+  table = params["params"]["Embed_0"]["embedding"]
+  np.testing.assert_array_equal(
+      np.asarray(rows, np.float32),
+      np.asarray(table[idx].astype(jnp.bfloat16), np.float32))
+  # Outside a loss function the rows are read as stored.
+  assert module.apply(params, idx, True).dtype == jnp.float32

@@ -56,6 +56,7 @@ import numpy as np
 
 from metarec_jax import backend
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec
+from metarec_jax.models import precision
 
 
 class Embedder(nn.Module):
@@ -91,17 +92,17 @@ class Embedder(nn.Module):
           _onehot_lookup if spec.vocab <= onehot_vocab else gather_rows,
           table)
       idx = features[spec.name]
+      rows = lookup(idx)  # in the compute dtype (`gather_rows`)
       if spec.name == ITEM_ID:
         # Index 0 (padding, a hidden ID) embeds to zero, like an item that
         # never had training ratings.
-        parts.append(lookup(idx) * (idx > 0)[..., None].astype(
-            table.embedding.dtype))
+        parts.append(rows * (idx > 0)[..., None].astype(rows.dtype))
       elif spec.kind == "list":
-        mask = (idx > 0)[..., None].astype(table.embedding.dtype)
-        pooled = jnp.sum(lookup(idx) * mask, axis=-2)
+        mask = (idx > 0)[..., None].astype(rows.dtype)
+        pooled = jnp.sum(rows * mask, axis=-2)
         parts.append(pooled / jnp.maximum(jnp.sum(mask, axis=-2), 1.0))
       else:
-        parts.append(lookup(idx))
+        parts.append(rows)
     return jnp.concatenate(parts, axis=-1)
 
 
@@ -116,13 +117,18 @@ def gather_rows(table: nn.Embed, idx: jax.Array) -> jax.Array:
   rather than native atomics. Gathering from the table upcast to float32
   (exact) and casting the rows back (exact: they are bfloat16 values)
   gives the same values and moves the scatter-add to float32; the summed
-  gradient rounds to bfloat16 once. A float32 table is read as it is.
+  gradient rounds to bfloat16 once. A float32 table is read as it is, and
+  inside a bfloat16 loss function (where `models.precision` keeps the
+  gathered tables float32, `precision.gathered_rows_dtype`) the rows read
+  are cast: the same values, with no table-sized cast either way.
   """
   embedding = table.embedding
   if table.num_embeddings == 1:  # as `nn.Embed` reads a one-row table
     return jnp.broadcast_to(embedding[0], idx.shape + embedding.shape[1:])
   if jnp.finfo(embedding.dtype).bits >= 32:
-    return jnp.take(embedding, idx, axis=0)
+    rows = jnp.take(embedding, idx, axis=0)
+    compute = precision.gathered_rows_dtype()
+    return rows if compute is None else rows.astype(compute)
   return jnp.take(embedding.astype(jnp.float32), idx,
                   axis=0).astype(embedding.dtype)
 

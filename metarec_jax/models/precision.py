@@ -18,31 +18,77 @@ module serves training, evaluation and serving), and the `LinearHead`
 dual form, which multiplies features and kernels outside the modules, is
 covered by the same switch (`LinearHead.compute_dtype`).
 
+Embedding tables read by a gather (more rows than the backend's
+`onehot_vocab`, `is_gathered_table`) are the exception: they stay float32,
+and `melu.gather_rows` casts the rows it reads to the compute dtype
+(`gathered_rows_dtype`, set while a wrapped loss function runs). Casting
+such a table costs two table-sized passes in the backward pass as well
+(the table's gradient rounded to bfloat16, then back to float32): on an
+H100, `configs/idemb_large.py`'s 1.7 GB of tables made bfloat16 slower
+than float32 (49,722 against 64,691 tasks/s), and the rounding cost the
+gradient precision for nothing. The rows read are the same bfloat16
+values either way.
+
 Predictions for evaluation, export and serving (`Recommender.predict`)
 use the float32 parameters as they are.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from metarec_jax import backend
 from metarec_jax.meta import LinearHead, Members
 
 PyTree = Any
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
+# The compute dtype while a loss function of `compute_in` runs (traces).
+_ROWS_DTYPE: contextvars.ContextVar = contextvars.ContextVar(
+    "gathered_rows_dtype", default=None)
 
-def cast_floating(tree: PyTree, dtype) -> PyTree:
-  """`tree` with every floating-point leaf cast to `dtype` (others as is)."""
-  return jax.tree.map(
-      lambda x: (x.astype(dtype)
-                 if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x),
-      tree)
+
+def gathered_rows_dtype():
+  """The dtype that rows gathered from a float32 table are cast to: the
+  compute dtype inside a loss function of `compute_in`, else None (rows
+  as stored)."""
+  return _ROWS_DTYPE.get()
+
+
+def is_gathered_table(path, leaf) -> bool:
+  """An embedding table read by a gather (`melu.gather_rows`): a 2-D
+  `embedding` leaf of more rows than the backend's `onehot_vocab`."""
+  return (bool(path) and getattr(path[-1], "key", None) == "embedding"
+          and jnp.ndim(leaf) == 2
+          and jnp.shape(leaf)[0] > backend.defaults().onehot_vocab)
+
+
+def cast_floating(tree: PyTree, dtype, *, keep_gathered: bool = False
+                  ) -> PyTree:
+  """`tree` with every floating-point leaf cast to `dtype` (others as is);
+  `keep_gathered`: tables read by a gather stay as they are."""
+  def cast(path, x):
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating) or (
+        keep_gathered and is_gathered_table(path, x)):
+      return x
+    return x.astype(dtype)
+  return jax.tree_util.tree_map_with_path(cast, tree)
+
+
+@contextlib.contextmanager
+def _computing_in(dtype):
+  token = _ROWS_DTYPE.set(dtype)
+  try:
+    yield
+  finally:
+    _ROWS_DTYPE.reset(token)
 
 
 def compute_in(loss_fns: tuple, dtype_name: str) -> tuple:
@@ -71,16 +117,20 @@ def compute_in(loss_fns: tuple, dtype_name: str) -> tuple:
       wrapped[id(fn)] = make(fn)
     return wrapped[id(fn)]
 
+  def in_dtype(fn, params, *args):
+    with _computing_in(dtype):
+      return fn(cast_floating(params, dtype, keep_gathered=True), *args)
+
   def params_cast(fn):
-    return lambda params, *args: fn(cast_floating(params, dtype), *args)
+    return lambda params, *args: in_dtype(fn, params, *args)
 
   def head_cast(fn):
-    return lambda params, a, batch: fn(cast_floating(params, dtype),
-                                       a.astype(dtype), batch)
+    return lambda params, a, batch: in_dtype(fn, params, a.astype(dtype),
+                                             batch)
 
   def loss_cast(fn):
     def loss(params, batch):
-      return fn(cast_floating(params, dtype), batch)
+      return in_dtype(fn, params, batch)
     rows = getattr(fn, "rows", None)
     if rows is not None:
       loss.rows = once(rows, params_cast)
