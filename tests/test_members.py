@@ -143,6 +143,27 @@ def test_members_are_refused_where_they_do_not_apply():
     config_reference.validate(config)
 
 
+def test_an_adapted_leaf_the_members_share_is_refused_in_one_line():
+  # Each member would adapt its own copy of the shared "b": task_loss
+  # trained on that, then adapt died in an opaque vmap error.
+  def loss_fn(p, b):
+    return jnp.mean(b["mask"] * (b["x"] * p["w"] + p["b"] - b["y"]) ** 2)
+  params = {"w": jnp.array([1.0, 2.0]), "b": jnp.array(0.5)}
+  members = meta.Members(loss_fn, ("w",))
+  support = {"x": jnp.array([1.0, 2.0]), "y": jnp.array([1.0, 0.0]),
+             "mask": jnp.ones(2)}
+  task = {"support": support, "query": support}
+  config = meta.MetaConfig(inner_steps=1, inner_lr=0.1)
+  for call in (lambda: meta.adapt(members, params, support, config=config),
+               lambda: meta.task_loss(members, params, task, config=config)):
+    with pytest.raises(ValueError, match="adapts 'b', shared by the members"):
+      call()
+  # Adapting only the stacked leaf is what an ensemble does.
+  config = meta.MetaConfig(inner_steps=1, inner_lr=0.1, adapt=("w",))
+  adapted = meta.adapt(members, params, support, config=config)
+  assert adapted["b"] == params["b"] and adapted["w"].shape == (2,)
+
+
 def test_members_of_an_implicit_model_need_no_anchor_flag():
   """Implicit models are never anchored (`models.factory.for_data`): an
   implicit ensemble was refused for `model.anchor`, the default's true."""

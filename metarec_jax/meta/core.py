@@ -118,7 +118,7 @@ def adapt(loss_fn: LossFn, params: PyTree, support: PyTree, *,
     ensemble's loss (`meta.members.Members`) adapts each member alone.
   """
   if isinstance(loss_fn, members_lib.Members):
-    loss_fn.check(config)
+    loss_fn.check(config, params)
     return loss_fn.each(lambda p: adapt(loss_fn.single, p, support,
                                         config=config, inner=inner),
                         params, out_axes=loss_fn.axes(params))
@@ -144,7 +144,7 @@ def task_loss(loss_fn: LossFn, params: PyTree, task: PyTree, *,
   An ensemble's loss (`meta.members.Members`) is the sum of its members'.
   """
   if isinstance(loss_fn, members_lib.Members):
-    loss_fn.check(config)
+    loss_fn.check(config, params)
     query = members_lib.single(query_loss_fn)
     return jnp.sum(loss_fn.each(
         lambda p: task_loss(loss_fn.single, p, task, config=config,

@@ -50,10 +50,24 @@ class Members:
     return jax.vmap(fn, in_axes=(self.axes(params),),
                     out_axes=out_axes)(params)
 
-  def check(self, config) -> None:
+  def check(self, config, params: PyTree = None) -> None:
     """Refuses an algorithm whose learned inner parameters belong to one
     model (a rate per element, an encoder of its features): the members
-    share `inner`, so they could not be vmapped (an opaque scan error)."""
+    share `inner`, so they could not be vmapped (an opaque scan error).
+    With `params`, also an adapted leaf that is not stacked: each member
+    would adapt its own copy, which `adapt` cannot return as one shared
+    leaf (an opaque vmap error), while `task_loss` would have trained on
+    it."""
+    if params is not None:
+      mask = paths.adapt_mask(params, config.adapt)
+      shared = [name for name, adapted in zip(paths.leaf_paths(params), mask)
+                if adapted and not paths.matches_any(name, self.stacked)]
+      if shared:
+        raise ValueError(
+            f"meta.adapt adapts {', '.join(map(repr, shared))}, shared by"
+            " the members of an ensemble (meta.Members): each member would"
+            " adapt its own copy; stack it (Members.stacked) or leave it"
+            " out of meta.adapt")
     spec = config.spec
     if spec.encoder or spec.rates == "element":
       raise ValueError(
