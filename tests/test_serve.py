@@ -214,6 +214,13 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
                                  422, "user id '1\\n' is not an integer"),
       "k too large": (client.get("/v1/users/130/recommendations?k=21"), 422,
                       "query.k"),
+      # Read as 10, 5 and 5 by a lax int parse, and answered.
+      "k with an underscore": (client.get(
+          "/v1/users/130/recommendations?k=1_0"), 422, "written in digits"),
+      "k with a sign": (client.get("/v1/users/130/recommendations?k=%2B5"),
+                        422, "written in digits"),
+      "k as a decimal": (client.get("/v1/users/130/recommendations?k=5.0"),
+                         422, "written in digits"),
       "too many items": (post("/v1/predict", json={
           "user": 130, "items": [1193] * 17}), 422, "at most 16"),
       "implicit items": (post(path, json={"items": [1193]}), 422,

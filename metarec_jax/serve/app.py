@@ -25,7 +25,7 @@ from fastapi import Depends, FastAPI, Path, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from starlette import convertors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -50,6 +50,14 @@ class _AnyText(convertors.Convertor):
 convertors.register_url_convertor("text", _AnyText())
 
 log = logging.getLogger("metarec")
+
+
+def _digits(value):
+  """A query's `k` as written: ASCII digits alone (a lax int would take
+  `1_0`, `+5` or `5.0` as a number, so a client's typo got an answer)."""
+  if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+    raise ValueError("must be a whole number written in digits")
+  return value
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -256,8 +264,8 @@ def create_app(service: Service, *, token: str | None,
   @app.get("/v1/users/{user:text}/recommendations", dependencies=auth,
            response_model=Recommendations)
   async def recommendations(user: Annotated[str, Path(max_length=256)],
-                            k: Annotated[int, Query(ge=1, le=limits.max_k)]
-                            = 10):
+                            k: Annotated[int, BeforeValidator(_digits),
+                                         Query(ge=1, le=limits.max_k)] = 10):
     uid = user_of(user)
     # A kept ranking needs no device: answer it here, not in the batcher.
     # (A user's kept ranking is forgotten before its interaction is
