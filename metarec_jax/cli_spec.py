@@ -96,7 +96,8 @@ def define_bench(fv: flags.FlagValues) -> None:
 def define_export(fv: flags.FlagValues) -> None:
   """Defines `metarec export`'s flags in `fv`."""
   flags.DEFINE_string("workdir", None, "Work directory of a `metarec train`"
-                      " run (its config and newest checkpoint).",
+                      " run (its config and, unless --step says, its best"
+                      " validated checkpoint, else the newest).",
                       flag_values=fv)
   flags.DEFINE_string("ratings", None, "A ratings file in the dataset's input"
                       " format: every user in it is adapted on its ratings"

@@ -66,3 +66,15 @@ def test_bar_can_be_refused_on_a_terminal():
   p.advance(4, {"train/loss": 1.0})
   p.close()
   assert out.getvalue() == "step 4/4  loss 1.0000  unadapted n/a  n/a tasks/s\n"
+
+
+def test_a_slow_export_states_its_rate_not_zero(monkeypatch):
+  out = io.StringIO()
+  logger, _ = make_logger("metarec.test.users", out)
+  clock = iter([100.0, 106.25])  # start, then 2 users 6.25 s later
+  monkeypatch.setattr(progress_lib.time, "perf_counter", lambda: next(clock))
+  p = progress_lib.UserProgress(2, console=Console(file=io.StringIO()),
+                                log=logger)
+  p.advance(2)
+  p.close()
+  assert out.getvalue().strip() == "exported 2/2 users (0.32 users/s)"

@@ -165,8 +165,9 @@ class UserProgress:
         or now - self._last_line >= self.every_seconds):
       self._last_line = now
       rate = self.done / max(now - self._start, 1e-9)
-      self.log.info("exported %d/%d users (%.0f users/s)", self.done,
-                    self.total, rate)
+      # Two significant digits below 10: a slow export said "0 users/s".
+      self.log.info("exported %d/%d users (%s users/s)", self.done,
+                    self.total, f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}")
 
   def close(self) -> None:
     if self._stop is not None:
