@@ -102,11 +102,13 @@ def top_k_one(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
     candidates.
   """
 
+  is_rated = rated_lookup(rated)
+
   def block(carry, xs):
     best, best_served, best_idx, bad = carry
     feats, idx = xs
     served, ranked = rank_items(model, params, fast, user_features, feats)
-    excluded = (idx < 0) | jnp.any(rated[:, None] == idx[None, :], axis=0)
+    excluded = (idx < 0) | is_rated(idx)
     bad = bad + jnp.sum(~excluded & ~(jnp.isfinite(served)
                                       & jnp.isfinite(ranked)))
     ranked = jnp.where(excluded, -jnp.inf, ranked)
@@ -124,6 +126,24 @@ def top_k_one(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
   (_, top_served, top_idx, bad), _ = jax.lax.scan(
       block, init, (item_blocks, block_index))
   return top_served, top_idx, bad
+
+
+def rated_lookup(rated: jax.Array):
+  """`is_rated(idx)`: whether each item index of `idx` is among `rated`
+  (item indices, -1 = pad), by a binary search in `rated` sorted, so
+  O(B log R) per block of B items. (Comparing every rated item with every
+  item of a block was O(R * B): a chunk's rated lists are padded to its
+  longest, so one user with 50,000 ratings made every user of the chunk
+  pay 65,536 comparisons per catalogue item, and an export with
+  `--top_k` ran for many minutes where it took seconds without.)"""
+  if rated.shape[0] == 0:
+    return lambda idx: jnp.zeros(idx.shape, bool)
+  ordered = jnp.sort(rated)  # the -1 pads first; no item index is -1
+
+  def is_rated(idx: jax.Array) -> jax.Array:
+    at = jnp.searchsorted(ordered, idx)
+    return ordered[jnp.minimum(at, ordered.shape[0] - 1)] == idx
+  return is_rated
 
 
 def support_finite(model: Recommender, params: PyTree,
