@@ -332,3 +332,46 @@ def test_a_failed_write_names_the_store_not_the_temporary_one(tmp_path,
     prepare.prepare(data, tmp_path / "store")
   assert str(e.value).startswith(f"cannot write {tmp_path / 'store'}{os.sep}")
   assert ".ratings-" not in str(e.value)
+
+
+def test_serving_a_file_without_ratings_refuses_ratings(tmp_path):
+  """Its export's server took `{"ratings": [[item, 1]]}` (1 meant to say
+  "disliked"), dropped the 1 and logged a positive; 0 was refused as off
+  a 1-5 scale the file never had."""
+  # pylint: disable=g-import-not-at-top
+  import httpx
+  from cli_run import metarec_here
+  from test_serve import Server
+  rng = np.random.default_rng(0)
+  lines = ["user,item"] + [f"u{u},i{i}" for u in range(80)
+                           for i in rng.choice(40, 30, replace=False)]
+  datafiles.write(str(tmp_path / "clicks.csv"), "\n".join(lines) + "\n")
+  work = tmp_path / "run"
+  out = metarec_here(
+      "train", f"--config={config_path('tiny')}", f"--workdir={work}",
+      "--config.data.name=generic", f"--config.data.root={tmp_path}",
+      "--config.data.generic.ratings=clicks.csv",
+      "--config.data.generic.id_features=true",
+      "--config.data.generic.rating_col=", "--config.data.implicit.enabled=true",
+      "--config.model.loss=bce", "--config.train.num_steps=1",
+      "--config.train.eval_every_steps=0")
+  assert out.returncode == 0, out.stderr
+  datafiles.write(str(tmp_path / "users.csv"), "user,item\nu1,i1\nu1,i2\n")
+  out = metarec_here("export", f"--workdir={work}",
+                     f"--ratings={tmp_path / 'users.csv'}",
+                     f"--out={tmp_path / 'export'}")
+  assert out.returncode == 0, out.stderr
+  server = Server(tmp_path / "export", tmp_path / "log",
+                  stderr_path=tmp_path / "stderr")
+  try:
+    server.wait_ready()
+    url = server.url + "/v1/users/u1/interactions"
+    for rating in (1, 0):
+      r = httpx.post(url, json={"ratings": [["i3", rating]]}, timeout=60)
+      assert r.status_code == 422, r.text
+      assert "no rating column" in r.json()["error"]
+    r = httpx.post(url, json={"items": ["i3"]}, timeout=60)
+    assert r.status_code == 200, r.text
+  finally:
+    server.stop()
+  assert (tmp_path / "log" / "interactions.csv").read_text().count("i3") == 1

@@ -304,6 +304,13 @@ def create_app(service: Service, *, token: str | None,
       return list(body.items), [hi] * len(body.items)
     if body.ratings is None:
       raise fastapi.HTTPException(422, "ratings: field required")
+    if service.log.format.rating is None:
+      # Its file has no rating column: a 1 sent to mean "disliked" was
+      # logged as a positive, and 0 refused as off a 1-5 scale the data
+      # never had.
+      raise fastapi.HTTPException(
+          422, "this export's ratings file has no rating column (every"
+          " row a positive): send {\"items\": [item, ...]}")
     return checked(body.ratings)
 
   @app.post("/v1/users/{user:text}/interactions", dependencies=auth,
