@@ -209,14 +209,21 @@ def _run_export(inv: Invocation) -> int:
       workdir, ratings, out, top_k=fv["top_k"].value, dtype=fv["dtype"].value,
       step=fv["step"].value, chunk_users=fv["chunk_users"].value,
       unknown_users=fv["unknown_users"].value, overrides=inv.overrides)
-  print(f"exported {summary['users']:,} users to {summary['out']} in"
-        f" {summary['seconds']:.1f} s ({summary['dtype']},"
-        f" {summary['bytes_per_user'] or 0:,.0f} bytes per user);"
-        f" {summary['flagged_users']:,} flagged, {summary['skipped_users']:,}"
-        f" users and {summary['skipped_items']:,} ratings of unknown items"
-        " skipped")
+  print(export_line(summary))
   print_json(summary)
   return 0
+
+
+def export_line(summary: dict) -> str:
+  """`metarec export`'s summary line (its JSON follows)."""
+  repeated = summary.get("duplicate_ratings") or 0
+  return (f"exported {summary['users']:,} users to {summary['out']} in"
+          f" {summary['seconds']:.1f} s ({summary['dtype']},"
+          f" {summary['bytes_per_user'] or 0:,.0f} bytes per user);"
+          f" {summary['flagged_users']:,} flagged, {summary['skipped_users']:,}"
+          f" users and {summary['skipped_items']:,} ratings of unknown items"
+          " skipped" + (f", {repeated:,} repeated (user, item) ratings dropped"
+                        " (the last line of each kept)" if repeated else ""))
 
 
 def _run_serve(inv: Invocation) -> int:

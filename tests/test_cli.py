@@ -7,6 +7,7 @@ import pytest
 
 from cli_run import assert_one_line_error, metarec, metarec_here
 from conftest import config_path
+from metarec_jax import cli
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +249,17 @@ def test_config_with_a_space_to_a_command_without_config_files(command,
     out = metarec(command, *words, "--workdir=x")
     assert out.returncode == 2
     assert message in out.stderr.strip().splitlines()[-1]
+
+
+def test_export_line_counts_repeated_ratings_only_when_there_are_some():
+  summary = {"users": 300, "out": "ex", "seconds": 2.04, "dtype": "float32",
+             "bytes_per_user": 1234.0, "flagged_users": 0,
+             "skipped_users": 0, "skipped_items": 0,
+             "duplicate_ratings": 3000}
+  line = cli.export_line(summary)
+  assert line.startswith("exported 300 users to ex in 2.0 s (float32,"
+                         " 1,234 bytes per user); 0 flagged")
+  assert line.endswith(", 3,000 repeated (user, item) ratings dropped (the"
+                       " last line of each kept)")
+  assert "repeated" not in cli.export_line({**summary,
+                                            "duplicate_ratings": 0})
