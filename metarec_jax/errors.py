@@ -82,7 +82,9 @@ def error_line(e: Exception) -> tuple[str, int] | None:
   if isinstance(e, OSError):
     return (f"{e.filename}: " if e.filename else "") + cause_of(e), 1
   if out_of_memory(e):
-    said = excerpt(str(e).strip().splitlines()[0], 200, quote=False)
+    # (Python's own MemoryError has no message.)
+    said = excerpt((str(e).strip().splitlines() or [type(e).__name__])[0],
+                   200, quote=False)
     return f"out of memory ({said}): {MEMORY_HINT}", 1
   return None
 
@@ -90,8 +92,8 @@ def error_line(e: Exception) -> tuple[str, int] | None:
 # What to lower when a step, an evaluation or the input pipeline does not
 # fit (`config_meanings` says what each key bounds).
 MEMORY_HINT = ("lower train.chunk_tasks or train.tasks_per_step (train,"
-               " bench) or eval.batch_tasks (eval, export), or the model's"
-               " sizes")
+               " bench), eval.batch_tasks (eval) or --chunk_users (export),"
+               " or the model's sizes")
 
 
 def out_of_memory(e: BaseException) -> bool:

@@ -92,6 +92,30 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(
   assert checkpoint_steps(workdir) == [3, 6]
 
 
+def test_memory_that_runs_out_in_a_restore_is_no_damaged_checkpoint(
+    finished_run, tmp_path, monkeypatch):
+  """Out of memory while the newest checkpoint was verified: it was moved
+  aside as unreadable and the run redid its steps from the older one (or,
+  each one failing alike, was told to move the folder away)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from metarec_jax.workdir import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  workdir = copy_run(finished_run, tmp_path)
+
+  def verify(*args):
+    np.empty((10**18,), np.float32)  # numpy's "Unable to allocate ..."
+  monkeypatch.setattr(ckpt_lib, "verify_restored", verify)
+  out = metarec_here("train", f"--workdir={workdir}",
+                     "--config.train.num_steps=8")
+  assert out.returncode == 1, out.stderr
+  assert "Traceback" not in out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("metarec train: error: out of memory (Unable to"
+                         " allocate"), last
+  assert "falling back" not in out.stderr
+  assert checkpoint_steps(workdir) == [3, 6]
+  assert not os.path.exists(os.path.join(workdir, "checkpoints-unreadable"))
+
+
 def test_a_file_where_the_checkpoints_go_is_refused_before_any_work(
     finished_run, tmp_path):
   """`checkpoints` a file (a copy gone wrong): train took it for a run

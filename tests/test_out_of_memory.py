@@ -30,6 +30,7 @@ def test_an_allocation_xla_refuses_is_one_line_with_the_keys_to_lower():
   assert line.startswith("out of memory (")
   assert "Out of memory" in line and "400000000000000 bytes" in line
   assert "train.chunk_tasks" in line and "eval.batch_tasks" in line
+  assert "--chunk_users (export)" in line
   assert "\n" not in line
 
 
@@ -38,6 +39,11 @@ def test_numpy_memory_error_is_one_line_too():
     np.empty((10**18,), np.float32)
   line, status = errors.error_line(caught.value)
   assert status == 1 and line.startswith("out of memory (Unable to allocate")
+
+
+def test_python_memory_error_without_a_message_is_named_by_its_type():
+  line, status = errors.error_line(MemoryError())  # a bytearray's
+  assert status == 1 and line.startswith("out of memory (MemoryError):")
 
 
 def test_other_runtime_errors_stay_bugs_with_their_traceback():

@@ -19,13 +19,11 @@ digests are of the values, not of orbax's files, so they do not depend on
 how orbax lays the files out, on its asynchronous writer or on how many
 processes wrote (every process holds the same replicated state; the primary
 one writes the JSON item). Cost: one host copy and about 1.5 s per GB of
-state hashed at each save and restore (measured on the 2-core test
-machine).
-A checkpoint saved right after a validation carries its validation MAE
+state hashed at each save and restore (on the 2-core test machine). A
+checkpoint saved right after a validation carries its validation MAE
 (orbax's metrics item); the best one is kept beside the newest ones.
 Orbax splits the writing of a replicated array over its replicas only on
-TPU (`_save_replicas_in_parallel`).
-"""
+TPU (`_save_replicas_in_parallel`)."""
 
 from __future__ import annotations
 
@@ -45,7 +43,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint._src.metadata import array_metadata_store
 
 from metarec_jax import integrity
-from metarec_jax.errors import InputError, OutputError, cause_of
+from metarec_jax.errors import InputError, OutputError, cause_of, out_of_memory
 from metarec_jax.meta import paths
 from metarec_jax.workdir import manager as manager_lib
 from metarec_jax.workdir import orbax_logs
@@ -306,6 +304,8 @@ class Checkpointer:
         else:
           self._settle(candidate, unreadable)
           return state, record, candidate
+      if out_of_memory(error):  # the machine's, not the checkpoint's fault
+        raise error
       unreadable.append(candidate)
       folder = os.path.join(self.directory, str(candidate))
       problem = (str(error) if isinstance(error, DamagedCheckpoint)
