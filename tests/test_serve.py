@@ -220,7 +220,10 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
       "k with a sign": (client.get("/v1/users/130/recommendations?k=%2B5"),
                         422, "written in digits"),
       "k as a decimal": (client.get("/v1/users/130/recommendations?k=5.0"),
-                         422, "written in digits"),
+                         422, "query.k: must be a whole number written in"
+                         " digits"),
+      "k negative": (client.get("/v1/users/130/recommendations?k=-1"), 422,
+                     "greater than or equal to 1"),
       "too many items": (post("/v1/predict", json={
           "user": 130, "items": [1193] * 17}), 422, "at most 16"),
       "implicit items": (post(path, json={"items": [1193]}), 422,
@@ -387,6 +390,12 @@ def test_the_token_is_required_except_for_healthz(server):
   # id, and building the schema wrote a UserWarning into the server's log.
   assert "Warning" not in server.stderr()
   assert "head" not in r.json()["paths"]["/healthz"]
+  # k's limits, as JSON Schema words them (a validator before `Query`
+  # gave them as pydantic's `ge`/`le`, which no client reads).
+  (k,) = [p["schema"] for p in r.json()["paths"][
+      "/v1/users/{user}/recommendations"]["get"]["parameters"]
+          if p["name"] == "k"]
+  assert k["minimum"] == 1 and k["maximum"] >= 1 and "ge" not in k
 
 
 def test_a_second_server_on_the_log_or_port_exits_2(server, exported, tmp_path):

@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic_core import PydanticCustomError
 from starlette import convertors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -53,10 +54,14 @@ log = logging.getLogger("metarec")
 
 
 def _digits(value):
-  """A query's `k` as written: ASCII digits alone (a lax int would take
-  `1_0`, `+5` or `5.0` as a number, so a client's typo got an answer)."""
-  if isinstance(value, str) and not (value.isascii() and value.isdigit()):
-    raise ValueError("must be a whole number written in digits")
+  """A query's `k` as written: ASCII digits alone, after a `-` that the
+  range check then names (a lax int would take `1_0`, `+5` or `5.0` as a
+  number, so a client's typo got an answer). (After `Query(...)` in the
+  annotation, which keeps the schema's `minimum` and `maximum`.)"""
+  digits = value.removeprefix("-") if isinstance(value, str) else "0"
+  if not (digits.isascii() and digits.isdigit()):
+    raise PydanticCustomError("digits",
+                              "must be a whole number written in digits")
   return value
 
 
@@ -267,8 +272,8 @@ def create_app(service: Service, *, token: str | None,
   @app.get("/v1/users/{user:text}/recommendations", dependencies=auth,
            response_model=Recommendations)
   async def recommendations(user: Annotated[str, Path(max_length=256)],
-                            k: Annotated[int, BeforeValidator(_digits),
-                                         Query(ge=1, le=limits.max_k)] = 10):
+                            k: Annotated[int, Query(ge=1, le=limits.max_k),
+                                         BeforeValidator(_digits)] = 10):
     uid = user_of(user)
     # A kept ranking needs no device: answer it here, not in the batcher.
     # (A user's kept ranking is forgotten before its interaction is
