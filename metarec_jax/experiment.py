@@ -240,8 +240,10 @@ def build(config, workdir: str | os.PathLike, *,
           f" model.name={model_config.name}'s loss has no `rows` (its"
           " module no `featurize`)") from None
   try:  # a typo in meta.adapt must fail here, not deep inside a jit trace
-    meta.adapt_mask(jax.eval_shape(
-        lambda: model.init(jax.random.PRNGKey(0))), mc.adapt)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0)))
+    meta.adapt_mask(shapes, mc.adapt)
+    if isinstance(model.loss_fn, meta.Members):  # a shared leaf adapted
+      model.loss_fn.check(mc, shapes)
   except ValueError as e:
     raise InputError(str(e)) from None
   return Experiment(config=config, store=store, split=split, tables=tables,

@@ -164,6 +164,18 @@ def test_an_adapted_leaf_the_members_share_is_refused_in_one_line():
   assert adapted["b"] == params["b"] and adapted["w"].shape == (2,)
 
 
+def test_train_refuses_adapting_a_shared_leaf_before_compiling(tmp_path):
+  # MeLU's members share the median map: adapting it was a 55-line
+  # traceback from inside the first step's trace, exit 1.
+  from cli_run import assert_one_line_error, metarec_here  # pylint: disable=g-import-not-at-top
+  out = metarec_here(
+      "train", f"--config={config_path('tiny')}", f"--workdir={tmp_path}/w",
+      "--config.model.members=3", "--config.model.anchor=false",
+      "--config.meta.adapt=('^decision/','median_offsets')")
+  assert_one_line_error(out, "meta.adapt adapts 'median_offsets', shared by"
+                        " the members")
+
+
 def test_members_of_an_implicit_model_need_no_anchor_flag():
   """Implicit models are never anchored (`models.factory.for_data`): an
   implicit ensemble was refused for `model.anchor`, the default's true."""

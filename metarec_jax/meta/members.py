@@ -66,8 +66,8 @@ class Members:
         raise ValueError(
             f"meta.adapt adapts {', '.join(map(repr, shared))}, shared by"
             " the members of an ensemble (meta.Members): each member would"
-            " adapt its own copy; stack it (Members.stacked) or leave it"
-            " out of meta.adapt")
+            " adapt its own copy; leave it out of meta.adapt (or, calling"
+            " the core, stack it: Members.stacked)")
     spec = config.spec
     if spec.encoder or spec.rates == "element":
       raise ValueError(
