@@ -123,14 +123,15 @@ def gather_rows(table: nn.Embed, idx: jax.Array) -> jax.Array:
   are cast: the same values, with no table-sized cast either way.
   """
   embedding = table.embedding
+  if jnp.finfo(embedding.dtype).bits < 32:
+    return jnp.take(embedding.astype(jnp.float32), idx,
+                    axis=0).astype(embedding.dtype)
   if table.num_embeddings == 1:  # as `nn.Embed` reads a one-row table
-    return jnp.broadcast_to(embedding[0], idx.shape + embedding.shape[1:])
-  if jnp.finfo(embedding.dtype).bits >= 32:
+    rows = jnp.broadcast_to(embedding[0], idx.shape + embedding.shape[1:])
+  else:
     rows = jnp.take(embedding, idx, axis=0)
-    compute = precision.gathered_rows_dtype()
-    return rows if compute is None else rows.astype(compute)
-  return jnp.take(embedding.astype(jnp.float32), idx,
-                  axis=0).astype(embedding.dtype)
+  compute = precision.gathered_rows_dtype()
+  return rows if compute is None else rows.astype(compute)
 
 
 def _onehot_lookup(table: nn.Embed, idx: jax.Array) -> jax.Array:

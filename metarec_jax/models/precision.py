@@ -26,8 +26,9 @@ such a table costs two table-sized passes in the backward pass as well
 (the table's gradient rounded to bfloat16, then back to float32): on an
 H100, `configs/idemb_large.py`'s 1.7 GB of tables made bfloat16 slower
 than float32 (49,722 against 64,691 tasks/s), and the rounding cost the
-gradient precision for nothing. The rows read are the same bfloat16
-values either way.
+gradient precision for nothing. The rows `gather_rows` reads are the
+same bfloat16 values either way; the anchored models' fixed item biases,
+read by `nn.Embed` itself, now add in float32.
 
 Predictions for evaluation, export and serving (`Recommender.predict`)
 use the float32 parameters as they are.
