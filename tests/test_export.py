@@ -135,6 +135,9 @@ def test_predictions_equal_the_core_adapted_model(run, exported):
   path, _, summary, loaded = exported
   assert summary["users"] == len(USERS) and summary["flagged_users"] == 0
   assert summary["flags"]["truncated"] > 0  # tiny users have 15..40 ratings
+  # Chunks no larger than the users (rounded up to the 4 devices), not
+  # the default 256.
+  assert summary["chunk_users"] == 32
   query = np.arange(exp.store.num_items)
   for user in (1, 2, 7, 30):
     items, ratings = file_support(path, exp, user)

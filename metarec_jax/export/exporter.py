@@ -4,14 +4,14 @@
    ratings file in the dataset's input format (a malformed file fails here,
    before anything is computed or written).
 2. Group the ratings into users (`users.collect`: support sets, flags,
-   skipped users and items) and restore the newest (or `step`) checkpoint.
-3. In a temporary folder beside `out`: write the catalogue, the user
-   tables and the meta-parameters, then adapt the users in fixed-size chunks
-   (grouped by support width bucket, so each bucket compiles once; the last
-   chunk of a bucket is padded with empty users) straight into memory-mapped
-   `[num_users, ...]` arrays; with `top_k`, rank the catalogue for the same
-   chunk on the device. One chunk is dispatched before the previous one is
-   written, so the host's work overlaps the device's.
+   skipped users and items); restore the best validated checkpoint (else
+   the newest, or `step`).
+3. In a temporary folder beside `out`: write the catalogue, the user tables
+   and the meta-parameters, then adapt the users in fixed-size chunks (by
+   support width bucket, so each compiles once; a bucket's last chunk is
+   padded with empty users) into memory-mapped `[num_users, ...]` arrays;
+   with `top_k`, rank the catalogue for the same chunk on the device. A
+   chunk is dispatched before the previous one is written.
 4. Write the manifest and rename the folder into place.
 """
 
@@ -152,7 +152,8 @@ class _Job:
     self.per_user_files: list[str] = []
     self.unreleased = 0
     n_dev = self.mesh.devices.size
-    self.chunk = max(n_dev, math.ceil(self.chunk_users / n_dev) * n_dev)
+    wanted = min(self.chunk_users, len(self.users))  # not 50 M for 41
+    self.chunk = max(n_dev, math.ceil(wanted / n_dev) * n_dev)
     self.k = min(self.top_k, self.exp.store.num_items)
     tables = self.exp.tables
     index = np.maximum(self.users.table_index, 0)
@@ -176,12 +177,11 @@ class _Job:
     u, store = self.users, self.exp.store
     if self.exp.implicit.enabled:  # serving-time adaptation draws from it
       self._save(layout.IMPLICIT_POOL, implicit.item_pools(store)[0])
-    self._save("users.npy", u.ids, True)
-    self._save("flags.npy", u.flags, True)
-    self._save("rated_offsets.npy", u.offsets, True)
-    self._save("rated_items.npy", u.items, True)
-    self._save("rated_ratings.npy", u.ratings, True)
-    self._save("support_sizes.npy", u.support_sizes, True)
+    for name, values in (("users", u.ids), ("flags", u.flags),
+                         ("rated_offsets", u.offsets), ("rated_items", u.items),
+                         ("rated_ratings", u.ratings),
+                         ("support_sizes", u.support_sizes)):
+      self._save(f"{name}.npy", values, True)
     for name, values in self.tables.user.items():
       self._save(f"user/{name}.npy", values, True)
     self._save("items.npy", np.asarray(store.item_ids))
