@@ -12,8 +12,7 @@
 Flags are `--name=value` (absl); `--config.KEY=VALUE` overrides any config
 key. Logs go to stderr; `eval` (like `bench` and `export`) ends its stdout
 with one JSON line. A mistake in a flag, a config or a data file is one line
-on stderr and exit status 2.
-"""
+on stderr and exit status 2; memory that ran out, one line and exit 1."""
 
 from __future__ import annotations
 
@@ -27,10 +26,9 @@ import sys
 
 from absl import flags
 
-from metarec_jax import cli_spec, config_io, interrupts
+from metarec_jax import cli_spec, config_io, errors, interrupts
 from metarec_jax.cli_spec import Command
-from metarec_jax.errors import InputError, error_line
-from metarec_jax.errors import require_flag
+from metarec_jax.errors import InputError, error_line, require_flag
 
 log = logging.getLogger("metarec")
 
@@ -386,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     said = error_line(e)
     if said is None:  # a bug: its traceback is the report
       raise
+    if errors.out_of_memory(e):
+      interrupts.end_at_once()
     print(f"{prog}: error: {said[0]}", file=sys.stderr)
     return said[1]
 

@@ -105,6 +105,15 @@ def _end_where_swallowed(previous_hook):
   return hook
 
 
+def end_at_once() -> None:
+  """Makes `end_program` end the process at once, as after a signal: when
+  memory ran out in one device's part of a step, the other devices'
+  threads of a multi-device CPU run still wait in the step's collective,
+  and Python's finalization waited for them until XLA aborted the process
+  (exit 134, 60 s after the error's line)."""
+  _stopped["at_once"] = True
+
+
 def end_program(status: int) -> NoReturn:
   """Ends the program with `status`; where a signal stopped the command
   (`status` is 128 + the signal `stop_on_signals` raised for), at once
@@ -114,7 +123,8 @@ def end_program(status: int) -> NoReturn:
   139, in about one SIGTERM in seven with an empty compilation cache).
   What the command wrote is already removed or complete by then."""
   signum = _stopped["signum"]
-  if signum is not None and status == 128 + int(signum):
+  if (signum is not None and status == 128 + int(signum)) or _stopped.get(
+      "at_once"):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)  # pylint: disable=protected-access

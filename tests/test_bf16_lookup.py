@@ -79,7 +79,10 @@ def test_bfloat16_meta_gradient_has_no_bfloat16_scatter(tmp_path, model_name):
   mp = {"model": params, "inner": None}
   text = jax.jit(fn).lower(mp, tasks).as_text()
   types = _scatter_types(text)
-  assert types, "the embedding tables' gradients are scatter-adds"
+  # (On an accelerator the tiny config's tables, of at most 64 rows, are
+  # all read by one-hot matmuls there: no scatter at all.)
+  assert types or backend.defaults().onehot_vocab >= 64, (
+      "the embedding tables' gradients are scatter-adds")
   assert "bf16" not in types, types
   loss, grad = jax.jit(fn)(mp, tasks)
   assert np.isfinite(float(loss))

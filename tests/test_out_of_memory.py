@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cli_run import metarec_here
-from metarec_jax import errors
+from metarec_jax import errors, interrupts
 
 
 def _real_allocation_failure() -> Exception:
@@ -62,9 +62,33 @@ def test_bench_that_runs_out_of_memory_says_so_in_one_line(monkeypatch):
     raise failure
 
   monkeypatch.setattr(bench, "run", run)
+  monkeypatch.setattr(interrupts, "_stopped", {"signum": None})
   out = metarec_here("bench", "--config=configs/tiny.py", "--steps=1")
+  # ... and the process will end at once (`end_program`), not wait for
+  # device threads stuck in the failed step's collective.
+  assert interrupts._stopped.get("at_once")  # pylint: disable=protected-access
   assert out.returncode == 1, out.stderr
   assert "Traceback" not in out.stderr
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith("metarec bench: error: out of memory ("), last
   assert "train.tasks_per_step" in last
+
+
+def test_a_program_ended_at_once_does_not_wait_for_stuck_threads(tmp_path):
+  """After memory ran out in one device's part of a step, the other
+  devices' threads waited in the collective, and the process ended 60 s
+  after its error line, aborted by XLA (exit 134)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import ROOT  # pylint: disable=g-import-not-at-top
+  script = tmp_path / "program.py"
+  script.write_text(
+      "import threading, time\n"
+      "from metarec_jax import interrupts\n"
+      "threading.Thread(target=time.sleep, args=(600,)).start()  # stuck\n"
+      "print('error line', end='')\n"
+      "interrupts.end_at_once()\n"
+      "interrupts.end_program(1)\n")
+  out = subprocess.run([sys.executable, str(script)], capture_output=True,
+                       text=True, timeout=60, env={"PYTHONPATH": ROOT})
+  assert out.returncode == 1 and out.stdout == "error line"

@@ -149,10 +149,10 @@ class _Job:
   chunk_users: int
 
   def __post_init__(self):
-    self.per_user_files: list[str] = []
-    self.unreleased = 0
+    self.per_user_files, self.unreleased = [], 0
     n_dev = self.mesh.devices.size
-    wanted = min(self.chunk_users, len(self.users))  # not 50 M for 41
+    # Not 50 M for 41 users; a power of two, so few shapes ever compile.
+    wanted = min(self.chunk_users, 1 << (len(self.users) - 1).bit_length())
     self.chunk = max(n_dev, math.ceil(wanted / n_dev) * n_dev)
     self.k = min(self.top_k, self.exp.store.num_items)
     tables = self.exp.tables
