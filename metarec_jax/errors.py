@@ -74,7 +74,8 @@ def error_line(e: Exception) -> tuple[str, int] | None:
   """The line (after `PROG: error: `) and exit status of an error the
   command line reports in one line: 2 for input, 1 for output (a full
   disk, no permission, an OS error the code did not name), training
-  failures and memory that ran out (`out_of_memory`); None for any other (a bug: its traceback is the report)."""
+  failures and memory that ran out (`out_of_memory`); None for any other
+  (a bug: its traceback is the report)."""
   if isinstance(e, InputError):
     return e.message, 2
   if isinstance(e, (OutputError, TrainingError)):

@@ -111,6 +111,12 @@ def scatter_rows(task: np.ndarray, slot: np.ndarray, values: np.ndarray,
   return out.reshape(num_tasks, width)
 
 
+def power_of_two(n: int) -> int:
+  """The smallest power of two >= `n` (1 for `n` <= 1): a padded size, so
+  that few shapes are ever compiled."""
+  return 1 << max(int(n) - 1, 0).bit_length()
+
+
 def bucket_widths(sizes: np.ndarray, buckets: tuple[int, ...]) -> np.ndarray:
   """The padded width of sets of `sizes` rows: the smallest bucket that
   holds each, or the size rounded up to a multiple of 16 beyond the last."""

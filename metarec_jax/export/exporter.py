@@ -31,7 +31,8 @@ from metarec_jax import config_io, experiment, runtime
 from metarec_jax.data import implicit
 from metarec_jax.data.convert import parsing, ratings_io
 from metarec_jax.data.splits import ragged_arange
-from metarec_jax.data.tasks import FeatureTables, bucket_widths, scatter_rows
+from metarec_jax.data.tasks import (FeatureTables, bucket_widths,
+                                    power_of_two, scatter_rows)
 from metarec_jax.errors import InputError
 from metarec_jax.export import compute, layout, topk
 from metarec_jax.export import users as users_lib
@@ -76,10 +77,10 @@ def export_workdir(workdir: str, ratings: str, out: str, *, top_k: int = 0,
       export).
     top_k: also write each user's `top_k` best unrated items (`topk.jsonl`).
     dtype: `float32` or `bfloat16` for the per-user adapted leaves.
-    step: the checkpoint step (default: the best validated one,
-      else the newest).
-    chunk_users: users adapted per device call (rounded up to a multiple of
-      the device count); bounds the memory used.
+    step: the checkpoint step (default: the best validated, else the newest).
+    chunk_users: users adapted per device call (bounds the memory used; at
+      most the users' count rounded up to a power of two, then rounded up
+      to a multiple of the device count).
     unknown_users: `serve` (missing features, flagged) or `skip` users who
       are not in the dataset's user table.
     overrides: `(dotted key, text)` config overrides, e.g.
@@ -151,8 +152,7 @@ class _Job:
   def __post_init__(self):
     self.per_user_files, self.unreleased = [], 0
     n_dev = self.mesh.devices.size
-    # Not 50 M for 41 users; a power of two, so few shapes ever compile.
-    wanted = min(self.chunk_users, 1 << (len(self.users) - 1).bit_length())
+    wanted = min(self.chunk_users, power_of_two(len(self.users)))
     self.chunk = max(n_dev, math.ceil(wanted / n_dev) * n_dev)
     self.k = min(self.top_k, self.exp.store.num_items)
     tables = self.exp.tables
@@ -240,7 +240,7 @@ class _Job:
     slots = np.zeros(c, np.int64)
     slots[:len(index)] = index
     counts = u.rated_counts()[index]
-    rated_width = 1 << max(int(counts.max(initial=0)) - 1, 0).bit_length()
+    rated_width = power_of_two(counts.max(initial=0))
     rows = ragged_arange(starts, counts)
     task = np.repeat(np.arange(len(index)), counts)
     slot = rows - np.repeat(starts, counts)

@@ -47,7 +47,7 @@ from flax import traverse_util
 from metarec_jax import config_io, config_reference, meta, models
 from metarec_jax.data import implicit
 from metarec_jax.data.schema import FeatureSpec
-from metarec_jax.data.tasks import FeatureTables, bucket_widths
+from metarec_jax.data.tasks import FeatureTables, bucket_widths, power_of_two
 from metarec_jax.errors import InputError
 from metarec_jax.export import batched, catalogue, checksums, compute, layout
 from metarec_jax.export import users as users_lib
@@ -78,7 +78,7 @@ def load(path: str | os.PathLike, *, verify: bool = False) -> "Export":
 
 def _bucket(n: int) -> int:
   """Padded size of a request of `n` items: a power of two, at least 16."""
-  return max(16, 1 << max(n - 1, 0).bit_length())
+  return max(16, power_of_two(n))
 
 
 class Export(batched.UserBatches):
