@@ -135,6 +135,13 @@ def refuse_file_in_the_way(path: str | os.PathLike, *, named: str) -> None:
     raise InputError(f"{here} is a file, not a folder", path=named)
 
 
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+  """Whether `path` is `folder` or lies under it, links resolved (a
+  writer told to put its files there would write into `folder`)."""
+  here, top = os.path.realpath(path), os.path.realpath(folder)
+  return here == top or here.startswith(top.rstrip(os.sep) + os.sep)
+
+
 def refuse_non_file(path: str | os.PathLike, what: str) -> bool:
   """Whether a file stands at `path`; raises `InputError` naming it where
   a folder (or another non-file) stands there, which reading or writing

@@ -33,7 +33,7 @@ import re
 
 import numpy as np
 
-from metarec_jax import toolkit
+from metarec_jax import atomic, toolkit
 from metarec_jax.errors import InputError
 
 USERS, ITEMS, RATINGS, MIN_PER_USER = 943, 1682, 100_000, 20
@@ -140,8 +140,7 @@ def main():
   parser.add_argument("--out", required=True)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
-  src, out = os.path.realpath(args.src), os.path.realpath(args.out)
-  if out == src or out.startswith(src.rstrip(os.sep) + os.sep):
+  if atomic.is_inside(args.out, args.src):
     # (it wrote its folders into the dataset's own)
     raise InputError(f"--out={args.out} is inside --src={args.src}: write"
                      " the subset elsewhere")

@@ -16,11 +16,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import socket
 import time
 
-from metarec_jax import interrupts
+from metarec_jax import atomic, interrupts
 from metarec_jax.errors import InputError
 
 log = logging.getLogger("metarec")
@@ -66,9 +65,7 @@ def _bind(host: str, port: int) -> socket.socket:
 def _refuse_log_in_export(log_dir: str, export: str) -> None:
   """A log in the export folder is deleted by the next `metarec export` to
   it (the README's loop), with every interaction it acknowledged."""
-  inside = os.path.realpath(export)
-  here = os.path.realpath(log_dir)
-  if here == inside or here.startswith(inside.rstrip(os.sep) + os.sep):
+  if atomic.is_inside(log_dir, export):
     raise InputError(f"inside the export folder {export}, which a re-export"
                      " replaces whole (the log with it): give a folder"
                      " outside it", path="--log_dir")
