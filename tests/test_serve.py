@@ -224,6 +224,13 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
                          " digits"),
       "k negative": (client.get("/v1/users/130/recommendations?k=-1"), 422,
                      "greater than or equal to 1"),
+      # A typo was answered with the default 10, a repeat with the last.
+      "k misspelt": (client.get("/v1/users/130/recommendations?kk=5"), 422,
+                     "query parameter 'kk' is not one this route takes (k)"),
+      "k twice": (client.get("/v1/users/130/recommendations?k=5&k=6"), 422,
+                  "query parameter 'k' given 2 times"),
+      "a query where none is taken": (post("/v1/predict?k=3", json={
+          "user": 130, "items": [1193]}), 422, "(it takes none)"),
       "too many items": (post("/v1/predict", json={
           "user": 130, "items": [1193] * 17}), 422, "at most 16"),
       "implicit items": (post(path, json={"items": [1193]}), 422,

@@ -210,6 +210,7 @@ def create_app(service: Service, *, token: str | None,
                      routes=app.router.routes)
   app.add_middleware(guards.BearerGuard, token=token)  # outermost: first
   auth = [Depends(guards.bearer())]
+  api = [*auth, Depends(guards.known_query())]  # no query parameters
   if token is not None:
 
     @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
@@ -269,7 +270,8 @@ def create_app(service: Service, *, token: str | None,
   # any strings; `%2F` reaches the router decoded), which `{user}` never
   # matched, so such a user could not be served or learn (a bare 404),
   # and a line break, which `{user:path}` did not match either.
-  @app.get("/v1/users/{user:text}/recommendations", dependencies=auth,
+  @app.get("/v1/users/{user:text}/recommendations",
+           dependencies=[*auth, Depends(guards.known_query("k"))],
            response_model=Recommendations)
   async def recommendations(user: Annotated[str, Path(max_length=256)],
                             k: Annotated[int, Query(ge=1, le=limits.max_k),
@@ -286,7 +288,7 @@ def create_app(service: Service, *, token: str | None,
     return reply({"user": uid, "source": r["source"],
                   "items": scored(r["items"])})
 
-  @app.post("/v1/predict", dependencies=auth, response_model=Predictions)
+  @app.post("/v1/predict", dependencies=api, response_model=Predictions)
   async def predict(body: PredictBody):
     user_of(str(body.user))
     r = await service.predict.submit((body.user, positions(body.items)))
@@ -318,7 +320,7 @@ def create_app(service: Service, *, token: str | None,
           " row a positive): send {\"items\": [item, ...]}")
     return checked(body.ratings)
 
-  @app.post("/v1/users/{user:text}/interactions", dependencies=auth,
+  @app.post("/v1/users/{user:text}/interactions", dependencies=api,
             response_model=Accepted)
   async def interactions(user: Annotated[str, Path(max_length=256)],
                          body: InteractionsBody):
@@ -327,7 +329,7 @@ def create_app(service: Service, *, token: str | None,
     r = await service.learn.submit((uid, items, positions(items), values))
     return reply({"user": uid, "accepted": len(items), **r})
 
-  @app.post("/v1/adapt", dependencies=auth, response_model=Adapted)
+  @app.post("/v1/adapt", dependencies=api, response_model=Adapted)
   async def adapt(body: AdaptBody):
     items, values = support_of(body)
     r = await service.adapt.submit((positions(items), values, body.k))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import json
 
+import fastapi
 from fastapi.security import HTTPBearer
 from starlette.routing import Match
 
@@ -68,6 +70,28 @@ class BearerGuard:
       return await self.app(scope, receive, send)
     await _send_error(send, 401, UNAUTHORIZED,
                       ((b"www-authenticate", b"Bearer"),))
+
+
+def known_query(*takes: str):
+  """A FastAPI dependency for a route whose query parameters are `takes`:
+  any other parameter, or one given twice, is a 422 naming it (a typo
+  such as `?kk=5` was answered with the default 10, and `?k=5&k=6` with
+  the last, where the client may have meant either)."""
+
+  def check(request: fastapi.Request) -> None:
+    counts = collections.Counter(
+        name for name, _ in request.query_params.multi_items())
+    for name, count in counts.items():
+      if name not in takes:
+        raise fastapi.HTTPException(
+            422, f"query parameter {name!r} is not one this route takes"
+            f" ({', '.join(takes) or 'it takes none'})")
+      if count > 1:
+        raise fastapi.HTTPException(
+            422, f"query parameter {name!r} given {count} times: give it"
+            " once")
+
+  return check
 
 
 UNAUTHORIZED = ("missing or wrong bearer token (Authorization: Bearer <token"
