@@ -118,3 +118,43 @@ def test_the_flop_count_does_not_depend_on_the_layout(tmp_path):
     counts.append(bench._counted_flops(config, str(tmp_path), exp, 16))  # pylint: disable=protected-access
   assert counts[0] > 0
   assert counts[1] == pytest.approx(counts[0]) and counts[2] == counts[0]
+
+
+def test_bench_learners_rounds_report_medians_of_paired_ratios(capsys,
+                                                              monkeypatch):
+  """`--rounds`: every learner measured each round, the order reversed in
+  every other round, each ratio the median of the rounds' ratios (not the
+  ratio of the medians: a load that changes between rounds moves both
+  learners of a round)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from conftest import ROOT  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "bench_learners_tool", os.path.join(ROOT, "tools", "bench_learners.py"))
+  tool = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tool)
+  orders = []
+  # Round by round, the machine slows down 2x, then 4x; b is 3x a, then 5x.
+  rates = iter([{"a": 100.0, "b": 300.0}, {"a": 50.0, "b": 250.0},
+                {"a": 25.0, "b": 75.0}])
+
+  def fake_measure(config, algorithms, *, steps, warmup):
+    del config, steps, warmup
+    orders.append(list(algorithms))
+    rate = next(rates)
+    return {name: {k: 1.0 for k in tool._REPORTED}  # pylint: disable=protected-access
+            | {"tasks_per_sec": rate[name],
+               "device_tasks_per_sec": 2 * rate[name]}
+            for name in algorithms}
+
+  monkeypatch.setattr(tool, "measure", fake_measure)
+  assert tool.main([f"--config={config_path('tiny')}", "--algorithms=a,b,a",
+                    "--rounds=3"]) == 0
+  assert orders == [["a", "b"], ["b", "a"], ["a", "b"]]
+  out = capsys.readouterr().out
+  result = json.loads(out.splitlines()[-1])
+  assert result["b"]["x_first"] == 3.0  # median of 3, 5, 3
+  assert result["b"]["tasks_per_sec"] == 250.0 and result["a"][
+      "tasks_per_sec"] == 50.0
+  assert result["rounds"][1] == {"a": 50.0, "b": 250.0}
+  assert "| b | 250 | 3.0 |" in out

@@ -3,7 +3,12 @@
 Runs `metarec bench`'s measurement (`metarec_jax.bench.run`: the real
 meta-step, sharded and compiled as in training) for each `meta.algorithm`
 on one config in ONE process, one after the other, so the ratios are
-comparable on a noisy machine; FLOP counting is skipped (two compilations
+comparable on a noisy machine. `--rounds=N` measures every learner N
+times, the order reversed in every other round, and reports each
+figure's median over the rounds and each ratio as the median of the
+rounds' ratios (each round's learners ran minutes apart at most, so a
+load that changes under the run moves a round's ratio less than one
+learner's rate); the rounds' own tasks/s are in the JSON. FLOP counting is skipped (two compilations
 per learner that the ratio does not need). Prints a markdown table (tasks/s,
 ratio to the first algorithm, seconds per meta-step, median seconds to
 adapt one user and predict its query, the meta-step's rate on batches
@@ -12,6 +17,8 @@ for the input pipeline) and, last, one JSON line.
 
     python tools/bench_learners.py --config=configs/melu_ref.py \\
         --algorithms=maml,metric,amortised,hybrid,fomaml --steps=10
+    python tools/bench_learners.py --config=configs/melu_ref.py \\
+        --algorithms=maml,metric,amortised --steps=60 --warmup=5 --rounds=3
 
 `--config.KEY=VALUE` overrides apply to every algorithm.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import sys
 from typing import Sequence
 
@@ -35,6 +43,7 @@ log = logging.getLogger("metarec")
 _REPORTED = ("tasks_per_sec", "step_seconds", "adapt_seconds",
              "compile_seconds", "device_tasks_per_sec", "input_wait_fraction",
              "input_tasks_per_sec", "peak_gflops")
+_RATIOS = ("x_first", "x_first_resident")  # `over_rounds`' medians
 
 
 def measure(config, algorithms: Sequence[str], *, steps: int,
@@ -52,8 +61,27 @@ def measure(config, algorithms: Sequence[str], *, steps: int,
   return out
 
 
+def over_rounds(rounds: list[dict[str, dict]]) -> dict[str, dict]:
+  """One result per learner from several rounds of `measure`: each
+  figure's median over the rounds, and `x_first` / `x_first_resident`,
+  the medians of the rounds' ratios of tasks/s to the first learner's (a
+  ratio within a round is of rates measured close together)."""
+  names = list(rounds[0])
+  out = {}
+  for name in names:
+    r = {k: statistics.median(rnd[name][k] for rnd in rounds)
+         for k in _REPORTED if rounds[0][name].get(k) is not None}
+    for key, rate in (("x_first", "tasks_per_sec"),
+                      ("x_first_resident", "device_tasks_per_sec")):
+      r[key] = statistics.median(rnd[name][rate] / rnd[names[0]][rate]
+                                 for rnd in rounds)
+    out[name] = r
+  return out
+
+
 def table(results: dict[str, dict]) -> str:
-  """Markdown rows: tasks/s, ratio to the first, step and adapt seconds."""
+  """Markdown rows: tasks/s, ratio to the first, step and adapt seconds
+  (the ratios `over_rounds` gives where there, else of these rates)."""
   first = next(iter(results.values()))["tasks_per_sec"]
   resident = next(iter(results.values()))["device_tasks_per_sec"]
   lines = ["| learner | tasks/s | x first | s/step | adapt one user (ms) |"
@@ -61,11 +89,11 @@ def table(results: dict[str, dict]) -> str:
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
   for name, r in results.items():
     lines.append(f"| {name} | {r['tasks_per_sec']:.0f} |"
-                 f" {r['tasks_per_sec'] / first:.1f} |"
+                 f" {r.get('x_first', r['tasks_per_sec'] / first):.1f} |"
                  f" {r['step_seconds']:.3f} |"
                  f" {1000 * r['adapt_seconds']:.2f} |"
                  f" {r['device_tasks_per_sec']:.0f} |"
-                 f" {r['device_tasks_per_sec'] / resident:.1f} |"
+                 f" {r.get('x_first_resident', r['device_tasks_per_sec'] / resident):.1f} |"
                  f" {r['input_wait_fraction']:.0%} |")
   return "\n".join(lines) + "\n"
 
@@ -84,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("warmup", 2, "Untimed meta-steps first.",
                        lower_bound=0, flag_values=fv)
+  flags.DEFINE_integer("rounds", 1, "Times every learner is measured, the"
+                       " order reversed in every other round (medians"
+                       " reported).", lower_bound=1, flag_values=fv)
   if toolkit.help_asked(rest, __doc__, fv):
     return 0
   try:
@@ -96,14 +127,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, [tuple(a[len("--config."):].split("=", 1)) for a in overrides])
     cli.configure_logging()
     cli.setup_runtime(config)
-    results = measure(config, fv.algorithms, steps=fv.steps,
-                      warmup=fv.warmup)
+    algorithms = list(dict.fromkeys(fv.algorithms))
+    rounds = []
+    for i in range(fv.rounds):
+      order = algorithms if i % 2 == 0 else algorithms[::-1]
+      measured = measure(config, order, steps=fv.steps, warmup=fv.warmup)
+      rounds.append({name: measured[name] for name in algorithms})
+      if fv.rounds > 1:
+        log.info("round %d of %d: %s", i + 1, fv.rounds, ", ".join(
+            f"{name} {r['tasks_per_sec']:.0f} tasks/s"
+            for name, r in measured.items()))
+    results = rounds[0] if fv.rounds == 1 else over_rounds(rounds)
   except InputError as e:
     print(f"bench_learners.py: error: {e.message}", file=sys.stderr)
     return 2
   print(table(results), end="")
-  print(json.dumps({name: {k: r[k] for k in _REPORTED}
-                    for name, r in results.items()}))
+  out = {name: {k: r.get(k) for k in _REPORTED + _RATIOS if k in r}
+         for name, r in results.items()}
+  if fv.rounds > 1:
+    out["rounds"] = [{name: r["tasks_per_sec"] for name, r in rnd.items()}
+                     for rnd in rounds]
+  print(json.dumps(out))
   return 0
 
 
