@@ -232,6 +232,34 @@ def test_held_out_items_are_drawable_by_their_own_row_only():
   assert set(items[1].tolist()) == {0, 3}
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_user_of_nearly_every_item_still_gets_every_negative(weighted):
+  """A user who clicked 49 of 50 items got 6 of 40 negatives on average
+  (the rounds' uniform draws from the pool rarely hit the free one), in
+  silence; the free items now fill every slot, by the pool's weights, and
+  only a user of every item gets none."""
+  items = 50
+  weights = np.r_[np.ones(46), 1.0, 9.0, 1.0, 1.0] if weighted else None
+  # Users 0, 1, 2: all but item 49; all but 47 and 48; every item.
+  seen = [np.arange(49), np.r_[np.arange(47), 49], np.arange(50)]
+  interacted = np.unique(np.concatenate(
+      [implicit.keys(u, np.asarray(s), items) for u, s in enumerate(seen)]))
+  sampler = implicit.NegativeSampler(interacted, items, np.arange(items),
+                                     weights)
+  users = np.repeat([0, 1, 2], 300)
+  drawn, ok = sampler.draw(users, np.full(len(users), 40), 40, 0,
+                           np.arange(len(users)), 7)
+  assert ok[users < 2].all() and not ok[users == 2].any()
+  assert set(drawn[users == 0][ok[users == 0]].tolist()) == {49}
+  second = np.bincount(drawn[users == 1][ok[users == 1]], minlength=items)
+  assert second.sum() == 300 * 40 and set(np.flatnonzero(second)) == {47, 48}
+  share = second[47] / second.sum()  # weights 1 and 9, or 1 and 1
+  assert abs(share - (0.9 if weighted else 0.5)) < 0.02, share
+  again = sampler.draw(users, np.full(len(users), 40), 40, 0,
+                       np.arange(len(users)), 7)
+  np.testing.assert_array_equal(again[0], drawn)  # still a pure function
+
+
 def test_negative_draws_are_a_function_of_seed_step_and_slot(tiny):
   one = sampler(tiny)
   halves = [sampler(tiny, process_index=i, process_count=2) for i in (0, 1)]

@@ -39,7 +39,10 @@ SAMPLING = ("uniform", "popularity")
 INTERACTED = "interacted.npy"
 # Hash streams distinct from the protocol's and the sampler's.
 _TRAIN_STREAM, _SUPPORT_STREAM, _EVAL_STREAM, _EXPORT_STREAM = 21, 22, 23, 25
-_ROUNDS = 8  # rejection rounds before a slot stays empty
+_ROUNDS = 8  # rejection rounds before a row's own free items are listed
+# Elements of one block of `NegativeSampler._fill`'s comparison (bounds its
+# memory where a short row's pool is large).
+_FILL_BLOCK = 1 << 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,8 +205,9 @@ class NegativeSampler:
 
     Returns:
       (items int32 [T, width], mask bool [T, width]); a slot stays masked
-      only if `_ROUNDS` rounds of draws found no item the user has not
-      interacted with.
+      only if the user interacted with every item of the pool (a row that
+      `_ROUNDS` rounds of draws left short, its user having interacted
+      with nearly every item, is filled from its own free items: `_fill`).
     """
     users = np.asarray(users, np.int64)
     n = len(users)
@@ -231,8 +235,49 @@ class NegativeSampler:
       t, c = np.nonzero(take)
       out[t, filled[t] + rank[t, c]] = cand[t, c]
       filled += take.sum(1)
+    short = np.flatnonzero(filled < need)
+    if len(short):
+      u = hashing.uniform(seed, *stream, rows[short], _ROUNDS * width + cols,
+                          _TRAIN_STREAM)
+      self._fill(out, filled, need, short, users, u, held_out)
     mask = cols < filled[:, None]
     return np.where(mask, out, 0).astype(np.int32), mask
+
+  def _fill(self, out, filled, need, short, users, u, held_out) -> None:
+    """Fills the slots of rows `short` that the rounds left empty (in
+    place), each drawn from the row's own free items as the rounds draw
+    from the pool (uniform or by the weights), with replacement.
+
+    The rounds draw from the whole pool and keep what the user never had:
+    where that is a few items (a user who clicked 49 of 50), they hit one
+    too rarely, and such a row got 6 of 40 negatives in silence. Listing
+    the free items costs a pool-sized row, so only these rows pay it, in
+    blocks of `_FILL_BLOCK` elements."""
+    weights = (np.ones(len(self.pool)) if self.cdf is None
+               else np.diff(self.cdf, prepend=0.0))
+    width = out.shape[1]
+    block = max(1, _FILL_BLOCK // (len(self.pool) * max(width, 1)))
+    for lo in range(0, len(short), block):
+      t = short[lo:lo + block]
+      free = ~contains(self.interacted, keys(users[t][:, None],
+                                             self.pool[None, :],
+                                             self.num_items))
+      if held_out is not None:
+        free |= contains(held_out, keys(t[:, None], self.pool[None, :],
+                                        self.num_items))
+      w = free * weights[None, :]
+      total = w.sum(1)
+      has = total > 0  # else every pool item is the user's: stays short
+      cdf = np.cumsum(w, axis=1) / np.where(has, total, 1.0)[:, None]
+      # The first item whose cumulative weight passes the draw (never one
+      # of weight 0, whose cumulative does not rise; the last is 1 > u).
+      pick = np.sum(cdf[:, None, :] <= u[lo:lo + block, :, None], axis=-1)
+      pick = self.pool[np.minimum(pick, len(self.pool) - 1)]
+      slot = np.arange(width)[None, :]
+      gap = (has[:, None] & (slot >= filled[t][:, None])
+             & (slot < need[t][:, None]))
+      out[t] = np.where(gap, pick, out[t])
+      filled[t] = np.where(has, need[t], filled[t])
 
 
 def item_pools(store: store_lib.TaskStore) -> list[np.ndarray]:
