@@ -62,11 +62,10 @@ def _run_bench(inv: Invocation) -> int:
   # No persistent compilation cache: compile_seconds must be the real cost.
   setup_runtime(config, compilation_cache=False)
   from metarec_jax import bench  # pylint: disable=g-import-not-at-top
-  result = bench.run(config, workdir=_folder_to_write(
-      inv.flags["workdir"].value),
-                     steps=inv.flags["steps"].value,
-                     warmup=inv.flags["warmup"].value,
-                     plain_flops=inv.flags["plain_flops"].value)
+  fv = inv.flags
+  result = bench.run(config, workdir=_folder_to_write(fv["workdir"].value),
+                     steps=fv["steps"].value, warmup=fv["warmup"].value,
+                     plain_flops=fv["plain_flops"].value)
   print(bench.describe(result))
   print_json(result)
   return 0
@@ -74,9 +73,11 @@ def _run_bench(inv: Invocation) -> int:
 
 def _verify_export(inv: Invocation) -> int:
   out = require_flag(inv.flags, "out")
-  if inv.flags["workdir"].value or inv.flags["ratings"].value:
+  others = [f"--{name}" for name in inv.flags if inv.flags[name].present
+            and name not in ("out", "verify")]  # --step=3: "is it step 3's?"
+  if others := others + [f"--config.{key}" for key, _ in inv.overrides]:
     raise InputError("--verify checks the existing export at --out; it takes"
-                     " no --workdir or --ratings")
+                     f" no {others[0]}")
   from metarec_jax import export  # pylint: disable=g-import-not-at-top
   result = export.verify(out)
   print(f"verified {result['files']} files ({result['bytes']:,} bytes) of"
@@ -195,9 +196,8 @@ def _run_export(inv: Invocation) -> int:
   fv = inv.flags
   if fv["verify"].value:
     return _verify_export(inv)
-  workdir = require_flag(fv, "workdir")
-  ratings = require_flag(fv, "ratings")
-  out = require_flag(fv, "out")
+  workdir, ratings, out = (require_flag(fv, n)
+                            for n in ("workdir", "ratings", "out"))
   config = config_io.apply_overrides(config_io.read_workdir_config(workdir),
                                      inv.overrides)
   check_config(config, saved_in=workdir)

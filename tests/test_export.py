@@ -590,6 +590,11 @@ def test_per_user_arrays_are_hashed_whole_on_request(exported, tmp_path):
   result = last_json(good)
   assert result["files"] == len(arrays(exported[1])) + 1  # and topk.jsonl
   assert result["bytes"] > 0 and "all match the manifest" in good.stdout
+  # A flag it does not use is refused, not ignored (`--step=3` read as
+  # "check that this is step 3's export", and passed).
+  for flag in ("--step=3", "--top_k=5", "--config.train.lr=5"):
+    out = metarec_here("export", "--verify", f"--out={exported[1]}", flag)
+    assert_one_line_error(out, "it takes no " + flag.split("=")[0])
 
 
 @pytest.mark.parametrize("damage, error", [
