@@ -133,3 +133,26 @@ def test_saving_a_replicated_state_compiles_nothing(tmp_path):
   assert compiles[0] == 0
   restored = ckpt_lib.Checkpointer(str(tmp_path), read_only=True)
   assert restored.steps() == [1, 2]
+
+
+def test_a_save_that_fails_at_once_names_its_own_step(tmp_path, monkeypatch):
+  """A save whose own call fails (a killed peer's collective, in a run of
+  several processes) named the step saved before it, committed whole:
+  "cannot write checkpoints/16 ...; the newest checkpoint is still step
+  16", read as checkpoint 16 being damaged."""
+  from metarec_jax.errors import OutputError  # pylint: disable=g-import-not-at-top
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path), keep=5)  # asynchronous
+  checkpointer.save(16, make_state(16), {"note": "test"})
+
+  def lost_peer(*args, **kwargs):
+    raise RuntimeError("UNKNOWN: Gloo AllGather failed: Connection reset by"
+                       " peer")
+
+  monkeypatch.setattr(checkpointer.manager, "save", lost_peer)
+  with pytest.raises(OutputError) as caught:
+    checkpointer.save(18, make_state(18), {"note": "test"})
+  message = str(caught.value)
+  assert os.path.join("checkpoints", "18") in message, message
+  assert "Gloo AllGather failed" in message
+  assert "the newest checkpoint is still step 16" in message
+  assert ckpt_lib.Checkpointer(str(tmp_path), read_only=True).steps() == [16]

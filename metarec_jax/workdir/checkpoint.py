@@ -156,18 +156,17 @@ class Checkpointer:
     return out
 
   def save(self, step: int, state: Any, config: dict, *,
-           val_mae: float | None = None,
-           validation_cut: bool = False,
+           val_mae: float | None = None, validation_cut: bool = False,
            selection: dict | None = None) -> None:
     """Starts an asynchronous save of `state` at `step`, with the digest of
     every leaf in its config record.
 
     `val_mae`: the validation MAE of `state`, when it was just validated;
     the checkpoint with the lowest is kept beside the `keep` newest and is
-    what `eval` and `export` use by default (`best`); a NaN or an
-    infinity is saved as none. `validation_cut`: a
-    stop cut this step's validation short; `selection`: where checkpoint
-    selection and early stopping stand (both recorded, for the resume).
+    what `eval` and `export` use by default (`best`); a NaN or an infinity
+    is saved as none. `validation_cut`: a stop cut this step's validation
+    short; `selection`: where checkpoint selection and early stopping
+    stand (both recorded, for the resume).
 
     Raises:
       CheckpointError: a leaf holds a NaN or an infinity (nothing is saved).
@@ -179,22 +178,23 @@ class Checkpointer:
           f"step {step}: the state holds non-finite values in {len(bad)}"
           f" leaves ({few(bad)}); not saved")
     record = {"format_version": FORMAT_VERSION, "step": int(step),
-              "config": config,
-              "digests": {"algorithm": integrity.ALGORITHM,
-                          "leaves": digests}}
+              "config": config, "digests": {
+                  "algorithm": integrity.ALGORITHM, "leaves": digests}}
     if validation_cut:
       record["validation_cut"] = True
     if selection is not None:
       record["selection"] = selection
-    # A NaN validation is no candidate for the best checkpoint.
     metrics = (None if val_mae is None or not math.isfinite(val_mae)
-               else {VAL_MAE: float(val_mae)})
+               else {VAL_MAE: float(val_mae)})  # a NaN is no best
     with self._writing(int(step)):
+      # The save before finishes first, so that its failure names its step
+      # and this one's (a peer's collective failing) this step.
+      self.manager.wait_until_finished()
+      self._in_flight = None
       if int(step) in self.manager.all_steps():
         # Saved again with its validation (a stop had cut it short): orbax
         # writes no step twice. Lost to a crash here, the step is trained
         # again from the checkpoint before it, to the same state.
-        self.manager.wait_until_finished()
         self.manager.delete(int(step))
       self.manager.save(int(step), args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
