@@ -137,6 +137,11 @@ def test_implicit_feedback_warns_when_popularity_ranks_better():
   line, = verdicts.warnings_for({"W": implicit(0.1343, 0.2850)},
                                 model_config=model)
   assert line.endswith("try: more meta-steps (train.num_steps)")
+  # IDEmb embeds every item's id: model.item_id is MeLU's.
+  model.name, model.item_id = "idemb", False
+  line, = verdicts.warnings_for({"W": implicit(0.1343, 0.2850)},
+                                model_config=model)
+  assert line.endswith("try: more meta-steps (train.num_steps)")
   assert verdicts.warnings_for({"W": implicit(0.2849, 0.2850)}) == []  # tie
   # Where popularity ranks as the random baseline (new items), it says so.
   ic = implicit(0.1343, 0.2850)

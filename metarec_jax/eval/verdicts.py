@@ -186,7 +186,8 @@ def _implicit_advice(model_config) -> str:
                 " which MeLU starts from popularity (model.popularity_prior)")
   elif not model_config.popularity_prior and model_config.name == "melu":
     tips.append("starting from popularity (model.popularity_prior=true)")
-  if model_config is None or not model_config.item_id:
+  if model_config is None or (model_config.name == "melu"
+                              and not model_config.item_id):
     tips.append("item ids as a feature (model.item_id=true), so that the"
                 " model can learn each item's popularity")
   return "try: " + ", ".join(tips[:-1]) + (" or " if len(tips) > 1 else
