@@ -9,7 +9,7 @@ import datafiles
 from conftest import config_path
 from metarec_jax import atomic, config_io, experiment
 from metarec_jax.data import implicit
-from metarec_jax.data.convert import prepare
+from metarec_jax.data.convert import describe, prepare
 from metarec_jax.data import store as store_lib
 from metarec_jax.data.sampler import TrainSampler
 from metarec_jax.errors import InputError
@@ -41,6 +41,10 @@ def test_a_file_without_ratings_is_all_positives_and_repeats_count_once(
   assert np.asarray(s.ratings).tolist() == [1.0] * 4
   assert s.rating_range == (1.0, 5.0)  # the input's scale, for export
   assert s.manifest["implicit"]["interactions"] == 4
+  # `metarec data inspect` said "ratings 4 on 1..5, mean 1.000".
+  shown = describe.format_summary(describe.summary(s))
+  assert "  positives 4 of 4 (user, item) interactions (every line)" in shown
+  assert "(3 with positives)" in shown and "on 1..5" not in shown
   # Without implicit the same file is refused.
   data.implicit.enabled = False
   with pytest.raises(InputError, match="rating_col is empty"):
@@ -60,6 +64,8 @@ def test_threshold_keeps_positives_and_remembers_every_interaction(tmp_path):
   seen = implicit.interacted_keys(s)
   assert len(seen) == 5  # every (user, item) pair, positive or not
   assert implicit.contains(seen, implicit.keys(0, 1, 3))  # u1,b rated 2
+  assert "positives 3 of 5 (user, item) interactions (a rating >= 4)" in (
+      describe.format_summary(describe.summary(s)))
 
 
 def test_ratings_that_are_all_positives_draw_a_store_note(tmp_path):

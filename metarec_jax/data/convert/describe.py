@@ -42,6 +42,8 @@ def summary(store: TaskStore) -> dict:
       "new_item_rating_share": (float(item_new[items].mean()) if len(items)
                                 else None),
       "item_class_rule": m.get("item_class_rule"),
+      # Implicit feedback: the positives are the "ratings" above (all 1).
+      "implicit": m.get("implicit"),
       "notes": m.get("notes", []),
       # What a resume compares its input files with (`fingerprint`).
       "source_files": {name: {"bytes": f["bytes"], "sha256": f["sha256"]}
@@ -55,16 +57,24 @@ def format_summary(s: dict) -> str:
   def share(x):
     return "-" if x is None else f"{100 * x:.1f}%"
   q = s["ratings_per_user"]
+  implicit = s.get("implicit")
+  what = "positives" if implicit else "ratings"
+  if implicit:  # its ratings are all 1: it was read as "on 1..5, mean 1"
+    rule = (f"a rating >= {implicit['threshold']:g}"
+            if implicit["threshold"] else "every line")
+    rated = (f"  positives {s['ratings']:,} of {implicit['interactions']:,}"
+             f" (user, item) interactions ({rule})")
+  else:
+    rated = (f"  ratings  {s['ratings']:,} on {s['rating_min']:g}.."
+             f"{s['rating_max']:g}, mean {s['rating_mean']:.3f}")
   lines = [
       f"{s['dataset']} task store at {s['store']}",
-      f"  users    {s['users']:,} ({s['users_with_ratings']:,} with ratings)",
+      f"  users    {s['users']:,} ({s['users_with_ratings']:,} with {what})",
       f"  items    {s['items']:,} ({s['new_items']:,} new ="
       f" {share(s['new_item_share'])}; {share(s['new_item_rating_share'])}"
       " of the ratings)",
-      f"  ratings  {s['ratings']:,} on {s['rating_min']:g}.."
-      f"{s['rating_max']:g}, mean {s['rating_mean']:.3f}"
-      + (", with timestamps" if s["timestamps"] else ""),
-      "  ratings per user (users with ratings): "
+      rated + (", with timestamps" if s["timestamps"] else ""),
+      f"  {what} per user (users with {what}): "
       + ", ".join(f"{k} {v:g}" for k, v in q.items() if v is not None),
       "  features:",
   ]
