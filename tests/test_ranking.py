@@ -82,6 +82,19 @@ def test_metrics_by_hand():
   assert m["mrr"][c] == 1.0 and m["auc"][c] == 1.0
 
 
+def test_a_task_without_a_negative_candidate_is_left_out():
+  """Its positives were all it could rank (a user who had clicked every
+  other item), so any ranking scored 1 and the model and both baselines
+  alike gained a perfect task."""
+  scores = np.array([[0.1, 0.9, 0.5, 0.2], [0.1, 0.9, 0.5, 0.2]])
+  candidate = np.array([[True, True, False, False], [True, True, True, False]])
+  positive = np.array([[True, True, False, False], [True, False, False, False]])
+  m = ranking.metrics(scores, candidate, positive, ks=(1,))
+  assert all(np.isnan(v[0]) for v in m.values())
+  assert m["hr@1"][1] == 0.0 and m["mrr"][1] == pytest.approx(1 / 3)
+  assert ranking.summarise(m)["hr@1"] == 0.0  # the mean of task 1 alone
+
+
 def test_auc_counts_pairs():
   scores = np.array([[0.4, 0.9, 0.1, 0.5]])
   positive = np.array([[True, False, False, True]])

@@ -151,6 +151,13 @@ def test_implicit_feedback_warns_when_popularity_ranks_better():
   assert line.startswith("IC: the model's full-catalog ndcg@10 0.1343 is"
                          " WORSE than a random ranking's (no candidate has a"
                          " training positive to rank by popularity) 0.2850")
+  # Tasks whose candidates were their positives alone are counted.
+  w = implicit(0.2849, 0.2850)
+  w["ranking"]["unranked"] = 13
+  line, = verdicts.warnings_for({"W": w})
+  assert line.startswith("W: 13 of 200 task(s) left out of every ranking"
+                         " metric: their candidates are their held-out"
+                         " positives alone")
   few = verdicts.warnings_for({"UIC": implicit(0.1, 0.2, tasks=7)})
   assert few[0].startswith("UIC: only 7 task(s)")
   assert few[1].endswith("too few to tell it from noise")

@@ -17,7 +17,10 @@ relevant items (binary gain). With P positives among C candidates and
 - AUC: the share of (positive, negative) pairs ranked in that order.
 
 Each is a mean over tasks; a task without held-out positives has none of
-them and is left out (AUC also leaves out a task without negatives).
+them and is left out, and so is a task without a negative candidate (its
+positives are all it could rank: every ranking of it is perfect, and a
+user who had interacted with every other item counted as a hit for the
+model and both baselines alike).
 """
 
 from __future__ import annotations
@@ -70,13 +73,14 @@ def per_task(ranks: np.ndarray, num_candidates: np.ndarray,
     num_candidates: int [N]: candidates ranked per task (positives too).
 
   Returns:
-    {metric: f64 [N]}, NaN for a task without positives (and AUC of a task
-    without negatives).
+    {metric: f64 [N]}, NaN for a task without positives or without
+    negatives.
   """
   ranks = np.asarray(ranks, np.int64)
   is_pos = ranks > 0
   num_pos = is_pos.sum(-1)
-  has = num_pos > 0
+  num_neg = np.asarray(num_candidates, np.int64) - num_pos
+  has = (num_pos > 0) & (num_neg > 0)
   out = {}
   with np.errstate(invalid="ignore", divide="ignore"):
     for k in ks:
@@ -102,9 +106,8 @@ def per_task(ranks: np.ndarray, num_candidates: np.ndarray,
     above = np.arange(ranks.shape[-1])[None, :]
     neg_above = np.where(sorted_ranks < np.iinfo(np.int64).max,
                          sorted_ranks - 1 - above, 0)
-    num_neg = np.asarray(num_candidates, np.int64) - num_pos
     auc = 1.0 - neg_above.sum(-1) / (num_pos * num_neg)
-    out["auc"] = np.where(has & (num_neg > 0), auc, np.nan)
+    out["auc"] = np.where(has, auc, np.nan)
   return out
 
 

@@ -129,7 +129,7 @@ def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
     if "ranking" in m:
       out += _ranking_warning(name, m["ranking"], tasks, min_tasks,
                               model_config)
-      out += _sampled_warning(name, m["ranking"], tasks)
+      out += _candidate_warnings(name, m["ranking"], tasks)
       continue
     base = (m.get("baselines") or {}).get(BASELINE, {}).get("mae")
     mae = m.get("mae")
@@ -223,18 +223,25 @@ def _ranking_warning(name: str, ranking: dict, tasks: int, min_tasks: int,
           f" ({100 * (model / base - 1):+.1f}%) on the same tasks; " + what]
 
 
-def _sampled_warning(name: str, ranking: dict, tasks: int) -> list[str]:
-  """The line of an implicit scenario whose sampled ranking is, for some
-  tasks, no sample (`sampled_exhausted`, `eval.implicit_eval`): a small
-  catalog has fewer never-seen items than the negatives asked for, so
-  `sampled` reads like `full` and says nothing of its own."""
-  exhausted = int(ranking.get("sampled_exhausted") or 0)
-  if not exhausted:
-    return []
-  return [f"{name}: the sampled ranking is no sample for {exhausted} of"
-          f" {tasks} task(s): their item class has fewer items the user"
-          " never interacted with than data.implicit.eval_negatives per"
-          " held-out positive, so every such item is a candidate and"
-          " `sampled` ranks all of them (the full ranking, less the user's"
-          " other interactions); lower data.implicit.eval_negatives for a"
-          " sampled ranking"]
+def _candidate_warnings(name: str, ranking: dict, tasks: int) -> list[str]:
+  """The lines of an implicit scenario whose candidates, for some tasks,
+  say less than the metrics suggest: `unranked` tasks had none but their
+  held-out positives (left out of the metrics), and `sampled_exhausted`
+  ones no sample (`eval.implicit_eval`): a small catalog has fewer
+  never-seen items than the negatives asked for, so `sampled` reads like
+  `full` and says nothing of its own."""
+  out = []
+  if unranked := int(ranking.get("unranked") or 0):
+    out.append(f"{name}: {unranked} of {tasks} task(s) left out of every"
+               " ranking metric: their candidates are their held-out"
+               " positives alone (the user interacted with every other item"
+               " of the class), so any ranking of them is perfect")
+  if exhausted := int(ranking.get("sampled_exhausted") or 0):
+    out.append(f"{name}: the sampled ranking is no sample for {exhausted} of"
+               f" {tasks} task(s): their item class has fewer items the user"
+               " never interacted with than data.implicit.eval_negatives per"
+               " held-out positive, so every such item is a candidate and"
+               " `sampled` ranks all of them (the full ranking, less the"
+               " user's other interactions); lower"
+               " data.implicit.eval_negatives for a sampled ranking")
+  return out
