@@ -159,7 +159,7 @@ def _run_train(inv: Invocation) -> int:
   from metarec_jax import models  # pylint: disable=g-import-not-at-top
   from metarec_jax.eval import verdicts  # pylint: disable=g-import-not-at-top
   val = summary.get("best", {}).get("val") or summary.get("val")
-  if val is not None:
+  if val is not None and summary.get("lead", True):  # by process 0 alone
     built = models.for_data(config.model,
                             implicit_data=bool(config.data.implicit.enabled))
     for line in verdicts.warnings_for({"validation": val},
@@ -303,24 +303,6 @@ def _command_help(name: str, cmd: Command, fv: flags.FlagValues) -> str:
   return "\n".join(text)
 
 
-def _split_config_args(args: list[str], cmd: Command | None = None):
-  """Pulls `--config=...` and `--config.KEY=VALUE` out of `args`."""
-  config_file, overrides, rest = None, [], []
-  for arg in args:
-    if arg == "--config" and (not cmd or cmd.takes_config and cmd.config_file):
-      raise InputError("write --config=FILE, with '='", path=arg)  # (absl:
-    if arg.startswith("--config=") or arg == "--config":  # "Unknown flag")
-      config_file = arg[len("--config="):] if arg != "--config" else arg
-    elif arg.startswith("--config."):
-      key, eq, value = arg[len("--config."):].partition("=")
-      if not eq:
-        raise InputError("expected --config.KEY=VALUE", path=arg)
-      overrides.append((key, value))
-    else:
-      rest.append(arg)
-  return config_file, overrides, rest
-
-
 def configure_logging() -> None:
   """The `metarec` logger to stderr, one short line per record."""
   handler = logging.StreamHandler(sys.stderr)
@@ -355,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_command_help(name, cmd, fv))
     return 0
   try:
-    config_file, overrides, rest = _split_config_args(args, cmd)
+    config_file, overrides, rest = cli_spec.split_config_args(args, cmd, fv)
     if (config_file or overrides) and not cmd.takes_config:
       raise InputError(f"{prog} takes no --config flags")
     if config_file and not cmd.config_file:  # before its FILE is "unexpected"
@@ -364,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
       leftover = fv([prog] + rest)
     except flags.Error as e:
-      raise InputError(str(e).splitlines()[0]) from None
+      raise InputError(cli_spec.flag_problem(e, fv)) from None
     positional = []
     if cmd.positional:
       leftover, positional = leftover[:1], leftover[1:]

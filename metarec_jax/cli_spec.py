@@ -8,9 +8,12 @@ and calls its runner; `metarec data`'s flags are defined by
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Callable
 
 from absl import flags
+
+from metarec_jax.errors import InputError
 
 
 @dataclasses.dataclass
@@ -263,3 +266,66 @@ COMMANDS: dict[str, Command] = {  # in the order `metarec --help` lists them
         " stdout is JSON: {\"plots\": [paths]}.",
         define_plot),
 }
+
+
+def split_config_args(args: list[str], cmd: Command | None = None,
+                      fv: flags.FlagValues | None = None):
+  """`(config file, [(key, value)], other args)`: `--config=...` and
+  `--config.KEY=VALUE` pulled out of `args`.
+
+  Raises:
+    InputError: `--config` without `=FILE` or an override without `=`, or
+      a flag or key given twice (absl and the overrides keep the last, so
+      `--step=3 --step=6` evaluated step 6 without a word).
+  """
+  config_file, overrides, rest = None, [], []
+  seen = set()
+  for arg in args:
+    if arg == "--config" and (not cmd or cmd.takes_config and cmd.config_file):
+      raise InputError("write --config=FILE, with '='", path=arg)  # (absl:
+    name = _flag_name(arg, fv)  # "Unknown flag")
+    if name is not None and name in seen:
+      raise InputError(f"{name} given twice: give it once")
+    seen.add(name)
+    if arg.startswith("--config=") or arg == "--config":
+      config_file = arg[len("--config="):] if arg != "--config" else arg
+    elif arg.startswith("--config."):
+      key, eq, value = arg[len("--config."):].partition("=")
+      if not eq:
+        raise InputError("expected --config.KEY=VALUE", path=arg)
+      overrides.append((key, value))
+    else:
+      rest.append(arg)
+  return config_file, overrides, rest
+
+
+def _flag_name(arg: str, fv: flags.FlagValues | None) -> str | None:
+  """The flag `arg` sets, as `--name` (absl reads `--token-file` as
+  `--token_file` and `--noverify` as `--verify`); None for a word."""
+  if not arg.startswith("--") or arg == "--":
+    return None
+  name = arg[2:].partition("=")[0]
+  if name.startswith("config."):
+    return "--" + name
+  name = name.replace("-", "_")
+  if (fv is not None and name.startswith("no") and name not in fv
+      and name[2:] in fv):
+    name = name[2:]
+  return "--" + name
+
+
+def flag_problem(error: flags.Error, fv: flags.FlagValues) -> str:
+  """absl's error as one line in the config keys' words: a bad boolean or
+  integer flag said `('Non-boolean argument to boolean flag', 'maybe')` or
+  `invalid literal for int() with base 10: 'abc'`."""
+  text = str(error).splitlines()[0]
+  bad = re.match(r"flag --(\w+)=(.*?): ", text)
+  if bad and bad.group(1) in fv:
+    flag = fv[bad.group(1)]
+    kind = {"bool": "true or false", "int": "an integer",
+            "float": "a number"}.get(flag.flag_type())
+    # A value of another type (a range error already names its bound).
+    if kind is not None and re.search(
+        r"invalid literal|could not convert|Non-boolean", text):
+      return f"--{flag.name}: expected {kind}, got {bad.group(2)!r}"
+  return text

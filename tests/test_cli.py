@@ -115,6 +115,31 @@ def test_bad_input_is_one_line_with_status_2(args, message, tmp_path):
   assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    # absl keeps the last: step 6 was evaluated, lr 0.2 recorded, B read.
+    (["eval", "--workdir=W", "--step=3", "--step=6"],
+     "--step given twice: give it once"),
+    (["eval", "--workdir=W", "--config.train.lr=0.1", "--config.train.lr=0.2"],
+     "--config.train.lr given twice"),
+    (["serve", "--export=W", "--token_file=A", "--token-file=B"],
+     "--token_file given twice"),
+    (["eval", "--workdir=W", "--nosupport_curve", "--support_curve"],
+     "--support_curve given twice"),
+    # absl's own words were Python's: "('Non-boolean argument to boolean
+    # flag', 'maybe')", "invalid literal for int() with base 10: 'abc'".
+    (["eval", "--workdir=W", "--support_curve=maybe"],
+     "--support_curve: expected true or false, got 'maybe'"),
+    (["eval", "--workdir=W", "--step=abc"],
+     "--step: expected an integer, got 'abc'"),
+    (["eval", "--workdir=W", "--step=-1"], "-1 is not a non-negative"),
+])
+def test_a_flag_given_twice_or_of_another_type_is_named(args, message,
+                                                        tmp_path):
+  out = metarec_here(*(a.replace("W", str(tmp_path / "w")) for a in args))
+  assert_one_line_error(out, message)
+  assert not os.listdir(tmp_path)
+
+
 @pytest.mark.parametrize("flags, message", [
     # JAX raised a traceback (exit 1) for each of these.
     (["--coordinator_address=127.0.0.1:1", "--num_processes=2",

@@ -91,6 +91,8 @@ def test_two_processes_match_one_process_even_if_one_compiles_late(
     assert reference.wait(timeout=1200) == 0, f.read()
   assert "joined a run of 2 processes, 4 devices" in logs[0]
   assert "step 4/4" in logs[0] and "step 4/4" not in logs[1]  # one logger
+  # The end's verdicts too (process 1 printed them as well).
+  assert "validation: only" in logs[0] and "validation:" not in logs[1]
   with open(f"{single}.log") as f:
     expected = validation_lines(f.read())
   assert any("validation MAE" in line for line in expected), expected

@@ -38,7 +38,7 @@ _SKIP = re.compile(r"ThunkExecutor|Pjit|Execute|Wait|Rendezvous|^\$|^while|"
 
 
 def main(argv):
-  from metarec_jax import cli, config_io, toolkit  # pylint: disable=g-import-not-at-top
+  from metarec_jax import cli, cli_spec, config_io, toolkit  # pylint: disable=g-import-not-at-top
   if toolkit.help_asked(argv, __doc__):
     return 0
   steps, top = 5, 30
@@ -53,7 +53,7 @@ def main(argv):
                                                                int(text))
     else:
       rest.append(arg)
-  config_file, overrides, left = cli._split_config_args(rest)  # pylint: disable=protected-access
+  config_file, overrides, left = cli_spec.split_config_args(rest)
   if left:
     raise InputError(f"unknown argument {left[0]!r}; usage: profile_step.py"
                      " --config=FILE [--config.KEY=VALUE ...] [--steps=N]"

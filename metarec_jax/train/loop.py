@@ -69,8 +69,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   Returns:
     A summary: `step`, the last training metrics (`train`), the final
     validation metrics (`val`), the best validation of this start (`best`:
-    `step`, `val`), `early_stopped`, `preempted` if a signal stopped the
-    run and `finished` if the run had already reached `train.num_steps`.
+    `step`, `val`), `early_stopped`, `preempted` (a signal stopped it),
+    `finished` (it had reached `train.num_steps`) and `lead` (process 0).
   """
   workdir = os.path.abspath(workdir)
   # A copy (it gets the schedule's resolved length) with every key.
@@ -91,7 +91,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   served_mae = tc.select_on == "served"  # the criterion of what is served
   num_steps = int(tc.num_steps)
   config_record = config_io.to_dict(config)
-  summary: dict[str, Any] = {}
+  summary: dict[str, Any] = {"lead": is_lead}
 
   # The lock comes before anything is written in the work directory.
   with lock.hold(workdir, made=made), StopRequest() as stop:
