@@ -455,13 +455,19 @@ def test_a_log_inside_the_export_is_refused(exported, tmp_path):
     ("--host=999.1.1.1", "--host: cannot resolve '999.1.1.1'"),
     # Refused only after the log folder was made.
     ("--port=70000", "--port: 70000 is not a port"),
+    # Every power of two up to it was compiled: 7.5 minutes, 10 GB, no
+    # server.
+    ("--max_batch=1000000000", "--max_batch: must be 1 to 4,096, got"
+     " 1000000000"),
+    ("--max_k=0", "--max_k: must be 1 to 10,000, got 0"),
     # Served as 0 (no cache), without a word.
     ("--rank_cache=-1", "flag --rank_cache=-1: -1 is not a non-negative"
      " integer"),
 ])
 def test_serve_names_a_bad_flag(exported, tmp_path, flag, message):
+  port = [] if flag.startswith("--port") else ["--port=0"]  # not twice
   assert_one_line_error(metarec_here(
-      "serve", f"--export={exported[0]}", "--port=0",
+      "serve", f"--export={exported[0]}", *port,
       f"--log_dir={tmp_path / 'log'}", flag), message)
   if flag.startswith("--port"):
     assert not (tmp_path / "log").exists()

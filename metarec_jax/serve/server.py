@@ -21,6 +21,7 @@ import time
 
 from metarec_jax import atomic, interrupts
 from metarec_jax.errors import InputError
+from metarec_jax.serve import sizes
 
 log = logging.getLogger("metarec")
 
@@ -92,10 +93,9 @@ def serve(options: Options) -> int:
   if not 0 < o.read_timeout_s < math.inf:
     raise InputError(f"must be a finite number > 0, got {o.read_timeout_s}",
                      path="--read_timeout_s")
-  for name in ("max_batch", "max_k", "max_items", "max_ratings"):
-    if getattr(o, name) < 1:
-      raise InputError(f"must be >= 1, got {getattr(o, name)}",
-                       path=f"--{name}")
+  for name in sizes.MAXIMA:
+    if problem := sizes.limit_problem(name, getattr(o, name)):
+      raise InputError(problem, path=f"--{name}")
   # With the other flags, before the log folder is made (a bad --port made
   # EXPORT-interactions/ and then stopped).
   if not 0 <= o.port <= 65535:  # the socket layer would wrap it silently

@@ -18,8 +18,23 @@ class Limits:
 
   def __post_init__(self):
     for name, value in dataclasses.asdict(self).items():
-      if value < 1:
-        raise ValueError(f"--{name} must be >= 1, got {value}")
+      if problem := limit_problem(name, value):
+        raise ValueError(f"--{name} {problem}")
+
+
+# The largest value of each limit. Every power of two up to `max_batch`
+# (and of four up to `max_items`) is compiled at start-up, and a request
+# of those sizes must fit a device call: at --max_batch=1000000000 the
+# start compiled for 7.5 minutes and grew past 10 GB, never serving.
+MAXIMA = {"max_batch": 4096, "max_k": 10_000, "max_items": 100_000,
+          "max_ratings": 100_000}
+
+
+def limit_problem(name: str, value: int) -> str | None:
+  """What is wrong with `value` for the limit `name` (None: nothing)."""
+  if not 1 <= value <= MAXIMA[name]:
+    return f"must be 1 to {MAXIMA[name]:,}, got {value}"
+  return None
 
 
 def powers(first: int, factor: int, last: int) -> tuple[int, ...]:
