@@ -353,3 +353,11 @@ def peak_rss_mb() -> float | None:
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   # kilobytes on Linux, bytes on macOS
   return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def host_memory_bytes() -> int | None:
+  """This host's physical memory in bytes (None where unknown)."""
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (AttributeError, OSError, ValueError):
+    return None

@@ -185,3 +185,25 @@ def test_the_guard_names_the_step_that_reached_the_limit(caplog):
   with pytest.raises(TrainingError, match=r"^step 8: 3 consecutive steps .*"
                      r"\(train.max_nonfinite=3\); no checkpoint was saved$"):
     guard.check(10, 5, 7)
+
+
+def test_batches_that_would_not_fit_the_host_are_refused(tmp_path,
+                                                         monkeypatch):
+  """At train.tasks_per_step=100,000,000 the input pipeline grew past the
+  host's 23 GB until the kernel killed the run (exit 137, no line): the
+  batches in flight are now weighed against the host's memory first."""
+  from metarec_jax import runtime  # pylint: disable=g-import-not-at-top
+  from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  config = config_io.load_config_file(config_path("tiny"))
+  trainer = Trainer(config, str(tmp_path / "fits"))
+  batch = trainer.abstract_batch(max(trainer.sampler.widths))
+  size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(batch))
+  # A host of 2.5 batches: the prefetched, the stepped and the built ones
+  # (4 or more) take more than half of it.
+  monkeypatch.setattr(runtime, "host_memory_bytes", lambda: int(2.5 * size))
+  with pytest.raises(InputError, match=r"train.tasks_per_step=\d+: its \d+"
+                     r" batches in flight \(0.00 GiB each\) would take more"
+                     r" than half of this host's"):
+    Trainer(config, str(tmp_path / "too_large"))
+  monkeypatch.setattr(runtime, "host_memory_bytes", lambda: 100 * size)
+  Trainer(config, str(tmp_path / "fits_again"))

@@ -13,6 +13,7 @@ import logging
 import math
 
 import jax
+import numpy as np
 
 from metarec_jax import backend, experiment, runtime
 from metarec_jax.data.sampler import TrainSampler
@@ -67,6 +68,26 @@ def check_batch_size(config, num_devices: int) -> int:
   return chunk
 
 
+def check_host_memory(config, batch, processes: int) -> None:
+  """Refuses a `train.tasks_per_step` whose batches in flight would take
+  more than half of this host's memory (`batch`: one step's abstract
+  batch, over `processes` hosts): at 100,000,000 tasks the input pipeline
+  grew past 23 GB until the kernel killed the run (exit 137, no line).
+  In flight: the prefetched batches (`train.prefetch`, or one per input
+  worker), the one the step reads and the one being built."""
+  host = runtime.host_memory_bytes()
+  per_batch = sum(math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+                  for leaf in jax.tree.leaves(batch)) / processes
+  in_flight = max(int(config.train.prefetch), backend.input_workers(
+      int(config.train.input_workers))) + 2
+  if host and per_batch * in_flight > host / 2:
+    raise InputError(
+        f"train.tasks_per_step={int(config.train.tasks_per_step):,}: its"
+        f" {in_flight} batches in flight ({per_batch / 2**30:.2f} GiB each)"
+        f" would take more than half of this host's {host / 2**30:.1f} GiB"
+        " of memory; lower train.tasks_per_step")
+
+
 class Trainer:
   """Everything the loop needs, built once (also used by `metarec bench`)."""
 
@@ -97,6 +118,8 @@ class Trainer:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         negative_sampler=self.exp.negative_sampler())
+    check_host_memory(config, self.abstract_batch(max(self.sampler.widths)),
+                      jax.process_count())
     init = functools.partial(state_lib.create, self.exp.model,
                              self.exp.meta_config, self.optimizer)
     # Where every state leaf lives (`placement.RULES`): replicated, or a
