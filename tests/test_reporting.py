@@ -394,3 +394,32 @@ def test_an_early_stopped_run_writes_its_histograms_at_the_end(tmp_path):
           if t.startswith("params/")]
   assert tags
   assert sorted(series(acc, tags[0])) == [summary["step"]]
+
+
+def test_a_writer_thread_that_fails_at_once_prints_no_traceback(
+    tmp_path, monkeypatch, capfd):
+  """On a read-only copy of a run, TensorBoard's writer thread failed
+  before `Reporter` had put its filter in place: `metarec eval` printed
+  "Exception in thread ..." and a traceback beside its one-line warning."""
+  import threading  # pylint: disable=g-import-not-at-top
+  from metarec_jax.workdir import reporting  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
+
+  class FailingThread(threading.Thread):
+    def run(self):
+      raise OSError(30, "Read-only file system")
+
+  # TensorBoard's module, which the filter recognises the thread by.
+  FailingThread.__module__ = reporting.EventFileWriter.__module__
+
+  class Writer:  # starts its thread in the constructor, as TensorBoard's
+    def __init__(self, logdir):
+      self.logdir = logdir
+      thread = FailingThread()
+      thread.start()
+      thread.join()
+
+  Writer.__module__ = FailingThread.__module__
+  monkeypatch.setattr(reporting, "EventFileWriter", Writer)
+  reporting.Reporter(str(tmp_path), jsonl=False)
+  assert "Traceback" not in capfd.readouterr().err

@@ -205,9 +205,11 @@ class Reporter:
     """
     self.active = active
     self.path = os.path.join(workdir, "metrics.jsonl") if jsonl else None
+    # Before the writer: its thread may fail at once (a read-only copy of
+    # a run), and the traceback was printed before the hook was in place.
+    _quiet_writer_thread_failures()
     self._events = (EventFileWriter(os.path.join(workdir, "tensorboard", run))
                     if active else None)
-    _quiet_writer_thread_failures()
 
   def _write(self, step: int, values: list[summary_pb2.Summary.Value]
              ) -> None:
@@ -220,7 +222,8 @@ class Reporter:
 
   def _events_path(self) -> str:
     # pylint: disable-next=protected-access
-    return getattr(self._events, "_file_name", self._events.get_logdir())
+    return os.fsdecode(getattr(self._events, "_file_name",
+                               self._events.get_logdir()))  # (bytes)
 
   def scalars(self, step: int, metrics: Mapping[str, float]) -> None:
     """Writes the scalar metrics of `step` (non-finite: null / skipped)."""
