@@ -132,6 +132,10 @@ def test_bad_input_is_one_line_with_status_2(args, message, tmp_path):
     (["eval", "--workdir=W", "--step=abc"],
      "--step: expected an integer, got 'abc'"),
     (["eval", "--workdir=W", "--step=-1"], "-1 is not a non-negative"),
+    # A path that is not UTF-8 (legal on Linux): a traceback from
+    # TensorBoard after the store was built.
+    (["train", f"--config={config_path('tiny')}", "--workdir=W\udcff"],
+     "is not a UTF-8 path (byte 0xff at"),
 ])
 def test_a_flag_given_twice_or_of_another_type_is_named(args, message,
                                                         tmp_path):
