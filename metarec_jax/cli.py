@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_command_help(name, cmd, fv))
     return 0
   try:
-    config_file, overrides, rest = cli_spec.split_config_args(args, cmd, fv)
+    config_file, overrides, rest = cli_spec.split_config_args(args, cmd)
     if (config_file or overrides) and not cmd.takes_config:
       raise InputError(f"{prog} takes no --config flags")
     if config_file and not cmd.config_file:  # before its FILE is "unexpected"

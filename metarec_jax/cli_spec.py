@@ -268,26 +268,22 @@ COMMANDS: dict[str, Command] = {  # in the order `metarec --help` lists them
 }
 
 
-def split_config_args(args: list[str], cmd: Command | None = None,
-                      fv: flags.FlagValues | None = None):
+def split_config_args(args: list[str], cmd: Command | None = None):
   """`(config file, [(key, value)], other args)`: `--config=...` and
   `--config.KEY=VALUE` pulled out of `args`.
 
+  A flag or key given twice keeps the last, as absl does: scripts pass
+  their defaults first and a run's own values after them
+  (`tools/device_bench.sh`).
+
   Raises:
-    InputError: `--config` without `=FILE` or an override without `=`, or
-      a flag or key given twice (absl and the overrides keep the last, so
-      `--step=3 --step=6` evaluated step 6 without a word).
+    InputError: `--config` without `=FILE` or an override without `=`.
   """
   config_file, overrides, rest = None, [], []
-  seen = set()
   for arg in args:
     if arg == "--config" and (not cmd or cmd.takes_config and cmd.config_file):
       raise InputError("write --config=FILE, with '='", path=arg)  # (absl:
-    name = _flag_name(arg, fv)  # "Unknown flag")
-    if name is not None and name in seen:
-      raise InputError(f"{name} given twice: give it once")
-    seen.add(name)
-    if arg.startswith("--config=") or arg == "--config":
+    if arg.startswith("--config=") or arg == "--config":  # "Unknown flag")
       config_file = arg[len("--config="):] if arg != "--config" else arg
     elif arg.startswith("--config."):
       key, eq, value = arg[len("--config."):].partition("=")
@@ -297,21 +293,6 @@ def split_config_args(args: list[str], cmd: Command | None = None,
     else:
       rest.append(arg)
   return config_file, overrides, rest
-
-
-def _flag_name(arg: str, fv: flags.FlagValues | None) -> str | None:
-  """The flag `arg` sets, as `--name` (absl reads `--token-file` as
-  `--token_file` and `--noverify` as `--verify`); None for a word."""
-  if not arg.startswith("--") or arg == "--":
-    return None
-  name = arg[2:].partition("=")[0]
-  if name.startswith("config."):
-    return "--" + name
-  name = name.replace("-", "_")
-  if (fv is not None and name.startswith("no") and name not in fv
-      and name[2:] in fv):
-    name = name[2:]
-  return "--" + name
 
 
 def flag_problem(error: flags.Error, fv: flags.FlagValues) -> str:

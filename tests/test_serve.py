@@ -465,9 +465,8 @@ def test_a_log_inside_the_export_is_refused(exported, tmp_path):
      " integer"),
 ])
 def test_serve_names_a_bad_flag(exported, tmp_path, flag, message):
-  port = [] if flag.startswith("--port") else ["--port=0"]  # not twice
   assert_one_line_error(metarec_here(
-      "serve", f"--export={exported[0]}", *port,
+      "serve", f"--export={exported[0]}", "--port=0",
       f"--log_dir={tmp_path / 'log'}", flag), message)
   if flag.startswith("--port"):
     assert not (tmp_path / "log").exists()
