@@ -161,12 +161,17 @@ def _same_data_as_lead(store) -> None:
   batch from its own store, so the run would train on a mix of both,
   recorded as process 0's (`data.root` and `data.store` are each host's
   own paths, compared only as set or not)."""
-  mine = json.dumps([store_lib.content_digest(store), _sizes(store)])
-  lead = json.loads(runtime.from_lead("task store data", mine))
-  if json.loads(mine)[0] != lead[0]:
+  digest, sizes = store_lib.content_digest(store), _sizes(store)
+  lead = json.loads(runtime.from_lead("task store data",
+                                      json.dumps([digest, sizes])))
+  if digest != lead[0]:
+    # Of the same sizes, the line showed two equal counts and no difference.
+    theirs = (f"process 0's: {lead[1]}" if lead[1] != sizes else
+              f"the sizes of process 0's, other contents: SHA-256"
+              f" {digest[:12]}... against {lead[0][:12]}...")
     raise InputError(
         f"process {jax.process_index()} reads other data than process 0"
-        f" (its task store: {_sizes(store)}; process 0's: {lead[1]}): every"
+        f" (its task store: {sizes}; {theirs}): every"
         " process must read the same data (data.root or data.store may be"
         " each host's own copy of it)", path=store.path)
 

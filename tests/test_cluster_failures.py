@@ -68,6 +68,8 @@ def test_processes_reading_different_data_stop(tmp_path, stores):
            " (its task store: ")
   assert lines[1][0].startswith(f"metarec train: error: {error}"), lines[1][1]
   assert "every process must read the same data" in lines[1][0]
+  # The edit kept the sizes: the line showed two equal counts.
+  assert "the sizes of process 0's, other contents: SHA-256" in lines[1][0]
   assert lines[0][0].startswith(
       f"metarec train: error: process 0: process 1 of the run at"
       f" 127.0.0.1:{port} stopped: {error}"), lines[0][1]
