@@ -264,6 +264,13 @@ def test_a_user_of_nearly_every_item_still_gets_every_negative(weighted):
   again = sampler.draw(users, np.full(len(users), 40), 40, 0,
                        np.arange(len(users)), 7)
   np.testing.assert_array_equal(again[0], drawn)  # still a pure function
+  # Free items that all weigh 0 (no training positive) are still drawn.
+  if weighted:
+    sampler = implicit.NegativeSampler(interacted, items, np.arange(items),
+                                       np.r_[np.ones(48), 0.0, 0.0])
+    drawn, ok = sampler.draw(np.zeros(10, np.int64), np.full(10, 40), 40, 0,
+                             np.arange(10), 7)
+    assert ok.all() and set(drawn.ravel().tolist()) == {49}
 
 
 def test_negative_draws_are_a_function_of_seed_step_and_slot(tiny):

@@ -144,3 +144,36 @@ def test_an_implicit_scenario_has_the_rating_keys_of_the_contract(click_run):
     assert all(m[k] is None for k in keys), name
     for base in m["baselines"].values():
       assert set(base) == keys and not any(base.values()), name
+
+
+def test_tasks_with_nothing_to_rank_are_left_out_and_counted(tmp_path):
+  """Users who clicked every item: a test task's candidates are its
+  held-out positives alone, which every ranking orders perfectly (13 of
+  84 tasks of a 50-item log counted as hits, for the model and both
+  baselines alike)."""
+  from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  lines = ["user,item"]
+  for u in range(120):
+    # Every third user clicked all 30 items; the others 15 to 25.
+    clicks = (range(30) if u % 3 == 0
+              else rng.choice(30, rng.integers(15, 26), replace=False))
+    lines += [f"U{u},I{i}" for i in clicks]
+  datafiles.write(str(tmp_path / "clicks.csv"), "\n".join(lines) + "\n")
+  config = config_io.apply_overrides(
+      config_io.load_config_file(config_path("tiny")),
+      [("data.name", "generic"), ("data.root", str(tmp_path)),
+       ("data.generic.ratings", "clicks.csv"), ("data.generic.rating_col", ""),
+       ("data.implicit.enabled", "true"), ("model.loss", "bpr"),
+       ("train.num_steps", "2"), ("train.eval_every_steps", "-1")])
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(config, workdir)
+  report = eval_lib.evaluate_workdir(workdir, support_curve=False)
+  counted = {name: m["ranking"]["unranked"]
+             for name, m in report["scenarios"].items() if m["tasks"]}
+  assert any(c["full"] for c in counted.values()), counted
+  for name, c in counted.items():
+    assert c["sampled"] >= c["full"], (name, c)  # its candidates are fewer
+    if c["full"] or c["sampled"]:
+      assert any(w.startswith(f"{name}: task(s) left out,")
+                 for w in report["warnings"]), report["warnings"]

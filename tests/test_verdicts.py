@@ -153,11 +153,14 @@ def test_implicit_feedback_warns_when_popularity_ranks_better():
                          " training positive to rank by popularity) 0.2850")
   # Tasks whose candidates were their positives alone are counted.
   w = implicit(0.2849, 0.2850)
-  w["ranking"]["unranked"] = 13
+  w["ranking"]["unranked"] = {"full": 13, "sampled": 20}
   line, = verdicts.warnings_for({"W": w})
-  assert line.startswith("W: 13 of 200 task(s) left out of every ranking"
-                         " metric: their candidates are their held-out"
-                         " positives alone")
+  assert line.startswith("W: task(s) left out, 13 of 200 from the full"
+                         " ranking's metrics and 20 of 200 from the sampled"
+                         " ranking's metrics: their candidates there are"
+                         " their held-out positives alone")
+  w["ranking"]["unranked"] = {"full": 0, "sampled": 0}
+  assert verdicts.warnings_for({"W": w}) == []
   few = verdicts.warnings_for({"UIC": implicit(0.1, 0.2, tasks=7)})
   assert few[0].startswith("UIC: only 7 task(s)")
   assert few[1].endswith("too few to tell it from noise")

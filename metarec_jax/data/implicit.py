@@ -246,7 +246,8 @@ class NegativeSampler:
   def _fill(self, out, filled, need, short, users, u, held_out) -> None:
     """Fills the slots of rows `short` that the rounds left empty (in
     place), each drawn from the row's own free items as the rounds draw
-    from the pool (uniform or by the weights), with replacement.
+    from the pool (uniform or by the weights; uniformly where every free
+    item weighs 0), with replacement.
 
     The rounds draw from the whole pool and keep what the user never had:
     where that is a few items (a user who clicked 49 of 50), they hit one
@@ -266,6 +267,9 @@ class NegativeSampler:
         free |= contains(held_out, keys(t[:, None], self.pool[None, :],
                                         self.num_items))
       w = free * weights[None, :]
+      # Free items that all weigh 0 (popularity sampling, items without a
+      # training positive) are drawn uniformly: they are what is left.
+      w = np.where(w.sum(1, keepdims=True) > 0, w, free.astype(np.float64))
       total = w.sum(1)
       has = total > 0  # else every pool item is the user's: stays short
       cdf = np.cumsum(w, axis=1) / np.where(has, total, 1.0)[:, None]

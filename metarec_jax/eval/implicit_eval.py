@@ -153,11 +153,11 @@ class RankingEvaluator:
                    whole: TaskSet | None = None) -> dict | None:
     """Per-task metric arrays: `{"model"|"popularity"|"random": {"full"|
     "sampled": {metric: f64 [N]}}, "exhausted": bool [N], "unranked":
-    bool [N]}` (None if stopped early); `exhausted`: the task's sampled
-    candidates are every item of its class the user never interacted
-    with, fewer than asked; `unranked`: its full candidates are its
-    held-out positives alone (nothing to rank them against: left out of
-    every metric, `ranking.per_task`).
+    {"full"|"sampled": bool [N]}}` (None if stopped early); `exhausted`:
+    the task's sampled candidates are every item of its class the user
+    never interacted with, fewer than asked; `unranked`: its candidates
+    there are its held-out positives alone (nothing to rank them against:
+    left out of that ranking's metrics, `ranking.per_task`).
 
     `whole`: the same tasks with all their support (the support curve
     adapts on a cut of it): the support items beyond the cut are known
@@ -170,7 +170,7 @@ class RankingEvaluator:
                  for how in ("full", "sampled")}
            for who in ("model",) + BASELINES}
     out["exhausted"] = np.zeros(n, bool)
-    out["unranked"] = np.zeros(n, bool)
+    out["unranked"] = {how: np.zeros(n, bool) for how in ("full", "sampled")}
     params, inner = meta_params["model"], meta_params.get("inner")
     user_tables = self.exp.tables.user
     for index, batch, items in taskset_batches(
@@ -215,8 +215,10 @@ class RankingEvaluator:
       # the "sample" holds all of them (a task without held-out positives
       # asks for none and is left out of the metrics).
       out["exhausted"][index] = drawn.sum(1) < asked
-      out["unranked"][index] = positive.any(1) & ~(full & ~positive).any(1)
       sampled = positive | drawn
+      for how, cand in (("full", full), ("sampled", sampled)):
+        out["unranked"][how][index] = (positive.any(1)
+                                       & ~(cand & ~positive).any(1))
       random = hashing.uniform(self.seed, users[:k, None],
                                np.arange(num_items)[None, :], _RANDOM_STREAM)
       # Every ranking breaks its ties in the random one's order: by item
@@ -236,8 +238,8 @@ class RankingEvaluator:
     """The `ranking` entry of a scenario's JSON from `task_metrics`, with
     `sampled_exhausted`: how many tasks' sampled candidates are every item
     the user never interacted with (their `sampled` is no sample),
-    `unranked`: how many tasks had no candidate but their positives (left
-    out of the metrics), and
+    `unranked`: how many tasks had no candidate but their positives, in
+    the full and the sampled ranking (left out of its metrics), and
     `popularity_gap_se`: the standard error of the model's full-catalog
     nDCG@10 less popularity's, task by task (what a gap is judged
     against: near a random ranking's nDCG@10 of 0.01, one draw of the
@@ -249,7 +251,8 @@ class RankingEvaluator:
     return {**both("model"),
             "baselines": {who: both(who) for who in BASELINES},
             "sampled_exhausted": int(per_task["exhausted"].sum()),
-            "unranked": int(per_task["unranked"].sum()),
+            "unranked": {how: int(v.sum())
+                         for how, v in per_task["unranked"].items()},
             "popularity_gap_se": ranking.gap_se(
                 per_task["model"]["full"][key],
                 per_task["popularity"]["full"][key])}

@@ -231,11 +231,14 @@ def _candidate_warnings(name: str, ranking: dict, tasks: int) -> list[str]:
   never-seen items than the negatives asked for, so `sampled` reads like
   `full` and says nothing of its own."""
   out = []
-  if unranked := int(ranking.get("unranked") or 0):
-    out.append(f"{name}: {unranked} of {tasks} task(s) left out of every"
-               " ranking metric: their candidates are their held-out"
-               " positives alone (the user interacted with every other item"
-               " of the class), so any ranking of them is perfect")
+  unranked = ranking.get("unranked") or {}
+  if any(unranked.values()):
+    counts = " and ".join(f"{n} of {tasks} from the {how} ranking's metrics"
+                          for how, n in unranked.items() if n)
+    out.append(f"{name}: task(s) left out, {counts}: their candidates there"
+               " are their held-out positives alone (the user interacted"
+               " with every other item of the class), so any ranking of"
+               " them is perfect")
   if exhausted := int(ranking.get("sampled_exhausted") or 0):
     out.append(f"{name}: the sampled ranking is no sample for {exhausted} of"
                f" {tasks} task(s): their item class has fewer items the user"

@@ -72,7 +72,7 @@ def format_summary(s: dict) -> str:
       f"  users    {s['users']:,} ({s['users_with_ratings']:,} with {what})",
       f"  items    {s['items']:,} ({s['new_items']:,} new ="
       f" {share(s['new_item_share'])}; {share(s['new_item_rating_share'])}"
-      " of the ratings)",
+      f" of the {what})",
       rated + (", with timestamps" if s["timestamps"] else ""),
       f"  {what} per user (users with {what}): "
       + ", ".join(f"{k} {v:g}" for k, v in q.items() if v is not None),
