@@ -123,15 +123,8 @@ def first_missing(path: str) -> str | None:
 def refuse_file_in_the_way(path: str | os.PathLike, *, named: str) -> None:
   """Raises `InputError(path=named)` where a file stands at `path` or at a
   folder above it that a writer would have to create: making the folders
-  failed late, with "File exists" or "Not a directory" and exit 1; or
-  where `path` is not UTF-8 (a traceback after the store was built)."""
+  failed late, with "File exists" or "Not a directory" and exit 1."""
   here = os.path.abspath(os.fspath(path))
-  try:  # TensorBoard and JSON write paths as UTF-8: a traceback, late
-    here.encode("utf-8")
-  except UnicodeEncodeError as e:
-    raise InputError(f"{here!r} is not a UTF-8 path (byte"
-                     f" 0x{ord(here[e.start]) - 0xDC00:02x} at {e.start})",
-                     path=named) from None
   missing = first_missing(here)
   if missing:
     here = os.path.dirname(missing)  # the nearest folder that exists

@@ -44,10 +44,17 @@ class Invocation:
 
 
 def _folder_to_write(path: str | None) -> str | None:
-  """`path` (a `--workdir` that a command creates) where it, and every
-  folder above it, is a folder or not there yet: a file in the way was
-  "File exists" or "Not a directory", exit 1, from deep in the run."""
+  """`path` (a `--workdir` that a command creates) where it is UTF-8 and
+  it, and every folder above it, is a folder or not there yet: a file in
+  the way was "File exists" or "Not a directory", exit 1, from deep in
+  the run."""
   if path:
+    try:  # TensorBoard's file names: a traceback after the store was built
+      path.encode("utf-8")
+    except UnicodeEncodeError as e:
+      byte = ord(path[e.start]) - 0xDC00  # the surrogate of an undecoded byte
+      raise InputError(f"not a UTF-8 path (byte 0x{byte:02x} at {e.start}):"
+                       f" {path!r}", path="--workdir") from None
     from metarec_jax import atomic  # pylint: disable=g-import-not-at-top
     atomic.refuse_file_in_the_way(path, named="--workdir")
   return path
@@ -345,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                        " --config.KEY=VALUE to override keys", path="--config")
     try:
       leftover = fv([prog] + rest)
-    except flags.Error as e:
+    except (flags.Error, ValueError) as e:  # --noBOOL=x: a ValueError
       raise InputError(cli_spec.flag_problem(e, fv)) from None
     positional = []
     if cmd.positional:

@@ -295,7 +295,7 @@ def split_config_args(args: list[str], cmd: Command | None = None):
   return config_file, overrides, rest
 
 
-def flag_problem(error: flags.Error, fv: flags.FlagValues) -> str:
+def flag_problem(error: Exception, fv: flags.FlagValues) -> str:
   """absl's error as one line in the config keys' words: a bad boolean or
   integer flag said `('Non-boolean argument to boolean flag', 'maybe')` or
   `invalid literal for int() with base 10: 'abc'`."""

@@ -126,7 +126,10 @@ def test_bad_input_is_one_line_with_status_2(args, message, tmp_path):
     # A path that is not UTF-8 (legal on Linux): a traceback from
     # TensorBoard after the store was built.
     (["train", f"--config={config_path('tiny')}", "--workdir=W\udcff"],
-     "is not a UTF-8 path (byte 0xff at"),
+     "--workdir: not a UTF-8 path (byte 0xff at"),
+    # absl raised a ValueError: a traceback, exit 1.
+    (["eval", "--workdir=W", "--nosupport_curve=false"],
+     "--nosupport_curve=false does not take an argument"),
 ])
 def test_a_flag_of_another_type_or_a_bad_path_is_named(args, message,
                                                       tmp_path):
