@@ -30,19 +30,25 @@ def click_log(folder, users=120, items=60, seed=0):
                          "\n".join(lines) + "\n")
 
 
-@pytest.fixture(scope="module")
-def click_run(tmp_path_factory):
-  root = tmp_path_factory.mktemp("clicks")
-  click_log(str(root))
+def train_clicks(root, steps: int, eval_every: int) -> str:
+  """The tiny config trained with BPR on `root/clicks.csv`; its workdir."""
   config = config_io.apply_overrides(
       config_io.load_config_file(config_path("tiny")),
       [("data.name", "generic"), ("data.root", str(root)),
        ("data.generic.ratings", "clicks.csv"), ("data.generic.rating_col", ""),
        ("data.implicit.enabled", "true"), ("model.loss", "bpr"),
-       ("train.num_steps", "6"), ("train.eval_every_steps", "3")])
+       ("train.num_steps", str(steps)),
+       ("train.eval_every_steps", str(eval_every))])
   workdir = str(root / "run")
   train_and_evaluate(config, workdir)
   return workdir
+
+
+@pytest.fixture(scope="module")
+def click_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("clicks")
+  click_log(str(root))
+  return train_clicks(root, steps=6, eval_every=3)
 
 
 def logged_tags(workdir):
@@ -160,14 +166,7 @@ def test_tasks_with_nothing_to_rank_are_left_out_and_counted(tmp_path):
               else rng.choice(30, rng.integers(15, 26), replace=False))
     lines += [f"U{u},I{i}" for i in clicks]
   datafiles.write(str(tmp_path / "clicks.csv"), "\n".join(lines) + "\n")
-  config = config_io.apply_overrides(
-      config_io.load_config_file(config_path("tiny")),
-      [("data.name", "generic"), ("data.root", str(tmp_path)),
-       ("data.generic.ratings", "clicks.csv"), ("data.generic.rating_col", ""),
-       ("data.implicit.enabled", "true"), ("model.loss", "bpr"),
-       ("train.num_steps", "2"), ("train.eval_every_steps", "-1")])
-  workdir = str(tmp_path / "run")
-  train_and_evaluate(config, workdir)
+  workdir = train_clicks(tmp_path, steps=2, eval_every=-1)
   report = eval_lib.evaluate_workdir(workdir, support_curve=False)
   counted = {name: m["ranking"]["unranked"]
              for name, m in report["scenarios"].items() if m["tasks"]}
