@@ -106,3 +106,49 @@ def test_a_step_removed_while_the_manager_opens_is_opened_again(tmp_path):
     manager.open_manager(directory, "val_mae", lambda **_: make("/elsewhere"),
                          read_only=True)
   assert len(calls) == 1
+
+
+def test_a_damaged_best_step_takes_its_validation_from_its_record(tmp_path):
+  """A damaged metrics file of a finished run's best checkpoint: the rerun
+  of its command moved the checkpoint aside, and eval and export then
+  served a worse one in silence. A step that improved on every trained
+  step before it (`stale` 0 in its record) validated at the `trained`
+  minimum it set: that is its validation, written back by a trainer."""
+  import json  # pylint: disable=g-import-not-at-top
+  directory = tmp_path / "checkpoints"
+  for step, stale in ((200, 0), (220, 1)):
+    (directory / str(step) / "metrics").mkdir(parents=True)
+    (directory / str(step) / "metrics" / "metrics").write_text('{"val_')
+    (directory / str(step) / "config").mkdir()
+    (directory / str(step) / "config" / "metadata").write_text(json.dumps(
+        {"selection": {"trained": 0.5148845801750819, "stale": stale}}))
+  found = manager.open_manager(str(directory), "val_mae", lambda **f: f,
+                               read_only=True)
+  assert found["recovered"] == {200: {"val_mae": 0.5148845801750819}}
+  assert found["damaged"] == {200, 220}  # 220: not validated
+  assert os.path.exists(directory / "220")  # a reader moves nothing
+  found = manager.open_manager(str(directory), "val_mae", lambda **f: f,
+                               read_only=False)
+  assert found == {"damaged": frozenset(), "unlisted": frozenset(),
+                   "recovered": {}}
+  assert json.loads((directory / "200" / "metrics" / "metrics").read_text()
+                    ) == {"val_mae": 0.5148845801750819}
+  assert not os.path.exists(directory / "220")  # moved aside, as before
+  assert os.listdir(tmp_path / "checkpoints-unreadable")[0].startswith("220-")
+
+
+def test_the_recovered_validation_selects_the_checkpoint(finished_run,
+                                                        tmp_path):
+  """Through orbax's manager: the step whose damaged metrics its record
+  recovers is the best validated checkpoint that eval and export use."""
+  import json  # pylint: disable=g-import-not-at-top
+  from metarec_jax.workdir import checkpoint  # pylint: disable=g-import-not-at-top
+  workdir = copy_run(finished_run, tmp_path)
+  _damage(workdir)
+  record = os.path.join(workdir, "checkpoints", "3", "config", "metadata")
+  with open(record) as f:
+    saved = json.load(f)
+  saved["selection"] = {"trained": 0.4, "stale": 0}
+  with open(record, "w") as f:
+    json.dump(saved, f)
+  assert checkpoint.Checkpointer(workdir, read_only=True).best() == (3, 0.4)

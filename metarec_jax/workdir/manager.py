@@ -7,7 +7,9 @@ there: a damaged metrics file of any step (a JSON error, a value that is
 no number), and a reader (`eval`, `export`) starting while a trainer
 removed an old step (`checkpoint.keep`) between orbax's listing and its
 read. The first costs only that step its metrics (one warning naming the
-file; a trainer also moves the step aside); the second is opened again.
+file; a trainer also moves the step aside), unless the step's own record
+says what its validation was (`recorded_validation`: the best trained
+step's always does); the second is opened again.
 A step whose orbax step record is damaged is not listed (a trainer moves
 it aside).
 Where a step cannot be restored, `metadata_problem` names the orbax
@@ -29,7 +31,7 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
-from metarec_jax import runtime
+from metarec_jax import atomic, runtime
 from metarec_jax.workdir import orbax_logs
 from metarec_jax.workdir.state_checks import CheckpointError
 
@@ -48,8 +50,10 @@ class Manager(ocp.CheckpointManager):
   NaN step for the best.)"""
 
   def __init__(self, *args, damaged: frozenset[int] = frozenset(),
-               unlisted: frozenset[int] = frozenset(), **kw):
+               unlisted: frozenset[int] = frozenset(),
+               recovered: dict[int, dict] | None = None, **kw):
     self.damaged = damaged  # before orbax's constructor reads the metrics
+    self.recovered = recovered or {}  # damaged, read from the step's record
     self.warned: set[int] = set()  # the metrics are read at every reload
     if unlisted:
       kw["options"] = dataclasses.replace(
@@ -63,6 +67,8 @@ class Manager(ocp.CheckpointManager):
     # orbax reads a step's metrics here for `metrics` and for the step's
     # metadata too, which every restore reads: a damaged file's JSON error
     # made its step unreadable ("cannot be read"), not only unvalidated.
+    if int(step) in self.recovered:
+      return self.recovered[int(step)]
     if int(step) in self.damaged:
       return None
     metrics = super()._get_metrics(step)
@@ -104,6 +110,25 @@ def damaged_metrics(directory: str, metric: str) -> dict[int, str]:
     if not ok:
       damaged[int(entry)] = path
   return damaged
+
+
+def recorded_validation(directory: str, step: int) -> float | None:
+  """A step's validation read from its own record (`STEP/config`), where
+  its `selection` says it improved on every trained step before it
+  (`stale` 0: its validation is the `trained` minimum it set), else None.
+  Only a validated step has a metrics file to be damaged; the best
+  trained step always improved, so it is recovered."""
+  try:
+    with open(os.path.join(directory, str(step), "config", "metadata"),
+              "rb") as f:
+      selection = json.loads(f.read()).get("selection")
+    trained = selection["trained"]
+    if selection["stale"] == 0 and type(trained) in (int, float) and (
+        math.isfinite(trained)):
+      return float(trained)
+  except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    pass
+  return None
 
 
 def damaged_step_records(directory: str) -> dict[int, str]:
@@ -239,10 +264,16 @@ def open_manager(directory: str, metric: str,
   best validated checkpoint would not delete them and its saves would not
   meet them (its other processes leave them to the first)."""
   damaged = damaged_metrics(directory, metric)
+  recovered = {step: {metric: value} for step in damaged
+               if (value := recorded_validation(directory, step)) is not None}
   for step, path in damaged.items():
+    fate = ("counts as not validated" if read_only else "is moved aside")
+    if step in recovered:  # a finished run's best was moved aside for it
+      fate = (f"takes its validation {recovered[step][metric]:.6g} from its"
+              " record, where it improved on every step before it"
+              + ("" if read_only else ", and it is written back"))
     log.warning("%s: damaged: not the metrics of a checkpoint (a JSON object"
-                " with a number `%s`); step %d %s", path, metric, step,
-                "counts as not validated" if read_only else "is moved aside")
+                " with a number `%s`); step %d %s", path, metric, step, fate)
   logging.getLogger("absl").addFilter(orbax_logs.missing_step_record)
   unlisted = damaged_step_records(directory)
   for step, problem in unlisted.items():
@@ -251,9 +282,13 @@ def open_manager(directory: str, metric: str,
                 problem, step, "is left out" if read_only else
                 "is moved aside")
   if not read_only and runtime.is_lead():  # one process moves them
-    move_aside(directory, sorted(set(damaged) | set(unlisted)))
-    damaged = {}
-  found = {"damaged": frozenset(damaged), "unlisted": frozenset(unlisted)}
+    for step, metrics in recovered.items():
+      atomic.write_bytes(damaged[step], json.dumps(metrics).encode())
+    move_aside(directory, sorted((set(damaged) - set(recovered))
+                                 | set(unlisted)))
+    damaged, recovered = {}, {}
+  found = {"damaged": frozenset(damaged), "unlisted": frozenset(unlisted),
+           "recovered": recovered}
   for _ in range(ATTEMPTS - 1):
     try:
       return make(**found)
