@@ -174,10 +174,15 @@ def _run_train(inv: Invocation) -> int:
       log.warning("%s", line)
     if not int(val.get("tasks") or 0):
       log.warning("%s", verdicts.NO_VALIDATION)
-  log.info("trained to step %d in %s. Next: `metarec eval --workdir=%s`"
+  # An early stop's last step is not its result: the best validated is.
+  best = summary.get("best", {}).get("step")
+  chosen = ("" if best is None or best == summary["step"] else
+            f" (its best validated checkpoint, which eval and export use:"
+            f" step {best})")
+  log.info("trained to step %d%s in %s. Next: `metarec eval --workdir=%s`"
            " (the cold-start scenarios against the baselines), `metarec plot"
            " --workdir=%s`, `tensorboard --logdir=%s`", summary["step"],
-           workdir, shlex.quote(workdir), shlex.quote(workdir),
+           chosen, workdir, shlex.quote(workdir), shlex.quote(workdir),
            shlex.quote(os.path.join(workdir, "tensorboard")))
   return 0
 

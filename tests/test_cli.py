@@ -286,3 +286,19 @@ def test_export_line_counts_repeated_ratings_only_when_there_are_some():
                        " last line of each kept)")
   assert "repeated" not in cli.export_line({**summary,
                                             "duplicate_ratings": 0})
+
+
+def test_an_early_stop_names_the_checkpoint_that_is_its_result(
+    tmp_path, monkeypatch):
+  """An early-stopped run ended "trained to step 260" without a word that
+  eval and export use its best validated checkpoint, step 200."""
+  import metarec_jax.train  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(metarec_jax.train, "train_and_evaluate",
+                      lambda config, workdir: {
+                          "step": 260, "early_stopped": True, "lead": True,
+                          "best": {"step": 200, "val": {"tasks": 100}}})
+  out = metarec_here("train", f"--config={config_path('tiny')}",
+                     f"--workdir={tmp_path / 'w'}")
+  assert out.returncode == 0, out.stderr
+  assert ("trained to step 260 (its best validated checkpoint, which eval"
+          " and export use: step 200) in") in out.stderr
