@@ -149,7 +149,7 @@ def _run_train(inv: Invocation) -> int:
   try:
     summary = train_and_evaluate(config, workdir)
   except Exception as e:  # pylint: disable=broad-except
-    said = error_line(e)
+    said = error_line(e, "train")
     if said is not None:  # in a joined run, every process stops with it
       cluster.failed("metarec train", *said)
     else:  # a bug: its traceback, and its first line to the others
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{prog}: terminated ({e})", file=sys.stderr)
     return 128 + int(e.signum)
   except Exception as e:  # pylint: disable=broad-except
-    said = error_line(e)
+    said = error_line(e, name)
     if said is None:  # a bug: its traceback is the report
       raise
     if errors.out_of_memory(e):

@@ -70,11 +70,13 @@ class TrainingError(Exception):
   with status 1."""
 
 
-def error_line(e: Exception) -> tuple[str, int] | None:
+def error_line(e: Exception, command: str | None = None
+               ) -> tuple[str, int] | None:
   """The line (after `PROG: error: `) and exit status of an error the
   command line reports in one line: 2 for input, 1 for output (a full
   disk, no permission, an OS error the code did not name), training
-  failures and memory that ran out (`out_of_memory`); None for any other
+  failures and memory that ran out (`out_of_memory`, with what to lower
+  in `command`, the `metarec` command that failed); None for any other
   (a bug: its traceback is the report)."""
   if isinstance(e, InputError):
     return e.message, 2
@@ -86,7 +88,8 @@ def error_line(e: Exception) -> tuple[str, int] | None:
     # (Python's own MemoryError has no message.)
     said = excerpt((str(e).strip().splitlines() or [type(e).__name__])[0],
                    200, quote=False)
-    return f"out of memory ({said}): {MEMORY_HINT}", 1
+    return (f"out of memory ({said}):"
+            f" {MEMORY_HINTS.get(command, MEMORY_HINT)}", 1)
   return None
 
 
@@ -95,6 +98,19 @@ def error_line(e: Exception) -> tuple[str, int] | None:
 MEMORY_HINT = ("lower train.chunk_tasks or train.tasks_per_step (train,"
                " bench), eval.batch_tasks (eval) or --chunk_users (export),"
                " or the model's sizes")
+_STEP_HINT = ("lower train.chunk_tasks or train.tasks_per_step, or the"
+              " model's sizes")
+# Each command's own (`data synth --num_items=100000000000` was told to
+# lower train and eval keys it has none of).
+MEMORY_HINTS = {
+    "train": _STEP_HINT, "bench": _STEP_HINT,
+    "eval": "lower eval.batch_tasks (or eval.catalog_block on implicit"
+            " feedback), or the model's sizes",
+    "export": "lower --chunk_users",
+    "serve": "lower --max_batch, --max_items or --max_ratings",
+    "data": "lower --num_users or --num_items (data synth), or build the"
+            " store on a machine with more memory",
+}
 
 
 def out_of_memory(e: BaseException) -> bool:

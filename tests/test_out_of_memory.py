@@ -34,6 +34,19 @@ def test_an_allocation_xla_refuses_is_one_line_with_the_keys_to_lower():
   assert "\n" not in line
 
 
+def test_each_command_is_told_what_it_can_lower():
+  """`data synth --num_items=100000000000` ran out of memory and was told
+  to lower train.chunk_tasks, eval.batch_tasks and --chunk_users."""
+  failure = MemoryError("Unable to allocate 745. GiB")
+  hints = {"train": "train.tasks_per_step", "bench": "train.chunk_tasks",
+           "eval": "eval.batch_tasks", "export": "--chunk_users",
+           "serve": "--max_batch", "data": "--num_items (data synth)"}
+  for command, key in hints.items():
+    line, status = errors.error_line(failure, command)
+    assert status == 1 and key in line, (command, line)
+  assert "eval.batch_tasks" not in errors.error_line(failure, "data")[0]
+
+
 def test_numpy_memory_error_is_one_line_too():
   with pytest.raises(MemoryError) as caught:
     np.empty((10**18,), np.float32)
