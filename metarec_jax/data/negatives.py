@@ -61,6 +61,14 @@ class NegativeSampler:
     rows = np.broadcast_to(np.arange(len(items))[:, None], items.shape)
     return np.unique(keys(rows[mask], items[mask], self.num_items))
 
+  def _free(self, users, rows, items, held_out) -> np.ndarray:
+    """Whether each of `items` (broadcast with `users` and `rows`) is one
+    the user never interacted with, or one `held_out` gives its row."""
+    free = ~contains(self.interacted, keys(users, items, self.num_items))
+    if held_out is not None:
+      free |= contains(held_out, keys(rows, items, self.num_items))
+    return free
+
   def _candidates(self, u: np.ndarray) -> np.ndarray:
     if self.cdf is None:
       idx = np.floor(u * len(self.pool)).astype(np.int64)
@@ -110,11 +118,7 @@ class NegativeSampler:
       u = hashing.uniform(seed, *stream, rows, r * width + cols,
                           _TRAIN_STREAM)
       cand = self._candidates(u)
-      ok = ~contains(self.interacted, keys(users[:, None], cand,
-                                           self.num_items))
-      if held_out is not None:
-        ok |= contains(held_out, keys(np.arange(n)[:, None], cand,
-                                      self.num_items))
+      ok = self._free(users[:, None], np.arange(n)[:, None], cand, held_out)
       rank = np.cumsum(ok, axis=1) - 1
       take = ok & (rank < short[:, None])
       t, c = np.nonzero(take)
@@ -145,12 +149,8 @@ class NegativeSampler:
     block = max(1, _FILL_BLOCK // (len(self.pool) * max(width, 1)))
     for lo in range(0, len(short), block):
       t = short[lo:lo + block]
-      free = ~contains(self.interacted, keys(users[t][:, None],
-                                             self.pool[None, :],
-                                             self.num_items))
-      if held_out is not None:
-        free |= contains(held_out, keys(t[:, None], self.pool[None, :],
-                                        self.num_items))
+      free = self._free(users[t][:, None], t[:, None], self.pool[None, :],
+                        held_out)
       w = free * weights[None, :]
       # Free items that all weigh 0 (popularity sampling, items without a
       # training positive) are drawn uniformly: they are what is left.
