@@ -127,7 +127,6 @@ def check_predictions_file(folder, scenario, query):
     assert (np.clip(unclipped, 1, 5) == p[column]).all()
   n = scenario["tasks"]
   true = p["rating"].reshape(n, 10)
-  items = p["item"].astype(int).reshape(n, 10)
   mask = np.ones_like(true, bool)
   for column, expected in (
       ("prediction", scenario),
@@ -136,7 +135,7 @@ def check_predictions_file(folder, scenario, query):
       ("global_mean", scenario["baselines"]["global_mean"])):
     pred = p[column].reshape(n, 10)
     rank_by = predictions_file.ranked(p, column).reshape(n, 10)
-    got = metrics.summary(pred, true, mask, items, rank_by=rank_by)
+    got = metrics.summary(pred, true, mask, rank_by=rank_by)
     assert got.keys() & expected.keys()
     for key in got.keys() & expected.keys():
       value = expected[key]

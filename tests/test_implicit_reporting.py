@@ -141,7 +141,7 @@ def test_an_implicit_scenario_has_the_rating_keys_of_the_contract(click_run):
   from metarec_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
   from metarec_jax.eval import metrics  # pylint: disable=g-import-not-at-top
   empty = np.zeros((0, 1))
-  keys = set(metrics.summary(empty, empty, empty.astype(bool), empty))
+  keys = set(metrics.summary(empty, empty, empty.astype(bool)))
   assert {"ndcg@1_linear", "ndcg@3_linear"} <= keys
   report = eval_lib.evaluate_workdir(click_run, support_curve=False)
   for name, m in report["scenarios"].items():

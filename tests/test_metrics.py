@@ -1,5 +1,6 @@
 """Metrics against hand-computed values."""
 
+import itertools
 import math
 
 import numpy as np
@@ -18,61 +19,84 @@ def test_mae_and_rmse_skip_padding():
   assert metrics.mae(pred, true, np.zeros_like(mask)) is None
 
 
-def test_ndcg_by_hand_with_ties_broken_by_item_id():
-  # Items 7, 3, 5 with true ratings 5, 3, 4; predictions tie 7 and 3.
+def test_ndcg_by_hand_with_tied_items_at_their_mean_gain():
+  # True ratings 5, 3, 4; the predictions tie the first two.
   pred = np.array([[4.0, 4.0, 2.0]])
   true = np.array([[5.0, 3.0, 4.0]])
-  items = np.array([[7, 3, 5]])
   mask = np.ones((1, 3), bool)
-  # Ranking: item 3 (tie, lower id) first, then 7, then 5.
+  # Ranks 1 and 2 each count the tie's mean gain, then the rating 4.
   g = lambda r: 2 ** r - 1
-  dcg3 = g(3) / math.log2(2) + g(5) / math.log2(3) + g(4) / math.log2(4)
+  tie = (g(5) + g(3)) / 2
+  dcg3 = tie / math.log2(2) + tie / math.log2(3) + g(4) / math.log2(4)
   idcg3 = g(5) / math.log2(2) + g(4) / math.log2(3) + g(3) / math.log2(4)
-  assert metrics.ndcg(pred, true, mask, items, 3) == pytest.approx(dcg3 / idcg3)
-  assert metrics.ndcg(pred, true, mask, items, 1) == pytest.approx(g(3) / g(5))
+  assert metrics.ndcg(pred, true, mask, 3) == pytest.approx(dcg3 / idcg3)
+  assert metrics.ndcg(pred, true, mask, 1) == pytest.approx(tie / g(5))
   # A perfect ranking scores 1; padding never ranks.
   pred2 = np.array([[5.0, 3.0, 4.0, 9.0]])
   true2 = np.array([[5.0, 3.0, 4.0, 1.0]])
   mask2 = np.array([[True, True, True, False]])
-  items2 = np.array([[1, 2, 3, 4]])
-  assert metrics.ndcg(pred2, true2, mask2, items2, 3) == pytest.approx(1.0)
+  assert metrics.ndcg(pred2, true2, mask2, 3) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("gain", metrics.GAINS)
+def test_tied_ndcg_is_the_mean_over_every_order_of_the_ties(gain):
+  """The expected nDCG of a random tie-break, whatever the items' order
+  in the row (an item-id tie-break made the item-mean baseline's nDCG on
+  new items, all tied, a function of their IDs)."""
+  rng = np.random.default_rng(0)
+  for _ in range(40):
+    n = int(rng.integers(1, 7))
+    pred = rng.integers(0, 3, size=(1, n)).astype(float)  # many ties
+    true = rng.integers(1, 6, size=(1, n)).astype(float)
+    mask = np.ones((1, n), bool)
+    for k in (1, 3):
+      # Every order that keeps the predictions sorted, each equally likely.
+      orders = [p for p in itertools.permutations(range(n))
+                if all(pred[0, p[i]] >= pred[0, p[i + 1]]
+                       for i in range(n - 1))]
+      by_order = [metrics.ndcg(np.arange(n, 0, -1.0)[None, :],
+                               true[:, list(p)], mask, k, gain=gain)
+                  for p in orders]
+      got = metrics.ndcg(pred, true, mask, k, gain=gain)
+      assert got == pytest.approx(np.mean(by_order))
+      shuffled = rng.permutation(n)
+      assert metrics.ndcg(pred[:, shuffled], true[:, shuffled], mask, k,
+                          gain=gain) == pytest.approx(got)
 
 
 def test_linear_gain_ndcg_by_hand():
-  # Same ranking as above (3, 7, 5) with the gain r instead of 2^r - 1.
-  pred = np.array([[4.0, 4.0, 2.0]])
-  true = np.array([[5.0, 3.0, 4.0]])
-  items = np.array([[7, 3, 5]])
+  # Ratings 3, 5, 4 ranked in that order, with the gain r, not 2^r - 1.
+  pred = np.array([[4.0, 3.0, 2.0]])
+  true = np.array([[3.0, 5.0, 4.0]])
   mask = np.ones((1, 3), bool)
   dcg3 = 3 / math.log2(2) + 5 / math.log2(3) + 4 / math.log2(4)
   idcg3 = 5 / math.log2(2) + 4 / math.log2(3) + 3 / math.log2(4)
-  assert metrics.ndcg(pred, true, mask, items, 3, gain="linear") == (
+  assert metrics.ndcg(pred, true, mask, 3, gain="linear") == (
       pytest.approx(dcg3 / idcg3))
   # The linear gain forgives more: the same ranking scores higher.
-  assert dcg3 / idcg3 > metrics.ndcg(pred, true, mask, items, 3)
+  assert dcg3 / idcg3 > metrics.ndcg(pred, true, mask, 3)
   with pytest.raises(ValueError, match="gain must be one of"):
-    metrics.ndcg(pred, true, mask, items, 3, gain="log")
+    metrics.ndcg(pred, true, mask, 3, gain="log")
 
 
 def test_ndcg_on_a_scale_below_zero_shifts_it_to_zero_and_stays_in_0_1():
   # A -10..10 scale (jokes): the gains of ratings -9, 2, -4 as if 1, 12, 6.
   pred = np.array([[1.0, 0.0, 2.0]])  # ranks -4, -9, 2: a poor ranking
   true = np.array([[-9.0, 2.0, -4.0]])
-  items = np.array([[1, 2, 3]])
   mask = np.ones((1, 3), bool)
   for gain, g in (("exponential", lambda r: 2 ** r - 1),
                   ("linear", lambda r: r)):
     dcg = g(6) / math.log2(2) + g(1) / math.log2(3) + g(12) / math.log2(4)
     idcg = g(12) / math.log2(2) + g(6) / math.log2(3) + g(1) / math.log2(4)
-    got = metrics.ndcg(pred, true, mask, items, 3, gain=gain, floor=-10)
+    got = metrics.ndcg(pred, true, mask, 3, gain=gain, floor=-10)
     assert got == pytest.approx(dcg / idcg) and 0 < got < 1
   # Unshifted, those gains are negative and nDCG leaves [0, 1]: what the
   # floor prevents. A scale from 0 or above keeps its gain exactly.
-  assert metrics.ndcg(pred, true, mask, items, 1, gain="linear") < 0
+  assert metrics.ndcg(pred, true, mask, 1, gain="linear") < 0
   stars = np.array([[5.0, 3.0, 4.0]])
   for floor in (0.0, 1.0, 0.5):
-    assert metrics.summary(pred, stars, mask, items, floor=floor) == (
-        metrics.summary(pred, stars, mask, items))
+    assert metrics.summary(pred, stars, mask, floor=floor) == (
+        metrics.summary(pred, stars, mask))
 
 
 def test_item_mean_user_bias_baseline_by_hand():
@@ -92,7 +116,6 @@ def test_a_task_rated_all_at_the_lowest_counts_as_one():
   """No order is better than another: 1 for every model (documented)."""
   true = np.array([[1.0, 1.0, 1.0], [5.0, 1.0, 3.0]])
   mask = np.ones_like(true, bool)
-  items = np.array([[1, 2, 3], [1, 2, 3]])
   worst = np.array([[0.0, 1.0, 2.0], [1.0, 3.0, 2.0]])
-  per_task = metrics.ndcg_per_task(worst, true, mask, items, 3, floor=1.0)
+  per_task = metrics.ndcg_per_task(worst, true, mask, 3, floor=1.0)
   assert per_task[0] == 1.0 and per_task[1] < 1.0

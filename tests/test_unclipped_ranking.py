@@ -1,9 +1,9 @@
 """nDCG ranks the served predictions before the clip to the rating scale.
 
 On data of few rating values (only 1s and 5s, likes and dislikes) many
-predictions pass the scale's ends; clipped, they tied and item ids ordered
-them, so the reported nDCG was not that of the ranking the server serves
-(`export.topk` ranks unclipped).
+predictions pass the scale's ends; clipped, they tied (then ordered by item
+id; now counted at their mean gain), so the reported nDCG was not that of
+the ranking the server serves (`export.topk` ranks unclipped).
 """
 
 import numpy as np
@@ -18,12 +18,11 @@ def test_summary_scores_clipped_and_ranks_unclipped():
   true = np.array([[1.0, 5.0, 5.0]])
   raw = np.array([[5.2, 5.9, 0.4]])  # the 5 ranks above the 1, unclipped
   clipped = np.clip(raw, 1, 5)
-  items = np.array([[1, 2, 3]])  # clipped: a tie that id 1 (rated 1) wins
-  mask = np.ones_like(true, bool)
-  tied = metrics.summary(clipped, true, mask, items, floor=1)
-  ranked = metrics.summary(clipped, true, mask, items, floor=1,
-                           rank_by=raw)
-  assert tied["ndcg@1"] < 0.1 and ranked["ndcg@1"] == 1.0
+  mask = np.ones_like(true, bool)  # clipped: the 1 ties the first 5
+  tied = metrics.summary(clipped, true, mask, floor=1)
+  ranked = metrics.summary(clipped, true, mask, floor=1, rank_by=raw)
+  assert tied["ndcg@1"] == pytest.approx((1 + 31) / 2 / 31)  # 2^r - 1
+  assert ranked["ndcg@1"] == 1.0
   assert ranked["mae"] == tied["mae"] == metrics.mae(clipped, true, mask)
   assert ranked["rmse"] == tied["rmse"]
 
@@ -63,7 +62,7 @@ def test_eval_ranks_the_model_unclipped(evaluator):
   got = evaluator.scenario_metrics(p, 1)
   assert got["ndcg@1"] == 1.0  # item 2, not item 1 (the lower id)
   assert got["ndcg@3"] == pytest.approx(
-      metrics.ndcg(raw, true, p.mask, items, 3, floor=lo))
+      metrics.ndcg(raw, true, p.mask, 3, floor=lo))
   assert got["mae"] == pytest.approx(metrics.mae(p.adapted, true, p.mask))
 
 

@@ -18,12 +18,13 @@ Usage (from the repository root):
 
 Prints one JSON line per scenario with tasks: the metrics that `metarec
 eval` reports (`eval.metrics.summary`: MAE, RMSE, nDCG@1 and nDCG@3 with
-the protocol's gain 2^r - 1 and the linear gain; ties by item), from
+the protocol's gain 2^r - 1 and the linear gain; tied items at their mean
+gain), from
 the file's values (exactly the values `metarec eval` scored), of
 the first run alone (`first`), of the average (`average`) and of the
 item-mean + user-bias baseline (`baseline`), and the average's nDCG@3
 above the first run's and the baseline's. `--workdir` is one of the runs:
-its store maps the ids to the indices that break ties, its config gives
+its store must hold the files' users and items, its config gives
 the query size. Folders that do not match exit with status 2 and one
 line naming the file.
 """
@@ -82,7 +83,7 @@ def scenario_runs(folders: list[str], name: str, store,
 def report(runs: list[dict[str, np.ndarray]], floor: float) -> dict:
   """The metrics of the first run, the average and the baseline."""
   first = runs[0]
-  true, items = first["rating"], first["items"]
+  true = first["rating"]
   mask = np.ones_like(true, bool)
   average = np.mean([r["prediction"] for r in runs], axis=0, dtype=np.float64)
   ranked = predictions_file.ranked
@@ -93,7 +94,7 @@ def report(runs: list[dict[str, np.ndarray]], floor: float) -> dict:
       ("first", first["prediction"], ranked(first, "prediction")),
       ("average", average, average_ranked),
       ("baseline", first[BASELINE], ranked(first, BASELINE))):
-    out[label] = metrics.summary(pred, true, mask, items, floor=floor,
+    out[label] = metrics.summary(pred, true, mask, floor=floor,
                                  rank_by=rank_by)
   for label in ("first", "baseline"):
     out[f"ndcg@3_above_{label}"] = (out["average"]["ndcg@3"]

@@ -2,7 +2,8 @@
 
 Scores several predictors of the query ratings `metarec eval
 --write_tasks=DIR` wrote, per scenario, with the protocol's metrics (the very
-functions `metarec eval` uses: gain 2^rating - 1, ties by item id) and with
+functions `metarec eval` uses: gain 2^rating - 1, tied items at their
+mean gain) and with
 the nDCG@k of a linear gain (the rating itself, as e.g. scikit-learn's
 `ndcg_score` computes it), because published nDCG figures rarely say which
 gain they used:
@@ -48,25 +49,25 @@ from metarec_jax.eval import metrics, predictions_file
 PREDICTION_COLUMNS = ("prediction", "item_mean_user_bias", "global_mean")
 
 
-def scores(pred, true, mask, ids, k: int, rank_by=None) -> dict:
+def scores(pred, true, mask, k: int, rank_by=None) -> dict:
   """MAE, nDCG@1 and nDCG@k (protocol gain) and nDCG@k (linear gain);
   nDCG ranks by `rank_by` where given (the unclipped predictions)."""
   rank_by = pred if rank_by is None else rank_by
   return {"mae": metrics.mae(pred, true, mask),
-          "ndcg@1": metrics.ndcg(rank_by, true, mask, ids, 1),
-          f"ndcg@{k}": metrics.ndcg(rank_by, true, mask, ids, k),
-          f"ndcg@{k}_linear": metrics.ndcg(rank_by, true, mask, ids, k,
+          "ndcg@1": metrics.ndcg(rank_by, true, mask, 1),
+          f"ndcg@{k}": metrics.ndcg(rank_by, true, mask, k),
+          f"ndcg@{k}_linear": metrics.ndcg(rank_by, true, mask, k,
                                            gain="linear")}
 
 
-def noisy_scores(true, ids, mask, *, target_mae: float, k: int,
+def noisy_scores(true, mask, *, target_mae: float, k: int,
                  repeats: int, seed: int) -> dict:
   """Scores of truth + N(0, s^2), s chosen so the MAE is `target_mae`."""
   # E|N(0, s^2)| = s * sqrt(2 / pi).
   sigma = target_mae / np.sqrt(2 / np.pi)
   rng = np.random.default_rng(seed)
   runs = [scores(true + sigma * rng.standard_normal(true.shape), true, mask,
-                 ids, k) for _ in range(repeats)]
+                 k) for _ in range(repeats)]
   return {"target_mae": target_mae, "tasks": int(mask.any(-1).sum()),
           **{key: float(np.mean([r[key] for r in runs])) for key in runs[0]}}
 
@@ -209,7 +210,7 @@ def main(argv=None) -> None:
                 for n, a in arrays.items()},
         dim=args.mf_dim, reg=args.mf_reg, iters=args.mf_iters)
   for name, a in arrays.items():
-    true, ids = a["rating"], a["items"]
+    true = a["rating"]
     mask = np.ones_like(true, bool)
     rows = {column: (a[column], predictions_file.ranked(a, column))
             for column in PREDICTION_COLUMNS}
@@ -218,10 +219,10 @@ def main(argv=None) -> None:
     for predictor, (pred, rank_by) in rows.items():
       print(json.dumps({"scenario": name, "predictor": predictor,
                         "tasks": len(true),
-                        **scores(pred, true, mask, ids, args.k, rank_by)}))
+                        **scores(pred, true, mask, args.k, rank_by)}))
     for target in (float(v) for v in args.mae.split(",") if v):
       print(json.dumps({"scenario": name, "predictor": f"noise@{target}",
-                        **noisy_scores(true, ids, mask, target_mae=target,
+                        **noisy_scores(true, mask, target_mae=target,
                                        k=args.k, repeats=args.repeats,
                                        seed=args.seed)}))
 

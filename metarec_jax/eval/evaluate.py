@@ -170,15 +170,15 @@ class Evaluator:
 
   def scenario_metrics(self, p: Predictions, num_tasks: int) -> dict:
     """The JSON of one scenario (values None when there are no tasks)."""
-    result = metrics_lib.summary(p.adapted, p.true, p.mask, p.items,
-                                 floor=self.lo, rank_by=p.ranked)
+    result = metrics_lib.summary(p.adapted, p.true, p.mask, floor=self.lo,
+                                 rank_by=p.ranked)
     result["mae_unadapted"] = metrics_lib.mae(p.unadapted, p.true, p.mask)
     result["tasks"] = int(num_tasks)
     base = self.baseline_predictions(p)
     ranked = self.baseline_predictions(p, clip=False)
     result["baselines"] = {
-        name: metrics_lib.summary(pred, p.true, p.mask, p.items,
-                                  floor=self.lo, rank_by=ranked[name])
+        name: metrics_lib.summary(pred, p.true, p.mask, floor=self.lo,
+                                  rank_by=ranked[name])
         for name, pred in base.items()}
     return result
 
@@ -211,7 +211,7 @@ class Evaluator:
     # without tasks: `metrics.summary` of none).
     empty = np.zeros((0, 1))
     none = dict.fromkeys(metrics_lib.summary(empty, empty,
-                                             empty.astype(bool), empty))
+                                             empty.astype(bool)))
     return {**none, "mae_unadapted": None, "tasks": len(tasks),
             "baselines": {name: dict(none) for name in
                           ("global_mean", "item_mean_user_bias")},

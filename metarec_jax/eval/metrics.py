@@ -48,48 +48,56 @@ def relevance(true: np.ndarray, floor: float = 0.0) -> np.ndarray:
 
 
 def ndcg_per_task(pred: np.ndarray, true: np.ndarray, mask: np.ndarray,
-                  item_ids: np.ndarray, k: int, *,
-                  gain: str = "exponential",
+                  k: int, *, gain: str = "exponential",
                   floor: float = 0.0) -> np.ndarray:
   """nDCG@k of each task's query items ranked by predicted rating.
 
-  Ties in the prediction are broken by item id (ascending); the gain of a
-  rating r is 2^r - 1 (the protocol's; `gain="linear"`: r itself), r its
-  `relevance` on a scale whose lowest rating is `floor`, and the discount
-  of rank i (1-based) log2(i + 1); the ideal ranking orders by true
-  rating. Padding sorts last with gain 0. Tasks without real query
-  ratings give NaN; tasks whose every query gain is 0 (every rating the
-  scale's lowest: no order is better than another) give 1.
+  Items whose predictions tie share their places: each counts at the mean
+  gain of its tie, the expected DCG over every order of the tied items
+  (McSherry and Najork, ECIR 2008), so that a figure never depends on
+  how the items are named (a tie broken by item id ranked every new item
+  of the item-mean baseline by its ID). The gain of a rating r is
+  2^r - 1 (the protocol's; `gain="linear"`: r itself), r its `relevance`
+  on a scale whose lowest rating is `floor`, and the discount of rank i
+  (1-based) log2(i + 1); the ideal ranking orders by true rating.
+  Padding sorts last with gain 0. Tasks without real query ratings give
+  NaN; tasks whose every query gain is 0 (every rating the scale's
+  lowest: no order is better than another) give 1.
   """
   if gain not in GAINS:
     raise ValueError(f"gain must be one of {GAINS}, not {gain!r}")
-  pred = np.where(mask, pred, -np.inf)
+  pred = np.where(mask, np.asarray(pred, np.float64), -np.inf)
   rel = relevance(true, floor)
   gains = 2.0 ** rel - 1.0 if gain == "exponential" else rel
   gain = np.where(mask, gains, 0.0)
-  big = np.iinfo(np.int64).max
-  ids = np.where(mask, item_ids, big)
-  # lexsort: last key is primary -> sort by -pred, then item id.
-  order = np.lexsort((ids, -pred), axis=-1)
-  ranked = np.take_along_axis(gain, order, axis=-1)[:, :k]
+  tasks, width = pred.shape
+  order = np.argsort(-pred, axis=-1, kind="stable")
+  ranked_pred = np.take_along_axis(pred, order, axis=-1)
+  ranked = np.take_along_axis(gain, order, axis=-1)
+  # Number every run of equal predictions apart from every other run (of
+  # any task), then give each place its run's mean gain.
+  starts = np.ones_like(ranked_pred, dtype=bool)
+  starts[:, 1:] = ranked_pred[:, 1:] != ranked_pred[:, :-1]
+  run = np.cumsum(starts.ravel()) - 1
+  mean_gain = (np.bincount(run, weights=ranked.ravel())
+               / np.bincount(run))[run].reshape(tasks, width)
   ideal = -np.sort(-gain, axis=-1)[:, :k]
-  discount = 1.0 / np.log2(np.arange(2, ranked.shape[1] + 2))
-  dcg = (ranked * discount).sum(-1)
+  discount = 1.0 / np.log2(np.arange(2, ideal.shape[1] + 2))
+  dcg = (mean_gain[:, :k] * discount).sum(-1)
   idcg = (ideal * discount).sum(-1)
   with np.errstate(invalid="ignore", divide="ignore"):
     return np.where(idcg > 0, dcg / idcg, np.where(mask.any(-1), 1.0, np.nan))
 
 
-def ndcg(pred, true, mask, item_ids, k: int, *, gain: str = "exponential",
+def ndcg(pred, true, mask, k: int, *, gain: str = "exponential",
          floor: float = 0.0) -> float | None:
   """Mean nDCG@k over the tasks that have query ratings (`ndcg_per_task`)."""
-  values = ndcg_per_task(pred, true, mask, item_ids, k, gain=gain,
-                         floor=floor)
+  values = ndcg_per_task(pred, true, mask, k, gain=gain, floor=floor)
   values = values[~np.isnan(values)]
   return float(values.mean()) if len(values) else None
 
 
-def summary(pred, true, mask, item_ids, floor: float = 0.0, *,
+def summary(pred, true, mask, floor: float = 0.0, *,
             rank_by=None) -> dict:
   """MAE, RMSE, nDCG@1 and nDCG@3 (the protocol's gain 2^r - 1) and, beside
   them, nDCG@1 and nDCG@3 with the linear gain r (`ndcg@k_linear`: the
@@ -98,13 +106,13 @@ def summary(pred, true, mask, item_ids, floor: float = 0.0, *,
 
   `rank_by`: the scores nDCG ranks by, where they are not `pred` itself:
   `metarec eval` scores predictions clipped to the rating scale and ranks
-  them unclipped, as the served top-k does (a clip makes ties, which item
-  ids would break)."""
+  them unclipped, as the served top-k does (a clip ties a user's strongest
+  likes, which nDCG would then count at their mean gain)."""
   rank_by = pred if rank_by is None else rank_by
   out = {"mae": mae(pred, true, mask), "rmse": rmse(pred, true, mask)}
   for k in (1, 3):
-    out[f"ndcg@{k}"] = ndcg(rank_by, true, mask, item_ids, k, floor=floor)
+    out[f"ndcg@{k}"] = ndcg(rank_by, true, mask, k, floor=floor)
   for k in (1, 3):
-    out[f"ndcg@{k}_linear"] = ndcg(rank_by, true, mask, item_ids, k,
-                                   gain="linear", floor=floor)
+    out[f"ndcg@{k}_linear"] = ndcg(rank_by, true, mask, k, gain="linear",
+                                   floor=floor)
   return out
