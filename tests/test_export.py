@@ -249,6 +249,12 @@ def test_recommend_among_candidates(exported):
       reverse=True)[:4]
   with pytest.raises(KeyError, match="not in the export's catalogue"):
     loaded.predict(1, [1, 99999])
+  # Text ids are read as the store writes integers: "2" is item 2, while
+  # "02" and "+2" (2 to Python's `int`) are no item of it.
+  assert loaded.predict(1, ["2"]).tolist() == loaded.predict(1, [2]).tolist()
+  for text in ("02", "+2", " 2_0"):
+    with pytest.raises(KeyError, match="not in the export's catalogue"):
+      loaded.predict(1, [text])
 
 
 def test_bfloat16_export_is_close_to_float32(run, exported, tmp_path):

@@ -53,6 +53,13 @@ def test_movielens_ratings_round_trip(ml_store, tmp_path):
                                  " expected 3 like line 1"),
     (b"1::10::5\nx1::10::5\n", "r.dat:2: user id 'x1' is not an integer"),
     (b"1::ten::5\n", "r.dat:1: item id 'ten' is not an integer"),
+    # Numbers to Python's `int`, other ids to `data prepare` (kept as text).
+    (b"1::010::5\n", "r.dat:1: item id '010' is not written as the store"
+                     " writes integer ids (`10`)"),
+    (b"+1::10::5\n", "r.dat:1: user id '+1' is not written as the store"),
+    (b"1::1_0::5\n", "r.dat:1: item id '1_0' is not written as the store"),
+    (b"1::10::4\n1::10::1_0\n", "r.dat:2: rating '1_0' is not a finite"
+                                 " number"),
     (b"1::10::6\n", "r.dat:1: rating 6 is not a whole-number rating on the"
                     " scale 1 to 5"),
     (b"1::10::4.5\n", "r.dat:1: rating 4.5 is not a whole-number rating"),

@@ -24,20 +24,17 @@ def lookup(order: np.ndarray | None, sorted_ids: np.ndarray,
            ids) -> np.ndarray:
   """Positions of `ids` in the array that `order` sorts into `sorted_ids`
   (None: `sorted_ids` itself); -1 for unknown ids. On an integer
-  catalogue, ids are read as integers one by one where they are not all
-  integers (`"25"` is 25; `"abc"` is unknown, and only it)."""
+  catalogue, text ids are read as the store writes integers (`"25"` is
+  25; `"abc"` and `"025"` are unknown, and only they)."""
   ids = np.asarray(ids)
   if not len(sorted_ids) or not ids.size:
     return np.full(ids.shape, -1, np.int64)
   if sorted_ids.dtype.kind in "iu" and ids.dtype.kind not in "iu":
-    try:
-      ids = ids.astype(np.int64)
-    except (ValueError, TypeError, OverflowError):
-      numbers, known = parsing.parse_ints(ids.reshape(-1).astype(str))
-      out = np.full(len(numbers), -1, np.int64)
-      if known.any():
-        out[known] = lookup(order, sorted_ids, numbers[known])
-      return out.reshape(ids.shape)
+    numbers, known = parsing.parse_int_ids(ids.reshape(-1).astype(str))
+    out = np.full(len(numbers), -1, np.int64)
+    if known.any():
+      out[known] = lookup(order, sorted_ids, numbers[known])
+    return out.reshape(ids.shape)
   elif sorted_ids.dtype.kind not in "iu":
     ids = ids.astype(str)
   pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)

@@ -62,28 +62,55 @@ def parse_ints(values) -> tuple[np.ndarray, np.ndarray]:
   return out, ok
 
 
+def parse_int_ids(values) -> tuple[np.ndarray, np.ndarray]:
+  """`values` as int64 ids, and the mask of those written as the store
+  writes integer ids (`CANONICAL_INT`, within int64; the others are 0).
+
+  `007`, `+7` and `1_0` are numbers to Python's `int` but not the id 7:
+  `data prepare` keeps such ids as text, so a later file (`eval
+  --ratings`, `export --ratings`) must not read them as another item.
+  """
+  out, ok = parse_ints(values)
+  raw = None
+  if ok.all():  # every field a number: at most a few dozen characters
+    raw = (values.as_bytes() if isinstance(values, Column) else
+           values if isinstance(values, np.ndarray) else None)
+  if raw is not None:
+    ok = np.char.strip(raw) == out.astype(raw.dtype)  # written as printed
+  else:
+    for i in np.flatnonzero(ok):
+      ok[i] = values[i].strip() == str(out[i])
+  return np.where(ok, out, 0), ok
+
+
 def not_an_integer(table: Table, values, ok: np.ndarray,
                    what: str) -> InputError:
   """The error at the first line whose value `ok` marks as no integer (or
   none within int64)."""
   i = int(np.flatnonzero(~ok)[0])
   try:
-    int(values[i])
-    problem = "is out of range (integers from -2^63 to 2^63 - 1)"
+    number = int(values[i])
   except ValueError:
     problem = "is not an integer"
+  else:
+    problem = ("is out of range (integers from -2^63 to 2^63 - 1)"
+               if not INT64[0] <= number < INT64[1] else
+               f"is not written as the store writes integer ids"
+               f" (`{number}`)")
   return InputError(f"{what} {excerpt(values[i].strip())} {problem}"
                     + more_lines(table.lines[~ok]),
                     path=table.path, line=int(table.lines[i]))
 
 
-def ints(table: Table, values, what: str) -> np.ndarray:
-  """`values` (one per row of `table`) as int64.
+def ints(table: Table, values, what: str, *, ids: bool = False
+         ) -> np.ndarray:
+  """`values` (one per row of `table`) as int64 (`ids`: as
+  `parse_int_ids` reads them).
 
   Raises:
     InputError: naming the first line whose value is not an integer.
   """
-  out, ok = parse_ints(values)
+  out, ok = (parse_int_ids if ids else parse_ints)(values)
   if not ok.all():
     raise not_an_integer(table, values, ok, what)
   return out
@@ -208,6 +235,14 @@ def clock_of(values) -> str | None:
   return "seconds" if _is_number(values[0]) else "iso"
 
 
+def _underscored(values) -> bool:
+  """Whether some value holds a `_` (Python reads `1_0` as 10)."""
+  raw = values.as_bytes() if isinstance(values, Column) else None
+  if raw is not None:
+    return bool((np.char.find(raw, b"_") >= 0).any())
+  return any("_" in v for v in values)
+
+
 def floats(table: Table, values, what: str, hint: str = "") -> np.ndarray:
   """`values` (one per row of `table`) as finite float64.
 
@@ -220,15 +255,16 @@ def floats(table: Table, values, what: str, hint: str = "") -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(out))
   except ValueError:
     out, bad = None, None
-  if out is not None and not len(bad):
+  if out is not None and not len(bad) and not _underscored(values):
     return out
   # Python's `float` on each `str`: it also reads what the bulk conversion
-  # of bytes does not (a trailing no-break space, other scripts' digits).
+  # of bytes does not (a trailing no-break space, other scripts' digits),
+  # and `1_0` as 10, a typo rather than a number in a data file.
   out = np.empty(len(values), np.float64)
   bad = []
   for i, v in enumerate(values):
     try:
-      out[i] = float(v)
+      out[i] = math.nan if "_" in v else float(v)
     except ValueError:
       out[i] = math.nan
     if not math.isfinite(out[i]):

@@ -141,7 +141,7 @@ class Ratings:
 
 def _ids(table, index, id_type, what) -> np.ndarray:
   if id_type == "int":
-    return parsing.ints(table, table.column(index), what)
+    return parsing.ints(table, table.column(index), what, ids=True)
   ids = delimited.id_strings(table, index, what)
   empty = np.flatnonzero(ids == "")
   if len(empty):
@@ -207,7 +207,7 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
   for role in ("user", "item"):
     values, what = table.column(pos[role]), f"{role} id"
     if getattr(fmt, f"{role}_id_type") == "int" and bad_ids == "skip":
-      ids, ok = parsing.parse_ints(values)
+      ids, ok = parsing.parse_int_ids(values)
       if not ok.all():
         error = parsing.not_an_integer(table, values, ok, what)
         if first_bad is None or error.line < first_bad.line:
