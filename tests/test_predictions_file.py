@@ -37,6 +37,21 @@ def test_values_read_back_exactly(tmp_path):
   assert path.read_text().splitlines()[1] == "7\t1\t4\t3.99179\t3.7123"
 
 
+def test_ids_holding_a_tab_or_a_quote_read_back_as_they_are(tmp_path):
+  """A generic file's quoted field may hold a tab: written bare, it split
+  the line into one field too many."""
+  path = tmp_path / "p.tsv"
+  users = np.array(["ann\tlee", 'say "hi"'])
+  items = np.array([["i\t1", 'x"'], ["plain", "p"]])
+  path.write_text(predictions_file.format_predictions(
+      users, items, np.ones((2, 2), bool),
+      {"rating": np.array([[4.0, 5.0], [1.0, 2.0]], np.float32)}))
+  p = predictions_file.read_predictions(path)
+  assert p["user"].tolist() == ["ann\tlee"] * 2 + ['say "hi"'] * 2
+  assert p["item"].tolist() == ["i\t1", 'x"', "plain", "p"]
+  assert p["rating"].tolist() == [4, 5, 1, 2]
+
+
 def test_read_back_and_an_empty_scenario(tmp_path):
   path = tmp_path / "p.tsv"
   path.write_text("user\titem\trating\tprediction\n7\t1\t4\t3.25\n")

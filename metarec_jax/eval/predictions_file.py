@@ -1,7 +1,8 @@
 """The query predictions `metarec eval --write_tasks=DIR` writes beside the
 tasks: `DIR/<scenario>/predictions.tsv`, one row per query rating.
 
-Columns (tab-separated, one header line): `user`, `item` (external ids),
+Columns (tab-separated, one header line): `user`, `item` (external ids,
+CSV-quoted where one holds a tab or a quote),
 `rating` (the true rating), `prediction` (after adaptation), `unadapted`
 (the meta-parameters' own prediction) and one column per model-free
 baseline (`global_mean`, `item_mean_user_bias`), all clipped to the rating
@@ -70,7 +71,10 @@ def format_predictions(user_ids: np.ndarray, item_ids: np.ndarray,
   """
   mask = np.asarray(mask, bool)
   users = np.broadcast_to(np.asarray(user_ids)[:, None], mask.shape)[mask]
-  fields = [users.astype(str), np.asarray(item_ids)[mask].astype(str)]
+  # CSV-quoted where an id holds a tab or a quote (a generic file's quoted
+  # field may): `read_predictions` reads them back as they were.
+  fields = [writing.quote_fields(users, "\t"),
+            writing.quote_fields(np.asarray(item_ids)[mask], "\t")]
   fields += [exact_text(np.asarray(v)[mask]) for v in columns.values()]
   head = "\t".join(ID_COLUMNS + tuple(columns)) + "\n"
   return head + writing.join_lines(fields, "\t")
@@ -85,7 +89,8 @@ def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
       of fields or a value that is not a number (as `data.convert.delimited`).
   """
   table = delimited.read_table(path, delimiter="\t", encoding="utf-8",
-                               header=True, allow_no_rows=True)
+                               header=True, allow_no_rows=True,
+                               quoting="auto")
   if tuple(table.header[:2]) != ID_COLUMNS or "rating" not in table.header:
     raise InputError("not a predictions file: the header must start with "
                      "user, item and name a rating column", path=table.path,
@@ -105,8 +110,8 @@ def task_arrays(path: str | os.PathLike, store, width: int
 
   Every task of the protocol has `width` (`data.query_size`) query
   ratings, on consecutive rows: each value column becomes `[N, width]`;
-  `items` holds the query items' store indices (what breaks nDCG's ties
-  in `metarec eval`; -1 for an item the store lacks) and `users` `[N]`
+  `items` holds the query items' store indices (-1 for an item the
+  store lacks) and `users` `[N]`
   the tasks' users' (-1 likewise).
 
   Raises:
