@@ -57,6 +57,14 @@ def test_without_timestamps_the_last_lines_are_the_most_recent():
   assert rows_of(u, 0) == ([10, 20, 30], [1, 2, 3], 2)
 
 
+def test_a_repeated_item_keeps_its_latest_rating_by_timestamp():
+  # Newest first, as a `created_at DESC` export: item 10's 5 (t=9) stays.
+  u = collect([1, 1, 1], [10, 20, 10], [5, 2, 1],
+              timestamps=np.array([9, 5, 3]))
+  assert rows_of(u, 0) == ([20, 10], [2, 5], 2)
+  assert u.counts["duplicate_ratings"] == 1
+
+
 def test_odd_users_and_items_are_flagged_and_counted():
   u = collect([1, 7, 7, 3, 3, 1, 1], [10, 20, 30, 99, 98, 99, 10],
               [1, 2, 3, 4, 5, 3, 4], max_support=5)

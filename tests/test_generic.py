@@ -48,6 +48,26 @@ def shop(tmp_path):
   return root
 
 
+def test_a_repeated_pair_keeps_its_latest_rating_in_a_newest_first_file(
+    tmp_path):
+  """An `ORDER BY created_at DESC` export lists a re-rating first: the
+  later line in the file is the older rating (helper D: it was kept)."""
+  root = tmp_path / "desc"
+  datafiles.write(str(root / "ratings.csv"),
+                  "user,item,rating,ts\n1,a,5,300\n1,b,4,250\n1,a,1,100\n"
+                  "2,a,2,7\n2,a,3,7\n")  # a tie in time: the later line
+  for timestamps, expected in (("ts", {("1", "a"): 5.0, ("2", "a"): 3.0}),
+                               ("", {("1", "a"): 1.0, ("2", "a"): 3.0})):
+    prepare.prepare(data_config(root, timestamp_col=timestamps),
+                    tmp_path / f"store{timestamps}")
+    s = store_lib.open_store(tmp_path / f"store{timestamps}")
+    users = np.repeat(s.user_ids, s.counts())
+    got = {(str(u), str(s.item_ids[i])): float(r)
+           for u, i, r in zip(users, s.items, s.ratings)}
+    assert {k: got[k] for k in expected} == expected, timestamps
+    assert s.manifest["duplicates"]["dropped"] == 2
+
+
 def test_string_ids_lists_and_new_items(shop, tmp_path):
   data = data_config(shop, timestamp_col="ts", item_features="items.csv",
                      user_features="users.csv", categorical=("maker",

@@ -122,7 +122,9 @@ def collect(user_ids: np.ndarray, item_ids: np.ndarray, ratings: np.ndarray,
   flags[table < 0] |= layout.NOT_IN_USER_TABLE
   flags[np.unique(user[unknown_item])] |= layout.SKIPPED_ITEMS
   rows = np.flatnonzero(row_kept & (item >= 0))
-  last = ratings_io.keep_last(user[rows], item[rows])
+  last = ratings_io.keep_last(
+      user[rows], item[rows],
+      None if timestamps is None else np.asarray(timestamps)[rows])
   duplicates = int((~last).sum())
   rows = rows[last]
   # Oldest first: by user, then timestamp, then file order.

@@ -1,8 +1,9 @@
 """Parsed ratings and features -> a task store (the loaders' last step).
 
 Shared rules, so that every dataset is stored alike:
-- a (user, item) pair rated more than once keeps its LAST rating in file
-  order (the manifest counts the dropped ones);
+- a (user, item) pair rated more than once keeps its LAST rating: the
+  latest by timestamp where the file has them, then the later in the file
+  (the manifest counts the dropped ones);
 - each user's ratings are kept in file order, or by timestamp (then file
   order) when the file has timestamps;
 - users without ratings stay in the store with zero ratings.
@@ -20,7 +21,8 @@ from metarec_jax.data.convert.features import Feature
 from metarec_jax.data.convert.ratings_io import RatingsFormat, keep_last
 
 DUPLICATE_RULE = ("a (user, item) pair rated more than once keeps its last"
-                  " rating in file order")
+                  " rating: the latest by timestamp where there are"
+                  " timestamps, then the later in the file")
 
 
 def assemble(out: str | os.PathLike, *, dataset: str, user_ids: np.ndarray,
@@ -47,7 +49,8 @@ def assemble(out: str | os.PathLike, *, dataset: str, user_ids: np.ndarray,
   Returns:
     The manifest written.
   """
-  keep = keep_last(users, items)
+  times = timestamps if time_order is None else time_order
+  keep = keep_last(users, items, times)
   dropped = int(len(keep) - keep.sum())
   users, items, ratings = users[keep], items[keep], ratings[keep]
   position = np.flatnonzero(keep)

@@ -332,10 +332,14 @@ def to_indices(path: str | os.PathLike, store: TaskStore, user_ids, item_ids,
   return users, items
 
 
-def keep_last(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-  """Mask of the rows to keep: the last row of every (user, item) pair."""
+def keep_last(users: np.ndarray, items: np.ndarray,
+              times: np.ndarray | None = None) -> np.ndarray:
+  """Mask of the rows to keep: the last row of every (user, item) pair,
+  the latest by `times` where given, then the later in the file (a
+  newest-first export's first row of a pair is its newest)."""
   n = len(users)
-  order = np.lexsort((np.arange(n), items, users))
+  keys = (np.arange(n),) if times is None else (np.arange(n), times)
+  order = np.lexsort((*keys, items, users))
   u, i = users[order], items[order]
   last = np.ones(n, bool)
   last[:-1] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
