@@ -66,6 +66,11 @@ def test_a_repeated_pair_keeps_its_latest_rating_in_a_newest_first_file(
            for u, i, r in zip(users, s.items, s.ratings)}
     assert {k: got[k] for k in expected} == expected, timestamps
     assert s.manifest["duplicates"]["dropped"] == 2
+    # ... and `data inspect` says so, with the rule.
+    assert ("; 2 repeated (user, item) rows dropped (a (user, item) pair"
+            " rated more than once keeps its last rating: the latest by"
+            " timestamp where there are timestamps, then the later in the"
+            " file)") in describe.format_summary(describe.summary(s))
 
 
 def test_string_ids_lists_and_new_items(shop, tmp_path):
@@ -491,6 +496,33 @@ def test_a_feature_column_with_one_value_for_every_rated_row_is_noted(
                          ("tags", "has one value, 'a, b',"))]
   assert store_lib.open_store(tmp_path / "store").manifest["notes"] == expected
   assert all(note in said for note in expected)  # and told as it prepares
+
+
+def test_a_rating_column_of_one_value_is_noted_unless_implicit(tmp_path):
+  """A purchase log whose flag column was named the rating: train and eval
+  ran on it in silence to an MAE of 0 (helper D)."""
+  root = tmp_path / "flags"
+  datafiles.write(str(root / "ratings.csv"), "user,item,bought\n" + "".join(
+      f"u{u},i{i},1\n" for u in range(4) for i in range(5)))
+  said = []
+  data = data_config(root, rating_col="bought", rating_min=0, rating_max=1)
+  prepare.prepare(data, tmp_path / "store", log=said.append)
+  note = ("every rating of column 'bought' is 1: there is nothing to predict"
+          " (a log of clicks or purchases? set data.implicit.enabled=true,"
+          " with an empty data.generic.rating_col where every line is a"
+          " positive)")
+  assert store_lib.open_store(tmp_path / "store").manifest["notes"] == [note]
+  assert note in said
+  data.implicit.enabled = True  # what the note asks for: no such note
+  said.clear()
+  prepare.prepare(data, tmp_path / "clicks", log=said.append)
+  assert not any("nothing to predict" in line for line in said)
+  # Two values: nothing to say.
+  datafiles.write(str(root / "ratings.csv"),
+                  "user,item,bought\nu0,i0,1\nu0,i1,0\n")
+  prepare.prepare(data_config(root, rating_col="bought", rating_min=0,
+                              rating_max=1), tmp_path / "two")
+  assert store_lib.open_store(tmp_path / "two").manifest["notes"] == []
 
 
 def test_a_list_pad_of_no_list_column_is_said_to_be_ignored(shop, tmp_path):

@@ -84,6 +84,10 @@ def test_ratings_that_are_all_positives_draw_a_store_note(tmp_path):
           " line is one")
   assert note in said
   assert store_lib.open_store(tmp_path / "store").manifest["notes"] == [note]
+  # inspect read the threshold 0 as "no rating column" (helper D).
+  shown = describe.format_summary(describe.summary(
+      store_lib.open_store(tmp_path / "store")))
+  assert "positives 4 of 4 (user, item) interactions (a rating >= 0)" in shown
   data.implicit.threshold = 1.0
   said.clear()
   prepare.prepare(data, tmp_path / "store1", log=said.append)

@@ -42,14 +42,37 @@ def summary(store: TaskStore) -> dict:
       "new_item_rating_share": (float(item_new[items].mean()) if len(items)
                                 else None),
       "item_class_rule": m.get("item_class_rule"),
-      # Implicit feedback: the positives are the "ratings" above (all 1).
-      "implicit": m.get("implicit"),
+      # Implicit feedback: the positives are the "ratings" above (all 1),
+      # by the rule that made them.
+      "implicit": m.get("implicit") and {**m["implicit"],
+                                         "rule": _positive_rule(m)},
+      # Repeated (user, item) rows the build dropped, and which it kept.
+      "duplicates": m.get("duplicates"),
       "notes": m.get("notes", []),
       # What a resume compares its input files with (`fingerprint`).
       "source_files": {name: {"bytes": f["bytes"], "sha256": f["sha256"]}
                        for name, f in m.get("source", {}).get(
                            "files", {}).items()},
   }
+
+
+def _positive_rule(manifest: dict) -> str:
+  """How an implicit store's positives were read: every line of a file
+  without a rating column, else the ratings at or above the threshold
+  (0 included: a 0/1 column read at 0 is still a rating column)."""
+  fmt = manifest.get("ratings_format", {})
+  if fmt.get("rating", "") is None:
+    return "every line"
+  return f"a rating >= {manifest['implicit']['threshold']:g}"
+
+
+def _dropped(duplicates: dict | None) -> str:
+  """The repeated rows a build dropped, as a clause of the ratings line
+  (before, only `data prepare`'s log said so, once)."""
+  if not duplicates or not duplicates.get("dropped"):
+    return ""
+  return (f"; {duplicates['dropped']:,} repeated (user, item) rows dropped"
+          f" ({duplicates['rule']})")
 
 
 def format_summary(s: dict) -> str:
@@ -60,10 +83,8 @@ def format_summary(s: dict) -> str:
   implicit = s.get("implicit")
   what = "positives" if implicit else "ratings"
   if implicit:  # its ratings are all 1: it was read as "on 1..5, mean 1"
-    rule = (f"a rating >= {implicit['threshold']:g}"
-            if implicit["threshold"] else "every line")
     rated = (f"  positives {s['ratings']:,} of {implicit['interactions']:,}"
-             f" (user, item) interactions ({rule})")
+             f" (user, item) interactions ({implicit['rule']})")
   else:
     rated = (f"  ratings  {s['ratings']:,} on {s['rating_min']:g}.."
              f"{s['rating_max']:g}, mean {s['rating_mean']:.3f}")
@@ -73,7 +94,8 @@ def format_summary(s: dict) -> str:
       f"  items    {s['items']:,} ({s['new_items']:,} new ="
       f" {share(s['new_item_share'])}; {share(s['new_item_rating_share'])}"
       f" of the {what})",
-      rated + (", with timestamps" if s["timestamps"] else ""),
+      rated + (", with timestamps" if s["timestamps"] else "")
+      + _dropped(s.get("duplicates")),
       f"  {what} per user (users with {what}): "
       + ", ".join(f"{k} {v:g}" for k, v in q.items() if v is not None),
       "  features:",

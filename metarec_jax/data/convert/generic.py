@@ -302,8 +302,13 @@ def _refuse_path_name(name: str, table: delimited.Table) -> None:
 
 def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
          list_pad: dict | None = None,
-         log_fn: Callable[[str], None] | None = None) -> dict:
+         log_fn: Callable[[str], None] | None = None,
+         ratings_predicted: bool = True) -> dict:
   """Builds the task store of a generic dataset in `root` at `out`.
+
+  `ratings_predicted`: the store's ratings are what a model learns to
+  predict (not the source of implicit feedback's positives), so a rating
+  column of one value is noted.
 
   Returns:
     The store's manifest.
@@ -374,6 +379,8 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
                                                  "item": items})
   notes += input_notes.numbers_as_categories(feats, spec.categorical)
   notes += cut_notes
+  if ratings_predicted and spec.rating_col:
+    notes += input_notes.constant_ratings(r.ratings, spec.rating_col)
   for note in notes:
     if log_fn is not None:
       log_fn(note)

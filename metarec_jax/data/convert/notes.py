@@ -35,6 +35,18 @@ def constant_features(feats: list, rated: dict[str, np.ndarray]) -> list[str]:
   return notes
 
 
+def constant_ratings(ratings: np.ndarray, column: str) -> list[str]:
+  """A note where every rating has one value: a model learns nothing to
+  predict from it (and scores a perfect MAE); most likely a log of clicks
+  or purchases whose flag or quantity column was named the rating."""
+  if len(ratings) < 2 or ratings.min() != ratings.max():
+    return []
+  return [f"every rating of column {column!r} is {float(ratings[0]):g}:"
+          " there is nothing to predict (a log of clicks or purchases?"
+          " set data.implicit.enabled=true, with an empty"
+          " data.generic.rating_col where every line is a positive)"]
+
+
 # A categorical column of at least this many different numbers, one value
 # in ten rows or more and not all integers, reads like a quantity (a price,
 # a weight). Integers alone may be codes (zip codes, ids) as well as

@@ -141,7 +141,8 @@ def _prepare_ratings(data_config, out: str | os.PathLike,
       raise InputError("data.generic.rating_col is empty (a file without"
                        " ratings) but data.implicit.enabled is false")
     try:
-      generic.load(spec, root, out, list_pad=pad, log_fn=log)
+      generic.load(spec, root, out, list_pad=pad, log_fn=log,
+                   ratings_predicted=not implicit.spec_of(data_config).enabled)
     except delimited.NotInEncoding as e:  # Latin-1 dumps are common
       raise InputError(f"{e.problem} (another encoding? set it, e.g."
                        " data.generic.encoding=latin-1)", path=e.path,
