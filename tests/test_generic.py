@@ -525,6 +525,21 @@ def test_a_rating_column_of_one_value_is_noted_unless_implicit(tmp_path):
   assert store_lib.open_store(tmp_path / "two").manifest["notes"] == []
 
 
+def test_one_integer_written_in_several_ways_is_noted(tmp_path):
+  """`007` in some rows and `7` in others: two items, said (helper D)."""
+  root = tmp_path / "zeros"
+  datafiles.write(str(root / "ratings.csv"), "user,item,rating\n"
+                  "u1,7,4\nu2,007,3\nu2,8,5\nu3,+8,1\nu3,9,2\n")
+  said = []
+  prepare.prepare(data_config(root), tmp_path / "store", log=said.append)
+  s = store_lib.open_store(tmp_path / "store")
+  assert s.item_ids.tolist() == ["+8", "007", "7", "8", "9"]  # as written
+  note = ("2 item id(s) are one integer written in several ways ('007' and"
+          " '7'): kept as different items, as written (zeros in front or a"
+          " sign make another id)")
+  assert s.manifest["notes"] == [note] and note in said
+
+
 def test_a_list_pad_of_no_list_column_is_said_to_be_ignored(shop, tmp_path):
   said = []
   spec = generic.spec_of(data_config(shop, item_features="items.csv",

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from metarec_jax.data.convert import delimited
+from metarec_jax.data.convert import delimited, parsing
 from metarec_jax.errors import InputError, excerpt
 
 
@@ -45,6 +45,26 @@ def constant_ratings(ratings: np.ndarray, column: str) -> list[str]:
           " there is nothing to predict (a log of clicks or purchases?"
           " set data.implicit.enabled=true, with an empty"
           " data.generic.rating_col where every line is a positive)"]
+
+
+def integer_spellings(ids: np.ndarray, side: str) -> list[str]:
+  """A note where text ids (`ids`, sorted unique strings) hold one integer
+  written in several ways, such as `007` and `7`: they stay different
+  users or items, as written, which a file that drops its zeros in places
+  did not mean."""
+  if ids.dtype.kind in "iu" or not len(ids):
+    return []
+  numbers, ok = parsing.parse_ints(ids)
+  values, first, counts = np.unique(numbers[ok], return_index=True,
+                                    return_counts=True)
+  several = np.flatnonzero(counts > 1)
+  if not len(several):
+    return []
+  spelt = ids[ok][numbers[ok] == values[several[0]]]
+  return [f"{len(several):,} {side} id(s) are one integer written in several"
+          f" ways ({' and '.join(excerpt(v) for v in spelt[:3].tolist())}):"
+          f" kept as different {side}s, as written (zeros in front or a sign make"
+          " another id)"]
 
 
 # A categorical column of at least this many different numbers, one value
