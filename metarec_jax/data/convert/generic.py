@@ -379,10 +379,8 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
                                                  "item": items})
   notes += input_notes.numbers_as_categories(feats, spec.categorical)
   notes += cut_notes
-  for side in ("user", "item"):
-    notes += input_notes.integer_spellings(ids[side], side)
-  if ratings_predicted and spec.rating_col:
-    notes += input_notes.constant_ratings(r.ratings, spec.rating_col)
+  notes += input_notes.ids_and_ratings(
+      ids, r.ratings, spec.rating_col if ratings_predicted else "")
   for note in notes:
     if log_fn is not None:
       log_fn(note)

@@ -47,6 +47,17 @@ def constant_ratings(ratings: np.ndarray, column: str) -> list[str]:
           " data.generic.rating_col where every line is a positive)"]
 
 
+def ids_and_ratings(ids: dict[str, np.ndarray], ratings: np.ndarray,
+                    rating_col: str) -> list[str]:
+  """`integer_spellings` of each side's ids (side -> sorted unique ids),
+  then `constant_ratings` where `rating_col` names the ratings a model
+  will predict."""
+  notes = [n for side in ("user", "item")
+           for n in integer_spellings(ids[side], side)]
+  return notes + (constant_ratings(ratings, rating_col) if rating_col
+                  else [])
+
+
 def integer_spellings(ids: np.ndarray, side: str) -> list[str]:
   """A note where text ids (`ids`, sorted unique strings) hold one integer
   written in several ways, such as `007` and `7`: they stay different
