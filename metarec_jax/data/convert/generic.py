@@ -306,9 +306,8 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
          ratings_predicted: bool = True) -> dict:
   """Builds the task store of a generic dataset in `root` at `out`.
 
-  `ratings_predicted`: the store's ratings are what a model learns to
-  predict (not the source of implicit feedback's positives), so a rating
-  column of one value is noted.
+  `ratings_predicted`: the ratings are what a model will predict (not
+  implicit feedback's source), so a column of one value is noted.
 
   Returns:
     The store's manifest.
