@@ -238,7 +238,9 @@ def create_app(service: Service, *, token: str | None,
   async def _storage(_, exc):
     # The log could not be written (a full disk...): it was cut back to
     # whole lines and nothing of the batch was learned or acknowledged.
-    log.error("a request failed on storage: %s", exc)
+    # A batch's failure was logged once for all its requests.
+    if not getattr(exc, "logged", False):
+      log.error("a request failed on storage: %s", exc)
     return error(503, f"storage error ({exc.strerror or exc}): nothing of"
                  " this request was kept; retry later")
 

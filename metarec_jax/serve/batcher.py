@@ -75,6 +75,7 @@ class MicroBatcher:
         # operator one line per batch, not a traceback each time.
         log.error("%s batch of %d failed on storage: %s", self.name,
                   len(batch), e)
+        e.logged = True  # (the app's 503 handler says no more of it)
         results = [e] * len(batch)
       except Exception as e:  # pylint: disable=broad-except
         # A bug on our side: every request of the batch gets a 500 and the
