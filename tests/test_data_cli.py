@@ -42,6 +42,12 @@ def test_prepare_then_inspect(tmp_path):
   assert {"users.dat", "movies.dat"} <= set(report["source_files"])
   assert (f"built from ratings.dat: {len(ratings):,} bytes, SHA-256"
           f" {hashlib.sha256(ratings).hexdigest()[:16]}...") in out.stdout
+  # Prepared again over it: said, not done in silence (helper D).
+  out = metarec("data", "prepare", "--dataset=movielens-1m", f"--root={root}",
+                f"--out={tmp_path / 'store'}")
+  assert out.returncode == 0, out.stderr
+  assert f"replaced the earlier task store at {tmp_path / 'store'}" in (
+      out.stderr)
 
 
 def test_prepare_from_a_config_with_overrides(tmp_path):

@@ -72,6 +72,7 @@ def _fetch(fv) -> dict:
 
 
 def _prepare(fv, config_file, overrides) -> dict:
+  from metarec_jax.data import store as store_lib  # pylint: disable=g-import-not-at-top
   from metarec_jax.data.convert import prepare  # pylint: disable=g-import-not-at-top
   out = require_flag(fv, "out")
   if config_file:
@@ -91,7 +92,10 @@ def _prepare(fv, config_file, overrides) -> dict:
     data.name = fv["dataset"].value
   if fv["root"].value:
     data.root = fv["root"].value
+  earlier = store_lib.is_store(out)
   prepare.prepare(data, out, log=log.info)
+  if earlier:  # gone now: a run trained on it refuses this one
+    log.info("replaced the earlier task store at %s", out)
   return _inspect(out, quiet=True)
 
 
