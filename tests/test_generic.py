@@ -525,19 +525,28 @@ def test_a_rating_column_of_one_value_is_noted_unless_implicit(tmp_path):
   assert store_lib.open_store(tmp_path / "two").manifest["notes"] == []
 
 
-def test_one_integer_written_in_several_ways_is_noted(tmp_path):
-  """`007` in some rows and `7` in others: two items, said (helper D)."""
+def test_ids_that_differ_only_in_how_they_are_written_are_noted(tmp_path):
+  """`007` in some rows and `7` in others, `u3` with and without a
+  zero-width space: different ids, said (helper D)."""
   root = tmp_path / "zeros"
   datafiles.write(str(root / "ratings.csv"), "user,item,rating\n"
-                  "u1,7,4\nu2,007,3\nu2,8,5\nu3,+8,1\nu3,9,2\n")
+                  "u1,7,4\nu2,007,3\nu2,8,5\nu3,+8,1\nu3\u200b,9,2\n")
   said = []
   prepare.prepare(data_config(root), tmp_path / "store", log=said.append)
   s = store_lib.open_store(tmp_path / "store")
   assert s.item_ids.tolist() == ["+8", "007", "7", "8", "9"]  # as written
-  note = ("2 item id(s) are one integer written in several ways ('007' and"
-          " '7'): kept as different items, as written (zeros in front or a"
-          " sign make another id)")
-  assert s.manifest["notes"] == [note] and note in said
+  notes = [
+      f"{n} {side} ids look like another when read ({example}, ...): kept"
+      f" as different {side}s, as written (zeros in front, a sign, invisible"
+      " characters or another Unicode form of a letter make another id)"
+      for n, side, example in ((2, "user", "'u3' and 'u3\\u200b'"),
+                               (4, "item", "'+8' and '8'"))]
+  assert s.manifest["notes"] == notes and all(n in said for n in notes)
+  # Ids that only look alike to a machine are no note.
+  datafiles.write(str(root / "ratings.csv"), "user,item,rating\n"
+                  "u1,a7,4\nu2,A7,3\nu2,7a,5\nu3,70,1\n")
+  prepare.prepare(data_config(root), tmp_path / "other")
+  assert store_lib.open_store(tmp_path / "other").manifest["notes"] == []
 
 
 def test_a_list_pad_of_no_list_column_is_said_to_be_ignored(shop, tmp_path):

@@ -6,6 +6,7 @@ apart or ids that have no row in their feature table."""
 from __future__ import annotations
 
 import os
+import unicodedata
 
 import numpy as np
 
@@ -49,32 +50,51 @@ def constant_ratings(ratings: np.ndarray, column: str) -> list[str]:
 
 def ids_and_ratings(ids: dict[str, np.ndarray], ratings: np.ndarray,
                     rating_col: str) -> list[str]:
-  """`integer_spellings` of each side's ids (side -> sorted unique ids),
+  """`look_alike_ids` of each side's ids (side -> sorted unique ids),
   then `constant_ratings` where `rating_col` names the ratings a model
   will predict."""
   notes = [n for side in ("user", "item")
-           for n in integer_spellings(ids[side], side)]
+           for n in look_alike_ids(ids[side], side)]
   return notes + (constant_ratings(ratings, rating_col) if rating_col
                   else [])
 
 
-def integer_spellings(ids: np.ndarray, side: str) -> list[str]:
-  """A note where text ids (`ids`, sorted unique strings) hold one integer
-  written in several ways, such as `007` and `7`: they stay different
-  users or items, as written, which a file that drops its zeros in places
-  did not mean."""
-  if ids.dtype.kind in "iu" or not len(ids):
+def _spelling_key(text: str) -> str:
+  """What people read in an id: the integer of an integer however written
+  (`007`, `+7`), else the text without invisible characters (zero-width
+  spaces, byte order marks: Unicode's format characters) in one Unicode
+  form (NFKC: `é` as one character or as `e` and an accent)."""
+  if text.isascii():
+    return text
+  visible = "".join(c for c in text if unicodedata.category(c) != "Cf")
+  return unicodedata.normalize("NFKC", visible)
+
+
+def look_alike_ids(ids: np.ndarray, side: str) -> list[str]:
+  """A note where text ids (`ids`, sorted unique strings) differ only in
+  how they are written (`_spelling_key`: `007` and `7`, `u3` and `u3`
+  with a zero-width space): they stay different users or items, as
+  written, which a file that writes them one way in places and another
+  elsewhere did not mean."""
+  if ids.dtype.kind in "iu" or len(ids) < 2:
     return []
-  numbers, ok = parsing.parse_ints(ids)
-  values, first, counts = np.unique(numbers[ok], return_index=True,
-                                    return_counts=True)
-  several = np.flatnonzero(counts > 1)
-  if not len(several):
+  keys = np.array([_spelling_key(v) for v in ids.tolist()])
+  # Integers however written: only where a digit could start one.
+  maybe = np.flatnonzero(np.char.isdigit(np.char.lstrip(
+      np.char.strip(ids), "+-").astype(str).astype("U1")))
+  numbers, ok = parsing.parse_ints(ids[maybe])
+  keys = keys.astype(object)
+  keys[maybe[ok]] = numbers[ok].astype(str)
+  _, group, counts = np.unique(keys.astype(str), return_inverse=True,
+                               return_counts=True)
+  alike = np.flatnonzero(counts[group] > 1)
+  if not len(alike):
     return []
-  spelt = ids[ok][numbers[ok] == values[several[0]]]
-  return [f"{len(several):,} {side} id(s) are one integer written in several"
-          f" ways ({' and '.join(excerpt(v) for v in spelt[:3].tolist())}):"
-          f" kept as different {side}s, as written (zeros in front or a sign make"
+  example = ids[alike[group[alike] == group[alike[0]]]][:3].tolist()
+  return [f"{len(alike):,} {side} ids look like another when read"
+          f" ({' and '.join(excerpt(v) for v in example)}, ...): kept as"
+          f" different {side}s, as written (zeros in front, a sign,"
+          " invisible characters or another Unicode form of a letter make"
           " another id)"]
 
 
