@@ -386,6 +386,11 @@ def test_an_early_stopped_run_writes_its_histograms_at_the_end(tmp_path):
   config.train.eval_every_steps = 1
   config.train.early_stop_patience = 1
   config.log.histogram_every_steps = 1000
+  # Plain MeLU at a fast rate: validation moves (the anchored tiny model
+  # serves its baseline, every step alike), so the best step is not the
+  # last.
+  config.model.anchor = False
+  config.train.lr = 0.05
   workdir = str(tmp_path / "run")
   summary = train_and_evaluate(config, workdir)
   assert summary.get("early_stopped"), summary
@@ -394,6 +399,15 @@ def test_an_early_stopped_run_writes_its_histograms_at_the_end(tmp_path):
           if t.startswith("params/")]
   assert tags
   assert sorted(series(acc, tags[0])) == [summary["step"]]
+  # The support curve of the end is the best validated checkpoint's, the
+  # one eval and export use (it was the last validated step's).
+  from metarec_jax.eval import support_curve  # pylint: disable=g-import-not-at-top
+  from metarec_jax.workdir import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  checkpointer = ckpt_lib.Checkpointer(workdir)
+  best = checkpointer.best()[0]
+  checkpointer.close()
+  assert best < summary["step"]
+  assert support_curve.read(workdir)["step"] == best
 
 
 def test_a_writer_thread_that_fails_at_once_prints_no_traceback(

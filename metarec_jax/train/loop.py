@@ -328,7 +328,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
               and (due(step, histogram_every, num_steps) or early_stop)):
             reporter.histograms(step, telemetry.parameter_histograms(
                 state.params))
-
           if stop(step):
             guard.check_state(step, state)
             # A validation done before the stop is saved with the step.
@@ -360,11 +359,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           and "val" in summary):
         if not stop.now():
           with guard.validating(step):
+            params, curve_step = start_lib.curve_params(
+                trainer, checkpointer, summary, step,
+                served if served is not None else state.params)
             support_curve.evaluate_and_write(
-                workdir, evaluator,
-                trainer.eval_params(served if served is not None
-                                    else state.params),
-                {"val": exp.split.scenarios["val"]}, step=step,
+                workdir, evaluator, trainer.eval_params(params),
+                {"val": exp.split.scenarios["val"]}, step=curve_step,
                 seed=int(config.eval.seed), write=is_lead,
                 should_stop=stop.now)
         if stop.now() and not summary.get("preempted"):

@@ -125,3 +125,20 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
         lambda index: np.zeros(streak.shape, streak.dtype)[index]))
   return Start(state, step, resolved["horizon"], resolved["saved"],
                bool(record.get("validation_cut")), record.get("selection"))
+
+
+def curve_params(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
+                 summary: dict, step: int, last: Any) -> tuple[Any, int]:
+  """(params, step) of the support curve a run writes at its end: those of
+  its best validated checkpoint where an early stop ended it past that
+  step (what `eval` and `export` use; the curve showed the last step's),
+  else `last`, the last validated params, of `step`."""
+  if not summary.get("early_stopped"):
+    return last, step
+  checkpointer.wait()  # the stop's own save counted
+  best = checkpointer.best()
+  if best is None or best[0] == step:
+    return last, step
+  state, _, best_step = checkpointer.restore(trainer.abstract_state(),
+                                             best[0])
+  return state.params, best_step
