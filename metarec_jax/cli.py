@@ -233,7 +233,7 @@ def export_line(summary: dict) -> str:
           f" {summary['flagged_users']:,} flagged, {summary['skipped_users']:,}"
           f" users and {summary['skipped_items']:,} ratings of unknown items"
           " skipped" + (f", {repeated:,} repeated (user, item) ratings dropped"
-                        " (the last line of each kept)" if repeated else ""))
+                        " (the latest of each kept)" if repeated else ""))
 
 
 def _run_serve(inv: Invocation) -> int:

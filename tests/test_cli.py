@@ -283,7 +283,7 @@ def test_export_line_counts_repeated_ratings_only_when_there_are_some():
   assert line.startswith("exported 300 users to ex in 2.0 s (float32,"
                          " 1,234 bytes per user); 0 flagged")
   assert line.endswith(", 3,000 repeated (user, item) ratings dropped (the"
-                       " last line of each kept)")
+                       " latest of each kept)")
   assert "repeated" not in cli.export_line({**summary,
                                             "duplicate_ratings": 0})
 

@@ -536,15 +536,16 @@ def test_ids_that_differ_only_in_how_they_are_written_are_noted(tmp_path):
   s = store_lib.open_store(tmp_path / "store")
   assert s.item_ids.tolist() == ["+8", "007", "7", "8", "9"]  # as written
   notes = [
-      f"{n} {side} ids look like another when read ({example}, ...): kept"
+      f"{n} {side} ids look like another when read ({example}): kept"
       f" as different {side}s, as written (zeros in front, a sign, invisible"
       " characters or another Unicode form of a letter make another id)"
       for n, side, example in ((2, "user", "'u3' and 'u3\\u200b'"),
-                               (4, "item", "'+8' and '8'"))]
+                               (4, "item", "'+8' and '8', ..."))]
   assert s.manifest["notes"] == notes and all(n in said for n in notes)
   # Ids that only look alike to a machine are no note.
   datafiles.write(str(root / "ratings.csv"), "user,item,rating\n"
-                  "u1,a7,4\nu2,A7,3\nu2,7a,5\nu3,70,1\n")
+                  "u1,a7,4\nu2,A7,3\nu2,7a,5\nu3,70,1\nu3,7_0,2\n"
+                  "u1,x2,3\nu1,x\u00b2,2\n")
   prepare.prepare(data_config(root), tmp_path / "other")
   assert store_lib.open_store(tmp_path / "other").manifest["notes"] == []
 

@@ -38,6 +38,17 @@ def test_ndcg_by_hand_with_tied_items_at_their_mean_gain():
   assert metrics.ndcg(pred2, true2, mask2, 3) == pytest.approx(1.0)
 
 
+def test_a_real_minus_infinity_ranks_above_the_padding_not_tied_to_it():
+  pred = np.array([[1.0, -np.inf, 7.0]])
+  true = np.array([[5.0, 3.0, 1.0]])
+  mask = np.array([[True, True, False]])
+  assert metrics.ndcg(pred, true, mask, 3) == 1.0
+  # Equal gains tied: their mean may round above the gain, never nDCG.
+  same = np.full((1, 3), 0.1)
+  assert metrics.ndcg(np.zeros((1, 3)), same, np.ones((1, 3), bool), 3,
+                      gain="linear") <= 1.0
+
+
 @pytest.mark.parametrize("gain", metrics.GAINS)
 def test_tied_ndcg_is_the_mean_over_every_order_of_the_ties(gain):
   """The expected nDCG of a random tie-break, whatever the items' order

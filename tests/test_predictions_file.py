@@ -84,9 +84,10 @@ def test_ids_a_store_of_integer_ids_cannot_hold_are_unknown(tmp_path):
   path = tmp_path / "p.tsv"
   path.write_text("user\titem\trating\tprediction\n7\ti1373\t4\t3.5\n"
                   "7\t2\t5\t4.5\nu8\t99999999999999999999\t1\t2\n"
-                  "u8\t3\t2\t2\n")
+                  "u8\t3\t2\t2\n008\t05\t1\t2\n008\t5\t1\t2\n")
   store = types.SimpleNamespace(item_ids=np.array([3, 2, 5]),
                                 user_ids=np.array([7, 8]))
   a = predictions_file.task_arrays(path, store, 2)
-  assert a["items"].tolist() == [[-1, 1], [-1, 0]]
-  assert a["users"].tolist() == [0, -1]
+  # "05" and "008" are no ids of the store, which writes 5 and 8.
+  assert a["items"].tolist() == [[-1, 1], [-1, 0], [-1, 2]]
+  assert a["users"].tolist() == [0, -1, -1]

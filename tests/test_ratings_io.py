@@ -247,6 +247,28 @@ def test_new_user_tasks_follow_the_protocol(synth_store, tmp_path):
   assert sorted(tasks["UC"].users.tolist()) == expected
 
 
+def test_new_users_keep_each_pairs_latest_rating_by_timestamp(tmp_path):
+  """A newest-first file (helper R: eval kept the older, later line)."""
+  from metarec_jax import config_io  # pylint: disable=g-import-not-at-top
+  from metarec_jax.data.convert import prepare  # pylint: disable=g-import-not-at-top
+  from conftest import config_path  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "shop"
+  datafiles.write(str(root / "ratings.csv"), "user,item,rating,ts\n" + "".join(
+      f"{u},i{i},{1 + (i + u) % 5},{i}\n" for u in range(3) for i in range(20)))
+  data = config_io.load_config_file(config_path("default")).data
+  data.name, data.root = "generic", str(root)
+  data.generic.timestamp_col = "ts"
+  prepare.prepare(data, tmp_path / "store")
+  store = store_lib.open_store(tmp_path / "store")
+  path = tmp_path / "new.csv"
+  path.write_text("user,item,rating,ts\n0,i0,5,100\n" + "".join(
+      f"0,i{i},3,{50 - i}\n" for i in range(19, 0, -1)) + "0,i0,1,0\n")
+  task = new_user_tasks(store, path, splits.ProtocolSpec(seed=1))["UC"]
+  assert task.users.tolist() == [0] and len(task.items) == 20
+  item = int(np.flatnonzero(store.item_ids == "i0")[0])
+  assert task.ratings[task.items == item].tolist() == [5.0]
+
+
 def test_write_tasks_round_trips_and_replaces_only_its_own_folder(
     synth_store, tmp_path):
   s = synth_store

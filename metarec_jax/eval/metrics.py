@@ -74,10 +74,13 @@ def ndcg_per_task(pred: np.ndarray, true: np.ndarray, mask: np.ndarray,
   order = np.argsort(-pred, axis=-1, kind="stable")
   ranked_pred = np.take_along_axis(pred, order, axis=-1)
   ranked = np.take_along_axis(gain, order, axis=-1)
+  real = np.take_along_axis(np.asarray(mask, bool), order, axis=-1)
   # Number every run of equal predictions apart from every other run (of
-  # any task), then give each place its run's mean gain.
+  # any task; padding its own run, even after a real -inf), then give each
+  # place its run's mean gain.
   starts = np.ones_like(ranked_pred, dtype=bool)
-  starts[:, 1:] = ranked_pred[:, 1:] != ranked_pred[:, :-1]
+  starts[:, 1:] = ((ranked_pred[:, 1:] != ranked_pred[:, :-1])
+                   | (real[:, 1:] != real[:, :-1]))
   run = np.cumsum(starts.ravel()) - 1
   mean_gain = (np.bincount(run, weights=ranked.ravel())
                / np.bincount(run))[run].reshape(tasks, width)
@@ -86,7 +89,9 @@ def ndcg_per_task(pred: np.ndarray, true: np.ndarray, mask: np.ndarray,
   dcg = (mean_gain[:, :k] * discount).sum(-1)
   idcg = (ideal * discount).sum(-1)
   with np.errstate(invalid="ignore", divide="ignore"):
-    return np.where(idcg > 0, dcg / idcg, np.where(mask.any(-1), 1.0, np.nan))
+    # (at most 1: a tie's mean of equal gains may round above the gain)
+    return np.where(idcg > 0, np.minimum(dcg / idcg, 1.0),
+                    np.where(mask.any(-1), 1.0, np.nan))
 
 
 def ndcg(pred, true, mask, k: int, *, gain: str = "exponential",

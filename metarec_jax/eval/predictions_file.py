@@ -128,11 +128,12 @@ def task_arrays(path: str | os.PathLike, store, width: int
     known = np.asarray(known)
     if known.dtype.kind not in "iu":
       return ratings_io.lookup(known, ids)
-    # A store of integer ids knows no id that is not one (another
-    # dataset's "i1373" was a ValueError from deep in the tool).
-    ok = np.array([_integer(i, known.dtype) for i in ids], bool)
+    # A store of integer ids knows no id that is not one as it writes
+    # them (another dataset's "i1373" was a ValueError from deep in the
+    # tool; "007" is not item 7).
+    numbers, ok = parsing.parse_int_ids(ids)
     out = np.full(len(ids), -1, np.int64)
-    out[ok] = ratings_io.lookup(known, ids[ok].astype(known.dtype))
+    out[ok] = ratings_io.lookup(known, numbers[ok])
     return out
 
   out = {name: values.reshape(n, width) for name, values in p.items()
@@ -140,13 +141,3 @@ def task_arrays(path: str | os.PathLike, store, width: int
   out["items"] = indices(store.item_ids, p["item"]).reshape(n, width)
   out["users"] = indices(store.user_ids, p["user"]).reshape(n, width)[:, 0]
   return out
-
-
-def _integer(text: str, dtype: np.dtype) -> bool:
-  """Whether `text` is an integer that `dtype` holds."""
-  try:
-    value = int(text)
-  except ValueError:
-    return False
-  info = np.iinfo(dtype)
-  return info.min <= value <= info.max

@@ -6,7 +6,8 @@ from the store, their ratings only from the file. Every one of them is a
 *new* user, so the protocol (`splits.make_tasks`: a task per user and item
 class with 13 to 100 ratings, a seeded query set of 10) gives the UC
 (existing items) and UIC (new items) scenarios; W and IC are empty.
-Duplicated (user, item) lines keep the last, as the loaders do.
+A (user, item) pair rated twice keeps its latest rating (by timestamp
+where the file has them, then the later line), as the loaders do.
 
 An implicit-feedback run reads the file as its store was built
 (`data.implicit.convert_store`): a rating at or above the store's
@@ -46,9 +47,10 @@ def read_new_users(store: TaskStore, path: str | os.PathLike,
     InputError: a malformed line, or a user or item the store lacks (file
       and line).
   """
-  user_ids, item_ids, ratings, lines = ratings_io.read_ratings(path, store)
-  users, items = ratings_io.to_indices(path, store, user_ids, item_ids, lines)
-  keep = np.flatnonzero(ratings_io.keep_last(users, items))
+  r = ratings_io.parse_in_format(path, store)
+  users, items = ratings_io.to_indices(path, store, r.users, r.items, r.lines)
+  ratings = r.ratings
+  keep = np.flatnonzero(ratings_io.keep_last(users, items, r.time_order))
   keep = keep[np.argsort(users[keep], kind="stable")]  # by user, file order
   interacted = np.unique(implicit.keys(users[keep], items[keep],
                                        store.num_items))

@@ -21,8 +21,9 @@ What export does with odd input (and counts in its JSON summary):
   files without them by file order: the later line is the more recent) and
   flagged `truncated`; the older ratings are still recorded as rated (never
   recommended).
-- A (user, item) pair rated twice keeps the last line, as the dataset
-  loaders and `metarec eval` do (`duplicate_ratings`).
+- A (user, item) pair rated twice keeps its latest rating (by timestamp
+  where the file has them, then the later line), as the dataset loaders
+  and `metarec eval` do (`duplicate_ratings`).
 
 Everything is vectorised numpy over all rows; nothing loops over users.
 """

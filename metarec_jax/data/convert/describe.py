@@ -45,7 +45,7 @@ def summary(store: TaskStore) -> dict:
       # Implicit feedback: the positives are the "ratings" above (all 1),
       # by the rule that made them.
       "implicit": m.get("implicit") and {**m["implicit"],
-                                         "rule": _positive_rule(m)},
+                                         "positives": _positive_rule(m)},
       # Repeated (user, item) rows the build dropped, and which it kept.
       "duplicates": m.get("duplicates"),
       "notes": m.get("notes", []),
@@ -71,7 +71,8 @@ def _dropped(duplicates: dict | None) -> str:
   (before, only `data prepare`'s log said so, once)."""
   if not duplicates or not duplicates.get("dropped"):
     return ""
-  return (f"; {duplicates['dropped']:,} repeated (user, item) rows dropped"
+  n = duplicates["dropped"]
+  return (f"; {n:,} repeated (user, item) row{'s' if n > 1 else ''} dropped"
           f" ({duplicates['rule']})")
 
 
@@ -84,7 +85,7 @@ def format_summary(s: dict) -> str:
   what = "positives" if implicit else "ratings"
   if implicit:  # its ratings are all 1: it was read as "on 1..5, mean 1"
     rated = (f"  positives {s['ratings']:,} of {implicit['interactions']:,}"
-             f" (user, item) interactions ({implicit['rule']})")
+             f" (user, item) interactions ({implicit['positives']})")
   else:
     rated = (f"  ratings  {s['ratings']:,} on {s['rating_min']:g}.."
              f"{s['rating_max']:g}, mean {s['rating_mean']:.3f}")

@@ -63,11 +63,11 @@ def _spelling_key(text: str) -> str:
   """What people read in an id: the integer of an integer however written
   (`007`, `+7`), else the text without invisible characters (zero-width
   spaces, byte order marks: Unicode's format characters) in one Unicode
-  form (NFKC: `é` as one character or as `e` and an accent)."""
+  form (NFC: `é` as one character or as `e` and an accent)."""
   if text.isascii():
     return text
   visible = "".join(c for c in text if unicodedata.category(c) != "Cf")
-  return unicodedata.normalize("NFKC", visible)
+  return unicodedata.normalize("NFC", visible)
 
 
 def look_alike_ids(ids: np.ndarray, side: str) -> list[str]:
@@ -79,9 +79,9 @@ def look_alike_ids(ids: np.ndarray, side: str) -> list[str]:
   if ids.dtype.kind in "iu" or len(ids) < 2:
     return []
   keys = np.array([_spelling_key(v) for v in ids.tolist()])
-  # Integers however written: only where a digit could start one.
+  # Integers however written (a sign, zeros in front): digits alone.
   maybe = np.flatnonzero(np.char.isdigit(np.char.lstrip(
-      np.char.strip(ids), "+-").astype(str).astype("U1")))
+      np.char.strip(ids), "+-")))
   numbers, ok = parsing.parse_ints(ids[maybe])
   keys = keys.astype(object)
   keys[maybe[ok]] = numbers[ok].astype(str)
@@ -91,8 +91,9 @@ def look_alike_ids(ids: np.ndarray, side: str) -> list[str]:
   if not len(alike):
     return []
   example = ids[alike[group[alike] == group[alike[0]]]][:3].tolist()
+  more = ", ..." if len(alike) > len(example) else ""
   return [f"{len(alike):,} {side} ids look like another when read"
-          f" ({' and '.join(excerpt(v) for v in example)}, ...): kept as"
+          f" ({' and '.join(excerpt(v) for v in example)}{more}): kept as"
           f" different {side}s, as written (zeros in front, a sign,"
           " invisible characters or another Unicode form of a letter make"
           " another id)"]
