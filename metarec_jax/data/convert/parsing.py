@@ -46,13 +46,16 @@ def _bulk(values, dtype) -> np.ndarray:
 
 def parse_ints(values) -> tuple[np.ndarray, np.ndarray]:
   """`values` as int64, and the mask of those that are integers (the
-  others are 0)."""
+  others are 0; `1_000`, 1000 to Python, is a typo in a data file)."""
   try:
-    return _bulk(values, np.dtype(np.int64)), np.ones(len(values), bool)
+    if not _underscored(values):
+      return _bulk(values, np.dtype(np.int64)), np.ones(len(values), bool)
   except (ValueError, OverflowError):
     pass
   out, ok = np.zeros(len(values), np.int64), np.zeros(len(values), bool)
   for i, v in enumerate(values):
+    if "_" in v:
+      continue
     try:
       x = int(v)
     except ValueError:
@@ -89,8 +92,10 @@ def not_an_integer(table: Table, values, ok: np.ndarray,
   none within int64)."""
   i = int(np.flatnonzero(~ok)[0])
   try:
-    number = int(values[i])
+    number = None if "_" in values[i] else int(values[i])
   except ValueError:
+    number = None
+  if number is None:
     problem = "is not an integer"
   else:
     problem = ("is out of range (integers from -2^63 to 2^63 - 1)"
