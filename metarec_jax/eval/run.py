@@ -108,9 +108,18 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
       rating_range=exp.store.rating_range)
   if not any(int(m.get("tasks") or 0) for m in results.values()):
     warnings.append(verdicts.no_tasks(ratings))
-  elif untested := verdicts.no_new_item_tasks(
-      results, np.asarray(exp.store.item_new), ratings):
-    warnings.append(untested)
+  else:
+    store = exp.store
+    existing = ~np.asarray(store.item_new)[np.asarray(store.items)]
+    owner = np.repeat(np.arange(store.num_users), store.counts())
+    warnings += [w for w in (
+        verdicts.no_existing_item_tasks(
+            results, None if ratings else np.bincount(
+                owner[existing], minlength=store.num_users),
+            (int(config.eval.min_ratings), int(config.eval.max_ratings)),
+            ratings),
+        verdicts.no_new_item_tasks(results, np.asarray(store.item_new),
+                                   ratings)) if w]
   if ratings:
     seen = verdicts.trained_users(
         ratings, np.concatenate([tasksets[n].users for n in SCENARIOS]),

@@ -54,11 +54,13 @@ ADVICE_ANCHORED = ("try: more validation users (eval.val_fraction), so"
 
 # `metarec train`'s summary where the validation users had no task.
 NO_VALIDATION = (
-    "validation: no validation user has a task (eval.min_ratings ratings of"
-    " one item class), so nothing validated the model: the baseline-"
-    "anchored model serves the baseline (shares 0) and the checkpoint kept"
-    " is not chosen by its quality; give the data more users with more"
-    " ratings, or more validation users (eval.val_fraction)")
+    "validation: no validation user has a task of existing items"
+    " (eval.min_ratings to eval.max_ratings ratings of them), so nothing"
+    " validated the model: the baseline-anchored model serves the baseline"
+    " (shares 0) and the checkpoint kept is not chosen by its quality; give"
+    " the data more users with ratings in that range (raise"
+    " eval.max_ratings where users have more), or more validation users"
+    " (eval.val_fraction)")
 
 
 def no_tasks(ratings: str | None) -> str:
@@ -83,6 +85,34 @@ def no_new_item_tasks(results: dict[str, dict], item_new: np.ndarray,
   return (f"IC, UIC: no task, though {new:,} items are new: {where} has"
           " eval.min_ratings to eval.max_ratings ratings of new items, so"
           " nothing measures them (is the new-item column the one meant?)")
+
+
+def no_existing_item_tasks(results: dict[str, dict], counts: np.ndarray,
+                           bounds: tuple[int, int],
+                           ratings: str | None = None) -> str | None:
+  """The warning where neither existing-item scenario (W, UC) has a task
+  though another has: the main scenarios vanished in silence where every
+  user had more than `eval.max_ratings` ratings (20 users of 150 each:
+  only IC and UIC were reported). `counts`: each user's ratings of
+  existing items (the store's; None for a `--ratings` file); `bounds`:
+  `(eval.min_ratings, eval.max_ratings)`."""
+  if any(int((results.get(name) or {}).get("tasks") or 0)
+         for name in ("W", "UC")):
+    return None
+  lo, hi = bounds
+  where = f"no user of {ratings}" if ratings else "no user"
+  rated = np.zeros(0) if counts is None else counts[counts > 0]
+  above, below = int((rated > hi).sum()), int((rated < lo).sum())
+  cause = ""
+  if above and above >= below:
+    cause = (f"; {above:,} users have more (up to {int(rated.max()):,}):"
+             " raise eval.max_ratings")
+  elif below:
+    cause = (f"; {below:,} users have fewer: lower eval.min_ratings, or"
+             " give the data users with more ratings")
+  return (f"W, UC: no task: {where} has {lo} to {hi} ratings of existing"
+          f" items (eval.min_ratings, eval.max_ratings), so nothing"
+          f" measures them{cause}")
 
 
 def trained_users(ratings: str, users: np.ndarray, trained: np.ndarray,
