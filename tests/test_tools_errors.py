@@ -47,6 +47,13 @@ from procs import env_with
     (["bench_serve.py", "--bogus=1"], "Unknown command line flag 'bogus'"),
     (["bench_learners.py", "--config=configs/tiny.py", "--algorithms=maml",
       "--steps=1", "--warmup=-1"], "--warmup=-1: -1 is not"),
+    # Tracebacks before (helper B): no learner; an override without '='.
+    (["bench_learners.py", "--config=configs/tiny.py", "--algorithms="],
+     "--algorithms: name at least one meta.algorithm"),
+    (["bench_learners.py", "--config=configs/tiny.py",
+      "--config.train.tasks_per_step"], "expected --config.KEY=VALUE"),
+    (["bench_learners.py", "--config=configs/tiny.py",
+      "--config.train.tasks_per_step=0"], "train.tasks_per_step=0: must be"),
     (["bench_export.py", "--dir=FILE", "--users=10", "--items=5"],
      "file: not a folder"),
     (["device_bench.py", "--quick", "--budget=-1"],

@@ -33,7 +33,7 @@ from typing import Sequence
 
 from absl import flags
 
-from metarec_jax import bench, cli, config_io, toolkit
+from metarec_jax import bench, cli, cli_spec, config_io, toolkit
 from metarec_jax.errors import InputError
 
 log = logging.getLogger("metarec")
@@ -122,12 +122,17 @@ def main(argv: Sequence[str] | None = None) -> int:
       fv(["bench_learners.py"] + rest)
     except flags.Error as e:
       raise InputError(str(e).splitlines()[0]) from None
-    config = config_io.load_config_file(fv.config)
-    config_io.apply_overrides(
-        config, [tuple(a[len("--config."):].split("=", 1)) for a in overrides])
-    cli.configure_logging()
-    cli.setup_runtime(config)
     algorithms = list(dict.fromkeys(fv.algorithms))
+    if not algorithms:
+      raise InputError("--algorithms: name at least one meta.algorithm")
+    config = config_io.load_config_file(fv.config)
+    config_io.apply_overrides(config,
+                              cli_spec.split_config_args(overrides)[1])
+    cli.check_config(config)  # every key's range, before anything runs
+    cli.configure_logging()
+    # As `metarec bench`: compile_seconds must be the real cost, not a
+    # load from the persistent compilation cache.
+    cli.setup_runtime(config, compilation_cache=False)
     rounds = []
     for i in range(fv.rounds):
       order = algorithms if i % 2 == 0 else algorithms[::-1]
