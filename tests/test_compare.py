@@ -289,6 +289,22 @@ def test_seeds_give_mean_and_standard_deviation(tmp_path, fake_training):
   assert "train.seed 0, 1 (mean ± std over 2 seeds)" in table
 
 
+def test_bad_values_and_repeated_seeds_are_refused_before_anything_trains(
+    tmp_path, capsys, fake_training):
+  """A bad value in the last run was refused after the first ones trained;
+  `--seeds=0,0` trained once and reported "mean ± std over 2 seeds"
+  (helper B)."""
+  tiny = config_path("tiny")
+  assert compare.main([f"--out={tmp_path}", f"--run=a {tiny}",
+                       f"--run=b {tiny} train.tasks_per_step=0"]) == 2
+  assert ("run 'b': config key train.tasks_per_step=0: must be"
+          in capsys.readouterr().err)
+  assert compare.main([f"--out={tmp_path}", "--seeds=0,0",
+                       f"--run=a {tiny}"]) == 2
+  assert "seeds [0, 0] repeat a seed" in capsys.readouterr().err
+  assert not fake_training and not os.path.exists(tmp_path / "runs")
+
+
 def test_runs_set_up_the_runtime_like_the_cli(tmp_path, fake_training,
                                               monkeypatch):
   # The CLI's device split and persistent compilation cache, with the

@@ -150,6 +150,10 @@ def resolve(run: Run, common: Sequence[tuple[str, str]], seed: int | None):
   config_io.apply_overrides(config, list(common) + list(run.overrides))
   if seed is not None:
     config.train.seed = int(seed)
+  try:  # every key's type and range too (a bad value of the last run
+    cli.check_config(config)  # surfaced after the first ones trained)
+  except InputError as e:
+    raise InputError(f"run {run.name!r}: {e.message}") from None
   return config
 
 
@@ -372,6 +376,8 @@ def compare(runs: Sequence[Run], out: str, *,
   for name in names:
     if not name or os.sep in name or name.startswith("."):
       raise InputError(f"run name {name!r} cannot name a folder")
+  if seeds and len(set(seeds)) < len(seeds):  # one run, "over 2 seeds"
+    raise InputError(f"seeds {list(seeds)} repeat a seed: name each once")
   # Every config is resolved before anything trains: a typo in the last run
   # must not surface hours into the comparison.
   plan = [(run, seed, resolve(run, common, seed))
