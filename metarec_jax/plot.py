@@ -154,18 +154,24 @@ def _where_the_map_is_served(series: dict) -> dict:
   return series
 
 
-def plot_learning_curves(series: dict, path: str,
-                         loss: str = "meta-loss") -> str | None:
+def plot_learning_curves(series: dict, path: str, loss: str = "meta-loss",
+                         *, pretrain: bool = False) -> str | None:
   """Writes the learning curves of `read_metrics` output (None: nothing).
 
   Args:
     series: `read_metrics` output.
     path: the PNG to write.
     loss: the y label's name of the query loss (`loss_label`).
+    pretrain: the run is `meta.algorithm=pretrain`, whose `train/loss` is
+      its training loss, of support and query unadapted (it was drawn as
+      the loss after adaptation, above the loss before it).
   """
   series = _where_the_map_is_served(series)
+  relabel = {"train/loss": "support and query, unadapted (pretrain's"
+                           " training loss)"} if pretrain else {}
   panels = [(title, ylabel.format(loss=loss),
-             [(tag, label) for tag, label in lines if tag in series])
+             [(tag, relabel.get(tag, label)) for tag, label in lines
+              if tag in series])
             for title, ylabel, lines in LEARNING_PANELS]
   panels = [p for p in panels if p[2]]
   if not panels:
@@ -262,10 +268,12 @@ def plot_workdir(workdir: str) -> list[str]:
   series = read_metrics(metrics_path)
   # The loss the run trained (a bare metrics.jsonl, without the config
   # `metarec train` writes beside it, gets a label without its kind).
-  loss = "meta-loss"
+  loss, pretrain = "meta-loss", False
   if os.path.exists(os.path.join(workdir, config_io.WORKDIR_CONFIG)):
     try:
-      loss = loss_label(config_io.read_workdir_config(workdir))
+      config = config_io.read_workdir_config(workdir)
+      loss = loss_label(config)
+      pretrain = config.meta.algorithm == "pretrain"
     except InputError as e:
       # The config only names the loss: a damaged one costs the label,
       # not the figures (which come from metrics.jsonl alone).
@@ -296,7 +304,8 @@ def plot_workdir(workdir: str) -> list[str]:
   atomic.refuse_file_in_the_way(out_dir, named="--workdir")
   os.makedirs(out_dir, exist_ok=True)
   written = [plot_learning_curves(
-      series, os.path.join(out_dir, "learning_curves.png"), loss)]
+      series, os.path.join(out_dir, "learning_curves.png"), loss,
+      pretrain=pretrain)]
   if curves is not None:
     written.append(plot_support_curve(
         curves, os.path.join(out_dir, "support_curve.png")))

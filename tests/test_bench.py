@@ -157,4 +157,7 @@ def test_bench_learners_rounds_report_medians_of_paired_ratios(capsys,
   assert result["b"]["tasks_per_sec"] == 250.0 and result["a"][
       "tasks_per_sec"] == 50.0
   assert result["rounds"][1] == {"a": 50.0, "b": 250.0}
+  # s/step agrees with tasks/s and the batch (100 tasks: 100/s x 1 s).
+  assert result["a"]["step_seconds"] * result["a"]["tasks_per_sec"] == (
+      pytest.approx(100.0))
   assert "| b | 250 | 3.0 |" in out

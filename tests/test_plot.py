@@ -10,7 +10,7 @@ import pytest
 
 from metarec_jax import plot
 from metarec_jax.errors import InputError
-from conftest import ROOT
+from conftest import ROOT, config_path
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -251,3 +251,34 @@ def test_the_learning_panels_share_one_step_axis(tmp_path, monkeypatch):
   plot.plot_learning_curves(series, str(tmp_path / "c.png"))
   first, second = figures[0].axes
   assert first.get_xlim() == second.get_xlim()
+
+
+def test_a_pretrain_runs_loss_is_not_drawn_as_after_adaptation(
+    tmp_path, monkeypatch):
+  """`meta.algorithm=pretrain` logs its training loss (support and query,
+  unadapted) as `train/loss`: drawn as "after adaptation" above "before
+  adaptation", adapting looked harmful (helper B)."""
+  from matplotlib.axes import Axes  # pylint: disable=g-import-not-at-top
+  from metarec_jax import config_io  # pylint: disable=g-import-not-at-top
+  drawn = []
+  plot_line = Axes.plot
+
+  def recorded(self, *args, **kwargs):
+    drawn.append(kwargs.get("label"))
+    return plot_line(self, *args, **kwargs)
+
+  monkeypatch.setattr(Axes, "plot", recorded)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "metrics.jsonl").write_text(
+      '{"step": 1, "train/loss": 0.59, "train/query_loss_unadapted": 0.46}\n')
+  config = config_io.load_config_file(config_path("tiny"))
+  for algorithm, label in (
+      ("pretrain", "support and query, unadapted (pretrain's training"
+                   " loss)"),
+      ("maml", "after adaptation (meta-loss)")):
+    config.meta.algorithm = algorithm
+    config_io.write_workdir_config(str(workdir), config)
+    drawn.clear()
+    plot.plot_workdir(str(workdir))
+    assert drawn[:2] == [label, "before adaptation"], drawn

@@ -25,6 +25,7 @@ from procs import env_with
     (["share_curve.py", "/nonexistent"], "/nonexistent: no config.json"),
     (["share_curve.py", "/nonexistent", "--shares=0,nan"],
      "--shares=0,nan: comma-separated finite numbers"),
+    (["testbed.py", "--out=OUT", "--seed=-1"], "argument --seed: -1 is not"),
     (["testbed.py", "--out=OUT", "--ratings_only=/nonexistent"],
      "/nonexistent/flags.txt: No such file or directory"),
     (["ml100k_subset.py", "--src=/nonexistent", "--out=OUT"],

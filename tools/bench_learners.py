@@ -71,6 +71,11 @@ def over_rounds(rounds: list[dict[str, dict]]) -> dict[str, dict]:
   for name in names:
     r = {k: statistics.median(rnd[name][k] for rnd in rounds)
          for k in _REPORTED if rounds[0][name].get(k) is not None}
+    # s/step of the median rate, not a median of its own: an even number
+    # of rounds averages two, and the two disagreed with the batch size.
+    first = rounds[0][name]
+    r["step_seconds"] = (first["tasks_per_sec"] * first["step_seconds"]
+                         / r["tasks_per_sec"])
     for key, rate in (("x_first", "tasks_per_sec"),
                       ("x_first_resident", "device_tasks_per_sec")):
       r[key] = statistics.median(rnd[name][rate] / rnd[names[0]][rate]

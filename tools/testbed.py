@@ -353,6 +353,8 @@ def main():
                       help="write the popularity-only order log `clicks`"
                            " instead")
   args = parser.parse_args()
+  if args.seed < 0:  # numpy's generator refuses it in a traceback
+    parser.error(f"argument --seed: {args.seed} is not >= 0")
   try:
     os.makedirs(args.out, exist_ok=True)
   except OSError as e:
