@@ -36,6 +36,8 @@ from procs import env_with
      "argument --k: 0 is not >= 1"),
     (["ndcg_ceiling.py", "--workdir=/x", "--tasks=/x", "--mf_dim=0"],
      "argument --mf_dim: 0 is not >= 1"),
+    (["ndcg_ceiling.py", "--workdir=/x", "--tasks=/x", "--mf_reg=nan"],
+     "argument --mf_reg: "),  # printed "mae": NaN, no JSON (helper B)
     (["ndcg_ceiling.py", "--workdir=/x", "--tasks=/x", "--mf_iters=0"],
      "argument --mf_iters: 0 is not >= 1"),
     (["ndcg_ceiling.py", "--workdir=/x", "--tasks=/x", "--mae=0.7,-1"],

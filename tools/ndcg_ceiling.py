@@ -178,7 +178,7 @@ def main(argv=None) -> None:
   parser.add_argument("--mf", action="store_true",
                       help="fit and score the transductive MF reference")
   parser.add_argument("--mf_dim", type=toolkit.positive_int, default=32)
-  parser.add_argument("--mf_reg", type=float, default=10.0)
+  parser.add_argument("--mf_reg", type=toolkit.positive_float, default=10.0)
   parser.add_argument("--mf_iters", type=toolkit.positive_int, default=12)
   parser.add_argument("--k", type=toolkit.positive_int, default=3)
   parser.add_argument("--repeats", type=toolkit.positive_int, default=20)
