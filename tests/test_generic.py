@@ -550,6 +550,20 @@ def test_ids_that_differ_only_in_how_they_are_written_are_noted(tmp_path):
   assert store_lib.open_store(tmp_path / "other").manifest["notes"] == []
 
 
+def test_an_off_scale_rating_names_the_keys_and_the_files_range(tmp_path):
+  """A 1-10 file on the default scale: the error named no key to set
+  (helper T)."""
+  root = tmp_path / "ten"
+  datafiles.write(str(root / "ratings.csv"), "user,item,rating\n"
+                  "u1,a,3\nu1,b,10\nu2,a,7\n")
+  with pytest.raises(InputError) as e:
+    prepare.prepare(data_config(root), tmp_path / "store")
+  assert e.value.message.endswith(
+      "ratings.csv:3: rating 10 is not a rating on the scale 1 to 5 (and 1"
+      " more such line: 4); the file's ratings go from 3 to 10 (set"
+      " data.generic.rating_min and data.generic.rating_max)")
+
+
 def test_a_list_pad_of_no_list_column_is_said_to_be_ignored(shop, tmp_path):
   said = []
   spec = generic.spec_of(data_config(shop, item_features="items.csv",

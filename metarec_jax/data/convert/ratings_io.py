@@ -161,7 +161,9 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
       `bad_users` / `bad_items` instead (`metarec export` skips and counts
       them, as it does unknown ids).
     delimiter_key: the config key that sets `fmt.delimiter`, named where
-      the file looks split on another delimiter than it uses.
+      the file looks split on another delimiter than it uses; its section's
+      `rating_min` and `rating_max` are named, with the file's own range,
+      where a rating is off the scale.
 
   Raises:
     InputError: naming the file and line of the first problem.
@@ -235,9 +237,13 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
     i = int(bad[0])
     kind = "whole-number " if fmt.integer_ratings else ""
     value = excerpt(table.column(pos["rating"])[i].strip(), quote=False)
+    keys = delimiter_key.rpartition(".")[0]  # `data.generic`
+    scale = (f"; the file's ratings go from {ratings.min():g} to"
+             f" {ratings.max():g} (set {keys}.rating_min and"
+             f" {keys}.rating_max)" if keys else "")
     raise InputError(f"rating {value} is not a {kind}rating on the scale"
                      f" {fmt.rating_min:g} to {fmt.rating_max:g}"
-                     + more_lines(table.lines[bad]),
+                     + more_lines(table.lines[bad]) + scale,
                      path=path, line=int(table.lines[i]))
   timestamps = time_order = clock = None
   if "timestamp" in pos:
