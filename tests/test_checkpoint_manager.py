@@ -44,6 +44,8 @@ def test_a_damaged_metrics_file_costs_only_its_step(finished_run, tmp_path,
              " object with a number `val_mae`); step 3 ")
   if command == "eval":  # a reader leaves it in place, unvalidated
     assert damaged + "counts as not validated" in out.stderr
+    # The log names the step --step chose, as it names a default's.
+    assert f"using the checkpoint of step {step} (--step)" in out.stderr
     assert os.path.exists(path)
   else:  # the trainer moves it aside, where keeping would not delete it
     assert damaged + "is moved aside" in out.stderr

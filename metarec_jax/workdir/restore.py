@@ -70,6 +70,8 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
     try:
       if not attempt:
         _refuse_edited(checkpointer, sorted(listed), workdir)
+      if chosen is not None and not attempt:  # as the default says its own
+        log.info("using the checkpoint of step %d (--step)", chosen)
       step = chosen if chosen is not None else _default_step(checkpointer,
                                                              exp)
       state, _, _ = checkpointer.restore(
