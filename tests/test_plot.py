@@ -206,11 +206,8 @@ def test_a_file_at_plots_is_named(tmp_path):
       f"--workdir: {tmp_path / 'plots'} is a file, not a folder")
 
 
-def test_the_validation_panel_draws_the_mae_through_the_median_map(
-    tmp_path, monkeypatch):
-  """Under train.select_on=served the checkpoints are chosen by the MAE
-  through the median map; the panel drew only `val/mae`, whose best step
-  was another."""
+def drawn_labels(monkeypatch) -> list:
+  """The legend label of every line drawn from now on, in order."""
   from matplotlib.axes import Axes  # pylint: disable=g-import-not-at-top
   drawn = []
   plot_line = Axes.plot
@@ -220,6 +217,15 @@ def test_the_validation_panel_draws_the_mae_through_the_median_map(
     return plot_line(self, *args, **kwargs)
 
   monkeypatch.setattr(Axes, "plot", recorded)
+  return drawn
+
+
+def test_the_validation_panel_draws_the_mae_through_the_median_map(
+    tmp_path, monkeypatch):
+  """Under train.select_on=served the checkpoints are chosen by the MAE
+  through the median map; the panel drew only `val/mae`, whose best step
+  was another."""
+  drawn = drawn_labels(monkeypatch)
   steps = np.array([3, 6])
   series = {"val/mae": (steps, np.array([0.69, 0.68])),
             "val/median_map_mae": (steps, np.array([0.58, 0.59])),
@@ -258,16 +264,8 @@ def test_a_pretrain_runs_loss_is_not_drawn_as_after_adaptation(
   """`meta.algorithm=pretrain` logs its training loss (support and query,
   unadapted) as `train/loss`: drawn as "after adaptation" above "before
   adaptation", adapting looked harmful (helper B)."""
-  from matplotlib.axes import Axes  # pylint: disable=g-import-not-at-top
   from metarec_jax import config_io  # pylint: disable=g-import-not-at-top
-  drawn = []
-  plot_line = Axes.plot
-
-  def recorded(self, *args, **kwargs):
-    drawn.append(kwargs.get("label"))
-    return plot_line(self, *args, **kwargs)
-
-  monkeypatch.setattr(Axes, "plot", recorded)
+  drawn = drawn_labels(monkeypatch)
   workdir = tmp_path / "run"
   workdir.mkdir()
   (workdir / "metrics.jsonl").write_text(
