@@ -378,9 +378,10 @@ MEANINGS: dict[str, str] = {
     "eval.new_user_fraction": "Share of users held out as *new* (UC, UIC).",
     "eval.val_fraction": (
         "Share of existing users held out for validation; 0: the fewest"
-        " that give 200 validation tasks, from 10% to 30% (a small"
-        " dataset's few dozen tasks are too noisy to choose checkpoints"
-        " with); a run writes the resolved share into its config.json."),
+        " that give 200 validation tasks, from 10% to 30% rounded to"
+        " whole users (a small dataset's few dozen tasks are too noisy to"
+        " choose checkpoints with; 5 of 16 users is 31%); a run writes the"
+        " resolved share into its config.json."),
     "eval.min_ratings": "Fewest ratings of a user in an item class for a"
                         " task.",
     "eval.max_ratings": "Most ratings of a user in an item class for a task.",
