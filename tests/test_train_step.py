@@ -115,6 +115,30 @@ def test_nothing_compiles_after_warmup_over_a_long_run(tmp_path):
   assert summary["compiles_after_warmup"] == 0
 
 
+def test_heavy_raters_of_new_items_compile_their_cut_support_ahead(tmp_path):
+  """Every validation user rated 30 new items (support sets of 20: the 16
+  bucket): the fit of the fewest new-item support ratings cuts them to 1
+  and 2, the 8 bucket, which compiled inside the first validation with a
+  warning that a shape escaped the buckets (helper T)."""
+  import datafiles  # pylint: disable=g-import-not-at-top
+  from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "heavy"
+  rng = np.random.default_rng(0)
+  datafiles.write(str(root / "ratings.csv"), "user,item,rating\n" + "".join(
+      f"u{u},i{i},{rng.integers(1, 6)}\n" for u in range(30)
+      for i in list(range(0, 60, 2)) + list(range(60, 90))))
+  datafiles.write(str(root / "items.csv"), "item,new\n" + "".join(
+      f"i{i},{int(i >= 60)}\n" for i in range(90)))
+  config = config_io.load_config_file(config_path("tiny"))
+  config.data.name, config.data.root = "generic", str(root)
+  config.data.generic.update(item_features="items.csv", new_item_col="new",
+                             id_features=True)
+  config.train.num_steps = 2
+  config.train.eval_every_steps = 2
+  summary = train_and_evaluate(config, str(tmp_path / "run"))
+  assert summary["val"]["tasks"] and summary["compiles_after_warmup"] == 0
+
+
 def test_eval_every_minus_one_never_validates_nor_compiles_for_it(tmp_path,
                                                                   caplog):
   from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top

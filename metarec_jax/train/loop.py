@@ -184,10 +184,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       with_shares = shares_lib.present(trainer.abstract_state().params)
       with_map = median_map.present(trainer.abstract_state().params)
       if validates:
-        for name in (shares_lib.SCENARIOS if with_shares or with_map
-                     else ("val",)):
-          jobs += evaluator.compile_jobs(trainer.abstract_eval_params(),
-                                         exp.split.scenarios[name])
+        jobs += validation.compile_jobs(evaluator, trainer, with_shares,
+                                        with_map)
         jobs.append(lambda: trainer.eval_params(state.params))
       with runtime.CompileCounter() as warmup:
         if not runtime.run_compile_jobs(jobs, should_stop=stop.now):

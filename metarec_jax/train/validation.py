@@ -122,6 +122,30 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
   return results, params, scalars
 
 
+def compile_jobs(evaluator: Evaluator, trainer, with_shares: bool,
+                 with_map: bool) -> list:
+  """The programs of a validation, for the warm-up: each validated
+  scenario's buckets and, where the fewest new-item support ratings are
+  fitted, those of `val_new` cut to `MIN_SUPPORT_SIZES` (where every
+  validation user rated many new items, that bucket was no scenario's
+  own: it compiled inside the first validation, with a warning that a
+  shape had escaped the buckets)."""
+  params = trainer.abstract_eval_params()
+  split = evaluator.exp.split
+  names = shares_lib.SCENARIOS if with_shares or with_map else ("val",)
+  jobs = [job for name in names
+          for job in evaluator.compile_jobs(params, split.scenarios[name])]
+  tasks = split.scenarios.get(new_prior_lib.SCENARIO)
+  if (with_shares and tasks is not None
+      and new_prior_lib.min_support_present(trainer.abstract_state().params)):
+    seed = int(evaluator.exp.config.eval.seed)
+    for k in new_prior_lib.MIN_SUPPORT_SIZES:
+      cut = truncate_support(tasks, k, seed=seed)
+      if len(cut):
+        jobs += evaluator.compile_jobs(params, cut)
+  return jobs
+
+
 def _rated_new_items(results: dict) -> bool:
   """Whether the validation users have ratings of new items to fit the
   new-item prior and minimum on."""
