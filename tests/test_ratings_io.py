@@ -58,7 +58,7 @@ def test_movielens_ratings_round_trip(ml_store, tmp_path):
                      " writes integer ids (`10`)"),
     (b"+1::10::5\n", "r.dat:1: user id '+1' is not written as the store"),
     (b"1::1_0::5\n", "r.dat:1: item id '1_0' is not an integer"),
-    (b"1::10::5::1_000\n", "r.dat:1: timestamp '1_000' is not"),
+    (b"1::10::5::1_000\n", "r.dat:1: timestamp '1_000' is not a time"),
     (b"1::10::4\n1::10::1_0\n", "r.dat:2: rating '1_0' is not a finite"
                                  " number"),
     (b"1::10::6\n", "r.dat:1: rating 6 is not a whole-number rating on the"

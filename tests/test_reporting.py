@@ -410,6 +410,41 @@ def test_an_early_stopped_run_writes_its_histograms_at_the_end(tmp_path):
   assert support_curve.read(workdir)["step"] == best
 
 
+def test_the_end_curve_falls_back_to_the_last_step_where_the_best_is_unread(
+    caplog):
+  """The best checkpoint restored for the end's support curve (also where
+  the run reached train.num_steps past it); one that cannot be read costs
+  the curve its step, not the finished run (helper R2: a traceback)."""
+  import logging  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  from metarec_jax.train import start  # pylint: disable=g-import-not-at-top
+  from metarec_jax.workdir import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+
+  def checkpointer(best, restore):
+    return types.SimpleNamespace(wait=lambda: None, best=lambda: best,
+                                 restore=restore)
+
+  def unreadable(abstract, step):
+    raise ckpt_lib.CheckpointError(f"the checkpoint of step {step} is"
+                                   " damaged")
+
+  def restored(abstract, step):
+    return types.SimpleNamespace(params=f"params of {step}"), {}, step
+
+  trainer = types.SimpleNamespace(abstract_state=lambda: None)
+  assert start.curve_params(trainer, checkpointer((4, 0.5), restored), 8,
+                            "last") == ("params of 4", 4)
+  assert start.curve_params(trainer, checkpointer((8, 0.5), unreadable), 8,
+                            "last") == ("last", 8)  # the best is the last
+  assert start.curve_params(trainer, checkpointer(None, unreadable), 8,
+                            "last") == ("last", 8)
+  with caplog.at_level(logging.WARNING, logger="metarec"):
+    assert start.curve_params(trainer, checkpointer((4, 0.5), unreadable),
+                              8, "last") == ("last", 8)
+  assert ("the support curve is of step 8: the checkpoint of step 4 is"
+          " damaged") in caplog.text
+
+
 def test_a_writer_thread_that_fails_at_once_prints_no_traceback(
     tmp_path, monkeypatch, capfd):
   """On a read-only copy of a run, TensorBoard's writer thread failed

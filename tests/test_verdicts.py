@@ -75,20 +75,24 @@ def test_existing_items_without_a_task_are_warned_about_with_the_cause():
   empty = {"mae": None, "tasks": 0}
   results = {"W": empty, "UC": empty, "IC": scenario(0.9, 0.95, tasks=11),
              "UIC": empty}
-  counts = np.array([0, 150, 112, 140, 5])
+  counts = lambda: np.array([0, 150, 112, 140, 5])
   assert verdicts.no_existing_item_tasks(results, counts, (13, 100)) == (
       "W, UC: no task: no user has 13 to 100 ratings of existing items"
       " (eval.min_ratings, eval.max_ratings), so nothing measures them; 3"
       " users have more (up to 150): raise eval.max_ratings")
   assert verdicts.no_existing_item_tasks(
-      results, np.array([3, 5, 200]), (13, 100)).endswith(
+      results, lambda: np.array([3, 5, 200]), (13, 100)).endswith(
           "; 2 users have fewer: lower eval.min_ratings, or give the data"
           " users with more ratings")
+  # A file's users are new: only UC could have had tasks.
   assert verdicts.no_existing_item_tasks(results, None, (13, 100),
                                          "f.csv").startswith(
-      "W, UC: no task: no user of f.csv has 13 to 100 ratings")
+      "UC: no task: no user of f.csv has 13 to 100 ratings")
   results["UC"] = scenario(0.7, 0.8, tasks=2)
   assert verdicts.no_existing_item_tasks(results, counts, (13, 100)) is None
+  # ... and where the warning is not due, the counts are never computed.
+  assert verdicts.no_existing_item_tasks(results, lambda: 1 / 0,
+                                         (13, 100)) is None
 
 
 def test_an_anchored_model_that_loses_is_advised_for_what_it_validates():

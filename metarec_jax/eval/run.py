@@ -110,12 +110,15 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     warnings.append(verdicts.no_tasks(ratings))
   else:
     store = exp.store
-    existing = ~np.asarray(store.item_new)[np.asarray(store.items)]
-    owner = np.repeat(np.arange(store.num_users), store.counts())
+
+    def existing_counts():  # per rating: only where the warning is due
+      existing = ~np.asarray(store.item_new)[np.asarray(store.items)]
+      owner = np.repeat(np.arange(store.num_users), store.counts())
+      return np.bincount(owner[existing], minlength=store.num_users)
+
     warnings += [w for w in (
         verdicts.no_existing_item_tasks(
-            results, None if ratings else np.bincount(
-                owner[existing], minlength=store.num_users),
+            results, None if ratings else existing_counts,
             (int(config.eval.min_ratings), int(config.eval.max_ratings)),
             ratings),
         verdicts.no_new_item_tasks(results, np.asarray(store.item_new),

@@ -10,6 +10,8 @@ scenario has too few tasks for its figures to mean anything.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from metarec_jax.models.recommender import RANKING_LOSSES
@@ -87,21 +89,24 @@ def no_new_item_tasks(results: dict[str, dict], item_new: np.ndarray,
           " nothing measures them (is the new-item column the one meant?)")
 
 
-def no_existing_item_tasks(results: dict[str, dict], counts: np.ndarray,
+def no_existing_item_tasks(results: dict[str, dict],
+                           counts: Callable[[], np.ndarray] | None,
                            bounds: tuple[int, int],
                            ratings: str | None = None) -> str | None:
   """The warning where neither existing-item scenario (W, UC) has a task
   though another has: the main scenarios vanished in silence where every
   user had more than `eval.max_ratings` ratings (20 users of 150 each:
-  only IC and UIC were reported). `counts`: each user's ratings of
-  existing items (the store's; None for a `--ratings` file); `bounds`:
-  `(eval.min_ratings, eval.max_ratings)`."""
+  only IC and UIC were reported). `counts()`: each store user's ratings
+  of existing items (None: not known, as of a `--ratings` file, whose
+  users are new: UC alone); `bounds`: `(eval.min_ratings,
+  eval.max_ratings)`."""
   if any(int((results.get(name) or {}).get("tasks") or 0)
          for name in ("W", "UC")):
     return None
   lo, hi = bounds
   where = f"no user of {ratings}" if ratings else "no user"
-  rated = np.zeros(0) if counts is None else counts[counts > 0]
+  rated = np.zeros(0) if counts is None else counts()
+  rated = rated[rated > 0]
   above, below = int((rated > hi).sum()), int((rated < lo).sum())
   cause = ""
   if above and above >= below:
@@ -110,7 +115,8 @@ def no_existing_item_tasks(results: dict[str, dict], counts: np.ndarray,
   elif below:
     cause = (f"; {below:,} users have fewer: lower eval.min_ratings, or"
              " give the data users with more ratings")
-  return (f"W, UC: no task: {where} has {lo} to {hi} ratings of existing"
+  return (f"{'UC' if ratings else 'W, UC'}: no task: {where} has {lo} to"
+          f" {hi} ratings of existing"
           f" items (eval.min_ratings, eval.max_ratings), so nothing"
           f" measures them{cause}")
 

@@ -358,7 +358,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         if not stop.now():
           with guard.validating(step):
             params, curve_step = start_lib.curve_params(
-                trainer, checkpointer, summary, step,
+                trainer, checkpointer, step,
                 served if served is not None else state.params)
             support_curve.evaluate_and_write(
                 workdir, evaluator, trainer.eval_params(params),

@@ -128,17 +128,20 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
 
 
 def curve_params(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
-                 summary: dict, step: int, last: Any) -> tuple[Any, int]:
+                 step: int, last: Any) -> tuple[Any, int]:
   """(params, step) of the support curve a run writes at its end: those of
-  its best validated checkpoint where an early stop ended it past that
-  step (what `eval` and `export` use; the curve showed the last step's),
-  else `last`, the last validated params, of `step`."""
-  if not summary.get("early_stopped"):
-    return last, step
-  checkpointer.wait()  # the stop's own save counted
+  its best validated checkpoint where that is not `step` (what `eval` and
+  `export` use; the curve showed the last step's), else `last`, the last
+  validated params, of `step`; also where the best cannot be read (said:
+  the run is done, and eval falls back past it too)."""
+  checkpointer.wait()  # the last save counted
   best = checkpointer.best()
   if best is None or best[0] == step:
     return last, step
-  state, _, best_step = checkpointer.restore(trainer.abstract_state(),
-                                             best[0])
+  try:
+    state, _, best_step = checkpointer.restore(trainer.abstract_state(),
+                                               best[0])
+  except ckpt_lib.CheckpointError as e:
+    log.warning("the support curve is of step %d: %s", step, e)
+    return last, step
   return state.params, best_step

@@ -141,8 +141,9 @@ def _iso_seconds(values) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _is_number(value) -> bool:
+  """A finite number as `floats` reads one (`1_0` is none)."""
   try:
-    return math.isfinite(float(value))
+    return "_" not in value and math.isfinite(float(value))
   except ValueError:
     return False
 
