@@ -255,6 +255,26 @@ def test_a_resumed_run_stops_early_where_an_uninterrupted_one_does(tmp_path):
   assert records[0] == records[1] and records[0]["stale"] == 3
 
 
+def test_a_patience_spent_at_the_last_step_is_no_early_stop(tmp_path):
+  """Spent exactly at train.num_steps, it was logged as an early stop and
+  a resume with a larger num_steps was refused ("stopped early at step
+  4"; helper T). It now trains on, to the first validation that finds
+  nothing better."""
+  def config(steps):
+    c = config_io.load_config_file(config_path("tiny"))  # anchored: every
+    c.train.num_steps, c.train.eval_every_steps = steps, 2  # validation
+    c.train.early_stop_patience = 1  # ties, none better
+    return c
+
+  workdir = str(tmp_path / "run")
+  first = train_and_evaluate(config(4), workdir)
+  assert first["step"] == 4 and not first.get("early_stopped")
+  again = train_and_evaluate(config(8), workdir)
+  assert again["step"] == 6 and again.get("early_stopped")
+  # Stopped early now (at 6 of 8): a larger patience is what trains on.
+  assert train_and_evaluate(config(12), workdir).get("finished")
+
+
 def test_a_stop_during_the_support_curve_says_so(killed_after_step_6,
                                                  monkeypatch, caplog):
   """The run ended "trained to step 6", exit 0, with no curve and no word

@@ -120,7 +120,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                     checkpointer.validated(),
                                     saved_selection)
       done = None  # nothing to train: where the run is, the key to raise
-      if selection.should_stop and not cut:
+      ended = saved_config is not None and restored_step >= int(  # its end:
+          saved_config["train"]["num_steps"])  # no early stop, extendable
+      if selection.should_stop and not cut and not ended:
         done = (f"stopped early at step {restored_step} (train."
                 f"early_stop_patience={selection.patience})",
                 "train.early_stop_patience")
@@ -321,7 +323,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             done = validate_and_select(step)
             cut = done is None
             val_loss, improved, validated = done or (None, False, None)
-          early_stop = selection.should_stop
+          early_stop = validating and step < num_steps and selection.should_stop
           if (is_lead and histogram_every > 0  # and at an early stop's end
               and (due(step, histogram_every, num_steps) or early_stop)):
             reporter.histograms(step, telemetry.parameter_histograms(
