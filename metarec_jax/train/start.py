@@ -132,8 +132,8 @@ def curve_params(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
   """(params, step) of the support curve a run writes at its end: those of
   its best validated checkpoint where that is not `step` (what `eval` and
   `export` use; the curve showed the last step's), else `last`, the last
-  validated params, of `step`; also where the best cannot be read (said:
-  the run is done, and eval falls back past it too)."""
+  validated params, of `step`; also where the best cannot be read (a
+  warning names it: the run is done, and `eval` will name it too)."""
   checkpointer.wait()  # the last save counted
   best = checkpointer.best()
   if best is None or best[0] == step:
