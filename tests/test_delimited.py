@@ -119,6 +119,24 @@ def test_bulk_integers_follow_pythons_int(tmp_path, held):
   assert parsing.parse_ints(good)[0].tolist() == [5, 3, -7]
 
 
+def test_integer_ids_are_those_written_as_the_store_writes_them(tmp_path):
+  """`parse_int_ids` on a column of integers (the bulk path reads two
+  characters of each), on one with a word (field by field), and on a list
+  agrees with `CANONICAL_INT`."""
+  spellings = ["0", "7", "-7", "10", "-10", " 5 ", "-9223372036854775808",
+               "007", "+7", "-0", "00", "-07", "+0"]
+  expected = [bool(parsing.CANONICAL_INT.fullmatch(v.strip()))
+              for v in spellings]
+  assert expected == [True] * 7 + [False] * 6
+  for values in (column(tmp_path, spellings), spellings,
+                 np.array(spellings)):
+    numbers, ok = parsing.parse_int_ids(values)
+    assert ok.tolist() == expected
+    assert numbers[ok].tolist() == [int(v) for v in spellings[:7]]
+  _, ok = parsing.parse_int_ids(column(tmp_path, spellings + ["x"]))
+  assert ok.tolist() == expected + [False]
+
+
 def test_bulk_floats_follow_pythons_float(tmp_path):
   values = [" 4.5", "1e3", "+.5", "5."]
   table = delimited.Table("c.txt", None, [], np.arange(1, 5))

@@ -79,11 +79,26 @@ def parse_int_ids(values) -> tuple[np.ndarray, np.ndarray]:
     raw = (values.as_bytes() if isinstance(values, Column) else
            values if isinstance(values, np.ndarray) else None)
   if raw is not None:
-    ok = np.char.strip(raw) == out.astype(raw.dtype)  # written as printed
+    ok = _canonical_integers(np.char.strip(raw))
   else:
     for i in np.flatnonzero(ok):
-      ok[i] = values[i].strip() == str(out[i])
+      ok[i] = bool(CANONICAL_INT.fullmatch(values[i].strip()))
   return np.where(ok, out, 0), ok
+
+
+def _canonical_integers(text: np.ndarray) -> np.ndarray:
+  """`CANONICAL_INT.fullmatch` of each of `text` (stripped fields, `S` or
+  `U`, each an integer to Python's `int` without `_`) from its first two
+  characters alone: no `+`, and no zero before another digit (`007`,
+  `-0`). (Printing the integers back to compare them took 0.34 s of a
+  2-million-line file's 1.3 s parse.)"""
+  unit = np.dtype(np.uint8 if text.dtype.kind == "S" else np.uint32)
+  width = text.dtype.itemsize // unit.itemsize
+  chars = np.ascontiguousarray(text).view(unit).reshape(len(text), width)
+  first = chars[:, 0]
+  second = chars[:, 1] if width > 1 else np.zeros_like(first)
+  return ((first != ord("+")) & ~((first == ord("0")) & (second != 0))
+          & ~((first == ord("-")) & (second == ord("0"))))
 
 
 def not_an_integer(table: Table, values, ok: np.ndarray,

@@ -28,6 +28,9 @@ class Column(collections.abc.Sequence):
   def __init__(self, values: list[str] | None = None, *,
                fields: Fields | None = None, index: int = 0):
     self._values, self._fields, self._index = values, fields, index
+    # `as_bytes` by `max_width`: a parse asks more than once (the check
+    # for `_`, the conversion, the ids' spelling).
+    self._bytes: dict[int, np.ndarray | None] = {}
 
   def __len__(self) -> int:
     if self._values is not None:
@@ -61,9 +64,14 @@ class Column(collections.abc.Sequence):
   def as_bytes(self, max_width: int = 64) -> np.ndarray | None:
     """The fields as a numpy `S` array, or None where they are not held as
     bytes or one is longer than `max_width` bytes (no number is; an id
-    column asks for any width)."""
+    column asks for any width). Made once per width; not to be written."""
     if self._values is not None:
       return None
+    if max_width not in self._bytes:
+      self._bytes[max_width] = self._gather(max_width)
+    return self._bytes[max_width]
+
+  def _gather(self, max_width: int) -> np.ndarray | None:
     starts, ends = self._bounds()
     widths = ends - starts
     width = int(widths.max()) if len(widths) else 1
@@ -75,6 +83,7 @@ class Column(collections.abc.Sequence):
     last = max(len(data) - 1, 0)
     for c in range(width):  # one gather per byte position: O(rows) memory
       out[:, c] = np.where(widths > c, data[np.minimum(starts + c, last)], 0)
+    out.flags.writeable = False  # kept and handed out again
     return out.view(f"S{width}").ravel()
 
   def strings(self) -> np.ndarray:
