@@ -45,7 +45,7 @@ def summary(store: TaskStore) -> dict:
       # Implicit feedback: the positives are the "ratings" above (all 1),
       # by the rule that made them.
       "implicit": m.get("implicit") and {**m["implicit"],
-                                         "positives": _positive_rule(m)},
+                                         "positives": positive_rule(m)},
       # Repeated (user, item) rows the build dropped, and which it kept.
       "duplicates": m.get("duplicates"),
       "notes": m.get("notes", []),
@@ -56,10 +56,11 @@ def summary(store: TaskStore) -> dict:
   }
 
 
-def _positive_rule(manifest: dict) -> str:
-  """How an implicit store's positives were read: every line of a file
-  without a rating column, else the ratings at or above the threshold
-  (0 included: a 0/1 column read at 0 is still a rating column)."""
+def positive_rule(manifest: dict) -> str:
+  """How an implicit store's positives were read (its `manifest`): every
+  line of a file without a rating column, else the ratings at or above the
+  threshold (0 included: a 0/1 column read at 0 is still a rating
+  column)."""
   fmt = manifest.get("ratings_format", {})
   if fmt.get("rating", "") is None:
     return "every line"

@@ -12,7 +12,7 @@ import numpy as np
 from metarec_jax import atomic
 from metarec_jax.data import store as store_lib
 from metarec_jax.data import implicit
-from metarec_jax.data.convert import (delimited, fingerprint, generic,
+from metarec_jax.data.convert import (delimited, describe, fingerprint, generic,
                                       movielens, movielens100k, store_checks,
                                       synthetic)
 from metarec_jax.data.convert.store_checks import store_path
@@ -70,11 +70,8 @@ def prepare(data_config, out: str | os.PathLike,
   store_lib.record_source_files(out, files)
   if log is not None:
     info = manifest["implicit"]
-    # A generic file without a rating column: every line is a positive.
-    rule = ("every line" if data_config.name == "generic"
-            and not data_config.generic.rating_col
-            else f"rating >= {spec.threshold:g}")
-    log(f"implicit: {info['positives']:,} positives ({rule}) of"
+    log(f"implicit: {info['positives']:,} positives"
+        f" ({describe.positive_rule(manifest)}) of"
         f" {info['interactions']:,} interactions")
     if note:
       log(note)
