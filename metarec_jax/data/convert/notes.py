@@ -60,10 +60,10 @@ def ids_and_ratings(ids: dict[str, np.ndarray], ratings: np.ndarray,
 
 
 def _spelling_key(text: str) -> str:
-  """What people read in an id: the integer of an integer however written
-  (`007`, `+7`), else the text without invisible characters (zero-width
-  spaces, byte order marks: Unicode's format characters) in one Unicode
-  form (NFC: `é` as one character or as `e` and an accent)."""
+  """What people read in a text id: the text without invisible characters
+  (zero-width spaces, byte order marks: Unicode's format characters) in
+  one Unicode form (NFC: `é` as one character or as `e` and an accent).
+  (An integer however written is read as its value: `look_alike_ids`.)"""
   if text.isascii():
     return text
   visible = "".join(c for c in text if unicodedata.category(c) != "Cf")
@@ -78,12 +78,11 @@ def look_alike_ids(ids: np.ndarray, side: str) -> list[str]:
   elsewhere did not mean."""
   if ids.dtype.kind in "iu" or len(ids) < 2:
     return []
-  keys = np.array([_spelling_key(v) for v in ids.tolist()])
+  keys = np.array([_spelling_key(v) for v in ids.tolist()], dtype=object)
   # Integers however written (a sign, zeros in front): digits alone.
   maybe = np.flatnonzero(np.char.isdigit(np.char.lstrip(
       np.char.strip(ids), "+-")))
   numbers, ok = parsing.parse_ints(ids[maybe])
-  keys = keys.astype(object)
   keys[maybe[ok]] = numbers[ok].astype(str)
   _, group, counts = np.unique(keys.astype(str), return_inverse=True,
                                return_counts=True)
