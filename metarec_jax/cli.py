@@ -164,19 +164,15 @@ def _run_train(inv: Invocation) -> int:
   # uses by default (the best, else the last) beat the baseline, then what
   # to do next.
   from metarec_jax import models  # pylint: disable=g-import-not-at-top
-  from metarec_jax.data import store as store_lib  # pylint: disable=g-import-not-at-top
-  from metarec_jax.data.convert import store_checks  # pylint: disable=g-import-not-at-top
   from metarec_jax.eval import verdicts  # pylint: disable=g-import-not-at-top
   val = summary.get("best", {}).get("val") or summary.get("val")
   if val is not None and summary.get("lead", True):  # by process 0 alone
     built = models.for_data(config.model,
                             implicit_data=bool(config.data.implicit.enabled))
     # The scale, as eval gives it (a 0.5-5 run was told to try 0/1 tips).
-    store = store_checks.store_path(config.data, workdir)
-    scale = (store_lib.open_store(store).rating_range
-             if store_lib.is_store(store) else None)
-    for line in verdicts.warnings_for({"validation": val},
-                                      model_config=built, rating_range=scale):
+    for line in verdicts.warnings_for(
+        {"validation": val}, model_config=built,
+        rating_range=summary.get("rating_range")):
       log.warning("%s", line)
     if not int(val.get("tasks") or 0):
       log.warning("%s", verdicts.NO_VALIDATION)

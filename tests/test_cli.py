@@ -311,16 +311,13 @@ def test_trains_order_warning_gives_the_0_1_tip_only_on_a_0_1_scale(
   import metarec_jax.train  # pylint: disable=g-import-not-at-top
   val = {"tasks": 100, "mae": 0.7, "ndcg@3": 0.5, "baselines": {
       "item_mean_user_bias": {"mae": 0.8, "ndcg@3": 0.75}}}
-  monkeypatch.setattr(metarec_jax.train, "train_and_evaluate",
-                      lambda config, workdir: {
-                          "step": 10, "lead": True,
-                          "best": {"step": 10, "val": val}})
-  workdir = tmp_path / "w"
-  out = metarec_here("data", "prepare", f"--config={config_path('tiny')}",
-                     f"--out={workdir / 'store'}")
-  assert out.returncode == 0, out.stderr
-  out = metarec_here("train", f"--config={config_path('tiny')}",
-                     f"--workdir={workdir}")
-  assert out.returncode == 0, out.stderr
-  assert "validation: the model orders the query items WORSE" in out.stderr
-  assert "like/dislike (0/1)" not in out.stderr
+  for scale, tip in (((1.0, 5.0), False), ((0.0, 1.0), True)):
+    monkeypatch.setattr(metarec_jax.train, "train_and_evaluate",
+                        lambda config, workdir, scale=scale: {
+                            "step": 10, "lead": True, "rating_range": scale,
+                            "best": {"step": 10, "val": val}})
+    out = metarec_here("train", f"--config={config_path('tiny')}",
+                       f"--workdir={tmp_path / 'w'}")
+    assert out.returncode == 0, out.stderr
+    assert "validation: the model orders the query items WORSE" in out.stderr
+    assert ("like/dislike (0/1)" in out.stderr) == tip

@@ -113,6 +113,8 @@ def test_nothing_compiles_after_warmup_over_a_long_run(tmp_path):
   summary = train_and_evaluate(config, str(tmp_path))
   assert summary["step"] == 40 and "val" in summary
   assert summary["compiles_after_warmup"] == 0
+  # The data's scale, for the end's verdicts (`metarec train`'s tips).
+  assert summary["rating_range"] == (1.0, 5.0)
 
 
 def test_heavy_raters_of_new_items_compile_their_cut_support_ahead(tmp_path):

@@ -70,7 +70,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     A summary: `step`, the last training metrics (`train`), the final
     validation metrics (`val`), the best validation of this start (`best`:
     `step`, `val`), `early_stopped`, `preempted` (a signal stopped it),
-    `finished` (it had reached `train.num_steps`) and `lead` (process 0).
+    `finished` (at `train.num_steps`), `lead` (process 0), `rating_range`.
   """
   workdir = os.path.abspath(workdir)
   # A copy (it gets the schedule's resolved length) with every key.
@@ -102,8 +102,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         config, workdir, log=log.info,
         rebuild_stale=not store_checks.has_checkpoint(workdir)))
     exp = trainer.exp
-    # The validation share as resolved from the data (`eval.val_fraction`
-    # 0), so that `eval` and `export` rebuild the same split.
+    summary["rating_range"] = exp.store.rating_range  # for the verdicts
+    # As resolved from the data: `eval` and `export` rebuild the split.
     config.eval.val_fraction = exp.split.val_fraction
     config_record = config_io.to_dict(config)
     checkpointer = ckpt_lib.Checkpointer(workdir,
