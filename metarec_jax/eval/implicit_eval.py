@@ -16,8 +16,8 @@ score the whole catalog, and rank the held-out positives
 
 The same candidates are ranked by the training users' popularity (the
 positives' counts over the training rows: the most popular first; equal
-counts in the random baseline's order) and by a seeded random score, the
-baselines. New items have no training positives, so on IC and UIC the
+counts tie) and at random (every candidate tied), the baselines: ties
+count at their expected value over every order of them (`ranking`). New items have no training positives, so on IC and UIC the
 popularity ranking is the random one (`verdicts` compares with it as
 such). Scoring is vmapped over the tasks of a batch and scans the catalog
 in blocks of `eval.catalog_block` items, so memory is bounded by batch x
@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from metarec_jax.data import hashing, implicit
+from metarec_jax.data import implicit
 from metarec_jax.data.splits import TaskSet, ragged_arange
 from metarec_jax.data.tasks import bucket_widths, row_shapes, taskset_batches
 from metarec_jax.errors import Diverged
@@ -45,7 +45,6 @@ from metarec_jax.workdir.criterion import RANKING_CRITERION
 
 PyTree = Any
 BASELINES = ("popularity", "random")
-_RANDOM_STREAM = 24
 
 
 def item_blocks(tables, block: int) -> tuple[dict, int]:
@@ -219,18 +218,15 @@ class RankingEvaluator:
       for how, cand in (("full", full), ("sampled", sampled)):
         out["unranked"][how][index] = (positive.any(1)
                                        & ~(cand & ~positive).any(1))
-      random = hashing.uniform(self.seed, users[:k, None],
-                               np.arange(num_items)[None, :], _RANDOM_STREAM)
-      # Every ranking breaks its ties in the random one's order: by item
-      # index, the ids' sort order, it ranked a class of items scored alike
+      # Ties count at their expected value (`ranking`): the random
+      # ranking is every candidate tied, and a class of items scored alike
       # (popularity's new items, all 0; the model's, by their features)
-      # in an order that id spelling set and the model was warned about.
+      # ranks as randomly as it was scored.
       by = {"model": scores, "popularity": self.popularity[None, :],
-            "random": random}
+            "random": np.zeros((1, num_items))}
       for who, s in by.items():
         for how, cand in (("full", full), ("sampled", sampled)):
-          for key, v in ranking.metrics(s, cand, positive,
-                                        tie_break=random).items():
+          for key, v in ranking.metrics(s, cand, positive).items():
             out[who][how][key][index] = v
     return out
 

@@ -246,8 +246,8 @@ def _ranking_warning(name: str, ranking: dict, tasks: int, min_tasks: int,
   se = ranking.get("popularity_gap_se")
   if se is not None and base - model <= NOISE_SE * se:
     return []
-  # Equal counts rank in the random baseline's order, so a popularity that
-  # ranks exactly as it had no count to go by (new items: IC, UIC).
+  # Equal counts tie, and the random baseline ties every candidate: a
+  # popularity equal to it had no count to go by (new items: IC, UIC).
   new_items = popular == (baselines.get("random") or {}).get("full")
   which = ("a random ranking's (no candidate has a training positive to"
            " rank by popularity)" if new_items
