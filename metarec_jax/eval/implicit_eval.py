@@ -156,7 +156,7 @@ class RankingEvaluator:
     the task's sampled candidates are every item of its class the user
     never interacted with, fewer than asked; `unranked`: its candidates
     there are its held-out positives alone (nothing to rank them against:
-    left out of that ranking's metrics, `ranking.per_task`).
+    left out of that ranking's metrics, `ranking.metrics`).
 
     `whole`: the same tasks with all their support (the support curve
     adapts on a cut of it): the support items beyond the cut are known
