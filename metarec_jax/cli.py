@@ -370,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     with interrupts.stop_on_signals(prog):
       return cmd.run(Invocation(fv, config_file, overrides, positional))
+  except BrokenPipeError:  # stdout's reader went away, or a bug (`entry`)
+    raise
   except KeyboardInterrupt:
     print(f"{prog}: interrupted", file=sys.stderr)
     return 130
@@ -388,8 +390,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
   """The `metarec` program: `main`'s status as the exit status
-  (`interrupts.end_program` says how a stop by a signal ends)."""
-  interrupts.end_program(main())
+  (`interrupts.end_program` says how a stop by a signal ends,
+  `interrupts.status_of` one by a closed stdout)."""
+  interrupts.end_program(interrupts.status_of(main))
 
 
 if __name__ == "__main__":

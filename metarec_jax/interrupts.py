@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
+import stat
 import sys
 import threading
 from typing import Callable, Iterator, NoReturn
@@ -129,6 +131,38 @@ def end_program(status: int) -> NoReturn:
     sys.stderr.flush()
     os._exit(status)  # pylint: disable=protected-access
   sys.exit(status)
+
+
+def status_of(main: Callable[[], int]) -> int:
+  """`main()`'s exit status, or 128 + SIGPIPE where it stopped because
+  stdout's reader went away (`metarec --help | head -1`): the status of a
+  program that signal ended, with no traceback, since nobody is left to
+  read the output. stdout then points at /dev/null, so that Python's exit
+  has nothing to flush (which would print "Exception ignored ...
+  BrokenPipeError"). A `BrokenPipeError` of another pipe (a socket's)
+  propagates."""
+  try:
+    return main()
+  except BrokenPipeError:
+    if not _reader_gone(sys.stdout):
+      raise
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + int(signal.SIGPIPE)
+
+
+def _reader_gone(stream) -> bool:
+  """Whether `stream` is a pipe whose reading end is closed (poll reports
+  an error on its writing end); where that cannot be asked, whether it is
+  a pipe at all."""
+  try:
+    fd = stream.fileno()
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+      return False
+    poll = select.poll()
+  except (OSError, ValueError, AttributeError):
+    return False
+  poll.register(fd, select.POLLOUT)
+  return any(event & select.POLLERR for _, event in poll.poll(0))
 
 
 @contextlib.contextmanager

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -321,3 +323,16 @@ def test_trains_order_warning_gives_the_0_1_tip_only_on_a_0_1_scale(
     assert out.returncode == 0, out.stderr
     assert "validation: the model orders the query items WORSE" in out.stderr
     assert ("like/dislike (0/1)" in out.stderr) == tip
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"]])
+def test_a_reader_that_stops_reading_ends_the_command_quietly(args):
+  """`metarec --help | head -1`: stdout's reader is gone before the help
+  is written; the command ends as SIGPIPE would end it (141), with no
+  traceback and no "Exception ignored" line."""
+  proc = subprocess.Popen([sys.executable, "-m", "metarec_jax.cli", *args],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  proc.stdout.close()  # long before the interpreter has started
+  err = proc.stderr.read().decode()
+  assert proc.wait() == 141, err
+  assert err == ""
