@@ -18,6 +18,7 @@ KEYS = {"tasks_per_sec", "step_seconds", "step_flops", "achieved_gflops",
 def test_bench_prints_the_design_json_last(tmp_path):
   out = metarec("bench", f"--config={config_path('tiny')}", "--steps=3",
                 "--config.data.buckets=(16,)",
+                "--config.meta.algorithm=fomaml",
                 "--warmup=1", f"--workdir={tmp_path}")
   assert out.returncode == 0, out.stderr
   result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -32,7 +33,9 @@ def test_bench_prints_the_design_json_last(tmp_path):
   assert result["utilization"] == pytest.approx(
       result["achieved_gflops"] / result["peak_gflops"])
   w = result["workload"]
-  assert w["tasks_per_step"] == 16 and w["second_order"] is True
+  assert w["tasks_per_step"] == 16
+  # The algorithm as asked, beside the order it runs at.
+  assert w["algorithm"] == "fomaml" and w["second_order"] is False
   assert w["plain_flops_per_task"] > 0 and w["steps_timed"] == 3
   assert w["input_workers"] == 1 and result["input_tasks_per_sec"] > 0
   # Utilisation is against the matmul rate of the step's compute dtype.
