@@ -4,7 +4,8 @@ An implicit store holds only a user's *positives* (rating 1.0): every row of
 an interaction file without a rating column, or the ratings at or above
 `data.implicit.threshold` (MovieLens: >= 4 stars). A (user, item) pair that
 occurs more than once is one interaction (the rating store's duplicate rule
-picks its rating first: the last one in file order). Beside the positives
+picks its rating first: the latest by timestamp, the later line where
+timestamps tie or are absent). Beside the positives
 it keeps `interacted.npy`: the sorted keys `user * num_items + item` of
 EVERY interaction, positive or not, so that negatives are drawn only from
 items the user never interacted with.
