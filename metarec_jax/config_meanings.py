@@ -322,7 +322,8 @@ MEANINGS: dict[str, str] = {
                          " `metarec_jax/backend.py`).",
     "train.lr": "Peak outer (Adam) learning rate.",
     "train.warmup_steps": "Linear warm-up steps of the outer learning"
-                          " rate.",
+                          " rate (`train` warns where they are half of the"
+                          " schedule or more).",
     "train.end_lr_factor": "The cosine decay ends at `lr * end_lr_factor`.",
     "train.grad_clip": "Clip the meta-gradient to this global norm.",
     "train.eval_every_steps": "Validation every this many steps (and at the"

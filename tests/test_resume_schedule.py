@@ -21,6 +21,7 @@ from conftest import config_path
 from faults import copy_run
 from procs import checkpoint_steps, metarec
 from metarec_jax import config_io
+from metarec_jax.train import start
 from metarec_jax.workdir import optim, resume
 
 TINY = f"--config={config_path('tiny')}"
@@ -167,3 +168,26 @@ def test_extending_keeps_the_schedule_then_restretches_when_asked(
   assert 12 in checkpoint_steps(workdir)
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["config"]["train"]["schedule_steps"] == 12
+
+
+@pytest.mark.parametrize("keys, horizon, said", [
+    ({"warmup_steps": 100, "num_steps": 150}, 150, "train.num_steps"),
+    ({"warmup_steps": 100, "num_steps": 80}, 80, "rises for 79 steps"),
+    ({"warmup_steps": 100, "num_steps": 50, "schedule_steps": 200}, 200,
+     "train.schedule_steps"),
+    ({"warmup_steps": 100, "num_steps": 1500}, 1500, None),
+    ({"warmup_steps": 2, "num_steps": 6}, 6, None),
+])
+def test_a_warm_up_of_half_the_schedule_or_more_is_named(keys, horizon, said,
+                                                         caplog):
+  """A run shortened with `train.num_steps` alone kept the default
+  warm-up of 100 steps: the rate rose for most of the run (or all of it)
+  and hardly decayed, without a word."""
+  with caplog.at_level("WARNING", logger="metarec"):
+    start.warn_short_schedule(train_config(**keys), horizon)
+  lines = [r.getMessage() for r in caplog.records]
+  if said is None:
+    assert not lines
+  else:
+    assert len(lines) == 1 and said in lines[0]
+    assert "lower train.warmup_steps" in lines[0]

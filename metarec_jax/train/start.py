@@ -78,6 +78,26 @@ def save(checkpointer: ckpt_lib.Checkpointer, step: int, state,
     run_config.saved()
 
 
+def warn_short_schedule(train_config, horizon: int) -> None:
+  """Warns where the warm-up takes half of the learning-rate schedule or
+  more (a run shortened with `train.num_steps` alone): the rate then rises
+  for most of the run and decays only at its end, or, with the warm-up at
+  the schedule's length or beyond, never decays (`optim.learning_rate`
+  caps the warm-up one step short of the horizon)."""
+  warmup = int(train_config.warmup_steps)
+  if horizon < 2 or 2 * warmup < horizon:
+    return
+  rises = min(warmup, horizon - 1)
+  length = ("train.schedule_steps" if int(train_config.schedule_steps)
+            else "train.num_steps")
+  log.warning(
+      "train.warmup_steps=%d is half or more of the %d-step learning-rate"
+      " schedule (%s): the rate rises for %d steps and decays over the"
+      " last %d only; lower train.warmup_steps (a tenth of the schedule"
+      " is %d)", warmup, horizon, length, rises, horizon - rises,
+      max(horizon // 10, 1))
+
+
 def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
                     config_record: dict) -> Start:
   """Resume order: (1) the newest readable checkpoint gives the state, its
@@ -91,8 +111,9 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
   train_config = trainer.config.train
   steps = checkpointer.steps()
   if not steps:
-    return Start(trainer.init(trainer.rng()), None,
-                 resume.schedule_horizon(train_config, None), None, False,
+    horizon = resume.schedule_horizon(train_config, None)
+    warn_short_schedule(train_config, horizon)
+    return Start(trainer.init(trainer.rng()), None, horizon, None, False,
                  None)
   current_shapes = trainer.param_shapes()
   resolved = {}
