@@ -120,3 +120,76 @@ def test_a_step_without_its_record_is_not_warned_about_at_each_listing():
   assert orbax_logs.missing_step_record(
       record("Metadata file does not exist: /w/checkpoints/21/state/_METADATA"))
   assert orbax_logs.missing_step_record(record("anything else"))
+
+
+def coroutine_named(qualname):
+  """An unstarted coroutine whose warning names `qualname`."""
+  async def body():
+    pass
+  body.__qualname__ = qualname
+  return body()
+
+
+def test_the_steps_of_a_save_into_an_unwritable_folder_warn_nothing_at_exit():
+  """A checkpoint folder made unwritable mid-run: after the one-line error,
+  12 lines of "coroutine ... was never awaited" for the save's steps before
+  its writes, so the error was not the last line a scheduler shows."""
+  names = ["_create_paths", "JsonCheckpointHandler._save_fn", "cancellable",
+           "_async_serialize_shardings",
+           "_serialize_arrays_batches_without_dispatcher.<locals>."
+           "_serialize_without_dispatcher",
+           "BasePyTreeCheckpointHandler._write_metadata_after_commits"]
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    orbax_logs.quiet_aborted_io()
+    for name in names + ["my_save_fn", "Other._save_fn_later"]:
+      coroutine_named(name)
+    gc.collect()
+  unawaited = sorted(str(w.message) for w in caught
+                     if "never awaited" in str(w.message))
+  assert unawaited == [
+      "coroutine 'Other._save_fn_later' was never awaited",
+      "coroutine 'my_save_fn' was never awaited"]
+
+
+def raised_in(filename, error):
+  """`error` raised by code compiled as `filename`."""
+  try:
+    exec(compile("raise error", filename, "exec"), {"error": error})  # pylint: disable=exec-used
+  except type(error) as e:
+    return e
+
+
+def test_an_orbax_write_that_failed_on_its_own_is_dropped_too():
+  """A full disk: orbax's metadata write (a plain OSError, no tensorstore
+  mark) was logged as "Future exception was never retrieved" with its
+  traceback after the one-line error."""
+  keep = orbax_logs.abandoned_tensorstore_failures
+  message = "Future exception was never retrieved"
+  full = OSError(28, "No space left on device")
+  assert not keep(record(message, raised_in(
+      "/site-packages/orbax/checkpoint/_src/path/async_path.py", full)))
+  assert keep(record(message, raised_in("/somewhere/else.py",
+                                        OSError(28, "No space left"))))
+
+
+def test_a_trainer_drops_the_callbacks_that_reach_orbaxs_closed_loop(
+    monkeypatch, tmp_path):
+  """A full disk during a background save: before the step that reports
+  it, tensorstore's completions of the sibling writes reached the event
+  loop orbax had closed, and printed up to 40 "RuntimeError: Event loop
+  is closed" tracebacks (unraisable, with no object) in the log. The
+  filter is in place from the checkpointer's start, not after the
+  failure."""
+  import sys  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  from metarec_jax.workdir import checkpoint  # pylint: disable=g-import-not-at-top
+  printed = []
+  monkeypatch.setattr(sys, "unraisablehook", printed.append)
+  checkpoint.Checkpointer(str(tmp_path))
+  for error in (RuntimeError("Event loop is closed"),
+                RuntimeError("something else")):
+    sys.unraisablehook(types.SimpleNamespace(
+        exc_type=RuntimeError, exc_value=error, exc_traceback=None,
+        err_msg=None, object=None))
+  assert [str(a.exc_value) for a in printed] == ["something else"]

@@ -115,7 +115,7 @@ class Checkpointer:
       if read_only:  # orbax warns about the read-only mode we asked for
         logging.getLogger("absl").addFilter(orbax_logs.read_only_notice)
       if not read_only:  # a failed save is reported once, in one line
-        logging.getLogger("absl").addFilter(orbax_logs.save_failure_report)
+        orbax_logs.quiet_failed_saves()
       # ... and about every save without validation metrics, which are the
       # norm between validations.
       logging.getLogger("absl").addFilter(orbax_logs.no_metrics_notice)

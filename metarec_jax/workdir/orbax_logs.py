@@ -13,8 +13,14 @@ import os
 import sys
 import warnings
 
-# The warning of an orbax write coroutine an aborted save never started.
-ABANDONED_WRITE = r"coroutine 'async_serialize\w*\.<locals>\.\w+' was never awaited"
+# The warning of an orbax coroutine an aborted save never started: its
+# writes, and (a checkpoint folder that cannot be written) the steps
+# before them: path creation, metadata, the JSON item, serialization.
+ABANDONED_WRITE = (
+    r"coroutine '(async_serialize\w*\.<locals>\.\w+|(\w+\.)?(_create_paths"
+    r"|cancellable|_save_fn|_async_serialize_shardings|_write_metadata_after"
+    r"_commits)|_serialize_arrays_batches\w*\.<locals>\.\w+)' was never"
+    r" awaited")
 # The read coroutines a failed restore leaves: their failures surface as
 # "Exception ignored in: <coroutine ...>" tracebacks when finalized.
 ABANDONED_READS = ("_read_array_index_and_device_put",)
@@ -44,6 +50,23 @@ def quiet_aborted_io() -> None:
   logging.getLogger("asyncio").addFilter(abandoned_tensorstore_failures)
 
 
+def quiet_failed_saves() -> None:
+  """Drops what a failed save prints before `Checkpointer` reports it in
+  one line: orbax's own ERROR reports (`save_failure_report`) and the
+  tracebacks of tensorstore callbacks that reach an event loop orbax
+  already closed.
+
+  When a background save fails (a full disk), orbax closes its event loop
+  while tensorstore still completes the sibling writes; each completion
+  calls `loop.call_soon_threadsafe` from tensorstore's own thread, which
+  raises "Event loop is closed", and tensorstore reports it as unraisable
+  with no object (`sys.unraisablehook`, `_filter_over`): dozens of bare
+  tracebacks in the middle of the log, before the step that notices the
+  failure reports it in one line."""
+  logging.getLogger("absl").addFilter(save_failure_report)
+  sys.unraisablehook = _filter_over(sys.unraisablehook)
+
+
 def _filter_over(previous):
   """The `sys.unraisablehook` of `quiet_aborted_io` over `previous` (which
   itself, where it is one). Its `_metarec_rewrap` lets
@@ -67,13 +90,22 @@ def _filter_over(previous):
 
 
 def abandoned_tensorstore_failures(record: logging.LogRecord) -> bool:
-  """False for an unretrieved failure of a tensorstore read or write (see
-  above), whichever asyncio object (task, gathering future) held it."""
+  """False for an unretrieved failure of a tensorstore or orbax read or
+  write (see above), whichever asyncio object (task, gathering future,
+  future) held it."""
   if "exception was never retrieved" not in record.getMessage():
     return True
   error = record.exc_info[1] if record.exc_info else None
   text = str(error) if error is not None else record.getMessage()
-  return not any(mark in text for mark in ("OCDBT", "zarr", "tensorstore"))
+  if any(mark in text for mark in ("OCDBT", "zarr", "tensorstore")):
+    return False
+  # orbax's own writes (its metadata files) fail with a plain OSError.
+  tb = getattr(error, "__traceback__", None)
+  while tb is not None:
+    if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+      return False
+    tb = tb.tb_next
+  return True
 
 
 def save_failure_report(record: logging.LogRecord) -> bool:
