@@ -130,6 +130,15 @@ def end_program(status: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)  # pylint: disable=protected-access
+  # The command is done (its output complete, its JSON printed): a SIGTERM
+  # or SIGINT during Python's finalization (JAX's teardown takes about a
+  # second) ends the process at once with that status, rather than as a
+  # command the signal stopped (143, no line, a complete export reported
+  # as failed to the scheduler that sent it).
+  sys.stdout.flush()
+  sys.stderr.flush()
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda *_: os._exit(status))  # pylint: disable=protected-access
   sys.exit(status)
 
 
