@@ -261,9 +261,8 @@ COMMANDS: dict[str, Command] = {  # in the order `metarec --help` lists them
         "Writes WORKDIR/plots/learning_curves.png (training loss and"
         " validation MAE before and after adaptation against the step, from"
         " metrics.jsonl) and WORKDIR/plots/support_curve.png (query MAE"
-        " against support-set size, from eval/support_curve.json). Needs"
-        " matplotlib: pip install 'metarec-jax[plot]'. The last line of"
-        " stdout is JSON: {\"plots\": [paths]}.",
+        " against support-set size, from eval/support_curve.json). The last"
+        " line of stdout is JSON: {\"plots\": [paths]}.",
         define_plot),
 }
 
