@@ -361,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
       leftover = fv([prog] + rest)
     except (flags.Error, ValueError) as e:  # --noBOOL=x: a ValueError
       raise InputError(cli_spec.flag_problem(e, fv)) from None
+    cli_spec.expand_path_flags(fv)
     positional = []
     if cmd.positional:
       leftover, positional = leftover[:1], leftover[1:]

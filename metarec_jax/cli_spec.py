@@ -8,6 +8,7 @@ and calls its runner; `metarec data`'s flags are defined by
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from typing import Callable
 
@@ -267,9 +268,35 @@ COMMANDS: dict[str, Command] = {  # in the order `metarec --help` lists them
 }
 
 
+# Flags and config keys that name files or folders. The shell expands a
+# leading `~` only where a word starts with it, not after `--flag=`:
+# `--workdir=~/run` made a folder named `~` in the current one (which a
+# later `rm -rf ~` would take for the home folder). These expand it as the
+# shell would have.
+PATH_FLAGS = ("workdir", "ratings", "write_tasks", "out", "export",
+              "log_dir", "token_file", "dest", "root", "store")
+PATH_KEYS = ("data.root", "data.store", "distill.teacher")
+
+
+def home_expanded(path):
+  """`path` with a leading `~` or `~user` expanded (other values as they
+  are)."""
+  if isinstance(path, str) and path.startswith("~"):
+    return os.path.expanduser(path)
+  return path
+
+
+def expand_path_flags(fv: flags.FlagValues) -> None:
+  """Expands a leading `~` in the parsed `PATH_FLAGS` of `fv`."""
+  for name in PATH_FLAGS:
+    if name in fv and fv[name].value != home_expanded(fv[name].value):
+      fv[name].value = home_expanded(fv[name].value)
+
+
 def split_config_args(args: list[str], cmd: Command | None = None):
   """`(config file, [(key, value)], other args)`: `--config=...` and
-  `--config.KEY=VALUE` pulled out of `args`.
+  `--config.KEY=VALUE` pulled out of `args` (a leading `~` of the file and
+  of `PATH_KEYS` expanded).
 
   A flag or key given twice keeps the last, as absl does: scripts pass
   their defaults first and a run's own values after them
@@ -283,12 +310,14 @@ def split_config_args(args: list[str], cmd: Command | None = None):
     if arg == "--config" and (not cmd or cmd.takes_config and cmd.config_file):
       raise InputError("write --config=FILE, with '='", path=arg)  # (absl:
     if arg.startswith("--config=") or arg == "--config":  # "Unknown flag")
-      config_file = arg[len("--config="):] if arg != "--config" else arg
+      config_file = (home_expanded(arg[len("--config="):])
+                     if arg != "--config" else arg)
     elif arg.startswith("--config."):
       key, eq, value = arg[len("--config."):].partition("=")
       if not eq:
         raise InputError("expected --config.KEY=VALUE", path=arg)
-      overrides.append((key, value))
+      overrides.append((key, home_expanded(value) if key in PATH_KEYS
+                        else value))
     else:
       rest.append(arg)
   return config_file, overrides, rest

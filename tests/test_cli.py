@@ -336,3 +336,37 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(args):
   err = proc.stderr.read().decode()
   assert proc.wait() == 141, err
   assert err == ""
+
+
+@pytest.mark.parametrize("args, named", [
+    (["eval", "--workdir=~/no_run"], "no_run"),
+    (["data", "inspect", "--store=~/no_store"], "no_store"),
+    (["eval", "--workdir=~/no_run", "--ratings=~/r.csv"], "no_run"),
+])
+def test_a_path_flag_starting_with_a_tilde_means_the_home_folder(
+    args, named, tmp_path, monkeypatch):
+  """The shell expands no `~` after `--flag=`: `--workdir=~/run` made a
+  folder named `~` in the current one, which a later `rm -rf ~` takes for
+  the home folder."""
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.chdir(tmp_path)
+  out = metarec_here(*args)
+  assert out.returncode == 2
+  assert f"{tmp_path}/home/{named}" in out.stderr, out.stderr
+  assert not os.path.exists(tmp_path / "~")
+
+
+def test_config_files_and_path_keys_starting_with_a_tilde_are_expanded(
+    monkeypatch):
+  from metarec_jax import cli_spec  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("HOME", "/h")
+  config, overrides, rest = cli_spec.split_config_args([
+      "--config=~/c.py", "--config.data.root=~/ml-1m",
+      "--config.distill.teacher=~/maml", "--config.data.store=~x/s",
+      "--config.data.generic.user_col=~u", "--workdir=~/w"])
+  assert config == "/h/c.py"
+  assert dict(overrides) == {
+      "data.root": "/h/ml-1m", "distill.teacher": "/h/maml",
+      "data.store": os.path.expanduser("~x/s"),
+      "data.generic.user_col": "~u"}  # not a path: as written
+  assert rest == ["--workdir=~/w"]  # expanded once parsed (the flags)
