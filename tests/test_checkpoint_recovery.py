@@ -353,6 +353,24 @@ def test_a_config_json_edited_in_a_split_key_or_constant_is_refused(
                           " changes (eval.seed=")
 
 
+def test_a_config_json_edited_in_another_model_key_is_named(finished_run,
+                                                             tmp_path):
+  """`meta.inner_steps` 2 -> 3 by hand in config.json: `eval` reported
+  other figures than the checkpoint's own settings give, without a word
+  (the same change as `--config.meta.inner_steps=3` is an override)."""
+  workdir = copy_run(finished_run, tmp_path)
+  out = metarec_here("eval", f"--workdir={workdir}", "--support_curve=false")
+  assert out.returncode == 0 and "differs from the config" not in out.stderr
+  steps = json.load(open(os.path.join(workdir, "config.json")))[
+      "config"]["meta"]["inner_steps"]
+  _edit_config(workdir, "meta", "inner_steps", steps + 1)
+  out = metarec_here("eval", f"--workdir={workdir}", "--support_curve=false")
+  assert out.returncode == 0, out.stderr
+  assert (f"config.json differs from the config of step 6 in"
+          f" meta.inner_steps={steps} -> {steps + 1} (the step's -> the"
+          " file's): the file's values are used") in out.stderr
+
+
 def test_a_resume_of_a_config_json_edited_in_a_constant_is_refused(
     finished_run, tmp_path):
   """It trained on around the edited constant, logging the edit as a

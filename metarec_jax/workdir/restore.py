@@ -142,7 +142,9 @@ def _refuse_edited(checkpointer: ckpt_lib.Checkpointer, steps: list[int],
                    workdir: str) -> None:
   """What the run's config.json says (before any override), checked
   against the newest readable checkpoint's own record (of `steps`), which
-  a hand edit of the file does not change (`resume.refuse_edited`)."""
+  a hand edit of the file does not change (`resume.refuse_edited`); a
+  difference that changes the model but not the split is named in a
+  warning."""
   if config_io.workdir_config_file(workdir) is None:
     return  # a library caller's checkpoints alone: no file to check
   for newest in reversed(steps):  # the newest readable
@@ -150,10 +152,14 @@ def _refuse_edited(checkpointer: ckpt_lib.Checkpointer, steps: list[int],
       record = checkpointer.read_record(newest)
     except Exception:  # pylint: disable=broad-except
       continue
-    resume.refuse_edited(
+    path = os.path.join(workdir, config_io.WORKDIR_CONFIG)
+    others = resume.refuse_edited(
         record["config"], config_io.to_dict(config_io.read_workdir_config(
-            workdir)), step=newest,
-        path=os.path.join(workdir, config_io.WORKDIR_CONFIG))
+            workdir)), step=newest, path=path)
+    if others:  # a hand edit changed the figures in silence
+      log.warning("%s differs from the config of step %d in %s (the step's"
+                  " -> the file's): the file's values are used", path,
+                  newest, "; ".join(others))
     return
 
 

@@ -120,7 +120,7 @@ def reader_config(workdir: str, overrides=(), *, own_split: bool = False):
 
 
 def refuse_edited(saved_config: dict, file_config: dict, *, step: int,
-                  path: str) -> None:
+                  path: str) -> list[str]:
   """Raises InputError where a work directory's `config.json`
   (`file_config`) differs from the config its newest checkpoint (of
   `step`, `saved_config`) was trained with in a `SPLIT_KEYS` or
@@ -128,7 +128,13 @@ def refuse_edited(saved_config: dict, file_config: dict, *, step: int,
   lacks: `train` writes the one beside the other, and refuses such changes
   on resume, so the file was edited. Read with it, `eval` scored a split
   holding users the run trained on (exit 0), and a typo did nothing.
-  (Older checkpoints may differ: runs resumed under an earlier metarec.)"""
+  (Older checkpoints may differ: runs resumed under an earlier metarec.)
+
+  Returns:
+    `KEY=OLD -> NEW` of the other `model.`, `meta.` and `data.` keys that
+    differ (`model_changes`): a reader uses the file's values, which the
+    checkpoint was not trained with (an edit, or a resume with changed
+    settings that has not saved since)."""
   changes = config_changes(saved_config, file_config)
   edited = split_changes(changes) + [
       f"{key}={_show(old)} -> {_show(new)}" for key, old, new in changes
@@ -144,6 +150,8 @@ def refuse_edited(saved_config: dict, file_config: dict, *, step: int,
         f" in what no resume changes ({'; '.join(edited)}: the"
         " checkpoint's -> this file's); the file was edited: put the"
         " checkpoint's values back", path=path)
+  return [c for c in model_changes(changes)
+          if c.startswith(("model.", "meta.", "data."))]
 
 
 def check_reader_overrides(overrides) -> None:
