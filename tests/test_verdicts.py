@@ -64,7 +64,13 @@ def test_new_items_without_a_task_are_warned_about():
       results, np.array([True, False, True])) == (
           "IC, UIC: no task, though 2 items are new: no user has"
           " eval.min_ratings to eval.max_ratings ratings of new items, so"
-          " nothing measures them (is the new-item column the one meant?)")
+          " nothing measures them")
+  # A generic file's named column is asked about; MovieLens and synthetic
+  # data have none (the question pointed at nothing there).
+  assert verdicts.no_new_item_tasks(
+      results, np.array([True]), column="first_seen").endswith(
+          "nothing measures them (is data.generic.new_item_col='first_seen'"
+          " the column meant?)")
   results["UIC"] = scenario(0.8, 0.9, tasks=3)
   assert verdicts.no_new_item_tasks(results, np.ones(2, bool)) is None
 

@@ -121,8 +121,10 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
             results, None if ratings else existing_counts,
             (int(config.eval.min_ratings), int(config.eval.max_ratings)),
             ratings),
-        verdicts.no_new_item_tasks(results, np.asarray(store.item_new),
-                                   ratings)) if w]
+        verdicts.no_new_item_tasks(
+            results, np.asarray(store.item_new), ratings,
+            config.data.generic.new_item_col
+            if config.data.name == "generic" else None)) if w]
   if ratings:
     seen = verdicts.trained_users(
         ratings, np.concatenate([tasksets[n].users for n in SCENARIOS]),

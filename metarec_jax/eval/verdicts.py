@@ -74,19 +74,24 @@ def no_tasks(ratings: str | None) -> str:
 
 
 def no_new_item_tasks(results: dict[str, dict], item_new: np.ndarray,
-                      ratings: str | None = None) -> str | None:
+                      ratings: str | None = None,
+                      column: str | None = None) -> str | None:
   """The warning where the data has new items but neither new-item
   scenario (IC, UIC) a task: nothing measures the new items (their
   ratings too few per user, or the new-item column not the one meant),
-  which a scenario without tasks otherwise passes in silence."""
+  which a scenario without tasks otherwise passes in silence. `column`:
+  the new-item column a generic dataset names (asked about), or None
+  (MovieLens and synthetic data: no column to ask about)."""
   new = int(np.count_nonzero(item_new))
   if not new or any(int((results.get(name) or {}).get("tasks") or 0)
                     for name in ("IC", "UIC")):
     return None
   where = f"no user of {ratings}" if ratings else "no user"
+  ask = (f" (is data.generic.new_item_col={column!r} the column meant?)"
+         if column else "")
   return (f"IC, UIC: no task, though {new:,} items are new: {where} has"
           " eval.min_ratings to eval.max_ratings ratings of new items, so"
-          " nothing measures them (is the new-item column the one meant?)")
+          f" nothing measures them{ask}")
 
 
 def no_existing_item_tasks(results: dict[str, dict],
