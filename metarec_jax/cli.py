@@ -313,7 +313,7 @@ def _command_help(name: str, cmd: Command, fv: flags.FlagValues) -> str:
                 f" --config.{cmd.example_override}).")
   for module_flags in fv.flags_by_module_dict().values():
     for flag in module_flags:
-      text.append(f"  --{flag.name}: {flag.help}")
+      text.append(f"  --{flag.name}: {flag.help}{cli_spec.default_note(flag)}")
   return "\n".join(text)
 
 

@@ -293,6 +293,20 @@ def expand_path_flags(fv: flags.FlagValues) -> None:
       fv[name].value = home_expanded(fv[name].value)
 
 
+def default_note(flag: flags.Flag) -> str:
+  """` (default: VALUE)` for `--help`, where the flag has a default its
+  help does not state already; a boolean that is on says how to turn it
+  off (`--support_curve` read "Also write ...", which is on unless
+  `--nosupport_curve`)."""
+  value = flag.default
+  if value is None or value == "" or "(default" in flag.help:
+    return ""
+  if isinstance(value, bool):
+    return (f" (default: true; --no{flag.name} turns it off)" if value
+            else " (default: false)")
+  return f" (default: {value})"
+
+
 def split_config_args(args: list[str], cmd: Command | None = None):
   """`(config file, [(key, value)], other args)`: `--config=...` and
   `--config.KEY=VALUE` pulled out of `args` (a leading `~` of the file and

@@ -243,6 +243,22 @@ def test_help_explains_itself():
   assert "--config.KEY=VALUE" in out.stdout
 
 
+def test_help_gives_each_flags_default_once():
+  """`--support_curve: Also write ...` read as opt-in: it is on unless
+  --nosupport_curve, and no --help said so (nor any other default)."""
+  out = metarec_here("eval", "--help")
+  lines = {l.split(":")[0].strip(): l for l in out.stdout.splitlines()}
+  assert lines["--support_curve"].endswith(
+      "(default: true; --nosupport_curve turns it off)")
+  assert "(default: the best validated one" in lines["--step"]
+  assert lines["--step"].count("(default") == 1  # its help says it
+  out = metarec_here("serve", "--help")
+  lines = {l.split(":")[0].strip(): l for l in out.stdout.splitlines()}
+  assert lines["--max_k"].endswith("(default: 100)")
+  assert lines["--access_log"].endswith("(default: false)")
+  assert "(default" not in lines["--export"]  # required: no default
+
+
 
 def test_readers_help_shows_no_config_file_flag():
   """`eval` and `export` refuse --config=FILE (they read the work
