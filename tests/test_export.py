@@ -234,6 +234,41 @@ def test_top_k_excludes_rated_items_sorted_k_entries(run, exported):
         s for s, i in unrated if i not in rec["items"]) - 1e-5
 
 
+@pytest.mark.parametrize("block", [8, 24])
+def test_served_top_k_scans_the_catalogue_in_blocks(exported, monkeypatch,
+                                                     block):
+  """The server's top k (`Export.top_k_users`) scored the whole catalogue
+  in one piece per user: a batch of 16 users of a 1M-item catalogue held
+  16 GB of activations. In blocks of any size (the last one padded) it
+  ranks as the export's own top k and `recommend` do."""
+  from metarec_jax.export import compute  # pylint: disable=g-import-not-at-top
+  _, out, _, whole = exported
+  monkeypatch.setattr(compute, "ITEM_BLOCK", block)
+  scored = []  # the items each traced scoring call takes at once
+  rank_items = compute.rank_items
+  monkeypatch.setattr(compute, "rank_items", lambda *a: (
+      scored.append(len(next(iter(a[-1].values())))), rank_items(*a))[1])
+  loaded = export.load(out)  # its jitted top k traced with the small blocks
+  assert whole.num_items > 3 * block
+  users = [whole.user(u) for u in USERS[:5]] + [whole.user("nobody")]
+  fast = {p: np.stack([np.asarray(m.fast[p]) for m in users])
+          for p in users[0].fast}
+  features = {n: np.stack([np.asarray(m.user_features[n]) for m in users])
+              for n in users[0].user_features}
+  excluded = np.zeros((len(users), whole.num_items), bool)
+  for i, m in enumerate(users):
+    excluded[i, m.rated] = True
+  k = 7
+  got = loaded.top_k_users(fast, features, excluded, k)
+  assert scored == [block]
+  want = whole.top_k_users(fast, features, excluded, k)
+  np.testing.assert_array_equal(got[1], want[1])
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+  for i, m in enumerate(users):
+    assert [i_ for i_, _ in m.recommend(k)] == whole.item_ids[
+        got[1][i]].tolist()
+
+
 def test_recommend_among_candidates(exported):
   _, _, _, loaded = exported
   rated = set(loaded.item_ids[loaded.rated_items[

@@ -83,18 +83,57 @@ def rank_items(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
   return served.astype(jnp.float32), ranked.astype(jnp.float32)
 
 
+# Items scored per step of a top-k scan: a user's block of activations
+# (`[block, widths]`), not the catalogue's, sits in memory at once.
+ITEM_BLOCK = 1024
+
+
+def catalogue_blocks(item_tables: dict, num_items: int, xp=np):
+  """The catalogue's feature rows cut into blocks for `top_k_scan`.
+
+  Returns:
+    (`{name: [blocks, B(, L)]}`, each slot's item index int32
+    `[blocks, B]`): at most `ITEM_BLOCK` items a block (a multiple of 8),
+    the last padded with the padding row (features 0, index -1). `xp`:
+    numpy (the exporter places them once) or `jax.numpy` (inside a jitted
+    function, from the catalogue's tables).
+  """
+  block = min(ITEM_BLOCK, -(-num_items // 8) * 8)
+  count = -(-num_items // block)
+  pad = count * block - num_items
+  blocks = {}
+  for name, values in item_tables.items():
+    values = xp.asarray(values)
+    padded = xp.pad(values, [(0, pad)] + [(0, 0)] * (values.ndim - 1))
+    blocks[name] = padded.reshape((count, block) + values.shape[1:])
+  index = xp.concatenate([xp.arange(num_items), xp.full(pad, -1)])
+  return blocks, index.astype(xp.int32).reshape(count, block)
+
+
 def top_k_one(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
               user_features: dict[str, jax.Array], rated: jax.Array,
               item_blocks: dict[str, jax.Array], block_index: jax.Array,
-              k: int) -> tuple[jax.Array, jax.Array]:
-  """The user's k best items, excluding `rated` (item indices, -1 = pad).
+              k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The user's k best items, excluding `rated` (item indices, -1 = pad):
+  `top_k_scan` of the blocks (`catalogue_blocks`) less the rated ones."""
+  excluded = (block_index < 0) | rated_lookup(rated)(block_index)
+  return top_k_scan(model, params, fast, user_features, item_blocks,
+                    block_index, excluded, k)
+
+
+def top_k_scan(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
+               user_features: dict[str, jax.Array],
+               item_blocks: dict[str, jax.Array], block_index: jax.Array,
+               excluded: jax.Array, k: int
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The user's k best items of the blocks but `excluded`.
 
   `item_blocks[name]` is `[num_blocks, B(, L)]`, `block_index` the item
-  index of each slot `[num_blocks, B]` (-1: padding past the catalogue).
-  A `lax.scan` over blocks keeps a running top-k, so the scores of the whole
-  catalogue never sit in memory at once. Ties keep the lower item index.
-  The order is the model's scores' (`rank_items`), the scores returned
-  the served ratings.
+  index of each slot `[num_blocks, B]` (-1: padding past the catalogue),
+  `excluded` bool `[num_blocks, B]` (the padding too). A `lax.scan` over
+  blocks keeps a running top-k, so the scores of the whole catalogue never
+  sit in memory at once. Ties keep the lower item index. The order is the
+  model's scores' (`rank_items`), the scores returned the served ratings.
 
   Returns:
     (scores f32[k], item indices int32[k], the number of candidates whose
@@ -102,16 +141,13 @@ def top_k_one(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
     candidates.
   """
 
-  is_rated = rated_lookup(rated)
-
   def block(carry, xs):
     best, best_served, best_idx, bad = carry
-    feats, idx = xs
+    feats, idx, out = xs
     served, ranked = rank_items(model, params, fast, user_features, feats)
-    excluded = (idx < 0) | is_rated(idx)
-    bad = bad + jnp.sum(~excluded & ~(jnp.isfinite(served)
-                                      & jnp.isfinite(ranked)))
-    ranked = jnp.where(excluded, -jnp.inf, ranked)
+    bad = bad + jnp.sum(~out & ~(jnp.isfinite(served)
+                                 & jnp.isfinite(ranked)))
+    ranked = jnp.where(out, -jnp.inf, ranked)
     both = jnp.concatenate([best, ranked])
     both_served = jnp.concatenate([best_served, served])
     both_idx = jnp.concatenate([best_idx, idx])
@@ -124,7 +160,7 @@ def top_k_one(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
           jnp.full((k,), -jnp.inf, jnp.float32), jnp.full((k,), -1, jnp.int32),
           jnp.zeros((), jnp.int32))
   (_, top_served, top_idx, bad), _ = jax.lax.scan(
-      block, init, (item_blocks, block_index))
+      block, init, (item_blocks, block_index, excluded))
   return top_served, top_idx, bad
 
 

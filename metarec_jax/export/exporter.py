@@ -43,7 +43,6 @@ from metarec_jax.workdir import resume
 
 log = logging.getLogger("metarec")
 
-ITEM_BLOCK = 1024  # items scored per step of the top-k scan
 RELEASE_BYTES = 64 << 20  # written bytes between page releases
 
 
@@ -260,18 +259,8 @@ class _Job:
 
   def _item_blocks(self):
     """The catalogue's feature rows in `[blocks, B]` (replicated)."""
-    num = self.exp.store.num_items
-    block = min(ITEM_BLOCK, -(-num // 8) * 8)
-    count = -(-num // block)
-    pad = count * block - num
-    blocks = {}
-    for name, values in self.tables.item.items():
-      values = np.asarray(values)
-      padded = np.pad(values, [(0, pad)] + [(0, 0)] * (values.ndim - 1))
-      blocks[name] = padded.reshape((count, block) + values.shape[1:])
-    index = np.concatenate([np.arange(num), np.full(pad, -1)]).astype(np.int32)
-    return jax.device_put((blocks, index.reshape(count, block)),
-                          self.fns.replicated)
+    return jax.device_put(compute.catalogue_blocks(
+        self.tables.item, self.exp.store.num_items), self.fns.replicated)
 
   def run(self, meta_params) -> None:
     params, inner = meta_params["model"], meta_params.get("inner")
