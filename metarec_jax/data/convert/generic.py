@@ -164,7 +164,7 @@ def _read_side(spec: GenericSpec, root: str, side: str) -> _SideTable | None:
   table = delimited.read_table(
       os.path.join(root, name), delimiter=spec.feature_delimiter
       or spec.delimiter, encoding=spec.encoding, header=True,
-      quoting=spec.quoting != "none",
+      quoting="auto" if spec.quoting != "none" else False,  # (as ratings)
       delimiter_key="data.generic.feature_delimiter")  # not .delimiter
   _refuse_ids_not_first(table, getattr(spec, f"{side}_col"), side)
   ids = delimited.id_strings(table, 0, f"{side} id")
