@@ -78,3 +78,24 @@ def test_a_slow_export_states_its_rate_not_zero(monkeypatch):
   p.advance(2)
   p.close()
   assert out.getvalue().strip() == "exported 2/2 users (0.32 users/s)"
+
+
+def test_an_unfinished_export_says_about_how_long_it_has_left(monkeypatch):
+  """A --top_k export of a 50,000-item shop ran at 30 users/s for 200,000
+  users: two hours, which the log's rate left to the reader to reckon."""
+  out = io.StringIO()
+  logger, _ = make_logger("metarec.test.eta", out)
+  clock = iter([0.0, 10.0, 20.0, 3000.0])
+  monkeypatch.setattr(progress_lib.time, "perf_counter", lambda: next(clock))
+  p = progress_lib.UserProgress(200_000, console=Console(file=io.StringIO()),
+                                log=logger, every_seconds=5.0)
+  p.advance(300)  # 30 users/s: 199,700 left
+  p.advance(300)
+  p.advance(199_400)
+  p.close()
+  assert out.getvalue().splitlines() == [
+      "exported 300/200000 users (30 users/s, about 1 h 51 min left)",
+      "exported 600/200000 users (30 users/s, about 1 h 51 min left)",
+      "exported 200000/200000 users (67 users/s)"]
+  assert [progress_lib.duration(s) for s in (0, 59.4, 61, 3599, 3600)] == [
+      "0 s", "59 s", "1 min", "1 h 0 min", "1 h 0 min"]

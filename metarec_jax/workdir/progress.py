@@ -10,7 +10,7 @@ a bar would be noise, so each log step is one plain log line instead:
 Export (`UserProgress`): plain lines come after the first chunk and then
 at most every `every_seconds`:
 
-    exported 2048/100000 users (5120 users/s)
+    exported 2048/100000 users (5120 users/s, about 19 s left)
 """
 
 from __future__ import annotations
@@ -129,6 +129,17 @@ class Progress:
     return False
 
 
+def duration(seconds: float) -> str:
+  """`35 s`, `4 min`, `1 h 38 min`: a time left, to the unit that matters."""
+  seconds = max(int(round(seconds)), 0)
+  if seconds < 60:
+    return f"{seconds} s"
+  minutes = int(round(seconds / 60))
+  if minutes < 60:
+    return f"{minutes} min"
+  return f"{minutes // 60} h {minutes % 60} min"
+
+
 class UserProgress:
   """`advance(n)` after each chunk of users; `close()` at the end."""
 
@@ -166,8 +177,13 @@ class UserProgress:
       self._last_line = now
       rate = self.done / max(now - self._start, 1e-9)
       # Two significant digits below 10: a slow export said "0 users/s".
-      self.log.info("exported %d/%d users (%s users/s)", self.done,
-                    self.total, f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}")
+      # The time left, as the bar's ETA: a --top_k export of a large
+      # catalogue can run for hours, which the rate alone left to reckon.
+      left = (self.total - self.done) / rate if rate > 0 else None
+      self.log.info("exported %d/%d users (%s users/s%s)", self.done,
+                    self.total, f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}",
+                    f", about {duration(left)} left"
+                    if left and self.done < self.total else "")
 
   def close(self) -> None:
     if self._stop is not None:
