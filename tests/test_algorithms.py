@@ -225,6 +225,28 @@ def test_mamlpp_with_initial_rates_and_last_step_loss_is_maml(msl_weights):
                              atol=1e-14)
 
 
+@pytest.mark.parametrize("trained_steps", [1, 5])
+def test_mamlpp_rates_of_another_number_of_steps_are_refused(trained_steps):
+  """JAX clamps an index past the end of the per-step rates: rates for 1
+  step ran 3 steps at that rate, rates for 5 ran the first 3 of them,
+  without a word (an `inner` from other settings, or `meta.inner_steps`
+  changed after training)."""
+  params, tasks = init_params(), make_tasks(num_tasks=2)
+  config = meta.MetaConfig(algorithm="mamlpp", inner_steps=3, inner_lr=0.1)
+  inner = meta.init_inner(params, config=config.replace(
+      inner_steps=trained_steps))
+  for use in (lambda: meta.adapt(mlp_loss, params, task(tasks, 0)["support"],
+                                 config=config, inner=inner),
+              lambda: meta_grad_fn(config)({"model": params, "inner": inner},
+                                           tasks)):
+    with pytest.raises(ValueError, match=(
+        rf"inner\['extra'\] holds rates of shape \({trained_steps},\), one"
+        r" per inner step, but meta.inner_steps is 3")):
+      use()
+  meta.adapt(mlp_loss, params, task(tasks, 0)["support"], config=config,
+             inner=meta.init_inner(params, config=config))  # its own: fine
+
+
 # --- MAML with Adam and momentum inner optimizers ----------------------------
 
 

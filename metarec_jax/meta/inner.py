@@ -71,7 +71,7 @@ def inner_optimizer(config: MetaConfig,
       raise ValueError(
           f"meta.algorithm={config.algorithm} learns inner rates: pass"
           " inner=init_inner(params, config=config)")
-    rates = traverse_util.flatten_dict(inner, sep="/")
+    rates = learned_rates(config, inner)
     scale = scale_by_rates(rates, per_step=config.spec.rates == "step")
   else:
     scale = optax.scale(-config.inner_lr)
@@ -86,8 +86,29 @@ def step_rates(config: MetaConfig, inner: PyTree | None, path: str,
   by the dual form, which needs the rates explicitly.
   """
   if config.spec.rates == "step":
-    return traverse_util.flatten_dict(inner, sep="/")[path]
+    return learned_rates(config, inner)[path]
   return jnp.full((config.inner_steps,), config.inner_lr, dtype)
+
+
+def learned_rates(config: MetaConfig, inner: PyTree) -> dict[str, jax.Array]:
+  """`{path: rates}` of `inner`, MAML++'s checked to hold one rate per
+  inner step: indexed past its end, a rate array is clamped by JAX, so 1
+  rate for 3 steps ran all 3 at it (`init_inner` of other settings, or
+  `meta.inner_steps` changed after training) without a word.
+
+  Raises:
+    ValueError: a leaf's rates of another length than `inner_steps`.
+  """
+  rates = traverse_util.flatten_dict(inner, sep="/")
+  if config.spec.rates == "step":
+    for path, r in rates.items():
+      if jnp.shape(r) != (config.inner_steps,):
+        raise ValueError(
+            f"meta.algorithm={config.algorithm}: inner[{path!r}] holds"
+            f" rates of shape {tuple(jnp.shape(r))}, one per inner step,"
+            f" but meta.inner_steps is {config.inner_steps} (inner comes"
+            " from init_inner with the same config)")
+  return rates
 
 
 def init_inner(params: PyTree, *, config: MetaConfig, loss_fn=None,
