@@ -269,6 +269,33 @@ def test_served_top_k_scans_the_catalogue_in_blocks(exported, monkeypatch,
         got[1][i]].tolist()
 
 
+def test_users_served_the_meta_parameters_do_not_share_their_leaves(
+    exported):
+  """`UserModel.fast` of every unknown or rating-less user was the
+  export's own dict: setting one user's leaf changed them all."""
+  _, _, _, loaded = exported
+  one, other = loaded.user("nobody"), loaded.user("nobody else")
+  empty = loaded.adapt([])
+  path = next(iter(one.fast))
+  before = np.array(other.fast[path])
+  one.fast[path] = one.fast[path] + 1.0
+  np.testing.assert_array_equal(other.fast[path], before)
+  np.testing.assert_array_equal(empty.fast[path], before)
+  np.testing.assert_array_equal(loaded.user("third").fast[path], before)
+
+
+def test_a_float_of_a_whole_number_is_that_integer_user(exported):
+  """A pandas column of integer ids with one missing value is float: user
+  `1.0` was served the meta-parameters where `1` and `"1"` were user 1."""
+  _, _, _, loaded = exported
+  items = loaded.item_ids[:5].tolist()
+  want = loaded.predict(1, items)
+  for same in (1.0, np.float64(1.0), np.float32(1.0)):
+    np.testing.assert_array_equal(loaded.predict(same, items), want)
+    assert loaded.user(same).known
+  assert not loaded.user(1.5).known
+
+
 def test_recommend_among_candidates(exported):
   _, _, _, loaded = exported
   rated = set(loaded.item_ids[loaded.rated_items[

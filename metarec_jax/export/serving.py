@@ -250,7 +250,8 @@ class Export(batched.UserBatches):
     row = self.user_row(user_id)
     if row < 0:
       features, in_table = self._table_features(user_id)
-      return UserModel(self, user_id, source="meta", fast=self._meta_fast,
+      return UserModel(self, user_id, source="meta",
+                       fast=dict(self._meta_fast),  # the user's own dict
                        user_features=features, rated=np.zeros(0, np.int64),
                        flags=(0 if in_table else layout.NOT_IN_USER_TABLE)
                        | layout.NO_RATINGS)
@@ -323,7 +324,8 @@ class Export(batched.UserBatches):
         None, known_users=np.zeros(0, np.int64), known_items=rated_items,
         max_support=self.max_support)
     if len(u) == 0:
-      return UserModel(self, user_id, source="adapted", fast=self._meta_fast,
+      return UserModel(self, user_id, source="adapted",
+                       fast=dict(self._meta_fast),
                        user_features=features, rated=np.zeros(0, np.int64),
                        flags=flags | layout.NO_RATINGS, skipped_items=skipped)
     flags |= int(u.flags[0]) & layout.TRUNCATED
@@ -377,8 +379,13 @@ class Export(batched.UserBatches):
 
 
 def _scalar(value):
-  """A user id as a numpy-comparable scalar (numbers stay numbers)."""
+  """A user id as a numpy-comparable scalar (numbers stay numbers). A
+  float of a whole number is that integer: a pandas column of integer ids
+  holding one missing value is float, and `1.0` was served as an unknown
+  user (the meta-parameters) where `"1"` and `1` were user 1."""
   if isinstance(value, (numbers.Integral, np.integer)):
+    return int(value)
+  if isinstance(value, (float, np.floating)) and float(value).is_integer():
     return int(value)
   return value
 
