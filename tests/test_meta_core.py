@@ -206,3 +206,49 @@ def test_replace_applies_another_algorithms_rule_to_what_was_asked():
   assert not fo.second_order and fo.replace(algorithm="maml").second_order
   assert not fo.replace(remat=True).second_order  # still fomaml
   assert fo.replace(remat=True) == fo.replace(remat=True).replace()
+
+
+def test_an_integer_parameter_is_named_where_the_core_would_differentiate_it():
+  """JAX's "grad requires real- or complex-valued inputs ... got int32"
+  named no leaf, and `meta_grad` of bare params failed with KeyError."""
+  params = {"w": jnp.ones((3, 2)), "count": jnp.int32(3)}
+
+  def loss(p, batch):
+    return jnp.mean((batch["x"] @ p["w"]).sum(-1) - batch["y"]) ** 2
+
+  batch = {"x": jnp.ones((4, 3)), "y": jnp.ones(4)}
+  tasks = jax.tree.map(lambda a: jnp.stack([a, a]),
+                       {"support": batch, "query": batch})
+  frozen = meta.MetaConfig(adapt=("w",))
+  meta.adapt(loss, params, batch, config=frozen)  # not adapted: fine
+  with pytest.raises(ValueError, match="adapted parameter 'count' is int32"):
+    meta.adapt(loss, params, batch, config=meta.MetaConfig())
+  for config in (frozen, frozen.replace(algorithm="reptile"),
+                 frozen.replace(algorithm="pretrain")):
+    with pytest.raises(ValueError, match="parameter 'count' is int32"):
+      meta.meta_grad(loss, {"model": params, "inner": None}, tasks,
+                     config=config)
+  with pytest.raises(ValueError, match="meta_grad takes meta_params"):
+    meta.meta_grad(loss, params, tasks, config=frozen)
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"inner_steps": 2.5}, "meta.inner_steps must be a whole number"),
+    ({"inner_steps": "3"}, "meta.inner_steps must be a whole number"),
+    ({"inner_lr": "0.1"}, "meta.inner_lr must be a finite number"),
+    ({"inner_lr": float("nan")}, "meta.inner_lr must be a finite number"),
+    ({"algorithm": "amortised", "encoder_hidden": 0},
+     "meta.encoder_hidden must be >= 1"),
+    ({"adapt": ("[",)}, "meta.adapt: '\\[' is not a regular expression"),
+])
+def test_a_meta_config_of_bad_values_is_refused_when_made(keys, message):
+  """They failed at the first traced call, deep in JAX or flax (a
+  TypeError of the scan, a ZeroDivisionError of an initializer)."""
+  with pytest.raises(ValueError, match=message):
+    meta.MetaConfig(**keys)
+
+
+def test_a_meta_config_keeps_whole_numbers_and_no_adapt():
+  assert meta.MetaConfig(inner_steps=2.0).inner_steps == 2
+  assert meta.MetaConfig(inner_steps=np.int64(3)).inner_steps == 3
+  assert meta.MetaConfig(adapt=None).adapt == ()

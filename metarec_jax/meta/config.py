@@ -7,6 +7,9 @@ It is a frozen, hashable dataclass so that it can be a static argument of
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import re
 
 from metarec_jax import errors
 
@@ -145,11 +148,31 @@ class MetaConfig:
       raise ValueError(
           "meta.inner_optimizer must be one of"
           f" {', '.join(INNER_OPTIMIZERS)}, got {self.inner_optimizer!r}")
+    # A library caller's values, checked here rather than failing deep in
+    # the first traced call (`inner_steps=2.5` passed `int(...) >= 0`).
+    object.__setattr__(self, "inner_steps",
+                       _whole(self.inner_steps, "meta.inner_steps"))
     if int(self.inner_steps) < 0:
       raise ValueError(f"meta.inner_steps must be >= 0, got {self.inner_steps}")
+    if (isinstance(self.inner_lr, bool)
+        or not isinstance(self.inner_lr, numbers.Real)
+        or not math.isfinite(self.inner_lr)):
+      raise ValueError(f"meta.inner_lr must be a finite number, got"
+                       f" {self.inner_lr!r}")
+    if _whole(self.encoder_hidden, "meta.encoder_hidden") < 1:
+      raise ValueError(f"meta.encoder_hidden must be >= 1, got"
+                       f" {self.encoder_hidden}")
+    if self.adapt is None:
+      object.__setattr__(self, "adapt", ())
     if isinstance(self.adapt, str):
       object.__setattr__(self, "adapt", (self.adapt,) if self.adapt else ())
     object.__setattr__(self, "adapt", tuple(self.adapt))
+    for pattern in self.adapt:
+      try:
+        re.compile(pattern)
+      except (re.error, TypeError) as e:
+        raise ValueError(f"meta.adapt: {pattern!r} is not a regular"
+                         f" expression ({e})") from None
     object.__setattr__(self, "msl_weights",
                        tuple(float(w) for w in self.msl_weights))
     if self.msl_weights and not self.spec.msl:
@@ -178,6 +201,16 @@ class MetaConfig:
     return dataclasses.replace(self, **{
         "algorithm": algorithm, "inner_steps": steps,
         "second_order": second_order, **changes})
+
+
+def _whole(value, name: str) -> int:
+  """`value` as an int where it is a whole number (a float such as 2.0
+  too); ValueError naming `name` otherwise (2.5, "3", True)."""
+  if isinstance(value, bool) or not (
+      isinstance(value, numbers.Integral)
+      or isinstance(value, float) and value.is_integer()):
+    raise ValueError(f"{name} must be a whole number, got {value!r}")
+  return int(value)
 
 
 def inner_settings(meta_config) -> str:

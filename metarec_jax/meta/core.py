@@ -124,6 +124,8 @@ def adapt(loss_fn: LossFn, params: PyTree, support: PyTree, *,
                         params, out_axes=loss_fn.axes(params))
   params = _start(loss_fn, params, support, config, inner)
   part = paths.partition(params, config.adapt)
+  if config.inner_steps:
+    paths.check_differentiable(part.adapted, "the adapted parameter")
   if linear_head.dual_form(loss_fn, config, part) is not None:
     return linear_head.adapt_dual(loss_fn, part, support, config=config,
                                   inner=inner)
@@ -203,9 +205,13 @@ def meta_grad(loss_fn: LossFn, meta_params: PyTree, tasks: PyTree, *,
     is the mean query loss after adaptation. For `pretrain` it is the
     gradient of the unadapted joint loss (see `MetaConfig`).
   """
+  if not isinstance(meta_params, dict) or "model" not in meta_params:
+    raise ValueError("meta_grad takes meta_params = {'model': params,"
+                     " 'inner': init_inner(...) or None}")
   if config.learns_inner and meta_params.get("inner") is None:
     raise ValueError(f"meta.algorithm={config.algorithm} needs"
                      " meta_params['inner'] = init_inner(params, config=...)")
+  paths.check_differentiable(meta_params["model"], "the parameter")
   query_loss_fn = query_loss_fn or loss_fn
   if config.spec.update == "reptile":
     return _reptile(loss_fn, meta_params["model"], tasks, config,

@@ -119,3 +119,17 @@ def compile_patterns(patterns: tuple[str, ...]) -> tuple[re.Pattern, ...]:
 
 def matches_any(path: str, patterns: tuple[str, ...]) -> bool:
   return any(r.search(path) for r in compile_patterns(patterns))
+
+
+def check_differentiable(tree: PyTree, what: str) -> None:
+  """Raises ValueError naming the first leaf of `tree` that is not a float
+  (or complex) array: the core differentiates those leaves, and JAX's own
+  error ("grad requires real- or complex-valued inputs ... got int32")
+  named no leaf. `what`: how the message calls them."""
+  for path, leaf in zip(leaf_paths(tree), jax.tree.leaves(tree)):
+    dtype = jax.numpy.result_type(leaf)
+    if not jax.numpy.issubdtype(dtype, jax.numpy.inexact):
+      raise ValueError(
+          f"{what} {path!r} is {dtype}: the core differentiates them; keep"
+          " integer state out of the parameters (in the batch, or leave it"
+          " out of meta.adapt for adapt alone)")
