@@ -130,15 +130,6 @@ def end_program(status: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)  # pylint: disable=protected-access
-  # The command is done (its output complete, its JSON printed): a SIGTERM
-  # or SIGINT during Python's finalization (JAX's teardown takes about a
-  # second) ends the process at once with that status, rather than as a
-  # command the signal stopped (143, no line, a complete export reported
-  # as failed to the scheduler that sent it).
-  sys.stdout.flush()
-  sys.stderr.flush()
-  for sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(sig, lambda *_: os._exit(status))  # pylint: disable=protected-access
   sys.exit(status)
 
 
@@ -148,10 +139,14 @@ def status_of(main: Callable[[], int]) -> int:
   program that signal ended, with no traceback, since nobody is left to
   read the output. stdout then points at /dev/null, so that Python's exit
   has nothing to flush (which would print "Exception ignored ...
-  BrokenPipeError"). A `BrokenPipeError` of another pipe (a socket's)
-  propagates."""
+  BrokenPipeError"). A `BrokenPipeError` while stdout's pipe is whole (a
+  socket's) propagates."""
   try:
-    return main()
+    status = main()
+    # Where stdout is a pipe Python buffers it (unless PYTHONUNBUFFERED):
+    # its last write happens here, not inside `main`.
+    sys.stdout.flush()
+    return status
   except BrokenPipeError:
     if not _reader_gone(sys.stdout):
       raise

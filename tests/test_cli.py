@@ -341,13 +341,21 @@ def test_trains_order_warning_gives_the_0_1_tip_only_on_a_0_1_scale(
     assert ("like/dislike (0/1)" in out.stderr) == tip
 
 
+@pytest.mark.parametrize("unbuffered", [False, True])
 @pytest.mark.parametrize("args", [["--help"], ["train", "--help"]])
-def test_a_reader_that_stops_reading_ends_the_command_quietly(args):
+def test_a_reader_that_stops_reading_ends_the_command_quietly(args,
+                                                              unbuffered):
   """`metarec --help | head -1`: stdout's reader is gone before the help
   is written; the command ends as SIGPIPE would end it (141), with no
-  traceback and no "Exception ignored" line."""
+  traceback and no "Exception ignored" line, whether Python buffers the
+  pipe (its usual way: the write happens at the last flush) or not
+  (PYTHONUNBUFFERED)."""
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+  if unbuffered:
+    env["PYTHONUNBUFFERED"] = "1"
   proc = subprocess.Popen([sys.executable, "-m", "metarec_jax.cli", *args],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=env)
   proc.stdout.close()  # long before the interpreter has started
   err = proc.stderr.read().decode()
   assert proc.wait() == 141, err

@@ -244,6 +244,7 @@ def test_served_top_k_scans_the_catalogue_in_blocks(exported, monkeypatch,
   from metarec_jax.export import compute  # pylint: disable=g-import-not-at-top
   _, out, _, whole = exported
   monkeypatch.setattr(compute, "ITEM_BLOCK", block)
+  monkeypatch.setattr(compute, "RANKED_PAIRS", 1)  # blocks of ITEM_BLOCK
   scored = []  # the items each traced scoring call takes at once
   rank_items = compute.rank_items
   monkeypatch.setattr(compute, "rank_items", lambda *a: (
@@ -267,6 +268,12 @@ def test_served_top_k_scans_the_catalogue_in_blocks(exported, monkeypatch,
   for i, m in enumerate(users):
     assert [i_ for i_, _ in m.recommend(k)] == whole.item_ids[
         got[1][i]].tolist()
+  # A batch takes RANKED_PAIRS // B items a step, at least ITEM_BLOCK.
+  monkeypatch.setattr(compute, "RANKED_PAIRS", 2 * block * len(users))
+  scored.clear()
+  np.testing.assert_array_equal(export.load(out).top_k_users(
+      fast, features, excluded, k)[1], want[1])
+  assert scored == [2 * block]
 
 
 def test_users_served_the_meta_parameters_do_not_share_their_leaves(

@@ -150,30 +150,3 @@ def test_a_program_stopped_by_a_signal_ends_without_finalization(
   assert out.stdout == "buffered"  # flushed either way
   assert out.returncode == (128 + signal.SIGTERM if stopped else 0)
   assert marker.exists() is not stopped
-
-
-@pytest.mark.parametrize("status", [0, 2])
-def test_a_signal_after_the_command_finished_keeps_its_status(tmp_path,
-                                                              status):
-  """A SIGTERM in the second of Python's finalization after `export` had
-  written its folder and printed its JSON ended the process as the signal
-  does (143, no line): a scheduler recorded a complete export as failed."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  script = tmp_path / "late.py"
-  script.write_text(
-      "import atexit, os, signal, time\n"
-      "from metarec_jax import interrupts\n"
-      "def late():  # a signal while the interpreter finalizes\n"
-      "  os.kill(os.getpid(), signal.SIGTERM)\n"
-      "  time.sleep(5)\n"
-      "  print('finalized')\n"
-      "atexit.register(late)\n"
-      "with interrupts.stop_on_signals():\n"
-      "  print('done')\n"
-      f"interrupts.end_program({status})\n")
-  out = subprocess.run([sys.executable, str(script)], capture_output=True,
-                       text=True, timeout=60,
-                       env=dict(os.environ, PYTHONPATH=ROOT))
-  assert out.returncode == status, (out.stdout, out.stderr)
-  assert out.stdout == "done\n" and out.stderr == ""

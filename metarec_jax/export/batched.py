@@ -66,12 +66,14 @@ def top_k_users(model: Recommender, params: PyTree,
     (scores f32 [B, k], item positions int32 [B, k]), best first by the
     model's scores (`compute.rank_items`), the served ratings; -inf
     scores and position -1 past a user's candidates; the lower position
-    first among equal scores. The catalogue is scanned in blocks
-    (`compute.top_k_scan`): scored in one piece, a batch of 16 users of a
-    1M-item catalogue held 16 GB of activations.
+    first among equal scores. The catalogue is scanned in blocks of
+    `RANKED_PAIRS // B` items (`compute.top_k_scan`): scored in one piece,
+    a batch of 16 users of a 1M-item catalogue held 16 GB of activations.
   """
   users, num_items = excluded.shape
-  blocks, index = compute.catalogue_blocks(item_tables, num_items, jnp)
+  blocks, index = compute.catalogue_blocks(
+      item_tables, num_items, jnp,
+      max(compute.ITEM_BLOCK, compute.RANKED_PAIRS // max(users, 1)))
   count, block = index.shape
   excluded = jnp.pad(excluded, ((0, 0), (0, count * block - num_items)),
                      constant_values=True).reshape(users, count, block)

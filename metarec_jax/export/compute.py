@@ -84,21 +84,26 @@ def rank_items(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
 
 
 # Items scored per step of a top-k scan: a user's block of activations
-# (`[block, widths]`), not the catalogue's, sits in memory at once.
+# (`[block, widths]`), not the catalogue's, sits in memory at once. The
+# export's chunks of users take this many; a server's batch of B users
+# takes `RANKED_PAIRS // B` (at least this many), so that few users rank
+# a catalogue of MovieLens' size in one step.
 ITEM_BLOCK = 1024
+RANKED_PAIRS = 1 << 17
 
 
-def catalogue_blocks(item_tables: dict, num_items: int, xp=np):
+def catalogue_blocks(item_tables: dict, num_items: int, xp=np,
+                     block: int | None = None):
   """The catalogue's feature rows cut into blocks for `top_k_scan`.
 
   Returns:
     (`{name: [blocks, B(, L)]}`, each slot's item index int32
-    `[blocks, B]`): at most `ITEM_BLOCK` items a block (a multiple of 8),
-    the last padded with the padding row (features 0, index -1). `xp`:
-    numpy (the exporter places them once) or `jax.numpy` (inside a jitted
-    function, from the catalogue's tables).
+    `[blocks, B]`): at most `block` (default `ITEM_BLOCK`) items a block
+    (a multiple of 8), the last padded with the padding row (features 0,
+    index -1). `xp`: numpy (the exporter places them once) or `jax.numpy`
+    (inside a jitted function, from the catalogue's tables).
   """
-  block = min(ITEM_BLOCK, -(-num_items // 8) * 8)
+  block = min(block or ITEM_BLOCK, -(-num_items // 8) * 8)
   count = -(-num_items // block)
   pad = count * block - num_items
   blocks = {}
