@@ -97,5 +97,7 @@ def test_an_unfinished_export_says_about_how_long_it_has_left(monkeypatch):
       "exported 300/200000 users (30 users/s, about 1 h 51 min left)",
       "exported 600/200000 users (30 users/s, about 1 h 51 min left)",
       "exported 200000/200000 users (67 users/s)"]
-  assert [progress_lib.duration(s) for s in (0, 59.4, 61, 3599, 3600)] == [
-      "0 s", "59 s", "1 min", "1 h 0 min", "1 h 0 min"]
+  assert [progress_lib.duration(s)
+          for s in (0, 59.4, 61, 150, 3599, 3600, 5430)] == [
+              "0 s", "59 s", "1 min", "3 min", "1 h 0 min", "1 h 0 min",
+              "1 h 31 min"]

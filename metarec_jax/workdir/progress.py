@@ -131,10 +131,10 @@ class Progress:
 
 def duration(seconds: float) -> str:
   """`35 s`, `4 min`, `1 h 38 min`: a time left, to the unit that matters."""
-  seconds = max(int(round(seconds)), 0)
+  seconds = max(int(seconds + 0.5), 0)  # (round() would give 150 s "2 min")
   if seconds < 60:
     return f"{seconds} s"
-  minutes = int(round(seconds / 60))
+  minutes = (seconds + 30) // 60
   if minutes < 60:
     return f"{minutes} min"
   return f"{minutes // 60} h {minutes % 60} min"
