@@ -252,3 +252,24 @@ def test_a_meta_config_keeps_whole_numbers_and_no_adapt():
   assert meta.MetaConfig(inner_steps=2.0).inner_steps == 2
   assert meta.MetaConfig(inner_steps=np.int64(3)).inner_steps == 3
   assert meta.MetaConfig(adapt=None).adapt == ()
+
+
+def test_inner_adam_in_a_dtype_where_its_eps_is_zero_is_refused():
+  """float16: eps 1e-8 and eps_root 1e-16 round to 0, and every zero
+  gradient coordinate (an empty support set's all) became NaN."""
+  params = {"w": jnp.ones((3, 2), jnp.float16)}
+
+  def loss(p, batch):
+    return jnp.mean((batch["x"] @ p["w"]).sum(-1) - batch["y"]) ** 2
+
+  batch = {"x": jnp.zeros((4, 3), jnp.float16), "y": jnp.ones(4, jnp.float16)}
+  adam = meta.MetaConfig(inner_optimizer="adam")
+  with pytest.raises(ValueError, match="adapted parameter 'w'"):
+    meta.adapt(loss, params, batch, config=adam)
+  for fine in (adam.replace(adam_eps=1e-3, adam_eps_root=1e-6),
+               meta.MetaConfig(inner_optimizer="sgd")):
+    out = meta.adapt(loss, params, batch, config=fine)
+    assert bool(jnp.all(jnp.isfinite(out["w"])))
+  bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+  assert bool(jnp.all(jnp.isfinite(meta.adapt(loss, bf16, batch,
+                                              config=adam)["w"])))

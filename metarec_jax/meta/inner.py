@@ -63,6 +63,25 @@ def direction(config: MetaConfig) -> optax.GradientTransformation:
                              eps_root=config.adam_eps_root)
 
 
+def check_adam_dtypes(config: MetaConfig, fast: dict) -> None:
+  """Raises ValueError where Adam's `eps` or `eps_root` rounds to 0 in an
+  adapted leaf's dtype (float16: 1e-8 underflows): every zero gradient
+  coordinate, an empty support set's included, became 0/0 = NaN, against
+  the promise that `eps_root` keeps them finite."""
+  if config.inner_optimizer != "adam":
+    return
+  for path, leaf in fast.items():
+    dtype = jnp.result_type(leaf)
+    if any(e > 0 and float(jnp.asarray(e, dtype)) == 0.0
+           for e in (config.adam_eps, config.adam_eps_root)):
+      raise ValueError(
+          f"meta.inner_optimizer=adam: meta.adam_eps={config.adam_eps:g} or"
+          f" meta.adam_eps_root={config.adam_eps_root:g} is 0 in the"
+          f" {dtype} of the adapted parameter {path!r} (zero gradients"
+          " would give NaN): adapt it in float32 or bfloat16, or raise"
+          " them")
+
+
 def inner_optimizer(config: MetaConfig,
                     inner: PyTree | None) -> optax.GradientTransformation:
   """The optax transformation the inner loop applies to adapted leaves."""
