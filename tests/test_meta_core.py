@@ -264,12 +264,15 @@ def test_inner_adam_in_a_dtype_where_its_eps_is_zero_is_refused():
 
   batch = {"x": jnp.zeros((4, 3), jnp.float16), "y": jnp.ones(4, jnp.float16)}
   adam = meta.MetaConfig(inner_optimizer="adam")
-  with pytest.raises(ValueError, match="adapted parameter 'w'"):
-    meta.adapt(loss, params, batch, config=adam)
+  for run in (meta.adapt, jax.jit(meta.adapt, static_argnums=0,
+                                  static_argnames="config")):
+    with pytest.raises(ValueError, match="adapted parameter 'w'"):
+      run(loss, params, batch, config=adam)
   for fine in (adam.replace(adam_eps=1e-3, adam_eps_root=1e-6),
                meta.MetaConfig(inner_optimizer="sgd")):
     out = meta.adapt(loss, params, batch, config=fine)
     assert bool(jnp.all(jnp.isfinite(out["w"])))
   bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
-  assert bool(jnp.all(jnp.isfinite(meta.adapt(loss, bf16, batch,
-                                              config=adam)["w"])))
+  assert bool(jnp.all(jnp.isfinite(jax.jit(meta.adapt, static_argnums=0,
+                                            static_argnames="config")(
+      loss, bf16, batch, config=adam)["w"])))

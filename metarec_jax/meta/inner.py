@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 
@@ -72,7 +73,7 @@ def check_adam_dtypes(config: MetaConfig, fast: dict) -> None:
     return
   for path, leaf in fast.items():
     dtype = jnp.result_type(leaf)
-    if any(e > 0 and float(jnp.asarray(e, dtype)) == 0.0
+    if any(e > 0 and float(np.asarray(e, dtype)) == 0.0  # (not traced)
            for e in (config.adam_eps, config.adam_eps_root)):
       raise ValueError(
           f"meta.inner_optimizer=adam: meta.adam_eps={config.adam_eps:g} or"
