@@ -627,6 +627,19 @@ def test_engine_learns_like_export_adapt(engine):
     np.testing.assert_allclose(g["scores"], want, rtol=1e-4, atol=1e-4)
 
 
+def test_a_session_keeps_its_own_leaves_not_its_batchs(engine):
+  """Each learned user's leaves were views of the padded batch the device
+  adapted them in: a session kept the whole batch's buffer alive (17.8 KB
+  a session instead of 7.2 in a soak test of 110,000 new users)."""
+  export = engine.export
+  users = [10**8 + i for i in range(3)]
+  item = export.item_index(export.item_ids[:1])
+  engine.learn([(u, item, np.float32([4.0])) for u in users])
+  for u in users:
+    for leaf in engine.sessions[u].fast.values():
+      assert leaf.base is None and leaf.flags.owndata
+
+
 def test_kept_rankings_are_the_live_ones(engine):
   """topk.jsonl preloaded, and rankings kept between requests, answer what
   ranking on the device answers."""

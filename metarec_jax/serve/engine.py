@@ -334,8 +334,10 @@ class Engine:
       lo, hi = int(u.offsets[j]), int(u.offsets[j + 1])
       s = int(u.support_sizes[j])
       order = np.r_[lo + s:hi, lo:lo + s]  # oldest first again
-      source, leaves, adapted_on = ("adapted",
-                                    {p: v[j] for p, v in fast.items()}, s)
+      # A copy: a view would keep the whole padded batch's buffer alive
+      # for as long as the session (17.8 KB a session instead of 7.2).
+      source, leaves, adapted_on = (
+          "adapted", {p: np.array(v[j]) for p, v in fast.items()}, s)
       if not finite[j]:
         source, leaves, adapted_on = fallbacks[j]
         if names is not None:
