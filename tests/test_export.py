@@ -303,6 +303,23 @@ def test_a_float_of_a_whole_number_is_that_integer_user(exported):
   assert not loaded.user(1.5).known
 
 
+def test_item_ids_that_are_no_list_are_refused(exported):
+  """A generator was reported as the unknown item `<generator ...>`, a set
+  too (unordered: its scores in no order asked), and a 2-D array was
+  flattened in silence."""
+  _, _, _, loaded = exported
+  items = loaded.item_ids[:6].tolist()
+  for odd in ((i for i in items), set(items), map(int, items),
+              dict.fromkeys(items)):
+    with pytest.raises(TypeError, match="a list or an array of them"):
+      loaded.predict(1, odd)
+  with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
+    loaded.predict(1, np.asarray(items).reshape(2, 3))
+  np.testing.assert_array_equal(loaded.predict(1, tuple(items)),
+                                loaded.predict(1, np.asarray(items)))
+  assert loaded.predict(1, items[0]).shape == (1,)  # one id
+
+
 def test_recommend_among_candidates(exported):
   _, _, _, loaded = exported
   rated = set(loaded.item_ids[loaded.rated_items[

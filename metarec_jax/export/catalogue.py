@@ -75,3 +75,23 @@ def rating_pairs(ratings: Iterable, *, implicit: bool
             np.asarray(bare, bool).reshape(-1))
   except (TypeError, ValueError):
     raise ValueError("ratings must be numbers") from None
+
+
+def id_array(item_ids) -> np.ndarray:
+  """Item ids as a flat array: a sequence or array of them, or one id.
+
+  Raises:
+    TypeError: a set, a dict or an iterator (a generator, `map`): numpy
+      made one object of it, reported as an unknown item `<generator ...>`,
+      and a set has no order to give the scores in.
+    ValueError: an array of more than one dimension (it was flattened).
+  """
+  if isinstance(item_ids, (set, frozenset, dict)) or (
+      iter(item_ids) is item_ids if hasattr(item_ids, "__iter__") else False):
+    raise TypeError("item ids: a list or an array of them, in the order"
+                    f" wanted, not a {type(item_ids).__name__}")
+  ids = np.asarray(item_ids)
+  if ids.ndim > 1:
+    raise ValueError(f"item ids: one dimension, got an array of shape"
+                     f" {ids.shape}")
+  return ids.reshape(-1)

@@ -219,7 +219,7 @@ class Export(batched.UserBatches):
     Raises:
       KeyError: naming the ids that are not in the catalogue.
     """
-    ids = np.asarray(item_ids).reshape(-1)
+    ids = catalogue.id_array(item_ids)
     index = catalogue.lookup(self._item_order, self._item_sorted, ids)
     if (index < 0).any():
       bad = ids[index < 0][:5].tolist()
@@ -230,7 +230,7 @@ class Export(batched.UserBatches):
   def known_items(self, item_ids: Sequence) -> np.ndarray:
     """bool mask: which ids are in the catalogue."""
     return catalogue.lookup(self._item_order, self._item_sorted,
-                   np.asarray(item_ids).reshape(-1)) >= 0
+                            catalogue.id_array(item_ids)) >= 0
 
   def _table_features(self, user_id) -> tuple[dict[str, np.ndarray], bool]:
     """The user table's feature row of `user_id` (zeros if absent)."""
