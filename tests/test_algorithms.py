@@ -247,6 +247,23 @@ def test_mamlpp_rates_of_another_number_of_steps_are_refused(trained_steps):
              inner=meta.init_inner(params, config=config))  # its own: fine
 
 
+def test_metasgd_rates_that_do_not_fit_the_adapted_leaves_are_named():
+  """Rates made for another meta.adapt failed with KeyError: 'l2/w' deep in
+  the inner step, rates of another shape with a broadcasting TypeError."""
+  params, tasks = init_params(), make_tasks(num_tasks=2)
+  config = meta.MetaConfig(algorithm="metasgd", inner_steps=2, inner_lr=0.1,
+                           adapt=("l2/",))
+  other = meta.init_inner(params, config=config.replace(adapt=("l1/",)))
+  support = task(tasks, 0)["support"]
+  with pytest.raises(ValueError, match="inner holds no rates of the adapted"
+                     " parameter"):
+    meta.adapt(mlp_loss, params, support, config=config, inner=other)
+  own = meta.init_inner(params, config=config)
+  own["l2"]["w"] = own["l2"]["w"][:1]
+  with pytest.raises(ValueError, match=r"inner\['l2/w'\] has shape"):
+    meta.adapt(mlp_loss, params, support, config=config, inner=own)
+
+
 # --- MAML with Adam and momentum inner optimizers ----------------------------
 
 

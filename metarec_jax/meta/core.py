@@ -47,6 +47,7 @@ def _run_inner(support_loss: Callable[[dict], jax.Array], fast: dict,
   """
   if not config.inner_steps:  # (a scan of no steps still traces its body,
     return fast, None         # which indexes MAML++'s [0] per-step rates)
+  inner_lib.check_rates(config, inner, fast)
   inner_lib.check_adam_dtypes(config, fast)
   opt = inner_lib.inner_optimizer(config, inner)
   msl = bool(config.msl_weights) and query_loss is not None

@@ -64,6 +64,31 @@ def direction(config: MetaConfig) -> optax.GradientTransformation:
                              eps_root=config.adam_eps_root)
 
 
+def check_rates(config: MetaConfig, inner: PyTree | None,
+                fast: dict) -> None:
+  """Raises ValueError where learned rates do not fit the adapted leaves
+  `fast`: a leaf without rates (a KeyError deep in the step) or, for
+  Meta-SGD, rates of another shape than their leaf (a broadcasting error
+  13 frames down); MAML++'s length is `learned_rates`' check."""
+  if not config.spec.rates or inner is None:
+    return
+  rates = learned_rates(config, inner)
+  missing = sorted(set(fast) - set(rates))
+  if missing:
+    raise ValueError(
+        f"meta.algorithm={config.algorithm}: inner holds no rates of the"
+        f" adapted parameter(s) {', '.join(map(repr, missing[:3]))}"
+        " (inner comes from init_inner with the same params and"
+        " meta.adapt)")
+  if config.spec.rates == "element":
+    for path, leaf in fast.items():
+      if jnp.shape(rates[path]) != jnp.shape(leaf):
+        raise ValueError(
+            f"meta.algorithm={config.algorithm}: inner[{path!r}] has shape"
+            f" {tuple(jnp.shape(rates[path]))}, its parameter"
+            f" {tuple(jnp.shape(leaf))} (one rate per element)")
+
+
 def check_adam_dtypes(config: MetaConfig, fast: dict) -> None:
   """Raises ValueError where Adam's `eps` or `eps_root` rounds to 0 in an
   adapted leaf's dtype (float16: 1e-8 underflows): every zero gradient
