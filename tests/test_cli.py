@@ -394,3 +394,18 @@ def test_config_files_and_path_keys_starting_with_a_tilde_are_expanded(
       "data.store": os.path.expanduser("~x/s"),
       "data.generic.user_col": "~u"}  # not a path: as written
   assert rest == ["--workdir=~/w"]  # expanded once parsed (the flags)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_stdout_on_a_full_disk_is_one_line():
+  """`metarec --help > /dev/full`: the buffered write fails at the last
+  flush, which was Python's exit ("Exception ignored ... OSError", status
+  120)."""
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+  with open("/dev/full", "w") as full:
+    out = subprocess.run([sys.executable, "-m", "metarec_jax.cli", "--help"],
+                         stdout=full, stderr=subprocess.PIPE, text=True,
+                         env=env, timeout=120)
+  assert out.returncode == 1
+  assert out.stderr == ("metarec: error: cannot write stdout: No space left"
+                        " on device\n")
