@@ -140,41 +140,37 @@ def status_of(main: Callable[[], int]) -> int:
   read the output. stdout then points at /dev/null, so that Python's exit
   has nothing to flush (which would print "Exception ignored ...
   BrokenPipeError"). A `BrokenPipeError` while stdout's pipe is whole (a
-  socket's) propagates. Where the last write of stdout fails otherwise
-  (`> /dev/full`: no space), one line says so and the status is 1."""
+  socket's) propagates. Where stdout cannot be written otherwise
+  (`> /dev/full`: no space), one line says so and the status is 1: the
+  commands report their own OSErrors inside `main`, so one reaching here
+  is of the output of `main` itself (its help) or of the last flush."""
   try:
     status = main()
     # Where stdout is a pipe or a file Python buffers it (unless
     # PYTHONUNBUFFERED): its last write happens here, not inside `main`.
-    sys.stdout.flush()
+    if sys.stdout is not None:  # (None: started with stdout closed)
+      sys.stdout.flush()
   except BrokenPipeError:
     if not _reader_gone(sys.stdout):
       raise
     _stdout_to_devnull()
     return 128 + int(signal.SIGPIPE)
   except OSError as e:
-    if e.filename is not None or not _stdout_unwritable():
-      raise
     _stdout_to_devnull()
-    print("metarec: error: cannot write stdout: "
-          f"{os.strerror(e.errno) if e.errno else e}", file=sys.stderr)
+    try:
+      print("metarec: error: cannot write the output: "
+            f"{os.strerror(e.errno) if e.errno else e}", file=sys.stderr)
+    except (OSError, AttributeError):
+      pass  # stderr too: the status says it
     return 1
   return status
-
-
-def _stdout_unwritable() -> bool:
-  """Whether flushing stdout fails again (the error was stdout's)."""
-  try:
-    sys.stdout.flush()
-    return False
-  except OSError:
-    return True
 
 
 def _stdout_to_devnull() -> None:
   """Points stdout at /dev/null: Python's exit then has nothing to flush
   (which would print "Exception ignored ..." and exit 120)."""
-  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+  if sys.stdout is not None:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _reader_gone(stream) -> bool:

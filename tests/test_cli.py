@@ -397,15 +397,29 @@ def test_config_files_and_path_keys_starting_with_a_tilde_are_expanded(
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
-def test_stdout_on_a_full_disk_is_one_line():
-  """`metarec --help > /dev/full`: the buffered write fails at the last
-  flush, which was Python's exit ("Exception ignored ... OSError", status
-  120)."""
+@pytest.mark.parametrize("unbuffered", [False, True])
+def test_stdout_on_a_full_disk_is_one_line(unbuffered):
+  """`metarec --help > /dev/full`: the write failed at the last flush,
+  Python's exit ("Exception ignored ... OSError", status 120), or
+  unbuffered inside the help's print (a traceback)."""
   env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+  if unbuffered:
+    env["PYTHONUNBUFFERED"] = "1"
   with open("/dev/full", "w") as full:
     out = subprocess.run([sys.executable, "-m", "metarec_jax.cli", "--help"],
                          stdout=full, stderr=subprocess.PIPE, text=True,
                          env=env, timeout=120)
   assert out.returncode == 1
-  assert out.stderr == ("metarec: error: cannot write stdout: No space left"
-                        " on device\n")
+  assert out.stderr == ("metarec: error: cannot write the output: No space"
+                        " left on device\n")
+
+
+def test_a_closed_stdout_is_no_traceback():
+  """Started with stdout closed (`metarec --help >&-`) Python has no
+  sys.stdout, and the last flush raised AttributeError."""
+  out = subprocess.run([sys.executable, "-c", "import os, sys; os.close(1);"
+                        " os.execv(sys.executable, [sys.executable, '-m',"
+                        " 'metarec_jax.cli', '--help'])"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, timeout=120)
+  assert "Traceback" not in out.stderr, out.stderr
