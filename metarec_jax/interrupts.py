@@ -127,8 +127,9 @@ def end_program(status: int) -> NoReturn:
   signum = _stopped["signum"]
   if (signum is not None and status == 128 + int(signum)) or _stopped.get(
       "at_once"):
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+      if stream is not None:  # (None: started with it closed)
+        stream.flush()
     os._exit(status)  # pylint: disable=protected-access
   sys.exit(status)
 
