@@ -8,6 +8,7 @@ bounded by the chunk size however many users there are.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -98,13 +99,16 @@ def catalogue_blocks(item_tables: dict, num_items: int, xp=np,
 
   Returns:
     (`{name: [blocks, B(, L)]}`, each slot's item index int32
-    `[blocks, B]`): at most `block` (default `ITEM_BLOCK`) items a block
-    (a multiple of 8), the last padded with the padding row (features 0,
-    index -1). `xp`: numpy (the exporter places them once) or `jax.numpy`
+    `[blocks, B]`): as few blocks of at most about `block` (default
+    `ITEM_BLOCK`) items as cover the catalogue, of equal size (a multiple
+    of 8), the last padded with the padding row (features 0, index -1). `xp`: numpy (the exporter places them once) or `jax.numpy`
     (inside a jitted function, from the catalogue's tables).
   """
-  block = min(block or ITEM_BLOCK, -(-num_items // 8) * 8)
-  count = -(-num_items // block)
+  # As few blocks as `block` items allow, of equal size (a multiple of 8):
+  # full blocks of `block` left up to a whole block of padding to score.
+  count = math.ceil(num_items / (block or ITEM_BLOCK))
+  block = math.ceil(math.ceil(num_items / count) / 8) * 8
+  count = math.ceil(num_items / block)
   pad = count * block - num_items
   blocks = {}
   for name, values in item_tables.items():

@@ -159,7 +159,9 @@ class MetaConfig:
         or not math.isfinite(self.inner_lr)):
       raise ValueError(f"meta.inner_lr must be a finite number, got"
                        f" {self.inner_lr!r}")
-    if _whole(self.encoder_hidden, "meta.encoder_hidden") < 1:
+    object.__setattr__(self, "encoder_hidden",
+                       _whole(self.encoder_hidden, "meta.encoder_hidden"))
+    if self.encoder_hidden < 1:
       raise ValueError(f"meta.encoder_hidden must be >= 1, got"
                        f" {self.encoder_hidden}")
     if self.adapt is None:
@@ -208,7 +210,7 @@ def _whole(value, name: str) -> int:
   too); ValueError naming `name` otherwise (2.5, "3", True)."""
   if isinstance(value, bool) or not (
       isinstance(value, numbers.Integral)
-      or isinstance(value, float) and value.is_integer()):
+      or isinstance(value, numbers.Real) and float(value).is_integer()):
     raise ValueError(f"{name} must be a whole number, got {value!r}")
   return int(value)
 
