@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import signal
+import sys
 
 import jax
 import numpy as np
@@ -21,7 +22,7 @@ from cli_run import (assert_one_line_error, last_json, metarec,
                      metarec_here)
 from flax import traverse_util
 from conftest import ROOT, config_path
-from procs import start, wait_for
+from procs import env_with, start, wait_for
 from metarec_jax import config_io, experiment, export, meta, runtime
 from metarec_jax.data.convert import ratings_io
 from metarec_jax.data.tasks import FeatureTables
@@ -299,6 +300,26 @@ def test_served_top_k_scans_the_catalogue_in_blocks(exported, monkeypatch,
   np.testing.assert_array_equal(export.load(out).top_k_users(
       fast, features, excluded, k)[1], want[1])
   assert scored == [width(2 * block)]
+
+
+def test_the_top_k_benchmark_reports_memory_and_time(exported):
+  """tools/bench_topk.py: the served top k's figures on a tiled catalogue."""
+  _, out, _, _ = exported
+  run = subprocess.run([sys.executable, os.path.join(ROOT, "tools",
+                                                     "bench_topk.py"),
+                        f"--export={out}", "--items=5000", "--users=4",
+                        "--k=7", "--rounds=1"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=600, env=env_with())
+  assert run.returncode == 0, run.stderr
+  result = json.loads(run.stdout.strip().splitlines()[-1])
+  assert set(result) == {"items", "users", "k", "temp_mb", "median_seconds",
+                         "peak_rss_mb"}
+  assert result["items"] == 5000 and result["median_seconds"] > 0
+  bad = subprocess.run([sys.executable, os.path.join(ROOT, "tools",
+                                                     "bench_topk.py"),
+                        f"--export={out}", "--users=0"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=600, env=env_with())
+  assert bad.returncode == 2 and "--users: 0 is not >= 1" in bad.stderr
 
 
 def test_users_served_the_meta_parameters_do_not_share_their_leaves(
