@@ -9,7 +9,7 @@ bounded by the chunk size however many users there are.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -101,8 +101,9 @@ def catalogue_blocks(item_tables: dict, num_items: int, xp=np,
     (`{name: [blocks, B(, L)]}`, each slot's item index int32
     `[blocks, B]`): as few blocks of at most about `block` (default
     `ITEM_BLOCK`) items as cover the catalogue, of equal size (a multiple
-    of 8), the last padded with the padding row (features 0, index -1). `xp`: numpy (the exporter places them once) or `jax.numpy`
-    (inside a jitted function, from the catalogue's tables).
+    of 8), the last padded with the padding row (features 0, index -1).
+    `xp`: numpy (the exporter places them once) or `jax.numpy` (inside a
+    jitted function, from the catalogue's tables).
   """
   # As few blocks as `block` items allow, of equal size (a multiple of 8):
   # full blocks of `block` left up to a whole block of padding to score.
@@ -124,22 +125,25 @@ def top_k_one(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
               item_blocks: dict[str, jax.Array], block_index: jax.Array,
               k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The user's k best items, excluding `rated` (item indices, -1 = pad):
-  `top_k_scan` of the blocks (`catalogue_blocks`) less the rated ones."""
-  excluded = (block_index < 0) | rated_lookup(rated)(block_index)
+  `top_k_scan` of the blocks (`catalogue_blocks`) less the rated ones,
+  looked up block by block (a mask of the whole catalogue per user would
+  hold a chunk's users times the catalogue at once)."""
+  is_rated = rated_lookup(rated)
   return top_k_scan(model, params, fast, user_features, item_blocks,
-                    block_index, excluded, k)
+                    block_index, lambda idx: (idx < 0) | is_rated(idx), k)
 
 
 def top_k_scan(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
                user_features: dict[str, jax.Array],
                item_blocks: dict[str, jax.Array], block_index: jax.Array,
-               excluded: jax.Array, k: int
-               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+               excluded: jax.Array | Callable[[jax.Array], jax.Array],
+               k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The user's k best items of the blocks but `excluded`.
 
   `item_blocks[name]` is `[num_blocks, B(, L)]`, `block_index` the item
   index of each slot `[num_blocks, B]` (-1: padding past the catalogue),
-  `excluded` bool `[num_blocks, B]` (the padding too). A `lax.scan` over
+  `excluded` bool `[num_blocks, B]` (the padding too), or a function of a
+  block's item indices giving that block's mask. A `lax.scan` over
   blocks keeps a running top-k, so the scores of the whole catalogue never
   sit in memory at once. Ties keep the lower item index. The order is the
   model's scores' (`rank_items`), the scores returned the served ratings.
@@ -150,9 +154,12 @@ def top_k_scan(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
     candidates.
   """
 
+  is_out = excluded if callable(excluded) else None
+
   def block(carry, xs):
     best, best_served, best_idx, bad = carry
-    feats, idx, out = xs
+    feats, idx, mask = xs
+    out = mask if is_out is None else is_out(idx)
     served, ranked = rank_items(model, params, fast, user_features, feats)
     bad = bad + jnp.sum(~out & ~(jnp.isfinite(served)
                                  & jnp.isfinite(ranked)))
@@ -169,7 +176,8 @@ def top_k_scan(model: Recommender, params: PyTree, fast: dict[str, jax.Array],
           jnp.full((k,), -jnp.inf, jnp.float32), jnp.full((k,), -1, jnp.int32),
           jnp.zeros((), jnp.int32))
   (_, top_served, top_idx, bad), _ = jax.lax.scan(
-      block, init, (item_blocks, block_index, excluded))
+      block, init, (item_blocks, block_index,
+                    None if is_out is not None else excluded))
   return top_served, top_idx, bad
 
 
