@@ -17,9 +17,9 @@ score the whole catalog, and rank the held-out positives
 The same candidates are ranked by the training users' popularity (the
 positives' counts over the training rows: the most popular first; equal
 counts tie) and at random (every candidate tied), the baselines: ties
-count at their expected value over every order of them (`ranking`). New items have no training positives, so on IC and UIC the
-popularity ranking is the random one (`verdicts` compares with it as
-such). Scoring is vmapped over the tasks of a batch and scans the catalog
+count at their expected value over every order of them (`ranking`). New
+items have no training positives, so on IC and UIC the popularity ranking
+is the random one (`verdicts` compares with it as such). Scoring is vmapped over the tasks of a batch and scans the catalog
 in blocks of `eval.catalog_block` items, so memory is bounded by batch x
 block, whatever the catalog's size.
 """

@@ -12,6 +12,7 @@ import numbers
 import re
 
 from metarec_jax import errors
+from metarec_jax.meta import paths
 
 
 
@@ -171,7 +172,7 @@ class MetaConfig:
     object.__setattr__(self, "adapt", tuple(self.adapt))
     for pattern in self.adapt:
       try:
-        re.compile(pattern)
+        paths.compile_patterns((pattern,))
       except (re.error, TypeError) as e:
         raise ValueError(f"meta.adapt: {pattern!r} is not a regular"
                          f" expression ({e})") from None

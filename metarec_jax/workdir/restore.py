@@ -168,10 +168,9 @@ def _model_overrides(exp: experiment.Experiment, workdir: str) -> str:
   `--config.KEY=VALUE` of `eval` or `export`) changes the model against
   the run's `config.json` (`model.`, `meta.` and `data.` keys: an
   `eval.` override shapes no parameter); "" where it changes none."""
-  return ", ".join(c for c in resume.model_changes(resume.config_changes(
+  return ", ".join(resume.model_key_changes(resume.config_changes(
       config_io.to_dict(config_io.read_workdir_config(workdir)),
-      config_io.to_dict(exp.config))) if c.startswith(
-          ("model.", "meta.", "data.")))
+      config_io.to_dict(exp.config))))
 
 
 def served_values(params) -> dict:

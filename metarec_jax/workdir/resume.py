@@ -150,8 +150,7 @@ def refuse_edited(saved_config: dict, file_config: dict, *, step: int,
         f" in what no resume changes ({'; '.join(edited)}: the"
         " checkpoint's -> this file's); the file was edited: put the"
         " checkpoint's values back", path=path)
-  return [c for c in model_changes(changes)
-          if c.startswith(("model.", "meta.", "data."))]
+  return model_key_changes(changes)
 
 
 def check_reader_overrides(overrides) -> None:
@@ -172,6 +171,14 @@ def config_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
   return [(k, a.get(k, missing), b.get(k, missing))
           for k in sorted(set(a) | set(b))
           if _norm(a.get(k, missing)) != _norm(b.get(k, missing))]
+
+
+def model_key_changes(changes: list[tuple[str, Any, Any]]) -> list[str]:
+  """`model_changes` of the `model.`, `meta.` and `data.` keys: what
+  changes the model a reader scores (an `eval.` key shapes no
+  parameter)."""
+  return [c for c in model_changes(changes)
+          if c.startswith(("model.", "meta.", "data."))]
 
 
 def model_changes(changes: list[tuple[str, Any, Any]]) -> list[str]:
