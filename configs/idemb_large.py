@@ -5,7 +5,8 @@ is split over the devices of the mesh's `model` axis.
 meta-learned user vector that the inner loop adapts) on synthetic data of
 1,048,576 users and 2**21 - 1 = 2,097,151 items: the ID table has 2**21
 rows (row 0 pads), which any power-of-two `mesh.model` divides (JAX splits
-evenly; a table whose rows the axis does not divide stays replicated). The
+evenly; a catalogue of any other size gets its large tables padded to a
+multiple of `model.table_row_multiple`, 1,024, for the same reason). The
 ID and bias tables, 2**21 x 65 floats, and Adam's two moments are 1.6 GB
 replicated; `mesh.model=4` leaves a quarter of that on each device. The
 inner loop adapts only the user vector (`meta.adapt` default `^user/`),
@@ -22,8 +23,8 @@ build the first time):
 Expect: `param_bytes_per_device` in the bench JSON about a quarter of the
 replicated run's (the README's "Large catalogs" section has the figures).
 
-10M items: `--config.data.synthetic.num_items=10485759` (10 * 2**20 - 1:
-a table of 10 * 2**20 rows, 2.7 GB before Adam's moments) and, for a
+10M items: `--config.data.synthetic.num_items=10000000` (a table of
+10,000,384 rows, padded, 2.6 GB before Adam's moments) and, for a
 proportionate user base, `--config.data.synthetic.num_users=5242880`; keep
 `mesh.model` a power of two and give the host memory for the store
 (about 8 bytes per rating) and a quarter of the state per device.

@@ -28,6 +28,7 @@ BEFORE_KEY = {
     "model.popularity_prior": False,
     "data.item_id_dropout": 0.0,
     "train.early_stop_patience": 0,
+    "model.table_row_multiple": 1,
 }
 
 # The keys of the first work directories' config.json (2026-11-23), by
@@ -76,7 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
           "loss": "mse", "query_loss": "", "huber_delta": 1.0,
           "query_rank_weight": 0.0, "support_rank_weight": 0.0,
           "interaction": "dot", "item_features": True,
-          "compute_dtype": "float32",
+          "compute_dtype": "float32", "table_row_multiple": 1024,
       },
       "data": {
           "name": "synthetic", "root": "", "store": "", "max_support": 32,

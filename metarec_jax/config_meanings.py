@@ -135,6 +135,14 @@ MEANINGS: dict[str, str] = {
                            " `models/precision.py`). Predictions for eval,"
                            " export and serving use the float32"
                            " parameters.",
+    "model.table_row_multiple": "Embedding tables of at least 64 times this"
+                                " many rows (item IDs, large feature"
+                                " vocabularies) get their rows rounded up"
+                                " to a multiple of it (padding never looked"
+                                " up, at most 1/64 more rows), so that any"
+                                " `mesh.model` dividing it splits them"
+                                " evenly. 1: no padding (what a config"
+                                " written before this key meant).",
     "model.hidden": "Widths of the decision MLP's hidden layers (one output"
                     " unit follows).",
     "model.members": "`melu` (not anchored; maml, fomaml, reptile, mamlpp"
@@ -367,7 +375,8 @@ MEANINGS: dict[str, str] = {
     # mesh
     "mesh.model": "Devices on the mesh's `model` axis: each embedding table"
                   " of at least `mesh.shard_min_rows` rows (a multiple of"
-                  " this) is split by rows over them, with its optimizer"
+                  " this, as `model.table_row_multiple` pads large tables"
+                  " to) is split by rows over them, with its optimizer"
                   " state; the other devices split the tasks. 1 = every"
                   " parameter replicated. Must divide each process's"
                   " devices; the inner loop must not adapt a split table.",

@@ -41,6 +41,7 @@ ALLOWED: dict[str, Any] = {
     "model.name": R.OneOf(_MODELS, "MODELS"),
     "model.interaction": R.OneOf("metarec_jax.models.idemb", "INTERACTIONS"),
     "model.item_features": R.Bool(),
+    "model.table_row_multiple": R.Int(1),
     "model.features": _NAMES,
     "model.exclude_features": _NAMES,
     "model.embed_dim": R.Int(1),

@@ -132,6 +132,38 @@ def test_eval_restores_a_split_checkpoint_replicated(sharded_run):
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_catalogue_no_even_axis_divides_is_padded_and_split(tmp_path,
+                                                              caplog):
+  """158 items: tables of 159 rows, which no `mesh.model` of 2 divides.
+  `model.table_row_multiple=1` leaves them replicated with a warning that
+  names the key; 2 pads them to 160 rows, split over 2 devices, and the
+  run trains as the same padded model does replicated."""
+  def trainer(multiple, model, name):
+    config = tiny_idemb()
+    config.data.synthetic.num_items = 158
+    config.model.table_row_multiple = multiple
+    config.mesh.model = model
+    return Trainer(config, str(tmp_path / name), devices=jax.devices()[:2])
+
+  with caplog.at_level("WARNING"):
+    ragged = trainer(1, 2, "ragged")
+  assert ragged.split == []
+  assert "item/id/embedding (159 rows)" in caplog.text
+  assert "model.table_row_multiple=1" in caplog.text
+  split = trainer(2, 2, "split")
+  assert split.split == ["item/bias/embedding", "item/id/embedding",
+                         "median_kind"]
+  state = split.init(split.rng())
+  table = state.params["model"]["item"]["id"]["embedding"]
+  assert table.shape == (160, 16)
+  assert {s.data.shape for s in table.addressable_shards} == {(80, 16)}
+  _, split_losses = run(split, state, range(2))
+  replicated = trainer(2, 1, "replicated")
+  assert replicated.split == []
+  _, losses = run(replicated, replicated.init(replicated.rng()), range(2))
+  np.testing.assert_allclose(split_losses, losses, rtol=1e-5, atol=1e-6)
+
+
 def test_a_split_table_the_inner_loop_adapts_is_refused(tmp_path):
   config = tiny_idemb()
   config.mesh.model = 2

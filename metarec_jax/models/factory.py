@@ -21,6 +21,33 @@ from metarec_jax.models.recommender import (LOSSES, RANKING_LOSSES,
 
 
 MODELS = ("melu", "idemb")
+# `model.table_row_multiple`: tables of at least this many times the
+# multiple are padded, so the padding adds at most 1/64 of a table's rows.
+PAD_FROM_MULTIPLES = 64
+
+
+def table_rows(vocab: int, multiple: int) -> int:
+  """The rows of an embedding table over `vocab` indices: `vocab`, or for a
+  table of at least `PAD_FROM_MULTIPLES * multiple` rows, `vocab` rounded
+  up to a multiple of `multiple` (`model.table_row_multiple`). The extra
+  rows are never looked up; they let a `mesh.model` axis that divides
+  `multiple` split the table evenly, as JAX needs (a catalogue of 1,000,000
+  items has 1,000,001 rows, which no even axis divides)."""
+  if multiple <= 1 or vocab < PAD_FROM_MULTIPLES * multiple:
+    return vocab
+  return -(-vocab // multiple) * multiple
+
+
+def _pad_rows(table: np.ndarray, rows: int) -> np.ndarray:
+  """`table` with zero rows appended up to `rows`."""
+  return np.pad(table, [(0, rows - len(table))] + [(0, 0)] * (table.ndim - 1))
+
+
+def _padded_fields(fields: tuple[FeatureSpec, ...],
+                   multiple: int) -> tuple[FeatureSpec, ...]:
+  """`fields` with each vocabulary the rows of its table (`table_rows`)."""
+  return tuple(dataclasses.replace(f, vocab=table_rows(f.vocab, multiple))
+               for f in fields)
 
 
 def for_data(model_config, *, implicit_data: bool):
@@ -127,6 +154,8 @@ def build(model_config, features: Iterable[FeatureSpec], *,
     existing = None
     if item_counts is not None and any(f.name == ITEM_ID for f in features):
       existing = np.concatenate([[False], np.asarray(item_counts) > 0])
+      existing = _pad_rows(existing, table_rows(
+          existing.size, int(model_config.table_row_multiple)))
     rec = dataclasses.replace(rec, median_map=True, existing_items=existing)
   loss_fn, query_loss_fn = precision.compute_in(
       (rec.loss_fn, rec.query_loss_fn),
@@ -147,7 +176,10 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
                         strict=False)
   if names and needs_item_id(model_config) and ITEM_ID not in names:
     names += (ITEM_ID,)
-  fields = select(features, names)
+  # The data's vocabularies (what the fixed tables below are filled from)
+  # and the rows of the model's tables.
+  data_fields = select(features, names)
+  fields = _padded_fields(data_fields, int(model_config.table_row_multiple))
   kind = model_config.loss
   query_kind = model_config.query_loss or kind
   delta = float(model_config.huber_delta)
@@ -185,8 +217,8 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
                          " build the feature tables with item_id="
                          "models.needs_item_id(config)")
       # The prior reads the item ID; the network embeds it only if asked.
-      vocab = ids[0].vocab
-      table = popularity_table(item_counts, vocab)
+      items = [f for f in data_fields if f.name == ITEM_ID][0].vocab
+      table = _pad_rows(popularity_table(item_counts, items), ids[0].vocab)
       popularity_init = lambda _: jnp.asarray(table)  # noqa: E731
       embeds_id = (bool(model_config.item_id)
                    or ITEM_ID in tuple(model_config.features))
@@ -256,8 +288,9 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
     # A non-finite mean (a corrupt rating) must not poison every prediction
     # of its item: such an item is treated as one without ratings.
     known = np.isfinite(means) & np.isfinite(weights)
-    offsets[1:, 0] = np.where(known, means - rating_mean, 0.0)
-    offsets[1:, 1] = np.where(known, weights, 0.0)
+    # (rows past the data's items: a padded table's, never looked up)
+    offsets[1:1 + means.size, 0] = np.where(known, means - rating_mean, 0.0)
+    offsets[1:1 + means.size, 1] = np.where(known, weights, 0.0)
 
   def item_bias_init(key, shape, dtype=jnp.float32):
     del key
