@@ -1132,3 +1132,24 @@ def test_a_kept_ranking_is_stored_as_arrays_and_read_back_as_put():
   cache.put("v", ["a b", "c" * 500], [2.5, 1.0], complete=True)
   assert isinstance(cache._entries["v"][0], list)  # pylint: disable=protected-access
   assert cache.get("v", 10) == [("a b", 2.5), ("c" * 500, 1.0)]
+
+
+def test_a_log_of_another_formats_export_is_refused(tmp_path):
+  """A folder holding interactions.dat (a MovieLens export's log) served
+  with a generic export: the start read its own interactions.csv, replayed
+  0 ratings and served every logged user as unknown, without a word."""
+  from metarec_jax.data.convert import ratings_io  # pylint: disable=g-import-not-at-top
+  from metarec_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  from metarec_jax.serve import interaction_log  # pylint: disable=g-import-not-at-top
+  fmt = ratings_io.RatingsFormat(
+      rating_min=1, rating_max=5, **ratings_io.DEFAULT_FORMAT)
+  (tmp_path / "interactions.dat").write_text("7::1193::4\n")
+  (tmp_path / "interactions.dat.bak").write_text("")  # not a log: no matter
+  with pytest.raises(InputError, match=r"holds interactions\.dat, the log of"
+                     r" an export of another input format \(this export's"
+                     r" log is interactions\.csv\)"):
+    interaction_log.InteractionLog(str(tmp_path), fmt)
+  assert sorted(os.listdir(tmp_path)) == ["interactions.dat",
+                                          "interactions.dat.bak"]
+  (tmp_path / "interactions.dat").unlink()
+  interaction_log.InteractionLog(str(tmp_path), fmt).close()

@@ -128,6 +128,7 @@ class InteractionLog:
       raise InputError("the log folder is locked by another server; stop it"
                        " or give this one another --log_dir",
                        path=self.folder) from None
+    self._refuse_another_formats_log()
     self._header = self._text([], [], []) if fmt.header else ""
     try:
       self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND,
@@ -150,6 +151,27 @@ class InteractionLog:
     # acknowledged line must survive the machine's crash, not only ours.
     atomic.fsync_dir(self.folder)
     atomic.fsync_dir(os.path.dirname(self.folder))
+
+  def _refuse_another_formats_log(self) -> None:
+    """Raises `InputError` (the lock let go) where the folder holds the log
+    of an export of another input format: its ratings would be neither
+    replayed nor served, and a user's new ratings would start a second log
+    beside them."""
+    mine = os.path.basename(self.path)
+    others = sorted(n for n in os.listdir(self.folder)
+                    if n.startswith(LOG_NAME + ".") and n.count(".") == 1
+                    and n != mine)
+    if others:
+      for path in self._made:
+        if os.path.basename(path) == LOCK_NAME:
+          atomic.remove(path)
+      os.close(self._lock)
+      raise InputError(
+          f"the log folder holds {others[0]}, the log of an export of"
+          f" another input format (this export's log is {mine}), whose"
+          " ratings this server would neither replay nor serve; serve it"
+          " with an export of that format, or give this one another"
+          " --log_dir", path=self.folder)
 
   def _follow_header(self) -> None:
     """New lines follow the header the log began with, where that is not
