@@ -168,6 +168,11 @@ def define_serve(fv: flags.FlagValues) -> None:
                        " until they learn (0: rank every request on the"
                        " device); an export written with --top_k=K preloads"
                        " its users' top K.", lower_bound=0, flag_values=fv)
+  flags.DEFINE_integer("adapted_cache", 10_000, "Users taught at serving"
+                       " time whose adapted model is held in memory; the"
+                       " least recently served beyond it are re-adapted on"
+                       " their ratings when next asked for.", lower_bound=1,
+                       flag_values=fv)
   flags.DEFINE_boolean("access_log", False, "Log every request to stderr.",
                        flag_values=fv)
 

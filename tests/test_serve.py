@@ -640,6 +640,48 @@ def test_a_session_keeps_its_own_leaves_not_its_batchs(engine):
       assert leaf.base is None and leaf.flags.owndata
 
 
+def test_adapted_leaves_beyond_the_cache_are_dropped_and_readapted(engine):
+  """`--adapted_cache=3`: of 6 users taught, the last 3 hold their leaves; a
+  request for the others re-adapts them together to what they were, and
+  the least recently served lose theirs instead."""
+  export = engine.export
+  small = engine_lib.Engine(export, engine.limits, adapted_cache=3)
+  users = [2 * 10**8 + i for i in range(6)]
+  ids = export.item_ids[:3].tolist()
+  taught = {u: list(zip(ids[:1 + n % 3], [4.0, 1.0, 5.0][:1 + n % 3]))
+            for n, u in enumerate(users)}
+  small.learn([(u, export.item_index([i for i, _ in pairs]),
+                np.float32([r for _, r in pairs]))
+               for u, pairs in taught.items()])
+  assert len(small.sessions) == 6 and small.sessions.held == 3
+  assert small.sessions.dropped(users) == users[:3]
+  probe = export.item_ids[:16]
+  calls = []
+  adapt = small._adapt  # pylint: disable=protected-access
+  small._adapt = lambda *a: calls.append(len(a[0])) or adapt(*a)  # pylint: disable=protected-access
+  for batch, adapted in (([users[5]], []), ([users[0], users[1]], [2])):
+    got = small.predict([(u, export.item_index(probe)) for u in batch])
+    assert calls == adapted
+    for u, g in zip(batch, got):
+      assert g["source"] == "adapted"
+      want = export.adapt(taught[u], user_id=u).predict(probe)
+      np.testing.assert_allclose(g["scores"], want, rtol=1e-4, atol=1e-4)
+  assert small.sessions.dropped(users) == [users[i] for i in (2, 3, 4)]
+  small.recommend([(users[2], 3)])
+  assert calls == [2, 1]
+  assert small.sessions.dropped(users) == [users[i] for i in (3, 4, 5)]
+  assert small.sessions.held == 3
+  # A batch of more dropped users than the cache holds is served whole.
+  one = engine_lib.Engine(export, engine.limits, adapted_cache=1)
+  one.learn([(u, export.item_index([i for i, _ in taught[u]]),
+              np.float32([r for _, r in taught[u]])) for u in users[:2]])
+  got = one.predict([(u, export.item_index(probe)) for u in users[:2]])
+  for u, g in zip(users[:2], got):
+    want = export.adapt(taught[u], user_id=u).predict(probe)
+    np.testing.assert_allclose(g["scores"], want, rtol=1e-4, atol=1e-4)
+  assert one.sessions.held == 1
+
+
 def test_kept_rankings_are_the_live_ones(engine):
   """topk.jsonl preloaded, and rankings kept between requests, answer what
   ranking on the device answers."""

@@ -255,6 +255,7 @@ def create_app(service: Service, *, token: str | None,
   async def healthz() -> dict:
     return {"status": "ok", "users": export.num_users,
             "items": export.num_items, "sessions": len(engine.sessions),
+            "sessions_adapted": engine.sessions.held,
             "kept_rankings": len(engine.rankings),
             "ranking_hits": engine.rankings.hits,
             "batches": service.stats(), "served": served}

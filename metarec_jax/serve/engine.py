@@ -15,21 +15,20 @@ preloaded from the export's `topk.jsonl` when it has one.
 A user with interactions has a `Session`: its known ratings (the export's,
 then the new ones, oldest first, one per item) and the leaves adapted on
 the newest `max_support` of them, by the export's own rules
-(`export.users.collect`). Its recommendations exclude every rated item.
-Where that adaptation is not finite (the inner loop diverges on these
-ratings: `export.compute.support_finite`, the check `metarec export`
-refuses on), the session keeps the ratings but serves the user's model
-before any interaction (the export's, or the meta-parameters' for a user
-the export does not have; the same after a restart replays the log), says
-so with a warning and `adapted: false`, and tries again at the next
-interaction.
+(`export.users.collect`), re-adapted when asked for after `sessions`
+dropped them. Its recommendations exclude every rated item. Where that
+adaptation is not finite (the inner loop diverges on these ratings:
+`export.compute.support_finite`, the check `metarec export` refuses on),
+the session keeps the ratings but serves the user's model before any
+interaction (the export's, or the meta-parameters' for a user the export
+does not have; the same after a restart), says so with a warning and
+`adapted: false`, and tries again at the next interaction.
 
 Not thread-safe: the server calls it from one worker thread.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any, Sequence
 
@@ -42,40 +41,20 @@ from metarec_jax.export import users as users_lib
 from metarec_jax.export.serving import Export
 from metarec_jax.meta.config import diverges
 from metarec_jax.serve import rankings
+from metarec_jax.serve.sessions import Served, Session, Sessions
 from metarec_jax.serve.sizes import Limits, bucket, powers
 
 log = logging.getLogger("metarec")
-
-
-@dataclasses.dataclass
-class Session:
-  """A user taught at serving time."""
-
-  items: np.ndarray    # int64 catalogue positions, oldest first, unique
-  ratings: np.ndarray  # float32
-  fast: dict[str, np.ndarray]
-  support_size: int    # ratings `fast` was adapted on
-  source: str = "adapted"  # or, where adaptation diverged, what it serves
-
-
-@dataclasses.dataclass
-class Served:
-  """What a request needs of one user."""
-
-  source: str  # export, meta or adapted (export.UserModel's sources)
-  fast: dict[str, np.ndarray]
-  features: dict[str, np.ndarray]
-  rated: np.ndarray  # catalogue positions never to recommend
 
 
 class Engine:
   """Batches of recommend / predict / learn / adapt requests (see module)."""
 
   def __init__(self, export: Export, limits: Limits = Limits(), *,
-               rank_cache: int = 100_000):
+               rank_cache: int = 100_000, adapted_cache: int = 10_000):
     self.export = export
     self.limits = limits
-    self.sessions: dict[Any, Session] = {}
+    self.sessions = Sessions(adapted_cache)
     self.rankings = rankings.RankCache(rank_cache)
     self.user_sizes = powers(1, 2, limits.max_batch)
     self.item_sizes = powers(16, 4, limits.max_items)
@@ -121,7 +100,30 @@ class Engine:
 
   def served(self, user) -> Served:
     """The user's model as it stands now."""
-    session = self.sessions.get(user)
+    return self.served_all([user])[0]
+
+  def served_all(self, users: Sequence) -> list[Served]:
+    """`served` of each of `users`; those whose session dropped its leaves
+    (`sessions`) are re-adapted on their ratings first, together."""
+    # Taken first: re-adapting the dropped may drop others of `users`
+    # (those served last are dropped last).
+    sessions = {u: self.sessions.get(u) for u in users}
+    for u in sessions:
+      self.sessions.touch(u)
+    dropped = self.sessions.dropped(users)
+    for lo in range(0, len(dropped), self.limits.max_batch):
+      part = dropped[lo:lo + self.limits.max_batch]
+      rows = [self.export.user_row(u) for u in part]
+      # (no warning: a divergence was reported when the user learned)
+      fresh = self._adapt([self._features(u, r) for u, r in zip(part, rows)],
+                          [(self.sessions[u].items, self.sessions[u].ratings)
+                           for u in part],
+                          [self._unadapted(r) for r in rows], None)
+      sessions.update(zip(part, fresh))
+      self.sessions.update(zip(part, fresh))
+    return [self._served(u, sessions[u]) for u in users]
+
+  def _served(self, user, session: Session | None) -> Served:
     row = self.export.user_row(user)
     features = self._features(user, row)
     if session is not None:
@@ -205,7 +207,7 @@ class Engine:
         keys.append(key)
       else:
         out[i] = {"source": self.source(user), "items": kept}
-    served = [self.served(requests[i][0]) for i in live]
+    served = self.served_all([requests[i][0] for i in live])
     for i, key, r in zip(live, keys,
                          self._rank(served, [self.k] * len(live))):
       k = requests[i][1]
@@ -237,7 +239,7 @@ class Engine:
     out = []
     for lo in range(0, len(requests), self.limits.max_batch):
       part = requests[lo:lo + self.limits.max_batch]
-      served = [self.served(user) for user, _ in part]
+      served = self.served_all([user for user, _ in part])
       size = bucket(len(part), self.user_sizes)
       width = bucket(max(len(p) for _, p in part), self.item_sizes)
       fast, features = self._stack(served, size)

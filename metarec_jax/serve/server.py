@@ -43,6 +43,7 @@ class Options:
   max_body_bytes: int = 1 << 20
   read_timeout_s: float = 30.0
   rank_cache: int = 100_000
+  adapted_cache: int = 10_000
   access_log: bool = False
 
 
@@ -127,7 +128,8 @@ def serve(options: Options) -> int:
                                max_items=o.max_items,
                                max_ratings=o.max_ratings)
     export = export_lib.load(o.export)
-    engine = engine_lib.Engine(export, limits, rank_cache=o.rank_cache)
+    engine = engine_lib.Engine(export, limits, rank_cache=o.rank_cache,
+                               adapted_cache=o.adapted_cache)
     kept = engine.rankings.preload(export)
     if kept:
       log.info("kept the top %d of %d exported users from topk.jsonl",

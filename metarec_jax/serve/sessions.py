@@ -1,0 +1,93 @@
+"""The users taught at serving time, with their adapted leaves bounded.
+
+A session is a user's known ratings (kept for the life of the server: 12
+bytes a rating, what the interaction log holds too) and the leaves adapted
+on them (5 KB to 80 KB a user, by model). The leaves are a cache: at most
+`capacity` users hold theirs, the least recently served lose them first,
+and a user asked for again is re-adapted on its ratings by the same rules
+(`Engine`), so memory stays bounded however many users ever interacted.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Session:
+  """A user taught at serving time."""
+
+  items: np.ndarray    # int64 catalogue positions, oldest first, unique
+  ratings: np.ndarray  # float32
+  fast: dict[str, np.ndarray] | None  # None: dropped (`Sessions`)
+  support_size: int    # ratings `fast` was adapted on
+  source: str = "adapted"  # or, where adaptation diverged, what it serves
+
+
+@dataclasses.dataclass
+class Served:
+  """What a request needs of one user."""
+
+  source: str  # export, meta or adapted (export.UserModel's sources)
+  fast: dict[str, np.ndarray]
+  features: dict[str, np.ndarray]
+  rated: np.ndarray  # catalogue positions never to recommend
+
+
+class Sessions:
+  """user -> `Session`, at most `capacity` of them holding their leaves."""
+
+  def __init__(self, capacity: int):
+    if capacity < 1:
+      raise ValueError(f"capacity must be at least 1, got {capacity}")
+    self.capacity = capacity
+    self._all: dict[Any, Session] = {}
+    self._held: collections.OrderedDict[Any, None] = collections.OrderedDict()
+
+  def __contains__(self, user) -> bool:
+    return user in self._all
+
+  def __len__(self) -> int:
+    return len(self._all)
+
+  def __iter__(self) -> Iterator:
+    return iter(self._all)
+
+  def __getitem__(self, user) -> Session:
+    return self._all[user]
+
+  def get(self, user) -> Session | None:
+    """The user's session (its leaves possibly dropped), or None."""
+    return self._all.get(user)
+
+  @property
+  def held(self) -> int:
+    """Sessions holding their leaves."""
+    return len(self._held)
+
+  def dropped(self, users: Iterable) -> list:
+    """Those of `users` (once each) whose session dropped its leaves."""
+    return [u for u in dict.fromkeys(users)
+            if u in self._all and self._all[u].fast is None]
+
+  def touch(self, user) -> None:
+    """Marks a held session as just served (the last to be dropped)."""
+    if user in self._held:
+      self._held.move_to_end(user)
+
+  def update(self, pairs: Iterable[tuple[Any, Session]]) -> None:
+    """Stores sessions with their leaves, dropping the leaves of the least
+    recently served beyond `capacity` (the `Session` objects given keep
+    theirs: a batch larger than `capacity` is served from them)."""
+    for user, session in pairs:
+      self._all[user] = session
+      self._held[user] = None
+      self._held.move_to_end(user)
+    while len(self._held) > self.capacity:
+      user, _ = self._held.popitem(last=False)
+      # A copy without them: a caller may still serve the stored one.
+      self._all[user] = dataclasses.replace(self._all[user], fast=None)
