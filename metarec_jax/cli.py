@@ -165,7 +165,7 @@ def _run_train(inv: Invocation) -> int:
   # to do next.
   from metarec_jax import models  # pylint: disable=g-import-not-at-top
   from metarec_jax.eval import verdicts  # pylint: disable=g-import-not-at-top
-  val = summary.get("best", {}).get("val") or summary.get("val")
+  val = (summary.get("best") or {}).get("val") or summary.get("val")
   if val is not None and summary.get("lead", True):  # by process 0 alone
     built = models.for_data(config.model,
                             implicit_data=bool(config.data.implicit.enabled))
@@ -177,7 +177,7 @@ def _run_train(inv: Invocation) -> int:
     if not int(val.get("tasks") or 0):
       log.warning("%s", verdicts.NO_VALIDATION)
   # An early stop's last step is not its result: the best validated is.
-  best = summary.get("best", {}).get("step")
+  best = (summary.get("best") or {}).get("step")
   chosen = ("" if best is None or best == summary["step"] else
             f" (its best validated checkpoint, which eval and export use:"
             f" step {best})")

@@ -50,6 +50,16 @@ def test_a_run_that_only_gets_worse_keeps_its_start(tmp_path):
   assert rows[0]["step"] == 0 and "val/mae" in rows[0]
   report = eval_lib.evaluate_workdir(workdir, support_curve=False)
   assert report["step"] == 0  # eval takes the best validated checkpoint
+  # Resumed for more steps, the run still names that start as its best
+  # (train's closing verdict and line spoke of its last validation).
+  _, resumed = _train(tmp_path, [("model.anchor", "false"),
+                                 ("train.seed", "2"),
+                                 ("train.num_steps", str(summary["step"] + 4)),
+                                 ("train.early_stop_patience", "0")])
+  assert resumed["step"] > summary["step"]
+  assert resumed["best"]["step"] == 0
+  assert resumed["best"]["val"]["mae"] == best["val"]["mae"]
+  assert resumed["val"]["mae"] > best["val"]["mae"]
 
 
 def test_the_anchored_start_is_the_baseline_and_the_best_is_no_worse(

@@ -119,6 +119,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       selection = Selection.resumed(int(tc.early_stop_patience),
                                     checkpointer.validated(),
                                     saved_selection)
+      summary["best"] = selection.best_report  # resumed: maybe an older step
       done = None  # nothing to train: where the run is, the key to raise
       ended = saved_config is not None and restored_step >= int(  # its end:
           saved_config["train"]["num_steps"])  # no early stop, extendable
@@ -240,9 +241,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         summary["val"] = results["val"]
         report(step, results, shares)
         val_loss = criterion(results["val"], shares if served_mae else None)
-        improved = val_loss is not None and selection.update(val_loss)
-        if improved:
-          summary["best"] = {"step": step, "val": results["val"]}
+        improved = val_loss is not None and selection.update(
+            val_loss, {"step": step, "val": results["val"]})
+        summary["best"] = selection.best_report
         return val_loss, improved, validated
 
       if cut and validates:
@@ -255,9 +256,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           save_and_report_stop(step)
           return {**summary, "step": step}
         save(step, done[0], done[2])
-        # Where that validation ends the patience, the run ends here: no
-        # step is trained (it would also free the validated params' buffers,
-        # donated to the step, before the support curve reads them).
+        # Where that validation ends the patience, no step is trained (it
+        # would free the validated params' buffers that the curve reads).
         summary["early_stopped"] = selection.should_stop
       if eval_every > 0 and restored_step is None:
         # The initial state is a candidate like any validated step, its
@@ -274,8 +274,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         # A non-finite loss (non-finite ratings) is no candidate.
         if initial_loss is not None and math.isfinite(initial_loss):
           report(step, results, shares)
-          if selection.start(initial_loss):
-            summary["best"] = {"step": step, "val": results["val"]}
+          selection.start(initial_loss, {"step": step, "val": results["val"]})
+          summary["best"] = selection.best_report
           save(step, initial_loss, initial)
       log_every = int(config.log.every_steps)
       histogram_every = int(config.log.histogram_every_steps)  # 0: never

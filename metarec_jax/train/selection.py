@@ -27,12 +27,16 @@ class Selection:
       candidate to keep, not a bar that training must clear within the
       patience (a model often validates worse than its start at first).
     stale: validations since `trained` last improved.
+    best_report: `{"step", "val"}` of the `best` step (its validation
+      report, what `train`'s closing verdict speaks of; None: not given,
+      or restored from a checkpoint written before it was recorded).
   """
 
   patience: int = 0
   best: float = math.inf
   trained: float = math.inf
   stale: int = 0
+  best_report: dict | None = None
 
   @classmethod
   def resumed(cls, patience: int, validated: dict[int, float],
@@ -52,27 +56,29 @@ class Selection:
       out.trained = (math.inf if saved.get("trained") is None
                      else float(saved["trained"]))
       out.stale = int(saved.get("stale", 0))
+      out.best_report = saved.get("best_report")
     return out
 
   def record(self) -> dict:
     """What a checkpoint records for `resumed` (JSON: no infinity)."""
     return {"trained": None if math.isinf(self.trained) else self.trained,
-            "stale": self.stale}
+            "stale": self.stale, "best_report": self.best_report}
 
-  def start(self, mae: float) -> bool:
-    """Records the validation of the start; whether it is the best."""
+  def start(self, mae: float, report: dict | None = None) -> bool:
+    """Records the validation of the start (`report`: its
+    `best_report`); whether it is the best."""
     if mae < self.best:
-      self.best = mae
+      self.best, self.best_report = mae, report
       return True
     return False
 
-  def update(self, mae: float) -> bool:
-    """Records the validation of a trained step; whether it is the best
-    so far (to be saved as such)."""
+  def update(self, mae: float, report: dict | None = None) -> bool:
+    """Records the validation of a trained step (`report`: its
+    `best_report`); whether it is the best so far (to be saved as such)."""
     self.stale = 0 if mae < self.trained else self.stale + 1
     self.trained = min(self.trained, mae)
     if mae <= self.best:
-      self.best = mae
+      self.best, self.best_report = mae, report
       return True
     return False
 
