@@ -41,6 +41,24 @@ def test_quiet_when_the_model_wins_and_on_empty_scenarios():
           "item_mean_user_bias": {"mae": None}}}}) == []
 
 
+def test_warns_when_the_meta_parameters_lose_to_the_global_mean():
+  """What a user without ratings is served: the one-pass learners' empty
+  support gave an MAE 39% above the global mean's, without a word."""
+  loser = {**scenario(0.70, 0.74), "mae_unadapted": 1.0520}
+  lines = verdicts.warnings_for({"W": loser})
+  assert len(lines) == 1
+  assert lines[0].startswith("W: before adaptation the model's query MAE"
+                             " 1.0520 is WORSE than the global mean's 1.0000"
+                             " (+5.2%); every user without ratings")
+  assert "model.anchor=true" in lines[0]
+  for quiet in (0.95, 1.0005, None):  # better, a tie, not measured
+    assert verdicts.warnings_for(
+        {"W": {**scenario(0.70, 0.74), "mae_unadapted": quiet}}) == []
+  # Not said of the anchored model, whose advice it would be.
+  anchored = config_io.complete({"model": {"anchor": True}}).model
+  assert verdicts.warnings_for({"W": loser}, model_config=anchored) == []
+
+
 def test_warns_about_too_few_tasks():
   lines = verdicts.warnings_for({"IC": scenario(0.8, 0.9, tasks=6),
                                  "UIC": scenario(0.9, 0.8, tasks=1)})

@@ -54,6 +54,12 @@ ADVICE_ANCHORED = ("try: more validation users (eval.val_fraction), so"
                    " map, the new-item prior) carries over to these tasks,"
                    " or serving without the map (model.calibration=none)")
 
+# Where the meta-parameters, before any adaptation, lose to the global mean.
+ADVICE_UNADAPTED = ("every user without ratings is served that model"
+                    " (`source` meta in `metarec serve`); try: the"
+                    " baseline-anchored model (model.anchor=true, with"
+                    " a MAML-family meta.algorithm), whose meta-parameters"
+                    " predict the item means")
 # `metarec train`'s summary where the validation users had no task.
 NO_VALIDATION = (
     "validation: no validation user has a task of existing items"
@@ -183,7 +189,25 @@ def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
                  + what)
     out += _order_warning(name, m, tasks, min_tasks, model_config,
                           rating_range)
+    if not anchored:  # (whose meta-parameters predict the item means)
+      out += _unadapted_warning(name, m, tasks, min_tasks)
   return out
+
+
+def _unadapted_warning(name: str, m: dict, tasks: int,
+                       min_tasks: int) -> list[str]:
+  """The line of a rating scenario whose meta-parameters, before any
+  adaptation, predict its query ratings worse than the global mean by
+  more than `TIE` (seen with the one-pass learners, whose empty support
+  set gives the meta-parameters)."""
+  before = m.get("mae_unadapted")
+  mean = ((m.get("baselines") or {}).get("global_mean") or {}).get("mae")
+  if before is None or mean is None or not before > mean * (1 + TIE):
+    return []
+  return [f"{name}: before adaptation the model's query MAE {before:.4f} is"
+          f" WORSE than the global mean's {mean:.4f}"
+          f" ({100 * (before / mean - 1):+.1f}%); "
+          + _what_to_try(tasks, min_tasks, ADVICE_UNADAPTED)]
 
 
 def _order_warning(name: str, m: dict, tasks: int, min_tasks: int,
