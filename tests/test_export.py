@@ -1021,3 +1021,14 @@ def test_an_export_of_a_model_this_metarec_lacks_is_one_line(exported,
                      f"--log_dir={tmp_path / 'log'}")
   assert_one_line_error(out, "(written by another metarec version? serve it"
                         " with that one)")
+  # A newer metarec's meta_config field (a helper's new algorithm key) was
+  # a TypeError traceback from MetaConfig.
+  manifest["config"]["model"]["name"] = "melu"
+  manifest["meta_config"]["layer_lr"] = []
+  data = json.dumps(manifest, indent=1).encode()
+  open(path, "wb").write(data)
+  open(os.path.join(copy, "manifest.sha256"), "w").write(
+      layout._manifest_digest_line(data))  # pylint: disable=protected-access
+  with pytest.raises(InputError, match=f"^{re.escape(path)}: meta_config: .*"
+                     "'layer_lr'.* \\(written by another metarec version"):
+    export.load(copy)

@@ -121,10 +121,14 @@ class Export(batched.UserBatches):
         specs, rating_mean=float(m["rating_mean"]),
         # The rate the run adapted at (`experiment.inner_lr`).
         inner_lr=float(m["meta_config"]["inner_lr"]))
-    mc = dict(m["meta_config"])
-    mc["adapt"] = tuple(mc["adapt"])
-    mc["msl_weights"] = tuple(mc["msl_weights"])
-    self.meta_config = meta.MetaConfig(**mc)
+    mc = {**m["meta_config"], "adapt": tuple(m["meta_config"]["adapt"]),
+          "msl_weights": tuple(m["meta_config"]["msl_weights"])}
+    try:
+      self.meta_config = meta.MetaConfig(**mc)
+    except TypeError as e:  # a newer metarec's field: was a traceback
+      raise InputError(f"meta_config: {e} (written by another metarec"
+                       " version? serve it with that one)",
+                       path=os.path.join(path, layout.MANIFEST)) from None
     self.max_support = int(m["max_support"])
     # Implicit feedback (None: ratings): see `adapt`.
     self.implicit = (implicit.ImplicitSpec(**m["implicit"])
