@@ -85,6 +85,12 @@ def test_a_student_distils_from_a_teacher(hybrid_run, tmp_path, caplog,
   assert algorithm == {"distilled": "metric",
                        "distilled_amortised": "amortised"}[variant]
   assert f"distilling from {hybrid_run} (step 1, weight 0.3)" in caplog.text
+  # Which of the teacher's checkpoints, said of the teacher, with no hint
+  # of a --step flag that train does not take.
+  chose = [r.getMessage() for r in caplog.records
+           if "checkpoint" in r.getMessage() and "using" in r.getMessage()]
+  assert chose and all(m.startswith(f"the teacher {hybrid_run}: using")
+                       and "--step" not in m for m in chose), chose
   # The teacher's targets are compiled in the warm-up, not at the first
   # batch (which warned that a batch shape escaped the buckets).
   assert "after the warm-up" not in caplog.text

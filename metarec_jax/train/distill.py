@@ -154,7 +154,7 @@ def load(config, exp: experiment.Experiment, mesh) -> Teacher | None:
                      " student's validation and evaluation hold out. Distill"
                      " from a run with the student's data, eval.* split keys"
                      " and data.query_size", path=path)
-  state = load_state(teacher_exp, path, mesh)
+  state = load_state(teacher_exp, path, mesh, of=f"the teacher {path}")
   log.info("distilling from %s (step %d, weight %g)", path,
            int(runtime.to_host(state.step)), weight)
   sharding = runtime.task_sharding(mesh)

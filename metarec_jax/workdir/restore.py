@@ -24,18 +24,21 @@ _ATTEMPTS = 3  # choices of the default checkpoint beside a running trainer
 
 
 def _default_step(checkpointer: ckpt_lib.Checkpointer,
-                  exp: experiment.Experiment) -> int | None:
+                  exp: experiment.Experiment, of: str = "") -> int | None:
   """The best validated checkpoint's step, else the newest (None where
-  there is none); logs which."""
+  there is none); logs which (`of`: whose, where not the command's own
+  run: no --step picks another)."""
   best = checkpointer.best()
+  who, hint = ((f"{of}: ", "") if of else
+               ("", "; --step=N picks another"))
   if best is None:
-    log.info("using the newest checkpoint (none was validated);"
-             " --step=N picks another")
+    log.info("%susing the newest checkpoint (none was validated)%s", who,
+             hint)
     return checkpointer.latest_step()
-  log.info("using the best validated checkpoint: step %d (validation"
-           " %s %.4f; newest: step %s); --step=N picks another",
-           best[0], criterion_name(implicit.is_implicit(exp.store)),
-           best[1], checkpointer.latest_step())
+  log.info("%susing the best validated checkpoint: step %d (validation"
+           " %s %.4f; newest: step %s)%s", who, best[0],
+           criterion_name(implicit.is_implicit(exp.store)), best[1],
+           checkpointer.latest_step(), hint)
   return best[0]
 
 
@@ -53,12 +56,13 @@ def _vanishes(path: str, wait: float = 2.0) -> bool:
 
 
 def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
-               step: int | None = None) -> state_lib.TrainState:
+               step: int | None = None, of: str = "") -> state_lib.TrainState:
   """The train state of `step` in `workdir`.
 
   Default: the best validated checkpoint (the lowest validation loss saved
   with one, see `Checkpointer.save` and `workdir.criterion`), else
-  the newest readable one; the log says which.
+  the newest readable one; the log says which (of whose run: `of`, where
+  it is not the command's own, as a distillation's teacher).
 
   Raises:
     InputError: there is no such checkpoint.
@@ -73,7 +77,7 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
       if chosen is not None and not attempt:  # as the default says its own
         log.info("using the checkpoint of step %d (--step)", chosen)
       step = chosen if chosen is not None else _default_step(checkpointer,
-                                                             exp)
+                                                             exp, of)
       state, _, _ = checkpointer.restore(
           state_lib.abstract(exp.model, exp.meta_config,
                              optim.outer_optimizer(
