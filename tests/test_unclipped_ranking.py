@@ -83,3 +83,21 @@ def test_eval_ranks_the_baseline_unclipped(evaluator):
   assert got["ndcg@1"] == 1.0
   clipped = evaluator.baseline_predictions(p)[BASELINE]
   assert got["mae"] == pytest.approx(metrics.mae(clipped, true, p.mask))
+
+
+def test_the_order_gap_to_the_baseline_carries_its_standard_error(
+    evaluator):
+  """`ndcg@3_gap_se`: the standard error of the per-task gap between the
+  model's nDCG@3 and the baseline's, as ranked (what `verdicts` weighs a
+  worse order against)."""
+  lo, hi = evaluator.lo, evaluator.hi
+  r = np.random.default_rng(0)
+  items = r.integers(1, 50, (6, 5))
+  true = r.choice([lo, hi], (6, 5)).astype(np.float32)
+  raw = r.uniform(lo, hi, (6, 5)).astype(np.float32)
+  p = _predictions(raw, true, items, hi)
+  got = evaluator.scenario_metrics(p, 6)["ndcg@3_gap_se"]
+  base = evaluator.baseline_predictions(p, clip=False)[BASELINE]
+  gap = (metrics.ndcg_per_task(raw, true, p.mask, 3, floor=lo)
+         - metrics.ndcg_per_task(base, true, p.mask, 3, floor=lo))
+  assert got == pytest.approx(gap.std(ddof=1) / np.sqrt(6)) and got > 0

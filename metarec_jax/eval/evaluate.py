@@ -25,6 +25,7 @@ from metarec_jax.data.splits import SCENARIOS, TaskSet
 from metarec_jax.data.tasks import batch_shapes, bucket_widths, taskset_batches
 from metarec_jax.eval import metrics as metrics_lib
 from metarec_jax.eval.implicit_eval import RankingEvaluator
+from metarec_jax.eval.ranking import gap_se
 from metarec_jax.eval import predictions_file
 from metarec_jax.data.baselines import BaselineStats
 from metarec_jax.errors import Diverged
@@ -180,6 +181,11 @@ class Evaluator:
         name: metrics_lib.summary(pred, p.true, p.mask, floor=self.lo,
                                   rank_by=ranked[name])
         for name, pred in base.items()}
+    # How far a worse order than the baseline's is noise (`verdicts`):
+    # the standard error of the per-task nDCG@3 gap.
+    result["ndcg@3_gap_se"] = gap_se(*(
+        metrics_lib.ndcg_per_task(r, p.true, p.mask, 3, floor=self.lo)
+        for r in (p.ranked, ranked[BASELINE])))
     return result
 
   def predictions_text(self, p: Predictions, tasks: TaskSet) -> str:
