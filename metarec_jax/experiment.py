@@ -233,6 +233,12 @@ def build(config, workdir: str | os.PathLike, *,
                          item_counts=counts)
   except ValueError as e:
     raise InputError(str(e)) from None
+  idle = [k for k, off in (("anchor", not model_config.anchor),
+                           ("calibration", not model.median_map))
+          if implicit_data and off and config.model[k] not in (False, "none")]
+  if idle and log is not None:  # config.json holds them as given
+    log(f"implicit feedback: {' and '.join(f'model.{k}' for k in idle)}"
+        " (for ratings) do not apply")
   mc = meta_config(config, model, inner_rate=rate)
   if mc.spec.encoder:
     # Found here, not as a traceback from inside the first jit trace.

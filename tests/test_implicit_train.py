@@ -433,3 +433,21 @@ def test_export_adapt_refuses_an_infinite_or_off_scale_click_rating(
   for bad in (np.inf, -np.inf, np.nan, 0.0, 99.0, -5.0):
     with pytest.raises(ValueError, match="scale 1 to 5"):
       e.adapt([(item, bad), e.item_ids[1].item()])
+
+
+def test_the_rating_keys_that_implicit_feedback_turns_off_are_named(
+    tmp_path):
+  """config.json keeps `model.anchor: true` and `model.calibration:
+  median` as given (a helper read them as what ran); the log says neither
+  applies."""
+  from metarec_jax import experiment  # pylint: disable=g-import-not-at-top
+  config = implicit_config()
+  config.model.update({"anchor": True, "calibration": "median"})
+  said = []
+  experiment.build(config, str(tmp_path), log=said.append)
+  assert ("implicit feedback: model.anchor and model.calibration (for"
+          " ratings) do not apply") in said
+  config.model.update({"anchor": False, "calibration": "none"})
+  said = []
+  experiment.build(config, str(tmp_path), log=said.append)
+  assert not [s for s in said if "do not apply" in s]
