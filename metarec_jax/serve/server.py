@@ -81,7 +81,8 @@ def serve(options: Options) -> int:
       folder or a port in use.
   """
   # pylint: disable=g-import-not-at-top
-  from metarec_jax.serve import guards, interaction_log
+  with interrupts.uninterrupted():  # (see the imports under the lock)
+    from metarec_jax.serve import guards, interaction_log
 
   o = options
   if not 0 <= o.max_wait_ms < math.inf:
@@ -116,14 +117,17 @@ def serve(options: Options) -> int:
     # Bound now (a port in use is exit 2 before any slow work); connections
     # wait in the backlog until the server is ready.
     sock = _bind(o.host, o.port)
-    # JAX and the web stack load only now, after the lock.
-    import uvicorn
-    from metarec_jax import export as export_lib, runtime
-    from metarec_jax.serve import app as app_lib
-    from metarec_jax.serve import engine as engine_lib
-    from metarec_jax.serve import http_protocol
-    from metarec_jax.serve import service as service_lib
-    runtime.enable_compilation_cache()
+    # JAX and the web stack load only now, after the lock; a signal waits
+    # for the imports to end (raised inside jaxlib's, 3 stops in 50 at
+    # start-up were a segmentation fault).
+    with interrupts.uninterrupted():
+      import uvicorn
+      from metarec_jax import export as export_lib, runtime
+      from metarec_jax.serve import app as app_lib
+      from metarec_jax.serve import engine as engine_lib
+      from metarec_jax.serve import http_protocol
+      from metarec_jax.serve import service as service_lib
+    cache = runtime.enable_compilation_cache()
     limits = engine_lib.Limits(max_batch=o.max_batch, max_k=o.max_k,
                                max_items=o.max_items,
                                max_ratings=o.max_ratings)
@@ -138,6 +142,12 @@ def serve(options: Options) -> int:
     log.info("replayed %d logged ratings of %d users from %s",
              replayed["ratings"], replayed["users"], interactions.path)
     t1 = time.perf_counter()
+    log.info("compiling %d bucket shapes before serving (users %s, predict"
+             " items %s, support %s; persistent compilation cache: %s)",
+             len(engine.user_sizes) * (1 + len(engine.item_sizes)
+                                       + len(engine.support_widths)),
+             engine.user_sizes, engine.item_sizes, engine.support_widths,
+             cache or "off")
     shapes = engine.warm_up()
     log.info("compiled %d bucket shapes in %.1f s (users %s, predict items"
              " %s, support %s, top %d)", shapes, time.perf_counter() - t1,
@@ -145,8 +155,10 @@ def serve(options: Options) -> int:
              engine.k)
     service = service_lib.Service(engine, interactions,
                                   max_wait=o.max_wait_ms / 1e3)
-    app = app_lib.create_app(service, token=token,
-                             max_body=o.max_body_bytes)
+    with interrupts.uninterrupted():  # (pydantic turned one into its own
+      # SchemaError, a traceback instead of the stop)
+      app = app_lib.create_app(service, token=token,
+                               max_body=o.max_body_bytes)
     host, port = sock.getsockname()[:2]
     protocol = type("Protocol", (http_protocol.JsonErrorsProtocol,),
                     {"read_seconds": o.read_timeout_s})
