@@ -1195,3 +1195,30 @@ def test_a_log_of_another_formats_export_is_refused(tmp_path):
                                           "interactions.dat.bak"]
   (tmp_path / "interactions.dat").unlink()
   interaction_log.InteractionLog(str(tmp_path), fmt).close()
+
+
+def test_a_log_removed_under_the_server_takes_no_more_ratings(tmp_path):
+  """The log folder deleted while serving: appends went on to the deleted
+  file, each acknowledged (200), and were gone at the next start (a helper's
+  finding); now each is a storage error, whether the file was removed or
+  replaced."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from metarec_jax.data.convert import ratings_io  # pylint: disable=g-import-not-at-top
+  from metarec_jax.serve import interaction_log  # pylint: disable=g-import-not-at-top
+  fmt = ratings_io.RatingsFormat(
+      rating_min=1, rating_max=5, **ratings_io.DEFAULT_FORMAT)
+  folder = tmp_path / "log"
+  log = interaction_log.InteractionLog(str(folder), fmt)
+  log.append([1], [2], [4.0])
+  shutil.rmtree(folder)
+  with pytest.raises(OSError, match="no longer the open log"):
+    log.append([1], [3], [5.0])
+  log.close()
+  log = interaction_log.InteractionLog(str(folder), fmt)
+  log.append([1], [2], [4.0])
+  os.replace(log.path, log.path + ".old")
+  with open(log.path, "w") as f:
+    f.write("user,item,rating\n")
+  with pytest.raises(OSError, match="no longer the open log"):
+    log.append([1], [3], [5.0])
+  log.close()

@@ -18,6 +18,7 @@ dropped when the log is opened again.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import logging
@@ -261,6 +262,17 @@ class InteractionLog:
                   self.path, size - keep)
 
   def _write(self, data: bytes) -> None:
+    # The path must still name the open file: where the folder or the file
+    # was removed (or replaced) by hand, appends went to a file no start
+    # reads back, and were acknowledged (a second server could start on
+    # the path meanwhile).
+    try:
+      here = os.stat(self.path)
+    except OSError:
+      here = None
+    if here is None or not os.path.samestat(here, os.fstat(self._fd)):
+      raise OSError(errno.ENOENT, f"{self.path} is no longer the open log"
+                    " (removed or replaced): restart the server")
     try:
       view = memoryview(data)
       while view:
