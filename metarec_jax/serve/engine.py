@@ -37,10 +37,10 @@ import numpy as np
 from metarec_jax.data.convert import parsing
 from metarec_jax.data.tasks import bucket_widths
 from metarec_jax.export import layout
-from metarec_jax.export import users as users_lib
 from metarec_jax.export.serving import Export
 from metarec_jax.meta.config import diverges
 from metarec_jax.serve import rankings
+from metarec_jax.serve import sessions as sessions_lib
 from metarec_jax.serve.sessions import Served, Session, Sessions
 from metarec_jax.serve.sizes import Limits, bucket, powers
 
@@ -252,17 +252,22 @@ class Engine:
                     "scores": scores[i, :len(positions)].tolist()})
     return out
 
-  def learn(self, requests: list[tuple[Any, np.ndarray, np.ndarray]]
-            ) -> list[dict]:
+  def learn(self, requests: list[tuple[Any, np.ndarray, np.ndarray]], *,
+            adapt_last: int | None = None) -> list[dict]:
     """Adds ratings to users and re-adapts each of them once.
 
     Args:
       requests: `[(user, catalogue positions, ratings)]`, in arrival order
         (a later rating of an item replaces an earlier one).
+      adapt_last: adapt only the last this many users (in order of their
+        first request); the others keep their ratings and are adapted when
+        first asked for (a start's replay of the log: its time is bounded
+        by `--adapted_cache`, whatever the users the log holds).
 
     Returns:
       Per request `{"support_size", "rated", "adapted"}` of its user
-      afterwards (`adapted` false: adaptation diverged, see the module).
+      afterwards (`adapted` false: adaptation diverged, see the module; a
+      user not adapted yet counts as adapted).
     """
     order = list(dict.fromkeys(user for user, _, _ in requests))
     history = {user: self._history(user) for user in order}
@@ -273,7 +278,13 @@ class Engine:
                                                           np.float32)]))
     for user in order:
       self.rankings.forget(user)
-    for lo in range(0, len(order), self.limits.max_batch):
+    later = max(0, len(order) - adapt_last) if adapt_last is not None else 0
+    if later:
+      _, kept = sessions_lib.from_histories(
+          [history[u] for u in order[:later]],
+          num_items=self.export.num_items, max_support=self.max_support)
+      self.sessions.update(zip(order[:later], kept))
+    for lo in range(later, len(order), self.limits.max_batch):
       part = order[lo:lo + self.limits.max_batch]
       rows = [self.export.user_row(u) for u in part]
       sessions = self._adapt([self._features(u, r) for u, r in zip(part, rows)],
@@ -303,14 +314,9 @@ class Engine:
     (`_unadapted`) instead, with a warning naming it as `names` does
     (None: no warning, the warm-up's made-up histories)."""
     n = len(histories)
-    owner = np.repeat(np.arange(n), [len(h[0]) for h in histories])
-    u = users_lib.collect(
-        owner, np.concatenate([h[0] for h in histories]),
-        np.concatenate([h[1] for h in histories]), None,
-        known_users=np.zeros(0, np.int64),
-        known_items=np.arange(self.export.num_items),
+    u, sessions = sessions_lib.from_histories(
+        histories, num_items=self.export.num_items,
         max_support=self.max_support)
-    assert len(u) == n, "every history holds a rating"
     size = bucket(n, self.user_sizes)
     width = bucket(int(u.support_sizes.max()), self.support_widths)
     items = np.zeros((size, width), np.int64)
@@ -331,25 +337,18 @@ class Engine:
     stacked = {k: np.stack([f[k] for f in rows]) for k in rows[0]}
     fast, finite = self.export.adapt_users(
         self.export.support_batch(stacked, items, ratings, mask, rated))
-    sessions = []
-    for j in range(n):
-      lo, hi = int(u.offsets[j]), int(u.offsets[j + 1])
-      s = int(u.support_sizes[j])
-      order = np.r_[lo + s:hi, lo:lo + s]  # oldest first again
+    for j, session in enumerate(sessions):
+      s = session.support_size
       # A copy: a view would keep the whole padded batch's buffer alive
       # for as long as the session (17.8 KB a session instead of 7.2).
-      source, leaves, adapted_on = (
-          "adapted", {p: np.array(v[j]) for p, v in fast.items()}, s)
+      session.fast = {p: np.array(v[j]) for p, v in fast.items()}
       if not finite[j]:
-        source, leaves, adapted_on = fallbacks[j]
+        session.source, session.fast, session.support_size = fallbacks[j]
         if names is not None:
           log.warning(
               "%s: adapting on %d ratings gives predictions that are not"
               " finite (%s); serving the %s model instead", names[j], s,
-              diverges(self.export.meta_config), source)
-      sessions.append(Session(
-          items=u.items[order].astype(np.int64), ratings=u.ratings[order],
-          fast=leaves, support_size=adapted_on, source=source))
+              diverges(self.export.meta_config), session.source)
     return sessions
 
   def adapt(self, requests: list[tuple[np.ndarray, np.ndarray, int]]

@@ -139,8 +139,10 @@ def serve(options: Options) -> int:
       log.info("kept the top %d of %d exported users from topk.jsonl",
                export.manifest["top_k"], kept)
     replayed = service_lib.replay(engine, interactions)
-    log.info("replayed %d logged ratings of %d users from %s",
-             replayed["ratings"], replayed["users"], interactions.path)
+    log.info("replayed %d logged ratings of %d users from %s (the %d most"
+             " recent adapted; the others when first asked for)",
+             replayed["ratings"], replayed["users"], interactions.path,
+             replayed["adapted"])
     t1 = time.perf_counter()
     log.info("compiling %d bucket shapes before serving (users %s, predict"
              " items %s, support %s; persistent compilation cache: %s)",

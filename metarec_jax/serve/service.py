@@ -100,7 +100,7 @@ def replay(engine: Engine, interactions: InteractionLog) -> dict:
   """
   rows = interactions.read()
   if rows is None:
-    return {"ratings": 0, "users": 0, "skipped_items": 0}
+    return {"ratings": 0, "users": 0, "adapted": 0, "skipped_items": 0}
   known = engine.export.known_items(rows.items)
   users, items, ratings = rows.users[known], rows.items[known], rows.ratings[
       known]
@@ -108,13 +108,18 @@ def replay(engine: Engine, interactions: InteractionLog) -> dict:
   ids, inverse = np.unique(users, return_inverse=True)
   order = np.argsort(inverse, kind="stable")  # file order within a user
   bounds = np.searchsorted(inverse[order], np.arange(len(ids) + 1))
-  requests = [(ids[i].item(), positions[order[lo:hi]],
-               ratings[order[lo:hi]].astype(np.float32))
-              for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]
-  engine.learn(requests)
+  # Users by their last logged rating: the `--adapted_cache` most recent
+  # are adapted now, the others when first asked for.
+  last = np.zeros(len(ids), np.int64)
+  np.maximum.at(last, inverse, np.arange(len(inverse)))
+  requests = [(ids[i].item(), positions[order[bounds[i]:bounds[i + 1]]],
+               ratings[order[bounds[i]:bounds[i + 1]]].astype(np.float32))
+              for i in np.argsort(last)]
+  engine.learn(requests, adapt_last=engine.sessions.capacity)
   skipped = int((~known).sum())
   if skipped:
     log.warning("%s: %d logged ratings of items not in the export skipped",
                 interactions.path, skipped)
   return {"ratings": int(known.sum()), "users": len(ids),
+          "adapted": min(len(ids), engine.sessions.capacity),
           "skipped_items": skipped}

@@ -16,6 +16,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from metarec_jax.export import users as users_lib
+
 
 @dataclasses.dataclass
 class Session:
@@ -85,9 +87,37 @@ class Sessions:
     theirs: a batch larger than `capacity` is served from them)."""
     for user, session in pairs:
       self._all[user] = session
+      if session.fast is None:  # kept without them (`from_histories`)
+        self._held.pop(user, None)
+        continue
       self._held[user] = None
       self._held.move_to_end(user)
     while len(self._held) > self.capacity:
       user, _ = self._held.popitem(last=False)
       # A copy without them: a caller may still serve the stored one.
       self._all[user] = dataclasses.replace(self._all[user], fast=None)
+
+
+def from_histories(histories: list[tuple[np.ndarray, np.ndarray]], *,
+                   num_items: int, max_support: int):
+  """`(users_lib.collect` of `histories`, each user's `Session` without
+  leaves)`: a history is a user's `(catalogue positions, ratings)`, oldest
+  first; collected by the export's rules (one rating per item, the latest;
+  the newest `max_support` the support set), the session's items oldest
+  first again."""
+  n = len(histories)
+  owner = np.repeat(np.arange(n), [len(h[0]) for h in histories])
+  u = users_lib.collect(
+      owner, np.concatenate([h[0] for h in histories]),
+      np.concatenate([h[1] for h in histories]), None,
+      known_users=np.zeros(0, np.int64), known_items=np.arange(num_items),
+      max_support=max_support)
+  assert len(u) == n, "every history holds a rating"
+  out = []
+  for j in range(n):
+    lo, hi = int(u.offsets[j]), int(u.offsets[j + 1])
+    s = int(u.support_sizes[j])
+    order = np.r_[lo + s:hi, lo:lo + s]  # the support came first
+    out.append(Session(items=u.items[order].astype(np.int64),
+                       ratings=u.ratings[order], fast=None, support_size=s))
+  return u, out
