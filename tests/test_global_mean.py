@@ -113,3 +113,13 @@ def test_a_fresh_start_beside_an_old_config_takes_its_own_mean(tmp_path):
   assert config.meta.inner_lr_scale == "rating_width"
   resume.keep_run_constants(config, str(workdir))
   assert config.meta.inner_lr_scale == "none"
+  # Nor the tables of a run written before model.table_row_multiple:
+  # padded, its large tables' shapes refused "the same command again" (a
+  # reviewer's finding).
+  record = json.loads(path.read_text())
+  del record["config"]["model"]["table_row_multiple"]
+  path.write_text(json.dumps(record))
+  config = config_io.load_config_file(config_path("tiny"))
+  assert config.model.table_row_multiple == 1024
+  resume.keep_run_constants(config, str(workdir))
+  assert config.model.table_row_multiple == 1
