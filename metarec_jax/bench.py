@@ -293,6 +293,9 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
           "algorithm": config.meta.algorithm,
           "second_order": exp.meta_config.second_order,
           "inner_steps": exp.meta_config.inner_steps,
+          # The teacher's targets are computed as each batch is prepared:
+          # in the fed rate, not in the resident batches nor the FLOPs.
+          "distilled": trainer.teacher is not None,
           "dual_form": exp.meta_config.dual_form,
           "remat": exp.meta_config.remat,
           "tasks_per_step": tasks,
@@ -326,9 +329,13 @@ def describe(result: dict) -> str:
   return "\n".join([
       f"{w['tasks_per_step']} tasks/step, {w['devices']} {w['backend']}"
       f" device(s), chunk {w['chunk_tasks']}, support {w['support_width']},"
-      f" {w['inner_steps']} inner steps,"
-      f" {'second' if w['second_order'] else 'first'} order,"
-      f" {w['compute_dtype']}",
+      + (f" {w['inner_steps']} inner steps,"
+         f" {'second' if w['second_order'] else 'first'} order,"
+         if w["inner_steps"] else " no inner step (one pass),")
+      + f" {w['compute_dtype']}"
+      + (", distilled (the teacher's targets count in the tasks/s, not on"
+         " resident batches nor in the MFLOP/task)"
+         if w.get("distilled") else ""),
       f"  {result['tasks_per_sec']:.0f} tasks/s"
       f" ({result['device_tasks_per_sec']:.0f} on resident batches),"
       f" {result['step_seconds'] * 1e3:.1f} ms/step, "

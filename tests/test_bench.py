@@ -164,3 +164,27 @@ def test_bench_learners_rounds_report_medians_of_paired_ratios(capsys,
   assert result["a"]["step_seconds"] * result["a"]["tasks_per_sec"] == (
       pytest.approx(100.0))
   assert "| b | 250 | 3.0 |" in out
+
+
+def test_the_summary_says_what_a_one_pass_or_distilled_run_counts():
+  """A metric learner's run said "0 inner steps, second order", and a
+  distilled one did not say that its teacher's targets are outside the
+  resident rate and the FLOPs (a helper's reading)."""
+  from metarec_jax import bench  # pylint: disable=g-import-not-at-top
+  workload = {"tasks_per_step": 256, "devices": 2, "backend": "cpu",
+              "chunk_tasks": 16, "support_width": 32, "inner_steps": 0,
+              "second_order": True, "compute_dtype": "float32",
+              "distilled": True, "flops_per_task": 1e5,
+              "plain_flops_per_task": None, "input_workers": 1}
+  result = {"workload": workload, "tasks_per_sec": 2627.0,
+            "device_tasks_per_sec": 13881.0, "step_seconds": 0.1,
+            "achieved_gflops": 1.0, "peak_gflops": 60.0, "utilization": 0.02,
+            "compile_seconds": 3.0, "input_wait_fraction": 0.0,
+            "input_tasks_per_sec": 20000.0, "peak_rss_mb": 900.0}
+  first = bench.describe(result).splitlines()[0]
+  assert "no inner step (one pass)" in first and "order" not in first
+  assert "distilled (the teacher's targets count in the tasks/s" in first
+  workload.update(inner_steps=3, distilled=False)
+  first = bench.describe(result).splitlines()[0]
+  assert "3 inner steps, second order, float32" in first
+  assert "distilled" not in first
