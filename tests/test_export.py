@@ -371,6 +371,14 @@ def test_a_float_of_a_whole_number_is_that_integer_user(exported):
     np.testing.assert_array_equal(loaded.predict(same, items), want)
     assert loaded.user(same).known
   assert not loaded.user(1.5).known
+  # And so are the item ids of such a column (they were unknown items).
+  floats = np.asarray(items, np.float64)
+  np.testing.assert_array_equal(loaded.predict(1, floats), want)
+  np.testing.assert_array_equal(loaded.item_index(floats.astype(np.float32)
+                                                  if max(items) < 2**24
+                                                  else floats),
+                                loaded.item_index(items))
+  assert not loaded.known_items([items[0] + 0.5, np.nan, 1e300]).any()
 
 
 def test_item_ids_that_are_no_list_are_refused(exported):

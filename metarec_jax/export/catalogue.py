@@ -25,10 +25,21 @@ def lookup(order: np.ndarray | None, sorted_ids: np.ndarray,
   """Positions of `ids` in the array that `order` sorts into `sorted_ids`
   (None: `sorted_ids` itself); -1 for unknown ids. On an integer
   catalogue, text ids are read as the store writes integers (`"25"` is
-  25; `"abc"` and `"025"` are unknown, and only they)."""
+  25; `"abc"` and `"025"` are unknown, and only they), and floats of whole
+  numbers as those integers (`25.0` is 25; `25.5` and NaN are unknown)."""
   ids = np.asarray(ids)
   if not len(sorted_ids) or not ids.size:
     return np.full(ids.shape, -1, np.int64)
+  if sorted_ids.dtype.kind in "iu" and ids.dtype.kind == "f":
+    # A whole number is that integer id (a pandas column of integer ids
+    # holding one missing value is float: 1193.0 was an unknown item).
+    flat = ids.reshape(-1)
+    whole = np.isfinite(flat) & (np.abs(flat) < 2.0**63)
+    whole[whole] = flat[whole] == np.round(flat[whole])
+    out = np.full(len(flat), -1, np.int64)
+    if whole.any():
+      out[whole] = lookup(order, sorted_ids, flat[whole].astype(np.int64))
+    return out.reshape(ids.shape)
   if sorted_ids.dtype.kind in "iu" and ids.dtype.kind not in "iu":
     numbers, known = parsing.parse_int_ids(ids.reshape(-1).astype(str))
     out = np.full(len(numbers), -1, np.int64)
