@@ -130,3 +130,23 @@ def test_a_task_rated_all_at_the_lowest_counts_as_one():
   worst = np.array([[0.0, 1.0, 2.0], [1.0, 3.0, 2.0]])
   per_task = metrics.ndcg_per_task(worst, true, mask, 3, floor=1.0)
   assert per_task[0] == 1.0 and per_task[1] < 1.0
+
+
+def test_sorted_runs_put_the_invalid_last_each_a_run_of_its_own():
+  """One helper finds the runs of equal scores for nDCG and the ranking
+  metrics (two copies of it had grown apart: nDCG sorted a real item
+  scored -inf among the padding by its position)."""
+  scores = np.array([[0.0, -np.inf, 1.0, 1.0, 0.5]])
+  valid = np.array([[False, True, True, True, True]])
+  order, starts = metrics.sorted_runs(scores, valid)
+  assert order.tolist() == [[2, 3, 4, 1, 0]]
+  assert starts.tolist() == [[True, False, True, True, True]]
+  # nDCG@4 of it: items 2 and 3 tie for ranks 1-2, item 4 is third, and
+  # the real item scored -inf fourth, before the padding.
+  true = np.array([[5.0, 4.0, 1.0, 3.0, 2.0]])
+  g = 2.0 ** true[0] - 1
+  tie = (g[2] + g[3]) / 2
+  dcg = tie + tie / np.log2(3) + g[4] / 2 + g[1] / np.log2(5)
+  ideal = g[1] + g[3] / np.log2(3) + g[4] / 2 + g[2] / np.log2(5)
+  assert metrics.ndcg_per_task(scores, true, valid, 4)[0] == pytest.approx(
+      dcg / ideal)

@@ -47,6 +47,20 @@ def relevance(true: np.ndarray, floor: float = 0.0) -> np.ndarray:
   return np.asarray(true, np.float64) - min(float(floor), 0.0)
 
 
+def sorted_runs(scores: np.ndarray, valid: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """`(order, starts)`: each row's positions by descending score, the
+  invalid ones last, and `[n, i]` bool, where a run of equal scores begins
+  in that order (each invalid position a run of its own): what the ranking
+  metrics average a tie over."""
+  key = np.where(valid, -np.asarray(scores, np.float64), np.nan)
+  order = np.argsort(key, axis=-1, kind="stable")  # NaN sorts last
+  ranked = np.take_along_axis(key, order, axis=-1)
+  starts = np.ones(ranked.shape, bool)
+  starts[:, 1:] = ranked[:, 1:] != ranked[:, :-1]  # NaN equals nothing
+  return order, starts
+
+
 def ndcg_per_task(pred: np.ndarray, true: np.ndarray, mask: np.ndarray,
                   k: int, *, gain: str = "exponential",
                   floor: float = 0.0) -> np.ndarray:
@@ -66,21 +80,15 @@ def ndcg_per_task(pred: np.ndarray, true: np.ndarray, mask: np.ndarray,
   """
   if gain not in GAINS:
     raise ValueError(f"gain must be one of {GAINS}, not {gain!r}")
-  pred = np.where(mask, np.asarray(pred, np.float64), -np.inf)
   rel = relevance(true, floor)
   gains = 2.0 ** rel - 1.0 if gain == "exponential" else rel
   gain = np.where(mask, gains, 0.0)
-  tasks, width = pred.shape
-  order = np.argsort(-pred, axis=-1, kind="stable")
-  ranked_pred = np.take_along_axis(pred, order, axis=-1)
-  ranked = np.take_along_axis(gain, order, axis=-1)
-  real = np.take_along_axis(np.asarray(mask, bool), order, axis=-1)
+  tasks, width = gain.shape
   # Number every run of equal predictions apart from every other run (of
-  # any task; padding its own run, even after a real -inf), then give each
-  # place its run's mean gain.
-  starts = np.ones_like(ranked_pred, dtype=bool)
-  starts[:, 1:] = ((ranked_pred[:, 1:] != ranked_pred[:, :-1])
-                   | (real[:, 1:] != real[:, :-1]))
+  # any task: a row's first place starts one), then give each place its
+  # run's mean gain.
+  order, starts = sorted_runs(pred, mask)
+  ranked = np.take_along_axis(gain, order, axis=-1)
   run = np.cumsum(starts.ravel()) - 1
   mean_gain = (np.bincount(run, weights=ranked.ravel())
                / np.bincount(run))[run].reshape(tasks, width)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from metarec_jax.data.splits import ragged_arange
+from metarec_jax.eval import metrics as metrics_lib
 
 KS = (5, 10, 20)
 NAMES = ("hr", "precision", "recall", "f1", "ndcg")
@@ -57,15 +58,10 @@ def _tie_groups(scores: np.ndarray, candidate: np.ndarray,
     how many tie in the group, and how many of those are positives.
   """
   n, i = candidate.shape
-  scores = np.broadcast_to(np.asarray(scores, np.float64), (n, i))
-  # Non-candidates read NaN, which sorts last and equals nothing.
-  key = np.where(candidate, -scores, np.nan)
-  order = np.argsort(key, axis=-1)
-  s = np.take_along_axis(key, order, -1)
+  order, new = metrics_lib.sorted_runs(np.broadcast_to(scores, (n, i)),
+                                       candidate)
   is_pos = np.take_along_axis(positive & candidate, order, -1)
   at = np.arange(i)
-  new = np.ones((n, i), bool)
-  new[:, 1:] = s[:, 1:] != s[:, :-1]
   last = np.ones((n, i), bool)
   last[:, :-1] = new[:, 1:]
   rows, cols = np.nonzero(is_pos)
