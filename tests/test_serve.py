@@ -241,11 +241,16 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
                                             "k": " 7 "}), 422, "k:"),
       # A body not declared JSON, to no route or a route of another
       # method: the route's 404 or 405, not a 415 about the body.
-      "no such route": (post("/v1/nothing", content=b"x"), 404, "Not Found"),
+      # (Starlette's "Not Found" and "Method Not Allowed" named neither
+      # the request nor the methods allowed.)
+      "no such route": (post("/v1/nothing", content=b"x"), 404,
+                        "no such endpoint: POST /v1/nothing"),
       # A bare 307 without the JSON error before.
-      "a trailing slash": (client.get("/healthz/"), 404, "Not Found"),
+      "a trailing slash": (client.get("/healthz/"), 404,
+                           "no such endpoint: GET /healthz/"),
       "not a POST route": (post("/healthz", content=b"x"), 405,
-                           "Method Not Allowed"),
+                           "POST /healthz: method not allowed (allowed:"
+                           " GET"),
   }
   for name, (r, status, words) in cases.items():
     assert r.status_code == status, (name, r.status_code, r.text)

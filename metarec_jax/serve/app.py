@@ -222,8 +222,18 @@ def create_app(service: Service, *, token: str | None,
     return error(*_validation_message(exc))
 
   @app.exception_handler(StarletteHTTPException)
-  async def _http(_, exc):
-    response = error(exc.status_code, str(exc.detail))
+  async def _http(request, exc):
+    message = str(exc.detail)
+    # Starlette's own 404 and 405 name neither the request nor the way out.
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404 and message == "Not Found":
+      message = f"no such endpoint: {where}"
+    elif exc.status_code == 405 and message == "Method Not Allowed":
+      allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get(
+          "allow")
+      message = (f"{where}: method not allowed"
+                 + (f" (allowed: {allowed})" if allowed else ""))
+    response = error(exc.status_code, message)
     response.headers.update(exc.headers or {})
     return response
 
