@@ -1229,12 +1229,15 @@ def test_a_log_of_another_formats_export_is_refused(tmp_path):
       rating_min=1, rating_max=5, **ratings_io.DEFAULT_FORMAT)
   (tmp_path / "interactions.dat").write_text("7::1193::4\n")
   (tmp_path / "interactions.dat.bak").write_text("")  # not a log: no matter
+  # Nor is a log of only its header (a reviewer's finding: refused).
+  (tmp_path / "interactions.tsv").write_text("user\titem\trating\n")
   with pytest.raises(InputError, match=r"holds interactions\.dat, the log of"
                      r" an export of another input format \(this export's"
                      r" log is interactions\.csv\)"):
     interaction_log.InteractionLog(str(tmp_path), fmt)
   assert sorted(os.listdir(tmp_path)) == ["interactions.dat",
-                                          "interactions.dat.bak"]
+                                          "interactions.dat.bak",
+                                          "interactions.tsv"]
   (tmp_path / "interactions.dat").unlink()
   interaction_log.InteractionLog(str(tmp_path), fmt).close()
 

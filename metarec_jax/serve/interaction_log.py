@@ -94,6 +94,18 @@ def _unreadable(c: str) -> bool:
           or c in "\ufeff\ufffd")
 
 
+def _holds_ratings(path: str) -> bool:
+  """Whether a file may hold ratings: more than one line, or one with a
+  digit (a log of only its header, a server no one taught, holds none)."""
+  try:
+    with open(path, "rb") as f:
+      head = f.read(1 << 16)
+  except OSError:  # a folder of that name, no permission: not a log
+    return False
+  lines = head.splitlines()
+  return len(lines) > 1 or any(c in b"0123456789" for c in head)
+
+
 class InteractionLog:
   """An open, locked interaction log folder.
 
@@ -161,7 +173,8 @@ class InteractionLog:
     mine = os.path.basename(self.path)
     others = sorted(n for n in os.listdir(self.folder)
                     if n.startswith(LOG_NAME + ".") and n.count(".") == 1
-                    and n != mine)
+                    and n != mine and _holds_ratings(
+                        os.path.join(self.folder, n)))
     if others:
       for path in self._made:
         if os.path.basename(path) == LOCK_NAME:
