@@ -149,7 +149,7 @@ def test_a_catalogue_no_even_axis_divides_is_padded_and_split(tmp_path,
     ragged = trainer(1, 2, "ragged")
   assert ragged.split == []
   assert "item/id/embedding (159 rows)" in caplog.text
-  assert "model.table_row_multiple=1" in caplog.text
+  assert "model.table_row_multiple=2 pads them" in caplog.text
   split = trainer(2, 2, "split")
   assert split.split == ["item/bias/embedding", "item/id/embedding",
                          "median_kind"]
@@ -198,7 +198,16 @@ def test_placement_rule_table():
             "c": {"embedding": jax.ShapeDtypeStruct((2, 1026, 8),
                                                     np.float32)}}
   assert placement.ragged_paths(tables, mesh, min_rows=64) == [
-      "a/embedding (1026 rows)", "c/embedding (1026 rows)"]
+      ("a/embedding (1026 rows)", 1026), ("c/embedding (1026 rows)", 1026)]
+  # What splits it: the largest multiple of 4 that 64 times fits in it
+  # (the warning advised 1,024's multiples, which do not pad a table of
+  # fewer than 65,536 rows: a reviewer's finding).
+  assert placement.padding_advice(1026, 4) == (
+      "a fresh run with model.table_row_multiple=16 pads them to a"
+      " multiple of it")
+  assert placement.padding_advice(601, 2).startswith(
+      "a fresh run with model.table_row_multiple=8 ")
+  assert placement.padding_advice(200, 4).startswith("too few rows")
   assert placement.split_paths(tables, mesh, min_rows=64) == ["b/embedding"]
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from metarec_jax import runtime
+from metarec_jax import models as models_lib, runtime
 from metarec_jax.errors import InputError
 from metarec_jax.meta import paths
 
@@ -88,9 +88,10 @@ def split_paths(abstract: PyTree, mesh: Mesh, *,
   return [p for p, s in zip(paths.leaf_paths(abstract), specs) if s != P()]
 
 
-def ragged_paths(abstract: PyTree, mesh: Mesh, *, min_rows: int) -> list[str]:
-  """Paths of the tables `RULES` would split but whose rows the `model`
-  axis does not divide (they stay replicated)."""
+def ragged_paths(abstract: PyTree, mesh: Mesh, *,
+                 min_rows: int) -> list[tuple[str, int]]:
+  """`(path (rows), rows)` of the tables `RULES` would split but whose
+  rows the `model` axis does not divide (they stay replicated)."""
   model = int(mesh.shape.get(runtime.MODEL_AXIS, 1))
   out = []
   for path, leaf in zip(paths.leaf_paths(abstract), jax.tree.leaves(abstract)):
@@ -99,8 +100,23 @@ def ragged_paths(abstract: PyTree, mesh: Mesh, *, min_rows: int) -> list[str]:
     rows = _rows(tuple(leaf.shape), spec) if spec is not None else 0
     if (pattern is not None and model > 1 and rows >= min_rows
         and rows % model):
-      out.append(f"{path} ({rows} rows)")
+      out.append((f"{path} ({rows} rows)", rows))
   return out
+
+
+def padding_advice(rows: int, model: int) -> str:
+  """What splits a table of `rows` rows over `model` devices: the largest
+  `model.table_row_multiple` that `model` divides and that pads it (64 of
+  them fit in it), for a fresh run; none where the table is too small."""
+  most = rows // models_lib.PAD_FROM_MULTIPLES
+  if most < model:
+    return (f"too few rows to pad for {model} devices: raise"
+            " mesh.shard_min_rows above them")
+  multiple = model
+  while multiple * 2 <= most:
+    multiple *= 2
+  return (f"a fresh run with model.table_row_multiple={multiple} pads"
+          " them to a multiple of it")
 
 
 def check_not_adapted(model_params: PyTree, adapt_patterns: tuple[str, ...],

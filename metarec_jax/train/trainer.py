@@ -15,7 +15,7 @@ import math
 import jax
 import numpy as np
 
-from metarec_jax import backend, experiment, models, runtime
+from metarec_jax import backend, experiment, runtime
 from metarec_jax.data.sampler import TrainSampler
 from metarec_jax.data.tasks import batch_shapes
 from metarec_jax.errors import InputError
@@ -139,12 +139,8 @@ class Trainer:
     if ragged:
       model = self.mesh.shape[runtime.MODEL_AXIS]
       log.warning("stays replicated: mesh.model=%d does not divide the rows"
-                  " of %s (model.table_row_multiple=%d pads the tables of"
-                  " at least %d rows to a multiple of it; a fresh run"
-                  " with a multiple of %d there can split them)", model,
-                  ", ".join(ragged), config.model.table_row_multiple,
-                  models.PAD_FROM_MULTIPLES * config.model.table_row_multiple,
-                  model)
+                  " of %s (%s)", model, ", ".join(p for p, _ in ragged),
+                  placement.padding_advice(min(r for _, r in ragged), model))
     if self.split:
       log.info("split over mesh.model=%d devices (with their optimizer"
                " state): %s", self.mesh.shape[runtime.MODEL_AXIS],
