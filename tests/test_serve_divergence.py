@@ -107,6 +107,37 @@ def test_the_engine_keeps_a_diverged_user_on_its_model(exports, caplog):
   assert good.adapt([(items, ratings, 5)])[0]["adapted"] is True
 
 
+def test_a_user_kept_unadapted_at_start_is_warned_about_once(
+    exports, tmp_path, caplog):
+  """A start's replay adapts only the `--adapted_cache` most recent users;
+  one adapted when first asked for was served its fallback without the
+  warning a replayed, adapted user got (a reviewer's finding). It is
+  warned about at that first adaptation, and not again."""
+  from metarec_jax.serve import interaction_log, service  # pylint: disable=g-import-not-at-top
+  bad = engine_lib.Engine(export_lib.load(exports[1]), LIMITS,
+                          adapted_cache=1)
+  fmt, clock = interaction_log.export_format(bad.export.path)
+  log = interaction_log.InteractionLog(str(tmp_path), fmt, clock=clock)
+  first, last = 555000001, 555000002
+  items, ratings = _history(bad.export)
+  ids = bad.export.item_ids[items].tolist()
+  log.append([first] * 6 + [last] * 6, ids * 2, ratings.tolist() * 2)
+  with caplog.at_level(logging.WARNING, logger="metarec"):
+    service.replay(bad, log)
+  log.close()
+  assert f"user {last!r}: adapting on" in caplog.text  # adapted at start
+  assert f"user {first!r}" not in caplog.text  # kept for later
+  probe = np.arange(8, 16, dtype=np.int64)
+  for _ in range(2):  # adapted, then dropped and adapted again
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="metarec"):
+      assert bad.predict([(first, probe)])[0]["source"] == "meta"
+      bad.predict([(last, probe)])
+    said = caplog.text
+    assert (f"user {first!r}: adapting on" in said) == (_ == 0), said
+    assert f"user {last!r}" not in said
+
+
 def test_the_server_answers_adapted_false_over_http(exports, tmp_path):
   server = Server(exports[1], tmp_path / "log", stderr_path=tmp_path / "err")
   try:

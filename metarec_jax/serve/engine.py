@@ -114,11 +114,13 @@ class Engine:
     for lo in range(0, len(dropped), self.limits.max_batch):
       part = dropped[lo:lo + self.limits.max_batch]
       rows = [self.export.user_row(u) for u in part]
-      # (no warning: a divergence was reported when the user learned)
+      # A divergence is reported at a user's first adaptation only.
       fresh = self._adapt([self._features(u, r) for u, r in zip(part, rows)],
                           [(self.sessions[u].items, self.sessions[u].ratings)
                            for u in part],
-                          [self._unadapted(r) for r in rows], None)
+                          [self._unadapted(r) for r in rows],
+                          [None if self.sessions[u].adapted_once
+                           else f"user {u!r}" for u in part])
       sessions.update(zip(part, fresh))
       self.sessions.update(zip(part, fresh))
     return [self._served(u, sessions[u]) for u in users]
@@ -312,7 +314,7 @@ class Engine:
     """Sessions of users (at most max_batch) adapted on their histories;
     a user whose adaptation is not finite gets its `fallbacks` entry
     (`_unadapted`) instead, with a warning naming it as `names` does
-    (None: no warning, the warm-up's made-up histories)."""
+    (None or a None name: none, as of the warm-up's made-up histories)."""
     n = len(histories)
     u, sessions = sessions_lib.from_histories(
         histories, num_items=self.export.num_items,
@@ -342,9 +344,10 @@ class Engine:
       # A copy: a view would keep the whole padded batch's buffer alive
       # for as long as the session (17.8 KB a session instead of 7.2).
       session.fast = {p: np.array(v[j]) for p, v in fast.items()}
+      session.adapted_once = True
       if not finite[j]:
         session.source, session.fast, session.support_size = fallbacks[j]
-        if names is not None:
+        if names is not None and names[j] is not None:
           log.warning(
               "%s: adapting on %d ratings gives predictions that are not"
               " finite (%s); serving the %s model instead", names[j], s,

@@ -28,6 +28,7 @@ class Session:
   fast: dict[str, np.ndarray] | None  # None: dropped (`Sessions`)
   support_size: int    # ratings `fast` was adapted on
   source: str = "adapted"  # or, where adaptation diverged, what it serves
+  adapted_once: bool = True  # False: kept unadapted (a start's replay)
 
 
 @dataclasses.dataclass
@@ -119,5 +120,6 @@ def from_histories(histories: list[tuple[np.ndarray, np.ndarray]], *,
     s = int(u.support_sizes[j])
     order = np.r_[lo + s:hi, lo:lo + s]  # the support came first
     out.append(Session(items=u.items[order].astype(np.int64),
-                       ratings=u.ratings[order], fast=None, support_size=s))
+                       ratings=u.ratings[order], fast=None, support_size=s,
+                       adapted_once=False))
   return u, out
