@@ -802,11 +802,13 @@ def test_a_damaged_topk_file_is_never_preloaded(engine, tmp_path):
     kept.rankings.preload(export)
 
 
+@pytest.mark.parametrize("moved", [False, True])
 def test_a_log_that_cannot_be_written_is_a_503_and_nothing_is_learned(
-    engine, tmp_path, caplog):
+    engine, tmp_path, caplog, moved):
   """A full disk under the log: a JSON 503 naming the cause; the user is
   not re-adapted (the log, not the model, is the record of what was
-  acknowledged)."""
+  acknowledged). A log removed under the server: no retry can succeed
+  (the reply said 'retry later')."""
   # pylint: disable=g-import-not-at-top
   import errno
   from metarec_jax.serve import app as app_lib
@@ -815,6 +817,8 @@ def test_a_log_that_cannot_be_written_is_a_503_and_nothing_is_learned(
   log = interaction_log.InteractionLog(str(tmp_path), fmt, clock=clock)
 
   def full(*_):
+    if moved:
+      raise interaction_log.LogMoved(errno.ENOENT, "the log was removed")
     raise OSError(errno.ENOSPC, "No space left on device")
 
   log.append = full
@@ -837,8 +841,14 @@ def test_a_log_that_cannot_be_written_is_a_503_and_nothing_is_learned(
   r = asyncio.run(post())
   log.close()
   assert r.status_code == 503, r.text
+  if moved:
+    assert r.json()["error"] == (
+        "storage error (the log was removed): nothing of this request was"
+        " kept; the server must be started again on its log")
+    return
   assert r.json()["error"].startswith("storage error (No space left on"
                                       " device): nothing of this request")
+  assert r.json()["error"].endswith("; retry later")
   assert engine.sessions.get(user) is before
   # The operator reads one line per failed batch, not a traceback each.
   failed = [r for r in caplog.records if "failed" in r.getMessage()]
@@ -1256,7 +1266,7 @@ def test_a_log_removed_under_the_server_takes_no_more_ratings(tmp_path):
   log = interaction_log.InteractionLog(str(folder), fmt)
   log.append([1], [2], [4.0])
   shutil.rmtree(folder)
-  with pytest.raises(OSError, match="no longer the open log"):
+  with pytest.raises(interaction_log.LogMoved, match="no longer the open"):
     log.append([1], [3], [5.0])
   log.close()
   log = interaction_log.InteractionLog(str(folder), fmt)

@@ -30,7 +30,7 @@ from pydantic_core import PydanticCustomError
 from starlette import convertors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from metarec_jax.serve import guards
+from metarec_jax.serve import guards, interaction_log
 from metarec_jax.serve.service import Service
 from metarec_jax.workdir.restore import served_values
 
@@ -251,8 +251,10 @@ def create_app(service: Service, *, token: str | None,
     # A batch's failure was logged once for all its requests.
     if not getattr(exc, "logged", False):
       log.error("a request failed on storage: %s", exc)
+    again = ("the server must be started again on its log"
+             if isinstance(exc, interaction_log.LogMoved) else "retry later")
     return error(503, f"storage error ({exc.strerror or exc}): nothing of"
-                 " this request was kept; retry later")
+                 f" this request was kept; {again}")
 
   # What the exported checkpoint's validation fitted (as `eval` reports).
   served = served_values({"model": export.meta_params})

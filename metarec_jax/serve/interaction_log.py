@@ -106,6 +106,11 @@ def _holds_ratings(path: str) -> bool:
   return len(lines) > 1 or any(c in b"0123456789" for c in head)
 
 
+class LogMoved(OSError):
+  """The log's path no longer names the open file: no write can succeed
+  until the server is started again."""
+
+
 class InteractionLog:
   """An open, locked interaction log folder.
 
@@ -284,8 +289,8 @@ class InteractionLog:
     except OSError:
       here = None
     if here is None or not os.path.samestat(here, os.fstat(self._fd)):
-      raise OSError(errno.ENOENT, f"{self.path} is no longer the open log"
-                    " (removed or replaced): restart the server")
+      raise LogMoved(errno.ENOENT, f"{self.path} is no longer the open log"
+                     " (removed or replaced)")
     try:
       view = memoryview(data)
       while view:
