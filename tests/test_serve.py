@@ -250,12 +250,13 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
                            "no such endpoint: GET /healthz/"),
       "not a POST route": (post("/healthz", content=b"x"), 405,
                            "POST /healthz: method not allowed (allowed:"
-                           " GET"),
+                           " GET, HEAD)"),
   }
   for name, (r, status, words) in cases.items():
     assert r.status_code == status, (name, r.status_code, r.text)
     message = r.json()["error"]
     assert words in message and "\n" not in message, (name, message)
+  assert cases["not a POST route"][0].headers["allow"] == "GET, HEAD"
   health = client.get("/healthz").json()
   assert health["status"] == "ok"
   assert client.head("/healthz").status_code == 200  # `curl -I`: was 405

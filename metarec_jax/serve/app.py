@@ -29,6 +29,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from pydantic_core import PydanticCustomError
 from starlette import convertors
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from metarec_jax.serve import guards, interaction_log
 from metarec_jax.serve.service import Service
@@ -228,13 +229,18 @@ def create_app(service: Service, *, token: str | None,
     where = f"{request.method} {request.url.path}"
     if exc.status_code == 404 and message == "Not Found":
       message = f"no such endpoint: {where}"
-    elif exc.status_code == 405 and message == "Method Not Allowed":
-      allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get(
-          "allow")
-      message = (f"{where}: method not allowed"
-                 + (f" (allowed: {allowed})" if allowed else ""))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and message == "Method Not Allowed":
+      # Of every route of the path (Starlette's header names the first's:
+      # GET alone for /healthz, whose HEAD is a route of its own).
+      allowed = ", ".join(sorted({
+          m for r in request.app.routes if getattr(r, "methods", None)
+          and r.matches(request.scope)[0] != Match.NONE for m in r.methods}))
+      message = f"{where}: method not allowed (allowed: {allowed})"
+      headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+      headers["Allow"] = allowed
     response = error(exc.status_code, message)
-    response.headers.update(exc.headers or {})
+    response.headers.update(headers)
     return response
 
   @app.exception_handler(Exception)
