@@ -310,9 +310,8 @@ MEANINGS: dict[str, str] = {
     "distill.step": "`distill.teacher`: the teacher's checkpoint step; -1 ="
                     " its best validated checkpoint at the run's fresh"
                     " start (else its newest), written into config.json so"
-                    " that a resume left to choose (-1) distils from the"
-                    " same one of the same teacher (a teacher still"
-                    " training moved it); a step given wins.",
+                    " that a resume distils from the same one (a teacher"
+                    " still training moved it).",
     # train
     "train.seed": "Seed of the initial parameters and the task sampler.",
     "train.num_steps": "Meta-steps to train. A resume with more steps"

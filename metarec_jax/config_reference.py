@@ -219,10 +219,6 @@ RELATIONS: tuple[R.Relation, ...] = (
                " data.generic.rating_col is empty (a file without a rating"
                " column: every line is a positive): name the rating column,"
                " or drop the threshold"),
-    R.Relation(("distill.step", "distill.teacher"),
-               lambda step, teacher: step < 0 or bool(teacher),
-               "distill.step picks a checkpoint of distill.teacher, which"
-               " is empty (no distillation)"),
     R.Relation(("distill.teacher", "data.implicit.enabled"),
                lambda teacher, on: not teacher or not on,
                "distill.teacher blends the teacher's predicted ratings into"

@@ -75,8 +75,7 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
       if not attempt:
         _refuse_edited(checkpointer, sorted(listed), workdir)
       if chosen is not None and not attempt:  # as the default says its own
-        log.info("%susing the checkpoint of step %d%s",
-                 f"{of}: " if of else "", chosen, "" if of else " (--step)")
+        log.info("using the checkpoint of step %d (--step)", chosen)
       step = chosen if chosen is not None else _default_step(checkpointer,
                                                              exp, of)
       state, _, _ = checkpointer.restore(

@@ -41,20 +41,20 @@ _HARMLESS = ("train.num_steps", "train.eval_every_steps", "train.max_nonfinite",
 # without training ratings; the item offsets are learned relative to it;
 # `meta.inner_lr_scale`: the inner rate, which also scales the anchored
 # models' user bias; `train.select_on`: what the saved checkpoints'
-# validation losses measure, compared across them;
-# `model.table_row_multiple`: the rows of the saved tables). A work
-# directory written before such a key existed
+# validation losses measure, compared across them; `distill.step`: the
+# teacher checkpoint whose predictions the targets blend in, resolved at
+# the fresh start; `model.table_row_multiple`: the rows of the saved
+# tables). A work directory written before such a key existed
 # keeps the value it ran with (`config_defaults.BEFORE_KEY`).
 RUN_CONSTANTS = ("model.global_mean", "meta.inner_lr_scale",
-                 "train.select_on", "model.table_row_multiple")
+                 "train.select_on", "distill.step",
+                 "model.table_row_multiple")
 
 
 def keep_run_constants(config, workdir: str) -> None:
   """Sets `config`'s `RUN_CONSTANTS` to those of the run in `workdir` (its
   `config.json`), if it saved a checkpoint (a fresh start keeps the
-  config's), logging each that the config changed; and `distill.step` to
-  the run's, where the config leaves it to be chosen for the same
-  teacher."""
+  config's), logging each that the config changed."""
   folder = os.path.join(workdir, "checkpoints")
   if not (os.path.exists(os.path.join(workdir, config_io.WORKDIR_CONFIG))
           and os.path.isdir(folder)
@@ -69,16 +69,6 @@ def keep_run_constants(config, workdir: str) -> None:
                " trained around it; %r applies to a new --workdir)", key,
                saved[key], config[section][name])
       config[section][name] = saved[key]
-  # The teacher's checkpoint resolved at the fresh start, where the config
-  # leaves it to be chosen (-1) of the same teacher: a teacher training on
-  # moved a resumed student to its newer checkpoint. A step given wins
-  # (the teacher may no longer keep the one resolved).
-  step = int(saved.get("distill.step", -1))
-  if (step >= 0 and int(config.distill.step) < 0
-      and saved.get("distill.teacher") == config.distill.teacher):
-    log.info("distill.step stays %d, the teacher checkpoint this run"
-             " started from (--config.distill.step=N picks another)", step)
-    config.distill.step = step
 
 
 # Keys that decide the protocol split (`experiment.protocol_spec`): which
