@@ -112,7 +112,7 @@ def get_config() -> ml_collections.ConfigDict:
           "remat": False, "dual_form": True, "unroll": 0, "msl_weights": (),
           "encoder_hidden": 64,
       },
-      "distill": {"teacher": "", "weight": 0.5, "step": -1},
+      "distill": {"teacher": "", "weight": 0.5},
       "train": {
           "seed": 0, "num_steps": 1500, "schedule_steps": 0,
           "tasks_per_step": 64, "chunk_tasks": 0, "lr": 2e-3,

@@ -307,11 +307,6 @@ MEANINGS: dict[str, str] = {
     "distill.weight": "`distill.teacher`: share of the teacher's"
                       " prediction in each query target (the rest is the"
                       " rating).",
-    "distill.step": "`distill.teacher`: the teacher's checkpoint step; -1 ="
-                    " its best validated checkpoint at the run's fresh"
-                    " start (else its newest), written into config.json so"
-                    " that a resume distils from the same one (a teacher"
-                    " still training moved it).",
     # train
     "train.seed": "Seed of the initial parameters and the task sampler.",
     "train.num_steps": "Meta-steps to train. A resume with more steps"

@@ -137,7 +137,6 @@ ALLOWED: dict[str, Any] = {
     "meta.encoder_hidden": R.Int(1),
     "distill.teacher": R.Text(),
     "distill.weight": _SHARE,
-    "distill.step": R.Int(-1),
     "train.seed": _COUNT,
     "train.num_steps": R.Int(1),
     "train.schedule_steps": _COUNT,

@@ -91,9 +91,6 @@ def test_a_student_distils_from_a_teacher(hybrid_run, tmp_path, caplog,
            if "checkpoint" in r.getMessage() and "using" in r.getMessage()]
   assert chose and all(m.startswith(f"the teacher {hybrid_run}: using")
                        and "--step" not in m for m in chose), chose
-  # The teacher's step, resolved at the fresh start, is the run's: a
-  # resume distils from it whatever checkpoint the teacher has since.
-  assert config_io.read_workdir_config(student).distill.step == 1
   # The teacher's targets are compiled in the warm-up, not at the first
   # batch (which warned that a batch shape escaped the buckets).
   assert "after the warm-up" not in caplog.text
@@ -118,22 +115,3 @@ def test_an_encoder_on_the_anchored_model_is_a_one_line_error(tmp_path, name):
   # model is anchored, implicit feedback never is)
   assert "model.anchor=false" in out.stderr.strip().splitlines()[-1]
   assert "Traceback" not in out.stderr
-
-
-def test_a_resumed_student_distils_from_the_same_teacher_step(
-    hybrid_run, tmp_path, caplog):
-  """The teacher trained on after the student started: the resumed student
-  moved to the teacher's newer checkpoint (step 1 -> 2), with an info line
-  only; `distill.step`, resolved at the fresh start, keeps it on step 1."""
-  import shutil  # pylint: disable=g-import-not-at-top
-  teacher = str(tmp_path / "teacher")
-  shutil.copytree(hybrid_run, teacher)
-  student = train(tmp_path / "student", "distilled",
-                  ("distill.teacher", teacher))
-  assert config_io.read_workdir_config(student).distill.step == 1
-  train(teacher, "hybrid", ("train.num_steps", "2"))  # a newer checkpoint
-  with caplog.at_level(logging.INFO, logger="metarec"):
-    train(student, "distilled", ("distill.teacher", teacher),
-          ("train.num_steps", "2"))
-  assert f"distilling from {teacher} (step 1, weight" in caplog.text
-  assert "distill.step stays 1" in caplog.text

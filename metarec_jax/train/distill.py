@@ -64,7 +64,6 @@ class Teacher:
 
   workdir: str
   weight: float
-  step: int  # the teacher's checkpoint (`distill.step`)
   params: PyTree
   inner: PyTree | None
   fn: runtime.CompiledByShape
@@ -155,15 +154,12 @@ def load(config, exp: experiment.Experiment, mesh) -> Teacher | None:
                      " student's validation and evaluation hold out. Distill"
                      " from a run with the student's data, eval.* split keys"
                      " and data.query_size", path=path)
-  state = load_state(teacher_exp, path, mesh, of=f"the teacher {path}",
-                     step=(None if int(config.distill.step) < 0
-                           else int(config.distill.step)))
-  step = int(runtime.to_host(state.step))
-  log.info("distilling from %s (step %d, weight %g)", path, step, weight)
+  state = load_state(teacher_exp, path, mesh, of=f"the teacher {path}")
+  log.info("distilling from %s (step %d, weight %g)", path,
+           int(runtime.to_host(state.step)), weight)
   sharding = runtime.task_sharding(mesh)
   fn = jax.jit(targets_fn(teacher_exp.model, teacher_exp.meta_config, weight),
                out_shardings=sharding)
-  return Teacher(workdir=path, weight=weight, step=step,
-                 params=state.params["model"],
+  return Teacher(workdir=path, weight=weight, params=state.params["model"],
                  inner=state.params.get("inner"),
                  fn=runtime.CompiledByShape(fn, name="distill_targets"))

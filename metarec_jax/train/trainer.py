@@ -163,8 +163,6 @@ class Trainer:
     self.hyper = self.hyper_args(config.train)
     # Distillation blends a teacher's predictions into the query ratings.
     self.teacher = distill.load(config, self.exp, self.mesh)
-    if self.teacher is not None:  # resolved: a resume distils from it too
-      config.distill.step = self.teacher.step
 
   def prepare(self, batch):
     """The batch the meta-step trains on (the teacher's targets blended in

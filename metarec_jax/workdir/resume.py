@@ -41,14 +41,12 @@ _HARMLESS = ("train.num_steps", "train.eval_every_steps", "train.max_nonfinite",
 # without training ratings; the item offsets are learned relative to it;
 # `meta.inner_lr_scale`: the inner rate, which also scales the anchored
 # models' user bias; `train.select_on`: what the saved checkpoints'
-# validation losses measure, compared across them; `distill.step`: the
-# teacher checkpoint whose predictions the targets blend in, resolved at
-# the fresh start; `model.table_row_multiple`: the rows of the saved
-# tables). A work directory written before such a key existed
+# validation losses measure, compared across them;
+# `model.table_row_multiple`: the rows of the saved tables). A work
+# directory written before such a key existed
 # keeps the value it ran with (`config_defaults.BEFORE_KEY`).
 RUN_CONSTANTS = ("model.global_mean", "meta.inner_lr_scale",
-                 "train.select_on", "distill.step",
-                 "model.table_row_multiple")
+                 "train.select_on", "model.table_row_multiple")
 
 
 def keep_run_constants(config, workdir: str) -> None:
