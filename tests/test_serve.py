@@ -845,7 +845,8 @@ def test_a_log_that_cannot_be_written_is_a_503_and_nothing_is_learned(
   if moved:
     assert r.json()["error"] == (
         "storage error (the log was removed): nothing of this request was"
-        " kept; the server must be started again on its log")
+        " kept; start the server again (on a new log: restore the removed"
+        " one first to keep what it held)")
     return
   assert r.json()["error"].startswith("storage error (No space left on"
                                       " device): nothing of this request")
@@ -1267,7 +1268,7 @@ def test_a_log_removed_under_the_server_takes_no_more_ratings(tmp_path):
   log = interaction_log.InteractionLog(str(folder), fmt)
   log.append([1], [2], [4.0])
   shutil.rmtree(folder)
-  with pytest.raises(interaction_log.LogMoved, match="no longer the open"):
+  with pytest.raises(interaction_log.LogMoved, match="the open log, was removed"):
     log.append([1], [3], [5.0])
   log.close()
   log = interaction_log.InteractionLog(str(folder), fmt)
@@ -1275,6 +1276,6 @@ def test_a_log_removed_under_the_server_takes_no_more_ratings(tmp_path):
   os.replace(log.path, log.path + ".old")
   with open(log.path, "w") as f:
     f.write("user,item,rating\n")
-  with pytest.raises(OSError, match="no longer the open log"):
+  with pytest.raises(OSError, match="the open log, was removed"):
     log.append([1], [3], [5.0])
   log.close()

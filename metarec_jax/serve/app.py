@@ -257,7 +257,8 @@ def create_app(service: Service, *, token: str | None,
     # A batch's failure was logged once for all its requests.
     if not getattr(exc, "logged", False):
       log.error("a request failed on storage: %s", exc)
-    again = ("the server must be started again on its log"
+    again = ("start the server again (on a new log: restore the removed"
+             " one first to keep what it held)"
              if isinstance(exc, interaction_log.LogMoved) else "retry later")
     return error(503, f"storage error ({exc.strerror or exc}): nothing of"
                  f" this request was kept; {again}")

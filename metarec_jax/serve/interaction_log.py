@@ -289,8 +289,8 @@ class InteractionLog:
     except OSError:
       here = None
     if here is None or not os.path.samestat(here, os.fstat(self._fd)):
-      raise LogMoved(errno.ENOENT, f"{self.path} is no longer the open log"
-                     " (removed or replaced)")
+      raise LogMoved(errno.ENOENT, f"{self.path}, the open log, was removed"
+                     " or replaced")
     try:
       view = memoryview(data)
       while view:
