@@ -19,9 +19,10 @@ positives' counts over the training rows: the most popular first; equal
 counts tie) and at random (every candidate tied), the baselines: ties
 count at their expected value over every order of them (`ranking`). New
 items have no training positives, so on IC and UIC the popularity ranking
-is the random one (`verdicts` compares with it as such). Scoring is vmapped over the tasks of a batch and scans the catalog
-in blocks of `eval.catalog_block` items, so memory is bounded by batch x
-block, whatever the catalog's size.
+is the random one (`verdicts` compares with it as such). Scoring is
+vmapped over the tasks of a batch and scans the catalog in blocks of
+`eval.catalog_block` items, so memory is bounded by batch x block,
+whatever the catalog's size.
 """
 
 from __future__ import annotations

@@ -63,6 +63,10 @@ class Engine:
     self.support_widths = tuple(sorted({
         int(w) for w in bucket_widths(np.arange(1, self.max_support + 1),
                                       export.buckets)}))
+    # The programs `warm_up` runs: per batch size, a ranking, a predict of
+    # each item width and an adaptation of each support width.
+    self.shapes = len(self.user_sizes) * (
+        1 + len(self.item_sizes) + len(self.support_widths))
     self._meta_fast = export.meta_leaves
 
   # --------------------------------------------------------------- users
@@ -381,20 +385,16 @@ class Engine:
 
   def warm_up(self) -> int:
     """Compiles every bucket's program (so no request waits for one);
-    returns how many shapes were run."""
+    returns how many shapes were run (`shapes`)."""
     user = self.served(None if not self.export.num_users else
                        self.export.user_ids[0].item())
-    runs = 0
     for size in self.user_sizes:
       self._rank([user] * size, [1] * size)
-      runs += 1
       for width in self.item_sizes:
         self.predict([(None, np.zeros(width, np.int64))] * size)
-        runs += 1
       for width in self.support_widths:
         history = (np.arange(width) % self.export.num_items,
                    np.full(width, self.export.rating_range[1], np.float32))
         self._adapt([user.features] * size, [history] * size,
                     [self._unadapted(-1)] * size, None)
-        runs += 1
-    return runs
+    return self.shapes

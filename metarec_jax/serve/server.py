@@ -146,9 +146,7 @@ def serve(options: Options) -> int:
     t1 = time.perf_counter()
     log.info("compiling %d bucket shapes before serving (users %s, predict"
              " items %s, support %s; persistent compilation cache: %s)",
-             len(engine.user_sizes) * (1 + len(engine.item_sizes)
-                                       + len(engine.support_widths)),
-             engine.user_sizes, engine.item_sizes, engine.support_widths,
+             engine.shapes, engine.user_sizes, engine.item_sizes, engine.support_widths,
              cache or "off")
     shapes = engine.warm_up()
     log.info("compiled %d bucket shapes in %.1f s (users %s, predict items"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -56,9 +56,6 @@ class Sessions:
 
   def __len__(self) -> int:
     return len(self._all)
-
-  def __iter__(self) -> Iterator:
-    return iter(self._all)
 
   def __getitem__(self, user) -> Session:
     return self._all[user]

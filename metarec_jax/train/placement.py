@@ -15,9 +15,10 @@ as XLA partitions it (`jax.jit` with these shardings; the meta-step's
 matches is replicated. A matched table is split only where it pays and
 where it can be: it has at least `mesh.shard_min_rows` rows, and a row
 count the `model` axis divides (JAX shards evenly; the model pads large
-tables to a multiple of `model.table_row_multiple`, `models.table_rows`). A table with leading axes before its rows (an
-ensemble's tables, stacked over `model.members`) is split by its rows too:
-a rule's spec names the trailing axes of the leaf.
+tables to a multiple of `model.table_row_multiple`, `models.table_rows`).
+A table with leading axes before its rows (an ensemble's tables, stacked
+over `model.members`) is split by its rows too: a rule's spec names the
+trailing axes of the leaf.
 """
 
 from __future__ import annotations
