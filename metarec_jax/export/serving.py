@@ -212,10 +212,7 @@ class Export(batched.UserBatches):
   def user_row(self, user_id) -> int:
     """The row of an exported user, -1 if the user is not in the export."""
     return int(catalogue.lookup(None, self.user_ids,
-                       np.asarray([self._user_key(user_id)]))[0])
-
-  def _user_key(self, user_id):
-    return _scalar(user_id, self.user_ids.dtype.kind in "iu")
+                       np.asarray([_scalar(user_id)]))[0])
 
   def is_known(self, user_id) -> bool:
     return self.user_row(user_id) >= 0
@@ -244,7 +241,7 @@ class Export(batched.UserBatches):
     row = -1
     if user_id is not None:
       row = int(catalogue.lookup(self._table_order, self._table_sorted,
-                        np.asarray([self._user_key(user_id)]))[0])
+                        np.asarray([_scalar(user_id)]))[0])
     if row < 0:
       return {n: np.zeros(t.shape[1:], np.int32)
               for n, t in self.table_features.items()}, False
@@ -385,16 +382,11 @@ class Export(batched.UserBatches):
     return out
 
 
-def _scalar(value, integer_ids: bool):
-  """A user id as a numpy-comparable scalar (numbers stay numbers). Of an
-  export of integer ids, a float of a whole number is that integer: a
-  pandas column of integer ids holding one missing value is float, and
-  `1.0` was served as an unknown user (the meta-parameters) where `"1"`
-  and `1` were user 1."""
+def _scalar(value):
+  """A user id as a numpy-comparable scalar (numbers stay numbers; a float
+  of a whole number is that integer of an integer catalogue, as
+  `catalogue.lookup` reads it)."""
   if isinstance(value, (numbers.Integral, np.integer)):
-    return int(value)
-  if (integer_ids and isinstance(value, (float, np.floating))
-      and float(value).is_integer()):
     return int(value)
   return value
 
