@@ -221,6 +221,7 @@ def run(config, *, workdir: str | None = None, steps: int = 20,
   peak = rates[compute_dtype]
   t0 = time.perf_counter()
   trainer = Trainer(config, workdir)
+  trainer.load_teacher()
   log.info("experiment ready in %.1fs", time.perf_counter() - t0)
   exp = trainer.exp
   state = trainer.init(trainer.rng())

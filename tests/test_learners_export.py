@@ -2,6 +2,7 @@
 student distilled from a teacher's work directory."""
 
 import logging
+import os
 
 import jax
 import numpy as np
@@ -115,3 +116,47 @@ def test_an_encoder_on_the_anchored_model_is_a_one_line_error(tmp_path, name):
   # model is anchored, implicit feedback never is)
   assert "model.anchor=false" in out.stderr.strip().splitlines()[-1]
   assert "Traceback" not in out.stderr
+
+
+def test_a_resumed_student_distils_from_the_teacher_checkpoint_it_began_with(
+    hybrid_run, tmp_path, caplog):
+  """The teacher trained on after the student started: the resumed student
+  moved to the teacher's newer checkpoint (step 1 -> 2) with an info line
+  only. Each student checkpoint records the teacher's step and parameters
+  (`Teacher.pin`): a resume goes on from that step, and warns where the
+  teacher no longer holds it, or holds other parameters there."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from metarec_jax.workdir import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  teacher = str(tmp_path / "teacher")
+  shutil.copytree(hybrid_run, teacher)
+  student = train(tmp_path / "student", "distilled",
+                  ("distill.teacher", teacher))
+  train(teacher, "hybrid", ("train.num_steps", "2"),
+        ("checkpoint.keep", "2"))  # a newer checkpoint beside step 1
+
+  def resume(steps):
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="metarec"):
+      train(student, "distilled", ("distill.teacher", teacher),
+            ("train.num_steps", str(steps)))
+    record = ckpt_lib.Checkpointer(student, read_only=True).read_record(steps)
+    return caplog.text, record["teacher"]["step"]
+
+  text, pinned = resume(2)
+  assert f"distilling from {teacher} (step 1, weight" in text and pinned == 1
+  assert "WARNING" not in text, text
+  # Said of the teacher, with no hint of a --step flag train does not take.
+  assert f"the teacher {teacher}: using the checkpoint of step 1\n" in text
+  # Gone (the teacher keeps checkpoint.keep of its own): its default, said.
+  shutil.rmtree(os.path.join(teacher, "checkpoints", "1"))
+  text, pinned = resume(3)
+  assert (f"this run was distilled toward step 1 of the teacher {teacher},"
+          " which it no longer holds (its checkpoints: 2)") in text
+  assert f"distilling from {teacher} (step 2, weight" in text and pinned == 2
+  # Step 2 trained again from another seed: the same number, other
+  # parameters.
+  shutil.rmtree(teacher)
+  train(teacher, "hybrid", ("train.num_steps", "2"), ("train.seed", "7"))
+  text, pinned = resume(4)
+  assert (f"step 2 of the teacher {teacher}, whose step 2 now holds other"
+          " parameters") in text and pinned == 2

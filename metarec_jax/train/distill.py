@@ -8,7 +8,10 @@ MAML) every training batch's query ratings become
 where `teacher(query | support)` is the teacher's prediction after its own
 adaptation to the task's support set (its `meta.adapt`, inner loop and
 learned inner parameters, from its best validated checkpoint, as `eval` uses;
-the newest where none is validated). For the squared
+the newest where none is validated). Each of the student's checkpoints
+records which of the teacher's it was distilled toward (`Teacher.pin`): a
+resume goes on from that one, not from a newer checkpoint of a teacher
+still training, and says so where it is gone. For the squared
 error that is exactly the loss `(1 - weight) * (pred - rating)^2 + weight *
 (pred - teacher)^2` up to a constant, so the student (any algorithm:
 typically an amortised one, one forward pass per user) is trained with the
@@ -21,6 +24,8 @@ comparison spec pairs each student seed with its own teacher.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 from typing import Any
@@ -30,7 +35,9 @@ import numpy as np
 
 from metarec_jax import config_io, experiment, meta, runtime
 from metarec_jax.errors import InputError
+from metarec_jax.workdir import checkpoint as ckpt_lib
 from metarec_jax.workdir import resume
+from metarec_jax.workdir.state_checks import inspect_state
 from metarec_jax.workdir.restore import load_state
 
 log = logging.getLogger("metarec")
@@ -67,6 +74,9 @@ class Teacher:
   params: PyTree
   inner: PyTree | None
   fn: runtime.CompiledByShape
+  # What the student's checkpoints record of it: the teacher's step and the
+  # digest of the parameters it predicts with (`load`'s `pinned`).
+  pin: dict
 
   def __call__(self, batch: PyTree) -> PyTree:
     return self.fn(self.params, self.inner, batch)
@@ -124,8 +134,35 @@ def _other_split(config, exp, teacher_exp) -> str | None:
   return ", ".join(keys) or "other data or validation share"
 
 
-def load(config, exp: experiment.Experiment, mesh) -> Teacher | None:
-  """The teacher named by `config.distill`, or None.
+def _digest(params: PyTree, inner: PyTree | None) -> str:
+  """SHA-256 of the teacher's parameters (their leaves' digests): which
+  checkpoint a student was distilled toward, whatever its step number."""
+  leaves, _ = inspect_state({"model": params, "inner": inner})
+  return hashlib.sha256(json.dumps(leaves, sort_keys=True).encode()
+                        ).hexdigest()
+
+
+def _pinned_step(path: str, pinned: dict | None) -> int | None:
+  """The step of `pinned` (a resumed student's `Teacher.pin`) where the
+  teacher still has it, else None (the default step), with a warning."""
+  if not pinned:
+    return None
+  steps = ckpt_lib.Checkpointer(path, read_only=True).steps()
+  if int(pinned["step"]) in steps:
+    return int(pinned["step"])
+  log.warning("this run was distilled toward step %d of the teacher %s,"
+              " which it no longer holds (its checkpoints: %s): distilling"
+              " from its default checkpoint from here on", pinned["step"],
+              path, ", ".join(map(str, steps)) or "none")
+  return None
+
+
+def load(config, exp: experiment.Experiment, mesh,
+         pinned: dict | None = None) -> Teacher | None:
+  """The teacher named by `config.distill`, or None; from the checkpoint
+  `pinned` (the `Teacher.pin` a resumed student's checkpoint recorded)
+  where the teacher still holds it with the same parameters, else its
+  default one (`load_state`), with a warning where that is another.
 
   Raises:
     InputError: the teacher cannot be read or reads features the student's
@@ -154,12 +191,20 @@ def load(config, exp: experiment.Experiment, mesh) -> Teacher | None:
                      " student's validation and evaluation hold out. Distill"
                      " from a run with the student's data, eval.* split keys"
                      " and data.query_size", path=path)
-  state = load_state(teacher_exp, path, mesh, of=f"the teacher {path}")
-  log.info("distilling from %s (step %d, weight %g)", path,
-           int(runtime.to_host(state.step)), weight)
+  state = load_state(teacher_exp, path, mesh, step=_pinned_step(path, pinned),
+                     of=f"the teacher {path}")
+  step = int(runtime.to_host(state.step))
+  params, inner = state.params["model"], state.params.get("inner")
+  pin = {"step": step, "params": _digest(params, inner)}
+  if pinned and pinned["step"] == step and pinned["params"] != pin["params"]:
+    log.warning("this run was distilled toward step %d of the teacher %s,"
+                " whose step %d now holds other parameters (another run, or"
+                " trained again): distilling from these from here on", step,
+                path, step)
+  log.info("distilling from %s (step %d, weight %g)", path, step, weight)
   sharding = runtime.task_sharding(mesh)
   fn = jax.jit(targets_fn(teacher_exp.model, teacher_exp.meta_config, weight),
                out_shardings=sharding)
-  return Teacher(workdir=path, weight=weight, params=state.params["model"],
-                 inner=state.params.get("inner"),
-                 fn=runtime.CompiledByShape(fn, name="distill_targets"))
+  return Teacher(workdir=path, weight=weight, params=params, inner=inner,
+                 fn=runtime.CompiledByShape(fn, name="distill_targets"),
+                 pin=pin)

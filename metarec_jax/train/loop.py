@@ -29,8 +29,7 @@ from metarec_jax.data.pipeline import Prefetcher
 from metarec_jax.eval import support_curve
 from metarec_jax.eval.evaluate import Evaluator
 from metarec_jax.workdir import checkpoint as ckpt_lib
-from metarec_jax.workdir import reporting, resume, telemetry
-from metarec_jax.workdir import lock
+from metarec_jax.workdir import lock, reporting, resume, telemetry
 from metarec_jax.workdir import progress as progress_lib
 from metarec_jax.workdir.preemption import StopRequest
 from metarec_jax.train import distill, median_map
@@ -159,13 +158,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       evaluator = Evaluator(exp, trainer.eval_mesh)
       guard = NonFiniteGuard(tc, checkpointer, step, state)
 
+      def checkpoint(step, val_loss=None, params=None, cut=False):
+        start_lib.save(checkpointer, step, state, config_record,
+                       val_mae=val_loss, params=params, validation_cut=cut,
+                       selection=selection.record(), run_config=run_config,
+                       teacher=trainer.teacher and trainer.teacher.pin)
+
       def save_and_report_stop(step, validation_cut=False, val_loss=None,
                                validated=None):
         if step != restored_step and step > 0:
-          start_lib.save(checkpointer, step, state, config_record,
-                         validation_cut=validation_cut, val_mae=val_loss,
-                         params=validated, selection=selection.record(),
-                         run_config=run_config)
+          checkpoint(step, val_loss, validated, validation_cut)
           what = ("saved; its validation, cut short, is done on resume"
                   if validation_cut else "saved")
         elif step > 0:  # e.g. during the warm-up of a resumed run
@@ -207,9 +209,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         # orbax compiles its own small copy programs on a first save; they
         # are not ours to count.
         compiles.stop()
-        start_lib.save(checkpointer, step, state, config_record,
-                       val_mae=val_loss, params=params,
-                       selection=selection.record(), run_config=run_config)
+        checkpoint(step, val_loss, params)
         compiles.start()
 
       def validate(step):

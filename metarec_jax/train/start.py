@@ -62,16 +62,19 @@ class RunConfig:
 def save(checkpointer: ckpt_lib.Checkpointer, step: int, state,
          config_record: dict, *, val_mae: float | None = None,
          params=None, validation_cut: bool = False,
-         selection: dict | None = None,
+         selection: dict | None = None, teacher: dict | None = None,
          run_config: RunConfig | None = None) -> None:
-  """Saves `state`, with `params` (the validated shares) if given;
-  `validation_cut`: a stop cut this step's validation short; `selection`:
-  `Selection.record()`; then `run_config.saved()`."""
+  """Saves `state`, with `params` (the validated shares) if given, and
+  what a resume reads back: `validation_cut` (a stop cut this step's
+  validation short), `selection` (`Selection.record()`), `teacher` (the
+  distillation teacher's `pin`); then `run_config.saved()`."""
   if params is not None:
     state = state.replace(params=params)
+  notes = {"validation_cut": validation_cut or None, "selection": selection,
+           "teacher": teacher}
   try:
     checkpointer.save(step, state, config_record, val_mae=val_mae,
-                      validation_cut=validation_cut, selection=selection)
+                      notes={k: v for k, v in notes.items() if v is not None})
   except ckpt_lib.CheckpointError as e:  # a non-finite state: not saved
     raise TrainingError(str(e)) from None
   if run_config is not None:
@@ -103,7 +106,9 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
   """Resume order: (1) the newest readable checkpoint gives the state, its
   step and therefore the sampler position, after checking that the config
   did not change shapes; (2) without any checkpoint, a fresh jitted init
-  from `train.seed`.
+  from `train.seed`. Then loads the distillation teacher, if any
+  (`Trainer.load_teacher`: the restored checkpoint says which of its
+  checkpoints).
 
   Returns:
     The `Start`.
@@ -113,6 +118,7 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
   if not steps:
     horizon = resume.schedule_horizon(train_config, None)
     warn_short_schedule(train_config, horizon)
+    trainer.load_teacher()
     return Start(trainer.init(trainer.rng()), None, horizon, None, False,
                  None)
   current_shapes = trainer.param_shapes()
@@ -133,6 +139,7 @@ def restore_or_init(trainer: Trainer, checkpointer: ckpt_lib.Checkpointer,
     raise TrainingError(str(e)) from None
   log.info("resumed from the checkpoint of step %d in %s", step,
            checkpointer.directory)
+  trainer.load_teacher(record.get("teacher"))
   # The checkpoint holds what its validation fitted; training goes on
   # without it.
   state = state.replace(params=validation.as_trained(state.params))

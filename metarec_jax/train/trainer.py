@@ -161,8 +161,14 @@ class Trainer:
                 out_shardings=(self.state_shardings, self.replicated)),
         name="train_step")
     self.hyper = self.hyper_args(config.train)
-    # Distillation blends a teacher's predictions into the query ratings.
-    self.teacher = distill.load(config, self.exp, self.mesh)
+    # Distillation blends a teacher's predictions into the query ratings:
+    # `load_teacher` (a resume's checkpoint says which of the teacher's).
+    self.teacher: distill.Teacher | None = None
+
+  def load_teacher(self, pinned: dict | None = None) -> None:
+    """Loads `distill.teacher` (if any): the checkpoint of it that `pinned`
+    names (`distill.load`), else its default one."""
+    self.teacher = distill.load(self.config, self.exp, self.mesh, pinned)
 
   def prepare(self, batch):
     """The batch the meta-step trains on (the teacher's targets blended in

@@ -156,17 +156,15 @@ class Checkpointer:
     return out
 
   def save(self, step: int, state: Any, config: dict, *,
-           val_mae: float | None = None, validation_cut: bool = False,
-           selection: dict | None = None) -> None:
+           val_mae: float | None = None, notes: dict | None = None) -> None:
     """Starts an asynchronous save of `state` at `step`, with the digest of
     every leaf in its config record.
 
     `val_mae`: the validation MAE of `state`, when it was just validated;
     the checkpoint with the lowest is kept beside the `keep` newest and is
     what `eval` and `export` use by default (`best`); a NaN or an infinity
-    is saved as none. `validation_cut`: a stop cut this step's validation
-    short; `selection`: where checkpoint selection and early stopping
-    stand (both recorded, for the resume).
+    is saved as none. `notes`: entries of the config record that a resume
+    reads back (`train.start.save`).
 
     Raises:
       CheckpointError: a leaf holds a NaN or an infinity (nothing is saved).
@@ -180,10 +178,7 @@ class Checkpointer:
     record = {"format_version": FORMAT_VERSION, "step": int(step),
               "config": config, "digests": {
                   "algorithm": integrity.ALGORITHM, "leaves": digests}}
-    if validation_cut:
-      record["validation_cut"] = True
-    if selection is not None:
-      record["selection"] = selection
+    record.update(notes or {})
     metrics = (None if val_mae is None or not math.isfinite(val_mae)
                else {VAL_MAE: float(val_mae)})  # a NaN is no best
     with self._writing(int(step)):

@@ -75,7 +75,8 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
       if not attempt:
         _refuse_edited(checkpointer, sorted(listed), workdir)
       if chosen is not None and not attempt:  # as the default says its own
-        log.info("using the checkpoint of step %d (--step)", chosen)
+        log.info("%susing the checkpoint of step %d%s",
+                 f"{of}: " if of else "", chosen, "" if of else " (--step)")
       step = chosen if chosen is not None else _default_step(checkpointer,
                                                              exp, of)
       state, _, _ = checkpointer.restore(
@@ -107,8 +108,8 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
       # eval and export never read another checkpoint than the one they
       # say: a damaged one is an error that names the others to pick
       # instead.
-      hint = ("; --step=N reads another"
-              if isinstance(e, ckpt_lib.StepUnusable) and e.others else "")
+      hint = ("; --step=N reads another" if not of and isinstance(
+          e, ckpt_lib.StepUnusable) and e.others else "")
       changed = (_model_overrides(exp, workdir)
                  if isinstance(e, ckpt_lib.OtherModel) else "")
       if changed:  # the run is fine: the config given is not its own
