@@ -23,6 +23,7 @@ from cli_run import assert_one_line_error, metarec_here
 from conftest import ROOT, count_compiles
 from metarec_jax import export as export_lib
 from metarec_jax.serve import engine as engine_lib
+from metarec_jax.serve import sizes
 from metarec_jax.serve.batcher import MicroBatcher
 from procs import env_with, wait_for
 
@@ -1279,3 +1280,28 @@ def test_a_log_removed_under_the_server_takes_no_more_ratings(tmp_path):
   with pytest.raises(OSError, match="the open log, was removed"):
     log.append([1], [3], [5.0])
   log.close()
+
+
+def test_support_widths_double_beyond_the_buckets(exported):
+  """Beyond the last of `data.buckets` the server's support widths double
+  (they stepped by 16 as training's do: 32 widths, 190 programs to
+  compile before serving an export with max_support 500); a support
+  padded wider adapts the user as `Export.adapt` at its own width does."""
+  assert sizes.support_widths(500, (8, 16)) == (8, 16, 32, 64, 128, 256,
+                                                512)
+  assert sizes.support_widths(96, (16, 32, 64, 96)) == (16, 32, 64, 96)
+  assert sizes.support_widths(20, (8, 16, 32, 64)) == (8, 16, 32)
+  export = export_lib.load(exported[0])
+  export.max_support = 300  # as if trained with it
+  engine = engine_lib.Engine(export, engine_lib.Limits(max_batch=2,
+                                                       max_items=16))
+  assert export.buckets == (16, 32, 64, 96)  # (the run's)
+  assert engine.support_widths == (16, 32, 64, 96, 192, 304)
+  items, probe = export.item_ids[:100], export.item_ids[100:116]
+  ratings = np.float32(np.arange(100) % 5 + 1)
+  user = 10 ** 9 + 5  # a user the export does not have
+  engine.learn([(user, export.item_index(items), ratings)])  # width 192
+  got = engine.predict([(user, export.item_index(probe))])[0]["scores"]
+  want = export.adapt(list(zip(items.tolist(), ratings.tolist())),
+                      user_id=user).predict(probe)  # width 112
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

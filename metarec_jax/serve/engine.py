@@ -6,7 +6,8 @@ compiled by `warm_up`, so that no request waits for a compile:
 
 - users per call: powers of two up to `Limits.max_batch`;
 - items per predict request: powers of four from 16 up to `max_items`;
-- support-set width: the export's buckets (`data.buckets`);
+- support-set width: the export's buckets (`data.buckets`), doubling
+  beyond the last (`sizes.support_widths`);
 - `k`: one program ranks the top `max_k`; a request takes its first `k`.
 
 Rankings of users whose model has not changed are kept (`rankings`), and
@@ -35,14 +36,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from metarec_jax.data.convert import parsing
-from metarec_jax.data.tasks import bucket_widths
 from metarec_jax.export import layout
 from metarec_jax.export.serving import Export
 from metarec_jax.meta.config import diverges
 from metarec_jax.serve import rankings
 from metarec_jax.serve import sessions as sessions_lib
 from metarec_jax.serve.sessions import Served, Session, Sessions
-from metarec_jax.serve.sizes import Limits, bucket, powers
+from metarec_jax.serve.sizes import Limits, bucket, powers, support_widths
 
 log = logging.getLogger("metarec")
 
@@ -60,9 +60,7 @@ class Engine:
     self.item_sizes = powers(16, 4, limits.max_items)
     self.k = min(limits.max_k, export.num_items)
     self.max_support = export.max_support
-    self.support_widths = tuple(sorted({
-        int(w) for w in bucket_widths(np.arange(1, self.max_support + 1),
-                                      export.buckets)}))
+    self.support_widths = support_widths(self.max_support, export.buckets)
     # The programs `warm_up` runs: per batch size, a ranking, a predict of
     # each item width and an adaptation of each support width.
     self.shapes = len(self.user_sizes) * (

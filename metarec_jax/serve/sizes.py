@@ -6,6 +6,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import numpy as np
+
+from metarec_jax.data.tasks import bucket_widths
+
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
@@ -51,3 +55,25 @@ def bucket(n: int, sizes: Sequence[int]) -> int:
     if size >= n:
       return size
   raise ValueError(f"{n} exceeds the largest bucket {sizes[-1]}")
+
+
+def support_widths(max_support: int, buckets: Sequence[int]) -> tuple[int, ...]:
+  """The support widths the server compiles: the export's buckets (its
+  `data.buckets`) up to the one that holds `max_support`, and beyond the
+  last, doubling from it up to the width training pads `max_support` to.
+
+  Training pads a set beyond the last bucket to a multiple of 16, one
+  program per width met in the data; a server must be ready for every
+  size, and that step made 32 support widths (190 programs, minutes of
+  start-up) of an export with `max_support` 500 over buckets (8, 16).
+  Doubling pads a user's support to at most twice its size, on the
+  adaptation alone: a padded row is masked out of every sum, so the
+  adapted model does not depend on the width.
+  """
+  top = int(bucket_widths(np.array([max_support]), buckets)[0])
+  widths = {w for w in sorted(buckets) if w < top} | {top}
+  width = max(buckets)
+  while width * 2 < top:
+    width *= 2
+    widths.add(width)
+  return tuple(sorted(widths))
