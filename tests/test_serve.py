@@ -14,13 +14,14 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.parse
 
 import httpx
 import numpy as np
 import pytest
 
 from cli_run import assert_one_line_error, metarec_here
-from conftest import ROOT, count_compiles
+from conftest import ROOT, config_path, count_compiles
 from metarec_jax import export as export_lib
 from metarec_jax.serve import engine as engine_lib
 from metarec_jax.serve import sizes
@@ -1305,3 +1306,49 @@ def test_support_widths_double_beyond_the_buckets(exported):
   want = export.adapt(list(zip(items.tolist(), ratings.tolist())),
                       user_id=user).predict(probe)  # width 112
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_long_string_ids_are_served_and_ratings_stay_on_the_scale(tmp_path):
+  """Ids of 300 characters trained and exported, then every request naming
+  them was a 422 (a fixed 256-character limit): the user could never be
+  served, and an item the server itself recommended could not be rated.
+  `rating` is the score clipped to the scale, as eval scores it (a served
+  5.70 on a 1-5 scale)."""
+  import datafiles  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  long_user, long_item = "u" + "x" * 299, "https://shop.example/" + "p" * 300
+  items = [long_item] + [f"i{i}" for i in range(39)]
+  users = [long_user] + [f"u{u}" for u in range(79)]
+  lines = ["user,item,rating"] + [
+      f"{u},{items[i]},{rng.integers(1, 6)}" for u in users
+      for i in rng.choice(40, 30, replace=False)]
+  datafiles.write(str(tmp_path / "r.csv"), "\n".join(lines) + "\n")
+  work = tmp_path / "run"
+  out = metarec_here(
+      "train", f"--config={config_path('tiny')}", f"--workdir={work}",
+      "--config.data.name=generic", f"--config.data.root={tmp_path}",
+      "--config.data.generic.ratings=r.csv", "--config.train.num_steps=1",
+      "--config.train.eval_every_steps=0")
+  assert out.returncode == 0, out.stderr
+  out = metarec_here("export", f"--workdir={work}",
+                     f"--ratings={tmp_path / 'r.csv'}",
+                     f"--out={tmp_path / 'export'}")
+  assert out.returncode == 0, out.stderr
+  server = Server(tmp_path / "export", tmp_path / "log",
+                  stderr_path=tmp_path / "stderr")
+  try:
+    server.wait_ready()
+    r = httpx.post(server.url + "/v1/predict", timeout=60,
+                   json={"user": long_user, "items": [long_item, "i1"]})
+    assert r.status_code == 200, r.text
+    for scored in r.json()["items"]:
+      assert scored["rating"] == min(max(scored["score"], 1.0), 5.0)
+    user = urllib.parse.quote(long_user, safe="")
+    r = httpx.post(f"{server.url}/v1/users/{user}/interactions", timeout=60,
+                   json={"ratings": [[long_item, 5]]})
+    assert r.status_code == 200, r.text
+    r = httpx.post(server.url + "/v1/predict", timeout=60,
+                   json={"user": "n" * 1025, "items": ["i1"]})
+    assert r.status_code == 422 and "at most 1024" in r.text, r.text
+  finally:
+    server.stop()

@@ -84,6 +84,20 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
   return 422, f"{_where(first['loc'])}: {first['msg']}{more}"
 
 
+# The longest string id a request may name, where the export's ids are
+# shorter: a bound on what one request adds to the sessions and the log.
+MAX_ID_LENGTH = 1024
+
+
+def id_length(ids) -> int:
+  """The longest string id a request may name: `MAX_ID_LENGTH`, or the
+  longest of `ids` (the export's), which are all served (a catalogue of
+  product URLs)."""
+  longest = max(map(len, ids.tolist()), default=0) if ids.dtype.kind in (
+      "U", "O") else 0
+  return max(MAX_ID_LENGTH, longest)
+
+
 def create_app(service: Service, *, token: str | None,
                max_body: int) -> FastAPI:
   """The FastAPI application serving `service`.
@@ -97,16 +111,20 @@ def create_app(service: Service, *, token: str | None,
   export = engine.export
   limits = engine.limits
   lo, hi = export.rating_range
+  rates = getattr(export, "implicit", None) is None  # ratings, not clicks
   whole = service.log.format.integer_ratings
+  user_length = id_length(export.user_ids)
 
   if export.item_ids.dtype.kind in "iu":
     ItemId = Annotated[int, Strict(), Field(ge=-2 ** 63, lt=2 ** 63)]
   else:
-    ItemId = Annotated[str, Strict(), Field(min_length=1, max_length=256)]
+    ItemId = Annotated[str, Strict(), Field(
+        min_length=1, max_length=id_length(export.item_ids))]
   if engine.parse_user("0") == 0:
     UserId = Annotated[int, Strict(), Field(ge=-2 ** 63, lt=2 ** 63)]
   else:
-    UserId = Annotated[str, Strict(), Field(min_length=1, max_length=256)]
+    UserId = Annotated[str, Strict(), Field(min_length=1,
+                                            max_length=user_length)]
   Rating = Annotated[float, Strict(), Field(allow_inf_nan=False)]
   Ratings = Annotated[list[tuple[ItemId, Rating]],
                       Field(min_length=1, max_length=limits.max_ratings)]
@@ -133,7 +151,10 @@ def create_app(service: Service, *, token: str | None,
 
   class ScoredItem(BaseModel):
     item: ItemId
-    score: float
+    score: float = Field(description="the model's prediction, which ranks")
+    rating: float | None = Field(None, description="a rating export's:"
+                                 " the score clipped to the rating scale,"
+                                 " as `metarec eval` scores it")
 
   class Recommendations(BaseModel):
     user: UserId | None
@@ -286,7 +307,10 @@ def create_app(service: Service, *, token: str | None,
     return Response(orjson.dumps(obj), media_type="application/json")
 
   def scored(pairs) -> list[dict]:
-    return [{"item": i, "score": s} for i, s in pairs]
+    if not rates:
+      return [{"item": i, "score": s} for i, s in pairs]
+    return [{"item": i, "score": s, "rating": min(max(s, lo), hi)}
+            for i, s in pairs]
 
   # `{user:text}`: a user id may hold a '/' (a generic export's ids are
   # any strings; `%2F` reaches the router decoded), which `{user}` never
@@ -295,7 +319,7 @@ def create_app(service: Service, *, token: str | None,
   @app.get("/v1/users/{user:text}/recommendations",
            dependencies=[*auth, Depends(guards.known_query("k"))],
            response_model=Recommendations)
-  async def recommendations(user: Annotated[str, Path(max_length=256)],
+  async def recommendations(user: Annotated[str, Path(max_length=user_length)],
                             k: Annotated[int, Query(ge=1, le=limits.max_k),
                                          BeforeValidator(_digits)] = 10):
     uid = user_of(user)
@@ -344,7 +368,7 @@ def create_app(service: Service, *, token: str | None,
 
   @app.post("/v1/users/{user:text}/interactions", dependencies=api,
             response_model=Accepted)
-  async def interactions(user: Annotated[str, Path(max_length=256)],
+  async def interactions(user: Annotated[str, Path(max_length=user_length)],
                          body: InteractionsBody):
     uid = user_of(user)
     items, values = support_of(body)
