@@ -218,6 +218,7 @@ def build(config, workdir: str | os.PathLike, *,
   item_means = None
   counts = np.bincount(np.asarray(store.items)[split.train_positions],
                        minlength=store.num_items)
+  tables = tables.unseen_ids_missing(split.train_counts() > 0, counts > 0)
   if models.is_anchored(model_config):
     item_means = (BaselineStats.from_split(store, split).item_mean,
                   counts / (counts + ITEM_PSEUDO))

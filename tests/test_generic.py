@@ -309,6 +309,16 @@ def test_melu_trains_on_string_ids(tmp_path):
   item_id = {"item_id"} if models.needs_item_id(config.model) else set()
   assert {f.name for f in exp.tables.specs} == {"tags", "user_key",
                                                 "item_key"} | item_id
+  # The ids of users and items without training ratings read the missing
+  # row, as the server reads an id it does not know: their own rows are
+  # never trained (eval scored new users with their random initial rows).
+  seen = {"user": exp.split.train_counts() > 0,
+          "item": np.bincount(exp.store.items[exp.split.train_positions],
+                              minlength=exp.store.num_items) > 0}
+  for side, table in (("user", exp.tables.user), ("item", exp.tables.item)):
+    key = table[f"{side}_key"]
+    assert (~seen[side]).any() and (key[~seen[side]] == 0).all()
+    assert (key[seen[side]] > 0).all()
   sampler = TrainSampler(exp.split, exp.tables, exp.store.items,
                          exp.store.ratings, exp.sampler_spec())
   batch = jax.tree.map(lambda a: a[0], sampler.batch(0))

@@ -50,6 +50,10 @@ class FeatureSpec:
 
 
 ITEM_ID = "item_id"
+# The categorical features that are the ids themselves (a generic ratings
+# file without other features, or `data.generic.id_features`): one row per
+# user or item, trained only for those with training ratings.
+ID_KEYS = {"user": "user_key", "item": "item_key"}
 
 
 def item_id_spec(num_items: int) -> FeatureSpec:

@@ -14,8 +14,8 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from metarec_jax.data.schema import (ITEM_ID, FeatureSpec, item_id_spec,
-                                      select)
+from metarec_jax.data.schema import (ID_KEYS, ITEM_ID, FeatureSpec,
+                                      item_id_spec, select)
 from metarec_jax.data.splits import TaskSet, ragged_arange
 from metarec_jax.data.store import TaskStore
 
@@ -59,6 +59,21 @@ class FeatureTables:
     return cls(specs,
                {s.name: np.asarray(store.user_features[s.name])
                 for s in specs if s.side == "user"}, item)
+
+  def unseen_ids_missing(self, seen_users: np.ndarray,
+                         seen_items: np.ndarray) -> "FeatureTables":
+    """These tables with the id features (`ID_KEYS`) of the users and items
+    not `seen` (bool per user, per item: with training ratings) at 0, the
+    row of a missing value. Their own rows are never trained: eval scored a
+    new user with its random initial row, where the server gives a user it
+    does not know the missing row (up to 1.3 stars apart, helper E)."""
+    tables = {"user": dict(self.user), "item": dict(self.item)}
+    for side, seen in (("user", seen_users), ("item", seen_items)):
+      key = ID_KEYS[side]
+      if key in tables[side]:
+        tables[side][key] = np.where(np.asarray(seen, bool),
+                                     tables[side][key], 0)
+    return FeatureTables(self.specs, tables["user"], tables["item"])
 
   def rows(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray,
            mask: np.ndarray) -> dict:

@@ -55,6 +55,7 @@ from metarec_jax.data.convert import delimited, features, item_classes, parsing
 from metarec_jax.data.convert import notes as input_notes
 from metarec_jax.data.convert.assemble import assemble
 from metarec_jax.data.convert.ratings_io import RatingsFormat, lookup, parse_ratings
+from metarec_jax.data.schema import ID_KEYS
 from metarec_jax.errors import InputError, excerpt
 
 NAME = "generic"
@@ -349,9 +350,8 @@ def load(spec: GenericSpec, root: str, out: str | os.PathLike, *,
     if ids_only and log_fn is not None:
       log_fn("no feature table or column is named: the user and item ids"
              " are the features (as data.generic.id_features=true)")
-    for side in ("user", "item"):
-      feats.append(features.categorical(f"{side}_key", side,
-                                        ids[side].astype(str)))
+    for side, key in ID_KEYS.items():
+      feats.append(features.categorical(key, side, ids[side].astype(str)))
   if not feats:
     columns = "; ".join(f"{os.path.basename(t.table.path)} has"
                         f" {', '.join(t.table.header[1:]) or 'only ids'}"
