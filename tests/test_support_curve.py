@@ -73,7 +73,7 @@ def test_training_writes_the_validation_curve(tiny_metasgd_run):
   c = record["scenarios"]["val"]
   assert c["k"][:3] == [1, 2, 4]
   assert c["tasks"] == sorted(c["tasks"], reverse=True)
-  for key in ("mae", "mae_unadapted", "item_mean_user_bias"):
+  for key in ("mae", "mae_unadapted", "item_mean_user_bias", "mae_gap_se"):
     assert len(c[key]) == len(c["k"])
     assert all(0 < v < 5 for v in c[key]), key
   # The unadapted model ignores the support set: at k=1 and k=2 the tasks
@@ -144,3 +144,26 @@ def test_an_eval_under_overrides_leaves_the_runs_records(tiny_metasgd_run,
   assert out.returncode == 0, out.stderr
   assert (workdir / "eval" / "support_curve.json").exists()
   assert (workdir / "tensorboard" / "eval").exists()
+
+
+def test_eval_warns_where_the_support_curve_loses(tiny_metasgd_run,
+                                                  tmp_path, monkeypatch):
+  """eval's warnings carry the support curve's (`verdicts.curve_warnings`)
+  of the record it has just evaluated: here one made to lose at k=1."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from metarec_jax.eval import run  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  shutil.copytree(tiny_metasgd_run, workdir)
+  real = support_curve.evaluate
+
+  def losing(*args, **kwargs):
+    record = real(*args, **kwargs)
+    c = record["scenarios"]["W"]
+    c.update(tasks=[60] * len(c["k"]), mae_gap_se=[0.0] * len(c["k"]))
+    c["mae"][0] = c["item_mean_user_bias"][0] + 0.05
+    return record
+
+  monkeypatch.setattr(support_curve, "evaluate", losing)
+  report = run.evaluate_workdir(str(workdir))
+  lines = [w for w in report["warnings"] if "support rating(s)" in w]
+  assert len(lines) == 1 and lines[0].startswith("W: cut to 1"), lines

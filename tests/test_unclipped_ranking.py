@@ -101,3 +101,22 @@ def test_the_order_gap_to_the_baseline_carries_its_standard_error(
   gap = (metrics.ndcg_per_task(raw, true, p.mask, 3, floor=lo)
          - metrics.ndcg_per_task(base, true, p.mask, 3, floor=lo))
   assert got == pytest.approx(gap.std(ddof=1) / np.sqrt(6)) and got > 0
+
+
+def test_the_mae_gap_to_the_baseline_carries_its_standard_error(evaluator):
+  """`mae_gap_se`: the standard error of the per-task gap between the
+  model's MAE and the baseline's (clipped, as scored), over the tasks
+  with query ratings (what the support curve's warning weighs a loss
+  against)."""
+  lo, hi = evaluator.lo, evaluator.hi
+  r = np.random.default_rng(1)
+  items = r.integers(1, 50, (7, 5))
+  true = r.choice([lo, hi], (7, 5)).astype(np.float32)
+  raw = r.uniform(lo - 1, hi + 1, (7, 5)).astype(np.float32)
+  p = _predictions(raw, true, items, hi)
+  p.mask[6] = False  # a task without query ratings: left out
+  got = evaluator.scenario_metrics(p, 7)["mae_gap_se"]
+  base = evaluator.baseline_predictions(p)[BASELINE]
+  gap = (metrics.mae_per_task(np.clip(raw, lo, hi), true, p.mask)
+         - metrics.mae_per_task(base, true, p.mask))[:6]
+  assert got == pytest.approx(gap.std(ddof=1) / np.sqrt(6)) and got > 0

@@ -178,6 +178,28 @@ def test_an_order_gap_within_twice_its_standard_error_is_noise():
   assert line.startswith("UIC: the model orders the query items WORSE")
 
 
+def test_the_support_curve_warns_where_few_ratings_lose_beyond_noise():
+  """A run that wins at full support can serve the users cut to one or
+  two ratings worse than the baseline (helper E's new users: 0.733 against
+  0.717 at k=1, on 60 tasks), and eval said nothing."""
+  def record(se, tasks=60):
+    return {"scenarios": {"UC": {
+        "k": [1, 2, 4], "tasks": [tasks] * 3, "mae": [0.733, 0.714, 0.650],
+        "item_mean_user_bias": [0.717, 0.700, 0.690],
+        "mae_gap_se": [se, se, se]}}}
+  line, = verdicts.curve_warnings(record(0.004))
+  assert line.startswith("UC: cut to 1, 2 support rating(s), the model's"
+                         " query MAE is WORSE than the item-mean + user-bias"
+                         " baseline's (0.7330 against 0.7170 at 1, 60 tasks;")
+  assert "try:" in line
+  assert verdicts.curve_warnings(record(0.009)) == []  # within 2 errors
+  assert verdicts.curve_warnings(record(0.004, tasks=40)) == []  # too few
+  assert verdicts.curve_warnings(None) == []  # (no curve written)
+  # An implicit curve has no MAE: nothing to say here.
+  assert verdicts.curve_warnings({"scenarios": {"UC": {
+      "k": [1], "tasks": [60], "hr@10": [0.1]}}}) == []
+
+
 def implicit(ndcg, popularity, tasks=200):
   full = {"hr@10": 0.5, "ndcg@10": ndcg}
   return {"mae": None, "tasks": tasks, "baselines": {

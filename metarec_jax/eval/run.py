@@ -99,13 +99,16 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     _record(unwritten, "the evaluation's TensorBoard scalars",
             lambda: tensorboard.write(workdir, step, results,
                                       active=jax.process_index() == 0))
+  curve = []  # (the record, once evaluated)
   if support_curve and own:
-    _record(unwritten, "the support curve", lambda: curves.evaluate_and_write(
-        workdir, evaluator, state.params, tasksets, step=step,
-        seed=int(config.eval.seed), write=jax.process_index() == 0))
+    _record(unwritten, "the support curve", lambda: curve.append(
+        curves.evaluate_and_write(
+            workdir, evaluator, state.params, tasksets, step=step,
+            seed=int(config.eval.seed), write=jax.process_index() == 0)))
   warnings = unwritten + verdicts.warnings_for(
       results, model_config=exp.model_config,
-      rating_range=exp.store.rating_range)
+      rating_range=exp.store.rating_range) + verdicts.curve_warnings(
+          curve[0] if curve else None, model_config=exp.model_config)
   if not any(int(m.get("tasks") or 0) for m in results.values()):
     warnings.append(verdicts.no_tasks(ratings))
   else:

@@ -91,14 +91,16 @@ def curve(evaluator, meta_params: PyTree, tasks: TaskSet, *, seed: int,
 
   Returns:
     `{"k": [...], "tasks": [...], "mae": [...], "mae_unadapted": [...],
-    "item_mean_user_bias": [...]}`, one entry per k (MAE None where a
-    size has no query ratings).
+    "item_mean_user_bias": [...], "mae_gap_se": [...]}`, one entry per k
+    (MAE None where a size has no query ratings; `mae_gap_se`: the
+    standard error of the per-task gap between the model's MAE and the
+    baseline's, None on fewer than two tasks).
   """
   if getattr(evaluator, "ranking", None) is not None:
     return _ranking_curve(evaluator, meta_params, tasks, seed=seed,
                           sizes=sizes, should_stop=should_stop)
   out = {"k": [], "tasks": [], "mae": [], "mae_unadapted": [],
-         "item_mean_user_bias": []}
+         "item_mean_user_bias": [], "mae_gap_se": []}
   for k in (sizes_for(tasks) if sizes is None else sizes):
     cut = truncate_support(tasks, int(k), seed=seed)
     if not len(cut):
@@ -113,6 +115,7 @@ def curve(evaluator, meta_params: PyTree, tasks: TaskSet, *, seed: int,
     out["mae_unadapted"].append(m["mae_unadapted"])
     out["item_mean_user_bias"].append(
         m["baselines"]["item_mean_user_bias"]["mae"])
+    out["mae_gap_se"].append(m["mae_gap_se"])
   return out
 
 
@@ -191,18 +194,16 @@ def evaluate_and_write(workdir: str, evaluator, meta_params: PyTree,
                        tasksets: dict[str, TaskSet], *, step: int, seed: int,
                        write: bool = True,
                        should_stop: Callable[[], bool] | None = None
-                       ) -> str | None:
+                       ) -> dict | None:
   """`evaluate`, then `write_record` where `write` (process 0).
 
   Every process must call it (the evaluation runs on the whole mesh).
 
   Returns:
-    The path written, or None (not this process's job, or stopped).
+    The record (on every process), or None where a stop cut it short.
   """
   record = evaluate(evaluator, meta_params, tasksets, step=step, seed=seed,
                     should_stop=should_stop)
-  if record is None or not write:
-    return None
-  path = write_record(workdir, record)
-  log.info("wrote %s", path)
-  return path
+  if record is not None and write:
+    log.info("wrote %s", write_record(workdir, record))
+  return record

@@ -194,6 +194,39 @@ def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
   return out
 
 
+def curve_warnings(record: dict | None, *, min_tasks: int = MIN_TASKS,
+                   model_config=None) -> list[str]:
+  """One line per rating scenario of a support curve record
+  (`eval.support_curve`) where, at some support sizes k with at least
+  `min_tasks` tasks, the model's query MAE is above the item-mean +
+  user-bias baseline's by more than `TIE` and by more than `NOISE_SE`
+  standard errors of the per-task gap: the full-support figure can win
+  while the users with one or two ratings, the cold-start users, lose."""
+  anchored = False
+  if model_config is not None:
+    from metarec_jax.models import factory  # pylint: disable=g-import-not-at-top
+    anchored = factory.is_anchored(model_config)
+  out = []
+  for name, c in ((record or {}).get("scenarios") or {}).items():
+    worse = [(k, n, mae, base) for k, n, mae, base, se in zip(
+        c.get("k", ()), c.get("tasks", ()), c.get("mae", ()),
+        c.get("item_mean_user_bias", ()), c.get("mae_gap_se", ()))
+             if n >= min_tasks and mae is not None and base is not None
+             and se is not None and mae > base * (1 + TIE)
+             and mae - base > NOISE_SE * se]
+    if worse:
+      k, n, mae, base = worse[0]
+      sizes = ", ".join(str(w[0]) for w in worse)
+      out.append(
+          f"{name}: cut to {sizes} support rating(s), the model's query MAE"
+          f" is WORSE than the item-mean + user-bias baseline's ({mae:.4f}"
+          f" against {base:.4f} at {k}, {n} tasks; beyond twice the"
+          " standard error of the gap) in the support curve: users with"
+          " that few ratings are served worse than by the baseline; "
+          + (ADVICE_ANCHORED if anchored else ADVICE))
+  return out
+
+
 def _unadapted_warning(name: str, m: dict, tasks: int,
                        min_tasks: int) -> list[str]:
   """The line of a rating scenario whose meta-parameters, before any
