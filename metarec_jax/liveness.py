@@ -54,10 +54,30 @@ class Watch:
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, daemon=True,
                                     name="liveness")
+    self._answered = time.monotonic()  # the service's last answer
 
   def start(self) -> "Watch":
+    self._answered = time.monotonic()
     self._thread.start()
+    threading.Thread(target=self._deadline, daemon=True,
+                     name="liveness-deadline").start()
     return self
+
+  def _deadline(self) -> None:
+    """Ends this process where the coordination service (process 0's) has
+    not answered `_run`'s call for `timeout` seconds: a frozen process 0,
+    or a host lost without closing its connections, holds the call, and
+    with it `_run`'s own timeout check (JAX aborted 84 s later with a C++
+    stack trace, at --peer_timeout=10)."""
+    while not self._stop.wait(TICK_S):
+      if time.monotonic() - self._answered > self.timeout + TICK_S:
+        self.give_up(
+            f"process {self.process_id}: process 0 of {self.where} (the"
+            f" coordination service) has not answered for {self.timeout:g}"
+            " s (--peer_timeout: it was stopped or lost its host; see its"
+            " log); this process stops too: start every process again with"
+            " the same command to resume from the last checkpoint", 1)
+        return
 
   def stop(self) -> None:
     """Stops counting (the others will notice within `timeout` unless
@@ -126,6 +146,7 @@ class Watch:
       try:
         self.client.key_value_set(KEY.format(self.process_id), str(count),
                                   allow_overwrite=True)
+        self._answered = time.monotonic()
       except Exception as e:  # pylint: disable=broad-except
         if self._stop.is_set():
           return

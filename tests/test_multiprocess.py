@@ -172,10 +172,14 @@ def test_a_signal_to_one_process_saves_every_process_at_one_step(
     assert "on every process, with its distributed flags" in log, log
 
 
-def test_a_killed_process_stops_the_other_in_one_line(tmp_path):
+@pytest.mark.parametrize("lost", ["killed", "frozen"])
+def test_a_lost_process_stops_the_other_in_one_line(tmp_path, lost):
   """kill -9 of one process left the other inside a gloo collective until
   JAX's heartbeat timeout aborted it with a C++ stack trace (94 s here);
-  the liveness watch ends it within --peer_timeout, naming the process."""
+  the liveness watch ends it within --peer_timeout, naming the process.
+  A frozen process 0 (kill -STOP; a host lost without closing its
+  connections) held the watch's call to the coordination service it
+  hosts: the same abort 84 s later (helper P)."""
   import re  # pylint: disable=g-import-not-at-top
   import signal  # pylint: disable=g-import-not-at-top
   from procs import wait_for  # pylint: disable=g-import-not-at-top
@@ -188,21 +192,26 @@ def test_a_killed_process_stops_the_other_in_one_line(tmp_path):
                  f"--coordinator_address=127.0.0.1:{port}",
                  "--num_processes=2", f"--process_id={i}", devices=2,
                  stderr_path=f"{workdir}.p{i}.log") for i in (0, 1)]
+  gone, left = (1, 0) if lost == "killed" else (0, 1)
   try:
     wait_for(lambda: re.search(r"step \d{2,}/50000",
                                open(f"{workdir}.p0.log").read()),
              proc=procs[0], timeout=600, interval=0.1)
-    procs[1].send_signal(signal.SIGKILL)
-    procs[0].wait(timeout=90)  # JAX's own abort comes after 100 s
+    procs[gone].send_signal(signal.SIGKILL if lost == "killed"
+                            else signal.SIGSTOP)
+    procs[left].wait(timeout=90)  # JAX's own abort comes after 100 s
   finally:
     for p in procs:
       p.kill()
-  log = open(f"{workdir}.p0.log").read()
-  assert procs[0].returncode == 1, log[-2000:]
+  log = open(f"{workdir}.p{left}.log").read()
+  assert procs[left].returncode == 1, log[-2000:]
   last = log.strip().splitlines()[-1]
+  who = ("process 1 of the run at 127.0.0.1:{port}" if lost == "killed" else
+         "process 0 of the run at 127.0.0.1:{port} (the coordination"
+         " service)").format(port=port)
   assert last.startswith(
-      "metarec train: error: process 0: process 1 of the run at"
-      f" 127.0.0.1:{port} has not answered for 5 s (--peer_timeout"), last
+      f"metarec train: error: process {left}: {who} has not answered for"
+      " 5 s (--peer_timeout"), last
   assert "resume from the last checkpoint" in last
   assert "Check failure" not in log  # JAX's abort
 
