@@ -27,6 +27,10 @@ def test_a_process_that_waits_for_others_in_vain_says_what_to_check(
       out, "process 0: not all 2 processes joined the run at 127.0.0.1:")
   assert "within 2 s (--join_timeout): start every process with the same" \
       " --coordinator_address and --num_processes" in out.stderr
+  # What a process id given twice, or one restarted alone, meets (helper
+  # P: the line named only the processes that did not join).
+  assert "where the others did join, this --process_id was taken" in (
+      out.stderr)
   assert not os.path.exists(workdir)  # nothing was written
 
 
