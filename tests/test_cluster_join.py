@@ -209,3 +209,39 @@ def _assert_refused_at_once(tmp_path, port):
                         f" {port} is in use on this host (another run's"
                         " coordinator?)")
   assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_given_the_first_command_or_config_json_is_one_config(
+    tmp_path):
+  """Process 0 given the run's first command (`--config=FILE`) and process
+  1 the resume's advice (config.json alone) were refused at the join for
+  keys the user never set: the share and schedule length config.json holds
+  resolved, a run constant (helper P). The processes compare each config
+  as its resume runs it (`resume.as_resumed`)."""
+  # pylint: disable=g-import-not-at-top
+  from metarec_jax import cluster, config_io
+  from metarec_jax.workdir import resume
+  first = config_io.complete(config_io.load_config_file(config_path("tiny")))
+  first.model.table_row_multiple = 1024  # the key's default
+  run = config_io.complete(config_io.to_dict(first))
+  run.eval.val_fraction, run.train.schedule_steps = 0.3, 300
+  run.model.table_row_multiple = 1  # a run from before the key
+  workdir = str(tmp_path / "run")
+  os.makedirs(os.path.join(workdir, "checkpoints", "100"))
+  config_io.write_workdir_config(workdir, run)
+
+  def problem(a, b):
+    return cluster._config_problem(1, {0: cluster._flat(a), 1: cluster._flat(b)})  # pylint: disable=protected-access
+
+  saved = config_io.read_workdir_config(workdir)
+  assert "eval.val_fraction: 0.3 against 0.0" in problem(
+      config_io.to_dict(first), config_io.to_dict(saved))
+  assert problem(resume.as_resumed(first, workdir),
+                 resume.as_resumed(saved, workdir)) is None
+  assert first.eval.val_fraction == 0.0  # (the config itself unchanged)
+  # A key the user did set still differs; a fresh start is as given.
+  first.train.lr *= 2
+  assert "train.lr" in problem(resume.as_resumed(first, workdir),
+                               resume.as_resumed(saved, workdir))
+  assert resume.as_resumed(first, str(tmp_path / "new")) == (
+      config_io.to_dict(first))

@@ -49,24 +49,53 @@ RUN_CONSTANTS = ("model.global_mean", "meta.inner_lr_scale",
                  "train.select_on", "model.table_row_multiple")
 
 
-def keep_run_constants(config, workdir: str) -> None:
-  """Sets `config`'s `RUN_CONSTANTS` to those of the run in `workdir` (its
-  `config.json`), if it saved a checkpoint (a fresh start keeps the
-  config's), logging each that the config changed."""
+def _resumed_config(workdir: str) -> dict | None:
+  """The flat `config.json` of the run in `workdir` where it saved a
+  checkpoint (a resume), else None (a fresh start)."""
   folder = os.path.join(workdir, "checkpoints")
   if not (os.path.exists(os.path.join(workdir, config_io.WORKDIR_CONFIG))
           and os.path.isdir(folder)
           and any(name.isdigit() for name in os.listdir(folder))):
-    return
-  saved = config_io.flat(config_io.to_dict(
+    return None
+  return config_io.flat(config_io.to_dict(
       config_io.read_workdir_config(workdir)))
+
+
+def keep_run_constants(config, workdir: str, *, quiet: bool = False) -> None:
+  """Sets `config`'s `RUN_CONSTANTS` to those of the run in `workdir` (its
+  `config.json`), if it saved a checkpoint (a fresh start keeps the
+  config's), logging each that the config changed (unless `quiet`)."""
+  saved = _resumed_config(workdir) or {}
   for key in RUN_CONSTANTS:
     section, name = key.split(".")
     if key in saved and saved[key] != config[section][name]:
-      log.info("%s stays %r, the run's own (the saved parameters were"
-               " trained around it; %r applies to a new --workdir)", key,
-               saved[key], config[section][name])
+      if not quiet:
+        log.info("%s stays %r, the run's own (the saved parameters were"
+                 " trained around it; %r applies to a new --workdir)", key,
+                 saved[key], config[section][name])
       config[section][name] = saved[key]
+
+
+# Keys whose 0 a run resolves (the validation share from the data, the
+# schedule's length from `train.num_steps`) and writes into config.json as
+# resolved: a resume given 0 resolves them to the saved values.
+RESOLVED_FROM_ZERO = ("eval.val_fraction", "train.schedule_steps")
+
+
+def as_resumed(config, workdir: str) -> dict:
+  """`config` (unchanged) as a resume in `workdir` runs it, as a dict: with
+  the run's `RUN_CONSTANTS`, and its `RESOLVED_FROM_ZERO` values where
+  `config` leaves them to be resolved. What the processes of a joined run
+  compare: one given the run's first command and one given config.json
+  (the resume's advice) differed in keys the user never set."""
+  out = config_io.complete(config)  # (a copy)
+  keep_run_constants(out, workdir, quiet=True)
+  saved = _resumed_config(workdir) or {}
+  for key in RESOLVED_FROM_ZERO:
+    section, name = key.split(".")
+    if not out[section][name] and key in saved:
+      out[section][name] = saved[key]
+  return config_io.to_dict(out)
 
 
 # Keys that decide the protocol split (`experiment.protocol_spec`): which
