@@ -153,6 +153,7 @@ class UserProgress:
     self.every_seconds = every_seconds
     self.plain = not self.console.is_terminal or self.console.is_dumb_terminal
     self._start = time.perf_counter()
+    self._first = None  # (time, users) at the end of the first chunk
     self._last_line = None
     self._bar = None
     self._stop = None
@@ -178,8 +179,14 @@ class UserProgress:
       rate = self.done / max(now - self._start, 1e-9)
       # Two significant digits below 10: a slow export said "0 users/s".
       # The time left, as the bar's ETA: a --top_k export of a large
-      # catalogue can run for hours, which the rate alone left to reckon.
-      left = (self.total - self.done) / rate if rate > 0 else None
+      # catalogue can run for hours, which the rate alone left to reckon;
+      # at the rate since the first chunk, whose time is mostly compiling
+      # ("about 12 min left" of an export done 0.1 s later).
+      left, first = None, self._first
+      if first is not None and now > first[0] and self.done > first[1]:
+        left = (self.total - self.done) * (now - first[0]) / (
+            self.done - first[1])
+      self._first = first or (now, self.done)
       self.log.info("exported %d/%d users (%s users/s%s)", self.done,
                     self.total, f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}",
                     f", about {duration(left)} left"
