@@ -146,3 +146,29 @@ def test_item_id_dropout_hides_a_share_of_training_item_ids(store):
   np.testing.assert_array_equal(
       hiding.batch(2)["support"]["features"][ITEM_ID],
       b["features"][ITEM_ID])  # deterministic
+
+
+def test_the_missing_row_of_the_ids_as_features_embeds_to_zero():
+  """Users and items without training ratings read row 0 of `user_key` and
+  `item_key` (`FeatureTables.unseen_ids_missing`), a row no training task
+  reads: a random vector never trained, one draw shared by every new user
+  (UC MAE moved by up to 0.02 between draws, helper Q). Like a hidden
+  `item_id`, it embeds to zero; other fields' row 0 (a missing value,
+  which training users may have) does not."""
+  from metarec_jax.data.schema import FeatureSpec  # pylint: disable=g-import-not-at-top
+  from metarec_jax.models.melu import Embedder  # pylint: disable=g-import-not-at-top
+  fields = (FeatureSpec("user_key", "user", "categorical", 6),
+            FeatureSpec("item_key", "item", "categorical", 6),
+            FeatureSpec("genre", "item", "categorical", 4))
+  embed = Embedder(fields, dim=3)
+  features = {"user_key": jnp.array([0, 2]), "item_key": jnp.array([3, 0]),
+              "genre": jnp.array([0, 1])}
+  params = embed.init(jax.random.PRNGKey(0), features)
+  out = np.asarray(embed.apply(params, features)).reshape(2, 3, 3)
+  tables = {k: np.asarray(v["embedding"]) for k, v in params["params"].items()}
+  np.testing.assert_array_equal(out[0, 0], 0.0)  # a new user
+  np.testing.assert_array_equal(out[1, 1], 0.0)  # a new item
+  np.testing.assert_allclose(out[1, 0], tables["user_key"][2])
+  np.testing.assert_allclose(out[0, 1], tables["item_key"][3])
+  np.testing.assert_allclose(out[0, 2], tables["genre"][0])  # not zero
+  assert np.abs(tables["user_key"][0]).sum() > 0  # (masked, not zeroed)

@@ -55,8 +55,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarec_jax import backend
-from metarec_jax.data.schema import ITEM_ID, FeatureSpec
+from metarec_jax.data.schema import ID_KEYS, ITEM_ID, FeatureSpec
 from metarec_jax.models import precision
+
+# The fields whose index 0 embeds to zero (`Embedder`).
+IDS = frozenset({ITEM_ID, *ID_KEYS.values()})
 
 
 class Embedder(nn.Module):
@@ -64,7 +67,10 @@ class Embedder(nn.Module):
 
   Tables start as N(0, std^2) (MeLU used 1). The `item_id` table starts at
   zero: an item never rated in training (a new item) then contributes
-  nothing rather than a random vector that was never trained.
+  nothing rather than a random vector that was never trained. So does the
+  row 0 of the ids as features (`ID_KEYS`), which the users and items
+  without training ratings read (`FeatureTables.unseen_ids_missing`): a
+  new user is read as no one in particular, not as one random draw.
 
   Tables of at most the backend's `onehot_vocab` rows
   (`backend.Defaults`; 0 on CPU, so never there) are read by a one-hot matrix
@@ -93,9 +99,9 @@ class Embedder(nn.Module):
           table)
       idx = features[spec.name]
       rows = lookup(idx)  # in the compute dtype (`gather_rows`)
-      if spec.name == ITEM_ID:
-        # Index 0 (padding, a hidden ID) embeds to zero, like an item that
-        # never had training ratings.
+      if spec.name in IDS:
+        # Index 0 (padding, a hidden ID, an ID without training ratings)
+        # embeds to zero, like an item that never had training ratings.
         parts.append(rows * (idx > 0)[..., None].astype(rows.dtype))
       elif spec.kind == "list":
         mask = (idx > 0)[..., None].astype(rows.dtype)
