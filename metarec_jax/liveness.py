@@ -35,6 +35,8 @@ GONE = "metarec/gone/{}"  # said by a process about to exit on a failure
 FAIL_WAIT_S = 10.0
 PREFIX = "metarec/alive/"
 KEY = PREFIX + "{}"
+RESTART = ("start every process again with the same command to resume from"
+           " the last checkpoint")
 
 
 class Watch:
@@ -54,60 +56,77 @@ class Watch:
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, daemon=True,
                                     name="liveness")
-    self._answered = time.monotonic()  # the service's last answer
+    self._calling = None  # when `_run`'s call in flight began (None: none)
 
   def start(self) -> "Watch":
-    self._answered = time.monotonic()
     self._thread.start()
-    threading.Thread(target=self._deadline, daemon=True,
-                     name="liveness-deadline").start()
+    if self.process_id:  # (process 0 hosts the service it would wait on)
+      threading.Thread(target=self._deadline, daemon=True,
+                       name="liveness-deadline").start()
     return self
 
+  def _call(self, method: str, *args, **kwargs):
+    """`client.method(...)`, noting when the call began (`_deadline`)."""
+    self._calling = time.monotonic()
+    try:
+      return getattr(self.client, method)(*args, **kwargs)
+    finally:
+      self._calling = None
+
   def _deadline(self) -> None:
-    """Ends this process where the coordination service (process 0's) has
-    not answered `_run`'s call for `timeout` seconds: a frozen process 0,
-    or a host lost without closing its connections, holds the call, and
-    with it `_run`'s own timeout check (JAX aborted 84 s later with a C++
-    stack trace, at --peer_timeout=10)."""
+    """Ends this process where a call of `_run` to the coordination service
+    (process 0's) has waited `timeout` seconds: a frozen process 0, or a
+    host lost without closing its connections, holds the call, and with it
+    `_run`'s own timeout check (JAX aborted 84 s later with a C++ stack
+    trace, at --peer_timeout=10). A round after which this thread itself
+    woke late judges no one: this process was stalled (its main thread
+    holding the GIL), not the service."""
+    woke = time.monotonic()
     while not self._stop.wait(TICK_S):
-      if time.monotonic() - self._answered > self.timeout + TICK_S:
+      now, late = time.monotonic(), time.monotonic() - woke > 2 * TICK_S
+      woke, since = now, self._calling
+      if not late and since is not None and now - since > self.timeout:
         self.give_up(
             f"process {self.process_id}: process 0 of {self.where} (the"
             f" coordination service) has not answered for {self.timeout:g}"
-            " s (--peer_timeout: it was stopped or lost its host; see its"
-            " log); this process stops too: start every process again with"
-            " the same command to resume from the last checkpoint", 1)
+            f" s (--peer_timeout: it was stopped or lost its host; see its"
+            f" log); this process stops too: {RESTART}", 1)
         return
 
   def stop(self) -> None:
     """Stops counting (the others will notice within `timeout` unless
-    `done` was said)."""
+    `done` was said); waits at most `timeout` for the watch's call in
+    flight (a frozen process 0 holds it)."""
     self._stop.set()
     if (self._thread.is_alive()
         and self._thread is not threading.current_thread()):
-      self._thread.join()
+      self._thread.join(self.timeout)
+
+  def _tell(self, key: str, value: str) -> None:
+    """Sets `key` in the service, waiting at most `timeout` seconds: the
+    service is gone, or frozen, where it does not answer, and so is every
+    process that could read it."""
+    def tell():
+      try:
+        self.client.key_value_set(key, value, allow_overwrite=True)
+      except Exception:  # pylint: disable=broad-except
+        pass
+    thread = threading.Thread(target=tell, daemon=True, name="liveness-tell")
+    thread.start()
+    thread.join(self.timeout)
 
   def done(self) -> None:
     """Stops counting and tells the others that this process ended its
     run in order."""
     self.stop()
-    try:
-      self.client.key_value_set(KEY.format(self.process_id), DONE,
-                                allow_overwrite=True)
-    except Exception:  # pylint: disable=broad-except
-      pass  # the service is gone: so is every process that could ask
+    self._tell(KEY.format(self.process_id), DONE)
 
   def fail(self, problem: str, status: int) -> None:
     """Stops counting and tells the others that this process fails with
     `problem` (one line) and exit status `status` (the key outlives the
     process: process 0 hosts the service)."""
     self.stop()
-    try:
-      self.client.key_value_set(KEY.format(self.process_id),
-                                f"{FAILED}{status}:{problem}",
-                                allow_overwrite=True)
-    except Exception:  # pylint: disable=broad-except
-      pass  # the service is gone: so is every process that could hear
+    self._tell(KEY.format(self.process_id), f"{FAILED}{status}:{problem}")
 
   def leave(self) -> None:
     """Before this process exits on a failure: another than process 0
@@ -117,8 +136,7 @@ class Watch:
     so (at most `FAIL_WAIT_S`)."""
     try:
       if self.process_id:
-        self.client.key_value_set(GONE.format(self.process_id), "1",
-                                  allow_overwrite=True)
+        self._tell(GONE.format(self.process_id), "1")
         return
       deadline = time.monotonic() + FAIL_WAIT_S
       while time.monotonic() < deadline:
@@ -144,21 +162,19 @@ class Watch:
     while not self._stop.wait(TICK_S):
       count += 1
       try:
-        self.client.key_value_set(KEY.format(self.process_id), str(count),
-                                  allow_overwrite=True)
-        self._answered = time.monotonic()
+        self._call("key_value_set", KEY.format(self.process_id), str(count),
+                   allow_overwrite=True)
       except Exception as e:  # pylint: disable=broad-except
         if self._stop.is_set():
           return
         self.give_up(
             f"process {self.process_id}: lost the coordination service of"
             f" {self.where} (process 0 stopped, or its host:"
-            f" {first_line(e)}); start every process again with the same"
-            " command to resume from the last checkpoint", 1)
+            f" {first_line(e)}); {RESTART}", 1)
         return
       now = time.monotonic()
       try:  # one request for all of them, whatever the number of processes
-        counts = dict(self.client.key_value_dir_get(PREFIX))
+        counts = dict(self._call("key_value_dir_get", PREFIX))
       except Exception:  # pylint: disable=broad-except
         continue  # unread is not unmoved: judge no one on a failed read
       for i in list(seen):
@@ -176,8 +192,7 @@ class Watch:
               f"process {self.process_id}: process {i} of {self.where} has"
               f" not answered for {self.timeout:g} s (--peer_timeout: it was"
               " killed, failed or lost its host; see its log); this process"
-              " stops too: start every process again with the same command"
-              " to resume from the last checkpoint", 1)
+              f" stops too: {RESTART}", 1)
           return
 
 

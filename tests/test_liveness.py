@@ -1,6 +1,8 @@
 """The liveness watch of a joined run (`metarec_jax.liveness`), with a fake
 coordination service (the real one: test_multiprocess.py)."""
 
+import math
+import re
 import threading
 import time
 
@@ -46,3 +48,59 @@ def test_a_frozen_coordination_service_ends_the_process_in_one_line():
                             " (the coordination service) has not answered"
                             " for 1 s (--peer_timeout")
   assert status == 1
+
+
+class LiveService:
+  """A coordination service that answers at once; process 0 counts on."""
+
+  def __init__(self):
+    self.n = 0
+
+  def key_value_set(self, *_, **__):
+    pass
+
+  def key_value_dir_get(self, _):
+    self.n += 1
+    return [(liveness.KEY.format(0), str(self.n))]
+
+
+def _hold_the_gil(seconds: float) -> float:
+  """Holds the GIL for about `seconds` (a regex that backtracks: `re`
+  never releases it); returns how long it held it."""
+  start = time.monotonic()
+  re.match(r"(a+)+$", "a" * 18 + "b")
+  n = 18 + max(0, math.ceil(math.log2(seconds / max(
+      time.monotonic() - start, 1e-4))))
+  start = time.monotonic()
+  re.match(r"(a+)+$", "a" * n + "b")
+  return time.monotonic() - start
+
+
+def test_a_process_that_stalls_itself_does_not_blame_process_0():
+  """This process's main thread holding the GIL for longer than the
+  timeout stalled the watch's threads too: the deadline, counting from
+  the service's last answer, blamed process 0 (4 of 6 runs, reviewer R)."""
+  said = []
+  watch = liveness.Watch(LiveService(), 1, 2, timeout=1.0,
+                         give_up=lambda *a, **k: said.append(a)).start()
+  time.sleep(1.5)
+  held = _hold_the_gil(4.0)
+  time.sleep(2.5)
+  watch.stop()
+  assert held > 2.0, held  # (the stall the test is about)
+  assert said == []
+
+
+def test_ending_in_order_beside_a_frozen_process_0_does_not_hang():
+  """`done` waited for the watch's call in flight and then made its own,
+  each held forever by a frozen process 0: the process never ended."""
+  service = FrozenService()
+  watch = liveness.Watch(service, 1, 2, timeout=1.0,
+                         give_up=lambda *a, **k: None).start()
+  time.sleep(1.5)  # a call in flight
+  ending = threading.Thread(target=watch.done, daemon=True)
+  ending.start()
+  ending.join(6.0)  # (a regression fails here rather than hang the suite)
+  alive = ending.is_alive()
+  service.release.set()
+  assert not alive
