@@ -119,20 +119,28 @@ def test_an_encoder_on_the_anchored_model_is_a_one_line_error(tmp_path, name):
 
 
 def test_a_resumed_student_distils_from_the_teacher_checkpoint_it_began_with(
-    hybrid_run, tmp_path, caplog):
+    tmp_path, caplog):
   """The teacher trained on after the student started: the resumed student
   moved to the teacher's newer checkpoint (step 1 -> 2) with an info line
   only. Each student checkpoint records the teacher's step and parameters
-  (`Teacher.pin`): a resume goes on from that step, and warns where the
-  teacher no longer holds it, or holds other parameters there."""
+  (`Teacher.pin`): a resume goes on from that checkpoint, and where the
+  teacher no longer holds it (removed, damaged, other parameters at that
+  step), says so and goes on from the teacher's default checkpoint (here
+  its newest: it never validates)."""
+  import glob  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
   from metarec_jax.workdir import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   teacher = str(tmp_path / "teacher")
-  shutil.copytree(hybrid_run, teacher)
+
+  def teach(steps, seed="0"):
+    train(teacher, "hybrid", ("train.num_steps", str(steps)),
+          ("train.eval_every_steps", "-1"), ("checkpoint.keep", "3"),
+          ("train.seed", seed))
+
+  teach(1)
   student = train(tmp_path / "student", "distilled",
                   ("distill.teacher", teacher))
-  train(teacher, "hybrid", ("train.num_steps", "2"),
-        ("checkpoint.keep", "2"))  # a newer checkpoint beside step 1
+  teach(2)  # a newer checkpoint beside step 1
 
   def resume(steps):
     caplog.clear()
@@ -147,16 +155,33 @@ def test_a_resumed_student_distils_from_the_teacher_checkpoint_it_began_with(
   assert "WARNING" not in text, text
   # Said of the teacher, with no hint of a --step flag train does not take.
   assert f"the teacher {teacher}: using the checkpoint of step 1\n" in text
-  # Gone (the teacher keeps checkpoint.keep of its own): its default, said.
-  shutil.rmtree(os.path.join(teacher, "checkpoints", "1"))
+  warned = ("this run was distilled toward a teacher checkpoint (step {})"
+            f" that {teacher} no longer holds ({{}}): distilling from its"
+            " default checkpoint from here on")
+  # Damaged: it was a dead end (load_state reads no other step).
+  for array in glob.glob(os.path.join(teacher, "checkpoints", "1", "state",
+                                      "d", "*")):
+    with open(array, "r+b") as f:
+      f.seek(os.path.getsize(array) // 2)
+      f.write(b"\xff" * 64)
   text, pinned = resume(3)
-  assert (f"this run was distilled toward step 1 of the teacher {teacher},"
-          " which it no longer holds (its checkpoints: 2)") in text
+  line, = [l for l in text.splitlines() if "no longer holds" in l]
+  assert warned.format(1, "its step 1 cannot be read: ").split("(its")[0] in (
+      line) and "the checkpoint of step 1 cannot be read" in line, line
+  assert line.endswith("): distilling from its default checkpoint from here"
+                       " on")
   assert f"distilling from {teacher} (step 2, weight" in text and pinned == 2
-  # Step 2 trained again from another seed: the same number, other
-  # parameters.
-  shutil.rmtree(teacher)
-  train(teacher, "hybrid", ("train.num_steps", "2"), ("train.seed", "7"))
+  # Removed (a teacher keeps checkpoint.keep of its own).
+  teach(3)
+  shutil.rmtree(os.path.join(teacher, "checkpoints", "2"))
   text, pinned = resume(4)
-  assert (f"step 2 of the teacher {teacher}, whose step 2 now holds other"
-          " parameters") in text and pinned == 2
+  assert warned.format(2, "its checkpoints: 1, 3") in text
+  assert f"distilling from {teacher} (step 3, weight" in text and pinned == 3
+  # Trained again from another seed: step 3 holds other parameters, and
+  # the default (step 4) is taken, not step 3.
+  shutil.rmtree(teacher)
+  teach(4, seed="7")
+  text, pinned = resume(5)
+  assert warned.format(3, "its step 3 holds other parameters: another"
+                       " teacher, or one trained again") in text
+  assert f"distilling from {teacher} (step 4, weight" in text and pinned == 4

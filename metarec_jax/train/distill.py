@@ -142,18 +142,32 @@ def _digest(params: PyTree, inner: PyTree | None) -> str:
                         ).hexdigest()
 
 
-def _pinned_step(path: str, pinned: dict | None) -> int | None:
-  """The step of `pinned` (a resumed student's `Teacher.pin`) where the
-  teacher still has it, else None (the default step), with a warning."""
+def _pinned_state(teacher_exp, path: str, mesh, pinned: dict | None):
+  """`(state, pin)` of the teacher checkpoint `pinned` names (a resumed
+  student's `Teacher.pin`: its step, the digest of its parameters), or
+  None, with a warning, where the teacher no longer holds it: the step is
+  gone (the teacher keeps `checkpoint.keep`), cannot be read, or holds
+  other parameters (another teacher, or one trained again)."""
   if not pinned:
     return None
+  step, of = int(pinned["step"]), f"the teacher {path}"
   steps = ckpt_lib.Checkpointer(path, read_only=True).steps()
-  if int(pinned["step"]) in steps:
-    return int(pinned["step"])
-  log.warning("this run was distilled toward step %d of the teacher %s,"
-              " which it no longer holds (its checkpoints: %s): distilling"
-              " from its default checkpoint from here on", pinned["step"],
-              path, ", ".join(map(str, steps)) or "none")
+  problem = f"its checkpoints: {', '.join(map(str, steps)) or 'none'}"
+  if step in steps:
+    try:
+      state = load_state(teacher_exp, path, mesh, step=step, of=of)
+    except InputError as e:  # damaged, or removed while it was read
+      problem = f"its step {step} cannot be read: {e}"
+    else:
+      pin = {"step": step, "params": _digest(state.params["model"],
+                                             state.params.get("inner"))}
+      if pin["params"] == pinned["params"]:
+        return state, pin
+      problem = (f"its step {step} holds other parameters: another teacher,"
+                 " or one trained again")
+  log.warning("this run was distilled toward a teacher checkpoint (step %d)"
+              " that %s no longer holds (%s): distilling from its default"
+              " checkpoint from here on", step, path, problem)
   return None
 
 
@@ -191,16 +205,11 @@ def load(config, exp: experiment.Experiment, mesh,
                      " student's validation and evaluation hold out. Distill"
                      " from a run with the student's data, eval.* split keys"
                      " and data.query_size", path=path)
-  state = load_state(teacher_exp, path, mesh, step=_pinned_step(path, pinned),
-                     of=f"the teacher {path}")
+  state, pin = _pinned_state(teacher_exp, path, mesh, pinned) or (
+      load_state(teacher_exp, path, mesh, of=f"the teacher {path}"), None)
   step = int(runtime.to_host(state.step))
   params, inner = state.params["model"], state.params.get("inner")
-  pin = {"step": step, "params": _digest(params, inner)}
-  if pinned and pinned["step"] == step and pinned["params"] != pin["params"]:
-    log.warning("this run was distilled toward step %d of the teacher %s,"
-                " whose step %d now holds other parameters (another run, or"
-                " trained again): distilling from these from here on", step,
-                path, step)
+  pin = pin or {"step": step, "params": _digest(params, inner)}
   log.info("distilling from %s (step %d, weight %g)", path, step, weight)
   sharding = runtime.task_sharding(mesh)
   fn = jax.jit(targets_fn(teacher_exp.model, teacher_exp.meta_config, weight),

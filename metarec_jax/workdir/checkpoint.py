@@ -178,6 +178,8 @@ class Checkpointer:
     record = {"format_version": FORMAT_VERSION, "step": int(step),
               "config": config, "digests": {
                   "algorithm": integrity.ALGORITHM, "leaves": digests}}
+    if set(notes or {}) & set(record):  # (a note never hides the record's)
+      raise ValueError(f"notes {sorted(set(notes) & set(record))} clash")
     record.update(notes or {})
     metrics = (None if val_mae is None or not math.isfinite(val_mae)
                else {VAL_MAE: float(val_mae)})  # a NaN is no best
