@@ -30,6 +30,13 @@ def _algorithm(name: str):
 _COUNT, _SHARE = R.Int(0), R.Float(0.0, 1.0)
 _RATE = R.Float(0.0, lo_open=True)  # a positive, finite rate or size
 _NAMES = R.Tuple(R.Text(nonempty=True))
+
+
+def _id_keys() -> set[str]:
+  """The names of the ids as features (`data.schema.ID_KEYS`)."""
+  return set(importlib.import_module("metarec_jax.data.schema")
+             .ID_KEYS.values())
+
 # The two kinds of loss, read where the losses are written.
 _RATING_LOSSES = R.OneOf("metarec_jax.models.recommender", "RATING_LOSSES")
 _RANKING_LOSSES = R.OneOf("metarec_jax.models.recommender", "RANKING_LOSSES")
@@ -185,6 +192,14 @@ RELATIONS: tuple[R.Relation, ...] = (
                lambda a, n: a <= n, "data.synthetic.min_ratings must not"
                " exceed data.synthetic.num_items (a user rates an item"
                " once)"),
+    R.Relation(("data.generic.categorical", "data.generic.lists",
+                "data.generic.numeric"),
+               lambda *columns: not _id_keys() & set(sum(columns, ())),
+               "data.generic: no feature column may be named user_key or"
+               " item_key, the names of the ids as features (with"
+               " data.generic.id_features, or a ratings file alone, which"
+               " eval and serving read apart for users and items without"
+               " training ratings): rename the column"),
     R.Relation(("data.generic.rating_min", "data.generic.rating_max"),
                lambda a, b: a < b, "data.generic.rating_min must be below"
                " data.generic.rating_max"),

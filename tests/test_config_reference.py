@@ -98,6 +98,8 @@ def test_every_shipped_config_is_valid(name):
     ("train.lr", "nan", "train.lr=nan: must be a number > 0"),
     ("meta.inner_lr", "-0.1", "meta.inner_lr=-0.1: must be a number > 0"),
     ("data.item_id_dropout", "1.5", "must be a number >= 0 and <= 1"),
+    ("data.generic.categorical", "(genre,user_key)", "data.generic: no"
+     " feature column may be named user_key or item_key"),
     ("train.end_lr_factor", "1.5", "train.end_lr_factor=1.5: must be a"
      " number >= 0 and <= 1"),
     ("train.preempt_exit_code", "300", "must be an integer 0 to 255"),

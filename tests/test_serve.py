@@ -1312,11 +1312,13 @@ def test_long_string_ids_are_served_and_ratings_stay_on_the_scale(tmp_path):
   """Ids of 300 characters trained and exported, then every request naming
   them was a 422 (a fixed 256-character limit): the user could never be
   served, and an item the server itself recommended could not be rated.
+  The bound is 1,024 or the longest id of the export or of the dataset's
+  user table (an 1,100-character user only there, reviewer R).
   `rating` is the score clipped to the scale, as eval scores it (a served
   5.70 on a 1-5 scale)."""
   import datafiles  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
-  long_user, long_item = "u" + "x" * 299, "https://shop.example/" + "p" * 300
+  long_user, long_item = "u" + "x" * 1099, "https://shop.example/" + "p" * 300
   items = [long_item] + [f"i{i}" for i in range(39)]
   users = [long_user] + [f"u{u}" for u in range(79)]
   lines = ["user,item,rating"] + [
@@ -1330,10 +1332,15 @@ def test_long_string_ids_are_served_and_ratings_stay_on_the_scale(tmp_path):
       "--config.data.generic.ratings=r.csv", "--config.train.num_steps=1",
       "--config.train.eval_every_steps=0")
   assert out.returncode == 0, out.stderr
+  # The long user is left out of the export: the server still serves it
+  # from the dataset's user table, whose ids bound the length too.
+  datafiles.write(str(tmp_path / "others.csv"), "\n".join(
+      l for l in lines if not l.startswith(long_user)) + "\n")
   out = metarec_here("export", f"--workdir={work}",
-                     f"--ratings={tmp_path / 'r.csv'}",
+                     f"--ratings={tmp_path / 'others.csv'}",
                      f"--out={tmp_path / 'export'}")
   assert out.returncode == 0, out.stderr
+  assert long_user in export_lib.load(str(tmp_path / "export")).table_ids
   server = Server(tmp_path / "export", tmp_path / "log",
                   stderr_path=tmp_path / "stderr")
   try:
@@ -1348,7 +1355,7 @@ def test_long_string_ids_are_served_and_ratings_stay_on_the_scale(tmp_path):
                    json={"ratings": [[long_item, 5]]})
     assert r.status_code == 200, r.text
     r = httpx.post(server.url + "/v1/predict", timeout=60,
-                   json={"user": "n" * 1025, "items": ["i1"]})
-    assert r.status_code == 422 and "at most 1024" in r.text, r.text
+                   json={"user": "n" * 1101, "items": ["i1"]})
+    assert r.status_code == 422 and "at most 1100" in r.text, r.text
   finally:
     server.stop()

@@ -113,7 +113,8 @@ def create_app(service: Service, *, token: str | None,
   lo, hi = export.rating_range
   rates = getattr(export, "implicit", None) is None  # ratings, not clicks
   whole = service.log.format.integer_ratings
-  user_length = id_length(export.user_ids)
+  # (and of the dataset's user table: the server serves those users too)
+  user_length = max(id_length(export.user_ids), id_length(export.table_ids))
 
   if export.item_ids.dtype.kind in "iu":
     ItemId = Annotated[int, Strict(), Field(ge=-2 ** 63, lt=2 ** 63)]
@@ -347,7 +348,7 @@ def create_app(service: Service, *, token: str | None,
     if body.items is not None and body.ratings is not None:
       raise fastapi.HTTPException(422, "send ratings or items, not both")
     if body.items is not None:
-      if getattr(export, "implicit", None) is None:
+      if rates:
         raise fastapi.HTTPException(
             422, "this export learns from ratings: send {\"ratings\":"
             " [[item, rating], ...]}")
