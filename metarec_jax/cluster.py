@@ -356,10 +356,11 @@ def _unjoined_problem(coordinator_address: str | None,
           " (--join_timeout): start every process with the same"
           " --coordinator_address and --num_processes and its own"
           f" --process_id 0..{num_processes - 1} (process 0 first, on the"
-          " coordinator's host); where the others did join, this"
-          " --process_id was taken: a process id given twice, or one"
-          " process started again while the others ran, ends the run (JAX"
-          " aborts the running ones), so start them all again")
+          " coordinator's host)" + ("" if not process_id else
+          "; where the others did join, this --process_id was taken: a"
+          " process id given twice, or one process started again while the"
+          " others ran, ends the run (JAX aborts the running ones), so"
+          " start them all again"))
 
 
 def _give_up(prog: str, problem: str, status: int = 2, *,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from metarec_jax import config_io, experiment, runtime
-from metarec_jax.eval import metrics, predictions_file
+from metarec_jax.eval import metrics, predictions_file, ranking
 from metarec_jax.eval.evaluate import BASELINE, Evaluator, Predictions
 
 
@@ -115,8 +115,20 @@ def test_the_mae_gap_to_the_baseline_carries_its_standard_error(evaluator):
   raw = r.uniform(lo - 1, hi + 1, (7, 5)).astype(np.float32)
   p = _predictions(raw, true, items, hi)
   p.mask[6] = False  # a task without query ratings: left out
+  p.mask[0, 2:] = False  # one of 2 ratings: it weighs less in the MAE
   got = evaluator.scenario_metrics(p, 7)["mae_gap_se"]
   base = evaluator.baseline_predictions(p)[BASELINE]
   gap = (metrics.mae_per_task(np.clip(raw, lo, hi), true, p.mask)
          - metrics.mae_per_task(base, true, p.mask))[:6]
-  assert got == pytest.approx(gap.std(ddof=1) / np.sqrt(6)) and got > 0
+  # The micro-averaged gap is the count-weighted mean of the task gaps;
+  # its error, by the bootstrap over tasks' formula for a weighted mean.
+  w = p.mask.sum(axis=1)[:6] / p.mask.sum()
+  mean = (w * gap).sum()
+  assert mean == pytest.approx(
+      metrics.mae(np.clip(raw, lo, hi), true, p.mask)
+      - metrics.mae(base, true, p.mask))
+  want = np.sqrt((w ** 2 * (gap - mean) ** 2).sum() * 6 / 5)
+  assert got == pytest.approx(want) and got > 0
+  # Equal counts: the plain standard error of the mean task gap.
+  assert ranking.gap_se(gap, 0 * gap, np.ones(6)) == pytest.approx(
+      gap.std(ddof=1) / np.sqrt(6))

@@ -186,11 +186,13 @@ class Evaluator:
     result["ndcg@3_gap_se"] = gap_se(*(
         metrics_lib.ndcg_per_task(r, p.true, p.mask, 3, floor=self.lo)
         for r in (p.ranked, ranked[BASELINE])))
-    # ... and of the per-task MAE gap (the support curve's `verdicts`).
-    rated = p.mask.any(axis=1)  # (tasks without query ratings left out)
+    # ... and of the MAE gap (the support curve's `verdicts`): per task,
+    # weighed by its query ratings, as the MAE is an average of those.
+    counts = p.mask.sum(axis=1)
+    rated = counts > 0  # (tasks without query ratings left out)
     result["mae_gap_se"] = gap_se(*(
         metrics_lib.mae_per_task(pred, p.true, p.mask)[rated]
-        for pred in (p.adapted, base[BASELINE])))
+        for pred in (p.adapted, base[BASELINE])), weights=counts[rated])
     return result
 
   def predictions_text(self, p: Predictions, tasks: TaskSet) -> str:

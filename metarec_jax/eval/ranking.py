@@ -178,12 +178,20 @@ def summarise(values: dict[str, np.ndarray]) -> dict[str, float | None]:
   return out
 
 
-def gap_se(a: np.ndarray, b: np.ndarray) -> float | None:
+def gap_se(a: np.ndarray, b: np.ndarray,
+           weights: np.ndarray | None = None) -> float | None:
   """The standard error of the mean per-task difference `a - b` (one
-  metric of two rankings of the same tasks; tasks without it left out);
-  None on fewer than two tasks."""
+  metric of two rankings of the same tasks; tasks without it left out),
+  weighted by `weights` where given (an MAE over all query ratings weighs
+  each task by its count); None on fewer than two tasks."""
   diff = (np.asarray(a, np.float64) - np.asarray(b, np.float64))
-  diff = diff[~np.isnan(diff)]
-  if len(diff) < 2:
+  keep = ~np.isnan(diff)
+  diff, n = diff[keep], int(keep.sum())
+  if n < 2:
     return None
-  return float(diff.std(ddof=1) / np.sqrt(len(diff)))
+  if weights is None:
+    return float(diff.std(ddof=1) / np.sqrt(n))
+  w = np.asarray(weights, np.float64)[keep]
+  w = w / w.sum()
+  spread = (w ** 2 * (diff - (w * diff).sum()) ** 2).sum()
+  return float(np.sqrt(spread * n / (n - 1)))
