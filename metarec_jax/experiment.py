@@ -218,7 +218,11 @@ def build(config, workdir: str | os.PathLike, *,
   item_means = None
   counts = np.bincount(np.asarray(store.items)[split.train_positions],
                        minlength=store.num_items)
-  tables = tables.unseen_ids_missing(split.train_counts() > 0, counts > 0)
+  # Trained rows: of the users and items with training ratings, and on
+  # implicit data of every existing item too (each a sampled negative).
+  trained = (counts > 0) | (~np.asarray(store.item_new) if implicit_data
+                            else False)
+  tables = tables.unseen_ids_missing(split.train_counts() > 0, trained)
   if models.is_anchored(model_config):
     item_means = (BaselineStats.from_split(store, split).item_mean,
                   counts / (counts + ITEM_PSEUDO))

@@ -420,3 +420,33 @@ def test_serving_a_file_without_ratings_refuses_ratings(tmp_path):
   finally:
     server.stop()
   assert (tmp_path / "log" / "interactions.csv").read_text().count("i3") == 1
+
+
+def test_no_training_row_reads_the_missing_id_row(tmp_path):
+  """On implicit data every existing item is a sampled negative, trained
+  through its own `item_key` row even without a training positive: such
+  items read row 0 (which embeds to zero), so training changed (401 of
+  20,658 rows, reviewer R2). Only users and items that no training task
+  reads (new users, new items) read row 0."""
+  rng = np.random.default_rng(0)
+  datafiles.write(str(tmp_path / "clicks.csv"), "user,item\n" + "".join(
+      f"u{u},i{i}\n" for u in range(300)
+      for i in set(rng.zipf(1.3, 25) % 400)))
+  config = config_io.complete(config_io.load_config_file(config_path("tiny")))
+  config.data.update(name="generic", root=str(tmp_path), min_support=1)
+  config.data.generic.update(ratings="clicks.csv", rating_col="")
+  config.data.implicit.enabled = True
+  config.eval.min_ratings = 3
+  exp = experiment.build(config, str(tmp_path / "work"))
+  keys = exp.tables.item["item_key"]
+  existing = ~np.asarray(exp.store.item_new)
+  positives = implicit.train_popularity(exp.store, exp.split) > 0
+  assert (existing & ~positives).any()  # negatives only: the case
+  assert (keys[existing] > 0).all()
+  sampler = TrainSampler(exp.split, exp.tables, exp.store.items,
+                         exp.store.ratings, exp.sampler_spec(),
+                         negative_sampler=exp.negative_sampler())
+  for step in range(10):
+    for part in sampler.batch(step).values():
+      for key in ("user_key", "item_key"):
+        assert not ((part["features"][key] == 0) & part["mask"]).any()
