@@ -102,9 +102,10 @@ class Watch:
         and self._thread is not threading.current_thread()):
       self._thread.join(self.timeout)
 
-  def _tell(self, key: str, value: str) -> None:
-    """Sets `key` in the service, waiting at most `timeout` seconds: the
-    service is gone, or frozen, where it does not answer, and so is every
+  def _tell(self, key: str, value: str) -> bool:
+    """Sets `key` in the service, waiting at most `timeout` seconds;
+    returns False where the call is still held then (a frozen process 0).
+    A call that fails is no matter: the service is gone, and so is every
     process that could read it."""
     def tell():
       try:
@@ -114,12 +115,20 @@ class Watch:
     thread = threading.Thread(target=tell, daemon=True, name="liveness-tell")
     thread.start()
     thread.join(self.timeout)
+    return not thread.is_alive()
 
   def done(self) -> None:
     """Stops counting and tells the others that this process ended its
-    run in order."""
+    run in order; where process 0 holds that call (frozen, its host
+    lost), ends this process in one line: JAX's shutdown would wait on it
+    and abort with a C++ stack trace 100 s later (reviewer R2)."""
     self.stop()
-    self._tell(KEY.format(self.process_id), DONE)
+    if not self._tell(KEY.format(self.process_id), DONE):
+      self.give_up(
+          f"process {self.process_id}: process 0 of {self.where} (the"
+          " coordination service) did not answer as this process ended"
+          f" its run in order (it was stopped or lost its host): {RESTART}"
+          " (or finds the run done)", 1)
 
   def fail(self, problem: str, status: int) -> None:
     """Stops counting and tells the others that this process fails with

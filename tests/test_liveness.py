@@ -94,9 +94,9 @@ def test_a_process_that_stalls_itself_does_not_blame_process_0():
 def test_ending_in_order_beside_a_frozen_process_0_does_not_hang():
   """`done` waited for the watch's call in flight and then made its own,
   each held forever by a frozen process 0: the process never ended."""
-  service = FrozenService()
+  service, said = FrozenService(), []
   watch = liveness.Watch(service, 1, 2, timeout=1.0,
-                         give_up=lambda *a, **k: None).start()
+                         give_up=lambda *a, **k: said.append(a)).start()
   time.sleep(1.5)  # a call in flight
   ending = threading.Thread(target=watch.done, daemon=True)
   ending.start()
@@ -104,3 +104,9 @@ def test_ending_in_order_beside_a_frozen_process_0_does_not_hang():
   alive = ending.is_alive()
   service.release.set()
   assert not alive
+  # ... and it ends the process in one line, not in JAX's shutdown, which
+  # waits on the frozen service and aborts 100 s later (reviewer R2).
+  (problem, status), = said
+  assert problem.startswith("process 1: process 0 of the run (the"
+                            " coordination service) did not answer as this"
+                            " process ended its run in order") and status == 1
