@@ -134,12 +134,12 @@ def _run_train(inv: Invocation) -> int:
   setup_runtime(config)
   from metarec_jax import cluster  # pylint: disable=g-import-not-at-top
   from metarec_jax.workdir import resume  # pylint: disable=g-import-not-at-top
-  fv = inv.flags
-  if cluster.init_distributed(*(fv[k].value for k in (
+  if cluster.init_distributed(*(inv.flags[k].value for k in (
       "coordinator_address", "num_processes", "process_id")),
-                              join_timeout=fv["join_timeout"].value,
-                              peer_timeout=fv["peer_timeout"].value,
-                              config=resume.as_resumed(config, workdir)):
+                              join_timeout=inv.flags["join_timeout"].value,
+                              peer_timeout=inv.flags["peer_timeout"].value,
+                              config=[config_io.to_dict(config),
+                                      resume.as_resumed(config, workdir)]):
     import jax  # pylint: disable=g-import-not-at-top
     if jax.process_index() != 0:  # only process 0 logs progress
       log.setLevel(logging.WARNING)

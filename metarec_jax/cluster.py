@@ -104,7 +104,7 @@ def init_distributed(coordinator_address: str | None = None,
                      join_timeout: int = JOIN_TIMEOUT_S,
                      peer_timeout: float = PEER_TIMEOUT_S,
                      prog: str = "metarec train",
-                     config: dict | None = None) -> bool:
+                     config: dict | list[dict] | None = None) -> bool:
   """Joins a multi-process run (`jax.distributed.initialize`).
 
   With explicit arguments they are used as given; without, a cluster JAX
@@ -117,7 +117,8 @@ def init_distributed(coordinator_address: str | None = None,
   with status 2 (see the module docstring: the wait cannot be interrupted
   any other way), and so does every process where their `num_processes`
   differ, or their `config` (a nested dict of the run's config, compared
-  but for `PER_HOST_KEYS`). Once joined, a process that goes unheard for
+  but for `PER_HOST_KEYS`; or a list of views of it, as given and as its
+  resume runs it: processes agree where one view does). Once joined, a process that goes unheard for
   `peer_timeout` seconds ends the others with one line and exit status 1
   (`liveness`; a process that ends its run in order says so with
   `finished`). Raises InputError for flags that cannot describe a run.
@@ -205,7 +206,7 @@ def failed_with_bug(prog: str, error: Exception) -> None:
 
 def _compare_processes(coordinator_address: str, num_processes: int,
                        process_id: int, join_timeout: int,
-                       config: dict | None) -> str | None:
+                       config: dict | list[dict] | None) -> str | None:
   """What is wrong where the processes were given different
   `--num_processes` or configs (None where nothing is).
 
@@ -217,7 +218,9 @@ def _compare_processes(coordinator_address: str, num_processes: int,
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   client = ocp.multihost.get_jax_distributed_client()
   client.key_value_set(f"metarec/join/{process_id}", json.dumps(
-      {"num_processes": num_processes, "config": _flat(config or {})}))
+      {"num_processes": num_processes, "config": [
+          _flat(c) for c in (config if isinstance(config, list)
+                             else [config or {}])]}))
   try:
     said = {i: json.loads(client.blocking_key_value_get(
         f"metarec/join/{i}", join_timeout * 1000))
@@ -298,21 +301,30 @@ def _flat(config: dict, prefix: str = "") -> dict:
   return out
 
 
-def _config_problem(process_id: int, configs: dict[int, dict]) -> str | None:
+def _config_problem(process_id: int, configs: dict[int, list[dict]]
+                    ) -> str | None:
   """The line naming the keys where a process's config differs from
-  process 0's (None where none does)."""
-  first = configs[0]
-  for i, config in configs.items():
-    keys = sorted(k for k in set(first) | set(config)
-                  if first.get(k) != config.get(k))
-    if keys:
-      shown = ", ".join(f"{k}: {config.get(k)!r} against {first.get(k)!r}"
-                        for k in keys[:3])
-      more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-      return (f"process {process_id}: process {i}'s config differs from"
-              f" process 0's ({shown}{more}): give every process the same"
-              " --config and --config.* overrides (each host's own paths"
-              " and input threads may differ)")
+  process 0's (None where none does). Each process gives views of its
+  config (a bare dict: one; see `init_distributed`); two agree where one
+  view does, and the last view names the keys: as given, the resume's
+  advice (config.json) differed from the run's first command in keys it
+  resolves; as resumed, a work directory not shared differed, which the
+  lock names (`workdir.lock`)."""
+  views = {i: c if isinstance(c, list) else [c] for i, c in configs.items()}
+  first = views[0]
+  for i, config in views.items():
+    if any(a == b for a, b in zip(first, config)):
+      continue
+    config, base = config[-1], first[-1]
+    keys = sorted(k for k in set(base) | set(config)
+                  if base.get(k) != config.get(k))
+    shown = ", ".join(f"{k}: {config.get(k)!r} against {base.get(k)!r}"
+                      for k in keys[:3])
+    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    return (f"process {process_id}: process {i}'s config differs from"
+            f" process 0's ({shown}{more}): give every process the same"
+            " --config and --config.* overrides (each host's own paths"
+            " and input threads may differ)")
   return None
 
 

@@ -220,9 +220,12 @@ def test_a_resume_given_the_first_command_or_config_json_is_one_config(
   1 the resume's advice (config.json alone) were refused at the join for
   keys the user never set: the share and schedule length config.json holds
   resolved, a run constant (helper P). The processes compare each config
-  as its resume runs it (`resume.as_resumed`)."""
+  as given and as its resume runs it (`resume.as_resumed`), and agree
+  where one view does: processes given one --config whose work
+  directories are not shared must reach the lock's "not shared" line, not
+  a difference of keys they never set (reviewer R2)."""
   # pylint: disable=g-import-not-at-top
-  from metarec_jax import cluster, config_io
+  from metarec_jax import config_io
   from metarec_jax.workdir import resume
   first = config_io.complete(config_io.load_config_file(config_path("tiny")))
   first.model.table_row_multiple = 1024  # the key's default
@@ -232,19 +235,27 @@ def test_a_resume_given_the_first_command_or_config_json_is_one_config(
   workdir = str(tmp_path / "run")
   os.makedirs(os.path.join(workdir, "checkpoints", "100"))
   config_io.write_workdir_config(workdir, run)
+  saved = config_io.read_workdir_config(workdir)
+
+  def views(config, where=workdir):
+    return [cluster._flat(c) for c in (  # pylint: disable=protected-access
+        config_io.to_dict(config), resume.as_resumed(config, where))]
 
   def problem(a, b):
-    return cluster._config_problem(1, {0: cluster._flat(a), 1: cluster._flat(b)})  # pylint: disable=protected-access
+    return cluster._config_problem(1, {0: a, 1: b})  # pylint: disable=protected-access
 
-  saved = config_io.read_workdir_config(workdir)
-  assert "eval.val_fraction: 0.3 against 0.0" in problem(
-      config_io.to_dict(first), config_io.to_dict(saved))
-  assert problem(resume.as_resumed(first, workdir),
-                 resume.as_resumed(saved, workdir)) is None
+  assert problem(views(first), views(saved)) is None
   assert first.eval.val_fraction == 0.0  # (the config itself unchanged)
-  # A key the user did set still differs; a fresh start is as given.
-  first.train.lr *= 2
-  assert "train.lr" in problem(resume.as_resumed(first, workdir),
-                               resume.as_resumed(saved, workdir))
+  # Not shared: process 1 sees no checkpoint; as given, they agree.
+  assert problem(views(first), views(first, str(tmp_path / "new"))) is None
+  # A key the user did set still differs, named as resumed.
+  other = config_io.complete(config_io.to_dict(first))
+  other.train.lr *= 2
+  said = problem(views(first), views(other))
+  assert "train.lr" in said and "eval.val_fraction" not in said
+  # (one view, a bare dict: as before)
+  assert "eval.val_fraction: 0.3 against 0.0" in problem(
+      cluster._flat(config_io.to_dict(first)),  # pylint: disable=protected-access
+      cluster._flat(config_io.to_dict(saved)))  # pylint: disable=protected-access
   assert resume.as_resumed(first, str(tmp_path / "new")) == (
       config_io.to_dict(first))
