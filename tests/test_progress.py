@@ -83,8 +83,9 @@ def test_a_slow_export_states_its_rate_not_zero(monkeypatch):
 def test_an_unfinished_export_says_about_how_long_it_has_left(monkeypatch):
   """A --top_k export of a 50,000-item shop ran at 30 users/s for 200,000
   users: two hours, which the log's rate left to the reader to reckon. The
-  time left is at the rate since the first chunk, whose time is mostly
-  compiling: "about 12 min left" of an export done 0.1 s later (helper E)."""
+  rate and the time left are those since the first chunk, whose time is
+  mostly compiling: "about 12 min left" of an export done 0.1 s later
+  (helper E); the last line gives the whole export's rate."""
   out = io.StringIO()
   logger, _ = make_logger("metarec.test.eta", out)
   clock = iter([0.0, 60.0, 70.0, 80.0, 3000.0])
@@ -98,8 +99,8 @@ def test_an_unfinished_export_says_about_how_long_it_has_left(monkeypatch):
   p.close()
   assert out.getvalue().splitlines() == [
       "exported 300/200000 users (5 users/s)",
-      "exported 600/200000 users (8.6 users/s, about 1 h 51 min left)",
-      "exported 900/200000 users (11 users/s, about 1 h 51 min left)",
+      "exported 600/200000 users (30 users/s, about 1 h 51 min left)",
+      "exported 900/200000 users (30 users/s, about 1 h 51 min left)",
       "exported 200000/200000 users (67 users/s)"]
   assert [progress_lib.duration(s)
           for s in (0, 59.4, 61, 150, 3599, 3600, 5430)] == [

@@ -24,6 +24,7 @@ import fastapi
 from fastapi import Depends, FastAPI, Path, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+import numpy as np
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from pydantic_core import PydanticCustomError
@@ -93,9 +94,10 @@ def id_length(ids) -> int:
   """The longest string id a request may name: `MAX_ID_LENGTH`, or the
   longest of `ids` (the export's), which are all served (a catalogue of
   product URLs)."""
-  longest = max(map(len, ids.tolist()), default=0) if ids.dtype.kind in (
-      "U", "O") else 0
-  return max(MAX_ID_LENGTH, longest)
+  if ids.dtype.kind not in "UO" or not ids.size:  # (integer ids)
+    return MAX_ID_LENGTH
+  text = ids if ids.dtype.kind == "U" else ids.astype(str)
+  return max(MAX_ID_LENGTH, int(np.char.str_len(text).max()))
 
 
 def create_app(service: Service, *, token: str | None,

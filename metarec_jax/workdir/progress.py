@@ -176,21 +176,19 @@ class UserProgress:
     if (self._last_line is None or self.done >= self.total
         or now - self._last_line >= self.every_seconds):
       self._last_line = now
-      rate = self.done / max(now - self._start, 1e-9)
+      # Between the first chunk, whose time is mostly compiling ("about 12
+      # min left" of an export done 0.1 s later), and the last, the rate
+      # since the first chunk, and the time left at it, as the bar's ETA:
+      # a --top_k export of a large catalogue can run for hours.
+      between = self._first is not None and self.done < self.total
+      since = self._first if between else (self._start, 0)
+      rate = (self.done - since[1]) / max(now - since[0], 1e-9)
+      left = (self.total - self.done) / rate if between and rate > 0 else None
+      self._first = self._first or (now, self.done)
       # Two significant digits below 10: a slow export said "0 users/s".
-      # The time left, as the bar's ETA: a --top_k export of a large
-      # catalogue can run for hours, which the rate alone left to reckon;
-      # at the rate since the first chunk, whose time is mostly compiling
-      # ("about 12 min left" of an export done 0.1 s later).
-      left, first = None, self._first
-      if first is not None and now > first[0] and self.done > first[1]:
-        left = (self.total - self.done) * (now - first[0]) / (
-            self.done - first[1])
-      self._first = first or (now, self.done)
       self.log.info("exported %d/%d users (%s users/s%s)", self.done,
                     self.total, f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}",
-                    f", about {duration(left)} left"
-                    if left and self.done < self.total else "")
+                    f", about {duration(left)} left" if left else "")
 
   def close(self) -> None:
     if self._stop is not None:
