@@ -218,9 +218,7 @@ def _compare_processes(coordinator_address: str, num_processes: int,
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   client = ocp.multihost.get_jax_distributed_client()
   client.key_value_set(f"metarec/join/{process_id}", json.dumps(
-      {"num_processes": num_processes, "config": [
-          _flat(c) for c in (config if isinstance(config, list)
-                             else [config or {}])]}))
+      {"num_processes": num_processes, **_published(config)}))
   try:
     said = {i: json.loads(client.blocking_key_value_get(
         f"metarec/join/{i}", join_timeout * 1000))
@@ -248,7 +246,7 @@ def _compare_processes(coordinator_address: str, num_processes: int,
                " the same --num_processes")
   else:
     problem = _devices_problem(process_id, coordinator_address) or (
-        _config_problem(process_id, {i: s["config"]
+        _config_problem(process_id, {i: [s[k] for k in VIEWS if k in s]
                                      for i, s in said.items()}))
   # Every process has read every count before any leaves: process 0 hosts
   # the coordination service, and a process still reading when it exits
@@ -301,21 +299,35 @@ def _flat(config: dict, prefix: str = "") -> dict:
   return out
 
 
+VIEWS = ("config", "config_resumed")  # (`_published`)
+
+
+def _published(config: dict | list[dict] | None) -> dict:
+  """What a process says of its config at the join: `config`, its flat
+  view as given (what every version since 2026-12-04 reads), and
+  `config_resumed`, as its resume runs it, where `config` is a list of
+  the two views (`init_distributed`)."""
+  views = config if isinstance(config, list) else [config or {}]
+  return {name: _flat(view) for name, view in zip(VIEWS, views)}
+
+
 def _config_problem(process_id: int, configs: dict[int, list[dict]]
                     ) -> str | None:
   """The line naming the keys where a process's config differs from
   process 0's (None where none does). Each process gives views of its
-  config (a bare dict: one; see `init_distributed`); two agree where one
-  view does, and the last view names the keys: as given, the resume's
-  advice (config.json) differed from the run's first command in keys it
-  resolves; as resumed, a work directory not shared differed, which the
+  config, as given and (where it says) as its resume runs it
+  (`_published`); two agree where a view they both give does, and the
+  last such view names the keys: as given, the resume's advice
+  (config.json) differed from the run's first command in keys it
+  resolves; as resumed, work directories not shared differed, which the
   lock names (`workdir.lock`)."""
   views = {i: c if isinstance(c, list) else [c] for i, c in configs.items()}
   first = views[0]
   for i, config in views.items():
-    if any(a == b for a, b in zip(first, config)):
+    pairs = list(zip(first, config))
+    if any(a == b for a, b in pairs):
       continue
-    config, base = config[-1], first[-1]
+    base, config = pairs[-1]
     keys = sorted(k for k in set(base) | set(config)
                   if base.get(k) != config.get(k))
     shown = ", ".join(f"{k}: {config.get(k)!r} against {base.get(k)!r}"

@@ -219,8 +219,10 @@ def build(config, workdir: str | os.PathLike, *,
   counts = np.bincount(np.asarray(store.items)[split.train_positions],
                        minlength=store.num_items)
   # Trained rows: of the users and items with training ratings, and on
-  # implicit data of every existing item too (each a sampled negative).
-  trained = (counts > 0) | (~np.asarray(store.item_new) if implicit_data
+  # implicit data drawing negatives uniformly, of every existing item (each
+  # a negative; by popularity, one without a training positive never is).
+  uniform = implicit_data and config.data.implicit.sampling == "uniform"
+  trained = (counts > 0) | (~np.asarray(store.item_new) if uniform
                             else False)
   tables = tables.unseen_ids_missing(split.train_counts() > 0, trained)
   if models.is_anchored(model_config):

@@ -128,7 +128,7 @@ class Watch:
           f"process {self.process_id}: process 0 of {self.where} (the"
           " coordination service) did not answer as this process ended"
           f" its run in order (it was stopped or lost its host): {RESTART}"
-          " (or finds the run done)", 1)
+          " (a run that had finished then says so)", 1)
 
   def fail(self, problem: str, status: int) -> None:
     """Stops counting and tells the others that this process fails with

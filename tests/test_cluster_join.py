@@ -259,3 +259,25 @@ def test_a_resume_given_the_first_command_or_config_json_is_one_config(
       cluster._flat(config_io.to_dict(saved)))  # pylint: disable=protected-access
   assert resume.as_resumed(first, str(tmp_path / "new")) == (
       config_io.to_dict(first))
+
+
+def test_processes_of_the_last_version_still_compare_their_configs():
+  """A process of the previous version publishes its config as given, in
+  `config`, and compares that alone: the new views are published beside
+  it (`config_resumed`), so that each side reads the other (a list where
+  it read a dict was a TypeError at the join; a comparison of unlike
+  views refused with no key named, reviewer R3)."""
+  given = {"eval": {"val_fraction": 0.0}, "train": {"lr": 1.0}}
+  resumed = {"eval": {"val_fraction": 0.3}, "train": {"lr": 1.0}}
+  new = cluster._published([given, resumed])  # pylint: disable=protected-access
+  assert new == {"config": cluster._flat(given),  # pylint: disable=protected-access
+                 "config_resumed": cluster._flat(resumed)}  # pylint: disable=protected-access
+  old = {"config": cluster._flat(resumed)}  # pylint: disable=protected-access
+
+  def problem(a, b):
+    return cluster._config_problem(1, {  # pylint: disable=protected-access
+        i: [s[k] for k in cluster.VIEWS if k in s] for i, s in enumerate((a, b))})
+
+  assert problem(new, {"config": cluster._flat(given)}) is None  # pylint: disable=protected-access
+  assert "eval.val_fraction: 0.3 against 0.0" in problem(new, old)
+  assert "eval.val_fraction: 0.0 against 0.3" in problem(old, new)

@@ -64,8 +64,8 @@ class FeatureTables:
                          seen_items: np.ndarray) -> "FeatureTables":
     """These tables with the id features (`ID_KEYS`) of the users and items
     not `seen` (bool per user, per item: read by training, with training
-    ratings or, on implicit data, as a sampled negative) at 0, the row of a
-    missing value. Their own rows are never trained: eval scored a
+    ratings or, on implicit data, as a negative drawn uniformly) at 0, the
+    row of a missing value. Their own rows are never trained: eval scored a
     new user with its random initial row, where the server gives a user it
     does not know the missing row (up to 1.3 stars apart, helper E)."""
     tables = {"user": dict(self.user), "item": dict(self.item)}

@@ -68,9 +68,9 @@ class Embedder(nn.Module):
   Tables start as N(0, std^2) (MeLU used 1). The `item_id` table starts at
   zero: an item never rated in training (a new item) then contributes
   nothing rather than a random vector that was never trained. So does the
-  row 0 of the ids as features (`ID_KEYS`), which the users and items no
-  training task reads read (`FeatureTables.unseen_ids_missing`): a new
-  user is read as no one in particular, not as one random draw.
+  row 0 of the ids as features (`ID_KEYS`), the row of every user and
+  item that no training task reads (`FeatureTables.unseen_ids_missing`):
+  a new user is read as no one in particular, not as one random draw.
 
   Tables of at most the backend's `onehot_vocab` rows
   (`backend.Defaults`; 0 on CPU, so never there) are read by a one-hot matrix
