@@ -104,7 +104,7 @@ def init_distributed(coordinator_address: str | None = None,
                      join_timeout: int = JOIN_TIMEOUT_S,
                      peer_timeout: float = PEER_TIMEOUT_S,
                      prog: str = "metarec train",
-                     config: dict | list[dict] | None = None) -> bool:
+                     config: list[dict] | None = None) -> bool:
   """Joins a multi-process run (`jax.distributed.initialize`).
 
   With explicit arguments they are used as given; without, a cluster JAX
@@ -116,9 +116,9 @@ def init_distributed(coordinator_address: str | None = None,
   process prints `{prog}: error: ...` (what to check) on stderr and exits
   with status 2 (see the module docstring: the wait cannot be interrupted
   any other way), and so does every process where their `num_processes`
-  differ, or their `config` (a nested dict of the run's config, compared
-  but for `PER_HOST_KEYS`; or a list of views of it, as given and as its
-  resume runs it: processes agree where one view does). Once joined, a process that goes unheard for
+  differ, or their `config` (views of the run's config as nested dicts,
+  compared but for `PER_HOST_KEYS`: as given and as its resume runs it;
+  processes agree where one view does). Once joined, a process that goes unheard for
   `peer_timeout` seconds ends the others with one line and exit status 1
   (`liveness`; a process that ends its run in order says so with
   `finished`). Raises InputError for flags that cannot describe a run.
@@ -206,7 +206,7 @@ def failed_with_bug(prog: str, error: Exception) -> None:
 
 def _compare_processes(coordinator_address: str, num_processes: int,
                        process_id: int, join_timeout: int,
-                       config: dict | list[dict] | None) -> str | None:
+                       config: list[dict] | None) -> str | None:
   """What is wrong where the processes were given different
   `--num_processes` or configs (None where nothing is).
 
@@ -302,13 +302,11 @@ def _flat(config: dict, prefix: str = "") -> dict:
 VIEWS = ("config", "config_resumed")  # (`_published`)
 
 
-def _published(config: dict | list[dict] | None) -> dict:
+def _published(views: list[dict] | None) -> dict:
   """What a process says of its config at the join: `config`, its flat
   view as given (what every version since 2026-12-04 reads), and
-  `config_resumed`, as its resume runs it, where `config` is a list of
-  the two views (`init_distributed`)."""
-  views = config if isinstance(config, list) else [config or {}]
-  return {name: _flat(view) for name, view in zip(VIEWS, views)}
+  `config_resumed`, as its resume runs it (`init_distributed`'s views)."""
+  return {name: _flat(view) for name, view in zip(VIEWS, views or [{}])}
 
 
 def _config_problem(process_id: int, configs: dict[int, list[dict]]
@@ -321,9 +319,8 @@ def _config_problem(process_id: int, configs: dict[int, list[dict]]
   (config.json) differed from the run's first command in keys it
   resolves; as resumed, work directories not shared differed, which the
   lock names (`workdir.lock`)."""
-  views = {i: c if isinstance(c, list) else [c] for i, c in configs.items()}
-  first = views[0]
-  for i, config in views.items():
+  first = configs[0]
+  for i, config in configs.items():
     pairs = list(zip(first, config))
     if any(a == b for a, b in pairs):
       continue

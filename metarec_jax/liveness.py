@@ -83,8 +83,8 @@ class Watch:
     holding the GIL), not the service."""
     woke = time.monotonic()
     while not self._stop.wait(TICK_S):
-      now, late = time.monotonic(), time.monotonic() - woke > 2 * TICK_S
-      woke, since = now, self._calling
+      now, since = time.monotonic(), self._calling
+      late, woke = now - woke > 2 * TICK_S, now
       if not late and since is not None and now - since > self.timeout:
         self.give_up(
             f"process {self.process_id}: process 0 of {self.where} (the"

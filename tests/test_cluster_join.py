@@ -136,7 +136,8 @@ def test_paths_and_input_threads_of_the_hosts_own_may_differ():
   from metarec_jax import cluster  # pylint: disable=g-import-not-at-top
 
   def problem(a, b):
-    return cluster._config_problem(1, {0: cluster._flat(a), 1: cluster._flat(b)})  # pylint: disable=protected-access
+    return cluster._config_problem(  # pylint: disable=protected-access
+        1, {0: [cluster._flat(a)], 1: [cluster._flat(b)]})  # pylint: disable=protected-access
 
   a = {"data": {"root": "/mnt/a", "max_support": 32},
        "train": {"lr": 1.0, "input_workers": 0}, "distill": {"teacher": ""}}
@@ -171,7 +172,7 @@ def test_a_process_of_an_older_metarec_is_named_as_such(monkeypatch):
 
   monkeypatch.setattr(ocp.multihost, "get_jax_distributed_client", Store)
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  problem = cluster._compare_processes("h:1", 2, 0, 60, {"train": {}})  # pylint: disable=protected-access
+  problem = cluster._compare_processes("h:1", 2, 0, 60, [{"train": {}}])  # pylint: disable=protected-access
   assert problem == (
       "process 0: the processes that joined the run at h:1 run different"
       " versions of metarec (process 1 says only its --num_processes): run"
@@ -253,10 +254,10 @@ def test_a_resume_given_the_first_command_or_config_json_is_one_config(
   other.train.lr *= 2
   said = problem(views(first), views(other))
   assert "train.lr" in said and "eval.val_fraction" not in said
-  # (one view, a bare dict: as before)
+  # (one view each, as an older version gives: as before)
   assert "eval.val_fraction: 0.3 against 0.0" in problem(
-      cluster._flat(config_io.to_dict(first)),  # pylint: disable=protected-access
-      cluster._flat(config_io.to_dict(saved)))  # pylint: disable=protected-access
+      [cluster._flat(config_io.to_dict(first))],  # pylint: disable=protected-access
+      [cluster._flat(config_io.to_dict(saved))])  # pylint: disable=protected-access
   assert resume.as_resumed(first, str(tmp_path / "new")) == (
       config_io.to_dict(first))
 

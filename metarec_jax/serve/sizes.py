@@ -71,7 +71,7 @@ def support_widths(max_support: int, buckets: Sequence[int]) -> tuple[int, ...]:
   adapted model does not depend on the width.
   """
   top = int(bucket_widths(np.array([max_support]), buckets)[0])
-  widths = {w for w in sorted(buckets) if w < top} | {top}
+  widths = {w for w in buckets if w < top} | {top}
   width = max(buckets)
   while width * 2 < top:
     width *= 2

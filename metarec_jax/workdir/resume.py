@@ -61,18 +61,17 @@ def _resumed_config(workdir: str) -> dict | None:
       config_io.read_workdir_config(workdir)))
 
 
-def keep_run_constants(config, workdir: str, *, quiet: bool = False) -> None:
+def keep_run_constants(config, workdir: str) -> None:
   """Sets `config`'s `RUN_CONSTANTS` to those of the run in `workdir` (its
   `config.json`), if it saved a checkpoint (a fresh start keeps the
-  config's), logging each that the config changed (unless `quiet`)."""
+  config's), logging each that the config changed."""
   saved = _resumed_config(workdir) or {}
   for key in RUN_CONSTANTS:
     section, name = key.split(".")
     if key in saved and saved[key] != config[section][name]:
-      if not quiet:
-        log.info("%s stays %r, the run's own (the saved parameters were"
-                 " trained around it; %r applies to a new --workdir)", key,
-                 saved[key], config[section][name])
+      log.info("%s stays %r, the run's own (the saved parameters were"
+               " trained around it; %r applies to a new --workdir)", key,
+               saved[key], config[section][name])
       config[section][name] = saved[key]
 
 
@@ -89,11 +88,10 @@ def as_resumed(config, workdir: str) -> dict:
   compare: one given the run's first command and one given config.json
   (the resume's advice) differed in keys the user never set."""
   out = config_io.complete(config)  # (a copy)
-  keep_run_constants(out, workdir, quiet=True)
   saved = _resumed_config(workdir) or {}
-  for key in RESOLVED_FROM_ZERO:
+  for key in RUN_CONSTANTS + RESOLVED_FROM_ZERO:
     section, name = key.split(".")
-    if not out[section][name] and key in saved:
+    if key in saved and (key in RUN_CONSTANTS or not out[section][name]):
       out[section][name] = saved[key]
   return config_io.to_dict(out)
 
