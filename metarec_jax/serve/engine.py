@@ -113,19 +113,27 @@ class Engine:
     for u in sessions:
       self.sessions.touch(u)
     dropped = self.sessions.dropped(users)
-    for lo in range(0, len(dropped), self.limits.max_batch):
-      part = dropped[lo:lo + self.limits.max_batch]
-      rows = [self.export.user_row(u) for u in part]
-      # A divergence is reported at a user's first adaptation only.
-      fresh = self._adapt([self._features(u, r) for u, r in zip(part, rows)],
-                          [(self.sessions[u].items, self.sessions[u].ratings)
-                           for u in part],
-                          [self._unadapted(r) for r in rows],
-                          [None if self.sessions[u].adapted_once
-                           else f"user {u!r}" for u in part])
-      sessions.update(zip(part, fresh))
-      self.sessions.update(zip(part, fresh))
+    # A divergence is reported at a user's first adaptation only.
+    sessions.update(zip(dropped, self._adapt_users(dropped, [
+        (self.sessions[u].items, self.sessions[u].ratings) for u in dropped],
+        [None if self.sessions[u].adapted_once else f"user {u!r}"
+         for u in dropped])))
     return [self._served(u, sessions[u]) for u in users]
+
+  def _adapt_users(self, users: list, histories: list,
+                   names: list) -> list[Session]:
+    """Sessions of `users` adapted on their `histories`, `max_batch` a
+    device call, and kept (`_adapt`, warning as `names` say)."""
+    out = []
+    for lo in range(0, len(users), self.limits.max_batch):
+      part = slice(lo, lo + self.limits.max_batch)
+      rows = [self.export.user_row(u) for u in users[part]]
+      fresh = self._adapt(
+          [self._features(u, r) for u, r in zip(users[part], rows)],
+          histories[part], [self._unadapted(r) for r in rows], names[part])
+      self.sessions.update(zip(users[part], fresh))
+      out += fresh
+    return out
 
   def _served(self, user, session: Session | None) -> Served:
     row = self.export.user_row(user)
@@ -288,14 +296,8 @@ class Engine:
           [history[u] for u in order[:later]],
           num_items=self.export.num_items, max_support=self.max_support)
       self.sessions.update(zip(order[:later], kept))
-    for lo in range(later, len(order), self.limits.max_batch):
-      part = order[lo:lo + self.limits.max_batch]
-      rows = [self.export.user_row(u) for u in part]
-      sessions = self._adapt([self._features(u, r) for u, r in zip(part, rows)],
-                             [history[u] for u in part],
-                             [self._unadapted(r) for r in rows],
-                             [f"user {u!r}" for u in part])
-      self.sessions.update(zip(part, sessions))
+    self._adapt_users(order[later:], [history[u] for u in order[later:]],
+                      [f"user {u!r}" for u in order[later:]])
     return [{"support_size": self.sessions[user].support_size,
              "rated": len(self.sessions[user].items),
              "adapted": self.sessions[user].source == "adapted"}
