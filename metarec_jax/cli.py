@@ -170,8 +170,8 @@ def _run_train(inv: Invocation) -> int:
     built = models.for_data(config.model,
                             implicit_data=bool(config.data.implicit.enabled))
     # The scale, as eval gives it (a 0.5-5 run was told to try 0/1 tips).
-    for line in verdicts.warnings_for(
-        {"validation": val}, model_config=built,
+    for line in verdicts.training_warnings(
+        val, summary.get("curve"), model_config=built,
         rating_range=summary.get("rating_range")):
       log.warning("%s", line)
     if not int(val.get("tasks") or 0):

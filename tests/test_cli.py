@@ -341,6 +341,34 @@ def test_trains_order_warning_gives_the_0_1_tip_only_on_a_0_1_scale(
     assert ("like/dislike (0/1)" in out.stderr) == tip
 
 
+def test_trains_summary_warns_where_its_support_curve_loses(
+    tmp_path, monkeypatch):
+  """The validation support curve that train writes at its end can lose to
+  the baseline at one or two support ratings while the full support wins:
+  eval warned of it, train's summary did not."""
+  import metarec_jax.train  # pylint: disable=g-import-not-at-top
+  val = {"tasks": 100, "mae": 0.7, "ndcg@3": 0.8, "baselines": {
+      "item_mean_user_bias": {"mae": 0.8, "ndcg@3": 0.75}}}
+
+  def curve(mae_at_1):
+    return {"step": 10, "scenarios": {"val": {
+        "k": [1, 2, 4], "tasks": [80, 80, 80], "mae": [mae_at_1, 0.78, 0.7],
+        "item_mean_user_bias": [0.8, 0.79, 0.78],
+        "mae_gap_se": [0.01, 0.01, 0.01]}}}
+
+  for mae_at_1, warned in ((0.9, True), (0.79, False)):
+    monkeypatch.setattr(metarec_jax.train, "train_and_evaluate",
+                        lambda config, workdir, m=mae_at_1: {
+                            "step": 10, "lead": True, "curve": curve(m),
+                            "best": {"step": 10, "val": val}})
+    out = metarec_here("train", f"--config={config_path('tiny')}",
+                       f"--workdir={tmp_path / 'w'}")
+    assert out.returncode == 0, out.stderr
+    assert ("validation: cut to 1 support rating(s), the model's query MAE"
+            " is WORSE" in out.stderr) == warned, out.stderr
+    assert "orders the query items WORSE" not in out.stderr
+
+
 @pytest.mark.parametrize("unbuffered", [False, True])
 @pytest.mark.parametrize("args", [["--help"], ["train", "--help"]])
 def test_a_reader_that_stops_reading_ends_the_command_quietly(args,

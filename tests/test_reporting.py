@@ -408,6 +408,8 @@ def test_an_early_stopped_run_writes_its_histograms_at_the_end(tmp_path):
   checkpointer.close()
   assert best < summary["step"]
   assert support_curve.read(workdir)["step"] == best
+  # ... and the summary carries that record, for train's warnings.
+  assert summary["curve"] == support_curve.read(workdir)
 
 
 def test_the_end_curve_falls_back_to_the_last_step_where_the_best_is_unread(

@@ -227,6 +227,21 @@ def curve_warnings(record: dict | None, *, min_tasks: int = MIN_TASKS,
   return out
 
 
+def training_warnings(val: dict, curve: dict | None, *, model_config,
+                      rating_range=None) -> list[str]:
+  """The lines of `metarec train`'s summary: its validation `val` (the
+  metrics of one validation) against the baselines (`warnings_for`), and
+  its validation support curve `curve` (the record of
+  `support_curve.evaluate_and_write`, None where none was written) at the
+  small support sizes (`curve_warnings`), both named "validation"."""
+  scenarios = (curve or {}).get("scenarios") or {}
+  return warnings_for(
+      {"validation": val}, model_config=model_config,
+      rating_range=rating_range) + curve_warnings(
+          {"scenarios": {"validation": scenarios["val"]}}
+          if "val" in scenarios else None, model_config=model_config)
+
+
 def _unadapted_warning(name: str, m: dict, tasks: int,
                        min_tasks: int) -> list[str]:
   """The line of a rating scenario whose meta-parameters, before any

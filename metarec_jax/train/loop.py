@@ -67,9 +67,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   Returns:
     A summary: `step`, the last training metrics (`train`), the final
-    validation metrics (`val`), the best validation of this start (`best`:
-    `step`, `val`), `early_stopped`, `preempted` (a signal stopped it),
-    `finished` (at `train.num_steps`), `lead` (process 0), `rating_range`.
+    validation's metrics (`val`) and support curve (`curve`), the best of
+    this start (`best`: `step`, `val`), `early_stopped`, `preempted` (by a
+    signal), `finished` (at `num_steps`), `lead` (process 0), `rating_range`.
   """
   workdir = os.path.abspath(workdir)
   # A copy (it gets the schedule's resolved length) with every key.
@@ -362,7 +362,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             params, curve_step = start_lib.curve_params(
                 trainer, checkpointer, step,
                 served if served is not None else state.params)
-            support_curve.evaluate_and_write(
+            summary["curve"] = support_curve.evaluate_and_write(
                 workdir, evaluator, trainer.eval_params(params),
                 {"val": exp.split.scenarios["val"]}, step=curve_step,
                 seed=int(config.eval.seed), write=is_lead,
