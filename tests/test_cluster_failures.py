@@ -86,6 +86,8 @@ def test_processes_without_a_shared_work_directory_stop(tmp_path):
       f"metarec train: error: process 0: process 1 of the run at"
       f" 127.0.0.1:{port} stopped: {error}"), lines[0][1]
   assert os.path.exists(tmp_path / "w" / "train.lock")
+  # Process 1's own folder, which it made, is gone again (it was left empty).
+  assert not os.path.exists(own)
 
 
 @pytest.mark.parametrize("failing", [0, 1])

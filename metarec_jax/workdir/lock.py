@@ -135,12 +135,9 @@ class WorkdirLock:
       return
     try:
       os.unlink(self.path)
-      os.rmdir(folder)  # fails where a racing start wrote into it: kept
-      while folder != top and folder.startswith(top + os.sep):
-        folder = os.path.dirname(folder)
-        os.rmdir(folder)
     except OSError:
-      pass
+      return
+    _remove_empty(folder, top)
 
   def release(self) -> None:
     """Empties the holder's record and releases the lock (closing the
@@ -156,6 +153,18 @@ class WorkdirLock:
   def __exit__(self, *exc) -> bool:
     self.release()
     return False
+
+
+def _remove_empty(folder: str, top: str) -> None:
+  """Removes `folder` and the folders above it up to `top` while they are
+  empty (rmdir fails where a racing start wrote into one: kept)."""
+  try:
+    os.rmdir(folder)
+    while folder != top and folder.startswith(top + os.sep):
+      folder = os.path.dirname(folder)
+      os.rmdir(folder)
+  except OSError:
+    pass
 
 
 def _find_record(path: str, record: str) -> None:
@@ -222,7 +231,12 @@ def hold(workdir: str, *, made: str | None = None) -> Iterator[None]:
     raise WorkdirInUse(refusal)
   record = runtime.from_lead("workdir lock record", lock.record)
   if record and not runtime.is_lead():  # "": no flock, nothing written
-    _find_record(lock.path, record)
+    try:
+      _find_record(lock.path, record)
+    except InputError:  # this host's own folder: the one it made goes
+      if made:
+        _remove_empty(os.path.abspath(workdir), os.path.abspath(made))
+      raise
   try:
     yield
   except BaseException:
