@@ -9,6 +9,7 @@ and the benchmark.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import sys
@@ -69,6 +70,19 @@ def _coordination_client():
   return ocp.multihost.get_jax_distributed_client()
 
 
+_KEY_USES: collections.Counter = collections.Counter()
+
+
+def _key(name: str) -> str:
+  """The coordination service's key of this process's next use of `name`:
+  a key can be set and a barrier passed once, and a name can come again
+  (a distilling run builds the teacher's experiment beside its own, whose
+  task store check used "task store data" first: ALREADY_EXISTS)."""
+  _KEY_USES[name] += 1
+  uses = _KEY_USES[name]
+  return f"metarec/{name}" + (f"#{uses}" if uses > 1 else "")
+
+
 def sync_processes(name: str) -> None:
   """Waits until every process of a multi-process run reaches `name`.
 
@@ -76,10 +90,10 @@ def sync_processes(name: str) -> None:
   collective: a gloo collective, and the gloo connection set up by a
   program's first collective, give up after 30 seconds, which a process
   still compiling easily exceeds. Every process must pass the same names in
-  the same order; a name is used once per run.
+  the same order (a name passed again is another barrier, `_key`).
   """
   if jax.process_count() > 1:
-    _coordination_client().wait_at_barrier(f"metarec/{name}",
+    _coordination_client().wait_at_barrier(_key(name),
                                            BARRIER_TIMEOUT_S * 1000)
 
 
@@ -89,7 +103,7 @@ def from_lead(name: str, value: str) -> str:
   """
   if jax.process_count() == 1:
     return value
-  key = f"metarec/{name}"
+  key = _key(name)
   if is_lead():
     _coordination_client().key_value_set(key, value)
     return value

@@ -185,3 +185,60 @@ def test_a_resumed_student_distils_from_the_teacher_checkpoint_it_began_with(
   assert warned.format(3, "its step 3 holds other parameters: another"
                        " teacher, or one trained again") in text
   assert f"distilling from {teacher} (step 4, weight" in text and pinned == 4
+
+
+def _two_students(workdir, teachers):
+  """A student run of 2 processes, process i distilling from teachers[i];
+  returns [(returncode, stderr)]."""
+  from procs import start  # pylint: disable=g-import-not-at-top
+  from test_multiprocess import free_port  # pylint: disable=g-import-not-at-top
+  port = free_port()
+  procs = [start("train", f"--config={config_path('learners')}:distilled@tiny",
+                 f"--workdir={workdir}",
+                 *(f"--config.{k}={v}" for k, v in ONE_STEP),
+                 f"--config.distill.teacher={teacher}",
+                 f"--coordinator_address=127.0.0.1:{port}",
+                 "--num_processes=2", f"--process_id={i}",
+                 "--join_timeout=60")
+           for i, teacher in enumerate(teachers)]
+  try:
+    outs = [p.communicate(timeout=240) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  return [(p.returncode, err) for p, (_, err) in zip(procs, outs)], port
+
+
+def test_a_student_of_two_processes_distils(hybrid_run, tmp_path):
+  """Each process on its own host's copy of the teacher. A distilling run
+  of several processes failed in every case: building the teacher's
+  experiment set the coordination service's key of the task store check
+  a second time (ALREADY_EXISTS, exit 1)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  copy = str(tmp_path / "copy")
+  shutil.copytree(hybrid_run, copy)
+  ends, _ = _two_students(tmp_path / "student", (hybrid_run, copy))
+  for rc, err in ends:
+    assert rc == 0, err
+  assert f"distilling from {hybrid_run} (step 1, weight" in ends[0][1]
+  assert os.path.isdir(tmp_path / "student" / "checkpoints" / "1")
+
+
+def test_processes_reading_different_teachers_stop(hybrid_run, tmp_path):
+  """distill.teacher may be each host's own path (a copy of the teacher's
+  folder): every process loaded the teacher itself, and where the copies
+  differed each would distil toward its own, silently (helper R2).
+  Process 1 now names both checkpoints and every process stops."""
+  other = train(tmp_path / "other", "hybrid", ("train.seed", "1"))
+  (rc1, err1), (rc0, err0) = reversed(
+      _two_students(tmp_path / "student", (hybrid_run, other))[0])
+  problem = ("process 1 distils from the teacher's step 1 (parameters"
+             " SHA-256 ")
+  assert rc1 == 2, err1
+  last = err1.strip().splitlines()[-1]
+  assert last.startswith(f"metarec train: error: {other}: {problem}"), err1
+  assert "process 0 from its step 1 (" in last
+  assert "every process must read the same teacher checkpoint" in last
+  assert rc0 == 2, err0
+  assert (f" stopped: {other}: {problem}"
+          in err0.strip().splitlines()[-1]), err0

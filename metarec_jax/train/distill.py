@@ -171,6 +171,29 @@ def _pinned_state(teacher_exp, path: str, mesh, pinned: dict | None):
   return None
 
 
+def _agreed(pin: dict, path: str) -> dict:
+  """`pin`, where process 0 distils from the same teacher checkpoint (every
+  process of a joined run loads the teacher itself, from a path that may
+  be its host's own copy).
+
+  Raises:
+    InputError: process 0's checkpoint is another step or holds other
+      parameters: a host's copy differs, or the teacher saved while they
+      started. Each process would otherwise distil toward its own teacher.
+  """
+  lead = json.loads(runtime.from_lead("distill teacher",
+                                      json.dumps(pin, sort_keys=True)))
+  if lead == pin:
+    return pin
+  raise InputError(
+      f"process {jax.process_index()} distils from the teacher's step"
+      f" {pin['step']} (parameters SHA-256 {pin['params'][:12]}), process 0"
+      f" from its step {lead['step']} ({lead['params'][:12]}): every process"
+      " must read the same teacher checkpoint (a host's copy of the teacher's"
+      " folder differs, or the teacher saved while the processes started:"
+      " start them again)", path=path)
+
+
 def load(config, exp: experiment.Experiment, mesh,
          pinned: dict | None = None) -> Teacher | None:
   """The teacher named by `config.distill`, or None; from the checkpoint
@@ -209,7 +232,8 @@ def load(config, exp: experiment.Experiment, mesh,
       load_state(teacher_exp, path, mesh, of=f"the teacher {path}"), None)
   step = int(runtime.to_host(state.step))
   params, inner = state.params["model"], state.params.get("inner")
-  pin = pin or {"step": step, "params": _digest(params, inner)}
+  pin = _agreed(pin or {"step": step, "params": _digest(params, inner)},
+                path)
   log.info("distilling from %s (step %d, weight %g)", path, step, weight)
   sharding = runtime.task_sharding(mesh)
   fn = jax.jit(targets_fn(teacher_exp.model, teacher_exp.meta_config, weight),
