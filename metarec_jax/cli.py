@@ -291,11 +291,11 @@ def print_json(obj) -> None:
 
 
 def usage() -> str:
+  """`metarec --help`: the commands and what each does."""
   lines = ["usage: metarec COMMAND [--flag=value ...]", "",
            "Meta-trains personalised recommenders (MAML family) with JAX.",
            "", "commands:"]
-  for name, cmd in COMMANDS.items():
-    lines.append(f"  {name:<8} {cmd.summary}")
+  lines += [f"  {name:<8} {cmd.summary}" for name, cmd in COMMANDS.items()]
   lines += ["", "`metarec COMMAND --help` describes a command's flags."]
   return "\n".join(lines)
 

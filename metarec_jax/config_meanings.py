@@ -280,7 +280,8 @@ MEANINGS: dict[str, str] = {
                          " MAML); false = first-order.",
     "meta.adapt": "Regular expressions of the parameter paths the inner"
                   " loop adapts; `()` = the model's default (MeLU: the"
-                  " decision MLP).",
+                  " decision MLP, and with `model.anchor` the user"
+                  " biases too).",
     "meta.inner_optimizer": "Inner-loop optimizer: `sgd`, `momentum` or"
                             " `adam`.",
     "meta.remat": "Rematerialise each inner step in the backward pass"

@@ -46,9 +46,23 @@ class Diverged(InputError):
     self.what, self.settings = what, settings
 
 
+def inner_settings(meta_config) -> str:
+  """The inner loop's settings as an error names them. `meta_config`: a
+  `meta.MetaConfig` or the config's `meta` section."""
+  return (f"meta.inner_lr={meta_config.inner_lr},"
+          f" meta.inner_steps={meta_config.inner_steps}")
+
+
+def diverges(meta_config) -> str:
+  """What an error says where adapted predictions are not finite while the
+  meta-parameters are (`eval`, `export`, serving): the inner loop diverges
+  at the settings of `meta_config` (as `inner_settings`)."""
+  return divergence(inner_settings(meta_config))
+
+
 def divergence(settings: str) -> str:
   """What an error says where adapted predictions are not finite while the
-  meta-parameters are; `settings`: the inner loop's (`meta.config`)."""
+  meta-parameters are; `settings`: the inner loop's (`inner_settings`)."""
   return (f"the inner loop diverges at these settings ({settings}); lower"
           " meta.inner_lr")
 

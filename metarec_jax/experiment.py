@@ -27,6 +27,9 @@ from metarec_jax.data.baselines import ITEM_PSEUDO, BaselineStats, training_mean
 
 @dataclasses.dataclass
 class Experiment:
+  """A config and its data built into the objects every command runs:
+  the task store, its split, feature tables, model and `MetaConfig`."""
+
   config: object
   store: TaskStore
   split: splits.Split
@@ -41,6 +44,7 @@ class Experiment:
                            implicit_data=implicit.is_implicit(self.store))
 
   def sampler_spec(self) -> SamplerSpec:
+    """How training draws its tasks (`train.*`, `data.*` sizes)."""
     c = self.config
     return SamplerSpec(seed=int(c.train.seed),
                        tasks_per_step=int(c.train.tasks_per_step),
@@ -125,6 +129,7 @@ def inner_lr(config, store: TaskStore) -> float:
 
 
 def protocol_spec(config) -> splits.ProtocolSpec:
+  """The evaluation split's settings (`eval.*`, `data.query_size`)."""
   e = config.eval
   return splits.ProtocolSpec(seed=int(e.seed),
                              new_user_fraction=float(e.new_user_fraction),
@@ -135,22 +140,28 @@ def protocol_spec(config) -> splits.ProtocolSpec:
                              max_tasks=int(e.max_tasks))
 
 
+# The `meta.*` keys that are no `MetaConfig` field: read here, around it.
+META_KEYS_OUTSIDE = frozenset({"inner_lr_scale"})  # (`inner_lr`)
+
+
 def meta_config(config, model: models.Recommender, *,
                 inner_rate: float) -> meta.MetaConfig:
   """The `meta` section as a `MetaConfig` running the inner loop at
-  `inner_rate` (`inner_lr`); empty `adapt` = model default."""
+  `inner_rate` (`inner_lr`); empty `adapt` = model default.
+
+  Every `meta.*` key that names a `MetaConfig` field is passed on, so a new
+  one reaches the core by itself (a key that names none belongs in
+  `META_KEYS_OUTSIDE`; a test checks both)."""
   m = config.meta
+  fields = {f.name for f in dataclasses.fields(meta.MetaConfig)}
+  asked = {key: m[key] for key in m.keys() if key in fields}
   try:
-    return meta.MetaConfig(
-        algorithm=m.algorithm, inner_steps=int(m.inner_steps),
-        inner_lr=float(inner_rate), second_order=bool(m.second_order),
-        adapt=tuple(m.adapt) or model.adapt,
-        inner_optimizer=m.inner_optimizer, remat=bool(m.remat),
-        dual_form=bool(m.dual_form),
+    return meta.MetaConfig(**{
+        **asked, "inner_lr": float(inner_rate),
+        "adapt": tuple(m.adapt) or model.adapt,
         # 0: automatic, per backend (`backend.inner_unroll`).
-        unroll=backend.inner_unroll(int(m.unroll), int(m.inner_steps)),
-        msl_weights=tuple(float(w) for w in m.msl_weights),
-        encoder_hidden=int(m.encoder_hidden))
+        "unroll": backend.inner_unroll(int(m.unroll), int(m.inner_steps)),
+        "msl_weights": tuple(float(w) for w in m.msl_weights)})
   except ValueError as e:
     raise InputError(str(e)) from None
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from metarec_jax import atomic, config_io
+from metarec_jax import atomic, config_io, meta
 from metarec_jax.errors import InputError
 from metarec_jax.eval import support_curve
 from metarec_jax.workdir.criterion import RANKING_CRITERION
@@ -273,7 +273,8 @@ def plot_workdir(workdir: str) -> list[str]:
     try:
       config = config_io.read_workdir_config(workdir)
       loss = loss_label(config)
-      pretrain = config.meta.algorithm == "pretrain"
+      row = meta.ALGORITHMS.get(config.meta.algorithm)
+      pretrain = row is not None and row.update == "pretrain"
     except InputError as e:
       # The config only names the loss: a damaged one costs the label,
       # not the figures (which come from metrics.jsonl alone).

@@ -176,6 +176,7 @@ def task_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """A whole copy of an array on every device of `mesh`."""
   return NamedSharding(mesh, P())
 
 
@@ -200,6 +201,7 @@ def with_model_leaves(meta_params: Any, values: dict[str, Any]) -> Any:
 
 
 def cpu_cores() -> int:
+  """The CPU cores this process may run on (its affinity mask)."""
   try:
     return len(os.sched_getaffinity(0))
   except AttributeError:

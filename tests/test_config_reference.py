@@ -23,6 +23,14 @@ def test_every_default_key_has_a_meaning_and_no_meaning_is_stale():
   assert config_table.check(default_config()) == []
 
 
+def test_every_algorithm_is_described_in_its_key_meaning():
+  """The allowed values come from `meta.ALGORITHMS`; the meaning lists
+  them by hand (helper N: a new algorithm was allowed, not described)."""
+  from metarec_jax import meta  # pylint: disable=g-import-not-at-top
+  text = config_meanings.MEANINGS["meta.algorithm"]
+  assert [n for n in meta.ALGORITHMS if f"`{n}`" not in text] == []
+
+
 def test_readme_table_is_the_generated_one():
   with open(os.path.join(ROOT, "README.md")) as f:
     readme = f.read()

@@ -254,6 +254,29 @@ def test_a_meta_config_keeps_whole_numbers_and_no_adapt():
   assert meta.MetaConfig(adapt=None).adapt == ()
 
 
+def test_every_meta_key_reaches_the_meta_config():
+  """`meta.*` keys that name a `MetaConfig` field reach it with no edit of
+  `experiment.meta_config` (helper N: a new key in the three config places
+  only was accepted, validated, saved and documented, and did nothing);
+  the others are named in `META_KEYS_OUTSIDE`."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  from metarec_jax import config_defaults, experiment  # pylint: disable=g-import-not-at-top
+  config = config_defaults.get_config()
+  fields = {f.name for f in dataclasses.fields(meta.MetaConfig)}
+  keys = set(config.meta.keys())
+  assert keys - fields == experiment.META_KEYS_OUTSIDE
+  model = types.SimpleNamespace(adapt=("^decision/",))  # its default
+  with config.unlocked():
+    config.meta.momentum = 0.5  # a field no key sets (yet)
+    config.meta.encoder_hidden = 7
+    config.meta.inner_optimizer = "momentum"
+  made = experiment.meta_config(config, model, inner_rate=0.2)
+  assert (made.momentum, made.encoder_hidden, made.inner_optimizer,
+          made.inner_lr, made.adapt) == (0.5, 7, "momentum", 0.2,
+                                         ("^decision/",))
+
+
 def test_inner_adam_in_a_dtype_where_its_eps_is_zero_is_refused():
   """float16: eps 1e-8 and eps_root 1e-16 round to 0, and every zero
   gradient coordinate (an empty support set's all) became NaN."""

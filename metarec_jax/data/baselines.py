@@ -38,12 +38,16 @@ def training_mean(store: TaskStore, split: Split) -> float:
 
 @dataclasses.dataclass
 class BaselineStats:
+  """The model-free baselines' statistics of a split's training ratings:
+  the global mean, each item's shrunk mean and the rating range."""
+
   global_mean: float
   item_mean: np.ndarray  # float64 [I], shrunk
   rating_range: tuple[float, float]
 
   @classmethod
   def from_split(cls, store: TaskStore, split: Split) -> "BaselineStats":
+    """The statistics of `split`'s training ratings in `store`."""
     pos = split.train_positions
     items = np.asarray(store.items)[pos]
     ratings = np.asarray(store.ratings, np.float64)[pos]

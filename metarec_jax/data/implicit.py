@@ -75,6 +75,7 @@ def spec_of(data_config) -> ImplicitSpec:
 
 
 def is_implicit(store: store_lib.TaskStore) -> bool:
+  """Whether `store` holds implicit feedback (its manifest says so)."""
   return bool(store.manifest.get("implicit"))
 
 

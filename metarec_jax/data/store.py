@@ -282,6 +282,8 @@ def manifest_for(*, dataset: str, num_users: int, num_items: int,
                  ratings: np.ndarray, features: list[FeatureSpec],
                  rating_range: tuple[float, float],
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+  """The manifest of a new task store: what it holds (dataset, sizes,
+  features, rating range and counts), with `extra` fields merged in."""
   ratings = np.asarray(ratings)
   return {
       "dataset": dataset,

@@ -20,7 +20,6 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from metarec_jax import meta, runtime
-from metarec_jax.meta.config import inner_settings
 from metarec_jax.data.splits import SCENARIOS, TaskSet
 from metarec_jax.data.tasks import batch_shapes, bucket_widths, taskset_batches
 from metarec_jax.eval import metrics as metrics_lib
@@ -28,7 +27,7 @@ from metarec_jax.eval.implicit_eval import RankingEvaluator
 from metarec_jax.eval.ranking import gap_se
 from metarec_jax.eval import predictions_file
 from metarec_jax.data.baselines import BaselineStats
-from metarec_jax.errors import Diverged
+from metarec_jax.errors import Diverged, inner_settings
 from metarec_jax.experiment import Experiment
 from metarec_jax.runtime import AXIS, CompiledByShape, place
 

@@ -37,10 +37,9 @@ from jax.sharding import Mesh, PartitionSpec as P
 from metarec_jax.data import implicit
 from metarec_jax.data.splits import TaskSet, ragged_arange
 from metarec_jax.data.tasks import bucket_widths, row_shapes, taskset_batches
-from metarec_jax.errors import Diverged
+from metarec_jax.errors import Diverged, inner_settings
 from metarec_jax.eval import ranking
 from metarec_jax import meta, runtime
-from metarec_jax.meta.config import inner_settings
 from metarec_jax.runtime import AXIS, CompiledByShape, place
 from metarec_jax.workdir.criterion import RANKING_CRITERION
 

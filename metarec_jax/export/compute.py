@@ -17,8 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from metarec_jax import meta, runtime
-from metarec_jax.meta.config import inner_settings
-from metarec_jax.errors import Diverged
+from metarec_jax.errors import Diverged, inner_settings
 from metarec_jax.meta import paths
 from metarec_jax.models import Recommender
 from metarec_jax.runtime import AXIS, CompiledByShape

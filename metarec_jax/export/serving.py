@@ -48,7 +48,7 @@ from metarec_jax import config_io, config_reference, meta, models
 from metarec_jax.data import implicit
 from metarec_jax.data.schema import FeatureSpec
 from metarec_jax.data.tasks import FeatureTables, bucket_widths, power_of_two
-from metarec_jax.errors import InputError
+from metarec_jax.errors import InputError, diverges
 from metarec_jax.export import batched, catalogue, checksums, compute, layout
 from metarec_jax.export import users as users_lib
 from metarec_jax.export.user_model import UserModel
@@ -358,7 +358,7 @@ class Export(batched.UserBatches):
     if not finite[0]:
       raise ValueError(f"adapting on these {size} ratings gives a model"
                        " whose predictions are not finite:"
-                       f" {meta.config.diverges(self.meta_config)}")
+                       f" {diverges(self.meta_config)}")
     return UserModel(self, user_id, source="adapted",
                      fast={p: v[0] for p, v in fast.items()},
                      user_features=features, rated=rated, flags=flags,

@@ -11,7 +11,6 @@ import math
 import numbers
 import re
 
-from metarec_jax import errors
 from metarec_jax.meta import paths
 
 
@@ -33,6 +32,9 @@ class Algorithm:
     dual_form: the `LinearHead` dual form may run its inner loop (plain SGD
       with one scalar rate per step and leaf).
     msl: accepts MAML++'s multi-step loss weights.
+    first_order: always first order (`second_order=False`).
+    alias_of: the row this name stands for (`MetaConfig.algorithm` becomes
+      that name: `fomaml` is `maml` first order); empty: its own.
   """
 
   update: str = "grad"
@@ -41,13 +43,15 @@ class Algorithm:
   steps: bool = True
   dual_form: bool = True
   msl: bool = False
+  first_order: bool = False
+  alias_of: str = ""
 
 
 # The one table of algorithms: every place in the core that depends on the
 # algorithm reads its row here instead of testing names.
 ALGORITHMS = {
     "maml": Algorithm(msl=True),
-    "fomaml": Algorithm(msl=True),  # normalised to maml, first order
+    "fomaml": Algorithm(msl=True, first_order=True, alias_of="maml"),
     "reptile": Algorithm(update="reptile"),
     "metasgd": Algorithm(rates="element", dual_form=False, msl=True),
     "mamlpp": Algorithm(rates="step", msl=True),
@@ -140,9 +144,10 @@ class MetaConfig:
       raise ValueError(
           f"meta.algorithm must be one of {', '.join(ALGORITHMS)}, got"
           f" {self.algorithm!r}")
-    if self.algorithm == "fomaml":
-      object.__setattr__(self, "algorithm", "maml")
+    if self.spec.first_order:
       object.__setattr__(self, "second_order", False)
+    if self.spec.alias_of:
+      object.__setattr__(self, "algorithm", self.spec.alias_of)
     if not self.spec.steps:
       object.__setattr__(self, "inner_steps", 0)
     if self.inner_optimizer not in INNER_OPTIMIZERS:
@@ -179,7 +184,7 @@ class MetaConfig:
     object.__setattr__(self, "msl_weights",
                        tuple(float(w) for w in self.msl_weights))
     if self.msl_weights and not self.spec.msl:
-      msl = [n for n, a in ALGORITHMS.items() if a.msl and n != "fomaml"]
+      msl = [n for n, a in ALGORITHMS.items() if a.msl and not a.alias_of]
       raise ValueError(f"meta.msl_weights applies to {', '.join(msl)}")
     if self.msl_weights and len(self.msl_weights) != self.inner_steps:
       raise ValueError(
@@ -214,17 +219,3 @@ def _whole(value, name: str) -> int:
       or isinstance(value, numbers.Real) and float(value).is_integer()):
     raise ValueError(f"{name} must be a whole number, got {value!r}")
   return int(value)
-
-
-def inner_settings(meta_config) -> str:
-  """The inner loop's settings as an error names them. `meta_config`: a
-  `MetaConfig` or the config's `meta` section."""
-  return (f"meta.inner_lr={meta_config.inner_lr},"
-          f" meta.inner_steps={meta_config.inner_steps}")
-
-
-def diverges(meta_config) -> str:
-  """What an error says where adapted predictions are not finite while the
-  meta-parameters are (`eval`, `export`, serving): the inner loop diverges
-  at these settings."""
-  return errors.divergence(inner_settings(meta_config))

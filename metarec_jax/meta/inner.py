@@ -101,8 +101,9 @@ def check_adam_dtypes(config: MetaConfig, fast: dict) -> None:
     if any(e > 0 and float(np.asarray(e, dtype)) == 0.0  # (not traced)
            for e in (config.adam_eps, config.adam_eps_root)):
       raise ValueError(
-          f"meta.inner_optimizer=adam: meta.adam_eps={config.adam_eps:g} or"
-          f" meta.adam_eps_root={config.adam_eps_root:g} is 0 in the"
+          f"meta.inner_optimizer=adam: MetaConfig.adam_eps="
+          f"{config.adam_eps:g} or adam_eps_root={config.adam_eps_root:g}"
+          f" is 0 in the"
           f" {dtype} of the adapted parameter {path!r} (zero gradients"
           " would give NaN): adapt it in float32 or bfloat16, or raise"
           " them")

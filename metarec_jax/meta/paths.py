@@ -114,10 +114,12 @@ def partition(tree: PyTree, patterns: tuple[str, ...]) -> Partition:
 
 @functools.lru_cache(maxsize=None)
 def compile_patterns(patterns: tuple[str, ...]) -> tuple[re.Pattern, ...]:
+  """`patterns` compiled (re.error for one that is no expression)."""
   return tuple(re.compile(p) for p in patterns)
 
 
 def matches_any(path: str, patterns: tuple[str, ...]) -> bool:
+  """Whether any of `patterns` is found (`re.search`) in `path`."""
   return any(r.search(path) for r in compile_patterns(patterns))
 
 

@@ -68,6 +68,7 @@ def _digits(value):
 
 
 def error(status: int, message: str) -> JSONResponse:
+  """The server's error answer: `{"error": message}` with `status`."""
   return JSONResponse({"error": message}, status_code=status)
 
 

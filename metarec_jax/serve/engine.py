@@ -36,9 +36,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from metarec_jax.data.convert import parsing
+from metarec_jax.errors import diverges
 from metarec_jax.export import layout
 from metarec_jax.export.serving import Export
-from metarec_jax.meta.config import diverges
 from metarec_jax.serve import rankings
 from metarec_jax.serve import sessions as sessions_lib
 from metarec_jax.serve.sessions import Served, Session, Sessions

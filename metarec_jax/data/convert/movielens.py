@@ -78,6 +78,8 @@ def read_users(root: str):
 
 
 def user_features(table, order) -> list[features.Feature]:
+  """MovieLens' user table (gender, age, occupation, zip code) as
+  categorical features, its rows taken in `order` (the store's users)."""
   cols = {name: np.asarray(table.column(i), dtype=str)[order]
           for i, name in ((1, "gender"), (2, "age"), (3, "occupation"),
                           (4, "zip"))}
