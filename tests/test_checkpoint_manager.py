@@ -110,6 +110,43 @@ def test_a_step_removed_while_the_manager_opens_is_opened_again(tmp_path):
   assert len(calls) == 1
 
 
+def test_a_step_removed_while_a_reader_lists_again_is_listed_again(
+    finished_run, monkeypatch):
+  """Every `Checkpointer.steps()` (`latest_step`, `validated`, `best`)
+  reloads orbax's manager, which stats each step folder it listed: a
+  trainer removing another step meanwhile failed `eval` beside it with
+  "checkpoints/2135: No such file or directory", exit 1 (helper L, 2 of
+  12 evaluations under a save every 2 steps)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from metarec_jax.workdir import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  checkpointer = ckpt_lib.Checkpointer(finished_run, read_only=True)
+  steps = checkpointer.steps()
+  real_reload, real_metrics = (ocp.CheckpointManager.reload,
+                               ocp.CheckpointManager._get_metrics)  # pylint: disable=protected-access
+  failures = []
+
+  def reload(self):
+    if len(failures) < 2:
+      failures.append("reload")
+      raise FileNotFoundError(errno.ENOENT, "No such file or directory",
+                              os.path.join(finished_run, "checkpoints", "99"))
+    return real_reload(self)
+
+  def metrics(self, step):
+    if step == steps[-1]:  # removed since it was listed
+      raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+    return real_metrics(self, step)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "reload", reload)
+  assert checkpointer.steps() == steps and failures == ["reload"] * 2
+  validated = checkpointer.validated()
+  monkeypatch.setattr(ocp.CheckpointManager, "_get_metrics", metrics)
+  checkpointer.manager.warned.clear()
+  assert checkpointer.validated() == {
+      s: v for s, v in validated.items() if s != steps[-1]}
+  checkpointer.close()
+
+
 def test_a_damaged_best_step_takes_its_validation_from_its_record(tmp_path):
   """A damaged metrics file of a finished run's best checkpoint: the rerun
   of its command moved the checkpoint aside, and eval and export then

@@ -60,7 +60,21 @@ class Manager(ocp.CheckpointManager):
           kw["options"], step_name_format=Without(unlisted))
     super().__init__(*args, **kw)
 
+  def reload(self) -> None:
+    """orbax's, listed again where a step vanishes while orbax lists the
+    folder (it stats every step folder it found): a trainer beside this
+    reader removed it (`checkpoint.keep`). `eval` failed with "No such
+    file or directory" of a step it did not even read (helper L)."""
+    for attempt in range(ATTEMPTS):
+      try:
+        return super().reload()
+      except FileNotFoundError:
+        if attempt + 1 == ATTEMPTS:
+          raise
+    return None
+
   def metrics(self, step: int) -> Any:
+    """The metrics `step` was saved with (None: none, or removed)."""
     return self._get_metrics(step)
 
   def _get_metrics(self, step: int) -> Any:
@@ -71,7 +85,10 @@ class Manager(ocp.CheckpointManager):
       return self.recovered[int(step)]
     if int(step) in self.damaged:
       return None
-    metrics = super()._get_metrics(step)
+    try:
+      metrics = super()._get_metrics(step)
+    except FileNotFoundError:  # removed since it was listed (as `reload`)
+      return None
     bad = {k: v for k, v in (metrics or {}).items()
            if isinstance(v, float) and not math.isfinite(v)}
     if not bad:
