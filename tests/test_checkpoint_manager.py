@@ -147,6 +147,38 @@ def test_a_step_removed_while_a_reader_lists_again_is_listed_again(
   checkpointer.close()
 
 
+def test_a_metrics_file_its_record_rules_out_counts_as_damaged(tmp_path,
+                                                               caplog):
+  """One changed digit in a metrics file (0.5119 -> 0.1119) made its step
+  the best checkpoint that eval and export use, with no warning; a trainer
+  then kept it for good (helper D). Its own record (`selection`) rules
+  such a value out: a step that set the `trained` minimum (`stale` 0)
+  validated at it, one that did not validated at or above it."""
+  import json  # pylint: disable=g-import-not-at-top
+  import logging  # pylint: disable=g-import-not-at-top
+  directory = tmp_path / "checkpoints"
+  for step, value, trained, stale in ((200, 0.51, 0.51, 0), (220, 0.11, 0.51, 1),
+                                      (240, 0.10, 0.50, 0), (260, 0.52, 0.50, 1)):
+    (directory / str(step) / "metrics").mkdir(parents=True)
+    (directory / str(step) / "metrics" / "metrics").write_text(
+        json.dumps({"val_mae": value}))
+    (directory / str(step) / "config").mkdir()
+    (directory / str(step) / "config" / "metadata").write_text(json.dumps(
+        {"selection": {"trained": trained, "stale": stale}}))
+  (directory / "280").mkdir()  # saved between validations: no metrics
+  assert manager.edited_metrics(str(directory), "val_mae") == {
+      220: str(directory / "220" / "metrics" / "metrics"),
+      240: str(directory / "240" / "metrics" / "metrics")}
+  with caplog.at_level(logging.WARNING, logger="metarec"):
+    found = manager.open_manager(str(directory), "val_mae", lambda **f: f,
+                                 read_only=True)
+  assert found["damaged"] == {220, 240}
+  assert found["recovered"] == {240: {"val_mae": 0.5}}
+  assert (f"{directory}/220/metrics/metrics: damaged: its `val_mae` is not"
+          " the validation its checkpoint's record (config/metadata) holds;"
+          " step 220 counts as not validated") in caplog.text
+
+
 def test_a_damaged_best_step_takes_its_validation_from_its_record(tmp_path):
   """A damaged metrics file of a finished run's best checkpoint: the rerun
   of its command moved the checkpoint aside, and eval and export then

@@ -746,6 +746,33 @@ def test_a_damaged_manifest_digest_is_named(exported, tmp_path, content):
     export.load(copy)
 
 
+def test_a_non_finite_meta_parameter_is_refused_at_load(exported, tmp_path):
+  """A NaN in a meta-parameter under digests that match (rewritten by
+  hand, or an export of format 1, which records none): the export loaded
+  and served null scores, and its warnings blamed meta.inner_lr (helper
+  D). No checkpoint holds one; the load now names the file."""
+  from metarec_jax.export import checksums  # pylint: disable=g-import-not-at-top
+  name = "params/meta/decision/fc1/kernel.npy"
+  copy = str(tmp_path / "copy")
+  shutil.copytree(exported[1], copy)
+  path = os.path.join(copy, name)
+  values = np.load(path)
+  values.flat[3] = np.nan
+  np.save(path, values)
+  manifest_path = os.path.join(copy, layout.MANIFEST)
+  manifest = json.load(open(manifest_path))
+  manifest["files"] = checksums.record(copy, exclude=(layout.MANIFEST,
+                                                      layout.MANIFEST_DIGEST))
+  data = json.dumps(manifest).encode()
+  open(manifest_path, "wb").write(data)
+  open(os.path.join(copy, layout.MANIFEST_DIGEST), "w").write(
+      layout._manifest_digest_line(data))  # pylint: disable=protected-access
+  assert layout.verify(copy)["files"]  # the digests match
+  with pytest.raises(InputError, match=f"^{path}: holds a NaN or an"
+                     " infinity: no trained model's parameter does"):
+    export.load(copy)
+
+
 def test_per_user_arrays_are_hashed_whole_on_request(exported, tmp_path):
   name = "params/adapted/decision/fc1/kernel.npy"
   copy, path = damaged_copy(exported, tmp_path, name, overwrite(-100))

@@ -168,3 +168,38 @@ def test_the_server_answers_adapted_false_over_http(exports, tmp_path):
     assert f"user {user!r}: adapting on" in server.stderr()
   finally:
     server.stop()
+
+
+def test_an_exported_user_whose_row_is_not_finite_is_adapted_again(
+    exports, caplog):
+  """Damage past the digests checked at load (helper D: a NaN written past
+  the first 4 KiB of an adapted leaf's file): the server answered 200
+  with null scores and empty recommendations, and kept the empty ranking.
+  The user is now adapted on its exported ratings, as the export was
+  (the same predictions as the intact row), with a warning."""
+  intact = engine_lib.Engine(export_lib.load(exports[0]), LIMITS)
+  damaged = engine_lib.Engine(export_lib.load(exports[0]), LIMITS)
+  user = damaged.export.user_ids[1].item()
+  row = damaged.export.user_row(user)
+  leaf = sorted(damaged.export.adapted)[0]
+  values = np.array(damaged.export.adapted[leaf])
+  values[row] = np.nan  # (a copy: the file stays intact)
+  damaged.export.adapted[leaf] = values
+  probe = np.arange(16, dtype=np.int64)
+  with caplog.at_level(logging.WARNING, logger="metarec"):
+    got = damaged.predict([(user, probe)])[0]
+    ranked = damaged.recommend([(user, 5)])[0]
+  want = intact.predict([(user, probe)])[0]
+  assert np.all(np.isfinite(got["scores"]))
+  np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-5,
+                             atol=1e-5)
+  assert got["source"] == "adapted"
+  assert [i for i, _ in ranked["items"]] == [
+      i for i, _ in intact.recommend([(user, 5)])[0]["items"]]
+  assert f"user {user!r}: its adapted parameters in {exports[0]} (row" \
+      f" {row}) are not finite: damaged" in caplog.text
+  # Once: the user has a session now.
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="metarec"):
+    damaged.predict([(user, probe)])
+  assert "not finite" not in caplog.text

@@ -159,6 +159,13 @@ class Export(batched.UserBatches):
           {p: self._load(layout.leaf_file(kind, p))
            for p in m["params"][kind]}, sep="/")
 
+    for kind in ("meta", "inner"):  # small: read whole (helper D's NaN)
+      for p in m["params"][kind]:
+        if not np.isfinite(self._load(layout.leaf_file(kind, p))).all():
+          raise InputError(
+              "holds a NaN or an infinity: no trained model's parameter"
+              " does (a checkpoint never holds one)",
+              path=os.path.join(self.path, layout.leaf_file(kind, p)))
     self.meta_params = leaves("meta")
     self.adapted = {p: self._load(layout.leaf_file("adapted", p))
                     for p in m["params"]["adapted"]}

@@ -70,32 +70,18 @@ class Engine:
   # --------------------------------------------------------------- users
 
   def parse_user(self, text: str):
-    """A user id of the URL in the export's id type.
+    """A user id of the URL in the export's id type (`parsing.url_id`).
 
     Raises:
-      ValueError: an integer-id export and `text` is not an integer as
-        the export writes one (ASCII digits, no sign but `-`, no leading
-        zero, space or `_`: Python's `int` would read `007`, ` 8`, `1_000`
-        and other scripts' digits as some other user's id).
+      ValueError: an integer-id export and `text` is not such an id.
     """
-    if self.export.user_ids.dtype.kind in "iu" or (
-        not len(self.export.user_ids)
-        and self.export.table_ids.dtype.kind in "iu"):
-      if not parsing.CANONICAL_INT.fullmatch(text):
-        raise ValueError(f"user id {text!r} is not an integer")
-      value = int(text)
-      lo, hi = parsing.INT64
-      if not lo <= value < hi:
-        raise ValueError(f"user id {text} is out of range")
-      return value
-    return text
+    e = self.export
+    integer = e.user_ids.dtype.kind in "iu" or (
+        not len(e.user_ids) and e.table_ids.dtype.kind in "iu")
+    return parsing.url_id(text) if integer else text
 
   def item_positions(self, item_ids: Sequence) -> np.ndarray:
-    """Catalogue positions of item ids.
-
-    Raises:
-      KeyError: naming the unknown ids.
-    """
+    """Catalogue positions of item ids (KeyError naming unknown ones)."""
     if not len(item_ids):
       return np.zeros(0, np.int64)
     return self.export.item_index(item_ids)
@@ -141,12 +127,25 @@ class Engine:
     if session is not None:
       return Served(session.source, session.fast, features, session.items)
     source, fast, _ = self._unadapted(row)
+    if row >= 0 and not all(np.isfinite(v).all() for v in fast.values()):
+      return self._served(user, self._readapt(user, row))
     rated = np.zeros(0, np.int64)
     if row >= 0:
       e = self.export
       lo, hi = e.rated_offsets[row], e.rated_offsets[row + 1]
       rated = np.asarray(e.rated_items[lo:hi], np.int64)
     return Served(source, fast, features, rated)
+
+  def _readapt(self, user, row: int) -> Session:
+    """The session of an export user whose stored leaves are not finite
+    (damage past the digests checked at load): adapted on its ratings as
+    the export was. It served nulls and empty rankings (helper D)."""
+    log.warning("user %r: its adapted parameters in %s (row %d) are not"
+                " finite: damaged (`metarec export --verify` names the"
+                " file); adapting it on its ratings instead", user,
+                self.export.path, row)
+    return self._adapt_users([user], [self.export.known_ratings(row)],
+                             [f"user {user!r}"])[0]
 
   def _unadapted(self, row: int) -> tuple[str, dict[str, np.ndarray], int]:
     """(source, leaves, support size) of the export's row `row` (-1: the
@@ -177,6 +176,7 @@ class Engine:
   # ------------------------------------------------------------ requests
 
   def source(self, user) -> str:
+    """What serves `user`: its session's source, `export` or `meta`."""
     if user in self.sessions:
       return self.sessions[user].source
     return "export" if self.export.user_row(user) >= 0 else "meta"

@@ -129,6 +129,32 @@ def damaged_metrics(directory: str, metric: str) -> dict[int, str]:
   return damaged
 
 
+def edited_metrics(directory: str, metric: str) -> dict[int, str]:
+  """`{step: path}` of the steps whose metrics file reads, but whose
+  `metric` its own record (`STEP/config`, `selection`) rules out: not the
+  `trained` minimum where the step set it (`stale` 0), or below it where
+  the step did not. One changed digit in a metrics file chose another
+  best checkpoint for eval and export, in silence (helper D)."""
+  edited = {}
+  for entry in (sorted(os.listdir(directory))
+                if os.path.isdir(directory) else ()):
+    path = os.path.join(directory, entry, *METRICS_FILE)
+    try:
+      with open(path, "rb") as f:
+        value = json.loads(f.read())[metric]
+      with open(os.path.join(directory, entry, "config", "metadata"),
+                "rb") as f:
+        selection = json.loads(f.read())["selection"]
+      trained, stale = float(selection["trained"]), int(selection["stale"])
+      value = float(value)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+      continue  # no validation or no selection recorded, or damaged
+    if entry.isdigit() and (value != trained if stale == 0
+                            else value < trained):
+      edited[int(entry)] = path
+  return edited
+
+
 def recorded_validation(directory: str, step: int) -> float | None:
   """A step's validation read from its own record (`STEP/config`), where
   its `selection` says it improved on every trained step before it
@@ -281,6 +307,9 @@ def open_manager(directory: str, metric: str,
   best validated checkpoint would not delete them and its saves would not
   meet them (its other processes leave them to the first)."""
   damaged = damaged_metrics(directory, metric)
+  edited = {s: p for s, p in edited_metrics(directory, metric).items()
+            if s not in damaged}
+  damaged.update(edited)
   recovered = {step: {metric: value} for step in damaged
                if (value := recorded_validation(directory, step)) is not None}
   for step, path in damaged.items():
@@ -289,8 +318,11 @@ def open_manager(directory: str, metric: str,
       fate = (f"takes its validation {recovered[step][metric]:.6g} from its"
               " record, where it improved on every step before it"
               + ("" if read_only else ", and it is written back"))
-    log.warning("%s: damaged: not the metrics of a checkpoint (a JSON object"
-                " with a number `%s`); step %d %s", path, metric, step, fate)
+    what = (f"its `{metric}` is not the validation its checkpoint's record"
+            " (config/metadata) holds" if step in edited else
+            f"not the metrics of a checkpoint (a JSON object with a number"
+            f" `{metric}`)")
+    log.warning("%s: damaged: %s; step %d %s", path, what, step, fate)
   logging.getLogger("absl").addFilter(orbax_logs.missing_step_record)
   unlisted = damaged_step_records(directory)
   for step, problem in unlisted.items():

@@ -30,6 +30,23 @@ CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]*", re.ASCII)
 INT64 = (-2 ** 63, 2 ** 63)  # [low, high) of the ids kept as integers
 
 
+def url_id(text: str) -> int:
+  """An integer id given as text (a URL's), as the files write one.
+
+  Raises:
+    ValueError: `text` is not an integer so written (ASCII digits, no sign
+      but `-`, no leading zero, space or `_`: Python's `int` would read
+      `007`, ` 8`, `1_000` and other scripts' digits as some other id), or
+      is out of int64's range.
+  """
+  if not CANONICAL_INT.fullmatch(text):
+    raise ValueError(f"user id {text!r} is not an integer")
+  value = int(text)
+  if not INT64[0] <= value < INT64[1]:
+    raise ValueError(f"user id {text} is out of range")
+  return value
+
+
 def _bulk(values, dtype) -> np.ndarray:
   """`values` converted to `dtype` at once (numpy reads a bytes column with
   Python's `int` / `float` rules, without a `str` per field).
