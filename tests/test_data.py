@@ -249,6 +249,11 @@ def test_an_automatic_validation_share_is_resolved_from_the_store(store):
      "offsets must start at 0"),
     ("items.npy", lambda a: a.__setitem__(3, 300), "item indices must be 0"
      " to 299"),
+    # helper D: these trained and evaluated in silence (W MAE 0.954).
+    ("ratings.npy", lambda a: a.__setitem__(3, 3e9), "ratings must be finite"
+     " and on the scale 1 to 5 of its manifest"),
+    ("ratings.npy", lambda a: a.__setitem__(7, np.nan), "ratings must be"
+     " finite"),
 ])
 def test_a_store_whose_arrays_do_not_fit_together_is_refused(
     store, tmp_path, name, change, problem):
