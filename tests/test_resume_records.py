@@ -132,7 +132,20 @@ def test_a_stop_during_the_warm_up_does_not_claim_a_save(
   assert len(stops) == 1 and "(saved)" not in stops[0], stops
   assert ("at step 3 (nothing new to save: the checkpoint of step 3 holds"
           " it)") in stops[0]
+  assert stops[0].endswith(f"resume with `metarec train --workdir={workdir}`")
   assert max(map(int, os.listdir(os.path.join(workdir, "checkpoints")))) == 3
+  # A resume with other settings that saved nothing: config.json holds
+  # them at its first save only, so the plain advice dropped them in
+  # silence (helper L: the advised command said "nothing to train").
+  caplog.clear()
+  changed = config_io.apply_overrides(config_of(workdir), [
+      ("train.num_steps", "40"), ("train.lr", "0.0031")])
+  with caplog.at_level(logging.WARNING, logger="metarec"):
+    train_and_evaluate(changed, workdir)
+  stop, = [r.getMessage() for r in caplog.records
+           if "stopped by a signal" in r.getMessage()]
+  assert stop.endswith(f"resume with `metarec train --workdir={workdir}"
+                       " --config.train.lr=0.0031 --config.train.num_steps=40`")
 
 
 def test_a_stop_before_the_first_step_says_nothing_was_saved(

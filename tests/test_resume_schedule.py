@@ -170,6 +170,29 @@ def test_extending_keeps_the_schedule_then_restretches_when_asked(
     assert json.load(f)["config"]["train"]["schedule_steps"] == 12
 
 
+def test_shortening_a_run_says_where_its_rate_ends(caplog):
+  """train.num_steps 600 -> 300 on resume kept the 600-step schedule in
+  silence: the run ended at about half the peak rate, not at its final
+  one (helper L)."""
+  import logging  # pylint: disable=g-import-not-at-top
+  saved = {"train": {"lr": 2e-3, "warmup_steps": 2, "end_lr_factor": 0.05,
+                     "num_steps": 600, "schedule_steps": 600}}
+  tc = train_config(num_steps=300, schedule_steps=600)
+  with caplog.at_level(logging.INFO, logger="metarec"):
+    resume.log_schedule_change(tc, saved, step=120, horizon=600)
+  end = optim.host_learning_rate(tc, 300, 600)
+  assert (f"train.num_steps 600 -> 300: the learning-rate schedule keeps its"
+          f" length of 600 steps, so the run ends at rate {end:.3g}, not at"
+          f" its final {2e-3 * 0.05:.3g}; to end the cosine at step 300"
+          " instead, set --config.train.schedule_steps=300") in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger="metarec"):  # already past it
+    resume.log_schedule_change(train_config(num_steps=100,
+                                            schedule_steps=600),
+                               saved, step=120, horizon=600)
+  assert "ends at rate" not in caplog.text
+
+
 @pytest.mark.parametrize("keys, horizon, said", [
     ({"warmup_steps": 100, "num_steps": 150}, 150, "train.num_steps"),
     ({"warmup_steps": 100, "num_steps": 80}, 80, "rises for 79 steps"),

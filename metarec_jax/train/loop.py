@@ -116,8 +116,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                                     config_record)
       # Checkpoint selection, early stopping (also over a resume's older ones)
       selection = Selection.resumed(int(tc.early_stop_patience),
-                                    checkpointer.validated(),
-                                    saved_selection)
+                                    checkpointer.validated(), saved_selection)
       summary["best"] = selection.best_report  # resumed: maybe an older step
       done = None  # nothing to train: where the run is, the key to raise
       ended = saved_config is not None and restored_step >= int(  # its end:
@@ -175,9 +174,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         else:
           what = "before the first step: nothing to save"
         log.warning("stopped by a signal at step %d (%s); resume with"
-                    " `metarec train --workdir=%s`%s", step, what,
-                    shlex.quote(workdir), "" if jax.process_count() == 1
-                    else " on every process, with its distributed flags")
+                    " `metarec train --workdir=%s%s`%s", step, what,
+                    shlex.quote(workdir), run_config.unrecorded(), "" if
+                    jax.process_count() == 1 else " on every process, with"
+                    " its distributed flags")
         summary["preempted"] = True
 
       # Warm-up: every program the loop runs is compiled now, not in it (the

@@ -9,6 +9,7 @@ first, so no validated step is lost to a signal.
 from __future__ import annotations
 
 import copy
+import shlex
 import logging
 from typing import Any, NamedTuple
 
@@ -16,6 +17,7 @@ import jax
 import numpy as np
 
 from metarec_jax import config_io, runtime
+from metarec_jax.errors import InputError
 from metarec_jax.train import validation
 from metarec_jax.train.guard import TrainingError
 from metarec_jax.train.trainer import Trainer
@@ -51,6 +53,22 @@ class RunConfig:
     self.pending = active
     if active and not resumed:
       self.saved()
+
+  def unrecorded(self) -> str:
+    """Flags of the keys this resume changed that `config.json` does not
+    hold yet (nothing was saved since it started), " --config.KEY=VALUE"
+    each, for the advice of a stop: a plain resume would drop them in
+    silence (helper L: `nothing to train` after a changed num_steps)."""
+    if not self.pending:
+      return ""
+    try:
+      old = config_io.flat(config_io.to_dict(
+          config_io.read_workdir_config(self.args[0])))
+    except InputError:
+      return ""
+    new = config_io.flat(config_io.to_dict(self.args[1]))
+    return "".join(f" {shlex.quote(f'--config.{k}={v}')}"
+                   for k, v in new.items() if k in old and old[k] != v)
 
   def saved(self) -> None:
     """After a save of this start: writes the file once."""

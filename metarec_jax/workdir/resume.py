@@ -319,3 +319,16 @@ def log_schedule_change(train_config, saved_config: dict, *, step: int,
                                                 horizon), max(step, horizon),
              num_steps, num_steps, step, old_rate,
              optim.host_learning_rate(train_config, step, num_steps))
+  elif step < num_steps < min(int(saved.num_steps), horizon):
+    # Shortened (helper L: "to finish sooner", the run ended at half the
+    # peak rate, in silence).
+    log.info("train.num_steps %d -> %d: the learning-rate schedule keeps its"
+             " length of %d steps, so the run ends at rate %.3g, not at its"
+             " final %.3g; to end the cosine at step %d instead, set"
+             " --config.train.schedule_steps=%d (the rate at step %d then"
+             " drops from %.3g to %.3g)", int(saved.num_steps), num_steps,
+             horizon, optim.host_learning_rate(train_config, num_steps,
+                                                horizon),
+             optim.host_learning_rate(train_config, horizon, horizon),
+             num_steps, num_steps, step, old_rate,
+             optim.host_learning_rate(train_config, step, num_steps))
