@@ -16,6 +16,7 @@ from conftest import config_path
 from faults import QUIET, TINY, assert_finite, saved_state
 from procs import checkpoint_steps, metarec
 from metarec_jax import config_io
+from metarec_jax.data import store as store_lib
 from metarec_jax.data.convert import prepare
 
 
@@ -35,7 +36,11 @@ def last_line_of_a_stopped_run(workdir, *flags) -> str:
   return out.stderr.strip().splitlines()[-1]
 
 
-def test_non_finite_meta_gradients_are_skipped_and_counted(tmp_path):
+def test_non_finite_meta_gradients_are_skipped_and_counted(tmp_path,
+                                                           monkeypatch):
+  # NaN ratings: the store's own check refuses them when it opens, so the
+  # guard behind it is tested with that check off (in this process).
+  monkeypatch.setattr(store_lib, "_check_ratings", lambda store: None)
   workdir = str(tmp_path / "run")
   os.makedirs(workdir)
   store = _store(workdir, tmp_path)
@@ -46,8 +51,9 @@ def test_non_finite_meta_gradients_are_skipped_and_counted(tmp_path):
   ratings.flush()
   # One bucket: 20 steps of 16 tasks are more than an epoch, so the three
   # users are drawn.
-  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET,
-                "--config.train.num_steps=20", "--config.log.every_steps=20")
+  out = metarec_here("train", TINY, f"--workdir={workdir}", *QUIET,
+                     "--config.train.num_steps=20",
+                     "--config.log.every_steps=20")
   assert out.returncode == 0, out.stderr
   assert ("non-finite loss, meta-gradient or update; update skipped"
           in out.stderr)
@@ -59,16 +65,17 @@ def test_non_finite_meta_gradients_are_skipped_and_counted(tmp_path):
 
 
 def test_persistent_non_finite_gradients_stop_the_run_naming_the_step(
-    tmp_path):
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(store_lib, "_check_ratings", lambda store: None)
   workdir = str(tmp_path / "run")
   os.makedirs(workdir)
   store = _store(workdir, tmp_path)
   ratings = np.load(os.path.join(store, "ratings.npy"), mmap_mode="r+")
   ratings[:] = np.inf
   ratings.flush()
-  out = metarec("train", TINY, f"--workdir={workdir}", *QUIET,
-                "--config.train.max_nonfinite=3",
-                "--config.train.num_steps=20")
+  out = metarec_here("train", TINY, f"--workdir={workdir}", *QUIET,
+                     "--config.train.max_nonfinite=3",
+                     "--config.train.num_steps=20")
   assert out.returncode == 1
   last = out.stderr.strip().splitlines()[-1]
   assert ("step 3: 3 consecutive steps with a non-finite loss, meta-gradient"
@@ -141,6 +148,42 @@ def test_a_run_ending_in_skipped_updates_saves_its_last_step_and_a_resume_gets_i
                                     "--config.train.max_nonfinite=3",
                                     "--config.checkpoint.every_steps=2")
   assert last.startswith("metarec train: error: step 9: 3 consecutive"), last
+
+
+def test_a_stop_during_a_run_of_skipped_updates_saves_nothing(
+    tmp_path, monkeypatch, caplog):
+  """A signal during a streak saved its step: the state the streak began
+  from, which pushed a good checkpoint out of checkpoint.keep, against
+  the promise that no state is saved while its updates are skipped
+  (helper L)."""
+  import logging  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  from metarec_jax.train import guard as guard_lib  # pylint: disable=g-import-not-at-top
+  from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  config = config_io.apply_overrides(
+      config_io.load_config_file(config_path("tiny")), [
+          ("train.lr", "1e39"), ("train.max_nonfinite", "100"),
+          ("train.num_steps", "30"), ("checkpoint.every_steps", "2"),
+          ("train.eval_every_steps", "-1"), ("log.every_steps", "1"),
+          ("data.buckets", "(16,)")])
+  real = guard_lib.NonFiniteGuard.check
+
+  def check(self, step, streak, total):
+    real(self, step, streak, total)
+    if self.streak >= 3 and not getattr(self, "signalled", False):
+      self.signalled = True
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(guard_lib.NonFiniteGuard, "check", check)
+  workdir = str(tmp_path / "run")
+  with caplog.at_level(logging.WARNING, logger="metarec"):
+    summary = train_and_evaluate(config, workdir)
+  assert summary["preempted"]
+  stop, = [r.getMessage() for r in caplog.records
+           if "stopped by a signal" in r.getMessage()]
+  assert "update(s) were skipped as non-finite; a resume goes on from the" \
+      " newest checkpoint)" in stop, stop
+  assert checkpoint_steps(workdir) == []  # every update was skipped
 
 
 def test_a_validation_diverging_after_training_names_the_step_and_rates(

@@ -129,7 +129,24 @@ def open_store(path: str | os.PathLike) -> TaskStore:
                      for s in specs if s.side == "item"},
       interacted=load("interacted.npy") if has_interacted else None)
   _check_structure(store)
+  _check_ratings(store)
   return store
+
+
+def _check_ratings(store: TaskStore) -> None:
+  """Raises InputError where a rating is not finite or off the store's
+  scale: a rating of 3e9 trained and evaluated in silence, a NaN gave only
+  "non-finite loss" (helper D). An implicit store's ratings are its
+  positives, 1; a rating store's lie on its scale (conversion refuses any
+  other). NaN fails every comparison."""
+  lo, hi = ((1.0, 1.0) if store.manifest.get("implicit")
+            else store.rating_range)
+  if len(store.ratings) and not (lo <= float(np.min(store.ratings))
+                                 and float(np.max(store.ratings)) <= hi):
+    raise InputError(f"not a valid store (ratings must be finite and on the"
+                     f" scale {lo:g} to {hi:g} of its manifest); rebuild it"
+                     " with `metarec data prepare`",
+                     path=os.path.join(store.path, "ratings.npy"))
 
 
 def _check_structure(store: TaskStore) -> None:
@@ -155,16 +172,6 @@ def _check_structure(store: TaskStore) -> None:
                       ("timestamps.npy", store.timestamps)):
     if array is not None and len(array) != n:
       bad(name, f"{len(array):,} rows for {n:,} ratings")
-  # The ratings' values (helper D: a rating of 3e9 trained and evaluated
-  # in silence, a NaN gave only "non-finite loss"). An implicit store's
-  # are its positives, 1; a rating store's lie on its scale (conversion
-  # refuses any other). NaN fails every comparison.
-  lo, hi = ((1.0, 1.0) if store.manifest.get("implicit")
-            else store.rating_range)
-  if n and not (lo <= float(np.min(store.ratings))
-                and float(np.max(store.ratings)) <= hi):
-    bad("ratings.npy", f"ratings must be finite and on the scale {lo:g} to"
-        f" {hi:g} of its manifest")
   if len(store.item_new) != items:
     bad("item_new.npy", f"{len(store.item_new):,} rows for {items:,} items")
   if n and (int(np.min(store.items)) < 0 or int(np.max(store.items)) >= items):

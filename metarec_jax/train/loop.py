@@ -165,19 +165,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
       def save_and_report_stop(step, validation_cut=False, val_loss=None,
                                validated=None):
-        if step != restored_step and step > 0:
+        saves = (step != restored_step and step > 0
+                 and not (guard.streak and val_loss is None))
+        if saves:  # (skipped updates leave the state they began from)
           checkpoint(step, val_loss, validated, validation_cut)
-          what = ("saved; its validation, cut short, is done on resume"
-                  if validation_cut else "saved")
-        elif step > 0:  # e.g. during the warm-up of a resumed run
-          what = f"nothing new to save: the checkpoint of step {step} holds it"
-        else:
-          what = "before the first step: nothing to save"
-        log.warning("stopped by a signal at step %d (%s); resume with"
-                    " `metarec train --workdir=%s%s`%s", step, what,
-                    shlex.quote(workdir), run_config.unrecorded(), "" if
-                    jax.process_count() == 1 else " on every process, with"
-                    " its distributed flags")
+        start_lib.report_stop(step, workdir, run_config, saved=saves,
+                              cut=validation_cut, skipped=guard.streak)
         summary["preempted"] = True
 
       # Warm-up: every program the loop runs is compiled now, not in it (the

@@ -77,6 +77,27 @@ class RunConfig:
       self.pending = False
 
 
+def report_stop(step: int, workdir: str, run_config: RunConfig, *,
+                saved: bool, cut: bool, skipped: int) -> None:
+  """The line of a run a signal stopped at `step`: whether it `saved` that
+  step (its validation `cut` short), why not (`skipped`: the updates
+  skipped as non-finite in a row), and the command that resumes it."""
+  if saved:
+    what = ("saved; its validation, cut short, is done on resume" if cut
+            else "saved")
+  elif skipped and step > 0:  # the state is the one the streak began from
+    what = (f"nothing saved: its last {skipped} update(s) were skipped as"
+            " non-finite; a resume goes on from the newest checkpoint")
+  elif step > 0:  # e.g. during the warm-up of a resumed run
+    what = f"nothing new to save: the checkpoint of step {step} holds it"
+  else:
+    what = "before the first step: nothing to save"
+  log.warning("stopped by a signal at step %d (%s); resume with `metarec"
+              " train --workdir=%s%s`%s", step, what, shlex.quote(workdir),
+              run_config.unrecorded(), "" if jax.process_count() == 1
+              else " on every process, with its distributed flags")
+
+
 def save(checkpointer: ckpt_lib.Checkpointer, step: int, state,
          config_record: dict, *, val_mae: float | None = None,
          params=None, validation_cut: bool = False,
