@@ -601,6 +601,24 @@ def test_an_off_scale_rating_names_the_keys_and_the_files_range(tmp_path):
       " data.generic.rating_min and data.generic.rating_max)")
 
 
+def test_zeros_under_a_scale_are_named_as_interactions_without_a_rating(
+    tmp_path):
+  """Book-Crossing's file rates 1-10 and writes 0 for "interacted, not
+  rated": the error said only to widen the scale, which trained a model
+  that predicts 0.06 for every book and 'won' on the zeros (helper Q3)."""
+  root = tmp_path / "bx"
+  datafiles.write(str(root / "ratings.csv"), "user,item,rating\n"
+                  "u1,a,0\nu1,b,8\nu2,a,0\nu2,c,3\n")
+  with pytest.raises(InputError) as e:
+    prepare.prepare(data_config(root, rating_max=10.0), tmp_path / "store")
+  assert e.value.message.endswith(
+      "; where 0 means interacted, not rated (2 such rows), it is no rating:"
+      " drop those rows, or read the file as implicit feedback (README:"
+      " Implicit feedback)")
+  assert "ratings.csv:2: rating 0 is not a rating on the scale 1 to 10" in (
+      e.value.message)
+
+
 def test_a_list_pad_of_no_list_column_is_said_to_be_ignored(shop, tmp_path):
   said = []
   spec = generic.spec_of(data_config(shop, item_features="items.csv",

@@ -108,3 +108,18 @@ def test_with_shares_keeps_everything_else_and_the_placement():
   assert q["model"]["gate"] is p["model"]["gate"]
   np.testing.assert_array_equal(np.asarray(p["model"]["share"]), [1.0, 1.0])
   assert shares.present(p) and not shares.present({"model": {"gate": 0}})
+
+
+def test_the_shares_line_speaks_of_new_items_only_where_there_are_some():
+  """A ratings file alone has no new item: each validation said "new items
+  1.00 (as existing items': no validation user rated a new item)" and a
+  second line of the new items' prior (helper Q3)."""
+  from metarec_jax.train import validation  # pylint: disable=g-import-not-at-top
+  scalars = {"val/share_existing_items": 0.5, "val/share_new_items": 1.0}
+  assert validation.shares_line(scalars, False, False) == (
+      "validated share of the learned part: existing items 0.50")
+  assert validation.shares_line(scalars, True, False) == (
+      "validated shares of the learned part: existing items 0.50, new items"
+      " 1.00 (as existing items': no validation user rated a new item)")
+  assert validation.shares_line(scalars, True, True).endswith(
+      "new items 1.00")

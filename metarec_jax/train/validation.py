@@ -27,6 +27,19 @@ PyTree = Any
 log = logging.getLogger("metarec")
 
 
+def shares_line(scalars: dict, any_new: bool, rated_new: bool) -> str:
+  """What a validation says of the shares it fitted (`scalars`); of new
+  items only where the data has some (`any_new`: no item of a ratings
+  file alone is new, and each validation said none was rated)."""
+  line = (f"validated share{'s' if any_new else ''} of the learned part:"
+          f" existing items {scalars['val/share_existing_items']:.2f}")
+  if any_new:
+    line += f", new items {scalars['val/share_new_items']:.2f}" + (
+        "" if rated_new else
+        " (as existing items': no validation user rated a new item)")
+  return line
+
+
 def as_trained(params: PyTree) -> PyTree:
   """`params` as training holds them, whatever a validation fitted into
   them: the shares at `shares.TRAINING`, the new-item prior multiple at 1,
@@ -75,12 +88,9 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
       return None
     params, results, scalars, kept = fitted
     scored = {}  # new-item predictions served instead of kept's (below)
-    log.info("step %d  validated shares of the learned part: existing"
-             " items %.2f, new items %.2f%s", step,
-             scalars["val/share_existing_items"],
-             scalars["val/share_new_items"],
-             "" if _rated_new_items(results) else
-             " (as existing items': no validation user rated a new item)")
+    any_new = bool(trainer.exp.store.item_new.any())
+    log.info("step %d  %s", step, shares_line(scalars, any_new,
+                                              _rated_new_items(results)))
     if new_prior_lib.present(params):
       fitted = _fit_new_item_prior(evaluator, trainer, params, results, kept,
                                    with_map, should_stop, new_item_priors)
@@ -89,9 +99,10 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
       params, results, scored, multiple = fitted
       scalars["val/new_item_prior"] = multiple
       if not _rated_new_items(results):
-        log.info("step %d  no validation user rated a new item: their"
-                 " support ratings keep the user biases' prior (x1) and"
-                 " count from the first", step)
+        if any_new:
+          log.info("step %d  no validation user rated a new item: their"
+                   " support ratings keep the user biases' prior (x1) and"
+                   " count from the first", step)
       else:
         log.info("step %d  validated prior of new items' support ratings:"
                  " %g times the user biases'", step, multiple)

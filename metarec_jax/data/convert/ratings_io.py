@@ -241,6 +241,11 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
     scale = (f"; the file's ratings go from {ratings.min():g} to"
              f" {ratings.max():g} (set {keys}.rating_min and"
              f" {keys}.rating_max)" if keys else "")
+    zeros = int(np.count_nonzero(ratings[bad] == 0))
+    if zeros and fmt.rating_min > 0:  # (helper Q3: Book-Crossing's file)
+      scale += (f"; where 0 means interacted, not rated ({zeros:,} such"
+                " rows), it is no rating: drop those rows, or read the file"
+                " as implicit feedback (README: Implicit feedback)")
     raise InputError(f"rating {value} is not a {kind}rating on the scale"
                      f" {fmt.rating_min:g} to {fmt.rating_max:g}"
                      + more_lines(table.lines[bad]) + scale,
