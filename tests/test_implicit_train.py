@@ -99,6 +99,10 @@ def test_eval_reports_ranking_metrics_and_baselines(straight):
   assert curve["k"][:3] == [1, 2, 4]
   assert len(curve["ndcg@10"]) == len(curve["popularity_ndcg@10"]) == len(
       curve["k"])
+  # ... with the error a loss to popularity is weighed against (verdicts).
+  assert len(curve["popularity_gap_se"]) == len(curve["k"])
+  assert all(0 < se < 1 for se, n in zip(curve["popularity_gap_se"],
+                                         curve["tasks"]) if n > 1)
 
 
 def test_the_support_curve_ranks_as_eval_does_whatever_the_cut(straight):

@@ -195,9 +195,31 @@ def test_the_support_curve_warns_where_few_ratings_lose_beyond_noise():
   assert verdicts.curve_warnings(record(0.009)) == []  # within 2 errors
   assert verdicts.curve_warnings(record(0.004, tasks=40)) == []  # too few
   assert verdicts.curve_warnings(None) == []  # (no curve written)
-  # An implicit curve has no MAE: nothing to say here.
+  # An implicit curve without nDCG@10: nothing to say here.
   assert verdicts.curve_warnings({"scenarios": {"UC": {
       "k": [1], "tasks": [60], "hr@10": [0.1]}}}) == []
+
+
+def test_an_implicit_support_curve_warns_where_few_clicks_lose_beyond_noise():
+  """Users cut to one or two clicks ranked worse than popularity (helper
+  I: -10.6% and -5.7% nDCG@10 in eval's own curve, beyond the rule eval
+  warns by at full support), and no warning: the curve's check read only
+  MAE fields, and the implicit curve recorded no standard error."""
+  def record(se, tasks=300):
+    return {"scenarios": {"UC": {
+        "k": [1, 2, 4], "tasks": [tasks] * 3,
+        "ndcg@10": [0.200, 0.210, 0.250],
+        "popularity_ndcg@10": [0.224, 0.223, 0.224],
+        "popularity_gap_se": [se, se, se]}}}
+  line, = verdicts.curve_warnings(record(0.005))
+  assert line.startswith(
+      "UC: cut to 1, 2 support interaction(s), the model's full-catalog"
+      " ndcg@10 is WORSE than the most-popular ranking's (0.2000 against"
+      " 0.2240 at 1, 300 tasks;"), line
+  assert "try:" in line
+  assert verdicts.curve_warnings(record(0.013)) == []  # within 2 errors
+  assert verdicts.curve_warnings(record(0.005, tasks=40)) == []  # too few
+  assert verdicts.curve_warnings(record(None)) == []  # (older records)
 
 
 def implicit(ndcg, popularity, tasks=200):

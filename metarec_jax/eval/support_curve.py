@@ -126,9 +126,10 @@ RANKING_CURVE = ("hr@10", "ndcg@10", "recall@20")
 def _ranking_curve(evaluator, meta_params, tasks, *, seed, sizes,
                    should_stop) -> dict | None:
   """`curve` of implicit data: `{"k", "tasks", "hr@10", "ndcg@10",
-  "recall@20", "popularity_hr@10", ..., "random_...", "gain_ndcg@10"}`:
-  the full-catalog metrics per k, and the relative gain of the model's
-  nDCG@10 over popularity's."""
+  "recall@20", "popularity_hr@10", ..., "random_...", "gain_ndcg@10",
+  "popularity_gap_se"}`: the full-catalog metrics per k, the relative gain
+  of the model's nDCG@10 over popularity's, and the standard error of
+  their per-task gap."""
   out = {"k": [], "tasks": []}
   for k in (sizes_for(tasks) if sizes is None else sizes):
     whole = with_support(tasks, int(k))
@@ -152,6 +153,8 @@ def _ranking_curve(evaluator, meta_params, tasks, *, seed, sizes,
     model, pop = out["ndcg@10"][-1], out["popularity_ndcg@10"][-1]
     out.setdefault("gain_ndcg@10", []).append(
         model / pop - 1.0 if model is not None and pop else None)
+    # (what a loss to popularity is weighed against, `verdicts`)
+    out.setdefault("popularity_gap_se", []).append(r.get("popularity_gap_se"))
   return out
 
 

@@ -208,6 +208,9 @@ def curve_warnings(record: dict | None, *, min_tasks: int = MIN_TASKS,
     anchored = factory.is_anchored(model_config)
   out = []
   for name, c in ((record or {}).get("scenarios") or {}).items():
+    if RANKING_CRITERION in c:  # implicit feedback
+      out += _ranking_curve_warning(name, c, min_tasks, model_config)
+      continue
     worse = [(k, n, mae, base) for k, n, mae, base, se in zip(
         c.get("k", ()), c.get("tasks", ()), c.get("mae", ()),
         c.get("item_mean_user_bias", ()), c.get("mae_gap_se", ()))
@@ -225,6 +228,32 @@ def curve_warnings(record: dict | None, *, min_tasks: int = MIN_TASKS,
           " that few ratings are served worse than by the baseline; "
           + (ADVICE_ANCHORED if anchored else ADVICE))
   return out
+
+
+def _ranking_curve_warning(name: str, c: dict, min_tasks: int,
+                           model_config) -> list[str]:
+  """`curve_warnings`' line of an implicit scenario: at some k with at
+  least `min_tasks` tasks, nDCG@10 below the most-popular ranking's by more
+  than `RANKING_TIE` and `NOISE_SE` standard errors of the per-task gap,
+  as `_ranking_warning` weighs the full support (helper I: users with one
+  or two clicks ranked 6-11% worse than popularity, and no word)."""
+  worse = [(k, n, model, base) for k, n, model, base, se in zip(
+      c.get("k", ()), c.get("tasks", ()), c.get(RANKING_CRITERION, ()),
+      c.get("popularity_" + RANKING_CRITERION, ()),
+      c.get("popularity_gap_se", ()))
+           if n >= min_tasks and model is not None and base is not None
+           and se is not None and model < base * (1 - RANKING_TIE)
+           and base - model > NOISE_SE * se]
+  if not worse:
+    return []
+  k, n, model, base = worse[0]
+  return [f"{name}: cut to {', '.join(str(w[0]) for w in worse)} support"
+          f" interaction(s), the model's full-catalog {RANKING_CRITERION} is"
+          f" WORSE than the most-popular ranking's ({model:.4f} against"
+          f" {base:.4f} at {k}, {n} tasks; beyond twice the standard error"
+          " of the gap) in the support curve: users with that few"
+          " interactions are served worse than by popularity; "
+          + _implicit_advice(model_config)]
 
 
 def training_warnings(val: dict, curve: dict | None, *, model_config,
