@@ -36,6 +36,25 @@ def test_not_a_terminal_logs_plain_lines_on_log_steps_only():
       "step 4/10  loss 0.5000  unadapted 0.7500  1234 tasks/s"]
 
 
+def test_plain_lines_say_about_how_long_the_run_has_left(monkeypatch):
+  """A days-long run under nohup or a scheduler logged no ETA (helper L);
+  the pace is that since the first line (the steps before it include a
+  resume's restore)."""
+  out = io.StringIO()
+  logger, _ = make_logger("metarec.test.left", out)
+  clock = iter([100.0, 160.0, 220.0])
+  monkeypatch.setattr(progress_lib.time, "perf_counter", lambda: next(clock))
+  p = progress_lib.Progress(console=Console(file=out), log=logger)
+  p.start(1000, 400)
+  for step in (500, 600, 1000):
+    p.advance(step, METRICS)
+  assert out.getvalue().splitlines() == [
+      "step 500/1000  loss 0.5000  unadapted 0.7500  1234 tasks/s",
+      "step 600/1000  loss 0.5000  unadapted 0.7500  1234 tasks/s  about 4"
+      " min left",
+      "step 1000/1000  loss 0.5000  unadapted 0.7500  1234 tasks/s"]
+
+
 def test_terminal_renders_the_bar_and_keeps_log_records():
   out = io.StringIO()
   console = Console(file=out, force_terminal=True, width=120)

@@ -5,7 +5,7 @@ tasks/s and the latest losses; log records of the `metarec` logger are
 printed above it while it is shown. Anywhere else (CI, a log file, a pipe)
 a bar would be noise, so each log step is one plain log line instead:
 
-    step 200/1500  loss 0.8123  unadapted 0.9456  5120 tasks/s
+    step 200/1500  loss 0.8123  unadapted 0.9456  5120 tasks/s  about 4 min left
 
 Export (`UserProgress`): plain lines come after the first chunk and then
 at most every `every_seconds`:
@@ -81,6 +81,7 @@ class Progress:
     self.plain = (not bar or not self.console.is_terminal
                   or self.console.is_dumb_terminal)
     self.total = 0
+    self._first = None  # (time, step) of the first plain line
     self._bar: rich_progress.Progress | None = None
     self._task = None
     self._stop: Callable[[], None] | None = None
@@ -92,6 +93,7 @@ class Progress:
   def start(self, total: int, initial: int = 0) -> None:
     """Shows progress towards step `total`, starting at step `initial`."""
     self.total = int(total)
+    self._first = None
     if self.plain:
       return
     self._bar = rich_progress.Progress(
@@ -110,7 +112,15 @@ class Progress:
     """Step `step` is done; `metrics` (on log steps) are its host values."""
     if self.plain:
       if metrics is not None:
-        self.log.info("step %d/%d  %s", step, self.total, describe(metrics))
+        # The time left at the pace since the first line, as the bar's
+        # ETA: a run under nohup or a scheduler showed none (helper L).
+        now = time.perf_counter()
+        first = self._first = self._first or (now, step)
+        pace = (step - first[1]) / max(now - first[0], 1e-9)
+        left = (f"  about {duration((self.total - step) / pace)} left"
+                if pace > 0 and step < self.total else "")
+        self.log.info("step %d/%d  %s%s", step, self.total,
+                      describe(metrics), left)
       return
     fields = {} if metrics is None else {"stats": describe(metrics)}
     self._bar.update(self._task, completed=int(step), **fields)
