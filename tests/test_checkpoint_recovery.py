@@ -486,3 +486,5 @@ def test_a_step_that_never_existed_is_not_called_removed(finished_run,
   assert out.returncode == 2, out.stderr
   assert "no checkpoint at step 5" in out.stderr
   assert "removed while it was read" not in out.stderr
+  # Not first "using the checkpoint of step 5 (--step)" (helper L).
+  assert "using the checkpoint of step 5" not in out.stderr

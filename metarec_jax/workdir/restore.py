@@ -74,7 +74,9 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
     try:
       if not attempt:
         _refuse_edited(checkpointer, sorted(listed), workdir)
-      if chosen is not None and not attempt:  # as the default says its own
+      # As the default says its own (not of a step it has not: the error
+      # then names those it has).
+      if chosen is not None and chosen in listed and not attempt:
         log.info("%susing the checkpoint of step %d%s",
                  f"{of}: " if of else "", chosen, "" if of else " (--step)")
       step = chosen if chosen is not None else _default_step(checkpointer,
