@@ -312,23 +312,29 @@ def log_schedule_change(train_config, saved_config: dict, *, step: int,
   elif num_steps > int(saved.num_steps) and num_steps > horizon:
     log.info("train.num_steps %d -> %d: the learning-rate schedule keeps its"
              " length of %d steps (no jump), so the rate is %.3g from step"
-             " %d on; to stretch the cosine over the %d steps instead, set"
-             " --config.train.schedule_steps=%d (the rate at step %d then"
-             " jumps from %.3g to %.3g)", int(saved.num_steps), num_steps,
-             horizon, optim.host_learning_rate(train_config, horizon,
-                                                horizon), max(step, horizon),
-             num_steps, num_steps, step, old_rate,
-             optim.host_learning_rate(train_config, step, num_steps))
+             " %d on; to stretch the cosine over the %d steps instead, %s",
+             int(saved.num_steps), num_steps, horizon,
+             optim.host_learning_rate(train_config, horizon, horizon),
+             max(step, horizon), num_steps,
+             _schedule_advice(train_config, step, num_steps, old_rate))
   elif step < num_steps < min(int(saved.num_steps), horizon):
     # Shortened (helper L: "to finish sooner", the run ended at half the
     # peak rate, in silence).
     log.info("train.num_steps %d -> %d: the learning-rate schedule keeps its"
              " length of %d steps, so the run ends at rate %.3g, not at its"
-             " final %.3g; to end the cosine at step %d instead, set"
-             " --config.train.schedule_steps=%d (the rate at step %d then"
-             " drops from %.3g to %.3g)", int(saved.num_steps), num_steps,
-             horizon, optim.host_learning_rate(train_config, num_steps,
-                                                horizon),
+             " final %.3g; to end the cosine at step %d instead, %s",
+             int(saved.num_steps), num_steps, horizon,
+             optim.host_learning_rate(train_config, num_steps, horizon),
              optim.host_learning_rate(train_config, horizon, horizon),
-             num_steps, num_steps, step, old_rate,
-             optim.host_learning_rate(train_config, step, num_steps))
+             num_steps,
+             _schedule_advice(train_config, step, num_steps, old_rate))
+
+
+def _schedule_advice(train_config, step: int, num_steps: int,
+                     old_rate: float) -> str:
+  """The key that fits the schedule to `num_steps`, and the rate's move at
+  `step` that it makes."""
+  new_rate = optim.host_learning_rate(train_config, step, num_steps)
+  return (f"set --config.train.schedule_steps={num_steps} (the rate at step"
+          f" {step} then {'jumps' if new_rate > old_rate else 'drops'} from"
+          f" {old_rate:.3g} to {new_rate:.3g})")
