@@ -613,10 +613,23 @@ def test_zeros_under_a_scale_are_named_as_interactions_without_a_rating(
     prepare.prepare(data_config(root, rating_max=10.0), tmp_path / "store")
   assert e.value.message.endswith(
       "; where 0 means interacted, not rated (2 such rows), it is no rating:"
-      " drop those rows, or read the file as implicit feedback (README:"
-      " Implicit feedback)")
+      " drop those rows, or read the file as implicit feedback with"
+      " data.generic.rating_min=0 (data.implicit.enabled=true: the rows at or"
+      " above data.implicit.threshold are the positives)")
   assert "ratings.csv:2: rating 0 is not a rating on the scale 1 to 10" in (
       e.value.message)
+
+
+def test_a_scale_bound_float32_cannot_hold_opens(tmp_path):
+  """float32(0.8) is 0.80000001: the store's check of its ratings against
+  the manifest's scale refused the store it had just written (reviewer R)."""
+  root = tmp_path / "fifths"
+  datafiles.write(str(root / "ratings.csv"), "user,item,rating\n"
+                  "u1,a,0\nu1,b,0.8\nu2,a,0.2\nu2,c,0.6\n")
+  prepare.prepare(data_config(root, rating_min=0.0, rating_max=0.8),
+                  tmp_path / "store")
+  store = store_lib.open_store(tmp_path / "store")
+  assert store.rating_range == (0.0, 0.8)
 
 
 def test_a_list_pad_of_no_list_column_is_said_to_be_ignored(shop, tmp_path):

@@ -203,3 +203,25 @@ def test_an_exported_user_whose_row_is_not_finite_is_adapted_again(
   with caplog.at_level(logging.WARNING, logger="metarec"):
     damaged.predict([(user, probe)])
   assert "not finite" not in caplog.text
+
+
+def test_a_damaged_row_whose_readaptation_diverges_serves_the_meta_model(
+    exports, caplog):
+  """The re-adaptation of a damaged row (above) fell back, where it
+  diverged, on the damaged row itself: NaN scores and an empty ranking,
+  kept (reviewer R). It falls back on the meta-parameters' model."""
+  damaged = engine_lib.Engine(export_lib.load(exports[1]), LIMITS)
+  user = damaged.export.user_ids[1].item()
+  row = damaged.export.user_row(user)
+  leaf = sorted(damaged.export.adapted)[0]
+  values = np.array(damaged.export.adapted[leaf])
+  values[row] = np.nan
+  damaged.export.adapted[leaf] = values
+  probe = np.arange(16, dtype=np.int64)
+  with caplog.at_level(logging.WARNING, logger="metarec"):
+    got = damaged.predict([(user, probe)])[0]
+    ranked = damaged.recommend([(user, 5)])[0]
+  assert got["source"] == "meta"
+  assert np.all(np.isfinite(got["scores"]))
+  assert len(ranked["items"]) == 5
+  assert "serving the meta model instead" in caplog.text

@@ -141,8 +141,11 @@ def _check_ratings(store: TaskStore) -> None:
   other). NaN fails every comparison."""
   lo, hi = ((1.0, 1.0) if store.manifest.get("implicit")
             else store.rating_range)
-  if len(store.ratings) and not (lo <= float(np.min(store.ratings))
-                                 and float(np.max(store.ratings)) <= hi):
+  # In the ratings' float32: a scale bound float32 cannot hold (0.8) is
+  # stored as the nearest, which may lie beyond it (reviewer R).
+  ratings = np.asarray(store.ratings)
+  if len(ratings) and not (ratings.dtype.type(lo) <= np.min(ratings)
+                           and np.max(ratings) <= ratings.dtype.type(hi)):
     raise InputError(f"not a valid store (ratings must be finite and on the"
                      f" scale {lo:g} to {hi:g} of its manifest); rebuild it"
                      " with `metarec data prepare`",

@@ -70,11 +70,8 @@ class Engine:
   # --------------------------------------------------------------- users
 
   def parse_user(self, text: str):
-    """A user id of the URL in the export's id type (`parsing.url_id`).
-
-    Raises:
-      ValueError: an integer-id export and `text` is not such an id.
-    """
+    """A user id of the URL in the export's id type (`parsing.url_id`:
+    ValueError where an integer-id export's `text` is not such an id)."""
     e = self.export
     integer = e.user_ids.dtype.kind in "iu" or (
         not len(e.user_ids) and e.table_ids.dtype.kind in "iu")
@@ -106,17 +103,19 @@ class Engine:
          for u in dropped])))
     return [self._served(u, sessions[u]) for u in users]
 
-  def _adapt_users(self, users: list, histories: list,
-                   names: list) -> list[Session]:
+  def _adapt_users(self, users: list, histories: list, names: list, *,
+                   meta_fallback: bool = False) -> list[Session]:
     """Sessions of `users` adapted on their `histories`, `max_batch` a
-    device call, and kept (`_adapt`, warning as `names` say)."""
+    device call, and kept (`_adapt`, warning as `names` say); where one
+    diverges, its export row's model, or the meta-parameters'."""
     out = []
     for lo in range(0, len(users), self.limits.max_batch):
       part = slice(lo, lo + self.limits.max_batch)
       rows = [self.export.user_row(u) for u in users[part]]
       fresh = self._adapt(
           [self._features(u, r) for u, r in zip(users[part], rows)],
-          histories[part], [self._unadapted(r) for r in rows], names[part])
+          histories[part], [self._unadapted(-1 if meta_fallback else r)
+                            for r in rows], names[part])
       self.sessions.update(zip(users[part], fresh))
       out += fresh
     return out
@@ -137,15 +136,14 @@ class Engine:
     return Served(source, fast, features, rated)
 
   def _readapt(self, user, row: int) -> Session:
-    """The session of an export user whose stored leaves are not finite
-    (damage past the digests checked at load): adapted on its ratings as
-    the export was. It served nulls and empty rankings (helper D)."""
+    """An export user whose stored leaves are not finite (damage past the
+    load's digests), adapted on its ratings as the export was (helper D)."""
     log.warning("user %r: its adapted parameters in %s (row %d) are not"
-                " finite: damaged (`metarec export --verify` names the"
-                " file); adapting it on its ratings instead", user,
-                self.export.path, row)
+                " finite: damaged (`metarec export --verify` names the file);"
+                " adapting it on its ratings instead", user, self.export.path,
+                row)
     return self._adapt_users([user], [self.export.known_ratings(row)],
-                             [f"user {user!r}"])[0]
+                             [f"user {user!r}"], meta_fallback=True)[0]
 
   def _unadapted(self, row: int) -> tuple[str, dict[str, np.ndarray], int]:
     """(source, leaves, support size) of the export's row `row` (-1: the

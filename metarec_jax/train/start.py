@@ -51,6 +51,7 @@ class RunConfig:
     self.args = (workdir, config)
     self.data_files = data_files
     self.pending = active
+    self.unsaved = resumed  # on every process (`unrecorded`)
     if active and not resumed:
       self.saved()
 
@@ -59,7 +60,7 @@ class RunConfig:
     hold yet (nothing was saved since it started), " --config.KEY=VALUE"
     each, for the advice of a stop: a plain resume would drop them in
     silence (helper L: `nothing to train` after a changed num_steps)."""
-    if not self.pending:
+    if not self.unsaved:
       return ""
     try:
       old = config_io.flat(config_io.to_dict(
@@ -72,6 +73,7 @@ class RunConfig:
 
   def saved(self) -> None:
     """After a save of this start: writes the file once."""
+    self.unsaved = False
     if self.pending:
       config_io.write_workdir_config(*self.args, data_files=self.data_files)
       self.pending = False
