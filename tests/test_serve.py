@@ -751,6 +751,22 @@ def test_kept_rankings_are_the_live_ones(engine):
   assert kept.rankings.hits > 0
 
 
+def test_a_ranking_of_the_whole_catalogue_is_kept_complete(engine):
+  """Where max_k reaches the catalogue's size, the kept ranking of a user
+  who rated nothing holds every item, yet was kept as cut short: each
+  request for more than that went to the device (helper S)."""
+  export = engine.export
+  limits = engine_lib.Limits(max_batch=2, max_items=16, max_ratings=40,
+                             max_k=export.num_items + 5)
+  kept = engine_lib.Engine(export, limits)
+  user = 10**9  # not in the export: nothing rated, nothing excluded
+  first, = kept.recommend([(user, export.num_items + 5)])
+  assert len(first["items"]) == export.num_items
+  kept.rankings.hits = 0
+  again, = kept.recommend([(user, export.num_items + 3)])
+  assert kept.rankings.hits == 1 and again["items"] == first["items"]
+
+
 def test_unknown_users_share_one_kept_ranking(engine):
   """Every id the export lacks is served the meta-parameters; each kept a
   copy of that one ranking (13 kB of memory per made-up id asked about,

@@ -222,7 +222,9 @@ class Engine:
                          self._rank(served, [self.k] * len(live))):
       k = requests[i][1]
       ids, scores = [a for a, _ in r["items"]], [b for _, b in r["items"]]
-      self.rankings.put(key, ids, scores, complete=len(ids) < self.k)
+      # Complete: fewer came, or the whole catalogue was asked (helper S).
+      self.rankings.put(key, ids, scores, complete=len(ids) < self.k
+                        or self.k == self.export.num_items)
       out[i] = {"source": r["source"], "items": r["items"][:k]}
     return out
 

@@ -105,7 +105,9 @@ class RankCache:
           raise InputError(f"not a ranking of the export's items ({e}): the"
                            " export is damaged; export again", path=path,
                            line=line_number) from None
-        self.put(user, ids, scores, complete=len(ids) < k)
+        # (a top k of the whole catalogue holds every candidate)
+        self.put(user, ids, scores,
+                 complete=len(ids) < k or k >= export.num_items)
         n += 1
     return n
 
