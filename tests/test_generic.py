@@ -620,6 +620,27 @@ def test_zeros_under_a_scale_are_named_as_interactions_without_a_rating(
       e.value.message)
 
 
+def test_many_zeros_on_a_wider_scale_draw_a_note(tmp_path):
+  """With the scale widened to take them, Book-Crossing-style zeros were
+  learned as ratings in silence (helper Q3)."""
+  root = tmp_path / "bx0"
+  datafiles.write(str(root / "ratings.csv"), "user,item,rating\n"
+                  "u1,a,0\nu1,b,8\nu2,a,0\nu2,c,3\nu3,c,0\n")
+  said = []
+  prepare.prepare(data_config(root, rating_min=0.0, rating_max=10.0),
+                  tmp_path / "store", log=said.append)
+  assert any(m.startswith("60% of the ratings of column 'rating' are 0, the"
+                          " lowest: where 0 means interacted, not rated")
+             for m in said), said
+  said.clear()  # a 0/1 scale's zeros are its ratings
+  root01 = tmp_path / "likes"
+  datafiles.write(str(root01 / "ratings.csv"), "user,item,rating\n"
+                  "u1,a,0\nu1,b,1\nu2,a,0\nu2,c,1\n")
+  prepare.prepare(data_config(root01, rating_min=0.0, rating_max=1.0),
+                  tmp_path / "store01", log=said.append)
+  assert not any("are 0, the lowest" in m for m in said), said
+
+
 def test_a_scale_bound_float32_cannot_hold_opens(tmp_path):
   """float32(0.8) is 0.80000001: the store's check of its ratings against
   the manifest's scale refused the store it had just written (reviewer R)."""

@@ -88,7 +88,7 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
       return None
     params, results, scalars, kept = fitted
     scored = {}  # new-item predictions served instead of kept's (below)
-    any_new = bool(trainer.exp.store.item_new.any())
+    any_new = bool(evaluator.exp.store.item_new.any())
     log.info("step %d  %s", step, shares_line(scalars, any_new,
                                               _rated_new_items(results)))
     if new_prior_lib.present(params):
