@@ -10,6 +10,7 @@ import os
 import re
 
 import numpy as np
+import pytest
 
 from cli_run import metarec_here
 from conftest import config_path
@@ -150,12 +151,14 @@ def test_a_run_ending_in_skipped_updates_saves_its_last_step_and_a_resume_gets_i
   assert last.startswith("metarec train: error: step 9: 3 consecutive"), last
 
 
+@pytest.mark.parametrize("num_steps", [30, 3])
 def test_a_stop_during_a_run_of_skipped_updates_saves_nothing(
-    tmp_path, monkeypatch, caplog):
+    tmp_path, monkeypatch, caplog, num_steps):
   """A signal during a streak saved its step: the state the streak began
   from, which pushed a good checkpoint out of checkpoint.keep, against
   the promise that no state is saved while its updates are skipped
-  (helper L)."""
+  (helper L). At the last step (3) it is saved, as without the signal
+  (reviewer R2)."""
   import logging  # pylint: disable=g-import-not-at-top
   import signal  # pylint: disable=g-import-not-at-top
   from metarec_jax.train import guard as guard_lib  # pylint: disable=g-import-not-at-top
@@ -163,7 +166,7 @@ def test_a_stop_during_a_run_of_skipped_updates_saves_nothing(
   config = config_io.apply_overrides(
       config_io.load_config_file(config_path("tiny")), [
           ("train.lr", "1e39"), ("train.max_nonfinite", "100"),
-          ("train.num_steps", "30"), ("checkpoint.every_steps", "2"),
+          ("train.num_steps", str(num_steps)), ("checkpoint.every_steps", "2"),
           ("train.eval_every_steps", "-1"), ("log.every_steps", "1"),
           ("data.buckets", "(16,)")])
   real = guard_lib.NonFiniteGuard.check
@@ -181,8 +184,13 @@ def test_a_stop_during_a_run_of_skipped_updates_saves_nothing(
   assert summary["preempted"]
   stop, = [r.getMessage() for r in caplog.records
            if "stopped by a signal" in r.getMessage()]
+  if num_steps == 3:
+    assert "at step 3 (saved)" in stop, stop
+    assert checkpoint_steps(workdir) == [3]
+    return
   assert "update(s) were skipped as non-finite; a resume goes on from the" \
-      " newest checkpoint)" in stop, stop
+      " checkpoint saved before them, or from the start where there is" \
+      " none)" in stop, stop
   assert checkpoint_steps(workdir) == []  # every update was skipped
 
 

@@ -210,7 +210,8 @@ def test_a_damaged_row_whose_readaptation_diverges_serves_the_meta_model(
   """The re-adaptation of a damaged row (above) fell back, where it
   diverged, on the damaged row itself: NaN scores and an empty ranking,
   kept (reviewer R). It falls back on the meta-parameters' model."""
-  damaged = engine_lib.Engine(export_lib.load(exports[1]), LIMITS)
+  damaged = engine_lib.Engine(export_lib.load(exports[1]), LIMITS,
+                              adapted_cache=1)
   user = damaged.export.user_ids[1].item()
   row = damaged.export.user_row(user)
   leaf = sorted(damaged.export.adapted)[0]
@@ -225,3 +226,11 @@ def test_a_damaged_row_whose_readaptation_diverges_serves_the_meta_model(
   assert np.all(np.isfinite(got["scores"]))
   assert len(ranked["items"]) == 5
   assert "serving the meta model instead" in caplog.text
+  # ... also once its session's leaves were dropped (adapted_cache=1: another
+  # user learns) and adapted again (reviewer R2: the damaged row again).
+  other = damaged.export.user_ids[2].item()
+  damaged.learn([(other, np.arange(3), np.array([5, 1, 4], np.float32))])
+  assert damaged.sessions.dropped([user]) == [user]
+  again = damaged.predict([(user, probe)])[0]
+  assert again["source"] == "meta" and np.all(np.isfinite(again["scores"]))
+  assert len(damaged.recommend([(user, 5)])[0]["items"]) == 5

@@ -220,6 +220,14 @@ def test_an_implicit_support_curve_warns_where_few_clicks_lose_beyond_noise():
   assert verdicts.curve_warnings(record(0.013)) == []  # within 2 errors
   assert verdicts.curve_warnings(record(0.005, tasks=40)) == []  # too few
   assert verdicts.curve_warnings(record(None)) == []  # (older records)
+  # New items: popularity ties random (no training positives); said so,
+  # with what ranks new items, not the popularity tips (reviewer R2).
+  tied = record(0.005)
+  tied["scenarios"]["UC"]["random_ndcg@10"] = tied["scenarios"]["UC"][
+      "popularity_ndcg@10"]
+  line, = verdicts.curve_warnings(tied)
+  assert "WORSE than a random ranking's (0.2000 against 0.2240" in line
+  assert line.endswith(verdicts.NEW_ITEMS_ADVICE)
 
 
 def implicit(ndcg, popularity, tasks=200):

@@ -247,13 +247,18 @@ def _ranking_curve_warning(name: str, c: dict, min_tasks: int,
   if not worse:
     return []
   k, n, model, base = worse[0]
+  # Popularity tied with random: no candidate has a training positive (new
+  # items), as `_ranking_warning` says it (reviewer R2).
+  new_items = (c.get("popularity_" + RANKING_CRITERION)
+               == c.get("random_" + RANKING_CRITERION))
+  which = "a random ranking's" if new_items else "the most-popular ranking's"
   return [f"{name}: cut to {', '.join(str(w[0]) for w in worse)} support"
           f" interaction(s), the model's full-catalog {RANKING_CRITERION} is"
-          f" WORSE than the most-popular ranking's ({model:.4f} against"
-          f" {base:.4f} at {k}, {n} tasks; beyond twice the standard error"
-          " of the gap) in the support curve: users with that few"
-          " interactions are served worse than by popularity; "
-          + _implicit_advice(model_config)]
+          f" WORSE than {which} ({model:.4f} against {base:.4f} at {k}, {n}"
+          " tasks; beyond twice the standard error of the gap) in the"
+          " support curve: users with that few interactions are served"
+          f" worse than by {'chance' if new_items else 'popularity'}; "
+          + (NEW_ITEMS_ADVICE if new_items else _implicit_advice(model_config))]
 
 
 def training_warnings(val: dict, curve: dict | None, *, model_config,

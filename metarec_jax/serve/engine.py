@@ -103,19 +103,17 @@ class Engine:
          for u in dropped])))
     return [self._served(u, sessions[u]) for u in users]
 
-  def _adapt_users(self, users: list, histories: list, names: list, *,
-                   meta_fallback: bool = False) -> list[Session]:
+  def _adapt_users(self, users: list, histories: list,
+                   names: list) -> list[Session]:
     """Sessions of `users` adapted on their `histories`, `max_batch` a
-    device call, and kept (`_adapt`, warning as `names` say); where one
-    diverges, its export row's model, or the meta-parameters'."""
+    device call, and kept (`_adapt`, warning as `names` say)."""
     out = []
     for lo in range(0, len(users), self.limits.max_batch):
       part = slice(lo, lo + self.limits.max_batch)
       rows = [self.export.user_row(u) for u in users[part]]
       fresh = self._adapt(
           [self._features(u, r) for u, r in zip(users[part], rows)],
-          histories[part], [self._unadapted(-1 if meta_fallback else r)
-                            for r in rows], names[part])
+          histories[part], [self._unadapted(r) for r in rows], names[part])
       self.sessions.update(zip(users[part], fresh))
       out += fresh
     return out
@@ -126,7 +124,7 @@ class Engine:
     if session is not None:
       return Served(session.source, session.fast, features, session.items)
     source, fast, _ = self._unadapted(row)
-    if row >= 0 and not all(np.isfinite(v).all() for v in fast.values()):
+    if row >= 0 and source == "meta":  # a damaged row (`_unadapted`)
       return self._served(user, self._readapt(user, row))
     rated = np.zeros(0, np.int64)
     if row >= 0:
@@ -143,17 +141,19 @@ class Engine:
                 " adapting it on its ratings instead", user, self.export.path,
                 row)
     return self._adapt_users([user], [self.export.known_ratings(row)],
-                             [f"user {user!r}"], meta_fallback=True)[0]
+                             [f"user {user!r}"])[0]
 
   def _unadapted(self, row: int) -> tuple[str, dict[str, np.ndarray], int]:
     """(source, leaves, support size) of the export's row `row` (-1: the
-    meta-parameters'): a user's model before any interaction."""
-    if row < 0:
-      return "meta", self._meta_fast, 0
+    meta-parameters'): a user's model before any interaction. A row that
+    is not finite (damage past the load's digests) is the meta-parameters'
+    too, also as the fallback of a diverging re-adaptation (reviewer R2)."""
     e = self.export
-    return ("export",
-            {p: layout.decode(v[row], e.dtype) for p, v in e.adapted.items()},
-            int(e.support_sizes[row]))
+    leaves = row >= 0 and {p: layout.decode(v[row], e.dtype)
+                           for p, v in e.adapted.items()}
+    if not leaves or not all(np.isfinite(v).all() for v in leaves.values()):
+      return "meta", self._meta_fast, 0
+    return "export", leaves, int(e.support_sizes[row])
 
   def _features(self, user, row: int) -> dict[str, np.ndarray]:
     if row >= 0:

@@ -164,10 +164,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                        teacher=trainer.teacher and trainer.teacher.pin)
 
       def save_and_report_stop(step, validation_cut=False, val_loss=None,
-                               validated=None):
+                               validated=None, kept=False):
+        # Skipped updates leave the state they began from: saved only where
+        # a periodic save would be (`kept`: a best, an early stop's, the last).
         saves = (step != restored_step and step > 0
-                 and not (guard.streak and val_loss is None))
-        if saves:  # (skipped updates leave the state they began from)
+                 and (kept or not guard.streak))
+        if saves:
           checkpoint(step, val_loss, validated, validation_cut)
         start_lib.report_stop(step, workdir, run_config, saved=saves,
                               cut=validation_cut, skipped=guard.streak)
@@ -324,8 +326,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           if stop(step):
             guard.check_state(step, state)
             # A validation done before the stop is saved with the step.
-            save_and_report_stop(step, validation_cut=cut,
-                                 val_loss=val_loss, validated=validated)
+            save_and_report_stop(step, validation_cut=cut, val_loss=val_loss,
+                                 validated=validated, kept=improved
+                                 or early_stop or step == num_steps)
             break
           if due(step, save_every, num_steps) or improved or early_stop:
             guard.check_state(step, state)

@@ -244,10 +244,11 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
     zeros = int(np.count_nonzero(ratings[bad] == 0))
     if zeros and fmt.rating_min > 0:  # (helper Q3: Book-Crossing's file)
       scale += (f"; where 0 means interacted, not rated ({zeros:,} such"
-                f" rows), it is no rating: drop those rows, or read the file"
-                f" as implicit feedback with {keys or 'data.generic'}"
-                ".rating_min=0 (data.implicit.enabled=true: the rows at or"
-                " above data.implicit.threshold are the positives)")
+                " rows), it is no rating: drop those rows" + (
+                    f", or read the file as implicit feedback with {keys}"
+                    ".rating_min=0 (data.implicit.enabled=true: the rows at"
+                    " or above data.implicit.threshold are the positives)"
+                    if keys else ""))  # (a scale of its own: MovieLens)
     raise InputError(f"rating {value} is not a {kind}rating on the scale"
                      f" {fmt.rating_min:g} to {fmt.rating_max:g}"
                      + more_lines(table.lines[bad]) + scale,
