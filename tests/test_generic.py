@@ -612,10 +612,11 @@ def test_zeros_under_a_scale_are_named_as_interactions_without_a_rating(
   with pytest.raises(InputError) as e:
     prepare.prepare(data_config(root, rating_max=10.0), tmp_path / "store")
   assert e.value.message.endswith(
-      "; where 0 means interacted, not rated (2 such rows), it is no rating:"
+      "; 2 are 0: where 0 means interacted, not rated, it is no rating:"
       " drop those rows, or read the file as implicit feedback with"
-      " data.generic.rating_min=0 (data.implicit.enabled=true: the rows at or"
-      " above data.implicit.threshold are the positives)")
+      " data.generic.rating_min=0 (data.implicit.enabled=true and a"
+      " data.implicit.threshold above 0: the rows at or above it are the"
+      " positives)")
   assert "ratings.csv:2: rating 0 is not a rating on the scale 1 to 10" in (
       e.value.message)
 

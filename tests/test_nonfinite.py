@@ -189,8 +189,7 @@ def test_a_stop_during_a_run_of_skipped_updates_saves_nothing(
     assert checkpoint_steps(workdir) == [3]
     return
   assert "update(s) were skipped as non-finite; a resume goes on from the" \
-      " checkpoint saved before them, or from the start where there is" \
-      " none)" in stop, stop
+      " newest checkpoint, or from the start where there is none)" in stop
   assert checkpoint_steps(workdir) == []  # every update was skipped
 
 

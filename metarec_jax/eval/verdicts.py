@@ -234,9 +234,8 @@ def _ranking_curve_warning(name: str, c: dict, min_tasks: int,
                            model_config) -> list[str]:
   """`curve_warnings`' line of an implicit scenario: at some k with at
   least `min_tasks` tasks, nDCG@10 below the most-popular ranking's by more
-  than `RANKING_TIE` and `NOISE_SE` standard errors of the per-task gap,
-  as `_ranking_warning` weighs the full support (helper I: users with one
-  or two clicks ranked 6-11% worse than popularity, and no word)."""
+  than `RANKING_TIE` and `NOISE_SE` standard errors of the per-task gap, as
+  `_ranking_warning` weighs the full support (helper I)."""
   worse = [(k, n, model, base) for k, n, model, base, se in zip(
       c.get("k", ()), c.get("tasks", ()), c.get(RANKING_CRITERION, ()),
       c.get("popularity_" + RANKING_CRITERION, ()),
@@ -247,8 +246,7 @@ def _ranking_curve_warning(name: str, c: dict, min_tasks: int,
   if not worse:
     return []
   k, n, model, base = worse[0]
-  # Popularity tied with random: no candidate has a training positive (new
-  # items), as `_ranking_warning` says it (reviewer R2).
+  # Popularity tied with random: new items, as `_ranking_warning` says.
   new_items = (c.get("popularity_" + RANKING_CRITERION)
                == c.get("random_" + RANKING_CRITERION))
   which = "a random ranking's" if new_items else "the most-popular ranking's"

@@ -89,8 +89,8 @@ def report_stop(step: int, workdir: str, run_config: RunConfig, *,
             else "saved")
   elif skipped and step > 0:  # the state is the one the streak began from
     what = (f"nothing saved: its last {skipped} update(s) were skipped as"
-            " non-finite; a resume goes on from the checkpoint saved before"
-            " them, or from the start where there is none")
+            " non-finite; a resume goes on from the newest checkpoint, or"
+            " from the start where there is none")
   elif step > 0:  # e.g. during the warm-up of a resumed run
     what = f"nothing new to save: the checkpoint of step {step} holds it"
   else:

@@ -63,10 +63,21 @@ def zero_ratings(ratings: np.ndarray, column: str) -> list[str]:
   if share < ZERO_SHARE:
     return []
   return [f"{share:.0%} of the ratings of column {column!r} are 0, the"
-          " lowest: where 0 means interacted, not rated, it is no rating:"
-          " drop those rows, or read the file as implicit feedback"
-          " (data.implicit.enabled=true: the rows at or above"
-          " data.implicit.threshold are the positives)"]
+          f" lowest: {zeros_advice('')}"]
+
+
+def zeros_advice(scale_key: str | None) -> str:
+  """What to do with zeros that mean "interacted, not rated": drop them,
+  or (where the file's scale can be set: `scale_key`, the section of its
+  keys, "" where it already holds 0) read it as implicit feedback."""
+  text = ("where 0 means interacted, not rated, it is no rating: drop those"
+          " rows")
+  if scale_key is None:  # (a scale of its own: MovieLens)
+    return text
+  return (text + ", or read the file as implicit feedback"
+          + (f" with {scale_key}.rating_min=0" if scale_key else "")
+          + " (data.implicit.enabled=true and a data.implicit.threshold"
+          " above 0: the rows at or above it are the positives)")
 
 
 def ids_and_ratings(ids: dict[str, np.ndarray], ratings: np.ndarray,

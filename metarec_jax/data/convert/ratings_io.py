@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from metarec_jax import atomic
-from metarec_jax.data.convert import delimited, exact, parsing, writing
+from metarec_jax.data.convert import delimited, exact, notes, parsing, writing
 from metarec_jax.data.store import TaskStore
 from metarec_jax.errors import InputError, excerpt, more_lines
 
@@ -243,12 +243,7 @@ def parse_ratings(path: str | os.PathLike, fmt: RatingsFormat, *,
              f" {keys}.rating_max)" if keys else "")
     zeros = int(np.count_nonzero(ratings[bad] == 0))
     if zeros and fmt.rating_min > 0:  # (helper Q3: Book-Crossing's file)
-      scale += (f"; where 0 means interacted, not rated ({zeros:,} such"
-                " rows), it is no rating: drop those rows" + (
-                    f", or read the file as implicit feedback with {keys}"
-                    ".rating_min=0 (data.implicit.enabled=true: the rows at"
-                    " or above data.implicit.threshold are the positives)"
-                    if keys else ""))  # (a scale of its own: MovieLens)
+      scale += f"; {zeros:,} are 0: " + notes.zeros_advice(keys or None)
     raise InputError(f"rating {value} is not a {kind}rating on the scale"
                      f" {fmt.rating_min:g} to {fmt.rating_max:g}"
                      + more_lines(table.lines[bad]) + scale,
