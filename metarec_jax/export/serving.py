@@ -155,17 +155,16 @@ class Export(batched.UserBatches):
     item_tables = {n: self._load(f"item/{n}.npy") for n in m["item_features"]}
     self._tables = FeatureTables(specs, {}, item_tables)
     def leaves(kind):  # {path: array} of one kind, nested by path
-      return traverse_util.unflatten_dict(
-          {p: self._load(layout.leaf_file(kind, p))
-           for p in m["params"][kind]}, sep="/")
-
-    for kind in ("meta", "inner"):  # small: read whole (helper D's NaN)
-      for p in m["params"][kind]:
-        if not np.isfinite(self._load(layout.leaf_file(kind, p))).all():
+      loaded = {p: self._load(layout.leaf_file(kind, p))
+                for p in m["params"][kind]}
+      for p, values in loaded.items():  # small: read whole (helper D's NaN)
+        if not np.isfinite(values).all():
           raise InputError(
               "holds a NaN or an infinity: no trained model's parameter"
               " does (a checkpoint never holds one)",
               path=os.path.join(self.path, layout.leaf_file(kind, p)))
+      return traverse_util.unflatten_dict(loaded, sep="/")
+
     self.meta_params = leaves("meta")
     self.adapted = {p: self._load(layout.leaf_file("adapted", p))
                     for p in m["params"]["adapted"]}
