@@ -146,10 +146,15 @@ def _check_ratings(store: TaskStore) -> None:
   ratings = np.asarray(store.ratings)
   if len(ratings) and not (ratings.dtype.type(lo) <= np.min(ratings)
                            and np.max(ratings) <= ratings.dtype.type(hi)):
-    raise InputError(f"not a valid store (ratings must be finite and on the"
-                     f" scale {lo:g} to {hi:g} of its manifest); rebuild it"
-                     " with `metarec data prepare`",
-                     path=os.path.join(store.path, "ratings.npy"))
+    _invalid(store, "ratings.npy", "ratings must be finite and on the scale"
+             f" {lo:g} to {hi:g} of its manifest")
+
+
+def _invalid(store: TaskStore, name: str, problem: str) -> None:
+  """Raises the InputError of a store whose array `name` has `problem`."""
+  raise InputError(f"not a valid store ({problem}); rebuild it with"
+                   " `metarec data prepare`",
+                   path=os.path.join(store.path, name))
 
 
 def _check_structure(store: TaskStore) -> None:
@@ -159,32 +164,28 @@ def _check_structure(store: TaskStore) -> None:
   users, items = len(store.user_ids), len(store.item_ids)
   offsets = np.asarray(store.offsets)
   n = len(store.items)
-
-  def bad(name, problem):
-    raise InputError(f"not a valid store ({problem}); rebuild it with"
-                     " `metarec data prepare`",
-                     path=os.path.join(store.path, name))
-
   if len(offsets) != users + 1:
-    bad("offsets.npy", f"{len(offsets):,} offsets for {users:,} users")
+    _invalid(store, "offsets.npy",
+             f"{len(offsets):,} offsets for {users:,} users")
   if len(offsets) and (offsets[0] != 0 or offsets[-1] != n
                        or (np.diff(offsets) < 0).any()):
-    bad("offsets.npy", f"offsets must start at 0, never decrease and end at"
-        f" the {n:,} ratings")
+    _invalid(store, "offsets.npy", "offsets must start at 0, never decrease"
+             f" and end at the {n:,} ratings")
   for name, array in (("ratings.npy", store.ratings),
                       ("timestamps.npy", store.timestamps)):
     if array is not None and len(array) != n:
-      bad(name, f"{len(array):,} rows for {n:,} ratings")
+      _invalid(store, name, f"{len(array):,} rows for {n:,} ratings")
   if len(store.item_new) != items:
-    bad("item_new.npy", f"{len(store.item_new):,} rows for {items:,} items")
+    _invalid(store, "item_new.npy",
+             f"{len(store.item_new):,} rows for {items:,} items")
   if n and (int(np.min(store.items)) < 0 or int(np.max(store.items)) >= items):
-    bad("items.npy", f"item indices must be 0 to {items - 1:,}")
+    _invalid(store, "items.npy", f"item indices must be 0 to {items - 1:,}")
   for side, tables, rows in (("user", store.user_features, users),
                              ("item", store.item_features, items)):
     for name, table in tables.items():
       if len(table) != rows:
-        bad(f"{side}/{name}.npy", f"{len(table):,} rows for {rows:,}"
-            f" {side}s")
+        _invalid(store, f"{side}/{name}.npy",
+                 f"{len(table):,} rows for {rows:,} {side}s")
 
 
 def is_store(path: str | os.PathLike) -> bool:
