@@ -63,8 +63,7 @@ class RunConfig:
     if not self.unsaved:
       return ""
     try:
-      old = config_io.flat(config_io.to_dict(
-          config_io.read_workdir_config(self.args[0])))
+      old = resume.resumed_config(self.args[0]) or {}
     except InputError:
       return ""
     new = config_io.flat(config_io.to_dict(self.args[1]))

@@ -49,7 +49,7 @@ RUN_CONSTANTS = ("model.global_mean", "meta.inner_lr_scale",
                  "train.select_on", "model.table_row_multiple")
 
 
-def _resumed_config(workdir: str) -> dict | None:
+def resumed_config(workdir: str) -> dict | None:
   """The flat `config.json` of the run in `workdir` where it saved a
   checkpoint (a resume), else None (a fresh start)."""
   folder = os.path.join(workdir, "checkpoints")
@@ -65,7 +65,7 @@ def keep_run_constants(config, workdir: str) -> None:
   """Sets `config`'s `RUN_CONSTANTS` to those of the run in `workdir` (its
   `config.json`), if it saved a checkpoint (a fresh start keeps the
   config's), logging each that the config changed."""
-  saved = _resumed_config(workdir) or {}
+  saved = resumed_config(workdir) or {}
   for key in RUN_CONSTANTS:
     section, name = key.split(".")
     if key in saved and saved[key] != config[section][name]:
@@ -88,7 +88,7 @@ def as_resumed(config, workdir: str) -> dict:
   compare: one given the run's first command and one given config.json
   (the resume's advice) differed in keys the user never set."""
   out = config_io.complete(config)  # (a copy)
-  saved = _resumed_config(workdir) or {}
+  saved = resumed_config(workdir) or {}
   for key in RUN_CONSTANTS + RESOLVED_FROM_ZERO:
     section, name = key.split(".")
     if key in saved and (key in RUN_CONSTANTS or not out[section][name]):
