@@ -115,12 +115,11 @@ class Progress:
         # The time left at the pace since the first line, as the bar's
         # ETA: a run under nohup or a scheduler showed none (helper L).
         now = time.perf_counter()
-        first = self._first = self._first or (now, step)
-        pace = (step - first[1]) / max(now - first[0], 1e-9)
-        left = (f"  about {duration((self.total - step) / pace)} left"
-                if pace > 0 and step < self.total else "")
+        left = time_left(self._first, now, step, self.total)
+        self._first = self._first or (now, step)
         self.log.info("step %d/%d  %s%s", step, self.total,
-                      describe(metrics), left)
+                      describe(metrics),
+                      f"  about {duration(left)} left" if left else "")
       return
     fields = {} if metrics is None else {"stats": describe(metrics)}
     self._bar.update(self._task, completed=int(step), **fields)
@@ -137,6 +136,16 @@ class Progress:
   def __exit__(self, *exc) -> bool:
     self.close()
     return False
+
+
+def time_left(first: tuple[float, int] | None, now: float, done: int,
+              total: int) -> float | None:
+  """Seconds left to `total` at the pace since `first` (time, count done
+  then); None without a pace yet, or at the end."""
+  if first is None or done >= total:
+    return None
+  pace = (done - first[1]) / max(now - first[0], 1e-9)
+  return (total - done) / pace if pace > 0 else None
 
 
 def duration(seconds: float) -> str:
@@ -193,7 +202,7 @@ class UserProgress:
       between = self._first is not None and self.done < self.total
       since = self._first if between else (self._start, 0)
       rate = (self.done - since[1]) / max(now - since[0], 1e-9)
-      left = (self.total - self.done) / rate if between and rate > 0 else None
+      left = time_left(self._first, now, self.done, self.total)
       self._first = self._first or (now, self.done)
       # Two significant digits below 10: a slow export said "0 users/s".
       self.log.info("exported %d/%d users (%s users/s%s)", self.done,
