@@ -44,6 +44,19 @@ def start(*args, devices: int | None = None, stderr_path=None,
                           cwd=ROOT, env=env_with(devices))
 
 
+def run_together(commands, *, timeout: float) -> list[tuple[int, str]]:
+  """Starts every `(args, start keywords)` of `commands` at once (the
+  processes of one run) and waits for all; returns (exit status, stderr)
+  of each. All are killed where one outlives `timeout`."""
+  procs = [start(*args, **kw) for args, kw in commands]
+  try:
+    outs = [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  return [(p.returncode, err) for p, (_, err) in zip(procs, outs)]
+
+
 def wait_for(predicate, *, timeout: float = 300, interval: float = 0.005,
              proc=None):
   """Polls `predicate()` until true; fails if `proc` exits first."""

@@ -16,7 +16,7 @@ import shutil
 import numpy as np
 import pytest
 
-from procs import metarec, start
+from procs import metarec, run_together
 from test_cluster_join import TINY, _last_lines_of_two
 from test_multiprocess import free_port
 
@@ -96,24 +96,19 @@ def test_a_bug_in_one_process_stops_every_process_naming_it(tmp_path,
   """Before, the others said only that the failing process "has not
   answered" (killed?), a minute later."""
   port = free_port()
-  procs = [start("train", TINY, f"--workdir={tmp_path / 'w'}",
-                 f"--coordinator_address=127.0.0.1:{port}",
-                 "--num_processes=2", f"--process_id={i}",
-                 "--join_timeout=60", bug_in_process=failing)
-           for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=120) for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
+  ends = run_together([(
+      ("train", TINY, f"--workdir={tmp_path / 'w'}",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+       f"--process_id={i}", "--join_timeout=60"),
+      {"bug_in_process": failing}) for i in range(2)], timeout=120)
   problem = ("a bug stopped it (ZeroDivisionError: an injected bug); its"
              " traceback is in its own output")
-  err = outs[failing][1]
-  assert procs[failing].returncode == 1, err
+  returncode, err = ends[failing]
+  assert returncode == 1, err
   assert "Traceback" in err and "an injected bug" in err
   assert err.strip().splitlines()[-1] == f"metarec train: error: {problem}"
-  err = outs[1 - failing][1]
-  assert procs[1 - failing].returncode == 1, err
+  returncode, err = ends[1 - failing]
+  assert returncode == 1, err
   assert err.strip().splitlines()[-1] == (
       f"metarec train: error: process {1 - failing}: process {failing} of"
       f" the run at 127.0.0.1:{port} stopped: {problem}")

@@ -10,7 +10,7 @@ import os
 
 from cli_run import assert_one_line_error
 from conftest import config_path
-from procs import metarec, start
+from procs import metarec, run_together, start
 from test_multiprocess import free_port
 from metarec_jax import cluster
 
@@ -45,18 +45,14 @@ def _last_lines_of_two(tmp_path, port, flags, devices=(None, None)):
   still connected when process 0, which hosts the coordination service,
   exited, and JAX aborted it with a C++ stack trace (exit -6).
   """
-  procs = [start("train", TINY, f"--workdir={tmp_path / 'w'}",
-                 f"--coordinator_address=127.0.0.1:{port}",
-                 f"--process_id={i}", "--join_timeout=60", *extra,
-                 late_give_up_s=2 * i, devices=devices[i])
-           for i, extra in enumerate(flags)]
-  try:
-    outs = [p.communicate(timeout=120) for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  for i, (p, (_, err)) in enumerate(zip(procs, outs)):
-    assert p.returncode == 2, err
+  ends = run_together([(
+      ("train", TINY, f"--workdir={tmp_path / 'w'}",
+       f"--coordinator_address=127.0.0.1:{port}", f"--process_id={i}",
+       "--join_timeout=60", *extra),
+      {"late_give_up_s": 2 * i, "devices": devices[i]})
+                       for i, extra in enumerate(flags)], timeout=120)
+  for i, (returncode, err) in enumerate(ends):
+    assert returncode == 2, err
     yield i, err.strip().splitlines()[-1], err
 
 

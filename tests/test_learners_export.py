@@ -190,23 +190,17 @@ def test_a_resumed_student_distils_from_the_teacher_checkpoint_it_began_with(
 def _two_students(workdir, teachers):
   """A student run of 2 processes, process i distilling from teachers[i];
   returns [(returncode, stderr)]."""
-  from procs import start  # pylint: disable=g-import-not-at-top
+  from procs import run_together  # pylint: disable=g-import-not-at-top
   from test_multiprocess import free_port  # pylint: disable=g-import-not-at-top
   port = free_port()
-  procs = [start("train", f"--config={config_path('learners')}:distilled@tiny",
-                 f"--workdir={workdir}",
-                 *(f"--config.{k}={v}" for k, v in ONE_STEP),
-                 f"--config.distill.teacher={teacher}",
-                 f"--coordinator_address=127.0.0.1:{port}",
-                 "--num_processes=2", f"--process_id={i}",
-                 "--join_timeout=60")
-           for i, teacher in enumerate(teachers)]
-  try:
-    outs = [p.communicate(timeout=240) for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  return [(p.returncode, err) for p, (_, err) in zip(procs, outs)], port
+  return run_together([(
+      ("train", f"--config={config_path('learners')}:distilled@tiny",
+       f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in ONE_STEP),
+       f"--config.distill.teacher={teacher}",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+       f"--process_id={i}", "--join_timeout=60"), {})
+                       for i, teacher in enumerate(teachers)],
+                      timeout=240), port
 
 
 def test_a_student_of_two_processes_distils(hybrid_run, tmp_path):
