@@ -29,6 +29,7 @@ BEFORE_KEY = {
     "data.item_id_dropout": 0.0,
     "train.early_stop_patience": 0,
     "model.table_row_multiple": 1,
+    "model.id_init": "normal",
 }
 
 # The keys of the first work directories' config.json (2026-11-23), by
@@ -69,6 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
       "model": {
           "name": "melu", "features": (), "exclude_features": (),
           "embed_dim": 32, "hidden": (64, 64), "members": 1, "embed_std": 1.0,
+          "id_init": "svd",
           "item_id": False, "anchor": True, "anchor_version": 2,
           "global_mean": "training",
           "user_bias_prior": 3.0, "new_item_prior": "validated",

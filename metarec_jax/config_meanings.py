@@ -56,6 +56,14 @@ MEANINGS: dict[str, str] = {
     "model.item_id": "`melu`: also embed each item's ID (zero-initialised,"
                      " so items unseen in training add nothing); lets the"
                      " model learn item-specific quality.",
+    "model.id_init": "The anchored `melu` (model.anchor) on ratings: where"
+                     " the `item_key` table (the item ids as features: a"
+                     " ratings file alone, or data.generic.id_features)"
+                     " starts. `svd`: each item's factors in a truncated"
+                     " SVD of the training ratings' residuals after the"
+                     " baseline, shrunk by its number of training ratings"
+                     " (`data/factors.py`); `normal`: at random, N(0,"
+                     " model.embed_std^2), as the other tables.",
     "model.anchor": "`melu` and `idemb`: start from the item-mean +"
                     " user-bias baseline: rating = global + item bias"
                     " (started at the shrunk item means, predicted from"

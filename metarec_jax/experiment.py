@@ -13,10 +13,12 @@ import os
 from typing import Callable
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from metarec_jax import backend, meta, models, runtime
-from metarec_jax.data import implicit, splits, store as store_lib
+from metarec_jax.data import (factors, implicit, schema, splits,
+                              store as store_lib)
 from metarec_jax.data.convert import prepare, store_checks
 from metarec_jax.data.sampler import SamplerSpec
 from metarec_jax.data.store import TaskStore
@@ -192,6 +194,32 @@ def _sizes(store) -> str:
           f" {len(store.ratings):,} ratings")
 
 
+def _id_rows(model_config, store, split, tables: FeatureTables,
+             implicit_data: bool) -> dict[str, np.ndarray]:
+  """`model.id_init=svd`: the starting rows of the anchored MeLU's
+  `item_key` table, the training ratings' item factors
+  (`factors.item_factors`) at each item's row of the table; `{}` where
+  the model embeds no item ids, or reads no ratings (implicit feedback)."""
+  key = schema.ID_KEYS["item"]
+  specs = {s.name: s for s in tables.specs}
+  if (model_config.id_init != "svd" or implicit_data
+      or model_config.name != "melu" or not models.is_anchored(model_config)
+      or key not in specs):
+    return {}
+  dim = int(model_config.embed_dim)
+  per_item = factors.item_factors(store, split, dim,
+                                  scale=float(model_config.embed_std))
+  if jax.process_count() > 1:
+    # The SVD's last bits may differ between hosts' libraries: every
+    # process starts from process 0's rows, as from its random draws.
+    per_item = np.asarray(multihost_utils.broadcast_one_to_all(per_item))
+  rows = np.zeros((specs[key].vocab, dim), np.float32)
+  index = np.asarray(tables.item[key]).reshape(-1)
+  rows[index] = per_item
+  rows[0] = 0.0  # the row of every item without training ratings
+  return {key: rows}
+
+
 def build(config, workdir: str | os.PathLike, *,
           log: Callable[[str], None] | None = None,
           rebuild_stale: bool = False) -> Experiment:
@@ -239,6 +267,7 @@ def build(config, workdir: str | os.PathLike, *,
   if models.is_anchored(model_config):
     item_means = (BaselineStats.from_split(store, split).item_mean,
                   counts / (counts + ITEM_PSEUDO))
+  id_rows = _id_rows(model_config, store, split, tables, implicit_data)
   rate = inner_lr(config, store)
   if rate != float(config.meta.inner_lr) and log is not None:
     log(f"meta.inner_lr {config.meta.inner_lr:g} runs at {rate:.4g} on"
@@ -248,7 +277,7 @@ def build(config, workdir: str | os.PathLike, *,
     model = models.build(model_config, tables.specs,
                          rating_mean=model_rating_mean(config, store, split),
                          item_means=item_means, inner_lr=rate,
-                         item_counts=counts)
+                         item_counts=counts, id_rows=id_rows)
   except ValueError as e:
     raise InputError(str(e)) from None
   idle = [k for k, off in (("anchor", not model_config.anchor),

@@ -253,3 +253,25 @@ def test_two_processes_fall_back_past_a_damaged_checkpoint_together(
   assert 6 in checkpoint_steps(workdir)
   aside = os.listdir(os.path.join(workdir, "checkpoints-unreadable"))
   assert [name.split("-")[0] for name in aside] == ["4"], aside
+
+
+def test_two_processes_start_a_ratings_file_alone_from_the_same_factors(
+    tmp_path):
+  """A ratings file alone: the `item_key` table starts at the SVD's item
+  factors (`model.id_init=svd`), which every process takes from process 0
+  (`experiment._id_rows`); 2 processes x 2 devices reach the parameters of
+  1 process x 4 devices."""
+  import datafiles  # pylint: disable=g-import-not-at-top
+  datafiles.taste_ratings(tmp_path / "data", users=200, items=60)
+  args = ARGS + ["--config.data.name=generic",
+                 f"--config.data.root={tmp_path / 'data'}"]
+  single = str(tmp_path / "single")
+  out = metarec("train", *args, f"--workdir={single}", devices=4)
+  assert out.returncode == 0, out.stderr
+  multi = str(tmp_path / "multi")
+  train_two_processes(multi, args)
+  a, b = params_at(single, 4), params_at(multi, 4)
+  assert "item_key" in a["model"]["embed"]
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5,
+                               atol=1e-6)

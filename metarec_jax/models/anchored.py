@@ -263,15 +263,19 @@ class AnchoredMeLU(Anchor):
 
   Attributes (besides `Anchor`'s):
     fields: the feature fields of the decision MLP's embeddings.
+    embed_starts: `(field, initializer)` of the embedding tables that do
+      not start at random (`Embedder.starts`).
   """
 
   fields: tuple[FeatureSpec, ...] = ()
   embed_dim: int = 32
   hidden: Sequence[int] = (64, 64)
   embed_std: float = 1.0
+  embed_starts: tuple[tuple[str, Callable], ...] = ()
 
   def setup(self):
-    self.embed = Embedder(tuple(self.fields), self.embed_dim, self.embed_std)
+    self.embed = Embedder(tuple(self.fields), self.embed_dim, self.embed_std,
+                          self.embed_starts)
     # A zero output layer: the network adds nothing at the start, yet the
     # inner loop moves predictions at full strength (see the docstring).
     self.decision = Decision(tuple(self.hidden), zero_output=True)

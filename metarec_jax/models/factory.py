@@ -13,7 +13,7 @@ from metarec_jax.data.schema import ITEM_ID, FeatureSpec, select
 from metarec_jax.meta import Members
 from metarec_jax.models import anchored, anchored_idemb, precision
 from metarec_jax.models.idemb import INTERACTIONS, IDEmb
-from metarec_jax.models.melu import MeLU, popularity_table
+from metarec_jax.models.melu import MeLU, popularity_table, rows_init
 from metarec_jax.models.recommender import (LOSSES, RANKING_LOSSES,
                                             RATING_LOSSES, Recommender,
                                             linear_head_loss, plain_loss,
@@ -120,7 +120,8 @@ def build(model_config, features: Iterable[FeatureSpec], *,
           rating_mean: float = 0.0,
           item_means: tuple[np.ndarray, np.ndarray] | None = None,
           inner_lr: float = 0.1,
-          item_counts: np.ndarray | None = None) -> Recommender:
+          item_counts: np.ndarray | None = None,
+          id_rows: dict[str, np.ndarray] | None = None) -> Recommender:
   """The model named by `model_config.name` over the data's features.
 
   Its losses compute in `model_config.compute_dtype` (`precision`); the
@@ -144,10 +145,14 @@ def build(model_config, features: Iterable[FeatureSpec], *,
       (`model.calibration=median`) and the popularity prior
       (`model.popularity_prior`); default: none known (one map row for
       every item; a flat prior, as an export's parameters then replace).
+    id_rows: `model.id_init=svd`: the starting rows `[vocab, embed_dim]`
+      of the anchored MeLU's id tables, by field name (`item_key`: the
+      training ratings' item factors, `data.factors`); default: none (the
+      tables start at random).
   """
   features = tuple(features)
   rec = _build(model_config, features, rating_mean, item_means, inner_lr,
-               item_counts)
+               item_counts, id_rows or {})
   if (model_config.calibration == "median"
       and {model_config.loss, model_config.query_loss or model_config.loss}
       <= set(RATING_LOSSES)):
@@ -165,7 +170,7 @@ def build(model_config, features: Iterable[FeatureSpec], *,
 
 
 def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
-           item_means, inner_lr, item_counts) -> Recommender:
+           item_means, inner_lr, item_counts, id_rows) -> Recommender:
   """`build` in float32."""
   name = model_config.name
   features = tuple(features)
@@ -205,7 +210,8 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
                      " off on implicit data)")
   if is_anchored(model_config):
     return _anchored(model_config, fields, rating_mean, item_means, inner_lr,
-                     kind, query_kind, delta, rank_weight, support_rank)
+                     kind, query_kind, delta, rank_weight, support_rank,
+                     id_rows)
   if name == "melu":
     popularity_init, deep = None, fields
     # `for_data` turns the prior off but for implicit feedback; a ranking
@@ -277,7 +283,8 @@ def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,
 
 
 def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
-              query_kind, delta, rank_weight, support_rank) -> Recommender:
+              query_kind, delta, rank_weight, support_rank,
+              id_rows) -> Recommender:
   """`model.anchor`: MeLU or IDEmb on top of global + item + user biases."""
   num_items = [f for f in fields if f.name == ITEM_ID][0].vocab
   # Per item: w * mean residual (the shrunk mean minus the global mean is
@@ -322,6 +329,8 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
   deep = deep or tuple(f for f in fields if f.name == ITEM_ID)
   module = anchored.AnchoredMeLU(
       **anchor, fields=deep, embed_dim=int(model_config.embed_dim),
+      embed_starts=tuple((f.name, rows_init(id_rows[f.name]))
+                         for f in deep if f.name in id_rows),
       hidden=tuple(int(h) for h in model_config.hidden),
       embed_std=float(model_config.embed_std))
   return anchored.recommender(

@@ -84,14 +84,18 @@ class Embedder(nn.Module):
   fields: tuple[FeatureSpec, ...]
   dim: int
   std: float = 1.0
+  # (field name, initializer) of the tables that start elsewhere than at
+  # N(0, std^2): the item ids' factors of `model.id_init=svd`.
+  starts: tuple[tuple[str, Callable], ...] = ()
 
   @nn.compact
   def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
     parts = []
     onehot_vocab = backend.defaults().onehot_vocab
     for spec in self.fields:
-      init = (nn.initializers.zeros if spec.name == ITEM_ID
-              else nn.initializers.normal(stddev=self.std))
+      init = dict(self.starts).get(spec.name) or (
+          nn.initializers.zeros if spec.name == ITEM_ID
+          else nn.initializers.normal(stddev=self.std))
       table = nn.Embed(spec.vocab, self.dim, name=spec.name,
                        embedding_init=init)
       lookup = functools.partial(
@@ -110,6 +114,23 @@ class Embedder(nn.Module):
       else:
         parts.append(rows)
     return jnp.concatenate(parts, axis=-1)
+
+
+def rows_init(rows: np.ndarray) -> Callable:
+  """The initializer of a table that starts as `rows` `[n, dim]`: the
+  table's first `n` rows (a table padded to `model.table_row_multiple` has
+  more, which no index reads), zeros past them."""
+  rows = np.asarray(rows, np.float32)
+
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    if rows.shape[0] > shape[0] or rows.shape[1] != shape[1]:
+      raise ValueError(f"starting rows {rows.shape} do not fit a table of"
+                       f" shape {tuple(shape)}")
+    table = np.zeros(shape, np.float32)
+    table[:rows.shape[0]] = rows
+    return jnp.asarray(table, dtype)
+  return init
 
 
 def gather_rows(table: nn.Embed, idx: jax.Array) -> jax.Array:

@@ -1,0 +1,71 @@
+"""Item factors of the training ratings: where the ids' embeddings start.
+
+With a ratings file alone, the model tells items apart by their ids only
+(`item_key`). Started at random, an item's row moves only through the
+meta-gradients of the training tasks that rate it; on catalogues of about a
+hundred ratings an item the learned part then carried nothing to new users
+within a training run (docs/results.md, "Item rows from the training
+ratings"). The ratings hold that structure already: a truncated SVD of the
+training ratings' residuals after the baseline (item means and user biases,
+shrunk as `baselines` shrinks them) gives each item a direction in a taste
+space, which the model starts from and goes on learning.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
+
+from metarec_jax.data.baselines import USER_PSEUDO, BaselineStats
+from metarec_jax.data.splits import Split
+from metarec_jax.data.store import TaskStore
+
+# `model.id_init`: where the ids' embedding tables start.
+ID_INITS = ("svd", "normal")
+
+# An item's row has the full length only with many training ratings: `n`
+# ratings give it `n / (n + SHRINK)` of it, so a direction read from a few
+# ratings (mostly noise) weighs little, as the baseline shrinks an item's
+# mean. Unnormalised, the rows of a long-tailed catalogue's most rated items
+# were 150 times the median row, and the first meta-steps diverged.
+SHRINK = 10.0
+# The starting vector of the SVD's iteration: seeded, so that every call
+# (each process of a joined run) starts from the same one.
+SEED = 0
+
+
+def item_factors(store: TaskStore, split: Split, dim: int,
+                 scale: float = 1.0) -> np.ndarray:
+  """`float32 [items, dim]`: each item's row of the rank-`dim` truncated
+  SVD of `split`'s training residuals `r - item mean - user bias`, scaled
+  by the square roots of the singular values, then set to the length
+  `scale * sqrt(dim)` (that of a row of N(0, scale^2) entries) times
+  `n / (n + SHRINK)`, `n` its training ratings. Items without training
+  ratings get zeros; so do the columns past the rank the data allows."""
+  out = np.zeros((store.num_items, dim), np.float32)
+  pos = split.train_positions
+  users = np.repeat(np.arange(store.num_users), split.train_counts())
+  items = np.asarray(store.items)[pos]
+  ratings = np.asarray(store.ratings, np.float64)[pos]
+  keep = np.isfinite(ratings)
+  users, items, ratings = users[keep], items[keep], ratings[keep]
+  resid = ratings - BaselineStats.from_split(store, split).item_mean[items]
+  per_user = np.bincount(users, minlength=store.num_users)
+  bias = (np.bincount(users, weights=resid, minlength=store.num_users)
+          / (per_user + USER_PSEUDO))
+  resid = resid - bias[users]
+  matrix = scipy.sparse.csr_matrix((resid, (users, items)),
+                                   shape=(store.num_users, store.num_items))
+  rank = min(dim, min(matrix.shape) - 1)
+  if rank < 1 or not len(resid):
+    return out
+  start = np.random.default_rng(SEED).standard_normal(min(matrix.shape))
+  _, values, vt = scipy.sparse.linalg.svds(matrix, k=rank, v0=start)
+  order = np.argsort(-values)
+  rows = vt[order].T * np.sqrt(np.maximum(values[order], 0.0))
+  length = np.linalg.norm(rows, axis=1, keepdims=True)
+  counts = np.bincount(items, minlength=store.num_items)[:, None]
+  weight = counts / (counts + SHRINK) * scale * np.sqrt(dim)
+  out[:, :rank] = rows / np.maximum(length, 1e-12) * weight
+  return out
