@@ -198,8 +198,9 @@ def _id_rows(model_config, store, split, tables: FeatureTables,
              implicit_data: bool) -> dict[str, np.ndarray]:
   """`model.id_init=svd`: the starting rows of the anchored MeLU's
   `item_key` table, the training ratings' item factors
-  (`factors.item_factors`) at each item's row of the table; `{}` where
-  the model embeds no item ids, or reads no ratings (implicit feedback)."""
+  (`factors.item_factors`) at each item's row of the table; `{}` (random
+  rows) where the model embeds no item ids, reads no ratings (implicit
+  feedback), or the ratings hold nothing to factor."""
   key = schema.ID_KEYS["item"]
   specs = {s.name: s for s in tables.specs}
   if (model_config.id_init != "svd" or implicit_data
@@ -209,6 +210,8 @@ def _id_rows(model_config, store, split, tables: FeatureTables,
   dim = int(model_config.embed_dim)
   per_item = factors.item_factors(store, split, dim,
                                   scale=float(model_config.embed_std))
+  if per_item is None:  # (on every process alike: they read the same data)
+    return {}
   if jax.process_count() > 1:
     # The SVD's last bits may differ between hosts' libraries: every
     # process starts from process 0's rows, as from its random draws.

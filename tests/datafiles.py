@@ -115,11 +115,11 @@ TASTE_DIM = 3
 
 
 def taste_ratings(root, *, users=300, items=80, per_user=(30, 60), seed=0,
-                  unrated=()):
+                  unrated=(), item_name=lambda i: f"i{i}"):
   """Writes `root/ratings.csv`, a ratings file alone: biases plus a
   `TASTE_DIM`-dimensional taste plus a little noise; the items of `unrated`
   get no rating. Returns the true item factors `[items, TASTE_DIM]` (item
-  `i<n>` is row n)."""
+  `item_name(n)` is row n)."""
   rng = np.random.default_rng(seed)
   q = rng.normal(size=(items, TASTE_DIM))
   p = rng.normal(size=(users, TASTE_DIM))
@@ -130,6 +130,6 @@ def taste_ratings(root, *, users=300, items=80, per_user=(30, 60), seed=0,
     n = rng.integers(*per_user)
     for i in rng.choice(rated, size=min(n, len(rated)), replace=False):
       r = 3.0 + b_item[i] + 0.6 * p[u] @ q[i] + rng.normal(0, 0.2)
-      lines.append(f"u{u},i{i},{np.clip(r, 1, 5):.2f}")
+      lines.append(f"u{u},{item_name(i)},{np.clip(r, 1, 5):.2f}")
   write(os.path.join(root, "ratings.csv"), "\n".join(lines) + "\n")
   return q

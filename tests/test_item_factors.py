@@ -55,9 +55,14 @@ def test_the_factors_span_the_ratings_taste_and_are_shrunk_and_repeatable(
 
 
 def test_the_item_key_table_starts_at_the_factors_by_default(tmp_path):
-  datafiles.taste_ratings(tmp_path / "data")
+  # Ids that are no canonical numbers ("00") stay strings, which the
+  # feature's vocabulary orders otherwise than the store's items: an item's
+  # row is not its index + 1.
+  datafiles.taste_ratings(tmp_path / "data",
+                          item_name=lambda i: "00" if i == 0 else str(i))
   exp = build(tmp_path / "data", tmp_path / "run")
   table, index = item_rows(exp)
+  assert (index != np.arange(1, len(index) + 1)).any()
   dim = exp.config.model.embed_dim
   want = factors.item_factors(exp.store, exp.split, dim)
   np.testing.assert_array_equal(table[index], want)
@@ -88,9 +93,10 @@ def test_implicit_feedback_keeps_random_rows(tmp_path):
 
 @pytest.mark.parametrize("embed_dim", [4, 40])
 def test_the_rows_fit_any_width_and_a_padded_table(tmp_path, embed_dim):
-  """Wider than the data's rank (30 users: 29): the columns past it are
-  zeros; a table padded to `model.table_row_multiple` (141 rows to 142)
-  keeps zeros past the items."""
+  """Wider than the data's rank (30 users, of them about 24 training
+  users: one less than those): the columns past it are zeros; a table
+  padded to `model.table_row_multiple` (141 rows to 142) keeps zeros past
+  the items."""
   datafiles.taste_ratings(tmp_path / "data", users=30, items=140,
                           per_user=(30, 50))
   exp = build(tmp_path / "data", tmp_path / "run", embed_dim=embed_dim,
@@ -98,9 +104,23 @@ def test_the_rows_fit_any_width_and_a_padded_table(tmp_path, embed_dim):
   table, index = item_rows(exp)
   assert table.shape == (142, embed_dim)
   assert np.isfinite(table).all() and not table[141:].any()
-  assert np.abs(table[index]).sum() > 0
-  rank = min(embed_dim, 29)
-  assert not table[:, rank:].any() and table[:, rank - 1].any()
+  rank = min(embed_dim, (exp.split.train_counts() > 0).sum() - 1)
+  assert not table[:, rank:].any()
+  assert (np.abs(table[:, rank - 1]) > 1e-3).any()
+
+
+@pytest.mark.parametrize("rating", ["4", "3.3"])
+def test_ratings_all_equal_start_the_table_at_random(tmp_path, rating):
+  """No residual to factor (every rating the same): random rows, where the
+  SVD stopped `train` with an ArpackError (helper R)."""
+  datafiles.write(str(tmp_path / "data" / "ratings.csv"),
+                  "user,item,rating\n" + "".join(
+                      f"u{u},i{i},{rating}\n" for u in range(60)
+                      for i in range(30)))
+  exp = build(tmp_path / "data", tmp_path / "run")
+  assert factors.item_factors(exp.store, exp.split, 8) is None
+  table, _ = item_rows(exp)
+  assert abs(table[1:].std() - 1.0) < 0.2
 
 
 def test_a_short_run_on_a_ratings_file_alone_learns_taste_from_the_factors(
@@ -124,3 +144,27 @@ def test_a_short_run_on_a_ratings_file_alone_learns_taste_from_the_factors(
   baseline = val["svd"]["baselines"]["item_mean_user_bias"]["mae"]
   assert val["svd"]["mae"] < 0.9 * baseline
   assert val["svd"]["mae"] < val["normal"]["mae"] - 0.05
+
+
+def test_a_resumed_run_keeps_the_record_of_where_its_table_started(
+    tmp_path, caplog):
+  """A run started at random rows (as every run before the key), resumed
+  with the default config, still records `normal`: its table never was
+  the factors (helper R: config.json said `svd`)."""
+  from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  datafiles.taste_ratings(tmp_path / "data", users=60, items=30)
+
+  def config(steps, init):
+    c = config_io.load_config_file(config_path("tiny"))
+    c.data.name, c.data.root = "generic", str(tmp_path / "data")
+    c.train.num_steps, c.train.eval_every_steps = steps, -1
+    c.checkpoint.every_steps = 2
+    c.model.id_init = init
+    return c
+
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(config(2, "normal"), workdir)
+  with caplog.at_level("INFO", logger="metarec"):
+    train_and_evaluate(config(4, "svd"), workdir)
+  assert "model.id_init stays 'normal', the run's own" in caplog.text
+  assert config_io.read_workdir_config(workdir).model.id_init == "normal"

@@ -46,18 +46,19 @@ def params_at(workdir, step):
 
 
 def train_two_processes(workdir, args, *, late_compile_s=(0, 0),
-                        while_running=None, timeout=1200):
+                        while_running=None, timeout=1200, **start_keys):
   """`metarec train ARGS` as 2 processes x 2 devices on loopback, process i
   starting its first compilation `late_compile_s[i]` seconds late and
   logging to `WORKDIR.pI.log`; `while_running(processes)`, if given, is
-  called once they are started; each may take `timeout` seconds more.
-  Returns their logs after checking that both exited 0."""
+  called once they are started; each may take `timeout` seconds more;
+  `start_keys` go to `procs.start`. Returns their logs after checking that
+  both exited 0."""
   port = free_port()
   procs = [start("train", *args, f"--workdir={workdir}",
                  f"--coordinator_address=127.0.0.1:{port}",
                  "--num_processes=2", f"--process_id={i}", devices=2,
                  stderr_path=f"{workdir}.p{i}.log",
-                 late_compile_s=late_compile_s[i])
+                 late_compile_s=late_compile_s[i], **start_keys)
            for i in (0, 1)]
   try:
     if while_running is not None:
@@ -259,8 +260,9 @@ def test_two_processes_start_a_ratings_file_alone_from_the_same_factors(
     tmp_path):
   """A ratings file alone: the `item_key` table starts at the SVD's item
   factors (`model.id_init=svd`), which every process takes from process 0
-  (`experiment._id_rows`); 2 processes x 2 devices reach the parameters of
-  1 process x 4 devices."""
+  (`experiment._id_rows`): with process 1 computing other factors (as a
+  host whose library rounds otherwise), 2 processes x 2 devices still
+  reach the parameters of 1 process x 4 devices."""
   import datafiles  # pylint: disable=g-import-not-at-top
   datafiles.taste_ratings(tmp_path / "data", users=200, items=60)
   args = ARGS + ["--config.data.name=generic",
@@ -269,7 +271,7 @@ def test_two_processes_start_a_ratings_file_alone_from_the_same_factors(
   out = metarec("train", *args, f"--workdir={single}", devices=4)
   assert out.returncode == 0, out.stderr
   multi = str(tmp_path / "multi")
-  train_two_processes(multi, args)
+  train_two_processes(multi, args, other_factors_in=1)
   a, b = params_at(single, 4), params_at(multi, 4)
   assert "item_key" in a["model"]["embed"]
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):

@@ -36,14 +36,17 @@ SEED = 0
 
 
 def item_factors(store: TaskStore, split: Split, dim: int,
-                 scale: float = 1.0) -> np.ndarray:
+                 scale: float = 1.0) -> np.ndarray | None:
   """`float32 [items, dim]`: each item's row of the rank-`dim` truncated
   SVD of `split`'s training residuals `r - item mean - user bias`, scaled
   by the square roots of the singular values, then set to the length
   `scale * sqrt(dim)` (that of a row of N(0, scale^2) entries) times
   `n / (n + SHRINK)`, `n` its training ratings. Items without training
-  ratings get zeros; so do the columns past the rank the data allows."""
-  out = np.zeros((store.num_items, dim), np.float32)
+  ratings get zeros; so do the columns past the rank the data allows
+  (the users and items with training ratings, less one). None where the
+  residuals hold nothing to factor (no two of them differ from zero, as
+  with ratings all equal) or the SVD does not converge: the table then
+  starts at random, as with `model.id_init=normal`."""
   pos = split.train_positions
   users = np.repeat(np.arange(store.num_users), split.train_counts())
   items = np.asarray(store.items)[pos]
@@ -55,17 +58,28 @@ def item_factors(store: TaskStore, split: Split, dim: int,
   bias = (np.bincount(users, weights=resid, minlength=store.num_users)
           / (per_user + USER_PSEUDO))
   resid = resid - bias[users]
-  matrix = scipy.sparse.csr_matrix((resid, (users, items)),
-                                   shape=(store.num_users, store.num_items))
+  # The users and items with training ratings only: the others' rows and
+  # columns are empty, and would let the rank exceed what the data holds.
+  rows_of, user_row = np.unique(users, return_inverse=True)
+  cols_of, item_col = np.unique(items, return_inverse=True)
+  matrix = scipy.sparse.csr_matrix((resid, (user_row, item_col)),
+                                   shape=(len(rows_of), len(cols_of)))
   rank = min(dim, min(matrix.shape) - 1)
-  if rank < 1 or not len(resid):
-    return out
+  # (rounding leaves residuals of about 1e-16 where ratings are all equal)
+  width = store.rating_range[1] - store.rating_range[0]
+  if rank < 1 or np.count_nonzero(np.abs(resid) > 1e-9 * width) < 2:
+    return None
   start = np.random.default_rng(SEED).standard_normal(min(matrix.shape))
-  _, values, vt = scipy.sparse.linalg.svds(matrix, k=rank, v0=start)
+  try:
+    _, values, vt = scipy.sparse.linalg.svds(matrix, k=rank, v0=start)
+  except (scipy.sparse.linalg.ArpackError,
+          scipy.sparse.linalg.ArpackNoConvergence):
+    return None
   order = np.argsort(-values)
-  rows = vt[order].T * np.sqrt(np.maximum(values[order], 0.0))
-  length = np.linalg.norm(rows, axis=1, keepdims=True)
-  counts = np.bincount(items, minlength=store.num_items)[:, None]
+  factors = vt[order].T * np.sqrt(np.maximum(values[order], 0.0))
+  length = np.linalg.norm(factors, axis=1, keepdims=True)
+  counts = np.bincount(items, minlength=store.num_items)[cols_of, None]
   weight = counts / (counts + SHRINK) * scale * np.sqrt(dim)
-  out[:, :rank] = rows / np.maximum(length, 1e-12) * weight
+  out = np.zeros((store.num_items, dim), np.float32)
+  out[cols_of, :rank] = factors / np.maximum(length, 1e-12) * weight
   return out

@@ -42,11 +42,13 @@ _HARMLESS = ("train.num_steps", "train.eval_every_steps", "train.max_nonfinite",
 # `meta.inner_lr_scale`: the inner rate, which also scales the anchored
 # models' user bias; `train.select_on`: what the saved checkpoints'
 # validation losses measure, compared across them;
-# `model.table_row_multiple`: the rows of the saved tables). A work
+# `model.table_row_multiple`: the rows of the saved tables;
+# `model.id_init`: where the saved item-id table started). A work
 # directory written before such a key existed
 # keeps the value it ran with (`config_defaults.BEFORE_KEY`).
 RUN_CONSTANTS = ("model.global_mean", "meta.inner_lr_scale",
-                 "train.select_on", "model.table_row_multiple")
+                 "train.select_on", "model.table_row_multiple",
+                 "model.id_init")
 
 
 def resumed_config(workdir: str) -> dict | None:
