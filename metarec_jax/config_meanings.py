@@ -62,8 +62,11 @@ MEANINGS: dict[str, str] = {
                      " starts. `svd`: each item's factors in a truncated"
                      " SVD of the training ratings' residuals after the"
                      " baseline, shrunk by its number of training ratings"
-                     " (`data/factors.py`); `normal`: at random, N(0,"
-                     " model.embed_std^2), as the other tables.",
+                     " (`data/factors.py`; random rows where the ratings"
+                     " hold nothing to factor); `normal`: at random, N(0,"
+                     " model.embed_std^2), as the other tables (what a"
+                     " config written before this key meant). A resumed"
+                     " run keeps its own.",
     "model.anchor": "`melu` and `idemb`: start from the item-mean +"
                     " user-bias baseline: rating = global + item bias"
                     " (started at the shrunk item means, predicted from"

@@ -195,7 +195,8 @@ def _sizes(store) -> str:
 
 
 def _id_rows(model_config, store, split, tables: FeatureTables,
-             implicit_data: bool) -> dict[str, np.ndarray]:
+             implicit_data: bool, log: Callable[[str], None] | None
+             ) -> dict[str, np.ndarray]:
   """`model.id_init=svd`: the starting rows of the anchored MeLU's
   `item_key` table, the training ratings' item factors
   (`factors.item_factors`) at each item's row of the table; `{}` (random
@@ -210,12 +211,23 @@ def _id_rows(model_config, store, split, tables: FeatureTables,
   dim = int(model_config.embed_dim)
   per_item = factors.item_factors(store, split, dim,
                                   scale=float(model_config.embed_std))
-  if per_item is None:  # (on every process alike: they read the same data)
-    return {}
   if jax.process_count() > 1:
-    # The SVD's last bits may differ between hosts' libraries: every
-    # process starts from process 0's rows, as from its random draws.
-    per_item = np.asarray(multihost_utils.broadcast_one_to_all(per_item))
+    # The SVD's last bits, even whether it converges, may differ between
+    # hosts' libraries: every process starts from process 0's rows (or
+    # random rows where process 0 has none), as from its random draws.
+    found = per_item is not None
+    if not multihost_utils.broadcast_one_to_all(np.asarray(found)):
+      per_item = None
+    else:
+      per_item = np.asarray(multihost_utils.broadcast_one_to_all(
+          per_item if found
+          else np.zeros((store.num_items, dim), np.float32)))
+  if per_item is None:
+    if log is not None:
+      log("model.id_init=svd: the training ratings hold nothing to factor"
+          " (or the SVD did not converge); the item ids' table starts at"
+          " random, as with model.id_init=normal")
+    return {}
   rows = np.zeros((specs[key].vocab, dim), np.float32)
   index = np.asarray(tables.item[key]).reshape(-1)
   rows[index] = per_item
@@ -270,7 +282,8 @@ def build(config, workdir: str | os.PathLike, *,
   if models.is_anchored(model_config):
     item_means = (BaselineStats.from_split(store, split).item_mean,
                   counts / (counts + ITEM_PSEUDO))
-  id_rows = _id_rows(model_config, store, split, tables, implicit_data)
+  id_rows = _id_rows(model_config, store, split, tables, implicit_data,
+                     log)
   rate = inner_lr(config, store)
   if rate != float(config.meta.inner_lr) and log is not None:
     log(f"meta.inner_lr {config.meta.inner_lr:g} runs at {rate:.4g} on"

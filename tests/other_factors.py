@@ -1,6 +1,7 @@
-"""`python other_factors.py PROCESS_ID COMMAND ARGS...`: `metarec COMMAND
-ARGS` in which process PROCESS_ID of a joined run computes other item
-factors (`data.factors.item_factors`, each row moved by 1).
+"""`python other_factors.py PROCESS_ID[:none] COMMAND ARGS...`: `metarec
+COMMAND ARGS` in which process PROCESS_ID of a joined run computes other
+item factors (`data.factors.item_factors`, each row moved by 1), or with
+`:none` none (as where its SVD did not converge).
 
 The test stand-in for a host whose SVD library rounds otherwise: the run
 must still start every process from process 0's rows."""
@@ -12,14 +13,14 @@ import jax
 from metarec_jax import cli
 from metarec_jax.data import factors
 
-other = int(sys.argv.pop(1))
+other, _, kind = sys.argv.pop(1).partition(":")
 item_factors = factors.item_factors
 
 
 def other_item_factors(*args, **kwargs):
   rows = item_factors(*args, **kwargs)
-  if rows is not None and jax.process_index() == other:
-    rows = rows + 1.0
+  if rows is not None and jax.process_index() == int(other):
+    rows = None if kind == "none" else rows + 1.0
   return rows
 
 

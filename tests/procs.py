@@ -27,13 +27,13 @@ def metarec(*args, devices: int | None = None, timeout: int = 600):
 def start(*args, devices: int | None = None, stderr_path=None,
           late_compile_s: float = 0, late_give_up_s: float = 0,
           bug_in_process: int | None = None,
-          other_factors_in: int | None = None):
+          other_factors_in: int | str | None = None):
   """Starts `metarec ARGS` in the background (`late_compile_s`: its first
   compilation starts that late, see late_compile.py; `late_give_up_s`: its
   stop of a multi-process run, see late_give_up.py; `bug_in_process`: that
   process of a joined run meets a bug, see bug_in_process.py;
-  `other_factors_in`: that process computes other item factors, see
-  other_factors.py)."""
+  `other_factors_in`: that process computes other item factors, or none
+  with a `:none` suffix, see other_factors.py)."""
   err = open(stderr_path, "w") if stderr_path else subprocess.PIPE
   program = ["-m", "metarec_jax.cli"]
   for wrapper, value in (("late_compile.py", late_compile_s or None),
