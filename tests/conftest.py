@@ -111,6 +111,29 @@ def config_path(name: str) -> str:
   return os.path.join(ROOT, "configs", f"{name}.py")
 
 
+def train_then_resume(workdir: str, key: str, first, then, *, data=None):
+  """Trains the tiny config 2 steps with `key` (`section.name`) at `first`,
+  then resumes it to step 4 with `then` (on `data`'s ratings file if
+  given). Returns the resumed run's `config.json`."""
+  # pylint: disable=g-import-not-at-top
+  from metarec_jax import config_io
+  from metarec_jax.train import train_and_evaluate
+  section, name = key.split(".")
+
+  def config(steps, value):
+    c = config_io.load_config_file(config_path("tiny"))
+    if data is not None:
+      c.data.name, c.data.root = "generic", str(data)
+    c.train.num_steps, c.train.eval_every_steps = steps, -1
+    c.checkpoint.every_steps = 2
+    c[section][name] = value
+    return c
+
+  train_and_evaluate(config(2, first), workdir)
+  train_and_evaluate(config(4, then), workdir)
+  return config_io.read_workdir_config(workdir)
+
+
 def model_section(keys: dict):
   """A complete `model` config section with `keys`; every other key as in
   a config without it (`config_io.complete`: `model.anchor` off)."""

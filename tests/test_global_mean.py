@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import config_path
+from conftest import config_path, train_then_resume
 from metarec_jax import config_io, experiment
 from metarec_jax.data.baselines import BaselineStats
 
@@ -49,22 +49,11 @@ def test_a_resumed_run_keeps_its_own_global_mean(tmp_path, caplog):
   """A run trained around one starting mean keeps it when resumed with a
   config that says another (as the README's resume command, run again
   after an upgrade, would): its learned item offsets are relative to it."""
-  # pylint: disable=g-import-not-at-top
-  from metarec_jax.train import train_and_evaluate
-
-  def config(steps, mean):
-    c = config_io.load_config_file(config_path("tiny"))
-    c.train.num_steps, c.train.eval_every_steps = steps, -1
-    c.checkpoint.every_steps = 2
-    c.model.global_mean = mean
-    return c
-
   workdir = str(tmp_path / "run")
-  train_and_evaluate(config(2, "all"), workdir)
   with caplog.at_level("INFO", logger="metarec"):
-    train_and_evaluate(config(4, "training"), workdir)
+    saved = train_then_resume(workdir, "model.global_mean", "all",
+                              "training")
   assert "model.global_mean stays 'all', the run's own" in caplog.text
-  saved = config_io.read_workdir_config(workdir)
   assert saved.model.global_mean == "all" and saved.train.num_steps == 4
   exp = experiment.build(saved, workdir)
   assert exp.rating_mean == float(exp.store.manifest["rating_mean"])

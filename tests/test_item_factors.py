@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import datafiles
-from conftest import config_path
+from conftest import config_path, train_then_resume
 from metarec_jax import config_io, experiment
 from metarec_jax.data import factors
 
@@ -151,20 +151,9 @@ def test_a_resumed_run_keeps_the_record_of_where_its_table_started(
   """A run started at random rows (as every run before the key), resumed
   with the default config, still records `normal`: its table never was
   the factors (helper R: config.json said `svd`)."""
-  from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   datafiles.taste_ratings(tmp_path / "data", users=60, items=30)
-
-  def config(steps, init):
-    c = config_io.load_config_file(config_path("tiny"))
-    c.data.name, c.data.root = "generic", str(tmp_path / "data")
-    c.train.num_steps, c.train.eval_every_steps = steps, -1
-    c.checkpoint.every_steps = 2
-    c.model.id_init = init
-    return c
-
-  workdir = str(tmp_path / "run")
-  train_and_evaluate(config(2, "normal"), workdir)
   with caplog.at_level("INFO", logger="metarec"):
-    train_and_evaluate(config(4, "svd"), workdir)
+    saved = train_then_resume(str(tmp_path / "run"), "model.id_init",
+                              "normal", "svd", data=tmp_path / "data")
   assert "model.id_init stays 'normal', the run's own" in caplog.text
-  assert config_io.read_workdir_config(workdir).model.id_init == "normal"
+  assert saved.model.id_init == "normal"
