@@ -63,7 +63,8 @@ MEANINGS: dict[str, str] = {
                      " SVD of the training ratings' residuals after the"
                      " baseline, shrunk by its number of training ratings"
                      " (`data/factors.py`; random rows where the ratings"
-                     " hold nothing to factor); `normal`: at random, N(0,"
+                     " hold nothing to factor or the SVD does not"
+                     " converge); `normal`: at random, N(0,"
                      " model.embed_std^2), as the other tables (what a"
                      " config written before this key meant). A resumed"
                      " run keeps its own.",

@@ -215,18 +215,22 @@ def _id_rows(model_config, store, split, tables: FeatureTables,
     # The SVD's last bits, even whether it converges, may differ between
     # hosts' libraries: every process starts from process 0's rows (or
     # random rows where process 0 has none), as from its random draws.
+    # Process 0's choice goes through the coordination service, and a
+    # barrier precedes the rows' broadcast: a gloo collective gives up
+    # after 30 s, less than a slower host's SVD may take (`runtime`).
     found = per_item is not None
-    if not multihost_utils.broadcast_one_to_all(np.asarray(found)):
+    if runtime.from_lead("item factors found", str(int(found))) == "0":
       per_item = None
     else:
+      runtime.sync_processes("item factors")
       per_item = np.asarray(multihost_utils.broadcast_one_to_all(
           per_item if found
           else np.zeros((store.num_items, dim), np.float32)))
   if per_item is None:
     if log is not None:
       log("model.id_init=svd: the training ratings hold nothing to factor"
-          " (or the SVD did not converge); the item ids' table starts at"
-          " random, as with model.id_init=normal")
+          " (or the SVD did not converge); a fresh run's item ids' table"
+          " starts at random, as with model.id_init=normal")
     return {}
   rows = np.zeros((specs[key].vocab, dim), np.float32)
   index = np.asarray(tables.item[key]).reshape(-1)

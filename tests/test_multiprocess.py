@@ -256,7 +256,7 @@ def test_two_processes_fall_back_past_a_damaged_checkpoint_together(
   assert [name.split("-")[0] for name in aside] == ["4"], aside
 
 
-@pytest.mark.parametrize("other", ["1", "1:none", "0:none"])
+@pytest.mark.parametrize("other", ["1", "1:none", "0:none", "1:late"])
 def test_two_processes_start_a_ratings_file_alone_from_the_same_factors(
     tmp_path, other):
   """A ratings file alone: the `item_key` table starts at the SVD's item
@@ -266,7 +266,8 @@ def test_two_processes_start_a_ratings_file_alone_from_the_same_factors(
   converge), 2 processes x 2 devices still reach the parameters of 1
   process x 4 devices. Where process 0 has none, both start at random
   rows, and finish (a process skipping the broadcast hung its run:
-  helper R2)."""
+  helper R2); a process whose SVD ends 35 s after process 0's joins
+  (the broadcast's gloo connection gave up after 30 s: helper R3)."""
   import datafiles  # pylint: disable=g-import-not-at-top
   datafiles.taste_ratings(tmp_path / "data", users=200, items=60)
   args = ARGS + ["--config.data.name=generic",
