@@ -1,12 +1,11 @@
 """Honest warnings about an evaluation: the model lost, or too few tasks.
 
-A meta-learner is worth running only where it beats the model-free
-baseline computed on the very same tasks: the item-mean + user-bias
-baseline on ratings, the most-popular ranking on implicit feedback
-(full-catalog nDCG@10). `metarec train` (on the validation users) and
-`metarec eval` (on every scenario) say so when it does not, and when a
-scenario has too few tasks for its figures to mean anything.
-"""
+A meta-learner is worth running only where it beats the model-free baseline
+computed on the very same tasks: the item-mean + user-bias baseline on
+ratings, the most-popular ranking on implicit feedback (full-catalog
+nDCG@10). `metarec train` (on the validation users) and `metarec eval` (on
+every scenario) say so when it does not, and when a scenario has too few
+tasks for its figures to mean anything."""
 
 from __future__ import annotations
 
@@ -55,11 +54,13 @@ ADVICE_ANCHORED = ("try: more validation users (eval.val_fraction), so"
                    " or serving without the map (model.calibration=none)")
 
 # Where the meta-parameters, before any adaptation, lose to the global mean.
-ADVICE_UNADAPTED = ("every user without ratings is served that model"
-                    " (`source` meta in `metarec serve`); try: the"
-                    " baseline-anchored model (model.anchor=true, with"
-                    " a MAML-family meta.algorithm), whose meta-parameters"
-                    " predict the item means")
+ADVICE_UNADAPTED = ("try: the baseline-anchored model (model.anchor=true,"
+                    " with a MAML-family meta.algorithm), whose"
+                    " meta-parameters predict the item means")
+# An anchored model's learned part at its validated share moves them too.
+ADVICE_UNADAPTED_ANCHORED = ("its learned part moves the item means before"
+                             " any rating; try: model.id_init=normal where"
+                             " the item ids are the features")
 # `metarec train`'s summary where the validation users had no task.
 NO_VALIDATION = (
     "validation: no validation user has a task of existing items"
@@ -106,11 +107,10 @@ def no_existing_item_tasks(results: dict[str, dict],
                            ratings: str | None = None) -> str | None:
   """The warning where neither existing-item scenario (W, UC) has a task
   though another has: the main scenarios vanished in silence where every
-  user had more than `eval.max_ratings` ratings (20 users of 150 each:
-  only IC and UIC were reported). `counts()`: each store user's ratings
-  of existing items (None: not known, as of a `--ratings` file, whose
-  users are new: UC alone); `bounds`: `(eval.min_ratings,
-  eval.max_ratings)`."""
+  user had more than `eval.max_ratings` ratings (20 users of 150 each: only
+  IC and UIC were reported). `counts()`: each store user's ratings of
+  existing items (None: not known, as of a `--ratings` file, whose users
+  are new: UC alone); `bounds`: `(eval.min_ratings, eval.max_ratings)`."""
   if any(int((results.get(name) or {}).get("tasks") or 0)
          for name in ("W", "UC")):
     return None
@@ -127,9 +127,8 @@ def no_existing_item_tasks(results: dict[str, dict],
     cause = (f"; {below:,} users have fewer: lower eval.min_ratings, or"
              " give the data users with more ratings")
   return (f"{'UC' if ratings else 'W, UC'}: no task: {where} has {lo} to"
-          f" {hi} ratings of existing"
-          f" items (eval.min_ratings, eval.max_ratings), so nothing"
-          f" measures them{cause}")
+          f" {hi} ratings of existing items (eval.min_ratings,"
+          f" eval.max_ratings), so nothing measures them{cause}")
 
 
 def trained_users(ratings: str, users: np.ndarray, trained: np.ndarray,
@@ -189,8 +188,7 @@ def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
                  + what)
     out += _order_warning(name, m, tasks, min_tasks, model_config,
                           rating_range)
-    if not anchored:  # (whose meta-parameters predict the item means)
-      out += _unadapted_warning(name, m, tasks, min_tasks)
+    out += _unadapted_warning(name, m, tasks, min_tasks, anchored)
   return out
 
 
@@ -274,20 +272,22 @@ def training_warnings(val: dict, curve: dict | None, *, model_config,
           if "val" in scenarios else None, model_config=model_config)
 
 
-def _unadapted_warning(name: str, m: dict, tasks: int,
-                       min_tasks: int) -> list[str]:
+def _unadapted_warning(name: str, m: dict, tasks: int, min_tasks: int,
+                       anchored: bool) -> list[str]:
   """The line of a rating scenario whose meta-parameters, before any
   adaptation, predict its query ratings worse than the global mean by
   more than `TIE` (seen with the one-pass learners, whose empty support
-  set gives the meta-parameters)."""
+  set gives the meta-parameters, and an anchored model's learned part)."""
   before = m.get("mae_unadapted")
   mean = ((m.get("baselines") or {}).get("global_mean") or {}).get("mae")
   if before is None or mean is None or not before > mean * (1 + TIE):
     return []
+  advice = ADVICE_UNADAPTED_ANCHORED if anchored else ADVICE_UNADAPTED
+  gap = 100 * (before / mean - 1)
   return [f"{name}: before adaptation the model's query MAE {before:.4f} is"
-          f" WORSE than the global mean's {mean:.4f}"
-          f" ({100 * (before / mean - 1):+.1f}%); "
-          + _what_to_try(tasks, min_tasks, ADVICE_UNADAPTED)]
+          f" WORSE than the global mean's {mean:.4f} ({gap:+.1f}%); every"
+          " user without ratings is served that model (`source` meta in"
+          " `metarec serve`); " + _what_to_try(tasks, min_tasks, advice)]
 
 
 def _order_warning(name: str, m: dict, tasks: int, min_tasks: int,
