@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from metarec_jax.models.factory import is_anchored
 from metarec_jax.models.recommender import RANKING_LOSSES
 from metarec_jax.workdir.criterion import RANKING_CRITERION
 
@@ -53,23 +54,27 @@ ADVICE_ANCHORED = ("try: more validation users (eval.val_fraction), so"
                    " map, the new-item prior) carries over to these tasks,"
                    " or serving without the map (model.calibration=none)")
 
-# Where the meta-parameters, before any adaptation, lose to the global mean.
-ADVICE_UNADAPTED = ("try: the baseline-anchored model (model.anchor=true,"
-                    " with a MAML-family meta.algorithm), whose"
-                    " meta-parameters predict the item means")
+# Where the meta-parameters, before any adaptation, lose to the global mean
+# (seen with the one-pass learners, whose empty support set gives them).
+ADVICE_UNADAPTED = ("try: the baseline-anchored model (model.anchor=true, with"
+                    " a MAML-family meta.algorithm), whose meta-parameters"
+                    " predict the item means")
 # An anchored model's learned part at its validated share moves them too.
 ADVICE_UNADAPTED_ANCHORED = ("its learned part moves the item means before"
-                             " any rating; try: model.id_init=normal where"
-                             " the item ids are the features")
+                             " any rating; try: more validation users"
+                             " (eval.val_fraction)")
+ADVICE_UNADAPTED_FACTORS = (  # (MovieLens-1M's ratings alone: results.md)
+    "its learned part, started from the item ids' factors, moves the item"
+    " means before any rating; try: model.id_init=normal (users with ratings"
+    " may lose what the factors gave them)")
 # `metarec train`'s summary where the validation users had no task.
 NO_VALIDATION = (
     "validation: no validation user has a task of existing items"
     " (eval.min_ratings to eval.max_ratings ratings of them), so nothing"
     " validated the model: the baseline-anchored model serves the baseline"
-    " (shares 0) and the checkpoint kept is not chosen by its quality; give"
-    " the data more users with ratings in that range (raise"
-    " eval.max_ratings where users have more), or more validation users"
-    " (eval.val_fraction)")
+    " (shares 0) and the checkpoint kept is not chosen by its quality; give the"
+    " data more users with ratings in that range (raise eval.max_ratings"
+    " where users have more), or more validation users (eval.val_fraction)")
 
 
 def no_tasks(ratings: str | None) -> str:
@@ -153,17 +158,16 @@ def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
   Warns when a scenario with tasks has a query MAE above the item-mean +
   user-bias baseline's by more than `TIE`, or (implicit feedback) a
   full-catalog nDCG@10 below the most-popular ranking's, with what to try
-  (what `model_config`, the `model` section as built for the data, does
-  not already do; on fewer than `min_tasks` tasks it says the gap is
-  within noise instead), and when a scenario has fewer than `min_tasks`
-  tasks. Scenarios without tasks say nothing. `rating_range`: the data's
-  `(lowest, highest)` rating, where known (a tip for 0/1 ratings is left
-  out on another scale).
-  """
-  anchored = False
-  if model_config is not None:
-    from metarec_jax.models import factory  # pylint: disable=g-import-not-at-top
-    anchored = factory.is_anchored(model_config)
+  (what `model_config`, the `model` section as built for the data, does not
+  already do; on fewer than `min_tasks` tasks it says the gap is within
+  noise instead), and when a scenario has fewer than `min_tasks` tasks.
+  Scenarios without tasks say nothing. `rating_range`: the data's `(lowest,
+  highest)` rating, where known (a tip for 0/1 ratings is left out on
+  another scale)."""
+  anchored = model_config is not None and is_anchored(model_config)
+  unadapted = ((ADVICE_UNADAPTED_FACTORS if model_config.id_init == "svd"
+                and model_config.name == "melu" else
+                ADVICE_UNADAPTED_ANCHORED) if anchored else ADVICE_UNADAPTED)
   out = []
   for name, m in results.items():
     tasks = int(m.get("tasks") or 0)
@@ -188,7 +192,7 @@ def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
                  + what)
     out += _order_warning(name, m, tasks, min_tasks, model_config,
                           rating_range)
-    out += _unadapted_warning(name, m, tasks, min_tasks, anchored)
+    out += _unadapted_warning(name, m, tasks, min_tasks, unadapted)
   return out
 
 
@@ -196,14 +200,11 @@ def curve_warnings(record: dict | None, *, min_tasks: int = MIN_TASKS,
                    model_config=None) -> list[str]:
   """One line per rating scenario of a support curve record
   (`eval.support_curve`) where, at some support sizes k with at least
-  `min_tasks` tasks, the model's query MAE is above the item-mean +
-  user-bias baseline's by more than `TIE` and by more than `NOISE_SE`
-  standard errors of the per-task gap: the full-support figure can win
-  while the users with one or two ratings, the cold-start users, lose."""
-  anchored = False
-  if model_config is not None:
-    from metarec_jax.models import factory  # pylint: disable=g-import-not-at-top
-    anchored = factory.is_anchored(model_config)
+  `min_tasks` tasks, the model's query MAE is above the item-mean + user-bias
+  baseline's by more than `TIE` and by more than `NOISE_SE` standard errors
+  of the per-task gap: the full-support figure can win while the users
+  with one or two ratings, the cold-start users, lose."""
+  anchored = model_config is not None and is_anchored(model_config)
   out = []
   for name, c in ((record or {}).get("scenarios") or {}).items():
     if RANKING_CRITERION in c:  # implicit feedback
@@ -273,16 +274,13 @@ def training_warnings(val: dict, curve: dict | None, *, model_config,
 
 
 def _unadapted_warning(name: str, m: dict, tasks: int, min_tasks: int,
-                       anchored: bool) -> list[str]:
-  """The line of a rating scenario whose meta-parameters, before any
-  adaptation, predict its query ratings worse than the global mean by
-  more than `TIE` (seen with the one-pass learners, whose empty support
-  set gives the meta-parameters, and an anchored model's learned part)."""
+                       advice: str) -> list[str]:
+  """The line of a rating scenario whose meta-parameters predict its query
+  ratings worse than the global mean by more than `TIE`, with `advice`."""
   before = m.get("mae_unadapted")
   mean = ((m.get("baselines") or {}).get("global_mean") or {}).get("mae")
   if before is None or mean is None or not before > mean * (1 + TIE):
     return []
-  advice = ADVICE_UNADAPTED_ANCHORED if anchored else ADVICE_UNADAPTED
   gap = 100 * (before / mean - 1)
   return [f"{name}: before adaptation the model's query MAE {before:.4f} is"
           f" WORSE than the global mean's {mean:.4f} ({gap:+.1f}%); every"
