@@ -30,6 +30,7 @@ BEFORE_KEY = {
     "train.early_stop_patience": 0,
     "model.table_row_multiple": 1,
     "model.id_init": "normal",
+    "model.cold_share": "same",
 }
 
 # The keys of the first work directories' config.json (2026-11-23), by
@@ -74,6 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
           "item_id": False, "anchor": True, "anchor_version": 2,
           "global_mean": "training",
           "user_bias_prior": 3.0, "new_item_prior": "validated",
+          "cold_share": "validated",
           "new_item_min_support": "validated",
           "calibration": "median", "popularity_prior": True,
           "loss": "mse", "query_loss": "", "huber_delta": 1.0,

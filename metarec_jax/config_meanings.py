@@ -130,6 +130,16 @@ MEANINGS: dict[str, str] = {
                                   " better; training uses 1). `none`:"
                                   " every rating counts (configs written"
                                   " before this key).",
+    "model.cold_share": "`model.anchor`: what a user without support"
+                        " ratings (the meta-parameters alone: a new"
+                        " visitor) is served. `validated`: each validation"
+                        " fits its own shares of the learned part"
+                        " (`train/shares.py`) to the validation users'"
+                        " predictions before adaptation, so the model"
+                        " falls back towards the item means where the"
+                        " meta-parameters predict worse (training uses"
+                        " 1). `same`: the adapted users' shares (configs"
+                        " written before this key).",
     "model.popularity_prior": "Implicit feedback, `melu` with a ranking"
                               " loss (`bce`, `bpr`, `softmax`): the score"
                               " starts from each item's popularity (the"

@@ -29,12 +29,13 @@ def kind(request, monkeypatch):
 
 
 def build(prior=PRIOR, new_item_prior="same", new_item_min_support="none",
-          **meta_kw):
+          cold_share="same", **meta_kw):
   cfg = model_section({
       **KINDS[KIND], "anchor": True, "anchor_version": 2,
       "user_bias_prior": prior, "calibration": "median",  # identity as init
       "new_item_prior": new_item_prior,
       "new_item_min_support": new_item_min_support,
+      "cold_share": cold_share,
       "embed_dim": 4, "hidden": (8,), "embed_std": 0.1, "item_id": False})
   assert models.is_anchored(cfg)
   model = models.build(cfg, FIELDS, rating_mean=MU, item_means=(ITEM_MEANS, COUNTS / (COUNTS + 5.0)),
@@ -354,6 +355,82 @@ def test_too_few_new_items_support_ratings_do_not_move_the_user():
   assert_takes_no_gradient("new_item_min_support", 2.0, t,
                            new_item_prior="validated",
                            new_item_min_support="validated")
+
+
+COLD_ALGORITHMS = (
+    {"algorithm": "maml", "inner_steps": 2},
+    {"algorithm": "fomaml", "inner_steps": 1},
+    {"algorithm": "reptile", "inner_steps": 3},
+    {"algorithm": "metasgd", "inner_steps": 1},
+    {"algorithm": "mamlpp", "inner_steps": 2},
+    {"algorithm": "maml", "inner_steps": 2, "inner_optimizer": "adam"},
+    {"algorithm": "maml", "inner_steps": 2, "inner_optimizer": "momentum"})
+
+
+@pytest.mark.parametrize("algorithm", COLD_ALGORITHMS,
+                         ids=lambda a: "-".join(map(str, a.values())))
+def test_a_user_without_ratings_is_served_the_cold_shares(algorithm):
+  """`model.cold_share=validated`: the meta-parameters (a user without
+  ratings) predict at the cold shares, an adapted user at the shares,
+  whatever the algorithm or inner optimizer; an empty support set keeps
+  `warm` at 0 (the cold shares)."""
+  model, config = build(cold_share="validated", **algorithm)
+  assert "^warm$" in model.meta_fixed and "^warm$" in model.adapt
+  params = learned(model.init(jax.random.PRNGKey(0)))
+  inner = meta.init_inner(params, config=config)
+  assert float(params["warm"]) == 0.0
+  t = tasks()
+  features, real = t["query"]["features"], t["query"]["mask"]
+  anchor = ITEM_MEANS[features["item_id"][real] - 1]
+  cold = {**params, "cold_share": np.zeros(2, np.float32)}
+  np.testing.assert_allclose(
+      np.asarray(model.predict(cold, features))[real], anchor, rtol=1e-6)
+  trained = np.asarray(model.predict(params, features))[real]
+  assert np.abs(trained - anchor).min() > 1e-3  # the learned part serves
+  for i in range(4):
+    support = jax.tree.map(lambda a: a[i], t["support"])
+    query = jax.tree.map(lambda a: a[i], t["query"])
+    warm = meta.adapt(model.loss_fn, cold, support, config=config,
+                      inner=inner)
+    assert float(warm["warm"]) != 0.0
+    same = meta.adapt(model.loss_fn, params, support, config=config,
+                      inner=inner)  # cold shares 1: what is adapted is equal
+    np.testing.assert_array_equal(
+        np.asarray(model.predict(warm, query["features"])),
+        np.asarray(model.predict(same, query["features"])))
+    empty = {**support, "mask": np.zeros_like(support["mask"])}
+    kept = meta.adapt(model.loss_fn, cold, empty, config=config, inner=inner)
+    assert float(kept["warm"]) == 0.0
+    np.testing.assert_allclose(
+        np.asarray(model.predict(kept, query["features"]))[query["mask"]],
+        ITEM_MEANS[query["features"]["item_id"][query["mask"]] - 1],
+        rtol=1e-6)
+  task = jax.tree.map(lambda a: a[0], t)
+  grads = jax.grad(lambda p: meta.task_loss(
+      model.loss_fn, p, task, config=config, inner=inner,
+      query_loss_fn=model.query_loss_fn))(
+          {**params, "cold_share": np.full(2, 0.5, np.float32)})
+  assert not np.asarray(grads["cold_share"]).any()
+  assert float(grads["warm"]) == 0.0 and float(grads["global_bias"]) != 0
+  assert "warm" not in build()[0].init(jax.random.PRNGKey(0))
+
+
+def test_ratings_left_out_of_the_user_biases_leave_the_user_cold():
+  """A support set whose every rating is left out (fewer new items' ratings
+  than the validated minimum) moves nothing, `warm` included: the user is
+  served as one without ratings."""
+  model, config = build(new_item_prior="validated",
+                        new_item_min_support="validated",
+                        cold_share="validated", inner_steps=2)
+  params = model.init(jax.random.PRNGKey(0))
+  support = jax.tree.map(lambda a: a[0], tasks()["support"])
+  new_item = 1 + int(np.flatnonzero(COUNTS == 0)[0])
+  support["features"]["item_id"] = np.where(support["mask"], new_item, 0)
+  n = int(support["mask"].sum())
+  for least, moved in ((n + 1, False), (n, True)):
+    gated = {**params, "new_item_min_support": np.float32(least)}
+    adapted = meta.adapt(model.loss_fn, gated, support, config=config)
+    assert (float(adapted["warm"]) != 0.0) == moved
 
 
 def test_the_baseline_part_keeps_the_baselines_prior():

@@ -72,8 +72,11 @@ def test_eval_prints_the_json_report_last(trained):
   # prior and minimum and the median map).
   served = report["served"]
   assert set(served) == {"share_existing_items", "share_new_items",
+                         "cold_share_existing_items", "cold_share_new_items",
                          "new_item_prior", "new_item_min_support",
                          "median_map_existing_items", "median_map_new_items"}
+  assert 0.0 <= served["cold_share_new_items"] <= 1.0
+  assert "a user without ratings is served" in out.stderr
   assert 0.0 <= served["share_new_items"] <= 1.0
   assert served["new_item_min_support"] in (1.0, 2.0, 3.0)
   assert isinstance(served["median_map_new_items"], bool)

@@ -149,6 +149,27 @@ def test_predictions_equal_the_core_adapted_model(run, exported):
     assert loaded.user(user).known and loaded.user(user).source == "export"
 
 
+def test_a_user_without_ratings_is_served_the_cold_shares(run, exported):
+  """The export's meta-parameters hold the cold shares and each user's
+  leaves `warm`: a user the export lacks is served at the cold shares, an
+  exported one (adapted on ratings) at the shares, whatever the cold ones
+  are."""
+  _, exp, _ = run
+  _, out, _, loaded = exported
+  assert "cold_share" in loaded.meta_params and "warm" in loaded.adapted
+  assert (np.asarray(loaded.adapted["warm"]) != 0).all()
+  items = np.asarray(exp.store.item_ids)[:40]
+  served = {}
+  for cold in (0.0, 1.0):
+    fresh = export.load(out)
+    fresh._params = {**fresh._params,  # pylint: disable=protected-access
+                     "share": np.ones(2, np.float32),
+                     "cold_share": np.full(2, cold, np.float32)}
+    served[cold] = (fresh.predict(10**9, items), fresh.predict(7, items))
+  assert np.abs(served[0.0][0] - served[1.0][0]).max() > 1e-3
+  np.testing.assert_array_equal(served[0.0][1], served[1.0][1])
+
+
 def test_chunks_compile_once_per_support_bucket(run, tmp_path):
   workdir, exp, _ = run
   users, items, ratings = store_rows(exp, USERS)

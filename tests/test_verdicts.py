@@ -56,17 +56,21 @@ def test_warns_when_the_meta_parameters_lose_to_the_global_mean():
         {"W": {**scenario(0.70, 0.74), "mae_unadapted": quiet}}) == []
   # Said of an anchored model too, whose learned part moves the item means
   # before any rating (MovieLens-1M's ratings alone with model.id_init=svd:
-  # 1.0143 against 0.9538), with advice of its own: id_init where the
-  # model has it (the anchored MeLU at svd), else more validation users.
+  # 1.0143 against 0.9538), with advice of its own: cold shares where the
+  # run serves users without ratings the adapted users' share (configs
+  # from before model.cold_share), else more validation users.
   def advice(**model):
     config = config_io.complete({"model": {"anchor": True, **model}}).model
     lines = verdicts.warnings_for({"W": loser}, model_config=config)
     assert len(lines) == 1 and "every user without ratings" in lines[0]
     assert "model.anchor=true" not in lines[0]
     return lines[0].split("try: ")[1]
-  assert advice(name="melu", id_init="svd").startswith("model.id_init=normal")
-  for other in ({"name": "melu", "id_init": "normal"},
-                {"name": "idemb", "anchor_version": 2, "id_init": "svd"}):
+  for same in ({"name": "melu", "id_init": "svd"},
+               {"name": "idemb", "anchor_version": 2, "cold_share": "same"}):
+    assert advice(**same).startswith("model.cold_share=validated")
+  for other in ({"name": "melu", "id_init": "svd", "cold_share": "validated"},
+                {"name": "idemb", "anchor_version": 2,
+                 "cold_share": "validated"}):
     assert advice(**other) == "more validation users (eval.val_fraction)"
   # Too few tasks: no advice, the gap is noise.
   anchored = config_io.complete({"model": {"anchor": True}}).model

@@ -63,10 +63,10 @@ ADVICE_UNADAPTED = ("try: the baseline-anchored model (model.anchor=true, with"
 ADVICE_UNADAPTED_ANCHORED = ("its learned part moves the item means before"
                              " any rating; try: more validation users"
                              " (eval.val_fraction)")
-ADVICE_UNADAPTED_FACTORS = (  # (MovieLens-1M's ratings alone: results.md)
-    "its learned part, started from the item ids' factors, moves the item"
-    " means before any rating; try: model.id_init=normal (users with ratings"
-    " may lose what the factors gave them)")
+ADVICE_UNADAPTED_COLD = (  # (MovieLens-1M's ratings alone: results.md)
+    "its learned part moves the item means before any rating, and a user"
+    " without ratings is served the adapted users' share of it; try:"
+    " model.cold_share=validated (its own share, fitted before adaptation)")
 # `metarec train`'s summary where the validation users had no task.
 NO_VALIDATION = (
     "validation: no validation user has a task of existing items"
@@ -165,9 +165,9 @@ def warnings_for(results: dict[str, dict], *, min_tasks: int = MIN_TASKS,
   highest)` rating, where known (a tip for 0/1 ratings is left out on
   another scale)."""
   anchored = model_config is not None and is_anchored(model_config)
-  unadapted = ((ADVICE_UNADAPTED_FACTORS if model_config.id_init == "svd"
-                and model_config.name == "melu" else
-                ADVICE_UNADAPTED_ANCHORED) if anchored else ADVICE_UNADAPTED)
+  unadapted = ((ADVICE_UNADAPTED_COLD if model_config.cold_share == "same"
+                else ADVICE_UNADAPTED_ANCHORED) if anchored
+               else ADVICE_UNADAPTED)
   out = []
   for name, m in results.items():
     tasks = int(m.get("tasks") or 0)

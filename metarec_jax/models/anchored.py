@@ -63,6 +63,19 @@ existing items but say nothing about new ones) the served model falls
 back towards the baseline, for each kind of item on its own evidence, down
 to exactly the baseline at 0.
 
+A user without a support rating that counts is served the meta-parameters
+alone (a new visitor, an export row without ratings), mixed by their own
+validated `cold_share` (`model.cold_share=validated`): MAML trains the
+meta-parameters as a start for adaptation, not as predictions, and where
+adaptation resets a level anyway the meta-parameters' level drifts
+(MovieLens-1M's ratings alone with `model.id_init=svd`: the unadapted
+predictions 0.64 below the ratings on average, W MAE 1.014 against the
+global mean's 0.954). `warm`, an adapted scalar at 0 in the
+meta-parameters that any counted support rating moves
+(`anchored_loss`), says which shares a prediction takes; each validation
+fits the cold ones to the validation users' predictions before
+adaptation (`train.shares`).
+
 A support rating of a new item weighs `1 / new_item_prior` of an existing
 item's in both user biases' shrunk means (`Anchor.support_weights`;
 `model.new_item_prior=validated`, each validation fits the multiple,
@@ -100,6 +113,10 @@ Parameters:
     new_item_min_support             []   (1; validated, no gradient; only
                                            with model.new_item_min_support=
                                            validated)
+    cold_share                       [2]  (1, 1; validated, no gradient; only
+                                           with model.cold_share=validated)
+    warm                             []   (adapted; meta-value fixed at 0;
+                                           likewise)
 """
 
 from __future__ import annotations
@@ -112,20 +129,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metarec_jax.data.baselines import USER_PSEUDO
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec
 from metarec_jax.meta import LinearHead
+from metarec_jax.models.anchored_loss import (BASE_BIAS, USER_BIAS, USER_PRIOR,
+                                              WARM, support_loss)
 from metarec_jax.models.melu import Decision, Embedder
-from metarec_jax.models.recommender import (Recommender, listwise_loss,
-                                            loss_precision, masked_loss,
-                                            row_errors)
+from metarec_jax.models.recommender import Recommender, masked_loss
 
 ITEM_DIM = 8  # width of the item-feature embeddings of the item bias
 
-USER_BIAS = "user_bias"
-USER_PRIOR = "user_prior"  # log of the user bias's pseudo-ratings
-BASE_BIAS = "base_bias"  # the baseline's own user bias
 SHARE = "share"  # [existing items, new items]
+# The shares served to a user without a support rating (`warm` at 0).
+COLD_SHARE = "cold_share"  # [existing items, new items]
+COLD_SHARES = ("validated", "same")  # `model.cold_share`
 # The prior's multiple for support ratings of new items (validated).
 NEW_ITEM_PRIOR = "new_item_prior"
 NEW_ITEM_PRIORS = ("validated", "same")  # `model.new_item_prior`
@@ -134,6 +150,13 @@ NEW_ITEM_MIN_SUPPORT = "new_item_min_support"
 NEW_ITEM_MIN_SUPPORTS = ("validated", "none")  # `model.new_item_min_support`
 # The two user biases: adapted by every anchored model, and `meta_fixed`.
 USER_BIASES = (f"^{USER_BIAS}$", f"^{BASE_BIAS}$")
+
+
+def adapted_scalars(module: "Anchor") -> tuple[str, ...]:
+  """The patterns of the anchored model's adapted scalars, each
+  `meta_fixed` at 0: the two user biases, and `warm` where it has cold
+  shares."""
+  return USER_BIASES + ((f"^{WARM}$",) if module.cold_share else ())
 
 
 def user_bias_scale(inner_lr: float) -> float:
@@ -172,6 +195,7 @@ class Anchor(nn.Module):
   prior: float = 3.0
   new_item_prior: bool = False
   new_item_min_support: bool = False
+  cold_share: bool = False
 
   def setup_anchor(self):
     """Creates the anchor's and the baseline's parameters."""
@@ -189,6 +213,9 @@ class Anchor(nn.Module):
         USER_PRIOR, nn.initializers.constant(math.log(max(self.prior, 1e-3))),
         ())
     self.share = self.param(SHARE, nn.initializers.ones, (2,))
+    if self.cold_share:
+      self.cold = self.param(COLD_SHARE, nn.initializers.ones, (2,))
+      self.warm = self.param(WARM, nn.initializers.zeros, ())
     if self.new_item_prior:
       self.new_prior = self.param(NEW_ITEM_PRIOR, nn.initializers.ones, ())
     if self.new_item_min_support:
@@ -242,7 +269,8 @@ class Anchor(nn.Module):
       `interaction`, the features' item bias, the move of the global level).
     baseline: the training mean + the closed-form item bias + `base_bias`
       (adapted with the baseline's own prior): the baseline exactly.
-    share: the validated share of the row's kind of item (no gradient).
+    share: the validated share of the row's kind of item (no gradient),
+      the cold one where the user has no support rating (`warm` at 0).
     """
     item, weight = self.item_table(features)
     anchor = self.global_mean + item
@@ -250,8 +278,11 @@ class Anchor(nn.Module):
     if self.item_fields:
       predicted = self.item_project(self.item_features(features))[..., 0]
       learned = learned + (1.0 - weight) * predicted
-    share = jax.lax.stop_gradient(
-        jnp.where(weight > 0, self.share[0], self.share[1]))
+    share = jnp.where(weight > 0, self.share[0], self.share[1])
+    if self.cold_share:  # a user without support ratings: `warm` is 0
+      share = jnp.where(self.warm != 0, share,
+                        jnp.where(weight > 0, self.cold[0], self.cold[1]))
+    share = jax.lax.stop_gradient(share)
     model = anchor + self.user_scale * self.user_bias + learned
     baseline = anchor + self.user_scale * self.base_bias
     return model, baseline, share
@@ -305,49 +336,6 @@ class AnchoredMeLU(Anchor):
     return self.parts(self.gated(a, first_layer=False), features)
 
 
-def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,
-               err_fn, rows: jax.Array | None = None) -> jax.Array:
-  """`(sum of weighted masked errors + prior * user_bias^2) / (n + prior)`,
-  `n` the sum of the rows' weights (`rows`, default 1 each).
-
-  Minimised over the user bias alone, it gives the baseline's shrunk mean
-  residual `sum(v * (r - pred)) / (n + prior)`. An empty support set has
-  loss 0 and gradient 0 (no prior either): it keeps the meta-parameters,
-  as with every other loss. `err_fn(pred, batch)` is the per-row error.
-  """
-  pred = loss_precision(pred)
-  mask = batch["mask"].astype(pred.dtype)
-  if rows is not None:
-    mask = mask * rows.astype(pred.dtype)
-  n = jnp.sum(mask)
-  weight = prior * (n > 0).astype(pred.dtype)
-  total = jnp.sum(err_fn(pred, batch) * mask) + weight * user_bias ** 2
-  return total / jnp.where(n > 0, n + weight, 1.0)
-
-
-def support_loss(params, model: jax.Array, baseline: jax.Array, batch, *,
-                 scale: float, kind: str, delta: float,
-                 rows: jax.Array | None = None,
-                 rank_weight: float = 0.0) -> jax.Array:
-  """The support loss of an anchored model: two independent quadratics in
-  the two user biases, the model's (its predictions, `kind` loss, the
-  learned prior) and the baseline's (its own pseudo-ratings whatever
-  `model.user_bias_prior` is, squared error: its shrunk mean residual),
-  each row weighted by `rows` (`Anchor.support_weights`). One inner step
-  sets both biases. A positive `rank_weight` adds that multiple of the
-  model's `listwise_loss`, which a shift of the prediction leaves
-  unchanged: it moves the network, never a user bias."""
-  loss = (prior_loss(model, batch, scale * params[USER_BIAS],
-                     jnp.exp(params[USER_PRIOR]),
-                     lambda p, b: row_errors(p, b, kind, delta), rows)
-          + prior_loss(baseline, batch, scale * params[BASE_BIAS],
-                       USER_PSEUDO,
-                       lambda p, b: row_errors(p, b, "mse", delta), rows))
-  if rank_weight:
-    loss = loss + rank_weight * jnp.mean(listwise_loss(model, batch))
-  return loss
-
-
 def recommender(module: AnchoredMeLU, example_features, *, kind: str,
                 delta: float, query_kind: str | None = None,
                 rank_weight: float = 0.0,
@@ -388,7 +376,7 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
                        featurize_reads=("^embed/",))
   query = dataclasses.replace(support, head=head(query_kind or kind, False))
   return Recommender(name="melu", module=module, loss_fn=support,
-                     adapt=("^decision/",) + USER_BIASES,
-                     meta_fixed=USER_BIASES,
+                     adapt=("^decision/",) + adapted_scalars(module),
+                     meta_fixed=adapted_scalars(module),
                      example_features=example_features,
                      query_loss_fn=query)

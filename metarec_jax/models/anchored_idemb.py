@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 
 from metarec_jax.data.schema import FeatureSpec
-from metarec_jax.models.anchored import USER_BIASES, Anchor, support_loss
+from metarec_jax.models.anchored import Anchor, adapted_scalars
+from metarec_jax.models.anchored_loss import support_loss
 from metarec_jax.models.idemb import Item, User
 from metarec_jax.models.melu import Decision
 from metarec_jax.models.recommender import Recommender, masked_loss
@@ -86,7 +87,7 @@ def recommender(module: AnchoredIDEmb, example_features, *, kind: str,
                 rank_weight: float = 0.0,
                 support_rank_weight: float = 0.0) -> Recommender:
   """The `Recommender` of an `AnchoredIDEmb`: the support loss has the
-  user-bias priors (`anchored.support_loss`, with `support_rank_weight`),
+  user-bias priors (`anchored_loss.support_loss`, with `support_rank_weight`),
   the query loss is the plain masked loss (with `rank_weight`, see
   `masked_loss`)."""
 
@@ -106,7 +107,7 @@ def recommender(module: AnchoredIDEmb, example_features, *, kind: str,
   # No `rows`: the encoding algorithms would modulate the baseline's own
   # user bias too (as with the anchored MeLU, `experiment.build` refuses).
   return Recommender(name="idemb", module=module, loss_fn=support,
-                     adapt=("^user/",) + USER_BIASES,
-                     meta_fixed=USER_BIASES,
+                     adapt=("^user/",) + adapted_scalars(module),
+                     meta_fixed=adapted_scalars(module),
                      example_features=example_features,
                      query_loss_fn=query)

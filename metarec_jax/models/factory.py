@@ -312,7 +312,8 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
                 prior=float(model_config.user_bias_prior),
                 new_item_prior=model_config.new_item_prior == "validated",
                 new_item_min_support=(
-                    model_config.new_item_min_support == "validated"))
+                    model_config.new_item_min_support == "validated"),
+                cold_share=model_config.cold_share == "validated")
   if model_config.name == "idemb":
     module = anchored_idemb.AnchoredIDEmb(
         **anchor, embed_dim=int(model_config.embed_dim),

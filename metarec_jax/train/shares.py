@@ -20,6 +20,10 @@ checkpoints is all or nothing and a few dozen validation tasks are too
 noisy to make that choice well; one scalar per kind of item, fitted on the
 same ratings, falls back towards the baseline as far as the evidence says,
 and for new and existing items separately.
+
+Cold shares (`model.cold_share=validated`) are the same for a user without
+support ratings (the meta-parameters alone, `models.anchored`), fitted
+the same way to the validation users' predictions before adaptation.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from metarec_jax import runtime
-from metarec_jax.models.anchored import SHARE
+from metarec_jax.models.anchored import COLD_SHARE, SHARE
 
 PyTree = Any
 
@@ -47,10 +51,19 @@ def present(meta_params: PyTree) -> bool:
   return SHARE in meta_params["model"]
 
 
-def with_shares(meta_params: PyTree, values) -> PyTree:
-  """`meta_params` with `share` set to `values`, placed as before (built
-  from host data on every process: nothing is compiled)."""
-  return runtime.with_model_leaves(meta_params, {SHARE: values})
+def cold_present(meta_params: PyTree) -> bool:
+  """Whether the model has cold shares (`model.cold_share=validated`)."""
+  return COLD_SHARE in meta_params["model"]
+
+
+def with_shares(meta_params: PyTree, values, cold=None) -> PyTree:
+  """`meta_params` with `share` set to `values` and, where the model has
+  them, the cold shares to `cold` (default: `values`), placed as before
+  (built from host data on every process: nothing is compiled)."""
+  leaves = {SHARE: values}
+  if cold_present(meta_params):
+    leaves[COLD_SHARE] = values if cold is None else cold
+  return runtime.with_model_leaves(meta_params, leaves)
 
 
 def evident(errors: np.ndarray, against: np.ndarray) -> bool:
@@ -64,19 +77,43 @@ def evident(errors: np.ndarray, against: np.ndarray) -> bool:
       spread == 0 and diff.mean() < 0)
 
 
+def _choose(maes: list, errors: list, name: str) -> int | None:
+  """The index into `GRID` of scenario `name`'s factor (see `fit`): its
+  lowest MAE (ties: the larger factor) where evident against 0, else 0;
+  None where a value has no finite MAE (no tasks)."""
+  if any(v is None or not np.isfinite(v) for v in maes):
+    return None
+  # The last minimum: the largest factor among equals.
+  best = len(GRID) - 1 - int(np.argmin(maes[::-1]))
+  if GRID[best] > 0 and not evident(errors[best][name], errors[0][name]):
+    best = GRID.index(0.0)
+  return best
+
+
+def _per_kind(chosen: dict) -> list[int]:
+  """`chosen`'s index per scenario of `SCENARIOS`: one without tasks
+  follows the other, and with neither, 0 (the baseline is served)."""
+  fallback = chosen.get("val", chosen.get("val_new", GRID.index(0.0)))
+  return [chosen.get(name, fallback) for name in SCENARIOS]
+
+
 def fit(evaluate: Callable[[PyTree], tuple | None], meta_params: PyTree):
   """The shares with the lowest validation MAE, per kind of item, where
-  the evidence says they beat the baseline's share 0.
+  the evidence says they beat the baseline's share 0; and the cold shares
+  likewise from the predictions before adaptation.
 
   Args:
-    evaluate: `meta_params -> (results, errors)`: the evaluator's JSON per
-      scenario of `SCENARIOS` and each scenario's per-task MAE
-      (`eval.metrics.mae_per_task`); None when told to stop.
+    evaluate: `meta_params -> (results, errors, unadapted errors)`: the
+      evaluator's JSON per scenario of `SCENARIOS` and each scenario's
+      per-task MAE (`eval.metrics.mae_per_task`) after and before
+      adaptation; None when told to stop.
     meta_params: the trained state's parameters (any shares).
 
   Returns:
-    `(shares, results)`: the fitted `(existing, new)` factors and each
-    scenario's metrics at its own factor; None if `evaluate` stopped.
+    `(shares, cold, results)`: the fitted `(existing, new)` factors, the
+    cold ones (None where the model has none) and each scenario's metrics
+    at its own factors (`mae_unadapted` at its cold one); None if
+    `evaluate` stopped.
     Per kind of item the factor is the grid value with the lowest MAE
     (ties: the larger), kept only if its tasks' errors are lower than
     with 0 by `EVIDENCE` standard errors (`evident`), else 0: the learned
@@ -85,26 +122,28 @@ def fit(evaluate: Callable[[PyTree], tuple | None], meta_params: PyTree):
     tasks (no new items rated by validation users) follows the other;
     with neither (no validation task at all, or no finite MAE) both are
     0: nothing shows that the learned part helps, so the baseline is
-    served.
+    served. Each candidate sets the shares and the cold shares to the
+    same value: a user's predictions take one or the other (`warm`), so
+    one evaluation scores both.
   """
-  runs, errors = [], []
+  runs, errors, unadapted = [], [], []
   for value in GRID:
     out = evaluate(with_shares(meta_params, (value, value)))
     if out is None:
       return None
     runs.append(out[0])
     errors.append(out[1])
-  chosen = {}
-  for name in SCENARIOS:
-    maes = [r[name].get("mae") for r in runs]
-    if any(v is None or not np.isfinite(v) for v in maes):
-      continue
-    # The last minimum: the largest factor among equals.
-    best = len(GRID) - 1 - int(np.argmin(maes[::-1]))
-    if GRID[best] > 0 and not evident(errors[best][name], errors[0][name]):
-      best = GRID.index(0.0)
-    chosen[name] = best
-  fallback = chosen.get("val", chosen.get("val_new", GRID.index(0.0)))
-  index = [chosen.get(name, fallback) for name in SCENARIOS]
-  shares = tuple(GRID[i] for i in index)
-  return shares, {name: runs[i][name] for name, i in zip(SCENARIOS, index)}
+    unadapted.append(out[2])
+  index = _per_kind({name: i for name in SCENARIOS if (i := _choose(
+      [r[name].get("mae") for r in runs], errors, name)) is not None})
+  results = {name: runs[i][name] for name, i in zip(SCENARIOS, index)}
+  cold = None
+  if cold_present(meta_params):
+    cold_index = _per_kind({name: i for name in SCENARIOS if (i := _choose(
+        [r[name].get("mae_unadapted") for r in runs], unadapted, name))
+                            is not None})
+    cold = tuple(GRID[i] for i in cold_index)
+    results = {name: {**m, "mae_unadapted": runs[i][name].get(
+        "mae_unadapted")} for (name, m), i in zip(results.items(),
+                                                  cold_index)}
+  return tuple(GRID[i] for i in index), cold, results

@@ -37,6 +37,11 @@ def shares_line(scalars: dict, any_new: bool, rated_new: bool) -> str:
     line += f", new items {scalars['val/share_new_items']:.2f}" + (
         "" if rated_new else
         " (as existing items': no validation user rated a new item)")
+  if "val/cold_share_existing_items" in scalars:
+    line += (f"; for users without ratings"
+             f" {scalars['val/cold_share_existing_items']:.2f}")
+    if any_new:
+      line += f", new items {scalars['val/cold_share_new_items']:.2f}"
   return line
 
 
@@ -275,17 +280,23 @@ def _fit_shares(evaluator: Evaluator, trainer, params: PyTree,
                                  shares_lib.SCENARIOS,
                                  should_stop=should_stop, keep=kept)
     kept_at.append(kept)
-    return None if results is None else (results, {
-        name: metrics_lib.mae_per_task(p.adapted, p.true, p.mask)
-        for name, p in kept.items()})
+    if results is None:
+      return None
+    return results, *({name: metrics_lib.mae_per_task(getattr(p, which),
+                                                       p.true, p.mask)
+                       for name, p in kept.items()}
+                      for which in ("adapted", "unadapted"))
 
   fitted = shares_lib.fit(evaluate, params)
   if fitted is None:
     return None
-  values, results = fitted
+  values, cold, results = fitted
   kept = {name: kept_at[shares_lib.GRID.index(value)].get(name)
           for name, value in zip(shares_lib.SCENARIOS, values)}
-  return (shares_lib.with_shares(params, values), results,
-          {"val/share_existing_items": values[0],
-           "val/share_new_items": values[1]},
+  scalars = {"val/share_existing_items": values[0],
+             "val/share_new_items": values[1]}
+  if cold is not None:
+    scalars.update({"val/cold_share_existing_items": cold[0],
+                    "val/cold_share_new_items": cold[1]})
+  return (shares_lib.with_shares(params, values, cold), results, scalars,
           {name: p for name, p in kept.items() if p is not None})

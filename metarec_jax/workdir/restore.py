@@ -9,8 +9,8 @@ import time
 from metarec_jax import config_io, experiment, runtime
 from metarec_jax.data import implicit
 from metarec_jax.errors import InputError
-from metarec_jax.models.anchored import (NEW_ITEM_MIN_SUPPORT, NEW_ITEM_PRIOR,
-                                         SHARE)
+from metarec_jax.models.anchored import (COLD_SHARE, NEW_ITEM_MIN_SUPPORT,
+                                         NEW_ITEM_PRIOR, SHARE)
 from metarec_jax.models.calibration import MEDIAN_OFFSETS
 from metarec_jax.workdir import checkpoint as ckpt_lib
 from metarec_jax.workdir.criterion import criterion_name
@@ -129,6 +129,11 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
              " items and %.2f for new items (its %s shares%s)",
              served["share_existing_items"], served["share_new_items"],
              *fitted)
+  if "cold_share_new_items" in served:
+    log.info("a user without ratings is served %.2f of it for existing"
+             " items and %.2f for new items (its %s cold shares%s)",
+             served["cold_share_existing_items"],
+             served["cold_share_new_items"], *fitted)
   if "new_item_prior" in served:
     log.info("its user biases weigh a support rating of a new item 1/%g of"
              " an existing item's (its %s model.new_item_prior%s)",
@@ -182,16 +187,17 @@ def _model_overrides(exp: experiment.Experiment, workdir: str) -> str:
 
 def served_values(params) -> dict:
   """What a checkpoint's validation fitted for serving, as plain values:
-  `share_existing_items` and `share_new_items` (`train.shares`),
+  `share_existing_items` and `share_new_items` (`train.shares`), the
+  same of `cold_share` (`model.cold_share=validated`),
   `new_item_prior` and `new_item_min_support` (`train.new_item_prior`),
   `median_map_existing_items` and `median_map_new_items` (whether each
   kind is served through the median map); only those the model has."""
   model = params["model"]
   out = {}
-  share = model.get(SHARE)
-  if share is not None:
-    out["share_existing_items"], out["share_new_items"] = (
-        float(v) for v in runtime.to_host(share).tolist())
+  for name, key in ((SHARE, "share"), (COLD_SHARE, "cold_share")):
+    if model.get(name) is not None:
+      out[f"{key}_existing_items"], out[f"{key}_new_items"] = (
+          float(v) for v in runtime.to_host(model[name]).tolist())
   for name in (NEW_ITEM_PRIOR, NEW_ITEM_MIN_SUPPORT):
     if model.get(name) is not None:
       out[name] = float(runtime.to_host(model[name]))
