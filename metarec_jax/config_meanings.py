@@ -357,6 +357,15 @@ MEANINGS: dict[str, str] = {
                           " schedule or more).",
     "train.end_lr_factor": "The cosine decay ends at `lr * end_lr_factor`.",
     "train.grad_clip": "Clip the meta-gradient to this global norm.",
+    "train.unadapted_weight": "This multiple of the query loss of the"
+                              " meta-parameters themselves (unadapted) is"
+                              " added to the meta-objective's gradient:"
+                              " adaptation resets a user's level, so"
+                              " without it the meta-parameters' level"
+                              " drifts and users with one or two ratings"
+                              " start far from theirs (`train/step.py`). 0:"
+                              " the adapted query loss alone (configs"
+                              " written before this key).",
     "train.eval_every_steps": "Validation every this many steps (and at the"
                               " end; > 0: also of the start of a fresh"
                               " run, step 0, a candidate for the best"

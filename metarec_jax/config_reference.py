@@ -157,6 +157,7 @@ ALLOWED: dict[str, Any] = {
     # Above 1 the "decay" would climb past train.lr, the peak rate.
     "train.end_lr_factor": _SHARE,
     "train.grad_clip": _RATE,
+    "train.unadapted_weight": R.Float(0.0),
     "train.eval_every_steps": R.Int(-1),
     "train.early_stop_patience": _COUNT,
     "train.select_on": R.OneOf("metarec_jax.workdir.criterion", "SELECT_ON"),

@@ -102,6 +102,41 @@ def test_chunked_meta_gradient_equals_unchunked(trainer):
                                atol=1e-6)
 
 
+def test_the_unadapted_weight_adds_the_unadapted_losss_gradient(trainer):
+  """`train.unadapted_weight`: the meta-parameters' gradient gains that
+  multiple of the gradient of their own (unadapted) query loss, chunked
+  or not; the meta-loss and the unadapted loss reported are unchanged."""
+  exp = trainer.exp
+  params = {"model": exp.model.init(jax.random.PRNGKey(1)), "inner": None}
+  # A learned part that moves predictions (the anchored start has none).
+  params["model"]["global_bias"] = params["model"]["global_bias"] + 0.5
+  batch = trainer.sampler.batch(0)
+  query_loss = exp.model.query_loss_fn
+
+  def grad_of(weight, chunk):
+    return jax.jit(lambda p, b: chunked_meta_grad(
+        exp.model.loss_fn, exp.meta_config, p, b, chunk_tasks=chunk,
+        query_loss_fn=query_loss, unadapted_weight=weight))(params, batch)
+
+  plain = grad_of(0.0, 0)
+  toward = jax.grad(lambda m: jax.numpy.mean(jax.vmap(
+      lambda q: query_loss(m, q))(batch["query"])))(params["model"])
+  assert float(np.abs(np.asarray(toward["global_bias"]))) > 1e-3
+  for chunk in (0, 4):
+    loss, unadapted, grads = grad_of(0.25, chunk)
+    np.testing.assert_allclose(loss, plain[0], rtol=2e-5)
+    np.testing.assert_allclose(unadapted, plain[1], rtol=2e-5)
+    for g, p, u in zip(jax.tree.leaves(grads["model"]),
+                       jax.tree.leaves(plain[2]["model"]),
+                       jax.tree.leaves(toward)):
+      np.testing.assert_allclose(np.asarray(g),
+                                 np.asarray(p) + 0.25 * np.asarray(u),
+                                 rtol=2e-4, atol=1e-6)
+  old = config_io.load_config_file(config_path("tiny"))
+  del old.train["unadapted_weight"]
+  assert config_io.complete(old).train.unadapted_weight == 0.0
+
+
 def test_nothing_compiles_after_warmup_over_a_long_run(tmp_path):
   """Every support bucket and the validation are compiled ahead; a run that
   meets every bucket many times and evaluates twice compiles nothing more."""

@@ -38,12 +38,16 @@ PyTree = Any
 
 
 def chunked_meta_grad(loss_fn, meta_config: meta.MetaConfig, meta_params,
-                      tasks, *, chunk_tasks: int, query_loss_fn=None):
+                      tasks, *, chunk_tasks: int, query_loss_fn=None,
+                      unadapted_weight: float = 0.0):
   """Meta-loss, unadapted query loss and meta-gradient of `tasks`,
   `chunk_tasks` tasks at a time (0 or >= the tasks: all at once).
 
   Equal to the unchunked values: every chunk has the same number of tasks,
-  so the mean of the chunk means is the mean.
+  so the mean of the chunk means is the mean. A positive
+  `unadapted_weight` adds that multiple of the unadapted query loss's
+  gradient to the meta-parameters' (`train.unadapted_weight`); the
+  returned meta-loss stays the adapted one.
   """
   num_tasks = jax.tree.leaves(tasks)[0].shape[0]
   chunk = chunk_tasks if 0 < chunk_tasks < num_tasks else num_tasks
@@ -57,9 +61,18 @@ def chunked_meta_grad(loss_fn, meta_config: meta.MetaConfig, meta_params,
     loss, grads = meta.meta_grad(loss_fn, meta_params, chunk_of_tasks,
                                  config=meta_config,
                                  query_loss_fn=query_loss_fn)
-    unadapted = jnp.mean(jax.vmap(lambda q: query_loss_fn(
-        meta_params["model"], q))(chunk_of_tasks["query"]))
-    return loss, jax.lax.stop_gradient(unadapted), grads
+
+    def unadapted_loss(model_params):
+      return jnp.mean(jax.vmap(lambda q: query_loss_fn(model_params, q))(
+          chunk_of_tasks["query"]))
+
+    if not unadapted_weight:
+      return loss, unadapted_loss(meta_params["model"]), grads
+    unadapted, toward = jax.value_and_grad(unadapted_loss)(
+        meta_params["model"])
+    grads = {**grads, "model": jax.tree.map(
+        lambda g, u: g + unadapted_weight * u, grads["model"], toward)}
+    return loss, unadapted, grads
 
   num_chunks = num_tasks // chunk
   if num_chunks == 1:
@@ -101,7 +114,8 @@ def computed_once(flag: jax.Array) -> jax.Array:
 
 def make_train_step(loss_fn, meta_config: meta.MetaConfig, mesh: Mesh, *,
                     chunk_tasks: int, query_loss_fn=None,
-                    meta_fixed: tuple[str, ...] = ()) -> Callable:
+                    meta_fixed: tuple[str, ...] = (),
+                    unadapted_weight: float = 0.0) -> Callable:
   """`(state, batch, hyper) -> (state, metrics)`, to be jitted by the
   caller.
 
@@ -111,7 +125,8 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig, mesh: Mesh, *,
   (see the module docstring). Being an argument rather than constants,
   they leave the compiled step the same for every value.
   `meta_fixed`: patterns of model parameters whose meta-gradient is zeroed
-  before the update (`Recommender.meta_fixed`). An ensemble's loss
+  before the update (`Recommender.meta_fixed`). `unadapted_weight`: see
+  `chunked_meta_grad` (`train.unadapted_weight`). An ensemble's loss
   (`meta.Members`) is clipped per member (`optim.outer_optimizer`).
   """
   stacked = members_lib.stacked(loss_fn)
@@ -119,7 +134,8 @@ def make_train_step(loss_fn, meta_config: meta.MetaConfig, mesh: Mesh, *,
   def local(meta_params, tasks):
     out = chunked_meta_grad(loss_fn, meta_config, meta_params, tasks,
                             chunk_tasks=chunk_tasks,
-                            query_loss_fn=query_loss_fn)
+                            query_loss_fn=query_loss_fn,
+                            unadapted_weight=unadapted_weight)
     # (XLA's partitioner rejects an all-reduce over a lone manual device
     # beside an automatic `model` axis: one task shard needs none.)
     return jax.lax.pmean(out, AXIS) if mesh.shape[AXIS] > 1 else out

@@ -153,7 +153,9 @@ class Trainer:
     step = make_train_step(self.exp.model.loss_fn, self.exp.meta_config,
                            self.mesh, chunk_tasks=self.chunk,
                            query_loss_fn=self.exp.model.query_loss_fn,
-                           meta_fixed=self.exp.model.meta_fixed)
+                           meta_fixed=self.exp.model.meta_fixed,
+                           unadapted_weight=float(
+                               config.train.unadapted_weight))
     # `step(state, batch, hyper)`: the hyperparameters are an argument, so
     # the program is the same for any `train.num_steps`, `train.lr`, ...
     self.step = runtime.CompiledByShape(
