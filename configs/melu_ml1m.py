@@ -97,9 +97,9 @@ def get_config():
   # Weights 2, 5, 10 and 20 helped UC less or not at all and cost the new
   # items more (docs/results.md).
   c.model.support_rank_weight = 1.0
-  # The recipe's train.unadapted_weight=0.1 (the meta-parameters' own query
-  # loss in the meta-objective) is off: measured here over seeds 0-2,
-  # paired, it cost MAE in every scenario (W 0.6630 against 0.6605, UC
+  # The recipe's train.unadapted_weight (the meta-parameters' own query
+  # loss in the meta-objective) is off: at 0.1, measured here over seeds
+  # 0-2, paired, it cost MAE in every scenario (W 0.6630 against 0.6605, UC
   # 0.6817 / 0.6769, IC 0.8399 / 0.8343, UIC 0.8446 / 0.8374) for better
   # predictions before any rating (W 0.750 against 0.925, IC 0.881
   # against 1.039) and at one support rating (W 0.788 against 0.809,

@@ -122,7 +122,7 @@ def get_config() -> ml_collections.ConfigDict:
           "seed": 0, "num_steps": 1500, "schedule_steps": 0,
           "tasks_per_step": 64, "chunk_tasks": 0, "lr": 2e-3,
           "warmup_steps": 100, "end_lr_factor": 0.05, "grad_clip": 1.0,
-          "unadapted_weight": 0.1,
+          "unadapted_weight": 0.02,
           "eval_every_steps": 250, "early_stop_patience": 3,
           "select_on": "model",
           "max_nonfinite": 10, "preempt_exit_code": 0, "prefetch": 2,

@@ -185,6 +185,9 @@ class Anchor(nn.Module):
     new_item_min_support: whether the parameters hold
       `new_item_min_support`, the validated fewest support ratings of new
       items that move the user biases (`support_weights`).
+    cold_share: whether the parameters hold `cold_share`, the validated
+      shares of a user without support ratings, and `warm`, which tells
+      such a user (0) from an adapted one (`model.cold_share=validated`).
   """
 
   item_fields: tuple[FeatureSpec, ...] = ()
@@ -348,7 +351,8 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
 
   The support loss is the sum of two independent quadratics (the model's,
   with the learned prior, and the baseline's), so one step sets both user
-  biases; both are `meta_fixed` (see the module docstring)."""
+  biases; both are `meta_fixed` (see the module docstring), and so is
+  `warm`, which any counted support rating moves (`adapted_scalars`)."""
 
   def featurize(params, batch):
     return module.apply({"params": params}, batch["features"],
