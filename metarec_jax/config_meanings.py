@@ -363,9 +363,13 @@ MEANINGS: dict[str, str] = {
                               " adaptation resets a user's level, so"
                               " without it the meta-parameters' level"
                               " drifts and users with one or two ratings"
-                              " start far from theirs (`train/step.py`). 0:"
-                              " the adapted query loss alone (configs"
-                              " written before this key).",
+                              " start far from theirs (`train/step.py`;"
+                              " with `meta.algorithm=reptile` it is added"
+                              " to the update direction, with `pretrain`"
+                              " it weighs the query loss more; fixed when"
+                              " the step compiles). 0: the adapted query"
+                              " loss alone (configs written before this"
+                              " key).",
     "train.eval_every_steps": "Validation every this many steps (and at the"
                               " end; > 0: also of the start of a fresh"
                               " run, step 0, a candidate for the best"

@@ -102,7 +102,7 @@ def test_chunked_meta_gradient_equals_unchunked(trainer):
                                atol=1e-6)
 
 
-def test_the_unadapted_weight_adds_the_unadapted_losss_gradient(trainer):
+def test_the_unadapted_weight_adds_the_unadapted_loss_gradient(trainer):
   """`train.unadapted_weight`: the meta-parameters' gradient gains that
   multiple of the gradient of their own (unadapted) query loss, chunked
   or not; the meta-loss and the unadapted loss reported are unchanged."""
