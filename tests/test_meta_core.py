@@ -266,7 +266,8 @@ def test_every_meta_key_reaches_the_meta_config():
   fields = {f.name for f in dataclasses.fields(meta.MetaConfig)}
   keys = set(config.meta.keys())
   assert keys - fields == experiment.META_KEYS_OUTSIDE
-  model = types.SimpleNamespace(adapt=("^decision/",))  # its default
+  model = types.SimpleNamespace(adapt=("^decision/",),  # its default
+                                meta_fixed=())
   with config.unlocked():
     config.meta.momentum = 0.5  # a field no key sets (yet)
     config.meta.encoder_hidden = 7
