@@ -90,9 +90,16 @@ def _choose(maes: list, errors: list, name: str) -> int | None:
   return best
 
 
-def _per_kind(chosen: dict) -> list[int]:
-  """`chosen`'s index per scenario of `SCENARIOS`: one without tasks
-  follows the other, and with neither, 0 (the baseline is served)."""
+def _per_kind(runs: list, key: str, errors: list) -> list[int]:
+  """The index into `GRID` per scenario of `SCENARIOS`, chosen by each
+  run's metric `key` and the per-task `errors` (`_choose`): one without
+  tasks follows the other, and with neither, 0 (the baseline is
+  served)."""
+  chosen = {}
+  for name in SCENARIOS:
+    best = _choose([r[name].get(key) for r in runs], errors, name)
+    if best is not None:
+      chosen[name] = best
   fallback = chosen.get("val", chosen.get("val_new", GRID.index(0.0)))
   return [chosen.get(name, fallback) for name in SCENARIOS]
 
@@ -134,14 +141,11 @@ def fit(evaluate: Callable[[PyTree], tuple | None], meta_params: PyTree):
     runs.append(out[0])
     errors.append(out[1])
     unadapted.append(out[2])
-  index = _per_kind({name: i for name in SCENARIOS if (i := _choose(
-      [r[name].get("mae") for r in runs], errors, name)) is not None})
+  index = _per_kind(runs, "mae", errors)
   results = {name: runs[i][name] for name, i in zip(SCENARIOS, index)}
   cold = None
   if cold_present(meta_params):
-    cold_index = _per_kind({name: i for name in SCENARIOS if (i := _choose(
-        [r[name].get("mae_unadapted") for r in runs], unadapted, name))
-                            is not None})
+    cold_index = _per_kind(runs, "mae_unadapted", unadapted)
     cold = tuple(GRID[i] for i in cold_index)
     results = {name: {**m, "mae_unadapted": runs[i][name].get(
         "mae_unadapted")} for (name, m), i in zip(results.items(),
