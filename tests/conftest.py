@@ -8,6 +8,7 @@ skipping.
 
 import atexit
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -75,6 +76,45 @@ LONGEST_FIRST = ("test_multiprocess.py", "test_fault_tolerance.py",
                  "test_device_bench.py", "test_bench.py", "test_testbed.py")
 # The session's trained runs (fixtures below).
 SHARED_RUNS = ("ml1m_tiny_run", "tiny_metasgd_run")
+
+
+# Every compiled XLA program keeps its machine code in memory maps of its
+# own (about 9 per eager operation on a new shape) until JAX's caches let it
+# go, and Linux allows a process 65530 maps (`vm.max_map_count`). An xdist
+# worker that had run test_anchored's and test_cold_shares' hundreds of
+# programs held 54,000 of them; past the limit LLVM's next map fails, which
+# XLA does not survive: a segfault inside a compile (2 of 5 CI runs in the
+# fortieth session, in test_members and test_onehot_lookup). So a test that
+# leaves its process above MAX_MAPS clears JAX's caches (1 ms when below:
+# one read of /proc/self/maps); what took long to compile comes back from
+# the persistent compilation cache.
+MAX_MAPS = 20_000
+MAPS_FILE = "/proc/self/maps"  # Linux; elsewhere nothing is counted
+
+
+def memory_maps() -> int:
+  """The memory maps this process holds (0 where the OS does not say)."""
+  if not os.path.exists(MAPS_FILE):
+    return 0
+  with open(MAPS_FILE, "rb") as f:
+    return sum(1 for _ in f)
+
+
+def release_maps(limit: int = MAX_MAPS) -> bool:
+  """Clears JAX's caches where the process holds more than `limit` memory
+  maps; whether it did."""
+  if memory_maps() <= limit:
+    return False
+  jax.clear_caches()
+  gc.collect()
+  return True
+
+
+@pytest.fixture(autouse=True)
+def bounded_memory_maps():
+  """After each test, `release_maps` (see MAX_MAPS)."""
+  yield
+  release_maps()
 
 
 def pytest_collection_modifyitems(items):
