@@ -32,6 +32,7 @@ BEFORE_KEY = {
     "model.id_init": "normal",
     "model.cold_share": "same",
     "train.unadapted_weight": 0.0,
+    "model.warm_min_support": "none",
 }
 
 # The keys of the first work directories' config.json (2026-11-23), by
@@ -78,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
           "user_bias_prior": 3.0, "new_item_prior": "validated",
           "cold_share": "validated",
           "new_item_min_support": "validated",
+          "warm_min_support": "validated",
           "calibration": "median", "popularity_prior": True,
           "loss": "mse", "query_loss": "", "huber_delta": 1.0,
           "query_rank_weight": 0.0, "support_rank_weight": 0.0,

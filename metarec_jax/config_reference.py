@@ -70,6 +70,8 @@ ALLOWED: dict[str, Any] = {
                                     "NEW_ITEM_PRIORS"),
     "model.new_item_min_support": R.OneOf("metarec_jax.models.anchored",
                                           "NEW_ITEM_MIN_SUPPORTS"),
+    "model.warm_min_support": R.OneOf("metarec_jax.models.anchored",
+                                      "WARM_MIN_SUPPORTS"),
     "model.cold_share": R.OneOf("metarec_jax.models.anchored",
                                 "COLD_SHARES"),
     "model.id_init": R.OneOf("metarec_jax.data.factors", "ID_INITS"),

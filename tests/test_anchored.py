@@ -29,13 +29,13 @@ def kind(request, monkeypatch):
 
 
 def build(prior=PRIOR, new_item_prior="same", new_item_min_support="none",
-          cold_share="same", **meta_kw):
+          cold_share="same", warm_min_support="none", **meta_kw):
   cfg = model_section({
       **KINDS[KIND], "anchor": True, "anchor_version": 2,
       "user_bias_prior": prior, "calibration": "median",  # identity as init
       "new_item_prior": new_item_prior,
       "new_item_min_support": new_item_min_support,
-      "cold_share": cold_share,
+      "warm_min_support": warm_min_support, "cold_share": cold_share,
       "embed_dim": 4, "hidden": (8,), "embed_std": 0.1, "item_id": False})
   assert models.is_anchored(cfg)
   model = models.build(cfg, FIELDS, rating_mean=MU, item_means=(ITEM_MEANS, COUNTS / (COUNTS + 5.0)),
@@ -431,6 +431,46 @@ def test_ratings_left_out_of_the_user_biases_leave_the_user_cold():
     gated = {**params, "new_item_min_support": np.float32(least)}
     adapted = meta.adapt(model.loss_fn, gated, support, config=config)
     assert (float(adapted["warm"]) != 0.0) == moved
+
+
+def test_fewer_ratings_than_the_warm_minimum_leave_the_user_cold():
+  """`model.warm_min_support=validated`: a support set with fewer ratings
+  that count than the validated minimum moves nothing (the network, the
+  biases, `warm`): the user is served the meta-parameters at the cold
+  shares; from the minimum on it adapts. Ratings of new items that their
+  own minimum leaves out do not count towards it. At 1 (as trained) every
+  rating counts; the minimum takes no gradient; a config without the key
+  has no leaf."""
+  assert "warm_min_support" not in build()[0].init(jax.random.PRNGKey(0))
+  model, config = build(new_item_prior="validated",
+                        new_item_min_support="validated",
+                        warm_min_support="validated",
+                        cold_share="validated", inner_steps=2)
+  params = learned(model.init(jax.random.PRNGKey(0)))
+  assert float(params["warm_min_support"]) == 1.0
+  params = {**params, "cold_share": np.full(2, 0.5, np.float32)}
+  t = tasks()
+  support = jax.tree.map(lambda a: a[0], t["support"])
+  query = jax.tree.map(lambda a: a[0], t["query"])
+  unadapted = np.asarray(model.predict(params, query["features"]))
+  ids = support["features"]["item_id"]
+  new = (COUNTS[ids - 1] == 0) & support["mask"]
+  n, n_new = int(support["mask"].sum()), int(new.sum())
+  assert 0 < n_new < n, (n, n_new)
+  for least, new_least, moved in ((n + 1, 1, False), (n, 1, True),
+                                  (n, n_new + 1, False),
+                                  (n - n_new, n_new + 1, True)):
+    gated = {**params, "warm_min_support": np.float32(least),
+             "new_item_min_support": np.float32(new_least)}
+    adapted = meta.adapt(model.loss_fn, gated, support, config=config)
+    served = np.asarray(model.predict(adapted, query["features"]))
+    assert (float(adapted["warm"]) != 0.0) == moved, (least, new_least)
+    if moved:
+      assert np.abs(served - unadapted)[query["mask"]].max() > 1e-4
+    else:
+      np.testing.assert_array_equal(served, unadapted)
+  assert_takes_no_gradient("warm_min_support", 2.0, t,
+                           warm_min_support="validated")
 
 
 def test_the_baseline_part_keeps_the_baselines_prior():

@@ -44,10 +44,14 @@ def test_train_writes_the_work_directory(trained):
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert "6" in os.listdir(os.path.join(workdir, "checkpoints"))
   # Each validation says the new items' fewest counted ratings once: as
-  # validated where its users rated new items, else with the prior.
+  # validated where its users rated new items, else with the prior; and
+  # the fewest that count at all (`model.warm_min_support`).
   for step in (0, 3, 6):
     said = [l for l in out.stderr.splitlines() if f"step {step}  " in l]
-    fitted = any("validated fewest support ratings" in l for l in said)
+    fitted = any("validated fewest support ratings of new items" in l
+                 for l in said)
+    assert len([l for l in said
+                if "validated fewest support ratings that count" in l]) == 1
     none = any("no validation user rated a new item" in l and
                "count from the first" in l for l in said)
     assert fitted != none, said
@@ -74,11 +78,13 @@ def test_eval_prints_the_json_report_last(trained):
   assert set(served) == {"share_existing_items", "share_new_items",
                          "cold_share_existing_items", "cold_share_new_items",
                          "new_item_prior", "new_item_min_support",
+                         "warm_min_support",
                          "median_map_existing_items", "median_map_new_items"}
   assert 0.0 <= served["cold_share_new_items"] <= 1.0
   assert "a user without ratings is served" in out.stderr
   assert 0.0 <= served["share_new_items"] <= 1.0
   assert served["new_item_min_support"] in (1.0, 2.0, 3.0)
+  assert served["warm_min_support"] in (1.0, 2.0, 3.0)
   assert isinstance(served["median_map_new_items"], bool)
   assert isinstance(report["warnings"], list)
   assert set(report["scenarios"]) == {"W", "UC", "IC", "UIC"}

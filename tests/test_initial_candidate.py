@@ -113,6 +113,10 @@ def test_the_anchored_start_is_the_baseline_and_the_best_is_no_worse(
   assert row["val/new_item_min_support"] in (1.0, 2.0, 3.0)
   assert float(state.params["model"]["new_item_min_support"]) == (
       row["val/new_item_min_support"])
+  # ... and the fewest ratings that count at all (`model.warm_min_support`).
+  assert row["val/warm_min_support"] in (1.0, 2.0, 3.0)
+  assert float(state.params["model"]["warm_min_support"]) == (
+      row["val/warm_min_support"])
   # The user bias's start is `meta_fixed`: however harmful the rate, the
   # meta-step leaves it at 0 (the unadapted model stays at the item
   # means), while the prior it shrinks with is meta-learned.

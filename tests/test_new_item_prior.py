@@ -6,7 +6,9 @@ count, from the cuts of the validation users' support sets."""
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from metarec_jax.train import min_support as min_lib
 from metarec_jax.train import new_item_prior as lib
 
 
@@ -124,12 +126,13 @@ def test_the_multiple_is_chosen_by_the_mae_as_served():
 
 def test_as_trained_undoes_what_a_validation_fitted():
   """A resumed run trains with (and a validation of a saved checkpoint
-  starts from) the shares at 1, the multiple at 1 and the identity map,
-  whatever the checkpoint served."""
+  starts from) the shares at 1, the multiple and the minima at 1 and the
+  identity map, whatever the checkpoint served."""
   from metarec_jax.models import calibration  # pylint: disable=g-import-not-at-top
   from metarec_jax.train import median_map, shares, validation  # pylint: disable=g-import-not-at-top
   served = {"model": {**params(8.0)["model"],
                       "new_item_min_support": jnp.asarray(4.0),
+                      "warm_min_support": jnp.asarray(3.0),
                       "share": jnp.asarray([0.25, 0.0]),
                       **calibration.identity(np.ones(3, bool))}}
   served = median_map.with_map(served, median_map.knots(1, 5),
@@ -139,6 +142,7 @@ def test_as_trained_undoes_what_a_validation_fitted():
   np.testing.assert_array_equal(trained["model"]["share"], shares.TRAINING)
   assert float(trained["model"]["new_item_prior"]) == lib.TRAINING
   assert float(trained["model"]["new_item_min_support"]) == lib.TRAINING
+  assert float(trained["model"]["warm_min_support"]) == min_lib.TRAINING
   assert not np.asarray(trained["model"]["median_offsets"]).any()
   np.testing.assert_array_equal(trained["model"]["w"], np.ones(3))
   # A model without them passes through.
@@ -147,13 +151,13 @@ def test_as_trained_undoes_what_a_validation_fitted():
 
 
 def test_the_minimum_is_the_smallest_from_which_every_cut_helps():
-  assert lib.fit_min_support({}) == 1.0  # no new-item validation
-  assert lib.fit_min_support({1: True, 2: True}) == 1.0
-  assert lib.fit_min_support({1: False, 2: True}) == 2.0
-  assert lib.fit_min_support({1: True, 2: False}) == 3.0
-  assert lib.fit_min_support({1: False, 2: False}) == 3.0
-  assert lib.fit_min_support({2: True}) == 1.0  # no task at 1
-  assert lib.fit_min_support({1: False}, grid=(1.0,)) == 1.0  # the last
+  assert min_lib.fit({}) == 1.0  # no new-item validation
+  assert min_lib.fit({1: True, 2: True}) == 1.0
+  assert min_lib.fit({1: False, 2: True}) == 2.0
+  assert min_lib.fit({1: True, 2: False}) == 3.0
+  assert min_lib.fit({1: False, 2: False}) == 3.0
+  assert min_lib.fit({2: True}) == 1.0  # no task at 1
+  assert min_lib.fit({1: False}, grid=(1.0,)) == 1.0  # the last
 
 
 def _cut(adapted_errors, unadapted_error=0.5):
@@ -172,18 +176,22 @@ def test_a_size_helps_on_average_over_its_cuts():
   tasks it must help by the evidence: the same mean gain from errors
   that differ between tasks does not."""
   many = 60
-  assert lib.cut_helps([_cut(np.full(many, 0.4)), _cut(np.full(many, 0.55))])
-  assert not lib.cut_helps([_cut(np.full(many, 0.4)),
-                            _cut(np.full(many, 0.65))])
+  assert min_lib.cut_helps([_cut(np.full(many, 0.4)),
+                           _cut(np.full(many, 0.55))])
+  assert not min_lib.cut_helps([_cut(np.full(many, 0.4)),
+                               _cut(np.full(many, 0.65))])
   few = 40
-  assert lib.cut_helps([_cut(np.full(few, 0.4)), _cut(np.full(few, 0.55))])
+  assert min_lib.cut_helps([_cut(np.full(few, 0.4)),
+                           _cut(np.full(few, 0.55))])
   spread = np.where(np.arange(few) % 2, 0.95, 0.03)  # 0.49 on average
-  assert not lib.cut_helps([_cut(spread)] * 2)
-  assert lib.cut_helps([_cut(np.where(np.arange(many) % 2, 0.95, 0.03))] * 2)
+  assert not min_lib.cut_helps([_cut(spread)] * 2)
+  assert min_lib.cut_helps(
+      [_cut(np.where(np.arange(many) % 2, 0.95, 0.03))] * 2)
 
 
 class _CutEvaluator:
-  """Validation users' new items, `val_new`: `n` tasks of 6 support and 3
+  """A minimum's validation scenario (`val_new`, the validation users' new
+  items, or `val` for the warm minimum): `n` tasks of 6 support and 3
   query ratings. Adapted from fewer than `bad_below` support ratings a
   task predicts 1 star too high where the unadapted prediction is exact
   up to 0.5; from more, the adapted prediction is exact and the
@@ -192,10 +200,11 @@ class _CutEvaluator:
   evidence asks); a task with fewer support ratings than the model's minimum is
   predicted unadapted (as `Anchor.support_weights` does)."""
 
-  def __init__(self, bad_below, noisy=False, n=40):
+  def __init__(self, bad_below, noisy=False, n=40,
+               minimum=min_lib.MINIMA[0]):
     from metarec_jax.data.splits import TaskSet  # pylint: disable=g-import-not-at-top
     s, q = 6, 3
-    self.bad_below, self.noisy = bad_below, noisy
+    self.bad_below, self.noisy, self.minimum = bad_below, noisy, minimum
     offsets = np.arange(n + 1) * (s + q)
     is_query = np.tile(np.r_[np.zeros(s, bool), np.ones(q, bool)], n)
     self.tasks = TaskSet(users=np.arange(n), offsets=offsets,
@@ -203,7 +212,8 @@ class _CutEvaluator:
                          ratings=np.full(n * (s + q), 3.0, np.float32),
                          is_query=is_query)
     self.exp = type("Exp", (), {})()
-    self.exp.split = type("Split", (), {"scenarios": {"val_new": self.tasks}})
+    self.exp.split = type("Split", (),
+                          {"scenarios": {minimum.scenario: self.tasks}})
     self.exp.config = type("C", (), {"eval": type("E", (), {"seed": 0})})
     self.sizes = []
 
@@ -212,7 +222,7 @@ class _CutEvaluator:
     self.sizes.append(k)
     true = np.full((len(tasks), 3), 3.0, np.float32)
     unadapted = true + 0.5
-    least = float(params["model"]["new_item_min_support"])
+    least = float(params["model"][self.minimum.leaf])
     adapted = (unadapted if k < least else
                true + (1.0 if k < self.bad_below else 0.0))
     if self.noisy and least <= k < 4:
@@ -224,43 +234,50 @@ class _CutEvaluator:
 
   def evaluate(self, params, scenarios, should_stop=None, keep=None):
     p = self.predictions(params, self.tasks)
-    return {"val_new": {"mae": float(np.abs(p.adapted - p.true).mean())}}
+    return {self.minimum.scenario: {
+        "mae": float(np.abs(p.adapted - p.true).mean())}}
 
 
-def test_the_minimum_is_fitted_on_cuts_of_the_new_items_support_sets():
-  """The `val_new` support sets cut to 1 and 2 ratings, predicted with
-  the minimum at 1: where adapting is worse below 3 ratings, the minimum
-  is 3 (the smallest of the grid above every such cut), and likewise,
-  on fewer than 50 tasks, where it is lower on average but not by the
+@pytest.mark.parametrize("minimum", min_lib.MINIMA,
+                         ids=lambda m: m.leaf)
+def test_the_minimum_is_fitted_on_cuts_of_its_scenarios_support_sets(
+    minimum):
+  """The minimum's scenario's support sets (`val_new` for new items,
+  `val` for the warm minimum) cut to 1 and 2 ratings, predicted with the
+  minimum at 1: where adapting is worse below 3 ratings, the minimum is 3
+  (the smallest of the grid above every such cut), and likewise, on
+  fewer than 50 tasks, where it is lower on average but not by the
   evidence the shares ask for (with more tasks the lower MAE decides);
-  the validation's `val_new` figure is that of the model served with
-  it."""
+  the validation's figure of that scenario is that of the model served
+  with it, the other scenario's is kept."""
   from metarec_jax.train import validation  # pylint: disable=g-import-not-at-top
 
   class Trainer:
     def eval_params(self, params):
       return params
 
-  start = {"model": {"new_item_min_support": jnp.asarray(1.0),
-                     "w": jnp.ones(3)}}
+  start = {"model": {minimum.leaf: jnp.asarray(1.0), "w": jnp.ones(3)}}
+  name = minimum.scenario
+  other = "val" if name == "val_new" else "val_new"
   for bad_below, noisy, n, expected in (
       (3, False, 40, 3.0), (1, False, 40, 1.0), (2, False, 40, 2.0),
       (1, True, 40, 3.0), (5, False, 40, 3.0),
       # With 50 tasks or more the lower MAE decides, evident or not.
       (1, True, 60, 1.0), (3, False, 60, 3.0)):
-    ev = _CutEvaluator(bad_below, noisy, n)
-    results = {"val": {"mae": 0.1}, "val_new": {"mae": 9.0}}
+    ev = _CutEvaluator(bad_below, noisy, n, minimum)
+    results = {other: {"mae": 0.1}, name: {"mae": 9.0}}
     params, results, least = validation._fit_min_support(  # pylint: disable=protected-access
-        ev, Trainer(), start, results, lambda: False)
+        ev, Trainer(), start, results, lambda: False, minimum=minimum)
     assert least == expected, (bad_below, least)
-    assert ev.sizes[:2 * lib.CUTS] == [1] * lib.CUTS + [2] * lib.CUTS
-    assert float(params["model"]["new_item_min_support"]) == expected
-    assert results["val"] == {"mae": 0.1}
+    cuts = min_lib.CUTS
+    assert ev.sizes[:2 * cuts] == [1] * cuts + [2] * cuts
+    assert float(params["model"][minimum.leaf]) == expected
+    assert results[other] == {"mae": 0.1}
     # Re-evaluated at the minimum where it is above 1 (6 support ratings:
     # adapted, and exact where 6 ratings are enough); kept otherwise.
-    assert results["val_new"]["mae"] == (
+    assert results[name]["mae"] == (
         9.0 if expected == 1 else 0.0 if bad_below <= 6 else 1.0)
-  stopped = _CutEvaluator(3)
+  stopped = _CutEvaluator(3, minimum=minimum)
   stopped.predictions = lambda *a, **k: None
   assert validation._fit_min_support(  # pylint: disable=protected-access
-      stopped, Trainer(), start, {}, lambda: True) is None
+      stopped, Trainer(), start, {}, lambda: True, minimum=minimum) is None

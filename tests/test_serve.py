@@ -264,6 +264,7 @@ def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):
   assert client.head("/healthz").status_code == 200  # `curl -I`: was 405
   # What it serves, as `eval` reports it for the same checkpoint.
   assert health["served"]["new_item_min_support"] in (1.0, 2.0, 3.0)
+  assert health["served"]["warm_min_support"] in (1.0, 2.0, 3.0)
   assert set(health["served"]) >= {"share_existing_items", "new_item_prior"}
   assert top_items(client, 130)["items"]
   # Nothing refused reached the log.

@@ -5,7 +5,7 @@ An anchored model weighs a support rating of a new item `1 /
 new_item_prior` of an existing item's in its user biases, the multiple
 fitted at each validation, and (`model.new_item_min_support=validated`)
 leaves such ratings out below a validated minimum count
-(`metarec_jax/train/new_item_prior.py`). Two runs with and without them
+(`metarec_jax/train/new_item_prior.py`, `min_support.py`). Two runs with and without them
 differ by more than these (another compiled loss rounds differently, and
 1500 steps turn that into another draw), so this script measures them on
 one checkpoint: the checkpoint's trained params validated again, with
@@ -36,14 +36,14 @@ from metarec_jax.eval import metrics as metrics_lib  # noqa: E402
 from metarec_jax.eval.evaluate import Evaluator  # noqa: E402
 from metarec_jax.eval.support_curve import truncate_support  # noqa: E402
 from metarec_jax.train import median_map, validation  # noqa: E402
+from metarec_jax.train import min_support as min_support_lib  # noqa: E402
 from metarec_jax.train import new_item_prior as new_prior_lib  # noqa: E402
 from metarec_jax.workdir.restore import open_checkpoint, workdir_at  # noqa: E402
 
 # variant: (candidates of the multiple, of the minimum)
 VARIANTS = {"held_at_1": ((1.0,), (1.0,)),
             "fitted": (new_prior_lib.GRID, (1.0,)),
-            "with_minimum": (new_prior_lib.GRID,
-                             new_prior_lib.MIN_SUPPORT_GRID)}
+            "with_minimum": (new_prior_lib.GRID, min_support_lib.GRID)}
 COLD = ("IC", "UIC")  # support sets of new items
 SIZES = (1, 2)
 

@@ -86,7 +86,10 @@ items whose features say nothing), `new_item_min_support`
 (`model.new_item_min_support=validated`, `train.new_item_prior` fits it
 too) is the fewest support ratings of new items that count at all: a
 support set with fewer of them keeps the meta-parameters' user biases, as
-if the user had not rated them. Training uses 1 (every rating counts).
+if the user had not rated them. Likewise `warm_min_support`
+(`model.warm_min_support=validated`) for all of a user's ratings: below it
+the user is served as one without ratings (`train.min_support`).
+Training uses 1 for both (every rating counts).
 
 Before any training the meta-parameters alone predict the item means
 (never worse than the global mean), and served at share 0 (and the
@@ -112,6 +115,9 @@ Parameters:
                                            with model.new_item_prior=validated)
     new_item_min_support             []   (1; validated, no gradient; only
                                            with model.new_item_min_support=
+                                           validated)
+    warm_min_support                 []   (1; validated, no gradient; only
+                                           with model.warm_min_support=
                                            validated)
     cold_share                       [2]  (1, 1; validated, no gradient; only
                                            with model.cold_share=validated)
@@ -148,6 +154,9 @@ NEW_ITEM_PRIORS = ("validated", "same")  # `model.new_item_prior`
 # The fewest support ratings of new items that move the user biases.
 NEW_ITEM_MIN_SUPPORT = "new_item_min_support"
 NEW_ITEM_MIN_SUPPORTS = ("validated", "none")  # `model.new_item_min_support`
+# The fewest support ratings that count at all (validated).
+WARM_MIN_SUPPORT = "warm_min_support"
+WARM_MIN_SUPPORTS = ("validated", "none")  # `model.warm_min_support`
 # The two user biases: adapted by every anchored model, and `meta_fixed`.
 USER_BIASES = (f"^{USER_BIAS}$", f"^{BASE_BIAS}$")
 
@@ -157,13 +166,6 @@ def adapted_scalars(module: "Anchor") -> tuple[str, ...]:
   `meta_fixed` at 0: the two user biases, and `warm` where it has cold
   shares."""
   return USER_BIASES + ((f"^{WARM}$",) if module.cold_share else ())
-
-
-def user_bias_scale(inner_lr: float) -> float:
-  """The scale `s` of `user_bias`: one SGD step of `inner_lr` on the prior
-  loss moves `s * user_bias` by `2 * inner_lr * s^2` times its distance to
-  the shrunk mean residual, so `s = 1 / sqrt(2 * inner_lr)` lands on it."""
-  return 1.0 / math.sqrt(2.0 * max(float(inner_lr), 1e-6))
 
 
 class Anchor(nn.Module):
@@ -177,7 +179,7 @@ class Anchor(nn.Module):
     item_bias_init: initializer of `item_bias/embedding` `[items + 1, 2]`:
       per item `w * mean residual` and `w` (row 0, padding: 0 and 0).
     global_mean: the start of `global_bias`.
-    user_scale: see `user_bias_scale`.
+    user_scale: see `anchored_loss.user_bias_scale`.
     prior: the start of the model's user-bias prior (pseudo-ratings).
     new_item_prior: whether the parameters hold `new_item_prior`, the
       validated multiple of the user biases' priors for support ratings of
@@ -185,6 +187,8 @@ class Anchor(nn.Module):
     new_item_min_support: whether the parameters hold
       `new_item_min_support`, the validated fewest support ratings of new
       items that move the user biases (`support_weights`).
+    warm_min_support: whether the parameters hold `warm_min_support`, the
+      validated fewest support ratings that count at all.
     cold_share: whether the parameters hold `cold_share`, the validated
       shares of a user without support ratings, and `warm`, which tells
       such a user (0) from an adapted one (`model.cold_share=validated`).
@@ -198,6 +202,7 @@ class Anchor(nn.Module):
   prior: float = 3.0
   new_item_prior: bool = False
   new_item_min_support: bool = False
+  warm_min_support: bool = False
   cold_share: bool = False
 
   def setup_anchor(self):
@@ -224,6 +229,8 @@ class Anchor(nn.Module):
     if self.new_item_min_support:
       self.min_support = self.param(NEW_ITEM_MIN_SUPPORT,
                                     nn.initializers.ones, ())
+    if self.warm_min_support:
+      self.warm_least = self.param(WARM_MIN_SUPPORT, nn.initializers.ones, ())
 
   def item_table(self, features: dict[str, jax.Array]):
     """Each row's fixed item-bias entries `(w * mean residual, w)`: the
@@ -238,7 +245,9 @@ class Anchor(nn.Module):
     """Each support row's weight in the user biases' estimates: 1 for an
     item with training ratings, `1 / new_item_prior` for one without, and
     0 for one without where the task's support set (`mask`, one task's
-    rows) holds fewer than `new_item_min_support` of them.
+    rows) holds fewer than `new_item_min_support` of them; and 0 for
+    every row where fewer than `warm_min_support` rows are left above 0
+    (the user is then served as one without ratings).
 
     A new item's residual holds its unknown item bias (what its features
     do not predict) besides the noise, so its rating says less about the
@@ -252,12 +261,17 @@ class Anchor(nn.Module):
     if self.new_item_prior:
       new_weight = 1.0 / jnp.maximum(
           jax.lax.stop_gradient(self.new_prior), 1.0)
+    # Counts are whole numbers: half a rating of slack for the float.
     if self.new_item_min_support and mask is not None:
       new_rows = jnp.sum(jnp.where(existing, 0.0, mask.astype(jnp.float32)))
       least = jax.lax.stop_gradient(self.min_support)
-      # Counts are whole numbers: half a rating of slack for the float.
       new_weight = jnp.where(new_rows >= least - 0.5, new_weight, 0.0)
-    return jnp.where(existing, 1.0, new_weight)
+    weights = jnp.where(existing, 1.0, new_weight)
+    if self.warm_min_support and mask is not None:
+      counted = jnp.sum(jnp.where(weights > 0, mask.astype(jnp.float32), 0.0))
+      least = jax.lax.stop_gradient(self.warm_least)
+      weights = jnp.where(counted >= least - 0.5, weights, 0.0)
+    return weights
 
   def combine(self, interaction: jax.Array,
               features: dict[str, jax.Array]) -> jax.Array:

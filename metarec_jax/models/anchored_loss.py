@@ -22,6 +22,8 @@ step sets each whatever the others do:
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -33,6 +35,13 @@ USER_BIAS = "user_bias"
 USER_PRIOR = "user_prior"  # log of the user bias's pseudo-ratings
 BASE_BIAS = "base_bias"  # the baseline's own user bias
 WARM = "warm"  # 0 until the user has a support rating (adapted)
+
+
+def user_bias_scale(inner_lr: float) -> float:
+  """The scale `s` of `user_bias`: one SGD step of `inner_lr` on the prior
+  loss moves `s * user_bias` by `2 * inner_lr * s^2` times its distance to
+  the shrunk mean residual, so `s = 1 / sqrt(2 * inner_lr)` lands on it."""
+  return 1.0 / math.sqrt(2.0 * max(float(inner_lr), 1e-6))
 
 
 def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,

@@ -11,7 +11,7 @@ import numpy as np
 
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec, select
 from metarec_jax.meta import Members
-from metarec_jax.models import anchored, anchored_idemb, precision
+from metarec_jax.models import anchored, anchored_idemb, anchored_loss, precision
 from metarec_jax.models.idemb import INTERACTIONS, IDEmb
 from metarec_jax.models.melu import MeLU, popularity_table, rows_init
 from metarec_jax.models.recommender import (LOSSES, RANKING_LOSSES,
@@ -139,7 +139,7 @@ def build(model_config, features: Iterable[FeatureSpec], *,
       `n / (n + pseudo-ratings)` of its own ratings in it; the fixed part
       of the item biases (default: none, as if no item had ratings).
     inner_lr: `model.anchor`: the inner loop's rate, which sets the scale
-      of the adapted user bias (`anchored.user_bias_scale`).
+      of the adapted user bias (`anchored_loss.user_bias_scale`).
     item_counts: each item's number of training ratings (positives on
       implicit feedback): the median map's kind of item
       (`model.calibration=median`) and the popularity prior
@@ -308,11 +308,12 @@ def _anchored(model_config, fields, rating_mean, item_means, inner_lr, kind,
   anchor = dict(num_items=num_items, item_fields=item_fields,
                 item_bias_init=item_bias_init,
                 global_mean=float(rating_mean),
-                user_scale=anchored.user_bias_scale(inner_lr),
+                user_scale=anchored_loss.user_bias_scale(inner_lr),
                 prior=float(model_config.user_bias_prior),
                 new_item_prior=model_config.new_item_prior == "validated",
                 new_item_min_support=(
                     model_config.new_item_min_support == "validated"),
+                warm_min_support=model_config.warm_min_support == "validated",
                 cold_share=model_config.cold_share == "validated")
   if model_config.name == "idemb":
     module = anchored_idemb.AnchoredIDEmb(

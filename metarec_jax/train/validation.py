@@ -2,12 +2,12 @@
 
 The anchored model's shares (`train.shares`), then its prior for new
 items' support ratings (`train.new_item_prior`), any rating model's
-median map (`train.median_map`), and last the fewest new items' support
-ratings that count (`new_item_prior.fit_min_support`, judged as served)
+median map (`train.median_map`), and last the fewest support ratings that
+count, of new items and of all (`train.min_support`, judged as served),
 are fitted at every validation, in that order, on the validation users'
-held-out ratings, to the unmapped predictions of the state as trained; the checkpoint of that step saves the
-params with them, so that `eval`, `export` and the server serve what was
-validated.
+held-out ratings, to the unmapped predictions of the state as trained;
+the checkpoint of that step saves the params with them, so that `eval`,
+`export` and the server serve what was validated.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from metarec_jax.eval.evaluate import Evaluator
 from metarec_jax.eval.support_curve import truncate_support
 from metarec_jax.models import calibration
 from metarec_jax.train import median_map
+from metarec_jax.train import min_support as min_support_lib
 from metarec_jax.train import new_item_prior as new_prior_lib
 from metarec_jax.train import shares as shares_lib
 
@@ -54,8 +55,7 @@ def as_trained(params: PyTree) -> PyTree:
     params = shares_lib.with_shares(params, shares_lib.TRAINING)
   if new_prior_lib.present(params):
     params = new_prior_lib.with_multiple(params, new_prior_lib.TRAINING)
-  if new_prior_lib.min_support_present(params):
-    params = new_prior_lib.with_min_support(params, new_prior_lib.TRAINING)
+  params = min_support_lib.as_trained(params)
   if median_map.present(params):
     params = median_map.identity(params)
   return params
@@ -65,13 +65,13 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
              with_shares: bool, with_map: bool,
              should_stop: Callable[[], bool],
              new_item_priors: tuple[float, ...] = new_prior_lib.GRID,
-             min_supports: tuple[float, ...] = new_prior_lib.MIN_SUPPORT_GRID):
+             min_supports: tuple[float, ...] = min_support_lib.GRID):
   """The validation of the trained `params` after `step`.
 
   `new_item_priors` are the candidates of the new-item prior multiple
   (`train.new_item_prior`; `(1.0,)` holds it as trained, for tools that
   measure what fitting it does), `min_supports` those of the fewest
-  new items' support ratings that count (likewise).
+  support ratings that count (`train.min_support`; likewise).
 
   Returns:
     `(results, served params, scalars)`: the evaluator's results per
@@ -125,24 +125,25 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
     scalars.update(mapped)
     if mapped:
       log.info("step %d  %s", step, _map_summary(mapped, results))
-  if with_shares and new_prior_lib.min_support_present(params):
+  for minimum in min_support_lib.present(params) if with_shares else ():
     fitted = _fit_min_support(evaluator, trainer, params, results,
-                              should_stop, min_supports)
+                              should_stop, min_supports, minimum)
     if fitted is None:
       return None
     params, results, least = fitted
-    scalars["val/new_item_min_support"] = least
-    if _rated_new_items(results):  # else said with the prior (above)
-      log.info("step %d  validated fewest support ratings of new items"
-               " that move a user's biases: %g", step, least)
+    scalars[f"val/{minimum.leaf}"] = least
+    if minimum.scenario in results and results[minimum.scenario].get(
+        "mae") is not None:  # new items: else said with the prior (above)
+      log.info("step %d  validated fewest %s that count: %g", step,
+               minimum.counts, least)
   return results, params, scalars
 
 
 def compile_jobs(evaluator: Evaluator, trainer, with_shares: bool,
                  with_map: bool) -> list:
   """The programs of a validation, for the warm-up: each validated
-  scenario's buckets and, where the fewest new-item support ratings are
-  fitted, those of `val_new` cut to `MIN_SUPPORT_SIZES` (where every
+  scenario's buckets and, where the fewest support ratings are fitted,
+  those of their scenarios cut to `min_support.SIZES` (where every
   validation user rated many new items, that bucket was no scenario's
   own: it compiled inside the first validation, with a warning that a
   shape had escaped the buckets)."""
@@ -151,11 +152,12 @@ def compile_jobs(evaluator: Evaluator, trainer, with_shares: bool,
   names = shares_lib.SCENARIOS if with_shares or with_map else ("val",)
   jobs = [job for name in names
           for job in evaluator.compile_jobs(params, split.scenarios[name])]
-  tasks = split.scenarios.get(new_prior_lib.SCENARIO)
-  if (with_shares and tasks is not None
-      and new_prior_lib.min_support_present(trainer.abstract_state().params)):
-    seed = int(evaluator.exp.config.eval.seed)
-    for k in new_prior_lib.MIN_SUPPORT_SIZES:
+  minima = (min_support_lib.present(trainer.abstract_state().params)
+            if with_shares else ())
+  seed = int(evaluator.exp.config.eval.seed)
+  for minimum in minima:
+    tasks = split.scenarios.get(minimum.scenario)
+    for k in min_support_lib.SIZES if tasks is not None else ():
       cut = truncate_support(tasks, k, seed=seed)
       if len(cut):
         jobs += evaluator.compile_jobs(params, cut)
@@ -170,23 +172,25 @@ def _rated_new_items(results: dict) -> bool:
 
 def _fit_min_support(evaluator: Evaluator, trainer, params: PyTree,
                      results: dict, should_stop: Callable[[], bool],
-                     grid: tuple[float, ...] = new_prior_lib.MIN_SUPPORT_GRID):
-  """The validated fewest support ratings of new items that count
-  (`new_item_prior.fit_min_support`) for the served `params` (shares,
-  multiple and map fitted; the minimum at 1): the `val_new` support sets
-  cut `CUTS` times to each of `MIN_SUPPORT_SIZES`, predicted as served,
-  adapted against unadapted (`new_item_prior.cut_helps`). Returns
-  `(params with it, results with `val_new` predicted at it where it
-  changed them, the minimum)`; None if told to stop."""
-  name = new_prior_lib.SCENARIO
+                     grid: tuple[float, ...] = min_support_lib.GRID,
+                     minimum: min_support_lib.Minimum = (
+                         min_support_lib.MINIMA[0])):
+  """The validated `minimum` (`train.min_support`) for the served `params`
+  (shares, multiple, map and the minima before it fitted; this one at 1):
+  its scenario's support sets cut `CUTS` times to each of `SIZES`,
+  predicted as served, adapted against unadapted (`min_support.
+  cut_helps`). Returns `(params with it,
+  results with the scenario predicted at it where it changed them, the
+  minimum)`; None if told to stop."""
+  name = minimum.scenario
   tasks = evaluator.exp.split.scenarios.get(name)
   helps = {}
-  sizes = new_prior_lib.MIN_SUPPORT_SIZES if len(grid) > 1 else ()
+  sizes = min_support_lib.SIZES if len(grid) > 1 else ()
   seed = int(evaluator.exp.config.eval.seed)
   served = trainer.eval_params(params)
   for k in sizes if tasks is not None else ():
     cuts = []
-    for j in range(new_prior_lib.CUTS):
+    for j in range(min_support_lib.CUTS):
       cut = truncate_support(tasks, k, seed=seed + j)
       if not len(cut):
         break
@@ -195,11 +199,11 @@ def _fit_min_support(evaluator: Evaluator, trainer, params: PyTree,
         return None
       cuts.append(p)
     if cuts:
-      helps[k] = new_prior_lib.cut_helps(cuts)
-  least = new_prior_lib.fit_min_support(helps, grid)
-  params = new_prior_lib.with_min_support(params, least)
-  if least > new_prior_lib.TRAINING and name in results:
-    # The validation's figure of new items as they will be adapted (as
+      helps[k] = min_support_lib.cut_helps(cuts)
+  least = min_support_lib.fit(helps, grid)
+  params = min_support_lib.with_value(params, minimum, least)
+  if least > min_support_lib.TRAINING and name in results:
+    # The validation's figure of the scenario as it will be adapted (as
     # trained, without the map, like every other validation figure).
     out = evaluator.evaluate(trainer.eval_params(median_map.identity(params)
                                                  if median_map.present(params)

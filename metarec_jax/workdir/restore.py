@@ -10,7 +10,8 @@ from metarec_jax import config_io, experiment, runtime
 from metarec_jax.data import implicit
 from metarec_jax.errors import InputError
 from metarec_jax.models.anchored import (COLD_SHARE, NEW_ITEM_MIN_SUPPORT,
-                                         NEW_ITEM_PRIOR, SHARE)
+                                         NEW_ITEM_PRIOR, SHARE,
+                                         WARM_MIN_SUPPORT)
 from metarec_jax.models.calibration import MEDIAN_OFFSETS
 from metarec_jax.workdir import checkpoint as ckpt_lib
 from metarec_jax.workdir.criterion import criterion_name
@@ -142,6 +143,10 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
     log.info("a user's ratings of new items move their biases from %g of"
              " them on (its %s model.new_item_min_support%s)",
              served["new_item_min_support"], *fitted)
+  if served.get("warm_min_support", 1.0) > 1:
+    log.info("a user's ratings move their model from %g of them on (its %s"
+             " model.warm_min_support%s)", served["warm_min_support"],
+             *fitted)
   if "median_map_new_items" in served:
     log.info("it serves through the median map (model.calibration=median)"
              " for existing items: %s, for new items: %s",
@@ -189,7 +194,8 @@ def served_values(params) -> dict:
   """What a checkpoint's validation fitted for serving, as plain values:
   `share_existing_items` and `share_new_items` (`train.shares`), the
   same of `cold_share` (`model.cold_share=validated`),
-  `new_item_prior` and `new_item_min_support` (`train.new_item_prior`),
+  `new_item_prior` (`train.new_item_prior`), `new_item_min_support` and
+  `warm_min_support` (`train.min_support`),
   `median_map_existing_items` and `median_map_new_items` (whether each
   kind is served through the median map); only those the model has."""
   model = params["model"]
@@ -198,7 +204,7 @@ def served_values(params) -> dict:
     if model.get(name) is not None:
       out[f"{key}_existing_items"], out[f"{key}_new_items"] = (
           float(v) for v in runtime.to_host(model[name]).tolist())
-  for name in (NEW_ITEM_PRIOR, NEW_ITEM_MIN_SUPPORT):
+  for name in (NEW_ITEM_PRIOR, NEW_ITEM_MIN_SUPPORT, WARM_MIN_SUPPORT):
     if model.get(name) is not None:
       out[name] = float(runtime.to_host(model[name]))
   offsets = model.get(MEDIAN_OFFSETS)
