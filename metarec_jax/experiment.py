@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from typing import Callable
 
 import jax
@@ -25,7 +24,6 @@ from metarec_jax.data.sampler import SamplerSpec
 from metarec_jax.data.store import TaskStore
 from metarec_jax.data.tasks import FeatureTables
 from metarec_jax.errors import InputError
-from metarec_jax.models.anchored_loss import WARM
 from metarec_jax.data.baselines import ITEM_PSEUDO, BaselineStats, training_mean
 
 
@@ -160,11 +158,7 @@ def meta_config(config, model: models.Recommender, *,
   fields = {f.name for f in dataclasses.fields(meta.MetaConfig)}
   asked = {key: m[key] for key in m.keys() if key in fields}
   adapt = tuple(m.adapt) or model.adapt
-  warm = f"^{WARM}$"
-  if warm in model.meta_fixed and not any(re.search(p, WARM) for p in adapt):
-    # Bookkeeping, not a fit: a user's support ratings must move it for
-    # the cold shares to serve only users without them.
-    adapt += (warm,)
+  adapt += tuple(p for p in model.always_adapt if p not in adapt)
   try:
     return meta.MetaConfig(**{
         **asked, "inner_lr": float(inner_rate),

@@ -23,12 +23,13 @@ def test_a_config_written_before_the_key_serves_everyone_the_shares():
 
 
 def test_a_meta_adapt_without_warm_adapts_it_anyway(tmp_path):
-  """`warm` is bookkeeping: a `meta.adapt` given without it (the user
-  biases and the output layer, say) gets it, else every adapted user would
-  be served the cold shares."""
+  """`warm` is bookkeeping (`Recommender.always_adapt`): a `meta.adapt`
+  given without it (the user biases and the output layer, say) gets it,
+  else every adapted user would be served the cold shares."""
   config = config_io.load_config_file(config_path("tiny"))
   config.meta.adapt = ("^decision/out/", "^user_bias$", "^base_bias$")
   exp = experiment.build(config, tmp_path / "run")
+  assert exp.model.always_adapt == ("^warm$",)
   assert exp.meta_config.adapt == config.meta.adapt + ("^warm$",)
   config.meta.adapt = ("^decision/", "^user_bias$", "^base_bias$", "^warm$")
   assert experiment.build(config, tmp_path / "run").meta_config.adapt == (
@@ -36,7 +37,7 @@ def test_a_meta_adapt_without_warm_adapts_it_anyway(tmp_path):
   config.model.cold_share = "same"  # no warm leaf: nothing added
   config.meta.adapt = ("^decision/out/", "^user_bias$", "^base_bias$")
   exp = experiment.build(config, tmp_path / "run2")
-  assert "^warm$" not in exp.meta_config.adapt
+  assert "^warm$" not in exp.meta_config.adapt and not exp.model.always_adapt
   assert "warm" not in exp.model.init(jax.random.PRNGKey(0))
 
 

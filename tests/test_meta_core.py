@@ -267,7 +267,7 @@ def test_every_meta_key_reaches_the_meta_config():
   keys = set(config.meta.keys())
   assert keys - fields == experiment.META_KEYS_OUTSIDE
   model = types.SimpleNamespace(adapt=("^decision/",),  # its default
-                                meta_fixed=())
+                                meta_fixed=(), always_adapt=())
   with config.unlocked():
     config.meta.momentum = 0.5  # a field no key sets (yet)
     config.meta.encoder_hidden = 7

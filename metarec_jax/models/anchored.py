@@ -138,7 +138,8 @@ import jax.numpy as jnp
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec
 from metarec_jax.meta import LinearHead
 from metarec_jax.models.anchored_loss import (BASE_BIAS, USER_BIAS, USER_PRIOR,
-                                              WARM, support_loss)
+                                              WARM, adapted_scalars,
+                                              bookkeeping, support_loss)
 from metarec_jax.models.melu import Decision, Embedder
 from metarec_jax.models.recommender import Recommender, masked_loss
 
@@ -157,15 +158,6 @@ NEW_ITEM_MIN_SUPPORTS = ("validated", "none")  # `model.new_item_min_support`
 # The fewest support ratings that count at all (validated).
 WARM_MIN_SUPPORT = "warm_min_support"
 WARM_MIN_SUPPORTS = ("validated", "none")  # `model.warm_min_support`
-# The two user biases: adapted by every anchored model, and `meta_fixed`.
-USER_BIASES = (f"^{USER_BIAS}$", f"^{BASE_BIAS}$")
-
-
-def adapted_scalars(module: "Anchor") -> tuple[str, ...]:
-  """The patterns of the anchored model's adapted scalars, each
-  `meta_fixed` at 0: the two user biases, and `warm` where it has cold
-  shares."""
-  return USER_BIASES + ((f"^{WARM}$",) if module.cold_share else ())
 
 
 class Anchor(nn.Module):
@@ -394,7 +386,7 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
                        featurize_reads=("^embed/",))
   query = dataclasses.replace(support, head=head(query_kind or kind, False))
   return Recommender(name="melu", module=module, loss_fn=support,
-                     adapt=("^decision/",) + adapted_scalars(module),
-                     meta_fixed=adapted_scalars(module),
-                     example_features=example_features,
-                     query_loss_fn=query)
+                     adapt=("^decision/",) + adapted_scalars(module.cold_share),
+                     meta_fixed=adapted_scalars(module.cold_share),
+                     always_adapt=bookkeeping(module.cold_share),
+                     example_features=example_features, query_loss_fn=query)

@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 
 from metarec_jax.data.schema import FeatureSpec
-from metarec_jax.models.anchored import Anchor, adapted_scalars
+from metarec_jax.models.anchored import Anchor
+from metarec_jax.models.anchored_loss import adapted_scalars, bookkeeping
 from metarec_jax.models.anchored_loss import support_loss
 from metarec_jax.models.idemb import Item, User
 from metarec_jax.models.melu import Decision
@@ -107,7 +108,7 @@ def recommender(module: AnchoredIDEmb, example_features, *, kind: str,
   # No `rows`: the encoding algorithms would modulate the baseline's own
   # user bias too (as with the anchored MeLU, `experiment.build` refuses).
   return Recommender(name="idemb", module=module, loss_fn=support,
-                     adapt=("^user/",) + adapted_scalars(module),
-                     meta_fixed=adapted_scalars(module),
-                     example_features=example_features,
-                     query_loss_fn=query)
+                     adapt=("^user/",) + adapted_scalars(module.cold_share),
+                     meta_fixed=adapted_scalars(module.cold_share),
+                     always_adapt=bookkeeping(module.cold_share),
+                     example_features=example_features, query_loss_fn=query)

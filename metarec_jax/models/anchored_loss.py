@@ -35,6 +35,20 @@ USER_BIAS = "user_bias"
 USER_PRIOR = "user_prior"  # log of the user bias's pseudo-ratings
 BASE_BIAS = "base_bias"  # the baseline's own user bias
 WARM = "warm"  # 0 until the user has a support rating (adapted)
+# The two user biases: adapted by every anchored model, and `meta_fixed`.
+USER_BIASES = (f"^{USER_BIAS}$", f"^{BASE_BIAS}$")
+
+
+def bookkeeping(cold_share: bool) -> tuple[str, ...]:
+  """`Recommender.always_adapt` of an anchored model: `warm` where it has
+  cold shares (`model.cold_share=validated`)."""
+  return (f"^{WARM}$",) if cold_share else ()
+
+
+def adapted_scalars(cold_share: bool) -> tuple[str, ...]:
+  """The patterns of an anchored model's adapted scalars, each
+  `meta_fixed` at 0: the two user biases and the `bookkeeping`."""
+  return USER_BIASES + bookkeeping(cold_share)
 
 
 def user_bias_scale(inner_lr: float) -> float:

@@ -168,6 +168,10 @@ class Recommender:
     meta_fixed: patterns of parameters the meta-update never moves (their
       meta-gradient is zeroed): ones the inner loop sets from any start,
       whose meta-gradient carries no signal.
+    always_adapt: patterns the inner loop adapts whatever `meta.adapt`
+      says (`experiment.meta_config` adds them): bookkeeping, not a fit
+      (the anchored models' `warm`, which a user's support ratings must
+      move for the cold shares to serve only users without any).
     median_map: `model.calibration=median`: the parameters hold the median
       map and `predict` serves through it (`models.calibration`).
     existing_items: per item ID, whether the item has training ratings:
@@ -183,6 +187,7 @@ class Recommender:
   example_features: dict[str, jax.Array]
   query_loss_fn: Callable[[PyTree, PyTree], jax.Array] | None = None
   meta_fixed: tuple[str, ...] = ()
+  always_adapt: tuple[str, ...] = ()
   median_map: bool = False
   existing_items: Any = dataclasses.field(default=None, compare=False)
 
