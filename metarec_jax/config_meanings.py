@@ -136,9 +136,11 @@ MEANINGS: dict[str, str] = {
                               " each validation fits it (1, 2 or 3) on the"
                               " validation users' support sets cut to 1"
                               " and 2 ratings, as `new_item_min_support` is"
-                              " fitted (`train/min_support.py`; training"
-                              " uses 1). `none`: every rating counts"
-                              " (configs written before this key).",
+                              " fitted, except that on fewer than 50 tasks"
+                              " they count unless evidently worse"
+                              " (`train/min_support.py`; training uses 1)."
+                              " `none`: every rating counts (configs"
+                              " written before this key).",
     "model.cold_share": "`model.anchor`: what a user without support"
                         " ratings (the meta-parameters alone: a new"
                         " visitor) is served. `validated`: each validation"

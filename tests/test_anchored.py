@@ -29,13 +29,15 @@ def kind(request, monkeypatch):
 
 
 def build(prior=PRIOR, new_item_prior="same", new_item_min_support="none",
-          cold_share="same", warm_min_support="none", **meta_kw):
+          cold_share="same", warm_min_support="none", support_rank_weight=0.0,
+          **meta_kw):
   cfg = model_section({
       **KINDS[KIND], "anchor": True, "anchor_version": 2,
       "user_bias_prior": prior, "calibration": "median",  # identity as init
       "new_item_prior": new_item_prior,
       "new_item_min_support": new_item_min_support,
       "warm_min_support": warm_min_support, "cold_share": cold_share,
+      "support_rank_weight": support_rank_weight,
       "embed_dim": 4, "hidden": (8,), "embed_std": 0.1, "item_id": False})
   assert models.is_anchored(cfg)
   model = models.build(cfg, FIELDS, rating_mean=MU, item_means=(ITEM_MEANS, COUNTS / (COUNTS + 5.0)),
@@ -433,19 +435,22 @@ def test_ratings_left_out_of_the_user_biases_leave_the_user_cold():
     assert (float(adapted["warm"]) != 0.0) == moved
 
 
-def test_fewer_ratings_than_the_warm_minimum_leave_the_user_cold():
+@pytest.mark.parametrize("rank_weight", [0.0, 0.5])
+def test_fewer_ratings_than_the_warm_minimum_leave_the_user_cold(
+    rank_weight):
   """`model.warm_min_support=validated`: a support set with fewer ratings
   that count than the validated minimum moves nothing (the network, the
-  biases, `warm`): the user is served the meta-parameters at the cold
-  shares; from the minimum on it adapts. Ratings of new items that their
-  own minimum leaves out do not count towards it. At 1 (as trained) every
-  rating counts; the minimum takes no gradient; a config without the key
-  has no leaf."""
+  biases, `warm`; the support's listwise term too): the user is served the
+  meta-parameters at the cold shares; from the minimum on it adapts.
+  Ratings of new items that their own minimum leaves out do not count
+  towards it. At 1 (as trained) every rating counts; the minimum takes no
+  gradient; a config without the key has no leaf."""
   assert "warm_min_support" not in build()[0].init(jax.random.PRNGKey(0))
   model, config = build(new_item_prior="validated",
                         new_item_min_support="validated",
                         warm_min_support="validated",
-                        cold_share="validated", inner_steps=2)
+                        cold_share="validated",
+                        support_rank_weight=rank_weight, inner_steps=2)
   params = learned(model.init(jax.random.PRNGKey(0)))
   assert float(params["warm_min_support"]) == 1.0
   params = {**params, "cold_share": np.full(2, 0.5, np.float32)}

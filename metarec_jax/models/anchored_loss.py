@@ -89,8 +89,9 @@ def support_loss(params, model: jax.Array, baseline: jax.Array, batch, *,
   each row weighted by `rows` (`Anchor.support_weights`), and `warm`'s
   linear term where the model has it (see the module docstring). One
   inner step sets both biases. A positive `rank_weight` adds that multiple
-  of the model's `listwise_loss`, which a shift of the prediction leaves
-  unchanged: it moves the network, never a user bias."""
+  of the model's `listwise_loss` over the rows that count (weight above
+  0), which a shift of the prediction leaves unchanged: it moves the
+  network, never a user bias."""
   loss = (prior_loss(model, batch, scale * params[USER_BIAS],
                      jnp.exp(params[USER_PRIOR]),
                      lambda p, b: row_errors(p, b, kind, delta), rows)
@@ -101,6 +102,8 @@ def support_loss(params, model: jax.Array, baseline: jax.Array, batch, *,
     counted = batch["mask"] if rows is None else batch["mask"] * rows
     rated = (jnp.sum(counted) > 0).astype(loss.dtype)
     loss = loss - rated * params[WARM].astype(loss.dtype)
-  if rank_weight:
-    loss = loss + rank_weight * jnp.mean(listwise_loss(model, batch))
+  if rank_weight:  # over the rows that count (none: loss 0, no move)
+    ranked = batch if rows is None else {
+        **batch, "mask": jnp.logical_and(batch["mask"], rows > 0)}
+    loss = loss + rank_weight * jnp.mean(listwise_loss(model, ranked))
   return loss

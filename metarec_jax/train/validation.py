@@ -179,7 +179,7 @@ def _fit_min_support(evaluator: Evaluator, trainer, params: PyTree,
   (shares, multiple, map and the minima before it fitted; this one at 1):
   its scenario's support sets cut `CUTS` times to each of `SIZES`,
   predicted as served, adapted against unadapted (`min_support.
-  cut_helps`). Returns `(params with it,
+  cut_helps`, by the minimum's rule). Returns `(params with it,
   results with the scenario predicted at it where it changed them, the
   minimum)`; None if told to stop."""
   name = minimum.scenario
@@ -199,7 +199,7 @@ def _fit_min_support(evaluator: Evaluator, trainer, params: PyTree,
         return None
       cuts.append(p)
     if cuts:
-      helps[k] = min_support_lib.cut_helps(cuts)
+      helps[k] = min_support_lib.cut_helps(cuts, minimum.unsure_counts)
   least = min_support_lib.fit(helps, grid)
   params = min_support_lib.with_value(params, minimum, least)
   if least > min_support_lib.TRAINING and name in results:
