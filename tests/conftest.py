@@ -261,7 +261,9 @@ def random_tasks(fields, n_tasks=3, n_support=6, n_query=4, seed=0, *,
 @contextlib.contextmanager
 def count_compiles():
   """Counts the programs XLA compiled inside the block, or loaded from the
-  persistent compilation cache: `with ... as n: n[0]`."""
+  persistent compilation cache: `with ... as n: n[0]`. Count within one
+  test: between tests `bounded_memory_maps` may clear JAX's caches, so a
+  program an earlier test compiled may compile again."""
   counter = [0]
 
   def listener(event, duration, **kwargs):

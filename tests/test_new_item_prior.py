@@ -201,8 +201,8 @@ def test_a_size_helps_on_average_over_its_cuts():
 
 class _CutEvaluator:
   """A minimum's validation scenario (`val_new`, the validation users' new
-  items, or `val` for the warm minimum): `n` tasks of 6 support and 3
-  query ratings. Adapted from fewer than `bad_below` support ratings a
+  items, or `val` for the warm minimum): `n` tasks of `s` (6) support and
+  3 query ratings. Adapted from fewer than `bad_below` support ratings a
   task predicts 1 star too high where the unadapted prediction is exact
   up to 0.5; from more, the adapted prediction is exact and the
   unadapted 0.5 off (`noisy`: from fewer than 4 ratings, 0.95 and 0.03
@@ -211,9 +211,9 @@ class _CutEvaluator:
   predicted unadapted (as `Anchor.support_weights` does)."""
 
   def __init__(self, bad_below, noisy=False, n=40,
-               minimum=min_lib.MINIMA[0]):
+               minimum=min_lib.MINIMA[0], s=6):
     from metarec_jax.data.splits import TaskSet  # pylint: disable=g-import-not-at-top
-    s, q = 6, 3
+    q = 3
     self.bad_below, self.noisy, self.minimum = bad_below, noisy, minimum
     offsets = np.arange(n + 1) * (s + q)
     is_query = np.tile(np.r_[np.zeros(s, bool), np.ones(q, bool)], n)
@@ -259,7 +259,8 @@ def test_the_minimum_is_fitted_on_cuts_of_its_scenarios_support_sets(
   fewer than 50 tasks, where it is lower on average but not by the
   evidence the shares ask for (with more tasks the lower MAE decides);
   the validation's figure of that scenario is that of the model served
-  with it, the other scenario's is kept."""
+  with it (evaluated again only where a support set is below it), the
+  other scenario's is kept."""
   from metarec_jax.train import validation  # pylint: disable=g-import-not-at-top
 
   class Trainer:
@@ -286,10 +287,17 @@ def test_the_minimum_is_fitted_on_cuts_of_its_scenarios_support_sets(
     assert ev.sizes[:2 * cuts] == [1] * cuts + [2] * cuts
     assert float(params["model"][minimum.leaf]) == expected
     assert results[other] == {"mae": 0.1}
-    # Re-evaluated at the minimum where it is above 1 (6 support ratings:
-    # adapted, and exact where 6 ratings are enough); kept otherwise.
-    assert results[name]["mae"] == (
-        9.0 if expected == 1 else 0.0 if bad_below <= 6 else 1.0)
+    # Every support set holds 6 ratings, at or above any minimum: the
+    # scenario's figure cannot change and is kept (not evaluated again).
+    assert results[name]["mae"] == 9.0
+  # Support sets of 2 ratings, worse adapted below 3: the minimum 3 serves
+  # them unadapted, and the figure is evaluated again (0.5 off).
+  ev = _CutEvaluator(3, minimum=minimum, s=2)
+  results = {other: {"mae": 0.1}, name: {"mae": 9.0}}
+  _, results, least = validation._fit_min_support(  # pylint: disable=protected-access
+      ev, Trainer(), start, results, lambda: False, minimum=minimum)
+  assert least == 3.0 and results[name]["mae"] == 0.5
+  assert results[other] == {"mae": 0.1}
   stopped = _CutEvaluator(3, minimum=minimum)
   stopped.predictions = lambda *a, **k: None
   assert validation._fit_min_support(  # pylint: disable=protected-access

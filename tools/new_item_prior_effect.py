@@ -5,12 +5,15 @@ An anchored model weighs a support rating of a new item `1 /
 new_item_prior` of an existing item's in its user biases, the multiple
 fitted at each validation, and (`model.new_item_min_support=validated`)
 leaves such ratings out below a validated minimum count
-(`metarec_jax/train/new_item_prior.py`, `min_support.py`). Two runs with and without them
-differ by more than these (another compiled loss rounds differently, and
-1500 steps turn that into another draw), so this script measures them on
-one checkpoint: the checkpoint's trained params validated again, with
-both held at 1 (as before the keys existed), with the multiple fitted
-and the minimum held at 1, and with both fitted (as the model serves),
+(`metarec_jax/train/new_item_prior.py`, `min_support.py`). Two runs with
+and without them differ by more than these (another compiled loss rounds
+differently, and 1500 steps turn that into another draw), so this script
+measures them on one checkpoint: the checkpoint's trained params
+validated again, with both held at 1 (as before the keys existed), with
+the multiple fitted and the minimum held at 1, and with both fitted (as
+the model serves; the minimum of all ratings, `model.warm_min_support`,
+is held or fitted with the new items' one, and "minimum" reports the
+new items'),
 each followed by its own median map as in training; then every test
 scenario's MAE, and the item-cold scenarios' MAE after 1 and 2 support
 ratings beside the unadapted one (as `eval/support_curve.json` draws

@@ -202,9 +202,11 @@ def _fit_min_support(evaluator: Evaluator, trainer, params: PyTree,
       helps[k] = min_support_lib.cut_helps(cuts, minimum.unsure_counts)
   least = min_support_lib.fit(helps, grid)
   params = min_support_lib.with_value(params, minimum, least)
-  if least > min_support_lib.TRAINING and name in results:
+  if (least > min_support_lib.TRAINING and name in results
+      and (tasks.support_sizes() < least).any()):
     # The validation's figure of the scenario as it will be adapted (as
-    # trained, without the map, like every other validation figure).
+    # trained, without the map, like every other validation figure), where
+    # the minimum changes it: a support set below it.
     out = evaluator.evaluate(trainer.eval_params(median_map.identity(params)
                                                  if median_map.present(params)
                                                  else params),
