@@ -82,13 +82,16 @@ SHARED_RUNS = ("ml1m_tiny_run", "tiny_metasgd_run")
 # own (about 9 per eager operation on a new shape) until JAX's caches let it
 # go, and Linux allows a process 65530 maps (`vm.max_map_count`). An xdist
 # worker that had run test_anchored's and test_cold_shares' hundreds of
-# programs held 54,000 of them; past the limit LLVM's next map fails, which
+# programs held 60,887 of them; past the limit LLVM's next map fails, which
 # XLA does not survive: a segfault inside a compile (2 of 5 CI runs in the
 # fortieth session, in test_members and test_onehot_lookup). So a test that
 # leaves its process above MAX_MAPS clears JAX's caches (1 ms when below:
 # one read of /proc/self/maps); what took long to compile comes back from
-# the persistent compilation cache.
-MAX_MAPS = 20_000
+# the persistent compilation cache. Half the kernel's limit: one test adds a
+# few thousand at most, and each clear costs the next tests' compiles (the
+# suite took 832 s with 20,000, against 755-791 s in the last session's
+# runs that did not crash).
+MAX_MAPS = 32_000
 MAPS_FILE = "/proc/self/maps"  # Linux; elsewhere nothing is counted
 
 
