@@ -36,8 +36,8 @@ import jax.numpy as jnp
 
 from metarec_jax.data.schema import FeatureSpec
 from metarec_jax.models.anchored import Anchor
-from metarec_jax.models.anchored_loss import adapted_scalars, bookkeeping
-from metarec_jax.models.anchored_loss import support_loss
+from metarec_jax.models.anchored_loss import (adapted_scalars, bookkeeping,
+                                              support_loss)
 from metarec_jax.models.idemb import Item, User
 from metarec_jax.models.melu import Decision
 from metarec_jax.models.recommender import Recommender, masked_loss

@@ -127,13 +127,12 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
       log.info("step %d  %s", step, _map_summary(mapped, results))
   for minimum in min_support_lib.present(params) if with_shares else ():
     fitted = _fit_min_support(evaluator, trainer, params, results,
-                              should_stop, min_supports, minimum)
+                              should_stop, minimum, min_supports)
     if fitted is None:
       return None
     params, results, least = fitted
     scalars[f"val/{minimum.leaf}"] = least
-    if minimum.scenario in results and results[minimum.scenario].get(
-        "mae") is not None:  # new items: else said with the prior (above)
+    if _has_tasks(results, minimum.scenario):  # new items: else said above
       log.info("step %d  validated fewest %s that count: %g", step,
                minimum.counts, least)
   return results, params, scalars
@@ -164,17 +163,21 @@ def compile_jobs(evaluator: Evaluator, trainer, with_shares: bool,
   return jobs
 
 
+def _has_tasks(results: dict, name: str) -> bool:
+  """Whether validation scenario `name` had tasks to score (a MAE)."""
+  return results.get(name, {}).get("mae") is not None
+
+
 def _rated_new_items(results: dict) -> bool:
   """Whether the validation users have ratings of new items to fit the
   new-item prior and minimum on."""
-  return results.get(new_prior_lib.SCENARIO, {}).get("mae") is not None
+  return _has_tasks(results, new_prior_lib.SCENARIO)
 
 
 def _fit_min_support(evaluator: Evaluator, trainer, params: PyTree,
                      results: dict, should_stop: Callable[[], bool],
-                     grid: tuple[float, ...] = min_support_lib.GRID,
-                     minimum: min_support_lib.Minimum = (
-                         min_support_lib.MINIMA[0])):
+                     minimum: min_support_lib.Minimum,
+                     grid: tuple[float, ...] = min_support_lib.GRID):
   """The validated `minimum` (`train.min_support`) for the served `params`
   (shares, multiple, map and the minima before it fitted; this one at 1):
   its scenario's support sets cut `CUTS` times to each of `SIZES`,
