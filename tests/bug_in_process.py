@@ -1,25 +1,22 @@
-"""`python bug_in_process.py PROCESS_ID COMMAND ARGS...`: `metarec COMMAND
-ARGS` in which process PROCESS_ID of a joined run meets a bug (an
-exception no one-line error names) as it builds its experiment.
+"""Test patch (`patched.py bug_in_process=PROCESS_ID`): process PROCESS_ID
+of a joined run meets a bug (an exception no one-line error names) as it
+builds its experiment.
 
 The test stand-in for a bug that shows on one host only (its data, its
 library versions)."""
 
-import sys
-
 import jax
 
-from metarec_jax import cli, experiment
-
-failing = int(sys.argv.pop(1))
-build = experiment.build
+from metarec_jax import experiment
 
 
-def build_or_fail(*args, **kwargs):
-  if jax.process_index() == failing:
-    raise ZeroDivisionError("an injected bug")
-  return build(*args, **kwargs)
+def apply(value: str) -> None:
+  failing = int(value)
+  build = experiment.build
 
+  def build_or_fail(*args, **kwargs):
+    if jax.process_index() == failing:
+      raise ZeroDivisionError("an injected bug")
+    return build(*args, **kwargs)
 
-experiment.build = build_or_fail
-cli.entry()
+  experiment.build = build_or_fail

@@ -1,5 +1,5 @@
-"""`python late_compile.py SECONDS COMMAND ARGS...`: `metarec COMMAND ARGS`
-whose first compilation starts SECONDS late.
+"""Test patch (`patched.py late_compile=SECONDS`): the first compilation
+starts SECONDS late.
 
 The test stand-in for a process whose persistent compilation cache is empty
 while the others load theirs: it reaches the programs' first collective
@@ -7,22 +7,20 @@ minutes after them. Sleeping costs no CPU, where compiling configs/default.py
 for real cost the suite two CPU-minutes per run.
 """
 
-import sys
 import time
 
-from metarec_jax import cli, runtime
-
-delay = float(sys.argv.pop(1))
-compile_now = runtime.CompiledByShape.compile
-late = [True]
+from metarec_jax import runtime
 
 
-def compile_late(self, *args):
-  if late:
-    late.clear()
-    time.sleep(delay)
-  return compile_now(self, *args)
+def apply(value: str) -> None:
+  delay = float(value)
+  compile_now = runtime.CompiledByShape.compile
+  late = [True]
 
+  def compile_late(self, *args):
+    if late:
+      late.clear()
+      time.sleep(delay)
+    return compile_now(self, *args)
 
-runtime.CompiledByShape.compile = compile_late
-cli.entry()
+  runtime.CompiledByShape.compile = compile_late

@@ -27,22 +27,27 @@ def metarec(*args, devices: int | None = None, timeout: int = 600):
 def start(*args, devices: int | None = None, stderr_path=None,
           late_compile_s: float = 0, late_give_up_s: float = 0,
           bug_in_process: int | None = None,
-          other_factors_in: int | str | None = None):
-  """Starts `metarec ARGS` in the background (`late_compile_s`: its first
-  compilation starts that late, see late_compile.py; `late_give_up_s`: its
-  stop of a multi-process run, see late_give_up.py; `bug_in_process`: that
-  process of a joined run meets a bug, see bug_in_process.py;
-  `other_factors_in`: that process computes other item factors, or none
-  with a `:none` suffix, see other_factors.py)."""
+          other_factors_in: int | str | None = None,
+          shared_wait_s: float = 0):
+  """Starts `metarec ARGS` in the background, with the test patches asked
+  for (patched.py): `late_compile_s`: its first compilation starts that
+  late (late_compile.py); `late_give_up_s`: its stop of a multi-process
+  run (late_give_up.py); `bug_in_process`: that process of a joined run
+  meets a bug (bug_in_process.py); `other_factors_in`: that process
+  computes other item factors, or none with a `:none` suffix
+  (other_factors.py); `shared_wait_s`: it looks that long for process 0's
+  work directory (shared_wait.py)."""
   err = open(stderr_path, "w") if stderr_path else subprocess.PIPE
+  patches = [f"{name}={value}" for name, value in (
+      ("late_compile", late_compile_s or None),
+      ("late_give_up", late_give_up_s or None),
+      ("bug_in_process", bug_in_process),
+      ("other_factors", other_factors_in),
+      ("shared_wait", shared_wait_s or None)) if value is not None]
   program = ["-m", "metarec_jax.cli"]
-  for wrapper, value in (("late_compile.py", late_compile_s or None),
-                         ("late_give_up.py", late_give_up_s or None),
-                         ("bug_in_process.py", bug_in_process),
-                         ("other_factors.py", other_factors_in)):
-    if value is not None:
-      program = [os.path.join(os.path.dirname(__file__), wrapper),
-                 str(value)]
+  if patches:
+    program = [os.path.join(os.path.dirname(__file__), "patched.py"),
+               ",".join(patches)]
   return subprocess.Popen([sys.executable, *program, *args],
                           stdout=subprocess.PIPE, stderr=err, text=True,
                           cwd=ROOT, env=env_with(devices))

@@ -37,10 +37,11 @@ def stores(tmp_path_factory):
   return top
 
 
-def two_runs(tmp_path, flags):
+def two_runs(tmp_path, flags, **patches):
   port = free_port()
   lines = {i: (last, err) for i, last, err in _last_lines_of_two(
-      tmp_path, port, [("--num_processes=2",) + f for f in flags])}
+      tmp_path, port, [("--num_processes=2",) + f for f in flags],
+      **patches)}
   return port, lines
 
 
@@ -77,9 +78,11 @@ def test_processes_reading_different_data_stop(tmp_path, stores):
 
 def test_processes_without_a_shared_work_directory_stop(tmp_path):
   own = tmp_path / "own"
-  port, lines = two_runs(tmp_path, [(), (f"--workdir={own}",)])
+  # Each process looks for process 0's work directory 3 s, not 30 s.
+  port, lines = two_runs(tmp_path, [(), (f"--workdir={own}",)],
+                         shared_wait_s=3)
   error = (f"{own}: process 1 does not see process 0's work directory: its"
-           " train.lock does not name process 0 as the trainer after 30 s;"
+           " train.lock does not name process 0 as the trainer after 3 s;"
            " --workdir must be one folder that every process shares")
   assert lines[1][0].startswith(f"metarec train: error: {error}"), lines[1][1]
   assert lines[0][0].startswith(

@@ -37,9 +37,11 @@ def test_a_process_that_waits_for_others_in_vain_says_what_to_check(
   assert not os.path.exists(workdir)  # nothing was written
 
 
-def _last_lines_of_two(tmp_path, port, flags, devices=(None, None)):
-  """Starts process 0 and 1 of a run with their own `flags`, waits for
-  both to exit 2; yields (process id, last stderr line, stderr).
+def _last_lines_of_two(tmp_path, port, flags, devices=(None, None),
+                       **patches):
+  """Starts process 0 and 1 of a run with their own `flags` (and the test
+  `patches` of `procs.start`), waits for both to exit 2; yields (process
+  id, last stderr line, stderr).
 
   Process 1 stops 2 s late, as a loaded machine may make it: it was then
   still connected when process 0, which hosts the coordination service,
@@ -49,7 +51,7 @@ def _last_lines_of_two(tmp_path, port, flags, devices=(None, None)):
       ("train", TINY, f"--workdir={tmp_path / 'w'}",
        f"--coordinator_address=127.0.0.1:{port}", f"--process_id={i}",
        "--join_timeout=60", *extra),
-      {"late_give_up_s": 2 * i, "devices": devices[i]})
+      {"late_give_up_s": 2 * i, "devices": devices[i], **patches})
                        for i, extra in enumerate(flags)], timeout=120)
   for i, (returncode, err) in enumerate(ends):
     assert returncode == 2, err
