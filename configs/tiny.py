@@ -19,7 +19,7 @@ def get_config():
   c.data.synthetic.update({"director_vocab": 40, "actor_vocab": 60,
                            "zip_vocab": 30})
   c.data.max_support = 16
-  c.data.buckets = (8, 16)
+  c.data.buckets = (16,)  # one support width: one program to compile
   c.model.embed_dim = 8
   c.model.hidden = (16, 16)
   c.meta.inner_steps = 2

@@ -293,13 +293,16 @@ def tiny_metasgd_run(tmp_path_factory) -> str:
   """A finished `configs/tiny.py` run with Meta-SGD (learned inner rates).
 
   Trained once per session, in process, and shared by the tests that read
-  a run's outputs (TensorBoard events, metrics.jsonl, support curve, plots).
+  a run's outputs (TensorBoard events, metrics.jsonl, support curve, plots,
+  exports). With two support widths (`data.buckets=(8, 16)`; the tiny
+  config has one), so that what is compiled once per width is seen to be.
   """
   from metarec_jax import config_io  # pylint: disable=g-import-not-at-top
   from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("tiny_metasgd"))
   config = config_io.apply_overrides(
       config_io.load_config_file(config_path("tiny")),
-      [("meta.algorithm", "metasgd"), ("log.histogram_every_steps", "4")])
+      [("meta.algorithm", "metasgd"), ("log.histogram_every_steps", "4"),
+       ("data.buckets", "(8, 16)")])
   train_and_evaluate(config, workdir)
   return workdir

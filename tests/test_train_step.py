@@ -183,10 +183,11 @@ def test_eval_every_minus_one_never_validates_nor_compiles_for_it(tmp_path,
   config.train.num_steps = 4
   config.train.eval_every_steps = -1
   config.checkpoint.every_steps = 0
+  config.data.buckets = (8, 16)
   with caplog.at_level(logging.INFO, logger="metarec"):
     summary = train_and_evaluate(config, str(tmp_path))
   # Said before the warm-up, which on a large model is minutes of silence:
-  # the tiny model's two support widths, nothing for the validation.
+  # the two support widths, nothing for the validation.
   assert "compiling before the first step (2 job(s)" in caplog.text
   assert summary["step"] == 4 and "val" not in summary
   # A validation at the end would have compiled after the warm-up.
