@@ -79,10 +79,12 @@ def assert_adapted_is_the_baseline(model, config, params, prior=PRIOR,
   set holds fewer than `least` such rows)."""
   t = tasks()
   checked = 0
+  adapt = jax.jit(lambda s: meta.adapt(model.loss_fn, params, s,
+                                       config=config))
   for i in range(4):
     support = jax.tree.map(lambda a: a[i], t["support"])
     query = jax.tree.map(lambda a: a[i], t["query"])
-    adapted = meta.adapt(model.loss_fn, params, support, config=config)
+    adapted = adapt(support)
     s_ids, mask = support["features"]["item_id"], support["mask"]
     new = mask & (COUNTS[s_ids - 1] == 0)
     weight = np.where(mask, np.where(new, new_weight if new.sum() >= least
@@ -142,9 +144,9 @@ def test_meta_training_learns_the_prior_and_not_the_user_bias_start():
   model, config = build(adapt=("^user_bias$", "^base_bias$"), inner_steps=1)
   assert model.meta_fixed == ("^user_bias$", "^base_bias$")
   params = model.init(jax.random.PRNGKey(0))
-  grads = jax.grad(
+  grads = jax.jit(jax.grad(
       lambda p: meta.meta_loss(model.loss_fn, p, tasks(), config=config,
-                               query_loss_fn=model.query_loss_fn))(params)
+                               query_loss_fn=model.query_loss_fn)))(params)
   assert abs(float(grads["user_prior"])) > 1e-4
   for fixed in ("user_bias", "base_bias"):
     assert abs(float(grads[fixed])) < 1e-2 * abs(float(grads["user_prior"]))
@@ -261,9 +263,9 @@ def test_the_shares_take_no_gradient():
   params = learned(model.init(jax.random.PRNGKey(0)))
   t = tasks()
   task = jax.tree.map(lambda a: a[0], t)
-  grads = jax.grad(
+  grads = jax.jit(jax.grad(
       lambda p: meta.task_loss(model.loss_fn, p, task, config=config,
-                               query_loss_fn=model.query_loss_fn))(params)
+                               query_loss_fn=model.query_loss_fn)))(params)
   assert np.all(np.asarray(grads["share"]) == 0.0)
   # the rest does learn
   assert np.abs(np.asarray(grads["global_bias"])) > 0
@@ -295,9 +297,9 @@ def assert_takes_no_gradient(leaf, value, t, **build_kw):
   params = {**learned(model.init(jax.random.PRNGKey(0))),
             leaf: np.float32(value)}
   task = jax.tree.map(lambda a: a[0], t)
-  grads = jax.grad(
+  grads = jax.jit(jax.grad(
       lambda p: meta.task_loss(model.loss_fn, p, task, config=config,
-                               query_loss_fn=model.query_loss_fn))(params)
+                               query_loss_fn=model.query_loss_fn)))(params)
   assert float(grads[leaf]) == 0.0
 
 
@@ -398,28 +400,28 @@ def test_a_user_without_ratings_is_served_the_cold_shares(kind, algorithm):
       np.asarray(model.predict(cold, features))[real], anchor, rtol=1e-6)
   trained = np.asarray(model.predict(params, features))[real]
   assert np.abs(trained - anchor).min() > 1e-3  # the learned part serves
+  adapt = jax.jit(lambda p, s: meta.adapt(model.loss_fn, p, s,
+                                          config=config, inner=inner))
   for i in range(4):
     support = jax.tree.map(lambda a: a[i], t["support"])
     query = jax.tree.map(lambda a: a[i], t["query"])
-    warm = meta.adapt(model.loss_fn, cold, support, config=config,
-                      inner=inner)
+    warm = adapt(cold, support)
     assert float(warm["warm"]) != 0.0
-    same = meta.adapt(model.loss_fn, params, support, config=config,
-                      inner=inner)  # cold shares 1: what is adapted is equal
+    same = adapt(params, support)  # cold shares 1: what is adapted is equal
     np.testing.assert_array_equal(
         np.asarray(model.predict(warm, query["features"])),
         np.asarray(model.predict(same, query["features"])))
     empty = {**support, "mask": np.zeros_like(support["mask"])}
-    kept = meta.adapt(model.loss_fn, cold, empty, config=config, inner=inner)
+    kept = adapt(cold, empty)
     assert float(kept["warm"]) == 0.0
     np.testing.assert_allclose(
         np.asarray(model.predict(kept, query["features"]))[query["mask"]],
         ITEM_MEANS[query["features"]["item_id"][query["mask"]] - 1],
         rtol=1e-6)
   task = jax.tree.map(lambda a: a[0], t)
-  grads = jax.grad(lambda p: meta.task_loss(
+  grads = jax.jit(jax.grad(lambda p: meta.task_loss(
       model.loss_fn, p, task, config=config, inner=inner,
-      query_loss_fn=model.query_loss_fn))(
+      query_loss_fn=model.query_loss_fn)))(
           {**params, "cold_share": np.full(2, 0.5, np.float32)})
   assert not np.asarray(grads["cold_share"]).any()
   assert float(grads["warm"]) == 0.0 and float(grads["global_bias"]) != 0
@@ -438,9 +440,11 @@ def test_ratings_left_out_of_the_user_biases_leave_the_user_cold():
   new_item = 1 + int(np.flatnonzero(COUNTS == 0)[0])
   support["features"]["item_id"] = np.where(support["mask"], new_item, 0)
   n = int(support["mask"].sum())
+  adapt = jax.jit(lambda p: meta.adapt(model.loss_fn, p, support,
+                                       config=config))
   for least, moved in ((n + 1, False), (n, True)):
     gated = {**params, "new_item_min_support": np.float32(least)}
-    adapted = meta.adapt(model.loss_fn, gated, support, config=config)
+    adapted = adapt(gated)
     assert (float(adapted["warm"]) != 0.0) == moved
 
 
@@ -469,12 +473,14 @@ def test_fewer_ratings_than_the_warm_minimum_leave_the_user_cold():
   new = (COUNTS[ids - 1] == 0) & support["mask"]
   n, n_new = int(support["mask"].sum()), int(new.sum())
   assert 0 < n_new < n, (n, n_new)
+  adapt = jax.jit(lambda p: meta.adapt(model.loss_fn, p, support,
+                                       config=config))
   for least, new_least, moved in ((n + 1, 1, False), (n, 1, True),
                                   (n, n_new + 1, False),
                                   (n - n_new, n_new + 1, True)):
     gated = {**params, "warm_min_support": np.float32(least),
              "new_item_min_support": np.float32(new_least)}
-    adapted = meta.adapt(model.loss_fn, gated, support, config=config)
+    adapted = adapt(gated)
     served = np.asarray(model.predict(adapted, query["features"]))
     assert (float(adapted["warm"]) != 0.0) == moved, (least, new_least)
     if moved:
@@ -526,7 +532,7 @@ def test_the_median_map_changes_what_is_served_not_what_is_fitted():
 
   np.testing.assert_allclose(float(loss(mapped)), float(loss(params)),
                              rtol=1e-6)
-  grads = jax.grad(loss)(mapped)
+  grads = jax.jit(jax.grad(loss))(mapped)
   assert not np.asarray(grads["median_offsets"]).any()
   assert not np.asarray(grads["median_knots"]).any()
 
