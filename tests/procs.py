@@ -36,7 +36,8 @@ def start(*args, devices: int | None = None, stderr_path=None,
   meets a bug (bug_in_process.py); `other_factors_in`: that process
   computes other item factors, or none with a `:none` suffix
   (other_factors.py); `shared_wait_s`: it looks that long for process 0's
-  work directory (shared_wait.py)."""
+  work directory (shared_wait.py). A 0 or None asks for no patch (the
+  product's own behaviour, not a zero delay or wait)."""
   err = open(stderr_path, "w") if stderr_path else subprocess.PIPE
   patches = [f"{name}={value}" for name, value in (
       ("late_compile", late_compile_s or None),

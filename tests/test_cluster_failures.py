@@ -78,7 +78,8 @@ def test_processes_reading_different_data_stop(tmp_path, stores):
 
 def test_processes_without_a_shared_work_directory_stop(tmp_path):
   own = tmp_path / "own"
-  # Each process looks for process 0's work directory 3 s, not 30 s.
+  # Process 1 looks for process 0's work directory 3 s, not the product's
+  # 30 s (the patch is given to both; only process 1 looks).
   port, lines = two_runs(tmp_path, [(), (f"--workdir={own}",)],
                          shared_wait_s=3)
   error = (f"{own}: process 1 does not see process 0's work directory: its"

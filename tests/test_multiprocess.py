@@ -90,7 +90,8 @@ def two_process_run(ratings_alone, tmp_path_factory):
   twice: its SVD ends 35 s after process 0's and its first compilation
   starts 35 s late; and by 1 process x 4 devices (on the CPU that the late
   process leaves idle): (2-process work directory, its logs, 1-process
-  work directory). Trained once, for the tests below."""
+  work directory). Trained once, for the tests below (so running one of
+  them alone costs this run's 70 s of waiting first)."""
   top = tmp_path_factory.mktemp("two_processes")
   single = str(top / "single")
   reference = start("train", *ratings_alone, f"--workdir={single}",
@@ -246,9 +247,9 @@ def test_a_lost_process_stops_the_other_in_one_line(tmp_path, lost):
 @pytest.fixture(scope="module")
 def tiny_two_process_run(tmp_path_factory):
   """A run of ARGS trained by 2 processes (to step 4), trained once for
-  the tests that damage a copy of it. (Its step 4 does not improve on
-  step 2's validation, so garbage in its saved metrics cannot be repaired
-  from the run's record: the run falls back.)"""
+  the tests that damage a copy of it. (Garbage in its step 4's saved
+  metrics is not repaired from the run's record, so the run falls back to
+  step 2; on `two_process_run`'s data it is repaired.)"""
   workdir = str(tmp_path_factory.mktemp("two_processes") / "run")
   train_two_processes(workdir, ARGS)
   return workdir

@@ -139,9 +139,11 @@ def test_the_unadapted_weight_adds_the_unadapted_loss_gradient(trainer):
 
 def test_nothing_compiles_after_warmup_over_a_long_run(tmp_path):
   """Every support bucket and the validation are compiled ahead; a run that
-  meets every bucket many times and evaluates twice compiles nothing more."""
+  meets every bucket many times and evaluates twice compiles nothing more
+  (two buckets: the tiny config has one)."""
   from metarec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   config = config_io.load_config_file(config_path("tiny"))
+  config.data.buckets = (8, 16)
   config.train.num_steps = 40
   config.train.eval_every_steps = 20
   config.checkpoint.every_steps = 0
@@ -170,6 +172,7 @@ def test_heavy_raters_of_new_items_compile_their_cut_support_ahead(tmp_path):
   config.data.name, config.data.root = "generic", str(root)
   config.data.generic.update(item_features="items.csv", new_item_col="new",
                              id_features=True)
+  config.data.buckets = (8, 16)
   config.train.num_steps = 2
   config.train.eval_every_steps = 2
   summary = train_and_evaluate(config, str(tmp_path / "run"))
