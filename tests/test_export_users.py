@@ -79,7 +79,7 @@ def test_odd_users_and_items_are_flagged_and_counted():
   assert rows_of(u, 1) == ([], [], 0)
   assert users_lib.flag_counts(u.flags) == {
       "not_in_user_table": 1, "no_ratings": 1, "truncated": 0,
-      "skipped_items": 2}
+      "skipped_items": 2, "uncounted": 0}  # set by the adaptation
   skip = collect([1, 7, 7, 3, 3, 1, 1], [10, 20, 30, 99, 98, 99, 10],
                  [1, 2, 3, 4, 5, 3, 4], max_support=5, unknown_users="skip")
   assert skip.ids.tolist() == [1, 3]

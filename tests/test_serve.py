@@ -135,11 +135,16 @@ def test_a_user_the_export_never_had_learns(client):
                   json={"ratings": [[1193, 5], [661, 2]]})
   assert r.status_code == 200, r.text
   assert r.json()["support_size"] == 2
+  # Whether the ratings count is the validated minimum's call (films with
+  # training ratings; tests/test_uncounted_users.py holds it at 3).
+  least = client.get("/healthz").json()["served"]["warm_min_support"]
+  assert r.json()["personal"] is (2 >= least)
   after = top_items(client, user, k=20)
   assert after["source"] == "adapted"
   assert not {1193, 661} & {i["item"] for i in after["items"]}
   r = client.post("/v1/adapt", json={"ratings": [[1193, 5]], "k": 3})
   assert r.status_code == 200 and len(r.json()["items"]) == 3
+  assert r.json()["personal"] is (1 >= least)
 
 
 def test_bad_requests_get_a_4xx_and_the_server_stays_healthy(client, server):

@@ -80,8 +80,11 @@ def test_the_engine_keeps_a_diverged_user_on_its_model(exports, caplog):
   rated = len(bad.export.known_ratings(row)[0])
   with caplog.at_level(logging.WARNING, logger="metarec"):
     r = bad.learn([(user, items, ratings)])[0]
+  # The fallback is the export's model, personal as the export's row was.
   assert r == {"adapted": False, "rated": rated + len(items),
-               "support_size": int(bad.export.support_sizes[row])}
+               "support_size": int(bad.export.support_sizes[row]),
+               "personal": bad.export.user(user).personal}
+  assert r["personal"] is True
   assert f"user {user!r}: adapting on" in caplog.text
   assert "not finite" in caplog.text and "inner_lr=1000000" in caplog.text
   after = bad.predict([(user, probe)])[0]
@@ -97,11 +100,13 @@ def test_the_engine_keeps_a_diverged_user_on_its_model(exports, caplog):
 
   stranger = 987654321
   r = bad.learn([(stranger, items[:2], ratings[:2])])[0]
-  assert r == {"adapted": False, "rated": 2, "support_size": 0}
+  assert r == {"adapted": False, "rated": 2, "support_size": 0,
+               "personal": False}
   assert bad.predict([(stranger, probe)])[0]["source"] == "meta"
 
   anonymous = bad.adapt([(items, ratings, 5)])[0]
   assert anonymous["adapted"] is False and anonymous["support_size"] == 0
+  assert anonymous["personal"] is False
   assert anonymous["source"] == "meta" and len(anonymous["items"]) == 5
   assert np.all(np.isfinite([s for _, s in anonymous["items"]]))
   assert good.adapt([(items, ratings, 5)])[0]["adapted"] is True

@@ -28,14 +28,16 @@ PyTree = Any
 
 def adapt_users(model: Recommender, config: meta.MetaConfig, params: PyTree,
                 inner: PyTree | None, support: PyTree
-                ) -> tuple[dict[str, jax.Array], jax.Array]:
+                ) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
   """(`{path: [B, ...]}` the adapted leaves of each user of `support`,
   `bool [B]` whether they are finite and predict finite ratings of the
-  user's own support: `compute.support_finite`, the export's check)."""
+  user's own support: `compute.support_finite`, the export's check, and
+  `bool [B]` whether any of its support rows counts: `Recommender.counts`)."""
 
   def one(s):
     fast = compute.adapt_leaves(model, config, params, inner, s)
-    return fast, compute.support_finite(model, params, fast, s)
+    return (fast, compute.support_finite(model, params, fast, s),
+            model.counts(params, s))
 
   return jax.vmap(one)(support)
 
@@ -152,14 +154,18 @@ class UserBatches:
     return tables.rows(np.arange(len(items)), items, ratings, mask)
 
   def adapt_users(self, support: dict
-                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """(`{path: float32 [B, ...]}` each user's leaves adapted from the
     meta-parameters on its row of `support` (see `support_batch`), `bool
     [B]` whether that model is finite: a diverged inner loop's leaves
-    must never be served, as `metarec export` never stores them)."""
-    fast, finite = jax.device_get(
+    must never be served, as `metarec export` never stores them, and
+    `bool [B]` whether its ratings count at all: false where the model
+    leaves every one out (`Recommender.counts`), and the user is served
+    as one without ratings)."""
+    fast, finite, counts = jax.device_get(
         self._adapt_users(self._params, self._inner, support))
-    return {p: np.asarray(v) for p, v in fast.items()}, np.asarray(finite)
+    return ({p: np.asarray(v) for p, v in fast.items()}, np.asarray(finite),
+            np.asarray(counts))
 
   def score_users(self, fast: dict[str, np.ndarray],
                   user_features: dict[str, np.ndarray],

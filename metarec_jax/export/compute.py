@@ -232,8 +232,8 @@ class ChunkFunctions:
 
   Attributes:
     adapt: `(params, inner, support [C, W]) -> {path: [C, ...]}` in the
-      export dtype, the float32 values of those for the ranking, and
-      `support_finite` of each user `[C]`.
+      export dtype, the float32 values of those for the ranking,
+      `support_finite` of each user `[C]`, and `Recommender.counts` `[C]`.
     top_k: `(params, fast [C, ...], user_features [C], rated [C, R],
       item_blocks, block_index) -> (scores [C, k], items [C, k],
       non-finite scores [C])`.
@@ -253,7 +253,8 @@ class ChunkFunctions:
                 for p, v in fast.items()} if dtype == "bfloat16" else fast
       finite = jax.vmap(lambda f, s: support_finite(model, params, f, s))(
           stored, support)
-      return cast(fast, dtype), stored, finite
+      counts = jax.vmap(lambda s: model.counts(params, s))(support)
+      return cast(fast, dtype), stored, finite, counts
 
     adapt_sharded = jax.shard_map(
         adapt_chunk, mesh=mesh, in_specs=(P(), P(), P(AXIS)),

@@ -176,7 +176,7 @@ class _Job:
     u, store = self.users, self.exp.store
     if self.exp.implicit.enabled:  # serving-time adaptation draws from it
       self._save(layout.IMPLICIT_POOL, implicit.item_pools(store)[0])
-    for name, values in (("users", u.ids), ("flags", u.flags),
+    for name, values in (("users", u.ids),
                          ("rated_offsets", u.offsets), ("rated_items", u.items),
                          ("rated_ratings", u.ratings),
                          ("support_sizes", u.support_sizes)):
@@ -271,7 +271,8 @@ class _Job:
       for index, width in self._chunks():
         support, rank_inputs = self._batch(index, width)
         support = jax.device_put(support, self.fns.task_sharding)
-        stored, fast, finite = self.fns.adapt(params, inner, support)
+        stored, fast, finite, counts = self.fns.adapt(params, inner,
+                                                      support)
         top = None
         if self.k:
           features, rated = jax.device_put(rank_inputs,
@@ -279,10 +280,12 @@ class _Job:
           top = self.fns.top_k(params, fast, features, rated, *blocks)
         if pending is not None:
           progress.advance(self._write(*pending))
-        pending = (index, stored, top, finite)
+        pending = (index, stored, top, finite, counts)
       if pending is not None:
         progress.advance(self._write(*pending))
     self.writer.release()
+    # Written once every chunk has said whose ratings count (`_write`).
+    self._save("flags.npy", self.users.flags, True)
     self.adapt_seconds = time.perf_counter() - self.adapt_seconds
     if self.k:
       topk.write_jsonl(self.writer.path(layout.TOPK_FILE), self.users.ids,
@@ -293,13 +296,17 @@ class _Job:
     self.adapted_bytes = sum(a.nbytes for a in self.adapted.values())
     self.adapted = self.top_items = self.top_scores = None
 
-  def _write(self, index, stored, top, finite) -> int:
+  def _write(self, index, stored, top, finite, counts) -> int:
     n = len(index)
     scores, items, bad = (None,) * 3 if top is None else jax.device_get(top)
     compute.check_finite(np.asarray(self.users.ids)[index],
                          jax.device_get(finite)[:n],
                          None if bad is None else bad[:n],
                          self.exp.meta_config)
+    flags = self.users.flags  # saved after the last chunk (`run`)
+    rated = (flags[index] & layout.NO_RATINGS) == 0
+    flags[index[rated & ~np.asarray(jax.device_get(counts))[:n]]] |= (
+        layout.UNCOUNTED)
     for path, value in jax.device_get(stored).items():
       self.adapted[path][index] = value[:n]
       self.unreleased += value[:n].nbytes

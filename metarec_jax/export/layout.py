@@ -88,12 +88,18 @@ NOT_IN_USER_TABLE = 1  # not in the dataset's user table: missing features
 NO_RATINGS = 2         # no known rating: the adapted leaves are the meta ones
 TRUNCATED = 4          # more than max_support ratings: the most recent used
 SKIPPED_ITEMS = 8      # some ratings were of items not in the catalogue
+# Ratings, none of which counts: fewer than the model's validated
+# `warm_min_support` (`Recommender.counts`); served as a user without any.
+UNCOUNTED = 16
 FLAGS = {"not_in_user_table": NOT_IN_USER_TABLE, "no_ratings": NO_RATINGS,
-         "truncated": TRUNCATED, "skipped_items": SKIPPED_ITEMS}
+         "truncated": TRUNCATED, "skipped_items": SKIPPED_ITEMS,
+         "uncounted": UNCOUNTED}
 # The flags of users whose parameters are not a personal adaptation on
 # their own features and ratings: `flagged_users` counts these. The other
 # two bits are informational (the user is adapted on its known ratings).
-ODD = NOT_IN_USER_TABLE | NO_RATINGS
+ODD = NOT_IN_USER_TABLE | NO_RATINGS | UNCOUNTED
+# A model served as that of a user without ratings (the meta-parameters').
+IMPERSONAL = NO_RATINGS | UNCOUNTED
 
 
 def leaf_file(group: str, path: str) -> str:

@@ -360,7 +360,8 @@ class Export(batched.UserBatches):
           row_keys=implicit.support_keys(support_items, mask))
     batch = tables.rows(np.zeros(1, np.int64), support_items,
                         support_ratings, mask)
-    fast, finite = self.adapt_users(batch)
+    fast, finite, counts = self.adapt_users(batch)
+    flags |= 0 if counts[0] else layout.UNCOUNTED
     if not finite[0]:
       raise ValueError(f"adapting on these {size} ratings gives a model"
                        " whose predictions are not finite:"

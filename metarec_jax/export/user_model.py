@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from metarec_jax.export import layout
+
 if TYPE_CHECKING:  # the export hands out its users: no import at run time
   from metarec_jax.export.serving import Export
 
@@ -23,6 +25,7 @@ class UserModel:
     known: the user was exported (`source == "export"`).
     flags: `layout.FLAGS` bits (for `adapted`: those the same ratings would
       get at export time).
+    personal: whether the user's ratings shaped the model (see below).
     support_size: ratings the parameters were adapted on.
     skipped_items: `adapt`'s ratings of items not in the catalogue.
     fast: `{path: float32 array}`, the user's adapted leaves.
@@ -45,6 +48,14 @@ class UserModel:
   @property
   def known(self) -> bool:
     return self.source == "export"
+
+  @property
+  def personal(self) -> bool:
+    """Whether the user's own ratings shaped the model: false for the
+    meta-parameters' model, a user without ratings, and one whose ratings
+    the model leaves out (`layout.UNCOUNTED`: fewer than its validated
+    `warm_min_support`), who is served as a user without ratings."""
+    return self.source != "meta" and not self.flags & layout.IMPERSONAL
 
   def predict(self, item_ids: Sequence, *, clip: bool = False) -> np.ndarray:
     """Predicted ratings `float32[len(item_ids)]` of the items.

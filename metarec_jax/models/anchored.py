@@ -139,7 +139,8 @@ from metarec_jax.data.schema import ITEM_ID, FeatureSpec
 from metarec_jax.meta import LinearHead
 from metarec_jax.models.anchored_loss import (BASE_BIAS, USER_BIAS, USER_PRIOR,
                                               WARM, adapted_scalars,
-                                              bookkeeping, support_loss)
+                                              bookkeeping, support_loss,
+                                              support_rows)
 from metarec_jax.models.melu import Decision, Embedder
 from metarec_jax.models.recommender import Recommender, masked_loss
 
@@ -364,6 +365,8 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
     return module.apply({"params": params}, batch["features"],
                         method="featurize")
 
+  weights = support_rows(module)
+
   def head(loss_kind, with_prior):
     def fn(params, a, batch):
       if not with_prior:
@@ -373,8 +376,7 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
       model, baseline, _ = module.apply(
           {"params": params}, a, batch["features"],
           method="parts_from_preactivation")
-      rows = module.apply({"params": params}, batch["features"],
-                          batch["mask"], method="support_weights")
+      rows = weights(params, batch)
       return support_loss(params, model, baseline, batch,
                           scale=module.user_scale, kind=loss_kind,
                           delta=delta, rows=rows,
@@ -389,4 +391,5 @@ def recommender(module: AnchoredMeLU, example_features, *, kind: str,
                      adapt=("^decision/",) + adapted_scalars(module.cold_share),
                      meta_fixed=adapted_scalars(module.cold_share),
                      always_adapt=bookkeeping(module.cold_share),
-                     example_features=example_features, query_loss_fn=query)
+                     example_features=example_features, query_loss_fn=query,
+                     support_weights=weights)

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from metarec_jax.data.schema import FeatureSpec
 from metarec_jax.models.anchored import Anchor
 from metarec_jax.models.anchored_loss import (adapted_scalars, bookkeeping,
-                                              support_loss)
+                                              support_loss, support_rows)
 from metarec_jax.models.idemb import Item, User
 from metarec_jax.models.melu import Decision
 from metarec_jax.models.recommender import Recommender, masked_loss
@@ -92,11 +92,12 @@ def recommender(module: AnchoredIDEmb, example_features, *, kind: str,
   the query loss is the plain masked loss (with `rank_weight`, see
   `masked_loss`)."""
 
+  weights = support_rows(module)
+
   def support(params, batch):
     model, baseline, _ = module.apply({"params": params}, batch["features"],
                                       method="parts_of")
-    rows = module.apply({"params": params}, batch["features"],
-                        batch["mask"], method="support_weights")
+    rows = weights(params, batch)
     return support_loss(params, model, baseline, batch,
                         scale=module.user_scale, kind=kind, delta=delta,
                         rows=rows, rank_weight=support_rank_weight)
@@ -111,4 +112,5 @@ def recommender(module: AnchoredIDEmb, example_features, *, kind: str,
                      adapt=("^user/",) + adapted_scalars(module.cold_share),
                      meta_fixed=adapted_scalars(module.cold_share),
                      always_adapt=bookkeeping(module.cold_share),
-                     example_features=example_features, query_loss_fn=query)
+                     example_features=example_features, query_loss_fn=query,
+                     support_weights=weights)

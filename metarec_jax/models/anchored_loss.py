@@ -58,6 +58,16 @@ def user_bias_scale(inner_lr: float) -> float:
   return 1.0 / math.sqrt(2.0 * max(float(inner_lr), 1e-6))
 
 
+def support_rows(module):
+  """`(params, batch) -> [rows]`: `Anchor.support_weights` of one support
+  batch of the anchored `module` (its `Recommender.support_weights`)."""
+
+  def rows(params, batch):
+    return module.apply({"params": params}, batch["features"], batch["mask"],
+                        method="support_weights")
+  return rows
+
+
 def prior_loss(pred: jax.Array, batch, user_bias: jax.Array, prior: float,
                err_fn, rows: jax.Array | None = None) -> jax.Array:
   """`(sum of weighted masked errors + prior * user_bias^2) / (n + prior)`,

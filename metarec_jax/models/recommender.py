@@ -178,6 +178,10 @@ class Recommender:
       the map's kind table as initialised (`calibration.MEDIAN_KIND`);
       None where the model does not read item IDs (one map row for every
       item).
+    support_weights: `(params, batch) -> [rows]` each support row's weight
+      in the support loss, where the model leaves some rows out (the
+      anchored models' validated minima, `Anchor.support_weights`); None:
+      every row counts.
   """
 
   name: str
@@ -190,6 +194,7 @@ class Recommender:
   always_adapt: tuple[str, ...] = ()
   median_map: bool = False
   existing_items: Any = dataclasses.field(default=None, compare=False)
+  support_weights: Callable[[PyTree, PyTree], jax.Array] | None = None
 
   def init(self, rng: jax.Array) -> PyTree:
     """Fresh parameters (the `params` collection, with the identity median
@@ -225,6 +230,17 @@ class Recommender:
                        features: dict[str, jax.Array]) -> jax.Array:
     """The module's own predictions: what the losses fit (no median map)."""
     return self.module.apply({"params": params}, features)
+
+  def counts(self, params: PyTree, support: PyTree) -> jax.Array:
+    """Whether one task's support rows move its adaptation at all (bool
+    scalar): false for an empty support set, and for one whose every row
+    the model leaves out (`support_weights` 0: fewer ratings than an
+    anchored model's validated `warm_min_support`), whose user is served
+    the model of a user without ratings."""
+    rows = support["mask"]
+    if self.support_weights is not None:
+      rows = rows & (self.support_weights(params, support) > 0)
+    return jnp.any(rows)
 
   def example_batch(self) -> PyTree:
     """A one-row batch (padding) in the core's batch format."""

@@ -89,6 +89,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
 # The longest string id a request may name, where the export's ids are
 # shorter: a bound on what one request adds to the sessions and the log.
 MAX_ID_LENGTH = 1024
+PERSONAL = ("false: the ratings shaped no model: too few of them count (the"
+            " model's validated warm_min_support, in /healthz), so the model"
+            " of a user without ratings is served")
 
 
 def id_length(ids) -> int:
@@ -177,11 +180,13 @@ def create_app(service: Service, *, token: str | None,
                           " ratings diverged, so the user's model before"
                           " any interaction is served (the ratings are"
                           " kept)")
+    personal: bool = Field(description=PERSONAL)
 
   class Adapted(BaseModel):
     support_size: int
     adapted: bool = Field(description="false: adapting on these ratings"
                           " diverged, so the meta-parameters ranked")
+    personal: bool = Field(description=PERSONAL)
     items: list[ScoredItem]
 
   def positions(items) -> list:
@@ -383,7 +388,7 @@ def create_app(service: Service, *, token: str | None,
   async def adapt(body: AdaptBody):
     items, values = support_of(body)
     r = await service.adapt.submit((positions(items), values, body.k))
-    return reply({"support_size": r["support_size"],
-                  "adapted": r["adapted"], "items": scored(r["items"])})
+    return reply({"support_size": r["support_size"], "adapted": r["adapted"],
+                  "personal": r["personal"], "items": scored(r["items"])})
 
   return app

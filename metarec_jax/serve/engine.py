@@ -23,7 +23,9 @@ adaptation is not finite (the inner loop diverges on these ratings:
 the session keeps the ratings but serves the user's model before any
 interaction (the export's, or the meta-parameters' for a user the export
 does not have; the same after a restart), says so with a warning and
-`adapted: false`, and tries again at the next interaction.
+`adapted: false`, and tries again at the next interaction. A user whose
+ratings the model leaves out (fewer than its validated `warm_min_support`)
+is adapted to the model of a user without ratings: `personal: false`.
 
 Not thread-safe: the server calls it from one worker thread.
 """
@@ -123,7 +125,7 @@ class Engine:
     features = self._features(user, row)
     if session is not None:
       return Served(session.source, session.fast, features, session.items)
-    source, fast, _ = self._unadapted(row)
+    source, fast, *_ = self._unadapted(row)
     if row >= 0 and source == "meta":  # a damaged row (`_unadapted`)
       return self._served(user, self._readapt(user, row))
     rated = np.zeros(0, np.int64)
@@ -143,17 +145,20 @@ class Engine:
     return self._adapt_users([user], [self.export.known_ratings(row)],
                              [f"user {user!r}"])[0]
 
-  def _unadapted(self, row: int) -> tuple[str, dict[str, np.ndarray], int]:
-    """(source, leaves, support size) of the export's row `row` (-1: the
-    meta-parameters'): a user's model before any interaction. A row that
-    is not finite (damage past the load's digests) is the meta-parameters'
-    too, also as the fallback of a diverging re-adaptation (reviewer R2)."""
+  def _unadapted(self, row: int
+                 ) -> tuple[str, dict[str, np.ndarray], int, bool]:
+    """(source, leaves, support size, `Session.personal`) of the export's
+    row `row` (-1: the meta-parameters'): a user's model before any
+    interaction. A row that is not finite (damage past the load's digests)
+    is the meta-parameters' too, also as the fallback of a diverging
+    re-adaptation (reviewer R2)."""
     e = self.export
     leaves = row >= 0 and {p: layout.decode(v[row], e.dtype)
                            for p, v in e.adapted.items()}
     if not leaves or not all(np.isfinite(v).all() for v in leaves.values()):
-      return "meta", self._meta_fast, 0
-    return "export", leaves, int(e.support_sizes[row])
+      return "meta", self._meta_fast, 0, False
+    return ("export", leaves, int(e.support_sizes[row]),
+            not e.flags[row] & layout.IMPERSONAL)
 
   def _features(self, user, row: int) -> dict[str, np.ndarray]:
     if row >= 0:
@@ -277,9 +282,10 @@ class Engine:
         by `--adapted_cache`, whatever the users the log holds).
 
     Returns:
-      Per request `{"support_size", "rated", "adapted"}` of its user
-      afterwards (`adapted` false: adaptation diverged, see the module; a
-      user not adapted yet counts as adapted).
+      Per request `{"support_size", "rated", "adapted", "personal"}` of its
+      user afterwards (`adapted` false: adaptation diverged, see the
+      module; a user not adapted yet counts as adapted, with `personal`
+      None; `personal`: `Session.personal`).
     """
     order = list(dict.fromkeys(user for user, _, _ in requests))
     history = {user: self._history(user) for user in order}
@@ -300,7 +306,8 @@ class Engine:
                       [f"user {u!r}" for u in order[later:]])
     return [{"support_size": self.sessions[user].support_size,
              "rated": len(self.sessions[user].items),
-             "adapted": self.sessions[user].source == "adapted"}
+             "adapted": self.sessions[user].source == "adapted",
+             "personal": self.sessions[user].personal}
             for user, _, _ in requests]
 
   def _history(self, user) -> tuple[np.ndarray, np.ndarray]:
@@ -325,32 +332,20 @@ class Engine:
         max_support=self.max_support)
     size = bucket(n, self.user_sizes)
     width = bucket(int(u.support_sizes.max()), self.support_widths)
-    items = np.zeros((size, width), np.int64)
-    ratings = np.zeros((size, width), np.float32)
-    mask = np.zeros((size, width), bool)
-    # Every rated item, not only the support's: an implicit export samples
-    # its negatives among the others (as export and `Export.adapt` do).
-    counts = np.diff(u.offsets)
-    rated = np.full((size, int(counts.max())), -1, np.int64)
-    for i in range(size):  # padding rows repeat the first user
-      j = i if i < n else 0
-      lo, s = int(u.offsets[j]), int(u.support_sizes[j])
-      items[i, :s] = u.items[lo:lo + s]
-      ratings[i, :s] = u.ratings[lo:lo + s]
-      mask[i, :s] = True
-      rated[i, :counts[j]] = u.items[lo:lo + counts[j]]
     rows = features + [features[0]] * (size - n)
     stacked = {k: np.stack([f[k] for f in rows]) for k in rows[0]}
-    fast, finite = self.export.adapt_users(
-        self.export.support_batch(stacked, items, ratings, mask, rated))
+    fast, finite, counts = self.export.adapt_users(self.export.support_batch(
+        stacked, *sessions_lib.padded_support(u, size, width)))
     for j, session in enumerate(sessions):
       s = session.support_size
       # A copy: a view would keep the whole padded batch's buffer alive
       # for as long as the session (17.8 KB a session instead of 7.2).
       session.fast = {p: np.array(v[j]) for p, v in fast.items()}
       session.adapted_once = True
+      session.personal = bool(counts[j])
       if not finite[j]:
-        session.source, session.fast, session.support_size = fallbacks[j]
+        (session.source, session.fast, session.support_size,
+         session.personal) = fallbacks[j]
         if names is not None and names[j] is not None:
           log.warning(
               "%s: adapting on %d ratings gives predictions that are not"
@@ -361,9 +356,9 @@ class Engine:
   def adapt(self, requests: list[tuple[np.ndarray, np.ndarray, int]]
             ) -> list[dict]:
     """Anonymous sessions: `[(positions, ratings, k)]` -> the top `k` of a
-    model adapted on the ratings (nothing is kept), with `support_size`
-    and `adapted` (false: adaptation diverged and the meta-parameters
-    ranked, see the module)."""
+    model adapted on the ratings (nothing is kept), with `support_size`,
+    `adapted` (false: adaptation diverged and the meta-parameters ranked,
+    see the module) and `personal` (`Session.personal`)."""
     missing = self.export.table_features_of(None)
     out = []
     for lo in range(0, len(requests), self.limits.max_batch):
@@ -378,6 +373,7 @@ class Engine:
       for s, r in zip(sessions, ranked):
         r["support_size"] = s.support_size
         r["adapted"] = s.source == "adapted"
+        r["personal"] = s.personal
       out.extend(ranked)
     return out
 

@@ -29,6 +29,9 @@ class Session:
   support_size: int    # ratings `fast` was adapted on
   source: str = "adapted"  # or, where adaptation diverged, what it serves
   adapted_once: bool = True  # False: kept unadapted (a start's replay)
+  # Whether its ratings shaped `fast` (`export.UserModel.personal`); None
+  # until first adapted.
+  personal: bool | None = None
 
 
 @dataclasses.dataclass
@@ -120,3 +123,24 @@ def from_histories(histories: list[tuple[np.ndarray, np.ndarray]], *,
                        ratings=u.ratings[order], fast=None, support_size=s,
                        adapted_once=False))
   return u, out
+
+
+def padded_support(u, size: int, width: int):
+  """`(items, ratings, mask [size, width], rated [size, R])`: the support
+  sets of `from_histories`'s `u`, padded to `size` users (the padding
+  repeats the first) and `width` rows, and every rated item, not only the
+  support's (-1: padding): an implicit export samples its negatives among
+  the others (as export and `Export.adapt` do)."""
+  items = np.zeros((size, width), np.int64)
+  ratings = np.zeros((size, width), np.float32)
+  mask = np.zeros((size, width), bool)
+  counts = np.diff(u.offsets)
+  rated = np.full((size, int(counts.max())), -1, np.int64)
+  for i in range(size):
+    j = i if i < len(u) else 0
+    lo, s = int(u.offsets[j]), int(u.support_sizes[j])
+    items[i, :s] = u.items[lo:lo + s]
+    ratings[i, :s] = u.ratings[lo:lo + s]
+    mask[i, :s] = True
+    rated[i, :counts[j]] = u.items[lo:lo + counts[j]]
+  return items, ratings, mask, rated

@@ -1,0 +1,131 @@
+"""A user with fewer ratings than the model's validated `warm_min_support`
+is served as one without ratings, and every reply says so: the export's
+`uncounted` flag, `UserModel.personal`, and `personal` in the server's
+replies to interactions and anonymous adaptations.
+
+The tiny ML-1M run is exported with its checkpoint read at a minimum of 3
+(what a validation fits where one or two ratings mislead), so the export,
+its Python API and an engine serving it all hold that minimum.
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from metarec_jax import export as export_lib
+from metarec_jax.export import exporter, layout
+from metarec_jax.serve import engine as engine_lib
+from metarec_jax.train import min_support
+
+LEAST = 3.0
+# Old, much-rated films (ML-1M ids): items with training ratings in the tiny
+# run, whose support rows each count once (new items have their own rule).
+FILMS = (1193, 914, 594, 919, 1287)
+# User -> how many of FILMS it rated (user 3: none of them: skipped).
+RATED = {1: 2, 2: 3, 4: 5}
+
+
+def _least(state, value=LEAST):
+  minimum = next(m for m in min_support.MINIMA
+                 if m.leaf == min_support.WARM_MIN_SUPPORT)
+  return state.replace(params=min_support.with_value(state.params, minimum,
+                                                     value))
+
+
+@pytest.fixture(scope="module")
+def strict(ml1m_tiny_run, tmp_path_factory):
+  """(the export's summary, the loaded export) at a minimum of 3."""
+  workdir, _ = ml1m_tiny_run
+  tmp = tmp_path_factory.mktemp("uncounted")
+  ratings = tmp / "ratings.dat"
+  ratings.write_text("".join(
+      f"{user}::{film}::{1 + (user + i) % 5}::{978300000 + i}\n"
+      for user, n in RATED.items() for i, film in enumerate(FILMS[:n])))
+  out = str(tmp / "export")
+  real = exporter.load_state
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(exporter, "load_state",
+                  lambda *a, **k: _least(real(*a, **k)))
+    summary = export_lib.export_workdir(workdir, str(ratings), out, top_k=3)
+  return summary, export_lib.load(out)
+
+
+def test_the_films_have_training_ratings(strict):
+  """The fixture's premise: each film's row counts (an item with training
+  ratings, `Anchor.support_weights` 1) whatever the new-item minimum."""
+  export = strict[1]
+  index = export.item_index(list(FILMS))
+  ids = np.asarray(export._tables.item["item_id"])[index]  # pylint: disable=protected-access
+  weight = np.asarray(export.meta_params["item_bias"]["embedding"])[ids, 1]
+  assert (weight > 0).all()
+  assert float(export.meta_params[min_support.WARM_MIN_SUPPORT]) == LEAST
+
+
+def test_the_export_flags_users_whose_ratings_do_not_count(strict):
+  summary, export = strict
+  assert summary["flags"]["uncounted"] == 1
+  assert summary["flagged_users"] == 1  # none of the others is odd
+  user = export.user(1)
+  assert user.flags & layout.UNCOUNTED and not user.personal
+  assert user.support_size == 2
+  # Stored as the model of a user without ratings: the meta-parameters.
+  for path, value in user.fast.items():
+    np.testing.assert_array_equal(value, export.meta_leaves[path])
+  for u in (2, 4):
+    assert not export.user(u).flags & layout.UNCOUNTED
+    assert export.user(u).personal
+  assert not export.user(987654).personal  # unknown: the meta-parameters
+  assert export.manifest["flags"]["uncounted"] == layout.UNCOUNTED
+
+
+def test_the_python_api_says_whether_the_ratings_counted(strict):
+  export = strict[1]
+  two = export.adapt([(f, 4.0) for f in FILMS[:2]])
+  three = export.adapt([(f, 4.0) for f in FILMS[:3]])
+  assert two.flags & layout.UNCOUNTED and not two.personal
+  assert three.personal and not three.flags & layout.UNCOUNTED
+  assert not export.adapt([]).personal
+  probe = list(FILMS[3:])
+  np.testing.assert_array_equal(two.predict(probe),
+                                export.user(987654).predict(probe))
+  assert not np.array_equal(three.predict(probe), two.predict(probe))
+
+
+def test_a_model_that_leaves_no_row_out_counts_any_rating(strict):
+  export = strict[1]
+  plain = dataclasses.replace(export.model, support_weights=None)
+  position = export.item_index(list(FILMS[:1]))
+  batch = export.support_batch(
+      {n: v[None] for n, v in export.table_features_of(None).items()},
+      np.resize(position, (1, 4)), np.full((1, 4), 4.0, np.float32),
+      np.array([[True, False, False, False]]))
+  one = jax.tree.map(lambda v: v[0], batch)  # one task's rows
+  params = export.meta_params
+  assert bool(plain.counts(params, one))
+  assert not bool(export.model.counts(params, one))  # 1 < 3
+  empty = {**one, "mask": np.zeros_like(one["mask"])}
+  assert not bool(plain.counts(params, empty))
+
+
+def test_the_engine_replies_personal_once_enough_ratings_count(strict):
+  export = strict[1]
+  engine = engine_lib.Engine(export, engine_lib.Limits(max_batch=2,
+                                                       max_items=16))
+  positions = export.item_index(list(FILMS))
+  stars = np.full(len(FILMS), 4.0, np.float32)
+  stranger = 555555
+  first = engine.learn([(stranger, positions[:2], stars[:2])])[0]
+  assert first == {"support_size": 2, "rated": 2, "adapted": True,
+                   "personal": False}
+  served = engine.predict([(stranger, positions[3:])])[0]
+  assert served["scores"] == engine.predict([(None, positions[3:])]
+                                            )[0]["scores"]
+  then = engine.learn([(stranger, positions[2:3], stars[2:3])])[0]
+  assert then["personal"] is True and then["support_size"] == 3
+  # An exported user below the minimum becomes personal with its third.
+  assert engine.learn([(1, positions[2:3], stars[2:3])])[0]["personal"]
+  anonymous = engine.adapt([(positions[:2], stars[:2], 3),
+                            (positions[:3], stars[:3], 3)])
+  assert [a["personal"] for a in anonymous] == [False, True]
