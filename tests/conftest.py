@@ -261,6 +261,15 @@ def random_tasks(fields, n_tasks=3, n_support=6, n_query=4, seed=0, *,
   return {"support": rows(n_support), "query": rows(n_query)}
 
 
+def has_training_ratings(export, item_ids) -> bool:
+  """Whether each item has training ratings in an anchored model's export
+  (its item-bias weight above 0): each of its support rows counts."""
+  index = export.item_index(list(item_ids))
+  ids = np.asarray(export._tables.item["item_id"])[index]  # pylint: disable=protected-access
+  return bool((np.asarray(
+      export.meta_params["item_bias"]["embedding"])[ids, 1] > 0).all())
+
+
 @contextlib.contextmanager
 def count_compiles():
   """Counts the programs XLA compiled inside the block, or loaded from the

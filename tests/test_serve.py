@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from cli_run import assert_one_line_error, metarec_here
-from conftest import ROOT, config_path, count_compiles
+from conftest import ROOT, config_path, count_compiles, has_training_ratings
 from metarec_jax import export as export_lib
 from metarec_jax.serve import engine as engine_lib
 from metarec_jax.serve import sizes
@@ -128,15 +128,17 @@ def test_interaction_changes_the_next_recommendations(client, exported):
   assert r.status_code == 200 and r.json()["source"] == "adapted"
 
 
-def test_a_user_the_export_never_had_learns(client):
+def test_a_user_the_export_never_had_learns(client, exported):
   user = 987654
   assert top_items(client, user)["source"] == "meta"
   r = client.post(f"/v1/users/{user}/interactions",
                   json={"ratings": [[1193, 5], [661, 2]]})
   assert r.status_code == 200, r.text
   assert r.json()["support_size"] == 2
-  # Whether the ratings count is the validated minimum's call (films with
-  # training ratings; tests/test_uncounted_users.py holds it at 3).
+  # Whether the ratings count is the validated minimum's call, for films
+  # with training ratings (the new-item minimum leaves those alone;
+  # tests/test_uncounted_users.py holds the minimum at 3).
+  assert has_training_ratings(export_lib.load(exported[0]), [1193, 661])
   least = client.get("/healthz").json()["served"]["warm_min_support"]
   assert r.json()["personal"] is (2 >= least)
   after = top_items(client, user, k=20)

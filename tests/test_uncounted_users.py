@@ -9,13 +9,17 @@ its Python API and an engine serving it all hold that minimum.
 """
 
 import dataclasses
+import json
+import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
+from conftest import has_training_ratings
 from metarec_jax import export as export_lib
-from metarec_jax.export import exporter, layout
+from metarec_jax.export import checksums, exporter, layout
 from metarec_jax.serve import engine as engine_lib
 from metarec_jax.train import min_support
 
@@ -56,10 +60,7 @@ def test_the_films_have_training_ratings(strict):
   """The fixture's premise: each film's row counts (an item with training
   ratings, `Anchor.support_weights` 1) whatever the new-item minimum."""
   export = strict[1]
-  index = export.item_index(list(FILMS))
-  ids = np.asarray(export._tables.item["item_id"])[index]  # pylint: disable=protected-access
-  weight = np.asarray(export.meta_params["item_bias"]["embedding"])[ids, 1]
-  assert (weight > 0).all()
+  assert has_training_ratings(export, FILMS)
   assert float(export.meta_params[min_support.WARM_MIN_SUPPORT]) == LEAST
 
 
@@ -129,3 +130,41 @@ def test_the_engine_replies_personal_once_enough_ratings_count(strict):
   anonymous = engine.adapt([(positions[:2], stars[:2], 3),
                             (positions[:3], stars[:3], 3)])
   assert [a["personal"] for a in anonymous] == [False, True]
+
+
+def _as_written_before_the_flag(export_dir: str, dest) -> str:
+  """A copy of the export as a metarec without the `uncounted` bit wrote it:
+  no such bit in `flags.npy` or the manifest, the digests rewritten."""
+  shutil.copytree(export_dir, dest)
+  flags = np.load(os.path.join(dest, "flags.npy"))
+  np.save(os.path.join(dest, "flags.npy"), flags & ~np.uint8(layout.UNCOUNTED))
+  path = os.path.join(dest, layout.MANIFEST)
+  with open(path) as f:
+    manifest = json.load(f)
+  del manifest["flags"]["uncounted"]
+  manifest["files"] = checksums.record(
+      str(dest), exclude=(layout.MANIFEST, layout.MANIFEST_DIGEST))
+  data = json.dumps(manifest).encode()
+  with open(path, "wb") as f:
+    f.write(data)
+  with open(os.path.join(dest, layout.MANIFEST_DIGEST), "w") as f:
+    f.write(layout._manifest_digest_line(data))  # pylint: disable=protected-access
+  return str(dest)
+
+
+def test_an_export_written_before_the_flag_finds_it_when_asked(strict,
+                                                               tmp_path):
+  """Its flags never say `uncounted`: whether an exported user's ratings
+  count is then found from its stored support set (a reviewer's finding:
+  such an export said `personal` for every user with ratings)."""
+  old = export_lib.load(_as_written_before_the_flag(strict[1].path,
+                                                    tmp_path / "old"),
+                        verify=True)
+  assert not (old.flags & layout.UNCOUNTED).any()
+  assert not old.user(1).personal and old.user(1).flags & layout.UNCOUNTED
+  assert old.user(2).personal and old.user(4).personal
+  engine = engine_lib.Engine(old, engine_lib.Limits(max_batch=2,
+                                                    max_items=16))
+  # What a diverged re-adaptation falls back to: the user's exported model.
+  assert engine._unadapted(old.user_row(1))[3] is False  # pylint: disable=protected-access
+  assert engine._unadapted(old.user_row(2))[3] is True  # pylint: disable=protected-access

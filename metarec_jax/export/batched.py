@@ -19,8 +19,8 @@ import numpy as np
 
 from metarec_jax import meta
 from metarec_jax.data import implicit
-from metarec_jax.data.tasks import FeatureTables
-from metarec_jax.export import compute
+from metarec_jax.data.tasks import FeatureTables, bucket_widths
+from metarec_jax.export import compute, layout
 from metarec_jax.models import Recommender
 
 PyTree = Any
@@ -113,6 +113,34 @@ class UserBatches:
   @functools.cached_property
   def rated_ratings(self) -> np.ndarray:
     return self._load("rated_ratings.npy")
+
+  def row_flags(self, row: int) -> int:
+    """`flags.npy`'s bits of an exported user, with `layout.UNCOUNTED`
+    found where the export predates that bit (its manifest's `flags` lacks
+    it, so its flags never say so): from `Recommender.counts` of the row's
+    stored support set, one small device call, as the export would have."""
+    flags = int(self.flags[row])
+    if "uncounted" in self.manifest.get("flags", {}) or (
+        flags & layout.NO_RATINGS):
+      return flags
+    size = int(self.support_sizes[row])
+    lo = int(self.rated_offsets[row])
+    width = int(bucket_widths(np.array([size]), self.buckets)[0])
+    items = np.zeros((1, width), np.int64)
+    items[0, :size] = self.rated_items[lo:lo + size]
+    ratings = np.zeros((1, width), np.float32)
+    ratings[0, :size] = self.rated_ratings[lo:lo + size]
+    support = self.support_batch(
+        {n: np.asarray(t[row])[None] for n, t in self.user_features.items()},
+        items, ratings, np.arange(width)[None] < size)
+    counts = self._counts(self._params, support)
+    return flags | (0 if bool(counts[0]) else layout.UNCOUNTED)
+
+  @functools.cached_property
+  def _counts(self):
+    model = self.model
+    return jax.jit(lambda params, support: jax.vmap(
+        lambda s: model.counts(params, s))(support))
 
   def table_features_of(self, user_id) -> dict[str, np.ndarray]:
     """The user table's feature row of `user_id` (the missing index 0 for

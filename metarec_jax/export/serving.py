@@ -271,7 +271,7 @@ class Export(batched.UserBatches):
     return UserModel(self, user_id, source="export", fast=fast,
                      user_features={n: np.asarray(t[row]) for n, t in
                                     self.user_features.items()},
-                     rated=self.rated_items[lo:hi], flags=self.flags[row],
+                     rated=self.rated_items[lo:hi], flags=self.row_flags(row),
                      support_size=self.support_sizes[row])
 
   def _served(self, user_id) -> UserModel:

@@ -52,9 +52,10 @@ class UserModel:
   @property
   def personal(self) -> bool:
     """Whether the user's own ratings shaped the model: false for the
-    meta-parameters' model, a user without ratings, and one whose ratings
-    the model leaves out (`layout.UNCOUNTED`: fewer than its validated
-    `warm_min_support`), who is served as a user without ratings."""
+    meta-parameters' model, a user without ratings, and one whose every
+    rating the model leaves out (`layout.UNCOUNTED`: fewer than its
+    validated `warm_min_support`, or new items' alone, fewer than its
+    `new_item_min_support`), who is served as a user without ratings."""
     return self.source != "meta" and not self.flags & layout.IMPERSONAL
 
   def predict(self, item_ids: Sequence, *, clip: bool = False) -> np.ndarray:

@@ -235,7 +235,8 @@ class Recommender:
     """Whether one task's support rows move its adaptation at all (bool
     scalar): false for an empty support set, and for one whose every row
     the model leaves out (`support_weights` 0: fewer ratings than an
-    anchored model's validated `warm_min_support`), whose user is served
+    anchored model's validated `warm_min_support`, or ratings of new items
+    alone, fewer than its `new_item_min_support`), whose user is served
     the model of a user without ratings."""
     rows = support["mask"]
     if self.support_weights is not None:

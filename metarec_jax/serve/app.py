@@ -89,9 +89,10 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
 # The longest string id a request may name, where the export's ids are
 # shorter: a bound on what one request adds to the sessions and the log.
 MAX_ID_LENGTH = 1024
-PERSONAL = ("false: the ratings shaped no model: too few of them count (the"
-            " model's validated warm_min_support, in /healthz), so the model"
-            " of a user without ratings is served")
+PERSONAL = ("false: none of the ratings counts (fewer than the model's"
+            " validated warm_min_support, or new items' alone, fewer than"
+            " its new_item_min_support; both in /healthz), so the model of"
+            " a user without ratings is served")
 
 
 def id_length(ids) -> int:

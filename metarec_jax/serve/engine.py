@@ -24,8 +24,8 @@ the session keeps the ratings but serves the user's model before any
 interaction (the export's, or the meta-parameters' for a user the export
 does not have; the same after a restart), says so with a warning and
 `adapted: false`, and tries again at the next interaction. A user whose
-ratings the model leaves out (fewer than its validated `warm_min_support`)
-is adapted to the model of a user without ratings: `personal: false`.
+every rating the model leaves out (`Recommender.counts`) is adapted to the
+model of a user without ratings: `personal: false`.
 
 Not thread-safe: the server calls it from one worker thread.
 """
@@ -158,7 +158,7 @@ class Engine:
     if not leaves or not all(np.isfinite(v).all() for v in leaves.values()):
       return "meta", self._meta_fast, 0, False
     return ("export", leaves, int(e.support_sizes[row]),
-            not e.flags[row] & layout.IMPERSONAL)
+            not e.row_flags(row) & layout.IMPERSONAL)
 
   def _features(self, user, row: int) -> dict[str, np.ndarray]:
     if row >= 0:
