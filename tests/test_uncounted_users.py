@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 
+import httpx
 import jax
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from metarec_jax import export as export_lib
 from metarec_jax.export import checksums, exporter, layout
 from metarec_jax.serve import engine as engine_lib
 from metarec_jax.train import min_support
+from test_serve import Server
 
 LEAST = 3.0
 # Old, much-rated films (ML-1M ids): items with training ratings in the tiny
@@ -168,3 +170,31 @@ def test_an_export_written_before_the_flag_finds_it_when_asked(strict,
   # What a diverged re-adaptation falls back to: the user's exported model.
   assert engine._unadapted(old.user_row(1))[3] is False  # pylint: disable=protected-access
   assert engine._unadapted(old.user_row(2))[3] is True  # pylint: disable=protected-access
+
+
+def test_the_server_says_personal_over_http(strict, tmp_path):
+  """A real `metarec serve` of the export: a new user's two ratings do not
+  count (`personal: false`, served the unknown users' ranking), the third
+  does; likewise for anonymous sessions."""
+  server = Server(strict[1].path, tmp_path / "log",
+                  stderr_path=tmp_path / "err")
+  try:
+    server.wait_ready()
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+      ratings = [[f, 4] for f in FILMS]
+      r = client.post("/v1/users/777/interactions", json={"ratings":
+                                                          ratings[:2]})
+      assert r.status_code == 200, r.text
+      assert r.json()["personal"] is False and r.json()["adapted"] is True
+      top = client.get("/v1/users/777/recommendations?k=10").json()["items"]
+      stranger = client.get("/v1/users/778/recommendations?k=12").json()
+      assert top == [i for i in stranger["items"]
+                     if i["item"] not in FILMS[:2]][:10]
+      r = client.post("/v1/users/777/interactions", json={"ratings":
+                                                          ratings[2:3]})
+      assert r.json()["personal"] is True
+      said = [client.post("/v1/adapt", json={"ratings": ratings[:n], "k": 2}
+                          ).json()["personal"] for n in (2, 3)]
+      assert said == [False, True]
+  finally:
+    server.stop()
