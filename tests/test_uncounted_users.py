@@ -20,7 +20,7 @@ import pytest
 
 from conftest import has_training_ratings
 from metarec_jax import export as export_lib
-from metarec_jax.export import checksums, exporter, layout
+from metarec_jax.export import checksums, compute, exporter, layout
 from metarec_jax.serve import engine as engine_lib
 from metarec_jax.train import min_support
 from test_serve import Server
@@ -110,6 +110,14 @@ def test_a_model_that_leaves_no_row_out_counts_any_rating(strict):
   assert not bool(export.model.counts(params, one))  # 1 < 3
   empty = {**one, "mask": np.zeros_like(one["mask"])}
   assert not bool(plain.counts(params, empty))
+  # A config that adapts nothing (no steps, no encoder) counts no rating:
+  # every user keeps the meta-parameters (a reviewer's finding).
+  assert bool(compute.counts(plain, export.meta_config, params, one))
+  still = export.meta_config.replace(inner_steps=0)
+  assert not bool(compute.counts(plain, still, params, one))
+  encoded = export.meta_config.replace(algorithm="metric")
+  assert encoded.inner_steps == 0
+  assert bool(compute.counts(plain, encoded, params, one))
 
 
 def test_the_engine_replies_personal_once_enough_ratings_count(strict):

@@ -32,12 +32,12 @@ def adapt_users(model: Recommender, config: meta.MetaConfig, params: PyTree,
   """(`{path: [B, ...]}` the adapted leaves of each user of `support`,
   `bool [B]` whether they are finite and predict finite ratings of the
   user's own support: `compute.support_finite`, the export's check, and
-  `bool [B]` whether any of its support rows counts: `Recommender.counts`)."""
+  `bool [B]` whether any of its support rows counts: `compute.counts`)."""
 
   def one(s):
     fast = compute.adapt_leaves(model, config, params, inner, s)
     return (fast, compute.support_finite(model, params, fast, s),
-            model.counts(params, s))
+            compute.counts(model, config, params, s))
 
   return jax.vmap(one)(support)
 
@@ -117,30 +117,24 @@ class UserBatches:
   def row_flags(self, row: int) -> int:
     """`flags.npy`'s bits of an exported user, with `layout.UNCOUNTED`
     found where the export predates that bit (its manifest's `flags` lacks
-    it, so its flags never say so): from `Recommender.counts` of the row's
+    it, so its flags never say so): from `compute.counts` of the row's
     stored support set, one small device call, as the export would have."""
     flags = int(self.flags[row])
     if "uncounted" in self.manifest.get("flags", {}) or (
         flags & layout.NO_RATINGS):
       return flags
-    size = int(self.support_sizes[row])
-    lo = int(self.rated_offsets[row])
-    width = int(bucket_widths(np.array([size]), self.buckets)[0])
-    items = np.zeros((1, width), np.int64)
-    items[0, :size] = self.rated_items[lo:lo + size]
-    ratings = np.zeros((1, width), np.float32)
-    ratings[0, :size] = self.rated_ratings[lo:lo + size]
-    support = self.support_batch(
-        {n: np.asarray(t[row])[None] for n, t in self.user_features.items()},
-        items, ratings, np.arange(width)[None] < size)
+    size, lo = int(self.support_sizes[row]), int(self.rated_offsets[row])
+    support = self.one_support(
+        {n: np.asarray(t[row]) for n, t in self.user_features.items()},
+        self.rated_items[lo:lo + size], self.rated_ratings[lo:lo + size])
     counts = self._counts(self._params, support)
     return flags | (0 if bool(counts[0]) else layout.UNCOUNTED)
 
   @functools.cached_property
   def _counts(self):
-    model = self.model
+    model, config = self.model, self.meta_config
     return jax.jit(lambda params, support: jax.vmap(
-        lambda s: model.counts(params, s))(support))
+        lambda s: compute.counts(model, config, params, s))(support))
 
   def table_features_of(self, user_id) -> dict[str, np.ndarray]:
     """The user table's feature row of `user_id` (the missing index 0 for
@@ -181,6 +175,24 @@ class UserBatches:
           row_keys=implicit.support_keys(items, mask))
     return tables.rows(np.arange(len(items)), items, ratings, mask)
 
+  def one_support(self, user_features: dict[str, np.ndarray],
+                  items: np.ndarray, ratings: np.ndarray,
+                  rated: np.ndarray | None = None) -> dict:
+    """`support_batch` of one user: its feature row, its support set's
+    catalogue positions and ratings (padded to the export's bucket width,
+    as `metarec export` pads it), and every item it rated (default: the
+    support's)."""
+    size = len(items)
+    width = int(bucket_widths(np.array([size]), self.buckets)[0])
+    positions = np.zeros((1, width), np.int64)
+    positions[0, :size] = items
+    values = np.zeros((1, width), np.float32)
+    values[0, :size] = ratings
+    return self.support_batch(
+        {n: np.asarray(v)[None] for n, v in user_features.items()},
+        positions, values, (np.arange(width) < size)[None],
+        None if rated is None else np.asarray(rated, np.int64)[None])
+
   def adapt_users(self, support: dict
                   ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """(`{path: float32 [B, ...]}` each user's leaves adapted from the
@@ -188,7 +200,7 @@ class UserBatches:
     [B]` whether that model is finite: a diverged inner loop's leaves
     must never be served, as `metarec export` never stores them, and
     `bool [B]` whether its ratings count at all: false where the model
-    leaves every one out (`Recommender.counts`), and the user is served
+    leaves every one out (`compute.counts`), and the user is served
     as one without ratings)."""
     fast, finite, counts = jax.device_get(
         self._adapt_users(self._params, self._inner, support))

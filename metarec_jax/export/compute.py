@@ -198,6 +198,17 @@ def rated_lookup(rated: jax.Array):
   return is_rated
 
 
+def counts(model: Recommender, config: meta.MetaConfig, params: PyTree,
+           support: PyTree) -> jax.Array:
+  """Whether one user's support set moves its adaptation (bool scalar):
+  `Recommender.counts`, and never where the config adapts nothing (no
+  encoder and `meta.inner_steps=0`: every user keeps the
+  meta-parameters)."""
+  if not config.spec.encoder and not config.inner_steps:
+    return jnp.zeros((), bool)
+  return model.counts(params, support)
+
+
 def support_finite(model: Recommender, params: PyTree,
                    fast: dict[str, jax.Array], support: PyTree) -> jax.Array:
   """Whether one user's adapted leaves and the predictions they give for
@@ -233,7 +244,7 @@ class ChunkFunctions:
   Attributes:
     adapt: `(params, inner, support [C, W]) -> {path: [C, ...]}` in the
       export dtype, the float32 values of those for the ranking,
-      `support_finite` of each user `[C]`, and `Recommender.counts` `[C]`.
+      `support_finite` of each user `[C]`, and `counts` `[C]`.
     top_k: `(params, fast [C, ...], user_features [C], rated [C, R],
       item_blocks, block_index) -> (scores [C, k], items [C, k],
       non-finite scores [C])`.
@@ -253,8 +264,8 @@ class ChunkFunctions:
                 for p, v in fast.items()} if dtype == "bfloat16" else fast
       finite = jax.vmap(lambda f, s: support_finite(model, params, f, s))(
           stored, support)
-      counts = jax.vmap(lambda s: model.counts(params, s))(support)
-      return cast(fast, dtype), stored, finite, counts
+      counted = jax.vmap(lambda s: counts(model, config, params, s))(support)
+      return cast(fast, dtype), stored, finite, counted
 
     adapt_sharded = jax.shard_map(
         adapt_chunk, mesh=mesh, in_specs=(P(), P(), P(AXIS)),

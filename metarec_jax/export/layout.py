@@ -88,9 +88,10 @@ NOT_IN_USER_TABLE = 1  # not in the dataset's user table: missing features
 NO_RATINGS = 2         # no known rating: the adapted leaves are the meta ones
 TRUNCATED = 4          # more than max_support ratings: the most recent used
 SKIPPED_ITEMS = 8      # some ratings were of items not in the catalogue
-# Ratings, none of which counts (`Recommender.counts`: fewer than the
-# model's validated `warm_min_support`, or new items' alone, fewer than its
-# `new_item_min_support`); served as a user without any.
+# Ratings, none of which counts (`compute.counts`: fewer than the model's
+# validated `warm_min_support`, or new items' alone, fewer than its
+# `new_item_min_support`, or a config that adapts nothing); served as a
+# user without any.
 UNCOUNTED = 16
 FLAGS = {"not_in_user_table": NOT_IN_USER_TABLE, "no_ratings": NO_RATINGS,
          "truncated": TRUNCATED, "skipped_items": SKIPPED_ITEMS,

@@ -47,7 +47,7 @@ from flax import traverse_util
 from metarec_jax import config_io, config_reference, meta, models
 from metarec_jax.data import implicit
 from metarec_jax.data.schema import FeatureSpec
-from metarec_jax.data.tasks import FeatureTables, bucket_widths, power_of_two
+from metarec_jax.data.tasks import FeatureTables, power_of_two
 from metarec_jax.errors import InputError, diverges
 from metarec_jax.export import batched, catalogue, checksums, compute, layout
 from metarec_jax.export import users as users_lib
@@ -341,25 +341,7 @@ class Export(batched.UserBatches):
     flags |= int(u.flags[0]) & layout.TRUNCATED
     rated = rated_items[u.items].astype(np.int64)
     size = int(u.support_sizes[0])
-    width = int(bucket_widths(np.array([size]), self.buckets)[0])
-    mask = np.arange(width) < size
-    support_items = np.zeros(width, np.int64)
-    support_items[:size] = rated[:size]
-    support_ratings = np.zeros(width, np.float32)
-    support_ratings[:size] = u.ratings[:size]
-    tables = FeatureTables(self._tables.specs,
-                           {n: v[None] for n, v in features.items()},
-                           self._tables.item)
-    support_items, support_ratings, mask = (
-        support_items[None], support_ratings[None], mask[None])
-    if self.implicit is not None:  # as export does (implicit.labelled_support)
-      support_items, support_ratings, mask = implicit.labelled_support(
-          support_items, support_ratings, mask, rated[None],
-          spec=self.implicit, pool=self._implicit_pool,
-          num_items=self.num_items,
-          row_keys=implicit.support_keys(support_items, mask))
-    batch = tables.rows(np.zeros(1, np.int64), support_items,
-                        support_ratings, mask)
+    batch = self.one_support(features, rated[:size], u.ratings[:size], rated)
     fast, finite, counts = self.adapt_users(batch)
     flags |= 0 if counts[0] else layout.UNCOUNTED
     if not finite[0]:
