@@ -131,10 +131,13 @@ def test_the_engine_replies_personal_once_enough_ratings_count(strict):
   assert first == {"support_size": 2, "rated": 2, "adapted": True,
                    "personal": False}
   served = engine.predict([(stranger, positions[3:])])[0]
-  assert served["scores"] == engine.predict([(None, positions[3:])]
-                                            )[0]["scores"]
+  unknown = engine.predict([(None, positions[3:])])[0]
+  assert served["scores"] == unknown["scores"]
+  assert not served["personal"] and not unknown["personal"]
+  assert engine.recommend([(stranger, 3)])[0]["personal"] is False
   then = engine.learn([(stranger, positions[2:3], stars[2:3])])[0]
   assert then["personal"] is True and then["support_size"] == 3
+  assert engine.predict([(stranger, positions[3:])])[0]["personal"]
   # An exported user below the minimum becomes personal with its third.
   assert engine.learn([(1, positions[2:3], stars[2:3])])[0]["personal"]
   anonymous = engine.adapt([(positions[:2], stars[:2], 3),
@@ -194,13 +197,25 @@ def test_the_server_says_personal_over_http(strict, tmp_path):
                                                           ratings[:2]})
       assert r.status_code == 200, r.text
       assert r.json()["personal"] is False and r.json()["adapted"] is True
-      top = client.get("/v1/users/777/recommendations?k=10").json()["items"]
+      top = client.get("/v1/users/777/recommendations?k=10").json()
       stranger = client.get("/v1/users/778/recommendations?k=12").json()
-      assert top == [i for i in stranger["items"]
-                     if i["item"] not in FILMS[:2]][:10]
+      assert top["items"] == [i for i in stranger["items"]
+                              if i["item"] not in FILMS[:2]][:10]
+      assert top["personal"] is False and top["source"] == "adapted"
+      assert stranger["personal"] is False
+      # Exported users: as their export flags say (ranked, then kept).
+      for _ in range(2):
+        said = [client.get(f"/v1/users/{u}/recommendations?k=3").json()[
+            "personal"] for u in (1, 2)]
+        assert said == [False, True]
+      predicted = client.post("/v1/predict", json={"user": 1,
+                                                   "items": [FILMS[4]]})
+      assert predicted.json()["personal"] is False
       r = client.post("/v1/users/777/interactions", json={"ratings":
                                                           ratings[2:3]})
       assert r.json()["personal"] is True
+      assert client.get("/v1/users/777/recommendations?k=3").json()[
+          "personal"] is True
       said = [client.post("/v1/adapt", json={"ratings": ratings[:n], "k": 2}
                           ).json()["personal"] for n in (2, 3)]
       assert said == [False, True]

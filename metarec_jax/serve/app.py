@@ -167,6 +167,7 @@ def create_app(service: Service, *, token: str | None,
   class Recommendations(BaseModel):
     user: UserId | None
     source: Literal["export", "meta", "adapted"]
+    personal: bool = Field(description=PERSONAL)
     items: list[ScoredItem]
 
   class Predictions(Recommendations):
@@ -338,17 +339,19 @@ def create_app(service: Service, *, token: str | None,
     # acknowledged, so this never answers from an older model.)
     kept = engine.kept_ranking(uid, k)
     if kept is not None:
-      r = {"source": engine.source(uid), "items": kept}
+      r = {"source": engine.source(uid), "personal": engine.personal(uid),
+           "items": kept}
     else:
       r = await service.recommend.submit((uid, k))
     return reply({"user": uid, "source": r["source"],
-                  "items": scored(r["items"])})
+                  "personal": r["personal"], "items": scored(r["items"])})
 
   @app.post("/v1/predict", dependencies=api, response_model=Predictions)
   async def predict(body: PredictBody):
     user_of(str(body.user))
     r = await service.predict.submit((body.user, positions(body.items)))
     return reply({"user": body.user, "source": r["source"],
+                  "personal": r["personal"],
                   "items": scored(zip(body.items, r["scores"]))})
 
   def support_of(body: InteractionsBody) -> tuple[list, list]:

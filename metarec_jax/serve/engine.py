@@ -32,13 +32,13 @@ Not thread-safe: the server calls it from one worker thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Sequence
 
 import numpy as np
 
 from metarec_jax.data.convert import parsing
-from metarec_jax.errors import diverges
 from metarec_jax.export import layout
 from metarec_jax.export.serving import Export
 from metarec_jax.serve import rankings
@@ -68,6 +68,10 @@ class Engine:
     self.shapes = len(self.user_sizes) * (
         1 + len(self.item_sizes) + len(self.support_widths))
     self._meta_fast = export.meta_leaves
+    # An export row's `personal`: its flags, or for an export written
+    # before `uncounted`, one device call (`Export.row_flags`), kept.
+    self._row_personal = functools.lru_cache(maxsize=rank_cache or 1)(
+        lambda row: not export.row_flags(row) & layout.IMPERSONAL)
 
   # --------------------------------------------------------------- users
 
@@ -124,8 +128,9 @@ class Engine:
     row = self.export.user_row(user)
     features = self._features(user, row)
     if session is not None:
-      return Served(session.source, session.fast, features, session.items)
-    source, fast, *_ = self._unadapted(row)
+      return Served(session.source, session.fast, features, session.items,
+                    session.personal)
+    source, fast, _, personal = self._unadapted(row)
     if row >= 0 and source == "meta":  # a damaged row (`_unadapted`)
       return self._served(user, self._readapt(user, row))
     rated = np.zeros(0, np.int64)
@@ -133,7 +138,7 @@ class Engine:
       e = self.export
       lo, hi = e.rated_offsets[row], e.rated_offsets[row + 1]
       rated = np.asarray(e.rated_items[lo:hi], np.int64)
-    return Served(source, fast, features, rated)
+    return Served(source, fast, features, rated, personal)
 
   def _readapt(self, user, row: int) -> Session:
     """An export user whose stored leaves are not finite (damage past the
@@ -158,7 +163,7 @@ class Engine:
     if not leaves or not all(np.isfinite(v).all() for v in leaves.values()):
       return "meta", self._meta_fast, 0, False
     return ("export", leaves, int(e.support_sizes[row]),
-            not e.row_flags(row) & layout.IMPERSONAL)
+            self._row_personal(row))
 
   def _features(self, user, row: int) -> dict[str, np.ndarray]:
     if row >= 0:
@@ -184,6 +189,15 @@ class Engine:
       return self.sessions[user].source
     return "export" if self.export.user_row(user) >= 0 else "meta"
 
+  def personal(self, user) -> bool:
+    """Whether `user`'s own ratings shaped the model that serves it
+    (`export.UserModel.personal`): its session's, its export row's, or
+    False (the meta-parameters')."""
+    if user in self.sessions:
+      return self.sessions[user].personal
+    row = self.export.user_row(user)
+    return row >= 0 and self._row_personal(row)
+
   def rank_key(self, user) -> Any:
     """Where `user`'s ranking is kept: under the user where it has a model
     of its own (an export row or a session), else under its feature row,
@@ -208,7 +222,8 @@ class Engine:
     return (None if key is user else self.rankings.get(key, k)), key
 
   def recommend(self, requests: list[tuple[Any, int]]) -> list[dict]:
-    """`[(user, k)]` -> `[{"source", "items": [(item_id, score)]}]`.
+    """`[(user, k)]` -> `[{"source", "personal", "items": [(item_id,
+    score)]}]`.
 
     A user's top `max_k` is kept (`rankings`) until the user learns; only
     users not kept are ranked on the device, all of them in one call.
@@ -221,7 +236,8 @@ class Engine:
         live.append(i)
         keys.append(key)
       else:
-        out[i] = {"source": self.source(user), "items": kept}
+        out[i] = {"source": self.source(user),
+                  "personal": self.personal(user), "items": kept}
     served = self.served_all([requests[i][0] for i in live])
     for i, key, r in zip(live, keys,
                          self._rank(served, [self.k] * len(live))):
@@ -230,7 +246,7 @@ class Engine:
       # Complete: fewer came, or the whole catalogue was asked (helper S).
       self.rankings.put(key, ids, scores, complete=len(ids) < self.k
                         or self.k == self.export.num_items)
-      out[i] = {"source": r["source"], "items": r["items"][:k]}
+      out[i] = {**r, "items": r["items"][:k]}
     return out
 
   def _rank(self, served: list[Served], ks: list[int]) -> list[dict]:
@@ -247,12 +263,13 @@ class Engine:
       for i, (user, k) in enumerate(zip(part, ks[lo:lo + len(part)])):
         keep = np.isfinite(scores[i, :k])
         ids = self.export.item_ids[index[i, :k][keep]].tolist()
-        out.append({"source": user.source,
+        out.append({"source": user.source, "personal": user.personal,
                     "items": list(zip(ids, scores[i, :k][keep].tolist()))})
     return out
 
   def predict(self, requests: list[tuple[Any, np.ndarray]]) -> list[dict]:
-    """`[(user, catalogue positions)]` -> `[{"source", "scores": [...]}]`."""
+    """`[(user, catalogue positions)]` -> `[{"source", "personal",
+    "scores": [...]}]`."""
     out = []
     for lo in range(0, len(requests), self.limits.max_batch):
       part = requests[lo:lo + self.limits.max_batch]
@@ -265,7 +282,7 @@ class Engine:
         index[i, :len(positions)] = positions
       scores = self.export.score_users(fast, features, index)
       for i, ((_, positions), user) in enumerate(zip(part, served)):
-        out.append({"source": user.source,
+        out.append({"source": user.source, "personal": user.personal,
                     "scores": scores[i, :len(positions)].tolist()})
     return out
 
@@ -322,36 +339,10 @@ class Engine:
   def _adapt(self, features: list[dict], histories: list[tuple],
              fallbacks: list[tuple], names: Sequence[str] | None
              ) -> list[Session]:
-    """Sessions of users (at most max_batch) adapted on their histories;
-    a user whose adaptation is not finite gets its `fallbacks` entry
-    (`_unadapted`) instead, with a warning naming it as `names` does
-    (None or a None name: none, as of the warm-up's made-up histories)."""
-    n = len(histories)
-    u, sessions = sessions_lib.from_histories(
-        histories, num_items=self.export.num_items,
-        max_support=self.max_support)
-    size = bucket(n, self.user_sizes)
-    width = bucket(int(u.support_sizes.max()), self.support_widths)
-    rows = features + [features[0]] * (size - n)
-    stacked = {k: np.stack([f[k] for f in rows]) for k in rows[0]}
-    fast, finite, counts = self.export.adapt_users(self.export.support_batch(
-        stacked, *sessions_lib.padded_support(u, size, width)))
-    for j, session in enumerate(sessions):
-      s = session.support_size
-      # A copy: a view would keep the whole padded batch's buffer alive
-      # for as long as the session (17.8 KB a session instead of 7.2).
-      session.fast = {p: np.array(v[j]) for p, v in fast.items()}
-      session.adapted_once = True
-      session.personal = bool(counts[j])
-      if not finite[j]:
-        (session.source, session.fast, session.support_size,
-         session.personal) = fallbacks[j]
-        if names is not None and names[j] is not None:
-          log.warning(
-              "%s: adapting on %d ratings gives predictions that are not"
-              " finite (%s); serving the %s model instead", names[j], s,
-              diverges(self.export.meta_config), session.source)
-    return sessions
+    """`sessions.adapt` at the engine's sizes (at most max_batch users)."""
+    return sessions_lib.adapt(self.export, features, histories, fallbacks,
+                              names, user_sizes=self.user_sizes,
+                              support_widths=self.support_widths)
 
   def adapt(self, requests: list[tuple[np.ndarray, np.ndarray, int]]
             ) -> list[dict]:
@@ -368,12 +359,12 @@ class Engine:
                               for p, r, _ in part],
                              [self._unadapted(-1)] * len(part),
                              ["an anonymous session"] * len(part))
-      served = [Served(s.source, s.fast, missing, s.items) for s in sessions]
+      served = [Served(s.source, s.fast, missing, s.items, s.personal)
+                for s in sessions]
       ranked = self._rank(served, [k for _, _, k in part])
       for s, r in zip(sessions, ranked):
         r["support_size"] = s.support_size
         r["adapted"] = s.source == "adapted"
-        r["personal"] = s.personal
       out.extend(ranked)
     return out
 

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Iterable
+import logging
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from metarec_jax.errors import diverges
 from metarec_jax.export import users as users_lib
+from metarec_jax.serve.sizes import bucket
+
+log = logging.getLogger("metarec")
 
 
 @dataclasses.dataclass
@@ -42,6 +47,7 @@ class Served:
   fast: dict[str, np.ndarray]
   features: dict[str, np.ndarray]
   rated: np.ndarray  # catalogue positions never to recommend
+  personal: bool  # its own ratings shaped `fast` (UserModel.personal)
 
 
 class Sessions:
@@ -144,3 +150,40 @@ def padded_support(u, size: int, width: int):
     mask[i, :s] = True
     rated[i, :counts[j]] = u.items[lo:lo + counts[j]]
   return items, ratings, mask, rated
+
+
+def adapt(export, features: list[dict], histories: list[tuple],
+          fallbacks: list[tuple], names: Sequence[str] | None, *,
+          user_sizes: tuple[int, ...], support_widths: tuple[int, ...]
+          ) -> list[Session]:
+  """Sessions of users adapted on their histories in one device call of
+  `export` (`from_histories`, padded to a size of `user_sizes` and a
+  width of `support_widths`); a user whose adaptation is not finite gets
+  its `fallbacks` entry (`Engine._unadapted`: source, leaves, support
+  size, personal) instead, with a warning naming it as `names` does
+  (None or a None name: none, as of the warm-up's made-up histories)."""
+  n = len(histories)
+  u, sessions = from_histories(histories, num_items=export.num_items,
+                               max_support=export.max_support)
+  size = bucket(n, user_sizes)
+  width = bucket(int(u.support_sizes.max()), support_widths)
+  rows = features + [features[0]] * (size - n)
+  stacked = {k: np.stack([f[k] for f in rows]) for k in rows[0]}
+  fast, finite, counts = export.adapt_users(export.support_batch(
+      stacked, *padded_support(u, size, width)))
+  for j, session in enumerate(sessions):
+    s = session.support_size
+    # A copy: a view would keep the whole padded batch's buffer alive
+    # for as long as the session (17.8 KB a session instead of 7.2).
+    session.fast = {p: np.array(v[j]) for p, v in fast.items()}
+    session.adapted_once = True
+    session.personal = bool(counts[j])
+    if not finite[j]:
+      (session.source, session.fast, session.support_size,
+       session.personal) = fallbacks[j]
+      if names is not None and names[j] is not None:
+        log.warning(
+            "%s: adapting on %d ratings gives predictions that are not"
+            " finite (%s); serving the %s model instead", names[j], s,
+            diverges(export.meta_config), session.source)
+  return sessions
