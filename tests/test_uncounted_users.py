@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import has_training_ratings
+from conftest import count_compiles, has_training_ratings
 from metarec_jax import export as export_lib
 from metarec_jax.export import checksums, compute, exporter, layout
 from metarec_jax.serve import engine as engine_lib
@@ -31,6 +31,7 @@ LEAST = 3.0
 FILMS = (1193, 914, 594, 919, 1287)
 # User -> how many of FILMS it rated (user 3: none of them: skipped).
 RATED = {1: 2, 2: 3, 4: 5}
+UNKNOWN_FILM = 999999  # not in the catalogue: user 5's only rating
 
 
 def _least(state, value=LEAST):
@@ -48,7 +49,8 @@ def strict(ml1m_tiny_run, tmp_path_factory):
   ratings = tmp / "ratings.dat"
   ratings.write_text("".join(
       f"{user}::{film}::{1 + (user + i) % 5}::{978300000 + i}\n"
-      for user, n in RATED.items() for i, film in enumerate(FILMS[:n])))
+      for user, n in RATED.items() for i, film in enumerate(FILMS[:n]))
+      + f"5::{UNKNOWN_FILM}::4::978300000\n")  # no rating left: not uncounted
   out = str(tmp / "export")
   real = exporter.load_state
   with pytest.MonkeyPatch.context() as patch:
@@ -69,7 +71,9 @@ def test_the_films_have_training_ratings(strict):
 def test_the_export_flags_users_whose_ratings_do_not_count(strict):
   summary, export = strict
   assert summary["flags"]["uncounted"] == 1
-  assert summary["flagged_users"] == 1  # none of the others is odd
+  assert summary["flags"]["no_ratings"] == 1  # user 5: not uncounted too
+  assert summary["flagged_users"] == 2  # none of the others is odd
+  assert export.user(5).flags == layout.NO_RATINGS | layout.SKIPPED_ITEMS
   user = export.user(1)
   assert user.flags & layout.UNCOUNTED and not user.personal
   assert user.support_size == 2
@@ -170,17 +174,29 @@ def test_an_export_written_before_the_flag_finds_it_when_asked(strict,
   """Its flags never say `uncounted`: whether an exported user's ratings
   count is then found from its stored support set (a reviewer's finding:
   such an export said `personal` for every user with ratings)."""
-  old = export_lib.load(_as_written_before_the_flag(strict[1].path,
-                                                    tmp_path / "old"),
-                        verify=True)
+  path = _as_written_before_the_flag(strict[1].path, tmp_path / "old")
+  old = export_lib.load(path, verify=True)
   assert not (old.flags & layout.UNCOUNTED).any()
-  assert not old.user(1).personal and old.user(1).flags & layout.UNCOUNTED
-  assert old.user(2).personal and old.user(4).personal
   engine = engine_lib.Engine(old, engine_lib.Limits(max_batch=2,
                                                     max_items=16))
+  # A kept ranking waits for the device's thread to find the bit (never
+  # a device call, nor a compile, on the server's event loop).
+  engine.rankings.preload(old)
+  assert not old.knows_flags(old.user_row(1))
+  assert engine.kept_reply(1, 3) is None
+  assert engine.recommend([(1, 3)])[0]["personal"] is False
+  assert engine.kept_reply(1, 3)["personal"] is False
+  assert not old.user(1).personal and old.user(1).flags & layout.UNCOUNTED
+  assert old.user(2).personal and old.user(4).personal
   # What a diverged re-adaptation falls back to: the user's exported model.
   assert engine._unadapted(old.user_row(1))[3] is False  # pylint: disable=protected-access
   assert engine._unadapted(old.user_row(2))[3] is True  # pylint: disable=protected-access
+  # A server's warm-up compiles what finding the bit runs, every width.
+  fresh = export_lib.load(path)
+  assert fresh.warm_row_flags() == 1  # the tiny run's supports: one width
+  with count_compiles() as compiles:
+    assert not fresh.row_flags(fresh.user_row(4)) & layout.UNCOUNTED
+  assert compiles[0] == 0
 
 
 def test_the_server_says_personal_over_http(strict, tmp_path):
@@ -202,6 +218,8 @@ def test_the_server_says_personal_over_http(strict, tmp_path):
       assert top["items"] == [i for i in stranger["items"]
                               if i["item"] not in FILMS[:2]][:10]
       assert top["personal"] is False and top["source"] == "adapted"
+      again = client.get("/v1/users/777/recommendations?k=10").json()
+      assert again == top  # answered from the kept ranking
       assert stranger["personal"] is False
       # Exported users: as their export flags say (ranked, then kept).
       for _ in range(2):

@@ -24,6 +24,7 @@ from metarec_jax.export import compute, layout
 from metarec_jax.models import Recommender
 
 PyTree = Any
+FOUND_ROWS = 1 << 20  # rows whose `uncounted` bit `row_flags` keeps
 
 
 def adapt_users(model: Recommender, config: meta.MetaConfig, params: PyTree,
@@ -119,16 +120,46 @@ class UserBatches:
     found where the export predates that bit (its manifest's `flags` lacks
     it, so its flags never say so): from `compute.counts` of the row's
     stored support set, one small device call, as the export would have."""
-    flags = int(self.flags[row])
-    if "uncounted" in self.manifest.get("flags", {}) or (
-        flags & layout.NO_RATINGS):
-      return flags
+    found = self._found.get(row)  # one read: another thread may clear it
+    if found is not None:
+      return found
+    if self.knows_flags(row):
+      return int(self.flags[row])
     size, lo = int(self.support_sizes[row]), int(self.rated_offsets[row])
     support = self.one_support(
         {n: np.asarray(t[row]) for n, t in self.user_features.items()},
         self.rated_items[lo:lo + size], self.rated_ratings[lo:lo + size])
     counts = self._counts(self._params, support)
-    return flags | (0 if bool(counts[0]) else layout.UNCOUNTED)
+    if len(self._found) >= FOUND_ROWS:  # bounded: found again when asked
+      self._found.clear()
+    self._found[row] = int(self.flags[row]) | (
+        0 if bool(counts[0]) else layout.UNCOUNTED)
+    return self._found[row]
+
+  def knows_flags(self, row: int) -> bool:
+    """Whether `row_flags(row)` needs no device call."""
+    return ("uncounted" in self.manifest.get("flags", {}) or row in self._found
+            or bool(self.flags[row] & layout.NO_RATINGS))
+
+  def warm_row_flags(self) -> int:
+    """Compiles what `row_flags` runs for every support width of the
+    export, where it predates the bit (so no request waits for a
+    compile); returns how many widths were run."""
+    if "uncounted" in self.manifest.get("flags", {}) or not self.num_users:
+      return 0
+    widths = np.unique(bucket_widths(np.arange(1, self.max_support + 1),
+                                     self.buckets))
+    features = {n: np.asarray(t[0]) for n, t in self.user_features.items()}
+    for width in widths:
+      self._counts(self._params, self.one_support(
+          features, np.zeros(int(width), np.int64),
+          np.full(int(width), self.rating_range[1], np.float32)))
+    return len(widths)
+
+  @functools.cached_property
+  def _found(self) -> dict[int, int]:
+    """`row_flags` found on the device, per row (an old export's)."""
+    return {}
 
   @functools.cached_property
   def _counts(self):

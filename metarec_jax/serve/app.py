@@ -337,11 +337,8 @@ def create_app(service: Service, *, token: str | None,
     # A kept ranking needs no device: answer it here, not in the batcher.
     # (A user's kept ranking is forgotten before its interaction is
     # acknowledged, so this never answers from an older model.)
-    kept = engine.kept_ranking(uid, k)
-    if kept is not None:
-      r = {"source": engine.source(uid), "personal": engine.personal(uid),
-           "items": kept}
-    else:
+    r = engine.kept_reply(uid, k)
+    if r is None:
       r = await service.recommend.submit((uid, k))
     return reply({"user": uid, "source": r["source"],
                   "personal": r["personal"], "items": scored(r["items"])})

@@ -32,7 +32,6 @@ Not thread-safe: the server calls it from one worker thread.
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any, Sequence
 
@@ -68,10 +67,6 @@ class Engine:
     self.shapes = len(self.user_sizes) * (
         1 + len(self.item_sizes) + len(self.support_widths))
     self._meta_fast = export.meta_leaves
-    # An export row's `personal`: its flags, or for an export written
-    # before `uncounted`, one device call (`Export.row_flags`), kept.
-    self._row_personal = functools.lru_cache(maxsize=rank_cache or 1)(
-        lambda row: not export.row_flags(row) & layout.IMPERSONAL)
 
   # --------------------------------------------------------------- users
 
@@ -163,7 +158,7 @@ class Engine:
     if not leaves or not all(np.isfinite(v).all() for v in leaves.values()):
       return "meta", self._meta_fast, 0, False
     return ("export", leaves, int(e.support_sizes[row]),
-            self._row_personal(row))
+            not e.row_flags(row) & layout.IMPERSONAL)
 
   def _features(self, user, row: int) -> dict[str, np.ndarray]:
     if row >= 0:
@@ -196,7 +191,7 @@ class Engine:
     if user in self.sessions:
       return self.sessions[user].personal
     row = self.export.user_row(user)
-    return row >= 0 and self._row_personal(row)
+    return row >= 0 and not self.export.row_flags(row) & layout.IMPERSONAL
 
   def rank_key(self, user) -> Any:
     """Where `user`'s ranking is kept: under the user where it has a model
@@ -212,6 +207,18 @@ class Engine:
   def kept_ranking(self, user, k: int) -> list | None:
     """The user's kept top `k` (`rankings`), or None."""
     return self._kept(user, k)[0]
+
+  def kept_reply(self, user, k: int) -> dict | None:
+    """`recommend`'s reply from a kept ranking, with no device call (the
+    server answers it outside the device's thread), or None: not kept, or
+    an export row whose `uncounted` bit is still to be found on the device
+    (`Export.row_flags`: an export written before the bit)."""
+    kept = self.kept_ranking(user, k)
+    row = -1 if user in self.sessions else self.export.user_row(user)
+    if kept is None or (row >= 0 and not self.export.knows_flags(row)):
+      return None
+    return {"source": self.source(user), "personal": self.personal(user),
+            "items": kept}
 
   def _kept(self, user, k: int) -> tuple[list | None, Any]:
     """(`kept_ranking`, the `rank_key` it is kept under)."""
@@ -384,4 +391,5 @@ class Engine:
                    np.full(width, self.export.rating_range[1], np.float32))
         self._adapt([user.features] * size, [history] * size,
                     [self._unadapted(-1)] * size, None)
+    self.export.warm_row_flags()  # an export written before `uncounted`
     return self.shapes
