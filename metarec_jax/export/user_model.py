@@ -55,7 +55,8 @@ class UserModel:
     meta-parameters' model, a user without ratings, and one whose every
     rating the model leaves out (`layout.UNCOUNTED`: fewer than its
     validated `warm_min_support`, or new items' alone, fewer than its
-    `new_item_min_support`), who is served as a user without ratings."""
+    `new_item_min_support`, or a config that adapts nothing), who is
+    served as a user without ratings."""
     return self.source != "meta" and not self.flags & layout.IMPERSONAL
 
   def predict(self, item_ids: Sequence, *, clip: bool = False) -> np.ndarray:

@@ -91,8 +91,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
 MAX_ID_LENGTH = 1024
 PERSONAL = ("false: none of the ratings counts (fewer than the model's"
             " validated warm_min_support, or new items' alone, fewer than"
-            " its new_item_min_support; both in /healthz), so the model of"
-            " a user without ratings is served")
+            " its new_item_min_support, both in /healthz; or a model"
+            " trained with meta.inner_steps=0), so the model of a user"
+            " without ratings is served")
 
 
 def id_length(ids) -> int:
