@@ -136,16 +136,25 @@ class UserBatches:
         0 if bool(counts[0]) else layout.UNCOUNTED)
     return self._found[row]
 
+  def row_personal(self, row: int) -> bool:
+    """`UserModel.personal` of an exported user (`row_flags`)."""
+    return not self.row_flags(row) & layout.IMPERSONAL
+
   def knows_flags(self, row: int) -> bool:
     """Whether `row_flags(row)` needs no device call."""
-    return ("uncounted" in self.manifest.get("flags", {}) or row in self._found
+    return (self._flags_count or row in self._found
             or bool(self.flags[row] & layout.NO_RATINGS))
+
+  @functools.cached_property
+  def _flags_count(self) -> bool:
+    """Whether `flags.npy` holds the `uncounted` bit (written since)."""
+    return "uncounted" in self.manifest.get("flags", {})
 
   def warm_row_flags(self) -> int:
     """Compiles what `row_flags` runs for every support width of the
     export, where it predates the bit (so no request waits for a
     compile); returns how many widths were run."""
-    if "uncounted" in self.manifest.get("flags", {}) or not self.num_users:
+    if self._flags_count or not self.num_users:
       return 0
     widths = np.unique(bucket_widths(np.arange(1, self.max_support + 1),
                                      self.buckets))

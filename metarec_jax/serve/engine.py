@@ -158,7 +158,7 @@ class Engine:
     if not leaves or not all(np.isfinite(v).all() for v in leaves.values()):
       return "meta", self._meta_fast, 0, False
     return ("export", leaves, int(e.support_sizes[row]),
-            not e.row_flags(row) & layout.IMPERSONAL)
+            e.row_personal(row))
 
   def _features(self, user, row: int) -> dict[str, np.ndarray]:
     if row >= 0:
@@ -191,7 +191,7 @@ class Engine:
     if user in self.sessions:
       return self.sessions[user].personal
     row = self.export.user_row(user)
-    return row >= 0 and not self.export.row_flags(row) & layout.IMPERSONAL
+    return row >= 0 and self.export.row_personal(row)
 
   def rank_key(self, user) -> Any:
     """Where `user`'s ranking is kept: under the user where it has a model
@@ -217,8 +217,11 @@ class Engine:
     row = -1 if user in self.sessions else self.export.user_row(user)
     if kept is None or (row >= 0 and not self.export.knows_flags(row)):
       return None
+    return self._kept_reply(user, kept)
+
+  def _kept_reply(self, user, items: list) -> dict:
     return {"source": self.source(user), "personal": self.personal(user),
-            "items": kept}
+            "items": items}
 
   def _kept(self, user, k: int) -> tuple[list | None, Any]:
     """(`kept_ranking`, the `rank_key` it is kept under)."""
@@ -243,8 +246,7 @@ class Engine:
         live.append(i)
         keys.append(key)
       else:
-        out[i] = {"source": self.source(user),
-                  "personal": self.personal(user), "items": kept}
+        out[i] = self._kept_reply(user, kept)
     served = self.served_all([requests[i][0] for i in live])
     for i, key, r in zip(live, keys,
                          self._rank(served, [self.k] * len(live))):
