@@ -19,10 +19,19 @@ Expect (measured on a 2-core CPU, 3 seeds `--config.train.seed=S
 about a minute per seed (46-67 s including the store build), and `metarec
 eval` prints query MAE
 
-    W 0.6605 +- 0.0003   UC 0.6769 +- 0.0055
-    IC 0.8343 +- 0.0104  UIC 0.8374 +- 0.0170
+    W 0.6615 +- 0.0037   UC 0.6770 +- 0.0104
+    IC 0.8353 +- 0.0083  UIC 0.8418 +- 0.0235
 
-(2026-12-04, with the listwise query and support terms
+(2026-12-07, with the cold blend and the validated minima of support
+ratings, `model.cold_blend`, `model.warm_min_support` and
+`model.new_item_min_support`: before any rating, MAE W 0.8001, UC
+0.8164, IC 0.9004, UIC 0.8997, each below the global mean's 0.93-0.96,
+and one or two ratings never served worse than none; nDCG@3 W 0.787, UC
+0.782, IC 0.653, UIC 0.646, +0.031, +0.024, +0.088, +0.083 above the
+baseline; 68 s for seed 2's training. The figures that follow are of
+2026-12-04, before them: MAE W 0.6605 +- 0.0003, UC 0.6769 +- 0.0055, IC
+0.8343 +- 0.0104, UIC 0.8374 +- 0.0170, with the listwise query and
+support terms
 `model.query_rank_weight=20`, `model.support_rank_weight=1`, the
 median map of `model.calibration=median` and the model starting from the
 training users' mean rating, `model.global_mean=training`; RMSE W 0.942,

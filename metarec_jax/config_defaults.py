@@ -33,6 +33,7 @@ BEFORE_KEY = {
     "model.cold_share": "same",
     "train.unadapted_weight": 0.0,
     "model.warm_min_support": "none",
+    "model.cold_blend": "none",
 }
 
 # The keys of the first work directories' config.json (2026-11-23), by
@@ -77,7 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
           "item_id": False, "anchor": True, "anchor_version": 2,
           "global_mean": "training",
           "user_bias_prior": 3.0, "new_item_prior": "validated",
-          "cold_share": "validated",
+          "cold_share": "validated", "cold_blend": "validated",
           "new_item_min_support": "validated",
           "warm_min_support": "validated",
           "calibration": "median", "popularity_prior": True,

@@ -74,6 +74,7 @@ ALLOWED: dict[str, Any] = {
                                       "WARM_MIN_SUPPORTS"),
     "model.cold_share": R.OneOf("metarec_jax.models.anchored",
                                 "COLD_SHARES"),
+    "model.cold_blend": R.OneOf("metarec_jax.models.cold_blend", "BLENDS"),
     "model.id_init": R.OneOf("metarec_jax.data.factors", "ID_INITS"),
     "model.calibration": R.OneOf("metarec_jax.models.calibration",
                                  "CALIBRATIONS"),

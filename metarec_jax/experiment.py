@@ -299,7 +299,8 @@ def build(config, workdir: str | os.PathLike, *,
     model = models.build(model_config, tables.specs,
                          rating_mean=model_rating_mean(config, store, split),
                          item_means=item_means, inner_lr=rate,
-                         item_counts=counts, id_rows=id_rows)
+                         item_counts=counts, id_rows=id_rows,
+                         algorithm=config.meta.algorithm)
   except ValueError as e:
     raise InputError(str(e)) from None
   idle = [k for k, off in (("anchor", not model_config.anchor),

@@ -661,8 +661,9 @@ def test_idemb_exports_its_user_embedding(tmp_path, anchor):
   out = str(tmp_path / "export")
   export.export_workdir(workdir, path, out, top_k=4)
   loaded = export.load(out)
-  scalars = (("user_bias", "base_bias", "warm") if anchor  # cold shares
-             else ("user/bias",))
+  # `warm`: the cold shares' (anchored) or the cold blend's (plain).
+  scalars = (("user_bias", "base_bias", "warm") if anchor
+             else ("user/bias", "warm"))
   assert loaded.manifest["params"]["adapted"] == {
       "user/embedding": [8], **{name: [] for name in scalars}}
   assert loaded.adapted[scalars[0]].shape == (2,)

@@ -41,7 +41,8 @@ class Predictions:
   (`adapted` and `unadapted` clipped to the rating scale, as scored;
   `adapted_unclipped`: as served; `ranked`: what nDCG ranks, as the served
   top-k does: the served scores before the median map,
-  `Recommender.predict_ranked`)."""
+  `Recommender.predict_ranked`; `unadapted_unclipped`: as served, what a
+  validation fits the cold blend to, `train.cold_factors`)."""
 
   adapted: np.ndarray
   unadapted: np.ndarray
@@ -53,6 +54,7 @@ class Predictions:
   support_mask: np.ndarray
   adapted_unclipped: np.ndarray
   ranked: np.ndarray
+  unadapted_unclipped: np.ndarray | None = None
 
 
 class Evaluator:
@@ -156,6 +158,7 @@ class Evaluator:
       out[key] = stacked[inverse]
     _check_finite(out["adapted"], out["mask"], self.exp.config.meta)
     out["adapted_unclipped"] = out["adapted"]
+    out["unadapted_unclipped"] = out["unadapted"]
     for key in ("adapted", "unadapted"):
       out[key] = np.clip(out[key], self.lo, self.hi)
     return Predictions(**out)

@@ -120,7 +120,8 @@ class Export(batched.UserBatches):
         models.for_data(config.model, implicit_data=bool(m.get("implicit"))),
         specs, rating_mean=float(m["rating_mean"]),
         # The rate the run adapted at (`experiment.inner_lr`).
-        inner_lr=float(m["meta_config"]["inner_lr"]))
+        inner_lr=float(m["meta_config"]["inner_lr"]),
+        algorithm=m["meta_config"]["algorithm"])
     mc = {**m["meta_config"], "adapt": tuple(m["meta_config"]["adapt"]),
           "msl_weights": tuple(m["meta_config"]["msl_weights"])}
     try:

@@ -141,6 +141,7 @@ from metarec_jax.models.anchored_loss import (BASE_BIAS, USER_BIAS, USER_PRIOR,
                                               WARM, adapted_scalars,
                                               bookkeeping, support_loss,
                                               support_rows)
+from metarec_jax.models.cold_blend import NEW_ITEM_MIN_SUPPORT, WARM_MIN_SUPPORT
 from metarec_jax.models.melu import Decision, Embedder
 from metarec_jax.models.recommender import Recommender, masked_loss
 
@@ -153,11 +154,12 @@ COLD_SHARES = ("validated", "same")  # `model.cold_share`
 # The prior's multiple for support ratings of new items (validated).
 NEW_ITEM_PRIOR = "new_item_prior"
 NEW_ITEM_PRIORS = ("validated", "same")  # `model.new_item_prior`
-# The fewest support ratings of new items that move the user biases.
-NEW_ITEM_MIN_SUPPORT = "new_item_min_support"
+# The fewest support ratings of new items that move the user biases (its
+# parameter is `cold_blend.NEW_ITEM_MIN_SUPPORT`, which plain models hold
+# too).
 NEW_ITEM_MIN_SUPPORTS = ("validated", "none")  # `model.new_item_min_support`
-# The fewest support ratings that count at all (validated).
-WARM_MIN_SUPPORT = "warm_min_support"
+# The fewest support ratings that count at all (validated; its parameter is
+# `cold_blend.WARM_MIN_SUPPORT`, which plain models hold too).
 WARM_MIN_SUPPORTS = ("validated", "none")  # `model.warm_min_support`
 
 

@@ -28,13 +28,13 @@ import jax
 import jax.numpy as jnp
 
 from metarec_jax.data.baselines import USER_PSEUDO
+from metarec_jax.models.cold_blend import WARM  # 0 until a rating counts
 from metarec_jax.models.recommender import (listwise_loss, loss_precision,
                                             row_errors)
 
 USER_BIAS = "user_bias"
 USER_PRIOR = "user_prior"  # log of the user bias's pseudo-ratings
 BASE_BIAS = "base_bias"  # the baseline's own user bias
-WARM = "warm"  # 0 until the user has a support rating (adapted)
 # The two user biases: adapted by every anchored model, and `meta_fixed`.
 USER_BIASES = (f"^{USER_BIAS}$", f"^{BASE_BIAS}$")
 

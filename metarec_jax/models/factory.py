@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarec_jax.data.schema import ITEM_ID, FeatureSpec, select
-from metarec_jax.meta import Members
-from metarec_jax.models import anchored, anchored_idemb, anchored_loss, precision
+from metarec_jax.meta import ALGORITHMS, Members
+from metarec_jax.models import (anchored, anchored_idemb, anchored_loss,
+                                cold_blend, precision)
 from metarec_jax.models.idemb import INTERACTIONS, IDEmb
 from metarec_jax.models.melu import MeLU, popularity_table, rows_init
 from metarec_jax.models.recommender import (LOSSES, RANKING_LOSSES,
@@ -121,7 +122,8 @@ def build(model_config, features: Iterable[FeatureSpec], *,
           item_means: tuple[np.ndarray, np.ndarray] | None = None,
           inner_lr: float = 0.1,
           item_counts: np.ndarray | None = None,
-          id_rows: dict[str, np.ndarray] | None = None) -> Recommender:
+          id_rows: dict[str, np.ndarray] | None = None,
+          algorithm: str = "maml") -> Recommender:
   """The model named by `model_config.name` over the data's features.
 
   Its losses compute in `model_config.compute_dtype` (`precision`); the
@@ -149,24 +151,55 @@ def build(model_config, features: Iterable[FeatureSpec], *,
       of the anchored MeLU's id tables, by field name (`item_key`: the
       training ratings' item factors, `data.factors`); default: none (the
       tables start at random).
+    algorithm: `meta.algorithm`: an encoding one (`meta.ALGORITHMS`) has
+      no cold blend (`blends_cold`).
   """
   features = tuple(features)
   rec = _build(model_config, features, rating_mean, item_means, inner_lr,
                item_counts, id_rows or {})
-  if (model_config.calibration == "median"
-      and {model_config.loss, model_config.query_loss or model_config.loss}
-      <= set(RATING_LOSSES)):
-    existing = None
-    if item_counts is not None and any(f.name == ITEM_ID for f in features):
-      existing = np.concatenate([[False], np.asarray(item_counts) > 0])
-      existing = _pad_rows(existing, table_rows(
-          existing.size, int(model_config.table_row_multiple)))
+  rating = {model_config.loss, model_config.query_loss
+            or model_config.loss} <= set(RATING_LOSSES)
+  median = model_config.calibration == "median" and rating
+  cold = blends_cold(model_config, algorithm)
+  existing = None
+  if ((median or cold) and item_counts is not None
+      and any(f.name == ITEM_ID for f in features)):
+    existing = np.concatenate([[False], np.asarray(item_counts) > 0])
+    existing = _pad_rows(existing, table_rows(
+        existing.size, int(model_config.table_row_multiple)))
+  if median:
     rec = dataclasses.replace(rec, median_map=True, existing_items=existing)
+  if cold:
+    least = model_config.warm_min_support == "validated"
+    least_new = model_config.new_item_min_support == "validated"
+    rec = dataclasses.replace(
+        rec, loss_fn=cold_blend.with_warm_term(rec.loss_fn),
+        query_loss_fn=rec.query_loss_fn or rec.loss_fn,
+        always_adapt=rec.always_adapt + (cold_blend.WARM_PATTERN,),
+        meta_fixed=rec.meta_fixed + (cold_blend.WARM_PATTERN,),
+        existing_items=existing,
+        support_weights=cold_blend.support_weights,
+        blend=cold_blend.Blend(float(rating_mean), least, least_new))
   loss_fn, query_loss_fn = precision.compute_in(
       (rec.loss_fn, rec.query_loss_fn),
       model_config.compute_dtype)
   return dataclasses.replace(rec, loss_fn=loss_fn,
                              query_loss_fn=query_loss_fn)
+
+
+def blends_cold(model_config, algorithm: str = "maml") -> bool:
+  """Whether the model serves a user without ratings its validated cold
+  blend (`models.cold_blend`): `model.cold_blend=validated` on a rating
+  model without an anchor (the anchored ones have their cold shares), of
+  one member, adapted by gradient steps (an encoding algorithm's
+  meta-parameters are no model of a user at all)."""
+  spec = ALGORITHMS.get(algorithm)
+  return (model_config.cold_blend == "validated"
+          and not is_anchored(model_config)
+          and int(model_config.members) == 1
+          and {model_config.loss, model_config.query_loss
+               or model_config.loss} <= set(RATING_LOSSES)
+          and spec is not None and not spec.encoder)
 
 
 def _build(model_config, features: tuple[FeatureSpec, ...], rating_mean,

@@ -18,7 +18,7 @@ import optax
 
 from metarec_jax.data.schema import ITEM_ID
 from metarec_jax.meta import LinearHead
-from metarec_jax.models import calibration
+from metarec_jax.models import calibration, cold_blend
 
 PyTree = Any
 
@@ -175,13 +175,17 @@ class Recommender:
     median_map: `model.calibration=median`: the parameters hold the median
       map and `predict` serves through it (`models.calibration`).
     existing_items: per item ID, whether the item has training ratings:
-      the map's kind table as initialised (`calibration.MEDIAN_KIND`);
-      None where the model does not read item IDs (one map row for every
-      item).
+      the kind table of the median map and the cold blend as initialised
+      (`calibration.MEDIAN_KIND`); None where the model does not read item
+      IDs (one row of either for every item).
     support_weights: `(params, batch) -> [rows]` each support row's weight
       in the support loss, where the model leaves some rows out (the
-      anchored models' validated minima, `Anchor.support_weights`); None:
-      every row counts.
+      validated minima: `Anchor.support_weights`,
+      `cold_blend.support_weights`); None: every row counts.
+    blend: `model.cold_blend=validated`: the level (the training mean
+      rating) towards which `predict` blends the predictions of a user
+      without ratings, and whether the model holds the fewest ratings that
+      count (`models.cold_blend`); None: no blend.
   """
 
   name: str
@@ -195,22 +199,24 @@ class Recommender:
   median_map: bool = False
   existing_items: Any = dataclasses.field(default=None, compare=False)
   support_weights: Callable[[PyTree, PyTree], jax.Array] | None = None
+  blend: cold_blend.Blend | None = None
 
   def init(self, rng: jax.Array) -> PyTree:
     """Fresh parameters (the `params` collection, with the identity median
-    map where the model has one)."""
+    map and cold blend where the model has them)."""
     params = self.module.init(rng, self.example_features)["params"]
     if self.median_map:
       params = {**params, **calibration.identity(self.existing_items)}
+    if self.blend is not None:
+      params = {**params, **cold_blend.initial(
+          self.blend, self.existing_items, calibration.per_kind(params))}
     return params
 
   def predict(self, params: PyTree, features: dict[str, jax.Array]) -> jax.Array:
-    """The served predictions: the module's, through the median map where
-    the model has one (the losses use the module's own)."""
-    prediction = self.predict_unmapped(params, features)
-    if not self.median_map:
-      return prediction
-    return calibration.serve(params, prediction, features.get(ITEM_ID))
+    """The served predictions: the module's, for a user without ratings
+    blended where the model has a cold blend, then through the median map
+    where it has one (the losses use the module's own)."""
+    return self.predict_ranked(params, features)[0]
 
   def predict_ranked(self, params: PyTree, features: dict[str, jax.Array]
                      ) -> tuple[jax.Array, jax.Array]:
@@ -219,12 +225,16 @@ class Recommender:
     but two kinds may be served two maps (one kept, one the identity), and
     through them an item of one kind could outrank every item of the
     other: a top-k ranks the model's own scores, and shows the served
-    ratings (with one map for both kinds, the same order)."""
+    ratings (with one map for both kinds, the same order). Likewise the
+    cold blend (`models.cold_blend`), whose factor 0 would tie every
+    item."""
     prediction = self.predict_unmapped(params, features)
-    if not self.median_map:
-      return prediction, prediction
-    return (calibration.serve(params, prediction, features.get(ITEM_ID)),
-            prediction)
+    served = prediction
+    if self.blend is not None:
+      served = cold_blend.serve(params, served, features.get(ITEM_ID))
+    if self.median_map:
+      served = calibration.serve(params, served, features.get(ITEM_ID))
+    return served, prediction
 
   def predict_unmapped(self, params: PyTree,
                        features: dict[str, jax.Array]) -> jax.Array:

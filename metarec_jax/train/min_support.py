@@ -11,6 +11,8 @@ minimum below which a support set counts as empty
 (`Anchor.support_weights`): its user keeps the meta-parameters, which is
 the unadapted prediction (and, with `model.cold_share=validated`, the cold
 shares of a user without ratings). Training uses 1 (every rating counts).
+A plain model with a cold blend holds them too (`models.cold_blend`):
+below `warm_min_support`, a user is served the blend.
 
 Two minima, each fitted on its own validation scenario (`MINIMA`):
 
@@ -43,7 +45,8 @@ import numpy as np
 from metarec_jax import runtime
 from metarec_jax.eval import metrics as metrics_lib
 from metarec_jax.eval.verdicts import MIN_TASKS
-from metarec_jax.models.anchored import NEW_ITEM_MIN_SUPPORT, WARM_MIN_SUPPORT
+from metarec_jax.models.cold_blend import (NEW_ITEM_MIN_SUPPORT,
+                                           WARM_MIN_SUPPORT)
 from metarec_jax.train import shares as shares_lib
 
 PyTree = Any

@@ -90,7 +90,7 @@ def _choose(maes: list, errors: list, name: str) -> int | None:
   return best
 
 
-def _per_kind(runs: list, key: str, errors: list) -> list[int]:
+def per_kind(runs: list, key: str, errors: list) -> list[int]:
   """The index into `GRID` per scenario of `SCENARIOS`, chosen by each
   run's metric `key` and the per-task `errors` (`_choose`): one without
   tasks follows the other, and with neither, 0 (the baseline is
@@ -141,11 +141,11 @@ def fit(evaluate: Callable[[PyTree], tuple | None], meta_params: PyTree):
     runs.append(out[0])
     errors.append(out[1])
     unadapted.append(out[2])
-  index = _per_kind(runs, "mae", errors)
+  index = per_kind(runs, "mae", errors)
   results = {name: runs[i][name] for name, i in zip(SCENARIOS, index)}
   cold = None
   if cold_present(meta_params):
-    cold_index = _per_kind(runs, "mae_unadapted", unadapted)
+    cold_index = per_kind(runs, "mae_unadapted", unadapted)
     cold = tuple(GRID[i] for i in cold_index)
     results = {name: {**m, "mae_unadapted": runs[i][name].get(
         "mae_unadapted")} for (name, m), i in zip(results.items(),

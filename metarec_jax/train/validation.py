@@ -1,8 +1,9 @@
 """One validation of the trained state, and what it fits for serving.
 
 The anchored model's shares (`train.shares`), then its prior for new
-items' support ratings (`train.new_item_prior`), any rating model's
-median map (`train.median_map`), and last the fewest support ratings that
+items' support ratings (`train.new_item_prior`), or a plain model's cold
+factors (`train.cold_factors`), any rating model's median map
+(`train.median_map`), and last the fewest support ratings that
 count, of new items and of all (`train.min_support`, judged as served),
 are fitted at every validation, in that order, on the validation users'
 held-out ratings, to the unmapped predictions of the state as trained;
@@ -19,7 +20,7 @@ from metarec_jax.eval import metrics as metrics_lib
 from metarec_jax.eval.evaluate import Evaluator
 from metarec_jax.eval.support_curve import truncate_support
 from metarec_jax.models import calibration
-from metarec_jax.train import median_map
+from metarec_jax.train import cold_factors, median_map
 from metarec_jax.train import min_support as min_support_lib
 from metarec_jax.train import new_item_prior as new_prior_lib
 from metarec_jax.train import shares as shares_lib
@@ -56,6 +57,8 @@ def as_trained(params: PyTree) -> PyTree:
   if new_prior_lib.present(params):
     params = new_prior_lib.with_multiple(params, new_prior_lib.TRAINING)
   params = min_support_lib.as_trained(params)
+  if cold_factors.present(params):
+    params = cold_factors.with_factors(params, cold_factors.TRAINING)
   if median_map.present(params):
     params = median_map.identity(params)
   return params
@@ -80,7 +83,8 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
     own), and what was fitted as scalars to report with the metrics; None
     if told to stop.
   """
-  if not (with_shares or with_map):
+  with_cold = cold_factors.present(params)
+  if not (with_shares or with_map or with_cold):
     results = evaluator.evaluate(trainer.eval_params(params), ("val",),
                                  should_stop=should_stop)
     return None if results is None else (results, None, {})
@@ -118,6 +122,9 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
                                  should_stop=should_stop, keep=kept)
     if results is None:
       return None
+    if with_cold:
+      params, results = _fit_cold_factors(evaluator, params, kept, results,
+                                          scalars, step)
   if with_map:  # the median map of what the model (so) serves
     params, mapped = median_map.fit_served(
         params, kept, shares_lib.SCENARIOS, evaluator.lo, evaluator.hi,
@@ -125,7 +132,7 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
     scalars.update(mapped)
     if mapped:
       log.info("step %d  %s", step, _map_summary(mapped, results))
-  for minimum in min_support_lib.present(params) if with_shares else ():
+  for minimum in min_support_lib.present(params):
     fitted = _fit_min_support(evaluator, trainer, params, results,
                               should_stop, minimum, min_supports)
     if fitted is None:
@@ -148,11 +155,11 @@ def compile_jobs(evaluator: Evaluator, trainer, with_shares: bool,
   shape had escaped the buckets)."""
   params = trainer.abstract_eval_params()
   split = evaluator.exp.split
-  names = shares_lib.SCENARIOS if with_shares or with_map else ("val",)
+  names = (shares_lib.SCENARIOS if with_shares or with_map
+           or cold_factors.present(params) else ("val",))
   jobs = [job for name in names
           for job in evaluator.compile_jobs(params, split.scenarios[name])]
-  minima = (min_support_lib.present(trainer.abstract_state().params)
-            if with_shares else ())
+  minima = min_support_lib.present(trainer.abstract_state().params)
   seed = int(evaluator.exp.config.eval.seed)
   for minimum in minima:
     tasks = split.scenarios.get(minimum.scenario)
@@ -161,6 +168,29 @@ def compile_jobs(evaluator: Evaluator, trainer, with_shares: bool,
       if len(cut):
         jobs += evaluator.compile_jobs(params, cut)
   return jobs
+
+
+def _fit_cold_factors(evaluator: Evaluator, params: PyTree, kept: dict,
+                      results: dict, scalars: dict, step: int):
+  """The validated cold factors of `params` (`train.cold_factors`), from
+  the `kept` predictions of the validation's `results`: `(params with
+  them, results with each scenario's `mae_unadapted` at them)`; the
+  factors go into `scalars` and the log."""
+  factors, maes = cold_factors.fit(params, kept, evaluator.lo, evaluator.hi)
+  scalars.update({"val/cold_factor_existing_items": factors[0],
+                  "val/cold_factor_new_items": factors[1]})
+  results = {name: ({**m, "mae_unadapted": maes[name][1]} if name in maes
+                    else m) for name, m in results.items()}
+  kinds = [f"{kind} items {factor:.2f} (MAE before adaptation"
+           f" {maes[name][0]:.4f} -> {maes[name][1]:.4f})"
+           for name, kind, factor in zip(shares_lib.SCENARIOS,
+                                         ("existing", "new"), factors)
+           if name in maes]
+  log.info("step %d  validated cold blend (model.cold_blend): a user without"
+           " ratings is served the meta-parameters' predictions at this"
+           " share of their distance from the training mean: %s", step,
+           "; ".join(kinds) or f"{factors[0]:.2f} (no validation task)")
+  return cold_factors.with_factors(params, factors), results
 
 
 def _has_tasks(results: dict, name: str) -> bool:

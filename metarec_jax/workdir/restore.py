@@ -13,6 +13,7 @@ from metarec_jax.models.anchored import (COLD_SHARE, NEW_ITEM_MIN_SUPPORT,
                                          NEW_ITEM_PRIOR, SHARE,
                                          WARM_MIN_SUPPORT)
 from metarec_jax.models.calibration import MEDIAN_OFFSETS
+from metarec_jax.models.cold_blend import COLD_FACTOR
 from metarec_jax.workdir import checkpoint as ckpt_lib
 from metarec_jax.workdir.criterion import criterion_name
 from metarec_jax.workdir import optim, resume
@@ -135,6 +136,12 @@ def load_state(exp: experiment.Experiment, workdir: str, mesh, *,
              " items and %.2f for new items (its %s cold shares%s)",
              served["cold_share_existing_items"],
              served["cold_share_new_items"], *fitted)
+  if "cold_factor_new_items" in served:
+    log.info("a user without ratings is served its predictions at %.2f of"
+             " their distance from the training mean for existing items and"
+             " %.2f for new items (its %s cold blend%s)",
+             served["cold_factor_existing_items"],
+             served["cold_factor_new_items"], *fitted)
   if "new_item_prior" in served:
     log.info("its user biases weigh a support rating of a new item 1/%g of"
              " an existing item's (its %s model.new_item_prior%s)",
@@ -193,14 +200,16 @@ def _model_overrides(exp: experiment.Experiment, workdir: str) -> str:
 def served_values(params) -> dict:
   """What a checkpoint's validation fitted for serving, as plain values:
   `share_existing_items` and `share_new_items` (`train.shares`), the
-  same of `cold_share` (`model.cold_share=validated`),
+  same of `cold_share` (`model.cold_share=validated`) and of
+  `cold_factor` (`model.cold_blend=validated`),
   `new_item_prior` (`train.new_item_prior`), `new_item_min_support` and
   `warm_min_support` (`train.min_support`),
   `median_map_existing_items` and `median_map_new_items` (whether each
   kind is served through the median map); only those the model has."""
   model = params["model"]
   out = {}
-  for name, key in ((SHARE, "share"), (COLD_SHARE, "cold_share")):
+  for name, key in ((SHARE, "share"), (COLD_SHARE, "cold_share"),
+                    (COLD_FACTOR, "cold_factor")):
     if model.get(name) is not None:
       out[f"{key}_existing_items"], out[f"{key}_new_items"] = (
           float(v) for v in runtime.to_host(model[name]).tolist())

@@ -44,14 +44,15 @@ _HARMLESS = ("train.num_steps", "train.eval_every_steps", "train.max_nonfinite",
 # validation losses measure, compared across them;
 # `model.table_row_multiple`: the rows of the saved tables;
 # `model.id_init`: where the saved item-id table started;
-# `model.cold_share` and `model.warm_min_support`: whether the saved
-# parameters hold cold shares, or the fewest support ratings). A work
+# `model.cold_share`, `model.warm_min_support` and `model.cold_blend`:
+# whether the saved parameters hold cold shares, the fewest support
+# ratings, or a cold blend). A work
 # directory written before such a key existed
 # keeps the value it ran with (`config_defaults.BEFORE_KEY`).
 RUN_CONSTANTS = ("model.global_mean", "meta.inner_lr_scale",
                  "train.select_on", "model.table_row_multiple",
                  "model.id_init", "model.cold_share",
-                 "model.warm_min_support")
+                 "model.warm_min_support", "model.cold_blend")
 
 
 def resumed_config(workdir: str) -> dict | None:
