@@ -304,3 +304,30 @@ def test_a_user_below_the_validated_minimum_is_served_the_blend(plain_run,
   np.testing.assert_array_equal(two.predict(probe),
                                 loaded.adapt([]).predict(probe))
   assert not np.array_equal(three.predict(probe), two.predict(probe))
+
+
+def test_a_run_without_the_blend_keeps_it_off_when_resumed(tmp_path,
+                                                            caplog):
+  """`model.cold_blend` shapes the parameter tree: a plain run trained
+  without it (a run of before the key) resumes without it, whatever the
+  config says, and its checkpoints never hold the blend's leaves."""
+  workdir = str(tmp_path / "run")
+
+  def config(steps, blend):
+    c = config_io.load_config_file(config_path("tiny"))
+    c.model.anchor = False
+    c.model.cold_blend = blend
+    c.train.num_steps, c.train.eval_every_steps = steps, -1
+    c.checkpoint.every_steps = 2
+    return c
+
+  train_and_evaluate(config(2, "none"), workdir)
+  with caplog.at_level("INFO", logger="metarec"):
+    train_and_evaluate(config(4, "validated"), workdir)
+  assert "model.cold_blend stays 'none', the run's own" in caplog.text
+  saved = config_io.read_workdir_config(workdir)
+  assert saved.model.cold_blend == "none" and saved.train.num_steps == 4
+  exp = experiment.build(saved, workdir)
+  params = jax.device_get(load_state(exp, workdir,
+                                     runtime.make_mesh()).params)["model"]
+  assert not cold_blend.present(params) and cold_blend.WARM not in params
