@@ -51,6 +51,7 @@ def test_warns_when_the_meta_parameters_lose_to_the_global_mean():
                              " 1.0520 is WORSE than the global mean's 1.0000"
                              " (+5.2%); every user without ratings")
   assert "model.anchor=true" in lines[0]
+  assert "model.cold_blend=validated" in lines[0]  # a plain model's fix
   for quiet in (0.95, 1.0005, None):  # better, a tie, not measured
     assert verdicts.warnings_for(
         {"W": {**scenario(0.70, 0.74), "mae_unadapted": quiet}}) == []

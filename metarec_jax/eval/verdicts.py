@@ -58,7 +58,8 @@ ADVICE_ANCHORED = ("try: more validation users (eval.val_fraction), so"
 # (seen with the one-pass learners, whose empty support set gives them).
 ADVICE_UNADAPTED = ("try: the baseline-anchored model (model.anchor=true, with"
                     " a MAML-family meta.algorithm), whose meta-parameters"
-                    " predict the item means")
+                    " predict the item means, or without it the cold blend"
+                    " (model.cold_blend=validated, the default)")
 # An anchored model's learned part at its validated share moves them too.
 ADVICE_UNADAPTED_ANCHORED = ("its learned part moves the item means before"
                              " any rating; try: more validation users"
