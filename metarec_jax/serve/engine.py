@@ -169,12 +169,8 @@ class Engine:
   def _stack(self, users: list[Served], size: int):
     """Leaves and features of `users` stacked and padded to `size` rows
     (padding repeats the first user; its outputs are dropped)."""
-    pad = [users[0]] * (size - len(users))
-    rows = users + pad
-    fast = {p: np.stack([u.fast[p] for u in rows]) for p in rows[0].fast}
-    features = {n: np.stack([u.features[n] for u in rows])
-                for n in rows[0].features}
-    return fast, features
+    return (sessions_lib.stack_padded([u.fast for u in users], size),
+            sessions_lib.stack_padded([u.features for u in users], size))
 
   # ------------------------------------------------------------ requests
 

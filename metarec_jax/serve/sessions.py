@@ -152,6 +152,14 @@ def padded_support(u, size: int, width: int):
   return items, ratings, mask, rated
 
 
+def stack_padded(rows: list[dict[str, np.ndarray]],
+                 size: int) -> dict[str, np.ndarray]:
+  """Each key's arrays of `rows` stacked, padded to `size` rows by
+  repeating the first row (whose outputs the caller drops)."""
+  rows = rows + [rows[0]] * (size - len(rows))
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
 def adapt(export, features: list[dict], histories: list[tuple],
           fallbacks: list[tuple], names: Sequence[str] | None, *,
           user_sizes: tuple[int, ...], support_widths: tuple[int, ...]
@@ -167,10 +175,8 @@ def adapt(export, features: list[dict], histories: list[tuple],
                                max_support=export.max_support)
   size = bucket(n, user_sizes)
   width = bucket(int(u.support_sizes.max()), support_widths)
-  rows = features + [features[0]] * (size - n)
-  stacked = {k: np.stack([f[k] for f in rows]) for k in rows[0]}
   fast, finite, counts = export.adapt_users(export.support_batch(
-      stacked, *padded_support(u, size, width)))
+      stack_padded(features, size), *padded_support(u, size, width)))
   for j, session in enumerate(sessions):
     s = session.support_size
     # A copy: a view would keep the whole padded batch's buffer alive

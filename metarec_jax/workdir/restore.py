@@ -9,11 +9,10 @@ import time
 from metarec_jax import config_io, experiment, runtime
 from metarec_jax.data import implicit
 from metarec_jax.errors import InputError
-from metarec_jax.models.anchored import (COLD_SHARE, NEW_ITEM_MIN_SUPPORT,
-                                         NEW_ITEM_PRIOR, SHARE,
-                                         WARM_MIN_SUPPORT)
+from metarec_jax.models.anchored import COLD_SHARE, NEW_ITEM_PRIOR, SHARE
 from metarec_jax.models.calibration import MEDIAN_OFFSETS
-from metarec_jax.models.cold_blend import COLD_FACTOR
+from metarec_jax.models.cold_blend import (COLD_FACTOR, NEW_ITEM_MIN_SUPPORT,
+                                           WARM_MIN_SUPPORT)
 from metarec_jax.workdir import checkpoint as ckpt_lib
 from metarec_jax.workdir.criterion import criterion_name
 from metarec_jax.workdir import optim, resume
