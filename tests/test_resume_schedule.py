@@ -91,6 +91,22 @@ def test_learning_rate_is_optax_warmup_cosine_decay():
         rtol=1e-5, atol=1e-9)
 
 
+def test_a_rate_beyond_float32_logs_nan_without_a_numpy_warning():
+  """`train.lr=1e39` passes the config check and is infinite in float32
+  (test_nonfinite trains with it): the host's figure for a log line is the
+  step's own nan, with no RuntimeWarning from numpy."""
+  import warnings  # pylint: disable=g-import-not-at-top
+  tc = train_config(warmup_steps=2)
+  tc.lr = 1e39
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    rates = [optim.host_learning_rate(tc, s, 6) for s in (0, 1, 4)]
+  step = jax.jit(optim.learning_rate)(optim.hyperparams(tc, 6),
+                                      np.array([0, 1, 4]))
+  np.testing.assert_array_equal(rates, step)
+  assert not np.isfinite(rates).any()
+
+
 def test_schedule_horizon_resolution():
   saved = {"train": {"num_steps": 6, "schedule_steps": 6}}
   assert resume.schedule_horizon(train_config(num_steps=9), None) == 9

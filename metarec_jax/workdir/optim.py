@@ -87,7 +87,11 @@ def learning_rate(hyper: Hyperparams, step, *, xp=jnp):
 
 def host_learning_rate(train_config, step: int, horizon: int) -> float:
   """`learning_rate` computed with numpy (for log lines; compiles nothing)."""
-  return float(learning_rate(hyperparams(train_config, horizon), step, xp=np))
+  # A rate beyond float32's range (`hyperparams`) gives inf - inf = nan
+  # here, as it does in the step: the line says nan, numpy need not warn.
+  with np.errstate(over="ignore", invalid="ignore"):
+    return float(learning_rate(hyperparams(train_config, horizon), step,
+                               xp=np))
 
 
 def outer_optimizer(hyper: Hyperparams, *, stacked: tuple[str, ...] = ()
