@@ -162,9 +162,9 @@ MEANINGS: dict[str, str] = {
                         " the training mean rating, by a factor per kind"
                         " of item that each validation fits to the"
                         " validation users' predictions before adaptation"
-                        " (`train/cold_factors.py`), 0 (the mean, then"
-                        " the median map where the model has one) unless a"
-                        " larger one is evidently better"
+                        " as served, through the median map where the"
+                        " model has one (`train/cold_factors.py`), 0 (the"
+                        " mean) unless a larger one is evidently better"
                         " (training uses 1). `none`: the meta-parameters'"
                         " own predictions (configs written before this"
                         " key).",

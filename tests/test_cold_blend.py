@@ -184,8 +184,9 @@ def test_the_fit_keeps_what_validation_shows_and_else_the_mean():
   true = r.integers(1, 6, (200, 10)).astype(float)
   good = _kept(true + r.normal(0, 0.3, true.shape), true)  # beats the mean
   noise = _kept(r.uniform(-3, 10, true.shape), true)  # loses to it
-  factors, maes = cold_factors.fit(_params(), {"val": good, "val_new": noise},
-                                   1.0, 5.0)
+  factors, maes, served = cold_factors.fit(
+      _params(), {"val": good, "val_new": noise}, 1.0, 5.0)
+  assert served == maes  # no median map: served as blended
   assert factors == (1.0, 0.0)
   mean = np.abs(np.clip(LEVEL, 1, 5) - true).mean()
   assert maes["val_new"][1] == pytest.approx(mean)
@@ -205,7 +206,7 @@ def test_a_model_that_tells_no_kinds_apart_fits_one_factor_on_both():
   noise = _kept(r.uniform(-3, 10, (400, 10)), true[40:])
   kept = {"val": good, "val_new": noise}
   assert cold_factors.fit(_params(), kept, 1.0, 5.0)[0] == (1.0, 0.0)
-  factors, _ = cold_factors.fit(_params(kinds=False), kept, 1.0, 5.0)
+  factors = cold_factors.fit(_params(kinds=False), kept, 1.0, 5.0)[0]
   assert factors[0] == factors[1] and factors[0] < 1.0
 
 
@@ -217,6 +218,31 @@ def test_a_small_shift_without_evidence_keeps_the_mean():
   almost = _kept(LEVEL + r.normal(0, 0.05, true.shape), true)
   assert cold_factors.fit(_params(), {"val": almost}, 1.0, 5.0)[0] == (
       0.0, 0.0)
+
+
+def test_the_factor_is_chosen_as_served_through_the_median_map():
+  """Predictions whose spread around the level is too small to beat the
+  mean on their own, served through a map that turns that spread into
+  ratings: the map comes after the blend, so the factor that serves best
+  through it (1) is kept, where the blend alone would keep the mean (0)."""
+  r = np.random.default_rng(3)
+  true = r.integers(1, 6, (200, 10)).astype(float)
+  spread = _kept(3.75 + 0.025 * (true - 3), true)  # within 3.7 to 3.8
+  params = _params()
+  alone = cold_factors.fit(params, {"val": spread}, 1.0, 5.0)
+  assert alone[0] == (0.0, 0.0)
+  at = np.linspace(1.0, 5.0, calibration.KNOTS)
+  target = np.where(at < 3.75, 1.5, 4.5)  # 1.5 up to 3.7, 4.5 from 3.8
+  params["model"][calibration.MEDIAN_KNOTS] = at.astype(np.float32)
+  params["model"][calibration.MEDIAN_OFFSETS] = np.stack(
+      [target - at, np.zeros_like(at)]).astype(np.float32)
+  factors, maes, served = cold_factors.fit(params, {"val": spread}, 1.0, 5.0)
+  assert factors[0] == 1.0
+  # Reported without the map (at 1 and at the factor, here both 1) ...
+  assert maes["val"] == (alone[1]["val"][0],) * 2
+  assert maes["val"][1] > 1.3  # the level's own: |t - 3.5|
+  # ... and as served: |t - map(u)| is 0.5, 0.25, 0, 0.25, 0.5 for t = 1..5.
+  assert served["val"] == pytest.approx((0.3, 0.3), abs=1e-3)
 
 
 @pytest.fixture(scope="module")

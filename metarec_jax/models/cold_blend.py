@@ -15,9 +15,10 @@ where `level` is the model's start (the training mean rating, the output
 bias's initial value) and `factor` is fitted, per kind of item (0: items
 with training ratings, 1: the others, by the median map's kind table where
 the model reads item IDs; otherwise row 0 for every item), to the
-validation users' predictions before adaptation (`train.cold_factors`):
-at 0 the global mean itself (then, where the model has it, the median
-map, fitted to adapted predictions), at 1 the meta-parameters as trained.
+validation users' predictions before adaptation as served
+(`train.cold_factors`): at 0 the global mean itself, at 1 the
+meta-parameters as trained, each then through the median map where the
+model has one (fitted to adapted predictions, before the factors).
 
 Who is such a user is told by `warm`, an adapted scalar at 0 in the
 meta-parameters, as in the anchored models: the support loss gains

@@ -1,12 +1,13 @@
 """One validation of the trained state, and what it fits for serving.
 
 The anchored model's shares (`train.shares`), then its prior for new
-items' support ratings (`train.new_item_prior`), or a plain model's cold
-factors (`train.cold_factors`), any rating model's median map
-(`train.median_map`), and last the fewest support ratings that
-count, of new items and of all (`train.min_support`, judged as served),
-are fitted at every validation, in that order, on the validation users'
-held-out ratings, to the unmapped predictions of the state as trained;
+items' support ratings (`train.new_item_prior`), any rating model's median
+map (`train.median_map`), a plain model's cold factors
+(`train.cold_factors`, judged through the map), and last the fewest
+support ratings that count, of new items and of all (`train.min_support`,
+judged as served), are fitted at every validation, in that order, on the
+validation users' held-out ratings, to the predictions of the state as
+trained;
 the checkpoint of that step saves the params with them, so that `eval`,
 `export` and the server serve what was validated.
 """
@@ -122,9 +123,6 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
                                  should_stop=should_stop, keep=kept)
     if results is None:
       return None
-    if with_cold:
-      params, results = _fit_cold_factors(evaluator, params, kept, results,
-                                          scalars, step)
   if with_map:  # the median map of what the model (so) serves
     params, mapped = median_map.fit_served(
         params, kept, shares_lib.SCENARIOS, evaluator.lo, evaluator.hi,
@@ -132,6 +130,9 @@ def validate(evaluator: Evaluator, trainer, params: PyTree, step: int, *,
     scalars.update(mapped)
     if mapped:
       log.info("step %d  %s", step, _map_summary(mapped, results))
+  if with_cold:  # after the map: the blend is chosen as it is served
+    params, results = _fit_cold_factors(evaluator, params, kept, results,
+                                        scalars, step)
   for minimum in min_support_lib.present(params):
     fitted = _fit_min_support(evaluator, trainer, params, results,
                               should_stop, minimum, min_supports)
@@ -176,13 +177,17 @@ def _fit_cold_factors(evaluator: Evaluator, params: PyTree, kept: dict,
   the `kept` predictions of the validation's `results`: `(params with
   them, results with each scenario's `mae_unadapted` at them)`; the
   factors go into `scalars` and the log."""
-  factors, maes = cold_factors.fit(params, kept, evaluator.lo, evaluator.hi)
+  factors, maes, served = cold_factors.fit(params, kept, evaluator.lo,
+                                           evaluator.hi)
   scalars.update({"val/cold_factor_existing_items": factors[0],
                   "val/cold_factor_new_items": factors[1]})
   results = {name: ({**m, "mae_unadapted": maes[name][1]} if name in maes
                     else m) for name, m in results.items()}
   kinds = [f"{kind} items {factor:.2f} (MAE before adaptation"
-           f" {maes[name][0]:.4f} -> {maes[name][1]:.4f})"
+           f" {maes[name][0]:.4f} -> {maes[name][1]:.4f}"
+           + ("" if served[name] == maes[name] else
+              f", as served through the median map {served[name][0]:.4f}"
+              f" -> {served[name][1]:.4f}") + ")"
            for name, kind, factor in zip(shares_lib.SCENARIOS,
                                          ("existing", "new"), factors)
            if name in maes]
