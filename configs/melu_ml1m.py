@@ -27,7 +27,7 @@ ratings, `model.cold_blend`, `model.warm_min_support` and
 `model.new_item_min_support`: before any rating, MAE W 0.7634, UC
 0.7757, IC 0.9004, UIC 0.8997, each below the global mean's 0.93-0.96
 (with the blend's factors chosen through the median map, forty-fifth
-session; W 0.8001 and UC 0.8164 before that), and one or two ratings
+session, on a 2-core AMD EPYC VM; W 0.8001 and UC 0.8164 before that), and one or two ratings
 never served worse than none; nDCG@3 W 0.787, UC
 0.782, IC 0.653, UIC 0.646, +0.031, +0.024, +0.088, +0.083 above the
 baseline; 68 s for seed 2's training. The figures that follow are of

@@ -164,7 +164,8 @@ MEANINGS: dict[str, str] = {
                         " validation users' predictions before adaptation"
                         " as served, through the median map where the"
                         " model has one (`train/cold_factors.py`), 0 (the"
-                        " mean) unless a larger one is evidently better"
+                        " mean, through the map) unless a larger one is"
+                        " evidently better"
                         " (training uses 1). `none`: the meta-parameters'"
                         " own predictions (configs written before this"
                         " key).",

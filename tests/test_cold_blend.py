@@ -9,6 +9,7 @@ the losses are the module's own; and the validated factors must make the
 meta-parameters no worse than the training mean on the validation users.
 """
 
+import json
 import types
 
 import jax
@@ -234,13 +235,15 @@ def test_the_factor_is_chosen_as_served_through_the_median_map():
   at = np.linspace(1.0, 5.0, calibration.KNOTS)
   target = np.where(at < 3.75, 1.5, 4.5)  # 1.5 up to 3.7, 4.5 from 3.8
   params["model"][calibration.MEDIAN_KNOTS] = at.astype(np.float32)
+  # Row 1, new items': the identity, through which the spread loses.
   params["model"][calibration.MEDIAN_OFFSETS] = np.stack(
       [target - at, np.zeros_like(at)]).astype(np.float32)
-  factors, maes, served = cold_factors.fit(params, {"val": spread}, 1.0, 5.0)
-  assert factors[0] == 1.0
+  factors, maes, served = cold_factors.fit(
+      params, {"val": spread, "val_new": spread}, 1.0, 5.0)
+  assert factors == (1.0, 0.0)  # each kind through its own row
   # Reported without the map (at 1 and at the factor, here both 1) ...
   assert maes["val"] == (alone[1]["val"][0],) * 2
-  assert maes["val"][1] > 1.3  # the level's own: |t - 3.5|
+  assert maes["val"][1] > 1.3  # |t - u|, above the level's 1.3
   # ... and as served: |t - map(u)| is 0.5, 0.25, 0, 0.25, 0.5 for t = 1..5.
   assert served["val"] == pytest.approx((0.3, 0.3), abs=1e-3)
 
@@ -258,10 +261,18 @@ def plain_run(tmp_path_factory):
 
 def test_validation_serves_the_new_visitor_no_worse_than_the_mean(plain_run):
   workdir, summary = plain_run
+  # As served (the blend through the median map, what the factors are
+  # chosen on; the reported `mae_unadapted` is the blend's alone).
+  with open(f"{workdir}/metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  fitted = [r for r in rows if "val/cold_blend_mae" in r]
+  assert fitted and fitted[-1]["step"] == summary["step"]
   for name in ("val", "best"):
     val = summary[name] if name == "val" else summary["best"]["val"]
     mean = val["baselines"]["global_mean"]["mae"]
-    assert val["mae_unadapted"] <= mean + 1e-9
+    served = next(r for r in fitted if r["step"] == (
+        summary["step"] if name == "val" else summary["best"]["step"]))
+    assert served["val/cold_blend_mae"] <= mean + 1e-9
   exp = experiment.build(config_io.read_workdir_config(workdir), workdir)
   params = jax.device_get(load_state(exp, workdir,
                                      runtime.make_mesh()).params)["model"]

@@ -13,15 +13,20 @@ second evaluation), the existing items' factor on `val`, the new items'
 on `val_new` (pooled where the model does not tell the kinds apart: it
 serves one factor for every item). Per kind the value with the lowest MAE
 as served is kept where its tasks' errors are lower than at 0 (the
-training mean itself) by `shares.EVIDENCE` standard errors, else 0: the
-meta-parameters must show that they predict a new visitor better than the
-mean does.
+training mean itself, through the map where there is one) by
+`shares.EVIDENCE` standard errors, else 0: the meta-parameters must show
+that they predict a new visitor better than the mean does.
 
 "As served" is through the median map where the model has one
 (`model.calibration=median`): the map comes after the blend, and what it
 makes of the blended predictions, not the blend alone, is what a new
 visitor gets. The validation fits the map first (from the adapted
-predictions, which the factors do not touch). On MovieLens-1M the two
+predictions, which the factors do not touch; the factors are judged
+through the map fitted on the same validation tasks, not cross-fitted as
+the map's own verdict is: both sides of the evidence share that map). The
+validation reports the blend's own MAE before adaptation (`mae_unadapted`,
+unmapped like every validation MAE) and the served one as
+`<scenario>/cold_blend_mae`. On MovieLens-1M the two
 choose differently: the blend alone is best at 0 (the mean), while the map
 serves the blend at 0.25 better than the mean's own map (validation MAE
 0.779 against 0.813 for existing items, seed 0, 2026-12-07).
@@ -59,10 +64,10 @@ def with_factors(meta_params: PyTree, values) -> PyTree:
 
 def blended(unadapted: np.ndarray, level: float, factor: float, lo: float,
             hi: float, served_map: tuple | None = None) -> np.ndarray:
-  """The predictions (clipped to `[lo, hi]`, as scored) of the unclipped
-  `unadapted` ones at `factor` (`cold_blend.serve`), then through
-  `served_map` (`(knots, offsets)` of one kind of item, `median_map`)
-  where given."""
+  """The predictions of the unclipped `unadapted` ones at `factor`
+  (`cold_blend.serve`), through `served_map` (`(knots, offsets)` of one
+  kind of item, `median_map`) where given, then clipped to `[lo, hi]` as
+  scored."""
   u = np.asarray(unadapted, np.float64)
   out = u - (1.0 - factor) * (u - level)
   if served_map is not None:

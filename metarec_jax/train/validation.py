@@ -181,6 +181,9 @@ def _fit_cold_factors(evaluator: Evaluator, params: PyTree, kept: dict,
                                            evaluator.hi)
   scalars.update({"val/cold_factor_existing_items": factors[0],
                   "val/cold_factor_new_items": factors[1]})
+  # What a new visitor is served, beside the blend's own `mae_unadapted`.
+  scalars.update({f"{name}/cold_blend_mae": mae[1]
+                  for name, mae in served.items()})
   results = {name: ({**m, "mae_unadapted": maes[name][1]} if name in maes
                     else m) for name, m in results.items()}
   kinds = [f"{kind} items {factor:.2f} (MAE before adaptation"

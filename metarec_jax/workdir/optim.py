@@ -87,8 +87,10 @@ def learning_rate(hyper: Hyperparams, step, *, xp=jnp):
 
 def host_learning_rate(train_config, step: int, horizon: int) -> float:
   """`learning_rate` computed with numpy (for log lines; compiles nothing)."""
-  # A rate beyond float32's range (`hyperparams`) gives inf - inf = nan
-  # here, as it does in the step: the line says nan, numpy need not warn.
+  # A rate beyond float32's range (`hyperparams`) is inf here, as in the
+  # step, and so is nan where the schedule multiplies it by 0 or subtracts
+  # it from itself: the line says what the step computes, numpy need not
+  # warn.
   with np.errstate(over="ignore", invalid="ignore"):
     return float(learning_rate(hyperparams(train_config, horizon), step,
                                xp=np))
