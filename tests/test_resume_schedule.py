@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 
 import jax
 import numpy as np
@@ -95,7 +96,6 @@ def test_a_rate_beyond_float32_logs_nan_without_a_numpy_warning():
   """`train.lr=1e39` passes the config check and is infinite in float32
   (test_nonfinite trains with it): the host's figure for a log line is the
   step's own nan, with no RuntimeWarning from numpy."""
-  import warnings  # pylint: disable=g-import-not-at-top
   tc = train_config(warmup_steps=2)
   tc.lr = 1e39
   with warnings.catch_warnings():
