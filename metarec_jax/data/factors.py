@@ -56,13 +56,13 @@ def item_factors(store: TaskStore, split: Split, dim: int,
   bias = (np.bincount(users, weights=resid, minlength=store.num_users)
           / (per_user + USER_PSEUDO))
   resid = resid - bias[users]
-  # The users and items with training ratings only: the others' rows and
-  # columns are empty, and would let the rank exceed what the data holds.
-  # scipy.sparse is imported here, not with the module: it costs every
-  # `metarec` process about 0.24 s of start-up, and only runs with
-  # `model.id_init=svd` factor anything.
+  # Imported here rather than with the module: scipy.sparse adds about
+  # 0.24 s to every `metarec` process's start-up, and only runs with
+  # `model.id_init=svd` use it.
   import scipy.sparse  # pylint: disable=g-import-not-at-top
   import scipy.sparse.linalg  # pylint: disable=g-import-not-at-top
+  # The users and items with training ratings only: the others' rows and
+  # columns are empty, and would let the rank exceed what the data holds.
   rows_of, user_row = np.unique(users, return_inverse=True)
   cols_of, item_col = np.unique(items, return_inverse=True)
   matrix = scipy.sparse.csr_matrix((resid, (user_row, item_col)),
